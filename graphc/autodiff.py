@@ -1,0 +1,186 @@
+"""Stage 3: reverse-mode differentiation by the identities of the notes.
+
+In: a forward Graph, a scalar `of` and the names to differentiate `wrt`.
+Out: a new Graph holding the forward nodes, the backward nodes (built from
+ordinary ops through each op's VJP) and outputs `d_<name>` in the shape of
+<name>. It never evaluates anything and never builds a Jacobian matrix.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+from graphc.errors import GradientError
+from graphc.ir import FLOAT, Graph, Origin, Value
+from graphc.passes.simplify import simplify
+
+
+class Builder:
+    """What a VJP rule builds with: graph ops plus a few peephole rewrites that keep
+    backward graphs as the notes write them (no `* 1`, no `(Aᵀ)ᵀ`, δᵀ x rather than (xᵀ δ)ᵀ)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.created: set[Value] = set()
+
+    @contextlib.contextmanager
+    def because(self, node, identity: str | None):
+        """Stamp the nodes built inside with the forward node they differentiate and the identity."""
+        o = node.origin
+        with self.graph.origin(Origin(o.text, o.location, node, identity)):
+            yield
+
+    def apply(self, opname: str, *inputs, **attrs) -> Value:
+        v = self.graph.apply(opname, *inputs, **attrs)
+        self.created.add(v)
+        return v
+
+    @staticmethod
+    def _const(v) -> float | None:
+        if isinstance(v, (int, float)):
+            return float(v)
+        if v.node is not None and v.node.op.name == "const":
+            return v.node.attrs["value"]
+        return None
+
+    def const(self, value: float) -> Value:
+        return self.apply("const", value=float(value))
+
+    def mul(self, a, b):
+        ca, cb = self._const(a), self._const(b)
+        if ca == 1.0 and not isinstance(b, (int, float)) and b.shape == self._shape_of(b, a):
+            return b
+        if cb == 1.0 and not isinstance(a, (int, float)) and a.shape == self._shape_of(a, b):
+            return a
+        return self.apply("mul", a, b)
+
+    def _shape_of(self, x, other):
+        """The broadcast shape of x with other: dropping `* 1` must not change the shape."""
+        if isinstance(other, (int, float)) or other.rank == 0:
+            return x.shape
+        return None
+
+    def div(self, a, b):
+        if self._const(b) == 1.0:
+            return a
+        return self.apply("div", a, b)
+
+    def add(self, a, b):
+        return self.apply("add", a, b)
+
+    def sub(self, a, b):
+        return self.apply("sub", a, b)
+
+    def neg(self, a):
+        if a.node is not None and a.node.op.name == "neg":
+            return a.node.inputs[0]
+        return self.apply("neg", a)
+
+    def matmul(self, a, b):
+        return self.apply("matmul", a, b)
+
+    def transpose(self, a):
+        if a.rank < 2:
+            return a
+        n = a.node
+        if n is not None and n.op.name == "transpose":
+            return n.inputs[0]
+        if n is not None and n.op.name == "matmul" and a in self.created and all(v.rank == 2 for v in n.inputs):
+            # (P Q)ᵀ = Qᵀ Pᵀ: reads dJ/dW = δᵀ x directly (identity 5) instead of (xᵀ δ)ᵀ
+            x, w = n.inputs
+            with self.graph.origin(Origin(n.origin.text, n.origin.location, n.origin.forward,
+                                          "5" if n.origin.identity == "6" else n.origin.identity)):
+                return self.matmul(self.transpose(w), self.transpose(x))
+        return self.apply("transpose", a)
+
+    def outer(self, a, b):
+        """a bᵀ for vectors, as (m×1)(1×n)."""
+        col = self.apply("reshape", a, shape=a.shape + (1,))
+        row = self.apply("reshape", b, shape=(1,) + b.shape)
+        return self.matmul(col, row)
+
+    def zeros(self, shape) -> Value:
+        return self.apply("broadcast_to", self.const(0.0), shape=tuple(shape))
+
+
+def _resolve_of(g: Graph, of: str | Value) -> Value:
+    v = g[of] if isinstance(of, str) else g.values.get(of.name)
+    if v is None:
+        raise GradientError(f"grad: {of!r} is not in graph {g.name!r}")
+    if v.shape != ():
+        raise GradientError(f"grad: 'of' must be a scalar loss, but {v.name} has shape {g.format_shape(v.shape)}",
+                            hint="reduce it first, e.g. sum(...) or mean(...)")
+    return v
+
+
+def _resolve_wrt(g: Graph, wrt: Sequence[str]) -> list[Value]:
+    if isinstance(wrt, str):
+        wrt = [wrt]
+    out = []
+    for name in wrt:
+        name = name.name if isinstance(name, Value) else name
+        if name not in g.inputs and name not in g.params:
+            v = g[name]  # raises with a suggestion when unknown
+            raise GradientError(f"grad: wrt must name inputs or params; {name!r} is a computed value ({v.node.op.name})")
+        v = g.values[name]
+        if v.dtype != FLOAT:
+            raise GradientError(f"grad: {name!r} is {v.dtype} (labels or ids) and has no gradient")
+        out.append(v)
+    if len(set(out)) != len(out):
+        raise GradientError("grad: wrt names a value twice")
+    return out
+
+
+def _relevant(g: Graph, of: Value, wrt: list[Value]) -> set[Value]:
+    """Values on some path from a wrt value to `of`: only these get adjoints."""
+    reach = set(wrt)
+    for n in g.nodes:
+        if any(v in reach for v in n.inputs):
+            reach.add(n.output)
+    need = {of}
+    for n in reversed(g.nodes):
+        if n.output in need:
+            need.update(n.inputs)
+    return reach & need
+
+
+def grad(graph: Graph, of: str | Value, wrt: Sequence[str]) -> Graph:
+    """The forward graph plus its backward graph; outputs `d_<w>` for each w in `wrt`."""
+    g, _ = graph.copy()
+    target, params = _resolve_of(g, of), _resolve_wrt(g, wrt)
+    relevant = _relevant(g, target, params)
+    b = Builder(g)
+    forward_nodes = list(g.nodes)
+    adjoint: dict[Value, Value] = {}
+
+    def accumulate(v: Value, d: Value) -> None:
+        adjoint[v] = d if v not in adjoint else b.add(adjoint[v], d)
+
+    with g.naming(f"d_{target.name}"):
+        adjoint[target] = b.const(1.0)
+    for node in reversed(forward_nodes):
+        y = node.output
+        if y not in adjoint or y not in relevant:
+            continue
+        d = _name_adjoint(g, b, y, adjoint[y])
+        with g.naming(f"d_{y.name}"):
+            grads = node.op.vjp(b, node, d)
+        for v, dv in zip(node.inputs, grads):
+            if dv is not None and v in relevant:
+                accumulate(v, dv)
+    for p in params:
+        if p in adjoint:
+            d = _name_adjoint(g, b, p, adjoint[p])
+        else:  # `of` does not depend on p: its gradient is zero
+            with g.naming(f"d_{p.name}"):
+                d = b.zeros(p.shape)
+        g.outputs[f"d_{p.name}"] = d
+    return simplify(g)
+
+
+def _name_adjoint(g: Graph, b: Builder, y: Value, d: Value) -> Value:
+    """Give the finished adjoint of y the name d_y, unless it already carries an adjoint's name."""
+    name = f"d_{y.name}"
+    if d in b.created and not (d.name.startswith("d_") and "__" not in d.name) and name not in g.values:
+        g.rename(d, name)
+    return d

@@ -1,0 +1,385 @@
+"""Stage 6. In: generated C text (source, header, cffi declarations) and compiler options.
+Out: a loaded cffi extension (BuiltModule), compiled once per content hash and cached on disk.
+Must not know anything about graphs, shapes or ops: it only ever sees text."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import cffi
+
+from graphc.errors import CompileError
+
+_LOG_TAIL = 4000               # characters of compiler output quoted in a CompileError
+_LOADED: dict[str, "BuiltModule"] = {}   # key -> module: an .so may be imported once per process
+_PROCESS_LOCK = threading.Lock()         # cffi chdirs, and we redirect fds 1/2 and set $CC
+_OPENMP_PROBE = """#include <omp.h>
+int main(void) {
+    int n = 0;
+#pragma omp parallel reduction(+:n)
+    n += omp_get_num_threads() > 0;
+    return n > 0 ? 0 : 1;
+}
+"""
+
+
+@dataclass
+class BuiltModule:
+    ffi: object          # the module's cffi FFI instance
+    lib: object          # the module's lib (C functions)
+    directory: Path      # the cache entry: NAME.c, NAME.h, the .so, build.log, manifest.json
+    key: str             # hex sha256 cache key
+    cached: bool         # True when loaded from cache without compiling
+    seconds: float       # wall time of build (or of load when cached)
+    library: Path        # path of the compiled extension (.so)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one build needs; `key` hashes all of it."""
+    name: str
+    source: str
+    header: str
+    cdef: str
+    cc: str
+    flags: list
+    link_args: list
+    key: str
+
+    @property
+    def module(self) -> str:
+        return f"_graphc_{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}_{self.key[:16]}"
+
+
+class _Corrupt(Exception):
+    """A cache entry exists but cannot be trusted."""
+
+
+def cache_root() -> Path:
+    """$GRAPHC_CACHE_DIR, else $XDG_CACHE_HOME/graphc, else ~/.cache/graphc."""
+    if os.environ.get("GRAPHC_CACHE_DIR"):
+        return Path(os.environ["GRAPHC_CACHE_DIR"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "graphc"
+    return Path.home() / ".cache" / "graphc"
+
+
+def find_compiler() -> str:
+    """$CC (which must name an executable; it may carry arguments), else cc, gcc or clang on PATH."""
+    if os.environ.get("CC", "").strip():
+        words = shlex.split(os.environ["CC"])
+        exe = shutil.which(words[0])
+        if exe is None:
+            raise CompileError(f"the C compiler {words[0]!r} named by $CC does not exist or is not executable",
+                               hint="set CC to an installed compiler (CC=gcc), or unset it to search PATH")
+        return shlex.join([exe, *words[1:]])
+    for candidate in ("cc", "gcc", "clang"):
+        exe = shutil.which(candidate)
+        if exe is not None:
+            return exe
+    raise CompileError(f"no C compiler found: none of cc, gcc, clang is on PATH ({os.environ.get('PATH', '')!r})",
+                       hint="install gcc or clang, or set CC to a compiler's full path")
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_version(cc: str) -> str:
+    """The first lines of `cc --version` (part of the cache key)."""
+    try:
+        run = subprocess.run([*shlex.split(cc), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise CompileError(f"cannot run the C compiler {cc!r}: {error}") from None
+    text = (run.stdout.strip() or run.stderr.strip() or f"unknown (exit status {run.returncode})")
+    return "\n".join(text.splitlines()[:2])
+
+
+@functools.lru_cache(maxsize=None)
+def openmp_supported(cc: str) -> bool:
+    """Whether `cc -fopenmp` compiles and links a tiny OpenMP program.
+
+    Memoised per process and, keyed by compiler path and version, under cache_root()/probes:
+    the probe costs ~250 ms, which a cache hit in a fresh process must not pay."""
+    tag = hashlib.sha256(f"{cc}\n{compiler_version(cc)}".encode()).hexdigest()[:16]
+    memo = cache_root() / "probes" / f"openmp-{tag}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return bool(json.loads(memo.read_text())["openmp"])
+    with tempfile.TemporaryDirectory(prefix="graphc-openmp-") as tmp:
+        (Path(tmp) / "probe.c").write_text(_OPENMP_PROBE)
+        try:
+            ok = subprocess.run([*shlex.split(cc), "-fopenmp", "probe.c", "-o", "probe"], cwd=tmp,
+                                capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            ok = False
+    with contextlib.suppress(OSError):   # an unwritable cache only costs the probe next time
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        scratch = memo.with_name(f"{memo.name}.{os.getpid()}")
+        scratch.write_text(json.dumps({"compiler": cc, "openmp": ok}))
+        os.replace(scratch, memo)
+    return ok
+
+
+def compile_flags(native: bool, openmp: bool) -> list[str]:
+    """Our flags; never -ffast-math, which would break the NaN/inf behaviour checks rely on."""
+    return ["-O3", "-std=c99", "-ffp-contract=fast"] + ["-march=native"] * native + ["-fopenmp"] * openmp
+
+
+def cache_key(name: str, source: str, header: str, cdef: str, flags: Sequence[str],
+              link_args: Sequence[str], cc: str) -> str:
+    """SHA-256 over the inputs, the full compiler command, the ABI, and the cffi/graphc/builder versions."""
+    import graphc
+    material = {
+        "name": name, "source": source, "header": header, "cdef": cdef,
+        "flags": list(flags), "link_args": list(link_args), "libraries": ["m"],
+        "compiler": cc, "compiler_version": compiler_version(cc),
+        "python": [sysconfig.get_config_var(v) for v in ("EXT_SUFFIX", "CFLAGS", "LDSHARED")],
+        "environment": [os.environ.get(v, "") for v in ("CFLAGS", "CPPFLAGS", "LDFLAGS")],
+        "cffi": cffi.__version__, "graphc": graphc.__version__, "builder": _builder_hash(),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def build(name: str, source: str, header: str, cdef: str, *, extra_compile_args: Sequence[str] = (),
+          native: bool = True, openmp: bool | None = None,
+          cache_dir: str | os.PathLike | None = None) -> BuiltModule:
+    """Compile `source` (which includes NAME.h) as a cffi module, or load it from the cache.
+
+    openmp: None uses it when the compiler supports it. cache_dir: overrides cache_root().
+    """
+    start = time.perf_counter()
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"build name {name!r} must be a plain file name (letters, digits, _ . -)")
+    cc = find_compiler()
+    if openmp is None:
+        openmp = openmp_supported(cc)
+    flags = compile_flags(native, openmp) + list(extra_compile_args)
+    link_args = ["-fopenmp"] if openmp else []
+    job = _Job(name, source, header, cdef, cc, flags, link_args,
+               cache_key(name, source, header, cdef, flags, link_args, cc))
+    with _PROCESS_LOCK:
+        if job.key in _LOADED:
+            return replace(_LOADED[job.key], cached=True, seconds=time.perf_counter() - start)
+        root = Path(cache_dir) if cache_dir is not None else cache_root()
+        try:
+            built = _build_cached(job, root)
+        except OSError as error:
+            try:
+                where = Path(tempfile.mkdtemp(prefix=f"graphc-{name}-"))
+            except OSError as temp_error:
+                raise CompileError(f"nowhere to build {name}: the cache folder {root} is not writable "
+                                   f"({error}), nor is the temporary folder ({temp_error})") from None
+            warnings.warn(f"graphc: the cache folder {root} is not writable ({error}); building {name} "
+                          f"in {where} instead, which will not be reused", RuntimeWarning, stacklevel=2)
+            _compile_into(job, where, failed=where)
+            built = _load_fresh(job, where)
+        built.seconds = time.perf_counter() - start
+        _LOADED[job.key] = built
+        return built
+
+
+def _build_cached(job: _Job, root: Path) -> BuiltModule:
+    """Load root/KEY, or build it under an exclusive lock and publish it by atomic rename."""
+    final = root / job.key
+    with contextlib.suppress(_Corrupt):      # lock-free fast path: entries only appear whole
+        module = _load_entry(job, final)
+        if module is not None:
+            return module
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"{job.key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)     # released when the file closes
+        try:
+            module = _load_entry(job, final)  # another process may have built it while we waited
+            if module is not None:
+                return module
+        except _Corrupt:
+            _discard(final)
+        for stale in root.glob(f".tmp-{job.key}-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{job.key}-", dir=root))
+        try:
+            _compile_into(job, tmp, failed=root / "failed" / job.key)
+            os.chmod(tmp, 0o755)             # mkdtemp made it private; a cache entry is readable
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                # someone published without our lock (a filesystem without flock): theirs wins
+                return _load_fresh(job, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return _load_fresh(job, final)
+
+
+def _load_entry(job: _Job, directory: Path) -> BuiltModule | None:
+    """The entry's module; None if there is no entry; _Corrupt if it is there but unusable."""
+    start = time.perf_counter()
+    if not directory.is_dir():
+        return None
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        library = directory / manifest["library"]
+        digest = _sha256_file(library)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _Corrupt(f"unreadable manifest or library in {directory}: {error}") from None
+    if manifest.get("key") != job.key or manifest.get("module") != job.module:
+        raise _Corrupt(f"{directory}/manifest.json describes another build")
+    if digest != manifest.get("library_sha256"):
+        raise _Corrupt(f"{library} does not match its recorded sha256 (truncated or corrupted)")
+    try:
+        module = _import(job.module, library)
+    except Exception as error:
+        raise _Corrupt(f"{library} does not import: {error}") from None
+    return BuiltModule(module.ffi, module.lib, directory, job.key, True, time.perf_counter() - start, library)
+
+
+def _load_fresh(job: _Job, directory: Path) -> BuiltModule:
+    """Load a library just built; failing here is a build failure, not a corrupt cache."""
+    try:
+        built = _load_entry(job, directory)
+    except _Corrupt as error:
+        raise CompileError(f"{job.name} compiled but cannot be loaded: {error}") from None
+    if built is None:
+        raise CompileError(f"{job.name} compiled but {directory} has disappeared")
+    return replace(built, cached=False)
+
+
+def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
+    """Write NAME.c and NAME.h into `directory`, compile the cffi module there, write manifest.json last."""
+    (directory / f"{job.name}.c").write_text(job.source)
+    (directory / f"{job.name}.h").write_text(job.header)
+    log = directory / "build.log"
+    log.write_text(f"graphc build of {job.name} (key {job.key})\ncompiler: {job.cc}\n"
+                   f"  {compiler_version(job.cc).splitlines()[0]}\nflags: {shlex.join(job.flags)}\n\n")
+    ffi = cffi.FFI()
+    try:
+        ffi.cdef(job.cdef)
+        # Including NAME.c rather than pasting it keeps the compiler's line numbers those of NAME.c.
+        ffi.set_source(job.module, f'#include "{job.name}.c"\n', include_dirs=[str(directory)],
+                       extra_compile_args=job.flags, extra_link_args=job.link_args, libraries=["m"])
+        with _compiler_environment(job.cc), _output_into(log):
+            library = Path(ffi.compile(tmpdir=str(directory), verbose=True))
+        if not library.is_file():
+            raise FileNotFoundError(f"the compiler reported success but wrote no {library.name}")
+    except Exception as error:   # cffi, distutils and setuptools raise many types; report them all alike
+        raise _compile_error(job, directory, failed, error) from None
+    for intermediate in [directory / f"{job.module}.c", *directory.glob("*.o")]:
+        intermediate.unlink(missing_ok=True)
+    manifest = {"key": job.key, "name": job.name, "module": job.module, "library": library.name,
+                "library_sha256": _sha256_file(library), "flags": job.flags, "link_args": job.link_args,
+                "compiler": job.cc, "compiler_version": compiler_version(job.cc), "pid": os.getpid()}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -> CompileError:
+    """A CompileError naming the command, the compiler's output and a kept, line-numbered source."""
+    try:
+        output = (directory / "build.log").read_text(errors="replace")
+    except OSError:
+        output = ""
+    for keep in (failed, None):
+        try:
+            keep = keep or Path(tempfile.mkdtemp(prefix=f"graphc-failed-{job.name}-"))
+            keep.mkdir(parents=True, exist_ok=True)
+            for extra in [f"{job.name}.h", "build.log", f"{job.module}.c"]:
+                if (directory / extra).is_file() and keep != directory:
+                    shutil.copyfile(directory / extra, keep / extra)
+            (keep / f"{job.name}.c").write_text(job.source)
+            numbered = keep / f"{job.name}.numbered.c"
+            numbered.write_text("".join(f"{i:5d}  {line}\n" for i, line in
+                                        enumerate(job.source.splitlines(), start=1)))
+            kept = f"line-numbered source kept at {numbered} (plain copy: {keep / (job.name + '.c')})"
+            break
+        except OSError as keep_error:
+            kept = f"could not keep a copy of the source: {keep_error}"
+    tail = output[-_LOG_TAIL:] if len(output) > _LOG_TAIL else output
+    message = (f"the C compiler failed to build {job.name} ({type(error).__name__}: {error})\n"
+               f"  compiler: {job.cc}   compile flags: {shlex.join(job.flags)}   "
+               f"link flags: {shlex.join([*job.link_args, '-lm'])} (full commands in the output)\n"
+               f"  {kept}\n  compiler output{' (last %d characters)' % _LOG_TAIL if tail != output else ''}:\n"
+               + "".join(f"    {line}\n" for line in tail.splitlines()))
+    return CompileError(message, hint=f"line numbers in the compiler output refer to {job.name}.c")
+
+
+@contextlib.contextmanager
+def _compiler_environment(cc: str):
+    """Make distutils use our compiler to compile and to link (it reads $CC and $LDSHARED)."""
+    words = (sysconfig.get_config_var("LDSHARED") or "cc -shared").split()
+    ldshared = " ".join([cc, *words[1:]]) if len(words) > 1 else f"{cc} -shared"
+    saved = {name: os.environ.get(name) for name in ("CC", "LDSHARED")}
+    os.environ.update(CC=cc, LDSHARED=ldshared)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def _output_into(log: Path):
+    """Send fds 1 and 2 (the compiler subprocess) and sys.stdout/err (distutils' log) to `log`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        with open(log, "a", buffering=1, errors="replace") as text, \
+                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (fd, *saved):
+            os.close(descriptor)
+
+
+def _import(module_name: str, library: Path):
+    """Import the extension at `library` without touching sys.path or sys.modules."""
+    spec = importlib.util.spec_from_file_location(module_name, library)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{library} is not a loadable extension module")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _discard(entry: Path) -> None:
+    """Move a corrupt entry aside (atomically), then delete it."""
+    trash = entry.with_name(f".trash-{entry.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(entry, trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def _builder_hash() -> str:
+    """The hash of this file: changing the builder invalidates every cache entry."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()

@@ -1,0 +1,407 @@
+"""Stage 2: the IR. Values with shapes and dtypes, nodes, named outputs.
+
+In: calls of the builder API (from spec.py or from user code). Out: a Graph
+whose node list is in topological order. Shapes are decided here, once, by
+each op's shape rule; nothing downstream infers a shape again.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import keyword
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from graphc.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
+
+Dim = int | str          # an int, or the name of a symbolic dim (the batch)
+Shape = tuple[Dim, ...]
+
+FLOAT = "float"          # the real type; float32 or float64 is chosen at compile time
+INT = "int32"
+DTYPES = (FLOAT, INT)
+_DTYPE_ALIASES = {"float": FLOAT, "float32": FLOAT, "float64": FLOAT, "real": FLOAT,
+                  "int32": INT, "int": INT}
+
+_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def normalize_dtype(dtype: str, where: str = "dtype") -> str:
+    try:
+        return _DTYPE_ALIASES[dtype]
+    except (KeyError, TypeError):
+        raise DTypeError(f"{where}: unknown dtype {dtype!r}",
+                         hint="use 'float32', 'float64' (real values) or 'int32' (labels, ids)") from None
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: Shape
+    dtype: str = FLOAT
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a node comes from: its spec line, or the forward node and identity it differentiates."""
+
+    text: str | None = None            # 'z = x @ W.T + b1'
+    location: Location | None = None
+    forward: "Node | None" = None      # for backward nodes: the forward node being differentiated
+    identity: str | None = None        # the notes' identity number(s), e.g. "5" or "3,4"
+
+    @property
+    def where(self) -> str:
+        loc = self.location
+        if loc is None or loc.file is None:
+            return ""
+        return f"{loc.file.rsplit('/', 1)[-1]}:{loc.line}" if loc.line else loc.file
+
+
+class Value:
+    """A tensor in a graph: an input, a parameter, or the output of one node."""
+
+    __array_priority__ = 1000  # so that ndarray @ Value defers to Value
+
+    def __init__(self, graph: "Graph", name: str, type: TensorType, node: "Node | None", kind: str):
+        self.graph, self.name, self.type, self.node, self.kind = graph, name, type, node, kind
+
+    shape = property(lambda self: self.type.shape)
+    dtype = property(lambda self: self.type.dtype)
+    rank = property(lambda self: len(self.type.shape))
+
+    def __repr__(self) -> str:
+        return f"<Value {self.name}: {self.graph.format_shape(self.shape)} {self.dtype}>"
+
+    # operator overloading: the builder API reads like the spec language
+    def __matmul__(self, o): return self.graph.apply("matmul", self, o)
+    def __rmatmul__(self, o): return self.graph.apply("matmul", o, self)
+    def __add__(self, o): return self.graph.apply("add", self, o)
+    def __radd__(self, o): return self.graph.apply("add", o, self)
+    def __sub__(self, o): return self.graph.apply("sub", self, o)
+    def __rsub__(self, o): return self.graph.apply("sub", o, self)
+    def __mul__(self, o): return self.graph.apply("mul", self, o)
+    def __rmul__(self, o): return self.graph.apply("mul", o, self)
+    def __truediv__(self, o): return self.graph.apply("div", self, o)
+    def __rtruediv__(self, o): return self.graph.apply("div", o, self)
+    def __neg__(self): return self.graph.apply("neg", self)
+
+    def __pow__(self, p):
+        if p == 2:
+            return self.graph.apply("square", self)
+        raise SpecError(f"only '**2' is supported, got '**{p!r}'", hint="write sqrt(x) for a square root")
+
+    @property
+    def T(self) -> "Value":
+        return self.graph.apply("transpose", self)
+
+    def __bool__(self):
+        raise GraphcError("a graphc Value has no truth value; compare arrays after evaluate()")
+
+
+@dataclass(eq=False)
+class Node:
+    op: Any                       # an OpDef from graphc.ops.REGISTRY
+    inputs: tuple[Value, ...]
+    attrs: dict[str, Any]
+    output: Value | None = None
+    origin: Origin = field(default_factory=Origin)
+
+    def __repr__(self) -> str:
+        return f"<Node {self.output.name if self.output else '?'} = {self.op.name}>"
+
+
+C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
+float for goto if inline int long register restrict return short signed sizeof static struct
+switch typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
+main NULL errno""".split())
+
+
+def check_name(name: Any, what: str, location: Location | None = None) -> str:
+    """User-chosen names become C identifiers and IR names: keep them plain."""
+    err = None
+    if not isinstance(name, str) or not _IDENT.match(name):
+        err = (f"{what} name {name!r} is not a plain identifier",
+               "use ASCII letters, digits and '_', starting with a letter")
+    elif name.startswith("d_"):
+        err = (f"{what} name {name!r} starts with 'd_', which graphc reserves for gradients",
+               f"rename it, e.g. {name[2:] or 'x'}_")
+    elif "__" in name:
+        err = (f"{what} name {name!r} contains '__', which graphc reserves for temporaries",
+               f"rename it, e.g. {name.replace('__', '_')}")
+    elif name.startswith("gc_") or name in C_KEYWORDS or keyword.iskeyword(name):
+        err = (f"{what} name {name!r} is reserved (a C or Python keyword, or graphc's 'gc_' prefix)",
+               f"rename it, e.g. {name}_v")
+    if err:
+        raise SpecError(err[0], location, hint=err[1])
+    return name
+
+
+class Graph:
+    """A forward (or forward+backward) computation: inputs, params, nodes, named outputs."""
+
+    def __init__(self, name: str = "model", dims: dict[str, int | None] | None = None):
+        self.name = check_name(name, "graph")
+        self.dims: dict[str, int | None] = dict(dims or {})   # None marks a symbolic dim
+        self.inputs: dict[str, Value] = {}
+        self.params: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self.outputs: dict[str, Value] = {}
+        self.values: dict[str, Value] = {}
+        self._origin_stack: list[Origin] = []
+        self._name_stack: list[str] = []
+        self._counter = 0
+        self.grad_spec: tuple[str, list[str]] | None = None   # the spec's [grad] of / wrt
+        self.param_init: dict[str, str] = {}                   # param name -> init scheme from the spec
+        self.source_file: str | None = None
+
+    # ---------------------------------------------------------------- dims and shapes
+    @property
+    def symbolic_dims(self) -> list[str]:
+        return [d for d, v in self.dims.items() if v is None]
+
+    def resolve_shape(self, shape: Sequence[Any], what: str, location: Location | None = None) -> Shape:
+        if isinstance(shape, (int, str)):
+            shape = (shape,)
+        out: list[Dim] = []
+        for d in shape:
+            if isinstance(d, bool):
+                raise ShapeError(f"{what}: dim {d!r} is not a size", location)
+            if isinstance(d, int):
+                if d < 1:
+                    raise ShapeError(f"{what}: dim {d} must be a positive integer", location)
+                out.append(d)
+            elif isinstance(d, str):
+                if d not in self.dims:
+                    if _IDENT.match(d):   # a fresh name in a builder graph becomes a symbolic dim
+                        self.dims[d] = None
+                    else:
+                        raise ShapeError(f"{what}: {d!r} is not a dim name", location)
+                size = self.dims[d]
+                out.append(d if size is None else size)
+            else:
+                raise ShapeError(f"{what}: dim {d!r} must be an int or a dim name", location)
+        return tuple(out)
+
+    def dim_label(self, d: Dim) -> str:
+        if isinstance(d, str):
+            return d
+        names = [k for k, v in self.dims.items() if v == d]
+        return f"{names[0]}={d}" if len(names) == 1 else str(d)
+
+    def format_shape(self, shape: Shape) -> str:
+        return "(" + ", ".join(self.dim_label(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+    # ---------------------------------------------------------------- building
+    def _fresh_temp(self, base: str, first: str | None = None) -> str:
+        """A temporary's name: `first` if free, else `base__0`, `base__1`, ..."""
+        if first is not None and first not in self.values:
+            return first
+        k = 0
+        while f"{base}__{k}" in self.values:
+            k += 1
+        return f"{base}__{k}"
+
+    def _declare(self, name: str, shape, dtype: str, kind: str, table: dict) -> Value:
+        loc = self._origin_stack[-1].location if self._origin_stack else None
+        check_name(name, kind, loc)
+        if name in self.values:
+            raise SpecError(f"{kind} {name!r} is declared twice", loc, hint="names must be unique in a graph")
+        t = TensorType(self.resolve_shape(shape, f"{kind} {name}", loc), normalize_dtype(dtype, f"{kind} {name}"))
+        v = Value(self, name, t, None, kind)
+        table[name] = self.values[name] = v
+        return v
+
+    def input(self, name: str, shape, dtype: str = FLOAT) -> Value:
+        return self._declare(name, shape, dtype, "input", self.inputs)
+
+    def param(self, name: str, shape, dtype: str = FLOAT) -> Value:
+        v = self._declare(name, shape, dtype, "param", self.params)
+        if v.dtype != FLOAT:
+            raise DTypeError(f"param {name!r} must be real (float), got {v.dtype}")
+        return v
+
+    def const(self, value: float) -> Value:
+        return self.apply("const", value=float(value))
+
+    def output(self, name: str, value: Value) -> Value:
+        check_name(name, "output")
+        value = self.lift(value)
+        if name in self.outputs:
+            raise SpecError(f"output {name!r} is declared twice")
+        self.outputs[name] = value
+        return value
+
+    def lift(self, v: Any) -> Value:
+        if isinstance(v, Value):
+            if v.graph is not self:
+                raise GraphcError(f"value {v.name!r} belongs to graph {v.graph.name!r}, not {self.name!r}")
+            return v
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return self.const(v)
+        raise GraphcError(f"cannot use {type(v).__name__} {v!r} as a graph value",
+                          hint="use a Value of this graph or a Python number")
+
+    @contextlib.contextmanager
+    def origin(self, origin: Origin):
+        """Stamp every node created inside with `origin` (spec line or identity)."""
+        self._origin_stack.append(origin)
+        try:
+            yield
+        finally:
+            self._origin_stack.pop()
+
+    @contextlib.contextmanager
+    def naming(self, base: str):
+        """Name nodes created inside after `base` (`z`, `z__0`, ...)."""
+        self._name_stack.append(base)
+        try:
+            yield
+        finally:
+            self._name_stack.pop()
+
+    def apply(self, opname: str, *inputs: Any, name: str | None = None, **attrs) -> Value:
+        from graphc.ops import get_op
+        op = get_op(opname)
+        vals = tuple(self.lift(x) for x in inputs)
+        origin = self._origin_stack[-1] if self._origin_stack else Origin()
+        try:
+            attrs = op.check_attrs(vals, attrs)
+            t = op.shape(*[v.type for v in vals], **attrs)
+        except ShapeError as e:
+            raise ShapeError(self._describe(op, vals, e.message), origin.location, e.hint) from None
+        except (DTypeError, SpecError) as e:
+            raise type(e)(self._describe(op, vals, e.message), origin.location, e.hint) from None
+        node = Node(op, vals, attrs, None, origin)
+        if name is None:
+            if self._name_stack:
+                name = self._fresh_temp(self._name_stack[-1])
+            else:
+                self._counter += 1
+                name = self._fresh_temp("t", f"t{self._counter}")
+        elif name in self.values:
+            raise SpecError(f"value name {name!r} is already used", origin.location)
+        node.output = Value(self, name, t, node, "node")
+        self.values[name] = node.output
+        self.nodes.append(node)
+        return node.output
+
+    def _describe(self, op, vals, msg: str) -> str:
+        operands = ", ".join(f"{v.name} is {self.format_shape(v.shape)}"
+                             + (f" {v.dtype}" if v.dtype != FLOAT else "") for v in vals)
+        return f"{op.name}: {operands}: {msg}" if operands else f"{op.name}: {msg}"
+
+    def rename(self, value: Value, name: str) -> Value:
+        """Give a node's output its spec name (used when `z = ...` names an expression)."""
+        if value.name == name:
+            return value
+        if name in self.values:
+            raise SpecError(f"value name {name!r} is already used")
+        del self.values[value.name]
+        value.name = name
+        self.values[name] = value
+        return value
+
+    def copy(self, name: str | None = None) -> tuple["Graph", dict[Value, Value]]:
+        """A structurally equal graph (same names, origins, outputs) and the old -> new value map."""
+        g = Graph(name or self.name, self.dims)
+        vmap: dict[Value, Value] = {}
+        for table, new_table in ((self.inputs, g.inputs), (self.params, g.params)):
+            for k, v in table.items():
+                nv = Value(g, k, v.type, None, v.kind)
+                new_table[k] = g.values[k] = vmap[v] = nv
+        for n in self.nodes:
+            g.add_node(n.op, tuple(vmap[v] for v in n.inputs), dict(n.attrs), n.output.name, n.output.type, n.origin)
+            vmap[n.output] = g.nodes[-1].output
+        g.outputs = {k: vmap[v] for k, v in self.outputs.items()}
+        g._counter = self._counter
+        g.grad_spec, g.param_init, g.source_file = self.grad_spec, dict(self.param_init), self.source_file
+        return g, vmap
+
+    def add_node(self, op, inputs: tuple[Value, ...], attrs: dict, name: str, type: TensorType,
+                 origin: Origin) -> Value:
+        """Append a node whose shape is already known (copies and passes; `apply` is for new nodes)."""
+        node = Node(op, inputs, attrs, None, origin)
+        node.output = Value(self, name, type, node, "node")
+        self.values[name] = node.output
+        self.nodes.append(node)
+        return node.output
+
+    # ---------------------------------------------------------------- queries
+    def __getitem__(self, name: str) -> Value:
+        if name in self.outputs:
+            return self.outputs[name]
+        if name in self.values:
+            return self.values[name]
+        close = difflib.get_close_matches(name, list(self.outputs) + list(self.values), n=1)
+        raise GraphcError(f"graph {self.name!r} has no value or output {name!r}",
+                          hint=f"did you mean {close[0]!r}?" if close else None)
+
+    def consumers(self) -> dict[Value, list[Node]]:
+        users: dict[Value, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                users.setdefault(v, []).append(n)
+        return users
+
+    def verify(self) -> None:
+        """Check the invariants every pass relies on: topological order, shapes, ownership."""
+        seen = set(self.inputs.values()) | set(self.params.values())
+        for n in self.nodes:
+            for v in n.inputs:
+                if v not in seen:
+                    raise GraphcError(f"node {n.output.name} uses {v.name} before it is defined")
+            t = n.op.shape(*[v.type for v in n.inputs], **n.attrs)
+            if t != n.output.type:
+                raise ShapeError(f"node {n.output.name}: recorded {n.output.type}, rule gives {t}")
+            seen.add(n.output)
+        for k, v in self.outputs.items():
+            if v not in seen:
+                raise GraphcError(f"output {k} is not computed by the graph")
+
+    # ---------------------------------------------------------------- printing
+    def _value_line(self, v: Value) -> str:
+        dt = "" if v.dtype == FLOAT else f" {v.dtype}"
+        return f"{self.format_shape(v.shape)}{dt}"
+
+    def __str__(self) -> str:
+        lines = [f"graph {self.name}"]
+        if self.dims:
+            lines.append("  dims    " + ", ".join(f"{k}={'batch' if v is None else v}" for k, v in self.dims.items()))
+        for kind, table in (("input", self.inputs), ("param", self.params)):
+            for v in table.values():
+                lines.append(f"  {kind:<7} {v.name:<10} {self._value_line(v)}")
+        width = max([len(n.output.name) for n in self.nodes] + [8])
+        for n in self.nodes:
+            lines.append("  " + self.format_node(n, width))
+        for k, v in self.outputs.items():
+            lines.append(f"  output  {k} = {v.name}")
+        return "\n".join(lines)
+
+    def format_node(self, n: Node, width: int = 8) -> str:
+        args = ", ".join(v.name for v in n.inputs)
+        attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
+        text = f"{n.output.name:<{width}} = {n.op.name}({', '.join(filter(None, (args, attrs)))})"
+        text = f"{text:<44} {self._value_line(n.output)}"
+        o = n.origin
+        if o.identity:
+            text += f"    # identity ({o.identity})"
+            if o.text:
+                text += f" of {o.text}"
+        elif o.text:
+            text += f"    # {o.text}" + (f"  [{o.where}]" if o.where else "")
+        return text
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.params)} params, {len(self.nodes)} nodes>"
+
+
+def topo_values(graph: Graph) -> Iterable[Value]:
+    yield from graph.inputs.values()
+    yield from graph.params.values()
+    for n in graph.nodes:
+        yield n.output

@@ -1,0 +1,65 @@
+"""Row gather and its adjoint, scatter-add: embedding lookups of word ids."""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.errors import ShapeError
+from graphc.ir import TensorType
+from graphc.ops import OpDef, register, require_float
+from graphc.ops.loss import check_labels
+
+
+@register
+class Embedding(OpDef):
+    """e = table[ids]: one row of the table per id; shape ids.shape + (D,).
+    VJP: dJ/dtable scatter-adds δ's rows into the ids' rows (repeated ids accumulate); ids get none."""
+
+    name = "embedding"
+    arity = 2
+    family = "gather"
+    identity = "3"
+    int_inputs = (1,)
+
+    def shape(self, table, ids):
+        require_float(table, "table")
+        if table.rank != 2 or isinstance(table.shape[0], str):
+            raise ShapeError("the table must be 2-D (rows, dim) with a fixed number of rows")
+        return TensorType(ids.shape + (table.shape[1],))
+
+    def reference(self, table, ids):
+        check_labels(ids, table.shape[0], "embedding")
+        return table[ids.astype(np.intp)]
+
+    def vjp(self, b, node, d):
+        table, ids = node.inputs
+        with b.because(node, self.identity):
+            return [b.apply("embedding_grad", d, ids, rows=table.shape[0]), None]
+
+
+@register
+class EmbeddingGrad(OpDef):
+    """The adjoint of embedding: out[r] = Σ over positions p with ids[p] == r of δ[p]."""
+
+    name = "embedding_grad"
+    arity = 2
+    family = "gather"
+    attrs = {"rows": 1}
+    identity = "3"
+    int_inputs = (1,)
+    public = False
+
+    def shape(self, d, ids, rows):
+        require_float(d)
+        if d.shape[:-1] != ids.shape:
+            raise ShapeError("the delta must have shape ids.shape + (dim,)")
+        return TensorType((rows, d.shape[-1]))
+
+    def reference(self, d, ids, rows):
+        check_labels(ids, rows, "embedding_grad")
+        out = np.zeros((rows, d.shape[-1]), dtype=d.dtype)
+        np.add.at(out, ids.reshape(-1).astype(np.intp), d.reshape(-1, d.shape[-1]))
+        return out
+
+    def vjp(self, b, node, d):
+        with b.because(node, self.identity):
+            return [b.apply("embedding", d, node.inputs[1]), None]

@@ -1,0 +1,345 @@
+"""Linear-algebra, reduction and layout ops: matmul, transpose, sums, reshape, concat.
+
+matmul cites identities (1)/(2) for the operand the gradient passes through
+and (5)/(6) for the weight; every gradient comes back in its operand's shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.errors import ShapeError
+from graphc.ir import TensorType
+from graphc.ops import OpDef, broadcast_shapes, norm_axis, numel, register, require_float, unbroadcast
+
+
+@register
+class Matmul(OpDef):
+    """z = a @ b with NumPy's rules for 1-D and 2-D operands.
+
+    VJP: row form z = x W: dJ/dx = δ Wᵀ, identity (2); dJ/dW = xᵀ δ, identity (6).
+    Column form z = W x: dJ/dW = δ xᵀ, identity (5); dJ/dx = Wᵀ δ, identity (1).
+    """
+
+    name = "matmul"
+    arity = 2
+    family = "matmul"
+    identity = "1,2,5,6"
+
+    def shape(self, a, b):
+        require_float(a, "left operand")
+        require_float(b, "right operand")
+        if not (1 <= a.rank <= 2 and 1 <= b.rank <= 2):
+            raise ShapeError(f"supports 1-D and 2-D operands, got ranks {a.rank} and {b.rank}")
+        k_a = a.shape[-1]
+        k_b = b.shape[0] if b.rank == 1 else b.shape[-2]
+        if k_a != k_b:
+            hint = None
+            if b.rank == 2 and b.shape[-1] == k_a:
+                hint = "the right operand transposed would fit: did you mean @ W.T?"
+            elif a.rank == 2 and a.shape[0] == k_b:
+                hint = "the left operand transposed would fit: did you mean W.T @ x?"
+            raise ShapeError(f"inner dims {k_a} and {k_b} differ", hint=hint)
+        return TensorType(a.shape[:-1] + b.shape[1:] if b.rank == 2 else a.shape[:-1])
+
+    def reference(self, a, b):
+        return a @ b
+
+    def vjp(self, b, node, d):
+        x, w = node.inputs
+        out = []
+        # gradient of the left operand: d @ wᵀ (or an outer product when w is a vector)
+        column = x.rank == 2 and w.rank == 1          # z = W x, the notes' column form
+        with b.because(node, "5" if column else "2"):
+            if w.rank == 2:
+                out.append(b.matmul(d, b.transpose(w)))
+            else:
+                out.append(b.outer(d, w) if x.rank == 2 else b.mul(d, w))
+        # gradient of the right operand: xᵀ @ d, the weight's shape
+        with b.because(node, "1" if column else "6"):
+            if x.rank == 2:
+                out.append(b.matmul(b.transpose(x), d))
+            elif w.rank == 2:
+                out.append(b.outer(x, d))
+            else:
+                out.append(b.mul(d, x))
+        return out
+
+
+@register
+class Transpose(OpDef):
+    """z = xᵀ (identity on vectors, as in NumPy). VJP: dJ/dx = δᵀ."""
+
+    name = "transpose"
+    family = "transpose"
+
+    def shape(self, x):
+        if x.rank > 2:
+            raise ShapeError(f".T supports rank 1 and 2, got rank {x.rank}")
+        return TensorType(tuple(reversed(x.shape)), x.dtype)
+
+    def reference(self, x):
+        return x.T
+
+    def vjp(self, b, node, d):
+        with b.because(node, "3"):
+            return [b.transpose(d)]
+
+
+def reduced_shape(shape, axis, keepdims):
+    if axis is None:
+        return tuple(1 for _ in shape) if keepdims else ()
+    ax = norm_axis(axis, len(shape), "sum")
+    return shape[:ax] + ((1,) if keepdims else ()) + shape[ax + 1:]
+
+
+@register
+class Sum(OpDef):
+    """Sum of all elements, or along one axis. VJP: δ broadcast back over the summed axis (identity 3)."""
+
+    name = "sum"
+    family = "reduce"
+    attrs = {"axis": None, "keepdims": False}
+    identity = "3"
+
+    def shape(self, x, axis, keepdims):
+        require_float(x)
+        return TensorType(reduced_shape(x.shape, axis, keepdims))
+
+    def reference(self, x, axis, keepdims):
+        return np.sum(x, axis=axis, keepdims=keepdims)
+
+    def vjp(self, b, node, d):
+        x = node.inputs[0]
+        axis, keep = node.attrs["axis"], node.attrs["keepdims"]
+        with b.because(node, self.identity):
+            if axis is not None and not keep:
+                d = b.apply("reshape", d, shape=reduced_shape(x.shape, axis, True))
+            return [b.apply("broadcast_to", d, shape=x.shape)]
+
+
+@register
+class Mean(OpDef):
+    """Mean of all elements or along one axis: sum / count."""
+
+    name = "mean"
+    family = "reduce"
+    attrs = {"axis": None, "keepdims": False}
+    identity = "3"
+
+    shape = Sum.shape
+
+    def reference(self, x, axis, keepdims):
+        return np.mean(x, axis=axis, keepdims=keepdims)
+
+    def _count(self, b, x, axis):
+        axes = tuple(range(x.rank)) if axis is None else (norm_axis(axis, x.rank, "mean"),)
+        return b.apply("size", x, axes=axes)
+
+    def lower(self, b, node):
+        x = node.inputs[0]
+        s = b.apply("sum", x, **node.attrs)
+        return b.div(s, self._count(b, x, node.attrs["axis"]))
+
+    def vjp(self, b, node, d):
+        x = node.inputs[0]
+        with b.because(node, self.identity):
+            d = b.div(d, self._count(b, x, node.attrs["axis"]))
+            return Sum.vjp(self, b, node, d)
+
+
+@register
+class SumTo(OpDef):
+    """Sum x down to a broadcast-compatible shape: the undo of broadcasting (identity 3)."""
+
+    name = "sum_to"
+    family = "reduce"
+    attrs = {"shape": ()}
+    identity = "3"
+    public = False
+
+    def shape(self, x, shape):
+        require_float(x)
+        if broadcast_shapes(tuple(shape), x.shape) != x.shape:
+            raise ShapeError(f"cannot sum {x.shape} down to {tuple(shape)}")
+        return TensorType(tuple(shape))
+
+    def reference(self, x, shape):
+        shape = tuple(shape)
+        lead = x.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and x.shape[lead + i] != 1)
+        return np.sum(x, axis=axes, keepdims=True).reshape(shape)
+
+    def vjp(self, b, node, d):
+        with b.because(node, self.identity):
+            return [b.apply("broadcast_to", d, shape=node.inputs[0].shape)]
+
+
+@register
+class Size(OpDef):
+    """The number of elements of x along `axes`, as a real scalar (the batch count of a mean)."""
+
+    name = "size"
+    family = "elementwise"
+    attrs = {"axes": ()}
+    public = False
+
+    def check_attrs(self, inputs, attrs):
+        attrs = super().check_attrs(inputs, attrs)
+        attrs["axes"] = tuple(attrs["axes"])
+        return attrs
+
+    def shape(self, x, axes):
+        for a in axes:
+            norm_axis(a, x.rank, "size")
+        return TensorType(())
+
+    def reference(self, x, axes):
+        return np.array(float(np.prod([x.shape[a] for a in axes])))
+
+    def vjp(self, b, node, d):
+        return [None]
+
+
+@register
+class Dot(OpDef):
+    """a · b over the last axis (np.dot for vectors). Practice exercise of the notes:
+    ∂(a·b)/∂a = bᵀ, so dJ/da = δ b (identity 4 on the product, then the sum)."""
+
+    name = "dot"
+    arity = 2
+    family = "reduce"
+    identity = "4"
+
+    def shape(self, a, b):
+        require_float(a), require_float(b)
+        if a.rank == 0 or b.rank == 0 or a.shape[-1] != b.shape[-1]:
+            raise ShapeError("needs two operands with the same last dim")
+        return TensorType(broadcast_shapes(a.shape, b.shape)[:-1])
+
+    def reference(self, a, b):
+        return np.sum(a * b, axis=-1)
+
+    def lower(self, b, node):
+        return b.apply("sum", b.mul(*node.inputs), axis=-1)
+
+    def vjp(self, b, node, d):
+        x, y = node.inputs
+        with b.because(node, self.identity):
+            d = b.apply("reshape", d, shape=node.output.shape + (1,))
+            return [unbroadcast(b, b.mul(d, y), x.shape), unbroadcast(b, b.mul(d, x), y.shape)]
+
+
+@register
+class Norm2(OpDef):
+    """‖x‖₂ over the last axis. Practice exercise of the notes: ∂‖x‖/∂x = xᵀ/‖x‖."""
+
+    name = "norm2"
+    family = "reduce"
+    identity = "4"
+
+    def shape(self, x):
+        require_float(x)
+        if x.rank == 0:
+            raise ShapeError("needs at least one axis")
+        return TensorType(x.shape[:-1])
+
+    def reference(self, x):
+        return np.sqrt(np.sum(x * x, axis=-1))
+
+    def lower(self, b, node):
+        return b.apply("sqrt", b.apply("sum", b.apply("square", node.inputs[0]), axis=-1))
+
+    def vjp(self, b, node, d):
+        x = node.inputs[0]
+        with b.because(node, self.identity):
+            scale = b.apply("reshape", b.div(d, node.output), shape=node.output.shape + (1,))
+            return [b.mul(scale, x)]
+
+
+@register
+class Reshape(OpDef):
+    """A view with a new shape (same element count, row-major). VJP: reshape back."""
+
+    name = "reshape"
+    family = "copy"
+    attrs = {"shape": ()}
+    identity = "3"
+
+    def check_attrs(self, inputs, attrs):
+        attrs = super().check_attrs(inputs, attrs)
+        attrs["shape"] = tuple(attrs["shape"])
+        return attrs
+
+    def shape(self, x, shape):
+        if numel(x.shape) != numel(shape):
+            raise ShapeError(f"cannot reshape {x.shape} to {shape}: element counts differ")
+        return TensorType(shape, x.dtype)
+
+    def reference(self, x, shape):
+        return x.reshape(shape)
+
+    def vjp(self, b, node, d):
+        with b.because(node, self.identity):
+            return [b.apply("reshape", d, shape=node.inputs[0].shape)]
+
+
+@register
+class Concat(OpDef):
+    """Concatenate along the last axis. VJP: each operand gets its slice of δ (identity 3)."""
+
+    name = "concat"
+    arity = None
+    family = "copy"
+    identity = "3"
+
+    def shape(self, *xs):
+        for x in xs:
+            require_float(x)
+        first = xs[0]
+        if any(x.rank != first.rank or x.rank == 0 or x.shape[:-1] != first.shape[:-1] for x in xs):
+            raise ShapeError("operands must share every dim but the last")
+        if any(isinstance(x.shape[-1], str) for x in xs):
+            raise ShapeError("cannot concatenate along a symbolic dim")
+        return TensorType(first.shape[:-1] + (sum(x.shape[-1] for x in xs),))
+
+    def reference(self, *xs):
+        return np.concatenate(xs, axis=-1)
+
+    def vjp(self, b, node, d):
+        out, start = [], 0
+        with b.because(node, self.identity):
+            for x in node.inputs:
+                out.append(b.apply("slice", d, start=start, stop=start + x.shape[-1]))
+                start += x.shape[-1]
+        return out
+
+
+@register
+class Slice(OpDef):
+    """x[..., start:stop]. VJP: δ placed back into zeros (a pad)."""
+
+    name = "slice"
+    family = "copy"
+    attrs = {"start": 0, "stop": 0}
+    public = False
+    identity = "3"
+
+    def shape(self, x, start, stop):
+        if x.rank == 0 or not (0 <= start < stop <= x.shape[-1]):
+            raise ShapeError(f"slice {start}:{stop} is out of range for {x.shape}")
+        return TensorType(x.shape[:-1] + (stop - start,), x.dtype)
+
+    def reference(self, x, start, stop):
+        return x[..., start:stop]
+
+    def vjp(self, b, node, d):
+        x = node.inputs[0]
+        start, stop = node.attrs["start"], node.attrs["stop"]
+        with b.because(node, self.identity):
+            parts = []
+            if start:
+                parts.append(b.zeros(x.shape[:-1] + (start,)))
+            parts.append(d)
+            if stop < x.shape[-1]:
+                parts.append(b.zeros(x.shape[:-1] + (x.shape[-1] - stop,)))
+            return [b.apply("concat", *parts) if len(parts) > 1 else d]

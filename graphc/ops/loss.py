@@ -1,0 +1,176 @@
+"""Softmax, log-softmax and the losses.
+
+`cross_entropy` is one op whose VJP is identity (7), ŷ − y scaled by the
+upstream value over the batch: softmax and log are never differentiated
+separately, which is cheaper and stays finite at extreme logits.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.errors import ShapeError
+from graphc.ir import FLOAT, INT, TensorType
+from graphc.ops import OpDef, register, require_float
+
+
+def _log_softmax(x):
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    s = x - m
+    return s - np.log(np.sum(np.exp(s), axis=-1, keepdims=True))
+
+
+def check_labels(labels: np.ndarray, depth: int, what: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= depth):
+        from graphc.errors import ArgumentError
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise ArgumentError(f"{what}: label/id {int(bad)} is out of range [0, {depth})")
+
+
+@register
+class Softmax(OpDef):
+    """ŷ = softmax(x) over the last axis, computed as exp(x - max) / sum for stability.
+    VJP: dJ/dx = ŷ ∘ (δ - Σ δ∘ŷ); the cross-entropy op never uses it (identity 7 instead)."""
+
+    name = "softmax"
+    family = "softmax"
+    identity = "4"
+
+    def shape(self, x):
+        require_float(x)
+        if x.rank == 0:
+            raise ShapeError("needs at least one axis")
+        return x
+
+    def reference(self, x):
+        return np.exp(_log_softmax(x))
+
+    def vjp(self, b, node, d):
+        y = node.output
+        with b.because(node, self.identity):
+            s = b.apply("sum", b.mul(d, y), axis=-1, keepdims=True)
+            return [b.mul(y, b.sub(d, s))]
+
+
+@register
+class LogSoftmax(OpDef):
+    """log softmax(x) over the last axis, as x - max - log Σ exp(x - max).
+    VJP: dJ/dx = δ - softmax(x) ∘ Σ δ."""
+
+    name = "log_softmax"
+    family = "softmax"
+    identity = "4"
+    shape = Softmax.shape
+
+    def reference(self, x):
+        return _log_softmax(x)
+
+    def vjp(self, b, node, d):
+        with b.because(node, self.identity):
+            s = b.apply("sum", d, axis=-1, keepdims=True)
+            return [b.sub(d, b.mul(b.apply("softmax", node.inputs[0]), s))]
+
+
+def _batch_count(b, theta):
+    """Rows of the logits (1 for a single column-vector example): the mean's divisor."""
+    return b.apply("size", theta, axes=tuple(range(theta.rank - 1))) if theta.rank > 1 else None
+
+
+@register
+class CrossEntropy(OpDef):
+    """J = CE(y, softmax(θ)), the mean over the batch rows of -log ŷ[label].
+
+    Labels are int32 class indices (shape of θ without its last axis) or real
+    targets shaped like θ (one-hot or probabilities).
+    VJP, identity (7): dJ/dθ = (ŷ − y) · δ / rows. Real targets also get dJ/dy = -log ŷ · δ / rows.
+    """
+
+    name = "cross_entropy"
+    arity = 2
+    family = "softmax"
+    identity = "7"
+    int_inputs = (1,)
+
+    def accepts_float_at(self, i):
+        return True
+
+    def shape(self, theta, y):
+        require_float(theta, "logits")
+        if theta.rank == 0:
+            raise ShapeError("logits need a class axis")
+        want = theta.shape[:-1] if y.dtype == INT else theta.shape
+        if y.shape != want:
+            kind = "int32 labels" if y.dtype == INT else "real targets"
+            raise ShapeError(f"{kind} must have shape {want}, got {y.shape}",
+                             hint="labels are class indices, one per row; targets are rows like the logits")
+        return TensorType(())
+
+    def reference(self, theta, y):
+        lsm = _log_softmax(theta)
+        if np.issubdtype(y.dtype, np.integer):
+            check_labels(y, theta.shape[-1], "cross_entropy")
+            picked = np.take_along_axis(lsm, y[..., None].astype(np.intp), axis=-1)[..., 0]
+            return -np.mean(picked)
+        return -np.sum(y * lsm) / max(1, int(np.prod(theta.shape[:-1])))
+
+    def vjp(self, b, node, d):
+        theta, y = node.inputs
+        with b.because(node, self.identity):
+            count = _batch_count(b, theta)
+            scale = d if count is None else b.div(d, count)
+            yhat = b.apply("softmax", theta)
+            target = b.apply("onehot", y, depth=theta.shape[-1]) if y.dtype == INT else y
+            d_theta = b.mul(b.sub(yhat, target), scale)
+            d_y = None if y.dtype == INT else b.mul(b.neg(b.apply("log_softmax", theta)), scale)
+            return [d_theta, d_y]
+
+
+@register
+class Mse(OpDef):
+    """J = mean((p - t)^2) over every element. VJP: dJ/dp = 2 (p - t) δ / count."""
+
+    name = "mse"
+    arity = 2
+    family = "reduce"
+    identity = "4"
+
+    def shape(self, p, t):
+        require_float(p), require_float(t)
+        if p.shape != t.shape:
+            raise ShapeError("prediction and target must have the same shape")
+        return TensorType(())
+
+    def reference(self, p, t):
+        return np.mean((p - t) ** 2)
+
+    def lower(self, b, node):
+        return b.apply("mean", b.apply("square", b.sub(*node.inputs)))
+
+    def vjp(self, b, node, d):
+        p, t = node.inputs
+        with b.because(node, self.identity):
+            g = b.mul(b.sub(p, t), b.mul(d, 2.0))
+            if p.rank:
+                g = b.div(g, b.apply("size", p, axes=tuple(range(p.rank))))
+            return [g, b.neg(g)]
+
+
+@register
+class Onehot(OpDef):
+    """The one-hot rows of int32 labels: y.shape + (depth,). No gradient."""
+
+    name = "onehot"
+    family = "gather"
+    attrs = {"depth": 1}
+    int_inputs = (0,)
+    public = False
+
+    def shape(self, y, depth):
+        return TensorType(y.shape + (depth,), FLOAT)
+
+    def reference(self, y, depth):
+        check_labels(y, depth, "onehot")
+        return (y[..., None] == np.arange(depth)).astype(np.float64)
+
+    def vjp(self, b, node, d):
+        return [None]

@@ -1,0 +1,366 @@
+"""Stage 1: a TOML spec (or its text) into a Graph.
+
+In: the spec file. Out: a Graph, built through the same builder API users
+call. Expressions are parsed with `ast` against a whitelist and never
+evaluated; every error names the file, the section.key, the line and column.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graphc.errors import GraphcError, Location, SpecError
+from graphc.ir import Graph, Origin, Value
+from graphc.ops import REGISTRY
+
+SECTIONS = ("name", "dims", "inputs", "params", "graph", "outputs", "grad")
+SYMBOLIC = ("batch", "symbolic")
+MAX_EXPRESSION = 20_000
+_BINOPS = {ast.MatMult: "matmul", ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
+_KEY_LINE = re.compile(r"""^\s*("?)([A-Za-z0-9_\-]+)\1\s*=\s*(.*)$""")
+_SECTION_LINE = re.compile(r"^\s*\[([^\]]+)\]")
+
+
+@dataclass
+class _Source:
+    file: str
+    lines: dict[tuple[str, str], tuple[int, int, str]]   # (section, key) -> (line, value col, raw value)
+
+    def loc(self, section: str, key: str | None = None, text: str | None = None, offset: int | None = None) -> Location:
+        line, col, raw = self.lines.get((section, key or ""), (None, None, ""))
+        if text is not None and col is not None and offset is not None:
+            start = raw.find(text)
+            col = col + (start if start >= 0 else 1) + offset
+        return Location(self.file, f"{section}.{key}" if key else section, line, col, text, offset)
+
+
+def _scan(text: str, file: str) -> _Source:
+    """Line and column of every `key = value` by section (tomllib gives values, not positions)."""
+    lines, section = {}, ""
+    for i, line in enumerate(text.splitlines(), 1):
+        m = _SECTION_LINE.match(line)
+        if m:
+            section = m.group(1).strip()
+            lines.setdefault((section, ""), (i, 1, ""))
+            continue
+        m = _KEY_LINE.match(line)
+        if m:
+            lines.setdefault((section, m.group(2)), (i, m.start(3) + 1, m.group(3)))
+    return _Source(file, lines)
+
+
+def load(path: str | Path) -> Graph:
+    """Parse a spec file into a Graph."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read spec: {e}", Location(str(path))) from None
+    return parse_spec(text, str(path), default_name=p.stem)
+
+
+def parse_spec(text: str, file: str = "<spec>", default_name: str = "model") -> Graph:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        loc = Location(file, None, int(m.group(1)), int(m.group(2))) if m else Location(file)
+        raise SpecError(f"not valid TOML: {str(e).split(' (at line')[0]}", loc) from None
+    return _Builder(doc, _scan(text, file), default_name).build()
+
+
+class _Builder:
+    def __init__(self, doc: dict, src: _Source, default_name: str):
+        self.doc, self.src = doc, src
+        self.default_name = re.sub(r"\W", "_", default_name) or "model"
+        if not self.default_name[0].isalpha():
+            self.default_name = "m_" + self.default_name
+
+    def table(self, key: str) -> dict:
+        t = self.doc.get(key, {})
+        if not isinstance(t, dict):
+            raise SpecError(f"[{key}] must be a table", self.src.loc(key))
+        return t
+
+    def build(self) -> Graph:
+        for k in self.doc:
+            if k not in SECTIONS:
+                close = difflib.get_close_matches(k, SECTIONS, n=1)
+                raise SpecError(f"unknown section or key {k!r}", self.src.loc(k),
+                                hint=f"did you mean {close[0]!r}?" if close else f"a spec has {', '.join(SECTIONS)}")
+        name = self.doc.get("name", self.default_name)
+        if not isinstance(name, str):
+            raise SpecError("name must be a string", self.src.loc("", "name"))
+        g = Graph(name, self._dims())
+        g.source_file = self.src.file
+        g.param_init = {}
+        for section, declare in (("inputs", g.input), ("params", g.param)):
+            for key, decl in self.table(section).items():
+                loc = self.src.loc(section, key)
+                shape, dtype, init = self._declaration(section, key, decl, loc)
+                with g.origin(Origin(f"{section}.{key}", loc)):
+                    self._guard(lambda: declare(key, shape, dtype), loc)
+                if init is not None:
+                    g.param_init[key] = init
+        self._graph_section(g)
+        self._outputs(g)
+        self._grad(g)
+        g.verify()
+        return g
+
+    def _guard(self, fn, loc: Location):
+        """Re-raise builder errors with this key's location."""
+        try:
+            return fn()
+        except GraphcError as e:
+            if e.location is None:
+                raise type(e)(e.message, loc, e.hint) from None
+            raise
+
+    def _dims(self) -> dict[str, int | None]:
+        dims = {}
+        for k, v in self.table("dims").items():
+            loc = self.src.loc("dims", k)
+            if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", k):
+                raise SpecError(f"dim name {k!r} is not an identifier", loc)
+            if isinstance(v, bool) or not (isinstance(v, int) and v > 0 or v in SYMBOLIC):
+                raise SpecError(f"dim {k} = {v!r}: a dim is a positive integer or \"batch\"", loc,
+                                hint='write e.g. Dh = 128, or N = "batch" for a size chosen at call time')
+            dims[k] = None if v in SYMBOLIC else v
+        if len([v for v in dims.values() if v is None]) > 1:
+            raise SpecError("at most one symbolic (batch) dim is supported", self.src.loc("dims"),
+                            hint="fix the other dims to integers")
+        return dims
+
+    def _declaration(self, section, key, decl, loc):
+        dtype, init = "float32", None
+        if isinstance(decl, dict):
+            extra = set(decl) - {"shape", "dtype", "init"}
+            if extra or "shape" not in decl:
+                raise SpecError(f"{section}.{key} takes {{ shape = [...], dtype = ..., init = ... }}"
+                                + (f"; unknown field {sorted(extra)[0]!r}" if extra else "; shape is missing"), loc)
+            dtype, init = decl.get("dtype", dtype), decl.get("init")
+            decl = decl["shape"]
+        if not isinstance(decl, list) or not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in decl):
+            raise SpecError(f"{section}.{key}: a shape is a list of dim names and integers, got {decl!r}", loc,
+                            hint='e.g. x = ["N", "Dx"]')
+        for d in decl:
+            if isinstance(d, str) and d not in self.table("dims"):
+                close = difflib.get_close_matches(d, list(self.table("dims")), n=1)
+                raise SpecError(f"{section}.{key}: unknown dim {d!r}", loc,
+                                hint=f"did you mean {close[0]!r}?" if close else "declare it under [dims]")
+        if not isinstance(dtype, str):
+            raise SpecError(f"{section}.{key}: dtype must be a string", loc)
+        return decl, dtype, init
+
+    # ------------------------------------------------------------------ expressions
+    def _parse(self, section: str, key: str, expr: Any) -> ast.expr:
+        loc = self.src.loc(section, key)
+        if not isinstance(expr, str):
+            raise SpecError(f"{section}.{key} must be an expression string, got {type(expr).__name__}", loc,
+                            hint=f'e.g. {key} = "x @ W.T + b1"')
+        if len(expr) > MAX_EXPRESSION:
+            raise SpecError(f"expression is {len(expr)} characters long (limit {MAX_EXPRESSION})", loc,
+                            hint="split it into several named lines")
+        try:
+            tree = ast.parse(expr.strip(), mode="eval").body
+        except SyntaxError as e:
+            off = (e.offset or 1) - 1
+            raise SpecError(f"syntax error: {e.msg}", self.src.loc(section, key, expr.strip(), off)) from None
+        except (RecursionError, MemoryError, ValueError) as e:
+            raise SpecError(f"expression cannot be parsed ({type(e).__name__}: nested too deeply?)", loc) from None
+        return tree
+
+    def _graph_section(self, g: Graph) -> None:
+        exprs = {k: self._parse("graph", k, v) for k, v in self.table("graph").items()}
+        order = self._toposort(g, exprs)
+        for key in order:
+            expr_text = self.table("graph")[key].strip()
+            loc = self.src.loc("graph", key)
+            with g.origin(Origin(f'{key} = "{expr_text}"', loc)), g.naming(key):
+                v = self._expr(g, "graph", key, exprs[key], expr_text)
+            if v.node is None or v.name in g.inputs or v.name in g.params or not v.name.startswith(key):
+                # `h = "z"` only aliases; record the alias as a value name
+                self._alias(g, key, v, loc)
+            else:
+                self._guard(lambda: g.rename(v, key), loc)
+
+    def _alias(self, g, key, v, loc):
+        from graphc.ir import check_name
+        check_name(key, "value", loc)
+        if key in g.values:
+            raise SpecError(f"value name {key!r} is already used", loc)
+        g.values[key] = v
+
+    def _toposort(self, g: Graph, exprs: dict[str, ast.expr]) -> list[str]:
+        deps = {k: [n.id for n in ast.walk(t) if isinstance(n, ast.Name) and n.id in exprs and n.id != k]
+                for k, t in exprs.items()}
+        for k, t in exprs.items():
+            if any(isinstance(n, ast.Name) and n.id == k for n in ast.walk(t)):
+                raise SpecError(f"{k} refers to itself", self.src.loc("graph", k), hint="graphs have no cycles")
+            if k in g.inputs or k in g.params:
+                raise SpecError(f"{k!r} is declared as an input/param and again in [graph]", self.src.loc("graph", k))
+        order, state = [], {}
+
+        def visit(k, path):
+            if state.get(k) == "done":
+                return
+            if state.get(k) == "active":
+                cycle = path[path.index(k):] + [k]
+                raise SpecError("cycle: " + " -> ".join(cycle), self.src.loc("graph", k),
+                                hint="every value must be computable from inputs and params")
+            state[k] = "active"
+            for d in deps[k]:
+                visit(d, path + [k])
+            state[k] = "done"
+            order.append(k)
+
+        for k in exprs:
+            visit(k, [])
+        return order
+
+    def _expr(self, g: Graph, section: str, key: str, node: ast.expr, text: str) -> Value:
+        def fail(msg, at, hint=None, cls=SpecError):
+            raise cls(msg, self.src.loc(section, key, text, getattr(at, "col_offset", None)), hint)
+
+        def visit(n):
+            try:
+                return build(n)
+            except GraphcError as e:
+                if e.location is None or e.location.offset is None and e.location.key == f"{section}.{key}":
+                    raise type(e)(e.message, self.src.loc(section, key, text, getattr(n, "col_offset", None)),
+                                  e.hint) from None
+                raise
+
+        def build(n):
+            if isinstance(n, ast.Name):
+                if n.id in g.values:
+                    return g.values[n.id]
+                if n.id in g.dims:
+                    fail(f"{n.id} is a dim, not a value", n, hint="dims size tensors; they cannot be used in arithmetic")
+                if n.id in REGISTRY and REGISTRY[n.id].public:
+                    fail(f"{n.id} is an op; call it: {n.id}(...)", n)
+                close = difflib.get_close_matches(n.id, list(g.values), n=1)
+                fail(f"unknown name {n.id!r}", n, hint=f"did you mean {close[0]!r}?" if close else
+                     "declare it under [inputs] or [params], or define it in [graph]")
+            if isinstance(n, ast.Constant):
+                if isinstance(n.value, bool) or not isinstance(n.value, (int, float)):
+                    fail(f"only numbers are allowed as constants, got {n.value!r}", n)
+                return g.const(n.value)
+            if isinstance(n, ast.BinOp):
+                if isinstance(n.op, ast.Pow):
+                    if isinstance(n.right, ast.Constant) and n.right.value == 2 and not isinstance(n.right.value, bool):
+                        return g.apply("square", visit(n.left))
+                    fail("only '** 2' is supported", n.right, hint="write sqrt(x) or exp(...) for other powers")
+                if type(n.op) not in _BINOPS:
+                    fail(f"operator {type(n.op).__name__} is not allowed", n, hint="use @ + - * / and ** 2")
+                a, b = visit(n.left), visit(n.right)
+                return g.apply(_BINOPS[type(n.op)], a, b)
+            if isinstance(n, ast.UnaryOp):
+                if isinstance(n.op, ast.USub):
+                    return g.apply("neg", visit(n.operand))
+                if isinstance(n.op, ast.UAdd):
+                    return visit(n.operand)
+                fail(f"operator {type(n.op).__name__} is not allowed", n)
+            if isinstance(n, ast.Attribute):
+                if n.attr != "T":
+                    fail(f"attribute access '.{n.attr}' is not allowed; only '.T' (transpose) is", n)
+                return g.apply("transpose", visit(n.value))
+            if isinstance(n, ast.Call):
+                if not isinstance(n.func, ast.Name):
+                    fail("only calls of graphc ops by name are allowed", n)
+                opname = n.func.id
+                if opname not in REGISTRY or not REGISTRY[opname].public:
+                    public = [k for k, o in REGISTRY.items() if o.public]
+                    close = difflib.get_close_matches(opname, public, n=1)
+                    fail(f"unknown op {opname!r}", n, hint=f"did you mean {close[0]}?" if close else
+                         f"ops are: {', '.join(sorted(public))}")
+                op = REGISTRY[opname]
+                n_in = op.arity if op.arity is not None else len(n.args)
+                if len(n.args) < n_in:
+                    fail(f"{opname} takes {n_in} argument{'s' if n_in != 1 else ''}, got {len(n.args)}", n)
+                extra_pos = n.args[n_in:]
+                if len(extra_pos) > len(op.attrs):
+                    fail(f"{opname} takes {n_in} argument{'s' if n_in != 1 else ''}"
+                         + (f" and keywords {', '.join(op.attrs)}" if op.attrs else "") + f", got {len(n.args)}", n)
+                attrs = {name: self._literal(g, a, fail) for name, a in zip(op.attrs, extra_pos)}
+                for kw in n.keywords:
+                    if kw.arg is None:
+                        fail("'**' arguments are not allowed", kw.value)
+                    attrs[kw.arg] = self._literal(g, kw.value, fail)
+                args = [visit(a) for a in n.args[:n_in]]
+                return g.apply(opname, *args, **attrs)
+            fail(f"{type(n).__name__} is not allowed in a graph expression", n,
+                 hint="expressions use names, numbers, @ + - * / ** 2, .T and op calls")
+
+        try:
+            return visit(node)
+        except RecursionError:
+            raise SpecError("expression is nested too deeply", self.src.loc(section, key)) from None
+
+    def _literal(self, g: Graph, n: ast.expr, fail):
+        """Keyword values: ints, bools, None, and tuples of ints or dim names (reshape)."""
+        if isinstance(n, ast.Constant) and (n.value is None or isinstance(n.value, (int, bool))):
+            return n.value
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub) and isinstance(n.operand, ast.Constant) \
+                and isinstance(n.operand.value, int) and not isinstance(n.operand.value, bool):
+            return -n.operand.value
+        if isinstance(n, (ast.Tuple, ast.List)):
+            out = []
+            for e in n.elts:
+                if isinstance(e, ast.Name) and e.id in g.dims:
+                    out.append(e.id if g.dims[e.id] is None else g.dims[e.id])
+                elif isinstance(e, ast.Constant) and isinstance(e.value, int) and not isinstance(e.value, bool):
+                    out.append(e.value)
+                else:
+                    fail("a shape holds integers and dim names", e)
+            return tuple(out)
+        fail("keyword values must be integers, True/False, None or a tuple of dims", n)
+
+    def _outputs(self, g: Graph) -> None:
+        for key, expr in self.table("outputs").items():
+            tree = self._parse("outputs", key, expr)
+            loc = self.src.loc("outputs", key)
+            with g.origin(Origin(f'{key} = "{expr.strip()}"', loc)), g.naming(key):
+                v = self._expr(g, "outputs", key, tree, expr.strip())
+            if v.node is not None and v.name.startswith(key + "__") and key not in g.values:
+                g.rename(v, key)
+            self._guard(lambda: g.output(key, v), loc)
+        if not g.outputs:
+            raise SpecError("the spec has no [outputs]", self.src.loc("outputs"), hint='add e.g. loss = "J"')
+
+    def _grad(self, g: Graph) -> None:
+        t = self.table("grad")
+        g.grad_spec = None
+        if not t:
+            return
+        loc = self.src.loc("grad")
+        extra = set(t) - {"of", "wrt"}
+        if extra:
+            raise SpecError(f"[grad] has unknown key {sorted(extra)[0]!r}; it takes 'of' and 'wrt'", loc)
+        of, wrt = t.get("of"), t.get("wrt")
+        if not isinstance(of, str):
+            raise SpecError("[grad] of must name the scalar loss (an output or a graph value)", self.src.loc("grad", "of"))
+        if isinstance(wrt, str):
+            wrt = [wrt]
+        if not isinstance(wrt, list) or not wrt or not all(isinstance(w, str) for w in wrt):
+            raise SpecError("[grad] wrt must be a list of param (or input) names", self.src.loc("grad", "wrt"),
+                            hint=f"e.g. wrt = {list(g.params)}")
+        if of not in g.outputs and of not in g.values:
+            close = difflib.get_close_matches(of, list(g.outputs) + list(g.values), n=1)
+            raise SpecError(f"[grad] of = {of!r} is not an output or value", self.src.loc("grad", "of"),
+                            hint=f"did you mean {close[0]!r}?" if close else None)
+        for w in wrt:
+            if w not in g.params and w not in g.inputs:
+                close = difflib.get_close_matches(w, list(g.params) + list(g.inputs), n=1)
+                raise SpecError(f"[grad] wrt names {w!r}, which is not a param or input", self.src.loc("grad", "wrt"),
+                                hint=f"did you mean {close[0]!r}?" if close else None)
+        if g[of].shape != ():
+            raise SpecError(f"[grad] of = {of!r} has shape {g.format_shape(g[of].shape)}; it must be a scalar loss",
+                            self.src.loc("grad", "of"), hint="reduce it with mean(...) or sum(...)")
+        g.grad_spec = (of, wrt)

@@ -1,0 +1,474 @@
+"""Tests of the GEMM kernel family template (templates/kernels/matmul.c.j2).
+
+The template is rendered with the project's Jinja environment, wrapped in a
+small C file that exports plain functions, built with cffi (float and double;
+AVX-512 via -march=native, AVX2 via -march=haswell, portable C) and checked
+against NumPy.  Strict-compile and sanitizer checks use gcc directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jinja2
+import numpy as np
+import pytest
+
+cffi = pytest.importorskip("cffi")
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+TEMPLATES_DIR = pathlib.Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE = "kernels/matmul.c.j2"
+GCC = shutil.which("gcc")
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not found")
+
+
+def render_template() -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return env.get_template(TEMPLATE).render()
+
+
+def model_prelude(real: str, max_threads: int = 2) -> str:
+    """What a model file defines before including the rendered kernels."""
+    return (
+        f"typedef {real} gc_real;\n"
+        f"#define GC_REAL_IS_DOUBLE {int(real == 'double')}\n"
+        f"#define GC_MAX_THREADS {max_threads}\n"
+    )
+
+
+# Exported wrappers: the pack buffer comes from Python.
+WRAPPERS = """
+void gemm_api(int ta, int tb, long M, long N, long K,
+              const gc_real *A, long lda, const gc_real *B, long ldb,
+              int beta, gc_real *C, long ldc, gc_real *pack)
+{
+    gc_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack);
+}
+
+void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
+                       const gc_real *A, long lda, const gc_real *B, long ldb,
+                       int beta, gc_real *C, long ldc, gc_real *pack,
+                       const gc_real *bias, int act)
+{
+    gc_gemm_bias_act(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, bias, act);
+}
+
+long pack_elems_api(void) { return gc_gemm_pack_elems(); }
+
+void set_threads_api(int threads)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#else
+    (void)threads;
+#endif
+}
+"""
+
+CDEF = """
+void gemm_api(int ta, int tb, long M, long N, long K,
+              const {t} *A, long lda, const {t} *B, long ldb,
+              int beta, {t} *C, long ldc, {t} *pack);
+void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
+                       const {t} *A, long lda, const {t} *B, long ldb,
+                       int beta, {t} *C, long ldc, {t} *pack,
+                       const {t} *bias, int act);
+long pack_elems_api(void);
+void set_threads_api(int threads);
+"""
+
+# name -> compiler flags; "native" is the build the model uses.
+VARIANTS = {
+    "native": ["-O3", "-march=native", "-fopenmp"],
+    "avx2": ["-O3", "-march=haswell", "-fopenmp"],
+    "portable": ["-O2"],
+}
+DTYPES = {"float32": "float", "float64": "double"}
+
+
+class Gemm:
+    """A built library plus a guarded, 64-byte aligned pack buffer."""
+
+    GUARD = 64
+
+    def __init__(self, module, dtype):
+        self.ffi, self.lib = module.ffi, module.lib
+        self.dtype = np.dtype(dtype)
+        self.ctype = DTYPES[self.dtype.name] + " *"
+        self.pack_elems = self.lib.pack_elems_api()
+        raw = np.empty(self.pack_elems + self.GUARD + 64, self.dtype)
+        offset = (-raw.ctypes.data % 64) // self.dtype.itemsize
+        self.pack_with_guard = raw[offset : offset + self.pack_elems + self.GUARD]
+        self.pack_with_guard[self.pack_elems :] = 12345.0
+
+    def ptr(self, array):
+        return self.ffi.cast(self.ctype, array.ctypes.data) if array is not None else self.ffi.NULL
+
+    def __call__(self, ta, tb, M, N, K, A, B, C, beta, bias=None, act=0):
+        """C[:M,:N] = beta*C + op(A) op(B); leading dimensions from the arrays' strides."""
+        for array in (A, B, C):
+            assert array.dtype == self.dtype and array.strides[1] == self.dtype.itemsize
+        lda, ldb, ldc = (x.strides[0] // self.dtype.itemsize for x in (A, B, C))
+        self.lib.gemm_bias_act_api(
+            ta, tb, M, N, K, self.ptr(A), lda, self.ptr(B), ldb, beta,
+            self.ptr(C), ldc, self.ptr(self.pack_with_guard), self.ptr(bias), act,
+        )
+        assert (self.pack_with_guard[self.pack_elems :] == 12345.0).all(), "pack overrun"
+
+
+def load_module(name: str, so_path: str):
+    spec = importlib.util.spec_from_file_location(name, so_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("gemm_build")
+
+
+_LIBS: dict = {}
+
+
+@pytest.fixture(scope="module")
+def gemm_lib(build_dir):
+    """gemm_lib(variant, dtype) -> Gemm, built once per module."""
+    pytest.importorskip("setuptools")
+    if GCC is None:
+        pytest.skip("gcc not found")
+    kernels = render_template()
+
+    def get(variant: str, dtype: str) -> Gemm:
+        key = (variant, dtype)
+        if key not in _LIBS:
+            real = DTYPES[dtype]
+            name = f"_gc_gemm_test_{variant}_{dtype}"
+            ffi = cffi.FFI()
+            ffi.cdef(CDEF.format(t=real))
+            flags = VARIANTS[variant]
+            ffi.set_source(
+                name,
+                model_prelude(real) + kernels + WRAPPERS,
+                extra_compile_args=flags,
+                extra_link_args=["-fopenmp"] if "-fopenmp" in flags else [],
+            )
+            so_path = ffi.compile(tmpdir=str(build_dir))
+            _LIBS[key] = Gemm(load_module(name, so_path), dtype)
+        return _LIBS[key]
+
+    yield get
+    _LIBS.clear()
+
+
+def operands(rng, ta, tb, M, N, K, dtype, pad=0):
+    """op(A) is M x K, op(B) is K x N; with pad > 0 the arrays are views with
+    leading dimensions larger than the minimum."""
+    a_shape = (K, M) if ta else (M, K)
+    b_shape = (N, K) if tb else (K, N)
+    A = rng.standard_normal((a_shape[0], a_shape[1] + pad)).astype(dtype)[:, : a_shape[1]]
+    B = rng.standard_normal((b_shape[0], b_shape[1] + pad)).astype(dtype)[:, : b_shape[1]]
+    return A, B
+
+
+def reference(ta, tb, A, B):
+    opA = (A.T if ta else A).astype(np.float64)
+    opB = (B.T if tb else B).astype(np.float64)
+    return opA @ opB
+
+
+def assert_close(got, want, dtype):
+    """Relative to the magnitude of the result (and of the terms summed)."""
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    tol = 1e-12 if np.dtype(dtype) == np.float64 else 1e-5
+    err = float(np.abs(got.astype(np.float64) - want).max(initial=0.0))
+    assert np.isfinite(got).all()
+    assert err <= tol * scale, f"max abs err {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+def check_gemm(gemm, rng, ta, tb, M, N, K, beta, pad=0):
+    dtype = gemm.dtype
+    A, B = operands(rng, ta, tb, M, N, K, dtype, pad)
+    c_full = rng.standard_normal((M + 1, N + pad + 1)).astype(dtype)
+    C = c_full[:M, :N]
+    if beta == 0:
+        C[...] = np.nan  # must never be read
+    before = c_full.copy()
+    want = reference(ta, tb, A, B) + (before[:M, :N].astype(np.float64) if beta else 0.0)
+    gemm(ta, tb, M, N, K, A, B, C, beta)
+    assert_close(C, want, dtype)
+    # Nothing outside C[:M, :N] is touched.
+    outside = np.ones(c_full.shape, bool)
+    outside[:M, :N] = False
+    np.testing.assert_array_equal(c_full[outside], before[outside])
+
+
+FORMS = list(itertools.product((0, 1), (0, 1)))
+# (M, N, K): empty, ones, primes, below and above the small-problem threshold,
+# not multiples of the register tile (12 x 32 / 6 x 16 / 4 x 4), and K beyond
+# one KC block (256 float, 128 double).
+SHAPES = [
+    (0, 5, 3), (4, 0, 3), (3, 4, 0), (1, 1, 1), (1, 37, 7), (37, 1, 7),
+    (7, 7, 7), (37, 131, 7), (2, 300, 40), (300, 3, 40), (13, 33, 131),
+    (37, 131, 300), (131, 37, 260), (64, 64, 64), (97, 530, 33),
+]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_gemm_matches_numpy_all_forms(gemm_lib, variant, dtype, shape):
+    gemm = gemm_lib(variant, dtype)
+    rng = np.random.default_rng(sum(shape))
+    for (ta, tb), beta in itertools.product(FORMS, (0, 1)):
+        check_gemm(gemm, rng, ta, tb, *shape, beta)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_padded_leading_dimensions(gemm_lib, variant, dtype):
+    gemm = gemm_lib(variant, dtype)
+    rng = np.random.default_rng(1)
+    for (ta, tb), beta in itertools.product(FORMS, (0, 1)):
+        for shape in [(5, 9, 3), (37, 131, 7), (61, 45, 270)]:
+            check_gemm(gemm, rng, ta, tb, *shape, beta, pad=3)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_k_zero_writes_zeros_or_keeps_c(gemm_lib, dtype):
+    gemm = gemm_lib("native", dtype)
+    for M, N in [(1, 1), (7, 37), (64, 200)]:
+        A = np.empty((M, 0), dtype)
+        B = np.empty((0, N), dtype)
+        C = np.full((M, N), np.nan, dtype)
+        gemm(0, 0, M, N, 0, A, B, C, 0)
+        np.testing.assert_array_equal(C, 0)
+        C[...] = 2.5
+        gemm(0, 0, M, N, 0, A, B, C, 1)
+        np.testing.assert_array_equal(C, 2.5)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_bias_act_applies_bias_then_relu(gemm_lib, variant, dtype):
+    gemm = gemm_lib(variant, dtype)
+    rng = np.random.default_rng(2)
+    for (ta, tb), beta, act, shape in itertools.product(
+        FORMS, (0, 1), (0, 1), [(3, 5, 4), (37, 131, 7), (50, 70, 300)]
+    ):
+        M, N, K = shape
+        A, B = operands(rng, ta, tb, M, N, K, dtype)
+        bias = rng.standard_normal(N).astype(dtype)
+        C = rng.standard_normal((M, N)).astype(dtype)
+        want = reference(ta, tb, A, B) + (C.astype(np.float64) if beta else 0.0) + bias
+        if act == 1:
+            want = np.maximum(want, 0.0)
+        if beta == 0:
+            C[...] = np.nan
+        gemm(ta, tb, M, N, K, A, B, C, beta, bias=bias, act=act)
+        assert_close(C, want, dtype)
+        if act == 1:
+            assert (C >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_bias_act_full_and_edge_tiles_agree_bitwise(gemm_lib, dtype):
+    """An element's value must not depend on whether its tile is a full
+    register tile or an edge tile: compare C[:m, :n] of an m x n product with
+    the same corner of a larger product (its tiles there are full)."""
+    gemm = gemm_lib("native", dtype)
+    rng = np.random.default_rng(3)
+    M, N, K = 96, 128, 300
+    A, B = operands(rng, 0, 0, M, N, K, dtype)
+    bias = rng.standard_normal(N).astype(dtype)
+    C0 = rng.standard_normal((M, N)).astype(dtype)
+    big = C0.copy()
+    gemm(0, 0, M, N, K, A, B, big, 1, bias=bias, act=1)
+    m, n = 37, 45
+    small = np.ascontiguousarray(C0[:m, :n])
+    gemm(0, 0, m, n, K, np.ascontiguousarray(A[:m]), np.ascontiguousarray(B[:, :n]), small, 1,
+         bias=bias[:n].copy(), act=1)
+    np.testing.assert_array_equal(small, big[:m, :n])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    dtype=st.sampled_from(list(DTYPES)),
+    ta=st.integers(0, 1),
+    tb=st.integers(0, 1),
+    M=st.integers(0, 80),
+    N=st.integers(0, 80),
+    K=st.integers(0, 300),
+    beta=st.integers(0, 1),
+    pad=st.integers(0, 2),
+    seed=st.integers(0, 2**16),
+)
+def test_gemm_random_shapes(gemm_lib, dtype, ta, tb, M, N, K, beta, pad, seed):
+    check_gemm(gemm_lib("native", dtype), np.random.default_rng(seed), ta, tb, M, N, K, beta, pad)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_bit_identical_for_one_and_two_threads(gemm_lib, dtype):
+    gemm = gemm_lib("native", dtype)
+    rng = np.random.default_rng(4)
+    # Wide (split over N) and tall (split over M), both with edge tiles and
+    # several K blocks.
+    try:
+        for M, N, K in [(70, 333, 301), (333, 70, 301), (128, 512, 200)]:
+            for ta, tb in FORMS:
+                A, B = operands(rng, ta, tb, M, N, K, dtype)
+                bias = rng.standard_normal(N).astype(dtype)
+                C0 = rng.standard_normal((M, N)).astype(dtype)
+                results = []
+                for threads in (1, 2):
+                    gemm.lib.set_threads_api(threads)
+                    C = C0.copy()
+                    gemm(ta, tb, M, N, K, A, B, C, 1, bias=bias, act=1)
+                    results.append(C)
+                np.testing.assert_array_equal(results[0], results[1])
+    finally:
+        gemm.lib.set_threads_api(2)
+
+
+# ---------------------------------------------------------------------------
+# Compiler-level checks
+# ---------------------------------------------------------------------------
+
+STRICT_CONFIGS = {
+    "plain": [],
+    "openmp": ["-fopenmp"],
+    "native": ["-march=native"],
+    "openmp_native": ["-fopenmp", "-march=native"],
+}
+
+
+@needs_gcc
+@pytest.mark.parametrize("config", list(STRICT_CONFIGS))
+def test_gemm_template_compiles_strict_c99(tmp_path, config):
+    kernels = render_template()
+    for real in ("float", "double"):
+        source = tmp_path / f"gemm_{real}.c"
+        source.write_text(model_prelude(real) + kernels + WRAPPERS)
+        cmd = [GCC, *STRICT, "-O2", *STRICT_CONFIGS[config], "-c", str(source),
+               "-o", str(tmp_path / f"gemm_{real}.o")]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+
+
+def test_gemm_template_needs_nothing():
+    first_line = (TEMPLATES_DIR / TEMPLATE).read_text().splitlines()[0]
+    assert first_line == "{#- needs: (nothing) -#}"
+
+
+def test_gemm_native_build_uses_zmm_fma(gemm_lib):
+    if "avx512f" not in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore"):
+        pytest.skip("no AVX-512 on this machine")
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not found")
+    so_path = gemm_lib("native", "float32").lib.__file__ if hasattr(
+        gemm_lib("native", "float32").lib, "__file__") else None
+    module = sys.modules.get("_gc_gemm_test_native_float32")
+    so_path = so_path or getattr(module, "__file__", None)
+    if so_path is None:
+        pytest.skip("library path unknown")
+    disassembly = subprocess.run([objdump, "-d", so_path], capture_output=True, text=True).stdout
+    assert sum("vfmadd" in line and "zmm" in line for line in disassembly.splitlines()) >= 24
+
+
+# A standalone driver run under AddressSanitizer and UBSan: the pack buffer is
+# malloc'ed with exactly gc_gemm_pack_elems() elements, so any overrun is
+# reported, and results are checked against a naive triple loop.
+SANITIZER_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <math.h>
+
+static double naive(int ta, int tb, long K, const gc_real *A, long lda,
+                    const gc_real *B, long ldb, long i, long j)
+{
+    double sum = 0;
+    long k;
+    for (k = 0; k < K; ++k)
+        sum += (double)(ta ? A[k * lda + i] : A[i * lda + k]) *
+               (double)(tb ? B[j * ldb + k] : B[k * ldb + j]);
+    return sum;
+}
+
+int main(void)
+{
+    static const long shapes[][3] = {
+        {0, 3, 3}, {1, 1, 1}, {3, 5, 0}, {7, 37, 131}, {37, 131, 7},
+        {131, 37, 300}, {45, 400, 270}, {400, 45, 129}, {13, 600, 20}};
+    const long count = (long)(sizeof shapes / sizeof shapes[0]);
+    const long elems = gc_gemm_pack_elems();
+    char *raw = malloc((size_t)elems * sizeof(gc_real) + 64);
+    gc_real *pack = (gc_real *)(raw + (64 - (size_t)raw % 64) % 64);
+    long s, i, j, failures = 0;
+    int ta, tb, beta;
+    /* Shrink the allocation so that the last element of pack is the last
+       byte ASan considers valid. */
+    raw = realloc(raw, (size_t)((char *)(pack + elems) - raw));
+    pack = (gc_real *)(raw + (64 - (size_t)raw % 64) % 64);
+    for (s = 0; s < count; ++s) {
+        const long M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        for (ta = 0; ta < 2; ++ta) for (tb = 0; tb < 2; ++tb) for (beta = 0; beta < 2; ++beta) {
+            const long lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 2, ldc = N + 3;
+            gc_real *A = malloc(sizeof(gc_real) * (size_t)((ta ? K : M) * lda + 1));
+            gc_real *B = malloc(sizeof(gc_real) * (size_t)((tb ? N : K) * ldb + 1));
+            gc_real *C = malloc(sizeof(gc_real) * (size_t)(M * ldc + 1));
+            for (i = 0; i < (ta ? K : M) * lda; ++i) A[i] = (gc_real)((i * 7 % 13) - 6) / 8;
+            for (i = 0; i < (tb ? N : K) * ldb; ++i) B[i] = (gc_real)((i * 5 % 11) - 5) / 4;
+            for (i = 0; i < M * ldc; ++i) C[i] = beta ? (gc_real)(i % 3) : (gc_real)NAN;
+            gc_gemm_bias_act(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, 0, 0);
+            for (i = 0; i < M; ++i) for (j = 0; j < N; ++j) {
+                const double want = naive(ta, tb, K, A, lda, B, ldb, i, j) +
+                                    (beta ? (double)((i * ldc + j) % 3) : 0.0);
+                if (!(fabs((double)C[i * ldc + j] - want) <= 1e-3 * (1.0 + fabs(want)))) ++failures;
+            }
+            free(A); free(B); free(C);
+        }
+    }
+    free(raw);
+    if (failures) printf("%ld mismatches\n", failures);
+    return failures != 0;
+}
+"""
+
+
+@needs_gcc
+@pytest.mark.parametrize(
+    "flags, max_threads",
+    [(["-march=native", "-fopenmp"], 1), (["-march=native", "-fopenmp"], 2), ([], 2)],
+    ids=["native-omp-max1", "native-omp-max2", "portable"],
+)
+def test_gemm_clean_under_sanitizers(tmp_path, flags, max_threads):
+    kernels = render_template()
+    source = tmp_path / "driver.c"
+    source.write_text(model_prelude("float", max_threads) + kernels + SANITIZER_DRIVER)
+    exe = tmp_path / "driver"
+    cmd = [GCC, "-std=c99", "-O1", "-g", "-fsanitize=address,undefined",
+           "-fno-sanitize-recover=all", *flags, str(source), "-o", str(exe), "-lm"]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    if built.returncode != 0 and "sanitize" in built.stderr:
+        pytest.skip("sanitizer runtime unavailable: " + built.stderr[-300:])
+    assert built.returncode == 0, built.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120,
+                         env={"OMP_NUM_THREADS": "2", "ASAN_OPTIONS": "detect_leaks=1"})
+    assert run.returncode == 0, run.stdout + run.stderr
