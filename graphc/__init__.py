@@ -39,3 +39,5 @@ for _name, _op in _REGISTRY.items():
     if _op.public and _name not in ("add", "sub", "mul", "div", "neg", "matmul", "transpose", "const"):
         globals()[_name] = _op_function(_name)
 del _name, _op
+
+from graphc.runtime import CompiledModel, compile  # noqa: E402,F401

@@ -224,7 +224,11 @@ def _build_cached(job: _Job, root: Path) -> BuiltModule:
                 return _load_fresh(job, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return _load_fresh(job, final)
+        try:
+            return _load_fresh(job, final)
+        except CompileError:
+            _discard(final)                  # never leave an entry that cannot load
+            raise
 
 
 def _load_entry(job: _Job, directory: Path) -> BuiltModule | None:
@@ -262,6 +266,7 @@ def _load_fresh(job: _Job, directory: Path) -> BuiltModule:
 
 def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
     """Write NAME.c and NAME.h into `directory`, compile the cffi module there, write manifest.json last."""
+    import graphc
     (directory / f"{job.name}.c").write_text(job.source)
     (directory / f"{job.name}.h").write_text(job.header)
     log = directory / "build.log"
@@ -283,7 +288,8 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
         intermediate.unlink(missing_ok=True)
     manifest = {"key": job.key, "name": job.name, "module": job.module, "library": library.name,
                 "library_sha256": _sha256_file(library), "flags": job.flags, "link_args": job.link_args,
-                "compiler": job.cc, "compiler_version": compiler_version(job.cc), "pid": os.getpid()}
+                "compiler": job.cc, "compiler_version": compiler_version(job.cc),
+                "graphc": graphc.__version__, "pid": os.getpid()}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -1,0 +1,185 @@
+"""Stage 5: Graphs into C source, header and cffi declarations.
+
+In: the forward graph (and its backward graph, and an optimizer when training).
+Out: `CSource` (the .c, .h and cdef texts, and what each C function takes).
+This is the only module that opens templates; it never infers a shape (the IR
+has them) and never compiles anything (build.py does).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from graphc.errors import GraphcError
+from graphc.ir import FLOAT, Graph, Value
+from graphc.passes.lower import lower
+from graphc.schedule import Schedule, c_name, c_poly, schedule
+
+CTYPES = {"float32": ("float", "f"), "float64": ("double", "")}
+
+
+def templates_dir() -> Path:
+    """templates/ ships inside the wheel as graphc/templates; in a checkout it sits beside graphc/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "model.c.j2").is_file():
+            return candidate
+    raise GraphcError(f"graphc's templates are missing (looked in {here / 'templates'} and {here.parent / 'templates'})",
+                      hint="reinstall graphc; the wheel must contain graphc/templates")
+
+
+_ENV: jinja2.Environment | None = None
+
+
+def environment() -> jinja2.Environment:
+    global _ENV
+    if _ENV is None:
+        _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                  keep_trailing_newline=True, autoescape=False)
+    return _ENV
+
+
+@dataclass
+class Arg:
+    cname: str
+    role: str            # input, param, output, grad, param* (updated), state
+    value: Value | None
+    ctype: str
+    const: bool
+    shape_doc: str
+
+
+@dataclass
+class Function:
+    name: str            # forward, value_and_grad, train_step, ...
+    doc: str
+    banner: str
+    args: list[Arg]
+    sched: Schedule
+    extra_steps: list = field(default_factory=list)
+
+    @property
+    def signature(self) -> str:
+        parts = ["long n"] + [f"{'const ' if a.const else ''}{a.ctype} *{a.cname}" for a in self.args]
+        return ", ".join(parts + ["void *workspace"])
+
+    @property
+    def steps(self):
+        return self.sched.steps + self.extra_steps
+
+    @property
+    def uses_pack(self) -> bool:
+        return any(s.family == "matmul" for s in self.steps)
+
+    @property
+    def buffers(self):
+        return [dict(name=b.name, offset=c_poly(b.offset), size=c_poly(b.size)) for b in self.sched.buffers.values()]
+
+    @property
+    def null_checks(self) -> str:
+        return " || ".join(["!workspace"] + [f"!{a.cname}" for a in self.args])
+
+    @property
+    def label_checks(self):
+        return self.sched.label_checks
+
+    @property
+    def unused(self) -> list[str]:
+        used = {id(v) for s in self.steps for v in s.uses + s.defs}
+        names = {c for s in self.steps for c in s.ctx.get("refs", ())}
+        return [a.cname for a in self.args if a.role in ("input", "param") and id(a.value) not in used
+                and a.cname not in names and a.cname not in {c[0] for c in self.label_checks}]
+
+
+@dataclass
+class CSource:
+    name: str
+    dtype: str
+    source: str
+    header: str
+    cdef: str
+    functions: list[Function]
+    forward_graph: Graph
+    grad_graph: Graph | None
+    grad_names: dict[str, str]        # param name -> gradient output name (d_W)
+
+
+class Emitter:
+    """Collects the C functions of one model and renders them."""
+
+    def __init__(self, graph: Graph, dtype: str = "float32", threads: int = 1):
+        if dtype not in CTYPES:
+            raise GraphcError(f"dtype {dtype!r} is not supported", hint="use 'float32' or 'float64'")
+        if len(graph.symbolic_dims) > 1:
+            raise GraphcError(f"C code supports one symbolic (batch) dim; {graph.name} has {graph.symbolic_dims}")
+        self.graph, self.dtype, self.threads = graph, dtype, max(1, int(threads))
+        self.ctype, self.fsuffix = CTYPES[dtype]
+        self.functions: list[Function] = []
+
+    def shape_doc(self, v: Value) -> str:
+        return "[" + ", ".join(self.graph.dim_label(d) for d in v.shape) + "]" if v.shape else "[1] (a scalar)"
+
+    def arg(self, cname: str, role: str, v: Value, const: bool) -> Arg:
+        return Arg(cname, role, v, "int32_t" if v.dtype != FLOAT else self.ctype, const, self.shape_doc(v))
+
+    def add_function(self, name: str, doc: str, g: Graph, outputs: dict[str, tuple[str, Value]],
+                     extra_args: list[Arg] = (), updated: set[str] = frozenset(), extra_steps=None) -> Function:
+        """A C function computing `outputs` (C name -> (role, value)) of graph g into caller buffers."""
+        low = lower(g)
+        remap = {}
+        for cname, (role, v) in outputs.items():
+            remap[cname] = (role, low.outputs[v] if isinstance(v, str) else low.values[v.name])
+        args = [self.arg(c_name(k), "input", v, True) for k, v in low.inputs.items()]
+        args += [self.arg(c_name(k), "param*" if k in updated else "param", v, k not in updated)
+                 for k, v in low.params.items()]
+        args += [self.arg(c, role, v, False) for c, (role, v) in remap.items()]
+        args += list(extra_args)
+        sched = schedule(low, {c: v for c, (_, v) in remap.items()})
+        f = Function(name, doc, f"{name}: {doc}", args, sched, list(extra_steps or []))
+        self.functions.append(f)
+        return f
+
+    def render(self) -> tuple[str, str, str]:
+        env = environment()
+        g = self.graph
+        legend = ", ".join(f"{k} = {'batch (argument n)' if v is None else v}" for k, v in g.dims.items()) or "(no named dims)"
+        arena = (0,)
+        for f in self.functions:
+            from graphc.passes.memory import pmax
+            arena = pmax(arena, f.sched.arena)
+        ctx = dict(name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
+                   functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
+                   batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
+                   max_threads=self.threads, uses_matmul=any(f.uses_pack for f in self.functions),
+                   guard=f"GRAPHC_{g.name.upper()}_H")
+        return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
+                env.get_template("cdef.h.j2").render(ctx))
+
+
+def output_args(graph: Graph) -> dict[str, tuple[str, Any]]:
+    return {c_name(k): ("output", k) for k in graph.outputs}
+
+
+def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = None,
+             dtype: str = "float32", threads: int = 1, optimizer: Any = None) -> CSource:
+    """Render the model's C: forward, and value_and_grad (and train_step) when wrt is given."""
+    from graphc.autodiff import grad
+    em = Emitter(graph, dtype, threads)
+    em.add_function("forward", "the forward outputs", graph, output_args(graph))
+    bwd, grad_names = None, {}
+    if wrt:
+        bwd = grad(graph, grad_of, wrt)
+        grad_names = {w: f"d_{w}" for w in wrt}
+        outs = output_args(graph)
+        outs.update({c_name(f"d_{w}"): ("grad", f"d_{w}") for w in wrt})
+        em.add_function("value_and_grad", f"the outputs and dJ/d{{{', '.join(wrt)}}} for J = {grad_of}", bwd, outs)
+        if optimizer is not None:
+            from graphc.training import add_train_functions
+            add_train_functions(em, graph, bwd, grad_of, list(wrt), optimizer)
+    source, header, cdef = em.render()
+    return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names)

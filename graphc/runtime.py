@@ -1,0 +1,214 @@
+"""Stage 7: CompiledModel, NumPy in and NumPy out through the generated C.
+
+In: the rendered C (codegen) and its loaded library (build). Out: Python
+calls that check arguments, pass arrays to C without copying when they
+already fit, and raise clear errors for C status codes. It never re-reads
+the spec or re-derives a shape: both come from the IR the C was made from.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphc.arguments import bind
+from graphc.codegen import CSource, Function, generate
+from graphc.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
+from graphc.ir import FLOAT, Graph
+
+ALIGN = 64
+
+
+def default_threads() -> int:
+    env = os.environ.get("GRAPHC_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise GraphcError(f"GRAPHC_NUM_THREADS={env!r} is not an integer") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """A uint8 array of nbytes whose data starts on a 64-byte boundary."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    start = (-raw.ctypes.data) % ALIGN
+    return raw[start:start + nbytes]
+
+
+def as_c_array(name: str, arr: np.ndarray) -> np.ndarray:
+    """Zero-copy when C-contiguous and aligned; otherwise one contiguous copy."""
+    if arr.flags.c_contiguous and arr.flags.aligned:
+        return arr
+    return np.require(arr, requirements=("C", "A"))
+
+
+class CompiledModel:
+    """A model compiled to C and loaded: forward, value_and_grad, export (and training)."""
+
+    def __init__(self, csrc: CSource, built, threads: int, optimizer=None):
+        self.csrc, self.built, self.threads, self.optimizer = csrc, built, threads, optimizer
+        self.graph: Graph = csrc.forward_graph
+        self.name = csrc.name
+        self.dtype = np.dtype(csrc.dtype)
+        self.ffi, self.lib = built.ffi, built.lib
+        self.functions = {f.name: f for f in csrc.functions}
+        self.wrt = list(csrc.grad_names)
+        self._local = threading.local()
+        self._ctype = "float" if self.dtype == np.float32 else "double"
+
+    def __repr__(self) -> str:
+        return (f"<CompiledModel {self.name} {self.dtype} ({', '.join(self.functions)}); "
+                f"{'cached' if self.built.cached else 'built'} in {self.built.directory}>")
+
+    # ------------------------------------------------------------------ calling C
+    def workspace(self, n: int) -> np.ndarray:
+        """This thread's workspace for batch size n (allocated once per thread and n)."""
+        cache = getattr(self._local, "ws", None)
+        if cache is None:
+            cache = self._local.ws = {}
+        ws = cache.get(n)
+        if ws is None:
+            size = getattr(self.lib, f"{self.name}_workspace_size")(n)
+            if size == 0:
+                raise ShapeError(f"{self.name}: batch size {n} is invalid or its workspace would overflow size_t",
+                                 hint="use a batch size >= 1 that fits in memory")
+            if len(cache) > 8:
+                cache.clear()
+            ws = cache[n] = aligned_empty(size)
+        return ws
+
+    def _pointer(self, arr: np.ndarray):
+        ctype = "int32_t[]" if arr.dtype == np.int32 else f"{self._ctype}[]"
+        return self.ffi.from_buffer(ctype, arr, require_writable=False)
+
+    def _batch(self, dims: dict[str, int]) -> int:
+        sym = self.graph.symbolic_dims
+        if not sym:
+            return 1
+        n = dims.get(sym[0])
+        if n is None:
+            raise ShapeError(f"the batch dim {sym[0]} is not set by any argument")
+        if n < 1:
+            raise ShapeError(f"batch size {sym[0]}={n}: graphc functions need at least one row",
+                             hint="skip the call for an empty batch")
+        return n
+
+    def _out_array(self, arg, n: int) -> np.ndarray:
+        shape = tuple(n if isinstance(d, str) else d for d in arg.value.shape)
+        return np.empty(shape, dtype=self.dtype if arg.value.dtype == FLOAT else np.int32)
+
+    def call(self, fname: str, arrays: dict[str, Any], preset: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run C function `fname`; return the arrays it wrote, by C argument name."""
+        f: Function = self.functions[fname]
+        preset = preset or {}
+        env, dims = bind(self.graph, arrays, self.dtype, skip=frozenset(preset))
+        env.update(preset)
+        n = self._batch(dims)
+        args, outs = [], {}
+        for a in f.args:
+            if a.role in ("input", "param", "param*", "state"):
+                src = env.get(a.value.name) if a.value is not None else None
+                arr = preset[a.cname] if a.cname in preset else as_c_array(a.cname, src)
+            else:
+                arr = outs[a.cname] = self._out_array(a, n)
+            args.append(self._pointer(arr))
+        ws = self.workspace(n)
+        status = getattr(self.lib, f"{self.name}_{fname}")(n, *args, self.ffi.from_buffer(ws))
+        if status != 0:
+            self._raise_status(status, fname, env, n)
+        return outs
+
+    def _raise_status(self, status: int, fname: str, env: dict, n: int):
+        if status == self.lib.GRAPHC_ERR_LABEL:
+            from graphc.ops.loss import check_labels
+            for name, label, bound in self.csrc_label_bounds(fname):
+                check_labels(env[name], bound, f"argument {name!r}")
+            raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
+        if status == self.lib.GRAPHC_ERR_BATCH:
+            raise ShapeError(f"{self.name}_{fname}: batch size {n} is invalid for this model")
+        raise ExecutionError(f"{self.name}_{fname} returned status {status}")
+
+    def csrc_label_bounds(self, fname: str):
+        for cname, _count, bound in self.functions[fname].label_checks:
+            a = next(a for a in self.functions[fname].args if a.cname == cname)
+            yield a.value.name, cname, int(bound)
+
+    # ------------------------------------------------------------------ the public calls
+    def forward(self, **arrays) -> dict[str, np.ndarray]:
+        """The graph's outputs by name. Labels are only needed if an output uses them."""
+        outs = self.call("forward", arrays)
+        return {k: outs[a.cname] for k, a in self._outputs("forward")}
+
+    def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(outputs, gradients); gradients are keyed by the wrt names, each in its parameter's shape."""
+        if "value_and_grad" not in self.functions:
+            raise GraphcError(f"{self.name} was compiled without gradients",
+                              hint="pass grad_of= and wrt= to graphc.compile")
+        outs = self.call("value_and_grad", arrays)
+        values = {k: outs[a.cname] for k, a in self._outputs("value_and_grad")}
+        grads = {w: outs[a.cname] for w, a in self._grads("value_and_grad")}
+        return values, grads
+
+    def _outputs(self, fname):
+        f = self.functions[fname]
+        names = {a.cname: a for a in f.args if a.role == "output"}
+        from graphc.schedule import c_name
+        return [(k, names[c_name(k)]) for k in self.graph.outputs if c_name(k) in names]
+
+    def _grads(self, fname):
+        f = self.functions[fname]
+        from graphc.schedule import c_name
+        names = {a.cname: a for a in f.args if a.role == "grad"}
+        return [(w, names[c_name(f"d_{w}")]) for w in self.wrt]
+
+    # ------------------------------------------------------------------ files
+    @property
+    def source(self) -> str:
+        return self.csrc.source
+
+    @property
+    def header(self) -> str:
+        return self.csrc.header
+
+    def export(self, directory: str | os.PathLike, standalone: bool = True) -> list[Path]:
+        """Write NAME.c and NAME.h (portable: no -march=native needed). standalone adds an
+        example main.c and a Makefile; otherwise the shared library is copied beside them."""
+        from graphc.export import export
+        return export(self, Path(directory), standalone)
+
+
+def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None, wrt: list[str] | None = None,
+            dtype: str = "float32", optimizer: Any = None, threads: int | None = None, native: bool = True,
+            cache_dir: str | os.PathLike | None = None) -> CompiledModel:
+    """Compile a graph (or a spec path) to C, build it (cached) and load it."""
+    from graphc.build import build
+    from graphc.spec import load
+    graph = graph_or_spec if isinstance(graph_or_spec, Graph) else load(graph_or_spec)
+    if wrt is None and grad_of is None and graph.grad_spec:
+        grad_of, wrt = graph.grad_spec
+    elif wrt is not None and grad_of is None:
+        if graph.grad_spec:
+            grad_of = graph.grad_spec[0]
+        else:
+            raise GraphcError("compile: wrt is given but grad_of is not", hint="name the scalar loss: grad_of='loss'")
+    elif grad_of is not None and wrt is None:
+        wrt = list(graph.params)
+    if optimizer is not None and not wrt:
+        raise GraphcError("compile: an optimizer needs gradients", hint="pass grad_of= and wrt=")
+    if isinstance(dtype, type) or isinstance(dtype, np.dtype):
+        dtype = np.dtype(dtype).name
+    threads = default_threads() if threads is None else int(threads)
+    csrc = generate(graph, grad_of, list(wrt) if wrt else None, dtype=dtype, threads=threads, optimizer=optimizer)
+    built = build(graph.name, csrc.source, csrc.header, csrc.cdef, native=native, cache_dir=cache_dir)
+    model = CompiledModel(csrc, built, threads, optimizer)
+    if optimizer is not None:
+        from graphc.training import attach
+        attach(model)
+    return model

@@ -1,0 +1,358 @@
+"""Scheduling: a lowered Graph into kernel steps and an arena plan, for one C function.
+
+In: a lowered Graph, the values the caller passes (inputs, params) and the
+values written to caller buffers (outputs). Out: a list of `Step`s, each one
+kernel of a family (loop, matmul, softmax, gather) with the C names and
+dimensions its template prints, plus the workspace plan. Shapes are read off
+the IR; nothing here re-derives them. Fusion decisions live here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphc.ir import FLOAT, Graph, Node, Value
+from graphc.passes.memory import Buffer, Poly, padd, plan
+
+LOOP_VARS = ("i", "j", "k", "l", "p", "q", "r", "s")
+C_RESERVED = frozenset("""auto break case char const continue default do double else enum extern float for goto
+if inline int long register restrict return short signed sizeof static struct switch typedef union unsigned
+void volatile while bool true false main NULL errno exp expf log logf tanh tanhf sqrt sqrtf fabs fabsf
+fmax fmaxf memset memcpy size_t int32_t int64_t uint8_t n ws workspace status pack
+""".split()) | frozenset(LOOP_VARS)
+INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside a loop
+
+
+def c_name(name: str) -> str:
+    """A value's C identifier: its spec name, mangled only when C or graphc reserve it."""
+    return name + "_v" if name in C_RESERVED or name.startswith("gc_") else name
+
+
+# ---------------------------------------------------------------- sizes as polynomials in n
+def dim_poly(d) -> Poly:
+    return (0, 1) if isinstance(d, str) else (d,)
+
+
+def pmul(a: Poly, b: Poly) -> Poly:
+    out = [0] * (len(a) + len(b) - 1)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i + j] += x * y
+    while len(out) > 1 and out[-1] == 0:
+        out.pop()
+    return tuple(out)
+
+
+def numel(shape) -> Poly:
+    p: Poly = (1,)
+    for d in shape:
+        p = pmul(p, dim_poly(d))
+    return p
+
+
+def c_poly(p: Poly) -> str:
+    """C text of a size: 128, n, 128 * n, 4 + 2 * n * n."""
+    terms = []
+    for power, c in enumerate(p):
+        if c == 0:
+            continue
+        factors = ([str(c)] if c != 1 or power == 0 else []) + ["n"] * power
+        terms.append(" * ".join(factors))
+    return " + ".join(terms) if terms else "0"
+
+
+def contiguous_strides(shape) -> list[Poly]:
+    strides, acc = [], (1,)
+    for d in reversed(shape):
+        strides.append(acc)
+        acc = pmul(acc, dim_poly(d))
+    return strides[::-1]
+
+
+def broadcast_strides(shape, iter_shape) -> list[Poly]:
+    """Strides of a `shape` array read at every index of `iter_shape` (0 where broadcast)."""
+    own = contiguous_strides(shape)
+    lead = len(iter_shape) - len(shape)
+    out = []
+    for axis, d in enumerate(iter_shape):
+        k = axis - lead
+        out.append((0,) if k < 0 or (shape[k] == 1 and d != 1) else own[k])
+    return out
+
+
+# ---------------------------------------------------------------- steps
+@dataclass
+class Step:
+    family: str                 # template family: loop, matmul, softmax, gather
+    ctx: dict[str, Any]         # what the family's macro prints
+    defs: list[Value] = field(default_factory=list)
+    uses: list[Value] = field(default_factory=list)
+
+
+@dataclass
+class Schedule:
+    steps: list[Step]
+    buffers: dict[str, Buffer]      # workspace buffers by C name, with planned offsets
+    arena: Poly                     # elements of gc_real, excluding the GEMM pack area
+    label_checks: list[tuple[str, str, str]]   # (int input C name, its element count, bound)
+
+
+class Scheduler:
+    def __init__(self, g: Graph, outputs: dict[str, Value]):
+        self.g = g
+        self.outputs = outputs                      # C name of the caller buffer -> value
+        self.out_of: dict[Value, str] = {}
+        for cname, v in outputs.items():
+            self.out_of.setdefault(v, cname)
+        self.users = g.consumers()
+        self.static: set[Value] = set()             # scalar expressions of constants and n
+        self.inlined: set[Value] = set()            # fused into their single consumer's loop
+        self.folded: set[Value] = set()             # transposes read by matmul in place
+        self._decide()
+
+    # ---------------------------------------------------------------- fusion decisions
+    def _decide(self) -> None:
+        for n in self.g.nodes:
+            v = n.output
+            if n.op.name in ("const", "size") or (
+                    n.op.c_expr is not None and v.shape == () and n.inputs and all(x in self.static for x in n.inputs)):
+                self.static.add(v)
+        for n in self.g.nodes:
+            v = n.output
+            if v in self.static or v in self.out_of:
+                continue
+            users = self.users.get(v, [])
+            if n.op.name == "transpose" and users and all(u.op.name == "matmul" for u in users):
+                self.folded.add(v)
+            elif n.op.c_expr is not None and len({id(u) for u in users}) == 1:
+                u = users[0]
+                if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
+                        (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
+                    self.inlined.add(v)
+
+    # ---------------------------------------------------------------- names
+    def ref(self, v: Value) -> str:
+        """The C pointer holding v."""
+        if v.node is None:
+            return c_name(v.name)
+        if v in self.out_of:
+            return self.out_of[v]
+        return c_name(v.name)
+
+    def static_expr(self, v: Value) -> str:
+        n = v.node
+        if n.op.name == "const":
+            return f"(gc_real){n.attrs['value']!r}"
+        if n.op.name == "size":
+            src = n.inputs[0].shape
+            return f"(gc_real)({c_poly(numel([src[a] for a in n.attrs['axes']]))})"
+        return "(" + n.op.c_expr.format(*[self.static_expr(x) for x in n.inputs]) + ")"
+
+    # ---------------------------------------------------------------- loop kernels
+    def expr(self, v: Value, iter_shape, leaves: list) -> str:
+        """C expression of v at the current index; loads become {L<k>} placeholders."""
+        if v in self.static:
+            return self.static_expr(v)
+        if v in self.inlined:
+            n = v.node
+            if n.op.name == "broadcast_to":
+                return self.expr(n.inputs[0], iter_shape, leaves)
+            return "(" + n.op.c_expr.format(*[self.expr(x, iter_shape, leaves) for x in n.inputs]) + ")"
+        leaves.append((self.ref(v), broadcast_strides(v.shape, iter_shape), (0,), v))
+        return "{L%d}" % (len(leaves) - 1)
+
+    def loop_step(self, iter_shape, target: str, target_strides, value: str, leaves: list,
+                  accumulate: bool, comment: str, defs, target_offset: Poly = (0,), zero_size: Poly | None = None):
+        operands = [(target, target_strides, target_offset)] + [(r, s, o) for r, s, o, _ in leaves]
+        dims = [(dim_poly(d), [ops[1][a] for ops in operands]) for a, d in enumerate(iter_shape)]
+        dims = [d for d in dims if d[0] != (1,)]
+        merged: list = []
+        for size, strides in dims:   # merge an axis into the previous one where memory is contiguous across both
+            if merged and all(ps == pmul(s, size) for ps, s in zip(merged[-1][1], strides)):
+                merged[-1] = (pmul(merged[-1][0], size), strides)
+            else:
+                merged.append((size, strides))
+        loops = [(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)]
+
+        def index(k: int) -> str:
+            terms = [c_poly(operands[k][2])] if operands[k][2] != (0,) else []
+            for i, (_, strides) in enumerate(merged):
+                s = strides[k]
+                if s == (1,):
+                    terms.append(LOOP_VARS[i])
+                elif s != (0,):
+                    terms.append(f"{LOOP_VARS[i]} * {c_poly(s)}" if len(s) == 1 else f"{LOOP_VARS[i]} * ({c_poly(s)})")
+            return " + ".join(terms) if terms else "0"
+
+        loads = {f"L{k}": f"{leaves[k][0]}[{index(k + 1)}]" for k in range(len(leaves))}
+        ctx = dict(comment=comment, loops=loops, target=f"{target}[{index(0)}]", value=value.format(**loads),
+                   op="+=" if accumulate else "=", zero=c_poly(zero_size) if zero_size else None, zero_target=target)
+        uses = [leaf[3] for leaf in leaves]
+        return Step("loop", ctx, list(defs), uses)
+
+    # ---------------------------------------------------------------- per-family steps
+    def comment(self, n: Node) -> str:
+        o = n.origin
+        text = (o.text or n.output.name).replace("*/", "* /")
+        if o.identity:
+            return f"{n.output.name}: identity ({o.identity}), from {text}"
+        return f"{text}" + (f"    [{o.where}]" if o.where else "")
+
+    def node_steps(self, n: Node) -> list[Step]:
+        v, op = n.output, n.op
+        if v in self.static or v in self.inlined or v in self.folded:
+            return []
+        out = self.ref(v)
+        name = op.name
+        if op.c_expr is not None:
+            leaves: list = []
+            if name == "broadcast_to":
+                value = self.expr(n.inputs[0], v.shape, leaves)
+            else:
+                value = op.c_expr.format(*[self.expr(x, v.shape, leaves) for x in n.inputs])
+            return [self.loop_step(v.shape, out, contiguous_strides(v.shape), value, leaves, False,
+                                   self.comment(n), [v])]
+        if name in ("sum", "sum_to"):
+            x = n.inputs[0]
+            if name == "sum":
+                ax = n.attrs["axis"]
+                keep = tuple(1 if ax is None or a == ax % x.rank else d for a, d in enumerate(x.shape))
+            else:
+                keep = n.attrs["shape"]
+            leaves = []
+            value = self.expr(x, x.shape, leaves)
+            return [self.loop_step(x.shape, out, broadcast_strides(keep, x.shape), value, leaves, True,
+                                   self.comment(n), [v], zero_size=numel(v.shape))]
+        if name in ("transpose", "reshape", "slice", "concat"):
+            return self.copy_steps(n, out)
+        if name == "matmul":
+            return [self.matmul_step(n, out)]
+        if name in ("softmax", "log_softmax", "cross_entropy"):
+            x = n.inputs[0]
+            cols = x.shape[-1]
+            ctx = dict(comment=self.comment(n), kind=name, out=out, x=self.ref(x), rows=c_poly(numel(x.shape[:-1])),
+                       cols=c_poly(dim_poly(cols)), labels=None, targets=None)
+            if name == "cross_entropy":
+                y = n.inputs[1]
+                ctx["labels" if y.dtype != FLOAT else "targets"] = self.ref(y)
+            return [Step("softmax", ctx, [v], list(n.inputs))]
+        if name in ("embedding", "embedding_grad", "onehot"):
+            if name == "onehot":
+                y = n.inputs[0]
+                ctx = dict(kind=name, out=out, ids=self.ref(y), count=c_poly(numel(y.shape)),
+                           width=c_poly(dim_poly(n.attrs["depth"])))
+            else:
+                src, ids = n.inputs
+                width = src.shape[-1]
+                ctx = dict(kind=name, out=out, src=self.ref(src), ids=self.ref(ids),
+                           count=c_poly(numel(ids.shape)), width=c_poly(dim_poly(width)),
+                           rows=c_poly(dim_poly(n.attrs["rows"])) if name == "embedding_grad" else None)
+            ctx["comment"] = self.comment(n)
+            return [Step("gather", ctx, [v], list(n.inputs))]
+        raise NotImplementedError(f"codegen: no kernel for op {name}")
+
+    def copy_steps(self, n: Node, out: str) -> list[Step]:
+        v, name = n.output, n.op.name
+        x = n.inputs[0]
+        if name == "reshape":   # same elements in the same order: a flat copy
+            ctx = dict(comment=self.comment(n), loops=[("i", c_poly(numel(v.shape)))], target=f"{out}[i]",
+                       value=f"{self.ref(x)}[i]", op="=", zero=None, zero_target=out)
+            return [Step("loop", ctx, [v], [x])]
+        if name == "transpose":
+            if x.rank < 2:
+                leaves = [(self.ref(x), contiguous_strides(x.shape), (0,), x)]
+            else:
+                s = contiguous_strides(x.shape)
+                leaves = [(self.ref(x), [s[1], s[0]], (0,), x)]
+            return [self.loop_step(v.shape, out, contiguous_strides(v.shape), "{L0}", leaves, False,
+                                   self.comment(n), [v])]
+        if name == "slice":
+            leaves = [(self.ref(x), contiguous_strides(x.shape)[:-1] + [(1,)], (n.attrs["start"],), x)]
+            return [self.loop_step(v.shape, out, contiguous_strides(v.shape), "{L0}", leaves, False,
+                                   self.comment(n), [v])]
+        # concat: each operand into its column range of every row
+        steps, start = [], 0
+        out_strides = contiguous_strides(v.shape)
+        for part in n.inputs:
+            leaves = [(self.ref(part), contiguous_strides(part.shape), (0,), part)]
+            steps.append(self.loop_step(part.shape, out, out_strides, "{L0}", leaves, False,
+                                        self.comment(n), [v], target_offset=(start,)))
+            start += part.shape[-1]
+        return steps
+
+    def matmul_step(self, n: Node, out: str) -> Step:
+        a, b = n.inputs
+        ta = tb = 0
+        if a in self.folded and a.rank == 2:
+            a, ta = a.node.inputs[0], 1
+        elif a in self.folded:
+            a = a.node.inputs[0]
+        if b in self.folded and b.rank == 2:
+            b, tb = b.node.inputs[0], 1
+        elif b in self.folded:
+            b = b.node.inputs[0]
+        A = a.shape if a.rank == 2 else (1, a.shape[0])
+        B = b.shape if b.rank == 2 else (b.shape[0], 1)
+        M, K = (A[1], A[0]) if ta else A
+        N = B[0] if tb else B[1]
+        ctx = dict(comment=self.comment(n), out=out, a=self.ref(a), b=self.ref(b), ta=ta, tb=tb,
+                   M=c_poly(dim_poly(M)), N=c_poly(dim_poly(N)), K=c_poly(dim_poly(K)),
+                   lda=c_poly(dim_poly(A[1])), ldb=c_poly(dim_poly(B[1])), ldc=c_poly(dim_poly(N)))
+        return Step("matmul", ctx, [n.output], [a, b])
+
+    # ---------------------------------------------------------------- whole function
+    def run(self) -> Schedule:
+        steps: list[Step] = []
+        for n in self.g.nodes:
+            steps.extend(self.node_steps(n))
+        # outputs that are not computed into their buffer: a second name, or an input/param
+        for cname, v in self.outputs.items():
+            if self.out_of.get(v) != cname or v.node is None or v in self.static:
+                leaves: list = []
+                value = self.expr(v, v.shape, leaves) if v in self.static else "{L0}"
+                if v not in self.static:
+                    leaves = [(self.ref(v), contiguous_strides(v.shape), (0,), v)]
+                steps.append(self.loop_step(v.shape, cname, contiguous_strides(v.shape), value, leaves, False,
+                                            f"output {cname} = {v.name}", []))
+        return Schedule(steps, *self._plan(steps), self._label_checks())
+
+    def _plan(self, steps: list[Step]):
+        first: dict[Value, int] = {}
+        last: dict[Value, int] = {}
+        for i, st in enumerate(steps):
+            for v in st.defs:
+                first.setdefault(v, i)
+                last[v] = max(last.get(v, i), i)
+            for v in st.uses:
+                last[v] = i
+        buffers = {}
+        for v, f in first.items():
+            if v.node is None or v in self.out_of:
+                continue
+            buffers[c_name(v.name)] = Buffer(c_name(v.name), numel(v.shape), f, last[v])
+        arena = plan(list(buffers.values()))
+        return buffers, arena
+
+    def _label_checks(self):
+        """Every int input with its smallest bound over the ops that index with it."""
+        bounds: dict[Value, int] = {}
+        for n in self.g.nodes:
+            name = n.op.name
+            if name == "cross_entropy" and n.inputs[1].dtype != FLOAT:
+                y, bound = n.inputs[1], n.inputs[0].shape[-1]
+            elif name == "onehot":
+                y, bound = n.inputs[0], n.attrs["depth"]
+            elif name in ("embedding", "embedding_grad"):
+                y = n.inputs[1]
+                bound = n.inputs[0].shape[0] if name == "embedding" else n.attrs["rows"]
+            else:
+                continue
+            bounds[y] = min(bound, bounds.get(y, bound))
+        return [(self.ref(y), c_poly(numel(y.shape)), str(b)) for y, b in bounds.items()]
+
+
+def schedule(g: Graph, outputs: dict[str, Value]) -> Schedule:
+    return Scheduler(g, outputs).run()
+
+
+__all__ = ["schedule", "Schedule", "Step", "c_name", "c_poly", "numel", "padd"]
