@@ -168,6 +168,19 @@ class CompiledModel:
         names = {a.cname: a for a in f.args if a.role == "grad"}
         return [(w, names[c_name(f"d_{w}")]) for w in self.wrt]
 
+    def memory_plan(self, n: int = 64) -> str:
+        """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n."""
+        from graphc.passes.memory import peval
+        from graphc.passes.pipeline import memory_table
+        ws = getattr(self.lib, f"{self.name}_workspace_size")(n)
+        parts = [f"workspace of {self.name} at n={n}: {ws} bytes (GEMM packing included)"]
+        for f in self.functions.values():
+            a = f.sched.arena
+            per_row = peval(a, 1) - peval(a, 0) if len(a) == 2 else None
+            head = f"{f.name}: {per_row * self.dtype.itemsize} bytes per batch row" if per_row is not None else f.name
+            parts.append(head + "\n" + memory_table(f.sched, n, self.dtype.itemsize))
+        return "\n".join(parts)
+
     # ------------------------------------------------------------------ files
     @property
     def source(self) -> str:

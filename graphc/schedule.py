@@ -117,6 +117,13 @@ class Scheduler:
             if n.op.name in ("const", "size") or (
                     n.op.c_expr is not None and v.shape == () and n.inputs and all(x in self.static for x in n.inputs)):
                 self.static.add(v)
+        # softmax(θ) and cross_entropy(θ, y) of the same logits share one pass over the rows
+        self.partner: dict[Node, Node] = {}
+        softmaxes = {n.inputs[0]: n for n in self.g.nodes if n.op.name == "softmax"}
+        for n in self.g.nodes:
+            if n.op.name == "cross_entropy" and n.inputs[0] in softmaxes:
+                sm = softmaxes.pop(n.inputs[0])
+                self.partner[n], self.partner[sm] = sm, n
         for n in self.g.nodes:
             v = n.output
             if v in self.static or v in self.out_of:
@@ -124,7 +131,7 @@ class Scheduler:
             users = self.users.get(v, [])
             if n.op.name == "transpose" and users and all(u.op.name == "matmul" for u in users):
                 self.folded.add(v)
-            elif n.op.c_expr is not None and len({id(u) for u in users}) == 1:
+            elif (n.op.c_expr is not None or n.op.name == "onehot") and len({id(u) for u in users}) == 1:
                 u = users[0]
                 if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
                         (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
@@ -155,6 +162,10 @@ class Scheduler:
             return self.static_expr(v)
         if v in self.inlined:
             n = v.node
+            if n.op.name == "onehot":   # 1 where the column index equals the row's label
+                y = n.inputs[0]
+                leaves.append((self.ref(y), broadcast_strides(y.shape + (1,), iter_shape), (0,), y))
+                return "((gc_real)({L%d} == {COL}))" % (len(leaves) - 1)
             if n.op.name == "broadcast_to":
                 return self.expr(n.inputs[0], iter_shape, leaves)
             return "(" + n.op.c_expr.format(*[self.expr(x, iter_shape, leaves) for x in n.inputs]) + ")"
@@ -167,8 +178,12 @@ class Scheduler:
         dims = [(dim_poly(d), [ops[1][a] for ops in operands]) for a, d in enumerate(iter_shape)]
         dims = [d for d in dims if d[0] != (1,)]
         merged: list = []
-        for size, strides in dims:   # merge an axis into the previous one where memory is contiguous across both
-            if merged and all(ps == pmul(s, size) for ps, s in zip(merged[-1][1], strides)):
+        uses_col = "{COL}" in value and iter_shape and iter_shape[-1] != 1
+        for axis, (size, strides) in enumerate(dims):
+            # merge an axis into the previous one where memory is contiguous across both;
+            # keep the last axis apart when the expression reads its index (one-hot)
+            last_kept = uses_col and axis == len(dims) - 1
+            if merged and not last_kept and all(ps == pmul(s, size) for ps, s in zip(merged[-1][1], strides)):
                 merged[-1] = (pmul(merged[-1][0], size), strides)
             else:
                 merged.append((size, strides))
@@ -185,6 +200,7 @@ class Scheduler:
             return " + ".join(terms) if terms else "0"
 
         loads = {f"L{k}": f"{leaves[k][0]}[{index(k + 1)}]" for k in range(len(leaves))}
+        loads["COL"] = LOOP_VARS[len(merged) - 1] if uses_col else "0"
         ctx = dict(comment=comment, loops=loops, target=f"{target}[{index(0)}]", value=value.format(**loads),
                    op="+=" if accumulate else "=", zero=c_poly(zero_size) if zero_size else None, zero_target=target)
         uses = [leaf[3] for leaf in leaves]
@@ -229,6 +245,18 @@ class Scheduler:
             return [self.matmul_step(n, out)]
         if name in ("softmax", "log_softmax", "cross_entropy"):
             x = n.inputs[0]
+            partner = self.partner.get(n)
+            if partner is not None and self.g.nodes.index(partner) < self.g.nodes.index(n):
+                return []   # emitted with its partner
+            if partner is not None:
+                ce, sm = (n, partner) if name == "cross_entropy" else (partner, n)
+                y = ce.inputs[1]
+                ctx = dict(comment=f"{self.comment(ce)}\n   and {self.comment(sm)}", kind="softmax_xent",
+                           out=self.ref(ce.output), probs=self.ref(sm.output), x=self.ref(x),
+                           rows=c_poly(numel(x.shape[:-1])), cols=c_poly(dim_poly(x.shape[-1])),
+                           labels=self.ref(y) if y.dtype != FLOAT else None,
+                           targets=self.ref(y) if y.dtype == FLOAT else None)
+                return [Step("softmax", ctx, [ce.output, sm.output], [x, y])]
             cols = x.shape[-1]
             ctx = dict(comment=self.comment(n), kind=name, out=out, x=self.ref(x), rows=c_poly(numel(x.shape[:-1])),
                        cols=c_poly(dim_poly(cols)), labels=None, targets=None)

@@ -1,0 +1,50 @@
+"""The passes in the order codegen runs them, for `graphc show --passes`.
+
+In: a forward Graph (with its spec's [grad]). Out: (stage name, printable)
+pairs: the graph after autodiff, after lowering composites, after CSE/DCE,
+and the kernel schedule with its fusion groups and arena offsets.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from graphc.ir import Graph
+
+
+def stages(graph: Graph) -> Iterator[tuple[str, object]]:
+    from graphc.autodiff import grad
+    from graphc.passes.lower import lower
+    from graphc.schedule import Scheduler, c_name
+
+    g = graph
+    if graph.grad_spec:
+        of, wrt = graph.grad_spec
+        g = grad(graph, of, wrt)
+        yield "autodiff (forward + backward)", g
+    low = lower(g)
+    yield "lower composites + simplify (CSE, DCE)", low
+    outputs = {c_name(k): v for k, v in low.outputs.items()}
+    sched = Scheduler(low, outputs)
+    result = sched.run()
+    lines = []
+    for i, st in enumerate(result.steps):
+        names = ", ".join(v.name for v in st.defs)
+        fused = [v.name for v in sched.inlined if any(v in n.inputs for n in low.nodes if n.output in st.defs)]
+        extra = f"   fused: {', '.join(sorted(fused))}" if fused else ""
+        lines.append(f"  {i:3d}  {st.family:<8} {names}{extra}")
+    folded = sorted(v.name for v in sched.folded)
+    if folded:
+        lines.append(f"  transposes read in place by GEMM: {', '.join(folded)}")
+    lines.append(memory_table(result))
+    yield "schedule (kernels, fusion, arena)", "\n".join(lines)
+
+
+def memory_table(result, n: int = 64, itemsize: int = 4) -> str:
+    from graphc.passes.memory import peval
+    from graphc.schedule import c_poly
+    rows = ["  arena plan (elements; n = batch):"]
+    for b in sorted(result.buffers.values(), key=lambda b: (b.first, b.name)):
+        rows.append(f"    {b.name:<14} offset {c_poly(b.offset):<12} size {c_poly(b.size):<12} live steps {b.first}..{b.last}")
+    total = result.arena
+    rows.append(f"    peak {c_poly(total)} elements = {peval(total, n) * itemsize} bytes at n={n} ({itemsize}-byte elements)")
+    return "\n".join(rows)
