@@ -31,14 +31,7 @@ from graphc.errors import CompileError
 _LOG_TAIL = 4000               # characters of compiler output quoted in a CompileError
 _LOADED: dict[str, "BuiltModule"] = {}   # key -> module: an .so may be imported once per process
 _PROCESS_LOCK = threading.Lock()         # cffi chdirs, and we redirect fds 1/2 and set $CC
-_OPENMP_PROBE = """#include <omp.h>
-int main(void) {
-    int n = 0;
-#pragma omp parallel reduction(+:n)
-    n += omp_get_num_threads() > 0;
-    return n > 0 ? 0 : 1;
-}
-"""
+_OPENMP_PROBE = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 
 
 @dataclass
@@ -163,8 +156,8 @@ def build(name: str, source: str, header: str, cdef: str, *, extra_compile_args:
     openmp: None uses it when the compiler supports it. cache_dir: overrides cache_root().
     """
     start = time.perf_counter()
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise ValueError(f"build name {name!r} must be a plain file name (letters, digits, _ . -)")
+    if not name or name.startswith(".") or any(c in name for c in '/\\"\0'):
+        raise ValueError(f"build name {name!r} must be a plain file name (it names NAME.c and NAME.h)")
     cc = find_compiler()
     if openmp is None:
         openmp = openmp_supported(cc)
@@ -215,13 +208,8 @@ def _build_cached(job: _Job, root: Path) -> BuiltModule:
         try:
             _compile_into(job, tmp, failed=root / "failed" / job.key)
             os.chmod(tmp, 0o755)             # mkdtemp made it private; a cache entry is readable
-            try:
+            if not final.is_dir():           # it can exist only where flock is a no-op: then theirs wins
                 os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                # someone published without our lock (a filesystem without flock): theirs wins
-                return _load_fresh(job, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -257,10 +245,10 @@ def _load_fresh(job: _Job, directory: Path) -> BuiltModule:
     """Load a library just built; failing here is a build failure, not a corrupt cache."""
     try:
         built = _load_entry(job, directory)
+        if built is None:
+            raise _Corrupt(f"{directory} disappeared")
     except _Corrupt as error:
         raise CompileError(f"{job.name} compiled but cannot be loaded: {error}") from None
-    if built is None:
-        raise CompileError(f"{job.name} compiled but {directory} has disappeared")
     return replace(built, cached=False)
 
 
@@ -295,26 +283,17 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
 
 def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -> CompileError:
     """A CompileError naming the command, the compiler's output and a kept, line-numbered source."""
-    try:
-        output = (directory / "build.log").read_text(errors="replace")
-    except OSError:
-        output = ""
-    for keep in (failed, None):
-        try:
-            keep = keep or Path(tempfile.mkdtemp(prefix=f"graphc-failed-{job.name}-"))
-            keep.mkdir(parents=True, exist_ok=True)
-            for extra in [f"{job.name}.h", "build.log", f"{job.module}.c"]:
-                if (directory / extra).is_file() and keep != directory:
-                    shutil.copyfile(directory / extra, keep / extra)
-            (keep / f"{job.name}.c").write_text(job.source)
-            numbered = keep / f"{job.name}.numbered.c"
-            numbered.write_text("".join(f"{i:5d}  {line}\n" for i, line in
-                                        enumerate(job.source.splitlines(), start=1)))
-            kept = f"line-numbered source kept at {numbered} (plain copy: {keep / (job.name + '.c')})"
-            break
-        except OSError as keep_error:
-            kept = f"could not keep a copy of the source: {keep_error}"
-    tail = output[-_LOG_TAIL:] if len(output) > _LOG_TAIL else output
+    output = (directory / "build.log").read_text(errors="replace")
+    try:   # keep the whole build folder (sources, cffi's wrapper, log), plus a numbered source
+        if failed != directory:
+            shutil.rmtree(failed, ignore_errors=True)
+            shutil.copytree(directory, failed)
+        numbered = failed / f"{job.name}.numbered.c"
+        numbered.write_text("".join(f"{i:5d}  {line}\n" for i, line in enumerate(job.source.splitlines(), 1)))
+        kept = f"line-numbered source kept at {numbered} (plain copy: {failed / (job.name + '.c')})"
+    except OSError as keep_error:
+        kept = f"could not keep a copy of the source in {failed}: {keep_error}"
+    tail = output[-_LOG_TAIL:]
     message = (f"the C compiler failed to build {job.name} ({type(error).__name__}: {error})\n"
                f"  compiler: {job.cc}   compile flags: {shlex.join(job.flags)}   "
                f"link flags: {shlex.join([*job.link_args, '-lm'])} (full commands in the output)\n"
@@ -343,8 +322,9 @@ def _compiler_environment(cc: str):
 @contextlib.contextmanager
 def _output_into(log: Path):
     """Send fds 1 and 2 (the compiler subprocess) and sys.stdout/err (distutils' log) to `log`."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     saved = os.dup(1), os.dup(2)
     try:

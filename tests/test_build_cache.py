@@ -1,0 +1,225 @@
+"""Stage 6, graphc/build.py: compile once per content hash, load from cache, fail loudly and usefully."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphc import build as builder
+from graphc.errors import CompileError
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "int add_ints(int a, int b);\n"
+
+# A fresh interpreter builds the adder given as JSON in argv[1] and prints one JSON line.
+CHILD = """
+import json, os, sys
+from graphc import build as builder
+if sys.argv[2] == "forbid-compile":
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the compiler ran on a cache hit")
+    builder._compile_into = forbidden
+module = builder.build(*json.loads(sys.argv[1]))
+print(json.dumps({"cached": module.cached, "sum": module.lib.add_ints(40, 2), "pid": os.getpid(),
+                  "directory": str(module.directory), "library": str(module.library)}))
+"""
+
+
+def adder(tag: str, body: str = "return a + b;") -> tuple[str, str, str, str]:
+    """name, source, header, cdef of a one-function module; `tag` keeps each test's key its own."""
+    source = f'/* {tag} */\n#include "adder.h"\n\nint add_ints(int a, int b)\n{{\n    {body}\n}}\n'
+    return "adder", source, HEADER, HEADER
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(root))
+    return root
+
+
+def child(inputs, cache: Path, mode: str = "build") -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRAPHC_CACHE_DIR": str(cache)}
+    return subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(inputs), mode], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result(process: subprocess.Popen) -> dict:
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_child(inputs, cache: Path, mode: str = "build") -> dict:
+    return result(child(inputs, cache, mode))
+
+
+def entries(cache: Path) -> list[str]:
+    """Names in the cache root other than lock files and the openmp probe memo."""
+    return sorted(p.name for p in cache.iterdir() if p.suffix != ".lock" and p.name != "probes")
+
+
+def test_build_compiles_loads_and_fills_the_cache_entry(cache):
+    module = builder.build(*adder("fills"))
+    assert module.lib.add_ints(2, 3) == 5
+    assert not module.cached
+    assert module.directory == cache / module.key
+    names = {p.name for p in module.directory.iterdir()}
+    assert {"adder.c", "adder.h", "build.log", "manifest.json", module.library.name} == names
+    manifest = json.loads((module.directory / "manifest.json").read_text())
+    assert manifest["key"] == module.key and manifest["library"] == module.library.name
+    assert entries(cache) == [module.key]            # no .tmp-* or .trash-* left behind
+    again = builder.build(*adder("fills"))           # same process: the module already loaded
+    assert again.cached and again.lib is module.lib
+
+
+def test_build_second_process_loads_from_cache_without_compiling(cache):
+    first = run_child(adder("second"), cache)
+    log = Path(first["directory"]) / "build.log"
+    stamps = log.stat().st_mtime_ns, Path(first["library"]).stat().st_mtime_ns
+    second = run_child(adder("second"), cache, mode="forbid-compile")
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["sum"] == 42 and second["directory"] == first["directory"]
+    assert (log.stat().st_mtime_ns, Path(first["library"]).stat().st_mtime_ns) == stamps
+
+
+def test_build_key_changes_with_source_flags_compiler_and_versions(monkeypatch):
+    import graphc
+    cc = builder.find_compiler()
+    name, source, header, cdef = adder("key")
+    base = builder.cache_key(name, source, header, cdef, ["-O3"], [], cc)
+    assert base == builder.cache_key(name, source, header, cdef, ["-O3"], [], cc)
+    changed = [
+        builder.cache_key(name, source + "\n", header, cdef, ["-O3"], [], cc),
+        builder.cache_key(name, source, header + "\n", cdef, ["-O3"], [], cc),
+        builder.cache_key(name, source, header, cdef, ["-O2"], [], cc),
+        builder.cache_key(name, source, header, cdef, ["-O3"], ["-fopenmp"], cc),
+        builder.cache_key(name, source, header, cdef, ["-O3"], [], cc + " -m64"),
+    ]
+    monkeypatch.setattr(graphc, "__version__", "999.0")
+    changed.append(builder.cache_key(name, source, header, cdef, ["-O3"], [], cc))
+    monkeypatch.undo()
+    monkeypatch.setattr(builder, "_builder_hash", lambda: "an edited build.py")
+    changed.append(builder.cache_key(name, source, header, cdef, ["-O3"], [], cc))
+    assert len({base, *changed}) == 1 + len(changed)
+
+
+def test_build_compile_flags_are_exact_and_never_fast_math():
+    assert builder.compile_flags(False, False) == ["-O3", "-std=c99", "-ffp-contract=fast"]
+    assert builder.compile_flags(True, True)[3:] == ["-march=native", "-fopenmp"]
+    assert not any("fast-math" in flag for flag in builder.compile_flags(True, True))
+
+
+def test_build_edited_source_and_extra_flags_make_new_entries(cache):
+    one = builder.build(*adder("edit"))
+    two = builder.build(*adder("edit", body="return a + b + 1;"))
+    three = builder.build(*adder("edit"), extra_compile_args=["-DUNUSED=1"])
+    assert len({one.key, two.key, three.key}) == 3
+    assert (one.lib.add_ints(1, 1), two.lib.add_ints(1, 1), three.lib.add_ints(1, 1)) == (2, 3, 2)
+    assert sorted(entries(cache)) == sorted([one.key, two.key, three.key])
+
+
+@pytest.mark.parametrize("processes", [2, 8])
+def test_build_concurrent_processes_all_succeed_and_compile_once(cache, processes):
+    inputs = adder(f"race-{processes}")
+    results = [result(p) for p in [child(inputs, cache) for _ in range(processes)]]
+    assert all(r["sum"] == 42 for r in results)
+    builders = [r for r in results if not r["cached"]]
+    assert len(builders) == 1                         # the others waited on the lock, then loaded
+    directory = Path(builders[0]["directory"])
+    assert json.loads((directory / "manifest.json").read_text())["pid"] == builders[0]["pid"]
+    assert entries(cache) == [directory.name]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "delete manifest"])
+def test_build_corrupt_entry_is_detected_and_rebuilt(cache, damage):
+    first = run_child(adder(f"corrupt-{damage}"), cache)
+    library, directory = Path(first["library"]), Path(first["directory"])
+    data = library.read_bytes()
+    if damage == "truncate":
+        library.write_bytes(data[: len(data) // 2])
+    elif damage == "overwrite":
+        library.write_bytes(data[:1000] + b"\xff" * 64 + data[1064:])
+    else:
+        (directory / "manifest.json").unlink()
+    second = run_child(adder(f"corrupt-{damage}"), cache)
+    assert not second["cached"] and second["sum"] == 42
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["pid"] == second["pid"]
+    assert entries(cache) == [directory.name]        # the corrupt entry is gone, not kept aside
+
+
+def test_build_manifest_of_another_build_is_not_trusted(cache):
+    first = run_child(adder("foreign"), cache)
+    manifest_path = Path(first["directory"]) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(key="0" * 64, graphc="0.0.1-other")
+    manifest_path.write_text(json.dumps(manifest))
+    second = run_child(adder("foreign"), cache)
+    assert not second["cached"] and second["sum"] == 42
+    assert json.loads(manifest_path.read_text())["key"] == Path(first["directory"]).name
+
+
+def test_build_missing_compiler_in_CC_is_named(cache, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(CompileError, match="/nonexistent/cc") as caught:
+        builder.build(*adder("no-cc"))
+    assert "CC" in str(caught.value)
+
+
+def test_build_no_compiler_on_empty_PATH(cache, monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(CompileError, match="no C compiler found"):
+        builder.build(*adder("no-path"))
+
+
+def test_build_syntax_error_reports_compiler_output_and_keeps_numbered_source(cache):
+    name, source, header, cdef = adder("syntax", body="return a + b")   # missing ';'
+    with pytest.raises(CompileError) as caught:
+        builder.build(name, source, header, cdef)
+    message = str(caught.value)
+    assert "adder.c:6" in message and "error" in message           # the compiler's own words
+    assert "-O3" in message and builder.find_compiler() in message
+    numbered = Path(re.search(r"source kept at (\S+\.numbered\.c)", message).group(1))
+    assert numbered.is_file() and "    6      return a + b" in numbered.read_text()
+    assert (numbered.parent / "adder.c").read_text() == source
+    assert entries(cache) == ["failed"]               # nothing a later run could load
+
+
+def test_build_cdef_without_definition_fails_at_load_and_leaves_no_entry(cache):
+    name, source, header, _ = adder("undefined")
+    # gcc 12 only warns about the implicit declaration, so the load fails (undefined symbol);
+    # newer compilers reject it while compiling. Either way no entry stays in the cache.
+    with pytest.raises(CompileError, match="missing_function"):
+        builder.build(name, source, header, HEADER + "int missing_function(int x);\n")
+    assert entries(cache) in ([], ["failed"])
+
+
+@pytest.mark.parametrize("how", ["path under a file", "read-only directory"])
+def test_build_unwritable_cache_warns_and_builds_in_a_temporary_folder(tmp_path, monkeypatch, how):
+    if how == "path under a file":
+        (tmp_path / "afile").write_text("not a directory")
+        root = tmp_path / "afile" / "cache"
+    else:
+        root = tmp_path / "readonly"
+        root.mkdir()
+        root.chmod(0o500)
+        if os.access(root, os.W_OK):                  # root ignores permission bits
+            pytest.skip("permission bits do not stop this user from writing")
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(root))
+    try:
+        with pytest.warns(RuntimeWarning, match="not writable"):
+            module = builder.build(*adder(f"unwritable-{how}"))
+        assert module.lib.add_ints(2, 2) == 4 and not module.cached
+        assert module.library.is_file() and root not in module.directory.parents
+    finally:
+        if root.is_dir():
+            root.chmod(0o700)
+    shutil.rmtree(module.directory, ignore_errors=True)
