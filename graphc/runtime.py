@@ -61,6 +61,10 @@ class CompiledModel:
         self.functions = {f.name: f for f in csrc.functions}
         self.wrt = list(csrc.grad_names)
         self._local = threading.local()
+        self._plans: dict[tuple, tuple] = {}    # checked call signatures -> (n, argument sources)
+        self._names: dict[tuple, list] = {}
+        self._param_ptrs: dict[int, tuple] = {}
+        self._cfuncs = {f.name: getattr(self.lib, f"{self.name}_{f.name}") for f in csrc.functions}
         self._ctype = "float" if self.dtype == np.float32 else "double"
 
     def __repr__(self) -> str:
@@ -88,6 +92,18 @@ class CompiledModel:
         ctype = "int32_t[]" if arr.dtype == np.int32 else f"{self._ctype}[]"
         return self.ffi.from_buffer(ctype, arr, require_writable=False)
 
+    def _param_pointer(self, arr: np.ndarray):
+        """Parameters are long-lived: keep their cffi pointers (a pointer keeps its array alive,
+        so an id cannot be reused while cached; the cache is small and cleared when full)."""
+        hit = self._param_ptrs.get(id(arr))
+        if hit is not None and hit[0] is arr:
+            return hit[1]
+        if len(self._param_ptrs) > 64:
+            self._param_ptrs.clear()
+        ptr = self._pointer(arr)
+        self._param_ptrs[id(arr)] = (arr, ptr)
+        return ptr
+
     def _batch(self, dims: dict[str, int]) -> int:
         sym = self.graph.symbolic_dims
         if not sym:
@@ -106,23 +122,69 @@ class CompiledModel:
 
     def call(self, fname: str, arrays: dict[str, Any], preset: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Run C function `fname`; return the arrays it wrote, by C argument name."""
-        f: Function = self.functions[fname]
         preset = preset or {}
+        key = self._plan_key(fname, arrays, preset)
+        plan = self._plans.get(key) if key is not None else None
+        if plan is None:
+            return self._call_checked(fname, arrays, preset, key)
+        # fast path: the same names, shapes and dtypes as a call already checked
+        n, sources = plan
+        args, outs = [], {}
+        for kind, name, extra in sources:
+            if kind == "arg":
+                args.append(self._pointer(arrays[name]))
+            elif kind == "param":
+                args.append(self._param_pointer(arrays[name]))
+            elif kind == "preset":
+                args.append(self._pointer(preset[name]))
+            else:
+                arr = outs[name] = np.empty(extra[0], dtype=extra[1])
+                args.append(self._pointer(arr))
+        status = self._cfuncs[fname](n, *args, self.ffi.from_buffer(self.workspace(n)))
+        if status != 0:
+            env, _ = bind(self.graph, arrays, self.dtype, skip=frozenset(preset))
+            self._raise_status(status, fname, env, n)
+        return outs
+
+    @staticmethod
+    def _plan_key(fname, arrays, preset):
+        """Names, shapes and dtypes of the call, or None when some argument needs the checked path."""
+        key = [fname]
+        for k, v in arrays.items():
+            if type(v) is not np.ndarray or not (v.flags.c_contiguous and v.flags.aligned):
+                return None
+            key.append((k, v.shape, v.dtype.char))
+        key.extend(preset)
+        return tuple(key)
+
+    def _call_checked(self, fname, arrays, preset, key):
+        """Check and convert every argument; remember the plan when nothing needed converting."""
+        f: Function = self.functions[fname]
         env, dims = bind(self.graph, arrays, self.dtype, skip=frozenset(preset))
         env.update(preset)
         n = self._batch(dims)
-        args, outs = [], {}
+        args, outs, sources, reusable = [], {}, [], key is not None
         for a in f.args:
-            if a.role in ("input", "param", "param*", "state"):
-                src = env.get(a.value.name) if a.value is not None else None
-                arr = preset[a.cname] if a.cname in preset else as_c_array(a.cname, src)
+            if a.cname in preset:
+                arr = preset[a.cname]
+                sources.append(("preset", a.cname, None))
+            elif a.role in ("input", "param", "param*", "state"):
+                name = a.value.name
+                arr = as_c_array(a.cname, env[name])
+                reusable = reusable and arr is arrays.get(name)
+                sources.append(("param" if a.role.startswith("param") else "arg", name, None))
             else:
                 arr = outs[a.cname] = self._out_array(a, n)
+                sources.append(("out", a.cname, (arr.shape, arr.dtype)))
             args.append(self._pointer(arr))
         ws = self.workspace(n)
         status = getattr(self.lib, f"{self.name}_{fname}")(n, *args, self.ffi.from_buffer(ws))
         if status != 0:
             self._raise_status(status, fname, env, n)
+        if reusable:
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = (n, sources)
         return outs
 
     def _raise_status(self, status: int, fname: str, env: dict, n: int):
@@ -157,16 +219,21 @@ class CompiledModel:
         return values, grads
 
     def _outputs(self, fname):
-        f = self.functions[fname]
-        names = {a.cname: a for a in f.args if a.role == "output"}
-        from graphc.schedule import c_name
-        return [(k, names[c_name(k)]) for k in self.graph.outputs if c_name(k) in names]
+        """(output name, its C argument) pairs of a function, computed once."""
+        key = ("outputs", fname)
+        if key not in self._names:
+            from graphc.schedule import c_name
+            names = {a.cname: a for a in self.functions[fname].args if a.role == "output"}
+            self._names[key] = [(k, names[c_name(k)]) for k in self.graph.outputs if c_name(k) in names]
+        return self._names[key]
 
     def _grads(self, fname):
-        f = self.functions[fname]
-        from graphc.schedule import c_name
-        names = {a.cname: a for a in f.args if a.role == "grad"}
-        return [(w, names[c_name(f"d_{w}")]) for w in self.wrt]
+        key = ("grads", fname)
+        if key not in self._names:
+            from graphc.schedule import c_name
+            names = {a.cname: a for a in self.functions[fname].args if a.role == "grad"}
+            self._names[key] = [(w, names[c_name(f"d_{w}")]) for w in self.wrt]
+        return self._names[key]
 
     def memory_plan(self, n: int = 64) -> str:
         """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n."""
