@@ -87,6 +87,51 @@ class Step:
     ctx: dict[str, Any]         # what the family's macro prints
     defs: list[Value] = field(default_factory=list)
     uses: list[Value] = field(default_factory=list)
+    spec: dict | None = None    # loop steps: iteration shape and statements, kept for merging
+
+
+def render_loop(spec: dict) -> dict[str, Any]:
+    """Collapse the iteration space of a loop nest and print each statement's indices.
+
+    Adjacent axes merge into one loop when every operand is contiguous across them,
+    so a same-shape elementwise op is one flat loop and a bias broadcast is two."""
+    iter_shape, stmts = spec["iter_shape"], spec["stmts"]
+    operands = []      # (strides, offset) of every target and load, statement by statement
+    for st in stmts:
+        operands.append((st["strides"], st["offset"]))
+        operands.extend((strides, offset) for _, strides, offset, _ in st["leaves"])
+    dims = [(dim_poly(d), [op[0][a] for op in operands]) for a, d in enumerate(iter_shape)]
+    dims = [d for d in dims if d[0] != (1,)]
+    uses_col = any("{COL}" in st["value"] for st in stmts) and iter_shape and iter_shape[-1] != 1
+    merged: list = []
+    for axis, (size, strides) in enumerate(dims):
+        # keep the last axis apart when an expression reads its index (one-hot)
+        last_kept = uses_col and axis == len(dims) - 1
+        if merged and not last_kept and all(ps == pmul(s, size) for ps, s in zip(merged[-1][1], strides)):
+            merged[-1] = (pmul(merged[-1][0], size), strides)
+        else:
+            merged.append((size, strides))
+
+    def index(k: int) -> str:
+        offset = operands[k][1]
+        terms = [c_poly(offset)] if offset != (0,) else []
+        for i, (_, strides) in enumerate(merged):
+            s = strides[k]
+            if s == (1,):
+                terms.append(LOOP_VARS[i])
+            elif s != (0,):
+                terms.append(f"{LOOP_VARS[i]} * {c_poly(s)}" if len(s) == 1 else f"{LOOP_VARS[i]} * ({c_poly(s)})")
+        return " + ".join(terms) if terms else "0"
+
+    body, k = [], 0
+    for st in stmts:
+        target_k = k
+        loads = {f"L{j}": f"{leaf[0]}[{index(k + 1 + j)}]" for j, leaf in enumerate(st["leaves"])}
+        loads["COL"] = LOOP_VARS[len(merged) - 1] if uses_col else "0"
+        body.append(dict(target=f"{st['target']}[{index(target_k)}]", op=st["op"], value=st["value"].format(**loads)))
+        k += 1 + len(st["leaves"])
+    return dict(comment="\n   ".join(spec["comments"]), loops=[(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)],
+                body=body, zeros=[(t, c_poly(z)) for t, z in spec["zeros"]])
 
 
 @dataclass
@@ -174,37 +219,35 @@ class Scheduler:
 
     def loop_step(self, iter_shape, target: str, target_strides, value: str, leaves: list,
                   accumulate: bool, comment: str, defs, target_offset: Poly = (0,), zero_size: Poly | None = None):
-        operands = [(target, target_strides, target_offset)] + [(r, s, o) for r, s, o, _ in leaves]
-        dims = [(dim_poly(d), [ops[1][a] for ops in operands]) for a, d in enumerate(iter_shape)]
-        dims = [d for d in dims if d[0] != (1,)]
-        merged: list = []
-        uses_col = "{COL}" in value and iter_shape and iter_shape[-1] != 1
-        for axis, (size, strides) in enumerate(dims):
-            # merge an axis into the previous one where memory is contiguous across both;
-            # keep the last axis apart when the expression reads its index (one-hot)
-            last_kept = uses_col and axis == len(dims) - 1
-            if merged and not last_kept and all(ps == pmul(s, size) for ps, s in zip(merged[-1][1], strides)):
-                merged[-1] = (pmul(merged[-1][0], size), strides)
-            else:
-                merged.append((size, strides))
-        loops = [(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)]
+        """One loop nest over iter_shape writing (or accumulating into) target."""
+        stmt = dict(target=target, strides=target_strides, offset=target_offset, value=value, leaves=leaves,
+                    op="+=" if accumulate else "=")
+        spec = dict(iter_shape=tuple(iter_shape), stmts=[stmt], comments=[comment],
+                    zeros=[(target, zero_size)] if zero_size else [])
+        return Step("loop", render_loop(spec), list(defs), [leaf[3] for leaf in leaves], spec)
 
-        def index(k: int) -> str:
-            terms = [c_poly(operands[k][2])] if operands[k][2] != (0,) else []
-            for i, (_, strides) in enumerate(merged):
-                s = strides[k]
-                if s == (1,):
-                    terms.append(LOOP_VARS[i])
-                elif s != (0,):
-                    terms.append(f"{LOOP_VARS[i]} * {c_poly(s)}" if len(s) == 1 else f"{LOOP_VARS[i]} * ({c_poly(s)})")
-            return " + ".join(terms) if terms else "0"
-
-        loads = {f"L{k}": f"{leaves[k][0]}[{index(k + 1)}]" for k in range(len(leaves))}
-        loads["COL"] = LOOP_VARS[len(merged) - 1] if uses_col else "0"
-        ctx = dict(comment=comment, loops=loops, target=f"{target}[{index(0)}]", value=value.format(**loads),
-                   op="+=" if accumulate else "=", zero=c_poly(zero_size) if zero_size else None, zero_target=target)
-        uses = [leaf[3] for leaf in leaves]
-        return Step("loop", ctx, list(defs), uses)
+    @staticmethod
+    def merge_reductions(steps: list[Step]) -> list[Step]:
+        """A sum that reads a value right after the loop producing it joins that loop (the bias
+        gradient is summed in the same pass that writes the delta): one pass over memory less."""
+        out: list[Step] = []
+        producer: dict[Value, int] = {}
+        for st in steps:
+            spec = st.spec
+            if (spec and st.family == "loop" and len(spec["stmts"]) == 1 and spec["stmts"][0]["op"] == "+="
+                    and len(st.uses) == 1 and st.uses[0] in producer):
+                i = producer[st.uses[0]]
+                host = out[i]
+                if host.spec["iter_shape"] == spec["iter_shape"] and all(s["op"] == "=" for s in host.spec["stmts"][:1]):
+                    merged = dict(iter_shape=spec["iter_shape"], stmts=host.spec["stmts"] + spec["stmts"],
+                                  comments=host.spec["comments"] + spec["comments"],
+                                  zeros=host.spec["zeros"] + spec["zeros"])
+                    out[i] = Step("loop", render_loop(merged), host.defs + st.defs, host.uses + st.uses, merged)
+                    continue
+            for v in st.defs:
+                producer[v] = len(out)
+            out.append(st)
+        return out
 
     # ---------------------------------------------------------------- per-family steps
     def comment(self, n: Node) -> str:
@@ -283,8 +326,8 @@ class Scheduler:
         v, name = n.output, n.op.name
         x = n.inputs[0]
         if name == "reshape":   # same elements in the same order: a flat copy
-            ctx = dict(comment=self.comment(n), loops=[("i", c_poly(numel(v.shape)))], target=f"{out}[i]",
-                       value=f"{self.ref(x)}[i]", op="=", zero=None, zero_target=out)
+            ctx = dict(comment=self.comment(n), loops=[("i", c_poly(numel(v.shape)))], zeros=[],
+                       body=[dict(target=f"{out}[i]", op="=", value=f"{self.ref(x)}[i]")])
             return [Step("loop", ctx, [v], [x])]
         if name == "transpose":
             if x.rank < 2:
@@ -342,6 +385,7 @@ class Scheduler:
                     leaves = [(self.ref(v), contiguous_strides(v.shape), (0,), v)]
                 steps.append(self.loop_step(v.shape, cname, contiguous_strides(v.shape), value, leaves, False,
                                             f"output {cname} = {v.name}", []))
+        steps = self.merge_reductions(steps)
         return Schedule(steps, *self._plan(steps), self._label_checks())
 
     def _plan(self, steps: list[Step]):
