@@ -13,6 +13,7 @@ from graphc.ops import REGISTRY as _REGISTRY
 from graphc.spec import load, parse_spec  # noqa: F401
 from graphc.reference import evaluate  # noqa: F401
 from graphc.autodiff import grad  # noqa: F401
+from graphc.explain import explain  # noqa: F401
 
 try:
     from importlib.metadata import version as _version
@@ -41,3 +42,5 @@ for _name, _op in _REGISTRY.items():
 del _name, _op
 
 from graphc.runtime import CompiledModel, compile  # noqa: E402,F401
+from graphc.check import check  # noqa: F401,E402
+from graphc.training import SGD, Adam, TrainState, init_params  # noqa: E402,F401

@@ -21,7 +21,11 @@ def expected_shape(graph: Graph, v: Value) -> str:
 
 def convert(name: str, a: Any, want: np.dtype) -> np.ndarray:
     """Safe casts are made (lists, ints to floats, float32 to float64); unsafe ones raise."""
-    arr = np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except ValueError:   # a ragged nested list: NumPy's own message names no argument
+        raise ShapeError(f"argument {name!r} is not a rectangular array (rows of different lengths?)",
+                         hint="pass a NumPy array or equal-length nested lists") from None
     if arr.dtype == want:
         return arr
     if want.kind == "i":

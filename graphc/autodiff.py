@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from typing import Sequence
 
-from graphc.errors import GradientError
+from graphc.errors import GradientError, GraphcError
 from graphc.ir import FLOAT, Graph, Origin, Value
 from graphc.passes.simplify import simplify
 
@@ -103,8 +103,17 @@ class Builder:
         return self.apply("broadcast_to", self.const(0.0), shape=tuple(shape))
 
 
+def _lookup(g: Graph, name: str, what: str) -> Value:
+    """g[name], but an unknown name is a GradientError (with g's did-you-mean hint)."""
+    try:
+        return g[name]
+    except GraphcError as e:
+        raise GradientError(f"grad: {what} {name!r} is not a value or output of graph {g.name!r}",
+                            hint=e.hint) from None
+
+
 def _resolve_of(g: Graph, of: str | Value) -> Value:
-    v = g[of] if isinstance(of, str) else g.values.get(of.name)
+    v = _lookup(g, of, "of") if isinstance(of, str) else g.values.get(of.name)
     if v is None:
         raise GradientError(f"grad: {of!r} is not in graph {g.name!r}")
     if v.shape != ():
@@ -120,7 +129,7 @@ def _resolve_wrt(g: Graph, wrt: Sequence[str]) -> list[Value]:
     for name in wrt:
         name = name.name if isinstance(name, Value) else name
         if name not in g.inputs and name not in g.params:
-            v = g[name]  # raises with a suggestion when unknown
+            v = _lookup(g, name, "wrt")  # raises with a suggestion when unknown
             raise GradientError(f"grad: wrt must name inputs or params; {name!r} is a computed value ({v.node.op.name})")
         v = g.values[name]
         if v.dtype != FLOAT:
@@ -175,7 +184,11 @@ def grad(graph: Graph, of: str | Value, wrt: Sequence[str]) -> Graph:
             with g.naming(f"d_{p.name}"):
                 d = b.zeros(p.shape)
         g.outputs[f"d_{p.name}"] = d
-    return simplify(g)
+    simplify(g)
+    # Which forward value each surviving adjoint differentiates: `explain` reads this to say
+    # "δ2 = ∂J/∂z" (the backward nodes' origins name the forward node, not the operand).
+    g.adjoints = {v: d for v, d in adjoint.items() if g.values.get(v.name) is v and g.values.get(d.name) is d}
+    return g
 
 
 def _name_adjoint(g: Graph, b: Builder, y: Value, d: Value) -> Value:

@@ -44,6 +44,11 @@ def environment() -> jinja2.Environment:
     return _ENV
 
 
+def render_template(name: str, /, **ctx: Any) -> str:
+    """Render one template of templates/ (export's main.c.j2 and Makefile.j2) with `ctx`."""
+    return environment().get_template(name).render(ctx)
+
+
 @dataclass
 class Arg:
     cname: str
@@ -120,6 +125,7 @@ class Emitter:
         self.graph, self.dtype, self.threads = graph, dtype, max(1, int(threads))
         self.ctype, self.fsuffix = CTYPES[dtype]
         self.functions: list[Function] = []
+        self.extras: list[dict[str, str]] = []   # hand-written C (training's fit): source, header, cdef texts
 
     def shape_doc(self, v: Value) -> str:
         return "[" + ", ".join(self.graph.dim_label(d) for d in v.shape) + "]" if v.shape else "[1] (a scalar)"
@@ -156,7 +162,7 @@ class Emitter:
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
                    max_threads=self.threads, uses_matmul=any(f.uses_pack for f in self.functions),
-                   guard=f"GRAPHC_{g.name.upper()}_H")
+                   guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
                 env.get_template("cdef.h.j2").render(ctx))
 

@@ -46,12 +46,24 @@ class GraphcError(Exception):
             where = f" in {loc.key}" if loc.key else ""
             head = f"{loc}: {kind}{where}: {self.message}"
             if loc.text is not None:
-                head += f"\n    {loc.text}"
-                if loc.offset is not None:
-                    head += "\n    " + " " * loc.offset + "^"
+                text, offset = _window(loc.text, loc.offset)
+                head += f"\n    {text}"
+                if offset is not None:
+                    head += "\n    " + " " * offset + "^"
         if self.hint:
             head += f"\n  hint: {self.hint}"
         return head
+
+
+def _window(text: str, offset: int | None, width: int = 72) -> tuple[str, int | None]:
+    """At most `width` characters of a long expression, around the caret, with '...' where cut."""
+    if len(text) <= width:
+        return text, offset
+    start = 0 if offset is None else max(0, min(offset - width // 2, len(text) - width))
+    shown = text[start:start + width]
+    prefix = "..." if start else ""
+    suffix = "..." if start + width < len(text) else ""
+    return prefix + shown + suffix, None if offset is None else offset - start + len(prefix)
 
 
 class SpecError(GraphcError):

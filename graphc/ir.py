@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import keyword
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -112,7 +113,7 @@ class Node:
     origin: Origin = field(default_factory=Origin)
 
     def __repr__(self) -> str:
-        return f"<Node {self.output.name if self.output else '?'} = {self.op.name}>"
+        return f"<Node {self.output.name if self.output is not None else '?'} = {self.op.name}>"
 
 
 C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
@@ -199,10 +200,10 @@ class Graph:
     # ---------------------------------------------------------------- building
     def _fresh_temp(self, base: str, first: str | None = None) -> str:
         """A temporary's name: `first` if free, else `base__0`, `base__1`, ..."""
-        if first is not None and first not in self.values:
+        if first is not None and first not in self.values and first not in self.outputs:
             return first
         k = 0
-        while f"{base}__{k}" in self.values:
+        while f"{base}__{k}" in self.values or f"{base}__{k}" in self.outputs:
             k += 1
         return f"{base}__{k}"
 
@@ -226,13 +227,27 @@ class Graph:
         return v
 
     def const(self, value: float) -> Value:
-        return self.apply("const", value=float(value))
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
+        if not math.isfinite(number):   # C has no literal for it, and it is never what a model means
+            loc = self._origin_stack[-1].location if self._origin_stack else None
+            raise SpecError(f"constant {str(value)[:40]} is not a finite float", loc,
+                            hint="constants must lie within +-1.8e308")
+        return self.apply("const", value=number)
 
     def output(self, name: str, value: Value) -> Value:
         check_name(name, "output")
         value = self.lift(value)
         if name in self.outputs:
             raise SpecError(f"output {name!r} is declared twice")
+        other = self.values.get(name)
+        if other is not None and other.name == name and (other is not value or other.node is None):
+            # the output becomes a C argument of this name, beside the input/param or buffer `name`
+            raise SpecError(f"output name {name!r} is already the name of {'an' if other.kind == 'input' else 'a'} "
+                            f"{other.kind if other.kind != 'node' else 'graph value'}",
+                            hint=f"give the output its own name, e.g. {name}_out")
         self.outputs[name] = value
         return value
 

@@ -248,6 +248,29 @@ class CompiledModel:
             parts.append(head + "\n" + memory_table(f.sched, n, self.dtype.itemsize))
         return "\n".join(parts)
 
+    # ------------------------------------------------------------------ training (graphc/training.py)
+    # compile(optimizer=...) attaches these as instance attributes; on a model compiled
+    # without an optimizer they raise GraphcError.
+    def train_state(self, params):
+        """Params (copied, updated in place by C) and zeroed optimizer state: a TrainState."""
+        from graphc.training import trainer_of
+        return trainer_of(self).train_state(params)
+
+    def train_step(self, state, **batch):
+        """One optimizer step on one minibatch in one C call; returns the outputs."""
+        from graphc.training import trainer_of
+        return trainer_of(self).train_step(state, **batch)
+
+    def fit(self, state, batch_size=64, epochs=1, seed=0, progress=None, **data):
+        """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses."""
+        from graphc.training import trainer_of
+        return trainer_of(self).fit(state, batch_size=batch_size, epochs=epochs, seed=seed, progress=progress, **data)
+
+    def load_state(self, path):
+        """A TrainState saved with state.save(path)."""
+        from graphc.training import trainer_of
+        return trainer_of(self).load_state(path)
+
     # ------------------------------------------------------------------ files
     @property
     def source(self) -> str:

@@ -8,6 +8,8 @@ the IR; nothing here re-derives them. Fusion decisions live here.
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,13 +21,34 @@ C_RESERVED = frozenset("""auto break case char const continue default do double 
 if inline int long register restrict return short signed sizeof static struct switch typedef union unsigned
 void volatile while bool true false main NULL errno exp expf log logf tanh tanhf sqrt sqrtf fabs fabsf
 fmax fmaxf memset memcpy size_t int32_t int64_t uint8_t n ws workspace status pack
+int8_t int16_t uint16_t uint32_t uint64_t intptr_t uintptr_t ptrdiff_t
+row out max sum total target shift lse dst src
+alignas alignof static_assert thread_local nullptr constexpr typeof noreturn complex imaginary
+asm new delete this template typename namespace operator private public protected virtual friend catch
+throw using explicit mutable export decltype noexcept typeid wchar_t char8_t char16_t char32_t concept
+requires consteval constinit bitand bitor compl xor and_eq or_eq xor_eq not_eq static_cast dynamic_cast
+const_cast reinterpret_cast co_await co_yield co_return
+stdin stdout stderr math_errhandling st_atime st_mtime st_ctime sched_priority unix linux i386
 """.split()) | frozenset(LOOP_VARS)
+# C_RESERVED also holds the locals of the kernel templates (row, out, max, ... of the softmax and
+# gather kernels: a pointer argument of that name would be shadowed), C11/C23 and C++ keywords
+# (the header is usable from C++) and lower-case macros of the headers the C sees (Python.h
+# included by cffi). Macro-shaped names are mangled too: ALL_CAPS of 3+ characters (NAN, EOF,
+# SIZE_MAX, GRAPHC_OK), and the <inttypes.h> / <math.h> / <stdio.h> families below.
+_MACRO_LIKE = re.compile(r"^(?:[A-Z][A-Z0-9_]{2,}|(?:PRI|SCN)[A-Za-z0-9]+|M_\w+|L_(?:tmpnam|ctermid|cuserid)|P_tmpdir)$")
 INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside a loop
 
 
+def _mangled(name: str) -> bool:
+    """Reserved, or the mangled form of a reserved name (so that `exp` and `exp_v` stay distinct)."""
+    return (name in C_RESERVED or name.startswith("gc_") or bool(_MACRO_LIKE.match(name))
+            or (name.endswith("_v") and _mangled(name[:-2])))
+
+
 def c_name(name: str) -> str:
-    """A value's C identifier: its spec name, mangled only when C or graphc reserve it."""
-    return name + "_v" if name in C_RESERVED or name.startswith("gc_") else name
+    """A value's C identifier: its spec name, mangled (NAME_v) only when C, its headers or graphc
+    reserve it. Injective: `exp` -> `exp_v`, and a user's own `exp_v` -> `exp_v_v`."""
+    return name + "_v" if _mangled(name) else name
 
 
 # ---------------------------------------------------------------- sizes as polynomials in n
@@ -194,7 +217,9 @@ class Scheduler:
     def static_expr(self, v: Value) -> str:
         n = v.node
         if n.op.name == "const":
-            return f"(gc_real){n.attrs['value']!r}"
+            value = n.attrs['value']    # finite from the spec; folding could still overflow
+            return f"(gc_real){value!r}" if math.isfinite(value) else \
+                "(gc_real)NAN" if value != value else f"(gc_real)({'-' if value < 0 else ''}HUGE_VAL)"
         if n.op.name == "size":
             src = n.inputs[0].shape
             return f"(gc_real)({c_poly(numel([src[a] for a in n.attrs['axes']]))})"
@@ -238,7 +263,7 @@ class Scheduler:
                     and len(st.uses) == 1 and st.uses[0] in producer):
                 i = producer[st.uses[0]]
                 host = out[i]
-                if host.spec["iter_shape"] == spec["iter_shape"] and all(s["op"] == "=" for s in host.spec["stmts"][:1]):
+                if host.spec is not None and host.spec["iter_shape"] == spec["iter_shape"] and all(s["op"] == "=" for s in host.spec["stmts"][:1]):
                     merged = dict(iter_shape=spec["iter_shape"], stmts=host.spec["stmts"] + spec["stmts"],
                                   comments=host.spec["comments"] + spec["comments"],
                                   zeros=host.spec["zeros"] + spec["zeros"])
@@ -326,8 +351,10 @@ class Scheduler:
         v, name = n.output, n.op.name
         x = n.inputs[0]
         if name == "reshape":   # same elements in the same order: a flat copy
+            # a static scalar (a constant such as the seed dJ/dJ = 1) has no buffer: use its value
+            value = self.static_expr(x) if x in self.static else f"{self.ref(x)}[i]"
             ctx = dict(comment=self.comment(n), loops=[("i", c_poly(numel(v.shape)))], zeros=[],
-                       body=[dict(target=f"{out}[i]", op="=", value=f"{self.ref(x)}[i]")])
+                       body=[dict(target=f"{out}[i]", op="=", value=value)])
             return [Step("loop", ctx, [v], [x])]
         if name == "transpose":
             if x.rank < 2:

@@ -22,7 +22,7 @@ SECTIONS = ("name", "dims", "inputs", "params", "graph", "outputs", "grad")
 SYMBOLIC = ("batch", "symbolic")
 MAX_EXPRESSION = 20_000
 _BINOPS = {ast.MatMult: "matmul", ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
-_KEY_LINE = re.compile(r"""^\s*("?)([A-Za-z0-9_\-]+)\1\s*=\s*(.*)$""")
+_KEY_LINE = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_\-]+))\s*=\s*(.*)$""")
 _SECTION_LINE = re.compile(r"^\s*\[([^\]]+)\]")
 
 
@@ -36,7 +36,8 @@ class _Source:
         if text is not None and col is not None and offset is not None:
             start = raw.find(text)
             col = col + (start if start >= 0 else 1) + offset
-        return Location(self.file, f"{section}.{key}" if key else section, line, col, text, offset)
+        where = (f"{section}.{key}" if section else key) if key else section
+        return Location(self.file, where, line, col, text, offset)
 
 
 def _scan(text: str, file: str) -> _Source:
@@ -49,8 +50,9 @@ def _scan(text: str, file: str) -> _Source:
             lines.setdefault((section, ""), (i, 1, ""))
             continue
         m = _KEY_LINE.match(line)
-        if m:
-            lines.setdefault((section, m.group(2)), (i, m.start(3) + 1, m.group(3)))
+        if m:   # bare or quoted key (quoted keys may hold any character, e.g. a non-ASCII name)
+            key = next(k for k in m.group(1, 2, 3) if k is not None)
+            lines.setdefault((section, key), (i, m.start(4) + 1, m.group(4)))
     return _Source(file, lines)
 
 
@@ -70,7 +72,10 @@ def parse_spec(text: str, file: str = "<spec>", default_name: str = "model") -> 
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         loc = Location(file, None, int(m.group(1)), int(m.group(2))) if m else Location(file)
-        raise SpecError(f"not valid TOML: {str(e).split(' (at line')[0]}", loc) from None
+        if m is None and "(at end of document)" in str(e):   # tomllib stopped at the end: point there
+            last = text.splitlines() or [""]
+            loc = Location(file, None, len(last), len(last[-1]) + 1)
+        raise SpecError(f"not valid TOML: {str(e).split(' (at ')[0]}", loc) from None
     return _Builder(doc, _scan(text, file), default_name).build()
 
 
@@ -91,7 +96,8 @@ class _Builder:
         for k in self.doc:
             if k not in SECTIONS:
                 close = difflib.get_close_matches(k, SECTIONS, n=1)
-                raise SpecError(f"unknown section or key {k!r}", self.src.loc(k),
+                where = self.src.loc(k) if (k, "") in self.src.lines else self.src.loc("", k)
+                raise SpecError(f"unknown section or key {k!r}", where,
                                 hint=f"did you mean {close[0]!r}?" if close else f"a spec has {', '.join(SECTIONS)}")
         name = self.doc.get("name", self.default_name)
         if not isinstance(name, str):
@@ -177,6 +183,9 @@ class _Builder:
         return tree
 
     def _graph_section(self, g: Graph) -> None:
+        from graphc.ir import check_name
+        for k in self.table("graph"):   # graph names become C names too: the same rules as inputs
+            check_name(k, "value", self.src.loc("graph", k))
         exprs = {k: self._parse("graph", k, v) for k, v in self.table("graph").items()}
         order = self._toposort(g, exprs)
         for key in order:
@@ -184,7 +193,7 @@ class _Builder:
             loc = self.src.loc("graph", key)
             with g.origin(Origin(f'{key} = "{expr_text}"', loc)), g.naming(key):
                 v = self._expr(g, "graph", key, exprs[key], expr_text)
-            if v.node is None or v.name in g.inputs or v.name in g.params or not v.name.startswith(key):
+            if v.node is None or not v.name.startswith(key + "__"):
                 # `h = "z"` only aliases; record the alias as a value name
                 self._alias(g, key, v, loc)
             else:
@@ -198,30 +207,37 @@ class _Builder:
         g.values[key] = v
 
     def _toposort(self, g: Graph, exprs: dict[str, ast.expr]) -> list[str]:
-        deps = {k: [n.id for n in ast.walk(t) if isinstance(n, ast.Name) and n.id in exprs and n.id != k]
-                for k, t in exprs.items()}
-        for k, t in exprs.items():
-            if any(isinstance(n, ast.Name) and n.id == k for n in ast.walk(t)):
-                raise SpecError(f"{k} refers to itself", self.src.loc("graph", k), hint="graphs have no cycles")
+        def names(t):   # the names an expression reads; `relu` in `relu(z)` calls the op, it reads no value
+            called = {id(n.func) for n in ast.walk(t) if isinstance(n, ast.Call)}
+            return [n.id for n in ast.walk(t) if isinstance(n, ast.Name) and id(n) not in called]
+
+        deps = {k: [d for d in names(t) if d in exprs and d != k] for k, t in exprs.items()}
+        for k, t in exprs.items():   # a redeclared input is the real mistake in `x = "relu(x)"`: report it first
             if k in g.inputs or k in g.params:
                 raise SpecError(f"{k!r} is declared as an input/param and again in [graph]", self.src.loc("graph", k))
+            if k in names(t):
+                raise SpecError(f"{k} refers to itself", self.src.loc("graph", k), hint="graphs have no cycles")
         order, state = [], {}
-
-        def visit(k, path):
-            if state.get(k) == "done":
-                return
-            if state.get(k) == "active":
-                cycle = path[path.index(k):] + [k]
-                raise SpecError("cycle: " + " -> ".join(cycle), self.src.loc("graph", k),
-                                hint="every value must be computable from inputs and params")
-            state[k] = "active"
-            for d in deps[k]:
-                visit(d, path + [k])
-            state[k] = "done"
-            order.append(k)
-
-        for k in exprs:
-            visit(k, [])
+        for root in exprs:   # depth first with an explicit stack: a long chain of lines must not hit the recursion limit
+            if root in state:
+                continue
+            state[root] = "active"
+            path, pending = [root], [iter(deps[root])]
+            while pending:
+                d = next(pending[-1], None)
+                if d is None:
+                    k = path.pop()
+                    pending.pop()
+                    state[k] = "done"
+                    order.append(k)
+                elif state.get(d) == "active":
+                    cycle = path[path.index(d):] + [d]
+                    raise SpecError("cycle: " + " -> ".join(cycle), self.src.loc("graph", d),
+                                    hint="every value must be computable from inputs and params")
+                elif d not in state:
+                    state[d] = "active"
+                    path.append(d)
+                    pending.append(iter(deps[d]))
         return order
 
     def _expr(self, g: Graph, section: str, key: str, node: ast.expr, text: str) -> Value:

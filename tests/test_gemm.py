@@ -415,7 +415,8 @@ int main(void)
 {
     static const long shapes[][3] = {
         {0, 3, 3}, {1, 1, 1}, {3, 5, 0}, {7, 37, 131}, {37, 131, 7},
-        {131, 37, 300}, {45, 400, 270}, {400, 45, 129}, {13, 600, 20}};
+        {131, 37, 300}, {45, 400, 270}, {400, 45, 129}, {13, 600, 20},
+        {20, 1100, 300}}; /* the last fills every thread's whole pack slice */
     const long count = (long)(sizeof shapes / sizeof shapes[0]);
     /* Exactly the advertised size (a multiple of 64 bytes), so that ASan
        reports any access past it. */

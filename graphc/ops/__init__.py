@@ -114,9 +114,10 @@ def numel(shape: Shape) -> tuple[int, tuple[str, ...]]:
 
 
 def norm_axis(axis: int, rank: int, op: str) -> int:
-    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < max(rank, 1):
+    # a scalar has no axis at all (np.sum(scalar, axis=0) raises), so rank 0 rejects every axis
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank:
         raise ShapeError(f"axis {axis!r} is out of range for rank {rank}")
-    return axis % rank if rank else 0
+    return axis % rank
 
 
 def require_float(t: TensorType, what: str = "input") -> None:

@@ -122,7 +122,7 @@ class Relu(Unary):
     """relu(x) = max(x, 0). Identity (4); relu'(x) = sgn(relu(x)), read off the output, so x need not be kept."""
 
     name = "relu"
-    c_expr = "({0} > 0 ? {0} : 0)"
+    c_expr = "({0} <= 0 ? 0 : {0})"     # NaN fails the test and passes through, as in np.maximum
 
     def reference(self, x):
         return np.maximum(x, 0)

@@ -35,4 +35,6 @@ def lower(graph: Graph) -> Graph:
                 g.rename(low, n.output.name)
             vmap[n.output] = low
     g.outputs = {k: vmap[v] for k, v in graph.outputs.items()}
-    return simplify(g)
+    g = simplify(g)
+    # a lowering may build another composite (mse -> mean): lower again until none is left
+    return lower(g) if any(type(n.op).lower is not OpDef.lower for n in g.nodes) else g

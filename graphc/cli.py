@@ -1,0 +1,171 @@
+"""The `graphc` command: show, explain, check, build, emit and demo a spec.
+
+In: argv. Out: text on stdout, an exit status (0 ok, 1 check mismatch, 2 error).
+A GraphcError never reaches the user as a traceback: its message goes to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from graphc.errors import CheckError, GraphcError
+
+DTYPES = ("float32", "float64")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="graphc", description="Compile a neural network's forward graph, "
+                                "and the backward graph graphc derives, to C.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("show", help="print the forward and backward graphs")
+    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("--passes", action="store_true", help="print the graph after each pass")
+
+    s = sub.add_parser("explain", help="the derivation: each delta, the identity used, the shape check")
+    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
+
+    s = sub.add_parser("check", help="C vs NumPy reference vs finite differences; exit 1 on mismatch")
+    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("--dtype", choices=DTYPES, default="float64")
+    s.add_argument("--batch", type=int, default=None, metavar="N")
+    s.add_argument("--seed", type=int, default=0, metavar="S")
+
+    s = sub.add_parser("build", help="NAME.c, NAME.h and the shared library in DIR")
+    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("-o", "--out", required=True, metavar="DIR")
+    s.add_argument("--dtype", choices=DTYPES, default="float32")
+    s.add_argument("--threads", type=int, default=None, metavar="N")
+
+    s = sub.add_parser("emit", help="standalone C (NAME.c, NAME.h, example main, Makefile) in DIR")
+    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("-o", "--out", required=True, metavar="DIR")
+    s.add_argument("--dtype", choices=DTYPES, default="float32")
+
+    s = sub.add_parser("demo", help="train the digits demo end to end")
+    s.add_argument("--epochs", type=int, default=None, metavar="E")
+    s.add_argument("--out", default=None, metavar="DIR")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:          # --help, or a usage error argparse already printed
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return COMMANDS[args.command](args)
+    except CheckError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    except GraphcError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+
+
+def _spec_path(spec: str) -> str:
+    """The spec's path, or a GraphcError saying what is wrong with it (no traceback from open())."""
+    path = Path(spec)
+    if not path.is_file():
+        what = "is a directory, not a spec file" if path.is_dir() else "does not exist"
+        raise GraphcError(f"spec file {spec!r} {what}",
+                          hint="pass the path of a .toml spec, e.g. examples/one_layer.toml")
+    return spec
+
+
+def _load(spec: str):
+    import graphc
+    return graphc.load(_spec_path(spec))
+
+
+def cmd_show(args) -> int:
+    from graphc.autodiff import grad
+    g = _load(args.spec)
+    print(g)
+    if g.grad_spec is not None:
+        of, wrt = g.grad_spec
+        print()
+        print(f"# backward: d{of}/d({', '.join(wrt)})")
+        print(grad(g, of, wrt))
+    if args.passes:
+        try:
+            from graphc.passes import pipeline
+        except ImportError:
+            pipeline = None
+        stages = getattr(pipeline, "stages", None)
+        if stages is None:
+            print("\n# no passes are registered (graphc.passes.pipeline has no stages())")
+        else:
+            for name, graph in stages(g):
+                print(f"\n# after {name}")
+                print(graph)
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from graphc.explain import explain
+    g = _load(args.spec)
+    if g.grad_spec is None:
+        raise GraphcError(f"{args.spec}: the spec has no [grad] section, so there is nothing to explain",
+                          hint='add [grad] with of = "J" and wrt = ["W", ...]')
+    of, wrt = g.grad_spec
+    print(explain(g, of, wrt, format=args.format), end="")
+    return 0
+
+
+def cmd_check(args) -> int:
+    import graphc
+    report = graphc.check(_spec_path(args.spec), dtype=args.dtype, batch=args.batch, seed=args.seed)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _print_files(files) -> None:
+    for f in files or []:
+        print(f"wrote {f}")
+
+
+def cmd_build(args) -> int:
+    import graphc
+    kwargs = {"dtype": args.dtype}
+    if args.threads is not None:
+        kwargs["threads"] = args.threads
+    m = graphc.compile(_spec_path(args.spec), **kwargs)
+    _print_files(m.export(args.out, standalone=False))
+    plan = getattr(m, "memory_plan", None)
+    if callable(plan):
+        print()
+        print(plan())
+    return 0
+
+
+def cmd_emit(args) -> int:
+    import graphc
+    m = graphc.compile(_spec_path(args.spec), dtype=args.dtype)
+    _print_files(m.export(args.out, standalone=True))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import importlib.util
+    if importlib.util.find_spec("graphc.demo") is None:
+        raise GraphcError("the demo is not installed in this graphc (graphc/demo.py is missing)")
+    from graphc import demo
+    argv = []
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
+    if args.out is not None:
+        argv += ["--out", args.out]
+    status = demo.main(argv)
+    return int(status or 0)
+
+
+COMMANDS = {"show": cmd_show, "explain": cmd_explain, "check": cmd_check, "build": cmd_build,
+            "emit": cmd_emit, "demo": cmd_demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Export: a compiled model's C as files to build without Python.
+
+In: a CompiledModel (its rendered C, the signature of each C function, its built library).
+Out: NAME.c and NAME.h in a folder, plus the shared library (`graphc build`) or an
+example main.c and a Makefile (`graphc emit`). It renders no model C of its own
+(codegen did, and that text is portable) and compiles nothing.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from graphc.errors import GraphcError
+from graphc.ir import INT, Graph
+from graphc.schedule import c_name
+
+EXAMPLE_BATCH = 4       # rows main.c passes when the model has a batch dim
+EXAMPLE_FUNCTIONS = ("forward", "value_and_grad", "train_step")   # the calls main.c makes, in order
+TRAIN_STEPS = 3         # train_step calls main.c makes when the model was compiled with an optimizer
+INPUT_SCALE = 1.0       # the amplitude of main.c's deterministic inputs ...
+PARAM_SCALE = 0.1       # ... and params (see example_arrays)
+
+# Where each op reads an int32 input, and the exclusive bound of its values there.
+_INT_BOUNDS = {
+    "cross_entropy": lambda node: node.inputs[0].shape[-1],   # classes: the logits' last dim
+    "embedding": lambda node: node.inputs[0].shape[0],        # rows of the table
+    "embedding_grad": lambda node: node.attrs["rows"],
+    "onehot": lambda node: node.attrs["depth"],
+}
+
+
+def label_bounds(graph: Graph) -> dict[str, int]:
+    """Each int32 input's exclusive upper bound (classes, table rows or one-hot depth), from the
+    ops that read it; an int input read by no such op gets 1 (all zeros)."""
+    bounds = {name: None for name, v in graph.inputs.items() if v.dtype == INT}
+    for node in graph.nodes:
+        for v in node.inputs:
+            if v.name in bounds and graph.inputs.get(v.name) is v and node.op.name in _INT_BOUNDS:
+                bound = int(_INT_BOUNDS[node.op.name](node))
+                bounds[v.name] = bound if bounds[v.name] is None else min(bounds[v.name], bound)
+    return {k: 1 if b is None else b for k, b in bounds.items()}
+
+
+def example_batch(graph: Graph) -> int:
+    """The batch size main.c uses: EXAMPLE_BATCH, or 1 for a model without a batch dim."""
+    return EXAMPLE_BATCH if graph.symbolic_dims else 1
+
+
+def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[str, np.ndarray]:
+    """The inputs and params main.c fills, reproduced in NumPy.
+
+    Array k (inputs then params, in graph order, k from 0), element i (row-major):
+    real: scale * sin(0.7 i + 1.3 k + 0.5), computed in double then cast, scale INPUT_SCALE
+    for inputs and PARAM_SCALE for params; int32: (3 i + k) % bound (see label_bounds).
+    """
+    n = example_batch(graph) if n is None else n
+    bounds = label_bounds(graph)
+    real = np.dtype(dtype)
+    out = {}
+    values = [(name, v, INPUT_SCALE) for name, v in graph.inputs.items()]
+    values += [(name, v, PARAM_SCALE) for name, v in graph.params.items()]
+    for k, (name, v, scale) in enumerate(values):
+        shape = tuple(n if isinstance(d, str) else d for d in v.shape)
+        i = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
+        if v.dtype == INT:
+            out[name] = ((3 * i + k) % bounds[name]).astype(np.int32).reshape(shape)
+        else:
+            out[name] = (scale * np.sin(0.7 * i + 1.3 * k + 0.5)).astype(real).reshape(shape)
+    return out
+
+
+def parse_example_output(text: str) -> dict[tuple[str, str], np.ndarray]:
+    """main.c's printout as {(function, name): flat array}; a line is `FUNCTION NAME COUNT v1 v2 ...`."""
+    results = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[2].isdigit() and len(words) == 3 + int(words[2]):
+            results[(words[0], words[1])] = np.array([float(w) for w in words[3:]])
+    return results
+
+
+def _example_context(model) -> dict:
+    """What main.c.j2 prints: one static array per distinct C argument, and the calls."""
+    graph: Graph = model.graph
+    n = example_batch(graph)
+    bounds = label_bounds(graph)
+    ctype = "double" if model.dtype == np.float64 else "float"
+    fills = {}
+    values = [(name, v, INPUT_SCALE) for name, v in graph.inputs.items()]
+    values += [(name, v, PARAM_SCALE) for name, v in graph.params.items()]
+    for k, (name, v, scale) in enumerate(values):
+        fills[c_name(name)] = dict(k=k, scale=repr(scale), bound=bounds.get(name))
+    labels = {c_name(k): k for k in graph.outputs}            # print outputs and gradients by
+    labels.update({c_name(f"d_{w}"): f"d_{w}" for w in model.wrt})   # their graph names
+    arrays: dict[str, dict] = {}
+    functions, skipped = [], []
+    for f in model.csrc.functions:
+        if f.name not in EXAMPLE_FUNCTIONS or any(a.value is None for a in f.args):
+            skipped.append(f.name)  # not a call main.c knows how to make (or to size)
+            continue
+        for a in f.args:
+            fixed = int(np.prod([d for d in a.value.shape if not isinstance(d, str)], dtype=np.int64))
+            rows = sum(isinstance(d, str) for d in a.value.shape)
+            count = " * ".join(["BATCH"] * rows + [str(fixed)] * (fixed != 1 or not rows))
+            entry = arrays.setdefault(a.cname, dict(
+                cname=a.cname, var=f"arr_{a.cname}", ctype=a.ctype, count=count, shape_doc=a.shape_doc,
+                role=a.role, label=labels.get(a.cname, a.cname),
+                fill=fills.get(a.cname) if a.role in ("input", "param", "param*") else None))
+            if entry["count"] != count or entry["ctype"] != a.ctype:
+                raise GraphcError(f"export: argument {a.cname} has different shapes in different functions")
+        printed = [arrays[a.cname] for a in f.args if a.role in ("output", "grad")]
+        if f.name == "train_step":
+            printed = [p for p in printed if p["count"] == "1"]
+        checks = {ids for ids, _count, _bound in f.label_checks}
+        functions.append(dict(name=f.name, args=[arrays[a.cname]["var"] for a in f.args], printed=printed,
+                              checks_labels=sorted(checks)))
+    filled = [a for a in arrays.values() if a["fill"] is not None]
+    ints = [a for a in filled if a["ctype"] == "int32_t"]
+    return dict(name=model.name, ctype=ctype, n=n, batch_dim=(graph.symbolic_dims or [None])[0],
+                arrays=list(arrays.values()), filled=filled, functions=functions, skipped=skipped,
+                has_ints=bool(ints), has_reals=len(ints) < len(filled), bad=ints[0] if ints else None,
+                trains=any(f["name"] == "train_step" for f in functions), train_steps=TRAIN_STEPS,
+                input_scale=INPUT_SCALE, param_scale=PARAM_SCALE)
+
+
+def export(model, directory: Path, standalone: bool) -> list[Path]:
+    """Write NAME.c and NAME.h into `directory` (created if needed); return the files written.
+
+    standalone=False also copies the shared library; standalone=True adds main.c, an example
+    that runs every function on deterministic data and prints the results, and a Makefile."""
+    from graphc.codegen import render_template
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = model.name
+    written = []
+
+    def write(filename: str, text: str) -> None:
+        path = directory / filename
+        path.write_text(text)
+        written.append(path)
+
+    # The rendered text is portable: ISA-specific GEMM kernels are chosen by the preprocessor
+    # (__AVX2__, __AVX512F__) from the flags the user's compiler gets, never baked in here.
+    write(f"{name}.c", model.csrc.source)
+    write(f"{name}.h", model.csrc.header)
+    if standalone:
+        write("main.c", render_template("main.c.j2", **_example_context(model)))
+        write("Makefile", render_template("Makefile.j2", name=name))
+    else:
+        library = Path(model.built.library)
+        target = directory / library.name
+        shutil.copyfile(library, target)
+        written.append(target)
+    return written

@@ -1,0 +1,36 @@
+"""Shared fixtures: one private build cache per test session; the example specs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_SPECS = sorted(p.name for p in EXAMPLES_DIR.glob("*.toml"))   # parametrize over these
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    """The repository's examples/ folder (every spec in it must load and check)."""
+    return EXAMPLES_DIR
+
+
+@pytest.fixture(params=EXAMPLE_SPECS)
+def example_spec(request) -> Path:
+    """Each spec in examples/ in turn."""
+    return EXAMPLES_DIR / request.param
+
+
+@pytest.fixture(scope="session", autouse=True)
+def graphc_cache_dir(tmp_path_factory):
+    """Point GRAPHC_CACHE_DIR at a fresh folder for the session: tests never touch the user's cache,
+    and each distinct model compiles once per session (tests that need their own cache monkeypatch it)."""
+    root = tmp_path_factory.mktemp("graphc-cache")
+    saved = os.environ.get("GRAPHC_CACHE_DIR")
+    os.environ["GRAPHC_CACHE_DIR"] = str(root)
+    yield root
+    if saved is None:
+        os.environ.pop("GRAPHC_CACHE_DIR", None)
+    else:
+        os.environ["GRAPHC_CACHE_DIR"] = saved

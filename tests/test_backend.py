@@ -1,0 +1,242 @@
+"""The C backend against the NumPy reference: every op (public, and internal ones reached through
+gradients) and every example, C forward and C gradients, float64 and float32, batch sizes 1, 2, 37.
+
+Ops are grouped into a few small graphs (each distinct graph costs a compile), every op of a
+graph feeding one scalar loss so that each contributes to the gradients."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.check import random_arrays
+from graphc.ir import INT
+from graphc.ops import REGISTRY
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}   # relative to the largest magnitude of the reference
+BATCHES = (1, 2, 37)
+
+
+# ---------------------------------------------------------------- the op graphs
+def elementwise_graph() -> graphc.Graph:
+    g = graphc.Graph("ops_elementwise")
+    x = g.input("x", ("N", 5))
+    y = g.input("y", ("N", 5))
+    p = g.input("p", ("N", 5))        # positive: read by log and sqrt
+    c = g.input("c", ("N", 1))        # broadcast along the row
+    w = g.param("w", (5,))
+    b = g.param("b", (5,))
+    outs = {
+        "relu": graphc.relu(x), "sigmoid": graphc.sigmoid(x * 3.0), "tanh": graphc.tanh(x),
+        "exp": graphc.exp(x * 0.5), "log": graphc.log(p), "sqrt": graphc.sqrt(p),
+        "square": graphc.square(x), "sign": graphc.sign(x), "neg": -x,
+        "sub": x - y, "mul": x * y, "div": y / p, "bias": x + b, "scale": c * x, "rsub": 1.0 - x,
+        "rdiv": 2.0 / p,
+    }
+    total = None
+    for k, (name, v) in enumerate(outs.items()):
+        g.output(name, v)
+        term = graphc.sum(v * w * (0.5 + 0.1 * k))
+        total = term if total is None else total + term
+    g.output("J", total)
+    return g
+
+
+def reduction_graph() -> graphc.Graph:
+    g = graphc.Graph("ops_reduce")
+    x = g.input("x", ("N", 6))
+    t = g.input("t", ("N", 6))
+    v = g.param("v", (6,))
+    m = g.param("m", (2, 3))
+    outs = {
+        "sum_all": graphc.sum(x), "sum0": graphc.sum(x, axis=0), "sum1": graphc.sum(x, axis=1),
+        "sum_keep": graphc.sum(x * v, axis=-1, keepdims=True), "mean_all": graphc.mean(x),
+        "mean0": graphc.mean(x, axis=0), "mean1": graphc.mean(x * x, axis=-1), "dot": graphc.dot(x, t),
+        "dot_v": graphc.dot(x, v), "norm2": graphc.norm2(x), "mse": graphc.mse(x, t),
+        "reshape": graphc.reshape(x * v, shape=("N", 2, 3)), "reshape_p": graphc.reshape(m, shape=(6,)),
+    }
+    total = None
+    for k, (name, value) in enumerate(outs.items()):
+        g.output(name, value)
+        term = graphc.sum(value * value) * (0.3 + 0.1 * k)
+        total = term if total is None else total + term
+    g.output("J", total + graphc.sum(graphc.reshape(outs["reshape"], shape=("N", 6)) * v))
+    return g
+
+
+def softmax_graph() -> graphc.Graph:
+    g = graphc.Graph("ops_softmax")
+    x = g.input("x", ("N", 4))
+    y = g.input("y", ("N",), dtype="int32")
+    t = g.input("t", ("N", 7))        # a real target: one distribution per row
+    W = g.param("W", (7, 4))
+    b = g.param("b", (7,))
+    theta = x @ W.T + b
+    sm = graphc.softmax(theta)
+    lsm = graphc.log_softmax(theta)
+    ce = graphc.cross_entropy(theta, y)
+    ce_real = graphc.cross_entropy(theta * 0.5, t)
+    g.output("softmax", sm)
+    g.output("log_softmax", lsm)
+    g.output("ce", ce)
+    g.output("ce_real", ce_real)
+    g.output("J", ce + ce_real + graphc.sum(sm * theta) * 0.1 + graphc.sum(lsm * t) * 0.05)
+    return g
+
+
+def linear_graph() -> graphc.Graph:
+    g = graphc.Graph("ops_linear")
+    x = g.input("x", ("N", 5))
+    W = g.param("W", (4, 5))
+    V = g.param("V", (5, 3))
+    v = g.param("v", (5,))
+    a = x @ W.T                      # row form, identity (2)/(6)
+    c = W @ v                        # column form, identity (1)/(5)
+    outs = {
+        "a": a, "xv": x @ V, "c": c, "vW": v @ W.T, "ac": a @ c, "WtW": W.T @ W, "vv": v @ v,
+        "aTa": a.T @ a,              # contracts over the batch dim
+        "tr": graphc.sum(a.T, axis=0),
+    }
+    total = None
+    for k, (name, value) in enumerate(outs.items()):
+        g.output(name, value)
+        term = graphc.sum(value * value) * (0.2 + 0.05 * k)
+        total = term if total is None else total + term
+    g.output("J", total)
+    return g
+
+
+def gather_graph() -> graphc.Graph:
+    g = graphc.Graph("ops_gather")
+    ids = g.input("ids", ("N",), dtype="int32")
+    ids2 = g.input("ids2", ("N",), dtype="int32")
+    x = g.input("x", ("N", 3))
+    E = g.param("E", (11, 4))          # 11 rows: ids repeat at N = 37, and repeats must accumulate
+    F = g.param("F", (6, 2))
+    e = graphc.concat(graphc.embedding(E, ids), x, graphc.embedding(F, ids2), graphc.embedding(E, ids2))
+    h = graphc.tanh(e)
+    g.output("e", e)
+    g.output("J", graphc.sum(h * h) + graphc.sum(graphc.embedding(E, ids) * 0.5))
+    return g
+
+
+def column_graph() -> graphc.Graph:
+    """No batch dim: one example as a column vector (the notes' form)."""
+    g = graphc.Graph("ops_column")
+    x = g.input("x", (5,))
+    t = g.input("t", (3,))
+    W = g.param("W", (4, 5))
+    U = g.param("U", (3, 4))
+    b = g.param("b", (4,))
+    h = graphc.sigmoid(W @ x + b)
+    out = U @ h
+    g.output("out", out)
+    g.output("J", graphc.mse(out, t) + graphc.norm2(h) + graphc.dot(h, h))
+    return g
+
+
+OP_GRAPHS = {f.__name__.removesuffix("_graph"): f for f in
+             (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph)}
+
+
+def real_names(g: graphc.Graph) -> list[str]:
+    return [k for k, v in {**g.inputs, **g.params}.items() if v.dtype != INT]
+
+
+@functools.lru_cache(maxsize=None)
+def op_graph(name: str) -> graphc.Graph:
+    return OP_GRAPHS[name]()
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(kind: str, name: str, dtype: str):
+    """(graph, of, wrt, model), compiled once per test session."""
+    if kind == "op":
+        g = op_graph(name)
+        of, wrt = "J", real_names(g)
+    else:
+        g = graphc.load(name)
+        of, wrt = g.grad_spec
+    return g, of, list(wrt), graphc.compile(g, grad_of=of, wrt=wrt, dtype=dtype)
+
+
+def relative_error(actual, reference) -> float:
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    assert actual.shape == reference.shape
+    scale = np.max(np.abs(reference)) if reference.size else 0.0
+    diff = np.max(np.abs(actual - reference)) if reference.size else 0.0
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def assert_matches_reference(g, of, wrt, model, dtype: str, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    real = np.dtype(dtype)
+    arrays = random_arrays(g, n, rng)
+    c_arrays = {k: a if a.dtype == np.int32 else a.astype(real) for k, a in arrays.items()}
+    ref_arrays = {k: a if a.dtype == np.int32 else a.astype(np.float64) for k, a in c_arrays.items()}
+    tolerance = TOLERANCE[dtype]
+    failures = []
+
+    forward = model.forward(**c_arrays)
+    reference = graphc.evaluate(g, **ref_arrays)
+    assert set(forward) == set(reference)
+    for k, value in forward.items():
+        assert value.dtype == real
+        err = relative_error(value, reference[k])
+        if not err < tolerance:
+            failures.append(f"forward {k}: rel err {err:.3e}")
+
+    values, grads = model.value_and_grad(**c_arrays)
+    reference = graphc.evaluate(graphc.grad(g, of, wrt), **ref_arrays)
+    assert set(grads) == set(wrt)
+    for k, value in values.items():
+        err = relative_error(value, reference[k])
+        if not err < tolerance:
+            failures.append(f"value_and_grad {k}: rel err {err:.3e}")
+    for w, value in grads.items():
+        assert value.shape == ref_arrays[w].shape         # the gradient has its parameter's shape
+        err = relative_error(value, reference[f"d_{w}"])
+        if not err < tolerance:
+            failures.append(f"d_{w}: rel err {err:.3e}")
+    assert not failures, f"{g.name} {dtype} n={n}: " + "; ".join(failures)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(OP_GRAPHS))
+def test_backend_op_graph_matches_reference(name, dtype):
+    g, of, wrt, model = compiled("op", name, dtype)
+    for k, n in enumerate(BATCHES if g.symbolic_dims else (1,)):
+        assert_matches_reference(g, of, wrt, model, dtype, n, seed=k)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_backend_example_matches_reference(spec, dtype):
+    g, of, wrt, model = compiled("example", str(spec), dtype)
+    for k, n in enumerate(BATCHES if g.symbolic_dims else (1,)):
+        assert_matches_reference(g, of, wrt, model, dtype, n, seed=10 + k)
+
+
+def test_backend_op_graphs_cover_every_op():
+    """Every registered op appears in some forward or backward graph above (so a new op needs a test)."""
+    seen = set()
+    for name in OP_GRAPHS:
+        g = op_graph(name)
+        bwd = graphc.grad(g, "J", real_names(g))
+        seen |= {node.op.name for node in g.nodes} | {node.op.name for node in bwd.nodes}
+    assert set(REGISTRY) - seen == set()
+
+
+def test_backend_rejects_out_of_range_labels_without_touching_memory():
+    g, of, wrt, model = compiled("op", "gather", "float64")
+    arrays = random_arrays(g, 3, np.random.default_rng(0))
+    arrays["ids"][1] = 11
+    with pytest.raises(graphc.ArgumentError):
+        model.forward(**arrays)
+    arrays["ids"][1] = -1
+    with pytest.raises(graphc.ArgumentError):
+        model.value_and_grad(**arrays)

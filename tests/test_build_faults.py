@@ -1,0 +1,179 @@
+"""Build faults at the graphc.compile level. tests/test_build_cache.py covers graphc.build on a
+tiny module (missing $CC, empty PATH, syntax errors, unwritable cache, truncated or foreign
+entries, racing builders); this file covers what it does not: the whole compile path with a
+compiler that fails, a library that passes its digest but cannot load, a cache entry made by
+another graphc version, a builder killed mid-compile, and eight processes compiling one spec."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.errors import CompileError
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPEC = """
+name = "{name}"
+[dims]
+N = "batch"
+D = 6
+C = 3
+[inputs]
+x = ["N", "D"]
+y = {{ shape = ["N"], dtype = "int32" }}
+[params]
+W = ["C", "D"]
+[graph]
+t = "tanh(x @ W.T)"
+J = "cross_entropy(t, y)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["W"]
+"""
+
+CHILD = """
+import json, os, sys
+import numpy as np
+import graphc
+if len(sys.argv) > 2 and sys.argv[2] == "other-version":
+    graphc.__version__ = "0.0.0-another-graphc"
+m = graphc.compile(graphc.parse_spec(sys.argv[1], "faults.toml"), dtype="float64")
+x = np.linspace(-1, 1, 12).reshape(2, 6); W = np.linspace(-1, 1, 18).reshape(3, 6)
+out, grads = m.value_and_grad(x=x, y=np.array([0, 2], dtype=np.int32), W=W)
+print(json.dumps({"cached": m.built.cached, "directory": str(m.built.directory), "pid": os.getpid(),
+                  "loss": float(out["loss"]), "grad": grads["W"].tolist()}))
+"""
+
+
+def spec(tag: str) -> str:
+    return SPEC.format(name=f"faults_{tag}")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(root))
+    return root
+
+
+def child(text: str, cache: Path, *extra: str, session: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRAPHC_CACHE_DIR": str(cache)}
+    return subprocess.Popen([sys.executable, "-c", CHILD, text, *extra], env=env, start_new_session=session,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result(process: subprocess.Popen) -> dict:
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Anything half-written: scratch build folders or entries moved aside."""
+    return sorted(p.name for p in cache.iterdir() if p.name.startswith((".tmp-", ".trash-")))
+
+
+def test_compile_with_missing_compiler_names_it(cache, monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/bin/cc")
+    with pytest.raises(CompileError, match="/nonexistent/bin/cc"):
+        graphc.compile(graphc.parse_spec(spec("nocc")))
+
+
+def test_compile_with_a_failing_compiler_reports_its_stderr_and_the_kept_source(cache, monkeypatch, tmp_path):
+    fake = tmp_path / "fake-cc"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = "--version" ]; then echo "fake-cc 1.0"; exit 0; fi\n'
+                    'echo "fake-cc: internal compiler error: out of cheese" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.raises(CompileError) as caught:
+        graphc.compile(graphc.parse_spec(spec("failcc")))
+    message = str(caught.value)
+    assert "out of cheese" in message and str(fake) in message
+    kept = Path(re.search(r"plain copy: (\S+\.c)\)", message).group(1))
+    assert kept.is_file() and "faults_failcc_value_and_grad" in kept.read_text()
+    assert not [p for p in cache.iterdir() if len(p.name) == 64]   # no loadable entry was published
+    assert leftovers(cache) == []
+
+
+def test_compile_with_an_unusable_cache_folder_warns_and_works(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    with pytest.warns(RuntimeWarning, match="not writable"):
+        m = graphc.compile(graphc.parse_spec(spec("unwritable")), dtype="float64")
+    out = m.forward(x=np.ones((2, 6)), W=np.zeros((3, 6)), y=np.zeros(2, np.int32))
+    assert np.isclose(out["loss"], np.log(3))
+
+
+def test_compile_rebuilds_a_library_that_passes_its_digest_but_cannot_load(cache):
+    first = result(child(spec("unloadable"), cache))
+    entry = Path(first["directory"])
+    manifest = json.loads((entry / "manifest.json").read_text())
+    library = entry / manifest["library"]
+    library.write_bytes(b"\x7fELF but not really a shared library" * 10)
+    manifest["library_sha256"] = hashlib.sha256(library.read_bytes()).hexdigest()   # consistent, yet broken
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    second = result(child(spec("unloadable"), cache))
+    assert not second["cached"] and second["directory"] == first["directory"]
+    assert second["loss"] == first["loss"] and second["grad"] == first["grad"]
+    assert json.loads((entry / "manifest.json").read_text())["pid"] == second["pid"]
+    assert leftovers(cache) == []
+
+
+def test_compile_never_uses_an_entry_from_another_graphc_version(cache):
+    ours = result(child(spec("versions"), cache))
+    theirs = result(child(spec("versions"), cache, "other-version"))
+    assert not theirs["cached"] and theirs["directory"] != ours["directory"]
+    assert theirs["loss"] == ours["loss"]
+    again = result(child(spec("versions"), cache))
+    assert again["cached"] and again["directory"] == ours["directory"]
+
+
+def test_compile_after_a_builder_killed_mid_compile_leaves_nothing_half_written(cache, tmp_path, monkeypatch):
+    # one compiler command for both runs (it is part of the cache key): it hangs while `hang` exists,
+    # so the first builder is caught mid-compile, then it is the real compiler
+    real = os.environ.get("CC") or "cc"
+    wrapper = tmp_path / "maybe-slow-cc"
+    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do case "$a" in *_graphc_*.c)\n'
+                       f'  if [ -e {tmp_path}/hang ]; then touch {tmp_path}/started; sleep 60; fi;; esac; done\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    (tmp_path / "hang").touch()
+    monkeypatch.setenv("CC", str(wrapper))
+    victim = child(spec("killed"), cache, session=True)   # its own process group: we kill just that
+    deadline = time.time() + 60
+    while not (tmp_path / "started").exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.1)
+    assert (tmp_path / "started").exists(), "the build never reached the compiler"
+    os.killpg(victim.pid, signal.SIGKILL)             # the builder and the compiler it runs
+    victim.communicate()
+    assert leftovers(cache)                           # the killed build left its scratch folder ...
+    assert not [p for p in cache.iterdir() if len(p.name) == 64]   # ... and no entry a later run could load
+    (tmp_path / "hang").unlink()
+    done = result(child(spec("killed"), cache))       # the next build removes it and publishes a whole entry
+    assert not done["cached"] and leftovers(cache) == []
+    assert result(child(spec("killed"), cache))["cached"]
+
+
+def test_compile_eight_processes_at_once_all_succeed_with_one_build(cache):
+    text = spec("eight")
+    results = [result(p) for p in [child(text, cache) for _ in range(8)]]
+    assert len({r["directory"] for r in results}) == 1
+    assert len({(r["loss"], json.dumps(r["grad"])) for r in results}) == 1
+    assert sum(not r["cached"] for r in results) == 1
+    assert leftovers(cache) == []
+    entry = Path(results[0]["directory"])
+    assert json.loads((entry / "manifest.json").read_text())["pid"] in {r["pid"] for r in results}

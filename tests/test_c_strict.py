@@ -1,0 +1,132 @@
+"""The emitted C is strict C99 (-Wall -Wextra -Werror -pedantic, with and without OpenMP and
+-march=native), and the exported standalone folder builds with its Makefile, runs, and prints
+the values of the NumPy reference on main.c's deterministic inputs."""
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.codegen import generate
+from graphc.export import example_arrays, example_batch, parse_example_output
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+FLAG_SETS = {"plain": [], "openmp": ["-fopenmp"], "native": ["-O2", "-march=native"]}
+PRINT_TOLERANCE = {"float64": 1e-7, "float32": 1e-4}   # main.c prints 9 significant digits
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
+                                reason="needs gcc and make")
+
+
+@functools.lru_cache(maxsize=None)
+def model(spec: str, dtype: str):
+    return graphc.compile(spec, dtype=dtype)
+
+
+def gcc(args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(["gcc", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_c_strict_emitted_source_compiles_without_warnings(spec, dtype, tmp_path):
+    g = graphc.load(spec)
+    csrc = generate(g, *g.grad_spec, dtype=dtype, threads=2)   # threads > 1: the OpenMP paths exist
+    (tmp_path / f"{g.name}.c").write_text(csrc.source)
+    (tmp_path / f"{g.name}.h").write_text(csrc.header)
+    for label, flags in FLAG_SETS.items():
+        run = gcc([*STRICT, *flags, "-c", f"{g.name}.c", "-o", f"{g.name}-{label}.o"], tmp_path)
+        assert run.returncode == 0 and not run.stderr, f"{label} ({' '.join(flags)}):\n{run.stderr}"
+
+
+def assert_prints_reference(output: str, g: graphc.Graph, dtype: str, n: int | None = None) -> None:
+    results = parse_example_output(output)
+    arrays = example_arrays(g, dtype, n)
+    forward = graphc.evaluate(g, **arrays)
+    backward = graphc.evaluate(graphc.grad(g, *g.grad_spec), **arrays)
+    expected = {("forward", k) for k in forward} | {("value_and_grad", k) for k in backward}
+    assert set(results) == expected
+    for (function, name), printed in results.items():
+        reference = (forward if function == "forward" else backward)[name].ravel()
+        assert printed.shape == reference.shape, (function, name)
+        scale = max(float(np.max(np.abs(reference))), 1e-300)
+        err = float(np.max(np.abs(printed - reference))) / scale
+        assert err < PRINT_TOLERANCE[dtype], f"{function} {name}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_c_strict_standalone_export_builds_runs_and_matches_reference(spec, dtype, tmp_path):
+    m = model(str(spec), dtype)
+    files = m.export(tmp_path, standalone=True)
+    assert sorted(p.name for p in files) == sorted([f"{m.name}.c", f"{m.name}.h", "main.c", "Makefile"])
+    assert (tmp_path / f"{m.name}.c").read_text() == m.source       # the same text as the loaded build
+    assert (tmp_path / f"{m.name}.h").read_text() == m.header
+    flags = " ".join(["-O2", *STRICT])                                # main.c is warning-free too
+    run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert not run.stderr
+    assert_prints_reference(run.stdout, m.graph, dtype)
+    if m.graph.symbolic_dims:    # BATCH can be overridden: a prime batch, every edge of every kernel
+        subprocess.run(["make", "-s", "clean"], cwd=tmp_path, check=True, timeout=60)
+        run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags} -DBATCH=37L"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert_prints_reference(run.stdout, m.graph, dtype, n=37)
+
+
+def test_c_strict_makefile_defaults_build_run_and_clean(tmp_path):
+    m = model(str(EXAMPLES[0].parent / "one_layer.toml"), "float64")
+    m.export(tmp_path, standalone=True)
+    run = subprocess.run(["make", "CC=gcc"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "-O2 -std=c99 -Wall -Wextra -pedantic" in run.stdout and "-lm" in run.stdout   # the echoed command
+    assert ("forward", "loss") in parse_example_output(run.stdout)
+    assert example_batch(m.graph) == 4
+    assert (tmp_path / "one_layer_example").is_file()
+    subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    assert not (tmp_path / "one_layer_example").exists()
+    assert {p.name for p in tmp_path.iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile"}
+
+
+def test_c_strict_build_export_copies_the_loaded_library(tmp_path):
+    m = model(str(EXAMPLES[0].parent / "one_layer.toml"), "float64")
+    files = m.export(tmp_path, standalone=False)
+    library = tmp_path / Path(m.built.library).name
+    assert library in files and library.read_bytes() == Path(m.built.library).read_bytes()
+    assert (tmp_path / "one_layer.c").read_text() == m.source
+    assert not (tmp_path / "main.c").exists()
+
+
+def test_c_strict_standalone_export_of_a_training_model_runs_train_steps(tmp_path):
+    """With an optimizer, main.c also makes a few train_step calls; with plain SGD each loss is the
+    reference loss at the params of the previous step, p -= lr dJ/dp (reproduced here in NumPy)."""
+    training = pytest.importorskip("graphc.training")
+    spec = EXAMPLES[0].parent / "one_layer.toml"
+    lr = 0.1
+    m = graphc.compile(str(spec), dtype="float64", optimizer=training.SGD(lr=lr))
+    m.export(tmp_path, standalone=True)
+    flags = " ".join(["-O2", *STRICT])
+    run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    results = parse_example_output(run.stdout)
+    g = m.graph
+    of, wrt = g.grad_spec
+    arrays = example_arrays(g, "float64")
+    bwd = graphc.grad(g, of, wrt)
+    losses = []
+    for step in (1, 2, 3):
+        reference = graphc.evaluate(bwd, **arrays)
+        losses.append(float(reference["loss"]))
+        printed = results[(f"train_step:{step}", "loss")]
+        assert abs(printed[0] - losses[-1]) < 1e-7 * abs(losses[-1]), (step, printed, losses[-1])
+        arrays = {**arrays, **{w: arrays[w] - lr * reference[f"d_{w}"] for w in wrt}}
+    assert losses[2] < losses[0]

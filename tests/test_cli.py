@@ -1,0 +1,107 @@
+"""The `graphc` command, run in-process: show, explain and the error paths.
+
+check/build/emit/demo need the compiler stages and are covered where those are tested.
+"""
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from graphc.cli import main
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ONE_LAYER = str(EXAMPLES / "one_layer.toml")
+
+
+def run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_show_prints_forward_then_backward(capsys):
+    status, out, err = run(capsys, "show", ONE_LAYER)
+    assert status == 0 and not err
+    assert out.count("graph one_layer") == 2
+    forward, backward = out.split("# backward", 1)
+    assert "h        = relu(z)" in forward and "d_W" not in forward
+    assert "output  d_W = d_W" in backward and "identity (7)" in backward
+
+
+def test_cli_show_without_grad_section_prints_only_the_forward_graph(capsys, tmp_path):
+    spec = tmp_path / "fwd.toml"
+    spec.write_text('name = "fwd"\n[inputs]\nx = [3]\n[params]\nW = [2, 3]\n[graph]\nz = "W @ x"\n'
+                    '[outputs]\nz_out = "z"\n')
+    status, out, err = run(capsys, "show", str(spec))
+    assert status == 0 and out.count("graph fwd") == 1 and "# backward" not in out
+
+
+def test_cli_show_passes_prints_each_stage(capsys, monkeypatch):
+    fake = types.ModuleType("graphc.passes.pipeline")
+    fake.stages = lambda graph: iter([("first", "FIRST STAGE"), ("second", graph)])
+    monkeypatch.setitem(sys.modules, "graphc.passes.pipeline", fake)
+    monkeypatch.setattr("graphc.passes.pipeline", fake, raising=False)
+    status, out, err = run(capsys, "show", ONE_LAYER, "--passes")
+    assert status == 0, err
+    assert "# after first\nFIRST STAGE" in out and "# after second\ngraph one_layer" in out
+
+
+def test_cli_show_passes_without_stages_says_so(capsys, monkeypatch):
+    fake = types.ModuleType("graphc.passes.pipeline")
+    monkeypatch.setitem(sys.modules, "graphc.passes.pipeline", fake)
+    monkeypatch.setattr("graphc.passes.pipeline", fake, raising=False)
+    status, out, err = run(capsys, "show", ONE_LAYER, "--passes")
+    assert status == 0 and "no passes are registered" in out
+
+
+def test_cli_explain_text(capsys):
+    status, out, err = run(capsys, "explain", ONE_LAYER)
+    assert status == 0 and not err
+    assert "δ2 = ∂J/∂z = δ1 U ∘ sgn(h)" in out and "identities (2),(4)" in out
+    assert "∂J/∂W" in out and "(Dh×Dx) = (Dh×N)(N×Dx)" in out
+
+
+@pytest.mark.parametrize("fmt, marker", [("markdown", "|---|"), ("latex", r"\begin{align*}")])
+def test_cli_explain_formats(capsys, fmt, marker):
+    status, out, err = run(capsys, "explain", str(EXAMPLES / "mlp.toml"), "--format", fmt)
+    assert status == 0 and marker in out
+
+
+def test_cli_missing_spec_is_a_message_not_a_traceback(capsys, tmp_path):
+    missing = str(tmp_path / "nope.toml")
+    for command in ("show", "explain", "check", "build", "emit"):
+        extra = ["-o", str(tmp_path / "out")] if command in ("build", "emit") else []
+        status, out, err = run(capsys, command, missing, *extra)
+        assert status == 2, command
+        assert "nope.toml" in err and "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, expect", [
+    ('name = "bad"\n[graph\nz = "x"\n', "TOML"),                                  # not TOML
+    ('[inputs]\nx = [3]\n[graph]\nz = "x @@ x"\n[outputs]\no = "z"\n', "graph.z"),  # bad expression
+    ('[inputs]\nx = [3]\n[params]\nW = [2, 4]\n[graph]\nz = "W @ x"\n[outputs]\no = "z"\n', "ShapeError"),
+])
+def test_cli_malformed_spec_exits_2_with_the_error_on_stderr(capsys, tmp_path, text, expect):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(text)
+    for command in ("show", "explain"):
+        status, out, err = run(capsys, command, str(spec))
+        assert status == 2 and not out
+        assert expect in err and "bad.toml" in err and "Traceback" not in err
+
+
+def test_cli_explain_without_grad_section_is_an_error(capsys, tmp_path):
+    spec = tmp_path / "fwd.toml"
+    spec.write_text('[inputs]\nx = [3]\n[params]\nW = [2, 3]\n[graph]\nz = "W @ x"\n[outputs]\nz_out = "z"\n')
+    status, out, err = run(capsys, "explain", str(spec))
+    assert status == 2 and "[grad]" in err
+
+
+def test_cli_usage_errors_exit_2(capsys):
+    assert run(capsys, "explain", ONE_LAYER, "--format", "html")[0] == 2
+    assert run(capsys)[0] == 2
+    assert run(capsys, "frobnicate")[0] == 2
+    assert run(capsys, "--help")[0] == 0

@@ -1,0 +1,121 @@
+"""Concurrency: one CompiledModel called from 8 Python threads at once gives the bits of serial
+calls, and the same model compiled for 1 and 2 threads gives the same bits."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+THREADS = 8
+
+WIDE = """
+name = "wide"
+[dims]
+N = "batch"
+Dx = 192
+Dh = 512
+Nc = 10
+[inputs]
+x = ["N", "Dx"]
+y = { shape = ["N"], dtype = "int32" }
+[params]
+W = ["Dh", "Dx"]
+b1 = ["Dh"]
+U = ["Nc", "Dh"]
+b2 = ["Nc"]
+[graph]
+h = "relu(x @ W.T + b1)"
+theta = "h @ U.T + b2"
+J = "cross_entropy(theta, y)"
+[outputs]
+loss = "J"
+probs = "softmax(theta)"
+[grad]
+of = "J"
+wrt = ["W", "b1", "U", "b2"]
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
+        yield
+
+
+def batch(seed: int, n: int, dx=64, dh=128, nc=10, params_seed=0):
+    rng, prng = np.random.default_rng(seed), np.random.default_rng(params_seed)
+    return dict(x=rng.standard_normal((n, dx)), y=rng.integers(0, nc, n).astype(np.int32),
+                W=prng.standard_normal((dh, dx)) * 0.1, b1=prng.standard_normal(dh) * 0.1,
+                U=prng.standard_normal((nc, dh)) * 0.1, b2=prng.standard_normal(nc) * 0.1)
+
+
+def assert_bits(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_concurrency_eight_threads_share_one_model_bit_identically():
+    m = graphc.compile(EXAMPLES / "one_layer.toml", dtype="float64", threads=2)
+    jobs = [batch(seed, n=1 + 7 * seed) for seed in range(THREADS * 3)]   # varied batch sizes too
+    serial = [(m.forward(**a), m.value_and_grad(**a)) for a in jobs]
+    start = threading.Barrier(THREADS)
+
+    def work(i):
+        start.wait()
+        out = []
+        for _ in range(4):
+            for j in range(i, len(jobs), THREADS):
+                out.append((j, m.forward(**jobs[j]), m.value_and_grad(**jobs[j])))
+        return out
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        results = [r for f in [pool.submit(work, i) for i in range(THREADS)] for r in f.result()]
+    assert len(results) == 4 * len(jobs)
+    for j, fwd, (outs, grads) in results:
+        assert_bits(fwd, serial[j][0])
+        assert_bits(outs, serial[j][1][0])
+        assert_bits(grads, serial[j][1][1])
+
+
+def test_concurrency_results_are_the_same_bits_for_one_and_two_threads():
+    g = graphc.parse_spec(WIDE, "wide.toml")
+    one = graphc.compile(g, dtype="float64", threads=1)
+    two = graphc.compile(g, dtype="float64", threads=2)
+    assert "GC_MAX_THREADS 1" in one.source and "GC_MAX_THREADS 2" in two.source
+    for dtype in (np.float64,):
+        a = {k: (v.astype(dtype) if v.dtype.kind == "f" else v)
+             for k, v in batch(7, n=256, dx=192, dh=512).items()}
+        o1, g1 = one.value_and_grad(**a)
+        o2, g2 = two.value_and_grad(**a)
+        assert_bits(o1, o2)
+        assert_bits(g1, g2)
+        assert_bits(one.forward(**a), two.forward(**a))
+
+
+def test_concurrency_train_steps_on_separate_states_match_serial():
+    training = pytest.importorskip("graphc.training", reason="graphc.training does not exist yet")
+    if not hasattr(graphc, "SGD"):
+        pytest.skip("graphc.SGD is not exported yet")
+    m = graphc.compile(EXAMPLES / "one_layer.toml", dtype="float64", optimizer=graphc.SGD(lr=0.1, momentum=0.9))
+    g = graphc.load(EXAMPLES / "one_layer.toml")
+    data = [batch(seed, n=16) for seed in range(5)]
+
+    def run(_=None):
+        state = m.train_state({k: v.copy() for k, v in graphc.init_params(g, seed=0).items()})
+        for a in data:
+            m.train_step(state, x=a["x"], y=a["y"])
+        return {k: np.array(v) for k, v in state.params.items()}
+
+    serial = run()
+    with ThreadPoolExecutor(THREADS) as pool:
+        for params in pool.map(run, range(THREADS)):
+            assert_bits(params, serial)
+    del training

@@ -1,0 +1,442 @@
+"""Every op in the registry: its NumPy reference against plain NumPy, its shape rule against the
+reference's output, and its VJP (run by reference.py) against central finite differences in float64.
+
+`CASES` holds one domain-aware input generator per op name. A newly registered op without an
+entry here fails `test_every_registered_op_has_a_case`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.errors import GradientError
+from graphc.ops import REGISTRY, OpDef
+
+I32 = np.int32
+
+
+# ------------------------------------------------------------------ domain-aware generators
+def real(rng, *shape):
+    return rng.standard_normal(shape)
+
+
+def positive(rng, *shape):              # log, sqrt, a divisor
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def off_kink(rng, *shape):              # relu, sign: |x| >= 0.2, far from the kink at 0 (eps is 1e-6)
+    return np.asarray(rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape))
+
+
+def labels(rng, depth, *shape):         # class indices / word ids in range
+    return rng.integers(0, depth, shape).astype(I32)
+
+
+def probabilities(rng, *shape):         # real targets of cross_entropy: rows on the simplex
+    p = rng.uniform(0.1, 1.0, shape)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def _np_log_softmax(x):
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class Case:
+    label: str
+    args: list                        # positional inputs (float64 or int32 arrays)
+    expect: Callable                  # plain NumPy, written independently of the op's reference
+    attrs: dict = field(default_factory=dict)
+
+
+def _unary(np_fn, gen=real):
+    def cases(rng):
+        return [Case(f"{s}", [gen(rng, *s)], np_fn) for s in [(1,), (5, 7), (), (3,)]]
+    return cases
+
+
+def _binary(np_fn, gen_b=real):
+    def cases(rng):
+        shapes = [((1,), (1,)), ((5, 7), (5, 7)), ((5, 7), (7,)), ((7,), (5, 7)),
+                  ((5, 7), ()), ((), (5, 7)), ((5, 1), (1, 7)), ((4, 1), (4, 3))]
+        return [Case(f"{a}x{b}", [real(rng, *a), gen_b(rng, *b)], np_fn) for a, b in shapes]
+    return cases
+
+
+def _embedding_grad_expect(d, ids, rows):
+    out = np.zeros((rows, d.shape[-1]))
+    for p, r in enumerate(ids.reshape(-1)):
+        out[r] += d.reshape(-1, d.shape[-1])[p]
+    return out
+
+
+def _sum_to_expect(x, shape):
+    while x.ndim > len(shape):
+        x = x.sum(axis=0)
+    for i, s in enumerate(shape):
+        if s == 1 and x.shape[i] != 1:
+            x = x.sum(axis=i, keepdims=True)
+    return x
+
+
+CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
+    "const": lambda rng: [Case("scalar", [], lambda value: np.float64(value), {"value": 2.5})],
+    "add": _binary(np.add),
+    "sub": _binary(np.subtract),
+    "mul": _binary(np.multiply),
+    "div": _binary(np.divide, positive),
+    "neg": _unary(np.negative),
+    "square": _unary(lambda x: x * x),
+    "relu": _unary(lambda x: np.where(x > 0, x, 0.0), off_kink),
+    "sign": _unary(lambda x: np.where(x > 0, 1.0, -1.0), off_kink),
+    "sigmoid": _unary(lambda x: 1 / (1 + np.exp(-x))),
+    "tanh": _unary(np.tanh),
+    "exp": _unary(np.exp),
+    "log": _unary(np.log, positive),
+    "sqrt": _unary(np.sqrt, positive),
+    "broadcast_to": lambda rng: [
+        Case("row", [real(rng, 7)], lambda x, shape: np.tile(x, (5, 1)), {"shape": (5, 7)}),
+        Case("column", [real(rng, 5, 1)], lambda x, shape: np.repeat(x, 7, axis=1), {"shape": (5, 7)}),
+        Case("scalar", [real(rng)], lambda x, shape: np.full(shape, x), {"shape": (2, 3)}),
+    ],
+    "matmul": lambda rng: [
+        Case(f"{a}@{b}", [real(rng, *a), real(rng, *b)], lambda x, y: np.einsum(
+            {(2, 2): "ik,kj->ij", (1, 2): "k,kj->j", (2, 1): "ik,k->i", (1, 1): "k,k->"}[x.ndim, y.ndim], x, y))
+        for a, b in [((5, 7), (7, 3)), ((1, 1), (1, 1)), ((7,), (7, 3)), ((5, 7), (7,)), ((7,), (7,)),
+                     ((1, 7), (7, 1)), ((3, 1), (1, 4))]
+    ],
+    "transpose": lambda rng: [Case(f"{s}", [real(rng, *s)], lambda x: np.swapaxes(x, 0, -1) if x.ndim == 2 else x)
+                              for s in [(5, 7), (1, 1), (7,), ()]],
+    "sum": lambda rng: [
+        Case("all", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum()),
+        Case("axis0", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum(0), {"axis": 0}),
+        Case("axis-1 keep", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum(1)[:, None],
+             {"axis": -1, "keepdims": True}),
+        Case("all keep", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum().reshape(1, 1), {"keepdims": True}),
+        Case("size 1", [real(rng, 1)], lambda x, axis, keepdims: x[0], {"axis": 0}),
+    ],
+    "mean": lambda rng: [
+        Case("all", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum() / 35),
+        Case("axis0", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum(0) / 5, {"axis": 0}),
+        Case("axis1 keep", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum(1, keepdims=True) / 7,
+             {"axis": 1, "keepdims": True}),
+    ],
+    "sum_to": lambda rng: [
+        Case("bias", [real(rng, 5, 7)], lambda x, shape: _sum_to_expect(x, shape), {"shape": (7,)}),
+        Case("column", [real(rng, 5, 7)], lambda x, shape: _sum_to_expect(x, shape), {"shape": (5, 1)}),
+        Case("scalar", [real(rng, 5, 7)], lambda x, shape: _sum_to_expect(x, shape), {"shape": ()}),
+        Case("same", [real(rng, 5, 7)], lambda x, shape: x, {"shape": (5, 7)}),
+    ],
+    "size": lambda rng: [
+        Case("rows", [real(rng, 5, 7)], lambda x, axes: np.float64(5), {"axes": (0,)}),
+        Case("all", [real(rng, 5, 7)], lambda x, axes: np.float64(35), {"axes": (0, 1)}),
+        Case("none", [real(rng, 5, 7)], lambda x, axes: np.float64(1), {"axes": ()}),
+    ],
+    "dot": lambda rng: [
+        Case("vectors", [real(rng, 7), real(rng, 7)], lambda a, b: np.dot(a, b)),
+        Case("rows", [real(rng, 5, 7), real(rng, 5, 7)], lambda a, b: np.einsum("ij,ij->i", a, b)),
+        Case("rows-vector", [real(rng, 5, 7), real(rng, 7)], lambda a, b: np.einsum("ij,j->i", a, b)),
+        Case("size 1", [real(rng, 1), real(rng, 1)], lambda a, b: a[0] * b[0]),
+    ],
+    "norm2": lambda rng: [
+        Case("vector", [real(rng, 7)], lambda x: np.linalg.norm(x)),
+        Case("rows", [real(rng, 5, 7)], lambda x: np.linalg.norm(x, axis=1)),
+        Case("size 1", [off_kink(rng, 1)], lambda x: np.abs(x[0])),
+    ],
+    "reshape": lambda rng: [
+        Case("flatten", [real(rng, 5, 7)], lambda x, shape: x.ravel(), {"shape": (35,)}),
+        Case("column", [real(rng, 7)], lambda x, shape: x[:, None], {"shape": (7, 1)}),
+        Case("to scalar", [real(rng, 1)], lambda x, shape: x[0], {"shape": ()}),
+        Case("regroup", [real(rng, 6, 2)], lambda x, shape: x.ravel().reshape(3, 4), {"shape": (3, 4)}),
+    ],
+    "concat": lambda rng: [
+        Case("rows", [real(rng, 5, 2), real(rng, 5, 3), real(rng, 5, 1)], lambda *xs: np.hstack(xs)),
+        Case("vectors", [real(rng, 3), real(rng, 4)], lambda *xs: np.hstack(xs)),
+        Case("single", [real(rng, 2, 3)], lambda x: x.copy()),
+    ],
+    "slice": lambda rng: [
+        Case("middle", [real(rng, 5, 7)], lambda x, start, stop: x[:, 2:5], {"start": 2, "stop": 5}),
+        Case("head", [real(rng, 7)], lambda x, start, stop: x[:3], {"start": 0, "stop": 3}),
+        Case("tail", [real(rng, 5, 7)], lambda x, start, stop: x[:, 4:], {"start": 4, "stop": 7}),
+        Case("all", [real(rng, 1)], lambda x, start, stop: x, {"start": 0, "stop": 1}),
+    ],
+    "softmax": lambda rng: [
+        Case(f"{s}", [real(rng, *s)], lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True))
+        for s in [(5, 7), (7,), (1,), (1, 1)]
+    ],
+    "log_softmax": lambda rng: [
+        Case(f"{s}", [real(rng, *s)], lambda x: np.log(np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)))
+        for s in [(5, 7), (7,), (1,)]
+    ],
+    "cross_entropy": lambda rng: [
+        Case("int labels", [real(rng, 5, 7), labels(rng, 7, 5)],
+             lambda t, y: -np.mean(_np_log_softmax(t)[np.arange(len(y)), y])),
+        Case("one row", [real(rng, 1, 3), labels(rng, 3, 1)],
+             lambda t, y: -_np_log_softmax(t)[0, y[0]]),
+        Case("column vector", [real(rng, 7), labels(rng, 7).reshape(())],
+             lambda t, y: -_np_log_softmax(t)[int(y)]),
+        Case("probabilities", [real(rng, 5, 7), probabilities(rng, 5, 7)],
+             lambda t, y: -np.sum(y * _np_log_softmax(t)) / 5),
+        Case("one-hot vector", [real(rng, 5), np.eye(5)[2]], lambda t, y: -_np_log_softmax(t)[2]),
+    ],
+    "mse": lambda rng: [
+        Case("rows", [real(rng, 5, 7), real(rng, 5, 7)], lambda p, t: ((p - t) ** 2).sum() / 35),
+        Case("scalar", [real(rng), real(rng)], lambda p, t: (p - t) ** 2),
+        Case("size 1", [real(rng, 1), real(rng, 1)], lambda p, t: (p[0] - t[0]) ** 2),
+    ],
+    "onehot": lambda rng: [
+        Case("labels", [labels(rng, 4, 6)], lambda y, depth: np.eye(depth)[y], {"depth": 4}),
+        Case("scalar label", [np.array(2, dtype=I32)], lambda y, depth: np.eye(depth)[int(y)], {"depth": 3}),
+        Case("depth 1", [np.zeros(3, I32)], lambda y, depth: np.ones((3, 1)), {"depth": 1}),
+    ],
+    "embedding": lambda rng: [
+        Case("ids", [real(rng, 6, 4), labels(rng, 6, 9)], lambda t, ids: np.stack([t[i] for i in ids])),
+        Case("repeated ids", [real(rng, 3, 2), np.array([1, 1, 0, 1], I32)], lambda t, ids: t[[1, 1, 0, 1]]),
+        Case("2-D ids", [real(rng, 5, 3), labels(rng, 5, 2, 4)], lambda t, ids: t[ids]),
+        Case("one row", [real(rng, 1, 1), np.zeros(1, I32)], lambda t, ids: t.copy()),
+    ],
+    "embedding_grad": lambda rng: [
+        Case("ids", [real(rng, 9, 4), labels(rng, 6, 9)], _embedding_grad_expect, {"rows": 6}),
+        Case("repeated ids", [real(rng, 4, 2), np.array([1, 1, 0, 1], I32)], _embedding_grad_expect, {"rows": 3}),
+        Case("unused rows", [real(rng, 2, 3), np.array([4, 4], I32)], _embedding_grad_expect, {"rows": 7}),
+    ],
+}
+
+
+def _cases() -> list:
+    """(op name, case) pairs, each op's generator seeded by its own name so cases are stable."""
+    out = []
+    for name in sorted(CASES):
+        rng = np.random.default_rng([7, *name.encode()])
+        for case in CASES[name](rng):
+            out.append(pytest.param(name, case, id=f"{name}-{case.label}"))
+    return out
+
+
+ALL_CASES = _cases()
+
+
+def _build(name: str, case: Case):
+    """A one-op graph: inputs a0, a1, ... of the case's shapes (and dtypes); output `out`."""
+    g = graphc.Graph(f"op_{name}")
+    args = []
+    for i, a in enumerate(case.args):
+        dtype = "int32" if a.dtype.kind in "iu" else "float"
+        args.append(g.input(f"a{i}", a.shape, dtype=dtype))
+    out = g.apply(name, *args, **case.attrs)
+    g.output("out", out)
+    return g, out
+
+
+def _has_vjp(op: OpDef) -> bool:
+    return type(op).vjp is not OpDef.vjp
+
+
+# ------------------------------------------------------------------ the registry is covered
+def test_every_registered_op_has_a_case():
+    assert set(CASES) == set(REGISTRY), (
+        f"ops without a test case: {sorted(set(REGISTRY) - set(CASES))}; "
+        f"cases for unknown ops: {sorted(set(CASES) - set(REGISTRY))}")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_registered_op_has_reference_and_vjp(name):
+    op = REGISTRY[name]
+    assert type(op).reference is not OpDef.reference, f"{name} has no NumPy reference"
+    assert _has_vjp(op), f"{name} has no VJP rule"
+    assert op.name == name
+
+
+# ------------------------------------------------------------------ reference vs plain NumPy
+@pytest.mark.parametrize("name, case", ALL_CASES)
+def test_reference_matches_numpy(name, case):
+    g, out = _build(name, case)
+    got = graphc.evaluate(g, **{f"a{i}": a for i, a in enumerate(case.args)})["out"]
+    attrs = {**REGISTRY[name].attrs, **case.attrs}      # the expectation sees every attribute, defaults too
+    want = np.asarray(case.expect(*case.args, **attrs), dtype=np.float64)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, case", ALL_CASES)
+def test_shape_rule_matches_reference_output(name, case):
+    g, out = _build(name, case)
+    got = graphc.evaluate(g, **{f"a{i}": a for i, a in enumerate(case.args)})["out"]
+    assert out.shape == got.shape
+    assert (out.dtype == "int32") == (got.dtype.kind in "iu")
+
+
+# ------------------------------------------------------------------ VJP vs finite differences
+EPS = 1e-6
+
+
+def _loss_graph(name: str, case: Case):
+    """L = sum(op(a0, a1, ...) * v) with a fixed random v; returns (graph, float input names)."""
+    g, out = _build(name, case)
+    v = g.input("v", out.shape)
+    g.output("L", graphc.sum(out * v))
+    wrt = [f"a{i}" for i, a in enumerate(case.args) if a.dtype.kind == "f"]
+    return g, wrt
+
+
+def finite_difference(g, arrays: dict, name: str, of: str = "L") -> np.ndarray:
+    """Central differences of the scalar output `of` with respect to arrays[name], float64."""
+    base = arrays[name]
+    grad = np.zeros_like(base, dtype=np.float64)
+    for idx in np.ndindex(base.shape):
+        vals = []
+        for step in (EPS, -EPS):
+            x = np.array(base, dtype=np.float64)
+            x[idx] += step
+            vals.append(float(graphc.evaluate(g, **{**arrays, name: x})[of]))
+        grad[idx] = (vals[0] - vals[1]) / (2 * EPS)
+    return grad
+
+
+def assert_gradient_close(analytic, numeric, what: str, rtol: float = 1e-6):
+    analytic, numeric = np.asarray(analytic), np.asarray(numeric)
+    assert analytic.shape == numeric.shape, f"{what}: gradient shape {analytic.shape}, want {numeric.shape}"
+    assert np.all(np.isfinite(analytic)), what
+    scale = max(np.abs(numeric).max(initial=0.0), np.abs(analytic).max(initial=0.0), 1e-3)
+    err = np.abs(analytic - numeric).max(initial=0.0) / scale
+    assert err < rtol, f"{what}: relative error {err:.2e}\nanalytic\n{analytic}\nnumeric\n{numeric}"
+
+
+def check_grads(g, arrays: dict, wrt: list[str], of: str = "L"):
+    bwd = graphc.grad(g, of=of, wrt=wrt)
+    got = graphc.evaluate(bwd, **arrays)
+    for w in wrt:
+        assert_gradient_close(got[f"d_{w}"], finite_difference(g, arrays, w, of), f"d_{w}")
+
+
+@pytest.mark.parametrize("name, case", [c for c in ALL_CASES if any(a.dtype.kind == "f" for a in c.values[1].args)])
+def test_vjp_matches_finite_differences(name, case):
+    g, wrt = _loss_graph(name, case)
+    rng = np.random.default_rng(11)
+    arrays = {f"a{i}": a for i, a in enumerate(case.args)}
+    arrays["v"] = rng.standard_normal(g.inputs["v"].shape)
+    check_grads(g, arrays, wrt)
+
+
+@pytest.mark.parametrize("name, case", [c for c in ALL_CASES if any(a.dtype.kind in "iu" for a in c.values[1].args)])
+def test_integer_inputs_get_no_gradient(name, case):
+    g, _ = _loss_graph(name, case)
+    for i, a in enumerate(case.args):
+        if a.dtype.kind in "iu":
+            with pytest.raises(GradientError, match="int32"):
+                graphc.grad(g, of="L", wrt=[f"a{i}"])
+
+
+# ------------------------------------------------------------------ gradients through small graphs
+def test_vjp_shared_weight_gradients_add_up():
+    """z1 = x @ W.T and z2 = h @ W.T share W: dJ/dW is the sum of both contributions."""
+    rng = np.random.default_rng(3)
+    g = graphc.Graph("shared")
+    x = g.input("x", (5, 4))
+    h = g.input("h", (3, 4))
+    W = g.param("W", (6, 4))
+    v1, v2 = g.input("v1", (5, 6)), g.input("v2", (3, 6))
+    g.output("L", graphc.sum((x @ W.T) * v1) + graphc.sum(graphc.tanh(h @ W.T) * v2))
+    arrays = {k: rng.standard_normal(v.shape) for k, v in {**g.inputs, **g.params}.items()}
+    check_grads(g, arrays, ["W", "x", "h"])
+    d_W = graphc.evaluate(graphc.grad(g, of="L", wrt=["W"]), **arrays)["d_W"]
+    t = np.tanh(arrays["h"] @ arrays["W"].T)
+    closed = arrays["v1"].T @ arrays["x"] + ((1 - t * t) * arrays["v2"]).T @ arrays["h"]
+    np.testing.assert_allclose(d_W, closed, rtol=1e-12, atol=1e-12)
+
+
+def test_vjp_value_used_twice_accumulates():
+    rng = np.random.default_rng(4)
+    g = graphc.Graph("twice")
+    x = g.input("x", (5, 7))
+    g.output("L", graphc.sum(x * x + graphc.exp(x) * x))
+    arrays = {"x": rng.standard_normal((5, 7))}
+    check_grads(g, arrays, ["x"])
+
+
+@pytest.mark.parametrize("bias_shape", [(7,), (1, 7), (1, 1), (), (1,)])
+def test_vjp_bias_broadcast_over_batch(bias_shape):
+    """A bias added to every row gets the sum of the rows' deltas (and a scalar, the sum of all)."""
+    rng = np.random.default_rng(5)
+    g = graphc.Graph("bias")
+    x = g.input("x", ("N", 7))
+    b = g.param("b", bias_shape)
+    v = g.input("v", ("N", 7))
+    g.output("L", graphc.sum(graphc.sigmoid(x * b + b) * v))
+    arrays = {"x": rng.standard_normal((5, 7)), "b": rng.standard_normal(bias_shape),
+              "v": rng.standard_normal((5, 7))}
+    check_grads(g, arrays, ["b", "x"])
+    bwd = graphc.grad(g, of="L", wrt=["b"])
+    assert bwd.outputs["d_b"].shape == bias_shape
+
+
+def test_vjp_one_layer_network_with_symbolic_batch():
+    rng = np.random.default_rng(6)
+    g = graphc.Graph("one_layer")
+    x = g.input("x", ("N", 5))
+    y = g.input("y", ("N",), dtype="int32")
+    W, b1 = g.param("W", (7, 5)), g.param("b1", (7,))
+    U, b2 = g.param("U", (3, 7)), g.param("b2", (3,))
+    theta = graphc.tanh(x @ W.T + b1) @ U.T + b2
+    g.output("J", graphc.cross_entropy(theta, y))
+    arrays = {"x": rng.standard_normal((4, 5)), "y": np.array([0, 2, 1, 2], I32)}
+    arrays.update({k: rng.standard_normal(v.shape) for k, v in g.params.items()})
+    check_grads(g, arrays, ["W", "b1", "U", "b2", "x"], of="J")
+
+
+def test_vjp_column_form_of_the_notes():
+    """z = W x + b1 with column x (identities 1 and 5): gradients in the parameters' shapes."""
+    rng = np.random.default_rng(8)
+    g = graphc.Graph("column")
+    x = g.input("x", (5,))
+    y = g.input("y", (3,))
+    W, b1 = g.param("W", (7, 5)), g.param("b1", (7,))
+    U, b2 = g.param("U", (3, 7)), g.param("b2", (3,))
+    g.output("J", graphc.cross_entropy(U @ graphc.relu(W @ x + b1) + b2, y))
+    arrays = {"x": rng.standard_normal(5), "y": np.eye(3)[1]}
+    arrays.update({k: rng.standard_normal(v.shape) for k, v in g.params.items()})
+    arrays["b1"] = np.abs(arrays["b1"]) + 3.0         # every hidden unit stays off the relu kink
+    check_grads(g, arrays, ["W", "b1", "U", "b2", "x"], of="J")
+
+
+def test_vjp_second_order_through_backward_graph():
+    """The backward graph is ordinary IR: differentiate sum(d_x) again, by the same rules."""
+    rng = np.random.default_rng(9)
+    g = graphc.Graph("second")
+    x = g.input("x", (4,))
+    g.output("L", graphc.sum(graphc.tanh(x) * x))
+    bwd = graphc.grad(g, of="L", wrt=["x"])
+    bwd.output("G", graphc.sum(bwd.outputs["d_x"]))
+    arrays = {"x": rng.standard_normal(4)}
+    check_grads(bwd, arrays, ["x"], of="G")
+
+
+def test_grad_of_unused_param_is_zero():
+    g = graphc.Graph("unused")
+    x = g.input("x", (3,))
+    g.param("W", (2, 2))
+    g.output("L", graphc.sum(x))
+    got = graphc.evaluate(graphc.grad(g, of="L", wrt=["W"]), x=np.ones(3), W=np.ones((2, 2)))
+    np.testing.assert_array_equal(got["d_W"], np.zeros((2, 2)))
+
+
+def test_grad_wrt_int_input_raises():
+    g = graphc.Graph("labels")
+    t = g.input("t", (4, 3))
+    y = g.input("y", (4,), dtype="int32")
+    g.output("J", graphc.cross_entropy(t, y))
+    with pytest.raises(GradientError, match="'y'"):
+        graphc.grad(g, of="J", wrt=["y"])
+
+
+def test_grad_of_a_non_scalar_raises():
+    g = graphc.Graph("nonscalar")
+    x = g.input("x", (3,))
+    g.output("z", graphc.exp(x))
+    with pytest.raises(GradientError, match="scalar"):
+        graphc.grad(g, of="z", wrt=["x"])

@@ -1,0 +1,409 @@
+"""Training in C (graphc/training.py): train_step and fit against NumPy, state save/load,
+init_params, optimizer validation and the errors of the training API."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.errors import ArgumentError, GraphcError, ShapeError
+
+ROOT = Path(__file__).resolve().parent.parent
+ONE_LAYER = ROOT / "examples" / "one_layer.toml"
+WINDOW = ROOT / "examples" / "window_classifier.toml"
+WRT = ["W", "b1", "U", "b2"]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return graphc.load(ONE_LAYER)
+
+
+_MODELS: dict = {}
+
+
+def compiled(optimizer, dtype="float64", spec=ONE_LAYER):
+    key = (repr(optimizer), dtype, str(spec))
+    if key not in _MODELS:
+        _MODELS[key] = graphc.compile(spec, dtype=dtype, optimizer=optimizer, threads=1)
+    return _MODELS[key]
+
+
+def batch(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 64)), rng.integers(0, 10, n).astype(np.int32)
+
+
+# ---------------------------------------------------------------- NumPy reference
+class NumpyOptimizer:
+    """The update rules of torch.optim.SGD and torch.optim.Adam, written out in NumPy."""
+
+    def __init__(self, opt, params):
+        self.opt, self.t = opt, 0
+        self.buf = {k: np.zeros_like(v) for k, v in params.items()}
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def step(self, params, grads):
+        o = self.opt
+        self.t += 1
+        for k, g in grads.items():
+            g = g + o.weight_decay * params[k]
+            if isinstance(o, graphc.SGD):
+                if o.momentum:
+                    self.buf[k] = o.momentum * self.buf[k] + g
+                    g = self.buf[k]
+                params[k] = params[k] - o.lr * g
+            else:
+                self.m[k] = o.beta1 * self.m[k] + (1 - o.beta1) * g
+                self.v[k] = o.beta2 * self.v[k] + (1 - o.beta2) * g * g
+                step_size = o.lr / (1 - o.beta1 ** self.t)
+                bc2_sqrt = np.sqrt(1 - o.beta2 ** self.t)
+                params[k] = params[k] - step_size * self.m[k] / (np.sqrt(self.v[k]) / bc2_sqrt + o.eps)
+
+
+OPTIMIZERS = {
+    "sgd": graphc.SGD(lr=0.1),
+    "sgd_momentum": graphc.SGD(lr=0.05, momentum=0.9),
+    "sgd_weight_decay": graphc.SGD(lr=0.1, weight_decay=0.01),
+    "adam": graphc.Adam(lr=1e-2),
+    "adam_weight_decay_momentum": graphc.Adam(lr=3e-3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05),
+}
+
+
+@pytest.mark.parametrize("which", list(OPTIMIZERS))
+def test_train_step_matches_numpy_reference(graph, which):
+    opt = OPTIMIZERS[which]
+    m = compiled(opt)
+    init = graphc.init_params(graph, seed=1)
+    state = m.train_state(init)
+    params = {k: v.copy() for k, v in init.items()}
+    ref = NumpyOptimizer(opt, params)
+    bwd = graphc.grad(graph, of="J", wrt=WRT)
+    for step, n in enumerate((5, 8, 3, 8, 1)):      # batch size changes between steps
+        x, y = batch(step, n)
+        outs = m.train_step(state, x=x, y=y)
+        fwd = graphc.evaluate(graph, x=x, y=y, **params)
+        grads = graphc.evaluate(bwd, x=x, y=y, **params)
+        np.testing.assert_allclose(outs["loss"], fwd["loss"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(outs["probs"], fwd["probs"], rtol=1e-10, atol=1e-12)
+        ref.step(params, {w: grads[f"d_{w}"] for w in WRT})
+        for k in WRT:
+            np.testing.assert_allclose(state.params[k], params[k], rtol=1e-10, atol=1e-12,
+                                       err_msg=f"{which}: {k} after step {step + 1}")
+    if isinstance(opt, graphc.Adam):
+        assert int(state.buffers["t"][0]) == 5
+        np.testing.assert_allclose(state.buffers["m/W"], ref.m["W"], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(state.buffers["v/b2"], ref.v["b2"], rtol=1e-10, atol=1e-14)
+    elif opt.momentum:
+        np.testing.assert_allclose(state.buffers["momentum/U"], ref.buf["U"], rtol=1e-10, atol=1e-12)
+    else:
+        assert dict(state.buffers) == {}
+    assert state.step == 5
+
+
+def test_train_state_copies_and_casts(graph):
+    m = compiled(OPTIMIZERS["adam"], dtype="float32")
+    init = graphc.init_params(graph, seed=0)
+    state = m.train_state(init)
+    for k, v in state.params.items():
+        assert v.dtype == np.float32 and v.flags.c_contiguous and v is not init[k]
+    x, y = batch(0, 16)
+    before = init["W"].copy()
+    out = m.train_step(state, x=x.astype(np.float32), y=y)
+    assert np.isfinite(out["loss"]) and np.array_equal(init["W"], before)   # the caller's arrays are untouched
+    assert not np.allclose(state.params["W"], before.astype(np.float32))
+    with pytest.raises(TypeError):
+        state.params["W"] = np.zeros((128, 64), np.float32)   # rebinding would stale the cached pointers
+
+
+# ---------------------------------------------------------------- fit
+def step_by_step(m, state, x, y, batch_size, epochs, seed):
+    """fit's loop in Python: the same permutations, one train_step per minibatch."""
+    rng = np.random.default_rng(seed)
+    history = []
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            total += float(m.train_step(state, x=x[idx], y=y[idx])["loss"]) * len(idx)
+        history.append(total / len(x))
+    return history
+
+
+@pytest.mark.parametrize("n_total,batch_size", [(23, 5), (20, 5), (7, 64)])
+def test_fit_equals_train_step_loop(graph, n_total, batch_size):
+    m = compiled(OPTIMIZERS["adam"])
+    x, y = batch(42, n_total)
+    a = m.train_state(graphc.init_params(graph, seed=2))
+    b = m.train_state(graphc.init_params(graph, seed=2))
+    hist_fit = m.fit(a, x=x, y=y, batch_size=batch_size, epochs=3, seed=7, progress=False)
+    hist_loop = step_by_step(m, b, x, y, batch_size, 3, 7)
+    for k in WRT:       # the same C, the same minibatches in the same order: bit-identical
+        assert np.array_equal(a.params[k], b.params[k]), k
+    for key in a.buffers:
+        assert np.array_equal(a.buffers[key], b.buffers[key]), key
+    assert int(a.buffers["t"][0]) == 3 * -(-n_total // batch_size)   # the partial batch is a step too
+    np.testing.assert_allclose(hist_fit, hist_loop, rtol=1e-12)
+    assert len(hist_fit) == 3
+
+
+def test_fit_is_seeded_and_reshuffles(graph):
+    m = compiled(OPTIMIZERS["sgd_momentum"])
+    x, y = batch(3, 40)
+    runs = []
+    for seed in (0, 0, 1):
+        s = m.train_state(graphc.init_params(graph, seed=0))
+        runs.append((m.fit(s, x=x, y=y, batch_size=8, epochs=2, seed=seed), s.params["W"].copy()))
+    assert runs[0][0] == runs[1][0] and np.array_equal(runs[0][1], runs[1][1])
+    assert not np.array_equal(runs[0][1], runs[2][1])
+    # a new permutation each epoch: two epochs in one fit are not the first epoch twice
+    twice = m.train_state(graphc.init_params(graph, seed=0))
+    m.fit(twice, x=x, y=y, batch_size=8, epochs=1, seed=0)
+    m.fit(twice, x=x, y=y, batch_size=8, epochs=1, seed=0)
+    assert not np.array_equal(twice.params["W"], runs[0][1])
+
+
+def test_fit_progress_callback_and_losses_fall(graph):
+    m = compiled(OPTIMIZERS["adam"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 64))
+    y = (x[:, :10].argmax(axis=1)).astype(np.int32)        # a learnable rule
+    s = m.train_state(graphc.init_params(graph, seed=0))
+    seen = []
+    hist = m.fit(s, x=x, y=y, batch_size=32, epochs=8, seed=0, progress=lambda e, loss: seen.append((e, loss)))
+    assert [e for e, _ in seen] == list(range(1, 9)) and [loss for _, loss in seen] == hist
+    assert hist[-1] < 0.5 * hist[0]
+
+
+def test_fit_checks_labels_before_any_update(graph):
+    m = compiled(OPTIMIZERS["sgd"])
+    x, y = batch(0, 30)
+    y[25] = 10
+    s = m.train_state(graphc.init_params(graph, seed=0))
+    before = s.params["W"].copy()
+    with pytest.raises(ArgumentError):
+        m.fit(s, x=x, y=y, batch_size=8, epochs=1)
+    assert np.array_equal(s.params["W"], before)
+    with pytest.raises(ArgumentError):
+        m.fit(s, x=x, y=np.zeros(30, np.int32), batch_size=0)
+    with pytest.raises(ShapeError):
+        m.fit(s, x=x, y=np.zeros(29, np.int32), batch_size=8)
+
+
+def test_fit_window_classifier_int_inputs():
+    m = compiled(graphc.Adam(lr=1e-2), spec=WINDOW)
+    g = m.graph
+    rng = np.random.default_rng(0)
+    n = 300
+    w = [rng.integers(0, 200, n).astype(np.int32) for _ in range(3)]
+    y = (w[1] % 5).astype(np.int32)
+    s = m.train_state(graphc.init_params(g, seed=0))
+    a = s.copy()
+    hist = m.fit(s, w0=w[0], w1=w[1], w2=w[2], y=y, batch_size=25, epochs=6, seed=0)
+    assert hist[-1] < hist[0]
+    # the same epochs step by step (embedding gradients scatter into the workspace)
+    rng2 = np.random.default_rng(0)
+    for _ in range(6):
+        order = rng2.permutation(n)
+        for start in range(0, n, 25):
+            idx = order[start:start + 25]
+            m.train_step(a, w0=w[0][idx], w1=w[1][idx], w2=w[2][idx], y=y[idx])
+    for k in g.params:
+        assert np.array_equal(a.params[k], s.params[k]), k
+
+
+def test_model_without_batch_dim_trains_step_by_step_only():
+    spec = ROOT / "examples" / "one_layer_column.toml"
+    m = compiled(graphc.SGD(lr=0.1), spec=spec)
+    g = m.graph
+    s = m.train_state(graphc.init_params(g, seed=0))
+    x = np.linspace(-1, 1, 10)
+    y = np.eye(5)[2]
+    losses = [float(m.train_step(s, x=x, y=y)["loss"]) for _ in range(20)]
+    assert losses[-1] < losses[0]
+    assert "x" not in s.params or s.params["x"] is not x       # inputs in wrt are not updated
+    with pytest.raises(GraphcError, match="fit"):
+        m.fit(s, x=x, y=y)
+
+
+# ---------------------------------------------------------------- save / load
+def test_saved_state_continues_identically(graph, tmp_path):
+    m = compiled(OPTIMIZERS["adam"])
+    s = m.train_state(graphc.init_params(graph, seed=4))
+    for i in range(3):
+        x, y = batch(i, 9)
+        m.train_step(s, x=x, y=y)
+    path = s.save(tmp_path / "ckpt.npz")
+    r = m.load_state(path)
+    assert int(r.buffers["t"][0]) == 3
+    for i in range(3, 6):
+        x, y = batch(i, 9)
+        out_s, out_r = m.train_step(s, x=x, y=y), m.train_step(r, x=x, y=y)
+        assert np.array_equal(out_s["loss"], out_r["loss"])
+    x, y = batch(9, 50)
+    assert m.fit(s, x=x, y=y, batch_size=16, epochs=2, seed=5) == m.fit(r, x=x, y=y, batch_size=16, epochs=2, seed=5)
+    for k in WRT:
+        assert np.array_equal(s.params[k], r.params[k])
+    for k in s.buffers:
+        assert np.array_equal(s.buffers[k], r.buffers[k])
+
+
+def test_load_state_checks_optimizer_and_shapes(graph, tmp_path):
+    adam, sgd = compiled(OPTIMIZERS["adam"]), compiled(OPTIMIZERS["sgd_momentum"])
+    path = adam.train_state(graphc.init_params(graph, seed=0)).save(tmp_path / "a.npz")
+    with pytest.raises(ArgumentError, match="adam"):
+        sgd.load_state(path)
+    data = dict(np.load(path))
+    data["param.W"] = np.zeros((3, 3))
+    np.savez(tmp_path / "bad.npz", **data)
+    with pytest.raises(ShapeError):
+        adam.load_state(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ArgumentError):
+        adam.load_state(tmp_path / "junk.npz")
+    with pytest.raises(ArgumentError):     # a state of another optimizer cannot be trained here
+        sgd.train_step(adam.train_state(graphc.init_params(graph, seed=0)), x=batch(0, 2)[0], y=batch(0, 2)[1])
+
+
+# ---------------------------------------------------------------- init_params
+def test_init_params_seeded_and_schemes(graph):
+    a, b, c = (graphc.init_params(graph, seed=s) for s in (0, 0, 1))
+    assert set(a) == set(WRT) and all(v.dtype == np.float64 for v in a.values())
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["W"], c["W"])
+    assert not a["b1"].any() and not a["b2"].any()                 # biases: zeros
+    # spec: W init = "he" (Kaiming normal, std sqrt(2 / fan_in)), U init = "xavier"
+    big = graphc.Graph("big")
+    big.input("x", ("N", 400))
+    W = big.param("W", (300, 400))
+    V = big.param("V", (300, 400))
+    bias = big.param("c", (300,))
+    big.output("o", graphc.sum(big.inputs["x"] @ W.T + big.inputs["x"] @ V.T + bias))
+    big.param_init = {"W": "he"}
+    p = graphc.init_params(big, seed=0)
+    assert abs(p["W"].std() - np.sqrt(2 / 400)) < 0.01 * np.sqrt(2 / 400) * 5
+    limit = np.sqrt(6 / 700)
+    assert np.abs(p["V"]).max() <= limit and np.abs(p["V"]).max() > 0.95 * limit   # xavier by default
+    assert abs(p["V"].std() - limit / np.sqrt(3)) < 0.02 * limit
+    q = graphc.init_params(big, seed=0, scheme="normal")
+    assert abs(q["W"].std() - 0.1) < 0.005 and abs(q["V"].std() - 0.1) < 0.005 and not q["c"].any()
+    z = graphc.init_params(big, seed=0, scheme={"V": "zeros", "c": "normal"})
+    assert not z["V"].any() and z["c"].std() > 0.05
+    u = graphc.init_params(ONE_LAYER, seed=0)        # a spec path works too
+    assert all(np.array_equal(u[k], a[k]) for k in a)
+    with pytest.raises(GraphcError):
+        graphc.init_params(graph, scheme="uniformish")
+    with pytest.raises(GraphcError):
+        graphc.init_params(graph, scheme={"nope": "zeros"})
+
+
+# ---------------------------------------------------------------- errors and validation
+def test_optimizer_validation():
+    for bad in (dict(lr=0), dict(lr=-1), dict(lr=float("nan")), dict(momentum=-0.1), dict(weight_decay=-1),
+                dict(lr="0.1"), dict(lr=True)):
+        with pytest.raises(GraphcError):
+            graphc.SGD(**bad)
+    for bad in (dict(lr=0), dict(beta1=1.0), dict(beta2=-0.1), dict(eps=0), dict(weight_decay=float("inf"))):
+        with pytest.raises(GraphcError):
+            graphc.Adam(**bad)
+    with pytest.raises(Exception):
+        graphc.Adam().lr = 1.0          # frozen
+    assert graphc.SGD(lr=0.5) == graphc.SGD(lr=0.5)
+    with pytest.raises(GraphcError):
+        graphc.compile(ONE_LAYER, optimizer="adam")
+
+
+def test_train_without_optimizer_raises(graph):
+    m = graphc.compile(ONE_LAYER, dtype="float64", threads=1)
+    x, y = batch(0, 4)
+    with pytest.raises(GraphcError, match="optimizer"):
+        m.train_step(None, x=x, y=y)
+    with pytest.raises(GraphcError, match="optimizer"):
+        m.train_state(graphc.init_params(graph))
+    with pytest.raises(GraphcError, match="optimizer"):
+        m.fit(None, x=x, y=y)
+
+
+def test_train_state_argument_errors(graph):
+    m = compiled(OPTIMIZERS["sgd"])
+    p = graphc.init_params(graph, seed=0)
+    with pytest.raises(ArgumentError):
+        m.train_state({**p, "Wx": p["W"]})
+    missing = dict(p)
+    del missing["U"]
+    with pytest.raises(ArgumentError):
+        m.train_state(missing)
+    with pytest.raises(ShapeError):
+        m.train_state({**p, "W": p["W"].T})
+    with pytest.raises(ArgumentError):
+        m.train_state([p["W"]])
+    s = m.train_state(p)
+    x, y = batch(0, 4)
+    with pytest.raises(ArgumentError):
+        m.train_step(s, x=x, y=y, W=p["W"])            # params live in the state
+    with pytest.raises(ShapeError):
+        m.train_step(s, x=x[:, :10], y=y)
+    with pytest.raises(ArgumentError):
+        m.train_step(s, x=x, y=np.array([0, 1, 2, 99], np.int32))
+    with pytest.raises(ArgumentError):
+        m.train_step("state", x=x, y=y)
+    out = m.train_step(s, x=np.asfortranarray(x[:, ::-1]).copy(order="F"), y=y)   # a non-contiguous batch is copied
+    assert np.isfinite(out["loss"])
+
+
+# ---------------------------------------------------------------- the generated C
+def test_train_functions_in_source_and_header():
+    m = compiled(OPTIMIZERS["adam"])
+    h = m.header
+    assert "int one_layer_train_step(long n, const double *x, const int32_t *y, double *W" in h
+    assert "int64_t *adam_t, double *loss, double *probs, void *workspace);" in h
+    assert "int one_layer_fit(long n_total, long batch, const double *x, const int32_t *y, const int64_t *order" in h
+    assert "size_t one_layer_fit_workspace_size(long batch);" in h
+    for doc in ("Adam first moment m of W", "Adam step count t", "a permutation of 0 .. n_total-1",
+                "out: the loss"):
+        assert doc in h, doc
+    assert "torch.optim.Adam" in m.source and "d_W[i]" in m.source
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+@pytest.mark.parametrize("which,dtype", [("adam", "float32"), ("sgd_momentum", "float64"), ("sgd_weight_decay", "float32")])
+def test_generated_training_c_is_strict_c99(tmp_path, which, dtype):
+    from graphc.codegen import generate
+    g = graphc.load(WINDOW if dtype == "float32" else ONE_LAYER)
+    cs = generate(g, g.grad_spec[0], g.grad_spec[1], dtype=dtype, optimizer=OPTIMIZERS[which])
+    (tmp_path / f"{g.name}.c").write_text(cs.source)
+    (tmp_path / f"{g.name}.h").write_text(cs.header)
+    r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-c",
+                        str(tmp_path / f"{g.name}.c"), "-o", str(tmp_path / "m.o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_frozen_param_and_loss_that_is_no_output():
+    """wrt names some params only: the others are const in C and stay put; a loss that is not an
+    output comes back from train_step as "loss"."""
+    g = graphc.Graph("frozen")
+    x = g.input("x", ("N", 6))
+    y = g.input("y", ("N",), dtype="int32")
+    W, b, S = g.param("W", (5, 6)), g.param("b", (5,)), g.param("S", (6, 6))
+    theta = (x @ S) @ W.T + b
+    J = graphc.cross_entropy(theta, y)
+    g.output("probs", graphc.softmax(theta))
+    m = graphc.compile(g, grad_of=J.name, wrt=["W", "b"], dtype="float64", optimizer=graphc.SGD(lr=0.5), threads=1)
+    assert "const double *S" in m.header
+    s = m.train_state(graphc.init_params(g, seed=0, scheme={"S": "normal"}))
+    S0, W0 = s.params["S"].copy(), s.params["W"].copy()
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 6))
+    Y = X[:, :5].argmax(axis=1).astype(np.int32)
+    out = m.train_step(s, x=X[:4], y=Y[:4])
+    assert set(out) == {"probs", "loss"}
+    ref = graphc.evaluate(graphc.grad(g, of=J.name, wrt=["W"]), x=X[:4], y=Y[:4], W=W0, b=np.zeros(5), S=S0)
+    np.testing.assert_allclose(s.params["W"], W0 - 0.5 * ref["d_W"], rtol=1e-12, atol=1e-14)
+    hist = m.fit(s, x=X, y=Y, batch_size=8, epochs=5)
+    assert hist[-1] < hist[0] and np.array_equal(S0, s.params["S"])
