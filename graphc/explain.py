@@ -13,7 +13,7 @@ from typing import Sequence
 
 from graphc.autodiff import grad
 from graphc.errors import GraphcError
-from graphc.ir import Graph, Node, Value
+from graphc.ir import INT, Graph, Node, Value
 
 FORMATS = ("text", "markdown", "latex")
 
@@ -396,7 +396,9 @@ class _Derivation:
     def _op_sum(self, node, x):
         over = self._sum_over(node)
         if over is None:
-            return _Printed(self.n.sum(f"axis {node.attrs['axis']}", self.wrap(x, MATMUL)), MUL)
+            axis = node.attrs["axis"]
+            label = "classes" if axis == -1 or axis == node.inputs[0].rank - 1 else f"axis {axis}"
+            return _Printed(self.n.sum(label, self.wrap(x, MATMUL)), MUL)
         return _Printed(self.n.sum(over, self.wrap(x, MATMUL)), MUL)
 
     def _op_slice(self, node, x):
@@ -495,6 +497,8 @@ def _notes(graph: Graph, bwd: Graph, d: _Derivation, of: str) -> list[str]:
     if "onehot" in d.used:
         labels = sorted({n.inputs[1].name for n in bwd.nodes if n.op.name == "cross_entropy"})
         notes.append(f"{', '.join(labels)} in a formula stands for the one-hot rows of the int32 labels")
+    if any(n.op.name == "cross_entropy" and n.inputs[1].dtype != INT for n in bwd.nodes):
+        notes.append("Σ_classes y = 1 for one-hot or probability targets, so δ = ŷ − y as in the notes")
     means = [n for n in bwd.nodes if n.op.name == "cross_entropy" and n.inputs[0].rank > 1]
     if means:
         rows = d.dim(means[0].inputs[0].shape[0])

@@ -65,7 +65,9 @@ def test_explain_is_printed_from_the_graph_not_hard_coded():
 def test_explain_column_form_reads_like_the_notes():
     g = graphc.load(EXAMPLES / "one_layer_column.toml")
     text = squash(explain(g, *g.grad_spec))
-    assert "δ1 = ∂J/∂θ = ŷ − y identity (7) (Nc)" in text
+    # real targets: dJ/dθ = ŷ Σy − y, which the notes write ŷ − y for one-hot y
+    assert "δ1 = ∂J/∂θ = (Σ_classes y) ŷ − y identity (7) (Nc)" in text
+    assert "Σ_classes y = 1 for one-hot or probability targets" in text
     assert "δ2 = ∂J/∂z = Uᵀ δ1 ∘ sgn(h) identities (1),(4)" in text
     assert "∂J/∂U = δ1 hᵀ identity (5) (Nc×Dh) = (Nc×1)(1×Dh)" in text
     assert "∂J/∂x = Wᵀ δ2 identity (1) (Dx) = (Dx×Dh)(Dh)" in text

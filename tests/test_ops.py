@@ -440,3 +440,26 @@ def test_grad_of_a_non_scalar_raises():
     g.output("z", graphc.exp(x))
     with pytest.raises(GradientError, match="scalar"):
         graphc.grad(g, of="z", wrt=["x"])
+
+
+def test_cross_entropy_gradient_is_right_for_unnormalised_real_targets():
+    """dJ/dθ = ŷ Σy − y: rows of targets that do not sum to 1 still get the true gradient."""
+    g = graphc.Graph("ce_mass")
+    th = g.input("th", (3, 4))
+    y = g.input("y", (3, 4))
+    g.output("J", graphc.cross_entropy(th, y))
+    bwd = graphc.grad(g, "J", ["th", "y"])
+    rng = np.random.default_rng(7)
+    T, Y = rng.normal(size=(3, 4)), rng.uniform(0.5, 2.0, size=(3, 4))
+    got = graphc.evaluate(bwd, th=T, y=Y)
+    eps = 1e-6
+    for name, base in (("th", T), ("y", Y)):
+        fd = np.zeros_like(base)
+        for i in np.ndindex(base.shape):
+            up, down = base.copy(), base.copy()
+            up[i] += eps
+            down[i] -= eps
+            args_up = {"th": T, "y": Y, name: up}
+            args_down = {"th": T, "y": Y, name: down}
+            fd[i] = (graphc.evaluate(g, **args_up)["J"] - graphc.evaluate(g, **args_down)["J"]) / (2 * eps)
+        np.testing.assert_allclose(got[f"d_{name}"], fd, rtol=1e-6, atol=1e-8)

@@ -82,7 +82,8 @@ class CrossEntropy(OpDef):
 
     Labels are int32 class indices (shape of θ without its last axis) or real
     targets shaped like θ (one-hot or probabilities).
-    VJP, identity (7): dJ/dθ = (ŷ − y) · δ / rows. Real targets also get dJ/dy = -log ŷ · δ / rows.
+    VJP, identity (7): dJ/dθ = (ŷ − y) · δ / rows. Real targets give ŷ Σy − y (the same when
+    rows sum to 1, as one-hot and probability rows do) and also dJ/dy = -log ŷ · δ / rows.
     """
 
     name = "cross_entropy"
@@ -119,8 +120,13 @@ class CrossEntropy(OpDef):
             count = _batch_count(b, theta)
             scale = d if count is None else b.div(d, count)
             yhat = b.apply("softmax", theta)
-            target = b.apply("onehot", y, depth=theta.shape[-1]) if y.dtype == INT else y
-            d_theta = b.mul(b.sub(yhat, target), scale)
+            if y.dtype == INT:
+                d_theta = b.mul(b.sub(yhat, b.apply("onehot", y, depth=theta.shape[-1])), scale)
+            else:
+                # identity (7) assumes each target row sums to 1 (one-hot or probabilities);
+                # for any real rows dJ/dθ = ŷ Σy − y, which is ŷ − y when they do
+                mass = b.apply("sum", y, axis=-1, keepdims=True)
+                d_theta = b.mul(b.sub(b.mul(yhat, mass), y), scale)
             d_y = None if y.dtype == INT else b.mul(b.neg(b.apply("log_softmax", theta)), scale)
             return [d_theta, d_y]
 

@@ -1210,6 +1210,7 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_real *const h = ws + 16;   /* 16 elements */
     gc_real *const theta__0 = ws + 0;   /* 5 elements */
     gc_real *const theta = ws + 32;   /* 5 elements */
+    gc_real *const d_J__1 = ws + 0;   /* 1 elements */
     gc_real *const d_theta__0__0 = ws + 32;   /* 5 elements */
     gc_real *const d_theta__0__1 = ws + 0;   /* 16 elements */
     gc_real *const d_h = ws + 0;   /* 16 elements */
@@ -1261,9 +1262,15 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
         loss[0] = total / (gc_real)(1);
     }
 
+    /* d_J__1: identity (7), from J = "cross_entropy(theta, y)" */
+    memset(d_J__1, 0, (size_t)(1) * sizeof(gc_real));
+    for (long i = 0; i < 5; ++i) {
+        d_J__1[0] += y[i];
+    }
+
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)" */
     for (long i = 0; i < 5; ++i) {
-        d_b2[i] = yhat[i] - y[i];
+        d_b2[i] = (yhat[i] * d_J__1[0]) - y[i];
     }
 
     /* d_theta__0__0: identity (5), from theta = "U @ h + b2" */
