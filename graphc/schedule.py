@@ -176,6 +176,8 @@ class Scheduler:
         self.static: set[Value] = set()             # scalar expressions of constants and n
         self.inlined: set[Value] = set()            # fused into their single consumer's loop
         self.folded: set[Value] = set()             # transposes read by matmul in place
+        self.epilogue: dict[Node, tuple] = {}       # final node -> (matmul node, bias, relu): one GEMM call
+        self.absorbed: set[Value] = set()           # values computed inside such a GEMM call
         self._decide()
 
     # ---------------------------------------------------------------- fusion decisions
@@ -192,9 +194,11 @@ class Scheduler:
             if n.op.name == "cross_entropy" and n.inputs[0] in softmaxes:
                 sm = softmaxes.pop(n.inputs[0])
                 self.partner[n], self.partner[sm] = sm, n
+        self._decide_epilogues()
+        finals = {n.output for n in self.epilogue}
         for n in self.g.nodes:
             v = n.output
-            if v in self.static or v in self.out_of:
+            if v in self.static or v in self.out_of or v in self.absorbed or v in finals:
                 continue
             users = self.users.get(v, [])
             if n.op.name == "transpose" and users and all(u.op.name == "matmul" for u in users):
@@ -204,6 +208,33 @@ class Scheduler:
                 if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
                         (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
                     self.inlined.add(v)
+
+    def _single_user(self, v: Value) -> Node | None:
+        users = self.users.get(v, [])
+        return users[0] if len({id(u) for u in users}) == 1 and v not in self.out_of else None
+
+    def _decide_epilogues(self) -> None:
+        """matmul, then + a row bias, then relu: the GEMM adds the bias and applies relu as it
+        writes its last block, so z = x Wᵀ + b1 and h = relu(z) never make a pass of their own."""
+        for m in self.g.nodes:
+            if m.op.name != "matmul" or m.output.rank != 2:
+                continue
+            final, bias, relu = m, None, False
+            user = self._single_user(m.output)
+            if user is not None and user.op.name == "add":
+                other = user.inputs[1] if user.inputs[0] is m.output else user.inputs[0]
+                if other is not m.output and other.shape == (m.output.shape[-1],) and other not in self.static \
+                        and user.output.shape == m.output.shape:
+                    final, bias = user, other
+                    user = self._single_user(user.output)
+            if user is not None and user.op.name == "relu":
+                final, relu = user, True
+            if final is m:
+                continue
+            self.epilogue[final] = (m, bias, relu)
+            self.absorbed.add(m.output)
+            if relu and bias is not None:
+                self.absorbed.add(final.inputs[0])   # the add between GEMM and relu
 
     # ---------------------------------------------------------------- names
     def ref(self, v: Value) -> str:
@@ -284,8 +315,16 @@ class Scheduler:
 
     def node_steps(self, n: Node) -> list[Step]:
         v, op = n.output, n.op
-        if v in self.static or v in self.inlined or v in self.folded:
+        if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed:
             return []
+        if n in self.epilogue:
+            m, bias, relu = self.epilogue[n]
+            st = self.matmul_step(m, self.ref(v))
+            st.ctx.update(bias=self.ref(bias) if bias is not None else None, relu=int(relu),
+                          comment=st.ctx["comment"] + ("\n       + bias" if bias is not None else "")
+                          + (", then relu" if relu else "") + f", written to {v.name}")
+            st.defs, st.uses = [v], st.uses + ([bias] if bias is not None else [])
+            return [st]
         out = self.ref(v)
         name = op.name
         if op.c_expr is not None:
@@ -395,7 +434,8 @@ class Scheduler:
         N = B[0] if tb else B[1]
         ctx = dict(comment=self.comment(n), out=out, a=self.ref(a), b=self.ref(b), ta=ta, tb=tb,
                    M=c_poly(dim_poly(M)), N=c_poly(dim_poly(N)), K=c_poly(dim_poly(K)),
-                   lda=c_poly(dim_poly(A[1])), ldb=c_poly(dim_poly(B[1])), ldc=c_poly(dim_poly(N)))
+                   lda=c_poly(dim_poly(A[1])), ldb=c_poly(dim_poly(B[1])), ldc=c_poly(dim_poly(N)),
+                   bias=None, relu=0)
         return Step("matmul", ctx, [n.output], [a, b])
 
     # ---------------------------------------------------------------- whole function

@@ -38,7 +38,7 @@ typedef float gc_real;
  *                       int beta, gc_real *C, long ldc, gc_real *pack);
  *
  *   Same, then C = act(C + bias[j]) (bias: N values or NULL; act 0 none,
- *   1 relu, where relu(x) = x > 0 ? x : 0):
+ *   1 relu, where relu(x) = x <= 0 ? 0 : x, so NaN stays NaN):
  *
  *   static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
  *                       const gc_real *A, long lda, const gc_real *B, long ldb,
@@ -112,7 +112,7 @@ typedef __m512d gc_vec;
 #define gc_vec_set1(s) _mm512_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_pd((a), (b))
-#define gc_vec_relu(x) _mm512_max_pd((x), _mm512_setzero_pd())
+#define gc_vec_relu(x) _mm512_max_pd(_mm512_setzero_pd(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX512)
 typedef __m512 gc_vec;
 #define GC_VEC_WIDTH 16
@@ -123,7 +123,7 @@ typedef __m512 gc_vec;
 #define gc_vec_set1(s) _mm512_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_ps((a), (b))
-#define gc_vec_relu(x) _mm512_max_ps((x), _mm512_setzero_ps())
+#define gc_vec_relu(x) _mm512_max_ps(_mm512_setzero_ps(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX2) && GC_REAL_IS_DOUBLE
 typedef __m256d gc_vec;
 #define GC_VEC_WIDTH 4
@@ -134,7 +134,7 @@ typedef __m256d gc_vec;
 #define gc_vec_set1(s) _mm256_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_pd((a), (b))
-#define gc_vec_relu(x) _mm256_max_pd((x), _mm256_setzero_pd())
+#define gc_vec_relu(x) _mm256_max_pd(_mm256_setzero_pd(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX2)
 typedef __m256 gc_vec;
 #define GC_VEC_WIDTH 8
@@ -145,7 +145,7 @@ typedef __m256 gc_vec;
 #define gc_vec_set1(s) _mm256_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_ps((a), (b))
-#define gc_vec_relu(x) _mm256_max_ps((x), _mm256_setzero_ps())
+#define gc_vec_relu(x) _mm256_max_ps(_mm256_setzero_ps(), (x))  /* NaN stays NaN */
 #else
 /* Portable C99: a "vector" is one scalar; the tile is still register-sized
    and fully unrolled, which -O3 vectorises reasonably. */
@@ -158,7 +158,7 @@ typedef gc_real gc_vec;
 #define gc_vec_set1(s) (s)
 #define gc_vec_fma(a, b, c) ((a) * (b) + (c))
 #define gc_vec_add(a, b) ((a) + (b))
-#define gc_vec_relu(x) ((x) > 0 ? (x) : (gc_real)0)
+#define gc_vec_relu(x) ((x) <= 0 ? (gc_real)0 : (x))
 #endif
 
 /* ---------------------------------------------------------------------- */
@@ -884,7 +884,7 @@ static void gc_gemm_store_edge(long rows, long cols, const gc_real *tile,
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
             if (bias) value = value + bias[j];
-            if (relu) value = value > 0 ? value : (gc_real)0;
+            if (relu) value = value <= 0 ? (gc_real)0 : value;
             C[i * ldc + j] = value;
         }
     }
@@ -995,7 +995,7 @@ static void gc_gemm_small(int ta, int tb, long M, long N, long K,
         if (bias)
             for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
         if (relu)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] > 0 ? c_row[j] : (gc_real)0;
+            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
     }
 }
 
@@ -1140,43 +1140,28 @@ int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const
         }
     }
     ws += GC_PACK_ELEMS;
-    gc_real *const h1__1 = ws + 0;   /* 96 * n elements */
+    gc_real *const h1__2 = ws + 0;   /* 96 * n elements */
     gc_real *const h1 = ws + 96 * n;   /* 96 * n elements */
-    gc_real *const h2__1 = ws + 0;   /* 48 * n elements */
-    gc_real *const h2 = ws + 48 * n;   /* 48 * n elements */
-    gc_real *const theta__1 = ws + 0;   /* 10 * n elements */
-    gc_real *const theta = ws + 16 * n;   /* 10 * n elements */
+    gc_real *const h2 = ws + 0;   /* 48 * n elements */
+    gc_real *const theta = ws + 48 * n;   /* 10 * n elements */
 
+    /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24]
+       + bias, written to h1__2 */
+    gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
+                     0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
-    gc_gemm(0, 1, n, 96, 64, x, 64, W1, 64,
-            0, h1__1, 96, pack);
-    /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 96; ++j) {
-            h1[i * 96 + j] = GC_TANH((h1__1[i * 96 + j] + b1[j]));
-        }
+    for (long i = 0; i < 96 * n; ++i) {
+        h1[i] = GC_TANH(h1__2[i]);
     }
 
-    /* h2 = "relu(h1 @ W2.T + b2)"    [mlp.toml:25] */
-    gc_gemm(0, 1, n, 48, 96, h1, 96, W2, 96,
-            0, h2__1, 48, pack);
-    /* h2 = "relu(h1 @ W2.T + b2)"    [mlp.toml:25] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 48; ++j) {
-            h2[i * 48 + j] = ((h2__1[i * 48 + j] + b2[j]) <= 0 ? 0 : (h2__1[i * 48 + j] + b2[j]));
-        }
-    }
-
-    /* theta = "h2 @ W3.T + b3"    [mlp.toml:26] */
-    gc_gemm(0, 1, n, 10, 48, h2, 48, W3, 48,
-            0, theta__1, 10, pack);
-    /* theta = "h2 @ W3.T + b3"    [mlp.toml:26] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 10; ++j) {
-            theta[i * 10 + j] = theta__1[i * 10 + j] + b3[j];
-        }
-    }
-
+    /* h2 = "relu(h1 @ W2.T + b2)"    [mlp.toml:25]
+       + bias, then relu, written to h2 */
+    gc_gemm_bias_act(0, 1, n, 48, 96, h1, 96, W2, 96,
+                     0, h2, 48, pack, b2, 1);
+    /* theta = "h2 @ W3.T + b3"    [mlp.toml:26]
+       + bias, written to theta */
+    gc_gemm_bias_act(0, 1, n, 10, 48, h2, 48, W3, 48,
+                     0, theta, 10, pack, b3, 0);
     /* J = "cross_entropy(theta, y)"    [mlp.toml:27]
        and probs = "softmax(theta)"    [mlp.toml:31] */
     {
@@ -1226,48 +1211,33 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
         }
     }
     ws += GC_PACK_ELEMS;
-    gc_real *const h1__1 = ws + 0;   /* 96 * n elements */
+    gc_real *const h1__2 = ws + 0;   /* 96 * n elements */
     gc_real *const h1 = ws + 96 * n;   /* 96 * n elements */
-    gc_real *const h2__1 = ws + 0;   /* 48 * n elements */
-    gc_real *const h2 = ws + 48 * n;   /* 48 * n elements */
-    gc_real *const theta__1 = ws + 0;   /* 10 * n elements */
-    gc_real *const theta = ws + 16 * n;   /* 10 * n elements */
+    gc_real *const h2 = ws + 0;   /* 48 * n elements */
+    gc_real *const theta = ws + 48 * n;   /* 10 * n elements */
     gc_real *const d_theta = ws + 192 * n;   /* 10 * n elements */
-    gc_real *const d_h2 = ws + 0;   /* 48 * n elements */
+    gc_real *const d_h2 = ws + 48 * n;   /* 48 * n elements */
     gc_real *const d_h2__1 = ws + 192 * n;   /* 48 * n elements */
     gc_real *const d_h1 = ws + 0;   /* 96 * n elements */
     gc_real *const d_h1__3 = ws + 192 * n;   /* 96 * n elements */
 
+    /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24]
+       + bias, written to h1__2 */
+    gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
+                     0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
-    gc_gemm(0, 1, n, 96, 64, x, 64, W1, 64,
-            0, h1__1, 96, pack);
-    /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 96; ++j) {
-            h1[i * 96 + j] = GC_TANH((h1__1[i * 96 + j] + b1[j]));
-        }
+    for (long i = 0; i < 96 * n; ++i) {
+        h1[i] = GC_TANH(h1__2[i]);
     }
 
-    /* h2 = "relu(h1 @ W2.T + b2)"    [mlp.toml:25] */
-    gc_gemm(0, 1, n, 48, 96, h1, 96, W2, 96,
-            0, h2__1, 48, pack);
-    /* h2 = "relu(h1 @ W2.T + b2)"    [mlp.toml:25] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 48; ++j) {
-            h2[i * 48 + j] = ((h2__1[i * 48 + j] + b2[j]) <= 0 ? 0 : (h2__1[i * 48 + j] + b2[j]));
-        }
-    }
-
-    /* theta = "h2 @ W3.T + b3"    [mlp.toml:26] */
-    gc_gemm(0, 1, n, 10, 48, h2, 48, W3, 48,
-            0, theta__1, 10, pack);
-    /* theta = "h2 @ W3.T + b3"    [mlp.toml:26] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 10; ++j) {
-            theta[i * 10 + j] = theta__1[i * 10 + j] + b3[j];
-        }
-    }
-
+    /* h2 = "relu(h1 @ W2.T + b2)"    [mlp.toml:25]
+       + bias, then relu, written to h2 */
+    gc_gemm_bias_act(0, 1, n, 48, 96, h1, 96, W2, 96,
+                     0, h2, 48, pack, b2, 1);
+    /* theta = "h2 @ W3.T + b3"    [mlp.toml:26]
+       + bias, written to theta */
+    gc_gemm_bias_act(0, 1, n, 10, 48, h2, 48, W3, 48,
+                     0, theta, 10, pack, b3, 0);
     /* J = "cross_entropy(theta, y)"    [mlp.toml:27]
        and probs = "softmax(theta)"    [mlp.toml:31] */
     {

@@ -38,7 +38,7 @@ typedef float gc_real;
  *                       int beta, gc_real *C, long ldc, gc_real *pack);
  *
  *   Same, then C = act(C + bias[j]) (bias: N values or NULL; act 0 none,
- *   1 relu, where relu(x) = x > 0 ? x : 0):
+ *   1 relu, where relu(x) = x <= 0 ? 0 : x, so NaN stays NaN):
  *
  *   static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
  *                       const gc_real *A, long lda, const gc_real *B, long ldb,
@@ -112,7 +112,7 @@ typedef __m512d gc_vec;
 #define gc_vec_set1(s) _mm512_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_pd((a), (b))
-#define gc_vec_relu(x) _mm512_max_pd((x), _mm512_setzero_pd())
+#define gc_vec_relu(x) _mm512_max_pd(_mm512_setzero_pd(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX512)
 typedef __m512 gc_vec;
 #define GC_VEC_WIDTH 16
@@ -123,7 +123,7 @@ typedef __m512 gc_vec;
 #define gc_vec_set1(s) _mm512_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_ps((a), (b))
-#define gc_vec_relu(x) _mm512_max_ps((x), _mm512_setzero_ps())
+#define gc_vec_relu(x) _mm512_max_ps(_mm512_setzero_ps(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX2) && GC_REAL_IS_DOUBLE
 typedef __m256d gc_vec;
 #define GC_VEC_WIDTH 4
@@ -134,7 +134,7 @@ typedef __m256d gc_vec;
 #define gc_vec_set1(s) _mm256_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_pd((a), (b))
-#define gc_vec_relu(x) _mm256_max_pd((x), _mm256_setzero_pd())
+#define gc_vec_relu(x) _mm256_max_pd(_mm256_setzero_pd(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX2)
 typedef __m256 gc_vec;
 #define GC_VEC_WIDTH 8
@@ -145,7 +145,7 @@ typedef __m256 gc_vec;
 #define gc_vec_set1(s) _mm256_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_ps((a), (b))
-#define gc_vec_relu(x) _mm256_max_ps((x), _mm256_setzero_ps())
+#define gc_vec_relu(x) _mm256_max_ps(_mm256_setzero_ps(), (x))  /* NaN stays NaN */
 #else
 /* Portable C99: a "vector" is one scalar; the tile is still register-sized
    and fully unrolled, which -O3 vectorises reasonably. */
@@ -158,7 +158,7 @@ typedef gc_real gc_vec;
 #define gc_vec_set1(s) (s)
 #define gc_vec_fma(a, b, c) ((a) * (b) + (c))
 #define gc_vec_add(a, b) ((a) + (b))
-#define gc_vec_relu(x) ((x) > 0 ? (x) : (gc_real)0)
+#define gc_vec_relu(x) ((x) <= 0 ? (gc_real)0 : (x))
 #endif
 
 /* ---------------------------------------------------------------------- */
@@ -884,7 +884,7 @@ static void gc_gemm_store_edge(long rows, long cols, const gc_real *tile,
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
             if (bias) value = value + bias[j];
-            if (relu) value = value > 0 ? value : (gc_real)0;
+            if (relu) value = value <= 0 ? (gc_real)0 : value;
             C[i * ldc + j] = value;
         }
     }
@@ -995,7 +995,7 @@ static void gc_gemm_small(int ta, int tb, long M, long N, long K,
         if (bias)
             for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
         if (relu)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] > 0 ? c_row[j] : (gc_real)0;
+            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
     }
 }
 

@@ -38,7 +38,7 @@ typedef float gc_real;
  *                       int beta, gc_real *C, long ldc, gc_real *pack);
  *
  *   Same, then C = act(C + bias[j]) (bias: N values or NULL; act 0 none,
- *   1 relu, where relu(x) = x > 0 ? x : 0):
+ *   1 relu, where relu(x) = x <= 0 ? 0 : x, so NaN stays NaN):
  *
  *   static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
  *                       const gc_real *A, long lda, const gc_real *B, long ldb,
@@ -112,7 +112,7 @@ typedef __m512d gc_vec;
 #define gc_vec_set1(s) _mm512_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_pd((a), (b))
-#define gc_vec_relu(x) _mm512_max_pd((x), _mm512_setzero_pd())
+#define gc_vec_relu(x) _mm512_max_pd(_mm512_setzero_pd(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX512)
 typedef __m512 gc_vec;
 #define GC_VEC_WIDTH 16
@@ -123,7 +123,7 @@ typedef __m512 gc_vec;
 #define gc_vec_set1(s) _mm512_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_ps((a), (b))
-#define gc_vec_relu(x) _mm512_max_ps((x), _mm512_setzero_ps())
+#define gc_vec_relu(x) _mm512_max_ps(_mm512_setzero_ps(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX2) && GC_REAL_IS_DOUBLE
 typedef __m256d gc_vec;
 #define GC_VEC_WIDTH 4
@@ -134,7 +134,7 @@ typedef __m256d gc_vec;
 #define gc_vec_set1(s) _mm256_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_pd((a), (b))
-#define gc_vec_relu(x) _mm256_max_pd((x), _mm256_setzero_pd())
+#define gc_vec_relu(x) _mm256_max_pd(_mm256_setzero_pd(), (x))  /* NaN stays NaN */
 #elif defined(GC_GEMM_ISA_AVX2)
 typedef __m256 gc_vec;
 #define GC_VEC_WIDTH 8
@@ -145,7 +145,7 @@ typedef __m256 gc_vec;
 #define gc_vec_set1(s) _mm256_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_ps((a), (b))
-#define gc_vec_relu(x) _mm256_max_ps((x), _mm256_setzero_ps())
+#define gc_vec_relu(x) _mm256_max_ps(_mm256_setzero_ps(), (x))  /* NaN stays NaN */
 #else
 /* Portable C99: a "vector" is one scalar; the tile is still register-sized
    and fully unrolled, which -O3 vectorises reasonably. */
@@ -158,7 +158,7 @@ typedef gc_real gc_vec;
 #define gc_vec_set1(s) (s)
 #define gc_vec_fma(a, b, c) ((a) * (b) + (c))
 #define gc_vec_add(a, b) ((a) + (b))
-#define gc_vec_relu(x) ((x) > 0 ? (x) : (gc_real)0)
+#define gc_vec_relu(x) ((x) <= 0 ? (gc_real)0 : (x))
 #endif
 
 /* ---------------------------------------------------------------------- */
@@ -884,7 +884,7 @@ static void gc_gemm_store_edge(long rows, long cols, const gc_real *tile,
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
             if (bias) value = value + bias[j];
-            if (relu) value = value > 0 ? value : (gc_real)0;
+            if (relu) value = value <= 0 ? (gc_real)0 : value;
             C[i * ldc + j] = value;
         }
     }
@@ -995,7 +995,7 @@ static void gc_gemm_small(int ta, int tb, long M, long N, long K,
         if (bias)
             for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
         if (relu)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] > 0 ? c_row[j] : (gc_real)0;
+            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
     }
 }
 
@@ -1159,10 +1159,9 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     gc_real *const e__1 = ws + 64 * n;   /* 16 * n elements */
     gc_real *const e__2 = ws + 80 * n;   /* 16 * n elements */
     gc_real *const e = ws + 0;   /* 48 * n elements */
-    gc_real *const h__1 = ws + 48 * n;   /* 32 * n elements */
+    gc_real *const h__2 = ws + 48 * n;   /* 32 * n elements */
     gc_real *const h = ws + 0;   /* 32 * n elements */
-    gc_real *const theta__1 = ws + 32 * n;   /* 5 * n elements */
-    gc_real *const theta = ws + 0;   /* 5 * n elements */
+    gc_real *const theta = ws + 32 * n;   /* 5 * n elements */
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
     for (long i = 0; i < n; ++i) {
@@ -1203,26 +1202,19 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
         }
     }
 
+    /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29]
+       + bias, written to h__2 */
+    gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
+                     0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
-    gc_gemm(0, 1, n, 32, 48, e, 48, W, 48,
-            0, h__1, 32, pack);
-    /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 32; ++j) {
-            h[i * 32 + j] = GC_TANH((h__1[i * 32 + j] + b1[j]));
-        }
+    for (long i = 0; i < 32 * n; ++i) {
+        h[i] = GC_TANH(h__2[i]);
     }
 
-    /* theta = "h @ U.T + b2"    [window_classifier.toml:30] */
-    gc_gemm(0, 1, n, 5, 32, h, 32, U, 32,
-            0, theta__1, 5, pack);
-    /* theta = "h @ U.T + b2"    [window_classifier.toml:30] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 5; ++j) {
-            theta[i * 5 + j] = theta__1[i * 5 + j] + b2[j];
-        }
-    }
-
+    /* theta = "h @ U.T + b2"    [window_classifier.toml:30]
+       + bias, written to theta */
+    gc_gemm_bias_act(0, 1, n, 5, 32, h, 32, U, 32,
+                     0, theta, 5, pack, b2, 0);
     /* J = "cross_entropy(theta, y)"    [window_classifier.toml:31]
        and probs = "softmax(theta)"    [window_classifier.toml:35] */
     {
@@ -1291,10 +1283,9 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     gc_real *const e__1 = ws + 64 * n;   /* 16 * n elements */
     gc_real *const e__2 = ws + 80 * n;   /* 16 * n elements */
     gc_real *const e = ws + 0;   /* 48 * n elements */
-    gc_real *const h__1 = ws + 48 * n;   /* 32 * n elements */
+    gc_real *const h__2 = ws + 48 * n;   /* 32 * n elements */
     gc_real *const h = ws + 80 * n;   /* 32 * n elements */
-    gc_real *const theta__1 = ws + 48 * n;   /* 5 * n elements */
-    gc_real *const theta = ws + 64 * n;   /* 5 * n elements */
+    gc_real *const theta = ws + 48 * n;   /* 5 * n elements */
     gc_real *const d_theta = ws + 112 * n;   /* 5 * n elements */
     gc_real *const d_h = ws + 48 * n;   /* 32 * n elements */
     gc_real *const d_h__3 = ws + 112 * n;   /* 32 * n elements */
@@ -1345,26 +1336,19 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
         }
     }
 
+    /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29]
+       + bias, written to h__2 */
+    gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
+                     0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
-    gc_gemm(0, 1, n, 32, 48, e, 48, W, 48,
-            0, h__1, 32, pack);
-    /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 32; ++j) {
-            h[i * 32 + j] = GC_TANH((h__1[i * 32 + j] + b1[j]));
-        }
+    for (long i = 0; i < 32 * n; ++i) {
+        h[i] = GC_TANH(h__2[i]);
     }
 
-    /* theta = "h @ U.T + b2"    [window_classifier.toml:30] */
-    gc_gemm(0, 1, n, 5, 32, h, 32, U, 32,
-            0, theta__1, 5, pack);
-    /* theta = "h @ U.T + b2"    [window_classifier.toml:30] */
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 5; ++j) {
-            theta[i * 5 + j] = theta__1[i * 5 + j] + b2[j];
-        }
-    }
-
+    /* theta = "h @ U.T + b2"    [window_classifier.toml:30]
+       + bias, written to theta */
+    gc_gemm_bias_act(0, 1, n, 5, 32, h, 32, U, 32,
+                     0, theta, 5, pack, b2, 0);
     /* J = "cross_entropy(theta, y)"    [window_classifier.toml:31]
        and probs = "softmax(theta)"    [window_classifier.toml:35] */
     {
