@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("spec", metavar="SPEC")
     s.add_argument("-o", "--out", required=True, metavar="DIR")
     s.add_argument("--dtype", choices=DTYPES, default="float32")
+    s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="sgd",
+                   help="the update compiled into NAME_train_step when the spec has [grad] (default sgd)")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
 
     s = sub.add_parser("demo", help="train the digits demo end to end")
     s.add_argument("--epochs", type=int, default=None, metavar="E")
@@ -144,7 +147,12 @@ def cmd_build(args) -> int:
 
 def cmd_emit(args) -> int:
     import graphc
-    m = graphc.compile(_spec_path(args.spec), dtype=args.dtype)
+    path = _spec_path(args.spec)
+    optimizer = None
+    if args.optimizer != "none" and graphc.load(path).grad_spec:   # on-device training: emit train_step too
+        optimizer = (graphc.SGD(lr=args.lr or 0.1) if args.optimizer == "sgd"
+                     else graphc.Adam(lr=args.lr or 1e-3))
+    m = graphc.compile(path, dtype=args.dtype, optimizer=optimizer)
     _print_files(m.export(args.out, standalone=True))
     return 0
 

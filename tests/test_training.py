@@ -407,3 +407,20 @@ def test_frozen_param_and_loss_that_is_no_output():
     np.testing.assert_allclose(s.params["W"], W0 - 0.5 * ref["d_W"], rtol=1e-12, atol=1e-14)
     hist = m.fit(s, x=X, y=Y, batch_size=8, epochs=5)
     assert hist[-1] < hist[0] and np.array_equal(S0, s.params["S"])
+
+
+def test_fit_progress_bar_only_on_a_terminal(graph, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    m = compiled(OPTIMIZERS["sgd"])
+    x, y = batch(0, 20)
+    s = m.train_state(graphc.init_params(graph, seed=0))
+    for stream, progress, shown in ((Terminal(), None, True), (Terminal(), False, False), (io.StringIO(), None, False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        m.fit(s, x=x, y=y, batch_size=8, epochs=2, progress=progress)
+        assert ("epoch 2/2" in stream.getvalue()) == shown
