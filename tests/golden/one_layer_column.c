@@ -201,6 +201,7 @@ typedef gc_real gc_vec;
    tb = 1 the small path is a scalar dot product, slower than packing.) */
 #define GC_GEMM_SMALL_WORK (16L * 16 * 16)
 #define GC_GEMM_SMALL_ROWS 4
+#define GC_GEMM_DOT_LANES 16
 /* Below this many multiply-adds a second thread is not worth waking. */
 #define GC_GEMM_PARALLEL_WORK (64L * 64 * 64)
 
@@ -957,6 +958,22 @@ static gc_real gc_gemm_dot(long K, const gc_real *a, long a_step, const gc_real 
 {
     gc_real sum0 = 0, sum1 = 0, sum2 = 0, sum3 = 0;
     long k = 0;
+    if (a_step == 1 && K >= GC_GEMM_DOT_LANES) {
+        /* Contiguous rows (x Wᵀ with few rows of x): GC_GEMM_DOT_LANES independent
+           partial sums, whose fixed-size inner loop the compiler turns into vector
+           FMAs, then a fixed pairwise reduction: fast, and the same bits every call. */
+        gc_real acc[GC_GEMM_DOT_LANES] = {0};
+        int l;
+        for (; k + GC_GEMM_DOT_LANES <= K; k += GC_GEMM_DOT_LANES) {
+            for (l = 0; l < GC_GEMM_DOT_LANES; ++l) acc[l] += a[k + l] * b[k + l];
+        }
+        for (l = 0; k < K; ++k, ++l) acc[l] += a[k] * b[k];
+        for (l = GC_GEMM_DOT_LANES / 2; l > 0; l /= 2) {
+            int i;
+            for (i = 0; i < l; ++i) acc[i] += acc[i + l];
+        }
+        return acc[0];
+    }
     for (; k + 4 <= K; k += 4) {
         sum0 += a[k * a_step] * b[k];
         sum1 += a[(k + 1) * a_step] * b[k + 1];
@@ -1048,7 +1065,7 @@ static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
         gc_gemm_small(ta, tb, M, N, 0, A, lda, B, ldb, beta, C, ldc, bias, relu);
         return;
     }
-    if (M * N * K < GC_GEMM_SMALL_WORK || (!tb && M <= GC_GEMM_SMALL_ROWS)) {
+    if (M * N * K < GC_GEMM_SMALL_WORK || ((!tb || !ta) && M <= GC_GEMM_SMALL_ROWS)) {
         gc_gemm_small(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
         return;
     }
