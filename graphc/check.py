@@ -28,6 +28,7 @@ class CheckRow:
     rel_err: float
     tolerance: float
     ok: bool
+    detail: str = ""    # for a failed row: the worst index, both numbers, and where the value comes from
 
 
 @dataclass
@@ -40,9 +41,9 @@ class CheckReport:
     def ok(self) -> bool:
         return bool(self.rows) and all(r.ok for r in self.rows)
 
-    def add(self, value: str, abs_err: float, rel_err: float, tolerance: float) -> None:
+    def add(self, value: str, abs_err: float, rel_err: float, tolerance: float, detail: str = "") -> None:
         ok = bool(np.isfinite(rel_err) and rel_err < tolerance)
-        self.rows.append(CheckRow(value, float(abs_err), float(rel_err), tolerance, ok))
+        self.rows.append(CheckRow(value, float(abs_err), float(rel_err), tolerance, ok, "" if ok else detail))
 
     def __str__(self) -> str:
         head = ("value", "max abs err", "max rel err", "tolerance", "")
@@ -53,6 +54,11 @@ class CheckReport:
         for row in [head, *body]:
             lines.append("  ".join(cell.ljust(w) if i in (0, 4) else cell.rjust(w)
                                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        failed = [r for r in self.rows if not r.ok and r.detail]
+        if failed:
+            lines.append("")
+        for r in failed:
+            lines.append(f"{r.value}: {r.detail}")
         lines.append("PASS" if self.ok else "FAIL")
         return "\n".join(lines)
 
@@ -80,6 +86,39 @@ def random_arrays(graph: Graph, n: int, rng: np.random.Generator) -> dict[str, n
     return out
 
 
+def worst_entry(actual, reference, name: str = "actual") -> str:
+    """Where two arrays differ most, and both numbers there: 'at index [3, 17]: C 0.0123  reference 0.013'."""
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    if actual.shape != reference.shape:
+        return f"shape {actual.shape}, reference {reference.shape}"
+    if actual.size == 0:
+        return ""
+    diff = np.where(np.isnan(actual - reference), np.inf, np.abs(actual - reference))
+    idx = np.unravel_index(int(np.argmax(diff)), actual.shape)
+    where = f"at index {list(map(int, idx))}" if idx else "the scalar"
+    return f"{where}: {name} {actual[idx]:.9g}  reference {reference[idx]:.9g}"
+
+
+def origin_of(graph: Graph, value: str) -> str:
+    """'from matmul.vjp, identity (5), for z = "x @ W.T + b1" (one_layer.toml:22)', or ''."""
+    v = graph[value]
+    node = v.node
+    if node is None:
+        return ""
+    o = node.origin
+    fwd = o.forward
+    text = o.text or (fwd.origin.text if fwd is not None else None)
+    where = o.where or (fwd.origin.where if fwd is not None else "")
+    parts = []
+    if fwd is not None:
+        parts.append(f"from {fwd.op.name}.vjp")
+    if o.identity:
+        parts.append(f"identity ({o.identity})")
+    if text:
+        parts.append(f'for {text}' + (f" ({where})" if where else ""))
+    return ", ".join(parts)
+
+
 def errors(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """(max |actual - reference|, that over max |reference|), NaN when the shapes differ."""
     actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
@@ -99,7 +138,8 @@ def _loss(graph: Graph, of_value: str, arrays: dict) -> float:
 
 
 def finite_differences(report: CheckReport, graph: Graph, of: str, wrt: list[str], arrays: dict,
-                       reference_grads: dict, label: str, rng: np.random.Generator) -> None:
+                       reference_grads: dict, label: str, rng: np.random.Generator,
+                       bwd_graph: Graph | None = None) -> None:
     """Reference gradients vs central differences of the reference loss, on up to FD_SAMPLES entries each.
 
     Errors are relative to the largest entry of the reference gradient, floored at
@@ -111,7 +151,7 @@ def finite_differences(report: CheckReport, graph: Graph, of: str, wrt: list[str
         base = arrays[w]
         analytic = reference_grads[f"d_{w}"]
         picks = rng.choice(base.size, size=min(FD_SAMPLES, base.size), replace=False)
-        worst = 0.0
+        worst, detail = 0.0, ""
         for flat in picks:
             idx = np.unravel_index(flat, base.shape)
             values = []
@@ -120,9 +160,15 @@ def finite_differences(report: CheckReport, graph: Graph, of: str, wrt: list[str
                 bumped[idx] += sign * FD_EPS
                 values.append(_loss(graph, of_value, {**arrays, w: bumped}))
             numeric = (values[0] - values[1]) / (2 * FD_EPS)
-            worst = max(worst, abs(numeric - float(analytic[idx])))
+            diff = abs(numeric - float(analytic[idx]))
+            if not diff <= worst:     # NaN counts as the worst
+                worst = diff
+                detail = (f"at index {list(map(int, idx))}: analytic {float(analytic[idx]):.9g}  "
+                          f"numeric {numeric:.9g}  (float64, eps {FD_EPS:g})")
         scale = max(float(np.max(np.abs(analytic))), floor)
-        report.add(f"finite differences {label}: d_{w}", worst, worst / scale, FD_TOLERANCE)
+        origin = origin_of(bwd_graph, f"d_{w}") if bwd_graph is not None else ""
+        report.add(f"finite differences {label}: d_{w}", worst, worst / scale, FD_TOLERANCE,
+                   detail + (f"; {origin}" if origin else ""))
 
 
 def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = None, dtype: str = "float64",
@@ -156,11 +202,12 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
     rng = np.random.default_rng(seed)
     real = np.dtype(dtype)
 
-    def compare(label: str, actual, reference) -> None:
+    def compare(label: str, actual, reference, origin: str = "") -> None:
         abs_err, rel_err = errors(actual, reference)
         if atol is not None and abs_err < atol:
             rel_err = min(rel_err, 0.0)
-        report.add(label, abs_err, rel_err, tolerance)
+        detail = worst_entry(actual, reference, "C")
+        report.add(label, abs_err, rel_err, tolerance, detail + (f"; {origin}" if origin and detail else ""))
 
     for n in batches:
         arrays = random_arrays(graph, n, rng)
@@ -177,8 +224,8 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
         for name, value in values.items():
             compare(f"C value_and_grad n={n}: {name}", value, reference_bwd[name])
         for w, value in grads.items():
-            compare(f"C value_and_grad n={n}: d_{w}", value, reference_bwd[f"d_{w}"])
-        finite_differences(report, graph, grad_of, wrt, arrays, reference_bwd, f"n={n}", rng)
+            compare(f"C value_and_grad n={n}: d_{w}", value, reference_bwd[f"d_{w}"], origin_of(bwd, f"d_{w}"))
+        finite_differences(report, graph, grad_of, wrt, arrays, reference_bwd, f"n={n}", rng, bwd)
     return report
 
 

@@ -55,6 +55,14 @@ def test_check_fails_on_a_wrong_vjp(monkeypatch):
     assert text.splitlines()[-1] == "FAIL"
     failed = {row.value for row in report.rows if not row.ok}
     assert failed == {"finite differences n=4: d_W", "finite differences n=4: d_b1"}, text
+    # the report says where: the worst index, both numbers, and the rule and spec line behind the gradient
+    d_W = next(row for row in report.rows if row.value == "finite differences n=4: d_W")
+    assert "at index [" in d_W.detail and "analytic" in d_W.detail and "numeric" in d_W.detail
+    assert 'from matmul.vjp, identity (5), for z = "x @ W.T + b1" (one_layer.toml:' in d_W.detail
+    assert d_W.detail in text
+    analytic, numeric = (float(d_W.detail.split(word)[1].split()[0]) for word in ("analytic ", "numeric "))
+    assert analytic == pytest.approx(2 * numeric, rel=1e-4)   # the doubled derivative, at that entry
+    assert all(row.detail == "" for row in report.rows if row.ok)
 
 
 def test_check_fails_when_the_c_disagrees(monkeypatch):
@@ -68,3 +76,5 @@ def test_check_fails_when_the_c_disagrees(monkeypatch):
     report = graphc.check(ONE_LAYER, batch=2)
     assert not report.ok
     assert {row.value for row in report.rows if not row.ok} == {"C forward n=2: loss", "C forward n=2: probs"}
+    probs = next(row for row in report.rows if row.value == "C forward n=2: probs")
+    assert probs.detail.startswith("at index [") and " C " in probs.detail and "reference" in probs.detail
