@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="sgd",
                    help="the update compiled into NAME_train_step when the spec has [grad] (default sgd)")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
+    s.add_argument("--params", default=None, metavar="NPZ",
+                   help="also write NAME_params.c/.h: these trained values (a state.save() file, "
+                        "or an .npz of arrays named as the params) as const C arrays")
 
     s = sub.add_parser("demo", help="train the digits demo end to end")
     s.add_argument("--epochs", type=int, default=None, metavar="E")
@@ -153,8 +156,24 @@ def cmd_emit(args) -> int:
         optimizer = (graphc.SGD(lr=args.lr or 0.1) if args.optimizer == "sgd"
                      else graphc.Adam(lr=args.lr or 1e-3))
     m = graphc.compile(path, dtype=args.dtype, optimizer=optimizer)
-    _print_files(m.export(args.out, standalone=True))
+    params = _load_params(args.params) if args.params else None
+    _print_files(m.export(args.out, standalone=True, params=params))
     return 0
+
+
+def _load_params(path: str) -> dict:
+    """Arrays of an .npz: a TrainState file (keys param.NAME) or plain NAME keys."""
+    import numpy as np
+    from graphc.errors import ArgumentError
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise ArgumentError(f"--params {path}: cannot read it as an .npz file ({e})",
+                            hint="write it with state.save(path) or np.savez(path, W=..., b1=...)") from None
+    if any(k.startswith("param.") for k in arrays):
+        return {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
+    return {k: v for k, v in arrays.items() if k != "__meta__"}
 
 
 def cmd_demo(args) -> int:

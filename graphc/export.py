@@ -2,8 +2,9 @@
 
 In: a CompiledModel (its rendered C, the signature of each C function, its built library).
 Out: NAME.c and NAME.h in a folder, plus the shared library (`graphc build`) or an
-example main.c and a Makefile (`graphc emit`). It renders no model C of its own
-(codegen did, and that text is portable) and compiles nothing.
+example main.c and a Makefile (`graphc emit`), and optionally trained parameters as
+const C arrays (NAME_params.c/.h). It renders no model C of its own (codegen did, and
+that text is portable) and compiles nothing.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graphc.errors import GraphcError
+from graphc.errors import ArgumentError, GraphcError, ShapeError
 from graphc.ir import INT, Graph
 from graphc.schedule import c_name
 
@@ -125,12 +126,62 @@ def _example_context(model) -> dict:
                 input_scale=INPUT_SCALE, param_scale=PARAM_SCALE)
 
 
-def export(model, directory: Path, standalone: bool) -> list[Path]:
+VALUES_PER_LINE = 6
+
+
+def _c_literal(x, ctype: str) -> str:
+    """A C constant that reads back as exactly x (9 significant digits for float, 17 for double)."""
+    if ctype == "float":
+        text = f"{float(np.float32(x)):.9g}"
+        return text + ("f" if any(c in text for c in ".e") else ".0f")
+    text = f"{float(x):.17g}"
+    return text if any(c in text for c in ".e") else text + ".0"
+
+
+def params_context(model, params) -> dict:
+    """What params.c.j2 / params.h.j2 print: every param of the model as a const array."""
+    graph: Graph = model.graph
+    ctype = "double" if model.dtype == np.float64 else "float"
+    docs = {a.value.name: a.shape_doc for f in model.csrc.functions for a in f.args
+            if a.role.startswith("param") and a.value is not None}
+    unknown = [k for k in params if k not in graph.params]
+    if unknown:
+        raise ArgumentError(f"export: {unknown[0]!r} is not a param of {graph.name}",
+                            hint=f"its params are {', '.join(graph.params)}")
+    missing = [k for k in graph.params if k not in params]
+    if missing:
+        raise ArgumentError(f"export: params has no value for {missing[0]!r} "
+                            f"(shape {graph.format_shape(graph.params[missing[0]].shape)})",
+                            hint="pass every param, e.g. state.params after training")
+    out = []
+    for name, v in graph.params.items():
+        arr = np.asarray(params[name])
+        if arr.shape != tuple(v.shape):
+            raise ShapeError(f"export: param {name!r} has shape {arr.shape}, expected {graph.format_shape(v.shape)}")
+        if arr.dtype.kind not in "fiu":
+            raise GraphcError(f"export: param {name!r} has dtype {arr.dtype}; it must hold real numbers")
+        flat = arr.astype(model.dtype).ravel()
+        if not np.all(np.isfinite(flat)):
+            bad = int(np.flatnonzero(~np.isfinite(flat))[0])
+            raise GraphcError(f"export: param {name!r} holds {flat[bad]} at flat index {bad}; "
+                              "a trained model's parameters must be finite",
+                              hint="check the training loss for divergence (a smaller learning rate)")
+        literals = [_c_literal(x, ctype) for x in flat]
+        rows = [", ".join(literals[i:i + VALUES_PER_LINE]) + "," for i in range(0, len(literals), VALUES_PER_LINE)]
+        out.append(dict(cname=c_name(name), var=f"{model.name}_param_{c_name(name)}", count=max(1, flat.size),
+                        shape_doc=docs.get(name, ""), rows=rows or ["0"]))
+    return dict(name=model.name, ctype=ctype, params=out, guard=f"GRAPHC_{model.name.upper()}_PARAMS_H",
+                source=Path(graph.source_file).name if graph.source_file else "")
+
+
+def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
     """Write NAME.c and NAME.h into `directory` (created if needed); return the files written.
 
     standalone=False also copies the shared library; standalone=True adds main.c, an example
-    that runs every function on deterministic data and prints the results, and a Makefile."""
+    that runs every function on deterministic data and prints the results, and a Makefile.
+    params (name -> array, e.g. state.params) adds NAME_params.c/.h: the values as const arrays."""
     from graphc.codegen import render_template
+    context = params_context(model, params) if params is not None else None   # check before writing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = model.name
@@ -145,6 +196,9 @@ def export(model, directory: Path, standalone: bool) -> list[Path]:
     # (__AVX2__, __AVX512F__) from the flags the user's compiler gets, never baked in here.
     write(f"{name}.c", model.csrc.source)
     write(f"{name}.h", model.csrc.header)
+    if context is not None:
+        write(f"{name}_params.h", render_template("params.h.j2", **context))
+        write(f"{name}_params.c", render_template("params.c.j2", **context))
     if standalone:
         write("main.c", render_template("main.c.j2", **_example_context(model)))
         write("Makefile", render_template("Makefile.j2", name=name))
