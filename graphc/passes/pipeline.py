@@ -1,7 +1,7 @@
 """The passes in the order codegen runs them, for `graphc show --passes`.
 
 In: a forward Graph (with its spec's [grad]). Out: (stage name, printable)
-pairs: the graph after autodiff, after lowering composites, after CSE/DCE,
+pairs: the graph after autodiff, after lowering composites and simplifying (folding, CSE, DCE),
 and the kernel schedule with its fusion groups and arena offsets.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def stages(graph: Graph) -> Iterator[tuple[str, object]]:
         g = grad(graph, of, wrt)
         yield "autodiff (forward + backward)", g
     low = lower(g)
-    yield "lower composites + simplify (CSE, DCE)", low
+    yield "lower composites + simplify (fold constants and identities, CSE, DCE)", low
     outputs = {c_name(k): v for k, v in low.outputs.items()}
     sched = Scheduler(low, outputs)
     result = sched.run()

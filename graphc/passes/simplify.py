@@ -1,11 +1,13 @@
-"""Simplification: dead-code elimination and common-subexpression elimination.
+"""Simplification: folding (passes/fold.py), common-subexpression and dead-code elimination.
 
-In: a Graph. Out: the same graph object, with dead nodes removed and
-identical nodes (same op, inputs and attributes) merged. Outputs keep their names.
+In: a Graph. Out: the same graph object, constants folded and identities such as
+x * 1 applied, identical nodes (same op, inputs and attributes) merged and dead
+nodes removed. Outputs keep their names.
 """
 from __future__ import annotations
 
 from graphc.ir import Graph, Value
+from graphc.passes.fold import fold
 
 
 def dce(graph: Graph) -> Graph:
@@ -47,4 +49,4 @@ def cse(graph: Graph) -> Graph:
 
 
 def simplify(graph: Graph) -> Graph:
-    return dce(cse(graph))
+    return dce(cse(fold(graph)))
