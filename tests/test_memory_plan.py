@@ -1,0 +1,138 @@
+"""Memory planning: no two workspace buffers that are alive at the same step share memory, for
+any batch size; every buffer lies inside the planned arena; the plan reuses memory.
+
+Liveness is recomputed here from the kernel steps themselves (which values each step reads and
+writes), not taken from the planner, so a planner that got lifetimes wrong fails too."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import graphc
+from graphc.codegen import generate
+from graphc.passes.memory import align, peval
+from graphc.schedule import c_name
+
+from conftest import EXAMPLE_SPECS, EXAMPLES_DIR
+
+BATCHES = (1, 2, 7, 37, 64, 1000)
+
+
+def live_ranges(f) -> dict[str, tuple[int, int]]:
+    """C name of each workspace buffer -> (first, last) step touching it, over all of f's steps.
+
+    A buffer the plan pins for the whole function (train_step's gradients, which values such as
+    d_theta are written into under the gradient's name) is alive from the first step to the last,
+    optimizer steps included."""
+    touched: dict[str, list[int]] = {}
+    for i, step in enumerate(f.steps):
+        for v in list(step.defs) + list(step.uses):
+            touched.setdefault(c_name(v.name), []).append(i)
+    end = len(f.sched.steps) - 1
+    ranges = {}
+    for name, b in f.sched.buffers.items():
+        if b.first == 0 and b.last >= end:
+            ranges[name] = (0, len(f.steps) - 1)
+        elif name in touched:
+            ranges[name] = (min(touched[name]), max(touched[name]))
+    return ranges
+
+
+def assert_plan_is_safe(csrc) -> None:
+    for f in csrc.functions:
+        buffers, ranges = f.sched.buffers, live_ranges(f)
+        assert set(ranges) == set(buffers), f"{f.name}: a planned buffer no step touches"
+        names = sorted(buffers)
+        for n in BATCHES:
+            arena = peval(f.sched.arena, n)
+            spans = {b: (peval(buffers[b].offset, n), peval(buffers[b].offset, n) + peval(buffers[b].size, n))
+                     for b in names}
+            for b, (lo, hi) in spans.items():
+                assert 0 <= lo <= hi <= arena, f"{f.name}: {b} [{lo}, {hi}) outside the arena of {arena} at n={n}"
+            for i, a in enumerate(names):
+                for b in names[i + 1:]:
+                    (fa, la), (fb, lb) = ranges[a], ranges[b]
+                    if la < fb or lb < fa:
+                        continue            # never alive at once
+                    (a0, a1), (b0, b1) = spans[a], spans[b]
+                    assert a1 <= b0 or b1 <= a0, (f"{f.name}: {a} (steps {fa}..{la}) and {b} (steps {fb}..{lb}) "
+                                                  f"overlap at n={n}: [{a0}, {a1}) and [{b0}, {b1})")
+        total = sum(peval(align(b.size), 64) for b in buffers.values())
+        assert peval(f.sched.arena, 64) <= total
+
+
+@pytest.mark.parametrize("spec", EXAMPLE_SPECS)
+@pytest.mark.parametrize("optimizer", [None, graphc.Adam(lr=1e-3)], ids=["no-optimizer", "adam"])
+def test_memory_plan_of_every_example_never_overlaps_live_buffers(spec, optimizer):
+    g = graphc.load(EXAMPLES_DIR / spec)
+    of, wrt = g.grad_spec
+    assert_plan_is_safe(generate(g, of, list(wrt), optimizer=optimizer))
+
+
+def test_memory_plan_reuses_memory_in_the_one_layer_backward_pass():
+    g = graphc.load(EXAMPLES_DIR / "one_layer.toml")
+    csrc = generate(g, *g.grad_spec)
+    f = next(f for f in csrc.functions if f.name == "value_and_grad")
+    sizes = sum(peval(align(b.size), 64) for b in f.sched.buffers.values())
+    assert peval(f.sched.arena, 64) < sizes          # some buffers share memory
+    offsets = [peval(b.offset, 64) for b in f.sched.buffers.values()]
+    assert len(set(offsets)) < len(offsets)
+
+
+@st.composite
+def networks(draw):
+    """A random MLP-like graph: a few layers of matmul, bias, activation, sometimes a skip or a
+    shared weight, ending in a cross-entropy or an MSE loss."""
+    g = graphc.Graph("rand")
+    width = draw(st.integers(1, 9))
+    h = g.input("x", ("N", width))
+    params = []
+    for layer in range(draw(st.integers(1, 4))):
+        out = draw(st.integers(1, 9))
+        W = g.param(f"W{layer}", (out, h.shape[1]))
+        b = g.param(f"b{layer}", (out,))
+        params += [f"W{layer}", f"b{layer}"]
+        z = h @ W.T + b
+        act = draw(st.sampled_from(["relu", "tanh", "sigmoid", "none"]))
+        a = z if act == "none" else getattr(graphc, act)(z)
+        if draw(st.booleans()) and a.shape == h.shape:
+            a = a + h * draw(st.sampled_from([0.5, 2.0]))        # a skip connection
+        h = a
+    if draw(st.booleans()):
+        y = g.input("y", ("N",), dtype="int32")
+        loss = graphc.cross_entropy(h, y)
+    else:
+        t = g.input("t", h.shape)
+        loss = graphc.mse(h, t)
+    g.output("loss", loss)
+    if draw(st.booleans()):
+        g.output("act", h)
+    return g, params
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(networks())
+def test_memory_plan_of_random_networks_never_overlaps_live_buffers(net):
+    g, params = net
+    assert_plan_is_safe(generate(g, "loss", params))
+
+
+def test_memory_plan_checker_catches_an_overlap():
+    """The check above is not vacuous: moving one live buffer onto another fails it."""
+    g = graphc.load(EXAMPLES_DIR / "one_layer.toml")
+    csrc = generate(g, *g.grad_spec)
+    f = next(f for f in csrc.functions if f.name == "value_and_grad")
+    h, d_z = f.sched.buffers["h"], f.sched.buffers["d_z"]      # both alive while d_z = d_h .* sgn(h)
+    d_z.offset = h.offset
+    with pytest.raises(AssertionError, match="overlap"):
+        assert_plan_is_safe(csrc)
+
+
+def test_memory_plan_workspace_in_the_header_covers_the_arena():
+    m = graphc.compile(str(EXAMPLES_DIR / "one_layer.toml"))
+    for n in (1, 37, 256):
+        ws = m.lib.one_layer_workspace_size(n)
+        for f in m.csrc.functions:
+            assert ws >= peval(f.sched.arena, n) * np.dtype(np.float32).itemsize
+    assert m.lib.one_layer_workspace_size(256) > m.lib.one_layer_workspace_size(1)
