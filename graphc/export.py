@@ -1,19 +1,23 @@
 """Export: a compiled model's C as files to build without Python.
 
 In: a CompiledModel (its rendered C, the signature of each C function, its built library).
-Out: NAME.c and NAME.h in a folder, plus the shared library (`graphc build`) or an
-example main.c and a Makefile (`graphc emit`), and optionally trained parameters as
-const C arrays (NAME_params.c/.h). It renders no model C of its own (codegen did, and
-that text is portable) and compiles nothing.
+Out: NAME.c and NAME.h in a folder, plus shared libraries (`graphc build`: libNAME.so
+for C programs, and the Python extension graphc loaded) or an example main.c and a
+Makefile (`graphc emit`), and optionally trained parameters as const C arrays
+(NAME_params.c/.h). It renders no model C of its own (codegen did, and that text is
+portable); the only thing it compiles is libNAME.so, from the NAME.c it wrote.
 """
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from graphc.errors import ArgumentError, GraphcError, ShapeError
+from graphc.errors import ArgumentError, CompileError, GraphcError, ShapeError
 from graphc.ir import INT, Graph
 from graphc.schedule import c_name
 
@@ -203,8 +207,37 @@ def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
         write("main.c", render_template("main.c.j2", **_example_context(model)))
         write("Makefile", render_template("Makefile.j2", name=name))
     else:
-        library = Path(model.built.library)
+        written.append(c_library(model, directory))
+        library = Path(model.built.library)   # the Python extension: graphc's own loaded build
         target = directory / library.name
         shutil.copyfile(library, target)
         written.append(target)
     return written
+
+
+def c_library(model, directory: Path) -> Path:
+    """Compile directory/NAME.c into directory/libNAME.so: the model as a shared library a C
+    program links with (cc main.c -L. -lNAME -lm), built with the flags of graphc's own build."""
+    from graphc.build import compile_flags, find_compiler, openmp_supported
+    cc = find_compiler()
+    try:     # the flags of the build graphc loaded, as its cache entry records them
+        manifest = json.loads((Path(model.built.directory) / "manifest.json").read_text())
+        flags, link = list(manifest["flags"]), list(manifest["link_args"])
+    except (OSError, ValueError, KeyError, TypeError):
+        openmp = openmp_supported(cc)
+        flags, link = compile_flags(False, openmp), ["-fopenmp"] * openmp
+    target = directory / f"lib{model.name}.so"
+    scratch = directory / f".lib{model.name}.so.tmp"
+    command = [*shlex.split(cc), *flags, "-shared", "-fPIC", f"{model.name}.c", "-o", scratch.name, "-lm", *link]
+    try:
+        run = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise CompileError(f"cannot run the C compiler to build {target}: {error}",
+                           hint=f"the source is {directory / (model.name + '.c')}") from None
+    if run.returncode != 0:
+        scratch.unlink(missing_ok=True)
+        raise CompileError(f"the C compiler failed to build {target}\n  command: {shlex.join(command)}\n"
+                           f"  source: {directory / (model.name + '.c')}\n  compiler output:\n"
+                           + "".join(f"    {line}\n" for line in (run.stderr or run.stdout).splitlines()[-40:]))
+    scratch.replace(target)       # atomic: a half-written library is never left under its name
+    return target

@@ -4,6 +4,7 @@ the values of the NumPy reference on main.c's deterministic inputs."""
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -130,3 +131,44 @@ def test_c_strict_standalone_export_of_a_training_model_runs_train_steps(tmp_pat
         assert abs(printed[0] - losses[-1]) < 1e-7 * abs(losses[-1]), (step, printed, losses[-1])
         arrays = {**arrays, **{w: arrays[w] - lr * reference[f"d_{w}"] for w in wrt}}
     assert losses[2] < losses[0]
+
+
+def test_c_strict_build_library_links_into_a_c_program(tmp_path):
+    """`graphc build` writes libNAME.so, a plain C library: the emitted main.c links with it
+    (no Python symbols needed) and prints the reference's numbers."""
+    g = graphc.load(str(EXAMPLES[0].parent / "one_layer.toml"))
+    m = graphc.compile(g, dtype="float64")
+    m.export(tmp_path / "lib", standalone=False)
+    m.export(tmp_path / "prog", standalone=True)
+    library = tmp_path / "lib" / "libone_layer.so"
+    assert library.is_file()
+    run = gcc([*STRICT, "-I", str(tmp_path / "lib"), "main.c", "-L", str(tmp_path / "lib"), "-lone_layer",
+               "-lm", f"-Wl,-rpath,{tmp_path / 'lib'}", "-o", "linked"], tmp_path / "prog")
+    assert run.returncode == 0, run.stderr
+    out = subprocess.run([str(tmp_path / "prog" / "linked")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert_prints_reference(out.stdout, g, "float64")
+
+
+LIBM = "exp|expm1|log|log1p|tanh|sqrt|fabs|fmax|fmin|pow|erf"
+ALLOWED_UNDEFINED = re.compile(rf"^((?:{LIBM})f?|memset|memcpy|memmove|omp_\w+|GOMP_\w+|__cpu_model|__cpu_indicator_init"
+                               r"|__stack_chk_fail|_GLOBAL_OFFSET_TABLE_)$")   # libgcc's CPU dispatch, PIC
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_c_strict_emitted_object_keeps_no_state_and_calls_no_allocator_or_io(spec, tmp_path):
+    """The promise of the header: no global mutable state (no data or bss symbols), no malloc, no
+    printing. The object's undefined symbols are libm, memset/memcpy and OpenMP's runtime only."""
+    g = graphc.load(str(spec))
+    csrc = generate(g, *g.grad_spec, threads=2, optimizer=graphc.Adam(lr=1e-3))
+    (tmp_path / f"{g.name}.c").write_text(csrc.source)
+    (tmp_path / f"{g.name}.h").write_text(csrc.header)
+    for flags in ([], ["-fopenmp"], ["-march=native", "-fopenmp"]):
+        run = gcc([*STRICT, "-O2", *flags, "-c", f"{g.name}.c", "-o", "m.o"], tmp_path)
+        assert run.returncode == 0, run.stderr
+        symbols = subprocess.run(["nm", "m.o"], cwd=tmp_path, capture_output=True, text=True).stdout.splitlines()
+        undefined = {line.split()[-1] for line in symbols if line.split()[0] == "U"}
+        assert not [s for s in undefined if not ALLOWED_UNDEFINED.match(s)], sorted(undefined)
+        state = [line for line in symbols if len(line.split()) == 3 and line.split()[1] in "BbDdCc"]
+        assert not state, state

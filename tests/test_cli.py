@@ -105,3 +105,27 @@ def test_cli_usage_errors_exit_2(capsys):
     assert run(capsys)[0] == 2
     assert run(capsys, "frobnicate")[0] == 2
     assert run(capsys, "--help")[0] == 0
+
+
+# ---- check and build: exit codes and what they write ------------------------------------------
+def test_cli_check_passes_with_exit_0(capsys):
+    status, out, err = run(capsys, "check", ONE_LAYER, "--batch", "3")
+    assert status == 0 and out.rstrip().endswith("PASS") and "FAIL" not in out
+
+
+def test_cli_check_exits_1_on_a_wrong_gradient_and_says_where(capsys, monkeypatch):
+    from graphc.ops.elementwise import Relu
+    monkeypatch.setattr(Relu, "derivative", lambda self, b, x, y: b.mul(b.apply("sign", y), 2.0))
+    status, out, err = run(capsys, "check", ONE_LAYER, "--batch", "3")
+    text = out + err
+    assert status == 1 and "FAIL" in text
+    assert "finite differences n=3: d_W: at index [" in text and "identity (5)" in text
+
+
+def test_cli_build_writes_sources_libraries_and_the_memory_plan(capsys, tmp_path):
+    status, out, err = run(capsys, "build", ONE_LAYER, "-o", str(tmp_path))
+    assert status == 0, err
+    for name in ("one_layer.c", "one_layer.h", "libone_layer.so"):
+        assert (tmp_path / name).is_file() and f"wrote {tmp_path / name}" in out
+    assert "workspace of one_layer at n=64" in out and "bytes per batch row" in out
+    assert "value_and_grad" in out and "peak" in out
