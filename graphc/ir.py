@@ -70,6 +70,8 @@ class Value:
 
     def __init__(self, graph: "Graph", name: str, type: TensorType, node: "Node | None", kind: str):
         self.graph, self.name, self.type, self.node, self.kind = graph, name, type, node, kind
+        self.temporary = False           # named by graphc (`t3`, `z__0`), not by the user
+        self.spec_text: str | None = None  # a spec sub-expression's source text, for error messages
 
     shape = property(lambda self: self.type.shape)
     dtype = property(lambda self: self.type.dtype)
@@ -292,6 +294,7 @@ class Graph:
         except (DTypeError, SpecError) as e:
             raise type(e)(self._describe(op, vals, e.message), origin.location, e.hint) from None
         node = Node(op, vals, attrs, None, origin)
+        temporary = name is None
         if name is None:
             if self._name_stack:
                 name = self._fresh_temp(self._name_stack[-1])
@@ -301,14 +304,33 @@ class Graph:
         elif name in self.values:
             raise SpecError(f"value name {name!r} is already used", origin.location)
         node.output = Value(self, name, t, node, "node")
+        node.output.temporary = temporary
         self.values[name] = node.output
         self.nodes.append(node)
         return node.output
 
     def _describe(self, op, vals, msg: str) -> str:
-        operands = ", ".join(f"{v.name} is {self.format_shape(v.shape)}"
+        operands = ", ".join(f"{self.operand_text(v)} is {self.format_shape(v.shape)}"
                              + (f" {v.dtype}" if v.dtype != FLOAT else "") for v in vals)
         return f"{op.name}: {operands}: {msg}" if operands else f"{op.name}: {msg}"
+
+    # ---------------------------------------------------------------- operands as the user wrote them
+    MAX_OPERAND_TEXT = 48
+
+    def operand_text(self, v: Value) -> str:
+        """How an error message names a value: its name, or for a temporary the expression it
+        computes (the spec's source text, else rebuilt from the nodes: `U.T`, `relu(x @ W.T)`),
+        with deep sub-expressions elided as `...` when long; the temporary's name only as a last resort."""
+        if not v.temporary or v.node is None:
+            return v.name
+        text = " ".join(v.spec_text.split()) if v.spec_text else None
+        if text and len(text) <= self.MAX_OPERAND_TEXT:
+            return text
+        for depth in (None, 4, 3, 2, 1):
+            text = _render(v, depth)[0]
+            if len(text) <= self.MAX_OPERAND_TEXT:
+                return text
+        return v.name
 
     def rename(self, value: Value, name: str) -> Value:
         """Give a node's output its spec name (used when `z = ...` names an expression)."""
@@ -317,7 +339,7 @@ class Graph:
         if name in self.values:
             raise SpecError(f"value name {name!r} is already used")
         del self.values[value.name]
-        value.name = name
+        value.name, value.temporary = name, False
         self.values[name] = value
         return value
 
@@ -330,8 +352,10 @@ class Graph:
                 nv = Value(g, k, v.type, None, v.kind)
                 new_table[k] = g.values[k] = vmap[v] = nv
         for n in self.nodes:
-            g.add_node(n.op, tuple(vmap[v] for v in n.inputs), dict(n.attrs), n.output.name, n.output.type, n.origin)
-            vmap[n.output] = g.nodes[-1].output
+            nv = g.add_node(n.op, tuple(vmap[v] for v in n.inputs), dict(n.attrs), n.output.name, n.output.type,
+                            n.origin)
+            nv.temporary, nv.spec_text = n.output.temporary, n.output.spec_text
+            vmap[n.output] = nv
         g.outputs = {k: vmap[v] for k, v in self.outputs.items()}
         g._counter = self._counter
         g.grad_spec, g.param_init, g.source_file = self.grad_spec, dict(self.param_init), self.source_file
@@ -413,6 +437,45 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.params)} params, {len(self.nodes)} nodes>"
+
+
+# Python's precedence levels, enough to print an expression with the parentheses it needs
+_ATOM, _POWER, _UNARY, _PRODUCT, _SUM = 5, 4, 3, 2, 1
+_INFIX = {"matmul": ("@", _PRODUCT), "mul": ("*", _PRODUCT), "div": ("/", _PRODUCT),
+          "add": ("+", _SUM), "sub": ("-", _SUM)}
+
+
+def _render(v: Value, depth: int | None) -> tuple[str, int]:
+    """(text, precedence) of the expression computing v, in the spec language. Values the user
+    named print as their names; below `depth` levels a temporary prints as `...`."""
+    n = v.node
+    if not v.temporary or n is None:
+        return v.name, _ATOM
+    if depth == 0:
+        return "...", _ATOM
+    if n.op.name == "const":
+        value = float(n.attrs["value"])
+        text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+        return text, _UNARY if value < 0 else _ATOM
+    sub = None if depth is None else depth - 1
+
+    def arg(u: Value, need: int) -> str:
+        text, prec = _render(u, sub)
+        return text if prec >= need else f"({text})"
+
+    name, ins = n.op.name, n.inputs
+    if name in _INFIX and len(ins) == 2:
+        sym, prec = _INFIX[name]
+        return f"{arg(ins[0], prec)} {sym} {arg(ins[1], prec + 1)}", prec
+    if name == "transpose":
+        return f"{arg(ins[0], _ATOM)}.T", _ATOM
+    if name == "neg":
+        return f"-{arg(ins[0], _UNARY)}", _UNARY
+    if name == "square":
+        return f"{arg(ins[0], _ATOM)} ** 2", _POWER
+    args = [_render(u, sub)[0] for u in ins]
+    args += [f"{k}={val!r}" for k, val in n.attrs.items() if n.op.attrs.get(k, object()) != val]
+    return f"{name}({', '.join(args)})", _ATOM
 
 
 def topo_values(graph: Graph) -> Iterable[Value]:

@@ -246,12 +246,15 @@ class _Builder:
 
         def visit(n):
             try:
-                return build(n)
+                v = build(n)
             except GraphcError as e:
                 if e.location is None or e.location.offset is None and e.location.key == f"{section}.{key}":
                     raise type(e)(e.message, self.src.loc(section, key, text, getattr(n, "col_offset", None)),
                                   e.hint) from None
                 raise
+            if v.temporary and v.spec_text is None:   # error messages name a sub-expression by its text
+                v.spec_text = ast.get_source_segment(text, n)
+            return v
 
         def build(n):
             if isinstance(n, ast.Name):

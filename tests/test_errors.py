@@ -267,3 +267,92 @@ def test_errors_toml_errors_carry_a_line_even_at_end_of_file(text, line):
         graphc.parse_spec(text, "eof.toml")
     assert e.value.location.line == line
     assert "(at " not in e.value.message
+
+
+# ------------------------------------------------------------------ operands named as written
+SUBEXPR_SPEC = '''name = "sub"
+
+[dims]
+N  = "batch"
+Dx = 5
+Dh = 8
+Dq = 6
+Nc = 3
+
+[inputs]
+x = ["N", "Dx"]
+
+[params]
+W  = ["Dh", "Dx"]
+b1 = ["Dh"]
+U  = ["Nc", "Dq"]
+
+[graph]
+h     = "relu(x @ W.T + b1)"
+theta = "{theta}"
+
+[outputs]
+out = "theta"
+'''
+
+TEMPORARY_NAME = re.compile(r"__|\bt\d+\b")
+
+
+@pytest.mark.parametrize("theta, operands", [
+    ("h @ U.T", ["h is (N, Dh=8)", "U.T is (Dq=6, Nc=3)"]),
+    ("relu(x @ W.T + b1) @ U.T", ["relu(x @ W.T + b1) is (N, Dh=8)", "U.T is (Dq=6, Nc=3)"]),
+    ("(h * 2) @ (U.T)", ["h * 2 is (N, Dh=8)", "U.T is (Dq=6, Nc=3)"]),
+    ("relu(x@W.T+b1) @ U.T", ["relu(x@W.T+b1) is (N, Dh=8)"]),        # the spec's own text, as typed
+])
+def test_errors_spec_names_a_subexpression_operand_by_its_text(tmp_path, theta, operands):
+    err = load_error(tmp_path, SUBEXPR_SPEC.format(theta=theta), ShapeError)
+    assert err.location.key == "graph.theta"
+    for operand in operands:
+        assert operand in err.message, err.message
+    assert not TEMPORARY_NAME.search(err.message), err.message
+
+
+def _builder_graph():
+    g = graphc.Graph("sub", {"N": None, "Dx": 5, "Dh": 8, "Dq": 6, "Nc": 3})
+    x = g.input("x", ("N", "Dx"))
+    W, b1, U = g.param("W", ("Dh", "Dx")), g.param("b1", ("Dh",)), g.param("U", ("Nc", "Dq"))
+    return g, x, W, b1, U
+
+
+def test_errors_builder_names_a_temporary_operand_by_its_expression():
+    g, x, W, b1, U = _builder_graph()
+    h = g.input("h", ("N", "Dh"))
+    with pytest.raises(ShapeError) as e:
+        h @ U.T
+    assert "h is (N, Dh=8), U.T is (Dq=6, Nc=3)" in e.value.message, e.value.message
+    assert not TEMPORARY_NAME.search(str(e.value)), str(e.value)
+    with pytest.raises(ShapeError) as e:
+        graphc.relu(x @ W.T + b1) @ U.T
+    assert "relu(x @ W.T + b1) is (N, Dh=8), U.T is (Dq=6, Nc=3)" in e.value.message, e.value.message
+    with pytest.raises(ShapeError) as e:
+        -(x @ W.T) / 2 @ U
+    assert "-(x @ W.T) / 2 is (N, Dh=8), U is (Nc=3, Dq=6)" in e.value.message, e.value.message
+    with pytest.raises(ShapeError) as e:
+        graphc.sum(x, axis=1) + b1
+    assert "sum(x, axis=1) is (N,)" in e.value.message, e.value.message
+
+
+def test_errors_builder_elides_a_long_operand_and_keeps_its_outer_op():
+    g, x, W, b1, U = _builder_graph()
+    deep = x @ W.T
+    for _ in range(12):
+        deep = graphc.tanh(deep + b1)
+    with pytest.raises(ShapeError) as e:
+        deep @ U
+    operand = e.value.message.split(": ")[1].split(" is ")[0]
+    assert operand.startswith("tanh(") and "..." in operand and len(operand) <= 48, e.value.message
+    assert not TEMPORARY_NAME.search(e.value.message), e.value.message
+
+
+def test_errors_int_argument_is_named_by_its_expression(tmp_path):
+    err = load_error(tmp_path, E("relu(y)").replace('out = "x"', 'out = "z"'), DTypeError)
+    assert "argument 1 (y)" in err.message
+    g, x, W, b1, U = _builder_graph()
+    with pytest.raises(DTypeError) as e:
+        graphc.embedding(U, x @ W.T)
+    assert "argument 2 (x @ W.T) must be int32" in e.value.message, e.value.message

@@ -62,9 +62,9 @@ class OpDef:
         for i, v in enumerate(inputs):
             want_int = i in self.int_inputs
             if want_int and v.dtype != INT and not self.accepts_float_at(i):
-                raise DTypeError(f"argument {i + 1} ({v.name}) must be int32, got {v.dtype}")
+                raise DTypeError(f"argument {i + 1} ({v.graph.operand_text(v)}) must be int32, got {v.dtype}")
             if not want_int and v.dtype == INT:
-                raise DTypeError(f"argument {i + 1} ({v.name}) is int32 but {self.name} needs a real value",
+                raise DTypeError(f"argument {i + 1} ({v.graph.operand_text(v)}) is int32 but {self.name} needs a real value",
                                  hint="integer inputs are labels or ids: pass them to cross_entropy or embedding")
         return out
 
