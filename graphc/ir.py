@@ -214,7 +214,15 @@ class Graph:
         check_name(name, kind, loc)
         if name in self.values:
             raise SpecError(f"{kind} {name!r} is declared twice", loc, hint="names must be unique in a graph")
+        dims = dict(self.dims)
         t = TensorType(self.resolve_shape(shape, f"{kind} {name}", loc), normalize_dtype(dtype, f"{kind} {name}"))
+        symbolic = [d for d in t.shape if isinstance(d, str)]
+        if kind == "param" and symbolic:
+            self.dims = dims   # a fresh name the rejected shape introduced is no dim of the graph
+            raise SpecError(f"param {name!r} has shape {self.format_shape(t.shape)} with the symbolic dim "
+                            f"{symbolic[0]!r}: params must have fixed dims", loc,
+                            hint=f"a param's size is fixed when the model is built, and only inputs may have "
+                                 f"the batch dim {symbolic[0]}; give {name} integer dims (or dims with a size)")
         v = Value(self, name, t, None, kind)
         table[name] = self.values[name] = v
         return v

@@ -84,6 +84,10 @@ CASES = [
      r"positive integer", "b1 = [0]", None),
     ("dim-float-in-shape", HEADER.replace('b1 = ["Dh"]', "b1 = [2.5]"), SpecError, "params.b1",
      r"list of dim names and integers", "b1 = [2.5]", None),
+    ("param-symbolic-dim", HEADER.replace('W  = ["Dh", "Dx"]', 'W  = ["N", "Dx"]'), SpecError, "params.W",
+     r"param 'W' has shape \(N, Dx=4\) with the symbolic dim 'N': params must have fixed dims", 'W  = ["N"', None),
+    ("param-symbolic-dim-in-table", HEADER.replace('b1 = ["Dh"]', 'b1 = { shape = ["N"], init = "zeros" }'),
+     SpecError, "params.b1", r"params must have fixed dims", "b1 = {", None),
     ("two-symbolic-dims", HEADER.replace("Dh = 3", 'Dh = "batch"'), SpecError, "dims", r"at most one symbolic",
      "[dims]", None),
     ("dim-used-as-value", E("x * Dx"), SpecError, "graph.z", r"Dx is a dim, not a value", 'z = "', "Dx"),
@@ -356,3 +360,14 @@ def test_errors_int_argument_is_named_by_its_expression(tmp_path):
     with pytest.raises(DTypeError) as e:
         graphc.embedding(U, x @ W.T)
     assert "argument 2 (x @ W.T) must be int32" in e.value.message, e.value.message
+
+
+def test_errors_builder_rejects_a_param_with_a_symbolic_dim():
+    g = graphc.Graph("p", {"N": None, "D": 4})
+    with pytest.raises(SpecError, match=r"param 'W' has shape \(N, D=4\) with the symbolic dim 'N': "
+                                        r"params must have fixed dims"):
+        g.param("W", ("N", "D"))
+    with pytest.raises(SpecError, match="params must have fixed dims"):
+        g.param("V", ("B", 3))                  # a fresh name would become a symbolic dim
+    assert g.params == {} and "W" not in g.values and "B" not in g.dims
+    assert g.param("W", ("D", 2)).shape == (4, 2)   # the name is still free
