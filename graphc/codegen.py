@@ -171,12 +171,47 @@ def output_args(graph: Graph) -> dict[str, tuple[str, Any]]:
     return {c_name(k): ("output", k) for k in graph.outputs}
 
 
+def inputs_needed(graph: Graph) -> dict[str, set[str]]:
+    """Output name -> the names of the graph inputs it depends on."""
+    needs: dict[Value, set[str]] = {v: {k} for k, v in graph.inputs.items()}
+    for n in graph.nodes:
+        needs[n.output] = set().union(*(needs.get(v, set()) for v in n.inputs))
+    return {k: needs.get(v, set()) for k, v in graph.outputs.items()}
+
+
+def prediction_graph(graph: Graph) -> Graph | None:
+    """The forward graph without the inputs some outputs do not need (labels, targets), keeping
+    the outputs that need none of them; None when every output needs every input, or none is left.
+
+    For the notes' network: probs = softmax(theta) needs x but not the labels y, which only the
+    loss reads, so `predict` computes probs from x and the params alone."""
+    from graphc.passes.simplify import dce
+    needed = inputs_needed(graph)
+    optional = {k for k in graph.inputs if any(k not in used for used in needed.values())}
+    keep = [k for k, used in needed.items() if not used & optional]
+    if not optional or not keep:
+        return None
+    g, _ = graph.copy()
+    g.outputs = {k: g.outputs[k] for k in keep}
+    dce(g)
+    for k in optional:
+        del g.inputs[k]
+        del g.values[k]
+    return g
+
+
 def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = None,
              dtype: str = "float32", threads: int = 1, optimizer: Any = None) -> CSource:
-    """Render the model's C: forward, and value_and_grad (and train_step) when wrt is given."""
+    """Render the model's C: forward (and predict, the outputs that need no labels or targets),
+    and value_and_grad (and train_step) when wrt is given."""
     from graphc.autodiff import grad
     em = Emitter(graph, dtype, threads)
     em.add_function("forward", "the forward outputs", graph, output_args(graph))
+    predict = prediction_graph(graph)
+    if predict is not None:
+        dropped = ", ".join(k for k in graph.inputs if k not in predict.inputs)
+        em.add_function("predict", f"the outputs that need no {dropped}: {', '.join(predict.outputs)}",
+                        predict, output_args(predict))
     bwd, grad_names = None, {}
     if wrt:
         bwd = grad(graph, grad_of, wrt)

@@ -6,8 +6,9 @@
  *   one_layer_params.c / one_layer_params.h  the trained weights as const arrays
  *
  * Input, on stdin: one image per line, its label (0-9) and then its 64 pixels.
- * Output: one line per image, "predicted label", then the accuracy and the mean
- * cross-entropy of the whole set, computed by one call of one_layer_forward.
+ * Output: one line per image, "predicted label", then the accuracy over the set,
+ * from one call of one_layer_predict: the probabilities from the pixels alone (the
+ * labels are read only to report the accuracy).
  *
  *     make            # builds ./classify and runs it on build/digits_test.txt
  */
@@ -61,6 +62,12 @@ static int read_images(FILE *in, float **x, int32_t **y, long *count)
                 return -1;
             }
         }
+        if (label < 0 || label >= CLASSES) {
+            fprintf(stderr, "classify: image %ld has label %d, not one of 0..%d\n", n + 1, label, CLASSES - 1);
+            free(xs);
+            free(ys);
+            return -1;
+        }
         ys[n++] = (int32_t)label;
     }
     *x = xs;
@@ -71,7 +78,7 @@ static int read_images(FILE *in, float **x, int32_t **y, long *count)
 
 int main(void)
 {
-    float *x = NULL, *probs = NULL, loss = 0;
+    float *x = NULL, *probs = NULL;
     int32_t *y = NULL;
     long n = 0, i, correct = 0;
     unsigned char *raw = NULL;
@@ -80,7 +87,7 @@ int main(void)
     int status;
 
     if (read_images(stdin, &x, &y, &n) != 0 || n == 0) {
-        fprintf(stderr, "classify: no images on stdin (a line is: label, then %d pixels)\n", PIXELS);
+        fprintf(stderr, "classify: no images read from stdin (a line is: label, then %d pixels)\n", PIXELS);
         return 1;
     }
     /* The model allocates nothing: the caller provides outputs and a 64-byte aligned workspace. */
@@ -92,11 +99,11 @@ int main(void)
         return 1;
     }
     workspace = raw + (64 - (uintptr_t)raw % 64) % 64;
-    status = one_layer_forward(n, x, y, one_layer_param_W, one_layer_param_b1, one_layer_param_U,
-                               one_layer_param_b2, &loss, probs, workspace);
+    /* predict computes the outputs that need no labels: probs, from the pixels alone */
+    status = one_layer_predict(n, x, one_layer_param_W, one_layer_param_b1, one_layer_param_U,
+                               one_layer_param_b2, probs, workspace);
     if (status != GRAPHC_OK) {
-        /* GRAPHC_ERR_LABEL: a label outside 0..9; see one_layer.h for the others */
-        fprintf(stderr, "classify: one_layer_forward returned %d\n", status);
+        fprintf(stderr, "classify: one_layer_predict returned %d (see one_layer.h)\n", status);
         return 1;
     }
     for (i = 0; i < n; ++i) {
@@ -108,8 +115,7 @@ int main(void)
         correct += best == y[i];
         printf("%d %d\n", best, (int)y[i]);
     }
-    printf("accuracy %.4f (%ld of %ld), mean cross-entropy %.4f\n",
-           (double)correct / (double)n, correct, n, (double)loss);
+    printf("accuracy %.4f (%ld of %ld)\n", (double)correct / (double)n, correct, n);
     free(raw);
     free(probs);
     free(x);
