@@ -1,11 +1,15 @@
 """GFLOP/s of the gc_gemm kernel (templates/kernels/matmul.c.j2) vs NumPy.
 
 Renders the template, builds it for float32 with cffi (-O3 -march=native
--fopenmp), and times gc_gemm on 1 and 2 threads against NumPy float32
-matmul (OpenBLAS) on 1 and 2 threads, for square sizes and the model's
-shapes.  Runs alternate between the contenders; the table reports medians.
+-fopenmp, or without -march=native with --portable), and times gc_gemm on 1
+and 2 threads against NumPy float32 matmul (OpenBLAS) on 1 and 2 threads, for
+square sizes and the shapes of the benchmark models.  With --baseline REV the
+templates of git revision REV are built too and timed in the same run, so a
+change can be judged against what it replaces.  Runs alternate between the
+contenders; a sample is a loop of calls of about 20 ms; the table reports the
+median of the samples.
 
-    python benchmarks/gemm.py [--reps 7] [--quick]
+    python benchmarks/gemm.py [--reps 5] [--shapes digits,mnist] [--baseline HEAD]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import importlib.util
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,18 +31,37 @@ import jinja2
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FLAGS = ["-O3", "-march=native", "-fopenmp"]
+NATIVE = ["-O3", "-std=c99", "-ffp-contract=fast", "-march=native", "-fopenmp"]
 
 # (label, ta, tb, M, N, K): C[M,N] = op(A)[M,K] op(B)[K,N]
-SQUARE = [(f"{n}^3", 0, 0, n, n, n) for n in (256, 512, 1024, 2048)]
-MODEL = [
-    ("(128x784)(784x512)", 0, 0, 128, 512, 784),
-    ("(256x1024)(1024x4096)", 0, 0, 256, 4096, 1024),
-    ("TN (256x4096)^T(256x1024)", 1, 0, 4096, 1024, 256),
-    ("NT (256x1024)(4096x1024)^T", 0, 1, 256, 4096, 1024),
-    ("NT (128x512)(784x512)^T", 0, 1, 128, 784, 512),
-    ("TN (128x784)^T(128x512)", 1, 0, 784, 512, 128),
-]
+SHAPES = {
+    "square": [(f"{n}^3", 0, 0, n, n, n) for n in (256, 512, 1024)],
+    # the five GEMMs of the 1-layer train step, in its order
+    # one product in every form: what the form alone costs (packing by transpose or copy)
+    "forms": [(f"{f} 128x512x784", ta, tb, 128, 512, 784) for f, ta, tb in
+              (("NN", 0, 0), ("NT", 0, 1), ("TN", 1, 0), ("TT", 1, 1))],
+    "digits": [
+        ("NT z = x W^T 32x128x64", 0, 1, 32, 128, 64),
+        ("NT th = h U^T 32x10x128", 0, 1, 32, 10, 128),
+        ("NN dh = d1 U 32x128x10", 0, 0, 32, 128, 10),
+        ("TN dU = d1^T h 10x128x32", 1, 0, 10, 128, 32),
+        ("TN dW = d2^T x 128x64x32", 1, 0, 128, 64, 32),
+    ],
+    "mnist": [
+        ("NT z = x W^T 128x512x784", 0, 1, 128, 512, 784),
+        ("NT th = h U^T 128x10x512", 0, 1, 128, 10, 512),
+        ("NN dh = d1 U 128x512x10", 0, 0, 128, 512, 10),
+        ("TN dU = d1^T h 10x512x128", 1, 0, 10, 512, 128),
+        ("TN dW = d2^T x 512x784x128", 1, 0, 512, 784, 128),
+    ],
+    "wide": [
+        ("NT z = x W^T 256x4096x1024", 0, 1, 256, 4096, 1024),
+        ("NT th = h U^T 256x1000x4096", 0, 1, 256, 1000, 4096),
+        ("NN dh = d1 U 256x4096x1000", 0, 0, 256, 4096, 1000),
+        ("TN dU = d1^T h 1000x4096x256", 1, 0, 1000, 4096, 256),
+        ("TN dW = d2^T x 4096x1024x256", 1, 0, 4096, 1024, 256),
+    ],
+}
 
 WRAPPER = """
 typedef float gc_real;
@@ -45,9 +69,11 @@ typedef float gc_real;
 #define GC_MAX_THREADS 2
 {kernels}
 void gemm_api(int ta, int tb, long M, long N, long K, const float *A, long lda,
-              const float *B, long ldb, int beta, float *C, long ldc, float *pack)
+              const float *B, long ldb, int beta, float *C, long ldc, float *pack, long calls)
 {{
-    gc_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack);
+    long c;
+    for (c = 0; c < calls; ++c)
+        gc_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack);
 }}
 long pack_elems_api(void) {{ return gc_gemm_pack_elems(); }}
 void set_threads_api(int threads)
@@ -61,25 +87,38 @@ void set_threads_api(int threads)
 """
 CDEF = """
 void gemm_api(int ta, int tb, long M, long N, long K, const float *A, long lda,
-              const float *B, long ldb, int beta, float *C, long ldc, float *pack);
+              const float *B, long ldb, int beta, float *C, long ldc, float *pack, long calls);
 long pack_elems_api(void);
 void set_threads_api(int threads);
 """
 
 
-def build(tmpdir: str):
+def templates_of(rev: str | None, tmpdir: str) -> pathlib.Path:
+    """The templates folder of the working tree, or of git revision `rev` (extracted to tmpdir)."""
+    if rev is None:
+        return ROOT / "templates"
+    out = pathlib.Path(tmpdir) / f"templates-{rev.replace('/', '_')}"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "templates"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out / "templates"
+
+
+def build(templates: pathlib.Path, tag: str, flags: list[str], tmpdir: str):
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
+        loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         keep_trailing_newline=True, autoescape=False,
     )
     kernels = env.get_template("kernels/matmul.c.j2").render()
+    name = f"_gc_gemm_bench_{tag}"
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
-    ffi.set_source("_gc_gemm_bench", WRAPPER.format(kernels=kernels),
-                   extra_compile_args=FLAGS, extra_link_args=["-fopenmp"])
-    so_path = ffi.compile(tmpdir=tmpdir)
-    spec = importlib.util.spec_from_file_location("_gc_gemm_bench", so_path)
+    ffi.set_source(name, WRAPPER.format(kernels=kernels),
+                   extra_compile_args=flags, extra_link_args=["-fopenmp"])
+    so_path = ffi.compile(tmpdir=os.path.join(tmpdir, tag))
+    spec = importlib.util.spec_from_file_location(name, so_path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module, so_path
@@ -99,85 +138,99 @@ def openblas_thread_setter():
     return None
 
 
-def median_seconds(run, reps: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+class Contender:
+    def __init__(self, label, module, so_path):
+        self.label, self.ffi, self.lib = label, module.ffi, module.lib
+        self.zmm = sum("vfmadd" in line and "zmm" in line for line in os.popen(f"objdump -d {so_path} 2>/dev/null"))
+        elems = self.lib.pack_elems_api()
+        raw = np.empty(elems + 16, np.float32)
+        self._keep = raw
+        self.pack = self.ffi.cast("float *", raw[(-raw.ctypes.data % 64) // 4:].ctypes.data)
+
+
+def sample(run, calls: int) -> float:
+    """Seconds per call of one loop of `calls` calls."""
+    start = time.perf_counter()
+    run(calls)
+    return (time.perf_counter() - start) / calls
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="skip 2048^3")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--shapes", default="square,digits,mnist,wide",
+                        help=f"comma-separated groups of {sorted(SHAPES)}")
+    parser.add_argument("--baseline", metavar="REV", help="also time the templates of this git revision")
+    parser.add_argument("--portable", action="store_true", help="build without -march=native")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--no-numpy", action="store_true")
+    parser.add_argument("--cflags", default="", help="extra flags for the working tree's build (e.g. -DNAME=VALUE)")
+    parser.add_argument("--variants", default="", metavar="FLAGS;FLAGS",
+                        help="also build the working tree with each ;-separated set of extra flags")
     args = parser.parse_args()
+    flags = [f for f in NATIVE if not (args.portable and f == "-march=native")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
 
     with tempfile.TemporaryDirectory() as tmpdir:
-        module, so_path = build(tmpdir)
-        ffi, lib = module.ffi, module.lib
-        zmm_fmas = sum("vfmadd" in line and "zmm" in line
-                       for line in os.popen(f"objdump -d {so_path} 2>/dev/null"))
-
-        pack_elems = lib.pack_elems_api()
-        raw = np.empty(pack_elems + 16, np.float32)
-        offset = (-raw.ctypes.data % 64) // 4
-        pack = ffi.cast("float *", raw[offset:].ctypes.data)
+        tree = templates_of(None, tmpdir)
+        contenders = [Contender("gc", *build(tree, "tree", flags + args.cflags.split(), tmpdir))]
+        for i, extra in enumerate(v for v in args.variants.split(";") if v.strip()):
+            contenders.append(Contender(f"gc[{extra.strip()}]", *build(tree, f"v{i}", flags + extra.split(), tmpdir)))
+        if args.baseline:
+            contenders.append(Contender(f"gc@{args.baseline}",
+                                        *build(templates_of(args.baseline, tmpdir), "base", flags, tmpdir)))
         set_blas_threads = openblas_thread_setter()
         rng = np.random.default_rng(0)
 
-        print(f"gc_gemm float32, gcc {' '.join(FLAGS)}; zmm FMA instructions: {zmm_fmas}; "
-              f"pack {pack_elems * 4 / 2**20:.2f} MiB")
-        blas_env = {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "OMP_"))}
-        print(f"numpy {np.__version__}; environment: {blas_env or '(no OPENBLAS_*/OMP_* set)'}"
-              + ("" if set_blas_threads else "; cannot set OpenBLAS threads, numpy uses its default"))
+        print(f"gc_gemm float32, {' '.join(flags)}; zmm FMA instructions: "
+              + ", ".join(f"{c.label} {c.zmm}" for c in contenders))
+        print(f"numpy {np.__version__}" + ("" if set_blas_threads else "; cannot set OpenBLAS threads"))
         print()
-        print("| shape | gc 1T | numpy 1T | gc/np 1T | gc 2T | numpy 2T | gc/np 2T |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        names = [c.label for c in contenders] + ([] if args.no_numpy else ["numpy"])
+        head = ["shape"] + [f"{n} {t}T" for t in thread_counts for n in names]
+        print("GFLOP/s (µs per call), median of samples")
+        print("| " + " | ".join(head) + " |")
+        print("|---" + "|---:" * (len(head) - 1) + "|")
 
-        cases = SQUARE[:-1] if args.quick else SQUARE
-        for label, ta, tb, M, N, K in cases + MODEL:
-            A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
-            B = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
-            C = np.empty((M, N), np.float32)
-            opA, opB = (A.T if ta else A), (B.T if tb else B)
-            pa, pb, pc = (ffi.cast("float *", x.ctypes.data) for x in (A, B, C))
-            lda, ldb = A.shape[1], B.shape[1]
-            reps = max(3, min(args.reps, int(args.reps * 2e9 / (2 * M * N * K) + 1)))
-            flops = 2.0 * M * N * K
+        for group in args.shapes.split(","):
+            for label, ta, tb, M, N, K in SHAPES[group]:
+                A = rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32)
+                B = rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32)
+                C = np.empty((M, N), np.float32)
+                opA, opB = (A.T if ta else A), (B.T if tb else B)
+                lda, ldb = A.shape[1], B.shape[1]
+                flops = 2.0 * M * N * K
+                calls = max(1, int(0.02 / (flops / 50e9 + 0.3e-6)))
 
-            def gc_run():
-                lib.gemm_api(ta, tb, M, N, K, pa, lda, pb, ldb, 0, pc, N, pack)
+                runs = {}
+                for c in contenders:
+                    pa, pb, pc = (c.ffi.cast("float *", x.ctypes.data) for x in (A, B, C))
+                    runs[c.label] = (c, (lambda n, c=c, pa=pa, pb=pb, pc=pc:
+                                         c.lib.gemm_api(ta, tb, M, N, K, pa, lda, pb, ldb, 0, pc, N, c.pack, n)))
 
-            def np_run():
-                np.matmul(opA, opB, out=C)
+                def np_run(n):
+                    for _ in range(n):
+                        np.matmul(opA, opB, out=C)
 
-            def settle(gc_threads, blas_threads):
-                # Idle thread pools spin for a while after their last call
-                # (OpenBLAS up to ~0.1 s) and steal the core from the other
-                # contender: give them time to go to sleep.
-                lib.set_threads_api(gc_threads)
-                if set_blas_threads:
-                    set_blas_threads(blas_threads)
-                time.sleep(0.25)
-
-            row = [label]
-            results = {}
-            for threads in (1, 2):
-                # Alternate the contenders, keep each one's best median.
-                gc_t, np_t = [], []
-                for _ in range(3):
-                    settle(threads, 1)
-                    gc_t.append(median_seconds(gc_run, reps))
-                    settle(1, threads)
-                    np_t.append(median_seconds(np_run, reps))
-                results[threads] = (flops / min(gc_t) / 1e9, flops / min(np_t) / 1e9)
-            for threads in (1, 2):
-                gc_gflops, np_gflops = results[threads]
-                row += [f"{gc_gflops:.1f}", f"{np_gflops:.1f}", f"{gc_gflops / np_gflops:.0%}"]
-            print("| " + " | ".join(row) + " |", flush=True)
+                row = [label]
+                for threads in thread_counts:
+                    times = {n: [] for n in names}
+                    for rep in range(args.reps):
+                        order = names[rep % len(names):] + names[:rep % len(names)]
+                        for n in order:
+                            for c in contenders:
+                                c.lib.set_threads_api(threads)
+                            if set_blas_threads:
+                                set_blas_threads(threads if n == "numpy" else 1)
+                            # idle thread pools spin after their last call: let them sleep
+                            time.sleep(0.05)
+                            run = np_run if n == "numpy" else runs[n][1]
+                            run(max(1, calls // 10))
+                            times[n].append(sample(run, calls))
+                    for n in names:
+                        t = statistics.median(times[n])
+                        row.append(f"{flops / t / 1e9:.1f} ({t * 1e6:.3g})")
+                print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

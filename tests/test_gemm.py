@@ -2,8 +2,15 @@
 
 The template is rendered with the project's Jinja environment, wrapped in a
 small C file that exports plain functions, built with cffi (float and double;
-AVX-512 via -march=native, AVX2 via -march=haswell, portable C) and checked
-against NumPy.  Strict-compile and sanitizer checks use gcc directly.
+AVX-512 via -march=native, AVX2 via -march=haswell, plain C, and the portable
+flags' run-time choice of instruction set, uncapped and capped at AVX2) and
+checked against NumPy.  Strict-compile and sanitizer checks use gcc directly.
+
+Paths: tiny products take plain loops; products up to GC_GEMM_DIRECT_WORK
+multiply-adds run the micro-kernel on the operands in place (the "direct"
+path); larger ones pack.  SHAPES covers all three in every form, and the
+"packed" build (GC_GEMM_DIRECT_WORK=0) checks that the direct path gives the
+packed path's bits.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
 
 long pack_elems_api(void) { return gc_gemm_pack_elems(); }
 
+int isa_api(void) { return gc_gemm_isa(); }
+
 void set_threads_api(int threads)
 {
 #ifdef _OPENMP
@@ -89,15 +98,25 @@ void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
                        int beta, {t} *C, long ldc, {t} *pack,
                        const {t} *bias, int act);
 long pack_elems_api(void);
+int isa_api(void);
 void set_threads_api(int threads);
 """
 
-# name -> compiler flags; "native" is the build the model uses.
+# name -> compiler flags; "native" is the build the model uses, "dispatch" the
+# exported (portable) one; GC_GEMM_DISPATCH=0 makes the flags alone decide.
 VARIANTS = {
     "native": ["-O3", "-march=native", "-fopenmp"],
-    "avx2": ["-O3", "-march=haswell", "-fopenmp"],
-    "portable": ["-O3"],
+    "avx2": ["-O3", "-march=haswell", "-fopenmp", "-DGC_GEMM_DISPATCH=0"],
+    "portable": ["-O3", "-DGC_GEMM_DISPATCH=0"],
+    "dispatch": ["-O3", "-fopenmp"],
+    "dispatch_avx2": ["-O3", "-fopenmp", "-DGC_GEMM_ISA_CAP=1"],
 }
+# Built on demand only: the packed path for every size, to compare bits with.
+EXTRA_VARIANTS = {"packed": ["-O3", "-march=native", "-fopenmp", "-DGC_GEMM_DIRECT_WORK=0"]}
+HAS_AVX512 = "avx512f" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
+    if pathlib.Path("/proc/cpuinfo").exists() else False
+HAS_AVX2 = "avx2" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
+    if pathlib.Path("/proc/cpuinfo").exists() else False
 DTYPES = {"float32": "float", "float64": "double"}
 
 
@@ -167,7 +186,7 @@ def gemm_lib(build_dir):
             name = f"_gc_gemm_test_{variant}_{dtype}"
             ffi = cffi.FFI()
             ffi.cdef(CDEF.format(t=real))
-            flags = VARIANTS[variant]
+            flags = {**VARIANTS, **EXTRA_VARIANTS}[variant]
             ffi.set_source(
                 name,
                 model_prelude(real) + kernels + WRAPPERS,
@@ -225,14 +244,19 @@ def check_gemm(gemm, rng, ta, tb, M, N, K, beta, pad=0):
 
 
 FORMS = list(itertools.product((0, 1), (0, 1)))
-# (M, N, K): empty, ones, primes, below and above the small-problem threshold,
-# not multiples of the register tile (12 x 32 / 6 x 16 / 4 x 4), and K beyond
+# (M, N, K): empty, ones, primes, below and above the tiny-problem threshold,
+# not multiples of the register tile (12 x 32 / 6 x 16 / 4 x 8), and K beyond
 # one KC block (256 float, 128 double).
-SHAPES = [
-    (0, 5, 3), (4, 0, 3), (3, 4, 0), (1, 1, 1), (1, 37, 7), (37, 1, 7),
-    (7, 7, 7), (37, 131, 7), (2, 300, 40), (300, 3, 40), (13, 33, 131),
-    (37, 131, 300), (131, 37, 260), (64, 64, 64), (97, 530, 33),
-]
+TINY_SHAPES = [(0, 5, 3), (4, 0, 3), (3, 4, 0), (1, 1, 1), (1, 37, 7), (37, 1, 7), (7, 7, 7),
+               (2, 300, 40)]
+# Direct path (M*N*K <= 128^3): the digits train step's GEMMs, edge rows and
+# columns, N below one register tile, several K blocks.
+DIRECT_SHAPES = [(37, 131, 7), (300, 3, 40), (13, 33, 131), (37, 131, 300), (131, 37, 260),
+                 (64, 64, 64), (97, 530, 33), (32, 128, 64), (32, 10, 128), (32, 128, 10),
+                 (10, 128, 32), (128, 64, 32), (24, 64, 300)]
+# Packed path: several NC and KC blocks, edge tiles.
+PACKED_SHAPES = [(131, 140, 300), (45, 1100, 270), (600, 45, 129)]
+SHAPES = TINY_SHAPES + DIRECT_SHAPES + PACKED_SHAPES
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -328,14 +352,16 @@ def test_gemm_random_shapes(gemm_lib, dtype, ta, tb, M, N, K, beta, pad, seed):
     check_gemm(gemm_lib("native", dtype), np.random.default_rng(seed), ta, tb, M, N, K, beta, pad)
 
 
+@pytest.mark.parametrize("variant", ["native", "dispatch", "dispatch_avx2"])
 @pytest.mark.parametrize("dtype", list(DTYPES))
-def test_gemm_bit_identical_for_one_and_two_threads(gemm_lib, dtype):
-    gemm = gemm_lib("native", dtype)
+def test_gemm_bit_identical_for_one_and_two_threads(gemm_lib, variant, dtype):
+    gemm = gemm_lib(variant, dtype)
     rng = np.random.default_rng(4)
     # Wide (split over N) and tall (split over M), both with edge tiles and
-    # several K blocks.
+    # several K blocks; packed, and direct but large enough to be threaded.
     try:
-        for M, N, K in [(70, 333, 301), (333, 70, 301), (128, 512, 200)]:
+        for M, N, K in [(70, 333, 301), (333, 70, 301), (128, 512, 200), (32, 128, 64),
+                        (128, 64, 32), (100, 37, 90)]:
             for ta, tb in FORMS:
                 A, B = operands(rng, ta, tb, M, N, K, dtype)
                 bias = rng.standard_normal(N).astype(dtype)
@@ -351,6 +377,39 @@ def test_gemm_bit_identical_for_one_and_two_threads(gemm_lib, dtype):
         gemm.lib.set_threads_api(2)
 
 
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_direct_path_gives_the_packed_paths_bits(gemm_lib, dtype):
+    """Reading the operands in place changes where the micro-kernel loads
+    from, not what it computes: the same bits as the build that packs every
+    product, in every form, with bias and relu, with edge tiles."""
+    direct, packed = gemm_lib("native", dtype), gemm_lib("packed", dtype)
+    rng = np.random.default_rng(5)
+    for (M, N, K), (ta, tb), beta in itertools.product(DIRECT_SHAPES, FORMS, (0, 1)):
+        if M <= 4:
+            continue  # the tiny path
+        A, B = operands(rng, ta, tb, M, N, K, dtype, pad=1)
+        bias = rng.standard_normal(N).astype(dtype)
+        C0 = rng.standard_normal((M, N)).astype(dtype)
+        out = []
+        for gemm in (direct, packed):
+            C = C0.copy()
+            gemm(ta, tb, M, N, K, A, B, C, beta, bias=bias, act=1)
+            out.append(C)
+        np.testing.assert_array_equal(out[0], out[1], err_msg=f"{(M, N, K)} ta={ta} tb={tb}")
+
+
+def test_gemm_instruction_set_choice(gemm_lib):
+    """-march=native and the run-time choice take AVX-512 where the CPU has it;
+    the cap and GC_GEMM_DISPATCH=0 are obeyed."""
+    best = 2 if HAS_AVX512 else 1 if HAS_AVX2 else 0
+    assert gemm_lib("dispatch", "float32").lib.isa_api() == best
+    assert gemm_lib("dispatch_avx2", "float32").lib.isa_api() == min(best, 1)
+    assert gemm_lib("portable", "float32").lib.isa_api() == 0
+    assert gemm_lib("avx2", "float32").lib.isa_api() == 1
+    if HAS_AVX512:
+        assert gemm_lib("native", "float32").lib.isa_api() == 2
+
+
 # ---------------------------------------------------------------------------
 # Compiler-level checks
 # ---------------------------------------------------------------------------
@@ -360,6 +419,8 @@ STRICT_CONFIGS = {
     "openmp": ["-fopenmp"],
     "native": ["-march=native"],
     "openmp_native": ["-fopenmp", "-march=native"],
+    "no_dispatch": ["-DGC_GEMM_DISPATCH=0"],
+    "avx2_no_dispatch": ["-march=haswell", "-DGC_GEMM_DISPATCH=0"],
 }
 
 
@@ -381,13 +442,15 @@ def test_gemm_template_needs_nothing():
     assert first_line == "{#- needs: (nothing) -#}"
 
 
-def test_gemm_native_build_uses_zmm_fma(gemm_lib):
-    if "avx512f" not in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore"):
+@pytest.mark.parametrize("variant", ["native", "dispatch"])
+def test_gemm_build_uses_zmm_fma(gemm_lib, variant):
+    """-march=native, and the portable build's AVX-512 variant, use 512-bit FMAs."""
+    if not HAS_AVX512 and variant == "native":
         pytest.skip("no AVX-512 on this machine")
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump not found")
-    so_path = gemm_lib("native", "float32").so_path
+    so_path = gemm_lib(variant, "float32").so_path
     disassembly = subprocess.run([objdump, "-d", so_path], capture_output=True, text=True).stdout
     assert sum("vfmadd" in line and "zmm" in line for line in disassembly.splitlines()) >= 24
 
@@ -416,7 +479,8 @@ int main(void)
     static const long shapes[][3] = {
         {0, 3, 3}, {1, 1, 1}, {3, 5, 0}, {7, 37, 131}, {37, 131, 7},
         {131, 37, 300}, {45, 400, 270}, {400, 45, 129}, {13, 600, 20},
-        {20, 1100, 300}}; /* the last fills every thread's whole pack slice */
+        {20, 1100, 300}, /* fills every thread's whole pack slice */
+        {32, 128, 64}, {32, 10, 128}, {10, 128, 32}, {128, 64, 32}}; /* direct path */
     const long count = (long)(sizeof shapes / sizeof shapes[0]);
     /* Exactly the advertised size (a multiple of 64 bytes), so that ASan
        reports any access past it. */
@@ -454,8 +518,9 @@ int main(void)
 @needs_gcc
 @pytest.mark.parametrize(
     "flags, max_threads",
-    [(["-march=native", "-fopenmp"], 1), (["-march=native", "-fopenmp"], 2), ([], 2)],
-    ids=["native-omp-max1", "native-omp-max2", "portable"],
+    [(["-march=native", "-fopenmp"], 1), (["-march=native", "-fopenmp"], 2),
+     (["-DGC_GEMM_DISPATCH=0"], 2), (["-fopenmp"], 2), (["-fopenmp", "-DGC_GEMM_ISA_CAP=1"], 2)],
+    ids=["native-omp-max1", "native-omp-max2", "plain-c", "dispatch-omp", "dispatch-avx2-omp"],
 )
 def test_gemm_clean_under_sanitizers(tmp_path, flags, max_threads):
     kernels = render_template()

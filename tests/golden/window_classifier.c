@@ -75,23 +75,69 @@ typedef float gc_real;
  * full tile; a tile that sticks out of C is computed into a scratch tile and
  * only its valid part is added into C.
  *
- * Threads (OpenMP, when compiled with -fopenmp): C is split into one
- * contiguous range of whole NR columns (or MR rows) per thread, each thread
- * runs the loops above on its part with its own slice of `pack`.  K is never
- * split and the block sizes do not depend on the thread count, so every C
- * element sees the same sequence of operations for any number of threads:
- * results are bit-identical for 1 and 2 threads.
+ * Packing costs one pass over each operand; it pays when a panel is reused
+ * many times.  Products of up to GC_GEMM_DIRECT_WORK multiply-adds skip it:
+ * the micro-kernel reads op(A) in place (any form: it takes a row and a step
+ * stride) and op(B) in place when tb = 0; only an edge strip or panel is
+ * packed, for its zero padding.  The sequence of operations per C element is
+ * the same packed or not.
  *
- * Small problems (M*N*K < GC_GEMM_SMALL_WORK, or at most GC_GEMM_SMALL_ROWS
- * rows of C with op(B) = B) take a plain loop nest with no packing.
+ * Threads (OpenMP, when compiled with -fopenmp): C is cut into parts, each a
+ * contiguous range of whole NR columns (or MR rows); the threads take parts
+ * one at a time (dynamic schedule, so a thread that the OS delays leaves its
+ * share to the others) and run the loops above on them with their own slice
+ * of `pack`.  K is never split and the block sizes do not depend on the
+ * thread count or the part, so every C element sees the same sequence of
+ * operations for any number of threads: results are bit-identical for 1 and
+ * 2 threads.
+ *
+ * Tiny problems (M*N*K < GC_GEMM_SMALL_WORK, or at most GC_GEMM_SMALL_ROWS
+ * rows of C with op(B) = B) take a plain loop nest with no tiling.
+ *
+ * Instruction sets: the kernels are written once (kernels/matmul_core.c.j2)
+ * over a small vector layer and compiled for AVX-512, AVX2 + FMA and plain C.
+ * A build whose flags already enable AVX-512 (-march=native here) compiles
+ * only that.  Otherwise, on GCC or Clang for x86-64, all three are compiled
+ * (the vector ones with target attributes, so the file needs no -m flags and
+ * stays C99) and each call picks the best one the CPU supports, read from
+ * the compiler's CPU model (__builtin_cpu_supports: no state of ours, so the
+ * code stays reentrant).  Under valgrind, whose emulated CPU has no AVX-512,
+ * that is AVX2.  -DGC_GEMM_DISPATCH=0 turns the run-time choice off (then the
+ * compiler flags decide); -DGC_GEMM_ISA_CAP=1 (or 0) caps it at AVX2 (or
+ * plain C), for tests.  Everywhere else the plain C is compiled alone.
  */
 
+#ifndef GC_GEMM_DISPATCH
+#define GC_GEMM_DISPATCH 1
+#endif
+#ifndef GC_GEMM_ISA_CAP
+#define GC_GEMM_ISA_CAP 2
+#endif
+
 #if defined(__GNUC__) && defined(__AVX512F__)
+/* The flags enable AVX-512 (-march=native on this machine class): only that. */
 #include <immintrin.h>
-#define GC_GEMM_ISA_AVX512 1
+#define GC_GEMM_HAVE_AVX512 1
+#elif GC_GEMM_DISPATCH && defined(__GNUC__) && defined(__x86_64__)
+/* Portable flags on x86-64: every variant, chosen per call. */
+#include <immintrin.h>
+#define GC_GEMM_RUNTIME_ISA 1
+#define GC_GEMM_HAVE_AVX512 1
+#define GC_GEMM_HAVE_AVX2 1
+#define GC_GEMM_HAVE_GENERIC 1
+#define GC_GEMM_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define GC_GEMM_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #elif defined(__GNUC__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
-#define GC_GEMM_ISA_AVX2 1
+#define GC_GEMM_HAVE_AVX2 1
+#else
+#define GC_GEMM_HAVE_GENERIC 1
+#endif
+#ifndef GC_GEMM_TARGET_AVX512
+#define GC_GEMM_TARGET_AVX512
+#endif
+#ifndef GC_GEMM_TARGET_AVX2
+#define GC_GEMM_TARGET_AVX2
 #endif
 
 #ifdef _OPENMP
@@ -99,87 +145,10 @@ typedef float gc_real;
 #endif
 
 /* ---------------------------------------------------------------------- */
-/* Vector layer: gc_vec is GC_VEC_WIDTH gc_reals                          */
+/* Block sizes and thresholds (shared by every instruction set)           */
 /* ---------------------------------------------------------------------- */
-
-#if defined(GC_GEMM_ISA_AVX512) && GC_REAL_IS_DOUBLE
-typedef __m512d gc_vec;
-#define GC_VEC_WIDTH 8
-#define gc_vec_zero() _mm512_setzero_pd()
-#define gc_vec_load(p) _mm512_load_pd(p)
-#define gc_vec_loadu(p) _mm512_loadu_pd(p)
-#define gc_vec_storeu(p, x) _mm512_storeu_pd((p), (x))
-#define gc_vec_set1(s) _mm512_set1_pd(s)
-#define gc_vec_fma(a, b, c) _mm512_fmadd_pd((a), (b), (c))
-#define gc_vec_add(a, b) _mm512_add_pd((a), (b))
-#define gc_vec_relu(x) _mm512_max_pd(_mm512_setzero_pd(), (x))  /* NaN stays NaN */
-#elif defined(GC_GEMM_ISA_AVX512)
-typedef __m512 gc_vec;
-#define GC_VEC_WIDTH 16
-#define gc_vec_zero() _mm512_setzero_ps()
-#define gc_vec_load(p) _mm512_load_ps(p)
-#define gc_vec_loadu(p) _mm512_loadu_ps(p)
-#define gc_vec_storeu(p, x) _mm512_storeu_ps((p), (x))
-#define gc_vec_set1(s) _mm512_set1_ps(s)
-#define gc_vec_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
-#define gc_vec_add(a, b) _mm512_add_ps((a), (b))
-#define gc_vec_relu(x) _mm512_max_ps(_mm512_setzero_ps(), (x))  /* NaN stays NaN */
-#elif defined(GC_GEMM_ISA_AVX2) && GC_REAL_IS_DOUBLE
-typedef __m256d gc_vec;
-#define GC_VEC_WIDTH 4
-#define gc_vec_zero() _mm256_setzero_pd()
-#define gc_vec_load(p) _mm256_load_pd(p)
-#define gc_vec_loadu(p) _mm256_loadu_pd(p)
-#define gc_vec_storeu(p, x) _mm256_storeu_pd((p), (x))
-#define gc_vec_set1(s) _mm256_set1_pd(s)
-#define gc_vec_fma(a, b, c) _mm256_fmadd_pd((a), (b), (c))
-#define gc_vec_add(a, b) _mm256_add_pd((a), (b))
-#define gc_vec_relu(x) _mm256_max_pd(_mm256_setzero_pd(), (x))  /* NaN stays NaN */
-#elif defined(GC_GEMM_ISA_AVX2)
-typedef __m256 gc_vec;
-#define GC_VEC_WIDTH 8
-#define gc_vec_zero() _mm256_setzero_ps()
-#define gc_vec_load(p) _mm256_load_ps(p)
-#define gc_vec_loadu(p) _mm256_loadu_ps(p)
-#define gc_vec_storeu(p, x) _mm256_storeu_ps((p), (x))
-#define gc_vec_set1(s) _mm256_set1_ps(s)
-#define gc_vec_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
-#define gc_vec_add(a, b) _mm256_add_ps((a), (b))
-#define gc_vec_relu(x) _mm256_max_ps(_mm256_setzero_ps(), (x))  /* NaN stays NaN */
-#else
-/* Portable C99: a "vector" is one scalar; the tile is still register-sized
-   and fully unrolled, which -O3 vectorises reasonably. */
-typedef gc_real gc_vec;
-#define GC_VEC_WIDTH 1
-#define gc_vec_zero() ((gc_real)0)
-#define gc_vec_load(p) (*(p))
-#define gc_vec_loadu(p) (*(p))
-#define gc_vec_storeu(p, x) (*(p) = (x))
-#define gc_vec_set1(s) (s)
-#define gc_vec_fma(a, b, c) ((a) * (b) + (c))
-#define gc_vec_add(a, b) ((a) + (b))
-#define gc_vec_relu(x) ((x) <= 0 ? (gc_real)0 : (x))
-#endif
-
-/* ---------------------------------------------------------------------- */
-/* Block sizes                                                            */
-/* ---------------------------------------------------------------------- */
-/* MR x NR: register tile (MR rows, GC_GEMM_NV vectors per row).
-   KC: depth of a packed panel; the MR x KC A panel must sit in L1.
-   NC: width of the packed KC x NC B block, which must sit in L2.
-   MC: height of the packed A block (a multiple of MR; bounds the scratch). */
-#if defined(GC_GEMM_ISA_AVX512)
-#define GC_GEMM_MR 12
-#define GC_GEMM_NV 2
-#elif defined(GC_GEMM_ISA_AVX2)
-#define GC_GEMM_MR 6
-#define GC_GEMM_NV 2
-#else
-#define GC_GEMM_MR 4
-#define GC_GEMM_NV 8
-#endif
-#define GC_GEMM_NR (GC_GEMM_NV * GC_VEC_WIDTH)
-
+/* KC: depth of a packed panel; NC: width of a packed B block (see the
+   scheme above).  The register tile MR x NR is per instruction set. */
 #if GC_REAL_IS_DOUBLE
 #define GC_GEMM_KC 128
 #define GC_GEMM_NC 512
@@ -187,42 +156,88 @@ typedef gc_real gc_vec;
 #define GC_GEMM_KC 256
 #define GC_GEMM_NC 512
 #endif
-#define GC_GEMM_MC (GC_GEMM_MR * 16)
+#define GC_GEMM_PACK_CHUNK (64 / (long)sizeof(gc_real))
 
+/* Tiny path (measured on AVX-512): below 16^3 multiply-adds tiling costs
+   more than it saves; with op(B) row-major, up to 4 rows of C are faster as
+   plain row updates than as a mostly empty 12-row register tile.  (With
+   tb = 1 the tiny path is a dot product per element.) */
+#define GC_GEMM_SMALL_WORK (16L * 16 * 16)
+#define GC_GEMM_SMALL_ROWS 4
+#define GC_GEMM_DOT_LANES 16
+/* Up to this many multiply-adds the operands are read in place, not packed
+   (the digits train step's GEMMs, 32 x 128 x 64 and smaller, and the
+   backward GEMMs of mnist with a dimension of 10). */
+#ifndef GC_GEMM_DIRECT_WORK
+#define GC_GEMM_DIRECT_WORK (128L * 128 * 128)
+#endif
+#define GC_GEMM_DIRECT_A 1
+#define GC_GEMM_DIRECT_B 2
+/* Below this many multiply-adds a second thread is not worth waking. */
+#ifndef GC_GEMM_PARALLEL_WORK
+#define GC_GEMM_PARALLEL_WORK (64L * 64 * 64)
+#endif
+/* Parts per thread of a threaded product (see Threads above). */
+#ifndef GC_GEMM_PARTS_PER_THREAD
+#define GC_GEMM_PARTS_PER_THREAD 1
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* The kernels, once per instruction set                                  */
+/* ---------------------------------------------------------------------- */
+#ifdef GC_GEMM_HAVE_AVX512
+#if GC_REAL_IS_DOUBLE
+typedef __m512d gc_vec_avx512;
+#define gc_vec gc_vec_avx512
+#define GC_VEC_WIDTH 8
+#define gc_vec_zero() _mm512_setzero_pd()
+#define gc_vec_loadu(p) _mm512_loadu_pd(p)
+#define gc_vec_storeu(p, x) _mm512_storeu_pd((p), (x))
+#define gc_vec_set1(s) _mm512_set1_pd(s)
+#define gc_vec_fma(a, b, c) _mm512_fmadd_pd((a), (b), (c))
+#define gc_vec_add(a, b) _mm512_add_pd((a), (b))
+#define gc_vec_relu(x) _mm512_max_pd(_mm512_setzero_pd(), (x))  /* NaN stays NaN */
+#else
+typedef __m512 gc_vec_avx512;
+#define gc_vec gc_vec_avx512
+#define GC_VEC_WIDTH 16
+#define gc_vec_zero() _mm512_setzero_ps()
+#define gc_vec_loadu(p) _mm512_loadu_ps(p)
+#define gc_vec_storeu(p, x) _mm512_storeu_ps((p), (x))
+#define gc_vec_set1(s) _mm512_set1_ps(s)
+#define gc_vec_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define gc_vec_add(a, b) _mm512_add_ps((a), (b))
+#define gc_vec_relu(x) _mm512_max_ps(_mm512_setzero_ps(), (x))  /* NaN stays NaN */
+#endif
+
+/* MR x NR: register tile (MR rows, GC_GEMM_NV vectors per row).
+   KC: depth of a packed panel; the MR x KC A panel must sit in L1.
+   NC: width of the packed KC x NC B block, which must sit in L2.
+   MC: height of the packed A block (a multiple of MR; bounds the scratch). */
+#define GC_GEMM_MR 12
+#define GC_GEMM_NV 2
+#define GC_GEMM_NR (GC_GEMM_NV * GC_VEC_WIDTH)
+#define GC_GEMM_MC (GC_GEMM_MR * 16)
 /* Scratch per thread: one A block and one B block (both multiples of 64 bytes,
    so every block and panel stays 64-byte aligned). */
 #define GC_GEMM_PACK_A_ELEMS ((long)GC_GEMM_MC * GC_GEMM_KC)
 #define GC_GEMM_PACK_B_ELEMS ((long)GC_GEMM_KC * GC_GEMM_NC)
-#define GC_GEMM_PACK_THREAD_ELEMS (GC_GEMM_PACK_A_ELEMS + GC_GEMM_PACK_B_ELEMS)
 
-/* Small path (measured on AVX-512): below 16^3 multiply-adds packing costs
-   more than it saves; with op(B) row-major, up to 4 rows of C are faster as
-   plain row updates than as a mostly empty 12-row register tile.  (With
-   tb = 1 the small path is a scalar dot product, slower than packing.) */
-#define GC_GEMM_SMALL_WORK (16L * 16 * 16)
-#define GC_GEMM_SMALL_ROWS 4
-#define GC_GEMM_DOT_LANES 16
-/* Below this many multiply-adds a second thread is not worth waking. */
-#define GC_GEMM_PARALLEL_WORK (64L * 64 * 64)
-
-static long gc_gemm_pack_elems(void)
+static long gc_gemm_pack_thread_elems_avx512(void)
 {
-    return (long)GC_MAX_THREADS * GC_GEMM_PACK_THREAD_ELEMS;
+    return GC_GEMM_PACK_A_ELEMS + GC_GEMM_PACK_B_ELEMS;
 }
 
-/* ---------------------------------------------------------------------- */
-/* Micro-kernel                                                           */
-/* ---------------------------------------------------------------------- */
-#if defined(GC_GEMM_ISA_AVX512)
-/* C[12 x 2*GC_VEC_WIDTH] = beta*C + a_panel * b_panel, then the epilogue.
-   a_panel: kc steps of 12 values (one column of op(A) each);
-   b_panel: kc steps of 2 vectors (one row of op(B) each), 64-byte aligned.
+/* C[12 x 2*GC_VEC_WIDTH] = beta*C + op(A) op(B) over kc steps, then the epilogue.
+   Step k reads op(A)[r][k] = a[r * a_rs + k * a_ks] (r < 12) and the 2 vectors of
+   op(B)[k][0:NR] at b + k * b_ks.  A packed panel has a_rs = 1, a_ks = MR and b_ks = NR; the
+   unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
-   an edge tile (computed into a scratch tile, then added in scalar code) give
-   bit-identical results. */
-static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real *b_panel,
-                                 int beta, gc_real *C, long ldc,
-                                 const gc_real *bias, int relu)
+   an edge tile (computed into a scratch tile, then added in scalar code), and a
+   packed and an unpacked operand, give bit-identical results. */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_real *a, long a_rs, long a_ks,
+                                                              const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
+                                                              const gc_real *bias, int relu)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -251,70 +266,70 @@ static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real 
     long k;
 
     for (k = 0; k < kc; ++k) {
-        const gc_vec b0 = gc_vec_load(b_panel + 0 * GC_VEC_WIDTH);
-        const gc_vec b1 = gc_vec_load(b_panel + 1 * GC_VEC_WIDTH);
+        const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
+        const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a = gc_vec_set1(a_panel[0]);
-            acc0_0 = gc_vec_fma(a, b0, acc0_0);
-            acc0_1 = gc_vec_fma(a, b1, acc0_1);
+            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            acc0_0 = gc_vec_fma(a0, b0, acc0_0);
+            acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[1]);
-            acc1_0 = gc_vec_fma(a, b0, acc1_0);
-            acc1_1 = gc_vec_fma(a, b1, acc1_1);
+            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            acc1_0 = gc_vec_fma(a1, b0, acc1_0);
+            acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[2]);
-            acc2_0 = gc_vec_fma(a, b0, acc2_0);
-            acc2_1 = gc_vec_fma(a, b1, acc2_1);
+            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            acc2_0 = gc_vec_fma(a2, b0, acc2_0);
+            acc2_1 = gc_vec_fma(a2, b1, acc2_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[3]);
-            acc3_0 = gc_vec_fma(a, b0, acc3_0);
-            acc3_1 = gc_vec_fma(a, b1, acc3_1);
+            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            acc3_0 = gc_vec_fma(a3, b0, acc3_0);
+            acc3_1 = gc_vec_fma(a3, b1, acc3_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[4]);
-            acc4_0 = gc_vec_fma(a, b0, acc4_0);
-            acc4_1 = gc_vec_fma(a, b1, acc4_1);
+            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            acc4_0 = gc_vec_fma(a4, b0, acc4_0);
+            acc4_1 = gc_vec_fma(a4, b1, acc4_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[5]);
-            acc5_0 = gc_vec_fma(a, b0, acc5_0);
-            acc5_1 = gc_vec_fma(a, b1, acc5_1);
+            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            acc5_0 = gc_vec_fma(a5, b0, acc5_0);
+            acc5_1 = gc_vec_fma(a5, b1, acc5_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[6]);
-            acc6_0 = gc_vec_fma(a, b0, acc6_0);
-            acc6_1 = gc_vec_fma(a, b1, acc6_1);
+            const gc_vec a6 = gc_vec_set1(a[6 * a_rs]);
+            acc6_0 = gc_vec_fma(a6, b0, acc6_0);
+            acc6_1 = gc_vec_fma(a6, b1, acc6_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[7]);
-            acc7_0 = gc_vec_fma(a, b0, acc7_0);
-            acc7_1 = gc_vec_fma(a, b1, acc7_1);
+            const gc_vec a7 = gc_vec_set1(a[7 * a_rs]);
+            acc7_0 = gc_vec_fma(a7, b0, acc7_0);
+            acc7_1 = gc_vec_fma(a7, b1, acc7_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[8]);
-            acc8_0 = gc_vec_fma(a, b0, acc8_0);
-            acc8_1 = gc_vec_fma(a, b1, acc8_1);
+            const gc_vec a8 = gc_vec_set1(a[8 * a_rs]);
+            acc8_0 = gc_vec_fma(a8, b0, acc8_0);
+            acc8_1 = gc_vec_fma(a8, b1, acc8_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[9]);
-            acc9_0 = gc_vec_fma(a, b0, acc9_0);
-            acc9_1 = gc_vec_fma(a, b1, acc9_1);
+            const gc_vec a9 = gc_vec_set1(a[9 * a_rs]);
+            acc9_0 = gc_vec_fma(a9, b0, acc9_0);
+            acc9_1 = gc_vec_fma(a9, b1, acc9_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[10]);
-            acc10_0 = gc_vec_fma(a, b0, acc10_0);
-            acc10_1 = gc_vec_fma(a, b1, acc10_1);
+            const gc_vec a10 = gc_vec_set1(a[10 * a_rs]);
+            acc10_0 = gc_vec_fma(a10, b0, acc10_0);
+            acc10_1 = gc_vec_fma(a10, b1, acc10_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[11]);
-            acc11_0 = gc_vec_fma(a, b0, acc11_0);
-            acc11_1 = gc_vec_fma(a, b1, acc11_1);
+            const gc_vec a11 = gc_vec_set1(a[11 * a_rs]);
+            acc11_0 = gc_vec_fma(a11, b0, acc11_0);
+            acc11_1 = gc_vec_fma(a11, b1, acc11_1);
         }
-        a_panel += 12;
-        b_panel += 2 * GC_VEC_WIDTH;
+        a += a_ks;
+        b += b_ks;
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
@@ -424,16 +439,396 @@ static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real 
     gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
     gc_vec_storeu(C + 11 * ldc + 1 * GC_VEC_WIDTH, acc11_1);
 }
-#elif defined(GC_GEMM_ISA_AVX2)
-/* C[6 x 2*GC_VEC_WIDTH] = beta*C + a_panel * b_panel, then the epilogue.
-   a_panel: kc steps of 6 values (one column of op(A) each);
-   b_panel: kc steps of 2 vectors (one row of op(B) each), 64-byte aligned.
+
+/* Both operands are packed into panels of `width` (MR or NR) lanes stored
+   k-major: panel[k * width + lane].  Lanes past the edge of the matrix are
+   zero.  Two source layouts occur:
+
+   pack_copy: lane l of step k is src[k * ld + l] (a row of the source per k):
+   contiguous copies.
+
+   pack_transpose: lane l of step k is src[l * ld + k] (a row of the source
+   per lane), the layout of x W^T's W.  It goes in chunks of GC_GEMM_PACK_CHUNK
+   steps so that the few destination lines being scattered into stay in L1
+   while each source row is read one cache line at a time; with AVX, groups of
+   whole lanes are transposed in registers (8 x 8 floats, 4 x 4 doubles). */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_copy_avx512(long kc, long lanes, long width,
+                              const gc_real *src, long ld, gc_real *panel)
+{
+    long k, l;
+    for (k = 0; k < kc; ++k) {
+        const gc_real *row = src + k * ld;
+        for (l = 0; l < lanes; ++l) panel[k * width + l] = row[l];
+        for (; l < width; ++l) panel[k * width + l] = 0;
+    }
+}
+
+GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_transpose_avx512(long kc, long lanes, long width,
+                                   const gc_real *src, long ld, gc_real *panel)
+{
+    long k0, k, l = 0;
+    /* In-register transposes of GROUP lanes x GROUP steps; the remaining
+       steps and lanes go through the scalar loops below. */
+#if GC_REAL_IS_DOUBLE
+#define GC_GEMM_GROUP 4
+#else
+#define GC_GEMM_GROUP 8
+#endif
+    const long kv = kc / GC_GEMM_GROUP * GC_GEMM_GROUP;
+    for (; l + GC_GEMM_GROUP <= lanes; l += GC_GEMM_GROUP) {
+        const gc_real *s = src + l * ld;
+        gc_real *p = panel + l;
+        for (k = 0; k < kv; k += GC_GEMM_GROUP) {
+#if GC_REAL_IS_DOUBLE
+            const __m256d r0 = _mm256_loadu_pd(s + 0 * ld + k), r1 = _mm256_loadu_pd(s + 1 * ld + k);
+            const __m256d r2 = _mm256_loadu_pd(s + 2 * ld + k), r3 = _mm256_loadu_pd(s + 3 * ld + k);
+            const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+            const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+            _mm256_storeu_pd(p + (k + 0) * width, _mm256_permute2f128_pd(t0, t2, 0x20));
+            _mm256_storeu_pd(p + (k + 1) * width, _mm256_permute2f128_pd(t1, t3, 0x20));
+            _mm256_storeu_pd(p + (k + 2) * width, _mm256_permute2f128_pd(t0, t2, 0x31));
+            _mm256_storeu_pd(p + (k + 3) * width, _mm256_permute2f128_pd(t1, t3, 0x31));
+#else
+            const __m256 r0 = _mm256_loadu_ps(s + 0 * ld + k), r1 = _mm256_loadu_ps(s + 1 * ld + k);
+            const __m256 r2 = _mm256_loadu_ps(s + 2 * ld + k), r3 = _mm256_loadu_ps(s + 3 * ld + k);
+            const __m256 r4 = _mm256_loadu_ps(s + 4 * ld + k), r5 = _mm256_loadu_ps(s + 5 * ld + k);
+            const __m256 r6 = _mm256_loadu_ps(s + 6 * ld + k), r7 = _mm256_loadu_ps(s + 7 * ld + k);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            _mm256_storeu_ps(p + (k + 0) * width, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(p + (k + 1) * width, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(p + (k + 2) * width, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(p + (k + 3) * width, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(p + (k + 4) * width, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(p + (k + 5) * width, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(p + (k + 6) * width, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(p + (k + 7) * width, _mm256_permute2f128_ps(u3, u7, 0x31));
+#endif
+        }
+        for (; k < kc; ++k) {
+            long g;
+            for (g = 0; g < GC_GEMM_GROUP; ++g) p[k * width + g] = s[g * ld + k];
+        }
+    }
+#undef GC_GEMM_GROUP
+    for (k0 = 0; k0 < kc; k0 += GC_GEMM_PACK_CHUNK) {
+        const long k1 = kc - k0 < GC_GEMM_PACK_CHUNK ? kc : k0 + GC_GEMM_PACK_CHUNK;
+        long j;
+        for (j = l; j < lanes; ++j) {
+            const gc_real *row = src + j * ld;
+            for (k = k0; k < k1; ++k) panel[k * width + j] = row[k];
+        }
+        for (j = lanes; j < width; ++j)
+            for (k = k0; k < k1; ++k) panel[k * width + j] = 0;
+    }
+}
+
+/* op(A)[0:mc, 0:kc] -> MR-lane panels, one per MR rows of C.
+   op(A)[i][k] is A[i*lda + k] (ta = 0) or A[k*lda + i] (ta = 1). */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_a_avx512(int ta, long mc, long kc, const gc_real *A, long lda,
+                           gc_real *packed)
+{
+    long i0;
+    for (i0 = 0; i0 < mc; i0 += GC_GEMM_MR) {
+        const long rows = mc - i0 < GC_GEMM_MR ? mc - i0 : GC_GEMM_MR;
+        if (ta)
+            gc_gemm_pack_copy_avx512(kc, rows, GC_GEMM_MR, A + i0, lda, packed);
+        else
+            gc_gemm_pack_transpose_avx512(kc, rows, GC_GEMM_MR, A + i0 * lda, lda, packed);
+        packed += GC_GEMM_MR * kc;
+    }
+}
+
+/* op(B)[0:kc, 0:nc] -> NR-lane panels, one per NR columns of C.
+   op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_b_avx512(int tb, long kc, long nc, const gc_real *B, long ldb,
+                           gc_real *packed)
+{
+    long j0;
+    for (j0 = 0; j0 < nc; j0 += GC_GEMM_NR) {
+        const long cols = nc - j0 < GC_GEMM_NR ? nc - j0 : GC_GEMM_NR;
+        if (tb)
+            gc_gemm_pack_transpose_avx512(kc, cols, GC_GEMM_NR, B + j0 * ldb, ldb, packed);
+        else
+            gc_gemm_pack_copy_avx512(kc, cols, GC_GEMM_NR, B + j0, ldb, packed);
+        packed += GC_GEMM_NR * kc;
+    }
+}
+
+/* Adds the valid rows x cols corner of a full scratch tile into C, with the
+   micro-kernel's order of operations: (C + acc), + bias, relu. */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_store_edge_avx512(long rows, long cols, const gc_real *tile,
+                               int beta, gc_real *C, long ldc,
+                               const gc_real *bias, int relu)
+{
+    long i, j;
+    for (i = 0; i < rows; ++i) {
+        for (j = 0; j < cols; ++j) {
+            gc_real value = tile[i * GC_GEMM_NR + j];
+            if (beta) value = C[i * ldc + j] + value;
+            if (bias) value = value + bias[j];
+            if (relu) value = value <= 0 ? (gc_real)0 : value;
+            C[i * ldc + j] = value;
+        }
+    }
+}
+
+/* The blocked product of one part of C (see the scheme in matmul.c.j2).
+   direct & GC_GEMM_DIRECT_A: the micro-kernel reads op(A) where it lies
+   instead of a packed copy (only an edge strip of fewer than MR rows is
+   packed, zero-padded); direct & GC_GEMM_DIRECT_B, with tb = 0: the same for
+   op(B) (only an edge panel of fewer than NR columns is packed).  Small
+   products skip the packing this way; large ones pack, for unit-stride,
+   cache-resident panels. */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M, long N, long K,
+                            const gc_real *A, long lda, const gc_real *B, long ldb,
+                            int beta, gc_real *C, long ldc,
+                            const gc_real *bias, int relu, gc_real *pack, int direct)
+{
+    gc_real *packed_a = pack;
+    gc_real *packed_b = pack + GC_GEMM_PACK_A_ELEMS;
+    const int direct_a = (direct & GC_GEMM_DIRECT_A) != 0;
+    const int direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
+    /* op(A)[i][k] = A[i * a_rs + k * a_ks] */
+    const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
+    long jc, pc, ic, ir, jr;
+
+    for (jc = 0; jc < N; jc += GC_GEMM_NC) {
+        const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
+        const long nc_full = nc / GC_GEMM_NR * GC_GEMM_NR;   /* columns in whole panels */
+        for (pc = 0; pc < K; pc += GC_GEMM_KC) {
+            const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
+            /* First K block applies the caller's beta, later ones accumulate;
+               bias and relu belong to the last K block only. */
+            const int beta_block = pc == 0 ? beta : 1;
+            const int last_block = pc + kc == K;
+            const gc_real *bias_block = last_block && bias ? bias + jc : 0;
+            const int relu_block = last_block && relu;
+            const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
+
+            if (!direct_b)
+                gc_gemm_pack_b_avx512(tb, kc, nc, b_block, ldb, packed_b);
+            else if (nc_full < nc)   /* only the edge panel, at the start of the B area */
+                gc_gemm_pack_copy_avx512(kc, nc - nc_full, GC_GEMM_NR, b_block + nc_full, ldb, packed_b);
+
+            for (ic = 0; ic < M; ic += GC_GEMM_MC) {
+                const long mc = M - ic < GC_GEMM_MC ? M - ic : GC_GEMM_MC;
+                const gc_real *a_block = ta ? A + pc * lda + ic : A + ic * lda + pc;
+                if (!direct_a)
+                    gc_gemm_pack_a_avx512(ta, mc, kc, a_block, lda, packed_a);
+
+                for (ir = 0; ir < mc; ir += GC_GEMM_MR) {
+                    const long rows = mc - ir < GC_GEMM_MR ? mc - ir : GC_GEMM_MR;
+                    const gc_real *a_panel = packed_a + ir * kc;
+                    long rs = 1, ks = GC_GEMM_MR;
+                    if (direct_a && rows == GC_GEMM_MR) {
+                        a_panel = a_block + ir * a_rs;
+                        rs = a_rs;
+                        ks = a_ks;
+                    } else if (direct_a) {
+                        gc_gemm_pack_a_avx512(ta, rows, kc, a_block + ir * a_rs, lda, packed_a);
+                        a_panel = packed_a;
+                    }
+                    for (jr = 0; jr < nc; jr += GC_GEMM_NR) {
+                        const long cols = nc - jr < GC_GEMM_NR ? nc - jr : GC_GEMM_NR;
+                        const gc_real *b_panel = packed_b + jr * kc;
+                        long b_ks = GC_GEMM_NR;
+                        gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
+                        const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
+                        if (direct_b && cols == GC_GEMM_NR) {
+                            b_panel = b_block + jr;
+                            b_ks = ldb;
+                        } else if (direct_b) {
+                            b_panel = packed_b;
+                        }
+                        if (rows == GC_GEMM_MR && cols == GC_GEMM_NR) {
+                            gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                 c_tile, ldc, bias_tile, relu_block);
+                        } else {
+                            gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
+                            gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                 tile, GC_GEMM_NR, 0, 0);
+                            gc_gemm_store_edge_avx512(rows, cols, tile, beta_block,
+                                               c_tile, ldc, bias_tile, relu_block);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Dot product of a row of op(A) (stride a_step) with a contiguous row of B.
+   Four partial sums break the dependency chain (no -ffast-math needed). */
+GC_GEMM_TARGET_AVX512 static gc_real gc_gemm_dot_avx512(long K, const gc_real *a, long a_step, const gc_real *b)
+{
+    gc_real sum0 = 0, sum1 = 0, sum2 = 0, sum3 = 0;
+    long k = 0;
+    if (a_step == 1 && K >= GC_GEMM_DOT_LANES) {
+        /* Contiguous rows (x W^T with few rows of x): GC_GEMM_DOT_LANES independent
+           partial sums, whose fixed-size inner loop the compiler turns into vector
+           FMAs, then a fixed pairwise reduction: fast, and the same bits every call. */
+        gc_real acc[GC_GEMM_DOT_LANES] = {0};
+        int l;
+        for (; k + GC_GEMM_DOT_LANES <= K; k += GC_GEMM_DOT_LANES) {
+            for (l = 0; l < GC_GEMM_DOT_LANES; ++l) acc[l] += a[k + l] * b[k + l];
+        }
+        for (l = 0; k < K; ++k, ++l) acc[l] += a[k] * b[k];
+        for (l = GC_GEMM_DOT_LANES / 2; l > 0; l /= 2) {
+            int i;
+            for (i = 0; i < l; ++i) acc[i] += acc[i + l];
+        }
+        return acc[0];
+    }
+    for (; k + 4 <= K; k += 4) {
+        sum0 += a[k * a_step] * b[k];
+        sum1 += a[(k + 1) * a_step] * b[k + 1];
+        sum2 += a[(k + 2) * a_step] * b[k + 2];
+        sum3 += a[(k + 3) * a_step] * b[k + 3];
+    }
+    for (; k < K; ++k) sum0 += a[k * a_step] * b[k];
+    return (sum0 + sum1) + (sum2 + sum3);
+}
+
+/* Tiny products: plain loops, unit stride innermost, no packing. */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_small_avx512(int ta, int tb, long M, long N, long K,
+                          const gc_real *A, long lda, const gc_real *B, long ldb,
+                          int beta, gc_real *C, long ldc,
+                          const gc_real *bias, int relu)
+{
+    /* op(A)[i][k] = A[i * a_row + k * a_step] */
+    const long a_row = ta ? 1 : lda, a_step = ta ? lda : 1;
+    long i, j, k;
+    for (i = 0; i < M; ++i) {
+        gc_real *restrict c_row = C + i * ldc;
+        const gc_real *a_row_i = A + i * a_row;
+        if (!beta)
+            for (j = 0; j < N; ++j) c_row[j] = 0;
+        if (!tb) {
+            /* op(B) rows are contiguous: C row += op(A)[i][k] * B row k. */
+            for (k = 0; k < K; ++k) {
+                const gc_real a = a_row_i[k * a_step];
+                const gc_real *restrict b_row = B + k * ldb;
+                for (j = 0; j < N; ++j) c_row[j] += a * b_row[j];
+            }
+        } else {
+            /* op(B) columns are rows of B: one dot product per element. */
+            for (j = 0; j < N; ++j)
+                c_row[j] += gc_gemm_dot_avx512(K, a_row_i, a_step, B + j * ldb);
+        }
+        if (bias)
+            for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
+        if (relu)
+            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
+    }
+}
+
+/* Part `part` of `parts` of the product: a contiguous range of whole NR
+   columns of C (when M <= N), or of whole MR rows.  Splitting N makes every
+   part read all of op(A) and splitting M all of op(B), so the split
+   duplicates the smaller operand.  Each C element is computed the same way
+   whichever part holds it. */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_part_avx512(long part, long parts, int ta, int tb, long M, long N, long K,
+                         const gc_real *A, long lda, const gc_real *B, long ldb,
+                         int beta, gc_real *C, long ldc,
+                         const gc_real *bias, int relu, gc_real *pack, int direct)
+{
+    if (M <= N) {
+        const long tiles = (N + GC_GEMM_NR - 1) / GC_GEMM_NR;
+        const long j0 = tiles * part / parts * GC_GEMM_NR;
+        long j1 = tiles * (part + 1) / parts * GC_GEMM_NR;
+        if (j1 > N) j1 = N;
+        if (j1 <= j0) return;
+        gc_gemm_blocked_avx512(ta, tb, M, j1 - j0, K, A, lda,
+                        tb ? B + j0 * ldb : B + j0, ldb, beta, C + j0, ldc,
+                        bias ? bias + j0 : 0, relu, pack, direct);
+    } else {
+        const long tiles = (M + GC_GEMM_MR - 1) / GC_GEMM_MR;
+        const long i0 = tiles * part / parts * GC_GEMM_MR;
+        long i1 = tiles * (part + 1) / parts * GC_GEMM_MR;
+        if (i1 > M) i1 = M;
+        if (i1 <= i0) return;
+        gc_gemm_blocked_avx512(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda,
+                        B, ldb, beta, C + i0 * ldc, ldc, bias, relu, pack, direct);
+    }
+}
+
+#undef gc_vec
+#undef GC_VEC_WIDTH
+#undef gc_vec_zero
+#undef gc_vec_loadu
+#undef gc_vec_storeu
+#undef gc_vec_set1
+#undef gc_vec_fma
+#undef gc_vec_add
+#undef gc_vec_relu
+#undef GC_GEMM_MR
+#undef GC_GEMM_NV
+#undef GC_GEMM_NR
+#undef GC_GEMM_MC
+#undef GC_GEMM_PACK_A_ELEMS
+#undef GC_GEMM_PACK_B_ELEMS
+#endif
+
+#ifdef GC_GEMM_HAVE_AVX2
+#if GC_REAL_IS_DOUBLE
+typedef __m256d gc_vec_avx2;
+#define gc_vec gc_vec_avx2
+#define GC_VEC_WIDTH 4
+#define gc_vec_zero() _mm256_setzero_pd()
+#define gc_vec_loadu(p) _mm256_loadu_pd(p)
+#define gc_vec_storeu(p, x) _mm256_storeu_pd((p), (x))
+#define gc_vec_set1(s) _mm256_set1_pd(s)
+#define gc_vec_fma(a, b, c) _mm256_fmadd_pd((a), (b), (c))
+#define gc_vec_add(a, b) _mm256_add_pd((a), (b))
+#define gc_vec_relu(x) _mm256_max_pd(_mm256_setzero_pd(), (x))  /* NaN stays NaN */
+#else
+typedef __m256 gc_vec_avx2;
+#define gc_vec gc_vec_avx2
+#define GC_VEC_WIDTH 8
+#define gc_vec_zero() _mm256_setzero_ps()
+#define gc_vec_loadu(p) _mm256_loadu_ps(p)
+#define gc_vec_storeu(p, x) _mm256_storeu_ps((p), (x))
+#define gc_vec_set1(s) _mm256_set1_ps(s)
+#define gc_vec_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define gc_vec_add(a, b) _mm256_add_ps((a), (b))
+#define gc_vec_relu(x) _mm256_max_ps(_mm256_setzero_ps(), (x))  /* NaN stays NaN */
+#endif
+
+/* MR x NR: register tile (MR rows, GC_GEMM_NV vectors per row).
+   KC: depth of a packed panel; the MR x KC A panel must sit in L1.
+   NC: width of the packed KC x NC B block, which must sit in L2.
+   MC: height of the packed A block (a multiple of MR; bounds the scratch). */
+#define GC_GEMM_MR 6
+#define GC_GEMM_NV 2
+#define GC_GEMM_NR (GC_GEMM_NV * GC_VEC_WIDTH)
+#define GC_GEMM_MC (GC_GEMM_MR * 16)
+/* Scratch per thread: one A block and one B block (both multiples of 64 bytes,
+   so every block and panel stays 64-byte aligned). */
+#define GC_GEMM_PACK_A_ELEMS ((long)GC_GEMM_MC * GC_GEMM_KC)
+#define GC_GEMM_PACK_B_ELEMS ((long)GC_GEMM_KC * GC_GEMM_NC)
+
+static long gc_gemm_pack_thread_elems_avx2(void)
+{
+    return GC_GEMM_PACK_A_ELEMS + GC_GEMM_PACK_B_ELEMS;
+}
+
+/* C[6 x 2*GC_VEC_WIDTH] = beta*C + op(A) op(B) over kc steps, then the epilogue.
+   Step k reads op(A)[r][k] = a[r * a_rs + k * a_ks] (r < 6) and the 2 vectors of
+   op(B)[k][0:NR] at b + k * b_ks.  A packed panel has a_rs = 1, a_ks = MR and b_ks = NR; the
+   unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
-   an edge tile (computed into a scratch tile, then added in scalar code) give
-   bit-identical results. */
-static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real *b_panel,
-                                 int beta, gc_real *C, long ldc,
-                                 const gc_real *bias, int relu)
+   an edge tile (computed into a scratch tile, then added in scalar code), and a
+   packed and an unpacked operand, give bit-identical results. */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real *a, long a_rs, long a_ks,
+                                                          const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
+                                                          const gc_real *bias, int relu)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -450,40 +845,40 @@ static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real 
     long k;
 
     for (k = 0; k < kc; ++k) {
-        const gc_vec b0 = gc_vec_load(b_panel + 0 * GC_VEC_WIDTH);
-        const gc_vec b1 = gc_vec_load(b_panel + 1 * GC_VEC_WIDTH);
+        const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
+        const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a = gc_vec_set1(a_panel[0]);
-            acc0_0 = gc_vec_fma(a, b0, acc0_0);
-            acc0_1 = gc_vec_fma(a, b1, acc0_1);
+            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            acc0_0 = gc_vec_fma(a0, b0, acc0_0);
+            acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[1]);
-            acc1_0 = gc_vec_fma(a, b0, acc1_0);
-            acc1_1 = gc_vec_fma(a, b1, acc1_1);
+            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            acc1_0 = gc_vec_fma(a1, b0, acc1_0);
+            acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[2]);
-            acc2_0 = gc_vec_fma(a, b0, acc2_0);
-            acc2_1 = gc_vec_fma(a, b1, acc2_1);
+            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            acc2_0 = gc_vec_fma(a2, b0, acc2_0);
+            acc2_1 = gc_vec_fma(a2, b1, acc2_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[3]);
-            acc3_0 = gc_vec_fma(a, b0, acc3_0);
-            acc3_1 = gc_vec_fma(a, b1, acc3_1);
+            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            acc3_0 = gc_vec_fma(a3, b0, acc3_0);
+            acc3_1 = gc_vec_fma(a3, b1, acc3_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[4]);
-            acc4_0 = gc_vec_fma(a, b0, acc4_0);
-            acc4_1 = gc_vec_fma(a, b1, acc4_1);
+            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            acc4_0 = gc_vec_fma(a4, b0, acc4_0);
+            acc4_1 = gc_vec_fma(a4, b1, acc4_1);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[5]);
-            acc5_0 = gc_vec_fma(a, b0, acc5_0);
-            acc5_1 = gc_vec_fma(a, b1, acc5_1);
+            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            acc5_0 = gc_vec_fma(a5, b0, acc5_0);
+            acc5_1 = gc_vec_fma(a5, b1, acc5_1);
         }
-        a_panel += 6;
-        b_panel += 2 * GC_VEC_WIDTH;
+        a += a_ks;
+        b += b_ks;
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
@@ -545,16 +940,385 @@ static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real 
     gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
     gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
 }
+
+/* Both operands are packed into panels of `width` (MR or NR) lanes stored
+   k-major: panel[k * width + lane].  Lanes past the edge of the matrix are
+   zero.  Two source layouts occur:
+
+   pack_copy: lane l of step k is src[k * ld + l] (a row of the source per k):
+   contiguous copies.
+
+   pack_transpose: lane l of step k is src[l * ld + k] (a row of the source
+   per lane), the layout of x W^T's W.  It goes in chunks of GC_GEMM_PACK_CHUNK
+   steps so that the few destination lines being scattered into stay in L1
+   while each source row is read one cache line at a time; with AVX, groups of
+   whole lanes are transposed in registers (8 x 8 floats, 4 x 4 doubles). */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_copy_avx2(long kc, long lanes, long width,
+                              const gc_real *src, long ld, gc_real *panel)
+{
+    long k, l;
+    for (k = 0; k < kc; ++k) {
+        const gc_real *row = src + k * ld;
+        for (l = 0; l < lanes; ++l) panel[k * width + l] = row[l];
+        for (; l < width; ++l) panel[k * width + l] = 0;
+    }
+}
+
+GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_transpose_avx2(long kc, long lanes, long width,
+                                   const gc_real *src, long ld, gc_real *panel)
+{
+    long k0, k, l = 0;
+    /* In-register transposes of GROUP lanes x GROUP steps; the remaining
+       steps and lanes go through the scalar loops below. */
+#if GC_REAL_IS_DOUBLE
+#define GC_GEMM_GROUP 4
 #else
-/* C[4 x 8*GC_VEC_WIDTH] = beta*C + a_panel * b_panel, then the epilogue.
-   a_panel: kc steps of 4 values (one column of op(A) each);
-   b_panel: kc steps of 8 vectors (one row of op(B) each), 64-byte aligned.
+#define GC_GEMM_GROUP 8
+#endif
+    const long kv = kc / GC_GEMM_GROUP * GC_GEMM_GROUP;
+    for (; l + GC_GEMM_GROUP <= lanes; l += GC_GEMM_GROUP) {
+        const gc_real *s = src + l * ld;
+        gc_real *p = panel + l;
+        for (k = 0; k < kv; k += GC_GEMM_GROUP) {
+#if GC_REAL_IS_DOUBLE
+            const __m256d r0 = _mm256_loadu_pd(s + 0 * ld + k), r1 = _mm256_loadu_pd(s + 1 * ld + k);
+            const __m256d r2 = _mm256_loadu_pd(s + 2 * ld + k), r3 = _mm256_loadu_pd(s + 3 * ld + k);
+            const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+            const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+            _mm256_storeu_pd(p + (k + 0) * width, _mm256_permute2f128_pd(t0, t2, 0x20));
+            _mm256_storeu_pd(p + (k + 1) * width, _mm256_permute2f128_pd(t1, t3, 0x20));
+            _mm256_storeu_pd(p + (k + 2) * width, _mm256_permute2f128_pd(t0, t2, 0x31));
+            _mm256_storeu_pd(p + (k + 3) * width, _mm256_permute2f128_pd(t1, t3, 0x31));
+#else
+            const __m256 r0 = _mm256_loadu_ps(s + 0 * ld + k), r1 = _mm256_loadu_ps(s + 1 * ld + k);
+            const __m256 r2 = _mm256_loadu_ps(s + 2 * ld + k), r3 = _mm256_loadu_ps(s + 3 * ld + k);
+            const __m256 r4 = _mm256_loadu_ps(s + 4 * ld + k), r5 = _mm256_loadu_ps(s + 5 * ld + k);
+            const __m256 r6 = _mm256_loadu_ps(s + 6 * ld + k), r7 = _mm256_loadu_ps(s + 7 * ld + k);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            _mm256_storeu_ps(p + (k + 0) * width, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(p + (k + 1) * width, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(p + (k + 2) * width, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(p + (k + 3) * width, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(p + (k + 4) * width, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(p + (k + 5) * width, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(p + (k + 6) * width, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(p + (k + 7) * width, _mm256_permute2f128_ps(u3, u7, 0x31));
+#endif
+        }
+        for (; k < kc; ++k) {
+            long g;
+            for (g = 0; g < GC_GEMM_GROUP; ++g) p[k * width + g] = s[g * ld + k];
+        }
+    }
+#undef GC_GEMM_GROUP
+    for (k0 = 0; k0 < kc; k0 += GC_GEMM_PACK_CHUNK) {
+        const long k1 = kc - k0 < GC_GEMM_PACK_CHUNK ? kc : k0 + GC_GEMM_PACK_CHUNK;
+        long j;
+        for (j = l; j < lanes; ++j) {
+            const gc_real *row = src + j * ld;
+            for (k = k0; k < k1; ++k) panel[k * width + j] = row[k];
+        }
+        for (j = lanes; j < width; ++j)
+            for (k = k0; k < k1; ++k) panel[k * width + j] = 0;
+    }
+}
+
+/* op(A)[0:mc, 0:kc] -> MR-lane panels, one per MR rows of C.
+   op(A)[i][k] is A[i*lda + k] (ta = 0) or A[k*lda + i] (ta = 1). */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_a_avx2(int ta, long mc, long kc, const gc_real *A, long lda,
+                           gc_real *packed)
+{
+    long i0;
+    for (i0 = 0; i0 < mc; i0 += GC_GEMM_MR) {
+        const long rows = mc - i0 < GC_GEMM_MR ? mc - i0 : GC_GEMM_MR;
+        if (ta)
+            gc_gemm_pack_copy_avx2(kc, rows, GC_GEMM_MR, A + i0, lda, packed);
+        else
+            gc_gemm_pack_transpose_avx2(kc, rows, GC_GEMM_MR, A + i0 * lda, lda, packed);
+        packed += GC_GEMM_MR * kc;
+    }
+}
+
+/* op(B)[0:kc, 0:nc] -> NR-lane panels, one per NR columns of C.
+   op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_b_avx2(int tb, long kc, long nc, const gc_real *B, long ldb,
+                           gc_real *packed)
+{
+    long j0;
+    for (j0 = 0; j0 < nc; j0 += GC_GEMM_NR) {
+        const long cols = nc - j0 < GC_GEMM_NR ? nc - j0 : GC_GEMM_NR;
+        if (tb)
+            gc_gemm_pack_transpose_avx2(kc, cols, GC_GEMM_NR, B + j0 * ldb, ldb, packed);
+        else
+            gc_gemm_pack_copy_avx2(kc, cols, GC_GEMM_NR, B + j0, ldb, packed);
+        packed += GC_GEMM_NR * kc;
+    }
+}
+
+/* Adds the valid rows x cols corner of a full scratch tile into C, with the
+   micro-kernel's order of operations: (C + acc), + bias, relu. */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_store_edge_avx2(long rows, long cols, const gc_real *tile,
+                               int beta, gc_real *C, long ldc,
+                               const gc_real *bias, int relu)
+{
+    long i, j;
+    for (i = 0; i < rows; ++i) {
+        for (j = 0; j < cols; ++j) {
+            gc_real value = tile[i * GC_GEMM_NR + j];
+            if (beta) value = C[i * ldc + j] + value;
+            if (bias) value = value + bias[j];
+            if (relu) value = value <= 0 ? (gc_real)0 : value;
+            C[i * ldc + j] = value;
+        }
+    }
+}
+
+/* The blocked product of one part of C (see the scheme in matmul.c.j2).
+   direct & GC_GEMM_DIRECT_A: the micro-kernel reads op(A) where it lies
+   instead of a packed copy (only an edge strip of fewer than MR rows is
+   packed, zero-padded); direct & GC_GEMM_DIRECT_B, with tb = 0: the same for
+   op(B) (only an edge panel of fewer than NR columns is packed).  Small
+   products skip the packing this way; large ones pack, for unit-stride,
+   cache-resident panels. */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, long N, long K,
+                            const gc_real *A, long lda, const gc_real *B, long ldb,
+                            int beta, gc_real *C, long ldc,
+                            const gc_real *bias, int relu, gc_real *pack, int direct)
+{
+    gc_real *packed_a = pack;
+    gc_real *packed_b = pack + GC_GEMM_PACK_A_ELEMS;
+    const int direct_a = (direct & GC_GEMM_DIRECT_A) != 0;
+    const int direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
+    /* op(A)[i][k] = A[i * a_rs + k * a_ks] */
+    const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
+    long jc, pc, ic, ir, jr;
+
+    for (jc = 0; jc < N; jc += GC_GEMM_NC) {
+        const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
+        const long nc_full = nc / GC_GEMM_NR * GC_GEMM_NR;   /* columns in whole panels */
+        for (pc = 0; pc < K; pc += GC_GEMM_KC) {
+            const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
+            /* First K block applies the caller's beta, later ones accumulate;
+               bias and relu belong to the last K block only. */
+            const int beta_block = pc == 0 ? beta : 1;
+            const int last_block = pc + kc == K;
+            const gc_real *bias_block = last_block && bias ? bias + jc : 0;
+            const int relu_block = last_block && relu;
+            const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
+
+            if (!direct_b)
+                gc_gemm_pack_b_avx2(tb, kc, nc, b_block, ldb, packed_b);
+            else if (nc_full < nc)   /* only the edge panel, at the start of the B area */
+                gc_gemm_pack_copy_avx2(kc, nc - nc_full, GC_GEMM_NR, b_block + nc_full, ldb, packed_b);
+
+            for (ic = 0; ic < M; ic += GC_GEMM_MC) {
+                const long mc = M - ic < GC_GEMM_MC ? M - ic : GC_GEMM_MC;
+                const gc_real *a_block = ta ? A + pc * lda + ic : A + ic * lda + pc;
+                if (!direct_a)
+                    gc_gemm_pack_a_avx2(ta, mc, kc, a_block, lda, packed_a);
+
+                for (ir = 0; ir < mc; ir += GC_GEMM_MR) {
+                    const long rows = mc - ir < GC_GEMM_MR ? mc - ir : GC_GEMM_MR;
+                    const gc_real *a_panel = packed_a + ir * kc;
+                    long rs = 1, ks = GC_GEMM_MR;
+                    if (direct_a && rows == GC_GEMM_MR) {
+                        a_panel = a_block + ir * a_rs;
+                        rs = a_rs;
+                        ks = a_ks;
+                    } else if (direct_a) {
+                        gc_gemm_pack_a_avx2(ta, rows, kc, a_block + ir * a_rs, lda, packed_a);
+                        a_panel = packed_a;
+                    }
+                    for (jr = 0; jr < nc; jr += GC_GEMM_NR) {
+                        const long cols = nc - jr < GC_GEMM_NR ? nc - jr : GC_GEMM_NR;
+                        const gc_real *b_panel = packed_b + jr * kc;
+                        long b_ks = GC_GEMM_NR;
+                        gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
+                        const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
+                        if (direct_b && cols == GC_GEMM_NR) {
+                            b_panel = b_block + jr;
+                            b_ks = ldb;
+                        } else if (direct_b) {
+                            b_panel = packed_b;
+                        }
+                        if (rows == GC_GEMM_MR && cols == GC_GEMM_NR) {
+                            gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                 c_tile, ldc, bias_tile, relu_block);
+                        } else {
+                            gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
+                            gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                 tile, GC_GEMM_NR, 0, 0);
+                            gc_gemm_store_edge_avx2(rows, cols, tile, beta_block,
+                                               c_tile, ldc, bias_tile, relu_block);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Dot product of a row of op(A) (stride a_step) with a contiguous row of B.
+   Four partial sums break the dependency chain (no -ffast-math needed). */
+GC_GEMM_TARGET_AVX2 static gc_real gc_gemm_dot_avx2(long K, const gc_real *a, long a_step, const gc_real *b)
+{
+    gc_real sum0 = 0, sum1 = 0, sum2 = 0, sum3 = 0;
+    long k = 0;
+    if (a_step == 1 && K >= GC_GEMM_DOT_LANES) {
+        /* Contiguous rows (x W^T with few rows of x): GC_GEMM_DOT_LANES independent
+           partial sums, whose fixed-size inner loop the compiler turns into vector
+           FMAs, then a fixed pairwise reduction: fast, and the same bits every call. */
+        gc_real acc[GC_GEMM_DOT_LANES] = {0};
+        int l;
+        for (; k + GC_GEMM_DOT_LANES <= K; k += GC_GEMM_DOT_LANES) {
+            for (l = 0; l < GC_GEMM_DOT_LANES; ++l) acc[l] += a[k + l] * b[k + l];
+        }
+        for (l = 0; k < K; ++k, ++l) acc[l] += a[k] * b[k];
+        for (l = GC_GEMM_DOT_LANES / 2; l > 0; l /= 2) {
+            int i;
+            for (i = 0; i < l; ++i) acc[i] += acc[i + l];
+        }
+        return acc[0];
+    }
+    for (; k + 4 <= K; k += 4) {
+        sum0 += a[k * a_step] * b[k];
+        sum1 += a[(k + 1) * a_step] * b[k + 1];
+        sum2 += a[(k + 2) * a_step] * b[k + 2];
+        sum3 += a[(k + 3) * a_step] * b[k + 3];
+    }
+    for (; k < K; ++k) sum0 += a[k * a_step] * b[k];
+    return (sum0 + sum1) + (sum2 + sum3);
+}
+
+/* Tiny products: plain loops, unit stride innermost, no packing. */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_small_avx2(int ta, int tb, long M, long N, long K,
+                          const gc_real *A, long lda, const gc_real *B, long ldb,
+                          int beta, gc_real *C, long ldc,
+                          const gc_real *bias, int relu)
+{
+    /* op(A)[i][k] = A[i * a_row + k * a_step] */
+    const long a_row = ta ? 1 : lda, a_step = ta ? lda : 1;
+    long i, j, k;
+    for (i = 0; i < M; ++i) {
+        gc_real *restrict c_row = C + i * ldc;
+        const gc_real *a_row_i = A + i * a_row;
+        if (!beta)
+            for (j = 0; j < N; ++j) c_row[j] = 0;
+        if (!tb) {
+            /* op(B) rows are contiguous: C row += op(A)[i][k] * B row k. */
+            for (k = 0; k < K; ++k) {
+                const gc_real a = a_row_i[k * a_step];
+                const gc_real *restrict b_row = B + k * ldb;
+                for (j = 0; j < N; ++j) c_row[j] += a * b_row[j];
+            }
+        } else {
+            /* op(B) columns are rows of B: one dot product per element. */
+            for (j = 0; j < N; ++j)
+                c_row[j] += gc_gemm_dot_avx2(K, a_row_i, a_step, B + j * ldb);
+        }
+        if (bias)
+            for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
+        if (relu)
+            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
+    }
+}
+
+/* Part `part` of `parts` of the product: a contiguous range of whole NR
+   columns of C (when M <= N), or of whole MR rows.  Splitting N makes every
+   part read all of op(A) and splitting M all of op(B), so the split
+   duplicates the smaller operand.  Each C element is computed the same way
+   whichever part holds it. */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_part_avx2(long part, long parts, int ta, int tb, long M, long N, long K,
+                         const gc_real *A, long lda, const gc_real *B, long ldb,
+                         int beta, gc_real *C, long ldc,
+                         const gc_real *bias, int relu, gc_real *pack, int direct)
+{
+    if (M <= N) {
+        const long tiles = (N + GC_GEMM_NR - 1) / GC_GEMM_NR;
+        const long j0 = tiles * part / parts * GC_GEMM_NR;
+        long j1 = tiles * (part + 1) / parts * GC_GEMM_NR;
+        if (j1 > N) j1 = N;
+        if (j1 <= j0) return;
+        gc_gemm_blocked_avx2(ta, tb, M, j1 - j0, K, A, lda,
+                        tb ? B + j0 * ldb : B + j0, ldb, beta, C + j0, ldc,
+                        bias ? bias + j0 : 0, relu, pack, direct);
+    } else {
+        const long tiles = (M + GC_GEMM_MR - 1) / GC_GEMM_MR;
+        const long i0 = tiles * part / parts * GC_GEMM_MR;
+        long i1 = tiles * (part + 1) / parts * GC_GEMM_MR;
+        if (i1 > M) i1 = M;
+        if (i1 <= i0) return;
+        gc_gemm_blocked_avx2(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda,
+                        B, ldb, beta, C + i0 * ldc, ldc, bias, relu, pack, direct);
+    }
+}
+
+#undef gc_vec
+#undef GC_VEC_WIDTH
+#undef gc_vec_zero
+#undef gc_vec_loadu
+#undef gc_vec_storeu
+#undef gc_vec_set1
+#undef gc_vec_fma
+#undef gc_vec_add
+#undef gc_vec_relu
+#undef GC_GEMM_MR
+#undef GC_GEMM_NV
+#undef GC_GEMM_NR
+#undef GC_GEMM_MC
+#undef GC_GEMM_PACK_A_ELEMS
+#undef GC_GEMM_PACK_B_ELEMS
+#endif
+
+#ifdef GC_GEMM_HAVE_GENERIC
+/* Portable C99: a "vector" is one scalar; the tile is still register-sized
+   and fully unrolled, which -O3 vectorises reasonably. */
+typedef gc_real gc_vec_generic;
+#define gc_vec gc_vec_generic
+#define GC_VEC_WIDTH 1
+#define gc_vec_zero() ((gc_real)0)
+#define gc_vec_loadu(p) (*(p))
+#define gc_vec_storeu(p, x) (*(p) = (x))
+#define gc_vec_set1(s) (s)
+#define gc_vec_fma(a, b, c) ((a) * (b) + (c))
+#define gc_vec_add(a, b) ((a) + (b))
+#define gc_vec_relu(x) ((x) <= 0 ? (gc_real)0 : (x))
+
+/* MR x NR: register tile (MR rows, GC_GEMM_NV vectors per row).
+   KC: depth of a packed panel; the MR x KC A panel must sit in L1.
+   NC: width of the packed KC x NC B block, which must sit in L2.
+   MC: height of the packed A block (a multiple of MR; bounds the scratch). */
+#define GC_GEMM_MR 4
+#define GC_GEMM_NV 8
+#define GC_GEMM_NR (GC_GEMM_NV * GC_VEC_WIDTH)
+#define GC_GEMM_MC (GC_GEMM_MR * 16)
+/* Scratch per thread: one A block and one B block (both multiples of 64 bytes,
+   so every block and panel stays 64-byte aligned). */
+#define GC_GEMM_PACK_A_ELEMS ((long)GC_GEMM_MC * GC_GEMM_KC)
+#define GC_GEMM_PACK_B_ELEMS ((long)GC_GEMM_KC * GC_GEMM_NC)
+
+static long gc_gemm_pack_thread_elems_generic(void)
+{
+    return GC_GEMM_PACK_A_ELEMS + GC_GEMM_PACK_B_ELEMS;
+}
+
+/* C[4 x 8*GC_VEC_WIDTH] = beta*C + op(A) op(B) over kc steps, then the epilogue.
+   Step k reads op(A)[r][k] = a[r * a_rs + k * a_ks] (r < 4) and the 8 vectors of
+   op(B)[k][0:NR] at b + k * b_ks.  A packed panel has a_rs = 1, a_ks = MR and b_ks = NR; the
+   unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
-   an edge tile (computed into a scratch tile, then added in scalar code) give
-   bit-identical results. */
-static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real *b_panel,
-                                 int beta, gc_real *C, long ldc,
-                                 const gc_real *bias, int relu)
+   an edge tile (computed into a scratch tile, then added in scalar code), and a
+   packed and an unpacked operand, give bit-identical results. */
+static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, long a_ks,
+                                         const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
+                                         const gc_real *bias, int relu)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -591,60 +1355,60 @@ static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real 
     long k;
 
     for (k = 0; k < kc; ++k) {
-        const gc_vec b0 = gc_vec_load(b_panel + 0 * GC_VEC_WIDTH);
-        const gc_vec b1 = gc_vec_load(b_panel + 1 * GC_VEC_WIDTH);
-        const gc_vec b2 = gc_vec_load(b_panel + 2 * GC_VEC_WIDTH);
-        const gc_vec b3 = gc_vec_load(b_panel + 3 * GC_VEC_WIDTH);
-        const gc_vec b4 = gc_vec_load(b_panel + 4 * GC_VEC_WIDTH);
-        const gc_vec b5 = gc_vec_load(b_panel + 5 * GC_VEC_WIDTH);
-        const gc_vec b6 = gc_vec_load(b_panel + 6 * GC_VEC_WIDTH);
-        const gc_vec b7 = gc_vec_load(b_panel + 7 * GC_VEC_WIDTH);
+        const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
+        const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
+        const gc_vec b2 = gc_vec_loadu(b + 2 * GC_VEC_WIDTH);
+        const gc_vec b3 = gc_vec_loadu(b + 3 * GC_VEC_WIDTH);
+        const gc_vec b4 = gc_vec_loadu(b + 4 * GC_VEC_WIDTH);
+        const gc_vec b5 = gc_vec_loadu(b + 5 * GC_VEC_WIDTH);
+        const gc_vec b6 = gc_vec_loadu(b + 6 * GC_VEC_WIDTH);
+        const gc_vec b7 = gc_vec_loadu(b + 7 * GC_VEC_WIDTH);
         {
-            const gc_vec a = gc_vec_set1(a_panel[0]);
-            acc0_0 = gc_vec_fma(a, b0, acc0_0);
-            acc0_1 = gc_vec_fma(a, b1, acc0_1);
-            acc0_2 = gc_vec_fma(a, b2, acc0_2);
-            acc0_3 = gc_vec_fma(a, b3, acc0_3);
-            acc0_4 = gc_vec_fma(a, b4, acc0_4);
-            acc0_5 = gc_vec_fma(a, b5, acc0_5);
-            acc0_6 = gc_vec_fma(a, b6, acc0_6);
-            acc0_7 = gc_vec_fma(a, b7, acc0_7);
+            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            acc0_0 = gc_vec_fma(a0, b0, acc0_0);
+            acc0_1 = gc_vec_fma(a0, b1, acc0_1);
+            acc0_2 = gc_vec_fma(a0, b2, acc0_2);
+            acc0_3 = gc_vec_fma(a0, b3, acc0_3);
+            acc0_4 = gc_vec_fma(a0, b4, acc0_4);
+            acc0_5 = gc_vec_fma(a0, b5, acc0_5);
+            acc0_6 = gc_vec_fma(a0, b6, acc0_6);
+            acc0_7 = gc_vec_fma(a0, b7, acc0_7);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[1]);
-            acc1_0 = gc_vec_fma(a, b0, acc1_0);
-            acc1_1 = gc_vec_fma(a, b1, acc1_1);
-            acc1_2 = gc_vec_fma(a, b2, acc1_2);
-            acc1_3 = gc_vec_fma(a, b3, acc1_3);
-            acc1_4 = gc_vec_fma(a, b4, acc1_4);
-            acc1_5 = gc_vec_fma(a, b5, acc1_5);
-            acc1_6 = gc_vec_fma(a, b6, acc1_6);
-            acc1_7 = gc_vec_fma(a, b7, acc1_7);
+            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            acc1_0 = gc_vec_fma(a1, b0, acc1_0);
+            acc1_1 = gc_vec_fma(a1, b1, acc1_1);
+            acc1_2 = gc_vec_fma(a1, b2, acc1_2);
+            acc1_3 = gc_vec_fma(a1, b3, acc1_3);
+            acc1_4 = gc_vec_fma(a1, b4, acc1_4);
+            acc1_5 = gc_vec_fma(a1, b5, acc1_5);
+            acc1_6 = gc_vec_fma(a1, b6, acc1_6);
+            acc1_7 = gc_vec_fma(a1, b7, acc1_7);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[2]);
-            acc2_0 = gc_vec_fma(a, b0, acc2_0);
-            acc2_1 = gc_vec_fma(a, b1, acc2_1);
-            acc2_2 = gc_vec_fma(a, b2, acc2_2);
-            acc2_3 = gc_vec_fma(a, b3, acc2_3);
-            acc2_4 = gc_vec_fma(a, b4, acc2_4);
-            acc2_5 = gc_vec_fma(a, b5, acc2_5);
-            acc2_6 = gc_vec_fma(a, b6, acc2_6);
-            acc2_7 = gc_vec_fma(a, b7, acc2_7);
+            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            acc2_0 = gc_vec_fma(a2, b0, acc2_0);
+            acc2_1 = gc_vec_fma(a2, b1, acc2_1);
+            acc2_2 = gc_vec_fma(a2, b2, acc2_2);
+            acc2_3 = gc_vec_fma(a2, b3, acc2_3);
+            acc2_4 = gc_vec_fma(a2, b4, acc2_4);
+            acc2_5 = gc_vec_fma(a2, b5, acc2_5);
+            acc2_6 = gc_vec_fma(a2, b6, acc2_6);
+            acc2_7 = gc_vec_fma(a2, b7, acc2_7);
         }
         {
-            const gc_vec a = gc_vec_set1(a_panel[3]);
-            acc3_0 = gc_vec_fma(a, b0, acc3_0);
-            acc3_1 = gc_vec_fma(a, b1, acc3_1);
-            acc3_2 = gc_vec_fma(a, b2, acc3_2);
-            acc3_3 = gc_vec_fma(a, b3, acc3_3);
-            acc3_4 = gc_vec_fma(a, b4, acc3_4);
-            acc3_5 = gc_vec_fma(a, b5, acc3_5);
-            acc3_6 = gc_vec_fma(a, b6, acc3_6);
-            acc3_7 = gc_vec_fma(a, b7, acc3_7);
+            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            acc3_0 = gc_vec_fma(a3, b0, acc3_0);
+            acc3_1 = gc_vec_fma(a3, b1, acc3_1);
+            acc3_2 = gc_vec_fma(a3, b2, acc3_2);
+            acc3_3 = gc_vec_fma(a3, b3, acc3_3);
+            acc3_4 = gc_vec_fma(a3, b4, acc3_4);
+            acc3_5 = gc_vec_fma(a3, b5, acc3_5);
+            acc3_6 = gc_vec_fma(a3, b6, acc3_6);
+            acc3_7 = gc_vec_fma(a3, b7, acc3_7);
         }
-        a_panel += 4;
-        b_panel += 8 * GC_VEC_WIDTH;
+        a += a_ks;
+        b += b_ks;
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
@@ -792,26 +1556,20 @@ static void gc_gemm_micro_kernel(long kc, const gc_real *a_panel, const gc_real 
     gc_vec_storeu(C + 3 * ldc + 6 * GC_VEC_WIDTH, acc3_6);
     gc_vec_storeu(C + 3 * ldc + 7 * GC_VEC_WIDTH, acc3_7);
 }
-#endif
-
-/* ---------------------------------------------------------------------- */
-/* Packing                                                                */
-/* ---------------------------------------------------------------------- */
 
 /* Both operands are packed into panels of `width` (MR or NR) lanes stored
    k-major: panel[k * width + lane].  Lanes past the edge of the matrix are
    zero.  Two source layouts occur:
 
-   gc_gemm_pack_copy: lane l of step k is src[k * ld + l] (a row of the
-   source per k): contiguous copies.
+   pack_copy: lane l of step k is src[k * ld + l] (a row of the source per k):
+   contiguous copies.
 
-   gc_gemm_pack_transpose: lane l of step k is src[l * ld + k] (a row of the
-   source per lane).  It is done in chunks of GC_GEMM_PACK_CHUNK steps so that
-   the few destination lines being scattered into stay in L1 while each source
-   row is read one cache line at a time. */
-#define GC_GEMM_PACK_CHUNK (64 / (long)sizeof(gc_real))
-
-static void gc_gemm_pack_copy(long kc, long lanes, long width,
+   pack_transpose: lane l of step k is src[l * ld + k] (a row of the source
+   per lane), the layout of x W^T's W.  It goes in chunks of GC_GEMM_PACK_CHUNK
+   steps so that the few destination lines being scattered into stay in L1
+   while each source row is read one cache line at a time; with AVX, groups of
+   whole lanes are transposed in registers (8 x 8 floats, 4 x 4 doubles). */
+static void gc_gemm_pack_copy_generic(long kc, long lanes, long width,
                               const gc_real *src, long ld, gc_real *panel)
 {
     long k, l;
@@ -822,60 +1580,57 @@ static void gc_gemm_pack_copy(long kc, long lanes, long width,
     }
 }
 
-static void gc_gemm_pack_transpose(long kc, long lanes, long width,
+static void gc_gemm_pack_transpose_generic(long kc, long lanes, long width,
                                    const gc_real *src, long ld, gc_real *panel)
 {
-    long k0, k, l;
+    long k0, k, l = 0;
     for (k0 = 0; k0 < kc; k0 += GC_GEMM_PACK_CHUNK) {
         const long k1 = kc - k0 < GC_GEMM_PACK_CHUNK ? kc : k0 + GC_GEMM_PACK_CHUNK;
-        for (l = 0; l < lanes; ++l) {
-            const gc_real *row = src + l * ld;
-            for (k = k0; k < k1; ++k) panel[k * width + l] = row[k];
+        long j;
+        for (j = l; j < lanes; ++j) {
+            const gc_real *row = src + j * ld;
+            for (k = k0; k < k1; ++k) panel[k * width + j] = row[k];
         }
-        for (; l < width; ++l)
-            for (k = k0; k < k1; ++k) panel[k * width + l] = 0;
+        for (j = lanes; j < width; ++j)
+            for (k = k0; k < k1; ++k) panel[k * width + j] = 0;
     }
 }
 
 /* op(A)[0:mc, 0:kc] -> MR-lane panels, one per MR rows of C.
    op(A)[i][k] is A[i*lda + k] (ta = 0) or A[k*lda + i] (ta = 1). */
-static void gc_gemm_pack_a(int ta, long mc, long kc, const gc_real *A, long lda,
+static void gc_gemm_pack_a_generic(int ta, long mc, long kc, const gc_real *A, long lda,
                            gc_real *packed)
 {
     long i0;
     for (i0 = 0; i0 < mc; i0 += GC_GEMM_MR) {
         const long rows = mc - i0 < GC_GEMM_MR ? mc - i0 : GC_GEMM_MR;
         if (ta)
-            gc_gemm_pack_copy(kc, rows, GC_GEMM_MR, A + i0, lda, packed);
+            gc_gemm_pack_copy_generic(kc, rows, GC_GEMM_MR, A + i0, lda, packed);
         else
-            gc_gemm_pack_transpose(kc, rows, GC_GEMM_MR, A + i0 * lda, lda, packed);
+            gc_gemm_pack_transpose_generic(kc, rows, GC_GEMM_MR, A + i0 * lda, lda, packed);
         packed += GC_GEMM_MR * kc;
     }
 }
 
 /* op(B)[0:kc, 0:nc] -> NR-lane panels, one per NR columns of C.
    op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
-static void gc_gemm_pack_b(int tb, long kc, long nc, const gc_real *B, long ldb,
+static void gc_gemm_pack_b_generic(int tb, long kc, long nc, const gc_real *B, long ldb,
                            gc_real *packed)
 {
     long j0;
     for (j0 = 0; j0 < nc; j0 += GC_GEMM_NR) {
         const long cols = nc - j0 < GC_GEMM_NR ? nc - j0 : GC_GEMM_NR;
         if (tb)
-            gc_gemm_pack_transpose(kc, cols, GC_GEMM_NR, B + j0 * ldb, ldb, packed);
+            gc_gemm_pack_transpose_generic(kc, cols, GC_GEMM_NR, B + j0 * ldb, ldb, packed);
         else
-            gc_gemm_pack_copy(kc, cols, GC_GEMM_NR, B + j0, ldb, packed);
+            gc_gemm_pack_copy_generic(kc, cols, GC_GEMM_NR, B + j0, ldb, packed);
         packed += GC_GEMM_NR * kc;
     }
 }
 
-/* ---------------------------------------------------------------------- */
-/* Edge tiles                                                             */
-/* ---------------------------------------------------------------------- */
-
 /* Adds the valid rows x cols corner of a full scratch tile into C, with the
    micro-kernel's order of operations: (C + acc), + bias, relu. */
-static void gc_gemm_store_edge(long rows, long cols, const gc_real *tile,
+static void gc_gemm_store_edge_generic(long rows, long cols, const gc_real *tile,
                                int beta, gc_real *C, long ldc,
                                const gc_real *bias, int relu)
 {
@@ -891,21 +1646,29 @@ static void gc_gemm_store_edge(long rows, long cols, const gc_real *tile,
     }
 }
 
-/* ---------------------------------------------------------------------- */
-/* Blocked product of one thread's part of C                              */
-/* ---------------------------------------------------------------------- */
-
-static void gc_gemm_blocked(int ta, int tb, long M, long N, long K,
+/* The blocked product of one part of C (see the scheme in matmul.c.j2).
+   direct & GC_GEMM_DIRECT_A: the micro-kernel reads op(A) where it lies
+   instead of a packed copy (only an edge strip of fewer than MR rows is
+   packed, zero-padded); direct & GC_GEMM_DIRECT_B, with tb = 0: the same for
+   op(B) (only an edge panel of fewer than NR columns is packed).  Small
+   products skip the packing this way; large ones pack, for unit-stride,
+   cache-resident panels. */
+static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
                             const gc_real *A, long lda, const gc_real *B, long ldb,
                             int beta, gc_real *C, long ldc,
-                            const gc_real *bias, int relu, gc_real *pack)
+                            const gc_real *bias, int relu, gc_real *pack, int direct)
 {
     gc_real *packed_a = pack;
     gc_real *packed_b = pack + GC_GEMM_PACK_A_ELEMS;
+    const int direct_a = (direct & GC_GEMM_DIRECT_A) != 0;
+    const int direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
+    /* op(A)[i][k] = A[i * a_rs + k * a_ks] */
+    const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
     long jc, pc, ic, ir, jr;
 
     for (jc = 0; jc < N; jc += GC_GEMM_NC) {
         const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
+        const long nc_full = nc / GC_GEMM_NR * GC_GEMM_NR;   /* columns in whole panels */
         for (pc = 0; pc < K; pc += GC_GEMM_KC) {
             const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
             /* First K block applies the caller's beta, later ones accumulate;
@@ -914,31 +1677,51 @@ static void gc_gemm_blocked(int ta, int tb, long M, long N, long K,
             const int last_block = pc + kc == K;
             const gc_real *bias_block = last_block && bias ? bias + jc : 0;
             const int relu_block = last_block && relu;
+            const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
-            gc_gemm_pack_b(tb, kc, nc, tb ? B + jc * ldb + pc : B + pc * ldb + jc,
-                           ldb, packed_b);
+            if (!direct_b)
+                gc_gemm_pack_b_generic(tb, kc, nc, b_block, ldb, packed_b);
+            else if (nc_full < nc)   /* only the edge panel, at the start of the B area */
+                gc_gemm_pack_copy_generic(kc, nc - nc_full, GC_GEMM_NR, b_block + nc_full, ldb, packed_b);
 
             for (ic = 0; ic < M; ic += GC_GEMM_MC) {
                 const long mc = M - ic < GC_GEMM_MC ? M - ic : GC_GEMM_MC;
-                gc_gemm_pack_a(ta, mc, kc, ta ? A + pc * lda + ic : A + ic * lda + pc,
-                               lda, packed_a);
+                const gc_real *a_block = ta ? A + pc * lda + ic : A + ic * lda + pc;
+                if (!direct_a)
+                    gc_gemm_pack_a_generic(ta, mc, kc, a_block, lda, packed_a);
 
                 for (ir = 0; ir < mc; ir += GC_GEMM_MR) {
                     const long rows = mc - ir < GC_GEMM_MR ? mc - ir : GC_GEMM_MR;
                     const gc_real *a_panel = packed_a + ir * kc;
+                    long rs = 1, ks = GC_GEMM_MR;
+                    if (direct_a && rows == GC_GEMM_MR) {
+                        a_panel = a_block + ir * a_rs;
+                        rs = a_rs;
+                        ks = a_ks;
+                    } else if (direct_a) {
+                        gc_gemm_pack_a_generic(ta, rows, kc, a_block + ir * a_rs, lda, packed_a);
+                        a_panel = packed_a;
+                    }
                     for (jr = 0; jr < nc; jr += GC_GEMM_NR) {
                         const long cols = nc - jr < GC_GEMM_NR ? nc - jr : GC_GEMM_NR;
                         const gc_real *b_panel = packed_b + jr * kc;
+                        long b_ks = GC_GEMM_NR;
                         gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
                         const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
+                        if (direct_b && cols == GC_GEMM_NR) {
+                            b_panel = b_block + jr;
+                            b_ks = ldb;
+                        } else if (direct_b) {
+                            b_panel = packed_b;
+                        }
                         if (rows == GC_GEMM_MR && cols == GC_GEMM_NR) {
-                            gc_gemm_micro_kernel(kc, a_panel, b_panel, beta_block,
+                            gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
                                                  c_tile, ldc, bias_tile, relu_block);
                         } else {
                             gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
-                            gc_gemm_micro_kernel(kc, a_panel, b_panel, 0,
+                            gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, 0,
                                                  tile, GC_GEMM_NR, 0, 0);
-                            gc_gemm_store_edge(rows, cols, tile, beta_block,
+                            gc_gemm_store_edge_generic(rows, cols, tile, beta_block,
                                                c_tile, ldc, bias_tile, relu_block);
                         }
                     }
@@ -948,18 +1731,14 @@ static void gc_gemm_blocked(int ta, int tb, long M, long N, long K,
     }
 }
 
-/* ---------------------------------------------------------------------- */
-/* Small problems: plain loops, unit stride innermost, no packing          */
-/* ---------------------------------------------------------------------- */
-
 /* Dot product of a row of op(A) (stride a_step) with a contiguous row of B.
    Four partial sums break the dependency chain (no -ffast-math needed). */
-static gc_real gc_gemm_dot(long K, const gc_real *a, long a_step, const gc_real *b)
+static gc_real gc_gemm_dot_generic(long K, const gc_real *a, long a_step, const gc_real *b)
 {
     gc_real sum0 = 0, sum1 = 0, sum2 = 0, sum3 = 0;
     long k = 0;
     if (a_step == 1 && K >= GC_GEMM_DOT_LANES) {
-        /* Contiguous rows (x Wᵀ with few rows of x): GC_GEMM_DOT_LANES independent
+        /* Contiguous rows (x W^T with few rows of x): GC_GEMM_DOT_LANES independent
            partial sums, whose fixed-size inner loop the compiler turns into vector
            FMAs, then a fixed pairwise reduction: fast, and the same bits every call. */
         gc_real acc[GC_GEMM_DOT_LANES] = {0};
@@ -984,7 +1763,8 @@ static gc_real gc_gemm_dot(long K, const gc_real *a, long a_step, const gc_real 
     return (sum0 + sum1) + (sum2 + sum3);
 }
 
-static void gc_gemm_small(int ta, int tb, long M, long N, long K,
+/* Tiny products: plain loops, unit stride innermost, no packing. */
+static void gc_gemm_small_generic(int ta, int tb, long M, long N, long K,
                           const gc_real *A, long lda, const gc_real *B, long ldb,
                           int beta, gc_real *C, long ldc,
                           const gc_real *bias, int relu)
@@ -1007,7 +1787,7 @@ static void gc_gemm_small(int ta, int tb, long M, long N, long K,
         } else {
             /* op(B) columns are rows of B: one dot product per element. */
             for (j = 0; j < N; ++j)
-                c_row[j] += gc_gemm_dot(K, a_row_i, a_step, B + j * ldb);
+                c_row[j] += gc_gemm_dot_generic(K, a_row_i, a_step, B + j * ldb);
         }
         if (bias)
             for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
@@ -1016,38 +1796,141 @@ static void gc_gemm_small(int ta, int tb, long M, long N, long K,
     }
 }
 
-/* ---------------------------------------------------------------------- */
-/* Thread split                                                           */
-/* ---------------------------------------------------------------------- */
-
 /* Part `part` of `parts` of the product: a contiguous range of whole NR
-   columns of C, or of whole MR rows.  Splitting N makes every thread pack all
-   of op(A) and splitting M all of op(B), so the split duplicates the smaller
-   operand. */
-static void gc_gemm_part(int part, int parts, int ta, int tb, long M, long N, long K,
+   columns of C (when M <= N), or of whole MR rows.  Splitting N makes every
+   part read all of op(A) and splitting M all of op(B), so the split
+   duplicates the smaller operand.  Each C element is computed the same way
+   whichever part holds it. */
+static void gc_gemm_part_generic(long part, long parts, int ta, int tb, long M, long N, long K,
                          const gc_real *A, long lda, const gc_real *B, long ldb,
                          int beta, gc_real *C, long ldc,
-                         const gc_real *bias, int relu, gc_real *pack)
+                         const gc_real *bias, int relu, gc_real *pack, int direct)
 {
-    gc_real *thread_pack = pack + (long)part * GC_GEMM_PACK_THREAD_ELEMS;
     if (M <= N) {
         const long tiles = (N + GC_GEMM_NR - 1) / GC_GEMM_NR;
         const long j0 = tiles * part / parts * GC_GEMM_NR;
         long j1 = tiles * (part + 1) / parts * GC_GEMM_NR;
         if (j1 > N) j1 = N;
         if (j1 <= j0) return;
-        gc_gemm_blocked(ta, tb, M, j1 - j0, K, A, lda,
+        gc_gemm_blocked_generic(ta, tb, M, j1 - j0, K, A, lda,
                         tb ? B + j0 * ldb : B + j0, ldb, beta, C + j0, ldc,
-                        bias ? bias + j0 : 0, relu, thread_pack);
+                        bias ? bias + j0 : 0, relu, pack, direct);
     } else {
         const long tiles = (M + GC_GEMM_MR - 1) / GC_GEMM_MR;
         const long i0 = tiles * part / parts * GC_GEMM_MR;
         long i1 = tiles * (part + 1) / parts * GC_GEMM_MR;
         if (i1 > M) i1 = M;
         if (i1 <= i0) return;
-        gc_gemm_blocked(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda,
-                        B, ldb, beta, C + i0 * ldc, ldc, bias, relu, thread_pack);
+        gc_gemm_blocked_generic(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda,
+                        B, ldb, beta, C + i0 * ldc, ldc, bias, relu, pack, direct);
     }
+}
+
+#undef gc_vec
+#undef GC_VEC_WIDTH
+#undef gc_vec_zero
+#undef gc_vec_loadu
+#undef gc_vec_storeu
+#undef gc_vec_set1
+#undef gc_vec_fma
+#undef gc_vec_add
+#undef gc_vec_relu
+#undef GC_GEMM_MR
+#undef GC_GEMM_NV
+#undef GC_GEMM_NR
+#undef GC_GEMM_MC
+#undef GC_GEMM_PACK_A_ELEMS
+#undef GC_GEMM_PACK_B_ELEMS
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Choice of instruction set                                              */
+/* ---------------------------------------------------------------------- */
+
+/* 2: AVX-512, 1: AVX2 + FMA, 0: plain C.  Asked per call (a few loads of
+   the compiler runtime's CPU model, filled in when the library loads). */
+static int gc_gemm_isa(void)
+{
+#if defined(GC_GEMM_RUNTIME_ISA)
+    __builtin_cpu_init();
+    if (GC_GEMM_ISA_CAP >= 2 && __builtin_cpu_supports("avx512f")) return 2;
+    if (GC_GEMM_ISA_CAP >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    return 0;
+#elif defined(GC_GEMM_HAVE_AVX512)
+    return 2;
+#elif defined(GC_GEMM_HAVE_AVX2)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static long gc_gemm_pack_thread_elems(void)
+{
+    long elems = 0;
+#ifdef GC_GEMM_HAVE_AVX512
+    if (gc_gemm_pack_thread_elems_avx512() > elems) elems = gc_gemm_pack_thread_elems_avx512();
+#endif
+#ifdef GC_GEMM_HAVE_AVX2
+    if (gc_gemm_pack_thread_elems_avx2() > elems) elems = gc_gemm_pack_thread_elems_avx2();
+#endif
+#ifdef GC_GEMM_HAVE_GENERIC
+    if (gc_gemm_pack_thread_elems_generic() > elems) elems = gc_gemm_pack_thread_elems_generic();
+#endif
+    return elems;
+}
+
+static long gc_gemm_pack_elems(void)
+{
+    return (long)GC_MAX_THREADS * gc_gemm_pack_thread_elems();
+}
+
+static void gc_gemm_small_isa(int isa, int ta, int tb, long M, long N, long K,
+                              const gc_real *A, long lda, const gc_real *B, long ldb,
+                              int beta, gc_real *C, long ldc, const gc_real *bias, int relu)
+{
+#ifdef GC_GEMM_HAVE_AVX512
+    if (isa == 2) {
+        gc_gemm_small_avx512(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
+        return;
+    }
+#endif
+#ifdef GC_GEMM_HAVE_AVX2
+    if (isa == 1) {
+        gc_gemm_small_avx2(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
+        return;
+    }
+#endif
+#ifdef GC_GEMM_HAVE_GENERIC
+    gc_gemm_small_generic(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
+#endif
+    (void)isa;
+}
+
+static void gc_gemm_part_isa(int isa, long part, long parts, int ta, int tb, long M, long N, long K,
+                             const gc_real *A, long lda, const gc_real *B, long ldb,
+                             int beta, gc_real *C, long ldc,
+                             const gc_real *bias, int relu, gc_real *pack, int direct)
+{
+#ifdef GC_GEMM_HAVE_AVX512
+    if (isa == 2) {
+        gc_gemm_part_avx512(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
+                            bias, relu, pack, direct);
+        return;
+    }
+#endif
+#ifdef GC_GEMM_HAVE_AVX2
+    if (isa == 1) {
+        gc_gemm_part_avx2(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
+                          bias, relu, pack, direct);
+        return;
+    }
+#endif
+#ifdef GC_GEMM_HAVE_GENERIC
+    gc_gemm_part_generic(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
+                         bias, relu, pack, direct);
+#endif
+    (void)isa;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1060,28 +1943,34 @@ static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
                              const gc_real *bias, int act)
 {
     const int relu = act == 1;
+    const int isa = gc_gemm_isa();
+    int direct = 0;
     if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        gc_gemm_small(ta, tb, M, N, 0, A, lda, B, ldb, beta, C, ldc, bias, relu);
+    if (K <= 0 || M * N * K < GC_GEMM_SMALL_WORK || ((!tb || !ta) && M <= GC_GEMM_SMALL_ROWS)) {
+        gc_gemm_small_isa(isa, ta, tb, M, N, K > 0 ? K : 0, A, lda, B, ldb, beta, C, ldc, bias, relu);
         return;
     }
-    if (M * N * K < GC_GEMM_SMALL_WORK || ((!tb || !ta) && M <= GC_GEMM_SMALL_ROWS)) {
-        gc_gemm_small(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
-        return;
-    }
+    if (M * N * K <= GC_GEMM_DIRECT_WORK) direct = GC_GEMM_DIRECT_A | GC_GEMM_DIRECT_B;
 #ifdef _OPENMP
     if (GC_MAX_THREADS > 1 && M * N * K >= GC_GEMM_PARALLEL_WORK) {
         int threads = omp_get_max_threads();
         if (threads > GC_MAX_THREADS) threads = GC_MAX_THREADS;
         if (threads > 1) {
+            const long parts = (long)threads * GC_GEMM_PARTS_PER_THREAD;
 #pragma omp parallel num_threads(threads)
-            gc_gemm_part(omp_get_thread_num(), omp_get_num_threads(), ta, tb, M, N, K,
-                         A, lda, B, ldb, beta, C, ldc, bias, relu, pack);
+            {
+                gc_real *thread_pack = pack + (long)omp_get_thread_num() * gc_gemm_pack_thread_elems();
+                long part;
+#pragma omp for schedule(dynamic, 1) nowait
+                for (part = 0; part < parts; ++part)
+                    gc_gemm_part_isa(isa, part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
+                                     bias, relu, thread_pack, direct);
+            }
             return;
         }
     }
 #endif
-    gc_gemm_part(0, 1, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu, pack);
+    gc_gemm_part_isa(isa, 0, 1, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu, pack, direct);
 }
 
 static void gc_gemm(int ta, int tb, long M, long N, long K,
