@@ -10,7 +10,7 @@ import ast
 import difflib
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ _SECTION_LINE = re.compile(r"^\s*\[([^\]]+)\]")
 class _Source:
     file: str
     lines: dict[tuple[str, str], tuple[int, int, str]]   # (section, key) -> (line, value col, raw value)
+    repeats: dict[int, tuple[str, str, int, int]] = field(default_factory=dict)
+    # line of a second definition -> (section, key, line of the first, column of the key); key "" for a [section]
 
     def loc(self, section: str, key: str | None = None, text: str | None = None, offset: int | None = None) -> Location:
         line, col, raw = self.lines.get((section, key or ""), (None, None, ""))
@@ -41,19 +43,49 @@ class _Source:
 
 
 def _scan(text: str, file: str) -> _Source:
-    """Line and column of every `key = value` by section (tomllib gives values, not positions)."""
-    lines, section = {}, ""
+    """Line and column of every `key = value` by section (tomllib gives values, not positions),
+    and the keys and sections defined twice (tomllib names neither the key nor the first line)."""
+    src, section, open_string = _Source(file, {}), "", None
     for i, line in enumerate(text.splitlines(), 1):
+        if open_string is not None:   # inside a multi-line string: its lines are no keys
+            if line.count(open_string) % 2:
+                open_string = None
+            continue
         m = _SECTION_LINE.match(line)
         if m:
             section = m.group(1).strip()
-            lines.setdefault((section, ""), (i, 1, ""))
+            if not line.lstrip().startswith("[["):   # [[array]] tables repeat by design
+                _define(src, section, "", i, 1, "")
             continue
         m = _KEY_LINE.match(line)
         if m:   # bare or quoted key (quoted keys may hold any character, e.g. a non-ASCII name)
             key = next(k for k in m.group(1, 2, 3) if k is not None)
-            lines.setdefault((section, key), (i, m.start(4) + 1, m.group(4)))
-    return _Source(file, lines)
+            _define(src, section, key, i, m.start(4) + 1, m.group(4), len(line) - len(line.lstrip()) + 1)
+            quote = m.group(4)[:3]
+            if quote in ('"""', "'''") and m.group(4).count(quote) % 2:
+                open_string = quote
+    return src
+
+
+def _define(src: _Source, section: str, key: str, line: int, col: int, raw: str, key_col: int = 1) -> None:
+    first = src.lines.setdefault((section, key), (line, col, raw))
+    if first[0] != line:
+        src.repeats.setdefault(line, (section, key, first[0], key_col))
+
+
+def _repeated_definition(src: _Source, line: int | None) -> SpecError | None:
+    """The error for a key or section defined twice, if that is what tomllib stopped at `line`."""
+    if line not in src.repeats:
+        return None
+    section, key, first, col = src.repeats[line]
+    if key:
+        where = f"{section}.{key}" if section else key
+        return SpecError(f"{where} is defined twice (lines {first} and {line})",
+                         Location(src.file, where, line, col),
+                         hint=f"keep one definition of {key!r}, or give the second its own name")
+    return SpecError(f"[{section}] is declared twice (lines {first} and {line})",
+                     Location(src.file, section, line, col),
+                     hint=f"put every key of [{section}] under one [{section}] header")
 
 
 def load(path: str | Path) -> Graph:
@@ -67,16 +99,20 @@ def load(path: str | Path) -> Graph:
 
 
 def parse_spec(text: str, file: str = "<spec>", default_name: str = "model") -> Graph:
+    src = _scan(text, file)
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        repeated = _repeated_definition(src, int(m.group(1)) if m else None)
+        if repeated is not None:   # the scan saw a second definition on the line tomllib stopped at
+            raise repeated from None
         loc = Location(file, None, int(m.group(1)), int(m.group(2))) if m else Location(file)
         if m is None and "(at end of document)" in str(e):   # tomllib stopped at the end: point there
             last = text.splitlines() or [""]
             loc = Location(file, None, len(last), len(last[-1]) + 1)
         raise SpecError(f"not valid TOML: {str(e).split(' (at ')[0]}", loc) from None
-    return _Builder(doc, _scan(text, file), default_name).build()
+    return _Builder(doc, src, default_name).build()
 
 
 class _Builder:
@@ -102,7 +138,8 @@ class _Builder:
         name = self.doc.get("name", self.default_name)
         if not isinstance(name, str):
             raise SpecError("name must be a string", self.src.loc("", "name"))
-        g = Graph(name, self._dims())
+        dims = self._dims()
+        g = self._guard(lambda: Graph(name, dims), self.src.loc("", "name"))
         g.source_file = self.src.file
         g.param_init = {}
         for section, declare in (("inputs", g.input), ("params", g.param)):

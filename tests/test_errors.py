@@ -58,8 +58,14 @@ def caret_target(err: GraphcError) -> str:
 E = expr_spec
 CASES = [
     ("toml-syntax", HEADER + "\n[graph\nz = \"x\"\n", SpecError, None, r"not valid TOML", "[graph", None),
-    ("toml-duplicate-key", HEADER + "\n[graph]\nz = \"x\"\nz = \"x\"\n", SpecError, None, r"not valid TOML",
-     None, None),
+    ("toml-duplicate-key", HEADER + '\n[graph]\nz = "x"\nz = "relu(x)"\n\n[outputs]\nout = "z"\n', SpecError,
+     "graph.z", r"^graph\.z is defined twice \(lines 17 and 18\)$", 'z = "relu(x)"', None),
+    ("toml-duplicate-quoted-key", HEADER.replace('b1 = ["Dh"]', 'b1 = ["Dh"]\n"W" = ["Dx"]'), SpecError,
+     "params.W", r"^params\.W is defined twice \(lines 13 and 15\)$", '"W" = ["Dx"]', None),
+    ("toml-duplicate-section", HEADER + '\n[graph]\nz = "x"\n\n[outputs]\nout = "z"\n\n[ graph ]\nh = "z"\n',
+     SpecError, "graph", r"^\[graph\] is declared twice \(lines 16 and 22\)$", "[ graph ]", None),
+    ("name-not-identifier", HEADER.replace('name = "bad"', 'name = "a b"') + '\n[outputs]\nout = "x"\n',
+     SpecError, "name", r"not a plain identifier", 'name = "a b"', None),
     ("expression-syntax", E("x @ (W"), SpecError, "graph.z", r"syntax error", 'z = "', "(W"),
     ("expression-syntax-operator", E("x @@ W"), SpecError, "graph.z", r"syntax error", 'z = "', "@ W"),
     ("unknown-op", E("rleu(x @ W.T)"), SpecError, "graph.z", r"unknown op 'rleu'", 'z = "', "rleu("),
