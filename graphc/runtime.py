@@ -7,15 +7,17 @@ the spec or re-derives a shape: both come from the IR the C was made from.
 """
 from __future__ import annotations
 
+import operator
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from graphc.arguments import bind
-from graphc.codegen import CSource, Function, generate
+from graphc.codegen import CSource, generate
 from graphc.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
 from graphc.ir import FLOAT, Graph
 
@@ -49,6 +51,65 @@ def as_c_array(name: str, arr: np.ndarray) -> np.ndarray:
     return np.require(arr, requirements=("C", "A"))
 
 
+_META = operator.attrgetter("shape", "strides", "dtype")
+
+
+def c_array_type(real: str, dtype: np.dtype) -> str:
+    """The cffi type a C function takes an array of `dtype` as (real is "float" or "double")."""
+    return {"int32": "int32_t[]", "int64": "int64_t[]"}.get(dtype.name, f"{real}[]")
+
+
+class CallPlan:
+    """A checked call of one C function, ready to repeat.
+
+    It holds the batch size n, the array arguments in C order (names, the arrays of the last call
+    with their shape, strides and dtype, and their cffi pointers), the workspace pointer and the
+    outputs to allocate for each call (shape, dtype, cffi type).
+
+    `reuse(arrays)` answers the next call: the plan itself when the same array objects come back
+    with the same shape, strides and dtype (values changed in place are fine: the pointer still
+    points at the data); a new plan when some are other arrays of the same shape and dtype,
+    C-contiguous and aligned (passed to C as the checked path would pass them); None when the
+    call needs the checked path (a missing or extra name, a new shape, dtype or layout).
+
+    A plan holds its arrays, so no other object can take their ids, and a weak reference to each,
+    which makes NumPy refuse to resize them in place (a resize would move the data from under
+    the pointer) while the plan lives. A plan never changes once made, so threads can share one."""
+
+    __slots__ = ("ffi", "n", "names", "ctypes", "objs", "meta", "refs", "ptrs", "ws", "out_specs", "out_ctypes")
+
+    def __init__(self, ffi, n: int, names, ctypes, objs, ws, out_specs, out_ctypes, ptrs=None, refs=None, meta=None):
+        self.ffi, self.n, self.names, self.ctypes, self.objs, self.ws = ffi, n, names, ctypes, objs, ws
+        self.out_specs, self.out_ctypes = out_specs, out_ctypes     # [(shape, dtype)], [cffi type]
+        self.ptrs = ptrs if ptrs is not None else [ffi.from_buffer(t, a, require_writable=False)
+                                                   for t, a in zip(ctypes, objs)]
+        self.refs = refs if refs is not None else list(map(weakref.ref, objs))
+        self.meta = meta if meta is not None else list(map(_META, objs))
+
+    def reuse(self, arrays: dict[str, Any]) -> "CallPlan | None":
+        if len(arrays) != len(self.names):
+            return None
+        try:
+            objs = [arrays[k] for k in self.names]
+        except KeyError:
+            return None
+        if all(map(operator.is_, objs, self.objs)) and list(map(_META, objs)) == self.meta:
+            return self
+        ptrs, refs, meta = list(self.ptrs), list(self.refs), list(self.meta)
+        for i, a in enumerate(objs):
+            if type(a) is not np.ndarray:
+                return None
+            m = _META(a)
+            if a is self.objs[i] and m == meta[i]:
+                continue
+            if m[0] != meta[i][0] or m[2] != meta[i][2] or not (a.flags.c_contiguous and a.flags.aligned):
+                return None
+            ptrs[i] = self.ffi.from_buffer(self.ctypes[i], a, require_writable=False)
+            refs[i], meta[i] = weakref.ref(a), m
+        return CallPlan(self.ffi, self.n, self.names, self.ctypes, objs, self.ws, self.out_specs, self.out_ctypes,
+                        ptrs, refs, meta)
+
+
 class CompiledModel:
     """A model compiled to C and loaded: forward, value_and_grad, export (and training)."""
 
@@ -61,9 +122,7 @@ class CompiledModel:
         self.functions = {f.name: f for f in csrc.functions}
         self.wrt = list(csrc.grad_names)
         self._local = threading.local()
-        self._plans: dict[tuple, tuple] = {}    # checked call signatures -> (n, argument sources)
-        self._names: dict[tuple, list] = {}
-        self._param_ptrs: dict[int, tuple] = {}
+        self._pick_cache: dict[str, tuple] = {}
         self._cfuncs = {f.name: getattr(self.lib, f"{self.name}_{f.name}") for f in csrc.functions}
         self._ctype = "float" if self.dtype == np.float32 else "double"
 
@@ -89,20 +148,7 @@ class CompiledModel:
         return ws
 
     def _pointer(self, arr: np.ndarray):
-        ctype = "int32_t[]" if arr.dtype == np.int32 else f"{self._ctype}[]"
-        return self.ffi.from_buffer(ctype, arr, require_writable=False)
-
-    def _param_pointer(self, arr: np.ndarray):
-        """Parameters are long-lived: keep their cffi pointers (a pointer keeps its array alive,
-        so an id cannot be reused while cached; the cache is small and cleared when full)."""
-        hit = self._param_ptrs.get(id(arr))
-        if hit is not None and hit[0] is arr:
-            return hit[1]
-        if len(self._param_ptrs) > 64:
-            self._param_ptrs.clear()
-        ptr = self._pointer(arr)
-        self._param_ptrs[id(arr)] = (arr, ptr)
-        return ptr
+        return self.ffi.from_buffer(c_array_type(self._ctype, arr.dtype), arr, require_writable=False)
 
     def _batch(self, dims: dict[str, int]) -> int:
         sym = self.graph.symbolic_dims
@@ -120,71 +166,46 @@ class CompiledModel:
         shape = tuple(n if isinstance(d, str) else d for d in arg.value.shape)
         return np.empty(shape, dtype=self.dtype if arg.value.dtype == FLOAT else np.int32)
 
-    def call(self, fname: str, arrays: dict[str, Any], preset: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Run C function `fname`; return the arrays it wrote, by C argument name."""
-        preset = preset or {}
-        key = self._plan_key(fname, arrays, preset)
-        plan = self._plans.get(key) if key is not None else None
-        if plan is None:
-            return self._call_checked(fname, arrays, preset, key)
-        # fast path: the same names, shapes and dtypes as a call already checked
-        n, sources = plan
-        args, outs = [], {}
-        for kind, name, extra in sources:
-            if kind == "arg":
-                args.append(self._pointer(arrays[name]))
-            elif kind == "param":
-                args.append(self._param_pointer(arrays[name]))
-            elif kind == "preset":
-                args.append(self._pointer(preset[name]))
-            else:
-                arr = outs[name] = np.empty(extra[0], dtype=extra[1])
-                args.append(self._pointer(arr))
-        status = self._cfuncs[fname](n, *args, self.ffi.from_buffer(self.workspace(n)))
-        if status != 0:
-            env, _ = bind(self.graph, arrays, self.dtype, skip=frozenset(preset))
-            self._raise_status(status, fname, env, n)
-        return outs
+    def call(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
+        """Run C function `fname` on named arrays; return its outputs (new arrays) in C order.
 
-    @staticmethod
-    def _plan_key(fname, arrays, preset):
-        """Names, shapes and dtypes of the call, or None when some argument needs the checked path."""
-        key = [fname]
-        for k, v in arrays.items():
-            if type(v) is not np.ndarray or not (v.flags.c_contiguous and v.flags.aligned):
-                return None
-            key.append((k, v.shape, v.dtype.char))
-        key.extend(preset)
-        return tuple(key)
+        This thread's last call of `fname` left a CallPlan (holding that call's arrays until the
+        next call): when it can be reused, no argument is checked beyond its identity, shape,
+        strides and dtype. (C takes every input and param of the graph; were one left out, the
+        plan would never match and every call would take the checked path.)"""
+        plan = getattr(self._local, fname, None)
+        if plan is not None:
+            again = plan.reuse(arrays)
+            if again is not None:
+                if again is not plan:
+                    setattr(self._local, fname, again)
+                outs = [np.empty(shape, dt) for shape, dt in again.out_specs]
+                status = self._cfuncs[fname](again.n, *again.ptrs, *map(self.ffi.from_buffer, again.out_ctypes, outs),
+                                             again.ws)
+                if status != 0:
+                    self._raise_status(status, fname, bind(self.graph, arrays, self.dtype)[0], again.n)
+                return outs
+        return self._call_checked(fname, arrays)
 
-    def _call_checked(self, fname, arrays, preset, key):
-        """Check and convert every argument; remember the plan when nothing needed converting."""
-        f: Function = self.functions[fname]
-        env, dims = bind(self.graph, arrays, self.dtype, skip=frozenset(preset))
-        env.update(preset)
+    def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
+        """Check and convert every argument; leave a CallPlan when none needed converting."""
+        env, dims = bind(self.graph, arrays, self.dtype)
         n = self._batch(dims)
-        args, outs, sources, reusable = [], {}, [], key is not None
-        for a in f.args:
-            if a.cname in preset:
-                arr = preset[a.cname]
-                sources.append(("preset", a.cname, None))
-            elif a.role in ("input", "param", "param*", "state"):
-                name = a.value.name
-                arr = as_c_array(a.cname, env[name])
-                reusable = reusable and arr is arrays.get(name)
-                sources.append(("param" if a.role.startswith("param") else "arg", name, None))
+        names, ins, outs = [], [], []
+        for a in self.functions[fname].args:
+            if a.role in ("input", "param", "param*", "state"):
+                names.append(a.value.name)
+                ins.append(as_c_array(a.cname, env[a.value.name]))
             else:
-                arr = outs[a.cname] = self._out_array(a, n)
-                sources.append(("out", a.cname, (arr.shape, arr.dtype)))
-            args.append(self._pointer(arr))
-        ws = self.workspace(n)
-        status = getattr(self.lib, f"{self.name}_{fname}")(n, *args, self.ffi.from_buffer(ws))
+                outs.append(self._out_array(a, n))
+        ws = self.ffi.from_buffer(self.workspace(n))
+        plan = CallPlan(self.ffi, n, names, [c_array_type(self._ctype, a.dtype) for a in ins], ins, ws,
+                        [(o.shape, o.dtype) for o in outs], [c_array_type(self._ctype, o.dtype) for o in outs])
+        status = self._cfuncs[fname](n, *plan.ptrs, *map(self.ffi.from_buffer, plan.out_ctypes, outs), ws)
         if status != 0:
             self._raise_status(status, fname, env, n)
-        if reusable:
-            if len(self._plans) > 64:
-                self._plans.clear()
-            self._plans[key] = (n, sources)
+        if len(arrays) == len(names) and all(map(operator.is_, ins, map(arrays.get, names))):
+            setattr(self._local, fname, plan)     # every argument went to C as it was passed
         return outs
 
     def _raise_status(self, status: int, fname: str, env: dict, n: int):
@@ -204,9 +225,9 @@ class CompiledModel:
 
     # ------------------------------------------------------------------ the public calls
     def forward(self, **arrays) -> dict[str, np.ndarray]:
-        """The graph's outputs by name. Labels are only needed if an output uses them."""
+        """The graph's outputs by name, each a new array."""
         outs = self.call("forward", arrays)
-        return {k: outs[a.cname] for k, a in self._outputs("forward")}
+        return {k: outs[i] for k, i in self._picks("forward")[0]}
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(outputs, gradients); gradients are keyed by the wrt names, each in its parameter's shape."""
@@ -214,26 +235,20 @@ class CompiledModel:
             raise GraphcError(f"{self.name} was compiled without gradients",
                               hint="pass grad_of= and wrt= to graphc.compile")
         outs = self.call("value_and_grad", arrays)
-        values = {k: outs[a.cname] for k, a in self._outputs("value_and_grad")}
-        grads = {w: outs[a.cname] for w, a in self._grads("value_and_grad")}
-        return values, grads
+        values, grads = self._picks("value_and_grad")
+        return {k: outs[i] for k, i in values}, {w: outs[i] for w, i in grads}
 
-    def _outputs(self, fname):
-        """(output name, its C argument) pairs of a function, computed once."""
-        key = ("outputs", fname)
-        if key not in self._names:
+    def _picks(self, fname):
+        """Where the graph's outputs and the gradients are in the output list of `fname` (computed once):
+        ([(output name, index)], [(wrt name, index)])."""
+        hit = self._pick_cache.get(fname)
+        if hit is None:
             from graphc.schedule import c_name
-            names = {a.cname: a for a in self.functions[fname].args if a.role == "output"}
-            self._names[key] = [(k, names[c_name(k)]) for k in self.graph.outputs if c_name(k) in names]
-        return self._names[key]
-
-    def _grads(self, fname):
-        key = ("grads", fname)
-        if key not in self._names:
-            from graphc.schedule import c_name
-            names = {a.cname: a for a in self.functions[fname].args if a.role == "grad"}
-            self._names[key] = [(w, names[c_name(f"d_{w}")]) for w in self.wrt]
-        return self._names[key]
+            where = {a.cname: i for i, a in enumerate(a for a in self.functions[fname].args
+                                                      if a.role not in ("input", "param", "param*", "state"))}
+            hit = self._pick_cache[fname] = ([(k, where[c_name(k)]) for k in self.graph.outputs if c_name(k) in where],
+                                        [(w, where[c_name(f"d_{w}")]) for w in self.wrt if c_name(f"d_{w}") in where])
+        return hit
 
     def memory_plan(self, n: int = 64) -> str:
         """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n."""
@@ -280,11 +295,12 @@ class CompiledModel:
     def header(self) -> str:
         return self.csrc.header
 
-    def export(self, directory: str | os.PathLike, standalone: bool = True) -> list[Path]:
+    def export(self, directory: str | os.PathLike, standalone: bool = True, params=None) -> list[Path]:
         """Write NAME.c and NAME.h (portable: no -march=native needed). standalone adds an
-        example main.c and a Makefile; otherwise the shared library is copied beside them."""
+        example main.c and a Makefile; otherwise the shared library is copied beside them.
+        params (e.g. state.params after training) adds NAME_params.c/.h: the values as const arrays."""
         from graphc.export import export
-        return export(self, Path(directory), standalone)
+        return export(self, Path(directory), standalone, params)
 
 
 def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None, wrt: list[str] | None = None,

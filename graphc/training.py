@@ -372,6 +372,7 @@ class TrainState:
         self._step_ptrs: list = []
         self._fit_ptrs: list = []
         self._ws: dict[int, tuple[np.ndarray, Any]] = {}
+        self._plan = None          # the last train_step's minibatch (runtime.CallPlan)
 
     @property
     def step(self) -> int:
@@ -417,11 +418,12 @@ class Trainer:
         self._ctype = "float" if self.dtype == np.float32 else "double"
         self._cstep = getattr(model.lib, f"{model.name}_train_step")
         self._cfit = getattr(model.lib, f"{model.name}_fit") if lay.fit else None
-        self._step_plans: dict[tuple, tuple] = {}
         self._inputs = [name for role, name, _ in lay.step_args if role == "input"]
         self._params = [name for role, name, _ in lay.step_args if role == "param"]
         outs = [(name, self._out_spec(name)) for role, name, _ in lay.step_args if role == "output"]
         self._outs = outs
+        self._out_names = [name for name, _ in outs]
+        self._counts_steps = "t" not in lay.state      # SGD: Python counts the steps (Adam's t is in C)
         sym = self.graph.symbolic_dims
         self._sym = sym[0] if sym else None
 
@@ -430,8 +432,8 @@ class Trainer:
         return shape, (np.dtype(np.int32) if is_int else self.dtype)
 
     def _ptr(self, arr: np.ndarray):
-        ctype = {np.dtype(np.int32): "int32_t[]", np.dtype(np.int64): "int64_t[]"}.get(arr.dtype, f"{self._ctype}[]")
-        return self.ffi.from_buffer(ctype, arr)
+        from graphc.runtime import c_array_type
+        return self.ffi.from_buffer(c_array_type(self._ctype, arr.dtype), arr)
 
     # ------------------------------------------------------------------ state
     def train_state(self, params: Mapping[str, Any]) -> TrainState:
@@ -514,6 +516,7 @@ class Trainer:
         state._step_ptrs = ptrs(self.layout.step_args)
         state._fit_ptrs = ptrs(self.layout.fit_args)
         state._ws = {}
+        state._plan = None
         state._trainer = self
 
     def _workspace(self, state: TrainState, n: int, fit: bool = False):
@@ -534,60 +537,46 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, state: TrainState, **batch) -> dict[str, np.ndarray]:
-        """One optimizer step on one minibatch, in one C call; returns the forward outputs."""
+        """One optimizer step on one minibatch, in one C call; returns the forward outputs (new arrays).
+
+        The state remembers the last minibatch's arrays and their pointers (a CallPlan): when the
+        same arrays come back, or new ones of the same shapes and dtypes, nothing else is checked."""
         if getattr(state, "_trainer", None) is not self:
             self._bind(state)
-        try:
-            key = tuple([(k, a.shape, a.dtype) for k, a in batch.items()])
-            plan = self._step_plans.get(key)
-        except AttributeError:   # not ndarrays: the checked path converts them
-            key = plan = None
-        if plan is not None:
-            n, names, outs = plan
-            from_buffer = self.ffi.from_buffer
-            try:
-                args = [from_buffer(ctype, batch[k]) for k, ctype in names]
-            except (ValueError, BufferError):   # same shapes, not C-contiguous
-                return self._train_step_checked(state, batch, None)
-            if not all([batch[k].flags.aligned for k, _ in names]):
-                return self._train_step_checked(state, batch, None)
-            results = {}
-            for k, shape, dt, ctype in outs:
-                arr = results[k] = np.empty(shape, dt)
-                args.append(from_buffer(ctype, arr))
-            status = self._cstep(n, *args[:len(names)], *state._step_ptrs, *args[len(names):],
-                                 self._workspace(state, n))
-            if status != 0:
-                self._fail(status, "train_step", batch, n)
-            if "t" not in state._buffers:
-                state._sgd_steps += 1
-            return results
-        if key is not None and not all(type(a) is np.ndarray for a in batch.values()):
-            key = None
-        return self._train_step_checked(state, batch, key)
+        plan = state._plan
+        again = plan.reuse(batch) if plan is not None else None
+        if again is None:
+            return self._train_step_checked(state, batch)
+        if again is not plan:
+            state._plan = again
+        outs = [np.empty(shape, dt) for shape, dt in again.out_specs]
+        status = self._cstep(again.n, *again.ptrs, *state._step_ptrs, *map(self.ffi.from_buffer, again.out_ctypes, outs),
+                             again.ws)
+        if status != 0:
+            self._fail(status, "train_step", batch, again.n)
+        if self._counts_steps:
+            state._sgd_steps += 1
+        return dict(zip(self._out_names, outs))
 
-    def _train_step_checked(self, state, batch, key):
+    def _train_step_checked(self, state: TrainState, batch: dict) -> dict[str, np.ndarray]:
+        """Check and convert the minibatch; leave a CallPlan on the state when nothing was converted."""
         from graphc.arguments import bind
-        from graphc.runtime import as_c_array
+        from graphc.runtime import CallPlan, as_c_array, c_array_type
         env, dims = bind(self.graph, batch, self.dtype, need_params=False)
         n = self.model._batch(dims)
         arrays = [as_c_array(k, env[k]) for k in self._inputs]
-        reusable = key is not None and all(arr is batch[k] for k, arr in zip(self._inputs, arrays))
-        outs = [(k, tuple(n if isinstance(d, str) else d for d in shape), dt) for k, (shape, dt) in self._outs]
-        results = {k: np.empty(shape, dt) for k, shape, dt in outs}
-        args = [self._ptr(a) for a in arrays] + state._step_ptrs + [self._ptr(results[k]) for k, _, _ in outs]
-        status = self._cstep(n, *args, self._workspace(state, n))
+        specs = [(tuple(n if isinstance(d, str) else d for d in shape), dt) for _, (shape, dt) in self._outs]
+        plan = CallPlan(self.ffi, n, self._inputs, [c_array_type(self._ctype, a.dtype) for a in arrays], arrays,
+                        self._workspace(state, n), specs, [c_array_type(self._ctype, dt) for _, dt in specs])
+        outs = [np.empty(shape, dt) for shape, dt in specs]
+        status = self._cstep(n, *plan.ptrs, *state._step_ptrs, *map(self.ffi.from_buffer, plan.out_ctypes, outs), plan.ws)
         if status != 0:
             self._fail(status, "train_step", env, n)
-        if "t" not in state._buffers:
+        if self._counts_steps:
             state._sgd_steps += 1
-        if reusable:
-            if len(self._step_plans) > 64:
-                self._step_plans.clear()
-            ctype = {np.dtype(np.int32): "int32_t[]"}
-            self._step_plans[key] = (n, [(k, ctype.get(a.dtype, f"{self._ctype}[]")) for k, a in zip(self._inputs, arrays)],
-                                     [(k, shape, dt, ctype.get(dt, f"{self._ctype}[]")) for k, shape, dt in outs])
-        return results
+        if len(batch) == len(arrays) and all(arr is batch.get(k) for k, arr in zip(self._inputs, arrays)):
+            state._plan = plan          # every input went to C as it was passed
+        return dict(zip(self._out_names, outs))
 
     def _fail(self, status: int, fname: str, arrays, n: int):
         from graphc.arguments import bind

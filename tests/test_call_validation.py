@@ -265,3 +265,147 @@ def test_call_inputs_are_never_written(m64, m32):
             model.forward(**a)
             model.value_and_grad(**a)
         assert {k: v.tobytes() for k, v in a.items()} == before
+
+
+# ---------------------------------------------------------------- the fast path never returns stale data
+def cold(model):
+    """A fresh CompiledModel of the same library: its first call takes the checked path."""
+    return graphc.compile(EXAMPLES / "one_layer.toml", dtype=model.dtype.name)
+
+
+def bits(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].tobytes() == b[k].tobytes(), k
+
+
+def test_fast_path_new_arrays_of_the_same_shape_are_used(m64):
+    ref = cold(m64)
+    a1, a2 = args(seed=1), args(seed=2)
+    for _ in range(2):                                   # the second round is the fast path
+        m64.value_and_grad(**a1)
+    o2, g2 = m64.value_and_grad(**a2)                    # every array a new object, same shapes
+    r2, rg2 = ref.value_and_grad(**{k: v.copy() for k, v in a2.items()})
+    bits(o2, r2)
+    bits(g2, rg2)
+    bits(m64.forward(**dict(a1, x=a2["x"])), ref.forward(**dict(a1, x=a2["x"].copy())))   # only x new
+
+
+def test_fast_path_sees_values_changed_in_place(m64):
+    ref = cold(m64)
+    a = args(seed=3)
+    first = m64.forward(**a)
+    m64.forward(**a)
+    a["x"][...] = args(seed=4)["x"]
+    a["W"] *= 2.0
+    a["y"][:] = 9 - a["y"]
+    got = m64.value_and_grad(**a)
+    m64.value_and_grad(**a)
+    bits(m64.forward(**a), ref.forward(**{k: v.copy() for k, v in a.items()}))
+    bits(got[0], ref.value_and_grad(**{k: v.copy() for k, v in a.items()})[0])
+    assert not np.array_equal(first["probs"], m64.forward(**a)["probs"])
+
+
+def test_fast_path_outputs_are_new_arrays_every_call(m64):
+    a1, a2 = args(seed=5), args(seed=6)
+    o1, g1 = m64.value_and_grad(**a1)
+    f1 = m64.forward(**a1)
+    keep = ({k: v.copy() for k, v in o1.items()}, {k: v.copy() for k, v in g1.items()}, f1["probs"].copy())
+    for a in (a1, a2, a1, a2):
+        o, g = m64.value_and_grad(**a)
+        f = m64.forward(**a)
+        assert not any(np.shares_memory(o[k], o1[k]) for k in o) and not np.shares_memory(f["probs"], f1["probs"])
+    bits(o1, keep[0])
+    bits(g1, keep[1])
+    assert f1["probs"].tobytes() == keep[2].tobytes()
+
+
+def test_fast_path_temporaries_at_reused_addresses_give_their_own_results(m64):
+    ref = cold(m64)
+    a = args(seed=7)
+    for i in range(6):                                    # a new temporary x each call (the old one is freed)
+        got = m64.forward(**dict(a, x=np.full((6, 64), 0.1 * i)))
+        want = ref.forward(**dict(a, x=np.full((6, 64), 0.1 * i).tolist()))   # a list: always the checked path
+        bits(got, want)
+    view = a["x"][...]                                     # another object over the same memory
+    bits(m64.forward(**dict(a, x=view)), m64.forward(**a))
+
+
+def test_fast_path_metadata_changed_in_place_is_checked_again(m64):
+    import warnings
+    ref = cold(m64)
+    a = args(seed=8)
+    m64.forward(**a)
+    m64.forward(**a)
+    x = a["x"]
+    x.shape = (3, 128)                                     # same object and memory, another shape
+    with pytest.raises(ShapeError, match=r"argument 'x' has shape \(3, 128\)"):
+        m64.forward(**a)
+    x.shape = (6, 64)
+    m64.forward(**a)
+    ints = np.arange(6 * 64, dtype=np.int64).reshape(6, 64) % 7
+    a["x"] = ints.copy()
+    m64.forward(**a)                                       # the checked path converts int64 to float64
+    bits(m64.forward(**a), ref.forward(**dict(a, x=ints.astype(np.float64))))
+    a["x"] = x
+    m64.forward(**a)
+    x.dtype = np.int64                                     # reinterpreted in place: the same shape, other values
+    x[...] = ints
+    bits(m64.forward(**a), ref.forward(**dict(a, x=ints.astype(np.float64))))
+    x.dtype = np.float64
+    m64.forward(**a)
+    with warnings.catch_warnings():                        # setting strides is deprecated in NumPy 2.4
+        warnings.simplefilter("ignore", DeprecationWarning)
+        x.strides = (0, 8)                                 # every row now reads row 0
+    bits(m64.forward(**a), ref.forward(**dict(a, x=np.array(x))))
+
+
+def test_fast_path_arrays_it_holds_cannot_be_resized_under_it(m64):
+    a = args(seed=9)
+    m64.forward(**a)
+    for refcheck in (True, False):
+        with pytest.raises(ValueError, match="resize"):
+            a["x"].resize((12, 64), refcheck=refcheck)
+    m64.forward(**dict(a, x=a["x"].copy()))               # another array: x is no longer held
+    a["x"].resize((12, 64), refcheck=False)
+    with pytest.raises(ShapeError, match="'y' has N=6 .* 'x' has N=12"):
+        m64.forward(**a)
+
+
+def test_fast_path_falls_back_for_odd_arrays_of_the_same_shape(m32):
+    ref = cold(m32)
+    a = args(np.float32, seed=10)
+    m32.value_and_grad(**a)
+    m32.value_and_grad(**a)
+    raw = np.zeros(a["x"].nbytes + 1, dtype=np.uint8)
+    odd = raw[1:].view(np.float32).reshape(a["x"].shape)    # misaligned
+    odd[...] = a["x"] + 1
+    wide = np.zeros((6, 128), np.float32)
+    wide[:, ::2] = a["x"] - 1
+    for x in (odd, wide[:, ::2], np.asfortranarray(a["x"]), (a["x"] * 2).astype(">f4")):
+        bits(m32.value_and_grad(**dict(a, x=x))[1], ref.value_and_grad(**dict(a, x=np.array(x, np.float32)))[1])
+
+
+def test_fast_path_errors_are_those_of_the_checked_path(m64, m32):
+    a = args()
+    for _ in range(2):
+        m64.value_and_grad(**a)
+        m32.value_and_grad(**args(np.float32))
+    with pytest.raises(ArgumentError, match=r"missing argument 'U'"):
+        m64.value_and_grad(**{k: v for k, v in a.items() if k != "U"})
+    with pytest.raises(ArgumentError, match="unexpected argument 'Ww'.*") as caught:
+        m64.value_and_grad(**{("Ww" if k == "W" else k): v for k, v in a.items()})
+    assert "did you mean 'W'?" in str(caught.value)
+    with pytest.raises(ArgumentError, match="unexpected argument 'lr'"):
+        m64.value_and_grad(**a, lr=np.float64(0.1))
+    with pytest.raises(ShapeError, match=r"argument 'W' has shape \(64, 128\)"):
+        m64.value_and_grad(**dict(a, W=np.ascontiguousarray(a["W"].T)))
+    with pytest.raises(ShapeError, match=r"'y' has N=5 .* 'x' has N=6"):
+        m64.value_and_grad(**dict(a, y=a["y"][:5].copy()))
+    with pytest.raises(DTypeError, match="'x' is float64 but the model computes in float32"):
+        m32.value_and_grad(**dict(args(np.float32), x=args()["x"]))
+    with pytest.raises(DTypeError, match="'y'"):
+        m64.value_and_grad(**dict(a, y=a["y"].astype(np.float64)))
+    with pytest.raises(ArgumentError, match="out of range"):
+        m64.value_and_grad(**dict(a, y=np.array([0, 1, 2, 3, 4, 10], np.int32)))
+    m64.value_and_grad(**a)                                     # and the good call still works after them

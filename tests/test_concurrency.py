@@ -119,3 +119,58 @@ def test_concurrency_train_steps_on_separate_states_match_serial():
         for params in pool.map(run, range(THREADS)):
             assert_bits(params, serial)
     del training
+
+
+def test_concurrency_threads_alternating_arrays_of_one_shape_get_their_own_results():
+    """Each thread's fast path keeps its own plan: new arrays of the same shape (pointers swapped on
+    every call), from 8 threads at once, never see another thread's arrays or outputs."""
+    m = graphc.compile(EXAMPLES / "one_layer.toml", dtype="float64", threads=1)
+    jobs = [batch(seed, n=9) for seed in range(THREADS * 2)]
+    serial = [m.value_and_grad(**a) for a in jobs]
+    start = threading.Barrier(THREADS)
+
+    def work(i):
+        mine = [(j, {k: v.copy() for k, v in jobs[j].items()}) for j in (i, i + THREADS)]
+        start.wait()
+        out = []
+        for r in range(40):
+            j, a = mine[r % 2]
+            out.append((j, m.value_and_grad(**a)))
+        return out
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        for f in [pool.submit(work, i) for i in range(THREADS)]:
+            for j, (outs, grads) in f.result():
+                assert_bits(outs, serial[j][0])
+                assert_bits(grads, serial[j][1])
+
+
+def test_concurrency_the_gil_is_released_during_the_c_call():
+    """cffi's API mode releases the GIL around each C call: another Python thread runs meanwhile.
+    With a 1 s switch interval the GIL only changes hands when it is released, so the main
+    thread's counter moves during the call only if the call released it."""
+    import sys
+    g = graphc.parse_spec(WIDE, "wide.toml")
+    m = graphc.compile(g, dtype="float64", threads=1)
+    a = {k: v for k, v in batch(3, n=1024, dx=192, dh=512).items()}
+    m.value_and_grad(**a)                                  # the plan exists: the next call is the fast path
+    entered, done = threading.Event(), threading.Event()
+
+    def work():
+        entered.set()
+        m.value_and_grad(**a)
+        done.set()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        t = threading.Thread(target=work)
+        count = 0
+        t.start()
+        entered.wait()
+        while not done.is_set():
+            count += 1
+        t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert count > 100, f"the main thread ran {count} loop iterations during the C call"

@@ -424,3 +424,77 @@ def test_fit_progress_bar_only_on_a_terminal(graph, monkeypatch):
         monkeypatch.setattr(sys, "stderr", stream)
         m.fit(s, x=x, y=y, batch_size=8, epochs=2, progress=progress)
         assert ("epoch 2/2" in stream.getvalue()) == shown
+
+
+# ---------------------------------------------------------------- the train_step fast path never uses stale data
+def _reference_steps(m, init, batches):
+    """The same steps with every minibatch passed as lists: each call takes the checked path."""
+    state = m.train_state(init)
+    outs = [m.train_step(state, x=x.tolist(), y=y.tolist()) for x, y in batches]
+    return state, outs
+
+
+def _same_bits(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.asarray(a[k]).tobytes() == np.asarray(b[k]).tobytes(), k
+
+
+@pytest.mark.parametrize("which", ["sgd", "adam"])
+def test_train_step_fast_path_new_and_mutated_minibatches(graph, which):
+    m = compiled(OPTIMIZERS[which])
+    init = graphc.init_params(graph, seed=2)
+    x1, y1 = batch(1, 8)
+    x2, y2 = batch(2, 8)
+    x3 = x1.copy()
+    state = m.train_state(init)
+    got = [m.train_step(state, x=x1, y=y1), m.train_step(state, x=x1, y=y1),   # checked, then fast
+           m.train_step(state, x=x2, y=y2)]                                    # new arrays, same shapes
+    x1[...] = x2[::-1]                                                          # changed in place
+    y1[...] = y2[::-1]
+    got.append(m.train_step(state, x=x1, y=y1))
+    got.append(m.train_step(state, x=x3, y=y1))                                # x new, y the same object
+    kept = [{k: v.copy() for k, v in o.items()} for o in got]
+    x0, y0 = batch(1, 8)                                  # x1, y1 before the change
+    ref_state, want = _reference_steps(m, init, [(x0, y0), (x0, y0), (x2, y2), (x2[::-1], y2[::-1]),
+                                                 (x3, y2[::-1])])
+    for g, k, w in zip(got, kept, want):
+        _same_bits(g, w)
+        _same_bits(g, k)                                  # outputs of earlier calls are untouched by later ones
+    _same_bits(dict(state.params), dict(ref_state.params))
+    _same_bits(dict(state.buffers), dict(ref_state.buffers))
+    assert state.step == ref_state.step == 5
+
+
+def test_train_step_fast_path_is_per_state_and_checks_again_on_change(graph):
+    m = compiled(OPTIMIZERS["sgd_momentum"])
+    init = graphc.init_params(graph, seed=3)
+    x, y = batch(4, 6)
+    a, b = m.train_state(init), m.train_state(init)
+    for _ in range(3):
+        m.train_step(a, x=x, y=y)
+    m.train_step(b, x=x, y=y)                            # b has its own plan, pointers and workspace
+    ref, _ = _reference_steps(m, init, [(x, y)])
+    _same_bits(dict(b.params), dict(ref.params))
+    with pytest.raises(ShapeError):
+        m.train_step(a, x=x[:, :10].copy(), y=y)
+    with pytest.raises(ShapeError, match="'y' has N=5"):
+        m.train_step(a, x=x, y=y[:5].copy())
+    with pytest.raises(ArgumentError, match="out of range"):
+        m.train_step(a, x=x, y=np.array([0, 1, 2, 3, 4, 99], np.int32))
+    with pytest.raises(ArgumentError, match="unexpected argument 'W'"):
+        m.train_step(a, x=x, y=y, W=init["W"])
+    with pytest.raises(ArgumentError, match="missing argument 'y'"):
+        m.train_step(a, x=x)
+    x.shape = (3, 128)                                   # the held array reshaped in place
+    with pytest.raises(ShapeError, match="'x'"):
+        m.train_step(a, x=x, y=y)
+    x.shape = (6, 64)
+    c = m.train_state(init)
+    x0 = x.copy()
+    m.train_step(c, x=x, y=y)
+    x.dtype = np.int64                                   # reinterpreted in place: converted, not read as floats
+    x[...] = 3
+    m.train_step(c, x=x, y=y)
+    ref, _ = _reference_steps(m, init, [(x0, y), (np.full((6, 64), 3.0), y)])
+    _same_bits(dict(c.params), dict(ref.params))
