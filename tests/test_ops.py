@@ -6,6 +6,7 @@ entry here fails `test_every_registered_op_has_a_case`.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -250,6 +251,34 @@ def test_every_registered_op_has_reference_and_vjp(name):
     assert type(op).reference is not OpDef.reference, f"{name} has no NumPy reference"
     assert _has_vjp(op), f"{name} has no VJP rule"
     assert op.name == name
+
+
+def _vjp_of_first_case(name: str):
+    """Run the op's VJP once on its first case: (gradients per input, identities stamped on the new nodes)."""
+    from graphc.autodiff import Builder
+    case = CASES[name](np.random.default_rng(0))[0]
+    g, out = _build(name, case)
+    delta = g.input("delta", out.shape)
+    before = len(g.nodes)
+    grads = REGISTRY[name].vjp(Builder(g), out.node, delta)
+    stamped = {i for n in g.nodes[before:] for i in (n.origin.identity or "").split(",") if i}
+    return [gr for gr, v in zip(grads, out.node.inputs) if v.dtype != "int32"], stamped
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_op_docstring_names_the_identity_its_vjp_applies(name):
+    """Issue 3: each op's docstring states the identity of the notes its VJP applies (every number
+    the VJP stamps on its nodes, and the op's own `identity`), or, without a derivative, says why."""
+    op = REGISTRY[name]
+    doc = type(op).__doc__ or ""
+    grads, stamped = _vjp_of_first_case(name)
+    if all(gr is None for gr in grads):
+        assert "no gradient" in doc.lower(), f"{name} has no derivative; its docstring must say why:\n{doc}"
+        return
+    assert "identity (" in doc, f"{name}'s docstring does not name the identity its VJP applies:\n{doc}"
+    cited = set(re.findall(r"\((\d)\)", doc))
+    wanted = stamped | set(filter(None, (op.identity or "").split(",")))
+    assert wanted <= cited, f"{name}: its VJP applies identities {sorted(wanted)}, the docstring cites {sorted(cited)}"
 
 
 # ------------------------------------------------------------------ reference vs plain NumPy

@@ -13,7 +13,7 @@ from graphc.ops import Binary, OpDef, Unary, broadcast_shapes, register, require
 
 @register
 class Const(OpDef):
-    """A scalar constant. No inputs; no gradient."""
+    """A scalar constant. No inputs, so no gradient: nothing flows back through a number."""
 
     name = "const"
     arity = 0
@@ -32,8 +32,11 @@ class Const(OpDef):
 
 @register
 class Add(Binary):
-    """z = x + y. Identity (3) for each operand, then a sum over the broadcast axes
-    (a bias added to every row gets the sum of the rows' deltas)."""
+    """z = x + y with NumPy broadcasting.
+
+    Backward, identity (3) for each operand: ∂z/∂x = ∂z/∂y = I, so dJ/dx = dJ/dy = δ, then summed
+    over the broadcast axes (a bias added to every row gets the sum of the rows' deltas); each
+    gradient has its operand's shape."""
 
     name = "add"
     identity = "3"
@@ -48,7 +51,9 @@ class Add(Binary):
 
 @register
 class Sub(Binary):
-    """z = x - y. Identity (3): dJ/dx = δ, dJ/dy = -δ (summed over broadcast axes)."""
+    """z = x − y with NumPy broadcasting.
+
+    Backward, identity (3): dJ/dx = δ, dJ/dy = −δ, each summed over its broadcast axes."""
 
     name = "sub"
     identity = "3"
@@ -63,7 +68,10 @@ class Sub(Binary):
 
 @register
 class Mul(Binary):
-    """z = x ∘ y (elementwise product). Identity (4): ∂z/∂x = diag(y), so dJ/dx = δ ∘ y."""
+    """z = x ∘ y (elementwise product, a practice exercise of the notes), with broadcasting.
+
+    Backward, identity (4): ∂z/∂x = diag(y), so dJ/dx = δ ∘ y and dJ/dy = δ ∘ x, each summed
+    over its broadcast axes."""
 
     name = "mul"
     identity = "4"
@@ -78,7 +86,10 @@ class Mul(Binary):
 
 @register
 class Div(Binary):
-    """z = x / y. Identity (4): dJ/dx = δ / y, dJ/dy = -δ ∘ z / y."""
+    """z = x / y with broadcasting.
+
+    Backward, identity (4): dJ/dx = δ / y, dJ/dy = −δ ∘ z / y (= −δ ∘ x / y²), each summed over
+    its broadcast axes."""
 
     name = "div"
     identity = "4"
@@ -94,7 +105,7 @@ class Div(Binary):
 
 @register
 class Neg(Unary):
-    """z = -x. Identity (4) with f' = -1."""
+    """z = −x. Backward, identity (4) with f′ = −1: dJ/dx = −δ."""
 
     name = "neg"
     c_expr = "-{0}"
@@ -107,7 +118,7 @@ class Neg(Unary):
 
 @register
 class Square(Unary):
-    """z = x**2. Identity (4) with f'(x) = 2x."""
+    """z = x², elementwise. Backward, identity (4) with f′(x) = 2x: dJ/dx = δ ∘ 2x."""
 
     name = "square"
     c_expr = "{0} * {0}"
@@ -119,7 +130,10 @@ class Square(Unary):
 
 @register
 class Relu(Unary):
-    """relu(x) = max(x, 0). Identity (4); relu'(x) = sgn(relu(x)), read off the output, so x need not be kept."""
+    """relu(x) = max(x, 0), elementwise.
+
+    Backward, identity (4): dJ/dx = δ ∘ relu′(x), with relu′(x) = sgn(relu(x)) read off the
+    output, so x need not be kept."""
 
     name = "relu"
     c_expr = "({0} <= 0 ? 0 : {0})"     # NaN fails the test and passes through, as in np.maximum
@@ -133,7 +147,10 @@ class Relu(Unary):
 
 @register
 class Sign(Unary):
-    """sgn(x), elementwise (0 at 0). Its derivative is zero almost everywhere: no gradient flows."""
+    """sgn(x), elementwise (0 at 0).
+
+    No gradient: its derivative is zero wherever it exists (and undefined at 0), so nothing flows
+    back to x; relu's VJP uses it as relu′, never differentiates through it."""
 
     name = "sign"
     c_expr = "(gc_real)(({0} > 0) - ({0} < 0))"
@@ -145,7 +162,9 @@ class Sign(Unary):
 
 @register
 class Sigmoid(Unary):
-    """σ(x) = 1 / (1 + e^-x). Identity (4) with σ'(x) = σ(x)(1 - σ(x)), read off the output."""
+    """σ(x) = 1 / (1 + e⁻ˣ), elementwise.
+
+    Backward, identity (4): dJ/dx = δ ∘ σ(x)(1 − σ(x)), read off the output."""
 
     name = "sigmoid"
     # Both branches keep exp's argument non-positive: no overflow at large |x|.
@@ -161,7 +180,7 @@ class Sigmoid(Unary):
 
 @register
 class Tanh(Unary):
-    """tanh(x). Identity (4) with tanh'(x) = 1 - tanh(x)^2, read off the output."""
+    """tanh(x), elementwise. Backward, identity (4): dJ/dx = δ ∘ (1 − tanh²(x)), read off the output."""
 
     name = "tanh"
     c_expr = "GC_TANH({0})"
@@ -173,7 +192,7 @@ class Tanh(Unary):
 
 @register
 class Exp(Unary):
-    """exp(x). Identity (4) with exp' = exp, read off the output."""
+    """exp(x), elementwise. Backward, identity (4) with exp′ = exp: dJ/dx = δ ∘ exp(x), read off the output."""
 
     name = "exp"
     c_expr = "GC_EXP({0})"
@@ -185,7 +204,7 @@ class Exp(Unary):
 
 @register
 class Log(Unary):
-    """log(x) (natural). Identity (4) with log'(x) = 1/x."""
+    """log(x) (natural), elementwise. Backward, identity (4) with log′(x) = 1/x: dJ/dx = δ / x."""
 
     name = "log"
     c_expr = "GC_LOG({0})"
@@ -198,7 +217,7 @@ class Log(Unary):
 
 @register
 class Sqrt(Unary):
-    """sqrt(x). Identity (4) with sqrt'(x) = 1 / (2 sqrt(x)), read off the output."""
+    """√x, elementwise. Backward, identity (4) with √′(x) = 1 / (2√x): dJ/dx = δ / (2√x), read off the output."""
 
     name = "sqrt"
     c_expr = "GC_SQRT({0})"
@@ -211,7 +230,10 @@ class Sqrt(Unary):
 
 @register
 class BroadcastTo(OpDef):
-    """Copy x into a larger shape by NumPy broadcasting. VJP: identity (3) and a sum over the new axes."""
+    """Copy x into a larger shape by NumPy broadcasting.
+
+    Backward, identity (3): every copy passes δ through, so dJ/dx = δ summed over the broadcast
+    axes (shape of x)."""
 
     name = "broadcast_to"
     attrs = {"shape": ()}

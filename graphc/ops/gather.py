@@ -12,7 +12,10 @@ from graphc.ops.loss import check_labels
 @register
 class Embedding(OpDef):
     """e = table[ids]: one row of the table per id; shape ids.shape + (D,).
-    VJP: dJ/dtable scatter-adds δ's rows into the ids' rows (repeated ids accumulate); ids get none."""
+
+    Backward, identity (3) per row: e[p] copies table[ids[p]] (∂e[p]/∂table[ids[p]] = I), so
+    dJ/dtable[r] = Σ over p with ids[p] = r of δ[p], a scatter-add in the table's shape
+    (repeated ids accumulate). The ids are integers and get no gradient."""
 
     name = "embedding"
     arity = 2
@@ -38,7 +41,10 @@ class Embedding(OpDef):
 
 @register
 class EmbeddingGrad(OpDef):
-    """The adjoint of embedding: out[r] = Σ over positions p with ids[p] == r of δ[p]."""
+    """The adjoint of embedding: out[r] = Σ over positions p with ids[p] == r of d[p].
+
+    Backward, identity (3): it is linear in d and its adjoint is the gather, so
+    dJ/dd = embedding(δ, ids); the ids get no gradient."""
 
     name = "embedding_grad"
     arity = 2

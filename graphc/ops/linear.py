@@ -67,7 +67,10 @@ class Matmul(OpDef):
 
 @register
 class Transpose(OpDef):
-    """z = xᵀ (identity on vectors, as in NumPy). VJP: dJ/dx = δᵀ."""
+    """z = xᵀ (a no-op on vectors, as in NumPy).
+
+    Backward, identity (3) up to the layout: transposing only moves elements, so dJ/dx = δᵀ,
+    in the shape of x."""
 
     name = "transpose"
     family = "transpose"
@@ -94,7 +97,10 @@ def reduced_shape(shape, axis, keepdims):
 
 @register
 class Sum(OpDef):
-    """Sum of all elements, or along one axis. VJP: δ broadcast back over the summed axis (identity 3)."""
+    """Σ x over all elements, or along one axis.
+
+    Backward, identity (3): each summed element passes δ through unchanged, so dJ/dx = δ
+    broadcast back over the summed axes, in the shape of x."""
 
     name = "sum"
     family = "reduce"
@@ -119,7 +125,10 @@ class Sum(OpDef):
 
 @register
 class Mean(OpDef):
-    """Mean of all elements or along one axis: sum / count."""
+    """Mean of all elements or along one axis: Σ x / count.
+
+    Backward, identity (3) as for sum, scaled: dJ/dx = δ / count broadcast back over the
+    averaged axes, in the shape of x."""
 
     name = "mean"
     family = "reduce"
@@ -149,7 +158,9 @@ class Mean(OpDef):
 
 @register
 class SumTo(OpDef):
-    """Sum x down to a broadcast-compatible shape: the undo of broadcasting (identity 3)."""
+    """Sum x down to a broadcast-compatible shape: the undo of broadcasting.
+
+    Backward, identity (3): dJ/dx = δ broadcast back to the shape of x."""
 
     name = "sum_to"
     family = "reduce"
@@ -176,7 +187,9 @@ class SumTo(OpDef):
 
 @register
 class Size(OpDef):
-    """The number of elements of x along `axes`, as a real scalar (the batch count of a mean)."""
+    """The number of elements of x along `axes`, as a real scalar (the batch count of a mean).
+
+    No gradient: it depends on the shape of x, not on its values."""
 
     name = "size"
     family = "elementwise"
@@ -202,8 +215,10 @@ class Size(OpDef):
 
 @register
 class Dot(OpDef):
-    """a · b over the last axis (np.dot for vectors). Practice exercise of the notes:
-    ∂(a·b)/∂a = bᵀ, so dJ/da = δ b (identity 4 on the product, then the sum)."""
+    """a · b over the last axis (np.dot for vectors), a practice exercise of the notes.
+
+    Backward, identity (4) on the elementwise product, then the sum: ∂(a·b)/∂a = bᵀ, so
+    dJ/da = δ b and dJ/db = δ a, each summed over its broadcast axes."""
 
     name = "dot"
     arity = 2
@@ -231,7 +246,10 @@ class Dot(OpDef):
 
 @register
 class Norm2(OpDef):
-    """‖x‖₂ over the last axis. Practice exercise of the notes: ∂‖x‖/∂x = xᵀ/‖x‖."""
+    """‖x‖₂ over the last axis, a practice exercise of the notes.
+
+    Backward, identity (4) through √(Σ x²): ∂‖x‖/∂x = xᵀ/‖x‖, so dJ/dx = δ x / ‖x‖, in the
+    shape of x."""
 
     name = "norm2"
     family = "reduce"
@@ -258,7 +276,10 @@ class Norm2(OpDef):
 
 @register
 class Reshape(OpDef):
-    """A view with a new shape (same element count, row-major). VJP: reshape back."""
+    """A view with a new shape (same element count, row-major).
+
+    Backward, identity (3): reshaping only relabels elements (∂z/∂x = I in row-major order),
+    so dJ/dx = δ reshaped back to the shape of x."""
 
     name = "reshape"
     family = "copy"
@@ -285,7 +306,10 @@ class Reshape(OpDef):
 
 @register
 class Concat(OpDef):
-    """Concatenate along the last axis. VJP: each operand gets its slice of δ (identity 3)."""
+    """Concatenate along the last axis.
+
+    Backward, identity (3) per operand: each element is copied once, so each operand gets its
+    own slice of δ."""
 
     name = "concat"
     arity = None
@@ -316,7 +340,9 @@ class Concat(OpDef):
 
 @register
 class Slice(OpDef):
-    """x[..., start:stop]. VJP: δ placed back into zeros (a pad)."""
+    """x[..., start:stop].
+
+    Backward, identity (3) on the kept elements: dJ/dx = δ placed back into zeros (a pad)."""
 
     name = "slice"
     family = "copy"

@@ -29,8 +29,10 @@ def check_labels(labels: np.ndarray, depth: int, what: str) -> None:
 
 @register
 class Softmax(OpDef):
-    """ŷ = softmax(x) over the last axis, computed as exp(x - max) / sum for stability.
-    VJP: dJ/dx = ŷ ∘ (δ - Σ δ∘ŷ); the cross-entropy op never uses it (identity 7 instead)."""
+    """ŷ = softmax(x) over the last axis, computed as exp(x − max) / Σ for stability.
+
+    Backward, identity (4) with the Jacobian diag(ŷ) − ŷŷᵀ in place of diag(f′), never built:
+    dJ/dx = ŷ ∘ (δ − Σ δ ∘ ŷ). cross_entropy never uses it (identity (7) instead)."""
 
     name = "softmax"
     family = "softmax"
@@ -54,8 +56,10 @@ class Softmax(OpDef):
 
 @register
 class LogSoftmax(OpDef):
-    """log softmax(x) over the last axis, as x - max - log Σ exp(x - max).
-    VJP: dJ/dx = δ - softmax(x) ∘ Σ δ."""
+    """log softmax(x) over the last axis, as x − max − log Σ exp(x − max).
+
+    Backward, identity (4) with the Jacobian I − 1 softmax(x)ᵀ, never built:
+    dJ/dx = δ − softmax(x) ∘ Σ δ."""
 
     name = "log_softmax"
     family = "softmax"
@@ -133,7 +137,10 @@ class CrossEntropy(OpDef):
 
 @register
 class Mse(OpDef):
-    """J = mean((p - t)^2) over every element. VJP: dJ/dp = 2 (p - t) δ / count."""
+    """J = mean((p − t)²) over every element.
+
+    Backward, identity (4) on the square, then the mean: dJ/dp = 2 (p − t) δ / count and
+    dJ/dt = −dJ/dp, each in its operand's shape."""
 
     name = "mse"
     arity = 2
@@ -163,7 +170,9 @@ class Mse(OpDef):
 
 @register
 class Onehot(OpDef):
-    """The one-hot rows of int32 labels: y.shape + (depth,). No gradient."""
+    """The one-hot rows of int32 labels: y.shape + (depth,).
+
+    No gradient: its input is integer labels, which have no derivative."""
 
     name = "onehot"
     family = "gather"
