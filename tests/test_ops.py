@@ -2,7 +2,10 @@
 reference's output, and its VJP (run by reference.py) against central finite differences in float64.
 
 `CASES` holds one domain-aware input generator per op name. A newly registered op without an
-entry here fails `test_every_registered_op_has_a_case`.
+entry here fails `test_every_registered_op_has_a_case`. `GRAD_SPACES` draws each differentiable
+op's shapes with hypothesis (broadcasting, size-1 dims, scalars) and reuses the same generators
+for its values; a new op with a derivative and no space fails
+`test_every_op_with_a_derivative_has_a_hypothesis_space`.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import graphc
 from graphc.errors import GradientError
@@ -492,3 +496,208 @@ def test_cross_entropy_gradient_is_right_for_unnormalised_real_targets():
             args_down = {"th": T, "y": Y, name: down}
             fd[i] = (graphc.evaluate(g, **args_up)["J"] - graphc.evaluate(g, **args_down)["J"]) / (2 * eps)
         np.testing.assert_allclose(got[f"d_{name}"], fd, rtol=1e-6, atol=1e-8)
+
+
+# ------------------------------------------------------------------ hypothesis: every VJP on drawn shapes and values
+# For every op with a derivative: draw shapes (broadcasting a bias over a batch, size-1 dims, a scalar
+# `()`), draw values with the op's domain-aware generator (above), build J = sum(op(...) * v) for a
+# random v, and check the backward graph, run by graphc.evaluate in float64, against central
+# differences: relative error < 1e-6.
+NO_DERIVATIVE = {
+    "const": "no inputs",
+    "sign": "its derivative is zero almost everywhere",
+    "size": "it depends on a shape, not on values",
+    "onehot": "its input is integer labels",
+}
+
+DIM = st.integers(1, 5)
+
+
+def shapes(min_rank=0, max_rank=2):
+    return st.lists(DIM, min_size=min_rank, max_size=max_rank).map(tuple)
+
+
+@st.composite
+def broadcast_from(draw, full):
+    """A shape that broadcasts to `full`: a bias over the batch, size-1 dims, a scalar, or itself."""
+    kind = draw(st.sampled_from(["bias", "ones", "scalar", "same"]))
+    if kind == "bias":
+        return full[draw(st.integers(1, max(1, len(full)))):]
+    if kind == "ones":
+        return tuple(1 if draw(st.booleans()) else d for d in full)
+    return () if kind == "scalar" else full
+
+
+@st.composite
+def broadcast_pair(draw):
+    """Two shapes that broadcast together, in either order: a bias (D,) or (1, D) over a batch
+    (N, D), size-1 dims, a scalar (), (m, 1) with (1, n), or equal shapes."""
+    kind = draw(st.sampled_from(["bias", "other", "outer"]))
+    if kind == "outer":
+        a, b = (draw(DIM), 1), (1, draw(DIM))
+    else:
+        a = (draw(DIM), draw(DIM)) if kind == "bias" else draw(shapes())
+        b = a[1:] if kind == "bias" and draw(st.booleans()) else draw(broadcast_from(a))
+    return (a, b) if draw(st.booleans()) else (b, a)
+
+
+def _unary_space(gen=real, min_rank=0):
+    def space(draw, rng):
+        return [gen(rng, *draw(shapes(min_rank)))], {}
+    return space
+
+
+def _binary_space(gen_b=real):
+    def space(draw, rng):
+        a, b = draw(broadcast_pair())
+        return [real(rng, *a), gen_b(rng, *b)], {}
+    return space
+
+
+def _matmul_space(draw, rng):
+    m, k, n = draw(DIM), draw(DIM), draw(DIM)
+    a = (m, k) if draw(st.booleans()) else (k,)
+    b = (k, n) if draw(st.booleans()) else (k,)
+    return [real(rng, *a), real(rng, *b)], {}
+
+
+def _reduce_space(draw, rng):
+    shape = draw(shapes())
+    axis = draw(st.none() | st.integers(-len(shape), len(shape) - 1)) if shape else None
+    return [real(rng, *shape)], {"axis": axis, "keepdims": draw(st.booleans())}
+
+
+def _broadcast_to_space(draw, rng):
+    target = draw(shapes())
+    return [real(rng, *draw(broadcast_from(target)))], {"shape": target}
+
+
+def _sum_to_space(draw, rng):
+    full = draw(shapes())
+    return [real(rng, *full)], {"shape": draw(broadcast_from(full))}
+
+
+def _dot_space(draw, rng):
+    lead_a, lead_b = draw(broadcast_pair().filter(lambda p: len(p[0]) + len(p[1]) <= 2))
+    k = draw(DIM)
+    return [real(rng, *lead_a, k), real(rng, *lead_b, k)], {}
+
+
+def _reshape_space(draw, rng):
+    shape = draw(shapes())
+    left, target = int(np.prod(shape)), []
+    for _ in range(draw(st.integers(0, 2))):      # split the element count into factors
+        f = draw(st.sampled_from([d for d in range(1, left + 1) if left % d == 0]))
+        target.append(f)
+        left //= f
+    if left > 1 or draw(st.booleans()):
+        target.append(left)
+    return [real(rng, *shape)], {"shape": tuple(target)}
+
+
+def _concat_space(draw, rng):
+    lead = draw(shapes(0, 1))
+    return [real(rng, *lead, draw(st.integers(1, 3))) for _ in range(draw(st.integers(1, 3)))], {}
+
+
+def _slice_space(draw, rng):
+    shape = draw(shapes(1))
+    start = draw(st.integers(0, shape[-1] - 1))
+    return [real(rng, *shape)], {"start": start, "stop": draw(st.integers(start + 1, shape[-1]))}
+
+
+def _cross_entropy_space(draw, rng):
+    *lead, classes = draw(shapes(1))
+    kind = draw(st.sampled_from(["labels", "probabilities", "one-hot"]))
+    ids = np.asarray(labels(rng, classes, *lead))
+    target = {"labels": ids, "probabilities": probabilities(rng, *lead, classes),
+              "one-hot": np.eye(classes)[ids]}[kind]
+    return [real(rng, *lead, classes), target], {}
+
+
+def _mse_space(draw, rng):
+    shape = draw(shapes())
+    return [real(rng, *shape), real(rng, *shape)], {}
+
+
+def _embedding_space(draw, rng):
+    rows, dim = draw(DIM), draw(DIM)
+    return [real(rng, rows, dim), np.asarray(labels(rng, rows, *draw(shapes(0))))], {}
+
+
+def _embedding_grad_space(draw, rng):
+    rows, ids_shape = draw(DIM), draw(shapes(0))
+    return [real(rng, *ids_shape, draw(DIM)), np.asarray(labels(rng, rows, *ids_shape))], {"rows": rows}
+
+
+GRAD_SPACES = {
+    "add": _binary_space(), "sub": _binary_space(), "mul": _binary_space(), "div": _binary_space(positive),
+    "neg": _unary_space(), "square": _unary_space(), "relu": _unary_space(off_kink),
+    "sigmoid": _unary_space(), "tanh": _unary_space(), "exp": _unary_space(),
+    "log": _unary_space(positive), "sqrt": _unary_space(positive),
+    "softmax": _unary_space(min_rank=1), "log_softmax": _unary_space(min_rank=1),
+    "norm2": _unary_space(off_kink, min_rank=1),     # rows away from the kink of |x| at 0
+    "transpose": _unary_space(),
+    "matmul": _matmul_space, "dot": _dot_space,
+    "sum": _reduce_space, "mean": _reduce_space,
+    "broadcast_to": _broadcast_to_space, "sum_to": _sum_to_space,
+    "reshape": _reshape_space, "concat": _concat_space, "slice": _slice_space,
+    "cross_entropy": _cross_entropy_space, "mse": _mse_space,
+    "embedding": _embedding_space, "embedding_grad": _embedding_grad_space,
+}
+
+GRAD_SETTINGS = settings(max_examples=80, deadline=None, derandomize=True)   # the whole file runs in ~10 s
+
+
+def test_every_op_with_a_derivative_has_a_hypothesis_space():
+    assert set(GRAD_SPACES) == set(REGISTRY) - set(NO_DERIVATIVE), (
+        f"ops without a space: {sorted(set(REGISTRY) - set(NO_DERIVATIVE) - set(GRAD_SPACES))}")
+    for name in NO_DERIVATIVE:   # and those said to have none really return no gradient
+        assert all(gr is None for gr in _vjp_of_first_case(name)[0]), name
+
+
+@st.composite
+def op_cases(draw, name):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    args, attrs = GRAD_SPACES[name](draw, rng)
+    return Case(f"{name}-drawn", args, expect=None, attrs=attrs)
+
+
+@pytest.mark.parametrize("name", sorted(GRAD_SPACES))
+@GRAD_SETTINGS
+@given(data=st.data())
+def test_vjp_matches_finite_differences_on_drawn_shapes(name, data):
+    case = data.draw(op_cases(name), label="case")
+    g, wrt = _loss_graph(name, case)
+    arrays = {f"a{i}": a for i, a in enumerate(case.args)}
+    v_seed = data.draw(st.integers(0, 2**32 - 1), label="v seed")
+    arrays["v"] = np.random.default_rng(v_seed).standard_normal(g.inputs["v"].shape)
+    check_grads(g, arrays, wrt)
+
+
+@GRAD_SETTINGS
+@given(n=DIM, d=DIM, h=DIM, form=st.sampled_from(["rows", "column", "square"]),
+       act=st.sampled_from(["tanh", "sigmoid"]), bias=st.sampled_from(["vector", "row", "scalar"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_vjp_weight_shared_by_two_layers_on_drawn_shapes(n, d, h, form, act, bias, seed):
+    """One W in two layers (tied as W.T then W, or one square W applied twice, row or column
+    form): dJ/dW is the sum of both layers' contributions, and matches finite differences."""
+    f = getattr(graphc, act)
+    rng = np.random.default_rng(seed)
+    if form == "square":
+        h = d
+    g = graphc.Graph("shared")
+    x = g.input("x", (d,) if form == "column" else (n, d))
+    W = g.param("W", (h, d))
+    b = g.param("b", {"vector": (h,), "row": (1, h), "scalar": ()}[bias] if form != "column" else (h,))
+    c = g.param("c", (d,))
+    if form == "rows":
+        out = f(f(x @ W.T + b) @ W + c)                    # identities (6) and (2) on the same W
+    elif form == "column":
+        out = f(W.T @ f(W @ x + b) + c)                    # identities (5) and (1)
+    else:
+        out = f(f(x @ W.T + b) @ W.T + b) + c              # W and b both used twice
+    v = g.input("v", out.shape)
+    g.output("L", graphc.sum(out * v))
+    arrays = {k: rng.standard_normal(val.shape) for k, val in {**g.inputs, **g.params}.items()}
+    check_grads(g, arrays, ["W", "b", "c", "x"])
