@@ -59,12 +59,31 @@ def c_array_type(real: str, dtype: np.dtype) -> str:
     return {"int32": "int32_t[]", "int64": "int64_t[]"}.get(dtype.name, f"{real}[]")
 
 
+def output_specs(real: str, specs) -> tuple[list, list, list]:
+    """(shapes, dtypes, cffi types) of outputs given as (shape, dtype) pairs."""
+    return [s for s, _ in specs], [d for _, d in specs], [c_array_type(real, d) for _, d in specs]
+
+
+def picker(pairs: list[tuple[str, int]]):
+    """A function outs -> {name: outs[i] for name, i in pairs}; for one or two names a dict display,
+    four times faster than the comprehension (this runs on every call)."""
+    if len(pairs) == 1:
+        (k, i), = pairs
+        return lambda outs: {k: outs[i]}
+    if len(pairs) == 2:
+        (k, i), (k2, i2) = pairs
+        return lambda outs: {k: outs[i], k2: outs[i2]}
+    return lambda outs: {k: outs[i] for k, i in pairs}
+
+
 class CallPlan:
     """A checked call of one C function, ready to repeat.
 
-    It holds the batch size n, the array arguments in C order (names, the arrays of the last call
-    with their shape, strides and dtype, and their cffi pointers), the workspace pointer and the
-    outputs to allocate for each call (shape, dtype, cffi type).
+    It holds the batch size n, the array arguments (names, the arrays of the last call with their
+    shape, strides and dtype, and their cffi pointers), pointers that never change (`fixed`: a
+    TrainState's params and optimizer state), the workspace pointer and the outputs to allocate
+    for each call (shape, dtype, cffi type). C takes n, the arrays, the fixed pointers, the
+    outputs and the workspace, in that order.
 
     `reuse(arrays)` answers the next call: the plan itself when the same array objects come back
     with the same shape, strides and dtype (values changed in place are fine: the pointer still
@@ -76,21 +95,24 @@ class CallPlan:
     which makes NumPy refuse to resize them in place (a resize would move the data from under
     the pointer) while the plan lives. A plan never changes once made, so threads can share one."""
 
-    __slots__ = ("ffi", "n", "names", "ctypes", "objs", "meta", "refs", "ptrs", "ws", "out_specs", "out_ctypes")
+    __slots__ = ("ffi", "n", "names", "get", "ctypes", "objs", "meta", "refs", "ptrs", "fixed", "head", "ws",
+                 "out_shapes", "out_dtypes", "out_ctypes")
 
-    def __init__(self, ffi, n: int, names, ctypes, objs, ws, out_specs, out_ctypes, ptrs=None, refs=None, meta=None):
-        self.ffi, self.n, self.names, self.ctypes, self.objs, self.ws = ffi, n, names, ctypes, objs, ws
-        self.out_specs, self.out_ctypes = out_specs, out_ctypes     # [(shape, dtype)], [cffi type]
+    def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=(), ptrs=None, refs=None, meta=None):
+        self.ffi, self.n, self.names, self.ctypes, self.objs, self.ws = ffi, n, tuple(names), ctypes, tuple(objs), ws
+        self.get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
         self.ptrs = ptrs if ptrs is not None else [ffi.from_buffer(t, a, require_writable=False)
                                                    for t, a in zip(ctypes, objs)]
         self.refs = refs if refs is not None else list(map(weakref.ref, objs))
         self.meta = meta if meta is not None else list(map(_META, objs))
+        self.fixed, self.head = fixed, (n, *self.ptrs, *fixed)
+        self.out_shapes, self.out_dtypes, self.out_ctypes = outs      # each a list, in C order
 
     def reuse(self, arrays: dict[str, Any]) -> "CallPlan | None":
         if len(arrays) != len(self.names):
             return None
         try:
-            objs = [arrays[k] for k in self.names]
+            objs = self.get(arrays)
         except KeyError:
             return None
         if all(map(operator.is_, objs, self.objs)) and list(map(_META, objs)) == self.meta:
@@ -106,8 +128,8 @@ class CallPlan:
                 return None
             ptrs[i] = self.ffi.from_buffer(self.ctypes[i], a, require_writable=False)
             refs[i], meta[i] = weakref.ref(a), m
-        return CallPlan(self.ffi, self.n, self.names, self.ctypes, objs, self.ws, self.out_specs, self.out_ctypes,
-                        ptrs, refs, meta)
+        return CallPlan(self.ffi, self.n, self.names, self.ctypes, objs, self.ws,
+                        (self.out_shapes, self.out_dtypes, self.out_ctypes), self.fixed, ptrs, refs, meta)
 
 
 class CompiledModel:
@@ -122,9 +144,9 @@ class CompiledModel:
         self.functions = {f.name: f for f in csrc.functions}
         self.wrt = list(csrc.grad_names)
         self._local = threading.local()
-        self._pick_cache: dict[str, tuple] = {}
         self._cfuncs = {f.name: getattr(self.lib, f"{self.name}_{f.name}") for f in csrc.functions}
         self._ctype = "float" if self.dtype == np.float32 else "double"
+        self._results = {f: self._result_dicts(f) for f in ("forward", "value_and_grad") if f in self.functions}
 
     def __repr__(self) -> str:
         return (f"<CompiledModel {self.name} {self.dtype} ({', '.join(self.functions)}); "
@@ -179,9 +201,8 @@ class CompiledModel:
             if again is not None:
                 if again is not plan:
                     setattr(self._local, fname, again)
-                outs = [np.empty(shape, dt) for shape, dt in again.out_specs]
-                status = self._cfuncs[fname](again.n, *again.ptrs, *map(self.ffi.from_buffer, again.out_ctypes, outs),
-                                             again.ws)
+                outs = list(map(np.empty, again.out_shapes, again.out_dtypes))
+                status = self._cfuncs[fname](*again.head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
                 if status != 0:
                     self._raise_status(status, fname, bind(self.graph, arrays, self.dtype)[0], again.n)
                 return outs
@@ -200,8 +221,8 @@ class CompiledModel:
                 outs.append(self._out_array(a, n))
         ws = self.ffi.from_buffer(self.workspace(n))
         plan = CallPlan(self.ffi, n, names, [c_array_type(self._ctype, a.dtype) for a in ins], ins, ws,
-                        [(o.shape, o.dtype) for o in outs], [c_array_type(self._ctype, o.dtype) for o in outs])
-        status = self._cfuncs[fname](n, *plan.ptrs, *map(self.ffi.from_buffer, plan.out_ctypes, outs), ws)
+                        output_specs(self._ctype, [(o.shape, o.dtype) for o in outs]))
+        status = self._cfuncs[fname](*plan.head, *map(self.ffi.from_buffer, plan.out_ctypes, outs), ws)
         if status != 0:
             self._raise_status(status, fname, env, n)
         if len(arrays) == len(names) and all(map(operator.is_, ins, map(arrays.get, names))):
@@ -226,8 +247,7 @@ class CompiledModel:
     # ------------------------------------------------------------------ the public calls
     def forward(self, **arrays) -> dict[str, np.ndarray]:
         """The graph's outputs by name, each a new array."""
-        outs = self.call("forward", arrays)
-        return {k: outs[i] for k, i in self._picks("forward")[0]}
+        return self._results["forward"][0](self.call("forward", arrays))
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(outputs, gradients); gradients are keyed by the wrt names, each in its parameter's shape."""
@@ -235,20 +255,18 @@ class CompiledModel:
             raise GraphcError(f"{self.name} was compiled without gradients",
                               hint="pass grad_of= and wrt= to graphc.compile")
         outs = self.call("value_and_grad", arrays)
-        values, grads = self._picks("value_and_grad")
-        return {k: outs[i] for k, i in values}, {w: outs[i] for w, i in grads}
+        values, grads = self._results["value_and_grad"]
+        return values(outs), grads(outs)
 
-    def _picks(self, fname):
-        """Where the graph's outputs and the gradients are in the output list of `fname` (computed once):
-        ([(output name, index)], [(wrt name, index)])."""
-        hit = self._pick_cache.get(fname)
-        if hit is None:
-            from graphc.schedule import c_name
-            where = {a.cname: i for i, a in enumerate(a for a in self.functions[fname].args
-                                                      if a.role not in ("input", "param", "param*", "state"))}
-            hit = self._pick_cache[fname] = ([(k, where[c_name(k)]) for k in self.graph.outputs if c_name(k) in where],
-                                        [(w, where[c_name(f"d_{w}")]) for w in self.wrt if c_name(f"d_{w}") in where])
-        return hit
+    def _result_dicts(self, fname: str):
+        """Two functions of the output list of `fname` (new arrays in C order): the graph's outputs
+        by name, and the gradients by wrt name."""
+        from graphc.schedule import c_name
+        where = {a.cname: i for i, a in enumerate(a for a in self.functions[fname].args
+                                                  if a.role not in ("input", "param", "param*", "state"))}
+        values = [(k, where[c_name(k)]) for k in self.graph.outputs if c_name(k) in where]
+        grads = [(w, where[c_name(f"d_{w}")]) for w in self.wrt if c_name(f"d_{w}") in where]
+        return picker(values), picker(grads)
 
     def memory_plan(self, n: int = 64) -> str:
         """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n."""

@@ -422,7 +422,8 @@ class Trainer:
         self._params = [name for role, name, _ in lay.step_args if role == "param"]
         outs = [(name, self._out_spec(name)) for role, name, _ in lay.step_args if role == "output"]
         self._outs = outs
-        self._out_names = [name for name, _ in outs]
+        from graphc.runtime import picker
+        self._result = picker([(name, i) for i, (name, _) in enumerate(outs)])
         self._counts_steps = "t" not in lay.state      # SGD: Python counts the steps (Adam's t is in C)
         sym = self.graph.symbolic_dims
         self._sym = sym[0] if sym else None
@@ -541,42 +542,44 @@ class Trainer:
 
         The state remembers the last minibatch's arrays and their pointers (a CallPlan): when the
         same arrays come back, or new ones of the same shapes and dtypes, nothing else is checked."""
-        if getattr(state, "_trainer", None) is not self:
-            self._bind(state)
-        plan = state._plan
+        try:
+            plan = state._plan if state._trainer is self else None
+        except AttributeError:
+            plan = None
         again = plan.reuse(batch) if plan is not None else None
         if again is None:
             return self._train_step_checked(state, batch)
         if again is not plan:
             state._plan = again
-        outs = [np.empty(shape, dt) for shape, dt in again.out_specs]
-        status = self._cstep(again.n, *again.ptrs, *state._step_ptrs, *map(self.ffi.from_buffer, again.out_ctypes, outs),
-                             again.ws)
+        outs = list(map(np.empty, again.out_shapes, again.out_dtypes))
+        status = self._cstep(*again.head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
         if status != 0:
             self._fail(status, "train_step", batch, again.n)
         if self._counts_steps:
             state._sgd_steps += 1
-        return dict(zip(self._out_names, outs))
+        return self._result(outs)
 
     def _train_step_checked(self, state: TrainState, batch: dict) -> dict[str, np.ndarray]:
         """Check and convert the minibatch; leave a CallPlan on the state when nothing was converted."""
         from graphc.arguments import bind
-        from graphc.runtime import CallPlan, as_c_array, c_array_type
+        from graphc.runtime import CallPlan, as_c_array, c_array_type, output_specs
+        if getattr(state, "_trainer", None) is not self:
+            self._bind(state)
         env, dims = bind(self.graph, batch, self.dtype, need_params=False)
         n = self.model._batch(dims)
         arrays = [as_c_array(k, env[k]) for k in self._inputs]
         specs = [(tuple(n if isinstance(d, str) else d for d in shape), dt) for _, (shape, dt) in self._outs]
         plan = CallPlan(self.ffi, n, self._inputs, [c_array_type(self._ctype, a.dtype) for a in arrays], arrays,
-                        self._workspace(state, n), specs, [c_array_type(self._ctype, dt) for _, dt in specs])
-        outs = [np.empty(shape, dt) for shape, dt in specs]
-        status = self._cstep(n, *plan.ptrs, *state._step_ptrs, *map(self.ffi.from_buffer, plan.out_ctypes, outs), plan.ws)
+                        self._workspace(state, n), output_specs(self._ctype, specs), tuple(state._step_ptrs))
+        outs = list(map(np.empty, plan.out_shapes, plan.out_dtypes))
+        status = self._cstep(*plan.head, *map(self.ffi.from_buffer, plan.out_ctypes, outs), plan.ws)
         if status != 0:
             self._fail(status, "train_step", env, n)
         if self._counts_steps:
             state._sgd_steps += 1
         if len(batch) == len(arrays) and all(arr is batch.get(k) for k, arr in zip(self._inputs, arrays)):
             state._plan = plan          # every input went to C as it was passed
-        return dict(zip(self._out_names, outs))
+        return self._result(outs)
 
     def _fail(self, status: int, fname: str, arrays, n: int):
         from graphc.arguments import bind
