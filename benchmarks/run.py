@@ -252,6 +252,35 @@ def raw_caller(m, fname, arrays):
     return call
 
 
+def raw_step_caller(m, state, arrays):
+    """NAME_train_step called through cffi with pointers made once (inputs, the state's params and
+    optimizer state, outputs): the floor of m.train_step. Returns a zero-argument callable."""
+    import numpy as np
+    lay = m.functions["train_step"].train_layout
+    n = arrays["x"].shape[0] if "x" in arrays else 1
+    keep, ptrs = [], []
+    for role, name, _ in lay.step_args:
+        if role == "input":
+            arr = arrays[name]
+        elif role == "param":
+            arr = state.params[name]
+        elif role == "state":
+            arr = state.buffers[name]
+        else:
+            shape, is_int = lay.out_types[name]
+            arr = np.empty(tuple(n if isinstance(d, str) else d for d in shape), np.int32 if is_int else m.dtype)
+        keep.append(arr)
+        ptrs.append(m._pointer(arr))
+    ws = m.ffi.from_buffer(m.workspace(n))
+    cf = getattr(m.lib, f"{m.name}_train_step")
+    keep.append(ws)
+
+    def call():
+        return cf(n, *ptrs, ws)
+    call.keep = keep
+    return call
+
+
 def worker(args) -> dict:
     import numpy as np
     sys.path.insert(0, str(SRC))
@@ -393,6 +422,10 @@ def worker(args) -> dict:
                 fns = {"forward_api": g_infer, "forward_raw": raw_fw}
                 if raw_vg:
                     fns.update(vg_api=api_vg, vg_raw=raw_vg)
+                if training:
+                    raw_state = mt.train_state(graphc_param_dict(layers, params))
+                    fns.update(step_api=lambda: mt.train_step(raw_state, x=x, y=y),    # noqa: E731
+                               step_raw=raw_step_caller(mt, raw_state, dict(x=x, y=y)))
                 ffi = mi.ffi
                 buf = np.zeros(16, np.float32)
                 fns["from_buffer"] = lambda: ffi.from_buffer("float[]", buf)
@@ -625,11 +658,13 @@ def table_overhead(results):
             if not lines:
                 lines = ["### Python-side overhead per call (µs)", "",
                          "| size | threads | forward: API | forward: raw cffi call | value_and_grad: API | "
-                         "value_and_grad: raw cffi call | one ffi.from_buffer | one np.empty |",
-                         "|---|---|---|---|---|---|---|---|"]
+                         "value_and_grad: raw cffi call | train_step: API | train_step: raw cffi call | "
+                         "one ffi.from_buffer | one np.empty |",
+                         "|---|---|---|---|---|---|---|---|---|---|"]
             o = d["overhead"]
             lines.append(f"| {size} | {tmark(T, d, 'overhead')} | {us(o['forward_api'])} | {us(o['forward_raw'])} | {us(o.get('vg_api'))} | "
-                         f"{us(o.get('vg_raw'))} | {us(o['from_buffer'])} | {us(o['np_empty'])} |")
+                         f"{us(o.get('vg_raw'))} | {us(o.get('step_api'))} | {us(o.get('step_raw'))} | "
+                         f"{us(o['from_buffer'])} | {us(o['np_empty'])} |")
     return lines
 
 
