@@ -148,11 +148,14 @@ class Contender:
         self.pack = self.ffi.cast("float *", raw[(-raw.ctypes.data % 64) // 4:].ctypes.data)
 
 
+CLOCK = time.perf_counter
+
+
 def sample(run, calls: int) -> float:
     """Seconds per call of one loop of `calls` calls."""
-    start = time.perf_counter()
+    start = CLOCK()
     run(calls)
-    return (time.perf_counter() - start) / calls
+    return (CLOCK() - start) / calls
 
 
 def main() -> None:
@@ -167,7 +170,13 @@ def main() -> None:
     parser.add_argument("--cflags", default="", help="extra flags for the working tree's build (e.g. -DNAME=VALUE)")
     parser.add_argument("--variants", default="", metavar="FLAGS;FLAGS",
                         help="also build the working tree with each ;-separated set of extra flags")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time by the process's CPU time, not wall time: robust to other processes on a "
+                             "shared machine, meaningful for 1 thread only (2 threads sum both threads' time)")
     args = parser.parse_args()
+    if args.cpu_time:
+        global CLOCK
+        CLOCK = time.process_time
     flags = [f for f in NATIVE if not (args.portable and f == "-march=native")]
     thread_counts = [int(t) for t in args.threads.split(",")]
 

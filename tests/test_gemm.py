@@ -253,9 +253,10 @@ TINY_SHAPES = [(0, 5, 3), (4, 0, 3), (3, 4, 0), (1, 1, 1), (1, 37, 7), (37, 1, 7
 # columns, N below one register tile, several K blocks.
 DIRECT_SHAPES = [(37, 131, 7), (300, 3, 40), (13, 33, 131), (37, 131, 300), (131, 37, 260),
                  (64, 64, 64), (97, 530, 33), (32, 128, 64), (32, 10, 128), (32, 128, 10),
-                 (10, 128, 32), (128, 64, 32), (24, 64, 300)]
-# Packed path: several NC and KC blocks, edge tiles.
-PACKED_SHAPES = [(131, 140, 300), (45, 1100, 270), (600, 45, 129)]
+                 (10, 128, 32), (128, 64, 32), (24, 64, 300), (40, 7, 100), (50, 16, 60)]
+# Packed path: several NC and KC blocks, edge tiles; N = 12 is one vector or
+# less (the narrow micro-kernel) for float on AVX-512 and AVX2 (double: 7).
+PACKED_SHAPES = [(131, 140, 300), (45, 1100, 270), (600, 45, 129), (700, 12, 300), (1100, 7, 300)]
 SHAPES = TINY_SHAPES + DIRECT_SHAPES + PACKED_SHAPES
 
 
@@ -361,7 +362,7 @@ def test_gemm_bit_identical_for_one_and_two_threads(gemm_lib, variant, dtype):
     # several K blocks; packed, and direct but large enough to be threaded.
     try:
         for M, N, K in [(70, 333, 301), (333, 70, 301), (128, 512, 200), (32, 128, 64),
-                        (128, 64, 32), (100, 37, 90)]:
+                        (128, 64, 32), (100, 37, 90), (130, 110, 90), (1100, 7, 300)]:
             for ta, tb in FORMS:
                 A, B = operands(rng, ta, tb, M, N, K, dtype)
                 bias = rng.standard_normal(N).astype(dtype)

@@ -49,6 +49,18 @@ size_t mlp_workspace_size(long n);
  */
 int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const float *b1, const float *W2, const float *b2, const float *W3, const float *b3, float *loss, float *probs, void *workspace);
 
+/* the outputs that need no y: probs
+ *   x          input   [N, Dx=64]
+ *   W1         param   [H1=96, Dx=64]
+ *   b1         param   [H1=96]
+ *   W2         param   [H2=48, H1=96]
+ *   b2         param   [H2=48]
+ *   W3         param   [Nc=10, H2=48]
+ *   b3         param   [Nc=10]
+ *   probs      output  [N, Nc=10]
+ */
+int mlp_predict(long n, const float *x, const float *W1, const float *b1, const float *W2, const float *b2, const float *W3, const float *b3, float *probs, void *workspace);
+
 /* the outputs and dJ/d{W1, b1, W2, b2, W3, b3} for J = J
  *   x          input   [N, Dx=64]
  *   y          input   [N]  int32

@@ -47,6 +47,16 @@ size_t one_layer_workspace_size(long n);
  */
 int one_layer_forward(long n, const float *x, const int32_t *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, void *workspace);
 
+/* the outputs that need no y: probs
+ *   x          input   [N, Dx=64]
+ *   W          param   [Dh=128, Dx=64]
+ *   b1         param   [Dh=128]
+ *   U          param   [Nc=10, Dh=128]
+ *   b2         param   [Nc=10]
+ *   probs      output  [N, Nc=10]
+ */
+int one_layer_predict(long n, const float *x, const float *W, const float *b1, const float *U, const float *b2, float *probs, void *workspace);
+
 /* the outputs and dJ/d{W, b1, U, b2} for J = J
  *   x          input   [N, Dx=64]
  *   y          input   [N]  int32

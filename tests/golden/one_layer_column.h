@@ -47,6 +47,16 @@ size_t one_layer_column_workspace_size(long n);
  */
 int one_layer_column_forward(long n, const float *x, const float *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *yhat, void *workspace);
 
+/* the outputs that need no y: yhat
+ *   x          input   [Dx=10]
+ *   W          param   [Dh=16, Dx=10]
+ *   b1         param   [Dh=16]
+ *   U          param   [Nc=5, Dh=16]
+ *   b2         param   [Nc=5]
+ *   yhat       output  [Nc=5]
+ */
+int one_layer_column_predict(long n, const float *x, const float *W, const float *b1, const float *U, const float *b2, float *yhat, void *workspace);
+
 /* the outputs and dJ/d{W, b1, U, b2, x} for J = J
  *   x          input   [Dx=10]
  *   y          input   [Nc=5]

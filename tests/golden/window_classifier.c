@@ -173,9 +173,13 @@ typedef float gc_real;
 #endif
 #define GC_GEMM_DIRECT_A 1
 #define GC_GEMM_DIRECT_B 2
-/* Below this many multiply-adds a second thread is not worth waking. */
+/* Below this many multiply-adds a second thread is not worth waking: a
+   fork-join costs a microsecond or two when the threads are awake, and a
+   scheduler slice (milliseconds) when another process holds a core, while
+   one thread does 100^3 in about 5 us.  (The digits GEMMs, 32 x 128 x 64,
+   and the mnist GEMMs with a dimension of 10 stay on one thread.) */
 #ifndef GC_GEMM_PARALLEL_WORK
-#define GC_GEMM_PARALLEL_WORK (64L * 64 * 64)
+#define GC_GEMM_PARALLEL_WORK (100L * 100 * 100)
 #endif
 /* Parts per thread of a threaded product (see Threads above). */
 #ifndef GC_GEMM_PARTS_PER_THREAD
@@ -440,6 +444,146 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
     gc_vec_storeu(C + 11 * ldc + 1 * GC_VEC_WIDTH, acc11_1);
 }
 
+/* The same for products at most one vector wide (h U^T with 10 classes):
+   half the work of the full tile there, and the same bits. */
+/* C[12 x 1*GC_VEC_WIDTH] = beta*C + op(A) op(B) over kc steps, then the epilogue.
+   Step k reads op(A)[r][k] = a[r * a_rs + k * a_ks] (r < 12) and the 1 vectors of
+   op(B)[k][0:NR] at b + k * b_ks.  A packed panel has a_rs = 1, a_ks = MR and b_ks = NR; the
+   unpacked operands of small products pass their own strides.
+   Accumulation starts from zero and C is added afterwards, so a full tile and
+   an edge tile (computed into a scratch tile, then added in scalar code), and a
+   packed and an unpacked operand, give bit-identical results. */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, const gc_real *a, long a_rs, long a_ks,
+                                                                     const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
+                                                                     const gc_real *bias, int relu)
+{
+    gc_vec acc0_0 = gc_vec_zero();
+    gc_vec acc1_0 = gc_vec_zero();
+    gc_vec acc2_0 = gc_vec_zero();
+    gc_vec acc3_0 = gc_vec_zero();
+    gc_vec acc4_0 = gc_vec_zero();
+    gc_vec acc5_0 = gc_vec_zero();
+    gc_vec acc6_0 = gc_vec_zero();
+    gc_vec acc7_0 = gc_vec_zero();
+    gc_vec acc8_0 = gc_vec_zero();
+    gc_vec acc9_0 = gc_vec_zero();
+    gc_vec acc10_0 = gc_vec_zero();
+    gc_vec acc11_0 = gc_vec_zero();
+    long k;
+
+    for (k = 0; k < kc; ++k) {
+        const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
+        {
+            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            acc0_0 = gc_vec_fma(a0, b0, acc0_0);
+        }
+        {
+            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            acc1_0 = gc_vec_fma(a1, b0, acc1_0);
+        }
+        {
+            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            acc2_0 = gc_vec_fma(a2, b0, acc2_0);
+        }
+        {
+            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            acc3_0 = gc_vec_fma(a3, b0, acc3_0);
+        }
+        {
+            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            acc4_0 = gc_vec_fma(a4, b0, acc4_0);
+        }
+        {
+            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            acc5_0 = gc_vec_fma(a5, b0, acc5_0);
+        }
+        {
+            const gc_vec a6 = gc_vec_set1(a[6 * a_rs]);
+            acc6_0 = gc_vec_fma(a6, b0, acc6_0);
+        }
+        {
+            const gc_vec a7 = gc_vec_set1(a[7 * a_rs]);
+            acc7_0 = gc_vec_fma(a7, b0, acc7_0);
+        }
+        {
+            const gc_vec a8 = gc_vec_set1(a[8 * a_rs]);
+            acc8_0 = gc_vec_fma(a8, b0, acc8_0);
+        }
+        {
+            const gc_vec a9 = gc_vec_set1(a[9 * a_rs]);
+            acc9_0 = gc_vec_fma(a9, b0, acc9_0);
+        }
+        {
+            const gc_vec a10 = gc_vec_set1(a[10 * a_rs]);
+            acc10_0 = gc_vec_fma(a10, b0, acc10_0);
+        }
+        {
+            const gc_vec a11 = gc_vec_set1(a[11 * a_rs]);
+            acc11_0 = gc_vec_fma(a11, b0, acc11_0);
+        }
+        a += a_ks;
+        b += b_ks;
+    }
+
+    /* Write-back, in the same order of operations as gc_gemm_store_edge:
+       (C + acc), then + bias, then relu. */
+    if (beta) {
+        acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
+        acc1_0 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 0 * GC_VEC_WIDTH), acc1_0);
+        acc2_0 = gc_vec_add(gc_vec_loadu(C + 2 * ldc + 0 * GC_VEC_WIDTH), acc2_0);
+        acc3_0 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 0 * GC_VEC_WIDTH), acc3_0);
+        acc4_0 = gc_vec_add(gc_vec_loadu(C + 4 * ldc + 0 * GC_VEC_WIDTH), acc4_0);
+        acc5_0 = gc_vec_add(gc_vec_loadu(C + 5 * ldc + 0 * GC_VEC_WIDTH), acc5_0);
+        acc6_0 = gc_vec_add(gc_vec_loadu(C + 6 * ldc + 0 * GC_VEC_WIDTH), acc6_0);
+        acc7_0 = gc_vec_add(gc_vec_loadu(C + 7 * ldc + 0 * GC_VEC_WIDTH), acc7_0);
+        acc8_0 = gc_vec_add(gc_vec_loadu(C + 8 * ldc + 0 * GC_VEC_WIDTH), acc8_0);
+        acc9_0 = gc_vec_add(gc_vec_loadu(C + 9 * ldc + 0 * GC_VEC_WIDTH), acc9_0);
+        acc10_0 = gc_vec_add(gc_vec_loadu(C + 10 * ldc + 0 * GC_VEC_WIDTH), acc10_0);
+        acc11_0 = gc_vec_add(gc_vec_loadu(C + 11 * ldc + 0 * GC_VEC_WIDTH), acc11_0);
+    }
+    if (bias) {
+        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
+        acc0_0 = gc_vec_add(acc0_0, bias0);
+        acc1_0 = gc_vec_add(acc1_0, bias0);
+        acc2_0 = gc_vec_add(acc2_0, bias0);
+        acc3_0 = gc_vec_add(acc3_0, bias0);
+        acc4_0 = gc_vec_add(acc4_0, bias0);
+        acc5_0 = gc_vec_add(acc5_0, bias0);
+        acc6_0 = gc_vec_add(acc6_0, bias0);
+        acc7_0 = gc_vec_add(acc7_0, bias0);
+        acc8_0 = gc_vec_add(acc8_0, bias0);
+        acc9_0 = gc_vec_add(acc9_0, bias0);
+        acc10_0 = gc_vec_add(acc10_0, bias0);
+        acc11_0 = gc_vec_add(acc11_0, bias0);
+    }
+    if (relu) {
+        acc0_0 = gc_vec_relu(acc0_0);
+        acc1_0 = gc_vec_relu(acc1_0);
+        acc2_0 = gc_vec_relu(acc2_0);
+        acc3_0 = gc_vec_relu(acc3_0);
+        acc4_0 = gc_vec_relu(acc4_0);
+        acc5_0 = gc_vec_relu(acc5_0);
+        acc6_0 = gc_vec_relu(acc6_0);
+        acc7_0 = gc_vec_relu(acc7_0);
+        acc8_0 = gc_vec_relu(acc8_0);
+        acc9_0 = gc_vec_relu(acc9_0);
+        acc10_0 = gc_vec_relu(acc10_0);
+        acc11_0 = gc_vec_relu(acc11_0);
+    }
+    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+    gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
+    gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
+    gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
+    gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
+    gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
+    gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
+}
+
 /* Both operands are packed into panels of `width` (MR or NR) lanes stored
    k-major: panel[k * width + lane].  Lanes past the edge of the matrix are
    zero.  Two source layouts occur:
@@ -545,19 +689,19 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_a_avx512(int ta, long mc, long kc
     }
 }
 
-/* op(B)[0:kc, 0:nc] -> NR-lane panels, one per NR columns of C.
-   op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
-GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_b_avx512(int tb, long kc, long nc, const gc_real *B, long ldb,
+/* op(B)[0:kc, 0:nc] -> nr-lane panels (nr = NR, or one vector), one per nr
+   columns of C.  op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_b_avx512(int tb, long kc, long nc, long nr, const gc_real *B, long ldb,
                            gc_real *packed)
 {
     long j0;
-    for (j0 = 0; j0 < nc; j0 += GC_GEMM_NR) {
-        const long cols = nc - j0 < GC_GEMM_NR ? nc - j0 : GC_GEMM_NR;
+    for (j0 = 0; j0 < nc; j0 += nr) {
+        const long cols = nc - j0 < nr ? nc - j0 : nr;
         if (tb)
-            gc_gemm_pack_transpose_avx512(kc, cols, GC_GEMM_NR, B + j0 * ldb, ldb, packed);
+            gc_gemm_pack_transpose_avx512(kc, cols, nr, B + j0 * ldb, ldb, packed);
         else
-            gc_gemm_pack_copy_avx512(kc, cols, GC_GEMM_NR, B + j0, ldb, packed);
-        packed += GC_GEMM_NR * kc;
+            gc_gemm_pack_copy_avx512(kc, cols, nr, B + j0, ldb, packed);
+        packed += nr * kc;
     }
 }
 
@@ -585,7 +729,8 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_store_edge_avx512(long rows, long cols
    packed, zero-padded); direct & GC_GEMM_DIRECT_B, with tb = 0: the same for
    op(B) (only an edge panel of fewer than NR columns is packed).  Small
    products skip the packing this way; large ones pack, for unit-stride,
-   cache-resident panels. */
+   cache-resident panels.  A part at most one vector wide uses panels of one
+   vector and the narrow micro-kernel. */
 GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M, long N, long K,
                             const gc_real *A, long lda, const gc_real *B, long ldb,
                             int beta, gc_real *C, long ldc,
@@ -597,11 +742,13 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M,
     const int direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
     /* op(A)[i][k] = A[i * a_rs + k * a_ks] */
     const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
+    const int narrow = N <= GC_VEC_WIDTH;
+    const long nr = narrow ? GC_VEC_WIDTH : GC_GEMM_NR;   /* panel width */
     long jc, pc, ic, ir, jr;
 
     for (jc = 0; jc < N; jc += GC_GEMM_NC) {
         const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
-        const long nc_full = nc / GC_GEMM_NR * GC_GEMM_NR;   /* columns in whole panels */
+        const long nc_full = nc / nr * nr;   /* columns in whole panels */
         for (pc = 0; pc < K; pc += GC_GEMM_KC) {
             const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
             /* First K block applies the caller's beta, later ones accumulate;
@@ -613,9 +760,9 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M,
             const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
             if (!direct_b)
-                gc_gemm_pack_b_avx512(tb, kc, nc, b_block, ldb, packed_b);
+                gc_gemm_pack_b_avx512(tb, kc, nc, nr, b_block, ldb, packed_b);
             else if (nc_full < nc)   /* only the edge panel, at the start of the B area */
-                gc_gemm_pack_copy_avx512(kc, nc - nc_full, GC_GEMM_NR, b_block + nc_full, ldb, packed_b);
+                gc_gemm_pack_copy_avx512(kc, nc - nc_full, nr, b_block + nc_full, ldb, packed_b);
 
             for (ic = 0; ic < M; ic += GC_GEMM_MC) {
                 const long mc = M - ic < GC_GEMM_MC ? M - ic : GC_GEMM_MC;
@@ -635,25 +782,33 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M,
                         gc_gemm_pack_a_avx512(ta, rows, kc, a_block + ir * a_rs, lda, packed_a);
                         a_panel = packed_a;
                     }
-                    for (jr = 0; jr < nc; jr += GC_GEMM_NR) {
-                        const long cols = nc - jr < GC_GEMM_NR ? nc - jr : GC_GEMM_NR;
+                    for (jr = 0; jr < nc; jr += nr) {
+                        const long cols = nc - jr < nr ? nc - jr : nr;
                         const gc_real *b_panel = packed_b + jr * kc;
-                        long b_ks = GC_GEMM_NR;
+                        long b_ks = nr;
                         gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
                         const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
-                        if (direct_b && cols == GC_GEMM_NR) {
+                        if (direct_b && cols == nr) {
                             b_panel = b_block + jr;
                             b_ks = ldb;
                         } else if (direct_b) {
                             b_panel = packed_b;
                         }
-                        if (rows == GC_GEMM_MR && cols == GC_GEMM_NR) {
-                            gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                 c_tile, ldc, bias_tile, relu_block);
+                        if (rows == GC_GEMM_MR && cols == nr) {
+                            if (narrow)
+                                gc_gemm_micro_kernel_narrow_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                            c_tile, ldc, bias_tile, relu_block);
+                            else
+                                gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                     c_tile, ldc, bias_tile, relu_block);
                         } else {
                             gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
-                            gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                 tile, GC_GEMM_NR, 0, 0);
+                            if (narrow)
+                                gc_gemm_micro_kernel_narrow_avx512(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                            tile, GC_GEMM_NR, 0, 0);
+                            else
+                                gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                     tile, GC_GEMM_NR, 0, 0);
                             gc_gemm_store_edge_avx512(rows, cols, tile, beta_block,
                                                c_tile, ldc, bias_tile, relu_block);
                         }
@@ -941,6 +1096,92 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
     gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
 }
 
+/* The same for products at most one vector wide (h U^T with 10 classes):
+   half the work of the full tile there, and the same bits. */
+/* C[6 x 1*GC_VEC_WIDTH] = beta*C + op(A) op(B) over kc steps, then the epilogue.
+   Step k reads op(A)[r][k] = a[r * a_rs + k * a_ks] (r < 6) and the 1 vectors of
+   op(B)[k][0:NR] at b + k * b_ks.  A packed panel has a_rs = 1, a_ks = MR and b_ks = NR; the
+   unpacked operands of small products pass their own strides.
+   Accumulation starts from zero and C is added afterwards, so a full tile and
+   an edge tile (computed into a scratch tile, then added in scalar code), and a
+   packed and an unpacked operand, give bit-identical results. */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const gc_real *a, long a_rs, long a_ks,
+                                                                 const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
+                                                                 const gc_real *bias, int relu)
+{
+    gc_vec acc0_0 = gc_vec_zero();
+    gc_vec acc1_0 = gc_vec_zero();
+    gc_vec acc2_0 = gc_vec_zero();
+    gc_vec acc3_0 = gc_vec_zero();
+    gc_vec acc4_0 = gc_vec_zero();
+    gc_vec acc5_0 = gc_vec_zero();
+    long k;
+
+    for (k = 0; k < kc; ++k) {
+        const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
+        {
+            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            acc0_0 = gc_vec_fma(a0, b0, acc0_0);
+        }
+        {
+            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            acc1_0 = gc_vec_fma(a1, b0, acc1_0);
+        }
+        {
+            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            acc2_0 = gc_vec_fma(a2, b0, acc2_0);
+        }
+        {
+            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            acc3_0 = gc_vec_fma(a3, b0, acc3_0);
+        }
+        {
+            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            acc4_0 = gc_vec_fma(a4, b0, acc4_0);
+        }
+        {
+            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            acc5_0 = gc_vec_fma(a5, b0, acc5_0);
+        }
+        a += a_ks;
+        b += b_ks;
+    }
+
+    /* Write-back, in the same order of operations as gc_gemm_store_edge:
+       (C + acc), then + bias, then relu. */
+    if (beta) {
+        acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
+        acc1_0 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 0 * GC_VEC_WIDTH), acc1_0);
+        acc2_0 = gc_vec_add(gc_vec_loadu(C + 2 * ldc + 0 * GC_VEC_WIDTH), acc2_0);
+        acc3_0 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 0 * GC_VEC_WIDTH), acc3_0);
+        acc4_0 = gc_vec_add(gc_vec_loadu(C + 4 * ldc + 0 * GC_VEC_WIDTH), acc4_0);
+        acc5_0 = gc_vec_add(gc_vec_loadu(C + 5 * ldc + 0 * GC_VEC_WIDTH), acc5_0);
+    }
+    if (bias) {
+        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
+        acc0_0 = gc_vec_add(acc0_0, bias0);
+        acc1_0 = gc_vec_add(acc1_0, bias0);
+        acc2_0 = gc_vec_add(acc2_0, bias0);
+        acc3_0 = gc_vec_add(acc3_0, bias0);
+        acc4_0 = gc_vec_add(acc4_0, bias0);
+        acc5_0 = gc_vec_add(acc5_0, bias0);
+    }
+    if (relu) {
+        acc0_0 = gc_vec_relu(acc0_0);
+        acc1_0 = gc_vec_relu(acc1_0);
+        acc2_0 = gc_vec_relu(acc2_0);
+        acc3_0 = gc_vec_relu(acc3_0);
+        acc4_0 = gc_vec_relu(acc4_0);
+        acc5_0 = gc_vec_relu(acc5_0);
+    }
+    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+}
+
 /* Both operands are packed into panels of `width` (MR or NR) lanes stored
    k-major: panel[k * width + lane].  Lanes past the edge of the matrix are
    zero.  Two source layouts occur:
@@ -1046,19 +1287,19 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_a_avx2(int ta, long mc, long kc, co
     }
 }
 
-/* op(B)[0:kc, 0:nc] -> NR-lane panels, one per NR columns of C.
-   op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
-GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_b_avx2(int tb, long kc, long nc, const gc_real *B, long ldb,
+/* op(B)[0:kc, 0:nc] -> nr-lane panels (nr = NR, or one vector), one per nr
+   columns of C.  op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_b_avx2(int tb, long kc, long nc, long nr, const gc_real *B, long ldb,
                            gc_real *packed)
 {
     long j0;
-    for (j0 = 0; j0 < nc; j0 += GC_GEMM_NR) {
-        const long cols = nc - j0 < GC_GEMM_NR ? nc - j0 : GC_GEMM_NR;
+    for (j0 = 0; j0 < nc; j0 += nr) {
+        const long cols = nc - j0 < nr ? nc - j0 : nr;
         if (tb)
-            gc_gemm_pack_transpose_avx2(kc, cols, GC_GEMM_NR, B + j0 * ldb, ldb, packed);
+            gc_gemm_pack_transpose_avx2(kc, cols, nr, B + j0 * ldb, ldb, packed);
         else
-            gc_gemm_pack_copy_avx2(kc, cols, GC_GEMM_NR, B + j0, ldb, packed);
-        packed += GC_GEMM_NR * kc;
+            gc_gemm_pack_copy_avx2(kc, cols, nr, B + j0, ldb, packed);
+        packed += nr * kc;
     }
 }
 
@@ -1086,7 +1327,8 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_store_edge_avx2(long rows, long cols, co
    packed, zero-padded); direct & GC_GEMM_DIRECT_B, with tb = 0: the same for
    op(B) (only an edge panel of fewer than NR columns is packed).  Small
    products skip the packing this way; large ones pack, for unit-stride,
-   cache-resident panels. */
+   cache-resident panels.  A part at most one vector wide uses panels of one
+   vector and the narrow micro-kernel. */
 GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, long N, long K,
                             const gc_real *A, long lda, const gc_real *B, long ldb,
                             int beta, gc_real *C, long ldc,
@@ -1098,11 +1340,13 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, lon
     const int direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
     /* op(A)[i][k] = A[i * a_rs + k * a_ks] */
     const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
+    const int narrow = N <= GC_VEC_WIDTH;
+    const long nr = narrow ? GC_VEC_WIDTH : GC_GEMM_NR;   /* panel width */
     long jc, pc, ic, ir, jr;
 
     for (jc = 0; jc < N; jc += GC_GEMM_NC) {
         const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
-        const long nc_full = nc / GC_GEMM_NR * GC_GEMM_NR;   /* columns in whole panels */
+        const long nc_full = nc / nr * nr;   /* columns in whole panels */
         for (pc = 0; pc < K; pc += GC_GEMM_KC) {
             const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
             /* First K block applies the caller's beta, later ones accumulate;
@@ -1114,9 +1358,9 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, lon
             const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
             if (!direct_b)
-                gc_gemm_pack_b_avx2(tb, kc, nc, b_block, ldb, packed_b);
+                gc_gemm_pack_b_avx2(tb, kc, nc, nr, b_block, ldb, packed_b);
             else if (nc_full < nc)   /* only the edge panel, at the start of the B area */
-                gc_gemm_pack_copy_avx2(kc, nc - nc_full, GC_GEMM_NR, b_block + nc_full, ldb, packed_b);
+                gc_gemm_pack_copy_avx2(kc, nc - nc_full, nr, b_block + nc_full, ldb, packed_b);
 
             for (ic = 0; ic < M; ic += GC_GEMM_MC) {
                 const long mc = M - ic < GC_GEMM_MC ? M - ic : GC_GEMM_MC;
@@ -1136,25 +1380,33 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, lon
                         gc_gemm_pack_a_avx2(ta, rows, kc, a_block + ir * a_rs, lda, packed_a);
                         a_panel = packed_a;
                     }
-                    for (jr = 0; jr < nc; jr += GC_GEMM_NR) {
-                        const long cols = nc - jr < GC_GEMM_NR ? nc - jr : GC_GEMM_NR;
+                    for (jr = 0; jr < nc; jr += nr) {
+                        const long cols = nc - jr < nr ? nc - jr : nr;
                         const gc_real *b_panel = packed_b + jr * kc;
-                        long b_ks = GC_GEMM_NR;
+                        long b_ks = nr;
                         gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
                         const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
-                        if (direct_b && cols == GC_GEMM_NR) {
+                        if (direct_b && cols == nr) {
                             b_panel = b_block + jr;
                             b_ks = ldb;
                         } else if (direct_b) {
                             b_panel = packed_b;
                         }
-                        if (rows == GC_GEMM_MR && cols == GC_GEMM_NR) {
-                            gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                 c_tile, ldc, bias_tile, relu_block);
+                        if (rows == GC_GEMM_MR && cols == nr) {
+                            if (narrow)
+                                gc_gemm_micro_kernel_narrow_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                            c_tile, ldc, bias_tile, relu_block);
+                            else
+                                gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                     c_tile, ldc, bias_tile, relu_block);
                         } else {
                             gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
-                            gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                 tile, GC_GEMM_NR, 0, 0);
+                            if (narrow)
+                                gc_gemm_micro_kernel_narrow_avx2(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                            tile, GC_GEMM_NR, 0, 0);
+                            else
+                                gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                     tile, GC_GEMM_NR, 0, 0);
                             gc_gemm_store_edge_avx2(rows, cols, tile, beta_block,
                                                c_tile, ldc, bias_tile, relu_block);
                         }
@@ -1557,6 +1809,74 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
     gc_vec_storeu(C + 3 * ldc + 7 * GC_VEC_WIDTH, acc3_7);
 }
 
+/* The same for products at most one vector wide (h U^T with 10 classes):
+   half the work of the full tile there, and the same bits. */
+/* C[4 x 1*GC_VEC_WIDTH] = beta*C + op(A) op(B) over kc steps, then the epilogue.
+   Step k reads op(A)[r][k] = a[r * a_rs + k * a_ks] (r < 4) and the 1 vectors of
+   op(B)[k][0:NR] at b + k * b_ks.  A packed panel has a_rs = 1, a_ks = MR and b_ks = NR; the
+   unpacked operands of small products pass their own strides.
+   Accumulation starts from zero and C is added afterwards, so a full tile and
+   an edge tile (computed into a scratch tile, then added in scalar code), and a
+   packed and an unpacked operand, give bit-identical results. */
+static void gc_gemm_micro_kernel_narrow_generic(long kc, const gc_real *a, long a_rs, long a_ks,
+                                                const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
+                                                const gc_real *bias, int relu)
+{
+    gc_vec acc0_0 = gc_vec_zero();
+    gc_vec acc1_0 = gc_vec_zero();
+    gc_vec acc2_0 = gc_vec_zero();
+    gc_vec acc3_0 = gc_vec_zero();
+    long k;
+
+    for (k = 0; k < kc; ++k) {
+        const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
+        {
+            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            acc0_0 = gc_vec_fma(a0, b0, acc0_0);
+        }
+        {
+            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            acc1_0 = gc_vec_fma(a1, b0, acc1_0);
+        }
+        {
+            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            acc2_0 = gc_vec_fma(a2, b0, acc2_0);
+        }
+        {
+            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            acc3_0 = gc_vec_fma(a3, b0, acc3_0);
+        }
+        a += a_ks;
+        b += b_ks;
+    }
+
+    /* Write-back, in the same order of operations as gc_gemm_store_edge:
+       (C + acc), then + bias, then relu. */
+    if (beta) {
+        acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
+        acc1_0 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 0 * GC_VEC_WIDTH), acc1_0);
+        acc2_0 = gc_vec_add(gc_vec_loadu(C + 2 * ldc + 0 * GC_VEC_WIDTH), acc2_0);
+        acc3_0 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 0 * GC_VEC_WIDTH), acc3_0);
+    }
+    if (bias) {
+        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
+        acc0_0 = gc_vec_add(acc0_0, bias0);
+        acc1_0 = gc_vec_add(acc1_0, bias0);
+        acc2_0 = gc_vec_add(acc2_0, bias0);
+        acc3_0 = gc_vec_add(acc3_0, bias0);
+    }
+    if (relu) {
+        acc0_0 = gc_vec_relu(acc0_0);
+        acc1_0 = gc_vec_relu(acc1_0);
+        acc2_0 = gc_vec_relu(acc2_0);
+        acc3_0 = gc_vec_relu(acc3_0);
+    }
+    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+}
+
 /* Both operands are packed into panels of `width` (MR or NR) lanes stored
    k-major: panel[k * width + lane].  Lanes past the edge of the matrix are
    zero.  Two source layouts occur:
@@ -1612,19 +1932,19 @@ static void gc_gemm_pack_a_generic(int ta, long mc, long kc, const gc_real *A, l
     }
 }
 
-/* op(B)[0:kc, 0:nc] -> NR-lane panels, one per NR columns of C.
-   op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
-static void gc_gemm_pack_b_generic(int tb, long kc, long nc, const gc_real *B, long ldb,
+/* op(B)[0:kc, 0:nc] -> nr-lane panels (nr = NR, or one vector), one per nr
+   columns of C.  op(B)[k][j] is B[k*ldb + j] (tb = 0) or B[j*ldb + k] (tb = 1). */
+static void gc_gemm_pack_b_generic(int tb, long kc, long nc, long nr, const gc_real *B, long ldb,
                            gc_real *packed)
 {
     long j0;
-    for (j0 = 0; j0 < nc; j0 += GC_GEMM_NR) {
-        const long cols = nc - j0 < GC_GEMM_NR ? nc - j0 : GC_GEMM_NR;
+    for (j0 = 0; j0 < nc; j0 += nr) {
+        const long cols = nc - j0 < nr ? nc - j0 : nr;
         if (tb)
-            gc_gemm_pack_transpose_generic(kc, cols, GC_GEMM_NR, B + j0 * ldb, ldb, packed);
+            gc_gemm_pack_transpose_generic(kc, cols, nr, B + j0 * ldb, ldb, packed);
         else
-            gc_gemm_pack_copy_generic(kc, cols, GC_GEMM_NR, B + j0, ldb, packed);
-        packed += GC_GEMM_NR * kc;
+            gc_gemm_pack_copy_generic(kc, cols, nr, B + j0, ldb, packed);
+        packed += nr * kc;
     }
 }
 
@@ -1652,7 +1972,8 @@ static void gc_gemm_store_edge_generic(long rows, long cols, const gc_real *tile
    packed, zero-padded); direct & GC_GEMM_DIRECT_B, with tb = 0: the same for
    op(B) (only an edge panel of fewer than NR columns is packed).  Small
    products skip the packing this way; large ones pack, for unit-stride,
-   cache-resident panels. */
+   cache-resident panels.  A part at most one vector wide uses panels of one
+   vector and the narrow micro-kernel. */
 static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
                             const gc_real *A, long lda, const gc_real *B, long ldb,
                             int beta, gc_real *C, long ldc,
@@ -1664,11 +1985,13 @@ static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
     const int direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
     /* op(A)[i][k] = A[i * a_rs + k * a_ks] */
     const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
+    const int narrow = N <= GC_VEC_WIDTH;
+    const long nr = narrow ? GC_VEC_WIDTH : GC_GEMM_NR;   /* panel width */
     long jc, pc, ic, ir, jr;
 
     for (jc = 0; jc < N; jc += GC_GEMM_NC) {
         const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
-        const long nc_full = nc / GC_GEMM_NR * GC_GEMM_NR;   /* columns in whole panels */
+        const long nc_full = nc / nr * nr;   /* columns in whole panels */
         for (pc = 0; pc < K; pc += GC_GEMM_KC) {
             const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
             /* First K block applies the caller's beta, later ones accumulate;
@@ -1680,9 +2003,9 @@ static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
             const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
             if (!direct_b)
-                gc_gemm_pack_b_generic(tb, kc, nc, b_block, ldb, packed_b);
+                gc_gemm_pack_b_generic(tb, kc, nc, nr, b_block, ldb, packed_b);
             else if (nc_full < nc)   /* only the edge panel, at the start of the B area */
-                gc_gemm_pack_copy_generic(kc, nc - nc_full, GC_GEMM_NR, b_block + nc_full, ldb, packed_b);
+                gc_gemm_pack_copy_generic(kc, nc - nc_full, nr, b_block + nc_full, ldb, packed_b);
 
             for (ic = 0; ic < M; ic += GC_GEMM_MC) {
                 const long mc = M - ic < GC_GEMM_MC ? M - ic : GC_GEMM_MC;
@@ -1702,25 +2025,33 @@ static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
                         gc_gemm_pack_a_generic(ta, rows, kc, a_block + ir * a_rs, lda, packed_a);
                         a_panel = packed_a;
                     }
-                    for (jr = 0; jr < nc; jr += GC_GEMM_NR) {
-                        const long cols = nc - jr < GC_GEMM_NR ? nc - jr : GC_GEMM_NR;
+                    for (jr = 0; jr < nc; jr += nr) {
+                        const long cols = nc - jr < nr ? nc - jr : nr;
                         const gc_real *b_panel = packed_b + jr * kc;
-                        long b_ks = GC_GEMM_NR;
+                        long b_ks = nr;
                         gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
                         const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
-                        if (direct_b && cols == GC_GEMM_NR) {
+                        if (direct_b && cols == nr) {
                             b_panel = b_block + jr;
                             b_ks = ldb;
                         } else if (direct_b) {
                             b_panel = packed_b;
                         }
-                        if (rows == GC_GEMM_MR && cols == GC_GEMM_NR) {
-                            gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                 c_tile, ldc, bias_tile, relu_block);
+                        if (rows == GC_GEMM_MR && cols == nr) {
+                            if (narrow)
+                                gc_gemm_micro_kernel_narrow_generic(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                            c_tile, ldc, bias_tile, relu_block);
+                            else
+                                gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
+                                                     c_tile, ldc, bias_tile, relu_block);
                         } else {
                             gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
-                            gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                 tile, GC_GEMM_NR, 0, 0);
+                            if (narrow)
+                                gc_gemm_micro_kernel_narrow_generic(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                            tile, GC_GEMM_NR, 0, 0);
+                            else
+                                gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, 0,
+                                                     tile, GC_GEMM_NR, 0, 0);
                             gc_gemm_store_edge_generic(rows, cols, tile, beta_block,
                                                c_tile, ldc, bias_tile, relu_block);
                         }
@@ -2142,6 +2473,121 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
             total += (max - row[y[i]]) + GC_LOG(sum);
         }
         loss[0] = total / (gc_real)(n);
+    }
+
+    return GRAPHC_OK;
+}
+
+/* ------------------------------------------------------------------------
+ * predict: the outputs that need no y: probs
+ * ------------------------------------------------------------------------ */
+
+int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *probs, void *workspace)
+{
+    gc_real *ws = (gc_real *)workspace;
+    gc_real *const pack = ws;
+    if (!workspace || !w0 || !w1 || !w2 || !E || !W || !b1 || !U || !b2 || !probs) {
+        return GRAPHC_ERR_NULL;
+    }
+    if (gc_workspace_bytes(n) == 0) {
+        return GRAPHC_ERR_BATCH;
+    }
+    if ((uintptr_t)workspace % 64 != 0) {
+        return GRAPHC_ERR_ALIGN;
+    }
+    for (long i = 0; i < n; ++i) {   /* labels/ids of w0 index rows: check them first */
+        if (w0[i] < 0 || w0[i] >= 200) {
+            return GRAPHC_ERR_LABEL;
+        }
+    }
+    for (long i = 0; i < n; ++i) {   /* labels/ids of w1 index rows: check them first */
+        if (w1[i] < 0 || w1[i] >= 200) {
+            return GRAPHC_ERR_LABEL;
+        }
+    }
+    for (long i = 0; i < n; ++i) {   /* labels/ids of w2 index rows: check them first */
+        if (w2[i] < 0 || w2[i] >= 200) {
+            return GRAPHC_ERR_LABEL;
+        }
+    }
+    ws += GC_PACK_ELEMS;
+    gc_real *const e__0 = ws + 48 * n;   /* 16 * n elements */
+    gc_real *const e__1 = ws + 64 * n;   /* 16 * n elements */
+    gc_real *const e__2 = ws + 80 * n;   /* 16 * n elements */
+    gc_real *const e = ws + 0;   /* 48 * n elements */
+    gc_real *const h__2 = ws + 48 * n;   /* 32 * n elements */
+    gc_real *const h = ws + 0;   /* 32 * n elements */
+    gc_real *const theta = ws + 32 * n;   /* 5 * n elements */
+
+    /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    for (long i = 0; i < n; ++i) {
+        memcpy(e__0 + i * 16, E + (long)w0[i] * 16,
+               (size_t)(16) * sizeof(gc_real));
+    }
+
+    /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    for (long i = 0; i < n; ++i) {
+        memcpy(e__1 + i * 16, E + (long)w1[i] * 16,
+               (size_t)(16) * sizeof(gc_real));
+    }
+
+    /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    for (long i = 0; i < n; ++i) {
+        memcpy(e__2 + i * 16, E + (long)w2[i] * 16,
+               (size_t)(16) * sizeof(gc_real));
+    }
+
+    /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 16; ++j) {
+            e[i * 48 + j] = e__0[i * 16 + j];
+        }
+    }
+
+    /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 16; ++j) {
+            e[16 + i * 48 + j] = e__1[i * 16 + j];
+        }
+    }
+
+    /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 16; ++j) {
+            e[32 + i * 48 + j] = e__2[i * 16 + j];
+        }
+    }
+
+    /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29]
+       + bias, written to h__2 */
+    gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
+                     0, h__2, 32, pack, b1, 0);
+    /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
+    for (long i = 0; i < 32 * n; ++i) {
+        h[i] = GC_TANH(h__2[i]);
+    }
+
+    /* theta = "h @ U.T + b2"    [window_classifier.toml:30]
+       + bias, written to theta */
+    gc_gemm_bias_act(0, 1, n, 5, 32, h, 32, U, 32,
+                     0, theta, 5, pack, b2, 0);
+    /* probs = "softmax(theta)"    [window_classifier.toml:35] */
+    {
+        for (long i = 0; i < n; ++i) {
+            const gc_real *row = theta + i * 5;
+            gc_real max = row[0], sum = 0;
+            for (long j = 1; j < 5; ++j) {
+                if (row[j] > max) max = row[j];
+            }
+            gc_real *out = probs + i * 5;
+            for (long j = 0; j < 5; ++j) {
+                out[j] = GC_EXP(row[j] - max);
+                sum += out[j];
+            }
+            for (long j = 0; j < 5; ++j) {
+                out[j] /= sum;
+            }
+        }
     }
 
     return GRAPHC_OK;

@@ -50,6 +50,19 @@ size_t window_classifier_workspace_size(long n);
  */
 int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const int32_t *y, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, void *workspace);
 
+/* the outputs that need no y: probs
+ *   w0         input   [N]  int32
+ *   w1         input   [N]  int32
+ *   w2         input   [N]  int32
+ *   E          param   [V=200, De=16]
+ *   W          param   [Dh=32, Dw=48]
+ *   b1         param   [Dh=32]
+ *   U          param   [Nc=5, Dh=32]
+ *   b2         param   [Nc=5]
+ *   probs      output  [N, Nc=5]
+ */
+int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *probs, void *workspace);
+
 /* the outputs and dJ/d{E, W, b1, U, b2} for J = J
  *   w0         input   [N]  int32
  *   w1         input   [N]  int32
