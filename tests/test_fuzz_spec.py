@@ -15,16 +15,18 @@ import shutil
 import string
 import subprocess
 import sysconfig
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
 import graphc
 from graphc.codegen import generate
 from graphc.errors import GraphcError, SpecError
-from graphc.ir import C_KEYWORDS
+from graphc.ir import C_KEYWORDS, FLOAT, INT
 from graphc.schedule import C_RESERVED, c_name
 
 EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_EXAMPLES", "60"))
@@ -173,9 +175,44 @@ def test_fuzz_generated_expressions_raise_only_graphc_errors(dims, exprs, output
         if g.grad_spec:
             bwd = graphc.grad(g, *g.grad_spec)
             graphc.evaluate(bwd, **args)
-            generate(g, *g.grad_spec, dtype="float64")
+        csrc = generate(g, *(g.grad_spec or (None, None)), dtype="float64")
     except GraphcError:
-        pass
+        return
+    strict_syntax_check(csrc.source, csrc.header, g.name)     # what generates must be C gcc accepts
+
+
+# Expressions that mostly type-check (whitelisted ops over declared names), so that a good share of
+# the generated graphs load and their C is checked: about 17 of 60 examples in the CI run.
+LEAVES_TYPED = ["x", "V", "(x @ W.T)", "b", "1", "2.5", "x.T.T", "(x * V)"]
+UNARY_TYPED = ["relu", "tanh", "sigmoid", "exp", "square", "softmax", "log_softmax", "abs", "sign", "sqrt"]
+
+
+def typed_expressions():
+    return st.recursive(st.sampled_from(LEAVES_TYPED), lambda inner: st.one_of(
+        st.builds(lambda f, a: f"{f}({a})", st.sampled_from(UNARY_TYPED), inner),
+        st.builds(lambda a, op, b: f"({a} {op} {b})", inner, st.sampled_from(["+", "-", "*", "/"]), inner),
+        st.builds(lambda a: f"({a} @ W.T)", inner),
+        st.builds(lambda a, k: f"sum({a}, axis={k})", inner, st.sampled_from(["0", "1", "-1"])),
+        st.builds(lambda a: f"-{a}", inner)), max_leaves=8)
+
+
+@FUZZ
+@given(typed_expressions(), typed_expressions(),
+       st.sampled_from(["cross_entropy(z, y)", "mean(square(z))", "sum(h)", "mean(h) + sum(z)"]),
+       st.sampled_from(["float32", "float64"]), st.booleans())
+def test_fuzz_generated_expressions_that_load_give_c_that_gcc_accepts_strictly(z, h, loss, dtype, with_grad):
+    g = parse(structured_spec({"D": 4, "C": 3}, {"z": z, "h": h, "J": loss}, {"loss": "J", "out": "z"},
+                              {"of": "J", "wrt": ["W", "b", "V"]} if with_grad else None))
+    event("loads" if g is not None else "rejected")
+    if g is None:
+        return
+    try:
+        csrc = generate(g, *(g.grad_spec or (None, None)), dtype=dtype)
+    except GraphcError as error:          # e.g. a gradient graphc cannot take: said, not crashed
+        event(f"generate refused: {type(error).__name__}")
+        return
+    event("syntax-checked")
+    strict_syntax_check(csrc.source, csrc.header, g.name)
 
 
 PATHOLOGICAL = {
@@ -217,6 +254,18 @@ def test_fuzz_deep_nesting_is_a_graph_or_a_spec_error(depth, wrap):
 
 
 # ---------------------------------------------------------------- names and the C they become
+STRICT = ["-fsyntax-only", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+
+
+def strict_syntax_check(source: str, header: str, name: str) -> None:
+    """gcc -fsyntax-only -std=c99 -Wall -Wextra -Werror -pedantic accepts the C (about 0.15 s)."""
+    with tempfile.TemporaryDirectory(prefix="graphc-syntax-") as tmp:
+        (Path(tmp) / f"{name}.c").write_text(source)
+        (Path(tmp) / f"{name}.h").write_text(header)
+        run = subprocess.run([GCC, *STRICT, f"{name}.c"], cwd=tmp, capture_output=True, text=True)
+    assert run.returncode == 0, f"gcc {' '.join(STRICT)} {name}.c:\n{run.stderr[-3000:]}"
+
+
 def syntax_check(source: str, header: str, name: str, tmp_path) -> None:
     """gcc accepts the C strictly, and as cffi compiles it (after Python.h); g++ accepts the header."""
     (tmp_path / f"{name}.c").write_text(source)
@@ -335,6 +384,21 @@ def valid_specs(draw):
     return toml_doc(doc)
 
 
+def generated_specs(count: int) -> list[str]:
+    """`count` distinct valid_specs() texts, the same on every run (derandomized): the generated
+    specs that tests/test_sanitizers.py and tests/test_native_safety.py run natively."""
+    found: list[str] = []
+
+    @settings(max_examples=20 * count, derandomize=True, database=None, deadline=None, phases=[Phase.generate])
+    @given(valid_specs())
+    def collect(text):
+        if len(found) < count and text not in found and len(text) > 380:   # past hypothesis' smallest ones
+            found.append(text)
+
+    collect()
+    return found
+
+
 @settings(max_examples=COMPILES, deadline=None, derandomize=EXAMPLES <= 60, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(valid_specs(), st.integers(1, 9))
@@ -353,3 +417,93 @@ def test_fuzz_valid_specs_compile_and_match_the_reference(text, batch):
         np.testing.assert_allclose(outs[k], ref[k], rtol=1e-9, atol=1e-12, err_msg=k)
     for k, v in grads.items():
         np.testing.assert_allclose(v, ref[f"d_{k}"], rtol=1e-8, atol=1e-11, err_msg=f"d_{k}")
+
+
+# ---------------------------------------------------------------- random dtypes
+# Declared dtypes drawn from the three graphc knows, names it does not (NumPy's, C's, near misses,
+# unicode look-alikes), arbitrary text and non-strings: each either loads or is a GraphcError.
+KNOWN_DTYPES = ["float32", "float64", "int32"]
+JUNK_DTYPES = ["float16", "int64", "uint8", "int8", "bool", "complex128", "double", "float", "int", "f4", "<f8",
+               "Float32", "FLOAT64", "float32 ", " float64", "", "ｆloat32", "float３２", "object", "None",
+               "float32\x00", "int32; DROP", "d_x"]
+junk_dtypes = st.one_of(st.sampled_from(JUNK_DTYPES), st.text(max_size=8),
+                        st.sampled_from([32, 64.0, True, ["float32"], {"name": "float32"}]))
+real_dtypes = st.sampled_from(["float32", "float64"])
+any_dtypes = st.sampled_from(["float32", "float64"] * 2 + ["int32", "junk"]).flatmap(   # one in six is junk
+    lambda d: junk_dtypes if d == "junk" else st.just(d))
+
+
+@st.composite
+def typed_specs(draw, dtypes=any_dtypes, label_dtypes=any_dtypes):
+    """valid_specs' networks, with every input's and parameter's dtype drawn from `dtypes` (the
+    labels' from `label_dtypes`), labels of shape [N] (class ids) or [N, C] (targets) and losses
+    that use them either way."""
+    D, C, H = draw(st.integers(1, 5)), draw(st.integers(2, 4)), draw(st.integers(1, 6))
+    graph, prev = {"z0": "x @ W.T"}, "z0"
+    for name in draw(st.lists(st.sampled_from(["z", "h", "a1", "relu", "NAN"]), max_size=2, unique=True)):
+        graph[name] = draw(st.sampled_from(UNARY_SAFE)).replace("{}", prev)
+        prev = name
+    graph["theta"] = f"{prev} @ U.T + c"
+    graph["J"] = draw(st.sampled_from(["cross_entropy(theta, y)", "mean(square(theta - y))",
+                                       "mean(square(theta)) + mean(y)", "sum(softmax(theta) * y) * -0.5"]))
+    def decl(shape, of=dtypes):
+        return {"shape": shape, "dtype": draw(of)}
+    doc = {"name": "ty", "dims": {"N": "batch", "D": D, "C": C, "H": H},
+           "inputs": {"x": decl(["N", "D"]), "y": decl(draw(st.sampled_from([["N"], ["N", "C"]])), label_dtypes)},
+           "params": {"W": decl(["H", "D"]), "b": decl(["H"]), "U": decl(["C", "H"]), "c": ["C"]},
+           "graph": graph, "outputs": {"loss": "J", "probs": "softmax(theta)"},
+           "grad": {"of": "J", "wrt": draw(st.sampled_from([["W", "b", "U", "c"], ["W", "c", "x"]]))}}
+    return toml_doc(doc)
+
+
+def arrays_for(g, batch: int, seed: int, real=np.float64) -> dict[str, np.ndarray]:
+    """Arguments of the declared shapes; int32 ones are valid class ids, the others `real`."""
+    rng = np.random.default_rng(seed)
+    args = {}
+    for k, v in {**g.inputs, **g.params}.items():
+        shape = [batch if isinstance(d, str) else d for d in v.shape]
+        args[k] = (rng.integers(0, g.dims["C"], shape).astype(np.int32) if v.dtype == "int32"
+                   else (rng.standard_normal(shape) * 0.5).astype(real))
+    return args
+
+
+@FUZZ
+@given(typed_specs())
+def test_fuzz_random_dtypes_load_or_raise_graphc_errors(text):
+    g = parse(text)
+    event("loads" if g is not None else "rejected")
+    if g is None:
+        return
+    declared = [v.dtype for v in {**g.inputs, **g.params}.values()]
+    assert set(declared) <= {FLOAT, INT}, declared     # no junk dtype is ever taken (the model's dtype sets the width)
+    event("declared: " + " ".join(sorted(set(declared))))
+    args = arrays_for(g, 3, 0)
+    try:                                  # what loads also evaluates, differentiates and generates, or says why not
+        graphc.evaluate(graphc.grad(g, *g.grad_spec), **args)
+        generate(g, *g.grad_spec, dtype="float32")
+    except GraphcError as error:
+        event(f"refused after loading: {type(error).__name__}")
+
+
+@settings(max_examples=COMPILES, deadline=None, derandomize=EXAMPLES <= 60, database=None,
+          phases=[Phase.explicit, Phase.generate, Phase.shrink],    # explain would recompile hundreds
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(typed_specs(real_dtypes, st.sampled_from(KNOWN_DTYPES)), st.sampled_from(["float32", "float64"]), st.integers(1, 9))
+def test_fuzz_random_dtypes_compile_or_raise_graphc_errors_and_match_the_reference(text, dtype, batch):
+    g = parse(text)
+    assume(g is not None)                # the rejections are the test above's; compiles are the cost here
+    try:
+        m = graphc.compile(g, dtype=dtype)
+    except GraphcError as error:
+        event(f"compile refused: {type(error).__name__}")
+        assert str(error)
+        return
+    event(f"compiled {dtype}")
+    args = arrays_for(g, batch, batch, real=np.dtype(dtype))
+    ref = graphc.evaluate(graphc.grad(g, *g.grad_spec), **args)
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == "float64" else dict(rtol=2e-3, atol=2e-4)
+    outs, grads = m.value_and_grad(**args)
+    for k in g.outputs:
+        np.testing.assert_allclose(outs[k], ref[k], **tol, err_msg=k)
+    for k, v in grads.items():
+        np.testing.assert_allclose(v, ref[f"d_{k}"], **tol, err_msg=f"d_{k}")
