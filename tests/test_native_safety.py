@@ -1,7 +1,8 @@
-"""Native safety: the emitted C, driven by a standalone harness with exact-size heap buffers,
-runs under valgrind's memcheck with zero errors (no out-of-bounds access, no read of
-uninitialised memory, inputs never written); and the Python-loaded library, called from a
-Python process under valgrind, shows no error in a frame of the model's own .so."""
+"""Native safety: the emitted C of the examples and of five hypothesis-generated specs, driven by
+a standalone harness with exact-size heap buffers, runs under valgrind's memcheck with zero
+errors (no out-of-bounds access, no read of uninitialised memory, inputs never written); and the
+Python-loaded library, called from a Python process under valgrind, shows no error in a frame of
+the model's own .so."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import graphc
+from test_fuzz_spec import generated_specs
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -75,6 +77,7 @@ def harness(m, n: int) -> str:
 
 
 def run_harness(m, n: int, tmp_path: Path) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / f"{m.name}.c").write_text(m.source)
     (tmp_path / f"{m.name}.h").write_text(m.header)
     (tmp_path / "harness.c").write_text(harness(m, n))
@@ -101,6 +104,22 @@ def test_native_harness_runs_clean_under_memcheck(spec, dtype, n, tmp_path):
     out = run_harness(m, n, tmp_path)
     assert "forward" in out and ("value_and_grad" in out or "value_and_grad" not in m.functions)
     assert "nan" not in out.lower()
+
+
+GENERATED = generated_specs(5)       # derandomized: the five specs tests/test_sanitizers.py runs
+
+
+@needs_valgrind
+@pytest.mark.parametrize("i", range(len(GENERATED)), ids=[f"generated{i}" for i in range(len(GENERATED))])
+def test_native_harness_runs_generated_specs_clean_under_memcheck(i, tmp_path):
+    """Hypothesis-generated specs (odd dims 1..7, fused chains), float64 and float32 alternately,
+    at batch 1 and 37 (the edge tiles of every kernel)."""
+    dtype = ("float64", "float32")[i % 2]
+    m = graphc.compile(graphc.parse_spec(GENERATED[i], f"generated{i}.toml"), dtype=dtype, threads=1)
+    for n in (1, 37):
+        out = run_harness(m, n, tmp_path / f"n{n}")
+        assert "forward" in out and "value_and_grad" in out
+        assert "nan" not in out.lower()
 
 
 @needs_valgrind

@@ -1,6 +1,7 @@
-"""Every example runs clean under AddressSanitizer and UndefinedBehaviorSanitizer: the exported
-standalone main.c is the harness (forward and value_and_grad, batch 4 and 37), and an
-out-of-range label makes each function return GRAPHC_ERR_LABEL before touching memory."""
+"""Every example, and five hypothesis-generated specs, run clean under AddressSanitizer and
+UndefinedBehaviorSanitizer: the exported standalone main.c is the harness (forward and
+value_and_grad, batch 4 and 37; the generated specs at batch 1 and 37), and an out-of-range
+label makes each function return GRAPHC_ERR_LABEL before touching memory."""
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 import graphc
-from graphc.export import parse_example_output
+from graphc.export import example_arrays, parse_example_output
+from test_fuzz_spec import generated_specs
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
 SANITIZE = "-std=c99 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
@@ -39,7 +43,12 @@ def model(spec: str, dtype: str):
 
 
 def build(spec: Path, config: str, directory: Path, batch: int | None = None) -> tuple[graphc.CompiledModel, Path]:
-    m = model(str(spec), config.split("-")[0])
+    return make_example(model(str(spec), config.split("-")[0]), config, directory, batch)
+
+
+def make_example(m: graphc.CompiledModel, config: str, directory: Path, batch: int | None = None
+                 ) -> tuple[graphc.CompiledModel, Path]:
+    """m exported standalone into `directory` and its main.c built with the sanitizers."""
     m.export(directory, standalone=True)
     flags = f"{SANITIZE} {CONFIGS[config]}" + (f" -DBATCH={batch}L" if batch else "")
     run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags}", f"{m.name}_example"], cwd=directory,
@@ -91,3 +100,53 @@ def test_sanitizers_training_example_runs_clean(tmp_path):
     results = parse_example_output(run_clean(tmp_path / f"{m.name}_example"))
     losses = [results[(f"train_step:{step}", "loss")][0] for step in (1, 2, 3)]
     assert losses[2] < losses[0]
+
+
+GENERATED = generated_specs(5)       # derandomized: the same five specs on every run
+PRINT_TOLERANCE = {"float64": 1e-7, "float32": 1e-4}   # main.c prints 9 significant digits
+
+
+@functools.lru_cache(maxsize=None)
+def generated_model(i: int, dtype: str) -> graphc.CompiledModel:
+    # threads=1, as tests/test_native_safety.py compiles them: one build serves both files
+    return graphc.compile(graphc.parse_spec(GENERATED[i], f"generated{i}.toml"), dtype=dtype, threads=1)
+
+
+@pytest.mark.parametrize("i", range(len(GENERATED)), ids=[f"generated{i}" for i in range(len(GENERATED))])
+def test_sanitizers_generated_spec_runs_clean_at_batch_1_and_37(i, tmp_path):
+    """Specs graphc was never tuned on: odd dims (1..7), fused chains, both GEMM paths (float64
+    portable, float32 -march=native alternate); the numbers match the reference too."""
+    config = ("float64", "float32-native")[i % 2]
+    dtype = config.split("-")[0]
+    m = generated_model(i, dtype)
+    g = m.graph
+    for batch in (1, 37):
+        _, program = make_example(m, config, tmp_path / f"batch{batch}", batch)
+        results = parse_example_output(run_clean(program))
+        arrays = example_arrays(g, dtype, batch)
+        reference = {("forward", k): v for k, v in graphc.evaluate(g, **arrays).items()}
+        reference.update({("value_and_grad", k): v for k, v in
+                          graphc.evaluate(graphc.grad(g, *g.grad_spec), **arrays).items()})
+        assert set(results) == set(reference), sorted(set(results) ^ set(reference))
+        for key, printed in results.items():
+            want = np.asarray(reference[key], dtype=np.float64).ravel()
+            err = float(np.max(np.abs(printed - want))) / max(float(np.max(np.abs(want))), 1e-300)
+            assert err < PRINT_TOLERANCE[dtype], f"batch {batch}, {key}: rel err {err:.2e}"
+
+
+def test_sanitizers_catch_an_out_of_bounds_write_in_a_generated_spec(tmp_path):
+    """The check has teeth: the same build of a generated spec whose forward writes one element
+    past the end of its output is reported."""
+    m = generated_model(0, "float64")
+    m.export(tmp_path, standalone=True)
+    source = tmp_path / f"{m.name}.c"
+    text = source.read_text()
+    broken = text.replace("    return GRAPHC_OK;\n}",
+                          f"    probs[n * {m.graph.dims['C']}] = 0;   /* one past the end */\n    return GRAPHC_OK;\n}}", 1)
+    assert broken != text
+    source.write_text(broken)
+    run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={SANITIZE} -DBATCH=37L", f"{m.name}_example"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with pytest.raises(AssertionError, match="AddressSanitizer"):
+        run_clean(tmp_path / f"{m.name}_example")
