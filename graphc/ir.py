@@ -298,7 +298,7 @@ class Graph:
             attrs = op.check_attrs(vals, attrs)
             t = op.shape(*[v.type for v in vals], **attrs)
         except ShapeError as e:
-            raise ShapeError(self._describe(op, vals, e.message), origin.location, e.hint) from None
+            raise ShapeError(self._describe(op, vals, e.message), origin.location, op.error_hint(vals, e)) from None
         except (DTypeError, SpecError) as e:
             raise type(e)(self._describe(op, vals, e.message), origin.location, e.hint) from None
         node = Node(op, vals, attrs, None, origin)
@@ -325,12 +325,21 @@ class Graph:
     # ---------------------------------------------------------------- operands as the user wrote them
     MAX_OPERAND_TEXT = 48
 
-    def operand_text(self, v: Value) -> str:
+    def operand_text(self, v: Value, within: str | None = None, side: int = 0) -> str:
         """How an error message names a value: its name, or for a temporary the expression it
         computes (the spec's source text, else rebuilt from the nodes: `U.T`, `relu(x @ W.T)`),
-        with deep sub-expressions elided as `...` when long; the temporary's name only as a last resort."""
+        with deep sub-expressions elided as `...` when long; the temporary's name only as a last resort.
+        With `within` (an infix operator such as "@"), parenthesized as operand `side` (0 left, 1 right) of it."""
         if not v.temporary or v.node is None:
             return v.name
+        text = self._operand_text(v)
+        if within is not None:
+            need = {sym: prec for sym, prec in _INFIX.values()}[within] + side
+            if _render(v, 1)[1] < need:
+                text = f"({text})"
+        return text
+
+    def _operand_text(self, v: Value) -> str:
         text = " ".join(v.spec_text.split()) if v.spec_text else None
         if text and len(text) <= self.MAX_OPERAND_TEXT:
             return text
@@ -339,6 +348,14 @@ class Graph:
             if len(text) <= self.MAX_OPERAND_TEXT:
                 return text
         return v.name
+
+    def transposed_text(self, v: Value) -> str:
+        """How a hint writes vᵀ: `W.T` for W, and `U` for the temporary U.T."""
+        n = v.node
+        if v.temporary and n is not None and n.op.name == "transpose":
+            return self.operand_text(n.inputs[0])
+        text, prec = (v.name, _ATOM) if not v.temporary else (self.operand_text(v), _render(v, 1)[1])
+        return f"{text}.T" if prec >= _ATOM else f"({text}).T"
 
     def rename(self, value: Value, name: str) -> Value:
         """Give a node's output its spec name (used when `z = ...` names an expression)."""

@@ -290,7 +290,8 @@ class _Builder:
                                   e.hint) from None
                 raise
             if v.temporary and v.spec_text is None:   # error messages name a sub-expression by its text
-                v.spec_text = ast.get_source_segment(text, n)
+                one_line = text.isascii() and "\n" not in text   # then ast's byte offsets index the str
+                v.spec_text = text[n.col_offset:n.end_col_offset] if one_line else ast.get_source_segment(text, n)
             return v
 
         def build(n):

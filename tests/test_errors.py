@@ -377,3 +377,15 @@ def test_errors_builder_rejects_a_param_with_a_symbolic_dim():
         g.param("V", ("B", 3))                  # a fresh name would become a symbolic dim
     assert g.params == {} and "W" not in g.values and "B" not in g.dims
     assert g.param("W", ("D", 2)).shape == (4, 2)   # the name is still free
+
+
+def test_errors_matmul_hint_writes_the_fix_with_the_operands_as_written(tmp_path):
+    """U declared as (Dh, Nc): in `h @ U.T` the fix is to drop the .T, and the hint says so."""
+    text = SUBEXPR_SPEC.format(theta="h @ U.T").replace('U  = ["Nc", "Dq"]', 'U  = ["Dh", "Nc"]')
+    err = load_error(tmp_path, text, ShapeError)
+    assert "U.T is (Nc=3, Dh=8)" in err.message, err.message
+    assert err.hint == "U is (Dh=8, Nc=3); did you mean h @ U?"
+    g, x, W, b1, U = _builder_graph()
+    with pytest.raises(ShapeError) as e:
+        (x + 1) @ W
+    assert e.value.hint == "W.T is (Dx=5, Dh=8); did you mean (x + 1) @ W.T?"

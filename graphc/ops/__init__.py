@@ -71,6 +71,10 @@ class OpDef:
     def accepts_float_at(self, i: int) -> bool:
         return False
 
+    def error_hint(self, inputs: tuple, error: GraphcError) -> str | None:
+        """The hint of a shape error, which may name the operands as written (`did you mean h @ U?`)."""
+        return error.hint
+
     def shape(self, *types: TensorType, **attrs) -> TensorType:
         raise NotImplementedError
 

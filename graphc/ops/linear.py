@@ -35,11 +35,26 @@ class Matmul(OpDef):
         if k_a != k_b:
             hint = None
             if b.rank == 2 and b.shape[-1] == k_a:
-                hint = "the right operand transposed would fit: did you mean @ W.T?"
+                hint = "the right operand transposed would fit"
             elif a.rank == 2 and a.shape[0] == k_b:
-                hint = "the left operand transposed would fit: did you mean W.T @ x?"
+                hint = "the left operand transposed would fit"
             raise ShapeError(f"inner dims {k_a} and {k_b} differ", hint=hint)
         return TensorType(a.shape[:-1] + b.shape[1:] if b.rank == 2 else a.shape[:-1])
+
+    def error_hint(self, inputs, error):
+        if error.hint is None or len(inputs) != 2:
+            return error.hint
+        a, b = inputs
+        g = a.graph
+        if error.hint.startswith("the right"):
+            fixed, fix = g.transposed_text(b), g.operand_text(a, "@", 0)
+            fix = f"{fix} @ {fixed}"
+            shape = tuple(reversed(b.shape))
+        else:
+            fixed = g.transposed_text(a)
+            fix = f"{fixed} @ {g.operand_text(b, '@', 1)}"
+            shape = tuple(reversed(a.shape))
+        return f"{fixed} is {g.format_shape(shape)}; did you mean {fix}?"
 
     def reference(self, a, b):
         return a @ b
