@@ -1,19 +1,15 @@
-"""Training in C: optimizers, NAME_train_step and NAME_fit, and the Python side of both.
+"""Training in C, the Python half: TrainState (params and optimizer state in caller-owned
+arrays) and the calls a model compiled with an optimizer gets (train_state, train_step, fit,
+load_state), plus init_params. The optimizers and the generation of NAME_train_step and
+NAME_fit are in graphc/train_codegen.py (re-exported here).
 
-In: the forward graph, its backward graph and an optimizer (codegen's `generate` calls
-`add_train_functions`), then a loaded CompiledModel (runtime's `compile` calls `attach`).
-Out: two more C functions in the model's source, and `train_state`, `train_step`, `fit`
-and `load_state` on the model.
+In: a loaded CompiledModel whose train_step Function carries a TrainLayout (runtime's `compile`
+calls `attach`). Out: `train_state`, `train_step`, `fit` and `load_state` on the model.
 
-- NAME_train_step(n, inputs, params, optimizer state, outputs, workspace): the
-  value_and_grad computation with every gradient in the workspace, then the update of
-  each parameter in place (templates/kernels/optimizer.c.j2), all in one C call.
-- NAME_fit(n_total, batch, dataset, order, params, state, losses, workspace): one epoch;
-  each minibatch is gathered into the workspace and passed to NAME_train_step
-  (templates/fit.c.j2).
-
-Hyperparameters are compile-time constants of the C. Optimizer state (momentum buffers,
-Adam's moments and step count) lives in caller-owned arrays: a `TrainState` in Python.
+Per call, train_step does as little as it can: the state's params and optimizer state have
+pointers made once (at the state's first call), and the last minibatch's arrays are kept in a
+runtime.CallPlan, so the same arrays (or new ones of the same shapes) pass through with an
+identity, shape, strides and dtype check; anything else takes the checked path.
 """
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -29,338 +25,23 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from graphc.errors import ArgumentError, DTypeError, GraphcError, ShapeError
-from graphc.ir import FLOAT, INT, Graph, TensorType, Value
+from graphc.ir import Graph
+from graphc.train_codegen import (OPTIMIZERS, Adam, OptimizerError, SGD, TrainLayout,  # noqa: F401  (re-exported)
+                                  _describe, add_train_functions)
 
 STATE_FORMAT = 1        # version of the .npz layout written by TrainState.save
 
 
-class OptimizerError(GraphcError, ValueError):
-    """An optimizer hyperparameter is out of range."""
-
-
-def _number(owner: str, name: str, value: Any, low: float, high: float = math.inf,
-            low_open: bool = False, high_open: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise OptimizerError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    ok = math.isfinite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo = f"{'>' if low_open else '>='} {low:g}"
-        hi = f" and {'<' if high_open else '<='} {high:g}" if math.isfinite(high) else ""
-        raise OptimizerError(f"{owner}: {name}={value!r} is out of range; it must be {lo}{hi}",
-                             hint="see torch.optim for the meaning of each hyperparameter")
-
-
-@dataclass(frozen=True)
-class SGD:
-    """Stochastic gradient descent as torch.optim.SGD (dampening 0, no Nesterov):
-    g = dJ/dp + weight_decay p;  v = momentum v + g;  p -= lr v   (v = g without momentum)."""
-
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    kind = "sgd"
-
-    def __post_init__(self):
-        _number("SGD", "lr", self.lr, 0.0, low_open=True)
-        _number("SGD", "momentum", self.momentum, 0.0, 1.0, high_open=False)
-        _number("SGD", "weight_decay", self.weight_decay, 0.0)
-
-    def slots(self) -> tuple[str, ...]:
-        """Per-parameter state buffers, each in the parameter's shape."""
-        return ("momentum",) if self.momentum else ()
-
-    def scalars(self) -> tuple[str, ...]:
-        return ()
-
-
-@dataclass(frozen=True)
-class Adam:
-    """Adam as torch.optim.Adam (L2 weight decay added to the gradient, not AdamW):
-    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
-
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-
-    kind = "adam"
-
-    def __post_init__(self):
-        _number("Adam", "lr", self.lr, 0.0, low_open=True)
-        _number("Adam", "beta1", self.beta1, 0.0, 1.0)
-        _number("Adam", "beta2", self.beta2, 0.0, 1.0)
-        _number("Adam", "eps", self.eps, 0.0, low_open=True)
-        _number("Adam", "weight_decay", self.weight_decay, 0.0)
-
-    def slots(self) -> tuple[str, ...]:
-        return ("m", "v")
-
-    def scalars(self) -> tuple[str, ...]:
-        return ("t",)       # the step count, int64
-
-
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
-
-
-def _describe(opt) -> str:
-    return f"{type(opt).__name__}(" + ", ".join(f"{f.name}={getattr(opt, f.name)!r}" for f in fields(opt)) + ")"
-
-
-def _check_optimizer(opt) -> None:
-    if not isinstance(opt, (SGD, Adam)):
-        raise GraphcError(f"optimizer must be graphc.SGD(...) or graphc.Adam(...), got {opt!r}",
-                          hint="e.g. optimizer=graphc.Adam(lr=1e-3)")
-
-
-# ====================================================================== C generation
-@dataclass
-class _TextStep:
-    """A step of a C function that renders its own text (model.c.j2 prints st.text)."""
-    family: str
-    text: str
-    ctx: dict
-    defs: list
-    uses: list
-
-
-@dataclass
-class TrainLayout:
-    """What the Python side needs to call NAME_train_step and NAME_fit (kept on the CSource's
-    train_step Function as `train_layout`)."""
-    optimizer: Any
-    wrt: list[str]                       # the params updated, in graph order
-    step_args: list[tuple[str, str, str]]     # (role, name, C name) of train_step, in order
-    state: dict[str, tuple[tuple, str]]  # state key ("m/W", "t") -> (shape, numpy dtype name)
-    loss: str                            # the output name holding the loss (grad_of)
-    outputs: list[tuple[str, str]]       # (output name, C name) of train_step
-    out_types: dict[str, tuple[tuple, bool]]   # output name -> (shape, int32?)
-    fit: bool                            # NAME_fit was generated
-    fit_args: list[tuple[str, str, str]]
-    batched: list[str]                   # inputs whose first dim is the batch dim
-
-
-def _literal(x: float) -> str:
-    return repr(float(x))
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    """A C identifier near `base` that no argument or local of the function uses. A name that
-    starts with gc_ never collides with a spec name (c_name mangles those)."""
-    from graphc.schedule import c_name
-    cand, k = base, 1
-    if cand in taken or c_name(cand) != cand:
-        cand = f"gc_{base}"
-        while cand in taken:
-            k += 1
-            cand = f"gc_{base}{k}"
-    taken.add(cand)
-    return cand
-
-
-def _loss_output(graph: Graph, grad_of: str) -> str | None:
-    """The output that is the loss: the one grad_of names, or one holding the value grad_of names."""
-    if grad_of in graph.outputs:
-        return grad_of
-    target = graph.values.get(grad_of)
-    for k, v in graph.outputs.items():
-        if v is target:
-            return k
-    return None
-
-
-def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[str], optimizer) -> None:
-    """Add NAME_train_step (and NAME_fit when every batched input has the batch dim first)."""
-    from graphc.autodiff import grad
-    from graphc.codegen import Arg, environment, output_args
-    from graphc.passes.memory import Buffer, align, padd
-    from graphc.schedule import c_name, c_poly, numel
-
-    _check_optimizer(optimizer)
-    params = [w for w in graph.params if w in wrt]
-    if not params:
-        raise GraphcError(f"compile: the optimizer has nothing to update: wrt={wrt} names no param of {graph.name}",
-                          hint=f"the params are {', '.join(graph.params)}")
-    loss_name, fwd = _loss_output(graph, grad_of), graph
-    if loss_name is None:    # the loss is no output: train_step returns it as one ("loss", or its name)
-        loss_name = "loss" if "loss" not in graph.values and "loss" not in graph.outputs else grad_of
-        fwd, _ = graph.copy()
-        fwd.output(loss_name, fwd.values[grad_of])
-        bwd = grad(fwd, grad_of, params)
-    elif params != list(wrt):
-        bwd = grad(graph, grad_of, params)      # gradients of params only (inputs are not updated)
-
-    # ---- train_step: value_and_grad's schedule, gradients in the workspace instead of caller buffers
-    outs = output_args(fwd)
-    grad_c = {w: c_name(f"d_{w}") for w in params}
-    outs.update({grad_c[w]: ("grad", f"d_{w}") for w in params})
-    doc = (f"one training step of {_describe(optimizer)}: the outputs, dJ/d{{{', '.join(params)}}} for "
-           f"J = {grad_of} (in the workspace), then {', '.join(params)} updated in place")
-    f = em.add_function("train_step", doc, bwd, outs, updated=set(params))
-    inputs = [a for a in f.args if a.role == "input"]
-    pargs = [a for a in f.args if a.role in ("param", "param*")]
-    out_args = [a for a in f.args if a.role == "output"]
-    grad_args = {a.cname: a for a in f.args if a.role == "grad"}
-
-    # gradients: workspace blocks after the planned arena, alive for the whole function
-    sched = f.sched
-    top, n_steps = sched.arena, len(sched.steps)
-    for w in params:
-        a = grad_args[grad_c[w]]
-        size = numel(a.value.shape)
-        b = Buffer(a.cname, size, 0, n_steps, offset=top)
-        sched.buffers[a.cname] = b
-        top = padd(top, align(size))
-    sched.arena = top
-
-    # state arguments
-    taken = {a.cname for a in f.args} | set(sched.buffers) | {"n", "workspace", "ws", "pack"}
-    pvalue = {a.value.name: a for a in pargs}
-    state_args: list[Arg] = []
-    state_layout: dict[str, tuple[tuple, str]] = {}
-    slot_c: dict[tuple[str, str], str] = {}
-    slot_doc = {"momentum": "SGD momentum buffer v of", "m": "Adam first moment m of", "v": "Adam second moment v of"}
-    for slot in optimizer.slots():
-        for w in params:
-            pa = pvalue[w]
-            cname = _fresh(f"{pa.cname}_{slot}", taken)
-            slot_c[(slot, w)] = cname
-            state_args.append(Arg(cname, "state", pa.value, em.ctype, False,
-                                  f"{pa.shape_doc}  {slot_doc[slot]} {w}, zeros at the start"))
-            state_layout[f"{slot}/{w}"] = (tuple(pa.value.shape), em.dtype)
-    t_c = None
-    if "t" in optimizer.scalars():
-        t_c = _fresh("adam_t", taken)
-        tv = Value(graph, "t", TensorType((1,), FLOAT), None, "state")
-        state_args.append(Arg(t_c, "state", tv, "int64_t", False, "[1] int64  Adam step count t, 0 at the start"))
-        state_layout["t"] = ((1,), "int64")
-
-    # the updates: one text step per parameter (plus Adam's bias corrections first)
-    module = environment().get_template("kernels/optimizer.c.j2").module
-    steps = []
-    grad_values = [grad_args[grad_c[w]].value for w in params]
-    if isinstance(optimizer, Adam):
-        ctx = dict(t=t_c, lr=_literal(optimizer.lr), beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2))
-        steps.append(_TextStep("optimizer", str(module.adam_begin(ctx)).strip("\n"), dict(refs=[t_c]), [], []))
-    for w, gv in zip(params, grad_values):
-        pa = pvalue[w]
-        ctx = dict(comment=f"update {w} from d_{w}", param=pa.cname, grad=grad_c[w],
-                   count=c_poly(numel(pa.value.shape)), lr=_literal(optimizer.lr),
-                   wd=_literal(optimizer.weight_decay) if optimizer.weight_decay else None)
-        if isinstance(optimizer, SGD):
-            ctx.update(momentum=_literal(optimizer.momentum) if optimizer.momentum else None,
-                       buf=slot_c.get(("momentum", w)))
-            text = module.sgd(ctx)
-        else:
-            ctx.update(m=slot_c[("m", w)], v=slot_c[("v", w)], beta1=_literal(optimizer.beta1),
-                       beta2=_literal(optimizer.beta2), one_minus_beta1=_literal(1.0 - optimizer.beta1),
-                       one_minus_beta2=_literal(1.0 - optimizer.beta2), eps=_literal(optimizer.eps))
-            text = module.adam(ctx)
-        steps.append(_TextStep("optimizer", str(text).strip("\n"), dict(refs=[pa.cname]), [], [gv, pa.value]))
-    f.extra_steps.extend(steps)
-    # signature: inputs, params, optimizer state, outputs, workspace
-    f.args = inputs + pargs + state_args + out_args
-
-    step_args = [("input", a.value.name, a.cname) for a in inputs]
-    step_args += [("param", a.value.name, a.cname) for a in pargs]
-    step_args += [("state", k, a.cname) for k, a in zip(state_layout, state_args)]
-    out_names = {c_name(k): k for k in fwd.outputs}
-    outputs = [(out_names[a.cname], a.cname) for a in out_args]
-    out_types = {k: (tuple(v.shape), v.dtype == INT) for k, v in fwd.outputs.items()}
-    step_args += [("output", k, c) for k, c in outputs]
-
-    # ---- fit: only when the batch dim exists and leads every input that has it
-    sym = graph.symbolic_dims
-    batched = [k for k, v in graph.inputs.items() if sym and sym[0] in v.shape]
-    fit_ok = bool(sym) and all(graph.inputs[k].shape[0] == sym[0] and sym[0] not in graph.inputs[k].shape[1:]
-                               for k in batched) and bool(batched)
-    fit_args: list[tuple[str, str, str]] = []
-    if fit_ok:
-        fit_args = _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, outputs,
-                            loss_name, batched, taken)
-    f.train_layout = TrainLayout(optimizer, params, step_args, state_layout, loss_name, outputs, out_types,
-                                 fit_ok, fit_args, batched)
-
-
-def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, outputs, loss_name, batched,
-             taken) -> list[tuple[str, str, str]]:
-    from graphc.codegen import environment
-    from graphc.schedule import c_name, numel
-
-    ctype = em.ctype
-    names = {a.cname for a in f.args}
-    fit_taken = set(names)
-    n_total, batch, order, losses = (_fresh(x, fit_taken) for x in ("n_total", "batch", "order", "losses"))
-    sym = graph.symbolic_dims[0]
-    loss_c = c_name(loss_name)
-
-    def row(v: Value) -> int:
-        return int(np.prod([d for d in v.shape[1:]], dtype=np.int64)) if len(v.shape) > 1 else 1
-
-    in_ctx = [dict(cname=a.cname, ctype=a.ctype, batched=a.value.name in batched, row=row(a.value)) for a in inputs]
-    checks = {c: bound for c, _count, bound in f.label_checks}
-    label_checks = [dict(cname=x["cname"], row=x["row"], bound=checks[x["cname"]])
-                    for x in in_ctx if x["batched"] and x["cname"] in checks]
-    staging = [dict(cname=x["cname"], ctype=x["ctype"], coeffs=[0, x["row"]],
-                    doc=f"minibatch rows of {x['cname']}") for x in in_ctx if x["batched"]]
-    for a in out_args:
-        coeffs = list(numel(a.value.shape))
-        staging.append(dict(cname=a.cname, ctype=a.ctype, coeffs=coeffs, doc=f"output {a.cname} of each step"))
-    staged = {s["cname"] for s in staging}
-    step_call = []
-    for a in f.args:
-        step_call.append(f"gc_s_{a.cname}" if a.cname in staged else a.cname)
-
-    def doc(a) -> str:
-        extra = "  int32" if a.ctype == "int32_t" else ""
-        upd = "  (updated in place)" if a.role in ("param*", "state") else ""
-        return f"{a.role:<7} {a.shape_doc}{extra}{upd}"
-
-    sig = [f"long {n_total}", f"long {batch}"]
-    args_doc = [dict(cname=n_total, doc="rows of the dataset, >= 1"),
-                dict(cname=batch, doc="rows per minibatch, >= 1 (the last minibatch takes the rest)")]
-    fit_args: list[tuple[str, str, str]] = []
-    for a, x in zip(inputs, in_ctx):
-        sig.append(f"const {a.ctype} *{a.cname}")
-        if x["batched"]:
-            shape = "[" + ", ".join([n_total] + [graph.dim_label(d) for d in a.value.shape[1:]]) + "]"
-            args_doc.append(dict(cname=a.cname, doc=f"dataset {shape}{'  int32' if a.ctype == 'int32_t' else ''}, all rows"))
-        else:
-            args_doc.append(dict(cname=a.cname, doc="input   " + a.shape_doc + "  (the same for every minibatch)"))
-        fit_args.append(("input", a.value.name, a.cname))
-    sig.append(f"const int64_t *{order}")
-    args_doc.append(dict(cname=order, doc=f"[{n_total}] int64  a permutation of 0 .. {n_total}-1: the rows in the order trained"))
-    fit_args.append(("order", "order", order))
-    for a in pargs + state_args:
-        sig.append(f"{'const ' if a.const else ''}{a.ctype} *{a.cname}")
-        args_doc.append(dict(cname=a.cname, doc=doc(a)))
-    fit_args += [("param", a.value.name, a.cname) for a in pargs]
-    fit_args += [("state", k, a.cname) for k, a in zip(state_layout, state_args)]
-    sig.append(f"{ctype} *{losses}")
-    args_doc.append(dict(cname=losses, doc=f"[ceil({n_total} / {batch})]  out: the loss {loss_name} of each minibatch"))
-    fit_args.append(("losses", "losses", losses))
-    sig.append("void *workspace")
-    args_doc.append(dict(cname="workspace", doc=f"{em.graph.name}_fit_workspace_size({batch}) bytes, 64-byte aligned"))
-    signature = ", ".join(sig)
-    null_checks = " || ".join(["!workspace"] + [f"!{a.cname}" for a in inputs + pargs + state_args] + [f"!{order}", f"!{losses}"])
-    ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, inputs=in_ctx,
-               label_checks=label_checks, staging=staging, step_args=step_call, loss=loss_c, order=order,
-               losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
-    tpl = environment().get_template("fit.c.j2")
-    em.extras.append(dict(source=tpl.render(ctx, part="source"), header=tpl.render(ctx, part="header"),
-                          cdef=tpl.render(ctx, part="cdef")))
-    return fit_args
-
-
-# ====================================================================== Python side
 class TrainState:
     """Parameters (updated in place by C) and optimizer state of one model being trained.
 
     `params` and `buffers` are read-only mappings of NumPy arrays in the model's dtype
     (Adam's step count `t` is int64): change values in place (state.params["W"][...] = 0),
-    never rebind them, so the pointers cached for the C calls stay valid."""
+    never rebind them, so the pointers cached for the C calls stay valid.
+
+    A state also holds its workspace and the arrays of its last train_step minibatch (until the
+    next call: NumPy will not resize those in place meanwhile). Use a state from one thread at a
+    time; threads training at once each need their own state (state.copy())."""
 
     def __init__(self, model_name: str, dtype: np.dtype, optimizer, params: dict[str, np.ndarray],
                  buffers: dict[str, np.ndarray]):
