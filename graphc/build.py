@@ -4,6 +4,7 @@ Must not know anything about graphs, shapes or ops: it only ever sees text."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -113,10 +114,14 @@ def openmp_supported(cc: str) -> bool:
     memo = cache_root() / "probes" / f"openmp-{tag}.json"
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         return bool(json.loads(memo.read_text())["openmp"])
-    with tempfile.TemporaryDirectory(prefix="graphc-openmp-") as tmp:
-        (Path(tmp) / "probe.c").write_text(_OPENMP_PROBE)
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="graphc-openmp-")
+        (Path(tmp.name) / "probe.c").write_text(_OPENMP_PROBE)
+    except OSError:          # a full or unwritable temporary folder: no OpenMP this time, and no memo
+        return False
+    with tmp:
         try:
-            ok = subprocess.run([*shlex.split(cc), "-fopenmp", "probe.c", "-o", "probe"], cwd=tmp,
+            ok = subprocess.run([*shlex.split(cc), "-fopenmp", "probe.c", "-o", "probe"], cwd=tmp.name,
                                 capture_output=True, timeout=120).returncode == 0
         except (OSError, subprocess.SubprocessError):
             ok = False
@@ -179,7 +184,15 @@ def build(name: str, source: str, header: str, cdef: str, *, extra_compile_args:
                                    f"({error}), nor is the temporary folder ({temp_error})") from None
             warnings.warn(f"graphc: the cache folder {root} is not writable ({error}); building {name} "
                           f"in {where} instead, which will not be reused", RuntimeWarning, stacklevel=2)
-            _compile_into(job, where, failed=where)
+            try:
+                _compile_into(job, where, failed=where)
+            except OSError as temp_error:    # full too: say so, with the source's path, never a bare OSError
+                source = where / f"{name}.c"
+                raise CompileError(
+                    f"nowhere to build {name}: the cache folder {root} is not writable ({error}), nor is the "
+                    f"temporary folder {where} ({temp_error}); the generated source "
+                    + (f"is at {source}" if source.is_file() else f"could not be written to {source}"),
+                    hint="free some disk space, or point GRAPHC_CACHE_DIR (and TMPDIR) at a folder with room") from None
             built = _load_fresh(job, where)
         built.seconds = time.perf_counter() - start
         _LOADED[job.key] = built
@@ -271,6 +284,12 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
         if not library.is_file():
             raise FileNotFoundError(f"the compiler reported success but wrote no {library.name}")
     except Exception as error:   # cffi, distutils and setuptools raise many types; report them all alike
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            raise                    # cffi could not write its wrapper: a full folder, as below
+        full = _out_of_space(log)
+        if full:                     # the compiler or linker could not write: the folder is full, the C is fine
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the compiler, building in {directory}, "
+                                        f"said {full!r}") from None
         raise _compile_error(job, directory, failed, error) from None
     for intermediate in [directory / f"{job.module}.c", *directory.glob("*.o")]:
         intermediate.unlink(missing_ok=True)
@@ -284,15 +303,23 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
 def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -> CompileError:
     """A CompileError naming the command, the compiler's output and a kept, line-numbered source."""
     output = (directory / "build.log").read_text(errors="replace")
-    try:   # keep the whole build folder (sources, cffi's wrapper, log), plus a numbered source
-        if failed != directory:
-            shutil.rmtree(failed, ignore_errors=True)
-            shutil.copytree(directory, failed)
-        numbered = failed / f"{job.name}.numbered.c"
-        numbered.write_text("".join(f"{i:5d}  {line}\n" for i, line in enumerate(job.source.splitlines(), 1)))
-        kept = f"line-numbered source kept at {numbered} (plain copy: {failed / (job.name + '.c')})"
-    except OSError as keep_error:
-        kept = f"could not keep a copy of the source in {failed}: {keep_error}"
+    kept = None
+    for place in (failed, None):   # in the cache folder or, when that is full or read-only, a temporary one
+        try:   # keep the whole build folder (sources, cffi's wrapper, log), plus a numbered source
+            if place is None:
+                place = Path(tempfile.mkdtemp(prefix=f"graphc-failed-{job.name}-"))
+                shutil.copytree(directory, place, dirs_exist_ok=True)
+            elif place != directory:
+                shutil.rmtree(place, ignore_errors=True)
+                shutil.copytree(directory, place)
+            numbered = place / f"{job.name}.numbered.c"
+            numbered.write_text("".join(f"{i:5d}  {line}\n" for i, line in enumerate(job.source.splitlines(), 1)))
+            kept = f"line-numbered source kept at {numbered} (plain copy: {place / (job.name + '.c')})"
+            break
+        except OSError as keep_error:
+            if place == failed and failed != directory:
+                shutil.rmtree(failed, ignore_errors=True)      # no half copy
+            kept = kept or f"could not keep a copy of the source in {failed}: {keep_error}"
     tail = output[-_LOG_TAIL:]
     message = (f"the C compiler failed to build {job.name} ({type(error).__name__}: {error})\n"
                f"  compiler: {job.cc}   compile flags: {shlex.join(job.flags)}   "
@@ -358,6 +385,19 @@ def _discard(entry: Path) -> None:
     except FileNotFoundError:
         return
     shutil.rmtree(trash, ignore_errors=True)
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _out_of_space(log: Path) -> str | None:
+    """The line of the build log in which the compiler or linker said the disk is full, if any."""
+    words = [os.strerror(e) for e in _NO_SPACE]
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines():
+            if any(w in line for w in words):
+                return line.strip()
+    return None
 
 
 def _sha256_file(path: Path) -> str:

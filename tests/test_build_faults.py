@@ -2,16 +2,20 @@
 tiny module (missing $CC, empty PATH, syntax errors, unwritable cache, truncated or foreign
 entries, racing builders); this file covers what it does not: the whole compile path with a
 compiler that fails, a library that passes its digest but cannot load, a cache entry made by
-another graphc version, a builder killed mid-compile, and eight processes compiling one spec."""
+another graphc version, a builder killed mid-compile, eight processes compiling one spec, and a
+cache folder whose disk fills up (ENOSPC) at each step of a build."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -177,3 +181,158 @@ def test_compile_eight_processes_at_once_all_succeed_with_one_build(cache):
     assert leftovers(cache) == []
     entry = Path(results[0]["directory"])
     assert json.loads((entry / "manifest.json").read_text())["pid"] in {r["pid"] for r in results}
+
+
+# ---------------------------------------------------------------- a cache folder that fills up
+class FullDisk:
+    """The cache folder's disk fills up at one step of a build: that write and every later one under
+    the cache root fail with ENOSPC (a partly written manifest.json first writes half its text).
+    Steps: the generated source, build.log, the compiler's output (a compiler wrapper, which sees
+    a marker file, writes half a library and says what ld says), manifest.json, the publishing
+    rename; "compiler error": the compiler fails for a real reason just as the disk fills up.
+    `also` is another folder (the temporary one) that is full from the start."""
+
+    def __init__(self, root: Path, step: str, tmp: Path, also: Path | None = None):
+        self.root, self.step, self.also = root.resolve(), step, also
+        self.marker, self.compiler_step = tmp / "disk-is-full", tmp / f"fill-at-{step}"
+        self.compiler_step.touch()
+
+    def under(self, path) -> bool:
+        path = Path(path).resolve()
+        return any(place is not None and path.is_relative_to(place) for place in (self.root, self.also))
+
+    def full(self, path, hit: bool = False) -> bool:
+        if self.also is not None and Path(path).resolve().is_relative_to(self.also):
+            return True
+        if hit and self.under(path):
+            self.marker.touch()
+        return self.marker.exists() and self.under(path)
+
+    def error(self, path) -> OSError:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    def install(self, monkeypatch):
+        write_text, rename, copytree = Path.write_text, os.rename, shutil.copytree
+        steps = {"source": lambda p: p.suffix == ".c", "build.log": lambda p: p.name == "build.log",
+                 "manifest": lambda p: p.name == "manifest.json"}
+
+        def full_write_text(path, data, *args, **kwargs):
+            if self.full(path, hit=steps.get(self.step, lambda p: False)(path)):
+                if path.name == "manifest.json":
+                    write_text(path, data[:len(data) // 2], *args, **kwargs)
+                raise self.error(path)
+            return write_text(path, data, *args, **kwargs)
+
+        def full_rename(src, dst, *args, **kwargs):
+            if self.full(dst, hit=self.step == "publish" and Path(src).name.startswith(".tmp-")):
+                raise self.error(dst)
+            return rename(src, dst, *args, **kwargs)
+
+        def full_copytree(src, dst, *args, **kwargs):
+            if self.full(dst):
+                raise self.error(dst)
+            return copytree(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "write_text", full_write_text)
+        monkeypatch.setattr(os, "rename", full_rename)
+        monkeypatch.setattr(shutil, "copytree", full_copytree)
+
+    def free(self, monkeypatch):
+        monkeypatch.undo()
+        self.marker.unlink(missing_ok=True)
+        self.compiler_step.unlink()
+
+
+def full_disk_compiler(tmp_path: Path, root: Path) -> Path:
+    """The real compiler, except while a fill-at-compiler* marker exists and it runs in the cache
+    folder: then, like a compiler on a full disk, it writes half its output and fails."""
+    real = os.environ.get("CC") or "cc"
+    wrapper = tmp_path / "full-disk-cc"
+    wrapper.write_text(f"""#!/bin/sh
+here=$(pwd -P)
+case "$here" in {root.resolve()}*)
+  if [ -e {tmp_path}/fill-at-compiler ]; then
+    touch {tmp_path}/disk-is-full
+    out=""; prev=""
+    for a in "$@"; do [ "$prev" = "-o" ] && out="$a"; prev="$a"; done
+    [ -n "$out" ] && head -c 3000 {sys.executable} > "$out"
+    echo "/usr/bin/ld: final link failed: No space left on device" >&2
+    echo "collect2: error: ld returned 1 exit status" >&2
+    exit 1
+  fi
+  if [ -e "{tmp_path}/fill-at-compiler error" ]; then
+    touch {tmp_path}/disk-is-full
+    echo "faults.c:1:1: error: out of cheese" >&2
+    exit 1
+  fi;;
+esac
+exec {real} "$@"
+""")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def cache_entries(cache: Path) -> list[str]:
+    """Entries a later build would try to load (root/KEY) and scratch or trash folders."""
+    return sorted(p.name for p in cache.iterdir() if len(p.name) == 64 or p.name.startswith((".tmp-", ".trash-")))
+
+
+def works(m) -> None:
+    out = m.forward(x=np.ones((2, 6)), W=np.zeros((3, 6)), y=np.zeros(2, np.int32))
+    assert np.isclose(out["loss"], np.log(3))
+
+
+@pytest.mark.parametrize("step", ["source", "build.log", "compiler", "manifest", "publish"])
+def test_compile_with_a_cache_folder_that_fills_up_warns_builds_in_a_temporary_folder_and_leaves_nothing(
+        step, cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(full_disk_compiler(tmp_path, cache)))
+    text = spec(f"full_{step.replace('.', '_')}")
+    disk = FullDisk(cache, step, tmp_path)
+    with pytest.MonkeyPatch.context() as patches:
+        disk.install(patches)
+        with pytest.warns(RuntimeWarning, match="No space left on device") as warned:
+            m = graphc.compile(graphc.parse_spec(text), dtype="float64")
+        assert disk.marker.exists(), "the disk never filled up: the test missed its step"
+    assert "not writable" in str(warned[0].message) and str(cache) in str(warned[0].message)
+    works(m)
+    assert cache.resolve() not in m.built.directory.resolve().parents      # a temporary build ...
+    assert cache_entries(cache) == []                                       # ... and nothing half-written kept
+    disk.free(monkeypatch)
+    first = result(child(text, cache))                                      # room again: a whole entry,
+    assert not first["cached"] and np.isfinite(first["loss"])
+    assert cache_entries(cache) == [Path(first["directory"]).name]          # built, not loaded from debris
+    assert result(child(text, cache))["cached"]
+
+
+def test_compile_with_a_full_cache_folder_and_a_compiler_error_keeps_the_source_elsewhere(cache, tmp_path, monkeypatch):
+    """A real compiler error just as the cache fills up: the CompileError still names a kept source."""
+    monkeypatch.setenv("CC", str(full_disk_compiler(tmp_path, cache)))
+    disk = FullDisk(cache, "compiler error", tmp_path)
+    with pytest.MonkeyPatch.context() as patches:
+        disk.install(patches)
+        with pytest.raises(CompileError) as caught:
+            graphc.compile(graphc.parse_spec(spec("full_error")), dtype="float64")
+    message = str(caught.value)
+    assert "out of cheese" in message
+    kept = Path(re.search(r"plain copy: (\S+\.c)\)", message).group(1))
+    assert kept.is_file() and "faults_full_error_value_and_grad" in kept.read_text()
+    assert cache.resolve() not in kept.resolve().parents
+    assert cache_entries(cache) == []
+
+
+def test_compile_with_full_cache_and_temporary_folders_is_a_compile_error_naming_the_source(
+        cache, tmp_path, monkeypatch):
+    """No room anywhere: a CompileError naming both folders and the source path, never a bare OSError."""
+    monkeypatch.setenv("CC", str(full_disk_compiler(tmp_path, cache)))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    disk = FullDisk(cache, "source", tmp_path, also=temp)
+    with pytest.MonkeyPatch.context() as patches:
+        disk.install(patches)
+        with pytest.raises(CompileError) as caught, pytest.warns(RuntimeWarning):
+            graphc.compile(graphc.parse_spec(spec("full_everywhere")), dtype="float64")
+    message = str(caught.value)
+    assert str(cache) in message and str(temp) in message and "No space left on device" in message
+    assert re.search(rf"{re.escape(str(temp))}/graphc-faults_full_everywhere-\S+/faults_full_everywhere\.c", message)
+    assert cache_entries(cache) == []
