@@ -778,6 +778,8 @@ def main(argv=None):
     ap.add_argument("--peers", default="torch,jax", help="optional peers to try (NumPy always runs)")
     ap.add_argument("--no-compile-times", action="store_true", help="skip the first-build / cached-load table")
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM breakdown")
+    ap.add_argument("--no-gil-threads", action="store_true",
+                    help="skip benchmarks/threads.py (two Python threads calling one model: is the GIL released?)")
     ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
     ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
@@ -845,6 +847,13 @@ def main(argv=None):
         else:
             body = body + "\n" + block + "\n"
         readme.write_text(body)
+    if not args.no_gil_threads:      # its own table and README block (<!-- GIL-RESULTS -->), after the above
+        print(f"[run.py] two Python threads, benchmarks/threads.py ({time.perf_counter() - t_start:.0f} s)",
+              file=sys.stderr)
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        env.setdefault("GRAPHC_CACHE_DIR", CACHE)
+        subprocess.run([sys.executable, str(HERE / "threads.py"), "--wait", "5" if args.quick else "20"]
+                       + ["--write-readme"] * args.write_readme, env=env)
     return 0
 
 
