@@ -79,57 +79,74 @@ def picker(pairs: list[tuple[str, int]]):
 class CallPlan:
     """A checked call of one C function, ready to repeat.
 
-    It holds the batch size n, the array arguments (names, the arrays of the last call with their
-    shape, strides and dtype, and their cffi pointers), pointers that never change (`fixed`: a
+    It holds the batch size n, the array arguments (the arrays of a recent call with their shape,
+    strides and dtype, and their cffi pointers), pointers that never change (`fixed`: a
     TrainState's params and optimizer state), the workspace pointer and the outputs to allocate
     for each call (shape, dtype, cffi type). C takes n, the arrays, the fixed pointers, the
     outputs and the workspace, in that order.
 
-    `reuse(arrays)` answers the next call: the plan itself when the same array objects come back
-    with the same shape, strides and dtype (values changed in place are fine: the pointer still
-    points at the data); a new plan when some are other arrays of the same shape and dtype,
-    C-contiguous and aligned (passed to C as the checked path would pass them); None when the
-    call needs the checked path (a missing or extra name, a new shape, dtype or layout).
+    `reuse(arrays)` answers the next call with (the plan to keep, the leading C arguments), or
+    None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
+    array to copy: not C-contiguous or misaligned, or not an ndarray):
+
+    - the same array objects with the same shape, strides and dtype: the plan's own pointers
+      (values changed in place are fine: the pointer still points at the data);
+    - other arrays of the same shapes and dtypes, C-contiguous and aligned: fresh pointers for
+      this call. Arrays that come back a second call in a row become a new plan (so a loop over
+      new minibatches pays for no plan it would not reuse).
 
     A plan holds its arrays, so no other object can take their ids, and a weak reference to each,
     which makes NumPy refuse to resize them in place (a resize would move the data from under
-    the pointer) while the plan lives. A plan never changes once made, so threads can share one."""
+    the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
+    compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
-    __slots__ = ("ffi", "n", "names", "get", "ctypes", "objs", "meta", "refs", "ptrs", "fixed", "head", "ws",
-                 "out_shapes", "out_dtypes", "out_ctypes")
+    __slots__ = ("sig", "n", "objs", "meta", "refs", "ptrs", "head", "ws", "out_shapes", "out_dtypes", "out_ctypes",
+                 "pending")
 
-    def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=(), ptrs=None, refs=None, meta=None):
-        self.ffi, self.n, self.names, self.ctypes, self.objs, self.ws = ffi, n, tuple(names), ctypes, tuple(objs), ws
-        self.get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
+    def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=(), ptrs=None):
+        get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
+        self.sig = (ffi, get, len(names), tuple(ctypes), tuple(fixed))     # shared by the plans made from this one
+        self.n, self.ws, (self.out_shapes, self.out_dtypes, self.out_ctypes) = n, ws, outs
+        self._bind(objs, ptrs)
+
+    def _bind(self, objs, ptrs=None):
+        ffi, _, _, ctypes, fixed = self.sig
+        self.objs, self.meta, self.refs = tuple(objs), list(map(_META, objs)), list(map(weakref.ref, objs))
         self.ptrs = ptrs if ptrs is not None else [ffi.from_buffer(t, a, require_writable=False)
                                                    for t, a in zip(ctypes, objs)]
-        self.refs = refs if refs is not None else list(map(weakref.ref, objs))
-        self.meta = meta if meta is not None else list(map(_META, objs))
-        self.fixed, self.head = fixed, (n, *self.ptrs, *fixed)
-        self.out_shapes, self.out_dtypes, self.out_ctypes = outs      # each a list, in C order
+        self.head, self.pending = (self.n, *self.ptrs, *fixed), None
 
-    def reuse(self, arrays: dict[str, Any]) -> "CallPlan | None":
-        if len(arrays) != len(self.names):
+    def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
+        ffi, get, count, ctypes, fixed = self.sig
+        if len(arrays) != count:
             return None
         try:
-            objs = self.get(arrays)
+            objs = get(arrays)
         except KeyError:
             return None
         if all(map(operator.is_, objs, self.objs)) and list(map(_META, objs)) == self.meta:
-            return self
-        ptrs, refs, meta = list(self.ptrs), list(self.refs), list(self.meta)
+            return self, self.head
+        # some arrays are new (or changed in place): each must be what the checked path would pass on
+        ptrs = list(self.ptrs)
         for i, a in enumerate(objs):
-            if type(a) is not np.ndarray:
-                return None
-            m = _META(a)
-            if a is self.objs[i] and m == meta[i]:
+            if a is self.objs[i] and _META(a) == self.meta[i]:
                 continue
-            if m[0] != meta[i][0] or m[2] != meta[i][2] or not (a.flags.c_contiguous and a.flags.aligned):
+            shape, _, dtype = self.meta[i]
+            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype or not a.flags.aligned:
                 return None
-            ptrs[i] = self.ffi.from_buffer(self.ctypes[i], a, require_writable=False)
-            refs[i], meta[i] = weakref.ref(a), m
-        return CallPlan(self.ffi, self.n, self.names, self.ctypes, objs, self.ws,
-                        (self.out_shapes, self.out_dtypes, self.out_ctypes), self.fixed, ptrs, refs, meta)
+            try:        # NumPy refuses a plain buffer of an array that is not C-contiguous
+                ptrs[i] = ffi.from_buffer(ctypes[i], a, require_writable=False)
+            except (ValueError, BufferError):
+                return None
+        pending = self.pending
+        if pending is not None and all(map(operator.is_, objs, pending)):
+            new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
+            new.sig, new.n, new.ws = self.sig, self.n, self.ws
+            new.out_shapes, new.out_dtypes, new.out_ctypes = self.out_shapes, self.out_dtypes, self.out_ctypes
+            new._bind(objs, ptrs)
+            return new, new.head
+        self.pending = objs
+        return self, (self.n, *ptrs, *fixed)
 
 
 class CompiledModel:
@@ -196,17 +213,17 @@ class CompiledModel:
         strides and dtype. (C takes every input and param of the graph; were one left out, the
         plan would never match and every call would take the checked path.)"""
         plan = getattr(self._local, fname, None)
-        if plan is not None:
-            again = plan.reuse(arrays)
-            if again is not None:
-                if again is not plan:
-                    setattr(self._local, fname, again)
-                outs = list(map(np.empty, again.out_shapes, again.out_dtypes))
-                status = self._cfuncs[fname](*again.head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
-                if status != 0:
-                    self._raise_status(status, fname, bind(self.graph, arrays, self.dtype)[0], again.n)
-                return outs
-        return self._call_checked(fname, arrays)
+        hit = plan.reuse(arrays) if plan is not None else None
+        if hit is None:
+            return self._call_checked(fname, arrays)
+        again, head = hit
+        if again is not plan:
+            setattr(self._local, fname, again)
+        outs = list(map(np.empty, again.out_shapes, again.out_dtypes))
+        status = self._cfuncs[fname](*head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
+        if status != 0:
+            self._raise_status(status, fname, bind(self.graph, arrays, self.dtype)[0], again.n)
+        return outs
 
     def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
         """Check and convert every argument; leave a CallPlan when none needed converting."""

@@ -227,13 +227,14 @@ class Trainer:
             plan = state._plan if state._trainer is self else None
         except AttributeError:
             plan = None
-        again = plan.reuse(batch) if plan is not None else None
-        if again is None:
+        hit = plan.reuse(batch) if plan is not None else None
+        if hit is None:
             return self._train_step_checked(state, batch)
+        again, head = hit
         if again is not plan:
             state._plan = again
         outs = list(map(np.empty, again.out_shapes, again.out_dtypes))
-        status = self._cstep(*again.head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
+        status = self._cstep(*head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
         if status != 0:
             self._fail(status, "train_step", batch, again.n)
         if self._counts_steps:

@@ -361,15 +361,29 @@ def test_fast_path_metadata_changed_in_place_is_checked_again(m64):
 
 
 def test_fast_path_arrays_it_holds_cannot_be_resized_under_it(m64):
+    ref = cold(m64)
     a = args(seed=9)
     m64.forward(**a)
+    m64.forward(**a)                                       # the second call in a row: the plan holds a's arrays
     for refcheck in (True, False):
         with pytest.raises(ValueError, match="resize"):
             a["x"].resize((12, 64), refcheck=refcheck)
-    m64.forward(**dict(a, x=a["x"].copy()))               # another array: x is no longer held
+    other = a["x"].copy()
+    m64.forward(**dict(a, x=other))
+    m64.forward(**dict(a, x=other))                        # the plan now holds `other`, no longer x
     a["x"].resize((12, 64), refcheck=False)
     with pytest.raises(ShapeError, match="'y' has N=6 .* 'x' has N=12"):
         m64.forward(**a)
+    # an array seen once is not held: resized away and back (its data moved), it gets a fresh pointer
+    x = args(seed=11)["x"]
+    want = ref.forward(**dict(a, x=x.copy()))
+    m64.forward(**dict(a, x=x))
+    keep = [np.ones(64 * 64) for _ in range(4)]            # so the moved data lands elsewhere
+    x.resize((64, 64), refcheck=False)
+    x.resize((6, 64), refcheck=False)
+    bits(m64.forward(**dict(a, x=x)), want)
+    bits(m64.forward(**dict(a, x=x)), want)
+    del keep
 
 
 def test_fast_path_falls_back_for_odd_arrays_of_the_same_shape(m32):
