@@ -3,10 +3,17 @@ NumPy reference and the compiled runtime.
 
 In: a mapping of names to array-likes. Out: arrays of the right dtype and the
 value of each symbolic dim. Never guesses: a misfit raises naming the argument.
+
+`bind` is the full check. A `CallPlan` is what a full check leaves for the C
+calls: the next call with the same arrays, or new ones of the same shapes and
+dtypes, is checked by identity, shape, strides and dtype alone; anything else
+goes back to `bind`.
 """
 from __future__ import annotations
 
 import difflib
+import operator
+import weakref
 from typing import Any, Mapping
 
 import numpy as np
@@ -77,3 +84,90 @@ def bind(graph: Graph, arrays: Mapping[str, Any], real: np.dtype, *, need_params
                 raise ShapeError(f"argument {name!r} has shape {arr.shape}, expected {expected_shape(graph, v)}")
         out[name] = arr
     return out, dims
+
+
+# ---------------------------------------------------------------- repeated calls to C
+_META = operator.attrgetter("shape", "strides", "dtype")
+
+
+def c_array_type(real: str, dtype: np.dtype) -> str:
+    """The cffi type a C function takes an array of `dtype` as (real is "float" or "double")."""
+    return {"int32": "int32_t[]", "int64": "int64_t[]"}.get(dtype.name, f"{real}[]")
+
+
+def output_specs(real: str, specs) -> tuple[list, list, list]:
+    """(shapes, dtypes, cffi types) of outputs given as (shape, dtype) pairs."""
+    return [s for s, _ in specs], [d for _, d in specs], [c_array_type(real, d) for _, d in specs]
+
+
+class CallPlan:
+    """A checked call of one C function, ready to repeat.
+
+    It holds the batch size n, the array arguments (the arrays of a recent call with their shape,
+    strides and dtype, and their cffi pointers), pointers that never change (`fixed`: a
+    TrainState's params and optimizer state), the workspace pointer and the outputs to allocate
+    for each call (shape, dtype, cffi type). C takes n, the arrays, the fixed pointers, the
+    outputs and the workspace, in that order.
+
+    `reuse(arrays)` answers the next call with (the plan to keep, the leading C arguments), or
+    None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
+    array to copy: not C-contiguous or misaligned, or not an ndarray):
+
+    - the same array objects with the same shape, strides and dtype: the plan's own pointers
+      (values changed in place are fine: the pointer still points at the data);
+    - other arrays of the same shapes and dtypes, C-contiguous and aligned: fresh pointers for
+      this call. Arrays that come back a second call in a row become a new plan (so a loop over
+      new minibatches pays for no plan it would not reuse).
+
+    A plan holds its arrays, so no other object can take their ids, and a weak reference to each,
+    which makes NumPy refuse to resize them in place (a resize would move the data from under
+    the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
+    compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
+
+    __slots__ = ("sig", "n", "objs", "meta", "refs", "ptrs", "head", "ws", "out_shapes", "out_dtypes", "out_ctypes",
+                 "pending")
+
+    def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=(), ptrs=None):
+        get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
+        self.sig = (ffi, get, len(names), tuple(ctypes), tuple(fixed))     # shared by the plans made from this one
+        self.n, self.ws, (self.out_shapes, self.out_dtypes, self.out_ctypes) = n, ws, outs
+        self._bind(objs, ptrs)
+
+    def _bind(self, objs, ptrs=None):
+        ffi, _, _, ctypes, fixed = self.sig
+        self.objs, self.meta, self.refs = tuple(objs), list(map(_META, objs)), list(map(weakref.ref, objs))
+        self.ptrs = ptrs if ptrs is not None else [ffi.from_buffer(t, a, require_writable=False)
+                                                   for t, a in zip(ctypes, objs)]
+        self.head, self.pending = (self.n, *self.ptrs, *fixed), None
+
+    def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
+        ffi, get, count, ctypes, fixed = self.sig
+        if len(arrays) != count:
+            return None
+        try:
+            objs = get(arrays)
+        except KeyError:
+            return None
+        if all(map(operator.is_, objs, self.objs)) and list(map(_META, objs)) == self.meta:
+            return self, self.head
+        # some arrays are new (or changed in place): each must be what the checked path would pass on
+        ptrs = list(self.ptrs)
+        for i, a in enumerate(objs):
+            if a is self.objs[i] and _META(a) == self.meta[i]:
+                continue
+            shape, _, dtype = self.meta[i]
+            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype or not a.flags.aligned:
+                return None
+            try:        # NumPy refuses a plain buffer of an array that is not C-contiguous
+                ptrs[i] = ffi.from_buffer(ctypes[i], a, require_writable=False)
+            except (ValueError, BufferError):
+                return None
+        pending = self.pending
+        if pending is not None and all(map(operator.is_, objs, pending)):
+            new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
+            new.sig, new.n, new.ws = self.sig, self.n, self.ws
+            new.out_shapes, new.out_dtypes, new.out_ctypes = self.out_shapes, self.out_dtypes, self.out_ctypes
+            new._bind(objs, ptrs)
+            return new, new.head
+        self.pending = objs
+        return self, (self.n, *ptrs, *fixed)

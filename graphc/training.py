@@ -7,9 +7,9 @@ In: a loaded CompiledModel whose train_step Function carries a TrainLayout (runt
 calls `attach`). Out: `train_state`, `train_step`, `fit` and `load_state` on the model.
 
 Per call, train_step does as little as it can: the state's params and optimizer state have
-pointers made once (at the state's first call), and the last minibatch's arrays are kept in a
-runtime.CallPlan, so the same arrays (or new ones of the same shapes) pass through with an
-identity, shape, strides and dtype check; anything else takes the checked path.
+pointers made once (at the state's first call), and the minibatch goes through an
+arguments.CallPlan kept on the state, so the same arrays (or new ones of the same shapes)
+pass with an identity, shape, strides and dtype check; anything else takes the checked path.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from graphc.arguments import CallPlan, bind, c_array_type, output_specs
 from graphc.errors import ArgumentError, DTypeError, GraphcError, ShapeError
 from graphc.ir import Graph
 from graphc.train_codegen import (OPTIMIZERS, Adam, OptimizerError, SGD, TrainLayout,  # noqa: F401  (re-exported)
@@ -39,9 +40,9 @@ class TrainState:
     (Adam's step count `t` is int64): change values in place (state.params["W"][...] = 0),
     never rebind them, so the pointers cached for the C calls stay valid.
 
-    A state also holds its workspace and the arrays of its last train_step minibatch (until the
-    next call: NumPy will not resize those in place meanwhile). Use a state from one thread at a
-    time; threads training at once each need their own state (state.copy())."""
+    A state also holds its workspace and recent train_step minibatch arrays (a CallPlan; NumPy
+    will not resize in place the arrays whose pointers it keeps). Use a state from one thread at
+    a time; threads training at once each need their own state (state.copy())."""
 
     def __init__(self, model_name: str, dtype: np.dtype, optimizer, params: dict[str, np.ndarray],
                  buffers: dict[str, np.ndarray]):
@@ -53,7 +54,7 @@ class TrainState:
         self._step_ptrs: list = []
         self._fit_ptrs: list = []
         self._ws: dict[int, tuple[np.ndarray, Any]] = {}
-        self._plan = None          # the last train_step's minibatch (runtime.CallPlan)
+        self._plan = None          # the train_step minibatch plan (arguments.CallPlan)
 
     @property
     def step(self) -> int:
@@ -114,7 +115,6 @@ class Trainer:
         return shape, (np.dtype(np.int32) if is_int else self.dtype)
 
     def _ptr(self, arr: np.ndarray):
-        from graphc.runtime import c_array_type
         return self.ffi.from_buffer(c_array_type(self._ctype, arr.dtype), arr)
 
     # ------------------------------------------------------------------ state
@@ -221,8 +221,9 @@ class Trainer:
     def train_step(self, state: TrainState, **batch) -> dict[str, np.ndarray]:
         """One optimizer step on one minibatch, in one C call; returns the forward outputs (new arrays).
 
-        The state remembers the last minibatch's arrays and their pointers (a CallPlan): when the
-        same arrays come back, or new ones of the same shapes and dtypes, nothing else is checked."""
+        The state keeps a CallPlan of its minibatch arrays: when the same arrays come back, or new
+        ones of the same shapes and dtypes (C-contiguous, aligned), the minibatch is not checked
+        again beyond identity, shape, strides and dtype."""
         try:
             plan = state._plan if state._trainer is self else None
         except AttributeError:
@@ -243,8 +244,7 @@ class Trainer:
 
     def _train_step_checked(self, state: TrainState, batch: dict) -> dict[str, np.ndarray]:
         """Check and convert the minibatch; leave a CallPlan on the state when nothing was converted."""
-        from graphc.arguments import bind
-        from graphc.runtime import CallPlan, as_c_array, c_array_type, output_specs
+        from graphc.runtime import as_c_array
         if getattr(state, "_trainer", None) is not self:
             self._bind(state)
         env, dims = bind(self.graph, batch, self.dtype, need_params=False)
@@ -264,7 +264,6 @@ class Trainer:
         return self._result(outs)
 
     def _fail(self, status: int, fname: str, arrays, n: int):
-        from graphc.arguments import bind
         if status == self.lib.GRAPHC_ERR_LABEL:
             from graphc.ops.loss import check_labels
             env, _ = bind(self.graph, arrays, self.dtype, need_params=False)
@@ -286,7 +285,6 @@ class Trainer:
         np.random.default_rng(seed) (a new permutation each epoch). Returns each epoch's mean
         loss (the minibatch losses weighted by their rows). progress: None shows a bar on stderr
         when it is a terminal, False never; a callable is called as progress(epoch, mean_loss)."""
-        from graphc.arguments import bind
         from graphc.runtime import as_c_array
         if self._cfit is None:
             raise GraphcError(f"{self.model.name}: fit needs inputs whose first dim is the batch dim"
