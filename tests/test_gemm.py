@@ -112,7 +112,8 @@ VARIANTS = {
     "dispatch_avx2": ["-O3", "-fopenmp", "-DGC_GEMM_ISA_CAP=1"],
 }
 # Built on demand only: the packed path for every size, to compare bits with.
-EXTRA_VARIANTS = {"packed": ["-O3", "-march=native", "-fopenmp", "-DGC_GEMM_DIRECT_WORK=0"]}
+EXTRA_VARIANTS = {"packed": ["-O3", "-march=native", "-fopenmp", "-DGC_GEMM_DIRECT_WORK=0",
+                             "-DGC_GEMM_A_ROWS_IN_PLACE=0"]}
 HAS_AVX512 = "avx512f" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
     if pathlib.Path("/proc/cpuinfo").exists() else False
 HAS_AVX2 = "avx2" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
@@ -385,7 +386,7 @@ def test_gemm_direct_path_gives_the_packed_paths_bits(gemm_lib, dtype):
     product, in every form, with bias and relu, with edge tiles."""
     direct, packed = gemm_lib("native", dtype), gemm_lib("packed", dtype)
     rng = np.random.default_rng(5)
-    for (M, N, K), (ta, tb), beta in itertools.product(DIRECT_SHAPES, FORMS, (0, 1)):
+    for (M, N, K), (ta, tb), beta in itertools.product(DIRECT_SHAPES + PACKED_SHAPES, FORMS, (0, 1)):
         if M <= 4:
             continue  # the tiny path
         A, B = operands(rng, ta, tb, M, N, K, dtype, pad=1)

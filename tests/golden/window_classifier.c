@@ -48,7 +48,8 @@ typedef float gc_real;
  *   static long gc_gemm_pack_elems(void);
  *       Scratch size, in gc_real elements, that `pack` must have (64-byte
  *       aligned, owned by the caller), for any M, N, K and up to
- *       GC_MAX_THREADS threads.  A constant of the compiled variant.
+ *       GC_MAX_THREADS threads.  A constant of the build (the largest need
+ *       of the instruction sets it compiles).
  *
  * The including file must define before this text:
  *
@@ -79,8 +80,11 @@ typedef float gc_real;
  * many times.  Products of up to GC_GEMM_DIRECT_WORK multiply-adds skip it:
  * the micro-kernel reads op(A) in place (any form: it takes a row and a step
  * stride) and op(B) in place when tb = 0; only an edge strip or panel is
- * packed, for its zero padding.  The sequence of operations per C element is
- * the same packed or not.
+ * packed, for its zero padding.  With ta = 0, op(A) is read in place at
+ * every size.  Products at most one vector wide (h U^T
+ * with 10 classes) use one-vector panels and a narrow micro-kernel.  The
+ * sequence of operations per C element is the same packed or not, narrow or
+ * not.
  *
  * Threads (OpenMP, when compiled with -fopenmp): C is cut into parts, each a
  * contiguous range of whole NR columns (or MR rows); the threads take parts
@@ -167,9 +171,15 @@ typedef float gc_real;
 #define GC_GEMM_DOT_LANES 16
 /* Up to this many multiply-adds the operands are read in place, not packed
    (the digits train step's GEMMs, 32 x 128 x 64 and smaller, and the
-   backward GEMMs of mnist with a dimension of 10). */
+   backward GEMMs of mnist with a dimension of 10).  op(A) = A (x, h, d1:
+   rows of A) is read in place at any size: the micro-kernel only broadcasts
+   single values from it, MR rows at a time, and skipping its pack measured
+   1-3 % faster at mnist and wide sizes and spares every thread its copy. */
 #ifndef GC_GEMM_DIRECT_WORK
 #define GC_GEMM_DIRECT_WORK (128L * 128 * 128)
+#endif
+#ifndef GC_GEMM_A_ROWS_IN_PLACE
+#define GC_GEMM_A_ROWS_IN_PLACE 1
 #endif
 #define GC_GEMM_DIRECT_A 1
 #define GC_GEMM_DIRECT_B 2
@@ -181,9 +191,11 @@ typedef float gc_real;
 #ifndef GC_GEMM_PARALLEL_WORK
 #define GC_GEMM_PARALLEL_WORK (100L * 100 * 100)
 #endif
-/* Parts per thread of a threaded product (see Threads above). */
+/* Parts per thread of a threaded product (see Threads above), when cutting
+   finer costs nothing: C split by columns and op(A) read in place (no part
+   packs a copy of it).  Otherwise one part per thread. */
 #ifndef GC_GEMM_PARTS_PER_THREAD
-#define GC_GEMM_PARTS_PER_THREAD 1
+#define GC_GEMM_PARTS_PER_THREAD 4
 #endif
 
 /* ---------------------------------------------------------------------- */
@@ -2282,12 +2294,14 @@ static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
         return;
     }
     if (M * N * K <= GC_GEMM_DIRECT_WORK) direct = GC_GEMM_DIRECT_A | GC_GEMM_DIRECT_B;
+    if (!ta && GC_GEMM_A_ROWS_IN_PLACE) direct |= GC_GEMM_DIRECT_A;
 #ifdef _OPENMP
     if (GC_MAX_THREADS > 1 && M * N * K >= GC_GEMM_PARALLEL_WORK) {
         int threads = omp_get_max_threads();
         if (threads > GC_MAX_THREADS) threads = GC_MAX_THREADS;
         if (threads > 1) {
-            const long parts = (long)threads * GC_GEMM_PARTS_PER_THREAD;
+            const int fine = M <= N && (direct & GC_GEMM_DIRECT_A);
+            const long parts = (long)threads * (fine ? GC_GEMM_PARTS_PER_THREAD : 1);
 #pragma omp parallel num_threads(threads)
             {
                 gc_real *thread_pack = pack + (long)omp_get_thread_num() * gc_gemm_pack_thread_elems();
