@@ -88,6 +88,7 @@ def bind(graph: Graph, arrays: Mapping[str, Any], real: np.dtype, *, need_params
 
 # ---------------------------------------------------------------- repeated calls to C
 _META = operator.attrgetter("shape", "strides", "dtype")
+_FIT = operator.attrgetter("__class__", "shape", "dtype", "flags.c_contiguous", "flags.aligned")
 
 
 def c_array_type(real: str, dtype: np.dtype) -> str:
@@ -124,14 +125,15 @@ class CallPlan:
     the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
     compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
-    __slots__ = ("sig", "n", "objs", "meta", "refs", "ptrs", "head", "ws", "out_shapes", "out_dtypes", "out_ctypes",
-                 "pending")
+    __slots__ = ("sig", "n", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "out_shapes", "out_dtypes",
+                 "out_ctypes", "pending")
 
-    def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=(), ptrs=None):
+    def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=()):
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
         self.sig = (ffi, get, len(names), tuple(ctypes), tuple(fixed))     # shared by the plans made from this one
         self.n, self.ws, (self.out_shapes, self.out_dtypes, self.out_ctypes) = n, ws, outs
-        self._bind(objs, ptrs)
+        self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
+        self._bind(objs)
 
     def _bind(self, objs, ptrs=None):
         ffi, _, _, ctypes, fixed = self.sig
@@ -150,22 +152,17 @@ class CallPlan:
             return None
         if all(map(operator.is_, objs, self.objs)) and list(map(_META, objs)) == self.meta:
             return self, self.head
-        # some arrays are new (or changed in place): each must be what the checked path would pass on
-        ptrs = list(self.ptrs)
-        for i, a in enumerate(objs):
-            if a is self.objs[i] and _META(a) == self.meta[i]:
-                continue
-            shape, _, dtype = self.meta[i]
-            if type(a) is not np.ndarray or a.shape != shape or a.dtype != dtype or not a.flags.aligned:
+        # some arrays are new (or changed in place): all must be what the checked path passes on as is
+        try:
+            if list(map(_FIT, objs)) != self.fit:
                 return None
-            try:        # NumPy refuses a plain buffer of an array that is not C-contiguous
-                ptrs[i] = ffi.from_buffer(ctypes[i], a, require_writable=False)
-            except (ValueError, BufferError):
-                return None
+            ptrs = list(map(ffi.from_buffer, ctypes, objs))
+        except (AttributeError, ValueError, BufferError):      # not an array; no plain buffer
+            return None
         pending = self.pending
         if pending is not None and all(map(operator.is_, objs, pending)):
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
-            new.sig, new.n, new.ws = self.sig, self.n, self.ws
+            new.sig, new.n, new.ws, new.fit = self.sig, self.n, self.ws, self.fit
             new.out_shapes, new.out_dtypes, new.out_ctypes = self.out_shapes, self.out_dtypes, self.out_ctypes
             new._bind(objs, ptrs)
             return new, new.head
