@@ -125,13 +125,13 @@ class CallPlan:
     the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
     compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
-    __slots__ = ("sig", "n", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "out_shapes", "out_dtypes",
-                 "out_ctypes", "pending")
+    __slots__ = ("sig", "n", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "single", "pending")
 
     def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=()):
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
         self.sig = (ffi, get, len(names), tuple(ctypes), tuple(fixed))     # shared by the plans made from this one
-        self.n, self.ws, (self.out_shapes, self.out_dtypes, self.out_ctypes) = n, ws, outs
+        self.n, self.ws, self.outs = n, ws, outs           # outs: (shapes, dtypes, cffi types)
+        self.single = tuple(x[0] for x in outs) if len(outs[0]) == 1 else None
         self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
         self._bind(objs)
 
@@ -162,9 +162,19 @@ class CallPlan:
         pending = self.pending
         if pending is not None and all(map(operator.is_, objs, pending)):
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
-            new.sig, new.n, new.ws, new.fit = self.sig, self.n, self.ws, self.fit
-            new.out_shapes, new.out_dtypes, new.out_ctypes = self.out_shapes, self.out_dtypes, self.out_ctypes
+            new.sig, new.n, new.ws, new.fit, new.outs, new.single = self.sig, self.n, self.ws, self.fit, self.outs, self.single
             new._bind(objs, ptrs)
             return new, new.head
         self.pending = objs
         return self, (self.n, *ptrs, *fixed)
+
+    def run(self, cfunc, head: tuple) -> tuple[int, list[np.ndarray]]:
+        """Call cfunc(*head, outputs..., workspace) with new output arrays: (status, outputs)."""
+        from_buffer = self.sig[0].from_buffer
+        if self.single is not None:          # the common case, a third faster than the general one
+            shape, dtype, ctype = self.single
+            out = np.empty(shape, dtype)
+            return cfunc(*head, from_buffer(ctype, out), self.ws), [out]
+        shapes, dtypes, ctypes = self.outs
+        outs = list(map(np.empty, shapes, dtypes))
+        return cfunc(*head, *map(from_buffer, ctypes, outs), self.ws), outs

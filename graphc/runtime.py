@@ -120,16 +120,20 @@ class CompiledModel:
                              hint="skip the call for an empty batch")
         return n
 
-    def _out_array(self, arg, n: int) -> np.ndarray:
+    def _out_spec(self, arg, n: int) -> tuple[tuple, np.dtype]:
         shape = tuple(n if isinstance(d, str) else d for d in arg.value.shape)
-        return np.empty(shape, dtype=self.dtype if arg.value.dtype == FLOAT else np.int32)
+        return shape, (self.dtype if arg.value.dtype == FLOAT else np.dtype(np.int32))
+
+    def _out_array(self, arg, n: int) -> np.ndarray:
+        return np.empty(*self._out_spec(arg, n))
 
     def call(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
         """Run C function `fname` on named arrays; return its outputs (new arrays) in C order.
 
         This thread's calls of `fname` keep a CallPlan (holding recent arrays): when it can be
-        reused, no argument is checked beyond its identity, shape, strides and dtype. (C takes every input and param of the graph; were one left out, the
-        plan would never match and every call would take the checked path.)"""
+        reused, no argument is checked beyond its identity, shape, strides and dtype. (C takes
+        every input and param of the graph; were one left out, the plan would never match and
+        every call would take the checked path.)"""
         plan = getattr(self._local, fname, None)
         hit = plan.reuse(arrays) if plan is not None else None
         if hit is None:
@@ -137,8 +141,7 @@ class CompiledModel:
         again, head = hit
         if again is not plan:
             setattr(self._local, fname, again)
-        outs = list(map(np.empty, again.out_shapes, again.out_dtypes))
-        status = self._cfuncs[fname](*head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
+        status, outs = again.run(self._cfuncs[fname], head)
         if status != 0:
             self._raise_status(status, fname, bind(self.graph, arrays, self.dtype)[0], again.n)
         return outs
@@ -147,17 +150,16 @@ class CompiledModel:
         """Check and convert every argument; leave a CallPlan when none needed converting."""
         env, dims = bind(self.graph, arrays, self.dtype)
         n = self._batch(dims)
-        names, ins, outs = [], [], []
+        names, ins, specs = [], [], []
         for a in self.functions[fname].args:
             if a.role in ("input", "param", "param*", "state"):
                 names.append(a.value.name)
                 ins.append(as_c_array(a.cname, env[a.value.name]))
             else:
-                outs.append(self._out_array(a, n))
-        ws = self.ffi.from_buffer(self.workspace(n))
-        plan = CallPlan(self.ffi, n, names, [c_array_type(self._ctype, a.dtype) for a in ins], ins, ws,
-                        output_specs(self._ctype, [(o.shape, o.dtype) for o in outs]))
-        status = self._cfuncs[fname](*plan.head, *map(self.ffi.from_buffer, plan.out_ctypes, outs), ws)
+                specs.append(self._out_spec(a, n))
+        plan = CallPlan(self.ffi, n, names, [c_array_type(self._ctype, a.dtype) for a in ins], ins,
+                        self.ffi.from_buffer(self.workspace(n)), output_specs(self._ctype, specs))
+        status, outs = plan.run(self._cfuncs[fname], plan.head)
         if status != 0:
             self._raise_status(status, fname, env, n)
         if len(arrays) == len(names) and all(map(operator.is_, ins, map(arrays.get, names))):

@@ -234,8 +234,7 @@ class Trainer:
         again, head = hit
         if again is not plan:
             state._plan = again
-        outs = list(map(np.empty, again.out_shapes, again.out_dtypes))
-        status = self._cstep(*head, *map(self.ffi.from_buffer, again.out_ctypes, outs), again.ws)
+        status, outs = again.run(self._cstep, head)
         if status != 0:
             self._fail(status, "train_step", batch, again.n)
         if self._counts_steps:
@@ -253,8 +252,7 @@ class Trainer:
         specs = [(tuple(n if isinstance(d, str) else d for d in shape), dt) for _, (shape, dt) in self._outs]
         plan = CallPlan(self.ffi, n, self._inputs, [c_array_type(self._ctype, a.dtype) for a in arrays], arrays,
                         self._workspace(state, n), output_specs(self._ctype, specs), tuple(state._step_ptrs))
-        outs = list(map(np.empty, plan.out_shapes, plan.out_dtypes))
-        status = self._cstep(*plan.head, *map(self.ffi.from_buffer, plan.out_ctypes, outs), plan.ws)
+        status, outs = plan.run(self._cstep, plan.head)
         if status != 0:
             self._fail(status, "train_step", env, n)
         if self._counts_steps:
