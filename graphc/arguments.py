@@ -108,7 +108,7 @@ class CallPlan:
     strides and dtype, and their cffi pointers), pointers that never change (`fixed`: a
     TrainState's params and optimizer state), the workspace pointer and the outputs to allocate
     for each call (shape, dtype, cffi type). C takes n, the arrays, the fixed pointers, the
-    outputs and the workspace, in that order.
+    outputs and the workspace, in that order; `run` makes the outputs and calls it.
 
     `reuse(arrays)` answers the next call with (the plan to keep, the leading C arguments), or
     None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
@@ -162,7 +162,8 @@ class CallPlan:
         pending = self.pending
         if pending is not None and all(map(operator.is_, objs, pending)):
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
-            new.sig, new.n, new.ws, new.fit, new.outs, new.single = self.sig, self.n, self.ws, self.fit, self.outs, self.single
+            new.sig, new.n, new.ws, new.fit = self.sig, self.n, self.ws, self.fit
+            new.outs, new.single = self.outs, self.single
             new._bind(objs, ptrs)
             return new, new.head
         self.pending = objs
