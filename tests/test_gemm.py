@@ -277,7 +277,7 @@ def test_gemm_padded_leading_dimensions(gemm_lib, variant, dtype):
     gemm = gemm_lib(variant, dtype)
     rng = np.random.default_rng(1)
     for (ta, tb), beta in itertools.product(FORMS, (0, 1)):
-        for shape in [(5, 9, 3), (37, 131, 7), (61, 45, 270)]:
+        for shape in [(5, 9, 3), (37, 131, 7), (61, 45, 270), (140, 150, 270), (700, 12, 300)]:
             check_gemm(gemm, rng, ta, tb, *shape, beta, pad=3)
 
 
@@ -482,7 +482,8 @@ int main(void)
         {0, 3, 3}, {1, 1, 1}, {3, 5, 0}, {7, 37, 131}, {37, 131, 7},
         {131, 37, 300}, {45, 400, 270}, {400, 45, 129}, {13, 600, 20},
         {20, 1100, 300}, /* fills every thread's whole pack slice */
-        {32, 128, 64}, {32, 10, 128}, {10, 128, 32}, {128, 64, 32}}; /* direct path */
+        {32, 128, 64}, {32, 10, 128}, {10, 128, 32}, {128, 64, 32}, /* direct path */
+        {40, 7, 100}, {700, 12, 300}}; /* narrow micro-kernel, direct and packed */
     const long count = (long)(sizeof shapes / sizeof shapes[0]);
     /* Exactly the advertised size (a multiple of 64 bytes), so that ASan
        reports any access past it. */
