@@ -22,7 +22,7 @@ from graphc.ir import INT, Graph
 from graphc.schedule import c_name
 
 EXAMPLE_BATCH = 4       # rows main.c passes when the model has a batch dim
-EXAMPLE_FUNCTIONS = ("forward", "value_and_grad", "train_step")   # the calls main.c makes, in order
+EXAMPLE_FUNCTIONS = ("forward", "predict", "value_and_grad", "train_step")   # the calls main.c makes, in order
 TRAIN_STEPS = 3         # train_step calls main.c makes when the model was compiled with an optimizer
 INPUT_SCALE = 1.0       # the amplitude of main.c's deterministic inputs ...
 PARAM_SCALE = 0.1       # ... and params (see example_arrays)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.codegen import generate
+from graphc.codegen import generate, prediction_graph
 from graphc.export import example_arrays, example_batch, parse_example_output
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
@@ -51,10 +51,12 @@ def assert_prints_reference(output: str, g: graphc.Graph, dtype: str, n: int | N
     arrays = example_arrays(g, dtype, n)
     forward = graphc.evaluate(g, **arrays)
     backward = graphc.evaluate(graphc.grad(g, *g.grad_spec), **arrays)
+    predict = prediction_graph(g)
     expected = {("forward", k) for k in forward} | {("value_and_grad", k) for k in backward}
+    expected |= {("predict", k) for k in (predict.outputs if predict is not None else ())}
     assert set(results) == expected
     for (function, name), printed in results.items():
-        reference = (forward if function == "forward" else backward)[name].ravel()
+        reference = (backward if function == "value_and_grad" else forward)[name].ravel()
         assert printed.shape == reference.shape, (function, name)
         scale = max(float(np.max(np.abs(reference))), 1e-300)
         err = float(np.max(np.abs(printed - reference))) / scale

@@ -15,6 +15,7 @@ import pytest
 import numpy as np
 
 import graphc
+from graphc.codegen import prediction_graph
 from graphc.export import EXAMPLE_FUNCTIONS, example_arrays, parse_example_output
 from test_fuzz_spec import generated_specs
 
@@ -84,8 +85,12 @@ def test_sanitizers_out_of_range_label_returns_error_without_reports(spec, tmp_p
     m, program = build(spec, "float64", tmp_path)
     out = run_clean(program, "--bad-label")
     lines = [line for line in out.splitlines() if "returned GRAPHC_ERR_LABEL" in line]
-    # both bad values (-1 and the bound) and every function main.c calls (not predict: it skips that)
-    assert len(lines) == 2 * len([f for f in m.functions if f in EXAMPLE_FUNCTIONS]), out
+    # both bad values (-1 and the bound), for every function main.c calls that reads the ids: one_layer's
+    # predict reads no labels (and returns GRAPHC_OK), the window classifier's reads the word ids
+    readers = [f for f in EXAMPLE_FUNCTIONS if f in m.functions and m.functions[f].label_checks]
+    assert len(lines) == 2 * len(readers), out
+    assert ("predict" in readers) == (spec.stem == "window_classifier")
+    assert out.count(f"{m.name}_predict with") == 2, out
 
 
 def test_sanitizers_training_example_runs_clean(tmp_path):
@@ -125,6 +130,9 @@ def test_sanitizers_generated_spec_runs_clean_at_batch_1_and_37(i, tmp_path):
         results = parse_example_output(run_clean(program))
         arrays = example_arrays(g, dtype, batch)
         reference = {("forward", k): v for k, v in graphc.evaluate(g, **arrays).items()}
+        predict = prediction_graph(g)
+        if predict is not None:
+            reference.update({("predict", k): reference[("forward", k)] for k in predict.outputs})
         reference.update({("value_and_grad", k): v for k, v in
                           graphc.evaluate(graphc.grad(g, *g.grad_spec), **arrays).items()})
         assert set(results) == set(reference), sorted(set(results) ^ set(reference))
