@@ -2,7 +2,7 @@
 
 The public API (see DESIGN.md): load, Graph, the op functions (relu, softmax,
 cross_entropy, ...), grad, explain, evaluate, compile, check, init_params,
-SGD, Adam, and the GraphcError family.
+SGD, Adam, train_graph (the train step in the IR), and the GraphcError family.
 """
 from graphc.errors import (  # noqa: F401
     ArgumentError, CheckError, CompileError, DTypeError, ExecutionError, GradientError,
@@ -44,3 +44,4 @@ del _name, _op
 from graphc.runtime import CompiledModel, compile  # noqa: E402,F401
 from graphc.check import check  # noqa: F401,E402
 from graphc.training import SGD, Adam, TrainState, init_params  # noqa: E402,F401
+from graphc.updates import train_graph  # noqa: E402,F401

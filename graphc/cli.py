@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the forward and backward graphs")
     s.add_argument("spec", metavar="SPEC")
     s.add_argument("--passes", action="store_true", help="print the graph after each pass")
+    s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="none",
+                   help="print the train step instead of the backward graph: backward pass and update, in the IR")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
 
     s = sub.add_parser("explain", help="the derivation: each delta, the identity used, the shape check")
     s.add_argument("spec", metavar="SPEC")
@@ -91,7 +94,15 @@ def cmd_show(args) -> int:
     from graphc.autodiff import grad
     g = _load(args.spec)
     print(g)
-    if g.grad_spec is not None:
+    optimizer = _optimizer(args)
+    if g.grad_spec is not None and optimizer is not None:
+        from graphc.updates import train_graph
+        of, wrt = g.grad_spec
+        print()
+        print(f"# train step: d{of}/d({', '.join(wrt)}), then the update of {type(optimizer).__name__}"
+              f"(lr={optimizer.lr:g}); next_* are the values NAME_train_step writes back in place")
+        print(train_graph(g, of, wrt, optimizer))
+    elif g.grad_spec is not None:
         of, wrt = g.grad_spec
         print()
         print(f"# backward: d{of}/d({', '.join(wrt)})")
@@ -151,14 +162,21 @@ def cmd_build(args) -> int:
 def cmd_emit(args) -> int:
     import graphc
     path = _spec_path(args.spec)
-    optimizer = None
-    if args.optimizer != "none" and graphc.load(path).grad_spec:   # on-device training: emit train_step too
-        optimizer = (graphc.SGD(lr=args.lr or 0.1) if args.optimizer == "sgd"
-                     else graphc.Adam(lr=args.lr or 1e-3))
+    optimizer = _optimizer(args) if graphc.load(path).grad_spec else None   # on-device training: train_step too
     m = graphc.compile(path, dtype=args.dtype, optimizer=optimizer)
     params = _load_params(args.params) if args.params else None
     _print_files(m.export(args.out, standalone=True, params=params))
     return 0
+
+
+def _optimizer(args):
+    """graphc.SGD or graphc.Adam from --optimizer and --lr; None for --optimizer none."""
+    import graphc
+    if args.optimizer == "none":
+        return None
+    if args.optimizer == "sgd":
+        return graphc.SGD(lr=args.lr if args.lr is not None else 0.1)
+    return graphc.Adam(lr=args.lr if args.lr is not None else 1e-3)
 
 
 def _load_params(path: str) -> dict:

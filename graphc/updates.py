@@ -1,0 +1,107 @@
+"""Optimizer updates in the IR: the train step as a graph.
+
+In: a forward Graph, the loss, the params to train and an optimizer (graphc.SGD, graphc.Adam).
+Out: a Graph whose inputs are the forward inputs, the params and the optimizer state, and
+whose outputs are the forward outputs, the updated params (`next_W`) and the updated state
+(`next_m_W`, ..., Adam's step count `next_adam_t`). It is the backward graph of graphc.grad
+followed by the update written with ordinary ops, so `print` shows it, graphc.evaluate runs
+it, and the C of NAME_train_step (templates/kernels/optimizer.c.j2) is tested against it.
+It never emits C.
+
+State inputs: `momentum_W` (SGD), `m_W` and `v_W` (Adam), `adam_t` (Adam's step count, a
+scalar), each with a `_1`, `_2`, ... suffix should the model use the name already.
+`graph.updates` maps each trained param and state key of TrainState.buffers ("m/W", "t")
+to its (input name, output name) pair.
+"""
+from __future__ import annotations
+
+import math
+
+from graphc.errors import GraphcError
+from graphc.ir import Graph, Origin, Value
+
+
+def _fresh(g: Graph, base: str) -> str:
+    name, k = base, 0
+    while name in g.values or name in g.outputs:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
+    """The forward pass, the backward pass and `optimizer`'s update of `wrt`, as one Graph."""
+    from graphc.autodiff import grad
+    from graphc.train_codegen import Adam, SGD, _check_optimizer
+
+    _check_optimizer(optimizer)
+    params = [w for w in graph.params if w in wrt]
+    if not params:
+        raise GraphcError(f"train_graph: wrt={wrt} names no param of {graph.name}",
+                          hint=f"the params are {', '.join(graph.params)}")
+    bwd = grad(graph, grad_of, params)
+    g, _ = bwd.copy(f"{graph.name}_train_step")
+    state = {(w, slot): g.input(_fresh(g, f"{slot}_{w}"), graph.params[w].shape) for slot in optimizer.slots()
+             for w in params}
+    updated: dict[str, Value] = {}      # param name or state key ("m/W", "t") -> its new value
+    inputs: dict[str, Value] = {w: g.params[w] for w in params}
+    inputs.update({f"{slot}/{w}": v for (w, slot), v in state.items()})
+
+    def const(x: float) -> Value:
+        return g.apply("const", value=float(x))
+
+    def gradient(w: str) -> Value:
+        d = g.outputs[f"d_{w}"]
+        return d + const(optimizer.weight_decay) * g.params[w] if optimizer.weight_decay else d
+
+    names = {key: _fresh(g, f"next_{v.name}") for key, v in inputs.items()}
+    names["t"] = _fresh(g, "next_adam_t") if isinstance(optimizer, Adam) else None
+
+    def define(key: str, build) -> Value:
+        """updated[key] = build(), its temporaries named next_X__0, ... and the result next_X."""
+        with g.naming(names[key]):
+            value = build()
+        if value.node is not None and value.name != names[key]:
+            g.rename(value, names[key])
+        updated[key] = value
+        return value
+
+    if isinstance(optimizer, SGD):
+        for w in params:
+            with g.origin(Origin(f"SGD update of {w}: {_sgd_text(optimizer)}")):
+                if optimizer.momentum:
+                    step = define(f"momentum/{w}", lambda w=w: const(optimizer.momentum) * state[(w, "momentum")]
+                                  + gradient(w))
+                    define(w, lambda w=w, step=step: g.params[w] - const(optimizer.lr) * step)
+                else:
+                    define(w, lambda w=w: g.params[w] - const(optimizer.lr) * gradient(w))
+    elif isinstance(optimizer, Adam):
+        inputs["t"] = t = g.input(_fresh(g, "adam_t"), ())
+        b1, b2 = optimizer.beta1, optimizer.beta2
+        with g.origin(Origin("Adam: t += 1; step_size = lr / (1 - beta1^t); bc2_sqrt = sqrt(1 - beta2^t)")):
+            t_next = define("t", lambda: t + const(1.0))
+            with g.naming("adam"):
+                # beta^t = exp(t ln beta): the IR has no pow; the C computes pow(beta, t) in double
+                power1 = g.apply("exp", t_next * const(math.log(b1))) if b1 > 0 else const(0.0)
+                power2 = g.apply("exp", t_next * const(math.log(b2))) if b2 > 0 else const(0.0)
+                step_size = g.rename(const(optimizer.lr) / (const(1.0) - power1), _fresh(g, "adam_step_size"))
+                bc2_sqrt = g.rename(g.apply("sqrt", const(1.0) - power2), _fresh(g, "adam_bc2_sqrt"))
+        for w in params:
+            with g.origin(Origin(f"Adam update of {w}")):
+                with g.naming(f"g_{w}"):
+                    gw = gradient(w)
+                m = define(f"m/{w}", lambda w=w, gw=gw: const(b1) * state[(w, "m")] + const(1.0 - b1) * gw)
+                v = define(f"v/{w}", lambda w=w, gw=gw: const(b2) * state[(w, "v")]
+                           + const(1.0 - b2) * g.apply("square", gw))
+                define(w, lambda w=w, m=m, v=v: g.params[w] - step_size * m
+                       / (g.apply("sqrt", v) / bc2_sqrt + const(optimizer.eps)))
+    g.updates = {}
+    for key, value in updated.items():
+        g.output(names[key], value)
+        g.updates[key] = (inputs[key].name, names[key])
+    return g
+
+
+def _sgd_text(opt) -> str:
+    g = "g = dJ/dp" + (" + weight_decay p" if opt.weight_decay else "")
+    return g + ("; v = momentum v + g; p -= lr v" if opt.momentum else "; p -= lr g")

@@ -1,0 +1,89 @@
+"""The optimizer in the IR (graphc.train_graph): the train step as a graph of ordinary ops,
+evaluated by the NumPy reference, is what NAME_train_step computes in C, step after step."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.cli import main as cli
+
+from conftest import EXAMPLES_DIR
+
+OPTIMIZERS = {
+    "sgd": graphc.SGD(lr=0.1),
+    "momentum+decay": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+    "adam": graphc.Adam(lr=1e-2),
+    "adam+decay": graphc.Adam(lr=3e-3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=1e-2),
+}
+
+
+def batch(g: graphc.Graph, n: int, rng) -> dict[str, np.ndarray]:
+    from graphc.check import random_arrays
+    return {k: v for k, v in random_arrays(g, n, rng).items() if k in g.inputs}
+
+
+@pytest.mark.parametrize("spec", ["one_layer.toml", "mlp.toml", "window_classifier.toml"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_updates_c_train_step_equals_the_ir_train_graph(spec, name):
+    g = graphc.load(EXAMPLES_DIR / spec)
+    of, wrt = g.grad_spec
+    optimizer = OPTIMIZERS[name]
+    tg = graphc.train_graph(g, of, wrt, optimizer)
+    m = graphc.compile(g, dtype="float64", optimizer=optimizer)
+    params = graphc.init_params(g, seed=1)
+    state = m.train_state(params)
+    rng = np.random.default_rng(2)
+    current = {}                                  # the train graph's inputs for params and optimizer state
+    for key, (inp, _out) in tg.updates.items():
+        current[inp] = params[key] if key in params else np.zeros(tg.inputs[inp].shape)
+    frozen = {k: v for k, v in params.items() if k not in tg.updates}
+    for _ in range(4):
+        data = batch(g, 5, rng)
+        outs = m.train_step(state, **data)
+        ref = graphc.evaluate(tg, **data, **frozen, **current)
+        for k, v in outs.items():
+            np.testing.assert_allclose(v, ref[k], rtol=1e-10, atol=1e-12)
+        for key, (inp, out) in tg.updates.items():
+            c_value = state.params[key] if key in state.params else state.buffers[key]
+            scale = max(float(np.max(np.abs(ref[out]))), 1e-300)
+            assert float(np.max(np.abs(c_value - ref[out]))) / scale < 1e-10, (name, key)
+            current[inp] = ref[out]
+
+
+def test_updates_train_graph_is_ordinary_ir():
+    g = graphc.load(EXAMPLES_DIR / "one_layer.toml")
+    tg = graphc.train_graph(g, "J", ["W", "b1", "U", "b2"], graphc.Adam())
+    tg.verify()
+    assert set(tg.updates) == {"t"} | {f"{s}/{w}" for s in ("m", "v") for w in ("W", "b1", "U", "b2")} | {
+        "W", "b1", "U", "b2"}
+    assert tg.updates["m/W"] == ("m_W", "next_m_W") and tg.updates["W"] == ("W", "next_W")
+    assert tg.inputs["m_W"].shape == g.params["W"].shape and tg.inputs["adam_t"].shape == ()
+    assert {n.op.name for n in tg.nodes} <= set(graphc.ops.REGISTRY)
+    text = str(tg)
+    assert "next_W " in text and "# Adam update of W" in text and "sqrt(next_v_W)" in text
+
+
+def test_updates_state_names_avoid_the_models_own_names():
+    g = graphc.Graph("clash")
+    x = g.input("x", ("N", 3))
+    y = g.input("m_W", ("N", 2))            # the name Adam's first moment of W would take
+    W = g.param("W", (2, 3))
+    g.output("loss", graphc.mse(x @ W.T, y))
+    tg = graphc.train_graph(g, "loss", ["W"], graphc.Adam())
+    assert tg.updates["m/W"][0] == "m_W_1" and "m_W" in tg.inputs
+
+
+def test_updates_refuse_a_wrong_optimizer_or_no_param():
+    g = graphc.load(EXAMPLES_DIR / "one_layer.toml")
+    with pytest.raises(graphc.GraphcError, match="optimizer must be graphc.SGD"):
+        graphc.train_graph(g, "J", ["W"], "adam")
+    with pytest.raises(graphc.GraphcError, match="names no param"):
+        graphc.train_graph(g, "J", ["x"], graphc.SGD())
+
+
+def test_cli_show_optimizer_prints_the_train_step(capsys):
+    assert cli(["show", str(EXAMPLES_DIR / "one_layer.toml"), "--optimizer", "sgd", "--lr", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "# train step: dJ/d(W, b1, U, b2), then the update of SGD(lr=0.5)" in out
+    assert "output  next_W = next_W" in out and "const(value=0.5)" in out and "# backward" not in out
