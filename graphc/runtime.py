@@ -183,7 +183,8 @@ class CompiledModel:
 
     # ------------------------------------------------------------------ the public calls
     def forward(self, **arrays) -> dict[str, np.ndarray]:
-        """The graph's outputs by name, each a new array."""
+        """The graph's outputs by name, each a new array. (Each thread keeps references to its
+        recent arguments, to pass them on without checks when they come back.)"""
         return self._results["forward"][0](self.call("forward", arrays))
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
