@@ -49,6 +49,31 @@ def convert(name: str, a: Any, want: np.dtype) -> np.ndarray:
     raise DTypeError(f"argument {name!r} has dtype {arr.dtype}, expected {want}")
 
 
+def param_arrays(graph: Graph, params: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    """Every param of `graph` from `params` (name -> array-like), in graph order, each checked to be
+    given, known, of its declared shape and of real numbers; `where` names the caller in messages."""
+    if not isinstance(params, Mapping):
+        raise ArgumentError(f"{where} takes a dict of parameter arrays, got {type(params).__name__}",
+                            hint="e.g. graphc.init_params(graph, seed=0), or state.params")
+    extra = [k for k in params if k not in graph.params]
+    if extra:
+        raise ArgumentError(f"{where}: {extra[0]!r} is not a param of {graph.name}",
+                            hint=f"the params are {', '.join(graph.params)}")
+    missing = [k for k in graph.params if k not in params]
+    if missing:
+        raise ArgumentError(f"{where}: param {missing[0]!r} (shape {expected_shape(graph, graph.params[missing[0]])}) "
+                            "is missing", hint="graphc.init_params(graph) makes them all")
+    out = {}
+    for k, v in graph.params.items():
+        arr = np.asarray(params[k])
+        if arr.dtype.kind not in "fiub":
+            raise DTypeError(f"{where}: param {k!r} has dtype {arr.dtype}, expected real numbers")
+        if arr.shape != tuple(v.shape):
+            raise ShapeError(f"{where}: param {k!r} has shape {arr.shape}, expected {expected_shape(graph, v)}")
+        out[k] = arr
+    return out
+
+
 def bind(graph: Graph, arrays: Mapping[str, Any], real: np.dtype, *, need_params: bool = True,
          skip: frozenset = frozenset()) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Check and convert arguments; return (arrays by name, symbolic dim -> size)."""

@@ -112,6 +112,7 @@ class CSource:
     forward_graph: Graph
     grad_graph: Graph | None
     grad_names: dict[str, str]        # param name -> gradient output name (d_W)
+    predict_graph: Graph | None = None   # the graph of NAME_predict (outputs that need no labels)
 
 
 class Emitter:
@@ -223,4 +224,4 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
             from graphc.training import add_train_functions
             add_train_functions(em, graph, bwd, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()
-    return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names)
+    return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from graphc.errors import ArgumentError, CompileError, GraphcError, ShapeError
+from graphc.arguments import param_arrays
+from graphc.errors import CompileError, GraphcError
 from graphc.ir import INT, Graph
 from graphc.schedule import c_name
 
@@ -148,22 +149,8 @@ def params_context(model, params) -> dict:
     ctype = "double" if model.dtype == np.float64 else "float"
     docs = {a.value.name: a.shape_doc for f in model.csrc.functions for a in f.args
             if a.role.startswith("param") and a.value is not None}
-    unknown = [k for k in params if k not in graph.params]
-    if unknown:
-        raise ArgumentError(f"export: {unknown[0]!r} is not a param of {graph.name}",
-                            hint=f"its params are {', '.join(graph.params)}")
-    missing = [k for k in graph.params if k not in params]
-    if missing:
-        raise ArgumentError(f"export: params has no value for {missing[0]!r} "
-                            f"(shape {graph.format_shape(graph.params[missing[0]].shape)})",
-                            hint="pass every param, e.g. state.params after training")
     out = []
-    for name, v in graph.params.items():
-        arr = np.asarray(params[name])
-        if arr.shape != tuple(v.shape):
-            raise ShapeError(f"export: param {name!r} has shape {arr.shape}, expected {graph.format_shape(v.shape)}")
-        if arr.dtype.kind not in "fiu":
-            raise GraphcError(f"export: param {name!r} has dtype {arr.dtype}; it must hold real numbers")
+    for name, arr in param_arrays(graph, params, "export").items():
         flat = arr.astype(model.dtype).ravel()
         if not np.all(np.isfinite(flat)):
             bad = int(np.flatnonzero(~np.isfinite(flat))[0])

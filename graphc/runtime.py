@@ -49,6 +49,16 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     return raw[start:start + nbytes]
 
 
+def allocate_workspace(model_name: str, size: int, n: int) -> np.ndarray:
+    """aligned_empty(size), or a ShapeError naming the bytes and the batch size when it cannot be had."""
+    try:
+        return aligned_empty(size)
+    except MemoryError:
+        raise ShapeError(f"{model_name}: the workspace for batch size {n} needs {size} bytes "
+                         f"({size / 2**30:,.1f} GiB), more memory than this process can allocate",
+                         hint="use a smaller batch size (the workspace grows with it) or smaller dims") from None
+
+
 def as_c_array(name: str, arr: np.ndarray) -> np.ndarray:
     """Zero-copy when C-contiguous and aligned; otherwise one contiguous copy."""
     if arr.flags.c_contiguous and arr.flags.aligned:
@@ -82,7 +92,11 @@ class CompiledModel:
         self._local = threading.local()
         self._cfuncs = {f.name: getattr(self.lib, f"{self.name}_{f.name}") for f in csrc.functions}
         self._ctype = "float" if self.dtype == np.float32 else "double"
-        self._results = {f: self._result_dicts(f) for f in ("forward", "value_and_grad") if f in self.functions}
+        self._results = {f: self._result_dicts(f) for f in ("forward", "predict", "value_and_grad")
+                         if f in self.functions}
+        predict = csrc.predict_graph
+        self._predict_inputs = frozenset(predict.inputs) if predict is not None else None
+        self._n_arguments = len(self.graph.inputs) + len(self.graph.params)
 
     def __repr__(self) -> str:
         return (f"<CompiledModel {self.name} {self.dtype} ({', '.join(self.functions)}); "
@@ -102,7 +116,7 @@ class CompiledModel:
                                  hint="use a batch size >= 1 that fits in memory")
             if len(cache) > 8:
                 cache.clear()
-            ws = cache[n] = aligned_empty(size)
+            ws = cache[n] = allocate_workspace(self.name, size, n)
         return ws
 
     def _pointer(self, arr: np.ndarray):
@@ -143,12 +157,16 @@ class CompiledModel:
             setattr(self._local, fname, again)
         status, outs = again.run(self._cfuncs[fname], head)
         if status != 0:
-            self._raise_status(status, fname, bind(self.graph, arrays, self.dtype)[0], again.n)
+            self._raise_status(status, fname, bind(self._graph_of(fname), arrays, self.dtype)[0], again.n)
         return outs
+
+    def _graph_of(self, fname: str) -> Graph:
+        """The graph whose inputs and params C function `fname` takes."""
+        return self.csrc.predict_graph if fname == "predict" else self.graph
 
     def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
         """Check and convert every argument; leave a CallPlan when none needed converting."""
-        env, dims = bind(self.graph, arrays, self.dtype)
+        env, dims = bind(self._graph_of(fname), arrays, self.dtype)
         n = self._batch(dims)
         names, ins, specs = [], [], []
         for a in self.functions[fname].args:
@@ -183,8 +201,14 @@ class CompiledModel:
 
     # ------------------------------------------------------------------ the public calls
     def forward(self, **arrays) -> dict[str, np.ndarray]:
-        """The graph's outputs by name, each a new array. (Each thread keeps references to its
-        recent arguments, to pass them on without checks when they come back.)"""
+        """The graph's outputs by name, each a new array. Labels and targets may be left out:
+        then the outputs that need none of them are returned (`probs`, not the loss), computed by
+        the C function NAME_predict. (Each thread keeps references to its recent arguments, to
+        pass them on without checks when they come back.)"""
+        if self._predict_inputs is not None and len(arrays) < self._n_arguments:
+            missing = [k for k in self.graph.inputs if k not in arrays]
+            if missing and all(k not in self._predict_inputs for k in missing):
+                return self._results["predict"][0](self.call("predict", arrays))
         return self._results["forward"][0](self.call("forward", arrays))
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -122,25 +122,10 @@ class Trainer:
         """Copy `params` (name -> array) into C-contiguous arrays of the model dtype, with zeroed
         optimizer state. Every param of the graph must be given, in its declared shape."""
         g = self.graph
-        if not isinstance(params, Mapping):
-            raise ArgumentError(f"train_state takes a dict of parameter arrays, got {type(params).__name__}",
-                                hint="e.g. m.train_state(graphc.init_params(graph, seed=0))")
-        extra = [k for k in params if k not in g.params]
-        if extra:
-            raise ArgumentError(f"train_state: {extra[0]!r} is not a param of {g.name}",
-                                hint=f"the params are {', '.join(g.params)}")
-        missing = [k for k in g.params if k not in params]
-        if missing:
-            raise ArgumentError(f"train_state: param {missing[0]!r} (shape {g.format_shape(g.params[missing[0]].shape)}) "
-                                "is missing", hint="graphc.init_params(graph) makes them all")
-        arrays = {}
-        for k, v in g.params.items():
-            arr = np.asarray(params[k])
-            if arr.dtype.kind not in "fiub":     # float64 init values are cast: the state is a copy
-                raise DTypeError(f"train_state: param {k!r} has dtype {arr.dtype}, expected real numbers")
-            if arr.shape != tuple(v.shape):
-                raise ShapeError(f"train_state: param {k!r} has shape {arr.shape}, expected {g.format_shape(v.shape)}")
-            arrays[k] = np.array(arr, dtype=self.dtype, order="C", copy=True)
+        from graphc.arguments import param_arrays
+        # float64 init values are cast: the state is a copy
+        arrays = {k: np.array(a, dtype=self.dtype, order="C", copy=True)
+                  for k, a in param_arrays(g, params, "train_state").items()}
         buffers = {key: np.zeros(shape, dtype=dt) for key, (shape, dt) in self.layout.state.items()}
         return TrainState(self.model.name, self.dtype, self.optimizer, arrays, buffers)
 
@@ -212,8 +197,8 @@ class Trainer:
                                  hint="use a batch size >= 1 that fits in memory")
             if len(state._ws) > 8:
                 state._ws.clear()
-            from graphc.runtime import aligned_empty
-            ws = aligned_empty(size)
+            from graphc.runtime import allocate_workspace
+            ws = allocate_workspace(self.model.name, size, n)
             hit = state._ws[key] = (ws, self.ffi.from_buffer(ws))
         return hit[1]
 
@@ -379,10 +364,11 @@ def _init_one(rng: np.random.Generator, scheme: str, shape: tuple) -> np.ndarray
 
 
 def init_params(graph: Graph | str | Path, seed: int | None = 0,
-                scheme: str | Mapping[str, str] | None = None) -> dict[str, np.ndarray]:
-    """Initial values of every param of `graph` (a Graph, a spec path or a CompiledModel) as
-    float64 arrays (train_state casts them), from np.random.default_rng(seed), params drawn
-    in graph order.
+                scheme: str | Mapping[str, str] | None = None, dtype=None) -> dict[str, np.ndarray]:
+    """Initial values of every param of `graph` (a Graph, a spec path or a CompiledModel), from
+    np.random.default_rng(seed), params drawn in graph order. dtype: of the arrays; by default
+    the model's for a CompiledModel (so m.forward takes them as they are), else float64
+    (train_state casts them). The values do not depend on dtype but for its rounding.
 
     Schemes: "xavier" (Glorot uniform, U(+-sqrt(6/(fan_in+fan_out)))), "he" (Kaiming normal,
     N(0, 2/fan_in)), "normal" (N(0, 0.1^2)), "zeros"; fan_in is the last dim of a [out, in]
@@ -390,7 +376,11 @@ def init_params(graph: Graph | str | Path, seed: int | None = 0,
     when it is a string and the param has 2+ dims; else the spec's `init = ...`; else zeros
     for biases (fewer than 2 dims) and xavier for matrices."""
     if hasattr(graph, "graph") and isinstance(getattr(graph, "graph"), Graph):
+        dtype = getattr(graph, "dtype", None) if dtype is None else dtype
         graph = graph.graph
+    dtype = np.dtype(np.float64 if dtype is None else dtype)
+    if dtype.kind != "f":
+        raise DTypeError(f"init_params: dtype must be a float type, got {dtype}", hint="float32 or float64")
     if not isinstance(graph, Graph):
         from graphc.spec import load
         graph = load(graph)
@@ -412,7 +402,7 @@ def init_params(graph: Graph | str | Path, seed: int | None = 0,
         if s not in SCHEMES:
             raise ArgumentError(f"init_params: param {name!r} asks for unknown scheme {s!r}",
                                 hint=f"use one of {', '.join(SCHEMES)}")
-        out[name] = np.asarray(_init_one(rng, s, shape), dtype=np.float64)
+        out[name] = np.asarray(_init_one(rng, s, shape), dtype=np.float64).astype(dtype)
     return out
 
 

@@ -240,3 +240,41 @@ def test_backend_rejects_out_of_range_labels_without_touching_memory():
     arrays["ids"][1] = -1
     with pytest.raises(graphc.ArgumentError):
         model.value_and_grad(**arrays)
+
+
+def test_backend_passes_contiguous_arrays_of_the_model_dtype_without_a_copy():
+    """Zero-copy: C reads the caller's own buffers (the pointers C got are the arrays' data
+    addresses); a Fortran-ordered array is copied, and the result is the same."""
+    m = graphc.compile(str(EXAMPLES[0].parent / "one_layer.toml"), dtype="float32")
+    params = graphc.init_params(m, seed=0)
+    assert all(a.dtype == np.float32 for a in params.values())
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((6, 64)).astype(np.float32)
+    Y = rng.integers(0, 10, 6).astype(np.int32)
+    for _ in range(2):                                   # the checked path, then the plan's fast path
+        first = m.forward(x=X, y=Y, **params)
+        plan = m._local.forward
+        addresses = {int(m.ffi.cast("uintptr_t", p)) for p in plan.ptrs}
+        assert {X.ctypes.data, Y.ctypes.data} | {a.ctypes.data for a in params.values()} <= addresses
+    F = np.asfortranarray(X)
+    again = m.forward(x=F, y=Y, **params)
+    assert F.ctypes.data not in {int(m.ffi.cast("uintptr_t", p)) for p in m._local.forward.ptrs}
+    np.testing.assert_array_equal(again["probs"], first["probs"])
+
+
+def test_backend_forward_without_labels_returns_the_outputs_that_need_none():
+    """DESIGN.md: m.forward(x=X, W=..., ...) without y gives probs (C: NAME_predict)."""
+    m = graphc.compile(str(EXAMPLES[0].parent / "one_layer.toml"), dtype="float64")
+    params = graphc.init_params(m, seed=0)
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((5, 64))
+    Y = rng.integers(0, 10, 5).astype(np.int32)
+    full = m.forward(x=X, y=Y, **params)
+    for _ in range(2):
+        outs = m.forward(x=X, **params)
+        assert set(outs) == {"probs"}
+        np.testing.assert_array_equal(outs["probs"], full["probs"])
+    with pytest.raises(graphc.ArgumentError, match="missing argument 'x'"):
+        m.forward(y=Y, **params)
+    with pytest.raises(graphc.ArgumentError, match="missing argument 'W'"):
+        m.forward(x=X, **{k: v for k, v in params.items() if k != "W"})

@@ -38,9 +38,6 @@ of = "J"
 wrt = ["w"]
 """
 ADDRESSABLE = 2 ** 47          # bytes of user address space on x86-64 (4-level paging)
-pending = pytest.mark.xfail(strict=True, raises=MemoryError,
-                            reason="runtime fix pending: CompiledModel.workspace and Trainer._workspace "
-                                   "let NumPy's MemoryError escape")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,7 +66,6 @@ def assert_names_bytes_and_batch(error: GraphcError, size: int, n: int) -> None:
     assert re.search(rf"batch size (N=)?{n}\b", message), message
 
 
-@pending
 @pytest.mark.parametrize("call", ["forward", "value_and_grad"])
 def test_workspace_too_large_for_memory_is_a_graphc_error_naming_bytes_and_batch(model, batch, call):
     size = getattr(model.lib, f"{model.name}_workspace_size")(1)
@@ -78,7 +74,6 @@ def test_workspace_too_large_for_memory_is_a_graphc_error_naming_bytes_and_batch
     assert_names_bytes_and_batch(caught.value, size, 1)
 
 
-@pending
 @pytest.mark.parametrize("call", ["train_step", "fit"])
 def test_trainer_workspace_too_large_for_memory_is_a_graphc_error_naming_bytes_and_batch(model, batch, call):
     state = model.train_state({"w": np.ones(B, np.float32)})
