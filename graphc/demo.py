@@ -55,9 +55,13 @@ wrt = ["W", "b1", "U", "b2"]
 
 
 def spec_path() -> Path | None:
-    """examples/one_layer.toml beside the package (a checkout), or None (an installed wheel)."""
-    path = Path(__file__).resolve().parent.parent / "examples" / SPEC_NAME
-    return path if path.is_file() else None
+    """examples/one_layer.toml beside the package (a checkout), else in the current folder (the
+    README's quickstart runs an installed wheel from the checkout), else None (the copy above)."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        path = root / "examples" / SPEC_NAME
+        if path.is_file():
+            return path
+    return None
 
 
 def build_graph():

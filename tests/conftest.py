@@ -34,3 +34,11 @@ def graphc_cache_dir(tmp_path_factory):
         os.environ.pop("GRAPHC_CACHE_DIR", None)
     else:
         os.environ["GRAPHC_CACHE_DIR"] = saved
+
+
+def private_cache_dir(tmp_path_factory):
+    """A module's own GRAPHC_CACHE_DIR (its builds are not shared with other files). Use it as
+    `_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
+        yield

@@ -9,16 +9,14 @@ import numpy as np
 import pytest
 
 import graphc
+
+from conftest import private_cache_dir
 from graphc.errors import ArgumentError, DTypeError, ShapeError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
-        yield
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
 
 
 @pytest.fixture(scope="module")

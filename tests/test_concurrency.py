@@ -11,6 +11,8 @@ import pytest
 
 import graphc
 
+from conftest import private_cache_dir
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 THREADS = 8
 
@@ -42,11 +44,7 @@ wrt = ["W", "b1", "U", "b2"]
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
-        yield
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
 
 
 def batch(seed: int, n: int, dx=64, dh=128, nc=10, params_seed=0):

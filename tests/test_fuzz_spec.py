@@ -24,6 +24,8 @@ from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
 import graphc
+
+from conftest import private_cache_dir
 from graphc.codegen import generate
 from graphc.errors import GraphcError, SpecError
 from graphc.ir import C_KEYWORDS, FLOAT, INT
@@ -39,11 +41,7 @@ CXX = shutil.which("g++")
 PYINC = sysconfig.get_paths()["include"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
-        yield
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
 
 
 def parse(text: str):

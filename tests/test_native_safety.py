@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import graphc
+
+from conftest import private_cache_dir
 from test_fuzz_spec import generated_specs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +27,7 @@ CC = shutil.which("gcc") or shutil.which("cc")
 needs_valgrind = pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed (.ci/run installs it)")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
-        yield
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
 
 
 def harness(m, n: int) -> str:

@@ -8,6 +8,8 @@ import pytest
 
 import graphc
 
+from conftest import private_cache_dir
+
 SPEC = """
 name = "logits"
 [dims]
@@ -37,11 +39,7 @@ HUGE = np.array([[1e4, -1e4, 0.0, 1e4, 5.0],       # two equal maxima
 LABELS = np.array([1, 2, 0, 1, 4], dtype=np.int32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
-        yield
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import graphc
+
+from conftest import private_cache_dir
 from graphc.errors import GraphcError
 
 A = B = 2 ** 23
@@ -40,11 +42,7 @@ wrt = ["w"]
 ADDRESSABLE = 2 ** 47          # bytes of user address space on x86-64 (4-level paging)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
-        yield
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
 
 
 @pytest.fixture(scope="module")
