@@ -146,15 +146,25 @@ def render_loop(spec: dict) -> dict[str, Any]:
                 terms.append(f"{LOOP_VARS[i]} * {c_poly(s)}" if len(s) == 1 else f"{LOOP_VARS[i]} * ({c_poly(s)})")
         return " + ".join(terms) if terms else "0"
 
-    body, k = [], 0
+    body, k, targets = [], 0, []
     for st in stmts:
         target_k = k
+        targets.append(target_k)
         loads = {f"L{j}": f"{leaf[0]}[{index(k + 1 + j)}]" for j, leaf in enumerate(st["leaves"])}
         loads["COL"] = LOOP_VARS[len(merged) - 1] if uses_col else "0"
         body.append(dict(target=f"{st['target']}[{index(target_k)}]", op=st["op"], value=st["value"].format(**loads)))
         k += 1 + len(st["leaves"])
+    # The outer loop may be split across threads when every iteration of it writes elements of its
+    # own: plain assignments (no += reduction) whose targets all move along it. Then each element
+    # is computed by the same expression whatever the split: the bits never depend on threads.
+    parallel = bool(merged) and all(st["op"] == "=" for st in stmts) and \
+        all(merged[0][1][t] != (0,) for t in targets)
+    work = (1,)
+    for size, _ in merged:
+        work = pmul(work, size)
     return dict(comment="\n   ".join(spec["comments"]), loops=[(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)],
-                body=body, zeros=[(t, c_poly(z)) for t, z in spec["zeros"]])
+                body=body, zeros=[(t, c_poly(z)) for t, z in spec["zeros"]],
+                parallel=c_poly(work) if parallel else None)
 
 
 @dataclass
@@ -393,7 +403,7 @@ class Scheduler:
             # a static scalar (a constant such as the seed dJ/dJ = 1) has no buffer: use its value
             value = self.static_expr(x) if x in self.static else f"{self.ref(x)}[i]"
             ctx = dict(comment=self.comment(n), loops=[("i", c_poly(numel(v.shape)))], zeros=[],
-                       body=[dict(target=f"{out}[i]", op="=", value=value)])
+                       body=[dict(target=f"{out}[i]", op="=", value=value)], parallel=c_poly(numel(v.shape)))
             return [Step("loop", ctx, [v], [x])]
         if name == "transpose":
             if x.rank < 2:

@@ -172,3 +172,23 @@ def test_concurrency_the_gil_is_released_during_the_c_call():
     finally:
         sys.setswitchinterval(old)
     assert count > 100, f"the main thread ran {count} loop iterations during the C call"
+
+
+def test_concurrency_parallel_elementwise_loops_and_updates_give_the_same_bits_for_one_and_two_threads():
+    """Loops of at least GC_LOOP_PARALLEL_WORK iterations (tanh over 256 x 512, Adam's updates of
+    98k parameters) are split over the threads; each element is computed the same way."""
+    spec = WIDE.replace('h = "relu(x @ W.T + b1)"', 'h = "tanh(x @ W.T + b1)"')
+    assert spec != WIDE
+    g = graphc.parse_spec(spec, "wide.toml")
+    optimizer = graphc.Adam(lr=1e-3, weight_decay=1e-2)
+    one = graphc.compile(g, dtype="float64", threads=1, optimizer=optimizer)
+    two = graphc.compile(g, dtype="float64", threads=2, optimizer=optimizer)
+    assert "GC_PARALLEL_LOOP(" in two.source
+    a = batch(7, n=256, dx=192, dh=512)
+    params = graphc.init_params(g, seed=3)
+    s1, s2 = one.train_state(params), two.train_state(params)
+    for _ in range(3):
+        data = {k: v for k, v in a.items() if k in g.inputs}
+        assert_bits(one.train_step(s1, **data), two.train_step(s2, **data))
+    assert_bits(dict(s1.params), dict(s2.params))
+    assert_bits(dict(s1.buffers), dict(s2.buffers))

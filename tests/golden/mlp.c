@@ -19,6 +19,26 @@ typedef float gc_real;
 #define GC_TANH(x) tanhf(x)
 #define GC_SQRT(x) sqrtf(x)
 
+/* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
+   split their outer loop over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp).
+   Each iteration writes elements of its own, so results are the same bits for any thread count. */
+#ifndef GC_LOOP_PARALLEL_WORK
+#define GC_LOOP_PARALLEL_WORK 32768L
+#endif
+#if defined(_OPENMP) && GC_MAX_THREADS > 1
+#include <omp.h>
+static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS */
+{
+    const int threads = omp_get_max_threads();
+    return threads < GC_MAX_THREADS ? threads : GC_MAX_THREADS;
+}
+#define GC_PRAGMA(text) _Pragma(#text)
+#define GC_PARALLEL_LOOP(work) \
+    GC_PRAGMA(omp parallel for schedule(static) num_threads(gc_loop_threads()) if ((work) >= GC_LOOP_PARALLEL_WORK))
+#else
+#define GC_PARALLEL_LOOP(work)
+#endif
+
 /* ------------------------------------------------------------------------
  * Dense matrix products (templates/kernels/matmul.c.j2)
  * ------------------------------------------------------------------------ */
@@ -2406,6 +2426,7 @@ int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const
     gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
                      0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
+    GC_PARALLEL_LOOP(96 * n)
     for (long i = 0; i < 96 * n; ++i) {
         h1[i] = GC_TANH(h1__2[i]);
     }
@@ -2472,6 +2493,7 @@ int mlp_predict(long n, const float *x, const float *W1, const float *b1, const 
     gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
                      0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
+    GC_PARALLEL_LOOP(96 * n)
     for (long i = 0; i < 96 * n; ++i) {
         h1[i] = GC_TANH(h1__2[i]);
     }
@@ -2544,6 +2566,7 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
                      0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
+    GC_PARALLEL_LOOP(96 * n)
     for (long i = 0; i < 96 * n; ++i) {
         h1[i] = GC_TANH(h1__2[i]);
     }

@@ -19,6 +19,26 @@ typedef float gc_real;
 #define GC_TANH(x) tanhf(x)
 #define GC_SQRT(x) sqrtf(x)
 
+/* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
+   split their outer loop over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp).
+   Each iteration writes elements of its own, so results are the same bits for any thread count. */
+#ifndef GC_LOOP_PARALLEL_WORK
+#define GC_LOOP_PARALLEL_WORK 32768L
+#endif
+#if defined(_OPENMP) && GC_MAX_THREADS > 1
+#include <omp.h>
+static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS */
+{
+    const int threads = omp_get_max_threads();
+    return threads < GC_MAX_THREADS ? threads : GC_MAX_THREADS;
+}
+#define GC_PRAGMA(text) _Pragma(#text)
+#define GC_PARALLEL_LOOP(work) \
+    GC_PRAGMA(omp parallel for schedule(static) num_threads(gc_loop_threads()) if ((work) >= GC_LOOP_PARALLEL_WORK))
+#else
+#define GC_PARALLEL_LOOP(work)
+#endif
+
 /* ------------------------------------------------------------------------
  * Dense matrix products (templates/kernels/matmul.c.j2)
  * ------------------------------------------------------------------------ */

@@ -19,6 +19,26 @@ typedef float gc_real;
 #define GC_TANH(x) tanhf(x)
 #define GC_SQRT(x) sqrtf(x)
 
+/* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
+   split their outer loop over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp).
+   Each iteration writes elements of its own, so results are the same bits for any thread count. */
+#ifndef GC_LOOP_PARALLEL_WORK
+#define GC_LOOP_PARALLEL_WORK 32768L
+#endif
+#if defined(_OPENMP) && GC_MAX_THREADS > 1
+#include <omp.h>
+static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS */
+{
+    const int threads = omp_get_max_threads();
+    return threads < GC_MAX_THREADS ? threads : GC_MAX_THREADS;
+}
+#define GC_PRAGMA(text) _Pragma(#text)
+#define GC_PARALLEL_LOOP(work) \
+    GC_PRAGMA(omp parallel for schedule(static) num_threads(gc_loop_threads()) if ((work) >= GC_LOOP_PARALLEL_WORK))
+#else
+#define GC_PARALLEL_LOOP(work)
+#endif
+
 /* ------------------------------------------------------------------------
  * Dense matrix products (templates/kernels/matmul.c.j2)
  * ------------------------------------------------------------------------ */
@@ -2400,6 +2420,7 @@ int one_layer_column_forward(long n, const float *x, const float *y, const float
     gc_gemm(0, 0, 16, 1, 10, W, 10, x, 1,
             0, z__0, 1, pack);
     /* h = "relu(z)"    [one_layer_column.toml:22] */
+    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         h[i] = ((z__0[i] + b1[i]) <= 0 ? 0 : (z__0[i] + b1[i]));
     }
@@ -2408,6 +2429,7 @@ int one_layer_column_forward(long n, const float *x, const float *y, const float
     gc_gemm(0, 0, 5, 1, 16, U, 16, h, 1,
             0, theta__0, 1, pack);
     /* theta = "U @ h + b2"    [one_layer_column.toml:23] */
+    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         theta[i] = theta__0[i] + b2[i];
     }
@@ -2471,6 +2493,7 @@ int one_layer_column_predict(long n, const float *x, const float *W, const float
     gc_gemm(0, 0, 16, 1, 10, W, 10, x, 1,
             0, z__0, 1, pack);
     /* h = "relu(z)"    [one_layer_column.toml:22] */
+    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         h[i] = ((z__0[i] + b1[i]) <= 0 ? 0 : (z__0[i] + b1[i]));
     }
@@ -2479,6 +2502,7 @@ int one_layer_column_predict(long n, const float *x, const float *W, const float
     gc_gemm(0, 0, 5, 1, 16, U, 16, h, 1,
             0, theta__0, 1, pack);
     /* theta = "U @ h + b2"    [one_layer_column.toml:23] */
+    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         theta[i] = theta__0[i] + b2[i];
     }
@@ -2538,6 +2562,7 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_gemm(0, 0, 16, 1, 10, W, 10, x, 1,
             0, z__0, 1, pack);
     /* h = "relu(z)"    [one_layer_column.toml:22] */
+    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         h[i] = ((z__0[i] + b1[i]) <= 0 ? 0 : (z__0[i] + b1[i]));
     }
@@ -2546,6 +2571,7 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_gemm(0, 0, 5, 1, 16, U, 16, h, 1,
             0, theta__0, 1, pack);
     /* theta = "U @ h + b2"    [one_layer_column.toml:23] */
+    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         theta[i] = theta__0[i] + b2[i];
     }
@@ -2586,16 +2612,19 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     }
 
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)" */
+    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         d_b2[i] = (yhat[i] * d_J__1[0]) - y[i];
     }
 
     /* d_theta__0__0: identity (5), from theta = "U @ h + b2" */
+    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         d_theta__0__0[i] = d_b2[i];
     }
 
     /* d_theta__0__1: identity (5), from theta = "U @ h + b2" */
+    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         d_theta__0__1[i] = h[i];
     }
@@ -2607,16 +2636,19 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_gemm(1, 0, 16, 1, 5, U, 16, d_b2, 1,
             0, d_h, 1, pack);
     /* d_z: identity (4), from h = "relu(z)" */
+    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         d_b1[i] = d_h[i] * ((gc_real)((h[i] > 0) - (h[i] < 0)));
     }
 
     /* d_z__0__0: identity (5), from z = "W @ x + b1" */
+    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         d_z__0__0[i] = d_b1[i];
     }
 
     /* d_z__0__1: identity (5), from z = "W @ x + b1" */
+    GC_PARALLEL_LOOP(10)
     for (long i = 0; i < 10; ++i) {
         d_z__0__1[i] = x[i];
     }

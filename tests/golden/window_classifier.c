@@ -19,6 +19,26 @@ typedef float gc_real;
 #define GC_TANH(x) tanhf(x)
 #define GC_SQRT(x) sqrtf(x)
 
+/* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
+   split their outer loop over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp).
+   Each iteration writes elements of its own, so results are the same bits for any thread count. */
+#ifndef GC_LOOP_PARALLEL_WORK
+#define GC_LOOP_PARALLEL_WORK 32768L
+#endif
+#if defined(_OPENMP) && GC_MAX_THREADS > 1
+#include <omp.h>
+static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS */
+{
+    const int threads = omp_get_max_threads();
+    return threads < GC_MAX_THREADS ? threads : GC_MAX_THREADS;
+}
+#define GC_PRAGMA(text) _Pragma(#text)
+#define GC_PARALLEL_LOOP(work) \
+    GC_PRAGMA(omp parallel for schedule(static) num_threads(gc_loop_threads()) if ((work) >= GC_LOOP_PARALLEL_WORK))
+#else
+#define GC_PARALLEL_LOOP(work)
+#endif
+
 /* ------------------------------------------------------------------------
  * Dense matrix products (templates/kernels/matmul.c.j2)
  * ------------------------------------------------------------------------ */
@@ -2438,6 +2458,7 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[i * 48 + j] = e__0[i * 16 + j];
@@ -2445,6 +2466,7 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[16 + i * 48 + j] = e__1[i * 16 + j];
@@ -2452,6 +2474,7 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[32 + i * 48 + j] = e__2[i * 16 + j];
@@ -2463,6 +2486,7 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
                      0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
+    GC_PARALLEL_LOOP(32 * n)
     for (long i = 0; i < 32 * n; ++i) {
         h[i] = GC_TANH(h__2[i]);
     }
@@ -2557,6 +2581,7 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[i * 48 + j] = e__0[i * 16 + j];
@@ -2564,6 +2589,7 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[16 + i * 48 + j] = e__1[i * 16 + j];
@@ -2571,6 +2597,7 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[32 + i * 48 + j] = e__2[i * 16 + j];
@@ -2582,6 +2609,7 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
                      0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
+    GC_PARALLEL_LOOP(32 * n)
     for (long i = 0; i < 32 * n; ++i) {
         h[i] = GC_TANH(h__2[i]);
     }
@@ -2687,6 +2715,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[i * 48 + j] = e__0[i * 16 + j];
@@ -2694,6 +2723,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[16 + i * 48 + j] = e__1[i * 16 + j];
@@ -2701,6 +2731,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[32 + i * 48 + j] = e__2[i * 16 + j];
@@ -2712,6 +2743,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
                      0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
+    GC_PARALLEL_LOOP(32 * n)
     for (long i = 0; i < 32 * n; ++i) {
         h[i] = GC_TANH(h__2[i]);
     }
@@ -2776,6 +2808,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     gc_gemm(1, 0, 32, 48, n, d_h__3, 32, e, 48,
             0, d_W, 48, pack);
     /* d_e__0: identity (3), from e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))" */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             d_e__0[i * 16 + j] = d_e[i * 48 + j];
@@ -2783,6 +2816,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* d_e__1: identity (3), from e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))" */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             d_e__1[i * 16 + j] = d_e[16 + i * 48 + j];
@@ -2790,6 +2824,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* d_e__2: identity (3), from e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))" */
+    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             d_e__2[i * 16 + j] = d_e[32 + i * 48 + j];
@@ -2830,6 +2865,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* d_E */
+    GC_PARALLEL_LOOP(3200)
     for (long i = 0; i < 3200; ++i) {
         d_E[i] = (d_e__2__0[i] + d_e__1__0[i]) + d_e__0__0[i];
     }
