@@ -159,12 +159,16 @@ def render_loop(spec: dict) -> dict[str, Any]:
     # is computed by the same expression whatever the split: the bits never depend on threads.
     parallel = bool(merged) and all(st["op"] == "=" for st in stmts) and \
         all(merged[0][1][t] != (0,) for t in targets)
+    # Otherwise a two-level nest (rows, columns) whose targets all move along the columns, such as a
+    # delta and its bias gradient summed over the rows, may be split into blocks of columns: each
+    # block runs every row, so each sum still adds its rows in order (the same bits again).
+    columns = not parallel and len(merged) == 2 and all(merged[1][1][t] != (0,) for t in targets)
     work = (1,)
     for size, _ in merged:
         work = pmul(work, size)
     return dict(comment="\n   ".join(spec["comments"]), loops=[(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)],
                 body=body, zeros=[(t, c_poly(z)) for t, z in spec["zeros"]],
-                parallel=c_poly(work) if parallel else None)
+                parallel=c_poly(work) if parallel or columns else None, columns=columns)
 
 
 @dataclass
@@ -403,7 +407,8 @@ class Scheduler:
             # a static scalar (a constant such as the seed dJ/dJ = 1) has no buffer: use its value
             value = self.static_expr(x) if x in self.static else f"{self.ref(x)}[i]"
             ctx = dict(comment=self.comment(n), loops=[("i", c_poly(numel(v.shape)))], zeros=[],
-                       body=[dict(target=f"{out}[i]", op="=", value=value)], parallel=c_poly(numel(v.shape)))
+                       body=[dict(target=f"{out}[i]", op="=", value=value)], parallel=c_poly(numel(v.shape)),
+                       columns=False)
             return [Step("loop", ctx, [v], [x])]
         if name == "transpose":
             if x.rank < 2:

@@ -20,10 +20,15 @@ typedef float gc_real;
 #define GC_SQRT(x) sqrtf(x)
 
 /* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
-   split their outer loop over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp).
-   Each iteration writes elements of its own, so results are the same bits for any thread count. */
+   are split over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp): by their outer
+   loop when each iteration writes elements of its own, and by blocks of GC_LOOP_COLUMNS columns
+   when the loop also sums over its rows (a bias gradient). Either way each element is computed,
+   and each sum added, in the same order: the bits do not depend on the thread count. */
 #ifndef GC_LOOP_PARALLEL_WORK
 #define GC_LOOP_PARALLEL_WORK 32768L
+#endif
+#ifndef GC_LOOP_COLUMNS
+#define GC_LOOP_COLUMNS 256L   /* columns per block of a (rows, columns) loop that sums over rows */
 #endif
 #if defined(_OPENMP) && GC_MAX_THREADS > 1
 #include <omp.h>
@@ -2605,10 +2610,15 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)"
        d_b3: identity (3), from theta = "h2 @ W3.T + b3" */
     memset(d_b3, 0, (size_t)(10) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 10; ++j) {
-            d_theta[i * 10 + j] = (probs[i * 10 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
-            d_b3[j] += d_theta[i * 10 + j];
+    /* in blocks of columns, each over every row: the sums over rows keep their order */
+    GC_PARALLEL_LOOP(10 > GC_LOOP_COLUMNS ? 10 * n : 0)
+    for (long gc_block = 0; gc_block < 10; gc_block += GC_LOOP_COLUMNS) {
+        const long gc_end = gc_block + GC_LOOP_COLUMNS < 10 ? gc_block + GC_LOOP_COLUMNS : 10;
+        for (long i = 0; i < n; ++i) {
+            for (long j = gc_block; j < gc_end; ++j) {
+                d_theta[i * 10 + j] = (probs[i * 10 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
+                d_b3[j] += d_theta[i * 10 + j];
+            }
         }
     }
 
@@ -2621,10 +2631,15 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     /* d_h2__1: identity (4), from h2 = "relu(h1 @ W2.T + b2)"
        d_b2: identity (3), from h2 = "relu(h1 @ W2.T + b2)" */
     memset(d_b2, 0, (size_t)(48) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 48; ++j) {
-            d_h2__1[i * 48 + j] = d_h2[i * 48 + j] * ((gc_real)((h2[i * 48 + j] > 0) - (h2[i * 48 + j] < 0)));
-            d_b2[j] += d_h2__1[i * 48 + j];
+    /* in blocks of columns, each over every row: the sums over rows keep their order */
+    GC_PARALLEL_LOOP(48 > GC_LOOP_COLUMNS ? 48 * n : 0)
+    for (long gc_block = 0; gc_block < 48; gc_block += GC_LOOP_COLUMNS) {
+        const long gc_end = gc_block + GC_LOOP_COLUMNS < 48 ? gc_block + GC_LOOP_COLUMNS : 48;
+        for (long i = 0; i < n; ++i) {
+            for (long j = gc_block; j < gc_end; ++j) {
+                d_h2__1[i * 48 + j] = d_h2[i * 48 + j] * ((gc_real)((h2[i * 48 + j] > 0) - (h2[i * 48 + j] < 0)));
+                d_b2[j] += d_h2__1[i * 48 + j];
+            }
         }
     }
 
@@ -2637,10 +2652,15 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     /* d_h1__3: identity (4), from h1 = "tanh(x @ W1.T + b1)"
        d_b1: identity (3), from h1 = "tanh(x @ W1.T + b1)" */
     memset(d_b1, 0, (size_t)(96) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 96; ++j) {
-            d_h1__3[i * 96 + j] = d_h1[i * 96 + j] * ((gc_real)1.0 - (h1[i * 96 + j] * h1[i * 96 + j]));
-            d_b1[j] += d_h1__3[i * 96 + j];
+    /* in blocks of columns, each over every row: the sums over rows keep their order */
+    GC_PARALLEL_LOOP(96 > GC_LOOP_COLUMNS ? 96 * n : 0)
+    for (long gc_block = 0; gc_block < 96; gc_block += GC_LOOP_COLUMNS) {
+        const long gc_end = gc_block + GC_LOOP_COLUMNS < 96 ? gc_block + GC_LOOP_COLUMNS : 96;
+        for (long i = 0; i < n; ++i) {
+            for (long j = gc_block; j < gc_end; ++j) {
+                d_h1__3[i * 96 + j] = d_h1[i * 96 + j] * ((gc_real)1.0 - (h1[i * 96 + j] * h1[i * 96 + j]));
+                d_b1[j] += d_h1__3[i * 96 + j];
+            }
         }
     }
 

@@ -20,10 +20,15 @@ typedef float gc_real;
 #define GC_SQRT(x) sqrtf(x)
 
 /* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
-   split their outer loop over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp).
-   Each iteration writes elements of its own, so results are the same bits for any thread count. */
+   are split over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp): by their outer
+   loop when each iteration writes elements of its own, and by blocks of GC_LOOP_COLUMNS columns
+   when the loop also sums over its rows (a bias gradient). Either way each element is computed,
+   and each sum added, in the same order: the bits do not depend on the thread count. */
 #ifndef GC_LOOP_PARALLEL_WORK
 #define GC_LOOP_PARALLEL_WORK 32768L
+#endif
+#ifndef GC_LOOP_COLUMNS
+#define GC_LOOP_COLUMNS 256L   /* columns per block of a (rows, columns) loop that sums over rows */
 #endif
 #if defined(_OPENMP) && GC_MAX_THREADS > 1
 #include <omp.h>

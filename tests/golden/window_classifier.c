@@ -20,10 +20,15 @@ typedef float gc_real;
 #define GC_SQRT(x) sqrtf(x)
 
 /* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
-   split their outer loop over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp).
-   Each iteration writes elements of its own, so results are the same bits for any thread count. */
+   are split over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp): by their outer
+   loop when each iteration writes elements of its own, and by blocks of GC_LOOP_COLUMNS columns
+   when the loop also sums over its rows (a bias gradient). Either way each element is computed,
+   and each sum added, in the same order: the bits do not depend on the thread count. */
 #ifndef GC_LOOP_PARALLEL_WORK
 #define GC_LOOP_PARALLEL_WORK 32768L
+#endif
+#ifndef GC_LOOP_COLUMNS
+#define GC_LOOP_COLUMNS 256L   /* columns per block of a (rows, columns) loop that sums over rows */
 #endif
 #if defined(_OPENMP) && GC_MAX_THREADS > 1
 #include <omp.h>
@@ -2778,10 +2783,15 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)"
        d_b2: identity (3), from theta = "h @ U.T + b2" */
     memset(d_b2, 0, (size_t)(5) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 5; ++j) {
-            d_theta[i * 5 + j] = (probs[i * 5 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
-            d_b2[j] += d_theta[i * 5 + j];
+    /* in blocks of columns, each over every row: the sums over rows keep their order */
+    GC_PARALLEL_LOOP(5 > GC_LOOP_COLUMNS ? 5 * n : 0)
+    for (long gc_block = 0; gc_block < 5; gc_block += GC_LOOP_COLUMNS) {
+        const long gc_end = gc_block + GC_LOOP_COLUMNS < 5 ? gc_block + GC_LOOP_COLUMNS : 5;
+        for (long i = 0; i < n; ++i) {
+            for (long j = gc_block; j < gc_end; ++j) {
+                d_theta[i * 5 + j] = (probs[i * 5 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
+                d_b2[j] += d_theta[i * 5 + j];
+            }
         }
     }
 
@@ -2794,10 +2804,15 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     /* d_h__3: identity (4), from h = "tanh(e @ W.T + b1)"
        d_b1: identity (3), from h = "tanh(e @ W.T + b1)" */
     memset(d_b1, 0, (size_t)(32) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 32; ++j) {
-            d_h__3[i * 32 + j] = d_h[i * 32 + j] * ((gc_real)1.0 - (h[i * 32 + j] * h[i * 32 + j]));
-            d_b1[j] += d_h__3[i * 32 + j];
+    /* in blocks of columns, each over every row: the sums over rows keep their order */
+    GC_PARALLEL_LOOP(32 > GC_LOOP_COLUMNS ? 32 * n : 0)
+    for (long gc_block = 0; gc_block < 32; gc_block += GC_LOOP_COLUMNS) {
+        const long gc_end = gc_block + GC_LOOP_COLUMNS < 32 ? gc_block + GC_LOOP_COLUMNS : 32;
+        for (long i = 0; i < n; ++i) {
+            for (long j = gc_block; j < gc_end; ++j) {
+                d_h__3[i * 32 + j] = d_h[i * 32 + j] * ((gc_real)1.0 - (h[i * 32 + j] * h[i * 32 + j]));
+                d_b1[j] += d_h__3[i * 32 + j];
+            }
         }
     }
 
