@@ -17,7 +17,7 @@ import jinja2
 from graphc.errors import GraphcError
 from graphc.ir import FLOAT, Graph, Value
 from graphc.passes.lower import lower
-from graphc.schedule import Schedule, c_name, c_poly, schedule
+from graphc.schedule import PARALLEL_WORK, Schedule, c_name, c_poly, schedule
 
 CTYPES = {"float32": ("float", "f"), "float64": ("double", "")}
 
@@ -163,7 +163,7 @@ class Emitter:
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
                    max_threads=self.threads, uses_matmul=any(f.uses_pack for f in self.functions),
-                   guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras)
+                   guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
                 env.get_template("cdef.h.j2").render(ctx))
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.ir import FLOAT, Graph, Node, Value
-from graphc.passes.memory import Buffer, Poly, padd, plan
+from graphc.passes.memory import Buffer, Poly, padd, plan, peval
 
 LOOP_VARS = ("i", "j", "k", "l", "p", "q", "r", "s")
 C_RESERVED = frozenset("""auto break case char const continue default do double else enum extern float for goto
@@ -113,6 +113,18 @@ class Step:
     spec: dict | None = None    # loop steps: iteration shape and statements, kept for merging
 
 
+# A loop nest is split over threads only when it has at least PARALLEL_WORK iterations (C:
+# GC_LOOP_PARALLEL_WORK, checked at run time), and is given the pragma at all only when a batch of
+# PARALLEL_PROBE_ROWS rows would reach that: an OpenMP region costs about a microsecond even when
+# its `if` clause keeps it on one thread, which small models (the notes' digits network) must not pay.
+PARALLEL_WORK = 32768
+PARALLEL_PROBE_ROWS = 64
+
+
+def worth_parallel(work: Poly) -> bool:
+    return peval(work, PARALLEL_PROBE_ROWS) >= PARALLEL_WORK
+
+
 def render_loop(spec: dict) -> dict[str, Any]:
     """Collapse the iteration space of a loop nest and print each statement's indices.
 
@@ -166,6 +178,8 @@ def render_loop(spec: dict) -> dict[str, Any]:
     work = (1,)
     for size, _ in merged:
         work = pmul(work, size)
+    if not worth_parallel(work):
+        parallel = columns = False
     return dict(comment="\n   ".join(spec["comments"]), loops=[(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)],
                 body=body, zeros=[(t, c_poly(z)) for t, z in spec["zeros"]],
                 parallel=c_poly(work) if parallel or columns else None, columns=columns)
@@ -407,8 +421,8 @@ class Scheduler:
             # a static scalar (a constant such as the seed dJ/dJ = 1) has no buffer: use its value
             value = self.static_expr(x) if x in self.static else f"{self.ref(x)}[i]"
             ctx = dict(comment=self.comment(n), loops=[("i", c_poly(numel(v.shape)))], zeros=[],
-                       body=[dict(target=f"{out}[i]", op="=", value=value)], parallel=c_poly(numel(v.shape)),
-                       columns=False)
+                       body=[dict(target=f"{out}[i]", op="=", value=value)],
+                       parallel=c_poly(numel(v.shape)) if worth_parallel(numel(v.shape)) else None, columns=False)
             return [Step("loop", ctx, [v], [x])]
         if name == "transpose":
             if x.rank < 2:

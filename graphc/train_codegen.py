@@ -169,7 +169,7 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
     from graphc.autodiff import grad
     from graphc.codegen import Arg, environment, output_args
     from graphc.passes.memory import Buffer, align, padd
-    from graphc.schedule import c_name, c_poly, numel
+    from graphc.schedule import c_name, c_poly, numel, worth_parallel
 
     _check_optimizer(optimizer)
     params = [w for w in graph.params if w in wrt]
@@ -241,6 +241,7 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
         pa = pvalue[w]
         ctx = dict(comment=f"update {w} from d_{w}", param=pa.cname, grad=grad_c[w],
                    count=c_poly(numel(pa.value.shape)), lr=_literal(optimizer.lr),
+                   parallel=worth_parallel(numel(pa.value.shape)),
                    wd=_literal(optimizer.weight_decay) if optimizer.weight_decay else None)
         if isinstance(optimizer, SGD):
             ctx.update(momentum=_literal(optimizer.momentum) if optimizer.momentum else None,

@@ -208,3 +208,12 @@ def test_concurrency_column_blocked_sums_match_the_reference_and_serial_bits():
     reference = graphc.evaluate(graphc.grad(g, *g.grad_spec), **a)
     for w, value in g2.items():
         np.testing.assert_allclose(value, reference[f"d_{w}"], rtol=1e-10, atol=1e-13)
+
+
+def test_concurrency_small_models_get_no_parallel_regions():
+    """An OpenMP region costs about a microsecond even when its `if` keeps it on one thread: the
+    notes' digits network (rows of 128) has no parallel loop at all, the 512-wide one has them."""
+    small = graphc.compile(EXAMPLES / "one_layer.toml", threads=2, optimizer=graphc.SGD(lr=0.1))
+    wide = graphc.compile(graphc.parse_spec(WIDE, "wide.toml"), threads=2, optimizer=graphc.SGD(lr=0.1))
+    calls = lambda source: source.count("GC_PARALLEL_LOOP(") - source.count("#define GC_PARALLEL_LOOP(")
+    assert calls(small.source) == 0 and calls(wide.source) >= 2

@@ -2431,7 +2431,6 @@ int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const
     gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
                      0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
-    GC_PARALLEL_LOOP(96 * n)
     for (long i = 0; i < 96 * n; ++i) {
         h1[i] = GC_TANH(h1__2[i]);
     }
@@ -2498,7 +2497,6 @@ int mlp_predict(long n, const float *x, const float *W1, const float *b1, const 
     gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
                      0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
-    GC_PARALLEL_LOOP(96 * n)
     for (long i = 0; i < 96 * n; ++i) {
         h1[i] = GC_TANH(h1__2[i]);
     }
@@ -2571,7 +2569,6 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     gc_gemm_bias_act(0, 1, n, 96, 64, x, 64, W1, 64,
                      0, h1__2, 96, pack, b1, 0);
     /* h1 = "tanh(x @ W1.T + b1)"    [mlp.toml:24] */
-    GC_PARALLEL_LOOP(96 * n)
     for (long i = 0; i < 96 * n; ++i) {
         h1[i] = GC_TANH(h1__2[i]);
     }
@@ -2610,15 +2607,10 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)"
        d_b3: identity (3), from theta = "h2 @ W3.T + b3" */
     memset(d_b3, 0, (size_t)(10) * sizeof(gc_real));
-    /* in blocks of columns, each over every row: the sums over rows keep their order */
-    GC_PARALLEL_LOOP(10 > GC_LOOP_COLUMNS ? 10 * n : 0)
-    for (long gc_block = 0; gc_block < 10; gc_block += GC_LOOP_COLUMNS) {
-        const long gc_end = gc_block + GC_LOOP_COLUMNS < 10 ? gc_block + GC_LOOP_COLUMNS : 10;
-        for (long i = 0; i < n; ++i) {
-            for (long j = gc_block; j < gc_end; ++j) {
-                d_theta[i * 10 + j] = (probs[i * 10 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
-                d_b3[j] += d_theta[i * 10 + j];
-            }
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 10; ++j) {
+            d_theta[i * 10 + j] = (probs[i * 10 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
+            d_b3[j] += d_theta[i * 10 + j];
         }
     }
 
@@ -2631,15 +2623,10 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     /* d_h2__1: identity (4), from h2 = "relu(h1 @ W2.T + b2)"
        d_b2: identity (3), from h2 = "relu(h1 @ W2.T + b2)" */
     memset(d_b2, 0, (size_t)(48) * sizeof(gc_real));
-    /* in blocks of columns, each over every row: the sums over rows keep their order */
-    GC_PARALLEL_LOOP(48 > GC_LOOP_COLUMNS ? 48 * n : 0)
-    for (long gc_block = 0; gc_block < 48; gc_block += GC_LOOP_COLUMNS) {
-        const long gc_end = gc_block + GC_LOOP_COLUMNS < 48 ? gc_block + GC_LOOP_COLUMNS : 48;
-        for (long i = 0; i < n; ++i) {
-            for (long j = gc_block; j < gc_end; ++j) {
-                d_h2__1[i * 48 + j] = d_h2[i * 48 + j] * ((gc_real)((h2[i * 48 + j] > 0) - (h2[i * 48 + j] < 0)));
-                d_b2[j] += d_h2__1[i * 48 + j];
-            }
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 48; ++j) {
+            d_h2__1[i * 48 + j] = d_h2[i * 48 + j] * ((gc_real)((h2[i * 48 + j] > 0) - (h2[i * 48 + j] < 0)));
+            d_b2[j] += d_h2__1[i * 48 + j];
         }
     }
 
@@ -2652,15 +2639,10 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     /* d_h1__3: identity (4), from h1 = "tanh(x @ W1.T + b1)"
        d_b1: identity (3), from h1 = "tanh(x @ W1.T + b1)" */
     memset(d_b1, 0, (size_t)(96) * sizeof(gc_real));
-    /* in blocks of columns, each over every row: the sums over rows keep their order */
-    GC_PARALLEL_LOOP(96 > GC_LOOP_COLUMNS ? 96 * n : 0)
-    for (long gc_block = 0; gc_block < 96; gc_block += GC_LOOP_COLUMNS) {
-        const long gc_end = gc_block + GC_LOOP_COLUMNS < 96 ? gc_block + GC_LOOP_COLUMNS : 96;
-        for (long i = 0; i < n; ++i) {
-            for (long j = gc_block; j < gc_end; ++j) {
-                d_h1__3[i * 96 + j] = d_h1[i * 96 + j] * ((gc_real)1.0 - (h1[i * 96 + j] * h1[i * 96 + j]));
-                d_b1[j] += d_h1__3[i * 96 + j];
-            }
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 96; ++j) {
+            d_h1__3[i * 96 + j] = d_h1[i * 96 + j] * ((gc_real)1.0 - (h1[i * 96 + j] * h1[i * 96 + j]));
+            d_b1[j] += d_h1__3[i * 96 + j];
         }
     }
 

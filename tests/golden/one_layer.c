@@ -2572,15 +2572,10 @@ int one_layer_value_and_grad(long n, const float *x, const int32_t *y, const flo
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)"
        d_b2: identity (3), from theta = "h @ U.T + b2" */
     memset(d_b2, 0, (size_t)(10) * sizeof(gc_real));
-    /* in blocks of columns, each over every row: the sums over rows keep their order */
-    GC_PARALLEL_LOOP(10 > GC_LOOP_COLUMNS ? 10 * n : 0)
-    for (long gc_block = 0; gc_block < 10; gc_block += GC_LOOP_COLUMNS) {
-        const long gc_end = gc_block + GC_LOOP_COLUMNS < 10 ? gc_block + GC_LOOP_COLUMNS : 10;
-        for (long i = 0; i < n; ++i) {
-            for (long j = gc_block; j < gc_end; ++j) {
-                d_theta[i * 10 + j] = (probs[i * 10 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
-                d_b2[j] += d_theta[i * 10 + j];
-            }
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 10; ++j) {
+            d_theta[i * 10 + j] = (probs[i * 10 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
+            d_b2[j] += d_theta[i * 10 + j];
         }
     }
 
@@ -2593,15 +2588,10 @@ int one_layer_value_and_grad(long n, const float *x, const int32_t *y, const flo
     /* d_z: identity (4), from h = "relu(z)"
        d_b1: identity (3), from z = "x @ W.T + b1" */
     memset(d_b1, 0, (size_t)(128) * sizeof(gc_real));
-    /* in blocks of columns, each over every row: the sums over rows keep their order */
-    GC_PARALLEL_LOOP(128 > GC_LOOP_COLUMNS ? 128 * n : 0)
-    for (long gc_block = 0; gc_block < 128; gc_block += GC_LOOP_COLUMNS) {
-        const long gc_end = gc_block + GC_LOOP_COLUMNS < 128 ? gc_block + GC_LOOP_COLUMNS : 128;
-        for (long i = 0; i < n; ++i) {
-            for (long j = gc_block; j < gc_end; ++j) {
-                d_z[i * 128 + j] = d_h[i * 128 + j] * ((gc_real)((h[i * 128 + j] > 0) - (h[i * 128 + j] < 0)));
-                d_b1[j] += d_z[i * 128 + j];
-            }
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 128; ++j) {
+            d_z[i * 128 + j] = d_h[i * 128 + j] * ((gc_real)((h[i * 128 + j] > 0) - (h[i * 128 + j] < 0)));
+            d_b1[j] += d_z[i * 128 + j];
         }
     }
 

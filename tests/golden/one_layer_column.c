@@ -2425,7 +2425,6 @@ int one_layer_column_forward(long n, const float *x, const float *y, const float
     gc_gemm(0, 0, 16, 1, 10, W, 10, x, 1,
             0, z__0, 1, pack);
     /* h = "relu(z)"    [one_layer_column.toml:22] */
-    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         h[i] = ((z__0[i] + b1[i]) <= 0 ? 0 : (z__0[i] + b1[i]));
     }
@@ -2434,7 +2433,6 @@ int one_layer_column_forward(long n, const float *x, const float *y, const float
     gc_gemm(0, 0, 5, 1, 16, U, 16, h, 1,
             0, theta__0, 1, pack);
     /* theta = "U @ h + b2"    [one_layer_column.toml:23] */
-    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         theta[i] = theta__0[i] + b2[i];
     }
@@ -2498,7 +2496,6 @@ int one_layer_column_predict(long n, const float *x, const float *W, const float
     gc_gemm(0, 0, 16, 1, 10, W, 10, x, 1,
             0, z__0, 1, pack);
     /* h = "relu(z)"    [one_layer_column.toml:22] */
-    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         h[i] = ((z__0[i] + b1[i]) <= 0 ? 0 : (z__0[i] + b1[i]));
     }
@@ -2507,7 +2504,6 @@ int one_layer_column_predict(long n, const float *x, const float *W, const float
     gc_gemm(0, 0, 5, 1, 16, U, 16, h, 1,
             0, theta__0, 1, pack);
     /* theta = "U @ h + b2"    [one_layer_column.toml:23] */
-    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         theta[i] = theta__0[i] + b2[i];
     }
@@ -2567,7 +2563,6 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_gemm(0, 0, 16, 1, 10, W, 10, x, 1,
             0, z__0, 1, pack);
     /* h = "relu(z)"    [one_layer_column.toml:22] */
-    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         h[i] = ((z__0[i] + b1[i]) <= 0 ? 0 : (z__0[i] + b1[i]));
     }
@@ -2576,7 +2571,6 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_gemm(0, 0, 5, 1, 16, U, 16, h, 1,
             0, theta__0, 1, pack);
     /* theta = "U @ h + b2"    [one_layer_column.toml:23] */
-    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         theta[i] = theta__0[i] + b2[i];
     }
@@ -2617,19 +2611,16 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     }
 
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)" */
-    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         d_b2[i] = (yhat[i] * d_J__1[0]) - y[i];
     }
 
     /* d_theta__0__0: identity (5), from theta = "U @ h + b2" */
-    GC_PARALLEL_LOOP(5)
     for (long i = 0; i < 5; ++i) {
         d_theta__0__0[i] = d_b2[i];
     }
 
     /* d_theta__0__1: identity (5), from theta = "U @ h + b2" */
-    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         d_theta__0__1[i] = h[i];
     }
@@ -2641,19 +2632,16 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_gemm(1, 0, 16, 1, 5, U, 16, d_b2, 1,
             0, d_h, 1, pack);
     /* d_z: identity (4), from h = "relu(z)" */
-    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         d_b1[i] = d_h[i] * ((gc_real)((h[i] > 0) - (h[i] < 0)));
     }
 
     /* d_z__0__0: identity (5), from z = "W @ x + b1" */
-    GC_PARALLEL_LOOP(16)
     for (long i = 0; i < 16; ++i) {
         d_z__0__0[i] = d_b1[i];
     }
 
     /* d_z__0__1: identity (5), from z = "W @ x + b1" */
-    GC_PARALLEL_LOOP(10)
     for (long i = 0; i < 10; ++i) {
         d_z__0__1[i] = x[i];
     }

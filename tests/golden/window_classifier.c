@@ -2463,7 +2463,6 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[i * 48 + j] = e__0[i * 16 + j];
@@ -2471,7 +2470,6 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[16 + i * 48 + j] = e__1[i * 16 + j];
@@ -2479,7 +2477,6 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[32 + i * 48 + j] = e__2[i * 16 + j];
@@ -2491,7 +2488,6 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
     gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
                      0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
-    GC_PARALLEL_LOOP(32 * n)
     for (long i = 0; i < 32 * n; ++i) {
         h[i] = GC_TANH(h__2[i]);
     }
@@ -2586,7 +2582,6 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[i * 48 + j] = e__0[i * 16 + j];
@@ -2594,7 +2589,6 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[16 + i * 48 + j] = e__1[i * 16 + j];
@@ -2602,7 +2596,6 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[32 + i * 48 + j] = e__2[i * 16 + j];
@@ -2614,7 +2607,6 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
     gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
                      0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
-    GC_PARALLEL_LOOP(32 * n)
     for (long i = 0; i < 32 * n; ++i) {
         h[i] = GC_TANH(h__2[i]);
     }
@@ -2720,7 +2712,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[i * 48 + j] = e__0[i * 16 + j];
@@ -2728,7 +2719,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[16 + i * 48 + j] = e__1[i * 16 + j];
@@ -2736,7 +2726,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))"    [window_classifier.toml:28] */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             e[32 + i * 48 + j] = e__2[i * 16 + j];
@@ -2748,7 +2737,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     gc_gemm_bias_act(0, 1, n, 32, 48, e, 48, W, 48,
                      0, h__2, 32, pack, b1, 0);
     /* h = "tanh(e @ W.T + b1)"    [window_classifier.toml:29] */
-    GC_PARALLEL_LOOP(32 * n)
     for (long i = 0; i < 32 * n; ++i) {
         h[i] = GC_TANH(h__2[i]);
     }
@@ -2783,15 +2771,10 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)"
        d_b2: identity (3), from theta = "h @ U.T + b2" */
     memset(d_b2, 0, (size_t)(5) * sizeof(gc_real));
-    /* in blocks of columns, each over every row: the sums over rows keep their order */
-    GC_PARALLEL_LOOP(5 > GC_LOOP_COLUMNS ? 5 * n : 0)
-    for (long gc_block = 0; gc_block < 5; gc_block += GC_LOOP_COLUMNS) {
-        const long gc_end = gc_block + GC_LOOP_COLUMNS < 5 ? gc_block + GC_LOOP_COLUMNS : 5;
-        for (long i = 0; i < n; ++i) {
-            for (long j = gc_block; j < gc_end; ++j) {
-                d_theta[i * 5 + j] = (probs[i * 5 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
-                d_b2[j] += d_theta[i * 5 + j];
-            }
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 5; ++j) {
+            d_theta[i * 5 + j] = (probs[i * 5 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
+            d_b2[j] += d_theta[i * 5 + j];
         }
     }
 
@@ -2804,15 +2787,10 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     /* d_h__3: identity (4), from h = "tanh(e @ W.T + b1)"
        d_b1: identity (3), from h = "tanh(e @ W.T + b1)" */
     memset(d_b1, 0, (size_t)(32) * sizeof(gc_real));
-    /* in blocks of columns, each over every row: the sums over rows keep their order */
-    GC_PARALLEL_LOOP(32 > GC_LOOP_COLUMNS ? 32 * n : 0)
-    for (long gc_block = 0; gc_block < 32; gc_block += GC_LOOP_COLUMNS) {
-        const long gc_end = gc_block + GC_LOOP_COLUMNS < 32 ? gc_block + GC_LOOP_COLUMNS : 32;
-        for (long i = 0; i < n; ++i) {
-            for (long j = gc_block; j < gc_end; ++j) {
-                d_h__3[i * 32 + j] = d_h[i * 32 + j] * ((gc_real)1.0 - (h[i * 32 + j] * h[i * 32 + j]));
-                d_b1[j] += d_h__3[i * 32 + j];
-            }
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 32; ++j) {
+            d_h__3[i * 32 + j] = d_h[i * 32 + j] * ((gc_real)1.0 - (h[i * 32 + j] * h[i * 32 + j]));
+            d_b1[j] += d_h__3[i * 32 + j];
         }
     }
 
@@ -2823,7 +2801,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     gc_gemm(1, 0, 32, 48, n, d_h__3, 32, e, 48,
             0, d_W, 48, pack);
     /* d_e__0: identity (3), from e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))" */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             d_e__0[i * 16 + j] = d_e[i * 48 + j];
@@ -2831,7 +2808,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* d_e__1: identity (3), from e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))" */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             d_e__1[i * 16 + j] = d_e[16 + i * 48 + j];
@@ -2839,7 +2815,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* d_e__2: identity (3), from e = "concat(embedding(E, w0), embedding(E, w1), embedding(E, w2))" */
-    GC_PARALLEL_LOOP(16 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             d_e__2[i * 16 + j] = d_e[32 + i * 48 + j];
@@ -2880,7 +2855,6 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
     }
 
     /* d_E */
-    GC_PARALLEL_LOOP(3200)
     for (long i = 0; i < 3200; ++i) {
         d_E[i] = (d_e__2__0[i] + d_e__1__0[i]) + d_e__0__0[i];
     }
