@@ -31,7 +31,7 @@ import jinja2
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-NATIVE = ["-O3", "-std=c99", "-ffp-contract=fast", "-march=native", "-fopenmp"]
+NATIVE = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-march=native", "-fopenmp"]
 
 # (label, ta, tb, M, N, K): C[M,N] = op(A)[M,K] op(B)[K,N]
 SHAPES = {

@@ -134,8 +134,11 @@ def openmp_supported(cc: str) -> bool:
 
 
 def compile_flags(native: bool, openmp: bool) -> list[str]:
-    """Our flags; never -ffast-math, which would break the NaN/inf behaviour checks rely on."""
-    return ["-O3", "-std=c99", "-ffp-contract=fast"] + ["-march=native"] * native + ["-fopenmp"] * openmp
+    """Our flags; never -ffast-math, which would break the NaN/inf behaviour checks rely on.
+    -fno-math-errno only stops sqrt from setting errno (nothing reads it), which lets GCC
+    vectorize it: Adam's update of the digits network ran 2.5x faster, with the same bits."""
+    return (["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno"]
+            + ["-march=native"] * native + ["-fopenmp"] * openmp)
 
 
 def cache_key(name: str, source: str, header: str, cdef: str, flags: Sequence[str],

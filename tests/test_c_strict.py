@@ -90,7 +90,7 @@ def test_c_strict_makefile_defaults_build_run_and_clean(tmp_path):
     m.export(tmp_path, standalone=True)
     run = subprocess.run(["make", "CC=gcc"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "-O2 -std=c99 -Wall -Wextra -pedantic" in run.stdout and "-lm" in run.stdout   # the echoed command
+    assert "-O2 -fno-math-errno -std=c99 -Wall -Wextra -pedantic" in run.stdout and "-lm" in run.stdout   # the echoed command
     assert ("forward", "loss") in parse_example_output(run.stdout)
     assert example_batch(m.graph) == 4
     assert (tmp_path / "one_layer_example").is_file()
