@@ -41,9 +41,11 @@ class CheckReport:
     def ok(self) -> bool:
         return bool(self.rows) and all(r.ok for r in self.rows)
 
-    def add(self, value: str, abs_err: float, rel_err: float, tolerance: float, detail: str = "") -> None:
+    def add(self, value: str, abs_err: float, rel_err: float, tolerance: float, detail=None) -> None:
+        """detail: a function giving the failure's description, called only when the row fails."""
         ok = bool(np.isfinite(rel_err) and rel_err < tolerance)
-        self.rows.append(CheckRow(value, float(abs_err), float(rel_err), tolerance, ok, "" if ok else detail))
+        text = "" if ok or detail is None else detail()
+        self.rows.append(CheckRow(value, float(abs_err), float(rel_err), tolerance, ok, text))
 
     def __str__(self) -> str:
         head = ("value", "max abs err", "max rel err", "tolerance", "")
@@ -168,7 +170,7 @@ def finite_differences(report: CheckReport, graph: Graph, of: str, wrt: list[str
         scale = max(float(np.max(np.abs(analytic))), floor)
         origin = origin_of(bwd_graph, f"d_{w}") if bwd_graph is not None else ""
         report.add(f"finite differences {label}: d_{w}", worst, worst / scale, FD_TOLERANCE,
-                   detail + (f"; {origin}" if origin else ""))
+                   lambda detail=detail, origin=origin: detail + (f"; {origin}" if origin else ""))
 
 
 def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = None, dtype: str = "float64",
@@ -206,8 +208,11 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
         abs_err, rel_err = errors(actual, reference)
         if atol is not None and abs_err < atol:
             rel_err = min(rel_err, 0.0)
-        detail = worst_entry(actual, reference, "C")
-        report.add(label, abs_err, rel_err, tolerance, detail + (f"; {origin}" if origin and detail else ""))
+        def detail() -> str:      # a second pass over the arrays, only for a row that failed
+            where = worst_entry(actual, reference, "C")
+            return where + (f"; {origin}" if origin and where else "")
+
+        report.add(label, abs_err, rel_err, tolerance, detail)
 
     for n in batches:
         arrays = random_arrays(graph, n, rng)
