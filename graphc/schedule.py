@@ -186,6 +186,16 @@ def render_loop(spec: dict) -> dict[str, Any]:
 
 
 @dataclass
+class Epilogue:
+    """What one GEMM call applies to its output as it writes it (gc_gemm_epilogue in the C)."""
+    matmul: Node
+    bias: Value | None = None       # + a row vector
+    relu: bool = False
+    mask: Value | None = None       # ∘ sgn(mask): relu's derivative read off its output
+    colsum: Node | None = None      # a sum over the rows of the result, accumulated as it is written
+
+
+@dataclass
 class Schedule:
     steps: list[Step]
     buffers: dict[str, Buffer]      # workspace buffers by C name, with planned offsets
@@ -204,7 +214,7 @@ class Scheduler:
         self.static: set[Value] = set()             # scalar expressions of constants and n
         self.inlined: set[Value] = set()            # fused into their single consumer's loop
         self.folded: set[Value] = set()             # transposes read by matmul in place
-        self.epilogue: dict[Node, tuple] = {}       # final node -> (matmul node, bias, relu): one GEMM call
+        self.epilogue: dict[Node, Epilogue] = {}    # final node -> what its GEMM call also does
         self.absorbed: set[Value] = set()           # values computed inside such a GEMM call
         self._decide()
 
@@ -222,6 +232,9 @@ class Scheduler:
             if n.op.name == "cross_entropy" and n.inputs[0] in softmaxes:
                 sm = softmaxes.pop(n.inputs[0])
                 self.partner[n], self.partner[sm] = sm, n
+        self.xent_grad: dict[Node, tuple[Node, Value]] = {}   # cross_entropy -> (its dJ/dθ node, scale)
+        for ce in [n for n in self.partner if n.op.name == "cross_entropy"]:
+            self._decide_xent_grad(ce, self.partner[ce])
         self._decide_epilogues()
         finals = {n.output for n in self.epilogue}
         for n in self.g.nodes:
@@ -241,28 +254,77 @@ class Scheduler:
         users = self.users.get(v, [])
         return users[0] if len({id(u) for u in users}) == 1 and v not in self.out_of else None
 
+    def _decide_xent_grad(self, ce: Node, sm: Node) -> None:
+        """Identity (7) in the softmax kernel: dJ/dθ = (ŷ − onehot(y)) · scale is written from
+        each row of ŷ while it is in cache, and ŷ itself only when something else reads it."""
+        theta, y = ce.inputs
+        if y.dtype == FLOAT:
+            return   # real targets: ŷ Σy − y needs the row sums of y; it stays a loop
+        subs = [u for u in self.users.get(sm.output, []) if u.op.name == "sub" and u.inputs[0] is sm.output]
+        if len(subs) != 1:
+            return
+        sub = subs[0]
+        hot = sub.inputs[1]
+        if hot.node is None or hot.node.op.name != "onehot" or hot.node.inputs[0] is not y \
+                or self._single_user(hot) is not sub:
+            return
+        mul = self._single_user(sub.output)
+        if mul is None or mul.op.name != "mul" or mul.output.shape != theta.shape:
+            return
+        scale = mul.inputs[1] if mul.inputs[0] is sub.output else mul.inputs[0]
+        first = min(self.g.nodes.index(ce), self.g.nodes.index(sm))
+        if scale.shape != () or scale is sub.output or (
+                scale not in self.static and scale.node is not None and self.g.nodes.index(scale.node) > first):
+            return   # the kernel runs where the loss is computed: the scale must exist by then
+        self.xent_grad[ce] = (mul, scale)
+        self.absorbed.update({sub.output, hot, mul.output})
+        if len(self.users.get(sm.output, [])) == 1 and sm.output not in self.out_of:
+            self.absorbed.add(sm.output)   # ŷ is needed only for the gradient: no buffer
+
     def _decide_epilogues(self) -> None:
-        """matmul, then + a row bias, then relu: the GEMM adds the bias and applies relu as it
-        writes its last block, so z = x Wᵀ + b1 and h = relu(z) never make a pass of their own."""
+        """What a GEMM applies to its output as it writes its last block, so that none of it makes
+        a pass of its own: forward, z = x Wᵀ + b1 and h = relu(z); backward, the relu mask
+        d_z = (d_theta U) ∘ sgn(h), identity (4), and the bias gradient d_b1 = Σ_rows d_z,
+        identity (3), summed from the tile in registers."""
         for m in self.g.nodes:
             if m.op.name != "matmul" or m.output.rank != 2:
                 continue
-            final, bias, relu = m, None, False
+            ep = Epilogue(m)
+            final = m
             user = self._single_user(m.output)
             if user is not None and user.op.name == "add":
                 other = user.inputs[1] if user.inputs[0] is m.output else user.inputs[0]
                 if other is not m.output and other.shape == (m.output.shape[-1],) and other not in self.static \
                         and user.output.shape == m.output.shape:
-                    final, bias = user, other
+                    final, ep.bias = user, other
                     user = self._single_user(user.output)
             if user is not None and user.op.name == "relu":
-                final, relu = user, True
-            if final is m:
+                final, ep.relu = user, True
+                user = self._single_user(user.output)
+            if user is not None and user.op.name == "mul":
+                sign = user.inputs[1] if user.inputs[0] is final.output else user.inputs[0]
+                r = sign.node.inputs[0] if sign.node is not None and sign.node.op.name == "sign" else None
+                if (r is not None and sign is not final.output and self._single_user(sign) is user
+                        and r.shape == m.output.shape and r not in self.static
+                        and user.output.shape == m.output.shape):
+                    final, ep.mask = user, r
+                    self.absorbed.add(sign)
+            width = m.output.shape[-1]
+            for u in self.users.get(final.output, []):
+                if u.output not in self.static and (
+                        (u.op.name == "sum_to" and tuple(u.attrs["shape"]) in ((width,), (1, width)))
+                        or (u.op.name == "sum" and u.attrs["axis"] in (0, -2) and u.output.shape == (width,))):
+                    ep.colsum = u
+                    self.absorbed.add(u.output)
+                    break
+            if final is m and ep.colsum is None:
                 continue
-            self.epilogue[final] = (m, bias, relu)
-            self.absorbed.add(m.output)
-            if relu and bias is not None:
-                self.absorbed.add(final.inputs[0])   # the add between GEMM and relu
+            self.epilogue[final] = ep
+            # the values between the GEMM and the final one are computed inside the call
+            v = m.output
+            while v is not final.output:
+                self.absorbed.add(v)
+                v = self._single_user(v).output
 
     # ---------------------------------------------------------------- names
     def ref(self, v: Value) -> str:
@@ -343,16 +405,12 @@ class Scheduler:
 
     def node_steps(self, n: Node) -> list[Step]:
         v, op = n.output, n.op
+        if n in self.partner:
+            return self.softmax_steps(n)
         if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed:
             return []
         if n in self.epilogue:
-            m, bias, relu = self.epilogue[n]
-            st = self.matmul_step(m, self.ref(v))
-            st.ctx.update(bias=self.ref(bias) if bias is not None else None, relu=int(relu),
-                          comment=st.ctx["comment"] + ("\n       + bias" if bias is not None else "")
-                          + (", then relu" if relu else "") + f", written to {v.name}")
-            st.defs, st.uses = [v], st.uses + ([bias] if bias is not None else [])
-            return [st]
+            return [self.epilogue_step(n, self.epilogue[n])]
         out = self.ref(v)
         name = op.name
         if op.c_expr is not None:
@@ -379,26 +437,7 @@ class Scheduler:
         if name == "matmul":
             return [self.matmul_step(n, out)]
         if name in ("softmax", "log_softmax", "cross_entropy"):
-            x = n.inputs[0]
-            partner = self.partner.get(n)
-            if partner is not None and self.g.nodes.index(partner) < self.g.nodes.index(n):
-                return []   # emitted with its partner
-            if partner is not None:
-                ce, sm = (n, partner) if name == "cross_entropy" else (partner, n)
-                y = ce.inputs[1]
-                ctx = dict(comment=f"{self.comment(ce)}\n   and {self.comment(sm)}", kind="softmax_xent",
-                           out=self.ref(ce.output), probs=self.ref(sm.output), x=self.ref(x),
-                           rows=c_poly(numel(x.shape[:-1])), cols=c_poly(dim_poly(x.shape[-1])),
-                           labels=self.ref(y) if y.dtype != FLOAT else None,
-                           targets=self.ref(y) if y.dtype == FLOAT else None)
-                return [Step("softmax", ctx, [ce.output, sm.output], [x, y])]
-            cols = x.shape[-1]
-            ctx = dict(comment=self.comment(n), kind=name, out=out, x=self.ref(x), rows=c_poly(numel(x.shape[:-1])),
-                       cols=c_poly(dim_poly(cols)), labels=None, targets=None)
-            if name == "cross_entropy":
-                y = n.inputs[1]
-                ctx["labels" if y.dtype != FLOAT else "targets"] = self.ref(y)
-            return [Step("softmax", ctx, [v], list(n.inputs))]
+            return self.softmax_steps(n)
         if name in ("embedding", "embedding_grad", "onehot"):
             if name == "onehot":
                 y = n.inputs[0]
@@ -413,6 +452,41 @@ class Scheduler:
             ctx["comment"] = self.comment(n)
             return [Step("gather", ctx, [v], list(n.inputs))]
         raise NotImplementedError(f"codegen: no kernel for op {name}")
+
+    def softmax_steps(self, n: Node) -> list[Step]:
+        """One pass over the rows of the logits; softmax and cross_entropy of the same logits (and
+        the gradient of identity (7)) share it, emitted where the first of the two stands."""
+        x, name = n.inputs[0], n.op.name
+        rows, cols = c_poly(numel(x.shape[:-1])), c_poly(dim_poly(x.shape[-1]))
+        ctx = dict(rows=rows, cols=cols, x=self.ref(x), labels=None, targets=None, probs=None, grad=None,
+                   parallel=c_poly(numel(x.shape)) if worth_parallel(numel(x.shape)) else None)
+        partner = self.partner.get(n)
+        if partner is None:
+            ctx.update(comment=self.comment(n), kind=name, out=self.ref(n.output))
+            if name == "cross_entropy":
+                y = n.inputs[1]
+                ctx["labels" if y.dtype != FLOAT else "targets"] = self.ref(y)
+            return [Step("softmax", ctx, [n.output], list(n.inputs))]
+        if self.g.nodes.index(partner) < self.g.nodes.index(n):
+            return []   # emitted with its partner
+        ce, sm = (n, partner) if name == "cross_entropy" else (partner, n)
+        y = ce.inputs[1]
+        defs, uses = [ce.output], [x, y]
+        ctx.update(comment=self.comment(ce), kind="softmax_xent",
+                   out=self.ref(ce.output), labels=self.ref(y) if y.dtype != FLOAT else None,
+                   targets=self.ref(y) if y.dtype == FLOAT else None)
+        if sm.output not in self.absorbed:
+            ctx.update(probs=self.ref(sm.output), comment=ctx["comment"] + f"\n   and {self.comment(sm)}")
+            defs.append(sm.output)
+        if ce in self.xent_grad:
+            mul, scale = self.xent_grad[ce]
+            ctx.update(grad=self.ref(mul.output),
+                       scale=self.static_expr(scale) if scale in self.static else f"{self.ref(scale)}[0]",
+                       comment=ctx["comment"] + f"\n   and {self.comment(mul)}")
+            defs.append(mul.output)
+            if scale not in self.static:
+                uses.append(scale)
+        return [Step("softmax", ctx, defs, uses)]
 
     def copy_steps(self, n: Node, out: str) -> list[Step]:
         v, name = n.output, n.op.name
@@ -446,6 +520,31 @@ class Scheduler:
             start += part.shape[-1]
         return steps
 
+    def epilogue_step(self, final: Node, ep: Epilogue) -> Step:
+        v = final.output
+        st = self.matmul_step(ep.matmul, self.ref(v))
+        comment = st.ctx["comment"]
+        if ep.bias is not None or ep.relu:
+            parts = (["+ bias"] if ep.bias is not None else []) + (["relu"] if ep.relu else [])
+            comment += "\n       " + ", then ".join(parts) + f", written to {v.name}"
+        if ep.mask is not None:
+            comment += f"\n   {self.comment(final)}:\n       ∘ sgn({ep.mask.name}) as the product is written"
+        if ep.colsum is not None:
+            comment += f"\n   {self.comment(ep.colsum)}:\n       summed over the rows of {v.name} as they are written"
+        bias = self.ref(ep.bias) if ep.bias is not None else None
+        st.ctx.update(comment=comment, bias=bias, relu=int(ep.relu))
+        if ep.mask is not None or ep.colsum is not None:   # beyond gc_gemm_bias_act: a gc_gemm_epilogue
+            fields = [(".bias", bias), (".relu", "1" if ep.relu else None),
+                      (".mask", self.ref(ep.mask) if ep.mask is not None else None),
+                      (".ldm", c_poly(dim_poly(v.shape[-1])) if ep.mask is not None else None),
+                      (".colsum", self.ref(ep.colsum.output) if ep.colsum is not None else None)]
+            st.ctx["epilogue"] = ", ".join(f"{k} = {x}" for k, x in fields if x is not None)
+        if ep.colsum is not None:
+            st.ctx.update(colsum=self.ref(ep.colsum.output), colsum_size=c_poly(dim_poly(v.shape[-1])))
+        st.defs = [v] + ([ep.colsum.output] if ep.colsum is not None else [])
+        st.uses = st.uses + [x for x in (ep.bias, ep.mask) if x is not None]
+        return st
+
     def matmul_step(self, n: Node, out: str) -> Step:
         a, b = n.inputs
         ta = tb = 0
@@ -464,7 +563,7 @@ class Scheduler:
         ctx = dict(comment=self.comment(n), out=out, a=self.ref(a), b=self.ref(b), ta=ta, tb=tb,
                    M=c_poly(dim_poly(M)), N=c_poly(dim_poly(N)), K=c_poly(dim_poly(K)),
                    lda=c_poly(dim_poly(A[1])), ldb=c_poly(dim_poly(B[1])), ldc=c_poly(dim_poly(N)),
-                   bias=None, relu=0)
+                   bias=None, relu=0, epilogue=None, colsum=None)
         return Step("matmul", ctx, [n.output], [a, b])
 
     # ---------------------------------------------------------------- whole function

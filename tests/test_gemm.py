@@ -75,6 +75,15 @@ void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
     gc_gemm_bias_act(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, bias, act);
 }
 
+void gemm_ex_api(int ta, int tb, long M, long N, long K,
+                 const gc_real *A, long lda, const gc_real *B, long ldb,
+                 int beta, gc_real *C, long ldc, gc_real *pack,
+                 const gc_real *bias, int relu, const gc_real *mask, long ldm, gc_real *colsum)
+{
+    const gc_gemm_epilogue ep = {bias, relu, mask, ldm, colsum};
+    gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, &ep);
+}
+
 long pack_elems_api(void) { return gc_gemm_pack_elems(); }
 
 int isa_api(void) { return gc_gemm_isa(); }
@@ -97,6 +106,10 @@ void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
                        const {t} *A, long lda, const {t} *B, long ldb,
                        int beta, {t} *C, long ldc, {t} *pack,
                        const {t} *bias, int act);
+void gemm_ex_api(int ta, int tb, long M, long N, long K,
+                 const {t} *A, long lda, const {t} *B, long ldb,
+                 int beta, {t} *C, long ldc, {t} *pack,
+                 const {t} *bias, int relu, const {t} *mask, long ldm, {t} *colsum);
 long pack_elems_api(void);
 int isa_api(void);
 void set_threads_api(int threads);
@@ -153,6 +166,16 @@ class Gemm:
         self.lib.gemm_bias_act_api(
             ta, tb, M, N, K, self.ptr(A), lda, self.ptr(B), ldb, beta,
             self.ptr(C), ldc, self.ptr(self.pack_with_guard), self.ptr(bias), act,
+        )
+        assert (self.pack_with_guard[self.pack_elems :] == 12345.0).all(), "pack overrun"
+
+    def ex(self, ta, tb, M, N, K, A, B, C, beta, bias=None, relu=0, mask=None, colsum=None):
+        """gc_gemm_ex: the general epilogue (bias, relu, * sgn(mask), column sums)."""
+        lda, ldb, ldc = (self.leading_dimension(x) for x in (A, B, C))
+        ldm = self.leading_dimension(mask) if mask is not None else 0
+        self.lib.gemm_ex_api(
+            ta, tb, M, N, K, self.ptr(A), lda, self.ptr(B), ldb, beta, self.ptr(C), ldc,
+            self.ptr(self.pack_with_guard), self.ptr(bias), relu, self.ptr(mask), ldm, self.ptr(colsum),
         )
         assert (self.pack_with_guard[self.pack_elems :] == 12345.0).all(), "pack overrun"
 
@@ -377,6 +400,65 @@ def test_gemm_bit_identical_for_one_and_two_threads(gemm_lib, variant, dtype):
                 np.testing.assert_array_equal(results[0], results[1])
     finally:
         gemm.lib.set_threads_api(2)
+
+
+# Tiny, direct and packed paths; tall (M > N: threads would split rows, but column sums make
+# them split columns), edge tiles, several K blocks, one vector wide (the narrow kernel).
+EPILOGUE_SHAPES = [(3, 5, 4), (1, 37, 7), (37, 131, 7), (32, 128, 10), (300, 3, 40), (128, 512, 10),
+                   (131, 140, 300), (600, 45, 129), (1100, 7, 300), (256, 700, 90)]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_ex_mask_and_column_sums(gemm_lib, variant, dtype):
+    """The backward epilogue: C = (op(A) op(B)) * sgn(mask) as it is written, and the column
+    sums of those values added in row order: the bits of a loop that sums C's rows after the
+    product, for 1 and 2 threads alike."""
+    gemm = gemm_lib(variant, dtype)
+    rng = np.random.default_rng(7)
+    try:
+        for (ta, tb), (M, N, K) in itertools.product(FORMS, EPILOGUE_SHAPES):
+            A, B = operands(rng, ta, tb, M, N, K, dtype)
+            mask = rng.standard_normal((M, N + 3)).astype(dtype)[:, :N]   # a padded row stride
+            mask[rng.random((M, N)) < 0.3] = 0   # relu outputs: many exact zeros
+            mask.flat[::7] = -1.5                # and a sign of -1
+            mask.flat[5::11] = np.nan            # sgn(NaN) = 0
+            start = rng.standard_normal(N).astype(dtype)
+            sign = np.where(mask > 0, 1.0, np.where(mask < 0, -1.0, 0.0))
+            want = reference(ta, tb, A, B) * sign
+            runs = []
+            for threads in (1, 2):
+                gemm.lib.set_threads_api(threads)
+                C = np.full((M, N), np.nan, dtype)
+                colsum = start.copy()
+                gemm.ex(ta, tb, M, N, K, A, B, C, 0, mask=mask, colsum=colsum)
+                assert_close(C, want, dtype)
+                in_order = start.copy()
+                for row in C:
+                    in_order = in_order + row
+                np.testing.assert_array_equal(colsum, in_order)
+                runs.append((C, colsum))
+            np.testing.assert_array_equal(runs[0][0], runs[1][0])
+            np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    finally:
+        gemm.lib.set_threads_api(2)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_ex_whole_epilogue_order(gemm_lib, dtype):
+    """bias, then relu, then the mask, then the column sum, in every path."""
+    gemm = gemm_lib("native", dtype)
+    rng = np.random.default_rng(8)
+    for (ta, tb), (M, N, K) in itertools.product(FORMS, EPILOGUE_SHAPES[::2]):
+        A, B = operands(rng, ta, tb, M, N, K, dtype)
+        bias = rng.standard_normal(N).astype(dtype)
+        mask = rng.standard_normal((M, N)).astype(dtype)
+        want = np.maximum(reference(ta, tb, A, B) + bias, 0.0) * np.sign(mask)
+        C = np.full((M, N), np.nan, dtype)
+        colsum = np.zeros(N, dtype)
+        gemm.ex(ta, tb, M, N, K, A, B, C, 0, bias=bias, relu=1, mask=mask, colsum=colsum)
+        assert_close(C, want, dtype)
+        assert_close(colsum, want.sum(axis=0), dtype)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
