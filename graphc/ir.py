@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import itertools
 import keyword
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from graphc.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
 
@@ -144,6 +145,16 @@ def check_name(name: Any, what: str, location: Location | None = None) -> str:
     return name
 
 
+def fresh_name(taken: Callable[[str], bool], first: Iterable[str], base: str, start: int = 0) -> str:
+    """The first name not `taken`: one of `first`, else `base` with k appended for k = start,
+    start + 1, ... (`base` ends with its separator: "z__" gives z__0, z__1). The graph's
+    temporaries, the train step's state names and the C locals of train_codegen all come from here."""
+    for name in itertools.chain(first, (f"{base}{k}" for k in itertools.count(start))):
+        if not taken(name):
+            return name
+    raise AssertionError("unreachable: itertools.count never ends")
+
+
 class Graph:
     """A forward (or forward+backward) computation: inputs, params, nodes, named outputs."""
 
@@ -200,14 +211,13 @@ class Graph:
         return "(" + ", ".join(self.dim_label(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
     # ---------------------------------------------------------------- building
+    def has_name(self, name: str) -> bool:
+        """Whether a value or an output of the graph is called `name`."""
+        return name in self.values or name in self.outputs
+
     def _fresh_temp(self, base: str, first: str | None = None) -> str:
         """A temporary's name: `first` if free, else `base__0`, `base__1`, ..."""
-        if first is not None and first not in self.values and first not in self.outputs:
-            return first
-        k = 0
-        while f"{base}__{k}" in self.values or f"{base}__{k}" in self.outputs:
-            k += 1
-        return f"{base}__{k}"
+        return fresh_name(self.has_name, () if first is None else (first,), f"{base}__")
 
     def _declare(self, name: str, shape, dtype: str, kind: str, table: dict) -> Value:
         loc = self._origin_stack[-1].location if self._origin_stack else None

@@ -142,13 +142,10 @@ def _literal(x: float) -> str:
 def _fresh(base: str, taken: set[str]) -> str:
     """A C identifier near `base` that no argument or local of the function uses. A name that
     starts with gc_ never collides with a spec name (c_name mangles those)."""
+    from graphc.ir import fresh_name
     from graphc.schedule import c_name
-    cand, k = base, 1
-    if cand in taken or c_name(cand) != cand:
-        cand = f"gc_{base}"
-        while cand in taken:
-            k += 1
-            cand = f"gc_{base}{k}"
+    plain = (base,) if c_name(base) == base else ()
+    cand = fresh_name(taken.__contains__, (*plain, f"gc_{base}"), f"gc_{base}", start=2)
     taken.add(cand)
     return cand
 

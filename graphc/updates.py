@@ -18,15 +18,12 @@ from __future__ import annotations
 import math
 
 from graphc.errors import GraphcError
-from graphc.ir import Graph, Origin, Value
+from graphc.ir import Graph, Origin, Value, fresh_name
 
 
 def _fresh(g: Graph, base: str) -> str:
-    name, k = base, 0
-    while name in g.values or name in g.outputs:
-        k += 1
-        name = f"{base}_{k}"
-    return name
+    """`base`, else base_1, base_2, ...: a name no value or output of g has."""
+    return fresh_name(g.has_name, (base,), f"{base}_", start=1)
 
 
 def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
