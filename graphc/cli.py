@@ -180,18 +180,14 @@ def _optimizer(args):
 
 
 def _load_params(path: str) -> dict:
-    """Arrays of an .npz: a TrainState file (keys param.NAME) or plain NAME keys."""
-    import numpy as np
+    """The params in an .npz: a TrainState file (keys param.NAME) or plain NAME keys."""
     from graphc.errors import ArgumentError
+    from graphc.training import TrainState
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+        return TrainState.read(path)[1]
     except (OSError, ValueError) as e:
         raise ArgumentError(f"--params {path}: cannot read it as an .npz file ({e})",
                             hint="write it with state.save(path) or np.savez(path, W=..., b1=...)") from None
-    if any(k.startswith("param.") for k in arrays):
-        return {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
-    return {k: v for k, v in arrays.items() if k != "__meta__"}
 
 
 def cmd_demo(args) -> int:

@@ -85,6 +85,22 @@ class TrainState:
             np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
         return path
 
+    @staticmethod
+    def read(path: str | Path) -> tuple[str | None, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(the JSON text of `__meta__`, params by name, optimizer state by stored key) of an .npz
+        file in the layout `save` writes: `param.NAME`, `state.KEY` (a buffers key, '/' written
+        '.') and `__meta__`. A file with neither param.NAME keys nor __meta__ (np.savez(path,
+        W=..., b1=...)) holds the params under their own names: (None, its arrays, {}).
+        OSError or ValueError when the file cannot be read as an .npz."""
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = arrays.pop("__meta__", None)
+        if meta is None and not any(k.startswith("param.") for k in arrays):
+            return None, arrays, {}
+        params = {k[len("param."):]: v for k, v in arrays.items() if k.startswith("param.")}
+        state = {k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")}
+        return None if meta is None else str(meta), params, state
+
 
 class Trainer:
     """The training calls of one CompiledModel (attached as its train_state, train_step, fit
@@ -133,25 +149,25 @@ class Trainer:
         """A TrainState saved by TrainState.save; checks the model's params, shapes and optimizer."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["__meta__"]))
-                data = {k: z[k] for k in z.files if k != "__meta__"}
+            meta_text, params, stored = TrainState.read(path)
+            if meta_text is None:
+                raise KeyError("__meta__ is not a file in the archive")
+            meta = json.loads(meta_text)
         except (OSError, KeyError, ValueError) as e:
             raise ArgumentError(f"load_state: {path} is not a graphc training state ({e})") from None
         kind = meta.get("optimizer")
         if kind != self.optimizer.kind:
             raise ArgumentError(f"load_state: {path} holds {kind} state, but {self.model.name} was compiled with "
                                 f"{_describe(self.optimizer)}", hint="compile with the optimizer the state was saved with")
-        params = {k[len("param."):]: v for k, v in data.items() if k.startswith("param.")}
         state = self.train_state(params)
         for key, buf in state._buffers.items():
-            stored = data.get(f"state.{key.replace('/', '.')}")
-            if stored is None:
+            array = stored.get(key.replace('/', '.'))
+            if array is None:
                 raise ArgumentError(f"load_state: {path} lacks optimizer state {key!r}")
-            if stored.shape != buf.shape:
-                raise ShapeError(f"load_state: optimizer state {key!r} in {path} has shape {stored.shape}, "
+            if array.shape != buf.shape:
+                raise ShapeError(f"load_state: optimizer state {key!r} in {path} has shape {array.shape}, "
                                  f"expected {buf.shape}")
-            buf[...] = stored
+            buf[...] = array
         state._sgd_steps = int(meta.get("sgd_steps", 0))
         return state
 
