@@ -324,12 +324,20 @@ def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -
                 shutil.rmtree(failed, ignore_errors=True)      # no half copy
             kept = kept or f"could not keep a copy of the source in {failed}: {keep_error}"
     tail = output[-_LOG_TAIL:]
-    message = (f"the C compiler failed to build {job.name} ({type(error).__name__}: {error})\n"
-               f"  compiler: {job.cc}   compile flags: {shlex.join(job.flags)}   "
-               f"link flags: {shlex.join([*job.link_args, '-lm'])} (full commands in the output)\n"
-               f"  {kept}\n  compiler output{' (last %d characters)' % _LOG_TAIL if tail != output else ''}:\n"
-               + "".join(f"    {line}\n" for line in tail.splitlines()))
-    return CompileError(message, hint=f"line numbers in the compiler output refer to {job.name}.c")
+    return compile_failure(f"{job.name} ({type(error).__name__}: {error})",
+                           [f"compiler: {job.cc}   compile flags: {shlex.join(job.flags)}   "
+                            f"link flags: {shlex.join([*job.link_args, '-lm'])} (full commands in the output)", kept],
+                           tail.splitlines(), f" (last {_LOG_TAIL} characters)" if tail != output else "",
+                           hint=f"line numbers in the compiler output refer to {job.name}.c")
+
+
+def compile_failure(what: str, details: Sequence[str], output: Sequence[str], cut: str = "",
+                    hint: str | None = None) -> CompileError:
+    """The CompileError of a compile that failed: "the C compiler failed to build WHAT", a line
+    per detail (the command, where the source is), then the compiler's output lines, indented;
+    `cut` says which part of the output they are."""
+    return CompileError(f"the C compiler failed to build {what}\n" + "".join(f"  {line}\n" for line in details)
+                        + f"  compiler output{cut}:\n" + "".join(f"    {line}\n" for line in output), hint=hint)
 
 
 @contextlib.contextmanager

@@ -205,7 +205,7 @@ def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
 def c_library(model, directory: Path) -> Path:
     """Compile directory/NAME.c into directory/libNAME.so: the model as a shared library a C
     program links with (cc main.c -L. -lNAME -lm), built with the flags of graphc's own build."""
-    from graphc.build import compile_flags, find_compiler, openmp_supported
+    from graphc.build import compile_failure, compile_flags, find_compiler, openmp_supported
     cc = find_compiler()
     try:     # the flags of the build graphc loaded, as its cache entry records them
         manifest = json.loads((Path(model.built.directory) / "manifest.json").read_text())
@@ -223,8 +223,8 @@ def c_library(model, directory: Path) -> Path:
                            hint=f"the source is {directory / (model.name + '.c')}") from None
     if run.returncode != 0:
         scratch.unlink(missing_ok=True)
-        raise CompileError(f"the C compiler failed to build {target}\n  command: {shlex.join(command)}\n"
-                           f"  source: {directory / (model.name + '.c')}\n  compiler output:\n"
-                           + "".join(f"    {line}\n" for line in (run.stderr or run.stdout).splitlines()[-40:]))
+        raise compile_failure(str(target), [f"command: {shlex.join(command)}",
+                                            f"source: {directory / (model.name + '.c')}"],
+                              (run.stderr or run.stdout).splitlines()[-40:])
     scratch.replace(target)       # atomic: a half-written library is never left under its name
     return target
