@@ -12,12 +12,14 @@ from typing import Sequence
 
 from graphc.errors import GradientError, GraphcError
 from graphc.ir import FLOAT, Graph, Origin, Value
+from graphc.passes.fold import rewrite
 from graphc.passes.simplify import simplify
 
 
 class Builder:
-    """What a VJP rule builds with: graph ops plus a few peephole rewrites that keep
-    backward graphs as the notes write them (no `* 1`, no `(Aᵀ)ᵀ`, δᵀ x rather than (xᵀ δ)ᵀ)."""
+    """What a VJP rule builds with: graph ops, simplified as they are built by the rules of
+    passes/fold.py (no `* 1`, no `(Aᵀ)ᵀ`, no `−−x`), so backward graphs read as the notes write
+    them, plus one rewrite of its own: δᵀ x rather than (xᵀ δ)ᵀ."""
 
     def __init__(self, graph: Graph):
         self.graph = graph
@@ -31,38 +33,22 @@ class Builder:
             yield
 
     def apply(self, opname: str, *inputs, **attrs) -> Value:
+        """opname(inputs), or the existing value it equals by fold's rules. Constants are not
+        folded here: the fold pass that grad runs at the end does it."""
+        same = rewrite(opname, inputs, attrs, constants=False)
+        if same is not None:
+            return same
         v = self.graph.apply(opname, *inputs, **attrs)
         self.created.add(v)
         return v
-
-    @staticmethod
-    def _const(v) -> float | None:
-        if isinstance(v, (int, float)):
-            return float(v)
-        if v.node is not None and v.node.op.name == "const":
-            return v.node.attrs["value"]
-        return None
 
     def const(self, value: float) -> Value:
         return self.apply("const", value=float(value))
 
     def mul(self, a, b):
-        ca, cb = self._const(a), self._const(b)
-        if ca == 1.0 and not isinstance(b, (int, float)) and b.shape == self._shape_of(b, a):
-            return b
-        if cb == 1.0 and not isinstance(a, (int, float)) and a.shape == self._shape_of(a, b):
-            return a
         return self.apply("mul", a, b)
 
-    def _shape_of(self, x, other):
-        """The broadcast shape of x with other: dropping `* 1` must not change the shape."""
-        if isinstance(other, (int, float)) or other.rank == 0:
-            return x.shape
-        return None
-
     def div(self, a, b):
-        if self._const(b) == 1.0:
-            return a
         return self.apply("div", a, b)
 
     def add(self, a, b):
@@ -72,19 +58,13 @@ class Builder:
         return self.apply("sub", a, b)
 
     def neg(self, a):
-        if a.node is not None and a.node.op.name == "neg":
-            return a.node.inputs[0]
         return self.apply("neg", a)
 
     def matmul(self, a, b):
         return self.apply("matmul", a, b)
 
     def transpose(self, a):
-        if a.rank < 2:
-            return a
         n = a.node
-        if n is not None and n.op.name == "transpose":
-            return n.inputs[0]
         if n is not None and n.op.name == "matmul" and a in self.created and all(v.rank == 2 for v in n.inputs):
             # (P Q)ᵀ = Qᵀ Pᵀ: reads dJ/dW = δᵀ x directly (identity 5) instead of (xᵀ δ)ᵀ
             x, w = n.inputs
