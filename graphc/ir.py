@@ -308,9 +308,11 @@ class Graph:
             attrs = op.check_attrs(vals, attrs)
             t = op.shape(*[v.type for v in vals], **attrs)
         except ShapeError as e:
-            raise ShapeError(self._describe(op, vals, e.message), origin.location, op.error_hint(vals, e)) from None
+            from graphc.render import describe
+            raise ShapeError(describe(op, vals, e.message), origin.location, op.error_hint(vals, e)) from None
         except (DTypeError, SpecError) as e:
-            raise type(e)(self._describe(op, vals, e.message), origin.location, e.hint) from None
+            from graphc.render import describe
+            raise type(e)(describe(op, vals, e.message), origin.location, e.hint) from None
         node = Node(op, vals, attrs, None, origin)
         temporary = name is None
         if name is None:
@@ -326,46 +328,6 @@ class Graph:
         self.values[name] = node.output
         self.nodes.append(node)
         return node.output
-
-    def _describe(self, op, vals, msg: str) -> str:
-        operands = ", ".join(f"{self.operand_text(v)} is {self.format_shape(v.shape)}"
-                             + (f" {v.dtype}" if v.dtype != FLOAT else "") for v in vals)
-        return f"{op.name}: {operands}: {msg}" if operands else f"{op.name}: {msg}"
-
-    # ---------------------------------------------------------------- operands as the user wrote them
-    MAX_OPERAND_TEXT = 48
-
-    def operand_text(self, v: Value, within: str | None = None, side: int = 0) -> str:
-        """How an error message names a value: its name, or for a temporary the expression it
-        computes (the spec's source text, else rebuilt from the nodes: `U.T`, `relu(x @ W.T)`),
-        with deep sub-expressions elided as `...` when long; the temporary's name only as a last resort.
-        With `within` (an infix operator such as "@"), parenthesized as operand `side` (0 left, 1 right) of it."""
-        if not v.temporary or v.node is None:
-            return v.name
-        text = self._operand_text(v)
-        if within is not None:
-            need = {sym: prec for sym, prec in _INFIX.values()}[within] + side
-            if _render(v, 1)[1] < need:
-                text = f"({text})"
-        return text
-
-    def _operand_text(self, v: Value) -> str:
-        text = " ".join(v.spec_text.split()) if v.spec_text else None
-        if text and len(text) <= self.MAX_OPERAND_TEXT:
-            return text
-        for depth in (None, 4, 3, 2, 1):
-            text = _render(v, depth)[0]
-            if len(text) <= self.MAX_OPERAND_TEXT:
-                return text
-        return v.name
-
-    def transposed_text(self, v: Value) -> str:
-        """How a hint writes vᵀ: `W.T` for W, and `U` for the temporary U.T."""
-        n = v.node
-        if v.temporary and n is not None and n.op.name == "transpose":
-            return self.operand_text(n.inputs[0])
-        text, prec = (v.name, _ATOM) if not v.temporary else (self.operand_text(v), _render(v, 1)[1])
-        return f"{text}.T" if prec >= _ATOM else f"({text}).T"
 
     def rename(self, value: Value, name: str) -> Value:
         """Give a node's output its spec name (used when `z = ...` names an expression)."""
@@ -472,45 +434,6 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.params)} params, {len(self.nodes)} nodes>"
-
-
-# Python's precedence levels, enough to print an expression with the parentheses it needs
-_ATOM, _POWER, _UNARY, _PRODUCT, _SUM = 5, 4, 3, 2, 1
-_INFIX = {"matmul": ("@", _PRODUCT), "mul": ("*", _PRODUCT), "div": ("/", _PRODUCT),
-          "add": ("+", _SUM), "sub": ("-", _SUM)}
-
-
-def _render(v: Value, depth: int | None) -> tuple[str, int]:
-    """(text, precedence) of the expression computing v, in the spec language. Values the user
-    named print as their names; below `depth` levels a temporary prints as `...`."""
-    n = v.node
-    if not v.temporary or n is None:
-        return v.name, _ATOM
-    if depth == 0:
-        return "...", _ATOM
-    if n.op.name == "const":
-        value = float(n.attrs["value"])
-        text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-        return text, _UNARY if value < 0 else _ATOM
-    sub = None if depth is None else depth - 1
-
-    def arg(u: Value, need: int) -> str:
-        text, prec = _render(u, sub)
-        return text if prec >= need else f"({text})"
-
-    name, ins = n.op.name, n.inputs
-    if name in _INFIX and len(ins) == 2:
-        sym, prec = _INFIX[name]
-        return f"{arg(ins[0], prec)} {sym} {arg(ins[1], prec + 1)}", prec
-    if name == "transpose":
-        return f"{arg(ins[0], _ATOM)}.T", _ATOM
-    if name == "neg":
-        return f"-{arg(ins[0], _UNARY)}", _UNARY
-    if name == "square":
-        return f"{arg(ins[0], _ATOM)} ** 2", _POWER
-    args = [_render(u, sub)[0] for u in ins]
-    args += [f"{k}={val!r}" for k, val in n.attrs.items() if n.op.attrs.get(k, object()) != val]
-    return f"{name}({', '.join(args)})", _ATOM
 
 
 def topo_values(graph: Graph) -> Iterable[Value]:

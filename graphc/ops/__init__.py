@@ -12,6 +12,7 @@ import numpy as np
 
 from graphc.errors import DTypeError, GraphcError, ShapeError, SpecError
 from graphc.ir import FLOAT, INT, Dim, Shape, TensorType
+from graphc.render import operand_text
 
 REGISTRY: dict[str, "OpDef"] = {}
 
@@ -62,9 +63,9 @@ class OpDef:
         for i, v in enumerate(inputs):
             want_int = i in self.int_inputs
             if want_int and v.dtype != INT and not self.accepts_float_at(i):
-                raise DTypeError(f"argument {i + 1} ({v.graph.operand_text(v)}) must be int32, got {v.dtype}")
+                raise DTypeError(f"argument {i + 1} ({operand_text(v)}) must be int32, got {v.dtype}")
             if not want_int and v.dtype == INT:
-                raise DTypeError(f"argument {i + 1} ({v.graph.operand_text(v)}) is int32 but {self.name} needs a real value",
+                raise DTypeError(f"argument {i + 1} ({operand_text(v)}) is int32 but {self.name} needs a real value",
                                  hint="integer inputs are labels or ids: pass them to cross_entropy or embedding")
         return out
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from graphc.errors import ShapeError
 from graphc.ir import TensorType
+from graphc.render import operand_text, transposed_text
 from graphc.ops import OpDef, broadcast_shapes, norm_axis, numel, register, require_float, unbroadcast
 
 
@@ -47,12 +48,12 @@ class Matmul(OpDef):
         a, b = inputs
         g = a.graph
         if error.hint.startswith("the right"):
-            fixed, fix = g.transposed_text(b), g.operand_text(a, "@", 0)
+            fixed, fix = transposed_text(b), operand_text(a, "@", 0)
             fix = f"{fix} @ {fixed}"
             shape = tuple(reversed(b.shape))
         else:
-            fixed = g.transposed_text(a)
-            fix = f"{fixed} @ {g.operand_text(b, '@', 1)}"
+            fixed = transposed_text(a)
+            fix = f"{fixed} @ {operand_text(b, '@', 1)}"
             shape = tuple(reversed(a.shape))
         return f"{fixed} is {g.format_shape(shape)}; did you mean {fix}?"
 
