@@ -19,7 +19,7 @@ import numpy as np
 
 from graphc.arguments import param_arrays
 from graphc.errors import CompileError, GraphcError
-from graphc.ir import INT, Graph
+from graphc.ir import INT, Graph, Value
 from graphc.schedule import c_name
 
 EXAMPLE_BATCH = 4       # rows main.c passes when the model has a batch dim
@@ -54,6 +54,12 @@ def example_batch(graph: Graph) -> int:
     return EXAMPLE_BATCH if graph.symbolic_dims else 1
 
 
+def _filled(graph: Graph) -> list[tuple[str, Value, float]]:
+    """The arrays main.c fills, in the order that numbers them (k): (name, value, scale)."""
+    return ([(name, v, INPUT_SCALE) for name, v in graph.inputs.items()]
+            + [(name, v, PARAM_SCALE) for name, v in graph.params.items()])
+
+
 def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[str, np.ndarray]:
     """The inputs and params main.c fills, reproduced in NumPy.
 
@@ -65,9 +71,7 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
     bounds = label_bounds(graph)
     real = np.dtype(dtype)
     out = {}
-    values = [(name, v, INPUT_SCALE) for name, v in graph.inputs.items()]
-    values += [(name, v, PARAM_SCALE) for name, v in graph.params.items()]
-    for k, (name, v, scale) in enumerate(values):
+    for k, (name, v, scale) in enumerate(_filled(graph)):
         shape = tuple(n if isinstance(d, str) else d for d in v.shape)
         i = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
         if v.dtype == INT:
@@ -94,9 +98,7 @@ def _example_context(model) -> dict:
     bounds = label_bounds(graph)
     ctype = "double" if model.dtype == np.float64 else "float"
     fills = {}
-    values = [(name, v, INPUT_SCALE) for name, v in graph.inputs.items()]
-    values += [(name, v, PARAM_SCALE) for name, v in graph.params.items()]
-    for k, (name, v, scale) in enumerate(values):
+    for k, (name, v, scale) in enumerate(_filled(graph)):
         fills[c_name(name)] = dict(k=k, scale=repr(scale), bound=bounds.get(name))
     labels = {c_name(k): k for k in graph.outputs}            # print outputs and gradients by
     labels.update({c_name(f"d_{w}"): f"d_{w}" for w in model.wrt})   # their graph names
