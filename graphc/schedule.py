@@ -104,6 +104,18 @@ def broadcast_strides(shape, iter_shape) -> list[Poly]:
 
 
 # ---------------------------------------------------------------- steps
+def set_epilogue(ctx: dict, **fields) -> None:
+    """Set fields of a matmul step's epilogue (bias, relu, mask + ldm, colsum, update + ldu + rate;
+    see gc_gemm_epilogue) and what its template prints: gc_gemm_bias_act covers bias and relu, the
+    rest needs a gc_gemm_epilogue (ctx["epilogue"], its initializer)."""
+    ep = {**ctx.get("ep", {}), **{k: x for k, x in fields.items() if x is not None and x is not False}}
+    ctx.update(ep=ep, bias=ep.get("bias"), relu=int(bool(ep.get("relu"))), colsum=ep.get("colsum"))
+    if ep.keys() & {"mask", "colsum", "update"}:
+        order = ("bias", "relu", "mask", "ldm", "colsum", "update", "ldu", "rate")
+        ep = {k: ep[k] for k in order if k in ep and (k != "ldm" or "mask" in ep)}
+        ctx["epilogue"] = ", ".join(f".{k} = {'1' if x is True else x}" for k, x in ep.items())
+
+
 @dataclass
 class Step:
     family: str                 # template family: loop, matmul, softmax, gather
@@ -215,6 +227,7 @@ class Scheduler:
         self.inlined: set[Value] = set()            # fused into their single consumer's loop
         self.folded: set[Value] = set()             # transposes read by matmul in place
         self.epilogue: dict[Node, Epilogue] = {}    # final node -> what its GEMM call also does
+        self.emit_at: dict[Node, Node] = {}         # node where such a call is emitted -> its final node
         self.absorbed: set[Value] = set()           # values computed inside such a GEMM call
         self._decide()
 
@@ -320,6 +333,11 @@ class Scheduler:
             if final is m and ep.colsum is None:
                 continue
             self.epilogue[final] = ep
+            # the call runs where the product is, if what the epilogue reads exists by then (so that a
+            # GEMM reading a param, d_h = d_theta U, runs before the one that may update it, d_U)
+            where = {n: i for i, n in enumerate(self.g.nodes)}
+            early = all(x.node is None or where[x.node] < where[m] for x in (ep.bias, ep.mask) if x is not None)
+            self.emit_at[m if early else final] = final
             # the values between the GEMM and the final one are computed inside the call
             v = m.output
             while v is not final.output:
@@ -407,10 +425,11 @@ class Scheduler:
         v, op = n.output, n.op
         if n in self.partner:
             return self.softmax_steps(n)
-        if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed:
+        if n in self.emit_at:
+            final = self.emit_at[n]
+            return [self.epilogue_step(final, self.epilogue[final])]
+        if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed or n in self.epilogue:
             return []
-        if n in self.epilogue:
-            return [self.epilogue_step(n, self.epilogue[n])]
         out = self.ref(v)
         name = op.name
         if op.c_expr is not None:
@@ -526,21 +545,17 @@ class Scheduler:
         comment = st.ctx["comment"]
         if ep.bias is not None or ep.relu:
             parts = (["+ bias"] if ep.bias is not None else []) + (["relu"] if ep.relu else [])
-            comment += "\n       " + ", then ".join(parts) + f", written to {v.name}"
+            comment += "\n   " + ", then ".join(parts) + f", written to {v.name}"
         if ep.mask is not None:
             comment += f"\n   {self.comment(final)}:\n       ∘ sgn({ep.mask.name}) as the product is written"
         if ep.colsum is not None:
             comment += f"\n   {self.comment(ep.colsum)}:\n       summed over the rows of {v.name} as they are written"
-        bias = self.ref(ep.bias) if ep.bias is not None else None
-        st.ctx.update(comment=comment, bias=bias, relu=int(ep.relu))
-        if ep.mask is not None or ep.colsum is not None:   # beyond gc_gemm_bias_act: a gc_gemm_epilogue
-            fields = [(".bias", bias), (".relu", "1" if ep.relu else None),
-                      (".mask", self.ref(ep.mask) if ep.mask is not None else None),
-                      (".ldm", c_poly(dim_poly(v.shape[-1])) if ep.mask is not None else None),
-                      (".colsum", self.ref(ep.colsum.output) if ep.colsum is not None else None)]
-            st.ctx["epilogue"] = ", ".join(f"{k} = {x}" for k, x in fields if x is not None)
+        st.ctx["comment"] = comment
+        set_epilogue(st.ctx, bias=self.ref(ep.bias) if ep.bias is not None else None, relu=ep.relu,
+                     mask=self.ref(ep.mask) if ep.mask is not None else None, ldm=c_poly(dim_poly(v.shape[-1])),
+                     colsum=self.ref(ep.colsum.output) if ep.colsum is not None else None)
         if ep.colsum is not None:
-            st.ctx.update(colsum=self.ref(ep.colsum.output), colsum_size=c_poly(dim_poly(v.shape[-1])))
+            st.ctx["colsum_size"] = c_poly(dim_poly(v.shape[-1]))
         st.defs = [v] + ([ep.colsum.output] if ep.colsum is not None else [])
         st.uses = st.uses + [x for x in (ep.bias, ep.mask) if x is not None]
         return st

@@ -161,6 +161,32 @@ def _loss_output(graph: Graph, grad_of: str) -> str | None:
     return None
 
 
+def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: dict) -> set[str]:
+    """Plain SGD (no momentum, no weight decay): a gradient that a GEMM computes and no later step
+    reads, of a param that neither that GEMM nor a later step reads, is applied by the GEMM as it
+    writes its last block (W -= lr d_W, the update field of gc_gemm_epilogue): d_W makes no round
+    trip through memory and the update no loop of its own. Returns the params so updated."""
+    from graphc.schedule import c_poly, dim_poly, set_epilogue
+    if not isinstance(optimizer, SGD) or optimizer.momentum or optimizer.weight_decay:
+        return set()
+    fused = set()
+    steps = sched.steps
+    for w in params:
+        gv, pa = grads[w], pargs[w]
+        at = next((i for i, st in enumerate(steps) if gv in st.defs), None)
+        if at is None or steps[at].family != "matmul" or steps[at].defs[0] is not gv or gv.rank != 2 \
+                or pa.value.shape != gv.shape or pa.value in steps[at].uses \
+                or any(gv in st.uses or pa.value in st.uses for st in steps[at + 1:]):
+            continue
+        st = steps[at]
+        set_epilogue(st.ctx, update=pa.cname, ldu=c_poly(dim_poly(gv.shape[-1])),
+                     rate=f"(gc_real){_literal(optimizer.lr)}")
+        st.ctx["comment"] += (f"\n   update {w} from d_{w} as it is written (d_{w} is not stored):\n"
+                              f"       SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = {_literal(optimizer.lr)}")
+        fused.add(w)
+    return fused
+
+
 def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[str], optimizer) -> None:
     """Add NAME_train_step (and NAME_fit when every batched input has the batch dim first)."""
     from graphc.autodiff import grad
@@ -227,14 +253,18 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
         state_args.append(Arg(t_c, "state", tv, "int64_t", False, "[1] int64  Adam step count t, 0 at the start"))
         state_layout["t"] = ((1,), "int64")
 
-    # the updates: one text step per parameter (plus Adam's bias corrections first)
+    # the updates: in the GEMM that writes the gradient where that is safe, otherwise one text
+    # step per parameter (plus Adam's bias corrections first)
     module = environment().get_template("kernels/optimizer.c.j2").module
     steps = []
     grad_values = [grad_args[grad_c[w]].value for w in params]
+    fused = _updates_in_gemms(sched, optimizer, params, {w: pvalue[w] for w in params}, dict(zip(params, grad_values)))
     if isinstance(optimizer, Adam):
         ctx = dict(t=t_c, lr=_literal(optimizer.lr), beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2))
         steps.append(_TextStep("optimizer", str(module.adam_begin(ctx)).strip("\n"), dict(refs=[t_c]), [], []))
     for w, gv in zip(params, grad_values):
+        if w in fused:
+            continue
         pa = pvalue[w]
         ctx = dict(comment=f"update {w} from d_{w}", param=pa.cname, grad=grad_c[w],
                    count=c_poly(numel(pa.value.shape)), lr=_literal(optimizer.lr),

@@ -78,9 +78,10 @@ void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
 void gemm_ex_api(int ta, int tb, long M, long N, long K,
                  const gc_real *A, long lda, const gc_real *B, long ldb,
                  int beta, gc_real *C, long ldc, gc_real *pack,
-                 const gc_real *bias, int relu, const gc_real *mask, long ldm, gc_real *colsum)
+                 const gc_real *bias, int relu, const gc_real *mask, long ldm, gc_real *colsum,
+                 gc_real *update, long ldu, gc_real rate)
 {
-    const gc_gemm_epilogue ep = {bias, relu, mask, ldm, colsum};
+    const gc_gemm_epilogue ep = {bias, relu, mask, ldm, colsum, update, ldu, rate};
     gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, &ep);
 }
 
@@ -109,7 +110,8 @@ void gemm_bias_act_api(int ta, int tb, long M, long N, long K,
 void gemm_ex_api(int ta, int tb, long M, long N, long K,
                  const {t} *A, long lda, const {t} *B, long ldb,
                  int beta, {t} *C, long ldc, {t} *pack,
-                 const {t} *bias, int relu, const {t} *mask, long ldm, {t} *colsum);
+                 const {t} *bias, int relu, const {t} *mask, long ldm, {t} *colsum,
+                 {t} *update, long ldu, {t} rate);
 long pack_elems_api(void);
 int isa_api(void);
 void set_threads_api(int threads);
@@ -169,13 +171,16 @@ class Gemm:
         )
         assert (self.pack_with_guard[self.pack_elems :] == 12345.0).all(), "pack overrun"
 
-    def ex(self, ta, tb, M, N, K, A, B, C, beta, bias=None, relu=0, mask=None, colsum=None):
-        """gc_gemm_ex: the general epilogue (bias, relu, * sgn(mask), column sums)."""
+    def ex(self, ta, tb, M, N, K, A, B, C, beta, bias=None, relu=0, mask=None, colsum=None,
+           update=None, rate=0.0):
+        """gc_gemm_ex: the general epilogue (bias, relu, * sgn(mask), update -= rate C, column sums)."""
         lda, ldb, ldc = (self.leading_dimension(x) for x in (A, B, C))
         ldm = self.leading_dimension(mask) if mask is not None else 0
+        ldu = self.leading_dimension(update) if update is not None else 0
         self.lib.gemm_ex_api(
             ta, tb, M, N, K, self.ptr(A), lda, self.ptr(B), ldb, beta, self.ptr(C), ldc,
             self.ptr(self.pack_with_guard), self.ptr(bias), relu, self.ptr(mask), ldm, self.ptr(colsum),
+            self.ptr(update), ldu, rate,
         )
         assert (self.pack_with_guard[self.pack_elems :] == 12345.0).all(), "pack overrun"
 
@@ -440,6 +445,34 @@ def test_gemm_ex_mask_and_column_sums(gemm_lib, variant, dtype):
                 runs.append((C, colsum))
             np.testing.assert_array_equal(runs[0][0], runs[1][0])
             np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    finally:
+        gemm.lib.set_threads_api(2)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_ex_update_is_an_sgd_step_from_the_product(gemm_lib, variant, dtype):
+    """update -= rate * (op(A) op(B)) as the product is written (the SGD step W -= lr d_W from the
+    GEMM that computes d_W), with K over several KC blocks too; the same bits for 1 and 2 threads,
+    and nothing outside the updated matrix is touched."""
+    gemm = gemm_lib(variant, dtype)
+    rng = np.random.default_rng(9)
+    try:
+        for (ta, tb), (M, N, K) in itertools.product(FORMS, EPILOGUE_SHAPES + [(70, 90, 600)]):
+            A, B = operands(rng, ta, tb, M, N, K, dtype)
+            P0 = rng.standard_normal((M + 1, N + 2)).astype(dtype)
+            want = P0[:M, :N].astype(np.float64) - 0.1 * reference(ta, tb, A, B)
+            runs = []
+            for threads in (1, 2):
+                gemm.lib.set_threads_api(threads)
+                P = P0.copy()
+                C = np.full((M, N), np.nan, dtype)     # scratch: whatever it holds afterwards
+                gemm.ex(ta, tb, M, N, K, A, B, C, 0, update=P[:M, :N], rate=0.1)
+                assert_close(P[:M, :N], want, dtype)
+                np.testing.assert_array_equal(P[M:], P0[M:])
+                np.testing.assert_array_equal(P[:, N:], P0[:, N:])
+                runs.append(P)
+            np.testing.assert_array_equal(runs[0], runs[1])
     finally:
         gemm.lib.set_threads_api(2)
 

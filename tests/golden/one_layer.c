@@ -77,7 +77,9 @@ static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at m
  *   The general form: C = epilogue(beta*C + op(A) op(B)), where the
  *   epilogue (NULL: none) is applied to each final value of C as it is
  *   written, in this order: + bias[j], relu, * sgn(mask[i*ldm + j]); then
- *   colsum[j] += the value, over the rows in order (the caller zeroes
+ *   update[i*ldu + j] -= rate * the value (one rounding: an SGD step of a
+ *   parameter from its gradient, and C is then scratch, not the result);
+ *   then colsum[j] += the value, over the rows in order (the caller zeroes
  *   colsum first; it then holds the same bits as a loop summing C's rows):
  *
  *   typedef struct {
@@ -86,6 +88,9 @@ static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at m
  *       const gc_real *mask;    M x N (row stride ldm), or NULL
  *       long ldm;
  *       gc_real *colsum;        N values accumulated, or NULL
+ *       gc_real *update;        M x N (row stride ldu), or NULL
+ *       long ldu;
+ *       gc_real rate;
  *   } gc_gemm_epilogue;
  *
  *   static void gc_gemm_ex(int ta, int tb, long M, long N, long K,
@@ -263,19 +268,26 @@ typedef struct {
     const gc_real *mask;   /* M x N, row stride ldm: C *= sgn(mask), or NULL */
     long ldm;
     gc_real *colsum;       /* N values: += C's final values, row by row, or NULL */
+    gc_real *update;       /* M x N, row stride ldu: -= rate * C's final values, which are then
+                              not stored (C is scratch), or NULL */
+    long ldu;
+    gc_real rate;
 } gc_gemm_epilogue;
 
 /* sgn(x) = (x > 0) - (x < 0): 1, -1, or 0 at 0 and at NaN. */
 #define GC_GEMM_SGN(x) ((gc_real)(((x) > 0) - ((x) < 0)))
 
 /* The epilogue of element (i, j) in scalar code (edge tiles, tiny products):
-   the same operations in the same order as the micro-kernels' vectors.
-   Adds the value into the column sum and returns it. */
+   the same operations in the same order as the micro-kernels' vectors (the
+   update is one fused multiply-add there, and here when the compiler
+   contracts a - b * c, as graphc's builds let it).  Applies the update, adds
+   the value into the column sum and returns it. */
 static gc_real gc_gemm_epilogue_apply(const gc_gemm_epilogue *ep, long i, long j, gc_real value)
 {
     if (ep->bias) value = value + ep->bias[j];
     if (ep->relu) value = value <= 0 ? (gc_real)0 : value;
     if (ep->mask) value = value * GC_GEMM_SGN(ep->mask[i * ep->ldm + j]);
+    if (ep->update) ep->update[i * ep->ldu + j] = ep->update[i * ep->ldu + j] - ep->rate * value;
     if (ep->colsum) ep->colsum[j] = ep->colsum[j] + value;
     return value;
 }
@@ -289,6 +301,7 @@ static const gc_gemm_epilogue *gc_gemm_epilogue_at(const gc_gemm_epilogue *ep, l
     if (out->bias) out->bias += j0;
     if (out->mask) out->mask += i0 * out->ldm + j0;
     if (out->colsum) out->colsum += j0;
+    if (out->update) out->update += i0 * out->ldu + j0;
     return out;
 }
 
@@ -313,6 +326,7 @@ typedef __m512d gc_vec_avx512;
 #define gc_vec_storeu(p, x) _mm512_storeu_pd((p), (x))
 #define gc_vec_set1(s) _mm512_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_pd((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm512_fnmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_pd((a), (b))
 #define gc_vec_relu(x) _mm512_max_pd(_mm512_setzero_pd(), (x))  /* NaN stays NaN */
 #define gc_vec_mul(a, b) _mm512_mul_pd((a), (b))
@@ -327,6 +341,7 @@ typedef __m512 gc_vec_avx512;
 #define gc_vec_storeu(p, x) _mm512_storeu_ps((p), (x))
 #define gc_vec_set1(s) _mm512_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm512_fnmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_ps((a), (b))
 #define gc_vec_relu(x) _mm512_max_ps(_mm512_setzero_ps(), (x))  /* NaN stays NaN */
 #define gc_vec_mul(a, b) _mm512_mul_ps((a), (b))
@@ -567,30 +582,83 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
         acc11_0 = gc_vec_mul(acc11_0, gc_vec_sgn(gc_vec_loadu(mask + 11 * ep->ldm + 0 * GC_VEC_WIDTH)));
         acc11_1 = gc_vec_mul(acc11_1, gc_vec_sgn(gc_vec_loadu(mask + 11 * ep->ldm + 1 * GC_VEC_WIDTH)));
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
-    gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
-    gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
-    gc_vec_storeu(C + 6 * ldc + 1 * GC_VEC_WIDTH, acc6_1);
-    gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
-    gc_vec_storeu(C + 7 * ldc + 1 * GC_VEC_WIDTH, acc7_1);
-    gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
-    gc_vec_storeu(C + 8 * ldc + 1 * GC_VEC_WIDTH, acc8_1);
-    gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
-    gc_vec_storeu(C + 9 * ldc + 1 * GC_VEC_WIDTH, acc9_1);
-    gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
-    gc_vec_storeu(C + 10 * ldc + 1 * GC_VEC_WIDTH, acc10_1);
-    gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
-    gc_vec_storeu(C + 11 * ldc + 1 * GC_VEC_WIDTH, acc11_1);
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_1, gc_vec_loadu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_1, gc_vec_loadu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_0, gc_vec_loadu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_1, gc_vec_loadu(update + 6 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_0, gc_vec_loadu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_1, gc_vec_loadu(update + 7 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc8_0, gc_vec_loadu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 8 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc8_1, gc_vec_loadu(update + 8 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc9_0, gc_vec_loadu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 9 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc9_1, gc_vec_loadu(update + 9 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc10_0, gc_vec_loadu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 10 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc10_1, gc_vec_loadu(update + 10 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc11_0, gc_vec_loadu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 11 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc11_1, gc_vec_loadu(update + 11 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+        gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
+        gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
+        gc_vec_storeu(C + 6 * ldc + 1 * GC_VEC_WIDTH, acc6_1);
+        gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
+        gc_vec_storeu(C + 7 * ldc + 1 * GC_VEC_WIDTH, acc7_1);
+        gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
+        gc_vec_storeu(C + 8 * ldc + 1 * GC_VEC_WIDTH, acc8_1);
+        gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
+        gc_vec_storeu(C + 9 * ldc + 1 * GC_VEC_WIDTH, acc9_1);
+        gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
+        gc_vec_storeu(C + 10 * ldc + 1 * GC_VEC_WIDTH, acc10_1);
+        gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
+        gc_vec_storeu(C + 11 * ldc + 1 * GC_VEC_WIDTH, acc11_1);
+    }
     if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
         gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
         gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
@@ -766,18 +834,47 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, co
         acc10_0 = gc_vec_mul(acc10_0, gc_vec_sgn(gc_vec_loadu(mask + 10 * ep->ldm + 0 * GC_VEC_WIDTH)));
         acc11_0 = gc_vec_mul(acc11_0, gc_vec_sgn(gc_vec_loadu(mask + 11 * ep->ldm + 0 * GC_VEC_WIDTH)));
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
-    gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
-    gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
-    gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
-    gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
-    gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
-    gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_0, gc_vec_loadu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_0, gc_vec_loadu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc8_0, gc_vec_loadu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc9_0, gc_vec_loadu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc10_0, gc_vec_loadu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc11_0, gc_vec_loadu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+        gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
+        gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
+        gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
+        gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
+        gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
+        gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
+    }
     if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
         gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
         sum0 = gc_vec_add(sum0, acc0_0);
@@ -929,7 +1026,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_store_edge_avx512(long rows, long cols
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
             if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
-            C[i * ldc + j] = value;
+            if (!ep || !ep->update) C[i * ldc + j] = value;
         }
     }
 }
@@ -1130,6 +1227,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_part_avx512(long part, long parts, int
 #undef gc_vec_storeu
 #undef gc_vec_set1
 #undef gc_vec_fma
+#undef gc_vec_fnma
 #undef gc_vec_add
 #undef gc_vec_relu
 #undef gc_vec_mul
@@ -1152,6 +1250,7 @@ typedef __m256d gc_vec_avx2;
 #define gc_vec_storeu(p, x) _mm256_storeu_pd((p), (x))
 #define gc_vec_set1(s) _mm256_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_pd((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm256_fnmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_pd((a), (b))
 #define gc_vec_relu(x) _mm256_max_pd(_mm256_setzero_pd(), (x))  /* NaN stays NaN */
 #define gc_vec_mul(a, b) _mm256_mul_pd((a), (b))
@@ -1166,6 +1265,7 @@ typedef __m256 gc_vec_avx2;
 #define gc_vec_storeu(p, x) _mm256_storeu_ps((p), (x))
 #define gc_vec_set1(s) _mm256_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm256_fnmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_ps((a), (b))
 #define gc_vec_relu(x) _mm256_max_ps(_mm256_setzero_ps(), (x))  /* NaN stays NaN */
 #define gc_vec_mul(a, b) _mm256_mul_ps((a), (b))
@@ -1316,18 +1416,47 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
         acc5_0 = gc_vec_mul(acc5_0, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 0 * GC_VEC_WIDTH)));
         acc5_1 = gc_vec_mul(acc5_1, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 1 * GC_VEC_WIDTH)));
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
-    gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_1, gc_vec_loadu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_1, gc_vec_loadu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+        gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
+    }
     if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
         gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
         gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
@@ -1437,12 +1566,29 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const 
         acc4_0 = gc_vec_mul(acc4_0, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 0 * GC_VEC_WIDTH)));
         acc5_0 = gc_vec_mul(acc5_0, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 0 * GC_VEC_WIDTH)));
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+    }
     if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
         gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
         sum0 = gc_vec_add(sum0, acc0_0);
@@ -1588,7 +1734,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_store_edge_avx2(long rows, long cols, co
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
             if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
-            C[i * ldc + j] = value;
+            if (!ep || !ep->update) C[i * ldc + j] = value;
         }
     }
 }
@@ -1789,6 +1935,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_part_avx2(long part, long parts, int ta,
 #undef gc_vec_storeu
 #undef gc_vec_set1
 #undef gc_vec_fma
+#undef gc_vec_fnma
 #undef gc_vec_add
 #undef gc_vec_relu
 #undef gc_vec_mul
@@ -1812,6 +1959,7 @@ typedef gc_real gc_vec_generic;
 #define gc_vec_storeu(p, x) (*(p) = (x))
 #define gc_vec_set1(s) (s)
 #define gc_vec_fma(a, b, c) ((a) * (b) + (c))
+#define gc_vec_fnma(a, b, c) ((c) - (a) * (b))
 #define gc_vec_add(a, b) ((a) + (b))
 #define gc_vec_relu(x) ((x) <= 0 ? (gc_real)0 : (x))
 #define gc_vec_mul(a, b) ((a) * (b))
@@ -2086,38 +2234,107 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
         acc3_6 = gc_vec_mul(acc3_6, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 6 * GC_VEC_WIDTH)));
         acc3_7 = gc_vec_mul(acc3_7, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 7 * GC_VEC_WIDTH)));
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 0 * ldc + 2 * GC_VEC_WIDTH, acc0_2);
-    gc_vec_storeu(C + 0 * ldc + 3 * GC_VEC_WIDTH, acc0_3);
-    gc_vec_storeu(C + 0 * ldc + 4 * GC_VEC_WIDTH, acc0_4);
-    gc_vec_storeu(C + 0 * ldc + 5 * GC_VEC_WIDTH, acc0_5);
-    gc_vec_storeu(C + 0 * ldc + 6 * GC_VEC_WIDTH, acc0_6);
-    gc_vec_storeu(C + 0 * ldc + 7 * GC_VEC_WIDTH, acc0_7);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 1 * ldc + 2 * GC_VEC_WIDTH, acc1_2);
-    gc_vec_storeu(C + 1 * ldc + 3 * GC_VEC_WIDTH, acc1_3);
-    gc_vec_storeu(C + 1 * ldc + 4 * GC_VEC_WIDTH, acc1_4);
-    gc_vec_storeu(C + 1 * ldc + 5 * GC_VEC_WIDTH, acc1_5);
-    gc_vec_storeu(C + 1 * ldc + 6 * GC_VEC_WIDTH, acc1_6);
-    gc_vec_storeu(C + 1 * ldc + 7 * GC_VEC_WIDTH, acc1_7);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 2 * ldc + 2 * GC_VEC_WIDTH, acc2_2);
-    gc_vec_storeu(C + 2 * ldc + 3 * GC_VEC_WIDTH, acc2_3);
-    gc_vec_storeu(C + 2 * ldc + 4 * GC_VEC_WIDTH, acc2_4);
-    gc_vec_storeu(C + 2 * ldc + 5 * GC_VEC_WIDTH, acc2_5);
-    gc_vec_storeu(C + 2 * ldc + 6 * GC_VEC_WIDTH, acc2_6);
-    gc_vec_storeu(C + 2 * ldc + 7 * GC_VEC_WIDTH, acc2_7);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
-    gc_vec_storeu(C + 3 * ldc + 2 * GC_VEC_WIDTH, acc3_2);
-    gc_vec_storeu(C + 3 * ldc + 3 * GC_VEC_WIDTH, acc3_3);
-    gc_vec_storeu(C + 3 * ldc + 4 * GC_VEC_WIDTH, acc3_4);
-    gc_vec_storeu(C + 3 * ldc + 5 * GC_VEC_WIDTH, acc3_5);
-    gc_vec_storeu(C + 3 * ldc + 6 * GC_VEC_WIDTH, acc3_6);
-    gc_vec_storeu(C + 3 * ldc + 7 * GC_VEC_WIDTH, acc3_7);
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_2, gc_vec_loadu(update + 0 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_3, gc_vec_loadu(update + 0 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_4, gc_vec_loadu(update + 0 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_5, gc_vec_loadu(update + 0 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_6, gc_vec_loadu(update + 0 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_7, gc_vec_loadu(update + 0 * ep->ldu + 7 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_2, gc_vec_loadu(update + 1 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_3, gc_vec_loadu(update + 1 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_4, gc_vec_loadu(update + 1 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_5, gc_vec_loadu(update + 1 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_6, gc_vec_loadu(update + 1 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_7, gc_vec_loadu(update + 1 * ep->ldu + 7 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_2, gc_vec_loadu(update + 2 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_3, gc_vec_loadu(update + 2 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_4, gc_vec_loadu(update + 2 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_5, gc_vec_loadu(update + 2 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_6, gc_vec_loadu(update + 2 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_7, gc_vec_loadu(update + 2 * ep->ldu + 7 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_2, gc_vec_loadu(update + 3 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_3, gc_vec_loadu(update + 3 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_4, gc_vec_loadu(update + 3 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_5, gc_vec_loadu(update + 3 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_6, gc_vec_loadu(update + 3 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_7, gc_vec_loadu(update + 3 * ep->ldu + 7 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 0 * ldc + 2 * GC_VEC_WIDTH, acc0_2);
+        gc_vec_storeu(C + 0 * ldc + 3 * GC_VEC_WIDTH, acc0_3);
+        gc_vec_storeu(C + 0 * ldc + 4 * GC_VEC_WIDTH, acc0_4);
+        gc_vec_storeu(C + 0 * ldc + 5 * GC_VEC_WIDTH, acc0_5);
+        gc_vec_storeu(C + 0 * ldc + 6 * GC_VEC_WIDTH, acc0_6);
+        gc_vec_storeu(C + 0 * ldc + 7 * GC_VEC_WIDTH, acc0_7);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 1 * ldc + 2 * GC_VEC_WIDTH, acc1_2);
+        gc_vec_storeu(C + 1 * ldc + 3 * GC_VEC_WIDTH, acc1_3);
+        gc_vec_storeu(C + 1 * ldc + 4 * GC_VEC_WIDTH, acc1_4);
+        gc_vec_storeu(C + 1 * ldc + 5 * GC_VEC_WIDTH, acc1_5);
+        gc_vec_storeu(C + 1 * ldc + 6 * GC_VEC_WIDTH, acc1_6);
+        gc_vec_storeu(C + 1 * ldc + 7 * GC_VEC_WIDTH, acc1_7);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 2 * ldc + 2 * GC_VEC_WIDTH, acc2_2);
+        gc_vec_storeu(C + 2 * ldc + 3 * GC_VEC_WIDTH, acc2_3);
+        gc_vec_storeu(C + 2 * ldc + 4 * GC_VEC_WIDTH, acc2_4);
+        gc_vec_storeu(C + 2 * ldc + 5 * GC_VEC_WIDTH, acc2_5);
+        gc_vec_storeu(C + 2 * ldc + 6 * GC_VEC_WIDTH, acc2_6);
+        gc_vec_storeu(C + 2 * ldc + 7 * GC_VEC_WIDTH, acc2_7);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+        gc_vec_storeu(C + 3 * ldc + 2 * GC_VEC_WIDTH, acc3_2);
+        gc_vec_storeu(C + 3 * ldc + 3 * GC_VEC_WIDTH, acc3_3);
+        gc_vec_storeu(C + 3 * ldc + 4 * GC_VEC_WIDTH, acc3_4);
+        gc_vec_storeu(C + 3 * ldc + 5 * GC_VEC_WIDTH, acc3_5);
+        gc_vec_storeu(C + 3 * ldc + 6 * GC_VEC_WIDTH, acc3_6);
+        gc_vec_storeu(C + 3 * ldc + 7 * GC_VEC_WIDTH, acc3_7);
+    }
     if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
         gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
         gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
@@ -2241,10 +2458,23 @@ static void gc_gemm_micro_kernel_narrow_generic(long kc, const gc_real *a, long 
         acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
         acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+    }
     if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
         gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
         sum0 = gc_vec_add(sum0, acc0_0);
@@ -2338,7 +2568,7 @@ static void gc_gemm_store_edge_generic(long rows, long cols, const gc_real *tile
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
             if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
-            C[i * ldc + j] = value;
+            if (!ep || !ep->update) C[i * ldc + j] = value;
         }
     }
 }
@@ -2539,6 +2769,7 @@ static void gc_gemm_part_generic(long part, long parts, int ta, int tb, long M, 
 #undef gc_vec_storeu
 #undef gc_vec_set1
 #undef gc_vec_fma
+#undef gc_vec_fnma
 #undef gc_vec_add
 #undef gc_vec_relu
 #undef gc_vec_mul
@@ -2692,6 +2923,9 @@ static inline void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
     ep.mask = 0;
     ep.ldm = 0;
     ep.colsum = 0;
+    ep.update = 0;
+    ep.ldu = 0;
+    ep.rate = 0;
     gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, bias || act == 1 ? &ep : 0);
 }
 
@@ -2931,20 +3165,20 @@ int one_layer_value_and_grad(long n, const float *x, const int32_t *y, const flo
         }
     }
 
-    /* d_U: identity (5), from theta = "h @ U.T + b2" */
-    gc_gemm(1, 0, 10, 128, n, d_theta, 10, h, 128,
-            0, d_U, 128, pack);
     /* d_h: identity (2), from theta = "h @ U.T + b2"
-   d_z: identity (4), from h = "relu(z)":
-       ∘ sgn(h) as the product is written
-   d_b1: identity (3), from z = "x @ W.T + b1":
-       summed over the rows of d_z as they are written */
+       d_z: identity (4), from h = "relu(z)":
+           ∘ sgn(h) as the product is written
+       d_b1: identity (3), from z = "x @ W.T + b1":
+           summed over the rows of d_z as they are written */
     memset(d_b1, 0, (size_t)(128) * sizeof(gc_real));
     {
         const gc_gemm_epilogue gc_ep = { .mask = h, .ldm = 128, .colsum = d_b1 };
         gc_gemm_ex(0, 0, n, 128, 10, d_theta, 10, U, 128,
                    0, d_z, 128, pack, &gc_ep);
     }
+    /* d_U: identity (5), from theta = "h @ U.T + b2" */
+    gc_gemm(1, 0, 10, 128, n, d_theta, 10, h, 128,
+            0, d_U, 128, pack);
     /* d_W: identity (5), from z = "x @ W.T + b1" */
     gc_gemm(1, 0, 128, 64, n, d_z, 128, x, 64,
             0, d_W, 64, pack);
