@@ -60,6 +60,24 @@ def assert_bits(a: dict, b: dict):
         assert a[k].tobytes() == b[k].tobytes(), k
 
 
+def one_and_two_threads_give_the_reference_in_the_same_bits(g: graphc.Graph, a: dict) -> graphc.CompiledModel:
+    """forward and value_and_grad of g on a, float64, with 1 and 2 threads: the same bits, and the
+    reference's outputs and gradients. Returns the 2-thread model."""
+    one = graphc.compile(g, dtype="float64", threads=1)
+    two = graphc.compile(g, dtype="float64", threads=2)
+    o1, g1 = one.value_and_grad(**a)
+    o2, g2 = two.value_and_grad(**a)
+    assert_bits(o1, o2)
+    assert_bits(g1, g2)
+    assert_bits(one.forward(**a), two.forward(**a))
+    reference = graphc.evaluate(graphc.grad(g, *g.grad_spec), **a)
+    for k, value in o2.items():
+        np.testing.assert_allclose(value, reference[k], rtol=1e-12, atol=1e-15)
+    for w, value in g2.items():
+        np.testing.assert_allclose(value, reference[f"d_{w}"], rtol=1e-10, atol=1e-13)
+    return two
+
+
 def test_concurrency_eight_threads_share_one_model_bit_identically():
     m = graphc.compile(EXAMPLES / "one_layer.toml", dtype="float64", threads=2)
     jobs = [batch(seed, n=1 + 7 * seed) for seed in range(THREADS * 3)]   # varied batch sizes too
@@ -199,17 +217,9 @@ def test_concurrency_column_blocked_sums_match_the_reference_and_serial_bits():
     one per thread. The bias gradient is the reference's, and the same bits as with one thread."""
     spec = WIDE.replace('h = "relu(x @ W.T + b1)"', 'h = "tanh(x @ W.T + b1)"')
     assert spec != WIDE
-    g = graphc.parse_spec(spec, "wide.toml")
-    one = graphc.compile(g, dtype="float64", threads=1)
-    two = graphc.compile(g, dtype="float64", threads=2)
+    two = one_and_two_threads_give_the_reference_in_the_same_bits(graphc.parse_spec(spec, "wide.toml"),
+                                                                  batch(11, n=256, dx=192, dh=512))
     assert "gc_block += GC_LOOP_COLUMNS" in two.source
-    a = batch(11, n=256, dx=192, dh=512)
-    o1, g1 = one.value_and_grad(**a)
-    o2, g2 = two.value_and_grad(**a)
-    assert_bits(g1, g2)
-    reference = graphc.evaluate(graphc.grad(g, *g.grad_spec), **a)
-    for w, value in g2.items():
-        np.testing.assert_allclose(value, reference[f"d_{w}"], rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("n", [256, 1000])
@@ -217,17 +227,9 @@ def test_concurrency_relu_mask_and_bias_gradient_in_the_gemm_epilogue(n):
     """d_z = (d_theta U) ∘ sgn(h) and d_b1 = Σ_rows d_z are written by the GEMM that computes
     d_theta U, split over the threads by columns (also when the rows outnumber the columns, n =
     1000 > 512): the reference's gradients, and the same bits for 1 and 2 threads."""
-    g = graphc.parse_spec(WIDE, "wide.toml")
-    one = graphc.compile(g, dtype="float64", threads=1)
-    two = graphc.compile(g, dtype="float64", threads=2)
+    two = one_and_two_threads_give_the_reference_in_the_same_bits(graphc.parse_spec(WIDE, "wide.toml"),
+                                                                  batch(12, n=n, dx=192, dh=512))
     assert ".mask = h" in two.source and ".colsum = d_b1" in two.source
-    a = batch(12, n=n, dx=192, dh=512)
-    o1, g1 = one.value_and_grad(**a)
-    o2, g2 = two.value_and_grad(**a)
-    assert_bits(g1, g2)
-    reference = graphc.evaluate(graphc.grad(g, *g.grad_spec), **a)
-    for w, value in g2.items():
-        np.testing.assert_allclose(value, reference[f"d_{w}"], rtol=1e-10, atol=1e-13)
 
 
 def test_concurrency_small_models_get_no_parallel_regions():
@@ -249,20 +251,8 @@ def test_concurrency_softmax_over_wide_rows_is_split_over_threads_with_the_same_
     spec = WIDE.replace("Nc = 10", "Nc = 600").replace("Dx = 192", "Dx = 24").replace("Dh = 512", "Dh = 32")
     if outputs == "loss only":
         spec = spec.replace('probs = "softmax(theta)"\n', "")
-    g = graphc.parse_spec(spec, "wide.toml")
-    one = graphc.compile(g, dtype="float64", threads=1)
-    two = graphc.compile(g, dtype="float64", threads=2)
+    two = one_and_two_threads_give_the_reference_in_the_same_bits(graphc.parse_spec(spec, "wide.toml"),
+                                                                  batch(13, n=300, dx=24, dh=32, nc=600))
     assert "gc_partial[gc_c] = total;" in two.source          # the threaded form of the kernel
     step = two.source[two.source.index("int wide_value_and_grad("):]
     assert "identity (7): (probs - onehot) * scale" in step and "d_J" not in step
-    a = batch(13, n=300, dx=24, dh=32, nc=600)
-    o1, g1 = one.value_and_grad(**a)
-    o2, g2 = two.value_and_grad(**a)
-    assert_bits(o1, o2)
-    assert_bits(g1, g2)
-    assert_bits(one.forward(**a), two.forward(**a))
-    reference = graphc.evaluate(graphc.grad(g, *g.grad_spec), **a)
-    for k, value in o2.items():
-        np.testing.assert_allclose(value, reference[k], rtol=1e-12, atol=1e-15)
-    for w, value in g2.items():
-        np.testing.assert_allclose(value, reference[f"d_{w}"], rtol=1e-10, atol=1e-13)
