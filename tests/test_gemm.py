@@ -366,6 +366,29 @@ def test_gemm_bias_act_full_and_edge_tiles_agree_bitwise(gemm_lib, dtype):
     np.testing.assert_array_equal(small, big[:m, :n])
 
 
+@pytest.mark.parametrize("variant", ["native", "avx2"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_edge_row_kernels_agree_bitwise(gemm_lib, variant, dtype):
+    """The last M mod MR rows of C go through a kernel of their own for some row
+    counts (8 and 4 with MR = 12, 4 and 2 with MR = 6): their bits must be
+    those of the same rows inside full tiles, in every form, packed or not."""
+    gemm = gemm_lib(variant, dtype)
+    rng = np.random.default_rng(5)
+    M, K = 96, 300
+    for (ta, tb), N, n in itertools.product(FORMS, (128, 2048), (64, 100)):
+        A, B = operands(rng, ta, tb, M, N, K, dtype)
+        bias = rng.standard_normal(N).astype(dtype)
+        C0 = rng.standard_normal((M, N)).astype(dtype)
+        big = C0.copy()
+        gemm(ta, tb, M, N, K, A, B, big, 1, bias=bias, act=1)
+        for m in (8, 14, 16, 20, 28, 44):   # > GC_GEMM_SMALL_ROWS: not the plain loops
+            a = np.ascontiguousarray(A[:, :m] if ta else A[:m])
+            b = np.ascontiguousarray(B[:n] if tb else B[:, :n])
+            small = np.ascontiguousarray(C0[:m, :n])
+            gemm(ta, tb, m, n, K, a, b, small, 1, bias=bias[:n].copy(), act=1)
+            np.testing.assert_array_equal(small, big[:m, :n], err_msg=f"ta={ta} tb={tb} m={m} n={n} N={N}")
+
+
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
     dtype=st.sampled_from(list(DTYPES)),
