@@ -314,72 +314,82 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
     gc_vec acc10_1 = gc_vec_zero();
     gc_vec acc11_0 = gc_vec_zero();
     gc_vec acc11_1 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
+    const gc_real *a_g2 = a + 6 * a_rs;
+    const gc_real *a_g3 = a + 9 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
             acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
             acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
             acc2_1 = gc_vec_fma(a2, b1, acc2_1);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
             acc3_1 = gc_vec_fma(a3, b1, acc3_1);
         }
         {
-            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            const gc_vec a4 = gc_vec_set1(a_g1[1 * a_rs]);
             acc4_0 = gc_vec_fma(a4, b0, acc4_0);
             acc4_1 = gc_vec_fma(a4, b1, acc4_1);
         }
         {
-            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            const gc_vec a5 = gc_vec_set1(a_g1[2 * a_rs]);
             acc5_0 = gc_vec_fma(a5, b0, acc5_0);
             acc5_1 = gc_vec_fma(a5, b1, acc5_1);
         }
         {
-            const gc_vec a6 = gc_vec_set1(a[6 * a_rs]);
+            const gc_vec a6 = gc_vec_set1(a_g2[0 * a_rs]);
             acc6_0 = gc_vec_fma(a6, b0, acc6_0);
             acc6_1 = gc_vec_fma(a6, b1, acc6_1);
         }
         {
-            const gc_vec a7 = gc_vec_set1(a[7 * a_rs]);
+            const gc_vec a7 = gc_vec_set1(a_g2[1 * a_rs]);
             acc7_0 = gc_vec_fma(a7, b0, acc7_0);
             acc7_1 = gc_vec_fma(a7, b1, acc7_1);
         }
         {
-            const gc_vec a8 = gc_vec_set1(a[8 * a_rs]);
+            const gc_vec a8 = gc_vec_set1(a_g2[2 * a_rs]);
             acc8_0 = gc_vec_fma(a8, b0, acc8_0);
             acc8_1 = gc_vec_fma(a8, b1, acc8_1);
         }
         {
-            const gc_vec a9 = gc_vec_set1(a[9 * a_rs]);
+            const gc_vec a9 = gc_vec_set1(a_g3[0 * a_rs]);
             acc9_0 = gc_vec_fma(a9, b0, acc9_0);
             acc9_1 = gc_vec_fma(a9, b1, acc9_1);
         }
         {
-            const gc_vec a10 = gc_vec_set1(a[10 * a_rs]);
+            const gc_vec a10 = gc_vec_set1(a_g3[1 * a_rs]);
             acc10_0 = gc_vec_fma(a10, b0, acc10_0);
             acc10_1 = gc_vec_fma(a10, b1, acc10_1);
         }
         {
-            const gc_vec a11 = gc_vec_set1(a[11 * a_rs]);
+            const gc_vec a11 = gc_vec_set1(a_g3[2 * a_rs]);
             acc11_0 = gc_vec_fma(a11, b0, acc11_0);
             acc11_1 = gc_vec_fma(a11, b1, acc11_1);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
+        a_g2 += a_ks;
+        a_g3 += a_ks;
         b += b_ks;
     }
 
@@ -516,59 +526,69 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, co
     gc_vec acc9_0 = gc_vec_zero();
     gc_vec acc10_0 = gc_vec_zero();
     gc_vec acc11_0 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
+    const gc_real *a_g2 = a + 6 * a_rs;
+    const gc_real *a_g3 = a + 9 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
         }
         {
-            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            const gc_vec a4 = gc_vec_set1(a_g1[1 * a_rs]);
             acc4_0 = gc_vec_fma(a4, b0, acc4_0);
         }
         {
-            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            const gc_vec a5 = gc_vec_set1(a_g1[2 * a_rs]);
             acc5_0 = gc_vec_fma(a5, b0, acc5_0);
         }
         {
-            const gc_vec a6 = gc_vec_set1(a[6 * a_rs]);
+            const gc_vec a6 = gc_vec_set1(a_g2[0 * a_rs]);
             acc6_0 = gc_vec_fma(a6, b0, acc6_0);
         }
         {
-            const gc_vec a7 = gc_vec_set1(a[7 * a_rs]);
+            const gc_vec a7 = gc_vec_set1(a_g2[1 * a_rs]);
             acc7_0 = gc_vec_fma(a7, b0, acc7_0);
         }
         {
-            const gc_vec a8 = gc_vec_set1(a[8 * a_rs]);
+            const gc_vec a8 = gc_vec_set1(a_g2[2 * a_rs]);
             acc8_0 = gc_vec_fma(a8, b0, acc8_0);
         }
         {
-            const gc_vec a9 = gc_vec_set1(a[9 * a_rs]);
+            const gc_vec a9 = gc_vec_set1(a_g3[0 * a_rs]);
             acc9_0 = gc_vec_fma(a9, b0, acc9_0);
         }
         {
-            const gc_vec a10 = gc_vec_set1(a[10 * a_rs]);
+            const gc_vec a10 = gc_vec_set1(a_g3[1 * a_rs]);
             acc10_0 = gc_vec_fma(a10, b0, acc10_0);
         }
         {
-            const gc_vec a11 = gc_vec_set1(a[11 * a_rs]);
+            const gc_vec a11 = gc_vec_set1(a_g3[2 * a_rs]);
             acc11_0 = gc_vec_fma(a11, b0, acc11_0);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
+        a_g2 += a_ks;
+        a_g3 += a_ks;
         b += b_ks;
     }
 
@@ -662,52 +682,60 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r8_avx512(long kc, const 
     gc_vec acc6_1 = gc_vec_zero();
     gc_vec acc7_0 = gc_vec_zero();
     gc_vec acc7_1 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
+    const gc_real *a_g2 = a + 6 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
             acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
             acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
             acc2_1 = gc_vec_fma(a2, b1, acc2_1);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
             acc3_1 = gc_vec_fma(a3, b1, acc3_1);
         }
         {
-            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            const gc_vec a4 = gc_vec_set1(a_g1[1 * a_rs]);
             acc4_0 = gc_vec_fma(a4, b0, acc4_0);
             acc4_1 = gc_vec_fma(a4, b1, acc4_1);
         }
         {
-            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            const gc_vec a5 = gc_vec_set1(a_g1[2 * a_rs]);
             acc5_0 = gc_vec_fma(a5, b0, acc5_0);
             acc5_1 = gc_vec_fma(a5, b1, acc5_1);
         }
         {
-            const gc_vec a6 = gc_vec_set1(a[6 * a_rs]);
+            const gc_vec a6 = gc_vec_set1(a_g2[0 * a_rs]);
             acc6_0 = gc_vec_fma(a6, b0, acc6_0);
             acc6_1 = gc_vec_fma(a6, b1, acc6_1);
         }
         {
-            const gc_vec a7 = gc_vec_set1(a[7 * a_rs]);
+            const gc_vec a7 = gc_vec_set1(a_g2[1 * a_rs]);
             acc7_0 = gc_vec_fma(a7, b0, acc7_0);
             acc7_1 = gc_vec_fma(a7, b1, acc7_1);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
+        a_g2 += a_ks;
         b += b_ks;
     }
 
@@ -810,32 +838,38 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r4_avx512(long kc, const 
     gc_vec acc2_1 = gc_vec_zero();
     gc_vec acc3_0 = gc_vec_zero();
     gc_vec acc3_1 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
             acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
             acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
             acc2_1 = gc_vec_fma(a2, b1, acc2_1);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
             acc3_1 = gc_vec_fma(a3, b1, acc3_1);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
         b += b_ks;
     }
 
@@ -1307,42 +1341,48 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
     gc_vec acc4_1 = gc_vec_zero();
     gc_vec acc5_0 = gc_vec_zero();
     gc_vec acc5_1 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
             acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
             acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
             acc2_1 = gc_vec_fma(a2, b1, acc2_1);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
             acc3_1 = gc_vec_fma(a3, b1, acc3_1);
         }
         {
-            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            const gc_vec a4 = gc_vec_set1(a_g1[1 * a_rs]);
             acc4_0 = gc_vec_fma(a4, b0, acc4_0);
             acc4_1 = gc_vec_fma(a4, b1, acc4_1);
         }
         {
-            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            const gc_vec a5 = gc_vec_set1(a_g1[2 * a_rs]);
             acc5_0 = gc_vec_fma(a5, b0, acc5_0);
             acc5_1 = gc_vec_fma(a5, b1, acc5_1);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
         b += b_ks;
     }
 
@@ -1425,35 +1465,41 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const 
     gc_vec acc3_0 = gc_vec_zero();
     gc_vec acc4_0 = gc_vec_zero();
     gc_vec acc5_0 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
         }
         {
-            const gc_vec a4 = gc_vec_set1(a[4 * a_rs]);
+            const gc_vec a4 = gc_vec_set1(a_g1[1 * a_rs]);
             acc4_0 = gc_vec_fma(a4, b0, acc4_0);
         }
         {
-            const gc_vec a5 = gc_vec_set1(a[5 * a_rs]);
+            const gc_vec a5 = gc_vec_set1(a_g1[2 * a_rs]);
             acc5_0 = gc_vec_fma(a5, b0, acc5_0);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
         b += b_ks;
     }
 
@@ -1515,32 +1561,38 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r4_avx2(long kc, const gc_r
     gc_vec acc2_1 = gc_vec_zero();
     gc_vec acc3_0 = gc_vec_zero();
     gc_vec acc3_1 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
             acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
             acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
             acc2_1 = gc_vec_fma(a2, b1, acc2_1);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
             acc3_1 = gc_vec_fma(a3, b1, acc3_1);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
         b += b_ks;
     }
 
@@ -1607,22 +1659,26 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r2_avx2(long kc, const gc_r
     gc_vec acc0_1 = gc_vec_zero();
     gc_vec acc1_0 = gc_vec_zero();
     gc_vec acc1_1 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         const gc_vec b1 = gc_vec_loadu(b + 1 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
             acc0_1 = gc_vec_fma(a0, b1, acc0_1);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
             acc1_1 = gc_vec_fma(a1, b1, acc1_1);
         }
-        a += a_ks;
+        a_g0 += a_ks;
         b += b_ks;
     }
 
@@ -2087,6 +2143,11 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
     gc_vec acc3_5 = gc_vec_zero();
     gc_vec acc3_6 = gc_vec_zero();
     gc_vec acc3_7 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
@@ -2099,7 +2160,7 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
         const gc_vec b6 = gc_vec_loadu(b + 6 * GC_VEC_WIDTH);
         const gc_vec b7 = gc_vec_loadu(b + 7 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
             acc0_1 = gc_vec_fma(a0, b1, acc0_1);
             acc0_2 = gc_vec_fma(a0, b2, acc0_2);
@@ -2110,7 +2171,7 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
             acc0_7 = gc_vec_fma(a0, b7, acc0_7);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
             acc1_1 = gc_vec_fma(a1, b1, acc1_1);
             acc1_2 = gc_vec_fma(a1, b2, acc1_2);
@@ -2121,7 +2182,7 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
             acc1_7 = gc_vec_fma(a1, b7, acc1_7);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
             acc2_1 = gc_vec_fma(a2, b1, acc2_1);
             acc2_2 = gc_vec_fma(a2, b2, acc2_2);
@@ -2132,7 +2193,7 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
             acc2_7 = gc_vec_fma(a2, b7, acc2_7);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
             acc3_1 = gc_vec_fma(a3, b1, acc3_1);
             acc3_2 = gc_vec_fma(a3, b2, acc3_2);
@@ -2142,7 +2203,8 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
             acc3_6 = gc_vec_fma(a3, b6, acc3_6);
             acc3_7 = gc_vec_fma(a3, b7, acc3_7);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
         b += b_ks;
     }
 
@@ -2309,27 +2371,33 @@ static void gc_gemm_micro_kernel_narrow_generic(long kc, const gc_real *a, long 
     gc_vec acc1_0 = gc_vec_zero();
     gc_vec acc2_0 = gc_vec_zero();
     gc_vec acc3_0 = gc_vec_zero();
+    /* One pointer per 3 rows of A, the rows at p, p + a_rs, p + 2 a_rs (x86 base +
+       index * 4 or 8): 12 rows take 4 pointers and one index register; 12 row
+       offsets did not fit in registers and were reloaded from the stack every step. */
+    const gc_real *a_g0 = a + 0 * a_rs;
+    const gc_real *a_g1 = a + 3 * a_rs;
     long k;
 
     for (k = 0; k < kc; ++k) {
         const gc_vec b0 = gc_vec_loadu(b + 0 * GC_VEC_WIDTH);
         {
-            const gc_vec a0 = gc_vec_set1(a[0 * a_rs]);
+            const gc_vec a0 = gc_vec_set1(a_g0[0 * a_rs]);
             acc0_0 = gc_vec_fma(a0, b0, acc0_0);
         }
         {
-            const gc_vec a1 = gc_vec_set1(a[1 * a_rs]);
+            const gc_vec a1 = gc_vec_set1(a_g0[1 * a_rs]);
             acc1_0 = gc_vec_fma(a1, b0, acc1_0);
         }
         {
-            const gc_vec a2 = gc_vec_set1(a[2 * a_rs]);
+            const gc_vec a2 = gc_vec_set1(a_g0[2 * a_rs]);
             acc2_0 = gc_vec_fma(a2, b0, acc2_0);
         }
         {
-            const gc_vec a3 = gc_vec_set1(a[3 * a_rs]);
+            const gc_vec a3 = gc_vec_set1(a_g1[0 * a_rs]);
             acc3_0 = gc_vec_fma(a3, b0, acc3_0);
         }
-        a += a_ks;
+        a_g0 += a_ks;
+        a_g1 += a_ks;
         b += b_ks;
     }
 
