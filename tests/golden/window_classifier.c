@@ -89,7 +89,7 @@ static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at m
  * is row-major and vectors run along its rows):
  *
  *   for jc over N in steps of NC                        (per thread)
- *     for pc over K in steps of KC
+ *     for pc over K in ceil(K/KC) steps of equal depth (<= KC)
  *       pack op(B)[pc:+KC, jc:+NC] into NR-wide panels  -> L2-resident block
  *       for ic over M in steps of MC
  *         pack op(A)[ic:+MC, pc:+KC] into MR-tall panels
@@ -1082,13 +1082,21 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M,
     const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
     const int narrow = N <= GC_VEC_WIDTH;
     const long nr = narrow ? GC_VEC_WIDTH : GC_GEMM_NR;   /* panel width */
+    /* K blocks of equal depth (a multiple of a cache line) rather than KC, KC, ...
+       and a thin remainder (784 = 3 x 256 + 16): a thin last block costs a whole
+       pass over C and a B pack for few FMAs.  Depends on K only, so the blocks are
+       the same for every part, thread count and path. */
+    const long k_blocks = (K + GC_GEMM_KC - 1) / GC_GEMM_KC;
+    const long k_even = ((K + k_blocks - 1) / k_blocks + GC_GEMM_PACK_CHUNK - 1) / GC_GEMM_PACK_CHUNK
+                        * GC_GEMM_PACK_CHUNK;
+    const long k_step = k_even < GC_GEMM_KC ? k_even : GC_GEMM_KC;   /* the pack holds KC */
     long jc, pc, ic, ir, jr;
 
     for (jc = 0; jc < N; jc += GC_GEMM_NC) {
         const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
         const long nc_full = nc / nr * nr;   /* columns in whole panels */
-        for (pc = 0; pc < K; pc += GC_GEMM_KC) {
-            const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
+        for (pc = 0; pc < K; pc += k_step) {
+            const long kc = K - pc < k_step ? K - pc : k_step;
             /* First K block applies the caller's beta, later ones accumulate;
                bias and relu belong to the last K block only. */
             const int beta_block = pc == 0 ? beta : 1;
@@ -1875,13 +1883,21 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, lon
     const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
     const int narrow = N <= GC_VEC_WIDTH;
     const long nr = narrow ? GC_VEC_WIDTH : GC_GEMM_NR;   /* panel width */
+    /* K blocks of equal depth (a multiple of a cache line) rather than KC, KC, ...
+       and a thin remainder (784 = 3 x 256 + 16): a thin last block costs a whole
+       pass over C and a B pack for few FMAs.  Depends on K only, so the blocks are
+       the same for every part, thread count and path. */
+    const long k_blocks = (K + GC_GEMM_KC - 1) / GC_GEMM_KC;
+    const long k_even = ((K + k_blocks - 1) / k_blocks + GC_GEMM_PACK_CHUNK - 1) / GC_GEMM_PACK_CHUNK
+                        * GC_GEMM_PACK_CHUNK;
+    const long k_step = k_even < GC_GEMM_KC ? k_even : GC_GEMM_KC;   /* the pack holds KC */
     long jc, pc, ic, ir, jr;
 
     for (jc = 0; jc < N; jc += GC_GEMM_NC) {
         const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
         const long nc_full = nc / nr * nr;   /* columns in whole panels */
-        for (pc = 0; pc < K; pc += GC_GEMM_KC) {
-            const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
+        for (pc = 0; pc < K; pc += k_step) {
+            const long kc = K - pc < k_step ? K - pc : k_step;
             /* First K block applies the caller's beta, later ones accumulate;
                bias and relu belong to the last K block only. */
             const int beta_block = pc == 0 ? beta : 1;
@@ -2547,13 +2563,21 @@ static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
     const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
     const int narrow = N <= GC_VEC_WIDTH;
     const long nr = narrow ? GC_VEC_WIDTH : GC_GEMM_NR;   /* panel width */
+    /* K blocks of equal depth (a multiple of a cache line) rather than KC, KC, ...
+       and a thin remainder (784 = 3 x 256 + 16): a thin last block costs a whole
+       pass over C and a B pack for few FMAs.  Depends on K only, so the blocks are
+       the same for every part, thread count and path. */
+    const long k_blocks = (K + GC_GEMM_KC - 1) / GC_GEMM_KC;
+    const long k_even = ((K + k_blocks - 1) / k_blocks + GC_GEMM_PACK_CHUNK - 1) / GC_GEMM_PACK_CHUNK
+                        * GC_GEMM_PACK_CHUNK;
+    const long k_step = k_even < GC_GEMM_KC ? k_even : GC_GEMM_KC;   /* the pack holds KC */
     long jc, pc, ic, ir, jr;
 
     for (jc = 0; jc < N; jc += GC_GEMM_NC) {
         const long nc = N - jc < GC_GEMM_NC ? N - jc : GC_GEMM_NC;
         const long nc_full = nc / nr * nr;   /* columns in whole panels */
-        for (pc = 0; pc < K; pc += GC_GEMM_KC) {
-            const long kc = K - pc < GC_GEMM_KC ? K - pc : GC_GEMM_KC;
+        for (pc = 0; pc < K; pc += k_step) {
+            const long kc = K - pc < k_step ? K - pc : k_step;
             /* First K block applies the caller's beta, later ones accumulate;
                bias and relu belong to the last K block only. */
             const int beta_block = pc == 0 ? beta : 1;
