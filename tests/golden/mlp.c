@@ -22,13 +22,17 @@ typedef float gc_real;
 /* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
    are split over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp): by their outer
    loop when each iteration writes elements of its own, and by blocks of GC_LOOP_COLUMNS columns
-   when the loop also sums over its rows (a bias gradient). Either way each element is computed,
+   when the loop also sums over its rows (a bias gradient). A softmax over wide rows is split into
+   GC_ROW_CHUNKS chunks of rows, whatever the thread count. Either way each element is computed,
    and each sum added, in the same order: the bits do not depend on the thread count. */
 #ifndef GC_LOOP_PARALLEL_WORK
 #define GC_LOOP_PARALLEL_WORK 32768L
 #endif
 #ifndef GC_LOOP_COLUMNS
 #define GC_LOOP_COLUMNS 256L   /* columns per block of a (rows, columns) loop that sums over rows */
+#endif
+#ifndef GC_ROW_CHUNKS
+#define GC_ROW_CHUNKS 64   /* chunks of rows of a threaded softmax (and of its loss sum) */
 #endif
 #if defined(_OPENMP) && GC_MAX_THREADS > 1
 #include <omp.h>
@@ -69,6 +73,33 @@ static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at m
  *                       const gc_real *A, long lda, const gc_real *B, long ldb,
  *                       int beta, gc_real *C, long ldc, gc_real *pack,
  *                       const gc_real *bias, int act);
+ *
+ *   The general form: C = epilogue(beta*C + op(A) op(B)), where the
+ *   epilogue (NULL: none) is applied to each final value of C as it is
+ *   written, in this order: + bias[j], relu, * sgn(mask[i*ldm + j]); then
+ *   update[i*ldu + j] -= rate * the value (one rounding: an SGD step of a
+ *   parameter from its gradient, and C is then scratch, not the result);
+ *   then colsum[j] += the value, over the rows in order (the caller zeroes
+ *   colsum first; it then holds the same bits as a loop summing C's rows):
+ *
+ *   typedef struct {
+ *       const gc_real *bias;    N values, or NULL
+ *       int relu;               1: relu
+ *       const gc_real *mask;    M x N (row stride ldm), or NULL
+ *       long ldm;
+ *       gc_real *colsum;        N values accumulated, or NULL
+ *       gc_real *update;        M x N (row stride ldu), or NULL
+ *       long ldu;
+ *       gc_real rate;
+ *   } gc_gemm_epilogue;
+ *
+ *   static void gc_gemm_ex(int ta, int tb, long M, long N, long K,
+ *                       const gc_real *A, long lda, const gc_real *B, long ldb,
+ *                       int beta, gc_real *C, long ldc, gc_real *pack,
+ *                       const gc_gemm_epilogue *ep);
+ *
+ *   (The backward pass of a relu layer: dz = (d_out U) * sgn(h) and its
+ *   bias gradient db = the column sums of dz, in the pass that writes dz.)
  *
  *   static long gc_gemm_pack_elems(void);
  *       Scratch size, in gc_real elements, that `pack` must have (64-byte
@@ -234,6 +265,60 @@ static inline int gc_loop_threads(void)   /* as the GEMMs: OMP_NUM_THREADS, at m
 #endif
 
 /* ---------------------------------------------------------------------- */
+/* The epilogue (shared by every instruction set)                         */
+/* ---------------------------------------------------------------------- */
+typedef struct {
+    const gc_real *bias;   /* N values added to every row, or NULL */
+    int relu;              /* 1: relu(x) = x <= 0 ? 0 : x (NaN stays NaN) */
+    const gc_real *mask;   /* M x N, row stride ldm: C *= sgn(mask), or NULL */
+    long ldm;
+    gc_real *colsum;       /* N values: += C's final values, row by row, or NULL */
+    gc_real *update;       /* M x N, row stride ldu: -= rate * C's final values, which are then
+                              not stored (C is scratch), or NULL */
+    long ldu;
+    gc_real rate;
+} gc_gemm_epilogue;
+
+/* sgn(x) = (x > 0) - (x < 0): 1, -1, or 0 at 0 and at NaN. */
+#define GC_GEMM_SGN(x) ((gc_real)(((x) > 0) - ((x) < 0)))
+
+/* The epilogue of element (i, j) in scalar code (edge tiles, tiny products):
+   the same operations in the same order as the micro-kernels' vectors (the
+   update is one fused multiply-add there, and here when the compiler
+   contracts a - b * c, as graphc's builds let it).  Applies the update, adds
+   the value into the column sum and returns it. */
+static gc_real gc_gemm_epilogue_apply(const gc_gemm_epilogue *ep, long i, long j, gc_real value)
+{
+    if (ep->bias) value = value + ep->bias[j];
+    if (ep->relu) value = value <= 0 ? (gc_real)0 : value;
+    if (ep->mask) value = value * GC_GEMM_SGN(ep->mask[i * ep->ldm + j]);
+    if (ep->update) ep->update[i * ep->ldu + j] = ep->update[i * ep->ldu + j] - ep->rate * value;
+    if (ep->colsum) ep->colsum[j] = ep->colsum[j] + value;
+    return value;
+}
+
+/* The epilogue of the sub-matrix of C at (i0, j0), in *out; NULL stays NULL. */
+static const gc_gemm_epilogue *gc_gemm_epilogue_at(const gc_gemm_epilogue *ep, long i0, long j0,
+                                                   gc_gemm_epilogue *out)
+{
+    if (!ep) return 0;
+    *out = *ep;
+    if (out->bias) out->bias += j0;
+    if (out->mask) out->mask += i0 * out->ldm + j0;
+    if (out->colsum) out->colsum += j0;
+    if (out->update) out->update += i0 * out->ldu + j0;
+    return out;
+}
+
+/* Whether threads split C by columns (else by rows): the smaller operand is
+   the one every part reads whole.  Column sums need columns, so that each
+   column's rows are added by one thread in order. */
+static int gc_gemm_by_columns(long M, long N, const gc_gemm_epilogue *ep)
+{
+    return M <= N || (ep && ep->colsum);
+}
+
+/* ---------------------------------------------------------------------- */
 /* The kernels, once per instruction set                                  */
 /* ---------------------------------------------------------------------- */
 #ifdef GC_GEMM_HAVE_AVX512
@@ -246,8 +331,12 @@ typedef __m512d gc_vec_avx512;
 #define gc_vec_storeu(p, x) _mm512_storeu_pd((p), (x))
 #define gc_vec_set1(s) _mm512_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_pd((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm512_fnmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_pd((a), (b))
 #define gc_vec_relu(x) _mm512_max_pd(_mm512_setzero_pd(), (x))  /* NaN stays NaN */
+#define gc_vec_mul(a, b) _mm512_mul_pd((a), (b))
+#define gc_vec_sgn(x) _mm512_sub_pd(_mm512_maskz_mov_pd(_mm512_cmp_pd_mask((x), _mm512_setzero_pd(), _CMP_GT_OQ), _mm512_set1_pd(1.0)), \
+                                    _mm512_maskz_mov_pd(_mm512_cmp_pd_mask((x), _mm512_setzero_pd(), _CMP_LT_OQ), _mm512_set1_pd(1.0)))
 #else
 typedef __m512 gc_vec_avx512;
 #define gc_vec gc_vec_avx512
@@ -257,8 +346,12 @@ typedef __m512 gc_vec_avx512;
 #define gc_vec_storeu(p, x) _mm512_storeu_ps((p), (x))
 #define gc_vec_set1(s) _mm512_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm512_fnmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm512_add_ps((a), (b))
 #define gc_vec_relu(x) _mm512_max_ps(_mm512_setzero_ps(), (x))  /* NaN stays NaN */
+#define gc_vec_mul(a, b) _mm512_mul_ps((a), (b))
+#define gc_vec_sgn(x) _mm512_sub_ps(_mm512_maskz_mov_ps(_mm512_cmp_ps_mask((x), _mm512_setzero_ps(), _CMP_GT_OQ), _mm512_set1_ps(1.0f)), \
+                                    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask((x), _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_set1_ps(1.0f)))
 #endif
 
 /* MR x NR: register tile (MR rows, GC_GEMM_NV vectors per row).
@@ -285,10 +378,12 @@ static long gc_gemm_pack_thread_elems_avx512(void)
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_real *a, long a_rs, long a_ks,
                                                               const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                              const gc_real *bias, int relu)
+                                                              const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -394,7 +489,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc0_1 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 1 * GC_VEC_WIDTH), acc0_1);
@@ -421,9 +516,9 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
         acc11_0 = gc_vec_add(gc_vec_loadu(C + 11 * ldc + 0 * GC_VEC_WIDTH), acc11_0);
         acc11_1 = gc_vec_add(gc_vec_loadu(C + 11 * ldc + 1 * GC_VEC_WIDTH), acc11_1);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
-        const gc_vec bias1 = gc_vec_loadu(bias + 1 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
+        const gc_vec bias1 = gc_vec_loadu(ep->bias + col + 1 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc0_1 = gc_vec_add(acc0_1, bias1);
         acc1_0 = gc_vec_add(acc1_0, bias0);
@@ -449,7 +544,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
         acc11_0 = gc_vec_add(acc11_0, bias0);
         acc11_1 = gc_vec_add(acc11_1, bias1);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc0_1 = gc_vec_relu(acc0_1);
         acc1_0 = gc_vec_relu(acc1_0);
@@ -475,30 +570,140 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
         acc11_0 = gc_vec_relu(acc11_0);
         acc11_1 = gc_vec_relu(acc11_1);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
-    gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
-    gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
-    gc_vec_storeu(C + 6 * ldc + 1 * GC_VEC_WIDTH, acc6_1);
-    gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
-    gc_vec_storeu(C + 7 * ldc + 1 * GC_VEC_WIDTH, acc7_1);
-    gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
-    gc_vec_storeu(C + 8 * ldc + 1 * GC_VEC_WIDTH, acc8_1);
-    gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
-    gc_vec_storeu(C + 9 * ldc + 1 * GC_VEC_WIDTH, acc9_1);
-    gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
-    gc_vec_storeu(C + 10 * ldc + 1 * GC_VEC_WIDTH, acc10_1);
-    gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
-    gc_vec_storeu(C + 11 * ldc + 1 * GC_VEC_WIDTH, acc11_1);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc0_1 = gc_vec_mul(acc0_1, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_1 = gc_vec_mul(acc1_1, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_1 = gc_vec_mul(acc2_1, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_1 = gc_vec_mul(acc3_1, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc4_0 = gc_vec_mul(acc4_0, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc4_1 = gc_vec_mul(acc4_1, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc5_0 = gc_vec_mul(acc5_0, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc5_1 = gc_vec_mul(acc5_1, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc6_0 = gc_vec_mul(acc6_0, gc_vec_sgn(gc_vec_loadu(mask + 6 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc6_1 = gc_vec_mul(acc6_1, gc_vec_sgn(gc_vec_loadu(mask + 6 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc7_0 = gc_vec_mul(acc7_0, gc_vec_sgn(gc_vec_loadu(mask + 7 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc7_1 = gc_vec_mul(acc7_1, gc_vec_sgn(gc_vec_loadu(mask + 7 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc8_0 = gc_vec_mul(acc8_0, gc_vec_sgn(gc_vec_loadu(mask + 8 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc8_1 = gc_vec_mul(acc8_1, gc_vec_sgn(gc_vec_loadu(mask + 8 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc9_0 = gc_vec_mul(acc9_0, gc_vec_sgn(gc_vec_loadu(mask + 9 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc9_1 = gc_vec_mul(acc9_1, gc_vec_sgn(gc_vec_loadu(mask + 9 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc10_0 = gc_vec_mul(acc10_0, gc_vec_sgn(gc_vec_loadu(mask + 10 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc10_1 = gc_vec_mul(acc10_1, gc_vec_sgn(gc_vec_loadu(mask + 10 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc11_0 = gc_vec_mul(acc11_0, gc_vec_sgn(gc_vec_loadu(mask + 11 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc11_1 = gc_vec_mul(acc11_1, gc_vec_sgn(gc_vec_loadu(mask + 11 * ep->ldm + 1 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_1, gc_vec_loadu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_1, gc_vec_loadu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_0, gc_vec_loadu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_1, gc_vec_loadu(update + 6 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_0, gc_vec_loadu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_1, gc_vec_loadu(update + 7 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc8_0, gc_vec_loadu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 8 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc8_1, gc_vec_loadu(update + 8 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc9_0, gc_vec_loadu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 9 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc9_1, gc_vec_loadu(update + 9 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc10_0, gc_vec_loadu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 10 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc10_1, gc_vec_loadu(update + 10 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc11_0, gc_vec_loadu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 11 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc11_1, gc_vec_loadu(update + 11 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+        gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
+        gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
+        gc_vec_storeu(C + 6 * ldc + 1 * GC_VEC_WIDTH, acc6_1);
+        gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
+        gc_vec_storeu(C + 7 * ldc + 1 * GC_VEC_WIDTH, acc7_1);
+        gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
+        gc_vec_storeu(C + 8 * ldc + 1 * GC_VEC_WIDTH, acc8_1);
+        gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
+        gc_vec_storeu(C + 9 * ldc + 1 * GC_VEC_WIDTH, acc9_1);
+        gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
+        gc_vec_storeu(C + 10 * ldc + 1 * GC_VEC_WIDTH, acc10_1);
+        gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
+        gc_vec_storeu(C + 11 * ldc + 1 * GC_VEC_WIDTH, acc11_1);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum1 = gc_vec_add(sum1, acc0_1);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum1 = gc_vec_add(sum1, acc1_1);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum1 = gc_vec_add(sum1, acc2_1);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum1 = gc_vec_add(sum1, acc3_1);
+        sum0 = gc_vec_add(sum0, acc4_0);
+        sum1 = gc_vec_add(sum1, acc4_1);
+        sum0 = gc_vec_add(sum0, acc5_0);
+        sum1 = gc_vec_add(sum1, acc5_1);
+        sum0 = gc_vec_add(sum0, acc6_0);
+        sum1 = gc_vec_add(sum1, acc6_1);
+        sum0 = gc_vec_add(sum0, acc7_0);
+        sum1 = gc_vec_add(sum1, acc7_1);
+        sum0 = gc_vec_add(sum0, acc8_0);
+        sum1 = gc_vec_add(sum1, acc8_1);
+        sum0 = gc_vec_add(sum0, acc9_0);
+        sum1 = gc_vec_add(sum1, acc9_1);
+        sum0 = gc_vec_add(sum0, acc10_0);
+        sum1 = gc_vec_add(sum1, acc10_1);
+        sum0 = gc_vec_add(sum0, acc11_0);
+        sum1 = gc_vec_add(sum1, acc11_1);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+        gc_vec_storeu(ep->colsum + col + 1 * GC_VEC_WIDTH, sum1);
+    }
 }
 
 /* The same for products at most one vector wide (h U^T with 10 classes):
@@ -509,10 +714,12 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_avx512(long kc, const gc_
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, const gc_real *a, long a_rs, long a_ks,
                                                                      const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                                     const gc_real *bias, int relu)
+                                                                     const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc1_0 = gc_vec_zero();
@@ -593,7 +800,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, co
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc1_0 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 0 * GC_VEC_WIDTH), acc1_0);
@@ -608,8 +815,8 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, co
         acc10_0 = gc_vec_add(gc_vec_loadu(C + 10 * ldc + 0 * GC_VEC_WIDTH), acc10_0);
         acc11_0 = gc_vec_add(gc_vec_loadu(C + 11 * ldc + 0 * GC_VEC_WIDTH), acc11_0);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc1_0 = gc_vec_add(acc1_0, bias0);
         acc2_0 = gc_vec_add(acc2_0, bias0);
@@ -623,7 +830,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, co
         acc10_0 = gc_vec_add(acc10_0, bias0);
         acc11_0 = gc_vec_add(acc11_0, bias0);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc1_0 = gc_vec_relu(acc1_0);
         acc2_0 = gc_vec_relu(acc2_0);
@@ -637,18 +844,78 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, co
         acc10_0 = gc_vec_relu(acc10_0);
         acc11_0 = gc_vec_relu(acc11_0);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
-    gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
-    gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
-    gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
-    gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
-    gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
-    gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc4_0 = gc_vec_mul(acc4_0, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc5_0 = gc_vec_mul(acc5_0, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc6_0 = gc_vec_mul(acc6_0, gc_vec_sgn(gc_vec_loadu(mask + 6 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc7_0 = gc_vec_mul(acc7_0, gc_vec_sgn(gc_vec_loadu(mask + 7 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc8_0 = gc_vec_mul(acc8_0, gc_vec_sgn(gc_vec_loadu(mask + 8 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc9_0 = gc_vec_mul(acc9_0, gc_vec_sgn(gc_vec_loadu(mask + 9 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc10_0 = gc_vec_mul(acc10_0, gc_vec_sgn(gc_vec_loadu(mask + 10 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc11_0 = gc_vec_mul(acc11_0, gc_vec_sgn(gc_vec_loadu(mask + 11 * ep->ldm + 0 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_0, gc_vec_loadu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_0, gc_vec_loadu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc8_0, gc_vec_loadu(update + 8 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc9_0, gc_vec_loadu(update + 9 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc10_0, gc_vec_loadu(update + 10 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc11_0, gc_vec_loadu(update + 11 * ep->ldu + 0 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+        gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
+        gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
+        gc_vec_storeu(C + 8 * ldc + 0 * GC_VEC_WIDTH, acc8_0);
+        gc_vec_storeu(C + 9 * ldc + 0 * GC_VEC_WIDTH, acc9_0);
+        gc_vec_storeu(C + 10 * ldc + 0 * GC_VEC_WIDTH, acc10_0);
+        gc_vec_storeu(C + 11 * ldc + 0 * GC_VEC_WIDTH, acc11_0);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum0 = gc_vec_add(sum0, acc4_0);
+        sum0 = gc_vec_add(sum0, acc5_0);
+        sum0 = gc_vec_add(sum0, acc6_0);
+        sum0 = gc_vec_add(sum0, acc7_0);
+        sum0 = gc_vec_add(sum0, acc8_0);
+        sum0 = gc_vec_add(sum0, acc9_0);
+        sum0 = gc_vec_add(sum0, acc10_0);
+        sum0 = gc_vec_add(sum0, acc11_0);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+    }
 }
 
 /* The same with 8 rows, for the last rows of C when M mod MR = 8: the full
@@ -661,10 +928,12 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_narrow_avx512(long kc, co
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r8_avx512(long kc, const gc_real *a, long a_rs, long a_ks,
                                                                  const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                                 const gc_real *bias, int relu)
+                                                                 const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -740,7 +1009,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r8_avx512(long kc, const 
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc0_1 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 1 * GC_VEC_WIDTH), acc0_1);
@@ -759,9 +1028,9 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r8_avx512(long kc, const 
         acc7_0 = gc_vec_add(gc_vec_loadu(C + 7 * ldc + 0 * GC_VEC_WIDTH), acc7_0);
         acc7_1 = gc_vec_add(gc_vec_loadu(C + 7 * ldc + 1 * GC_VEC_WIDTH), acc7_1);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
-        const gc_vec bias1 = gc_vec_loadu(bias + 1 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
+        const gc_vec bias1 = gc_vec_loadu(ep->bias + col + 1 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc0_1 = gc_vec_add(acc0_1, bias1);
         acc1_0 = gc_vec_add(acc1_0, bias0);
@@ -779,7 +1048,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r8_avx512(long kc, const 
         acc7_0 = gc_vec_add(acc7_0, bias0);
         acc7_1 = gc_vec_add(acc7_1, bias1);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc0_1 = gc_vec_relu(acc0_1);
         acc1_0 = gc_vec_relu(acc1_0);
@@ -797,22 +1066,100 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r8_avx512(long kc, const 
         acc7_0 = gc_vec_relu(acc7_0);
         acc7_1 = gc_vec_relu(acc7_1);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
-    gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
-    gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
-    gc_vec_storeu(C + 6 * ldc + 1 * GC_VEC_WIDTH, acc6_1);
-    gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
-    gc_vec_storeu(C + 7 * ldc + 1 * GC_VEC_WIDTH, acc7_1);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc0_1 = gc_vec_mul(acc0_1, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_1 = gc_vec_mul(acc1_1, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_1 = gc_vec_mul(acc2_1, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_1 = gc_vec_mul(acc3_1, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc4_0 = gc_vec_mul(acc4_0, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc4_1 = gc_vec_mul(acc4_1, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc5_0 = gc_vec_mul(acc5_0, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc5_1 = gc_vec_mul(acc5_1, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc6_0 = gc_vec_mul(acc6_0, gc_vec_sgn(gc_vec_loadu(mask + 6 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc6_1 = gc_vec_mul(acc6_1, gc_vec_sgn(gc_vec_loadu(mask + 6 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc7_0 = gc_vec_mul(acc7_0, gc_vec_sgn(gc_vec_loadu(mask + 7 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc7_1 = gc_vec_mul(acc7_1, gc_vec_sgn(gc_vec_loadu(mask + 7 * ep->ldm + 1 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_1, gc_vec_loadu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_1, gc_vec_loadu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_0, gc_vec_loadu(update + 6 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 6 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc6_1, gc_vec_loadu(update + 6 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_0, gc_vec_loadu(update + 7 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 7 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc7_1, gc_vec_loadu(update + 7 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+        gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
+        gc_vec_storeu(C + 6 * ldc + 0 * GC_VEC_WIDTH, acc6_0);
+        gc_vec_storeu(C + 6 * ldc + 1 * GC_VEC_WIDTH, acc6_1);
+        gc_vec_storeu(C + 7 * ldc + 0 * GC_VEC_WIDTH, acc7_0);
+        gc_vec_storeu(C + 7 * ldc + 1 * GC_VEC_WIDTH, acc7_1);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum1 = gc_vec_add(sum1, acc0_1);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum1 = gc_vec_add(sum1, acc1_1);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum1 = gc_vec_add(sum1, acc2_1);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum1 = gc_vec_add(sum1, acc3_1);
+        sum0 = gc_vec_add(sum0, acc4_0);
+        sum1 = gc_vec_add(sum1, acc4_1);
+        sum0 = gc_vec_add(sum0, acc5_0);
+        sum1 = gc_vec_add(sum1, acc5_1);
+        sum0 = gc_vec_add(sum0, acc6_0);
+        sum1 = gc_vec_add(sum1, acc6_1);
+        sum0 = gc_vec_add(sum0, acc7_0);
+        sum1 = gc_vec_add(sum1, acc7_1);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+        gc_vec_storeu(ep->colsum + col + 1 * GC_VEC_WIDTH, sum1);
+    }
 }
 
 /* The same with 4 rows, for the last rows of C when M mod MR = 4: the full
@@ -825,10 +1172,12 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r8_avx512(long kc, const 
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r4_avx512(long kc, const gc_real *a, long a_rs, long a_ks,
                                                                  const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                                 const gc_real *bias, int relu)
+                                                                 const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -874,7 +1223,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r4_avx512(long kc, const 
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc0_1 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 1 * GC_VEC_WIDTH), acc0_1);
@@ -885,9 +1234,9 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r4_avx512(long kc, const 
         acc3_0 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 0 * GC_VEC_WIDTH), acc3_0);
         acc3_1 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 1 * GC_VEC_WIDTH), acc3_1);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
-        const gc_vec bias1 = gc_vec_loadu(bias + 1 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
+        const gc_vec bias1 = gc_vec_loadu(ep->bias + col + 1 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc0_1 = gc_vec_add(acc0_1, bias1);
         acc1_0 = gc_vec_add(acc1_0, bias0);
@@ -897,7 +1246,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r4_avx512(long kc, const 
         acc3_0 = gc_vec_add(acc3_0, bias0);
         acc3_1 = gc_vec_add(acc3_1, bias1);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc0_1 = gc_vec_relu(acc0_1);
         acc1_0 = gc_vec_relu(acc1_0);
@@ -907,14 +1256,60 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_micro_kernel_r4_avx512(long kc, const 
         acc3_0 = gc_vec_relu(acc3_0);
         acc3_1 = gc_vec_relu(acc3_1);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc0_1 = gc_vec_mul(acc0_1, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_1 = gc_vec_mul(acc1_1, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_1 = gc_vec_mul(acc2_1, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_1 = gc_vec_mul(acc3_1, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 1 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum1 = gc_vec_add(sum1, acc0_1);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum1 = gc_vec_add(sum1, acc1_1);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum1 = gc_vec_add(sum1, acc2_1);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum1 = gc_vec_add(sum1, acc3_1);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+        gc_vec_storeu(ep->colsum + col + 1 * GC_VEC_WIDTH, sum1);
+    }
 }
 
 /* Both operands are packed into panels of `width` (MR or NR) lanes stored
@@ -1044,19 +1439,18 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_b_avx512(int tb, long kc, long nc
 }
 
 /* Adds the valid rows x cols corner of a full scratch tile into C, with the
-   micro-kernel's order of operations: (C + acc), + bias, relu. */
+   micro-kernel's order of operations: (C + acc), then the epilogue. */
 GC_GEMM_TARGET_AVX512 static void gc_gemm_store_edge_avx512(long rows, long cols, const gc_real *tile,
                                int beta, gc_real *C, long ldc,
-                               const gc_real *bias, int relu)
+                               const gc_gemm_epilogue *ep, long row, long col)
 {
     long i, j;
     for (i = 0; i < rows; ++i) {
         for (j = 0; j < cols; ++j) {
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
-            if (bias) value = value + bias[j];
-            if (relu) value = value <= 0 ? (gc_real)0 : value;
-            C[i * ldc + j] = value;
+            if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
+            if (!ep || !ep->update) C[i * ldc + j] = value;
         }
     }
 }
@@ -1072,7 +1466,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_store_edge_avx512(long rows, long cols
 GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M, long N, long K,
                             const gc_real *A, long lda, const gc_real *B, long ldb,
                             int beta, gc_real *C, long ldc,
-                            const gc_real *bias, int relu, gc_real *pack, int direct)
+                            const gc_gemm_epilogue *ep, gc_real *pack, int direct)
 {
     gc_real *packed_a = pack;
     gc_real *packed_b = pack + GC_GEMM_PACK_A_ELEMS;
@@ -1098,11 +1492,10 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M,
         for (pc = 0; pc < K; pc += k_step) {
             const long kc = K - pc < k_step ? K - pc : k_step;
             /* First K block applies the caller's beta, later ones accumulate;
-               bias and relu belong to the last K block only. */
+               the epilogue belongs to the last K block only (its column sums
+               then see every column's rows in order: ic and ir ascend). */
             const int beta_block = pc == 0 ? beta : 1;
-            const int last_block = pc + kc == K;
-            const gc_real *bias_block = last_block && bias ? bias + jc : 0;
-            const int relu_block = last_block && relu;
+            const gc_gemm_epilogue *ep_block = pc + kc == K ? ep : 0;
             const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
             if (!direct_b)
@@ -1133,7 +1526,6 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M,
                         const gc_real *b_panel = packed_b + jr * kc;
                         long b_ks = nr;
                         gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
-                        const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
                         if (direct_b && cols == nr) {
                             b_panel = b_block + jr;
                             b_ks = ldb;
@@ -1143,26 +1535,26 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_blocked_avx512(int ta, int tb, long M,
                         if (rows == GC_GEMM_MR && cols == nr) {
                             if (narrow)
                                 gc_gemm_micro_kernel_narrow_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                            c_tile, ldc, bias_tile, relu_block);
+                                                            c_tile, ldc, ep_block, ic + ir, jc + jr);
                             else
                                 gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                     c_tile, ldc, bias_tile, relu_block);
+                                                     c_tile, ldc, ep_block, ic + ir, jc + jr);
                         } else if (rows == 8 && cols == nr && !narrow) {
                             gc_gemm_micro_kernel_r8_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                    c_tile, ldc, bias_tile, relu_block);
+                                                    c_tile, ldc, ep_block, ic + ir, jc + jr);
                         } else if (rows == 4 && cols == nr && !narrow) {
                             gc_gemm_micro_kernel_r4_avx512(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                    c_tile, ldc, bias_tile, relu_block);
+                                                    c_tile, ldc, ep_block, ic + ir, jc + jr);
                         } else {
                             gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
                             if (narrow)
                                 gc_gemm_micro_kernel_narrow_avx512(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                            tile, GC_GEMM_NR, 0, 0);
+                                                            tile, GC_GEMM_NR, 0, 0, 0);
                             else
                                 gc_gemm_micro_kernel_avx512(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                     tile, GC_GEMM_NR, 0, 0);
+                                                     tile, GC_GEMM_NR, 0, 0, 0);
                             gc_gemm_store_edge_avx512(rows, cols, tile, beta_block,
-                                               c_tile, ldc, bias_tile, relu_block);
+                                               c_tile, ldc, ep_block, ic + ir, jc + jr);
                         }
                     }
                 }
@@ -1207,7 +1599,7 @@ GC_GEMM_TARGET_AVX512 static gc_real gc_gemm_dot_avx512(long K, const gc_real *a
 GC_GEMM_TARGET_AVX512 static void gc_gemm_small_avx512(int ta, int tb, long M, long N, long K,
                           const gc_real *A, long lda, const gc_real *B, long ldb,
                           int beta, gc_real *C, long ldc,
-                          const gc_real *bias, int relu)
+                          const gc_gemm_epilogue *ep)
 {
     /* op(A)[i][k] = A[i * a_row + k * a_step] */
     const long a_row = ta ? 1 : lda, a_step = ta ? lda : 1;
@@ -1229,24 +1621,23 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_small_avx512(int ta, int tb, long M, l
             for (j = 0; j < N; ++j)
                 c_row[j] += gc_gemm_dot_avx512(K, a_row_i, a_step, B + j * ldb);
         }
-        if (bias)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
-        if (relu)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
+        if (ep)
+            for (j = 0; j < N; ++j) c_row[j] = gc_gemm_epilogue_apply(ep, i, j, c_row[j]);
     }
 }
 
 /* Part `part` of `parts` of the product: a contiguous range of whole NR
-   columns of C (when M <= N), or of whole MR rows.  Splitting N makes every
-   part read all of op(A) and splitting M all of op(B), so the split
-   duplicates the smaller operand.  Each C element is computed the same way
-   whichever part holds it. */
+   columns of C (see gc_gemm_by_columns), or of whole MR rows.  Splitting N
+   makes every part read all of op(A) and splitting M all of op(B), so the
+   split duplicates the smaller operand.  Each C element is computed the same
+   way whichever part holds it. */
 GC_GEMM_TARGET_AVX512 static void gc_gemm_part_avx512(long part, long parts, int ta, int tb, long M, long N, long K,
                          const gc_real *A, long lda, const gc_real *B, long ldb,
                          int beta, gc_real *C, long ldc,
-                         const gc_real *bias, int relu, gc_real *pack, int direct)
+                         const gc_gemm_epilogue *ep, gc_real *pack, int direct)
 {
-    if (M <= N) {
+    gc_gemm_epilogue shifted;
+    if (gc_gemm_by_columns(M, N, ep)) {
         const long tiles = (N + GC_GEMM_NR - 1) / GC_GEMM_NR;
         const long j0 = tiles * part / parts * GC_GEMM_NR;
         long j1 = tiles * (part + 1) / parts * GC_GEMM_NR;
@@ -1254,7 +1645,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_part_avx512(long part, long parts, int
         if (j1 <= j0) return;
         gc_gemm_blocked_avx512(ta, tb, M, j1 - j0, K, A, lda,
                         tb ? B + j0 * ldb : B + j0, ldb, beta, C + j0, ldc,
-                        bias ? bias + j0 : 0, relu, pack, direct);
+                        gc_gemm_epilogue_at(ep, 0, j0, &shifted), pack, direct);
     } else {
         const long tiles = (M + GC_GEMM_MR - 1) / GC_GEMM_MR;
         const long i0 = tiles * part / parts * GC_GEMM_MR;
@@ -1262,7 +1653,8 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_part_avx512(long part, long parts, int
         if (i1 > M) i1 = M;
         if (i1 <= i0) return;
         gc_gemm_blocked_avx512(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda,
-                        B, ldb, beta, C + i0 * ldc, ldc, bias, relu, pack, direct);
+                        B, ldb, beta, C + i0 * ldc, ldc,
+                        gc_gemm_epilogue_at(ep, i0, 0, &shifted), pack, direct);
     }
 }
 
@@ -1273,8 +1665,11 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_part_avx512(long part, long parts, int
 #undef gc_vec_storeu
 #undef gc_vec_set1
 #undef gc_vec_fma
+#undef gc_vec_fnma
 #undef gc_vec_add
 #undef gc_vec_relu
+#undef gc_vec_mul
+#undef gc_vec_sgn
 #undef GC_GEMM_MR
 #undef GC_GEMM_NV
 #undef GC_GEMM_NR
@@ -1293,8 +1688,12 @@ typedef __m256d gc_vec_avx2;
 #define gc_vec_storeu(p, x) _mm256_storeu_pd((p), (x))
 #define gc_vec_set1(s) _mm256_set1_pd(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_pd((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm256_fnmadd_pd((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_pd((a), (b))
 #define gc_vec_relu(x) _mm256_max_pd(_mm256_setzero_pd(), (x))  /* NaN stays NaN */
+#define gc_vec_mul(a, b) _mm256_mul_pd((a), (b))
+#define gc_vec_sgn(x) _mm256_sub_pd(_mm256_and_pd(_mm256_cmp_pd((x), _mm256_setzero_pd(), _CMP_GT_OQ), _mm256_set1_pd(1.0)), \
+                                    _mm256_and_pd(_mm256_cmp_pd((x), _mm256_setzero_pd(), _CMP_LT_OQ), _mm256_set1_pd(1.0)))
 #else
 typedef __m256 gc_vec_avx2;
 #define gc_vec gc_vec_avx2
@@ -1304,8 +1703,12 @@ typedef __m256 gc_vec_avx2;
 #define gc_vec_storeu(p, x) _mm256_storeu_ps((p), (x))
 #define gc_vec_set1(s) _mm256_set1_ps(s)
 #define gc_vec_fma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define gc_vec_fnma(a, b, c) _mm256_fnmadd_ps((a), (b), (c))
 #define gc_vec_add(a, b) _mm256_add_ps((a), (b))
 #define gc_vec_relu(x) _mm256_max_ps(_mm256_setzero_ps(), (x))  /* NaN stays NaN */
+#define gc_vec_mul(a, b) _mm256_mul_ps((a), (b))
+#define gc_vec_sgn(x) _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps((x), _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f)), \
+                                    _mm256_and_ps(_mm256_cmp_ps((x), _mm256_setzero_ps(), _CMP_LT_OQ), _mm256_set1_ps(1.0f)))
 #endif
 
 /* MR x NR: register tile (MR rows, GC_GEMM_NV vectors per row).
@@ -1332,10 +1735,12 @@ static long gc_gemm_pack_thread_elems_avx2(void)
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real *a, long a_rs, long a_ks,
                                                           const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                          const gc_real *bias, int relu)
+                                                          const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -1395,7 +1800,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc0_1 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 1 * GC_VEC_WIDTH), acc0_1);
@@ -1410,9 +1815,9 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
         acc5_0 = gc_vec_add(gc_vec_loadu(C + 5 * ldc + 0 * GC_VEC_WIDTH), acc5_0);
         acc5_1 = gc_vec_add(gc_vec_loadu(C + 5 * ldc + 1 * GC_VEC_WIDTH), acc5_1);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
-        const gc_vec bias1 = gc_vec_loadu(bias + 1 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
+        const gc_vec bias1 = gc_vec_loadu(ep->bias + col + 1 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc0_1 = gc_vec_add(acc0_1, bias1);
         acc1_0 = gc_vec_add(acc1_0, bias0);
@@ -1426,7 +1831,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
         acc5_0 = gc_vec_add(acc5_0, bias0);
         acc5_1 = gc_vec_add(acc5_1, bias1);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc0_1 = gc_vec_relu(acc0_1);
         acc1_0 = gc_vec_relu(acc1_0);
@@ -1440,18 +1845,80 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
         acc5_0 = gc_vec_relu(acc5_0);
         acc5_1 = gc_vec_relu(acc5_1);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
-    gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc0_1 = gc_vec_mul(acc0_1, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_1 = gc_vec_mul(acc1_1, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_1 = gc_vec_mul(acc2_1, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_1 = gc_vec_mul(acc3_1, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc4_0 = gc_vec_mul(acc4_0, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc4_1 = gc_vec_mul(acc4_1, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc5_0 = gc_vec_mul(acc5_0, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc5_1 = gc_vec_mul(acc5_1, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 1 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_1, gc_vec_loadu(update + 4 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_1, gc_vec_loadu(update + 5 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 4 * ldc + 1 * GC_VEC_WIDTH, acc4_1);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+        gc_vec_storeu(C + 5 * ldc + 1 * GC_VEC_WIDTH, acc5_1);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum1 = gc_vec_add(sum1, acc0_1);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum1 = gc_vec_add(sum1, acc1_1);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum1 = gc_vec_add(sum1, acc2_1);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum1 = gc_vec_add(sum1, acc3_1);
+        sum0 = gc_vec_add(sum0, acc4_0);
+        sum1 = gc_vec_add(sum1, acc4_1);
+        sum0 = gc_vec_add(sum0, acc5_0);
+        sum1 = gc_vec_add(sum1, acc5_1);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+        gc_vec_storeu(ep->colsum + col + 1 * GC_VEC_WIDTH, sum1);
+    }
 }
 
 /* The same for products at most one vector wide (h U^T with 10 classes):
@@ -1462,10 +1929,12 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_avx2(long kc, const gc_real
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const gc_real *a, long a_rs, long a_ks,
                                                                  const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                                 const gc_real *bias, int relu)
+                                                                 const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc1_0 = gc_vec_zero();
@@ -1512,7 +1981,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const 
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc1_0 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 0 * GC_VEC_WIDTH), acc1_0);
@@ -1521,8 +1990,8 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const 
         acc4_0 = gc_vec_add(gc_vec_loadu(C + 4 * ldc + 0 * GC_VEC_WIDTH), acc4_0);
         acc5_0 = gc_vec_add(gc_vec_loadu(C + 5 * ldc + 0 * GC_VEC_WIDTH), acc5_0);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc1_0 = gc_vec_add(acc1_0, bias0);
         acc2_0 = gc_vec_add(acc2_0, bias0);
@@ -1530,7 +1999,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const 
         acc4_0 = gc_vec_add(acc4_0, bias0);
         acc5_0 = gc_vec_add(acc5_0, bias0);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc1_0 = gc_vec_relu(acc1_0);
         acc2_0 = gc_vec_relu(acc2_0);
@@ -1538,12 +2007,48 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const 
         acc4_0 = gc_vec_relu(acc4_0);
         acc5_0 = gc_vec_relu(acc5_0);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
-    gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc4_0 = gc_vec_mul(acc4_0, gc_vec_sgn(gc_vec_loadu(mask + 4 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc5_0 = gc_vec_mul(acc5_0, gc_vec_sgn(gc_vec_loadu(mask + 5 * ep->ldm + 0 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc4_0, gc_vec_loadu(update + 4 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc5_0, gc_vec_loadu(update + 5 * ep->ldu + 0 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 4 * ldc + 0 * GC_VEC_WIDTH, acc4_0);
+        gc_vec_storeu(C + 5 * ldc + 0 * GC_VEC_WIDTH, acc5_0);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum0 = gc_vec_add(sum0, acc4_0);
+        sum0 = gc_vec_add(sum0, acc5_0);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+    }
 }
 
 /* The same with 4 rows, for the last rows of C when M mod MR = 4: the full
@@ -1556,10 +2061,12 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_narrow_avx2(long kc, const 
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r4_avx2(long kc, const gc_real *a, long a_rs, long a_ks,
                                                              const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                             const gc_real *bias, int relu)
+                                                             const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -1605,7 +2112,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r4_avx2(long kc, const gc_r
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc0_1 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 1 * GC_VEC_WIDTH), acc0_1);
@@ -1616,9 +2123,9 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r4_avx2(long kc, const gc_r
         acc3_0 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 0 * GC_VEC_WIDTH), acc3_0);
         acc3_1 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 1 * GC_VEC_WIDTH), acc3_1);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
-        const gc_vec bias1 = gc_vec_loadu(bias + 1 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
+        const gc_vec bias1 = gc_vec_loadu(ep->bias + col + 1 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc0_1 = gc_vec_add(acc0_1, bias1);
         acc1_0 = gc_vec_add(acc1_0, bias0);
@@ -1628,7 +2135,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r4_avx2(long kc, const gc_r
         acc3_0 = gc_vec_add(acc3_0, bias0);
         acc3_1 = gc_vec_add(acc3_1, bias1);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc0_1 = gc_vec_relu(acc0_1);
         acc1_0 = gc_vec_relu(acc1_0);
@@ -1638,14 +2145,60 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r4_avx2(long kc, const gc_r
         acc3_0 = gc_vec_relu(acc3_0);
         acc3_1 = gc_vec_relu(acc3_1);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc0_1 = gc_vec_mul(acc0_1, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_1 = gc_vec_mul(acc1_1, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_1 = gc_vec_mul(acc2_1, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_1 = gc_vec_mul(acc3_1, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 1 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum1 = gc_vec_add(sum1, acc0_1);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum1 = gc_vec_add(sum1, acc1_1);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum1 = gc_vec_add(sum1, acc2_1);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum1 = gc_vec_add(sum1, acc3_1);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+        gc_vec_storeu(ep->colsum + col + 1 * GC_VEC_WIDTH, sum1);
+    }
 }
 
 /* The same with 2 rows, for the last rows of C when M mod MR = 2: the full
@@ -1658,10 +2211,12 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r4_avx2(long kc, const gc_r
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r2_avx2(long kc, const gc_real *a, long a_rs, long a_ks,
                                                              const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                             const gc_real *bias, int relu)
+                                                             const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -1691,31 +2246,61 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_micro_kernel_r2_avx2(long kc, const gc_r
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc0_1 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 1 * GC_VEC_WIDTH), acc0_1);
         acc1_0 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 0 * GC_VEC_WIDTH), acc1_0);
         acc1_1 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 1 * GC_VEC_WIDTH), acc1_1);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
-        const gc_vec bias1 = gc_vec_loadu(bias + 1 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
+        const gc_vec bias1 = gc_vec_loadu(ep->bias + col + 1 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc0_1 = gc_vec_add(acc0_1, bias1);
         acc1_0 = gc_vec_add(acc1_0, bias0);
         acc1_1 = gc_vec_add(acc1_1, bias1);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc0_1 = gc_vec_relu(acc0_1);
         acc1_0 = gc_vec_relu(acc1_0);
         acc1_1 = gc_vec_relu(acc1_1);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc0_1 = gc_vec_mul(acc0_1, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_1 = gc_vec_mul(acc1_1, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 1 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum1 = gc_vec_add(sum1, acc0_1);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum1 = gc_vec_add(sum1, acc1_1);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+        gc_vec_storeu(ep->colsum + col + 1 * GC_VEC_WIDTH, sum1);
+    }
 }
 
 /* Both operands are packed into panels of `width` (MR or NR) lanes stored
@@ -1845,19 +2430,18 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_b_avx2(int tb, long kc, long nc, lo
 }
 
 /* Adds the valid rows x cols corner of a full scratch tile into C, with the
-   micro-kernel's order of operations: (C + acc), + bias, relu. */
+   micro-kernel's order of operations: (C + acc), then the epilogue. */
 GC_GEMM_TARGET_AVX2 static void gc_gemm_store_edge_avx2(long rows, long cols, const gc_real *tile,
                                int beta, gc_real *C, long ldc,
-                               const gc_real *bias, int relu)
+                               const gc_gemm_epilogue *ep, long row, long col)
 {
     long i, j;
     for (i = 0; i < rows; ++i) {
         for (j = 0; j < cols; ++j) {
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
-            if (bias) value = value + bias[j];
-            if (relu) value = value <= 0 ? (gc_real)0 : value;
-            C[i * ldc + j] = value;
+            if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
+            if (!ep || !ep->update) C[i * ldc + j] = value;
         }
     }
 }
@@ -1873,7 +2457,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_store_edge_avx2(long rows, long cols, co
 GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, long N, long K,
                             const gc_real *A, long lda, const gc_real *B, long ldb,
                             int beta, gc_real *C, long ldc,
-                            const gc_real *bias, int relu, gc_real *pack, int direct)
+                            const gc_gemm_epilogue *ep, gc_real *pack, int direct)
 {
     gc_real *packed_a = pack;
     gc_real *packed_b = pack + GC_GEMM_PACK_A_ELEMS;
@@ -1899,11 +2483,10 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, lon
         for (pc = 0; pc < K; pc += k_step) {
             const long kc = K - pc < k_step ? K - pc : k_step;
             /* First K block applies the caller's beta, later ones accumulate;
-               bias and relu belong to the last K block only. */
+               the epilogue belongs to the last K block only (its column sums
+               then see every column's rows in order: ic and ir ascend). */
             const int beta_block = pc == 0 ? beta : 1;
-            const int last_block = pc + kc == K;
-            const gc_real *bias_block = last_block && bias ? bias + jc : 0;
-            const int relu_block = last_block && relu;
+            const gc_gemm_epilogue *ep_block = pc + kc == K ? ep : 0;
             const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
             if (!direct_b)
@@ -1934,7 +2517,6 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, lon
                         const gc_real *b_panel = packed_b + jr * kc;
                         long b_ks = nr;
                         gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
-                        const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
                         if (direct_b && cols == nr) {
                             b_panel = b_block + jr;
                             b_ks = ldb;
@@ -1944,26 +2526,26 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_blocked_avx2(int ta, int tb, long M, lon
                         if (rows == GC_GEMM_MR && cols == nr) {
                             if (narrow)
                                 gc_gemm_micro_kernel_narrow_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                            c_tile, ldc, bias_tile, relu_block);
+                                                            c_tile, ldc, ep_block, ic + ir, jc + jr);
                             else
                                 gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                     c_tile, ldc, bias_tile, relu_block);
+                                                     c_tile, ldc, ep_block, ic + ir, jc + jr);
                         } else if (rows == 4 && cols == nr && !narrow) {
                             gc_gemm_micro_kernel_r4_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                    c_tile, ldc, bias_tile, relu_block);
+                                                    c_tile, ldc, ep_block, ic + ir, jc + jr);
                         } else if (rows == 2 && cols == nr && !narrow) {
                             gc_gemm_micro_kernel_r2_avx2(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                    c_tile, ldc, bias_tile, relu_block);
+                                                    c_tile, ldc, ep_block, ic + ir, jc + jr);
                         } else {
                             gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
                             if (narrow)
                                 gc_gemm_micro_kernel_narrow_avx2(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                            tile, GC_GEMM_NR, 0, 0);
+                                                            tile, GC_GEMM_NR, 0, 0, 0);
                             else
                                 gc_gemm_micro_kernel_avx2(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                     tile, GC_GEMM_NR, 0, 0);
+                                                     tile, GC_GEMM_NR, 0, 0, 0);
                             gc_gemm_store_edge_avx2(rows, cols, tile, beta_block,
-                                               c_tile, ldc, bias_tile, relu_block);
+                                               c_tile, ldc, ep_block, ic + ir, jc + jr);
                         }
                     }
                 }
@@ -2008,7 +2590,7 @@ GC_GEMM_TARGET_AVX2 static gc_real gc_gemm_dot_avx2(long K, const gc_real *a, lo
 GC_GEMM_TARGET_AVX2 static void gc_gemm_small_avx2(int ta, int tb, long M, long N, long K,
                           const gc_real *A, long lda, const gc_real *B, long ldb,
                           int beta, gc_real *C, long ldc,
-                          const gc_real *bias, int relu)
+                          const gc_gemm_epilogue *ep)
 {
     /* op(A)[i][k] = A[i * a_row + k * a_step] */
     const long a_row = ta ? 1 : lda, a_step = ta ? lda : 1;
@@ -2030,24 +2612,23 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_small_avx2(int ta, int tb, long M, long 
             for (j = 0; j < N; ++j)
                 c_row[j] += gc_gemm_dot_avx2(K, a_row_i, a_step, B + j * ldb);
         }
-        if (bias)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
-        if (relu)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
+        if (ep)
+            for (j = 0; j < N; ++j) c_row[j] = gc_gemm_epilogue_apply(ep, i, j, c_row[j]);
     }
 }
 
 /* Part `part` of `parts` of the product: a contiguous range of whole NR
-   columns of C (when M <= N), or of whole MR rows.  Splitting N makes every
-   part read all of op(A) and splitting M all of op(B), so the split
-   duplicates the smaller operand.  Each C element is computed the same way
-   whichever part holds it. */
+   columns of C (see gc_gemm_by_columns), or of whole MR rows.  Splitting N
+   makes every part read all of op(A) and splitting M all of op(B), so the
+   split duplicates the smaller operand.  Each C element is computed the same
+   way whichever part holds it. */
 GC_GEMM_TARGET_AVX2 static void gc_gemm_part_avx2(long part, long parts, int ta, int tb, long M, long N, long K,
                          const gc_real *A, long lda, const gc_real *B, long ldb,
                          int beta, gc_real *C, long ldc,
-                         const gc_real *bias, int relu, gc_real *pack, int direct)
+                         const gc_gemm_epilogue *ep, gc_real *pack, int direct)
 {
-    if (M <= N) {
+    gc_gemm_epilogue shifted;
+    if (gc_gemm_by_columns(M, N, ep)) {
         const long tiles = (N + GC_GEMM_NR - 1) / GC_GEMM_NR;
         const long j0 = tiles * part / parts * GC_GEMM_NR;
         long j1 = tiles * (part + 1) / parts * GC_GEMM_NR;
@@ -2055,7 +2636,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_part_avx2(long part, long parts, int ta,
         if (j1 <= j0) return;
         gc_gemm_blocked_avx2(ta, tb, M, j1 - j0, K, A, lda,
                         tb ? B + j0 * ldb : B + j0, ldb, beta, C + j0, ldc,
-                        bias ? bias + j0 : 0, relu, pack, direct);
+                        gc_gemm_epilogue_at(ep, 0, j0, &shifted), pack, direct);
     } else {
         const long tiles = (M + GC_GEMM_MR - 1) / GC_GEMM_MR;
         const long i0 = tiles * part / parts * GC_GEMM_MR;
@@ -2063,7 +2644,8 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_part_avx2(long part, long parts, int ta,
         if (i1 > M) i1 = M;
         if (i1 <= i0) return;
         gc_gemm_blocked_avx2(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda,
-                        B, ldb, beta, C + i0 * ldc, ldc, bias, relu, pack, direct);
+                        B, ldb, beta, C + i0 * ldc, ldc,
+                        gc_gemm_epilogue_at(ep, i0, 0, &shifted), pack, direct);
     }
 }
 
@@ -2074,8 +2656,11 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_part_avx2(long part, long parts, int ta,
 #undef gc_vec_storeu
 #undef gc_vec_set1
 #undef gc_vec_fma
+#undef gc_vec_fnma
 #undef gc_vec_add
 #undef gc_vec_relu
+#undef gc_vec_mul
+#undef gc_vec_sgn
 #undef GC_GEMM_MR
 #undef GC_GEMM_NV
 #undef GC_GEMM_NR
@@ -2095,8 +2680,11 @@ typedef gc_real gc_vec_generic;
 #define gc_vec_storeu(p, x) (*(p) = (x))
 #define gc_vec_set1(s) (s)
 #define gc_vec_fma(a, b, c) ((a) * (b) + (c))
+#define gc_vec_fnma(a, b, c) ((c) - (a) * (b))
 #define gc_vec_add(a, b) ((a) + (b))
 #define gc_vec_relu(x) ((x) <= 0 ? (gc_real)0 : (x))
+#define gc_vec_mul(a, b) ((a) * (b))
+#define gc_vec_sgn(x) GC_GEMM_SGN(x)
 
 /* MR x NR: register tile (MR rows, GC_GEMM_NV vectors per row).
    KC: depth of a packed panel; the MR x KC A panel must sit in L1.
@@ -2122,10 +2710,12 @@ static long gc_gemm_pack_thread_elems_generic(void)
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, long a_ks,
                                          const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                         const gc_real *bias, int relu)
+                                         const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc0_1 = gc_vec_zero();
@@ -2225,7 +2815,7 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc0_1 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 1 * GC_VEC_WIDTH), acc0_1);
@@ -2260,15 +2850,15 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
         acc3_6 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 6 * GC_VEC_WIDTH), acc3_6);
         acc3_7 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 7 * GC_VEC_WIDTH), acc3_7);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
-        const gc_vec bias1 = gc_vec_loadu(bias + 1 * GC_VEC_WIDTH);
-        const gc_vec bias2 = gc_vec_loadu(bias + 2 * GC_VEC_WIDTH);
-        const gc_vec bias3 = gc_vec_loadu(bias + 3 * GC_VEC_WIDTH);
-        const gc_vec bias4 = gc_vec_loadu(bias + 4 * GC_VEC_WIDTH);
-        const gc_vec bias5 = gc_vec_loadu(bias + 5 * GC_VEC_WIDTH);
-        const gc_vec bias6 = gc_vec_loadu(bias + 6 * GC_VEC_WIDTH);
-        const gc_vec bias7 = gc_vec_loadu(bias + 7 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
+        const gc_vec bias1 = gc_vec_loadu(ep->bias + col + 1 * GC_VEC_WIDTH);
+        const gc_vec bias2 = gc_vec_loadu(ep->bias + col + 2 * GC_VEC_WIDTH);
+        const gc_vec bias3 = gc_vec_loadu(ep->bias + col + 3 * GC_VEC_WIDTH);
+        const gc_vec bias4 = gc_vec_loadu(ep->bias + col + 4 * GC_VEC_WIDTH);
+        const gc_vec bias5 = gc_vec_loadu(ep->bias + col + 5 * GC_VEC_WIDTH);
+        const gc_vec bias6 = gc_vec_loadu(ep->bias + col + 6 * GC_VEC_WIDTH);
+        const gc_vec bias7 = gc_vec_loadu(ep->bias + col + 7 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc0_1 = gc_vec_add(acc0_1, bias1);
         acc0_2 = gc_vec_add(acc0_2, bias2);
@@ -2302,7 +2892,7 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
         acc3_6 = gc_vec_add(acc3_6, bias6);
         acc3_7 = gc_vec_add(acc3_7, bias7);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc0_1 = gc_vec_relu(acc0_1);
         acc0_2 = gc_vec_relu(acc0_2);
@@ -2336,38 +2926,192 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
         acc3_6 = gc_vec_relu(acc3_6);
         acc3_7 = gc_vec_relu(acc3_7);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
-    gc_vec_storeu(C + 0 * ldc + 2 * GC_VEC_WIDTH, acc0_2);
-    gc_vec_storeu(C + 0 * ldc + 3 * GC_VEC_WIDTH, acc0_3);
-    gc_vec_storeu(C + 0 * ldc + 4 * GC_VEC_WIDTH, acc0_4);
-    gc_vec_storeu(C + 0 * ldc + 5 * GC_VEC_WIDTH, acc0_5);
-    gc_vec_storeu(C + 0 * ldc + 6 * GC_VEC_WIDTH, acc0_6);
-    gc_vec_storeu(C + 0 * ldc + 7 * GC_VEC_WIDTH, acc0_7);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
-    gc_vec_storeu(C + 1 * ldc + 2 * GC_VEC_WIDTH, acc1_2);
-    gc_vec_storeu(C + 1 * ldc + 3 * GC_VEC_WIDTH, acc1_3);
-    gc_vec_storeu(C + 1 * ldc + 4 * GC_VEC_WIDTH, acc1_4);
-    gc_vec_storeu(C + 1 * ldc + 5 * GC_VEC_WIDTH, acc1_5);
-    gc_vec_storeu(C + 1 * ldc + 6 * GC_VEC_WIDTH, acc1_6);
-    gc_vec_storeu(C + 1 * ldc + 7 * GC_VEC_WIDTH, acc1_7);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
-    gc_vec_storeu(C + 2 * ldc + 2 * GC_VEC_WIDTH, acc2_2);
-    gc_vec_storeu(C + 2 * ldc + 3 * GC_VEC_WIDTH, acc2_3);
-    gc_vec_storeu(C + 2 * ldc + 4 * GC_VEC_WIDTH, acc2_4);
-    gc_vec_storeu(C + 2 * ldc + 5 * GC_VEC_WIDTH, acc2_5);
-    gc_vec_storeu(C + 2 * ldc + 6 * GC_VEC_WIDTH, acc2_6);
-    gc_vec_storeu(C + 2 * ldc + 7 * GC_VEC_WIDTH, acc2_7);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
-    gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
-    gc_vec_storeu(C + 3 * ldc + 2 * GC_VEC_WIDTH, acc3_2);
-    gc_vec_storeu(C + 3 * ldc + 3 * GC_VEC_WIDTH, acc3_3);
-    gc_vec_storeu(C + 3 * ldc + 4 * GC_VEC_WIDTH, acc3_4);
-    gc_vec_storeu(C + 3 * ldc + 5 * GC_VEC_WIDTH, acc3_5);
-    gc_vec_storeu(C + 3 * ldc + 6 * GC_VEC_WIDTH, acc3_6);
-    gc_vec_storeu(C + 3 * ldc + 7 * GC_VEC_WIDTH, acc3_7);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc0_1 = gc_vec_mul(acc0_1, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc0_2 = gc_vec_mul(acc0_2, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 2 * GC_VEC_WIDTH)));
+        acc0_3 = gc_vec_mul(acc0_3, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 3 * GC_VEC_WIDTH)));
+        acc0_4 = gc_vec_mul(acc0_4, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 4 * GC_VEC_WIDTH)));
+        acc0_5 = gc_vec_mul(acc0_5, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 5 * GC_VEC_WIDTH)));
+        acc0_6 = gc_vec_mul(acc0_6, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 6 * GC_VEC_WIDTH)));
+        acc0_7 = gc_vec_mul(acc0_7, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 7 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_1 = gc_vec_mul(acc1_1, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc1_2 = gc_vec_mul(acc1_2, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 2 * GC_VEC_WIDTH)));
+        acc1_3 = gc_vec_mul(acc1_3, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 3 * GC_VEC_WIDTH)));
+        acc1_4 = gc_vec_mul(acc1_4, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 4 * GC_VEC_WIDTH)));
+        acc1_5 = gc_vec_mul(acc1_5, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 5 * GC_VEC_WIDTH)));
+        acc1_6 = gc_vec_mul(acc1_6, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 6 * GC_VEC_WIDTH)));
+        acc1_7 = gc_vec_mul(acc1_7, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 7 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_1 = gc_vec_mul(acc2_1, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc2_2 = gc_vec_mul(acc2_2, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 2 * GC_VEC_WIDTH)));
+        acc2_3 = gc_vec_mul(acc2_3, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 3 * GC_VEC_WIDTH)));
+        acc2_4 = gc_vec_mul(acc2_4, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 4 * GC_VEC_WIDTH)));
+        acc2_5 = gc_vec_mul(acc2_5, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 5 * GC_VEC_WIDTH)));
+        acc2_6 = gc_vec_mul(acc2_6, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 6 * GC_VEC_WIDTH)));
+        acc2_7 = gc_vec_mul(acc2_7, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 7 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_1 = gc_vec_mul(acc3_1, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 1 * GC_VEC_WIDTH)));
+        acc3_2 = gc_vec_mul(acc3_2, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 2 * GC_VEC_WIDTH)));
+        acc3_3 = gc_vec_mul(acc3_3, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 3 * GC_VEC_WIDTH)));
+        acc3_4 = gc_vec_mul(acc3_4, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 4 * GC_VEC_WIDTH)));
+        acc3_5 = gc_vec_mul(acc3_5, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 5 * GC_VEC_WIDTH)));
+        acc3_6 = gc_vec_mul(acc3_6, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 6 * GC_VEC_WIDTH)));
+        acc3_7 = gc_vec_mul(acc3_7, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 7 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_1, gc_vec_loadu(update + 0 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_2, gc_vec_loadu(update + 0 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_3, gc_vec_loadu(update + 0 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_4, gc_vec_loadu(update + 0 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_5, gc_vec_loadu(update + 0 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_6, gc_vec_loadu(update + 0 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 0 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_7, gc_vec_loadu(update + 0 * ep->ldu + 7 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_1, gc_vec_loadu(update + 1 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_2, gc_vec_loadu(update + 1 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_3, gc_vec_loadu(update + 1 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_4, gc_vec_loadu(update + 1 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_5, gc_vec_loadu(update + 1 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_6, gc_vec_loadu(update + 1 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_7, gc_vec_loadu(update + 1 * ep->ldu + 7 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_1, gc_vec_loadu(update + 2 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_2, gc_vec_loadu(update + 2 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_3, gc_vec_loadu(update + 2 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_4, gc_vec_loadu(update + 2 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_5, gc_vec_loadu(update + 2 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_6, gc_vec_loadu(update + 2 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_7, gc_vec_loadu(update + 2 * ep->ldu + 7 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_1, gc_vec_loadu(update + 3 * ep->ldu + 1 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 2 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_2, gc_vec_loadu(update + 3 * ep->ldu + 2 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 3 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_3, gc_vec_loadu(update + 3 * ep->ldu + 3 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 4 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_4, gc_vec_loadu(update + 3 * ep->ldu + 4 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 5 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_5, gc_vec_loadu(update + 3 * ep->ldu + 5 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 6 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_6, gc_vec_loadu(update + 3 * ep->ldu + 6 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 7 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_7, gc_vec_loadu(update + 3 * ep->ldu + 7 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 0 * ldc + 1 * GC_VEC_WIDTH, acc0_1);
+        gc_vec_storeu(C + 0 * ldc + 2 * GC_VEC_WIDTH, acc0_2);
+        gc_vec_storeu(C + 0 * ldc + 3 * GC_VEC_WIDTH, acc0_3);
+        gc_vec_storeu(C + 0 * ldc + 4 * GC_VEC_WIDTH, acc0_4);
+        gc_vec_storeu(C + 0 * ldc + 5 * GC_VEC_WIDTH, acc0_5);
+        gc_vec_storeu(C + 0 * ldc + 6 * GC_VEC_WIDTH, acc0_6);
+        gc_vec_storeu(C + 0 * ldc + 7 * GC_VEC_WIDTH, acc0_7);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 1 * ldc + 1 * GC_VEC_WIDTH, acc1_1);
+        gc_vec_storeu(C + 1 * ldc + 2 * GC_VEC_WIDTH, acc1_2);
+        gc_vec_storeu(C + 1 * ldc + 3 * GC_VEC_WIDTH, acc1_3);
+        gc_vec_storeu(C + 1 * ldc + 4 * GC_VEC_WIDTH, acc1_4);
+        gc_vec_storeu(C + 1 * ldc + 5 * GC_VEC_WIDTH, acc1_5);
+        gc_vec_storeu(C + 1 * ldc + 6 * GC_VEC_WIDTH, acc1_6);
+        gc_vec_storeu(C + 1 * ldc + 7 * GC_VEC_WIDTH, acc1_7);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 2 * ldc + 1 * GC_VEC_WIDTH, acc2_1);
+        gc_vec_storeu(C + 2 * ldc + 2 * GC_VEC_WIDTH, acc2_2);
+        gc_vec_storeu(C + 2 * ldc + 3 * GC_VEC_WIDTH, acc2_3);
+        gc_vec_storeu(C + 2 * ldc + 4 * GC_VEC_WIDTH, acc2_4);
+        gc_vec_storeu(C + 2 * ldc + 5 * GC_VEC_WIDTH, acc2_5);
+        gc_vec_storeu(C + 2 * ldc + 6 * GC_VEC_WIDTH, acc2_6);
+        gc_vec_storeu(C + 2 * ldc + 7 * GC_VEC_WIDTH, acc2_7);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+        gc_vec_storeu(C + 3 * ldc + 1 * GC_VEC_WIDTH, acc3_1);
+        gc_vec_storeu(C + 3 * ldc + 2 * GC_VEC_WIDTH, acc3_2);
+        gc_vec_storeu(C + 3 * ldc + 3 * GC_VEC_WIDTH, acc3_3);
+        gc_vec_storeu(C + 3 * ldc + 4 * GC_VEC_WIDTH, acc3_4);
+        gc_vec_storeu(C + 3 * ldc + 5 * GC_VEC_WIDTH, acc3_5);
+        gc_vec_storeu(C + 3 * ldc + 6 * GC_VEC_WIDTH, acc3_6);
+        gc_vec_storeu(C + 3 * ldc + 7 * GC_VEC_WIDTH, acc3_7);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        gc_vec sum1 = gc_vec_loadu(ep->colsum + col + 1 * GC_VEC_WIDTH);
+        gc_vec sum2 = gc_vec_loadu(ep->colsum + col + 2 * GC_VEC_WIDTH);
+        gc_vec sum3 = gc_vec_loadu(ep->colsum + col + 3 * GC_VEC_WIDTH);
+        gc_vec sum4 = gc_vec_loadu(ep->colsum + col + 4 * GC_VEC_WIDTH);
+        gc_vec sum5 = gc_vec_loadu(ep->colsum + col + 5 * GC_VEC_WIDTH);
+        gc_vec sum6 = gc_vec_loadu(ep->colsum + col + 6 * GC_VEC_WIDTH);
+        gc_vec sum7 = gc_vec_loadu(ep->colsum + col + 7 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum1 = gc_vec_add(sum1, acc0_1);
+        sum2 = gc_vec_add(sum2, acc0_2);
+        sum3 = gc_vec_add(sum3, acc0_3);
+        sum4 = gc_vec_add(sum4, acc0_4);
+        sum5 = gc_vec_add(sum5, acc0_5);
+        sum6 = gc_vec_add(sum6, acc0_6);
+        sum7 = gc_vec_add(sum7, acc0_7);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum1 = gc_vec_add(sum1, acc1_1);
+        sum2 = gc_vec_add(sum2, acc1_2);
+        sum3 = gc_vec_add(sum3, acc1_3);
+        sum4 = gc_vec_add(sum4, acc1_4);
+        sum5 = gc_vec_add(sum5, acc1_5);
+        sum6 = gc_vec_add(sum6, acc1_6);
+        sum7 = gc_vec_add(sum7, acc1_7);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum1 = gc_vec_add(sum1, acc2_1);
+        sum2 = gc_vec_add(sum2, acc2_2);
+        sum3 = gc_vec_add(sum3, acc2_3);
+        sum4 = gc_vec_add(sum4, acc2_4);
+        sum5 = gc_vec_add(sum5, acc2_5);
+        sum6 = gc_vec_add(sum6, acc2_6);
+        sum7 = gc_vec_add(sum7, acc2_7);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        sum1 = gc_vec_add(sum1, acc3_1);
+        sum2 = gc_vec_add(sum2, acc3_2);
+        sum3 = gc_vec_add(sum3, acc3_3);
+        sum4 = gc_vec_add(sum4, acc3_4);
+        sum5 = gc_vec_add(sum5, acc3_5);
+        sum6 = gc_vec_add(sum6, acc3_6);
+        sum7 = gc_vec_add(sum7, acc3_7);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+        gc_vec_storeu(ep->colsum + col + 1 * GC_VEC_WIDTH, sum1);
+        gc_vec_storeu(ep->colsum + col + 2 * GC_VEC_WIDTH, sum2);
+        gc_vec_storeu(ep->colsum + col + 3 * GC_VEC_WIDTH, sum3);
+        gc_vec_storeu(ep->colsum + col + 4 * GC_VEC_WIDTH, sum4);
+        gc_vec_storeu(ep->colsum + col + 5 * GC_VEC_WIDTH, sum5);
+        gc_vec_storeu(ep->colsum + col + 6 * GC_VEC_WIDTH, sum6);
+        gc_vec_storeu(ep->colsum + col + 7 * GC_VEC_WIDTH, sum7);
+    }
 }
 
 /* The same for products at most one vector wide (h U^T with 10 classes):
@@ -2378,10 +3122,12 @@ static void gc_gemm_micro_kernel_generic(long kc, const gc_real *a, long a_rs, l
    unpacked operands of small products pass their own strides.
    Accumulation starts from zero and C is added afterwards, so a full tile and
    an edge tile (computed into a scratch tile, then added in scalar code), and a
-   packed and an unpacked operand, give bit-identical results. */
+   packed and an unpacked operand, give bit-identical results.  `ep` (NULL: none)
+   is the epilogue of the last K block; the tile is C's rows row.. and columns
+   col.. in the coordinates of ep's arrays. */
 static void gc_gemm_micro_kernel_narrow_generic(long kc, const gc_real *a, long a_rs, long a_ks,
                                                 const gc_real *b, long b_ks, int beta, gc_real *C, long ldc,
-                                                const gc_real *bias, int relu)
+                                                const gc_gemm_epilogue *ep, long row, long col)
 {
     gc_vec acc0_0 = gc_vec_zero();
     gc_vec acc1_0 = gc_vec_zero();
@@ -2418,30 +3164,58 @@ static void gc_gemm_micro_kernel_narrow_generic(long kc, const gc_real *a, long 
     }
 
     /* Write-back, in the same order of operations as gc_gemm_store_edge:
-       (C + acc), then + bias, then relu. */
+       (C + acc), then the epilogue (see gc_gemm_epilogue). */
     if (beta) {
         acc0_0 = gc_vec_add(gc_vec_loadu(C + 0 * ldc + 0 * GC_VEC_WIDTH), acc0_0);
         acc1_0 = gc_vec_add(gc_vec_loadu(C + 1 * ldc + 0 * GC_VEC_WIDTH), acc1_0);
         acc2_0 = gc_vec_add(gc_vec_loadu(C + 2 * ldc + 0 * GC_VEC_WIDTH), acc2_0);
         acc3_0 = gc_vec_add(gc_vec_loadu(C + 3 * ldc + 0 * GC_VEC_WIDTH), acc3_0);
     }
-    if (bias) {
-        const gc_vec bias0 = gc_vec_loadu(bias + 0 * GC_VEC_WIDTH);
+    if (ep && ep->bias) {
+        const gc_vec bias0 = gc_vec_loadu(ep->bias + col + 0 * GC_VEC_WIDTH);
         acc0_0 = gc_vec_add(acc0_0, bias0);
         acc1_0 = gc_vec_add(acc1_0, bias0);
         acc2_0 = gc_vec_add(acc2_0, bias0);
         acc3_0 = gc_vec_add(acc3_0, bias0);
     }
-    if (relu) {
+    if (ep && ep->relu) {
         acc0_0 = gc_vec_relu(acc0_0);
         acc1_0 = gc_vec_relu(acc1_0);
         acc2_0 = gc_vec_relu(acc2_0);
         acc3_0 = gc_vec_relu(acc3_0);
     }
-    gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
-    gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
-    gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
-    gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+    if (ep && ep->mask) {
+        const gc_real *mask = ep->mask + row * ep->ldm + col;
+        acc0_0 = gc_vec_mul(acc0_0, gc_vec_sgn(gc_vec_loadu(mask + 0 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc1_0 = gc_vec_mul(acc1_0, gc_vec_sgn(gc_vec_loadu(mask + 1 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc2_0 = gc_vec_mul(acc2_0, gc_vec_sgn(gc_vec_loadu(mask + 2 * ep->ldm + 0 * GC_VEC_WIDTH)));
+        acc3_0 = gc_vec_mul(acc3_0, gc_vec_sgn(gc_vec_loadu(mask + 3 * ep->ldm + 0 * GC_VEC_WIDTH)));
+    }
+    if (ep && ep->update) {   /* update -= rate * value; C is not written */
+        gc_real *update = ep->update + row * ep->ldu + col;
+        const gc_vec rate = gc_vec_set1(ep->rate);
+        gc_vec_storeu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc0_0, gc_vec_loadu(update + 0 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc1_0, gc_vec_loadu(update + 1 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc2_0, gc_vec_loadu(update + 2 * ep->ldu + 0 * GC_VEC_WIDTH)));
+        gc_vec_storeu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH,
+                      gc_vec_fnma(rate, acc3_0, gc_vec_loadu(update + 3 * ep->ldu + 0 * GC_VEC_WIDTH)));
+    } else {
+        gc_vec_storeu(C + 0 * ldc + 0 * GC_VEC_WIDTH, acc0_0);
+        gc_vec_storeu(C + 1 * ldc + 0 * GC_VEC_WIDTH, acc1_0);
+        gc_vec_storeu(C + 2 * ldc + 0 * GC_VEC_WIDTH, acc2_0);
+        gc_vec_storeu(C + 3 * ldc + 0 * GC_VEC_WIDTH, acc3_0);
+    }
+    if (ep && ep->colsum) {   /* this tile's rows, in order, into each column's sum */
+        gc_vec sum0 = gc_vec_loadu(ep->colsum + col + 0 * GC_VEC_WIDTH);
+        sum0 = gc_vec_add(sum0, acc0_0);
+        sum0 = gc_vec_add(sum0, acc1_0);
+        sum0 = gc_vec_add(sum0, acc2_0);
+        sum0 = gc_vec_add(sum0, acc3_0);
+        gc_vec_storeu(ep->colsum + col + 0 * GC_VEC_WIDTH, sum0);
+    }
 }
 
 /* Both operands are packed into panels of `width` (MR or NR) lanes stored
@@ -2525,19 +3299,18 @@ static void gc_gemm_pack_b_generic(int tb, long kc, long nc, long nr, const gc_r
 }
 
 /* Adds the valid rows x cols corner of a full scratch tile into C, with the
-   micro-kernel's order of operations: (C + acc), + bias, relu. */
+   micro-kernel's order of operations: (C + acc), then the epilogue. */
 static void gc_gemm_store_edge_generic(long rows, long cols, const gc_real *tile,
                                int beta, gc_real *C, long ldc,
-                               const gc_real *bias, int relu)
+                               const gc_gemm_epilogue *ep, long row, long col)
 {
     long i, j;
     for (i = 0; i < rows; ++i) {
         for (j = 0; j < cols; ++j) {
             gc_real value = tile[i * GC_GEMM_NR + j];
             if (beta) value = C[i * ldc + j] + value;
-            if (bias) value = value + bias[j];
-            if (relu) value = value <= 0 ? (gc_real)0 : value;
-            C[i * ldc + j] = value;
+            if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
+            if (!ep || !ep->update) C[i * ldc + j] = value;
         }
     }
 }
@@ -2553,7 +3326,7 @@ static void gc_gemm_store_edge_generic(long rows, long cols, const gc_real *tile
 static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
                             const gc_real *A, long lda, const gc_real *B, long ldb,
                             int beta, gc_real *C, long ldc,
-                            const gc_real *bias, int relu, gc_real *pack, int direct)
+                            const gc_gemm_epilogue *ep, gc_real *pack, int direct)
 {
     gc_real *packed_a = pack;
     gc_real *packed_b = pack + GC_GEMM_PACK_A_ELEMS;
@@ -2579,11 +3352,10 @@ static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
         for (pc = 0; pc < K; pc += k_step) {
             const long kc = K - pc < k_step ? K - pc : k_step;
             /* First K block applies the caller's beta, later ones accumulate;
-               bias and relu belong to the last K block only. */
+               the epilogue belongs to the last K block only (its column sums
+               then see every column's rows in order: ic and ir ascend). */
             const int beta_block = pc == 0 ? beta : 1;
-            const int last_block = pc + kc == K;
-            const gc_real *bias_block = last_block && bias ? bias + jc : 0;
-            const int relu_block = last_block && relu;
+            const gc_gemm_epilogue *ep_block = pc + kc == K ? ep : 0;
             const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
             if (!direct_b)
@@ -2614,7 +3386,6 @@ static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
                         const gc_real *b_panel = packed_b + jr * kc;
                         long b_ks = nr;
                         gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
-                        const gc_real *bias_tile = bias_block ? bias_block + jr : 0;
                         if (direct_b && cols == nr) {
                             b_panel = b_block + jr;
                             b_ks = ldb;
@@ -2624,20 +3395,20 @@ static void gc_gemm_blocked_generic(int ta, int tb, long M, long N, long K,
                         if (rows == GC_GEMM_MR && cols == nr) {
                             if (narrow)
                                 gc_gemm_micro_kernel_narrow_generic(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                            c_tile, ldc, bias_tile, relu_block);
+                                                            c_tile, ldc, ep_block, ic + ir, jc + jr);
                             else
                                 gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, beta_block,
-                                                     c_tile, ldc, bias_tile, relu_block);
+                                                     c_tile, ldc, ep_block, ic + ir, jc + jr);
                         } else {
                             gc_real tile[GC_GEMM_MR * GC_GEMM_NR];
                             if (narrow)
                                 gc_gemm_micro_kernel_narrow_generic(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                            tile, GC_GEMM_NR, 0, 0);
+                                                            tile, GC_GEMM_NR, 0, 0, 0);
                             else
                                 gc_gemm_micro_kernel_generic(kc, a_panel, rs, ks, b_panel, b_ks, 0,
-                                                     tile, GC_GEMM_NR, 0, 0);
+                                                     tile, GC_GEMM_NR, 0, 0, 0);
                             gc_gemm_store_edge_generic(rows, cols, tile, beta_block,
-                                               c_tile, ldc, bias_tile, relu_block);
+                                               c_tile, ldc, ep_block, ic + ir, jc + jr);
                         }
                     }
                 }
@@ -2682,7 +3453,7 @@ static gc_real gc_gemm_dot_generic(long K, const gc_real *a, long a_step, const 
 static void gc_gemm_small_generic(int ta, int tb, long M, long N, long K,
                           const gc_real *A, long lda, const gc_real *B, long ldb,
                           int beta, gc_real *C, long ldc,
-                          const gc_real *bias, int relu)
+                          const gc_gemm_epilogue *ep)
 {
     /* op(A)[i][k] = A[i * a_row + k * a_step] */
     const long a_row = ta ? 1 : lda, a_step = ta ? lda : 1;
@@ -2704,24 +3475,23 @@ static void gc_gemm_small_generic(int ta, int tb, long M, long N, long K,
             for (j = 0; j < N; ++j)
                 c_row[j] += gc_gemm_dot_generic(K, a_row_i, a_step, B + j * ldb);
         }
-        if (bias)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] + bias[j];
-        if (relu)
-            for (j = 0; j < N; ++j) c_row[j] = c_row[j] <= 0 ? (gc_real)0 : c_row[j];
+        if (ep)
+            for (j = 0; j < N; ++j) c_row[j] = gc_gemm_epilogue_apply(ep, i, j, c_row[j]);
     }
 }
 
 /* Part `part` of `parts` of the product: a contiguous range of whole NR
-   columns of C (when M <= N), or of whole MR rows.  Splitting N makes every
-   part read all of op(A) and splitting M all of op(B), so the split
-   duplicates the smaller operand.  Each C element is computed the same way
-   whichever part holds it. */
+   columns of C (see gc_gemm_by_columns), or of whole MR rows.  Splitting N
+   makes every part read all of op(A) and splitting M all of op(B), so the
+   split duplicates the smaller operand.  Each C element is computed the same
+   way whichever part holds it. */
 static void gc_gemm_part_generic(long part, long parts, int ta, int tb, long M, long N, long K,
                          const gc_real *A, long lda, const gc_real *B, long ldb,
                          int beta, gc_real *C, long ldc,
-                         const gc_real *bias, int relu, gc_real *pack, int direct)
+                         const gc_gemm_epilogue *ep, gc_real *pack, int direct)
 {
-    if (M <= N) {
+    gc_gemm_epilogue shifted;
+    if (gc_gemm_by_columns(M, N, ep)) {
         const long tiles = (N + GC_GEMM_NR - 1) / GC_GEMM_NR;
         const long j0 = tiles * part / parts * GC_GEMM_NR;
         long j1 = tiles * (part + 1) / parts * GC_GEMM_NR;
@@ -2729,7 +3499,7 @@ static void gc_gemm_part_generic(long part, long parts, int ta, int tb, long M, 
         if (j1 <= j0) return;
         gc_gemm_blocked_generic(ta, tb, M, j1 - j0, K, A, lda,
                         tb ? B + j0 * ldb : B + j0, ldb, beta, C + j0, ldc,
-                        bias ? bias + j0 : 0, relu, pack, direct);
+                        gc_gemm_epilogue_at(ep, 0, j0, &shifted), pack, direct);
     } else {
         const long tiles = (M + GC_GEMM_MR - 1) / GC_GEMM_MR;
         const long i0 = tiles * part / parts * GC_GEMM_MR;
@@ -2737,7 +3507,8 @@ static void gc_gemm_part_generic(long part, long parts, int ta, int tb, long M, 
         if (i1 > M) i1 = M;
         if (i1 <= i0) return;
         gc_gemm_blocked_generic(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda,
-                        B, ldb, beta, C + i0 * ldc, ldc, bias, relu, pack, direct);
+                        B, ldb, beta, C + i0 * ldc, ldc,
+                        gc_gemm_epilogue_at(ep, i0, 0, &shifted), pack, direct);
     }
 }
 
@@ -2748,8 +3519,11 @@ static void gc_gemm_part_generic(long part, long parts, int ta, int tb, long M, 
 #undef gc_vec_storeu
 #undef gc_vec_set1
 #undef gc_vec_fma
+#undef gc_vec_fnma
 #undef gc_vec_add
 #undef gc_vec_relu
+#undef gc_vec_mul
+#undef gc_vec_sgn
 #undef GC_GEMM_MR
 #undef GC_GEMM_NV
 #undef GC_GEMM_NR
@@ -2802,22 +3576,22 @@ static long gc_gemm_pack_elems(void)
 
 static void gc_gemm_small_isa(int isa, int ta, int tb, long M, long N, long K,
                               const gc_real *A, long lda, const gc_real *B, long ldb,
-                              int beta, gc_real *C, long ldc, const gc_real *bias, int relu)
+                              int beta, gc_real *C, long ldc, const gc_gemm_epilogue *ep)
 {
 #ifdef GC_GEMM_HAVE_AVX512
     if (isa == 2) {
-        gc_gemm_small_avx512(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
+        gc_gemm_small_avx512(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
 #endif
 #ifdef GC_GEMM_HAVE_AVX2
     if (isa == 1) {
-        gc_gemm_small_avx2(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
+        gc_gemm_small_avx2(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
 #endif
 #ifdef GC_GEMM_HAVE_GENERIC
-    gc_gemm_small_generic(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu);
+    gc_gemm_small_generic(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, ep);
 #endif
     (void)isa;
 }
@@ -2825,25 +3599,22 @@ static void gc_gemm_small_isa(int isa, int ta, int tb, long M, long N, long K,
 static void gc_gemm_part_isa(int isa, long part, long parts, int ta, int tb, long M, long N, long K,
                              const gc_real *A, long lda, const gc_real *B, long ldb,
                              int beta, gc_real *C, long ldc,
-                             const gc_real *bias, int relu, gc_real *pack, int direct)
+                             const gc_gemm_epilogue *ep, gc_real *pack, int direct)
 {
 #ifdef GC_GEMM_HAVE_AVX512
     if (isa == 2) {
-        gc_gemm_part_avx512(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
-                            bias, relu, pack, direct);
+        gc_gemm_part_avx512(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, ep, pack, direct);
         return;
     }
 #endif
 #ifdef GC_GEMM_HAVE_AVX2
     if (isa == 1) {
-        gc_gemm_part_avx2(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
-                          bias, relu, pack, direct);
+        gc_gemm_part_avx2(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, ep, pack, direct);
         return;
     }
 #endif
 #ifdef GC_GEMM_HAVE_GENERIC
-    gc_gemm_part_generic(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
-                         bias, relu, pack, direct);
+    gc_gemm_part_generic(part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, ep, pack, direct);
 #endif
     (void)isa;
 }
@@ -2852,17 +3623,16 @@ static void gc_gemm_part_isa(int isa, long part, long parts, int ta, int tb, lon
 /* Entry points                                                           */
 /* ---------------------------------------------------------------------- */
 
-static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
-                             const gc_real *A, long lda, const gc_real *B, long ldb,
-                             int beta, gc_real *C, long ldc, gc_real *pack,
-                             const gc_real *bias, int act)
+static void gc_gemm_ex(int ta, int tb, long M, long N, long K,
+                       const gc_real *A, long lda, const gc_real *B, long ldb,
+                       int beta, gc_real *C, long ldc, gc_real *pack,
+                       const gc_gemm_epilogue *ep)
 {
-    const int relu = act == 1;
     const int isa = gc_gemm_isa();
     int direct = 0;
     if (M <= 0 || N <= 0) return;
     if (K <= 0 || M * N * K < GC_GEMM_SMALL_WORK || ((!tb || !ta) && M <= GC_GEMM_SMALL_ROWS)) {
-        gc_gemm_small_isa(isa, ta, tb, M, N, K > 0 ? K : 0, A, lda, B, ldb, beta, C, ldc, bias, relu);
+        gc_gemm_small_isa(isa, ta, tb, M, N, K > 0 ? K : 0, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
     if (M * N * K <= GC_GEMM_DIRECT_WORK) direct = GC_GEMM_DIRECT_A | GC_GEMM_DIRECT_B;
@@ -2872,7 +3642,7 @@ static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
         int threads = omp_get_max_threads();
         if (threads > GC_MAX_THREADS) threads = GC_MAX_THREADS;
         if (threads > 1) {
-            const int fine = M <= N && (direct & GC_GEMM_DIRECT_A);
+            const int fine = gc_gemm_by_columns(M, N, ep) && (direct & GC_GEMM_DIRECT_A);
             const long parts = (long)threads * (fine ? GC_GEMM_PARTS_PER_THREAD : 1);
 #pragma omp parallel num_threads(threads)
             {
@@ -2881,20 +3651,39 @@ static void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
 #pragma omp for schedule(dynamic, 1) nowait
                 for (part = 0; part < parts; ++part)
                     gc_gemm_part_isa(isa, part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
-                                     bias, relu, thread_pack, direct);
+                                     ep, thread_pack, direct);
             }
             return;
         }
     }
 #endif
-    gc_gemm_part_isa(isa, 0, 1, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, bias, relu, pack, direct);
+    gc_gemm_part_isa(isa, 0, 1, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, ep, pack, direct);
 }
 
-static void gc_gemm(int ta, int tb, long M, long N, long K,
-                    const gc_real *A, long lda, const gc_real *B, long ldb,
-                    int beta, gc_real *C, long ldc, gc_real *pack)
+/* The two common forms, as wrappers (inline: a model file that calls only
+   some of them compiles without unused-function warnings). */
+static inline void gc_gemm_bias_act(int ta, int tb, long M, long N, long K,
+                                    const gc_real *A, long lda, const gc_real *B, long ldb,
+                                    int beta, gc_real *C, long ldc, gc_real *pack,
+                                    const gc_real *bias, int act)
 {
-    gc_gemm_bias_act(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, 0, 0);
+    gc_gemm_epilogue ep;
+    ep.bias = bias;
+    ep.relu = act == 1;
+    ep.mask = 0;
+    ep.ldm = 0;
+    ep.colsum = 0;
+    ep.update = 0;
+    ep.ldu = 0;
+    ep.rate = 0;
+    gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, bias || act == 1 ? &ep : 0);
+}
+
+static inline void gc_gemm(int ta, int tb, long M, long N, long K,
+                           const gc_real *A, long lda, const gc_real *B, long ldb,
+                           int beta, gc_real *C, long ldc, gc_real *pack)
+{
+    gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, 0);
 }
 
 /* ------------------------------------------------------------------------
@@ -3100,8 +3889,7 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     gc_real *const h1 = ws + 96 * n;   /* 96 * n elements */
     gc_real *const h2 = ws + 0;   /* 48 * n elements */
     gc_real *const theta = ws + 48 * n;   /* 10 * n elements */
-    gc_real *const d_theta = ws + 192 * n;   /* 10 * n elements */
-    gc_real *const d_h2 = ws + 48 * n;   /* 48 * n elements */
+    gc_real *const d_theta = ws + 64 * n;   /* 10 * n elements */
     gc_real *const d_h2__1 = ws + 192 * n;   /* 48 * n elements */
     gc_real *const d_h1 = ws + 0;   /* 96 * n elements */
     gc_real *const d_h1__3 = ws + 192 * n;   /* 96 * n elements */
@@ -3124,8 +3912,10 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     gc_gemm_bias_act(0, 1, n, 10, 48, h2, 48, W3, 48,
                      0, theta, 10, pack, b3, 0);
     /* J = "cross_entropy(theta, y)"    [mlp.toml:27]
-       and probs = "softmax(theta)"    [mlp.toml:31] */
+       and probs = "softmax(theta)"    [mlp.toml:31]
+       and d_theta: identity (7), from J = "cross_entropy(theta, y)" */
     {
+        const gc_real gc_scale = ((gc_real)1.0 / (gc_real)(n));
         gc_real total = 0;
         for (long i = 0; i < n; ++i) {
             const gc_real *row = theta + i * 10;
@@ -3141,37 +3931,39 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
             for (long j = 0; j < 10; ++j) {
                 out[j] /= sum;
             }
+            {
+                gc_real *gc_grad = d_theta + i * 10;   /* identity (7): (probs - onehot) * scale */
+                for (long j = 0; j < 10; ++j) {
+                    gc_grad[j] = (out[j] - ((gc_real)(y[i] == j))) * gc_scale;
+                }
+            }
             total += (max - row[y[i]]) + GC_LOG(sum);
         }
         loss[0] = total / (gc_real)(n);
     }
 
-    /* d_theta: identity (7), from J = "cross_entropy(theta, y)"
-       d_b3: identity (3), from theta = "h2 @ W3.T + b3" */
+    /* d_b3: identity (3), from theta = "h2 @ W3.T + b3" */
     memset(d_b3, 0, (size_t)(10) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 10; ++j) {
-            d_theta[i * 10 + j] = (probs[i * 10 + j] - ((gc_real)(y[i] == j))) * ((gc_real)1.0 / (gc_real)(n));
             d_b3[j] += d_theta[i * 10 + j];
         }
     }
 
-    /* d_h2: identity (2), from theta = "h2 @ W3.T + b3" */
-    gc_gemm(0, 0, n, 48, 10, d_theta, 10, W3, 48,
-            0, d_h2, 48, pack);
+    /* d_h2: identity (2), from theta = "h2 @ W3.T + b3"
+       d_h2__1: identity (4), from h2 = "relu(h1 @ W2.T + b2)":
+           ∘ sgn(h2) as the product is written
+       d_b2: identity (3), from h2 = "relu(h1 @ W2.T + b2)":
+           summed over the rows of d_h2__1 as they are written */
+    memset(d_b2, 0, (size_t)(48) * sizeof(gc_real));
+    {
+        const gc_gemm_epilogue gc_ep = { .mask = h2, .ldm = 48, .colsum = d_b2 };
+        gc_gemm_ex(0, 0, n, 48, 10, d_theta, 10, W3, 48,
+                   0, d_h2__1, 48, pack, &gc_ep);
+    }
     /* d_W3: identity (5), from theta = "h2 @ W3.T + b3" */
     gc_gemm(1, 0, 10, 48, n, d_theta, 10, h2, 48,
             0, d_W3, 48, pack);
-    /* d_h2__1: identity (4), from h2 = "relu(h1 @ W2.T + b2)"
-       d_b2: identity (3), from h2 = "relu(h1 @ W2.T + b2)" */
-    memset(d_b2, 0, (size_t)(48) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 48; ++j) {
-            d_h2__1[i * 48 + j] = d_h2[i * 48 + j] * ((gc_real)((h2[i * 48 + j] > 0) - (h2[i * 48 + j] < 0)));
-            d_b2[j] += d_h2__1[i * 48 + j];
-        }
-    }
-
     /* d_h1: identity (2), from h2 = "relu(h1 @ W2.T + b2)" */
     gc_gemm(0, 0, n, 96, 48, d_h2__1, 48, W2, 96,
             0, d_h1, 96, pack);
