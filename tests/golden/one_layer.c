@@ -282,21 +282,6 @@ typedef struct {
 /* sgn(x) = (x > 0) - (x < 0): 1, -1, or 0 at 0 and at NaN. */
 #define GC_GEMM_SGN(x) ((gc_real)(((x) > 0) - ((x) < 0)))
 
-/* The epilogue of element (i, j) in scalar code (edge tiles, tiny products):
-   the same operations in the same order as the micro-kernels' vectors (the
-   update is one fused multiply-add there, and here when the compiler
-   contracts a - b * c, as graphc's builds let it).  Applies the update, adds
-   the value into the column sum and returns it. */
-static gc_real gc_gemm_epilogue_apply(const gc_gemm_epilogue *ep, long i, long j, gc_real value)
-{
-    if (ep->bias) value = value + ep->bias[j];
-    if (ep->relu) value = value <= 0 ? (gc_real)0 : value;
-    if (ep->mask) value = value * GC_GEMM_SGN(ep->mask[i * ep->ldm + j]);
-    if (ep->update) ep->update[i * ep->ldu + j] = ep->update[i * ep->ldu + j] - ep->rate * value;
-    if (ep->colsum) ep->colsum[j] = ep->colsum[j] + value;
-    return value;
-}
-
 /* The epilogue of the sub-matrix of C at (i0, j0), in *out; NULL stays NULL. */
 static const gc_gemm_epilogue *gc_gemm_epilogue_at(const gc_gemm_epilogue *ep, long i0, long j0,
                                                    gc_gemm_epilogue *out)
@@ -1438,20 +1423,47 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_pack_b_avx512(int tb, long kc, long nc
     }
 }
 
+/* The epilogue of `count` values of row i of C from column j0 on (edge tiles, tiny
+   products), field by field: each value sees the same operations in the same order as
+   in the micro-kernels' vectors (the update is one fused multiply-add there, and here
+   when the compiler contracts a - b * c, as graphc's builds let it), and each loop is a
+   plain vectorizable pass. */
+GC_GEMM_TARGET_AVX512 static void gc_gemm_epilogue_row_avx512(const gc_gemm_epilogue *ep, long i, long j0, long count,
+                                 gc_real *restrict values)
+{
+    long j;
+    if (ep->bias)
+        for (j = 0; j < count; ++j) values[j] = values[j] + ep->bias[j0 + j];
+    if (ep->relu)
+        for (j = 0; j < count; ++j) values[j] = values[j] <= 0 ? (gc_real)0 : values[j];
+    if (ep->mask) {
+        const gc_real *mask = ep->mask + i * ep->ldm + j0;
+        for (j = 0; j < count; ++j) values[j] = values[j] * GC_GEMM_SGN(mask[j]);
+    }
+    if (ep->update) {
+        gc_real *restrict update = ep->update + i * ep->ldu + j0;
+        for (j = 0; j < count; ++j) update[j] = update[j] - ep->rate * values[j];
+    }
+    if (ep->colsum) {
+        gc_real *restrict colsum = ep->colsum + j0;
+        for (j = 0; j < count; ++j) colsum[j] = colsum[j] + values[j];
+    }
+}
+
 /* Adds the valid rows x cols corner of a full scratch tile into C, with the
    micro-kernel's order of operations: (C + acc), then the epilogue. */
-GC_GEMM_TARGET_AVX512 static void gc_gemm_store_edge_avx512(long rows, long cols, const gc_real *tile,
+GC_GEMM_TARGET_AVX512 static void gc_gemm_store_edge_avx512(long rows, long cols, gc_real *tile,
                                int beta, gc_real *C, long ldc,
                                const gc_gemm_epilogue *ep, long row, long col)
 {
     long i, j;
     for (i = 0; i < rows; ++i) {
-        for (j = 0; j < cols; ++j) {
-            gc_real value = tile[i * GC_GEMM_NR + j];
-            if (beta) value = C[i * ldc + j] + value;
-            if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
-            if (!ep || !ep->update) C[i * ldc + j] = value;
-        }
+        gc_real *values = tile + i * GC_GEMM_NR;
+        if (beta)
+            for (j = 0; j < cols; ++j) values[j] = C[i * ldc + j] + values[j];
+        if (ep) gc_gemm_epilogue_row_avx512(ep, row + i, col, cols, values);
+        if (!ep || !ep->update)
+            for (j = 0; j < cols; ++j) C[i * ldc + j] = values[j];
     }
 }
 
@@ -1621,8 +1633,7 @@ GC_GEMM_TARGET_AVX512 static void gc_gemm_small_avx512(int ta, int tb, long M, l
             for (j = 0; j < N; ++j)
                 c_row[j] += gc_gemm_dot_avx512(K, a_row_i, a_step, B + j * ldb);
         }
-        if (ep)
-            for (j = 0; j < N; ++j) c_row[j] = gc_gemm_epilogue_apply(ep, i, j, c_row[j]);
+        if (ep) gc_gemm_epilogue_row_avx512(ep, i, 0, N, c_row);
     }
 }
 
@@ -2429,20 +2440,47 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_pack_b_avx2(int tb, long kc, long nc, lo
     }
 }
 
+/* The epilogue of `count` values of row i of C from column j0 on (edge tiles, tiny
+   products), field by field: each value sees the same operations in the same order as
+   in the micro-kernels' vectors (the update is one fused multiply-add there, and here
+   when the compiler contracts a - b * c, as graphc's builds let it), and each loop is a
+   plain vectorizable pass. */
+GC_GEMM_TARGET_AVX2 static void gc_gemm_epilogue_row_avx2(const gc_gemm_epilogue *ep, long i, long j0, long count,
+                                 gc_real *restrict values)
+{
+    long j;
+    if (ep->bias)
+        for (j = 0; j < count; ++j) values[j] = values[j] + ep->bias[j0 + j];
+    if (ep->relu)
+        for (j = 0; j < count; ++j) values[j] = values[j] <= 0 ? (gc_real)0 : values[j];
+    if (ep->mask) {
+        const gc_real *mask = ep->mask + i * ep->ldm + j0;
+        for (j = 0; j < count; ++j) values[j] = values[j] * GC_GEMM_SGN(mask[j]);
+    }
+    if (ep->update) {
+        gc_real *restrict update = ep->update + i * ep->ldu + j0;
+        for (j = 0; j < count; ++j) update[j] = update[j] - ep->rate * values[j];
+    }
+    if (ep->colsum) {
+        gc_real *restrict colsum = ep->colsum + j0;
+        for (j = 0; j < count; ++j) colsum[j] = colsum[j] + values[j];
+    }
+}
+
 /* Adds the valid rows x cols corner of a full scratch tile into C, with the
    micro-kernel's order of operations: (C + acc), then the epilogue. */
-GC_GEMM_TARGET_AVX2 static void gc_gemm_store_edge_avx2(long rows, long cols, const gc_real *tile,
+GC_GEMM_TARGET_AVX2 static void gc_gemm_store_edge_avx2(long rows, long cols, gc_real *tile,
                                int beta, gc_real *C, long ldc,
                                const gc_gemm_epilogue *ep, long row, long col)
 {
     long i, j;
     for (i = 0; i < rows; ++i) {
-        for (j = 0; j < cols; ++j) {
-            gc_real value = tile[i * GC_GEMM_NR + j];
-            if (beta) value = C[i * ldc + j] + value;
-            if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
-            if (!ep || !ep->update) C[i * ldc + j] = value;
-        }
+        gc_real *values = tile + i * GC_GEMM_NR;
+        if (beta)
+            for (j = 0; j < cols; ++j) values[j] = C[i * ldc + j] + values[j];
+        if (ep) gc_gemm_epilogue_row_avx2(ep, row + i, col, cols, values);
+        if (!ep || !ep->update)
+            for (j = 0; j < cols; ++j) C[i * ldc + j] = values[j];
     }
 }
 
@@ -2612,8 +2650,7 @@ GC_GEMM_TARGET_AVX2 static void gc_gemm_small_avx2(int ta, int tb, long M, long 
             for (j = 0; j < N; ++j)
                 c_row[j] += gc_gemm_dot_avx2(K, a_row_i, a_step, B + j * ldb);
         }
-        if (ep)
-            for (j = 0; j < N; ++j) c_row[j] = gc_gemm_epilogue_apply(ep, i, j, c_row[j]);
+        if (ep) gc_gemm_epilogue_row_avx2(ep, i, 0, N, c_row);
     }
 }
 
@@ -3298,20 +3335,47 @@ static void gc_gemm_pack_b_generic(int tb, long kc, long nc, long nr, const gc_r
     }
 }
 
+/* The epilogue of `count` values of row i of C from column j0 on (edge tiles, tiny
+   products), field by field: each value sees the same operations in the same order as
+   in the micro-kernels' vectors (the update is one fused multiply-add there, and here
+   when the compiler contracts a - b * c, as graphc's builds let it), and each loop is a
+   plain vectorizable pass. */
+static void gc_gemm_epilogue_row_generic(const gc_gemm_epilogue *ep, long i, long j0, long count,
+                                 gc_real *restrict values)
+{
+    long j;
+    if (ep->bias)
+        for (j = 0; j < count; ++j) values[j] = values[j] + ep->bias[j0 + j];
+    if (ep->relu)
+        for (j = 0; j < count; ++j) values[j] = values[j] <= 0 ? (gc_real)0 : values[j];
+    if (ep->mask) {
+        const gc_real *mask = ep->mask + i * ep->ldm + j0;
+        for (j = 0; j < count; ++j) values[j] = values[j] * GC_GEMM_SGN(mask[j]);
+    }
+    if (ep->update) {
+        gc_real *restrict update = ep->update + i * ep->ldu + j0;
+        for (j = 0; j < count; ++j) update[j] = update[j] - ep->rate * values[j];
+    }
+    if (ep->colsum) {
+        gc_real *restrict colsum = ep->colsum + j0;
+        for (j = 0; j < count; ++j) colsum[j] = colsum[j] + values[j];
+    }
+}
+
 /* Adds the valid rows x cols corner of a full scratch tile into C, with the
    micro-kernel's order of operations: (C + acc), then the epilogue. */
-static void gc_gemm_store_edge_generic(long rows, long cols, const gc_real *tile,
+static void gc_gemm_store_edge_generic(long rows, long cols, gc_real *tile,
                                int beta, gc_real *C, long ldc,
                                const gc_gemm_epilogue *ep, long row, long col)
 {
     long i, j;
     for (i = 0; i < rows; ++i) {
-        for (j = 0; j < cols; ++j) {
-            gc_real value = tile[i * GC_GEMM_NR + j];
-            if (beta) value = C[i * ldc + j] + value;
-            if (ep) value = gc_gemm_epilogue_apply(ep, row + i, col + j, value);
-            if (!ep || !ep->update) C[i * ldc + j] = value;
-        }
+        gc_real *values = tile + i * GC_GEMM_NR;
+        if (beta)
+            for (j = 0; j < cols; ++j) values[j] = C[i * ldc + j] + values[j];
+        if (ep) gc_gemm_epilogue_row_generic(ep, row + i, col, cols, values);
+        if (!ep || !ep->update)
+            for (j = 0; j < cols; ++j) C[i * ldc + j] = values[j];
     }
 }
 
@@ -3475,8 +3539,7 @@ static void gc_gemm_small_generic(int ta, int tb, long M, long N, long K,
             for (j = 0; j < N; ++j)
                 c_row[j] += gc_gemm_dot_generic(K, a_row_i, a_step, B + j * ldb);
         }
-        if (ep)
-            for (j = 0; j < N; ++j) c_row[j] = gc_gemm_epilogue_apply(ep, i, j, c_row[j]);
+        if (ep) gc_gemm_epilogue_row_generic(ep, i, 0, N, c_row);
     }
 }
 
