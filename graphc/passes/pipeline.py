@@ -27,9 +27,11 @@ def stages(graph: Graph) -> Iterator[tuple[str, object]]:
     sched = Scheduler(low, outputs)
     result = sched.run()
     lines = []
+    computed = {v for st in result.steps for v in st.defs}   # written by a step: no value fused away
     for i, st in enumerate(result.steps):
         names = ", ".join(v.name for v in st.defs)
-        fused = [v.name for v in sched.inlined if any(v in n.inputs for n in low.nodes if n.output in st.defs)]
+        fused = [v.name for v in (sched.inlined | sched.absorbed) - computed
+                 if any(v in n.inputs for n in low.nodes if n.output in st.defs)]
         extra = f"   fused: {', '.join(sorted(fused))}" if fused else ""
         lines.append(f"  {i:3d}  {st.family:<8} {names}{extra}")
     folded = sorted(v.name for v in sched.folded)
