@@ -191,7 +191,7 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
     """Add NAME_train_step (and NAME_fit when every batched input has the batch dim first)."""
     from graphc.autodiff import grad
     from graphc.codegen import Arg, environment, output_args
-    from graphc.passes.memory import Buffer, align, padd
+    from graphc.passes.memory import Buffer, align, padd, plan
     from graphc.schedule import c_name, c_poly, numel, worth_parallel
 
     _check_optimizer(optimizer)
@@ -220,10 +220,23 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
     out_args = [a for a in f.args if a.role == "output"]
     grad_args = {a.cname: a for a in f.args if a.role == "grad"}
 
-    # gradients: workspace blocks after the planned arena, alive for the whole function
+    # gradients, in the workspace. One that its GEMM applies as it writes it (plain SGD) needs its
+    # block only during that GEMM (scratch for partial sums over K): it is planned with the other
+    # buffers. The rest are blocks after the arena, alive for the whole function (the updates run last).
     sched = f.sched
+    grad_values = [grad_args[grad_c[w]].value for w in params]
+    fused = _updates_in_gemms(sched, optimizer, params, {a.value.name: a for a in pargs},
+                              dict(zip(params, grad_values)))
+    if fused:
+        for w in fused:
+            a = grad_args[grad_c[w]]
+            at = next(i for i, st in enumerate(sched.steps) if a.value in st.defs)
+            sched.buffers[a.cname] = Buffer(a.cname, numel(a.value.shape), at, at)
+        sched.arena = plan(list(sched.buffers.values()))
     top, n_steps = sched.arena, len(sched.steps)
     for w in params:
+        if w in fused:
+            continue
         a = grad_args[grad_c[w]]
         size = numel(a.value.shape)
         b = Buffer(a.cname, size, 0, n_steps, offset=top)
@@ -257,8 +270,6 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
     # step per parameter (plus Adam's bias corrections first)
     module = environment().get_template("kernels/optimizer.c.j2").module
     steps = []
-    grad_values = [grad_args[grad_c[w]].value for w in params]
-    fused = _updates_in_gemms(sched, optimizer, params, {w: pvalue[w] for w in params}, dict(zip(params, grad_values)))
     if isinstance(optimizer, Adam):
         ctx = dict(t=t_c, lr=_literal(optimizer.lr), beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2))
         steps.append(_TextStep("optimizer", str(module.adam_begin(ctx)).strip("\n"), dict(refs=[t_c]), [], []))
