@@ -43,33 +43,25 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 NATIVE = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-march=native", "-fopenmp"]
 
 # (label, ta, tb, M, N, K): C[M,N] = op(A)[M,K] op(B)[K,N]
+
+
+def one_layer_train_step(n, dx, dh, nc):
+    """The five GEMMs of the 1-layer train step at batch n, in its order."""
+    return [(f"NT z = x W^T {n}x{dh}x{dx}", 0, 1, n, dh, dx),
+            (f"NT th = h U^T {n}x{nc}x{dh}", 0, 1, n, nc, dh),
+            (f"NN dh = d1 U {n}x{dh}x{nc}", 0, 0, n, dh, nc),
+            (f"TN dU = d1^T h {nc}x{dh}x{n}", 1, 0, nc, dh, n),
+            (f"TN dW = d2^T x {dh}x{dx}x{n}", 1, 0, dh, dx, n)]
+
+
 SHAPES = {
     "square": [(f"{n}^3", 0, 0, n, n, n) for n in (256, 512, 1024)],
-    # the five GEMMs of the 1-layer train step, in its order
     # one product in every form: what the form alone costs (packing by transpose or copy)
     "forms": [(f"{f} 128x512x784", ta, tb, 128, 512, 784) for f, ta, tb in
               (("NN", 0, 0), ("NT", 0, 1), ("TN", 1, 0), ("TT", 1, 1))],
-    "digits": [
-        ("NT z = x W^T 32x128x64", 0, 1, 32, 128, 64),
-        ("NT th = h U^T 32x10x128", 0, 1, 32, 10, 128),
-        ("NN dh = d1 U 32x128x10", 0, 0, 32, 128, 10),
-        ("TN dU = d1^T h 10x128x32", 1, 0, 10, 128, 32),
-        ("TN dW = d2^T x 128x64x32", 1, 0, 128, 64, 32),
-    ],
-    "mnist": [
-        ("NT z = x W^T 128x512x784", 0, 1, 128, 512, 784),
-        ("NT th = h U^T 128x10x512", 0, 1, 128, 10, 512),
-        ("NN dh = d1 U 128x512x10", 0, 0, 128, 512, 10),
-        ("TN dU = d1^T h 10x512x128", 1, 0, 10, 512, 128),
-        ("TN dW = d2^T x 512x784x128", 1, 0, 512, 784, 128),
-    ],
-    "wide": [
-        ("NT z = x W^T 256x4096x1024", 0, 1, 256, 4096, 1024),
-        ("NT th = h U^T 256x1000x4096", 0, 1, 256, 1000, 4096),
-        ("NN dh = d1 U 256x4096x1000", 0, 0, 256, 4096, 1000),
-        ("TN dU = d1^T h 1000x4096x256", 1, 0, 1000, 4096, 256),
-        ("TN dW = d2^T x 4096x1024x256", 1, 0, 4096, 1024, 256),
-    ],
+    "digits": one_layer_train_step(32, 64, 128, 10),
+    "mnist": one_layer_train_step(128, 784, 512, 10),
+    "wide": one_layer_train_step(256, 1024, 4096, 1000),
 }
 
 WRAPPER = """
