@@ -110,6 +110,7 @@ class Fusion:
         a pass of its own: forward, z = x Wᵀ + b1 and h = relu(z); backward, the relu mask
         d_z = (d_theta U) ∘ sgn(h), identity (4), and the bias gradient d_b1 = Σ_rows d_z,
         identity (3), summed from the tile in registers."""
+        where = {n: i for i, n in enumerate(self.g.nodes)}
         for m in self.g.nodes:
             if m.op.name != "matmul" or m.output.rank != 2:
                 continue
@@ -146,7 +147,6 @@ class Fusion:
             self.epilogue[final] = ep
             # the call runs where the product is, if what the epilogue reads exists by then (so that a
             # GEMM reading a param, d_h = d_theta U, runs before the one that may update it, d_U)
-            where = {n: i for i, n in enumerate(self.g.nodes)}
             early = all(x.node is None or where[x.node] < where[m] for x in (ep.bias, ep.mask) if x is not None)
             self.emit_at[m if early else final] = final
             # the values between the GEMM and the final one are computed inside the call
