@@ -7,7 +7,9 @@ In: the forward graph, its backward graph and an optimizer (codegen's `generate`
 
 - NAME_train_step(n, inputs, params, optimizer state, outputs, workspace): the
   value_and_grad computation with every gradient in the workspace, then the update of
-  each parameter in place (templates/kernels/optimizer.c.j2), all in one C call.
+  each parameter in place (templates/kernels/optimizer.c.j2), all in one C call. With
+  plain SGD a weight whose gradient one GEMM computes is updated by that GEMM instead, as
+  it writes the gradient (gc_gemm_epilogue's update), and the gradient is never stored.
 - NAME_fit(n_total, batch, dataset, order, params, state, losses, workspace): one epoch;
   each minibatch is gathered into the workspace and passed to NAME_train_step
   (templates/fit.c.j2).
