@@ -94,3 +94,49 @@ def test_cli_show_optimizer_prints_the_train_step(capsys):
     out = capsys.readouterr().out
     assert "# train step: dJ/d(W, b1, U, b2), then the update of SGD(lr=0.5)" in out
     assert "output  next_W = next_W" in out and "const(value=0.5)" in out and "# backward" not in out
+
+
+ECHO = """
+name = "echo"
+[dims]
+N = "batch"
+Dx = 6
+Dh = 8
+Nc = 3
+[inputs]
+x = ["N", "Dx"]
+y = { shape = ["N"], dtype = "int32" }
+[params]
+W = ["Dh", "Dx"]
+b1 = ["Dh"]
+U = ["Nc", "Dh"]
+b2 = ["Nc"]
+[graph]
+h = "relu(x @ W.T + b1)"
+theta = "h @ U.T + b2"
+J = "cross_entropy(theta, y)"
+[outputs]
+loss = "J"
+weights = "W"
+"""
+
+
+def test_updates_a_weight_read_after_its_gradient_gemm_is_not_updated_inside_it():
+    """The output `weights = W` is copied after the backward pass: W must still hold its value
+    from before the step there, so W's update stays a loop after the copy; U's moves into the GEMM
+    that computes d_U. The train step is the IR's either way."""
+    g = graphc.parse_spec(ECHO + '[grad]\nof = "J"\nwrt = ["W", "b1", "U", "b2"]\n', "echo.toml")
+    optimizer = graphc.SGD(lr=0.1)
+    m = graphc.compile(g, dtype="float64", optimizer=optimizer)
+    step = m.source[m.source.index("int echo_train_step("):]
+    updates = re.findall(r"gc_ep = \{[^}]*\.update = (\w+)", step)
+    assert updates == ["U"]
+    params = graphc.init_params(g, seed=0)
+    state = m.train_state(params)
+    data = batch(g, 7, np.random.default_rng(3))
+    outs = m.train_step(state, **data)
+    np.testing.assert_array_equal(outs["weights"], params["W"])
+    tg = graphc.train_graph(g, "J", ["W", "b1", "U", "b2"], optimizer)
+    ref = graphc.evaluate(tg, **data, **params)
+    for key, (_inp, out) in tg.updates.items():
+        np.testing.assert_allclose(state.params[key], ref[out], rtol=1e-12, atol=1e-14)
