@@ -42,3 +42,32 @@ def private_cache_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAPHC_CACHE_DIR", str(tmp_path_factory.mktemp("graphc-cache")))
         yield
+
+
+def one_layer_spec(name: str = "wide", dx: int = 192, dh: int = 512, nc: int = 10, act: str = "relu",
+                   outputs: dict[str, str] | None = None, grad: bool = True) -> str:
+    """The notes' one-layer network, h = act(x Wᵀ + b1), θ = h Uᵀ + b2, J = CE(θ, y), as spec text."""
+    outputs = {"loss": "J", "probs": "softmax(theta)"} if outputs is None else outputs
+    text = f"""
+name = "{name}"
+[dims]
+N = "batch"
+Dx = {dx}
+Dh = {dh}
+Nc = {nc}
+[inputs]
+x = ["N", "Dx"]
+y = {{ shape = ["N"], dtype = "int32" }}
+[params]
+W = ["Dh", "Dx"]
+b1 = ["Dh"]
+U = ["Nc", "Dh"]
+b2 = ["Nc"]
+[graph]
+h = "{act}(x @ W.T + b1)"
+theta = "h @ U.T + b2"
+J = "cross_entropy(theta, y)"
+[outputs]
+""" + "".join(f'{k} = "{v}"\n' for k, v in outputs.items())
+    return text + ('[grad]\nof = "J"\nwrt = ["W", "b1", "U", "b2"]\n' if grad else "")
+

@@ -11,37 +11,12 @@ import pytest
 
 import graphc
 
-from conftest import private_cache_dir
+from conftest import one_layer_spec, private_cache_dir
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 THREADS = 8
 
-WIDE = """
-name = "wide"
-[dims]
-N = "batch"
-Dx = 192
-Dh = 512
-Nc = 10
-[inputs]
-x = ["N", "Dx"]
-y = { shape = ["N"], dtype = "int32" }
-[params]
-W = ["Dh", "Dx"]
-b1 = ["Dh"]
-U = ["Nc", "Dh"]
-b2 = ["Nc"]
-[graph]
-h = "relu(x @ W.T + b1)"
-theta = "h @ U.T + b2"
-J = "cross_entropy(theta, y)"
-[outputs]
-loss = "J"
-probs = "softmax(theta)"
-[grad]
-of = "J"
-wrt = ["W", "b1", "U", "b2"]
-"""
+WIDE = one_layer_spec()
 
 
 _cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
@@ -195,8 +170,7 @@ def test_concurrency_the_gil_is_released_during_the_c_call():
 def test_concurrency_parallel_elementwise_loops_and_updates_give_the_same_bits_for_one_and_two_threads():
     """Loops of at least GC_LOOP_PARALLEL_WORK iterations (tanh over 256 x 512, Adam's updates of
     98k parameters) are split over the threads; each element is computed the same way."""
-    spec = WIDE.replace('h = "relu(x @ W.T + b1)"', 'h = "tanh(x @ W.T + b1)"')
-    assert spec != WIDE
+    spec = one_layer_spec(act="tanh")
     g = graphc.parse_spec(spec, "wide.toml")
     optimizer = graphc.Adam(lr=1e-3, weight_decay=1e-2)
     one = graphc.compile(g, dtype="float64", threads=1, optimizer=optimizer)
@@ -215,8 +189,7 @@ def test_concurrency_parallel_elementwise_loops_and_updates_give_the_same_bits_f
 def test_concurrency_column_blocked_sums_match_the_reference_and_serial_bits():
     """d_z = d_h .* (1 - h²) with d_b1 += d_z over 256 rows and 512 columns: two blocks of columns,
     one per thread. The bias gradient is the reference's, and the same bits as with one thread."""
-    spec = WIDE.replace('h = "relu(x @ W.T + b1)"', 'h = "tanh(x @ W.T + b1)"')
-    assert spec != WIDE
+    spec = one_layer_spec(act="tanh")
     two = one_and_two_threads_give_the_reference_in_the_same_bits(graphc.parse_spec(spec, "wide.toml"),
                                                                   batch(11, n=256, dx=192, dh=512))
     assert "gc_block += GC_LOOP_COLUMNS" in two.source
@@ -248,9 +221,7 @@ def test_concurrency_softmax_over_wide_rows_is_split_over_threads_with_the_same_
     rows, split into GC_ROW_CHUNKS chunks of rows (300 rows: chunks of 5, the last ones empty).
     The loss, the probabilities and every gradient are the reference's, and the same bits for 1
     and 2 threads; without a probs output no probabilities are stored, only the gradient."""
-    spec = WIDE.replace("Nc = 10", "Nc = 600").replace("Dx = 192", "Dx = 24").replace("Dh = 512", "Dh = 32")
-    if outputs == "loss only":
-        spec = spec.replace('probs = "softmax(theta)"\n', "")
+    spec = one_layer_spec(dx=24, dh=32, nc=600, outputs={"loss": "J"} if outputs == "loss only" else None)
     two = one_and_two_threads_give_the_reference_in_the_same_bits(graphc.parse_spec(spec, "wide.toml"),
                                                                   batch(13, n=300, dx=24, dh=32, nc=600))
     assert "gc_partial[gc_c] = total;" in two.source          # the threaded form of the kernel

@@ -10,7 +10,7 @@ import pytest
 import graphc
 from graphc.cli import main as cli
 
-from conftest import EXAMPLES_DIR
+from conftest import EXAMPLES_DIR, one_layer_spec
 
 OPTIMIZERS = {
     "sgd": graphc.SGD(lr=0.1),
@@ -96,36 +96,14 @@ def test_cli_show_optimizer_prints_the_train_step(capsys):
     assert "output  next_W = next_W" in out and "const(value=0.5)" in out and "# backward" not in out
 
 
-ECHO = """
-name = "echo"
-[dims]
-N = "batch"
-Dx = 6
-Dh = 8
-Nc = 3
-[inputs]
-x = ["N", "Dx"]
-y = { shape = ["N"], dtype = "int32" }
-[params]
-W = ["Dh", "Dx"]
-b1 = ["Dh"]
-U = ["Nc", "Dh"]
-b2 = ["Nc"]
-[graph]
-h = "relu(x @ W.T + b1)"
-theta = "h @ U.T + b2"
-J = "cross_entropy(theta, y)"
-[outputs]
-loss = "J"
-weights = "W"
-"""
+ECHO = one_layer_spec("echo", dx=6, dh=8, nc=3, outputs={"loss": "J", "weights": "W"})
 
 
 def test_updates_a_weight_read_after_its_gradient_gemm_is_not_updated_inside_it():
     """The output `weights = W` is copied after the backward pass: W must still hold its value
     from before the step there, so W's update stays a loop after the copy; U's moves into the GEMM
     that computes d_U. The train step is the IR's either way."""
-    g = graphc.parse_spec(ECHO + '[grad]\nof = "J"\nwrt = ["W", "b1", "U", "b2"]\n', "echo.toml")
+    g = graphc.parse_spec(ECHO, "echo.toml")
     optimizer = graphc.SGD(lr=0.1)
     m = graphc.compile(g, dtype="float64", optimizer=optimizer)
     step = m.source[m.source.index("int echo_train_step("):]
