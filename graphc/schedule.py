@@ -112,7 +112,7 @@ def set_epilogue(ctx: dict, **fields) -> None:
     ctx.update(ep=ep, bias=ep.get("bias"), relu=int(bool(ep.get("relu"))), colsum=ep.get("colsum"))
     if ep.keys() & {"mask", "colsum", "update"}:
         order = ("bias", "relu", "mask", "ldm", "colsum", "update", "ldu", "rate")
-        ep = {k: ep[k] for k in order if k in ep and (k != "ldm" or "mask" in ep)}
+        ep = {k: ep[k] for k in order if k in ep}
         ctx["epilogue"] = ", ".join(f".{k} = {'1' if x is True else x}" for k, x in ep.items())
 
 
@@ -416,10 +416,9 @@ class Scheduler(Fusion):
             comment += f"\n   {self.comment(ep.colsum)}:\n       summed over the rows of {v.name} as they are written"
         st.ctx["comment"] = comment
         set_epilogue(st.ctx, bias=self.ref(ep.bias) if ep.bias is not None else None, relu=ep.relu,
-                     mask=self.ref(ep.mask) if ep.mask is not None else None, ldm=c_poly(dim_poly(v.shape[-1])),
+                     mask=self.ref(ep.mask) if ep.mask is not None else None,
+                     ldm=st.ctx["N"] if ep.mask is not None else None,
                      colsum=self.ref(ep.colsum.output) if ep.colsum is not None else None)
-        if ep.colsum is not None:
-            st.ctx["colsum_size"] = c_poly(dim_poly(v.shape[-1]))
         st.defs = [v] + ([ep.colsum.output] if ep.colsum is not None else [])
         st.uses = st.uses + [x for x in (ep.bias, ep.mask) if x is not None]
         return st

@@ -163,15 +163,16 @@ def _loss_output(graph: Graph, grad_of: str) -> str | None:
     return None
 
 
-def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: dict) -> set[str]:
+def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: dict) -> dict[str, int]:
     """Plain SGD (no momentum, no weight decay): a gradient that a GEMM computes and no later step
     reads, of a param that neither that GEMM nor a later step reads, is applied by the GEMM as it
     writes its last block (W -= lr d_W, the update field of gc_gemm_epilogue): d_W makes no round
-    trip through memory and the update no loop of its own. Returns the params so updated."""
+    trip through memory and the update no loop of its own. Returns the params so updated, each
+    with the index of its GEMM's step."""
     from graphc.schedule import c_poly, dim_poly, set_epilogue
     if not isinstance(optimizer, SGD) or optimizer.momentum or optimizer.weight_decay:
-        return set()
-    fused = set()
+        return {}
+    fused = {}
     steps = sched.steps
     for w in params:
         gv, pa = grads[w], pargs[w]
@@ -185,7 +186,7 @@ def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: d
                      rate=f"(gc_real){_literal(optimizer.lr)}")
         st.ctx["comment"] += (f"\n   update {w} from d_{w} as it is written (d_{w} is not stored):\n"
                               f"       SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = {_literal(optimizer.lr)}")
-        fused.add(w)
+        fused[w] = at
     return fused
 
 
@@ -230,9 +231,8 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
     fused = _updates_in_gemms(sched, optimizer, params, {a.value.name: a for a in pargs},
                               dict(zip(params, grad_values)))
     if fused:
-        for w in fused:
+        for w, at in fused.items():
             a = grad_args[grad_c[w]]
-            at = next(i for i, st in enumerate(sched.steps) if a.value in st.defs)
             sched.buffers[a.cname] = Buffer(a.cname, numel(a.value.shape), at, at)
         sched.arena = plan(list(sched.buffers.values()))
     top, n_steps = sched.arena, len(sched.steps)
