@@ -501,9 +501,9 @@ m = graphc.compile({spec!r})
 t2 = time.perf_counter()
 r = {{"import_s": t1 - t0, "compile_s": t2 - t1, "cached": bool(m.built.cached)}}
 try:  # where a compile's time goes: parse, codegen (autodiff, passes, render), build-or-load
-    from graphc.codegen import generate
-    from graphc.build import build
-    from graphc.runtime import default_threads
+    from graphc.backend.codegen import generate
+    from graphc.native.build import build
+    from graphc.native.runtime import default_threads
     ta = time.perf_counter(); g = graphc.load({spec!r}); tb = time.perf_counter()
     c = generate(g, *g.grad_spec, dtype="float32", threads=default_threads()); tc = time.perf_counter()
     build(g.name, c.source, c.header, c.cdef, native=True); td = time.perf_counter()

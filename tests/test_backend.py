@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.check import random_arrays
-from graphc.ir import INT
+from graphc.tools.check import random_arrays
+from graphc.core.ir import INT
 from graphc.ops import REGISTRY
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))

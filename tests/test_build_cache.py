@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from graphc import build as builder
-from graphc.errors import CompileError
+from graphc.native import build as builder
+from graphc.core.errors import CompileError
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "int add_ints(int a, int b);\n"
@@ -20,7 +20,7 @@ HEADER = "int add_ints(int a, int b);\n"
 # A fresh interpreter builds the adder given as JSON in argv[1] and prints one JSON line.
 CHILD = """
 import json, os, sys
-from graphc import build as builder
+from graphc.native import build as builder
 if sys.argv[2] == "forbid-compile":
     def forbidden(*args, **kwargs):
         raise AssertionError("the compiler ran on a cache hit")
@@ -90,7 +90,7 @@ def test_build_second_process_loads_from_cache_without_compiling(cache):
 
 
 def test_build_key_changes_with_source_flags_compiler_and_versions(monkeypatch):
-    import graphc
+    from graphc.core import version
     cc = builder.find_compiler()
     name, source, header, cdef = adder("key")
     base = builder.cache_key(name, source, header, cdef, ["-O3"], [], cc)
@@ -102,7 +102,7 @@ def test_build_key_changes_with_source_flags_compiler_and_versions(monkeypatch):
         builder.cache_key(name, source, header, cdef, ["-O3"], ["-fopenmp"], cc),
         builder.cache_key(name, source, header, cdef, ["-O3"], [], cc + " -m64"),
     ]
-    monkeypatch.setattr(graphc, "__version__", "999.0")
+    monkeypatch.setattr(version, "__version__", "999.0")
     changed.append(builder.cache_key(name, source, header, cdef, ["-O3"], [], cc))
     monkeypatch.undo()
     monkeypatch.setattr(builder, "_builder_hash", lambda: "an edited build.py")

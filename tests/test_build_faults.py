@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.errors import CompileError
+from graphc.core.errors import CompileError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,8 @@ import json, os, sys
 import numpy as np
 import graphc
 if len(sys.argv) > 2 and sys.argv[2] == "other-version":
-    graphc.__version__ = "0.0.0-another-graphc"
+    import graphc.core.version
+    graphc.core.version.__version__ = "0.0.0-another-graphc"
 m = graphc.compile(graphc.parse_spec(sys.argv[1], "faults.toml"), dtype="float64")
 x = np.linspace(-1, 1, 12).reshape(2, 6); W = np.linspace(-1, 1, 18).reshape(3, 6)
 out, grads = m.value_and_grad(x=x, y=np.array([0, 2], dtype=np.int32), W=W)

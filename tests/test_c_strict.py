@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.codegen import generate, prediction_graph
-from graphc.export import example_arrays, example_batch, parse_example_output
+from graphc.backend.codegen import generate, prediction_graph
+from graphc.native.export import example_arrays, example_batch, parse_example_output
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
 # and a wide softmax: the threaded kernel forms the examples are too small for
@@ -113,7 +113,7 @@ def test_c_strict_build_export_copies_the_loaded_library(tmp_path):
 def test_c_strict_standalone_export_of_a_training_model_runs_train_steps(tmp_path):
     """With an optimizer, main.c also makes a few train_step calls; with plain SGD each loss is the
     reference loss at the params of the previous step, p -= lr dJ/dp (reproduced here in NumPy)."""
-    training = pytest.importorskip("graphc.training")
+    training = pytest.importorskip("graphc.native.training")
     spec = EXAMPLES[0].parent / "one_layer.toml"
     lr = 0.1
     m = graphc.compile(str(spec), dtype="float64", optimizer=training.SGD(lr=lr))

@@ -11,7 +11,7 @@ import pytest
 import graphc
 
 from conftest import private_cache_dir
-from graphc.errors import ArgumentError, DTypeError, ShapeError
+from graphc.core.errors import ArgumentError, DTypeError, ShapeError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -1,4 +1,4 @@
-"""graphc.check: C vs NumPy reference vs finite differences, and proof that it can fail."""
+"""graphc.tools.check: C vs NumPy reference vs finite differences, and proof that it can fail."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -92,7 +92,7 @@ def test_concurrency_results_are_the_same_bits_for_one_and_two_threads():
 
 
 def test_concurrency_train_steps_on_separate_states_match_serial():
-    training = pytest.importorskip("graphc.training", reason="graphc.training does not exist yet")
+    training = pytest.importorskip("graphc.native.training", reason="graphc.native.training does not exist yet")
     if not hasattr(graphc, "SGD"):
         pytest.skip("graphc.SGD is not exported yet")
     m = graphc.compile(EXAMPLES / "one_layer.toml", dtype="float64", optimizer=graphc.SGD(lr=0.1, momentum=0.9))

@@ -9,7 +9,7 @@ import pytest
 
 def test_demo_trains_digits_to_95_percent(tmp_path, capsys):
     pytest.importorskip("sklearn")
-    from graphc import demo
+    from graphc.tools import demo
     out = tmp_path / "c"
     assert demo.main(["--epochs", "5", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -24,7 +24,7 @@ def test_demo_trains_digits_to_95_percent(tmp_path, capsys):
 
 def test_demo_run_returns_figures(tmp_path):
     pytest.importorskip("sklearn")
-    from graphc import demo
+    from graphc.tools import demo
     lines = []
     r = demo.run(epochs=3, out=tmp_path, compare=False, write=lines.append)
     assert r["test_accuracy"] >= 0.95 and len(r["losses"]) == 3 and r["losses"][-1] < r["losses"][0]
@@ -36,7 +36,7 @@ def test_demo_builder_graph_matches_spec():
     import numpy as np
 
     import graphc
-    from graphc import demo
+    from graphc.tools import demo
     graphs = [graphc.parse_spec(demo.SPEC_TEXT), demo.build_graph()]
     if demo.spec_path():
         graphs.append(graphc.load(demo.spec_path()))
@@ -51,7 +51,7 @@ def test_demo_builder_graph_matches_spec():
 
 
 def test_demo_without_sklearn_says_how_to_install(monkeypatch, capsys):
-    from graphc import demo
+    from graphc.tools import demo
     monkeypatch.setitem(sys.modules, "sklearn", None)
     assert demo.main(["--epochs", "1"]) == 2
     assert "pip install 'graphc[demo]'" in capsys.readouterr().err

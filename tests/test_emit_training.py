@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.export import TRAIN_STEPS, example_arrays, parse_example_output
+from graphc.native.export import TRAIN_STEPS, example_arrays, parse_example_output
 
 ROOT = Path(__file__).resolve().parent.parent
 STRICT = "-O2 -std=c99 -Wall -Wextra -Werror -pedantic"
@@ -49,7 +49,7 @@ def test_exported_train_step_matches_python(tmp_path, spec, optimizer):
 
 
 def test_cli_emit_includes_train_step(tmp_path):
-    from graphc.cli import main
+    from graphc.tools.cli import main
     out = tmp_path / "one_layer"
     assert main(["emit", str(ROOT / "examples" / "one_layer.toml"), "-o", str(out), "--lr", "0.02"]) == 0
     assert "one_layer_train_step(" in (out / "one_layer.h").read_text()

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import graphc
-from graphc.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
+from graphc.core.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
 
 HEADER = '''name = "bad"
 

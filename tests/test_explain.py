@@ -1,4 +1,4 @@
-"""graphc.explain: the derivation in the notes' notation, printed from the backward graph."""
+"""graphc.autodiff.explain: the derivation in the notes' notation, printed from the backward graph."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import graphc
-from graphc.explain import LatexNotation, explain
+from graphc.autodiff.explain import LatexNotation, explain
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPECS = sorted(EXAMPLES.glob("*.toml"))

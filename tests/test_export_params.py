@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.cli import main as cli
+from graphc.tools.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_LAYER = ROOT / "examples" / "one_layer.toml"

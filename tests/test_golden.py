@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import graphc
-from graphc.codegen import generate
+from graphc.backend.codegen import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -50,7 +50,7 @@ def test_golden_emitted_c_matches_checked_in_copy(spec):
 
 def test_golden_emitted_c_is_the_same_in_another_process():
     """No dependence on hash seeds, ids or dict order of one interpreter."""
-    script = ("import hashlib, sys, graphc; from graphc.codegen import generate; "
+    script = ("import hashlib, sys, graphc; from graphc.backend.codegen import generate; "
               "g = graphc.load(sys.argv[1]); c = generate(g, *g.grad_spec, dtype='float32', threads=1); "
               "print(hashlib.sha256((c.source + c.header).encode()).hexdigest())")
     spec = ROOT / "examples" / "window_classifier.toml"

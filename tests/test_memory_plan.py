@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import graphc
-from graphc.codegen import generate
-from graphc.passes.memory import align, peval
-from graphc.schedule import c_name
+from graphc.backend.codegen import generate
+from graphc.backend.memory import align, peval
+from graphc.backend.schedule import c_name
 
 from conftest import EXAMPLE_SPECS, EXAMPLES_DIR
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.reference import evaluate_values
+from graphc.core.reference import evaluate_values
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WRT = ["W", "b1", "U", "b2", "x"]

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import graphc
-from graphc.errors import GradientError
+from graphc.core.errors import GradientError
 from graphc.ops import REGISTRY, OpDef
 
 I32 = np.int32
@@ -259,7 +259,7 @@ def test_every_registered_op_has_reference_and_vjp(name):
 
 def _vjp_of_first_case(name: str):
     """Run the op's VJP once on its first case: (gradients per input, identities stamped on the new nodes)."""
-    from graphc.autodiff import Builder
+    from graphc.autodiff.grad import Builder
     case = CASES[name](np.random.default_rng(0))[0]
     g, out = _build(name, case)
     delta = g.input("delta", out.shape)

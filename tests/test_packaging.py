@@ -35,8 +35,8 @@ def test_installed_wheel_renders_c_outside_the_checkout(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import graphc, graphc.codegen as c; "
-            "assert str(c.templates_dir()).startswith(%r), c.templates_dir(); "
+    code = ("import graphc, graphc.backend.codegen as c, graphc.backend.templates as t; "
+            "assert str(t.templates_dir()).startswith(%r), t.templates_dir(); "
             "g = graphc.load(%r); "
             "print(len(c.generate(g, 'J', ['W', 'b1', 'U', 'b2']).source))") % (str(target), str(ROOT / "examples" / "one_layer.toml"))
     env = dict(os.environ, PYTHONPATH=str(target))

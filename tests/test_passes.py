@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import graphc
-from graphc.cli import main as cli
-from graphc.passes.lower import lower
+from graphc.tools.cli import main as cli
+from graphc.backend.lower import lower
 from graphc.passes.simplify import simplify
 
 

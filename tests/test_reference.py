@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.errors import ArgumentError, DTypeError, GraphcError, ShapeError
-from graphc.reference import evaluate_values
+from graphc.core.errors import ArgumentError, DTypeError, GraphcError, ShapeError
+from graphc.core.reference import evaluate_values
 
 I32 = np.int32
 

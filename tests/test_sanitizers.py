@@ -15,8 +15,8 @@ import pytest
 import numpy as np
 
 import graphc
-from graphc.codegen import prediction_graph
-from graphc.export import EXAMPLE_FUNCTIONS, example_arrays, parse_example_output
+from graphc.backend.codegen import prediction_graph
+from graphc.native.export import EXAMPLE_FUNCTIONS, example_arrays, parse_example_output
 from test_fuzz_spec import generated_specs
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
@@ -97,7 +97,7 @@ def test_sanitizers_out_of_range_label_returns_error_without_reports(spec, tmp_p
 
 def test_sanitizers_training_example_runs_clean(tmp_path):
     """With an optimizer (Adam: moments and an int64 step count), train_step runs clean too."""
-    training = pytest.importorskip("graphc.training")
+    training = pytest.importorskip("graphc.native.training")
     m = graphc.compile(str(EXAMPLES[0].parent / "window_classifier.toml"), dtype="float32",
                        optimizer=training.Adam(lr=1e-2))
     m.export(tmp_path, standalone=True)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import graphc
-from graphc.errors import DTypeError, GraphcError, ShapeError, SpecError
+from graphc.core.errors import DTypeError, GraphcError, ShapeError, SpecError
 from graphc.ops import REGISTRY, broadcast_shapes, numel
 
 N_SIZE = 13      # the size that stands in for the symbolic dim "N" when NumPy is asked

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.ir import FLOAT, INT
+from graphc.core.ir import FLOAT, INT
 
 HEADER = '''
 name = "tiny"

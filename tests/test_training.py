@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.errors import ArgumentError, GraphcError, ShapeError
+from graphc.core.errors import ArgumentError, GraphcError, ShapeError
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_LAYER = ROOT / "examples" / "one_layer.toml"
@@ -374,7 +374,7 @@ def test_train_functions_in_source_and_header():
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.parametrize("which,dtype", [("adam", "float32"), ("sgd_momentum", "float64"), ("sgd_weight_decay", "float32")])
 def test_generated_training_c_is_strict_c99(tmp_path, which, dtype):
-    from graphc.codegen import generate
+    from graphc.backend.codegen import generate
     g = graphc.load(WINDOW if dtype == "float32" else ONE_LAYER)
     cs = generate(g, g.grad_spec[0], g.grad_spec[1], dtype=dtype, optimizer=OPTIMIZERS[which])
     (tmp_path / f"{g.name}.c").write_text(cs.source)

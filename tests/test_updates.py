@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.cli import main as cli
+from graphc.tools.cli import main as cli
 
 from conftest import EXAMPLES_DIR, one_layer_spec
 
@@ -21,7 +21,7 @@ OPTIMIZERS = {
 
 
 def batch(g: graphc.Graph, n: int, rng) -> dict[str, np.ndarray]:
-    from graphc.check import random_arrays
+    from graphc.tools.check import random_arrays
     return {k: v for k, v in random_arrays(g, n, rng).items() if k in g.inputs}
 
 

@@ -16,7 +16,7 @@ import pytest
 import graphc
 
 from conftest import private_cache_dir
-from graphc.errors import GraphcError
+from graphc.core.errors import GraphcError
 
 A = B = 2 ** 23
 SPEC = f"""

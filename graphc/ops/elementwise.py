@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.ir import FLOAT, TensorType
-from graphc.ops import Binary, OpDef, Unary, broadcast_shapes, register, require_float, unbroadcast
+from graphc.core.ir import FLOAT, TensorType
+from graphc.core.opdef import Binary, OpDef, Unary, broadcast_shapes, register, require_float, unbroadcast
 
 
 @register
@@ -244,7 +244,7 @@ class BroadcastTo(OpDef):
     def shape(self, x, shape):
         require_float(x)
         if broadcast_shapes(x.shape, tuple(shape)) != tuple(shape):
-            from graphc.errors import ShapeError
+            from graphc.core.errors import ShapeError
             raise ShapeError(f"cannot broadcast {x.shape} to {tuple(shape)}")
         return TensorType(tuple(shape))
 

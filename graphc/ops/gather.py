@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.errors import ShapeError
-from graphc.ir import TensorType
-from graphc.ops import OpDef, register, require_float
+from graphc.core.errors import ShapeError
+from graphc.core.ir import TensorType
+from graphc.core.opdef import OpDef, register, require_float
 from graphc.ops.loss import check_labels
 
 

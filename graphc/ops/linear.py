@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.errors import ShapeError
-from graphc.ir import TensorType
-from graphc.render import operand_text, transposed_text
-from graphc.ops import OpDef, broadcast_shapes, norm_axis, numel, register, require_float, unbroadcast
+from graphc.core.errors import ShapeError
+from graphc.core.ir import TensorType
+from graphc.core.text import operand_text, transposed_text
+from graphc.core.opdef import OpDef, broadcast_shapes, norm_axis, numel, register, require_float, unbroadcast
 
 
 @register

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.errors import ShapeError
-from graphc.ir import FLOAT, INT, TensorType
-from graphc.ops import OpDef, register, require_float
+from graphc.core.errors import ShapeError
+from graphc.core.ir import FLOAT, INT, TensorType
+from graphc.core.opdef import OpDef, register, require_float
 
 
 def _log_softmax(x):
@@ -22,7 +22,7 @@ def _log_softmax(x):
 
 def check_labels(labels: np.ndarray, depth: int, what: str) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= depth):
-        from graphc.errors import ArgumentError
+        from graphc.core.errors import ArgumentError
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise ArgumentError(f"{what}: label/id {int(bad)} is out of range [0, {depth})")
 

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from graphc.errors import GraphcError
-from graphc.ir import Graph, Shape, TensorType, Value
+from graphc.core.errors import GraphcError
+from graphc.core.ir import Graph, Shape, TensorType, Value
 from graphc.ops import REGISTRY
 
 # scalar ops safe to evaluate at compile time (the reference of each is NumPy on 0-d arrays)

@@ -6,7 +6,7 @@ nodes removed. Outputs keep their names.
 """
 from __future__ import annotations
 
-from graphc.ir import Graph, Value
+from graphc.core.ir import Graph, Value
 from graphc.passes.fold import fold
 
 

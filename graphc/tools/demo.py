@@ -57,7 +57,7 @@ wrt = ["W", "b1", "U", "b2"]
 def spec_path() -> Path | None:
     """examples/one_layer.toml beside the package (a checkout), else in the current folder (the
     README's quickstart runs an installed wheel from the checkout), else None (the copy above)."""
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
         path = root / "examples" / SPEC_NAME
         if path.is_file():
             return path
@@ -66,24 +66,25 @@ def spec_path() -> Path | None:
 
 def build_graph():
     """The one-layer network of the notes, built with the Python API (as the spec declares it)."""
-    import graphc
-    g = graphc.Graph("one_layer", {"Dx": 64, "Dh": 128, "Nc": 10, "N": None})
+    from graphc.core.ir import Graph
+    from graphc.frontend.functions import cross_entropy, relu, softmax
+    g = Graph("one_layer", {"Dx": 64, "Dh": 128, "Nc": 10, "N": None})
     x = g.input("x", ("N", "Dx"))
     y = g.input("y", ("N",), dtype="int32")
     W, b1 = g.param("W", ("Dh", "Dx")), g.param("b1", ("Dh",))
     U, b2 = g.param("U", ("Nc", "Dh")), g.param("b2", ("Nc",))
     g.param_init = {"W": "he", "U": "xavier"}
-    theta = graphc.relu(x @ W.T + b1) @ U.T + b2
-    g.output("loss", graphc.cross_entropy(theta, y))
-    g.output("probs", graphc.softmax(theta))
+    theta = relu(x @ W.T + b1) @ U.T + b2
+    g.output("loss", cross_entropy(theta, y))
+    g.output("probs", softmax(theta))
     g.grad_spec = ("loss", ["W", "b1", "U", "b2"])
     return g
 
 
 def load_graph():
-    import graphc
+    from graphc.frontend.spec import load
     path = spec_path()
-    return graphc.load(path) if path is not None else build_graph()
+    return load(path) if path is not None else build_graph()
 
 
 def load_data(seed: int = 0):
@@ -153,7 +154,9 @@ def numpy_accuracy(P, X, Y) -> float:
 def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32, lr: float = 5e-3,
         seed: int = 0, compare: bool = True, write=print) -> dict:
     """Train, report and export; returns the figures it printed (accuracies, losses, timings)."""
-    import graphc
+    from graphc.autodiff.optimizers import Adam
+    from graphc.native.runtime import compile
+    from graphc.native.training import init_params
     t0 = time.perf_counter()
     X_train, X_test, y_train, y_test = load_data(seed)
     graph = load_graph()
@@ -162,12 +165,12 @@ def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32,
           f"float32, Adam(lr={lr}), batch {batch_size}, {epochs} epochs, seed {seed}")
 
     t = time.perf_counter()
-    optimizer = graphc.Adam(lr=lr)
+    optimizer = Adam(lr=lr)
     # one thread: at 32 rows a minibatch is too small to share between cores
-    model = graphc.compile(graph, dtype="float32", optimizer=optimizer, threads=1)
+    model = compile(graph, dtype="float32", optimizer=optimizer, threads=1)
     write(f"compiled to C in {time.perf_counter() - t:.2f} s ({'cached' if model.built.cached else 'built'})")
 
-    init = graphc.init_params(graph, seed=seed)
+    init = init_params(graph, seed=seed)
     state = model.train_state(init)
     stamps = [time.perf_counter()]
 

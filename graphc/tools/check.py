@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from graphc.export import label_bounds
-from graphc.ir import INT, Graph
+from graphc.native.export import label_bounds
+from graphc.core.ir import INT, Graph
 
 TOLERANCES = {"float64": 1e-10, "float32": 1e-4}   # C vs reference, relative to the array's max magnitude
 FD_TOLERANCE = 1e-6          # reference gradient vs central differences (float64)
@@ -135,7 +135,7 @@ def errors(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
 
 
 def _loss(graph: Graph, of_value: str, arrays: dict) -> float:
-    from graphc.reference import evaluate_values
+    from graphc.core.reference import evaluate_values
     return float(evaluate_values(graph, arrays)[of_value])
 
 
@@ -183,8 +183,10 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
     array's largest magnitude (default 1e-10 in float64, 1e-4 in float32). atol: also pass a row
     whose max abs error is below it.
     """
-    import graphc
-    from graphc.spec import load
+    from graphc.autodiff.grad import grad
+    from graphc.core.reference import evaluate
+    from graphc.frontend.spec import load
+    from graphc.native.runtime import compile
     graph = graph_or_spec if isinstance(graph_or_spec, Graph) else load(graph_or_spec)
     if grad_of is None and wrt is None and graph.grad_spec:
         grad_of, wrt = graph.grad_spec
@@ -195,8 +197,8 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
     wrt = list(wrt) if wrt else []
     dtype = np.dtype(dtype).name
     tolerance = rtol if rtol is not None else TOLERANCES[dtype]
-    model = graphc.compile(graph, grad_of=grad_of if wrt else None, wrt=wrt or None, dtype=dtype)
-    bwd = graphc.grad(graph, grad_of, wrt) if wrt else None
+    model = compile(graph, grad_of=grad_of if wrt else None, wrt=wrt or None, dtype=dtype)
+    bwd = grad(graph, grad_of, wrt) if wrt else None
     report = CheckReport(graph.name, dtype)
     batches = [batch] if batch is not None else list(DEFAULT_BATCHES)
     if not graph.symbolic_dims:
@@ -219,12 +221,12 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
         # The C computes on the arrays rounded to its dtype; the reference gets the same rounded values.
         arrays = {k: a if a.dtype == np.int32 else a.astype(real).astype(np.float64) for k, a in arrays.items()}
         c_arrays = {k: a if a.dtype == np.int32 else a.astype(real) for k, a in arrays.items()}
-        reference = graphc.evaluate(graph, **arrays)
+        reference = evaluate(graph, **arrays)
         for name, value in model.forward(**c_arrays).items():
             compare(f"C forward n={n}: {name}", value, reference[name])
         if bwd is None:
             continue
-        reference_bwd = graphc.evaluate(bwd, **arrays)
+        reference_bwd = evaluate(bwd, **arrays)
         values, grads = model.value_and_grad(**c_arrays)
         for name, value in values.items():
             compare(f"C value_and_grad n={n}: {name}", value, reference_bwd[name])

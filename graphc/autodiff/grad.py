@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import Sequence
 
-from graphc.errors import GradientError, GraphcError
-from graphc.ir import FLOAT, Graph, Origin, Value
+from graphc.core.errors import GradientError, GraphcError
+from graphc.core.ir import FLOAT, Graph, Origin, Value
 from graphc.passes.fold import rewrite
 from graphc.passes.simplify import simplify
 

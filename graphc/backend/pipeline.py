@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from graphc.ir import Graph
+from graphc.core.ir import Graph
 
 
 def stages(graph: Graph) -> Iterator[tuple[str, object]]:
-    from graphc.autodiff import grad
-    from graphc.passes.lower import lower
-    from graphc.schedule import Scheduler, c_name
+    from graphc.autodiff.grad import grad
+    from graphc.backend.lower import lower
+    from graphc.backend.schedule import Scheduler, c_name
 
     g = graph
     if graph.grad_spec:
@@ -42,8 +42,8 @@ def stages(graph: Graph) -> Iterator[tuple[str, object]]:
 
 
 def memory_table(result, n: int = 64, itemsize: int = 4) -> str:
-    from graphc.passes.memory import peval
-    from graphc.schedule import c_poly
+    from graphc.backend.memory import peval
+    from graphc.backend.schedule import c_poly
     rows = ["  arena plan (elements; n = batch):"]
     for b in sorted(result.buffers.values(), key=lambda b: (b.first, b.name)):
         rows.append(f"    {b.name:<14} offset {c_poly(b.offset):<12} size {c_poly(b.size):<12} live steps {b.first}..{b.last}")

@@ -2,103 +2,25 @@
 
 In: the forward graph (and its backward graph, and an optimizer when training).
 Out: `CSource` (the .c, .h and cdef texts, and what each C function takes).
-This is the only module that opens templates; it never infers a shape (the IR
-has them) and never compiles anything (build.py does).
+Templates are opened through backend/templates.py; it never infers a shape (the IR
+has them) and never compiles anything (native/build.py does).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import jinja2
-
-from graphc.errors import GraphcError
-from graphc.ir import FLOAT, Graph, Value
-from graphc.passes.lower import lower
-from graphc.schedule import PARALLEL_WORK, Schedule, c_name, c_poly, schedule
+from graphc.core.errors import GraphcError
+from graphc.core.ir import FLOAT, Graph, Value
+from graphc.backend.lower import lower
+from graphc.backend.functions import Arg, Function, output_args
+from graphc.backend.memory import pmax
+from graphc.backend.schedule import PARALLEL_WORK, c_name, schedule
+from graphc.backend.templates import environment, render_template  # noqa: F401
+from graphc.backend.train_codegen import add_train_functions
 
 CTYPES = {"float32": ("float", "f"), "float64": ("double", "")}
-
-
-def templates_dir() -> Path:
-    """templates/ ships inside the wheel as graphc/templates; in a checkout it sits beside graphc/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates", here.parent / "templates"):
-        if (candidate / "model.c.j2").is_file():
-            return candidate
-    raise GraphcError(f"graphc's templates are missing (looked in {here / 'templates'} and {here.parent / 'templates'})",
-                      hint="reinstall graphc; the wheel must contain graphc/templates")
-
-
-_ENV: jinja2.Environment | None = None
-
-
-def environment() -> jinja2.Environment:
-    global _ENV
-    if _ENV is None:
-        _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
-                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                                  keep_trailing_newline=True, autoescape=False)
-    return _ENV
-
-
-def render_template(name: str, /, **ctx: Any) -> str:
-    """Render one template of templates/ (export's main.c.j2 and Makefile.j2) with `ctx`."""
-    return environment().get_template(name).render(ctx)
-
-
-@dataclass
-class Arg:
-    cname: str
-    role: str            # input, param, output, grad, param* (updated), state
-    value: Value | None
-    ctype: str
-    const: bool
-    shape_doc: str
-
-
-@dataclass
-class Function:
-    name: str            # forward, value_and_grad, train_step, ...
-    doc: str
-    banner: str
-    args: list[Arg]
-    sched: Schedule
-    extra_steps: list = field(default_factory=list)
-
-    @property
-    def signature(self) -> str:
-        parts = ["long n"] + [f"{'const ' if a.const else ''}{a.ctype} *{a.cname}" for a in self.args]
-        return ", ".join(parts + ["void *workspace"])
-
-    @property
-    def steps(self):
-        return self.sched.steps + self.extra_steps
-
-    @property
-    def uses_pack(self) -> bool:
-        return any(s.family == "matmul" for s in self.steps)
-
-    @property
-    def buffers(self):
-        return [dict(name=b.name, offset=c_poly(b.offset), size=c_poly(b.size)) for b in self.sched.buffers.values()]
-
-    @property
-    def null_checks(self) -> str:
-        return " || ".join(["!workspace"] + [f"!{a.cname}" for a in self.args])
-
-    @property
-    def label_checks(self):
-        return self.sched.label_checks
-
-    @property
-    def unused(self) -> list[str]:
-        used = {id(v) for s in self.steps for v in s.uses + s.defs}
-        names = {c for s in self.steps for c in s.ctx.get("refs", ())}
-        return [a.cname for a in self.args if a.role in ("input", "param") and id(a.value) not in used
-                and a.cname not in names and a.cname not in {c[0] for c in self.label_checks}]
 
 
 @dataclass
@@ -157,7 +79,6 @@ class Emitter:
         legend = ", ".join(f"{k} = {'batch (argument n)' if v is None else v}" for k, v in g.dims.items()) or "(no named dims)"
         arena = (0,)
         for f in self.functions:
-            from graphc.passes.memory import pmax
             arena = pmax(arena, f.sched.arena)
         ctx = dict(name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
@@ -166,10 +87,6 @@ class Emitter:
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
                 env.get_template("cdef.h.j2").render(ctx))
-
-
-def output_args(graph: Graph) -> dict[str, tuple[str, Any]]:
-    return {c_name(k): ("output", k) for k in graph.outputs}
 
 
 def inputs_needed(graph: Graph) -> dict[str, set[str]]:
@@ -205,7 +122,7 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
              dtype: str = "float32", threads: int = 1, optimizer: Any = None) -> CSource:
     """Render the model's C: forward (and predict, the outputs that need no labels or targets),
     and value_and_grad (and train_step) when wrt is given."""
-    from graphc.autodiff import grad
+    from graphc.autodiff.grad import grad
     em = Emitter(graph, dtype, threads)
     em.add_function("forward", "the forward outputs", graph, output_args(graph))
     predict = prediction_graph(graph)
@@ -221,7 +138,6 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
         outs.update({c_name(f"d_{w}"): ("grad", f"d_{w}") for w in wrt})
         em.add_function("value_and_grad", f"the outputs and dJ/d{{{', '.join(wrt)}}} for J = {grad_of}", bwd, outs)
         if optimizer is not None:
-            from graphc.training import add_train_functions
             add_train_functions(em, graph, bwd, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()
     return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict)

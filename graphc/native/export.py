@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from graphc.arguments import param_arrays
-from graphc.errors import CompileError, GraphcError
-from graphc.ir import INT, Graph, Value
-from graphc.schedule import c_name
+from graphc.core.arguments import param_arrays
+from graphc.core.errors import CompileError, GraphcError
+from graphc.core.ir import INT, Graph, Value
+from graphc.backend.schedule import c_name
 
 EXAMPLE_BATCH = 4       # rows main.c passes when the model has a batch dim
 EXAMPLE_FUNCTIONS = ("forward", "predict", "value_and_grad", "train_step")   # the calls main.c makes, in order
@@ -173,7 +173,7 @@ def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
     standalone=False also copies the shared library; standalone=True adds main.c, an example
     that runs every function on deterministic data and prints the results, and a Makefile.
     params (name -> array, e.g. state.params) adds NAME_params.c/.h: the values as const arrays."""
-    from graphc.codegen import render_template
+    from graphc.backend.codegen import render_template
     context = params_context(model, params) if params is not None else None   # check before writing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -207,7 +207,7 @@ def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
 def c_library(model, directory: Path) -> Path:
     """Compile directory/NAME.c into directory/libNAME.so: the model as a shared library a C
     program links with (cc main.c -L. -lNAME -lm), built with the flags of graphc's own build."""
-    from graphc.build import compile_failure, compile_flags, find_compiler, openmp_supported
+    from graphc.native.build import compile_failure, compile_flags, find_compiler, openmp_supported
     cc = find_compiler()
     try:     # the flags of the build graphc loaded, as its cache entry records them
         manifest = json.loads((Path(model.built.directory) / "manifest.json").read_text())

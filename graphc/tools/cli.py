@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from graphc.errors import CheckError, GraphcError
+from graphc.core.errors import CheckError, GraphcError
 
 DTYPES = ("float32", "float64")
 
@@ -86,17 +86,17 @@ def _spec_path(spec: str) -> str:
 
 
 def _load(spec: str):
-    import graphc
-    return graphc.load(_spec_path(spec))
+    from graphc.frontend.spec import load
+    return load(_spec_path(spec))
 
 
 def cmd_show(args) -> int:
-    from graphc.autodiff import grad
+    from graphc.autodiff.grad import grad
     g = _load(args.spec)
     print(g)
     optimizer = _optimizer(args)
     if g.grad_spec is not None and optimizer is not None:
-        from graphc.updates import train_graph
+        from graphc.autodiff.train import train_graph
         of, wrt = g.grad_spec
         print()
         print(f"# train step: d{of}/d({', '.join(wrt)}), then the update of {type(optimizer).__name__}"
@@ -108,22 +108,15 @@ def cmd_show(args) -> int:
         print(f"# backward: d{of}/d({', '.join(wrt)})")
         print(grad(g, of, wrt))
     if args.passes:
-        try:
-            from graphc.passes import pipeline
-        except ImportError:
-            pipeline = None
-        stages = getattr(pipeline, "stages", None)
-        if stages is None:
-            print("\n# no passes are registered (graphc.passes.pipeline has no stages())")
-        else:
-            for name, graph in stages(g):
-                print(f"\n# after {name}")
-                print(graph)
+        from graphc.backend.pipeline import stages
+        for name, graph in stages(g):
+            print(f"\n# after {name}")
+            print(graph)
     return 0
 
 
 def cmd_explain(args) -> int:
-    from graphc.explain import explain
+    from graphc.autodiff.explain import explain
     g = _load(args.spec)
     if g.grad_spec is None:
         raise GraphcError(f"{args.spec}: the spec has no [grad] section, so there is nothing to explain",
@@ -134,8 +127,8 @@ def cmd_explain(args) -> int:
 
 
 def cmd_check(args) -> int:
-    import graphc
-    report = graphc.check(_spec_path(args.spec), dtype=args.dtype, batch=args.batch, seed=args.seed)
+    from graphc.tools.check import check
+    report = check(_spec_path(args.spec), dtype=args.dtype, batch=args.batch, seed=args.seed)
     print(report)
     return 0 if report.ok else 1
 
@@ -146,24 +139,22 @@ def _print_files(files) -> None:
 
 
 def cmd_build(args) -> int:
-    import graphc
+    from graphc.native.runtime import compile
     kwargs = {"dtype": args.dtype}
     if args.threads is not None:
         kwargs["threads"] = args.threads
-    m = graphc.compile(_spec_path(args.spec), **kwargs)
+    m = compile(_spec_path(args.spec), **kwargs)
     _print_files(m.export(args.out, standalone=False))
-    plan = getattr(m, "memory_plan", None)
-    if callable(plan):
-        print()
-        print(plan())
+    print()
+    print(m.memory_plan())
     return 0
 
 
 def cmd_emit(args) -> int:
-    import graphc
+    from graphc.native.runtime import compile
     path = _spec_path(args.spec)
-    optimizer = _optimizer(args) if graphc.load(path).grad_spec else None   # on-device training: train_step too
-    m = graphc.compile(path, dtype=args.dtype, optimizer=optimizer)
+    optimizer = _optimizer(args) if _load(path).grad_spec else None   # on-device training: train_step too
+    m = compile(path, dtype=args.dtype, optimizer=optimizer)
     params = _load_params(args.params) if args.params else None
     _print_files(m.export(args.out, standalone=True, params=params))
     return 0
@@ -171,18 +162,18 @@ def cmd_emit(args) -> int:
 
 def _optimizer(args):
     """graphc.SGD or graphc.Adam from --optimizer and --lr; None for --optimizer none."""
-    import graphc
+    from graphc.autodiff.optimizers import SGD, Adam
     if args.optimizer == "none":
         return None
     if args.optimizer == "sgd":
-        return graphc.SGD(lr=args.lr if args.lr is not None else 0.1)
-    return graphc.Adam(lr=args.lr if args.lr is not None else 1e-3)
+        return SGD(lr=args.lr if args.lr is not None else 0.1)
+    return Adam(lr=args.lr if args.lr is not None else 1e-3)
 
 
 def _load_params(path: str) -> dict:
     """The params in an .npz: a TrainState file (keys param.NAME) or plain NAME keys."""
-    from graphc.errors import ArgumentError
-    from graphc.training import TrainState
+    from graphc.core.errors import ArgumentError
+    from graphc.native.training import TrainState
     try:
         return TrainState.read(path)[1]
     except (OSError, ValueError) as e:
@@ -191,10 +182,7 @@ def _load_params(path: str) -> dict:
 
 
 def cmd_demo(args) -> int:
-    import importlib.util
-    if importlib.util.find_spec("graphc.demo") is None:
-        raise GraphcError("the demo is not installed in this graphc (graphc/demo.py is missing)")
-    from graphc import demo
+    from graphc.tools import demo
     argv = []
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]

@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from graphc.arguments import CallPlan, bind, c_array_type, output_specs
-from graphc.codegen import CSource, generate
-from graphc.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
-from graphc.ir import FLOAT, Graph
-
-ALIGN = 64
-
+from graphc.core.arguments import bind
+from graphc.native.calls import (CallPlan, aligned_empty, allocate_workspace, as_c_array,  # noqa: F401
+                                  c_array_type, output_specs, picker)
+from graphc.backend.codegen import CSource, generate
+from graphc.core.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
+from graphc.core.ir import FLOAT, Graph
 
 def default_threads() -> int:
     env = os.environ.get("GRAPHC_NUM_THREADS")
@@ -40,42 +39,6 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-def aligned_empty(nbytes: int) -> np.ndarray:
-    """A uint8 array of nbytes whose data starts on a 64-byte boundary."""
-    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    start = (-raw.ctypes.data) % ALIGN
-    return raw[start:start + nbytes]
-
-
-def allocate_workspace(model_name: str, size: int, n: int) -> np.ndarray:
-    """aligned_empty(size), or a ShapeError naming the bytes and the batch size when it cannot be had."""
-    try:
-        return aligned_empty(size)
-    except MemoryError:
-        raise ShapeError(f"{model_name}: the workspace for batch size {n} needs {size} bytes "
-                         f"({size / 2**30:,.1f} GiB), more memory than this process can allocate",
-                         hint="use a smaller batch size (the workspace grows with it) or smaller dims") from None
-
-
-def as_c_array(name: str, arr: np.ndarray) -> np.ndarray:
-    """Zero-copy when C-contiguous and aligned; otherwise one contiguous copy."""
-    if arr.flags.c_contiguous and arr.flags.aligned:
-        return arr
-    return np.require(arr, requirements=("C", "A"))
-
-
-def picker(pairs: list[tuple[str, int]]):
-    """A function outs -> {name: outs[i] for name, i in pairs}; for one or two names a dict display,
-    four times faster than the comprehension (this runs on every call)."""
-    if len(pairs) == 1:
-        (k, i), = pairs
-        return lambda outs: {k: outs[i]}
-    if len(pairs) == 2:
-        (k, i), (k2, i2) = pairs
-        return lambda outs: {k: outs[i], k2: outs[i2]}
-    return lambda outs: {k: outs[i] for k, i in pairs}
 
 
 class CompiledModel:
@@ -223,7 +186,7 @@ class CompiledModel:
     def _result_dicts(self, fname: str):
         """Two functions of the output list of `fname` (new arrays in C order): the graph's outputs
         by name, and the gradients by wrt name."""
-        from graphc.schedule import c_name
+        from graphc.backend.schedule import c_name
         where = {a.cname: i for i, a in enumerate(a for a in self.functions[fname].args
                                                   if a.role not in ("input", "param", "param*", "state"))}
         values = [(k, where[c_name(k)]) for k in self.graph.outputs if c_name(k) in where]
@@ -232,8 +195,8 @@ class CompiledModel:
 
     def memory_plan(self, n: int = 64) -> str:
         """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n."""
-        from graphc.passes.memory import peval
-        from graphc.passes.pipeline import memory_table
+        from graphc.backend.memory import peval
+        from graphc.backend.pipeline import memory_table
         ws = getattr(self.lib, f"{self.name}_workspace_size")(n)
         parts = [f"workspace of {self.name} at n={n}: {ws} bytes (GEMM packing included)"]
         for f in self.functions.values():
@@ -248,22 +211,22 @@ class CompiledModel:
     # without an optimizer they raise GraphcError.
     def train_state(self, params):
         """Params (copied, updated in place by C) and zeroed optimizer state: a TrainState."""
-        from graphc.training import trainer_of
+        from graphc.native.training import trainer_of
         return trainer_of(self).train_state(params)
 
     def train_step(self, state, **batch):
         """One optimizer step on one minibatch in one C call; returns the outputs."""
-        from graphc.training import trainer_of
+        from graphc.native.training import trainer_of
         return trainer_of(self).train_step(state, **batch)
 
     def fit(self, state, batch_size=64, epochs=1, seed=0, progress=None, **data):
         """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses."""
-        from graphc.training import trainer_of
+        from graphc.native.training import trainer_of
         return trainer_of(self).fit(state, batch_size=batch_size, epochs=epochs, seed=seed, progress=progress, **data)
 
     def load_state(self, path):
         """A TrainState saved with state.save(path)."""
-        from graphc.training import trainer_of
+        from graphc.native.training import trainer_of
         return trainer_of(self).load_state(path)
 
     # ------------------------------------------------------------------ files
@@ -279,7 +242,7 @@ class CompiledModel:
         """Write NAME.c and NAME.h (portable: no -march=native needed). standalone adds an
         example main.c and a Makefile; otherwise the shared library is copied beside them.
         params (e.g. state.params after training) adds NAME_params.c/.h: the values as const arrays."""
-        from graphc.export import export
+        from graphc.native.export import export
         return export(self, Path(directory), standalone, params)
 
 
@@ -287,8 +250,8 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
             dtype: str = "float32", optimizer: Any = None, threads: int | None = None, native: bool = True,
             cache_dir: str | os.PathLike | None = None) -> CompiledModel:
     """Compile a graph (or a spec path) to C, build it (cached) and load it."""
-    from graphc.build import build
-    from graphc.spec import load
+    from graphc.native.build import build
+    from graphc.frontend.spec import load
     graph = graph_or_spec if isinstance(graph_or_spec, Graph) else load(graph_or_spec)
     if wrt is None and grad_of is None and graph.grad_spec:
         grad_of, wrt = graph.grad_spec
@@ -308,6 +271,6 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
     built = build(graph.name, csrc.source, csrc.header, csrc.cdef, native=native, cache_dir=cache_dir)
     model = CompiledModel(csrc, built, threads, optimizer)
     if optimizer is not None:
-        from graphc.training import attach
+        from graphc.native.training import attach
         attach(model)
     return model

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from graphc.ir import Graph
+from graphc.core.ir import Graph
 
 FORMATS = ("text", "markdown", "latex")
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 
-from graphc.errors import GraphcError
-from graphc.ir import Graph, Origin, Value, fresh_name
+from graphc.core.errors import GraphcError
+from graphc.core.ir import Graph, Origin, Value, fresh_name
 
 
 def _fresh(g: Graph, base: str) -> str:
@@ -28,10 +28,10 @@ def _fresh(g: Graph, base: str) -> str:
 
 def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
     """The forward pass, the backward pass and `optimizer`'s update of `wrt`, as one Graph."""
-    from graphc.autodiff import grad
-    from graphc.train_codegen import Adam, SGD, _check_optimizer
+    from graphc.autodiff.grad import grad
+    from graphc.autodiff.optimizers import Adam, SGD, check_optimizer
 
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     params = [w for w in graph.params if w in wrt]
     if not params:
         raise GraphcError(f"train_graph: wrt={wrt} names no param of {graph.name}",

@@ -25,89 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from graphc.errors import GraphcError
-from graphc.ir import FLOAT, INT, Graph, TensorType, Value
-
-
-class OptimizerError(GraphcError, ValueError):
-    """An optimizer hyperparameter is out of range."""
-
-
-def _number(owner: str, name: str, value: Any, low: float, high: float = math.inf,
-            low_open: bool = False, high_open: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise OptimizerError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    ok = math.isfinite(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    if not ok:
-        lo = f"{'>' if low_open else '>='} {low:g}"
-        hi = f" and {'<' if high_open else '<='} {high:g}" if math.isfinite(high) else ""
-        raise OptimizerError(f"{owner}: {name}={value!r} is out of range; it must be {lo}{hi}",
-                             hint="see torch.optim for the meaning of each hyperparameter")
-
-
-@dataclass(frozen=True)
-class SGD:
-    """Stochastic gradient descent as torch.optim.SGD (dampening 0, no Nesterov):
-    g = dJ/dp + weight_decay p;  v = momentum v + g;  p -= lr v   (v = g without momentum)."""
-
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    kind = "sgd"
-
-    def __post_init__(self):
-        _number("SGD", "lr", self.lr, 0.0, low_open=True)
-        _number("SGD", "momentum", self.momentum, 0.0, 1.0, high_open=False)
-        _number("SGD", "weight_decay", self.weight_decay, 0.0)
-
-    def slots(self) -> tuple[str, ...]:
-        """Per-parameter state buffers, each in the parameter's shape."""
-        return ("momentum",) if self.momentum else ()
-
-    def scalars(self) -> tuple[str, ...]:
-        return ()
-
-
-@dataclass(frozen=True)
-class Adam:
-    """Adam as torch.optim.Adam (L2 weight decay added to the gradient, not AdamW):
-    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
-
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-
-    kind = "adam"
-
-    def __post_init__(self):
-        _number("Adam", "lr", self.lr, 0.0, low_open=True)
-        _number("Adam", "beta1", self.beta1, 0.0, 1.0)
-        _number("Adam", "beta2", self.beta2, 0.0, 1.0)
-        _number("Adam", "eps", self.eps, 0.0, low_open=True)
-        _number("Adam", "weight_decay", self.weight_decay, 0.0)
-
-    def slots(self) -> tuple[str, ...]:
-        return ("m", "v")
-
-    def scalars(self) -> tuple[str, ...]:
-        return ("t",)       # the step count, int64
-
-
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
-
-
-def _describe(opt) -> str:
-    return f"{type(opt).__name__}(" + ", ".join(f"{f.name}={getattr(opt, f.name)!r}" for f in fields(opt)) + ")"
-
-
-def _check_optimizer(opt) -> None:
-    if not isinstance(opt, (SGD, Adam)):
-        raise GraphcError(f"optimizer must be graphc.SGD(...) or graphc.Adam(...), got {opt!r}",
-                          hint="e.g. optimizer=graphc.Adam(lr=1e-3)")
+from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
+from graphc.backend.functions import Arg, output_args
+from graphc.backend.templates import environment
+from graphc.core.errors import GraphcError
+from graphc.core.ir import FLOAT, INT, Graph, TensorType, Value
 
 
 # ====================================================================== C generation
@@ -144,8 +66,8 @@ def _literal(x: float) -> str:
 def _fresh(base: str, taken: set[str]) -> str:
     """A C identifier near `base` that no argument or local of the function uses. A name that
     starts with gc_ never collides with a spec name (c_name mangles those)."""
-    from graphc.ir import fresh_name
-    from graphc.schedule import c_name
+    from graphc.core.ir import fresh_name
+    from graphc.backend.schedule import c_name
     plain = (base,) if c_name(base) == base else ()
     cand = fresh_name(taken.__contains__, (*plain, f"gc_{base}"), f"gc_{base}", start=2)
     taken.add(cand)
@@ -169,7 +91,7 @@ def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: d
     writes its last block (W -= lr d_W, the update field of gc_gemm_epilogue): d_W makes no round
     trip through memory and the update no loop of its own. Returns the params so updated, each
     with the index of its GEMM's step."""
-    from graphc.schedule import c_poly, dim_poly, set_epilogue
+    from graphc.backend.schedule import c_poly, dim_poly, set_epilogue
     if not isinstance(optimizer, SGD) or optimizer.momentum or optimizer.weight_decay:
         return {}
     fused = {}
@@ -192,12 +114,11 @@ def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: d
 
 def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[str], optimizer) -> None:
     """Add NAME_train_step (and NAME_fit when every batched input has the batch dim first)."""
-    from graphc.autodiff import grad
-    from graphc.codegen import Arg, environment, output_args
-    from graphc.passes.memory import Buffer, align, padd, plan
-    from graphc.schedule import c_name, c_poly, numel, worth_parallel
+    from graphc.autodiff.grad import grad
+    from graphc.backend.memory import Buffer, align, padd, plan
+    from graphc.backend.schedule import c_name, c_poly, numel, worth_parallel
 
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     params = [w for w in graph.params if w in wrt]
     if not params:
         raise GraphcError(f"compile: the optimizer has nothing to update: wrt={wrt} names no param of {graph.name}",
@@ -215,7 +136,7 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
     outs = output_args(fwd)
     grad_c = {w: c_name(f"d_{w}") for w in params}
     outs.update({grad_c[w]: ("grad", f"d_{w}") for w in params})
-    doc = (f"one training step of {_describe(optimizer)}: the outputs, dJ/d{{{', '.join(params)}}} for "
+    doc = (f"one training step of {describe(optimizer)}: the outputs, dJ/d{{{', '.join(params)}}} for "
            f"J = {grad_of} (in the workspace), then {', '.join(params)} updated in place")
     f = em.add_function("train_step", doc, bwd, outs, updated=set(params))
     inputs = [a for a in f.args if a.role == "input"]
@@ -320,8 +241,7 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
 
 def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, outputs, loss_name, batched,
              taken) -> list[tuple[str, str, str]]:
-    from graphc.codegen import environment
-    from graphc.schedule import c_name, numel
+    from graphc.backend.schedule import c_name, numel
 
     ctype = em.ctype
     names = {a.cname for a in f.args}
@@ -388,4 +308,4 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     return fit_args
 
 
-__all__ = ["SGD", "Adam", "OptimizerError", "OPTIMIZERS", "TrainLayout", "add_train_functions"]
+__all__ = ["TrainLayout", "add_train_functions"]

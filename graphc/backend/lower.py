@@ -6,13 +6,13 @@ keep seeing the composites.
 """
 from __future__ import annotations
 
-from graphc.ir import Graph, Origin, Value
+from graphc.core.ir import Graph, Origin, Value
 from graphc.ops import OpDef
 from graphc.passes.simplify import simplify
 
 
 def lower(graph: Graph) -> Graph:
-    from graphc.autodiff import Builder
+    from graphc.autodiff.grad import Builder
     g = Graph(graph.name, graph.dims)
     g.grad_spec, g.param_init, g.source_file = graph.grad_spec, dict(graph.param_init), graph.source_file
     vmap: dict[Value, Value] = {}

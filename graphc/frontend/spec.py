@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphc.errors import GraphcError, Location, SpecError
-from graphc.ir import Graph, Origin, Value
+from graphc.core.errors import GraphcError, Location, SpecError
+from graphc.core.ir import Graph, Origin, Value
 from graphc.ops import REGISTRY
 
 SECTIONS = ("name", "dims", "inputs", "params", "graph", "outputs", "grad")
@@ -220,7 +220,7 @@ class _Builder:
         return tree
 
     def _graph_section(self, g: Graph) -> None:
-        from graphc.ir import check_name
+        from graphc.core.ir import check_name
         for k in self.table("graph"):   # graph names become C names too: the same rules as inputs
             check_name(k, "value", self.src.loc("graph", k))
         exprs = {k: self._parse("graph", k, v) for k, v in self.table("graph").items()}
@@ -237,7 +237,7 @@ class _Builder:
                 self._guard(lambda: g.rename(v, key), loc)
 
     def _alias(self, g, key, v, loc):
-        from graphc.ir import check_name
+        from graphc.core.ir import check_name
         check_name(key, "value", loc)
         if key in g.values:
             raise SpecError(f"value name {key!r} is already used", loc)

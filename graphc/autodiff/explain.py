@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from graphc.autodiff import grad
-from graphc.errors import GraphcError
-from graphc.ir import INT, Graph, Node, Value
-from graphc.notation import FORMATS, IDENTITIES, LAYOUTS, LatexNotation, TextNotation  # noqa: F401  (graphc.explain's API)
+from graphc.autodiff.grad import grad
+from graphc.core.errors import GraphcError
+from graphc.core.ir import INT, Graph, Node, Value
+from graphc.core.notation import FORMATS, IDENTITIES, LAYOUTS, LatexNotation, TextNotation  # noqa: F401  (graphc.autodiff.explain's API)
 
 # precedence of printed expressions
 ADD, MUL, MATMUL, POSTFIX, ATOM = 1, 2, 3, 5, 6

@@ -6,7 +6,7 @@ the expression computing it (its spec source text, else rebuilt from the nodes, 
 """
 from __future__ import annotations
 
-from graphc.ir import FLOAT, Value
+from graphc.core.types import FLOAT
 
 MAX_OPERAND_TEXT = 48     # characters of an expression before its deep sub-expressions become `...`
 

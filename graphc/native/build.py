@@ -27,7 +27,8 @@ from typing import Sequence
 
 import cffi
 
-from graphc.errors import CompileError
+from graphc.core.errors import CompileError
+from graphc.core import version
 
 _LOG_TAIL = 4000               # characters of compiler output quoted in a CompileError
 _LOADED: dict[str, "BuiltModule"] = {}   # key -> module: an .so may be imported once per process
@@ -144,14 +145,13 @@ def compile_flags(native: bool, openmp: bool) -> list[str]:
 def cache_key(name: str, source: str, header: str, cdef: str, flags: Sequence[str],
               link_args: Sequence[str], cc: str) -> str:
     """SHA-256 over the inputs, the full compiler command, the ABI, and the cffi/graphc/builder versions."""
-    import graphc
     material = {
         "name": name, "source": source, "header": header, "cdef": cdef,
         "flags": list(flags), "link_args": list(link_args), "libraries": ["m"],
         "compiler": cc, "compiler_version": compiler_version(cc),
         "python": [sysconfig.get_config_var(v) for v in ("EXT_SUFFIX", "CFLAGS", "LDSHARED")],
         "environment": [os.environ.get(v, "") for v in ("CFLAGS", "CPPFLAGS", "LDFLAGS")],
-        "cffi": cffi.__version__, "graphc": graphc.__version__, "builder": _builder_hash(),
+        "cffi": cffi.__version__, "graphc": version.__version__, "builder": _builder_hash(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -270,7 +270,6 @@ def _load_fresh(job: _Job, directory: Path) -> BuiltModule:
 
 def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
     """Write NAME.c and NAME.h into `directory`, compile the cffi module there, write manifest.json last."""
-    import graphc
     (directory / f"{job.name}.c").write_text(job.source)
     (directory / f"{job.name}.h").write_text(job.header)
     log = directory / "build.log"
@@ -299,7 +298,7 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
     manifest = {"key": job.key, "name": job.name, "module": job.module, "library": library.name,
                 "library_sha256": _sha256_file(library), "flags": job.flags, "link_args": job.link_args,
                 "compiler": job.cc, "compiler_version": compiler_version(job.cc),
-                "graphc": graphc.__version__, "pid": os.getpid()}
+                "graphc": version.__version__, "pid": os.getpid()}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -24,11 +24,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from graphc.arguments import CallPlan, bind, c_array_type, output_specs
-from graphc.errors import ArgumentError, DTypeError, GraphcError, ShapeError
-from graphc.ir import Graph
-from graphc.train_codegen import (OPTIMIZERS, Adam, OptimizerError, SGD, TrainLayout,  # noqa: F401  (re-exported)
-                                  _describe, add_train_functions)
+from graphc.core.arguments import bind
+from graphc.native.calls import CallPlan, allocate_workspace, as_c_array, c_array_type, output_specs, picker
+from graphc.core.errors import ArgumentError, DTypeError, GraphcError, ShapeError
+from graphc.core.ir import Graph
+from graphc.autodiff.optimizers import OPTIMIZERS, Adam, OptimizerError, SGD, describe  # noqa: F401  (re-exported)
+from graphc.backend.train_codegen import TrainLayout
 
 STATE_FORMAT = 1        # version of the .npz layout written by TrainState.save
 
@@ -65,7 +66,7 @@ class TrainState:
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self._params.items())
-        return f"<TrainState {self.model_name} {self.dtype} {_describe(self.optimizer)}; {shapes}; step {self.step}>"
+        return f"<TrainState {self.model_name} {self.dtype} {describe(self.optimizer)}; {shapes}; step {self.step}>"
 
     def copy(self) -> "TrainState":
         s = TrainState(self.model_name, self.dtype, self.optimizer,
@@ -120,7 +121,6 @@ class Trainer:
         self._params = [name for role, name, _ in lay.step_args if role == "param"]
         outs = [(name, self._out_spec(name)) for role, name, _ in lay.step_args if role == "output"]
         self._outs = outs
-        from graphc.runtime import picker
         self._result = picker([(name, i) for i, (name, _) in enumerate(outs)])
         self._counts_steps = "t" not in lay.state      # SGD: Python counts the steps (Adam's t is in C)
         sym = self.graph.symbolic_dims
@@ -138,7 +138,7 @@ class Trainer:
         """Copy `params` (name -> array) into C-contiguous arrays of the model dtype, with zeroed
         optimizer state. Every param of the graph must be given, in its declared shape."""
         g = self.graph
-        from graphc.arguments import param_arrays
+        from graphc.core.arguments import param_arrays
         # float64 init values are cast: the state is a copy
         arrays = {k: np.array(a, dtype=self.dtype, order="C", copy=True)
                   for k, a in param_arrays(g, params, "train_state").items()}
@@ -158,7 +158,7 @@ class Trainer:
         kind = meta.get("optimizer")
         if kind != self.optimizer.kind:
             raise ArgumentError(f"load_state: {path} holds {kind} state, but {self.model.name} was compiled with "
-                                f"{_describe(self.optimizer)}", hint="compile with the optimizer the state was saved with")
+                                f"{describe(self.optimizer)}", hint="compile with the optimizer the state was saved with")
         state = self.train_state(params)
         for key, buf in state._buffers.items():
             array = stored.get(key.replace('/', '.'))
@@ -176,8 +176,8 @@ class Trainer:
         if not isinstance(state, TrainState):
             raise ArgumentError(f"expected a TrainState (from m.train_state(params)), got {type(state).__name__}")
         if state.optimizer.kind != self.optimizer.kind or state.dtype != self.dtype:
-            raise ArgumentError(f"this TrainState is for {_describe(state.optimizer)} in {state.dtype}, "
-                                f"but {self.model.name} trains with {_describe(self.optimizer)} in {self.dtype}")
+            raise ArgumentError(f"this TrainState is for {describe(state.optimizer)} in {state.dtype}, "
+                                f"but {self.model.name} trains with {describe(self.optimizer)} in {self.dtype}")
         g = self.graph
         for k, v in g.params.items():
             arr = state._params.get(k)
@@ -213,7 +213,6 @@ class Trainer:
                                  hint="use a batch size >= 1 that fits in memory")
             if len(state._ws) > 8:
                 state._ws.clear()
-            from graphc.runtime import allocate_workspace
             ws = allocate_workspace(self.model.name, size, n)
             hit = state._ws[key] = (ws, self.ffi.from_buffer(ws))
         return hit[1]
@@ -244,7 +243,6 @@ class Trainer:
 
     def _train_step_checked(self, state: TrainState, batch: dict) -> dict[str, np.ndarray]:
         """Check and convert the minibatch; leave a CallPlan on the state when nothing was converted."""
-        from graphc.runtime import as_c_array
         if getattr(state, "_trainer", None) is not self:
             self._bind(state)
         env, dims = bind(self.graph, batch, self.dtype, need_params=False)
@@ -273,7 +271,7 @@ class Trainer:
             raise ShapeError(f"{self.model.name}_{fname}: batch size {n} is invalid for this model")
         if fname == "fit" and status == self.lib.GRAPHC_ERR_ORDER:
             raise ArgumentError(f"{self.model.name}_fit: the order array is not a permutation of the rows")
-        from graphc.errors import ExecutionError
+        from graphc.core.errors import ExecutionError
         raise ExecutionError(f"{self.model.name}_{fname} returned status {status}")
 
     # ------------------------------------------------------------------ epochs
@@ -284,7 +282,6 @@ class Trainer:
         np.random.default_rng(seed) (a new permutation each epoch). Returns each epoch's mean
         loss (the minibatch losses weighted by their rows). progress: None shows a bar on stderr
         when it is a terminal, False never; a callable is called as progress(epoch, mean_loss)."""
-        from graphc.runtime import as_c_array
         if self._cfit is None:
             raise GraphcError(f"{self.model.name}: fit needs inputs whose first dim is the batch dim"
                               f"{'' if self._sym else ' (this model has no batch dim)'}",
@@ -398,7 +395,7 @@ def init_params(graph: Graph | str | Path, seed: int | None = 0,
     if dtype.kind != "f":
         raise DTypeError(f"init_params: dtype must be a float type, got {dtype}", hint="float32 or float64")
     if not isinstance(graph, Graph):
-        from graphc.spec import load
+        from graphc.frontend.spec import load
         graph = load(graph)
     per: Mapping[str, str] = scheme if isinstance(scheme, Mapping) else {}
     if scheme is not None and not isinstance(scheme, (str, Mapping)):

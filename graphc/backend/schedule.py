@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphc.fusion import Epilogue, Fusion
-from graphc.ir import FLOAT, Graph, Node, Value
-from graphc.passes.memory import Buffer, Poly, padd, plan, peval
+from graphc.backend.fusion import Epilogue, Fusion
+from graphc.core.ir import FLOAT, Graph, Node, Value
+from graphc.backend.memory import Buffer, Poly, padd, plan, peval
 
 LOOP_VARS = ("i", "j", "k", "l", "p", "q", "r", "s")
 C_RESERVED = frozenset("""auto break case char const continue default do double else enum extern float for goto

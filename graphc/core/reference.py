@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from graphc.arguments import bind
-from graphc.ir import Graph
+from graphc.core.arguments import bind
+from graphc.core.ir import Graph
 
 
 def bind_attrs(attrs: dict, dims: dict[str, int]) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphc.ir import FLOAT, Graph, Node, Value
+from graphc.core.ir import FLOAT, Graph, Node, Value
 
 INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside a loop
 

@@ -15,36 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from graphc.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
-
-Dim = int | str          # an int, or the name of a symbolic dim (the batch)
-Shape = tuple[Dim, ...]
-
-FLOAT = "float"          # the real type; float32 or float64 is chosen at compile time
-INT = "int32"
-DTYPES = (FLOAT, INT)
-_DTYPE_ALIASES = {"float": FLOAT, "float32": FLOAT, "float64": FLOAT, "real": FLOAT,
-                  "int32": INT, "int": INT}
+from graphc.core.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
+from graphc.core.opdef import get_op
+from graphc.core.text import describe
+from graphc.core.types import DTYPES, FLOAT, INT, Dim, Shape, TensorType, normalize_dtype  # noqa: F401
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
-
-def normalize_dtype(dtype: str, where: str = "dtype") -> str:
-    try:
-        return _DTYPE_ALIASES[dtype]
-    except (KeyError, TypeError):
-        raise DTypeError(f"{where}: unknown dtype {dtype!r}",
-                         hint="use 'float32', 'float64' (real values) or 'int32' (labels, ids)") from None
-
-
-@dataclass(frozen=True)
-class TensorType:
-    shape: Shape
-    dtype: str = FLOAT
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
 
 
 @dataclass(frozen=True)
@@ -300,7 +276,6 @@ class Graph:
             self._name_stack.pop()
 
     def apply(self, opname: str, *inputs: Any, name: str | None = None, **attrs) -> Value:
-        from graphc.ops import get_op
         op = get_op(opname)
         vals = tuple(self.lift(x) for x in inputs)
         origin = self._origin_stack[-1] if self._origin_stack else Origin()
@@ -308,10 +283,8 @@ class Graph:
             attrs = op.check_attrs(vals, attrs)
             t = op.shape(*[v.type for v in vals], **attrs)
         except ShapeError as e:
-            from graphc.render import describe
             raise ShapeError(describe(op, vals, e.message), origin.location, op.error_hint(vals, e)) from None
         except (DTypeError, SpecError) as e:
-            from graphc.render import describe
             raise type(e)(describe(op, vals, e.message), origin.location, e.hint) from None
         node = Node(op, vals, attrs, None, origin)
         temporary = name is None

@@ -1,0 +1,39 @@
+"""The Jinja environment of the C templates: the one place that finds and opens templates/.
+
+templates/ ships inside the wheel as graphc/templates; in a checkout it sits beside graphc/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from graphc.core.errors import GraphcError
+
+
+def templates_dir() -> Path:
+    """templates/ ships inside the wheel as graphc/templates; in a checkout it sits beside graphc/."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if (candidate / "model.c.j2").is_file():
+            return candidate
+    raise GraphcError(f"graphc's templates are missing (looked in {here / 'templates'} and {here.parent / 'templates'})",
+                      hint="reinstall graphc; the wheel must contain graphc/templates")
+
+
+_ENV: jinja2.Environment | None = None
+
+
+def environment() -> jinja2.Environment:
+    global _ENV
+    if _ENV is None:
+        _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
+                                  undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                                  keep_trailing_newline=True, autoescape=False)
+    return _ENV
+
+
+def render_template(name: str, /, **ctx: Any) -> str:
+    """Render one template of templates/ (export's main.c.j2 and Makefile.j2) with `ctx`."""
+    return environment().get_template(name).render(ctx)

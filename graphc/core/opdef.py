@@ -1,0 +1,180 @@
+"""The op record and its registry: the base every op of graphc/ops/ derives from.
+
+An op is a subclass of `OpDef` decorated with `@register`. The IR asks it for
+shapes, core/reference.py for values, autodiff/grad.py for its VJP (built from
+other ops, so the backward graph is again differentiable) and the backend for its
+kernel. The ops themselves live in graphc/ops/, one record each.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from graphc.core.errors import DTypeError, GraphcError, ShapeError, SpecError
+from graphc.core.types import FLOAT, INT, Dim, Shape, TensorType
+from graphc.core.text import operand_text
+
+REGISTRY: dict[str, "OpDef"] = {}
+
+
+def register(cls):
+    """Class decorator: instantiate the op and enter it in REGISTRY under `cls.name`."""
+    op = cls()
+    if op.name in REGISTRY:
+        raise RuntimeError(f"op {op.name} registered twice")
+    REGISTRY[op.name] = op
+    return cls
+
+
+def get_op(name: str) -> "OpDef":
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        import difflib
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        raise SpecError(f"unknown op {name!r}", hint=f"did you mean {close[0]}?" if close else
+                        "see `graphc.ops.REGISTRY` for the list") from None
+
+
+class OpDef:
+    """Base of every op. Subclasses set the class attributes and override the methods they need."""
+
+    name: str = ""
+    arity: int | None = 1           # None: variadic (at least one input)
+    attrs: dict[str, Any] = {}      # attribute name -> default
+    family: str = "elementwise"     # C kernel family (templates/kernels/<family>.c.j2)
+    identity: str | None = None     # identity of the notes its VJP applies
+    public: bool = True             # callable from spec expressions
+    c_expr: str | None = None       # elementwise ops: C expression over {0}, {1}, ...
+    int_inputs: tuple[int, ...] = ()  # input positions that must be int32 (labels, ids)
+
+    # ---- attributes and arity, checked once when a node is created
+    def check_attrs(self, inputs: tuple, attrs: dict) -> dict:
+        if self.arity is not None and len(inputs) != self.arity:
+            raise SpecError(f"takes {self.arity} argument{'s' if self.arity != 1 else ''}, got {len(inputs)}")
+        if self.arity is None and not inputs:
+            raise SpecError("takes at least one argument")
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise SpecError(f"unknown keyword {sorted(unknown)[0]!r}",
+                            hint=f"{self.name} accepts {sorted(self.attrs) or 'no keywords'}")
+        out = dict(self.attrs)
+        out.update(attrs)
+        for i, v in enumerate(inputs):
+            want_int = i in self.int_inputs
+            if want_int and v.dtype != INT and not self.accepts_float_at(i):
+                raise DTypeError(f"argument {i + 1} ({operand_text(v)}) must be int32, got {v.dtype}")
+            if not want_int and v.dtype == INT:
+                raise DTypeError(f"argument {i + 1} ({operand_text(v)}) is int32 but {self.name} needs a real value",
+                                 hint="integer inputs are labels or ids: pass them to cross_entropy or embedding")
+        return out
+
+    def accepts_float_at(self, i: int) -> bool:
+        return False
+
+    def error_hint(self, inputs: tuple, error: GraphcError) -> str | None:
+        """The hint of a shape error, which may name the operands as written (`did you mean h @ U?`)."""
+        return error.hint
+
+    def shape(self, *types: TensorType, **attrs) -> TensorType:
+        raise NotImplementedError
+
+    def reference(self, *arrays: np.ndarray, **attrs) -> np.ndarray:
+        raise NotImplementedError
+
+    def vjp(self, b, node, d_out) -> list:
+        raise GraphcError(f"{self.name} has no VJP")
+
+    def lower(self, b, node):
+        """Composite ops rewrite themselves into kernel ops before codegen; None = emitted directly."""
+        return None
+
+
+# ------------------------------------------------------------------ shape helpers
+def broadcast_shapes(a: Shape, b: Shape) -> Shape:
+    """NumPy broadcasting, with symbolic dims: equal, or one of them is 1."""
+    out: list[Dim] = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ShapeError(f"cannot broadcast: dims {x} and {y} differ (axis -{i})",
+                             hint="broadcasting needs equal dims or a 1; check the order of operands")
+    return tuple(reversed(out))
+
+
+def numel(shape: Shape) -> tuple[int, tuple[str, ...]]:
+    """Size of a shape as (constant factor, sorted symbolic factors)."""
+    c, syms = 1, []
+    for d in shape:
+        if isinstance(d, str):
+            syms.append(d)
+        else:
+            c *= d
+    return c, tuple(sorted(syms))
+
+
+def norm_axis(axis: int, rank: int, op: str) -> int:
+    # a scalar has no axis at all (np.sum(scalar, axis=0) raises), so rank 0 rejects every axis
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank:
+        raise ShapeError(f"axis {axis!r} is out of range for rank {rank}")
+    return axis % rank
+
+
+def require_float(t: TensorType, what: str = "input") -> None:
+    if t.dtype != FLOAT:
+        raise DTypeError(f"{what} must be real, got {t.dtype}")
+
+
+# ------------------------------------------------------------------ VJP helpers
+def unbroadcast(b, grad, shape: Shape):
+    """Identity (3) plus the sum over broadcast axes: bring a gradient back to `shape`."""
+    return grad if grad.shape == shape else b.apply("sum_to", grad, shape=shape)
+
+
+class Unary(OpDef):
+    """An elementwise f(x). VJP, identity (4): dJ/dx = dJ/dz ∘ f'(x), never diag(f'(x))."""
+
+    identity = "4"
+    np_fn: Callable = None
+
+    def shape(self, x):
+        require_float(x)
+        return x
+
+    def reference(self, x):
+        return type(self).np_fn(x)
+
+    def derivative(self, b, x, y):
+        """f'(x) as a graph value; may read the output y instead of x (relu, tanh, sigmoid, exp)."""
+        raise NotImplementedError
+
+    def vjp(self, b, node, d_out):
+        with b.because(node, self.identity):
+            return [b.mul(d_out, self.derivative(b, node.inputs[0], node.output))]
+
+
+class Binary(OpDef):
+    """An elementwise op of two operands with NumPy broadcasting."""
+
+    arity = 2
+
+    def shape(self, x, y):
+        require_float(x, "argument 1")
+        require_float(y, "argument 2")
+        return TensorType(broadcast_shapes(x.shape, y.shape))
+
+    def partials(self, b, x, y, z, d):
+        """(dJ/dx, dJ/dy) before undoing the broadcast, or None where no gradient flows."""
+        raise NotImplementedError
+
+    def vjp(self, b, node, d_out):
+        x, y = node.inputs
+        with b.because(node, self.identity):
+            parts = self.partials(b, x, y, node.output, d_out)
+            return [None if g is None else unbroadcast(b, g, v.shape) for g, v in zip(parts, (x, y))]

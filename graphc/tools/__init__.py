@@ -1,0 +1,2 @@
+"""Layer 8, tools: what people run. check (C vs reference vs finite differences), the demo and
+the `graphc` command."""
