@@ -15,8 +15,10 @@ from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
-from graphc.backend.memory import pmax
-from graphc.backend.schedule import PARALLEL_WORK, c_name, schedule
+from graphc.backend.cprint import c_name
+from graphc.backend.kernels import PARALLEL_WORK
+from graphc.backend.sizes import pmax
+from graphc.backend.schedule import schedule
 from graphc.backend.templates import environment, render_template  # noqa: F401
 from graphc.backend.train_codegen import add_train_functions
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphc.backend.schedule import Schedule, c_name, c_poly
+from graphc.backend.cprint import c_any_null, c_name, c_param, c_poly, c_signature
+from graphc.backend.kernels import Gemm, Kernel
+from graphc.backend.schedule import Schedule
 from graphc.core.ir import Graph, Value
 
 
@@ -29,12 +31,11 @@ class Function:
     banner: str
     args: list[Arg]
     sched: Schedule
-    extra_steps: list = field(default_factory=list)
+    extra_steps: list[Kernel] = field(default_factory=list)   # the optimizer's updates, after the schedule
 
     @property
     def signature(self) -> str:
-        parts = ["long n"] + [f"{'const ' if a.const else ''}{a.ctype} *{a.cname}" for a in self.args]
-        return ", ".join(parts + ["void *workspace"])
+        return c_signature(["long n"] + [c_param(a.ctype, a.cname, a.const) for a in self.args] + ["void *workspace"])
 
     @property
     def steps(self):
@@ -42,7 +43,7 @@ class Function:
 
     @property
     def uses_pack(self) -> bool:
-        return any(s.family == "matmul" for s in self.steps)
+        return any(isinstance(s, Gemm) for s in self.steps)
 
     @property
     def buffers(self):
@@ -50,7 +51,7 @@ class Function:
 
     @property
     def null_checks(self) -> str:
-        return " || ".join(["!workspace"] + [f"!{a.cname}" for a in self.args])
+        return c_any_null(["workspace"] + [a.cname for a in self.args])
 
     @property
     def label_checks(self):
@@ -59,9 +60,8 @@ class Function:
     @property
     def unused(self) -> list[str]:
         used = {id(v) for s in self.steps for v in s.uses + s.defs}
-        names = {c for s in self.steps for c in s.ctx.get("refs", ())}
         return [a.cname for a in self.args if a.role in ("input", "param") and id(a.value) not in used
-                and a.cname not in names and a.cname not in {c[0] for c in self.label_checks}]
+                and a.cname not in {c[0] for c in self.label_checks}]
 
 
 def output_args(graph: Graph) -> dict[str, tuple[str, Any]]:

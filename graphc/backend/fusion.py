@@ -46,7 +46,7 @@ class Fusion:
     def _decide(self) -> None:
         for n in self.g.nodes:
             v = n.output
-            if n.op.name in ("const", "size") or (
+            if n.op.static or (
                     n.op.c_expr is not None and v.shape == () and n.inputs and all(x in self.static for x in n.inputs)):
                 self.static.add(v)
         # softmax(θ) and cross_entropy(θ, y) of the same logits share one pass over the rows

@@ -3,38 +3,13 @@
 In: buffers with a size (a polynomial in the batch dim n, in elements) and a
 lifetime [first step, last step]. Out: an offset per buffer such that no two
 buffers alive at the same step overlap for any n >= 1, and the arena's peak.
-Polynomials are coefficient tuples (c0, c1, ...) meaning c0 + c1 n + c2 n^2.
+Sizes are polynomials (backend/sizes.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-Poly = tuple[int, ...]
-ALIGN = 16          # elements: 64 bytes of float, 128 of double
-
-
-def padd(a: Poly, b: Poly) -> Poly:
-    n = max(len(a), len(b))
-    return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n))
-
-
-def pmax(a: Poly, b: Poly) -> Poly:
-    n = max(len(a), len(b))
-    return tuple(max(a[i] if i < len(a) else 0, b[i] if i < len(b) else 0) for i in range(n))
-
-
-def pge(a: Poly, b: Poly) -> bool:
-    """a >= b for every n >= 0 (coefficient-wise, which suffices and is exact for our use)."""
-    n = max(len(a), len(b))
-    return all((a[i] if i < len(a) else 0) >= (b[i] if i < len(b) else 0) for i in range(n))
-
-
-def peval(a: Poly, n: int) -> int:
-    return sum(c * n ** i for i, c in enumerate(a))
-
-
-def align(a: Poly) -> Poly:
-    return tuple(-(-c // ALIGN) * ALIGN for c in a)
+from graphc.backend.sizes import Poly, align, padd, peval, pge, pmax  # noqa: F401  (sizes used with plans)
 
 
 @dataclass

@@ -14,7 +14,8 @@ from graphc.core.ir import Graph
 def stages(graph: Graph) -> Iterator[tuple[str, object]]:
     from graphc.autodiff.grad import grad
     from graphc.backend.lower import lower
-    from graphc.backend.schedule import Scheduler, c_name
+    from graphc.backend.cprint import c_name
+    from graphc.backend.schedule import Scheduler
 
     g = graph
     if graph.grad_spec:
@@ -33,7 +34,7 @@ def stages(graph: Graph) -> Iterator[tuple[str, object]]:
         fused = [v.name for v in (sched.inlined | sched.absorbed) - computed
                  if any(v in n.inputs for n in low.nodes if n.output in st.defs)]
         extra = f"   fused: {', '.join(sorted(fused))}" if fused else ""
-        lines.append(f"  {i:3d}  {st.family:<8} {names}{extra}")
+        lines.append(f"  {i:3d}  {st.kind_name:<8} {names}{extra}")
     folded = sorted(v.name for v in sched.folded)
     if folded:
         lines.append(f"  transposes read in place by GEMM: {', '.join(folded)}")
@@ -42,8 +43,8 @@ def stages(graph: Graph) -> Iterator[tuple[str, object]]:
 
 
 def memory_table(result, n: int = 64, itemsize: int = 4) -> str:
-    from graphc.backend.memory import peval
-    from graphc.backend.schedule import c_poly
+    from graphc.backend.sizes import peval
+    from graphc.backend.cprint import c_poly
     rows = ["  arena plan (elements; n = batch):"]
     for b in sorted(result.buffers.values(), key=lambda b: (b.first, b.name)):
         rows.append(f"    {b.name:<14} offset {c_poly(b.offset):<12} size {c_poly(b.size):<12} live steps {b.first}..{b.last}")

@@ -31,7 +31,13 @@ def environment() -> jinja2.Environment:
         _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                                   undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                   keep_trailing_newline=True, autoescape=False)
+        _ENV.globals["render_kernel"] = render_kernel
     return _ENV
+
+
+def render_kernel(record) -> str:
+    """The C of one kernel record: the macro `kernel` of the template its class names."""
+    return str(environment().get_template(record.template).module.kernel(record))
 
 
 def render_template(name: str, /, **ctx: Any) -> str:

@@ -20,29 +20,22 @@ Adam's moments and step count) lives in caller-owned arrays: a `TrainState` in P
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
+from graphc.backend.cprint import c_name, c_poly, c_real
 from graphc.backend.functions import Arg, output_args
+from graphc.backend.kernels import AdamStepCount, AdamUpdate, Gemm, SgdUpdate, worth_parallel
+from graphc.backend.sizes import dim_poly, numel
 from graphc.backend.templates import environment
 from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, INT, Graph, TensorType, Value
 
 
 # ====================================================================== C generation
-@dataclass
-class _TextStep:
-    """A step of a C function that renders its own text (model.c.j2 prints st.text)."""
-    family: str
-    text: str
-    ctx: dict
-    defs: list
-    uses: list
-
-
 @dataclass
 class TrainLayout:
     """What the Python side needs to call NAME_train_step and NAME_fit (kept on the CSource's
@@ -67,7 +60,6 @@ def _fresh(base: str, taken: set[str]) -> str:
     """A C identifier near `base` that no argument or local of the function uses. A name that
     starts with gc_ never collides with a spec name (c_name mangles those)."""
     from graphc.core.ir import fresh_name
-    from graphc.backend.schedule import c_name
     plain = (base,) if c_name(base) == base else ()
     cand = fresh_name(taken.__contains__, (*plain, f"gc_{base}"), f"gc_{base}", start=2)
     taken.add(cand)
@@ -91,7 +83,6 @@ def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: d
     writes its last block (W -= lr d_W, the update field of gc_gemm_epilogue): d_W makes no round
     trip through memory and the update no loop of its own. Returns the params so updated, each
     with the index of its GEMM's step."""
-    from graphc.backend.schedule import c_poly, dim_poly, set_epilogue
     if not isinstance(optimizer, SGD) or optimizer.momentum or optimizer.weight_decay:
         return {}
     fused = {}
@@ -99,15 +90,15 @@ def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: d
     for w in params:
         gv, pa = grads[w], pargs[w]
         at = next((i for i, st in enumerate(steps) if gv in st.defs), None)
-        if at is None or steps[at].family != "matmul" or steps[at].defs[0] is not gv or gv.rank != 2 \
+        if at is None or not isinstance(steps[at], Gemm) or steps[at].defs[0] is not gv or gv.rank != 2 \
                 or pa.value.shape != gv.shape or pa.value in steps[at].uses \
                 or any(gv in st.uses or pa.value in st.uses for st in steps[at + 1:]):
             continue
         st = steps[at]
-        set_epilogue(st.ctx, update=pa.cname, ldu=c_poly(dim_poly(gv.shape[-1])),
-                     rate=f"(gc_real){_literal(optimizer.lr)}")
-        st.ctx["comment"] += (f"\n   update {w} from d_{w} as it is written (d_{w} is not stored):\n"
-                              f"       SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = {_literal(optimizer.lr)}")
+        update = replace(st.epilogue, update=pa.cname, ldu=c_poly(dim_poly(gv.shape[-1])), rate=c_real(float(optimizer.lr)))
+        steps[at] = replace(st, epilogue=update, comment=st.comment + (
+            f"\n   update {w} from d_{w} as it is written (d_{w} is not stored):\n"
+            f"       SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = {_literal(optimizer.lr)}"))
         fused[w] = at
     return fused
 
@@ -116,7 +107,6 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
     """Add NAME_train_step (and NAME_fit when every batched input has the batch dim first)."""
     from graphc.autodiff.grad import grad
     from graphc.backend.memory import Buffer, align, padd, plan
-    from graphc.backend.schedule import c_name, c_poly, numel, worth_parallel
 
     check_optimizer(optimizer)
     params = [w for w in graph.params if w in wrt]
@@ -191,29 +181,27 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
 
     # the updates: in the GEMM that writes the gradient where that is safe, otherwise one text
     # step per parameter (plus Adam's bias corrections first)
-    module = environment().get_template("kernels/optimizer.c.j2").module
-    steps = []
+    steps: list = []
     if isinstance(optimizer, Adam):
-        ctx = dict(t=t_c, lr=_literal(optimizer.lr), beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2))
-        steps.append(_TextStep("optimizer", str(module.adam_begin(ctx)).strip("\n"), dict(refs=[t_c]), [], []))
+        steps.append(AdamStepCount("Adam step count", (), (), t_c, _literal(optimizer.lr),
+                                   _literal(optimizer.beta1), _literal(optimizer.beta2)))
     for w, gv in zip(params, grad_values):
         if w in fused:
             continue
         pa = pvalue[w]
-        ctx = dict(comment=f"update {w} from d_{w}", param=pa.cname, grad=grad_c[w],
-                   count=c_poly(numel(pa.value.shape)), lr=_literal(optimizer.lr),
-                   parallel=worth_parallel(numel(pa.value.shape)),
-                   wd=_literal(optimizer.weight_decay) if optimizer.weight_decay else None)
+        common = dict(param=pa.cname, grad=grad_c[w], count=c_poly(numel(pa.value.shape)), lr=_literal(optimizer.lr),
+                      parallel=worth_parallel(numel(pa.value.shape)),
+                      wd=_literal(optimizer.weight_decay) if optimizer.weight_decay else None)
+        comment, uses = f"update {w} from d_{w}", (gv, pa.value)
         if isinstance(optimizer, SGD):
-            ctx.update(momentum=_literal(optimizer.momentum) if optimizer.momentum else None,
-                       buf=slot_c.get(("momentum", w)))
-            text = module.sgd(ctx)
+            steps.append(SgdUpdate(comment, (), uses, momentum=_literal(optimizer.momentum) if optimizer.momentum
+                                   else None, buf=slot_c.get(("momentum", w)), **common))
         else:
-            ctx.update(m=slot_c[("m", w)], v=slot_c[("v", w)], beta1=_literal(optimizer.beta1),
-                       beta2=_literal(optimizer.beta2), one_minus_beta1=_literal(1.0 - optimizer.beta1),
-                       one_minus_beta2=_literal(1.0 - optimizer.beta2), eps=_literal(optimizer.eps))
-            text = module.adam(ctx)
-        steps.append(_TextStep("optimizer", str(text).strip("\n"), dict(refs=[pa.cname]), [], [gv, pa.value]))
+            steps.append(AdamUpdate(comment, (), uses, m=slot_c[("m", w)], v=slot_c[("v", w)],
+                                    beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2),
+                                    one_minus_beta1=_literal(1.0 - optimizer.beta1),
+                                    one_minus_beta2=_literal(1.0 - optimizer.beta2), eps=_literal(optimizer.eps),
+                                    **common))
     f.extra_steps.extend(steps)
     # signature: inputs, params, optimizer state, outputs, workspace
     f.args = inputs + pargs + state_args + out_args
@@ -241,7 +229,6 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
 
 def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, outputs, loss_name, batched,
              taken) -> list[tuple[str, str, str]]:
-    from graphc.backend.schedule import c_name, numel
 
     ctype = em.ctype
     names = {a.cname for a in f.args}

@@ -90,6 +90,25 @@ class OpDef:
         """Composite ops rewrite themselves into kernel ops before codegen; None = emitted directly."""
         return None
 
+    # ---- lowering to kernel records. `k` is the backend's scheduler (graphc/backend/schedule.py):
+    # an op says which record it becomes by calling one of its builders (k.elementwise, k.reduce,
+    # k.gemm, k.row_softmax, k.gather, k.flat_copy, k.permuted_copy, k.window_copy, k.concat).
+    static: bool = False            # a compile-time scalar (const, size): a C expression, never a kernel
+
+    def kernel(self, k, node) -> list:
+        """The kernel records computing this node. Elementwise ops (a c_expr) are one loop."""
+        if self.c_expr is not None:
+            return k.elementwise(node)
+        raise GraphcError(f"{self.name} has no kernel", hint="composite ops are lowered into kernel ops first")
+
+    def inline_c(self, k, node, iter_shape, loads) -> str:
+        """The C expression of this node's value inside its consumer's loop (where fusion inlined it)."""
+        return k.apply(node, [k.expr(x, iter_shape, loads) for x in node.inputs])
+
+    def static_c(self, k, node) -> str:
+        """The C expression of this node's value when it is a compile-time scalar (fusion's `static`)."""
+        return k.apply(node, [k.static_expr(x) for x in node.inputs])
+
 
 # ------------------------------------------------------------------ shape helpers
 def broadcast_shapes(a: Shape, b: Shape) -> Shape:

@@ -19,6 +19,7 @@ class Const(OpDef):
     arity = 0
     attrs = {"value": 0.0}
     public = False
+    static = True
 
     def shape(self, value):
         return TensorType(())
@@ -26,6 +27,8 @@ class Const(OpDef):
     def reference(self, value):
         return np.array(value)
 
+    def static_c(self, k, node):
+        return k.real(node.attrs["value"])    # finite from the spec; folding could still overflow
     def vjp(self, b, node, d_out):
         return []
 
@@ -251,6 +254,8 @@ class BroadcastTo(OpDef):
     def reference(self, x, shape):
         return np.broadcast_to(x, tuple(shape)).copy()
 
+    def inline_c(self, k, node, iter_shape, loads):
+        return k.expr(node.inputs[0], iter_shape, loads)     # the loop's index broadcasts it
     def vjp(self, b, node, d_out):
         with b.because(node, self.identity):
             return [unbroadcast(b, d_out, node.inputs[0].shape)]

@@ -33,6 +33,9 @@ class Embedding(OpDef):
         check_labels(ids, table.shape[0], "embedding")
         return table[ids.astype(np.intp)]
 
+    def kernel(self, k, node):
+        table, ids = node.inputs
+        return k.gather(node, "embedding", ids=ids, width=table.shape[-1], src=table)
     def vjp(self, b, node, d):
         table, ids = node.inputs
         with b.because(node, self.identity):
@@ -66,6 +69,9 @@ class EmbeddingGrad(OpDef):
         np.add.at(out, ids.reshape(-1).astype(np.intp), d.reshape(-1, d.shape[-1]))
         return out
 
+    def kernel(self, k, node):
+        d, ids = node.inputs
+        return k.gather(node, "embedding_grad", ids=ids, width=d.shape[-1], src=d, rows=node.attrs["rows"])
     def vjp(self, b, node, d):
         with b.because(node, self.identity):
             return [b.apply("embedding", d, node.inputs[1]), None]

@@ -60,6 +60,8 @@ class Matmul(OpDef):
     def reference(self, a, b):
         return a @ b
 
+    def kernel(self, k, node):
+        return k.gemm(node)
     def vjp(self, b, node, d):
         x, w = node.inputs
         out = []
@@ -99,6 +101,8 @@ class Transpose(OpDef):
     def reference(self, x):
         return x.T
 
+    def kernel(self, k, node):
+        return k.permuted_copy(node, tuple(reversed(range(node.inputs[0].rank))))
     def vjp(self, b, node, d):
         with b.because(node, "3"):
             return [b.transpose(d)]
@@ -130,6 +134,9 @@ class Sum(OpDef):
     def reference(self, x, axis, keepdims):
         return np.sum(x, axis=axis, keepdims=keepdims)
 
+    def kernel(self, k, node):
+        x, axis = node.inputs[0], node.attrs["axis"]
+        return k.reduce(node, tuple(1 if axis is None or a == axis % x.rank else d for a, d in enumerate(x.shape)))
     def vjp(self, b, node, d):
         x = node.inputs[0]
         axis, keep = node.attrs["axis"], node.attrs["keepdims"]
@@ -196,6 +203,8 @@ class SumTo(OpDef):
         axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and x.shape[lead + i] != 1)
         return np.sum(x, axis=axes, keepdims=True).reshape(shape)
 
+    def kernel(self, k, node):
+        return k.reduce(node, tuple(node.attrs["shape"]))
     def vjp(self, b, node, d):
         with b.because(node, self.identity):
             return [b.apply("broadcast_to", d, shape=node.inputs[0].shape)]
@@ -211,6 +220,7 @@ class Size(OpDef):
     family = "elementwise"
     attrs = {"axes": ()}
     public = False
+    static = True
 
     def check_attrs(self, inputs, attrs):
         attrs = super().check_attrs(inputs, attrs)
@@ -225,6 +235,9 @@ class Size(OpDef):
     def reference(self, x, axes):
         return np.array(float(np.prod([x.shape[a] for a in axes])))
 
+    def static_c(self, k, node):
+        src = node.inputs[0].shape
+        return k.size_of([src[a] for a in node.attrs["axes"]])
     def vjp(self, b, node, d):
         return [None]
 
@@ -315,6 +328,8 @@ class Reshape(OpDef):
     def reference(self, x, shape):
         return x.reshape(shape)
 
+    def kernel(self, k, node):
+        return k.flat_copy(node)
     def vjp(self, b, node, d):
         with b.because(node, self.identity):
             return [b.apply("reshape", d, shape=node.inputs[0].shape)]
@@ -345,6 +360,8 @@ class Concat(OpDef):
     def reference(self, *xs):
         return np.concatenate(xs, axis=-1)
 
+    def kernel(self, k, node):
+        return k.concat(node)
     def vjp(self, b, node, d):
         out, start = [], 0
         with b.because(node, self.identity):
@@ -374,6 +391,8 @@ class Slice(OpDef):
     def reference(self, x, start, stop):
         return x[..., start:stop]
 
+    def kernel(self, k, node):
+        return k.window_copy(node, node.attrs["start"])
     def vjp(self, b, node, d):
         x = node.inputs[0]
         start, stop = node.attrs["start"], node.attrs["stop"]

@@ -47,6 +47,8 @@ class Softmax(OpDef):
     def reference(self, x):
         return np.exp(_log_softmax(x))
 
+    def kernel(self, k, node):
+        return k.row_softmax(node)
     def vjp(self, b, node, d):
         y = node.output
         with b.because(node, self.identity):
@@ -69,6 +71,8 @@ class LogSoftmax(OpDef):
     def reference(self, x):
         return _log_softmax(x)
 
+    def kernel(self, k, node):
+        return k.row_softmax(node)
     def vjp(self, b, node, d):
         with b.because(node, self.identity):
             s = b.apply("sum", d, axis=-1, keepdims=True)
@@ -118,6 +122,8 @@ class CrossEntropy(OpDef):
             return -np.mean(picked)
         return -np.sum(y * lsm) / max(1, int(np.prod(theta.shape[:-1])))
 
+    def kernel(self, k, node):
+        return k.row_softmax(node)
     def vjp(self, b, node, d):
         theta, y = node.inputs
         with b.because(node, self.identity):
@@ -187,5 +193,10 @@ class Onehot(OpDef):
         check_labels(y, depth, "onehot")
         return (y[..., None] == np.arange(depth)).astype(np.float64)
 
+    def kernel(self, k, node):
+        return k.gather(node, "onehot", ids=node.inputs[0], width=node.attrs["depth"])
+
+    def inline_c(self, k, node, iter_shape, loads):
+        return k.onehot_load(node.inputs[0], iter_shape, loads)
     def vjp(self, b, node, d):
         return [None]

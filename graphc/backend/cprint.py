@@ -1,0 +1,120 @@
+"""The C printer: every piece of C text the backend makes outside the templates.
+
+Identifiers (a value's C name, mangled only where C or graphc reserve it), sizes (c_poly),
+literals, element indices and loads of loop nests, casts, argument lists and entry checks.
+The kernel records (backend/kernels.py) carry what this prints; the templates print the rest.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+from graphc.backend.sizes import Poly
+
+LOOP_VARS = ("i", "j", "k", "l", "p", "q", "r", "s")
+C_RESERVED = frozenset("""auto break case char const continue default do double else enum extern float for goto
+if inline int long register restrict return short signed sizeof static struct switch typedef union unsigned
+void volatile while bool true false main NULL errno exp expf log logf tanh tanhf sqrt sqrtf fabs fabsf
+fmax fmaxf memset memcpy size_t int32_t int64_t uint8_t n ws workspace status pack
+int8_t int16_t uint16_t uint32_t uint64_t intptr_t uintptr_t ptrdiff_t
+row out max sum total target shift lse dst src
+alignas alignof static_assert thread_local nullptr constexpr typeof noreturn complex imaginary
+asm new delete this template typename namespace operator private public protected virtual friend catch
+throw using explicit mutable export decltype noexcept typeid wchar_t char8_t char16_t char32_t concept
+requires consteval constinit bitand bitor compl xor and_eq or_eq xor_eq not_eq static_cast dynamic_cast
+const_cast reinterpret_cast co_await co_yield co_return
+stdin stdout stderr math_errhandling st_atime st_mtime st_ctime sched_priority unix linux i386
+""".split()) | frozenset(LOOP_VARS)
+# C_RESERVED also holds the locals of the kernel templates (row, out, max, ... of the softmax and
+# gather kernels: a pointer argument of that name would be shadowed), C11/C23 and C++ keywords
+# (the header is usable from C++) and lower-case macros of the headers the C sees (Python.h
+# included by cffi). Macro-shaped names are mangled too: ALL_CAPS of 3+ characters (NAN, EOF,
+# SIZE_MAX, GRAPHC_OK), and the <inttypes.h> / <math.h> / <stdio.h> families below.
+_MACRO_LIKE = re.compile(r"^(?:[A-Z][A-Z0-9_]{2,}|(?:PRI|SCN)[A-Za-z0-9]+|M_\w+|L_(?:tmpnam|ctermid|cuserid)|P_tmpdir)$")
+
+
+def _mangled(name: str) -> bool:
+    """Reserved, or the mangled form of a reserved name (so that `exp` and `exp_v` stay distinct)."""
+    return (name in C_RESERVED or name.startswith("gc_") or bool(_MACRO_LIKE.match(name))
+            or (name.endswith("_v") and _mangled(name[:-2])))
+
+
+def c_name(name: str) -> str:
+    """A value's C identifier: its spec name, mangled (NAME_v) only when C, its headers or graphc
+    reserve it. Injective: `exp` -> `exp_v`, and a user's own `exp_v` -> `exp_v_v`."""
+    return name + "_v" if _mangled(name) else name
+
+
+def c_poly(p: Poly) -> str:
+    """C text of a size: 128, n, 128 * n, 4 + 2 * n * n."""
+    terms = []
+    for power, c in enumerate(p):
+        if c == 0:
+            continue
+        factors = ([str(c)] if c != 1 or power == 0 else []) + ["n"] * power
+        terms.append(" * ".join(factors))
+    return " + ".join(terms) if terms else "0"
+
+
+def c_real(value: float) -> str:
+    """A gc_real literal: (gc_real)0.5, and for the non-finite values a fold can make, NAN or +-HUGE_VAL."""
+    if math.isfinite(value):
+        return f"(gc_real){value!r}"
+    return "(gc_real)NAN" if value != value else f"(gc_real)({'-' if value < 0 else ''}HUGE_VAL)"
+
+
+def c_size_real(p: Poly) -> str:
+    """A size as a gc_real (the count of a mean): (gc_real)(128 * n)."""
+    return f"(gc_real)({c_poly(p)})"
+
+
+def c_paren(text: str) -> str:
+    return f"({text})"
+
+
+def c_apply(template: str, operands: list[str]) -> str:
+    """An op's elementwise C expression (its `c_expr`, over {0}, {1}, ...) of operand texts, parenthesized."""
+    return "(" + template.format(*operands) + ")"
+
+
+def c_load(slot: int) -> str:
+    """The placeholder of the slot-th load of a loop statement (render_loop fills in the index)."""
+    return "{L%d}" % slot
+
+
+def c_onehot(slot: int) -> str:
+    """1 where the column index equals the row's label (the slot-th load)."""
+    return "((gc_real)({L%d} == {COL}))" % slot
+
+
+def c_element(array: str, index: str) -> str:
+    return f"{array}[{index}]"
+
+
+def c_scalar(array: str) -> str:
+    """The one element of a scalar buffer."""
+    return f"{array}[0]"
+
+
+def c_index(offset: Poly, strides: list[tuple[str, Poly]]) -> str:
+    """offset + var * stride + ...: the element index of an operand in a loop nest (0 when empty)."""
+    terms = [c_poly(offset)] if offset != (0,) else []
+    for var, s in strides:
+        if s == (1,):
+            terms.append(var)
+        elif s != (0,):
+            terms.append(f"{var} * {c_poly(s)}" if len(s) == 1 else f"{var} * ({c_poly(s)})")
+    return " + ".join(terms) if terms else "0"
+
+
+def c_param(ctype: str, name: str, const: bool) -> str:
+    return f"{'const ' if const else ''}{ctype} *{name}"
+
+
+def c_signature(params: list[str]) -> str:
+    return ", ".join(params)
+
+
+def c_any_null(names: list[str]) -> str:
+    """The entry check that any pointer argument is NULL."""
+    return " || ".join(f"!{n}" for n in names)

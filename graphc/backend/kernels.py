@@ -1,0 +1,287 @@
+"""The kernel records: what the scheduler produces and the templates consume.
+
+In: nothing but names, sizes and flags decided by backend/schedule.py. Out: one frozen record
+per kernel call of a C function, each rendered by the macro `kernel` of the one template its
+class names (`template`). A record also lists the IR values it writes (`defs`) and reads
+(`uses`), which the memory plan reads. Records are never changed after they are made: a
+fusion that changes one makes a new one (dataclasses.replace).
+
+    Loop         a loop nest of elementwise statements, sums over axes and copies
+    Gemm         a dense product with its epilogue (bias, relu, relu mask, column sums, SGD update)
+    RowSoftmax   softmax / log-softmax / cross-entropy over the rows of the logits, and identity (7)
+    Gather       embedding rows, their scatter-add adjoint, one-hot rows
+    SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from graphc.backend.cprint import LOOP_VARS, c_element, c_index, c_poly
+from graphc.backend.sizes import Poly, dim_poly, peval, pmul
+
+# A loop nest is split over threads only when it has at least PARALLEL_WORK iterations (C:
+# GC_LOOP_PARALLEL_WORK, checked at run time), and is given the pragma at all only when a batch of
+# PARALLEL_PROBE_ROWS rows would reach that: an OpenMP region costs about a microsecond even when
+# its `if` clause keeps it on one thread, which small models (the notes' digits network) must not pay.
+PARALLEL_WORK = 32768
+PARALLEL_PROBE_ROWS = 64
+
+
+def worth_parallel(work: Poly) -> bool:
+    return peval(work, PARALLEL_PROBE_ROWS) >= PARALLEL_WORK
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Base of every record: the comment tying it to its spec line or identity, and its values."""
+    comment: str
+    defs: tuple = ()            # IR values it writes
+    uses: tuple = ()            # IR values it reads
+    template: ClassVar[str] = ""
+    kind_name: ClassVar[str] = ""
+
+
+# ---------------------------------------------------------------------------------------- loops
+@dataclass(frozen=True)
+class Load:
+    """One array read inside a loop statement: its C pointer, strides over the iteration axes,
+    element offset, and the IR value it reads."""
+    array: str
+    strides: tuple
+    offset: Poly
+    value: Any
+
+
+@dataclass(frozen=True)
+class Statement:
+    """target[index] op value, where value is C text with {L<k>} at each load (and {COL}: the
+    index of the last axis, for one-hot)."""
+    target: str
+    strides: tuple
+    offset: Poly
+    value: str
+    loads: tuple                # of Load
+    accumulate: bool = False    # += (a sum over the axes the target does not move along)
+
+
+@dataclass(frozen=True)
+class Loop(Kernel):
+    """Statements over one iteration space; `zeros` are (buffer, element count) cleared first."""
+    iter_shape: tuple = ()
+    statements: tuple = ()
+    comments: tuple = ()
+    zeros: tuple = ()
+    template: ClassVar[str] = "kernels/elementwise.c.j2"
+    kind_name: ClassVar[str] = "loop"
+
+    def joined(self, other: "Loop") -> "Loop":
+        """This nest with the statements of `other` (same iteration space) appended."""
+        return Loop("\n   ".join(self.comments + other.comments), self.defs + other.defs,
+                    self.uses + other.uses, self.iter_shape, self.statements + other.statements,
+                    self.comments + other.comments, self.zeros + other.zeros)
+
+    @property
+    def nest(self) -> "Nest":
+        return collapse(self)
+
+
+@dataclass(frozen=True)
+class Nest:
+    """A Loop as its template prints it: loops (index, extent), body (target, op, value)."""
+    comment: str
+    loops: list
+    body: list
+    zeros: list
+    parallel: str | None        # the iteration count when the nest may be split over threads
+    columns: bool               # split a (rows, columns) nest by blocks of columns, not by rows
+
+
+def collapse(loop: Loop) -> Nest:
+    """Collapse the iteration space of a loop nest and print each statement's indices.
+
+    Adjacent axes merge into one loop when every operand is contiguous across them,
+    so a same-shape elementwise op is one flat loop and a bias broadcast is two."""
+    iter_shape, stmts = loop.iter_shape, loop.statements
+    operands = []      # (strides, offset) of every target and load, statement by statement
+    for st in stmts:
+        operands.append((st.strides, st.offset))
+        operands.extend((ld.strides, ld.offset) for ld in st.loads)
+    dims = [(dim_poly(d), [op[0][a] for op in operands]) for a, d in enumerate(iter_shape)]
+    dims = [d for d in dims if d[0] != (1,)]
+    uses_col = any("{COL}" in st.value for st in stmts) and iter_shape and iter_shape[-1] != 1
+    merged: list = []
+    for axis, (size, strides) in enumerate(dims):
+        # keep the last axis apart when an expression reads its index (one-hot)
+        last_kept = uses_col and axis == len(dims) - 1
+        if merged and not last_kept and all(ps == pmul(s, size) for ps, s in zip(merged[-1][1], strides)):
+            merged[-1] = (pmul(merged[-1][0], size), strides)
+        else:
+            merged.append((size, strides))
+
+    def index(k: int) -> str:
+        return c_index(operands[k][1], [(LOOP_VARS[i], strides[k]) for i, (_, strides) in enumerate(merged)])
+
+    body, k, targets = [], 0, []
+    for st in stmts:
+        targets.append(k)
+        loads = {f"L{j}": c_element(ld.array, index(k + 1 + j)) for j, ld in enumerate(st.loads)}
+        loads["COL"] = LOOP_VARS[len(merged) - 1] if uses_col else "0"
+        body.append(dict(target=c_element(st.target, index(k)), op="+=" if st.accumulate else "=",
+                         value=st.value.format(**loads)))
+        k += 1 + len(st.loads)
+    # The outer loop may be split across threads when every iteration of it writes elements of its
+    # own: plain assignments (no += reduction) whose targets all move along it. Then each element
+    # is computed by the same expression whatever the split: the bits never depend on threads.
+    parallel = bool(merged) and not any(st.accumulate for st in stmts) and \
+        all(merged[0][1][t] != (0,) for t in targets)
+    # Otherwise a two-level nest (rows, columns) whose targets all move along the columns, such as a
+    # delta and its bias gradient summed over the rows, may be split into blocks of columns: each
+    # block runs every row, so each sum still adds its rows in order (the same bits again).
+    columns = not parallel and len(merged) == 2 and all(merged[1][1][t] != (0,) for t in targets)
+    work = (1,)
+    for size, _ in merged:
+        work = pmul(work, size)
+    if not worth_parallel(work):
+        parallel = columns = False
+    return Nest("\n   ".join(loop.comments), [(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)],
+                body, [(t, c_poly(z)) for t, z in loop.zeros],
+                c_poly(work) if parallel or columns else None, columns)
+
+
+# ------------------------------------------------------------------------------------- products
+@dataclass(frozen=True)
+class Epilogue:
+    """What a GEMM applies to its output as it writes its last K block (gc_gemm_epilogue in C):
+    + bias (a row vector), relu, ∘ sgn(mask) (ldm: the mask's row stride), column sums into
+    colsum, and the SGD update param -= rate * result (ldu: the param's row stride), in that order."""
+    bias: str | None = None
+    relu: bool = False
+    mask: str | None = None
+    ldm: str | None = None
+    colsum: str | None = None
+    update: str | None = None
+    ldu: str | None = None
+    rate: str | None = None
+
+    FIELDS: ClassVar[tuple] = ("bias", "relu", "mask", "ldm", "colsum", "update", "ldu", "rate")
+
+    @property
+    def needs_struct(self) -> bool:
+        """gc_gemm_bias_act covers bias and relu; the other fields need a gc_gemm_epilogue."""
+        return bool(self.mask or self.colsum or self.update)
+
+    @property
+    def fields(self) -> list[tuple[str, str]]:
+        """(field, C value) of each field set, in gc_gemm_epilogue's order."""
+        out = []
+        for k in self.FIELDS:
+            x = getattr(self, k)
+            if x is not None and x is not False:
+                out.append((k, "1" if x is True else x))
+        return out
+
+
+@dataclass(frozen=True)
+class Gemm(Kernel):
+    """out = op(a) op(b) (ta, tb: read transposed), M x N with inner dim K, leading dims lda, ldb, ldc."""
+    out: str = ""
+    a: str = ""
+    b: str = ""
+    ta: int = 0
+    tb: int = 0
+    M: str = ""
+    N: str = ""
+    K: str = ""
+    lda: str = ""
+    ldb: str = ""
+    ldc: str = ""
+    epilogue: Epilogue = field(default_factory=Epilogue)
+    template: ClassVar[str] = "kernels/gemm.c.j2"
+    kind_name: ClassVar[str] = "gemm"
+
+
+# -------------------------------------------------------------------------------- rows, gathers
+@dataclass(frozen=True)
+class RowSoftmax(Kernel):
+    """kind: softmax, log_softmax, cross_entropy, or softmax_xent (cross-entropy with the softmax
+    of the same logits: probs and identity (7)'s grad = (probs - onehot(labels)) * scale, each
+    when set). rows x cols logits x; labels (int32) or targets (real rows) for the losses."""
+    kind: str = "softmax"
+    out: str = ""
+    x: str = ""
+    rows: str = ""
+    cols: str = ""
+    labels: str | None = None
+    targets: str | None = None
+    probs: str | None = None
+    grad: str | None = None
+    scale: str | None = None
+    parallel: str | None = None
+    template: ClassVar[str] = "kernels/softmax_xent.c.j2"
+    kind_name: ClassVar[str] = "row_softmax"
+
+
+@dataclass(frozen=True)
+class Gather(Kernel):
+    """kind: embedding (out rows = src[ids]), embedding_grad (out = scatter-add of src rows by
+    ids, rows x width) or onehot (out rows of width, 1 at each label)."""
+    kind: str = "embedding"
+    out: str = ""
+    ids: str = ""
+    count: str = ""
+    width: str = ""
+    src: str | None = None
+    rows: str | None = None
+    template: ClassVar[str] = "kernels/gather.c.j2"
+    kind_name: ClassVar[str] = "gather"
+
+
+# ---------------------------------------------------------------------------------- optimizers
+@dataclass(frozen=True)
+class SgdUpdate(Kernel):
+    """param -= lr * (grad + wd param), through the momentum buffer buf when momentum is set."""
+    param: str = ""
+    grad: str = ""
+    count: str = ""
+    parallel: bool = False
+    lr: str = ""
+    wd: str | None = None
+    momentum: str | None = None
+    buf: str | None = None
+    template: ClassVar[str] = "kernels/optimizer.c.j2"
+    kind_name: ClassVar[str] = "sgd"
+
+
+@dataclass(frozen=True)
+class AdamStepCount(Kernel):
+    """t += 1 and the bias corrections of this step, once before the Adam updates."""
+    t: str = ""
+    lr: str = ""
+    beta1: str = ""
+    beta2: str = ""
+    template: ClassVar[str] = "kernels/optimizer.c.j2"
+    kind_name: ClassVar[str] = "adam_begin"
+
+
+@dataclass(frozen=True)
+class AdamUpdate(Kernel):
+    """Adam's moments m, v and the update of param from grad (+ wd param)."""
+    param: str = ""
+    grad: str = ""
+    count: str = ""
+    parallel: bool = False
+    lr: str = ""
+    wd: str | None = None
+    m: str = ""
+    v: str = ""
+    beta1: str = ""
+    beta2: str = ""
+    one_minus_beta1: str = ""
+    one_minus_beta2: str = ""
+    eps: str = ""
+    template: ClassVar[str] = "kernels/optimizer.c.j2"
+    kind_name: ClassVar[str] = "adam"
+
+
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, SgdUpdate, AdamStepCount, AdamUpdate)
