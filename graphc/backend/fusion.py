@@ -1,12 +1,20 @@
 """Fusion decisions: which values of a lowered Graph get no kernel of their own.
 
 In: a lowered Graph and the values written to caller buffers. Out: sets and maps that
-schedule.py's Scheduler reads while it builds the steps: scalars folded into C
-expressions, elementwise values inlined into their consumer's loop, transposes read in
-place by a GEMM, what a GEMM applies as it writes its output (bias, relu, the relu mask
-and bias-gradient sums of the backward pass), and the softmax / cross-entropy pairs whose
-one pass over the rows also writes identity (7)'s gradient. It only decides; it never
-prints C.
+schedule.py's Scheduler reads while it builds the kernel records. It only decides; it never
+prints C. The fusions are declared below as patterns over the graph, and one small matcher
+(`match`) applies them:
+
+    SHARED_ROW_PASS     softmax(θ) and cross_entropy(θ, y) of the same logits: one pass over the rows
+    IDENTITY_7          (softmax(θ) − onehot(y)) · scale, identity (7)'s gradient, written by that pass
+    GEMM_EPILOGUE       what a GEMM applies as it writes its product: + bias, relu, ∘ sgn(mask)
+                        (identity (4) read off the output) and the column sums of identity (3)
+    TRANSPOSE_IN_PLACE  a transpose read only by GEMMs is read in place (op(A) = Aᵀ), never copied
+    and two rules over op traits: scalars of constants and sizes are static C expressions
+    (OpDef.static), and a single-use elementwise value is computed inside its consumer's loop.
+
+A pattern names ops and binds values; the conditions beside it (single use, shapes, what
+exists when the kernel runs) are what makes the fusion safe.
 """
 from __future__ import annotations
 
@@ -14,7 +22,81 @@ from dataclasses import dataclass
 
 from graphc.core.ir import FLOAT, Graph, Node, Value
 
-INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside a loop
+
+# ---------------------------------------------------------------------------------- the matcher
+@dataclass(frozen=True)
+class Pat:
+    """A node of op `op` whose inputs match `args` (in either order when `commutative`), bound to
+    `bind`; with op None, any value, bound to `bind` (a name bound twice must be the same value)."""
+    op: str | None = None
+    args: tuple = ()
+    bind: str | None = None
+    commutative: bool = False
+
+
+def op(name: str, *args: Pat, bind: str | None = None, commutative: bool = False) -> Pat:
+    return Pat(name, args, bind, commutative)
+
+
+def var(bind: str) -> Pat:
+    return Pat(None, (), bind)
+
+
+def match(pat: Pat, v: Value, env: dict | None = None) -> dict | None:
+    """The bindings under which v matches pat (extending env), or None."""
+    env = dict(env or {})
+    if pat.bind is not None:
+        if pat.bind in env and env[pat.bind] is not v:
+            return None
+        env[pat.bind] = v
+    if pat.op is None:
+        return env
+    n = v.node
+    if n is None or n.op.name != pat.op or len(n.inputs) < len(pat.args):
+        return None
+    orders = [n.inputs]
+    if pat.commutative and len(n.inputs) == 2:
+        orders.append(n.inputs[::-1])
+    for inputs in orders:
+        out = env
+        for sub, x in zip(pat.args, inputs):
+            out = match(sub, x, out)
+            if out is None:
+                break
+        else:
+            return out
+    return None
+
+
+# --------------------------------------------------------------------------------- the patterns
+SHARED_ROW_PASS = (op("cross_entropy", var("logits"), var("labels"), bind="loss"),
+                   op("softmax", var("logits"), bind="probs"))
+
+IDENTITY_7 = op("mul", op("sub", op("softmax", var("logits"), bind="probs"),
+                          op("onehot", var("labels"), bind="hot"), bind="diff"),
+                var("scale"), bind="grad", commutative=True)
+
+
+@dataclass(frozen=True)
+class Link:
+    """One optional step of an epilogue chain: the product's single consumer, if it matches `pat`
+    (the chain's value so far bound as `prev`), fills the epilogue field `role`."""
+    role: str
+    pat: Pat
+
+
+GEMM_EPILOGUE = (
+    Link("bias", op("add", var("prev"), var("bias"), commutative=True)),        # z = x Wᵀ + b1
+    Link("relu", op("relu", var("prev"))),                                      # h = relu(z)
+    Link("mask", op("mul", var("prev"), op("sign", var("mask"), bind="sign"),  # identity (4): ∘ sgn(h)
+                    commutative=True)),
+)
+# a sum over the rows of the chain's last value (identity (3): a bias gradient)
+COLUMN_SUMS = (op("sum_to", var("rows")), op("sum", var("rows")))
+
+TRANSPOSE_IN_PLACE = op("transpose", var("x"))
+READS_IN_PLACE = "matmul"      # the consumer that reads a transpose in place (op(A) = Aᵀ)
+INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside their loop
 
 
 @dataclass
@@ -35,110 +117,94 @@ class Fusion:
         for cname, v in outputs.items():
             self.out_of.setdefault(v, cname)
         self.users = g.consumers()
+        self.where = {n: i for i, n in enumerate(g.nodes)}
         self.static: set[Value] = set()             # scalar expressions of constants and n
         self.inlined: set[Value] = set()            # fused into their single consumer's loop
         self.folded: set[Value] = set()             # transposes read by matmul in place
+        self.partner: dict[Node, Node] = {}         # softmax <-> cross_entropy of the same logits
+        self.xent_grad: dict[Node, tuple[Node, Value]] = {}   # cross_entropy -> (its dJ/dθ node, scale)
         self.epilogue: dict[Node, Epilogue] = {}    # final node -> what its GEMM call also does
         self.emit_at: dict[Node, Node] = {}         # node where such a call is emitted -> its final node
         self.absorbed: set[Value] = set()           # values computed inside such a GEMM call
-        self._decide()
-
-    def _decide(self) -> None:
-        for n in self.g.nodes:
-            v = n.output
-            if n.op.static or (
-                    n.op.c_expr is not None and v.shape == () and n.inputs and all(x in self.static for x in n.inputs)):
-                self.static.add(v)
-        # softmax(θ) and cross_entropy(θ, y) of the same logits share one pass over the rows
-        self.partner: dict[Node, Node] = {}
-        softmaxes = {n.inputs[0]: n for n in self.g.nodes if n.op.name == "softmax"}
-        for n in self.g.nodes:
-            if n.op.name == "cross_entropy" and n.inputs[0] in softmaxes:
-                sm = softmaxes.pop(n.inputs[0])
-                self.partner[n], self.partner[sm] = sm, n
-        self.xent_grad: dict[Node, tuple[Node, Value]] = {}   # cross_entropy -> (its dJ/dθ node, scale)
-        for ce in [n for n in self.partner if n.op.name == "cross_entropy"]:
-            self._decide_xent_grad(ce, self.partner[ce])
-        self._decide_epilogues()
-        finals = {n.output for n in self.epilogue}
-        for n in self.g.nodes:
-            v = n.output
-            if v in self.static or v in self.out_of or v in self.absorbed or v in finals:
-                continue
-            users = self.users.get(v, [])
-            if n.op.name == "transpose" and users and all(u.op.name == "matmul" for u in users):
-                self.folded.add(v)
-            elif (n.op.c_expr is not None or n.op.name == "onehot") and len({id(u) for u in users}) == 1:
-                u = users[0]
-                if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
-                        (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
-                    self.inlined.add(v)
+        self._statics()
+        self._shared_row_passes()
+        self._identity_7()
+        self._gemm_epilogues()
+        self._in_place_and_inline()
 
     def _single_user(self, v: Value) -> Node | None:
         users = self.users.get(v, [])
         return users[0] if len({id(u) for u in users}) == 1 and v not in self.out_of else None
 
-    def _decide_xent_grad(self, ce: Node, sm: Node) -> None:
+    def _statics(self) -> None:
+        for n in self.g.nodes:
+            v = n.output
+            if n.op.static or (n.op.c_expr is not None and v.shape == () and n.inputs
+                               and all(x in self.static for x in n.inputs)):
+                self.static.add(v)
+
+    def _shared_row_passes(self) -> None:
+        loss_pat, probs_pat = SHARED_ROW_PASS
+        taken: set[Node] = set()
+        for n in self.g.nodes:
+            env = match(loss_pat, n.output)
+            if env is None:
+                continue
+            sm = next((u for u in self.g.nodes if u not in taken and match(probs_pat, u.output, env)), None)
+            if sm is not None:
+                taken.add(sm)
+                self.partner[n], self.partner[sm] = sm, n
+
+    def _identity_7(self) -> None:
         """Identity (7) in the softmax kernel: dJ/dθ = (ŷ − onehot(y)) · scale is written from
         each row of ŷ while it is in cache, and ŷ itself only when something else reads it."""
-        theta, y = ce.inputs
-        if y.dtype == FLOAT:
-            return   # real targets: ŷ Σy − y needs the row sums of y; it stays a loop
-        subs = [u for u in self.users.get(sm.output, []) if u.op.name == "sub" and u.inputs[0] is sm.output]
-        if len(subs) != 1:
-            return
-        sub = subs[0]
-        hot = sub.inputs[1]
-        if hot.node is None or hot.node.op.name != "onehot" or hot.node.inputs[0] is not y \
-                or self._single_user(hot) is not sub:
-            return
-        mul = self._single_user(sub.output)
-        if mul is None or mul.op.name != "mul" or mul.output.shape != theta.shape:
-            return
-        scale = mul.inputs[1] if mul.inputs[0] is sub.output else mul.inputs[0]
-        first = min(self.g.nodes.index(ce), self.g.nodes.index(sm))
-        if scale.shape != () or scale is sub.output or (
-                scale not in self.static and scale.node is not None and self.g.nodes.index(scale.node) > first):
-            return   # the kernel runs where the loss is computed: the scale must exist by then
-        self.xent_grad[ce] = (mul, scale)
-        self.absorbed.update({sub.output, hot, mul.output})
-        if len(self.users.get(sm.output, [])) == 1 and sm.output not in self.out_of:
-            self.absorbed.add(sm.output)   # ŷ is needed only for the gradient: no buffer
+        for mul in self.g.nodes:
+            env = match(IDENTITY_7, mul.output)
+            if env is None:
+                continue
+            sm, diff, hot, scale = env["probs"].node, env["diff"], env["hot"], env["scale"]
+            ce = self.partner.get(sm)
+            if ce is None or ce.inputs[1] is not env["labels"] or env["labels"].dtype == FLOAT or ce in self.xent_grad:
+                continue      # real targets: ŷ Σy − y needs the row sums of y; it stays a loop
+            subs = [u for u in self.users.get(sm.output, []) if u.op.name == "sub" and u.inputs[0] is sm.output]
+            if len(subs) != 1 or self._single_user(hot) is not diff.node or self._single_user(diff) is not mul \
+                    or mul.output.shape != ce.inputs[0].shape:
+                continue
+            first = min(self.where[ce], self.where[sm])
+            if scale.shape != () or scale is diff or (
+                    scale not in self.static and scale.node is not None and self.where[scale.node] > first):
+                continue   # the kernel runs where the loss is computed: the scale must exist by then
+            self.xent_grad[ce] = (mul, scale)
+            self.absorbed.update({diff, hot, mul.output})
+            if len(self.users.get(sm.output, [])) == 1 and sm.output not in self.out_of:
+                self.absorbed.add(sm.output)   # ŷ is needed only for the gradient: no buffer
 
-    def _decide_epilogues(self) -> None:
+    def _gemm_epilogues(self) -> None:
         """What a GEMM applies to its output as it writes its last block, so that none of it makes
         a pass of its own: forward, z = x Wᵀ + b1 and h = relu(z); backward, the relu mask
         d_z = (d_theta U) ∘ sgn(h), identity (4), and the bias gradient d_b1 = Σ_rows d_z,
         identity (3), summed from the tile in registers."""
-        where = {n: i for i, n in enumerate(self.g.nodes)}
         for m in self.g.nodes:
-            if m.op.name != "matmul" or m.output.rank != 2:
+            if m.op.name != READS_IN_PLACE or m.output.rank != 2:
                 continue
-            ep = Epilogue(m)
-            final = m
-            user = self._single_user(m.output)
-            if user is not None and user.op.name == "add":
-                other = user.inputs[1] if user.inputs[0] is m.output else user.inputs[0]
-                if other is not m.output and other.shape == (m.output.shape[-1],) and other not in self.static \
-                        and user.output.shape == m.output.shape:
-                    final, ep.bias = user, other
-                    user = self._single_user(user.output)
-            if user is not None and user.op.name == "relu":
-                final, ep.relu = user, True
-                user = self._single_user(user.output)
-            if user is not None and user.op.name == "mul":
-                sign = user.inputs[1] if user.inputs[0] is final.output else user.inputs[0]
-                r = sign.node.inputs[0] if sign.node is not None and sign.node.op.name == "sign" else None
-                if (r is not None and sign is not final.output and self._single_user(sign) is user
-                        and r.shape == m.output.shape and r not in self.static
-                        and user.output.shape == m.output.shape):
-                    final, ep.mask = user, r
-                    self.absorbed.add(sign)
-            width = m.output.shape[-1]
+            ep, final, shape = Epilogue(m), m, m.output.shape
+            for link in GEMM_EPILOGUE:
+                user = self._single_user(final.output)
+                env = match(link.pat, user.output, {"prev": final.output}) if user is not None else None
+                if env is None or user.output.shape != shape or not self._fits(link.role, env, final, user, shape):
+                    continue
+                final = user
+                if link.role == "bias":
+                    ep.bias = env["bias"]
+                elif link.role == "relu":
+                    ep.relu = True
+                else:
+                    ep.mask = env["mask"]
+                    self.absorbed.add(env["sign"])
+            width = shape[-1]
             for u in self.users.get(final.output, []):
-                if u.output not in self.static and (
-                        (u.op.name == "sum_to" and tuple(u.attrs["shape"]) in ((width,), (1, width)))
-                        or (u.op.name == "sum" and u.attrs["axis"] in (0, -2) and u.output.shape == (width,))):
+                if u.output not in self.static and any(match(p, u.output) for p in COLUMN_SUMS) \
+                        and self._sums_rows(u, width):
                     ep.colsum = u
                     self.absorbed.add(u.output)
                     break
@@ -147,10 +213,43 @@ class Fusion:
             self.epilogue[final] = ep
             # the call runs where the product is, if what the epilogue reads exists by then (so that a
             # GEMM reading a param, d_h = d_theta U, runs before the one that may update it, d_U)
-            early = all(x.node is None or where[x.node] < where[m] for x in (ep.bias, ep.mask) if x is not None)
+            early = all(x.node is None or self.where[x.node] < self.where[m] for x in (ep.bias, ep.mask) if x is not None)
             self.emit_at[m if early else final] = final
             # the values between the GEMM and the final one are computed inside the call
             v = m.output
             while v is not final.output:
                 self.absorbed.add(v)
                 v = self._single_user(v).output
+
+    def _fits(self, role: str, env: dict, final: Node, user: Node, shape) -> bool:
+        """The conditions of an epilogue link: a bias is a row vector computed at run time; the
+        mask is relu's output, read through a sign used by nothing else."""
+        if role == "bias":
+            b = env["bias"]
+            return b is not final.output and b.shape == (shape[-1],) and b not in self.static
+        if role == "mask":
+            sign, r = env["sign"], env["mask"]
+            return sign is not final.output and self._single_user(sign) is user and r.shape == shape \
+                and r not in self.static
+        return True
+
+    @staticmethod
+    def _sums_rows(u: Node, width) -> bool:
+        if u.op.name == "sum_to":
+            return tuple(u.attrs["shape"]) in ((width,), (1, width))
+        return u.attrs["axis"] in (0, -2) and u.output.shape == (width,)
+
+    def _in_place_and_inline(self) -> None:
+        finals = {n.output for n in self.epilogue}
+        for n in self.g.nodes:
+            v = n.output
+            if v in self.static or v in self.out_of or v in self.absorbed or v in finals:
+                continue
+            users = self.users.get(v, [])
+            if match(TRANSPOSE_IN_PLACE, v) and users and all(u.op.name == READS_IN_PLACE for u in users):
+                self.folded.add(v)
+            elif (n.op.c_expr is not None or n.op.name == "onehot") and len({id(u) for u in users}) == 1:
+                u = users[0]
+                if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
+                        (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
+                    self.inlined.add(v)
