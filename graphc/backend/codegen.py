@@ -59,9 +59,11 @@ class Emitter:
         return Arg(cname, role, v, "int32_t" if v.dtype != FLOAT else self.ctype, const, self.shape_doc(v))
 
     def add_function(self, name: str, doc: str, g: Graph, outputs: dict[str, tuple[str, Value]],
-                     extra_args: list[Arg] = (), updated: set[str] = frozenset(), extra_steps=None) -> Function:
-        """A C function computing `outputs` (C name -> (role, value)) of graph g into caller buffers."""
-        low = lower(g)
+                     extra_args: list[Arg] = (), updated: set[str] = frozenset(), lowered: Graph | None = None,
+                     updates=None) -> Function:
+        """A C function computing `outputs` (C name -> (role, value)) of graph g into caller buffers
+        (`lowered`: g already lowered; `updates`: the optimizer's records of a train step)."""
+        low = lower(g) if lowered is None else lowered
         remap = {}
         for cname, (role, v) in outputs.items():
             remap[cname] = (role, low.outputs[v] if isinstance(v, str) else low.values[v.name])
@@ -70,8 +72,8 @@ class Emitter:
                  for k, v in low.params.items()]
         args += [self.arg(c, role, v, False) for c, (role, v) in remap.items()]
         args += list(extra_args)
-        sched = schedule(low, {c: v for c, (_, v) in remap.items()})
-        f = Function(name, doc, f"{name}: {doc}", args, sched, list(extra_steps or []))
+        sched = schedule(low, {c: v for c, (_, v) in remap.items()}, updates)
+        f = Function(name, doc, f"{name}: {doc}", args, sched)
         self.functions.append(f)
         return f
 
@@ -140,6 +142,6 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
         outs.update({c_name(f"d_{w}"): ("grad", f"d_{w}") for w in wrt})
         em.add_function("value_and_grad", f"the outputs and dJ/d{{{', '.join(wrt)}}} for J = {grad_of}", bwd, outs)
         if optimizer is not None:
-            add_train_functions(em, graph, bwd, grad_of, list(wrt), optimizer)
+            add_train_functions(em, graph, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()
     return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict)

@@ -5,7 +5,7 @@ for a function's signature, entry checks and workspace buffers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from graphc.backend.cprint import c_any_null, c_name, c_param, c_poly, c_signature
@@ -31,15 +31,14 @@ class Function:
     banner: str
     args: list[Arg]
     sched: Schedule
-    extra_steps: list[Kernel] = field(default_factory=list)   # the optimizer's updates, after the schedule
 
     @property
     def signature(self) -> str:
         return c_signature(["long n"] + [c_param(a.ctype, a.cname, a.const) for a in self.args] + ["void *workspace"])
 
     @property
-    def steps(self):
-        return self.sched.steps + self.extra_steps
+    def steps(self) -> list[Kernel]:
+        return self.sched.steps
 
     @property
     def uses_pack(self) -> bool:

@@ -10,6 +10,8 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
     GEMM_EPILOGUE       what a GEMM applies as it writes its product: + bias, relu, ∘ sgn(mask)
                         (identity (4) read off the output) and the column sums of identity (3)
     TRANSPOSE_IN_PLACE  a transpose read only by GEMMs is read in place (op(A) = Aᵀ), never copied
+    SGD_IN_GEMM         (train step, over the kernel records) plain SGD's W -= lr d_W applied by the
+                        GEMM that writes d_W, which is then never stored
     and two rules over op traits: scalars of constants and sizes are static C expressions
     (OpDef.static), and a single-use elementwise value is computed inside its consumer's loop.
 
@@ -18,8 +20,9 @@ exists when the kernel runs) are what makes the fusion safe.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from graphc.backend.kernels import Gemm
 from graphc.core.ir import FLOAT, Graph, Node, Value
 
 
@@ -110,13 +113,27 @@ class Epilogue:
 
 
 class Fusion:
-    def __init__(self, g: Graph, outputs: dict[str, Value]):
+    def __init__(self, g: Graph, outputs: dict[str, Value], keep=()):
         self.g = g
         self.outputs = outputs                      # C name of the caller buffer -> value
         self.out_of: dict[Value, str] = {}
         for cname, v in outputs.items():
             self.out_of.setdefault(v, cname)
-        self.users = g.consumers()
+        # values a kernel outside the graph's nodes reads (a train step's gradients, read by the
+        # optimizer's updates): computed into a buffer of their own, like outputs. The nodes that
+        # only lead to other values (the updates written in the IR by autodiff/train.py) are the
+        # optimizer kernels' to compute: they get none here.
+        self.keep = set(keep)
+        needed = set(self.out_of) | self.keep
+        for n in reversed(g.nodes):
+            if n.output in needed:
+                needed.update(n.inputs)
+        self.dropped = {n.output for n in g.nodes if n.output not in needed} if self.keep else set()
+        self.users: dict[Value, list[Node]] = {}
+        for n in g.nodes:
+            if n.output not in self.dropped:
+                for v in n.inputs:
+                    self.users.setdefault(v, []).append(n)
         self.where = {n: i for i, n in enumerate(g.nodes)}
         self.static: set[Value] = set()             # scalar expressions of constants and n
         self.inlined: set[Value] = set()            # fused into their single consumer's loop
@@ -125,7 +142,7 @@ class Fusion:
         self.xent_grad: dict[Node, tuple[Node, Value]] = {}   # cross_entropy -> (its dJ/dθ node, scale)
         self.epilogue: dict[Node, Epilogue] = {}    # final node -> what its GEMM call also does
         self.emit_at: dict[Node, Node] = {}         # node where such a call is emitted -> its final node
-        self.absorbed: set[Value] = set()           # values computed inside such a GEMM call
+        self.absorbed: set[Value] = set(self.dropped)   # values computed inside such a GEMM call
         self._statics()
         self._shared_row_passes()
         self._identity_7()
@@ -134,7 +151,7 @@ class Fusion:
 
     def _single_user(self, v: Value) -> Node | None:
         users = self.users.get(v, [])
-        return users[0] if len({id(u) for u in users}) == 1 and v not in self.out_of else None
+        return users[0] if len({id(u) for u in users}) == 1 and v not in self.out_of and v not in self.keep else None
 
     def _statics(self) -> None:
         for n in self.g.nodes:
@@ -243,7 +260,7 @@ class Fusion:
         finals = {n.output for n in self.epilogue}
         for n in self.g.nodes:
             v = n.output
-            if v in self.static or v in self.out_of or v in self.absorbed or v in finals:
+            if v in self.static or v in self.out_of or v in self.keep or v in self.absorbed or v in finals:
                 continue
             users = self.users.get(v, [])
             if match(TRANSPOSE_IN_PLACE, v) and users and all(u.op.name == READS_IN_PLACE for u in users):
@@ -253,3 +270,28 @@ class Fusion:
                 if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
                         (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
                     self.inlined.add(v)
+
+
+def sgd_in_gemm(steps: list, updates) -> tuple[list, set]:
+    """SGD_IN_GEMM over the kernel records of a train step: plain SGD (updates.rate set) moves a
+    param's update into the GEMM that writes its gradient, when that GEMM writes the gradient
+    first, is a 2-D product the shape of the param, does not read the param, and no later
+    kernel reads the gradient or the param. Returns the records and the params so updated."""
+    fused: set = set()
+    if updates.rate is None:
+        return steps, fused
+    steps = list(steps)
+    for pu in updates.params:
+        at = next((i for i, st in enumerate(steps) if pu.grad in st.defs), None)
+        st = steps[at] if at is not None else None
+        if not isinstance(st, Gemm) or st.defs[0] is not pu.grad or pu.grad.rank != 2 \
+                or pu.param.shape != pu.grad.shape or pu.param in st.uses \
+                or any(pu.grad in later.uses or pu.param in later.uses for later in steps[at + 1:]):
+            continue
+        w = pu.param.name
+        epilogue = replace(st.epilogue, update=pu.cname, ldu=st.N, rate=updates.rate)
+        steps[at] = replace(st, epilogue=epilogue, comment=st.comment + (
+            f"\n   update {w} from d_{w} as it is written (d_{w} is not stored):\n       "
+            + updates.note.format(w=w)))
+        fused.add(pu.param)
+    return steps, fused

@@ -284,4 +284,27 @@ class AdamUpdate(Kernel):
     kind_name: ClassVar[str] = "adam"
 
 
+@dataclass(frozen=True)
+class ParamUpdate:
+    """One trained param in a train step: its value, its gradient's value, its C name, and the
+    record that updates it after every other kernel (unless its gradient's GEMM does it)."""
+    param: Any
+    grad: Any
+    cname: str
+    record: Kernel
+
+
+@dataclass(frozen=True)
+class OptimizerUpdates:
+    """The optimizer's part of a train step, for the scheduler. `first` runs before the updates
+    (Adam's step count), then each param's update record. With plain SGD (`rate` set), a param
+    whose gradient a GEMM writes, and that no later kernel reads, is updated by that GEMM as it
+    writes the gradient (the epilogue's update field: W -= rate * d_W), with `note` appended
+    to the GEMM's comment; its gradient is then scratch of that GEMM only."""
+    params: tuple = ()          # of ParamUpdate
+    first: tuple = ()           # records before the updates
+    rate: str | None = None     # plain SGD's learning rate, as a C literal
+    note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = 0.1"
+
+
 RECORDS = (Loop, Gemm, RowSoftmax, Gather, SgdUpdate, AdamStepCount, AdamUpdate)

@@ -28,10 +28,32 @@ class Buffer:
         return not (self.last < other.first or other.last < self.first)
 
 
+# The orders a plan tries, best kept: largest first; longest-lived first (the gradients of a train
+# step live from their kernel to the updates at the end: placed first, they stay out of the way of
+# the short-lived buffers in between); and the buffers that grow with the batch first, so that
+# what fits beside them at one batch size does not cost a row of every other.
+ORDERS = (lambda b, n: (-peval(b.size, n), b.first, b.name),
+          lambda b, n: (-(b.last - b.first), -peval(b.size, n), b.first, b.name),
+          lambda b, n: (len(b.size) < 2 or b.size[1:] == (0,) * (len(b.size) - 1), -peval(b.size, n), b.first, b.name))
+
+
 def plan(buffers: list[Buffer], probe_n: int = 64) -> Poly:
-    """Assign offsets (first fit, largest first); return the arena size in elements."""
+    """Assign offsets (first fit, in each of ORDERS, keeping the plan with the smallest peak at
+    probe_n; the first on a tie); return the arena size in elements."""
+    best: tuple | None = None
+    for order in ORDERS:
+        total = _first_fit(sorted(buffers, key=lambda b: order(b, probe_n)), probe_n)
+        if best is None or peval(total, probe_n) < peval(best[0], probe_n):
+            best = (total, [b.offset for b in buffers])
+    total, offsets = best
+    for b, off in zip(buffers, offsets):
+        b.offset = off
+    return total
+
+
+def _first_fit(ordered: list[Buffer], probe_n: int) -> Poly:
     placed: list[Buffer] = []
-    for buf in sorted(buffers, key=lambda b: (-peval(b.size, probe_n), b.first, b.name)):
+    for buf in ordered:
         rivals = [p for p in placed if p.overlaps_in_time(buf)]
         candidates = sorted({(0,)} | {p.end for p in rivals}, key=lambda c: peval(c, probe_n))
         for off in candidates:

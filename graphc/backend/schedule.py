@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from graphc.backend.cprint import c_apply, c_load, c_name, c_onehot, c_poly, c_real, c_scalar, c_size_real
-from graphc.backend.fusion import Epilogue as Fused, Fusion
-from graphc.backend.kernels import Epilogue, Gather, Gemm, Kernel, Load, Loop, RowSoftmax, Statement, worth_parallel
+from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
+from graphc.backend.kernels import (Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, RowSoftmax,
+                                    Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
 from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel
 from graphc.core.ir import FLOAT, Graph, Node, Value
@@ -30,7 +31,13 @@ class Schedule:
 class Scheduler(Fusion):
     """The kernel records of one C function, built from the fusion decisions of its graph. The
     builders (elementwise, reduce, gemm, row_softmax, gather and the copies) are what the ops'
-    `kernel` methods call."""
+    `kernel` methods call. A train step's graph (autodiff/train.py: the backward graph, then the
+    updates in the IR) comes with its optimizer's records (`updates`): the gradients are computed
+    into the workspace, the update nodes get no kernel of their own, and the records run last."""
+
+    def __init__(self, g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None):
+        super().__init__(g, outputs, keep=[pu.grad for pu in updates.params] if updates else ())
+        self.updates = updates
 
     # ---------------------------------------------------------------- names
     def ref(self, v: Value) -> str:
@@ -269,7 +276,15 @@ class Scheduler(Fusion):
                     value = c_load(0)
                 steps.append(self.loop(v.shape, cname, contiguous_strides(v.shape), value, loads,
                                        f"output {cname} = {v.name}", []))
+        # a kept value (a gradient the updates read) that fusion made a static scalar gets its buffer
+        for v in self.keep:
+            if v in self.static:
+                steps.append(self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), self.static_expr(v), [],
+                                       f"{v.name} = {self.static_expr(v)}", [v]))
         steps = self.merge_reductions(steps)
+        if self.updates is not None:
+            steps, fused = sgd_in_gemm(steps, self.updates)
+            steps += list(self.updates.first) + [pu.record for pu in self.updates.params if pu.param not in fused]
         return Schedule(steps, *self._plan(steps), self._label_checks())
 
     def _plan(self, steps: list[Kernel]):
@@ -307,8 +322,8 @@ class Scheduler(Fusion):
         return [(self.ref(y), c_poly(numel(y.shape)), str(b)) for y, b in bounds.items()]
 
 
-def schedule(g: Graph, outputs: dict[str, Value]) -> Schedule:
-    return Scheduler(g, outputs).run()
+def schedule(g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None) -> Schedule:
+    return Scheduler(g, outputs, updates).run()
 
 
 __all__ = ["schedule", "Schedule", "Scheduler"]

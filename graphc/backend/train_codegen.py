@@ -28,8 +28,11 @@ import numpy as np
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
 from graphc.backend.cprint import c_name, c_poly, c_real
 from graphc.backend.functions import Arg, output_args
-from graphc.backend.kernels import AdamStepCount, AdamUpdate, Gemm, SgdUpdate, worth_parallel
-from graphc.backend.sizes import dim_poly, numel
+from graphc.autodiff.train import train_graph
+from graphc.backend.kernels import (AdamStepCount, AdamUpdate, OptimizerUpdates, ParamUpdate, SgdUpdate,
+                                    worth_parallel)
+from graphc.backend.lower import lower
+from graphc.backend.sizes import numel
 from graphc.backend.templates import environment
 from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, INT, Graph, TensorType, Value
@@ -77,37 +80,8 @@ def _loss_output(graph: Graph, grad_of: str) -> str | None:
     return None
 
 
-def _updates_in_gemms(sched, optimizer, params: list[str], pargs: dict, grads: dict) -> dict[str, int]:
-    """Plain SGD (no momentum, no weight decay): a gradient that a GEMM computes and no later step
-    reads, of a param that neither that GEMM nor a later step reads, is applied by the GEMM as it
-    writes its last block (W -= lr d_W, the update field of gc_gemm_epilogue): d_W makes no round
-    trip through memory and the update no loop of its own. Returns the params so updated, each
-    with the index of its GEMM's step."""
-    if not isinstance(optimizer, SGD) or optimizer.momentum or optimizer.weight_decay:
-        return {}
-    fused = {}
-    steps = sched.steps
-    for w in params:
-        gv, pa = grads[w], pargs[w]
-        at = next((i for i, st in enumerate(steps) if gv in st.defs), None)
-        if at is None or not isinstance(steps[at], Gemm) or steps[at].defs[0] is not gv or gv.rank != 2 \
-                or pa.value.shape != gv.shape or pa.value in steps[at].uses \
-                or any(gv in st.uses or pa.value in st.uses for st in steps[at + 1:]):
-            continue
-        st = steps[at]
-        update = replace(st.epilogue, update=pa.cname, ldu=c_poly(dim_poly(gv.shape[-1])), rate=c_real(float(optimizer.lr)))
-        steps[at] = replace(st, epilogue=update, comment=st.comment + (
-            f"\n   update {w} from d_{w} as it is written (d_{w} is not stored):\n"
-            f"       SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = {_literal(optimizer.lr)}"))
-        fused[w] = at
-    return fused
-
-
-def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[str], optimizer) -> None:
+def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimizer) -> None:
     """Add NAME_train_step (and NAME_fit when every batched input has the batch dim first)."""
-    from graphc.autodiff.grad import grad
-    from graphc.backend.memory import Buffer, align, padd, plan
-
     check_optimizer(optimizer)
     params = [w for w in graph.params if w in wrt]
     if not params:
@@ -118,60 +92,30 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
         loss_name = "loss" if "loss" not in graph.values and "loss" not in graph.outputs else grad_of
         fwd, _ = graph.copy()
         fwd.output(loss_name, fwd.values[grad_of])
-        bwd = grad(fwd, grad_of, params)
-    elif params != list(wrt):
-        bwd = grad(graph, grad_of, params)      # gradients of params only (inputs are not updated)
 
-    # ---- train_step: value_and_grad's schedule, gradients in the workspace instead of caller buffers
-    outs = output_args(fwd)
-    grad_c = {w: c_name(f"d_{w}") for w in params}
-    outs.update({grad_c[w]: ("grad", f"d_{w}") for w in params})
-    doc = (f"one training step of {describe(optimizer)}: the outputs, dJ/d{{{', '.join(params)}}} for "
-           f"J = {grad_of} (in the workspace), then {', '.join(params)} updated in place")
-    f = em.add_function("train_step", doc, bwd, outs, updated=set(params))
-    inputs = [a for a in f.args if a.role == "input"]
-    pargs = [a for a in f.args if a.role in ("param", "param*")]
-    out_args = [a for a in f.args if a.role == "output"]
-    grad_args = {a.cname: a for a in f.args if a.role == "grad"}
+    # ---- train_step: the train step as a graph (autodiff/train.py: the backward graph, then the
+    # optimizer's update of each param written with ordinary ops), scheduled with the optimizer's
+    # records: its update nodes get no kernels of their own, the records run last and update the
+    # params and the state in place, and the gradients live in the workspace until then.
+    tg = train_graph(fwd, grad_of, params, optimizer)
+    low = lower(tg)
+    state_inputs = {tg.updates[key][0] for key in tg.updates if key not in params}
 
-    # gradients, in the workspace. One that its GEMM applies as it writes it (plain SGD) needs its
-    # block only during that GEMM (scratch for partial sums over K): it is planned with the other
-    # buffers. The rest are blocks after the arena, alive for the whole function (the updates run last).
-    sched = f.sched
-    grad_values = [grad_args[grad_c[w]].value for w in params]
-    fused = _updates_in_gemms(sched, optimizer, params, {a.value.name: a for a in pargs},
-                              dict(zip(params, grad_values)))
-    if fused:
-        for w, at in fused.items():
-            a = grad_args[grad_c[w]]
-            sched.buffers[a.cname] = Buffer(a.cname, numel(a.value.shape), at, at)
-        sched.arena = plan(list(sched.buffers.values()))
-    top, n_steps = sched.arena, len(sched.steps)
-    for w in params:
-        if w in fused:
-            continue
-        a = grad_args[grad_c[w]]
-        size = numel(a.value.shape)
-        b = Buffer(a.cname, size, 0, n_steps, offset=top)
-        sched.buffers[a.cname] = b
-        top = padd(top, align(size))
-    sched.arena = top
-
-    # state arguments
-    taken = {a.cname for a in f.args} | set(sched.buffers) | {"n", "workspace", "ws", "pack"}
-    pvalue = {a.value.name: a for a in pargs}
+    # state arguments: names no argument, buffer or value of the function has
+    taken = {c_name(k) for k in list(low.values) + list(low.outputs) if k not in state_inputs}
+    taken |= {"n", "workspace", "ws", "pack"}
     state_args: list[Arg] = []
     state_layout: dict[str, tuple[tuple, str]] = {}
     slot_c: dict[tuple[str, str], str] = {}
     slot_doc = {"momentum": "SGD momentum buffer v of", "m": "Adam first moment m of", "v": "Adam second moment v of"}
+    pshape = {w: em.shape_doc(low.params[w]) for w in params}
     for slot in optimizer.slots():
         for w in params:
-            pa = pvalue[w]
-            cname = _fresh(f"{pa.cname}_{slot}", taken)
+            cname = _fresh(f"{c_name(w)}_{slot}", taken)
             slot_c[(slot, w)] = cname
-            state_args.append(Arg(cname, "state", pa.value, em.ctype, False,
-                                  f"{pa.shape_doc}  {slot_doc[slot]} {w}, zeros at the start"))
-            state_layout[f"{slot}/{w}"] = (tuple(pa.value.shape), em.dtype)
+            state_args.append(Arg(cname, "state", low.params[w], em.ctype, False,
+                                  f"{pshape[w]}  {slot_doc[slot]} {w}, zeros at the start"))
+            state_layout[f"{slot}/{w}"] = (tuple(low.params[w].shape), em.dtype)
     t_c = None
     if "t" in optimizer.scalars():
         t_c = _fresh("adam_t", taken)
@@ -179,30 +123,38 @@ def add_train_functions(em, graph: Graph, bwd: Graph, grad_of: str, wrt: list[st
         state_args.append(Arg(t_c, "state", tv, "int64_t", False, "[1] int64  Adam step count t, 0 at the start"))
         state_layout["t"] = ((1,), "int64")
 
-    # the updates: in the GEMM that writes the gradient where that is safe, otherwise one text
-    # step per parameter (plus Adam's bias corrections first)
-    steps: list = []
+    # the optimizer's records, one per param (plus Adam's step count and bias corrections first)
+    first: tuple = ()
     if isinstance(optimizer, Adam):
-        steps.append(AdamStepCount("Adam step count", (), (), t_c, _literal(optimizer.lr),
-                                   _literal(optimizer.beta1), _literal(optimizer.beta2)))
-    for w, gv in zip(params, grad_values):
-        if w in fused:
-            continue
-        pa = pvalue[w]
-        common = dict(param=pa.cname, grad=grad_c[w], count=c_poly(numel(pa.value.shape)), lr=_literal(optimizer.lr),
-                      parallel=worth_parallel(numel(pa.value.shape)),
+        first = (AdamStepCount("Adam step count", (), (), t_c, _literal(optimizer.lr),
+                               _literal(optimizer.beta1), _literal(optimizer.beta2)),)
+    updates = []
+    for w in params:
+        pv, gv = low.params[w], low.outputs[f"d_{w}"]
+        common = dict(param=c_name(w), grad=c_name(gv.name), count=c_poly(numel(pv.shape)),
+                      lr=_literal(optimizer.lr), parallel=worth_parallel(numel(pv.shape)),
                       wd=_literal(optimizer.weight_decay) if optimizer.weight_decay else None)
-        comment, uses = f"update {w} from d_{w}", (gv, pa.value)
+        comment, uses = f"update {w} from d_{w}", (gv, pv)
         if isinstance(optimizer, SGD):
-            steps.append(SgdUpdate(comment, (), uses, momentum=_literal(optimizer.momentum) if optimizer.momentum
-                                   else None, buf=slot_c.get(("momentum", w)), **common))
+            record = SgdUpdate(comment, (), uses, momentum=_literal(optimizer.momentum) if optimizer.momentum
+                               else None, buf=slot_c.get(("momentum", w)), **common)
         else:
-            steps.append(AdamUpdate(comment, (), uses, m=slot_c[("m", w)], v=slot_c[("v", w)],
-                                    beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2),
-                                    one_minus_beta1=_literal(1.0 - optimizer.beta1),
-                                    one_minus_beta2=_literal(1.0 - optimizer.beta2), eps=_literal(optimizer.eps),
-                                    **common))
-    f.extra_steps.extend(steps)
+            record = AdamUpdate(comment, (), uses, m=slot_c[("m", w)], v=slot_c[("v", w)],
+                                beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2),
+                                one_minus_beta1=_literal(1.0 - optimizer.beta1),
+                                one_minus_beta2=_literal(1.0 - optimizer.beta2), eps=_literal(optimizer.eps),
+                                **common)
+        updates.append(ParamUpdate(pv, gv, c_name(w), record))
+    plain_sgd = isinstance(optimizer, SGD) and not optimizer.momentum and not optimizer.weight_decay
+    plan = OptimizerUpdates(tuple(updates), first, c_real(float(optimizer.lr)) if plain_sgd else None,
+                            "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = " + _literal(optimizer.lr))
+
+    doc = (f"one training step of {describe(optimizer)}: the outputs, dJ/d{{{', '.join(params)}}} for "
+           f"J = {grad_of} (in the workspace), then {', '.join(params)} updated in place")
+    f = em.add_function("train_step", doc, tg, output_args(fwd), updated=set(params), lowered=low, updates=plan)
+    inputs = [a for a in f.args if a.role == "input" and a.value.name not in state_inputs]
+    pargs = [a for a in f.args if a.role in ("param", "param*")]
+    out_args = [a for a in f.args if a.role == "output"]
     # signature: inputs, params, optimizer state, outputs, workspace
     f.args = inputs + pargs + state_args + out_args
 
