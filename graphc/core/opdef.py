@@ -43,7 +43,6 @@ class OpDef:
     name: str = ""
     arity: int | None = 1           # None: variadic (at least one input)
     attrs: dict[str, Any] = {}      # attribute name -> default
-    family: str = "elementwise"     # C kernel family (templates/kernels/<family>.c.j2)
     identity: str | None = None     # identity of the notes its VJP applies
     public: bool = True             # callable from spec expressions
     c_expr: str | None = None       # elementwise ops: C expression over {0}, {1}, ...

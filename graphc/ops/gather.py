@@ -19,7 +19,6 @@ class Embedding(OpDef):
 
     name = "embedding"
     arity = 2
-    family = "gather"
     identity = "3"
     int_inputs = (1,)
 
@@ -48,7 +47,6 @@ class EmbeddingGrad(OpDef):
 
     name = "embedding_grad"
     arity = 2
-    family = "gather"
     attrs = {"rows": 1}
     identity = "3"
     int_inputs = (1,)

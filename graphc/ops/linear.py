@@ -23,7 +23,6 @@ class Matmul(OpDef):
 
     name = "matmul"
     arity = 2
-    family = "matmul"
     identity = "1,2,5,6"
 
     def shape(self, a, b):
@@ -89,7 +88,6 @@ class Transpose(OpDef):
     in the shape of x."""
 
     name = "transpose"
-    family = "transpose"
 
     def shape(self, x):
         if x.rank > 2:
@@ -119,7 +117,6 @@ class Sum(OpDef):
     broadcast back over the summed axes, in the shape of x."""
 
     name = "sum"
-    family = "reduce"
     attrs = {"axis": None, "keepdims": False}
     identity = "3"
 
@@ -147,7 +144,6 @@ class Mean(OpDef):
     averaged axes, in the shape of x."""
 
     name = "mean"
-    family = "reduce"
     attrs = {"axis": None, "keepdims": False}
     identity = "3"
 
@@ -179,7 +175,6 @@ class SumTo(OpDef):
     Backward, identity (3): dJ/dx = δ broadcast back to the shape of x."""
 
     name = "sum_to"
-    family = "reduce"
     attrs = {"shape": ()}
     identity = "3"
     public = False
@@ -208,7 +203,6 @@ class Size(OpDef):
     No gradient: it depends on the shape of x, not on its values."""
 
     name = "size"
-    family = "elementwise"
     attrs = {"axes": ()}
     public = False
 
@@ -238,7 +232,6 @@ class Dot(OpDef):
 
     name = "dot"
     arity = 2
-    family = "reduce"
     identity = "4"
 
     def shape(self, a, b):
@@ -268,7 +261,6 @@ class Norm2(OpDef):
     shape of x."""
 
     name = "norm2"
-    family = "reduce"
     identity = "4"
 
     def shape(self, x):
@@ -298,7 +290,6 @@ class Reshape(OpDef):
     so dJ/dx = δ reshaped back to the shape of x."""
 
     name = "reshape"
-    family = "copy"
     attrs = {"shape": ()}
     identity = "3"
 
@@ -329,7 +320,6 @@ class Concat(OpDef):
 
     name = "concat"
     arity = None
-    family = "copy"
     identity = "3"
 
     def shape(self, *xs):
@@ -361,7 +351,6 @@ class Slice(OpDef):
     Backward, identity (3) on the kept elements: dJ/dx = δ placed back into zeros (a pad)."""
 
     name = "slice"
-    family = "copy"
     attrs = {"start": 0, "stop": 0}
     public = False
     identity = "3"

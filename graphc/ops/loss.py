@@ -35,7 +35,6 @@ class Softmax(OpDef):
     dJ/dx = ŷ ∘ (δ − Σ δ ∘ ŷ). cross_entropy never uses it (identity (7) instead)."""
 
     name = "softmax"
-    family = "softmax"
     identity = "4"
 
     def shape(self, x):
@@ -62,7 +61,6 @@ class LogSoftmax(OpDef):
     dJ/dx = δ − softmax(x) ∘ Σ δ."""
 
     name = "log_softmax"
-    family = "softmax"
     identity = "4"
     shape = Softmax.shape
 
@@ -92,7 +90,6 @@ class CrossEntropy(OpDef):
 
     name = "cross_entropy"
     arity = 2
-    family = "softmax"
     identity = "7"
     int_inputs = (1,)
 
@@ -144,7 +141,6 @@ class Mse(OpDef):
 
     name = "mse"
     arity = 2
-    family = "reduce"
     identity = "4"
 
     def shape(self, p, t):
@@ -175,7 +171,6 @@ class Onehot(OpDef):
     No gradient: its input is integer labels, which have no derivative."""
 
     name = "onehot"
-    family = "gather"
     attrs = {"depth": 1}
     int_inputs = (0,)
     public = False
