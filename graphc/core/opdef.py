@@ -85,6 +85,12 @@ class OpDef:
     def vjp(self, b, node, d_out) -> list:
         raise GraphcError(f"{self.name} has no VJP")
 
+    def index_bounds(self, node) -> list[tuple]:
+        """(value, bound) for each int32 input this node indexes with: the exclusive bound of its values
+        (classes, table rows, one-hot depth). The generated C checks them before a call, and
+        example and check inputs are drawn below them; [] for an op that indexes nothing."""
+        return []
+
     def lower(self, b, node):
         """Composite ops rewrite themselves into kernel ops before codegen; None = emitted directly."""
         return None

@@ -32,6 +32,10 @@ class Embedding(OpDef):
         check_labels(ids, table.shape[0], "embedding")
         return table[ids.astype(np.intp)]
 
+    def index_bounds(self, node):
+        table, ids = node.inputs
+        return [(ids, table.shape[0])]          # a row of the table
+
     def vjp(self, b, node, d):
         table, ids = node.inputs
         with b.because(node, self.identity):
@@ -63,6 +67,9 @@ class EmbeddingGrad(OpDef):
         out = np.zeros((rows, d.shape[-1]), dtype=d.dtype)
         np.add.at(out, ids.reshape(-1).astype(np.intp), d.reshape(-1, d.shape[-1]))
         return out
+
+    def index_bounds(self, node):
+        return [(node.inputs[1], node.attrs["rows"])]
 
     def vjp(self, b, node, d):
         with b.because(node, self.identity):

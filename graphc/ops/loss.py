@@ -115,6 +115,10 @@ class CrossEntropy(OpDef):
             return -np.mean(picked)
         return -np.sum(y * lsm) / max(1, int(np.prod(theta.shape[:-1])))
 
+    def index_bounds(self, node):
+        theta, y = node.inputs
+        return [(y, theta.shape[-1])] if y.dtype == INT else []     # a class: the logits' last dim
+
     def vjp(self, b, node, d):
         theta, y = node.inputs
         with b.because(node, self.identity):
@@ -181,6 +185,9 @@ class Onehot(OpDef):
     def reference(self, y, depth):
         check_labels(y, depth, "onehot")
         return (y[..., None] == np.arange(depth)).astype(np.float64)
+
+    def index_bounds(self, node):
+        return [(node.inputs[0], node.attrs["depth"])]
 
     def vjp(self, b, node, d):
         return [None]
