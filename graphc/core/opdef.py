@@ -13,7 +13,7 @@ import numpy as np
 
 from graphc.core.errors import DTypeError, GraphcError, ShapeError, SpecError
 from graphc.core.types import FLOAT, INT, Dim, Shape, TensorType
-from graphc.core.text import operand_text
+from graphc.core.text import ATOM, operand_text
 
 REGISTRY: dict[str, "OpDef"] = {}
 
@@ -47,6 +47,10 @@ class OpDef:
     public: bool = True             # callable from spec expressions
     c_expr: str | None = None       # elementwise ops: C expression over {0}, {1}, ...
     int_inputs: tuple[int, ...] = ()  # input positions that must be int32 (labels, ids)
+    # How the spec language writes it, (symbol, precedence of core/text.py), when not as a call:
+    infix: tuple[str, int] | None = None     # x @ W: ("@", PRODUCT)
+    prefix: tuple[str, int] | None = None    # -x: ("-", UNARY)
+    postfix: tuple[str, int] | None = None   # x.T: (".T", ATOM); the operand binds like a name
 
     # ---- attributes and arity, checked once when a node is created
     def check_attrs(self, inputs: tuple, attrs: dict) -> dict:
@@ -90,6 +94,25 @@ class OpDef:
         (classes, table rows, one-hot depth). The generated C checks them before a call, and
         example and check inputs are drawn below them; [] for an op that indexes nothing."""
         return []
+
+    def spec_text(self, node, arg) -> tuple[str, int]:
+        """(text, precedence) of `node` in the spec language, for error messages and hints;
+        `arg(v, need)` is an operand's text, parenthesized when it binds looser than `need`.
+        Infix, prefix or postfix when the op declares one, else the call `name(x, key=value)`
+        (attributes at their default left out)."""
+        ins = node.inputs
+        if self.infix and len(ins) == 2:
+            sym, prec = self.infix
+            return f"{arg(ins[0], prec)} {sym} {arg(ins[1], prec + 1)}", prec   # left-associative
+        if self.prefix and len(ins) == 1:
+            sym, prec = self.prefix
+            return f"{sym}{arg(ins[0], prec)}", prec
+        if self.postfix and len(ins) == 1:
+            sym, prec = self.postfix
+            return f"{arg(ins[0], ATOM)}{sym}", prec
+        args = [arg(u) for u in ins]
+        args += [f"{k}={val!r}" for k, val in node.attrs.items() if self.attrs.get(k, object()) != val]
+        return f"{self.name}({', '.join(args)})", ATOM
 
     def lower(self, b, node):
         """Composite ops rewrite themselves into kernel ops before codegen; None = emitted directly."""

@@ -9,6 +9,7 @@ import numpy as np
 
 from graphc.core.ir import FLOAT, TensorType
 from graphc.core.opdef import Binary, OpDef, Unary, broadcast_shapes, register, require_float, unbroadcast
+from graphc.core.text import ATOM, POWER, PRODUCT, SUM, UNARY
 
 
 @register
@@ -29,6 +30,11 @@ class Const(OpDef):
     def vjp(self, b, node, d_out):
         return []
 
+    def spec_text(self, node, arg):
+        value = float(node.attrs["value"])
+        text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+        return text, UNARY if value < 0 else ATOM          # -2 binds like -x
+
 
 @register
 class Add(Binary):
@@ -39,6 +45,7 @@ class Add(Binary):
     gradient has its operand's shape."""
 
     name = "add"
+    infix = ("+", SUM)
     identity = "3"
     c_expr = "{0} + {1}"
 
@@ -56,6 +63,7 @@ class Sub(Binary):
     Backward, identity (3): dJ/dx = δ, dJ/dy = −δ, each summed over its broadcast axes."""
 
     name = "sub"
+    infix = ("-", SUM)
     identity = "3"
     c_expr = "{0} - {1}"
 
@@ -74,6 +82,7 @@ class Mul(Binary):
     over its broadcast axes."""
 
     name = "mul"
+    infix = ("*", PRODUCT)
     identity = "4"
     c_expr = "{0} * {1}"
 
@@ -92,6 +101,7 @@ class Div(Binary):
     its broadcast axes."""
 
     name = "div"
+    infix = ("/", PRODUCT)
     identity = "4"
     c_expr = "{0} / {1}"
 
@@ -108,6 +118,7 @@ class Neg(Unary):
     """z = −x. Backward, identity (4) with f′ = −1: dJ/dx = −δ."""
 
     name = "neg"
+    prefix = ("-", UNARY)
     c_expr = "-{0}"
     np_fn = np.negative
 
@@ -121,6 +132,7 @@ class Square(Unary):
     """z = x², elementwise. Backward, identity (4) with f′(x) = 2x: dJ/dx = δ ∘ 2x."""
 
     name = "square"
+    postfix = (" ** 2", POWER)
     c_expr = "{0} * {0}"
     np_fn = np.square
 

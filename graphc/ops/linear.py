@@ -9,7 +9,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
-from graphc.core.text import operand_text, transposed_text
+from graphc.core.text import ATOM, PRODUCT, operand_text, spec_form
 from graphc.core.opdef import OpDef, broadcast_shapes, norm_axis, numel, register, require_float, unbroadcast
 
 
@@ -23,6 +23,7 @@ class Matmul(OpDef):
 
     name = "matmul"
     arity = 2
+    infix = ("@", PRODUCT)
     identity = "1,2,5,6"
 
     def shape(self, a, b):
@@ -47,12 +48,12 @@ class Matmul(OpDef):
         a, b = inputs
         g = a.graph
         if error.hint.startswith("the right"):
-            fixed, fix = transposed_text(b), operand_text(a, "@", 0)
-            fix = f"{fix} @ {fixed}"
+            fixed = transposed_text(b)
+            fix = f"{operand_text(a, self, 0)} {self.infix[0]} {fixed}"
             shape = tuple(reversed(b.shape))
         else:
             fixed = transposed_text(a)
-            fix = f"{fixed} @ {operand_text(b, '@', 1)}"
+            fix = f"{fixed} {self.infix[0]} {operand_text(b, self, 1)}"
             shape = tuple(reversed(a.shape))
         return f"{fixed} is {g.format_shape(shape)}; did you mean {fix}?"
 
@@ -88,6 +89,7 @@ class Transpose(OpDef):
     in the shape of x."""
 
     name = "transpose"
+    postfix = (".T", ATOM)
 
     def shape(self, x):
         if x.rank > 2:
@@ -100,6 +102,15 @@ class Transpose(OpDef):
     def vjp(self, b, node, d):
         with b.because(node, "3"):
             return [b.transpose(d)]
+
+
+def transposed_text(v) -> str:
+    """How a hint writes vᵀ: `W.T` for W, and `U` for the temporary U.T."""
+    n = v.node
+    if v.temporary and n is not None and isinstance(n.op, Transpose):
+        return operand_text(n.inputs[0])
+    text, prec = (v.name, ATOM) if not v.temporary else (operand_text(v), spec_form(v, 1)[1])
+    return f"{text}{Transpose.postfix[0]}" if prec >= ATOM else f"({text}){Transpose.postfix[0]}"
 
 
 def reduced_shape(shape, axis, keepdims):
