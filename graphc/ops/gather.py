@@ -5,6 +5,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
+from graphc.core.notation import POSTFIX, Printed, wrap
 from graphc.core.opdef import OpDef, register, require_float
 from graphc.ops.loss import check_labels
 
@@ -41,6 +42,9 @@ class Embedding(OpDef):
         with b.because(node, self.identity):
             return [b.apply("embedding_grad", d, ids, rows=table.shape[0]), None]
 
+    def notation(self, p, node, table, ids):
+        return Printed(f"{wrap(table, POSTFIX)}[{ids.text}]", POSTFIX)
+
 
 @register
 class EmbeddingGrad(OpDef):
@@ -50,6 +54,7 @@ class EmbeddingGrad(OpDef):
     dJ/dd = embedding(δ, ids); the ids get no gradient."""
 
     name = "embedding_grad"
+    symbol = "scatter_add"
     arity = 2
     attrs = {"rows": 1}
     identity = "3"

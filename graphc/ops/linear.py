@@ -9,6 +9,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
+from graphc.core.notation import MATMUL, MUL, POSTFIX, Printed, wrap
 from graphc.core.text import ATOM, PRODUCT, operand_text, spec_form
 from graphc.core.opdef import OpDef, broadcast_shapes, norm_axis, numel, register, require_float, unbroadcast
 
@@ -80,6 +81,13 @@ class Matmul(OpDef):
                 out.append(b.mul(d, x))
         return out
 
+    def notation(self, p, node, a, b):
+        return p.product(a, b)
+
+    def skeleton(self, p, node, top):
+        a, b = node.inputs
+        return p.skeleton(a, top) + p.skeleton(b, top)
+
 
 @register
 class Transpose(OpDef):
@@ -90,6 +98,7 @@ class Transpose(OpDef):
 
     name = "transpose"
     postfix = (".T", ATOM)
+    leafy = True
 
     def shape(self, x):
         if x.rank > 2:
@@ -102,6 +111,9 @@ class Transpose(OpDef):
     def vjp(self, b, node, d):
         with b.because(node, "3"):
             return [b.transpose(d)]
+
+    def notation(self, p, node, a):
+        return a if node.inputs[0].rank < 2 else p.transposed(a)     # a vector's ᵀ is NumPy's no-op
 
 
 def transposed_text(v) -> str:
@@ -145,6 +157,26 @@ class Sum(OpDef):
             if axis is not None and not keep:
                 d = b.apply("reshape", d, shape=reduced_shape(x.shape, axis, True))
             return [b.apply("broadcast_to", d, shape=x.shape)]
+
+    def sum_over(self, node) -> str | None:
+        """'rows', 'cols' or '' (all) for the sums the notes write Σ_rows, Σ_cols, Σ; None else."""
+        x, axis = node.inputs[0], node.attrs["axis"]
+        if axis is None:
+            return ""
+        if x.rank == 2:
+            return "rows" if axis % 2 == 0 else "cols"
+        return None
+
+    def notation(self, p, node, x):
+        over = self.sum_over(node)
+        if over is None:
+            axis = node.attrs["axis"]
+            over = "classes" if axis == -1 or axis == node.inputs[0].rank - 1 else f"axis {axis}"
+        return p.summed(over, x)
+
+    def skeleton(self, p, node, top):
+        over = self.sum_over(node)
+        return None if over is None else p.sym.sum(over, p.skeleton(node.inputs[0], top))
 
 
 @register
@@ -206,6 +238,23 @@ class SumTo(OpDef):
         with b.because(node, self.identity):
             return [b.apply("broadcast_to", d, shape=node.inputs[0].shape)]
 
+    def sum_over(self, node) -> str | None:
+        """'rows', 'cols' or '' (all) for the sums the notes write Σ_rows, Σ_cols, Σ; None else."""
+        x, shape = node.inputs[0], tuple(node.attrs["shape"])
+        if shape == () or all(d == 1 for d in shape):
+            return ""
+        if x.rank == 2 and shape in ((x.shape[1],), (1, x.shape[1])):
+            return "rows"
+        if x.rank == 2 and shape == (x.shape[0], 1):
+            return "cols"
+        return None
+
+    def notation(self, p, node, x):
+        over = self.sum_over(node)
+        return p.call(self.name, [x]) if over is None else p.summed(over, x)
+
+    skeleton = Sum.skeleton
+
 
 @register
 class Size(OpDef):
@@ -216,6 +265,7 @@ class Size(OpDef):
     name = "size"
     attrs = {"axes": ()}
     public = False
+    leafy = True
 
     def check_attrs(self, inputs, attrs):
         attrs = super().check_attrs(inputs, attrs)
@@ -232,6 +282,13 @@ class Size(OpDef):
 
     def vjp(self, b, node, d):
         return [None]
+
+    def notation(self, p, node, _x):
+        x = node.inputs[0]
+        dims = [p.dim(x.shape[a]) for a in node.attrs["axes"]]
+        if len(dims) <= 1:
+            return Printed(p.sym.ident(dims[0]) if dims else "1")     # N
+        return Printed("·".join(dims), MUL)                            # N·D
 
 
 @register
@@ -263,6 +320,9 @@ class Dot(OpDef):
             d = b.apply("reshape", d, shape=node.output.shape + (1,))
             return [unbroadcast(b, b.mul(d, y), x.shape), unbroadcast(b, b.mul(d, x), y.shape)]
 
+    def notation(self, p, node, a, b):
+        return Printed(f"{wrap(a, MATMUL)} · {wrap(b, MATMUL)}", MUL)
+
 
 @register
 class Norm2(OpDef):
@@ -292,6 +352,9 @@ class Norm2(OpDef):
             scale = b.apply("reshape", b.div(d, node.output), shape=node.output.shape + (1,))
             return [b.mul(scale, x)]
 
+    def notation(self, p, node, a):
+        return Printed(p.sym.norm(a.text))
+
 
 @register
 class Reshape(OpDef):
@@ -303,6 +366,8 @@ class Reshape(OpDef):
     name = "reshape"
     attrs = {"shape": ()}
     identity = "3"
+    leafy = True
+    see_through = True
 
     def check_attrs(self, inputs, attrs):
         attrs = super().check_attrs(inputs, attrs)
@@ -320,6 +385,14 @@ class Reshape(OpDef):
     def vjp(self, b, node, d):
         with b.because(node, self.identity):
             return [b.apply("reshape", d, shape=node.inputs[0].shape)]
+
+    def notation(self, p, node, x):
+        src, shape = node.inputs[0].shape, tuple(node.attrs["shape"])
+        if tuple(d for d in src if d != 1) != tuple(d for d in shape if d != 1):
+            return p.call(self.name, [x])
+        if len(src) == 1 and len(shape) == 2 and shape[0] == 1:
+            return p.transposed(x)                          # a row vector
+        return x                        # only axes of 1 added or dropped: the notes do not write it
 
 
 @register
@@ -354,6 +427,9 @@ class Concat(OpDef):
                 start += x.shape[-1]
         return out
 
+    def notation(self, p, node, *xs):
+        return Printed("[" + ", ".join(x.text for x in xs) + "]")
+
 
 @register
 class Slice(OpDef):
@@ -385,3 +461,7 @@ class Slice(OpDef):
             if stop < x.shape[-1]:
                 parts.append(b.zeros(x.shape[:-1] + (x.shape[-1] - stop,)))
             return [b.apply("concat", *parts) if len(parts) > 1 else d]
+
+    def notation(self, p, node, x):
+        lead = ":, " * (node.inputs[0].rank - 1)
+        return Printed(f"{wrap(x, POSTFIX)}[{lead}{node.attrs['start']}:{node.attrs['stop']}]", POSTFIX)
