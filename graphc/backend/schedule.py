@@ -305,20 +305,11 @@ class Scheduler(Fusion):
         return buffers, arena
 
     def _label_checks(self):
-        """Every int input with its smallest bound over the ops that index with it."""
+        """Every int input with its smallest bound over the ops that index with it (`index_bounds`)."""
         bounds: dict[Value, int] = {}
         for n in self.g.nodes:
-            name = n.op.name
-            if name == "cross_entropy" and n.inputs[1].dtype != FLOAT:
-                y, bound = n.inputs[1], n.inputs[0].shape[-1]
-            elif name == "onehot":
-                y, bound = n.inputs[0], n.attrs["depth"]
-            elif name in ("embedding", "embedding_grad"):
-                y = n.inputs[1]
-                bound = n.inputs[0].shape[0] if name == "embedding" else n.attrs["rows"]
-            else:
-                continue
-            bounds[y] = min(bound, bounds.get(y, bound))
+            for y, bound in n.op.index_bounds(n):
+                bounds[y] = min(bound, bounds.get(y, bound))
         return [(self.ref(y), c_poly(numel(y.shape)), str(b)) for y, b in bounds.items()]
 
 

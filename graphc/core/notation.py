@@ -1,15 +1,15 @@
 """The notes' notation, and the three layouts of a derivation (text, Markdown, LaTeX).
 
-In: names, and the Lines of a derivation that graphc/explain.py reads off a backward graph.
-Out: text in the notes' symbols, Unicode (TextNotation) or LaTeX (LatexNotation), and the
-whole document in each format. It reads no graph but its name: what a formula says is
-explain.py's business.
+In: names, and the Lines of a derivation that graphc/autodiff/explain.py reads off a backward
+graph. Out: text in the notes' symbols, Unicode (TextNotation) or LaTeX (LatexNotation), and
+the whole document in each format; and `Printed`, the printed form of one formula, which each
+op's `notation` method (graphc/ops/) returns. It reads no graph but its name: what a formula
+says is explain.py's and the ops' business, and no op is named here.
 """
 from __future__ import annotations
 
 import re
-
-from graphc.core.ir import Graph
+from dataclasses import dataclass, field
 
 FORMATS = ("text", "markdown", "latex")
 
@@ -28,6 +28,32 @@ _GREEK = {name: chr(code) for name, code in (
     ("alpha", 0x3B1), ("beta", 0x3B2), ("gamma", 0x3B3), ("delta", 0x3B4), ("epsilon", 0x3B5),
     ("eta", 0x3B7), ("theta", 0x3B8), ("lambda", 0x3BB), ("mu", 0x3BC), ("rho", 0x3C1),
     ("sigma", 0x3C3), ("tau", 0x3C4), ("phi", 0x3C6), ("psi", 0x3C8), ("omega", 0x3C9))}
+
+
+# ---------------------------------------------------------------------------- printed formulas
+# Precedence of printed formulas: a sum, a ∘ or a quotient, a product (juxtaposition), a
+# postfix (ᵀ, ², [i]), an atom. Half steps mark a right operand that must bind tighter (a − (b − c)).
+ADD, MUL, MATMUL, POSTFIX, ATOM = 1, 2, 3, 5, 6
+
+
+@dataclass
+class Printed:
+    """A formula as printed, its precedence (an atom unless told), and the backward nodes it
+    shows (their identities are the line's)."""
+
+    text: str
+    prec: int = ATOM
+    nodes: set = field(default_factory=set)
+
+
+def wrap(p: Printed, prec: float) -> str:
+    """p's text as an operand that must bind at least as tight as `prec`."""
+    return p.text if p.prec >= prec else f"({p.text})"
+
+
+# LaTeX's own operator names (\log x, not \operatorname{log}); any other name is an \operatorname
+_LATEX_FUNCTIONS = {"arccos", "arcsin", "arctan", "cos", "cosh", "exp", "ln", "log", "max", "min",
+                    "sin", "sinh", "tan", "tanh"}
 
 
 # ---------------------------------------------------------------------------- notations
@@ -57,9 +83,14 @@ class TextNotation:
         return x + "²"
 
     def fn(self, name: str, x: str) -> str:
-        if name == "norm2":
-            return f"‖{x}‖"
-        return f"{ {'sign': 'sgn', 'sigmoid': 'σ'}.get(name, name)}({x})"
+        """f(x); a Greek name prints as its letter (sigma: σ(x))."""
+        return f"{_GREEK.get(name, name)}({x})"
+
+    def norm(self, x: str) -> str:
+        return f"‖{x}‖"
+
+    def sqrt(self, x: str) -> str:
+        return f"sqrt({x})"
 
     def sum(self, over: str, x: str) -> str:
         return f"Σ_{over} {x}" if over else f"Σ {x}"
@@ -109,16 +140,16 @@ class LatexNotation(TextNotation):
         return x + "^2"
 
     def fn(self, name: str, x: str) -> str:
-        if name == "norm2":
-            return rf"\lVert {x} \rVert"
-        if name == "sigmoid":
-            return rf"\sigma({x})"
-        if name in ("tanh", "exp", "log"):
+        if name in _GREEK or name in _LATEX_FUNCTIONS:
             return rf"\{name}({x})"
-        if name == "sqrt":
-            return rf"\sqrt{{{x}}}"
-        word = {"sign": "sgn"}.get(name, name).replace("_", r"\_")
+        word = name.replace("_", r"\_")
         return rf"\operatorname{{{word}}}({x})"
+
+    def norm(self, x: str) -> str:
+        return rf"\lVert {x} \rVert"
+
+    def sqrt(self, x: str) -> str:
+        return rf"\sqrt{{{x}}}"
 
     def sum(self, over: str, x: str) -> str:
         return rf"\textstyle\sum_{{\text{{{over}}}}} {x}" if over else rf"\textstyle\sum {x}"
@@ -143,7 +174,7 @@ def _ident_text(ids: list[str]) -> str:
     return ("identity " if len(ids) == 1 else "identities ") + ",".join(f"({i})" for i in ids)
 
 
-def _title(graph: Graph, of: str, wrt: list[str]) -> str:
+def _title(graph, of: str, wrt: list[str]) -> str:
     t = TextNotation()
     return f"explain {graph.name}: " + ", ".join(t.partial(t.ident(of), t.ident(w), False) for w in wrt)
 

@@ -2,8 +2,11 @@
 
 An op is a subclass of `OpDef` decorated with `@register`. The IR asks it for
 shapes, core/reference.py for values, autodiff/grad.py for its VJP (built from
-other ops, so the backward graph is again differentiable) and the backend for its
-kernel. The ops themselves live in graphc/ops/, one record each.
+other ops, so the backward graph is again differentiable), autodiff/explain.py for
+its formula in the notes' notation, core/text.py for its spec form in error messages,
+the generated C and the example inputs for its index bounds, and the backend for its
+kernel. The ops themselves live in graphc/ops/, one record each; the defaults here are
+what an op that says nothing more gets.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import numpy as np
 
 from graphc.core.errors import DTypeError, GraphcError, ShapeError, SpecError
 from graphc.core.types import FLOAT, INT, Dim, Shape, TensorType
-from graphc.core.text import operand_text
+from graphc.core.text import ATOM, operand_text
 
 REGISTRY: dict[str, "OpDef"] = {}
 
@@ -43,11 +46,19 @@ class OpDef:
     name: str = ""
     arity: int | None = 1           # None: variadic (at least one input)
     attrs: dict[str, Any] = {}      # attribute name -> default
-    family: str = "elementwise"     # C kernel family (templates/kernels/<family>.c.j2)
     identity: str | None = None     # identity of the notes its VJP applies
     public: bool = True             # callable from spec expressions
     c_expr: str | None = None       # elementwise ops: C expression over {0}, {1}, ...
     int_inputs: tuple[int, ...] = ()  # input positions that must be int32 (labels, ids)
+    # How the spec language writes it, (symbol, precedence of core/text.py), when not as a call:
+    infix: tuple[str, int] | None = None     # x @ W: ("@", PRODUCT)
+    prefix: tuple[str, int] | None = None    # -x: ("-", UNARY)
+    postfix: tuple[str, int] | None = None   # x.T: (".T", ATOM); the operand binds like a name
+    # How explain prints it (see `notation`):
+    symbol: str | None = None       # the function name of its default form f(x); None: the op's name
+    leafy: bool = False             # never a δ of its own even when shared: it prints as short as a name
+    shown_by_name: bool = True      # a forward value it computes prints as its name (not softmax: ŷ)
+    see_through: bool = False       # only repeats or relabels its input: a constant or a scalar stays one
 
     # ---- attributes and arity, checked once when a node is created
     def check_attrs(self, inputs: tuple, attrs: dict) -> dict:
@@ -85,6 +96,56 @@ class OpDef:
 
     def vjp(self, b, node, d_out) -> list:
         raise GraphcError(f"{self.name} has no VJP")
+
+    def index_bounds(self, node) -> list[tuple]:
+        """(value, bound) for each int32 input this node indexes with: the exclusive bound of its values
+        (classes, table rows, one-hot depth). The generated C checks them before a call, and
+        example and check inputs are drawn below them; [] for an op that indexes nothing."""
+        return []
+
+    def spec_text(self, node, arg) -> tuple[str, int]:
+        """(text, precedence) of `node` in the spec language, for error messages and hints;
+        `arg(v, need)` is an operand's text, parenthesized when it binds looser than `need`.
+        Infix, prefix or postfix when the op declares one, else the call `name(x, key=value)`
+        (attributes at their default left out)."""
+        ins = node.inputs
+        if self.infix and len(ins) == 2:
+            sym, prec = self.infix
+            return f"{arg(ins[0], prec)} {sym} {arg(ins[1], prec + 1)}", prec   # left-associative
+        if self.prefix and len(ins) == 1:
+            sym, prec = self.prefix
+            return f"{sym}{arg(ins[0], prec)}", prec
+        if self.postfix and len(ins) == 1:
+            sym, prec = self.postfix
+            return f"{arg(ins[0], ATOM)}{sym}", prec
+        args = [arg(u) for u in ins]
+        args += [f"{k}={val!r}" for k, val in node.attrs.items() if self.attrs.get(k, object()) != val]
+        return f"{self.name}({', '.join(args)})", ATOM
+
+    # ---- explain: the formula in the notes' notation (graphc/autodiff/explain.py is `p`)
+    def notation(self, p, node, *args):
+        """The Printed form (graphc/core/notation.py) of `node`, given its inputs' printed forms:
+        by default the call f(x, ...) under `symbol`."""
+        return p.call(self.symbol or self.name, args)
+
+    def skeleton(self, p, node, top) -> str | None:
+        """The shape check of a formula that expands this node (`(N×Nc)(Nc×Dh)` for a product),
+        built from `p.skeleton(input, top)`; None: the node is a leaf, checked by its own shape."""
+        return None
+
+    def constant(self, node) -> float | None:
+        """The number this node is, when it is a constant."""
+        return None
+
+    def logits(self, node):
+        """The value whose softmax this node takes inside (cross_entropy's θ), which formulas
+        write as ŷ; None for other ops."""
+        return None
+
+    def explain_notes(self, p, nodes) -> list[str]:
+        """Lines explain prints under its title for these nodes of the backward graph (what a
+        symbol stands for, a factor the notes leave out)."""
+        return []
 
     def lower(self, b, node):
         """Composite ops rewrite themselves into kernel ops before codegen; None = emitted directly."""

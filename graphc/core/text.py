@@ -3,6 +3,8 @@
 In: a Value of a Graph. Out: text in the spec language: a value's name, or for a temporary
 the expression computing it (its spec source text, else rebuilt from the nodes, `U.T`,
 `relu(x @ W.T)`), parenthesized as an operand needs. It reads the IR and never changes it.
+How each op is written (`x @ W`, `-x`, `x.T`, `x ** 2`, `relu(x)`, `2`) is the op's own
+(`infix`, `prefix`, `postfix`, `spec_text` in graphc/core/opdef.py and graphc/ops/).
 """
 from __future__ import annotations
 
@@ -11,9 +13,7 @@ from graphc.core.types import FLOAT
 MAX_OPERAND_TEXT = 48     # characters of an expression before its deep sub-expressions become `...`
 
 # Python's precedence levels, enough to print an expression with the parentheses it needs
-_ATOM, _POWER, _UNARY, _PRODUCT, _SUM = 5, 4, 3, 2, 1
-_INFIX = {"matmul": ("@", _PRODUCT), "mul": ("*", _PRODUCT), "div": ("/", _PRODUCT),
-          "add": ("+", _SUM), "sub": ("-", _SUM)}
+SUM, PRODUCT, UNARY, POWER, ATOM = 1, 2, 3, 4, 5
 
 
 def describe(op, vals, msg: str) -> str:
@@ -23,69 +23,44 @@ def describe(op, vals, msg: str) -> str:
     return f"{op.name}: {operands}: {msg}" if operands else f"{op.name}: {msg}"
 
 
-def operand_text(v: Value, within: str | None = None, side: int = 0) -> str:
+def operand_text(v, within=None, side: int = 0) -> str:
     """How an error message names a value: its name, or for a temporary the expression it
     computes (the spec's source text, else rebuilt from the nodes: `U.T`, `relu(x @ W.T)`),
     with deep sub-expressions elided as `...` when long; the temporary's name only as a last resort.
-    With `within` (an infix operator such as "@"), parenthesized as operand `side` (0 left, 1 right) of it."""
+    With `within` (an op written infix, such as matmul's `@`), parenthesized as operand `side`
+    (0 left, 1 right) of it."""
     if not v.temporary or v.node is None:
         return v.name
     text = _operand_text(v)
-    if within is not None:
-        need = {sym: prec for sym, prec in _INFIX.values()}[within] + side
-        if _render(v, 1)[1] < need:
-            text = f"({text})"
+    if within is not None and spec_form(v, 1)[1] < within.infix[1] + side:
+        text = f"({text})"
     return text
 
 
-def _operand_text(v: Value) -> str:
+def _operand_text(v) -> str:
     text = " ".join(v.spec_text.split()) if v.spec_text else None
     if text and len(text) <= MAX_OPERAND_TEXT:
         return text
     for depth in (None, 4, 3, 2, 1):
-        text = _render(v, depth)[0]
+        text = spec_form(v, depth)[0]
         if len(text) <= MAX_OPERAND_TEXT:
             return text
     return v.name
 
 
-def transposed_text(v: Value) -> str:
-    """How a hint writes vᵀ: `W.T` for W, and `U` for the temporary U.T."""
-    n = v.node
-    if v.temporary and n is not None and n.op.name == "transpose":
-        return operand_text(n.inputs[0])
-    text, prec = (v.name, _ATOM) if not v.temporary else (operand_text(v), _render(v, 1)[1])
-    return f"{text}.T" if prec >= _ATOM else f"({text}).T"
-
-
-def _render(v: Value, depth: int | None) -> tuple[str, int]:
-    """(text, precedence) of the expression computing v, in the spec language. Values the user
-    named print as their names; below `depth` levels a temporary prints as `...`."""
+def spec_form(v, depth: int | None = None) -> tuple[str, int]:
+    """(text, precedence) of the expression computing v, in the spec language, rebuilt from the
+    nodes by each op's `spec_text`. Values the user named print as their names; below `depth`
+    levels a temporary prints as `...`."""
     n = v.node
     if not v.temporary or n is None:
-        return v.name, _ATOM
+        return v.name, ATOM
     if depth == 0:
-        return "...", _ATOM
-    if n.op.name == "const":
-        value = float(n.attrs["value"])
-        text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-        return text, _UNARY if value < 0 else _ATOM
+        return "...", ATOM
     sub = None if depth is None else depth - 1
 
-    def arg(u: Value, need: int) -> str:
-        text, prec = _render(u, sub)
+    def arg(u, need: int = 0) -> str:
+        text, prec = spec_form(u, sub)
         return text if prec >= need else f"({text})"
 
-    name, ins = n.op.name, n.inputs
-    if name in _INFIX and len(ins) == 2:
-        sym, prec = _INFIX[name]
-        return f"{arg(ins[0], prec)} {sym} {arg(ins[1], prec + 1)}", prec
-    if name == "transpose":
-        return f"{arg(ins[0], _ATOM)}.T", _ATOM
-    if name == "neg":
-        return f"-{arg(ins[0], _UNARY)}", _UNARY
-    if name == "square":
-        return f"{arg(ins[0], _ATOM)} ** 2", _POWER
-    args = [_render(u, sub)[0] for u in ins]
-    args += [f"{k}={val!r}" for k, val in n.attrs.items() if n.op.attrs.get(k, object()) != val]
-    return f"{name}({', '.join(args)})", _ATOM
+    return n.op.spec_text(n, arg)

@@ -28,23 +28,15 @@ TRAIN_STEPS = 3         # train_step calls main.c makes when the model was compi
 INPUT_SCALE = 1.0       # the amplitude of main.c's deterministic inputs ...
 PARAM_SCALE = 0.1       # ... and params (see example_arrays)
 
-# Where each op reads an int32 input, and the exclusive bound of its values there.
-_INT_BOUNDS = {
-    "cross_entropy": lambda node: node.inputs[0].shape[-1],   # classes: the logits' last dim
-    "embedding": lambda node: node.inputs[0].shape[0],        # rows of the table
-    "embedding_grad": lambda node: node.attrs["rows"],
-    "onehot": lambda node: node.attrs["depth"],
-}
-
-
 def label_bounds(graph: Graph) -> dict[str, int]:
-    """Each int32 input's exclusive upper bound (classes, table rows or one-hot depth), from the
-    ops that read it; an int input read by no such op gets 1 (all zeros)."""
+    """Each int32 input's exclusive upper bound (classes, table rows or one-hot depth), the
+    smallest over the ops that index with it (each op's `index_bounds`); an int input read by
+    no such op gets 1 (all zeros)."""
     bounds = {name: None for name, v in graph.inputs.items() if v.dtype == INT}
     for node in graph.nodes:
-        for v in node.inputs:
-            if v.name in bounds and graph.inputs.get(v.name) is v and node.op.name in _INT_BOUNDS:
-                bound = int(_INT_BOUNDS[node.op.name](node))
+        for v, bound in node.op.index_bounds(node):
+            if v.name in bounds and graph.inputs.get(v.name) is v:
+                bound = int(bound)
                 bounds[v.name] = bound if bounds[v.name] is None else min(bounds[v.name], bound)
     return {k: 1 if b is None else b for k, b in bounds.items()}
 

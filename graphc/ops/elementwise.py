@@ -9,6 +9,8 @@ import numpy as np
 
 from graphc.core.ir import FLOAT, TensorType
 from graphc.core.opdef import Binary, OpDef, Unary, broadcast_shapes, register, require_float, unbroadcast
+from graphc.core.notation import ADD, MATMUL, MUL, POSTFIX, Printed, wrap
+from graphc.core.text import ATOM, POWER, PRODUCT, SUM, UNARY
 
 
 @register
@@ -20,6 +22,8 @@ class Const(OpDef):
     attrs = {"value": 0.0}
     public = False
     static = True
+    leafy = True
+    shown_by_name = False           # a named constant still prints as its number
 
     def shape(self, value):
         return TensorType(())
@@ -32,6 +36,17 @@ class Const(OpDef):
     def vjp(self, b, node, d_out):
         return []
 
+    def spec_text(self, node, arg):
+        value = float(node.attrs["value"])
+        text = str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+        return text, UNARY if value < 0 else ATOM          # -2 binds like -x
+
+    def constant(self, node):
+        return node.attrs["value"]
+
+    def notation(self, p, node):
+        return Printed(p.sym.number(node.attrs["value"]))
+
 
 @register
 class Add(Binary):
@@ -42,6 +57,7 @@ class Add(Binary):
     gradient has its operand's shape."""
 
     name = "add"
+    infix = ("+", SUM)
     identity = "3"
     c_expr = "{0} + {1}"
 
@@ -51,6 +67,12 @@ class Add(Binary):
     def partials(self, b, x, y, z, d):
         return d, d
 
+    def notation(self, p, node, a, b):
+        y = node.inputs[1]
+        if y.node is not None and isinstance(y.node.op, Neg) and not p.is_ref(y):
+            return p.difference(a, p.expr(y.node.inputs[0]))       # a + (−b) reads a − b
+        return Printed(f"{wrap(a, ADD)} + {wrap(b, ADD)}", ADD)
+
 
 @register
 class Sub(Binary):
@@ -59,6 +81,7 @@ class Sub(Binary):
     Backward, identity (3): dJ/dx = δ, dJ/dy = −δ, each summed over its broadcast axes."""
 
     name = "sub"
+    infix = ("-", SUM)
     identity = "3"
     c_expr = "{0} - {1}"
 
@@ -67,6 +90,9 @@ class Sub(Binary):
 
     def partials(self, b, x, y, z, d):
         return d, b.neg(d)
+
+    def notation(self, p, node, a, b):
+        return p.difference(a, b)
 
 
 @register
@@ -77,6 +103,7 @@ class Mul(Binary):
     over its broadcast axes."""
 
     name = "mul"
+    infix = ("*", PRODUCT)
     identity = "4"
     c_expr = "{0} * {1}"
 
@@ -85,6 +112,27 @@ class Mul(Binary):
 
     def partials(self, b, x, y, z, d):
         return b.mul(d, y), b.mul(d, x)
+
+    def notation(self, p, node, a, b):
+        x, y = node.inputs
+        cx, cy = p.constant(x), p.constant(y)
+        if cx == 1.0:
+            return Printed(b.text, b.prec)
+        if cy == 1.0:
+            return Printed(a.text, a.prec)
+        if p.scalar(y) and not p.scalar(x) or (cy is not None and cx is None):
+            x, y, a, b = y, x, b, a                       # scalar first: c X
+        if p.scalar(x) and not p.scalar(y) or p.constant(x) is not None:
+            s = p.coefficient(x).node
+            if s is not None and isinstance(s.op, Div) and p.constant(s.inputs[0]) == 1.0:
+                return p.quotient(b, p.expr(s.inputs[1]))   # X · (1/N) reads X/N
+            return p.product(a, b)
+        return Printed(f"{wrap(a, MUL)}{p.sym.circ}{wrap(b, MUL + 0.5)}", MUL)
+
+    def skeleton(self, p, node, top):
+        if any(p.scalar(x) or p.constant(x) is not None for x in node.inputs):
+            return None                                   # c X: checked as X
+        return p.sym.circ.join(p.skeleton(x, top) for x in node.inputs)
 
 
 @register
@@ -95,6 +143,7 @@ class Div(Binary):
     its broadcast axes."""
 
     name = "div"
+    infix = ("/", PRODUCT)
     identity = "4"
     c_expr = "{0} / {1}"
 
@@ -105,12 +154,16 @@ class Div(Binary):
         dx = b.div(d, y)
         return dx, b.neg(b.mul(dx, z))
 
+    def notation(self, p, node, a, b):
+        return p.quotient(a, b)
+
 
 @register
 class Neg(Unary):
     """z = −x. Backward, identity (4) with f′ = −1: dJ/dx = −δ."""
 
     name = "neg"
+    prefix = ("-", UNARY)
     c_expr = "-{0}"
     np_fn = np.negative
 
@@ -118,17 +171,24 @@ class Neg(Unary):
         with b.because(node, self.identity):
             return [b.neg(d_out)]
 
+    def notation(self, p, node, a):
+        return Printed(p.sym.neg(wrap(a, MATMUL)), MUL)
+
 
 @register
 class Square(Unary):
     """z = x², elementwise. Backward, identity (4) with f′(x) = 2x: dJ/dx = δ ∘ 2x."""
 
     name = "square"
+    postfix = (" ** 2", POWER)
     c_expr = "{0} * {0}"
     np_fn = np.square
 
     def derivative(self, b, x, y):
         return b.mul(x, 2.0)
+
+    def notation(self, p, node, a):
+        return Printed(p.sym.square(wrap(a, POSTFIX)), POSTFIX)
 
 
 @register
@@ -156,6 +216,8 @@ class Sign(Unary):
     back to x; relu's VJP uses it as relu′, never differentiates through it."""
 
     name = "sign"
+    symbol = "sgn"
+    leafy = True
     c_expr = "(gc_real)(({0} > 0) - ({0} < 0))"
     np_fn = np.sign
 
@@ -170,6 +232,7 @@ class Sigmoid(Unary):
     Backward, identity (4): dJ/dx = δ ∘ σ(x)(1 − σ(x)), read off the output."""
 
     name = "sigmoid"
+    symbol = "sigma"                # σ(x)
     # Both branches keep exp's argument non-positive: no overflow at large |x|.
     c_expr = "({0} >= 0 ? 1 / (1 + GC_EXP(-{0})) : GC_EXP({0}) / (1 + GC_EXP({0})))"
 
@@ -230,6 +293,9 @@ class Sqrt(Unary):
         with b.because(node, self.identity):
             return [b.div(b.mul(d_out, 0.5), node.output)]
 
+    def notation(self, p, node, a):
+        return Printed(p.sym.sqrt(a.text))
+
 
 @register
 class BroadcastTo(OpDef):
@@ -242,6 +308,8 @@ class BroadcastTo(OpDef):
     attrs = {"shape": ()}
     identity = "3"
     public = False
+    leafy = True
+    see_through = True
     c_expr = "{0}"
 
     def shape(self, x, shape):
@@ -259,6 +327,9 @@ class BroadcastTo(OpDef):
     def vjp(self, b, node, d_out):
         with b.because(node, self.identity):
             return [unbroadcast(b, d_out, node.inputs[0].shape)]
+
+    def notation(self, p, node, a):
+        return a                        # a broadcast is implicit in the notes' notation
 
 
 def is_elementwise(op: OpDef) -> bool:

@@ -5,6 +5,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
+from graphc.core.notation import POSTFIX, Printed, wrap
 from graphc.core.opdef import OpDef, register, require_float
 from graphc.ops.loss import check_labels
 
@@ -19,7 +20,6 @@ class Embedding(OpDef):
 
     name = "embedding"
     arity = 2
-    family = "gather"
     identity = "3"
     int_inputs = (1,)
 
@@ -36,10 +36,18 @@ class Embedding(OpDef):
     def kernel(self, k, node):
         table, ids = node.inputs
         return k.gather(node, "embedding", ids=ids, width=table.shape[-1], src=table)
+
+    def index_bounds(self, node):
+        table, ids = node.inputs
+        return [(ids, table.shape[0])]          # a row of the table
+
     def vjp(self, b, node, d):
         table, ids = node.inputs
         with b.because(node, self.identity):
             return [b.apply("embedding_grad", d, ids, rows=table.shape[0]), None]
+
+    def notation(self, p, node, table, ids):
+        return Printed(f"{wrap(table, POSTFIX)}[{ids.text}]", POSTFIX)
 
 
 @register
@@ -50,8 +58,8 @@ class EmbeddingGrad(OpDef):
     dJ/dd = embedding(δ, ids); the ids get no gradient."""
 
     name = "embedding_grad"
+    symbol = "scatter_add"
     arity = 2
-    family = "gather"
     attrs = {"rows": 1}
     identity = "3"
     int_inputs = (1,)
@@ -72,6 +80,10 @@ class EmbeddingGrad(OpDef):
     def kernel(self, k, node):
         d, ids = node.inputs
         return k.gather(node, "embedding_grad", ids=ids, width=d.shape[-1], src=d, rows=node.attrs["rows"])
+
+    def index_bounds(self, node):
+        return [(node.inputs[1], node.attrs["rows"])]
+
     def vjp(self, b, node, d):
         with b.because(node, self.identity):
             return [b.apply("embedding", d, node.inputs[1]), None]

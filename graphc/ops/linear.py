@@ -9,7 +9,8 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
-from graphc.core.text import operand_text, transposed_text
+from graphc.core.notation import MATMUL, MUL, POSTFIX, Printed, wrap
+from graphc.core.text import ATOM, PRODUCT, operand_text, spec_form
 from graphc.core.opdef import OpDef, broadcast_shapes, norm_axis, numel, register, require_float, unbroadcast
 
 
@@ -23,7 +24,7 @@ class Matmul(OpDef):
 
     name = "matmul"
     arity = 2
-    family = "matmul"
+    infix = ("@", PRODUCT)
     identity = "1,2,5,6"
 
     def shape(self, a, b):
@@ -48,12 +49,12 @@ class Matmul(OpDef):
         a, b = inputs
         g = a.graph
         if error.hint.startswith("the right"):
-            fixed, fix = transposed_text(b), operand_text(a, "@", 0)
-            fix = f"{fix} @ {fixed}"
+            fixed = transposed_text(b)
+            fix = f"{operand_text(a, self, 0)} {self.infix[0]} {fixed}"
             shape = tuple(reversed(b.shape))
         else:
             fixed = transposed_text(a)
-            fix = f"{fixed} @ {operand_text(b, '@', 1)}"
+            fix = f"{fixed} {self.infix[0]} {operand_text(b, self, 1)}"
             shape = tuple(reversed(a.shape))
         return f"{fixed} is {g.format_shape(shape)}; did you mean {fix}?"
 
@@ -82,6 +83,13 @@ class Matmul(OpDef):
                 out.append(b.mul(d, x))
         return out
 
+    def notation(self, p, node, a, b):
+        return p.product(a, b)
+
+    def skeleton(self, p, node, top):
+        a, b = node.inputs
+        return p.skeleton(a, top) + p.skeleton(b, top)
+
 
 @register
 class Transpose(OpDef):
@@ -91,7 +99,8 @@ class Transpose(OpDef):
     in the shape of x."""
 
     name = "transpose"
-    family = "transpose"
+    postfix = (".T", ATOM)
+    leafy = True
 
     def shape(self, x):
         if x.rank > 2:
@@ -106,6 +115,18 @@ class Transpose(OpDef):
     def vjp(self, b, node, d):
         with b.because(node, "3"):
             return [b.transpose(d)]
+
+    def notation(self, p, node, a):
+        return a if node.inputs[0].rank < 2 else p.transposed(a)     # a vector's ᵀ is NumPy's no-op
+
+
+def transposed_text(v) -> str:
+    """How a hint writes vᵀ: `W.T` for W, and `U` for the temporary U.T."""
+    n = v.node
+    if v.temporary and n is not None and isinstance(n.op, Transpose):
+        return operand_text(n.inputs[0])
+    text, prec = (v.name, ATOM) if not v.temporary else (operand_text(v), spec_form(v, 1)[1])
+    return f"{text}{Transpose.postfix[0]}" if prec >= ATOM else f"({text}){Transpose.postfix[0]}"
 
 
 def reduced_shape(shape, axis, keepdims):
@@ -123,7 +144,6 @@ class Sum(OpDef):
     broadcast back over the summed axes, in the shape of x."""
 
     name = "sum"
-    family = "reduce"
     attrs = {"axis": None, "keepdims": False}
     identity = "3"
 
@@ -145,6 +165,26 @@ class Sum(OpDef):
                 d = b.apply("reshape", d, shape=reduced_shape(x.shape, axis, True))
             return [b.apply("broadcast_to", d, shape=x.shape)]
 
+    def sum_over(self, node) -> str | None:
+        """'rows', 'cols' or '' (all) for the sums the notes write Σ_rows, Σ_cols, Σ; None else."""
+        x, axis = node.inputs[0], node.attrs["axis"]
+        if axis is None:
+            return ""
+        if x.rank == 2:
+            return "rows" if axis % 2 == 0 else "cols"
+        return None
+
+    def notation(self, p, node, x):
+        over = self.sum_over(node)
+        if over is None:
+            axis = node.attrs["axis"]
+            over = "classes" if axis == -1 or axis == node.inputs[0].rank - 1 else f"axis {axis}"
+        return p.summed(over, x)
+
+    def skeleton(self, p, node, top):
+        over = self.sum_over(node)
+        return None if over is None else p.sym.sum(over, p.skeleton(node.inputs[0], top))
+
 
 @register
 class Mean(OpDef):
@@ -154,7 +194,6 @@ class Mean(OpDef):
     averaged axes, in the shape of x."""
 
     name = "mean"
-    family = "reduce"
     attrs = {"axis": None, "keepdims": False}
     identity = "3"
 
@@ -186,7 +225,6 @@ class SumTo(OpDef):
     Backward, identity (3): dJ/dx = δ broadcast back to the shape of x."""
 
     name = "sum_to"
-    family = "reduce"
     attrs = {"shape": ()}
     identity = "3"
     public = False
@@ -209,6 +247,23 @@ class SumTo(OpDef):
         with b.because(node, self.identity):
             return [b.apply("broadcast_to", d, shape=node.inputs[0].shape)]
 
+    def sum_over(self, node) -> str | None:
+        """'rows', 'cols' or '' (all) for the sums the notes write Σ_rows, Σ_cols, Σ; None else."""
+        x, shape = node.inputs[0], tuple(node.attrs["shape"])
+        if shape == () or all(d == 1 for d in shape):
+            return ""
+        if x.rank == 2 and shape in ((x.shape[1],), (1, x.shape[1])):
+            return "rows"
+        if x.rank == 2 and shape == (x.shape[0], 1):
+            return "cols"
+        return None
+
+    def notation(self, p, node, x):
+        over = self.sum_over(node)
+        return p.call(self.name, [x]) if over is None else p.summed(over, x)
+
+    skeleton = Sum.skeleton
+
 
 @register
 class Size(OpDef):
@@ -217,10 +272,10 @@ class Size(OpDef):
     No gradient: it depends on the shape of x, not on its values."""
 
     name = "size"
-    family = "elementwise"
     attrs = {"axes": ()}
     public = False
     static = True
+    leafy = True
 
     def check_attrs(self, inputs, attrs):
         attrs = super().check_attrs(inputs, attrs)
@@ -241,6 +296,13 @@ class Size(OpDef):
     def vjp(self, b, node, d):
         return [None]
 
+    def notation(self, p, node, _x):
+        x = node.inputs[0]
+        dims = [p.dim(x.shape[a]) for a in node.attrs["axes"]]
+        if len(dims) <= 1:
+            return Printed(p.sym.ident(dims[0]) if dims else "1")     # N
+        return Printed("·".join(dims), MUL)                            # N·D
+
 
 @register
 class Dot(OpDef):
@@ -251,7 +313,6 @@ class Dot(OpDef):
 
     name = "dot"
     arity = 2
-    family = "reduce"
     identity = "4"
 
     def shape(self, a, b):
@@ -272,6 +333,9 @@ class Dot(OpDef):
             d = b.apply("reshape", d, shape=node.output.shape + (1,))
             return [unbroadcast(b, b.mul(d, y), x.shape), unbroadcast(b, b.mul(d, x), y.shape)]
 
+    def notation(self, p, node, a, b):
+        return Printed(f"{wrap(a, MATMUL)} · {wrap(b, MATMUL)}", MUL)
+
 
 @register
 class Norm2(OpDef):
@@ -281,7 +345,6 @@ class Norm2(OpDef):
     shape of x."""
 
     name = "norm2"
-    family = "reduce"
     identity = "4"
 
     def shape(self, x):
@@ -302,6 +365,9 @@ class Norm2(OpDef):
             scale = b.apply("reshape", b.div(d, node.output), shape=node.output.shape + (1,))
             return [b.mul(scale, x)]
 
+    def notation(self, p, node, a):
+        return Printed(p.sym.norm(a.text))
+
 
 @register
 class Reshape(OpDef):
@@ -311,9 +377,10 @@ class Reshape(OpDef):
     so dJ/dx = δ reshaped back to the shape of x."""
 
     name = "reshape"
-    family = "copy"
     attrs = {"shape": ()}
     identity = "3"
+    leafy = True
+    see_through = True
 
     def check_attrs(self, inputs, attrs):
         attrs = super().check_attrs(inputs, attrs)
@@ -334,6 +401,14 @@ class Reshape(OpDef):
         with b.because(node, self.identity):
             return [b.apply("reshape", d, shape=node.inputs[0].shape)]
 
+    def notation(self, p, node, x):
+        src, shape = node.inputs[0].shape, tuple(node.attrs["shape"])
+        if tuple(d for d in src if d != 1) != tuple(d for d in shape if d != 1):
+            return p.call(self.name, [x])
+        if len(src) == 1 and len(shape) == 2 and shape[0] == 1:
+            return p.transposed(x)                          # a row vector
+        return x                        # only axes of 1 added or dropped: the notes do not write it
+
 
 @register
 class Concat(OpDef):
@@ -344,7 +419,6 @@ class Concat(OpDef):
 
     name = "concat"
     arity = None
-    family = "copy"
     identity = "3"
 
     def shape(self, *xs):
@@ -370,6 +444,9 @@ class Concat(OpDef):
                 start += x.shape[-1]
         return out
 
+    def notation(self, p, node, *xs):
+        return Printed("[" + ", ".join(x.text for x in xs) + "]")
+
 
 @register
 class Slice(OpDef):
@@ -378,7 +455,6 @@ class Slice(OpDef):
     Backward, identity (3) on the kept elements: dJ/dx = δ placed back into zeros (a pad)."""
 
     name = "slice"
-    family = "copy"
     attrs = {"start": 0, "stop": 0}
     public = False
     identity = "3"
@@ -404,3 +480,7 @@ class Slice(OpDef):
             if stop < x.shape[-1]:
                 parts.append(b.zeros(x.shape[:-1] + (x.shape[-1] - stop,)))
             return [b.apply("concat", *parts) if len(parts) > 1 else d]
+
+    def notation(self, p, node, x):
+        lead = ":, " * (node.inputs[0].rank - 1)
+        return Printed(f"{wrap(x, POSTFIX)}[{lead}{node.attrs['start']}:{node.attrs['stop']}]", POSTFIX)

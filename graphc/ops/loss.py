@@ -10,6 +10,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import FLOAT, INT, TensorType
+from graphc.core.notation import Printed, TextNotation
 from graphc.core.opdef import OpDef, register, require_float
 
 
@@ -35,8 +36,9 @@ class Softmax(OpDef):
     dJ/dx = ŷ ∘ (δ − Σ δ ∘ ŷ). cross_entropy never uses it (identity (7) instead)."""
 
     name = "softmax"
-    family = "softmax"
     identity = "4"
+    leafy = True
+    shown_by_name = False           # ŷ, even where the spec named the probabilities
 
     def shape(self, x):
         require_float(x)
@@ -55,6 +57,12 @@ class Softmax(OpDef):
             s = b.apply("sum", b.mul(d, y), axis=-1, keepdims=True)
             return [b.mul(y, b.sub(d, s))]
 
+    def notation(self, p, node, x):
+        if node.inputs[0] in p.logits:                  # cross_entropy's own ŷ
+            p.used.add("yhat")
+            return Printed(p.sym.yhat())
+        return super().notation(p, node, x)
+
 
 @register
 class LogSoftmax(OpDef):
@@ -64,8 +72,8 @@ class LogSoftmax(OpDef):
     dJ/dx = δ − softmax(x) ∘ Σ δ."""
 
     name = "log_softmax"
-    family = "softmax"
     identity = "4"
+    leafy = True
     shape = Softmax.shape
 
     def reference(self, x):
@@ -77,6 +85,12 @@ class LogSoftmax(OpDef):
         with b.because(node, self.identity):
             s = b.apply("sum", d, axis=-1, keepdims=True)
             return [b.sub(d, b.mul(b.apply("softmax", node.inputs[0]), s))]
+
+    def notation(self, p, node, x):
+        if node.inputs[0] in p.logits:                  # log ŷ of cross_entropy's ŷ
+            p.used.add("yhat")
+            return Printed(p.sym.fn("log", p.sym.yhat()))
+        return super().notation(p, node, x)
 
 
 def _batch_count(b, theta):
@@ -96,7 +110,6 @@ class CrossEntropy(OpDef):
 
     name = "cross_entropy"
     arity = 2
-    family = "softmax"
     identity = "7"
     int_inputs = (1,)
 
@@ -124,6 +137,11 @@ class CrossEntropy(OpDef):
 
     def kernel(self, k, node):
         return k.row_softmax(node)
+
+    def index_bounds(self, node):
+        theta, y = node.inputs
+        return [(y, theta.shape[-1])] if y.dtype == INT else []     # a class: the logits' last dim
+
     def vjp(self, b, node, d):
         theta, y = node.inputs
         with b.because(node, self.identity):
@@ -140,6 +158,31 @@ class CrossEntropy(OpDef):
             d_y = None if y.dtype == INT else b.mul(b.neg(b.apply("log_softmax", theta)), scale)
             return [d_theta, d_y]
 
+    def notation(self, p, node, theta, y):
+        return p.call("CE", [y, theta])
+
+    def logits(self, node):
+        return node.inputs[0]
+
+    def explain_notes(self, p, nodes):
+        t = TextNotation()              # notes are plain text in every format
+        notes = []
+        if "yhat" in p.used:
+            logits = ", ".join(sorted({n.inputs[0].name for n in nodes}))
+            notes.append(f"ŷ = softmax({t.ident(logits)}), the predicted probabilities")
+        if "onehot" in p.used:
+            labels = sorted({n.inputs[1].name for n in nodes})
+            notes.append(f"{', '.join(labels)} in a formula stands for the one-hot rows of the int32 labels")
+        if any(n.inputs[1].dtype != INT for n in nodes):
+            notes.append("Σ_classes y = 1 for one-hot or probability targets, so δ = ŷ − y as in the notes")
+        means = [n for n in nodes if n.inputs[0].rank > 1]
+        if means:
+            rows = p.dim(means[0].inputs[0].shape[0])
+            theta = t.ident(means[0].inputs[0].name)
+            notes.append(f"{p.of} is the mean of the cross-entropy over the {rows} rows of the batch, so "
+                         f"δ = ∂{p.of}/∂{theta} carries a factor 1/{rows} (the notes' ŷ − y is for one example)")
+        return notes
+
 
 @register
 class Mse(OpDef):
@@ -150,7 +193,6 @@ class Mse(OpDef):
 
     name = "mse"
     arity = 2
-    family = "reduce"
     identity = "4"
 
     def shape(self, p, t):
@@ -181,10 +223,10 @@ class Onehot(OpDef):
     No gradient: its input is integer labels, which have no derivative."""
 
     name = "onehot"
-    family = "gather"
     attrs = {"depth": 1}
     int_inputs = (0,)
     public = False
+    leafy = True
 
     def shape(self, y, depth):
         return TensorType(y.shape + (depth,), FLOAT)
@@ -198,5 +240,13 @@ class Onehot(OpDef):
 
     def inline_c(self, k, node, iter_shape, loads):
         return k.onehot_load(node.inputs[0], iter_shape, loads)
+
+    def index_bounds(self, node):
+        return [(node.inputs[0], node.attrs["depth"])]
+
     def vjp(self, b, node, d):
         return [None]
+
+    def notation(self, p, node, y):
+        p.used.add("onehot")                            # y stands for its one-hot rows
+        return Printed(y.text)
