@@ -249,6 +249,25 @@ def test_spec_form_round_trips(name, ins, attrs, spec, text, latex):
     assert spec_form(back)[0] == spec
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_op_lowers_to_kernel_records(name):
+    """Every op reaches C: through its own `kernel` (a record of backend/kernels.py), its c_expr (a
+    loop), as a static scalar, or by lowering into other ops first (composites)."""
+    from graphc.backend.codegen import generate
+    from graphc.backend.kernels import RECORDS
+    op = REGISTRY[name]
+    own = type(op).kernel is not OpDef.kernel
+    composite = type(op).lower is not OpDef.lower
+    assert own or op.c_expr is not None or op.static or composite, f"{name} has no way into C"
+    _, ins, attrs, *_ = FIRST[name]
+    g, v = example(name, ins, attrs)
+    g.output("out", v)
+    csrc = generate(g, dtype="float64")
+    steps = csrc.functions[0].steps
+    assert steps and all(isinstance(st, RECORDS) for st in steps), f"{name}: no kernel records"
+    assert "int ex_forward(" in csrc.source
+
+
 def test_no_op_is_named_outside_its_record():
     """explain, the spec form and the index bounds ask the op records; none tests an op's name."""
     sources = {
