@@ -1,4 +1,4 @@
-"""Stage 6, graphc/build.py: compile once per content hash, load from cache, fail loudly and usefully."""
+"""graphc/native/build.py: compile once per content hash, load from cache, fail loudly and usefully."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""`graphc demo` (graphc/demo.py): digits trained in C reach 95% test accuracy, fast."""
+"""`graphc demo` (graphc/tools/demo.py): digits trained in C reach 95% test accuracy, fast."""
 from __future__ import annotations
 
 import re

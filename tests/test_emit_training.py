@@ -1,4 +1,4 @@
-"""Standalone training: the exported C (graphc/export.py) carries NAME_train_step when the model
+"""Standalone training: the exported C (graphc/native/export.py) carries NAME_train_step when the model
 was compiled with an optimizer, builds warning-free with its Makefile, and its example program's
 train steps give the losses the Python runtime gives."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training in C (graphc/training.py): train_step and fit against NumPy, state save/load,
+"""Training in C (graphc/native/training.py): train_step and fit against NumPy, state save/load,
 init_params, optimizer validation and the errors of the training API."""
 from __future__ import annotations
 
