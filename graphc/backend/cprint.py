@@ -107,6 +107,10 @@ def c_index(offset: Poly, strides: list[tuple[str, Poly]]) -> str:
     return " + ".join(terms) if terms else "0"
 
 
+def c_long(name: str) -> str:
+    return f"long {name}"
+
+
 def c_param(ctype: str, name: str, const: bool) -> str:
     return f"{'const ' if const else ''}{ctype} *{name}"
 

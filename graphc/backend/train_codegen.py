@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
-from graphc.backend.cprint import c_name, c_poly, c_real
+from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_poly, c_real, c_signature
 from graphc.backend.functions import Arg, output_args
 from graphc.autodiff.train import train_graph
 from graphc.backend.kernels import (AdamStepCount, AdamUpdate, OptimizerUpdates, ParamUpdate, SgdUpdate,
@@ -211,33 +211,33 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
         upd = "  (updated in place)" if a.role in ("param*", "state") else ""
         return f"{a.role:<7} {a.shape_doc}{extra}{upd}"
 
-    sig = [f"long {n_total}", f"long {batch}"]
+    sig = [c_long(n_total), c_long(batch)]
     args_doc = [dict(cname=n_total, doc="rows of the dataset, >= 1"),
                 dict(cname=batch, doc="rows per minibatch, >= 1 (the last minibatch takes the rest)")]
     fit_args: list[tuple[str, str, str]] = []
     for a, x in zip(inputs, in_ctx):
-        sig.append(f"const {a.ctype} *{a.cname}")
+        sig.append(c_param(a.ctype, a.cname, True))
         if x["batched"]:
             shape = "[" + ", ".join([n_total] + [graph.dim_label(d) for d in a.value.shape[1:]]) + "]"
             args_doc.append(dict(cname=a.cname, doc=f"dataset {shape}{'  int32' if a.ctype == 'int32_t' else ''}, all rows"))
         else:
             args_doc.append(dict(cname=a.cname, doc="input   " + a.shape_doc + "  (the same for every minibatch)"))
         fit_args.append(("input", a.value.name, a.cname))
-    sig.append(f"const int64_t *{order}")
+    sig.append(c_param("int64_t", order, True))
     args_doc.append(dict(cname=order, doc=f"[{n_total}] int64  a permutation of 0 .. {n_total}-1: the rows in the order trained"))
     fit_args.append(("order", "order", order))
     for a in pargs + state_args:
-        sig.append(f"{'const ' if a.const else ''}{a.ctype} *{a.cname}")
+        sig.append(c_param(a.ctype, a.cname, a.const))
         args_doc.append(dict(cname=a.cname, doc=doc(a)))
     fit_args += [("param", a.value.name, a.cname) for a in pargs]
     fit_args += [("state", k, a.cname) for k, a in zip(state_layout, state_args)]
-    sig.append(f"{ctype} *{losses}")
+    sig.append(c_param(ctype, losses, False))
     args_doc.append(dict(cname=losses, doc=f"[ceil({n_total} / {batch})]  out: the loss {loss_name} of each minibatch"))
     fit_args.append(("losses", "losses", losses))
     sig.append("void *workspace")
     args_doc.append(dict(cname="workspace", doc=f"{em.graph.name}_fit_workspace_size({batch}) bytes, 64-byte aligned"))
-    signature = ", ".join(sig)
-    null_checks = " || ".join(["!workspace"] + [f"!{a.cname}" for a in inputs + pargs + state_args] + [f"!{order}", f"!{losses}"])
+    signature = c_signature(sig)
+    null_checks = c_any_null(["workspace"] + [a.cname for a in inputs + pargs + state_args] + [order, losses])
     ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, inputs=in_ctx,
                label_checks=label_checks, staging=staging, step_args=step_call, loss=loss_c, order=order,
                losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
