@@ -182,7 +182,7 @@ def test_errors_cover_at_least_twenty_malformed_specs():
 
 def test_errors_unknown_op_suggests_the_close_one(tmp_path):
     err = load_error(tmp_path, E("sigmod(x)"), SpecError)
-    assert err.hint == "did you mean sigmoid?"
+    assert err.hint.startswith("did you mean sigmoid? the ops are: ")
     assert "hint: did you mean sigmoid?" in str(err)
 
 
@@ -389,3 +389,20 @@ def test_errors_matmul_hint_writes_the_fix_with_the_operands_as_written(tmp_path
     with pytest.raises(ShapeError) as e:
         (x + 1) @ W
     assert e.value.hint == "W.T is (Dx=5, Dh=8); did you mean (x + 1) @ W.T?"
+
+
+def test_errors_unknown_op_lists_the_ops_that_exist():
+    spec = 'name = "a"\n[inputs]\nx = [3]\n[graph]\nz = "gelu(x)"\n[outputs]\nz_out = "z"\n'
+    with pytest.raises(SpecError) as e:
+        graphc.parse_spec(spec)
+    hint = e.value.hint
+    assert hint.startswith("did you mean relu?")
+    listed = hint.split("the ops are: ")[1].split(", ")
+    assert {"relu", "softmax", "cross_entropy", "matmul"} <= set(listed) and "onehot" not in listed   # public only
+
+
+def test_errors_unknown_name_far_from_any_lists_the_names_declared():
+    spec = 'name = "a"\n[inputs]\nx = [3]\n[params]\nW = [2, 3]\n[graph]\nz = "W @ zzzz"\n[outputs]\nz_out = "z"\n'
+    with pytest.raises(SpecError) as e:
+        graphc.parse_spec(spec)
+    assert "unknown name 'zzzz'" in str(e.value) and "the names so far: x, W" in e.value.hint

@@ -35,3 +35,16 @@ def test_readme_has_the_two_quickstart_commands_and_ci_runs_the_second_verbatim(
     commands = [line for line in block.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2 and commands[0].endswith("graphc demo") and "pytest" in commands[1]
     assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_error_example_is_what_graphc_prints(tmp_path, monkeypatch, capsys):
+    """The README's error example: the command it shows, run, prints exactly the lines it shows."""
+    from graphc.tools.cli import main
+    block = re.search(r"```\n\$ sed 's/x @ W.T \+ b1/x @ W \+ b1/' examples/one_layer.toml > bad.toml && "
+                      r"graphc show bad.toml\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    text = (ROOT / "examples" / "one_layer.toml").read_text()
+    assert "x @ W.T + b1" in text
+    (tmp_path / "bad.toml").write_text(text.replace("x @ W.T + b1", "x @ W + b1"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["show", "bad.toml"]) == 2
+    assert capsys.readouterr().err == block

@@ -10,6 +10,7 @@ what an op that says nothing more gets.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 import numpy as np
@@ -30,14 +31,19 @@ def register(cls):
     return cls
 
 
+def unknown_op_hint(name: str, public_only: bool = True) -> str:
+    """`did you mean relu? the ops are: add, concat, ...`: a close name if there is one, and the list."""
+    names = sorted(k for k, op in REGISTRY.items() if op.public or not public_only)
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.7)
+    listed = f"the ops are: {', '.join(names)}"
+    return f"did you mean {close[0]}? {listed}" if close else listed
+
+
 def get_op(name: str) -> "OpDef":
     try:
         return REGISTRY[name]
     except KeyError:
-        import difflib
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        raise SpecError(f"unknown op {name!r}", hint=f"did you mean {close[0]}?" if close else
-                        "see `graphc.ops.REGISTRY` for the list") from None
+        raise SpecError(f"unknown op {name!r}", hint=unknown_op_hint(name, public_only=False)) from None
 
 
 class OpDef:

@@ -16,6 +16,7 @@ from typing import Any
 
 from graphc.core.errors import GraphcError, Location, SpecError
 from graphc.core.ir import Graph, Origin, Value
+from graphc.core.opdef import unknown_op_hint
 from graphc.ops import REGISTRY
 
 SECTIONS = ("name", "dims", "inputs", "params", "graph", "outputs", "grad")
@@ -303,8 +304,10 @@ class _Builder:
                 if n.id in REGISTRY and REGISTRY[n.id].public:
                     fail(f"{n.id} is an op; call it: {n.id}(...)", n)
                 close = difflib.get_close_matches(n.id, list(g.values), n=1)
+                known = ", ".join(g.values) or "none yet"
                 fail(f"unknown name {n.id!r}", n, hint=f"did you mean {close[0]!r}?" if close else
-                     "declare it under [inputs] or [params], or define it in [graph]")
+                     f"declare it under [inputs] or [params], or define it in [graph] before this line "
+                     f"(the names so far: {known})")
             if isinstance(n, ast.Constant):
                 if isinstance(n.value, bool) or not isinstance(n.value, (int, float)):
                     fail(f"only numbers are allowed as constants, got {n.value!r}", n)
@@ -333,10 +336,7 @@ class _Builder:
                     fail("only calls of graphc ops by name are allowed", n)
                 opname = n.func.id
                 if opname not in REGISTRY or not REGISTRY[opname].public:
-                    public = [k for k, o in REGISTRY.items() if o.public]
-                    close = difflib.get_close_matches(opname, public, n=1)
-                    fail(f"unknown op {opname!r}", n, hint=f"did you mean {close[0]}?" if close else
-                         f"ops are: {', '.join(sorted(public))}")
+                    fail(f"unknown op {opname!r}", n, hint=unknown_op_hint(opname))
                 op = REGISTRY[opname]
                 n_in = op.arity if op.arity is not None else len(n.args)
                 if len(n.args) < n_in:
