@@ -117,3 +117,14 @@ def test_cli_build_writes_sources_libraries_and_the_memory_plan(capsys, tmp_path
         assert (tmp_path / name).is_file() and f"wrote {tmp_path / name}" in out
     assert "workspace of one_layer at n=64" in out and "bytes per batch row" in out
     assert "value_and_grad" in out and "peak" in out
+
+
+def test_cli_show_prints_constants_as_numbers_and_aligns_the_columns(capsys):
+    """CSE merges the 1 of tanh's 1 - h**2 with the seed dJ/dJ = 1: it must print as 1.0, not as
+    d_J; and the shape and origin columns line up within each graph."""
+    status, out, err = run(capsys, "show", str(Path(ONE_LAYER).parent / "mlp.toml"))
+    assert status == 0, err
+    assert "sub(1.0, " in out and "sub(d_J," not in out
+    for block in out.split("\n\n"):
+        nodes = [line for line in block.splitlines() if " = " in line and "#" in line and "output" not in line]
+        assert nodes and len({line.index("    #") for line in nodes}) == 1, block

@@ -385,25 +385,41 @@ class Graph:
             for v in table.values():
                 lines.append(f"  {kind:<7} {v.name:<10} {self._value_line(v)}")
         width = max([len(n.output.name) for n in self.nodes] + [8])
-        for n in self.nodes:
-            lines.append("  " + self.format_node(n, width))
+        calls = [self._node_call(n, width) for n in self.nodes]
+        shapes = [self._value_line(n.output) for n in self.nodes]
+        call_w, shape_w = max(map(len, calls), default=0), max(map(len, shapes), default=0)
+        for n, call, shape in zip(self.nodes, calls, shapes):
+            lines.append("  " + f"{call:<{call_w}}  {shape:<{shape_w}}{self._node_comment(n)}".rstrip())
         for k, v in self.outputs.items():
             lines.append(f"  output  {k} = {v.name}")
         return "\n".join(lines)
 
     def format_node(self, n: Node, width: int = 8) -> str:
-        args = ", ".join(v.name for v in n.inputs)
+        """One node as the printer shows it: `name = op(args, attrs)  shape    # origin`."""
+        return f"{self._node_call(n, width)}  {self._value_line(n.output)}{self._node_comment(n)}"
+
+    @staticmethod
+    def _operand(v: Value) -> str:
+        """An argument as printed: its name, or the number a constant is (CSE may have merged the 1 of
+        `1 - h**2` with the seed dJ/dJ = 1, whose name would read as a gradient)."""
+        n = v.node
+        if n is not None and n.op.static and not n.inputs:
+            return repr(float(n.attrs["value"]))
+        return v.name
+
+    def _node_call(self, n: Node, width: int) -> str:
+        args = ", ".join(self._operand(v) for v in n.inputs)
         attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
-        text = f"{n.output.name:<{width}} = {n.op.name}({', '.join(filter(None, (args, attrs)))})"
-        text = f"{text:<44} {self._value_line(n.output)}"
+        return f"{n.output.name:<{width}} = {n.op.name}({', '.join(filter(None, (args, attrs)))})"
+
+    @staticmethod
+    def _node_comment(n: Node) -> str:
         o = n.origin
         if o.identity:
-            text += f"    # identity ({o.identity})"
-            if o.text:
-                text += f" of {o.text}"
-        elif o.text:
-            text += f"    # {o.text}" + (f"  [{o.where}]" if o.where else "")
-        return text
+            return f"    # identity ({o.identity})" + (f" of {o.text}" if o.text else "")
+        if o.text:
+            return f"    # {o.text}" + (f"  [{o.where}]" if o.where else "")
+        return ""
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.params)} params, {len(self.nodes)} nodes>"
