@@ -4,6 +4,7 @@ check/build/emit/demo need the compiler stages and are covered where those are t
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -110,13 +111,30 @@ def test_cli_check_exits_1_on_a_wrong_gradient_and_says_where(capsys, monkeypatc
     assert "finite differences n=3: d_W: at index [" in text and "identity (5)" in text
 
 
-def test_cli_build_writes_sources_libraries_and_the_memory_plan(capsys, tmp_path):
+def test_cli_build_writes_sources_libraries_and_the_workspace(capsys, tmp_path):
     status, out, err = run(capsys, "build", ONE_LAYER, "-o", str(tmp_path))
     assert status == 0, err
     for name in ("one_layer.c", "one_layer.h", "libone_layer.so"):
         assert (tmp_path / name).is_file() and f"wrote {tmp_path / name}" in out
-    assert "workspace of one_layer at n=64" in out and "bytes per batch row" in out
+    size = int(re.search(r"workspace at batch 64: (\d+) bytes", out).group(1))
+    assert size > 0 and "arena plan" not in out
+    status, out, err = run(capsys, "build", ONE_LAYER, "-o", str(tmp_path), "--report", "--batch", "64")
+    assert status == 0, err
+    assert f"workspace of one_layer at n=64: {size} bytes" in out and "bytes per batch row" in out
     assert "value_and_grad" in out and "peak" in out
+
+
+def test_cli_version_and_every_option_has_help(capsys):
+    import graphc
+    from graphc.tools.cli import _parser
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"graphc {graphc.__version__}"
+    parser = _parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help, f"graphc {name} {'/'.join(action.option_strings) or action.dest} has no help"
 
 
 def test_cli_show_prints_constants_as_numbers_and_aligns_the_columns(capsys):

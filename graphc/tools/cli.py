@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from graphc.core.errors import CheckError, GraphcError
+from graphc.core.version import __version__
 
 DTYPES = ("float32", "float64")
 
@@ -17,35 +18,44 @@ DTYPES = ("float32", "float64")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphc", description="Compile a neural network's forward graph, "
                                 "and the backward graph graphc derives, to C.")
+    p.add_argument("--version", action="version", version=f"graphc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    spec_help = "the model spec, a .toml file (see examples/)"
+    dtype_help = "element type of the C: float32 (the default for building) or float64"
 
     s = sub.add_parser("show", help="print the forward and backward graphs")
-    s.add_argument("spec", metavar="SPEC")
+    s.add_argument("spec", metavar="SPEC", help=spec_help)
     s.add_argument("--passes", action="store_true", help="print the graph after each pass")
     s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="none",
                    help="print the train step instead of the backward graph: backward pass and update, in the IR")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
 
     s = sub.add_parser("explain", help="the derivation: each delta, the identity used, the shape check")
-    s.add_argument("spec", metavar="SPEC")
-    s.add_argument("--format", choices=("text", "markdown", "latex"), default="text")
+    s.add_argument("spec", metavar="SPEC", help=spec_help)
+    s.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
+                   help="plain text with the notes' symbols (default), Markdown, or LaTeX")
 
     s = sub.add_parser("check", help="C vs NumPy reference vs finite differences; exit 1 on mismatch")
-    s.add_argument("spec", metavar="SPEC")
-    s.add_argument("--dtype", choices=DTYPES, default="float64")
-    s.add_argument("--batch", type=int, default=None, metavar="N")
-    s.add_argument("--seed", type=int, default=0, metavar="S")
+    s.add_argument("spec", metavar="SPEC", help=spec_help)
+    s.add_argument("--dtype", choices=DTYPES, default="float64",
+                   help="element type of the C checked (default float64, whose tolerances are tight)")
+    s.add_argument("--batch", type=int, default=None, metavar="N", help="rows of the random inputs (default 3)")
+    s.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random inputs and params (default 0)")
 
     s = sub.add_parser("build", help="NAME.c, NAME.h and the shared library in DIR")
-    s.add_argument("spec", metavar="SPEC")
-    s.add_argument("-o", "--out", required=True, metavar="DIR")
-    s.add_argument("--dtype", choices=DTYPES, default="float32")
-    s.add_argument("--threads", type=int, default=None, metavar="N")
+    s.add_argument("spec", metavar="SPEC", help=spec_help)
+    s.add_argument("-o", "--out", required=True, metavar="DIR", help="the folder to write into (made if missing)")
+    s.add_argument("--dtype", choices=DTYPES, default="float32", help=dtype_help)
+    s.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="most threads a call may use (default: $GRAPHC_NUM_THREADS, else the cores this process may use)")
+    s.add_argument("--report", action="store_true",
+                   help="also print the memory plan of each C function: buffers, offsets, lifetimes, peak bytes")
+    s.add_argument("--batch", type=int, default=64, metavar="N", help="the batch size the report's bytes are for (default 64)")
 
     s = sub.add_parser("emit", help="standalone C (NAME.c, NAME.h, example main, Makefile) in DIR")
-    s.add_argument("spec", metavar="SPEC")
-    s.add_argument("-o", "--out", required=True, metavar="DIR")
-    s.add_argument("--dtype", choices=DTYPES, default="float32")
+    s.add_argument("spec", metavar="SPEC", help=spec_help)
+    s.add_argument("-o", "--out", required=True, metavar="DIR", help="the folder to write into (made if missing)")
+    s.add_argument("--dtype", choices=DTYPES, default="float32", help=dtype_help)
     s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="sgd",
                    help="the update compiled into NAME_train_step when the spec has [grad] (default sgd)")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
@@ -54,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                         "or an .npz of arrays named as the params) as const C arrays")
 
     s = sub.add_parser("demo", help="train the digits demo end to end")
-    s.add_argument("--epochs", type=int, default=None, metavar="E")
-    s.add_argument("--out", default=None, metavar="DIR")
+    s.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs to train (default 10)")
+    s.add_argument("--out", default=None, metavar="DIR", help="where to write the standalone C (default graphc-demo)")
     return p
 
 
@@ -145,8 +155,14 @@ def cmd_build(args) -> int:
         kwargs["threads"] = args.threads
     m = compile(_spec_path(args.spec), **kwargs)
     _print_files(m.export(args.out, standalone=False))
-    print()
-    print(m.memory_plan())
+    if args.batch < 1:
+        raise GraphcError(f"build: --batch must be >= 1, got {args.batch}")
+    if args.report:
+        print()
+        print(m.memory_plan(args.batch))
+    else:
+        size = getattr(m.lib, f"{m.name}_workspace_size")(args.batch)
+        print(f"workspace at batch {args.batch}: {size} bytes ({m.name}_workspace_size; --report for the plan)")
     return 0
 
 
