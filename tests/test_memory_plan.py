@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 import graphc
 from graphc.backend.codegen import generate
 from graphc.backend.memory import align, peval
-from graphc.backend.schedule import c_name
+from graphc.backend.cprint import c_name
 
 from conftest import EXAMPLE_SPECS, EXAMPLES_DIR
 
