@@ -519,3 +519,78 @@ def test_imported_mlp_fine_tunes_with_a_loss_added_by_the_builder(tmp_path):
     np.testing.assert_allclose(got, onnx_numpy(new, {"x": X[:5].astype(np.float64)})["probs"], atol=1e-5)
     files = m.export(tmp_path / "mlp", params=state.params)       # emitted like any other graph
     assert any(str(f).endswith("mlp_params.c") for f in files)
+
+
+# ------------------------------------------------------------------ graphc import
+@pytest.mark.parametrize("build", ["mlp", "names", "flatten"])
+def test_cli_import_writes_a_spec_that_loads_back_to_the_same_graph(tmp_path, capsys, build):
+    from graphc.native.training import TrainState
+    from graphc.tools.cli import main
+    model = {"mlp": lambda: mlp_model(0.5, -2.0),
+             "names": lambda: _names_model(),
+             "flatten": lambda: _flatten_model()}[build]()
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    spec, npz = tmp_path / "out" / "model.toml", tmp_path / "p.npz"
+    assert main(["import", str(path), "-o", str(spec), "--params", str(npz)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {spec}" in out and f"wrote {npz}" in out
+    g, params = graphc.from_onnx(model)
+    loaded = graphc.load(spec)
+    assert _structure(loaded)[1:] == _structure(g)[1:]        # the name line differs: the spec's name is g's
+    assert loaded.name == g.name
+    meta, read, state = TrainState.read(npz)
+    assert meta is None and not state and read.keys() == params.keys()
+    assert all(np.array_equal(read[k], params[k]) and read[k].dtype == params[k].dtype for k in params)
+    text = spec.read_text()
+    for onnx_name, name in onnx_names(model).items():
+        if onnx_name != name:
+            assert f'"{onnx_name}" -> {name}' in text          # the spec's header lists each renamed name
+
+
+def test_cli_import_default_params_path_and_emit_reads_them(tmp_path, capsys):
+    from graphc.tools.cli import main
+    path = tmp_path / "mlp.onnx"
+    model = mlp_model()
+    onnx.save(model, str(path))
+    spec = tmp_path / "mlp.toml"
+    assert main(["import", str(path), "-o", str(spec)]) == 0
+    npz = tmp_path / "mlp_params.npz"                  # beside the spec, named after it
+    with np.load(npz) as z:
+        assert sorted(z.files) == sorted(graphc.from_onnx(model)[1])
+    assert main(["emit", str(spec), "-o", str(tmp_path / "c"), "--params", str(npz)]) == 0
+    c = (tmp_path / "c" / "mlp_params.c").read_text()
+    assert all(name in c for name in ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"))
+
+
+def test_cli_import_errors_exit_2_with_a_message(tmp_path, capsys):
+    from graphc.tools.cli import main
+    assert main(["import", str(tmp_path / "none.onnx"), "-o", str(tmp_path / "x.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    path = tmp_path / "conv.onnx"
+    onnx.save(UNSUPPORTED["unknown op"][0](), str(path))
+    assert main(["import", str(path), "-o", str(tmp_path / "x.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "conv.onnx" in err and "node 1 (Conv 'conv1')" in err and "Traceback" not in err
+    assert not (tmp_path / "x.toml").exists()
+
+
+def _names_model():
+    inits = [weights("layer.0.weight", 3, 4), weights("a.b", 3)]
+    nodes = [oh.make_node("Gemm", ["input.1", "layer.0.weight", "a.b"], ["/l0/Gemm_output_0"], transB=1),
+             const_node("c", np.array(-1.5, dtype=np.float32)),
+             oh.make_node("Mul", ["/l0/Gemm_output_0", "c"], ["m"]),
+             oh.make_node("Softmax", ["m"], ["probs:0"])]
+    return make_model(nodes, [tensor("input.1", ["batch", 4])], [tensor("probs:0", ["batch", 3])], inits)
+
+
+def _flatten_model():
+    inits = [weights("emb", 7, 6), ints("shape", [0, 2, 3]), ints("axes", [2]), weights("W", 5, 4)]
+    nodes = [oh.make_node("Gather", ["emb", "ids"], ["e"]),                   # (N, 6)
+             oh.make_node("Reshape", ["e", "shape"], ["r"]),                  # (N, 2, 3)
+             oh.make_node("ReduceSum", ["r", "axes"], ["s"], keepdims=0),     # (N, 2)
+             oh.make_node("Concat", ["s", "s"], ["c"], axis=-1),              # (N, 4)
+             oh.make_node("Flatten", ["c"], ["f"]),                           # (N, 4): a view
+             oh.make_node("Transpose", ["W"], ["Wt"]),                        # (4, 5)
+             oh.make_node("MatMul", ["f", "Wt"], ["y"])]                      # (N, 5)
+    return make_model(nodes, [tensor("ids", ["N"], TP.INT64)], [tensor("y", ["N", 5])], inits)
