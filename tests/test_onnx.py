@@ -119,7 +119,7 @@ def onnx_numpy(model, feeds):
         elif op == "Identity":
             y = x[0]
         elif op == "Constant":
-            y = nh.to_array(a["value"])
+            y = nh.to_array(a["value"]) if "value" in a else np.array(next(iter(a.values())))
         else:
             raise NotImplementedError(op)
         values[node.output[0]] = y
@@ -328,6 +328,28 @@ def test_initializers_no_node_reads_as_a_tensor_are_no_params():
     g, params = graphc.from_onnx(make_model([oh.make_node("MatMul", ["x", "W"], ["y"])], [tensor("x", ["N", 3])],
                                             [tensor("y", ["N", 3])], inits))
     assert set(params) == set(g.params) == {"W"}
+
+
+def test_constant_forms_gemm_without_c_vectors_and_an_input_with_a_default():
+    """Constant's value_float, value_floats and value_ints; Gemm without C; a 1-D MatMul and
+    Softmax; and an input that is also an initializer (IR version 3's defaults): a param."""
+    nodes = [oh.make_node("Constant", [], ["half"], value_float=0.5),
+             oh.make_node("Constant", [], ["row"], value_floats=[1.0, 2.0, 3.0]),
+             oh.make_node("Constant", [], ["shp"], value_ints=[1, 3]),
+             oh.make_node("Gemm", ["x", "W"], ["g"]),
+             oh.make_node("Mul", ["g", "half"], ["gh"]),
+             oh.make_node("Add", ["gh", "row"], ["ga"]),
+             oh.make_node("MatMul", ["v", "W"], ["vW"]),
+             oh.make_node("Softmax", ["vW"], ["sv"]),
+             oh.make_node("Reshape", ["sv", "shp"], ["sv2"]),
+             oh.make_node("Add", ["ga", "sv2"], ["y"])]
+    model = oh.make_model(oh.make_graph(nodes, "odds", [tensor("x", [2, 4]), tensor("v", [4]), tensor("W", [4, 3])],
+                                        [tensor("y", [2, 3])], [weights("W", 4, 3)]),
+                          opset_imports=[oh.make_opsetid("", OPSET)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    g, params, _ = check_forward(model, {"x": RNG.normal(size=(2, 4)), "v": RNG.normal(size=4)})
+    assert list(g.inputs) == ["x", "v"] and set(params) == {"W", "row"}
+    assert [n.attrs["value"] for n in g.nodes if n.op.name == "const"] == [0.5]
 
 
 def test_path_and_model_proto_give_the_same_graph(tmp_path):
