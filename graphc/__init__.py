@@ -14,6 +14,7 @@ from graphc.core.reference import evaluate  # noqa: F401
 from graphc.core.version import __version__  # noqa: F401
 from graphc.frontend.functions import FUNCTIONS as _FUNCTIONS
 from graphc.frontend.spec import load, parse_spec  # noqa: F401
+from graphc.frontend.onnx import from_onnx  # noqa: F401
 from graphc.autodiff.grad import grad  # noqa: F401
 from graphc.autodiff.explain import explain  # noqa: F401
 from graphc.autodiff.optimizers import SGD, Adam  # noqa: F401

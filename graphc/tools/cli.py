@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="train the digits demo end to end")
     s.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs to train (default 10)")
     s.add_argument("--out", default=None, metavar="DIR", help="where to write the standalone C (default graphc-demo)")
+
+    s = sub.add_parser("import", help="an ONNX model -> a spec (.toml) and its params (.npz)")
+    s.add_argument("model", metavar="MODEL", help="the ONNX model, an .onnx file (needs pip install 'graphc[onnx]')")
+    s.add_argument("-o", "--out", required=True, metavar="SPEC", help="the spec to write, e.g. model.toml")
+    s.add_argument("--params", default=None, metavar="NPZ",
+                   help="where to write the initializers as an .npz of arrays named as the params, which "
+                        "graphc emit --params reads (default: SPEC with the suffix _params.npz)")
     return p
 
 
@@ -210,6 +217,37 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"show": cmd_show, "explain": cmd_explain, "check": cmd_check, "build": cmd_build,
             "emit": cmd_emit, "demo": cmd_demo}
+
+
+def cmd_import(args) -> int:
+    """graphc import MODEL -o SPEC [--params NPZ]: the spec text generated from the imported graph."""
+    import json
+    import numpy as np
+    from graphc.frontend.onnx import read_onnx
+    from graphc.frontend.spec_writer import to_spec
+    g, params, names = read_onnx(args.model)
+    out = Path(args.out)
+    npz = Path(args.params) if args.params else out.with_name(out.stem + "_params.npz")
+    renamed = {k: v for k, v in names.items() if k != v}
+    notes = [f"imported from {Path(args.model).name} by graphc import (graphc {__version__}); "
+             f"the params' values are in {npz.name}",
+             "no [grad] section: add a loss and [grad] to train it (see README, From ONNX)"]
+    if renamed:
+        notes += ["", "ONNX names that are not graphc names, and the names they became:"]
+        notes += [f"  {json.dumps(k)} -> {v}" for k, v in renamed.items()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(to_spec(g, notes), encoding="utf-8")
+        with open(npz, "wb") as f:
+            np.savez(f, **params)
+    except OSError as e:
+        raise GraphcError(f"import: cannot write {e.filename or out}: {e.strerror or e}") from None
+    print(f"wrote {out}: {len(g.inputs)} inputs, {len(g.nodes)} nodes, outputs {', '.join(g.outputs)}")
+    print(f"wrote {npz}: {len(params)} params")
+    return 0
+
+
+COMMANDS["import"] = cmd_import
 
 
 if __name__ == "__main__":
