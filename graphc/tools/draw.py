@@ -182,7 +182,8 @@ def draw(graph: Graph, path: str | Path, format: str | None = None, backward: bo
             format = "dot"
     if format not in FORMATS:
         raise GraphcError(f"cannot draw to {str(path)!r}: format {format!r} is not one of {', '.join(FORMATS)}",
-                          hint="pass format='svg' (or dot, png), or give the file a .dot, .svg or .png suffix")
+                          hint="give the file a .dot, .svg or .png suffix, or name the format "
+                               "(graphc show --format svg; draw(..., format='svg') from Python)")
     text = to_dot(graph, backward=backward)
     if format == "dot":
         data = text.encode()
