@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="train the digits demo end to end")
     s.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs to train (default 10)")
     s.add_argument("--out", default=None, metavar="DIR", help="where to write the standalone C (default graphc-demo)")
+    s.add_argument("--plot", default=None, metavar="FILE",
+                   help="also draw the train and test loss per epoch to FILE, e.g. loss.png (needs matplotlib)")
     return p
 
 
@@ -230,6 +232,8 @@ def cmd_demo(args) -> int:
         argv += ["--epochs", str(args.epochs)]
     if args.out is not None:
         argv += ["--out", args.out]
+    if args.plot is not None:
+        argv += ["--plot", args.plot]
     status = demo.main(argv)
     return int(status or 0)
 
