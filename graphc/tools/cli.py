@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="none",
                    help="print the train step instead of the backward graph: backward pass and update, in the IR")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
+    s.add_argument("--format", choices=("dot", "svg", "png"), default=None, dest="draw_format",
+                   help="draw the graph instead of printing it, through Graphviz: DOT text (stdout without -o), "
+                        "or SVG or PNG (need Graphviz's dot program); default: from the suffix of -o")
+    s.add_argument("--backward", action="store_true",
+                   help="draw the forward and backward graph of the spec's [grad] (default: the forward graph)")
+    s.add_argument("-o", "--out", default=None, metavar="FILE", help="the picture's file (.dot, .svg or .png)")
 
     s = sub.add_parser("explain", help="the derivation: each delta, the identity used, the shape check")
     s.add_argument("spec", metavar="SPEC", help=spec_help)
@@ -66,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="train the digits demo end to end")
     s.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs to train (default 10)")
     s.add_argument("--out", default=None, metavar="DIR", help="where to write the standalone C (default graphc-demo)")
+    s.add_argument("--plot", default=None, metavar="FILE",
+                   help="also draw the train and test loss per epoch to FILE, e.g. loss.png (needs matplotlib)")
 
     s = sub.add_parser("import", help="an ONNX model -> a spec (.toml) and its params (.npz)")
     s.add_argument("model", metavar="MODEL", help="the ONNX model, an .onnx file (needs pip install 'graphc[onnx]')")
@@ -109,6 +117,8 @@ def _load(spec: str):
 
 def cmd_show(args) -> int:
     from graphc.autodiff.grad import grad
+    if args.draw_format or args.out or args.backward:
+        return _draw(args)
     g = _load(args.spec)
     print(g)
     optimizer = _optimizer(args)
@@ -129,6 +139,24 @@ def cmd_show(args) -> int:
         for name, graph in stages(g):
             print(f"\n# after {name}")
             print(graph)
+    return 0
+
+
+def _draw(args) -> int:
+    """graphc show --format/--backward/-o: the graph as a picture (graphc/tools/draw.py)."""
+    from graphc.tools.draw import draw, to_dot
+    if args.passes or args.optimizer != "none":
+        raise GraphcError("show: --passes and --optimizer print text and are not drawn",
+                          hint="drop them to draw, or drop --format/--backward/-o to print")
+    if args.out is None:
+        if args.draw_format != "dot":
+            what = f"--format {args.draw_format}" if args.draw_format else "--backward"
+            raise GraphcError(f"show: {what} draws a picture, which needs -o FILE",
+                              hint="e.g. graphc show SPEC --format svg --backward -o graph.svg "
+                                   "(--format dot without -o prints the DOT text)")
+        print(to_dot(_load(args.spec), backward=args.backward), end="")
+        return 0
+    print(f"wrote {draw(_load(args.spec), args.out, args.draw_format, backward=args.backward)}")
     return 0
 
 
@@ -211,6 +239,8 @@ def cmd_demo(args) -> int:
         argv += ["--epochs", str(args.epochs)]
     if args.out is not None:
         argv += ["--out", args.out]
+    if args.plot is not None:
+        argv += ["--plot", args.plot]
     status = demo.main(argv)
     return int(status or 0)
 

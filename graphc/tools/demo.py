@@ -5,7 +5,8 @@ seed, compiles examples/one_layer.toml in float32 with Adam, trains it with `fit
 per C call), prints the loss and time of each epoch and the train/test accuracy, times the
 same training written in plain NumPy (the closed forms of the notes, the same init, batch
 order and optimizer), and writes the standalone C (NAME.c, NAME.h, main.c, Makefile) to a
-folder. Needs scikit-learn: pip install 'graphc[demo]'.
+folder. With --plot FILE, also draws the train and test loss of each epoch to FILE (a PNG, or
+any format matplotlib writes). Needs scikit-learn (and matplotlib for --plot): pip install 'graphc[demo]'.
 """
 from __future__ import annotations
 
@@ -151,12 +152,49 @@ def numpy_accuracy(P, X, Y) -> float:
     return float(np.mean(np.argmax(h @ P["U"].T + P["b2"], axis=1) == Y))
 
 
+def _figure():
+    """matplotlib's Figure (no pyplot, so no GUI backend and no global state), or a GraphcError."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        from graphc.core.errors import GraphcError
+        raise GraphcError("graphc demo --plot needs matplotlib, which is not installed",
+                          hint="pip install 'graphc[demo]' (or pip install matplotlib)") from None
+    return Figure
+
+
+def plot_losses(path: str | Path, train: list[float], test: list[float], title: str) -> Path:
+    """Draw the train and test loss after each epoch (index 0: before training) to `path` with
+    matplotlib; the format follows the suffix (.png, .svg, .pdf)."""
+    from matplotlib.ticker import MaxNLocator
+    fig = _figure()(figsize=(6.4, 4.2), dpi=100)
+    ax = fig.subplots()
+    ax.plot(range(len(train)), train, marker="o", label="train")
+    ax.plot(range(len(test)), test, marker="s", label="test (held out)")
+    ax.set_xlabel("epoch (0: before training)")
+    ax.set_ylabel("loss: mean cross-entropy over the set (log scale)")
+    ax.set_yscale("log")    # the first epoch drops the loss tenfold; the train/test gap is after it
+    ax.set_title(title, fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
 def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32, lr: float = 5e-3,
-        seed: int = 0, compare: bool = True, write=print) -> dict:
-    """Train, report and export; returns the figures it printed (accuracies, losses, timings)."""
+        seed: int = 0, compare: bool = True, write=print, plot: str | Path | None = None) -> dict:
+    """Train, report and export; returns the figures it printed (accuracies, losses, timings).
+    plot: a file to draw the train and test loss per epoch to (matplotlib): the loss on the whole
+    train and test sets before training and after each epoch (outside the timed span), also
+    returned as train_losses and test_losses (epochs + 1 numbers each)."""
     from graphc.autodiff.optimizers import Adam
     from graphc.native.runtime import compile
     from graphc.native.training import init_params
+    if plot is not None:
+        _figure()     # a missing matplotlib is an error before the training, not after it
     t0 = time.perf_counter()
     X_train, X_test, y_train, y_test = load_data(seed)
     graph = load_graph()
@@ -172,22 +210,37 @@ def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32,
 
     init = init_params(graph, seed=seed)
     state = model.train_state(init)
-    stamps = [time.perf_counter()]
+    curves = {"train_losses": [], "test_losses": []}   # for --plot: the loss on each whole set
+
+    def evaluate():
+        for key, X, Y in (("train_losses", X_train, y_train), ("test_losses", X_test, y_test)):
+            curves[key].append(float(model.forward(x=X, y=Y, **state.params)["loss"]))
+
+    if plot is not None:
+        evaluate()     # before training: epoch 0
+    clock, c_times = [time.perf_counter()], []
 
     def progress(epoch, loss):
-        stamps.append(time.perf_counter())
-        write(f"  epoch {epoch:>3}  loss {loss:.4f}  {(stamps[-1] - stamps[-2]) * 1e3:7.2f} ms")
+        c_times.append(time.perf_counter() - clock[0])
+        write(f"  epoch {epoch:>3}  loss {loss:.4f}  {c_times[-1] * 1e3:7.2f} ms")
+        if plot is not None:    # with this epoch's params, outside the timed span
+            evaluate()
+        clock[0] = time.perf_counter()
 
     write("training in C (one fit call per epoch):")
     losses = model.fit(state, x=X_train, y=y_train, batch_size=batch_size, epochs=epochs, seed=seed,
                        progress=progress)
-    c_times = np.diff(stamps)
+    c_times = np.array(c_times)
     train_acc = accuracy(model, state.params, X_train, y_train)
     test_acc = accuracy(model, state.params, X_test, y_test)
     write(f"train accuracy: {train_acc:.4f}")
     write(f"test accuracy: {test_acc:.4f}")
     result = dict(losses=losses, train_accuracy=train_acc, test_accuracy=test_acc,
                   c_epoch_seconds=[float(s) for s in c_times])
+    if plot is not None:
+        title = f"graphc demo: {graph.name} on the digits, Adam(lr={lr}), batch {batch_size}, seed {seed}"
+        result.update(curves, plot=str(plot_losses(plot, curves["train_losses"], curves["test_losses"], title)))
+        write(f"train and test loss per epoch drawn to {plot}")
 
     if compare and epochs > 0:
         P, np_losses, np_times = numpy_fit(init, X_train, y_train, batch_size, epochs, seed, lr)
@@ -230,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy timing comparison")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw the train and test loss per epoch to FILE, e.g. loss.png (needs matplotlib)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
@@ -243,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         print("graphc demo needs scikit-learn for the digits data set: pip install 'graphc[demo]'",
               file=sys.stderr)
         return 2
-    run(args.epochs, args.out, args.batch_size, args.lr, args.seed, compare=not args.no_numpy)
+    from graphc.core.errors import GraphcError
+    try:
+        run(args.epochs, args.out, args.batch_size, args.lr, args.seed, compare=not args.no_numpy, plot=args.plot)
+    except GraphcError as e:
+        print(f"graphc demo: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
