@@ -1,4 +1,4 @@
-"""The `graphc` command: show, explain, check, build, emit and demo a spec.
+"""The `graphc` command: show, explain, check, build, emit, import and demo.
 
 In: argv. Out: text on stdout, an exit status (0 ok, 1 check mismatch, 2 error).
 A GraphcError never reaches the user as a traceback: its message goes to stderr.
