@@ -146,3 +146,14 @@ def test_cli_show_prints_constants_as_numbers_and_aligns_the_columns(capsys):
     for block in out.split("\n\n"):
         nodes = [line for line in block.splitlines() if " = " in line and "#" in line and "output" not in line]
         assert nodes and len({line.index("    #") for line in nodes}) == 1, block
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`graphc show ... | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "graphc", "show", ONE_LAYER], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()                 # the reader is gone before graphc writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err

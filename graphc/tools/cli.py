@@ -6,6 +6,7 @@ A GraphcError never reaches the user as a traceback: its message goes to stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except GraphcError as e:
         print(str(e), file=sys.stderr)
         return 2
+    except BrokenPipeError:          # `graphc demo | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not fail again
+        return 0
 
 
 def _spec_path(spec: str) -> str:
