@@ -29,7 +29,7 @@ from graphc.native.calls import CallPlan, allocate_workspace, as_c_array, c_arra
 from graphc.core.errors import ArgumentError, DTypeError, GraphcError, ShapeError
 from graphc.core.ir import Graph
 from graphc.autodiff.optimizers import OPTIMIZERS, Adam, OptimizerError, SGD, describe  # noqa: F401  (re-exported)
-from graphc.backend.train_codegen import TrainLayout
+from graphc.backend.functions import TrainLayout
 
 STATE_FORMAT = 1        # version of the .npz layout written by TrainState.save
 
