@@ -371,6 +371,21 @@ def test_train_functions_in_source_and_header():
     assert "torch.optim.Adam" in m.source and "d_W[i]" in m.source
 
 
+def test_train_function_docs_read_well_whatever_the_loss_is_called():
+    """The headers name the loss value and the output holding it: no "for J = J", no "the loss loss"."""
+    from graphc.backend.codegen import generate
+    from conftest import one_layer_spec
+    for outputs, held_in in (({"loss": "J", "probs": "softmax(theta)"}, "loss"), ({"J": "J"}, "J")):
+        g = graphc.parse_spec(one_layer_spec("docs", dx=4, dh=8, nc=3, outputs=outputs), "docs.toml")
+        h = generate(g, *g.grad_spec, optimizer=graphc.SGD(lr=0.1)).header
+        assert "/* the outputs and the gradients of the loss J with respect to W, b1, U, b2\n" in h
+        assert ("/* one training step of SGD(lr=0.1, momentum=0.0, weight_decay=0.0): the outputs, the gradients "
+                "of the loss J with respect to W, b1, U, b2 (in the workspace), then W, b1, U, b2 updated in "
+                "place\n") in h
+        assert f"out: the loss (output `{held_in}`) of each minibatch\n" in h
+        assert "J = J" not in h and "the loss loss" not in h and "dJ/d{" not in h
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.parametrize("which,dtype", [("adam", "float32"), ("sgd_momentum", "float64"), ("sgd_weight_decay", "float32")])
 def test_generated_training_c_is_strict_c99(tmp_path, which, dtype):

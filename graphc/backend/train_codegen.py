@@ -1,10 +1,11 @@
-"""Training in C, the compile-time half: the optimizers and the C functions NAME_train_step and
-NAME_fit (graphc/training.py has the Python half: TrainState and the calls on a loaded model).
+"""Training in C, the compile-time half: the C functions NAME_train_step and NAME_fit (the
+optimizers are graphc/autodiff/optimizers.py; graphc/native/training.py has the Python half:
+TrainState and the Trainer of a loaded model).
 
-In: the forward graph, its backward graph and an optimizer (codegen's `generate` calls
-`add_train_functions`). Out: two more C functions in the model's source, and a TrainLayout
-(backend/functions.py; the train_step Function's `train_layout`) telling the Python side
-how to call them.
+In: the forward graph, its backward graph and an optimizer (backend/codegen.py's `generate`
+calls `add_train_functions`). Out: two more C functions in the model's source, and a
+TrainLayout (backend/functions.py; the train_step Function's `train_layout`) telling the
+Python side how to call them.
 
 - NAME_train_step(n, inputs, params, optimizer state, outputs, workspace): the
   value_and_grad computation with every gradient in the workspace, then the update of
@@ -133,8 +134,8 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
     plan = OptimizerUpdates(tuple(updates), first, c_real(float(optimizer.lr)) if plain_sgd else None,
                             "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = " + _literal(optimizer.lr))
 
-    doc = (f"one training step of {describe(optimizer)}: the outputs, dJ/d{{{', '.join(params)}}} for "
-           f"J = {grad_of} (in the workspace), then {', '.join(params)} updated in place")
+    doc = (f"one training step of {describe(optimizer)}: the outputs, the gradients of the loss {grad_of} "
+           f"with respect to {', '.join(params)} (in the workspace), then {', '.join(params)} updated in place")
     f = em.add_function("train_step", doc, tg, output_args(fwd), updated=set(params), lowered=low, updates=plan)
     inputs = [a for a in f.args if a.role == "input" and a.value.name not in state_inputs]
     pargs = [a for a in f.args if a.role in ("param", "param*")]
@@ -216,7 +217,8 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     fit_args += [("param", a.value.name, a.cname) for a in pargs]
     fit_args += [("state", k, a.cname) for k, a in zip(state_layout, state_args)]
     sig.append(c_param(ctype, losses, False))
-    args_doc.append(dict(cname=losses, doc=f"[ceil({n_total} / {batch})]  out: the loss {loss_name} of each minibatch"))
+    args_doc.append(dict(cname=losses, doc=f"[ceil({n_total} / {batch})]  out: the loss (output `{loss_name}`) "
+                                           f"of each minibatch"))
     fit_args.append(("losses", "losses", losses))
     sig.append("void *workspace")
     args_doc.append(dict(cname="workspace", doc=f"{em.graph.name}_fit_workspace_size({batch}) bytes, 64-byte aligned"))
