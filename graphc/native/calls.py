@@ -42,6 +42,21 @@ def as_c_array(name: str, arr: np.ndarray) -> np.ndarray:
     return np.require(arr, requirements=("C", "A"))
 
 
+def batch_rows(graph, dims: dict[str, int]) -> int:
+    """The batch size of a call: the value `bind` found for the graph's first symbolic dim (1
+    when it has none). ShapeError when no argument sets it or it is below 1."""
+    sym = graph.symbolic_dims
+    if not sym:
+        return 1
+    n = dims.get(sym[0])
+    if n is None:
+        raise ShapeError(f"the batch dim {sym[0]} is not set by any argument")
+    if n < 1:
+        raise ShapeError(f"batch size {sym[0]}={n}: graphc functions need at least one row",
+                         hint="skip the call for an empty batch")
+    return n
+
+
 def picker(pairs: list[tuple[str, int]]):
     """A function outs -> {name: outs[i] for name, i in pairs}; for one or two names a dict display,
     four times faster than the comprehension (this runs on every call)."""
