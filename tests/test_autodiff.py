@@ -62,6 +62,22 @@ def test_autodiff_computes_delta1_once_and_shares_it(one_layer):
     assert {n.output for n in consumers} == {d_b2.output, d_h.output, d_U.inputs[0]}
 
 
+def test_autodiff_graph_declares_adjoints_and_copy_maps_them(one_layer):
+    """grad's Graph carries `adjoints` (forward value -> its adjoint, both values of that graph);
+    a forward graph declares it empty, and Graph.copy carries it through the value map."""
+    g, bwd = one_layer
+    assert g.adjoints == {} and g.updates == {}
+    names = {v.name: d.name for v, d in bwd.adjoints.items()}
+    assert names["theta"] == "d_theta" and names["W"] == "d_W" and names["J"] == "d_J"
+    for v, d in bwd.adjoints.items():
+        assert bwd.values[v.name] is v and bwd.values[d.name] is d
+    copy, vmap = bwd.copy("again")
+    assert {vmap[v]: vmap[d] for v, d in bwd.adjoints.items()} == copy.adjoints
+    assert {v.name: d.name for v, d in copy.adjoints.items()} == names
+    for v, d in copy.adjoints.items():
+        assert copy.values[v.name] is v and copy.values[d.name] is d       # the copy's values, not bwd's
+
+
 def test_autodiff_shares_delta_between_W_and_b1(one_layer):
     g, bwd = one_layer
     d_z = bwd.values["d_z"]

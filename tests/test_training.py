@@ -319,15 +319,67 @@ def test_optimizer_validation():
         graphc.compile(ONE_LAYER, optimizer="adam")
 
 
-def test_train_without_optimizer_raises(graph):
+def test_train_without_optimizer_raises(graph, tmp_path):
+    """No optimizer, no trainer: each training call raises a GraphcError whose hint names the fix."""
     m = graphc.compile(ONE_LAYER, dtype="float64", threads=1)
+    assert m.trainer is None
     x, y = batch(0, 4)
-    with pytest.raises(GraphcError, match="optimizer"):
-        m.train_step(None, x=x, y=y)
-    with pytest.raises(GraphcError, match="optimizer"):
-        m.train_state(graphc.init_params(graph))
-    with pytest.raises(GraphcError, match="optimizer"):
-        m.fit(None, x=x, y=y)
+    calls = {"train_step": lambda: m.train_step(None, x=x, y=y),
+             "train_state": lambda: m.train_state(graphc.init_params(graph)),
+             "fit": lambda: m.fit(None, x=x, y=y),
+             "load_state": lambda: m.load_state(tmp_path / "none.npz")}
+    for name, call in calls.items():
+        with pytest.raises(GraphcError, match="without an optimizer") as caught:
+            call()
+        assert name in caught.value.message
+        assert "pass optimizer= to graphc.compile" in caught.value.hint
+
+
+def test_trainer_is_a_member_not_methods_patched_onto_the_model():
+    from graphc.native.runtime import CompiledModel
+    from graphc.native.training import Trainer
+    m = compiled(OPTIMIZERS["sgd"])
+    assert isinstance(m.trainer, Trainer)
+    for name in ("train_state", "train_step", "fit", "load_state"):
+        assert name not in vars(m), name                      # the class's methods, not instance attributes
+        assert getattr(type(m), name) is getattr(CompiledModel, name)
+    assert m.trainer.layout is m.functions["train_step"].train_layout
+    assert m.functions["forward"].train_layout is None       # a declared field, None but on train_step
+
+
+def test_train_state_interface_the_trainer_uses(graph, tmp_path):
+    """TrainState's public interface: read-only params/buffers, count_sgd_steps (step, save and
+    copy carry the count), and a TrainerCache that only the trainer that made it reuses."""
+    from graphc.native.training import TrainerCache
+    m = compiled(OPTIMIZERS["sgd_momentum"])
+    s = m.train_state(graphc.init_params(graph, seed=0))
+    assert isinstance(s.cache, TrainerCache) and s.cache.trainer is None and s.cache.plan is None
+    with pytest.raises(TypeError):
+        s.buffers["momentum/W"] = np.zeros((128, 64))
+    x, y = batch(0, 8)
+    m.train_step(s, x=x, y=y)
+    m.train_step(s, x=x, y=y)
+    cache = s.cache
+    assert cache.trainer is m.trainer and cache.plan is not None and list(cache.workspaces) == [8]
+    assert len(cache.step_ptrs) == len(WRT) * 2                # each param and its momentum buffer
+    m.fit(s, x=x, y=y, batch_size=3, epochs=2, progress=False)  # 3 minibatches an epoch
+    assert s.cache is cache and sorted(cache.workspaces) == [-3, 8]
+    assert s.step == 2 + 6
+    s.count_sgd_steps(4)
+    assert s.step == 12
+    c = s.copy()
+    assert c.step == 12 and c.cache is not cache and c.cache.trainer is None
+    assert m.load_state(s.save(tmp_path / "s.npz")).step == 12
+
+    other = graphc.compile(ONE_LAYER, dtype="float64", threads=1, optimizer=OPTIMIZERS["sgd_momentum"])  # a new model
+    out = other.train_step(s, x=x, y=y)                        # another trainer binds the state anew
+    assert s.cache.trainer is other.trainer and s.cache is not cache and s.step == 13
+    ref = c.copy()
+    want = m.train_step(ref, x=x, y=y)
+    np.testing.assert_allclose(out["loss"], want["loss"], rtol=1e-12)
+    np.testing.assert_allclose(s.params["W"], ref.params["W"], rtol=1e-12, atol=1e-15)
+    m.train_step(s, x=x, y=y)                                  # and back: its pointers are made again
+    assert s.cache.trainer is m.trainer and s.step == 14
 
 
 def test_train_state_argument_errors(graph):
@@ -369,6 +421,21 @@ def test_train_functions_in_source_and_header():
                 "out: the loss"):
         assert doc in h, doc
     assert "torch.optim.Adam" in m.source and "d_W[i]" in m.source
+
+
+def test_train_function_docs_read_well_whatever_the_loss_is_called():
+    """The headers name the loss value and the output holding it: no "for J = J", no "the loss loss"."""
+    from graphc.backend.codegen import generate
+    from conftest import one_layer_spec
+    for outputs, held_in in (({"loss": "J", "probs": "softmax(theta)"}, "loss"), ({"J": "J"}, "J")):
+        g = graphc.parse_spec(one_layer_spec("docs", dx=4, dh=8, nc=3, outputs=outputs), "docs.toml")
+        h = generate(g, *g.grad_spec, optimizer=graphc.SGD(lr=0.1)).header
+        assert "/* the outputs and the gradients of the loss J with respect to W, b1, U, b2\n" in h
+        assert ("/* one training step of SGD(lr=0.1, momentum=0.0, weight_decay=0.0): the outputs, the gradients "
+                "of the loss J with respect to W, b1, U, b2 (in the workspace), then W, b1, U, b2 updated in "
+                "place\n") in h
+        assert f"out: the loss (output `{held_in}`) of each minibatch\n" in h
+        assert "J = J" not in h and "the loss loss" not in h and "dJ/d{" not in h
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")

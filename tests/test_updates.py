@@ -71,6 +71,16 @@ def test_updates_train_graph_is_ordinary_ir():
     assert "next_W " in text and "# Adam update of W" in text and "sqrt(next_v_W)" in text
 
 
+def test_updates_graph_copy_keeps_updates_and_adjoints():
+    g = graphc.load(EXAMPLES_DIR / "one_layer.toml")
+    tg = graphc.train_graph(g, "J", ["W", "b1", "U", "b2"], graphc.SGD(lr=0.1))
+    assert tg.updates == {w: (w, f"next_{w}") for w in ("W", "b1", "U", "b2")}
+    assert {v.name for v in tg.adjoints} >= {"W", "theta", "J"}     # carried from grad's graph
+    copy, vmap = tg.copy()
+    assert copy.updates == tg.updates and copy.updates is not tg.updates
+    assert copy.adjoints == {vmap[v]: vmap[d] for v, d in tg.adjoints.items()}
+
+
 def test_updates_state_names_avoid_the_models_own_names():
     g = graphc.Graph("clash")
     x = g.input("x", ("N", 3))

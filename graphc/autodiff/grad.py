@@ -134,7 +134,8 @@ def _relevant(g: Graph, of: Value, wrt: list[Value]) -> set[Value]:
 
 
 def grad(graph: Graph, of: str | Value, wrt: Sequence[str]) -> Graph:
-    """The forward graph plus its backward graph; outputs `d_<w>` for each w in `wrt`."""
+    """The forward graph plus its backward graph; outputs `d_<w>` for each w in `wrt`, and
+    `adjoints` mapping each forward value whose adjoint survives simplification to it."""
     g, _ = graph.copy()
     target, params = _resolve_of(g, of), _resolve_wrt(g, wrt)
     relevant = _relevant(g, target, params)
@@ -166,7 +167,9 @@ def grad(graph: Graph, of: str | Value, wrt: Sequence[str]) -> Graph:
         g.outputs[f"d_{p.name}"] = d
     simplify(g)
     # Which forward value each surviving adjoint differentiates: `explain` reads this to say
-    # "δ2 = ∂J/∂z" (the backward nodes' origins name the forward node, not the operand).
+    # "δ2 = ∂J/∂z" (the backward nodes' origins name the forward node, not the operand). A new
+    # dict, not an update: adjoints the copy carried from `graph` (a backward graph differentiated
+    # again) are of another `of`.
     g.adjoints = {v: d for v, d in adjoint.items() if g.values.get(v.name) is v and g.values.get(d.name) is d}
     return g
 

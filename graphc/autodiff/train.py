@@ -92,7 +92,7 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
                            + const(1.0 - b2) * g.apply("square", gw))
                 define(w, lambda w=w, m=m, v=v: g.params[w] - step_size * m
                        / (g.apply("sqrt", v) / bc2_sqrt + const(optimizer.eps)))
-    g.updates = {}
+    g.updates = {}          # the copy carried bwd's (none): these are the train step's own
     for key, value in updated.items():
         g.output(names[key], value)
         g.updates[key] = (inputs[key].name, names[key])

@@ -140,7 +140,8 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
         grad_names = {w: f"d_{w}" for w in wrt}
         outs = output_args(graph)
         outs.update({c_name(f"d_{w}"): ("grad", f"d_{w}") for w in wrt})
-        em.add_function("value_and_grad", f"the outputs and dJ/d{{{', '.join(wrt)}}} for J = {grad_of}", bwd, outs)
+        em.add_function("value_and_grad", f"the outputs and the gradients of the loss {grad_of} with respect "
+                                           f"to {', '.join(wrt)}", bwd, outs)
         if optimizer is not None:
             add_train_functions(em, graph, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()

@@ -25,12 +25,29 @@ class Arg:
 
 
 @dataclass
+class TrainLayout:
+    """What the Python side (native/training.py's Trainer) needs to call NAME_train_step and
+    NAME_fit: made by backend/train_codegen.py, kept as the train_step Function's `train_layout`."""
+    optimizer: Any
+    wrt: list[str]                       # the params updated, in graph order
+    step_args: list[tuple[str, str, str]]     # (role, name, C name) of train_step, in order
+    state: dict[str, tuple[tuple, str]]  # state key ("m/W", "t") -> (shape, numpy dtype name)
+    loss: str                            # the output name holding the loss (grad_of)
+    outputs: list[tuple[str, str]]       # (output name, C name) of train_step
+    out_types: dict[str, tuple[tuple, bool]]   # output name -> (shape, int32?)
+    fit: bool                            # NAME_fit was generated
+    fit_args: list[tuple[str, str, str]]
+    batched: list[str]                   # inputs whose first dim is the batch dim
+
+
+@dataclass
 class Function:
     name: str            # forward, value_and_grad, train_step, ...
     doc: str
     banner: str
     args: list[Arg]
     sched: Schedule
+    train_layout: TrainLayout | None = None     # train_step only: how Python calls it (and NAME_fit)
 
     @property
     def signature(self) -> str:

@@ -1,9 +1,11 @@
-"""Training in C, the compile-time half: the optimizers and the C functions NAME_train_step and
-NAME_fit (graphc/training.py has the Python half: TrainState and the calls on a loaded model).
+"""Training in C, the compile-time half: the C functions NAME_train_step and NAME_fit (the
+optimizers are graphc/autodiff/optimizers.py; graphc/native/training.py has the Python half:
+TrainState and the Trainer of a loaded model).
 
-In: the forward graph, its backward graph and an optimizer (codegen's `generate` calls
-`add_train_functions`). Out: two more C functions in the model's source, and a TrainLayout
-(on the train_step Function) telling the Python side how to call them.
+In: the forward graph, its backward graph and an optimizer (backend/codegen.py's `generate`
+calls `add_train_functions`). Out: two more C functions in the model's source, and a
+TrainLayout (backend/functions.py; the train_step Function's `train_layout`) telling the
+Python side how to call them.
 
 - NAME_train_step(n, inputs, params, optimizer state, outputs, workspace): the
   value_and_grad computation with every gradient in the workspace, then the update of
@@ -20,14 +22,13 @@ Adam's moments and step count) lives in caller-owned arrays: a `TrainState` in P
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
 from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_poly, c_real, c_signature
-from graphc.backend.functions import Arg, output_args
+from graphc.backend.functions import Arg, TrainLayout, output_args
 from graphc.autodiff.train import train_graph
 from graphc.backend.kernels import (AdamStepCount, AdamUpdate, OptimizerUpdates, ParamUpdate, SgdUpdate,
                                     worth_parallel)
@@ -39,22 +40,6 @@ from graphc.core.ir import FLOAT, INT, Graph, TensorType, Value
 
 
 # ====================================================================== C generation
-@dataclass
-class TrainLayout:
-    """What the Python side needs to call NAME_train_step and NAME_fit (kept on the CSource's
-    train_step Function as `train_layout`)."""
-    optimizer: Any
-    wrt: list[str]                       # the params updated, in graph order
-    step_args: list[tuple[str, str, str]]     # (role, name, C name) of train_step, in order
-    state: dict[str, tuple[tuple, str]]  # state key ("m/W", "t") -> (shape, numpy dtype name)
-    loss: str                            # the output name holding the loss (grad_of)
-    outputs: list[tuple[str, str]]       # (output name, C name) of train_step
-    out_types: dict[str, tuple[tuple, bool]]   # output name -> (shape, int32?)
-    fit: bool                            # NAME_fit was generated
-    fit_args: list[tuple[str, str, str]]
-    batched: list[str]                   # inputs whose first dim is the batch dim
-
-
 def _literal(x: float) -> str:
     return repr(float(x))
 
@@ -149,8 +134,8 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
     plan = OptimizerUpdates(tuple(updates), first, c_real(float(optimizer.lr)) if plain_sgd else None,
                             "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = " + _literal(optimizer.lr))
 
-    doc = (f"one training step of {describe(optimizer)}: the outputs, dJ/d{{{', '.join(params)}}} for "
-           f"J = {grad_of} (in the workspace), then {', '.join(params)} updated in place")
+    doc = (f"one training step of {describe(optimizer)}: the outputs, the gradients of the loss {grad_of} "
+           f"with respect to {', '.join(params)} (in the workspace), then {', '.join(params)} updated in place")
     f = em.add_function("train_step", doc, tg, output_args(fwd), updated=set(params), lowered=low, updates=plan)
     inputs = [a for a in f.args if a.role == "input" and a.value.name not in state_inputs]
     pargs = [a for a in f.args if a.role in ("param", "param*")]
@@ -232,7 +217,8 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     fit_args += [("param", a.value.name, a.cname) for a in pargs]
     fit_args += [("state", k, a.cname) for k, a in zip(state_layout, state_args)]
     sig.append(c_param(ctype, losses, False))
-    args_doc.append(dict(cname=losses, doc=f"[ceil({n_total} / {batch})]  out: the loss {loss_name} of each minibatch"))
+    args_doc.append(dict(cname=losses, doc=f"[ceil({n_total} / {batch})]  out: the loss (output `{loss_name}`) "
+                                           f"of each minibatch"))
     fit_args.append(("losses", "losses", losses))
     sig.append("void *workspace")
     args_doc.append(dict(cname="workspace", doc=f"{em.graph.name}_fit_workspace_size({batch}) bytes, 64-byte aligned"))
@@ -247,4 +233,4 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     return fit_args
 
 
-__all__ = ["TrainLayout", "add_train_functions"]
+__all__ = ["add_train_functions"]

@@ -148,6 +148,12 @@ class Graph:
         self.grad_spec: tuple[str, list[str]] | None = None   # the spec's [grad] of / wrt
         self.param_init: dict[str, str] = {}                   # param name -> init scheme from the spec
         self.source_file: str | None = None
+        # forward value -> its adjoint dJ/dv, for the values whose adjoint survives simplification;
+        # filled by autodiff/grad.py's `grad` (explain names each delta by the value it differentiates)
+        self.adjoints: dict[Value, Value] = {}
+        # param name or TrainState.buffers key ("m/W", "t") -> (input name, output name) of its old
+        # and new value; filled by autodiff/train.py's `train_graph`
+        self.updates: dict[str, tuple[str, str]] = {}
 
     # ---------------------------------------------------------------- dims and shapes
     @property
@@ -314,7 +320,8 @@ class Graph:
         return value
 
     def copy(self, name: str | None = None) -> tuple["Graph", dict[Value, Value]]:
-        """A structurally equal graph (same names, origins, outputs) and the old -> new value map."""
+        """A structurally equal graph (same names, origins, outputs, adjoints and updates) and the
+        old -> new value map."""
         g = Graph(name or self.name, self.dims)
         vmap: dict[Value, Value] = {}
         for table, new_table in ((self.inputs, g.inputs), (self.params, g.params)):
@@ -329,6 +336,8 @@ class Graph:
         g.outputs = {k: vmap[v] for k, v in self.outputs.items()}
         g._counter = self._counter
         g.grad_spec, g.param_init, g.source_file = self.grad_spec, dict(self.param_init), self.source_file
+        g.adjoints = {vmap[v]: vmap[d] for v, d in self.adjoints.items() if v in vmap and d in vmap}
+        g.updates = dict(self.updates)
         return g, vmap
 
     def add_node(self, op, inputs: tuple[Value, ...], attrs: dict, name: str, type: TensorType,

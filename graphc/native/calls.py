@@ -42,6 +42,21 @@ def as_c_array(name: str, arr: np.ndarray) -> np.ndarray:
     return np.require(arr, requirements=("C", "A"))
 
 
+def batch_rows(graph, dims: dict[str, int]) -> int:
+    """The batch size of a call: the value `bind` found for the graph's first symbolic dim (1
+    when it has none). ShapeError when no argument sets it or it is below 1."""
+    sym = graph.symbolic_dims
+    if not sym:
+        return 1
+    n = dims.get(sym[0])
+    if n is None:
+        raise ShapeError(f"the batch dim {sym[0]} is not set by any argument")
+    if n < 1:
+        raise ShapeError(f"batch size {sym[0]}={n}: graphc functions need at least one row",
+                         hint="skip the call for an empty batch")
+    return n
+
+
 def picker(pairs: list[tuple[str, int]]):
     """A function outs -> {name: outs[i] for name, i in pairs}; for one or two names a dict display,
     four times faster than the comprehension (this runs on every call)."""
@@ -96,21 +111,22 @@ class CallPlan:
 
     def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=()):
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
-        self.sig = (ffi, get, len(names), tuple(ctypes), tuple(fixed))     # shared by the plans made from this one
+        # shared by the plans made from this one; ffi.from_buffer bound once (a lookup fewer per call)
+        self.sig = (ffi.from_buffer, get, len(names), tuple(ctypes), tuple(fixed))
         self.n, self.ws, self.outs = n, ws, outs           # outs: (shapes, dtypes, cffi types)
         self.single = tuple(x[0] for x in outs) if len(outs[0]) == 1 else None
         self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
         self._bind(objs)
 
     def _bind(self, objs, ptrs=None):
-        ffi, _, _, ctypes, fixed = self.sig
+        from_buffer, _, _, ctypes, fixed = self.sig
         self.objs, self.meta, self.refs = tuple(objs), list(map(_META, objs)), list(map(weakref.ref, objs))
-        self.ptrs = ptrs if ptrs is not None else [ffi.from_buffer(t, a, require_writable=False)
+        self.ptrs = ptrs if ptrs is not None else [from_buffer(t, a, require_writable=False)
                                                    for t, a in zip(ctypes, objs)]
         self.head, self.pending = (self.n, *self.ptrs, *fixed), None
 
     def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
-        ffi, get, count, ctypes, fixed = self.sig
+        from_buffer, get, count, ctypes, fixed = self.sig
         if len(arrays) != count:
             return None
         try:
@@ -123,7 +139,7 @@ class CallPlan:
         try:
             if list(map(_FIT, objs)) != self.fit:
                 return None
-            ptrs = list(map(ffi.from_buffer, ctypes, objs))
+            ptrs = list(map(from_buffer, ctypes, objs))
         except (AttributeError, ValueError, BufferError):      # not an array; no plain buffer
             return None
         pending = self.pending
@@ -138,7 +154,7 @@ class CallPlan:
 
     def run(self, cfunc, head: tuple) -> tuple[int, list[np.ndarray]]:
         """Call cfunc(*head, outputs..., workspace) with new output arrays: (status, outputs)."""
-        from_buffer = self.sig[0].from_buffer
+        from_buffer = self.sig[0]
         if self.single is not None:          # the common case, a third faster than the general one
             shape, dtype, ctype = self.single
             out = np.empty(shape, dtype)

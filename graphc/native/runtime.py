@@ -1,12 +1,14 @@
 """Stage 7: CompiledModel, NumPy in and NumPy out through the generated C.
 
-In: the rendered C (codegen) and its loaded library (build). Out: Python
-calls that check arguments, pass arrays to C without copying when they
-already fit, and raise clear errors for C status codes. It never re-reads
-the spec or re-derives a shape: both come from the IR the C was made from.
+In: the rendered C (backend/codegen.py) and its loaded library (native/build.py).
+Out: Python calls that check arguments, pass arrays to C without copying when
+they already fit, and raise clear errors for C status codes; a model compiled
+with an optimizer has a `trainer` (native/training.py) that its training calls
+delegate to. It never re-reads the spec or re-derives a shape: both come from
+the IR the C was made from.
 
-A call is checked in full once (arguments.bind); the check leaves a CallPlan
-(arguments.py) per thread and function, and the next calls with the same
+A call is checked in full once (core/arguments.bind); the check leaves a CallPlan
+(native/calls.py) per thread and function, and the next calls with the same
 arrays, or new arrays of the same shapes and dtypes, skip straight to C. The
 GIL is released during the C call (cffi API mode). Outputs are new arrays on
 every call.
@@ -23,10 +25,12 @@ import numpy as np
 
 from graphc.core.arguments import bind
 from graphc.native.calls import (CallPlan, aligned_empty, allocate_workspace, as_c_array,  # noqa: F401
-                                  c_array_type, output_specs, picker)
+                                  batch_rows, c_array_type, output_specs, picker)
+from graphc.native.training import TrainState, Trainer
 from graphc.backend.codegen import CSource, generate
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
 from graphc.core.ir import FLOAT, Graph
+from graphc.ops.loss import check_labels
 
 def default_threads() -> int:
     env = os.environ.get("GRAPHC_NUM_THREADS")
@@ -42,7 +46,10 @@ def default_threads() -> int:
 
 
 class CompiledModel:
-    """A model compiled to C and loaded: forward, value_and_grad, export (and training)."""
+    """A model compiled to C and loaded: forward, value_and_grad, export (and training).
+
+    `trainer` is the model's Trainer (native/training.py) when it was compiled with an
+    optimizer, else None; train_state, train_step, fit and load_state delegate to it."""
 
     def __init__(self, csrc: CSource, built, threads: int, optimizer=None):
         self.csrc, self.built, self.threads, self.optimizer = csrc, built, threads, optimizer
@@ -60,6 +67,8 @@ class CompiledModel:
         predict = csrc.predict_graph
         self._predict_inputs = frozenset(predict.inputs) if predict is not None else None
         self._n_arguments = len(self.graph.inputs) + len(self.graph.params)
+        # last: a Trainer reads the attributes above (and keeps no reference to the model)
+        self.trainer: Trainer | None = Trainer(self) if "train_step" in self.functions else None
 
     def __repr__(self) -> str:
         return (f"<CompiledModel {self.name} {self.dtype} ({', '.join(self.functions)}); "
@@ -84,18 +93,6 @@ class CompiledModel:
 
     def _pointer(self, arr: np.ndarray):
         return self.ffi.from_buffer(c_array_type(self._ctype, arr.dtype), arr, require_writable=False)
-
-    def _batch(self, dims: dict[str, int]) -> int:
-        sym = self.graph.symbolic_dims
-        if not sym:
-            return 1
-        n = dims.get(sym[0])
-        if n is None:
-            raise ShapeError(f"the batch dim {sym[0]} is not set by any argument")
-        if n < 1:
-            raise ShapeError(f"batch size {sym[0]}={n}: graphc functions need at least one row",
-                             hint="skip the call for an empty batch")
-        return n
 
     def _out_spec(self, arg, n: int) -> tuple[tuple, np.dtype]:
         shape = tuple(n if isinstance(d, str) else d for d in arg.value.shape)
@@ -130,7 +127,7 @@ class CompiledModel:
     def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
         """Check and convert every argument; leave a CallPlan when none needed converting."""
         env, dims = bind(self._graph_of(fname), arrays, self.dtype)
-        n = self._batch(dims)
+        n = batch_rows(self.graph, dims)
         names, ins, specs = [], [], []
         for a in self.functions[fname].args:
             if a.role in ("input", "param", "param*", "state"):
@@ -149,7 +146,6 @@ class CompiledModel:
 
     def _raise_status(self, status: int, fname: str, env: dict, n: int):
         if status == self.lib.GRAPHC_ERR_LABEL:
-            from graphc.ops.loss import check_labels
             for name, label, bound in self.csrc_label_bounds(fname):
                 check_labels(env[name], bound, f"argument {name!r}")
             raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
@@ -206,28 +202,38 @@ class CompiledModel:
             parts.append(head + "\n" + memory_table(f.sched, n, self.dtype.itemsize))
         return "\n".join(parts)
 
-    # ------------------------------------------------------------------ training (graphc/training.py)
-    # compile(optimizer=...) attaches these as instance attributes; on a model compiled
-    # without an optimizer they raise GraphcError.
-    def train_state(self, params):
+    # ------------------------------------------------------------------ training (native/training.py)
+    # Each call delegates to self.trainer; on a model compiled without an optimizer (trainer
+    # None) it raises GraphcError saying how to get one.
+    def _no_trainer(self, call: str) -> GraphcError:
+        return GraphcError(f"{call}: {self.name} was compiled without an optimizer, so it cannot train",
+                           hint="pass optimizer= to graphc.compile, e.g. graphc.compile(..., "
+                                "optimizer=graphc.Adam(lr=1e-3)) or optimizer=graphc.SGD(lr=0.1)")
+
+    def train_state(self, params) -> TrainState:
         """Params (copied, updated in place by C) and zeroed optimizer state: a TrainState."""
-        from graphc.native.training import trainer_of
-        return trainer_of(self).train_state(params)
+        if self.trainer is None:
+            raise self._no_trainer("train_state")
+        return self.trainer.train_state(params)
 
-    def train_step(self, state, **batch):
+    def train_step(self, state: TrainState, **batch) -> dict[str, np.ndarray]:
         """One optimizer step on one minibatch in one C call; returns the outputs."""
-        from graphc.native.training import trainer_of
-        return trainer_of(self).train_step(state, **batch)
+        trainer = self.trainer
+        if trainer is None:
+            raise self._no_trainer("train_step")
+        return trainer.train_step(state, batch)
 
-    def fit(self, state, batch_size=64, epochs=1, seed=0, progress=None, **data):
+    def fit(self, state: TrainState, batch_size=64, epochs=1, seed=0, progress=None, **data) -> list[float]:
         """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses."""
-        from graphc.native.training import trainer_of
-        return trainer_of(self).fit(state, batch_size=batch_size, epochs=epochs, seed=seed, progress=progress, **data)
+        if self.trainer is None:
+            raise self._no_trainer("fit")
+        return self.trainer.fit(state, batch_size=batch_size, epochs=epochs, seed=seed, progress=progress, **data)
 
-    def load_state(self, path):
+    def load_state(self, path) -> TrainState:
         """A TrainState saved with state.save(path)."""
-        from graphc.native.training import trainer_of
-        return trainer_of(self).load_state(path)
+        if self.trainer is None:
+            raise self._no_trainer("load_state")
+        return self.trainer.load_state(path)
 
     # ------------------------------------------------------------------ files
     @property
@@ -269,8 +275,4 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
     threads = default_threads() if threads is None else int(threads)
     csrc = generate(graph, grad_of, list(wrt) if wrt else None, dtype=dtype, threads=threads, optimizer=optimizer)
     built = build(graph.name, csrc.source, csrc.header, csrc.cdef, native=native, cache_dir=cache_dir)
-    model = CompiledModel(csrc, built, threads, optimizer)
-    if optimizer is not None:
-        from graphc.native.training import attach
-        attach(model)
-    return model
+    return CompiledModel(csrc, built, threads, optimizer)

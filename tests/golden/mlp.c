@@ -3926,7 +3926,7 @@ int mlp_predict(long n, const float *x, const float *W1, const float *b1, const 
 }
 
 /* ------------------------------------------------------------------------
- * value_and_grad: the outputs and dJ/d{W1, b1, W2, b2, W3, b3} for J = J
+ * value_and_grad: the outputs and the gradients of the loss J with respect to W1, b1, W2, b2, W3, b3
  * ------------------------------------------------------------------------ */
 
 int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1, const float *b1, const float *W2, const float *b2, const float *W3, const float *b3, float *loss, float *probs, float *d_W1, float *d_b1, float *d_W2, float *d_b2, float *d_W3, float *d_b3, void *workspace)

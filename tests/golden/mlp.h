@@ -61,7 +61,7 @@ int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const
  */
 int mlp_predict(long n, const float *x, const float *W1, const float *b1, const float *W2, const float *b2, const float *W3, const float *b3, float *probs, void *workspace);
 
-/* the outputs and dJ/d{W1, b1, W2, b2, W3, b3} for J = J
+/* the outputs and the gradients of the loss J with respect to W1, b1, W2, b2, W3, b3
  *   x          input   [N, Dx=64]
  *   y          input   [N]  int32
  *   W1         param   [H1=96, Dx=64]

@@ -3904,7 +3904,7 @@ int one_layer_predict(long n, const float *x, const float *W, const float *b1, c
 }
 
 /* ------------------------------------------------------------------------
- * value_and_grad: the outputs and dJ/d{W, b1, U, b2} for J = J
+ * value_and_grad: the outputs and the gradients of the loss J with respect to W, b1, U, b2
  * ------------------------------------------------------------------------ */
 
 int one_layer_value_and_grad(long n, const float *x, const int32_t *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, float *d_W, float *d_b1, float *d_U, float *d_b2, void *workspace)

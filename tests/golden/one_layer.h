@@ -57,7 +57,7 @@ int one_layer_forward(long n, const float *x, const int32_t *y, const float *W, 
  */
 int one_layer_predict(long n, const float *x, const float *W, const float *b1, const float *U, const float *b2, float *probs, void *workspace);
 
-/* the outputs and dJ/d{W, b1, U, b2} for J = J
+/* the outputs and the gradients of the loss J with respect to W, b1, U, b2
  *   x          input   [N, Dx=64]
  *   y          input   [N]  int32
  *   W          param   [Dh=128, Dx=64]

@@ -3925,7 +3925,7 @@ int one_layer_column_predict(long n, const float *x, const float *W, const float
 }
 
 /* ------------------------------------------------------------------------
- * value_and_grad: the outputs and dJ/d{W, b1, U, b2, x} for J = J
+ * value_and_grad: the outputs and the gradients of the loss J with respect to W, b1, U, b2, x
  * ------------------------------------------------------------------------ */
 
 int one_layer_column_value_and_grad(long n, const float *x, const float *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *yhat, float *d_W, float *d_b1, float *d_U, float *d_b2, float *d_x, void *workspace)

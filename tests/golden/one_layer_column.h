@@ -57,7 +57,7 @@ int one_layer_column_forward(long n, const float *x, const float *y, const float
  */
 int one_layer_column_predict(long n, const float *x, const float *W, const float *b1, const float *U, const float *b2, float *yhat, void *workspace);
 
-/* the outputs and dJ/d{W, b1, U, b2, x} for J = J
+/* the outputs and the gradients of the loss J with respect to W, b1, U, b2, x
  *   x          input   [Dx=10]
  *   y          input   [Nc=5]
  *   W          param   [Dh=16, Dx=10]

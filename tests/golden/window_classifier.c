@@ -4032,7 +4032,7 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
 }
 
 /* ------------------------------------------------------------------------
- * value_and_grad: the outputs and dJ/d{E, W, b1, U, b2} for J = J
+ * value_and_grad: the outputs and the gradients of the loss J with respect to E, W, b1, U, b2
  * ------------------------------------------------------------------------ */
 
 int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const int32_t *y, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, float *d_E, float *d_W, float *d_b1, float *d_U, float *d_b2, void *workspace)

@@ -63,7 +63,7 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
  */
 int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *probs, void *workspace);
 
-/* the outputs and dJ/d{E, W, b1, U, b2} for J = J
+/* the outputs and the gradients of the loss J with respect to E, W, b1, U, b2
  *   w0         input   [N]  int32
  *   w1         input   [N]  int32
  *   w2         input   [N]  int32
