@@ -58,7 +58,7 @@ class Derivation:
                 self.deltas[v] = len(self.deltas) + 1
         self.adjoint_of: dict[Value, Value] = {}
         order = {v: i for i, v in enumerate(bwd.values.values())}
-        for fv, d in getattr(bwd, "adjoints", {}).items():
+        for fv, d in bwd.adjoints.items():
             best = self.adjoint_of.get(d)
             if best is None or self._rank(fv, order) > self._rank(best, order):
                 self.adjoint_of[d] = fv

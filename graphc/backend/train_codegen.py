@@ -21,8 +21,6 @@ Adam's moments and step count) lives in caller-owned arrays: a `TrainState` in P
 """
 from __future__ import annotations
 
-import math
-from dataclasses import replace
 
 import numpy as np
 
