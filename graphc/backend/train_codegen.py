@@ -21,7 +21,6 @@ Adam's moments and step count) lives in caller-owned arrays: a `TrainState` in P
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
