@@ -19,8 +19,25 @@ from graphc.autodiff.grad import grad  # noqa: F401
 from graphc.autodiff.explain import explain  # noqa: F401
 from graphc.autodiff.optimizers import SGD, Adam  # noqa: F401
 from graphc.autodiff.train import train_graph  # noqa: F401
-from graphc.native.runtime import CompiledModel, compile  # noqa: F401
-from graphc.native.training import TrainState, init_params  # noqa: F401
-from graphc.tools.check import check  # noqa: F401
 
 globals().update(_FUNCTIONS)
+
+# Imported on first use, so that `import graphc` loads neither cffi nor jinja2 (PEP 562): the
+# C side is needed only to compile, train or check.
+_LAZY = {"compile": "graphc.native.runtime", "CompiledModel": "graphc.native.runtime",
+         "TrainState": "graphc.native.training", "init_params": "graphc.native.training",
+         "check": "graphc.tools.check"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'graphc' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
