@@ -144,7 +144,13 @@ def grad(graph: Graph, of: str | Value, wrt: Sequence[str]) -> Graph:
     adjoint: dict[Value, Value] = {}
 
     def accumulate(v: Value, d: Value) -> None:
-        adjoint[v] = d if v not in adjoint else b.add(adjoint[v], d)
+        """v feeds several nodes: its gradient is the sum of what each sends back (the chain rule
+        over every path), stamped as such and named after v's gradient."""
+        if v not in adjoint:
+            adjoint[v] = d
+            return
+        with g.origin(Origin(f"d_{v.name} = the sum over the uses of {v.name}")), g.naming(f"d_{v.name}"):
+            adjoint[v] = b.add(adjoint[v], d)
 
     with g.naming(f"d_{target.name}"):
         adjoint[target] = b.const(1.0)

@@ -4254,7 +4254,7 @@ int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w
         }
     }
 
-    /* d_E */
+    /* d_E = the sum over the uses of E */
     for (long i = 0; i < 3200; ++i) {
         d_E[i] = (d_e__2__0[i] + d_e__1__0[i]) + d_e__0__0[i];
     }
