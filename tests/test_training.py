@@ -476,7 +476,10 @@ def test_frozen_param_and_loss_that_is_no_output():
     assert hist[-1] < hist[0] and np.array_equal(S0, s.params["S"])
 
 
-def test_fit_progress_bar_only_on_a_terminal(graph, monkeypatch):
+@pytest.mark.parametrize("with_tqdm", [True, False])
+def test_fit_progress_bar_only_on_a_terminal(graph, monkeypatch, with_tqdm):
+    """The bar shows the epoch, the loss and the rows per second: tqdm's when it is installed,
+    graphc's own otherwise; on a terminal by default, always with progress=True, never with False."""
     import io
     import sys
 
@@ -484,13 +487,22 @@ def test_fit_progress_bar_only_on_a_terminal(graph, monkeypatch):
         def isatty(self):
             return True
 
+    if with_tqdm:
+        pytest.importorskip("tqdm", reason="tqdm is an optional extra (pip install 'graphc[demo]')")
+    else:
+        monkeypatch.setitem(sys.modules, "tqdm", None)      # import tqdm raises ImportError
     m = compiled(OPTIMIZERS["sgd"])
     x, y = batch(0, 20)
     s = m.train_state(graphc.init_params(graph, seed=0))
-    for stream, progress, shown in ((Terminal(), None, True), (Terminal(), False, False), (io.StringIO(), None, False)):
+    cases = ((Terminal(), None, True), (Terminal(), False, False), (io.StringIO(), None, False),
+             (io.StringIO(), True, True))
+    for stream, progress, shown in cases:
         monkeypatch.setattr(sys, "stderr", stream)
         m.fit(s, x=x, y=y, batch_size=8, epochs=2, progress=progress)
-        assert ("epoch 2/2" in stream.getvalue()) == shown
+        text = stream.getvalue()
+        assert ("2/2" in text and "loss" in text and "rows/s" in text) == shown, (progress, text)
+        assert (("it/s" in text or "epoch/s" in text or "s/epoch" in text) if shown and with_tqdm else True)
+        assert not shown or with_tqdm == ("epoch 2/2 [" not in text)
 
 
 # ---------------------------------------------------------------- the train_step fast path never uses stale data

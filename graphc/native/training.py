@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 from graphc.core.arguments import bind, param_arrays
 from graphc.native.calls import (CallPlan, allocate_workspace, as_c_array, batch_rows, c_array_type, output_specs,
                                  picker)
+from graphc.native.progress import Progress, wanted
 from graphc.core.errors import ArgumentError, DTypeError, ExecutionError, GraphcError, ShapeError
 from graphc.core.ir import Graph
 from graphc.ops.loss import check_labels
@@ -315,7 +315,8 @@ class Trainer:
         takes the remaining rows), one C call per epoch, rows shuffled by
         np.random.default_rng(seed) (a new permutation each epoch). Returns each epoch's mean
         loss (the minibatch losses weighted by their rows). progress: None shows a bar on stderr
-        when it is a terminal, False never; a callable is called as progress(epoch, mean_loss)."""
+        (tqdm's when it is installed) with the loss and rows per second when stderr is a terminal,
+        True always, False never; a callable is called as progress(epoch, mean_loss) instead."""
         if self._cfit is None:
             raise GraphcError(f"{self.name}: fit needs inputs whose first dim is the batch dim"
                               f"{'' if self._sym else ' (this model has no batch dim)'}",
@@ -336,7 +337,7 @@ class Trainer:
         loss_ptr = self._ptr(losses)
         ws = self._workspace(cache, batch, fit=True)
         rng = np.random.default_rng(seed)
-        show = progress is not False and not callable(progress) and sys.stderr.isatty()
+        bar = Progress(int(epochs), n_total) if not callable(progress) and wanted(progress) else None
         history = []
         for epoch in range(1, int(epochs) + 1):
             order = rng.permutation(n_total).astype(np.int64)
@@ -350,19 +351,11 @@ class Trainer:
             history.append(mean)
             if callable(progress):
                 progress(epoch, mean)
-            elif show:
-                _bar(epoch, int(epochs), mean, time.perf_counter() - t0)
-        if show and epochs:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            elif bar is not None:
+                bar.update(epoch, mean, time.perf_counter() - t0)
+        if bar is not None:
+            bar.close()
         return history
-
-
-def _bar(epoch: int, epochs: int, loss: float, seconds: float, width: int = 30) -> None:
-    done = int(width * epoch / max(epochs, 1))
-    sys.stderr.write(f"\repoch {epoch:>{len(str(epochs))}}/{epochs} [{'=' * done}{' ' * (width - done)}] "
-                     f"loss {loss:.4f}  {seconds * 1e3:.1f} ms/epoch")
-    sys.stderr.flush()
 
 
 # ====================================================================== initialisation
