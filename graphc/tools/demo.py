@@ -222,7 +222,8 @@ def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32,
 
     def progress(epoch, loss):
         c_times.append(time.perf_counter() - clock[0])
-        write(f"  epoch {epoch:>3}  loss {loss:.4f}  {c_times[-1] * 1e3:7.2f} ms")
+        write(f"  epoch {epoch:>3}  loss {loss:.4f}  {c_times[-1] * 1e3:7.2f} ms  "
+              f"{len(X_train) / c_times[-1]:>12,.0f} rows/s")
         if plot is not None:    # with this epoch's params, outside the timed span
             evaluate()
         clock[0] = time.perf_counter()
