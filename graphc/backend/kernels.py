@@ -239,14 +239,20 @@ class Gather(Kernel):
 
 # ---------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
-class SgdUpdate(Kernel):
-    """param -= lr * (grad + wd param), through the momentum buffer buf when momentum is set."""
+class Update(Kernel):
+    """What every optimizer's update of one param has: the param and its gradient (C names), its
+    element count, whether to split the loop over threads, the learning rate and weight decay."""
     param: str = ""
     grad: str = ""
     count: str = ""
     parallel: bool = False
     lr: str = ""
     wd: str | None = None
+
+
+@dataclass(frozen=True)
+class SgdUpdate(Update):
+    """param -= lr * (grad + wd param), through the momentum buffer buf when momentum is set."""
     momentum: str | None = None
     buf: str | None = None
     template: ClassVar[str] = "kernels/optimizer.c.j2"
@@ -265,14 +271,8 @@ class AdamStepCount(Kernel):
 
 
 @dataclass(frozen=True)
-class AdamUpdate(Kernel):
+class AdamUpdate(Update):
     """Adam's moments m, v and the update of param from grad (+ wd param)."""
-    param: str = ""
-    grad: str = ""
-    count: str = ""
-    parallel: bool = False
-    lr: str = ""
-    wd: str | None = None
     m: str = ""
     v: str = ""
     beta1: str = ""

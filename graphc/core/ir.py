@@ -121,6 +121,15 @@ def check_name(name: Any, what: str, location: Location | None = None) -> str:
     return name
 
 
+def is_plain_name(name: Any) -> bool:
+    """Whether `name` may name a value: what check_name accepts."""
+    try:
+        check_name(name, "value")
+    except SpecError:
+        return False
+    return True
+
+
 def fresh_name(taken: Callable[[str], bool], first: Iterable[str], base: str, start: int = 0) -> str:
     """The first name not `taken`: one of `first`, else `base` with k appended for k = start,
     start + 1, ... (`base` ends with its separator: "z__" gives z__0, z__1). The graph's

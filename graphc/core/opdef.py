@@ -52,6 +52,7 @@ class OpDef:
     name: str = ""
     arity: int | None = 1           # None: variadic (at least one input)
     attrs: dict[str, Any] = {}      # attribute name -> default
+    tuple_attrs: tuple[str, ...] = ()   # attributes kept as tuples (shapes, axes)
     identity: str | None = None     # identity of the notes its VJP applies
     public: bool = True             # callable from spec expressions
     c_expr: str | None = None       # elementwise ops: C expression over {0}, {1}, ...
@@ -78,6 +79,8 @@ class OpDef:
                             hint=f"{self.name} accepts {sorted(self.attrs) or 'no keywords'}")
         out = dict(self.attrs)
         out.update(attrs)
+        for k in self.tuple_attrs:           # a list from the spec or the builder: hashable, comparable
+            out[k] = tuple(out[k])
         for i, v in enumerate(inputs):
             want_int = i in self.int_inputs
             if want_int and v.dtype != INT and not self.accepts_float_at(i):

@@ -54,7 +54,7 @@ from typing import Any, Callable
 import numpy as np
 
 from graphc.core.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
-from graphc.core.ir import C_KEYWORDS, Graph, Origin, Value, check_name
+from graphc.core.ir import C_KEYWORDS, Graph, Origin, Value, is_plain_name
 from graphc.core.opdef import broadcast_shapes, numel
 from graphc.core.types import FLOAT, INT
 
@@ -75,14 +75,6 @@ _ATTR_KINDS = {_A_FLOAT: "a float", _A_INT: "an int", _A_TENSOR: "a tensor", _A_
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-def _valid(name: str) -> bool:
-    try:
-        check_name(name, "value")
-    except SpecError:
-        return False
-    return True
-
-
 def _sanitized(name: str) -> str:
     s = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
     if not s or not s[0].isalpha() or s.startswith(("d_", "gc_")) or s in C_KEYWORDS or keyword.iskeyword(s):
@@ -93,7 +85,7 @@ def _sanitized(name: str) -> str:
 class _Names:
     """ONNX name -> graphc name, by the rule of the module docstring."""
 
-    def __init__(self, names: list[str], valid: Callable[[str], bool] = _valid):
+    def __init__(self, names: list[str], valid: Callable[[str], bool] = is_plain_name):
         self.map: dict[str, str] = {}
         taken = {n for n in names if valid(n)}
         for n in names:
@@ -476,7 +468,7 @@ class _Importer:
         self.initializers: set[str] = set()
         self.constants: set[str] = set()       # ONNX names of Constant outputs (one element: a number)
         name = self.graph.name or "model"
-        self.g = Graph(name if _valid(name) else _sanitized(name))
+        self.g = Graph(name if is_plain_name(name) else _sanitized(name))
         self.g.source_file = None if file == MODEL_PROTO else file
 
     def where(self, key: str) -> Location:

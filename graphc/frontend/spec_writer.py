@@ -15,7 +15,7 @@ import json
 from typing import Iterable
 
 from graphc.core.errors import SpecError
-from graphc.core.ir import Graph, Node, Value, check_name, fresh_name
+from graphc.core.ir import Graph, Node, Value, fresh_name, is_plain_name
 from graphc.core.types import FLOAT
 
 
@@ -28,14 +28,6 @@ class _Shape(tuple):
 
 def _toml_shape(shape) -> str:
     return "[" + ", ".join(json.dumps(d) for d in shape) + "]"
-
-
-def _valid(name: str) -> bool:
-    try:
-        check_name(name, "value")
-    except SpecError:
-        return False
-    return True
 
 
 def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
@@ -64,8 +56,8 @@ def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
                 in_outputs.add(v)
             continue
         name = v.name
-        if not _valid(name):               # a temporary of graphc's, z__0: z_0 (z_0_2, ... when taken)
-            base = name.replace("__", "_") if _valid(name.replace("__", "_")) else "t"
+        if not is_plain_name(name):               # a temporary of graphc's, z__0: z_0 (z_0_2, ... when taken)
+            base = name.replace("__", "_") if is_plain_name(name.replace("__", "_")) else "t"
             name = fresh_name(lambda s: s in taken, (base,), f"{base}_", 2)
             taken.add(name)
         named[v] = name

@@ -20,14 +20,10 @@ class Reshape(OpDef):
 
     name = "reshape"
     attrs = {"shape": ()}
+    tuple_attrs = ("shape",)
     identity = "3"
     leafy = True
     see_through = True
-
-    def check_attrs(self, inputs, attrs):
-        attrs = super().check_attrs(inputs, attrs)
-        attrs["shape"] = tuple(attrs["shape"])
-        return attrs
 
     def shape(self, x, shape):
         if numel(x.shape) != numel(shape):

@@ -155,14 +155,10 @@ class Size(OpDef):
 
     name = "size"
     attrs = {"axes": ()}
+    tuple_attrs = ("axes",)
     public = False
     static = True
     leafy = True
-
-    def check_attrs(self, inputs, attrs):
-        attrs = super().check_attrs(inputs, attrs)
-        attrs["axes"] = tuple(attrs["axes"])
-        return attrs
 
     def shape(self, x, axes):
         for a in axes:
