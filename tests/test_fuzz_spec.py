@@ -29,7 +29,7 @@ from conftest import private_cache_dir
 from graphc.backend.codegen import generate
 from graphc.core.errors import GraphcError, SpecError
 from graphc.core.ir import C_KEYWORDS, FLOAT, INT
-from graphc.backend.schedule import C_RESERVED, c_name
+from graphc.backend.cprint import C_RESERVED, c_name
 
 EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_EXAMPLES", "60"))
 COMPILES = max(4, EXAMPLES // 10)            # each costs a real build (~1-2 s)
