@@ -26,7 +26,8 @@ def wheel(tmp_path_factory):
 def test_wheel_contains_every_template(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"graphc/templates/" + p.relative_to(ROOT / "templates").as_posix()
-                for p in (ROOT / "templates").rglob("*.j2")}
+                for pattern in ("*.j2", "*.c", "*.h") for p in (ROOT / "templates").rglob(pattern)}
+    assert {"graphc/templates/graphc_kernels.c", "graphc/templates/graphc_kernels.h"} <= expected
     assert expected, "no templates found in the source tree"
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
 
