@@ -1,6 +1,7 @@
 """The emitted C is strict C99 (-Wall -Wextra -Werror -pedantic, with and without OpenMP and
--march=native), and the exported standalone folder builds with its Makefile, runs, and prints
-the values of the NumPy reference on main.c's deterministic inputs."""
+-march=native), and the exported standalone folder (NAME.c/.h with the kernel library they
+call, graphc_kernels.c/.h) builds with its Makefile, runs, and prints the values of the NumPy
+reference on main.c's deterministic inputs."""
 from __future__ import annotations
 
 import functools
@@ -43,6 +44,7 @@ def test_c_strict_emitted_source_compiles_without_warnings(spec, dtype, tmp_path
     csrc = generate(g, *g.grad_spec, dtype=dtype, threads=2)   # threads > 1: the OpenMP paths exist
     (tmp_path / f"{g.name}.c").write_text(csrc.source)
     (tmp_path / f"{g.name}.h").write_text(csrc.header)
+    (tmp_path / csrc.kernels.header_name).write_text(csrc.kernels.header)
     for label, flags in FLAG_SETS.items():
         run = gcc([*STRICT, *flags, "-c", f"{g.name}.c", "-o", f"{g.name}-{label}.o"], tmp_path)
         assert run.returncode == 0 and not run.stderr, f"{label} ({' '.join(flags)}):\n{run.stderr}"
@@ -70,9 +72,11 @@ def assert_prints_reference(output: str, g: graphc.Graph, dtype: str, n: int | N
 def test_c_strict_standalone_export_builds_runs_and_matches_reference(spec, dtype, tmp_path):
     m = model(str(spec), dtype)
     files = m.export(tmp_path, standalone=True)
-    assert sorted(p.name for p in files) == sorted([f"{m.name}.c", f"{m.name}.h", "main.c", "Makefile"])
+    assert sorted(p.name for p in files) == sorted([f"{m.name}.c", f"{m.name}.h", "graphc_kernels.c",
+                                                    "graphc_kernels.h", "main.c", "Makefile"])
     assert (tmp_path / f"{m.name}.c").read_text() == m.source       # the same text as the loaded build
     assert (tmp_path / f"{m.name}.h").read_text() == m.header
+    assert (tmp_path / "graphc_kernels.c").read_text() == m.csrc.kernels.source
     flags = " ".join(["-O2", *STRICT])                                # main.c is warning-free too
     run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags}"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
@@ -98,7 +102,8 @@ def test_c_strict_makefile_defaults_build_run_and_clean(tmp_path):
     assert (tmp_path / "one_layer_example").is_file()
     subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True, timeout=60)
     assert not (tmp_path / "one_layer_example").exists()
-    assert {p.name for p in tmp_path.iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile"}
+    assert {p.name for p in tmp_path.iterdir()} == {"one_layer.c", "one_layer.h", "graphc_kernels.c",
+                                                     "graphc_kernels.h", "main.c", "Makefile"}
 
 
 def test_c_strict_build_export_copies_the_loaded_library(tmp_path):
@@ -157,22 +162,39 @@ def test_c_strict_build_library_links_into_a_c_program(tmp_path):
 LIBM = "exp|expm1|log|log1p|tanh|sqrt|fabs|fmax|fmin|pow|erf"
 ALLOWED_UNDEFINED = re.compile(rf"^((?:{LIBM})f?|memset|memcpy|memmove|omp_\w+|GOMP_\w+|__cpu_model|__cpu_indicator_init"
                                r"|__stack_chk_fail|_GLOBAL_OFFSET_TABLE_)$")   # libgcc's CPU dispatch, PIC
+KERNEL_ENTRY_POINTS = re.compile(r"^gc_gemm(_ex|_bias_act|_pack_elems)?_[fd]$")   # graphc_kernels.h's
+
+
+def assert_no_state_allocator_or_io(directory: Path, obj: str, also_allowed=None) -> set[str]:
+    """The object's undefined symbols are libm, memset/memcpy and OpenMP's runtime (and also_allowed);
+    it has no data or bss symbols. Returns its defined text symbols."""
+    symbols = subprocess.run(["nm", obj], cwd=directory, capture_output=True, text=True).stdout.splitlines()
+    undefined = {line.split()[-1] for line in symbols if line.split()[0] == "U"}
+    unexpected = [s for s in undefined if not ALLOWED_UNDEFINED.match(s) and not (also_allowed and also_allowed.match(s))]
+    assert not unexpected, sorted(undefined)
+    state = [line for line in symbols if len(line.split()) == 3 and line.split()[1] in "BbDdCc"]
+    assert not state, state
+    return {line.split()[2] for line in symbols if len(line.split()) == 3 and line.split()[1] == "T"}
 
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
 def test_c_strict_emitted_object_keeps_no_state_and_calls_no_allocator_or_io(spec, tmp_path):
     """The promise of the header: no global mutable state (no data or bss symbols), no malloc, no
-    printing. The object's undefined symbols are libm, memset/memcpy and OpenMP's runtime only."""
+    printing. The model object's undefined symbols are libm, memset/memcpy, OpenMP's runtime and
+    the kernel library's entry points; the library's own object needs nothing more."""
     g = graphc.load(str(spec))
     csrc = generate(g, *g.grad_spec, threads=2, optimizer=graphc.Adam(lr=1e-3))
     (tmp_path / f"{g.name}.c").write_text(csrc.source)
     (tmp_path / f"{g.name}.h").write_text(csrc.header)
+    (tmp_path / csrc.kernels.source_name).write_text(csrc.kernels.source)
+    (tmp_path / csrc.kernels.header_name).write_text(csrc.kernels.header)
     for flags in ([], ["-fopenmp"], ["-march=native", "-fopenmp"]):
         run = gcc([*STRICT, "-O2", *flags, "-c", f"{g.name}.c", "-o", "m.o"], tmp_path)
         assert run.returncode == 0, run.stderr
-        symbols = subprocess.run(["nm", "m.o"], cwd=tmp_path, capture_output=True, text=True).stdout.splitlines()
-        undefined = {line.split()[-1] for line in symbols if line.split()[0] == "U"}
-        assert not [s for s in undefined if not ALLOWED_UNDEFINED.match(s)], sorted(undefined)
-        state = [line for line in symbols if len(line.split()) == 3 and line.split()[1] in "BbDdCc"]
-        assert not state, state
+        assert_no_state_allocator_or_io(tmp_path, "m.o", KERNEL_ENTRY_POINTS)
+        run = gcc([*STRICT, "-O2", *flags, "-c", "graphc_kernels.c", "-o", "k.o"], tmp_path)
+        assert run.returncode == 0, run.stderr
+        exported = assert_no_state_allocator_or_io(tmp_path, "k.o")
+        assert {s for s in exported if KERNEL_ENTRY_POINTS.match(s)} == {
+            f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"}

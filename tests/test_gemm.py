@@ -593,6 +593,24 @@ def test_gemm_library_compiles_strict_c99_with_clang_and_tcc(tmp_path, compiler)
     assert result.returncode == 0 and not result.stderr, f"{' '.join(cmd)}\n{result.stderr}"
 
 
+def test_gemm_library_is_plain_c_and_the_same_for_every_model():
+    """No template syntax: graphc_kernels.c/.h are the files, and every model and type gets them."""
+    import graphc
+    from graphc.backend.codegen import generate, kernel_library
+    text = LIBRARY.read_text() + (TEMPLATES_DIR / "graphc_kernels.h").read_text()
+    assert "{{" not in text and "{%" not in text
+    examples = sorted((TEMPLATES_DIR.parent / "examples").glob("*.toml"))[:2]
+    seen, defines = set(), {}
+    for spec, dtype in itertools.product(examples, ("float32", "float64")):
+        g = graphc.load(spec)
+        kernels = generate(g, *g.grad_spec, dtype=dtype).kernels
+        seen.add((kernels.source, kernels.header))
+        defines.setdefault(dtype, set()).add(kernels.defines)
+    assert seen == {(kernel_library().source, kernel_library().header)} and LIBRARY.read_text() in seen.pop()
+    # each model's build compiles the half of its element type only
+    assert defines == {"float32": {("-DGC_KERNELS_DOUBLE=0",)}, "float64": {("-DGC_KERNELS_FLOAT=0",)}}
+
+
 @pytest.mark.parametrize("variant", ["native", "dispatch"])
 def test_gemm_build_uses_zmm_fma(gemm_lib, variant):
     """-march=native, and the portable build's AVX-512 variant, use 512-bit FMAs."""

@@ -39,7 +39,8 @@ def test_installed_wheel_renders_c_outside_the_checkout(wheel, tmp_path):
     code = ("import graphc, graphc.backend.codegen as c, graphc.backend.templates as t; "
             "assert str(t.templates_dir()).startswith(%r), t.templates_dir(); "
             "g = graphc.load(%r); "
-            "print(len(c.generate(g, 'J', ['W', 'b1', 'U', 'b2']).source))") % (str(target), str(ROOT / "examples" / "one_layer.toml"))
+            "s = c.generate(g, 'J', ['W', 'b1', 'U', 'b2']); assert 'gc_gemm_ex_f(' in s.kernels.header; "
+            "print(len(s.source))") % (str(target), str(ROOT / "examples" / "one_layer.toml"))
     env = dict(os.environ, PYTHONPATH=str(target))
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -1,14 +1,16 @@
 """Stage 5: Graphs into C source, header and cffi declarations.
 
 In: the forward graph (and its backward graph, and an optimizer when training).
-Out: `CSource` (the .c, .h and cdef texts, and what each C function takes).
+Out: `CSource` (the .c, .h and cdef texts of the model, what each C function takes, and the
+kernel library the model file calls: graphc_kernels.c/.h, the same text for every model).
 Templates are opened through backend/templates.py; it never infers a shape (the IR
 has them) and never compiles anything (native/build.py does).
 """
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.core.errors import GraphcError
@@ -19,10 +21,37 @@ from graphc.backend.cprint import c_name
 from graphc.backend.kernels import PARALLEL_WORK
 from graphc.backend.sizes import pmax
 from graphc.backend.schedule import schedule
-from graphc.backend.templates import environment, render_template  # noqa: F401
+from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401
 from graphc.backend.train_codegen import add_train_functions
 
 CTYPES = {"float32": ("float", "f"), "float64": ("double", "")}
+KERNEL_SUFFIX = {"float32": "f", "float64": "d"}   # graphc_kernels.h's entry points of each element type
+
+
+@dataclass(frozen=True)
+class KernelSources:
+    """The kernel library every model file calls: plain C (templates/graphc_kernels.c and .h), the
+    same text for every model and element type. `defines` are the -D flags that compile only the
+    element type a model calls (the other half is never linked: it would only double the first
+    build); the library is compiled once per element type, compiler and flags."""
+    source: str
+    header: str
+    defines: tuple[str, ...] = ()
+    source_name: str = "graphc_kernels.c"
+    header_name: str = "graphc_kernels.h"
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_library(dtype: str | None = None) -> KernelSources:
+    """graphc_kernels.c and .h (read once per process), for the models of `dtype` (None: both types)."""
+    where = templates_dir()
+    defines = {None: (), "float32": ("-DGC_KERNELS_DOUBLE=0",), "float64": ("-DGC_KERNELS_FLOAT=0",)}[dtype]
+    return KernelSources(_read(where / KernelSources.source_name), _read(where / KernelSources.header_name), defines)
+
+
+@functools.lru_cache(maxsize=None)
+def _read(path) -> str:
+    return path.read_text()
 
 
 @dataclass
@@ -37,6 +66,7 @@ class CSource:
     grad_graph: Graph | None
     grad_names: dict[str, str]        # param name -> gradient output name (d_W)
     predict_graph: Graph | None = None   # the graph of NAME_predict (outputs that need no labels)
+    kernels: KernelSources = field(default_factory=kernel_library)   # graphc_kernels.c/.h, which source calls
 
 
 class Emitter:
@@ -84,6 +114,7 @@ class Emitter:
             arena = pmax(arena, f.sched.arena)
         ctx = dict(name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
+                   kernels_header=KernelSources.header_name, ksuffix=KERNEL_SUFFIX[self.dtype],
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
                    max_threads=self.threads, uses_matmul=any(f.uses_pack for f in self.functions),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
@@ -142,4 +173,6 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
         if optimizer is not None:
             add_train_functions(em, graph, bwd, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()
-    return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict)
+    return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict,
+                   kernel_library(dtype))
+
