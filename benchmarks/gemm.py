@@ -1,6 +1,7 @@
-"""GFLOP/s of the gc_gemm kernel (templates/kernels/matmul.c.j2) vs NumPy.
+"""GFLOP/s of the gc_gemm kernel (the kernel library, templates/graphc_kernels.c) vs NumPy.
 
-Renders the template, builds it for float32 with cffi (-O3 -march=native
+Builds the library (or, for a --baseline revision from before it, renders the
+template kernels/matmul.c.j2) for float32 with cffi (-O3 -march=native
 -fopenmp, or without -march=native with --portable), and times gc_gemm on 1
 and 2 threads against NumPy float32 matmul (OpenBLAS) on 1 and 2 threads, for
 square sizes and the shapes of the benchmark models.  With --baseline REV the
@@ -106,7 +107,29 @@ def templates_of(rev: str | None, tmpdir: str) -> pathlib.Path:
     return out / "templates"
 
 
+LIBRARY_PRELUDE = """
+#define GC_KERNELS_DOUBLE 0
+#include "graphc_kernels.c"
+typedef float gc_real;
+#define gc_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack) \\
+    gc_gemm_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, 2)
+#define gc_gemm_pack_elems() gc_gemm_pack_elems_f(2)
+"""
+
+
 def build(templates: pathlib.Path, tag: str, flags: list[str], tmpdir: str):
+    if (templates / "graphc_kernels.c").is_file():     # the kernel library: plain C
+        name = f"_gc_gemm_bench_{tag}"
+        ffi = cffi.FFI()
+        ffi.cdef(CDEF)
+        source = LIBRARY_PRELUDE + WRAPPER.format(kernels="").split("#define GC_MAX_THREADS 2", 1)[1]
+        ffi.set_source(name, source, include_dirs=[str(templates)], extra_compile_args=flags,
+                       extra_link_args=["-fopenmp"])
+        so_path = ffi.compile(tmpdir=os.path.join(tmpdir, tag))
+        spec = importlib.util.spec_from_file_location(name, so_path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module, so_path
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,

@@ -223,3 +223,124 @@ def test_build_unwritable_cache_warns_and_builds_in_a_temporary_folder(tmp_path,
         if root.is_dir():
             root.chmod(0o700)
     shutil.rmtree(module.directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the kernel library
+# A stand-in for codegen's KernelSources (the real library takes seconds to compile): the same
+# file names, a tiny text. Modules include its header and call it, as model files do.
+class Kernels:
+    source_name, header_name = "graphc_kernels.c", "graphc_kernels.h"
+
+    def __init__(self, tag: str, body: str = "return 2 * a;"):
+        self.header = "int twice(int a);\n"
+        self.source = f'/* {tag} */\n#include "graphc_kernels.h"\nint twice(int a)\n{{\n    {body}\n}}\n'
+
+
+def user(tag: str) -> tuple[str, str, str, str]:
+    """A module calling the library: quad(a) = twice(twice(a))."""
+    header = "int quad(int a);\n"
+    source = (f'/* {tag} */\n#include "user.h"\n#include "graphc_kernels.h"\n\n'
+              "int quad(int a)\n{\n    return twice(twice(a));\n}\n")
+    return "user", source, header, header
+
+
+KERNELS_CHILD = """
+import json, sys
+from graphc.native import build as builder
+compiled = []
+real = builder._compile_kernels_into
+def counting(*args, **kwargs):
+    compiled.append(1)
+    return real(*args, **kwargs)
+builder._compile_kernels_into = counting
+sys.path.insert(0, sys.argv[3])
+from test_build_cache import Kernels, user
+module = builder.build(*user(sys.argv[1]), kernels=Kernels(sys.argv[2]))
+print(json.dumps({"quad": module.lib.quad(5), "cached": module.cached, "kernels_compiled": len(compiled)}))
+"""
+
+
+def kernels_child(model_tag: str, kernels_tag: str, cache: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRAPHC_CACHE_DIR": str(cache)}
+    return subprocess.Popen([sys.executable, "-c", KERNELS_CHILD, model_tag, kernels_tag, str(Path(__file__).parent)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kernel_entries(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "kernels").iterdir() if p.suffix != ".lock")
+
+
+def test_build_kernel_library_compiles_once_and_every_module_links_it(cache):
+    kernels = Kernels("once")
+    one = builder.build(*user("one"), kernels=kernels)
+    two = builder.build(*user("two"), kernels=kernels)
+    assert (one.lib.quad(5), two.lib.quad(3)) == (20, 12)
+    assert kernel_entries(cache) == [builder.kernels_key(kernels.source, kernels.header, builder.compile_flags(
+        True, builder.openmp_supported(builder.find_compiler())), builder.find_compiler())]
+    entry = cache / "kernels" / kernel_entries(cache)[0]
+    assert {p.name for p in entry.iterdir()} == {"graphc_kernels.c", "graphc_kernels.h", "graphc_kernels.o",
+                                                 "build.log", "manifest.json"}
+    assert "-fvisibility=hidden" in json.loads((entry / "manifest.json").read_text())["command"]
+    assert (one.directory / "graphc_kernels.h").read_text() == kernels.header   # the model's entry is whole
+    assert json.loads((one.directory / "manifest.json").read_text())["kernels"] == entry.name
+
+
+def test_build_kernel_library_is_reused_by_other_processes_and_models(cache):
+    first = result(kernels_child("a", "reuse", cache))
+    second = result(kernels_child("b", "reuse", cache))            # a new model, the same library
+    third = result(kernels_child("b", "reuse", cache))             # a cached model: the library is not read
+    assert (first["kernels_compiled"], second["kernels_compiled"], third["kernels_compiled"]) == (1, 0, 0)
+    assert (first["cached"], second["cached"], third["cached"]) == (False, False, True)
+    assert first["quad"] == second["quad"] == 20 and len(kernel_entries(cache)) == 1
+
+
+def test_build_concurrent_processes_compile_the_kernel_library_once(cache):
+    results = [result(p) for p in [kernels_child(f"race{i}", "race", cache) for i in range(4)]]
+    assert all(r["quad"] == 20 for r in results)
+    assert sum(r["kernels_compiled"] for r in results) == 1
+    assert len(kernel_entries(cache)) == 1
+    assert not [p for p in (cache / "kernels").iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+
+
+def test_build_key_of_a_module_follows_its_kernel_library(cache):
+    cc = builder.find_compiler()
+    k1, k2 = Kernels("key"), Kernels("key", body="return a + a;")
+    base = builder.kernels_key(k1.source, k1.header, ["-O3"], cc)
+    assert base == builder.kernels_key(k1.source, k1.header, ["-O3"], cc)
+    assert len({base, builder.kernels_key(k2.source, k1.header, ["-O3"], cc),
+                builder.kernels_key(k1.source, k1.header + "\n", ["-O3"], cc),
+                builder.kernels_key(k1.source, k1.header, ["-O2"], cc)}) == 4
+    name, source, header, cdef = user("key")
+    assert builder.cache_key(name, source, header, cdef, ["-O3"], [], cc, base) != \
+        builder.cache_key(name, source, header, cdef, ["-O3"], [], cc, "another library")
+    one = builder.build(*user("key"), kernels=k1)
+    two = builder.build(*user("key"), kernels=k2)                  # same module text, another library
+    assert one.key != two.key and one.lib.quad(5) == two.lib.quad(5) == 20
+    assert len(kernel_entries(cache)) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete manifest"])
+def test_build_corrupt_kernel_library_is_detected_and_rebuilt(cache, damage):
+    first = result(kernels_child("c1", f"corrupt-{damage}", cache))
+    entry = cache / "kernels" / kernel_entries(cache)[0]
+    if damage == "truncate":
+        obj = entry / "graphc_kernels.o"
+        obj.write_bytes(obj.read_bytes()[:100])
+    else:
+        (entry / "manifest.json").unlink()
+    second = result(kernels_child("c2", f"corrupt-{damage}", cache))
+    assert (first["kernels_compiled"], second["kernels_compiled"]) == (1, 1)
+    assert second["quad"] == 20 and kernel_entries(cache) == [entry.name]
+
+
+def test_build_kernel_library_error_names_the_kept_source_and_the_command(cache):
+    with pytest.raises(CompileError) as caught:
+        builder.build(*user("broken"), kernels=Kernels("broken", body="return 2 * a"))   # missing ';'
+    message = str(caught.value)
+    assert "the kernel library graphc_kernels.o" in message and "graphc_kernels.c:5" in message
+    assert "-fvisibility=hidden" in message and "-c graphc_kernels.c -o graphc_kernels.o" in message
+    numbered = Path(re.search(r"source kept at (\S+\.numbered\.c)", message).group(1))
+    assert numbered.is_file() and "    5      return 2 * a" in numbered.read_text()
+    assert numbered.parent.parent == cache / "failed"
+    assert not [p for p in (cache / "kernels").iterdir() if len(p.name) == 64 or p.name.startswith(".tmp-")]
+    assert entries(cache) == ["failed", "kernels"]

@@ -3,7 +3,8 @@ tiny module (missing $CC, empty PATH, syntax errors, unwritable cache, truncated
 entries, racing builders); this file covers what it does not: the whole compile path with a
 compiler that fails, a library that passes its digest but cannot load, a cache entry made by
 another graphc version, a builder killed mid-compile, eight processes compiling one spec, and a
-cache folder whose disk fills up (ENOSPC) at each step of a build."""
+cache folder whose disk fills up (ENOSPC) at each step of a build. (The kernel library, compiled
+first and cached apart in cache/kernels, meets each fault before the model does.)"""
 from __future__ import annotations
 
 import errno
@@ -108,10 +109,15 @@ def test_compile_with_a_failing_compiler_reports_its_stderr_and_the_kept_source(
         graphc.compile(graphc.parse_spec(spec("failcc")))
     message = str(caught.value)
     assert "out of cheese" in message and str(fake) in message
+    # the kernel library is compiled first (the model links it): its failure is the one reported
+    assert "the kernel library graphc_kernels.o" in message and f"command: {fake} " in message
     kept = Path(re.search(r"plain copy: (\S+\.c)\)", message).group(1))
-    assert kept.is_file() and "faults_failcc_value_and_grad" in kept.read_text()
+    assert kept.name == "graphc_kernels.c" and "gc_gemm_ex_T(" in kept.read_text()
+    numbered = Path(re.search(r"source kept at (\S+\.numbered\.c)", message).group(1))
+    assert numbered.is_file() and numbered.parent == kept.parent
     assert not [p for p in cache.iterdir() if len(p.name) == 64]   # no loadable entry was published
-    assert leftovers(cache) == []
+    assert not [p for p in (cache / "kernels").iterdir() if len(p.name) == 64]
+    assert leftovers(cache) == [] and leftovers(cache / "kernels") == []
 
 
 def test_compile_with_an_unusable_cache_folder_warns_and_works(tmp_path, monkeypatch):
@@ -274,7 +280,10 @@ exec {real} "$@"
 
 
 def cache_entries(cache: Path) -> list[str]:
-    """Entries a later build would try to load (root/KEY) and scratch or trash folders."""
+    """Entries a later build would try to load (root/KEY; cache/"kernels" for the kernel library's)
+    and scratch or trash folders."""
+    if not cache.is_dir():
+        return []
     return sorted(p.name for p in cache.iterdir() if len(p.name) == 64 or p.name.startswith((".tmp-", ".trash-")))
 
 
@@ -297,11 +306,12 @@ def test_compile_with_a_cache_folder_that_fills_up_warns_builds_in_a_temporary_f
     assert "not writable" in str(warned[0].message) and str(cache) in str(warned[0].message)
     works(m)
     assert cache.resolve() not in m.built.directory.resolve().parents      # a temporary build ...
-    assert cache_entries(cache) == []                                       # ... and nothing half-written kept
+    assert cache_entries(cache) == [] and cache_entries(cache / "kernels") == []   # ... nothing half-written kept
     disk.free(monkeypatch)
     first = result(child(text, cache))                                      # room again: a whole entry,
     assert not first["cached"] and np.isfinite(first["loss"])
     assert cache_entries(cache) == [Path(first["directory"]).name]          # built, not loaded from debris
+    assert len(cache_entries(cache / "kernels")) == 1                       # and the kernel library's
     assert result(child(text, cache))["cached"]
 
 
@@ -316,9 +326,9 @@ def test_compile_with_a_full_cache_folder_and_a_compiler_error_keeps_the_source_
     message = str(caught.value)
     assert "out of cheese" in message
     kept = Path(re.search(r"plain copy: (\S+\.c)\)", message).group(1))
-    assert kept.is_file() and "faults_full_error_value_and_grad" in kept.read_text()
+    assert kept.is_file() and "gc_gemm_ex_T(" in kept.read_text()     # the kernel library, compiled first
     assert cache.resolve() not in kept.resolve().parents
-    assert cache_entries(cache) == []
+    assert cache_entries(cache) == [] and cache_entries(cache / "kernels") == []
 
 
 def test_compile_with_full_cache_and_temporary_folders_is_a_compile_error_naming_the_source(

@@ -1,6 +1,8 @@
 """The emitted C is strict C99 (-Wall -Wextra -Werror -pedantic, with and without OpenMP and
--march=native), and the exported standalone folder builds with its Makefile, runs, and prints
-the values of the NumPy reference on main.c's deterministic inputs."""
+-march=native) under gcc, clang and tcc, split (NAME.c with graphc_kernels.c) and amalgamated
+(one NAME.c); the exported standalone folder builds with its Makefile under each compiler, runs,
+and prints the values of the NumPy reference on main.c's deterministic inputs (so the compilers
+agree); and no object keeps state or calls an allocator or I/O."""
 from __future__ import annotations
 
 import functools
@@ -13,18 +15,42 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.backend.codegen import generate, prediction_graph
-from graphc.native.export import example_arrays, example_batch, parse_example_output
+from graphc.backend.codegen import amalgamate, generate, kernel_library, prediction_graph
+from graphc.native.export import emit, example_arrays, example_batch, parse_example_output
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
-# and a wide softmax: the threaded kernel forms the examples are too small for
-EXAMPLES += [Path(__file__).resolve().parent / "specs" / "many_classes.toml"]
+# and the specs of tests/specs (a wide softmax: the threaded kernel forms the examples are too small for)
+EXAMPLES += sorted((Path(__file__).resolve().parent / "specs").glob("*.toml"))
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
-FLAG_SETS = {"plain": [], "openmp": ["-fopenmp"], "native": ["-O2", "-march=native"]}
+# Flag sets per compiler. clang's OpenMP needs libomp, tcc has neither OpenMP nor intrinsics (it
+# compiles the portable path) and takes the same warning flags (it warns about less).
+FLAG_SETS = {
+    "gcc": {"plain": [], "openmp": ["-fopenmp"], "native": ["-O2", "-march=native"]},
+    "clang": {"plain": [], "openmp": ["-fopenmp"], "native": ["-O2", "-march=native"]},
+    "tcc": {"plain": []},
+}
+COMPILERS = list(FLAG_SETS)
 PRINT_TOLERANCE = {"float64": 1e-7, "float32": 1e-4}   # main.c prints 9 significant digits
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("make") is None,
                                 reason="needs gcc and make")
+
+
+def compiler(name: str) -> str:
+    """The compiler's path, or a skip saying it is missing (.ci/run installs clang and tcc)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (.ci/run installs clang and tcc with apt-get)")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def has_openmp(name: str) -> bool:
+    """Whether `name -fopenmp` compiles a file that includes <omp.h> (clang needs libomp for it)."""
+    run = subprocess.run([name, "-fopenmp", "-x", "c", "-c", "-", "-o", "/dev/null"],
+                         input="#include <omp.h>\nint f(void) { return omp_get_max_threads(); }\n",
+                         capture_output=True, text=True)
+    return run.returncode == 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,20 +58,42 @@ def model(spec: str, dtype: str):
     return graphc.compile(spec, dtype=dtype)
 
 
+def run_cc(name: str, args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([compiler(name), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
 def gcc(args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(["gcc", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return run_cc("gcc", args, cwd)
 
 
+def write_sources(g, csrc, directory: Path, amalgamated: bool) -> None:
+    """NAME.c and NAME.h, and graphc_kernels.c/.h beside them unless the NAME.c is amalgamated."""
+    (directory / f"{g.name}.c").write_text(amalgamate(csrc) if amalgamated else csrc.source)
+    (directory / f"{g.name}.h").write_text(csrc.header)
+    if not amalgamated:
+        (directory / csrc.kernels.source_name).write_text(csrc.kernels.source)
+        (directory / csrc.kernels.header_name).write_text(csrc.kernels.header)
+
+
+@pytest.mark.parametrize("cc", COMPILERS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
-def test_c_strict_emitted_source_compiles_without_warnings(spec, dtype, tmp_path):
+def test_c_strict_emitted_source_compiles_without_warnings(spec, dtype, cc, tmp_path):
+    """NAME.c under every flag set of the compiler; the amalgamated NAME.c (the library's entry points
+    static, the model using some of them) without optimization, where unused-function warnings show."""
+    compiler(cc)
     g = graphc.load(spec)
     csrc = generate(g, *g.grad_spec, dtype=dtype, threads=2)   # threads > 1: the OpenMP paths exist
-    (tmp_path / f"{g.name}.c").write_text(csrc.source)
-    (tmp_path / f"{g.name}.h").write_text(csrc.header)
-    for label, flags in FLAG_SETS.items():
-        run = gcc([*STRICT, *flags, "-c", f"{g.name}.c", "-o", f"{g.name}-{label}.o"], tmp_path)
-        assert run.returncode == 0 and not run.stderr, f"{label} ({' '.join(flags)}):\n{run.stderr}"
+    for amalgamated in (False, True):
+        layout = "amalgamated" if amalgamated else "split"
+        write_sources(g, csrc, tmp_path, amalgamated)
+        for label, flags in FLAG_SETS[cc].items():
+            if "-fopenmp" in flags and not has_openmp(cc):
+                continue
+            if amalgamated and label != "plain":
+                continue
+            run = run_cc(cc, [*STRICT, *flags, "-c", f"{g.name}.c", "-o", f"{g.name}-{label}.o"], tmp_path)
+            assert run.returncode == 0 and not run.stderr, f"{cc} {layout} {label} ({' '.join(flags)}):\n{run.stderr}"
 
 
 def assert_prints_reference(output: str, g: graphc.Graph, dtype: str, n: int | None = None) -> None:
@@ -70,9 +118,11 @@ def assert_prints_reference(output: str, g: graphc.Graph, dtype: str, n: int | N
 def test_c_strict_standalone_export_builds_runs_and_matches_reference(spec, dtype, tmp_path):
     m = model(str(spec), dtype)
     files = m.export(tmp_path, standalone=True)
-    assert sorted(p.name for p in files) == sorted([f"{m.name}.c", f"{m.name}.h", "main.c", "Makefile"])
+    assert sorted(p.name for p in files) == sorted([f"{m.name}.c", f"{m.name}.h", "graphc_kernels.c",
+                                                    "graphc_kernels.h", "main.c", "Makefile"])
     assert (tmp_path / f"{m.name}.c").read_text() == m.source       # the same text as the loaded build
     assert (tmp_path / f"{m.name}.h").read_text() == m.header
+    assert (tmp_path / "graphc_kernels.c").read_text() == m.csrc.kernels.source
     flags = " ".join(["-O2", *STRICT])                                # main.c is warning-free too
     run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags}"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
@@ -87,6 +137,45 @@ def test_c_strict_standalone_export_builds_runs_and_matches_reference(spec, dtyp
         assert_prints_reference(run.stdout, m.graph, dtype, n=37)
 
 
+@pytest.mark.parametrize("cc, layout", [("clang", "split"), ("clang", "amalgamated"), ("tcc", "split"),
+                                        ("tcc", "amalgamated"), ("gcc", "amalgamated")])   # gcc split: above
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_c_strict_emitted_program_builds_with_each_compiler_and_matches_reference(spec, dtype, cc, layout, tmp_path):
+    """`graphc emit`'s folder (no compiler run to write it), built by its Makefile with clang and
+    tcc as with gcc, split and amalgamated: warning-free, and the numbers of the reference, so the
+    three compilers agree to the printed digits."""
+    compiler(cc)
+    g = graphc.load(spec)
+    csrc = generate(g, *g.grad_spec, dtype=dtype, threads=2)
+    names = sorted(p.name for p in emit(csrc, tmp_path, amalgamate=layout == "amalgamated"))
+    kernels = [] if layout == "amalgamated" else ["graphc_kernels.c", "graphc_kernels.h"]
+    assert names == sorted([f"{g.name}.c", f"{g.name}.h", "main.c", "Makefile", *kernels])
+    flags = " ".join(["-O2", *STRICT])
+    run = subprocess.run(["make", "-s", f"CC={cc}", f"CFLAGS={flags}"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0 and not run.stderr, run.stderr
+    assert_prints_reference(run.stdout, g, dtype)
+
+
+def test_c_strict_amalgamated_file_is_the_library_then_the_model(tmp_path):
+    """One translation unit: the header, the library's parts for the model's element type only (its
+    self-includes pasted in), then the model text unchanged; no #include of graphc's files is left."""
+    g = graphc.load(EXAMPLES[0].parent / "one_layer.toml")
+    for dtype, dropped, off in (("float32", "double", "GC_KERNELS_DOUBLE"), ("float64", "float", "GC_KERNELS_FLOAT")):
+        csrc = generate(g, *g.grad_spec, dtype=dtype)
+        text = amalgamate(csrc)
+        assert '#include "graphc_kernels' not in text
+        library, model_part = text.split(f"/* ==== {g.name}.c ==== */\n")
+        assert model_part == re.sub(r'#include "graphc_kernels.h"[^\n]*', "/* graphc_kernels.h: above, in this file */",
+                                    csrc.source)
+        assert library.index("#ifndef GRAPHC_KERNELS_H") < library.index("GC_KERNELS_API void gc_gemm_ex_T(")
+        assert "#define GC_KERNELS_API static" in library and f"#define {off} 0\n" in library
+        assert library.count("graphc_kernels.c, part 2,") == 1 and f"({dropped}: not used by this model)" in library
+        assert library.count("graphc_kernels.c, part 3,") == 3   # one per instruction set
+        assert library.count("GC_ISA_ATTR static void gc_pack_copy(") == 3
+
+
 def test_c_strict_makefile_defaults_build_run_and_clean(tmp_path):
     m = model(str(EXAMPLES[0].parent / "one_layer.toml"), "float64")
     m.export(tmp_path, standalone=True)
@@ -98,7 +187,8 @@ def test_c_strict_makefile_defaults_build_run_and_clean(tmp_path):
     assert (tmp_path / "one_layer_example").is_file()
     subprocess.run(["make", "clean"], cwd=tmp_path, check=True, capture_output=True, timeout=60)
     assert not (tmp_path / "one_layer_example").exists()
-    assert {p.name for p in tmp_path.iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile"}
+    assert {p.name for p in tmp_path.iterdir()} == {"one_layer.c", "one_layer.h", "graphc_kernels.c",
+                                                     "graphc_kernels.h", "main.c", "Makefile"}
 
 
 def test_c_strict_build_export_copies_the_loaded_library(tmp_path):
@@ -157,22 +247,42 @@ def test_c_strict_build_library_links_into_a_c_program(tmp_path):
 LIBM = "exp|expm1|log|log1p|tanh|sqrt|fabs|fmax|fmin|pow|erf"
 ALLOWED_UNDEFINED = re.compile(rf"^((?:{LIBM})f?|memset|memcpy|memmove|omp_\w+|GOMP_\w+|__cpu_model|__cpu_indicator_init"
                                r"|__stack_chk_fail|_GLOBAL_OFFSET_TABLE_)$")   # libgcc's CPU dispatch, PIC
+KERNEL_ENTRY_POINTS = re.compile(r"^gc_gemm(_ex|_bias_act|_pack_elems)?_[fd]$")   # graphc_kernels.h's
+
+
+def assert_no_state_allocator_or_io(directory: Path, obj: str, also_allowed=None) -> set[str]:
+    """The object's undefined symbols are libm, memset/memcpy and OpenMP's runtime (and also_allowed);
+    it has no data or bss symbols. Returns its defined text symbols."""
+    symbols = subprocess.run(["nm", obj], cwd=directory, capture_output=True, text=True).stdout.splitlines()
+    undefined = {line.split()[-1] for line in symbols if line.split()[0] == "U"}
+    unexpected = [s for s in undefined if not ALLOWED_UNDEFINED.match(s) and not (also_allowed and also_allowed.match(s))]
+    assert not unexpected, sorted(undefined)
+    state = [line for line in symbols if len(line.split()) == 3 and line.split()[1] in "BbDdCc"]
+    assert not state, state
+    return {line.split()[2] for line in symbols if len(line.split()) == 3 and line.split()[1] == "T"}
 
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
 def test_c_strict_emitted_object_keeps_no_state_and_calls_no_allocator_or_io(spec, tmp_path):
     """The promise of the header: no global mutable state (no data or bss symbols), no malloc, no
-    printing. The object's undefined symbols are libm, memset/memcpy and OpenMP's runtime only."""
+    printing. The model object's undefined symbols are libm, memset/memcpy, OpenMP's runtime and
+    the kernel library's entry points; the library's own object and the amalgamated one need
+    nothing more (and the amalgamated one exports only the model's functions)."""
     g = graphc.load(str(spec))
     csrc = generate(g, *g.grad_spec, threads=2, optimizer=graphc.Adam(lr=1e-3))
-    (tmp_path / f"{g.name}.c").write_text(csrc.source)
-    (tmp_path / f"{g.name}.h").write_text(csrc.header)
+    write_sources(g, csrc, tmp_path, amalgamated=False)
+    (tmp_path / "amalgamated.c").write_text(amalgamate(csrc))
     for flags in ([], ["-fopenmp"], ["-march=native", "-fopenmp"]):
         run = gcc([*STRICT, "-O2", *flags, "-c", f"{g.name}.c", "-o", "m.o"], tmp_path)
         assert run.returncode == 0, run.stderr
-        symbols = subprocess.run(["nm", "m.o"], cwd=tmp_path, capture_output=True, text=True).stdout.splitlines()
-        undefined = {line.split()[-1] for line in symbols if line.split()[0] == "U"}
-        assert not [s for s in undefined if not ALLOWED_UNDEFINED.match(s)], sorted(undefined)
-        state = [line for line in symbols if len(line.split()) == 3 and line.split()[1] in "BbDdCc"]
-        assert not state, state
+        assert_no_state_allocator_or_io(tmp_path, "m.o", KERNEL_ENTRY_POINTS)
+        run = gcc([*STRICT, "-O2", *flags, "-c", "graphc_kernels.c", "-o", "k.o"], tmp_path)
+        assert run.returncode == 0, run.stderr
+        exported = assert_no_state_allocator_or_io(tmp_path, "k.o")
+        assert {s for s in exported if KERNEL_ENTRY_POINTS.match(s)} == {
+            f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"}
+        run = gcc([*STRICT, "-O2", *flags, "-c", "amalgamated.c", "-o", "a.o"], tmp_path)
+        assert run.returncode == 0, run.stderr
+        exported = assert_no_state_allocator_or_io(tmp_path, "a.o")
+        assert all(s.startswith(f"{g.name}_") for s in exported), sorted(exported)

@@ -157,3 +157,23 @@ def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.close()                 # the reader is gone before graphc writes a line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+# ---- emit: files only, no compiler ----------------------------------------------------------------
+def test_cli_emit_writes_the_model_and_the_kernel_library_without_running_a_compiler(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "/bin/false")         # any compile would fail
+    monkeypatch.setattr("graphc.native.build.build", lambda *a, **k: pytest.fail("emit compiled"))
+    status, out, err = run(capsys, "emit", ONE_LAYER, "-o", str(tmp_path / "split"))
+    assert status == 0, err
+    names = {"one_layer.c", "one_layer.h", "graphc_kernels.c", "graphc_kernels.h", "main.c", "Makefile"}
+    assert {p.name for p in (tmp_path / "split").iterdir()} == names
+    assert all(f"wrote {tmp_path / 'split' / n}" in out for n in names)
+    source = (tmp_path / "split" / "one_layer.c").read_text()
+    assert '#include "graphc_kernels.h"' in source and "gc_gemm_micro_kernel" not in source
+    assert "one_layer_train_step(" in source                     # sgd by default, as before
+    status, out, err = run(capsys, "emit", ONE_LAYER, "-o", str(tmp_path / "one"), "--amalgamate", "--dtype", "float64")
+    assert status == 0, err
+    assert {p.name for p in (tmp_path / "one").iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile"}
+    whole = (tmp_path / "one" / "one_layer.c").read_text()
+    assert '#include "graphc_kernels' not in whole and "gc_gemm_ex_d(" in whole
+    assert "SOURCES = main.c one_layer.c\n" in (tmp_path / "one" / "Makefile").read_text()

@@ -90,7 +90,8 @@ def test_c_program_example_classifies_like_the_reference(tmp_path):
     m.export(tmp_path, params=params)
     exe = tmp_path / "classify"
     build = subprocess.run(["gcc", *STRICT, f"-I{tmp_path}", "-o", str(exe), str(PROGRAM),
-                            str(tmp_path / "one_layer.c"), str(tmp_path / "one_layer_params.c"), "-lm"],
+                            str(tmp_path / "one_layer.c"), str(tmp_path / "one_layer_params.c"),
+                            str(tmp_path / "graphc_kernels.c"), "-lm"],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     stdin = "".join(f"{label} " + " ".join(f"{p:.9g}" for p in row) + "\n" for row, label in zip(x, y))

@@ -1,10 +1,10 @@
-"""Tests of the GEMM kernel family template (templates/kernels/matmul.c.j2).
+"""Tests of the GEMM of the kernel library (templates/graphc_kernels.c and .h).
 
-The template is rendered with the project's Jinja environment, wrapped in a
-small C file that exports plain functions, built with cffi (float and double;
-AVX-512 via -march=native, AVX2 via -march=haswell, plain C, and the portable
-flags' run-time choice of instruction set, uncapped and capped at AVX2) and
-checked against NumPy.  Strict-compile and sanitizer checks use gcc directly.
+The library is wrapped in a small C file that includes graphc_kernels.c and exports plain
+functions, built with cffi (float and double; AVX-512 via -march=native, AVX2 via
+-march=haswell, plain C, and the portable flags' run-time choice of instruction set, uncapped
+and capped at AVX2) and checked against NumPy.  Strict-compile and sanitizer checks use gcc
+(and clang and tcc, where installed) directly.
 
 Paths: tiny products take plain loops; products up to GC_GEMM_DIRECT_WORK
 multiply-adds run the micro-kernel on the operands in place (the "direct"
@@ -21,7 +21,6 @@ import pathlib
 import shutil
 import subprocess
 
-import jinja2
 import numpy as np
 import pytest
 
@@ -30,31 +29,31 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 TEMPLATES_DIR = pathlib.Path(__file__).resolve().parent.parent / "templates"
-TEMPLATE = "kernels/matmul.c.j2"
+LIBRARY = TEMPLATES_DIR / "graphc_kernels.c"
 GCC = shutil.which("gcc")
 STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
+THREADS = 2     # the packing buffers of the tests hold this many threads' blocks
 
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not found")
 
 
-def render_template() -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    return env.get_template(TEMPLATE).render()
-
-
-def model_prelude(real: str, max_threads: int = 2) -> str:
-    """What a model file defines before including the rendered kernels."""
+def model_prelude(real: str, max_threads: int = THREADS) -> str:
+    """The library (one element type), then what a model file defines to call it by its names."""
+    t = "d" if real == "double" else "f"
+    other = "GC_KERNELS_FLOAT" if real == "double" else "GC_KERNELS_DOUBLE"
     return (
+        f"#define {other} 0\n"
+        '#include "graphc_kernels.c"\n'
         f"typedef {real} gc_real;\n"
-        f"#define GC_REAL_IS_DOUBLE {int(real == 'double')}\n"
+        f"typedef gc_gemm_epilogue_{t} gc_gemm_epilogue;\n"
         f"#define GC_MAX_THREADS {max_threads}\n"
+        f"#define gc_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack) \\\n"
+        f"    gc_gemm_{t}(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS)\n"
+        f"#define gc_gemm_bias_act(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, bias, act) \\\n"
+        f"    gc_gemm_bias_act_{t}(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, bias, act)\n"
+        f"#define gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, ep) \\\n"
+        f"    gc_gemm_ex_{t}(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, ep)\n"
+        f"#define gc_gemm_pack_elems() gc_gemm_pack_elems_{t}(GC_MAX_THREADS)\n"
     )
 
 
@@ -87,7 +86,7 @@ void gemm_ex_api(int ta, int tb, long M, long N, long K,
 
 long pack_elems_api(void) { return gc_gemm_pack_elems(); }
 
-int isa_api(void) { return gc_gemm_isa(); }
+int isa_api(void) { return gc_kernels_isa(); }
 
 void set_threads_api(int threads)
 {
@@ -206,7 +205,6 @@ def gemm_lib(build_dir):
     pytest.importorskip("setuptools")
     if GCC is None:
         pytest.skip("gcc not found")
-    kernels = render_template()
 
     def get(variant: str, dtype: str) -> Gemm:
         key = (variant, dtype)
@@ -218,7 +216,8 @@ def gemm_lib(build_dir):
             flags = {**VARIANTS, **EXTRA_VARIANTS}[variant]
             ffi.set_source(
                 name,
-                model_prelude(real) + kernels + WRAPPERS,
+                model_prelude(real) + WRAPPERS,
+                include_dirs=[str(TEMPLATES_DIR)],
                 extra_compile_args=flags,
                 extra_link_args=["-fopenmp"] if "-fopenmp" in flags else [],
             )
@@ -566,20 +565,50 @@ STRICT_CONFIGS = {
 
 @needs_gcc
 @pytest.mark.parametrize("config", list(STRICT_CONFIGS))
-def test_gemm_template_compiles_strict_c99(tmp_path, config):
-    kernels = render_template()
+def test_gemm_library_compiles_strict_c99(tmp_path, config):
+    """graphc_kernels.c alone (both element types), and with a model's prelude of each type."""
+    cmd = [GCC, *STRICT, "-O2", *STRICT_CONFIGS[config], "-c", str(LIBRARY), "-o", str(tmp_path / "lib.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr, f"{' '.join(cmd)}\n{result.stderr}"
     for real in ("float", "double"):
         source = tmp_path / f"gemm_{real}.c"
-        source.write_text(model_prelude(real) + kernels + WRAPPERS)
-        cmd = [GCC, *STRICT, "-O2", *STRICT_CONFIGS[config], "-c", str(source),
+        source.write_text(model_prelude(real) + WRAPPERS)
+        cmd = [GCC, *STRICT, "-O2", *STRICT_CONFIGS[config], "-I", str(TEMPLATES_DIR), "-c", str(source),
                "-o", str(tmp_path / f"gemm_{real}.o")]
         result = subprocess.run(cmd, capture_output=True, text=True)
-        assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+        assert result.returncode == 0 and not result.stderr, f"{' '.join(cmd)}\n{result.stderr}"
 
 
-def test_gemm_template_needs_nothing():
-    first_line = (TEMPLATES_DIR / TEMPLATE).read_text().splitlines()[0]
-    assert first_line == "{#- needs: (nothing) -#}"
+OTHER_COMPILERS = {"clang": ["-O2"], "clang-native": ["-O2", "-march=native"], "tcc": []}
+
+
+@pytest.mark.parametrize("compiler", list(OTHER_COMPILERS))
+def test_gemm_library_compiles_strict_c99_with_clang_and_tcc(tmp_path, compiler):
+    exe = shutil.which(compiler.split("-")[0])
+    if exe is None:
+        pytest.skip(f"{compiler.split('-')[0]} is not installed (.ci/run installs it)")
+    strict = STRICT if compiler != "tcc" else ["-std=c99", "-Wall", "-Werror"]   # tcc: no -Wextra/-pedantic
+    cmd = [exe, *strict, *OTHER_COMPILERS[compiler], "-c", str(LIBRARY), "-o", str(tmp_path / "lib.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr, f"{' '.join(cmd)}\n{result.stderr}"
+
+
+def test_gemm_library_is_plain_c_and_the_same_for_every_model():
+    """No template syntax: graphc_kernels.c/.h are the files, and every model and type gets them."""
+    import graphc
+    from graphc.backend.codegen import generate, kernel_library
+    text = LIBRARY.read_text() + (TEMPLATES_DIR / "graphc_kernels.h").read_text()
+    assert "{{" not in text and "{%" not in text
+    examples = sorted((TEMPLATES_DIR.parent / "examples").glob("*.toml"))[:2]
+    seen, defines = set(), {}
+    for spec, dtype in itertools.product(examples, ("float32", "float64")):
+        g = graphc.load(spec)
+        kernels = generate(g, *g.grad_spec, dtype=dtype).kernels
+        seen.add((kernels.source, kernels.header))
+        defines.setdefault(dtype, set()).add(kernels.defines)
+    assert seen == {(kernel_library().source, kernel_library().header)} and LIBRARY.read_text() in seen.pop()
+    # each model's build compiles the half of its element type only
+    assert defines == {"float32": {("-DGC_KERNELS_DOUBLE=0",)}, "float64": {("-DGC_KERNELS_FLOAT=0",)}}
 
 
 @pytest.mark.parametrize("variant", ["native", "dispatch"])
@@ -664,12 +693,11 @@ int main(void)
     ids=["native-omp-max1", "native-omp-max2", "plain-c", "dispatch-omp", "dispatch-avx2-omp"],
 )
 def test_gemm_clean_under_sanitizers(tmp_path, flags, max_threads):
-    kernels = render_template()
     source = tmp_path / "driver.c"
-    source.write_text(model_prelude("float", max_threads) + kernels + SANITIZER_DRIVER)
+    source.write_text(model_prelude("float", max_threads) + SANITIZER_DRIVER)
     exe = tmp_path / "driver"
-    # C11 only for the driver's aligned_alloc; the template itself is C99.
-    cmd = [GCC, "-std=c11", "-O1", "-g", "-fsanitize=address,undefined",
+    # C11 only for the driver's aligned_alloc; the library itself is C99.
+    cmd = [GCC, "-std=c11", "-O1", "-g", "-fsanitize=address,undefined", "-I", str(TEMPLATES_DIR),
            "-fno-sanitize-recover=all", *flags, str(source), "-o", str(exe), "-lm"]
     built = subprocess.run(cmd, capture_output=True, text=True)
     if built.returncode != 0 and "sanitize" in built.stderr:

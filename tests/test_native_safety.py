@@ -78,9 +78,12 @@ def run_harness(m, n: int, tmp_path: Path) -> str:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / f"{m.name}.c").write_text(m.source)
     (tmp_path / f"{m.name}.h").write_text(m.header)
+    kernels = m.csrc.kernels           # the kernel library the model calls, its element type's half
+    (tmp_path / kernels.source_name).write_text(kernels.source)
+    (tmp_path / kernels.header_name).write_text(kernels.header)
     (tmp_path / "harness.c").write_text(harness(m, n))
     build = subprocess.run([CC, "-std=c99", "-O2", "-g", "-D_POSIX_C_SOURCE=200112L", "-Wall", "-Wextra", "-Werror",
-                            f"{m.name}.c", "harness.c", "-o", "harness", "-lm"],
+                            *kernels.defines, f"{m.name}.c", kernels.source_name, "harness.c", "-o", "harness", "-lm"],
                            cwd=tmp_path, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     run = subprocess.run([VALGRIND, "--tool=memcheck", "--error-exitcode=99", "--leak-check=full",
@@ -128,7 +131,7 @@ def test_native_harness_catches_an_out_of_bounds_write(tmp_path):
     class Broken:
         def __init__(self, model):
             self.__dict__.update(name=model.name, dtype=model.dtype, header=model.header,
-                                 functions=model.functions)
+                                 functions=model.functions, csrc=model.csrc)
             self.source = model.source.replace("    return GRAPHC_OK;\n}",
                                                "    probs[n * 10] = 0;   /* one past the end */\n    return GRAPHC_OK;\n}", 1)
             assert self.source != model.source

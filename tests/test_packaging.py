@@ -26,7 +26,8 @@ def wheel(tmp_path_factory):
 def test_wheel_contains_every_template(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = {"graphc/templates/" + p.relative_to(ROOT / "templates").as_posix()
-                for p in (ROOT / "templates").rglob("*.j2")}
+                for pattern in ("*.j2", "*.c", "*.h") for p in (ROOT / "templates").rglob(pattern)}
+    assert {"graphc/templates/graphc_kernels.c", "graphc/templates/graphc_kernels.h"} <= expected
     assert expected, "no templates found in the source tree"
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
 
@@ -38,7 +39,8 @@ def test_installed_wheel_renders_c_outside_the_checkout(wheel, tmp_path):
     code = ("import graphc, graphc.backend.codegen as c, graphc.backend.templates as t; "
             "assert str(t.templates_dir()).startswith(%r), t.templates_dir(); "
             "g = graphc.load(%r); "
-            "print(len(c.generate(g, 'J', ['W', 'b1', 'U', 'b2']).source))") % (str(target), str(ROOT / "examples" / "one_layer.toml"))
+            "s = c.generate(g, 'J', ['W', 'b1', 'U', 'b2']); assert 'gc_gemm_ex_f(' in s.kernels.header; "
+            "print(len(s.source))") % (str(target), str(ROOT / "examples" / "one_layer.toml"))
     env = dict(os.environ, PYTHONPATH=str(target))
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -1,14 +1,17 @@
 """Stage 5: Graphs into C source, header and cffi declarations.
 
 In: the forward graph (and its backward graph, and an optimizer when training).
-Out: `CSource` (the .c, .h and cdef texts, and what each C function takes).
+Out: `CSource` (the .c, .h and cdef texts of the model, what each C function takes, and the
+kernel library the model file calls: graphc_kernels.c/.h, the same text for every model).
 Templates are opened through backend/templates.py; it never infers a shape (the IR
 has them) and never compiles anything (native/build.py does).
 """
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.core.errors import GraphcError
@@ -19,10 +22,37 @@ from graphc.backend.cprint import c_name
 from graphc.backend.kernels import PARALLEL_WORK
 from graphc.backend.sizes import pmax
 from graphc.backend.schedule import schedule
-from graphc.backend.templates import environment, render_template  # noqa: F401
+from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401
 from graphc.backend.train_codegen import add_train_functions
 
 CTYPES = {"float32": ("float", "f"), "float64": ("double", "")}
+KERNEL_SUFFIX = {"float32": "f", "float64": "d"}   # graphc_kernels.h's entry points of each element type
+
+
+@dataclass(frozen=True)
+class KernelSources:
+    """The kernel library every model file calls: plain C (templates/graphc_kernels.c and .h), the
+    same text for every model and element type. `defines` are the -D flags that compile only the
+    element type a model calls (the other half is never linked: it would only double the first
+    build); the library is compiled once per element type, compiler and flags."""
+    source: str
+    header: str
+    defines: tuple[str, ...] = ()
+    source_name: str = "graphc_kernels.c"
+    header_name: str = "graphc_kernels.h"
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_library(dtype: str | None = None) -> KernelSources:
+    """graphc_kernels.c and .h (read once per process), for the models of `dtype` (None: both types)."""
+    where = templates_dir()
+    defines = {None: (), "float32": ("-DGC_KERNELS_DOUBLE=0",), "float64": ("-DGC_KERNELS_FLOAT=0",)}[dtype]
+    return KernelSources(_read(where / KernelSources.source_name), _read(where / KernelSources.header_name), defines)
+
+
+@functools.lru_cache(maxsize=None)
+def _read(path) -> str:
+    return path.read_text()
 
 
 @dataclass
@@ -37,6 +67,7 @@ class CSource:
     grad_graph: Graph | None
     grad_names: dict[str, str]        # param name -> gradient output name (d_W)
     predict_graph: Graph | None = None   # the graph of NAME_predict (outputs that need no labels)
+    kernels: KernelSources = field(default_factory=kernel_library)   # graphc_kernels.c/.h, which source calls
 
 
 class Emitter:
@@ -86,6 +117,7 @@ class Emitter:
             arena = pmax(arena, f.sched.arena)
         ctx = dict(name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
+                   kernels_header=KernelSources.header_name, ksuffix=KERNEL_SUFFIX[self.dtype],
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
                    max_threads=self.threads, uses_matmul=any(f.uses_pack for f in self.functions),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
@@ -145,4 +177,60 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
         if optimizer is not None:
             add_train_functions(em, graph, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()
-    return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict)
+    return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict,
+                   kernel_library(dtype))
+
+
+def amalgamate(csrc: CSource) -> str:
+    """One self-contained NAME.c: graphc_kernels.h, graphc_kernels.c and the model's source, in that
+    order, for a build of one translation unit (graphc emit --amalgamate). graphc_kernels.c compiles
+    its parts 2-4 by including itself; here each is pasted where it is included, for the model's
+    element type only, and the library's entry points become static (unused ones need no warning)."""
+    lib = csrc.kernels
+    include = re.compile(rf'^#include "{re.escape(lib.source_name)}"[^\n]*$', re.M)
+    own_header = re.compile(rf'^#include "{re.escape(lib.header_name)}"[^\n]*$', re.M)
+    lines = lib.source.splitlines(keepends=True)
+    try:
+        starts = [lines.index(line + "\n") for line in _PART_LINES[:-1]]
+        end = lines.index(_PART_LINES[-1] + "\n")
+    except ValueError:
+        raise GraphcError(f"{lib.source_name} is not laid out in the four parts amalgamate() expects") from None
+    parts = ["".join(lines[a + 1:b]) for a, b in zip(starts, starts[1:] + [end])]
+
+    def pasted(level: int) -> str:   # part level + 1, with the parts it includes pasted in
+        text = parts[level]
+        if level + 1 < len(parts):
+            text = include.sub(lambda _: pasted(level + 1), text)   # a function: its text is taken as is
+        return f"/* ---- {lib.source_name}, {_PART_NAMES[level]} ---- */\n{text}/* ---- end of it ---- */"
+
+    pieces = include.split(parts[0])      # part 1 includes part 2 for float, then for double
+    if len(pieces) != 3:
+        raise GraphcError(f"{lib.source_name}: part 1 should include part 2 twice (float, double), "
+                          f"not {len(pieces) - 1} times")
+    keep, other = (0, ("double", "GC_KERNELS_DOUBLE")) if csrc.dtype == "float32" else (1, ("float", "GC_KERNELS_FLOAT"))
+    part1 = pieces[0]
+    for index, piece in enumerate(pieces[1:]):
+        part1 += (pasted(1) if index == keep else f"/* ({other[0]}: not used by this model) */") + piece
+    here = f"/* {lib.header_name}: above, in this file */"
+    return (f"/* {csrc.name}.c: model \"{csrc.name}\" with graphc's kernel library, in one translation unit\n"
+            f" * (graphc emit --amalgamate). In order: {lib.header_name}, {lib.source_name} ({csrc.dtype}\n"
+            f" * only, its entry points static) and the model, each from a banner on. Build it as any\n"
+            f" * C99 file: cc -std=c99 -O2 -c {csrc.name}.c (-fopenmp optional). */\n"
+            "#if defined(__GNUC__) || defined(__clang__)\n"
+            "#define GC_KERNELS_API static __attribute__((unused))\n"
+            "#else\n"
+            "#define GC_KERNELS_API static\n"
+            "#endif\n"
+            f"#define {other[1]} 0\n\n"
+            f"/* ==== {lib.header_name} ==== */\n{lib.header}\n"
+            f"/* ==== {lib.source_name} ==== */\n{''.join(lines[:starts[0]])}"
+            + own_header.sub(here, part1)
+            + f"\n/* ==== {csrc.name}.c ==== */\n" + own_header.sub(here, csrc.source))
+
+
+# The lines that open graphc_kernels.c's parts 1-4, and the #endif closing the last one.
+_PART_LINES = ("#if !defined(GC_KERNELS_TYPE_PASS)      /* part 1 */", "#elif !defined(GC_KERNELS_ISA_PASS)     /* part 2 */",
+               "#elif !defined(GC_KERNELS_TILE_PASS)    /* part 3 */", "#else                                   /* part 4 */",
+               "#endif                                  /* parts 1-4 */")
+_PART_NAMES = ("part 1", "part 2, the GEMM of one element type", "part 3, one instruction set",
+               "part 4, one micro-kernel")

@@ -1,6 +1,8 @@
-"""Stage 6. In: generated C text (source, header, cffi declarations) and compiler options.
-Out: a loaded cffi extension (BuiltModule), compiled once per content hash and cached on disk.
-Must not know anything about graphs, shapes or ops: it only ever sees text."""
+"""Stage 6. In: generated C text (source, header, cffi declarations), the kernel library's text
+(graphc_kernels.c/.h) and compiler options.
+Out: a loaded cffi extension (BuiltModule), compiled once per content hash and cached on disk; the
+kernel library is compiled once per compiler and flags into the same cache, and each model's
+extension links it. Must not know anything about graphs, shapes or ops: it only ever sees text."""
 from __future__ import annotations
 
 import contextlib
@@ -34,6 +36,8 @@ _LOG_TAIL = 4000               # characters of compiler output quoted in a Compi
 _LOADED: dict[str, "BuiltModule"] = {}   # key -> module: an .so may be imported once per process
 _PROCESS_LOCK = threading.Lock()         # cffi chdirs, and we redirect fds 1/2 and set $CC
 _OPENMP_PROBE = "#include <omp.h>\nint main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+_KERNELS_FLAGS = ["-fPIC", "-fvisibility=hidden"]   # the library object, beyond the model's own flags
+_KERNELS: dict[tuple[str, str], Path] = {}   # (cache root, kernel library key) -> its checked object
 
 
 @dataclass
@@ -48,6 +52,28 @@ class BuiltModule:
 
 
 @dataclass(frozen=True)
+class _KernelsJob:
+    """The kernel library (graphc_kernels.c and .h, the same text for every model) for one compiler and
+    set of flags; `key` hashes all of it. It is compiled to one position-independent object with
+    hidden symbols: linked into a model's extension, it is that extension's own copy."""
+    source: str
+    header: str
+    source_name: str
+    header_name: str
+    cc: str
+    flags: list
+    key: str
+
+    @property
+    def object_name(self) -> str:
+        return Path(self.source_name).with_suffix(".o").name
+
+    @property
+    def command(self) -> list[str]:
+        return [*shlex.split(self.cc), *self.flags, *_KERNELS_FLAGS, "-c", self.source_name, "-o", self.object_name]
+
+
+@dataclass(frozen=True)
 class _Job:
     """Everything one build needs; `key` hashes all of it."""
     name: str
@@ -58,6 +84,7 @@ class _Job:
     flags: list
     link_args: list
     key: str
+    kernels: _KernelsJob | None = None
 
     @property
     def module(self) -> str:
@@ -143,10 +170,11 @@ def compile_flags(native: bool, openmp: bool) -> list[str]:
 
 
 def cache_key(name: str, source: str, header: str, cdef: str, flags: Sequence[str],
-              link_args: Sequence[str], cc: str) -> str:
-    """SHA-256 over the inputs, the full compiler command, the ABI, and the cffi/graphc/builder versions."""
+              link_args: Sequence[str], cc: str, kernels: str | None = None) -> str:
+    """SHA-256 over the inputs, the full compiler command, the ABI, and the cffi/graphc/builder versions;
+    `kernels` is the key of the kernel library the module links (kernels_key), or None."""
     material = {
-        "name": name, "source": source, "header": header, "cdef": cdef,
+        "name": name, "source": source, "header": header, "cdef": cdef, "kernels": kernels,
         "flags": list(flags), "link_args": list(link_args), "libraries": ["m"],
         "compiler": cc, "compiler_version": compiler_version(cc),
         "python": [sysconfig.get_config_var(v) for v in ("EXT_SUFFIX", "CFLAGS", "LDSHARED")],
@@ -156,11 +184,25 @@ def cache_key(name: str, source: str, header: str, cdef: str, flags: Sequence[st
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
-def build(name: str, source: str, header: str, cdef: str, *, extra_compile_args: Sequence[str] = (),
+def kernels_key(source: str, header: str, flags: Sequence[str], cc: str) -> str:
+    """SHA-256 of the kernel library's text, its full compile command and the graphc/builder versions."""
+    material = {
+        "kernel library": source, "header": header, "flags": list(flags), "library_flags": _KERNELS_FLAGS,
+        "compiler": cc, "compiler_version": compiler_version(cc),
+        "graphc": version.__version__, "builder": _builder_hash(),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra_compile_args: Sequence[str] = (),
           native: bool = True, openmp: bool | None = None,
           cache_dir: str | os.PathLike | None = None) -> BuiltModule:
     """Compile `source` (which includes NAME.h) as a cffi module, or load it from the cache.
 
+    kernels: the kernel library `source` calls (an object with the texts `source` and `header`, the
+    file names `source_name` and `header_name` and optionally `defines`, codegen's KernelSources), or
+    None; it is compiled with the same compiler and flags (and its defines), once per cache
+    (root/kernels/KEY), and linked into the module.
     openmp: None uses it when the compiler supports it. cache_dir: overrides cache_root().
     """
     start = time.perf_counter()
@@ -171,8 +213,9 @@ def build(name: str, source: str, header: str, cdef: str, *, extra_compile_args:
         openmp = openmp_supported(cc)
     flags = compile_flags(native, openmp) + list(extra_compile_args)
     link_args = ["-fopenmp"] if openmp else []
+    library = _kernels_job(kernels, cc, flags) if kernels is not None else None
     job = _Job(name, source, header, cdef, cc, flags, link_args,
-               cache_key(name, source, header, cdef, flags, link_args, cc))
+               cache_key(name, source, header, cdef, flags, link_args, cc, library.key if library else None), library)
     with _PROCESS_LOCK:
         if job.key in _LOADED:
             return replace(_LOADED[job.key], cached=True, seconds=time.perf_counter() - start)
@@ -188,7 +231,7 @@ def build(name: str, source: str, header: str, cdef: str, *, extra_compile_args:
             warnings.warn(f"graphc: the cache folder {root} is not writable ({error}); building {name} "
                           f"in {where} instead, which will not be reused", RuntimeWarning, stacklevel=2)
             try:
-                _compile_into(job, where, failed=where)
+                _compile_into(job, where, failed=where, kernels=_kernels_elsewhere(job.kernels, root, where))
             except OSError as temp_error:    # full too: say so, with the source's path, never a bare OSError
                 source = where / f"{name}.c"
                 raise CompileError(
@@ -200,6 +243,145 @@ def build(name: str, source: str, header: str, cdef: str, *, extra_compile_args:
         built.seconds = time.perf_counter() - start
         _LOADED[job.key] = built
         return built
+
+
+def build_kernels(kernels, flags: Sequence[str], cache_dir: str | os.PathLike | None = None) -> Path:
+    """The kernel library (codegen's KernelSources) compiled with the compiler find_compiler() names and
+    `flags` (the flags of a model build, as its manifest records them): the path of its cached object,
+    compiled if the cache has none; in a temporary folder, with a warning, if the cache is not writable."""
+    job = _kernels_job(kernels, find_compiler(), flags)
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    with _PROCESS_LOCK:
+        try:
+            return _kernels_cached(job, root)
+        except OSError as error:
+            where = Path(tempfile.mkdtemp(prefix="graphc-kernels-"))
+            warnings.warn(f"graphc: the cache folder {root} is not writable ({error}); building the kernel library "
+                          f"in {where} instead, which will not be reused", RuntimeWarning, stacklevel=2)
+            return _kernels_elsewhere(job, root, where)
+
+
+def _kernels_job(kernels, cc: str, flags: Sequence[str]) -> _KernelsJob:
+    flags = [*flags, *getattr(kernels, "defines", ())]
+    return _KernelsJob(kernels.source, kernels.header, kernels.source_name, kernels.header_name, cc, flags,
+                       kernels_key(kernels.source, kernels.header, flags, cc))
+
+
+def _kernels_cached(job: _KernelsJob, root: Path) -> Path:
+    """The object of root/kernels/KEY, built under an exclusive lock and published by atomic rename if
+    missing (the model builds of one process and of many share it)."""
+    memo = (str(root), job.key)
+    if memo in _KERNELS and _KERNELS[memo].is_file():
+        return _KERNELS[memo]
+    base = root / "kernels"
+    final = base / job.key
+    with contextlib.suppress(_Corrupt):
+        found = _kernels_entry(job, final)
+        if found is not None:
+            _KERNELS[memo] = found
+            return found
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f"{job.key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            found = _kernels_entry(job, final)
+        except _Corrupt:
+            _discard(final)
+            found = None
+        if found is None:
+            for stale in base.glob(f".tmp-{job.key}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{job.key}-", dir=base))
+            try:
+                _compile_kernels_into(job, tmp, failed=root / "failed" / f"kernels-{job.key}")
+                os.chmod(tmp, 0o755)
+                if not final.is_dir():
+                    os.rename(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                found = _kernels_entry(job, final)
+            except _Corrupt as error:
+                _discard(final)
+                raise CompileError(f"the kernel library compiled but its cache entry is unusable: {error}") from None
+            if found is None:
+                raise CompileError(f"the kernel library compiled but its cache entry {final} disappeared")
+    _KERNELS[memo] = found
+    return found
+
+
+def _kernels_elsewhere(job: _KernelsJob | None, root: Path, where: Path) -> Path | None:
+    """For a build outside the cache: the cache's object if it has a sound one, else one built in where/kernels."""
+    if job is None:
+        return None
+    with contextlib.suppress(_Corrupt, OSError):
+        found = _kernels_entry(job, root / "kernels" / job.key)
+        if found is not None:
+            return found
+    directory = where / "kernels"
+    directory.mkdir(parents=True, exist_ok=True)
+    _compile_kernels_into(job, directory, failed=directory)
+    try:
+        found = _kernels_entry(job, directory)
+    except _Corrupt as error:
+        raise CompileError(f"the kernel library compiled but is unusable: {error}") from None
+    if found is None:
+        raise CompileError(f"the kernel library compiled but {directory} disappeared")
+    return found
+
+
+def _kernels_entry(job: _KernelsJob, directory: Path) -> Path | None:
+    """The entry's object; None if there is no entry; _Corrupt if it is there but unusable."""
+    if not directory.is_dir():
+        return None
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        found = directory / manifest["object"]
+        digest = _sha256_file(found)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise _Corrupt(f"unreadable manifest or object in {directory}: {error}") from None
+    if manifest.get("key") != job.key:
+        raise _Corrupt(f"{directory}/manifest.json describes another build")
+    if digest != manifest.get("object_sha256"):
+        raise _Corrupt(f"{found} does not match its recorded sha256 (truncated or corrupted)")
+    return found
+
+
+def _compile_kernels_into(job: _KernelsJob, directory: Path, failed: Path) -> None:
+    """Write the library's source and header into `directory`, compile its object there, write
+    manifest.json last. A compiler that runs out of room raises OSError(ENOSPC), as the model build does."""
+    (directory / job.source_name).write_text(job.source)
+    (directory / job.header_name).write_text(job.header)
+    log = directory / "build.log"
+    log.write_text(f"graphc build of the kernel library (key {job.key})\ncompiler: {job.cc}\n"
+                   f"  {compiler_version(job.cc).splitlines()[0]}\ncommand: {shlex.join(job.command)}\n\n")
+    try:
+        run = subprocess.run(job.command, cwd=directory, capture_output=True, text=True, errors="replace",
+                             timeout=600)
+    except (OSError, subprocess.SubprocessError) as error:
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            raise
+        raise CompileError(f"cannot run the C compiler {job.cc!r} to build the kernel library: {error}",
+                           hint="set CC to an installed compiler (CC=gcc)") from None
+    with open(log, "a") as text:
+        text.write(run.stdout + run.stderr)
+    if run.returncode != 0 or not (directory / job.object_name).is_file():
+        full = _out_of_space(log)
+        if full:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: the compiler, building in {directory}, "
+                                        f"said {full!r}")
+        output = run.stdout + run.stderr or f"(no output; exit status {run.returncode})"
+        kept = _keep_failed(directory, failed, job.source_name, job.source)
+        tail = output[-_LOG_TAIL:]
+        raise compile_failure(f"the kernel library {job.object_name} (exit status {run.returncode})",
+                              [f"command: {shlex.join(job.command)}   (in {directory})", kept],
+                              tail.splitlines(), f" (last {_LOG_TAIL} characters)" if tail != output else "",
+                              hint=f"line numbers in the compiler output refer to {job.source_name}")
+    manifest = {"key": job.key, "object": job.object_name,
+                "object_sha256": _sha256_file(directory / job.object_name), "command": job.command,
+                "compiler": job.cc, "compiler_version": compiler_version(job.cc),
+                "graphc": version.__version__, "pid": os.getpid()}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def _build_cached(job: _Job, root: Path) -> BuiltModule:
@@ -220,9 +402,10 @@ def _build_cached(job: _Job, root: Path) -> BuiltModule:
             _discard(final)
         for stale in root.glob(f".tmp-{job.key}-*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
+        kernels = _kernels_cached(job.kernels, root) if job.kernels is not None else None
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{job.key}-", dir=root))
         try:
-            _compile_into(job, tmp, failed=root / "failed" / job.key)
+            _compile_into(job, tmp, failed=root / "failed" / job.key, kernels=kernels)
             os.chmod(tmp, 0o755)             # mkdtemp made it private; a cache entry is readable
             if not final.is_dir():           # it can exist only where flock is a no-op: then theirs wins
                 os.rename(tmp, final)
@@ -268,10 +451,13 @@ def _load_fresh(job: _Job, directory: Path) -> BuiltModule:
     return replace(built, cached=False)
 
 
-def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
-    """Write NAME.c and NAME.h into `directory`, compile the cffi module there, write manifest.json last."""
+def _compile_into(job: _Job, directory: Path, failed: Path, kernels: Path | None = None) -> None:
+    """Write NAME.c and NAME.h (and the kernel library's header) into `directory`, compile the cffi
+    module there, linking the kernel library object `kernels`, and write manifest.json last."""
     (directory / f"{job.name}.c").write_text(job.source)
     (directory / f"{job.name}.h").write_text(job.header)
+    if job.kernels is not None:
+        (directory / job.kernels.header_name).write_text(job.kernels.header)
     log = directory / "build.log"
     log.write_text(f"graphc build of {job.name} (key {job.key})\ncompiler: {job.cc}\n"
                    f"  {compiler_version(job.cc).splitlines()[0]}\nflags: {shlex.join(job.flags)}\n\n")
@@ -280,7 +466,8 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
         ffi.cdef(job.cdef)
         # Including NAME.c rather than pasting it keeps the compiler's line numbers those of NAME.c.
         ffi.set_source(job.module, f'#include "{job.name}.c"\n', include_dirs=[str(directory)],
-                       extra_compile_args=job.flags, extra_link_args=job.link_args, libraries=["m"])
+                       extra_compile_args=job.flags, extra_link_args=job.link_args, libraries=["m"],
+                       extra_objects=[str(kernels)] if kernels is not None else [])
         with _compiler_environment(job.cc), _output_into(log):
             library = Path(ffi.compile(tmpdir=str(directory), verbose=True))
         if not library.is_file():
@@ -298,6 +485,7 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
     manifest = {"key": job.key, "name": job.name, "module": job.module, "library": library.name,
                 "library_sha256": _sha256_file(library), "flags": job.flags, "link_args": job.link_args,
                 "compiler": job.cc, "compiler_version": compiler_version(job.cc),
+                "kernels": job.kernels.key if job.kernels is not None else None,
                 "graphc": version.__version__, "pid": os.getpid()}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
@@ -305,29 +493,37 @@ def _compile_into(job: _Job, directory: Path, failed: Path) -> None:
 def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -> CompileError:
     """A CompileError naming the command, the compiler's output and a kept, line-numbered source."""
     output = (directory / "build.log").read_text(errors="replace")
-    kept = None
-    for place in (failed, None):   # in the cache folder or, when that is full or read-only, a temporary one
-        try:   # keep the whole build folder (sources, cffi's wrapper, log), plus a numbered source
-            if place is None:
-                place = Path(tempfile.mkdtemp(prefix=f"graphc-failed-{job.name}-"))
-                shutil.copytree(directory, place, dirs_exist_ok=True)
-            elif place != directory:
-                shutil.rmtree(place, ignore_errors=True)
-                shutil.copytree(directory, place)
-            numbered = place / f"{job.name}.numbered.c"
-            numbered.write_text("".join(f"{i:5d}  {line}\n" for i, line in enumerate(job.source.splitlines(), 1)))
-            kept = f"line-numbered source kept at {numbered} (plain copy: {place / (job.name + '.c')})"
-            break
-        except OSError as keep_error:
-            if place == failed and failed != directory:
-                shutil.rmtree(failed, ignore_errors=True)      # no half copy
-            kept = kept or f"could not keep a copy of the source in {failed}: {keep_error}"
+    kept = _keep_failed(directory, failed, f"{job.name}.c", job.source)
     tail = output[-_LOG_TAIL:]
     return compile_failure(f"{job.name} ({type(error).__name__}: {error})",
                            [f"compiler: {job.cc}   compile flags: {shlex.join(job.flags)}   "
                             f"link flags: {shlex.join([*job.link_args, '-lm'])} (full commands in the output)", kept],
                            tail.splitlines(), f" (last {_LOG_TAIL} characters)" if tail != output else "",
                            hint=f"line numbers in the compiler output refer to {job.name}.c")
+
+
+def _keep_failed(directory: Path, failed: Path, filename: str, source: str) -> str:
+    """Keep the failed build folder (sources, cffi's wrapper, log) at `failed`, or, when that is full or
+    read-only, in a temporary folder, plus a line-numbered copy of `source`; say where."""
+    kept = None
+    stem = Path(filename).stem
+    for place in (failed, None):
+        try:
+            if place is None:
+                place = Path(tempfile.mkdtemp(prefix=f"graphc-failed-{stem}-"))
+                shutil.copytree(directory, place, dirs_exist_ok=True)
+            elif place != directory:
+                shutil.rmtree(place, ignore_errors=True)
+                shutil.copytree(directory, place)
+            numbered = place / f"{stem}.numbered.c"
+            numbered.write_text("".join(f"{i:5d}  {line}\n" for i, line in enumerate(source.splitlines(), 1)))
+            kept = f"line-numbered source kept at {numbered} (plain copy: {place / filename})"
+            break
+        except OSError as keep_error:
+            if place == failed and failed != directory:
+                shutil.rmtree(failed, ignore_errors=True)      # no half copy
+            kept = kept or f"could not keep a copy of the source in {failed}: {keep_error}"
+    return kept
 
 
 def compile_failure(what: str, details: Sequence[str], output: Sequence[str], cut: str = "",

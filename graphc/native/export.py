@@ -1,11 +1,13 @@
 """Export: a compiled model's C as files to build without Python.
 
-In: a CompiledModel (its rendered C, the signature of each C function, its built library).
-Out: NAME.c and NAME.h in a folder, plus shared libraries (`graphc build`: libNAME.so
-for C programs, and the Python extension graphc loaded) or an example main.c and a
-Makefile (`graphc emit`), and optionally trained parameters as const C arrays
-(NAME_params.c/.h). It renders no model C of its own (codegen did, and that text is
-portable); the only thing it compiles is libNAME.so, from the NAME.c it wrote.
+In: a CompiledModel (its rendered C, the signature of each C function, its built library), or
+for `graphc emit` only the rendered C (emit(): no compiler runs).
+Out: NAME.c and NAME.h in a folder with the kernel library they call (graphc_kernels.c/.h; or,
+amalgamated, one NAME.c holding both), plus shared libraries (`graphc build`: libNAME.so for C
+programs, and the Python extension graphc loaded) or an example main.c and a Makefile (`graphc
+emit`), and optionally trained parameters as const C arrays (NAME_params.c/.h). It renders no
+model C of its own (codegen did, and that text is portable); the only thing it compiles is
+libNAME.so, from the NAME.c it wrote and the cached kernel library.
 """
 from __future__ import annotations
 
@@ -159,13 +161,30 @@ def params_context(model, params) -> dict:
                 source=Path(graph.source_file).name if graph.source_file else "")
 
 
-def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
-    """Write NAME.c and NAME.h into `directory` (created if needed); return the files written.
+class _Unbuilt:
+    """What export() reads of a CompiledModel, from the rendered C alone (emit() builds nothing)."""
 
-    standalone=False also copies the shared library; standalone=True adds main.c, an example
-    that runs every function on deterministic data and prints the results, and a Makefile.
-    params (name -> array, e.g. state.params) adds NAME_params.c/.h: the values as const arrays."""
-    from graphc.backend.codegen import render_template
+    def __init__(self, csrc):
+        self.csrc, self.name, self.graph = csrc, csrc.name, csrc.forward_graph
+        self.dtype, self.wrt, self.built = np.dtype(csrc.dtype), list(csrc.grad_names), None
+
+
+def emit(csrc, directory: Path, params=None, amalgamate: bool = False) -> list[Path]:
+    """`graphc emit`: the standalone files of export(..., standalone=True) from codegen's CSource,
+    without compiling anything."""
+    return export(_Unbuilt(csrc), Path(directory), True, params, amalgamate)
+
+
+def export(model, directory: Path, standalone: bool, params=None, amalgamate: bool = False) -> list[Path]:
+    """Write NAME.c, NAME.h and the kernel library they call, graphc_kernels.c and .h, into
+    `directory` (created if needed); return the files written.
+
+    standalone=False also writes libNAME.so and copies the Python extension; standalone=True adds
+    main.c, an example that runs every function on deterministic data and prints the results, and
+    a Makefile. amalgamate=True writes one self-contained NAME.c (the library, then the model)
+    instead of NAME.c and graphc_kernels.c/.h. params (name -> array, e.g. state.params) adds
+    NAME_params.c/.h: the values as const arrays."""
+    from graphc.backend.codegen import amalgamate as amalgamated, render_template
     context = params_context(model, params) if params is not None else None   # check before writing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -179,16 +198,23 @@ def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
 
     # The rendered text is portable: ISA-specific GEMM kernels are chosen by the preprocessor
     # (__AVX2__, __AVX512F__) from the flags the user's compiler gets, never baked in here.
-    write(f"{name}.c", model.csrc.source)
+    kernels = model.csrc.kernels
+    write(f"{name}.c", amalgamated(model.csrc) if amalgamate else model.csrc.source)
     write(f"{name}.h", model.csrc.header)
+    if not amalgamate:
+        write(kernels.source_name, kernels.source)
+        write(kernels.header_name, kernels.header)
     if context is not None:
         write(f"{name}_params.h", render_template("params.h.j2", **context))
         write(f"{name}_params.c", render_template("params.c.j2", **context))
     if standalone:
         write("main.c", render_template("main.c.j2", **_example_context(model)))
-        write("Makefile", render_template("Makefile.j2", name=name))
+        write("Makefile", render_template("Makefile.j2", name=name, amalgamated=amalgamate,
+                                          ctype="double" if model.dtype == np.float64 else "float",
+                                          kernels_source=kernels.source_name, kernels_header=kernels.header_name,
+                                          kernel_defines=" ".join(kernels.defines)))
     else:
-        written.append(c_library(model, directory))
+        written.append(c_library(model, directory, amalgamate))
         library = Path(model.built.library)   # the Python extension: graphc's own loaded build
         target = directory / library.name
         shutil.copyfile(library, target)
@@ -196,10 +222,12 @@ def export(model, directory: Path, standalone: bool, params=None) -> list[Path]:
     return written
 
 
-def c_library(model, directory: Path) -> Path:
+def c_library(model, directory: Path, amalgamated: bool = False) -> Path:
     """Compile directory/NAME.c into directory/libNAME.so: the model as a shared library a C
-    program links with (cc main.c -L. -lNAME -lm), built with the flags of graphc's own build."""
-    from graphc.native.build import compile_failure, compile_flags, find_compiler, openmp_supported
+    program links with (cc main.c -L. -lNAME -lm), built with the flags of graphc's own build and
+    linked with the kernel library graphc compiled with them (whose symbols it does not export);
+    an amalgamated NAME.c holds the library already."""
+    from graphc.native.build import build_kernels, compile_failure, compile_flags, find_compiler, openmp_supported
     cc = find_compiler()
     try:     # the flags of the build graphc loaded, as its cache entry records them
         manifest = json.loads((Path(model.built.directory) / "manifest.json").read_text())
@@ -207,9 +235,11 @@ def c_library(model, directory: Path) -> Path:
     except (OSError, ValueError, KeyError, TypeError):
         openmp = openmp_supported(cc)
         flags, link = compile_flags(False, openmp), ["-fopenmp"] * openmp
+    objects = [] if amalgamated else [str(build_kernels(model.csrc.kernels, flags))]
     target = directory / f"lib{model.name}.so"
     scratch = directory / f".lib{model.name}.so.tmp"
-    command = [*shlex.split(cc), *flags, "-shared", "-fPIC", f"{model.name}.c", "-o", scratch.name, "-lm", *link]
+    command = [*shlex.split(cc), *flags, "-shared", "-fPIC", f"{model.name}.c", *objects, "-o", scratch.name, "-lm",
+               *link]
     try:
         run = subprocess.run(command, cwd=directory, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as error:

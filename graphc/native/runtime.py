@@ -274,5 +274,6 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
         dtype = np.dtype(dtype).name
     threads = default_threads() if threads is None else int(threads)
     csrc = generate(graph, grad_of, list(wrt) if wrt else None, dtype=dtype, threads=threads, optimizer=optimizer)
-    built = build(graph.name, csrc.source, csrc.header, csrc.cdef, native=native, cache_dir=cache_dir)
+    built = build(graph.name, csrc.source, csrc.header, csrc.cdef, kernels=csrc.kernels, native=native,
+                  cache_dir=cache_dir)
     return CompiledModel(csrc, built, threads, optimizer)

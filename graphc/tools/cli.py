@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="also print the memory plan of each C function: buffers, offsets, lifetimes, peak bytes")
     s.add_argument("--batch", type=int, default=64, metavar="N", help="the batch size the report's bytes are for (default 64)")
 
-    s = sub.add_parser("emit", help="standalone C (NAME.c, NAME.h, example main, Makefile) in DIR")
+    s = sub.add_parser("emit", help="standalone C (NAME.c, NAME.h, the kernel library graphc_kernels.c/.h, "
+                                    "an example main.c, a Makefile) in DIR; runs no compiler")
     s.add_argument("spec", metavar="SPEC", help=spec_help)
     s.add_argument("-o", "--out", required=True, metavar="DIR", help="the folder to write into (made if missing)")
     s.add_argument("--dtype", choices=DTYPES, default="float32", help=dtype_help)
@@ -69,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--params", default=None, metavar="NPZ",
                    help="also write NAME_params.c/.h: these trained values (a state.save() file, "
                         "or an .npz of arrays named as the params) as const C arrays")
+    s.add_argument("--amalgamate", action="store_true",
+                   help="write one self-contained NAME.c (the kernel library, then the model: one translation "
+                        "unit) instead of NAME.c and graphc_kernels.c/.h")
 
     s = sub.add_parser("demo", help="train the digits demo end to end")
     s.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs to train (default 10)")
@@ -207,12 +211,17 @@ def cmd_build(args) -> int:
 
 
 def cmd_emit(args) -> int:
-    from graphc.native.runtime import compile
-    path = _spec_path(args.spec)
-    optimizer = _optimizer(args) if _load(path).grad_spec else None   # on-device training: train_step too
-    m = compile(path, dtype=args.dtype, optimizer=optimizer)
+    """The C of graphc.compile(SPEC, dtype, optimizer), written as files: nothing is compiled."""
+    from graphc.backend.codegen import generate
+    from graphc.native.export import emit
+    from graphc.native.runtime import default_threads
+    g = _load(args.spec)
+    grad_of, wrt = g.grad_spec or (None, None)
+    optimizer = _optimizer(args) if g.grad_spec else None   # on-device training: train_step too
+    csrc = generate(g, grad_of, list(wrt) if wrt else None, dtype=args.dtype, threads=default_threads(),
+                    optimizer=optimizer)
     params = _load_params(args.params) if args.params else None
-    _print_files(m.export(args.out, standalone=True, params=params))
+    _print_files(emit(csrc, Path(args.out), params=params, amalgamate=args.amalgamate))
     return 0
 
 

@@ -1,0 +1,107 @@
+/* graphc_kernels.h: the kernel library shared by every model graphc emits.
+ *
+ * Dense matrix products (GEMM) with a fused epilogue, in float (suffix _f) and double
+ * (suffix _d). A model file calls one set through the names it uses (gc_gemm, gc_gemm_ex,
+ * ...); graphc_kernels.c implements both, for AVX-512, AVX2 + FMA and portable C, and
+ * picks the fastest the CPU has at run time. It is C99 and needs libm alone; OpenMP is
+ * optional (-fopenmp splits large products over threads, with the same bits).
+ *
+ * Conventions
+ *   C[M,N] = beta*C + op(A)[M,K] op(B)[K,N], row-major, leading dimensions lda, ldb, ldc;
+ *   op(A) = A (ta = 0, A is M x K) or A^T (ta = 1, A is K x M), the same for B and tb;
+ *   beta is 0 (C is overwritten and never read: it may hold NaN) or 1.
+ *   pack: caller-owned scratch of gc_gemm_pack_elems_T(threads) elements, 64-byte aligned.
+ *   threads: the most threads a call may use (the pack was sized for them); the calls use
+ *   min(threads, omp_get_max_threads()) when compiled with OpenMP, else one. Every element
+ *   of C is computed by the same operations in the same order for any thread count.
+ *   Nothing here allocates, prints or keeps state: every function is reentrant.
+ *
+ * Build options (-D...=0 when compiling graphc_kernels.c and the files that include this)
+ *   GC_KERNELS_FLOAT, GC_KERNELS_DOUBLE   1 (default): provide that element type.
+ *   GC_GEMM_DISPATCH, GC_GEMM_ISA_CAP     see graphc_kernels.c (instruction sets).
+ */
+#ifndef GRAPHC_KERNELS_H
+#define GRAPHC_KERNELS_H
+
+#ifndef GC_KERNELS_FLOAT
+#define GC_KERNELS_FLOAT 1
+#endif
+#ifndef GC_KERNELS_DOUBLE
+#define GC_KERNELS_DOUBLE 1
+#endif
+/* How the entry points are declared: external by default; a file that pastes the library
+   in (graphc emit --amalgamate) makes them static, and unused ones then need no warning. */
+#ifndef GC_KERNELS_API
+#define GC_KERNELS_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The instruction set the products run on, on this CPU: 2 AVX-512, 1 AVX2 + FMA, 0 portable C. */
+GC_KERNELS_API int gc_kernels_isa(void);
+
+/* The epilogue: applied to each final value of C as it is written, in this order:
+ * + bias[j], relu (x <= 0 ? 0 : x, so NaN stays NaN), * sgn(mask[i*ldm + j]); then
+ * update[i*ldu + j] -= rate * the value (one rounding: an SGD step of a parameter from its
+ * gradient; C is then scratch, not the result); then colsum[j] += the value, over the rows
+ * in order (the caller zeroes colsum first; it then holds the bits of a loop summing C's
+ * rows). NULL fields (and relu 0) are skipped. */
+#if GC_KERNELS_FLOAT
+typedef struct {
+    const float *bias;     /* N values added to every row, or NULL */
+    int relu;              /* 1: relu */
+    const float *mask;     /* M x N, row stride ldm: C *= sgn(mask), or NULL */
+    long ldm;
+    float *colsum;         /* N values: += C's final values, row by row, or NULL */
+    float *update;         /* M x N, row stride ldu: -= rate * C's final values, or NULL */
+    long ldu;
+    float rate;
+} gc_gemm_epilogue_f;
+
+/* C = epilogue(beta*C + op(A) op(B)); ep NULL: no epilogue. */
+GC_KERNELS_API void gc_gemm_ex_f(int ta, int tb, long M, long N, long K, const float *A, long lda,
+                                 const float *B, long ldb, int beta, float *C, long ldc,
+                                 float *pack, int threads, const gc_gemm_epilogue_f *ep);
+/* C = beta*C + op(A) op(B). */
+GC_KERNELS_API void gc_gemm_f(int ta, int tb, long M, long N, long K, const float *A, long lda,
+                              const float *B, long ldb, int beta, float *C, long ldc,
+                              float *pack, int threads);
+/* C = act(beta*C + op(A) op(B) + bias[j]); bias may be NULL; act 0: none, 1: relu. */
+GC_KERNELS_API void gc_gemm_bias_act_f(int ta, int tb, long M, long N, long K, const float *A, long lda,
+                                       const float *B, long ldb, int beta, float *C, long ldc,
+                                       float *pack, int threads, const float *bias, int act);
+/* Elements of `pack` a call with up to `threads` threads needs, for any M, N, K. */
+GC_KERNELS_API long gc_gemm_pack_elems_f(int threads);
+#endif /* GC_KERNELS_FLOAT */
+
+#if GC_KERNELS_DOUBLE
+typedef struct {
+    const double *bias;
+    int relu;
+    const double *mask;
+    long ldm;
+    double *colsum;
+    double *update;
+    long ldu;
+    double rate;
+} gc_gemm_epilogue_d;
+
+GC_KERNELS_API void gc_gemm_ex_d(int ta, int tb, long M, long N, long K, const double *A, long lda,
+                                 const double *B, long ldb, int beta, double *C, long ldc,
+                                 double *pack, int threads, const gc_gemm_epilogue_d *ep);
+GC_KERNELS_API void gc_gemm_d(int ta, int tb, long M, long N, long K, const double *A, long lda,
+                              const double *B, long ldb, int beta, double *C, long ldc,
+                              double *pack, int threads);
+GC_KERNELS_API void gc_gemm_bias_act_d(int ta, int tb, long M, long N, long K, const double *A, long lda,
+                                       const double *B, long ldb, int beta, double *C, long ldc,
+                                       double *pack, int threads, const double *bias, int act);
+GC_KERNELS_API long gc_gemm_pack_elems_d(int threads);
+#endif /* GC_KERNELS_DOUBLE */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GRAPHC_KERNELS_H */
