@@ -155,15 +155,15 @@ def test_dot_is_deterministic(tmp_path):
 
 
 def test_gradient_sums_and_shared_constants_sit_in_the_backward_box():
-    """window_classifier: dJ/dE sums three embedding gradients (the first sum carries no identity);
-    mlp: tanh's 1 - h**2 shares the constant 1 with the seed."""
+    """window_classifier: dJ/dE sums three embedding gradients (the sums carry no identity, only their
+    origin: the sum over E's uses); mlp: tanh's 1 - h**2 shares the constant 1 with the seed."""
     g = graphc.load(str(EXAMPLES / "window_classifier.toml"))
     bwd = graphc.grad(g, *g.grad_spec)
     dot = to_dot(g, backward=True)
     back = cluster(dot, "cluster_backward")
     sums = [n.output.name for n in bwd.nodes if n.op.name == "add" and not n.origin.identity
-            and not n.origin.text]
-    assert sums, "expected an adjoint sum without an identity"
+            and "the sum over the uses of E" in (n.origin.text or "")]
+    assert len(sums) == 2, "expected the two sums of d_E, stamped with their origin"
     for name in sums + ["d_E"]:
         assert f"\t\t{name} [" in back
     assert "\t\td_E [" not in cluster(dot, "cluster_forward")

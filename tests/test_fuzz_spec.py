@@ -255,11 +255,19 @@ def test_fuzz_deep_nesting_is_a_graph_or_a_spec_error(depth, wrap):
 STRICT = ["-fsyntax-only", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 
 
+def write_kernel_header(folder: Path) -> None:
+    """The shared kernel library's header, which every model file includes."""
+    from graphc.backend.codegen import kernel_library
+    lib = kernel_library()
+    (folder / lib.header_name).write_text(lib.header)
+
+
 def strict_syntax_check(source: str, header: str, name: str) -> None:
     """gcc -fsyntax-only -std=c99 -Wall -Wextra -Werror -pedantic accepts the C (about 0.15 s)."""
     with tempfile.TemporaryDirectory(prefix="graphc-syntax-") as tmp:
         (Path(tmp) / f"{name}.c").write_text(source)
         (Path(tmp) / f"{name}.h").write_text(header)
+        write_kernel_header(Path(tmp))
         run = subprocess.run([GCC, *STRICT, f"{name}.c"], cwd=tmp, capture_output=True, text=True)
     assert run.returncode == 0, f"gcc {' '.join(STRICT)} {name}.c:\n{run.stderr[-3000:]}"
 
@@ -268,6 +276,7 @@ def syntax_check(source: str, header: str, name: str, tmp_path) -> None:
     """gcc accepts the C strictly, and as cffi compiles it (after Python.h); g++ accepts the header."""
     (tmp_path / f"{name}.c").write_text(source)
     (tmp_path / f"{name}.h").write_text(header)
+    write_kernel_header(tmp_path)
     (tmp_path / "cxx.cc").write_text(f'#include "{name}.h"\nint main() {{ return 0; }}\n')
     runs = [[GCC, "-fsyntax-only", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"{name}.c"],
             [GCC, "-fsyntax-only", "-std=c99", "-fopenmp", "-I", PYINC, "-include", "Python.h", f"{name}.c"]]

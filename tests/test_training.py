@@ -446,6 +446,7 @@ def test_generated_training_c_is_strict_c99(tmp_path, which, dtype):
     cs = generate(g, g.grad_spec[0], g.grad_spec[1], dtype=dtype, optimizer=OPTIMIZERS[which])
     (tmp_path / f"{g.name}.c").write_text(cs.source)
     (tmp_path / f"{g.name}.h").write_text(cs.header)
+    (tmp_path / cs.kernels.header_name).write_text(cs.kernels.header)    # the shared library's header
     r = subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-c",
                         str(tmp_path / f"{g.name}.c"), "-o", str(tmp_path / "m.o")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
