@@ -156,7 +156,21 @@ def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
                             stderr=subprocess.PIPE)
     proc.stdout.close()                 # the reader is gone before graphc writes a line
     err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err
+    status = proc.wait(timeout=120)
+    assert status == 0 and "Traceback" not in err and "BrokenPipe" not in err, (status, err)
+
+
+def test_cli_short_output_into_a_closed_pipe_ends_quietly():
+    """Output that fits in stdout's buffer is written at the flush, after the command returns:
+    that flush too must meet the closed pipe inside graphc, not in the interpreter's exit."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "graphc", "--version"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    status = proc.wait(timeout=120)
+    assert status == 0 and "Traceback" not in err and "BrokenPipe" not in err, (status, err)
 
 
 # ---- emit: files only, no compiler ----------------------------------------------------------------

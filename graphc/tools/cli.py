@@ -92,8 +92,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
+        status = _run(argv)
+        sys.stdout.flush()           # short output meets a closed pipe here, not at the interpreter's exit
+        return status
+    except BrokenPipeError:          # `graphc demo | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not fail again
+        return 0
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
         args = _parser().parse_args(argv)
-    except SystemExit as e:          # --help, or a usage error argparse already printed
+    except SystemExit as e:          # --help, --version, or a usage error argparse already printed
         return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command](args)
@@ -103,10 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     except GraphcError as e:
         print(str(e), file=sys.stderr)
         return 2
-    except BrokenPipeError:          # `graphc demo | head`: the reader left; say nothing more
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())   # so the interpreter's final flush does not fail again
-        return 0
 
 
 def _spec_path(spec: str) -> str:
