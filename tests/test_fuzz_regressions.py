@@ -1,0 +1,90 @@
+"""Bugs the differential fuzzer (graphc/tools/fuzz.py, docs/fuzzing.md) found, each as the
+smallest spec that showed it, checked against the NumPy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc
+
+from conftest import private_cache_dir
+
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
+
+PARAMS_ONLY = """
+name = "pn"
+[dims]
+N = "batch"
+D = 3
+C = 2
+[inputs]
+x = ["N", "D"]
+t = ["N", "C"]
+[params]
+W = ["C", "D"]
+[graph]
+z = "x @ W.T"
+J = "mse(z, t)"
+[outputs]
+loss = "J"
+wn = "norm2(W)"
+[grad]
+of = "J"
+wrt = ["W"]
+"""
+
+
+def test_forward_of_an_output_of_the_params_alone_needs_no_data():
+    """Issue 20's known case: forward(W=...) asks only for norm2(W), which reads no row. It runs
+    NAME_predict with n = 1 (nothing it computes has the batch dim), on the checked call and on
+    the fast path of the next, and the full forward still takes the data."""
+    g = graphc.parse_spec(PARAMS_ONLY, "params_only.toml")
+    m = graphc.compile(g, dtype="float64")
+    W = np.random.default_rng(0).standard_normal((2, 3))
+    for _ in range(2):                                 # the second call reuses the CallPlan
+        out = m.forward(W=W)
+        assert set(out) == {"wn"}
+        np.testing.assert_allclose(out["wn"], np.linalg.norm(W, axis=-1), rtol=1e-14)
+    data = dict(x=np.ones((5, 3)), t=np.zeros((5, 2)), W=W)
+    full = m.forward(**data)
+    reference = graphc.evaluate(g, **data)
+    assert set(full) == {"loss", "wn"}
+    for k in full:
+        np.testing.assert_allclose(full[k], reference[k], rtol=1e-13)
+
+
+
+UNUSED_BATCH = """
+name = "un"
+[dims]
+N = "batch"
+D = 3
+C = 2
+[inputs]
+x = ["D"]
+[params]
+W = ["C", "D"]
+[graph]
+J = "mean(tanh(W @ x))"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["W"]
+"""
+
+
+def test_a_declared_batch_dim_no_argument_uses_is_called_with_one_row():
+    """The same root: a batch dim declared but carried by no input (a column-vector model)
+    left forward, value_and_grad and train_step unable to say n."""
+    g = graphc.parse_spec(UNUSED_BATCH, "unused_batch.toml")
+    m = graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.1))
+    a = dict(x=np.array([0.5, -1.0, 2.0]), W=np.random.default_rng(1).standard_normal((2, 3)))
+    reference = graphc.evaluate(graphc.grad(g, "J", ["W"]), **a)
+    np.testing.assert_allclose(m.forward(**a)["loss"], reference["loss"], rtol=1e-14)
+    outs, grads = m.value_and_grad(**a)
+    np.testing.assert_allclose(outs["loss"], reference["loss"], rtol=1e-14)
+    np.testing.assert_allclose(grads["W"], reference["d_W"], rtol=1e-13)
+    state = m.train_state({"W": a["W"]})
+    m.train_step(state, x=a["x"])
+    np.testing.assert_allclose(state.params["W"], a["W"] - 0.1 * reference["d_W"], rtol=1e-13)
