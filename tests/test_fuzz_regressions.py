@@ -88,3 +88,41 @@ def test_a_declared_batch_dim_no_argument_uses_is_called_with_one_row():
     state = m.train_state({"W": a["W"]})
     m.train_step(state, x=a["x"])
     np.testing.assert_allclose(state.params["W"], a["W"] - 0.1 * reference["d_W"], rtol=1e-13)
+
+
+ALIASED_LOSS = """
+name = "al"
+[dims]
+N = "batch"
+D = 3
+[inputs]
+x = ["N", "D"]
+[params]
+w = ["D"]
+[graph]
+v1 = "sum(x * tanh(w))"
+J = "v1"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["w"]
+"""
+
+
+def test_a_loss_that_aliases_another_line_differentiates_and_trains():
+    """`J = "v1"` only names v1 again; the spec loaded, but grad resolved `of` in a copy of the
+    graph, which has no aliases: grad, compile, check and train_graph all raised GradientError."""
+    g = graphc.parse_spec(ALIASED_LOSS, "aliased_loss.toml")
+    a = dict(x=np.random.default_rng(2).standard_normal((4, 3)), w=np.array([0.3, -0.2, 0.9]))
+    reference = graphc.evaluate(graphc.grad(g, "J", ["w"]), **a)
+    np.testing.assert_allclose(reference["d_w"], a["x"].sum(0) * (1 - np.tanh(a["w"]) ** 2), rtol=1e-13)
+    m = graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.1))
+    outs, grads = m.value_and_grad(**a)
+    np.testing.assert_allclose(outs["loss"], reference["loss"], rtol=1e-14)
+    np.testing.assert_allclose(grads["w"], reference["d_w"], rtol=1e-13)
+    tg = graphc.train_graph(g, "J", ["w"], graphc.SGD(lr=0.1))
+    state = m.train_state({"w": a["w"]})
+    m.train_step(state, x=a["x"])
+    np.testing.assert_allclose(state.params["w"], graphc.evaluate(tg, **a)["next_w"], rtol=1e-14)
+    assert graphc.check(g).ok
