@@ -66,6 +66,17 @@ COMPILERS = ("gcc", "clang")
 TIMEOUT = 600
 
 
+def _api():
+    """The public calls the checks make, from their own layers (tools may not import graphc/__init__)."""
+    from types import SimpleNamespace
+    from graphc.autodiff.grad import grad
+    from graphc.autodiff.train import train_graph
+    from graphc.core.reference import evaluate
+    from graphc.frontend.spec import parse_spec
+    from graphc.native.runtime import compile
+    return SimpleNamespace(parse_spec=parse_spec, grad=grad, train_graph=train_graph, evaluate=evaluate, compile=compile)
+
+
 def _optimizers():
     from graphc.autodiff.optimizers import SGD, Adam
     # Plain SGD updates inside the gradient GEMMs; the others in loops. Adam's eps is not tiny and its
@@ -286,36 +297,43 @@ class _Timer:
 
 
 STAGES = ("reference", "finite differences", "models", "threads", "standalone")   # in the order run_case runs them
+NEEDS = {"reference": (), "finite differences": ("reference",), "models": ("reference",),
+         "threads": ("reference", "models"), "standalone": ("reference", "models")}
 
 
-def run_case(case: Case, workdir: str | os.PathLike | None = None, until: str | None = None) -> CaseResult:
-    """Every check of one case (or those of the stages up to `until`: a shrink of a failure
-    needs to run no further than where it failed); raises Failure, its `stage` set, at the
-    first that fails."""
+def run_case(case: Case, workdir: str | os.PathLike | None = None, only: str | None = None,
+             compilers: tuple[str, ...] | None = None) -> CaseResult:
+    """Every check of one case, or only those of stage `only` and the stages it needs (what a
+    shrink of a failure in that stage reruns; `compilers`: of the standalone check, those of
+    case.standalone to run); raises Failure, its `stage` set, at the first check that fails."""
+    if compilers is not None:
+        case = Case(case.spec, case.batch, case.seed, case.optimizers, case.threads1,
+                    tuple(c for c in case.standalone if c in compilers), case.entries)
     result = CaseResult()
     stage = ["reference"]
+    wanted = set(STAGES) if only is None else {only, *NEEDS[only]}
     try:
-        _run_stages(case, workdir, result, STAGES.index(until) if until else len(STAGES), stage)
+        _run_stages(case, workdir, result, wanted, stage)
     except Failure as f:
         f.stage = stage[0]
         raise
     return result
 
 
-def _run_stages(case: Case, workdir, result: CaseResult, last: int, stage: list) -> None:
-    import graphc
+def _run_stages(case: Case, workdir, result: CaseResult, wanted: set, stage: list) -> None:
+    api = _api()
     from graphc.backend.codegen import prediction_graph
     from graphc.core.reference import evaluate_values
     timer = _Timer(result)
 
     def enter(name: str) -> bool:
         stage[0] = name
-        return STAGES.index(name) <= last
+        return name in wanted
 
     with timer("reference"):
         with step("load"):
             try:
-                g = graphc.parse_spec(case.spec, "fuzz.toml")
+                g = api.parse_spec(case.spec, "fuzz.toml")
             except GraphcError as e:
                 raise Failure("spec-rejected", f"{type(e).__name__}: {e}") from e
         result.ops.update(n.op.name for n in g.nodes)
@@ -325,7 +343,7 @@ def _run_stages(case: Case, workdir, result: CaseResult, last: int, stage: list)
         of, wrt = g.grad_spec
         data = arrays(g, case.batch, np.random.default_rng(case.seed))
         with step("reference"):
-            bwd = graphc.grad(g, of, wrt)
+            bwd = api.grad(g, of, wrt)
             values = evaluate_values(bwd, data)
             ref = {k: values[v.name] for k, v in bwd.outputs.items()}
             fwd_ref = {k: ref[k] for k in g.outputs}
@@ -333,18 +351,19 @@ def _run_stages(case: Case, workdir, result: CaseResult, last: int, stage: list)
         if bad:
             raise Failure("generator", f"the reference computes non-finite values: {', '.join(bad[:5])}")
         scale = max(1.0, _max_abs(values.values()))
-    if not enter("finite differences"):
-        return
-    with timer("finite differences"), step("finite differences"):
-        finite_differences(g, of, wrt, case, result)
+    if enter("finite differences"):
+        with timer("finite differences"), step("finite differences"):
+            finite_differences(g, of, wrt, case, result)
     if not enter("models"):
         return
     predict = prediction_graph(g)
     models = {}
-    for name in case.optimizers:
+    shrinking_later_stage = "finite differences" not in wanted and bool(wanted & {"threads", "standalone"})
+    names = case.optimizers[:1] if shrinking_later_stage else case.optimizers    # they need the first model only
+    for name in names:
         optimizer = _optimizers()[name]
         with timer("build"), step(f"compile with {name}"):
-            m = models[name] = graphc.compile(g, dtype="float64", optimizer=optimizer, threads=2)
+            m = models[name] = api.compile(g, dtype="float64", optimizer=optimizer, threads=2)
         with timer("calls"), omp_threads(2):
             calls = check_calls(m, g, data, fwd_ref, ref, predict, scale, result)
             if name == case.optimizers[0]:
@@ -354,14 +373,14 @@ def _run_stages(case: Case, workdir, result: CaseResult, last: int, stage: list)
                 same_bits("builds", f"value_and_grad with {name} vs {case.optimizers[0]}", calls[2], first_calls[2])
         with timer("train"), omp_threads(2):
             check_train(m, g, name, optimizer, data, case, scale, result)
-    if enter("threads"):
+    if case.optimizers and enter("threads"):
         name = case.optimizers[0]
         two = models[name]
         with timer("threads"):
             same_thread_bits(two, 1, two, 2, g, data, predict, case, result, "OpenMP 1 vs 2 threads")
         if case.threads1:
             with timer("build"), step(f"compile with {name} for 1 thread"):
-                one = graphc.compile(g, dtype="float64", optimizer=_optimizers()[name], threads=1)
+                one = api.compile(g, dtype="float64", optimizer=_optimizers()[name], threads=1)
             with timer("threads"):
                 same_thread_bits(one, 1, two, 2, g, data, predict, case, result, "threads=1 vs threads=2 builds")
     if case.standalone and enter("standalone"):
@@ -419,10 +438,10 @@ def _batches(g, case: Case, salt: int) -> list[dict]:
 def check_train(m, g, name, optimizer, data, case: Case, scale: float, result: CaseResult) -> None:
     """TRAIN_STEPS train steps against graphc.train_graph evaluated by graphc.evaluate: each
     step's outputs, and every updated param and optimizer state after it."""
-    import graphc
+    api = _api()
     of, wrt = g.grad_spec
     with step(f"train_graph {name}"):
-        tg = graphc.train_graph(g, of, wrt, optimizer)
+        tg = api.train_graph(g, of, wrt, optimizer)
     params = {k: data[k] for k in g.params}
     with step(f"train_state {name}"):
         state = m.train_state(params)
@@ -434,7 +453,7 @@ def check_train(m, g, name, optimizer, data, case: Case, scale: float, result: C
         with step(f"train_step {name} #{i}"):
             outs = m.train_step(state, **batch)
         with step(f"train_graph {name} evaluated, step {i}"):
-            expected = graphc.evaluate(tg, **batch, **frozen, **current)
+            expected = api.evaluate(tg, **batch, **frozen, **current)
         for k, v in outs.items():
             compare(kind, f"step {i}: output {k}", v, expected[k], scale)
         for key, (inp, out) in tg.updates.items():
@@ -491,7 +510,8 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
         make = ["make", "-s", f"CC={cc}", f"CFLAGS={STANDALONE_FLAGS} -DBATCH={n}L"]
         run = subprocess.run(make, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT)
         if run.returncode != 0 or run.stderr.strip():
-            raise Failure(kind, f"make CC={cc} (exit {run.returncode}):\n{run.stderr[-3000:]}",
+            first = next((line for line in run.stderr.splitlines() if "error" in line or "warning" in line), "")
+            raise Failure(kind, f"make CC={cc} (exit {run.returncode}): {first.strip()}\n{run.stderr[-3000:]}",
                           f"{kind} build")
         printed = parse_example_output(run.stdout)
         bad = subprocess.run([f"./{m.name}_example", "--bad-label"], cwd=tmp, capture_output=True, text=True,
@@ -524,7 +544,7 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
 def finite_differences(g, of: str, wrt: list[str], case: Case, result: CaseResult) -> None:
     """The reference's gradients against central differences of the reference loss, on
     FD_SAMPLES entries of each array at FD_BATCH rows; a mismatch must hold at both FD_EPS."""
-    import graphc
+    api = _api()
     from graphc.core.reference import evaluate
     from graphc.passes.simplify import dce
     n = min(case.batch, FD_BATCH)
@@ -537,7 +557,7 @@ def finite_differences(g, of: str, wrt: list[str], case: Case, result: CaseResul
     def loss(a):
         return float(evaluate(loss_graph, **a)["J"])
 
-    bwd = graphc.grad(g, of, wrt)
+    bwd = api.grad(g, of, wrt)
     analytic = evaluate(bwd, **data)
     j = loss(data)
     floor = 1e-3 * max(1.0, abs(j))
@@ -726,7 +746,12 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
                         return                   # out of shrinking time: this one counts as passing
                 try:
                     shrinking = state["failed"]
-                    result = run_case(case, scratch, until=getattr(shrinking, "stage", None) if shrinking else None)
+                    if shrinking is None:
+                        result = run_case(case, scratch)
+                    else:
+                        kind = shrinking.kind.split()
+                        result = run_case(case, scratch, only=getattr(shrinking, "stage", None),
+                                          compilers=(kind[1],) if kind[0] == "standalone" else None)
                 except Failure as f:
                     if state["failed"] is None:
                         summary.cases += 1
@@ -786,8 +811,8 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
 def _record_ops(summary: Summary, case: Case) -> None:
     """The ops of a case that failed (its CaseResult was not returned)."""
     with contextlib.suppress(Exception):
-        import graphc
-        g = graphc.parse_spec(case.spec, "fuzz.toml")
+        api = _api()
+        g = api.parse_spec(case.spec, "fuzz.toml")
         ops = Counter(n.op.name for n in g.nodes)
         summary.ops.update(ops)
         summary.cases_with.update(set(ops))
