@@ -126,3 +126,68 @@ def test_a_loss_that_aliases_another_line_differentiates_and_trains():
     m.train_step(state, x=a["x"])
     np.testing.assert_allclose(state.params["w"], graphc.evaluate(tg, **a)["next_w"], rtol=1e-14)
     assert graphc.check(g).ok
+GRADIENT_IS_AN_OUTPUT = {
+    "the same value": """
+name = "go"
+[dims]
+N = "batch"
+D = 3
+[inputs]
+x = ["N", "D"]
+[params]
+w = []
+[graph]
+s = "tanh(mean(x))"
+J = "s * w"
+[outputs]
+loss = "J"
+s_out = "s"
+[grad]
+of = "J"
+wrt = ["w"]
+""",
+    "a line merged with it": """
+name = "go"
+[dims]
+N = "batch"
+D = 3
+[inputs]
+x = ["N", "D"]
+[params]
+w = []
+[graph]
+m = "mean(x)"
+s = "tanh(m)"
+s2 = "tanh(m)"
+J = "s * w"
+[outputs]
+loss = "J"
+s_out = "s2"
+[grad]
+of = "J"
+wrt = ["w"]
+""",
+}
+
+
+@pytest.mark.parametrize("optimizer", [graphc.SGD(lr=0.1), graphc.SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
+                                       graphc.Adam(lr=0.01, weight_decay=0.01)], ids=["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("spec", list(GRADIENT_IS_AN_OUTPUT))
+def test_a_gradient_that_is_also_an_output_is_read_from_the_output_by_the_update(spec, optimizer):
+    """J = s * w with w a scalar: dJ/dw is s itself, which an output holds (the same value, or a
+    line CSE merged with it). train_step computes s into the output argument; the update read
+    it under the value's own name, undeclared in the C (`'s_v' undeclared`): the build failed."""
+    g = graphc.parse_spec(GRADIENT_IS_AN_OUTPUT[spec], "gradient_output.toml")
+    m = graphc.compile(g, dtype="float64", optimizer=optimizer)
+    x = np.random.default_rng(3).standard_normal((4, 3))
+    tg = graphc.train_graph(g, "J", ["w"], optimizer)
+    state = m.train_state({"w": np.array(0.7)})
+    current = {inp: (np.array(0.7) if key == "w" else np.zeros(tg.inputs[inp].shape))
+               for key, (inp, _out) in tg.updates.items()}
+    for _ in range(3):
+        outs = m.train_step(state, x=x)
+        ref = graphc.evaluate(tg, x=x, **current)
+        np.testing.assert_allclose(outs["s_out"], np.tanh(x.mean()), rtol=1e-14)
+        np.testing.assert_allclose(outs["loss"], ref["loss"], rtol=1e-13)
+        np.testing.assert_allclose(state.params["w"], ref[tg.updates["w"][1]], rtol=1e-13)
+        current = {inp: ref[out] for _key, (inp, out) in tg.updates.items()}
