@@ -307,8 +307,11 @@ class Builder:
                 self.outputs[self.name("out")] = inner[self.index(len(inner))].name
         if self.rarely(4):                         # an output that needs no data
             self.params_only.append(params_only_output(self))
-        if self.rarely(8):                         # an input or param given back as it is
-            leaves = [v for v in self.vals if v.kind != "node" and v.uses]
+        if self.rarely(6):                         # one value under a second output name
+            named = [e for k, e in self.outputs.items() if k != "loss"] or ["J"]
+            self.outputs[self.name("out")] = named[self.index(len(named))]
+        if self.rarely(8):                         # an input (labels too) or param given back as it is
+            leaves = [v for v in [*self.vals, *self.ints] if v.kind != "node" and v.uses]
             if leaves:
                 leaf = leaves[self.index(len(leaves))]
                 self.outputs[self.name("out")] = leaf.name
@@ -321,6 +324,8 @@ class Builder:
             xs = [k for k in set().union(*(v.inputs for v in terms)) if not self.inputs[k].int]
             if xs:
                 wrt.append(sorted(xs)[self.index(len(xs))])
+        if self.rarely(4):
+            wrt.reverse()                          # in another order than declared
         self.wrt = wrt
 
     def text(self) -> str:
