@@ -20,7 +20,8 @@ standalone compilers to try. `run_case` checks, in float64:
   predict, value_and_grad and the losses of its 3 train steps), and `--bad-label` passes.
 
 A failing check raises `Failure(kind, message)`. A GraphcError where none is due is kind
-"graphc-error"; any other exception from inside graphc is "crash".
+"graphc-error"; any other exception from inside graphc is "crash" (from the fuzzer's own code,
+"fuzzer-bug").
 
 `campaign()` runs cases in J processes, each a hypothesis run over `cases()` (so a failure
 shrinks to a minimal spec), writes each failure as a spec file that holds the case and the
@@ -163,8 +164,10 @@ def step(what: str):
         raise
     except GraphcError as e:
         frame = _graphc_frame(e)
-        raise Failure("graphc-error", f"{what}: {type(e).__name__}: {e}\n  raised at {frame}",
-                      f"graphc-error {what} {type(e).__name__} {frame}") from e
+        text = str(e)
+        first = next((line.strip() for line in text.splitlines() if " error: " in line), "")   # a C compiler's
+        raise Failure("graphc-error", f"{what}: {type(e).__name__}" + (f": {first}" if first else "")
+                      + f"\n{text}\n  raised at {frame}", f"graphc-error {what} {type(e).__name__} {frame}") from e
     except Exception as e:    # noqa: BLE001: what the fuzzer is for
         frame = _graphc_frame(e)
         kind = "fuzzer-bug" if "tools/fuzz" in frame else "crash"     # the fuzzer's own code failed

@@ -180,7 +180,7 @@ class Builder:
         return tuple(shape)
 
     # ------------------------------------------------------------------ leaves
-    def new_input(self, shape: tuple, domain: str = "x", bound: int | None = None) -> Val:
+    def new_input(self, shape: tuple, domain: str = "x") -> Val:
         """An input: x real, p positive, t target rows, y int32 labels or ids."""
         name = self.name(domain)
         v = Val(name, tuple(shape), "input", int=domain == "y", mag=1.0,
