@@ -191,3 +191,45 @@ def test_a_gradient_that_is_also_an_output_is_read_from_the_output_by_the_update
         np.testing.assert_allclose(outs["loss"], ref["loss"], rtol=1e-13)
         np.testing.assert_allclose(state.params["w"], ref[tg.updates["w"][1]], rtol=1e-13)
         current = {inp: ref[out] for _key, (inp, out) in tg.updates.items()}
+
+
+DOT_PATH = """
+name = "dk"
+[dims]
+M = {rows}
+K = {depth}
+H = 3
+[inputs]
+x = ["M", "K"]
+[params]
+W = ["H", "K"]
+[outputs]
+z = "x @ W.T"
+"""
+
+
+@pytest.mark.parametrize("rows, depth", [(1, 64), (2, 48), (7, 80), (1, 17)])
+def test_the_dot_product_path_of_a_small_gemm_compiles_warning_free_under_gcc_O2(rows, depth, tmp_path):
+    """x Wᵀ with a few rows takes the GEMM's dot-product path: 16 partial sums, then the rest
+    of K. Where the kernel library is pasted into the model file (export with amalgamate,
+    graphc emit --amalgamate) gcc -O2 sees K, could not bound the rest's loop for K a multiple
+    of 16 past 32, and warned 'iteration 16 invokes undefined behavior'
+    (-Waggressive-loop-optimizations): the export failed `make` under -Werror. The numbers
+    were and are the reference's."""
+    import shutil
+    import subprocess
+    from graphc.native.export import export, parse_example_output
+    g = graphc.parse_spec(DOT_PATH.format(rows=rows, depth=depth), "dot_path.toml")
+    m = graphc.compile(g, dtype="float64")
+    rng = np.random.default_rng(4)
+    a = dict(x=rng.standard_normal((rows, depth)), W=rng.standard_normal((3, depth)))
+    np.testing.assert_allclose(m.forward(**a)["z"], a["x"] @ a["W"].T, rtol=1e-13)
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.skip("needs gcc and make")
+    export(m, tmp_path, True, None, True)                   # one dk.c: the library, then the model
+    for flags in ("-O2", "-O3 -march=native"):
+        run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags} -std=c99 -Wall -Wextra -Werror -pedantic"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and not run.stderr, run.stderr[-2000:]
+        assert ("forward", "z") in parse_example_output(run.stdout)
+        subprocess.run(["make", "-s", "clean"], cwd=tmp_path, capture_output=True, timeout=60)
