@@ -196,7 +196,8 @@ def test_fuzz_random_fixed_seed_slice(tmp_path):
     assert summary.checks["finite differences"] == SLICE_CASES
     assert sum(v for k, v in summary.checks.items() if k.startswith("train_step")) == SLICE_CASES
     assert summary.checks["OpenMP 1 vs 2 threads"] == SLICE_CASES
-    assert summary.checks["standalone gcc"] == summary.checks["standalone clang"]
+    standalone = {cc: sum(v for k, v in summary.checks.items() if k.startswith(f"standalone {cc}")) for cc in fuzz.COMPILERS}
+    assert len(set(standalone.values())) == 1, standalone      # (made, or skipped where not installed)
     if SLICE_CASES >= 100:
         assert summary.checks["threads=1 vs threads=2 builds"] >= SLICE_CASES // 20
         assert all(summary.ops[k] for k in PUBLIC), summary.report()
