@@ -995,7 +995,9 @@ GC_ISA_ATTR static gc_real gc_dot(long K, const gc_real *a, long a_step, const g
         for (; k + GC_GEMM_DOT_LANES <= K; k += GC_GEMM_DOT_LANES) {
             for (l = 0; l < GC_GEMM_DOT_LANES; ++l) acc[l] += a[k + l] * b[k + l];
         }
-        for (l = 0; k < K; ++k, ++l) acc[l] += a[k] * b[k];
+        /* fewer than GC_GEMM_DOT_LANES are left; the bound on l says so to the compiler,
+           which otherwise warns that a later iteration would write past acc */
+        for (l = 0; l < GC_GEMM_DOT_LANES && k < K; ++k, ++l) acc[l] += a[k] * b[k];
         for (l = GC_GEMM_DOT_LANES / 2; l > 0; l /= 2) {
             int i;
             for (i = 0; i < l; ++i) acc[i] += acc[i + l];

@@ -136,8 +136,9 @@ def _relevant(g: Graph, of: Value, wrt: list[Value]) -> set[Value]:
 def grad(graph: Graph, of: str | Value, wrt: Sequence[str]) -> Graph:
     """The forward graph plus its backward graph; outputs `d_<w>` for each w in `wrt`, and
     `adjoints` mapping each forward value whose adjoint survives simplification to it."""
-    g, _ = graph.copy()
-    target, params = _resolve_of(g, of), _resolve_wrt(g, wrt)
+    g, vmap = graph.copy()
+    # `of` is resolved in the graph given: a copy has no aliases (a spec's `J = "v1"`)
+    target, params = vmap[_resolve_of(graph, of)], _resolve_wrt(g, wrt)
     relevant = _relevant(g, target, params)
     b = Builder(g)
     forward_nodes = list(g.nodes)

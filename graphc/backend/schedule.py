@@ -284,7 +284,10 @@ class Scheduler(Fusion):
         steps = self.merge_reductions(steps)
         if self.updates is not None:
             steps, fused = sgd_in_gemm(steps, self.updates)
-            steps += list(self.updates.first) + [pu.record for pu in self.updates.params if pu.param not in fused]
+            # each record reads its gradient where this schedule put it: its buffer, or the output
+            # argument it was computed into when the gradient is an output too
+            steps += list(self.updates.first) + [replace(pu.record, grad=self.ref(pu.grad))
+                                                 for pu in self.updates.params if pu.param not in fused]
         return Schedule(steps, *self._plan(steps), self._label_checks())
 
     def _plan(self, steps: list[Kernel]):

@@ -43,13 +43,18 @@ def as_c_array(name: str, arr: np.ndarray) -> np.ndarray:
 
 
 def batch_rows(graph, dims: dict[str, int]) -> int:
-    """The batch size of a call: the value `bind` found for the graph's first symbolic dim (1
-    when it has none). ShapeError when no argument sets it or it is below 1."""
+    """The batch size of a call of a C function of `graph`: the value `bind` found for the
+    graph's first symbolic dim (1 when it has none, or when none of the function's arguments
+    and outputs has it: predict of outputs of the params alone, such as norm2(W), reads no
+    row). ShapeError when no argument sets it or it is below 1."""
     sym = graph.symbolic_dims
     if not sym:
         return 1
     n = dims.get(sym[0])
     if n is None:
+        if not any(sym[0] in v.shape for v in (*graph.inputs.values(), *graph.params.values(),
+                                                *graph.outputs.values())):
+            return 1
         raise ShapeError(f"the batch dim {sym[0]} is not set by any argument")
     if n < 1:
         raise ShapeError(f"batch size {sym[0]}={n}: graphc functions need at least one row",

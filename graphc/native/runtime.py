@@ -126,8 +126,9 @@ class CompiledModel:
 
     def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
         """Check and convert every argument; leave a CallPlan when none needed converting."""
-        env, dims = bind(self._graph_of(fname), arrays, self.dtype)
-        n = batch_rows(self.graph, dims)
+        graph = self._graph_of(fname)
+        env, dims = bind(graph, arrays, self.dtype)
+        n = batch_rows(graph, dims)
         names, ins, specs = [], [], []
         for a in self.functions[fname].args:
             if a.role in ("input", "param", "param*", "state"):

@@ -1,0 +1,243 @@
+"""The differential fuzzer (graphc/tools/fuzz.py, docs/fuzzing.md): random valid specs over every
+public op, each compiled and checked against the NumPy reference, finite differences, the IR's
+train step, a 2-thread build and (on a sub-sample) the standalone C under gcc and clang.
+
+The suite runs a fixed-seed slice of SLICE_CASES cases in 2 processes. A longer campaign:
+python -m graphc.tools.fuzz --cases 10000 --seed 1 --jobs 2; GRAPHC_FUZZ_CASES=N sets the slice.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+
+import graphc
+from graphc.core.reference import evaluate_values
+from graphc.ops import REGISTRY
+from graphc.tools import fuzz
+from graphc.tools.fuzz_specs import DIMS, ENTRIES, covered_ops, specs
+
+# A case of the slice builds one model (for 2 threads, with one optimizer), in one case in 8 a
+# second (for 1 thread), and in one in 40 the standalone export with gcc and clang. While every
+# model compiles the whole GEMM library (6-9 CPU-seconds a build) a case costs about 7
+# CPU-seconds, so the slice is 16 cases (about 1 minute on 2 idle cores, 2-3 when loaded). Once
+# the kernel library is compiled once a build costs 0.5-1.8 CPU-seconds, a case about 2, and
+# SLICE_CASES = 200 fits the issue's 5 minutes on 2 cores (docs/fuzzing.md has the figures).
+SLICE_CASES = int(os.environ.get("GRAPHC_FUZZ_CASES", "16"))
+SLICE_PLAN = fuzz.Plan(optimizers="one", threads1_every=8, standalone_every=40, shrink_seconds=120)
+PUBLIC = sorted(k for k, op in REGISTRY.items() if op.public)
+
+
+def test_fuzz_random_every_public_op_has_an_entry_in_the_generator():
+    """A new op (conv2d, an rnn cell, ...) fails this until fuzz_specs.py draws it."""
+    assert set(PUBLIC) <= covered_ops(), f"no generator entry draws {sorted(set(PUBLIC) - covered_ops())}"
+    assert len({e.name for e in ENTRIES}) == len(ENTRIES)
+
+
+def generated(count: int, seed: int = 0) -> list:
+    found = []
+
+    @settings(max_examples=count, database=None, deadline=None, derandomize=True, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(specs())
+    def collect(spec):
+        found.append(spec)
+
+    collect()
+    return found
+
+
+def consumers(g: graphc.Graph) -> Counter:
+    return Counter(v for n in g.nodes for v in n.inputs)
+
+
+def test_fuzz_random_generated_specs_are_valid_and_reach_what_the_issue_asks():
+    """200 generated specs (no compiling): each loads, differentiates and evaluates to finite
+    numbers on the fuzzer's data; together they hold every public op, 3-20ish node DAGs,
+    values read more than once, shared params, outputs at several depths and outputs that need
+    no data, dims across the GEMM blocking, int labels and real targets, 1-D and 2-D matmuls."""
+    from graphc.backend.codegen import prediction_graph
+    specs_ = generated(200)
+    ops, sizes, dims = Counter(), [], set()
+    reused = shared = deep_outputs = params_only = int_ce = real_ce = batchless = 0
+    matmul_ranks = set()
+    for spec in specs_:
+        g = graphc.parse_spec(spec.text, "fuzz.toml")
+        of, wrt = g.grad_spec
+        data = fuzz.arrays(g, 4, np.random.default_rng(0))
+        values = evaluate_values(graphc.grad(g, of, wrt), data)
+        assert all(np.all(np.isfinite(v)) for v in values.values() if np.asarray(v).dtype.kind == "f"), spec.text
+        ops.update(n.op.name for n in g.nodes)
+        sizes.append(len(g.nodes))
+        dims.update(d for d in g.dims.values() if d is not None)
+        uses = consumers(g)
+        reused += any(uses[n.output] > 1 for n in g.nodes)
+        shared += any(uses[p] > 1 for p in g.params.values())
+        depth = {}
+        for n in g.nodes:
+            depth[n.output] = 1 + max((depth.get(v, 0) for v in n.inputs), default=0)
+        deep_outputs += len({depth.get(v, 0) for v in g.outputs.values()}) > 1
+        predict = prediction_graph(g)
+        params_only += predict is not None and not predict.inputs
+        for n in g.nodes:
+            if n.op.name == "cross_entropy":
+                int_ce += n.inputs[1].dtype == "int32"
+                real_ce += n.inputs[1].dtype != "int32"
+            if n.op.name == "matmul":
+                matmul_ranks.add((n.inputs[0].rank, n.inputs[1].rank))
+        batchless += not g.symbolic_dims
+    missing = [k for k in PUBLIC if not ops[k]]
+    assert not missing, f"no generated spec uses {missing}"
+    assert min(sizes) >= 3 and max(sizes) <= 40 and np.median(sizes) >= 8, sizes
+    assert {129, 257} & dims and {1, 2, 3} & dims and {15, 17, 31, 33, 65} & dims, sorted(dims)
+    assert matmul_ranks >= {(2, 2), (2, 1), (1, 2), (1, 1)}, matmul_ranks
+    counts = dict(reused=reused, shared=shared, deep_outputs=deep_outputs, params_only=params_only,
+                  int_ce=int_ce, real_ce=real_ce, batchless=batchless)
+    assert all(v >= 5 for v in counts.values()), counts
+
+
+def test_fuzz_random_case_files_round_trip():
+    case = fuzz.Case('name = "m"\n', batch=17, seed=3, optimizers=("adam", "sgd"), threads1=False,
+                     standalone=("gcc", "clang"))
+    text = case.text("f.toml", fuzz.Failure("forward", "forward out1: max abs error 1"))
+    back = fuzz.Case.parse(text)
+    assert back.options() == case.options() and back.spec.strip() == case.spec.strip()
+    assert "--replay f.toml" in text and "# failure: forward" in text
+    graphc.parse_spec(text.replace('name = "m"', SMALL), "case.toml")     # the comments leave it a spec
+
+
+SMALL = """name = "m"
+[dims]
+N = "batch"
+D3 = 3
+[inputs]
+x1 = ["N", "D3"]
+[params]
+w1 = ["D3"]
+[graph]
+v1 = "tanh(x1 * w1)"
+J = "mean(v1)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["w1"]
+"""
+
+
+def test_fuzz_random_checks_reject_wrong_numbers():
+    """compare and same_bits, the judges of every check, fail on a wrong entry, a NaN that is not
+    expected, a shape, and bits that differ in the last place."""
+    a = np.linspace(-1, 1, 12).reshape(3, 4)
+    fuzz.compare("k", "a", a * (1 + 1e-12), a, scale=1.0)
+    for bad in (a + np.eye(3, 4) * 1e-6, np.where(a > 0.9, np.nan, a), a[:2]):
+        with pytest.raises(fuzz.Failure):
+            fuzz.compare("k", "a", bad, a, scale=1.0)
+    b = a.copy()
+    b[1, 1] = np.nextafter(b[1, 1], 2)
+    fuzz.same_bits("threads", "x", {"a": a}, {"a": a.copy()})
+    with pytest.raises(fuzz.Failure, match="a differs"):
+        fuzz.same_bits("threads", "x", {"a": a}, {"a": b})
+
+
+CHEAP = ("tanh", "add", "mul", "sum", "mean", "sigmoid", "exp", "neg")    # no GEMM: fast builds
+
+
+def test_fuzz_random_a_wrong_gradient_in_the_reference_is_caught_by_finite_differences(monkeypatch, tmp_path):
+    """tanh's VJP made wrong (1 − tanh instead of 1 − tanh²): the C would agree with the
+    reference, so only the finite differences can see it. They do, before anything compiles,
+    and the case shrinks to a spec that still holds a tanh and is written to a file."""
+    from graphc.ops.elementwise import Tanh
+    monkeypatch.setattr(Tanh, "derivative", lambda self, b, x, y: b.sub(1.0, y))
+    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, shrink_seconds=60)
+    summary = fuzz.campaign(30, seed=5, jobs=0, out=tmp_path, plan=plan, chunk=30)
+    kinds = {f["kind"] for f in summary.failures}
+    assert kinds == {"finite-differences"}, summary.report()
+    text = open(summary.failures[0]["file"]).read()
+    assert "tanh(" in text and "--replay" in text
+    graph_lines = text[text.index("[graph]"):text.index("[outputs]")].strip().splitlines()[1:]
+    assert len(graph_lines) <= 5, text        # shrunk: the tanh, the loss and a line or two
+    assert fuzz.main(["--replay", summary.failures[0]["file"]]) == 1
+
+
+def test_fuzz_random_wrong_c_is_caught_shrunk_and_replayable(monkeypatch, tmp_path, capsys):
+    """The C of tanh made wrong by one part in 1e6: forward (or value_and_grad) disagrees with the
+    reference; the failing case is shrunk, written with its rerun command, fails when rerun,
+    and passes once the C is right again."""
+    from graphc.ops.elementwise import Tanh
+    monkeypatch.setattr(Tanh, "c_expr", "(GC_TANH({0}) * (gc_real)1.000001)")
+    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, max_nodes=8,
+                     shrink_seconds=90)
+    summary = fuzz.campaign(6, seed=2, jobs=0, out=tmp_path, plan=plan, chunk=6)
+    assert len(summary.failures) == 1, summary.report()
+    failure = summary.failures[0]
+    assert failure["kind"] in ("forward", "value_and_grad", "predict"), summary.report()
+    text = open(failure["file"]).read()
+    assert "tanh(" in text
+    assert fuzz.main(["--replay", failure["file"]]) == 1
+    monkeypatch.undo()
+    assert fuzz.main(["--replay", failure["file"]]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+
+def test_fuzz_random_fixed_seed_slice(tmp_path):
+    """SLICE_CASES random cases, seed 0, in 2 processes: every check passes, and the summary
+    shows every check made (a threads=1 build in about one case in 8, the standalone export with
+    gcc and clang in about one in 40)."""
+    summary = fuzz.campaign(SLICE_CASES, seed=0, jobs=2, out=tmp_path, plan=SLICE_PLAN, chunk=-(-SLICE_CASES // 2))
+    print(summary.report())
+    assert summary.cases == SLICE_CASES
+    assert not summary.failures, summary.report()
+    assert summary.checks["forward"] == summary.checks["value_and_grad"] == SLICE_CASES
+    assert summary.checks["finite differences"] == SLICE_CASES
+    assert sum(v for k, v in summary.checks.items() if k.startswith("train_step")) == SLICE_CASES
+    assert summary.checks["OpenMP 1 vs 2 threads"] == SLICE_CASES
+    standalone = {cc: sum(v for k, v in summary.checks.items() if k.startswith(f"standalone {cc}")) for cc in fuzz.COMPILERS}
+    assert len(set(standalone.values())) == 1, standalone      # (made, or skipped where not installed)
+    if SLICE_CASES >= 100:
+        assert summary.checks["threads=1 vs threads=2 builds"] >= SLICE_CASES // 20
+        assert all(summary.ops[k] for k in PUBLIC), summary.report()
+
+
+SMALL_EVERY_CHECK = """
+name = "fz"
+[dims]
+N = "batch"
+D3 = 3
+D7 = 7
+[inputs]
+x1 = ["N", "D7"]
+y1 = { shape = ["N"], dtype = "int32" }
+p1 = ["N", "D3"]
+[params]
+w1 = ["D3", "D7"]
+w2 = ["D3"]
+[graph]
+v1 = "sum(x1, axis=-1, keepdims=True) * w2"
+v2 = "v1 / p1 + log(p1)"
+J = "cross_entropy(v2, y1) + mean(square(w1))"
+[outputs]
+loss = "J"
+probs = "softmax(v2)"
+norms = "norm2(w1)"
+[grad]
+of = "J"
+wrt = ["w1", "w2"]
+"""
+
+
+def test_fuzz_random_one_case_runs_every_check(tmp_path):
+    """A fixed case with every optimizer, a threads=1 build and the standalone export under gcc
+    and clang: each check of run_case runs (the slice reaches the sampled ones rarely)."""
+    case = fuzz.Case(SMALL_EVERY_CHECK, batch=7, seed=1, optimizers=fuzz.OPTIMIZER_NAMES, threads1=True,
+                     standalone=fuzz.COMPILERS)
+    result = fuzz.run_case(case, tmp_path)
+    expected = {"finite differences", "forward", "predict", "predict from the params alone", "value_and_grad",
+                "OpenMP 1 vs 2 threads", "threads=1 vs threads=2 builds",
+                *(f"train_step {k}" for k in fuzz.OPTIMIZER_NAMES),
+                *(f"standalone {cc}" for cc in fuzz.COMPILERS if shutil.which(cc))}
+    assert expected <= set(result.checks), sorted(result.checks)

@@ -1,0 +1,235 @@
+"""Bugs the differential fuzzer (graphc/tools/fuzz.py, docs/fuzzing.md) found, each as the
+smallest spec that showed it, checked against the NumPy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc
+
+from conftest import private_cache_dir
+
+_cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
+
+PARAMS_ONLY = """
+name = "pn"
+[dims]
+N = "batch"
+D = 3
+C = 2
+[inputs]
+x = ["N", "D"]
+t = ["N", "C"]
+[params]
+W = ["C", "D"]
+[graph]
+z = "x @ W.T"
+J = "mse(z, t)"
+[outputs]
+loss = "J"
+wn = "norm2(W)"
+[grad]
+of = "J"
+wrt = ["W"]
+"""
+
+
+def test_forward_of_an_output_of_the_params_alone_needs_no_data():
+    """Issue 20's known case: forward(W=...) asks only for norm2(W), which reads no row. It runs
+    NAME_predict with n = 1 (nothing it computes has the batch dim), on the checked call and on
+    the fast path of the next, and the full forward still takes the data."""
+    g = graphc.parse_spec(PARAMS_ONLY, "params_only.toml")
+    m = graphc.compile(g, dtype="float64")
+    W = np.random.default_rng(0).standard_normal((2, 3))
+    for _ in range(2):                                 # the second call reuses the CallPlan
+        out = m.forward(W=W)
+        assert set(out) == {"wn"}
+        np.testing.assert_allclose(out["wn"], np.linalg.norm(W, axis=-1), rtol=1e-14)
+    data = dict(x=np.ones((5, 3)), t=np.zeros((5, 2)), W=W)
+    full = m.forward(**data)
+    reference = graphc.evaluate(g, **data)
+    assert set(full) == {"loss", "wn"}
+    for k in full:
+        np.testing.assert_allclose(full[k], reference[k], rtol=1e-13)
+
+
+
+UNUSED_BATCH = """
+name = "un"
+[dims]
+N = "batch"
+D = 3
+C = 2
+[inputs]
+x = ["D"]
+[params]
+W = ["C", "D"]
+[graph]
+J = "mean(tanh(W @ x))"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["W"]
+"""
+
+
+def test_a_declared_batch_dim_no_argument_uses_is_called_with_one_row():
+    """The same root: a batch dim declared but carried by no input (a column-vector model)
+    left forward, value_and_grad and train_step unable to say n."""
+    g = graphc.parse_spec(UNUSED_BATCH, "unused_batch.toml")
+    m = graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.1))
+    a = dict(x=np.array([0.5, -1.0, 2.0]), W=np.random.default_rng(1).standard_normal((2, 3)))
+    reference = graphc.evaluate(graphc.grad(g, "J", ["W"]), **a)
+    np.testing.assert_allclose(m.forward(**a)["loss"], reference["loss"], rtol=1e-14)
+    outs, grads = m.value_and_grad(**a)
+    np.testing.assert_allclose(outs["loss"], reference["loss"], rtol=1e-14)
+    np.testing.assert_allclose(grads["W"], reference["d_W"], rtol=1e-13)
+    state = m.train_state({"W": a["W"]})
+    m.train_step(state, x=a["x"])
+    np.testing.assert_allclose(state.params["W"], a["W"] - 0.1 * reference["d_W"], rtol=1e-13)
+
+
+ALIASED_LOSS = """
+name = "al"
+[dims]
+N = "batch"
+D = 3
+[inputs]
+x = ["N", "D"]
+[params]
+w = ["D"]
+[graph]
+v1 = "sum(x * tanh(w))"
+J = "v1"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["w"]
+"""
+
+
+def test_a_loss_that_aliases_another_line_differentiates_and_trains():
+    """`J = "v1"` only names v1 again; the spec loaded, but grad resolved `of` in a copy of the
+    graph, which has no aliases: grad, compile, check and train_graph all raised GradientError."""
+    g = graphc.parse_spec(ALIASED_LOSS, "aliased_loss.toml")
+    a = dict(x=np.random.default_rng(2).standard_normal((4, 3)), w=np.array([0.3, -0.2, 0.9]))
+    reference = graphc.evaluate(graphc.grad(g, "J", ["w"]), **a)
+    np.testing.assert_allclose(reference["d_w"], a["x"].sum(0) * (1 - np.tanh(a["w"]) ** 2), rtol=1e-13)
+    m = graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.1))
+    outs, grads = m.value_and_grad(**a)
+    np.testing.assert_allclose(outs["loss"], reference["loss"], rtol=1e-14)
+    np.testing.assert_allclose(grads["w"], reference["d_w"], rtol=1e-13)
+    tg = graphc.train_graph(g, "J", ["w"], graphc.SGD(lr=0.1))
+    state = m.train_state({"w": a["w"]})
+    m.train_step(state, x=a["x"])
+    np.testing.assert_allclose(state.params["w"], graphc.evaluate(tg, **a)["next_w"], rtol=1e-14)
+    assert graphc.check(g).ok
+GRADIENT_IS_AN_OUTPUT = {
+    "the same value": """
+name = "go"
+[dims]
+N = "batch"
+D = 3
+[inputs]
+x = ["N", "D"]
+[params]
+w = []
+[graph]
+s = "tanh(mean(x))"
+J = "s * w"
+[outputs]
+loss = "J"
+s_out = "s"
+[grad]
+of = "J"
+wrt = ["w"]
+""",
+    "a line merged with it": """
+name = "go"
+[dims]
+N = "batch"
+D = 3
+[inputs]
+x = ["N", "D"]
+[params]
+w = []
+[graph]
+m = "mean(x)"
+s = "tanh(m)"
+s2 = "tanh(m)"
+J = "s * w"
+[outputs]
+loss = "J"
+s_out = "s2"
+[grad]
+of = "J"
+wrt = ["w"]
+""",
+}
+
+
+@pytest.mark.parametrize("optimizer", [graphc.SGD(lr=0.1), graphc.SGD(lr=0.1, momentum=0.9, weight_decay=0.01),
+                                       graphc.Adam(lr=0.01, weight_decay=0.01)], ids=["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("spec", list(GRADIENT_IS_AN_OUTPUT))
+def test_a_gradient_that_is_also_an_output_is_read_from_the_output_by_the_update(spec, optimizer):
+    """J = s * w with w a scalar: dJ/dw is s itself, which an output holds (the same value, or a
+    line CSE merged with it). train_step computes s into the output argument; the update read
+    it under the value's own name, undeclared in the C (`'s_v' undeclared`): the build failed."""
+    g = graphc.parse_spec(GRADIENT_IS_AN_OUTPUT[spec], "gradient_output.toml")
+    m = graphc.compile(g, dtype="float64", optimizer=optimizer)
+    x = np.random.default_rng(3).standard_normal((4, 3))
+    tg = graphc.train_graph(g, "J", ["w"], optimizer)
+    state = m.train_state({"w": np.array(0.7)})
+    current = {inp: (np.array(0.7) if key == "w" else np.zeros(tg.inputs[inp].shape))
+               for key, (inp, _out) in tg.updates.items()}
+    for _ in range(3):
+        outs = m.train_step(state, x=x)
+        ref = graphc.evaluate(tg, x=x, **current)
+        np.testing.assert_allclose(outs["s_out"], np.tanh(x.mean()), rtol=1e-14)
+        np.testing.assert_allclose(outs["loss"], ref["loss"], rtol=1e-13)
+        np.testing.assert_allclose(state.params["w"], ref[tg.updates["w"][1]], rtol=1e-13)
+        current = {inp: ref[out] for _key, (inp, out) in tg.updates.items()}
+
+
+DOT_PATH = """
+name = "dk"
+[dims]
+M = {rows}
+K = {depth}
+H = 3
+[inputs]
+x = ["M", "K"]
+[params]
+W = ["H", "K"]
+[outputs]
+z = "x @ W.T"
+"""
+
+
+@pytest.mark.parametrize("rows, depth", [(1, 64), (2, 48), (7, 80), (1, 17)])
+def test_the_dot_product_path_of_a_small_gemm_compiles_warning_free_under_gcc_O2(rows, depth, tmp_path):
+    """x Wᵀ with a few rows takes the GEMM's dot-product path: 16 partial sums, then the rest
+    of K. Where the kernel library is pasted into the model file (export with amalgamate,
+    graphc emit --amalgamate) gcc -O2 sees K, could not bound the rest's loop for K a multiple
+    of 16 past 32, and warned 'iteration 16 invokes undefined behavior'
+    (-Waggressive-loop-optimizations): the export failed `make` under -Werror. The numbers
+    were and are the reference's."""
+    import shutil
+    import subprocess
+    from graphc.native.export import export, parse_example_output
+    g = graphc.parse_spec(DOT_PATH.format(rows=rows, depth=depth), "dot_path.toml")
+    m = graphc.compile(g, dtype="float64")
+    rng = np.random.default_rng(4)
+    a = dict(x=rng.standard_normal((rows, depth)), W=rng.standard_normal((3, depth)))
+    np.testing.assert_allclose(m.forward(**a)["z"], a["x"] @ a["W"].T, rtol=1e-13)
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.skip("needs gcc and make")
+    export(m, tmp_path, True, None, True)                   # one dk.c: the library, then the model
+    for flags in ("-O2", "-O3 -march=native"):
+        run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags} -std=c99 -Wall -Wextra -Werror -pedantic"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0 and not run.stderr, run.stderr[-2000:]
+        assert ("forward", "z") in parse_example_output(run.stdout)
+        subprocess.run(["make", "-s", "clean"], cwd=tmp_path, capture_output=True, timeout=60)
