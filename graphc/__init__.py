@@ -7,7 +7,7 @@ This module only gathers them; the layers below are described in docs/architectu
 """
 from graphc.core.errors import (  # noqa: F401
     ArgumentError, CheckError, CompileError, DTypeError, ExecutionError, GradientError,
-    GraphcError, Location, ShapeError, SpecError,
+    GraphcError, Location, NonFiniteError, ShapeError, SpecError,
 )
 from graphc.core.ir import Graph, Value  # noqa: F401
 from graphc.core.reference import evaluate  # noqa: F401

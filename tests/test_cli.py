@@ -191,3 +191,11 @@ def test_cli_emit_writes_the_model_and_the_kernel_library_without_running_a_comp
     whole = (tmp_path / "one" / "one_layer.c").read_text()
     assert '#include "graphc_kernels' not in whole and "gc_gemm_ex_d(" in whole
     assert "SOURCES = main.c one_layer.c\n" in (tmp_path / "one" / "Makefile").read_text()
+
+
+def test_cli_fuzz_is_the_fuzzers_command(capsys):
+    """`graphc fuzz ...` passes every option on to python -m graphc.fuzz (its --help too)."""
+    status, out, err = run(capsys, "fuzz", "--help")
+    assert status == 0 and "python -m graphc.fuzz" in out and "--cases" in out and "--jobs" in out
+    status, out, err = run(capsys, "fuzz", "--cases", "two")
+    assert status == 2 and "--cases" in err

@@ -3,7 +3,7 @@ public op, each compiled and checked against the NumPy reference, finite differe
 train step, a 2-thread build and (on a sub-sample) the standalone C under gcc and clang.
 
 The suite runs a fixed-seed slice of SLICE_CASES cases in 2 processes. A longer campaign:
-python -m graphc.tools.fuzz --cases 10000 --seed 1 --jobs 2; GRAPHC_FUZZ_CASES=N sets the slice.
+python -m graphc.fuzz --cases 10000 --seed 1 --jobs 2; GRAPHC_FUZZ_CASES=N sets the slice.
 """
 from __future__ import annotations
 

@@ -94,5 +94,16 @@ class ExecutionError(GraphcError):
     """Generated C returned a nonzero status code."""
 
 
+class NonFiniteError(ExecutionError):
+    """Training met a loss, gradient or parameter that is NaN or infinite (fit with
+    stop_on_nonfinite=True). `epoch`, `step` (the optimizer step that would have been taken, 1-based
+    over the state's life) and `tensor` (the loss, or the param whose update was not finite) say
+    where; the state is left as it was before that step."""
+
+    def __init__(self, message: str, epoch: int, step: int, tensor: str, hint: str | None = None):
+        self.epoch, self.step, self.tensor = epoch, step, tensor
+        super().__init__(message, hint=hint)
+
+
 class CheckError(GraphcError):
     """`graphc.check` found a mismatch between C, the reference and finite differences."""

@@ -224,11 +224,16 @@ class CompiledModel:
             raise self._no_trainer("train_step")
         return trainer.train_step(state, batch)
 
-    def fit(self, state: TrainState, batch_size=64, epochs=1, seed=0, progress=None, **data) -> list[float]:
-        """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses."""
+    def fit(self, state: TrainState, batch_size=64, epochs=1, seed=0, progress=None, initial_epoch=0,
+            stop_on_nonfinite=False, **data) -> list[float]:
+        """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses.
+        initial_epoch resumes a fit that stopped (Ctrl-C raises FitInterrupted, saying where);
+        stop_on_nonfinite raises NonFiniteError at the first step with a NaN or an infinity,
+        with the state as it was before that step (Trainer.fit says more)."""
         if self.trainer is None:
             raise self._no_trainer("fit")
-        return self.trainer.fit(state, batch_size=batch_size, epochs=epochs, seed=seed, progress=progress, **data)
+        return self.trainer.fit(state, batch_size=batch_size, epochs=epochs, seed=seed, progress=progress,
+                                initial_epoch=initial_epoch, stop_on_nonfinite=stop_on_nonfinite, **data)
 
     def load_state(self, path) -> TrainState:
         """A TrainState saved with state.save(path)."""

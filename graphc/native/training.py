@@ -30,7 +30,7 @@ from graphc.core.arguments import bind, param_arrays
 from graphc.native.calls import (CallPlan, allocate_workspace, as_c_array, batch_rows, c_array_type, output_specs,
                                  picker)
 from graphc.native.progress import Progress, wanted
-from graphc.core.errors import ArgumentError, DTypeError, ExecutionError, GraphcError, ShapeError
+from graphc.core.errors import ArgumentError, DTypeError, ExecutionError, GraphcError, NonFiniteError, ShapeError
 from graphc.core.ir import Graph
 from graphc.ops.loss import check_labels
 from graphc.autodiff.optimizers import OPTIMIZERS, Adam, OptimizerError, SGD, describe  # noqa: F401  (re-exported)
@@ -310,18 +310,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def fit(self, state: TrainState, batch_size: int = 64, epochs: int = 1, seed: int | None = 0,
-            progress: bool | None | Callable = None, **data) -> list[float]:
-        """Train `epochs` epochs of minibatches of `batch_size` rows (the last minibatch of an epoch
-        takes the remaining rows), one C call per epoch, rows shuffled by
-        np.random.default_rng(seed) (a new permutation each epoch). Returns each epoch's mean
-        loss (the minibatch losses weighted by their rows). progress: None shows a bar on stderr
-        (tqdm's when it is installed) with the loss and rows per second when stderr is a terminal,
-        True always, False never; a callable is called as progress(epoch, mean_loss) instead."""
+            progress: bool | None | Callable = None, initial_epoch: int = 0, stop_on_nonfinite: bool = False,
+            **data) -> list[float]:
+        """Train epochs initial_epoch + 1 .. `epochs` of minibatches of `batch_size` rows (the last
+        minibatch of an epoch takes the remaining rows), one C call per epoch, rows shuffled by
+        np.random.default_rng(seed) (a new permutation each epoch; initial_epoch skips the first
+        ones, so a fit resumed where another stopped draws what it would have drawn). Returns each
+        epoch's mean loss (the minibatch losses weighted by their rows). progress: None shows a
+        bar on stderr (tqdm's when it is installed) with the loss and rows per second when stderr
+        is a terminal, True always, False never; a callable is called as progress(epoch, mean_loss).
+
+        Ctrl-C (SIGINT) during an epoch takes effect when that epoch's C call returns: the state
+        is then consistent (params, optimizer state and step count of the epochs done) and
+        FitInterrupted, a KeyboardInterrupt, says how to resume. stop_on_nonfinite: check the
+        losses and the updated state after each epoch; on a NaN or an infinity, go back to the
+        state before the epoch, replay it a step at a time, and raise NonFiniteError naming the
+        first step whose loss or update was not finite, with the state as it was before it."""
         if self._cfit is None:
             raise GraphcError(f"{self.name}: fit needs inputs whose first dim is the batch dim"
                               f"{'' if self._sym else ' (this model has no batch dim)'}",
                               hint="call m.train_step(state, ...) in a loop instead")
-        for name, value, lo in (("batch_size", batch_size, 1), ("epochs", epochs, 0)):
+        for name, value, lo in (("batch_size", batch_size, 1), ("epochs", epochs, 0), ("initial_epoch", initial_epoch, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
                 raise ArgumentError(f"fit: {name} must be an integer >= {lo}, got {value!r}")
         cache = self._cache(state)
@@ -337,25 +346,120 @@ class Trainer:
         loss_ptr = self._ptr(losses)
         ws = self._workspace(cache, batch, fit=True)
         rng = np.random.default_rng(seed)
-        bar = Progress(int(epochs), n_total) if not callable(progress) and wanted(progress) else None
-        history = []
-        for epoch in range(1, int(epochs) + 1):
-            order = rng.permutation(n_total).astype(np.int64)
-            t0 = time.perf_counter()
-            status = self._cfit(n_total, batch, *data_ptrs, self._ptr(order), *cache.fit_ptrs, loss_ptr, ws)
-            if status != 0:
-                self._fail(status, "fit", data, batch)
-            if self._counts_steps:
-                state.count_sgd_steps(nb)
-            mean = float(np.dot(losses.astype(np.float64), rows) / n_total)
-            history.append(mean)
-            if callable(progress):
-                progress(epoch, mean)
-            elif bar is not None:
-                bar.update(epoch, mean, time.perf_counter() - t0)
+        for _ in range(min(int(initial_epoch), int(epochs))):
+            rng.permutation(n_total)          # the orders of the epochs done before
+        bar = Progress(int(epochs) - int(initial_epoch), n_total) if not callable(progress) and wanted(progress) else None
+        history: list[float] = []
+        with _DeferredInterrupt() as interrupt:
+            for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
+                order = rng.permutation(n_total).astype(np.int64)
+                before = _snapshot(state) if stop_on_nonfinite else None
+                t0 = time.perf_counter()
+                status = self._cfit(n_total, batch, *data_ptrs, self._ptr(order), *cache.fit_ptrs, loss_ptr, ws)
+                if status != 0:
+                    self._fail(status, "fit", data, batch)
+                if self._counts_steps:
+                    state.count_sgd_steps(nb)
+                if before is not None and not (np.isfinite(losses).all() and _finite(state)):
+                    self._find_nonfinite(state, before, epoch, order, batch, arrays)
+                mean = float(np.dot(losses.astype(np.float64), rows) / n_total)
+                history.append(mean)
+                if callable(progress):
+                    progress(epoch, mean)
+                elif bar is not None:
+                    bar.update(epoch - int(initial_epoch), mean, time.perf_counter() - t0)
+                if interrupt.pending and epoch < epochs:
+                    if bar is not None:
+                        bar.close()
+                        bar = None
+                    raise FitInterrupted(epoch, int(epochs), state.step, history)
         if bar is not None:
             bar.close()
         return history
+
+    def _find_nonfinite(self, state: TrainState, before: tuple, epoch: int, order: np.ndarray, batch: int,
+                        arrays: list[np.ndarray]) -> None:
+        """An epoch ended with a non-finite loss or state: put the state back as it was before the
+        epoch, replay the epoch's minibatches one train_step at a time, and raise NonFiniteError at
+        the first step whose loss or update is not finite, with the state as it was before it."""
+        _restore(state, before)
+        loss_names = [name for name, (shape, is_int) in self.layout.out_types.items() if shape == () and not is_int]
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            step = state.step + 1
+            good = _snapshot(state)
+            outs = self.train_step(state, {k: a[rows] for k, a in zip(self._inputs, arrays)})
+            bad = [k for k in loss_names if k in outs and not np.isfinite(outs[k]).all()]
+            bad += [f"the update of {k}" for k, v in state.params.items() if not np.isfinite(v).all()]
+            bad += [f"the optimizer state {k}" for k, v in state.buffers.items()
+                    if v.dtype.kind == "f" and not np.isfinite(v).all()]
+            if bad:
+                _restore(state, good)
+                raise NonFiniteError(f"{self.name}_fit: epoch {epoch}, optimizer step {step} (rows "
+                                     f"{start}..{start + len(rows) - 1} of the epoch's order): {bad[0]} is not "
+                                     f"finite; the state is left as it was before that step",
+                                     epoch=epoch, step=step, tensor=bad[0],
+                                     hint="lower the learning rate, or look at that minibatch's data")
+        raise NonFiniteError(f"{self.name}_fit: epoch {epoch} ended with a non-finite loss or state, but no "
+                             f"single step of its replay did; the state is left as it was before the epoch",
+                             epoch=epoch, step=state.step + 1, tensor="the epoch")
+
+
+class FitInterrupted(KeyboardInterrupt):
+    """Ctrl-C during fit, raised once the epoch under way finished: the TrainState is consistent
+    with `epochs_done` epochs (`history` holds their mean losses), and
+    m.fit(state, ..., epochs=EPOCHS, initial_epoch=epochs_done, seed=SEED) resumes it."""
+
+    def __init__(self, epochs_done: int, epochs: int, step: int, history: list[float]):
+        self.epochs_done, self.step, self.history = epochs_done, step, list(history)
+        super().__init__(f"fit interrupted after epoch {epochs_done} of {epochs} (optimizer step {step}); "
+                         f"the state is consistent: resume with fit(..., epochs={epochs}, "
+                         f"initial_epoch={epochs_done}) and the same seed")
+
+
+class _DeferredInterrupt:
+    """Within the block, SIGINT only sets `pending` (when in the main thread, where Python delivers
+    signals); the previous handler comes back at exit. fit checks `pending` between epochs, so a
+    Ctrl-C never lands between a C call and the bookkeeping of its steps."""
+
+    def __enter__(self):
+        import signal
+        import threading
+        self.pending, self._old = False, None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame):
+        self.pending = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            import signal
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def _snapshot(state: TrainState) -> tuple:
+    return ({k: v.copy() for k, v in state.params.items()}, {k: v.copy() for k, v in state.buffers.items()},
+            state.step)
+
+
+def _restore(state: TrainState, snap: tuple) -> None:
+    """Copy a _snapshot back in place (the arrays stay the same objects: cached pointers hold)."""
+    params, buffers, step = snap
+    for k, v in params.items():
+        state.params[k][...] = v
+    for k, v in buffers.items():
+        state.buffers[k][...] = v
+    if "t" not in state.buffers:
+        state.count_sgd_steps(step - state.step)
+
+
+def _finite(state: TrainState) -> bool:
+    return all(np.isfinite(v).all() for v in state.params.values()) and \
+        all(np.isfinite(v).all() for v in state.buffers.values() if v.dtype.kind == "f")
 
 
 # ====================================================================== initialisation

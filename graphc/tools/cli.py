@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="draw the forward and backward graph of the spec's [grad] (default: the forward graph)")
     s.add_argument("-o", "--out", default=None, metavar="FILE", help="the picture's file (.dot, .svg or .png)")
 
+    s = sub.add_parser("fuzz", help="the differential fuzzer: random specs, every check (docs/fuzzing.md)",
+                       add_help=False)
+    s.add_argument("options", nargs=argparse.REMAINDER, help="python -m graphc.fuzz's options (--help lists them)")
+
     s = sub.add_parser("explain", help="the derivation: each delta, the identity used, the shape check")
     s.add_argument("spec", metavar="SPEC", help=spec_help)
     s.add_argument("--format", choices=("text", "markdown", "latex"), default="text",
@@ -102,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["fuzz"]:         # every option after it is the fuzzer's own (--help included)
+        from graphc.tools.fuzz import main as fuzz_main
+        try:
+            return fuzz_main(argv[1:])
+        except SystemExit as e:      # its --help, or a usage error its parser printed
+            return e.code if isinstance(e.code, int) else 2
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:          # --help, --version, or a usage error argparse already printed
@@ -299,6 +310,7 @@ def cmd_import(args) -> int:
 
 
 COMMANDS["import"] = cmd_import
+
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ A failing check raises `Failure(kind, message)`. A GraphcError where none is due
 shrinks to a minimal spec), writes each failure as a spec file that holds the case and the
 command that reruns it, and returns a `Summary`. From the shell:
 
-    python -m graphc.tools.fuzz --cases N --seed S --jobs J [--out DIR]
-    python -m graphc.tools.fuzz --replay FILE
+    python -m graphc.fuzz --cases N --seed S --jobs J [--out DIR]
+    python -m graphc.fuzz --replay FILE
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class Case:
     def text(self, path: str | None = None, failure: "Failure | None" = None) -> str:
         """The case as a spec file: comments with the case and the command that reruns it."""
         lines = [self.HEADER + json.dumps(self.options()),
-                 f"# rerun: python -m graphc.tools.fuzz --replay {path or 'THIS_FILE'}"]
+                 f"# rerun: python -m graphc.fuzz --replay {path or 'THIS_FILE'}"]
         if failure is not None:
             lines.append(f"# failure: {failure.kind}")
             lines += [f"#   {line}" for line in failure.message.splitlines()[:30]]
@@ -702,7 +702,7 @@ class Summary:
                 again = self.repeats.get(f["signature"], 0)
                 lines.append(f"  {f['kind']}: {f['message'].splitlines()[0][:160]}")
                 lines.append(f"    {f['file']}" + (f"  ({again} more cases failed the same way)" if again else ""))
-                lines.append(f"    rerun: python -m graphc.tools.fuzz --replay {f['file']}")
+                lines.append(f"    rerun: python -m graphc.fuzz --replay {f['file']}")
         return "\n".join(lines)
 
 
@@ -887,7 +887,7 @@ def replay(path: str | os.PathLike) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m graphc.tools.fuzz", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m graphc.fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=100, metavar="N")
     p.add_argument("--seed", type=int, default=0, metavar="S")
     p.add_argument("--jobs", type=int, default=1, metavar="J", help="processes (0: this one)")
