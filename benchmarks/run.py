@@ -290,7 +290,8 @@ def worker(args) -> dict:
 
     T = args.worker_threads
     res = {"threads": T, "env": {k: os.environ.get(k) for k in
-                                 ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+                                 ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                  "GRAPHC_ISA")},
            "affinity": sorted(os.sched_getaffinity(0)), "sizes": {}, "notes": []}
     try:
         from threadpoolctl import threadpool_info
@@ -379,6 +380,7 @@ def worker(args) -> dict:
         mt, training = compile_train(size)
         mi = graphc.compile(str(SPECS / f"{size}_infer.toml"), threads=T)
         out["graphc_compile_s"] = time.perf_counter() - t0
+        res.setdefault("graphc_isa", getattr(mi, "isa", "not recorded"))
         gp = graphc_param_dict(layers, params)
         gpi = graphc_param_dict(layers, params)
         if training:
@@ -755,7 +757,8 @@ def render(results, compile_rows, cmd, elapsed):
         notes.append(f"{T}-thread worker: sgemm GFLOP/s measured " + ", ".join(f"{g:.0f}" for g in r.get("sgemm_runs", []))
                      + " (start, then before each size); the table uses the best")
         notes.append(f"{T}-thread worker: other processes used {r.get('foreign_load', 0):.0%} of the machine's "
-                     f"{os.cpu_count()} cores while it ran; CPU affinity {r['affinity']}, OPENBLAS_CORETYPE={r['env']['OPENBLAS_CORETYPE']}, "
+                     f"{os.cpu_count()} cores while it ran; graphc kernels {r.get('graphc_isa', 'not recorded')} "
+                     f"(GRAPHC_ISA={r['env'].get('GRAPHC_ISA') or 'auto'}); CPU affinity {r['affinity']}, OPENBLAS_CORETYPE={r['env']['OPENBLAS_CORETYPE']}, "
                      f"OPENBLAS_L2_SIZE={r['env']['OPENBLAS_L2_SIZE']}, BLAS: "
                      + (", ".join(f"{b['internal_api']} {b['version']} kernel={b['architecture']} threads={b['num_threads']}"
                                   for b in blas) if blas else "not recorded"))
@@ -780,6 +783,9 @@ def main(argv=None):
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM breakdown")
     ap.add_argument("--no-gil-threads", action="store_true",
                     help="skip benchmarks/threads.py (two Python threads calling one model: is the GIL released?)")
+    ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "portable"), default="auto",
+                    help="graphc's GEMM kernels (GRAPHC_ISA); avx2 also forces OpenBLAS to its AVX2 kernels "
+                         "(OPENBLAS_CORETYPE=Haswell), so both run AVX2 on an AVX-512 machine")
     ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
     ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
@@ -809,7 +815,9 @@ def main(argv=None):
         for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
             env.pop(k, None)
         env.update(OMP_NUM_THREADS=str(T), OPENBLAS_NUM_THREADS=str(T), MKL_NUM_THREADS=str(T),
-                   GRAPHC_NUM_THREADS=str(T), GRAPHC_CACHE_DIR=CACHE)
+                   GRAPHC_NUM_THREADS=str(T), GRAPHC_CACHE_DIR=CACHE, GRAPHC_ISA=args.isa)
+        if args.isa == "avx2":
+            env["OPENBLAS_CORETYPE"] = "Haswell"
         outf = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
         wargs = [sys.executable, str(Path(__file__).resolve()), "--worker-threads", str(T), "--worker-out", outf,
                  "--sizes", args.sizes, "--reps", str(args.reps), "--sample", str(args.sample), "--peers", args.peers]

@@ -31,6 +31,7 @@ import cffi
 
 from graphc.core.errors import CompileError
 from graphc.core import version
+from graphc.native.isa import flags as isa_flags
 
 _LOG_TAIL = 4000               # characters of compiler output quoted in a CompileError
 _LOADED: dict[str, "BuiltModule"] = {}   # key -> module: an .so may be imported once per process
@@ -195,7 +196,7 @@ def kernels_key(source: str, header: str, flags: Sequence[str], cc: str) -> str:
 
 
 def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra_compile_args: Sequence[str] = (),
-          native: bool = True, openmp: bool | None = None,
+          native: bool = True, openmp: bool | None = None, isa: str = "auto",
           cache_dir: str | os.PathLike | None = None) -> BuiltModule:
     """Compile `source` (which includes NAME.h) as a cffi module, or load it from the cache.
 
@@ -203,7 +204,8 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
     file names `source_name` and `header_name` and optionally `defines`, codegen's KernelSources), or
     None; it is compiled with the same compiler and flags (and its defines), once per cache
     (root/kernels/KEY), and linked into the module.
-    openmp: None uses it when the compiler supports it. cache_dir: overrides cache_root().
+    openmp: None uses it when the compiler supports it. isa: a resolved instruction set
+    (native/isa.py), whose flags join the others. cache_dir: overrides cache_root().
     """
     start = time.perf_counter()
     if not name or name.startswith(".") or any(c in name for c in '/\\"\0'):
@@ -211,7 +213,7 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
     cc = find_compiler()
     if openmp is None:
         openmp = openmp_supported(cc)
-    flags = compile_flags(native, openmp) + list(extra_compile_args)
+    flags = compile_flags(native, openmp) + isa_flags(isa, native) + list(extra_compile_args)
     link_args = ["-fopenmp"] if openmp else []
     library = _kernels_job(kernels, cc, flags) if kernels is not None else None
     job = _Job(name, source, header, cdef, cc, flags, link_args,

@@ -169,13 +169,14 @@ class _Unbuilt:
         self.dtype, self.wrt, self.built = np.dtype(csrc.dtype), list(csrc.grad_names), None
 
 
-def emit(csrc, directory: Path, params=None, amalgamate: bool = False) -> list[Path]:
+def emit(csrc, directory: Path, params=None, amalgamate: bool = False, isa: str = "auto") -> list[Path]:
     """`graphc emit`: the standalone files of export(..., standalone=True) from codegen's CSource,
-    without compiling anything."""
-    return export(_Unbuilt(csrc), Path(directory), True, params, amalgamate)
+    without compiling anything. isa: the Makefile's default ISA (native/isa.py)."""
+    return export(_Unbuilt(csrc), Path(directory), True, params, amalgamate, isa)
 
 
-def export(model, directory: Path, standalone: bool, params=None, amalgamate: bool = False) -> list[Path]:
+def export(model, directory: Path, standalone: bool, params=None, amalgamate: bool = False,
+           isa: str = "auto") -> list[Path]:
     """Write NAME.c, NAME.h and the kernel library they call, graphc_kernels.c and .h, into
     `directory` (created if needed); return the files written.
 
@@ -183,8 +184,10 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
     main.c, an example that runs every function on deterministic data and prints the results, and
     a Makefile. amalgamate=True writes one self-contained NAME.c (the library, then the model)
     instead of NAME.c and graphc_kernels.c/.h. params (name -> array, e.g. state.params) adds
-    NAME_params.c/.h: the values as const arrays."""
+    NAME_params.c/.h: the values as const arrays. isa: the Makefile's default for `make ISA=...`
+    (auto, avx512, avx2 or portable: which GEMM kernels the program may run)."""
     from graphc.backend.codegen import amalgamate as amalgamated, render_template
+    from graphc.native.isa import CAP
     context = params_context(model, params) if params is not None else None   # check before writing
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,8 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
         write("Makefile", render_template("Makefile.j2", name=name, amalgamated=amalgamate,
                                           ctype="double" if model.dtype == np.float64 else "float",
                                           kernels_source=kernels.source_name, kernels_header=kernels.header_name,
-                                          kernel_defines=" ".join(kernels.defines)))
+                                          kernel_defines=" ".join(kernels.defines), isa=isa,
+                                          isa_caps=sorted(CAP.items())))
     else:
         written.append(c_library(model, directory, amalgamate))
         library = Path(model.built.library)   # the Python extension: graphc's own loaded build

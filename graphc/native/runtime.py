@@ -74,6 +74,13 @@ class CompiledModel:
         return (f"<CompiledModel {self.name} {self.dtype} ({', '.join(self.functions)}); "
                 f"{'cached' if self.built.cached else 'built'} in {self.built.directory}>")
 
+    @property
+    def isa(self) -> str:
+        """The instruction set the kernel library's GEMMs run on in this process: "avx512", "avx2"
+        or "portable" (what gc_kernels_isa() says: the CPU's best, capped by compile(isa=...))."""
+        from graphc.native.isa import NAME
+        return NAME[int(self.lib.gc_kernels_isa())]
+
     # ------------------------------------------------------------------ calling C
     def workspace(self, n: int) -> np.ndarray:
         """This thread's workspace for batch size n (allocated once per thread and n)."""
@@ -250,19 +257,24 @@ class CompiledModel:
     def header(self) -> str:
         return self.csrc.header
 
-    def export(self, directory: str | os.PathLike, standalone: bool = True, params=None) -> list[Path]:
+    def export(self, directory: str | os.PathLike, standalone: bool = True, params=None, isa: str = "auto") -> list[Path]:
         """Write NAME.c and NAME.h (portable: no -march=native needed). standalone adds an
         example main.c and a Makefile; otherwise the shared library is copied beside them.
-        params (e.g. state.params after training) adds NAME_params.c/.h: the values as const arrays."""
+        params (e.g. state.params after training) adds NAME_params.c/.h: the values as const arrays.
+        isa: the Makefile's default ISA (make ISA=avx2 ...; native/isa.py)."""
         from graphc.native.export import export
-        return export(self, Path(directory), standalone, params)
+        return export(self, Path(directory), standalone, params, isa=isa)
 
 
 def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None, wrt: list[str] | None = None,
             dtype: str = "float32", optimizer: Any = None, threads: int | None = None, native: bool = True,
-            cache_dir: str | os.PathLike | None = None) -> CompiledModel:
-    """Compile a graph (or a spec path) to C, build it (cached) and load it."""
+            cache_dir: str | os.PathLike | None = None, isa: str | None = None) -> CompiledModel:
+    """Compile a graph (or a spec path) to C, build it (cached) and load it. isa: the instruction
+    set of the GEMMs, "auto" (the best the CPU has), "avx512", "avx2" or "portable"; None reads
+    $GRAPHC_ISA (native/isa.py). m.isa says which one runs."""
     from graphc.native.build import build
+    from graphc.native.isa import resolve as resolve_isa
+    isa = resolve_isa(isa)
     from graphc.frontend.spec import load
     graph = graph_or_spec if isinstance(graph_or_spec, Graph) else load(graph_or_spec)
     if wrt is None and grad_of is None and graph.grad_spec:
@@ -281,5 +293,5 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
     threads = default_threads() if threads is None else int(threads)
     csrc = generate(graph, grad_of, list(wrt) if wrt else None, dtype=dtype, threads=threads, optimizer=optimizer)
     built = build(graph.name, csrc.source, csrc.header, csrc.cdef, kernels=csrc.kernels, native=native,
-                  cache_dir=cache_dir)
+                  isa=isa, cache_dir=cache_dir)
     return CompiledModel(csrc, built, threads, optimizer)

@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=DTYPES, default="float32", help=dtype_help)
     s.add_argument("--threads", type=int, default=None, metavar="N",
                    help="most threads a call may use (default: $GRAPHC_NUM_THREADS, else the cores this process may use)")
+    s.add_argument("--isa", choices=("auto", "avx512", "avx2", "portable"), default=None,
+                   help="the instruction set of the GEMM kernels (default: $GRAPHC_ISA, else auto: the best the CPU has)")
     s.add_argument("--report", action="store_true",
                    help="also print the memory plan of each C function: buffers, offsets, lifetimes, peak bytes")
     s.add_argument("--batch", type=int, default=64, metavar="N", help="the batch size the report's bytes are for (default 64)")
@@ -74,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--params", default=None, metavar="NPZ",
                    help="also write NAME_params.c/.h: these trained values (a state.save() file, "
                         "or an .npz of arrays named as the params) as const C arrays")
+    s.add_argument("--isa", choices=("auto", "avx512", "avx2", "portable"), default=None,
+                   help="the Makefile's default ISA (make ISA=...), the GEMM kernels the program may run "
+                        "(default: $GRAPHC_ISA, else auto)")
     s.add_argument("--amalgamate", action="store_true",
                    help="write one self-contained NAME.c (the kernel library, then the model: one translation "
                         "unit) instead of NAME.c and graphc_kernels.c/.h")
@@ -212,7 +217,7 @@ def _print_files(files) -> None:
 
 def cmd_build(args) -> int:
     from graphc.native.runtime import compile
-    kwargs = {"dtype": args.dtype}
+    kwargs = {"dtype": args.dtype, "isa": args.isa}
     if args.threads is not None:
         kwargs["threads"] = args.threads
     m = compile(_spec_path(args.spec), **kwargs)
@@ -239,7 +244,9 @@ def cmd_emit(args) -> int:
     csrc = generate(g, grad_of, list(wrt) if wrt else None, dtype=args.dtype, threads=default_threads(),
                     optimizer=optimizer)
     params = _load_params(args.params) if args.params else None
-    _print_files(emit(csrc, Path(args.out), params=params, amalgamate=args.amalgamate))
+    from graphc.native.isa import resolve as resolve_isa
+    _print_files(emit(csrc, Path(args.out), params=params, amalgamate=args.amalgamate,
+                      isa=resolve_isa(args.isa, this_cpu=False)))
     return 0
 
 
