@@ -187,6 +187,7 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
     NAME_params.c/.h: the values as const arrays. isa: the Makefile's default for `make ISA=...`
     (auto, avx512, avx2 or portable: which GEMM kernels the program may run)."""
     from graphc.backend.codegen import amalgamate as amalgamated, render_template
+    from graphc.native.checkpoint import c_context as checkpoint_context
     from graphc.native.isa import CAP
     context = params_context(model, params) if params is not None else None   # check before writing
     directory = Path(directory)
@@ -207,6 +208,11 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
     if not amalgamate:
         write(kernels.source_name, kernels.source)
         write(kernels.header_name, kernels.header)
+    has_checkpoint = any(f.name == "train_step" for f in model.csrc.functions)
+    if has_checkpoint:       # the training state as a file both sides read: native/checkpoint.py
+        ckpt = checkpoint_context(model.csrc)
+        write(f"{name}_checkpoint.h", render_template("checkpoint.h.j2", **ckpt))
+        write(f"{name}_checkpoint.c", render_template("checkpoint.c.j2", **ckpt))
     if context is not None:
         write(f"{name}_params.h", render_template("params.h.j2", **context))
         write(f"{name}_params.c", render_template("params.c.j2", **context))
@@ -216,6 +222,7 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
                                           ctype="double" if model.dtype == np.float64 else "float",
                                           kernels_source=kernels.source_name, kernels_header=kernels.header_name,
                                           kernel_defines=" ".join(kernels.defines), isa=isa,
+                                          checkpoint=has_checkpoint,
                                           isa_caps=sorted(CAP.items())))
     else:
         written.append(c_library(model, directory, amalgamate))

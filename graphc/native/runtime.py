@@ -243,10 +243,29 @@ class CompiledModel:
                                 initial_epoch=initial_epoch, stop_on_nonfinite=stop_on_nonfinite, **data)
 
     def load_state(self, path) -> TrainState:
-        """A TrainState saved with state.save(path)."""
+        """A TrainState saved with state.save(path) (.npz), or a checkpoint (save_checkpoint)."""
         if self.trainer is None:
             raise self._no_trainer("load_state")
+        from graphc.native import checkpoint
+        if checkpoint.is_checkpoint(path):
+            return checkpoint.load(self, path)
         return self.trainer.load_state(path)
+
+    def save_checkpoint(self, state: TrainState, path) -> Path:
+        """Write the state's params, optimizer state and step count as the binary checkpoint that
+        the emitted NAME_checkpoint_read reads (its layout: NAME_checkpoint.h, native/checkpoint.py)."""
+        if self.trainer is None:
+            raise self._no_trainer("save_checkpoint")
+        from graphc.native import checkpoint
+        return checkpoint.save(self, state, path)
+
+    def load_checkpoint(self, path) -> TrainState:
+        """A new TrainState from a checkpoint that save_checkpoint or the emitted
+        NAME_checkpoint_write wrote; ArgumentError when it is another model's, truncated or corrupted."""
+        if self.trainer is None:
+            raise self._no_trainer("load_checkpoint")
+        from graphc.native import checkpoint
+        return checkpoint.load(self, path)
 
     # ------------------------------------------------------------------ files
     @property
