@@ -224,21 +224,29 @@ class CompiledModel:
             raise self._no_trainer("train_state")
         return self.trainer.train_state(params)
 
-    def train_step(self, state: TrainState, **batch) -> dict[str, np.ndarray]:
-        """One optimizer step on one minibatch in one C call; returns the outputs."""
+    def train_step(self, state: TrainState, comm=None, **batch) -> dict[str, np.ndarray]:
+        """One optimizer step on one minibatch in one C call; returns the outputs. comm (an mpi4py
+        communicator): this rank's shard of a data-parallel step (native/distributed.py)."""
         trainer = self.trainer
         if trainer is None:
             raise self._no_trainer("train_step")
+        if comm is not None:
+            from graphc.native import distributed
+            return distributed.train_step(self, state, comm, batch, compile)
         return trainer.train_step(state, batch)
 
     def fit(self, state: TrainState, batch_size=64, epochs=1, seed=0, progress=None, initial_epoch=0,
-            stop_on_nonfinite=False, **data) -> list[float]:
+            stop_on_nonfinite=False, comm=None, **data) -> list[float]:
         """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses.
         initial_epoch resumes a fit that stopped (Ctrl-C raises FitInterrupted, saying where);
         stop_on_nonfinite raises NonFiniteError at the first step with a NaN or an infinity,
-        with the state as it was before that step (Trainer.fit says more)."""
+        with the state as it was before that step (Trainer.fit says more). comm (an mpi4py
+        communicator): data-parallel epochs, each rank passing its shard (native/distributed.py)."""
         if self.trainer is None:
             raise self._no_trainer("fit")
+        if comm is not None:         # data-parallel over MPI: a train_step(comm=) per global minibatch
+            from graphc.native import distributed
+            return distributed.fit(self, state, comm, batch_size, epochs, seed, data, compile)
         return self.trainer.fit(state, batch_size=batch_size, epochs=epochs, seed=seed, progress=progress,
                                 initial_epoch=initial_epoch, stop_on_nonfinite=stop_on_nonfinite, **data)
 
