@@ -10,23 +10,25 @@ from graphc.core.errors import (  # noqa: F401
     GraphcError, Location, NonFiniteError, ShapeError, SpecError,
 )
 from graphc.core.ir import Graph, Value  # noqa: F401
-from graphc.core.reference import evaluate  # noqa: F401
 from graphc.core.version import __version__  # noqa: F401
 from graphc.frontend.functions import FUNCTIONS as _FUNCTIONS
 from graphc.frontend.spec import load, parse_spec  # noqa: F401
-from graphc.frontend.onnx import from_onnx  # noqa: F401
-from graphc.autodiff.grad import grad  # noqa: F401
-from graphc.autodiff.explain import explain  # noqa: F401
 from graphc.autodiff.optimizers import SGD, Adam  # noqa: F401
-from graphc.autodiff.train import train_graph  # noqa: F401
 
 globals().update(_FUNCTIONS)
 
 # Imported on first use, so that `import graphc` loads neither cffi nor jinja2 (PEP 562): the
-# C side is needed only to compile, train or check.
-_LAZY = {"compile": "graphc.native.runtime", "CompiledModel": "graphc.native.runtime",
+# C side is needed only to compile, train or check; nor the reference, autodiff or ONNX import
+# before they are called.
+_LAZY = {"evaluate": "graphc.core.reference", "from_onnx": "graphc.frontend.onnx", "grad": "graphc.autodiff.grad",
+         "explain": "graphc.autodiff.explain", "train_graph": "graphc.autodiff.train",
+         "compile": "graphc.native.runtime", "CompiledModel": "graphc.native.runtime",
          "TrainState": "graphc.native.training", "init_params": "graphc.native.training",
          "check": "graphc.tools.check"}
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def __getattr__(name: str):

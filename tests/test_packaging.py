@@ -55,3 +55,15 @@ def test_import_graphc_loads_no_c_toolchain_until_it_compiles():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False", "True", "True"]
+
+
+def test_import_graphc_loads_neither_autodiff_nor_onnx_import_until_called():
+    """The reference, the backward pass, explain and the ONNX importer load on first use (PEP 562);
+    every public name is still there (dir lists them) and imports as before."""
+    code = ("import sys, graphc; before = sorted(m for m in ('graphc.autodiff.grad', 'graphc.autodiff.explain', "
+            "'graphc.frontend.onnx', 'graphc.core.reference') if m in sys.modules); "
+            "from graphc import grad, explain, from_onnx, evaluate, train_graph; "
+            "print(before, all(n in dir(graphc) for n in ('grad', 'compile', 'from_onnx', 'relu')))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[] True"
