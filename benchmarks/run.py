@@ -783,7 +783,7 @@ def main(argv=None):
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM breakdown")
     ap.add_argument("--no-gil-threads", action="store_true",
                     help="skip benchmarks/threads.py (two Python threads calling one model: is the GIL released?)")
-    ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "portable"), default="auto",
+    ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "neon", "portable"), default="auto",
                     help="graphc's GEMM kernels (GRAPHC_ISA); avx2 also forces OpenBLAS to its AVX2 kernels "
                          "(OPENBLAS_CORETYPE=Haswell), so both run AVX2 on an AVX-512 machine")
     ap.add_argument("--json", help="also write the raw results to this file")

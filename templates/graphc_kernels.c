@@ -103,6 +103,14 @@
 #else
 #define GC_GEMM_HAVE_GENERIC 1
 #endif
+/* On AArch64, NEON is part of the base architecture: the portable kernels use its vectors
+   (a 4- or 2-lane vector layer and a register tile of their own), unless -DGC_GEMM_ISA_CAP=0
+   asks for plain C. */
+#if defined(GC_GEMM_HAVE_GENERIC) && defined(__GNUC__) && defined(__aarch64__) && defined(__ARM_NEON) \
+    && GC_GEMM_ISA_CAP >= 1
+#include <arm_neon.h>
+#define GC_GEMM_NEON 1
+#endif
 #ifndef GC_GEMM_TARGET_AVX512
 #define GC_GEMM_TARGET_AVX512
 #endif
@@ -268,11 +276,14 @@
 /* ---------------------------------------------------------------------- */
 /* Choice of instruction set                                              */
 /* ---------------------------------------------------------------------- */
-/* 2: AVX-512, 1: AVX2 + FMA, 0: plain C.  Asked per call (a few loads of
-   the compiler runtime's CPU model, filled in when the library loads). */
+/* 2: AVX-512, 1: AVX2 + FMA, 3: NEON (AArch64), 0: plain C.  Asked per call (a
+   few loads of the compiler runtime's CPU model, filled in when the library
+   loads).  NEON runs as the portable slot: the dispatch below treats 3 as 0. */
 static int gc_kernels_isa_now(void)
 {
-#if defined(GC_GEMM_RUNTIME_ISA)
+#if defined(GC_GEMM_NEON)
+    return 3;
+#elif defined(GC_GEMM_RUNTIME_ISA)
     __builtin_cpu_init();
     if (GC_GEMM_ISA_CAP >= 2 && __builtin_cpu_supports("avx512f")) return 2;
     if (GC_GEMM_ISA_CAP >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
@@ -613,6 +624,37 @@ GC_KERNELS_API void gc_gemm_T(int ta, int tb, long M, long N, long K,
 #define gc_vec_mul(a, b) _mm256_mul_ps((a), (b))
 #define gc_vec_sgn(x) _mm256_sub_ps(_mm256_and_ps(_mm256_cmp_ps((x), _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_set1_ps(1.0f)), \
                                     _mm256_and_ps(_mm256_cmp_ps((x), _mm256_setzero_ps(), _CMP_LT_OQ), _mm256_set1_ps(1.0f)))
+#elif defined(GC_GEMM_NEON) && GC_REAL_IS_DOUBLE
+/* AArch64 NEON (the portable slot on that architecture). vmaxq is FMAX: NaN stays NaN. */
+#define gc_vec float64x2_t
+#define GC_VEC_WIDTH 2
+#define gc_vec_zero() vdupq_n_f64(0.0)
+#define gc_vec_loadu(p) vld1q_f64(p)
+#define gc_vec_storeu(p, x) vst1q_f64((p), (x))
+#define gc_vec_set1(s) vdupq_n_f64(s)
+#define gc_vec_fma(a, b, c) vfmaq_f64((c), (a), (b))
+#define gc_vec_fnma(a, b, c) vfmsq_f64((c), (a), (b))
+#define gc_vec_add(a, b) vaddq_f64((a), (b))
+#define gc_vec_relu(x) vmaxq_f64(vdupq_n_f64(0.0), (x))
+#define gc_vec_mul(a, b) vmulq_f64((a), (b))
+#define GC_NEON_ONES(m) vreinterpretq_f64_u64(vandq_u64((m), vreinterpretq_u64_f64(vdupq_n_f64(1.0))))
+#define gc_vec_sgn(x) vsubq_f64(GC_NEON_ONES(vcgtq_f64((x), vdupq_n_f64(0.0))), \
+                                GC_NEON_ONES(vcltq_f64((x), vdupq_n_f64(0.0))))
+#elif defined(GC_GEMM_NEON)
+#define gc_vec float32x4_t
+#define GC_VEC_WIDTH 4
+#define gc_vec_zero() vdupq_n_f32(0.0f)
+#define gc_vec_loadu(p) vld1q_f32(p)
+#define gc_vec_storeu(p, x) vst1q_f32((p), (x))
+#define gc_vec_set1(s) vdupq_n_f32(s)
+#define gc_vec_fma(a, b, c) vfmaq_f32((c), (a), (b))
+#define gc_vec_fnma(a, b, c) vfmsq_f32((c), (a), (b))
+#define gc_vec_add(a, b) vaddq_f32((a), (b))
+#define gc_vec_relu(x) vmaxq_f32(vdupq_n_f32(0.0f), (x))
+#define gc_vec_mul(a, b) vmulq_f32((a), (b))
+#define GC_NEON_ONES(m) vreinterpretq_f32_u32(vandq_u32((m), vreinterpretq_u32_f32(vdupq_n_f32(1.0f))))
+#define gc_vec_sgn(x) vsubq_f32(GC_NEON_ONES(vcgtq_f32((x), vdupq_n_f32(0.0f))), \
+                                GC_NEON_ONES(vcltq_f32((x), vdupq_n_f32(0.0f))))
 #else
 /* Portable C99: a "vector" is one scalar; the tile is still register-sized
    and fully unrolled, which -O3 vectorises reasonably. */
@@ -648,6 +690,12 @@ GC_KERNELS_API void gc_gemm_T(int ta, int tb, long M, long N, long K,
 #define GC_GEMM_NV 2
 #define GC_GEMM_EDGE1 4
 #define GC_GEMM_EDGE2 2
+#elif defined(GC_GEMM_NEON) && GC_REAL_IS_DOUBLE
+#define GC_GEMM_MR 6                  /* 6 x 4 vectors: 24 of NEON's 32 registers hold C */
+#define GC_GEMM_NV 4
+#elif defined(GC_GEMM_NEON)
+#define GC_GEMM_MR 8                  /* 8 x 3 vectors (BLIS's 8 x 12 float tile on ARMv8) */
+#define GC_GEMM_NV 3
 #else
 #define GC_GEMM_MR 4
 #define GC_GEMM_NV 8
@@ -1081,6 +1129,7 @@ GC_ISA_ATTR static void gc_part(long part, long parts, int ta, int tb, long M, l
 #undef GC_GEMM_EDGE1
 #undef GC_GEMM_NV
 #undef GC_GEMM_MR
+#undef GC_NEON_ONES
 #undef gc_vec_sgn
 #undef gc_vec_mul
 #undef gc_vec_relu

@@ -2,7 +2,7 @@
  *
  * Dense matrix products (GEMM) with a fused epilogue, in float (suffix _f) and double
  * (suffix _d). A model file calls one set through the names it uses (gc_gemm, gc_gemm_ex,
- * ...); graphc_kernels.c implements both, for AVX-512, AVX2 + FMA and portable C, and
+ * ...); graphc_kernels.c implements both, for AVX-512, AVX2 + FMA, NEON and portable C, and
  * picks the fastest the CPU has at run time. It is C99 and needs libm alone; OpenMP is
  * optional (-fopenmp splits large products over threads, with the same bits).
  *
@@ -39,7 +39,8 @@
 extern "C" {
 #endif
 
-/* The instruction set the products run on, on this CPU: 2 AVX-512, 1 AVX2 + FMA, 0 portable C. */
+/* The instruction set the products run on, on this CPU: 2 AVX-512, 1 AVX2 + FMA, 3 NEON (AArch64),
+   0 portable C. */
 GC_KERNELS_API int gc_kernels_isa(void);
 
 /* The epilogue: applied to each final value of C as it is written, in this order:

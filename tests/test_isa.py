@@ -25,7 +25,7 @@ def test_isa_resolve_reads_the_argument_then_the_environment(monkeypatch):
     monkeypatch.setenv("GRAPHC_ISA", "sse9")
     with pytest.raises(graphc.GraphcError, match="GRAPHC_ISA='sse9'.*not an instruction set") as err:
         isa_mod.resolve(None)
-    assert "avx512, avx2, portable" in str(err.value)
+    assert "avx512, avx2, neon, portable" in str(err.value)
 
 
 def test_isa_the_cpu_lacks_is_refused_for_this_machine_only(monkeypatch):
@@ -34,8 +34,10 @@ def test_isa_the_cpu_lacks_is_refused_for_this_machine_only(monkeypatch):
         isa_mod.resolve("avx512")
     assert isa_mod.resolve("avx512", this_cpu=False) == "avx512"     # emitted C is built elsewhere
     assert isa_mod.resolve("avx2") == "avx2"
-    with pytest.raises(graphc.GraphcError, match="no NEON kernels"):
-        isa_mod.resolve("neon")
+    with pytest.raises(graphc.GraphcError, match="isa='neon', but this CPU"):
+        isa_mod.resolve("neon")                                      # NEON is AArch64's
+    monkeypatch.setattr(isa_mod, "cpu_isas", lambda: {"neon"})
+    assert isa_mod.resolve("neon") == "neon"
 
 
 def test_isa_flags_cap_the_dispatch_and_drop_avx512_from_native_builds(monkeypatch):
@@ -52,7 +54,8 @@ def test_isa_compile_portable_runs_the_portable_kernels_and_agrees(monkeypatch):
     best = graphc.compile(ONE_LAYER, dtype="float64", threads=1)
     plain = graphc.compile(ONE_LAYER, dtype="float64", threads=1, isa="portable")
     have = isa_mod.cpu_isas() or set()
-    assert best.isa == ("avx512" if "avx512" in have else "avx2" if "avx2" in have else "portable")
+    assert best.isa == ("avx512" if "avx512" in have else "avx2" if "avx2" in have
+                        else "neon" if "neon" in have else "portable")
     assert plain.isa == "portable"
     assert plain.built.key != best.built.key                      # a build of its own
     rng = np.random.default_rng(0)
@@ -75,7 +78,7 @@ def test_isa_emitted_makefile_selects_the_kernels(tmp_path):
     assert "ISA ?= avx2" in text and "$(ISA_FLAGS_$(ISA))" in text
     flags = {line.split(" = ")[0][len("ISA_FLAGS_"):]: line.split(" = ")[1]
              for line in text.splitlines() if line.startswith("ISA_FLAGS_")}
-    assert set(flags) == {"avx512", "avx2", "portable"}
+    assert set(flags) == {"avx512", "avx2", "neon", "portable"}
     probe = tmp_path / "probe.c"
     probe.write_text('#include <stdio.h>\n#include "graphc_kernels.h"\n'
                      'int main(void) { printf("%d\\n", gc_kernels_isa()); return 0; }\n')

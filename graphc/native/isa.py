@@ -1,4 +1,4 @@
-"""The instruction set the kernel library's GEMMs run on: GRAPHC_ISA=avx512|avx2|portable (or
+"""The instruction set the kernel library's GEMMs run on: GRAPHC_ISA=avx512|avx2|neon|portable (or
 isa= of graphc.compile, --isa of graphc build/emit, ISA= of an emitted Makefile).
 
 "auto" (the default) lets graphc_kernels.c take the best the CPU has, per call. Any other name
@@ -8,7 +8,8 @@ kernels can then be built and timed on an AVX-512 machine. An instruction set th
 refused rather than silently replaced. `CompiledModel.isa` reads back the one that runs.
 
 In: a name (or None: $GRAPHC_ISA, else "auto"). Out: compiler flags; the name of gc_kernels_isa()'s
-value. NEON (aarch64) has no kernels of its own yet: "neon" is refused with that reason.
+value. NEON is AArch64's (part of its base architecture: "auto" takes it there, "portable" turns
+it off); the x86 instruction sets are x86-64's.
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from pathlib import Path
 
 from graphc.core.errors import ArgumentError
 
-ISAS = ("auto", "avx512", "avx2", "portable")
-CAP = {"avx512": 2, "avx2": 1, "portable": 0}           # graphc_kernels.c's GC_GEMM_ISA_CAP
-NAME = {v: k for k, v in CAP.items()}                    # gc_kernels_isa()'s value -> name
+ISAS = ("auto", "avx512", "avx2", "neon", "portable")
+CAP = {"avx512": 2, "avx2": 1, "neon": 1, "portable": 0}     # graphc_kernels.c's GC_GEMM_ISA_CAP
+NAME = {2: "avx512", 1: "avx2", 3: "neon", 0: "portable"}    # gc_kernels_isa()'s value -> name
 
 
 def resolve(isa: str | None, this_cpu: bool = True) -> str:
@@ -30,24 +31,25 @@ def resolve(isa: str | None, this_cpu: bool = True) -> str:
     if isa is None:
         isa, where = os.environ.get("GRAPHC_ISA", "").strip() or "auto", "GRAPHC_ISA"
     name = str(isa).lower()
-    if name == "neon":
-        raise ArgumentError(f"{where}={isa!r}: graphc's kernel library has no NEON kernels yet "
-                            f"(aarch64 builds use its portable C)", hint="use 'portable' or 'auto'")
     if name not in ISAS:
         raise ArgumentError(f"{where}={isa!r} is not an instruction set graphc knows",
                             hint=f"one of {', '.join(ISAS)}")
-    if this_cpu and name in ("avx512", "avx2"):
+    if this_cpu and name in ("avx512", "avx2", "neon"):
         have = cpu_isas()
         if have is not None and name not in have:
             raise ArgumentError(f"{where}={isa!r}, but this CPU ({platform.machine()}) has "
-                                f"{', '.join(sorted(have)) or 'neither AVX2 nor AVX-512'}",
+                                f"{', '.join(sorted(have)) or 'none of AVX2, AVX-512 and NEON'}",
                                 hint="choose one the CPU has, 'portable', or 'auto'")
     return name
 
 
 def cpu_isas() -> set[str] | None:
-    """{"avx512", "avx2"} as far as the CPU has them (Linux /proc/cpuinfo), or None when unknown."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    """{"avx512", "avx2"} as far as an x86-64 CPU has them (Linux /proc/cpuinfo), {"neon"} on
+    AArch64, or None when unknown."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return {"neon"}
+    if machine not in ("x86_64", "amd64"):
         return set()
     try:
         text = Path("/proc/cpuinfo").read_text()
