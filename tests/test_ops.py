@@ -104,6 +104,22 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "exp": _unary(np.exp),
     "log": _unary(np.log, positive),
     "sqrt": _unary(np.sqrt, positive),
+    # the activations of torch.nn.functional, written out from their definitions
+    "leaky_relu": lambda rng: _unary(lambda x, negative_slope: np.where(x > 0, x, negative_slope * x), off_kink)(rng)
+    + [Case("slope 0.3", [off_kink(rng, 5, 7)], lambda x, negative_slope: np.where(x > 0, x, 0.3 * x),
+            {"negative_slope": 0.3})],
+    "elu": lambda rng: _unary(lambda x, alpha: np.where(x > 0, x, np.exp(x) - 1), off_kink)(rng)
+    + [Case("alpha 2", [off_kink(rng, 5, 7)], lambda x, alpha: np.where(x > 0, x, 2 * (np.exp(x) - 1)),
+            {"alpha": 2.0})],
+    "softplus": lambda rng: _unary(lambda x, beta, threshold: np.log(1 + np.exp(x)))(rng)
+    + [Case("beta 2", [real(rng, 5, 7)], lambda x, beta, threshold: np.log(1 + np.exp(2 * x)) / 2, {"beta": 2.0}),
+       Case("threshold", [np.array([-30.0, 0.5, 30.0])], lambda x, beta, threshold: np.where(x > 1, x, np.log1p(np.exp(x))),
+            {"threshold": 1.0})],
+    "gelu": lambda rng: _unary(lambda x, approximate: x * 0.5 * (1 + np.vectorize(__import__("math").erf)(x / np.sqrt(2))))(rng)
+    + [Case("tanh", [real(rng, 5, 7)], lambda x, approximate: 0.5 * x * (1 + np.tanh(
+        np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))), {"approximate": "tanh"})],
+    "silu": _unary(lambda x: x / (1 + np.exp(-x))),
+    "erf": _unary(np.vectorize(__import__("math").erf, otypes=[float])),
     "broadcast_to": lambda rng: [
         Case("row", [real(rng, 7)], lambda x, shape: np.tile(x, (5, 1)), {"shape": (5, 7)}),
         Case("column", [real(rng, 5, 1)], lambda x, shape: np.repeat(x, 7, axis=1), {"shape": (5, 7)}),
@@ -541,9 +557,9 @@ def broadcast_pair(draw):
     return (a, b) if draw(st.booleans()) else (b, a)
 
 
-def _unary_space(gen=real, min_rank=0):
+def _unary_space(gen=real, min_rank=0, max_rank=2, attrs=lambda draw: {}):
     def space(draw, rng):
-        return [gen(rng, *draw(shapes(min_rank)))], {}
+        return [gen(rng, *draw(shapes(min_rank, max_rank)))], attrs(draw)
     return space
 
 
@@ -635,6 +651,11 @@ GRAD_SPACES = {
     "neg": _unary_space(), "square": _unary_space(), "relu": _unary_space(off_kink),
     "sigmoid": _unary_space(), "tanh": _unary_space(), "exp": _unary_space(),
     "log": _unary_space(positive), "sqrt": _unary_space(positive),
+    "leaky_relu": _unary_space(off_kink, attrs=lambda draw: {"negative_slope": draw(st.sampled_from([0.01, 0.2, -0.5]))}),
+    "elu": _unary_space(off_kink, attrs=lambda draw: {"alpha": draw(st.sampled_from([1.0, 0.3]))}),
+    "softplus": _unary_space(attrs=lambda draw: {"beta": draw(st.sampled_from([1.0, 2.5]))}),
+    "gelu": _unary_space(attrs=lambda draw: {"approximate": draw(st.sampled_from(["none", "tanh"]))}),
+    "silu": _unary_space(), "erf": _unary_space(),
     "softmax": _unary_space(min_rank=1), "log_softmax": _unary_space(min_rank=1),
     "norm2": _unary_space(off_kink, min_rank=1),     # rows away from the kink of |x| at 0
     "transpose": _unary_space(),

@@ -60,7 +60,7 @@ class Scheduler(Fusion):
         return c_size_real(numel(shape))
 
     def apply(self, n: Node, operands: list[str]) -> str:
-        return c_apply(n.op.c_expr, operands)
+        return c_apply(n.op.c_code(self, n), operands)
 
     # ---------------------------------------------------------------- loop kernels
     def load(self, v: Value, iter_shape, loads: list, shape=None) -> str:
@@ -120,7 +120,7 @@ class Scheduler(Fusion):
     def elementwise(self, n: Node) -> list[Kernel]:
         """An elementwise op (its c_expr) over its output's shape, operands broadcast."""
         v, loads = n.output, []
-        value = n.op.c_expr.format(*[self.expr(x, v.shape, loads) for x in n.inputs])
+        value = n.op.c_code(self, n).format(*[self.expr(x, v.shape, loads) for x in n.inputs])
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), value, loads, self.comment(n), [v])]
 
     def reduce(self, n: Node, keep) -> list[Kernel]:

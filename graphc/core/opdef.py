@@ -171,6 +171,15 @@ class OpDef:
             return k.elementwise(node)
         raise GraphcError(f"{self.name} has no kernel", hint="composite ops are lowered into kernel ops first")
 
+    def c_code(self, k, node) -> str:
+        """The elementwise C expression of `node` over {0}, {1}, ...: `c_expr` with each real
+        attribute written {name} replaced by its literal (leaky_relu's {negative_slope})."""
+        text = self.c_expr
+        for key, value in node.attrs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                text = text.replace("{" + key + "}", k.real(float(value)))
+        return text
+
     def inline_c(self, k, node, iter_shape, loads) -> str:
         """The C expression of this node's value inside its consumer's loop (where fusion inlined it)."""
         return k.apply(node, [k.expr(x, iter_shape, loads) for x in node.inputs])
@@ -245,7 +254,7 @@ class Unary(OpDef):
 
     def vjp(self, b, node, d_out):
         with b.because(node, self.identity):
-            return [b.mul(d_out, self.derivative(b, node.inputs[0], node.output))]
+            return [b.mul(d_out, self.derivative(b, node.inputs[0], node.output, **node.attrs))]
 
 
 class Binary(OpDef):

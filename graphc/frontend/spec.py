@@ -361,11 +361,12 @@ class _Builder:
             raise SpecError("expression is nested too deeply", self.src.loc(section, key)) from None
 
     def _literal(self, g: Graph, n: ast.expr, fail):
-        """Keyword values: ints, bools, None, and tuples of ints or dim names (reshape)."""
-        if isinstance(n, ast.Constant) and (n.value is None or isinstance(n.value, (int, bool))):
+        """Keyword values: numbers, bools, None, strings (gelu's approximate="tanh"), and tuples
+        of ints or dim names (reshape)."""
+        if isinstance(n, ast.Constant) and (n.value is None or isinstance(n.value, (int, float, bool, str))):
             return n.value
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub) and isinstance(n.operand, ast.Constant) \
-                and isinstance(n.operand.value, int) and not isinstance(n.operand.value, bool):
+                and isinstance(n.operand.value, (int, float)) and not isinstance(n.operand.value, bool):
             return -n.operand.value
         if isinstance(n, (ast.Tuple, ast.List)):
             out = []
@@ -377,7 +378,7 @@ class _Builder:
                 else:
                     fail("a shape holds integers and dim names", e)
             return tuple(out)
-        fail("keyword values must be integers, True/False, None or a tuple of dims", n)
+        fail("keyword values must be numbers, strings, True/False, None or a tuple of dims", n)
 
     def _outputs(self, g: Graph) -> None:
         for key, expr in self.table("outputs").items():

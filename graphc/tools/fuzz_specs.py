@@ -419,6 +419,18 @@ _unary("log", "log({})", "positive", mag=lambda m: 1 + abs(math.log(max(m, 1e-3)
 _unary("sqrt", "sqrt({})", "positive", mag=lambda m: math.sqrt(m), low=lambda v: math.sqrt(v.low))
 _unary("neg", "-{}")
 _unary("sign", "sign({})", mag=lambda m: 1.0, sparse=True)
+_unary("leaky_relu", "leaky_relu({}, negative_slope=0.1)", mag=lambda m: m)
+_unary("elu", "elu({})", mag=lambda m: m + 1)
+_unary("softplus", "softplus({})", mag=lambda m: m + 1, sparse=False)
+_unary("gelu", "gelu({})", mag=lambda m: m)
+_unary("silu", "silu({})", mag=lambda m: m)
+_unary("erf", "erf({})", mag=lambda m: min(m, 1.0))
+
+
+@entry("gelu_tanh", ops=("gelu",))
+def gelu_tanh(b: Builder):
+    v = b.data()
+    b.line(f"gelu({v.name}, approximate='tanh')", v.shape, [v], mag=v.mag, sparse=False)
 
 
 @entry("square")
