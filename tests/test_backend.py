@@ -139,8 +139,31 @@ def column_graph() -> graphc.Graph:
     return g
 
 
+def tensor_graph() -> graphc.Graph:
+    """Rank 4 (NCHW): the activations, broadcasting over channels, the layout ops, slices."""
+    g = graphc.Graph("ops_tensor")
+    x = g.input("x", ("N", 3, 4, 5))
+    s = g.param("s", (3, 1, 1))
+    a = graphc.tanh(x * s)
+    acts = graphc.leaky_relu(a, negative_slope=0.1) + graphc.elu(a) + graphc.softplus(a) + graphc.gelu(a) \
+        + graphc.gelu(a, approximate="tanh") + graphc.silu(a) + graphc.erf(a)
+    outs = {
+        "acts": acts, "perm": graphc.permute(acts, (0, 2, 3, 1)), "flat": graphc.flatten(acts, start_dim=2),
+        "cat": graphc.concat(a, acts * a, axis=1), "pool": graphc.mean(acts, axis=(2, 3), keepdims=True),
+        "row": graphc.reshape(acts, ("N", -1)), "sliced": acts[:, 1:, ::2, 0] * a[:, :2, 1:4:2, -1],
+    }
+    total = None
+    for k, (name, value) in enumerate(outs.items()):
+        g.output(name, value)
+        term = graphc.sum(value * value) * (0.2 + 0.05 * k)
+        total = term if total is None else total + term
+    g.output("J", total)
+    return g
+
+
 OP_GRAPHS = {f.__name__.removesuffix("_graph"): f for f in
-             (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph)}
+             (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph,
+              tensor_graph)}
 
 
 def real_names(g: graphc.Graph) -> list[str]:

@@ -140,6 +140,9 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
              {"axis": -1, "keepdims": True}),
         Case("all keep", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum().reshape(1, 1), {"keepdims": True}),
         Case("size 1", [real(rng, 1)], lambda x, axis, keepdims: x[0], {"axis": 0}),
+        Case("spatial keep", [real(rng, 2, 3, 4, 5)], lambda x, axis, keepdims: x.sum(3).sum(2)[:, :, None, None],
+             {"axis": (2, 3), "keepdims": True}),
+        Case("channels", [real(rng, 2, 3, 4, 5)], lambda x, axis, keepdims: x.sum(1), {"axis": 1}),
     ],
     "mean": lambda rng: [
         Case("all", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum() / 35),
@@ -174,17 +177,39 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("column", [real(rng, 7)], lambda x, shape: x[:, None], {"shape": (7, 1)}),
         Case("to scalar", [real(rng, 1)], lambda x, shape: x[0], {"shape": ()}),
         Case("regroup", [real(rng, 6, 2)], lambda x, shape: x.ravel().reshape(3, 4), {"shape": (3, 4)}),
+        Case("-1", [real(rng, 2, 3, 4)], lambda x, shape: x.reshape(2, 12), {"shape": (2, -1)}),
     ],
     "concat": lambda rng: [
-        Case("rows", [real(rng, 5, 2), real(rng, 5, 3), real(rng, 5, 1)], lambda *xs: np.hstack(xs)),
-        Case("vectors", [real(rng, 3), real(rng, 4)], lambda *xs: np.hstack(xs)),
-        Case("single", [real(rng, 2, 3)], lambda x: x.copy()),
+        Case("rows", [real(rng, 5, 2), real(rng, 5, 3), real(rng, 5, 1)], lambda *xs, axis: np.hstack(xs)),
+        Case("vectors", [real(rng, 3), real(rng, 4)], lambda *xs, axis: np.hstack(xs)),
+        Case("single", [real(rng, 2, 3)], lambda x, axis: x.copy()),
+        Case("channels", [real(rng, 2, 3, 4, 5), real(rng, 2, 1, 4, 5)],
+             lambda a, b, axis: np.stack([np.vstack([a[i], b[i]]) for i in range(2)]), {"axis": 1}),
     ],
     "slice": lambda rng: [
-        Case("middle", [real(rng, 5, 7)], lambda x, start, stop: x[:, 2:5], {"start": 2, "stop": 5}),
-        Case("head", [real(rng, 7)], lambda x, start, stop: x[:3], {"start": 0, "stop": 3}),
-        Case("tail", [real(rng, 5, 7)], lambda x, start, stop: x[:, 4:], {"start": 4, "stop": 7}),
-        Case("all", [real(rng, 1)], lambda x, start, stop: x, {"start": 0, "stop": 1}),
+        Case("middle", [real(rng, 5, 7)], lambda x, **a: x[:, 2:5], {"start": 2, "stop": 5}),
+        Case("head", [real(rng, 7)], lambda x, **a: x[:3], {"start": 0, "stop": 3}),
+        Case("tail", [real(rng, 5, 7)], lambda x, **a: x[:, 4:], {"start": 4, "stop": 7}),
+        Case("all", [real(rng, 1)], lambda x, **a: x, {"start": 0, "stop": 1}),
+        Case("step", [real(rng, 2, 3, 7, 4)], lambda x, **a: x[:, :, 1:6:2],
+             {"start": 1, "stop": 6, "step": 2, "axis": -2}),
+    ],
+    "unslice": lambda rng: [
+        Case("middle", [real(rng, 5, 3)], lambda x, **a: np.hstack([np.zeros((5, 2)), x, np.zeros((5, 2))]),
+             {"size": 7, "start": 2, "stop": 5}),
+        Case("step", [real(rng, 3, 2)], lambda x, **a: np.stack([np.zeros(2), x[0], np.zeros(2), x[1], np.zeros(2),
+                                                                  x[2]]), {"size": 6, "start": 1, "stop": 6,
+                                                                           "step": 2, "axis": 0}),
+    ],
+    "permute": lambda rng: [
+        Case("NCHW to NHWC", [real(rng, 2, 3, 4, 5)], lambda x, axes: np.moveaxis(x, 1, -1), {"axes": (0, 2, 3, 1)}),
+        Case("matrix", [real(rng, 5, 7)], lambda x, axes: x.T.copy(), {"axes": (1, 0)}),
+        Case("negative", [real(rng, 2, 3, 4)], lambda x, axes: np.swapaxes(x, 1, 2), {"axes": (0, -1, 1)}),
+    ],
+    "flatten": lambda rng: [
+        Case("images", [real(rng, 2, 3, 4, 5)], lambda x, **a: x.reshape(2, 60)),
+        Case("middle", [real(rng, 2, 3, 4, 5)], lambda x, **a: x.reshape(2, 12, 5), {"start_dim": 1, "end_dim": 2}),
+        Case("all", [real(rng, 3, 4)], lambda x, **a: x.ravel(), {"start_dim": 0}),
     ],
     "softmax": lambda rng: [
         Case(f"{s}", [real(rng, *s)], lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True))
@@ -578,8 +603,10 @@ def _matmul_space(draw, rng):
 
 
 def _reduce_space(draw, rng):
-    shape = draw(shapes())
+    shape = draw(shapes(0, 4))
     axis = draw(st.none() | st.integers(-len(shape), len(shape) - 1)) if shape else None
+    if shape and draw(st.booleans()):
+        axis = tuple(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1)))
     return [real(rng, *shape)], {"axis": axis, "keepdims": draw(st.booleans())}
 
 
@@ -612,14 +639,42 @@ def _reshape_space(draw, rng):
 
 
 def _concat_space(draw, rng):
-    lead = draw(shapes(0, 1))
-    return [real(rng, *lead, draw(st.integers(1, 3))) for _ in range(draw(st.integers(1, 3)))], {}
+    shape = list(draw(shapes(1, 4)))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        shape[axis] = draw(st.integers(1, 3))
+        parts.append(real(rng, *shape))
+    return parts, {"axis": axis}
 
 
 def _slice_space(draw, rng):
-    shape = draw(shapes(1))
-    start = draw(st.integers(0, shape[-1] - 1))
-    return [real(rng, *shape)], {"start": start, "stop": draw(st.integers(start + 1, shape[-1]))}
+    shape = draw(shapes(1, 4))
+    axis = draw(st.integers(-len(shape), -1))
+    start = draw(st.integers(0, shape[axis] - 1))
+    return [real(rng, *shape)], {"start": start, "stop": draw(st.integers(start + 1, shape[axis])),
+                                 "axis": axis, "step": draw(st.integers(1, 3))}
+
+
+def _unslice_space(draw, rng):
+    shape = list(draw(shapes(1, 4)))
+    axis = draw(st.integers(-len(shape), -1))
+    size = shape[axis]
+    start = draw(st.integers(0, size - 1))
+    stop, step = draw(st.integers(start + 1, size)), draw(st.integers(1, 3))
+    shape[axis] = len(range(start, stop, step))
+    return [real(rng, *shape)], {"size": size, "start": start, "stop": stop, "axis": axis, "step": step}
+
+
+def _permute_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    return [real(rng, *shape)], {"axes": tuple(draw(st.permutations(range(len(shape)))))}
+
+
+def _flatten_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    start = draw(st.integers(0, len(shape) - 1))
+    return [real(rng, *shape)], {"start_dim": start, "end_dim": draw(st.integers(start, len(shape) - 1))}
 
 
 def _cross_entropy_space(draw, rng):
@@ -662,7 +717,8 @@ GRAD_SPACES = {
     "matmul": _matmul_space, "dot": _dot_space,
     "sum": _reduce_space, "mean": _reduce_space,
     "broadcast_to": _broadcast_to_space, "sum_to": _sum_to_space,
-    "reshape": _reshape_space, "concat": _concat_space, "slice": _slice_space,
+    "reshape": _reshape_space, "concat": _concat_space, "slice": _slice_space, "unslice": _unslice_space,
+    "permute": _permute_space, "flatten": _flatten_space,
     "cross_entropy": _cross_entropy_space, "mse": _mse_space,
     "embedding": _embedding_space, "embedding_grad": _embedding_grad_space,
 }

@@ -62,3 +62,38 @@ def test_activations_agree_with_torch():
     got = graphc.evaluate(g, x=x)
     for i, (_, want) in enumerate(pairs):
         np.testing.assert_allclose(got[f"o{i}"], want.numpy(), rtol=1e-12, atol=1e-12)
+
+
+RANK4 = """name = "rank4"
+[dims]
+N = "batch"
+C = 3
+H = 5
+W = 4
+[inputs]
+x = ["N", "C", "H", "W"]
+[params]
+s = ["C", 1, 1]
+t = [1, "W"]
+u = ["C", "H"]
+[graph]
+a = "tanh(x * s + t)"
+p = "permute(a, (0, 2, 3, 1))"
+q = "concat(a[:, 0:2, 1:4], a[:, 1:, 0:5:2], axis=2)"
+r = "sum(q, axis=(2, 3), keepdims=True) + reshape(mean(p, axis=-1)[:, 0, 1], (N, 1, 1, 1))"
+f = "flatten(a[..., ::3] * reshape(u, (C, -1, 1)))"
+J = "sum(r * r) + sum(f ** 2) + mean(sigmoid(a.T))"
+[outputs]
+loss = "J"
+q = "q"
+f = "f"
+[grad]
+of = "J"
+wrt = ["s", "t", "u", "x"]
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rank4_layout_ops_c_matches_reference_and_finite_differences(dtype):
+    report = graphc.check(graphc.parse_spec(RANK4, "rank4.toml"), dtype=dtype)
+    assert report.ok, str(report)

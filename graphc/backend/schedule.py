@@ -16,7 +16,7 @@ from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
 from graphc.backend.kernels import (Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, RowSoftmax,
                                     Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
-from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel
+from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
 from graphc.core.ir import FLOAT, Graph, Node, Value
 
 
@@ -148,21 +148,33 @@ class Scheduler(Fusion):
         loads = [Load(self.ref(x), tuple(s[a] for a in axes), (0,), x)]
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_load(0), loads, self.comment(n), [v])]
 
-    def window_copy(self, n: Node, start: int) -> list[Kernel]:
-        """The columns start.. of x's last axis (a slice)."""
+    def window_copy(self, n: Node, axis: int, start: int, step: int = 1) -> list[Kernel]:
+        """x[..., start::step, ...] along `axis` (a slice): x read with that axis' stride times step."""
         x, v = n.inputs[0], n.output
-        loads = [Load(self.ref(x), tuple(contiguous_strides(x.shape)[:-1] + [(1,)]), (start,), x)]
+        s = contiguous_strides(x.shape)
+        strides = tuple(pmul(st, (step,)) if a == axis else st for a, st in enumerate(s))
+        loads = [Load(self.ref(x), strides, pmul(s[axis], (start,)), x)]
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_load(0), loads, self.comment(n), [v])]
 
-    def concat(self, n: Node) -> list[Kernel]:
-        """Each operand into its column range of every row of the output."""
+    def window_place(self, n: Node, axis: int, start: int, step: int = 1) -> list[Kernel]:
+        """The adjoint of window_copy: zeros, then x written at start::step along `axis`."""
+        x, v = n.inputs[0], n.output
+        s = contiguous_strides(v.shape)
+        strides = tuple(pmul(st, (step,)) if a == axis else st for a, st in enumerate(s))
+        loads = [Load(self.ref(x), tuple(contiguous_strides(x.shape)), (0,), x)]
+        return [self.loop(x.shape, self.ref(v), strides, c_load(0), loads, self.comment(n), [v],
+                          target_offset=pmul(s[axis], (start,)), zero_size=numel(v.shape))]
+
+    def concat(self, n: Node, axis: int = -1) -> list[Kernel]:
+        """Each operand into its range of `axis` of the output."""
         v, steps, start = n.output, [], 0
+        axis %= v.rank
         out_strides = contiguous_strides(v.shape)
         for part in n.inputs:
             loads = [Load(self.ref(part), tuple(contiguous_strides(part.shape)), (0,), part)]
             steps.append(self.loop(part.shape, self.ref(v), out_strides, c_load(0), loads, self.comment(n), [v],
-                                   target_offset=(start,)))
-            start += part.shape[-1]
+                                   target_offset=pmul(out_strides[axis], (start,))))
+            start += part.shape[axis]
         return steps
 
     def gather(self, n: Node, kind: str, ids: Value, width, src: Value | None = None, rows=None) -> list[Kernel]:

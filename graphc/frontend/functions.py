@@ -22,6 +22,16 @@ def op_function(opname: str) -> Callable[..., Value]:
         graph = next((a.graph for a in args if isinstance(a, Value)), None)
         if graph is None:
             raise GraphcError(f"{opname}: at least one argument must be a graph Value")
+        if op.arity is not None and len(args) > op.arity:     # as in the spec and torch: permute(x, (0, 2, 1))
+            extra = args[op.arity:]
+            if len(extra) > len(op.attrs):
+                raise GraphcError(f"{opname} takes {op.arity} argument{'s' if op.arity != 1 else ''} and "
+                                  f"keywords {', '.join(op.attrs) or 'none'}, got {len(args)} arguments")
+            for key, value in zip(op.attrs, extra):
+                if key in attrs:
+                    raise GraphcError(f"{opname}: {key} given twice")
+                attrs[key] = value
+            args = args[:op.arity]
         return graph.apply(opname, *args, **attrs)
 
     call.__name__ = call.__qualname__ = opname

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from graphc.core.errors import GraphcError, Location, SpecError
-from graphc.core.ir import Graph, Origin, Value
+from graphc.core.ir import Graph, Origin, Value, subscript
 from graphc.core.opdef import unknown_op_hint
 from graphc.ops import REGISTRY
 
@@ -331,6 +331,8 @@ class _Builder:
                 if n.attr != "T":
                     fail(f"attribute access '.{n.attr}' is not allowed; only '.T' (transpose) is", n)
                 return g.apply("transpose", visit(n.value))
+            if isinstance(n, ast.Subscript):
+                return self._subscript(g, visit(n.value), n.slice, fail)
             if isinstance(n, ast.Call):
                 if not isinstance(n.func, ast.Name):
                     fail("only calls of graphc ops by name are allowed", n)
@@ -360,6 +362,23 @@ class _Builder:
         except RecursionError:
             raise SpecError("expression is nested too deeply", self.src.loc(section, key)) from None
 
+    def _subscript(self, g: Graph, x: Value, index: ast.expr, fail) -> Value:
+        """x[:, 1:5], x[..., ::2], x[:, 0]: core/ir.py's subscript, each bad item pointed at."""
+        nodes = list(index.elts) if isinstance(index, ast.Tuple) else [index]
+
+        def bound(e):
+            return None if e is None else self._literal(g, e, fail)
+
+        items = []
+        for e in nodes:
+            if isinstance(e, ast.Slice):
+                items.append(slice(bound(e.lower), bound(e.upper), bound(e.step)))
+            elif isinstance(e, ast.Constant) and e.value is Ellipsis:
+                items.append(Ellipsis)
+            else:
+                items.append(bound(e))
+        return subscript(x, tuple(items), lambda i, message, hint=None: fail(message, nodes[i], hint))
+
     def _literal(self, g: Graph, n: ast.expr, fail):
         """Keyword values: numbers, bools, None, strings (gelu's approximate="tanh"), and tuples
         of ints or dim names (reshape)."""
@@ -375,6 +394,9 @@ class _Builder:
                     out.append(e.id if g.dims[e.id] is None else g.dims[e.id])
                 elif isinstance(e, ast.Constant) and isinstance(e.value, int) and not isinstance(e.value, bool):
                     out.append(e.value)
+                elif isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub) and isinstance(e.operand, ast.Constant) \
+                        and type(e.operand.value) is int:
+                    out.append(-e.operand.value)                     # reshape's -1, an axis from the end
                 else:
                     fail("a shape holds integers and dim names", e)
             return tuple(out)

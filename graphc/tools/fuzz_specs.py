@@ -637,6 +637,28 @@ def concat(b: Builder):
            mag=max(p.mag for p in parts), low=min(p.low for p in parts), sparse=any(p.sparse for p in parts))
 
 
+@entry("permute")
+def permute(b: Builder):
+    """Any order of the axes of a rank-2 or rank-3 value (the batch dim may move)."""
+    v = b.data(ranks=(3, 2))
+    order = list(range(v.rank))
+    for i in range(v.rank - 1, 0, -1):                  # a drawn permutation, shrinking to the identity
+        j = b.index(i + 1)
+        order[i], order[j] = order[j], order[i]
+    b.line(f"permute({v.name}, {tuple(order)})", tuple(v.shape[a] for a in order), [v],
+           mag=v.mag, low=v.low, sparse=v.sparse)
+
+
+@entry("flatten")
+def flatten(b: Builder):
+    """The axes after the batch dim (or all of a value without one) merged into one."""
+    v = b.data(lambda u: BATCH not in u.shape[1:], ranks=(3, 2))
+    start = 1 if v.shape[0] == BATCH else b.index(v.rank)
+    size = math.prod(v.shape[start:])
+    b.line(f"flatten({v.name}, start_dim={start})", v.shape[:start] + (size,), [v],
+           mag=v.mag, low=v.low, sparse=v.sparse)
+
+
 @entry("dot")
 def dot(b: Builder):
     a = b.data(ranks=(2, 1, 3), last_fixed=True)
