@@ -161,9 +161,34 @@ def tensor_graph() -> graphc.Graph:
     return g
 
 
+def conv_graph() -> graphc.Graph:
+    """Convolutions and pooling; the first conv's patch rows (30 channels x 3 x 3 = 270) are deeper
+    than one packed GEMM panel (KC: 128 doubles, 256 floats), and its weight gradient sums over
+    N x 36 pixels."""
+    g = graphc.Graph("ops_conv")
+    x = g.input("x", ("N", 30, 6, 6))
+    w1, b1 = g.param("w1", (8, 30, 3, 3)), g.param("b1", (8,))
+    dw = g.param("dw", (8, 1, 3, 3))            # depthwise
+    w3, b3 = g.param("w3", (4, 8, 5)), g.param("b3", (4,))
+    y = graphc.relu(graphc.conv2d(x, w1, b1, padding=1))
+    outs = {
+        "depthwise": graphc.conv2d(y, dw, stride=2, padding=1, groups=8),
+        "maxpool": graphc.max_pool2d(y, 2), "avgpool": graphc.avg_pool2d(y, 3, stride=1, padding=1),
+        "gap": graphc.adaptive_avg_pool2d(y, 1), "max": graphc.max(y, axis=(2, 3)),
+        "conv1d": graphc.conv1d(graphc.reshape(y, ("N", 8, 36)), w3, b3, stride=2, dilation=2),
+    }
+    total = None
+    for k, (name, value) in enumerate(outs.items()):
+        g.output(name, value)
+        term = graphc.sum(value * value) * (0.2 + 0.05 * k)
+        total = term if total is None else total + term
+    g.output("J", total)
+    return g
+
+
 OP_GRAPHS = {f.__name__.removesuffix("_graph"): f for f in
              (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph,
-              tensor_graph)}
+              tensor_graph, conv_graph)}
 
 
 def real_names(g: graphc.Graph) -> list[str]:

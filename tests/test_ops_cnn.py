@@ -7,6 +7,8 @@ per-op references and VJPs on drawn shapes are in tests/test_ops.py.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,85 @@ wrt = ["s", "t", "u", "x"]
 def test_rank4_layout_ops_c_matches_reference_and_finite_differences(dtype):
     report = graphc.check(graphc.parse_spec(RANK4, "rank4.toml"), dtype=dtype)
     assert report.ok, str(report)
+
+
+CNN = """name = "cnn"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 2, 7, 6]
+s = ["N", 3, 9]
+[params]
+w = [4, 2, 3, 3]
+b = [4]
+v = [6, 2, 2, 2]
+d = [4, 1, 3, 3]
+k = [2, 3, 3]
+[graph]
+y = "relu(conv2d(x, w, b, padding=1))"
+z = "conv2d(y, v, None, 2, 0, (1, 2), 2)"
+e = "conv2d(y, d, padding='same', groups=4)"
+p = "max_pool2d(e, 2) + avg_pool2d(e[:, :, 1:, ::2], (2, 1)) + avg_pool2d(e, 3, stride=2, padding=(0, 1))"
+q = "conv1d(s, k, stride=2, padding=1, dilation=2)"
+J = "mean(z * z) + sum(adaptive_avg_pool2d(p, 1)) + mean(max(q, axis=2) ** 2)"
+[outputs]
+loss = "J"
+z = "z"
+p = "p"
+[grad]
+of = "J"
+wrt = ["w", "b", "v", "d", "k", "x", "s"]
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_conv_and_pool_c_matches_reference_and_finite_differences(dtype):
+    """conv2d with bias and padding, grouped strided dilated conv2d without bias (torch's positional
+    arguments), depthwise 'same', max and avg pooling, global average pooling, conv1d, max."""
+    report = graphc.check(graphc.parse_spec(CNN, "cnn.toml"), dtype=dtype)
+    assert report.ok, str(report)
+
+
+def test_conv_vjps_are_the_notes_identities_in_explain():
+    """dJ/dw = δᵀ P over the patch matrix P = im2col(x), identity (5); dJ/dx through col2im."""
+    g = graphc.parse_spec(CNN, "cnn.toml")
+    lines = graphc.explain(g, of="J", wrt=["w", "x"]).splitlines()
+    dw = next(line for line in lines if line.startswith("∂J/∂w"))
+    assert re.search(r"δ\d*\)?ᵀ im2col\(x\)\)", dw) and "identity (5)" in dw, dw
+    dx = next(line for line in lines if line.startswith("∂J/∂x"))
+    assert "col2im(" in dx and "(2)" in dx, dx
+
+
+def test_conv_errors_name_the_line_the_op_the_shapes_and_the_fix():
+    bad = CNN.replace('z = "conv2d(y, v, None, 2, 0, (1, 2), 2)"', 'z = "conv2d(y, v, groups=3)"')
+    with pytest.raises(graphc.ShapeError) as e:
+        graphc.parse_spec(bad, "cnn.toml")
+    text = str(e.value)
+    assert text.startswith("cnn.toml:15:") and "conv2d" in text and "(N, 4, 7, 6)" in text
+    assert "groups=3 must divide the input channels (4) and the output channels (6)" in text
+    bad = CNN.replace("padding=1))", "stride=0))")
+    with pytest.raises(graphc.ShapeError, match="stride 0 must be >= 1"):
+        graphc.parse_spec(bad, "cnn.toml")
+    bad = CNN.replace('q = "conv1d(s, k, stride=2, padding=1, dilation=2)"', 'q = "conv1d(s, k, dilation=5)"')
+    with pytest.raises(graphc.ShapeError, match=r"kernel spans \(1, 11\).*larger than the padded input \(1, 9\)"):
+        graphc.parse_spec(bad, "cnn.toml")
+
+
+def test_conv_and_pool_agree_with_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    g = graphc.parse_spec(CNN, "cnn.toml")
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.standard_normal([3 if d == "N" else d for d in v.shape]) for k, v in {**g.inputs, **g.params}.items()}
+    t = {k: torch.tensor(a, requires_grad=True) for k, a in arrays.items()}
+    y = F.relu(F.conv2d(t["x"], t["w"], t["b"], padding=1))
+    z = F.conv2d(y, t["v"], None, 2, 0, (1, 2), 2)
+    e = F.conv2d(y, t["d"], padding="same", groups=4)
+    p = F.max_pool2d(e, 2) + F.avg_pool2d(e[:, :, 1:, ::2], (2, 1)) + F.avg_pool2d(e, 3, stride=2, padding=(0, 1))
+    q = F.conv1d(t["s"], t["k"], stride=2, padding=1, dilation=2)
+    J = (z * z).mean() + F.adaptive_avg_pool2d(p, 1).sum() + (q.max(dim=2).values ** 2).mean()
+    J.backward()
+    ours = graphc.evaluate(graphc.grad(g, "J", list(arrays)), **arrays)
+    np.testing.assert_allclose(ours["J"], J.item(), rtol=1e-10)
+    for k in arrays:
+        np.testing.assert_allclose(ours[f"d_{k}"], t[k].grad.numpy(), rtol=1e-8, atol=1e-10)

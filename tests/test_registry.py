@@ -30,9 +30,10 @@ from graphc.ops import REGISTRY
 
 DIMS = {"N": None, "D": 4, "K": 3, "V": 7}
 BATCH = 3
-REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",)}
+REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",),
+        "img": ("N", 2, 5, 4), "seq": ("N", 2, 6), "pat": ("N", 5, 4, 18)}      # NCHW, NCL, patch rows
 LABELS = {"y": ("N",), "ids": ("N",)}      # below K (classes) and V (table rows)
-PARAMS = {"W": ("D", "K"), "E": ("V", "D")}
+PARAMS = {"W": ("D", "K"), "E": ("V", "D"), "ker": (3, 2, 3, 3), "kb": (3,), "k1": (3, 2, 3), "w2": (3, 18)}
 
 SPEC_HEAD = """name = "ex"
 [dims]
@@ -45,11 +46,18 @@ x = ["N", "D"]
 u = ["N", "D"]
 p = ["N", "K"]
 b = ["D"]
+img = ["N", 2, 5, 4]
+seq = ["N", 2, 6]
+pat = ["N", 5, 4, 18]
 y = { shape = ["N"], dtype = "int32" }
 ids = { shape = ["N"], dtype = "int32" }
 [params]
 W = ["D", "K"]
 E = ["V", "D"]
+ker = [3, 2, 3, 3]
+kb = [3]
+k1 = [3, 2, 3]
+w2 = [3, 18]
 """
 
 # (op, inputs, attrs, spec form or None where the spec language cannot write it, text, LaTeX)
@@ -107,6 +115,29 @@ EXAMPLES = [
     ("cross_entropy", ("p", "p"), {}, "cross_entropy(p, p)", "CE(p, p)", r"\operatorname{CE}(p, p)"),
     ("mse", ("x", "u"), {}, "mse(x, u)", "mse(x, u)", r"\operatorname{mse}(x, u)"),
     ("onehot", ("y",), {"depth": 3}, None, "y", "y"),
+    ("conv2d", ("img", "ker", "kb"), {"padding": 1}, "conv2d(img, ker, kb, padding=1)", "conv2d(img, ker, kb)",
+     r"\operatorname{conv2d}(\mathrm{img}, \mathrm{ker}, \mathrm{kb})"),
+    ("conv2d", ("img", "ker"), {"stride": 2}, "conv2d(img, ker, stride=2)", "conv2d(img, ker)",
+     r"\operatorname{conv2d}(\mathrm{img}, \mathrm{ker})"),
+    ("conv1d", ("seq", "k1", "kb"), {}, "conv1d(seq, k1, kb)", "conv1d(seq, k1, kb)",
+     r"\operatorname{conv1d}(\mathrm{seq}, k_{1}, \mathrm{kb})"),
+    ("im2col", ("img",), {"kernel": (3, 3), "padding": (1, 1, 1, 1)}, None, "im2col(img)",
+     r"\operatorname{im2col}(\mathrm{img})"),
+    ("col2im", ("pat",), {"size": (5, 4), "kernel": (3, 3), "padding": (1, 1, 1, 1)}, None, "col2im(pat)",
+     r"\operatorname{col2im}(\mathrm{pat})"),
+    ("patch_matmul", ("pat", "w2"), {}, None, "pat w2ᵀ", r"\mathrm{pat} w_{2}^\top"),
+    ("patch_matmul", ("pat", "w2", "kb"), {}, None, "patch_matmul(pat, w2, kb)",
+     r"\operatorname{patch\_matmul}(\mathrm{pat}, w_{2}, \mathrm{kb})"),
+    ("patch_matmul", ("pat", "pat"), {"mode": "tn"}, None, "patᵀ pat", r"\mathrm{pat}^\top \mathrm{pat}"),
+    ("max", ("x",), {"axis": 1}, "max(x, axis=1)", "max(x)", r"\max(x)"),
+    ("equal", ("x", "u"), {}, None, "equal(x, u)", r"\operatorname{equal}(x, u)"),
+    ("max_pool2d", ("img",), {"kernel_size": 2}, "max_pool2d(img, kernel_size=2)", "max_pool2d(img)",
+     r"\operatorname{max\_pool2d}(\mathrm{img})"),
+    ("avg_pool2d", ("img",), {"kernel_size": 3, "stride": 1, "padding": 1},
+     "avg_pool2d(img, kernel_size=3, stride=1, padding=1)", "avg_pool2d(img)",
+     r"\operatorname{avg\_pool2d}(\mathrm{img})"),
+    ("adaptive_avg_pool2d", ("img",), {"output_size": 1}, "adaptive_avg_pool2d(img)", "adaptive_avg_pool2d(img)",
+     r"\operatorname{adaptive\_avg\_pool2d}(\mathrm{img})"),
 ]
 IDS = [f"{e[0]}-{i}" for i, e in enumerate(EXAMPLES)]
 FIRST = {}                                   # one example per op, for the checks that need one node
@@ -197,7 +228,7 @@ def test_op_notation_in_the_notes(name, ins, attrs, spec, text, latex):
 
 
 # Which ops set explain's flags; a record that lost one changes the derivations' text.
-LEAFY = {"const", "size", "onehot", "softmax", "log_softmax", "sign", "transpose", "reshape", "broadcast_to"}
+LEAFY = {"const", "size", "onehot", "softmax", "log_softmax", "sign", "transpose", "reshape", "broadcast_to", "equal"}
 SEE_THROUGH = {"broadcast_to", "reshape"}
 NOT_SHOWN_BY_NAME = {"softmax", "const"}
 

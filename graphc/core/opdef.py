@@ -51,6 +51,7 @@ class OpDef:
 
     name: str = ""
     arity: int | None = 1           # None: variadic (at least one input)
+    optional_inputs: int = 0        # the last ones may be left out (conv2d's bias)
     attrs: dict[str, Any] = {}      # attribute name -> default
     tuple_attrs: tuple[str, ...] = ()   # attributes kept as tuples (shapes, axes)
     identity: str | None = None     # identity of the notes its VJP applies
@@ -69,8 +70,11 @@ class OpDef:
 
     # ---- attributes and arity, checked once when a node is created
     def check_attrs(self, inputs: tuple, attrs: dict) -> dict:
-        if self.arity is not None and len(inputs) != self.arity:
-            raise SpecError(f"takes {self.arity} argument{'s' if self.arity != 1 else ''}, got {len(inputs)}")
+        if self.arity is not None and not self.arity - self.optional_inputs <= len(inputs) <= self.arity:
+            low = self.arity - self.optional_inputs
+            count = f"{low} to {self.arity} arguments" if low != self.arity else \
+                f"{self.arity} argument{'s' if self.arity != 1 else ''}"
+            raise SpecError(f"takes {count}, got {len(inputs)}")
         if self.arity is None and not inputs:
             raise SpecError("takes at least one argument")
         unknown = set(attrs) - set(self.attrs)

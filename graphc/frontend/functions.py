@@ -32,6 +32,8 @@ def op_function(opname: str) -> Callable[..., Value]:
                     raise GraphcError(f"{opname}: {key} given twice")
                 attrs[key] = value
             args = args[:op.arity]
+        if op.optional_inputs:                                # conv2d(x, w, None, stride=2): no bias
+            args = tuple(a for a in args if a is not None)
         return graph.apply(opname, *args, **attrs)
 
     call.__name__ = call.__qualname__ = opname

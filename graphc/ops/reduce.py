@@ -120,6 +120,35 @@ class Mean(OpDef):
 
 
 @register
+class Max(OpDef):
+    """The largest element of x, over all elements, one axis or a tuple of axes.
+
+    Backward, identity (4): ∂max/∂x is 1 at the largest element and 0 elsewhere, so dJ/dx = δ
+    (broadcast back) ∘ [x = max], in the shape of x (every tie gets δ)."""
+
+    name = "max"
+    attrs = {"axis": None, "keepdims": False}
+    identity = "4"
+
+    check_attrs = Sum.check_attrs
+    shape = Sum.shape
+
+    def reference(self, x, axis, keepdims):
+        return np.max(x, axis=tuple(axis) if isinstance(axis, list) else axis, keepdims=keepdims)
+
+    def kernel(self, k, node):
+        x = node.inputs[0]
+        return k.reduce_max(node, reduced_shape(x.shape, node.attrs["axis"], True))
+
+    def vjp(self, b, node, d):
+        x = node.inputs[0]
+        keep = reduced_shape(x.shape, node.attrs["axis"], True)
+        with b.because(node, self.identity):
+            at_max = b.apply("equal", x, b.apply("reshape", node.output, shape=keep))
+            return [b.mul(b.apply("reshape", d, shape=keep), at_max)]
+
+
+@register
 class SumTo(OpDef):
     """Sum x down to a broadcast-compatible shape: the undo of broadcasting.
 

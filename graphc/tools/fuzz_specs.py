@@ -595,6 +595,102 @@ _reduce("sum")
 _reduce("mean")
 
 
+@entry("max")
+def max_(b: Builder):
+    """Over all elements, one axis or a pair of axes, of a value without exact zeros (ties)."""
+    v = b.data(lambda u: not u.sparse, ranks=(2, 3, 4, 1))
+    axis = b.pick([None, *range(v.rank)] + ([(1, v.rank - 1)] if v.rank >= 3 else []))
+    keep = b.rarely(3)
+    axes = range(v.rank) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    shape = tuple(1 if a in axes else d for a, d in enumerate(v.shape) if keep or a not in axes)
+    args = [v.name] + ([f"axis={axis}"] if axis is not None else []) + (["keepdims=True"] if keep else [])
+    b.line(f"max({', '.join(args)})", shape, [v], mag=v.mag, low=v.low)
+
+
+# ---------------------------------------------------------------- convolutions and pooling (NCHW)
+def _image(b: Builder, rank: int = 4, dense: bool = False) -> Val:
+    """[N, C, H, W] (or [N, C, L]): a value whose channel and spatial dims are fixed."""
+    return b.data(lambda u: BATCH not in u.shape[1:] and not (dense and u.sparse), ranks=(rank,))
+
+
+def _window(b: Builder, sizes: tuple, pool: bool = False):
+    """(kernel, stride, padding) per spatial dim of `sizes`, each kernel fitting its padded dim."""
+    pad, stride = b.pick([0, 1]), b.pick([1, 2])
+    kernel = []
+    for n in sizes:
+        fits = [k for k in (1, 2, 3, 5) if k <= n + 2 * pad and (not pool or 2 * pad <= k)]
+        if not fits:
+            return None
+        kernel.append(b.pick(fits))
+    return kernel, stride, pad
+
+
+def _out(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+@entry("conv2d")
+def conv2d(b: Builder):
+    x = _image(b)
+    n, c, h, w = x.shape
+    win = _window(b, (h, w))
+    if win is None:
+        return
+    (kh, kw), stride, pad = win
+    groups = b.pick(sorted({g for g in (1, 2, c) if c % g == 0}))
+    cout = groups * b.pick([1, 2, 4])
+    oh, ow = _out(h, kh, stride, pad), _out(w, kw, stride, pad)
+    if cout * oh * ow > MAX_ROW or cout > 64:
+        return
+    k = b.param((cout, c // groups, kh, kw))
+    bias = b.param((cout,)) if not b.rarely(3) else None
+    args = [x.name, k.name] + ([bias.name] if bias else [])
+    args += [f"stride={stride}"] * (stride != 1) + [f"padding={pad}"] * (pad != 0) + [f"groups={groups}"] * (groups != 1)
+    b.line(f"conv2d({', '.join(args)})", (n, cout, oh, ow), [x, k] + ([bias] if bias else []),
+           mag=x.mag * k.mag * math.sqrt(c // groups * kh * kw) + (0.5 if bias else 0.0))
+
+
+@entry("conv1d")
+def conv1d(b: Builder):
+    x = _image(b, rank=3)
+    n, c, length = x.shape
+    win = _window(b, (length,))
+    if win is None:
+        return
+    (k,), stride, pad = win
+    cout = b.pick([1, 2, 4])
+    lo = _out(length, k, stride, pad)
+    if cout * lo > MAX_ROW:
+        return
+    w = b.param((cout, c, k))
+    b.line(f"conv1d({x.name}, {w.name}, stride={stride}, padding={pad})", (n, cout, lo), [x, w],
+           mag=x.mag * w.mag * math.sqrt(c * k))
+
+
+def _pool(op: str):
+    def draw(b: Builder):
+        x = _image(b, dense=op == "max_pool2d")       # a max over exact zeros would tie
+        n, c, h, w = x.shape
+        win = _window(b, (h, w), pool=True)
+        if win is None:
+            return
+        (kh, kw), stride, pad = win
+        b.line(f"{op}({x.name}, ({kh}, {kw}), stride={stride}, padding={pad})",
+               (n, c, _out(h, kh, stride, pad), _out(w, kw, stride, pad)), [x], mag=x.mag,
+               low=x.low if op == "max_pool2d" or pad == 0 else 0.0, sparse=x.sparse and op != "max_pool2d")
+    entry(op)(draw)
+
+
+_pool("max_pool2d")
+_pool("avg_pool2d")
+
+
+@entry("adaptive_avg_pool2d")
+def adaptive_avg_pool2d(b: Builder):
+    x = _image(b)
+    b.line(f"adaptive_avg_pool2d({x.name}, 1)", x.shape[:2] + (1, 1), [x], mag=x.mag, low=x.low, sparse=x.sparse)
+
+
 def _factor(n: int) -> list[tuple[int, ...]]:
     """Ways to write n as one or two factors (and with an axis of 1)."""
     out = [(n,), (n, 1), (1, n)]
