@@ -36,9 +36,9 @@ wrt = ["W", "x"]
 """
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_activations_c_matches_reference_and_finite_differences(dtype):
-    report = graphc.check(graphc.parse_spec(ACTIVATIONS, "acts.toml"), dtype=dtype)
+def test_activations_c_matches_reference_and_finite_differences():
+    # (float32 C: tests/test_backend.py's tensor graph)
+    report = graphc.check(graphc.parse_spec(ACTIVATIONS, "acts.toml"), dtype="float64")
     assert report.ok, str(report)
 
 
@@ -95,9 +95,9 @@ wrt = ["s", "t", "u", "x"]
 """
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_rank4_layout_ops_c_matches_reference_and_finite_differences(dtype):
-    report = graphc.check(graphc.parse_spec(RANK4, "rank4.toml"), dtype=dtype)
+def test_rank4_layout_ops_c_matches_reference_and_finite_differences():
+    # (float32 C: tests/test_backend.py's tensor graph)
+    report = graphc.check(graphc.parse_spec(RANK4, "rank4.toml"), dtype="float64")
     assert report.ok, str(report)
 
 
