@@ -89,6 +89,12 @@ def _sum_to_expect(x, shape):
     return x
 
 
+def _pad_expect(x, widths, value):
+    out = np.full(tuple(n + a + b for n, (a, b) in zip(x.shape, widths)), value, dtype=float)
+    out[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, widths))] = x
+    return out
+
+
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
@@ -306,6 +312,11 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("NCHW to NHWC", [real(rng, 2, 3, 4, 5)], lambda x, axes: np.moveaxis(x, 1, -1), {"axes": (0, 2, 3, 1)}),
         Case("matrix", [real(rng, 5, 7)], lambda x, axes: x.T.copy(), {"axes": (1, 0)}),
         Case("negative", [real(rng, 2, 3, 4)], lambda x, axes: np.swapaxes(x, 1, 2), {"axes": (0, -1, 1)}),
+    ],
+    "pad": lambda rng: [
+        Case("image", [real(rng, 2, 3, 4, 5)], lambda x, pad, value: _pad_expect(x, [(0, 0), (0, 0), (2, 0), (1, 2)],
+                                                                                 value), {"pad": (1, 2, 2, 0)}),
+        Case("value", [real(rng, 3)], lambda x, pad, value: np.r_[-1.0, x, -1.0, -1.0], {"pad": (1, 2), "value": -1.0}),
     ],
     "flatten": lambda rng: [
         Case("images", [real(rng, 2, 3, 4, 5)], lambda x, **a: x.reshape(2, 60)),
@@ -835,6 +846,12 @@ def _permute_space(draw, rng):
     return [real(rng, *shape)], {"axes": tuple(draw(st.permutations(range(len(shape)))))}
 
 
+def _pad_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(2 * draw(st.integers(1, len(shape)))))
+    return [real(rng, *shape)], {"pad": pad, "value": draw(st.sampled_from([0.0, 1.5]))}
+
+
 def _flatten_space(draw, rng):
     shape = draw(shapes(1, 4))
     start = draw(st.integers(0, len(shape) - 1))
@@ -882,7 +899,7 @@ GRAD_SPACES = {
     "sum": _reduce_space, "mean": _reduce_space,
     "broadcast_to": _broadcast_to_space, "sum_to": _sum_to_space,
     "reshape": _reshape_space, "concat": _concat_space, "slice": _slice_space, "unslice": _unslice_space,
-    "permute": _permute_space, "flatten": _flatten_space,
+    "permute": _permute_space, "flatten": _flatten_space, "pad": _pad_space,
     "cross_entropy": _cross_entropy_space, "mse": _mse_space,
     "embedding": _embedding_space, "embedding_grad": _embedding_grad_space,
 }

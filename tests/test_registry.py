@@ -105,6 +105,8 @@ EXAMPLES = [
     ("unslice", ("x",), {"size": 6, "start": 1, "stop": 5}, None, "unslice(x)", r"\operatorname{unslice}(x)"),
     ("permute", ("x",), {"axes": (1, 0)}, "permute(x, axes=(1, 0))", "permute(x)", r"\operatorname{permute}(x)"),
     ("flatten", ("x",), {}, "flatten(x)", "flatten(x)", r"\operatorname{flatten}(x)"),
+    ("pad", ("img",), {"pad": (1, 1, 2, 0), "value": 0.5}, "pad(img, pad=(1, 1, 2, 0), value=0.5)", "pad(img)",
+     r"\operatorname{pad}(\mathrm{img})"),
     ("concat", ("W", "W"), {"axis": 0}, "concat(W, W, axis=0)", "[W, W]", "[W, W]"),
     ("embedding", ("E", "ids"), {}, "embedding(E, ids)", "E[ids]", r"E[\mathrm{ids}]"),
     ("embedding_grad", ("x", "ids"), {"rows": 7}, None, "scatter_add(x, ids)",

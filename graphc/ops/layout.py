@@ -1,4 +1,4 @@
-"""Layout: reshape, flatten, permute, concat and slice (and its adjoint, unslice). They only move elements, so each VJP is identity (3):
+"""Layout: reshape, flatten, permute, concat, pad and slice (and its adjoint, unslice). They only move elements, so each VJP is identity (3):
 δ moved back to where each element came from.
 """
 from __future__ import annotations
@@ -205,6 +205,60 @@ class Unslice(OpDef):
 
     def notation(self, p, node, x):
         return p.call("unslice", [x])
+
+
+def _pads(rank: int, pad) -> list[tuple[int, int, int]]:
+    """torch's pad tuple (last axis first: left, right, then the axis before...) as (axis, before, after)."""
+    if isinstance(pad, int) or len(pad) % 2 or len(pad) // 2 > rank or \
+            any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in pad):
+        raise ShapeError(f"pad {pad!r} must be pairs of counts >= 0, (before, after) of the last axis first, "
+                         f"for at most {rank} axes", hint="e.g. pad(x, (1, 1, 2, 2)) pads W by 1 and H by 2")
+    return [(rank - 1 - i, pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
+
+
+@register
+class Pad(OpDef):
+    """pad(x, pad, value=0.0): x surrounded by `value`, torch.nn.functional.pad's constant mode:
+    `pad` = (before, after) of the last axis, then of the axis before, and so on.
+
+    Backward, identity (3): the elements of x are copied once, so dJ/dx = δ sliced back to x."""
+
+    name = "pad"
+    attrs = {"pad": (), "value": 0.0}
+    tuple_attrs = ("pad",)
+    identity = "3"
+
+    def shape(self, x, pad, value):
+        require_float(x)
+        shape = list(x.shape)
+        for axis, before, after in _pads(x.rank, pad):
+            if (before or after) and isinstance(shape[axis], str):
+                raise ShapeError(f"cannot pad the batch dim {shape[axis]}")
+            shape[axis] = shape[axis] + before + after if before or after else shape[axis]
+        return TensorType(tuple(shape), x.dtype)
+
+    def reference(self, x, pad, value):
+        widths = [(0, 0)] * x.ndim
+        for axis, before, after in _pads(x.ndim, pad):
+            widths[axis] = (before, after)
+        return np.pad(x, widths, constant_values=value)
+
+    def lower(self, b, node):
+        x, value = node.inputs[0], float(node.attrs["value"])
+        y = b.sub(x, value) if value else x
+        for axis, before, after in _pads(x.rank, node.attrs["pad"]):
+            if before or after:
+                n = y.shape[axis]
+                y = b.apply("unslice", y, size=n + before + after, start=before, stop=before + n, axis=axis - x.rank)
+        return b.add(y, value) if value else y
+
+    def vjp(self, b, node, d):
+        x = node.inputs[0]
+        with b.because(node, self.identity):
+            for axis, before, after in _pads(x.rank, node.attrs["pad"]):
+                if before or after:
+                    d = b.apply("slice", d, start=before, stop=before + x.shape[axis], axis=axis - x.rank)
+            return [d]
 
 
 @register

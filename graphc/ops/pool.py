@@ -84,7 +84,8 @@ class MaxPool2d(_Pool):
         x = node.inputs[0]
         g = self._geometry(x, node.attrs)
         with b.because(node, "4"):
-            at_max = b.apply("equal", _windows(b, x, g, float("-inf")), _rows(b, node.output, g))
+            # the padding's mask entries are dropped by col2im: read it as 0, keeping every value finite
+            at_max = b.apply("equal", _windows(b, x, g, 0.0), _rows(b, node.output, g))
             dR = b.mul(_rows(b, d, g), at_max)
         with b.because(node, "3"):
             return [_back(b, x, g, dR)]

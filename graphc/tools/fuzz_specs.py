@@ -745,6 +745,23 @@ def permute(b: Builder):
            mag=v.mag, low=v.low, sparse=v.sparse)
 
 
+@entry("pad")
+def pad(b: Builder):
+    """The last axis (and rarely the one before) padded by 0 to 2 on each side, with 0 or a value."""
+    v = b.data(lambda u: u.rank >= 1 and u.shape[-1] != BATCH and (u.rank < 2 or u.shape[-2] != BATCH),
+               ranks=(2, 3, 4, 1))
+    if v.rank == 0 or v.shape[-1] == BATCH:          # a new input [N]: nothing to pad
+        return
+    two = v.rank >= 2 and v.shape[-2] != BATCH and b.rarely(3)
+    pads = [b.index(3), b.index(3)] + ([b.index(3), b.index(3)] if two else [])
+    value = b.pick([0.0, 1.0, -0.5])
+    shape = list(v.shape)
+    for i in range(len(pads) // 2):
+        shape[-1 - i] += pads[2 * i] + pads[2 * i + 1]
+    b.line(f"pad({v.name}, {tuple(pads)}, value={value})", tuple(shape), [v],
+           mag=max(v.mag, abs(value)), low=min(v.low, value) if value > 0 else 0.0, sparse=v.sparse or value == 0)
+
+
 @entry("flatten")
 def flatten(b: Builder):
     """The axes after the batch dim (or all of a value without one) merged into one."""
