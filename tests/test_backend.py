@@ -150,7 +150,8 @@ def tensor_graph() -> graphc.Graph:
     outs = {
         "acts": acts, "perm": graphc.permute(acts, (0, 2, 3, 1)), "flat": graphc.flatten(acts, start_dim=2),
         "cat": graphc.concat(a, acts * a, axis=1), "pool": graphc.mean(acts, axis=(2, 3), keepdims=True),
-        "row": graphc.reshape(acts, ("N", -1)), "pad": graphc.pad(acts, (1, 2, 0, 1), value=0.5), "sliced": acts[:, 1:, ::2, 0] * a[:, :2, 1:4:2, -1],
+        "row": graphc.reshape(acts, ("N", -1)), "pad": graphc.pad(acts, (1, 2, 0, 1), value=0.5),
+        "norm": graphc.layer_norm(acts, (4, 5), g.param("ln_w", (4, 5)), g.param("ln_b", (4, 5))), "sliced": acts[:, 1:, ::2, 0] * a[:, :2, 1:4:2, -1],
     }
     total = None
     for k, (name, value) in enumerate(outs.items()):

@@ -89,6 +89,13 @@ def _sum_to_expect(x, shape):
     return x
 
 
+def _naive_layer_norm(x, weight=None, bias=None, normalized_shape=(), eps=1e-5):
+    k = len(normalized_shape)
+    rows = x.reshape(-1, int(np.prod(normalized_shape)))
+    out = np.stack([(r - r.mean()) / np.sqrt(r.var() + eps) for r in rows]).reshape(x.shape)
+    return out * (1 if weight is None else weight) + (0 if bias is None else bias)
+
+
 def _pad_expect(x, widths, value):
     out = np.full(tuple(n + a + b for n, (a, b) in zip(x.shape, widths)), value, dtype=float)
     out[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, widths))] = x
@@ -421,6 +428,12 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
              {"kernel_size": 2}),
         Case("3 stride 2 padding 1", [real(rng, 1, 2, 5, 5)],
              lambda x, **a: _naive_pool(x, **a, reduce=np.mean, fill=0.0), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    ],
+    "layer_norm": lambda rng: [
+        Case("affine", [real(rng, 3, 2, 5), real(rng, 5), real(rng, 5)], _naive_layer_norm, {"normalized_shape": (5,)}),
+        Case("two axes", [real(rng, 3, 2, 5), real(rng, 2, 5)], _naive_layer_norm,
+             {"normalized_shape": (2, 5), "eps": 0.1}),
+        Case("plain", [real(rng, 4, 6)], _naive_layer_norm, {"normalized_shape": (6,)}),
     ],
     "adaptive_avg_pool2d": lambda rng: [
         Case("global", [real(rng, 2, 3, 4, 5)], lambda x, output_size: x.sum(axis=(2, 3))[:, :, None, None] / 20),
@@ -991,6 +1004,15 @@ def _pool_space(max_pool):
     return space
 
 
+def _layer_norm_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    norm = shape[len(shape) - draw(st.integers(1, len(shape))):]
+    args = [real(rng, *shape)]
+    for _ in range(draw(st.integers(0, 2))):
+        args.append(real(rng, *norm))
+    return args, {"normalized_shape": norm, "eps": draw(st.sampled_from([1e-5, 0.5]))}
+
+
 def _adaptive_space(draw, rng):
     return [real(rng, draw(DIM), draw(DIM), draw(DIM), draw(DIM))], {"output_size": draw(st.sampled_from([1, (1, 1)]))}
 
@@ -998,7 +1020,7 @@ def _adaptive_space(draw, rng):
 GRAD_SPACES.update({
     "conv2d": _conv2d_space, "conv1d": _conv1d_space, "im2col": _im2col_space, "col2im": _col2im_space,
     "patch_matmul": _patch_matmul_space, "max": _max_space, "max_pool2d": _pool_space(True),
-    "avg_pool2d": _pool_space(False), "adaptive_avg_pool2d": _adaptive_space,
+    "avg_pool2d": _pool_space(False), "adaptive_avg_pool2d": _adaptive_space, "layer_norm": _layer_norm_space,
 })
 WINDOWED = {"conv2d", "conv1d", "im2col", "col2im", "max_pool2d", "avg_pool2d"}   # finite differences cost most
 

@@ -195,3 +195,23 @@ def test_specs_with_the_new_ops_write_back_as_specs_that_compute_the_same():
         want, got = graphc.evaluate(g, **arrays), graphc.evaluate(back, **arrays)
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-12)
+
+
+def test_torch_argument_order_and_keywords_in_the_spec_and_the_builder():
+    """conv2d(x, w, bias=b), layer_norm(x, shape, weight, bias, eps) by position or keyword: the same node."""
+    head = 'name = "k"\n[dims]\nN = "batch"\n[inputs]\nx = ["N", 2, 5, 5]\n[params]\nw = [3, 2, 3, 3]\nb = [3]\n' \
+           'g = [5]\n[graph]\n'
+    forms = ['conv2d(x, w, b, 2, 1)', 'conv2d(x, w, bias=b, stride=2, padding=1)', 'conv2d(x, w, b, padding=1, stride=2)',
+             'layer_norm(x, (5,), g, None, 0.1)', 'layer_norm(x, normalized_shape=5, weight=g, eps=0.1)']
+    nodes = []
+    for form in forms:
+        g = graphc.parse_spec(head + f'y = "{form}"\n[outputs]\ny = "y"\n', "k.toml")
+        n = g.values["y"].node
+        nodes.append((n.op.name, [v.name for v in n.inputs], n.attrs))
+    assert nodes[0] == nodes[1] == nodes[2] and nodes[3] == nodes[4]
+    g = graphc.Graph("k")
+    x, w, b = g.input("x", ("N", 2, 5, 5)), g.param("w", (3, 2, 3, 3)), g.param("b", (3,))
+    y = graphc.conv2d(x, w, bias=b, stride=2, padding=1)
+    assert ([v.name for v in y.node.inputs], y.node.attrs) == nodes[0][1:]
+    with pytest.raises(graphc.GraphcError, match="bias is given without weight"):
+        graphc.layer_norm(x, (5,), None, b)

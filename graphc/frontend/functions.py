@@ -22,18 +22,7 @@ def op_function(opname: str) -> Callable[..., Value]:
         graph = next((a.graph for a in args if isinstance(a, Value)), None)
         if graph is None:
             raise GraphcError(f"{opname}: at least one argument must be a graph Value")
-        if op.arity is not None and len(args) > op.arity:     # as in the spec and torch: permute(x, (0, 2, 1))
-            extra = args[op.arity:]
-            if len(extra) > len(op.attrs):
-                raise GraphcError(f"{opname} takes {op.arity} argument{'s' if op.arity != 1 else ''} and "
-                                  f"keywords {', '.join(op.attrs) or 'none'}, got {len(args)} arguments")
-            for key, value in zip(op.attrs, extra):
-                if key in attrs:
-                    raise GraphcError(f"{opname}: {key} given twice")
-                attrs[key] = value
-            args = args[:op.arity]
-        if op.optional_inputs:                                # conv2d(x, w, None, stride=2): no bias
-            args = tuple(a for a in args if a is not None)
+        args, attrs = op.split_call(list(args), attrs, lambda a: a is None)    # torch's order: permute(x, (0, 2, 1))
         return graph.apply(opname, *args, **attrs)
 
     call.__name__ = call.__qualname__ = opname

@@ -340,21 +340,16 @@ class _Builder:
                 if opname not in REGISTRY or not REGISTRY[opname].public:
                     fail(f"unknown op {opname!r}", n, hint=unknown_op_hint(opname))
                 op = REGISTRY[opname]
-                n_in = op.arity if op.arity is not None else len(n.args)
-                if len(n.args) < n_in - op.optional_inputs:
-                    fail(f"{opname} takes {n_in} argument{'s' if n_in != 1 else ''}, got {len(n.args)}", n)
-                n_in = min(n_in, len(n.args))        # an optional input left out (conv2d's bias)
-                extra_pos = n.args[n_in:]
-                if len(extra_pos) > len(op.attrs):
-                    fail(f"{opname} takes {n_in} argument{'s' if n_in != 1 else ''}"
-                         + (f" and keywords {', '.join(op.attrs)}" if op.attrs else "") + f", got {len(n.args)}", n)
-                attrs = {name: self._literal(g, a, fail) for name, a in zip(op.attrs, extra_pos)}
                 for kw in n.keywords:
                     if kw.arg is None:
                         fail("'**' arguments are not allowed", kw.value)
-                    attrs[kw.arg] = self._literal(g, kw.value, fail)
-                args = [visit(a) for a in n.args[:n_in]
-                        if not (op.optional_inputs and isinstance(a, ast.Constant) and a.value is None)]
+                inputs, attr_nodes = op.split_call(list(n.args), {kw.arg: kw.value for kw in n.keywords},
+                                                   lambda a: isinstance(a, ast.Constant) and a.value is None)
+                low = op.arity - op.optional_inputs if op.arity is not None else 1
+                if len(inputs) < low:
+                    fail(f"{opname} takes {low} argument{'s' if low != 1 else ''}, got {len(inputs)}", n)
+                attrs = {name: self._literal(g, a, fail) for name, a in attr_nodes.items()}
+                args = [visit(a) for a in inputs]
                 return g.apply(opname, *args, **attrs)
             fail(f"{type(n).__name__} is not allowed in a graph expression", n,
                  hint="expressions use names, numbers, @ + - * / ** 2, .T and op calls")

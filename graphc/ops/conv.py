@@ -355,6 +355,8 @@ class Conv2d(OpDef):
     name = "conv2d"
     arity = 3
     optional_inputs = 1
+    positional = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    input_names = ("input", "weight", "bias")
     attrs = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
     identity = "2,3,5"
 
@@ -404,6 +406,8 @@ class Conv1d(OpDef):
     name = "conv1d"
     arity = 3
     optional_inputs = 1
+    positional = Conv2d.positional
+    input_names = Conv2d.input_names
     attrs = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
     identity = "2,3,5"
 

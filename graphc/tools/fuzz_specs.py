@@ -762,6 +762,19 @@ def pad(b: Builder):
            mag=max(v.mag, abs(value)), low=min(v.low, value) if value > 0 else 0.0, sparse=v.sparse or value == 0)
 
 
+@entry("layer_norm")
+def layer_norm(b: Builder):
+    """Over the last axis (a fixed one), with the affine weight (and mostly the bias): without it
+    sum(layer_norm(v)) is identically 0, and finite differences of a zero gradient are noise."""
+    v = b.data(lambda u: u.rank >= 1 and u.shape[-1] != BATCH and u.shape[-1] > 1, ranks=(2, 3, 1))
+    if v.rank == 0 or v.shape[-1] == BATCH or v.shape[-1] == 1:
+        return
+    d = v.shape[-1]
+    affine = [b.param((d,))] + ([b.param((d,))] if not b.rarely(3) else [])
+    args = ", ".join([v.name, f"({d},)"] + [a.name for a in affine])
+    b.line(f"layer_norm({args})", v.shape, [v] + affine, mag=2.0)
+
+
 @entry("flatten")
 def flatten(b: Builder):
     """The axes after the batch dim (or all of a value without one) merged into one."""
