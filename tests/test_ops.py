@@ -190,7 +190,7 @@ def _naive_patch_matmul(a, b, bias=None, mode="nt", groups=1):
         A, B = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
         ma, nb = A.shape[1] // G, B.shape[1] // G
         return np.vstack([A[:, g * ma:(g + 1) * ma].T @ B[:, g * nb:(g + 1) * nb] for g in range(G)])
-    A = a.reshape(-1, a.shape[-1])
+    A, b = a.reshape(-1, a.shape[-1]), b.reshape(b.shape[0], -1)     # a conv weight read as a matrix
     ka = A.shape[1] // G
     blocks = []
     for g in range(G):
@@ -401,6 +401,9 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     ],
     "patch_matmul": lambda rng: [
         Case("nt", [real(rng, 2, 3, 4, 6), real(rng, 5, 6)], _naive_patch_matmul),
+        Case("nt conv weight", [real(rng, 2, 3, 4, 6), real(rng, 5, 2, 3)], _naive_patch_matmul),
+        Case("nn conv weight groups", [real(rng, 2, 3, 4), real(rng, 4, 1, 3)], _naive_patch_matmul,
+             {"mode": "nn", "groups": 2}),
         Case("nt bias groups", [real(rng, 2, 3, 6), real(rng, 4, 3), real(rng, 4)], _naive_patch_matmul,
              {"groups": 2}),
         Case("nn groups", [real(rng, 2, 3, 4), real(rng, 4, 5)], _naive_patch_matmul, {"mode": "nn", "groups": 2}),

@@ -247,9 +247,10 @@ class Scheduler(Fusion):
                 ptrs = (at(out, g * Ma * Nb), at(A, g * Ma), at(B, g * Nb))
             else:
                 Ka = a.shape[-1] // G
-                Nb = b.shape[0] // G if mode == "nt" else b.shape[1]
+                cols = numel(b.shape[1:])[0]        # a conv weight [C_out, C_in/G, kh, kw] read as a matrix
+                Nb = b.shape[0] // G if mode == "nt" else cols
                 dims = dict(ta=0, tb=1 if mode == "nt" else 0, M=size(numel(a.shape[:-1])), N=size(Nb), K=size(Ka),
-                            lda=size(a.shape[-1]), ldb=size(b.shape[1]), ldc=size(G * Nb))
+                            lda=size(a.shape[-1]), ldb=size(cols), ldc=size(G * Nb))
                 ptrs = (at(out, g * Nb), at(A, g * Ka), at(B, g * Nb * Ka))
             epilogue = Epilogue(bias=at(self.ref(bias), g * Nb)) if bias is not None else Epilogue()
             comment = self.comment(n) + (f"\n   group {g + 1} of {G}" if G > 1 else "")

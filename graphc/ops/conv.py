@@ -200,6 +200,11 @@ class Col2im(OpDef):
         return p.call("col2im", [x])
 
 
+def matrix(shape) -> tuple[int, int]:
+    """A weight [C_out, C_in/groups, kh, kw] (or any rank >= 2) read row-major as a matrix."""
+    return shape[0], int(np.prod(shape[1:]))
+
+
 def _groups(a_cols, b_rows, groups, what):
     if a_cols % groups or b_rows % groups:
         raise ShapeError(f"patch_matmul: {what} not divisible by groups={groups}")
@@ -208,7 +213,8 @@ def _groups(a_cols, b_rows, groups, what):
 @register
 class PatchMatmul(OpDef):
     """The GEMM of a convolution, by groups g (columns of each operand split in `groups` blocks),
-    over rows r = every leading index of a [..., G*Ka]:
+    over rows r = every leading index of a [..., G*Ka]; for nt and nn, b of rank > 2 (a conv
+    weight) is read in place as the matrix [b.shape[0], the rest]:
       mode "nt": z[r, g*Nb + j] = Σ_k a[r, g*Ka + k] b[g*Nb + j, k]  (+ bias[g*Nb + j])   z = P Wᵀ
       mode "nn": z[r, g*Nb + j] = Σ_k a[r, g*Ka + k] b[g*Ka + k, j]                       z = δ W
       mode "tn": z[g*Ma + i, j] = Σ_r a[r, g*Ma + i] b[r, g*Nb + j]                       z = δᵀ P
@@ -233,13 +239,14 @@ class PatchMatmul(OpDef):
                 raise ShapeError(f"patch_matmul tn needs operands with the same rows, got {a.shape} and {b.shape}")
             _groups(a.shape[-1], b.shape[-1], G, "the columns")
             return TensorType((a.shape[-1], b.shape[-1] // G))
-        if b.rank != 2 or a.rank < 2 or mode not in ("nt", "nn"):
-            raise ShapeError(f"patch_matmul {mode}: a [..., K] and b 2-D, got {a.shape} and {b.shape}")
-        _groups(a.shape[-1], b.shape[0], G, "the inner dims")
+        if b.rank < 2 or a.rank < 2 or mode not in ("nt", "nn") or any(isinstance(d, str) for d in b.shape):
+            raise ShapeError(f"patch_matmul {mode}: a [..., K] and a fixed b of rank >= 2, got {a.shape} and {b.shape}")
+        rows, cols = matrix(b.shape)
+        _groups(a.shape[-1], rows, G, "the inner dims")
         Ka = a.shape[-1] // G
-        if (b.shape[1] if mode == "nt" else b.shape[0] // G) != Ka:
+        if (cols if mode == "nt" else rows // G) != Ka:
             raise ShapeError(f"patch_matmul {mode}: inner dims differ, a {a.shape}, b {b.shape}, groups {G}")
-        Nb = b.shape[0] // G if mode == "nt" else b.shape[1]
+        Nb = rows // G if mode == "nt" else cols
         if bias is not None and (mode != "nt" or bias.shape != (G * Nb,)):
             raise ShapeError(f"patch_matmul: a bias of shape ({G * Nb},) goes with mode nt, got {bias.shape}")
         return TensorType(a.shape[:-1] + (G * Nb,))
@@ -251,12 +258,9 @@ class PatchMatmul(OpDef):
             B = b.reshape(-1, G, b.shape[-1] // G)
             return np.einsum("rgi,rgj->gij", A, B).reshape(a.shape[-1], b.shape[-1] // G)
         A = a.reshape(a.shape[:-1] + (G, a.shape[-1] // G))
-        if mode == "nt":
-            Bm = b.reshape(G, b.shape[0] // G, b.shape[1])
-            z = np.einsum("...gk,gjk->...gj", A, Bm)
-        else:
-            Bm = b.reshape(G, b.shape[0] // G, b.shape[1])
-            z = np.einsum("...gk,gkj->...gj", A, Bm)
+        rows, cols = matrix(b.shape)
+        Bm = b.reshape(G, rows // G, cols)
+        z = np.einsum("...gk,gjk->...gj" if mode == "nt" else "...gk,gkj->...gj", A, Bm)
         z = z.reshape(a.shape[:-1] + (-1,))
         return z + bias if bias is not None else z
 
@@ -282,6 +286,9 @@ class PatchMatmul(OpDef):
                 da = pm(w, d, "nt")
             with b.because(node, "2"):
                 dw = pm(a, d, "nn")
+        if dw.shape != w.shape:                     # a weight read as a matrix [C_out, C_in/groups·kh·kw]
+            with b.because(node, "3"):
+                dw = b.apply("reshape", dw, shape=w.shape)
         out = [da, dw]
         if len(node.inputs) == 3:
             with b.because(node, "3"):
@@ -301,10 +308,8 @@ class PatchMatmul(OpDef):
 
 # ------------------------------------------------------------------ conv2d, conv1d
 def _conv_parts(b, x, w, g: Geometry, groups: int):
-    """P = im2col(x) and W as a matrix [C_out, C_in/groups · kh · kw]."""
-    P = b.apply("im2col", x, **g.attrs())
-    W2 = b.apply("reshape", w, shape=(w.shape[0], g.patch // groups))
-    return P, W2
+    """P = im2col(x), and W, which patch_matmul reads in place as a matrix [C_out, C_in/groups · kh · kw]."""
+    return b.apply("im2col", x, **g.attrs()), w
 
 
 def _conv_geometry(op, x, w, b, stride, padding, dilation, groups):
@@ -379,7 +384,7 @@ class Conv2d(OpDef):
         g = _conv_geometry(self.name, TensorType(x.shape), TensorType(w.shape), None, stride, padding, dilation,
                            groups)
         P = im2col_np(x, **g.attrs())
-        z = PatchMatmul.reference(None, P, w.reshape(w.shape[0], -1), b, "nt", groups)
+        z = PatchMatmul.reference(None, P, w, b, "nt", groups)
         return z.transpose(0, 3, 1, 2)
 
     def lower(self, b, node):
