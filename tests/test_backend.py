@@ -139,8 +139,57 @@ def column_graph() -> graphc.Graph:
     return g
 
 
+def tensor_graph() -> graphc.Graph:
+    """Rank 4 (NCHW): the activations, broadcasting over channels, the layout ops, slices."""
+    g = graphc.Graph("ops_tensor")
+    x = g.input("x", ("N", 3, 4, 5))
+    s = g.param("s", (3, 1, 1))
+    a = graphc.tanh(x * s)
+    acts = graphc.leaky_relu(a, negative_slope=0.1) + graphc.elu(a) + graphc.softplus(a) + graphc.gelu(a) \
+        + graphc.gelu(a, approximate="tanh") + graphc.silu(a) + graphc.erf(a)
+    outs = {
+        "acts": acts, "perm": graphc.permute(acts, (0, 2, 3, 1)), "flat": graphc.flatten(acts, start_dim=2),
+        "cat": graphc.concat(a, acts * a, axis=1), "pool": graphc.mean(acts, axis=(2, 3), keepdims=True),
+        "row": graphc.reshape(acts, ("N", -1)), "pad": graphc.pad(acts, (1, 2, 0, 1), value=0.5),
+        "norm": graphc.layer_norm(acts, (4, 5), g.param("ln_w", (4, 5)), g.param("ln_b", (4, 5))), "sliced": acts[:, 1:, ::2, 0] * a[:, :2, 1:4:2, -1],
+    }
+    total = None
+    for k, (name, value) in enumerate(outs.items()):
+        g.output(name, value)
+        term = graphc.sum(value * value) * (0.2 + 0.05 * k)
+        total = term if total is None else total + term
+    g.output("J", total)
+    return g
+
+
+def conv_graph() -> graphc.Graph:
+    """Convolutions and pooling; the first conv's patch rows (30 channels x 3 x 3 = 270) are deeper
+    than one packed GEMM panel (KC: 128 doubles, 256 floats), and its weight gradient sums over
+    N x 36 pixels."""
+    g = graphc.Graph("ops_conv")
+    x = g.input("x", ("N", 30, 6, 6))
+    w1, b1 = g.param("w1", (8, 30, 3, 3)), g.param("b1", (8,))
+    dw = g.param("dw", (8, 1, 3, 3))            # depthwise
+    w3, b3 = g.param("w3", (4, 8, 5)), g.param("b3", (4,))
+    y = graphc.relu(graphc.conv2d(x, w1, b1, padding=1))
+    outs = {
+        "depthwise": graphc.conv2d(y, dw, stride=2, padding=1, groups=8),
+        "maxpool": graphc.max_pool2d(y, 2), "avgpool": graphc.avg_pool2d(y, 3, stride=1, padding=1),
+        "gap": graphc.adaptive_avg_pool2d(y, 1), "max": graphc.max(y, axis=(2, 3)),
+        "conv1d": graphc.conv1d(graphc.reshape(y, ("N", 8, 36)), w3, b3, stride=2, dilation=2),
+    }
+    total = None
+    for k, (name, value) in enumerate(outs.items()):
+        g.output(name, value)
+        term = graphc.sum(value * value) * (0.2 + 0.05 * k)
+        total = term if total is None else total + term
+    g.output("J", total)
+    return g
+
+
 OP_GRAPHS = {f.__name__.removesuffix("_graph"): f for f in
-             (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph)}
+             (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph,
+              tensor_graph, conv_graph)}
 
 
 def real_names(g: graphc.Graph) -> list[str]:

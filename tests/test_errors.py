@@ -101,7 +101,10 @@ CASES = [
     ("dunder-import", E("__import__('os')"), SpecError, "graph.z", r"unknown op '__import__'", 'z = "',
      "__import__"),
     ("lambda", E("lambda: x"), SpecError, "graph.z", r"Lambda is not allowed", 'z = "', "lambda"),
-    ("subscript", E("x[0]"), SpecError, "graph.z", r"Subscript is not allowed", 'z = "', "x[0]"),
+    ("subscript-batch", E("x[0]"), SpecError, "graph.z", r"cannot slice the batch dim N", 'z = "', "0"),
+    ("subscript-range", E("x[:, 800]"), SpecError, "graph.z", r"index 800 is out of range for an axis of 4",
+     'z = "', "800"),
+    ("subscript-step", E("x[:, ::-1]"), SpecError, "graph.z", r"only positive steps", 'z = "', "::-1"),
     ("comparison", E("x < x"), SpecError, "graph.z", r"Compare is not allowed", 'z = "', "x < x"),
     ("power-3", E("x ** 3"), SpecError, "graph.z", r"only '\*\* 2' is supported", 'z = "', "3"),
     ("string-constant", E("x + 'a'"), SpecError, "graph.z", r"only numbers", 'z = "', "'a'"),
@@ -392,7 +395,7 @@ def test_errors_matmul_hint_writes_the_fix_with_the_operands_as_written(tmp_path
 
 
 def test_errors_unknown_op_lists_the_ops_that_exist():
-    spec = 'name = "a"\n[inputs]\nx = [3]\n[graph]\nz = "gelu(x)"\n[outputs]\nz_out = "z"\n'
+    spec = 'name = "a"\n[inputs]\nx = [3]\n[graph]\nz = "rellu(x)"\n[outputs]\nz_out = "z"\n'
     with pytest.raises(SpecError) as e:
         graphc.parse_spec(spec)
     hint = e.value.hint

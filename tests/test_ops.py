@@ -89,6 +89,120 @@ def _sum_to_expect(x, shape):
     return x
 
 
+def _naive_layer_norm(x, weight=None, bias=None, normalized_shape=(), eps=1e-5):
+    k = len(normalized_shape)
+    rows = x.reshape(-1, int(np.prod(normalized_shape)))
+    out = np.stack([(r - r.mean()) / np.sqrt(r.var() + eps) for r in rows]).reshape(x.shape)
+    return out * (1 if weight is None else weight) + (0 if bias is None else bias)
+
+
+def _pad_expect(x, widths, value):
+    out = np.full(tuple(n + a + b for n, (a, b) in zip(x.shape, widths)), value, dtype=float)
+    out[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, widths))] = x
+    return out
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _naive_conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """torch.nn.functional.conv2d by its definition: a loop per output element."""
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    C_out, cg, kh, kw = w.shape
+    if padding == "same":
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        pads = (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    else:
+        ph, pw = _pair(padding)
+        pads = (ph, ph, pw, pw)
+    xp = np.pad(x, ((0, 0), (0, 0), pads[:2], pads[2:]))
+    N, C, H, W = xp.shape
+    Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((N, C_out, Ho, Wo))
+    per_group = C_out // groups
+    for n in range(N):
+        for co in range(C_out):
+            g = co // per_group
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    acc = 0.0 if b is None else b[co]
+                    for ci in range(cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                acc += xp[n, g * cg + ci, oh * sh + i * dh, ow * sw + j * dw] * w[co, ci, i, j]
+                    out[n, co, oh, ow] = acc
+    return out
+
+
+def _naive_conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+    one = lambda v: (1, v[0] if isinstance(v, tuple) else v)  # noqa: E731
+    pad = padding if isinstance(padding, str) else (0, padding[0] if isinstance(padding, tuple) else padding)
+    return _naive_conv2d(x[:, :, None], w[:, :, None], b, one(stride), pad, one(dilation), groups)[:, :, 0]
+
+
+def _naive_pool(x, kernel_size, stride=None, padding=0, dilation=1, reduce=np.max, fill=-np.inf):
+    (kh, kw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(padding), _pair(dilation)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    N, C, H, W = xp.shape
+    Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((N, C, Ho, Wo))
+    for oh in range(Ho):
+        for ow in range(Wo):
+            win = xp[:, :, oh * sh:oh * sh + dh * (kh - 1) + 1:dh, ow * sw:ow * sw + dw * (kw - 1) + 1:dw]
+            out[:, :, oh, ow] = reduce(win, axis=(2, 3))
+    return out
+
+
+def _naive_im2col(x, kernel, stride, padding, dilation, pad_value):
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    Ho, Wo = (H + pt + pb - dh * (kh - 1) - 1) // sh + 1, (W + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((N, Ho, Wo, C * kh * kw))
+    for oh in range(Ho):
+        for ow in range(Wo):
+            k = 0
+            for c in range(C):
+                for i in range(kh):
+                    for j in range(kw):
+                        out[:, oh, ow, k] = xp[:, c, oh * sh + i * dh, ow * sw + j * dw]
+                        k += 1
+    return out
+
+
+def _naive_col2im(p, size, kernel, stride, padding, dilation):
+    """The adjoint of _naive_im2col, by its definition ⟨im2col(x), p⟩ = ⟨x, col2im(p)⟩, column by column."""
+    N, C = p.shape[0], p.shape[3] // (kernel[0] * kernel[1])
+    out = np.zeros((N, C) + tuple(size))
+    for idx in np.ndindex(out.shape[1:]):
+        e = np.zeros((1, C) + tuple(size))
+        e[(0,) + idx] = 1.0
+        out[(slice(None),) + idx] = np.einsum("nhwk,hwk->n", p, _naive_im2col(e, kernel, stride, padding, dilation,
+                                                                                0.0)[0])
+    return out
+
+
+def _naive_patch_matmul(a, b, bias=None, mode="nt", groups=1):
+    G = groups
+    if mode == "tn":
+        A, B = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        ma, nb = A.shape[1] // G, B.shape[1] // G
+        return np.vstack([A[:, g * ma:(g + 1) * ma].T @ B[:, g * nb:(g + 1) * nb] for g in range(G)])
+    A, b = a.reshape(-1, a.shape[-1]), b.reshape(b.shape[0], -1)     # a conv weight read as a matrix
+    ka = A.shape[1] // G
+    blocks = []
+    for g in range(G):
+        if mode == "nt":
+            nb = b.shape[0] // G
+            blocks.append(A[:, g * ka:(g + 1) * ka] @ b[g * nb:(g + 1) * nb].T)
+        else:
+            blocks.append(A[:, g * ka:(g + 1) * ka] @ b[g * ka:(g + 1) * ka])
+    z = np.hstack(blocks).reshape(a.shape[:-1] + (-1,))
+    return z if bias is None else z + bias
+
+
 CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "const": lambda rng: [Case("scalar", [], lambda value: np.float64(value), {"value": 2.5})],
     "add": _binary(np.add),
@@ -104,6 +218,22 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "exp": _unary(np.exp),
     "log": _unary(np.log, positive),
     "sqrt": _unary(np.sqrt, positive),
+    # the activations of torch.nn.functional, written out from their definitions
+    "leaky_relu": lambda rng: _unary(lambda x, negative_slope: np.where(x > 0, x, negative_slope * x), off_kink)(rng)
+    + [Case("slope 0.3", [off_kink(rng, 5, 7)], lambda x, negative_slope: np.where(x > 0, x, 0.3 * x),
+            {"negative_slope": 0.3})],
+    "elu": lambda rng: _unary(lambda x, alpha: np.where(x > 0, x, np.exp(x) - 1), off_kink)(rng)
+    + [Case("alpha 2", [off_kink(rng, 5, 7)], lambda x, alpha: np.where(x > 0, x, 2 * (np.exp(x) - 1)),
+            {"alpha": 2.0})],
+    "softplus": lambda rng: _unary(lambda x, beta, threshold: np.log(1 + np.exp(x)))(rng)
+    + [Case("beta 2", [real(rng, 5, 7)], lambda x, beta, threshold: np.log(1 + np.exp(2 * x)) / 2, {"beta": 2.0}),
+       Case("threshold", [np.array([-30.0, 0.5, 30.0])], lambda x, beta, threshold: np.where(x > 1, x, np.log1p(np.exp(x))),
+            {"threshold": 1.0})],
+    "gelu": lambda rng: _unary(lambda x, approximate: x * 0.5 * (1 + np.vectorize(__import__("math").erf)(x / np.sqrt(2))))(rng)
+    + [Case("tanh", [real(rng, 5, 7)], lambda x, approximate: 0.5 * x * (1 + np.tanh(
+        np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))), {"approximate": "tanh"})],
+    "silu": _unary(lambda x: x / (1 + np.exp(-x))),
+    "erf": _unary(np.vectorize(__import__("math").erf, otypes=[float])),
     "broadcast_to": lambda rng: [
         Case("row", [real(rng, 7)], lambda x, shape: np.tile(x, (5, 1)), {"shape": (5, 7)}),
         Case("column", [real(rng, 5, 1)], lambda x, shape: np.repeat(x, 7, axis=1), {"shape": (5, 7)}),
@@ -124,6 +254,9 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
              {"axis": -1, "keepdims": True}),
         Case("all keep", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum().reshape(1, 1), {"keepdims": True}),
         Case("size 1", [real(rng, 1)], lambda x, axis, keepdims: x[0], {"axis": 0}),
+        Case("spatial keep", [real(rng, 2, 3, 4, 5)], lambda x, axis, keepdims: x.sum(3).sum(2)[:, :, None, None],
+             {"axis": (2, 3), "keepdims": True}),
+        Case("channels", [real(rng, 2, 3, 4, 5)], lambda x, axis, keepdims: x.sum(1), {"axis": 1}),
     ],
     "mean": lambda rng: [
         Case("all", [real(rng, 5, 7)], lambda x, axis, keepdims: x.sum() / 35),
@@ -158,17 +291,44 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("column", [real(rng, 7)], lambda x, shape: x[:, None], {"shape": (7, 1)}),
         Case("to scalar", [real(rng, 1)], lambda x, shape: x[0], {"shape": ()}),
         Case("regroup", [real(rng, 6, 2)], lambda x, shape: x.ravel().reshape(3, 4), {"shape": (3, 4)}),
+        Case("-1", [real(rng, 2, 3, 4)], lambda x, shape: x.reshape(2, 12), {"shape": (2, -1)}),
     ],
     "concat": lambda rng: [
-        Case("rows", [real(rng, 5, 2), real(rng, 5, 3), real(rng, 5, 1)], lambda *xs: np.hstack(xs)),
-        Case("vectors", [real(rng, 3), real(rng, 4)], lambda *xs: np.hstack(xs)),
-        Case("single", [real(rng, 2, 3)], lambda x: x.copy()),
+        Case("rows", [real(rng, 5, 2), real(rng, 5, 3), real(rng, 5, 1)], lambda *xs, axis: np.hstack(xs)),
+        Case("vectors", [real(rng, 3), real(rng, 4)], lambda *xs, axis: np.hstack(xs)),
+        Case("single", [real(rng, 2, 3)], lambda x, axis: x.copy()),
+        Case("channels", [real(rng, 2, 3, 4, 5), real(rng, 2, 1, 4, 5)],
+             lambda a, b, axis: np.stack([np.vstack([a[i], b[i]]) for i in range(2)]), {"axis": 1}),
     ],
     "slice": lambda rng: [
-        Case("middle", [real(rng, 5, 7)], lambda x, start, stop: x[:, 2:5], {"start": 2, "stop": 5}),
-        Case("head", [real(rng, 7)], lambda x, start, stop: x[:3], {"start": 0, "stop": 3}),
-        Case("tail", [real(rng, 5, 7)], lambda x, start, stop: x[:, 4:], {"start": 4, "stop": 7}),
-        Case("all", [real(rng, 1)], lambda x, start, stop: x, {"start": 0, "stop": 1}),
+        Case("middle", [real(rng, 5, 7)], lambda x, **a: x[:, 2:5], {"start": 2, "stop": 5}),
+        Case("head", [real(rng, 7)], lambda x, **a: x[:3], {"start": 0, "stop": 3}),
+        Case("tail", [real(rng, 5, 7)], lambda x, **a: x[:, 4:], {"start": 4, "stop": 7}),
+        Case("all", [real(rng, 1)], lambda x, **a: x, {"start": 0, "stop": 1}),
+        Case("step", [real(rng, 2, 3, 7, 4)], lambda x, **a: x[:, :, 1:6:2],
+             {"start": 1, "stop": 6, "step": 2, "axis": -2}),
+    ],
+    "unslice": lambda rng: [
+        Case("middle", [real(rng, 5, 3)], lambda x, **a: np.hstack([np.zeros((5, 2)), x, np.zeros((5, 2))]),
+             {"size": 7, "start": 2, "stop": 5}),
+        Case("step", [real(rng, 3, 2)], lambda x, **a: np.stack([np.zeros(2), x[0], np.zeros(2), x[1], np.zeros(2),
+                                                                  x[2]]), {"size": 6, "start": 1, "stop": 6,
+                                                                           "step": 2, "axis": 0}),
+    ],
+    "permute": lambda rng: [
+        Case("NCHW to NHWC", [real(rng, 2, 3, 4, 5)], lambda x, axes: np.moveaxis(x, 1, -1), {"axes": (0, 2, 3, 1)}),
+        Case("matrix", [real(rng, 5, 7)], lambda x, axes: x.T.copy(), {"axes": (1, 0)}),
+        Case("negative", [real(rng, 2, 3, 4)], lambda x, axes: np.swapaxes(x, 1, 2), {"axes": (0, -1, 1)}),
+    ],
+    "pad": lambda rng: [
+        Case("image", [real(rng, 2, 3, 4, 5)], lambda x, pad, value: _pad_expect(x, [(0, 0), (0, 0), (2, 0), (1, 2)],
+                                                                                 value), {"pad": (1, 2, 2, 0)}),
+        Case("value", [real(rng, 3)], lambda x, pad, value: np.r_[-1.0, x, -1.0, -1.0], {"pad": (1, 2), "value": -1.0}),
+    ],
+    "flatten": lambda rng: [
+        Case("images", [real(rng, 2, 3, 4, 5)], lambda x, **a: x.reshape(2, 60)),
+        Case("middle", [real(rng, 2, 3, 4, 5)], lambda x, **a: x.reshape(2, 12, 5), {"start_dim": 1, "end_dim": 2}),
+        Case("all", [real(rng, 3, 4)], lambda x, **a: x.ravel(), {"start_dim": 0}),
     ],
     "softmax": lambda rng: [
         Case(f"{s}", [real(rng, *s)], lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True))
@@ -209,6 +369,77 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("ids", [real(rng, 9, 4), labels(rng, 6, 9)], _embedding_grad_expect, {"rows": 6}),
         Case("repeated ids", [real(rng, 4, 2), np.array([1, 1, 0, 1], I32)], _embedding_grad_expect, {"rows": 3}),
         Case("unused rows", [real(rng, 2, 3), np.array([4, 4], I32)], _embedding_grad_expect, {"rows": 7}),
+    ],
+    # convolutions and pooling (NCHW), against loops written from their definitions
+    "conv2d": lambda rng: [
+        Case("bias, padding 1", [real(rng, 2, 3, 5, 4), real(rng, 4, 3, 3, 3), real(rng, 4)], _naive_conv2d,
+             {"padding": 1}),
+        Case("no bias, stride 2", [real(rng, 1, 2, 7, 6), real(rng, 3, 2, 3, 2)], _naive_conv2d, {"stride": 2}),
+        Case("dilation, groups", [real(rng, 2, 4, 6, 7), real(rng, 6, 2, 2, 3), real(rng, 6)], _naive_conv2d,
+             {"dilation": (2, 1), "groups": 2, "stride": (1, 2), "padding": (1, 0)}),
+        Case("depthwise same", [real(rng, 2, 3, 5, 5), real(rng, 3, 1, 3, 3)], _naive_conv2d,
+             {"padding": "same", "groups": 3}),
+        Case("1x1", [real(rng, 2, 3, 2, 2), real(rng, 5, 3, 1, 1), real(rng, 5)], _naive_conv2d),
+        Case("even kernel same", [real(rng, 1, 1, 4, 5), real(rng, 2, 1, 2, 4)], _naive_conv2d, {"padding": "same"}),
+    ],
+    "conv1d": lambda rng: [
+        Case("bias", [real(rng, 2, 3, 9), real(rng, 4, 3, 3), real(rng, 4)], _naive_conv1d,
+             {"stride": 2, "padding": 1}),
+        Case("dilated depthwise", [real(rng, 1, 2, 8), real(rng, 2, 1, 2)], _naive_conv1d,
+             {"dilation": 3, "groups": 2, "padding": "same"}),
+    ],
+    "im2col": lambda rng: [
+        Case("3x3", [real(rng, 2, 2, 4, 5)], _naive_im2col, {"kernel": (3, 3), "padding": (1, 1, 1, 1)}),
+        Case("strided, pad value", [real(rng, 1, 3, 5, 5)], _naive_im2col,
+             {"kernel": (2, 3), "stride": (2, 1), "padding": (0, 1, 1, 0), "dilation": (1, 2), "pad_value": -3.0}),
+    ],
+    "col2im": lambda rng: [
+        Case("3x3", [real(rng, 2, 4, 5, 18)], _naive_col2im,
+             {"size": (4, 5), "kernel": (3, 3), "padding": (1, 1, 1, 1)}),
+        Case("strided", [real(rng, 1, 3, 2, 12)], _naive_col2im,
+             {"size": (5, 5), "kernel": (2, 3), "stride": (2, 1), "padding": (0, 1, 1, 0), "dilation": (1, 2)}),
+    ],
+    "patch_matmul": lambda rng: [
+        Case("nt", [real(rng, 2, 3, 4, 6), real(rng, 5, 6)], _naive_patch_matmul),
+        Case("nt conv weight", [real(rng, 2, 3, 4, 6), real(rng, 5, 2, 3)], _naive_patch_matmul),
+        Case("nn conv weight groups", [real(rng, 2, 3, 4), real(rng, 4, 1, 3)], _naive_patch_matmul,
+             {"mode": "nn", "groups": 2}),
+        Case("nt bias groups", [real(rng, 2, 3, 6), real(rng, 4, 3), real(rng, 4)], _naive_patch_matmul,
+             {"groups": 2}),
+        Case("nn groups", [real(rng, 2, 3, 4), real(rng, 4, 5)], _naive_patch_matmul, {"mode": "nn", "groups": 2}),
+        Case("tn groups", [real(rng, 2, 3, 6), real(rng, 2, 3, 9)], _naive_patch_matmul, {"mode": "tn", "groups": 3}),
+    ],
+    "max": lambda rng: [
+        Case("all", [real(rng, 5, 7)], lambda x, axis, keepdims: np.float64(x.ravel().max())),
+        Case("axis0", [real(rng, 5, 7)], lambda x, axis, keepdims: np.array([max(c) for c in x.T]), {"axis": 0}),
+        Case("spatial keep", [real(rng, 2, 3, 4, 5)],
+             lambda x, axis, keepdims: x.reshape(2, 3, 20).max(-1)[:, :, None, None], {"axis": (2, 3), "keepdims": True}),
+    ],
+    "equal": lambda rng: [
+        Case("ties", [np.array([[1.0, 2.0], [3.0, 3.0]]), np.array([[1.0, 0.0], [3.0, 3.5]])],
+             lambda x, y: np.array([[1.0, 0.0], [1.0, 0.0]])),
+        Case("broadcast", [np.array([[1.0, 2.0], [2.0, 3.0]]), np.array([2.0, 2.0])],
+             lambda x, y: np.array([[0.0, 1.0], [1.0, 0.0]])),
+    ],
+    "max_pool2d": lambda rng: [
+        Case("2x2", [real(rng, 2, 3, 4, 6)], _naive_pool, {"kernel_size": 2}),
+        Case("3 stride 2 padding 1", [real(rng, 1, 2, 5, 5)], _naive_pool, {"kernel_size": 3, "stride": 2, "padding": 1}),
+        Case("dilated", [real(rng, 1, 2, 6, 5)], _naive_pool, {"kernel_size": (2, 2), "stride": 1, "dilation": 2}),
+    ],
+    "avg_pool2d": lambda rng: [
+        Case("2x2", [real(rng, 2, 3, 4, 6)], lambda x, **a: _naive_pool(x, **a, reduce=np.mean, fill=0.0),
+             {"kernel_size": 2}),
+        Case("3 stride 2 padding 1", [real(rng, 1, 2, 5, 5)],
+             lambda x, **a: _naive_pool(x, **a, reduce=np.mean, fill=0.0), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    ],
+    "layer_norm": lambda rng: [
+        Case("affine", [real(rng, 3, 2, 5), real(rng, 5), real(rng, 5)], _naive_layer_norm, {"normalized_shape": (5,)}),
+        Case("two axes", [real(rng, 3, 2, 5), real(rng, 2, 5)], _naive_layer_norm,
+             {"normalized_shape": (2, 5), "eps": 0.1}),
+        Case("plain", [real(rng, 4, 6)], _naive_layer_norm, {"normalized_shape": (6,)}),
+    ],
+    "adaptive_avg_pool2d": lambda rng: [
+        Case("global", [real(rng, 2, 3, 4, 5)], lambda x, output_size: x.sum(axis=(2, 3))[:, :, None, None] / 20),
     ],
 }
 
@@ -508,6 +739,7 @@ NO_DERIVATIVE = {
     "sign": "its derivative is zero almost everywhere",
     "size": "it depends on a shape, not on values",
     "onehot": "its input is integer labels",
+    "equal": "it is piecewise constant",
 }
 
 DIM = st.integers(1, 5)
@@ -541,9 +773,9 @@ def broadcast_pair(draw):
     return (a, b) if draw(st.booleans()) else (b, a)
 
 
-def _unary_space(gen=real, min_rank=0):
+def _unary_space(gen=real, min_rank=0, max_rank=2, attrs=lambda draw: {}):
     def space(draw, rng):
-        return [gen(rng, *draw(shapes(min_rank)))], {}
+        return [gen(rng, *draw(shapes(min_rank, max_rank)))], attrs(draw)
     return space
 
 
@@ -562,8 +794,10 @@ def _matmul_space(draw, rng):
 
 
 def _reduce_space(draw, rng):
-    shape = draw(shapes())
+    shape = draw(shapes(0, 4))
     axis = draw(st.none() | st.integers(-len(shape), len(shape) - 1)) if shape else None
+    if shape and draw(st.booleans()):
+        axis = tuple(draw(st.sets(st.integers(0, len(shape) - 1), min_size=1)))
     return [real(rng, *shape)], {"axis": axis, "keepdims": draw(st.booleans())}
 
 
@@ -596,14 +830,48 @@ def _reshape_space(draw, rng):
 
 
 def _concat_space(draw, rng):
-    lead = draw(shapes(0, 1))
-    return [real(rng, *lead, draw(st.integers(1, 3))) for _ in range(draw(st.integers(1, 3)))], {}
+    shape = list(draw(shapes(1, 4)))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    parts = []
+    for _ in range(draw(st.integers(1, 3))):
+        shape[axis] = draw(st.integers(1, 3))
+        parts.append(real(rng, *shape))
+    return parts, {"axis": axis}
 
 
 def _slice_space(draw, rng):
-    shape = draw(shapes(1))
-    start = draw(st.integers(0, shape[-1] - 1))
-    return [real(rng, *shape)], {"start": start, "stop": draw(st.integers(start + 1, shape[-1]))}
+    shape = draw(shapes(1, 4))
+    axis = draw(st.integers(-len(shape), -1))
+    start = draw(st.integers(0, shape[axis] - 1))
+    return [real(rng, *shape)], {"start": start, "stop": draw(st.integers(start + 1, shape[axis])),
+                                 "axis": axis, "step": draw(st.integers(1, 3))}
+
+
+def _unslice_space(draw, rng):
+    shape = list(draw(shapes(1, 4)))
+    axis = draw(st.integers(-len(shape), -1))
+    size = shape[axis]
+    start = draw(st.integers(0, size - 1))
+    stop, step = draw(st.integers(start + 1, size)), draw(st.integers(1, 3))
+    shape[axis] = len(range(start, stop, step))
+    return [real(rng, *shape)], {"size": size, "start": start, "stop": stop, "axis": axis, "step": step}
+
+
+def _permute_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    return [real(rng, *shape)], {"axes": tuple(draw(st.permutations(range(len(shape)))))}
+
+
+def _pad_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(2 * draw(st.integers(1, len(shape)))))
+    return [real(rng, *shape)], {"pad": pad, "value": draw(st.sampled_from([0.0, 1.5]))}
+
+
+def _flatten_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    start = draw(st.integers(0, len(shape) - 1))
+    return [real(rng, *shape)], {"start_dim": start, "end_dim": draw(st.integers(start, len(shape) - 1))}
 
 
 def _cross_entropy_space(draw, rng):
@@ -635,18 +903,132 @@ GRAD_SPACES = {
     "neg": _unary_space(), "square": _unary_space(), "relu": _unary_space(off_kink),
     "sigmoid": _unary_space(), "tanh": _unary_space(), "exp": _unary_space(),
     "log": _unary_space(positive), "sqrt": _unary_space(positive),
+    "leaky_relu": _unary_space(off_kink, attrs=lambda draw: {"negative_slope": draw(st.sampled_from([0.01, 0.2, -0.5]))}),
+    "elu": _unary_space(off_kink, attrs=lambda draw: {"alpha": draw(st.sampled_from([1.0, 0.3]))}),
+    "softplus": _unary_space(attrs=lambda draw: {"beta": draw(st.sampled_from([1.0, 2.5]))}),
+    "gelu": _unary_space(attrs=lambda draw: {"approximate": draw(st.sampled_from(["none", "tanh"]))}),
+    "silu": _unary_space(), "erf": _unary_space(),
     "softmax": _unary_space(min_rank=1), "log_softmax": _unary_space(min_rank=1),
     "norm2": _unary_space(off_kink, min_rank=1),     # rows away from the kink of |x| at 0
     "transpose": _unary_space(),
     "matmul": _matmul_space, "dot": _dot_space,
     "sum": _reduce_space, "mean": _reduce_space,
     "broadcast_to": _broadcast_to_space, "sum_to": _sum_to_space,
-    "reshape": _reshape_space, "concat": _concat_space, "slice": _slice_space,
+    "reshape": _reshape_space, "concat": _concat_space, "slice": _slice_space, "unslice": _unslice_space,
+    "permute": _permute_space, "flatten": _flatten_space, "pad": _pad_space,
     "cross_entropy": _cross_entropy_space, "mse": _mse_space,
     "embedding": _embedding_space, "embedding_grad": _embedding_grad_space,
 }
 
+# convolutions and pooling: shapes, strides, paddings, dilations and groups drawn together
+@st.composite
+def window(draw, size_max=5):
+    """(x shape [N, C, H, W], kernel, stride, padding, dilation) of windows that fit."""
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    H = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), size_max))
+    W = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), size_max))
+    return (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), (kh, kw), \
+        (draw(st.integers(1, 2)), draw(st.integers(1, 2))), (ph, pw), (dh, dw)
+
+
+def _conv2d_space(draw, rng):
+    (N, C, H, W), k, s, p, d = draw(window())
+    groups = draw(st.sampled_from([g for g in (1, 2, 3) if C % g == 0]))
+    C = C * groups if groups > 1 and draw(st.booleans()) else C          # more channels per group, sometimes
+    groups = groups if C % groups == 0 else 1
+    C_out = groups * draw(st.integers(1, 2))
+    if draw(st.integers(0, 4)) == 0:
+        s, p = (1, 1), "same"
+    args = [real(rng, N, C, H, W), real(rng, C_out, C // groups, *k)]
+    if draw(st.booleans()):
+        args.append(real(rng, C_out))
+    return args, {"stride": s, "padding": p, "dilation": d, "groups": groups}
+
+
+def _conv1d_space(draw, rng):
+    (N, C, _, L), (_, k), (_, s), (_, p), (_, d) = draw(window(size_max=7))
+    groups = draw(st.sampled_from([g for g in (1, C) if C % g == 0]))
+    args = [real(rng, N, C, L), real(rng, groups * draw(st.integers(1, 2)), C // groups, k)]
+    if draw(st.booleans()):
+        args.append(real(rng, args[1].shape[0]))
+    return args, {"stride": s, "padding": p, "dilation": d, "groups": groups}
+
+
+def _window_attrs(k, s, p, d):
+    return {"kernel": k, "stride": s, "padding": (p[0], p[0], p[1], p[1]), "dilation": d}
+
+
+def _out_size(shape, k, s, p, d):
+    return tuple((n + 2 * pp - dd * (kk - 1) - 1) // ss + 1 for n, kk, ss, pp, dd in zip(shape, k, s, p, d))
+
+
+def _im2col_space(draw, rng):
+    (N, C, H, W), k, s, p, d = draw(window())
+    return [real(rng, N, C, H, W)], _window_attrs(k, s, p, d)
+
+
+def _col2im_space(draw, rng):
+    (N, C, H, W), k, s, p, d = draw(window())
+    Ho, Wo = _out_size((H, W), k, s, p, d)
+    return [real(rng, N, Ho, Wo, C * k[0] * k[1])], {"size": (H, W), **_window_attrs(k, s, p, d)}
+
+
+def _patch_matmul_space(draw, rng):
+    mode, G = draw(st.sampled_from(["nt", "nn", "tn"])), draw(st.integers(1, 3))
+    rows, ka, nb = draw(shapes(1, 3)), draw(DIM), draw(DIM)
+    if mode == "tn":
+        return [real(rng, *rows, G * ka), real(rng, *rows, G * nb)], {"mode": mode, "groups": G}
+    args = [real(rng, *rows, G * ka), real(rng, G * nb, ka) if mode == "nt" else real(rng, G * ka, nb)]
+    if mode == "nt" and draw(st.booleans()):
+        args.append(real(rng, G * nb))
+    return args, {"mode": mode, "groups": G}
+
+
+def _max_space(draw, rng):
+    shape = draw(shapes(0, 4))
+    args, attrs = [rng.permutation(np.linspace(-2, 2, int(np.prod(shape)))).reshape(shape)], {}   # no ties
+    if shape:
+        attrs["axis"] = draw(st.none() | st.integers(-len(shape), len(shape) - 1)
+                             | st.sets(st.integers(0, len(shape) - 1), min_size=1).map(tuple))
+        attrs["keepdims"] = draw(st.booleans())
+    return args, attrs
+
+
+def _pool_space(max_pool):
+    def space(draw, rng):
+        (N, C, H, W), k, s, p, d = draw(window())
+        attrs = {"kernel_size": k, "stride": draw(st.none() | st.just(s)), "padding": p}
+        if max_pool:      # distinct values: no ties for max's gradient
+            attrs["dilation"] = d
+            return [rng.permutation(np.linspace(-2, 2, N * C * H * W)).reshape(N, C, H, W)], attrs
+        return [real(rng, N, C, H, W)], attrs
+    return space
+
+
+def _layer_norm_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    norm = shape[len(shape) - draw(st.integers(1, len(shape))):]
+    args = [real(rng, *shape)]
+    for _ in range(draw(st.integers(0, 2))):
+        args.append(real(rng, *norm))
+    return args, {"normalized_shape": norm, "eps": draw(st.sampled_from([1e-5, 0.5]))}
+
+
+def _adaptive_space(draw, rng):
+    return [real(rng, draw(DIM), draw(DIM), draw(DIM), draw(DIM))], {"output_size": draw(st.sampled_from([1, (1, 1)]))}
+
+
+GRAD_SPACES.update({
+    "conv2d": _conv2d_space, "conv1d": _conv1d_space, "im2col": _im2col_space, "col2im": _col2im_space,
+    "patch_matmul": _patch_matmul_space, "max": _max_space, "max_pool2d": _pool_space(True),
+    "avg_pool2d": _pool_space(False), "adaptive_avg_pool2d": _adaptive_space, "layer_norm": _layer_norm_space,
+})
+WINDOWED = {"conv2d", "conv1d", "im2col", "col2im", "max_pool2d", "avg_pool2d"}   # finite differences cost most
+
 GRAD_SETTINGS = settings(max_examples=80, deadline=None, derandomize=True)   # the whole file runs in ~10 s
+WINDOW_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
 def test_every_op_with_a_derivative_has_a_hypothesis_space():
@@ -663,10 +1045,23 @@ def op_cases(draw, name):
     return Case(f"{name}-drawn", args, expect=None, attrs=attrs)
 
 
-@pytest.mark.parametrize("name", sorted(GRAD_SPACES))
+@pytest.mark.parametrize("name", sorted(set(GRAD_SPACES) - WINDOWED))
 @GRAD_SETTINGS
 @given(data=st.data())
 def test_vjp_matches_finite_differences_on_drawn_shapes(name, data):
+    _check_drawn(name, data)
+
+
+@pytest.mark.parametrize("name", sorted(WINDOWED))
+@WINDOW_SETTINGS
+@given(data=st.data())
+def test_vjp_of_windowed_ops_matches_finite_differences_on_drawn_windows(name, data):
+    """Convolutions, pooling and the patch matrix over drawn kernels, strides, paddings ('same'
+    too), dilations and groups (depthwise among them)."""
+    _check_drawn(name, data)
+
+
+def _check_drawn(name, data):
     case = data.draw(op_cases(name), label="case")
     g, wrt = _loss_graph(name, case)
     arrays = {f"a{i}": a for i, a in enumerate(case.args)}

@@ -30,9 +30,10 @@ from graphc.ops import REGISTRY
 
 DIMS = {"N": None, "D": 4, "K": 3, "V": 7}
 BATCH = 3
-REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",)}
+REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",),
+        "img": ("N", 2, 5, 4), "seq": ("N", 2, 6), "pat": ("N", 5, 4, 18)}      # NCHW, NCL, patch rows
 LABELS = {"y": ("N",), "ids": ("N",)}      # below K (classes) and V (table rows)
-PARAMS = {"W": ("D", "K"), "E": ("V", "D")}
+PARAMS = {"W": ("D", "K"), "E": ("V", "D"), "ker": (3, 2, 3, 3), "kb": (3,), "k1": (3, 2, 3), "w2": (3, 18)}
 
 SPEC_HEAD = """name = "ex"
 [dims]
@@ -45,11 +46,18 @@ x = ["N", "D"]
 u = ["N", "D"]
 p = ["N", "K"]
 b = ["D"]
+img = ["N", 2, 5, 4]
+seq = ["N", 2, 6]
+pat = ["N", 5, 4, 18]
 y = { shape = ["N"], dtype = "int32" }
 ids = { shape = ["N"], dtype = "int32" }
 [params]
 W = ["D", "K"]
 E = ["V", "D"]
+ker = [3, 2, 3, 3]
+kb = [3]
+k1 = [3, 2, 3]
+w2 = [3, 18]
 """
 
 # (op, inputs, attrs, spec form or None where the spec language cannot write it, text, LaTeX)
@@ -68,6 +76,15 @@ EXAMPLES = [
     ("exp", ("x",), {}, "exp(x)", "exp(x)", r"\exp(x)"),
     ("log", ("x",), {}, "log(x)", "log(x)", r"\log(x)"),
     ("sqrt", ("x",), {}, "sqrt(x)", "sqrt(x)", r"\sqrt{x}"),
+    ("leaky_relu", ("x",), {}, "leaky_relu(x)", "leaky_relu(x)", r"\operatorname{leaky\_relu}(x)"),
+    ("leaky_relu", ("x",), {"negative_slope": 0.2}, "leaky_relu(x, negative_slope=0.2)", "leaky_relu(x)",
+     r"\operatorname{leaky\_relu}(x)"),
+    ("elu", ("x",), {"alpha": 0.5}, "elu(x, alpha=0.5)", "elu(x)", r"\operatorname{elu}(x)"),
+    ("softplus", ("x",), {}, "softplus(x)", "softplus(x)", r"\operatorname{softplus}(x)"),
+    ("gelu", ("x",), {}, "gelu(x)", "gelu(x)", r"\operatorname{gelu}(x)"),
+    ("gelu", ("x",), {"approximate": "tanh"}, "gelu(x, approximate='tanh')", "gelu(x)", r"\operatorname{gelu}(x)"),
+    ("silu", ("x",), {}, "silu(x)", "silu(x)", r"\operatorname{silu}(x)"),
+    ("erf", ("x",), {}, "erf(x)", "erf(x)", r"\operatorname{erf}(x)"),
     ("broadcast_to", ("b",), {"shape": ("N", 4)}, None, "b", "b"),
     ("matmul", ("x", "W"), {}, "x @ W", "x W", "x W"),
     ("transpose", ("W",), {}, "W.T", "Wᵀ", r"W^\top"),
@@ -83,7 +100,14 @@ EXAMPLES = [
     ("reshape", ("b",), {"shape": (2, 2)}, "reshape(b, shape=(2, 2))", "reshape(b)", r"\operatorname{reshape}(b)"),
     ("reshape", ("b",), {"shape": (1, 4)}, "reshape(b, shape=(1, 4))", "bᵀ", r"b^\top"),
     ("concat", ("x", "u"), {}, "concat(x, u)", "[x, u]", "[x, u]"),
-    ("slice", ("x",), {"start": 1, "stop": 3}, None, "x[:, 1:3]", "x[:, 1:3]"),
+    ("slice", ("x",), {"start": 1, "stop": 3}, "x[:, 1:3]", "x[:, 1:3]", "x[:, 1:3]"),
+    ("slice", ("W",), {"start": 0, "stop": 4, "step": 2, "axis": -2}, "W[0:4:2]", "W[0:4:2]", "W[0:4:2]"),
+    ("unslice", ("x",), {"size": 6, "start": 1, "stop": 5}, None, "unslice(x)", r"\operatorname{unslice}(x)"),
+    ("permute", ("x",), {"axes": (1, 0)}, "permute(x, axes=(1, 0))", "permute(x)", r"\operatorname{permute}(x)"),
+    ("flatten", ("x",), {}, "flatten(x)", "flatten(x)", r"\operatorname{flatten}(x)"),
+    ("pad", ("img",), {"pad": (1, 1, 2, 0), "value": 0.5}, "pad(img, pad=(1, 1, 2, 0), value=0.5)", "pad(img)",
+     r"\operatorname{pad}(\mathrm{img})"),
+    ("concat", ("W", "W"), {"axis": 0}, "concat(W, W, axis=0)", "[W, W]", "[W, W]"),
     ("embedding", ("E", "ids"), {}, "embedding(E, ids)", "E[ids]", r"E[\mathrm{ids}]"),
     ("embedding_grad", ("x", "ids"), {"rows": 7}, None, "scatter_add(x, ids)",
      r"\operatorname{scatter\_add}(x, \mathrm{ids})"),
@@ -93,6 +117,33 @@ EXAMPLES = [
     ("cross_entropy", ("p", "p"), {}, "cross_entropy(p, p)", "CE(p, p)", r"\operatorname{CE}(p, p)"),
     ("mse", ("x", "u"), {}, "mse(x, u)", "mse(x, u)", r"\operatorname{mse}(x, u)"),
     ("onehot", ("y",), {"depth": 3}, None, "y", "y"),
+    ("conv2d", ("img", "ker", "kb"), {"padding": 1}, "conv2d(img, ker, kb, padding=1)", "conv2d(img, ker, kb)",
+     r"\operatorname{conv2d}(\mathrm{img}, \mathrm{ker}, \mathrm{kb})"),
+    ("conv2d", ("img", "ker"), {"stride": 2}, "conv2d(img, ker, stride=2)", "conv2d(img, ker)",
+     r"\operatorname{conv2d}(\mathrm{img}, \mathrm{ker})"),
+    ("conv1d", ("seq", "k1", "kb"), {}, "conv1d(seq, k1, kb)", "conv1d(seq, k1, kb)",
+     r"\operatorname{conv1d}(\mathrm{seq}, k_{1}, \mathrm{kb})"),
+    ("im2col", ("img",), {"kernel": (3, 3), "padding": (1, 1, 1, 1)}, None, "im2col(img)",
+     r"\operatorname{im2col}(\mathrm{img})"),
+    ("col2im", ("pat",), {"size": (5, 4), "kernel": (3, 3), "padding": (1, 1, 1, 1)}, None, "col2im(pat)",
+     r"\operatorname{col2im}(\mathrm{pat})"),
+    ("patch_matmul", ("pat", "w2"), {}, None, "pat w2ᵀ", r"\mathrm{pat} w_{2}^\top"),
+    ("patch_matmul", ("pat", "w2", "kb"), {}, None, "patch_matmul(pat, w2, kb)",
+     r"\operatorname{patch\_matmul}(\mathrm{pat}, w_{2}, \mathrm{kb})"),
+    ("patch_matmul", ("pat", "pat"), {"mode": "tn"}, None, "patᵀ pat", r"\mathrm{pat}^\top \mathrm{pat}"),
+    ("max", ("x",), {"axis": 1}, "max(x, axis=1)", "max(x)", r"\max(x)"),
+    ("layer_norm", ("x", "b", "b"), {"normalized_shape": (4,)}, "layer_norm(x, (4,), b, b)", "layer_norm(x, b, b)",
+     r"\operatorname{layer\_norm}(x, b, b)"),
+    ("layer_norm", ("x",), {"normalized_shape": (4,), "eps": 0.001}, "layer_norm(x, normalized_shape=(4,), eps=0.001)",
+     "layer_norm(x)", r"\operatorname{layer\_norm}(x)"),
+    ("equal", ("x", "u"), {}, None, "equal(x, u)", r"\operatorname{equal}(x, u)"),
+    ("max_pool2d", ("img",), {"kernel_size": 2}, "max_pool2d(img, kernel_size=2)", "max_pool2d(img)",
+     r"\operatorname{max\_pool2d}(\mathrm{img})"),
+    ("avg_pool2d", ("img",), {"kernel_size": 3, "stride": 1, "padding": 1},
+     "avg_pool2d(img, kernel_size=3, stride=1, padding=1)", "avg_pool2d(img)",
+     r"\operatorname{avg\_pool2d}(\mathrm{img})"),
+    ("adaptive_avg_pool2d", ("img",), {"output_size": 1}, "adaptive_avg_pool2d(img)", "adaptive_avg_pool2d(img)",
+     r"\operatorname{adaptive\_avg\_pool2d}(\mathrm{img})"),
 ]
 IDS = [f"{e[0]}-{i}" for i, e in enumerate(EXAMPLES)]
 FIRST = {}                                   # one example per op, for the checks that need one node
@@ -183,7 +234,7 @@ def test_op_notation_in_the_notes(name, ins, attrs, spec, text, latex):
 
 
 # Which ops set explain's flags; a record that lost one changes the derivations' text.
-LEAFY = {"const", "size", "onehot", "softmax", "log_softmax", "sign", "transpose", "reshape", "broadcast_to"}
+LEAFY = {"const", "size", "onehot", "softmax", "log_softmax", "sign", "transpose", "reshape", "broadcast_to", "equal"}
 SEE_THROUGH = {"broadcast_to", "reshape"}
 NOT_SHOWN_BY_NAME = {"softmax", "const"}
 

@@ -15,7 +15,7 @@ LOOP_VARS = ("i", "j", "k", "l", "p", "q", "r", "s")
 C_RESERVED = frozenset("""auto break case char const continue default do double else enum extern float for goto
 if inline int long register restrict return short signed sizeof static struct switch typedef union unsigned
 void volatile while bool true false main NULL errno exp expf log logf tanh tanhf sqrt sqrtf fabs fabsf
-fmax fmaxf memset memcpy size_t int32_t int64_t uint8_t n ws workspace status pack
+erf erff fmax fmaxf memset memcpy size_t int32_t int64_t uint8_t n ws workspace status pack
 int8_t int16_t uint16_t uint32_t uint64_t intptr_t uintptr_t ptrdiff_t
 row out max sum total target shift lse dst src
 alignas alignof static_assert thread_local nullptr constexpr typeof noreturn complex imaginary

@@ -10,6 +10,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     Gemm         a dense product with its epilogue (bias, relu, relu mask, column sums, SGD update)
     RowSoftmax   softmax / log-softmax / cross-entropy over the rows of the logits, and identity (7)
     Gather       embedding rows, their scatter-add adjoint, one-hot rows
+    Patches      a convolution's patch matrix (im2col) and its adjoint (col2im)
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ class Statement:
     value: str
     loads: tuple                # of Load
     accumulate: bool = False    # += (a sum over the axes the target does not move along)
+    combine: str | None = None  # an accumulation other than +=: C over {T} (target) and {V} (value), e.g. a max
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,11 @@ def collapse(loop: Loop) -> Nest:
         targets.append(k)
         loads = {f"L{j}": c_element(ld.array, index(k + 1 + j)) for j, ld in enumerate(st.loads)}
         loads["COL"] = LOOP_VARS[len(merged) - 1] if uses_col else "0"
-        body.append(dict(target=c_element(st.target, index(k)), op="+=" if st.accumulate else "=",
-                         value=st.value.format(**loads)))
+        target, value = c_element(st.target, index(k)), st.value.format(**loads)
+        if st.combine:
+            body.append(dict(target=target, op="=", value=st.combine.replace("{T}", target).replace("{V}", value)))
+        else:
+            body.append(dict(target=target, op="+=" if st.accumulate else "=", value=value))
         k += 1 + len(st.loads)
     # The outer loop may be split across threads when every iteration of it writes elements of its
     # own: plain assignments (no += reduction) whose targets all move along it. Then each element
@@ -237,6 +242,34 @@ class Gather(Kernel):
     kind_name: ClassVar[str] = "gather"
 
 
+# -------------------------------------------------------------------------------------- patches
+@dataclass(frozen=True)
+class Patches(Kernel):
+    """kind im2col: out [n*Ho*Wo rows, C*kh*kw] = the windows of x [n, C, H, W] (pad_value outside);
+    kind col2im: out [n, C, H, W] = zeros, then each patch element of x added back where it came
+    from. Sizes are C text; pad = (top, left), stride, dilation per axis."""
+    kind: str = "im2col"
+    out: str = ""
+    x: str = ""
+    batch: str = ""
+    C: str = ""
+    H: str = ""
+    W: str = ""
+    kh: str = ""
+    kw: str = ""
+    Ho: str = ""
+    Wo: str = ""
+    sh: str = ""
+    sw: str = ""
+    pt: str = ""
+    pl: str = ""
+    dh: str = ""
+    dw: str = ""
+    pad_value: str = "0"
+    template: ClassVar[str] = "kernels/patches.c.j2"
+    kind_name: ClassVar[str] = "patches"
+
+
 # ---------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
 class Update(Kernel):
@@ -307,4 +340,4 @@ class OptimizerUpdates:
     note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = 0.1"
 
 
-RECORDS = (Loop, Gemm, RowSoftmax, Gather, SgdUpdate, AdamStepCount, AdamUpdate)
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, SgdUpdate, AdamStepCount, AdamUpdate)

@@ -13,10 +13,10 @@ from dataclasses import dataclass, replace
 
 from graphc.backend.cprint import c_apply, c_load, c_name, c_onehot, c_poly, c_real, c_scalar, c_size_real
 from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
-from graphc.backend.kernels import (Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, RowSoftmax,
-                                    Statement, worth_parallel)
+from graphc.backend.kernels import (Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
+                                    RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
-from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel
+from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
 from graphc.core.ir import FLOAT, Graph, Node, Value
 
 
@@ -60,7 +60,7 @@ class Scheduler(Fusion):
         return c_size_real(numel(shape))
 
     def apply(self, n: Node, operands: list[str]) -> str:
-        return c_apply(n.op.c_expr, operands)
+        return c_apply(n.op.c_code(self, n), operands)
 
     # ---------------------------------------------------------------- loop kernels
     def load(self, v: Value, iter_shape, loads: list, shape=None) -> str:
@@ -83,9 +83,10 @@ class Scheduler(Fusion):
         return self.load(v, iter_shape, loads)
 
     def loop(self, iter_shape, target: str, target_strides, value: str, loads: list, comment: str, defs,
-             accumulate: bool = False, target_offset: Poly = (0,), zero_size: Poly | None = None) -> Loop:
+             accumulate: bool = False, target_offset: Poly = (0,), zero_size: Poly | None = None,
+             combine: str | None = None) -> Loop:
         """One loop nest over iter_shape writing (or accumulating into) target."""
-        st = Statement(target, tuple(target_strides), target_offset, value, tuple(loads), accumulate)
+        st = Statement(target, tuple(target_strides), target_offset, value, tuple(loads), accumulate, combine)
         return Loop(comment, tuple(defs), tuple(ld.value for ld in loads), tuple(iter_shape), (st,), (comment,),
                     ((target, zero_size),) if zero_size else ())
 
@@ -96,8 +97,9 @@ class Scheduler(Fusion):
         out: list[Kernel] = []
         producer: dict[Value, int] = {}
         for st in steps:
+            # (not a max: its target is filled with -inf by the loop before it, after the producer)
             if (isinstance(st, Loop) and len(st.statements) == 1 and st.statements[0].accumulate
-                    and len(st.uses) == 1 and st.uses[0] in producer):
+                    and st.statements[0].combine is None and len(st.uses) == 1 and st.uses[0] in producer):
                 i = producer[st.uses[0]]
                 host = out[i]
                 if isinstance(host, Loop) and host.iter_shape == st.iter_shape \
@@ -120,7 +122,7 @@ class Scheduler(Fusion):
     def elementwise(self, n: Node) -> list[Kernel]:
         """An elementwise op (its c_expr) over its output's shape, operands broadcast."""
         v, loads = n.output, []
-        value = n.op.c_expr.format(*[self.expr(x, v.shape, loads) for x in n.inputs])
+        value = n.op.c_code(self, n).format(*[self.expr(x, v.shape, loads) for x in n.inputs])
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), value, loads, self.comment(n), [v])]
 
     def reduce(self, n: Node, keep) -> list[Kernel]:
@@ -129,6 +131,16 @@ class Scheduler(Fusion):
         value = self.expr(x, x.shape, loads)
         return [self.loop(x.shape, self.ref(v), broadcast_strides(keep, x.shape), value, loads, self.comment(n), [v],
                           accumulate=True, zero_size=numel(v.shape))]
+
+    def reduce_max(self, n: Node, keep) -> list[Kernel]:
+        """The largest element of the input over the axes where `keep` (the output) is 1: the
+        output filled with -inf, then each element compared in."""
+        x, v, loads = n.inputs[0], n.output, []
+        value = self.expr(x, x.shape, loads)
+        comment = self.comment(n)
+        fill = self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_real(float("-inf")), [], comment, [v])
+        return [fill, self.loop(x.shape, self.ref(v), broadcast_strides(keep, x.shape), value, loads, comment, [v],
+                                accumulate=True, combine="({T} >= {V} ? {T} : {V})")]
 
     def flat_copy(self, n: Node) -> list[Kernel]:
         """The same elements in the same order (a reshape): one flat loop."""
@@ -148,21 +160,33 @@ class Scheduler(Fusion):
         loads = [Load(self.ref(x), tuple(s[a] for a in axes), (0,), x)]
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_load(0), loads, self.comment(n), [v])]
 
-    def window_copy(self, n: Node, start: int) -> list[Kernel]:
-        """The columns start.. of x's last axis (a slice)."""
+    def window_copy(self, n: Node, axis: int, start: int, step: int = 1) -> list[Kernel]:
+        """x[..., start::step, ...] along `axis` (a slice): x read with that axis' stride times step."""
         x, v = n.inputs[0], n.output
-        loads = [Load(self.ref(x), tuple(contiguous_strides(x.shape)[:-1] + [(1,)]), (start,), x)]
+        s = contiguous_strides(x.shape)
+        strides = tuple(pmul(st, (step,)) if a == axis else st for a, st in enumerate(s))
+        loads = [Load(self.ref(x), strides, pmul(s[axis], (start,)), x)]
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_load(0), loads, self.comment(n), [v])]
 
-    def concat(self, n: Node) -> list[Kernel]:
-        """Each operand into its column range of every row of the output."""
+    def window_place(self, n: Node, axis: int, start: int, step: int = 1) -> list[Kernel]:
+        """The adjoint of window_copy: zeros, then x written at start::step along `axis`."""
+        x, v = n.inputs[0], n.output
+        s = contiguous_strides(v.shape)
+        strides = tuple(pmul(st, (step,)) if a == axis else st for a, st in enumerate(s))
+        loads = [Load(self.ref(x), tuple(contiguous_strides(x.shape)), (0,), x)]
+        return [self.loop(x.shape, self.ref(v), strides, c_load(0), loads, self.comment(n), [v],
+                          target_offset=pmul(s[axis], (start,)), zero_size=numel(v.shape))]
+
+    def concat(self, n: Node, axis: int = -1) -> list[Kernel]:
+        """Each operand into its range of `axis` of the output."""
         v, steps, start = n.output, [], 0
+        axis %= v.rank
         out_strides = contiguous_strides(v.shape)
         for part in n.inputs:
             loads = [Load(self.ref(part), tuple(contiguous_strides(part.shape)), (0,), part)]
             steps.append(self.loop(part.shape, self.ref(v), out_strides, c_load(0), loads, self.comment(n), [v],
-                                   target_offset=(start,)))
-            start += part.shape[-1]
+                                   target_offset=pmul(out_strides[axis], (start,))))
+            start += part.shape[axis]
         return steps
 
     def gather(self, n: Node, kind: str, ids: Value, width, src: Value | None = None, rows=None) -> list[Kernel]:
@@ -192,6 +216,46 @@ class Scheduler(Fusion):
         size = lambda d: c_poly(dim_poly(d))  # noqa: E731
         return [Gemm(self.comment(n), (n.output,), (a, b), self.ref(n.output) if out is None else out,
                      self.ref(a), self.ref(b), ta, tb, size(M), size(N), size(K), size(A[1]), size(B[1]), size(N))]
+
+    def patches(self, n: Node, kind: str) -> list[Kernel]:
+        """A convolution's patch matrix (im2col) or its adjoint (col2im): one Patches record."""
+        x, v = n.inputs[0], n.output
+        a = n.attrs
+        image, cols = (x, v) if kind == "im2col" else (v, x)
+        size = lambda d: c_poly(dim_poly(d))  # noqa: E731
+        pad_value = c_real(a["pad_value"]) if kind == "im2col" else "0"
+        return [Patches(self.comment(n), (v,), (x,), kind, self.ref(v), self.ref(x), size(image.shape[0]),
+                        *(size(d) for d in image.shape[1:]), *(str(k) for k in a["kernel"]),
+                        *(size(d) for d in cols.shape[1:3]), *(str(s) for s in a["stride"]),
+                        str(a["padding"][0]), str(a["padding"][2]), *(str(d) for d in a["dilation"]), pad_value)]
+
+    def patch_gemm(self, n: Node) -> list[Kernel]:
+        """patch_matmul: one GEMM per group over column blocks of its operands (ops/conv.py), the
+        rows of a [..., K] taken as one matrix; a bias is the epilogue of the nt form."""
+        a, b = n.inputs[:2]
+        bias = n.inputs[2] if len(n.inputs) > 2 else None
+        mode, G, v = n.attrs["mode"], n.attrs["groups"], n.output
+        size = lambda d: c_poly(dim_poly(d) if not isinstance(d, tuple) else d)  # noqa: E731
+        at = lambda ptr, off: ptr if off == 0 else f"{ptr} + {off}"  # noqa: E731
+        out, A, B = self.ref(v), self.ref(a), self.ref(b)
+        steps = []
+        for g in range(G):
+            if mode == "tn":
+                Ma, Nb = a.shape[-1] // G, b.shape[-1] // G
+                dims = dict(ta=1, tb=0, M=size(Ma), N=size(Nb), K=size(numel(a.shape[:-1])), lda=size(a.shape[-1]),
+                            ldb=size(b.shape[-1]), ldc=size(Nb))
+                ptrs = (at(out, g * Ma * Nb), at(A, g * Ma), at(B, g * Nb))
+            else:
+                Ka = a.shape[-1] // G
+                cols = numel(b.shape[1:])[0]        # a conv weight [C_out, C_in/G, kh, kw] read as a matrix
+                Nb = b.shape[0] // G if mode == "nt" else cols
+                dims = dict(ta=0, tb=1 if mode == "nt" else 0, M=size(numel(a.shape[:-1])), N=size(Nb), K=size(Ka),
+                            lda=size(a.shape[-1]), ldb=size(cols), ldc=size(G * Nb))
+                ptrs = (at(out, g * Nb), at(A, g * Ka), at(B, g * Nb * Ka))
+            epilogue = Epilogue(bias=at(self.ref(bias), g * Nb)) if bias is not None else Epilogue()
+            comment = self.comment(n) + (f"\n   group {g + 1} of {G}" if G > 1 else "")
+            steps.append(Gemm(comment, (v,), tuple(n.inputs), *ptrs, **dims, epilogue=epilogue))
+        return steps
 
     def row_softmax(self, n: Node) -> list[Kernel]:
         """One pass over the rows of the logits; softmax and cross_entropy of the same logits (and

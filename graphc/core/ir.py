@@ -79,8 +79,60 @@ class Value:
     def T(self) -> "Value":
         return self.graph.apply("transpose", self)
 
+    def __getitem__(self, key) -> "Value":
+        """x[:, 1:5], x[..., ::2], x[:, 0]: Python's subscripts (positive steps), as slices."""
+        return subscript(self, key if isinstance(key, tuple) else (key,))
+
     def __bool__(self):
         raise GraphcError("a graphc Value has no truth value; compare arrays after evaluate()")
+
+
+def _fail(i: int, message: str, hint: str | None = None):
+    raise ShapeError(message, hint=hint)
+
+
+def subscript(x: Value, items: tuple, fail: Callable = _fail) -> Value:
+    """x[items] (each a slice, an int or Ellipsis) as one slice node per sliced axis, then a reshape
+    dropping the axes an int picked. `fail(i, message, hint)` reports a bad item i (the spec points
+    at it); it must raise."""
+    dots = [i for i, e in enumerate(items) if e is Ellipsis]
+    if len(dots) > 1:
+        fail(dots[1], "a subscript takes one '...'")
+    where = list(range(len(items)))
+    if dots:
+        fill = max(x.rank - (len(items) - 1), 0)
+        items = items[:dots[0]] + (slice(None),) * fill + items[dots[0] + 1:]
+        where = where[:dots[0]] + [dots[0]] * fill + where[dots[0] + 1:]
+    if len(items) > x.rank:
+        fail(0, f"{len(items)} indices for a value of rank {x.rank} {x.graph.format_shape(x.shape)}")
+    dropped = []
+    for axis, e in enumerate(items):
+        size, i = x.shape[axis], where[axis]
+        if isinstance(e, slice) and e == slice(None):
+            continue
+        if isinstance(e, slice):
+            if any(b is not None and (not isinstance(b, int) or isinstance(b, bool)) for b in (e.start, e.stop, e.step)):
+                fail(i, "slice bounds are integers")
+            if e.step is not None and e.step < 1:
+                fail(i, f"slice step {e.step}: only positive steps are supported")
+        elif not isinstance(e, int) or isinstance(e, bool):
+            fail(i, f"an index is an int or a slice, got {e!r}")
+        if isinstance(size, str):
+            fail(i, f"cannot slice the batch dim {size}", "slice the other axes: x[:, 1:5]")
+        if isinstance(e, slice):
+            start, stop, step = e.indices(size)
+            if start >= stop:
+                fail(i, f"slice {start}:{stop} of an axis of {size} is empty")
+        else:
+            if not -size <= e < size:
+                fail(i, f"index {e} is out of range for an axis of {size}")
+            start, stop, step = e % size, e % size + 1, 1
+            dropped.append(axis)
+        if (start, stop, step) != (0, size, 1):
+            x = x.graph.apply("slice", x, start=start, stop=stop, axis=axis - x.rank, step=step)
+    if dropped:
+        x = x.graph.apply("reshape", x, shape=tuple(d for a, d in enumerate(x.shape) if a not in dropped))
+    return x
 
 
 @dataclass(eq=False)

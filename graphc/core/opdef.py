@@ -51,6 +51,11 @@ class OpDef:
 
     name: str = ""
     arity: int | None = 1           # None: variadic (at least one input)
+    optional_inputs: int = 0        # the last ones may be left out (conv2d's bias)
+    # torch's positional order when inputs and attributes interleave (layer_norm(x, normalized_shape,
+    # weight, bias, eps)): every parameter's name, and which of them are inputs; None: inputs first
+    positional: tuple[str, ...] | None = None
+    input_names: tuple[str, ...] = ()
     attrs: dict[str, Any] = {}      # attribute name -> default
     tuple_attrs: tuple[str, ...] = ()   # attributes kept as tuples (shapes, axes)
     identity: str | None = None     # identity of the notes its VJP applies
@@ -69,8 +74,11 @@ class OpDef:
 
     # ---- attributes and arity, checked once when a node is created
     def check_attrs(self, inputs: tuple, attrs: dict) -> dict:
-        if self.arity is not None and len(inputs) != self.arity:
-            raise SpecError(f"takes {self.arity} argument{'s' if self.arity != 1 else ''}, got {len(inputs)}")
+        if self.arity is not None and not self.arity - self.optional_inputs <= len(inputs) <= self.arity:
+            low = self.arity - self.optional_inputs
+            count = f"{low} to {self.arity} arguments" if low != self.arity else \
+                f"{self.arity} argument{'s' if self.arity != 1 else ''}"
+            raise SpecError(f"takes {count}, got {len(inputs)}")
         if self.arity is None and not inputs:
             raise SpecError("takes at least one argument")
         unknown = set(attrs) - set(self.attrs)
@@ -89,6 +97,37 @@ class OpDef:
                 raise DTypeError(f"argument {i + 1} ({operand_text(v)}) is int32 but {self.name} needs a real value",
                                  hint="integer inputs are labels or ids: pass them to cross_entropy or embedding")
         return out
+
+    def split_call(self, args: list, kwargs: dict, is_none) -> tuple[list, dict]:
+        """(inputs, attributes) of the call op(*args, **kwargs) as the spec and the builder write it:
+        inputs first, then attributes in order (relu(x), sum(x, 0)), or torch's order (`positional`);
+        an optional input may be None. The arguments are opaque here (AST nodes or values)."""
+        if self.positional is None:
+            n_in = min(self.arity if self.arity is not None else len(args), len(args))
+            extra = args[n_in:]
+            if len(extra) > len(self.attrs):
+                low = self.arity - self.optional_inputs if self.arity is not None else 1
+                raise SpecError(f"{self.name} takes {low} argument{'s' if low != 1 else ''}"
+                                + (f" and keywords {', '.join(self.attrs)}" if self.attrs else "") + f", got {len(args)}")
+            inputs = [a for a in args[:n_in] if not (self.optional_inputs and is_none(a))]
+            return inputs, {**dict(zip(self.attrs, extra)), **kwargs}
+        if len(args) > len(self.positional):
+            raise SpecError(f"{self.name} takes at most {len(self.positional)} arguments "
+                            f"({', '.join(self.positional)}), got {len(args)}")
+        bound = dict(zip(self.positional, args))
+        for k, v in kwargs.items():
+            if k in bound:
+                raise SpecError(f"{self.name}: {k} is given twice")
+            if k not in self.positional:
+                raise SpecError(f"unknown keyword {k!r}", hint=f"{self.name} takes {', '.join(self.positional)}")
+            bound[k] = v
+        inputs = []
+        for k in self.input_names:
+            if k in bound and not is_none(bound[k]):
+                if len(inputs) < self.input_names.index(k):
+                    raise SpecError(f"{self.name}: {k} is given without {self.input_names[len(inputs)]}")
+                inputs.append(bound[k])
+        return inputs, {k: v for k, v in bound.items() if k not in self.input_names}
 
     def accepts_float_at(self, i: int) -> bool:
         return False
@@ -127,6 +166,13 @@ class OpDef:
         if self.postfix and len(ins) == 1:
             sym, prec = self.postfix
             return f"{arg(ins[0], ATOM)}{sym}", prec
+        if self.positional is not None:         # torch's order: layer_norm(x, (4,), w, b, eps=0.001)
+            given = dict(zip(self.input_names, ins))
+            last = max(self.positional.index(k) for k in given)
+            args = [arg(given[k]) if k in given else repr(node.attrs[k]) for k in self.positional[:last + 1]]
+            args += [f"{k}={node.attrs[k]!r}" for k in self.positional[last + 1:]
+                     if k in self.attrs and self.attrs[k] != node.attrs[k]]
+            return f"{self.name}({', '.join(args)})", ATOM
         args = [arg(u) for u in ins]
         args += [f"{k}={val!r}" for k, val in node.attrs.items() if self.attrs.get(k, object()) != val]
         return f"{self.name}({', '.join(args)})", ATOM
@@ -170,6 +216,15 @@ class OpDef:
         if self.c_expr is not None:
             return k.elementwise(node)
         raise GraphcError(f"{self.name} has no kernel", hint="composite ops are lowered into kernel ops first")
+
+    def c_code(self, k, node) -> str:
+        """The elementwise C expression of `node` over {0}, {1}, ...: `c_expr` with each real
+        attribute written {name} replaced by its literal (leaky_relu's {negative_slope})."""
+        text = self.c_expr
+        for key, value in node.attrs.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                text = text.replace("{" + key + "}", k.real(float(value)))
+        return text
 
     def inline_c(self, k, node, iter_shape, loads) -> str:
         """The C expression of this node's value inside its consumer's loop (where fusion inlined it)."""
@@ -245,7 +300,7 @@ class Unary(OpDef):
 
     def vjp(self, b, node, d_out):
         with b.because(node, self.identity):
-            return [b.mul(d_out, self.derivative(b, node.inputs[0], node.output))]
+            return [b.mul(d_out, self.derivative(b, node.inputs[0], node.output, **node.attrs))]
 
 
 class Binary(OpDef):

@@ -22,6 +22,7 @@ def op_function(opname: str) -> Callable[..., Value]:
         graph = next((a.graph for a in args if isinstance(a, Value)), None)
         if graph is None:
             raise GraphcError(f"{opname}: at least one argument must be a graph Value")
+        args, attrs = op.split_call(list(args), attrs, lambda a: a is None)    # torch's order: permute(x, (0, 2, 1))
         return graph.apply(opname, *args, **attrs)
 
     call.__name__ = call.__qualname__ = opname

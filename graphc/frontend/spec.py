@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from graphc.core.errors import GraphcError, Location, SpecError
-from graphc.core.ir import Graph, Origin, Value
+from graphc.core.ir import Graph, Origin, Value, subscript
 from graphc.core.opdef import unknown_op_hint
 from graphc.ops import REGISTRY
 
@@ -331,6 +331,8 @@ class _Builder:
                 if n.attr != "T":
                     fail(f"attribute access '.{n.attr}' is not allowed; only '.T' (transpose) is", n)
                 return g.apply("transpose", visit(n.value))
+            if isinstance(n, ast.Subscript):
+                return self._subscript(g, visit(n.value), n.slice, fail)
             if isinstance(n, ast.Call):
                 if not isinstance(n.func, ast.Name):
                     fail("only calls of graphc ops by name are allowed", n)
@@ -338,19 +340,16 @@ class _Builder:
                 if opname not in REGISTRY or not REGISTRY[opname].public:
                     fail(f"unknown op {opname!r}", n, hint=unknown_op_hint(opname))
                 op = REGISTRY[opname]
-                n_in = op.arity if op.arity is not None else len(n.args)
-                if len(n.args) < n_in:
-                    fail(f"{opname} takes {n_in} argument{'s' if n_in != 1 else ''}, got {len(n.args)}", n)
-                extra_pos = n.args[n_in:]
-                if len(extra_pos) > len(op.attrs):
-                    fail(f"{opname} takes {n_in} argument{'s' if n_in != 1 else ''}"
-                         + (f" and keywords {', '.join(op.attrs)}" if op.attrs else "") + f", got {len(n.args)}", n)
-                attrs = {name: self._literal(g, a, fail) for name, a in zip(op.attrs, extra_pos)}
                 for kw in n.keywords:
                     if kw.arg is None:
                         fail("'**' arguments are not allowed", kw.value)
-                    attrs[kw.arg] = self._literal(g, kw.value, fail)
-                args = [visit(a) for a in n.args[:n_in]]
+                inputs, attr_nodes = op.split_call(list(n.args), {kw.arg: kw.value for kw in n.keywords},
+                                                   lambda a: isinstance(a, ast.Constant) and a.value is None)
+                low = op.arity - op.optional_inputs if op.arity is not None else 1
+                if len(inputs) < low:
+                    fail(f"{opname} takes {low} argument{'s' if low != 1 else ''}, got {len(inputs)}", n)
+                attrs = {name: self._literal(g, a, fail) for name, a in attr_nodes.items()}
+                args = [visit(a) for a in inputs]
                 return g.apply(opname, *args, **attrs)
             fail(f"{type(n).__name__} is not allowed in a graph expression", n,
                  hint="expressions use names, numbers, @ + - * / ** 2, .T and op calls")
@@ -360,12 +359,30 @@ class _Builder:
         except RecursionError:
             raise SpecError("expression is nested too deeply", self.src.loc(section, key)) from None
 
+    def _subscript(self, g: Graph, x: Value, index: ast.expr, fail) -> Value:
+        """x[:, 1:5], x[..., ::2], x[:, 0]: core/ir.py's subscript, each bad item pointed at."""
+        nodes = list(index.elts) if isinstance(index, ast.Tuple) else [index]
+
+        def bound(e):
+            return None if e is None else self._literal(g, e, fail)
+
+        items = []
+        for e in nodes:
+            if isinstance(e, ast.Slice):
+                items.append(slice(bound(e.lower), bound(e.upper), bound(e.step)))
+            elif isinstance(e, ast.Constant) and e.value is Ellipsis:
+                items.append(Ellipsis)
+            else:
+                items.append(bound(e))
+        return subscript(x, tuple(items), lambda i, message, hint=None: fail(message, nodes[i], hint))
+
     def _literal(self, g: Graph, n: ast.expr, fail):
-        """Keyword values: ints, bools, None, and tuples of ints or dim names (reshape)."""
-        if isinstance(n, ast.Constant) and (n.value is None or isinstance(n.value, (int, bool))):
+        """Keyword values: numbers, bools, None, strings (gelu's approximate="tanh"), and tuples
+        of ints or dim names (reshape)."""
+        if isinstance(n, ast.Constant) and (n.value is None or isinstance(n.value, (int, float, bool, str))):
             return n.value
         if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub) and isinstance(n.operand, ast.Constant) \
-                and isinstance(n.operand.value, int) and not isinstance(n.operand.value, bool):
+                and isinstance(n.operand.value, (int, float)) and not isinstance(n.operand.value, bool):
             return -n.operand.value
         if isinstance(n, (ast.Tuple, ast.List)):
             out = []
@@ -374,10 +391,13 @@ class _Builder:
                     out.append(e.id if g.dims[e.id] is None else g.dims[e.id])
                 elif isinstance(e, ast.Constant) and isinstance(e.value, int) and not isinstance(e.value, bool):
                     out.append(e.value)
+                elif isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub) and isinstance(e.operand, ast.Constant) \
+                        and type(e.operand.value) is int:
+                    out.append(-e.operand.value)                     # reshape's -1, an axis from the end
                 else:
                     fail("a shape holds integers and dim names", e)
             return tuple(out)
-        fail("keyword values must be integers, True/False, None or a tuple of dims", n)
+        fail("keyword values must be numbers, strings, True/False, None or a tuple of dims", n)
 
     def _outputs(self, g: Graph) -> None:
         for key, expr in self.table("outputs").items():

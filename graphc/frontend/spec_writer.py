@@ -16,6 +16,7 @@ from typing import Iterable
 
 from graphc.core.errors import SpecError
 from graphc.core.ir import Graph, Node, Value, fresh_name, is_plain_name
+from graphc.core.opdef import OpDef
 from graphc.core.types import FLOAT
 
 
@@ -48,7 +49,8 @@ def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
     for n in graph.nodes:
         v = n.output
         constant = n.op.static and not n.inputs
-        if not n.op.public and not constant:
+        writable = n.op.public or type(n.op).spec_text is not OpDef.spec_text     # a slice: x[:, 1:5]
+        if not writable and not constant:
             raise SpecError(f"{v.name} = {n.op.name}(...): {n.op.name} is no op of the spec language",
                             hint="only a forward graph is a spec (backward and train graphs use internal ops)")
         if v.temporary and (constant or users.get(v, 0) + outputs.get(v, 0) == 1):

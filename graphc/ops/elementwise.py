@@ -298,6 +298,24 @@ class Sqrt(Unary):
 
 
 @register
+class Equal(Binary):
+    """[x = y]: 1 where the operands are equal, 0 elsewhere, with broadcasting (max's VJP mask).
+
+    No gradient: it is piecewise constant, so nothing flows back to either operand."""
+
+    name = "equal"
+    public = False
+    leafy = True
+    c_expr = "(gc_real)({0} == {1})"
+
+    def reference(self, x, y):
+        return (x == y).astype(np.float64)
+
+    def vjp(self, b, node, d_out):
+        return [None, None]
+
+
+@register
 class BroadcastTo(OpDef):
     """Copy x into a larger shape by NumPy broadcasting.
 

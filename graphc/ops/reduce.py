@@ -11,16 +11,27 @@ from graphc.core.notation import MUL, Printed
 from graphc.core.opdef import OpDef, broadcast_shapes, norm_axis, register, require_float
 
 
-def reduced_shape(shape, axis, keepdims):
+def reduced_axes(rank, axis) -> tuple[int, ...]:
+    """The axes a reduction sums over: all for None, one int or a tuple of them (each in range)."""
     if axis is None:
-        return tuple(1 for _ in shape) if keepdims else ()
-    ax = norm_axis(axis, len(shape), "sum")
-    return shape[:ax] + ((1,) if keepdims else ()) + shape[ax + 1:]
+        return tuple(range(rank))
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    out = tuple(sorted({norm_axis(a, rank, "sum") for a in axes}))
+    if len(out) != len(axes):
+        raise ShapeError(f"axis {axis!r} names an axis twice")
+    return out
+
+
+def reduced_shape(shape, axis, keepdims):
+    axes = reduced_axes(len(shape), axis)
+    if keepdims:
+        return tuple(1 if a in axes else d for a, d in enumerate(shape))
+    return tuple(d for a, d in enumerate(shape) if a not in axes)
 
 
 @register
 class Sum(OpDef):
-    """Σ x over all elements, or along one axis.
+    """Σ x over all elements, or along one axis or a tuple of axes.
 
     Backward, identity (3): each summed element passes δ through unchanged, so dJ/dx = δ
     broadcast back over the summed axes, in the shape of x."""
@@ -29,16 +40,22 @@ class Sum(OpDef):
     attrs = {"axis": None, "keepdims": False}
     identity = "3"
 
+    def check_attrs(self, inputs, attrs):
+        out = OpDef.check_attrs(self, inputs, attrs)
+        if isinstance(out["axis"], list):       # a list from the builder: hashable, as the spec's tuple
+            out["axis"] = tuple(out["axis"])
+        return out
+
     def shape(self, x, axis, keepdims):
         require_float(x)
         return TensorType(reduced_shape(x.shape, axis, keepdims))
 
     def reference(self, x, axis, keepdims):
-        return np.sum(x, axis=axis, keepdims=keepdims)
+        return np.sum(x, axis=tuple(axis) if isinstance(axis, list) else axis, keepdims=keepdims)
 
     def kernel(self, k, node):
         x, axis = node.inputs[0], node.attrs["axis"]
-        return k.reduce(node, tuple(1 if axis is None or a == axis % x.rank else d for a, d in enumerate(x.shape)))
+        return k.reduce(node, reduced_shape(x.shape, axis, True))
     def vjp(self, b, node, d):
         x = node.inputs[0]
         axis, keep = node.attrs["axis"], node.attrs["keepdims"]
@@ -52,8 +69,9 @@ class Sum(OpDef):
         x, axis = node.inputs[0], node.attrs["axis"]
         if axis is None:
             return ""
-        if x.rank == 2:
-            return "rows" if axis % 2 == 0 else "cols"
+        axes = reduced_axes(x.rank, axis)
+        if x.rank == 2 and len(axes) == 1:
+            return "rows" if axes[0] == 0 else "cols"
         return None
 
     def notation(self, p, node, x):
@@ -79,14 +97,15 @@ class Mean(OpDef):
     attrs = {"axis": None, "keepdims": False}
     identity = "3"
 
+    check_attrs = Sum.check_attrs
+
     shape = Sum.shape
 
     def reference(self, x, axis, keepdims):
-        return np.mean(x, axis=axis, keepdims=keepdims)
+        return np.mean(x, axis=tuple(axis) if isinstance(axis, list) else axis, keepdims=keepdims)
 
     def _count(self, b, x, axis):
-        axes = tuple(range(x.rank)) if axis is None else (norm_axis(axis, x.rank, "mean"),)
-        return b.apply("size", x, axes=axes)
+        return b.apply("size", x, axes=reduced_axes(x.rank, axis))
 
     def lower(self, b, node):
         x = node.inputs[0]
@@ -98,6 +117,35 @@ class Mean(OpDef):
         with b.because(node, self.identity):
             d = b.div(d, self._count(b, x, node.attrs["axis"]))
             return Sum.vjp(self, b, node, d)
+
+
+@register
+class Max(OpDef):
+    """The largest element of x, over all elements, one axis or a tuple of axes.
+
+    Backward, identity (4): ∂max/∂x is 1 at the largest element and 0 elsewhere, so dJ/dx = δ
+    (broadcast back) ∘ [x = max], in the shape of x (every tie gets δ)."""
+
+    name = "max"
+    attrs = {"axis": None, "keepdims": False}
+    identity = "4"
+
+    check_attrs = Sum.check_attrs
+    shape = Sum.shape
+
+    def reference(self, x, axis, keepdims):
+        return np.max(x, axis=tuple(axis) if isinstance(axis, list) else axis, keepdims=keepdims)
+
+    def kernel(self, k, node):
+        x = node.inputs[0]
+        return k.reduce_max(node, reduced_shape(x.shape, node.attrs["axis"], True))
+
+    def vjp(self, b, node, d):
+        x = node.inputs[0]
+        keep = reduced_shape(x.shape, node.attrs["axis"], True)
+        with b.because(node, self.identity):
+            at_max = b.apply("equal", x, b.apply("reshape", node.output, shape=keep))
+            return [b.mul(b.apply("reshape", d, shape=keep), at_max)]
 
 
 @register

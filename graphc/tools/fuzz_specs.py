@@ -419,6 +419,18 @@ _unary("log", "log({})", "positive", mag=lambda m: 1 + abs(math.log(max(m, 1e-3)
 _unary("sqrt", "sqrt({})", "positive", mag=lambda m: math.sqrt(m), low=lambda v: math.sqrt(v.low))
 _unary("neg", "-{}")
 _unary("sign", "sign({})", mag=lambda m: 1.0, sparse=True)
+_unary("leaky_relu", "leaky_relu({}, negative_slope=0.1)", mag=lambda m: m)
+_unary("elu", "elu({})", mag=lambda m: m + 1)
+_unary("softplus", "softplus({})", mag=lambda m: m + 1, sparse=False)
+_unary("gelu", "gelu({})", mag=lambda m: m)
+_unary("silu", "silu({})", mag=lambda m: m)
+_unary("erf", "erf({})", mag=lambda m: min(m, 1.0))
+
+
+@entry("gelu_tanh", ops=("gelu",))
+def gelu_tanh(b: Builder):
+    v = b.data()
+    b.line(f"gelu({v.name}, approximate='tanh')", v.shape, [v], mag=v.mag, sparse=False)
 
 
 @entry("square")
@@ -583,6 +595,102 @@ _reduce("sum")
 _reduce("mean")
 
 
+@entry("max")
+def max_(b: Builder):
+    """Over all elements, one axis or a pair of axes, of a value without exact zeros (ties)."""
+    v = b.data(lambda u: not u.sparse, ranks=(2, 3, 4, 1))
+    axis = b.pick([None, *range(v.rank)] + ([(1, v.rank - 1)] if v.rank >= 3 else []))
+    keep = b.rarely(3)
+    axes = range(v.rank) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    shape = tuple(1 if a in axes else d for a, d in enumerate(v.shape) if keep or a not in axes)
+    args = [v.name] + ([f"axis={axis}"] if axis is not None else []) + (["keepdims=True"] if keep else [])
+    b.line(f"max({', '.join(args)})", shape, [v], mag=v.mag, low=v.low)
+
+
+# ---------------------------------------------------------------- convolutions and pooling (NCHW)
+def _image(b: Builder, rank: int = 4, dense: bool = False) -> Val:
+    """[N, C, H, W] (or [N, C, L]): a value whose channel and spatial dims are fixed."""
+    return b.data(lambda u: BATCH not in u.shape[1:] and not (dense and u.sparse), ranks=(rank,))
+
+
+def _window(b: Builder, sizes: tuple, pool: bool = False):
+    """(kernel, stride, padding) per spatial dim of `sizes`, each kernel fitting its padded dim."""
+    pad, stride = b.pick([0, 1]), b.pick([1, 2])
+    kernel = []
+    for n in sizes:
+        fits = [k for k in (1, 2, 3, 5) if k <= n + 2 * pad and (not pool or 2 * pad <= k)]
+        if not fits:
+            return None
+        kernel.append(b.pick(fits))
+    return kernel, stride, pad
+
+
+def _out(n: int, k: int, s: int, p: int) -> int:
+    return (n + 2 * p - k) // s + 1
+
+
+@entry("conv2d")
+def conv2d(b: Builder):
+    x = _image(b)
+    n, c, h, w = x.shape
+    win = _window(b, (h, w))
+    if win is None:
+        return
+    (kh, kw), stride, pad = win
+    groups = b.pick(sorted({g for g in (1, 2, c) if c % g == 0}))
+    cout = groups * b.pick([1, 2, 4])
+    oh, ow = _out(h, kh, stride, pad), _out(w, kw, stride, pad)
+    if cout * oh * ow > MAX_ROW or cout > 64:
+        return
+    k = b.param((cout, c // groups, kh, kw))
+    bias = b.param((cout,)) if not b.rarely(3) else None
+    args = [x.name, k.name] + ([bias.name] if bias else [])
+    args += [f"stride={stride}"] * (stride != 1) + [f"padding={pad}"] * (pad != 0) + [f"groups={groups}"] * (groups != 1)
+    b.line(f"conv2d({', '.join(args)})", (n, cout, oh, ow), [x, k] + ([bias] if bias else []),
+           mag=x.mag * k.mag * math.sqrt(c // groups * kh * kw) + (0.5 if bias else 0.0))
+
+
+@entry("conv1d")
+def conv1d(b: Builder):
+    x = _image(b, rank=3)
+    n, c, length = x.shape
+    win = _window(b, (length,))
+    if win is None:
+        return
+    (k,), stride, pad = win
+    cout = b.pick([1, 2, 4])
+    lo = _out(length, k, stride, pad)
+    if cout * lo > MAX_ROW:
+        return
+    w = b.param((cout, c, k))
+    b.line(f"conv1d({x.name}, {w.name}, stride={stride}, padding={pad})", (n, cout, lo), [x, w],
+           mag=x.mag * w.mag * math.sqrt(c * k))
+
+
+def _pool(op: str):
+    def draw(b: Builder):
+        x = _image(b, dense=op == "max_pool2d")       # a max over exact zeros would tie
+        n, c, h, w = x.shape
+        win = _window(b, (h, w), pool=True)
+        if win is None:
+            return
+        (kh, kw), stride, pad = win
+        b.line(f"{op}({x.name}, ({kh}, {kw}), stride={stride}, padding={pad})",
+               (n, c, _out(h, kh, stride, pad), _out(w, kw, stride, pad)), [x], mag=x.mag,
+               low=x.low if op == "max_pool2d" or pad == 0 else 0.0, sparse=x.sparse and op != "max_pool2d")
+    entry(op)(draw)
+
+
+_pool("max_pool2d")
+_pool("avg_pool2d")
+
+
+@entry("adaptive_avg_pool2d")
+def adaptive_avg_pool2d(b: Builder):
+    x = _image(b)
+    b.line(f"adaptive_avg_pool2d({x.name}, 1)", x.shape[:2] + (1, 1), [x], mag=x.mag, low=x.low, sparse=x.sparse)
+
+
 def _factor(n: int) -> list[tuple[int, ...]]:
     """Ways to write n as one or two factors (and with an axis of 1)."""
     out = [(n,), (n, 1), (1, n)]
@@ -623,6 +731,58 @@ def concat(b: Builder):
         return
     b.line(f"concat({', '.join(p.name for p in parts)})", lead + (width,), parts,
            mag=max(p.mag for p in parts), low=min(p.low for p in parts), sparse=any(p.sparse for p in parts))
+
+
+@entry("permute")
+def permute(b: Builder):
+    """Any order of the axes of a rank-2 or rank-3 value (the batch dim may move)."""
+    v = b.data(ranks=(3, 2))
+    order = list(range(v.rank))
+    for i in range(v.rank - 1, 0, -1):                  # a drawn permutation, shrinking to the identity
+        j = b.index(i + 1)
+        order[i], order[j] = order[j], order[i]
+    b.line(f"permute({v.name}, {tuple(order)})", tuple(v.shape[a] for a in order), [v],
+           mag=v.mag, low=v.low, sparse=v.sparse)
+
+
+@entry("pad")
+def pad(b: Builder):
+    """The last axis (and rarely the one before) padded by 0 to 2 on each side, with 0 or a value."""
+    v = b.data(lambda u: u.rank >= 1 and u.shape[-1] != BATCH and (u.rank < 2 or u.shape[-2] != BATCH),
+               ranks=(2, 3, 4, 1))
+    if v.rank == 0 or v.shape[-1] == BATCH:          # a new input [N]: nothing to pad
+        return
+    two = v.rank >= 2 and v.shape[-2] != BATCH and b.rarely(3)
+    pads = [b.index(3), b.index(3)] + ([b.index(3), b.index(3)] if two else [])
+    value = b.pick([0.0, 1.0, -0.5])
+    shape = list(v.shape)
+    for i in range(len(pads) // 2):
+        shape[-1 - i] += pads[2 * i] + pads[2 * i + 1]
+    b.line(f"pad({v.name}, {tuple(pads)}, value={value})", tuple(shape), [v],
+           mag=max(v.mag, abs(value)), low=min(v.low, value) if value > 0 else 0.0, sparse=v.sparse or value == 0)
+
+
+@entry("layer_norm")
+def layer_norm(b: Builder):
+    """Over the last axis (a fixed one), with the affine weight (and mostly the bias): without it
+    sum(layer_norm(v)) is identically 0, and finite differences of a zero gradient are noise."""
+    v = b.data(lambda u: u.rank >= 1 and u.shape[-1] != BATCH and u.shape[-1] > 1, ranks=(2, 3, 1))
+    if v.rank == 0 or v.shape[-1] == BATCH or v.shape[-1] == 1:
+        return
+    d = v.shape[-1]
+    affine = [b.param((d,))] + ([b.param((d,))] if not b.rarely(3) else [])
+    args = ", ".join([v.name, f"({d},)"] + [a.name for a in affine])
+    b.line(f"layer_norm({args})", v.shape, [v] + affine, mag=2.0)
+
+
+@entry("flatten")
+def flatten(b: Builder):
+    """The axes after the batch dim (or all of a value without one) merged into one."""
+    v = b.data(lambda u: BATCH not in u.shape[1:], ranks=(3, 2))
+    start = 1 if v.shape[0] == BATCH else b.index(v.rank)
+    size = math.prod(v.shape[start:])
+    b.line(f"flatten({v.name}, start_dim={start})", v.shape[:start] + (size,), [v],
+           mag=v.mag, low=v.low, sparse=v.sparse)
 
 
 @entry("dot")
