@@ -235,7 +235,9 @@ def c_library(model, directory: Path, amalgamated: bool = False) -> Path:
     except (OSError, ValueError, KeyError, TypeError):
         openmp = openmp_supported(cc)
         flags, link = compile_flags(False, openmp), ["-fopenmp"] * openmp
-    objects = [] if amalgamated else [str(build_kernels(model.csrc.kernels, flags))]
+    # the library was compiled without the model's own defines (GC_MAX_THREADS)
+    library_flags = [f for f in flags if not f.startswith("-DGC_MAX_THREADS=")]
+    objects = [] if amalgamated else [str(build_kernels(model.csrc.kernels, library_flags))]
     target = directory / f"lib{model.name}.so"
     scratch = directory / f".lib{model.name}.so.tmp"
     command = [*shlex.split(cc), *flags, "-shared", "-fPIC", f"{model.name}.c", *objects, "-o", scratch.name, "-lm",
