@@ -179,15 +179,16 @@ def test_cli_emit_writes_the_model_and_the_kernel_library_without_running_a_comp
     monkeypatch.setattr("graphc.native.build.build", lambda *a, **k: pytest.fail("emit compiled"))
     status, out, err = run(capsys, "emit", ONE_LAYER, "-o", str(tmp_path / "split"))
     assert status == 0, err
-    names = {"one_layer.c", "one_layer.h", "graphc_kernels.c", "graphc_kernels.h", "main.c", "Makefile"}
-    assert {p.name for p in (tmp_path / "split").iterdir()} == names
+    names = {"one_layer.c", "one_layer.h", "graphc_kernels.c", "graphc_kernels.h", "main.c", "Makefile",
+             "mcu/startup.c", "mcu/mps2_an386.ld"}     # mcu/: `make mcu`'s start-up code and linker script
+    assert {p.relative_to(tmp_path / "split").as_posix() for p in (tmp_path / "split").rglob("*") if p.is_file()} == names
     assert all(f"wrote {tmp_path / 'split' / n}" in out for n in names)
     source = (tmp_path / "split" / "one_layer.c").read_text()
     assert '#include "graphc_kernels.h"' in source and "gc_gemm_micro_kernel" not in source
     assert "one_layer_train_step(" in source                     # sgd by default, as before
     status, out, err = run(capsys, "emit", ONE_LAYER, "-o", str(tmp_path / "one"), "--amalgamate", "--dtype", "float64")
     assert status == 0, err
-    assert {p.name for p in (tmp_path / "one").iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile"}
+    assert {p.name for p in (tmp_path / "one").iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile", "mcu"}
     whole = (tmp_path / "one" / "one_layer.c").read_text()
     assert '#include "graphc_kernels' not in whole and "gc_gemm_ex_d(" in whole
     assert "SOURCES = main.c one_layer.c\n" in (tmp_path / "one" / "Makefile").read_text()
