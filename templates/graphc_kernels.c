@@ -418,8 +418,8 @@ static int gc_is_small(int ta, int tb, long M, long N, long K)
    three instruction sets of its A area plus its B area (part 3's gc_blocked). */
 static long gc_pack_thread_elems(int ta, int tb, long M, long N, long K, int direct)
 {
-    static const long tiles[3][2] = {{GC_GEMM_MR_0, GC_GEMM_NV_0}, {GC_GEMM_MR_1, GC_GEMM_NV_1},
-                                     {GC_GEMM_MR_2, GC_GEMM_NV_2}};
+    static const long tiles[3][2] = { { GC_GEMM_MR_0, GC_GEMM_NV_0 }, { GC_GEMM_MR_1, GC_GEMM_NV_1 },
+                                      { GC_GEMM_MR_2, GC_GEMM_NV_2 } };
     const long widths[3] = {1, 32 / (long)sizeof(gc_real), 64 / (long)sizeof(gc_real)};
     const int direct_a = (direct & GC_GEMM_DIRECT_A) != 0, direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
     long need = 0;

@@ -130,14 +130,15 @@ def c_pack_pieces(pieces, n: str, t: str, maximum: str) -> str:
         plain = line(p.plain) if p.plain else None
         if threaded and plain:
             return f"{maximum}({threaded}, {plain})"
-        return threaded or plain or "(size_t)0"
+        return threaded or plain or "((size_t)0)"
 
     if not pieces:
-        return "(size_t)0"
-    text = value(pieces[-1])
-    for here, after in reversed(list(zip(pieces, pieces[1:]))):
-        text = f"(size_t)({n}) < {after.start} ? {value(here)} : {text}"
-    return f"({text})"
+        return "((size_t)0)"
+    lines = [f"(size_t)({n}) < {after.start} ? {value(here)} :" for here, after in zip(pieces, pieces[1:])]
+    lines.append(value(pieces[-1]))
+    if len(lines) == 1:
+        return f"({lines[0]})"
+    return "\\\n    (" + " \\\n     ".join(lines) + ")"    # one piece a line, for a macro
 
 
 def c_long(name: str) -> str:

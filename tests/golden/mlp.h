@@ -40,14 +40,26 @@
 
 /* Elements of GEMM packing scratch at batch n with up to t threads per product: the most any
  * matrix product of the model packs (0 where none does: a batch of one packs nothing). */
-#define mlp_PACK_ELEMS(n, t) ((size_t)(n) < 2 ? (size_t)0 : (size_t)(n) < 5 ? (size_t)704 : (size_t)(n) < 161 ? (size_t)7296 : (size_t)(n) < 163 ? (size_t)7744 : (size_t)(n) < 177 ? GRAPHC_MAX_((size_t)(t) * (size_t)7744, (size_t)7744) : (size_t)(n) < 193 ? GRAPHC_MAX_((size_t)(t) * (size_t)8448, (size_t)8448) : (size_t)(n) < 209 ? GRAPHC_MAX_((size_t)(t) * (size_t)9152, (size_t)9152) : (size_t)(n) < 225 ? GRAPHC_MAX_((size_t)(t) * (size_t)9856, (size_t)9856) : (size_t)(n) < 241 ? GRAPHC_MAX_((size_t)(t) * (size_t)10560, (size_t)10560) : (size_t)(n) < 342 ? GRAPHC_MAX_((size_t)(t) * (size_t)11264, (size_t)11264) : (size_t)(n) < 2084 ? GRAPHC_MAX_((size_t)(t) * (size_t)40960, (size_t)11264) : (size_t)(t) * (size_t)40960)
+#define mlp_PACK_ELEMS(n, t) \
+    ((size_t)(n) < 2 ? ((size_t)0) : \
+     (size_t)(n) < 5 ? (size_t)704 : \
+     (size_t)(n) < 161 ? (size_t)7296 : \
+     (size_t)(n) < 163 ? (size_t)7744 : \
+     (size_t)(n) < 177 ? GRAPHC_MAX_((size_t)(t) * (size_t)7744, (size_t)7744) : \
+     (size_t)(n) < 193 ? GRAPHC_MAX_((size_t)(t) * (size_t)8448, (size_t)8448) : \
+     (size_t)(n) < 209 ? GRAPHC_MAX_((size_t)(t) * (size_t)9152, (size_t)9152) : \
+     (size_t)(n) < 225 ? GRAPHC_MAX_((size_t)(t) * (size_t)9856, (size_t)9856) : \
+     (size_t)(n) < 241 ? GRAPHC_MAX_((size_t)(t) * (size_t)10560, (size_t)10560) : \
+     (size_t)(n) < 342 ? GRAPHC_MAX_((size_t)(t) * (size_t)11264, (size_t)11264) : \
+     (size_t)(n) < 2084 ? GRAPHC_MAX_((size_t)(t) * (size_t)40960, (size_t)11264) : \
+     (size_t)(t) * (size_t)40960)
 
 /* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
  * serves every n <= max_n (it never shrinks as n grows), and equals mlp_workspace_size(max_n)
  * for 1 <= max_n when that does not overflow. For firmware, with no heap:
- *     static unsigned char ws[mlp_WORKSPACE_BYTES(4)] __attribute__((aligned(64)));
- * (GCC, Clang; in plain C99, a union with a member of the largest alignment and 64 extra bytes,
- * aligned by hand, does the same). */
+ *     static unsigned char ws[mlp_WORKSPACE_BYTES(4)] __attribute__((aligned(64)));   (GCC, Clang)
+ *     static unsigned char raw[mlp_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
+ *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define mlp_WORKSPACE_BYTES(max_n) \
     ((((size_t)0 + (size_t)288 * (size_t)(max_n)) + mlp_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 

@@ -40,14 +40,14 @@
 
 /* Elements of GEMM packing scratch at batch n with up to t threads per product: the most any
  * matrix product of the model packs (0 where none does: a batch of one packs nothing). */
-#define one_layer_column_PACK_ELEMS(n, t) (size_t)0
+#define one_layer_column_PACK_ELEMS(n, t) ((size_t)0)
 
 /* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
  * serves every n <= max_n (it never shrinks as n grows), and equals one_layer_column_workspace_size(max_n)
- * for 1 <= max_n (this model: max_n = 1) when that does not overflow. For firmware, with no heap:
- *     static unsigned char ws[one_layer_column_WORKSPACE_BYTES(4)] __attribute__((aligned(64)));
- * (GCC, Clang; in plain C99, a union with a member of the largest alignment and 64 extra bytes,
- * aligned by hand, does the same). */
+ * for max_n = 1 (this model's only n) when that does not overflow. For firmware, with no heap:
+ *     static unsigned char ws[one_layer_column_WORKSPACE_BYTES(1)] __attribute__((aligned(64)));   (GCC, Clang)
+ *     static unsigned char raw[one_layer_column_WORKSPACE_BYTES(1) + 63];   (C99: align it by hand,
+ *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define one_layer_column_WORKSPACE_BYTES(max_n) \
     ((((size_t)48) + one_layer_column_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
