@@ -55,8 +55,18 @@
  * operations for any number of threads: results are bit-identical for 1 and
  * 2 threads.
  *
- * Tiny problems (M*N*K < GC_GEMM_SMALL_WORK, or at most GC_GEMM_SMALL_ROWS
- * rows of C with op(B) = B) take a plain loop nest with no tiling.
+ * Tiny problems (M*N*K < GC_GEMM_SMALL_WORK, at most GC_GEMM_SMALL_ROWS rows
+ * of C with op(B) = B, or a dimension of 1: a matrix-vector or outer product,
+ * which a batch of one row makes) take a plain loop nest with no tiling, and
+ * no packing.
+ *
+ * Scratch: gc_gemm_pack_elems_T(ta, tb, M, N, K, threads) is what a call
+ * packs into, at most (0 on the tiny path): per thread, an A area (one edge
+ * panel when op(A) is read in place, else an MC x KC block, both no larger
+ * than op(A) rounded up to whole panels) and a B area (the same, NC wide),
+ * the largest over the three instruction sets, so a size does not depend on
+ * the CPU.  It never shrinks as M, N or K grow: a workspace sized for the
+ * largest batch serves every smaller one.
  *
  * Instruction sets: a build whose flags already enable AVX-512 (-march=native
  * on such a machine) compiles only that.  Otherwise, on GCC or Clang for
@@ -173,6 +183,27 @@
 #ifndef GC_GEMM_PARTS_PER_THREAD
 #define GC_GEMM_PARTS_PER_THREAD 4
 #endif
+
+/* The register tile of each instruction set, MR rows x NV vectors (part 3 takes its own).
+   The packing need (part 2) is the largest over all four, compiled or not: a workspace
+   sized by gc_gemm_pack_elems_f serves whichever the CPU that runs it picks. */
+#define GC_GEMM_MR_2 12
+#define GC_GEMM_NV_2 2
+#define GC_GEMM_MR_1 6
+#define GC_GEMM_NV_1 2
+#define GC_GEMM_MR_0 4
+#define GC_GEMM_NV_0 8
+/* NEON (the portable slot on AArch64): 8 x 3 float vectors (BLIS's 8 x 12 float tile on
+   ARMv8), 6 x 4 double vectors; 24 of NEON's 32 registers hold C. */
+#define GC_GEMM_MR_3F 8
+#define GC_GEMM_NV_3F 3
+#define GC_GEMM_MR_3D 6
+#define GC_GEMM_NV_3D 4
+/* Rows of op(A) per packed A block: MC = MR * GC_GEMM_MC_PANELS. */
+#define GC_GEMM_MC_PANELS 16
+/* Columns of C a tiny product with an update epilogue and no C (C = NULL) computes at a
+   time, on the stack. */
+#define GC_GEMM_SMALL_CHUNK 64
 
 /* Elements of gc_real (the element type of part 2) per 64-byte cache line. */
 #define GC_GEMM_PACK_CHUNK (64 / (long)sizeof(gc_real))
@@ -333,7 +364,11 @@ GC_KERNELS_API int gc_kernels_isa(void)
 #define gc_epilogue GC_TYPED(gemm_epilogue)
 #define gc_epilogue_at GC_TYPED(gemm_epilogue_at)
 #define gc_by_columns GC_TYPED(gemm_by_columns)
+#define gc_pack_area GC_TYPED(gemm_pack_area)
 #define gc_pack_thread_elems GC_TYPED(gemm_pack_thread_elems)
+#define gc_is_small GC_TYPED(gemm_is_small)
+#define gc_direct_flags GC_TYPED(gemm_direct_flags)
+#define gc_team_bound GC_TYPED(gemm_team_bound)
 #define gc_small_isa GC_TYPED(gemm_small_isa)
 #define gc_part_isa GC_TYPED(gemm_part_isa)
 #define gc_gemm_ex_T GC_TYPED(gemm_ex)
@@ -368,6 +403,69 @@ static int gc_by_columns(long M, long N, const gc_epilogue *ep)
     return M <= N || (ep && ep->colsum);
 }
 
+/* Elements one packed operand takes in a thread's share of `pack` (see gc_blocked): with
+   direct (the operand read in place), one zero-padded edge panel of `width` lanes; else a
+   block of `lanes` lanes rounded up to panels of `width`, at most `cap`. The depth of a
+   panel is at most K and KC; counted as K rounded up to a cache line (at most KC, itself a
+   multiple of one), so the B area after the A area stays aligned. The bound grows with
+   lanes and K: a larger product never needs less. */
+static long gc_pack_area(int direct, long lanes, long width, long cap, long K)
+{
+    const long depth = (K + GC_GEMM_PACK_CHUNK - 1) / GC_GEMM_PACK_CHUNK * GC_GEMM_PACK_CHUNK;
+    const long kc = depth < GC_KC ? depth : GC_KC;
+    long rows = width;
+    if (!direct) {
+        rows = (lanes + width - 1) / width * width;
+        cap = (cap + width - 1) / width * width;
+        if (rows > cap) rows = cap;
+    }
+    return rows * kc;
+}
+
+/* Whether a product takes the tiny path (plain loops, no packing): few multiply-adds, few
+   rows of C with a row-major operand, or a matrix-vector or outer product (a dimension of
+   1: a batch of one row), where a packed panel would be used once. */
+static int gc_is_small(int ta, int tb, long M, long N, long K)
+{
+    return K <= 0 || M * N * K < GC_GEMM_SMALL_WORK || ((!tb || !ta) && M <= GC_GEMM_SMALL_ROWS)
+           || M == 1 || N == 1 || K == 1;
+}
+
+/* Elements of `pack` one thread's part of a (not tiny) product needs: the largest over the
+   four register tiles (plain C, AVX2, AVX-512, NEON) of its A area plus its B area (part 3's
+   gc_blocked). */
+static long gc_pack_thread_elems(int ta, int tb, long M, long N, long K, int direct)
+{
+#if GC_REAL_IS_DOUBLE
+    static const long tiles[4][2] = { { GC_GEMM_MR_0, GC_GEMM_NV_0 }, { GC_GEMM_MR_1, GC_GEMM_NV_1 },
+                                      { GC_GEMM_MR_2, GC_GEMM_NV_2 }, { GC_GEMM_MR_3D, GC_GEMM_NV_3D } };
+#else
+    static const long tiles[4][2] = { { GC_GEMM_MR_0, GC_GEMM_NV_0 }, { GC_GEMM_MR_1, GC_GEMM_NV_1 },
+                                      { GC_GEMM_MR_2, GC_GEMM_NV_2 }, { GC_GEMM_MR_3F, GC_GEMM_NV_3F } };
+#endif
+    const long widths[4] = {1, 32 / (long)sizeof(gc_real), 64 / (long)sizeof(gc_real), 16 / (long)sizeof(gc_real)};
+    const int direct_a = (direct & GC_GEMM_DIRECT_A) != 0, direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
+    long need = 0;
+    int kind;
+    (void)ta;
+    for (kind = 0; kind < 4; ++kind) {
+        const long mr = tiles[kind][0], nr = tiles[kind][1] * widths[kind];
+        const long elems = gc_pack_area(direct_a, M, mr, mr * GC_GEMM_MC_PANELS, K)
+                           + gc_pack_area(direct_b, N, nr, GC_GEMM_NC, K);
+        if (elems > need) need = elems;
+    }
+    return need;
+}
+
+/* Which operands a (not tiny) product reads in place: GC_GEMM_DIRECT_A and _B bits. */
+static int gc_direct_flags(int ta, long M, long N, long K)
+{
+    int direct = 0;
+    if (M * N * K <= GC_GEMM_DIRECT_WORK) direct = GC_GEMM_DIRECT_A | GC_GEMM_DIRECT_B;
+    if (!ta && GC_GEMM_A_ROWS_IN_PLACE) direct |= GC_GEMM_DIRECT_A;
+    return direct;
+}
+
 /* The kernels, once per instruction set (part 3). */
 #define GC_KERNELS_ISA_PASS 1
 #ifdef GC_GEMM_HAVE_AVX512
@@ -399,25 +497,18 @@ static int gc_by_columns(long M, long N, const gc_epilogue *ep)
 #endif
 #undef GC_KERNELS_ISA_PASS
 
-/* Scratch per thread: the largest need of the instruction sets compiled. */
-static long gc_pack_thread_elems(void)
+/* The threads that may share a product (each with its own part of `pack`). */
+static int gc_team_bound(int threads, long M, long N, long K)
 {
-    long elems = 0;
-#ifdef GC_GEMM_HAVE_AVX512
-    if (GC_ISA_TYPED(gemm_pack_thread_elems, avx512)() > elems) elems = GC_ISA_TYPED(gemm_pack_thread_elems, avx512)();
-#endif
-#ifdef GC_GEMM_HAVE_AVX2
-    if (GC_ISA_TYPED(gemm_pack_thread_elems, avx2)() > elems) elems = GC_ISA_TYPED(gemm_pack_thread_elems, avx2)();
-#endif
-#ifdef GC_GEMM_HAVE_GENERIC
-    if (GC_ISA_TYPED(gemm_pack_thread_elems, generic)() > elems) elems = GC_ISA_TYPED(gemm_pack_thread_elems, generic)();
-#endif
-    return elems;
+    /* Counted the same without OpenMP (one thread then runs): a size does not depend on
+       how the library was compiled. */
+    return threads > 1 && M * N * K >= GC_GEMM_PARALLEL_WORK ? threads : 1;
 }
 
-GC_KERNELS_API long gc_gemm_pack_elems_T(int threads)
+GC_KERNELS_API long gc_gemm_pack_elems_T(int ta, int tb, long M, long N, long K, int threads)
 {
-    return (long)(threads > 1 ? threads : 1) * gc_pack_thread_elems();
+    if (M <= 0 || N <= 0 || gc_is_small(ta, tb, M, N, K)) return 0;
+    return (long)gc_team_bound(threads, M, N, K) * gc_pack_thread_elems(ta, tb, M, N, K, gc_direct_flags(ta, M, N, K));
 }
 
 static void gc_small_isa(int isa, int ta, int tb, long M, long N, long K,
@@ -478,25 +569,26 @@ GC_KERNELS_API void gc_gemm_ex_T(int ta, int tb, long M, long N, long K,
                                  const gc_epilogue *ep)
 {
     const int isa = gc_kernels_isa_now();
-    int direct = 0;
+    int direct;
     (void)threads;
     if (M <= 0 || N <= 0) return;
-    if (K <= 0 || M * N * K < GC_GEMM_SMALL_WORK || ((!tb || !ta) && M <= GC_GEMM_SMALL_ROWS)) {
+    if (gc_is_small(ta, tb, M, N, K)) {
         gc_small_isa(isa, ta, tb, M, N, K > 0 ? K : 0, A, lda, B, ldb, beta, C, ldc, ep);
         return;
     }
-    if (M * N * K <= GC_GEMM_DIRECT_WORK) direct = GC_GEMM_DIRECT_A | GC_GEMM_DIRECT_B;
-    if (!ta && GC_GEMM_A_ROWS_IN_PLACE) direct |= GC_GEMM_DIRECT_A;
+    direct = gc_direct_flags(ta, M, N, K);
 #ifdef _OPENMP
-    if (threads > 1 && M * N * K >= GC_GEMM_PARALLEL_WORK) {
+    if (gc_team_bound(threads, M, N, K) > 1) {
         int team = omp_get_max_threads();
         if (team > threads) team = threads;
         if (team > 1) {
             const int fine = gc_by_columns(M, N, ep) && (direct & GC_GEMM_DIRECT_A);
             const long parts = (long)team * (fine ? GC_GEMM_PARTS_PER_THREAD : 1);
+            /* each thread's part of pack: what the whole product would need (a part needs no more) */
+            const long share = gc_pack_thread_elems(ta, tb, M, N, K, direct);
 #pragma omp parallel num_threads(team)
             {
-                gc_real *thread_pack = pack + (long)omp_get_thread_num() * gc_pack_thread_elems();
+                gc_real *thread_pack = pack + (long)omp_get_thread_num() * share;
                 long part;
 #pragma omp for schedule(dynamic, 1) nowait
                 for (part = 0; part < parts; ++part)
@@ -542,6 +634,10 @@ GC_KERNELS_API void gc_gemm_T(int ta, int tb, long M, long N, long K,
 #undef gc_part_isa
 #undef gc_small_isa
 #undef gc_pack_thread_elems
+#undef gc_pack_area
+#undef gc_is_small
+#undef gc_direct_flags
+#undef gc_team_bound
 #undef gc_by_columns
 #undef gc_epilogue_at
 #undef gc_epilogue
@@ -551,7 +647,6 @@ GC_KERNELS_API void gc_gemm_T(int ta, int tb, long M, long N, long K,
  * Part 3: the GEMM of one element type and instruction set (GC_ISA)
  * ====================================================================== */
 #define GC_IN_ISA(stem) GC_ISA_TYPED(stem, GC_ISA)
-#define gc_pack_thread_elems_isa GC_IN_ISA(gemm_pack_thread_elems)
 #define gc_micro_kernel GC_IN_ISA(gemm_micro_kernel)
 #define gc_micro_kernel_narrow GC_IN_ISA(gemm_micro_kernel_narrow)
 #define gc_micro_kernel_edge1 GC_IN_ISA(GC_CAT(gemm_micro_kernel_r, GC_GEMM_EDGE1))
@@ -681,36 +776,27 @@ GC_KERNELS_API void gc_gemm_T(int ta, int tb, long M, long N, long K,
    NC: width of the packed KC x NC B block, which must sit in L2.
    MC: height of the packed A block (a multiple of MR; bounds the scratch). */
 #if GC_ISA_KIND == 2
-#define GC_GEMM_MR 12
-#define GC_GEMM_NV 2
+#define GC_GEMM_MR GC_GEMM_MR_2
+#define GC_GEMM_NV GC_GEMM_NV_2
 #define GC_GEMM_EDGE1 8
 #define GC_GEMM_EDGE2 4
 #elif GC_ISA_KIND == 1
-#define GC_GEMM_MR 6
-#define GC_GEMM_NV 2
+#define GC_GEMM_MR GC_GEMM_MR_1
+#define GC_GEMM_NV GC_GEMM_NV_1
 #define GC_GEMM_EDGE1 4
 #define GC_GEMM_EDGE2 2
 #elif defined(GC_GEMM_NEON) && GC_REAL_IS_DOUBLE
-#define GC_GEMM_MR 6                  /* 6 x 4 vectors: 24 of NEON's 32 registers hold C */
-#define GC_GEMM_NV 4
+#define GC_GEMM_MR GC_GEMM_MR_3D
+#define GC_GEMM_NV GC_GEMM_NV_3D
 #elif defined(GC_GEMM_NEON)
-#define GC_GEMM_MR 8                  /* 8 x 3 vectors (BLIS's 8 x 12 float tile on ARMv8) */
-#define GC_GEMM_NV 3
+#define GC_GEMM_MR GC_GEMM_MR_3F
+#define GC_GEMM_NV GC_GEMM_NV_3F
 #else
-#define GC_GEMM_MR 4
-#define GC_GEMM_NV 8
+#define GC_GEMM_MR GC_GEMM_MR_0
+#define GC_GEMM_NV GC_GEMM_NV_0
 #endif
 #define GC_GEMM_NR (GC_GEMM_NV * GC_VEC_WIDTH)
-#define GC_GEMM_MC (GC_GEMM_MR * 16)
-/* Scratch per thread: one A block and one B block (both multiples of 64 bytes,
-   so every block and panel stays 64-byte aligned). */
-#define GC_GEMM_PACK_A_ELEMS ((long)GC_GEMM_MC * GC_KC)
-#define GC_GEMM_PACK_B_ELEMS ((long)GC_KC * GC_GEMM_NC)
-
-static long gc_pack_thread_elems_isa(void)
-{
-    return GC_GEMM_PACK_A_ELEMS + GC_GEMM_PACK_B_ELEMS;
-}
+#define GC_GEMM_MC (GC_GEMM_MR * GC_GEMM_MC_PANELS)
 
 /* The micro-kernels (part 4): the full tile; the same one vector wide, for products at
    most one vector wide (h U^T with 10 classes: half the work of the full tile there, and
@@ -926,16 +1012,21 @@ GC_ISA_ATTR static void gc_store_edge(long rows, long cols, gc_real *tile, int b
    op(B) (only an edge panel of fewer than NR columns is packed).  Small
    products skip the packing this way; large ones pack, for unit-stride,
    cache-resident panels.  A part at most one vector wide uses panels of one
-   vector and the narrow micro-kernel. */
+   vector and the narrow micro-kernel.
+   `pack` holds the A area, then the B area (gc_pack_area of part 2: a part
+   needs no more than the whole product).  C = NULL (an epilogue that updates,
+   and nothing else): C is neither read nor written, and each K block applies
+   the update with its own partial product. */
 GC_ISA_ATTR static void gc_blocked(int ta, int tb, long M, long N, long K,
                                    const gc_real *A, long lda, const gc_real *B, long ldb,
                                    int beta, gc_real *C, long ldc,
                                    const gc_epilogue *ep, gc_real *pack, int direct)
 {
-    gc_real *packed_a = pack;
-    gc_real *packed_b = pack + GC_GEMM_PACK_A_ELEMS;
     const int direct_a = (direct & GC_GEMM_DIRECT_A) != 0;
     const int direct_b = (direct & GC_GEMM_DIRECT_B) != 0 && !tb;
+    gc_real *packed_a = pack;
+    gc_real *packed_b = pack + gc_pack_area(direct_a, M, GC_GEMM_MR, GC_GEMM_MC, K);
+    const int no_c = C == 0;
     /* op(A)[i][k] = A[i * a_rs + k * a_ks] */
     const long a_rs = ta ? 1 : lda, a_ks = ta ? lda : 1;
     const int narrow = N <= GC_VEC_WIDTH;
@@ -958,8 +1049,8 @@ GC_ISA_ATTR static void gc_blocked(int ta, int tb, long M, long N, long K,
             /* First K block applies the caller's beta, later ones accumulate;
                the epilogue belongs to the last K block only (its column sums
                then see every column's rows in order: ic and ir ascend). */
-            const int beta_block = pc == 0 ? beta : 1;
-            const gc_epilogue *ep_block = pc + kc == K ? ep : 0;
+            const int beta_block = no_c ? 0 : pc == 0 ? beta : 1;
+            const gc_epilogue *ep_block = pc + kc == K || no_c ? ep : 0;
             const gc_real *b_block = tb ? B + jc * ldb + pc : B + pc * ldb + jc;
 
             if (!direct_b)
@@ -989,7 +1080,7 @@ GC_ISA_ATTR static void gc_blocked(int ta, int tb, long M, long N, long K,
                         const long cols = nc - jr < nr ? nc - jr : nr;
                         const gc_real *b_panel = packed_b + jr * kc;
                         long b_ks = nr;
-                        gc_real *c_tile = C + (ic + ir) * ldc + jc + jr;
+                        gc_real *c_tile = no_c ? C : C + (ic + ir) * ldc + jc + jr;
                         if (direct_b && cols == nr) {
                             b_panel = b_block + jr;
                             b_ks = ldb;
@@ -1062,32 +1153,41 @@ GC_ISA_ATTR static gc_real gc_dot(long K, const gc_real *a, long a_step, const g
     return (sum0 + sum1) + (sum2 + sum3);
 }
 
-/* Tiny products: plain loops, unit stride innermost, no packing. */
+/* Tiny products: plain loops, unit stride innermost, no packing.  A column of B that is
+   contiguous (N = 1, ldb = 1: a matrix-vector product) is read as a row, one dot product
+   per element.  C = NULL (an epilogue that updates, and nothing else): each row is
+   computed GC_GEMM_SMALL_CHUNK columns at a time on the stack, for the epilogue. */
 GC_ISA_ATTR static void gc_small(int ta, int tb, long M, long N, long K,
                                  const gc_real *A, long lda, const gc_real *B, long ldb,
                                  int beta, gc_real *C, long ldc, const gc_epilogue *ep)
 {
     /* op(A)[i][k] = A[i * a_row + k * a_step] */
     const long a_row = ta ? 1 : lda, a_step = ta ? lda : 1;
-    long i, j, k;
+    const int dot = tb || (N == 1 && ldb == 1);
+    const long chunk = C ? N : GC_GEMM_SMALL_CHUNK;
+    gc_real scratch[GC_GEMM_SMALL_CHUNK];
+    long i, j, j0, k;
     for (i = 0; i < M; ++i) {
-        gc_real *restrict c_row = C + i * ldc;
         const gc_real *a_row_i = A + i * a_row;
-        if (!beta)
-            for (j = 0; j < N; ++j) c_row[j] = 0;
-        if (!tb) {
-            /* op(B) rows are contiguous: C row += op(A)[i][k] * B row k. */
-            for (k = 0; k < K; ++k) {
-                const gc_real a = a_row_i[k * a_step];
-                const gc_real *restrict b_row = B + k * ldb;
-                for (j = 0; j < N; ++j) c_row[j] += a * b_row[j];
+        for (j0 = 0; j0 < N; j0 += chunk) {
+            const long count = N - j0 < chunk ? N - j0 : chunk;
+            gc_real *restrict c_row = C ? C + i * ldc + j0 : scratch;
+            if (!beta || !C)
+                for (j = 0; j < count; ++j) c_row[j] = 0;
+            if (!dot) {
+                /* op(B) rows are contiguous: C row += op(A)[i][k] * B row k. */
+                for (k = 0; k < K; ++k) {
+                    const gc_real a = a_row_i[k * a_step];
+                    const gc_real *restrict b_row = B + k * ldb + j0;
+                    for (j = 0; j < count; ++j) c_row[j] += a * b_row[j];
+                }
+            } else {
+                /* op(B) columns are rows of B: one dot product per element. */
+                for (j = 0; j < count; ++j)
+                    c_row[j] += gc_dot(K, a_row_i, a_step, tb ? B + (j0 + j) * ldb : B);
             }
-        } else {
-            /* op(B) columns are rows of B: one dot product per element. */
-            for (j = 0; j < N; ++j)
-                c_row[j] += gc_dot(K, a_row_i, a_step, B + j * ldb);
+            if (ep) gc_epilogue_row(ep, i, j0, count, c_row);
         }
-        if (ep) gc_epilogue_row(ep, i, 0, N, c_row);
     }
 }
 
@@ -1108,7 +1208,7 @@ GC_ISA_ATTR static void gc_part(long part, long parts, int ta, int tb, long M, l
         long j1 = tiles * (part + 1) / parts * GC_GEMM_NR;
         if (j1 > N) j1 = N;
         if (j1 <= j0) return;
-        gc_blocked(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, beta, C + j0, ldc,
+        gc_blocked(ta, tb, M, j1 - j0, K, A, lda, tb ? B + j0 * ldb : B + j0, ldb, beta, C ? C + j0 : C, ldc,
                    gc_epilogue_at(ep, 0, j0, &shifted), pack, direct);
     } else {
         const long tiles = (M + GC_GEMM_MR - 1) / GC_GEMM_MR;
@@ -1116,13 +1216,11 @@ GC_ISA_ATTR static void gc_part(long part, long parts, int ta, int tb, long M, l
         long i1 = tiles * (part + 1) / parts * GC_GEMM_MR;
         if (i1 > M) i1 = M;
         if (i1 <= i0) return;
-        gc_blocked(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda, B, ldb, beta, C + i0 * ldc, ldc,
+        gc_blocked(ta, tb, i1 - i0, N, K, ta ? A + i0 : A + i0 * lda, lda, B, ldb, beta, C ? C + i0 * ldc : C, ldc,
                    gc_epilogue_at(ep, i0, 0, &shifted), pack, direct);
     }
 }
 
-#undef GC_GEMM_PACK_B_ELEMS
-#undef GC_GEMM_PACK_A_ELEMS
 #undef GC_GEMM_MC
 #undef GC_GEMM_NR
 #undef GC_GEMM_EDGE2
@@ -1156,7 +1254,6 @@ GC_ISA_ATTR static void gc_part(long part, long parts, int ta, int tb, long M, l
 #undef gc_micro_kernel_edge1
 #undef gc_micro_kernel_narrow
 #undef gc_micro_kernel
-#undef gc_pack_thread_elems_isa
 #undef GC_IN_ISA
 
 #else                                   /* part 4 */

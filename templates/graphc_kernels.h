@@ -10,7 +10,12 @@
  *   C[M,N] = beta*C + op(A)[M,K] op(B)[K,N], row-major, leading dimensions lda, ldb, ldc;
  *   op(A) = A (ta = 0, A is M x K) or A^T (ta = 1, A is K x M), the same for B and tb;
  *   beta is 0 (C is overwritten and never read: it may hold NaN) or 1.
- *   pack: caller-owned scratch of gc_gemm_pack_elems_T(threads) elements, 64-byte aligned.
+ *   pack: caller-owned scratch of gc_gemm_pack_elems_T(ta, tb, M, N, K, threads) elements
+ *   (T: f or d), 64-byte aligned; NULL when that is 0 (tiny products, matrix-vector and
+ *   outer products: nothing is packed).
+ *   C may be NULL when the epilogue updates and does nothing else (beta 0): C is then
+ *   neither read nor written (with K > the library's KC, each block of KC steps of K
+ *   updates with its own partial product).
  *   threads: the most threads a call may use (the pack was sized for them); the calls use
  *   min(threads, omp_get_max_threads()) when compiled with OpenMP, else one. Every element
  *   of C is computed by the same operations in the same order for any thread count.
@@ -73,8 +78,11 @@ GC_KERNELS_API void gc_gemm_f(int ta, int tb, long M, long N, long K, const floa
 GC_KERNELS_API void gc_gemm_bias_act_f(int ta, int tb, long M, long N, long K, const float *A, long lda,
                                        const float *B, long ldb, int beta, float *C, long ldc,
                                        float *pack, int threads, const float *bias, int act);
-/* Elements of `pack` a call with up to `threads` threads needs, for any M, N, K. */
-GC_KERNELS_API long gc_gemm_pack_elems_f(int threads);
+/* Elements of `pack` a call of these arguments with up to `threads` threads needs (0: the
+ * call packs nothing). It never decreases as M, N, K or threads grow, and does not depend on
+ * the CPU or on how the library was compiled; graphc's Python side computes the same value
+ * (graphc/backend/packing.py) to size a model's workspace at compile time. */
+GC_KERNELS_API long gc_gemm_pack_elems_f(int ta, int tb, long M, long N, long K, int threads);
 #endif /* GC_KERNELS_FLOAT */
 
 #if GC_KERNELS_DOUBLE
@@ -98,7 +106,7 @@ GC_KERNELS_API void gc_gemm_d(int ta, int tb, long M, long N, long K, const doub
 GC_KERNELS_API void gc_gemm_bias_act_d(int ta, int tb, long M, long N, long K, const double *A, long lda,
                                        const double *B, long ldb, int beta, double *C, long ldc,
                                        double *pack, int threads, const double *bias, int act);
-GC_KERNELS_API long gc_gemm_pack_elems_d(int threads);
+GC_KERNELS_API long gc_gemm_pack_elems_d(int ta, int tb, long M, long N, long K, int threads);
 #endif /* GC_KERNELS_DOUBLE */
 
 #ifdef __cplusplus

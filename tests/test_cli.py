@@ -122,6 +122,22 @@ def test_cli_build_writes_sources_libraries_and_the_workspace(capsys, tmp_path):
     assert status == 0, err
     assert f"workspace of one_layer at n=64: {size} bytes" in out and "bytes per batch row" in out
     assert "value_and_grad" in out and "peak" in out
+    # the same figure as the header's one_layer_WORKSPACE_BYTES(64): the arena plus the packing
+    arena, pack = map(int, re.search(r"= arena (\d+) \+ GEMM packing (\d+) \+ 64", out).groups())
+    assert arena + pack + 64 == size and arena > 0 and pack > 0
+
+
+def test_cli_build_of_a_model_without_batch_dim_reports_its_one_batch_size(capsys, tmp_path):
+    """one_layer_column runs at n = 1 only: build reports that workspace (not 0 bytes at --batch),
+    and --report the same figure."""
+    spec = str(Path(ONE_LAYER).parent / "one_layer_column.toml")
+    status, out, err = run(capsys, "build", spec, "-o", str(tmp_path), "--batch", "64")
+    assert status == 0, err
+    size = int(re.search(r"workspace at batch 1: (\d+) bytes", out).group(1))
+    assert size > 64
+    status, out, err = run(capsys, "build", spec, "-o", str(tmp_path), "--report")
+    assert status == 0, err
+    assert f"workspace of one_layer_column at n=1: {size} bytes" in out
 
 
 def test_cli_version_and_every_option_has_help(capsys):
@@ -180,15 +196,16 @@ def test_cli_emit_writes_the_model_and_the_kernel_library_without_running_a_comp
     status, out, err = run(capsys, "emit", ONE_LAYER, "-o", str(tmp_path / "split"))
     assert status == 0, err
     names = {"one_layer.c", "one_layer.h", "graphc_kernels.c", "graphc_kernels.h", "main.c", "Makefile",
-             "one_layer_checkpoint.c", "one_layer_checkpoint.h"}    # a train step: its checkpoint read/write
-    assert {p.name for p in (tmp_path / "split").iterdir()} == names
+             "one_layer_checkpoint.c", "one_layer_checkpoint.h",    # a train step: its checkpoint read/write
+             "mcu/startup.c", "mcu/mps2_an386.ld"}     # mcu/: `make mcu`'s start-up code and linker script
+    assert {p.relative_to(tmp_path / "split").as_posix() for p in (tmp_path / "split").rglob("*") if p.is_file()} == names
     assert all(f"wrote {tmp_path / 'split' / n}" in out for n in names)
     source = (tmp_path / "split" / "one_layer.c").read_text()
     assert '#include "graphc_kernels.h"' in source and "gc_gemm_micro_kernel" not in source
     assert "one_layer_train_step(" in source                     # sgd by default, as before
     status, out, err = run(capsys, "emit", ONE_LAYER, "-o", str(tmp_path / "one"), "--amalgamate", "--dtype", "float64")
     assert status == 0, err
-    assert {p.name for p in (tmp_path / "one").iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile",
+    assert {p.name for p in (tmp_path / "one").iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile", "mcu",
                                                               "one_layer_checkpoint.c", "one_layer_checkpoint.h"}
     whole = (tmp_path / "one" / "one_layer.c").read_text()
     assert '#include "graphc_kernels' not in whole and "gc_gemm_ex_d(" in whole

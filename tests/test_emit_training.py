@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.native.export import TRAIN_STEPS, example_arrays, parse_example_output
+from graphc.native.export import TRAIN_STEPS, example_arrays, example_summary, parse_example_output
 
 ROOT = Path(__file__).resolve().parent.parent
 STRICT = "-O2 -std=c99 -Wall -Wextra -Werror -pedantic"
@@ -45,7 +45,7 @@ def test_exported_train_step_matches_python(tmp_path, spec, optimizer):
     batch = {k: arrays[k] for k in m.graph.inputs}
     for step in range(1, TRAIN_STEPS + 1):
         loss = float(m.train_step(state, **batch)["loss"])
-        np.testing.assert_allclose(results[(f"train_step:{step}", "loss")], [loss], rtol=1e-7)
+        np.testing.assert_allclose(results[(f"train_step:{step}", "loss")], example_summary([loss]), rtol=1e-7)
 
 
 def test_cli_emit_includes_train_step(tmp_path):

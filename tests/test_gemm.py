@@ -53,7 +53,7 @@ def model_prelude(real: str, max_threads: int = THREADS) -> str:
         f"    gc_gemm_bias_act_{t}(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, bias, act)\n"
         f"#define gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, ep) \\\n"
         f"    gc_gemm_ex_{t}(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, ep)\n"
-        f"#define gc_gemm_pack_elems() gc_gemm_pack_elems_{t}(GC_MAX_THREADS)\n"
+        f"#define gc_gemm_pack_elems(ta, tb, M, N, K) gc_gemm_pack_elems_{t}(ta, tb, M, N, K, GC_MAX_THREADS)\n"
     )
 
 
@@ -84,7 +84,7 @@ void gemm_ex_api(int ta, int tb, long M, long N, long K,
     gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, &ep);
 }
 
-long pack_elems_api(void) { return gc_gemm_pack_elems(); }
+long pack_elems_api(int ta, int tb, long M, long N, long K) { return gc_gemm_pack_elems(ta, tb, M, N, K); }
 
 int isa_api(void) { return gc_kernels_isa(); }
 
@@ -111,7 +111,7 @@ void gemm_ex_api(int ta, int tb, long M, long N, long K,
                  int beta, {t} *C, long ldc, {t} *pack,
                  const {t} *bias, int relu, const {t} *mask, long ldm, {t} *colsum,
                  {t} *update, long ldu, {t} rate);
-long pack_elems_api(void);
+long pack_elems_api(int ta, int tb, long M, long N, long K);
 int isa_api(void);
 void set_threads_api(int threads);
 """
@@ -136,7 +136,9 @@ DTYPES = {"float32": "float", "float64": "double"}
 
 
 class Gemm:
-    """A built library plus a guarded, 64-byte aligned pack buffer."""
+    """A built library; each call gets a 64-byte aligned pack of exactly the elements
+    gc_gemm_pack_elems reports for its arguments, followed by guard values that must survive
+    (and a NULL pack when that is 0)."""
 
     GUARD = 64
 
@@ -145,11 +147,18 @@ class Gemm:
         self.so_path = so_path
         self.dtype = np.dtype(dtype)
         self.ctype = DTYPES[self.dtype.name] + " *"
-        self.pack_elems = self.lib.pack_elems_api()
+        self.pack_elems = 0
+        self.pack_with_guard = None
+
+    def guarded_pack(self, ta, tb, M, N, K):
+        """The pack pointer of one call (NULL when it needs none), guards set after its end."""
+        self.pack_elems = self.lib.pack_elems_api(ta, tb, M, N, K)
+        assert self.pack_elems >= 0
         raw = np.empty(self.pack_elems + self.GUARD + 64, self.dtype)
         offset = (-raw.ctypes.data % 64) // self.dtype.itemsize
         self.pack_with_guard = raw[offset : offset + self.pack_elems + self.GUARD]
         self.pack_with_guard[self.pack_elems :] = 12345.0
+        return self.ptr(self.pack_with_guard) if self.pack_elems else self.ffi.NULL
 
     def ptr(self, array):
         return self.ffi.cast(self.ctype, array.ctypes.data) if array is not None else self.ffi.NULL
@@ -164,21 +173,24 @@ class Gemm:
     def __call__(self, ta, tb, M, N, K, A, B, C, beta, bias=None, act=0):
         """C[:M,:N] = beta*C + op(A) op(B); leading dimensions from the arrays' strides."""
         lda, ldb, ldc = (self.leading_dimension(x) for x in (A, B, C))
+        pack = self.guarded_pack(ta, tb, M, N, K)
         self.lib.gemm_bias_act_api(
             ta, tb, M, N, K, self.ptr(A), lda, self.ptr(B), ldb, beta,
-            self.ptr(C), ldc, self.ptr(self.pack_with_guard), self.ptr(bias), act,
+            self.ptr(C), ldc, pack, self.ptr(bias), act,
         )
         assert (self.pack_with_guard[self.pack_elems :] == 12345.0).all(), "pack overrun"
 
     def ex(self, ta, tb, M, N, K, A, B, C, beta, bias=None, relu=0, mask=None, colsum=None,
            update=None, rate=0.0):
         """gc_gemm_ex: the general epilogue (bias, relu, * sgn(mask), update -= rate C, column sums)."""
-        lda, ldb, ldc = (self.leading_dimension(x) for x in (A, B, C))
+        lda, ldb = (self.leading_dimension(x) for x in (A, B))
+        ldc = self.leading_dimension(C) if C is not None else N
         ldm = self.leading_dimension(mask) if mask is not None else 0
         ldu = self.leading_dimension(update) if update is not None else 0
+        pack = self.guarded_pack(ta, tb, M, N, K)
         self.lib.gemm_ex_api(
             ta, tb, M, N, K, self.ptr(A), lda, self.ptr(B), ldb, beta, self.ptr(C), ldc,
-            self.ptr(self.pack_with_guard), self.ptr(bias), relu, self.ptr(mask), ldm, self.ptr(colsum),
+            pack, self.ptr(bias), relu, self.ptr(mask), ldm, self.ptr(colsum),
             self.ptr(update), ldu, rate,
         )
         assert (self.pack_with_guard[self.pack_elems :] == 12345.0).all(), "pack overrun"
@@ -499,6 +511,59 @@ def test_gemm_ex_update_is_an_sgd_step_from_the_product(gemm_lib, variant, dtype
         gemm.lib.set_threads_api(2)
 
 
+@pytest.mark.parametrize("variant", ["native", "dispatch", "portable"])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_ex_update_without_c_stores_nothing(gemm_lib, variant, dtype):
+    """C = NULL with an update-only epilogue (a train step's W -= lr d_W when d_W is not kept):
+    the parameter gets the SGD step on every path (tiny, a batch of one, direct, packed, K over
+    several KC blocks), the same bits for 1 and 2 threads, and the pack stays within the size
+    gc_gemm_pack_elems reports (the guard values)."""
+    gemm = gemm_lib(variant, dtype)
+    rng = np.random.default_rng(11)
+    shapes = [(3, 5, 4), (500, 784, 1), (1, 300, 70), (70, 1, 300), (128, 64, 4), (130, 70, 33),
+              (70, 90, 600), (200, 530, 300)]
+    try:
+        for (ta, tb), (M, N, K) in itertools.product(FORMS, shapes):
+            A, B = operands(rng, ta, tb, M, N, K, dtype)
+            P0 = rng.standard_normal((M + 1, N + 2)).astype(dtype)
+            want = P0[:M, :N].astype(np.float64) - 0.1 * reference(ta, tb, A, B)
+            runs = []
+            for threads in (1, 2):
+                gemm.lib.set_threads_api(threads)
+                P = P0.copy()
+                gemm.ex(ta, tb, M, N, K, A, B, None, 0, update=P[:M, :N], rate=0.1)
+                assert_close(P[:M, :N], want, dtype)
+                np.testing.assert_array_equal(P[M:], P0[M:])
+                np.testing.assert_array_equal(P[:, N:], P0[:, N:])
+                runs.append(P)
+            np.testing.assert_array_equal(runs[0], runs[1])
+    finally:
+        gemm.lib.set_threads_api(2)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_pack_need_is_zero_for_a_batch_of_one_and_never_shrinks(gemm_lib, dtype):
+    """gc_gemm_pack_elems: 0 on the tiny path and whenever a dimension is 1 (a batch of one row
+    is a matrix-vector or outer product), and never smaller for a larger M, N or K (so a
+    workspace sized for the largest batch serves every smaller one)."""
+    gemm = gemm_lib("native", dtype)
+    need = gemm.lib.pack_elems_api
+    for ta, tb in FORMS:
+        for other in [(500, 784), (784, 500), (10, 500), (128, 64), (4096, 4096)]:
+            for dims in [(1, *other), (other[0], 1, other[1]), (*other, 1)]:
+                assert need(ta, tb, *dims) == 0, (ta, tb, dims)
+        assert need(ta, tb, 3, 5, 7) == 0
+        assert need(ta, tb, 300, 300, 300) > 0
+        for base in [(13, 40, 27), (130, 70, 33), (200, 530, 300), (12, 32, 256)]:
+            for axis in range(3):
+                values = []
+                for grow in range(1, 600, 7):
+                    dims = list(base)
+                    dims[axis] = grow
+                    values.append(need(ta, tb, *dims))
+                assert values == sorted(values), (ta, tb, base, axis)
+
+
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_gemm_ex_whole_epilogue_order(gemm_lib, dtype):
     """bias, then relu, then the mask, then the column sum, in every path."""
@@ -650,18 +715,19 @@ int main(void)
         {131, 37, 300}, {45, 400, 270}, {400, 45, 129}, {13, 600, 20},
         {20, 1100, 300}, /* fills every thread's whole pack slice */
         {32, 128, 64}, {32, 10, 128}, {10, 128, 32}, {128, 64, 32}, /* direct path */
-        {40, 7, 100}, {700, 12, 300}}; /* narrow micro-kernel, direct and packed */
+        {40, 7, 100}, {700, 12, 300}, /* narrow micro-kernel, direct and packed */
+        {1, 500, 784}, {500, 784, 1}, {784, 1, 500}, {12, 32, 257}, {13, 33, 513}, {192, 512, 256},
+        {193, 513, 300}, {25, 17, 40}, {5, 16, 100}}; /* batch 1; block edges; small edges */
     const long count = (long)(sizeof shapes / sizeof shapes[0]);
-    /* Exactly the advertised size (a multiple of 64 bytes), so that ASan
-       reports any access past it. */
-    const size_t bytes = (size_t)gc_gemm_pack_elems() * sizeof(gc_real);
-    gc_real *pack = aligned_alloc(64, bytes);
     long s, i, j, failures = 0;
     int ta, tb, beta;
-    if (!pack || bytes % 64) return 2;
     for (s = 0; s < count; ++s) {
         const long M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         for (ta = 0; ta < 2; ++ta) for (tb = 0; tb < 2; ++tb) for (beta = 0; beta < 2; ++beta) {
+            /* Exactly the size reported for this call (a multiple of 64 bytes), so that ASan
+               reports any access past it; NULL when it is 0. */
+            const size_t bytes = (size_t)gc_gemm_pack_elems(ta, tb, M, N, K) * sizeof(gc_real);
+            gc_real *pack = bytes ? aligned_alloc(64, bytes) : NULL;
             const long lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 2, ldc = N + 3;
             gc_real *A = malloc(sizeof(gc_real) * (size_t)((ta ? K : M) * lda + 1));
             gc_real *B = malloc(sizeof(gc_real) * (size_t)((tb ? N : K) * ldb + 1));
@@ -675,10 +741,10 @@ int main(void)
                                     (beta ? (double)((i * ldc + j) % 3) : 0.0);
                 if (!(fabs((double)C[i * ldc + j] - want) <= 1e-3 * (1.0 + fabs(want)))) ++failures;
             }
-            free(A); free(B); free(C);
+            free(A); free(B); free(C); free(pack);
+            if (bytes % 64) return 2;
         }
     }
-    free(pack);
     if (failures) printf("%ld mismatches\n", failures);
     return failures != 0;
 }

@@ -30,6 +30,9 @@ def test_wheel_contains_every_template(wheel):
     assert {"graphc/templates/graphc_kernels.c", "graphc/templates/graphc_kernels.h"} <= expected
     assert expected, "no templates found in the source tree"
     assert expected <= names, f"missing from the wheel: {sorted(expected - names)}"
+    # the microcontroller start-up files graphc emit copies (examples/mcu/ as graphc/mcu)
+    mcu = {"graphc/mcu/" + p.name for p in (ROOT / "examples" / "mcu").iterdir() if p.suffix in (".c", ".ld", ".md")}
+    assert {"graphc/mcu/startup.c", "graphc/mcu/mps2_an386.ld"} <= mcu <= names, sorted(mcu - names)
 
 
 def test_installed_wheel_renders_c_outside_the_checkout(wheel, tmp_path):

@@ -18,8 +18,9 @@ from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
-from graphc.backend.cprint import c_name
-from graphc.backend.kernels import PARALLEL_WORK
+from graphc.backend.cprint import c_name, c_pack_pieces, c_size_poly
+from graphc.backend.kernels import PARALLEL_WORK, Gemm
+from graphc.backend.packing import Product, pack_pieces
 from graphc.backend.sizes import pmax
 from graphc.backend.schedule import schedule
 from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401
@@ -68,6 +69,18 @@ class CSource:
     grad_names: dict[str, str]        # param name -> gradient output name (d_W)
     predict_graph: Graph | None = None   # the graph of NAME_predict (outputs that need no labels)
     kernels: KernelSources = field(default_factory=kernel_library)   # graphc_kernels.c/.h, which source calls
+    arena: tuple = (0,)               # the planned arena, elements in n (the most over the functions)
+    pack: list = field(default_factory=list)   # GEMM packing need in n (backend/packing.py's pieces)
+
+    def workspace_parts(self, n: int, threads: int = 1) -> tuple[int, int, int]:
+        """(arena bytes, packing bytes, total) at batch n: what NAME_workspace_size(n) returns with
+        the C compiled for `threads` threads (the header's NAME_WORKSPACE_BYTES), total =
+        arena + packing + 64."""
+        from graphc.backend.packing import pieces_value
+        from graphc.backend.sizes import peval
+        item = 8 if self.dtype == "float64" else 4
+        arena, pack = peval(self.arena, n) * item, pieces_value(self.pack, n, threads) * item
+        return arena, pack, arena + pack + 64
 
 
 class Emitter:
@@ -108,6 +121,16 @@ class Emitter:
         self.functions.append(f)
         return f
 
+    def products(self) -> list[Product]:
+        """Every matrix product of the model's functions (NAME_fit runs NAME_train_step's)."""
+        seen = {}
+        for f in self.functions:
+            for st in f.steps:
+                if isinstance(st, Gemm) and st.dims:
+                    p = Product(st.ta, st.tb, *st.dims)
+                    seen[p] = p
+        return list(seen)
+
     def render(self) -> tuple[str, str, str]:
         env = environment()
         g = self.graph
@@ -115,11 +138,14 @@ class Emitter:
         arena = (0,)
         for f in self.functions:
             arena = pmax(arena, f.sched.arena)
+        self.arena, self.pack = arena, pack_pieces(self.products(), self.dtype)
         ctx = dict(name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
                    kernels_header=KernelSources.header_name, ksuffix=KERNEL_SUFFIX[self.dtype],
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
-                   max_threads=self.threads, uses_matmul=any(f.uses_pack for f in self.functions),
+                   uses_matmul=any(f.uses_pack for f in self.functions),
+                   pack_expr=c_pack_pieces(self.pack, "n", "t", "GRAPHC_MAX_"),
+                   arena_expr=c_size_poly(arena, "max_n"),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
                 env.get_template("cdef.h.j2").render(ctx))
@@ -178,7 +204,7 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
             add_train_functions(em, graph, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()
     return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict,
-                   kernel_library(dtype))
+                   kernel_library(dtype), em.arena, em.pack)
 
 
 def amalgamate(csrc: CSource) -> str:

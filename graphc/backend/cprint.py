@@ -107,6 +107,40 @@ def c_index(offset: Poly, strides: list[tuple[str, Poly]]) -> str:
     return " + ".join(terms) if terms else "0"
 
 
+def c_size_poly(p: Poly, n: str) -> str:
+    """c0 + c1 n + ... as a size_t constant expression in the macro argument n."""
+    terms = []
+    for i, c in enumerate(p):
+        if c or not i:
+            terms.append(" * ".join([f"(size_t){c}"] + [f"(size_t)({n})"] * i))
+    return "(" + " + ".join(terms) + ")"
+
+
+def c_pack_pieces(pieces, n: str, t: str, maximum: str) -> str:
+    """backend/packing.py's pieces as one C constant expression of size_t in n and t (each piece
+    max(t * threaded, plain), `maximum` a macro of two values), 0 when there are none."""
+    def line(c) -> str:
+        c0, c1 = c
+        if not c1:
+            return f"(size_t){c0}"
+        return f"(size_t){c1} * (size_t)({n})" if not c0 else f"((size_t){c0} + (size_t){c1} * (size_t)({n}))"
+
+    def value(p) -> str:
+        threaded = f"(size_t)({t}) * {line(p.threaded)}" if p.threaded else None
+        plain = line(p.plain) if p.plain else None
+        if threaded and plain:
+            return f"{maximum}({threaded}, {plain})"
+        return threaded or plain or "((size_t)0)"
+
+    if not pieces:
+        return "((size_t)0)"
+    lines = [f"(size_t)({n}) < {after.start} ? {value(here)} :" for here, after in zip(pieces, pieces[1:])]
+    lines.append(value(pieces[-1]))
+    if len(lines) == 1:
+        return f"({lines[0]})"
+    return "\\\n    (" + " \\\n     ".join(lines) + ")"    # one piece a line, for a macro
+
+
 def c_long(name: str) -> str:
     return f"long {name}"
 

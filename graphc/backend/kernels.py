@@ -202,6 +202,7 @@ class Gemm(Kernel):
     ldb: str = ""
     ldc: str = ""
     epilogue: Epilogue = field(default_factory=Epilogue)
+    dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
     template: ClassVar[str] = "kernels/gemm.c.j2"
     kind_name: ClassVar[str] = "gemm"
 

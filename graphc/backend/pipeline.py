@@ -49,5 +49,7 @@ def memory_table(result, n: int = 64, itemsize: int = 4) -> str:
     for b in sorted(result.buffers.values(), key=lambda b: (b.first, b.name)):
         rows.append(f"    {b.name:<14} offset {c_poly(b.offset):<12} size {c_poly(b.size):<12} live steps {b.first}..{b.last}")
     total = result.arena
-    rows.append(f"    peak {c_poly(total)} elements = {peval(total, n) * itemsize} bytes at n={n} ({itemsize}-byte elements)")
+    rows.append(f"    arena peak of this function {c_poly(total)} elements = {peval(total, n) * itemsize} bytes "
+                f"at n={n} ({itemsize}-byte elements; the workspace holds the most of any function, "
+                "after the GEMM packing)")
     return "\n".join(rows)

@@ -215,7 +215,8 @@ class Scheduler(Fusion):
         N = B[0] if tb else B[1]
         size = lambda d: c_poly(dim_poly(d))  # noqa: E731
         return [Gemm(self.comment(n), (n.output,), (a, b), self.ref(n.output) if out is None else out,
-                     self.ref(a), self.ref(b), ta, tb, size(M), size(N), size(K), size(A[1]), size(B[1]), size(N))]
+                     self.ref(a), self.ref(b), ta, tb, size(M), size(N), size(K), size(A[1]), size(B[1]), size(N),
+                     dims=(dim_poly(M), dim_poly(N), dim_poly(K)))]
 
     def patches(self, n: Node, kind: str) -> list[Kernel]:
         """A convolution's patch matrix (im2col) or its adjoint (col2im): one Patches record."""
@@ -348,11 +349,23 @@ class Scheduler(Fusion):
         steps = self.merge_reductions(steps)
         if self.updates is not None:
             steps, fused = sgd_in_gemm(steps, self.updates)
+            steps = [self.unstored(st) for st in steps]
             # each record reads its gradient where this schedule put it: its buffer, or the output
             # argument it was computed into when the gradient is an output too
             steps += list(self.updates.first) + [replace(pu.record, grad=self.ref(pu.grad))
                                                  for pu in self.updates.params if pu.param not in fused]
         return Schedule(steps, *self._plan(steps), self._label_checks())
+
+    def unstored(self, st: Kernel) -> Kernel:
+        """A GEMM whose epilogue only updates a param (SGD fused by sgd_in_gemm) and whose result is
+        no output: it writes no C (gc_gemm_epilogue's update with C = NULL), so the gradient gets
+        no buffer at all (the 784-500-10 network's d_W1 would take 1.5 MB)."""
+        if not isinstance(st, Gemm) or st.epilogue.update is None or not st.defs or st.defs[0] in self.out_of:
+            return st
+        ep = st.epilogue
+        if ep.bias is not None or ep.relu or ep.mask is not None or ep.colsum is not None:
+            return st
+        return replace(st, out="NULL", defs=())
 
     def _plan(self, steps: list[Kernel]):
         first: dict[Value, int] = {}

@@ -22,6 +22,20 @@ def templates_dir() -> Path:
                       hint="reinstall graphc; the wheel must contain graphc/templates")
 
 
+def mcu_dir() -> Path:
+    """The microcontroller start-up files (startup.c, mps2_an386.ld, README.md): examples/mcu/ in a
+    checkout, graphc/mcu in the wheel."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "mcu", here.parent / "examples" / "mcu"):
+        if (candidate / "startup.c").is_file():
+            return candidate
+    raise GraphcError(f"graphc's microcontroller files are missing (looked in {here / 'mcu'} and "
+                      f"{here.parent / 'examples' / 'mcu'})", hint="reinstall graphc; the wheel must contain graphc/mcu")
+
+
+MCU_FILES = ("startup.c", "mps2_an386.ld")   # what `graphc emit` copies into DIR/mcu/
+
+
 _ENV: jinja2.Environment | None = None
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
-from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_poly, c_real, c_signature
+from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_poly, c_real, c_signature, c_size_poly
 from graphc.backend.functions import Arg, TrainLayout, output_args
 from graphc.autodiff.train import train_graph
 from graphc.backend.kernels import (AdamStepCount, AdamUpdate, OptimizerUpdates, ParamUpdate, SgdUpdate,
@@ -224,6 +224,8 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, inputs=in_ctx,
                label_checks=label_checks, staging=staging, step_args=step_call, loss=loss_c, order=order,
                losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
+    for s in staging:
+        s["size_expr"] = c_size_poly(tuple(s["coeffs"]), "max_batch")
     tpl = environment().get_template("fit.c.j2")
     em.extras.append(dict(source=tpl.render(ctx, part="source"), header=tpl.render(ctx, part="header"),
                           cdef=tpl.render(ctx, part="cdef")))

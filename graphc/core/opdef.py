@@ -151,6 +151,11 @@ class OpDef:
         example and check inputs are drawn below them; [] for an op that indexes nothing."""
         return []
 
+    def distribution_inputs(self, node) -> list:
+        """The real inputs this node reads as probability rows (each row along the last axis
+        non-negative, summing to 1: cross-entropy's targets); example data is drawn so. []: none."""
+        return []
+
     def spec_text(self, node, arg) -> tuple[str, int]:
         """(text, precedence) of `node` in the spec language, for error messages and hints;
         `arg(v, need)` is an operand's text, parenthesized when it binds looser than `need`.

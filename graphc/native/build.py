@@ -196,7 +196,7 @@ def kernels_key(source: str, header: str, flags: Sequence[str], cc: str) -> str:
 
 
 def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra_compile_args: Sequence[str] = (),
-          native: bool = True, openmp: bool | None = None, isa: str = "auto",
+          native: bool = True, openmp: bool | None = None, isa: str = "auto", defines: Sequence[str] = (),
           cache_dir: str | os.PathLike | None = None) -> BuiltModule:
     """Compile `source` (which includes NAME.h) as a cffi module, or load it from the cache.
 
@@ -206,6 +206,7 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
     (root/kernels/KEY), and linked into the module.
     openmp: None uses it when the compiler supports it. isa: a resolved instruction set
     (native/isa.py), whose flags join the others. cache_dir: overrides cache_root().
+    defines: -D flags for the model's source only (GC_MAX_THREADS=T), not the kernel library.
     """
     start = time.perf_counter()
     if not name or name.startswith(".") or any(c in name for c in '/\\"\0'):
@@ -216,6 +217,7 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
     flags = compile_flags(native, openmp) + isa_flags(isa, native) + list(extra_compile_args)
     link_args = ["-fopenmp"] if openmp else []
     library = _kernels_job(kernels, cc, flags) if kernels is not None else None
+    flags = flags + list(defines)
     job = _Job(name, source, header, cdef, cc, flags, link_args,
                cache_key(name, source, header, cdef, flags, link_args, cc, library.key if library else None), library)
     with _PROCESS_LOCK:

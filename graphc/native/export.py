@@ -29,6 +29,8 @@ EXAMPLE_FUNCTIONS = ("forward", "predict", "value_and_grad", "train_step")   # t
 TRAIN_STEPS = 3         # train_step calls main.c makes when the model was compiled with an optimizer
 INPUT_SCALE = 1.0       # the amplitude of main.c's deterministic inputs ...
 PARAM_SCALE = 0.1       # ... and params (see example_arrays)
+SUMMARY_VALUES = 4      # leading values main.c prints of each array, after its checksums
+SUMMARY_WEIGHTS = 7     # the weighted checksum weighs element i by 1 + i % SUMMARY_WEIGHTS
 
 def label_bounds(graph: Graph) -> dict[str, int]:
     """Each int32 input's exclusive upper bound (classes, table rows or one-hot depth), the
@@ -41,6 +43,18 @@ def label_bounds(graph: Graph) -> dict[str, int]:
                 bound = int(bound)
                 bounds[v.name] = bound if bounds[v.name] is None else min(bounds[v.name], bound)
     return {k: 1 if b is None else b for k, b in bounds.items()}
+
+
+def distribution_inputs(graph: Graph) -> dict[str, int]:
+    """Real inputs some op reads as probability rows (cross-entropy's targets; each op's
+    `distribution_inputs`), with their row length: main.c fills them with valid rows."""
+    out = {}
+    for node in graph.nodes:
+        for v in node.op.distribution_inputs(node):
+            if graph.inputs.get(v.name) is v and v.shape:
+                last = v.shape[-1]
+                out[v.name] = last if isinstance(last, int) else 1
+    return out
 
 
 def example_batch(graph: Graph) -> int:
@@ -59,10 +73,13 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
 
     Array k (inputs then params, in graph order, k from 0), element i (row-major):
     real: scale * sin(0.7 i + 1.3 k + 0.5), computed in double then cast, scale INPUT_SCALE
-    for inputs and PARAM_SCALE for params; int32: (3 i + k) % bound (see label_bounds).
+    for inputs and PARAM_SCALE for params; int32: (3 i + k) % bound (see label_bounds);
+    probability rows (distribution_inputs: cross-entropy's real targets): 1.5 + sin(0.7 i +
+    1.3 k + 0.5), each row of the last axis divided by its sum (in double), then cast.
     """
     n = example_batch(graph) if n is None else n
     bounds = label_bounds(graph)
+    rows = distribution_inputs(graph)
     real = np.dtype(dtype)
     out = {}
     for k, (name, v, scale) in enumerate(_filled(graph)):
@@ -70,19 +87,39 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
         i = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
         if v.dtype == INT:
             out[name] = ((3 * i + k) % bounds[name]).astype(np.int32).reshape(shape)
+        elif name in rows:
+            raw = (1.5 + np.sin(0.7 * i + 1.3 * k + 0.5)).reshape(-1, rows[name])
+            out[name] = (raw / raw.sum(axis=1, keepdims=True)).astype(real).reshape(shape)
         else:
             out[name] = (scale * np.sin(0.7 * i + 1.3 * k + 0.5)).astype(real).reshape(shape)
     return out
 
 
+def example_summary(values) -> np.ndarray:
+    """What main.c prints of an array (after FUNCTION NAME COUNT), from the array: its sum, the sum
+    of its absolute values, the sum weighted by 1 + i % SUMMARY_WEIGHTS (element i, row-major:
+    it moves when values swap places) and its first SUMMARY_VALUES values, all in double."""
+    flat = np.asarray(values).astype(np.float64).ravel()
+    weights = 1.0 + np.arange(flat.size) % SUMMARY_WEIGHTS
+    return np.concatenate([[flat.sum(), np.abs(flat).sum(), (weights * flat).sum()], flat[:SUMMARY_VALUES]])
+
+
 def parse_example_output(text: str) -> dict[tuple[str, str], np.ndarray]:
-    """main.c's printout as {(function, name): flat array}; a line is `FUNCTION NAME COUNT v1 v2 ...`."""
+    """main.c's printout as {(function, name): its summary}; a line is `FUNCTION NAME COUNT SUM
+    ABS_SUM WEIGHTED_SUM v0 v1 ...` (example_summary gives the same numbers from an array)."""
     results = {}
     for line in text.splitlines():
         words = line.split()
-        if len(words) >= 3 and words[2].isdigit() and len(words) == 3 + int(words[2]):
+        if len(words) >= 3 and words[2].isdigit() and len(words) == 6 + min(int(words[2]), SUMMARY_VALUES):
             results[(words[0], words[1])] = np.array([float(w) for w in words[3:]])
     return results
+
+
+def summary_close(got: np.ndarray, want: np.ndarray, rtol: float) -> bool:
+    """Two summaries agree to rtol, relative to the array's size (its sum of absolute values, at
+    least 1): a sum of values that cancel is only as exact as its terms."""
+    scale = max(1.0, abs(float(want[1])))
+    return got.shape == want.shape and bool(np.all(np.abs(got - want) <= rtol * scale))
 
 
 def _example_context(model) -> dict:
@@ -90,10 +127,11 @@ def _example_context(model) -> dict:
     graph: Graph = model.graph
     n = example_batch(graph)
     bounds = label_bounds(graph)
+    prob_rows = distribution_inputs(graph)
     ctype = "double" if model.dtype == np.float64 else "float"
     fills = {}
     for k, (name, v, scale) in enumerate(_filled(graph)):
-        fills[c_name(name)] = dict(k=k, scale=repr(scale), bound=bounds.get(name))
+        fills[c_name(name)] = dict(k=k, scale=repr(scale), bound=bounds.get(name), row=prob_rows.get(name))
     labels = {c_name(k): k for k in graph.outputs}            # print outputs and gradients by
     labels.update({c_name(f"d_{w}"): f"d_{w}" for w in model.wrt})   # their graph names
     arrays: dict[str, dict] = {}
@@ -122,9 +160,11 @@ def _example_context(model) -> dict:
     ints = [a for a in filled if a["ctype"] == "int32_t"]
     return dict(name=model.name, ctype=ctype, n=n, batch_dim=(graph.symbolic_dims or [None])[0],
                 arrays=list(arrays.values()), filled=filled, functions=functions, skipped=skipped,
-                has_ints=bool(ints), has_reals=len(ints) < len(filled), bad=ints[0] if ints else None,
+                has_ints=bool(ints), has_reals=any(a["ctype"] != "int32_t" and not a["fill"]["row"] for a in filled),
+                has_rows=bool(prob_rows), bad=ints[0] if ints else None,
                 trains=any(f["name"] == "train_step" for f in functions), train_steps=TRAIN_STEPS,
-                input_scale=INPUT_SCALE, param_scale=PARAM_SCALE)
+                input_scale=INPUT_SCALE, param_scale=PARAM_SCALE,
+                summary_values=SUMMARY_VALUES, summary_weights=SUMMARY_WEIGHTS)
 
 
 VALUES_PER_LINE = 6
@@ -217,7 +257,11 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
         write(f"{name}_params.h", render_template("params.h.j2", **context))
         write(f"{name}_params.c", render_template("params.c.j2", **context))
     if standalone:
+        from graphc.backend.templates import MCU_FILES, mcu_dir
         write("main.c", render_template("main.c.j2", **_example_context(model)))
+        (directory / "mcu").mkdir(exist_ok=True)
+        for filename in MCU_FILES:     # `make mcu`: the firmware's start-up code and linker script
+            write(f"mcu/{filename}", (mcu_dir() / filename).read_text())
         write("Makefile", render_template("Makefile.j2", name=name, amalgamated=amalgamate,
                                           ctype="double" if model.dtype == np.float64 else "float",
                                           kernels_source=kernels.source_name, kernels_header=kernels.header_name,
@@ -246,7 +290,9 @@ def c_library(model, directory: Path, amalgamated: bool = False) -> Path:
     except (OSError, ValueError, KeyError, TypeError):
         openmp = openmp_supported(cc)
         flags, link = compile_flags(False, openmp), ["-fopenmp"] * openmp
-    objects = [] if amalgamated else [str(build_kernels(model.csrc.kernels, flags))]
+    # the library was compiled without the model's own defines (GC_MAX_THREADS)
+    library_flags = [f for f in flags if not f.startswith("-DGC_MAX_THREADS=")]
+    objects = [] if amalgamated else [str(build_kernels(model.csrc.kernels, library_flags))]
     target = directory / f"lib{model.name}.so"
     scratch = directory / f".lib{model.name}.so.tmp"
     command = [*shlex.split(cc), *flags, "-shared", "-fPIC", f"{model.name}.c", *objects, "-o", scratch.name, "-lm",

@@ -201,8 +201,14 @@ class CompiledModel:
         """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n."""
         from graphc.backend.memory import peval
         from graphc.backend.pipeline import memory_table
+        n = n if self.graph.symbolic_dims else 1      # a model without a batch dim runs at n = 1 only
         ws = getattr(self.lib, f"{self.name}_workspace_size")(n)
-        parts = [f"workspace of {self.name} at n={n}: {ws} bytes (GEMM packing included)"]
+        arena, pack, total = self.csrc.workspace_parts(n, self.threads)
+        parts = [f"workspace of {self.name} at n={n}: {ws} bytes = arena {arena} + GEMM packing {pack} + 64 "
+                 f"(alignment slack): {self.name}_workspace_size({n}), the header's "
+                 f"{self.name}_WORKSPACE_BYTES({n}) with GC_MAX_THREADS={self.threads}"]
+        if ws != total:    # the C and codegen's sizes disagree: a bug, shown rather than hidden
+            parts.append(f"  (codegen computed {total} bytes: they should agree)")
         for f in self.functions.values():
             a = f.sched.arena
             per_row = peval(a, 1) - peval(a, 0) if len(a) == 2 else None
@@ -319,6 +325,7 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
         dtype = np.dtype(dtype).name
     threads = default_threads() if threads is None else int(threads)
     csrc = generate(graph, grad_of, list(wrt) if wrt else None, dtype=dtype, threads=threads, optimizer=optimizer)
+    # the thread cap is the C's compile-time GC_MAX_THREADS (the header's default is 1)
     built = build(graph.name, csrc.source, csrc.header, csrc.cdef, kernels=csrc.kernels, native=native,
-                  isa=isa, cache_dir=cache_dir)
+                  isa=isa, defines=[f"-DGC_MAX_THREADS={threads}"], cache_dir=cache_dir)
     return CompiledModel(csrc, built, threads, optimizer)

@@ -142,6 +142,10 @@ class CrossEntropy(OpDef):
         theta, y = node.inputs
         return [(y, theta.shape[-1])] if y.dtype == INT else []     # a class: the logits' last dim
 
+    def distribution_inputs(self, node):
+        y = node.inputs[1]
+        return [] if y.dtype == INT else [y]     # real targets: probability rows
+
     def vjp(self, b, node, d):
         theta, y = node.inputs
         with b.because(node, self.identity):

@@ -224,12 +224,17 @@ def cmd_build(args) -> int:
     _print_files(m.export(args.out, standalone=False))
     if args.batch < 1:
         raise GraphcError(f"build: --batch must be >= 1, got {args.batch}")
+    batch = args.batch if m.graph.symbolic_dims else 1     # a model without a batch dim: n = 1
+    if m.threads > 1:   # libNAME.so's products may use m.threads threads, each with packing scratch
+        print(f"lib{m.name}.so is compiled with -DGC_MAX_THREADS={m.threads}: compile C files that size "
+              f"the workspace with {m.name}_WORKSPACE_BYTES with the same flag (or call {m.name}_workspace_size)")
     if args.report:
         print()
-        print(m.memory_plan(args.batch))
+        print(m.memory_plan(batch))
     else:
-        size = getattr(m.lib, f"{m.name}_workspace_size")(args.batch)
-        print(f"workspace at batch {args.batch}: {size} bytes ({m.name}_workspace_size; --report for the plan)")
+        size = getattr(m.lib, f"{m.name}_workspace_size")(batch)
+        print(f"workspace at batch {batch}: {size} bytes ({m.name}_workspace_size({batch}) = "
+              f"{m.name}_WORKSPACE_BYTES({batch}); --report for the plan)")
     return 0
 
 

@@ -269,8 +269,8 @@ def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32,
         files[0].write_text(model.source)
         files[1].write_text(model.header)
     write("")
-    write(f"standalone C written to {out}/: {', '.join(p.name for p in files)}"
-          f"{' (make && ./' + model.name + '_example)' if any(p.name == 'Makefile' for p in files) else ''}")
+    write(f"standalone C written to {out}/: {', '.join(p.relative_to(out).as_posix() for p in files)}"
+          f"{' (make && ./' + model.name + '_example; make mcu-run: on a Cortex-M4F under QEMU)' if any(p.name == 'Makefile' for p in files) else ''}")
     write(f"total {time.perf_counter() - t0:.1f} s")
     result["files"] = [str(p) for p in files]
     return result

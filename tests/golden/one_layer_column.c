@@ -13,7 +13,6 @@
 #include "graphc_kernels.h"   /* the kernel library shared by every model (graphc_kernels.c) */
 
 typedef float gc_real;
-#define GC_MAX_THREADS 1
 #define GC_EXP(x) expf(x)
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) tanhf(x)
@@ -47,8 +46,8 @@ typedef float gc_real;
 #endif
 
 /* The matrix products below are graphc_kernels.h's float entry points, under the names
-   this file calls them by. Each may use up to GC_MAX_THREADS threads: the workspace holds
-   a packing buffer for each. */
+   this file calls them by. Each may use up to GC_MAX_THREADS threads (one_layer_column.h: 1 unless
+   compiled with -DGC_MAX_THREADS=T): the workspace holds a packing buffer for each. */
 typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 #define gc_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack) \
     gc_gemm_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS)
@@ -56,14 +55,15 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
     gc_gemm_bias_act_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, bias, act)
 #define gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, ep) \
     gc_gemm_ex_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, ep)
-#define gc_gemm_pack_elems() gc_gemm_pack_elems_f(GC_MAX_THREADS)
 
 /* ------------------------------------------------------------------------
  * Workspace
  * ------------------------------------------------------------------------ */
 
-/* Elements of gc_real the GEMM packing buffers take at the start of the workspace. */
-#define GC_PACK_ELEMS gc_gemm_pack_elems()
+/* Elements of gc_real the GEMM packing buffers take at the start of the workspace at batch n:
+   the most any product below packs at batch n (one_layer_column.h's one_layer_column_PACK_ELEMS, computed from
+   their shapes as gc_gemm_pack_elems_f does; 0 where none packs, as at n = 1). */
+#define GC_PACK_ELEMS(n) one_layer_column_PACK_ELEMS((size_t)(n), (size_t)GC_MAX_THREADS)
 
 /* Horner's rule for c[0] + c[1] n + ...; returns 0 (and leaves *out) if it overflows. */
 static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
@@ -80,8 +80,9 @@ static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
     return 1;
 }
 
-/* The bytes of workspace at batch n (0: invalid n or overflow). Static, and called by that name
- * inside the functions below, where an argument may be named like NAME_workspace_size. */
+/* The bytes of workspace at batch n (0: invalid n or overflow): one_layer_column.h's
+ * one_layer_column_WORKSPACE_BYTES(n), checked for overflow. Static, and called by that name inside the
+ * functions below, where an argument may be named like NAME_workspace_size. */
 static size_t gc_workspace_bytes(long n)
 {
     static const size_t arena[] = { 48 };  /* planned peak, elements */
@@ -90,10 +91,10 @@ static size_t gc_workspace_bytes(long n)
         return 0;
     }
     if (!gc_poly(arena, 1, (size_t)n, &elems)
-        || elems > SIZE_MAX / sizeof(gc_real) - (size_t)GC_PACK_ELEMS - 64) {
+        || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n) - 64) {
         return 0;
     }
-    return (elems + (size_t)GC_PACK_ELEMS) * sizeof(gc_real) + 64;
+    return (elems + GC_PACK_ELEMS(n)) * sizeof(gc_real) + 64;
 }
 
 size_t one_layer_column_workspace_size(long n)
@@ -118,7 +119,7 @@ int one_layer_column_forward(long n, const float *x, const float *y, const float
     if ((uintptr_t)workspace % 64 != 0) {
         return GRAPHC_ERR_ALIGN;
     }
-    ws += GC_PACK_ELEMS;
+    ws += GC_PACK_ELEMS(n);
     gc_real *const z__0 = ws + 0;   /* 16 elements */
     gc_real *const h = ws + 16;   /* 16 elements */
     gc_real *const theta__0 = ws + 0;   /* 5 elements */
@@ -189,7 +190,7 @@ int one_layer_column_predict(long n, const float *x, const float *W, const float
     if ((uintptr_t)workspace % 64 != 0) {
         return GRAPHC_ERR_ALIGN;
     }
-    ws += GC_PACK_ELEMS;
+    ws += GC_PACK_ELEMS(n);
     gc_real *const z__0 = ws + 0;   /* 16 elements */
     gc_real *const h = ws + 16;   /* 16 elements */
     gc_real *const theta__0 = ws + 0;   /* 5 elements */
@@ -250,7 +251,7 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     if ((uintptr_t)workspace % 64 != 0) {
         return GRAPHC_ERR_ALIGN;
     }
-    ws += GC_PACK_ELEMS;
+    ws += GC_PACK_ELEMS(n);
     gc_real *const z__0 = ws + 0;   /* 16 elements */
     gc_real *const h = ws + 16;   /* 16 elements */
     gc_real *const theta__0 = ws + 0;   /* 5 elements */

@@ -6,9 +6,10 @@
  *   - Inputs are const and never written; outputs and gradients are written to
  *     caller buffers of the documented shape.
  *   - Scratch memory is a caller-provided workspace of one_layer_column_workspace_size(n)
- *     bytes, aligned to 64 bytes. Nothing here allocates, prints or keeps state:
- *     every function is reentrant, and threads may call it at once with separate
- *     workspaces.
+ *     bytes, aligned to 64 bytes; one_layer_column_WORKSPACE_BYTES(max_n) is the same number as
+ *     a constant expression, for a static array serving every n <= max_n. Nothing here
+ *     allocates, prints or keeps state: every function is reentrant, and threads may
+ *     call it at once with separate workspaces.
  *   - Every function returns GRAPHC_OK (0) or one of the error codes below.
  *
  * Shapes: Dx = 10, Dh = 16, Nc = 5
@@ -27,12 +28,35 @@
 #define GRAPHC_ERR_ALIGN 4  /* the workspace is not aligned to 64 bytes */
 #endif
 
+/* The most threads a matrix product of the model may use (with OpenMP: -fopenmp), each with
+ * a packing buffer of its own in the workspace. Compile the model's .c and every file that
+ * sizes its workspace from this header with the same value (-DGC_MAX_THREADS=T; default 1). */
+#ifndef GC_MAX_THREADS
+#define GC_MAX_THREADS 1
+#endif
+#ifndef GRAPHC_MAX_
+#define GRAPHC_MAX_(a, b) ((a) > (b) ? (a) : (b))
+#endif
+
+/* Elements of GEMM packing scratch at batch n with up to t threads per product: the most any
+ * matrix product of the model packs (0 where none does: a batch of one packs nothing). */
+#define one_layer_column_PACK_ELEMS(n, t) ((size_t)0)
+
+/* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
+ * serves every n <= max_n (it never shrinks as n grows), and equals one_layer_column_workspace_size(max_n)
+ * for max_n = 1 (this model's only n) when that does not overflow. For firmware, with no heap:
+ *     static unsigned char ws[one_layer_column_WORKSPACE_BYTES(1)] __attribute__((aligned(64)));   (GCC, Clang)
+ *     static unsigned char raw[one_layer_column_WORKSPACE_BYTES(1) + 63];   (C99: align it by hand,
+ *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
+#define one_layer_column_WORKSPACE_BYTES(max_n) \
+    ((((size_t)48) + one_layer_column_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Bytes of workspace the functions below need at batch size n; 0 when n is invalid
- * or the size would overflow size_t. */
+/* Bytes of workspace the functions below need at batch size n (one_layer_column_WORKSPACE_BYTES(n));
+ * 0 when n is invalid or the size would overflow size_t. */
 size_t one_layer_column_workspace_size(long n);
 
 /* the forward outputs

@@ -6,9 +6,10 @@
  *   - Inputs are const and never written; outputs and gradients are written to
  *     caller buffers of the documented shape.
  *   - Scratch memory is a caller-provided workspace of window_classifier_workspace_size(n)
- *     bytes, aligned to 64 bytes. Nothing here allocates, prints or keeps state:
- *     every function is reentrant, and threads may call it at once with separate
- *     workspaces.
+ *     bytes, aligned to 64 bytes; window_classifier_WORKSPACE_BYTES(max_n) is the same number as
+ *     a constant expression, for a static array serving every n <= max_n. Nothing here
+ *     allocates, prints or keeps state: every function is reentrant, and threads may
+ *     call it at once with separate workspaces.
  *   - Every function returns GRAPHC_OK (0) or one of the error codes below.
  *
  * Shapes: V = 200, De = 16, Dw = 48, Dh = 32, Nc = 5, N = batch (argument n)
@@ -27,12 +28,54 @@
 #define GRAPHC_ERR_ALIGN 4  /* the workspace is not aligned to 64 bytes */
 #endif
 
+/* The most threads a matrix product of the model may use (with OpenMP: -fopenmp), each with
+ * a packing buffer of its own in the workspace. Compile the model's .c and every file that
+ * sizes its workspace from this header with the same value (-DGC_MAX_THREADS=T; default 1). */
+#ifndef GC_MAX_THREADS
+#define GC_MAX_THREADS 1
+#endif
+#ifndef GRAPHC_MAX_
+#define GRAPHC_MAX_(a, b) ((a) > (b) ? (a) : (b))
+#endif
+
+/* Elements of GEMM packing scratch at batch n with up to t threads per product: the most any
+ * matrix product of the model packs (0 where none does: a batch of one packs nothing). */
+#define window_classifier_PACK_ELEMS(n, t) \
+    ((size_t)(n) < 3 ? ((size_t)0) : \
+     (size_t)(n) < 5 ? (size_t)704 : \
+     (size_t)(n) < 49 ? (size_t)2112 : \
+     (size_t)(n) < 65 ? (size_t)2816 : \
+     (size_t)(n) < 81 ? (size_t)3520 : \
+     (size_t)(n) < 97 ? (size_t)4224 : \
+     (size_t)(n) < 113 ? (size_t)4928 : \
+     (size_t)(n) < 129 ? (size_t)5632 : \
+     (size_t)(n) < 145 ? (size_t)6336 : \
+     (size_t)(n) < 161 ? (size_t)7040 : \
+     (size_t)(n) < 177 ? (size_t)7744 : \
+     (size_t)(n) < 193 ? (size_t)8448 : \
+     (size_t)(n) < 209 ? (size_t)9152 : \
+     (size_t)(n) < 225 ? (size_t)9856 : \
+     (size_t)(n) < 241 ? (size_t)10560 : \
+     (size_t)(n) < 652 ? (size_t)11264 : \
+     (size_t)(n) < 1366 ? GRAPHC_MAX_((size_t)(t) * (size_t)11264, (size_t)11264) : \
+     (size_t)(n) < 6250 ? GRAPHC_MAX_((size_t)(t) * (size_t)25600, (size_t)11264) : \
+     (size_t)(t) * (size_t)25600)
+
+/* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
+ * serves every n <= max_n (it never shrinks as n grows), and equals window_classifier_workspace_size(max_n)
+ * for 1 <= max_n when that does not overflow. For firmware, with no heap:
+ *     static unsigned char ws[window_classifier_WORKSPACE_BYTES(4)] __attribute__((aligned(64)));   (GCC, Clang)
+ *     static unsigned char raw[window_classifier_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
+ *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
+#define window_classifier_WORKSPACE_BYTES(max_n) \
+    ((((size_t)9600 + (size_t)144 * (size_t)(max_n)) + window_classifier_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Bytes of workspace the functions below need at batch size n; 0 when n is invalid
- * or the size would overflow size_t. */
+/* Bytes of workspace the functions below need at batch size n (window_classifier_WORKSPACE_BYTES(n));
+ * 0 when n is invalid or the size would overflow size_t. */
 size_t window_classifier_workspace_size(long n);
 
 /* the forward outputs

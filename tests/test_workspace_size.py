@@ -1,0 +1,204 @@
+"""The workspace is sized to the model at compile time (issue 15, item 3).
+
+- graphc/backend/packing.py computes the GEMM packing need as the kernel library's
+  gc_gemm_pack_elems_f/_d does (compared over many shapes, both types, 1-3 threads); the library's
+  own use stays within that need (tests/test_gemm.py: guard values and AddressSanitizer).
+- NAME_WORKSPACE_BYTES(max_n) (and NAME_FIT_WORKSPACE_BYTES) in the emitted header is a constant
+  expression (a static array's size) equal to NAME_workspace_size(n) (and the fit one) for many
+  n, both dtypes, 1 and 2 threads, and to what codegen reports; it never shrinks as n grows.
+- The targets: one_layer at batch 1 <= 16 KB, its train step at batch 4 <= 64 KB, a 784-500-10
+  MLP's SGD train step at batch 1 <= 16 KB (the gradient of W1 is never stored).
+- A train step whose SGD update is fused into a GEMM writing no C matches value_and_grad and a
+  NumPy step, over several K blocks (batch 300 > KC) too.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.backend.codegen import generate
+from graphc.backend.packing import pack_elems
+from graphc.native.export import emit
+
+GCC = shutil.which("gcc")
+needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not found")
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+
+MLP784 = """
+name = "mlp784"
+[dims]
+Dx = 784
+Dh = 500
+Nc = 10
+N = "batch"
+[inputs]
+x = ["N", "Dx"]
+y = { shape = ["N"], dtype = "int32" }
+[params]
+W1 = ["Dh", "Dx"]
+b1 = ["Dh"]
+W2 = ["Nc", "Dh"]
+b2 = ["Nc"]
+[graph]
+h = "relu(x @ W1.T + b1)"
+theta = "h @ W2.T + b2"
+J = "cross_entropy(theta, y)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["W1", "b1", "W2", "b2"]
+"""
+NS = list(range(1, 301)) + [383, 384, 385, 511, 512, 513, 777, 1000, 4096, 65537, 10 ** 6]
+
+
+# ------------------------------------------------------------------ the library's need, mirrored
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    """graphc_kernels.c as a plain shared library (ctypes), both element types."""
+    if GCC is None:
+        pytest.skip("gcc not found")
+    where = tmp_path_factory.mktemp("kernels")
+    so = where / "libgck.so"
+    subprocess.run([GCC, "-O1", "-shared", "-fPIC", "-I", str(ROOT / "templates"),
+                    str(ROOT / "templates" / "graphc_kernels.c"), "-o", str(so)], check=True)
+    lib = ctypes.CDLL(str(so))
+    for t in "fd":
+        fn = getattr(lib, f"gc_gemm_pack_elems_{t}")
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_int]
+        fn.restype = ctypes.c_long
+    return lib
+
+
+@needs_gcc
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_workspace_python_pack_need_is_the_libraries(kernels, dtype):
+    fn = getattr(kernels, "gc_gemm_pack_elems_" + ("f" if dtype == "float32" else "d"))
+    sizes = [0, 1, 2, 4, 5, 7, 12, 13, 16, 17, 31, 33, 64, 100, 128, 129, 192, 193, 255, 256, 257, 500,
+             512, 513, 784, 1000]
+    rng = np.random.default_rng(0)
+    shapes = set(itertools.product([1, 5, 13, 128, 193, 784], repeat=3))
+    shapes |= {tuple(int(x) for x in rng.choice(sizes, 3)) for _ in range(400)}
+    checked = 0
+    for (M, N, K), ta, tb, threads in itertools.product(sorted(shapes), (0, 1), (0, 1), (1, 2, 3)):
+        want = fn(ta, tb, M, N, K, threads)
+        assert pack_elems(ta, tb, M, N, K, threads, dtype) == want, (ta, tb, M, N, K, threads)
+        checked += want > 0
+    assert checked > 100     # the packed paths were compared, not only the zeros
+
+
+# ------------------------------------------------------------------ the header's macro, in C
+DRIVER = r"""
+#include <stdio.h>
+#include "{name}.h"
+
+/* a constant expression: the size of a static array */
+static unsigned char ws_static[{name}_WORKSPACE_BYTES(4)];
+{fit_static}
+
+int main(void)
+{{
+    static const long ns[] = {{ {ns} }};
+    unsigned long i;
+    ws_static[0] = 1;
+    for (i = 0; i < sizeof ns / sizeof ns[0]; ++i) {{
+        const long n = ns[i];
+        printf("%ld %lu %lu %lu %lu\n", n, (unsigned long){name}_WORKSPACE_BYTES(n),
+               (unsigned long){name}_workspace_size(n), (unsigned long){fit_macro},
+               (unsigned long){fit_function});
+    }}
+    return ws_static[0] != 1;
+}}
+"""
+
+
+def c_sizes(tmp_path: Path, graph, dtype: str, threads: int, optimizer=graphc.SGD(lr=0.1)):
+    """{n: (macro, function, fit macro, fit function)} from a C program built on the emitted files,
+    and the CSource."""
+    csrc = generate(graph, *graph.grad_spec, dtype=dtype, optimizer=optimizer)
+    out = tmp_path / f"{graph.name}_{dtype}_{threads}"
+    emit(csrc, out)
+    name = graph.name
+    has_fit = f"{name}_fit_workspace_size" in csrc.header
+    ns = NS if graph.symbolic_dims else [1]
+    (out / "driver.c").write_text(DRIVER.format(
+        name=name, ns=", ".join(f"{n}L" for n in ns),
+        fit_static=(f"unsigned char fit_static[{name}_FIT_WORKSPACE_BYTES(4)];" if has_fit else ""),
+        fit_macro=f"{name}_FIT_WORKSPACE_BYTES(n)" if has_fit else "0",
+        fit_function=f"{name}_fit_workspace_size(n)" if has_fit else "0"))
+    exe = out / "driver"
+    built = subprocess.run([GCC, "-std=c99", "-O0", "-Wall", "-Wextra", "-Werror", "-pedantic",
+                            f"-DGC_MAX_THREADS={threads}", *csrc.kernels.defines, "-I", str(out),
+                            str(out / "driver.c"), str(out / f"{name}.c"), str(out / "graphc_kernels.c"),
+                            "-o", str(exe), "-lm"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+    rows = {}
+    for line in run.stdout.splitlines():
+        n, *values = map(int, line.split())
+        rows[n] = tuple(values)
+    return rows, csrc
+
+
+CASES = [(spec, dtype, 1) for spec in EXAMPLES for dtype in ("float32", "float64")]
+CASES += [(ROOT / "examples" / "one_layer.toml", dtype, 2) for dtype in ("float32", "float64")]
+
+
+@needs_gcc
+@pytest.mark.parametrize("spec, dtype, threads", CASES,
+                         ids=[f"{s.stem}-{d}-t{t}" for s, d, t in CASES])
+def test_workspace_macro_equals_the_function_and_never_shrinks(tmp_path, spec, dtype, threads):
+    rows, csrc = c_sizes(tmp_path, graphc.load(spec), dtype, threads)
+    previous = (0, 0)
+    for n, (macro, function, fit_macro, fit_function) in rows.items():
+        assert macro == function > 0, (n, macro, function)
+        assert fit_macro == fit_function, (n, fit_macro, fit_function)
+        assert function == csrc.workspace_parts(n, threads)[2], n
+        assert (function, fit_function) >= previous, n     # a workspace for max_n serves every n <= max_n
+        previous = (function, fit_function)
+
+
+@needs_gcc
+def test_workspace_targets_of_issue_15(tmp_path):
+    one = graphc.load(ROOT / "examples" / "one_layer.toml")
+    rows, _ = c_sizes(tmp_path, one, "float32", 1)
+    assert rows[1][1] <= 16 * 1024           # predict (and every function) at batch 1
+    assert rows[4][1] <= 64 * 1024           # train_step (SGD) at batch 4
+    mlp = graphc.parse_spec(MLP784, "mlp784.toml")
+    rows, csrc = c_sizes(tmp_path, mlp, "float32", 1)
+    assert rows[1][1] <= 16 * 1024           # the SGD train step at batch 1: no d_W1 (1.5 MB) stored
+    assert csrc.workspace_parts(1)[1] == 0    # and a batch of one packs nothing
+    # with Adam the gradients are kept (Adam reads them): sized honestly, not squeezed
+    adam = generate(mlp, *mlp.grad_spec, optimizer=graphc.Adam(lr=1e-3))
+    assert adam.workspace_parts(1)[0] >= 784 * 500 * 4
+
+
+# ------------------------------------------------------------------ SGD into a GEMM with no C
+@pytest.mark.parametrize("batch", [1, 3, 300])
+def test_workspace_sgd_step_without_a_stored_gradient_is_an_sgd_step(batch):
+    """W -= lr d_W from the GEMM that computes d_W, with d_W stored nowhere (C = NULL): the same
+    parameters as value_and_grad followed by the step in NumPy (batch 300 crosses KC = 128 for
+    double, so each K block updates with its own partial product)."""
+    g = graphc.load(ROOT / "examples" / "one_layer.toml")
+    lr = 0.05
+    model = graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=lr), threads=1)
+    train = model.functions["train_step"]
+    assert any(getattr(st, "out", None) == "NULL" for st in train.steps)
+    assert "d_W" not in train.sched.buffers and "d_U" not in train.sched.buffers
+    rng = np.random.default_rng(batch)
+    params = graphc.init_params(model, seed=1, dtype="float64")
+    x = rng.standard_normal((batch, 64))
+    y = rng.integers(0, 10, batch).astype(np.int32)
+    _, grads = model.value_and_grad(x=x, y=y, **params)
+    state = model.train_state(params)
+    model.train_step(state, x=x, y=y)
+    for k in params:
+        np.testing.assert_allclose(state.params[k], params[k] - lr * grads[k], rtol=1e-12, atol=1e-14)
