@@ -202,3 +202,16 @@ def test_workspace_sgd_step_without_a_stored_gradient_is_an_sgd_step(batch):
     model.train_step(state, x=x, y=y)
     for k in params:
         np.testing.assert_allclose(state.params[k], params[k] - lr * grads[k], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "examples").glob("*.toml")) + sorted((ROOT / "tests" / "specs").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_workspace_every_product_of_every_function_is_counted(spec):
+    """The packing share is the most over the model's products: each product the schedule makes
+    (a dense layer's, a convolution's per group, a train step's) carries its sizes, so none is
+    left out of it (a convolution's once was: its GEMMs packed past the workspace)."""
+    from graphc.backend.kernels import Gemm
+    g = graphc.load(spec)
+    csrc = generate(g, *g.grad_spec, optimizer=graphc.Adam(lr=1e-3))
+    gemms = [st for f in csrc.functions for st in f.steps if isinstance(st, Gemm)]
+    assert gemms and all(st.dims for st in gemms), [st.comment for st in gemms if not st.dims][:3]

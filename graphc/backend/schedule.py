@@ -236,13 +236,15 @@ class Scheduler(Fusion):
         a, b = n.inputs[:2]
         bias = n.inputs[2] if len(n.inputs) > 2 else None
         mode, G, v = n.attrs["mode"], n.attrs["groups"], n.output
-        size = lambda d: c_poly(dim_poly(d) if not isinstance(d, tuple) else d)  # noqa: E731
+        poly = lambda d: dim_poly(d) if not isinstance(d, tuple) else d  # noqa: E731
+        size = lambda d: c_poly(poly(d))  # noqa: E731
         at = lambda ptr, off: ptr if off == 0 else f"{ptr} + {off}"  # noqa: E731
         out, A, B = self.ref(v), self.ref(a), self.ref(b)
         steps = []
         for g in range(G):
             if mode == "tn":
                 Ma, Nb = a.shape[-1] // G, b.shape[-1] // G
+                shape = (Ma, Nb, numel(a.shape[:-1]))
                 dims = dict(ta=1, tb=0, M=size(Ma), N=size(Nb), K=size(numel(a.shape[:-1])), lda=size(a.shape[-1]),
                             ldb=size(b.shape[-1]), ldc=size(Nb))
                 ptrs = (at(out, g * Ma * Nb), at(A, g * Ma), at(B, g * Nb))
@@ -250,12 +252,15 @@ class Scheduler(Fusion):
                 Ka = a.shape[-1] // G
                 cols = numel(b.shape[1:])[0]        # a conv weight [C_out, C_in/G, kh, kw] read as a matrix
                 Nb = b.shape[0] // G if mode == "nt" else cols
+                shape = (numel(a.shape[:-1]), Nb, Ka)
                 dims = dict(ta=0, tb=1 if mode == "nt" else 0, M=size(numel(a.shape[:-1])), N=size(Nb), K=size(Ka),
                             lda=size(a.shape[-1]), ldb=size(cols), ldc=size(G * Nb))
                 ptrs = (at(out, g * Nb), at(A, g * Ka), at(B, g * Nb * Ka))
             epilogue = Epilogue(bias=at(self.ref(bias), g * Nb)) if bias is not None else Epilogue()
             comment = self.comment(n) + (f"\n   group {g + 1} of {G}" if G > 1 else "")
-            steps.append(Gemm(comment, (v,), tuple(n.inputs), *ptrs, **dims, epilogue=epilogue))
+            # the sizes as polynomials in n too: the workspace's packing share is sized from them
+            steps.append(Gemm(comment, (v,), tuple(n.inputs), *ptrs, **dims, epilogue=epilogue,
+                              dims=tuple(poly(d) for d in shape)))
         return steps
 
     def row_softmax(self, n: Node) -> list[Kernel]:
