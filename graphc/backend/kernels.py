@@ -14,10 +14,10 @@ fusion that changes one makes a new one (dataclasses.replace).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-from graphc.backend.cprint import LOOP_VARS, c_element, c_index, c_poly
+from graphc.backend.cprint import LOOP_VARS, c_element, c_index, c_named, c_poly
 from graphc.backend.sizes import Poly, dim_poly, peval, pmul
 
 # A loop nest is split over threads only when it has at least PARALLEL_WORK iterations (C:
@@ -97,8 +97,9 @@ class Nest:
     columns: bool               # split a (rows, columns) nest by blocks of columns, not by rows
 
 
-def collapse(loop: Loop) -> Nest:
-    """Collapse the iteration space of a loop nest and print each statement's indices.
+def collapse(loop: Loop, names: dict[int, str] | None = None) -> Nest:
+    """Collapse the iteration space of a loop nest and print each statement's indices (extents,
+    strides and counts with the enum names of the dims, `names`, where a size is one dim).
 
     Adjacent axes merge into one loop when every operand is contiguous across them,
     so a same-shape elementwise op is one flat loop and a bias broadcast is two."""
@@ -119,8 +120,11 @@ def collapse(loop: Loop) -> Nest:
         else:
             merged.append((size, strides))
 
+    names = names or {}
+
     def index(k: int) -> str:
-        return c_index(operands[k][1], [(LOOP_VARS[i], strides[k]) for i, (_, strides) in enumerate(merged)])
+        return c_index(operands[k][1], [(LOOP_VARS[i], strides[k]) for i, (_, strides) in enumerate(merged)],
+                       names)
 
     body, k, targets = [], 0, []
     for st in stmts:
@@ -144,8 +148,9 @@ def collapse(loop: Loop) -> Nest:
         work = pmul(work, size)
     if not worth_parallel(work):
         parallel = columns = False
-    return Nest("\n   ".join(loop.comments), [(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)],
-                body, [(t, c_poly(z)) for t, z in loop.zeros],
+    return Nest("\n   ".join(loop.comments),
+                [(LOOP_VARS[i], c_named(c_poly(size), names)) for i, (size, _) in enumerate(merged)],
+                body, [(t, c_named(c_poly(z), names)) for t, z in loop.zeros],
                 c_poly(work) if parallel or columns else None, columns)
 
 
@@ -305,6 +310,37 @@ class OptimizerUpdates:
     first: tuple = ()           # records before the updates
     rate: str | None = None     # plain SGD's learning rate, as a C literal
     note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = 0.1"
+
+
+@dataclass(frozen=True)
+class NamedLoop:
+    """A Loop as its template prints it with the dims' enum names (see `with_names`)."""
+    loop: Loop
+    names: tuple
+    template: ClassVar[str] = Loop.template
+
+    @property
+    def nest(self) -> Nest:
+        return collapse(self.loop, dict(self.names))
+
+
+# the fields of each record that hold a size printed by c_poly, named by `with_names`
+_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width")
+
+
+def with_names(record: Kernel, names: dict[int, str]):
+    """The record as its template prints it with the enum names of the dims (one_layer_Dh for 128)
+    in its sizes; the record itself keeps the numbers the planner and the fusions read."""
+    if not names:
+        return record
+    if isinstance(record, Loop):
+        return NamedLoop(record, tuple(sorted(names.items())))
+    change = {f.name: c_named(getattr(record, f.name), names) for f in fields(record)
+              if f.name in _SIZE_FIELDS and isinstance(getattr(record, f.name), str)}
+    if isinstance(record, Gemm) and (record.epilogue.ldm or record.epilogue.ldu):
+        ep = record.epilogue
+        change["epilogue"] = replace(ep, ldm=ep.ldm and c_named(ep.ldm, names), ldu=ep.ldu and c_named(ep.ldu, names))
+    return replace(record, **change)
 
 
 RECORDS = (Loop, Gemm, RowSoftmax, Gather, SgdUpdate, AdamStepCount, AdamUpdate)

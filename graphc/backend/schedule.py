@@ -303,7 +303,7 @@ class Scheduler(Fusion):
         for v, f in first.items():
             if v.node is None or v in self.out_of:
                 continue
-            buffers[c_name(v.name)] = Buffer(c_name(v.name), numel(v.shape), f, last[v])
+            buffers[c_name(v.name)] = Buffer(c_name(v.name), numel(v.shape), f, last[v], shape=tuple(v.shape))
         arena = plan(list(buffers.values()))
         return buffers, arena
 
