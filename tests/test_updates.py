@@ -17,6 +17,7 @@ OPTIMIZERS = {
     "momentum+decay": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
     "adam": graphc.Adam(lr=1e-2),
     "adam+decay": graphc.Adam(lr=3e-3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=1e-2),
+    "adamw": graphc.AdamW(lr=3e-3, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1),
 }
 
 

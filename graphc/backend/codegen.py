@@ -84,6 +84,7 @@ class Emitter:
         self.functions: list[Function] = []
         self.extras: list[dict[str, str]] = []   # hand-written C (training's fit): source, header, cdef texts
         self.dim_names, self.dim_text = dim_names(graph)
+        self.hparams: dict | None = None   # a train step's NAME_hparams: ctype, macro, fields, define
 
     def shape_doc(self, v: Value) -> str:
         return "[" + ", ".join(self.graph.dim_label(d) for d in v.shape) + "]" if v.shape else "[1] (a scalar)"
@@ -122,7 +123,7 @@ class Emitter:
                    call=lambda f, args: c_wrap(f, args, ");"),
                    check_params=[c_param("int32_t", c, True) for c, _, _ in sharing.label_params],
                    dims=[(c, v) for v, c in sorted(self.dim_names.items(), key=lambda x: list(g.dims).index(self.dim_text[x[0]]))],
-                   name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
+                   hparams=self.hparams, name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
                    kernels_header=KernelSources.header_name, ksuffix=KERNEL_SUFFIX[self.dtype],
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),

@@ -129,18 +129,18 @@ def c_any_null(names: list[str]) -> str:
 WIDTH = 96      # the column the emitted C wraps argument lists before
 
 
-def c_wrap(head: str, params: list[str], tail: str = ")", width: int = WIDTH) -> str:
+def c_wrap(head: str, params: list[str], tail: str = ")", width: int = WIDTH, opener: str = "(") -> str:
     """`head(p1, p2, ...)` + tail, the arguments wrapped before `width`, continuation lines aligned
-    after the parenthesis: a prototype or a call as a person would write it."""
-    one = f"{head}({', '.join(params)}{tail}"
+    after the parenthesis: a prototype or a call as a person would write it (opener "{ ": a list)."""
+    one = f"{head}{opener}{', '.join(params)}{tail}"
     if len(one) <= width or not params:
         return one
-    indent = " " * (len(head) + 1)
-    lines, line = [], f"{head}("
+    indent = " " * (len(head) + len(opener))
+    lines, line = [], f"{head}{opener}"
     for i, p in enumerate(params):
         piece = p + ("," if i < len(params) - 1 else tail)
-        if line.endswith("(") or len(line) + 1 + len(piece) <= width:
-            line += ("" if line.endswith("(") else " ") + piece
+        if line == f"{head}{opener}" or len(line) + 1 + len(piece) <= width:
+            line += ("" if line == f"{head}{opener}" else " ") + piece
         else:
             lines.append(line)
             line = indent + piece
@@ -149,6 +149,18 @@ def c_wrap(head: str, params: list[str], tail: str = ")", width: int = WIDTH) ->
 
 
 _INT = re.compile(r"(?<![\w.])\d+(?![\w.])")
+
+
+def c_count(shape, names: dict[int, str]) -> str:
+    """The element count of a shape of fixed dims, as a product of the dims' enum names where a
+    dim has one: one_layer_Dh * one_layer_Dx; (long) first when it would overflow an int."""
+    factors, total = [], 1
+    for d in shape:
+        total *= d
+        if d != 1:
+            factors.append(names.get(d, str(d)))
+    text = " * ".join(factors) or "1"
+    return f"(long){text}" if total > 2 ** 31 - 1 and len(factors) > 1 else text
 
 
 def c_named(text: str, names: dict[int, str]) -> str:

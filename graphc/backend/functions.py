@@ -39,6 +39,8 @@ class TrainLayout:
     fit: bool                            # NAME_fit was generated
     fit_args: list[tuple[str, str, str]]
     batched: list[str]                   # inputs whose first dim is the batch dim
+    hparams: tuple = ()                  # the fields of the NAME_hparams struct, in order
+    hparams_type: str = ""               # its C type name
 
 
 @dataclass
@@ -83,6 +85,15 @@ class Function:
                         f"last time before {b.name} is written)")
             out.append(dict(name=b.name, offset=c_poly(b.offset), size=c_poly(b.size), doc=doc))
         return out
+
+    @property
+    def checked(self) -> list[str]:
+        """The pointer arguments that must not be NULL (the hyperparameters may be: the defaults)."""
+        return [a.cname for a in self.args if a.role != "hparams"]
+
+    @property
+    def hparams_arg(self) -> str | None:
+        return next((a.cname for a in self.args if a.role == "hparams"), None)
 
     @property
     def null_checks(self) -> str:

@@ -246,19 +246,19 @@ class Gather(Kernel):
 @dataclass(frozen=True)
 class Update(Kernel):
     """What every optimizer's update of one param has: the param and its gradient (C names), its
-    element count, whether to split the loop over threads, the learning rate and weight decay."""
+    element count, whether to split the loop over threads, and the C expression of the learning
+    rate (a field of the run-time hyperparameters). The other hyperparameters are read by the
+    model's update function (optimizer.c.j2's `define`) from the same struct."""
     param: str = ""
     grad: str = ""
     count: str = ""
     parallel: bool = False
     lr: str = ""
-    wd: str | None = None
 
 
 @dataclass(frozen=True)
 class SgdUpdate(Update):
-    """param -= lr * (grad + wd param), through the momentum buffer buf when momentum is set."""
-    momentum: str | None = None
+    """param -= lr * (grad + wd param), through the momentum buffer buf when there is one."""
     buf: str | None = None
     template: ClassVar[str] = "kernels/optimizer.c.j2"
     kind_name: ClassVar[str] = "sgd"
@@ -268,23 +268,15 @@ class SgdUpdate(Update):
 class AdamStepCount(Kernel):
     """t += 1 and the bias corrections of this step, once before the Adam updates."""
     t: str = ""
-    lr: str = ""
-    beta1: str = ""
-    beta2: str = ""
     template: ClassVar[str] = "kernels/optimizer.c.j2"
     kind_name: ClassVar[str] = "adam_begin"
 
 
 @dataclass(frozen=True)
 class AdamUpdate(Update):
-    """Adam's moments m, v and the update of param from grad (+ wd param)."""
+    """Adam's (or AdamW's) moments m, v and the update of param from grad."""
     m: str = ""
     v: str = ""
-    beta1: str = ""
-    beta2: str = ""
-    one_minus_beta1: str = ""
-    one_minus_beta2: str = ""
-    eps: str = ""
     template: ClassVar[str] = "kernels/optimizer.c.j2"
     kind_name: ClassVar[str] = "adam"
 
@@ -308,8 +300,8 @@ class OptimizerUpdates:
     to the GEMM's comment; its gradient is then scratch of that GEMM only."""
     params: tuple = ()          # of ParamUpdate
     first: tuple = ()           # records before the updates
-    rate: str | None = None     # plain SGD's learning rate, as a C literal
-    note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = 0.1"
+    rate: str | None = None     # plain SGD's learning rate, as C: (gc_real)gc_hp->lr
+    note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}"
 
 
 @dataclass(frozen=True)
