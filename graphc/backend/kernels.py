@@ -211,7 +211,9 @@ class Gemm(Kernel):
 class RowSoftmax(Kernel):
     """kind: softmax, log_softmax, cross_entropy, or softmax_xent (cross-entropy with the softmax
     of the same logits: probs and identity (7)'s grad = (probs - onehot(labels)) * scale, each
-    when set). rows x cols logits x; labels (int32) or targets (real rows) for the losses."""
+    when set). rows x cols logits x; labels (int32) or targets (real rows) for the losses. The
+    forward pass shared by a model's entry points (backend/sharing.py) has one whose labels and
+    grad may be NULL at run time (optional_labels, optional_grad): one pass for all of them."""
     kind: str = "softmax"
     out: str = ""
     x: str = ""
@@ -223,6 +225,8 @@ class RowSoftmax(Kernel):
     grad: str | None = None
     scale: str | None = None
     parallel: str | None = None
+    optional_labels: bool = False   # labels may be NULL: then no loss (and no gradient) is computed
+    optional_grad: bool = False     # grad may be NULL: then it is not written
     template: ClassVar[str] = "kernels/softmax_xent.c.j2"
     kind_name: ClassVar[str] = "row_softmax"
 

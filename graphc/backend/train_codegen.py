@@ -196,6 +196,10 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     for a in out_args:
         coeffs = list(numel(a.value.shape))
         staging.append(dict(cname=a.cname, ctype=a.ctype, coeffs=coeffs, doc=f"output {a.cname} of each step"))
+    terms = max(len(s["coeffs"]) for s in staging)
+    for s in staging:
+        s["unit"] = f"sizeof({s['ctype']})"
+        s["padded"] = "{ " + ", ".join(str(c) for c in list(s["coeffs"]) + [0] * (terms - len(s["coeffs"]))) + " }"
     staged = {s["cname"] for s in staging}
     step_call = []
     for a in f.args:
@@ -240,7 +244,7 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
                              + [order, losses])
     ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc,
                wrapped=c_wrap(f"int {graph.name}_fit", sig), wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx,
-               label_checks=label_checks, staging=staging, step_args=step_call, loss=loss_c, order=order,
+               label_checks=label_checks, staging=staging, terms=terms, step_args=step_call, loss=loss_c, order=order,
                losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
     tpl = environment().get_template("fit.c.j2")
     em.extras.append(dict(source=tpl.render(ctx, part="source"), header=tpl.render(ctx, part="header"),
