@@ -122,6 +122,8 @@ class Emitter:
         ctx = dict(sharing=sharing, dim_names=self.dim_names, wrap=c_wrap, named=lambda t: c_named(str(t), self.dim_names),
                    call=lambda f, args: c_wrap(f, args, ");"),
                    check_params=[c_param("int32_t", c, True) for c, _, _ in sharing.label_params],
+                   ids_tests=[f"!gc_ids_in_range({c}, {c_named(count, self.dim_names)}, {c_named(bound, self.dim_names)})"
+                              for c, count, bound in sharing.label_params],
                    dims=[(c, v) for v, c in sorted(self.dim_names.items(), key=lambda x: list(g.dims).index(self.dim_text[x[0]]))],
                    hparams=self.hparams, name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,

@@ -126,19 +126,21 @@ def c_any_null(names: list[str]) -> str:
     return " || ".join(f"!{n}" for n in names)
 
 
-WIDTH = 96      # the column the emitted C wraps argument lists before
+WIDTH = 100     # the column the emitted C wraps argument lists before
 
 
-def c_wrap(head: str, params: list[str], tail: str = ")", width: int = WIDTH, opener: str = "(") -> str:
+def c_wrap(head: str, params: list[str], tail: str = ")", width: int = WIDTH, opener: str = "(",
+           sep: str = ",") -> str:
     """`head(p1, p2, ...)` + tail, the arguments wrapped before `width`, continuation lines aligned
-    after the parenthesis: a prototype or a call as a person would write it (opener "{ ": a list)."""
-    one = f"{head}{opener}{', '.join(params)}{tail}"
+    after the parenthesis: a prototype or a call as a person would write it (opener " { ": a list;
+    sep " ||": a condition)."""
+    one = f"{head}{opener}{(sep + ' ').join(params)}{tail}"
     if len(one) <= width or not params:
         return one
     indent = " " * (len(head) + len(opener))
     lines, line = [], f"{head}{opener}"
     for i, p in enumerate(params):
-        piece = p + ("," if i < len(params) - 1 else tail)
+        piece = p + (sep if i < len(params) - 1 else tail)
         if line == f"{head}{opener}" or len(line) + 1 + len(piece) <= width:
             line += ("" if line == f"{head}{opener}" else " ") + piece
         else:

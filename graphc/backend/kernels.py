@@ -242,8 +242,38 @@ class Gather(Kernel):
     width: str = ""
     src: str | None = None
     rows: str | None = None
+    out_stride: str | None = None   # embedding: the row stride of out (a concat's width), else width
+    out_offset: str = "0"           # ... and the first column written
+    src_stride: str | None = None   # embedding_grad: the row stride of src (a slice's source), else width
+    src_offset: str = "0"
+    zero: bool = True               # embedding_grad: clear out first (not for the second scatter of a sum)
+    more: tuple = ()                # the gathers joined into this one's loop: (ids, src, out_offset, src_offset)
     template: ClassVar[str] = "kernels/gather.c.j2"
     kind_name: ClassVar[str] = "gather"
+
+    @property
+    def joined(self) -> bool:
+        return bool(self.more)
+
+    @property
+    def parts(self) -> list[dict]:
+        return [dict(ids=i, src=s, out_offset=oo, src_offset=so)
+                for i, s, oo, so in ((self.ids, self.src, self.out_offset, self.src_offset),) + self.more]
+
+    def join(self, other: "Gather") -> "Gather | None":
+        """One loop over the rows for this gather and `other`, when they write the same array in
+        the same way (the embeddings of a window into their columns of e, or their scatters into
+        d_E); None otherwise."""
+        same = ("kind", "out", "count", "width", "rows", "out_stride", "src_stride")
+        if self.kind not in ("embedding", "embedding_grad") or other.zero and self.kind == "embedding_grad" \
+                or any(getattr(self, f) != getattr(other, f) for f in same):
+            return None
+        mine, theirs = (c.split(": ", 1)[-1] for c in (self.comment, other.comment))
+        comment = self.comment if other.comment == self.comment else \
+            f"{self.out}: {mine}" if mine == theirs else self.comment + "\n   " + other.comment
+        return replace(self, comment=comment, defs=self.defs + other.defs,
+                       uses=self.uses + other.uses,
+                       more=self.more + ((other.ids, other.src, other.out_offset, other.src_offset),) + other.more)
 
 
 # ---------------------------------------------------------------------------------- optimizers
@@ -258,6 +288,7 @@ class Update(Kernel):
     count: str = ""
     parallel: bool = False
     lr: str = ""
+    mixed: bool = False         # some params' updates are split over threads, some not: pass the flag
 
 
 @dataclass(frozen=True)
@@ -321,7 +352,7 @@ class NamedLoop:
 
 
 # the fields of each record that hold a size printed by c_poly, named by `with_names`
-_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width")
+_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width", "out_stride", "src_stride")
 
 
 def with_names(record: Kernel, names: dict[int, str]):

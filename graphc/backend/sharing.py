@@ -171,7 +171,7 @@ def share(model: str, functions: list) -> Sharing:
             with_loss = f" and, when {merged.labels} is given, the loss" if merged.optional_labels else ", the loss"
             grad = (f" and, when {merged.grad} is given, its gradient by identity (7)" if merged.optional_grad
                     else " and its gradient by identity (7)" if merged.grad else "")
-            doc = (f"The forward pass {_and(names)} share: it writes {_and(_written(steps[:-1]) + [merged.probs])}"
+            doc = (f"The forward pass of {_and(names)}: it writes {_and(_written(steps[:-1]) + [merged.probs])}"
                    f"{with_loss}{grad}, all in one pass over the rows of {merged.x}.")
             helpers.append(_helper(model, "forward_pass", doc, functions, {f.name: 0 for f in functions}, k + 1,
                                    steps, optional))

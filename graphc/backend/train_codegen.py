@@ -24,10 +24,12 @@ in caller-owned arrays: a `TrainState` in Python.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe, run_time_hparams
-from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_count, c_poly, c_signature, c_wrap
+from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_count, c_named, c_poly, c_signature, c_wrap
 from graphc.backend.functions import Arg, TrainLayout, output_args
 from graphc.autodiff.train import train_graph
 from graphc.backend.kernels import (AdamStepCount, AdamUpdate, OptimizerUpdates, ParamUpdate, SgdUpdate,
@@ -139,6 +141,10 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
         else:
             record = AdamUpdate(comment, (), uses, m=slot_c[("m", w)], v=slot_c[("v", w)], **common)
         updates.append(ParamUpdate(pv, gv, c_name(w), record))
+    split = {u.record.parallel for u in updates}
+    if len(split) > 1:
+        updates = [replace(u, record=replace(u.record, mixed=True)) for u in updates]
+    em.hparams["define"]["parallel"] = "some" if len(split) > 1 else "all" if split == {True} else "none"
     plain_sgd = isinstance(optimizer, SGD) and not optimizer.momentum and not optimizer.weight_decay
     plan = OptimizerUpdates(tuple(updates), first, "(gc_real)gc_hp->lr" if plain_sgd else None,
                             "SGD, as torch.optim.SGD: {w} -= lr d_{w}")
@@ -189,13 +195,15 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
 
     in_ctx = [dict(cname=a.cname, ctype=a.ctype, batched=a.value.name in batched, row=row(a.value)) for a in inputs]
     checks = {c: bound for c, _count, bound in f.label_checks}
-    label_checks = [dict(cname=x["cname"], row=x["row"], bound=checks[x["cname"]])
+    label_checks = [dict(cname=x["cname"], row=x["row"], bound=c_named(checks[x["cname"]], em.dim_names))
                     for x in in_ctx if x["batched"] and x["cname"] in checks]
+    for c in label_checks:
+        c["test"] = f"!gc_ids_in_range({c['cname']}, {n_total}{' * %dL' % c['row'] if c['row'] != 1 else ''}, {c['bound']})"
     staging = [dict(cname=x["cname"], ctype=x["ctype"], coeffs=[0, x["row"]],
-                    doc=f"minibatch rows of {x['cname']}") for x in in_ctx if x["batched"]]
+                    doc=f"the rows of {x['cname']}") for x in in_ctx if x["batched"]]
     for a in out_args:
         coeffs = list(numel(a.value.shape))
-        staging.append(dict(cname=a.cname, ctype=a.ctype, coeffs=coeffs, doc=f"output {a.cname} of each step"))
+        staging.append(dict(cname=a.cname, ctype=a.ctype, coeffs=coeffs, doc=f"output {a.cname}"))
     terms = max(len(s["coeffs"]) for s in staging)
     for s in staging:
         s["unit"] = f"sizeof({s['ctype']})"
@@ -242,8 +250,9 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     signature = c_signature(sig)
     null_checks = c_any_null(["workspace"] + [a.cname for a in inputs + pargs + state_args if a.role != "hparams"]
                              + [order, losses])
-    ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc,
-               wrapped=c_wrap(f"int {graph.name}_fit", sig), wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx,
+    ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, wrap=c_wrap,
+               wrapped=c_wrap(f"int {graph.name}_fit", sig),
+               step_call=c_wrap(f"gc_status = {graph.name}_train_step", ["gc_rows"] + step_call + ["workspace"], ");"), wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx,
                label_checks=label_checks, staging=staging, terms=terms, step_args=step_call, loss=loss_c, order=order,
                losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
     tpl = environment().get_template("fit.c.j2")
