@@ -119,11 +119,10 @@ def _one_loss_pass(records: list[Kernel]) -> tuple[RowSoftmax, frozenset] | None
     """The pass over the rows of the logits that each entry point makes after the shared layers
     (softmax; cross-entropy with it; and identity (7)'s gradient), as one record whose labels and
     gradient may be NULL; None when they are not the same pass over the same logits."""
-    if not all(isinstance(r, RowSoftmax) and r.kind in ("softmax", "softmax_xent") and r.targets is None
-               for r in records):
+    if not all(isinstance(r, RowSoftmax) and r.kind in ("softmax", "softmax_xent") for r in records):
         return None
     probs = {r.out if r.kind == "softmax" else r.probs for r in records}
-    labels = {r.labels for r in records if r.kind == "softmax_xent"}
+    labels = {(r.labels, r.targets) for r in records if r.kind == "softmax_xent"}
     grads = {(r.grad, r.scale) for r in records if r.grad}
     losses = {r.out for r in records if r.kind == "softmax_xent"}
     if len(probs) != 1 or None in probs or len(labels) != 1 or len(grads) > 1 or len(losses) != 1 \
@@ -136,10 +135,11 @@ def _one_loss_pass(records: list[Kernel]) -> tuple[RowSoftmax, frozenset] | None
     full = max(records, key=lambda r: (r.kind == "softmax_xent") + bool(r.grad))
     defs = tuple(dict.fromkeys(v for r in records for v in r.defs))
     uses = tuple(dict.fromkeys(v for r in records for v in r.uses))
+    y, targets = next(iter(labels))
     merged = RowSoftmax(full.comment, defs, uses, "softmax_xent", next(iter(losses)), first.x, first.rows, first.cols,
-                        labels=next(iter(labels)), probs=next(iter(probs)), grad=grad, scale=scale,
+                        labels=y, targets=targets, probs=next(iter(probs)), grad=grad, scale=scale,
                         parallel=first.parallel, optional_labels=no_labels, optional_grad=bool(no_grad))
-    optional = ({merged.labels, merged.out} if no_labels else set()) | ({grad} if no_grad else set())
+    optional = ({y or targets, merged.out} if no_labels else set()) | ({grad} if no_grad else set())
     return merged, frozenset(optional)
 
 
@@ -168,7 +168,8 @@ def share(model: str, functions: list) -> Sharing:
         if loss is not None:
             merged, optional = loss
             steps = functions[0].steps[:k] + [merged]
-            with_loss = f" and, when {merged.labels} is given, the loss" if merged.optional_labels else ", the loss"
+            with_loss = (f" and, when {merged.labels or merged.targets} is given, the loss" if merged.optional_labels
+                         else ", the loss")
             grad = (f" and, when {merged.grad} is given, its gradient by identity (7)" if merged.optional_grad
                     else " and its gradient by identity (7)" if merged.grad else "")
             doc = (f"The forward pass of {_and(names)}: it writes {_and(_written(steps[:-1]) + [merged.probs])}"
