@@ -32,8 +32,6 @@ def environment() -> jinja2.Environment:
                                   undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                   keep_trailing_newline=True, autoescape=False)
         _ENV.globals["render_kernel"] = render_kernel
-        from graphc.backend.cprint import c_wrap
-        _ENV.globals["wrap"] = c_wrap
     return _ENV
 
 
