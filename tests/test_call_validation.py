@@ -150,7 +150,8 @@ def test_call_labels_are_checked_by_the_c_function_itself(m64):
     outs = [ffi.new("double[]", n) for n in (1, 30, 128 * 64, 128, 10 * 128, 10)]
     status = getattr(lib, f"{name}_value_and_grad")(3, *bufs, *outs, ffi.from_buffer(m64.workspace(3)))
     assert status == lib.GRAPHC_ERR_LABEL
-    assert "GRAPHC_ERR_LABEL" in m64.source and "y[i] >= 10" in m64.source
+    assert "GRAPHC_ERR_LABEL" in m64.source and "gc_ids_in_range(y, n, one_layer_Nc)" in m64.source
+    assert "ids[i] < 0 || ids[i] >= bound" in m64.source
 
 
 @pytest.mark.parametrize("bad", [200, -1])

@@ -1,4 +1,5 @@
-"""The emitted C of each example (float32, threads=1) against a checked-in copy in tests/golden/.
+"""The emitted C of each example (float32, threads=1, with a train step and fit) against a checked-in
+copy in tests/golden/.
 
 The generated C is deterministic, so a diff here is a change to review like code. After an
 intended change, rewrite the copies with `GRAPHC_UPDATE_GOLDEN=1 pytest tests/test_golden.py`."""
@@ -22,14 +23,25 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 UPDATE = os.environ.get("GRAPHC_UPDATE_GOLDEN") == "1"
 
 
+# The optimizer compiled into each example's golden train_step and fit: together they cover plain
+# SGD updated inside the gradient GEMMs, SGD with momentum and decay, Adam's L2 and AdamW's decay.
+GOLDEN_OPTIMIZERS = {
+    "one_layer": graphc.SGD(lr=0.1),
+    "mlp": graphc.AdamW(lr=1e-3),
+    "one_layer_column": graphc.Adam(lr=1e-3, weight_decay=1e-4),
+    "window_classifier": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4),
+}
+
+
 def emit(spec: Path):
     g = graphc.load(spec)
-    return g.name, generate(g, *g.grad_spec, dtype="float32", threads=1)
+    return g.name, generate(g, *g.grad_spec, dtype="float32", threads=1, optimizer=GOLDEN_OPTIMIZERS.get(g.name))
 
 
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
 def test_golden_emitted_c_matches_checked_in_copy(spec):
     name, first = emit(spec)
+    assert f"{name}_train_step(" in first.source, "the golden copy covers the train step (and fit)"
     _, second = emit(spec)
     assert (first.source, first.header) == (second.source, second.header), "generate() is not deterministic"
     for suffix, text in ((".c", first.source), (".h", first.header)):
@@ -51,7 +63,8 @@ def test_golden_emitted_c_matches_checked_in_copy(spec):
 def test_golden_emitted_c_is_the_same_in_another_process():
     """No dependence on hash seeds, ids or dict order of one interpreter."""
     script = ("import hashlib, sys, graphc; from graphc.backend.codegen import generate; "
-              "g = graphc.load(sys.argv[1]); c = generate(g, *g.grad_spec, dtype='float32', threads=1); "
+              "g = graphc.load(sys.argv[1]); c = generate(g, *g.grad_spec, dtype='float32', threads=1, "
+              "optimizer=graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4)); "
               "print(hashlib.sha256((c.source + c.header).encode()).hexdigest())")
     spec = ROOT / "examples" / "window_classifier.toml"
     digests = set()

@@ -132,8 +132,9 @@ def test_native_harness_catches_an_out_of_bounds_write(tmp_path):
         def __init__(self, model):
             self.__dict__.update(name=model.name, dtype=model.dtype, header=model.header,
                                  functions=model.functions, csrc=model.csrc)
-            self.source = model.source.replace("    return GRAPHC_OK;\n}",
-                                               "    probs[n * 10] = 0;   /* one past the end */\n    return GRAPHC_OK;\n}", 1)
+            start = model.source.index(f"int {model.name}_forward(")   # (the check function is above it)
+            self.source = model.source[:start] + model.source[start:].replace(
+                "    return GRAPHC_OK;\n}", "    probs[n * 10] = 0;   /* one past the end */\n    return GRAPHC_OK;\n}", 1)
             assert self.source != model.source
 
     with pytest.raises(AssertionError, match="Invalid write"):

@@ -152,8 +152,9 @@ def test_sanitizers_catch_an_out_of_bounds_write_in_a_generated_spec(tmp_path):
     m.export(tmp_path, standalone=True)
     source = tmp_path / f"{m.name}.c"
     text = source.read_text()
-    broken = text.replace("    return GRAPHC_OK;\n}",
-                          f"    probs[n * {m.graph.dims['C']}] = 0;   /* one past the end */\n    return GRAPHC_OK;\n}}", 1)
+    start = text.index(f"int {m.name}_forward(")    # the end of NAME_forward (the check function is above)
+    broken = text[:start] + text[start:].replace(
+        "    return GRAPHC_OK;\n}", f"    probs[n * {m.graph.dims['C']}] = 0;   /* one past the end */\n    return GRAPHC_OK;\n}}", 1)
     assert broken != text
     source.write_text(broken)
     run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={SANITIZE} -DBATCH=37L", f"{m.name}_example"],

@@ -361,7 +361,7 @@ def test_train_state_interface_the_trainer_uses(graph, tmp_path):
     m.train_step(s, x=x, y=y)
     cache = s.cache
     assert cache.trainer is m.trainer and cache.plan is not None and list(cache.workspaces) == [8]
-    assert len(cache.step_ptrs) == len(WRT) * 2                # each param and its momentum buffer
+    assert len(cache.step_ptrs) == len(WRT) * 2 + 1   # each param and its momentum buffer, the hyperparameters
     m.fit(s, x=x, y=y, batch_size=3, epochs=2, progress=False)  # 3 minibatches an epoch
     assert s.cache is cache and sorted(cache.workspaces) == [-3, 8]
     assert s.step == 2 + 6
@@ -413,14 +413,15 @@ def test_train_state_argument_errors(graph):
 def test_train_functions_in_source_and_header():
     m = compiled(OPTIMIZERS["adam"])
     h = m.header
-    assert "int one_layer_train_step(long n, const double *x, const int32_t *y, double *W" in h
-    assert "int64_t *adam_t, double *loss, double *probs, void *workspace);" in h
-    assert "int one_layer_fit(long n_total, long batch, const double *x, const int32_t *y, const int64_t *order" in h
+    flat = " ".join(h.split())       # the prototypes are wrapped
+    assert "int one_layer_train_step(long n, const double *x, const int32_t *y, double *W" in flat
+    assert "int64_t *adam_t, const one_layer_hparams *hparams, double *loss, double *probs, void *workspace);" in flat
+    assert "int one_layer_fit(long n_total, long batch, const double *x, const int32_t *y, const int64_t *order" in flat
     assert "size_t one_layer_fit_workspace_size(long batch);" in h
     for doc in ("Adam first moment m of W", "Adam step count t", "a permutation of 0 .. n_total-1",
                 "out: the loss"):
         assert doc in h, doc
-    assert "torch.optim.Adam" in m.source and "d_W[i]" in m.source
+    assert "torch.optim.Adam" in m.source and "gc_adam_update(W, d_W, W_m, W_v," in m.source
 
 
 def test_train_function_docs_read_well_whatever_the_loss_is_called():

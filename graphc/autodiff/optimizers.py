@@ -1,4 +1,4 @@
-"""The optimizers: hyperparameters, checked once, and the per-parameter state they keep.
+"""The optimizers (SGD, Adam, AdamW): hyperparameters, checked once, and the per-parameter state they keep.
 
 autodiff/train.py writes their updates in the IR (the train step as a graph); the backend
 renders the same updates in C (templates/kernels/optimizer.c.j2).
@@ -82,14 +82,43 @@ class Adam:
         return ("t",)       # the step count, int64
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+@dataclass(frozen=True)
+class AdamW(Adam):
+    """AdamW as torch.optim.AdamW: Adam whose weight decay is decoupled from the gradient,
+    p *= 1 - lr weight_decay, then Adam's update of p from the moments of g = dJ/dp alone
+    (Loshchilov & Hutter). Its defaults are torch's, weight_decay = 0.01."""
+
+    weight_decay: float = 0.01
+
+    kind = "adamw"
+
+    def __post_init__(self):
+        _number("AdamW", "lr", self.lr, 0.0, low_open=True)
+        _number("AdamW", "beta1", self.beta1, 0.0, 1.0)
+        _number("AdamW", "beta2", self.beta2, 0.0, 1.0)
+        _number("AdamW", "eps", self.eps, 0.0, low_open=True)
+        _number("AdamW", "weight_decay", self.weight_decay, 0.0)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
 def describe(opt) -> str:
     return f"{type(opt).__name__}(" + ", ".join(f"{f.name}={getattr(opt, f.name)!r}" for f in fields(opt)) + ")"
 
 
+def run_time_hparams(opt) -> tuple[str, ...]:
+    """The hyperparameters the C reads at run time (NAME_hparams, in this order); the others are
+    0 in `opt` and their term is not in the C at all (SGD's momentum buffer, the decay of a
+    plain SGD step fused into the gradient's GEMM, Adam's L2 term): to change one at run time,
+    compile with it nonzero. AdamW's decoupled decay is always there."""
+    if isinstance(opt, SGD):
+        return ("lr",) + (("momentum",) if opt.momentum else ()) + (("weight_decay",) if opt.weight_decay else ())
+    decay = ("weight_decay",) if opt.weight_decay or isinstance(opt, AdamW) else ()
+    return ("lr", "beta1", "beta2", "eps") + decay
+
+
 def check_optimizer(opt) -> None:
     if not isinstance(opt, (SGD, Adam)):
-        raise GraphcError(f"optimizer must be graphc.SGD(...) or graphc.Adam(...), got {opt!r}",
+        raise GraphcError(f"optimizer must be graphc.SGD(...), graphc.Adam(...) or graphc.AdamW(...), got {opt!r}",
                           hint="e.g. optimizer=graphc.Adam(lr=1e-3)")

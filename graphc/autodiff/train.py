@@ -29,7 +29,7 @@ def _fresh(g: Graph, base: str) -> str:
 def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
     """The forward pass, the backward pass and `optimizer`'s update of `wrt`, as one Graph."""
     from graphc.autodiff.grad import grad
-    from graphc.autodiff.optimizers import Adam, SGD, check_optimizer
+    from graphc.autodiff.optimizers import Adam, AdamW, SGD, check_optimizer
 
     check_optimizer(optimizer)
     params = [w for w in graph.params if w in wrt]
@@ -47,9 +47,15 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
     def const(x: float) -> Value:
         return g.apply("const", value=float(x))
 
+    decoupled = isinstance(optimizer, AdamW)
+
     def gradient(w: str) -> Value:
         d = g.outputs[f"d_{w}"]
-        return d + const(optimizer.weight_decay) * g.params[w] if optimizer.weight_decay else d
+        return d + const(optimizer.weight_decay) * g.params[w] if optimizer.weight_decay and not decoupled else d
+
+    def decayed(w: str) -> Value:
+        """AdamW's decoupled decay, p (1 - lr weight_decay), before the Adam step."""
+        return g.params[w] * const(1.0 - optimizer.lr * optimizer.weight_decay) if decoupled else g.params[w]
 
     names = {key: _fresh(g, f"next_{v.name}") for key, v in inputs.items()}
     names["t"] = _fresh(g, "next_adam_t") if isinstance(optimizer, Adam) else None
@@ -84,13 +90,13 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
                 step_size = g.rename(const(optimizer.lr) / (const(1.0) - power1), _fresh(g, "adam_step_size"))
                 bc2_sqrt = g.rename(g.apply("sqrt", const(1.0) - power2), _fresh(g, "adam_bc2_sqrt"))
         for w in params:
-            with g.origin(Origin(f"Adam update of {w}")):
+            with g.origin(Origin(f"{type(optimizer).__name__} update of {w}")):
                 with g.naming(f"g_{w}"):
                     gw = gradient(w)
                 m = define(f"m/{w}", lambda w=w, gw=gw: const(b1) * state[(w, "m")] + const(1.0 - b1) * gw)
                 v = define(f"v/{w}", lambda w=w, gw=gw: const(b2) * state[(w, "v")]
                            + const(1.0 - b2) * g.apply("square", gw))
-                define(w, lambda w=w, m=m, v=v: g.params[w] - step_size * m
+                define(w, lambda w=w, m=m, v=v: decayed(w) - step_size * m
                        / (g.apply("sqrt", v) / bc2_sqrt + const(optimizer.eps)))
     g.updates = {}          # the copy carried bwd's (none): these are the train step's own
     for key, value in updated.items():

@@ -18,9 +18,10 @@ from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
-from graphc.backend.cprint import c_name, c_pack_pieces, c_size_poly
+from graphc.backend.cprint import c_name, c_named, c_pack_pieces, c_param, c_size_poly, c_wrap
 from graphc.backend.kernels import PARALLEL_WORK, Gemm
 from graphc.backend.packing import Product, pack_pieces
+from graphc.backend.sharing import share
 from graphc.backend.sizes import pmax
 from graphc.backend.schedule import schedule
 from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401
@@ -95,6 +96,8 @@ class Emitter:
         self.ctype, self.fsuffix = CTYPES[dtype]
         self.functions: list[Function] = []
         self.extras: list[dict[str, str]] = []   # hand-written C (training's fit): source, header, cdef texts
+        self.dim_names, self.dim_text = dim_names(graph)
+        self.hparams: dict | None = None   # a train step's NAME_hparams: ctype, macro, fields, define
 
     def shape_doc(self, v: Value) -> str:
         return "[" + ", ".join(self.graph.dim_label(d) for d in v.shape) + "]" if v.shape else "[1] (a scalar)"
@@ -117,7 +120,7 @@ class Emitter:
         args += [self.arg(c, role, v, False) for c, (role, v) in remap.items()]
         args += list(extra_args)
         sched = schedule(low, {c: v for c, (_, v) in remap.items()}, updates)
-        f = Function(name, doc, f"{name}: {doc}", args, sched)
+        f = Function(name, doc, f"{name}: {doc}", args, sched, dim_text=self.dim_text)
         self.functions.append(f)
         return f
 
@@ -139,7 +142,14 @@ class Emitter:
         for f in self.functions:
             arena = pmax(arena, f.sched.arena)
         self.arena, self.pack = arena, pack_pieces(self.products(), self.dtype)
-        ctx = dict(name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
+        sharing = share(g.name, self.functions)
+        ctx = dict(sharing=sharing, dim_names=self.dim_names, wrap=c_wrap, named=lambda t: c_named(str(t), self.dim_names),
+                   call=lambda f, args: c_wrap(f, args, ");"),
+                   check_params=[c_param("int32_t", c, True) for c, _, _ in sharing.label_params],
+                   ids_tests=[f"!gc_ids_in_range({c}, {c_named(count, self.dim_names)}, {c_named(bound, self.dim_names)})"
+                              for c, count, bound in sharing.label_params],
+                   dims=[(c, v) for v, c in sorted(self.dim_names.items(), key=lambda x: list(g.dims).index(self.dim_text[x[0]]))],
+                   hparams=self.hparams, name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
                    kernels_header=KernelSources.header_name, ksuffix=KERNEL_SUFFIX[self.dtype],
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
@@ -149,6 +159,17 @@ class Emitter:
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
                 env.get_template("cdef.h.j2").render(ctx))
+
+
+def dim_names(graph: Graph) -> tuple[dict[int, str], dict[int, str]]:
+    """(size -> enum name NAME_Dh, size -> spec name Dh) of the dims whose size no other dim has
+    (the enum names are the header's: NAME_ keeps two models in one program apart)."""
+    sizes: dict[int, list[str]] = {}
+    for k, v in graph.dims.items():
+        if v is not None:
+            sizes.setdefault(v, []).append(k)
+    text = {v: ks[0] for v, ks in sizes.items() if len(ks) == 1 and 1 < v < 2 ** 31}
+    return {v: f"{graph.name}_{k}" for v, k in text.items()}, text
 
 
 def inputs_needed(graph: Graph) -> dict[str, set[str]]:

@@ -96,14 +96,16 @@ def c_scalar(array: str) -> str:
     return f"{array}[0]"
 
 
-def c_index(offset: Poly, strides: list[tuple[str, Poly]]) -> str:
-    """offset + var * stride + ...: the element index of an operand in a loop nest (0 when empty)."""
+def c_index(offset: Poly, strides: list[tuple[str, Poly]], names: dict[int, str] | None = None) -> str:
+    """offset + var * stride + ...: the element index of an operand in a loop nest (0 when empty);
+    strides that are one dim's size are written with its enum name (`names`)."""
     terms = [c_poly(offset)] if offset != (0,) else []
     for var, s in strides:
         if s == (1,):
             terms.append(var)
         elif s != (0,):
-            terms.append(f"{var} * {c_poly(s)}" if len(s) == 1 else f"{var} * ({c_poly(s)})")
+            text = c_named(c_poly(s), names or {})
+            terms.append(f"{var} * {text}" if len(s) == 1 else f"{var} * ({text})")
     return " + ".join(terms) if terms else "0"
 
 
@@ -156,3 +158,50 @@ def c_signature(params: list[str]) -> str:
 def c_any_null(names: list[str]) -> str:
     """The entry check that any pointer argument is NULL."""
     return " || ".join(f"!{n}" for n in names)
+
+
+WIDTH = 100     # the column the emitted C wraps argument lists before
+
+
+def c_wrap(head: str, params: list[str], tail: str = ")", width: int = WIDTH, opener: str = "(",
+           sep: str = ",") -> str:
+    """`head(p1, p2, ...)` + tail, the arguments wrapped before `width`, continuation lines aligned
+    after the parenthesis: a prototype or a call as a person would write it (opener " { ": a list;
+    sep " ||": a condition)."""
+    one = f"{head}{opener}{(sep + ' ').join(params)}{tail}"
+    if len(one) <= width or not params:
+        return one
+    indent = " " * (len(head) + len(opener))
+    lines, line = [], f"{head}{opener}"
+    for i, p in enumerate(params):
+        piece = p + (sep if i < len(params) - 1 else tail)
+        if line == f"{head}{opener}" or len(line) + 1 + len(piece) <= width:
+            line += ("" if line == f"{head}{opener}" else " ") + piece
+        else:
+            lines.append(line)
+            line = indent + piece
+    lines.append(line)
+    return "\n".join(lines)
+
+
+_INT = re.compile(r"(?<![\w.])\d+(?![\w.])")
+
+
+def c_count(shape, names: dict[int, str]) -> str:
+    """The element count of a shape of fixed dims, as a product of the dims' enum names where a
+    dim has one: one_layer_Dh * one_layer_Dx; (long) first when it would overflow an int."""
+    factors, total = [], 1
+    for d in shape:
+        total *= d
+        if d != 1:
+            factors.append(names.get(d, str(d)))
+    text = " * ".join(factors) or "1"
+    return f"(long){text}" if total > 2 ** 31 - 1 and len(factors) > 1 else text
+
+
+def c_named(text: str, names: dict[int, str]) -> str:
+    """A size's C text (c_poly's) with each integer that is the size of exactly one named dim
+    written as that dim's enum name: 128 * n -> one_layer_Dh * n."""
+    if not names:
+        return text
+    return _INT.sub(lambda m: names.get(int(m.group()), m.group()), text)

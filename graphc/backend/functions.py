@@ -5,12 +5,13 @@ for a function's signature, entry checks and workspace buffers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.backend.cprint import c_any_null, c_name, c_param, c_poly, c_signature
 from graphc.backend.kernels import Gemm, Kernel
 from graphc.backend.schedule import Schedule
+from graphc.backend.sizes import peval
 from graphc.core.ir import Graph, Value
 
 
@@ -38,6 +39,8 @@ class TrainLayout:
     fit: bool                            # NAME_fit was generated
     fit_args: list[tuple[str, str, str]]
     batched: list[str]                   # inputs whose first dim is the batch dim
+    hparams: tuple = ()                  # the fields of the NAME_hparams struct, in order
+    hparams_type: str = ""               # its C type name
 
 
 @dataclass
@@ -48,10 +51,15 @@ class Function:
     args: list[Arg]
     sched: Schedule
     train_layout: TrainLayout | None = None     # train_step only: how Python calls it (and NAME_fit)
+    dim_text: dict = field(default_factory=dict)   # dim size -> its spec name, where one dim has it
+
+    @property
+    def params(self) -> list[str]:
+        return ["long n"] + [c_param(a.ctype, a.cname, a.const) for a in self.args] + ["void *workspace"]
 
     @property
     def signature(self) -> str:
-        return c_signature(["long n"] + [c_param(a.ctype, a.cname, a.const) for a in self.args] + ["void *workspace"])
+        return c_signature(self.params)
 
     @property
     def steps(self) -> list[Kernel]:
@@ -63,7 +71,29 @@ class Function:
 
     @property
     def buffers(self):
-        return [dict(name=b.name, offset=c_poly(b.offset), size=c_poly(b.size)) for b in self.sched.buffers.values()]
+        """Each workspace buffer: name, offset, and a comment with its shape and the buffers
+        whose memory it reuses (the planner put them there because none is read after it is
+        first written)."""
+        bufs = list(self.sched.buffers.values())
+        out = []
+        for b in bufs:
+            doc = "[" + ", ".join(d if isinstance(d, str) else self.dim_text.get(d, str(d))
+                                  for d in b.shape) + "]" if b.shape else "[1]"
+            before = [o.name for o in bufs if o is not b and o.last < b.first and _overlap(o, b)]
+            if before:
+                doc += (f", over {', '.join(before)} ({'each' if len(before) > 1 else 'it is'} read for the "
+                        f"last time before {b.name} is written)")
+            out.append(dict(name=b.name, offset=c_poly(b.offset), size=c_poly(b.size), doc=doc))
+        return out
+
+    @property
+    def checked(self) -> list[str]:
+        """The pointer arguments that must not be NULL (the hyperparameters may be: the defaults)."""
+        return [a.cname for a in self.args if a.role != "hparams"]
+
+    @property
+    def hparams_arg(self) -> str | None:
+        return next((a.cname for a in self.args if a.role == "hparams"), None)
 
     @property
     def null_checks(self) -> str:
@@ -78,6 +108,15 @@ class Function:
         used = {id(v) for s in self.steps for v in s.uses + s.defs}
         return [a.cname for a in self.args if a.role in ("input", "param") and id(a.value) not in used
                 and a.cname not in {c[0] for c in self.label_checks}]
+
+
+def _overlap(a, b, ns=(1, 2, 3, 64)) -> bool:
+    """Whether buffers a and b share memory at some batch size."""
+    for n in ns:
+        a0, b0 = peval(a.offset, n), peval(b.offset, n)
+        if a0 < b0 + peval(b.size, n) and b0 < a0 + peval(a.size, n):
+            return True
+    return False
 
 
 def output_args(graph: Graph) -> dict[str, tuple[str, Any]]:

@@ -12,6 +12,10 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
     TRANSPOSE_IN_PLACE  a transpose read only by GEMMs is read in place (op(A) = Aᵀ), never copied
     SGD_IN_GEMM         (train step, over the kernel records) plain SGD's W -= lr d_W applied by the
                         GEMM that writes d_W, which is then never stored
+    GATHER_INTO_CONCAT  embedding rows written straight into their columns of a concat
+    SCATTER_FROM_SLICE  embedding's adjoint reads its rows straight from the columns a slice takes
+    SCATTER_SUM         the adjoints of several embeddings of one table, summed: each scatters into
+                        the sum's buffer, zeroed once (a gradient fed by several uses)
     and two rules over op traits: scalars of constants and sizes are static C expressions
     (OpDef.static), and a single-use elementwise value is computed inside its consumer's loop.
 
@@ -97,6 +101,10 @@ GEMM_EPILOGUE = (
 # a sum over the rows of the chain's last value (identity (3): a bias gradient)
 COLUMN_SUMS = (op("sum_to", var("rows")), op("sum", var("rows")))
 
+GATHER_INTO_CONCAT = ("embedding", "concat")           # the gather, its single consumer
+SCATTER_FROM_SLICE = op("embedding_grad", op("slice", var("whole"), bind="part"), var("ids"))
+SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each leaf a scatter
+
 TRANSPOSE_IN_PLACE = op("transpose", var("x"))
 READS_IN_PLACE = "matmul"      # the consumer that reads a transpose in place (op(A) = Aᵀ)
 INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside their loop
@@ -143,10 +151,14 @@ class Fusion:
         self.epilogue: dict[Node, Epilogue] = {}    # final node -> what its GEMM call also does
         self.emit_at: dict[Node, Node] = {}         # node where such a call is emitted -> its final node
         self.absorbed: set[Value] = set(self.dropped)   # values computed inside such a GEMM call
+        self.into_concat: dict[Node, tuple[Value, int]] = {}   # embedding -> (concat output, first column)
+        self.from_slice: dict[Node, tuple[Value, int]] = {}    # embedding_grad -> (sliced value, first column)
+        self.scatter_sum: dict[Node, tuple[Value, bool]] = {}  # embedding_grad -> (the sum, zeroes it first)
         self._statics()
         self._shared_row_passes()
         self._identity_7()
         self._gemm_epilogues()
+        self._gathers()
         self._in_place_and_inline()
 
     def _single_user(self, v: Value) -> Node | None:
@@ -237,6 +249,54 @@ class Fusion:
             while v is not final.output:
                 self.absorbed.add(v)
                 v = self._single_user(v).output
+
+    def _gathers(self) -> None:
+        """GATHER_INTO_CONCAT, SCATTER_FROM_SLICE and SCATTER_SUM: the word-window classifier's
+        e = concat(E[w0], E[w1], E[w2]) gathers into e's columns, and its backward pass, d_E =
+        the sum over the three uses of E, scatters each column range of d_e into d_E."""
+        gather, joined = GATHER_INTO_CONCAT
+        for n in self.g.nodes:
+            user = self._single_user(n.output)
+            if n.op.name == gather and user is not None and user.op.name == joined \
+                    and list(user.inputs).count(n.output) == 1 and user.output.rank == 2 \
+                    and user.attrs.get("axis", -1) % 2 == 1:          # rows into columns of a matrix
+                start = sum(x.shape[-1] for x in user.inputs[:user.inputs.index(n.output)])
+                self.into_concat[n] = (user.output, start)
+                self.absorbed.add(n.output)
+            env = match(SCATTER_FROM_SLICE, n.output)
+            sliced = env["part"].node.attrs if env is not None else {}
+            if env is not None and self._single_user(env["part"]) is n and env["whole"].rank == 2 \
+                    and sliced.get("axis", -1) % 2 == 1 and sliced.get("step", 1) == 1:   # a column range
+                self.from_slice[n] = (env["whole"], env["part"].node.attrs["start"])
+                self.absorbed.add(env["part"])
+        add, leaf = SCATTER_SUM
+        for n in self.g.nodes:
+            if n.op.name != add or self._single_user(n.output) is not None and \
+                    self._single_user(n.output).op.name == add:
+                continue        # the top of a tree only
+            inner, leaves, todo = [], [], [n]
+            while todo:
+                m = todo.pop()
+                for x in m.inputs:
+                    xn = x.node
+                    if xn is not None and xn.op.name == add and self._single_user(x) is m:
+                        inner.append(x)
+                        todo.append(xn)
+                    elif xn is not None and xn.op.name == leaf and self._single_user(x) is m:
+                        leaves.append(xn)
+                    else:
+                        leaves = []
+                        todo = []
+                        break
+            if len(leaves) < 2 or any(lf.output.shape != n.output.shape for lf in leaves) \
+                    or len(leaves) != len(inner) + 2 or n.output in self.static:
+                continue
+            first = min(leaves, key=lambda lf: self.where[lf])
+            for lf in leaves:
+                self.scatter_sum[lf] = (n.output, lf is first)
+                self.absorbed.add(lf.output)
+            self.absorbed.update(inner)
+            self.absorbed.add(n.output)     # computed by its scatters: the add itself has no kernel
 
     def _fits(self, role: str, env: dict, final: Node, user: Node, shape) -> bool:
         """The conditions of an epilogue link: a bias is a row vector computed at run time; the

@@ -15,10 +15,10 @@ fusion that changes one makes a new one (dataclasses.replace).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar
 
-from graphc.backend.cprint import LOOP_VARS, c_element, c_index, c_poly
+from graphc.backend.cprint import LOOP_VARS, c_element, c_index, c_named, c_poly
 from graphc.backend.sizes import Poly, dim_poly, peval, pmul
 
 # A loop nest is split over threads only when it has at least PARALLEL_WORK iterations (C:
@@ -99,8 +99,9 @@ class Nest:
     columns: bool               # split a (rows, columns) nest by blocks of columns, not by rows
 
 
-def collapse(loop: Loop) -> Nest:
-    """Collapse the iteration space of a loop nest and print each statement's indices.
+def collapse(loop: Loop, names: dict[int, str] | None = None) -> Nest:
+    """Collapse the iteration space of a loop nest and print each statement's indices (extents,
+    strides and counts with the enum names of the dims, `names`, where a size is one dim).
 
     Adjacent axes merge into one loop when every operand is contiguous across them,
     so a same-shape elementwise op is one flat loop and a bias broadcast is two."""
@@ -121,8 +122,11 @@ def collapse(loop: Loop) -> Nest:
         else:
             merged.append((size, strides))
 
+    names = names or {}
+
     def index(k: int) -> str:
-        return c_index(operands[k][1], [(LOOP_VARS[i], strides[k]) for i, (_, strides) in enumerate(merged)])
+        return c_index(operands[k][1], [(LOOP_VARS[i], strides[k]) for i, (_, strides) in enumerate(merged)],
+                       names)
 
     body, k, targets = [], 0, []
     for st in stmts:
@@ -149,8 +153,9 @@ def collapse(loop: Loop) -> Nest:
         work = pmul(work, size)
     if not worth_parallel(work):
         parallel = columns = False
-    return Nest("\n   ".join(loop.comments), [(LOOP_VARS[i], c_poly(size)) for i, (size, _) in enumerate(merged)],
-                body, [(t, c_poly(z)) for t, z in loop.zeros],
+    return Nest("\n   ".join(loop.comments),
+                [(LOOP_VARS[i], c_named(c_poly(size), names)) for i, (size, _) in enumerate(merged)],
+                body, [(t, c_named(c_poly(z), names)) for t, z in loop.zeros],
                 c_poly(work) if parallel or columns else None, columns)
 
 
@@ -212,7 +217,9 @@ class Gemm(Kernel):
 class RowSoftmax(Kernel):
     """kind: softmax, log_softmax, cross_entropy, or softmax_xent (cross-entropy with the softmax
     of the same logits: probs and identity (7)'s grad = (probs - onehot(labels)) * scale, each
-    when set). rows x cols logits x; labels (int32) or targets (real rows) for the losses."""
+    when set). rows x cols logits x; labels (int32) or targets (real rows) for the losses. The
+    forward pass shared by a model's entry points (backend/sharing.py) has one whose labels and
+    grad may be NULL at run time (optional_labels, optional_grad): one pass for all of them."""
     kind: str = "softmax"
     out: str = ""
     x: str = ""
@@ -224,6 +231,8 @@ class RowSoftmax(Kernel):
     grad: str | None = None
     scale: str | None = None
     parallel: str | None = None
+    optional_labels: bool = False   # labels may be NULL: then no loss (and no gradient) is computed
+    optional_grad: bool = False     # grad may be NULL: then it is not written
     template: ClassVar[str] = "kernels/softmax_xent.c.j2"
     kind_name: ClassVar[str] = "row_softmax"
 
@@ -239,8 +248,38 @@ class Gather(Kernel):
     width: str = ""
     src: str | None = None
     rows: str | None = None
+    out_stride: str | None = None   # embedding: the row stride of out (a concat's width), else width
+    out_offset: str = "0"           # ... and the first column written
+    src_stride: str | None = None   # embedding_grad: the row stride of src (a slice's source), else width
+    src_offset: str = "0"
+    zero: bool = True               # embedding_grad: clear out first (not for the second scatter of a sum)
+    more: tuple = ()                # the gathers joined into this one's loop: (ids, src, out_offset, src_offset)
     template: ClassVar[str] = "kernels/gather.c.j2"
     kind_name: ClassVar[str] = "gather"
+
+    @property
+    def joined(self) -> bool:
+        return bool(self.more)
+
+    @property
+    def parts(self) -> list[dict]:
+        return [dict(ids=i, src=s, out_offset=oo, src_offset=so)
+                for i, s, oo, so in ((self.ids, self.src, self.out_offset, self.src_offset),) + self.more]
+
+    def join(self, other: "Gather") -> "Gather | None":
+        """One loop over the rows for this gather and `other`, when they write the same array in
+        the same way (the embeddings of a window into their columns of e, or their scatters into
+        d_E); None otherwise."""
+        same = ("kind", "out", "count", "width", "rows", "out_stride", "src_stride")
+        if self.kind not in ("embedding", "embedding_grad") or other.zero and self.kind == "embedding_grad" \
+                or any(getattr(self, f) != getattr(other, f) for f in same):
+            return None
+        mine, theirs = (c.split(": ", 1)[-1] for c in (self.comment, other.comment))
+        comment = self.comment if other.comment == self.comment else \
+            f"{self.out}: {mine}" if mine == theirs else self.comment + "\n   " + other.comment
+        return replace(self, comment=comment, defs=self.defs + other.defs,
+                       uses=self.uses + other.uses,
+                       more=self.more + ((other.ids, other.src, other.out_offset, other.src_offset),) + other.more)
 
 
 # -------------------------------------------------------------------------------------- patches
@@ -275,19 +314,20 @@ class Patches(Kernel):
 @dataclass(frozen=True)
 class Update(Kernel):
     """What every optimizer's update of one param has: the param and its gradient (C names), its
-    element count, whether to split the loop over threads, the learning rate and weight decay."""
+    element count, whether to split the loop over threads, and the C expression of the learning
+    rate (a field of the run-time hyperparameters). The other hyperparameters are read by the
+    model's update function (optimizer.c.j2's `define`) from the same struct."""
     param: str = ""
     grad: str = ""
     count: str = ""
     parallel: bool = False
     lr: str = ""
-    wd: str | None = None
+    mixed: bool = False         # some params' updates are split over threads, some not: pass the flag
 
 
 @dataclass(frozen=True)
 class SgdUpdate(Update):
-    """param -= lr * (grad + wd param), through the momentum buffer buf when momentum is set."""
-    momentum: str | None = None
+    """param -= lr * (grad + wd param), through the momentum buffer buf when there is one."""
     buf: str | None = None
     template: ClassVar[str] = "kernels/optimizer.c.j2"
     kind_name: ClassVar[str] = "sgd"
@@ -297,23 +337,15 @@ class SgdUpdate(Update):
 class AdamStepCount(Kernel):
     """t += 1 and the bias corrections of this step, once before the Adam updates."""
     t: str = ""
-    lr: str = ""
-    beta1: str = ""
-    beta2: str = ""
     template: ClassVar[str] = "kernels/optimizer.c.j2"
     kind_name: ClassVar[str] = "adam_begin"
 
 
 @dataclass(frozen=True)
 class AdamUpdate(Update):
-    """Adam's moments m, v and the update of param from grad (+ wd param)."""
+    """Adam's (or AdamW's) moments m, v and the update of param from grad."""
     m: str = ""
     v: str = ""
-    beta1: str = ""
-    beta2: str = ""
-    one_minus_beta1: str = ""
-    one_minus_beta2: str = ""
-    eps: str = ""
     template: ClassVar[str] = "kernels/optimizer.c.j2"
     kind_name: ClassVar[str] = "adam"
 
@@ -337,8 +369,39 @@ class OptimizerUpdates:
     to the GEMM's comment; its gradient is then scratch of that GEMM only."""
     params: tuple = ()          # of ParamUpdate
     first: tuple = ()           # records before the updates
-    rate: str | None = None     # plain SGD's learning rate, as a C literal
-    note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = 0.1"
+    rate: str | None = None     # plain SGD's learning rate, as C: (gc_real)gc_hp->lr
+    note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}"
+
+
+@dataclass(frozen=True)
+class NamedLoop:
+    """A Loop as its template prints it with the dims' enum names (see `with_names`)."""
+    loop: Loop
+    names: tuple
+    template: ClassVar[str] = Loop.template
+
+    @property
+    def nest(self) -> Nest:
+        return collapse(self.loop, dict(self.names))
+
+
+# the fields of each record that hold a size printed by c_poly, named by `with_names`
+_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width", "out_stride", "src_stride")
+
+
+def with_names(record: Kernel, names: dict[int, str]):
+    """The record as its template prints it with the enum names of the dims (one_layer_Dh for 128)
+    in its sizes; the record itself keeps the numbers the planner and the fusions read."""
+    if not names:
+        return record
+    if isinstance(record, Loop):
+        return NamedLoop(record, tuple(sorted(names.items())))
+    change = {f.name: c_named(getattr(record, f.name), names) for f in fields(record)
+              if f.name in _SIZE_FIELDS and isinstance(getattr(record, f.name), str)}
+    if isinstance(record, Gemm) and (record.epilogue.ldm or record.epilogue.ldu):
+        ep = record.epilogue
+        change["epilogue"] = replace(ep, ldm=ep.ldm and c_named(ep.ldm, names), ldu=ep.ldu and c_named(ep.ldu, names))
+    return replace(record, **change)
 
 
 RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, SgdUpdate, AdamStepCount, AdamUpdate)

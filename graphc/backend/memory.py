@@ -19,6 +19,7 @@ class Buffer:
     first: int          # step that writes it
     last: int           # last step that reads it
     offset: Poly = ()
+    shape: tuple = ()   # the value's shape (dims), for the comment beside the buffer in the C
 
     @property
     def end(self) -> Poly:

@@ -111,6 +111,19 @@ class Scheduler(Fusion):
             out.append(st)
         return out
 
+    @staticmethod
+    def join_gathers(steps: list[Kernel]) -> list[Kernel]:
+        """Gathers one after the other into the same array (GATHER_INTO_CONCAT's, SCATTER_SUM's)
+        share one loop over the rows."""
+        out: list[Kernel] = []
+        for st in steps:
+            joined = out[-1].join(st) if out and isinstance(out[-1], Gather) and isinstance(st, Gather) else None
+            if joined is not None:
+                out[-1] = joined
+            else:
+                out.append(st)
+        return out
+
     # ---------------------------------------------------------------- the builders ops lower through
     def comment(self, n: Node) -> str:
         o = n.origin
@@ -178,11 +191,15 @@ class Scheduler(Fusion):
                           target_offset=pmul(s[axis], (start,)), zero_size=numel(v.shape))]
 
     def concat(self, n: Node, axis: int = -1) -> list[Kernel]:
-        """Each operand into its range of `axis` of the output."""
+        """Each operand into its range of `axis` of the output (but the gathers that write theirs
+        themselves: GATHER_INTO_CONCAT, a concat along the last axis)."""
         v, steps, start = n.output, [], 0
         axis %= v.rank
         out_strides = contiguous_strides(v.shape)
         for part in n.inputs:
+            if part.node in self.into_concat:
+                start += part.shape[axis]
+                continue
             loads = [Load(self.ref(part), tuple(contiguous_strides(part.shape)), (0,), part)]
             steps.append(self.loop(part.shape, self.ref(v), out_strides, c_load(0), loads, self.comment(n), [v],
                                    target_offset=pmul(out_strides[axis], (start,))))
@@ -190,11 +207,23 @@ class Scheduler(Fusion):
         return steps
 
     def gather(self, n: Node, kind: str, ids: Value, width, src: Value | None = None, rows=None) -> list[Kernel]:
-        """Rows picked, scattered or set by int32 ids (Gather: embedding, embedding_grad, onehot)."""
-        v = n.output
-        k = Gather(self.comment(n), (v,), tuple(n.inputs), kind, self.ref(v), self.ref(ids), c_poly(numel(ids.shape)),
+        """Rows picked, scattered or set by int32 ids (Gather: embedding, embedding_grad, onehot);
+        written into a concat's columns, read from a slice's, or summed with the other scatters of
+        a gradient, as fusion decided."""
+        v, uses, extra = n.output, tuple(n.inputs), {}
+        if n in self.into_concat:
+            v, start = self.into_concat[n]
+            extra.update(out_stride=c_poly(dim_poly(v.shape[-1])), out_offset=c_poly((start,)))
+        if n in self.from_slice:
+            src, start = self.from_slice[n]
+            uses = (src, ids)
+            extra.update(src_stride=c_poly(dim_poly(src.shape[-1])), src_offset=c_poly((start,)))
+        if n in self.scatter_sum:
+            v, first = self.scatter_sum[n]
+            extra.update(zero=first)
+        k = Gather(self.comment(n), (v,), uses, kind, self.ref(v), self.ref(ids), c_poly(numel(ids.shape)),
                    c_poly(dim_poly(width)), self.ref(src) if src is not None else None,
-                   c_poly(dim_poly(rows)) if rows is not None else None)
+                   c_poly(dim_poly(rows)) if rows is not None else None, **extra)
         return [k]
 
     def gemm(self, n: Node, out: str | None = None) -> list[Kernel]:
@@ -307,6 +336,8 @@ class Scheduler(Fusion):
         if n in self.emit_at:
             final = self.emit_at[n]
             return [self.epilogue_step(final, self.epilogue[final])]
+        if n in self.into_concat or n in self.from_slice or n in self.scatter_sum:
+            return n.op.kernel(self, n)
         if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed or n in self.epilogue:
             return []
         return n.op.kernel(self, n)
@@ -351,7 +382,7 @@ class Scheduler(Fusion):
             if v in self.static:
                 steps.append(self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), self.static_expr(v), [],
                                        f"{v.name} = {self.static_expr(v)}", [v]))
-        steps = self.merge_reductions(steps)
+        steps = self.join_gathers(self.merge_reductions(steps))
         if self.updates is not None:
             steps, fused = sgd_in_gemm(steps, self.updates)
             steps = [self.unstored(st) for st in steps]
@@ -385,7 +416,7 @@ class Scheduler(Fusion):
         for v, f in first.items():
             if v.node is None or v in self.out_of:
                 continue
-            buffers[c_name(v.name)] = Buffer(c_name(v.name), numel(v.shape), f, last[v])
+            buffers[c_name(v.name)] = Buffer(c_name(v.name), numel(v.shape), f, last[v], shape=tuple(v.shape))
         arena = plan(list(buffers.values()))
         return buffers, arena
 

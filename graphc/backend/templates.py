@@ -49,8 +49,11 @@ def environment() -> jinja2.Environment:
     return _ENV
 
 
-def render_kernel(record) -> str:
-    """The C of one kernel record: the macro `kernel` of the template its class names."""
+def render_kernel(record, names: dict[int, str] | None = None) -> str:
+    """The C of one kernel record: the macro `kernel` of the template its class names (its sizes
+    written with the dims' enum names, `names`: dim size -> C name, when given)."""
+    from graphc.backend.kernels import with_names
+    record = with_names(record, names) if names else record
     return str(environment().get_template(record.template).module.kernel(record))
 
 

@@ -16,15 +16,20 @@ Python side how to call them.
   each minibatch is gathered into the workspace and passed to NAME_train_step
   (templates/fit.c.j2).
 
-Hyperparameters are compile-time constants of the C. Optimizer state (momentum buffers,
-Adam's moments and step count) lives in caller-owned arrays: a `TrainState` in Python.
+Hyperparameters are run-time values: a NAME_hparams struct the caller passes (NULL: the
+values compiled in, NAME_HPARAMS_DEFAULT), so a program changes the learning rate between
+steps without regenerating the C; the spec decides which terms exist (optimizers.py's
+run_time_hparams). Optimizer state (momentum buffers, Adam's moments and step count) lives
+in caller-owned arrays: a `TrainState` in Python.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe
-from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_poly, c_real, c_signature, c_size_poly
+from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe, run_time_hparams
+from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_count, c_named, c_poly, c_signature, c_size_poly, c_wrap
 from graphc.backend.functions import Arg, TrainLayout, output_args
 from graphc.autodiff.train import train_graph
 from graphc.backend.kernels import (AdamStepCount, AdamUpdate, OptimizerUpdates, ParamUpdate, SgdUpdate,
@@ -37,6 +42,11 @@ from graphc.core.ir import FLOAT, INT, Graph, TensorType, Value
 
 
 # ====================================================================== C generation
+HPARAM_DOC = {"lr": "learning rate", "momentum": "SGD momentum", "beta1": "decay of the first moment m",
+              "beta2": "decay of the second moment v", "eps": "added to sqrt(v) / sqrt(1 - beta2^t)",
+              "weight_decay": "weight decay"}
+
+
 def _literal(x: float) -> str:
     return repr(float(x))
 
@@ -105,31 +115,39 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
         state_args.append(Arg(t_c, "state", tv, "int64_t", False, "[1] int64  Adam step count t, 0 at the start"))
         state_layout["t"] = ((1,), "int64")
 
+    # the hyperparameters: a struct the caller passes (NULL: the spec's values), read at run time
+    hp_c = _fresh("hparams", taken)
+    fields = run_time_hparams(optimizer)
+    hp_type = f"{graph.name}_hparams"
+    hp_arg = Arg(hp_c, "hparams", None, hp_type, True,
+                 f"NULL for the values compiled in ({graph.name.upper()}_HPARAMS_DEFAULT), or your own")
+    em.hparams = dict(ctype=hp_type, macro=f"{graph.name.upper()}_HPARAMS_DEFAULT", optimizer=describe(optimizer),
+                      fields=[(k, _literal(getattr(optimizer, k)), HPARAM_DOC[k]) for k in fields],
+                      define=dict(kind=optimizer.kind, momentum="momentum" in fields,
+                                  wd="weight_decay" in fields, hparams=hp_type))
+
     # the optimizer's records, one per param (plus Adam's step count and bias corrections first)
     first: tuple = ()
     if isinstance(optimizer, Adam):
-        first = (AdamStepCount("Adam step count", (), (), t_c, _literal(optimizer.lr),
-                               _literal(optimizer.beta1), _literal(optimizer.beta2)),)
+        first = (AdamStepCount("Adam step count", (), (), t_c),)
     updates = []
     for w in params:
         pv, gv = low.params[w], low.outputs[f"d_{w}"]
-        common = dict(param=c_name(w), grad=c_name(gv.name), count=c_poly(numel(pv.shape)),
-                      lr=_literal(optimizer.lr), parallel=worth_parallel(numel(pv.shape)),
-                      wd=_literal(optimizer.weight_decay) if optimizer.weight_decay else None)
+        common = dict(param=c_name(w), grad=c_name(gv.name), count=c_count(pv.shape, em.dim_names),
+                      lr="gc_hp->lr", parallel=worth_parallel(numel(pv.shape)))
         comment, uses = f"update {w} from d_{w}", (gv, pv)
         if isinstance(optimizer, SGD):
-            record = SgdUpdate(comment, (), uses, momentum=_literal(optimizer.momentum) if optimizer.momentum
-                               else None, buf=slot_c.get(("momentum", w)), **common)
+            record = SgdUpdate(comment, (), uses, buf=slot_c.get(("momentum", w)), **common)
         else:
-            record = AdamUpdate(comment, (), uses, m=slot_c[("m", w)], v=slot_c[("v", w)],
-                                beta1=_literal(optimizer.beta1), beta2=_literal(optimizer.beta2),
-                                one_minus_beta1=_literal(1.0 - optimizer.beta1),
-                                one_minus_beta2=_literal(1.0 - optimizer.beta2), eps=_literal(optimizer.eps),
-                                **common)
+            record = AdamUpdate(comment, (), uses, m=slot_c[("m", w)], v=slot_c[("v", w)], **common)
         updates.append(ParamUpdate(pv, gv, c_name(w), record))
+    split = {u.record.parallel for u in updates}
+    if len(split) > 1:
+        updates = [replace(u, record=replace(u.record, mixed=True)) for u in updates]
+    em.hparams["define"]["parallel"] = "some" if len(split) > 1 else "all" if split == {True} else "none"
     plain_sgd = isinstance(optimizer, SGD) and not optimizer.momentum and not optimizer.weight_decay
-    plan = OptimizerUpdates(tuple(updates), first, c_real(float(optimizer.lr)) if plain_sgd else None,
-                            "SGD, as torch.optim.SGD: {w} -= lr d_{w}, lr = " + _literal(optimizer.lr))
+    plan = OptimizerUpdates(tuple(updates), first, "(gc_real)gc_hp->lr" if plain_sgd else None,
+                            "SGD, as torch.optim.SGD: {w} -= lr d_{w}")
 
     doc = (f"one training step of {describe(optimizer)}: the outputs, the gradients of the loss {grad_of} "
            f"with respect to {', '.join(params)} (in the workspace), then {', '.join(params)} updated in place")
@@ -137,12 +155,13 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
     inputs = [a for a in f.args if a.role == "input" and a.value.name not in state_inputs]
     pargs = [a for a in f.args if a.role in ("param", "param*")]
     out_args = [a for a in f.args if a.role == "output"]
-    # signature: inputs, params, optimizer state, outputs, workspace
-    f.args = inputs + pargs + state_args + out_args
+    # signature: inputs, params, optimizer state, hyperparameters, outputs, workspace
+    f.args = inputs + pargs + state_args + [hp_arg] + out_args
 
     step_args = [("input", a.value.name, a.cname) for a in inputs]
     step_args += [("param", a.value.name, a.cname) for a in pargs]
     step_args += [("state", k, a.cname) for k, a in zip(state_layout, state_args)]
+    step_args.append(("hparams", "hparams", hp_c))
     out_names = {c_name(k): k for k in fwd.outputs}
     outputs = [(out_names[a.cname], a.cname) for a in out_args]
     out_types = {k: (tuple(v.shape), v.dtype == INT) for k, v in fwd.outputs.items()}
@@ -155,10 +174,10 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
                                for k in batched) and bool(batched)
     fit_args: list[tuple[str, str, str]] = []
     if fit_ok:
-        fit_args = _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, outputs,
+        fit_args = _add_fit(em, graph, f, inputs, pargs, state_args + [hp_arg], state_layout, out_args, outputs,
                             loss_name, batched, taken)
     f.train_layout = TrainLayout(optimizer, params, step_args, state_layout, loss_name, outputs, out_types,
-                                 fit_ok, fit_args, batched)
+                                 fit_ok, fit_args, batched, fields, hp_type)
 
 
 def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, outputs, loss_name, batched,
@@ -176,19 +195,27 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
 
     in_ctx = [dict(cname=a.cname, ctype=a.ctype, batched=a.value.name in batched, row=row(a.value)) for a in inputs]
     checks = {c: bound for c, _count, bound in f.label_checks}
-    label_checks = [dict(cname=x["cname"], row=x["row"], bound=checks[x["cname"]])
+    label_checks = [dict(cname=x["cname"], row=x["row"], bound=c_named(checks[x["cname"]], em.dim_names))
                     for x in in_ctx if x["batched"] and x["cname"] in checks]
+    for c in label_checks:
+        c["test"] = f"!gc_ids_in_range({c['cname']}, {n_total}{' * %dL' % c['row'] if c['row'] != 1 else ''}, {c['bound']})"
     staging = [dict(cname=x["cname"], ctype=x["ctype"], coeffs=[0, x["row"]],
-                    doc=f"minibatch rows of {x['cname']}") for x in in_ctx if x["batched"]]
+                    doc=f"the rows of {x['cname']}") for x in in_ctx if x["batched"]]
     for a in out_args:
         coeffs = list(numel(a.value.shape))
-        staging.append(dict(cname=a.cname, ctype=a.ctype, coeffs=coeffs, doc=f"output {a.cname} of each step"))
+        staging.append(dict(cname=a.cname, ctype=a.ctype, coeffs=coeffs, doc=f"output {a.cname}"))
+    terms = max(len(s["coeffs"]) for s in staging)
+    for s in staging:
+        s["unit"] = f"sizeof({s['ctype']})"
+        s["padded"] = "{ " + ", ".join(str(c) for c in list(s["coeffs"]) + [0] * (terms - len(s["coeffs"]))) + " }"
     staged = {s["cname"] for s in staging}
     step_call = []
     for a in f.args:
         step_call.append(f"gc_s_{a.cname}" if a.cname in staged else a.cname)
 
     def doc(a) -> str:
+        if a.role == "hparams":
+            return f"hparams {a.shape_doc}"
         extra = "  int32" if a.ctype == "int32_t" else ""
         upd = "  (updated in place)" if a.role in ("param*", "state") else ""
         return f"{a.role:<7} {a.shape_doc}{extra}{upd}"
@@ -213,6 +240,7 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
         args_doc.append(dict(cname=a.cname, doc=doc(a)))
     fit_args += [("param", a.value.name, a.cname) for a in pargs]
     fit_args += [("state", k, a.cname) for k, a in zip(state_layout, state_args)]
+    fit_args += [("hparams", "hparams", a.cname) for a in state_args if a.role == "hparams"]
     sig.append(c_param(ctype, losses, False))
     args_doc.append(dict(cname=losses, doc=f"[ceil({n_total} / {batch})]  out: the loss (output `{loss_name}`) "
                                            f"of each minibatch"))
@@ -220,9 +248,12 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     sig.append("void *workspace")
     args_doc.append(dict(cname="workspace", doc=f"{em.graph.name}_fit_workspace_size({batch}) bytes, 64-byte aligned"))
     signature = c_signature(sig)
-    null_checks = c_any_null(["workspace"] + [a.cname for a in inputs + pargs + state_args] + [order, losses])
-    ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, inputs=in_ctx,
-               label_checks=label_checks, staging=staging, step_args=step_call, loss=loss_c, order=order,
+    null_checks = c_any_null(["workspace"] + [a.cname for a in inputs + pargs + state_args if a.role != "hparams"]
+                             + [order, losses])
+    ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, wrap=c_wrap,
+               wrapped=c_wrap(f"int {graph.name}_fit", sig),
+               step_call=c_wrap(f"gc_status = {graph.name}_train_step", ["gc_rows"] + step_call + ["workspace"], ");"), wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx,
+               label_checks=label_checks, staging=staging, terms=terms, step_args=step_call, loss=loss_c, order=order,
                losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
     for s in staging:
         s["size_expr"] = c_size_poly(tuple(s["coeffs"]), "max_batch")

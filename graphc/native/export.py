@@ -137,10 +137,12 @@ def _example_context(model) -> dict:
     arrays: dict[str, dict] = {}
     functions, skipped = [], []
     for f in model.csrc.functions:
-        if f.name not in EXAMPLE_FUNCTIONS or any(a.value is None for a in f.args):
+        if f.name not in EXAMPLE_FUNCTIONS or any(a.value is None and a.role != "hparams" for a in f.args):
             skipped.append(f.name)  # not a call main.c knows how to make (or to size)
             continue
         for a in f.args:
+            if a.role == "hparams":
+                continue        # main.c passes NULL: the hyperparameters compiled in
             fixed = int(np.prod([d for d in a.value.shape if not isinstance(d, str)], dtype=np.int64))
             rows = sum(isinstance(d, str) for d in a.value.shape)
             count = " * ".join(["BATCH"] * rows + [str(fixed)] * (fixed != 1 or not rows))
@@ -154,7 +156,8 @@ def _example_context(model) -> dict:
         if f.name == "train_step":
             printed = [p for p in printed if p["count"] == "1"]
         checks = {ids for ids, _count, _bound in f.label_checks}
-        functions.append(dict(name=f.name, args=[arrays[a.cname]["var"] for a in f.args], printed=printed,
+        functions.append(dict(name=f.name, args=["NULL" if a.role == "hparams" else arrays[a.cname]["var"]
+                                                  for a in f.args], printed=printed,
                               checks_labels=sorted(checks)))
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -33,7 +33,7 @@ from graphc.native.progress import Progress, wanted
 from graphc.core.errors import ArgumentError, DTypeError, ExecutionError, GraphcError, NonFiniteError, ShapeError
 from graphc.core.ir import Graph
 from graphc.ops.loss import check_labels
-from graphc.autodiff.optimizers import OPTIMIZERS, Adam, OptimizerError, SGD, describe  # noqa: F401  (re-exported)
+from graphc.autodiff.optimizers import OPTIMIZERS, Adam, AdamW, OptimizerError, SGD, describe  # noqa: F401  (re-exported)
 from graphc.backend.functions import TrainLayout
 
 STATE_FORMAT = 1        # version of the .npz layout written by TrainState.save
@@ -93,6 +93,24 @@ class TrainState:
         the buffers (SGD); `step` reports them and `save` stores them. A Trainer calls it after
         each train_step (k = 1) and each fit epoch (k = its minibatches)."""
         self._sgd_steps += k
+
+    @property
+    def hparams(self) -> dict[str, float]:
+        """The hyperparameters the next step uses (the optimizer's fields), by name."""
+        return {f.name: getattr(self.optimizer, f.name) for f in fields(self.optimizer)}
+
+    def set_hparams(self, **values: float) -> None:
+        """Change hyperparameters for the steps to come: state.set_hparams(lr=1e-4). The C reads
+        them at every call (no rebuild). Each is checked as the optimizer checks it; the ones
+        whose term the model was compiled without (a momentum or weight decay that was 0) raise
+        ArgumentError at the next step, as does an unknown name here."""
+        names = {f.name for f in fields(self.optimizer)}
+        unknown = [k for k in values if k not in names]
+        if unknown:
+            raise ArgumentError(f"set_hparams: {type(self.optimizer).__name__} has no hyperparameter "
+                                f"{', '.join(map(repr, unknown))}", hint=f"it has {', '.join(sorted(names))}")
+        self.optimizer = replace(self.optimizer, **values)    # checks the values (OptimizerError)
+        self.cache = TrainerCache()     # the next call binds the state anew, with these values
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self._params.items())
@@ -200,6 +218,10 @@ class Trainer:
                                  f"expected {buf.shape}")
             buf[...] = array
         state.count_sgd_steps(int(meta.get("sgd_steps", 0)))
+        hyper = meta.get("hyper") or {}
+        changed = {k: hyper[k] for k in self.layout.hparams if k in hyper and hyper[k] != getattr(state.optimizer, k)}
+        if changed:     # what set_hparams changed before the save
+            state.set_hparams(**changed)
         return state
 
     def _bind(self, state: TrainState) -> TrainerCache:
@@ -210,6 +232,13 @@ class Trainer:
         if state.optimizer.kind != self.optimizer.kind or state.dtype != self.dtype:
             raise ArgumentError(f"this TrainState is for {describe(state.optimizer)} in {state.dtype}, "
                                 f"but {self.name} trains with {describe(self.optimizer)} in {self.dtype}")
+        fixed = [f.name for f in fields(self.optimizer) if f.name not in self.layout.hparams
+                 and getattr(state.optimizer, f.name) != getattr(self.optimizer, f.name)]
+        if fixed:
+            raise ArgumentError(f"{self.name} was compiled with {describe(self.optimizer)}, whose C has no "
+                                f"{' or '.join(fixed)} term: the state's {describe(state.optimizer)} cannot run",
+                                hint=f"compile with a nonzero {fixed[0]} to change it at run time; the run-time "
+                                     f"hyperparameters are {', '.join(self.layout.hparams)}")
         g = self.graph
         for k, v in g.params.items():
             arr = state.params.get(k)
@@ -220,6 +249,9 @@ class Trainer:
             if arr is None or arr.shape != shape or arr.dtype != np.dtype(dt):
                 raise ShapeError(f"TrainState optimizer state {key!r} does not fit {g.name}")
 
+        hparams = self.ffi.new(f"{self.layout.hparams_type} *",
+                               [float(getattr(state.optimizer, k)) for k in self.layout.hparams])
+
         def ptrs(args):
             out = []
             for role, name, _ in args:
@@ -227,6 +259,8 @@ class Trainer:
                     out.append(self._ptr(state.params[name]))
                 elif role == "state":
                     out.append(self._ptr(state.buffers[name]))
+                elif role == "hparams":
+                    out.append(hparams)     # kept alive by the cache's tuples
             return out
         cache = state.cache = TrainerCache(self, ptrs(self.layout.step_args), ptrs(self.layout.fit_args))
         return cache
@@ -531,4 +565,4 @@ def init_params(graph: Graph | str | Path, seed: int | None = 0,
     return out
 
 
-__all__ = ["SGD", "Adam", "OptimizerError", "TrainState", "TrainerCache", "Trainer", "init_params"]
+__all__ = ["SGD", "Adam", "AdamW", "OptimizerError", "TrainState", "TrainerCache", "Trainer", "init_params"]

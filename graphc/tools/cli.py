@@ -27,9 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the forward and backward graphs")
     s.add_argument("spec", metavar="SPEC", help=spec_help)
     s.add_argument("--passes", action="store_true", help="print the graph after each pass")
-    s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="none",
+    s.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "none"), default="none",
                    help="print the train step instead of the backward graph: backward pass and update, in the IR")
-    s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam and adamw)")
     s.add_argument("--format", choices=("dot", "svg", "png"), default=None, dest="draw_format",
                    help="draw the graph instead of printing it, through Graphviz: DOT text (stdout without -o), "
                         "or SVG or PNG (need Graphviz's dot program); default: from the suffix of -o")
@@ -70,9 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("spec", metavar="SPEC", help=spec_help)
     s.add_argument("-o", "--out", required=True, metavar="DIR", help="the folder to write into (made if missing)")
     s.add_argument("--dtype", choices=DTYPES, default="float32", help=dtype_help)
-    s.add_argument("--optimizer", choices=("sgd", "adam", "none"), default="sgd",
+    s.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "none"), default="sgd",
                    help="the update compiled into NAME_train_step when the spec has [grad] (default sgd)")
-    s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam)")
+    s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam and adamw)")
     s.add_argument("--params", default=None, metavar="NPZ",
                    help="also write NAME_params.c/.h: these trained values (a state.save() file, "
                         "or an .npz of arrays named as the params) as const C arrays")
@@ -256,13 +256,12 @@ def cmd_emit(args) -> int:
 
 
 def _optimizer(args):
-    """graphc.SGD or graphc.Adam from --optimizer and --lr; None for --optimizer none."""
-    from graphc.autodiff.optimizers import SGD, Adam
+    """graphc.SGD, graphc.Adam or graphc.AdamW from --optimizer and --lr; None for --optimizer none."""
+    from graphc.autodiff.optimizers import OPTIMIZERS
     if args.optimizer == "none":
         return None
-    if args.optimizer == "sgd":
-        return SGD(lr=args.lr if args.lr is not None else 0.1)
-    return Adam(lr=args.lr if args.lr is not None else 1e-3)
+    kind = OPTIMIZERS[args.optimizer]
+    return kind(lr=args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 1e-3))
 
 
 def _load_params(path: str) -> dict:

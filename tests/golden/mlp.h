@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The sizes of the named dims, for the caller's arrays as for the model's loops. */
+enum { mlp_Dx = 64, mlp_H1 = 96, mlp_H2 = 48, mlp_Nc = 10 };
+
 #ifndef GRAPHC_OK
 #define GRAPHC_OK 0
 #define GRAPHC_ERR_NULL 1   /* a pointer argument (or the workspace) is NULL */
@@ -51,8 +54,8 @@
      (size_t)(n) < 225 ? GRAPHC_MAX_((size_t)(t) * (size_t)9856, (size_t)9856) : \
      (size_t)(n) < 241 ? GRAPHC_MAX_((size_t)(t) * (size_t)10560, (size_t)10560) : \
      (size_t)(n) < 342 ? GRAPHC_MAX_((size_t)(t) * (size_t)11264, (size_t)11264) : \
-     (size_t)(n) < 2084 ? GRAPHC_MAX_((size_t)(t) * (size_t)40960, (size_t)11264) : \
-     (size_t)(t) * (size_t)40960)
+     (size_t)(n) < 2084 ? GRAPHC_MAX_((size_t)(t) * (size_t)43008, (size_t)11264) : \
+     (size_t)(t) * (size_t)43008)
 
 /* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
  * serves every n <= max_n (it never shrinks as n grows), and equals mlp_workspace_size(max_n)
@@ -61,11 +64,25 @@
  *     static unsigned char raw[mlp_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define mlp_WORKSPACE_BYTES(max_n) \
-    ((((size_t)0 + (size_t)288 * (size_t)(max_n)) + mlp_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)11392 + (size_t)288 * (size_t)(max_n)) + mlp_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The hyperparameters of mlp_train_step and mlp_fit, read at every call: a
+ * program may change them between steps (a learning-rate schedule) without regenerating
+ * the C. Start from the values compiled in, AdamW(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.01):
+ *     mlp_hparams hp = MLP_HPARAMS_DEFAULT;  hp.lr *= 0.5;
+ * and pass &hp, or NULL for those values. */
+typedef struct {
+    double lr;            /* learning rate */
+    double beta1;         /* decay of the first moment m */
+    double beta2;         /* decay of the second moment v */
+    double eps;           /* added to sqrt(v) / sqrt(1 - beta2^t) */
+    double weight_decay;  /* weight decay */
+} mlp_hparams;
+#define MLP_HPARAMS_DEFAULT { 0.001, 0.9, 0.999, 1e-08, 0.01 }
 
 /* Bytes of workspace the functions below need at batch size n (mlp_WORKSPACE_BYTES(n));
  * 0 when n is invalid or the size would overflow size_t. */
@@ -83,7 +100,9 @@ size_t mlp_workspace_size(long n);
  *   loss       output  [1] (a scalar)
  *   probs      output  [N, Nc=10]
  */
-int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const float *b1, const float *W2, const float *b2, const float *W3, const float *b3, float *loss, float *probs, void *workspace);
+int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const float *b1,
+                const float *W2, const float *b2, const float *W3, const float *b3, float *loss,
+                float *probs, void *workspace);
 
 /* the outputs that need no y: probs
  *   x          input   [N, Dx=64]
@@ -95,7 +114,8 @@ int mlp_forward(long n, const float *x, const int32_t *y, const float *W1, const
  *   b3         param   [Nc=10]
  *   probs      output  [N, Nc=10]
  */
-int mlp_predict(long n, const float *x, const float *W1, const float *b1, const float *W2, const float *b2, const float *W3, const float *b3, float *probs, void *workspace);
+int mlp_predict(long n, const float *x, const float *W1, const float *b1, const float *W2,
+                const float *b2, const float *W3, const float *b3, float *probs, void *workspace);
 
 /* the outputs and the gradients of the loss J with respect to W1, b1, W2, b2, W3, b3
  *   x          input   [N, Dx=64]
@@ -115,7 +135,96 @@ int mlp_predict(long n, const float *x, const float *W1, const float *b1, const 
  *   d_W3       grad    [Nc=10, H2=48]
  *   d_b3       grad    [Nc=10]
  */
-int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1, const float *b1, const float *W2, const float *b2, const float *W3, const float *b3, float *loss, float *probs, float *d_W1, float *d_b1, float *d_W2, float *d_b2, float *d_W3, float *d_b3, void *workspace);
+int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1, const float *b1,
+                       const float *W2, const float *b2, const float *W3, const float *b3,
+                       float *loss, float *probs, float *d_W1, float *d_b1, float *d_W2,
+                       float *d_b2, float *d_W3, float *d_b3, void *workspace);
+
+/* one training step of AdamW(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.01): the outputs, the gradients of the loss J with respect to W1, b1, W2, b2, W3, b3 (in the workspace), then W1, b1, W2, b2, W3, b3 updated in place
+ *   x          input   [N, Dx=64]
+ *   y          input   [N]  int32
+ *   W1         param*  [H1=96, Dx=64]  (updated in place)
+ *   b1         param*  [H1=96]  (updated in place)
+ *   W2         param*  [H2=48, H1=96]  (updated in place)
+ *   b2         param*  [H2=48]  (updated in place)
+ *   W3         param*  [Nc=10, H2=48]  (updated in place)
+ *   b3         param*  [Nc=10]  (updated in place)
+ *   W1_m       state   [H1=96, Dx=64]  Adam first moment m of W1, zeros at the start  (updated in place)
+ *   b1_m       state   [H1=96]  Adam first moment m of b1, zeros at the start  (updated in place)
+ *   W2_m       state   [H2=48, H1=96]  Adam first moment m of W2, zeros at the start  (updated in place)
+ *   b2_m       state   [H2=48]  Adam first moment m of b2, zeros at the start  (updated in place)
+ *   W3_m       state   [Nc=10, H2=48]  Adam first moment m of W3, zeros at the start  (updated in place)
+ *   b3_m       state   [Nc=10]  Adam first moment m of b3, zeros at the start  (updated in place)
+ *   W1_v       state   [H1=96, Dx=64]  Adam second moment v of W1, zeros at the start  (updated in place)
+ *   b1_v       state   [H1=96]  Adam second moment v of b1, zeros at the start  (updated in place)
+ *   W2_v       state   [H2=48, H1=96]  Adam second moment v of W2, zeros at the start  (updated in place)
+ *   b2_v       state   [H2=48]  Adam second moment v of b2, zeros at the start  (updated in place)
+ *   W3_v       state   [Nc=10, H2=48]  Adam second moment v of W3, zeros at the start  (updated in place)
+ *   b3_v       state   [Nc=10]  Adam second moment v of b3, zeros at the start  (updated in place)
+ *   adam_t     state   [1] int64  Adam step count t, 0 at the start  (updated in place)
+ *   hparams    hparams NULL for the values compiled in (MLP_HPARAMS_DEFAULT), or your own
+ *   loss       output  [1] (a scalar)
+ *   probs      output  [N, Nc=10]
+ */
+int mlp_train_step(long n, const float *x, const int32_t *y, float *W1, float *b1, float *W2,
+                   float *b2, float *W3, float *b3, float *W1_m, float *b1_m, float *W2_m,
+                   float *b2_m, float *W3_m, float *b3_m, float *W1_v, float *b1_v, float *W2_v,
+                   float *b2_v, float *W3_v, float *b3_v, int64_t *adam_t,
+                   const mlp_hparams *hparams, float *loss, float *probs, void *workspace);
+
+#ifndef GRAPHC_ERR_ORDER
+#define GRAPHC_ERR_ORDER 5  /* fit: an entry of order is outside [0, n_total) */
+#endif
+
+/* Bytes of workspace mlp_fit needs at minibatch size `batch` (mlp_train_step's
+ * workspace at n = batch, plus staging for one minibatch); 0 when batch < 1 or on overflow.
+ * mlp_FIT_WORKSPACE_BYTES(max_batch) is the same as a constant expression (for a static
+ * array; it serves every batch <= max_batch). */
+size_t mlp_fit_workspace_size(long batch);
+#define mlp_FIT_WORKSPACE_BYTES(max_batch) \
+    ((mlp_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)64 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)10 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+
+/* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
+ * (the last one may be shorter), gather its rows into the workspace and make one
+ * mlp_train_step. Every order entry and label is checked before the first update;
+ * after a GRAPHC_ERR_* from a train step the earlier minibatches stay applied.
+ *   n_total    rows of the dataset, >= 1
+ *   batch      rows per minibatch, >= 1 (the last minibatch takes the rest)
+ *   x          dataset [n_total, Dx=64], all rows
+ *   y          dataset [n_total]  int32, all rows
+ *   order      [n_total] int64  a permutation of 0 .. n_total-1: the rows in the order trained
+ *   W1         param*  [H1=96, Dx=64]  (updated in place)
+ *   b1         param*  [H1=96]  (updated in place)
+ *   W2         param*  [H2=48, H1=96]  (updated in place)
+ *   b2         param*  [H2=48]  (updated in place)
+ *   W3         param*  [Nc=10, H2=48]  (updated in place)
+ *   b3         param*  [Nc=10]  (updated in place)
+ *   W1_m       state   [H1=96, Dx=64]  Adam first moment m of W1, zeros at the start  (updated in place)
+ *   b1_m       state   [H1=96]  Adam first moment m of b1, zeros at the start  (updated in place)
+ *   W2_m       state   [H2=48, H1=96]  Adam first moment m of W2, zeros at the start  (updated in place)
+ *   b2_m       state   [H2=48]  Adam first moment m of b2, zeros at the start  (updated in place)
+ *   W3_m       state   [Nc=10, H2=48]  Adam first moment m of W3, zeros at the start  (updated in place)
+ *   b3_m       state   [Nc=10]  Adam first moment m of b3, zeros at the start  (updated in place)
+ *   W1_v       state   [H1=96, Dx=64]  Adam second moment v of W1, zeros at the start  (updated in place)
+ *   b1_v       state   [H1=96]  Adam second moment v of b1, zeros at the start  (updated in place)
+ *   W2_v       state   [H2=48, H1=96]  Adam second moment v of W2, zeros at the start  (updated in place)
+ *   b2_v       state   [H2=48]  Adam second moment v of b2, zeros at the start  (updated in place)
+ *   W3_v       state   [Nc=10, H2=48]  Adam second moment v of W3, zeros at the start  (updated in place)
+ *   b3_v       state   [Nc=10]  Adam second moment v of b3, zeros at the start  (updated in place)
+ *   adam_t     state   [1] int64  Adam step count t, 0 at the start  (updated in place)
+ *   hparams    hparams NULL for the values compiled in (MLP_HPARAMS_DEFAULT), or your own
+ *   losses     [ceil(n_total / batch)]  out: the loss (output `loss`) of each minibatch
+ *   workspace  mlp_fit_workspace_size(batch) bytes, 64-byte aligned
+ */
+int mlp_fit(long n_total, long batch, const float *x, const int32_t *y, const int64_t *order,
+            float *W1, float *b1, float *W2, float *b2, float *W3, float *b3, float *W1_m,
+            float *b1_m, float *W2_m, float *b2_m, float *W3_m, float *b3_m, float *W1_v,
+            float *b1_v, float *W2_v, float *b2_v, float *W3_v, float *b3_v, int64_t *adam_t,
+            const mlp_hparams *hparams, float *losses, void *workspace);
 
 #ifdef __cplusplus
 }

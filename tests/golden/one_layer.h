@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The sizes of the named dims, for the caller's arrays as for the model's loops. */
+enum { one_layer_Dx = 64, one_layer_Dh = 128, one_layer_Nc = 10 };
+
 #ifndef GRAPHC_OK
 #define GRAPHC_OK 0
 #define GRAPHC_ERR_NULL 1   /* a pointer argument (or the workspace) is NULL */
@@ -53,8 +56,8 @@
      (size_t)(n) < 225 ? GRAPHC_MAX_((size_t)(t) * (size_t)9856, (size_t)9856) : \
      (size_t)(n) < 241 ? GRAPHC_MAX_((size_t)(t) * (size_t)10560, (size_t)10560) : \
      (size_t)(n) < 257 ? GRAPHC_MAX_((size_t)(t) * (size_t)11264, (size_t)11264) : \
-     (size_t)(n) < 782 ? GRAPHC_MAX_((size_t)(t) * (size_t)50176, (size_t)11264) : \
-     (size_t)(t) * (size_t)50176)
+     (size_t)(n) < 782 ? GRAPHC_MAX_((size_t)(t) * (size_t)51200, (size_t)11264) : \
+     (size_t)(t) * (size_t)51200)
 
 /* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
  * serves every n <= max_n (it never shrinks as n grows), and equals one_layer_workspace_size(max_n)
@@ -63,11 +66,21 @@
  *     static unsigned char raw[one_layer_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define one_layer_WORKSPACE_BYTES(max_n) \
-    ((((size_t)0 + (size_t)272 * (size_t)(max_n)) + one_layer_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)144 + (size_t)272 * (size_t)(max_n)) + one_layer_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The hyperparameters of one_layer_train_step and one_layer_fit, read at every call: a
+ * program may change them between steps (a learning-rate schedule) without regenerating
+ * the C. Start from the values compiled in, SGD(lr=0.1, momentum=0.0, weight_decay=0.0):
+ *     one_layer_hparams hp = ONE_LAYER_HPARAMS_DEFAULT;  hp.lr *= 0.5;
+ * and pass &hp, or NULL for those values. */
+typedef struct {
+    double lr;            /* learning rate */
+} one_layer_hparams;
+#define ONE_LAYER_HPARAMS_DEFAULT { 0.1 }
 
 /* Bytes of workspace the functions below need at batch size n (one_layer_WORKSPACE_BYTES(n));
  * 0 when n is invalid or the size would overflow size_t. */
@@ -83,7 +96,8 @@ size_t one_layer_workspace_size(long n);
  *   loss       output  [1] (a scalar)
  *   probs      output  [N, Nc=10]
  */
-int one_layer_forward(long n, const float *x, const int32_t *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, void *workspace);
+int one_layer_forward(long n, const float *x, const int32_t *y, const float *W, const float *b1,
+                      const float *U, const float *b2, float *loss, float *probs, void *workspace);
 
 /* the outputs that need no y: probs
  *   x          input   [N, Dx=64]
@@ -93,7 +107,8 @@ int one_layer_forward(long n, const float *x, const int32_t *y, const float *W, 
  *   b2         param   [Nc=10]
  *   probs      output  [N, Nc=10]
  */
-int one_layer_predict(long n, const float *x, const float *W, const float *b1, const float *U, const float *b2, float *probs, void *workspace);
+int one_layer_predict(long n, const float *x, const float *W, const float *b1, const float *U,
+                      const float *b2, float *probs, void *workspace);
 
 /* the outputs and the gradients of the loss J with respect to W, b1, U, b2
  *   x          input   [N, Dx=64]
@@ -109,7 +124,62 @@ int one_layer_predict(long n, const float *x, const float *W, const float *b1, c
  *   d_U        grad    [Nc=10, Dh=128]
  *   d_b2       grad    [Nc=10]
  */
-int one_layer_value_and_grad(long n, const float *x, const int32_t *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, float *d_W, float *d_b1, float *d_U, float *d_b2, void *workspace);
+int one_layer_value_and_grad(long n, const float *x, const int32_t *y, const float *W,
+                             const float *b1, const float *U, const float *b2, float *loss,
+                             float *probs, float *d_W, float *d_b1, float *d_U, float *d_b2,
+                             void *workspace);
+
+/* one training step of SGD(lr=0.1, momentum=0.0, weight_decay=0.0): the outputs, the gradients of the loss J with respect to W, b1, U, b2 (in the workspace), then W, b1, U, b2 updated in place
+ *   x          input   [N, Dx=64]
+ *   y          input   [N]  int32
+ *   W          param*  [Dh=128, Dx=64]  (updated in place)
+ *   b1         param*  [Dh=128]  (updated in place)
+ *   U          param*  [Nc=10, Dh=128]  (updated in place)
+ *   b2         param*  [Nc=10]  (updated in place)
+ *   hparams    hparams NULL for the values compiled in (ONE_LAYER_HPARAMS_DEFAULT), or your own
+ *   loss       output  [1] (a scalar)
+ *   probs      output  [N, Nc=10]
+ */
+int one_layer_train_step(long n, const float *x, const int32_t *y, float *W, float *b1, float *U,
+                         float *b2, const one_layer_hparams *hparams, float *loss, float *probs,
+                         void *workspace);
+
+#ifndef GRAPHC_ERR_ORDER
+#define GRAPHC_ERR_ORDER 5  /* fit: an entry of order is outside [0, n_total) */
+#endif
+
+/* Bytes of workspace one_layer_fit needs at minibatch size `batch` (one_layer_train_step's
+ * workspace at n = batch, plus staging for one minibatch); 0 when batch < 1 or on overflow.
+ * one_layer_FIT_WORKSPACE_BYTES(max_batch) is the same as a constant expression (for a static
+ * array; it serves every batch <= max_batch). */
+size_t one_layer_fit_workspace_size(long batch);
+#define one_layer_FIT_WORKSPACE_BYTES(max_batch) \
+    ((one_layer_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)64 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)10 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+
+/* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
+ * (the last one may be shorter), gather its rows into the workspace and make one
+ * one_layer_train_step. Every order entry and label is checked before the first update;
+ * after a GRAPHC_ERR_* from a train step the earlier minibatches stay applied.
+ *   n_total    rows of the dataset, >= 1
+ *   batch      rows per minibatch, >= 1 (the last minibatch takes the rest)
+ *   x          dataset [n_total, Dx=64], all rows
+ *   y          dataset [n_total]  int32, all rows
+ *   order      [n_total] int64  a permutation of 0 .. n_total-1: the rows in the order trained
+ *   W          param*  [Dh=128, Dx=64]  (updated in place)
+ *   b1         param*  [Dh=128]  (updated in place)
+ *   U          param*  [Nc=10, Dh=128]  (updated in place)
+ *   b2         param*  [Nc=10]  (updated in place)
+ *   hparams    hparams NULL for the values compiled in (ONE_LAYER_HPARAMS_DEFAULT), or your own
+ *   losses     [ceil(n_total / batch)]  out: the loss (output `loss`) of each minibatch
+ *   workspace  one_layer_fit_workspace_size(batch) bytes, 64-byte aligned
+ */
+int one_layer_fit(long n_total, long batch, const float *x, const int32_t *y, const int64_t *order,
+                  float *W, float *b1, float *U, float *b2, const one_layer_hparams *hparams,
+                  float *losses, void *workspace);
 
 #ifdef __cplusplus
 }

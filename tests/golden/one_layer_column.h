@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The sizes of the named dims, for the caller's arrays as for the model's loops. */
+enum { one_layer_column_Dx = 10, one_layer_column_Dh = 16, one_layer_column_Nc = 5 };
+
 #ifndef GRAPHC_OK
 #define GRAPHC_OK 0
 #define GRAPHC_ERR_NULL 1   /* a pointer argument (or the workspace) is NULL */
@@ -49,11 +52,25 @@
  *     static unsigned char raw[one_layer_column_WORKSPACE_BYTES(1) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define one_layer_column_WORKSPACE_BYTES(max_n) \
-    ((((size_t)48) + one_layer_column_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)304) + one_layer_column_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The hyperparameters of one_layer_column_train_step and one_layer_column_fit, read at every call: a
+ * program may change them between steps (a learning-rate schedule) without regenerating
+ * the C. Start from the values compiled in, Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0001):
+ *     one_layer_column_hparams hp = ONE_LAYER_COLUMN_HPARAMS_DEFAULT;  hp.lr *= 0.5;
+ * and pass &hp, or NULL for those values. */
+typedef struct {
+    double lr;            /* learning rate */
+    double beta1;         /* decay of the first moment m */
+    double beta2;         /* decay of the second moment v */
+    double eps;           /* added to sqrt(v) / sqrt(1 - beta2^t) */
+    double weight_decay;  /* weight decay */
+} one_layer_column_hparams;
+#define ONE_LAYER_COLUMN_HPARAMS_DEFAULT { 0.001, 0.9, 0.999, 1e-08, 0.0001 }
 
 /* Bytes of workspace the functions below need at batch size n (one_layer_column_WORKSPACE_BYTES(n));
  * 0 when n is invalid or the size would overflow size_t. */
@@ -69,7 +86,9 @@ size_t one_layer_column_workspace_size(long n);
  *   loss       output  [1] (a scalar)
  *   yhat       output  [Nc=5]
  */
-int one_layer_column_forward(long n, const float *x, const float *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *yhat, void *workspace);
+int one_layer_column_forward(long n, const float *x, const float *y, const float *W,
+                             const float *b1, const float *U, const float *b2, float *loss,
+                             float *yhat, void *workspace);
 
 /* the outputs that need no y: yhat
  *   x          input   [Dx=10]
@@ -79,7 +98,8 @@ int one_layer_column_forward(long n, const float *x, const float *y, const float
  *   b2         param   [Nc=5]
  *   yhat       output  [Nc=5]
  */
-int one_layer_column_predict(long n, const float *x, const float *W, const float *b1, const float *U, const float *b2, float *yhat, void *workspace);
+int one_layer_column_predict(long n, const float *x, const float *W, const float *b1,
+                             const float *U, const float *b2, float *yhat, void *workspace);
 
 /* the outputs and the gradients of the loss J with respect to W, b1, U, b2, x
  *   x          input   [Dx=10]
@@ -96,7 +116,36 @@ int one_layer_column_predict(long n, const float *x, const float *W, const float
  *   d_b2       grad    [Nc=5]
  *   d_x        grad    [Dx=10]
  */
-int one_layer_column_value_and_grad(long n, const float *x, const float *y, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *yhat, float *d_W, float *d_b1, float *d_U, float *d_b2, float *d_x, void *workspace);
+int one_layer_column_value_and_grad(long n, const float *x, const float *y, const float *W,
+                                    const float *b1, const float *U, const float *b2, float *loss,
+                                    float *yhat, float *d_W, float *d_b1, float *d_U, float *d_b2,
+                                    float *d_x, void *workspace);
+
+/* one training step of Adam(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0001): the outputs, the gradients of the loss J with respect to W, b1, U, b2 (in the workspace), then W, b1, U, b2 updated in place
+ *   x          input   [Dx=10]
+ *   y          input   [Nc=5]
+ *   W          param*  [Dh=16, Dx=10]  (updated in place)
+ *   b1         param*  [Dh=16]  (updated in place)
+ *   U          param*  [Nc=5, Dh=16]  (updated in place)
+ *   b2         param*  [Nc=5]  (updated in place)
+ *   W_m        state   [Dh=16, Dx=10]  Adam first moment m of W, zeros at the start  (updated in place)
+ *   b1_m       state   [Dh=16]  Adam first moment m of b1, zeros at the start  (updated in place)
+ *   U_m        state   [Nc=5, Dh=16]  Adam first moment m of U, zeros at the start  (updated in place)
+ *   b2_m       state   [Nc=5]  Adam first moment m of b2, zeros at the start  (updated in place)
+ *   W_v        state   [Dh=16, Dx=10]  Adam second moment v of W, zeros at the start  (updated in place)
+ *   b1_v       state   [Dh=16]  Adam second moment v of b1, zeros at the start  (updated in place)
+ *   U_v        state   [Nc=5, Dh=16]  Adam second moment v of U, zeros at the start  (updated in place)
+ *   b2_v       state   [Nc=5]  Adam second moment v of b2, zeros at the start  (updated in place)
+ *   adam_t     state   [1] int64  Adam step count t, 0 at the start  (updated in place)
+ *   hparams    hparams NULL for the values compiled in (ONE_LAYER_COLUMN_HPARAMS_DEFAULT), or your own
+ *   loss       output  [1] (a scalar)
+ *   yhat       output  [Nc=5]
+ */
+int one_layer_column_train_step(long n, const float *x, const float *y, float *W, float *b1,
+                                float *U, float *b2, float *W_m, float *b1_m, float *U_m,
+                                float *b2_m, float *W_v, float *b1_v, float *U_v, float *b2_v,
+                                int64_t *adam_t, const one_layer_column_hparams *hparams,
+                                float *loss, float *yhat, void *workspace);
 
 #ifdef __cplusplus
 }

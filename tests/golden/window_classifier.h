@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The sizes of the named dims, for the caller's arrays as for the model's loops. */
+enum { window_classifier_V = 200, window_classifier_De = 16, window_classifier_Dw = 48, window_classifier_Dh = 32, window_classifier_Nc = 5 };
+
 #ifndef GRAPHC_OK
 #define GRAPHC_OK 0
 #define GRAPHC_ERR_NULL 1   /* a pointer argument (or the workspace) is NULL */
@@ -68,11 +71,23 @@
  *     static unsigned char raw[window_classifier_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define window_classifier_WORKSPACE_BYTES(max_n) \
-    ((((size_t)9600 + (size_t)144 * (size_t)(max_n)) + window_classifier_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)4944 + (size_t)144 * (size_t)(max_n)) + window_classifier_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* The hyperparameters of window_classifier_train_step and window_classifier_fit, read at every call: a
+ * program may change them between steps (a learning-rate schedule) without regenerating
+ * the C. Start from the values compiled in, SGD(lr=0.05, momentum=0.9, weight_decay=0.0001):
+ *     window_classifier_hparams hp = WINDOW_CLASSIFIER_HPARAMS_DEFAULT;  hp.lr *= 0.5;
+ * and pass &hp, or NULL for those values. */
+typedef struct {
+    double lr;            /* learning rate */
+    double momentum;      /* SGD momentum */
+    double weight_decay;  /* weight decay */
+} window_classifier_hparams;
+#define WINDOW_CLASSIFIER_HPARAMS_DEFAULT { 0.05, 0.9, 0.0001 }
 
 /* Bytes of workspace the functions below need at batch size n (window_classifier_WORKSPACE_BYTES(n));
  * 0 when n is invalid or the size would overflow size_t. */
@@ -91,7 +106,10 @@ size_t window_classifier_workspace_size(long n);
  *   loss       output  [1] (a scalar)
  *   probs      output  [N, Nc=5]
  */
-int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const int32_t *y, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, void *workspace);
+int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2,
+                              const int32_t *y, const float *E, const float *W, const float *b1,
+                              const float *U, const float *b2, float *loss, float *probs,
+                              void *workspace);
 
 /* the outputs that need no y: probs
  *   w0         input   [N]  int32
@@ -104,7 +122,9 @@ int window_classifier_forward(long n, const int32_t *w0, const int32_t *w1, cons
  *   b2         param   [Nc=5]
  *   probs      output  [N, Nc=5]
  */
-int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *probs, void *workspace);
+int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2,
+                              const float *E, const float *W, const float *b1, const float *U,
+                              const float *b2, float *probs, void *workspace);
 
 /* the outputs and the gradients of the loss J with respect to E, W, b1, U, b2
  *   w0         input   [N]  int32
@@ -124,7 +144,88 @@ int window_classifier_predict(long n, const int32_t *w0, const int32_t *w1, cons
  *   d_U        grad    [Nc=5, Dh=32]
  *   d_b2       grad    [Nc=5]
  */
-int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2, const int32_t *y, const float *E, const float *W, const float *b1, const float *U, const float *b2, float *loss, float *probs, float *d_E, float *d_W, float *d_b1, float *d_U, float *d_b2, void *workspace);
+int window_classifier_value_and_grad(long n, const int32_t *w0, const int32_t *w1,
+                                     const int32_t *w2, const int32_t *y, const float *E,
+                                     const float *W, const float *b1, const float *U,
+                                     const float *b2, float *loss, float *probs, float *d_E,
+                                     float *d_W, float *d_b1, float *d_U, float *d_b2,
+                                     void *workspace);
+
+/* one training step of SGD(lr=0.05, momentum=0.9, weight_decay=0.0001): the outputs, the gradients of the loss J with respect to E, W, b1, U, b2 (in the workspace), then E, W, b1, U, b2 updated in place
+ *   w0         input   [N]  int32
+ *   w1         input   [N]  int32
+ *   w2         input   [N]  int32
+ *   y          input   [N]  int32
+ *   E          param*  [V=200, De=16]  (updated in place)
+ *   W          param*  [Dh=32, Dw=48]  (updated in place)
+ *   b1         param*  [Dh=32]  (updated in place)
+ *   U          param*  [Nc=5, Dh=32]  (updated in place)
+ *   b2         param*  [Nc=5]  (updated in place)
+ *   E_momentum state   [V=200, De=16]  SGD momentum buffer v of E, zeros at the start  (updated in place)
+ *   W_momentum state   [Dh=32, Dw=48]  SGD momentum buffer v of W, zeros at the start  (updated in place)
+ *   b1_momentum state   [Dh=32]  SGD momentum buffer v of b1, zeros at the start  (updated in place)
+ *   U_momentum state   [Nc=5, Dh=32]  SGD momentum buffer v of U, zeros at the start  (updated in place)
+ *   b2_momentum state   [Nc=5]  SGD momentum buffer v of b2, zeros at the start  (updated in place)
+ *   hparams    hparams NULL for the values compiled in (WINDOW_CLASSIFIER_HPARAMS_DEFAULT), or your own
+ *   loss       output  [1] (a scalar)
+ *   probs      output  [N, Nc=5]
+ */
+int window_classifier_train_step(long n, const int32_t *w0, const int32_t *w1, const int32_t *w2,
+                                 const int32_t *y, float *E, float *W, float *b1, float *U,
+                                 float *b2, float *E_momentum, float *W_momentum,
+                                 float *b1_momentum, float *U_momentum, float *b2_momentum,
+                                 const window_classifier_hparams *hparams, float *loss,
+                                 float *probs, void *workspace);
+
+#ifndef GRAPHC_ERR_ORDER
+#define GRAPHC_ERR_ORDER 5  /* fit: an entry of order is outside [0, n_total) */
+#endif
+
+/* Bytes of workspace window_classifier_fit needs at minibatch size `batch` (window_classifier_train_step's
+ * workspace at n = batch, plus staging for one minibatch); 0 when batch < 1 or on overflow.
+ * window_classifier_FIT_WORKSPACE_BYTES(max_batch) is the same as a constant expression (for a static
+ * array; it serves every batch <= max_batch). */
+size_t window_classifier_fit_workspace_size(long batch);
+#define window_classifier_FIT_WORKSPACE_BYTES(max_batch) \
+    ((window_classifier_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)5 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+
+/* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
+ * (the last one may be shorter), gather its rows into the workspace and make one
+ * window_classifier_train_step. Every order entry and label is checked before the first update;
+ * after a GRAPHC_ERR_* from a train step the earlier minibatches stay applied.
+ *   n_total    rows of the dataset, >= 1
+ *   batch      rows per minibatch, >= 1 (the last minibatch takes the rest)
+ *   w0         dataset [n_total]  int32, all rows
+ *   w1         dataset [n_total]  int32, all rows
+ *   w2         dataset [n_total]  int32, all rows
+ *   y          dataset [n_total]  int32, all rows
+ *   order      [n_total] int64  a permutation of 0 .. n_total-1: the rows in the order trained
+ *   E          param*  [V=200, De=16]  (updated in place)
+ *   W          param*  [Dh=32, Dw=48]  (updated in place)
+ *   b1         param*  [Dh=32]  (updated in place)
+ *   U          param*  [Nc=5, Dh=32]  (updated in place)
+ *   b2         param*  [Nc=5]  (updated in place)
+ *   E_momentum state   [V=200, De=16]  SGD momentum buffer v of E, zeros at the start  (updated in place)
+ *   W_momentum state   [Dh=32, Dw=48]  SGD momentum buffer v of W, zeros at the start  (updated in place)
+ *   b1_momentum state   [Dh=32]  SGD momentum buffer v of b1, zeros at the start  (updated in place)
+ *   U_momentum state   [Nc=5, Dh=32]  SGD momentum buffer v of U, zeros at the start  (updated in place)
+ *   b2_momentum state   [Nc=5]  SGD momentum buffer v of b2, zeros at the start  (updated in place)
+ *   hparams    hparams NULL for the values compiled in (WINDOW_CLASSIFIER_HPARAMS_DEFAULT), or your own
+ *   losses     [ceil(n_total / batch)]  out: the loss (output `loss`) of each minibatch
+ *   workspace  window_classifier_fit_workspace_size(batch) bytes, 64-byte aligned
+ */
+int window_classifier_fit(long n_total, long batch, const int32_t *w0, const int32_t *w1,
+                          const int32_t *w2, const int32_t *y, const int64_t *order, float *E,
+                          float *W, float *b1, float *U, float *b2, float *E_momentum,
+                          float *W_momentum, float *b1_momentum, float *U_momentum,
+                          float *b2_momentum, const window_classifier_hparams *hparams,
+                          float *losses, void *workspace);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,124 @@
+"""The emitted model file reads like hand-written C (issue 15 item 2; compare llm.c's train_gpt2.c):
+at most 500 lines with its train step and fit, named dims and GEMM flags, one check function,
+the forward pass written once, buffers that say whose memory they reuse, wrapped prototypes.
+What the C computes is checked elsewhere (test_training, test_updates, test_c_strict); these
+tests check its shape, and fail when a change brings back what they forbid."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import graphc
+from graphc.backend.codegen import generate
+from graphc.backend.sizes import peval
+
+from conftest import EXAMPLES_DIR
+
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.toml"))
+OPTIMIZERS = {"sgd": graphc.SGD(lr=0.1), "momentum": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4),
+              "adam": graphc.Adam(weight_decay=1e-2), "adamw": graphc.AdamW()}
+ENTRY = ("forward", "predict", "value_and_grad", "train_step")
+
+
+def emitted(spec, opt="adamw", dtype="float32"):
+    g = graphc.load(spec)
+    return g, generate(g, *g.grad_spec, dtype=dtype, optimizer=OPTIMIZERS[opt])
+
+
+def body(source: str, name: str) -> str:
+    """The text of the C function `name`, from its signature to its closing brace."""
+    start = re.search(rf"^(?:static )?\w+ {re.escape(name)}\(", source, re.M)
+    assert start, name
+    end = source.index("\n}\n", start.start())
+    return source[start.start():end + 2]
+
+
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_emit_model_file_with_train_step_and_fit_is_at_most_500_lines(spec, opt):
+    g, c = emitted(spec, opt)
+    assert f"{c.name}_train_step(" in c.source
+    assert (f"{c.name}_fit(" in c.source) == bool(g.symbolic_dims)      # fit needs a batch dim
+    lines = c.source.count("\n")
+    assert lines <= 500, f"{c.name}.c with {opt} has {lines} lines"
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_emit_dims_and_flags_have_names(spec):
+    g, c = emitted(spec)
+    sizes = [v for v in g.dims.values() if v is not None]
+    unique = {k: v for k, v in g.dims.items() if v is not None and sizes.count(v) == 1 and v > 1}
+    enum = re.search(r"enum \{ ([^}]*) \};", c.header)
+    assert enum, "the header has no enum of the dims"
+    assert enum.group(1) == ", ".join(f"{g.name}_{k} = {v}" for k, v in unique.items())
+    calls = re.findall(r"gc_gemm\w*\(([^;]*)\);", c.source)
+    assert calls
+    for call in calls:
+        flags = [a.strip() for a in call.split(",")[:2]]
+        assert set(flags) <= {"GC_TRANS", "GC_NO_TRANS"}, call
+        dims = [a.strip() for a in call.split(",")[2:5]]
+        for d in dims:      # M, N, K: the batch n, a dim's name, or a size no single dim has
+            assert d == "n" or d.startswith(f"{g.name}_") or int(d) not in unique.values(), call
+    assert not re.search(r"gc_gemm_bias_act\([^;]*, [01]\);", c.source)     # the activation is named too
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_emit_entry_points_share_one_check_and_one_forward_pass(spec):
+    g, c = emitted(spec)
+    names = [f.name for f in c.functions]
+    assert c.source.count(f"static int {g.name}_check(") == 1
+    assert c.source.count(f"static void {g.name}_forward_pass(") == 1
+    for f in names:
+        text = body(c.source, f"{g.name}_{f}")
+        assert text.count(f"{g.name}_check(") == 1, f
+        assert text.count(f"{g.name}_forward_pass(") == 1, f
+        assert "GRAPHC_ERR_NULL" not in text and "GRAPHC_ERR_LABEL" not in text, f     # only in the check
+    # value_and_grad and train_step share their backward pass too (but in the column model, where
+    # value_and_grad writes d_theta into its output d_b2, the same value under two names)
+    if {"value_and_grad", "train_step"} <= set(names) and g.name != "one_layer_column":
+        assert "_backward_pass" in body(c.source, f"{g.name}_value_and_grad")
+        assert "_backward_pass" in body(c.source, f"{g.name}_train_step")
+    # no kernel is written twice: each spec-line comment with the code after it appears once
+    kernels = re.findall(r"/\* (\w+ = \"[^\"]*\")\s+\[[^\n]*\n(?:[^\n]*\*/\n)?([^\n]*)", c.source)
+    assert kernels and len(kernels) == len(set(kernels)), sorted(k for k in kernels if kernels.count(k) > 1)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_emit_each_buffer_over_another_says_whose_memory_it_reuses(spec, opt):
+    """The planner puts a buffer over others whose lives ended: its comment names each of them,
+    and no buffer claims another it does not overlap."""
+    _, c = emitted(spec, opt)
+    seen = 0
+    for f in c.functions:
+        bufs = list(f.sched.buffers.values())
+        docs = {b["name"]: b["doc"] for b in f.buffers}
+        for b in bufs:
+            over = [o.name for o in bufs if o is not b and o.last < b.first and any(
+                peval(o.offset, n) < peval(b.offset, n) + peval(b.size, n)
+                and peval(b.offset, n) < peval(o.offset, n) + peval(o.size, n) for n in (1, 2, 3, 64))]
+            claimed = re.search(r", over ([\w, ]+) \(", docs[b.name])
+            assert (claimed.group(1).split(", ") if claimed else []) == over, (f.name, b.name, docs[b.name])
+            seen += bool(over)
+            line = f"gc_real *const {b.name} = ws + "
+            assert line in c.source and docs[b.name] in c.source
+    assert seen, "no buffer reuses another's memory: the test checks nothing"
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
+def test_emit_prototypes_are_wrapped(spec):
+    g, c = emitted(spec)
+    for text in (c.source, c.header):
+        for m in re.finditer(rf"^(?:static )?(?:int|void) {g.name}_\w+\((?:[^)]*)\)", text, re.M):
+            for line in m.group(0).splitlines():
+                assert len(line) <= 100, line
+
+
+def test_emit_window_classifier_gathers_into_e_and_scatters_into_d_E_once():
+    """GATHER_INTO_CONCAT, SCATTER_FROM_SLICE, SCATTER_SUM: no copy of an embedding or of a slice
+    of d_e, and d_E is zeroed once and summed into by the scatters of its three uses."""
+    _, c = emitted(EXAMPLES_DIR / "window_classifier.toml", "sgd")
+    assert "e__0" not in c.source and "d_e__0" not in c.source
+    assert c.source.count("memset(d_E, 0") == 1
+    assert re.search(r"d_E\[\(long\)w0\[i\] \* window_classifier_De \+ j\] \+= d_e\[", c.source)
