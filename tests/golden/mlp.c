@@ -22,12 +22,10 @@ typedef float gc_real;
 #define GC_TANH(x) tanhf(x)
 #define GC_SQRT(x) sqrtf(x)
 
-/* Elementwise loops of at least GC_LOOP_PARALLEL_WORK iterations, and the optimizer's updates,
-   are split over up to GC_MAX_THREADS OpenMP threads (nothing without -fopenmp): by their outer
-   loop when each iteration writes elements of its own, and by blocks of GC_LOOP_COLUMNS columns
-   when the loop also sums over its rows (a bias gradient). A softmax over wide rows is split into
-   GC_ROW_CHUNKS chunks of rows, whatever the thread count. Either way each element is computed,
-   and each sum added, in the same order: the bits do not depend on the thread count. */
+/* Loops of at least GC_LOOP_PARALLEL_WORK iterations and the optimizer's updates run on up to
+   GC_MAX_THREADS OpenMP threads (none without -fopenmp), by outer iterations, or by blocks of
+   GC_LOOP_COLUMNS columns when they also sum over rows; a wide softmax by GC_ROW_CHUNKS chunks of
+   rows. Every element and sum is computed in the same order: the bits do not depend on threads. */
 #ifndef GC_LOOP_PARALLEL_WORK
 #define GC_LOOP_PARALLEL_WORK 32768L
 #endif
@@ -39,8 +37,7 @@ typedef float gc_real;
 #endif
 #if defined(_OPENMP) && GC_MAX_THREADS > 1
 #include <omp.h>
-/* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS (a macro: a model with no such loop
-   leaves it unused without a warning) */
+/* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS (a macro: unused without a warning) */
 #define gc_loop_threads() (omp_get_max_threads() < GC_MAX_THREADS ? omp_get_max_threads() : GC_MAX_THREADS)
 #define GC_PRAGMA(text) _Pragma(#text)
 #define GC_PARALLEL_LOOP(work) \
@@ -60,21 +57,16 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 #define gc_gemm_ex(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, ep) \
     gc_gemm_ex_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, ep)
 
-/* ------------------------------------------------------------------------
- * Workspace
- * ------------------------------------------------------------------------ */
-
-/* Elements of gc_real the GEMM packing buffers take at the start of the workspace at batch n:
-   the most any product below packs at batch n (mlp.h's mlp_PACK_ELEMS, computed from
-   their shapes as gc_gemm_pack_elems_f does; 0 where none packs, as at n = 1). */
+/* ---- Workspace: the GEMMs' packing buffers, then the planned arena ---- */
+/* Elements of packing at batch n: the most any product below packs (mlp_PACK_ELEMS of
+   mlp.h, from their shapes as gc_gemm_pack_elems_f computes it; 0 at n = 1). */
 #define GC_PACK_ELEMS(n) mlp_PACK_ELEMS((size_t)(n), (size_t)GC_MAX_THREADS)
 
 /* Horner's rule for c[0] + c[1] n + ...; returns 0 (and leaves *out) if it overflows. */
 static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
 {
     size_t acc = 0;
-    int i;
-    for (i = terms - 1; i >= 0; --i) {
+    for (int i = terms - 1; i >= 0; --i) {
         if (n != 0 && acc > (SIZE_MAX - c[i]) / n) {
             return 0;
         }
@@ -84,9 +76,8 @@ static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
     return 1;
 }
 
-/* The bytes of workspace at batch n (0: invalid n or overflow): mlp.h's
- * mlp_WORKSPACE_BYTES(n), checked for overflow. Static, and called by that name inside the
- * functions below, where an argument may be named like NAME_workspace_size. */
+/* mlp_WORKSPACE_BYTES(n) checked for overflow (0: invalid n, or overflow); static, as the
+ * functions below call it where an argument may be named like NAME_workspace_size. */
 static size_t gc_workspace_bytes(long n)
 {
     static const size_t arena[] = { 11392, 288 };  /* planned peak, elements */
