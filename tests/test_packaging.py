@@ -70,3 +70,23 @@ def test_import_graphc_loads_neither_autodiff_nor_onnx_import_until_called():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[] True"
+
+
+def test_compiled_templates_are_kept_in_the_cache_and_a_broken_one_is_skipped(tmp_path):
+    """A new process renders with the templates compiled by an earlier one (cache_root()/jinja); an
+    entry that is garbage, or a cache folder that cannot be written, only costs a recompile."""
+    code = ("import graphc; from graphc.backend.codegen import generate; "
+            "g = graphc.load(%r); print(len(generate(g, *g.grad_spec).source))") % str(ROOT / "examples" / "one_layer.toml")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), GRAPHC_CACHE_DIR=str(tmp_path / "cache"))
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    entries = sorted((tmp_path / "cache" / "jinja").iterdir())
+    assert entries, "no compiled template was kept"
+    for entry in entries:
+        entry.write_bytes(b"garbage")
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+    (tmp_path / "ro").write_text("a file where the cache folder should be")
+    blocked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(env, GRAPHC_CACHE_DIR=str(tmp_path / "ro")))
+    assert blocked.returncode == 0 and blocked.stdout == first.stdout, blocked.stderr

@@ -10,6 +10,7 @@ from typing import Any
 import jinja2
 
 from graphc.core.errors import GraphcError
+from graphc.core.paths import cache_root
 
 
 def templates_dir() -> Path:
@@ -39,12 +40,40 @@ MCU_FILES = ("startup.c", "mps2_an386.ld")   # what `graphc emit` copies into DI
 _ENV: jinja2.Environment | None = None
 
 
+class _TemplateCache(jinja2.FileSystemBytecodeCache):
+    """Compiled templates kept in the build cache (cache_root()/jinja), so that a new process
+    renders without compiling them again (most of a cached model's load time otherwise). Each
+    entry is keyed by its template's text; one that cannot be written or read is skipped, never
+    an error: the template is then compiled as before."""
+
+    def dump_bytecode(self, bucket) -> None:
+        try:
+            super().dump_bytecode(bucket)
+        except OSError:
+            pass
+
+    def load_bytecode(self, bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, EOFError, ValueError, TypeError):
+            bucket.reset()
+
+
+def _template_cache() -> jinja2.BytecodeCache | None:
+    directory = cache_root() / "jinja"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return _TemplateCache(str(directory))
+
+
 def environment() -> jinja2.Environment:
     global _ENV
     if _ENV is None:
         _ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())),
                                   undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                                  keep_trailing_newline=True, autoescape=False)
+                                  keep_trailing_newline=True, autoescape=False, bytecode_cache=_template_cache())
         _ENV.globals["render_kernel"] = render_kernel
     return _ENV
 

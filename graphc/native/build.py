@@ -31,6 +31,7 @@ import cffi
 
 from graphc.core.errors import CompileError
 from graphc.core import version
+from graphc.core.paths import cache_root
 from graphc.native.isa import flags as isa_flags
 
 _LOG_TAIL = 4000               # characters of compiler output quoted in a CompileError
@@ -94,15 +95,6 @@ class _Job:
 
 class _Corrupt(Exception):
     """A cache entry exists but cannot be trusted."""
-
-
-def cache_root() -> Path:
-    """$GRAPHC_CACHE_DIR, else $XDG_CACHE_HOME/graphc, else ~/.cache/graphc."""
-    if os.environ.get("GRAPHC_CACHE_DIR"):
-        return Path(os.environ["GRAPHC_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "graphc"
-    return Path.home() / ".cache" / "graphc"
 
 
 def find_compiler() -> str:
