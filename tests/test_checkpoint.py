@@ -133,9 +133,9 @@ int main(int argc, char **argv)
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
-@pytest.mark.parametrize("kind", ["adam", "sgd"])
-def test_checkpoint_the_emitted_c_reads_what_python_wrote_and_python_reads_what_c_wrote(kind, tmp_path):
-    m = model(kind)
+@pytest.mark.parametrize("kind,dtype", [("adam", "float32"), ("sgd", "float64")])
+def test_checkpoint_the_emitted_c_reads_what_python_wrote_and_python_reads_what_c_wrote(kind, dtype, tmp_path):
+    m = model(kind, dtype)
     files = {p.name for p in m.export(tmp_path, standalone=True)}
     assert {"one_layer_checkpoint.c", "one_layer_checkpoint.h"} <= files
     assert "one_layer_checkpoint.c" in (tmp_path / "Makefile").read_text()
@@ -143,7 +143,7 @@ def test_checkpoint_the_emitted_c_reads_what_python_wrote_and_python_reads_what_
     decls = "\n".join(f"static {t.ctype} {t.cname}[{t.count}];" for t in items)
     args = "".join(f", {t.cname}" for t in items)
     prints = "\n".join(
-        f'    for (size_t i = 0; i < {t.count}; ++i) printf("{t.cname} %.9g\\n", (double){t.cname}[i]);'
+        f'    for (size_t i = 0; i < {t.count}; ++i) printf("{t.cname} {"%.9g" if t.ctype == "float" else "%.17g"}\\n", (double){t.cname}[i]);'
         if t.ctype != "int64_t" else
         f'    for (size_t i = 0; i < {t.count}; ++i) printf("{t.cname} %lld\\n", (long long){t.cname}[i]);'
         for t in items)
@@ -172,11 +172,11 @@ def test_checkpoint_the_emitted_c_reads_what_python_wrote_and_python_reads_what_
     for t in items:
         source = state.params if t.role == "param" else state.buffers
         expected = np.asarray(source[t.key]).ravel()
-        assert np.array_equal(np.array(values[t.cname]).astype(expected.dtype), expected), t.key  # %.9g: exact
+        assert np.array_equal(np.array(values[t.cname]).astype(expected.dtype), expected), t.key  # %.9g/%.17g: exact
     back = m.load_checkpoint(tmp_path / "out.ckpt")
     assert back.step == (2 if "t" in state.buffers else 3)     # Adam's t, not the header's count, resumes
     changed = state.params[items[0].key].ravel().copy()
-    changed[0] += np.float32(1.0)
+    changed[0] += 1.0
     assert np.array_equal(back.params[items[0].key].ravel(), changed)
     for t in items[1:]:
         source, other = (state.params, back.params) if t.role == "param" else (state.buffers, back.buffers)

@@ -82,10 +82,16 @@ def test_compiled_templates_are_kept_in_the_cache_and_a_broken_one_is_skipped(tm
     assert first.returncode == 0, first.stderr
     entries = sorted((tmp_path / "cache" / "jinja").iterdir())
     assert entries, "no compiled template was kept"
+    stamps = {e: e.stat().st_mtime_ns for e in entries}
+    reused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert reused.returncode == 0 and reused.stdout == first.stdout, reused.stderr
+    # loaded, not compiled again: Jinja writes an entry only when it had to compile its template
+    assert {e: e.stat().st_mtime_ns for e in entries} == stamps
     for entry in entries:
         entry.write_bytes(b"garbage")
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+    assert all(e.read_bytes() != b"garbage" for e in entries)        # compiled and written anew
     (tmp_path / "ro").write_text("a file where the cache folder should be")
     blocked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=dict(env, GRAPHC_CACHE_DIR=str(tmp_path / "ro")))

@@ -24,7 +24,7 @@ import numpy as np
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError
 from graphc.core.ir import Graph
 from graphc.frontend.functions import FUNCTIONS
-from graphc.native.training import TrainState
+from graphc.native.training import TrainState, check_fit_counts
 
 _UPDATERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> (companion model, weights)
 
@@ -101,7 +101,7 @@ def train_step(model, state: TrainState, comm, batch: dict, compile_model) -> di
     layout = model.functions["train_step"].train_layout
     outs, grads, rows, error = None, None, 0, None
     try:
-        rows = _rows(model, batch)
+        rows = _rows(layout, batch)
         if rows:
             outs, grads = model.value_and_grad(**batch, **dict(state.params))
     except (GraphcError, ValueError, TypeError) as e:
@@ -111,11 +111,12 @@ def train_step(model, state: TrainState, comm, batch: dict, compile_model) -> di
     if total == 0:
         raise ArgumentError(f"{model.name}_train_step(comm=): no rank passed any rows")
     weight = rows / total if mean else 1.0
-    loss = np.zeros((), dtype=np.float64)
     summed = {}
     for name in layout.wrt:
-        g = np.zeros(model.graph.params[name].shape, dtype=model.dtype) if grads is None else \
-            np.ascontiguousarray(grads[name], dtype=model.dtype) * model.dtype.type(weight)
+        # value_and_grad's gradients are new C-order arrays of the model's dtype: scaled in place
+        g = np.zeros(model.graph.params[name].shape, dtype=model.dtype) if grads is None else grads[name]
+        if weight != 1.0:
+            g *= model.dtype.type(weight)
         comm.Allreduce(MPI.IN_PLACE, g, op=MPI.SUM)
         summed[f"grad_{name}"] = g
     local = 0.0 if outs is None else float(np.asarray(outs[layout.loss])) * weight
@@ -130,14 +131,10 @@ def train_step(model, state: TrainState, comm, batch: dict, compile_model) -> di
     return result
 
 
-def _rows(model, batch: dict) -> int:
-    g = model.graph
-    sym = g.symbolic_dims[0] if g.symbolic_dims else None
-    for name, value in batch.items():
-        v = g.inputs.get(name)
-        if v is not None and sym is not None and v.shape[:1] == (sym,):
-            return int(np.shape(value)[0])
-    return 1
+def _rows(layout, batch: dict) -> int:
+    """This rank's rows: the first dim of a batched input it passed (1 for a model without one)."""
+    name = next((k for k in layout.batched if k in batch), None)
+    return int(np.shape(batch[name])[0]) if name is not None else 1
 
 
 def fit(model, state: TrainState, comm, batch_size: int, epochs: int, seed, data: dict,
@@ -148,10 +145,9 @@ def fit(model, state: TrainState, comm, batch_size: int, epochs: int, seed, data
     are in its shard. Parameters are broadcast from rank 0 first. Returns the global mean loss
     of each epoch."""
     MPI = _mpi()
-    for name, value, lo in (("batch_size", batch_size, 1), ("epochs", epochs, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-            raise ArgumentError(f"fit: {name} must be an integer >= {lo}, got {value!r}")
-    rows = _rows(model, data)
+    check_fit_counts(batch_size=(batch_size, 1), epochs=(epochs, 0))
+    layout = model.functions["train_step"].train_layout
+    rows = _rows(layout, data)
     counts = comm.allgather(rows)
     start = sum(counts[:comm.Get_rank()])
     total = sum(counts)
@@ -165,14 +161,8 @@ def fit(model, state: TrainState, comm, batch_size: int, epochs: int, seed, data
         for begin in range(0, total, batch_size):
             chunk = order[begin:begin + batch_size]
             mine = np.sort(chunk[(chunk >= start) & (chunk < start + rows)]) - start
-            local = {k: (np.asarray(v)[mine] if _batched(model, k) else v) for k, v in data.items()}
+            local = {k: (np.asarray(v)[mine] if k in layout.batched else v) for k, v in data.items()}
             outs = train_step(model, state, comm, local, compile_model)
-            weighted += float(outs[model.functions["train_step"].train_layout.loss]) * len(chunk)
+            weighted += float(outs[layout.loss]) * len(chunk)
         history.append(weighted / total)
     return history
-
-
-def _batched(model, name: str) -> bool:
-    g = model.graph
-    v = g.inputs.get(name)
-    return v is not None and bool(g.symbolic_dims) and v.shape[:1] == (g.symbolic_dims[0],)

@@ -364,9 +364,7 @@ class Trainer:
             raise GraphcError(f"{self.name}: fit needs inputs whose first dim is the batch dim"
                               f"{'' if self._sym else ' (this model has no batch dim)'}",
                               hint="call m.train_step(state, ...) in a loop instead")
-        for name, value, lo in (("batch_size", batch_size, 1), ("epochs", epochs, 0), ("initial_epoch", initial_epoch, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-                raise ArgumentError(f"fit: {name} must be an integer >= {lo}, got {value!r}")
+        check_fit_counts(batch_size=(batch_size, 1), epochs=(epochs, 0), initial_epoch=(initial_epoch, 0))
         cache = self._cache(state)
         env, dims = bind(self.graph, data, self.dtype, need_params=False)
         n_total = batch_rows(self.graph, dims)
@@ -387,7 +385,7 @@ class Trainer:
         with _DeferredInterrupt() as interrupt:
             for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
                 order = rng.permutation(n_total).astype(np.int64)
-                before = _snapshot(state) if stop_on_nonfinite else None
+                before = state.copy() if stop_on_nonfinite else None
                 t0 = time.perf_counter()
                 status = self._cfit(n_total, batch, *data_ptrs, self._ptr(order), *cache.fit_ptrs, loss_ptr, ws)
                 if status != 0:
@@ -411,7 +409,7 @@ class Trainer:
             bar.close()
         return history
 
-    def _find_nonfinite(self, state: TrainState, before: tuple, epoch: int, order: np.ndarray, batch: int,
+    def _find_nonfinite(self, state: TrainState, before: TrainState, epoch: int, order: np.ndarray, batch: int,
                         arrays: list[np.ndarray]) -> None:
         """An epoch ended with a non-finite loss or state: put the state back as it was before the
         epoch, replay the epoch's minibatches one train_step at a time, and raise NonFiniteError at
@@ -421,7 +419,7 @@ class Trainer:
         for start in range(0, len(order), batch):
             rows = order[start:start + batch]
             step = state.step + 1
-            good = _snapshot(state)
+            good = state.copy()
             outs = self.train_step(state, {k: a[rows] for k, a in zip(self._inputs, arrays)})
             bad = [k for k in loss_names if k in outs and not np.isfinite(outs[k]).all()]
             bad += [f"the update of {k}" for k, v in state.params.items() if not np.isfinite(v).all()]
@@ -437,6 +435,13 @@ class Trainer:
         raise NonFiniteError(f"{self.name}_fit: epoch {epoch} ended with a non-finite loss or state, but no "
                              f"single step of its replay did; the state is left as it was before the epoch",
                              epoch=epoch, step=state.step + 1, tensor="the epoch")
+
+
+def check_fit_counts(**values: tuple[Any, int]) -> None:
+    """fit's counts, each name=(value, least): an int (not a bool) of at least `least`."""
+    for name, (value, lo) in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+            raise ArgumentError(f"fit: {name} must be an integer >= {lo}, got {value!r}")
 
 
 class FitInterrupted(KeyboardInterrupt):
@@ -475,20 +480,15 @@ class _DeferredInterrupt:
         return False
 
 
-def _snapshot(state: TrainState) -> tuple:
-    return ({k: v.copy() for k, v in state.params.items()}, {k: v.copy() for k, v in state.buffers.items()},
-            state.step)
-
-
-def _restore(state: TrainState, snap: tuple) -> None:
-    """Copy a _snapshot back in place (the arrays stay the same objects: cached pointers hold)."""
-    params, buffers, step = snap
-    for k, v in params.items():
+def _restore(state: TrainState, snap: TrainState) -> None:
+    """Copy the values of `snap` (a state.copy()) back into `state` in place: its arrays stay the
+    same objects, so the pointers cached for the C calls hold."""
+    for k, v in snap.params.items():
         state.params[k][...] = v
-    for k, v in buffers.items():
+    for k, v in snap.buffers.items():
         state.buffers[k][...] = v
     if "t" not in state.buffers:
-        state.count_sgd_steps(step - state.step)
+        state.count_sgd_steps(snap.step - state.step)
 
 
 def _finite(state: TrainState) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from graphc.core.errors import CheckError, GraphcError
 from graphc.core.version import __version__
+from graphc.native.isa import ISAS
 
 DTYPES = ("float32", "float64")
 
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=DTYPES, default="float32", help=dtype_help)
     s.add_argument("--threads", type=int, default=None, metavar="N",
                    help="most threads a call may use (default: $GRAPHC_NUM_THREADS, else the cores this process may use)")
-    s.add_argument("--isa", choices=("auto", "avx512", "avx2", "neon", "portable"), default=None,
+    s.add_argument("--isa", choices=ISAS, default=None,
                    help="the instruction set of the GEMM kernels (default: $GRAPHC_ISA, else auto: the best the CPU has)")
     s.add_argument("--report", action="store_true",
                    help="also print the memory plan of each C function: buffers, offsets, lifetimes, peak bytes")
@@ -76,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--params", default=None, metavar="NPZ",
                    help="also write NAME_params.c/.h: these trained values (a state.save() file, "
                         "or an .npz of arrays named as the params) as const C arrays")
-    s.add_argument("--isa", choices=("auto", "avx512", "avx2", "neon", "portable"), default=None,
+    s.add_argument("--isa", choices=ISAS, default=None,
                    help="the Makefile's default ISA (make ISA=...), the GEMM kernels the program may run "
                         "(default: $GRAPHC_ISA, else auto)")
     s.add_argument("--amalgamate", action="store_true",
