@@ -333,6 +333,23 @@ GC_KERNELS_API int gc_kernels_isa(void)
     return gc_kernels_isa_now();
 }
 
+static unsigned long gc_mix32(unsigned long h)
+{
+    h &= 0xffffffffUL;
+    h ^= h >> 16;
+    h = (h * 0x7feb352dUL) & 0xffffffffUL;
+    h ^= h >> 15;
+    h = (h * 0x846ca68bUL) & 0xffffffffUL;
+    h ^= h >> 16;
+    return h;
+}
+
+GC_KERNELS_API unsigned long gc_random_bits(unsigned long seed, unsigned long step, unsigned long index)
+{
+    unsigned long key = gc_mix32(((seed & 0xffffffffUL) * 0x9E3779B9UL + gc_mix32(step)) & 0xffffffffUL);
+    return gc_mix32(key ^ (index & 0xffffffffUL));
+}
+
 /* ---------------------------------------------------------------------- */
 /* The GEMM of each element type (part 2, through part 3 and part 4)      */
 /* ---------------------------------------------------------------------- */

@@ -48,6 +48,13 @@ extern "C" {
    0 portable C. */
 GC_KERNELS_API int gc_kernels_isa(void);
 
+/* Dropout's random bits: a counter-based generator, 32 bits of element `index` of the mask of
+ * the dropout keyed `seed` at training step `step`. No state: the same arguments give the same
+ * bits in every program, thread and call (graphc's NumPy reference computes the same ones).
+ * bits = mix(mix(seed * 0x9E3779B9 + mix(step)) ^ index), mix the "lowbias32" integer hash
+ * (h ^= h >> 16; h *= 0x7feb352d; h ^= h >> 15; h *= 0x846ca68b; h ^= h >> 16), all mod 2^32. */
+GC_KERNELS_API unsigned long gc_random_bits(unsigned long seed, unsigned long step, unsigned long index);
+
 /* The epilogue: applied to each final value of C as it is written, in this order:
  * + bias[j], relu (x <= 0 ? 0 : x, so NaN stays NaN), * sgn(mask[i*ldm + j]); then
  * update[i*ldu + j] -= rate * the value (one rounding: an SGD step of a parameter from its

@@ -96,6 +96,36 @@ def _naive_layer_norm(x, weight=None, bias=None, normalized_shape=(), eps=1e-5):
     return out * (1 if weight is None else weight) + (0 if bias is None else bias)
 
 
+def _naive_batch_norm(x, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5):
+    """Channel by channel, over the batch and every position (training: the batch's statistics)."""
+    out = np.empty_like(x)
+    for c in range(x.shape[1]):
+        v = x[:, c]
+        out[:, c] = (v - v.mean()) / np.sqrt(v.var() + eps)
+        out[:, c] = out[:, c] * (1 if weight is None else weight[c]) + (0 if bias is None else bias[c])
+    return out
+
+
+def _lowbias32(h: int) -> int:
+    h &= 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def _naive_dropout_mask(step, shape=(), p=0.5, seed=0):
+    """Element by element, in Python integers: kept (scaled by 1/(1-p)) where the bits >= p 2^32."""
+    key = _lowbias32(seed * 0x9E3779B9 + _lowbias32(int(np.asarray(step).reshape(-1)[0])))
+    flat = [1.0 / (1.0 - p) if _lowbias32(key ^ i) >= int(p * 2 ** 32) else 0.0 for i in range(int(np.prod(shape)))]
+    return np.array(flat).reshape(shape)
+
+
+def _naive_dropout(x, step, p=0.5, seed=0):
+    return x * _naive_dropout_mask(step, x.shape, p, seed)
+
+
 def _pad_expect(x, widths, value):
     out = np.full(tuple(n + a + b for n, (a, b) in zip(x.shape, widths)), value, dtype=float)
     out[tuple(slice(a, a + n) for n, (a, _) in zip(x.shape, widths))] = x
@@ -441,6 +471,24 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "adaptive_avg_pool2d": lambda rng: [
         Case("global", [real(rng, 2, 3, 4, 5)], lambda x, output_size: x.sum(axis=(2, 3))[:, :, None, None] / 20),
     ],
+    "batch_norm": lambda rng: [
+        Case("NCHW affine", [real(rng, 3, 2, 4, 5), real(rng, 2), np.abs(real(rng, 2)) + 0.5, real(rng, 2), real(rng, 2)],
+             _naive_batch_norm),
+        Case("NC plain eps 0.1", [real(rng, 5, 3), real(rng, 3), np.abs(real(rng, 3)) + 0.5], _naive_batch_norm,
+             {"eps": 0.1}),
+        Case("NCL weight only", [real(rng, 2, 3, 6), real(rng, 3), np.abs(real(rng, 3)) + 0.5, real(rng, 3)],
+             _naive_batch_norm, {"momentum": 0.5}),
+    ],
+    "dropout": lambda rng: [
+        Case("p 0.5 step 3", [real(rng, 4, 9), np.array(3.0)], _naive_dropout, {"seed": 0}),
+        Case("p 0.2 seed 7 rank 4", [real(rng, 2, 3, 4, 5), np.array(11.0)], _naive_dropout, {"p": 0.2, "seed": 7}),
+        Case("p 0", [real(rng, 3, 5), np.array(0.0)], _naive_dropout, {"p": 0.0, "seed": 0}),
+    ],
+    "dropout_mask": lambda rng: [
+        # (steps between integers: finite differences of the step see no jump of the mask)
+        Case("step 0", [np.array(0.5)], _naive_dropout_mask, {"shape": (6, 7), "p": 0.5, "seed": 0}),
+        Case("step 5 seed 2", [np.array(5.5)], _naive_dropout_mask, {"shape": (3, 2, 5), "p": 0.3, "seed": 2}),
+    ],
 }
 
 
@@ -463,7 +511,8 @@ def _build(name: str, case: Case):
     args = []
     for i, a in enumerate(case.args):
         dtype = "int32" if a.dtype.kind in "iu" else "float"
-        args.append(g.input(f"a{i}", a.shape, dtype=dtype))
+        declare = g.state if i in REGISTRY[name].state_inputs else g.input   # running statistics, step count
+        args.append(declare(f"a{i}", a.shape, dtype=dtype))
     out = g.apply(name, *args, **case.attrs)
     g.output("out", out)
     return g, out
@@ -544,7 +593,7 @@ def _loss_graph(name: str, case: Case):
     g, out = _build(name, case)
     v = g.input("v", out.shape)
     g.output("L", graphc.sum(out * v))
-    wrt = [f"a{i}" for i, a in enumerate(case.args) if a.dtype.kind == "f"]
+    wrt = [f"a{i}" for i, a in enumerate(case.args) if a.dtype.kind == "f" and f"a{i}" not in g.states]
     return g, wrt
 
 
@@ -571,11 +620,11 @@ def assert_gradient_close(analytic, numeric, what: str, rtol: float = 1e-6):
     assert err < rtol, f"{what}: relative error {err:.2e}\nanalytic\n{analytic}\nnumeric\n{numeric}"
 
 
-def check_grads(g, arrays: dict, wrt: list[str], of: str = "L"):
+def check_grads(g, arrays: dict, wrt: list[str], of: str = "L", rtol: float = 1e-6):
     bwd = graphc.grad(g, of=of, wrt=wrt)
     got = graphc.evaluate(bwd, **arrays)
     for w in wrt:
-        assert_gradient_close(got[f"d_{w}"], finite_difference(g, arrays, w, of), f"d_{w}")
+        assert_gradient_close(got[f"d_{w}"], finite_difference(g, arrays, w, of), f"d_{w}", rtol)
 
 
 @pytest.mark.parametrize("name, case", [c for c in ALL_CASES if any(a.dtype.kind == "f" for a in c.values[1].args)])
@@ -740,6 +789,7 @@ NO_DERIVATIVE = {
     "size": "it depends on a shape, not on values",
     "onehot": "its input is integer labels",
     "equal": "it is piecewise constant",
+    "dropout_mask": "it depends on the step count, not on values",
 }
 
 DIM = st.integers(1, 5)
@@ -1020,7 +1070,25 @@ def _adaptive_space(draw, rng):
     return [real(rng, draw(DIM), draw(DIM), draw(DIM), draw(DIM))], {"output_size": draw(st.sampled_from([1, (1, 1)]))}
 
 
+def _batch_norm_space(draw, rng):
+    rank = draw(st.integers(2, 4))
+    shape = (draw(st.integers(2, 4)),) + tuple(draw(DIM) for _ in range(rank - 1))
+    C = shape[1]
+    args = [real(rng, *shape), real(rng, C), np.abs(real(rng, C)) + 0.5]
+    for _ in range(draw(st.integers(0, 2))):
+        args.append(real(rng, C))
+    # (eps 1e-3 at least: two values per channel at eps 1e-5 leave finite differences ill-conditioned)
+    return args, {"eps": draw(st.sampled_from([1e-3, 0.5])), "momentum": draw(st.sampled_from([0.1, 0.9]))}
+
+
+def _dropout_space(draw, rng):
+    shape = draw(shapes(1, 4))
+    return [real(rng, *shape), np.array(float(draw(st.integers(0, 1000))))], \
+        {"p": draw(st.sampled_from([0.0, 0.1, 0.5, 0.9])), "seed": draw(st.integers(0, 5))}
+
+
 GRAD_SPACES.update({
+    "batch_norm": _batch_norm_space, "dropout": _dropout_space,
     "conv2d": _conv2d_space, "conv1d": _conv1d_space, "im2col": _im2col_space, "col2im": _col2im_space,
     "patch_matmul": _patch_matmul_space, "max": _max_space, "max_pool2d": _pool_space(True),
     "avg_pool2d": _pool_space(False), "adaptive_avg_pool2d": _adaptive_space, "layer_norm": _layer_norm_space,
@@ -1067,7 +1135,12 @@ def _check_drawn(name, data):
     arrays = {f"a{i}": a for i, a in enumerate(case.args)}
     v_seed = data.draw(st.integers(0, 2**32 - 1), label="v seed")
     arrays["v"] = np.random.default_rng(v_seed).standard_normal(g.inputs["v"].shape)
-    check_grads(g, arrays, wrt)
+    check_grads(g, arrays, wrt, rtol=DRAWN_RTOL.get(name, 1e-6))
+
+
+# batch_norm over a channel of 2-3 values: the third derivative grows as 1/σ³, and central
+# differences of step 1e-6 lose a few more digits than elsewhere
+DRAWN_RTOL = {"batch_norm": 1e-5}
 
 
 @GRAD_SETTINGS

@@ -30,10 +30,11 @@ from graphc.ops import REGISTRY
 
 DIMS = {"N": None, "D": 4, "K": 3, "V": 7}
 BATCH = 3
-REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",),
+REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",), "s": (),
         "img": ("N", 2, 5, 4), "seq": ("N", 2, 6), "pat": ("N", 5, 4, 18)}      # NCHW, NCL, patch rows
 LABELS = {"y": ("N",), "ids": ("N",)}      # below K (classes) and V (table rows)
-PARAMS = {"W": ("D", "K"), "E": ("V", "D"), "ker": (3, 2, 3, 3), "kb": (3,), "k1": (3, 2, 3), "w2": (3, 18)}
+PARAMS = {"W": ("D", "K"), "E": ("V", "D"), "ker": (3, 2, 3, 3), "kb": (3,), "k1": (3, 2, 3), "w2": (3, 18), "gam": (2,)}
+STATE = {"rm": (2,), "rv": (2,)}          # running statistics of img's 2 channels
 
 SPEC_HEAD = """name = "ex"
 [dims]
@@ -46,6 +47,7 @@ x = ["N", "D"]
 u = ["N", "D"]
 p = ["N", "K"]
 b = ["D"]
+s = []
 img = ["N", 2, 5, 4]
 seq = ["N", 2, 6]
 pat = ["N", 5, 4, 18]
@@ -58,6 +60,10 @@ ker = [3, 2, 3, 3]
 kb = [3]
 k1 = [3, 2, 3]
 w2 = [3, 18]
+gam = [2]
+[state]
+rm = [2]
+rv = [2]
 """
 
 # (op, inputs, attrs, spec form or None where the spec language cannot write it, text, LaTeX)
@@ -144,6 +150,12 @@ EXAMPLES = [
      r"\operatorname{avg\_pool2d}(\mathrm{img})"),
     ("adaptive_avg_pool2d", ("img",), {"output_size": 1}, "adaptive_avg_pool2d(img)", "adaptive_avg_pool2d(img)",
      r"\operatorname{adaptive\_avg\_pool2d}(\mathrm{img})"),
+    ("batch_norm", ("img", "rm", "rv", "gam", "gam"), {}, "batch_norm(img, rm, rv, gam, gam)", "batch_norm(img, rm, rv, gam, gam)",
+     r"\operatorname{batch\_norm}(\mathrm{img}, \mathrm{rm}, \mathrm{rv}, \mathrm{gam}, \mathrm{gam})"),
+    ("batch_norm", ("img", "rm", "rv"), {"momentum": 0.5}, "batch_norm(img, rm, rv, momentum=0.5)", "batch_norm(img, rm, rv)",
+     r"\operatorname{batch\_norm}(\mathrm{img}, \mathrm{rm}, \mathrm{rv})"),
+    ("dropout", ("x",), {"p": 0.25}, "dropout(x, 0.25, seed=0)", "dropout(x)", r"\operatorname{dropout}(x)"),
+    ("dropout_mask", ("s",), {"shape": (3, 4), "p": 0.5, "seed": 0}, None, "mask()", r"\operatorname{mask}()"),
 ]
 IDS = [f"{e[0]}-{i}" for i, e in enumerate(EXAMPLES)]
 FIRST = {}                                   # one example per op, for the checks that need one node
@@ -160,6 +172,8 @@ def example(name, ins, attrs):
         g.input(n, shape, "int32")
     for n, shape in PARAMS.items():
         g.param(n, shape)
+    for n, shape in STATE.items():
+        g.state(n, shape)
     return g, g.apply(name, *[g.values[i] for i in ins], **attrs)
 
 
@@ -234,7 +248,8 @@ def test_op_notation_in_the_notes(name, ins, attrs, spec, text, latex):
 
 
 # Which ops set explain's flags; a record that lost one changes the derivations' text.
-LEAFY = {"const", "size", "onehot", "softmax", "log_softmax", "sign", "transpose", "reshape", "broadcast_to", "equal"}
+LEAFY = {"const", "size", "onehot", "softmax", "log_softmax", "sign", "transpose", "reshape", "broadcast_to", "equal",
+         "dropout_mask"}
 SEE_THROUGH = {"broadcast_to", "reshape"}
 NOT_SHOWN_BY_NAME = {"softmax", "const"}
 

@@ -112,6 +112,9 @@ def _resolve_wrt(g: Graph, wrt: Sequence[str]) -> list[Value]:
             v = _lookup(g, name, "wrt")  # raises with a suggestion when unknown
             raise GradientError(f"grad: wrt must name inputs or params; {name!r} is a computed value ({v.node.op.name})")
         v = g.values[name]
+        if name in g.states:
+            raise GradientError(f"grad: {name!r} is model state (updated by train_step, e.g. a running "
+                                f"statistic), not a trained param", hint=f"the trainable params are {', '.join(g.trainable())}")
         if v.dtype != FLOAT:
             raise GradientError(f"grad: {name!r} is {v.dtype} (labels or ids) and has no gradient")
         out.append(v)

@@ -107,9 +107,10 @@ class Emitter:
 
     def add_function(self, name: str, doc: str, g: Graph, outputs: dict[str, tuple[str, Value]],
                      extra_args: list[Arg] = (), updated: set[str] = frozenset(), lowered: Graph | None = None,
-                     updates=None) -> Function:
+                     updates=None, writes: dict[str, str] | None = None) -> Function:
         """A C function computing `outputs` (C name -> (role, value)) of graph g into caller buffers
-        (`lowered`: g already lowered; `updates`: the optimizer's records of a train step)."""
+        (`lowered`: g already lowered; `updates`: the optimizer's records of a train step;
+        `writes`: param name -> the output of g copied over it last, the model state's update)."""
         low = lower(g) if lowered is None else lowered
         remap = {}
         for cname, (role, v) in outputs.items():
@@ -119,7 +120,8 @@ class Emitter:
                  for k, v in low.params.items()]
         args += [self.arg(c, role, v, False) for c, (role, v) in remap.items()]
         args += list(extra_args)
-        sched = schedule(low, {c: v for c, (_, v) in remap.items()}, updates)
+        sched = schedule(low, {c: v for c, (_, v) in remap.items()}, updates,
+                         {c_name(k): low.outputs[out] for k, out in (writes or {}).items()})
         f = Function(name, doc, f"{name}: {doc}", args, sched, dim_text=self.dim_text)
         self.functions.append(f)
         return f
@@ -181,18 +183,21 @@ def inputs_needed(graph: Graph) -> dict[str, set[str]]:
 
 
 def prediction_graph(graph: Graph) -> Graph | None:
-    """The forward graph without the inputs some outputs do not need (labels, targets), keeping
-    the outputs that need none of them; None when every output needs every input, or none is left.
+    """The graph in inference (autodiff/modes.py: batch_norm by its running statistics, dropout
+    the identity) without the inputs some outputs do not need (labels, targets), keeping the
+    outputs that need none of them; None when that is the forward graph itself or no output is left.
 
     For the notes' network: probs = softmax(theta) needs x but not the labels y, which only the
     loss reads, so `predict` computes probs from x and the params alone."""
+    from graphc.autodiff.modes import has_modes, inference_graph
     from graphc.passes.simplify import dce
-    needed = inputs_needed(graph)
-    optional = {k for k in graph.inputs if any(k not in used for used in needed.values())}
+    source = inference_graph(graph)
+    needed = inputs_needed(source)
+    optional = {k for k in source.inputs if any(k not in used for used in needed.values())}
     keep = [k for k, used in needed.items() if not used & optional]
-    if not optional or not keep:
+    if not keep or not (optional or has_modes(graph)):
         return None
-    g, _ = graph.copy()
+    g, _ = source.copy()
     g.outputs = {k: g.outputs[k] for k in keep}
     dce(g)
     for k in optional:
@@ -206,12 +211,15 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
     """Render the model's C: forward (and predict, the outputs that need no labels or targets),
     and value_and_grad (and train_step) when wrt is given."""
     from graphc.autodiff.grad import grad
+    from graphc.autodiff.modes import has_modes
     em = Emitter(graph, dtype, threads)
     em.add_function("forward", "the forward outputs", graph, output_args(graph))
     predict = prediction_graph(graph)
     if predict is not None:
         dropped = ", ".join(k for k in graph.inputs if k not in predict.inputs)
-        em.add_function("predict", f"the outputs that need no {dropped}: {', '.join(predict.outputs)}",
+        what = f"the outputs that need no {dropped}: {', '.join(predict.outputs)}" if dropped else \
+            f"the outputs {', '.join(predict.outputs)}"
+        em.add_function("predict", what + (" in inference (running statistics, no dropout)" if has_modes(graph) else ""),
                         predict, output_args(predict))
     bwd, grad_names = None, {}
     if wrt:

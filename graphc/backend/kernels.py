@@ -133,6 +133,7 @@ def collapse(loop: Loop, names: dict[int, str] | None = None) -> Nest:
         targets.append(k)
         loads = {f"L{j}": c_element(ld.array, index(k + 1 + j)) for j, ld in enumerate(st.loads)}
         loads["COL"] = LOOP_VARS[len(merged) - 1] if uses_col else "0"
+        loads["IDX"] = index(k)      # the target's element index (dropout's mask: the flat index)
         target, value = c_element(st.target, index(k)), st.value.format(**loads)
         if st.combine:
             body.append(dict(target=target, op="=", value=st.combine.replace("{T}", target).replace("{V}", value)))

@@ -35,8 +35,11 @@ class Scheduler(Fusion):
     updates in the IR) comes with its optimizer's records (`updates`): the gradients are computed
     into the workspace, the update nodes get no kernel of their own, and the records run last."""
 
-    def __init__(self, g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None):
-        super().__init__(g, outputs, keep=[pu.grad for pu in updates.params] if updates else ())
+    def __init__(self, g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None,
+                 writes: dict[str, Value] | None = None):
+        self.writes = dict(writes or {})
+        super().__init__(g, outputs, keep=(tuple(pu.grad for pu in updates.params) if updates else ())
+                         + tuple(v for v in self.writes.values() if v.node is not None))
         self.updates = updates
 
     # ---------------------------------------------------------------- names
@@ -383,6 +386,13 @@ class Scheduler(Fusion):
                 steps.append(self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), self.static_expr(v), [],
                                        f"{v.name} = {self.static_expr(v)}", [v]))
         steps = self.join_gathers(self.merge_reductions(steps))
+        # the model state's new values (a train step's running statistics), copied over the old
+        # ones last, when no kernel reads them any more
+        for cname, v in self.writes.items():
+            if v.node is not None:
+                loads = [Load(self.ref(v), tuple(contiguous_strides(v.shape)), (0,), v)]
+                steps.append(self.loop(v.shape, cname, contiguous_strides(v.shape), c_load(0), loads,
+                                       f"{cname} = {v.name}", []))
         if self.updates is not None:
             steps, fused = sgd_in_gemm(steps, self.updates)
             steps = [self.unstored(st) for st in steps]
@@ -429,8 +439,9 @@ class Scheduler(Fusion):
         return [(self.ref(y), c_poly(numel(y.shape)), str(b)) for y, b in bounds.items()]
 
 
-def schedule(g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None) -> Schedule:
-    return Scheduler(g, outputs, updates).run()
+def schedule(g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None,
+             writes: dict[str, Value] | None = None) -> Schedule:
+    return Scheduler(g, outputs, updates, writes).run()
 
 
 __all__ = ["schedule", "Schedule", "Scheduler"]

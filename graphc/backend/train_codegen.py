@@ -91,7 +91,7 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
     # params and the state in place, and the gradients live in the workspace until then.
     tg = train_graph(fwd, grad_of, params, optimizer)
     low = lower(tg)
-    state_inputs = {tg.updates[key][0] for key in tg.updates if key not in params}
+    state_inputs = {tg.updates[key][0] for key in tg.updates if key not in params and key not in tg.states}
 
     # state arguments: names no argument, buffer or value of the function has
     taken = {c_name(k) for k in list(low.values) + list(low.outputs) if k not in state_inputs}
@@ -151,7 +151,11 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
 
     doc = (f"one training step of {describe(optimizer)}: the outputs, the gradients of the loss {grad_of} "
            f"with respect to {', '.join(params)} (in the workspace), then {', '.join(params)} updated in place")
-    f = em.add_function("train_step", doc, tg, output_args(fwd), updated=set(params), lowered=low, updates=plan)
+    states = {k: tg.updates[k][1] for k in tg.states if k in tg.updates}    # state -> its new value's output
+    if states:
+        doc += f"; the model state {', '.join(states)} updated in place"
+    f = em.add_function("train_step", doc, tg, output_args(fwd), updated=set(params) | set(states), lowered=low,
+                        updates=plan, writes=states)
     inputs = [a for a in f.args if a.role == "input" and a.value.name not in state_inputs]
     pargs = [a for a in f.args if a.role in ("param", "param*")]
     out_args = [a for a in f.args if a.role == "output"]

@@ -200,6 +200,10 @@ class Graph:
         self.dims: dict[str, int | None] = dict(dims or {})   # None marks a symbolic dim
         self.inputs: dict[str, Value] = {}
         self.params: dict[str, Value] = {}
+        # model state (batch_norm's running statistics, dropout's step count): values kept among
+        # the params (every call takes them, checkpoints and the emitted C carry them) that no
+        # gradient trains; train_step updates them by their ops' `state_updates`
+        self.states: dict[str, Value] = {}
         self.nodes: list[Node] = []
         self.outputs: dict[str, Value] = {}
         self.values: dict[str, Value] = {}
@@ -289,6 +293,20 @@ class Graph:
             raise DTypeError(f"param {name!r} must be real (float), got {v.dtype}")
         return v
 
+    def state(self, name: str, shape, dtype: str = FLOAT, init: str | None = None) -> Value:
+        """Model state: a real value of fixed shape that train_step updates and no gradient
+        trains (a batch_norm's running mean or variance). It sits among the params; `init`
+        (e.g. "ones") is its initial value for init_params, else the op using it decides."""
+        v = self.param(name, shape, dtype)
+        self.states[name] = v
+        if init is not None:
+            self.param_init[name] = init
+        return v
+
+    def trainable(self) -> list[str]:
+        """The params a gradient may train: every param but the state."""
+        return [k for k in self.params if k not in self.states]
+
     def const(self, value: float) -> Value:
         try:
             number = float(value)
@@ -347,6 +365,12 @@ class Graph:
         vals = tuple(self.lift(x) for x in inputs)
         origin = self._origin_stack[-1] if self._origin_stack else Origin()
         try:
+            vals, attrs = op.bind(self, vals, attrs)
+            for i in op.state_inputs:
+                if i < len(vals) and vals[i].name not in self.states:
+                    raise SpecError(f"argument {i + 1} ({vals[i].name}) must be model state, declared under [state] "
+                                    f"(graph.state(...)), not {'a ' + vals[i].kind if vals[i].kind != 'node' else 'a computed value'}",
+                                    hint="running statistics are updated by train_step, not trained")
             attrs = op.check_attrs(vals, attrs)
             t = op.shape(*[v.type for v in vals], **attrs)
         except ShapeError as e:
@@ -395,6 +419,7 @@ class Graph:
             nv.temporary, nv.spec_text = n.output.temporary, n.output.spec_text
             vmap[n.output] = nv
         g.outputs = {k: vmap[v] for k, v in self.outputs.items()}
+        g.states = {k: g.params[k] for k in self.states if k in g.params}
         g._counter = self._counter
         g.grad_spec, g.param_init, g.source_file = self.grad_spec, dict(self.param_init), self.source_file
         g.adjoints = {vmap[v]: vmap[d] for v, d in self.adjoints.items() if v in vmap and d in vmap}
@@ -453,7 +478,8 @@ class Graph:
             lines.append("  dims    " + ", ".join(f"{k}={'batch' if v is None else v}" for k, v in self.dims.items()))
         for kind, table in (("input", self.inputs), ("param", self.params)):
             for v in table.values():
-                lines.append(f"  {kind:<7} {v.name:<10} {self._value_line(v)}")
+                label = "state" if v.name in self.states else kind
+                lines.append(f"  {label:<7} {v.name:<10} {self._value_line(v)}")
         width = max([len(n.output.name) for n in self.nodes] + [8])
         calls = [self._node_call(n, width) for n in self.nodes]
         shapes = [self._value_line(n.output) for n in self.nodes]

@@ -129,6 +129,25 @@ class OpDef:
                 inputs.append(bound[k])
         return inputs, {k: v for k, v in bound.items() if k not in self.input_names}
 
+    # ---- model state and modes (batch_norm's running statistics, dropout's step count)
+    state_inputs: tuple[int, ...] = ()   # input positions that must be model state (Graph.states)
+    input_init: dict[int, str] = {}      # init scheme of a param or state given at position i, unless it has its own
+
+    def bind(self, graph, inputs: tuple, attrs: dict) -> tuple[tuple, dict]:
+        """(inputs, attrs) of a new node before they are checked: an op may add an input the
+        spec does not write (dropout's step count, a state value of the graph)."""
+        return inputs, attrs
+
+    def inference(self, b, node):
+        """This node's value in inference (NAME_predict): batch_norm with its running statistics,
+        dropout as the identity; None: the same as in training."""
+        return None
+
+    def state_updates(self, b, node) -> dict:
+        """{input position: its new value} for the state inputs a train step updates (batch_norm's
+        running mean and variance, dropout's step count); built with `b` like a VJP."""
+        return {}
+
     def accepts_float_at(self, i: int) -> bool:
         return False
 

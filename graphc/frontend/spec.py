@@ -19,7 +19,7 @@ from graphc.core.ir import Graph, Origin, Value, subscript
 from graphc.core.opdef import unknown_op_hint
 from graphc.ops import REGISTRY
 
-SECTIONS = ("name", "dims", "inputs", "params", "graph", "outputs", "grad")
+SECTIONS = ("name", "dims", "inputs", "params", "state", "graph", "outputs", "grad")
 SYMBOLIC = ("batch", "symbolic")
 MAX_EXPRESSION = 20_000
 _BINOPS = {ast.MatMult: "matmul", ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
@@ -143,7 +143,7 @@ class _Builder:
         g = self._guard(lambda: Graph(name, dims), self.src.loc("", "name"))
         g.source_file = self.src.file
         g.param_init = {}
-        for section, declare in (("inputs", g.input), ("params", g.param)):
+        for section, declare in (("inputs", g.input), ("params", g.param), ("state", g.state)):
             for key, decl in self.table(section).items():
                 loc = self.src.loc(section, key)
                 shape, dtype, init = self._declaration(section, key, decl, loc)
@@ -433,6 +433,9 @@ class _Builder:
             raise SpecError(f"[grad] of = {of!r} is not an output or value", self.src.loc("grad", "of"),
                             hint=f"did you mean {close[0]!r}?" if close else None)
         for w in wrt:
+            if w in g.states:
+                raise SpecError(f"[grad] wrt names {w!r}, which is model state (updated by train_step, not trained)",
+                                self.src.loc("grad", "wrt"), hint=f"the trainable params are {', '.join(g.trainable())}")
             if w not in g.params and w not in g.inputs:
                 close = difflib.get_close_matches(w, list(g.params) + list(g.inputs), n=1)
                 raise SpecError(f"[grad] wrt names {w!r}, which is not a param or input", self.src.loc("grad", "wrt"),

@@ -81,11 +81,13 @@ def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
     for k, v in graph.inputs.items():
         lines.append(f"{k} = " + (_toml_shape(v.shape) if v.dtype == FLOAT else
                                   f"{{ shape = {_toml_shape(v.shape)}, dtype = {json.dumps(v.dtype)} }}"))
-    lines += ["", "[params]"]
-    for k, v in graph.params.items():
-        init = graph.param_init.get(k)
-        lines.append(f"{k} = " + (_toml_shape(v.shape) if init is None else
-                                  f"{{ shape = {_toml_shape(v.shape)}, init = {json.dumps(init)} }}"))
+    for section, names in (("params", graph.trainable()), ("state", list(graph.states))):
+        if section == "params" or names:
+            lines += ["", f"[{section}]"]
+        for k in names:
+            v, init = graph.params[k], graph.param_init.get(k)
+            lines.append(f"{k} = " + (_toml_shape(v.shape) if init is None else
+                                      f"{{ shape = {_toml_shape(v.shape)}, init = {json.dumps(init)} }}"))
     lines += ["", "[graph]"]
     lines += [f"{named[n.output]} = {json.dumps(node_text(n)[0])}" for n in graph.nodes if n.output in named]
     lines += ["", "[outputs]"]

@@ -30,6 +30,7 @@ from graphc.native.training import TrainState, Trainer
 from graphc.backend.codegen import CSource, generate
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
 from graphc.core.ir import FLOAT, Graph
+from graphc.autodiff.modes import has_modes
 from graphc.ops.loss import check_labels
 
 def default_threads() -> int:
@@ -67,6 +68,7 @@ class CompiledModel:
         predict = csrc.predict_graph
         self._predict_inputs = frozenset(predict.inputs) if predict is not None else None
         self._n_arguments = len(self.graph.inputs) + len(self.graph.params)
+        self._modes = predict is not None and has_modes(self.graph)
         # last: a Trainer reads the attributes above (and keeps no reference to the model)
         self.trainer: Trainer | None = Trainer(self) if "train_step" in self.functions else None
 
@@ -175,8 +177,25 @@ class CompiledModel:
         if self._predict_inputs is not None and len(arrays) < self._n_arguments:
             missing = [k for k in self.graph.inputs if k not in arrays]
             if missing and all(k not in self._predict_inputs for k in missing):
+                if self._modes:
+                    raise ArgumentError(f"{self.name}.forward: {', '.join(missing)} not given; forward is the "
+                                        f"training-mode pass (batch statistics, dropout) and takes every input",
+                                        hint=f"m.predict({', '.join(sorted(self._predict_inputs))}, params...) runs "
+                                             f"inference (running statistics, no dropout)")
                 return self._results["predict"][0](self.call("predict", arrays))
         return self._results["forward"][0](self.call("forward", arrays))
+
+    def predict(self, **arrays) -> dict[str, np.ndarray]:
+        """Inference: the outputs that need no labels or targets, by the C function NAME_predict,
+        with batch_norm by its running statistics and dropout the identity. Inputs only the other
+        outputs need (labels) may be given and are left out. A model with neither such inputs
+        nor such ops predicts what forward computes."""
+        if "predict" not in self.functions:
+            return self.forward(**arrays)
+        extra = [k for k in arrays if k in self.graph.inputs and k not in self._predict_inputs]
+        for k in extra:
+            arrays = {a: v for a, v in arrays.items() if a != k}
+        return self._results["predict"][0](self.call("predict", arrays))
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(outputs, gradients); gradients are keyed by the wrt names, each in its parameter's shape."""
@@ -318,7 +337,7 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
         else:
             raise GraphcError("compile: wrt is given but grad_of is not", hint="name the scalar loss: grad_of='loss'")
     elif grad_of is not None and wrt is None:
-        wrt = list(graph.params)
+        wrt = graph.trainable()
     if optimizer is not None and not wrt:
         raise GraphcError("compile: an optimizer needs gradients", hint="pass grad_of= and wrt=")
     if isinstance(dtype, type) or isinstance(dtype, np.dtype):

@@ -497,7 +497,18 @@ def _finite(state: TrainState) -> bool:
 
 
 # ====================================================================== initialisation
-SCHEMES = ("xavier", "he", "normal", "zeros")
+SCHEMES = ("xavier", "he", "normal", "zeros", "ones")
+
+
+def _usage_init(graph: Graph) -> dict[str, str]:
+    """The scheme each param gets from the op reading it (OpDef.input_init), for a param whose
+    spec says none: a norm's weight and a running variance start at ones."""
+    out: dict[str, str] = {}
+    for n in graph.nodes:
+        for i, scheme in n.op.input_init.items():
+            if i < len(n.inputs) and n.inputs[i].node is None:
+                out.setdefault(n.inputs[i].name, scheme)
+    return out
 
 
 def _fans(shape: tuple) -> tuple[int, int]:
@@ -512,8 +523,8 @@ def _fans(shape: tuple) -> tuple[int, int]:
 
 def _init_one(rng: np.random.Generator, scheme: str, shape: tuple) -> np.ndarray:
     fan_in, fan_out = _fans(shape)
-    if scheme == "zeros":
-        return np.zeros(shape)
+    if scheme in ("zeros", "ones"):
+        return np.zeros(shape) if scheme == "zeros" else np.ones(shape)
     if scheme == "xavier":      # Glorot uniform: U(-a, a), a = sqrt(6 / (fan_in + fan_out))
         a = math.sqrt(6.0 / (fan_in + fan_out))
         return rng.uniform(-a, a, size=shape)
@@ -530,10 +541,12 @@ def init_params(graph: Graph | str | Path, seed: int | None = 0,
     (train_state casts them). The values do not depend on dtype but for its rounding.
 
     Schemes: "xavier" (Glorot uniform, U(+-sqrt(6/(fan_in+fan_out)))), "he" (Kaiming normal,
-    N(0, 2/fan_in)), "normal" (N(0, 0.1^2)), "zeros"; fan_in is the last dim of a [out, in]
-    matrix. Each param's scheme: scheme[name] when scheme is a dict naming it; else `scheme`
-    when it is a string and the param has 2+ dims; else the spec's `init = ...`; else zeros
-    for biases (fewer than 2 dims) and xavier for matrices."""
+    N(0, 2/fan_in)), "normal" (N(0, 0.1^2)), "zeros", "ones"; fan_in is the last dim of a
+    [out, in] matrix (times the kernel size of a convolution weight). Each param's scheme:
+    scheme[name] when scheme is a dict naming it; else `scheme` when it is a string and the
+    param has 2+ dims; else the spec's `init = ...`; else what the op reading it asks (ones for
+    a norm's weight and a running variance, as torch); else zeros for biases (fewer than 2
+    dims) and xavier for matrices. Model state (running statistics) is among the params."""
     if hasattr(graph, "graph") and isinstance(getattr(graph, "graph"), Graph):
         dtype = getattr(graph, "dtype", None) if dtype is None else dtype
         graph = graph.graph
@@ -553,11 +566,11 @@ def init_params(graph: Graph | str | Path, seed: int | None = 0,
         if s not in SCHEMES:
             raise ArgumentError(f"init_params: unknown scheme {s!r}", hint=f"use one of {', '.join(SCHEMES)}")
     rng = np.random.default_rng(seed)
-    out = {}
+    out, usage = {}, _usage_init(graph)
     for name, v in graph.params.items():
         shape = tuple(int(d) for d in v.shape)
         s = per.get(name) or (scheme if isinstance(scheme, str) and len(shape) >= 2 else None) \
-            or graph.param_init.get(name) or ("xavier" if len(shape) >= 2 else "zeros")
+            or graph.param_init.get(name) or usage.get(name) or ("xavier" if len(shape) >= 2 else "zeros")
         if s not in SCHEMES:
             raise ArgumentError(f"init_params: param {name!r} asks for unknown scheme {s!r}",
                                 hint=f"use one of {', '.join(SCHEMES)}")

@@ -1,8 +1,9 @@
-"""Normalization: layer_norm, with torch.nn.functional's arguments.
+"""Normalization: layer_norm and batch_norm, with torch.nn.functional's arguments.
 
-Its VJP is the closed form a person writes (not the chain through mean, variance and square
+Their VJP is the closed form a person writes (not the chain through mean, variance and square
 root): with x̂ = (x − μ)/σ and g = δ ∘ weight, dJ/dx = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / σ,
-each mean over the normalized axes.
+each mean over the normalized axes (layer_norm: the last axes of each row; batch_norm: every
+axis but the channels).
 """
 from __future__ import annotations
 
@@ -13,6 +14,20 @@ import numpy as np
 from graphc.core.errors import ShapeError, SpecError
 from graphc.core.ir import TensorType
 from graphc.core.opdef import OpDef, register, require_float
+
+
+def _check_eps(eps) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or not math.isfinite(eps):
+        raise SpecError(f"eps must be a positive number, got {eps!r}")
+
+
+def _closed_form_dx(b, d, x, axes, eps, weight):
+    """dJ/dx = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / σ with g = δ ∘ weight (identities (4) and (3):
+    every mean passes δ back to each element it reads); also returns x̂."""
+    xhat, rstd = _standardized(b, x, axes, eps)
+    g = b.mul(d, weight) if weight is not None else d
+    mean = lambda v: b.apply("mean", v, axis=axes, keepdims=True)  # noqa: E731
+    return b.mul(b.sub(b.sub(g, mean(g)), b.mul(xhat, mean(b.mul(g, xhat)))), rstd), xhat
 
 
 def _standardized(b, x, axes, eps):
@@ -40,6 +55,7 @@ class LayerNorm(OpDef):
     tuple_attrs = ("normalized_shape",)
     positional = ("input", "normalized_shape", "weight", "bias", "eps")
     input_names = ("input", "weight", "bias")
+    input_init = {1: "ones", 2: "zeros"}
     identity = "3,4"
 
     def check_attrs(self, inputs, attrs):
@@ -60,8 +76,7 @@ class LayerNorm(OpDef):
         for name, t in (("weight", weight), ("bias", bias)):
             if t is not None and t.shape != tuple(normalized_shape):
                 raise ShapeError(f"{name} must have shape {tuple(normalized_shape)}, got {t.shape}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0 or not math.isfinite(eps):
-            raise SpecError(f"eps must be a positive number, got {eps!r}")
+        _check_eps(eps)
         return TensorType(x.shape)
 
     def reference(self, x, weight=None, bias=None, normalized_shape=(), eps=1e-5):
@@ -87,10 +102,7 @@ class LayerNorm(OpDef):
         x, *affine = node.inputs
         axes = self._axes(node)
         with b.because(node, "4"):
-            xhat, rstd = _standardized(b, x, axes, float(node.attrs["eps"]))
-            g = b.mul(d, affine[0]) if affine else d
-            mean = lambda v: b.apply("mean", v, axis=axes, keepdims=True)  # noqa: E731
-            dx = b.mul(b.sub(b.sub(g, mean(g)), b.mul(xhat, mean(b.mul(g, xhat)))), rstd)
+            dx, xhat = _closed_form_dx(b, d, x, axes, float(node.attrs["eps"]), affine[0] if affine else None)
         out = [dx]
         with b.because(node, "3"):
             if affine:
@@ -98,3 +110,110 @@ class LayerNorm(OpDef):
             if len(affine) > 1:
                 out.append(b.apply("sum_to", d, shape=affine[1].shape))
         return out
+
+
+@register
+class BatchNorm(OpDef):
+    """batch_norm(x, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5) as
+    torch.nn.functional, over x [N, C], [N, C, L] or [N, C, H, W] (NCHW): each channel c
+    standardized over every other axis, y = x̂ ∘ weight + bias.
+
+    In training (forward, value_and_grad, train_step, fit) the statistics are the batch's (the
+    variance biased, as torch); train_step then updates the running statistics, which are model
+    state ([state] in the spec): r ← (1 − momentum) r + momentum s, with s the batch mean and the
+    unbiased batch variance. In inference (predict) y = (x − running_mean)/√(running_var + eps) ∘
+    weight + bias.
+
+    Backward, the closed form (as layer_norm's, over the axes N, H, W): with g = δ ∘ weight
+    (identity (4)), dJ/dx = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / σ; dJ/dweight = Σ δ ∘ x̂ and dJ/dbias = Σ δ over
+    N, H, W, identity (3). The running statistics get no gradient."""
+
+    name = "batch_norm"
+    arity = 5
+    optional_inputs = 2
+    attrs = {"momentum": 0.1, "eps": 1e-5}
+    positional = ("input", "running_mean", "running_var", "weight", "bias", "momentum", "eps")
+    input_names = ("input", "running_mean", "running_var", "weight", "bias")
+    state_inputs = (1, 2)
+    input_init = {1: "zeros", 2: "ones", 3: "ones", 4: "zeros"}
+    identity = "3,4"
+
+    def shape(self, x, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5):
+        for t in (x, running_mean, running_var, weight, bias):
+            if t is not None:
+                require_float(t)
+        if not 2 <= x.rank <= 4:
+            raise ShapeError(f"batch_norm takes x of rank 2 to 4 ([N, C], [N, C, L] or [N, C, H, W]), got rank {x.rank}")
+        C = x.shape[1]
+        if isinstance(C, str):
+            raise ShapeError(f"the channel dim (axis 1) of x must be fixed, got {C!r}")
+        for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                        ("bias", bias)):
+            if t is not None and t.shape != (C,):
+                raise ShapeError(f"{name} must have shape ({C},) (the channels of x {x.shape}), got {t.shape}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum <= 1:
+            raise SpecError(f"momentum must be a number in [0, 1], got {momentum!r}")
+        _check_eps(eps)
+        return TensorType(x.shape)
+
+    @staticmethod
+    def _axes(rank: int) -> tuple[int, ...]:
+        return (0,) + tuple(range(2, rank))
+
+    @staticmethod
+    def _channels(b, v, rank: int):
+        """A per-channel vector [C] as [C, 1, ...]: it broadcasts along the axes after C."""
+        return v if rank == 2 else b.apply("reshape", v, shape=v.shape + (1,) * (rank - 2))
+
+    def reference(self, x, running_mean, running_var, weight=None, bias=None, momentum=0.1, eps=1e-5):
+        axes, cshape = self._axes(x.ndim), (-1,) + (1,) * (x.ndim - 2)
+        mu = x.mean(axis=axes, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=axes, keepdims=True)
+        y = (x - mu) / np.sqrt(var + eps)
+        if weight is not None:
+            y = y * weight.reshape(cshape)
+        return y + bias.reshape(cshape) if bias is not None else y
+
+    def lower(self, b, node):
+        x, _rm, _rv, *affine = node.inputs
+        xhat, _ = _standardized(b, x, self._axes(x.rank), float(node.attrs["eps"]))
+        y = b.mul(xhat, self._channels(b, affine[0], x.rank)) if affine else xhat
+        return b.add(y, self._channels(b, affine[1], x.rank)) if len(affine) > 1 else y
+
+    def vjp(self, b, node, d):
+        x, _rm, _rv, *affine = node.inputs
+        axes, rank = self._axes(x.rank), x.rank
+        with b.because(node, "4"):
+            w = self._channels(b, affine[0], rank) if affine else None
+            dx, xhat = _closed_form_dx(b, d, x, axes, float(node.attrs["eps"]), w)
+        out = [dx, None, None]
+        with b.because(node, "3"):
+            for i, t in enumerate(affine):
+                s = b.apply("sum", b.mul(d, xhat) if i == 0 else d, axis=axes)
+                out.append(s)
+        return out
+
+    def inference(self, b, node):
+        x, rm, rv, *affine = node.inputs
+        rank = x.rank
+        scale = b.div(1.0, b.apply("sqrt", b.add(rv, float(node.attrs["eps"]))))
+        if affine:
+            scale = b.mul(scale, affine[0])
+        y = b.mul(b.sub(x, self._channels(b, rm, rank)), self._channels(b, scale, rank))
+        return b.add(y, self._channels(b, affine[1], rank)) if len(affine) > 1 else y
+
+    def state_updates(self, b, node):
+        """The running statistics: r ← (1 − momentum) r + momentum s, s the batch mean and the
+        unbiased batch variance (Σ (x − μ)² / (count − 1), count = the elements per channel; at a
+        count of 1 the biased one, 0, as no spread was seen)."""
+        x, rm, rv = node.inputs[:3]
+        m, axes = float(node.attrs["momentum"]), self._axes(x.rank)
+        mu = b.apply("mean", x, axis=axes, keepdims=True)
+        ss = b.apply("sum", b.apply("square", b.sub(x, mu)), axis=axes)
+        count = b.apply("size", x, axes=axes)
+        denom = b.add(b.sub(count, 1.0), b.apply("equal", count, 1.0))     # count − 1, but 1 when count is 1
+        flat_mu = b.apply("reshape", mu, shape=rm.shape)
+
+        def blend(r, s):
+            return b.add(b.mul(r, 1.0 - m), b.mul(s, m))
+        return {1: blend(rm, flat_mu), 2: blend(rv, b.div(ss, denom))}

@@ -193,7 +193,7 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
     elif wrt is not None and grad_of is None and graph.grad_spec:
         grad_of = graph.grad_spec[0]
     elif grad_of is not None and wrt is None:
-        wrt = list(graph.params)
+        wrt = graph.trainable()
     wrt = list(wrt) if wrt else []
     dtype = np.dtype(dtype).name
     tolerance = rtol if rtol is not None else TOLERANCES[dtype]
