@@ -175,6 +175,11 @@ class OpDef:
         non-negative, summing to 1: cross-entropy's targets); example data is drawn so. []: none."""
         return []
 
+    def positive_inputs(self, node) -> list:
+        """The real inputs this node needs positive (batch_norm's running variance): example data
+        and main.c fill them with values in [1, 2]. []: none."""
+        return []
+
     def spec_text(self, node, arg) -> tuple[str, int]:
         """(text, precedence) of `node` in the spec language, for error messages and hints;
         `arg(v, need)` is an operand's text, parenthesized when it binds looser than `need`.

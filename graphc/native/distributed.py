@@ -47,6 +47,11 @@ def _updater(model, compile_model):
     layout = model.functions["train_step"].train_layout
     if "value_and_grad" not in model.functions:
         raise GraphcError(f"{model.name}: comm= needs value_and_grad", hint="compile with grad_of= and wrt=")
+    if model.graph.states:
+        # the ranks' batch statistics and dropout steps would need a collective of their own
+        raise GraphcError(f"{model.name}: comm= does not train models with state yet "
+                          f"({', '.join(model.graph.states)}: batch_norm's running statistics, dropout's step)",
+                          hint="train it in one process (train_step/fit without comm=)")
     g = Graph(f"{model.name}_mpi_update")
     total = None
     for name in layout.wrt:

@@ -57,6 +57,11 @@ def distribution_inputs(graph: Graph) -> dict[str, int]:
     return out
 
 
+def positive_values(graph: Graph) -> set[str]:
+    """Inputs and params some op needs positive (a running variance): filled in [1, 2]."""
+    return {v.name for node in graph.nodes for v in node.op.positive_inputs(node) if v.node is None}
+
+
 def example_batch(graph: Graph) -> int:
     """The batch size main.c uses: EXAMPLE_BATCH, or 1 for a model without a batch dim."""
     return EXAMPLE_BATCH if graph.symbolic_dims else 1
@@ -72,14 +77,16 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
     """The inputs and params main.c fills, reproduced in NumPy.
 
     Array k (inputs then params, in graph order, k from 0), element i (row-major):
-    real: scale * sin(0.7 i + 1.3 k + 0.5), computed in double then cast, scale INPUT_SCALE
-    for inputs and PARAM_SCALE for params; int32: (3 i + k) % bound (see label_bounds);
+    real: offset + scale * sin(0.7 i + 1.3 k + 0.5), computed in double then cast, scale
+    INPUT_SCALE for inputs and PARAM_SCALE for params, offset 0; for a value an op needs
+    positive (positive_values: a running variance) offset 1.5 and scale 0.5;
+    int32: (3 i + k) % bound (see label_bounds);
     probability rows (distribution_inputs: cross-entropy's real targets): 1.5 + sin(0.7 i +
     1.3 k + 0.5), each row of the last axis divided by its sum (in double), then cast.
     """
     n = example_batch(graph) if n is None else n
     bounds = label_bounds(graph)
-    rows = distribution_inputs(graph)
+    rows, positive = distribution_inputs(graph), positive_values(graph)
     real = np.dtype(dtype)
     out = {}
     for k, (name, v, scale) in enumerate(_filled(graph)):
@@ -91,7 +98,8 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
             raw = (1.5 + np.sin(0.7 * i + 1.3 * k + 0.5)).reshape(-1, rows[name])
             out[name] = (raw / raw.sum(axis=1, keepdims=True)).astype(real).reshape(shape)
         else:
-            out[name] = (scale * np.sin(0.7 * i + 1.3 * k + 0.5)).astype(real).reshape(shape)
+            offset, scale = (1.5, 0.5) if name in positive else (0.0, scale)
+            out[name] = (offset + scale * np.sin(0.7 * i + 1.3 * k + 0.5)).astype(real).reshape(shape)
     return out
 
 
@@ -127,11 +135,13 @@ def _example_context(model) -> dict:
     graph: Graph = model.graph
     n = example_batch(graph)
     bounds = label_bounds(graph)
-    prob_rows = distribution_inputs(graph)
+    prob_rows, positive = distribution_inputs(graph), positive_values(graph)
     ctype = "double" if model.dtype == np.float64 else "float"
     fills = {}
     for k, (name, v, scale) in enumerate(_filled(graph)):
-        fills[c_name(name)] = dict(k=k, scale=repr(scale), bound=bounds.get(name), row=prob_rows.get(name))
+        offset, scale = (1.5, 0.5) if name in positive else (0.0, scale)
+        fills[c_name(name)] = dict(k=k, scale=repr(scale), offset=repr(offset), bound=bounds.get(name),
+                                   row=prob_rows.get(name))
     labels = {c_name(k): k for k in graph.outputs}            # print outputs and gradients by
     labels.update({c_name(f"d_{w}"): f"d_{w}" for w in model.wrt})   # their graph names
     arrays: dict[str, dict] = {}

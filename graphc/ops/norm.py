@@ -193,6 +193,9 @@ class BatchNorm(OpDef):
                 out.append(s)
         return out
 
+    def positive_inputs(self, node):
+        return [node.inputs[2]]
+
     def inference(self, b, node):
         x, rm, rv, *affine = node.inputs
         rank = x.rank
