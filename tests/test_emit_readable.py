@@ -41,7 +41,10 @@ def test_emit_model_file_with_train_step_and_fit_is_at_most_500_lines(spec, opt)
     assert f"{c.name}_train_step(" in c.source
     assert (f"{c.name}_fit(" in c.source) == bool(g.symbolic_dims)      # fit needs a batch dim
     lines = c.source.count("\n")
-    assert lines <= 500, f"{c.name}.c with {opt} has {lines} lines"
+    # (a convolutional model is longer: each batch norm and pooling is a chain of loops, and its
+    # predict runs a forward pass of its own; digits_cnn.c is about 1,900 lines)
+    limit = 2000 if any(n.op.name in ("conv2d", "conv1d") for n in g.nodes) else 500
+    assert lines <= limit, f"{c.name}.c with {opt} has {lines} lines"
 
 
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
@@ -58,8 +61,10 @@ def test_emit_dims_and_flags_have_names(spec):
         flags = [a.strip() for a in call.split(",")[:2]]
         assert set(flags) <= {"GC_TRANS", "GC_NO_TRANS"}, call
         dims = [a.strip() for a in call.split(",")[2:5]]
-        for d in dims:      # M, N, K: the batch n, a dim's name, or a size no single dim has
-            assert d == "n" or d.startswith(f"{g.name}_") or int(d) not in unique.values(), call
+        for d in dims:      # M, N, K: the batch n (or rows of it: n * 64 output pixels), a dim's
+            # name, or a size no single dim has
+            assert re.fullmatch(r"(\d+ \* )?n( \* \d+)?", d) or d.startswith(f"{g.name}_") \
+                or int(d) not in unique.values(), call
     assert not re.search(r"gc_gemm_bias_act\([^;]*, [01]\);", c.source)     # the activation is named too
 
 
@@ -79,8 +84,13 @@ def test_emit_entry_points_share_one_check_and_one_forward_pass(spec):
     if {"value_and_grad", "train_step"} <= set(names) and g.name != "one_layer_column":
         assert "_backward_pass" in body(c.source, f"{g.name}_value_and_grad")
         assert "_backward_pass" in body(c.source, f"{g.name}_train_step")
-    # no kernel is written twice: each spec-line comment with the code after it appears once
-    kernels = re.findall(r"/\* (\w+ = \"[^\"]*\")\s+\[[^\n]*\n(?:[^\n]*\*/\n)?([^\n]*)", c.source)
+    # no kernel is written twice: each spec-line comment with the kernel after it (to the next blank
+    # line) appears once; but a model with modes (batch_norm, dropout) runs its own forward pass in
+    # predict (inference), which repeats the kernels both modes have (a convolution's patches)
+    source = c.source
+    if any(n.op.name in ("batch_norm", "dropout") for n in g.nodes):
+        source = source.replace(body(source, f"{g.name}_predict"), "")
+    kernels = re.findall(r"/\* (\w+ = \"[^\"]*\")\s+\[[^\n]*\n(.*?)\n\n", source, re.S)
     assert kernels and len(kernels) == len(set(kernels)), sorted(k for k in kernels if kernels.count(k) > 1)
 
 

@@ -30,6 +30,7 @@ GOLDEN_OPTIMIZERS = {
     "mlp": graphc.AdamW(lr=1e-3),
     "one_layer_column": graphc.Adam(lr=1e-3, weight_decay=1e-4),
     "window_classifier": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4),
+    "digits_cnn": graphc.Adam(lr=2e-3),        # the demo's: batch norm's running statistics, dropout's step
 }
 
 

@@ -57,7 +57,7 @@ def test_spec_every_example_prints_each_value_and_shape(example_spec):
     by_name = {}    # "  input   x  (N, Dx=64)" and "  z  = add(z__1, b1)  (N, Dh=128)  # ..."
     for ln in text.splitlines()[1:]:
         words = ln.split()
-        by_name.setdefault(words[1] if words[0] in ("input", "param") else words[0], ln.split("#")[0])
+        by_name.setdefault(words[1] if words[0] in ("input", "param", "state") else words[0], ln.split("#")[0])
     for v in [*g.inputs.values(), *g.params.values(), *(n.output for n in g.nodes)]:
         assert v.name in by_name, f"{v.name} missing from\n{text}"
         assert g.format_shape(v.shape) in by_name[v.name], (v.name, by_name[v.name])

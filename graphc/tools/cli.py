@@ -85,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
                         "unit) instead of NAME.c and graphc_kernels.c/.h")
 
     s = sub.add_parser("demo", help="train the digits demo end to end")
-    s.add_argument("--epochs", type=int, default=None, metavar="E", help="epochs to train (default 10)")
+    s.add_argument("--model", choices=["one_layer", "digits_cnn"], default=None,
+                   help="one_layer: the notes' network (default); digits_cnn: a CNN with batch norm and dropout")
+    s.add_argument("--epochs", type=int, default=None, metavar="E",
+                   help="epochs to train (default 10; digits_cnn 20)")
     s.add_argument("--out", default=None, metavar="DIR", help="where to write the standalone C (default graphc-demo)")
     s.add_argument("--plot", default=None, metavar="FILE",
                    help="also draw the train and test loss per epoch to FILE, e.g. loss.png (needs matplotlib)")
@@ -279,6 +282,8 @@ def _load_params(path: str) -> dict:
 def cmd_demo(args) -> int:
     from graphc.tools import demo
     argv = []
+    if args.model is not None:
+        argv += ["--model", args.model]
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]
     if args.out is not None:

@@ -1,12 +1,15 @@
-"""`graphc demo`: train the notes' one-layer network on scikit-learn's 8x8 digits, in C.
+"""`graphc demo`: train the notes' one-layer network (or a CNN) on scikit-learn's 8x8 digits, in C.
 
 Loads the digits (1797 images, 64 pixels scaled to [0, 1]), splits them 75/25 with a fixed
-seed, compiles examples/one_layer.toml in float32 with Adam, trains it with `fit` (an epoch
-per C call), prints the loss and time of each epoch and the train/test accuracy, times the
-same training written in plain NumPy (the closed forms of the notes, the same init, batch
-order and optimizer), and writes the standalone C (NAME.c, NAME.h, main.c, Makefile) to a
-folder. With --plot FILE, also draws the train and test loss of each epoch to FILE (a PNG, or
-any format matplotlib writes). Needs scikit-learn (and matplotlib for --plot): pip install 'graphc[demo]'.
+seed, compiles examples/one_layer.toml (--model digits_cnn: examples/digits_cnn.toml, conv +
+batch norm + relu + pool blocks and a dense head with dropout, on 1x8x8 images) in float32
+with Adam, trains it with `fit` (an epoch per C call), prints the loss and time of each epoch
+and the train/test accuracy (predict: batch norm by its running statistics), times the same
+training elsewhere (one_layer: plain NumPy, the closed forms of the notes; digits_cnn: PyTorch
+eager, when installed; the same init, batch order and optimizer), and writes the standalone C
+(NAME.c, NAME.h, main.c, Makefile) to a folder. With --plot FILE, also draws the train and
+test loss of each epoch to FILE (a PNG, or any format matplotlib writes). Needs scikit-learn
+(and matplotlib for --plot): pip install 'graphc[demo]'.
 """
 from __future__ import annotations
 
@@ -55,11 +58,62 @@ wrt = ["W", "b1", "U", "b2"]
 '''
 
 
-def spec_path() -> Path | None:
-    """examples/one_layer.toml beside the package (a checkout), else in the current folder (the
-    README's quickstart runs an installed wheel from the checkout), else None (the copy above)."""
+# examples/digits_cnn.toml, for an installed graphc without the examples folder
+CNN_TEXT = '''\
+# A small convolutional network for scikit-learn's 8x8 digits (NCHW: 1 channel of 8x8 pixels):
+# two blocks of convolution, batch norm, relu and max pooling, then a dense head with dropout.
+# `graphc demo --model digits_cnn` trains it in C (about 7,000 parameters).
+name = "digits_cnn"
+
+[dims]
+N  = "batch"
+Nc = 10
+
+[inputs]
+x = ["N", 1, 8, 8]
+y = { shape = ["N"], dtype = "int32" }
+
+[params]
+w1 = { shape = [16, 1, 3, 3], init = "he" }
+g1 = [16]
+b1 = [16]
+w2 = { shape = [32, 16, 3, 3], init = "he" }
+g2 = [32]
+b2 = [32]
+U  = ["Nc", 128]
+c  = ["Nc"]
+
+[state]
+mean1 = [16]
+var1  = [16]
+mean2 = [32]
+var2  = [32]
+
+[graph]
+h1    = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"
+h2    = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"
+theta = "dropout(flatten(h2), 0.25) @ U.T + c"
+J     = "cross_entropy(theta, y)"
+
+[outputs]
+loss  = "J"
+probs = "softmax(theta)"
+
+[grad]
+of  = "J"
+wrt = ["w1", "g1", "b1", "w2", "g2", "b2", "U", "c"]
+'''
+
+# --model: (spec file, its text, image shape, learning rate, epochs, the peer timed beside graphc)
+MODELS = {"one_layer": (SPEC_NAME, SPEC_TEXT, (64,), 5e-3, 10, "NumPy (closed forms)"),
+          "digits_cnn": ("digits_cnn.toml", CNN_TEXT, (1, 8, 8), 2e-3, 20, "PyTorch eager")}
+
+
+def spec_path(name: str = SPEC_NAME) -> Path | None:
+    """examples/NAME beside the package (a checkout), else in the current folder (the README's
+    quickstart runs an installed wheel from the checkout), else None (the copies above)."""
     for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = root / "examples" / SPEC_NAME
+        path = root / "examples" / name
         if path.is_file():
             return path
     return None
@@ -82,10 +136,13 @@ def build_graph():
     return g
 
 
-def load_graph():
-    from graphc.frontend.spec import load
-    path = spec_path()
-    return load(path) if path is not None else build_graph()
+def load_graph(model: str = "one_layer"):
+    from graphc.frontend.spec import load, parse_spec
+    name, text = MODELS[model][:2]
+    path = spec_path(name)
+    if path is not None:
+        return load(path)
+    return build_graph() if model == "one_layer" else parse_spec(text, name)
 
 
 def load_data(seed: int = 0):
@@ -143,7 +200,7 @@ def numpy_fit(params: dict, X: np.ndarray, Y: np.ndarray, batch_size: int, epoch
 
 
 def accuracy(model, params, X, Y) -> float:
-    probs = model.forward(x=X, y=Y, **params)["probs"]
+    probs = model.predict(x=X, **params)["probs"]
     return float(np.mean(np.argmax(probs, axis=1) == Y))
 
 
@@ -184,22 +241,49 @@ def plot_losses(path: str | Path, train: list[float], test: list[float], title: 
     return path
 
 
-def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32, lr: float = 5e-3,
-        seed: int = 0, compare: bool = True, write=print, plot: str | Path | None = None) -> dict:
+def torch_fit(graph, params: dict, X, Y, batch_size: int, epochs: int, seed: int, lr: float):
+    """The same training in PyTorch eager (graphc/tools/torch_peer.py), one thread, Adam, the
+    minibatch order of graphc's fit; None without PyTorch. (params, losses, seconds, peer)."""
+    try:
+        import torch
+        from graphc.tools.torch_peer import TorchPeer
+    except ImportError:
+        return None
+    peer = TorchPeer(graph, params, threads=1)
+    optimizer = torch.optim.Adam(peer.trainable(), lr=lr)
+    rng = np.random.default_rng(seed)
+    losses, times = [], []
+    for _ in range(epochs):
+        order = rng.permutation(len(X))
+        t = time.perf_counter()
+        losses.append(peer.fit_epoch(optimizer, "loss", batch_size, order, x=X, y=Y))
+        times.append(time.perf_counter() - t)
+    return losses, np.array(times), peer
+
+
+def run(epochs: int | None = None, out: str | Path = "graphc-demo", batch_size: int = 32, lr: float | None = None,
+        seed: int = 0, compare: bool = True, write=print, plot: str | Path | None = None,
+        model_name: str = "one_layer") -> dict:
     """Train, report and export; returns the figures it printed (accuracies, losses, timings).
-    plot: a file to draw the train and test loss per epoch to (matplotlib): the loss on the whole
-    train and test sets before training and after each epoch (outside the timed span), also
-    returned as train_losses and test_losses (epochs + 1 numbers each)."""
+    model_name: "one_layer" (the notes' network; compared with NumPy) or "digits_cnn" (compared
+    with PyTorch eager when installed); epochs and lr default to the model's (10 and 5e-3, 20 and
+    2e-3). plot: a file to draw the train and test loss per epoch to (matplotlib): the loss on
+    the whole train and test sets before training and after each epoch (outside the timed
+    span), also returned as train_losses and test_losses (epochs + 1 numbers each)."""
     from graphc.autodiff.optimizers import Adam
     from graphc.native.runtime import compile
     from graphc.native.training import init_params
+    spec_name, _text, image, default_lr, default_epochs, peer_name = MODELS[model_name]
+    lr = default_lr if lr is None else lr
+    epochs = default_epochs if epochs is None else epochs
     if plot is not None:
         _figure()     # a missing matplotlib is an error before the training, not after it
     t0 = time.perf_counter()
-    X_train, X_test, y_train, y_test = load_data(seed)
-    graph = load_graph()
+    X_train, X_test, y_train, y_test = (a.reshape((-1,) + image) if a.dtype != np.int32 else a
+                                        for a in load_data(seed))
+    graph = load_graph(model_name)
     write(f"digits: {len(X_train)} training and {len(X_test)} test images of 8x8 pixels, 10 classes")
-    write(f"model: {graph.name} ({'examples/' + SPEC_NAME if spec_path() else 'built with the Python API'}), "
+    write(f"model: {graph.name} ({'examples/' + spec_name if spec_path(spec_name) else 'built in'}), "
           f"float32, Adam(lr={lr}), batch {batch_size}, {epochs} epochs, seed {seed}")
 
     t = time.perf_counter()
@@ -244,21 +328,32 @@ def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32,
         write(f"train and test loss per epoch drawn to {plot}")
 
     if compare and epochs > 0:
-        P, np_losses, np_times = numpy_fit(init, X_train, y_train, batch_size, epochs, seed, lr)
-        np_test = numpy_accuracy(P, X_test, y_test)
-        c_med, np_med = float(np.median(c_times)), float(np.median(np_times))
-        write("")
-        write(f"timing per epoch ({len(X_train)} rows, batch {batch_size}, {epochs} epochs; graphc on one thread):")
-        write(f"  {'':<24}{'median ms':>10}{'best ms':>9}{'us/step':>9}{'final loss':>12}{'test acc':>10}")
-        steps = -(-len(X_train) // batch_size)
-        for label, times, loss, acc in (("graphc C (fit)", c_times, losses[-1], test_acc),
-                                        ("NumPy (closed forms)", np_times, np_losses[-1], np_test)):
-            med = float(np.median(times))
-            write(f"  {label:<24}{med * 1e3:>10.2f}{min(times) * 1e3:>9.2f}{med / steps * 1e6:>9.1f}"
-                  f"{loss:>12.4f}{acc:>10.4f}")
-        write(f"  speedup of graphc over NumPy: {np_med / c_med:.1f}x (median), {min(np_times) / min(c_times):.1f}x (best)")
-        result.update(numpy_losses=np_losses, numpy_test_accuracy=np_test, numpy_epoch_seconds=np_times,
-                      speedup=np_med / c_med)
+        if model_name == "one_layer":
+            P, peer_losses, peer_times = numpy_fit(init, X_train, y_train, batch_size, epochs, seed, lr)
+            peer_test = numpy_accuracy(P, X_test, y_test)
+        else:
+            ran = torch_fit(graph, init, X_train, y_train, batch_size, epochs, seed, lr)
+            if ran is None:
+                write(f"\n(PyTorch is not installed: no {peer_name} timing to compare; pip install torch)")
+            else:
+                peer_losses, peer_times, peer = ran
+                peer_test = float((peer.predict("probs", x=X_test).argmax(axis=1) == y_test).mean())
+        if model_name == "one_layer" or ran is not None:
+            c_med, peer_med = float(np.median(c_times)), float(np.median(peer_times))
+            write("")
+            write(f"timing per epoch ({len(X_train)} rows, batch {batch_size}, {epochs} epochs; one thread each):")
+            write(f"  {'':<24}{'median ms':>10}{'best ms':>9}{'us/step':>9}{'final loss':>12}{'test acc':>10}")
+            steps = -(-len(X_train) // batch_size)
+            for label, times, loss, acc in (("graphc C (fit)", c_times, losses[-1], test_acc),
+                                            (peer_name, peer_times, peer_losses[-1], peer_test)):
+                med = float(np.median(times))
+                write(f"  {label:<24}{med * 1e3:>10.2f}{min(times) * 1e3:>9.2f}{med / steps * 1e6:>9.1f}"
+                      f"{loss:>12.4f}{acc:>10.4f}")
+            write(f"  speedup of graphc over {peer_name}: {peer_med / c_med:.1f}x (median), "
+                  f"{min(peer_times) / min(c_times):.1f}x (best)")
+            key = "numpy" if model_name == "one_layer" else "torch"
+            result.update({f"{key}_losses": peer_losses, f"{key}_test_accuracy": peer_test,
+                           f"{key}_epoch_seconds": peer_times, "speedup": peer_med / c_med})
 
     out = Path(out)
     try:
@@ -278,19 +373,22 @@ def run(epochs: int = 10, out: str | Path = "graphc-demo", batch_size: int = 32,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="graphc demo", description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=10, metavar="E")
+    p.add_argument("--model", choices=sorted(MODELS), default="one_layer",
+                   help="one_layer: the notes' network (default); digits_cnn: a CNN with batch norm and dropout")
+    p.add_argument("--epochs", type=int, default=None, metavar="E", help="default: 10 (one_layer), 20 (digits_cnn)")
     p.add_argument("--out", default="graphc-demo", metavar="DIR", help="where to write the standalone C")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate; default 5e-3 (one_layer), 2e-3 (digits_cnn)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy timing comparison")
+    p.add_argument("--no-numpy", "--no-compare", action="store_true",
+                   help="skip the timing comparison (NumPy, or PyTorch for digits_cnn)")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="draw the train and test loss per epoch to FILE, e.g. loss.png (needs matplotlib)")
     try:
         args = p.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    if args.epochs < 0 or args.batch_size < 1:
+    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 1:
         print("graphc demo: --epochs must be >= 0 and --batch-size >= 1", file=sys.stderr)
         return 2
     try:
@@ -301,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from graphc.core.errors import GraphcError
     try:
-        run(args.epochs, args.out, args.batch_size, args.lr, args.seed, compare=not args.no_numpy, plot=args.plot)
+        run(args.epochs, args.out, args.batch_size, args.lr, args.seed, compare=not args.no_numpy, plot=args.plot,
+            model_name=args.model)
     except GraphcError as e:
         print(f"graphc demo: {e}", file=sys.stderr)
         return 2
