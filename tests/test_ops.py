@@ -421,6 +421,12 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("broadcast", [np.array([[1.0, 2.0], [2.0, 3.0]]), np.array([2.0, 2.0])],
              lambda x, y: np.array([[0.0, 1.0], [1.0, 0.0]])),
     ],
+    "where": lambda rng: [
+        Case("broadcast mask", [(rng.standard_normal((3, 1, 4)) > 0) * 2.0, real(rng, 3, 2, 4), real(rng, 4)],
+             lambda c, a, b: np.where(c != 0, a, b)),
+        Case("scalar", [np.array([[0.0, -1.0, 0.0], [3.0, 0.0, 0.5]]), real(rng, 2, 3), real(rng)],
+             lambda c, a, b: np.where(c != 0, a, b)),
+    ],
     "max_pool2d": lambda rng: [
         Case("2x2", [real(rng, 2, 3, 4, 6)], _naive_pool, {"kernel_size": 2}),
         Case("3 stride 2 padding 1", [real(rng, 1, 2, 5, 5)], _naive_pool, {"kernel_size": 3, "stride": 2, "padding": 1}),
