@@ -263,7 +263,7 @@ def _conv_case(o):
     return shapes
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv2d_options(), st.integers(0, 2**31 - 1))
 def test_conv2d_options_reference_gradients_match_finite_differences(o, seed):
     rng = np.random.default_rng(seed)
@@ -272,7 +272,7 @@ def test_conv2d_options_reference_gradients_match_finite_differences(o, seed):
     _check_directional(g, arrays, rng)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv1d_options(), st.integers(0, 2**31 - 1))
 def test_conv1d_options_reference_gradients_match_finite_differences(o, seed):
     rng = np.random.default_rng(seed)
@@ -281,7 +281,7 @@ def test_conv1d_options_reference_gradients_match_finite_differences(o, seed):
     _check_directional(g, arrays, rng)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pool_options(), st.integers(0, 2**31 - 1))
 def test_pool_options_reference_gradients_match_finite_differences(o, seed):
     rng = np.random.default_rng(seed)
@@ -357,6 +357,19 @@ def test_c_matches_reference_across_the_gemm_blocking(dtype, n, seed):
     for k, got in grads.items():
         scale = np.abs(want[f"d_{k}"]).max()
         np.testing.assert_allclose(got, want[f"d_{k}"], rtol=rtol, atol=atol * max(1.0, scale), err_msg=f"d_{k}")
+
+
+def test_where_and_the_pool_keywords_write_back_as_a_spec_that_computes_the_same():
+    from graphc.frontend.spec_writer import to_spec
+    g = graphc.parse_spec(C_SPEC, "a.toml")
+    text = to_spec(g)
+    assert "count_include_pad=False" in text and "divisor_override=4" in text and "where(m, p, 0.25 * p)" in text
+    back = graphc.parse_spec(text, "b.toml")
+    rng = np.random.default_rng(0)
+    arrays = {k: rng.standard_normal([2 if d == "N" else d for d in v.shape]) for k, v in {**g.inputs, **g.params}.items()}
+    want, got = graphc.evaluate(g, **arrays), graphc.evaluate(back, **arrays)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12)
 
 
 # ====================================================================== 4. against PyTorch (optional)
