@@ -461,3 +461,46 @@ def test_packing_need_of_a_convolution_follows_its_rows_per_image(dtype):
         for threads in (1, 2):
             want = max(pack_elems(p.ta, p.tb, *p.at(n), threads, dtype) for p in products)
             assert pieces_value(pieces, n, threads) == want, (n, threads)
+
+
+WHERE_SPEC = '''name = "masked"
+
+[dims]
+N = "batch"
+
+[inputs]
+x = ["N", 3, 4]
+m = ["N", 1, 4]
+
+[params]
+a = [3, 4]
+c = [4]
+
+[graph]
+h = "where(m, tanh(x * a), c)"
+J = "sum(h * h) + mean(where(m, c, 2.0))"
+
+[outputs]
+loss = "J"
+h = "h"
+
+[grad]
+of = "J"
+wrt = ["a", "c", "x"]
+'''
+
+
+def test_where_with_a_broadcast_mask_in_c():
+    """where(m, δ, 0) with the mask m [N, 1, 4] broadcast over the middle axis: GCC 12 at -O3 with
+    AVX-512 miscompiled it as `m != 0 ? δ : 0` (δ read at m's stride from the second row on);
+    graphc_kernels.h's GC_WHERE picks from a two-element array instead."""
+    g = graphc.parse_spec(WHERE_SPEC, "masked.toml")
+    m = graphc.compile(g, dtype="float64")
+    rng = np.random.default_rng(1)
+    arrays = dict(x=rng.standard_normal((5, 3, 4)), m=(rng.standard_normal((5, 1, 4)) > 0) * 1.0,
+                  a=rng.standard_normal((3, 4)), c=rng.standard_normal(4))
+    outs, grads = m.value_and_grad(**arrays)
+    want = graphc.evaluate(graphc.grad(g, "J", ["a", "c", "x"]), **arrays)
+    np.testing.assert_allclose(outs["h"], graphc.evaluate(g, **arrays)["h"], rtol=1e-12)
+    for k in ("a", "c", "x"):
+        np.testing.assert_allclose(grads[k], want[f"d_{k}"], rtol=1e-10, atol=1e-12, err_msg=k)
