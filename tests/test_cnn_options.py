@@ -504,3 +504,24 @@ def test_where_with_a_broadcast_mask_in_c():
     np.testing.assert_allclose(outs["h"], graphc.evaluate(g, **arrays)["h"], rtol=1e-12)
     for k in ("a", "c", "x"):
         np.testing.assert_allclose(grads[k], want[f"d_{k}"], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_where_and_the_new_pool_keywords_emit_strict_c99(dtype, tmp_path):
+    """The C of C_SPEC (where, ceil_mode, count_include_pad, divisor_override, dilation) compiles
+    under -std=c99 -Wall -Wextra -Werror -pedantic, split and amalgamated."""
+    import shutil
+    import subprocess
+    from graphc.backend.codegen import amalgamate, generate
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    g = graphc.parse_spec(C_SPEC, "cnn_blocking.toml")
+    csrc = generate(g, *g.grad_spec, dtype=dtype, threads=2)
+    (tmp_path / f"{g.name}.h").write_text(csrc.header)
+    (tmp_path / csrc.kernels.header_name).write_text(csrc.kernels.header)
+    for text in (csrc.source, amalgamate(csrc)):
+        (tmp_path / f"{g.name}.c").write_text(text)
+        run = subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", f"{g.name}.c",
+                              "-o", "m.o"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0 and not run.stderr, run.stderr
