@@ -391,6 +391,7 @@ def _torch_compare(op, args, attrs, torch_fn, rng):
         np.testing.assert_allclose(grads[f"d_{name}"], tt.grad.numpy(), rtol=1e-9, atol=1e-11, err_msg=name)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")     # torch's note on its own speed
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv2d_options(), st.integers(0, 2**31 - 1))
 def test_conv2d_options_agree_with_torch(o, seed):
