@@ -40,6 +40,11 @@
 #define GC_KERNELS_API
 #endif
 
+/* where(c, a, b) in a model file's elementwise loops (gc_real is its element type): a where c is
+   nonzero (NaN too), else b. Picked from a two-element array, not by `c != 0 ? a : b`, which GCC 12
+   at -O3 with AVX-512 miscompiles when c is broadcast over the loop (a masked load at c's stride). */
+#define GC_WHERE(c, a, b) (((const gc_real[2]){(b), (a)})[(c) != 0])
+
 #ifdef __cplusplus
 extern "C" {
 #endif

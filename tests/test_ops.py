@@ -171,17 +171,34 @@ def _naive_conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     return _naive_conv2d(x[:, :, None], w[:, :, None], b, one(stride), pad, one(dilation), groups)[:, :, 0]
 
 
-def _naive_pool(x, kernel_size, stride=None, padding=0, dilation=1, reduce=np.max, fill=-np.inf):
+def _naive_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=True,
+                divisor_override=None, reduce=np.max, fill=-np.inf):
+    """torch's pooling by its definition: a loop per output pixel over the window clipped to the
+    input; torch's output size (rounded up with ceil_mode, the last window starting inside the
+    input or the left padding) and torch's divisor of a mean."""
     (kh, kw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(padding), _pair(dilation)
     sh, sw = _pair(kernel_size if stride is None else stride)
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
-    N, C, H, W = xp.shape
-    Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
+    N, C, H, W = x.shape
+
+    def size(n, k, p, d, s):
+        out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
+        return out - 1 if ceil_mode and (out - 1) * s >= n + p else out
+
+    Ho, Wo = size(H, kh, ph, dh, sh), size(W, kw, pw, dw, sw)
     out = np.zeros((N, C, Ho, Wo))
     for oh in range(Ho):
         for ow in range(Wo):
-            win = xp[:, :, oh * sh:oh * sh + dh * (kh - 1) + 1:dh, ow * sw:ow * sw + dw * (kw - 1) + 1:dw]
-            out[:, :, oh, ow] = reduce(win, axis=(2, 3))
+            rows = [oh * sh - ph + i * dh for i in range(kh)]
+            cols = [ow * sw - pw + j * dw for j in range(kw)]
+            inside = [(r, c) for r in rows for c in cols if 0 <= r < H and 0 <= c < W]
+            padded = [(r, c) for r in rows for c in cols if -ph <= r < H + ph and -pw <= c < W + pw]
+            vals = np.stack([x[:, :, r, c] for r, c in inside], axis=-1)
+            if reduce is np.max:
+                best = vals.max(axis=-1)
+                out[:, :, oh, ow] = np.maximum(best, fill) if len(padded) > len(inside) else best
+            else:
+                count = divisor_override or (len(padded) if count_include_pad else len(inside))
+                out[:, :, oh, ow] = vals.sum(axis=-1) / count
     return out
 
 
@@ -451,12 +468,27 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("broadcast", [np.array([[1.0, 2.0], [2.0, 3.0]]), np.array([2.0, 2.0])],
              lambda x, y: np.array([[0.0, 1.0], [1.0, 0.0]])),
     ],
+    "where": lambda rng: [
+        Case("broadcast mask", [(rng.standard_normal((3, 1, 4)) > 0) * 2.0, real(rng, 3, 2, 4), real(rng, 4)],
+             lambda c, a, b: np.where(c != 0, a, b)),
+        Case("scalar", [np.array([[0.0, -1.0, 0.0], [3.0, 0.0, 0.5]]), real(rng, 2, 3), real(rng)],
+             lambda c, a, b: np.where(c != 0, a, b)),
+    ],
     "max_pool2d": lambda rng: [
         Case("2x2", [real(rng, 2, 3, 4, 6)], _naive_pool, {"kernel_size": 2}),
         Case("3 stride 2 padding 1", [real(rng, 1, 2, 5, 5)], _naive_pool, {"kernel_size": 3, "stride": 2, "padding": 1}),
         Case("dilated", [real(rng, 1, 2, 6, 5)], _naive_pool, {"kernel_size": (2, 2), "stride": 1, "dilation": 2}),
+        Case("ceil_mode", [real(rng, 1, 2, 8, 7)], _naive_pool,
+             {"kernel_size": (3, 2), "stride": 2, "padding": (1, 0), "dilation": (1, 2), "ceil_mode": True}),
     ],
     "avg_pool2d": lambda rng: [
+        Case("ceil_mode", [real(rng, 1, 2, 6, 7)], lambda x, **a: _naive_pool(x, **a, reduce=np.mean, fill=0.0),
+             {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+        Case("count_include_pad False", [real(rng, 1, 2, 5, 6)],
+             lambda x, **a: _naive_pool(x, **a, reduce=np.mean, fill=0.0),
+             {"kernel_size": (3, 2), "stride": (2, 3), "padding": (1, 1), "ceil_mode": True, "count_include_pad": False}),
+        Case("divisor_override", [real(rng, 1, 2, 5, 5)], lambda x, **a: _naive_pool(x, **a, reduce=np.mean, fill=0.0),
+             {"kernel_size": 2, "padding": 1, "divisor_override": 3}),
         Case("2x2", [real(rng, 2, 3, 4, 6)], lambda x, **a: _naive_pool(x, **a, reduce=np.mean, fill=0.0),
              {"kernel_size": 2}),
         Case("3 stride 2 padding 1", [real(rng, 1, 2, 5, 5)],

@@ -143,6 +143,7 @@ EXAMPLES = [
     ("layer_norm", ("x",), {"normalized_shape": (4,), "eps": 0.001}, "layer_norm(x, normalized_shape=(4,), eps=0.001)",
      "layer_norm(x)", r"\operatorname{layer\_norm}(x)"),
     ("equal", ("x", "u"), {}, None, "equal(x, u)", r"\operatorname{equal}(x, u)"),
+    ("where", ("x", "u", "b"), {}, "where(x, u, b)", "where(x, u, b)", r"\operatorname{where}(x, u, b)"),
     ("max_pool2d", ("img",), {"kernel_size": 2}, "max_pool2d(img, kernel_size=2)", "max_pool2d(img)",
      r"\operatorname{max\_pool2d}(\mathrm{img})"),
     ("avg_pool2d", ("img",), {"kernel_size": 3, "stride": 1, "padding": 1},

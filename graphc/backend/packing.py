@@ -132,16 +132,19 @@ def _breakpoints(products: list[Product], dtype: str) -> list[int]:
             if flip is not None:
                 points.add(flip)
         points.update(range(2, SMALL_ROWS + 3))
+        # a size c0 + c1 n passes r (the need steps there) at the first n with c0 + c1 n > r: for a
+        # convolution's M = N·Ho·Wo that is not r + 1
+        passes = lambda d, rs: {max(1, (r - d[0]) // d[1] + 1) for r in rs}  # noqa: E731
         for mr, nv in TILES:
             if len(p.M) > 1 and p.M[1]:
-                points.update(r + 1 for r in range(mr, mr * MC_PANELS + 1, mr))
+                points.update(passes(p.M, range(mr, mr * MC_PANELS + 1, mr)))
             if len(p.N) > 1 and p.N[1]:
                 for vector in VECTOR_BYTES:
                     nr = nv * (vector // ITEMSIZE[dtype] if vector else 1)
-                    points.update(r + 1 for r in range(nr, NC + nr + 1, nr))
+                    points.update(passes(p.N, range(nr, NC + nr + 1, nr)))
         if len(p.K) > 1 and p.K[1]:
             chunk = 64 // ITEMSIZE[dtype]
-            points.update(r + 1 for r in range(chunk, KC[dtype] + 1, chunk))
+            points.update(passes(p.K, range(chunk, KC[dtype] + 1, chunk)))
     return sorted(points)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from graphc.core.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
 from graphc.core.opdef import get_op
-from graphc.core.text import describe
+from graphc.core.text import describe, operand_text
 from graphc.core.types import DTYPES, FLOAT, INT, Dim, Shape, TensorType, normalize_dtype  # noqa: F401
 
 _IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -103,8 +103,10 @@ def subscript(x: Value, items: tuple, fail: Callable = _fail) -> Value:
         fill = max(x.rank - (len(items) - 1), 0)
         items = items[:dots[0]] + (slice(None),) * fill + items[dots[0] + 1:]
         where = where[:dots[0]] + [dots[0]] * fill + where[dots[0] + 1:]
+    source = f"slice: {operand_text(x)} is {x.graph.format_shape(x.shape)}"     # the value as written
     if len(items) > x.rank:
-        fail(0, f"{len(items)} indices for a value of rank {x.rank} {x.graph.format_shape(x.shape)}")
+        fail(0, f"{source}: {len(items)} indices for a value of rank {x.rank}",
+             f"at most {x.rank} indices, one per axis")
     dropped = []
     for axis, e in enumerate(items):
         size, i = x.shape[axis], where[axis]
@@ -112,20 +114,25 @@ def subscript(x: Value, items: tuple, fail: Callable = _fail) -> Value:
             continue
         if isinstance(e, slice):
             if any(b is not None and (not isinstance(b, int) or isinstance(b, bool)) for b in (e.start, e.stop, e.step)):
-                fail(i, "slice bounds are integers")
+                fail(i, f"{source}: slice bounds are integers")
             if e.step is not None and e.step < 1:
-                fail(i, f"slice step {e.step}: only positive steps are supported")
+                fail(i, f"{source}: slice step {e.step}: only positive steps are supported",
+                     "a reversed axis has no form yet; slice forward (x[:, ::2])")
         elif not isinstance(e, int) or isinstance(e, bool):
             fail(i, f"an index is an int or a slice, got {e!r}")
         if isinstance(size, str):
-            fail(i, f"cannot slice the batch dim {size}", "slice the other axes: x[:, 1:5]")
+            fail(i, f"{source}: cannot slice the batch dim {size}", "slice the other axes: x[:, 1:5]")
         if isinstance(e, slice):
             start, stop, step = e.indices(size)
             if start >= stop:
-                fail(i, f"slice {start}:{stop} of an axis of {size} is empty")
+                written = ":".join("" if b is None else str(b) for b in (e.start, e.stop)) + \
+                    ("" if e.step is None else f":{e.step}")
+                fail(i, f"{source}: slice {written} of axis {axis} (size {size}) is empty",
+                     f"axis {axis} has indices 0 to {size - 1}")
         else:
             if not -size <= e < size:
-                fail(i, f"index {e} is out of range for an axis of {size}")
+                fail(i, f"{source}: index {e} is out of range for axis {axis} (size {size})",
+                     f"an index of axis {axis} is from {-size} to {size - 1}")
             start, stop, step = e % size, e % size + 1, 1
             dropped.append(axis)
         if (start, stop, step) != (0, size, 1):

@@ -295,7 +295,9 @@ def numel(shape: Shape) -> tuple[int, tuple[str, ...]]:
 def norm_axis(axis: int, rank: int, op: str) -> int:
     # a scalar has no axis at all (np.sum(scalar, axis=0) raises), so rank 0 rejects every axis
     if not isinstance(axis, int) or isinstance(axis, bool) or not -rank <= axis < rank:
-        raise ShapeError(f"axis {axis!r} is out of range for rank {rank}")
+        raise ShapeError(f"axis {axis!r} is out of range for rank {rank}",
+                         hint=f"an axis of a rank-{rank} value is from {-rank} to {rank - 1}" if rank else
+                         "a scalar has no axis")
     return axis % rank
 
 

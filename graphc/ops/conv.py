@@ -26,9 +26,17 @@ def _ints(value, n: int, name: str, low: int) -> tuple[int, ...]:
     if len(vals) != n or any(isinstance(v, bool) or not isinstance(v, int) for v in vals):
         raise SpecError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
     if any(v < low for v in vals):
-        raise ShapeError(f"{name} {value!r} must be >= {low}",
-                         hint="a stride of 0 would never move the kernel" if name == "stride" else None)
+        hints = {"stride": "a stride of 0 would never move the kernel", "kernel_size": "a window has at least one element",
+                 "dilation": "dilation 1 is a plain kernel", "padding": "padding adds that many zeros on each side: 0 or more"}
+        raise ShapeError(f"{name} {value!r} must be >= {low}", hint=hints.get(name))
     return vals
+
+
+def _divisors_hint(c_in: int, c_out: int) -> str:
+    """groups dividing both channel counts, as a hint."""
+    ok = [g for g in range(1, min(c_in, c_out) + 1) if c_in % g == 0 and c_out % g == 0]
+    shown = ", ".join(map(str, ok[:8])) + (", ..." if len(ok) > 8 else "")
+    return f"groups must divide both: {shown}" + (f" ({c_in} is depthwise)" if c_in in ok else "")
 
 
 @dataclass(frozen=True)
@@ -322,7 +330,7 @@ def _conv_geometry(op, x, w, b, stride, padding, dilation, groups):
     C_out = w.shape[0]
     if g.C % groups or C_out % groups:
         raise ShapeError(f"groups={groups} must divide the input channels ({g.C}) and the output "
-                         f"channels ({C_out})", hint=f"channels divisible by groups, e.g. groups=1")
+                         f"channels ({C_out})", hint=_divisors_hint(g.C, C_out))
     if w.shape[1] != g.C // groups:
         raise ShapeError(f"w is {w.shape}; with {g.C} input channels and groups={groups} its second dim "
                          f"must be {g.C // groups}", hint=f"w of shape ({C_out}, {g.C // groups}, "
@@ -430,12 +438,41 @@ class Conv1d(OpDef):
         for t in (x, w) + ((b,) if b is not None else ()):
             require_float(t)
         if x.rank != 3:
-            raise ShapeError(f"takes x of rank 3 [N, C, L], got rank {x.rank} {x.shape}")
+            raise ShapeError(f"takes x of rank 3 [N, C, L], got rank {x.rank} {x.shape}",
+                             hint="an image [N, C, H, W] goes to conv2d" if x.rank == 4 else None)
         if w.rank != 3:
-            raise ShapeError(f"takes w of rank 3 [C_out, C_in/groups, k], got rank {w.rank} {w.shape}")
+            raise ShapeError(f"takes w of rank 3 [C_out, C_in/groups, k], got rank {w.rank} {w.shape}",
+                             hint="a weight [C_out, C_in/groups, kh, kw] goes with conv2d" if w.rank == 4 else None)
+        self._check_1d(x, w, **attrs)      # in conv1d's terms, before the height-1 conv2d below
         y = Conv2d.shape(self, TensorType(x.shape[:2] + (1,) + x.shape[2:]), TensorType(w.shape[:2] + (1, w.shape[2])),
                          b, **self._as_2d(attrs))
         return TensorType(y.shape[:2] + y.shape[3:])
+
+    @staticmethod
+    def _check_1d(x, w, stride=1, padding=0, dilation=1, groups=1):
+        """conv1d's own checks, so that an error speaks of a length, not of a height-1 image."""
+        (s,), (d,) = _ints(stride, 1, "stride", 1), _ints(dilation, 1, "dilation", 1)
+        if padding == "same" and s != 1:
+            raise ShapeError(f"padding='same' needs stride 1, got stride {s}",
+                             hint="give the padding as a number for a strided convolution")
+        p = 0 if isinstance(padding, str) else _ints(padding, 1, "padding", 0)[0]
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ShapeError(f"groups must be a positive int, got {groups!r}")
+        (_, C, L), (C_out, cg, k) = x.shape, w.shape
+        if isinstance(C, str) or isinstance(L, str):
+            raise ShapeError(f"only the batch dim (first) may be symbolic, x is {x.shape}")
+        if C % groups or C_out % groups:
+            raise ShapeError(f"groups={groups} must divide the input channels ({C}) and the output "
+                             f"channels ({C_out})", hint=_divisors_hint(C, C_out))
+        if cg != C // groups:
+            raise ShapeError(f"w is {w.shape}; with {C} input channels and groups={groups} its second dim "
+                             f"must be {C // groups}", hint=f"w of shape ({C_out}, {C // groups}, {k})")
+        span = d * (k - 1) + 1
+        padded = L + (span - 1 if padding == "same" else 2 * p)
+        if span > padded:
+            raise ShapeError(f"the kernel spans {span} (kernel {k}, dilation {d}), longer than the padded "
+                             f"input {padded} (length {L}, padding {padding})",
+                             hint="use a smaller kernel or dilation, or more padding")
 
     def reference(self, x, w, b=None, **attrs):
         y = Conv2d.reference(self, x[:, :, None, :], w[:, :, None, :], b, **self._as_2d(attrs))

@@ -316,6 +316,38 @@ class Equal(Binary):
 
 
 @register
+class Where(OpDef):
+    """where(cond, a, b) as torch.where: a where cond is nonzero, b elsewhere, with NumPy
+    broadcasting over all three. cond is a constant mask (an input, a param, a comparison).
+
+    Backward, identity (4) for a and b: ∂z/∂a = diag([cond ≠ 0]), so dJ/da = where(cond, δ, 0)
+    and dJ/db = where(cond, 0, δ), each summed over its broadcast axes, identity (3). No gradient
+    to cond: z is piecewise constant in it."""
+
+    name = "where"
+    arity = 3
+    identity = "3,4"
+    c_expr = "GC_WHERE({0}, {1}, {2})"     # graphc_kernels.h: not `?:`, which GCC 12 miscompiles here
+
+    def shape(self, cond, a, b):
+        require_float(cond, "cond (argument 1)")
+        require_float(a, "argument 2")
+        require_float(b, "argument 3")
+        return TensorType(broadcast_shapes(broadcast_shapes(cond.shape, a.shape), b.shape))
+
+    def reference(self, cond, a, b):
+        return np.where(cond != 0, a, b)
+
+    def vjp(self, b, node, d_out):
+        cond, x, y = node.inputs
+        with b.because(node, "4"):
+            dx = b.apply("where", cond, d_out, 0.0)
+            dy = b.apply("where", cond, 0.0, d_out)
+        with b.because(node, "3"):
+            return [None, unbroadcast(b, dx, x.shape), unbroadcast(b, dy, y.shape)]
+
+
+@register
 class BroadcastTo(OpDef):
     """Copy x into a larger shape by NumPy broadcasting.
 

@@ -90,8 +90,13 @@ class Concat(OpDef):
             raise ShapeError("cannot concatenate scalars")
         ax = norm_axis(axis, first.rank, "concat")
         rest = lambda t: t.shape[:ax] + t.shape[ax + 1:]  # noqa: E731
-        if any(x.rank != first.rank or rest(x) != rest(first) for x in xs):
-            raise ShapeError(f"operands must share every dim but axis {axis}")
+        odd = next((x for x in xs if x.rank != first.rank or rest(x) != rest(first)), None)
+        if odd is not None:
+            dims = lambda shape: "(" + ", ".join(map(str, shape)) + ")"  # noqa: E731
+            want = dims(first.shape[:ax] + ("*",) + first.shape[ax + 1:])
+            raise ShapeError(f"operands must share every dim but axis {axis}: {dims(odd.shape)} does not fit {want}",
+                             hint=f"concat joins along axis {axis} only; reshape or slice the operand to "
+                                  f"rank {first.rank} with the other dims equal")
         if any(isinstance(x.shape[ax], str) for x in xs):
             raise ShapeError("cannot concatenate along a symbolic dim")
         return TensorType(first.shape[:ax] + (sum(x.shape[ax] for x in xs),) + first.shape[ax + 1:])

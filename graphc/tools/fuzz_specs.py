@@ -433,6 +433,28 @@ def gelu_tanh(b: Builder):
     b.line(f"gelu({v.name}, approximate='tanh')", v.shape, [v], mag=v.mag, sparse=False)
 
 
+@entry("where")
+def where(b: Builder):
+    """where(relu(c), a, o): the mask relu of a new N(0, 1) input c (zero about half the time),
+    shaped to broadcast with a (the same, a suffix, axes of 1, a scalar); o a value, a param or a
+    constant, shaped likewise."""
+    a = b.data()
+    mask = b.new_input(_partner_shape(b, a))
+    shape = _partner_shape(b, a)
+    if not shape and b.rarely(2):
+        other = Val(b.pick(ADDENDS), (), mag=1.0)
+        operands = [mask, a]
+    else:
+        def make():
+            return b.new_input(shape) if BATCH in shape else b.param(shape)
+        other = b.operand(lambda v: v.shape == shape and v is not a, make)
+        operands = [mask, a, other]
+    out = _broadcast(_broadcast(mask.shape, a.shape), other.shape)
+    text = other.name if not other.name.startswith("-") else f"({other.name})"
+    b.line(f"where(relu({mask.name}), {a.name}, {text})", out, operands, mag=max(a.mag, other.mag),
+           low=min(a.low, other.low), sparse=True, ops=2)
+
+
 @entry("square")
 def square(b: Builder):
     v = b.data()
@@ -667,17 +689,37 @@ def conv1d(b: Builder):
            mag=x.mag * w.mag * math.sqrt(c * k))
 
 
+def _pool_out(n: int, k: int, s: int, p: int, d: int, ceil: bool) -> int:
+    """torch's pooled size: rounded up with ceil_mode, the last window starting inside the input
+    or its left padding."""
+    out = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    return out - 1 if ceil and (out - 1) * s >= n + p else out
+
+
 def _pool(op: str):
     def draw(b: Builder):
+        """The window of _window, and now and then torch's other keywords: ceil_mode, max's
+        dilation, avg's count_include_pad=False and divisor_override."""
         x = _image(b, dense=op == "max_pool2d")       # a max over exact zeros would tie
         n, c, h, w = x.shape
         win = _window(b, (h, w), pool=True)
         if win is None:
             return
         (kh, kw), stride, pad = win
-        b.line(f"{op}({x.name}, ({kh}, {kw}), stride={stride}, padding={pad})",
-               (n, c, _out(h, kh, stride, pad), _out(w, kw, stride, pad)), [x], mag=x.mag,
-               low=x.low if op == "max_pool2d" or pad == 0 else 0.0, sparse=x.sparse and op != "max_pool2d")
+        keys, ceil, dil = [], b.rarely(3), 1
+        if ceil:
+            keys.append("ceil_mode=True")
+        if op == "max_pool2d" and b.rarely(4) and all(2 * (k - 1) + 1 <= m + 2 * pad for k, m in ((kh, h), (kw, w))):
+            dil = 2
+            keys.append("dilation=2")
+        if op == "avg_pool2d" and b.rarely(3):
+            keys.append("count_include_pad=False")
+        if op == "avg_pool2d" and b.rarely(5):
+            keys.append(f"divisor_override={b.pick([2, 3])}")
+        b.line(f"{op}({', '.join([x.name, f'({kh}, {kw})', f'stride={stride}', f'padding={pad}'] + keys)})",
+               (n, c, _pool_out(h, kh, stride, pad, dil, ceil), _pool_out(w, kw, stride, pad, dil, ceil)), [x],
+               mag=x.mag, low=x.low if op == "max_pool2d" or (pad == 0 and not ceil and not keys) else 0.0,
+               sparse=x.sparse and op != "max_pool2d")
     entry(op)(draw)
 
 
