@@ -1119,8 +1119,14 @@ def _dropout_space(draw, rng):
         {"p": draw(st.sampled_from([0.0, 0.1, 0.5, 0.9])), "seed": draw(st.integers(0, 5))}
 
 
+def _where_space(draw, rng):
+    full = draw(shapes(1, 4))
+    cond = (rng.standard_normal(draw(broadcast_from(full))) > 0) * 1.0
+    return [cond, real(rng, *draw(broadcast_from(full))), real(rng, *full)], {}
+
+
 GRAD_SPACES.update({
-    "batch_norm": _batch_norm_space, "dropout": _dropout_space,
+    "batch_norm": _batch_norm_space, "dropout": _dropout_space, "where": _where_space,
     "conv2d": _conv2d_space, "conv1d": _conv1d_space, "im2col": _im2col_space, "col2im": _col2im_space,
     "patch_matmul": _patch_matmul_space, "max": _max_space, "max_pool2d": _pool_space(True),
     "avg_pool2d": _pool_space(False), "adaptive_avg_pool2d": _adaptive_space, "layer_norm": _layer_norm_space,

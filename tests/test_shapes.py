@@ -91,6 +91,9 @@ GOOD = [
     ("conv2d", [("N", 1, 49, 10), (64, 1, 10, 4)], {"stride": 2, "padding": (5, 1)}, ("N", 64, 25, 5)),
     ("conv1d", [("N", 3, 20), (5, 3, 4), (5,)], {"stride": 2, "padding": 1}, ("N", 5, 10)),
     ("max_pool2d", [("N", 3, 8, 8)], {"kernel_size": 2}, ("N", 3, 4, 4)),
+    ("batch_norm", [("N", 3, 4, 5), (3,), (3,), (3,), (3,)], {}, ("N", 3, 4, 5)),
+    ("batch_norm", [("N", 6), (6,), (6,)], {"momentum": 0.5}, ("N", 6)),
+    ("dropout", [("N", 3, 4)], {"p": 0.1}, ("N", 3, 4)),
     ("where", [("N", 1, 4), (3, 4), ()], {}, ("N", 3, 4)),
     ("where", [(), ("N", 2), (2,)], {}, ("N", 2)),
     ("max_pool2d", [("N", 3, 8, 7)], {"kernel_size": 3, "stride": 2, "ceil_mode": True}, ("N", 3, 4, 3)),
@@ -154,6 +157,9 @@ BAD = [
     ("max_pool2d", [("N", 3, 8, 8)], {"kernel_size": 2, "padding": 2}, ShapeError, "more than half the kernel"),
     ("max_pool2d", [("N", 3, 2, 2)], {"kernel_size": 3}, ShapeError, "larger than the padded input"),
     ("avg_pool2d", [("N", 8, 8)], {"kernel_size": 2}, ShapeError, "rank 4"),
+    ("batch_norm", [("N", 3, 4, 5), (4,), (4,)], {}, ShapeError, r"running_mean must have shape \(3,\)"),
+    ("batch_norm", [("N",), (1,), (1,)], {}, ShapeError, "rank 2 to 4"),
+    ("dropout", [("N", 3)], {"p": 1.0}, SpecError, r"in \[0, 1\)"),
     ("where", [("N", 3), (4,), ()], {}, ShapeError, "cannot broadcast"),
     ("where", ["i:N", ("N",), ("N",)], {}, DTypeError, "int32"),
     ("avg_pool2d", [("N", 3, 8, 8)], {"kernel_size": 2, "count_include_pad": 1}, SpecError, "True or False"),
@@ -184,12 +190,14 @@ BAD = [
 ]
 
 
-def _inputs(g, shapes):
+def _inputs(g, shapes, op=None):
     vals = []
     for i, s in enumerate(shapes):
         if isinstance(s, str) and s.startswith("i:"):
             dims = tuple(int(d) if d.isdigit() else d for d in s[2:].split(","))
             vals.append(g.input(f"a{i}", dims, dtype="int32"))
+        elif op in REGISTRY and i in REGISTRY[op].state_inputs:      # running statistics: model state
+            vals.append(g.state(f"a{i}", s))
         else:
             vals.append(g.input(f"a{i}", s))
     return vals
@@ -204,7 +212,7 @@ def test_shape_cases_cover_every_public_op():
 @pytest.mark.parametrize("op, shapes, attrs, want", GOOD, ids=[f"{c[0]}-{i}" for i, c in enumerate(GOOD)])
 def test_shape_rule_good(op, shapes, attrs, want):
     g = graphc.Graph("shapes", {"N": None})
-    out = g.apply(op, *_inputs(g, shapes), **attrs)
+    out = g.apply(op, *_inputs(g, shapes, op), **attrs)
     assert out.shape == want
     g.verify()
 
@@ -213,7 +221,7 @@ def test_shape_rule_good(op, shapes, attrs, want):
 def test_shape_rule_bad(op, shapes, attrs, err, match):
     g = graphc.Graph("shapes", {"N": None})
     with pytest.raises(err, match=match) as e:
-        g.apply(op, *_inputs(g, shapes), **attrs)
+        g.apply(op, *_inputs(g, shapes, op), **attrs)
     assert isinstance(e.value, GraphcError)
     assert op in str(e.value)                 # the message names the op
 
