@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "none"), default="sgd",
                    help="the update compiled into NAME_train_step when the spec has [grad] (default sgd)")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam and adamw)")
+    s.add_argument("--wrt", default=None, metavar="NAMES",
+                   help="the params NAME_train_step trains, comma-separated (default: the spec's [grad] wrt), "
+                        "e.g. the last layers only to fine-tune on a device; 'none': inference only "
+                        "(forward and predict)")
     s.add_argument("--params", default=None, metavar="NPZ",
                    help="also write NAME_params.c/.h: these trained values (a state.save() file, "
                         "or an .npz of arrays named as the params) as const C arrays")
@@ -249,8 +253,14 @@ def cmd_emit(args) -> int:
     from graphc.native.runtime import default_threads
     g = _load(args.spec)
     grad_of, wrt = g.grad_spec or (None, None)
-    optimizer = _optimizer(args) if g.grad_spec else None   # on-device training: train_step too
-    csrc = generate(g, grad_of, list(wrt) if wrt else None, dtype=args.dtype, threads=default_threads(),
+    if args.wrt is not None:
+        wrt = [w.strip() for w in args.wrt.split(",") if w.strip()] if args.wrt != "none" else None
+        if wrt and grad_of is None:
+            from graphc.core.errors import SpecError
+            raise SpecError(f"--wrt {args.wrt}: {args.spec} has no [grad] section naming the loss",
+                            hint='add [grad] with of = "J"')
+    optimizer = _optimizer(args) if wrt else None    # on-device training: train_step too
+    csrc = generate(g, grad_of if wrt else None, list(wrt) if wrt else None, dtype=args.dtype, threads=default_threads(),
                     optimizer=optimizer)
     params = _load_params(args.params) if args.params else None
     from graphc.native.isa import resolve as resolve_isa
