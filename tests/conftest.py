@@ -8,6 +8,12 @@ import pytest
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_SPECS = sorted(p.name for p in EXAMPLES_DIR.glob("*.toml"))   # parametrize over these
+# The big convolutional examples (MLPerf Tiny's keyword-spotting DS-CNN, ResNet-8): building and
+# running their C takes tens of seconds under the sanitizers and in the strict builds of every
+# compiler, so those per-example tests run SMALL_EXAMPLES; tests/test_kws.py and the benchmarks
+# run the big ones, and tests/specs/small_cnn.toml takes the same ops through every C check.
+BIG_EXAMPLES = {"kws_dscnn", "resnet8"}
+SMALL_EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.toml") if p.stem not in BIG_EXAMPLES)
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ import graphc
 from graphc.tools.check import random_arrays
 from graphc.core.ir import INT
 from graphc.ops import REGISTRY
+from conftest import SMALL_EXAMPLES
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+EXAMPLES = SMALL_EXAMPLES
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}   # relative to the largest magnitude of the reference
 BATCHES = (1, 2, 37)
 
@@ -172,8 +173,11 @@ def conv_graph() -> graphc.Graph:
     dw = g.param("dw", (8, 1, 3, 3))            # depthwise
     w3, b3 = g.param("w3", (4, 8, 5)), g.param("b3", (4,))
     y = graphc.relu(graphc.conv2d(x, w1, b1, padding=1))
+    rm, rv = g.state("rm", (8,)), g.state("rv", (8,))
     outs = {
         "depthwise": graphc.conv2d(y, dw, stride=2, padding=1, groups=8),
+        "bn": graphc.dropout(graphc.batch_norm(y, rm, rv, g.param("bn_w", (8,)), g.param("bn_b", (8,))), 0.3),
+        "where": graphc.where(graphc.relu(y[:, :, :, 0]), y[:, :, :, 1], 0.5),
         "maxpool": graphc.max_pool2d(y, 2), "avgpool": graphc.avg_pool2d(y, 3, stride=1, padding=1),
         "gap": graphc.adaptive_avg_pool2d(y, 1), "max": graphc.max(y, axis=(2, 3)),
         "conv1d": graphc.conv1d(graphc.reshape(y, ("N", 8, 36)), w3, b3, stride=2, dilation=2),
@@ -193,7 +197,8 @@ OP_GRAPHS = {f.__name__.removesuffix("_graph"): f for f in
 
 
 def real_names(g: graphc.Graph) -> list[str]:
-    return [k for k, v in {**g.inputs, **g.params}.items() if v.dtype != INT]
+    """The real inputs and the trained params (not the model state)."""
+    return [k for k, v in {**g.inputs, **g.params}.items() if v.dtype != INT and k not in g.states]
 
 
 @functools.lru_cache(maxsize=None)

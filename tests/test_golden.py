@@ -16,10 +16,11 @@ import pytest
 
 import graphc
 from graphc.backend.codegen import generate
+from conftest import SMALL_EXAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden"
-EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+EXAMPLES = SMALL_EXAMPLES
 UPDATE = os.environ.get("GRAPHC_UPDATE_GOLDEN") == "1"
 
 

@@ -26,10 +26,10 @@ import pytest
 import graphc
 from graphc.backend.codegen import generate
 from graphc.native.export import TRAIN_STEPS, emit, parse_example_output, summary_close
+from conftest import SMALL_EXAMPLES
 
 ROOT = Path(__file__).resolve().parent.parent
-# (resnet8's 78,000 params and their gradients alone take 620 KB: it is for the benchmarks)
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.toml") if p.stem != "resnet8")
+EXAMPLES = SMALL_EXAMPLES      # (kws_dscnn: tests/test_kws.py, with its own builds)
 # The batch main.c runs on the board: 4 (its default), 1 for the convolutional examples, whose
 # training at batch 1 is what a device does (digits_cnn's train step at 4 would need 300 KB)
 MCU_BATCH = {"digits_cnn": 1, "kws_dscnn": 1}

@@ -18,8 +18,9 @@ import graphc
 from graphc.backend.codegen import prediction_graph
 from graphc.native.export import EXAMPLE_FUNCTIONS, example_arrays, example_summary, parse_example_output, summary_close
 from test_fuzz_spec import generated_specs
+from conftest import SMALL_EXAMPLES
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
+EXAMPLES = list(SMALL_EXAMPLES)
 # and a wide softmax: the threaded kernel forms the examples are too small for
 EXAMPLES += [Path(__file__).resolve().parent / "specs" / "many_classes.toml"]
 EXAMPLES += [Path(__file__).resolve().parent / "specs" / "small_cnn.toml"]      # im2col, grouped GEMMs, col2im

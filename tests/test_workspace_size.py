@@ -26,11 +26,12 @@ import graphc
 from graphc.backend.codegen import generate
 from graphc.backend.packing import pack_elems
 from graphc.native.export import emit
+from conftest import SMALL_EXAMPLES
 
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc not found")
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
+EXAMPLES = SMALL_EXAMPLES
 
 MLP784 = """
 name = "mlp784"
@@ -204,7 +205,7 @@ def test_workspace_sgd_step_without_a_stored_gradient_is_an_sgd_step(batch):
         np.testing.assert_allclose(state.params[k], params[k] - lr * grads[k], rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("spec", sorted((ROOT / "examples").glob("*.toml")) + sorted((ROOT / "tests" / "specs").glob("*.toml")),
+@pytest.mark.parametrize("spec", SMALL_EXAMPLES + sorted((ROOT / "tests" / "specs").glob("*.toml")),
                          ids=lambda p: p.stem)
 def test_workspace_every_product_of_every_function_is_counted(spec):
     """The packing share is the most over the model's products: each product the schedule makes

@@ -53,7 +53,10 @@ def keep_scaled(seed: int, step: float, p: float, shape: tuple) -> np.ndarray:
 
 
 def _step_value(step: np.ndarray) -> int:
-    return int(np.asarray(step).reshape(-1)[0])
+    """The step count as the C reads it: truncated, and 0 for a value outside [0, 2^32) or NaN
+    (which C could not convert to unsigned)."""
+    s = float(np.asarray(step).reshape(-1)[0])
+    return int(s) if 0 <= s < 4294967296.0 else 0
 
 
 def _check_p(p) -> None:
@@ -120,6 +123,9 @@ class Dropout(OpDef):
     def inference(self, b, node):
         return node.inputs[0]
 
+    def positive_inputs(self, node):
+        return [node.inputs[1]]          # a step count (example data: a count, not a negative float)
+
     def state_updates(self, b, node):
         return {1: b.add(node.inputs[1], 1.0)}
 
@@ -153,7 +159,9 @@ class DropoutMask(OpDef):
     def c_code(self, k, node):
         # {{IDX}}: the flat index of the element, filled in with the loop's indices (kernels.py)
         a = node.attrs
-        return (f"(gc_random_bits({a['seed']}UL, (unsigned long){{0}}, (unsigned long)({{{{IDX}}}})) >= "
+        # the step as unsigned, 0 outside [0, 2^32) (a negative or NaN float has no unsigned value in C)
+        step = "({0} >= 0 && {0} < 4294967296.0 ? (unsigned long){0} : 0UL)"
+        return (f"(gc_random_bits({a['seed']}UL, {step}, (unsigned long)({{{{IDX}}}})) >= "
                 f"{threshold(a['p'])}UL ? {k.real(1.0 / (1.0 - a['p']))} : {k.real(0.0)})")
 
     def vjp(self, b, node, d):

@@ -69,6 +69,7 @@ def random_arrays(graph: Graph, n: int, rng: np.random.Generator) -> dict[str, n
     """Seeded float64 inputs and params; int32 labels/ids in range; inputs of log/sqrt positive."""
     bounds = label_bounds(graph)
     positive = {v.name for node in graph.nodes if node.op.name in _POSITIVE_OPS for v in node.inputs}
+    positive |= {v.name for node in graph.nodes for v in node.op.positive_inputs(node)}   # running variances
     # Real cross-entropy targets are distributions (identity 7 needs rows summing to 1).
     targets = {node.inputs[1].name for node in graph.nodes
                if node.op.name == "cross_entropy" and node.inputs[1].dtype != INT}
