@@ -295,7 +295,10 @@ def render(results, cmd) -> str:
             if peers:
                 sp = [f"{k} {min(mr[k][w] for w in peers) / mr[k]['graphc']:.2f}x" for k in ("train", "forward", "fit")]
                 lines.append(f"| {T} | graphc over the best peer | " + " | ".join(sp) + " |")
-        lines.append("")
+        loads = ", ".join(f"{T} thread{'s' * (T > 1)}: {max(r['models'][name]['load'].values()):.0%}" for T, r in results)
+        lines += ["", f"Other processes' share of the cores while this was measured (most of the three): {loads}"
+                  + ("; above 15% the figures are those of a loaded machine (2 threads then share cores with them)."
+                     if any(max(r["models"][name]["load"].values()) > R.QUIET_LOAD for _, r in results) else "."), ""]
     gem = [(T, r) for T, r in results if "gemms" in r["models"].get("resnet8", {})]
     if gem:
         lines += ["**ResNet-8's convolution GEMMs** (batch 64): GFLOP/s of graphc's GEMM alone on each shape, "
@@ -327,6 +330,7 @@ def main(argv=None):
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM table")
     ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
+    ap.add_argument("--from-json", help="print (and --write-readme) the tables of an earlier --json run, measuring nothing")
     ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -337,8 +341,8 @@ def main(argv=None):
         Path(args.worker_out).write_text(json.dumps(worker(args)))
         return 0
     cmd = "python benchmarks/cnn.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = []
-    for T in [int(t) for t in args.threads.split(",")]:
+    results = json.loads(Path(args.from_json).read_text()) if args.from_json else []
+    for T in [int(t) for t in args.threads.split(",")] if not args.from_json else []:
         env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
         env.update(OMP_NUM_THREADS=str(T), OPENBLAS_NUM_THREADS=str(T), MKL_NUM_THREADS=str(T),
                    GRAPHC_NUM_THREADS=str(T), GRAPHC_CACHE_DIR=R.CACHE)
