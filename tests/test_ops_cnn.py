@@ -260,3 +260,26 @@ def test_conv_bias_and_relu_run_in_the_gemm_epilogue_and_the_depthwise_loop(dtyp
     assert forward.count("gc_real *gc_col = ") == 1, "one patch matrix (the dense conv's), none for the depthwise one"
     report = graphc.check(g, dtype=dtype)
     assert report.ok, str(report)
+
+
+def test_depthwise_inference_needs_no_patch_matrix_in_the_workspace(monkeypatch):
+    """A DS-CNN depthwise layer (64 channels, 25x5, 3x3) at batch 1: the direct loop's workspace
+    holds the 32,000-byte output and no 288,000-byte patch matrix (im2col's, forced here)."""
+    import graphc.ops.conv as conv
+    spec = """name = "dw_ws"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 64, 25, 5]
+[params]
+w = [64, 1, 3, 3]
+b = [64]
+[graph]
+h = "relu(conv2d(x, w, b, padding=1, groups=64))"
+[outputs]
+h = "h"
+"""
+    direct = graphc.compile(graphc.parse_spec(spec, "dw.toml"), dtype="float32").workspace(1).nbytes
+    monkeypatch.setattr(conv, "direct_depthwise", lambda *a: False)
+    patches = graphc.compile(graphc.parse_spec(spec, "dw.toml"), dtype="float32").workspace(1).nbytes
+    assert direct < 1024 < 288_000 <= patches, (direct, patches)
