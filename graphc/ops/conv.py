@@ -336,8 +336,9 @@ def direct_depthwise(g: Geometry, w_shape, groups: int) -> bool:
     """Whether a convolution runs as the direct depthwise loop (ops/depthwise.py) rather than
     im2col + one GEMM per group: when it is depthwise (groups == C_in == C_out, one filter per
     channel). Each group's GEMM then has a single output column and C_in/groups·kh·kw inner
-    terms, all call and packing overhead: the direct loop was 3-30x faster at every depthwise
-    shape measured (benchmarks/README.md), and it needs no patch matrix in the workspace."""
+    terms, all call and packing overhead: the direct loop was 1.6-16x faster, forward and backward,
+    at every shape of benchmarks/depthwise.py on one thread (benchmarks/README.md), and it needs no
+    patch matrix in the workspace."""
     return groups > 1 and groups == g.C == w_shape[0] and w_shape[1] == 1
 
 
