@@ -5,6 +5,7 @@
     python benchmarks/run.py --quick              # tiny, digits, mnist; fewer repetitions (< 2 minutes)
     python benchmarks/run.py --sizes tiny,mnist --threads 2 --reps 9
     python benchmarks/run.py --write-readme       # also put the tables into benchmarks/README.md
+    (then the CNN models, benchmarks/cnn.py, unless --no-cnn)
 
 How it measures (see benchmarks/README.md for the columns):
 
@@ -781,6 +782,7 @@ def main(argv=None):
     ap.add_argument("--peers", default="torch,jax", help="optional peers to try (NumPy always runs)")
     ap.add_argument("--no-compile-times", action="store_true", help="skip the first-build / cached-load table")
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM breakdown")
+    ap.add_argument("--no-cnn", action="store_true", help="skip the CNN benchmark (benchmarks/cnn.py)")
     ap.add_argument("--no-gil-threads", action="store_true",
                     help="skip benchmarks/threads.py (two Python threads calling one model: is the GIL released?)")
     ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "neon", "portable"), default="auto",
@@ -855,6 +857,10 @@ def main(argv=None):
         else:
             body = body + "\n" + block + "\n"
         readme.write_text(body)
+    if not args.no_cnn:              # the CNN models, its own tables and README block (<!-- CNN-RESULTS -->)
+        print(f"[run.py] CNN models, benchmarks/cnn.py ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+        subprocess.run([sys.executable, str(HERE / "cnn.py"), "--threads", args.threads]
+                       + ["--reps", "3", "--models", "digits_cnn"] * args.quick + ["--write-readme"] * args.write_readme)
     if not args.no_gil_threads:      # its own table and README block (<!-- GIL-RESULTS -->), after the above
         print(f"[run.py] two Python threads, benchmarks/threads.py ({time.perf_counter() - t_start:.0f} s)",
               file=sys.stderr)

@@ -231,6 +231,29 @@ def _naive_col2im(p, size, kernel, stride, padding, dilation):
     return out
 
 
+def _naive_depthwise(a, b, bias=None, mode="forward", size=(1, 1), kernel=(1, 1), stride=(1, 1),
+                     padding=(0, 0, 0, 0), dilation=(1, 1)):
+    """The direct depthwise loop's three modes from _naive_im2col, channel by channel; input_grad
+    by its definition as the adjoint of forward: ⟨forward(x, w), δ⟩ = ⟨x, input_grad(δ, w)⟩."""
+    win = dict(kernel=kernel, stride=stride, padding=padding, dilation=dilation)
+    K = kernel[0] * kernel[1]
+    if mode == "input_grad":
+        N, C = a.shape[:2]
+        out = np.zeros((N, C) + tuple(size))
+        for idx in np.ndindex(out.shape[1:]):
+            e = np.zeros((1, C) + tuple(size))
+            e[(0,) + idx] = 1.0
+            out[(slice(None),) + idx] = np.einsum("nchw,chw->n", a, _naive_depthwise(e, b, **win)[0])
+        return out
+    N, C = a.shape[:2]
+    P = _naive_im2col(a, pad_value=0.0, **win)
+    P = P.reshape(P.shape[:3] + (C, K))
+    if mode == "weight_grad":
+        return np.einsum("nhwck,nchw->ck", P, b).reshape((C, 1) + tuple(kernel))
+    z = np.einsum("nhwck,ck->nchw", P, b.reshape(C, K))
+    return z + bias[None, :, None, None] if bias is not None else z
+
+
 def _naive_patch_matmul(a, b, bias=None, mode="nt", groups=1):
     G = groups
     if mode == "tn":
@@ -455,6 +478,16 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
              {"groups": 2}),
         Case("nn groups", [real(rng, 2, 3, 4), real(rng, 4, 5)], _naive_patch_matmul, {"mode": "nn", "groups": 2}),
         Case("tn groups", [real(rng, 2, 3, 6), real(rng, 2, 3, 9)], _naive_patch_matmul, {"mode": "tn", "groups": 3}),
+    ],
+    "depthwise_conv": lambda rng: [
+        Case("forward bias", [real(rng, 2, 3, 5, 4), real(rng, 3, 1, 3, 3), real(rng, 3)], _naive_depthwise,
+             {"size": (5, 4), "kernel": (3, 3), "padding": (1, 1, 1, 1)}),
+        Case("forward strided dilated", [real(rng, 1, 2, 6, 7), real(rng, 2, 1, 2, 3)], _naive_depthwise,
+             {"size": (6, 7), "kernel": (2, 3), "stride": (2, 3), "padding": (0, 1, 2, 0), "dilation": (2, 1)}),
+        Case("input_grad", [real(rng, 2, 3, 3, 2), real(rng, 3, 1, 3, 3)], _naive_depthwise,
+             {"mode": "input_grad", "size": (5, 4), "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1, 1, 1)}),
+        Case("weight_grad", [real(rng, 2, 3, 5, 4), real(rng, 2, 3, 3, 2)], _naive_depthwise,
+             {"mode": "weight_grad", "size": (5, 4), "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1, 1, 1)}),
     ],
     "max": lambda rng: [
         Case("all", [real(rng, 5, 7)], lambda x, axis, keepdims: np.float64(x.ravel().max())),
@@ -1068,6 +1101,17 @@ def _patch_matmul_space(draw, rng):
     return args, {"mode": mode, "groups": G}
 
 
+def _depthwise_space(draw, rng):
+    (N, C, H, W), k, s, p, d = draw(window())
+    mode = draw(st.sampled_from(["forward", "input_grad", "weight_grad"]))
+    Ho, Wo = _out_size((H, W), k, s, p, d)
+    x, w, dy = real(rng, N, C, H, W), real(rng, C, 1, *k), real(rng, N, C, Ho, Wo)
+    args = {"forward": [x, w], "input_grad": [dy, w], "weight_grad": [x, dy]}[mode]
+    if mode == "forward" and draw(st.booleans()):
+        args.append(real(rng, C))
+    return args, {"mode": mode, "size": (H, W), **_window_attrs(k, s, p, d)}
+
+
 def _max_space(draw, rng):
     shape = draw(shapes(0, 4))
     args, attrs = [rng.permutation(np.linspace(-2, 2, int(np.prod(shape)))).reshape(shape)], {}   # no ties
@@ -1128,10 +1172,10 @@ def _where_space(draw, rng):
 GRAD_SPACES.update({
     "batch_norm": _batch_norm_space, "dropout": _dropout_space, "where": _where_space,
     "conv2d": _conv2d_space, "conv1d": _conv1d_space, "im2col": _im2col_space, "col2im": _col2im_space,
-    "patch_matmul": _patch_matmul_space, "max": _max_space, "max_pool2d": _pool_space(True),
+    "patch_matmul": _patch_matmul_space, "depthwise_conv": _depthwise_space, "max": _max_space, "max_pool2d": _pool_space(True),
     "avg_pool2d": _pool_space(False), "adaptive_avg_pool2d": _adaptive_space, "layer_norm": _layer_norm_space,
 })
-WINDOWED = {"conv2d", "conv1d", "im2col", "col2im", "max_pool2d", "avg_pool2d"}   # finite differences cost most
+WINDOWED = {"conv2d", "conv1d", "im2col", "col2im", "depthwise_conv", "max_pool2d", "avg_pool2d"}   # finite differences cost most
 
 GRAD_SETTINGS = settings(max_examples=80, deadline=None, derandomize=True)   # the whole file runs in ~10 s
 WINDOW_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)

@@ -215,3 +215,71 @@ def test_torch_argument_order_and_keywords_in_the_spec_and_the_builder():
     assert ([v.name for v in y.node.inputs], y.node.attrs) == nodes[0][1:]
     with pytest.raises(graphc.GraphcError, match="bias is given without weight"):
         graphc.layer_norm(x, (5,), None, b)
+
+
+CONV_RELU = """name = "conv_relu"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 3, 9, 7]
+y = { shape = ["N"], dtype = "int32" }
+[params]
+w = [8, 3, 3, 3]
+b = [8]
+d = [8, 1, 3, 3]
+e = [8]
+U = [5, 120]
+[graph]
+h = "relu(conv2d(x, w, b, padding=1))"
+k = "relu(conv2d(h, d, e, stride=2, padding=1, groups=8))"
+J = "cross_entropy(flatten(k[:, :, :, 1:]) @ U.T, y)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["w", "b", "d", "e", "U", "x"]
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_conv_bias_and_relu_run_in_the_gemm_epilogue_and_the_depthwise_loop(dtype):
+    """relu(conv2d(x, w, b)): the bias and the relu in the patch GEMM's epilogue (GC_ACT_RELU), h
+    written by the permute to NCHW, no loop of its own for the relu; the depthwise convolution's
+    relu inside its direct loop, which makes no patch matrix. C vs NumPy in both dtypes."""
+    from graphc.backend.codegen import generate
+    g = graphc.parse_spec(CONV_RELU, "conv_relu.toml")
+    src = generate(g, dtype=dtype).source
+    forward = src[src.index("int conv_relu_forward("):]
+    forward = forward[:forward.index("\n}\n")]
+    gemm = re.search(r"gc_gemm_bias_act\([^;]*;", forward).group(0)
+    assert ", b, GC_ACT_RELU)" in gemm, gemm
+    assert re.search(r"\n\s*h\[[^\]]*\] = [a-z_0-9]+\[[^\]]*\];", forward), "the permute writes h"
+    assert "<= 0 ? 0 :" in forward and forward.count("<= 0 ? 0 :") == 1, "one relu: the depthwise loop's"
+    assert "gc_orow[gc_ow] = gc_orow[gc_ow] <= 0 ? 0 : gc_orow[gc_ow];" in forward
+    assert re.search(r"gc_real \*gc_o = k_v \+", forward), "the depthwise loop writes k"
+    assert forward.count("gc_real *gc_col = ") == 1, "one patch matrix (the dense conv's), none for the depthwise one"
+    report = graphc.check(g, dtype=dtype)
+    assert report.ok, str(report)
+
+
+def test_depthwise_inference_needs_no_patch_matrix_in_the_workspace(monkeypatch):
+    """A DS-CNN depthwise layer (64 channels, 25x5, 3x3) at batch 1: the direct loop's workspace
+    holds the 32,000-byte output and no 288,000-byte patch matrix (im2col's, forced here)."""
+    import graphc.ops.conv as conv
+    spec = """name = "dw_ws"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 64, 25, 5]
+[params]
+w = [64, 1, 3, 3]
+b = [64]
+[graph]
+h = "relu(conv2d(x, w, b, padding=1, groups=64))"
+[outputs]
+h = "h"
+"""
+    direct = graphc.compile(graphc.parse_spec(spec, "dw.toml"), dtype="float32").workspace(1).nbytes
+    monkeypatch.setattr(conv, "direct_depthwise", lambda *a: False)
+    patches = graphc.compile(graphc.parse_spec(spec, "dw.toml"), dtype="float32").workspace(1).nbytes
+    assert direct < 1024 < 288_000 <= patches, (direct, patches)

@@ -9,6 +9,8 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
     IDENTITY_7          (softmax(θ) − onehot(y)) · scale, identity (7)'s gradient, written by that pass
     GEMM_EPILOGUE       what a GEMM applies as it writes its product: + bias, relu, ∘ sgn(mask)
                         (identity (4) read off the output) and the column sums of identity (3)
+    CONV_RELU           relu(conv2d(x, w, b)): the relu in the conv GEMM's epilogue (after the bias it
+                        already has) or in the depthwise loop; the permute to NCHW writes h
     TRANSPOSE_IN_PLACE  a transpose read only by GEMMs is read in place (op(A) = Aᵀ), never copied
     SGD_IN_GEMM         (train step, over the kernel records) plain SGD's W -= lr d_W applied by the
                         GEMM that writes d_W, which is then never stored
@@ -101,6 +103,14 @@ GEMM_EPILOGUE = (
 # a sum over the rows of the chain's last value (identity (3): a bias gradient)
 COLUMN_SUMS = (op("sum_to", var("rows")), op("sum", var("rows")))
 
+# a convolution's relu in its kernel: relu(conv2d(x, w, b)) lowers to relu(permute(patch_matmul(P, W, b)))
+# (the GEMM writes rows of output pixels, NHWC; the permute makes them NCHW), so the GEMM applies the relu
+# in its epilogue, after the bias, and the permute writes h itself; a depthwise convolution's direct
+# loop (ops/depthwise.py) applies it to each row as it finishes it and writes h.
+CONV_RELU = (op("relu", op("permute", op("patch_matmul", var("P"), var("W"), bind="rows"), bind="nchw"), bind="h"),
+             op("relu", op("depthwise_conv", var("x"), var("w"), bind="rows"), bind="h"))
+NCHW = (0, 3, 1, 2)
+
 GATHER_INTO_CONCAT = ("embedding", "concat")           # the gather, its single consumer
 SCATTER_FROM_SLICE = op("embedding_grad", op("slice", var("whole"), bind="part"), var("ids"))
 SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each leaf a scatter
@@ -154,10 +164,14 @@ class Fusion:
         self.into_concat: dict[Node, tuple[Value, int]] = {}   # embedding -> (concat output, first column)
         self.from_slice: dict[Node, tuple[Value, int]] = {}    # embedding_grad -> (sliced value, first column)
         self.scatter_sum: dict[Node, tuple[Value, bool]] = {}  # embedding_grad -> (the sum, zeroes it first)
+        self.moved: set[Node] = set()               # relus computed by the kernel before them (CONV_RELU)
+        self.conv_relu: set[Node] = set()           # conv GEMMs and depthwise loops that apply a relu
+        self.writes: dict[Node, Value] = {}         # node -> the relu output it writes instead of its own
         self._statics()
         self._shared_row_passes()
         self._identity_7()
         self._gemm_epilogues()
+        self._conv_relus()
         self._gathers()
         self._in_place_and_inline()
 
@@ -250,6 +264,25 @@ class Fusion:
                 self.absorbed.add(v)
                 v = self._single_user(v).output
 
+    def _conv_relus(self) -> None:
+        """CONV_RELU: the product (a grouped GEMM per group, or the direct depthwise loop) applies the
+        relu as it writes; the relu node has no kernel of its own, and h is written by the permute
+        (or by the direct loop, whose output is NCHW already)."""
+        for n in self.g.nodes:
+            for pat in CONV_RELU:
+                env = match(pat, n.output)
+                if env is None or n.output in self.static:
+                    continue
+                rows, nchw = env["rows"], env.get("nchw")
+                if rows.node.attrs["mode"] not in ("nt", "forward") or \
+                        self._single_user(rows) is not (nchw.node if nchw is not None else n) or \
+                        nchw is not None and (nchw.node.attrs["axes"] != NCHW or self._single_user(nchw) is not n):
+                    continue
+                self.conv_relu.add(rows.node)
+                self.writes[(nchw if nchw is not None else rows).node] = n.output
+                self.moved.add(n)
+                break
+
     def _gathers(self) -> None:
         """GATHER_INTO_CONCAT, SCATTER_FROM_SLICE and SCATTER_SUM: the word-window classifier's
         e = concat(E[w0], E[w1], E[w2]) gathers into e's columns, and its backward pass, d_E =
@@ -320,7 +353,8 @@ class Fusion:
         finals = {n.output for n in self.epilogue}
         for n in self.g.nodes:
             v = n.output
-            if v in self.static or v in self.out_of or v in self.keep or v in self.absorbed or v in finals:
+            if v in self.static or v in self.out_of or v in self.keep or v in self.absorbed or v in finals \
+                    or n in self.moved:
                 continue
             users = self.users.get(v, [])
             if match(TRANSPOSE_IN_PLACE, v) and users and all(u.op.name == READS_IN_PLACE for u in users):

@@ -11,6 +11,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     RowSoftmax   softmax / log-softmax / cross-entropy over the rows of the logits, and identity (7)
     Gather       embedding rows, their scatter-add adjoint, one-hot rows
     Patches      a convolution's patch matrix (im2col) and its adjoint (col2im)
+    Depthwise    a depthwise convolution's direct loop and its two adjoints (no patch matrix)
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
 """
 from __future__ import annotations
@@ -311,6 +312,36 @@ class Patches(Kernel):
     kind_name: ClassVar[str] = "patches"
 
 
+@dataclass(frozen=True)
+class Depthwise(Kernel):
+    """A depthwise convolution's direct loop (no patch matrix), x and out NCHW, w [C, 1, kh, kw].
+    kind forward: out = the windows of x times w (+ bias, then relu when set); input_grad: out
+    [n, C, H, W] = each δ (x here) times w added back onto its window; weight_grad: out [C, 1, kh, kw]
+    = Σ over batch and pixels of δ (w here) times the window of x. Sizes are C text as Patches'."""
+    kind: str = "forward"
+    out: str = ""
+    x: str = ""
+    w: str = ""
+    bias: str | None = None
+    relu: bool = False
+    batch: str = ""
+    C: str = ""
+    H: str = ""
+    W: str = ""
+    kh: str = ""
+    kw: str = ""
+    Ho: str = ""
+    Wo: str = ""
+    sh: str = ""
+    sw: str = ""
+    pt: str = ""
+    pl: str = ""
+    dh: str = ""
+    dw: str = ""
+    template: ClassVar[str] = "kernels/depthwise.c.j2"
+    kind_name: ClassVar[str] = "depthwise"
+
+
 # ---------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
 class Update(Kernel):
@@ -405,4 +436,4 @@ def with_names(record: Kernel, names: dict[int, str]):
     return replace(record, **change)
 
 
-RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, SgdUpdate, AdamStepCount, AdamUpdate)
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, SgdUpdate, AdamStepCount, AdamUpdate)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from graphc.backend.cprint import c_apply, c_load, c_name, c_onehot, c_poly, c_real, c_scalar, c_size_real
 from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
-from graphc.backend.kernels import (Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
+from graphc.backend.kernels import (Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
                                     RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
 from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
@@ -170,8 +170,9 @@ class Scheduler(Fusion):
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), value, loads, self.comment(n), [v])]
 
     def permuted_copy(self, n: Node, axes) -> list[Kernel]:
-        """out[i0, i1, ...] = x[i_axes[0], ...]: x read with its strides permuted."""
-        x, v = n.inputs[0], n.output
+        """out[i0, i1, ...] = x[i_axes[0], ...]: x read with its strides permuted (written into the relu's
+        buffer when the relu was applied before it: CONV_RELU)."""
+        x, v = n.inputs[0], self.writes.get(n, n.output)
         s = contiguous_strides(x.shape)
         loads = [Load(self.ref(x), tuple(s[a] for a in axes), (0,), x)]
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_load(0), loads, self.comment(n), [v])]
@@ -262,6 +263,23 @@ class Scheduler(Fusion):
                         *(size(d) for d in cols.shape[1:3]), *(str(s) for s in a["stride"]),
                         str(a["padding"][0]), str(a["padding"][2]), *(str(d) for d in a["dilation"]), pad_value)]
 
+    def depthwise(self, n: Node) -> list[Kernel]:
+        """A depthwise convolution's direct loop or one of its adjoints (ops/depthwise.py): one
+        Depthwise record, with the relu that follows when fusion moved it in (CONV_RELU)."""
+        a, b = n.inputs[:2]
+        bias = n.inputs[2] if len(n.inputs) > 2 else None
+        at, v = n.attrs, self.writes.get(n, n.output)
+        mode = at["mode"]
+        image = a.shape if mode != "input_grad" else n.output.shape
+        out = n.output.shape if mode == "forward" else a.shape if mode == "input_grad" else b.shape
+        size = lambda d: c_poly(dim_poly(d))  # noqa: E731
+        comment = self.comment(n) + (f"\n   then relu, written to {v.name}" if n in self.conv_relu else "")
+        return [Depthwise(comment, (v,), tuple(n.inputs), mode, self.ref(v), self.ref(a), self.ref(b),
+                          self.ref(bias) if bias is not None else None, n in self.conv_relu,
+                          size(image[0]), *(size(d) for d in image[1:]), *(str(k) for k in at["kernel"]),
+                          *(size(d) for d in out[2:]), *(str(s) for s in at["stride"]), str(at["padding"][0]),
+                          str(at["padding"][2]), *(str(d) for d in at["dilation"]))]
+
     def patch_gemm(self, n: Node) -> list[Kernel]:
         """patch_matmul: one GEMM per group over column blocks of its operands (ops/conv.py), the
         rows of a [..., K] taken as one matrix; a bias is the epilogue of the nt form."""
@@ -288,8 +306,9 @@ class Scheduler(Fusion):
                 dims = dict(ta=0, tb=1 if mode == "nt" else 0, M=size(numel(a.shape[:-1])), N=size(Nb), K=size(Ka),
                             lda=size(a.shape[-1]), ldb=size(cols), ldc=size(G * Nb))
                 ptrs = (at(out, g * Nb), at(A, g * Ka), at(B, g * Nb * Ka))
-            epilogue = Epilogue(bias=at(self.ref(bias), g * Nb)) if bias is not None else Epilogue()
-            comment = self.comment(n) + (f"\n   group {g + 1} of {G}" if G > 1 else "")
+            epilogue = Epilogue(bias=at(self.ref(bias), g * Nb) if bias is not None else None, relu=n in self.conv_relu)
+            comment = self.comment(n) + (f"\n   group {g + 1} of {G}" if G > 1 else "") + \
+                ("\n   + bias, then relu as the product is written (the relu of the spec line)" if n in self.conv_relu else "")
             # the sizes as polynomials in n too: the workspace's packing share is sized from them
             steps.append(Gemm(comment, (v,), tuple(n.inputs), *ptrs, **dims, epilogue=epilogue,
                               dims=tuple(poly(d) for d in shape)))
@@ -341,7 +360,8 @@ class Scheduler(Fusion):
             return [self.epilogue_step(final, self.epilogue[final])]
         if n in self.into_concat or n in self.from_slice or n in self.scatter_sum:
             return n.op.kernel(self, n)
-        if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed or n in self.epilogue:
+        if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed or n in self.epilogue \
+                or n in self.moved:
             return []
         return n.op.kernel(self, n)
 

@@ -340,8 +340,32 @@ def _conv_geometry(op, x, w, b, stride, padding, dilation, groups):
     return g
 
 
+def direct_depthwise(g: Geometry, w_shape, groups: int) -> bool:
+    """Whether a convolution runs as the direct depthwise loop (ops/depthwise.py) rather than
+    im2col + one GEMM per group: when it is depthwise (groups == C_in == C_out, one filter per
+    channel). Each group's GEMM then has a single output column and C_in/groups·kh·kw inner
+    terms, all call and packing overhead: the direct loop was 1.6-16x faster, forward and backward,
+    at every shape of benchmarks/depthwise.py on one thread (benchmarks/README.md), and it needs no
+    patch matrix in the workspace."""
+    return groups > 1 and groups == g.C == w_shape[0] and w_shape[1] == 1
+
+
+def _direct_attrs(g: Geometry) -> dict:
+    return dict(size=(g.H, g.W), kernel=g.kernel, stride=g.stride, padding=g.padding, dilation=g.dilation)
+
+
 def conv2d_vjp(b, node, d, x, w, has_bias, g: Geometry, groups: int):
-    """dJ/dx, dJ/dw (and dJ/db) of y = conv2d(x, w, b) in the notes' terms, over the patch matrix."""
+    """dJ/dx, dJ/dw (and dJ/db) of y = conv2d(x, w, b) in the notes' terms, over the patch matrix
+    (for a depthwise convolution, the same products per channel, by the direct loop)."""
+    if direct_depthwise(g, w.shape, groups):
+        with b.because(node, "2"):
+            out = [b.apply("depthwise_conv", d, w, mode="input_grad", **_direct_attrs(g))]
+        with b.because(node, "5"):
+            out.append(b.apply("depthwise_conv", x, d, mode="weight_grad", **_direct_attrs(g)))
+        if has_bias:
+            with b.because(node, "3"):
+                out.append(b.apply("sum", d, axis=(0, 2, 3)))
+        return out
     with b.because(node, "5"):
         P, W2 = _conv_parts(b, x, w, g, groups)
         delta = b.apply("permute", d, axes=(0, 2, 3, 1))        # δ as rows of output pixels [N, Ho, Wo, C_out]
@@ -399,6 +423,8 @@ class Conv2d(OpDef):
         x, w, *bias = node.inputs
         g = self._geometry(node)
         groups = node.attrs["groups"]
+        if direct_depthwise(g, w.shape, groups):
+            return b.apply("depthwise_conv", x, w, *bias, mode="forward", **_direct_attrs(g))
         P, W2 = _conv_parts(b, x, w, g, groups)
         z = b.apply("patch_matmul", P, W2, *bias, mode="nt", groups=groups)   # [N, Ho, Wo, C_out]: NHWC
         return b.apply("permute", z, axes=(0, 3, 1, 2))

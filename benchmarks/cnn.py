@@ -1,0 +1,378 @@
+#!/usr/bin/env python3
+"""graphc's CNN benchmark (issue 16, item 7): the digits CNN and MLPerf Tiny's ResNet-8 at batch 64,
+train step, forward and fit, against PyTorch eager and JAX jit (each when installed), on 1 and 2
+threads; and the convolution GEMMs' GFLOP/s against the machine's sgemm figure.
+
+    python benchmarks/cnn.py                     # both models, 1 and 2 threads (about 5 minutes)
+    python benchmarks/cnn.py --models digits_cnn --threads 1 --reps 3
+    python benchmarks/cnn.py --write-readme      # also put the tables into benchmarks/README.md
+    python benchmarks/run.py                     # runs this too, after its own tables (--no-cnn: not)
+
+The models: benchmarks/specs/digits_cnn.toml (1x8x8, conv 3x3 16 + relu + max pool 2, conv 3x3 32
++ relu + max pool 2, dense 10) and benchmarks/specs/resnet8.toml (3x32x32, 16/32/64 filters, residual adds),
+both without batch norm for now (a bias per convolution instead). The peers compute the same
+functions from the same initial parameters (torch.nn.functional; jax.lax.conv_general_dilated),
+float32, plain SGD lr=0.01, cross-entropy. Measuring as benchmarks/run.py does (its helpers): one
+worker process per thread count (the 1-thread one under taskset -c 0, the only way to hold JAX to
+one core), the contenders alternating within each repetition, medians reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import run as R  # noqa: E402  (the suite's measuring helpers: bench, wait_quiet, raw callers)
+
+MODELS = {   # name: (spec, input shape, batch, minibatches per fit epoch)
+    "digits_cnn": (HERE / "specs" / "digits_cnn.toml", (1, 8, 8), 64, 20),
+    "resnet8": (HERE / "specs" / "resnet8.toml", (3, 32, 32), 64, 3),
+}
+LR = 0.01
+CLASSES = 10
+
+
+# ====================================================================== the models, for the peers
+def digits_cnn(O, p, x):
+    h = O.maxpool2(O.relu(O.conv(x, p["w1"], p["b1"], 1, 1)))
+    h = O.maxpool2(O.relu(O.conv(h, p["w2"], p["b2"], 1, 1)))
+    return O.flat(h) @ p["U"].T + p["c"]
+
+
+def resnet8(O, p, x):
+    h0 = O.relu(O.conv(x, p["w0"], p["b0"], 1, 1))
+    a1 = O.relu(O.conv(h0, p["w1a"], p["b1a"], 1, 1))
+    h1 = O.relu(O.conv(a1, p["w1b"], p["b1b"], 1, 1) + h0)
+    a2 = O.relu(O.conv(h1, p["w2a"], p["b2a"], 2, 1))
+    h2 = O.relu(O.conv(a2, p["w2b"], p["b2b"], 1, 1) + O.conv(h1, p["w2s"], p["b2s"], 2, 0))
+    a3 = O.relu(O.conv(h2, p["w3a"], p["b3a"], 2, 1))
+    h3 = O.relu(O.conv(a3, p["w3b"], p["b3b"], 1, 1) + O.conv(h2, p["w3s"], p["b3s"], 2, 0))
+    return O.gap(h3) @ p["U"].T + p["c"]
+
+
+FORWARD = {"digits_cnn": digits_cnn, "resnet8": resnet8}
+
+
+class TorchOps:
+    def __init__(self):
+        import torch
+        import torch.nn.functional as F
+        self.F, self.torch = F, torch
+
+    def conv(self, x, w, b, stride, padding):
+        return self.F.conv2d(x, w, b, stride=stride, padding=padding)
+
+    def relu(self, x):
+        return self.F.relu(x)
+
+    def maxpool2(self, x):
+        return self.F.max_pool2d(x, 2)
+
+    def flat(self, x):
+        return x.flatten(1)
+
+    def gap(self, x):
+        return x.mean(dim=(2, 3))
+
+
+class JaxOps:
+    def __init__(self):
+        import jax
+        import jax.numpy as jnp
+        self.lax, self.jnp = jax.lax, jnp
+
+    def conv(self, x, w, b, stride, padding):
+        y = self.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
+                                          dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return y + b[None, :, None, None]
+
+    def relu(self, x):
+        return self.jnp.maximum(x, 0)
+
+    def maxpool2(self, x):
+        return self.lax.reduce_window(x, -self.jnp.inf, self.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def flat(self, x):
+        return x.reshape(x.shape[0], -1)
+
+    def gap(self, x):
+        return x.mean(axis=(2, 3))
+
+
+def make_torch(name, params, x, y, xf, yf, B, T):
+    import torch
+    torch.set_num_threads(T)
+    O, fwd = TorchOps(), FORWARD[name]
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    opt = torch.optim.SGD(list(p.values()), lr=LR)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype("int64"))
+    batches = [(torch.from_numpy(xf[i:i + B]), torch.from_numpy(yf[i:i + B].astype("int64")))
+               for i in range(0, len(xf), B)]
+
+    def step(bx=tx, by=ty):
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(fwd(O, p, bx), by)
+        loss.backward()
+        opt.step()
+        return loss
+
+    def infer():
+        with torch.inference_mode():
+            return torch.softmax(fwd(O, p, tx), dim=1)
+
+    def epoch():
+        for bx, by in batches:
+            step(bx, by)
+    return step, infer, epoch
+
+
+def make_jax(name, params, x, y, xf, yf, B):
+    import jax
+    import jax.numpy as jnp
+    O, fwd = JaxOps(), FORWARD[name]
+
+    def loss_fn(p, bx, by):
+        logp = jax.nn.log_softmax(fwd(O, p, bx))
+        return -jnp.mean(jnp.take_along_axis(logp, by[:, None], axis=1))
+
+    @jax.jit
+    def sgd(p, bx, by):
+        loss, g = jax.value_and_grad(loss_fn)(p, bx, by)
+        return jax.tree_util.tree_map(lambda a, b: a - LR * b, p, g), loss
+
+    predict = jax.jit(lambda p, bx: jax.nn.softmax(fwd(O, p, bx)))
+    state = [{k: jnp.asarray(v) for k, v in params.items()}]
+    jx, jy = jnp.asarray(x), jnp.asarray(y)
+    batches = [(jnp.asarray(xf[i:i + B]), jnp.asarray(yf[i:i + B])) for i in range(0, len(xf), B)]
+
+    def step():
+        state[0], loss = sgd(state[0], jx, jy)
+        loss.block_until_ready()
+
+    def infer():
+        predict(state[0], jx).block_until_ready()
+
+    def epoch():
+        loss = None
+        for bx, by in batches:
+            state[0], loss = sgd(state[0], bx, by)
+        loss.block_until_ready()
+    return step, infer, epoch
+
+
+# ====================================================================== the convolution GEMMs
+def conv_gemms(spec_graph, B):
+    """(label, M, N, K, transposes) of every GEMM of the convolutions of a spec at batch B: the
+    forward z = P Wᵀ (NT), the weight gradient δᵀ P (TN) and the patch gradient δ W (NN)."""
+    out = []
+    for n in spec_graph.nodes:
+        if n.op.name != "conv2d":
+            continue
+        x, w = n.inputs[:2]
+        rows = B * n.output.shape[2] * n.output.shape[3]
+        co, k = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
+        out += [(f"{n.output.name}: z = P Wᵀ", rows, co, k, "nt"), (f"{n.output.name}: dW = δᵀ P", co, k, rows, "tn"),
+                (f"{n.output.name}: dP = δ W", rows, k, co, "nn")]
+    return out
+
+
+def gemm_rates(graphc, np, gemms, T, reps, sample):
+    """GFLOP/s of graphc's GEMM (a one-product model each, called raw) and NumPy's on each shape."""
+    rng = np.random.default_rng(3)
+    res, seen = {}, {}
+    for label, M, N, K, form in gemms:
+        key = (M, N, K, form)
+        if key in seen:
+            res[label] = seen[key]
+            continue
+        ash = (M, K) if form != "tn" else (K, M)
+        bsh = (N, K) if form == "nt" else (K, N)
+        g = graphc.Graph(f"cgemm_{M}x{N}x{K}_{form}")
+        a, b = g.input("a", ash), g.input("b", bsh)
+        g.output("out", {"nt": lambda: a @ b.T, "tn": lambda: a.T @ b, "nn": lambda: a @ b}[form]())
+        m = graphc.compile(g, threads=T)
+        A, Bm = rng.standard_normal(ash, dtype=np.float32), rng.standard_normal(bsh, dtype=np.float32)
+        npf = {"nt": lambda: A @ Bm.T, "tn": lambda: A.T @ Bm, "nn": lambda: A @ Bm}[form]
+        t = R.bench({"graphc": R.raw_caller(m, "forward", {"a": A, "b": Bm}), "numpy": npf}, reps, sample)
+        seen[key] = res[label] = {"M": M, "N": N, "K": K, "form": form,
+                                  **{k: 2 * M * N * K / v / 1e9 for k, v in t.items()}}
+    return res
+
+
+# ====================================================================== the worker (one thread count)
+def worker(args) -> dict:
+    import numpy as np
+    sys.path.insert(0, str(R.SRC))
+    import graphc
+    T = args.worker_threads
+    out = {"threads": T, "models": {}, "versions": {"numpy": np.__version__}, "notes": []}
+    peers = {}
+    for name in [p for p in args.peers.split(",") if p]:
+        try:
+            mod = __import__(name)
+            out["versions"][name] = mod.__version__
+            peers[name] = True
+        except ImportError:
+            out["notes"].append(f"{name} not installed: skipped")
+    ga = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    ga @ ga
+    t0 = time.perf_counter()
+    for _ in range(3):
+        ga @ ga
+    out["sgemm_gflops"] = 3 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9
+    for name in args.models.split(","):
+        spec, shape, B, F = MODELS[name]
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((B,) + shape, dtype=np.float32)
+        y = rng.integers(0, CLASSES, B).astype(np.int32)
+        xf = rng.standard_normal((B * F,) + shape, dtype=np.float32)
+        yf = rng.integers(0, CLASSES, B * F).astype(np.int32)
+        m = graphc.compile(str(spec), threads=T, optimizer=graphc.SGD(lr=LR))
+        params = {k: np.array(v) for k, v in graphc.init_params(m, seed=0).items()}
+        state = m.train_state({k: v.copy() for k, v in params.items()})
+        fns = {"train": {"graphc": lambda: m.train_step(state, x=x, y=y)},
+               "forward": {"graphc": R.raw_caller(m, "predict", {**params, "x": x})},
+               "fit": {"graphc": lambda: m.fit(state, x=xf, y=yf, batch_size=B, epochs=1, seed=0, progress=False)}}
+        if "torch" in peers:
+            for kind, f in zip(fns, make_torch(name, params, x, y, xf, yf, B, T)):
+                fns[kind]["PyTorch eager"] = f
+        if "jax" in peers:
+            for kind, f in zip(fns, make_jax(name, params, x, y, xf, yf, B)):
+                fns[kind]["JAX jit"] = f
+        res = out["models"][name] = {"batch": B, "fit_steps": F, "workspace_bytes": int(m.workspace(B).nbytes)}
+        for kind, f in fns.items():
+            R.wait_quiet(5.0)
+            a = R.cpu_busy()
+            res[kind] = R.bench(f, args.reps, args.sample, {k: F for k in f} if kind == "fit" else None)
+            res.setdefault("load", {})[kind] = R.foreign_load(a, R.cpu_busy())
+        if name == "resnet8" and not args.no_gemm:
+            res["gemms"] = gemm_rates(graphc, np, conv_gemms(graphc.load(str(spec)), B), T, args.reps, args.sample)
+    return out
+
+
+# ====================================================================== the tables
+def cpu_name() -> str:
+    model, flags = "?", ""
+    fam = mod = None
+    for line in open("/proc/cpuinfo"):
+        k, _, v = line.partition(":")
+        k, v = k.strip(), v.strip()
+        if k == "model name" and model == "?":
+            model = v
+        elif k == "cpu family" and fam is None:
+            fam = v
+        elif k == "model" and mod is None:
+            mod = v
+        elif k == "flags" and not flags:
+            flags = v
+    zen = {("25", "17"): " (Zen 4, Genoa)", ("25", "1"): " (Zen 3, Milan)"}.get((fam, mod), "")
+    isa = "AVX-512" if "avx512f" in flags.split() else "AVX2" if "avx2" in flags.split() else "no AVX2"
+    return f"{model}{zen}, family {fam} model {mod}, {isa}, {os.cpu_count()} cores"
+
+
+def render(results, cmd) -> str:
+    lines = [f"CPU: {cpu_name()}. Command: `{cmd}`.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in results[0][1]["versions"].items()) + ".", ""]
+    for name in results[0][1]["models"]:
+        first = results[0][1]["models"][name]
+        lines += [f"**{name}**, batch {first['batch']}, float32, SGD; fit: an epoch of {first['fit_steps']} "
+                  f"minibatches, per minibatch; graphc's workspace {first['workspace_bytes'] / 1e6:.1f} MB",
+                  "", "| threads | contender | train step ms | forward ms | fit ms/step |", "|---|---|---|---|---|"]
+        for T, r in results:
+            mr = r["models"][name]
+            for who in mr["train"]:
+                lines.append(f"| {T} | {who} | " + " | ".join(f"{mr[k][who] * 1e3:.2f}" for k in ("train", "forward", "fit"))
+                             + " |")
+            peers = [w for w in mr["train"] if w != "graphc"]
+            if peers:
+                sp = [f"{k} {min(mr[k][w] for w in peers) / mr[k]['graphc']:.2f}x" for k in ("train", "forward", "fit")]
+                lines.append(f"| {T} | graphc over the best peer | " + " | ".join(sp) + " |")
+        loads = ", ".join(f"{T} thread{'s' * (T > 1)}: {max(r['models'][name]['load'].values()):.0%}" for T, r in results)
+        lines += ["", f"Other processes' share of the cores while this was measured (most of the three): {loads}"
+                  + ("; above 15% the figures are those of a loaded machine (2 threads then share cores with them)."
+                     if any(max(r["models"][name]["load"].values()) > R.QUIET_LOAD for _, r in results) else "."), ""]
+    gem = [(T, r) for T, r in results if "gemms" in r["models"].get("resnet8", {})]
+    if gem:
+        lines += ["**ResNet-8's convolution GEMMs** (batch 64): GFLOP/s of graphc's GEMM alone on each shape, "
+                  "and its share of the machine's sgemm figure (NumPy float32 2048³ on as many threads: "
+                  + ", ".join(f"{T}T {r['sgemm_gflops']:.0f}" for T, r in gem) + " GFLOP/s)", "",
+                  "| GEMM | M x N x K | " + " | ".join(f"graphc {T}T (of sgemm) | NumPy {T}T" for T, _ in gem) + " |",
+                  "|---|---|" + "---|---|" * len(gem)]
+        for label in gem[0][1]["models"]["resnet8"]["gemms"]:
+            g0 = gem[0][1]["models"]["resnet8"]["gemms"][label]
+            cells = []
+            for T, r in gem:
+                g = r["models"]["resnet8"]["gemms"][label]
+                cells.append(f"{g['graphc']:.1f} ({g['graphc'] / r['sgemm_gflops']:.0%}) | {g['numpy']:.1f}")
+            lines.append(f"| {label} | {g0['M']} x {g0['N']} x {g0['K']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    notes = sorted({n for _, r in results for n in r["notes"]})
+    if notes:
+        lines += ["Notes: " + "; ".join(notes) + ".", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {','.join(MODELS)}")
+    ap.add_argument("--threads", default="1,2", help="thread counts, one worker process each (default 1,2)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions per contender (median reported)")
+    ap.add_argument("--sample", type=float, default=0.3, help="seconds per repetition of one contender")
+    ap.add_argument("--peers", default="torch,jax", help="optional peers to try")
+    ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM table")
+    ap.add_argument("--json", help="also write the raw results to this file")
+    ap.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
+    ap.add_argument("--from-json", help="print (and --write-readme) the tables of an earlier --json run, measuring nothing")
+    ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    bad = [m for m in args.models.split(",") if m not in MODELS]
+    if bad:
+        ap.error(f"unknown model(s) {bad}; known: {', '.join(MODELS)}")
+    if args.worker_threads:
+        Path(args.worker_out).write_text(json.dumps(worker(args)))
+        return 0
+    cmd = "python benchmarks/cnn.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = json.loads(Path(args.from_json).read_text()) if args.from_json else []
+    for T in [int(t) for t in args.threads.split(",")] if not args.from_json else []:
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        env.update(OMP_NUM_THREADS=str(T), OPENBLAS_NUM_THREADS=str(T), MKL_NUM_THREADS=str(T),
+                   GRAPHC_NUM_THREADS=str(T), GRAPHC_CACHE_DIR=R.CACHE)
+        outf = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
+        wargs = [sys.executable, str(Path(__file__).resolve()), "--worker-threads", str(T), "--worker-out", outf,
+                 "--models", args.models, "--reps", str(args.reps), "--sample", str(args.sample),
+                 "--peers", args.peers] + ["--no-gemm"] * args.no_gemm
+        cpus = sorted(os.sched_getaffinity(0))
+        if T < len(cpus) and shutil.which("taskset"):
+            wargs = ["taskset", "-c", ",".join(str(c) for c in cpus[:T])] + wargs
+        print(f"[cnn.py] {T} thread(s)", file=sys.stderr)
+        if subprocess.run(wargs, env=env).returncode:
+            print(f"[cnn.py] the {T}-thread worker failed", file=sys.stderr)
+            return 1
+        results.append((T, json.loads(Path(outf).read_text())))
+        os.unlink(outf)
+    text = render(results, cmd.strip())
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.write_readme:
+        readme = HERE / "README.md"
+        body = readme.read_text()
+        start, end = "<!-- CNN-RESULTS -->", "<!-- /CNN-RESULTS -->"
+        block = f"{start}\n{text}\n{end}"
+        body = body[:body.index(start)] + block + body[body.index(end) + len(end):] if start in body and end in body \
+            else body + "\n" + block + "\n"
+        readme.write_text(body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
