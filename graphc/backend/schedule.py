@@ -37,9 +37,9 @@ class Scheduler(Fusion):
 
     def __init__(self, g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None,
                  writes: dict[str, Value] | None = None):
-        self.writes = dict(writes or {})
+        self.state_writes = dict(writes or {})     # C name of a state param -> its new value
         super().__init__(g, outputs, keep=(tuple(pu.grad for pu in updates.params) if updates else ())
-                         + tuple(v for v in self.writes.values() if v.node is not None))
+                         + tuple(v for v in self.state_writes.values() if v.node is not None))
         self.updates = updates
 
     # ---------------------------------------------------------------- names
@@ -408,7 +408,7 @@ class Scheduler(Fusion):
         steps = self.join_gathers(self.merge_reductions(steps))
         # the model state's new values (a train step's running statistics), copied over the old
         # ones last, when no kernel reads them any more
-        for cname, v in self.writes.items():
+        for cname, v in self.state_writes.items():
             if v.node is not None:
                 loads = [Load(self.ref(v), tuple(contiguous_strides(v.shape)), (0,), v)]
                 steps.append(self.loop(v.shape, cname, contiguous_strides(v.shape), c_load(0), loads,

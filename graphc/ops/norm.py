@@ -174,23 +174,53 @@ class BatchNorm(OpDef):
             y = y * weight.reshape(cshape)
         return y + bias.reshape(cshape) if bias is not None else y
 
-    def lower(self, b, node):
+    def _stats(self, b, x, eps: float):
+        """(count, μ, σ², 1/σ) per channel, μ and σ² biased, each [1, C, 1, 1]: two passes over x (the
+        sum, then the sum of squares about μ, whose x − μ is computed inside that pass, never stored).
+        The forward pass, the VJP and the running statistics build the same nodes: computed once."""
+        axes = self._axes(x.rank)
+        count = b.apply("size", x, axes=axes)
+        mu = b.div(b.apply("sum", x, axis=axes, keepdims=True), count)
+        var = b.div(b.apply("sum", b.apply("square", b.sub(x, mu)), axis=axes, keepdims=True), count)
+        return count, mu, var, b.div(1.0, b.apply("sqrt", b.add(var, float(eps))))
+
+    def _affine(self, b, node):
+        """(weight, bias) as [C, 1, 1] (None where left out)."""
         x, _rm, _rv, *affine = node.inputs
-        xhat, _ = _standardized(b, x, self._axes(x.rank), float(node.attrs["eps"]))
-        y = b.mul(xhat, self._channels(b, affine[0], x.rank)) if affine else xhat
-        return b.add(y, self._channels(b, affine[1], x.rank)) if len(affine) > 1 else y
+        return tuple(self._channels(b, t, x.rank) for t in affine) + (None,) * (2 - len(affine))
+
+    def lower(self, b, node):
+        """y = x ∘ s + t per channel, s = weight/σ, t = bias − μ s: one pass over x after the
+        statistics, and x̂ is never stored (the VJP reads x again)."""
+        x = node.inputs[0]
+        _, mu, _, rstd = self._stats(b, x, node.attrs["eps"])
+        w, bias = self._affine(b, node)
+        scale = b.mul(rstd, w) if w is not None else rstd
+        shift = b.neg(b.mul(mu, scale)) if bias is None else b.sub(bias, b.mul(mu, scale))
+        return b.add(b.mul(x, scale), shift)
 
     def vjp(self, b, node, d):
-        x, _rm, _rv, *affine = node.inputs
-        axes, rank = self._axes(x.rank), x.rank
+        x, rm = node.inputs[:2]
+        axes = self._axes(x.rank)
+        with b.because(node, "3"):     # the sums over N, H, W of δ and of δ ∘ x (identity (3) passes δ to each)
+            w, bias = self._affine(b, node)
+            count, mu, _, rstd = self._stats(b, x, node.attrs["eps"])
+            s1 = b.apply("sum", d, axis=axes, keepdims=True)
+            s2 = b.sub(b.apply("sum", b.mul(d, x), axis=axes, keepdims=True), b.mul(mu, s1))   # Σ δ (x − μ)
         with b.because(node, "4"):
-            w = self._channels(b, affine[0], rank) if affine else None
-            dx, xhat = _closed_form_dx(b, d, x, axes, float(node.attrs["eps"]), w)
+            # dJ/dx = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / σ with g = δ ∘ weight, written as δ a + x k1 + k0
+            # per channel (a = weight/σ, k1 = −a Σδ(x − μ) / (σ² count), k0 = −a Σδ / count − μ k1)
+            a = b.mul(rstd, w) if w is not None else rstd
+            k1 = b.neg(b.div(b.mul(b.mul(a, b.mul(rstd, rstd)), s2), count))
+            k0 = b.sub(b.neg(b.div(b.mul(a, s1), count)), b.mul(mu, k1))
+            dx = b.add(b.mul(d, a), b.add(b.mul(x, k1), k0))
         out = [dx, None, None]
         with b.because(node, "3"):
-            for i, t in enumerate(affine):
-                s = b.apply("sum", b.mul(d, xhat) if i == 0 else d, axis=axes)
-                out.append(s)
+            flat = lambda v: b.apply("reshape", v, shape=rm.shape)  # noqa: E731
+            if w is not None:
+                out.append(flat(b.mul(s2, rstd)))        # dJ/dweight = Σ δ ∘ x̂
+            if bias is not None:
+                out.append(flat(s1))                     # dJ/dbias = Σ δ
         return out
 
     def positive_inputs(self, node):
@@ -207,16 +237,14 @@ class BatchNorm(OpDef):
 
     def state_updates(self, b, node):
         """The running statistics: r ← (1 − momentum) r + momentum s, s the batch mean and the
-        unbiased batch variance (Σ (x − μ)² / (count − 1), count = the elements per channel; at a
+        unbiased batch variance (σ² count / (count − 1), count = the elements per channel; at a
         count of 1 the biased one, 0, as no spread was seen)."""
-        x, rm, rv = node.inputs[:3]
-        m, axes = float(node.attrs["momentum"]), self._axes(x.rank)
-        mu = b.apply("mean", x, axis=axes, keepdims=True)
-        ss = b.apply("sum", b.apply("square", b.sub(x, mu)), axis=axes)
-        count = b.apply("size", x, axes=axes)
+        x, rm = node.inputs[:2]
+        m = float(node.attrs["momentum"])
+        count, mu, var, _ = self._stats(b, x, node.attrs["eps"])
         denom = b.add(b.sub(count, 1.0), b.apply("equal", count, 1.0))     # count − 1, but 1 when count is 1
-        flat_mu = b.apply("reshape", mu, shape=rm.shape)
+        flat = lambda v: b.apply("reshape", v, shape=rm.shape)  # noqa: E731
 
         def blend(r, s):
             return b.add(b.mul(r, 1.0 - m), b.mul(s, m))
-        return {1: blend(rm, flat_mu), 2: blend(rv, b.div(ss, denom))}
+        return {1: blend(node.inputs[1], flat(mu)), 2: blend(node.inputs[2], flat(b.div(b.mul(var, count), denom)))}

@@ -47,7 +47,8 @@ enum { digits_cnn_Nc = 10 };
     ((size_t)(n) < 3 ? (size_t)6336 : \
      (size_t)(n) < 4 ? (size_t)8448 : \
      (size_t)(n) < 14 ? (size_t)11264 : \
-     (size_t)(n) < 17 ? GRAPHC_MAX_((size_t)(t) * (size_t)704 * (size_t)(n), (size_t)11264) : \
+     (size_t)(n) < 15 ? GRAPHC_MAX_((size_t)(t) * (size_t)9856, (size_t)11264) : \
+     (size_t)(n) < 16 ? GRAPHC_MAX_((size_t)(t) * (size_t)10560, (size_t)11264) : \
      (size_t)(n) < 29 ? GRAPHC_MAX_((size_t)(t) * (size_t)11264, (size_t)11264) : \
      (size_t)(n) < 109 ? GRAPHC_MAX_((size_t)(t) * (size_t)50176, (size_t)11264) : \
      (size_t)(n) < 129 ? GRAPHC_MAX_((size_t)(t) * (size_t)50176, (size_t)5632) : \
