@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import graphc
+import graphc.tools.cli
 from graphc.native.export import parse_example_output, summary_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +61,49 @@ def test_kws_dscnn_learns_generated_keywords_in_c():
     assert losses[-1] < 0.3 * losses[0], losses
     acc = (m.predict(x=xt, **state.params)["probs"].argmax(axis=1) == yt).mean()
     assert acc > 0.8, (acc, losses)
+
+
+# ------------------------------------------------------------------ on a Cortex-M4F under QEMU
+from test_mcu import MISSING, RTOL, make  # noqa: E402  (the board's tools and the make helper)
+
+# (emit's --wrt: None for the spec's, "none" for inference only; the RAM given to the firmware)
+BUILDS = {
+    "predict": ("none", "256K"),                        # forward and predict
+    "fine-tune": ("pw4,gp4,bp4,U,c", "512K"),           # the last block's pointwise conv and the classifier
+    "train-step": (None, "2M"),                         # every param: SGD at batch 1
+}
+
+
+def firmware_figures(mode: str, tmp_path: Path) -> dict:
+    """Emit kws_dscnn for `mode`, build it for the host and as firmware at batch 1, run both; the
+    sizes (arm-none-eabi-size) and the outputs."""
+    wrt, ram = BUILDS[mode]
+    out = tmp_path / mode
+    args = ["emit", str(SPEC), "-o", str(out), "--optimizer", "sgd", "--lr", "0.05"] + (["--wrt", wrt] if wrt else [])
+    assert graphc.tools.cli.main(args) == 0
+    batch = "CPPFLAGS=-DBATCH=1L"
+    host = make(out, "run", batch)
+    sizes = make(out, "mcu", batch, f"MCU_RAM={ram}")
+    qemu = make(out, "mcu-run", batch, f"MCU_RAM={ram}", timeout=300)
+    text, data, bss = (int(x) for x in sizes.splitlines()[1].split()[:3])
+    workspace = int(re.search(r"^workspace (\d+) bytes", qemu, re.M).group(1))
+    return dict(host=host, qemu=qemu, flash=text + data, ram=data + bss, workspace=workspace)
+
+
+@pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+@pytest.mark.parametrize("mode", list(BUILDS))
+def test_kws_dscnn_runs_on_a_cortex_m4_as_on_the_host(mode, tmp_path):
+    import graphc.tools.cli  # noqa: F401
+    fig = firmware_figures(mode, tmp_path)
+    on_host, on_mcu = parse_example_output(fig["host"]), parse_example_output(fig["qemu"])
+    assert on_host and set(on_mcu) == set(on_host)
+    for key, want in on_host.items():
+        assert summary_close(on_mcu[key], want, RTOL), (key, on_mcu[key], want)
+    print(f"\nkws_dscnn {mode}: flash {fig['flash']:,} B, static RAM {fig['ram']:,} B, "
+          f"workspace {fig['workspace']:,} B")
+    if mode == "predict":       # the README's figures: inference at batch 1 in a 256 KB part
+        assert fig["workspace"] <= 96 * 1024
+        assert fig["ram"] + 16 * 1024 <= 256 * 1024
+    if mode != "predict":       # and it trains there: three SGD steps lower the loss
+        losses = [on_mcu[(f"train_step:{s}", "loss")][0] for s in (1, 2, 3)]
+        assert losses[-1] < losses[0], losses
