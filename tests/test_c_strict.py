@@ -17,8 +17,8 @@ import pytest
 import graphc
 from graphc.backend.codegen import amalgamate, generate, kernel_library, prediction_graph
 from graphc.native.export import (emit, example_arrays, example_batch, example_summary, parse_example_output,
-from conftest import SMALL_EXAMPLES
                                   summary_close)
+from conftest import SMALL_EXAMPLES
 
 EXAMPLES = list(SMALL_EXAMPLES)
 # and the specs of tests/specs (a wide softmax: the threaded kernel forms the examples are too small for)
