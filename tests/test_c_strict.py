@@ -329,4 +329,4 @@ def test_c_strict_kernel_library_object_keeps_no_state_and_calls_no_allocator_or
     assert run.returncode == 0, run.stderr
     exported = assert_no_state_allocator_or_io(tmp_path, "k.o")
     assert {s for s in exported if KERNEL_ENTRY_POINTS.match(s)} == {
-        f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"}
+        f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"} | {"gc_random_bits"}

@@ -189,7 +189,8 @@ def _graphc_frame(e: BaseException) -> str:
 def arrays(graph, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """float64 inputs and params by the generator's names: x real N(0, 1); p positive in
     [0.5, 1.5]; t target rows that sum to 1; int32 labels and ids within the bounds the ops set;
-    params N(0, 1/last dim) for matrices, N(0, 1/4) else. Other names: real N(0, 1)."""
+    params N(0, 1/last dim) for matrices, N(0, 1/4) else; model state (running statistics) in
+    [0.5, 1.5], dropout's step count an integer in [0, 1000). Other names: real N(0, 1)."""
     from graphc.native.export import label_bounds
     bounds = label_bounds(graph)
     out = {}
@@ -197,6 +198,10 @@ def arrays(graph, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         shape = tuple(n if isinstance(d, str) else d for d in v.shape)
         if v.dtype == "int32":
             out[name] = np.asarray(rng.integers(0, bounds[name], size=shape), dtype=np.int32)
+        elif name == "dropout_step":                 # dropout's step count: a count
+            out[name] = np.array(float(rng.integers(0, 1000)))
+        elif name in graph.states:                   # running statistics (a variance is positive)
+            out[name] = rng.uniform(0.5, 1.5, size=shape)
         elif name in graph.params:
             out[name] = rng.standard_normal(shape) / (math.sqrt(shape[-1]) if len(shape) >= 2 else 2.0)
         elif re.fullmatch(r"p\d+", name):
@@ -409,11 +414,13 @@ def check_calls(m, g, data, fwd_ref, ref, predict, scale, result):
     if predict is not None:
         args = {k: data[k] for k in [*predict.inputs, *predict.params]}
         with step("predict"):
-            pred = m.forward(**args)
+            pred = m.predict(**args)
         if set(pred) != set(predict.outputs):
-            raise Failure("predict", f"forward({', '.join(args)}) gave {sorted(pred)}, expected {sorted(predict.outputs)}")
+            raise Failure("predict", f"predict({', '.join(args)}) gave {sorted(pred)}, expected {sorted(predict.outputs)}")
+        with step("predict's graph evaluated"):     # inference: batch_norm's running statistics, no dropout
+            pred_ref = _api().evaluate(predict, **args)
         for k, v in pred.items():
-            compare("predict", f"predict {k}", v, fwd_ref[k], scale)
+            compare("predict", f"predict {k}", v, pred_ref[k], scale)
         result.checks["predict"] += 1
         if not predict.inputs:
             result.checks["predict from the params alone"] += 1
@@ -480,7 +487,7 @@ def same_thread_bits(a, threads_a: int, b, threads_b: int, g, data, predict, cas
                 out["forward"] = m.forward(**data)
             if predict is not None:
                 with step(f"{label}: predict"):
-                    out["predict"] = m.forward(**{k: data[k] for k in [*predict.inputs, *predict.params]})
+                    out["predict"] = m.predict(**{k: data[k] for k in [*predict.inputs, *predict.params]})
             with step(f"{label}: value_and_grad"):
                 o, d = m.value_and_grad(**data)
             out["value_and_grad"] = {**o, **{f"d_{w}": v for w, v in d.items()}}
@@ -527,7 +534,7 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
         expected = {("forward", k): v for k, v in m.forward(**a).items()}
         if predict is not None:
             expected.update({("predict", k): v for k, v in
-                             m.forward(**{k: a[k] for k in [*predict.inputs, *predict.params]}).items()})
+                             m.predict(**{k: a[k] for k in [*predict.inputs, *predict.params]}).items()})
         outs, grads = m.value_and_grad(**a)
         expected.update({("value_and_grad", k): v for k, v in outs.items()})
         expected.update({("value_and_grad", f"d_{w}"): v for w, v in grads.items()})

@@ -116,6 +116,11 @@ def _broadcast(a: tuple, b: tuple) -> tuple:
     return tuple(reversed(out))
 
 
+def _compatible(a: tuple, b: tuple) -> bool:
+    """Whether two shapes broadcast together (NumPy's rule)."""
+    return all(x == y or x == 1 or y == 1 for x, y in zip(reversed(a), reversed(b)))
+
+
 class Builder:
     """The spec being drawn: dims, inputs, params, lines, and the values operands come from."""
 
@@ -125,6 +130,7 @@ class Builder:
         self.batched = not self.rarely(6)        # most models have a batch dim; some are one column
         self.inputs: dict[str, Val] = {}
         self.params: dict[str, Val] = {}
+        self.states: dict[str, Val] = {}    # model state: batch_norm's running statistics
         self.lines: dict[str, str] = {}
         self.vals: list[Val] = []                # every float value, in creation order
         self.ints: list[Val] = []
@@ -197,6 +203,13 @@ class Builder:
         v = Val(name, tuple(shape), "param", mag=mag, params=frozenset([name]))
         self.params[name] = v
         self.vals.append(v)
+        return v
+
+    def state(self, shape: tuple) -> Val:
+        """New model state of this shape (a batch_norm's running statistic), s<k>: never shared
+        (two batch norms may not update one running mean), never trained."""
+        v = Val(self.name("s"), tuple(shape), kind="state", uses=1)   # drawn for the line that reads it
+        self.states[v.name] = v
         return v
 
     def param(self, shape: tuple) -> Val:
@@ -331,7 +344,7 @@ class Builder:
     def text(self) -> str:
         inputs = [v for v in self.inputs.values() if v.uses]      # an entry may have drawn one it did not use
         params = [v for v in self.params.values() if v.uses]
-        used = sorted({d for v in [*inputs, *params] for d in v.shape if d != BATCH})
+        used = sorted({d for v in [*inputs, *params, *self.states.values()] for d in v.shape if d != BATCH})
         batch = any(v.batched for v in inputs)
         lines = ['name = "fz"', "", "[dims]"]
         if batch:
@@ -344,6 +357,9 @@ class Builder:
 
         lines += ["", "[inputs]", *(decl(v) for v in inputs)]
         lines += ["", "[params]", *(decl(v) for v in params)]
+        states = [v for v in self.states.values() if v.uses]
+        if states:
+            lines += ["", "[state]", *(decl(v) for v in states)]
         lines += ["", "[graph]", *(f'{k} = "{e}"' for k, e in self.lines.items())]
         lines += ["", "[outputs]", *(f'{k} = "{e}"' for k, e in self.outputs.items())]
         lines += ["", "[grad]", 'of = "J"', "wrt = [" + ", ".join(f'"{w}"' for w in self.wrt) + "]"]
@@ -441,6 +457,8 @@ def where(b: Builder):
     a = b.data()
     mask = b.new_input(_partner_shape(b, a))
     shape = _partner_shape(b, a)
+    if not _compatible(shape, mask.shape):      # two partners of a that widen the same axis of 1 differently
+        shape = mask.shape
     if not shape and b.rarely(2):
         other = Val(b.pick(ADDENDS), (), mag=1.0)
         operands = [mask, a]
@@ -709,7 +727,9 @@ def _pool(op: str):
         keys, ceil, dil = [], b.rarely(3), 1
         if ceil:
             keys.append("ceil_mode=True")
-        if op == "max_pool2d" and b.rarely(4) and all(2 * (k - 1) + 1 <= m + 2 * pad for k, m in ((kh, h), (kw, w))):
+        # (the dilated window fits inside the input itself: with padding, a window over a narrow input
+        # could have every tap in the padding, a max of nothing, -inf, in torch too)
+        if op == "max_pool2d" and b.rarely(4) and all(2 * (k - 1) + 1 <= m for k, m in ((kh, h), (kw, w))):
             dil = 2
             keys.append("dilation=2")
         if op == "avg_pool2d" and b.rarely(3):
@@ -815,6 +835,32 @@ def layer_norm(b: Builder):
     affine = [b.param((d,))] + ([b.param((d,))] if not b.rarely(3) else [])
     args = ", ".join([v.name, f"({d},)"] + [a.name for a in affine])
     b.line(f"layer_norm({args})", v.shape, [v] + affine, mag=2.0)
+
+
+@entry("batch_norm")
+def batch_norm(b: Builder):
+    """Over the channels (axis 1, fixed) of a batched value of rank 2-4, with its own running
+    statistics and mostly the affine weight (without it and the bias, sum(batch_norm(v)) is
+    identically 0); eps 0.01 or more keeps finite differences well conditioned at small counts."""
+    v = b.data(lambda u: 2 <= u.rank <= 4 and u.shape[0] == BATCH and u.shape[1] != BATCH and u.shape[1] > 1
+               and BATCH not in u.shape[1:], ranks=(2, 3, 4))
+    if not (2 <= v.rank <= 4 and v.shape[0] == BATCH and v.shape[1] != BATCH and v.shape[1] > 1) \
+            or BATCH in v.shape[1:]:
+        return
+    c = v.shape[1]
+    args = [v.name, b.state((c,)).name, b.state((c,)).name]
+    affine = [b.param((c,))] + ([b.param((c,))] if not b.rarely(3) else [])
+    args += [a.name for a in affine]
+    eps, momentum = b.pick([0.01, 0.1, 1.0]), b.pick([0.1, 0.5])
+    b.line(f"batch_norm({', '.join(args)}, momentum={momentum}, eps={eps})", v.shape, [v] + affine, mag=2.0)
+
+
+@entry("dropout")
+def dropout(b: Builder):
+    """Dropout of any value: masks keyed by the model's step count (the train steps advance it)."""
+    v = b.data(lambda u: True, ranks=(2, 1, 3))
+    p = b.pick([0.1, 0.5])
+    b.line(f"dropout({v.name}, {p})", v.shape, [v], mag=v.mag / (1 - p), sparse=True)
 
 
 @entry("flatten")
