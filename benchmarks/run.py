@@ -261,6 +261,9 @@ def raw_step_caller(m, state, arrays):
     n = arrays["x"].shape[0] if "x" in arrays else 1
     keep, ptrs = [], []
     for role, name, _ in lay.step_args:
+        if role == "hparams":             # NULL: the hyperparameters compiled in
+            ptrs.append(m.ffi.NULL)
+            continue
         if role == "input":
             arr = arrays[name]
         elif role == "param":
