@@ -76,6 +76,47 @@ def _reduce(fn, x, node, values, opset):
     return fn(x, axis=tuple(axes), keepdims=bool(a.get("keepdims", 1)))
 
 
+def _np_windows(x, kernel, strides, pads, dilations, fill):
+    """x [N, C, H, W] padded with `fill` (pads: begins then ends), and its windows
+    [N, C, Ho, Wo, kh, kw] by the ONNX definitions (floor of the output size)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    t, l, b, r = pads[0], pads[1], pads[2], pads[3]
+    xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=fill)
+    Ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    Wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    out = np.empty(x.shape[:2] + (Ho, Wo, kh, kw))
+    for i in range(Ho):
+        for j in range(Wo):
+            out[:, :, i, j] = xp[:, :, i * sh:i * sh + dh * (kh - 1) + 1:dh, j * sw:j * sw + dw * (kw - 1) + 1:dw]
+    return out
+
+
+def _np_conv(x, w, b, a):
+    k = w.shape[2:]
+    win = _np_windows(x, k, a.get("strides", [1, 1]), a.get("pads", [0] * 4), a.get("dilations", [1, 1]), 0.0)
+    G = a.get("group", 1)
+    cin, cout = x.shape[1] // G, w.shape[0] // G
+    y = np.concatenate([np.einsum("ncijab,ocab->noij", win[:, g * cin:(g + 1) * cin], w[g * cout:(g + 1) * cout])
+                        for g in range(G)], axis=1)
+    return y + b.reshape(1, -1, 1, 1) if b is not None else y
+
+
+def _np_pool(x, a, kind):
+    pads = a.get("pads", [0] * 4)
+    k, s = a["kernel_shape"], a.get("strides", [1, 1])
+    if kind == "max":
+        return _np_windows(x, k, s, pads, a.get("dilations", [1, 1]), -np.inf).max(axis=(4, 5))
+    total = _np_windows(x, k, s, pads, [1, 1], 0.0).sum(axis=(4, 5))
+    if a.get("count_include_pad", 0):
+        return total / (k[0] * k[1])
+    return total / _np_windows(np.ones_like(x), k, s, pads, [1, 1], 0.0).sum(axis=(4, 5))
+
+
+def _np_erf(v):
+    from math import erf
+    return np.vectorize(erf)(v)
+
+
 def onnx_numpy(model, feeds):
     """The outputs of `model` for `feeds`, evaluated op by op from the ONNX operator definitions."""
     values = {t.name: nh.to_array(t).astype(np.float64) if t.data_type == TP.FLOAT else nh.to_array(t)
@@ -120,6 +161,26 @@ def onnx_numpy(model, feeds):
             y = x[0]
         elif op == "Constant":
             y = nh.to_array(a["value"]) if "value" in a else np.array(next(iter(a.values())))
+        elif op == "Conv":
+            y = _np_conv(x[0], x[1], x[2] if len(x) > 2 else None, a)
+        elif op in ("MaxPool", "AveragePool"):
+            y = _np_pool(x[0], a, "max" if op == "MaxPool" else "avg")
+        elif op == "GlobalAveragePool":
+            y = x[0].mean(axis=(2, 3), keepdims=True)
+        elif op == "BatchNormalization":      # an inference graph: the given mean and variance
+            c = (1, -1, 1, 1)
+            y = (x[0] - x[3].reshape(c)) / np.sqrt(x[4].reshape(c) + a.get("epsilon", 1e-5)) * x[1].reshape(c) \
+                + x[2].reshape(c)
+        elif op == "LayerNormalization":
+            axes = tuple(range(a.get("axis", -1) % x[0].ndim, x[0].ndim))
+            mu, var = x[0].mean(axis=axes, keepdims=True), x[0].var(axis=axes, keepdims=True)
+            y = (x[0] - mu) / np.sqrt(var + a.get("epsilon", 1e-5)) * x[1] + (x[2] if len(x) > 2 else 0)
+        elif op == "Dropout":                # an inference graph: the identity
+            y = x[0]
+        elif op == "Erf":
+            y = _np_erf(x[0])
+        elif op == "Gelu":
+            y = 0.5 * x[0] * (1 + _np_erf(x[0] / np.sqrt(2)))
         else:
             raise NotImplementedError(op)
         values[node.output[0]] = y
@@ -141,7 +202,8 @@ def check_forward(model, feeds, tol=1e-10):
         if name in params:
             np.testing.assert_array_equal(params[name], nh.to_array(init))
     m = graphc.compile(g, dtype="float64")
-    out = m.forward(**{onnx_names(model)[k]: v for k, v in feeds.items()}, **params)
+    # predict: inference, as an ONNX graph computes (batch norm's given statistics, no dropout)
+    out = m.predict(**{onnx_names(model)[k]: v for k, v in feeds.items()}, **params)
     want = onnx_numpy(model, feeds)
     assert set(out) == {onnx_names(model)[k] for k in want}
     for k, v in want.items():
@@ -398,6 +460,43 @@ def test_dim_params_shared_between_inputs_are_one_dim():
     assert g.symbolic_dims == ["B"] and g.inputs["x"].shape == g.inputs["y"].shape == ("B", 3)
 
 
+def test_cnn_conv_batch_norm_pools_dropout_and_norms():
+    """Conv (a grouped and strided one, dilated, with and without bias), BatchNormalization (its
+    mean and var become model state; momentum 0.9 is graphc's 0.1), MaxPool, AveragePool (ONNX's
+    count_include_pad=0 and 1), GlobalAveragePool, Dropout, Erf, Gelu, Transpose of rank 4 and
+    LayerNormalization, against the NumPy evaluation of the ONNX definitions."""
+    inits = [weights("K1", 4, 2, 3, 3), weights("c1", 4), weights("s", 4), weights("b", 4),
+             nh.from_array(RNG.normal(0, 0.3, 4).astype(np.float32), "mean"),
+             nh.from_array(RNG.uniform(0.5, 2, 4).astype(np.float32), "var"),
+             weights("K2", 4, 2, 3, 3), weights("K3", 6, 4, 1, 1), weights("ln_s", 6), weights("ln_b", 6),
+             nh.from_array(np.array(0.3, np.float32), "ratio")]
+    nodes = [
+        oh.make_node("Conv", ["x", "K1", "c1"], ["h1"], pads=[1, 1, 1, 1]),
+        oh.make_node("BatchNormalization", ["h1", "s", "b", "mean", "var"], ["h2"], epsilon=1e-3, momentum=0.9),
+        oh.make_node("Relu", ["h2"], ["h3"]),
+        oh.make_node("MaxPool", ["h3"], ["h4"], kernel_shape=[2, 2], strides=[2, 2]),
+        oh.make_node("Conv", ["h3", "K2"], ["h5"], group=2, strides=[2, 2], pads=[1, 1, 1, 1], dilations=[2, 2]),
+        oh.make_node("AveragePool", ["h5"], ["h6"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        oh.make_node("AveragePool", ["h5"], ["h7"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+        oh.make_node("Add", ["h6", "h7"], ["h8"]),
+        oh.make_node("Conv", ["h4", "K3"], ["h9"]),
+        oh.make_node("Dropout", ["h9", "ratio"], ["h10"]),
+        oh.make_node("Erf", ["h10"], ["h11"]),
+        oh.make_node("Transpose", ["h11"], ["h12"], perm=[0, 2, 3, 1]),
+        oh.make_node("LayerNormalization", ["h12", "ln_s", "ln_b"], ["h13"], epsilon=1e-5),
+        oh.make_node("GlobalAveragePool", ["h8"], ["g"]),
+    ]
+    model = make_model(nodes, [tensor("x", ["N", 2, 8, 8])], [tensor("h13", ["N", 4, 4, 6]), tensor("g", ["N", 4, 1, 1])],
+                       inits)
+    g, params, _ = check_forward(model, {"x": RNG.normal(size=(3, 2, 8, 8))})
+    assert set(g.states) == {"mean", "var", "dropout_step"}
+    bn = next(n for n in g.nodes if n.op.name == "batch_norm")
+    assert bn.attrs == {"momentum": pytest.approx(0.1), "eps": pytest.approx(1e-3)}
+    assert [n.attrs["count_include_pad"] for n in g.nodes if n.op.name == "avg_pool2d"] == [False, True]
+    gelu = make_model([oh.make_node("Gelu", ["x"], ["y"])], [tensor("x", ["N", 5])], [tensor("y", ["N", 5])], opset=20)
+    check_forward(gelu, {"x": RNG.normal(size=(4, 5))})
+
+
 # ------------------------------------------------------------------ what is not supported: clear errors
 def _error(model, cls):
     with pytest.raises(graphc.GraphcError) as info:
@@ -419,9 +518,17 @@ def _after_matmul(node):
 UNSUPPORTED = {
     "unknown op": (lambda: bad_model(
         [oh.make_node("Relu", ["x"], ["h"], name="act"),
-         oh.make_node("Conv", ["h", "K"], ["y"], name="conv1")],
-        [tensor("x", [1, 1, 4, 4])], [tensor("y", None)], [weights("K", 1, 1, 3, 3)]),
-        graphc.SpecError, ["node 1", "Conv", "'conv1'", "not supported", "Gemm", "ReduceMean"]),
+         oh.make_node("Pow", ["h", "K"], ["y"], name="pow1")],
+        [tensor("x", [1, 1, 4, 4])], [tensor("y", None)], [weights("K", 1)]),
+        graphc.SpecError, ["node 1", "Pow", "'pow1'", "not supported", "Gemm", "ReduceMean", "Conv"]),
+    "asymmetric pads": (lambda: bad_model([oh.make_node("Conv", ["x", "K"], ["y"], name="c", pads=[0, 0, 1, 1])],
+                                           [tensor("x", ["N", 1, 4, 4])], [tensor("y", None)], [weights("K", 2, 1, 3, 3)]),
+                        graphc.ShapeError, ["node 0", "Conv", "'c'", "pads [0, 0, 1, 1]", "both ends"]),
+    "batch norm training mode": (lambda: bad_model(
+        [oh.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn", training_mode=1)],
+        [tensor("x", ["N", 2, 3, 3])], [tensor("y", None)],
+        [weights("s", 2), weights("b", 2), weights("m", 2), nh.from_array(np.ones(2, np.float32), "v")]),
+        graphc.SpecError, ["node 0", "BatchNormalization", "training_mode=1", "eval mode"]),
     "custom domain": (lambda: oh.make_model(oh.make_graph(
         [oh.make_node("Relu", ["x"], ["y"], name="r", domain="com.example")], "m", [tensor("x", [2])],
         [tensor("y", [2])]), opset_imports=[oh.make_opsetid("", OPSET), oh.make_opsetid("com.example", 1)]),
@@ -439,9 +546,9 @@ UNSUPPORTED = {
     "concat axis": (lambda: bad_model([oh.make_node("Concat", ["x", "x"], ["y"], name="cat", axis=0)],
                                        [tensor("x", [2, 3])], [tensor("y", [4, 3])]),
                     graphc.SpecError, ["node 0", "Concat", "'cat'", "last axis"]),
-    "transpose rank 3": (lambda: bad_model([oh.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 1])],
-                                            [tensor("x", [2, 3, 4])], [tensor("y", [2, 4, 3])]),
-                         graphc.SpecError, ["node 0", "Transpose", "perm [0, 2, 1]", "2-D"]),
+    "transpose perm": (lambda: bad_model([oh.make_node("Transpose", ["x"], ["y"], perm=[0, 2, 2])],
+                                          [tensor("x", [2, 3, 4])], [tensor("y", [2, 4, 3])]),
+                       graphc.SpecError, ["node 0", "Transpose", "perm [0, 2, 2]", "not a permutation"]),
     "gather axis": (lambda: bad_model([oh.make_node("Gather", ["T", "ids"], ["y"], axis=1)],
                                        [tensor("ids", [2], TP.INT64)], [tensor("y", [3, 2])], [weights("T", 3, 4)]),
                     graphc.SpecError, ["node 0", "Gather", "axis=1", "axis=0"]),
@@ -624,7 +731,7 @@ def test_cli_import_errors_exit_2_with_a_message(tmp_path, capsys):
     onnx.save(UNSUPPORTED["unknown op"][0](), str(path))
     assert main(["import", str(path), "-o", str(tmp_path / "x.toml")]) == 2
     err = capsys.readouterr().err
-    assert "conv.onnx" in err and "node 1 (Conv 'conv1')" in err and "Traceback" not in err
+    assert "conv.onnx" in err and "node 1 (Pow 'pow1')" in err and "Traceback" not in err
     assert not (tmp_path / "x.toml").exists()
 
 

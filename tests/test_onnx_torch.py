@@ -14,12 +14,12 @@ pytest.importorskip("onnx", reason="pip install 'graphc[onnx]'")
 import graphc  # noqa: E402
 
 
-def export(net, example, path, dynamic=("N",)):
+def export(net, example, path, dynamic=("N",), **more):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (example,), str(path), input_names=["x"], output_names=["out"],
                           dynamic_axes={"x": {0: dynamic[0]}, "out": {0: dynamic[0]}}, dynamo=False,
-                          opset_version=17)
+                          opset_version=17, **more)
 
 
 def test_onnx_torch_mlp_round_trip_forward_and_fine_tuning(tmp_path):
@@ -55,3 +55,36 @@ def test_onnx_torch_mlp_round_trip_forward_and_fine_tuning(tmp_path):
         # from_onnx names an initializer "0.weight" as v_0_weight: map it back
         key = name[2:].replace("_", ".", 1) if name.startswith("v_") else name
         np.testing.assert_allclose(value, torch_params[key].detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_onnx_torch_cnn_round_trip_predict_and_training_mode(tmp_path):
+    """A PyTorch CNN (conv + batch norm + relu, max and average pooling, a depthwise conv, dropout,
+    global average pooling, a dense head) exported in eval mode: graphc's predict computes what
+    torch's eval mode computes (the running statistics become graphc model state), and graphc's
+    forward what torch's train mode computes (batch statistics; dropout p=0 so both agree)."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AvgPool2d(2), nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Dropout(0.0), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 5))
+    with torch.no_grad():                      # running statistics that are not the defaults
+        for mod in net:
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = torch.randn(6, 3, 12, 12)
+    # (PRESERVE: the exporter would otherwise fold each batch norm into its convolution)
+    export(net, x[:2], tmp_path / "cnn.onnx", training=torch.onnx.TrainingMode.PRESERVE)
+    g, params = graphc.from_onnx(tmp_path / "cnn.onnx")
+    assert len(g.states) == 4 and {n.op.name for n in g.nodes} >= {"conv2d", "batch_norm", "max_pool2d",
+                                                                     "avg_pool2d", "adaptive_avg_pool2d"}
+    m = graphc.compile(g, dtype="float64", threads=1)
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    got = m.predict(x=x.double().numpy(), **p64)["out"]
+    np.testing.assert_allclose(got, net.double()(x.double()).detach().numpy(), rtol=1e-9, atol=1e-10)
+    net.train()
+    train_out = m.forward(x=x.double().numpy(), **p64)["out"]
+    np.testing.assert_allclose(train_out, net(x.double()).detach().numpy(), rtol=1e-9, atol=1e-10)

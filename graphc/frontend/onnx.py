@@ -66,9 +66,9 @@ MODEL_PROTO = "<onnx model>"       # what errors name as the file of a ModelProt
 _FLOAT32, _INT32, _INT64, _FLOAT16, _FLOAT64 = 1, 6, 7, 10, 11
 _REAL_TYPES = {_FLOAT32: np.float32, _FLOAT64: np.float64, _FLOAT16: np.float32}
 _INT_TYPES = (_INT32, _INT64)
-_A_FLOAT, _A_INT, _A_TENSOR, _A_FLOATS, _A_INTS = 1, 2, 4, 6, 7
-_ATTR_KINDS = {_A_FLOAT: "a float", _A_INT: "an int", _A_TENSOR: "a tensor", _A_FLOATS: "a list of floats",
-               _A_INTS: "a list of ints"}
+_A_FLOAT, _A_INT, _A_STRING, _A_TENSOR, _A_FLOATS, _A_INTS = 1, 2, 3, 4, 6, 7
+_ATTR_KINDS = {_A_FLOAT: "a float", _A_INT: "an int", _A_STRING: "a string", _A_TENSOR: "a tensor",
+               _A_FLOATS: "a list of floats", _A_INTS: "a list of ints"}
 
 
 # ------------------------------------------------------------------ names
@@ -293,10 +293,7 @@ def _transpose(n: OnnxNode, x, *, perm):
         n.fail(f"perm {perm} is not a permutation of the {x.rank} axes")
     if perm == list(range(x.rank)):
         return x
-    if x.rank != 2:
-        n.fail(f"perm {perm}: graphc transposes 2-D tensors (perm [1, 0]), this one has rank {x.rank}",
-               hint="a permutation of more axes is not supported yet")
-    return x.T
+    return x.T if x.rank == 2 else n.g.apply("permute", x, axes=tuple(perm))
 
 
 def _concat(n: OnnxNode, *xs, axis):
@@ -355,8 +352,8 @@ def _identity(n: OnnxNode, x):
     return x
 
 
-# One entry per ONNX op graphc imports. The CNN and sequence ops (Conv, MaxPool, BatchNormalization,
-# LayerNormalization, Gelu, ...) join as graphc gains them: one line here each.
+# One entry per ONNX op graphc imports; the convolutional and normalization ops are added by
+# graphc/frontend/onnx_cnn.py (imported at the end of this module), the sequence ops will join likewise.
 ONNX_OPS: dict[str, OnnxOp] = {
     "Gemm": OnnxOp(_gemm, {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}, (2, 3)),
     "MatMul": OnnxOp(_matmul, n_inputs=(2, 2)),
@@ -443,11 +440,13 @@ def _attributes(n: OnnxNode, spec: OnnxOp) -> dict:
             known = ", ".join(spec.attrs) or "no attributes"
             n.fail(f"attribute {attr.name!r} is not supported", hint=f"graphc reads {n.proto.op_type}'s {known}")
         default = spec.attrs[attr.name]
-        kind = default.kind if isinstance(default, _Absent) else _A_FLOAT if isinstance(default, float) else _A_INT
+        kind = default.kind if isinstance(default, _Absent) else _A_FLOAT if isinstance(default, float) \
+            else _A_STRING if isinstance(default, str) else _A_INT
         if attr.type != kind and not (kind == _A_FLOAT and attr.type == _A_INT):
             n.fail(f"attribute {attr.name!r} must be {_ATTR_KINDS[kind]}")
         value = helper.get_attribute_value(attr)
-        out[attr.name] = list(value) if kind in (_A_INTS, _A_FLOATS) else float(value) if kind == _A_FLOAT else value
+        out[attr.name] = list(value) if kind in (_A_INTS, _A_FLOATS) else float(value) if kind == _A_FLOAT \
+            else value.decode() if kind == _A_STRING else value
     for name, default in spec.attrs.items():
         out.setdefault(name, None if isinstance(default, _Absent) else default)
     return out
@@ -455,7 +454,7 @@ def _attributes(n: OnnxNode, spec: OnnxOp) -> dict:
 
 def _unsupported_op_hint() -> str:
     return (f"graphc imports {', '.join(sorted(ONNX_OPS))} (default domain, opset {MIN_OPSET} and later); "
-            "the CNN and sequence ops come with graphc's ops for them")
+            "the sequence ops come with graphc's ops for them")
 
 
 class _Importer:
@@ -490,6 +489,9 @@ class _Importer:
             self._node(i, node)
         for v in self.graph.output:
             self._output(v)
+        for name, v in self.g.states.items():     # state graphc declared itself (dropout's step count): 0
+            if name not in self.params:
+                self.params[name] = np.zeros(tuple(v.shape), dtype=np.float32)
         return self.g, self.params
 
     def _opset(self) -> None:
@@ -647,7 +649,7 @@ def from_onnx(model) -> tuple[Graph, dict[str, np.ndarray]]:
     are mapped by the rule of this module's docstring; `onnx_names(model)` gives the map); an
     input's dim_param becomes a symbolic dim of that name. `params` maps each initializer the
     graph reads as a tensor (and each Constant of more than one element) to its array, keyed by
-    the graphc name. An unsupported op, attribute, value or dtype is a GraphcError naming the
+    the graphc name, and the model state graphc declares itself (dropout's step count, 0). An unsupported op, attribute, value or dtype is a GraphcError naming the
     node (index, op and name) and what graphc supports; a missing `onnx` package is a
     GraphcError saying `pip install 'graphc[onnx]'`."""
     g, params, _ = read_onnx(model)
@@ -660,3 +662,6 @@ def read_onnx(model) -> tuple[Graph, dict[str, np.ndarray], dict[str, str]]:
     importer = _Importer(proto, file)
     g, params = importer.run()
     return g, params, dict(importer.names.map)
+
+
+from graphc.frontend import onnx_cnn  # noqa: E402,F401  (registers Conv, MaxPool, BatchNormalization, ...)
