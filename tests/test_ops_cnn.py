@@ -337,3 +337,33 @@ def test_pointwise_convs_run_as_one_gemm_per_image_without_patches(dtype):
     assert "<= 0 ? 0 :" not in forward, "no relu loop"
     report = graphc.check(g, dtype=dtype)
     assert report.ok, str(report)
+
+
+def test_pointwise_backward_keeps_no_nhwc_copy_of_the_input(monkeypatch):
+    """A DS-CNN pointwise layer (64 -> 64 channels, 25x5) at batch 1, value_and_grad: one GEMM per
+    image reads x in place, so the workspace holds no 32,000-byte NHWC copy of x for dJ/dW (the
+    patch matrix im2col made, forced here) and no permuted copy of the output."""
+    import graphc.ops.conv as conv
+    spec = """name = "pw_ws"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 64, 25, 5]
+[params]
+w = [64, 64, 1, 1]
+b = [64]
+[graph]
+h = "relu(conv2d(x, w, b))"
+J = "mean(h * h)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["w", "b", "x"]
+"""
+    from graphc.backend.codegen import generate
+    g = graphc.parse_spec(spec, "pw.toml")
+    direct = generate(g, *g.grad_spec, dtype="float32").workspace_parts(1)[0]
+    monkeypatch.setattr(conv, "direct_pointwise", lambda *a: False)
+    patches = generate(g, *g.grad_spec, dtype="float32").workspace_parts(1)[0]
+    assert direct + 32_000 <= patches, (direct, patches)
