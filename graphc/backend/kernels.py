@@ -349,9 +349,9 @@ class Pointwise(Kernel):
     w [C_out, C_in, 1, 1] read as the matrix [C_out, C_in]; each image's [C, H·W] is a matrix.
     kind forward: out[n] = w x[n] (+ bias per row, filled in first and accumulated onto; then relu
     when set, in the GEMM's epilogue); input_grad: out[n] = wᵀ δ[n] (δ is x here); weight_grad:
-    out = Σ_n δ[n] x[n]ᵀ (δ is w here), the images accumulated in order (beta 1 after the first).
-    ta, tb, M, N, K: the product of each image (what the workspace's packing share is sized by:
-    dims, as Gemm's). Sizes are C text."""
+    out = Σ_n δ[n] x[n]ᵀ (δ is w here), the images, and chunks of K pixels of each, accumulated in
+    order (beta 1 after the first product). ta, tb, M, N, K: each call's product (K the most; what
+    the workspace's packing share is sized by: dims, as Gemm's). Sizes are C text."""
     kind: str = "forward"
     out: str = ""
     x: str = ""
@@ -367,6 +367,7 @@ class Pointwise(Kernel):
     M: str = ""
     N: str = ""
     K: str = ""
+    chunk: str | None = None    # weight_grad: the pixels per product when fewer than HW (then K is that many)
     dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
     template: ClassVar[str] = "kernels/pointwise.c.j2"
     kind_name: ClassVar[str] = "pointwise"
