@@ -166,12 +166,13 @@ def tensor_graph() -> graphc.Graph:
 def conv_graph() -> graphc.Graph:
     """Convolutions and pooling; the first conv's patch rows (30 channels x 3 x 3 = 270) are deeper
     than one packed GEMM panel (KC: 128 doubles, 256 floats), and its weight gradient sums over
-    N x 36 pixels."""
+    N x 36 pixels; a 1x1 convolution (8 -> 35 channels, bias and relu) runs as one GEMM per image."""
     g = graphc.Graph("ops_conv")
     x = g.input("x", ("N", 30, 6, 6))
     w1, b1 = g.param("w1", (8, 30, 3, 3)), g.param("b1", (8,))
     dw = g.param("dw", (8, 1, 3, 3))            # depthwise
     w3, b3 = g.param("w3", (4, 8, 5)), g.param("b3", (4,))
+    pw, pb = g.param("pw", (35, 8, 1, 1)), g.param("pb", (35,))   # 1x1: one GEMM per image
     y = graphc.relu(graphc.conv2d(x, w1, b1, padding=1))
     rm, rv = g.state("rm", (8,)), g.state("rv", (8,))
     outs = {
@@ -181,6 +182,7 @@ def conv_graph() -> graphc.Graph:
         "maxpool": graphc.max_pool2d(y, 2), "avgpool": graphc.avg_pool2d(y, 3, stride=1, padding=1),
         "gap": graphc.adaptive_avg_pool2d(y, 1), "max": graphc.max(y, axis=(2, 3)),
         "conv1d": graphc.conv1d(graphc.reshape(y, ("N", 8, 36)), w3, b3, stride=2, dilation=2),
+        "pointwise": graphc.relu(graphc.conv2d(y, pw, pb)),
     }
     total = None
     for k, (name, value) in enumerate(outs.items()):

@@ -66,8 +66,8 @@ def test_emit_dims_and_flags_have_names(spec):
         assert set(flags) <= {"GC_TRANS", "GC_NO_TRANS"}, call
         dims = [a.strip() for a in call.split(",")[2:5]]
         for d in dims:      # M, N, K: the batch n (or rows of it: n * 64 output pixels), a dim's
-            # name, or a size no single dim has
-            assert re.fullmatch(r"(\d+ \* )?n( \* \d+)?", d) or d.startswith(f"{g.name}_") \
+            # name, a size no single dim has, or the pixels of a chunk (a 1x1 weight gradient's gc_k)
+            assert re.fullmatch(r"(\d+ \* )?n( \* \d+)?", d) or d.startswith(f"{g.name}_") or d == "gc_k" \
                 or int(d) not in unique.values(), call
     assert not re.search(r"gc_gemm_bias_act\([^;]*, [01]\);", c.source)     # the activation is named too
 

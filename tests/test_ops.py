@@ -254,6 +254,22 @@ def _naive_depthwise(a, b, bias=None, mode="forward", size=(1, 1), kernel=(1, 1)
     return z + bias[None, :, None, None] if bias is not None else z
 
 
+def _naive_pointwise(a, b, bias=None, mode="forward"):
+    """A 1x1 convolution's three modes by loops over pixels: forward z[n, :, i, j] = W x[n, :, i, j] (+ b),
+    input_grad Wᵀ δ per pixel, weight_grad Σ over images and pixels of δ xᵀ."""
+    N, _, H, W_ = a.shape
+    if mode == "weight_grad":
+        out = np.zeros((b.shape[1], a.shape[1], 1, 1))
+        for n, i, j in np.ndindex(N, H, W_):
+            out[:, :, 0, 0] += np.outer(b[n, :, i, j], a[n, :, i, j])
+        return out
+    Wm = b[:, :, 0, 0] if mode == "forward" else b[:, :, 0, 0].T
+    out = np.zeros((N, Wm.shape[0], H, W_))
+    for n, i, j in np.ndindex(N, H, W_):
+        out[n, :, i, j] = Wm @ a[n, :, i, j] + (bias if bias is not None else 0.0)
+    return out
+
+
 def _naive_patch_matmul(a, b, bias=None, mode="nt", groups=1):
     G = groups
     if mode == "tn":
@@ -488,6 +504,12 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
              {"mode": "input_grad", "size": (5, 4), "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1, 1, 1)}),
         Case("weight_grad", [real(rng, 2, 3, 5, 4), real(rng, 2, 3, 3, 2)], _naive_depthwise,
              {"mode": "weight_grad", "size": (5, 4), "kernel": (3, 3), "stride": (2, 2), "padding": (1, 1, 1, 1)}),
+    ],
+    "pointwise_conv": lambda rng: [
+        Case("forward bias", [real(rng, 2, 3, 4, 5), real(rng, 5, 3, 1, 1), real(rng, 5)], _naive_pointwise),
+        Case("forward", [real(rng, 1, 4, 2, 3), real(rng, 2, 4, 1, 1)], _naive_pointwise),
+        Case("input_grad", [real(rng, 2, 5, 3, 2), real(rng, 5, 3, 1, 1)], _naive_pointwise, {"mode": "input_grad"}),
+        Case("weight_grad", [real(rng, 2, 3, 4, 2), real(rng, 2, 5, 4, 2)], _naive_pointwise, {"mode": "weight_grad"}),
     ],
     "max": lambda rng: [
         Case("all", [real(rng, 5, 7)], lambda x, axis, keepdims: np.float64(x.ravel().max())),
@@ -1112,6 +1134,16 @@ def _depthwise_space(draw, rng):
     return args, {"mode": mode, "size": (H, W), **_window_attrs(k, s, p, d)}
 
 
+def _pointwise_space(draw, rng):
+    N, C_in, C_out, H, W = (draw(DIM) for _ in range(5))
+    mode = draw(st.sampled_from(["forward", "input_grad", "weight_grad"]))
+    x, w, dy = real(rng, N, C_in, H, W), real(rng, C_out, C_in, 1, 1), real(rng, N, C_out, H, W)
+    args = {"forward": [x, w], "input_grad": [dy, w], "weight_grad": [x, dy]}[mode]
+    if mode == "forward" and draw(st.booleans()):
+        args.append(real(rng, C_out))
+    return args, {"mode": mode}
+
+
 def _max_space(draw, rng):
     shape = draw(shapes(0, 4))
     args, attrs = [rng.permutation(np.linspace(-2, 2, int(np.prod(shape)))).reshape(shape)], {}   # no ties
@@ -1172,7 +1204,8 @@ def _where_space(draw, rng):
 GRAD_SPACES.update({
     "batch_norm": _batch_norm_space, "dropout": _dropout_space, "where": _where_space,
     "conv2d": _conv2d_space, "conv1d": _conv1d_space, "im2col": _im2col_space, "col2im": _col2im_space,
-    "patch_matmul": _patch_matmul_space, "depthwise_conv": _depthwise_space, "max": _max_space, "max_pool2d": _pool_space(True),
+    "patch_matmul": _patch_matmul_space, "depthwise_conv": _depthwise_space,
+    "pointwise_conv": _pointwise_space, "max": _max_space, "max_pool2d": _pool_space(True),
     "avg_pool2d": _pool_space(False), "adaptive_avg_pool2d": _adaptive_space, "layer_norm": _layer_norm_space,
 })
 WINDOWED = {"conv2d", "conv1d", "im2col", "col2im", "depthwise_conv", "max_pool2d", "avg_pool2d"}   # finite differences cost most

@@ -283,3 +283,89 @@ h = "h"
     monkeypatch.setattr(conv, "direct_depthwise", lambda *a: False)
     patches = graphc.compile(graphc.parse_spec(spec, "dw.toml"), dtype="float32").workspace(1).nbytes
     assert direct < 1024 < 288_000 <= patches, (direct, patches)
+
+
+POINTWISE = """name = "pointwise"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 3, 9, 8]
+s = ["N", 4, 7]
+y = { shape = ["N"], dtype = "int32" }
+[params]
+w1 = [17, 3, 1, 1]
+b1 = [17]
+w2 = [34, 17, 1, 1]
+w3 = [66, 34, 1, 1]
+b3 = [66]
+w4 = [5, 66, 1, 1]
+k = [6, 4, 1]
+kb = [6]
+U = [4, 362]
+[graph]
+h1 = "relu(conv2d(x, w1, b1))"
+h2 = "conv2d(h1, w2, padding='same')"
+h3 = "tanh(conv2d(h2, w3, b3, padding='valid'))"
+h4 = "relu(conv2d(h3, w4))"
+q = "conv1d(s, k, kb)"
+J = "cross_entropy(flatten(h4[:, :, 1:, :]) @ U[:, :320].T + flatten(q) @ U[:, 320:].T, y) + mean(h2 * h2)"
+[outputs]
+loss = "J"
+h4 = "h4"
+q = "q"
+[grad]
+of = "J"
+wrt = ["w1", "b1", "w2", "w3", "b3", "w4", "k", "kb", "x", "s"]
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pointwise_convs_run_as_one_gemm_per_image_without_patches(dtype):
+    """1x1 convolutions (stride 1, no padding, groups 1; with and without bias, followed by relu or not;
+    3 -> 17 -> 34 -> 66 -> 5 channels, across the GEMM's tile sizes; and a conv1d of kernel 1) run as
+    one GEMM per image in NCHW (ops/pointwise.py): no patch matrix, no permute copy, the relu in the
+    GEMM's epilogue; the weight gradients over the 72 pixels of x by chunks of 64 and 8. C vs NumPy
+    (and the reference vs finite differences) in both dtypes."""
+    from graphc.backend.codegen import generate
+    g = graphc.parse_spec(POINTWISE, "pointwise.toml")
+    c = generate(g, *g.grad_spec, dtype=dtype)
+    assert "gc_col" not in c.source, "no im2col nor col2im"
+    kinds = [st.kind for f in c.functions for st in f.steps if st.kind_name == "pointwise"]
+    assert {"forward", "input_grad", "weight_grad"} <= set(kinds)
+    assert "gc_p += 64) {" in c.source, "x's 72 pixels in chunks for the weight gradients"
+    forward = c.source[c.source.index("void pointwise_forward_pass("):]     # (shared by the entry points)
+    forward = forward[:forward.index("\n}\n")]
+    assert forward.count("GC_ACT_RELU") == 2, "h1's and h4's relus in their GEMMs' epilogues"
+    assert "<= 0 ? 0 :" not in forward, "no relu loop"
+    report = graphc.check(g, dtype=dtype)
+    assert report.ok, str(report)
+
+
+def test_pointwise_backward_keeps_no_nhwc_copy_of_the_input(monkeypatch):
+    """A DS-CNN pointwise layer (64 -> 64 channels, 25x5) at batch 1, value_and_grad: one GEMM per
+    image reads x in place, so the workspace holds no 32,000-byte NHWC copy of x for dJ/dW (the
+    patch matrix im2col made, forced here) and no permuted copy of the output."""
+    import graphc.ops.conv as conv
+    spec = """name = "pw_ws"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 64, 25, 5]
+[params]
+w = [64, 64, 1, 1]
+b = [64]
+[graph]
+h = "relu(conv2d(x, w, b))"
+J = "mean(h * h)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["w", "b", "x"]
+"""
+    from graphc.backend.codegen import generate
+    g = graphc.parse_spec(spec, "pw.toml")
+    direct = generate(g, *g.grad_spec, dtype="float32").workspace_parts(1)[0]
+    monkeypatch.setattr(conv, "direct_pointwise", lambda *a: False)
+    patches = generate(g, *g.grad_spec, dtype="float32").workspace_parts(1)[0]
+    assert direct + 32_000 <= patches, (direct, patches)

@@ -34,7 +34,7 @@ REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",), "s": (),
         "img": ("N", 2, 5, 4), "seq": ("N", 2, 6), "pat": ("N", 5, 4, 18)}      # NCHW, NCL, patch rows
 LABELS = {"y": ("N",), "ids": ("N",)}      # below K (classes) and V (table rows)
 PARAMS = {"W": ("D", "K"), "E": ("V", "D"), "ker": (3, 2, 3, 3), "kb": (3,), "k1": (3, 2, 3), "w2": (3, 18),
-          "dk": (2, 1, 3, 3), "gam": (2,)}
+          "dk": (2, 1, 3, 3), "pk": (3, 2, 1, 1), "gam": (2,)}
 STATE = {"rm": (2,), "rv": (2,)}          # running statistics of img's 2 channels
 
 SPEC_HEAD = """name = "ex"
@@ -62,6 +62,7 @@ kb = [3]
 k1 = [3, 2, 3]
 w2 = [3, 18]
 dk = [2, 1, 3, 3]
+pk = [3, 2, 1, 1]
 gam = [2]
 [state]
 rm = [2]
@@ -141,6 +142,7 @@ EXAMPLES = [
     ("patch_matmul", ("pat", "pat"), {"mode": "tn"}, None, "patᵀ pat", r"\mathrm{pat}^\top \mathrm{pat}"),
     ("depthwise_conv", ("img", "dk"), {"kernel": (3, 3), "padding": (1, 1, 1, 1)}, None, "dwconv(img, dk)",
      r"\operatorname{dwconv}(\mathrm{img}, \mathrm{dk})"),
+    ("pointwise_conv", ("img", "pk"), {}, None, "pwconv(img, pk)", r"\operatorname{pwconv}(\mathrm{img}, \mathrm{pk})"),
     ("max", ("x",), {"axis": 1}, "max(x, axis=1)", "max(x)", r"\max(x)"),
     ("layer_norm", ("x", "b", "b"), {"normalized_shape": (4,)}, "layer_norm(x, (4,), b, b)", "layer_norm(x, b, b)",
      r"\operatorname{layer\_norm}(x, b, b)"),

@@ -10,7 +10,7 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
     GEMM_EPILOGUE       what a GEMM applies as it writes its product: + bias, relu, ∘ sgn(mask)
                         (identity (4) read off the output) and the column sums of identity (3)
     CONV_RELU           relu(conv2d(x, w, b)): the relu in the conv GEMM's epilogue (after the bias it
-                        already has) or in the depthwise loop; the permute to NCHW writes h
+                        already has) or in the depthwise loop or 1x1 GEMMs; the permute to NCHW writes h
     TRANSPOSE_IN_PLACE  a transpose read only by GEMMs is read in place (op(A) = Aᵀ), never copied
     SGD_IN_GEMM         (train step, over the kernel records) plain SGD's W -= lr d_W applied by the
                         GEMM that writes d_W, which is then never stored
@@ -106,9 +106,11 @@ COLUMN_SUMS = (op("sum_to", var("rows")), op("sum", var("rows")))
 # a convolution's relu in its kernel: relu(conv2d(x, w, b)) lowers to relu(permute(patch_matmul(P, W, b)))
 # (the GEMM writes rows of output pixels, NHWC; the permute makes them NCHW), so the GEMM applies the relu
 # in its epilogue, after the bias, and the permute writes h itself; a depthwise convolution's direct
-# loop (ops/depthwise.py) applies it to each row as it finishes it and writes h.
+# loop (ops/depthwise.py) applies it to each row as it finishes it and writes h; a 1x1 convolution's
+# GEMM per image (ops/pointwise.py) applies it in its epilogue and writes h (NCHW already).
 CONV_RELU = (op("relu", op("permute", op("patch_matmul", var("P"), var("W"), bind="rows"), bind="nchw"), bind="h"),
-             op("relu", op("depthwise_conv", var("x"), var("w"), bind="rows"), bind="h"))
+             op("relu", op("depthwise_conv", var("x"), var("w"), bind="rows"), bind="h"),
+             op("relu", op("pointwise_conv", var("x"), var("w"), bind="rows"), bind="h"))
 NCHW = (0, 3, 1, 2)
 
 GATHER_INTO_CONCAT = ("embedding", "concat")           # the gather, its single consumer

@@ -12,6 +12,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     Gather       embedding rows, their scatter-add adjoint, one-hot rows
     Patches      a convolution's patch matrix (im2col) and its adjoint (col2im)
     Depthwise    a depthwise convolution's direct loop and its two adjoints (no patch matrix)
+    Pointwise    a 1x1 convolution and its two adjoints: one GEMM per image, NCHW (no patch matrix)
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
 """
 from __future__ import annotations
@@ -342,6 +343,36 @@ class Depthwise(Kernel):
     kind_name: ClassVar[str] = "depthwise"
 
 
+@dataclass(frozen=True)
+class Pointwise(Kernel):
+    """A 1x1 convolution (stride 1, no padding) by one GEMM per image of the batch, x and out NCHW,
+    w [C_out, C_in, 1, 1] read as the matrix [C_out, C_in]; each image's [C, H·W] is a matrix.
+    kind forward: out[n] = w x[n] (+ bias per row, filled in first and accumulated onto; then relu
+    when set, in the GEMM's epilogue); input_grad: out[n] = wᵀ δ[n] (δ is x here); weight_grad:
+    out = Σ_n δ[n] x[n]ᵀ (δ is w here), the images, and chunks of K pixels of each, accumulated in
+    order (beta 1 after the first product). ta, tb, M, N, K: each call's product (K the most; what
+    the workspace's packing share is sized by: dims, as Gemm's). Sizes are C text."""
+    kind: str = "forward"
+    out: str = ""
+    x: str = ""
+    w: str = ""
+    bias: str | None = None
+    relu: bool = False
+    batch: str = ""
+    C_in: str = ""
+    C_out: str = ""
+    HW: str = ""
+    ta: int = 0
+    tb: int = 0
+    M: str = ""
+    N: str = ""
+    K: str = ""
+    chunk: str | None = None    # weight_grad: the pixels per product when fewer than HW (then K is that many)
+    dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
+    template: ClassVar[str] = "kernels/pointwise.c.j2"
+    kind_name: ClassVar[str] = "pointwise"
+
+
 # ---------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
 class Update(Kernel):
@@ -436,4 +467,8 @@ def with_names(record: Kernel, names: dict[int, str]):
     return replace(record, **change)
 
 
-RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, SgdUpdate, AdamStepCount, AdamUpdate)
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, SgdUpdate, AdamStepCount, AdamUpdate)
+
+# the records that call the GEMM library (and so need the workspace's packing share): each has
+# ta, tb and dims, the (M, N, K) of its calls
+PRODUCTS = (Gemm, Pointwise)

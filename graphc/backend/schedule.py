@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from graphc.backend.cprint import c_apply, c_load, c_name, c_onehot, c_poly, c_real, c_scalar, c_size_real
 from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
 from graphc.backend.kernels import (Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
-                                    RowSoftmax, Statement, worth_parallel)
+                                    Pointwise, RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
 from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
 from graphc.core.ir import FLOAT, Graph, Node, Value
@@ -26,6 +26,13 @@ class Schedule:
     buffers: dict[str, Buffer]      # workspace buffers by C name, with planned offsets
     arena: Poly                     # elements of gc_real, excluding the GEMM pack area
     label_checks: list[tuple[str, str, str]]   # (int input C name, its element count, bound)
+
+
+# The weight gradient of a 1x1 convolution, Σ_n δ[n] x[n]ᵀ, reads x[n] transposed, which the GEMM
+# packs: K (the pixels) at most the library's KC at a time, for every column of the product. Its
+# products run over chunks of this many pixels (accumulated in order), so the packing share stays
+# that of a 64-deep panel: 5,120 floats for kws_dscnn's 64x64 layers, not 10,240 for their 125 pixels.
+POINTWISE_CHUNK = 64
 
 
 class Scheduler(Fusion):
@@ -279,6 +286,25 @@ class Scheduler(Fusion):
                           size(image[0]), *(size(d) for d in image[1:]), *(str(k) for k in at["kernel"]),
                           *(size(d) for d in out[2:]), *(str(s) for s in at["stride"]), str(at["padding"][0]),
                           str(at["padding"][2]), *(str(d) for d in at["dilation"]))]
+
+    def pointwise(self, n: Node) -> list[Kernel]:
+        """A 1x1 convolution or one of its adjoints (ops/pointwise.py): one Pointwise record, a GEMM
+        per image, with the relu that follows when fusion moved it in (CONV_RELU)."""
+        a, b = n.inputs[:2]
+        bias = n.inputs[2] if len(n.inputs) > 2 else None
+        mode, v = n.attrs["mode"], self.writes.get(n, n.output)
+        x, d = {"forward": (a, n.output), "input_grad": (n.output, a), "weight_grad": (a, b)}[mode]   # image, δ
+        C_in, C_out, HW = x.shape[1], d.shape[1], x.shape[2] * x.shape[3]
+        ta, tb, M, N, K = {"forward": (0, 0, C_out, HW, C_in), "input_grad": (1, 0, C_in, HW, C_out),
+                           "weight_grad": (0, 1, C_out, C_in, min(HW, POINTWISE_CHUNK))}[mode]
+        size = lambda d: c_poly(dim_poly(d))  # noqa: E731
+        comment = self.comment(n) + ("\n   then relu as each image's product is written (the relu of the spec line)"
+                                     if n in self.conv_relu else "")
+        return [Pointwise(comment, (v,), tuple(n.inputs), mode, self.ref(v), self.ref(a), self.ref(b),
+                          self.ref(bias) if bias is not None else None, n in self.conv_relu, size(x.shape[0]),
+                          size(C_in), size(C_out), size(HW), ta, tb, size(M), size(N), size(K),
+                          str(K) if mode == "weight_grad" and K < HW else None,
+                          dims=tuple(dim_poly(s) for s in (M, N, K)))]
 
     def patch_gemm(self, n: Node) -> list[Kernel]:
         """patch_matmul: one GEMM per group over column blocks of its operands (ops/conv.py), the

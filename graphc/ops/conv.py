@@ -350,13 +350,32 @@ def direct_depthwise(g: Geometry, w_shape, groups: int) -> bool:
     return groups > 1 and groups == g.C == w_shape[0] and w_shape[1] == 1
 
 
+def direct_pointwise(g: Geometry, w_shape, groups: int) -> bool:
+    """Whether a convolution runs as one GEMM per image (ops/pointwise.py) rather than im2col + the
+    patch GEMM: a 1x1 kernel of stride 1, no padding, dilation 1 and groups 1. x[n] of an NCHW
+    image is then already the matrix [C_in, H·W], so z[n] = W x[n] is written in NCHW: no patch
+    matrix (an NHWC copy of x, kept for the backward pass) and no permute copy of the output."""
+    return groups == 1 and tuple(w_shape[2:]) == (1, 1) and g.stride == (1, 1) and g.padding == (0, 0, 0, 0) \
+        and g.dilation == (1, 1)
+
+
 def _direct_attrs(g: Geometry) -> dict:
     return dict(size=(g.H, g.W), kernel=g.kernel, stride=g.stride, padding=g.padding, dilation=g.dilation)
 
 
 def conv2d_vjp(b, node, d, x, w, has_bias, g: Geometry, groups: int):
     """dJ/dx, dJ/dw (and dJ/db) of y = conv2d(x, w, b) in the notes' terms, over the patch matrix
-    (for a depthwise convolution, the same products per channel, by the direct loop)."""
+    (for a depthwise convolution, the same products per channel, by the direct loop; for a 1x1
+    convolution, per image: dJ/dx[n] = Wᵀ δ[n] and dJ/dW = Σ_n δ[n] x[n]ᵀ)."""
+    if direct_pointwise(g, w.shape, groups):
+        with b.because(node, "2"):
+            out = [b.apply("pointwise_conv", d, w, mode="input_grad")]
+        with b.because(node, "5"):
+            out.append(b.apply("pointwise_conv", x, d, mode="weight_grad"))
+        if has_bias:
+            with b.because(node, "3"):
+                out.append(b.apply("sum", d, axis=(0, 2, 3)))
+        return out
     if direct_depthwise(g, w.shape, groups):
         with b.because(node, "2"):
             out = [b.apply("depthwise_conv", d, w, mode="input_grad", **_direct_attrs(g))]
@@ -425,6 +444,8 @@ class Conv2d(OpDef):
         groups = node.attrs["groups"]
         if direct_depthwise(g, w.shape, groups):
             return b.apply("depthwise_conv", x, w, *bias, mode="forward", **_direct_attrs(g))
+        if direct_pointwise(g, w.shape, groups):
+            return b.apply("pointwise_conv", x, w, *bias, mode="forward")
         P, W2 = _conv_parts(b, x, w, g, groups)
         z = b.apply("patch_matmul", P, W2, *bias, mode="nt", groups=groups)   # [N, Ho, Wo, C_out]: NHWC
         return b.apply("permute", z, axes=(0, 3, 1, 2))
