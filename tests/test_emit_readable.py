@@ -44,7 +44,7 @@ def test_emit_model_file_with_train_step_and_fit_is_at_most_500_lines(spec, opt)
     # (a convolutional model is longer: each convolution, with its batch norm and pooling, is a few
     # loops or calls in the forward pass, the backward pass and the predict pass that inference runs
     # on its own; at most 700 lines per convolution more (digits_cnn 1,832 lines for 2, kws_dscnn
-    # 4,628 and resnet8 4,013 for 9), which catches a lowering that writes a call per group, as a
+    # about 4,200 and resnet8 4,000 for 9), which catches a lowering that writes a call per group, as a
     # depthwise convolution by GEMMs once did: 11,120 lines for kws_dscnn)
     convs = sum(n.op.name in ("conv2d", "conv1d") for n in g.nodes)
     limit = 500 + 700 * convs
