@@ -45,9 +45,7 @@ else is a DTypeError naming the tensor.
 from __future__ import annotations
 
 import keyword
-import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,6 +55,11 @@ from graphc.core.errors import DTypeError, GraphcError, Location, ShapeError, Sp
 from graphc.core.ir import C_KEYWORDS, Graph, Origin, Value, is_plain_name
 from graphc.core.opdef import broadcast_shapes, numel
 from graphc.core.types import FLOAT, INT
+from graphc.frontend.onnx_cnn import CNN_OPS
+from graphc.frontend.onnx_table import (  # noqa: F401  (OnnxOp and OnnxNode: the op table's types, re-exported)
+    _A_FLOAT, _A_FLOATS, _A_INT, _A_INTS, _A_STRING, _A_TENSOR, _ATTR_KINDS, FLOATS, INTS, TENSOR, OnnxNode, OnnxOp,
+    _Absent, absent,
+)
 
 MIN_OPSET = 13
 INSTALL_HINT = "pip install 'graphc[onnx]'"
@@ -66,9 +69,6 @@ MODEL_PROTO = "<onnx model>"       # what errors name as the file of a ModelProt
 _FLOAT32, _INT32, _INT64, _FLOAT16, _FLOAT64 = 1, 6, 7, 10, 11
 _REAL_TYPES = {_FLOAT32: np.float32, _FLOAT64: np.float64, _FLOAT16: np.float32}
 _INT_TYPES = (_INT32, _INT64)
-_A_FLOAT, _A_INT, _A_STRING, _A_TENSOR, _A_FLOATS, _A_INTS = 1, 2, 3, 4, 6, 7
-_ATTR_KINDS = {_A_FLOAT: "a float", _A_INT: "an int", _A_STRING: "a string", _A_TENSOR: "a tensor",
-               _A_FLOATS: "a list of floats", _A_INTS: "a list of ints"}
 
 
 # ------------------------------------------------------------------ names
@@ -126,62 +126,6 @@ def onnx_names(model) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------ the op table
-class _Absent:
-    """The default of an attribute that has none: the converter gets None when it is not given."""
-
-    def __init__(self, kind: int):
-        self.kind = kind
-
-
-def absent(kind: int) -> _Absent:
-    return _Absent(kind)
-
-
-INTS, FLOATS, TENSOR = absent(_A_INTS), absent(_A_FLOATS), absent(_A_TENSOR)
-
-
-@dataclass(frozen=True)
-class OnnxOp:
-    """How one ONNX op becomes graphc ops.
-
-    convert(node, *inputs, **attrs) returns the graphc Value of the node's one output (or, for
-    a constant, a NumPy array). `inputs` are Values, except at the positions in `arrays`, which
-    arrive as the NumPy array of a constant (None when the optional input is absent), and, when
-    `numbers` is set, a one-element Constant, which arrives as its array so the op can use it
-    as a graphc number. `attrs` maps each ONNX attribute read to its default (its type gives
-    the attribute's type; INTS, FLOATS, TENSOR: no default); any other attribute is an error."""
-
-    convert: Callable[..., Any]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    n_inputs: tuple[int, int] = (1, 1)       # fewest and most inputs
-    arrays: tuple[int, ...] = ()
-    numbers: bool = False
-
-
-class OnnxNode:
-    """The ONNX node being converted, as its converter sees it: the graph to build in, and `fail`."""
-
-    def __init__(self, g: Graph, index: int, proto, location: Location):
-        self.g, self.index, self.proto, self.location = g, index, proto, location
-
-    def fail(self, message: str, hint: str | None = None, cls: type[GraphcError] = SpecError):
-        raise cls(message, self.location, hint)
-
-    def number(self, array: np.ndarray) -> Value:
-        """A one-element constant as the graphc number the spec language would write (-2 is -(2))."""
-        if array.dtype.kind != "f":
-            self.fail(f"a constant operand must be a float, got {array.dtype}", cls=DTypeError)
-        v = float(array.reshape(()))
-        if not math.isfinite(v):
-            self.fail(f"the constant {v} is not finite", hint="graphc's constants are finite floats")
-        return self.g.apply("neg", self.g.const(-v)) if math.copysign(1.0, v) < 0 else self.g.const(v)
-
-    def axis(self, axis: int, rank: int, what: str = "axis") -> int:
-        if not -rank <= axis < rank:
-            self.fail(f"{what} {axis} is out of range for rank {rank}")
-        return axis % rank
-
-
 def _elementwise(opname: str) -> OnnxOp:
     return OnnxOp(lambda n, x: n.g.apply(opname, x))
 
@@ -352,8 +296,8 @@ def _identity(n: OnnxNode, x):
     return x
 
 
-# One entry per ONNX op graphc imports; the convolutional and normalization ops are added by
-# graphc/frontend/onnx_cnn.py (imported at the end of this module), the sequence ops will join likewise.
+# One entry per ONNX op graphc imports; the convolutional and normalization ops are
+# graphc/frontend/onnx_cnn.py's CNN_OPS, the sequence ops will join likewise.
 ONNX_OPS: dict[str, OnnxOp] = {
     "Gemm": OnnxOp(_gemm, {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}, (2, 3)),
     "MatMul": OnnxOp(_matmul, n_inputs=(2, 2)),
@@ -380,6 +324,7 @@ ONNX_OPS: dict[str, OnnxOp] = {
     "Identity": OnnxOp(_identity),
     "Constant": OnnxOp(_constant, {"value": TENSOR, "value_float": absent(_A_FLOAT), "value_floats": FLOATS,
                                    "value_int": absent(_A_INT), "value_ints": INTS}, (0, 0)),
+    **CNN_OPS,
 }
 
 
@@ -663,5 +608,3 @@ def read_onnx(model) -> tuple[Graph, dict[str, np.ndarray], dict[str, str]]:
     g, params = importer.run()
     return g, params, dict(importer.names.map)
 
-
-from graphc.frontend import onnx_cnn  # noqa: E402,F401  (registers Conv, MaxPool, BatchNormalization, ...)

@@ -1,4 +1,4 @@
-"""The convolutional and normalization ops of ONNX import (graphc/frontend/onnx.py's op table):
+"""The convolutional and normalization ops of ONNX import (CNN_OPS, part of graphc/frontend/onnx.py's table):
 Conv, MaxPool, AveragePool, GlobalAveragePool, BatchNormalization, LayerNormalization, Dropout,
 Erf (and with it the erf form of GELU) and Gelu, each one entry of ONNX_OPS built from graphc's
 ops of the same meaning (torch.nn.functional's, NCHW).
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphc.core.errors import ShapeError
-from graphc.frontend.onnx import INTS, ONNX_OPS, OnnxNode, OnnxOp
+from graphc.frontend.onnx_table import INTS, OnnxNode, OnnxOp
 
 
 def _pads(n: OnnxNode, pads, spatial: int) -> tuple:
@@ -112,7 +112,7 @@ def _gelu(n: OnnxNode, x, *, approximate):
     return n.g.apply("gelu", x, approximate=approximate)
 
 
-ONNX_OPS.update({
+CNN_OPS: dict[str, OnnxOp] = {
     "Conv": OnnxOp(_conv, {"dilations": INTS, "group": 1, "kernel_shape": INTS, "pads": INTS, "strides": INTS},
                    (2, 3)),
     "MaxPool": _pool("max_pool2d", avg=False),
@@ -123,4 +123,4 @@ ONNX_OPS.update({
     "Dropout": OnnxOp(_dropout, {"seed": 0}, (1, 3), arrays=(1, 2)),
     "Erf": OnnxOp(lambda n, x: n.g.apply("erf", x)),
     "Gelu": OnnxOp(_gelu, {"approximate": "none"}),
-})
+}
