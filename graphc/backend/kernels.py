@@ -287,11 +287,11 @@ class Gather(Kernel):
 
 # -------------------------------------------------------------------------------------- patches
 @dataclass(frozen=True)
-class Patches(Kernel):
-    """kind im2col: out [n*Ho*Wo rows, C*kh*kw] = the windows of x [n, C, H, W] (pad_value outside);
-    kind col2im: out [n, C, H, W] = zeros, then each patch element of x added back where it came
-    from. Sizes are C text; pad = (top, left), stride, dilation per axis."""
-    kind: str = "im2col"
+class Window(Kernel):
+    """Where the kernel windows of a 2-D convolution sit, over an image [batch, C, H, W] with
+    output [.., Ho, Wo]: kernel kh x kw, stride (sh, sw), padding (pt top, pl left), dilation
+    (dh, dw). Sizes are C text. The base of the records that loop over windows."""
+    kind: str = ""
     out: str = ""
     x: str = ""
     batch: str = ""
@@ -308,37 +308,27 @@ class Patches(Kernel):
     pl: str = ""
     dh: str = ""
     dw: str = ""
+
+
+@dataclass(frozen=True)
+class Patches(Window):
+    """kind im2col: out [n*Ho*Wo rows, C*kh*kw] = the windows of x [n, C, H, W] (pad_value outside);
+    kind col2im: out [n, C, H, W] = zeros, then each patch element of x added back where it came
+    from."""
     pad_value: str = "0"
     template: ClassVar[str] = "kernels/patches.c.j2"
     kind_name: ClassVar[str] = "patches"
 
 
 @dataclass(frozen=True)
-class Depthwise(Kernel):
+class Depthwise(Window):
     """A depthwise convolution's direct loop (no patch matrix), x and out NCHW, w [C, 1, kh, kw].
     kind forward: out = the windows of x times w (+ bias, then relu when set); input_grad: out
     [n, C, H, W] = each δ (x here) times w added back onto its window; weight_grad: out [C, 1, kh, kw]
-    = Σ over batch and pixels of δ (w here) times the window of x. Sizes are C text as Patches'."""
-    kind: str = "forward"
-    out: str = ""
-    x: str = ""
+    = Σ over batch and pixels of δ (w here) times the window of x."""
     w: str = ""
     bias: str | None = None
     relu: bool = False
-    batch: str = ""
-    C: str = ""
-    H: str = ""
-    W: str = ""
-    kh: str = ""
-    kw: str = ""
-    Ho: str = ""
-    Wo: str = ""
-    sh: str = ""
-    sw: str = ""
-    pt: str = ""
-    pl: str = ""
-    dh: str = ""
-    dw: str = ""
     template: ClassVar[str] = "kernels/depthwise.c.j2"
     kind_name: ClassVar[str] = "depthwise"
 

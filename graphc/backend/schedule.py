@@ -258,17 +258,24 @@ class Scheduler(Fusion):
                      self.ref(a), self.ref(b), ta, tb, size(M), size(N), size(K), size(A[1]), size(B[1]), size(N),
                      dims=(dim_poly(M), dim_poly(N), dim_poly(K)))]
 
+    @staticmethod
+    def window(image, out, attrs) -> dict:
+        """The Window fields (backend/kernels.py) of an image shape, an output shape and a node's
+        kernel, stride, padding and dilation."""
+        size = lambda d: c_poly(dim_poly(d))  # noqa: E731
+        return dict(batch=size(image[0]), C=size(image[1]), H=size(image[2]), W=size(image[3]),
+                    kh=str(attrs["kernel"][0]), kw=str(attrs["kernel"][1]), Ho=size(out[0]), Wo=size(out[1]),
+                    sh=str(attrs["stride"][0]), sw=str(attrs["stride"][1]), pt=str(attrs["padding"][0]),
+                    pl=str(attrs["padding"][2]), dh=str(attrs["dilation"][0]), dw=str(attrs["dilation"][1]))
+
     def patches(self, n: Node, kind: str) -> list[Kernel]:
         """A convolution's patch matrix (im2col) or its adjoint (col2im): one Patches record."""
         x, v = n.inputs[0], n.output
         a = n.attrs
         image, cols = (x, v) if kind == "im2col" else (v, x)
-        size = lambda d: c_poly(dim_poly(d))  # noqa: E731
         pad_value = c_real(a["pad_value"]) if kind == "im2col" else "0"
-        return [Patches(self.comment(n), (v,), (x,), kind, self.ref(v), self.ref(x), size(image.shape[0]),
-                        *(size(d) for d in image.shape[1:]), *(str(k) for k in a["kernel"]),
-                        *(size(d) for d in cols.shape[1:3]), *(str(s) for s in a["stride"]),
-                        str(a["padding"][0]), str(a["padding"][2]), *(str(d) for d in a["dilation"]), pad_value)]
+        return [Patches(self.comment(n), (v,), (x,), kind=kind, out=self.ref(v), x=self.ref(x), pad_value=pad_value,
+                        **self.window(image.shape, cols.shape[1:3], a))]
 
     def depthwise(self, n: Node) -> list[Kernel]:
         """A depthwise convolution's direct loop or one of its adjoints (ops/depthwise.py): one
@@ -279,13 +286,10 @@ class Scheduler(Fusion):
         mode = at["mode"]
         image = a.shape if mode != "input_grad" else n.output.shape
         out = n.output.shape if mode == "forward" else a.shape if mode == "input_grad" else b.shape
-        size = lambda d: c_poly(dim_poly(d))  # noqa: E731
         comment = self.comment(n) + (f"\n   then relu, written to {v.name}" if n in self.conv_relu else "")
-        return [Depthwise(comment, (v,), tuple(n.inputs), mode, self.ref(v), self.ref(a), self.ref(b),
-                          self.ref(bias) if bias is not None else None, n in self.conv_relu,
-                          size(image[0]), *(size(d) for d in image[1:]), *(str(k) for k in at["kernel"]),
-                          *(size(d) for d in out[2:]), *(str(s) for s in at["stride"]), str(at["padding"][0]),
-                          str(at["padding"][2]), *(str(d) for d in at["dilation"]))]
+        return [Depthwise(comment, (v,), tuple(n.inputs), kind=mode, out=self.ref(v), x=self.ref(a), w=self.ref(b),
+                          bias=self.ref(bias) if bias is not None else None, relu=n in self.conv_relu,
+                          **self.window(image, out[2:], at))]
 
     def pointwise(self, n: Node) -> list[Kernel]:
         """A 1x1 convolution or one of its adjoints (ops/pointwise.py): one Pointwise record, a GEMM

@@ -307,6 +307,29 @@ def require_float(t: TensorType, what: str = "input") -> None:
 
 
 # ------------------------------------------------------------------ VJP helpers
+def three_mode_vjp(b, node, d, make, dx_identity: str) -> list:
+    """The VJP of a convolution computed directly in three modes, each linear in both inputs and
+    each the adjoint of another: forward z = f(x, w) (+ bias), input_grad g(δ, w) = dJ/dx and
+    weight_grad h(x, δ) = dJ/dw. make(mode, a, b) builds the op in a mode. The input adjoint applies
+    `dx_identity` (1 or 2: z = W x or x W by pixels), the weight's identity (5), a bias's (3)."""
+    a, w = node.inputs[:2]
+    mode = node.attrs["mode"]
+    if mode == "forward":
+        with b.because(node, dx_identity):
+            out = [make("input_grad", d, w)]
+        with b.because(node, "5"):
+            out.append(make("weight_grad", a, d))
+        if len(node.inputs) == 3:
+            with b.because(node, "3"):
+                out.append(b.apply("sum", d, axis=(0, 2, 3)))
+        return out
+    if mode == "input_grad":
+        with b.because(node, dx_identity):
+            return [make("forward", d, w), make("weight_grad", d, a)]
+    with b.because(node, "5"):
+        return [make("input_grad", w, d), make("forward", a, d)]
+
+
 def unbroadcast(b, grad, shape: Shape):
     """Identity (3) plus the sum over broadcast axes: bring a gradient back to `shape`."""
     return grad if grad.shape == shape else b.apply("sum_to", grad, shape=shape)

@@ -18,7 +18,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
-from graphc.core.opdef import OpDef, register, require_float
+from graphc.core.opdef import OpDef, register, require_float, three_mode_vjp
 from graphc.ops.conv import col2im_np, geometry, im2col_np
 
 MODES = ("forward", "input_grad", "weight_grad")
@@ -97,21 +97,7 @@ class DepthwiseConv(OpDef):
         win = {k: v for k, v in node.attrs.items() if k != "mode"}
         if mode != "input_grad":             # the image is an input: its size is the one to go back to
             win["size"] = tuple(a.shape[2:])
-        dw = lambda m, x, y: b.apply("depthwise_conv", x, y, mode=m, **win)  # noqa: E731
-        if mode == "forward":
-            with b.because(node, "2"):
-                out = [dw("input_grad", d, w)]
-            with b.because(node, "5"):
-                out.append(dw("weight_grad", a, d))
-            if len(node.inputs) == 3:
-                with b.because(node, "3"):
-                    out.append(b.apply("sum", d, axis=(0, 2, 3)))
-            return out
-        if mode == "input_grad":
-            with b.because(node, "2"):
-                return [dw("forward", d, w), dw("weight_grad", d, a)]
-        with b.because(node, "5"):
-            return [dw("input_grad", w, d), dw("forward", a, d)]
+        return three_mode_vjp(b, node, d, lambda m, x, y: b.apply("depthwise_conv", x, y, mode=m, **win), "2")
 
     def notation(self, p, node, *args):
         return p.call({"forward": "dwconv", "input_grad": "dwconv_dx", "weight_grad": "dwconv_dw"}[node.attrs["mode"]],

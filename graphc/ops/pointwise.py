@@ -17,7 +17,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
-from graphc.core.opdef import OpDef, register, require_float
+from graphc.core.opdef import OpDef, register, require_float, three_mode_vjp
 
 MODES = ("forward", "input_grad", "weight_grad")
 
@@ -78,23 +78,7 @@ class PointwiseConv(OpDef):
         return k.pointwise(node)
 
     def vjp(self, b, node, d):
-        a, w = node.inputs[:2]
-        mode = node.attrs["mode"]
-        pw = lambda m, x, y: b.apply("pointwise_conv", x, y, mode=m)  # noqa: E731
-        if mode == "forward":
-            with b.because(node, "1"):
-                out = [pw("input_grad", d, w)]
-            with b.because(node, "5"):
-                out.append(pw("weight_grad", a, d))
-            if len(node.inputs) == 3:
-                with b.because(node, "3"):
-                    out.append(b.apply("sum", d, axis=(0, 2, 3)))
-            return out
-        if mode == "input_grad":
-            with b.because(node, "1"):
-                return [pw("forward", d, w), pw("weight_grad", d, a)]
-        with b.because(node, "5"):
-            return [pw("input_grad", w, d), pw("forward", a, d)]
+        return three_mode_vjp(b, node, d, lambda m, x, y: b.apply("pointwise_conv", x, y, mode=m), "1")
 
     def notation(self, p, node, *args):
         return p.call({"forward": "pwconv", "input_grad": "pwconv_dx", "weight_grad": "pwconv_dw"}[node.attrs["mode"]],
