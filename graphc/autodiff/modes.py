@@ -72,8 +72,8 @@ def state_updates(g: Graph) -> dict[str, Value]:
             for i, v in n.op.state_updates(b, n).items():
                 name = n.inputs[i].name
                 if name in out:
-                    if n.op.name == by[name].op.name == "dropout":
-                        continue                   # every dropout advances the one step count
+                    if n.op is by[name].op and n.op.shared_state:
+                        continue                   # every dropout advances the one step count alike
                     raise GraphcError(f"state {name!r} is updated by two ops, {by[name].output.name} and {n.output.name}",
                                       hint="give each batch_norm its own running_mean and running_var")
                 out[name], by[name] = v, n

@@ -99,11 +99,8 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
                 define(w, lambda w=w, m=m, v=v: decayed(w) - step_size * m
                        / (g.apply("sqrt", v) / bc2_sqrt + const(optimizer.eps)))
     # the model state (batch_norm's running statistics, dropout's step count): by its ops' rules
+    # (grad above refuses state in wrt)
     from graphc.autodiff.modes import state_updates
-    for sname in g.states:
-        if sname in wrt:
-            raise GraphcError(f"train_graph: {sname!r} is model state, updated by train_step, not trained",
-                              hint=f"leave it out of wrt; the trainable params are {', '.join(g.trainable())}")
     with g.origin(Origin("the model state's update")):
         news = state_updates(g)
     for sname, value in news.items():

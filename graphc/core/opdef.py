@@ -131,6 +131,7 @@ class OpDef:
 
     # ---- model state and modes (batch_norm's running statistics, dropout's step count)
     state_inputs: tuple[int, ...] = ()   # input positions that must be model state (Graph.states)
+    shared_state: bool = False           # every node of the op updates its state alike (dropout's step count)
     input_init: dict[int, str] = {}      # init scheme of a param or state given at position i, unless it has its own
 
     def bind(self, graph, inputs: tuple, attrs: dict) -> tuple[tuple, dict]:
@@ -176,8 +177,8 @@ class OpDef:
         return []
 
     def positive_inputs(self, node) -> list:
-        """The real inputs this node needs positive (batch_norm's running variance): example data
-        and main.c fill them with values in [1, 2]. []: none."""
+        """The real inputs this node needs positive (log's and sqrt's, batch_norm's running variance):
+        check's random data and main.c's example data draw them so. []: none."""
         return []
 
     def spec_text(self, node, arg) -> tuple[str, int]:

@@ -67,10 +67,13 @@ def example_batch(graph: Graph) -> int:
     return EXAMPLE_BATCH if graph.symbolic_dims else 1
 
 
-def _filled(graph: Graph) -> list[tuple[str, Value, float]]:
-    """The arrays main.c fills, in the order that numbers them (k): (name, value, scale)."""
-    return ([(name, v, INPUT_SCALE) for name, v in graph.inputs.items()]
-            + [(name, v, PARAM_SCALE) for name, v in graph.params.items()])
+def _filled(graph: Graph) -> list[tuple[str, Value, float, float]]:
+    """The arrays main.c fills, in the order that numbers them (k): (name, value, offset, scale);
+    a value some op needs positive (positive_values: a running variance) offset 1.5, scale 0.5."""
+    positive = positive_values(graph)
+    arrays = [(name, v, INPUT_SCALE) for name, v in graph.inputs.items()]
+    arrays += [(name, v, PARAM_SCALE) for name, v in graph.params.items()]
+    return [(name, v, *((1.5, 0.5) if name in positive else (0.0, scale))) for name, v, scale in arrays]
 
 
 def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[str, np.ndarray]:
@@ -86,10 +89,10 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
     """
     n = example_batch(graph) if n is None else n
     bounds = label_bounds(graph)
-    rows, positive = distribution_inputs(graph), positive_values(graph)
+    rows = distribution_inputs(graph)
     real = np.dtype(dtype)
     out = {}
-    for k, (name, v, scale) in enumerate(_filled(graph)):
+    for k, (name, v, offset, scale) in enumerate(_filled(graph)):
         shape = tuple(n if isinstance(d, str) else d for d in v.shape)
         i = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
         if v.dtype == INT:
@@ -98,7 +101,6 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
             raw = (1.5 + np.sin(0.7 * i + 1.3 * k + 0.5)).reshape(-1, rows[name])
             out[name] = (raw / raw.sum(axis=1, keepdims=True)).astype(real).reshape(shape)
         else:
-            offset, scale = (1.5, 0.5) if name in positive else (0.0, scale)
             out[name] = (offset + scale * np.sin(0.7 * i + 1.3 * k + 0.5)).astype(real).reshape(shape)
     return out
 
@@ -135,11 +137,10 @@ def _example_context(model) -> dict:
     graph: Graph = model.graph
     n = example_batch(graph)
     bounds = label_bounds(graph)
-    prob_rows, positive = distribution_inputs(graph), positive_values(graph)
+    prob_rows = distribution_inputs(graph)
     ctype = "double" if model.dtype == np.float64 else "float"
     fills = {}
-    for k, (name, v, scale) in enumerate(_filled(graph)):
-        offset, scale = (1.5, 0.5) if name in positive else (0.0, scale)
+    for k, (name, v, offset, scale) in enumerate(_filled(graph)):
         fills[c_name(name)] = dict(k=k, scale=repr(scale), offset=repr(offset), bound=bounds.get(name),
                                    row=prob_rows.get(name))
     labels = {c_name(k): k for k in graph.outputs}            # print outputs and gradients by

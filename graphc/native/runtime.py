@@ -192,9 +192,7 @@ class CompiledModel:
         nor such ops predicts what forward computes."""
         if "predict" not in self.functions:
             return self.forward(**arrays)
-        extra = [k for k in arrays if k in self.graph.inputs and k not in self._predict_inputs]
-        for k in extra:
-            arrays = {a: v for a, v in arrays.items() if a != k}
+        arrays = {k: v for k, v in arrays.items() if k not in self.graph.inputs or k in self._predict_inputs}
         return self._results["predict"][0](self.call("predict", arrays))
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

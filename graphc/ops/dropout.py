@@ -78,6 +78,7 @@ class Dropout(OpDef):
     positional = ("input", "p", "seed")
     input_names = ("input",)
     state_inputs = (1,)
+    shared_state = True          # the graph's one step count, advanced once per train step
     input_init = {1: "zeros"}
     identity = "4"
 

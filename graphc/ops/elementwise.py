@@ -280,6 +280,9 @@ class Log(Unary):
         with b.because(node, self.identity):
             return [b.div(d_out, node.inputs[0])]
 
+    def positive_inputs(self, node):
+        return [node.inputs[0]]
+
 
 @register
 class Sqrt(Unary):
@@ -295,6 +298,9 @@ class Sqrt(Unary):
 
     def notation(self, p, node, a):
         return Printed(p.sym.sqrt(a.text))
+
+    def positive_inputs(self, node):
+        return [node.inputs[0]]
 
 
 @register

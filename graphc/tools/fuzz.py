@@ -192,13 +192,14 @@ def arrays(graph, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     params N(0, 1/last dim) for matrices, N(0, 1/4) else; model state (running statistics) in
     [0.5, 1.5], dropout's step count an integer in [0, 1000). Other names: real N(0, 1)."""
     from graphc.native.export import label_bounds
+    from graphc.ops.dropout import STEP
     bounds = label_bounds(graph)
     out = {}
     for name, v in {**graph.inputs, **graph.params}.items():
         shape = tuple(n if isinstance(d, str) else d for d in v.shape)
         if v.dtype == "int32":
             out[name] = np.asarray(rng.integers(0, bounds[name], size=shape), dtype=np.int32)
-        elif name == "dropout_step":                 # dropout's step count: a count
+        elif name == STEP:                           # dropout's step count: a count
             out[name] = np.array(float(rng.integers(0, 1000)))
         elif name in graph.states:                   # running statistics (a variance is positive)
             out[name] = rng.uniform(0.5, 1.5, size=shape)
