@@ -169,7 +169,8 @@ def _example_context(model) -> dict:
         checks = {ids for ids, _count, _bound in f.label_checks}
         functions.append(dict(name=f.name, args=["NULL" if a.role == "hparams" else arrays[a.cname]["var"]
                                                   for a in f.args], printed=printed,
-                              checks_labels=sorted(checks)))
+                              checks_labels=sorted(checks),
+                              trained=[arrays[a.cname] for a in f.args if a.role == "param*"]))
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]
     return dict(name=model.name, ctype=ctype, n=n, batch_dim=(graph.symbolic_dims or [None])[0],
@@ -272,7 +273,12 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
         write(f"{name}_params.c", render_template("params.c.j2", **context))
     if standalone:
         from graphc.backend.templates import MCU_FILES, mcu_dir
-        write("main.c", render_template("main.c.j2", **_example_context(model)))
+        from graphc.native.mpi_emit import mpi_parts
+        example = _example_context(model)
+        mpi, mpi_files = mpi_parts(model, example, amalgamate)   # make MPI=1: main.c trained over MPI ranks
+        for filename, text in mpi_files.items():
+            write(filename, text)
+        write("main.c", render_template("main.c.j2", **example, mpi=mpi))
         (directory / "mcu").mkdir(exist_ok=True)
         for filename in MCU_FILES:     # `make mcu`: the firmware's start-up code and linker script
             write(f"mcu/{filename}", (mcu_dir() / filename).read_text())
@@ -280,7 +286,7 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
                                           ctype="double" if model.dtype == np.float64 else "float",
                                           kernels_source=kernels.source_name, kernels_header=kernels.header_name,
                                           kernel_defines=" ".join(kernels.defines), isa=isa,
-                                          checkpoint=has_checkpoint,
+                                          checkpoint=has_checkpoint, mpi_update=mpi["companion"] if mpi_files else None,
                                           isa_caps=sorted(CAP.items())))
     else:
         written.append(c_library(model, directory, amalgamate))
