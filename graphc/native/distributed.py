@@ -23,7 +23,7 @@ import numpy as np
 
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError
 from graphc.core.ir import Graph
-from graphc.frontend.functions import FUNCTIONS
+from graphc.native.data_parallel import batch_weighting, check_stateless, update_graph
 from graphc.native.training import TrainState, check_fit_counts
 
 _UPDATERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> (companion model, weights)
@@ -54,54 +54,11 @@ def _updater(model, compile_model):
     return hit
 
 
-def check_stateless(graph: Graph, what: str, hint: str) -> None:
-    """Data-parallel training here has no collective for a model's state: refuse a model with one."""
-    if graph.states:
-        # the ranks' batch statistics and dropout steps would need a collective of their own
-        raise GraphcError(f"{graph.name}: {what} does not train models with state yet "
-                          f"({', '.join(graph.states)}: batch_norm's running statistics, dropout's step)", hint=hint)
-
-
-def update_graph(graph: Graph, wrt) -> Graph:
-    """The companion NAME_mpi_update: loss J = sum over the params P in wrt of sum(P * grad_P), each
-    gradient grad_P an input; its gradient with respect to P is grad_P itself, exactly, so its train
-    step, compiled with the model's optimizer, applies that optimizer's update from given gradients
-    (the same C the model's own train step runs). Python's comm= path compiles it; `graphc emit`
-    writes its C for the MPI build of main.c (native/mpi_emit.py)."""
-    g = Graph(f"{graph.name}_mpi_update")
-    total = None
-    for name in wrt:
-        p = g.param(name, tuple(graph.params[name].shape))
-        grad = g.input(f"grad_{name}", tuple(graph.params[name].shape))
-        term = FUNCTIONS["sum"](p * grad)
-        total = term if total is None else total + term
-    g.output("J", total)
-    return g
-
-
-def batch_weighting(graph: Graph, names) -> dict[str, str | None]:
-    """How each named output (one without the batch dim) combines over shards of the batch rows:
-    "mean" when it is the same for a batch and for that batch twice (a shard's value weighs
-    rows / total), "sum" when it is twice as large (weight 1), None for neither; by the NumPy
-    reference on main.c's deterministic data."""
-    from graphc.core.reference import evaluate
-    from graphc.native.export import example_arrays
-    sym = graph.symbolic_dims[0] if graph.symbolic_dims else None
-    once = example_arrays(graph, "float64", 3)
-    twice = {k: (np.concatenate([v, v]) if k in graph.inputs and sym is not None
-                 and graph.inputs[k].shape[:1] == (sym,) else v) for k, v in once.items()}
-    a, b = evaluate(graph, **once), evaluate(graph, **twice)
-    out = {}
-    for name in names:
-        x, y = np.asarray(a[name], dtype=np.float64), np.asarray(b[name], dtype=np.float64)
-        out[name] = (None if x.shape != y.shape else "mean" if np.allclose(x, y, rtol=1e-9, atol=1e-12) else
-                     "sum" if np.allclose(2 * x, y, rtol=1e-9, atol=1e-12) else None)
-    return out
-
-
 def loss_is_a_mean(graph: Graph, loss: str) -> bool:
-    """Whether the loss is a mean over the batch rows (batch_weighting) or a sum; neither is an error."""
-    how = batch_weighting(graph, [loss])[loss]
+    """Whether the loss is a mean over the batch rows (batch_weighting, on main.c's deterministic
+    data) or a sum; neither is an error."""
+    from graphc.native.export import example_arrays
+    how = batch_weighting(graph, [loss], example_arrays(graph, "float64", 3))[loss]
     if how is None:
         raise GraphcError(f"{graph.name}: comm= needs a loss that is a mean or a sum over the batch rows; "
                           f"{loss!r} is neither", hint="write the loss as a mean over the batch (cross_entropy, mse, mean)")

@@ -1,7 +1,7 @@
 """The MPI build of `graphc emit`'s example program (`make MPI=1`): main.c trained data-parallel.
 
 In: the model's rendered C (codegen's CSource) and what main.c.j2 prints (export's example
-context). Out: the C of the companion model NAME_mpi_update (distributed.update_graph: the
+context). Out: the C of the companion model NAME_mpi_update (data_parallel.update_graph: the
 optimizer's update from given gradients, the same design as Python's comm= path) and the context
 of templates/main_mpi.c.j2, the part of main.c compiled with -DGRAPHC_MPI: each rank calls the
 model's functions on its shard of main.c's rows, the shards' outputs and gradients are summed by
@@ -15,7 +15,7 @@ import numpy as np
 
 from graphc.backend.cprint import c_name
 from graphc.core.errors import GraphcError
-from graphc.native.distributed import batch_weighting, check_stateless, update_graph
+from graphc.native.data_parallel import batch_weighting, check_stateless, update_graph
 
 MPI_TYPES = {"float": "MPI_FLOAT", "double": "MPI_DOUBLE"}
 
@@ -54,9 +54,10 @@ def _shard(a, var: str) -> tuple[str, int | None]:
     return (f"{var} + shard_start" + (f" * {row}" if row != 1 else "")), row
 
 
-def mpi_parts(model, example: dict, amalgamate: bool = False) -> tuple[dict, dict[str, str]]:
+def mpi_parts(model, example: dict, example_arrays, amalgamate: bool = False) -> tuple[dict, dict[str, str]]:
     """What templates/main_mpi.c.j2 needs, and the companion's files (filename -> text; none when
-    the model cannot train over MPI: the context's `reason` says why)."""
+    the model cannot train over MPI: the context's `reason` says why). example_arrays: export's,
+    main.c's data in NumPy (passed in: export imports this module)."""
     from graphc.backend.codegen import amalgamate as amalgamated, generate
     ctx = dict(reason=_refusal(model, example), companion=update_name(model.name), mpi_type=MPI_TYPES[example["ctype"]])
     if ctx["reason"] is not None:
@@ -65,7 +66,7 @@ def mpi_parts(model, example: dict, amalgamate: bool = False) -> tuple[dict, dic
     update = generate(update_graph(model.graph, layout.wrt), "J", list(layout.wrt), dtype=model.csrc.dtype,
                       optimizer=layout.optimizer)
     try:
-        ctx.update(_context(model, example, layout, update))
+        ctx.update(_context(model, example, layout, update, example_arrays(model.graph, "float64", 3)))
     except GraphcError as e:
         ctx["reason"] = str(e)
         return ctx, {}
@@ -73,13 +74,13 @@ def mpi_parts(model, example: dict, amalgamate: bool = False) -> tuple[dict, dic
                  f"{update.name}.h": update.header}
 
 
-def _context(model, example: dict, layout, update) -> dict:
+def _context(model, example: dict, layout, update, data: dict) -> dict:
     """The data-parallel calls, the update call and how each printed value is combined over the
     ranks; a GraphcError when the model cannot train over MPI."""
     graph = model.graph
     arrays = {a["cname"]: a for a in example["arrays"]}
     weighting = batch_weighting(graph, [k for k, v in graph.outputs.items()
-                                        if not any(isinstance(d, str) for d in v.shape)])
+                                        if not any(isinstance(d, str) for d in v.shape)], data)
     loss_weighting = weighting.get(layout.loss)
     if loss_weighting is None:
         raise GraphcError(f"the loss {layout.loss!r} is not an output that is a mean or a sum over the batch rows"
