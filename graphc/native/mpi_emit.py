@@ -107,11 +107,13 @@ def _context(model, example: dict, layout, update, data: dict) -> dict:
                 combine.append(dict(entry, how=how, row=row))
         printed = [p for p in f["printed"] if f"{f['name']} {p['label']}" not in unprinted]
         calls.append(dict(name=f["name"], args=args, combine=combine, printed=printed))
-    vg = next(c for c in calls if c["name"] == "value_and_grad")
+    # a train step prints its scalar outputs as value_and_grad combines them (the loss at least)
+    combined = {a["cname"]: a for c in calls if c["name"] == "value_and_grad" for a in c["combine"]}
     step = next(f for f in example["functions"] if f["name"] == "train_step")
-    missing = [p["label"] for p in step["printed"] if p["cname"] not in {c["cname"] for c in vg["combine"]}]
+    missing = [p["label"] for p in step["printed"] if p["cname"] not in combined]
     if missing:
         raise GraphcError(f"train_step prints {', '.join(missing)}, which value_and_grad does not compute")
+    step_printed = [p for p in step["printed"] if combined[p["cname"]]["how"] is not None]
     # the companion's train step on the model's arrays: params and optimizer state by name, its
     # gradient inputs grad_P the model's gradients d_P (summed over the ranks), its loss discarded
     own = {(role, key): arrays[cname]["var"] for role, key, cname in layout.step_args if cname in arrays}
@@ -121,6 +123,6 @@ def _context(model, example: dict, layout, update, data: dict) -> dict:
             update_args.append(arrays[c_name(model.csrc.grad_names[key[len("grad_"):]])]["var"])
         else:
             update_args.append({"hparams": "NULL", "output": "&update_loss"}.get(role) or own[(role, key)])
-    return dict(calls=calls, uses={a["how"] for c in calls for a in c["combine"]}, unprinted=unprinted, loss_weighting=loss_weighting,
-                loss_var=arrays[c_name(layout.loss)]["var"], step_printed=step["printed"],
-                update_args=update_args)
+    return dict(calls=calls, uses={a["how"] for c in calls for a in c["combine"]}, unprinted=unprinted,
+                loss_weighting=loss_weighting, loss_var=arrays[c_name(layout.loss)]["var"],
+                step_printed=step_printed, update_args=update_args)
