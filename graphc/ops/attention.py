@@ -17,7 +17,7 @@ import numpy as np
 
 from graphc.core.errors import ShapeError, SpecError
 from graphc.core.ir import TensorType
-from graphc.core.notation import ADD, MUL, Printed, wrap
+from graphc.core.notation import ADD, MATMUL, MUL, POSTFIX, Printed, wrap
 from graphc.core.opdef import OpDef, register, require_float
 
 SUPPORTED = "graphc supports q, k, v of rank 3 or 4, is_causal and scale (no attn_mask, dropout_p 0, no enable_gqa)"
@@ -189,8 +189,8 @@ class AttentionLse(_Attention):
     def vjp(self, b, node, d):
         q, k = node.inputs
         s = self._s(node)
-        dcol = b.apply("reshape", d, shape=d.shape + (1,))          # δ_i on every column of row i
         with b.because(node, "2,4"):
+            dcol = b.apply("reshape", d, shape=d.shape + (1,))      # δ_i on every column of row i
             pk = b.apply("scaled_dot_product_attention", q, k, k, **self._flags(node))
             dq = b.mul(b.mul(dcol, pk), s)
         with b.because(node, "4,5"):
@@ -199,7 +199,7 @@ class AttentionLse(_Attention):
         return [dq, dk]
 
     def notation(self, p, node, q, k):
-        return p.call("logsumexp", [Printed(f"s {wrap(q, MUL)} {k.text}ᵀ")])
+        return p.call("logsumexp", [Printed(f"s {wrap(q, MATMUL)} {p.sym.T(wrap(k, POSTFIX))}")])
 
 
 @register
