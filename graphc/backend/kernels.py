@@ -371,8 +371,8 @@ class Attention(Kernel):
     above the diagonal skipped). kind forward: out [Tq, Dv] = softmax(scale q kᵀ) v by an online
     softmax, accumulated in out itself, and lse [Tq] = the row log-sum-exp (each None when not
     wanted). kind backward: d_q, d_k, d_v (None: not wanted) from q, k, v, o, lse and d_o, P
-    recomputed as exp(scale q kᵀ − lse). No Tq x Tk matrix and no workspace: the per-row state is
-    on the stack (br values). Sizes are C text."""
+    recomputed as exp(scale q kᵀ − lse). No Tq x Tk matrix and no workspace: the per-row state and
+    the transposed key (and value) block, D x bc, are on the stack. Sizes are C text."""
     kind: str = "forward"
     q: str = ""
     k: str = ""

@@ -34,6 +34,10 @@ class Schedule:
 # that of a 64-deep panel: 5,120 floats for kws_dscnn's 64x64 layers, not 10,240 for their 125 pixels.
 POINTWISE_CHUNK = 64
 
+# The most elements of one transposed key (or value) block of scaled dot-product attention, which
+# its kernels keep on the stack (templates/kernels/attention.c.j2): 16 KB of float, 32 KB of double.
+ATTENTION_TILE = 2048
+
 
 class Scheduler(Fusion):
     """The kernel records of one C function, built from the fusion decisions of its graph. The
@@ -388,8 +392,12 @@ class Scheduler(Fusion):
         size = lambda d: c_poly(dim_poly(d))  # noqa: E731
         q, k = n.inputs[:2]
         heads = c_poly(numel(q.shape[:-2]))
+        widest = max(q.shape[-1], n.inputs[2].shape[-1] if kind != "lse" else 1)
+        # keys per block: 64, fewer for wide heads, so that a transposed block (on the stack) stays
+        # within ATTENTION_TILE elements; a multiple of 8 (whole vectors)
+        bc = min(64, max(8, ATTENTION_TILE // widest // 8 * 8))
         common = dict(q=self.ref(q), k=self.ref(k), heads=heads, Tq=size(q.shape[-2]), Tk=size(k.shape[-2]),
-                      D=size(q.shape[-1]), scale=c_real(scale), causal=bool(n.attrs["is_causal"]))
+                      D=size(q.shape[-1]), scale=c_real(scale), causal=bool(n.attrs["is_causal"]), bc=bc)
         if kind == "backward":
             parts = self.attention_grads.get(n, (n,))
             v, o, lse, d = n.inputs[2:]

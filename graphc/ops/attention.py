@@ -54,6 +54,10 @@ def _heads(q: TensorType, k: TensorType, v: TensorType | None = None):
     if k.shape[-1] != q.shape[-1]:
         raise ShapeError(f"scaled_dot_product_attention needs q and k of the same head size D (last axis), got "
                          f"q {q.shape} and k {k.shape}")
+    for name, t in named:
+        if isinstance(t.shape[-1], str):
+            raise ShapeError(f"scaled_dot_product_attention needs a fixed head size (the last axis of {name}), "
+                             f"got {t.shape}", hint="only the batch, head and length axes may be symbolic")
     if v is not None and v.shape[-2] != k.shape[-2]:
         raise ShapeError(f"scaled_dot_product_attention needs k and v of the same length Tk (axis -2), got "
                          f"k {k.shape} and v {v.shape}")
