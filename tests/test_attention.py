@@ -236,3 +236,20 @@ loss = "J"
     np.testing.assert_allclose(graphc.evaluate(g, **a)["loss"], np.sum(o * o), rtol=1e-12)
     with pytest.raises(graphc.GraphcError, match="dropout_p must be 0"):
         graphc.parse_spec(spec.replace("is_causal=True", "dropout_p=0.5"), "att.toml")
+
+
+def test_c_train_step_through_attention_is_the_reference_sgd_update():
+    """A param upstream of two attentions (tests/specs/small_attention.toml: causal self-attention
+    and cross-attention, 70 rows across the blocks): one SGD step in C, w -= lr dJ/dw of the reference."""
+    from pathlib import Path
+    g = graphc.load(str(Path(__file__).resolve().parent / "specs" / "small_attention.toml"))
+    m = graphc.compile(g, grad_of="loss", wrt=["w"], dtype="float64", optimizer=graphc.SGD(lr=0.1))
+    params = graphc.init_params(g, seed=0)
+    rng = np.random.default_rng(6)
+    x, mem = rng.standard_normal((3, 2, 70, 8)), rng.standard_normal((3, 2, 33, 8))
+    w0 = params["w"].copy()
+    want = w0 - 0.1 * graphc.evaluate(graphc.grad(g, "loss", ["w"]), x=x, m=mem, w=w0)["d_w"]
+    state = m.train_state(params)
+    m.train_step(state, x=x, m=mem)
+    assert np.abs(state.params["w"] - w0).max() > 1e-4
+    np.testing.assert_allclose(state.params["w"], want, rtol=1e-12, atol=1e-14)
