@@ -271,4 +271,5 @@ class AttentionGrad(_Attention):
         q, k = (p.sym.ident(x.name) for x in n.inputs[:2])
         mask = " (is_causal: query i sees keys j ≤ i, torch.ones(Tq, Tk).tril())" if n.attrs["is_causal"] else ""
         return [f"P = softmax(s {q} {k}ᵀ) over the keys{mask}, s = {_scale_text(n)}: recomputed block by block "
-                f"from {q}, {k} and the row log-sum-exp L = logsumexp(s {q} {k}ᵀ) the forward pass saved, never stored"]
+                f"from {q}, {k} and the row log-sum-exp L = logsumexp(s {q} {k}ᵀ) the forward pass saved, "
+                "never stored"]
