@@ -67,23 +67,9 @@ def _updater(model, compile_model):
 
 
 def _loss_is_a_mean(model, loss: str) -> bool:
-    """Whether the loss is a mean over the batch rows (the same for a batch and for that batch twice)
-    or a sum (twice as large), by the NumPy reference on main.c's deterministic data."""
-    from graphc.core.reference import evaluate
-    from graphc.native.export import example_arrays
-    g = model.graph
-    sym = g.symbolic_dims[0] if g.symbolic_dims else None
-    once = example_arrays(g, "float64", 3)
-    twice = {k: (np.concatenate([v, v]) if k in g.inputs and sym is not None and g.inputs[k].shape[:1] == (sym,)
-                 else v) for k, v in once.items()}
-    a = float(np.asarray(evaluate(g, **once)[loss]))
-    b = float(np.asarray(evaluate(g, **twice)[loss]))
-    if np.isclose(a, b, rtol=1e-9, atol=1e-12):
-        return True
-    if np.isclose(2 * a, b, rtol=1e-9, atol=1e-12):
-        return False
-    raise GraphcError(f"{model.name}: comm= needs a loss that is a mean or a sum over the batch rows; "
-                      f"{loss!r} is neither", hint="write the loss as a mean over the batch (cross_entropy, mse, mean)")
+    """Whether the loss is a mean over the batch rows or a sum (training.loss_is_a_mean)."""
+    from graphc.native.training import loss_is_a_mean
+    return loss_is_a_mean(model.graph, model.name, loss)
 
 
 def _agree(comm, ok: bool, what: str, error: BaseException | None):

@@ -33,7 +33,8 @@ from graphc.native.progress import Progress, wanted
 from graphc.core.errors import ArgumentError, DTypeError, ExecutionError, GraphcError, NonFiniteError, ShapeError
 from graphc.core.ir import Graph
 from graphc.ops.loss import check_labels
-from graphc.autodiff.optimizers import OPTIMIZERS, Adam, AdamW, OptimizerError, SGD, describe  # noqa: F401  (re-exported)
+from graphc.autodiff.optimizers import (OPTIMIZERS, Adam, AdamW, OptimizerError, SGD, describe,  # noqa: F401  (re-exported)
+                                        flat_hparams, hparam_names, with_hparams)
 from graphc.backend.functions import TrainLayout
 
 STATE_FORMAT = 1        # version of the .npz layout written by TrainState.save
@@ -44,19 +45,22 @@ class TrainerCache:
 
     - trainer: the Trainer that made it. Any other (another model's, or another compile of the
       same model) finds it is not its own and binds the state anew, checking it first.
-    - step_ptrs, fit_ptrs: cffi pointers to the state's params and optimizer state, in the
-      order NAME_train_step and NAME_fit take them (after the minibatch arrays). They stay
-      valid because TrainState's mappings are read-only: the arrays are never rebound.
+    - step_ptrs, fit_ptrs, accumulate_ptrs, apply_ptrs: cffi pointers to the state's params and
+      optimizer state, in the order NAME_train_step, NAME_fit, NAME_accumulate and NAME_apply
+      take them (after the minibatch arrays). They stay valid because TrainState's mappings are
+      read-only: the arrays are never rebound.
     - workspaces: batch size (negated for NAME_fit) -> (workspace array, its cffi pointer).
     - plan: the calls.CallPlan of the state's recent train_step minibatch, or None.
 
     Only the Trainer that made it reads or writes it; a TrainState starts with an empty one
     (trainer None) and state.copy() gets a new empty one (its arrays are new)."""
 
-    __slots__ = ("trainer", "step_ptrs", "fit_ptrs", "workspaces", "plan")
+    __slots__ = ("trainer", "step_ptrs", "fit_ptrs", "accumulate_ptrs", "apply_ptrs", "workspaces", "plan")
 
-    def __init__(self, trainer: "Trainer | None" = None, step_ptrs: tuple = (), fit_ptrs: tuple = ()):
+    def __init__(self, trainer: "Trainer | None" = None, step_ptrs: tuple = (), fit_ptrs: tuple = (),
+                 accumulate_ptrs: tuple = (), apply_ptrs: tuple = ()):
         self.trainer, self.step_ptrs, self.fit_ptrs = trainer, tuple(step_ptrs), tuple(fit_ptrs)
+        self.accumulate_ptrs, self.apply_ptrs = tuple(accumulate_ptrs), tuple(apply_ptrs)
         self.workspaces: dict[int, tuple[np.ndarray, Any]] = {}
         self.plan: CallPlan | None = None
 
@@ -95,21 +99,24 @@ class TrainState:
         self._sgd_steps += k
 
     @property
-    def hparams(self) -> dict[str, float]:
-        """The hyperparameters the next step uses (the optimizer's fields), by name."""
-        return {f.name: getattr(self.optimizer, f.name) for f in fields(self.optimizer)}
+    def hparams(self) -> dict[str, Any]:
+        """The hyperparameters the next step uses, by name (the optimizer's fields; `schedule` the
+        dict of its schedule's fields, which set_hparams also takes by name)."""
+        return asdict(self.optimizer)
 
-    def set_hparams(self, **values: float) -> None:
-        """Change hyperparameters for the steps to come: state.set_hparams(lr=1e-4). The C reads
-        them at every call (no rebuild). Each is checked as the optimizer checks it; the ones
-        whose term the model was compiled without (a momentum or weight decay that was 0) raise
-        ArgumentError at the next step, as does an unknown name here."""
-        names = {f.name for f in fields(self.optimizer)}
+    def set_hparams(self, **values: Any) -> None:
+        """Change hyperparameters for the steps to come: state.set_hparams(lr=1e-4), a schedule's
+        too (warmup=200, total=10_000, or schedule=graphc.WarmupCosine(...) of the kind compiled).
+        The C reads them at every call (no rebuild). Each is checked as the optimizer checks it;
+        the ones whose term the model was compiled without (a momentum or weight decay that was
+        0, clipping, another kind of schedule) raise ArgumentError at the next step, as does an
+        unknown name here."""
+        names = hparam_names(self.optimizer)
         unknown = [k for k in values if k not in names]
         if unknown:
             raise ArgumentError(f"set_hparams: {type(self.optimizer).__name__} has no hyperparameter "
                                 f"{', '.join(map(repr, unknown))}", hint=f"it has {', '.join(sorted(names))}")
-        self.optimizer = replace(self.optimizer, **values)    # checks the values (OptimizerError)
+        self.optimizer = with_hparams(self.optimizer, values)    # checks the values (OptimizerError)
         self.cache = TrainerCache()     # the next call binds the state anew, with these values
 
     def __repr__(self) -> str:
@@ -125,7 +132,8 @@ class TrainState:
         """Write params, optimizer state and the optimizer to an .npz file (load with model.load_state)."""
         path = Path(path)
         meta = dict(format=STATE_FORMAT, model=self.model_name, dtype=self.dtype.name, optimizer=self.optimizer.kind,
-                    hyper=asdict(self.optimizer), params=list(self._params), buffers=list(self._buffers),
+                    hyper=flat_hparams(self.optimizer), schedule=self.optimizer.schedule.kind,
+                    params=list(self._params), buffers=list(self._buffers),
                     sgd_steps=self._sgd_steps)
         arrays = {f"param.{k}": v for k, v in self._params.items()}
         arrays.update({f"state.{k.replace('/', '.')}": v for k, v in self._buffers.items()})
@@ -174,6 +182,12 @@ class Trainer:
         self._outs = outs
         self._result = picker([(name, i) for i, (name, _) in enumerate(outs)])
         self._counts_steps = "t" not in lay.state      # SGD: Python counts the steps (Adam's t is in C)
+        self._cacc = getattr(model.lib, f"{model.name}_accumulate") if lay.accumulate_args else None
+        self._capply = getattr(model.lib, f"{model.name}_apply") if lay.apply_args else None
+        acc_outs = [name for role, name, _ in lay.accumulate_args if role == "output"]
+        self._acc_outs = [(name, self._out_spec(name)) for name in acc_outs]
+        self._acc_result = picker([(name, i) for i, name in enumerate(acc_outs)]) if acc_outs else None
+        self._mean_loss: bool | None = None     # whether the loss is a mean over rows (accumulate's weighting)
         sym = self.graph.symbolic_dims
         self._sym = sym[0] if sym else None
 
@@ -219,7 +233,8 @@ class Trainer:
             buf[...] = array
         state.count_sgd_steps(int(meta.get("sgd_steps", 0)))
         hyper = meta.get("hyper") or {}
-        changed = {k: hyper[k] for k in self.layout.hparams if k in hyper and hyper[k] != getattr(state.optimizer, k)}
+        now = flat_hparams(state.optimizer)
+        changed = {k: hyper[k] for k in self.layout.hparams if k in hyper and hyper[k] != now[k]}
         if changed:     # what set_hparams changed before the save
             state.set_hparams(**changed)
         return state
@@ -232,8 +247,13 @@ class Trainer:
         if state.optimizer.kind != self.optimizer.kind or state.dtype != self.dtype:
             raise ArgumentError(f"this TrainState is for {describe(state.optimizer)} in {state.dtype}, "
                                 f"but {self.name} trains with {describe(self.optimizer)} in {self.dtype}")
-        fixed = [f.name for f in fields(self.optimizer) if f.name not in self.layout.hparams
-                 and getattr(state.optimizer, f.name) != getattr(self.optimizer, f.name)]
+        if type(state.optimizer.schedule) is not type(self.optimizer.schedule):
+            raise ArgumentError(f"{self.name} was compiled with the schedule {self.optimizer.schedule!r}: the "
+                                f"state's {state.optimizer.schedule!r} is another kind, which its C does not compute",
+                                hint=f"set the values of a {type(self.optimizer.schedule).__name__}, or compile "
+                                     f"with the schedule you want")
+        mine, theirs = flat_hparams(self.optimizer), flat_hparams(state.optimizer)
+        fixed = [k for k in mine if k not in self.layout.hparams and theirs[k] != mine[k]]
         if fixed:
             raise ArgumentError(f"{self.name} was compiled with {describe(self.optimizer)}, whose C has no "
                                 f"{' or '.join(fixed)} term: the state's {describe(state.optimizer)} cannot run",
@@ -249,8 +269,10 @@ class Trainer:
             if arr is None or arr.shape != shape or arr.dtype != np.dtype(dt):
                 raise ShapeError(f"TrainState optimizer state {key!r} does not fit {g.name}")
 
+        values = flat_hparams(state.optimizer)
         hparams = self.ffi.new(f"{self.layout.hparams_type} *",
-                               [float(getattr(state.optimizer, k)) for k in self.layout.hparams])
+                               {k: int(values[k]) if k in self.layout.hparams_ints else float(values[k])
+                                for k in self.layout.hparams})
 
         def ptrs(args):
             out = []
@@ -262,7 +284,8 @@ class Trainer:
                 elif role == "hparams":
                     out.append(hparams)     # kept alive by the cache's tuples
             return out
-        cache = state.cache = TrainerCache(self, ptrs(self.layout.step_args), ptrs(self.layout.fit_args))
+        cache = state.cache = TrainerCache(self, ptrs(self.layout.step_args), ptrs(self.layout.fit_args),
+                                           ptrs(self.layout.accumulate_args), ptrs(self.layout.apply_args))
         return cache
 
     def _cache(self, state: TrainState) -> TrainerCache:
@@ -330,6 +353,53 @@ class Trainer:
             cache.plan = plan          # every input went to C as it was passed
         return self._result(outs)
 
+    # ------------------------------------------------------------------ gradient accumulation
+    def accumulate(self, state: TrainState, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        """One micro-batch of gradient accumulation in one C call (NAME_accumulate): the forward
+        outputs, and the gradients added to the state's accumulators (weighted by the rows, for a
+        loss that is a mean over them). `apply` then makes one optimizer step from their mean."""
+        if self._cacc is None:
+            raise GraphcError(f"{self.name}: accumulate needs a model compiled with an optimizer that "
+                              f"accumulates ({describe(self.optimizer)} does not)",
+                              hint="compile with e.g. optimizer=graphc.AdamW(..., accumulate=4)")
+        if self._mean_loss is None:
+            self._mean_loss = loss_is_a_mean(self.graph, self.name, self.layout.loss)
+        if not self._mean_loss:
+            raise GraphcError(f"{self.name}: gradient accumulation weights micro-batches by their rows, which "
+                              f"needs a loss that is a mean over the batch rows; {self.layout.loss!r} is not",
+                              hint="write the loss as a mean (cross_entropy, mse, mean), or sum the gradients "
+                                   "of value_and_grad yourself")
+        cache = self._cache(state)
+        env, dims = bind(self.graph, batch, self.dtype, need_params=False)
+        n = batch_rows(self.graph, dims)
+        arrays = [as_c_array(k, env[k]) for k in self._inputs]
+        specs = [(tuple(n if isinstance(d, str) else d for d in shape), dt) for _, (shape, dt) in self._acc_outs]
+        plan = CallPlan(self.ffi, n, self._inputs, [c_array_type(self._ctype, a.dtype) for a in arrays], arrays,
+                        self._workspace(cache, n), output_specs(self._ctype, specs), cache.accumulate_ptrs)
+        status, outs = plan.run(self._cacc, plan.head)
+        if status != 0:
+            self._fail(status, "accumulate", env, n)
+        return self._acc_result(outs)
+
+    def apply(self, state: TrainState) -> dict[str, np.ndarray]:
+        """One optimizer step from the gradients accumulated since the last (NAME_apply): their mean,
+        clipped and scheduled as train_step's; the accumulators are zeroed. Returns {"grad_norm":
+        the norm before clipping} when the optimizer clips, else {}."""
+        if self._capply is None:
+            raise GraphcError(f"{self.name}: apply needs a model compiled with an optimizer that accumulates",
+                              hint="compile with e.g. optimizer=graphc.AdamW(..., accumulate=4)")
+        cache = self._cache(state)
+        norm = [np.zeros((), dtype=self.dtype)] if self.layout.grad_norm else []
+        status = self._capply(*cache.apply_ptrs, *map(self._ptr, norm))
+        if status == self.lib.GRAPHC_ERR_BATCH:
+            raise ArgumentError(f"{self.name}_apply: no gradient was accumulated since the last step",
+                                hint="call m.accumulate(state, ...) first")
+        if status != 0:
+            self._fail(status, "apply", {}, 1)
+        if self._counts_steps:
+            state.count_sgd_steps()
+        return {self.layout.grad_norm: norm[0]} if norm else {}
+
     def _fail(self, status: int, fname: str, arrays, n: int):
         if status == self.lib.GRAPHC_ERR_LABEL:
             env, _ = bind(self.graph, arrays, self.dtype, need_params=False)
@@ -338,6 +408,9 @@ class Trainer:
             raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
         if status == self.lib.GRAPHC_ERR_BATCH:
             raise ShapeError(f"{self.name}_{fname}: batch size {n} is invalid for this model")
+        if status == getattr(self.lib, "GRAPHC_ERR_HPARAMS", None):
+            raise OptimizerError(f"{self.name}_{fname}: a run-time hyperparameter is out of range "
+                                 f"({describe(self.optimizer)})")
         if fname == "fit" and status == self.lib.GRAPHC_ERR_ORDER:
             raise ArgumentError(f"{self.name}_fit: the order array is not a permutation of the rows")
         raise ExecutionError(f"{self.name}_{fname} returned status {status}")
@@ -390,8 +463,8 @@ class Trainer:
                 status = self._cfit(n_total, batch, *data_ptrs, self._ptr(order), *cache.fit_ptrs, loss_ptr, ws)
                 if status != 0:
                     self._fail(status, "fit", data, batch)
-                if self._counts_steps:
-                    state.count_sgd_steps(nb)
+                if self._counts_steps:      # a step per minibatch, or per `accumulate` of them
+                    state.count_sgd_steps(-(-nb // self._micro(state)))
                 if before is not None and not (np.isfinite(losses).all() and _finite(state)):
                     self._find_nonfinite(state, before, epoch, order, batch, arrays)
                 mean = float(np.dot(losses.astype(np.float64), rows) / n_total)
@@ -409,6 +482,10 @@ class Trainer:
             bar.close()
         return history
 
+    def _micro(self, state: TrainState) -> int:
+        """Minibatches per optimizer step in fit (the state's `accumulate` when the C accumulates)."""
+        return int(state.optimizer.accumulate) if self._cacc is not None else 1
+
     def _find_nonfinite(self, state: TrainState, before: TrainState, epoch: int, order: np.ndarray, batch: int,
                         arrays: list[np.ndarray]) -> None:
         """An epoch ended with a non-finite loss or state: put the state back as it was before the
@@ -416,11 +493,21 @@ class Trainer:
         the first step whose loss or update is not finite, with the state as it was before it."""
         _restore(state, before)
         loss_names = [name for name, (shape, is_int) in self.layout.out_types.items() if shape == () and not is_int]
-        for start in range(0, len(order), batch):
-            rows = order[start:start + batch]
+        k = self._micro(state)
+        for start in range(0, len(order), batch * k):
+            rows = order[start:start + batch * k]
             step = state.step + 1
             good = state.copy()
-            outs = self.train_step(state, {k: a[rows] for k, a in zip(self._inputs, arrays)})
+            if k > 1:       # the step's minibatches, accumulated as fit did
+                outs = {}
+                for part in range(start, min(start + batch * k, len(order)), batch):
+                    got = self.accumulate(state, {name: a[order[part:part + batch]]
+                                                  for name, a in zip(self._inputs, arrays)})
+                    if all(np.isfinite(outs[x]).all() for x in loss_names if x in outs):
+                        outs = got      # the first micro-batch whose loss is not finite, else the last
+                self.apply(state)
+            else:
+                outs = self.train_step(state, {k: a[rows] for k, a in zip(self._inputs, arrays)})
             bad = [k for k in loss_names if k in outs and not np.isfinite(outs[k]).all()]
             bad += [f"the update of {k}" for k, v in state.params.items() if not np.isfinite(v).all()]
             bad += [f"the optimizer state {k}" for k, v in state.buffers.items()
@@ -435,6 +522,26 @@ class Trainer:
         raise NonFiniteError(f"{self.name}_fit: epoch {epoch} ended with a non-finite loss or state, but no "
                              f"single step of its replay did; the state is left as it was before the epoch",
                              epoch=epoch, step=state.step + 1, tensor="the epoch")
+
+
+def loss_is_a_mean(graph: Graph, name: str, loss: str) -> bool:
+    """Whether the loss is a mean over the batch rows (the same for a batch and for that batch twice),
+    else a sum (twice as large), by the NumPy reference on main.c's deterministic data; GraphcError
+    when it is neither."""
+    from graphc.core.reference import evaluate
+    from graphc.native.export import example_arrays
+    sym = graph.symbolic_dims[0] if graph.symbolic_dims else None
+    once = example_arrays(graph, "float64", 3)
+    twice = {k: (np.concatenate([v, v]) if k in graph.inputs and sym is not None and graph.inputs[k].shape[:1] == (sym,)
+                 else v) for k, v in once.items()}
+    a = float(np.asarray(evaluate(graph, **once)[loss]))
+    b = float(np.asarray(evaluate(graph, **twice)[loss]))
+    if np.isclose(a, b, rtol=1e-9, atol=1e-12):
+        return True
+    if np.isclose(2 * a, b, rtol=1e-9, atol=1e-12):
+        return False
+    raise GraphcError(f"{name}: this needs a loss that is a mean or a sum over the batch rows; "
+                      f"{loss!r} is neither", hint="write the loss as a mean over the batch (cross_entropy, mse, mean)")
 
 
 def check_fit_counts(**values: tuple[Any, int]) -> None:
