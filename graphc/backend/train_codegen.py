@@ -158,6 +158,7 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
                                   wd="weight_decay" in fields, hparams=hp_type, recipe=lr_arg,
                                   scaled=clipped or accumulates, schedule=optimizer.schedule.kind, clip=clipped,
                                   check=recipe, accumulate=accumulates))
+    em.hparams["recipe"] = _recipe_doc(graph.name, optimizer, "t" in optimizer.scalars())
     lr_c = "gc_lr" if scheduled else "gc_hp->lr"
 
     # the optimizer's records, one per param (plus Adam's step count and bias corrections first)
@@ -248,6 +249,27 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
                                  fit_ok, fit_args, batched, fields, hp_type,
                                  tuple(k for k in fields if k in INT_HPARAMS), out_norm.cname if out_norm else None,
                                  accumulate_args, apply_args)
+
+
+def _recipe_doc(name: str, optimizer, counted: bool) -> list[str]:
+    """The header's paragraphs on the schedule, clipping and accumulation compiled in."""
+    out = []
+    kind = optimizer.schedule.kind
+    if kind != "constant":
+        rule = ("lr gamma^floor((t - 1) / step_size), as torch.optim.lr_scheduler.StepLR" if kind == "step" else
+                "lr (t / warmup) while t <= warmup, then min_lr + (lr - min_lr) (1 + cos(pi (t - 1 - warmup) / "
+                "(total - warmup))) / 2, and min_lr from step total + 1 on (linear warmup, cosine decay)")
+        out.append(f"Schedule: step t (1, 2, ...: the step count {'Adam keeps' if isinstance(optimizer, Adam) else 'the state keeps'}, "
+                   f"counted by {name}_train_step) runs at the learning rate {rule}; lr is the peak.")
+    if optimizer.max_norm is not None:
+        out.append(f"Clipping, as torch.nn.utils.clip_grad_norm_: the 2-norm of every gradient together, norm, is "
+                   f"written to grad_norm, and when max_norm / (norm + 1e-6) < 1 the gradients are scaled by it "
+                   f"before the update (so {name}_train_step stores every gradient first).")
+    if optimizer.accumulate > 1:
+        out.append(f"Accumulation: {name}_accumulate adds a micro-batch's gradients (times its rows) to the "
+                   f"accumulators and {name}_apply makes one step from their mean, as one train step on the "
+                   f"micro-batches together would; {name}_fit steps every `accumulate` minibatches.")
+    return out
 
 
 def _add_accumulation(em, graph, tg, low, fwd, params, states, state_inputs, grads, counts, updates, first, prologue,
