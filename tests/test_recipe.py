@@ -358,3 +358,108 @@ def test_emitted_c_runs_the_schedule_and_clipping_as_the_extension(tmp_path):
                                    rtol=1e-7)
     assert max(norms) > opt.max_norm        # main.c's steps were clipped
     assert len({opt.lr_at(t) for t in range(1, TRAIN_STEPS + 1)}) == TRAIN_STEPS     # ... each at its own rate
+
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "NAME.h"
+
+/* fit (accumulating 2 minibatches of 3 rows a step), then accumulate + apply by hand, then a bad
+ * hyperparameter and an apply with nothing accumulated: the run the Python test compares with. */
+enum { ROWS = 10, BATCH = 3 };
+static double x[ROWS * 6], W[30], b1[5], U[15], b2[3], m_[53], v_[53], acc[53];
+static int32_t y[ROWS];
+
+int main(int argc, char **argv)
+{
+    int64_t order[ROWS], t = 0, rows = 0;
+    double losses[4], loss, norm;
+    double *p[4] = { W, b1, U, b2 };
+    const int size[4] = { 30, 5, 15, 3 };
+    size_t bytes = NAME_fit_workspace_size(BATCH);
+    void *raw = malloc(bytes + 63), *ws = (char *)raw + (64 - (uintptr_t)raw % 64) % 64;
+    NAME_hparams hp = UPPER_HPARAMS_DEFAULT;
+    int status, i, k, off = 0;
+    (void)argc;
+    for (i = 0; i < ROWS * 6; ++i) x[i] = sin(0.3 * i);
+    for (i = 0; i < ROWS; ++i) { y[i] = (int32_t)(i % 3); order[i] = ROWS - 1 - i; }
+    for (k = 0; k < 4; ++k) for (i = 0; i < size[k]; ++i) p[k][i] = 0.1 * cos(0.7 * (i + 11 * k));
+    status = NAME_fit(ROWS, BATCH, x, y, order, W, b1, U, b2, m_, m_ + 30, m_ + 35, m_ + 50, v_, v_ + 30, v_ + 35,
+                      v_ + 50, &t, acc, acc + 30, acc + 35, acc + 50, &rows, &hp, losses, ws);
+    printf("fit %d %lld %.17g %.17g %.17g %.17g\n", status, (long long)t, losses[0], losses[1], losses[2], losses[3]);
+    for (i = 0; i < 2; ++i) {
+        status = NAME_accumulate(4, x + 24 * i, y + 4 * i, W, b1, U, b2, acc, acc + 30, acc + 35, acc + 50, &rows,
+                                 &loss, ws);
+        printf("accumulate %d %.17g\n", status, loss);
+    }
+    status = NAME_apply(W, b1, U, b2, m_, m_ + 30, m_ + 35, m_ + 50, v_, v_ + 30, v_ + 35, v_ + 50, &t, acc,
+                        acc + 30, acc + 35, acc + 50, &rows, &hp, &norm);
+    printf("apply %d %lld %.17g\n", status, (long long)t, norm);
+    for (k = 0; k < 4; ++k) for (i = 0; i < size[k]; ++i, ++off) printf("param %d %.17g\n", off, p[k][i]);
+    hp.total = hp.warmup - 1;      /* out of range: refused before any write */
+    status = NAME_apply(W, b1, U, b2, m_, m_ + 30, m_ + 35, m_ + 50, v_, v_ + 30, v_ + 35, v_ + 50, &t, acc,
+                        acc + 30, acc + 35, acc + 50, &rows, &hp, &norm);
+    printf("empty %d\n", status);
+    rows = 1;
+    status = NAME_apply(W, b1, U, b2, m_, m_ + 30, m_ + 35, m_ + 50, v_, v_ + 30, v_ + 35, v_ + 50, &t, acc,
+                        acc + 30, acc + 35, acc + 50, &rows, &hp, &norm);
+    printf("bad %d %lld\n", status, (long long)t);
+    free(raw);
+    (void)argv;
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+def test_emitted_fit_accumulate_and_apply_run_clean_under_sanitizers(tmp_path):
+    """The emitted NAME_fit (accumulating), NAME_accumulate and NAME_apply called from C under ASan and
+    UBSan: no report, the values of the same calls from Python, GRAPHC_ERR_BATCH for an apply with
+    nothing accumulated and GRAPHC_ERR_HPARAMS (nothing written) for total < warmup."""
+    opt = graphc.AdamW(lr=5e-2, weight_decay=0.1, max_norm=0.5, accumulate=2,
+                       schedule=graphc.WarmupCosine(warmup=2, total=2, min_lr=1e-3))
+    m = compiled(opt, name="recipe_san")
+    m.export(tmp_path, standalone=True)
+    source = HARNESS.replace("NAME", m.name).replace("UPPER", m.name.upper()).replace('#include "', '#include <math.h>\n#include "', 1)
+    (tmp_path / "harness.c").write_text(source)
+    flags = "-std=c99 -O1 -g -Wall -Wextra -Werror -pedantic -fsanitize=address,undefined -fno-omit-frame-pointer " \
+            "-fno-sanitize-recover=all"
+    build = subprocess.run(f"gcc {flags} -DGC_KERNELS_DOUBLE=1 -o harness harness.c {m.name}.c graphc_kernels.c -lm",
+                           shell=True, cwd=tmp_path, capture_output=True, text=True)
+    if build.returncode and "sanitize" in build.stderr:
+        pytest.skip("gcc without ASan/UBSan")
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run(["./harness"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "runtime error" not in run.stderr and "Sanitizer" not in run.stderr, run.stderr
+    lines = [line.split() for line in run.stdout.splitlines()]
+
+    # the same calls from Python
+    p = {"W": np.array([0.1 * math.cos(0.7 * i) for i in range(30)]).reshape(5, 6),
+         "b1": np.array([0.1 * math.cos(0.7 * (i + 11)) for i in range(5)]),
+         "U": np.array([0.1 * math.cos(0.7 * (i + 22)) for i in range(15)]).reshape(3, 5),
+         "b2": np.array([0.1 * math.cos(0.7 * (i + 33)) for i in range(3)])}
+    x = np.sin(0.3 * np.arange(60)).reshape(10, 6)
+    y = (np.arange(10) % 3).astype(np.int32)
+    s = m.train_state(p)
+    order = np.arange(10)[::-1]
+    losses = []
+    for i, start in enumerate(range(0, 10, 3)):
+        rows = order[start:start + 3]
+        losses.append(float(m.accumulate(s, x=x[rows], y=y[rows])["loss"]))
+        if i % 2 == 1 or start + 3 >= 10:
+            m.apply(s)
+    assert lines[0][:3] == ["fit", "0", "2"]
+    np.testing.assert_allclose([float(v) for v in lines[0][3:]], losses, rtol=1e-12)
+    for i in range(2):
+        loss = m.accumulate(s, x=x[4 * i:4 * i + 4], y=y[4 * i:4 * i + 4])["loss"]
+        assert lines[1 + i][:2] == ["accumulate", "0"]
+        np.testing.assert_allclose(float(lines[1 + i][2]), loss, rtol=1e-12)
+    norm = m.apply(s)["grad_norm"]
+    assert lines[3][:3] == ["apply", "0", "3"]
+    np.testing.assert_allclose(float(lines[3][3]), norm, rtol=1e-12)
+    flat = np.concatenate([s.params[k].ravel() for k in WRT])
+    np.testing.assert_allclose([float(line[2]) for line in lines[4:57]], flat, rtol=1e-11, atol=1e-15)
+    assert lines[57] == ["empty", str(int(m.lib.GRAPHC_ERR_BATCH))]
+    assert lines[58] == ["bad", str(int(m.lib.GRAPHC_ERR_HPARAMS)), "3"]
