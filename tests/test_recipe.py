@@ -228,6 +228,22 @@ def test_accumulating_three_micro_batches_is_one_step_on_their_concatenation():
         plain.accumulate(plain.train_state(params()), x=x, y=y)
 
 
+def test_accumulation_refuses_a_loss_that_is_a_sum_over_rows():
+    """Micro-batches are weighted by their rows: right for a mean loss only."""
+    g = graphc.Graph("recipe_sum")
+    x = g.input("x", ("N", 3))
+    W = g.param("W", (2, 3))
+    g.output("loss", graphc.sum(graphc.square(x @ W.T)))
+    m = graphc.compile(g, grad_of="loss", wrt=["W"], dtype="float64", optimizer=graphc.SGD(lr=0.1, accumulate=2),
+                       threads=1)
+    s = m.train_state({"W": np.ones((2, 3))})
+    with pytest.raises(graphc.GraphcError, match="mean over the batch rows"):
+        m.accumulate(s, x=np.ones((4, 3)))
+    with pytest.raises(graphc.GraphcError, match="mean over the batch rows"):
+        m.fit(s, x=np.ones((4, 3)), batch_size=2, progress=False)
+    assert not s.buffers["acc/W"].any()
+
+
 def test_fit_accumulates_and_schedules_as_the_calls_it_stands_for():
     """fit with accumulate=2 and a schedule: per epoch, an optimizer step every 2 minibatches (the last
     takes the rest), the same values as accumulate/apply in the order fit draws."""

@@ -362,13 +362,7 @@ class Trainer:
             raise GraphcError(f"{self.name}: accumulate needs a model compiled with an optimizer that "
                               f"accumulates ({describe(self.optimizer)} does not)",
                               hint="compile with e.g. optimizer=graphc.AdamW(..., accumulate=4)")
-        if self._mean_loss is None:
-            self._mean_loss = loss_is_a_mean(self.graph, self.name, self.layout.loss)
-        if not self._mean_loss:
-            raise GraphcError(f"{self.name}: gradient accumulation weights micro-batches by their rows, which "
-                              f"needs a loss that is a mean over the batch rows; {self.layout.loss!r} is not",
-                              hint="write the loss as a mean (cross_entropy, mse, mean), or sum the gradients "
-                                   "of value_and_grad yourself")
+        self._require_mean()
         cache = self._cache(state)
         env, dims = bind(self.graph, batch, self.dtype, need_params=False)
         n = batch_rows(self.graph, dims)
@@ -380,6 +374,16 @@ class Trainer:
         if status != 0:
             self._fail(status, "accumulate", env, n)
         return self._acc_result(outs)
+
+    def _require_mean(self) -> None:
+        """Accumulation weights micro-batches by their rows: right for a loss that is a mean over them."""
+        if self._mean_loss is None:
+            self._mean_loss = loss_is_a_mean(self.graph, self.name, self.layout.loss)
+        if not self._mean_loss:
+            raise GraphcError(f"{self.name}: gradient accumulation weights micro-batches by their rows, which "
+                              f"needs a loss that is a mean over the batch rows; {self.layout.loss!r} is not",
+                              hint="write the loss as a mean (cross_entropy, mse, mean), or sum the gradients "
+                                   "of value_and_grad yourself")
 
     def apply(self, state: TrainState) -> dict[str, np.ndarray]:
         """One optimizer step from the gradients accumulated since the last (NAME_apply): their mean,
@@ -438,6 +442,8 @@ class Trainer:
                               f"{'' if self._sym else ' (this model has no batch dim)'}",
                               hint="call m.train_step(state, ...) in a loop instead")
         check_fit_counts(batch_size=(batch_size, 1), epochs=(epochs, 0), initial_epoch=(initial_epoch, 0))
+        if self._micro(state) > 1:
+            self._require_mean()
         cache = self._cache(state)
         env, dims = bind(self.graph, data, self.dtype, need_params=False)
         n_total = batch_rows(self.graph, dims)
@@ -526,12 +532,14 @@ class Trainer:
 
 def loss_is_a_mean(graph: Graph, name: str, loss: str) -> bool:
     """Whether the loss is a mean over the batch rows (the same for a batch and for that batch twice),
-    else a sum (twice as large), by the NumPy reference on main.c's deterministic data; GraphcError
-    when it is neither."""
+    else a sum (twice as large), by the NumPy reference on main.c's deterministic data, in inference
+    (dropout's masks differ with the rows; the loss's form does not); GraphcError when it is neither."""
+    from graphc.autodiff.modes import inference_graph
     from graphc.core.reference import evaluate
     from graphc.native.export import example_arrays
+    once = example_arrays(graph, "float64", 3)     # the training graph's (positive running variances)
+    graph = inference_graph(graph)
     sym = graph.symbolic_dims[0] if graph.symbolic_dims else None
-    once = example_arrays(graph, "float64", 3)
     twice = {k: (np.concatenate([v, v]) if k in graph.inputs and sym is not None and graph.inputs[k].shape[:1] == (sym,)
                  else v) for k, v in once.items()}
     a = float(np.asarray(evaluate(graph, **once)[loss]))
