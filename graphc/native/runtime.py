@@ -275,7 +275,8 @@ class CompiledModel:
 
     def fit(self, state: TrainState, batch_size=64, epochs=1, seed=0, progress=None, initial_epoch=0,
             stop_on_nonfinite=False, comm=None, **data) -> list[float]:
-        """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses.
+        """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses (the
+        optimizer's schedule, clipping and accumulation run in that call).
         initial_epoch resumes a fit that stopped (Ctrl-C raises FitInterrupted, saying where);
         stop_on_nonfinite raises NonFiniteError at the first step with a NaN or an infinity,
         with the state as it was before that step (Trainer.fit says more). comm (an mpi4py

@@ -430,6 +430,9 @@ class Trainer:
         epoch's mean loss (the minibatch losses weighted by their rows). progress: None shows a
         bar on stderr (tqdm's when it is installed) with the loss and rows per second when stderr
         is a terminal, True always, False never; a callable is called as progress(epoch, mean_loss).
+        The optimizer's recipe runs in C: its schedule advances per optimizer step (state.step), and
+        with accumulation (accumulate > 1 at run time) a step is made every `accumulate` minibatches
+        and after the epoch's last, from the mean of their gradients.
 
         Ctrl-C (SIGINT) during an epoch takes effect when that epoch's C call returns: the state
         is then consistent (params, optimizer state and step count of the epochs done) and
