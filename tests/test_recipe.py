@@ -6,12 +6,14 @@ run by graphc.evaluate), torch.optim where PyTorch is installed, and the standal
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphc
 from graphc.autodiff.optimizers import OptimizerError
@@ -102,6 +104,49 @@ def test_c_runs_the_schedule_per_step(schedule):
         rate = (before["b2"] - state.params["b2"]) / grads["b2"]
         np.testing.assert_allclose(rate, opt.lr_at(t), rtol=1e-9)
         np.testing.assert_allclose(before["W"] - state.params["W"], opt.lr_at(t) * grads["W"], rtol=1e-9, atol=1e-15)
+
+
+@functools.lru_cache(maxsize=None)
+def _scheduled_sgd(kind: str):
+    schedule = graphc.StepLR() if kind == "step" else graphc.WarmupCosine()
+    return compiled(graphc.SGD(lr=0.1, schedule=schedule), name=f"recipe_hyp_{kind}")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(step_size=st.integers(1, 4), gamma=st.floats(0.0, 2.0), warmup=st.integers(0, 4), extra=st.integers(0, 4),
+       min_lr=st.floats(0.0, 0.05), lr=st.floats(1e-3, 0.5))
+def test_c_schedule_at_run_time_values_is_the_closed_form(step_size, gamma, warmup, extra, min_lr, lr):
+    """Any run-time schedule values (set_hparams: the same library), 7 steps: the rate the C used at each
+    step, read back from plain SGD's update of b2, is lr_at(t)."""
+    x, y = data(5)
+    for kind, values in (("step", dict(step_size=step_size, gamma=gamma)),
+                         ("warmup_cosine", dict(warmup=warmup, total=max(1, warmup + extra), min_lr=min_lr))):
+        m = _scheduled_sgd(kind)
+        state = m.train_state(params())
+        state.set_hparams(lr=lr, **values)
+        for t in range(1, 8):
+            before = state.params["b2"].copy()
+            _, grads = m.value_and_grad(x=x, y=y, **state.params)
+            m.train_step(state, x=x, y=y)
+            np.testing.assert_allclose(before - state.params["b2"], state.optimizer.lr_at(t) * grads["b2"],
+                                       rtol=1e-9, atol=1e-14, err_msg=f"{kind} {values} step {t}")
+
+
+def test_cli_emit_recipe_options(tmp_path, capsys):
+    from graphc.tools.cli import main
+    spec = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "examples" / "one_layer.toml")
+    assert main(["emit", spec, "-o", str(tmp_path / "a"), "--optimizer", "adamw", "--lr", "3e-4", "--weight-decay",
+                 "0.1", "--schedule", "warmup_cosine", "--warmup", "100", "--total", "5000", "--min-lr", "3e-5",
+                 "--max-norm", "1.0", "--accumulate", "4"]) == 0
+    header = (tmp_path / "a" / "one_layer.h").read_text()
+    assert "ONE_LAYER_HPARAMS_DEFAULT { 0.0003, 0.9, 0.999, 1e-08, 0.1, 100, 5000, 3e-05, 1.0, 4 }" in header
+    assert "int one_layer_apply(" in header and "float *grad_norm" in " ".join(header.split())
+    assert main(["emit", spec, "-o", str(tmp_path / "b"), "--schedule", "step", "--step-size", "30"]) == 0
+    assert "int64_t step_size;" in (tmp_path / "b" / "one_layer.h").read_text()
+    assert main(["emit", spec, "-o", str(tmp_path / "c"), "--warmup", "10"]) == 2
+    assert "--schedule warmup_cosine" in capsys.readouterr().err
+    assert main(["emit", spec, "-o", str(tmp_path / "c"), "--schedule", "warmup_cosine", "--warmup", "-1"]) == 2
+    assert "warmup" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- the IR's train graph
