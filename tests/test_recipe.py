@@ -524,3 +524,25 @@ def test_emitted_fit_accumulate_and_apply_run_clean_under_sanitizers(tmp_path):
     np.testing.assert_allclose([float(line[2]) for line in lines[4:57]], flat, rtol=1e-11, atol=1e-15)
     assert lines[57] == ["empty", str(int(m.lib.GRAPHC_ERR_BATCH))]
     assert lines[58] == ["bad", str(int(m.lib.GRAPHC_ERR_HPARAMS)), "3"]
+
+
+@pytest.mark.parametrize("opt", [
+    graphc.SGD(lr=0.1, schedule=graphc.StepLR(step_size=3)),                  # the fused update, scheduled
+    graphc.SGD(lr=0.1, momentum=0.9, weight_decay=1e-4, max_norm=1.0, accumulate=2),
+    graphc.Adam(lr=1e-3, max_norm=2.0),
+    graphc.AdamW(lr=1e-3, accumulate=3, schedule=graphc.WarmupCosine(warmup=5, total=50)),
+], ids=["sgd_step", "momentum_clip_acc", "adam_clip", "adamw_cosine_acc"])
+def test_recipe_c_compiles_strict_with_gcc_and_clang(tmp_path, opt):
+    from graphc.backend.codegen import generate, kernel_library
+    compilers = [cc for cc in ("gcc", "clang") if shutil.which(cc)]
+    if not compilers:
+        pytest.skip("needs gcc or clang")
+    (tmp_path / "graphc_kernels.h").write_text(kernel_library().header)
+    for dtype in ("float32", "float64"):
+        csrc = generate(mlp(), "loss", WRT, dtype=dtype, optimizer=opt)
+        (tmp_path / "recipe_mlp.c").write_text(csrc.source)
+        (tmp_path / "recipe_mlp.h").write_text(csrc.header)
+        for cc in compilers:
+            run = subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", "recipe_mlp.c",
+                                  "-o", "recipe_mlp.o"], cwd=tmp_path, capture_output=True, text=True)
+            assert run.returncode == 0, f"{cc} {dtype}:\n{run.stderr}"
