@@ -16,6 +16,14 @@ Python side how to call them.
   each minibatch is gathered into the workspace and passed to NAME_train_step
   (templates/fit.c.j2).
 
+The recipe (optimizers.py: schedule, max_norm, accumulate), when the optimizer has it: the train
+step starts with a RecipeBegin (the run-time values checked, GRAPHC_ERR_HPARAMS; under a schedule
+t += 1 and this step's lr, gc_lr, which every update and the fused SGD GEMMs read); with clipping a
+GradNorm after the gradients (their global norm, written to the output grad_norm, and the scale the
+updates apply), and no update fused into a GEMM; with accumulation NAME_accumulate (the train
+graph scheduled with AccumulateGrad records instead of the updates) and NAME_apply
+(templates/apply.c.j2: the same update records reading the accumulators, times 1 / rows).
+
 Hyperparameters are run-time values: a NAME_hparams struct the caller passes (NULL: the
 values compiled in, NAME_HPARAMS_DEFAULT), so a program changes the learning rate between
 steps without regenerating the C; the spec decides which terms exist (optimizers.py's
@@ -158,7 +166,7 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
                                   wd="weight_decay" in fields, hparams=hp_type, recipe=lr_arg,
                                   scaled=clipped or accumulates, schedule=optimizer.schedule.kind, clip=clipped,
                                   check=recipe, accumulate=accumulates))
-    em.hparams["recipe"] = _recipe_doc(graph.name, optimizer, "t" in optimizer.scalars())
+    em.hparams["recipe"] = _recipe_doc(graph.name, optimizer)
     lr_c = "gc_lr" if scheduled else "gc_hp->lr"
 
     # the optimizer's records, one per param (plus Adam's step count and bias corrections first)
@@ -251,7 +259,7 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
                                  accumulate_args, apply_args)
 
 
-def _recipe_doc(name: str, optimizer, counted: bool) -> list[str]:
+def _recipe_doc(name: str, optimizer) -> list[str]:
     """The header's paragraphs on the schedule, clipping and accumulation compiled in."""
     out = []
     kind = optimizer.schedule.kind
