@@ -2,7 +2,8 @@
 
 The public API (see the README): load, Graph, the op functions (relu, softmax,
 cross_entropy, ...), grad, explain, evaluate, compile, check, init_params,
-SGD, Adam, AdamW, train_graph (the train step in the IR), and the GraphcError family.
+SGD, Adam, AdamW and the recipe around them (Constant, StepLR, WarmupCosine schedules),
+train_graph (the train step in the IR), and the GraphcError family.
 This module only gathers them; the layers below are described in docs/architecture.md.
 """
 from graphc.core.errors import (  # noqa: F401
@@ -13,7 +14,7 @@ from graphc.core.ir import Graph, Value  # noqa: F401
 from graphc.core.version import __version__  # noqa: F401
 from graphc.frontend.functions import FUNCTIONS as _FUNCTIONS
 from graphc.frontend.spec import load, parse_spec  # noqa: F401
-from graphc.autodiff.optimizers import SGD, Adam, AdamW  # noqa: F401
+from graphc.autodiff.optimizers import SGD, Adam, AdamW, Constant, StepLR, WarmupCosine  # noqa: F401
 
 globals().update(_FUNCTIONS)
 

@@ -1,4 +1,6 @@
-"""The optimizers (SGD, Adam, AdamW): hyperparameters, checked once, and the per-parameter state they keep.
+"""The optimizers (SGD, Adam, AdamW) and the recipe around them: hyperparameters, checked once, the
+per-parameter state they keep, learning-rate schedules (Constant, StepLR, WarmupCosine), clipping by
+the global gradient norm (max_norm) and gradient accumulation (accumulate).
 
 autodiff/train.py writes their updates in the IR (the train step as a graph); the backend
 renders the same updates in C (templates/kernels/optimizer.c.j2).
@@ -6,7 +8,7 @@ renders the same updates in C (templates/kernels/optimizer.c.j2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,14 +33,113 @@ def _number(owner: str, name: str, value: Any, low: float, high: float = math.in
                              hint="see torch.optim for the meaning of each hyperparameter")
 
 
+def _count(owner: str, name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise OptimizerError(f"{owner}: {name}={value!r} is out of range; it must be an integer >= {low}")
+
+
+# ---------------------------------------------------------------------------------- schedules
+# The learning rate of optimizer step t (t = 1, 2, ...: Adam's step count, kept for SGD too when a
+# schedule is used) is schedule.lr_at(lr, t); its parameters are run-time values of NAME_hparams, as lr
+# is. Step t is torch's scheduler epoch t - 1: for t in steps: optimizer.step(); scheduler.step().
 @dataclass(frozen=True)
-class SGD:
+class Constant:
+    """The learning rate lr at every step (the default)."""
+
+    kind = "constant"
+
+    def lr_at(self, lr: float, t: int) -> float:
+        return float(lr)
+
+
+@dataclass(frozen=True)
+class StepLR:
+    """lr gamma^floor((t - 1) / step_size) at step t, as torch.optim.lr_scheduler.StepLR: the rate is
+    multiplied by gamma every step_size steps."""
+
+    step_size: int = 1
+    gamma: float = 0.1
+
+    kind = "step"
+
+    def __post_init__(self):
+        _count("StepLR", "step_size", self.step_size, 1)
+        _number("StepLR", "gamma", self.gamma, 0.0)
+
+    def lr_at(self, lr: float, t: int) -> float:
+        return float(lr) * float(self.gamma) ** ((int(t) - 1) // int(self.step_size))
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Linear warmup then cosine decay, as llm.c and nanoGPT train: at step t (e = t - 1 steps before
+    it), lr (e + 1) / warmup while e < warmup; then min_lr + (lr - min_lr) (1 + cos(pi r)) / 2 with
+    r = (e - warmup) / (total - warmup); min_lr from e = total on. torch: SequentialLR of
+    LinearLR(start_factor=1/warmup, total_iters=warmup - 1) and CosineAnnealingLR(T_max=total - warmup,
+    eta_min=min_lr) at milestone warmup, up to step total."""
+
+    warmup: int = 0
+    total: int = 1000
+    min_lr: float = 0.0
+
+    kind = "warmup_cosine"
+
+    def __post_init__(self):
+        _count("WarmupCosine", "warmup", self.warmup, 0)
+        _count("WarmupCosine", "total", self.total, 1)
+        if self.total < self.warmup:
+            raise OptimizerError(f"WarmupCosine: total={self.total!r} is less than warmup={self.warmup!r}; "
+                                 f"total counts the warmup steps too", hint=f"e.g. total={self.warmup + 1000}")
+        _number("WarmupCosine", "min_lr", self.min_lr, 0.0)
+
+    def lr_at(self, lr: float, t: int) -> float:
+        e = int(t) - 1
+        if e < self.warmup:
+            return float(lr) * (e + 1) / self.warmup
+        if e >= self.total:
+            return float(self.min_lr)
+        r = (e - self.warmup) / (self.total - self.warmup)
+        return float(self.min_lr) + (float(lr) - float(self.min_lr)) * 0.5 * (1.0 + math.cos(math.pi * r))
+
+
+SCHEDULES = {"constant": Constant, "step": StepLR, "warmup_cosine": WarmupCosine}
+
+
+class _Recipe:
+    """What every optimizer takes besides its own hyperparameters (dataclass fields of each):
+    schedule, max_norm (clip the gradients to this global 2-norm, as torch.nn.utils.clip_grad_norm_;
+    None: no clipping) and accumulate (micro-batches whose gradients fit sums per optimizer step;
+    m.accumulate and m.apply exist when it is > 1)."""
+
+    def _check_recipe(self, owner: str) -> None:
+        if not isinstance(self.schedule, (Constant, StepLR, WarmupCosine)):
+            raise OptimizerError(f"{owner}: schedule must be graphc.Constant(), graphc.StepLR(...) or "
+                                 f"graphc.WarmupCosine(...), got {self.schedule!r}")
+        if self.max_norm is not None:
+            _number(owner, "max_norm", self.max_norm, 0.0, low_open=True)
+        _count(owner, "accumulate", self.accumulate, 1)
+
+    def lr_at(self, t: int) -> float:
+        """The learning rate of optimizer step t (1, 2, ...)."""
+        return self.schedule.lr_at(self.lr, t)
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether the C keeps the step count t (Adam always; SGD under a schedule)."""
+        return "t" in self.scalars()
+
+
+@dataclass(frozen=True)
+class SGD(_Recipe):
     """Stochastic gradient descent as torch.optim.SGD (dampening 0, no Nesterov):
     g = dJ/dp + weight_decay p;  v = momentum v + g;  p -= lr v   (v = g without momentum)."""
 
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    schedule: Any = Constant()
+    max_norm: float | None = None
+    accumulate: int = 1
 
     kind = "sgd"
 
@@ -46,17 +147,18 @@ class SGD:
         _number("SGD", "lr", self.lr, 0.0, low_open=True)
         _number("SGD", "momentum", self.momentum, 0.0, 1.0, high_open=False)
         _number("SGD", "weight_decay", self.weight_decay, 0.0)
+        self._check_recipe("SGD")
 
     def slots(self) -> tuple[str, ...]:
         """Per-parameter state buffers, each in the parameter's shape."""
         return ("momentum",) if self.momentum else ()
 
     def scalars(self) -> tuple[str, ...]:
-        return ()
+        return ("t",) if not isinstance(self.schedule, Constant) else ()    # the step count the schedule reads
 
 
 @dataclass(frozen=True)
-class Adam:
+class Adam(_Recipe):
     """Adam as torch.optim.Adam (L2 weight decay added to the gradient, not AdamW):
     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  p -= lr/(1-b1^t) m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
 
@@ -65,6 +167,9 @@ class Adam:
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
+    schedule: Any = Constant()
+    max_norm: float | None = None
+    accumulate: int = 1
 
     kind = "adam"
 
@@ -74,6 +179,7 @@ class Adam:
         _number("Adam", "beta2", self.beta2, 0.0, 1.0)
         _number("Adam", "eps", self.eps, 0.0, low_open=True)
         _number("Adam", "weight_decay", self.weight_decay, 0.0)
+        self._check_recipe("Adam")
 
     def slots(self) -> tuple[str, ...]:
         return ("m", "v")
@@ -98,13 +204,41 @@ class AdamW(Adam):
         _number("AdamW", "beta2", self.beta2, 0.0, 1.0)
         _number("AdamW", "eps", self.eps, 0.0, low_open=True)
         _number("AdamW", "weight_decay", self.weight_decay, 0.0)
+        self._check_recipe("AdamW")
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
 def describe(opt) -> str:
-    return f"{type(opt).__name__}(" + ", ".join(f"{f.name}={getattr(opt, f.name)!r}" for f in fields(opt)) + ")"
+    """SGD(lr=0.1, ...): the fields that differ from the recipe's defaults (no schedule, no clipping, no
+    accumulation) are shown."""
+    quiet = {"schedule": Constant(), "max_norm": None, "accumulate": 1}
+    return f"{type(opt).__name__}(" + ", ".join(f"{f.name}={getattr(opt, f.name)!r}" for f in fields(opt)
+                                                if f.name not in quiet or getattr(opt, f.name) != quiet[f.name]) + ")"
+
+
+def flat_hparams(opt) -> dict[str, Any]:
+    """Every hyperparameter by name, the schedule's fields among them (without `schedule` itself)."""
+    out = {f.name: getattr(opt, f.name) for f in fields(opt) if f.name != "schedule"}
+    out.update({f.name: getattr(opt.schedule, f.name) for f in fields(opt.schedule)})
+    return out
+
+
+def with_hparams(opt, values: dict[str, Any]):
+    """opt with some hyperparameters changed (flat names: a schedule's fields too; or schedule=...),
+    each checked as the optimizer checks it (OptimizerError)."""
+    values = dict(values)
+    schedule = values.pop("schedule", opt.schedule)
+    own = {f.name for f in fields(schedule)} if is_dataclass(schedule) else set()
+    mine = {k: values.pop(k) for k in list(values) if k in own}
+    if mine:
+        schedule = replace(schedule, **mine)
+    return replace(opt, schedule=schedule, **values)
+
+
+def hparam_names(opt) -> set[str]:
+    return {f.name for f in fields(opt)} | {f.name for f in fields(opt.schedule)}
 
 
 def run_time_hparams(opt) -> tuple[str, ...]:
@@ -113,9 +247,13 @@ def run_time_hparams(opt) -> tuple[str, ...]:
     plain SGD step fused into the gradient's GEMM, Adam's L2 term): to change one at run time,
     compile with it nonzero. AdamW's decoupled decay is always there."""
     if isinstance(opt, SGD):
-        return ("lr",) + (("momentum",) if opt.momentum else ()) + (("weight_decay",) if opt.weight_decay else ())
-    decay = ("weight_decay",) if opt.weight_decay or isinstance(opt, AdamW) else ()
-    return ("lr", "beta1", "beta2", "eps") + decay
+        own = ("lr",) + (("momentum",) if opt.momentum else ()) + (("weight_decay",) if opt.weight_decay else ())
+    else:
+        own = ("lr", "beta1", "beta2", "eps") + (("weight_decay",) if opt.weight_decay or isinstance(opt, AdamW) else ())
+    recipe = tuple(f.name for f in fields(opt.schedule))
+    recipe += ("max_norm",) if opt.max_norm is not None else ()
+    recipe += ("accumulate",) if opt.accumulate > 1 else ()
+    return own + recipe
 
 
 def check_optimizer(opt) -> None:

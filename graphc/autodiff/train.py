@@ -9,9 +9,16 @@ it, and the C of NAME_train_step (templates/kernels/optimizer.c.j2) is tested ag
 It never emits C.
 
 State inputs: `momentum_W` (SGD), `m_W` and `v_W` (Adam), `adam_t` (Adam's step count, a
-scalar), each with a `_1`, `_2`, ... suffix should the model use the name already.
-`graph.updates` maps each trained param and state key of TrainState.buffers ("m/W", "t")
-to its (input name, output name) pair.
+scalar; `sgd_t` for SGD under a schedule), each with a `_1`, `_2`, ... suffix should the model use
+the name already. `graph.updates` maps each trained param and state key of TrainState.buffers
+("m/W", "t") to its (input name, output name) pair.
+
+The recipe: under a schedule (optimizer.schedule not Constant) the learning rate of the step is a
+scalar input `lr` (the schedule's value at this step, optimizer.lr_at(t): the IR has no cos or
+floor; the C computes it from t); with max_norm, the gradients are scaled as
+torch.nn.utils.clip_grad_norm_ does before the update (scale = max_norm / (norm + 1e-6) when less
+than 1; norm the 2-norm of every gradient together), and the output `grad_norm` is that norm.
+`graph.recipe` names these values: {"lr": input name, "grad_norm": output name} (those present).
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ def _fresh(g: Graph, base: str) -> str:
 def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
     """The forward pass, the backward pass and `optimizer`'s update of `wrt`, as one Graph."""
     from graphc.autodiff.grad import grad
-    from graphc.autodiff.optimizers import Adam, AdamW, SGD, check_optimizer
+    from graphc.autodiff.optimizers import Adam, AdamW, Constant, SGD, check_optimizer
 
     check_optimizer(optimizer)
     params = [w for w in graph.params if w in wrt]
@@ -48,17 +55,49 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
         return g.apply("const", value=float(x))
 
     decoupled = isinstance(optimizer, AdamW)
+    recipe: dict[str, str] = {}
+    scheduled = not isinstance(optimizer.schedule, Constant)
+    lr = g.input(_fresh(g, "lr"), ()) if scheduled else None
+    if lr is not None:
+        recipe["lr"] = lr.name
+
+    def rate() -> Value:
+        return lr if lr is not None else const(optimizer.lr)
+
+    scale = None
+    if optimizer.max_norm is not None:
+        with g.origin(Origin("clip_grad_norm_: norm = sqrt(sum of d_p^2 over every param); "
+                             "scale = min(1, max_norm / (norm + 1e-6))")):
+            with g.naming("clip"):
+                squares = [g.apply("sum", g.apply("square", g.outputs[f"d_{w}"])) for w in params]
+                total = squares[0]
+                for sq in squares[1:]:
+                    total = total + sq
+                norm = g.rename(g.apply("sqrt", total), _fresh(g, "grad_norm"))
+                ratio = const(optimizer.max_norm) / (norm + const(1e-6))
+                # min(1, ratio) = 1 - relu(1 - ratio): exactly 1 when ratio >= 1 (no clipping)
+                scale = g.rename(const(1.0) - g.apply("relu", const(1.0) - ratio), _fresh(g, "clip_scale"))
+        recipe["grad_norm"] = norm.name
 
     def gradient(w: str) -> Value:
         d = g.outputs[f"d_{w}"]
+        if scale is not None:
+            d = scale * d
         return d + const(optimizer.weight_decay) * g.params[w] if optimizer.weight_decay and not decoupled else d
 
     def decayed(w: str) -> Value:
         """AdamW's decoupled decay, p (1 - lr weight_decay), before the Adam step."""
-        return g.params[w] * const(1.0 - optimizer.lr * optimizer.weight_decay) if decoupled else g.params[w]
+        if not decoupled:
+            return g.params[w]
+        if lr is None:
+            return g.params[w] * const(1.0 - optimizer.lr * optimizer.weight_decay)
+        return g.params[w] * (const(1.0) - lr * const(optimizer.weight_decay))
 
     names = {key: _fresh(g, f"next_{v.name}") for key, v in inputs.items()}
     names["t"] = _fresh(g, "next_adam_t") if isinstance(optimizer, Adam) else None
+    if isinstance(optimizer, SGD) and optimizer.counts_steps:
+        inputs["t"] = t_sgd = g.input(_fresh(g, "sgd_t"), ())
+        names["t"] = _fresh(g, f"next_{t_sgd.name}")
 
     def define(key: str, build) -> Value:
         """updated[key] = build(), its temporaries named next_X__0, ... and the result next_X."""
@@ -69,15 +108,18 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
         updated[key] = value
         return value
 
+    if isinstance(optimizer, SGD) and "t" in inputs:
+        with g.origin(Origin("the step count the schedule reads: t += 1")):
+            define("t", lambda: inputs["t"] + const(1.0))
     if isinstance(optimizer, SGD):
         for w in params:
             with g.origin(Origin(f"SGD update of {w}: {_sgd_text(optimizer)}")):
                 if optimizer.momentum:
                     step = define(f"momentum/{w}", lambda w=w: const(optimizer.momentum) * state[(w, "momentum")]
                                   + gradient(w))
-                    define(w, lambda w=w, step=step: g.params[w] - const(optimizer.lr) * step)
+                    define(w, lambda w=w, step=step: g.params[w] - rate() * step)
                 else:
-                    define(w, lambda w=w: g.params[w] - const(optimizer.lr) * gradient(w))
+                    define(w, lambda w=w: g.params[w] - rate() * gradient(w))
     elif isinstance(optimizer, Adam):
         inputs["t"] = t = g.input(_fresh(g, "adam_t"), ())
         b1, b2 = optimizer.beta1, optimizer.beta2
@@ -87,7 +129,7 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
                 # beta^t = exp(t ln beta): the IR has no pow; the C computes pow(beta, t) in double
                 power1 = g.apply("exp", t_next * const(math.log(b1))) if b1 > 0 else const(0.0)
                 power2 = g.apply("exp", t_next * const(math.log(b2))) if b2 > 0 else const(0.0)
-                step_size = g.rename(const(optimizer.lr) / (const(1.0) - power1), _fresh(g, "adam_step_size"))
+                step_size = g.rename(rate() / (const(1.0) - power1), _fresh(g, "adam_step_size"))
                 bc2_sqrt = g.rename(g.apply("sqrt", const(1.0) - power2), _fresh(g, "adam_bc2_sqrt"))
         for w in params:
             with g.origin(Origin(f"{type(optimizer).__name__} update of {w}")):
@@ -113,6 +155,9 @@ def train_graph(graph: Graph, grad_of: str, wrt: list[str], optimizer) -> Graph:
     for key, value in updated.items():
         g.output(names[key], value)
         g.updates[key] = (inputs[key].name, names[key])
+    if "grad_norm" in recipe:
+        g.output(recipe["grad_norm"], g.values[recipe["grad_norm"]])
+    g.recipe = recipe
     return g
 
 

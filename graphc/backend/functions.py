@@ -41,6 +41,10 @@ class TrainLayout:
     batched: list[str]                   # inputs whose first dim is the batch dim
     hparams: tuple = ()                  # the fields of the NAME_hparams struct, in order
     hparams_type: str = ""               # its C type name
+    hparams_ints: tuple = ()             # those of them that are int64_t (step counts)
+    grad_norm: str | None = None         # the output of train_step (and apply) holding the clipped norm
+    accumulate_args: list = field(default_factory=list)   # (role, name, C name) of NAME_accumulate, in order
+    apply_args: list = field(default_factory=list)        # ... of NAME_apply
 
 
 @dataclass
@@ -52,6 +56,7 @@ class Function:
     sched: Schedule
     train_layout: TrainLayout | None = None     # train_step only: how Python calls it (and NAME_fit)
     dim_text: dict = field(default_factory=dict)   # dim size -> its spec name, where one dim has it
+    prologue: tuple = ()     # records run first, after the checks (a train step's RecipeBegin)
 
     @property
     def params(self) -> list[str]:

@@ -15,6 +15,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     Pointwise    a 1x1 convolution and its two adjoints: one GEMM per image, NCHW (no patch matrix)
     Attention    scaled dot-product attention's forward (O and the row log-sum-exp) or backward pass
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
+    RecipeBegin, GradNorm, AccumulateGrad  its schedule, clipping and gradient accumulation
 """
 from __future__ import annotations
 
@@ -410,6 +411,8 @@ class Update(Kernel):
     parallel: bool = False
     lr: str = ""
     mixed: bool = False         # some params' updates are split over threads, some not: pass the flag
+    recipe: bool = False        # a schedule, clipping or accumulation: the update function takes lr (and gscale)
+    gscale: str | None = None   # the gradient's scale (clipping, an accumulated mean), when the function takes one
 
 
 @dataclass(frozen=True)
@@ -422,10 +425,49 @@ class SgdUpdate(Update):
 
 @dataclass(frozen=True)
 class AdamStepCount(Kernel):
-    """t += 1 and the bias corrections of this step, once before the Adam updates."""
+    """t += 1 and the bias corrections of this step, once before the Adam updates (`counted`: a
+    RecipeBegin counted the step already; `lr`: the C expression of the step's learning rate)."""
     t: str = ""
+    counted: bool = False
+    lr: str = "gc_hp->lr"
     template: ClassVar[str] = "kernels/optimizer.c.j2"
     kind_name: ClassVar[str] = "adam_begin"
+
+
+@dataclass(frozen=True)
+class RecipeBegin(Kernel):
+    """At the top of a train step (or of NAME_apply): the run-time hyperparameters checked
+    (`check`), and under a schedule t += 1 and this step's learning rate gc_lr (`t`: the step count)."""
+    check: bool = False
+    t: str | None = None
+    template: ClassVar[str] = "kernels/optimizer.c.j2"
+    kind_name: ClassVar[str] = "recipe_begin"
+
+
+@dataclass(frozen=True)
+class GradNorm(Kernel):
+    """clip_grad_norm_: the 2-norm of the gradients `grads` (C names, `counts` elements each) together,
+    written to `out`, and gc_gscale, the factor the updates apply to them (`mean`: a C factor the
+    gradients are first multiplied by, an accumulated sum's 1 / rows; `clip`: clip to max_norm)."""
+    grads: tuple = ()
+    counts: tuple = ()
+    out: str | None = None
+    mean: str | None = None
+    clip: bool = True
+    template: ClassVar[str] = "kernels/optimizer.c.j2"
+    kind_name: ClassVar[str] = "grad_norm"
+
+
+@dataclass(frozen=True)
+class AccumulateGrad(Kernel):
+    """acc += weight grad (a micro-batch's gradient, weighted by its rows), or, with grad None,
+    rows += weight (the rows accumulated)."""
+    acc: str = ""
+    grad: str | None = None
+    count: str = ""
+    weight: str = "n"
+    template: ClassVar[str] = "kernels/optimizer.c.j2"
+    kind_name: ClassVar[str] = "accumulate"
 
 
 @dataclass(frozen=True)
@@ -456,6 +498,7 @@ class OptimizerUpdates:
     to the GEMM's comment; its gradient is then scratch of that GEMM only."""
     params: tuple = ()          # of ParamUpdate
     first: tuple = ()           # records before the updates
+    norm: Any = None            # a GradNorm run after `first` (its grads filled in by the scheduler)
     rate: str | None = None     # plain SGD's learning rate, as C: (gc_real)gc_hp->lr
     note: str = ""              # "SGD, as torch.optim.SGD: {w} -= lr d_{w}"
 
@@ -493,7 +536,7 @@ def with_names(record: Kernel, names: dict[int, str]):
 
 
 RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, Attention, SgdUpdate, AdamStepCount,
-           AdamUpdate)
+           AdamUpdate, RecipeBegin, GradNorm, AccumulateGrad)
 
 # the records that call the GEMM library (and so need the workspace's packing share): each has
 # ta, tb and dims, the (M, N, K) of its calls

@@ -486,8 +486,10 @@ class Scheduler(Fusion):
             steps = [self.unstored(st) for st in steps]
             # each record reads its gradient where this schedule put it: its buffer, or the output
             # argument it was computed into when the gradient is an output too
-            steps += list(self.updates.first) + [replace(pu.record, grad=self.ref(pu.grad))
-                                                 for pu in self.updates.params if pu.param not in fused]
+            norm = self.updates.norm
+            norm = [replace(norm, grads=tuple(self.ref(pu.grad) for pu in self.updates.params))] if norm else []
+            steps += list(self.updates.first) + norm + [replace(pu.record, grad=self.ref(pu.grad))
+                                                        for pu in self.updates.params if pu.param not in fused]
         return Schedule(steps, *self._plan(steps), self._label_checks())
 
     def unstored(self, st: Kernel) -> Kernel:

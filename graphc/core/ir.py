@@ -226,6 +226,9 @@ class Graph:
         # param name or TrainState.buffers key ("m/W", "t") -> (input name, output name) of its old
         # and new value; filled by autodiff/train.py's `train_graph`
         self.updates: dict[str, tuple[str, str]] = {}
+        # a train step's recipe values: "lr" -> the input holding a scheduled step's learning rate,
+        # "grad_norm" -> the output holding the gradients' norm before clipping (train_graph's)
+        self.recipe: dict[str, str] = {}
 
     # ---------------------------------------------------------------- dims and shapes
     @property
@@ -431,6 +434,7 @@ class Graph:
         g.grad_spec, g.param_init, g.source_file = self.grad_spec, dict(self.param_init), self.source_file
         g.adjoints = {vmap[v]: vmap[d] for v, d in self.adjoints.items() if v in vmap and d in vmap}
         g.updates = dict(self.updates)
+        g.recipe = dict(self.recipe)
         return g, vmap
 
     def add_node(self, op, inputs: tuple[Value, ...], attrs: dict, name: str, type: TensorType,

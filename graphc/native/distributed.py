@@ -22,9 +22,8 @@ import weakref
 import numpy as np
 
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError
-from graphc.core.ir import Graph
-from graphc.native.data_parallel import batch_weighting, check_stateless, update_graph
-from graphc.native.training import TrainState, check_fit_counts
+from graphc.native.data_parallel import check_stateless, update_graph
+from graphc.native.training import TrainState, check_fit_counts, loss_is_a_mean
 
 _UPDATERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> (companion model, weights)
 
@@ -50,19 +49,10 @@ def _updater(model, compile_model):
     check_stateless(model.graph, "comm=", "train it in one process (train_step/fit without comm=)")
     companion = compile_model(update_graph(model.graph, layout.wrt), grad_of="J", wrt=list(layout.wrt),
                               dtype=model.dtype.name, optimizer=layout.optimizer, threads=model.threads)
-    hit = _UPDATERS[model] = (companion, loss_is_a_mean(model.graph, layout.loss))
+    hit = _UPDATERS[model] = (companion, loss_is_a_mean(model.graph, model.name, layout.loss))
     return hit
 
 
-def loss_is_a_mean(graph: Graph, loss: str) -> bool:
-    """Whether the loss is a mean over the batch rows (batch_weighting, on main.c's deterministic
-    data) or a sum; neither is an error."""
-    from graphc.native.export import example_arrays
-    how = batch_weighting(graph, [loss], example_arrays(graph, "float64", 3))[loss]
-    if how is None:
-        raise GraphcError(f"{graph.name}: comm= needs a loss that is a mean or a sum over the batch rows; "
-                          f"{loss!r} is neither", hint="write the loss as a mean over the batch (cross_entropy, mse, mean)")
-    return how == "mean"
 
 
 def _agree(comm, ok: bool, what: str, error: BaseException | None):

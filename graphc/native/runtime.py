@@ -258,9 +258,25 @@ class CompiledModel:
             return distributed.train_step(self, state, comm, batch, compile)
         return trainer.train_step(state, batch)
 
+    def accumulate(self, state: TrainState, **batch) -> dict[str, np.ndarray]:
+        """One micro-batch of gradient accumulation in one C call: its outputs, and its gradients
+        added to the state's (weighted by rows); m.apply(state) then makes the optimizer step.
+        Needs an optimizer compiled with accumulate > 1 (graphc.AdamW(..., accumulate=4))."""
+        if self.trainer is None:
+            raise self._no_trainer("accumulate")
+        return self.trainer.accumulate(state, batch)
+
+    def apply(self, state: TrainState) -> dict[str, np.ndarray]:
+        """One optimizer step from the gradients accumulated since the last: the same update as one
+        train_step on the micro-batches concatenated. Returns {"grad_norm": ...} when clipping."""
+        if self.trainer is None:
+            raise self._no_trainer("apply")
+        return self.trainer.apply(state)
+
     def fit(self, state: TrainState, batch_size=64, epochs=1, seed=0, progress=None, initial_epoch=0,
             stop_on_nonfinite=False, comm=None, **data) -> list[float]:
-        """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses.
+        """Shuffled minibatch training, one C call per epoch; returns the per-epoch mean losses (the
+        optimizer's schedule, clipping and accumulation run in that call).
         initial_epoch resumes a fit that stopped (Ctrl-C raises FitInterrupted, saying where);
         stop_on_nonfinite raises NonFiniteError at the first step with a NaN or an infinity,
         with the state as it was before that step (Trainer.fit says more). comm (an mpi4py

@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "none"), default="sgd",
                    help="the update compiled into NAME_train_step when the spec has [grad] (default sgd)")
     s.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for sgd, 1e-3 for adam and adamw)")
+    _recipe_options(s)
     s.add_argument("--wrt", default=None, metavar="NAMES",
                    help="the params NAME_train_step trains, comma-separated (default: the spec's [grad] wrt), "
                         "e.g. the last layers only to fine-tune on a device; 'none': inference only "
@@ -104,6 +105,32 @@ def _parser() -> argparse.ArgumentParser:
                    help="where to write the initializers as an .npz of arrays named as the params, which "
                         "graphc emit --params reads (default: SPEC with the suffix _params.npz)")
     return p
+
+
+def _recipe_options(s) -> None:
+    """emit's training recipe: weight decay, schedule, clipping, accumulation (each a run-time field of
+    NAME_hparams, its value here the default compiled in)."""
+    r = s.add_argument_group("training recipe (each value is a field of NAME_hparams, read at run time; "
+                             "the option compiles the term in)")
+    r.add_argument("--weight-decay", type=float, default=None, metavar="X",
+                   help="weight decay (default 0; adamw: 0.01, decoupled as torch.optim.AdamW)")
+    r.add_argument("--schedule", choices=("constant", "step", "warmup_cosine"), default="constant",
+                   help="the learning rate per step: constant (default); step: lr * gamma^floor((t-1)/step_size), "
+                        "as torch's StepLR; warmup_cosine: linear warmup to lr over --warmup steps, then cosine "
+                        "decay to --min-lr at step --total")
+    r.add_argument("--step-size", type=int, default=None, metavar="N", help="step: steps between decays (default 1)")
+    r.add_argument("--gamma", type=float, default=None, metavar="X", help="step: the factor (default 0.1)")
+    r.add_argument("--warmup", type=int, default=None, metavar="N", help="warmup_cosine: warmup steps (default 0)")
+    r.add_argument("--total", type=int, default=None, metavar="N",
+                   help="warmup_cosine: the step the decay ends at, counting the warmup (default 1000)")
+    r.add_argument("--min-lr", type=float, default=None, metavar="X",
+                   help="warmup_cosine: the learning rate at and after --total (default 0)")
+    r.add_argument("--max-norm", type=float, default=None, metavar="X",
+                   help="clip the gradients' global 2-norm to X before each update, as "
+                        "torch.nn.utils.clip_grad_norm_ (train_step then writes the norm, grad_norm)")
+    r.add_argument("--accumulate", type=int, default=None, metavar="K",
+                   help="gradient accumulation: adds NAME_accumulate and NAME_apply, and NAME_fit makes an "
+                        "optimizer step every K minibatches")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,8 +301,23 @@ def _optimizer(args):
     from graphc.autodiff.optimizers import OPTIMIZERS
     if args.optimizer == "none":
         return None
+    from graphc.autodiff.optimizers import SCHEDULES
+    from graphc.core.errors import ArgumentError
     kind = OPTIMIZERS[args.optimizer]
-    return kind(lr=args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 1e-3))
+    values = dict(lr=args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 1e-3))
+    schedule_name = getattr(args, "schedule", "constant")
+    fields = {"step": ("step_size", "gamma"), "warmup_cosine": ("warmup", "total", "min_lr")}
+    given = {k: getattr(args, k, None) for names in fields.values() for k in names}
+    stray = [k for k, v in given.items() if v is not None and k not in fields.get(schedule_name, ())]
+    if stray:
+        raise ArgumentError(f"--{stray[0].replace('_', '-')} is a value of another schedule than "
+                            f"--schedule {schedule_name}",
+                            hint=f"--schedule {'step' if stray[0] in fields['step'] else 'warmup_cosine'}")
+    values["schedule"] = SCHEDULES[schedule_name](**{k: v for k, v in given.items() if v is not None})
+    for k in ("weight_decay", "max_norm", "accumulate"):
+        if getattr(args, k, None) is not None:
+            values[k] = getattr(args, k)
+    return kind(**values)
 
 
 def _load_params(path: str) -> dict:
