@@ -197,7 +197,10 @@ class Epilogue:
 
 @dataclass(frozen=True)
 class Gemm(Kernel):
-    """out = op(a) op(b) (ta, tb: read transposed), M x N with inner dim K, leading dims lda, ldb, ldc."""
+    """out = op(a) op(b) (ta, tb: read transposed), M x N with inner dim K, leading dims lda, ldb, ldc.
+    A batched product (matmul of rank 3-4) is the same call in at most two loops over the batch:
+    `batch` holds (extent, stride of a, of b, of out) per loop, C text; a stride of 0 is an
+    operand broadcast along that loop, read in place (never copied)."""
     out: str = ""
     a: str = ""
     b: str = ""
@@ -211,6 +214,7 @@ class Gemm(Kernel):
     ldc: str = ""
     epilogue: Epilogue = field(default_factory=Epilogue)
     dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
+    batch: tuple = ()           # ((extent, stride a, stride b, stride out), ...): the batch loops, outermost first
     template: ClassVar[str] = "kernels/gemm.c.j2"
     kind_name: ClassVar[str] = "gemm"
 
