@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from graphc.backend.kernels import Gemm
 from graphc.core.ir import FLOAT, Graph, Node, Value
 from graphc.ops.linear import swaps_last_two
+from graphc.ops.loss import last_axis
 
 
 # ---------------------------------------------------------------------------------- the matcher
@@ -198,7 +199,8 @@ class Fusion:
             env = match(loss_pat, n.output)
             if env is None:
                 continue
-            sm = next((u for u in self.g.nodes if u not in taken and match(probs_pat, u.output, env)), None)
+            sm = next((u for u in self.g.nodes if u not in taken and match(probs_pat, u.output, env)
+                       and last_axis(u)), None)
             if sm is not None:
                 taken.add(sm)
                 self.partner[n], self.partner[sm] = sm, n

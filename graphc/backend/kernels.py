@@ -226,7 +226,8 @@ class RowSoftmax(Kernel):
     of the same logits: probs and identity (7)'s grad = (probs - onehot(labels)) * scale, each
     when set). rows x cols logits x; labels (int32) or targets (real rows) for the losses. The
     forward pass shared by a model's entry points (backend/sharing.py) has one whose labels and
-    grad may be NULL at run time (optional_labels, optional_grad): one pass for all of them."""
+    grad may be NULL at run time (optional_labels, optional_grad): one pass for all of them.
+    A softmax along an axis not the last has `stride` set: then x is [rows, cols, stride]."""
     kind: str = "softmax"
     out: str = ""
     x: str = ""
@@ -240,6 +241,8 @@ class RowSoftmax(Kernel):
     parallel: str | None = None
     optional_labels: bool = False   # labels may be NULL: then no loss (and no gradient) is computed
     optional_grad: bool = False     # grad may be NULL: then it is not written
+    stride: str | None = None       # softmax, log_softmax along an axis not the last: x [rows, cols, stride],
+                                    # each of the rows·stride rows read with this stride (else None)
     template: ClassVar[str] = "kernels/softmax_xent.c.j2"
     kind_name: ClassVar[str] = "row_softmax"
 
@@ -443,7 +446,8 @@ class NamedLoop:
 
 
 # the fields of each record that hold a size printed by c_poly, named by `with_names`
-_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width", "out_stride", "src_stride")
+_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width", "out_stride", "src_stride",
+                "stride")
 
 
 def with_names(record: Kernel, names: dict[int, str]):

@@ -382,6 +382,12 @@ class Scheduler(Fusion):
         """One pass over the rows of the logits; softmax and cross_entropy of the same logits (and
         the gradient of identity (7)) share it, emitted where the first of the two stands."""
         x, name = n.inputs[0], n.op.name
+        axis = n.attrs.get("axis", -1) % x.rank
+        if axis != x.rank - 1:          # softmax along another axis: each row read with a stride
+            inner = numel(x.shape[axis + 1:])
+            return [RowSoftmax(self.comment(n), (n.output,), (x,), name, self.ref(n.output), self.ref(x),
+                               rows=c_poly(numel(x.shape[:axis])), cols=c_poly(dim_poly(x.shape[axis])),
+                               stride=c_poly(inner))]
         common = dict(rows=c_poly(numel(x.shape[:-1])), cols=c_poly(dim_poly(x.shape[-1])), x=self.ref(x),
                       parallel=c_poly(numel(x.shape)) if worth_parallel(numel(x.shape)) else None)
         partner = self.partner.get(n)
