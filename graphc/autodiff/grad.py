@@ -100,10 +100,10 @@ class Builder:
 
     def swap(self, v: Value) -> Value:
         """v with its last two axes swapped (a matrix's ᵀ)."""
-        if v.rank <= 2:
-            return self.transpose(v)
         if v.node is not None and v.node.op.name == "permute" and swaps_last_two(v.node.attrs["axes"]):
             return v.node.inputs[0]
+        if v.rank <= 2:
+            return self.transpose(v)
         return self.apply("permute", v, axes=tuple(range(v.rank - 2)) + (v.rank - 1, v.rank - 2))
 
     def outer(self, a, b):

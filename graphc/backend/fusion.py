@@ -362,15 +362,16 @@ class Fusion:
     @staticmethod
     def _read_transposed(v: Value, users: list) -> bool:
         """TRANSPOSE_IN_PLACE: v is a matrix's transpose (or a permute swapping the last two axes of
-        a batched operand) and every consumer is a GEMM that can read it transposed: a 2-D or a
-        batched product (not the left operand of one product over the rows of a [.., K])."""
+        a batched operand) and every consumer is a GEMM that can read it transposed: any product
+        for a matrix, a batched one for a permute (not the left operand of one product over the
+        rows of a [.., K])."""
         n = v.node
         if not users or any(u.op.name != READS_IN_PLACE for u in users):
             return False
         if match(TRANSPOSE_IN_PLACE, v):
-            return v.rank <= 2 and all(u.inputs[0].rank <= 2 or u.inputs[1].rank >= 3 for u in users)
+            return v.rank <= 2
         if n.op.name == PERMUTE_IN_PLACE and swaps_last_two(n.attrs["axes"]):
-            return all(u.inputs[1].rank >= 3 for u in users)
+            return v.rank == 2 or all(u.inputs[1].rank >= 3 for u in users)
         return False
 
     def _in_place_and_inline(self) -> None:
