@@ -417,12 +417,15 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("all", [real(rng, 3, 4)], lambda x, **a: x.ravel(), {"start_dim": 0}),
     ],
     "softmax": lambda rng: [
-        Case(f"{s}", [real(rng, *s)], lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True))
-        for s in [(5, 7), (7,), (1,), (1, 1)]
+        Case(f"{s}" + (f" axis {a['axis']}" if a else ""), [real(rng, *s)],
+             lambda x, axis: np.exp(x) / np.exp(x).sum(axis=axis, keepdims=True), a)
+        for s, a in [((5, 7), {}), ((7,), {}), ((1,), {}), ((1, 1), {}), ((5, 7), {"axis": 0}),
+                     ((2, 3, 4), {"axis": 1}), ((2, 3, 4, 2), {"axis": -3})]
     ],
     "log_softmax": lambda rng: [
-        Case(f"{s}", [real(rng, *s)], lambda x: np.log(np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)))
-        for s in [(5, 7), (7,), (1,)]
+        Case(f"{s}" + (f" axis {a['axis']}" if a else ""), [real(rng, *s)],
+             lambda x, axis: np.log(np.exp(x) / np.exp(x).sum(axis=axis, keepdims=True)), a)
+        for s, a in [((5, 7), {}), ((7,), {}), ((1,), {}), ((3, 4, 2), {"axis": 0}), ((2, 3, 4, 2), {"axis": 2})]
     ],
     "cross_entropy": lambda rng: [
         Case("int labels", [real(rng, 5, 7), labels(rng, 7, 5)],

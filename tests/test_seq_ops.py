@@ -396,6 +396,38 @@ def test_cross_entropy_over_positions_agrees_with_torch():
         assert_close(ours["d_theta"], t.grad.numpy(), "d_theta", 1e-12)
 
 
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-5)])
+def test_cross_entropy_over_positions_c_matches_reference(dtype, rtol):
+    """[N, T, V] logits with int32 labels [N, T] and with probability targets [N, T, V] in C,
+    loss and gradients (of the logits and of the targets), at several batch sizes."""
+    spec = """name = "ce3"
+[dims]
+N = "batch"
+T = 7
+V = 5
+[inputs]
+x = ["N", "T", 3]
+y = { shape = ["N", "T"], dtype = "int32" }
+p = ["N", "T", "V"]
+[params]
+W = ["V", 3]
+[graph]
+logits = "x @ W.T"
+J = "cross_entropy(logits, y) + 0.5 * cross_entropy(logits * 2.0, softmax(p))"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["W", "x", "p"]
+"""
+    g = graphc.parse_spec(spec, "ce3.toml")
+    m = graphc.compile(g, dtype=dtype)
+    rng = np.random.default_rng(16)
+    for n in (1, 4, 9):
+        check_c(m, g, random_inputs(g, {"N": n}, rng, high={"y": 5}), rtol)
+    check_finite_differences(g, random_inputs(g, {"N": 2}, rng, high={"y": 5}), ["W", "x", "p"])
+
+
 def test_embedding_of_positions_agrees_with_torch():
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
