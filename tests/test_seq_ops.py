@@ -567,3 +567,14 @@ def test_two_layer_mlp_over_rank_3_activations_trains_in_c():
     for _ in range(30):
         last = float(m.train_step(state, **data)["loss"])
     assert last < 0.7 * first
+
+
+def test_explain_writes_attention_in_the_notes_notation():
+    """One GPT block (tests/specs/seq_gpt.toml): kᵀ of each head is written ᵀ, the gradients of
+    q kᵀ are δ k (identity (2)) and δᵀ q (identity (5)), and the loss' factor is 1/(2·T)."""
+    from pathlib import Path
+    g = graphc.load(Path(__file__).resolve().parent / "specs" / "seq_gpt.toml")
+    text = graphc.explain(g, of="J", wrt=["Wqkv"])
+    assert "softmax(0.5 q kᵀ)" in text and "1/(2·T)" in text, text
+    delta = re.search(r"(δ\d+) = ∂J/∂\(q kᵀ\)", text).group(1)
+    assert f"permute({delta}ᵀ q)" in text and f"permute({delta} k)" in text, text

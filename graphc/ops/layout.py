@@ -10,6 +10,7 @@ from graphc.core.ir import TensorType
 from graphc.core.notation import POSTFIX, Printed, wrap
 from graphc.core.opdef import OpDef, norm_axis, numel, register, require_float
 from graphc.core.text import ATOM
+from graphc.ops.linear import swaps_last_two
 
 
 def resolve_shape(src, shape, actual=None):
@@ -310,6 +311,11 @@ class Permute(OpDef):
         axes = [a % d.rank for a in node.attrs["axes"]]
         with b.because(node, self.identity):
             return [b.apply("permute", d, axes=tuple(axes.index(i) for i in range(d.rank)))]
+
+    def notation(self, p, node, x):
+        if swaps_last_two(node.attrs["axes"]):      # kᵀ of each batch element (attention's q kᵀ)
+            return p.transposed(x)
+        return super().notation(p, node, x)
 
 
 @register
