@@ -386,6 +386,10 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
             {(2, 2): "ik,kj->ij", (1, 2): "k,kj->j", (2, 1): "ik,k->i", (1, 1): "k,k->"}[x.ndim, y.ndim], x, y))
         for a, b in [((5, 7), (7, 3)), ((1, 1), (1, 1)), ((7,), (7, 3)), ((5, 7), (7,)), ((7,), (7,)),
                      ((1, 7), (7, 1)), ((3, 1), (1, 4))]
+    ] + [   # rank 3-4: the rows of a [.., K] times a matrix or a vector; batched, batch axes broadcast
+        Case(f"{a}@{b}", [real(rng, *a), real(rng, *b)], lambda x, y: np.matmul(x, y))
+        for a, b in [((2, 5, 7), (7, 3)), ((2, 5, 7), (7,)), ((2, 3, 5, 4), (2, 3, 4, 6)), ((2, 1, 5, 4), (3, 4, 2)),
+                     ((5, 4), (2, 4, 3)), ((1, 3, 2, 4), (2, 1, 4, 5))]
     ],
     "transpose": lambda rng: [Case(f"{s}", [real(rng, *s)], lambda x: np.swapaxes(x, 0, -1) if x.ndim == 2 else x)
                               for s in [(5, 7), (1, 1), (7,), ()]],
@@ -473,12 +477,15 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("all", [real(rng, 3, 4)], lambda x, **a: x.ravel(), {"start_dim": 0}),
     ],
     "softmax": lambda rng: [
-        Case(f"{s}", [real(rng, *s)], lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True))
-        for s in [(5, 7), (7,), (1,), (1, 1)]
+        Case(f"{s}" + (f" axis {a['axis']}" if a else ""), [real(rng, *s)],
+             lambda x, axis: np.exp(x) / np.exp(x).sum(axis=axis, keepdims=True), a)
+        for s, a in [((5, 7), {}), ((7,), {}), ((1,), {}), ((1, 1), {}), ((5, 7), {"axis": 0}),
+                     ((2, 3, 4), {"axis": 1}), ((2, 3, 4, 2), {"axis": -3})]
     ],
     "log_softmax": lambda rng: [
-        Case(f"{s}", [real(rng, *s)], lambda x: np.log(np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)))
-        for s in [(5, 7), (7,), (1,)]
+        Case(f"{s}" + (f" axis {a['axis']}" if a else ""), [real(rng, *s)],
+             lambda x, axis: np.log(np.exp(x) / np.exp(x).sum(axis=axis, keepdims=True)), a)
+        for s, a in [((5, 7), {}), ((7,), {}), ((1,), {}), ((3, 4, 2), {"axis": 0}), ((2, 3, 4, 2), {"axis": 2})]
     ],
     "cross_entropy": lambda rng: [
         Case("int labels", [real(rng, 5, 7), labels(rng, 7, 5)],

@@ -113,7 +113,7 @@ EXAMPLES = [
     ("slice", ("x",), {"start": 1, "stop": 3}, "x[:, 1:3]", "x[:, 1:3]", "x[:, 1:3]"),
     ("slice", ("W",), {"start": 0, "stop": 4, "step": 2, "axis": -2}, "W[0:4:2]", "W[0:4:2]", "W[0:4:2]"),
     ("unslice", ("x",), {"size": 6, "start": 1, "stop": 5}, None, "unslice(x)", r"\operatorname{unslice}(x)"),
-    ("permute", ("x",), {"axes": (1, 0)}, "permute(x, axes=(1, 0))", "permute(x)", r"\operatorname{permute}(x)"),
+    ("permute", ("x",), {"axes": (1, 0)}, "permute(x, axes=(1, 0))", "xᵀ", r"x^\top"),   # the last two axes swapped
     ("flatten", ("x",), {}, "flatten(x)", "flatten(x)", r"\operatorname{flatten}(x)"),
     ("pad", ("img",), {"pad": (1, 1, 2, 0), "value": 0.5}, "pad(img, pad=(1, 1, 2, 0), value=0.5)", "pad(img)",
      r"\operatorname{pad}(\mathrm{img})"),

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from graphc.core.errors import GradientError, GraphcError
 from graphc.core.ir import FLOAT, Graph, Origin, Value
+from graphc.ops.linear import swaps_last_two
 from graphc.passes.fold import rewrite
 from graphc.passes.simplify import simplify
 
@@ -35,6 +36,10 @@ class Builder:
     def apply(self, opname: str, *inputs, **attrs) -> Value:
         """opname(inputs), or the existing value it equals by fold's rules. Constants are not
         folded here: the fold pass that grad runs at the end does it."""
+        if opname == "permute" and swaps_last_two(attrs.get("axes", ())):
+            swapped = self._swapped_product(inputs[0])
+            if swapped is not None:
+                return swapped
         same = rewrite(opname, inputs, attrs, constants=False)
         if same is not None:
             return same
@@ -71,7 +76,35 @@ class Builder:
             with self.graph.origin(Origin(n.origin.text, n.origin.location, n.origin.forward,
                                           "5" if n.origin.identity == "6" else n.origin.identity)):
                 return self.matmul(self.transpose(w), self.transpose(x))
+        if n is not None and n.op.name == "patch_matmul" and a in self.created and n.attrs["mode"] == "tn" \
+                and n.attrs["groups"] == 1 and len(n.inputs) == 2:
+            # (Σ_rows xᵀ δ)ᵀ = Σ_rows δᵀ x: the weight gradient of rows of x (rank 3-4) times Wᵀ,
+            # identity (5), in W's shape without a transposed copy
+            x, d = n.inputs
+            with self.graph.origin(Origin(n.origin.text, n.origin.location, n.origin.forward,
+                                          "5" if n.origin.identity == "6" else n.origin.identity)):
+                return self.apply("patch_matmul", d, x, mode="tn")
         return self.apply("transpose", a)
+
+    def _swapped_product(self, a: Value) -> Value | None:
+        """(P Q)ᵀ = Qᵀ Pᵀ per batch element, for a batched product this builder made: a gradient
+        such as dJ/dk = δᵀ q (identity (5)) read directly instead of (qᵀ δ) permuted."""
+        n = a.node
+        if n is None or n.op.name != "matmul" or a not in self.created or a.rank < 3 \
+                or any(v.rank < 2 for v in n.inputs):
+            return None
+        p, q = n.inputs
+        with self.graph.origin(Origin(n.origin.text, n.origin.location, n.origin.forward,
+                                      "5" if n.origin.identity == "6" else n.origin.identity)):
+            return self.matmul(self.swap(q), self.swap(p))
+
+    def swap(self, v: Value) -> Value:
+        """v with its last two axes swapped (a matrix's ᵀ)."""
+        if v.node is not None and v.node.op.name == "permute" and swaps_last_two(v.node.attrs["axes"]):
+            return v.node.inputs[0]
+        if v.rank <= 2:
+            return self.transpose(v)
+        return self.apply("permute", v, axes=tuple(range(v.rank - 2)) + (v.rank - 1, v.rank - 2))
 
     def outer(self, a, b):
         """a bᵀ for vectors, as (m×1)(1×n)."""

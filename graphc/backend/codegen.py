@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphc.core.arguments import dim_bounds
 from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
@@ -87,6 +88,16 @@ class CSource:
 class Emitter:
     """Collects the C functions of one model and renders them."""
 
+    def batch_max(self) -> dict | None:
+        """The largest n the model takes, when a node bounds its symbolic dim (x[:T] of a table
+        of 64 rows: T <= 64), with the spec line that does: {"n": 64, "why": "..."}; else None."""
+        sym = self.graph.symbolic_dims
+        bound = dim_bounds(self.graph).get(sym[0]) if sym else None
+        if bound is None:
+            return None
+        n, node = bound
+        return dict(n=n, why=(node.origin.text or node.output.name).replace("*/", "* /"))
+
     def __init__(self, graph: Graph, dtype: str = "float32", threads: int = 1):
         if dtype not in CTYPES:
             raise GraphcError(f"dtype {dtype!r} is not supported", hint="use 'float32' or 'float64'")
@@ -155,6 +166,7 @@ class Emitter:
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
                    kernels_header=KernelSources.header_name, ksuffix=KERNEL_SUFFIX[self.dtype],
                    batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
+                   batch_max=self.batch_max(),
                    uses_matmul=any(f.uses_pack for f in self.functions),
                    pack_expr=c_pack_pieces(self.pack, "n", "t", "GRAPHC_MAX_"),
                    arena_expr=c_size_poly(arena, "max_n"),

@@ -91,6 +91,11 @@ def c_element(array: str, index: str) -> str:
     return f"{array}[{index}]"
 
 
+def c_at(array: str, index: str) -> str:
+    """A pointer `index` elements into array (the array itself at 0)."""
+    return array if index == "0" else f"{array} + {index}"
+
+
 def c_scalar(array: str) -> str:
     """The one element of a scalar buffer."""
     return f"{array}[0]"

@@ -11,7 +11,8 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
                         (identity (4) read off the output) and the column sums of identity (3)
     CONV_RELU           relu(conv2d(x, w, b)): the relu in the conv GEMM's epilogue (after the bias it
                         already has) or in the depthwise loop or 1x1 GEMMs; the permute to NCHW writes h
-    TRANSPOSE_IN_PLACE  a transpose read only by GEMMs is read in place (op(A) = Aᵀ), never copied
+    TRANSPOSE_IN_PLACE  a transpose read only by GEMMs is read in place (op(A) = Aᵀ), never copied; so is
+                        a permute swapping the last two axes of a batched product's operand
     SGD_IN_GEMM         (train step, over the kernel records) plain SGD's W -= lr d_W applied by the
                         GEMM that writes d_W, which is then never stored
     GATHER_INTO_CONCAT  embedding rows written straight into their columns of a concat
@@ -32,6 +33,8 @@ from dataclasses import dataclass, replace
 
 from graphc.backend.kernels import Gemm
 from graphc.core.ir import FLOAT, Graph, Node, Value
+from graphc.ops.linear import swaps_last_two
+from graphc.ops.loss import last_axis
 
 
 # ---------------------------------------------------------------------------------- the matcher
@@ -123,6 +126,7 @@ SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each 
 ATTENTION_PARTS = ("scaled_dot_product_attention", "attention_lse", "attention_grad")
 
 TRANSPOSE_IN_PLACE = op("transpose", var("x"))
+PERMUTE_IN_PLACE = "permute"   # a permute swapping the last two axes: a batch of transposes
 READS_IN_PLACE = "matmul"      # the consumer that reads a transpose in place (op(A) = Aᵀ)
 INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside their loop
 
@@ -203,7 +207,8 @@ class Fusion:
             env = match(loss_pat, n.output)
             if env is None:
                 continue
-            sm = next((u for u in self.g.nodes if u not in taken and match(probs_pat, u.output, env)), None)
+            sm = next((u for u in self.g.nodes if u not in taken and match(probs_pat, u.output, env)
+                       and last_axis(u)), None)
             if sm is not None:
                 taken.add(sm)
                 self.partner[n], self.partner[sm] = sm, n
@@ -238,7 +243,8 @@ class Fusion:
         d_z = (d_theta U) ∘ sgn(h), identity (4), and the bias gradient d_b1 = Σ_rows d_z,
         identity (3), summed from the tile in registers."""
         for m in self.g.nodes:
-            if m.op.name != READS_IN_PLACE or m.output.rank != 2:
+            # a product of rows (rank 2, or rows of a [.., K] times a matrix: one 2-D GEMM)
+            if m.op.name != READS_IN_PLACE or m.output.rank < 2 or m.inputs[1].rank != 2:
                 continue
             ep, final, shape = Epilogue(m), m, m.output.shape
             for link in GEMM_EPILOGUE:
@@ -382,9 +388,26 @@ class Fusion:
 
     @staticmethod
     def _sums_rows(u: Node, width) -> bool:
+        """Whether u sums every row of its input (the rows of a rank-3 product too) to one row."""
+        rank = u.inputs[0].rank
         if u.op.name == "sum_to":
-            return tuple(u.attrs["shape"]) in ((width,), (1, width))
-        return u.attrs["axis"] in (0, -2) and u.output.shape == (width,)
+            return tuple(u.attrs["shape"]) in ((width,), (1,) * (rank - 1) + (width,))
+        return rank == 2 and u.attrs["axis"] in (0, -2) and u.output.shape == (width,)
+
+    @staticmethod
+    def _read_transposed(v: Value, users: list) -> bool:
+        """TRANSPOSE_IN_PLACE: v is a matrix's transpose (or a permute swapping the last two axes of
+        a batched operand) and every consumer is a GEMM that can read it transposed: any product
+        for a matrix, a batched one for a permute (not the left operand of one product over the
+        rows of a [.., K])."""
+        n = v.node
+        if not users or any(u.op.name != READS_IN_PLACE for u in users):
+            return False
+        if match(TRANSPOSE_IN_PLACE, v):
+            return v.rank <= 2
+        if n.op.name == PERMUTE_IN_PLACE and swaps_last_two(n.attrs["axes"]):
+            return v.rank == 2 or all(u.inputs[1].rank >= 3 for u in users)
+        return False
 
     def _in_place_and_inline(self) -> None:
         finals = {n.output for n in self.epilogue}
@@ -394,7 +417,7 @@ class Fusion:
                     or n in self.moved:
                 continue
             users = self.users.get(v, [])
-            if match(TRANSPOSE_IN_PLACE, v) and users and all(u.op.name == READS_IN_PLACE for u in users):
+            if self._read_transposed(v, users):
                 self.folded.add(v)
             elif (n.op.c_expr is not None or n.op.name == "onehot") and len({id(u) for u in users}) == 1:
                 u = users[0]
@@ -415,7 +438,7 @@ def sgd_in_gemm(steps: list, updates) -> tuple[list, set]:
     for pu in updates.params:
         at = next((i for i, st in enumerate(steps) if pu.grad in st.defs), None)
         st = steps[at] if at is not None else None
-        if not isinstance(st, Gemm) or st.defs[0] is not pu.grad or pu.grad.rank != 2 \
+        if not isinstance(st, Gemm) or st.batch or st.defs[0] is not pu.grad or pu.grad.rank != 2 \
                 or pu.param.shape != pu.grad.shape or pu.param in st.uses \
                 or any(pu.grad in later.uses or pu.param in later.uses for later in steps[at + 1:]):
             continue

@@ -199,7 +199,10 @@ class Epilogue:
 
 @dataclass(frozen=True)
 class Gemm(Kernel):
-    """out = op(a) op(b) (ta, tb: read transposed), M x N with inner dim K, leading dims lda, ldb, ldc."""
+    """out = op(a) op(b) (ta, tb: read transposed), M x N with inner dim K, leading dims lda, ldb, ldc.
+    A batched product (matmul of rank 3-4) is the same call in at most two loops over the batch:
+    `batch` holds (extent, stride of a, of b, of out) per loop, C text; a stride of 0 is an
+    operand broadcast along that loop, read in place (never copied)."""
     out: str = ""
     a: str = ""
     b: str = ""
@@ -213,6 +216,7 @@ class Gemm(Kernel):
     ldc: str = ""
     epilogue: Epilogue = field(default_factory=Epilogue)
     dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
+    batch: tuple = ()           # ((extent, stride a, stride b, stride out), ...): the batch loops, outermost first
     template: ClassVar[str] = "kernels/gemm.c.j2"
     kind_name: ClassVar[str] = "gemm"
 
@@ -224,7 +228,8 @@ class RowSoftmax(Kernel):
     of the same logits: probs and identity (7)'s grad = (probs - onehot(labels)) * scale, each
     when set). rows x cols logits x; labels (int32) or targets (real rows) for the losses. The
     forward pass shared by a model's entry points (backend/sharing.py) has one whose labels and
-    grad may be NULL at run time (optional_labels, optional_grad): one pass for all of them."""
+    grad may be NULL at run time (optional_labels, optional_grad): one pass for all of them.
+    A softmax along an axis not the last has `stride` set: then x is [rows, cols, stride]."""
     kind: str = "softmax"
     out: str = ""
     x: str = ""
@@ -238,6 +243,8 @@ class RowSoftmax(Kernel):
     parallel: str | None = None
     optional_labels: bool = False   # labels may be NULL: then no loss (and no gradient) is computed
     optional_grad: bool = False     # grad may be NULL: then it is not written
+    stride: str | None = None       # softmax, log_softmax along an axis not the last: x [rows, cols, stride],
+                                    # each of the rows·stride rows read with this stride (else None)
     template: ClassVar[str] = "kernels/softmax_xent.c.j2"
     kind_name: ClassVar[str] = "row_softmax"
 
@@ -517,7 +524,7 @@ class NamedLoop:
 
 # the fields of each record that hold a size printed by c_poly, named by `with_names`
 _SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width", "out_stride", "src_stride",
-                "heads", "Tq", "Tk", "D", "Dv")
+                "stride", "heads", "Tq", "Tk", "D", "Dv")
 
 
 def with_names(record: Kernel, names: dict[int, str]):

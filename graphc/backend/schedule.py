@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from graphc.backend.cprint import c_apply, c_load, c_name, c_onehot, c_poly, c_real, c_scalar, c_size_real
+from graphc.backend.cprint import (c_apply, c_at, c_index, c_load, c_name, c_onehot, c_poly, c_real, c_scalar,
+                                   c_size_real)
 from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
 from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
                                     Pointwise, RowSoftmax, Statement, worth_parallel)
@@ -241,26 +242,59 @@ class Scheduler(Fusion):
                    c_poly(dim_poly(rows)) if rows is not None else None, **extra)
         return [k]
 
+    def in_place(self, v: Value) -> tuple[Value, int]:
+        """(the buffer a GEMM reads for operand v, 1 when it reads it transposed): a transpose or a
+        permute of the last two axes that fusion folded is read in place (op(A) = Aᵀ)."""
+        if v in self.folded:
+            return v.node.inputs[0], int(v.rank >= 2)
+        return v, 0
+
     def gemm(self, n: Node, out: str | None = None) -> list[Kernel]:
-        """A product of rank-1 or rank-2 operands; a transpose fusion folded is read in place."""
-        a, b = n.inputs
-        ta = tb = 0
-        if a in self.folded and a.rank == 2:
-            a, ta = a.node.inputs[0], 1
-        elif a in self.folded:
-            a = a.node.inputs[0]
-        if b in self.folded and b.rank == 2:
-            b, tb = b.node.inputs[0], 1
-        elif b in self.folded:
-            b = b.node.inputs[0]
-        A = a.shape if a.rank == 2 else (1, a.shape[0])
-        B = b.shape if b.rank == 2 else (b.shape[0], 1)
-        M, K = (A[1], A[0]) if ta else A
-        N = B[0] if tb else B[1]
+        """A product: of rank-1 or rank-2 operands; of rows of a [.., K] (every leading axis) times
+        a matrix or a vector, as one product of numel(a.shape[:-1]) rows; or batched (b of rank
+        3-4), the same product in loops over the batch, each operand read in place by its
+        strides (0 along an axis it is broadcast over). A folded transpose is read in place."""
+        (a, ta), (b, tb) = self.in_place(n.inputs[0]), self.in_place(n.inputs[1])
+        la, lb = n.inputs                       # the logical operands: op(a), op(b)
+        poly = lambda d: d if isinstance(d, tuple) else dim_poly(d)  # noqa: E731
+        size = lambda d: c_poly(poly(d))  # noqa: E731
+        out = self.ref(n.output) if out is None else out
+        if lb.rank >= 3:
+            return [self.batched_gemm(n, a, ta, b, tb, out)]
+        A = (numel(la.shape[:-1]), la.shape[-1]) if la.rank >= 3 else la.shape if la.rank == 2 else (1, la.shape[0])
+        B = lb.shape if lb.rank == 2 else (lb.shape[0], 1)
+        M, K = A
+        N = B[1]
+        lda = size(a.shape[-1]) if a.rank >= 2 else size(la.shape[-1])
+        ldb = size(b.shape[-1]) if b.rank == 2 else "1"
+        return [Gemm(self.comment(n), (n.output,), (a, b), out, self.ref(a), self.ref(b), ta, tb,
+                     size(M), size(N), size(K), lda, ldb, size(N), dims=(poly(M), poly(N), poly(K)))]
+
+    def batched_gemm(self, n: Node, a: Value, ta: int, b: Value, tb: int, out: str) -> Gemm:
+        """One GEMM per batch element of a rank 3-4 product, the batch axes merged into at most
+        two loops where every operand is contiguous across them."""
+        la, lb, v = n.inputs[0], n.inputs[1], n.output
+        batch = v.shape[:-2]
+        M, K, N = la.shape[-2], la.shape[-1], lb.shape[-1]
+
+        def strides(x: Value) -> list:       # per batch axis, 0 where x is broadcast
+            return broadcast_strides(x.shape, batch + tuple(x.shape[-2:]))[:len(batch)]
+        axes = [(dim_poly(d), s) for d, s in zip(batch, zip(strides(a), strides(b),
+                                                              contiguous_strides(v.shape)[:len(batch)]))]
+        axes = [ax for ax in axes if ax[0] != (1,)]
+        loops: list = []
+        for size, st in axes:
+            if loops and all(p == pmul(s, size) for p, s in zip(loops[-1][1], st)):
+                loops[-1] = (pmul(loops[-1][0], size), st)
+            else:
+                loops.append((size, st))
+        var = [f"gc_b{i}" for i in range(len(loops))]
+        at = lambda ptr, k: c_at(ptr, c_index((0,), [(var[i], loops[i][1][k]) for i in range(len(loops))]))  # noqa: E731
         size = lambda d: c_poly(dim_poly(d))  # noqa: E731
-        return [Gemm(self.comment(n), (n.output,), (a, b), self.ref(n.output) if out is None else out,
-                     self.ref(a), self.ref(b), ta, tb, size(M), size(N), size(K), size(A[1]), size(B[1]), size(N),
-                     dims=(dim_poly(M), dim_poly(N), dim_poly(K)))]
+        return Gemm(self.comment(n), (v,), (a, b), at(out, 2), at(self.ref(a), 0), at(self.ref(b), 1), ta, tb,
+                    size(M), size(N), size(K), size(a.shape[-1]), size(b.shape[-1]), size(N),
+                    dims=(dim_poly(M), dim_poly(N), dim_poly(K)),
+                    batch=tuple((var[i], c_poly(loops[i][0])) for i in range(len(loops))))
 
     @staticmethod
     def window(image, out, attrs) -> dict:
@@ -352,6 +386,12 @@ class Scheduler(Fusion):
         """One pass over the rows of the logits; softmax and cross_entropy of the same logits (and
         the gradient of identity (7)) share it, emitted where the first of the two stands."""
         x, name = n.inputs[0], n.op.name
+        axis = n.attrs.get("axis", -1) % x.rank
+        if axis != x.rank - 1:          # softmax along another axis: each row read with a stride
+            inner = numel(x.shape[axis + 1:])
+            return [RowSoftmax(self.comment(n), (n.output,), (x,), name, self.ref(n.output), self.ref(x),
+                               rows=c_poly(numel(x.shape[:axis])), cols=c_poly(dim_poly(x.shape[axis])),
+                               stride=c_poly(inner))]
         common = dict(rows=c_poly(numel(x.shape[:-1])), cols=c_poly(dim_poly(x.shape[-1])), x=self.ref(x),
                       parallel=c_poly(numel(x.shape)) if worth_parallel(numel(x.shape)) else None)
         partner = self.partner.get(n)

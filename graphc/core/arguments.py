@@ -102,7 +102,30 @@ def bind(graph: Graph, arrays: Mapping[str, Any], real: np.dtype, *, need_params
             elif d != n:
                 raise ShapeError(f"argument {name!r} has shape {arr.shape}, expected {expected_shape(graph, v)}")
         out[name] = arr
+    check_dim_bounds(graph, dims)
     return out, dims
+
+
+def dim_bounds(graph: Graph) -> dict[str, tuple[int, object]]:
+    """The largest size each symbolic dim may take, and the node that bounds it (x[:T] of a
+    table of 64 rows: T <= 64)."""
+    out: dict[str, tuple[int, object]] = {}
+    for n in graph.nodes:
+        for d, bound in n.op.dim_bounds(n):
+            if d not in out or bound < out[d][0]:
+                out[d] = (bound, n)
+    return out
+
+
+def check_dim_bounds(graph: Graph, dims: Mapping[str, int]) -> None:
+    """A ShapeError when a symbolic dim is larger than a node allows (a sequence longer than its
+    positional table)."""
+    for d, (bound, n) in dim_bounds(graph).items():
+        if d in dims and dims[d] > bound:
+            where = f" by {n.origin.text}" if n.origin.text else ""
+            raise ShapeError(f"{d}={dims[d]} is larger than {bound}, the most {d} may be{where} "
+                             f"(a slice [:{d}] of an axis of {bound})",
+                             hint=f"pass at most {bound} along {d} (a sequence no longer than the table)")
 
 
 # ---------------------------------------------------------------- repeated calls to C

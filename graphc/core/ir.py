@@ -112,6 +112,17 @@ def subscript(x: Value, items: tuple, fail: Callable = _fail) -> Value:
         size, i = x.shape[axis], where[axis]
         if isinstance(e, slice) and e == slice(None):
             continue
+        if isinstance(e, slice) and isinstance(e.stop, str):    # x[:T], T a symbolic dim: its first T
+            if x.graph.dims.get(e.stop, 0) is not None:
+                fail(i, f"{source}: slice bound {e.stop!r} is not a symbolic dim of the graph",
+                     "a bound is an integer, or a symbolic dim (x[:T])")
+            if e.start not in (None, 0) or e.step not in (None, 1):
+                fail(i, f"{source}: a slice to the symbolic dim {e.stop} starts at 0 with step 1",
+                     f"write x[:{e.stop}]")
+            if isinstance(size, str):
+                fail(i, f"{source}: cannot slice the batch dim {size}", "slice the other axes: x[:, 1:5]")
+            x = x.graph.apply("slice", x, start=0, stop=e.stop, axis=axis - x.rank, step=1)
+            continue
         if isinstance(e, slice):
             if any(b is not None and (not isinstance(b, int) or isinstance(b, bool)) for b in (e.start, e.stop, e.step)):
                 fail(i, f"{source}: slice bounds are integers")

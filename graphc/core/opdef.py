@@ -171,6 +171,12 @@ class OpDef:
         example and check inputs are drawn below them; [] for an op that indexes nothing."""
         return []
 
+    def dim_bounds(self, node) -> list[tuple]:
+        """(symbolic dim, bound) for each symbolic dim this node needs at most `bound` (x[:T] of an
+        axis of 64 elements: T <= 64). Every call checks them (core/arguments.py; the C's
+        workspace size is 0 past them, GRAPHC_ERR_BATCH); [] for most ops."""
+        return []
+
     def distribution_inputs(self, node) -> list:
         """The real inputs this node reads as probability rows (each row along the last axis
         non-negative, summing to 1: cross-entropy's targets); example data is drawn so. []: none."""

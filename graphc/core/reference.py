@@ -19,6 +19,8 @@ def bind_attrs(attrs: dict, dims: dict[str, int]) -> dict:
     out = dict(attrs)
     if "shape" in out:
         out["shape"] = tuple(dims[d] if isinstance(d, str) else d for d in out["shape"])
+    if isinstance(out.get("stop"), str):       # x[:T], a slice with a symbolic bound
+        out["stop"] = dims[out["stop"]]
     return out
 
 

@@ -364,6 +364,8 @@ class _Builder:
         nodes = list(index.elts) if isinstance(index, ast.Tuple) else [index]
 
         def bound(e):
+            if isinstance(e, ast.Name) and e.id in g.dims:      # wpe[:T]: a dim's size, symbolic or not
+                return e.id if g.dims[e.id] is None else g.dims[e.id]
             return None if e is None else self._literal(g, e, fail)
 
         items = []

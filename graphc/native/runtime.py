@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.core.arguments import bind
+from graphc.core.arguments import bind, check_dim_bounds
 from graphc.native.calls import (CallPlan, aligned_empty, allocate_workspace, as_c_array,  # noqa: F401
                                   batch_rows, c_array_type, output_specs, picker)
 from graphc.native.training import TrainState, Trainer
@@ -160,6 +160,8 @@ class CompiledModel:
                 check_labels(env[name], bound, f"argument {name!r}")
             raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
         if status == self.lib.GRAPHC_ERR_BATCH:
+            if self.graph.symbolic_dims:        # past a bound of the model (a sequence longer than its table)
+                check_dim_bounds(self.graph, {self.graph.symbolic_dims[0]: n})
             raise ShapeError(f"{self.name}_{fname}: batch size {n} is invalid for this model")
         raise ExecutionError(f"{self.name}_{fname} returned status {status}")
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from graphc.core.arguments import bind, param_arrays
+from graphc.core.arguments import bind, check_dim_bounds, param_arrays
 from graphc.native.calls import (CallPlan, allocate_workspace, as_c_array, batch_rows, c_array_type, output_specs,
                                  picker)
 from graphc.native.progress import Progress, wanted
@@ -411,6 +411,8 @@ class Trainer:
                 check_labels(env[name], bound, f"argument {name!r}")
             raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
         if status == self.lib.GRAPHC_ERR_BATCH:
+            if self.graph.symbolic_dims:        # past a bound of the model (a sequence longer than its table)
+                check_dim_bounds(self.graph, {self.graph.symbolic_dims[0]: n})
             raise ShapeError(f"{self.name}_{fname}: batch size {n} is invalid for this model")
         if status == getattr(self.lib, "GRAPHC_ERR_HPARAMS", None):
             raise OptimizerError(f"{self.name}_{fname}: a run-time hyperparameter is out of range "

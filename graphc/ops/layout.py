@@ -10,6 +10,7 @@ from graphc.core.ir import TensorType
 from graphc.core.notation import POSTFIX, Printed, wrap
 from graphc.core.opdef import OpDef, norm_axis, numel, register, require_float
 from graphc.core.text import ATOM
+from graphc.ops.linear import swaps_last_two
 
 
 def resolve_shape(src, shape, actual=None):
@@ -144,14 +145,25 @@ class Slice(OpDef):
     def shape(self, x, start, stop, axis, step):
         ax = norm_axis(axis, x.rank, self.name) if x.rank else 0
         n = x.shape[ax] if x.rank else 0
-        if x.rank == 0 or isinstance(n, str) or not (0 <= start < stop <= n) or step < 1:
-            raise ShapeError(f"slice {start}:{stop}:{step} is out of range for {x.shape} (axis {axis})")
+        if isinstance(stop, str) and x.rank and not isinstance(n, str) and start == 0 and step == 1:
+            # x[:T] with T a symbolic dim: its first T elements (wpe[:T], the positions of a
+            # sequence of run-time length T); T <= n is checked at every call (dim_bounds)
+            return TensorType(x.shape[:ax] + (stop,) + x.shape[ax + 1:], x.dtype)
+        if x.rank == 0 or isinstance(n, str) or isinstance(stop, str) or not (0 <= start < stop <= n) or step < 1:
+            raise ShapeError(f"slice {start}:{stop}:{step} is out of range for {x.shape} (axis {axis})",
+                             hint="a symbolic bound slices from the start: x[:T]" if isinstance(stop, str) else None)
         return TensorType(x.shape[:ax] + (len(range(start, stop, step)),) + x.shape[ax + 1:], x.dtype)
 
     def reference(self, x, start, stop, axis, step):
+        if stop > x.shape[axis]:                # a symbolic bound, given its size at this call
+            raise ShapeError(f"slice {start}:{stop} of an axis of {x.shape[axis]}: the bound is past its end")
         index = [slice(None)] * x.ndim
         index[axis] = slice(start, stop, step)
         return x[tuple(index)]
+
+    def dim_bounds(self, node):
+        a, x = node.attrs, node.inputs[0]
+        return [(a["stop"], x.shape[a["axis"]])] if isinstance(a["stop"], str) else []
 
     def kernel(self, k, node):
         a = node.attrs
@@ -186,6 +198,10 @@ class Unslice(OpDef):
 
     def shape(self, x, size, start, stop, axis, step):
         ax = norm_axis(axis, x.rank, self.name)
+        if isinstance(stop, str):               # the adjoint of x[:T]: T symbolic, at most size
+            if x.shape[ax] != stop or start != 0 or step != 1:
+                raise ShapeError(f"cannot place {x.shape} at {start}:{stop}:{step} of an axis of {size}")
+            return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
         if x.shape[ax] != len(range(start, stop, step)) or stop > size:
             raise ShapeError(f"cannot place {x.shape} at {start}:{stop}:{step} of an axis of {size}")
         return TensorType(x.shape[:ax] + (size,) + x.shape[ax + 1:], x.dtype)
@@ -295,6 +311,11 @@ class Permute(OpDef):
         axes = [a % d.rank for a in node.attrs["axes"]]
         with b.because(node, self.identity):
             return [b.apply("permute", d, axes=tuple(axes.index(i) for i in range(d.rank)))]
+
+    def notation(self, p, node, x):
+        if swaps_last_two(node.attrs["axes"]):      # kᵀ of each batch element (attention's q kᵀ)
+            return p.transposed(x)
+        return super().notation(p, node, x)
 
 
 @register

@@ -16,11 +16,15 @@ from graphc.core.opdef import OpDef, broadcast_shapes, register, require_float, 
 
 @register
 class Matmul(OpDef):
-    """z = a @ b with NumPy's rules for 1-D and 2-D operands.
+    """z = a @ b with NumPy's rules: 1-D and 2-D operands, and operands of rank 3-4 whose leading
+    (batch) axes broadcast, each batch element a matrix product. [B, T, C] @ [C, C'] is one
+    product of B·T rows; [B, H, T, D] @ [B, H, D, T] one per (b, h).
 
     VJP: row form z = x W: dJ/dx = δ Wᵀ, identity (2); dJ/dW = xᵀ δ, identity (6).
     Column form z = W x: dJ/dW = δ xᵀ, identity (5); dJ/dx = Wᵀ δ, identity (1).
-    """
+    Batched, the same per batch element (Wᵀ: the last two axes swapped), then summed over the
+    batch axes an operand was broadcast along (identity (3)); a matrix W shared by the rows of a
+    [.., K] x gets dJ/dW = Σ_rows xᵀ δ, one product over all the rows."""
 
     name = "matmul"
     arity = 2
@@ -30,23 +34,37 @@ class Matmul(OpDef):
     def shape(self, a, b):
         require_float(a, "left operand")
         require_float(b, "right operand")
-        if not (1 <= a.rank <= 2 and 1 <= b.rank <= 2):
-            raise ShapeError(f"supports 1-D and 2-D operands, got ranks {a.rank} and {b.rank}")
+        if not (1 <= a.rank <= 4 and 1 <= b.rank <= 4):
+            raise ShapeError(f"supports operands of rank 1 to 4, got ranks {a.rank} and {b.rank}")
+        if a.rank == 1 and b.rank > 2:
+            raise ShapeError(f"a vector times a rank-{b.rank} operand is not supported",
+                             hint="reshape the vector to a matrix [1, K]")
         k_a = a.shape[-1]
         k_b = b.shape[0] if b.rank == 1 else b.shape[-2]
         if k_a != k_b:
             hint = None
-            if b.rank == 2 and b.shape[-1] == k_a:
+            if b.rank >= 2 and b.shape[-1] == k_a:
                 hint = "the right operand transposed would fit"
-            elif a.rank == 2 and a.shape[0] == k_b:
+            elif a.rank >= 2 and a.shape[-2] == k_b:
                 hint = "the left operand transposed would fit"
             raise ShapeError(f"inner dims {k_a} and {k_b} differ", hint=hint)
-        return TensorType(a.shape[:-1] + b.shape[1:] if b.rank == 2 else a.shape[:-1])
+        if b.rank == 1:
+            return TensorType(a.shape[:-1])
+        if b.rank == 2:                 # every leading axis of a is rows: one product
+            return TensorType(a.shape[:-1] + b.shape[1:])
+        try:
+            batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ShapeError:
+            raise ShapeError(f"batch axes {tuple(a.shape[:-2])} and {tuple(b.shape[:-2])} do not broadcast",
+                             hint="the axes before the last two must be equal or 1") from None
+        return TensorType(batch + (a.shape[-2], b.shape[-1]))
 
     def error_hint(self, inputs, error):
-        if error.hint is None or len(inputs) != 2:
+        if error.hint is None or len(inputs) != 2 or "transposed" not in error.hint:
             return error.hint
         a, b = inputs
+        if a.rank > 2 or b.rank > 2:
+            return error.hint + " (permute its last two axes)"
         g = a.graph
         if error.hint.startswith("the right"):
             fixed = transposed_text(b)
@@ -63,8 +81,11 @@ class Matmul(OpDef):
 
     def kernel(self, k, node):
         return k.gemm(node)
+
     def vjp(self, b, node, d):
         x, w = node.inputs
+        if x.rank > 2 or w.rank > 2:
+            return self._batched_vjp(b, node, d)
         out = []
         # gradient of the left operand: d @ wᵀ (or an outer product when w is a vector)
         column = x.rank == 2 and w.rank == 1          # z = W x, the notes' column form
@@ -83,12 +104,39 @@ class Matmul(OpDef):
                 out.append(b.mul(d, x))
         return out
 
+    def _batched_vjp(self, b, node, d):
+        """x of rank 3-4 times a matrix or a vector w (the rows of x, one product), or two batched
+        operands (a product per batch element, then sum_to over the broadcast batch axes)."""
+        x, w = node.inputs
+        if w.rank <= 2:
+            col = w.rank == 1
+            d2 = b.apply("reshape", d, shape=d.shape + (1,)) if col else d
+            w2 = b.apply("reshape", w, shape=w.shape + (1,)) if col else w
+            with b.because(node, "2"):
+                dx = b.matmul(d2, b.transpose(w2))                           # δ Wᵀ, rows of x
+            with b.because(node, "6"):
+                dw = b.apply("patch_matmul", x, d2, mode="tn")              # Σ_rows xᵀ δ
+                if col:
+                    dw = b.apply("reshape", dw, shape=w.shape)
+            return [dx, dw]
+        with b.because(node, "2"):
+            dx = unbroadcast(b, b.matmul(d, b.swap(w)), x.shape)
+        with b.because(node, "6"):
+            dw = unbroadcast(b, b.matmul(b.swap(x), d), w.shape)
+        return [dx, dw]
+
     def notation(self, p, node, a, b):
         return p.product(a, b)
 
     def skeleton(self, p, node, top):
         a, b = node.inputs
         return p.skeleton(a, top) + p.skeleton(b, top)
+
+
+def swaps_last_two(axes) -> bool:
+    """Whether a permute's axes swap the last two and keep the rest: a batch of transposes."""
+    r = len(axes)
+    return r >= 2 and tuple(a % r for a in axes) == tuple(range(r - 2)) + (r - 1, r - 2)
 
 
 @register

@@ -11,14 +11,14 @@ import numpy as np
 from graphc.core.errors import ShapeError
 from graphc.core.ir import FLOAT, INT, TensorType
 from graphc.core.notation import Printed, TextNotation
-from graphc.core.opdef import OpDef, register, require_float
+from graphc.core.opdef import OpDef, norm_axis, register, require_float
 
 
-def _log_softmax(x):
-    m = np.max(x, axis=-1, keepdims=True)
+def _log_softmax(x, axis=-1):
+    m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)
     s = x - m
-    return s - np.log(np.sum(np.exp(s), axis=-1, keepdims=True))
+    return s - np.log(np.sum(np.exp(s), axis=axis, keepdims=True))
 
 
 def check_labels(labels: np.ndarray, depth: int, what: str) -> None:
@@ -30,31 +30,36 @@ def check_labels(labels: np.ndarray, depth: int, what: str) -> None:
 
 @register
 class Softmax(OpDef):
-    """ŷ = softmax(x) over the last axis, computed as exp(x − max) / Σ for stability.
+    """ŷ = softmax(x) along `axis` (default the last; torch's dim), computed as exp(x − max) / Σ
+    for stability.
 
     Backward, identity (4) with the Jacobian diag(ŷ) − ŷŷᵀ in place of diag(f′), never built:
-    dJ/dx = ŷ ∘ (δ − Σ δ ∘ ŷ). cross_entropy never uses it (identity (7) instead)."""
+    dJ/dx = ŷ ∘ (δ − Σ δ ∘ ŷ), the sum along the same axis. cross_entropy never uses it
+    (identity (7) instead)."""
 
     name = "softmax"
+    attrs = {"axis": -1}
     identity = "4"
     leafy = True
     shown_by_name = False           # ŷ, even where the spec named the probabilities
 
-    def shape(self, x):
+    def shape(self, x, axis=-1):
         require_float(x)
         if x.rank == 0:
             raise ShapeError("needs at least one axis")
+        norm_axis(axis, x.rank, self.name)
         return x
 
-    def reference(self, x):
-        return np.exp(_log_softmax(x))
+    def reference(self, x, axis=-1):
+        return np.exp(_log_softmax(x, axis))
 
     def kernel(self, k, node):
         return k.row_softmax(node)
+
     def vjp(self, b, node, d):
-        y = node.output
+        y, axis = node.output, node.attrs["axis"]
         with b.because(node, self.identity):
-            s = b.apply("sum", b.mul(d, y), axis=-1, keepdims=True)
+            s = b.apply("sum", b.mul(d, y), axis=axis, keepdims=True)
             return [b.mul(y, b.sub(d, s))]
 
     def notation(self, p, node, x):
@@ -64,27 +69,35 @@ class Softmax(OpDef):
         return super().notation(p, node, x)
 
 
+def last_axis(node) -> bool:
+    """Whether a softmax or log_softmax node works along the last axis (a row pass)."""
+    return node.attrs.get("axis", -1) % node.output.rank == node.output.rank - 1
+
+
 @register
 class LogSoftmax(OpDef):
-    """log softmax(x) over the last axis, as x − max − log Σ exp(x − max).
+    """log softmax(x) along `axis` (default the last), as x − max − log Σ exp(x − max).
 
     Backward, identity (4) with the Jacobian I − 1 softmax(x)ᵀ, never built:
-    dJ/dx = δ − softmax(x) ∘ Σ δ."""
+    dJ/dx = δ − softmax(x) ∘ Σ δ, the sum along the same axis."""
 
     name = "log_softmax"
+    attrs = {"axis": -1}
     identity = "4"
     leafy = True
     shape = Softmax.shape
 
-    def reference(self, x):
-        return _log_softmax(x)
+    def reference(self, x, axis=-1):
+        return _log_softmax(x, axis)
 
     def kernel(self, k, node):
         return k.row_softmax(node)
+
     def vjp(self, b, node, d):
+        axis = node.attrs["axis"]
         with b.because(node, self.identity):
-            s = b.apply("sum", d, axis=-1, keepdims=True)
-            return [b.sub(d, b.mul(b.apply("softmax", node.inputs[0]), s))]
+            s = b.apply("sum", d, axis=axis, keepdims=True)
+            return [b.sub(d, b.mul(b.apply("softmax", node.inputs[0], axis=axis), s))]
 
     def notation(self, p, node, x):
         if node.inputs[0] in p.logits:                  # log ŷ of cross_entropy's ŷ
@@ -102,8 +115,10 @@ def _batch_count(b, theta):
 class CrossEntropy(OpDef):
     """J = CE(y, softmax(θ)), the mean over the batch rows of -log ŷ[label].
 
-    Labels are int32 class indices (shape of θ without its last axis) or real
-    targets shaped like θ (one-hot or probabilities).
+    The classes are θ's last axis; every other axis is rows (θ [B, T, V]: the mean over the
+    B·T positions; torch's F.cross_entropy has the classes on axis 1 instead). Labels are int32
+    class indices (shape of θ without its last axis) or real targets shaped like θ (one-hot or
+    probabilities).
     VJP, identity (7): dJ/dθ = (ŷ − y) · δ / rows. Real targets give ŷ Σy − y (the same when
     rows sum to 1, as one-hot and probability rows do) and also dJ/dy = -log ŷ · δ / rows.
     """
@@ -181,10 +196,11 @@ class CrossEntropy(OpDef):
             notes.append("Σ_classes y = 1 for one-hot or probability targets, so δ = ŷ − y as in the notes")
         means = [n for n in nodes if n.inputs[0].rank > 1]
         if means:
-            rows = p.dim(means[0].inputs[0].shape[0])
+            rows = "·".join(p.dim(d) for d in means[0].inputs[0].shape[:-1])    # N, or B·T over [B, T, V]
             theta = t.ident(means[0].inputs[0].name)
+            factor = f"1/({rows})" if "·" in rows else f"1/{rows}"
             notes.append(f"{p.of} is the mean of the cross-entropy over the {rows} rows of the batch, so "
-                         f"δ = ∂{p.of}/∂{theta} carries a factor 1/{rows} (the notes' ŷ − y is for one example)")
+                         f"δ = ∂{p.of}/∂{theta} carries a factor {factor} (the notes' ŷ − y is for one example)")
         return notes
 
 

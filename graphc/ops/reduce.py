@@ -182,8 +182,8 @@ class SumTo(OpDef):
         x, shape = node.inputs[0], tuple(node.attrs["shape"])
         if shape == () or all(d == 1 for d in shape):
             return ""
-        if x.rank == 2 and shape in ((x.shape[1],), (1, x.shape[1])):
-            return "rows"
+        if x.rank >= 2 and shape in ((x.shape[-1],), (1,) * (x.rank - 1) + (x.shape[-1],)):
+            return "rows"           # every row of a [.., D] (the B·T rows of a [B, T, D] too)
         if x.rank == 2 and shape == (x.shape[0], 1):
             return "cols"
         return None

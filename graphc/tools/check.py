@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphc.native.export import label_bounds
+from graphc.core.arguments import dim_bounds
 from graphc.core.ir import INT, Graph
 
 TOLERANCES = {"float64": 1e-10, "float32": 1e-4}   # C vs reference, relative to the array's max magnitude
@@ -202,6 +203,10 @@ def check(graph_or_spec, grad_of: str | None = None, wrt: list[str] | None = Non
     batches = [batch] if batch is not None else list(DEFAULT_BATCHES)
     if not graph.symbolic_dims:
         batches = [1]
+    else:           # a model whose batch dim is bounded (a sequence length T <= its positional table)
+        bound = dim_bounds(graph).get(graph.symbolic_dims[0])
+        if bound is not None:
+            batches = sorted({min(b, bound[0]) for b in batches})
     rng = np.random.default_rng(seed)
     real = np.dtype(dtype)
 

@@ -113,7 +113,7 @@ class TorchPeer:
             fn = {"sum": torch.sum, "mean": torch.mean, "max": torch.amax}[op]
             return _reduce(fn)(x[0], a["axis"], a["keepdims"])
         if op in ("softmax", "log_softmax"):
-            return getattr(F, op)(x[0], dim=-1)
+            return getattr(F, op)(x[0], dim=a["axis"])
         if op == "cross_entropy":
             y = x[1].long() if x[1].dtype in (torch.int32, torch.int64) else x[1]
             return F.cross_entropy(x[0].reshape(-1, x[0].shape[-1]), y.reshape(-1) if y.dtype == torch.long
