@@ -459,6 +459,13 @@ def with_names(record: Kernel, names: dict[int, str]):
 
 RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, SgdUpdate, AdamStepCount, AdamUpdate)
 
+def all_records(steps):
+    """The records and those run inside them (a scan's loop, backend/scan_loop.py), depth first."""
+    for st in steps:
+        yield st
+        yield from all_records(getattr(st, "inner", ()))
+
+
 # the records that call the GEMM library (and so need the workspace's packing share): each has
 # ta, tb and dims, the (M, N, K) of its calls
 PRODUCTS = (Gemm, Pointwise)
