@@ -44,15 +44,13 @@ class Scan(OpDef):
     identity = "3"
 
     def check_attrs(self, inputs, attrs):
-        out = OpDef.check_attrs(self, inputs, attrs)
-        out["part"] = tuple(out["part"])
-        return out
-
-    def accepts_float_at(self, i):
-        return True
-
-    def check_dtypes(self, *a, **k):   # pragma: no cover - the shape rule checks every input's dtype
-        return None
+        """The attributes; each input's dtype is the body's to say (ids may be scanned over), and the
+        shape rule checks it against the body."""
+        unknown = set(attrs) - set(self.attrs)
+        if unknown or not isinstance(attrs.get("body"), Body):
+            raise GraphcError(f"scan takes body= (a Body) and part=, got {sorted(attrs)}",
+                              hint="build a scan with graphc.scan(f, init, xs) or a [scan.NAME] table")
+        return {"body": attrs["body"], "part": tuple(attrs.get("part", ("final", 0)))}
 
     # ------------------------------------------------------------------ shapes, checked once
     def shape(self, *types: TensorType, body: Body, part) -> TensorType:
