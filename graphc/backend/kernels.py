@@ -13,6 +13,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     Patches      a convolution's patch matrix (im2col) and its adjoint (col2im)
     Depthwise    a depthwise convolution's direct loop and its two adjoints (no patch matrix)
     Pointwise    a 1x1 convolution and its two adjoints: one GEMM per image, NCHW (no patch matrix)
+    ScanLoop     a scan's body inside a loop over time (backend/scan_loop.py)
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
 """
 from __future__ import annotations
@@ -363,6 +364,35 @@ class Pointwise(Kernel):
     kind_name: ClassVar[str] = "pointwise"
 
 
+# ------------------------------------------------------------------------------------- scans
+@dataclass(frozen=True)
+class ScanLoop(Kernel):
+    """for t in 0 .. T-1 (or T-1 .. 0: reverse): the body's records. `locals` (C type, name, value)
+    are declared before the loop (the body's buffers, carry buffers, scratch) and `fills` (name,
+    value) set there (a constant read as a buffer); `carries` are (read pointer, write pointer,
+    buffer a, buffer b, initial value); `slices` (C type, name, value) are declared at each step and
+    `copies` (records) copy the strided ones; `finals` (output, read pointer, element count) are
+    copied after the loop."""
+    label: str = ""
+    T: str = ""
+    reverse: bool = False
+    locals: tuple = ()
+    fills: tuple = ()
+    carries: tuple = ()
+    slices: tuple = ()
+    copies: tuple = ()
+    body: tuple = ()
+    finals: tuple = ()
+    scratch: tuple = ()         # (C name, elements as a polynomial in n): the workspace buffer of the loop
+    template: ClassVar[str] = "kernels/scan.c.j2"
+    kind_name: ClassVar[str] = "scan"
+
+    @property
+    def inner(self) -> tuple:
+        """The records run inside the loop (the GEMM packing share counts their products too)."""
+        return self.copies + self.body
+
+
 # ---------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
 class Update(Kernel):
@@ -457,7 +487,8 @@ def with_names(record: Kernel, names: dict[int, str]):
     return replace(record, **change)
 
 
-RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, SgdUpdate, AdamStepCount, AdamUpdate)
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, ScanLoop, SgdUpdate, AdamStepCount,
+           AdamUpdate)
 
 def all_records(steps):
     """The records and those run inside them (a scan's loop, backend/scan_loop.py), depth first."""

@@ -18,41 +18,10 @@ It prints no C but through the templates and cprint.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 from graphc.backend.cprint import c_load, c_name, c_poly
-from graphc.backend.kernels import Kernel, Load, Loop, Statement
+from graphc.backend.kernels import Kernel, Load, Loop, ScanLoop, Statement
 from graphc.backend.sizes import Poly, align, contiguous_strides, dim_poly, numel, padd
 from graphc.core.ir import FLOAT, Node, Value
-
-
-@dataclass(frozen=True)
-class ScanLoop(Kernel):
-    """for t in 0 .. T-1 (or T-1 .. 0: reverse): the body's records. `locals` (C type, name, value)
-    are declared before the loop (the body's buffers, carry buffers, scratch) and `fills` (name,
-    value) set there (a constant read as a buffer); `carries` are (read pointer, write pointer,
-    buffer a, buffer b, initial value); `slices` (C type, name, value) are declared at each step and
-    `copies` (records) copy the strided ones; `finals` (output, read pointer, element count) are
-    copied after the loop."""
-    label: str = ""
-    T: str = ""
-    reverse: bool = False
-    locals: tuple = ()
-    fills: tuple = ()
-    carries: tuple = ()
-    slices: tuple = ()
-    copies: tuple = ()
-    body: tuple = ()
-    finals: tuple = ()
-    scratch: tuple = ()         # (C name, elements as a polynomial in n): the workspace buffer of the loop
-    template: ClassVar[str] = "kernels/scan.c.j2"
-    kind_name: ClassVar[str] = "scan"
-
-    @property
-    def inner(self) -> tuple:
-        """The records run inside the loop (the GEMM packing share counts their products too)."""
-        return self.copies + self.body
 
 
 def group_of(k, n: Node) -> list[Node]:
@@ -108,8 +77,11 @@ def scan_loop(k, n: Node) -> list[Kernel]:
         scratch += [(a, numel(v.shape), "gc_real"), (b, numel(v.shape), "gc_real")]
         carries.append((cur, nxt, a, b, outer(n.inputs[i], local(name + "__init"))))
         names[v] = cur
+    read = {v for m in low.nodes for v in m.inputs} | set(low.outputs.values())
     for j, name in enumerate(body.xs):
         v, seq, axis = low.inputs[name], seqs[j], body.x_axes[j]
+        if v not in read:
+            continue                                    # scanned for its length only
         strides = contiguous_strides(seq.shape)
         src = outer(seq, local(name + "__seq"))
         if all(d == 1 for d in seq.shape[:axis]):      # the slice at t is one block: read in place

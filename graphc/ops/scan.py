@@ -137,9 +137,6 @@ class Scan(OpDef):
     def notation(self, p, node, *args):
         return p.call(f"scan[{node.attrs['body'].label}]", args)
 
-    def spec_text(self, node, arg):
-        body, part = node.attrs["body"], node.attrs["part"]
-        return f"scan.{body.label}.{part[0]}[{part[1]}]", 100
 
 
 # --------------------------------------------------------------------------------- the reference

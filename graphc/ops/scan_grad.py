@@ -116,8 +116,12 @@ def backward_body(b, body: Body, ys_index: int | None) -> tuple[Body, list]:
             vm[v] = bypass_input(bg, name, v.type)
             consts.append(name)
             sources.append(("const", ci))
-    if not xs:      # a body that reads nothing per step still scans: over the first sequence
-        raise GraphcError(f"scan {body.label}: its backward pass reads nothing per step; not supported")
+    if not xs:      # a backward step that reads nothing per step still scans: over the first sequence
+        v = gg.inputs[body.xs[0]]
+        vm[v] = bypass_input(bg, body.xs[0], v.type)
+        xs.append(body.xs[0])
+        x_axes.append(body.x_axes[0])
+        sources.append(("x", 0))
     for n in gg.nodes:
         if n.output in live and n.output not in vm:
             vm[n.output] = bg.add_node(n.op, tuple(vm[v] for v in n.inputs), dict(n.attrs), n.output.name,
