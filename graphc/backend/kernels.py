@@ -479,6 +479,9 @@ def with_names(record: Kernel, names: dict[int, str]):
         return record
     if isinstance(record, Loop):
         return NamedLoop(record, tuple(sorted(names.items())))
+    if isinstance(record, ScanLoop):
+        return replace(record, T=c_named(record.T, names), copies=tuple(with_names(r, names) for r in record.copies),
+                       body=tuple(with_names(r, names) for r in record.body))
     change = {f.name: c_named(getattr(record, f.name), names) for f in fields(record)
               if f.name in _SIZE_FIELDS and isinstance(getattr(record, f.name), str)}
     if isinstance(record, Gemm) and (record.epilogue.ldm or record.epilogue.ldu):

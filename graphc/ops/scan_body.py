@@ -29,7 +29,7 @@ class Body:
     derived: dict = field(default_factory=dict, repr=False)    # the backward bodies, by the ys output read
 
     def __repr__(self) -> str:      # attrs print by repr, and CSE compares them so: one body, one text
-        return f"body({self.label}#{self.serial})"
+        return f"body({self.label}@{self.serial})"
 
     def value(self, name: str) -> Value:
         g = self.graph
