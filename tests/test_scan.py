@@ -262,7 +262,7 @@ def test_scan_examples_train_in_c_as_the_reference_says(spec, examples_dir):
     rng = np.random.default_rng(0)
     params = {k: a.astype(np.float64) for k, a in graphc.init_params(g, seed=0).items()}
     if spec == "gru":
-        text = rng.integers(0, 96, size=(4, 33)).astype(np.int32)
+        text = rng.integers(0, 96, size=(4, 17)).astype(np.int32)
         data = dict(x=text[:, :-1], y=text[:, 1:])
     else:
         data = dict(x=rng.standard_normal((6, 20, 3)), y=rng.integers(0, 4, 6).astype(np.int32))
@@ -282,10 +282,10 @@ def test_scan_c_checks_the_ids_of_the_sequence_it_embeds(examples_dir):
     never an out-of-bounds read)."""
     m = graphc.compile(examples_dir / "gru.toml")
     params = graphc.init_params(m, seed=0)
-    x = np.zeros((2, 32), np.int32)
-    x[1, 17] = 96
+    x = np.zeros((2, 16), np.int32)
+    x[1, 11] = 96
     with pytest.raises(GraphcError, match="x"):
-        m.forward(x=x, y=np.zeros((2, 32), np.int32), **params)
+        m.forward(x=x, y=np.zeros((2, 16), np.int32), **params)
 
 
 # ------------------------------------------------------------------ bad input

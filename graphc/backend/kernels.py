@@ -378,6 +378,7 @@ class ScanLoop(Kernel):
     reverse: bool = False
     locals: tuple = ()
     fills: tuple = ()
+    cleared: tuple = ()         # (buffer, element count): the running sums (Body.sums), zeroed before the loop
     carries: tuple = ()
     slices: tuple = ()
     copies: tuple = ()

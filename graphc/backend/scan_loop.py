@@ -47,7 +47,7 @@ def scan_loop(k, n: Node) -> list[Kernel]:
     label = body.label
     suffix = f"__{label}"
     low = lower(body.graph)
-    ncarry, nxs = len(body.carry), len(body.xs)
+    ncarry, nxs = len(body.inits), len(body.xs)
     seqs = n.inputs[ncarry:ncarry + nxs]
     T = seqs[0].shape[body.x_axes[0]]
 
@@ -71,12 +71,21 @@ def scan_loop(k, n: Node) -> list[Kernel]:
 
     names: dict[Value, str] = {}
     slices, carries, copies = [], [], []
-    for i, name in enumerate(body.carry):
+    finals = {body.carry[m.attrs["part"][1]]: m for m in parts if m.attrs["part"][0] == "final"}
+    cleared, read_at = [], {}
+    for name in body.carry:
         v = low.inputs[name]
+        if name in body.sums:       # a running sum: one buffer (its result's, when given), zeroed, added to in place
+            buf = k.ref(finals[name].output) if name in finals else local(name)
+            if name not in finals:
+                scratch.append((buf, numel(v.shape), "gc_real"))
+            cleared.append((buf, c_poly(numel(v.shape))))
+            names[v] = read_at[name] = buf
+            continue
         cur, nxt, a, b = (local(name + s) for s in ("", "__next", "__a", "__b"))
         scratch += [(a, numel(v.shape), "gc_real"), (b, numel(v.shape), "gc_real")]
-        carries.append((cur, nxt, a, b, outer(n.inputs[i], local(name + "__init"))))
-        names[v] = cur
+        carries.append((cur, nxt, a, b, outer(n.inputs[body.inits.index(name)], local(name + "__init"))))
+        names[v] = read_at[name] = cur
     read = {v for m in low.nodes for v in m.inputs} | set(low.outputs.values())
     for j, name in enumerate(body.xs):
         v, seq, axis = low.inputs[name], seqs[j], body.x_axes[j]
@@ -99,7 +108,7 @@ def scan_loop(k, n: Node) -> list[Kernel]:
     # what the body writes: the next carried states, then the stacked results this loop gives
     outputs: dict[str, Value] = {}
     for name, key in zip(body.carry, body.new_carry):
-        outputs[local(name + "__next")] = low.outputs[key]
+        outputs[read_at[name] if name in body.sums else local(name + "__next")] = low.outputs[key]
     strided = []
     for m in parts:
         kind, index = m.attrs["part"]
@@ -122,8 +131,8 @@ def scan_loop(k, n: Node) -> list[Kernel]:
         st = Statement(target, strides, (0,), c_load(0), (Load(src, tuple(contiguous_strides(v.shape)), (0,), v),))
         text = f"{m.output.name} at t = {v.name}"
         steps.append(Loop(text, (), (v,), tuple(v.shape), (st,), (text,)))
-    finals = [(k.ref(m.output), carries[m.attrs["part"][1]][0], c_poly(numel(m.output.shape)))
-              for m in parts if m.attrs["part"][0] == "final"]
+    copied = [(k.ref(m.output), read_at[name], c_poly(numel(m.output.shape)))
+              for name, m in finals.items() if name not in body.sums]
     # the loop's workspace: the body's planned arena, then the carry buffers, slices and constants
     area = f"{label}__ws__{c_name(n.output.name)}"      # one per loop: a function may run two of a body
     lines, at = [], sched.arena
@@ -136,5 +145,5 @@ def scan_loop(k, n: Node) -> list[Kernel]:
                f"carrying {', '.join(body.carry)}")
     return [ScanLoop(comment, tuple(m.output for m in parts), tuple(n.inputs), label=label,
                      T=c_poly(dim_poly(T)), reverse=body.reverse, locals=tuple(lines), fills=tuple(fills),
-                     carries=tuple(carries), slices=tuple(slices), copies=tuple(copies), body=tuple(steps),
-                     finals=tuple(finals), scratch=((area, at),))]
+                     cleared=tuple(cleared), carries=tuple(carries), slices=tuple(slices), copies=tuple(copies),
+                     body=tuple(steps), finals=tuple(copied), scratch=((area, at),))]

@@ -91,7 +91,7 @@ class Scan(OpDef):
     @staticmethod
     def length(types, body: Body):
         """T: the size of every scanned sequence along its time axis (they must agree)."""
-        k = len(body.carry)
+        k = len(body.inits)
         sizes = []
         for j, axis in enumerate(body.x_axes):
             t = types[k + j]
@@ -148,8 +148,9 @@ def run(body: Body, arrays) -> dict:
     if _LAST and _LAST[0] is body and len(_LAST[1]) == len(arrays) and all(a is b for a, b in zip(_LAST[1], arrays)):
         return _LAST[2]
     from graphc.core.reference import evaluate_values
-    g, k, m = body.graph, len(body.carry), len(body.xs)
-    carry, xs, consts = list(arrays[:k]), arrays[k:k + m], arrays[k + m:]
+    g, k, m = body.graph, len(body.inits), len(body.xs)
+    given, xs, consts = dict(zip(body.inits, arrays[:k])), arrays[k:k + m], arrays[k + m:]
+    carry = [given[c] if c in given else np.zeros(g.inputs[c].shape) for c in body.carry]   # sums start at 0
     T = xs[0].shape[body.x_axes[0]]
     if T == 0:
         raise ShapeError(f"scan {body.label}: the sequences are empty (T = 0 along axis {body.x_axes[0]})",

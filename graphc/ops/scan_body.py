@@ -24,6 +24,8 @@ class Body:
     x_axes: tuple           # the time axis of each scanned sequence
     y_axes: tuple           # the time axis each per-step output is stacked along
     reverse: bool = False   # t runs from T-1 down to 0 (the backward scan)
+    sums: tuple = ()        # carries that are running sums from 0 (the params' gradients of a backward
+                            # scan): no initial value is given, and the C adds to them in place
     label: str = "scan"
     serial: int = field(default_factory=lambda: next(_SERIAL))
     derived: dict = field(default_factory=dict, repr=False)    # the backward bodies, by the ys output read
@@ -35,8 +37,13 @@ class Body:
         g = self.graph
         return g.outputs[name] if name in g.outputs else g.values[name]
 
+    @property
+    def inits(self) -> tuple:
+        """The carries given an initial value (the scan's first inputs)."""
+        return tuple(c for c in self.carry if c not in self.sums)
+
     def input_names(self) -> tuple:
-        return self.carry + self.xs + self.consts
+        return self.inits + self.xs + self.consts
 
 
 def stacked(shape: tuple, axis: int, T) -> tuple:

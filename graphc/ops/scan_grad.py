@@ -142,7 +142,8 @@ def backward_body(b, body: Body, ys_index: int | None) -> tuple[Body, list]:
     keys = list(outs)
     k = len(carry)
     back = Body(bg, tuple(carry), tuple(xs), tuple(consts), tuple(keys[:k]), tuple(keys[k:]), tuple(x_axes),
-                tuple(y_axes), reverse=not body.reverse, label=f"{body.label}_backward")
+                tuple(y_axes), reverse=not body.reverse, label=f"{body.label}_backward",
+                sums=tuple(a.name for a in acc_of.values()))
     body.derived[ys_index] = (back, sources, d_xs)
     return body.derived[ys_index]
 
@@ -150,6 +151,9 @@ def backward_body(b, body: Body, ys_index: int | None) -> tuple[Body, list]:
 def reverse_scan(b, node, d_out) -> list:
     """The gradients of a scan node's inputs (initial carries, sequences, consts) from δ of its part."""
     body, (kind, index) = node.attrs["body"], node.attrs["part"]
+    if body.sums:
+        raise GraphcError(f"scan {body.label}: a backward scan is not differentiated again (no second order "
+                          "through time)")
     if kind == "saved":
         raise GraphcError("scan: a saved per-step value has no gradient of its own (it feeds the backward scan)")
     back, sources, d_xs = backward_body(b, body, index if kind == "ys" else None)
@@ -161,7 +165,7 @@ def reverse_scan(b, node, d_out) -> list:
             if role == "adj":
                 args.append(d_out if kind == "final" and i == index else b.zeros(inits[i].shape))
             elif role == "acc":
-                args.append(b.zeros(consts[i].shape))
+                continue                # a running sum from 0: no initial value (Body.sums)
             elif role == "saved":
                 args.append(b.apply("scan", *node.inputs, body=body, part=("saved", i)))
             elif role == "x":

@@ -12,7 +12,7 @@
  *     call it at once with separate workspaces.
  *   - Every function returns GRAPHC_OK (0) or one of the error codes below.
  *
- * Shapes: N = batch (argument n), T = 32, V = 96, E = 16, H = 64, G = 192
+ * Shapes: N = batch (argument n), T = 16, V = 96, E = 16, H = 32, G = 96
  */
 #ifndef GRAPHC_GRU_H
 #define GRAPHC_GRU_H
@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 /* The sizes of the named dims, for the caller's arrays as for the model's loops. */
-enum { gru_T = 32, gru_V = 96, gru_E = 16, gru_H = 64, gru_G = 192 };
+enum { gru_H = 32 };
 
 #ifndef GRAPHC_OK
 #define GRAPHC_OK 0
@@ -46,15 +46,20 @@ enum { gru_T = 32, gru_V = 96, gru_E = 16, gru_H = 64, gru_G = 192 };
 #define gru_PACK_ELEMS(n, t) \
     ((size_t)(n) < 2 ? ((size_t)0) : \
      (size_t)(n) < 5 ? (size_t)704 : \
-     (size_t)(n) < 82 ? (size_t)13056 : \
-     (size_t)(n) < 171 ? GRAPHC_MAX_((size_t)(t) * (size_t)13056, (size_t)8448) : \
-     (size_t)(n) < 177 ? GRAPHC_MAX_((size_t)(t) * (size_t)45056, (size_t)8448) : \
-     (size_t)(n) < 193 ? GRAPHC_MAX_((size_t)(t) * (size_t)49152, (size_t)8448) : \
-     (size_t)(n) < 209 ? GRAPHC_MAX_((size_t)(t) * (size_t)53248, (size_t)9152) : \
-     (size_t)(n) < 225 ? GRAPHC_MAX_((size_t)(t) * (size_t)57344, (size_t)9856) : \
-     (size_t)(n) < 241 ? GRAPHC_MAX_((size_t)(t) * (size_t)61440, (size_t)10560) : \
-     (size_t)(n) < 326 ? GRAPHC_MAX_((size_t)(t) * (size_t)65536, (size_t)11264) : \
-     (size_t)(t) * (size_t)65536)
+     (size_t)(n) < 97 ? (size_t)4224 : \
+     (size_t)(n) < 113 ? (size_t)4928 : \
+     (size_t)(n) < 129 ? (size_t)5632 : \
+     (size_t)(n) < 145 ? (size_t)6336 : \
+     (size_t)(n) < 161 ? (size_t)7040 : \
+     (size_t)(n) < 177 ? (size_t)7744 : \
+     (size_t)(n) < 193 ? (size_t)8448 : \
+     (size_t)(n) < 209 ? (size_t)9152 : \
+     (size_t)(n) < 225 ? (size_t)9856 : \
+     (size_t)(n) < 241 ? (size_t)10560 : \
+     (size_t)(n) < 326 ? (size_t)11264 : \
+     (size_t)(n) < 652 ? GRAPHC_MAX_((size_t)(t) * (size_t)11264, (size_t)11264) : \
+     (size_t)(n) < 683 ? (size_t)(t) * (size_t)11264 : \
+     (size_t)(t) * (size_t)33792)
 
 /* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
  * serves every n <= max_n (it never shrinks as n grows), and equals gru_workspace_size(max_n)
@@ -63,7 +68,7 @@ enum { gru_T = 32, gru_V = 96, gru_E = 16, gru_H = 64, gru_G = 192 };
  *     static unsigned char raw[gru_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define gru_WORKSPACE_BYTES(max_n) \
-    ((((size_t)117456 + (size_t)21728 * (size_t)(max_n)) + gru_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)19056 + (size_t)7296 * (size_t)(max_n)) + gru_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
@@ -87,41 +92,41 @@ typedef struct {
 size_t gru_workspace_size(long n);
 
 /* the forward outputs
- *   x          input   [N, T=32]  int32
- *   y          input   [N, T=32]  int32
- *   emb        param   [V=96, E=16]
- *   W_ih       param   [G=192, E=16]
- *   W_hh       param   [G=192, H=64]
- *   b_ih       param   [G=192]
- *   b_hh       param   [G=192]
- *   W_out      param   [V=96, H=64]
- *   b_out      param   [V=96]
+ *   x          input   [N, 16]  int32
+ *   y          input   [N, 16]  int32
+ *   emb        param   [96, 16]
+ *   W_ih       param   [96, 16]
+ *   W_hh       param   [96, H=32]
+ *   b_ih       param   [96]
+ *   b_hh       param   [96]
+ *   W_out      param   [96, H=32]
+ *   b_out      param   [96]
  *   loss       output  [1] (a scalar)
- *   probs      output  [N, T=32, V=96]
+ *   probs      output  [N, 16, 96]
  */
 int gru_forward(long n, const int32_t *x, const int32_t *y, const float *emb, const float *W_ih,
                 const float *W_hh, const float *b_ih, const float *b_hh, const float *W_out,
                 const float *b_out, float *loss, float *probs, void *workspace);
 
 /* the outputs and the gradients of the loss J with respect to emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out
- *   x          input   [N, T=32]  int32
- *   y          input   [N, T=32]  int32
- *   emb        param   [V=96, E=16]
- *   W_ih       param   [G=192, E=16]
- *   W_hh       param   [G=192, H=64]
- *   b_ih       param   [G=192]
- *   b_hh       param   [G=192]
- *   W_out      param   [V=96, H=64]
- *   b_out      param   [V=96]
+ *   x          input   [N, 16]  int32
+ *   y          input   [N, 16]  int32
+ *   emb        param   [96, 16]
+ *   W_ih       param   [96, 16]
+ *   W_hh       param   [96, H=32]
+ *   b_ih       param   [96]
+ *   b_hh       param   [96]
+ *   W_out      param   [96, H=32]
+ *   b_out      param   [96]
  *   loss       output  [1] (a scalar)
- *   probs      output  [N, T=32, V=96]
- *   d_emb      grad    [V=96, E=16]
- *   d_W_ih     grad    [G=192, E=16]
- *   d_W_hh     grad    [G=192, H=64]
- *   d_b_ih     grad    [G=192]
- *   d_b_hh     grad    [G=192]
- *   d_W_out    grad    [V=96, H=64]
- *   d_b_out    grad    [V=96]
+ *   probs      output  [N, 16, 96]
+ *   d_emb      grad    [96, 16]
+ *   d_W_ih     grad    [96, 16]
+ *   d_W_hh     grad    [96, H=32]
+ *   d_b_ih     grad    [96]
+ *   d_b_hh     grad    [96]
+ *   d_W_out    grad    [96, H=32]
+ *   d_b_out    grad    [96]
  */
 int gru_value_and_grad(long n, const int32_t *x, const int32_t *y, const float *emb,
                        const float *W_ih, const float *W_hh, const float *b_ih, const float *b_hh,
@@ -130,33 +135,33 @@ int gru_value_and_grad(long n, const int32_t *x, const int32_t *y, const float *
                        float *d_W_out, float *d_b_out, void *workspace);
 
 /* one training step of Adam(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0): the outputs, the gradients of the loss J with respect to emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out (in the workspace), then emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out updated in place
- *   x          input   [N, T=32]  int32
- *   y          input   [N, T=32]  int32
- *   emb        param*  [V=96, E=16]  (updated in place)
- *   W_ih       param*  [G=192, E=16]  (updated in place)
- *   W_hh       param*  [G=192, H=64]  (updated in place)
- *   b_ih       param*  [G=192]  (updated in place)
- *   b_hh       param*  [G=192]  (updated in place)
- *   W_out      param*  [V=96, H=64]  (updated in place)
- *   b_out      param*  [V=96]  (updated in place)
- *   emb_m      state   [V=96, E=16]  Adam first moment m of emb, zeros at the start  (updated in place)
- *   W_ih_m     state   [G=192, E=16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
- *   W_hh_m     state   [G=192, H=64]  Adam first moment m of W_hh, zeros at the start  (updated in place)
- *   b_ih_m     state   [G=192]  Adam first moment m of b_ih, zeros at the start  (updated in place)
- *   b_hh_m     state   [G=192]  Adam first moment m of b_hh, zeros at the start  (updated in place)
- *   W_out_m    state   [V=96, H=64]  Adam first moment m of W_out, zeros at the start  (updated in place)
- *   b_out_m    state   [V=96]  Adam first moment m of b_out, zeros at the start  (updated in place)
- *   emb_v      state   [V=96, E=16]  Adam second moment v of emb, zeros at the start  (updated in place)
- *   W_ih_v     state   [G=192, E=16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
- *   W_hh_v     state   [G=192, H=64]  Adam second moment v of W_hh, zeros at the start  (updated in place)
- *   b_ih_v     state   [G=192]  Adam second moment v of b_ih, zeros at the start  (updated in place)
- *   b_hh_v     state   [G=192]  Adam second moment v of b_hh, zeros at the start  (updated in place)
- *   W_out_v    state   [V=96, H=64]  Adam second moment v of W_out, zeros at the start  (updated in place)
- *   b_out_v    state   [V=96]  Adam second moment v of b_out, zeros at the start  (updated in place)
+ *   x          input   [N, 16]  int32
+ *   y          input   [N, 16]  int32
+ *   emb        param*  [96, 16]  (updated in place)
+ *   W_ih       param*  [96, 16]  (updated in place)
+ *   W_hh       param*  [96, H=32]  (updated in place)
+ *   b_ih       param*  [96]  (updated in place)
+ *   b_hh       param*  [96]  (updated in place)
+ *   W_out      param*  [96, H=32]  (updated in place)
+ *   b_out      param*  [96]  (updated in place)
+ *   emb_m      state   [96, 16]  Adam first moment m of emb, zeros at the start  (updated in place)
+ *   W_ih_m     state   [96, 16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
+ *   W_hh_m     state   [96, H=32]  Adam first moment m of W_hh, zeros at the start  (updated in place)
+ *   b_ih_m     state   [96]  Adam first moment m of b_ih, zeros at the start  (updated in place)
+ *   b_hh_m     state   [96]  Adam first moment m of b_hh, zeros at the start  (updated in place)
+ *   W_out_m    state   [96, H=32]  Adam first moment m of W_out, zeros at the start  (updated in place)
+ *   b_out_m    state   [96]  Adam first moment m of b_out, zeros at the start  (updated in place)
+ *   emb_v      state   [96, 16]  Adam second moment v of emb, zeros at the start  (updated in place)
+ *   W_ih_v     state   [96, 16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
+ *   W_hh_v     state   [96, H=32]  Adam second moment v of W_hh, zeros at the start  (updated in place)
+ *   b_ih_v     state   [96]  Adam second moment v of b_ih, zeros at the start  (updated in place)
+ *   b_hh_v     state   [96]  Adam second moment v of b_hh, zeros at the start  (updated in place)
+ *   W_out_v    state   [96, H=32]  Adam second moment v of W_out, zeros at the start  (updated in place)
+ *   b_out_v    state   [96]  Adam second moment v of b_out, zeros at the start  (updated in place)
  *   adam_t     state   [1] int64  Adam step count t, 0 at the start  (updated in place)
  *   hparams    hparams NULL for the values compiled in (GRU_HPARAMS_DEFAULT), or your own
  *   loss       output  [1] (a scalar)
- *   probs      output  [N, T=32, V=96]
+ *   probs      output  [N, 16, 96]
  */
 int gru_train_step(long n, const int32_t *x, const int32_t *y, float *emb, float *W_ih, float *W_hh,
                    float *b_ih, float *b_hh, float *W_out, float *b_out, float *emb_m,
@@ -176,10 +181,10 @@ int gru_train_step(long n, const int32_t *x, const int32_t *y, float *emb, float
 size_t gru_fit_workspace_size(long batch);
 #define gru_FIT_WORKSPACE_BYTES(max_batch) \
     ((gru_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)32 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)32 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)0 + (size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
      + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)3072 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+     + (((size_t)0 + (size_t)1536 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
 
 /* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
  * (the last one may be shorter), gather its rows into the workspace and make one
@@ -187,30 +192,30 @@ size_t gru_fit_workspace_size(long batch);
  * after a GRAPHC_ERR_* from a train step the earlier minibatches stay applied.
  *   n_total    rows of the dataset, >= 1
  *   batch      rows per minibatch, >= 1 (the last minibatch takes the rest)
- *   x          dataset [n_total, T=32]  int32, all rows
- *   y          dataset [n_total, T=32]  int32, all rows
+ *   x          dataset [n_total, 16]  int32, all rows
+ *   y          dataset [n_total, 16]  int32, all rows
  *   order      [n_total] int64  a permutation of 0 .. n_total-1: the rows in the order trained
- *   emb        param*  [V=96, E=16]  (updated in place)
- *   W_ih       param*  [G=192, E=16]  (updated in place)
- *   W_hh       param*  [G=192, H=64]  (updated in place)
- *   b_ih       param*  [G=192]  (updated in place)
- *   b_hh       param*  [G=192]  (updated in place)
- *   W_out      param*  [V=96, H=64]  (updated in place)
- *   b_out      param*  [V=96]  (updated in place)
- *   emb_m      state   [V=96, E=16]  Adam first moment m of emb, zeros at the start  (updated in place)
- *   W_ih_m     state   [G=192, E=16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
- *   W_hh_m     state   [G=192, H=64]  Adam first moment m of W_hh, zeros at the start  (updated in place)
- *   b_ih_m     state   [G=192]  Adam first moment m of b_ih, zeros at the start  (updated in place)
- *   b_hh_m     state   [G=192]  Adam first moment m of b_hh, zeros at the start  (updated in place)
- *   W_out_m    state   [V=96, H=64]  Adam first moment m of W_out, zeros at the start  (updated in place)
- *   b_out_m    state   [V=96]  Adam first moment m of b_out, zeros at the start  (updated in place)
- *   emb_v      state   [V=96, E=16]  Adam second moment v of emb, zeros at the start  (updated in place)
- *   W_ih_v     state   [G=192, E=16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
- *   W_hh_v     state   [G=192, H=64]  Adam second moment v of W_hh, zeros at the start  (updated in place)
- *   b_ih_v     state   [G=192]  Adam second moment v of b_ih, zeros at the start  (updated in place)
- *   b_hh_v     state   [G=192]  Adam second moment v of b_hh, zeros at the start  (updated in place)
- *   W_out_v    state   [V=96, H=64]  Adam second moment v of W_out, zeros at the start  (updated in place)
- *   b_out_v    state   [V=96]  Adam second moment v of b_out, zeros at the start  (updated in place)
+ *   emb        param*  [96, 16]  (updated in place)
+ *   W_ih       param*  [96, 16]  (updated in place)
+ *   W_hh       param*  [96, H=32]  (updated in place)
+ *   b_ih       param*  [96]  (updated in place)
+ *   b_hh       param*  [96]  (updated in place)
+ *   W_out      param*  [96, H=32]  (updated in place)
+ *   b_out      param*  [96]  (updated in place)
+ *   emb_m      state   [96, 16]  Adam first moment m of emb, zeros at the start  (updated in place)
+ *   W_ih_m     state   [96, 16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
+ *   W_hh_m     state   [96, H=32]  Adam first moment m of W_hh, zeros at the start  (updated in place)
+ *   b_ih_m     state   [96]  Adam first moment m of b_ih, zeros at the start  (updated in place)
+ *   b_hh_m     state   [96]  Adam first moment m of b_hh, zeros at the start  (updated in place)
+ *   W_out_m    state   [96, H=32]  Adam first moment m of W_out, zeros at the start  (updated in place)
+ *   b_out_m    state   [96]  Adam first moment m of b_out, zeros at the start  (updated in place)
+ *   emb_v      state   [96, 16]  Adam second moment v of emb, zeros at the start  (updated in place)
+ *   W_ih_v     state   [96, 16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
+ *   W_hh_v     state   [96, H=32]  Adam second moment v of W_hh, zeros at the start  (updated in place)
+ *   b_ih_v     state   [96]  Adam second moment v of b_ih, zeros at the start  (updated in place)
+ *   b_hh_v     state   [96]  Adam second moment v of b_hh, zeros at the start  (updated in place)
+ *   W_out_v    state   [96, H=32]  Adam second moment v of W_out, zeros at the start  (updated in place)
+ *   b_out_v    state   [96]  Adam second moment v of b_out, zeros at the start  (updated in place)
  *   adam_t     state   [1] int64  Adam step count t, 0 at the start  (updated in place)
  *   hparams    hparams NULL for the values compiled in (GRU_HPARAMS_DEFAULT), or your own
  *   losses     [ceil(n_total / batch)]  out: the loss (output `loss`) of each minibatch

@@ -80,7 +80,7 @@ static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
  * functions below call it where an argument may be named like NAME_workspace_size. */
 static size_t gc_workspace_bytes(long n)
 {
-    static const size_t arena[] = { 23440, 5328 };  /* planned peak, elements */
+    static const size_t arena[] = { 9360, 5328 };  /* planned peak, elements */
     size_t elems;
     if (n < 1) {
         return 0;
@@ -156,14 +156,14 @@ static void lstm_forward_pass(long n, gc_real *t2)
 }
 
 /* The backward pass (part 1 of 2) value_and_grad and train_step share: it writes h_T,
- * d_h_T__10, d_h_T__11, d_h_T__12, d_h_T__13, d_h_T__14, d_h_T__15, d_h_T__16, theta, J,
- * probs, d_theta, d_b_out and d_h_T. */
+ * d_h_T__2, d_h_T__3, d_h_T__4, d_h_T__5, d_h_T__6, d_h_T__7, d_h_T__8, theta, J, probs,
+ * d_theta, d_b_out and d_h_T. */
 static void lstm_backward_pass_1(long n, const float *x, const int32_t *y, const float *W_ih,
                                  const float *W_hh, const float *b_ih, const float *b_hh,
                                  const float *W_out, const float *b_out, float *loss, float *probs,
-                                 float *d_b_out, gc_real *t2, gc_real *h_T, gc_real *d_h_T__10,
-                                 gc_real *d_h_T__11, gc_real *d_h_T__12, gc_real *d_h_T__13,
-                                 gc_real *d_h_T__14, gc_real *d_h_T__15, gc_real *d_h_T__16,
+                                 float *d_b_out, gc_real *t2, gc_real *h_T, gc_real *d_h_T__2,
+                                 gc_real *d_h_T__3, gc_real *d_h_T__4, gc_real *d_h_T__5,
+                                 gc_real *d_h_T__6, gc_real *d_h_T__7, gc_real *d_h_T__8,
                                  gc_real *theta, gc_real *d_theta, gc_real *d_h_T,
                                  gc_real *lstm__ws__h_T, gc_real *pack)
 {
@@ -215,7 +215,7 @@ static void lstm_backward_pass_1(long n, const float *x, const int32_t *y, const
             }
             /* i_t = "sigmoid(gates[:, 0:32])"    [lstm.toml:35] */
             for (long i = 0; i < lstm_H * n; ++i) {
-                (d_h_T__13 + gc_t * (32 * n))[i] = (i_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-i_t__0__lstm[i])) : GC_EXP(i_t__0__lstm[i]) / (1 + GC_EXP(i_t__0__lstm[i])));
+                (d_h_T__5 + gc_t * (32 * n))[i] = (i_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-i_t__0__lstm[i])) : GC_EXP(i_t__0__lstm[i]) / (1 + GC_EXP(i_t__0__lstm[i])));
             }
             /* f_t = "sigmoid(gates[:, 32:64])"    [lstm.toml:36] */
             for (long i = 0; i < n; ++i) {
@@ -225,7 +225,7 @@ static void lstm_backward_pass_1(long n, const float *x, const int32_t *y, const
             }
             /* f_t = "sigmoid(gates[:, 32:64])"    [lstm.toml:36] */
             for (long i = 0; i < lstm_H * n; ++i) {
-                (d_h_T__14 + gc_t * (32 * n))[i] = (f_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-f_t__0__lstm[i])) : GC_EXP(f_t__0__lstm[i]) / (1 + GC_EXP(f_t__0__lstm[i])));
+                (d_h_T__6 + gc_t * (32 * n))[i] = (f_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-f_t__0__lstm[i])) : GC_EXP(f_t__0__lstm[i]) / (1 + GC_EXP(f_t__0__lstm[i])));
             }
             /* g_t = "tanh(gates[:, 64:96])"    [lstm.toml:37] */
             for (long i = 0; i < n; ++i) {
@@ -235,7 +235,7 @@ static void lstm_backward_pass_1(long n, const float *x, const int32_t *y, const
             }
             /* g_t = "tanh(gates[:, 64:96])"    [lstm.toml:37] */
             for (long i = 0; i < lstm_H * n; ++i) {
-                (d_h_T__12 + gc_t * (32 * n))[i] = GC_TANH(g_t__0__lstm[i]);
+                (d_h_T__4 + gc_t * (32 * n))[i] = GC_TANH(g_t__0__lstm[i]);
             }
             /* o_t = "sigmoid(gates[:, 96:128])"    [lstm.toml:38] */
             for (long i = 0; i < n; ++i) {
@@ -245,27 +245,27 @@ static void lstm_backward_pass_1(long n, const float *x, const int32_t *y, const
             }
             /* o_t = "sigmoid(gates[:, 96:128])"    [lstm.toml:38] */
             for (long i = 0; i < lstm_H * n; ++i) {
-                (d_h_T__11 + gc_t * (32 * n))[i] = (o_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-o_t__0__lstm[i])) : GC_EXP(o_t__0__lstm[i]) / (1 + GC_EXP(o_t__0__lstm[i])));
+                (d_h_T__3 + gc_t * (32 * n))[i] = (o_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-o_t__0__lstm[i])) : GC_EXP(o_t__0__lstm[i]) / (1 + GC_EXP(o_t__0__lstm[i])));
             }
             /* c_t = "f_t * c + i_t * g_t"    [lstm.toml:39] */
             for (long i = 0; i < lstm_H * n; ++i) {
-                c__next__lstm[i] = ((d_h_T__14 + gc_t * (32 * n))[i] * c__lstm[i]) + ((d_h_T__13 + gc_t * (32 * n))[i] * (d_h_T__12 + gc_t * (32 * n))[i]);
+                c__next__lstm[i] = ((d_h_T__6 + gc_t * (32 * n))[i] * c__lstm[i]) + ((d_h_T__5 + gc_t * (32 * n))[i] * (d_h_T__4 + gc_t * (32 * n))[i]);
             }
             /* h_t = "o_t * tanh(c_t)"    [lstm.toml:40] */
             for (long i = 0; i < lstm_H * n; ++i) {
-                (d_h_T__10 + gc_t * (32 * n))[i] = GC_TANH(c__next__lstm[i]);
+                (d_h_T__2 + gc_t * (32 * n))[i] = GC_TANH(c__next__lstm[i]);
             }
             /* h_t = "o_t * tanh(c_t)"    [lstm.toml:40] */
             for (long i = 0; i < lstm_H * n; ++i) {
-                h__next__lstm[i] = (d_h_T__11 + gc_t * (32 * n))[i] * (d_h_T__10 + gc_t * (32 * n))[i];
+                h__next__lstm[i] = (d_h_T__3 + gc_t * (32 * n))[i] * (d_h_T__2 + gc_t * (32 * n))[i];
             }
-            /* output (d_h_T__15 + gc_t * (32 * n)) = h */
+            /* output (d_h_T__7 + gc_t * (32 * n)) = h */
             for (long i = 0; i < lstm_H * n; ++i) {
-                (d_h_T__15 + gc_t * (32 * n))[i] = h__lstm[i];
+                (d_h_T__7 + gc_t * (32 * n))[i] = h__lstm[i];
             }
-            /* output (d_h_T__16 + gc_t * (32 * n)) = c */
+            /* output (d_h_T__8 + gc_t * (32 * n)) = c */
             for (long i = 0; i < lstm_H * n; ++i) {
-                (d_h_T__16 + gc_t * (32 * n))[i] = c__lstm[i];
+                (d_h_T__8 + gc_t * (32 * n))[i] = c__lstm[i];
             }
             h__lstm = h__next__lstm;
             h__next__lstm = h__next__lstm == h__a__lstm ? h__b__lstm : h__a__lstm;
@@ -322,28 +322,15 @@ static void lstm_backward_pass_1(long n, const float *x, const int32_t *y, const
             GC_OVERWRITE, d_h_T, lstm_H, pack);
 }
 
-/* The backward pass (part 2 of 2) value_and_grad and train_step share: it writes d_h_T__3,
- * d_h_T__5, d_h_T__7, d_W_ih, d_b_ih, d_W_hh and d_b_hh. */
+/* The backward pass (part 2 of 2) value_and_grad and train_step share: it writes d_W_ih,
+ * d_b_ih, d_W_hh and d_b_hh. */
 static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, const float *W_hh,
                                  float *d_W_ih, float *d_W_hh, float *d_b_ih, float *d_b_hh,
-                                 gc_real *t2, gc_real *d_h_T__10, gc_real *d_h_T__11,
-                                 gc_real *d_h_T__12, gc_real *d_h_T__13, gc_real *d_h_T__14,
-                                 gc_real *d_h_T__15, gc_real *d_h_T__16, gc_real *d_h_T,
-                                 gc_real *d_h_T__3, gc_real *d_h_T__5, gc_real *d_h_T__7,
+                                 gc_real *t2, gc_real *d_h_T__2, gc_real *d_h_T__3,
+                                 gc_real *d_h_T__4, gc_real *d_h_T__5, gc_real *d_h_T__6,
+                                 gc_real *d_h_T__7, gc_real *d_h_T__8, gc_real *d_h_T,
                                  gc_real *lstm_backward__ws__d_W_ih, gc_real *pack)
 {
-    /* d_h_T__3: identity (3), from [scan.lstm] */
-    for (long i = 0; i < 384; ++i) {
-        d_h_T__3[i] = (gc_real)0.0;
-    }
-    /* d_h_T__5: identity (3), from [scan.lstm] */
-    for (long i = 0; i < lstm_G; ++i) {
-        d_h_T__5[i] = (gc_real)0.0;
-    }
-    /* d_h_T__7: identity (3), from [scan.lstm] */
-    for (long i = 0; i < 4096; ++i) {
-        d_h_T__7[i] = (gc_real)0.0;
-    }
     /* scan lstm_backward: t = T-1 down to 0 (T = 20), carrying h__adj, c__adj, W_ih__grad, b_ih__grad, W_hh__grad, b_hh__grad */
     {
         gc_real *const d_t3__lstm_backward = lstm_backward__ws__d_W_ih + 0;
@@ -366,35 +353,23 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
         gc_real *const h__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 672 * n;
         gc_real *const c__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 704 * n;
         gc_real *const c__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 736 * n;
-        gc_real *const W_ih__grad__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 768 * n;
-        gc_real *const W_ih__grad__b__lstm_backward = lstm_backward__ws__d_W_ih + 4992 + 768 * n;
-        gc_real *const b_ih__grad__a__lstm_backward = lstm_backward__ws__d_W_ih + 5376 + 768 * n;
-        gc_real *const b_ih__grad__b__lstm_backward = lstm_backward__ws__d_W_ih + 5504 + 768 * n;
-        gc_real *const W_hh__grad__a__lstm_backward = lstm_backward__ws__d_W_ih + 5632 + 768 * n;
-        gc_real *const W_hh__grad__b__lstm_backward = lstm_backward__ws__d_W_ih + 9728 + 768 * n;
-        gc_real *const b_hh__grad__a__lstm_backward = lstm_backward__ws__d_W_ih + 13824 + 768 * n;
-        gc_real *const b_hh__grad__b__lstm_backward = lstm_backward__ws__d_W_ih + 13952 + 768 * n;
-        gc_real *const x_t__lstm_backward = lstm_backward__ws__d_W_ih + 14080 + 768 * n;
+        gc_real *const x_t__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 768 * n;
+        memset(d_W_ih, 0, (size_t)(384) * sizeof(gc_real));   /* a sum over the steps, from 0 */
+        memset(d_b_ih, 0, (size_t)(128) * sizeof(gc_real));   /* a sum over the steps, from 0 */
+        memset(d_W_hh, 0, (size_t)(4096) * sizeof(gc_real));   /* a sum over the steps, from 0 */
+        memset(d_b_hh, 0, (size_t)(128) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         const gc_real *h__adj__lstm_backward = d_h_T;   /* the carried state, read at each step */
         gc_real *h__adj__next__lstm_backward = h__adj__a__lstm_backward;   /* ... and the next one, written: h__adj__a__lstm_backward and h__adj__b__lstm_backward in turn */
         const gc_real *c__adj__lstm_backward = t2;   /* the carried state, read at each step */
         gc_real *c__adj__next__lstm_backward = c__adj__a__lstm_backward;   /* ... and the next one, written: c__adj__a__lstm_backward and c__adj__b__lstm_backward in turn */
-        const gc_real *W_ih__grad__lstm_backward = d_h_T__3;   /* the carried state, read at each step */
-        gc_real *W_ih__grad__next__lstm_backward = W_ih__grad__a__lstm_backward;   /* ... and the next one, written: W_ih__grad__a__lstm_backward and W_ih__grad__b__lstm_backward in turn */
-        const gc_real *b_ih__grad__lstm_backward = d_h_T__5;   /* the carried state, read at each step */
-        gc_real *b_ih__grad__next__lstm_backward = b_ih__grad__a__lstm_backward;   /* ... and the next one, written: b_ih__grad__a__lstm_backward and b_ih__grad__b__lstm_backward in turn */
-        const gc_real *W_hh__grad__lstm_backward = d_h_T__7;   /* the carried state, read at each step */
-        gc_real *W_hh__grad__next__lstm_backward = W_hh__grad__a__lstm_backward;   /* ... and the next one, written: W_hh__grad__a__lstm_backward and W_hh__grad__b__lstm_backward in turn */
-        const gc_real *b_hh__grad__lstm_backward = d_h_T__5;   /* the carried state, read at each step */
-        gc_real *b_hh__grad__next__lstm_backward = b_hh__grad__a__lstm_backward;   /* ... and the next one, written: b_hh__grad__a__lstm_backward and b_hh__grad__b__lstm_backward in turn */
         for (long gc_t = lstm_T - 1; gc_t >= 0; --gc_t) {
-            const gc_real *const h_t__0__lstm_backward = d_h_T__10 + gc_t * (32 * n);
-            const gc_real *const o_t__lstm_backward = d_h_T__11 + gc_t * (32 * n);
-            const gc_real *const g_t__lstm_backward = d_h_T__12 + gc_t * (32 * n);
-            const gc_real *const i_t__lstm_backward = d_h_T__13 + gc_t * (32 * n);
-            const gc_real *const f_t__lstm_backward = d_h_T__14 + gc_t * (32 * n);
-            const gc_real *const h__lstm_backward = d_h_T__15 + gc_t * (32 * n);
-            const gc_real *const c__lstm_backward = d_h_T__16 + gc_t * (32 * n);
+            const gc_real *const h_t__0__lstm_backward = d_h_T__2 + gc_t * (32 * n);
+            const gc_real *const o_t__lstm_backward = d_h_T__3 + gc_t * (32 * n);
+            const gc_real *const g_t__lstm_backward = d_h_T__4 + gc_t * (32 * n);
+            const gc_real *const i_t__lstm_backward = d_h_T__5 + gc_t * (32 * n);
+            const gc_real *const f_t__lstm_backward = d_h_T__6 + gc_t * (32 * n);
+            const gc_real *const h__lstm_backward = d_h_T__7 + gc_t * (32 * n);
+            const gc_real *const c__lstm_backward = d_h_T__8 + gc_t * (32 * n);
             /* x_t = x at t (axis 1) */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < lstm_F; ++j) {
@@ -488,37 +463,25 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
                     GC_OVERWRITE, d_W_ih__lstm_backward, lstm_F, pack);
             /* W_ih__grad__sum: identity (3), from d_W_ih: the sum over the steps of its gradient at each */
             for (long i = 0; i < 384; ++i) {
-                W_ih__grad__next__lstm_backward[i] = W_ih__grad__lstm_backward[i] + d_W_ih__lstm_backward[i];
+                d_W_ih[i] = d_W_ih[i] + d_W_ih__lstm_backward[i];
             }
             /* b_ih__grad__sum: identity (3), from d_b_ih: the sum over the steps of its gradient at each */
             for (long i = 0; i < lstm_G; ++i) {
-                b_ih__grad__next__lstm_backward[i] = b_ih__grad__lstm_backward[i] + d_b_hh__lstm_backward[i];
+                d_b_ih[i] = d_b_ih[i] + d_b_hh__lstm_backward[i];
             }
             /* W_hh__grad__sum: identity (3), from d_W_hh: the sum over the steps of its gradient at each */
             for (long i = 0; i < 4096; ++i) {
-                W_hh__grad__next__lstm_backward[i] = W_hh__grad__lstm_backward[i] + d_W_hh__lstm_backward[i];
+                d_W_hh[i] = d_W_hh[i] + d_W_hh__lstm_backward[i];
             }
             /* b_hh__grad__sum: identity (3), from d_b_hh: the sum over the steps of its gradient at each */
             for (long i = 0; i < lstm_G; ++i) {
-                b_hh__grad__next__lstm_backward[i] = b_hh__grad__lstm_backward[i] + d_b_hh__lstm_backward[i];
+                d_b_hh[i] = d_b_hh[i] + d_b_hh__lstm_backward[i];
             }
             h__adj__lstm_backward = h__adj__next__lstm_backward;
             h__adj__next__lstm_backward = h__adj__next__lstm_backward == h__adj__a__lstm_backward ? h__adj__b__lstm_backward : h__adj__a__lstm_backward;
             c__adj__lstm_backward = c__adj__next__lstm_backward;
             c__adj__next__lstm_backward = c__adj__next__lstm_backward == c__adj__a__lstm_backward ? c__adj__b__lstm_backward : c__adj__a__lstm_backward;
-            W_ih__grad__lstm_backward = W_ih__grad__next__lstm_backward;
-            W_ih__grad__next__lstm_backward = W_ih__grad__next__lstm_backward == W_ih__grad__a__lstm_backward ? W_ih__grad__b__lstm_backward : W_ih__grad__a__lstm_backward;
-            b_ih__grad__lstm_backward = b_ih__grad__next__lstm_backward;
-            b_ih__grad__next__lstm_backward = b_ih__grad__next__lstm_backward == b_ih__grad__a__lstm_backward ? b_ih__grad__b__lstm_backward : b_ih__grad__a__lstm_backward;
-            W_hh__grad__lstm_backward = W_hh__grad__next__lstm_backward;
-            W_hh__grad__next__lstm_backward = W_hh__grad__next__lstm_backward == W_hh__grad__a__lstm_backward ? W_hh__grad__b__lstm_backward : W_hh__grad__a__lstm_backward;
-            b_hh__grad__lstm_backward = b_hh__grad__next__lstm_backward;
-            b_hh__grad__next__lstm_backward = b_hh__grad__next__lstm_backward == b_hh__grad__a__lstm_backward ? b_hh__grad__b__lstm_backward : b_hh__grad__a__lstm_backward;
         }
-        memcpy(d_W_ih, W_ih__grad__lstm_backward, (size_t)(384) * sizeof(gc_real));
-        memcpy(d_b_ih, b_ih__grad__lstm_backward, (size_t)(128) * sizeof(gc_real));
-        memcpy(d_W_hh, W_hh__grad__lstm_backward, (size_t)(4096) * sizeof(gc_real));
-        memcpy(d_b_hh, b_hh__grad__lstm_backward, (size_t)(128) * sizeof(gc_real));
     }
 }
 
@@ -787,34 +750,31 @@ int lstm_value_and_grad(long n, const float *x, const int32_t *y, const float *W
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 18176 + 5264 * n;   /* [N, H] */
+    gc_real *const t2 = ws + 4608 + 5264 * n;   /* [N, H] */
     gc_real *const h_T = ws + 528 * n;   /* [N, H] */
-    gc_real *const d_h_T__10 = ws + 14080 + 784 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__11 = ws + 14080 + 1424 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__12 = ws + 14080 + 2064 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__13 = ws + 14080 + 2704 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__14 = ws + 14080 + 3344 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__15 = ws + 14080 + 3984 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__16 = ws + 14080 + 4624 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__2 = ws + 4608 + 784 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__3 = ws + 4608 + 1424 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__4 = ws + 4608 + 2064 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__5 = ws + 4608 + 2704 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__6 = ws + 4608 + 3344 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__7 = ws + 4608 + 3984 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__8 = ws + 4608 + 4624 * n;   /* [T, N, H] */
     gc_real *const theta = ws + 0;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
     gc_real *const d_theta = ws + 16 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
-    gc_real *const d_h_T = ws + 18176 + 5296 * n;   /* [N, H] */
-    gc_real *const d_h_T__3 = ws + 18176 + 5328 * n;   /* [G, F] */
-    gc_real *const d_h_T__5 = ws + 18560 + 5328 * n;   /* [G] */
-    gc_real *const d_h_T__7 = ws + 14080 + 5264 * n;   /* [G, H] */
+    gc_real *const d_h_T = ws + 4608 + 5296 * n;   /* [N, H] */
     gc_real *const lstm__ws__h_T = ws + 0;   /* [1] */
     gc_real *const lstm_backward__ws__d_W_ih = ws + 0;   /* [1], over h_T, theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
     lstm_forward_pass(n, t2);
     lstm_backward_pass_1(n, x, y, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_b_out, t2, h_T,
-                         d_h_T__10, d_h_T__11, d_h_T__12, d_h_T__13, d_h_T__14, d_h_T__15, d_h_T__16,
-                         theta, d_theta, d_h_T, lstm__ws__h_T, pack);
+                         d_h_T__2, d_h_T__3, d_h_T__4, d_h_T__5, d_h_T__6, d_h_T__7, d_h_T__8, theta,
+                         d_theta, d_h_T, lstm__ws__h_T, pack);
     /* d_W_out: identity (5), from theta = "h_T @ W_out.T + b_out" */
     gc_gemm(GC_TRANS, GC_NO_TRANS, lstm_C, lstm_H, n,
             d_theta, lstm_C, h_T, lstm_H,
             GC_OVERWRITE, d_W_out, lstm_H, pack);
-    lstm_backward_pass_2(n, x, W_ih, W_hh, d_W_ih, d_W_hh, d_b_ih, d_b_hh, t2, d_h_T__10, d_h_T__11,
-                         d_h_T__12, d_h_T__13, d_h_T__14, d_h_T__15, d_h_T__16, d_h_T, d_h_T__3,
-                         d_h_T__5, d_h_T__7, lstm_backward__ws__d_W_ih, pack);
+    lstm_backward_pass_2(n, x, W_ih, W_hh, d_W_ih, d_W_hh, d_b_ih, d_b_hh, t2, d_h_T__2, d_h_T__3,
+                         d_h_T__4, d_h_T__5, d_h_T__6, d_h_T__7, d_h_T__8, d_h_T,
+                         lstm_backward__ws__d_W_ih, pack);
     return GRAPHC_OK;
 }
 
@@ -833,33 +793,30 @@ int lstm_train_step(long n, const float *x, const int32_t *y, float *W_ih, float
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 22272 + 5264 * n;   /* [N, H] */
+    gc_real *const t2 = ws + 8704 + 5264 * n;   /* [N, H] */
     gc_real *const h_T = ws + 528 * n;   /* [N, H] */
-    gc_real *const d_h_T__10 = ws + 14080 + 784 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__11 = ws + 14080 + 1424 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__12 = ws + 14080 + 2064 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__13 = ws + 14080 + 2704 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__14 = ws + 14080 + 3344 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__15 = ws + 14080 + 3984 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__16 = ws + 14080 + 4624 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__2 = ws + 4608 + 784 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__3 = ws + 4608 + 1424 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__4 = ws + 4608 + 2064 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__5 = ws + 4608 + 2704 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__6 = ws + 4608 + 3344 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__7 = ws + 4608 + 3984 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__8 = ws + 4608 + 4624 * n;   /* [T, N, H] */
     gc_real *const theta = ws + 0;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
     gc_real *const d_theta = ws + 16 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
-    gc_real *const d_b_out = ws + 23424 + 5328 * n;   /* [C] */
-    gc_real *const d_h_T = ws + 22272 + 5296 * n;   /* [N, H] */
-    gc_real *const d_h_T__3 = ws + 22272 + 5328 * n;   /* [G, F] */
-    gc_real *const d_h_T__5 = ws + 23040 + 5328 * n;   /* [G] */
-    gc_real *const d_h_T__7 = ws + 14080 + 5264 * n;   /* [G, H] */
-    gc_real *const d_W_ih = ws + 22656 + 5328 * n;   /* [G, F] */
-    gc_real *const d_b_ih = ws + 23296 + 5328 * n;   /* [G] */
-    gc_real *const d_W_hh = ws + 18176 + 5264 * n;   /* [G, H] */
-    gc_real *const d_b_hh = ws + 23168 + 5328 * n;   /* [G] */
+    gc_real *const d_b_out = ws + 9344 + 5328 * n;   /* [C] */
+    gc_real *const d_h_T = ws + 8704 + 5296 * n;   /* [N, H] */
+    gc_real *const d_W_ih = ws + 8704 + 5328 * n;   /* [G, F] */
+    gc_real *const d_b_ih = ws + 9216 + 5328 * n;   /* [G] */
+    gc_real *const d_W_hh = ws + 4608 + 5264 * n;   /* [G, H] */
+    gc_real *const d_b_hh = ws + 9088 + 5328 * n;   /* [G] */
     gc_real *const lstm__ws__h_T = ws + 0;   /* [1] */
     gc_real *const lstm_backward__ws__d_W_ih = ws + 0;   /* [1], over h_T, theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
     const lstm_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     lstm_forward_pass(n, t2);
     lstm_backward_pass_1(n, x, y, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_b_out, t2, h_T,
-                         d_h_T__10, d_h_T__11, d_h_T__12, d_h_T__13, d_h_T__14, d_h_T__15, d_h_T__16,
-                         theta, d_theta, d_h_T, lstm__ws__h_T, pack);
+                         d_h_T__2, d_h_T__3, d_h_T__4, d_h_T__5, d_h_T__6, d_h_T__7, d_h_T__8, theta,
+                         d_theta, d_h_T, lstm__ws__h_T, pack);
     /* d_W_out: identity (5), from theta = "h_T @ W_out.T + b_out"
        update W_out from d_W_out as it is written (d_W_out is not stored):
            SGD, as torch.optim.SGD: W_out -= lr d_W_out */
@@ -869,9 +826,9 @@ int lstm_train_step(long n, const float *x, const int32_t *y, float *W_ih, float
                    d_theta, lstm_C, h_T, lstm_H,
                    GC_OVERWRITE, NULL, lstm_H, pack, &gc_ep);
     }
-    lstm_backward_pass_2(n, x, W_ih, W_hh, d_W_ih, d_W_hh, d_b_ih, d_b_hh, t2, d_h_T__10, d_h_T__11,
-                         d_h_T__12, d_h_T__13, d_h_T__14, d_h_T__15, d_h_T__16, d_h_T, d_h_T__3,
-                         d_h_T__5, d_h_T__7, lstm_backward__ws__d_W_ih, pack);
+    lstm_backward_pass_2(n, x, W_ih, W_hh, d_W_ih, d_W_hh, d_b_ih, d_b_hh, t2, d_h_T__2, d_h_T__3,
+                         d_h_T__4, d_h_T__5, d_h_T__6, d_h_T__7, d_h_T__8, d_h_T,
+                         lstm_backward__ws__d_W_ih, pack);
     gc_sgd_update(W_ih, d_W_ih, lstm_G * lstm_F, gc_hp);   /* update W_ih from d_W_ih */
     gc_sgd_update(W_hh, d_W_hh, lstm_G * lstm_H, gc_hp);   /* update W_hh from d_W_hh */
     gc_sgd_update(b_ih, d_b_ih, lstm_G, gc_hp);   /* update b_ih from d_b_ih */
