@@ -80,7 +80,7 @@ static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
  * functions below call it where an argument may be named like NAME_workspace_size. */
 static size_t gc_workspace_bytes(long n)
 {
-    static const size_t arena[] = { 19056, 7296 };  /* planned peak, elements */
+    static const size_t arena[] = { 19008, 7632 };  /* planned peak, elements */
     size_t elems;
     if (n < 1) {
         return 0;
@@ -149,8 +149,8 @@ static void gc_adam_update(gc_real *p, const gc_real *g, gc_real *m, gc_real *v,
     }
 }
 
-/* The forward pass forward, value_and_grad and train_step share: it writes t2. Each entry
- * point continues with kernels of its own. */
+/* The forward pass forward, predict, value_and_grad and train_step share: it writes t2. Each
+ * entry point continues with kernels of its own. */
 static void gru_forward_pass(long n, gc_real *t2)
 {
     /* [scan.gru] h    [/work/wt-scan/examples/gru.toml] */
@@ -159,180 +159,149 @@ static void gru_forward_pass(long n, gc_real *t2)
     }
 }
 
-/* The backward pass value_and_grad and train_step share: it writes logits, loss_sum,
- * d_loss_sum__2, d_loss_sum__3, d_loss_sum__4, d_loss_sum__5, d_loss_sum__6, d_loss_sum__7,
- * d_loss_sum__8, d_loss_sum__9, d_loss_sum__10, J, probs, d_emb, d_W_ih, d_b_ih, d_W_hh,
- * d_b_hh, d_W_out and d_b_out. */
+/* The backward pass value_and_grad and train_step share: it writes theta, d_theta__2,
+ * d_theta__3, d_theta__4, d_theta__5, d_theta__6, d_theta__7, d_theta__8, d_theta__9, J,
+ * probs, d_theta, d_emb, d_W_ih, d_b_ih, d_W_hh, d_b_hh, d_W_out and d_b_out. */
 static void gru_backward_pass(long n, const int32_t *x, const int32_t *y, const float *emb,
                               const float *W_ih, const float *W_hh, const float *b_ih,
                               const float *b_hh, const float *W_out, const float *b_out,
                               float *loss, float *probs, float *d_emb, float *d_W_ih, float *d_W_hh,
                               float *d_b_ih, float *d_b_hh, float *d_W_out, float *d_b_out,
-                              gc_real *t2, gc_real *logits, gc_real *loss_sum,
-                              gc_real *d_loss_sum__2, gc_real *d_loss_sum__3,
-                              gc_real *d_loss_sum__4, gc_real *d_loss_sum__5,
-                              gc_real *d_loss_sum__6, gc_real *d_loss_sum__7,
-                              gc_real *d_loss_sum__8, gc_real *d_loss_sum__9,
-                              gc_real *d_loss_sum__10, gc_real *gru__ws__logits,
+                              gc_real *t2, gc_real *theta, gc_real *d_theta__2, gc_real *d_theta__3,
+                              gc_real *d_theta__4, gc_real *d_theta__5, gc_real *d_theta__6,
+                              gc_real *d_theta__7, gc_real *d_theta__8, gc_real *d_theta__9,
+                              gc_real *d_theta, gc_real *gru__ws__theta,
                               gc_real *gru_backward__ws__d_emb, gc_real *pack)
 {
-    /* scan gru: t = 0 to T-1 (T = 16), carrying h, loss */
+    /* scan gru: t = 0 to T-1 (T = 16), carrying h */
     {
-        gc_real *const gi__gru = gru__ws__logits + 0;
-        gc_real *const gh__gru = gru__ws__logits + 96 * n;
-        gc_real *const r_t__0__gru = gru__ws__logits + 192 * n;
-        gc_real *const r_t__1__gru = gru__ws__logits + 224 * n;
-        gc_real *const z_t__0__gru = gru__ws__logits + 192 * n;
-        gc_real *const z_t__1__gru = gru__ws__logits + 224 * n;
-        gc_real *const n_t__0__gru = gru__ws__logits + 192 * n;
-        gc_real *const loss_t__0__gru = gru__ws__logits + 0;
-        gc_real *const h__a__gru = gru__ws__logits + 16 + 256 * n;
-        gc_real *const h__b__gru = gru__ws__logits + 16 + 288 * n;
-        gc_real *const loss__a__gru = gru__ws__logits + 16 + 320 * n;
-        gc_real *const loss__b__gru = gru__ws__logits + 32 + 320 * n;
-        gc_real *const loss__init__gru = gru__ws__logits + 48 + 320 * n;
-        int32_t *const x_t__gru = (int32_t *)(gru__ws__logits + 64 + 320 * n);
-        int32_t *const y_t__gru = (int32_t *)(gru__ws__logits + 64 + 336 * n);
-        loss__init__gru[0] = (gc_real)0.0;
+        gc_real *const gi__gru = gru__ws__theta + 0;
+        gc_real *const gh__gru = gru__ws__theta + 96 * n;
+        gc_real *const r_t__0__gru = gru__ws__theta + 192 * n;
+        gc_real *const r_t__1__gru = gru__ws__theta + 224 * n;
+        gc_real *const z_t__0__gru = gru__ws__theta + 192 * n;
+        gc_real *const z_t__1__gru = gru__ws__theta + 224 * n;
+        gc_real *const n_t__0__gru = gru__ws__theta + 192 * n;
+        gc_real *const logits_t__gru = gru__ws__theta + 0;
+        gc_real *const h__a__gru = gru__ws__theta + 256 * n;
+        gc_real *const h__b__gru = gru__ws__theta + 288 * n;
+        int32_t *const x_t__gru = (int32_t *)(gru__ws__theta + 320 * n);
         const gc_real *h__gru = t2;   /* the carried state, read at each step */
         gc_real *h__next__gru = h__a__gru;   /* ... and the next one, written: h__a__gru and h__b__gru in turn */
-        const gc_real *loss__gru = loss__init__gru;   /* the carried state, read at each step */
-        gc_real *loss__next__gru = loss__a__gru;   /* ... and the next one, written: loss__a__gru and loss__b__gru in turn */
         for (long gc_t = 0; gc_t < 16; ++gc_t) {
             /* x_t = x at t (axis 1) */
             for (long i = 0; i < n; ++i) {
                 x_t__gru[i] = (x + gc_t)[i * 16];
             }
-            /* y_t = y at t (axis 1) */
+            /* e = "embedding(emb, x_t)"    [gru.toml:35] */
             for (long i = 0; i < n; ++i) {
-                y_t__gru[i] = (y + gc_t)[i * 16];
-            }
-            /* e = "embedding(emb, x_t)"    [gru.toml:36] */
-            for (long i = 0; i < n; ++i) {
-                memcpy((d_loss_sum__9 + gc_t * (16 * n)) + i * 16, emb + (long)x_t__gru[i] * 16,
+                memcpy((d_theta__8 + gc_t * (16 * n)) + i * 16, emb + (long)x_t__gru[i] * 16,
                        (size_t)(16) * sizeof(gc_real));
             }
-            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:37]
+            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:36]
                + bias, written to gi */
             gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, 16,
-                             (d_loss_sum__9 + gc_t * (16 * n)), 16, W_ih, 16,
+                             (d_theta__8 + gc_t * (16 * n)), 16, W_ih, 16,
                              GC_OVERWRITE, gi__gru, 96, pack, b_ih, GC_ACT_NONE);
-            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:38]
+            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:37]
                + bias, written to gh */
             gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
                              h__gru, gru_H, W_hh, gru_H,
                              GC_OVERWRITE, gh__gru, 96, pack, b_hh, GC_ACT_NONE);
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:38] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     r_t__0__gru[i * gru_H + j] = gi__gru[i * 96 + j];
                 }
             }
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:38] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     r_t__1__gru[i * gru_H + j] = gh__gru[i * 96 + j];
                 }
             }
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:38] */
             for (long i = 0; i < gru_H * n; ++i) {
-                (d_loss_sum__8 + gc_t * (32 * n))[i] = ((r_t__0__gru[i] + r_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(r_t__0__gru[i] + r_t__1__gru[i]))) : GC_EXP((r_t__0__gru[i] + r_t__1__gru[i])) / (1 + GC_EXP((r_t__0__gru[i] + r_t__1__gru[i]))));
+                (d_theta__7 + gc_t * (32 * n))[i] = ((r_t__0__gru[i] + r_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(r_t__0__gru[i] + r_t__1__gru[i]))) : GC_EXP((r_t__0__gru[i] + r_t__1__gru[i])) / (1 + GC_EXP((r_t__0__gru[i] + r_t__1__gru[i]))));
             }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     z_t__0__gru[i * gru_H + j] = gi__gru[32 + i * 96 + j];
                 }
             }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     z_t__1__gru[i * gru_H + j] = gh__gru[32 + i * 96 + j];
                 }
             }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
             for (long i = 0; i < gru_H * n; ++i) {
-                (d_loss_sum__4 + gc_t * (32 * n))[i] = ((z_t__0__gru[i] + z_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(z_t__0__gru[i] + z_t__1__gru[i]))) : GC_EXP((z_t__0__gru[i] + z_t__1__gru[i])) / (1 + GC_EXP((z_t__0__gru[i] + z_t__1__gru[i]))));
+                (d_theta__3 + gc_t * (32 * n))[i] = ((z_t__0__gru[i] + z_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(z_t__0__gru[i] + z_t__1__gru[i]))) : GC_EXP((z_t__0__gru[i] + z_t__1__gru[i])) / (1 + GC_EXP((z_t__0__gru[i] + z_t__1__gru[i]))));
             }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:40] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     n_t__0__gru[i * gru_H + j] = gi__gru[64 + i * 96 + j];
                 }
             }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:40] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
-                    (d_loss_sum__7 + gc_t * (32 * n))[i * gru_H + j] = gh__gru[64 + i * 96 + j];
+                    (d_theta__6 + gc_t * (32 * n))[i * gru_H + j] = gh__gru[64 + i * 96 + j];
                 }
             }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:40] */
             for (long i = 0; i < gru_H * n; ++i) {
-                (d_loss_sum__5 + gc_t * (32 * n))[i] = GC_TANH((n_t__0__gru[i] + ((d_loss_sum__8 + gc_t * (32 * n))[i] * (d_loss_sum__7 + gc_t * (32 * n))[i])));
+                (d_theta__4 + gc_t * (32 * n))[i] = GC_TANH((n_t__0__gru[i] + ((d_theta__7 + gc_t * (32 * n))[i] * (d_theta__6 + gc_t * (32 * n))[i])));
             }
-            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:42] */
+            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:41] */
             for (long i = 0; i < gru_H * n; ++i) {
-                (d_loss_sum__6 + gc_t * (32 * n))[i] = (gc_real)1.0 - (d_loss_sum__4 + gc_t * (32 * n))[i];
+                (d_theta__5 + gc_t * (32 * n))[i] = (gc_real)1.0 - (d_theta__3 + gc_t * (32 * n))[i];
             }
-            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:42] */
+            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:41] */
             for (long i = 0; i < gru_H * n; ++i) {
-                h__next__gru[i] = ((d_loss_sum__6 + gc_t * (32 * n))[i] * (d_loss_sum__5 + gc_t * (32 * n))[i]) + ((d_loss_sum__4 + gc_t * (32 * n))[i] * h__gru[i]);
+                h__next__gru[i] = ((d_theta__5 + gc_t * (32 * n))[i] * (d_theta__4 + gc_t * (32 * n))[i]) + ((d_theta__3 + gc_t * (32 * n))[i] * h__gru[i]);
             }
-            /* theta = "h_t @ W_out.T + b_out"    [gru.toml:43]
-               + bias, written to theta */
+            /* logits_t = "h_t @ W_out.T + b_out"    [gru.toml:42]
+               + bias, written to logits_t */
             gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
                              h__next__gru, gru_H, W_out, gru_H,
-                             GC_OVERWRITE, (d_loss_sum__2 + gc_t * (96 * n)), 96, pack, b_out, GC_ACT_NONE);
-            /* loss_t = "loss + cross_entropy(theta, y_t)"    [gru.toml:44] */
-            {
-                gc_real total = 0;
-                for (long i = 0; i < n; ++i) {
-                    const gc_real *row = (d_loss_sum__2 + gc_t * (96 * n)) + i * 96;
-                    gc_real max = row[0], sum = 0;
-                    for (long j = 1; j < 96; ++j) {
-                        if (row[j] > max) max = row[j];
-                    }
-                    for (long j = 0; j < 96; ++j) {
-                        sum += GC_EXP(row[j] - max);
-                    }
-                    total += (max - row[y_t__gru[i]]) + GC_LOG(sum);
-                }
-                loss_t__0__gru[0] = total / (gc_real)(n);
-            }
-            /* loss_t = "loss + cross_entropy(theta, y_t)"    [gru.toml:44] */
-            loss__next__gru[0] = loss__gru[0] + loss_t__0__gru[0];
-            /* output (d_loss_sum__3 + gc_t * (32 * n)) = h_t */
+                             GC_OVERWRITE, logits_t__gru, 96, pack, b_out, GC_ACT_NONE);
+            /* output (d_theta__2 + gc_t * (32 * n)) = h_t */
             for (long i = 0; i < gru_H * n; ++i) {
-                (d_loss_sum__3 + gc_t * (32 * n))[i] = h__next__gru[i];
+                (d_theta__2 + gc_t * (32 * n))[i] = h__next__gru[i];
             }
-            /* output (d_loss_sum__10 + gc_t * (32 * n)) = h */
+            /* output (d_theta__9 + gc_t * (32 * n)) = h */
             for (long i = 0; i < gru_H * n; ++i) {
-                (d_loss_sum__10 + gc_t * (32 * n))[i] = h__gru[i];
+                (d_theta__9 + gc_t * (32 * n))[i] = h__gru[i];
             }
-            /* logits at t = theta */
+            /* theta at t = logits_t */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < 96; ++j) {
-                    (logits + gc_t * (96))[i * 1536 + j] = (d_loss_sum__2 + gc_t * (96 * n))[i * 96 + j];
+                    (theta + gc_t * (96))[i * 1536 + j] = logits_t__gru[i * 96 + j];
                 }
             }
             h__gru = h__next__gru;
             h__next__gru = h__next__gru == h__a__gru ? h__b__gru : h__a__gru;
-            loss__gru = loss__next__gru;
-            loss__next__gru = loss__next__gru == loss__a__gru ? loss__b__gru : loss__a__gru;
         }
-        memcpy(loss_sum, loss__gru, (size_t)(1) * sizeof(gc_real));
     }
-    /* J = "loss_sum / 16"    [gru.toml:47] */
-    loss[0] = loss_sum[0] / (gc_real)16.0;
-    /* probs = "softmax(logits)"    [gru.toml:51] */
+    /* J = "cross_entropy(theta, y)"    [gru.toml:45]
+       and probs = "softmax(theta)"    [gru.toml:49]
+       and d_theta: identity (7), from J = "cross_entropy(theta, y)" */
     {
-        /* the rows in GC_ROW_CHUNKS fixed chunks over the threads */
+        const gc_real gc_scale = ((gc_real)1.0 / (gc_real)(16 * n));
+        /* the rows in GC_ROW_CHUNKS fixed chunks over the threads; the loss of each chunk summed in
+           row order, then the chunks in order: the same bits for any thread count */
         const long gc_chunk = (16 * n + GC_ROW_CHUNKS - 1) / GC_ROW_CHUNKS;
+        gc_real gc_partial[GC_ROW_CHUNKS];
         GC_PARALLEL_LOOP(1536 * n)
         for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
             const long gc_end = (gc_c + 1) * gc_chunk < 16 * n ? (gc_c + 1) * gc_chunk : 16 * n;
+            gc_real total = 0;
             for (long i = gc_c * gc_chunk; i < gc_end; ++i) {
-                const gc_real *row = logits + i * 96;
+                const gc_real *row = theta + i * 96;
                 gc_real max = row[0], sum = 0;
                 for (long j = 1; j < 96; ++j) {
                     if (row[j] > max) max = row[j];
@@ -345,16 +314,29 @@ static void gru_backward_pass(long n, const int32_t *x, const int32_t *y, const 
                 for (long j = 0; j < 96; ++j) {
                     out[j] /= sum;
                 }
+                {
+                    gc_real *gc_grad = d_theta + i * 96;   /* identity (7): (probs - onehot) * scale */
+                    for (long j = 0; j < 96; ++j) {
+                        gc_grad[j] = (out[j] - ((gc_real)(y[i] == j))) * gc_scale;
+                    }
+                }
+                total += (max - row[y[i]]) + GC_LOG(sum);
             }
+            gc_partial[gc_c] = total;
+        }
+        {
+            gc_real total = 0;
+            for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
+                total += gc_partial[gc_c];
+            }
+            loss[0] = total / (gc_real)(16 * n);
         }
     }
-    /* scan gru_backward: t = T-1 down to 0 (T = 16), carrying h__adj, loss__adj, emb__grad, W_ih__grad, b_ih__grad, W_hh__grad, b_hh__grad, W_out__grad, b_out__grad */
+    /* scan gru_backward: t = T-1 down to 0 (T = 16), carrying h__adj, emb__grad, W_ih__grad, b_ih__grad, W_hh__grad, b_hh__grad, W_out__grad, b_out__grad */
     {
-        gc_real *const d_loss_t__0__1__gru_backward = gru_backward__ws__d_emb + 192 * n;
-        gc_real *const d_loss_t__0__2__gru_backward = gru_backward__ws__d_emb + 0;
-        gc_real *const d_theta__gru_backward = gru_backward__ws__d_emb + 96 * n;
+        gc_real *const d_logits_t__gru_backward = gru_backward__ws__d_emb + 0;
         gc_real *const d_b_out__gru_backward = gru_backward__ws__d_emb + 9216 + 512 * n;
-        gc_real *const d_theta__1__0__gru_backward = gru_backward__ws__d_emb + 0;
+        gc_real *const d_logits_t__1__0__gru_backward = gru_backward__ws__d_emb + 96 * n;
         gc_real *const d_h_t__gru_backward = gru_backward__ws__d_emb + 3072 + 480 * n;
         gc_real *const d_W_out__gru_backward = gru_backward__ws__d_emb + 480 * n;
         gc_real *const d_n_t__3__gru_backward = gru_backward__ws__d_emb + 288 * n;
@@ -376,12 +358,8 @@ static void gru_backward_pass(long n, const int32_t *x, const int32_t *y, const 
         gc_real *const d_emb__gru_backward = gru_backward__ws__d_emb + 7680 + 480 * n;
         gc_real *const h__adj__a__gru_backward = gru_backward__ws__d_emb + 9504 + 512 * n;
         gc_real *const h__adj__b__gru_backward = gru_backward__ws__d_emb + 9504 + 544 * n;
-        gc_real *const loss__adj__a__gru_backward = gru_backward__ws__d_emb + 9504 + 576 * n;
-        gc_real *const loss__adj__b__gru_backward = gru_backward__ws__d_emb + 9520 + 576 * n;
-        gc_real *const loss__adj__init__gru_backward = gru_backward__ws__d_emb + 9536 + 576 * n;
-        int32_t *const x_t__gru_backward = (int32_t *)(gru_backward__ws__d_emb + 9552 + 576 * n);
-        int32_t *const y_t__gru_backward = (int32_t *)(gru_backward__ws__d_emb + 9552 + 592 * n);
-        loss__adj__init__gru_backward[0] = (gc_real)0.0625;
+        int32_t *const x_t__gru_backward = (int32_t *)(gru_backward__ws__d_emb + 9504 + 576 * n);
+        gc_real *const theta__dy__gru_backward = gru_backward__ws__d_emb + 9504 + 592 * n;
         memset(d_emb, 0, (size_t)(1536) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_W_ih, 0, (size_t)(1536) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_b_ih, 0, (size_t)(96) * sizeof(gc_real));   /* a sum over the steps, from 0 */
@@ -391,68 +369,45 @@ static void gru_backward_pass(long n, const int32_t *x, const int32_t *y, const 
         memset(d_b_out, 0, (size_t)(96) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         const gc_real *h__adj__gru_backward = t2;   /* the carried state, read at each step */
         gc_real *h__adj__next__gru_backward = h__adj__a__gru_backward;   /* ... and the next one, written: h__adj__a__gru_backward and h__adj__b__gru_backward in turn */
-        const gc_real *loss__adj__gru_backward = loss__adj__init__gru_backward;   /* the carried state, read at each step */
-        gc_real *loss__adj__next__gru_backward = loss__adj__a__gru_backward;   /* ... and the next one, written: loss__adj__a__gru_backward and loss__adj__b__gru_backward in turn */
         for (long gc_t = 16 - 1; gc_t >= 0; --gc_t) {
-            const gc_real *const theta__gru_backward = d_loss_sum__2 + gc_t * (96 * n);
-            const gc_real *const h_t__gru_backward = d_loss_sum__3 + gc_t * (32 * n);
-            const gc_real *const z_t__gru_backward = d_loss_sum__4 + gc_t * (32 * n);
-            const gc_real *const n_t__gru_backward = d_loss_sum__5 + gc_t * (32 * n);
-            const gc_real *const h_t__1__gru_backward = d_loss_sum__6 + gc_t * (32 * n);
-            const gc_real *const n_t__1__gru_backward = d_loss_sum__7 + gc_t * (32 * n);
-            const gc_real *const r_t__gru_backward = d_loss_sum__8 + gc_t * (32 * n);
-            const gc_real *const e__gru_backward = d_loss_sum__9 + gc_t * (16 * n);
-            const gc_real *const h__gru_backward = d_loss_sum__10 + gc_t * (32 * n);
+            const gc_real *const h_t__gru_backward = d_theta__2 + gc_t * (32 * n);
+            const gc_real *const z_t__gru_backward = d_theta__3 + gc_t * (32 * n);
+            const gc_real *const n_t__gru_backward = d_theta__4 + gc_t * (32 * n);
+            const gc_real *const h_t__1__gru_backward = d_theta__5 + gc_t * (32 * n);
+            const gc_real *const n_t__1__gru_backward = d_theta__6 + gc_t * (32 * n);
+            const gc_real *const r_t__gru_backward = d_theta__7 + gc_t * (32 * n);
+            const gc_real *const e__gru_backward = d_theta__8 + gc_t * (16 * n);
+            const gc_real *const h__gru_backward = d_theta__9 + gc_t * (32 * n);
             /* x_t = x at t (axis 1) */
             for (long i = 0; i < n; ++i) {
                 x_t__gru_backward[i] = (x + gc_t)[i * 16];
             }
-            /* y_t = y at t (axis 1) */
+            /* theta__dy = d_theta at t (axis 1) */
             for (long i = 0; i < n; ++i) {
-                y_t__gru_backward[i] = (y + gc_t)[i * 16];
-            }
-            /* d_loss_t: identity (4), from d_loss_t */
-            loss__adj__next__gru_backward[0] = ((gc_real)1.0) * loss__adj__gru_backward[0];
-            /* d_loss_t__0__1: identity (7), from loss_t = "loss + cross_entropy(theta, y_t)" */
-            d_loss_t__0__1__gru_backward[0] = loss__adj__next__gru_backward[0] / (gc_real)(n);
-            /* d_loss_t__0__2: identity (7), from loss_t = "loss + cross_entropy(theta, y_t)" */
-            {
-                for (long i = 0; i < n; ++i) {
-                    const gc_real *row = theta__gru_backward + i * 96;
-                    gc_real max = row[0], sum = 0;
-                    for (long j = 1; j < 96; ++j) {
-                        if (row[j] > max) max = row[j];
-                    }
-                    gc_real *out = d_loss_t__0__2__gru_backward + i * 96;
-                    for (long j = 0; j < 96; ++j) {
-                        out[j] = GC_EXP(row[j] - max);
-                        sum += out[j];
-                    }
-                    for (long j = 0; j < 96; ++j) {
-                        out[j] /= sum;
-                    }
+                for (long j = 0; j < 96; ++j) {
+                    theta__dy__gru_backward[i * 96 + j] = (d_theta + gc_t * (96))[i * 1536 + j];
                 }
             }
-            /* d_theta: identity (7), from loss_t = "loss + cross_entropy(theta, y_t)"
-               d_b_out: identity (3), from theta = "h_t @ W_out.T + b_out" */
+            /* d_logits_t: identity (4), from d_logits_t
+               d_b_out: identity (3), from logits_t = "h_t @ W_out.T + b_out" */
             memset(d_b_out__gru_backward, 0, (size_t)(96) * sizeof(gc_real));
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < 96; ++j) {
-                    d_theta__gru_backward[i * 96 + j] = (d_loss_t__0__2__gru_backward[i * 96 + j] - ((gc_real)(y_t__gru_backward[i] == j))) * d_loss_t__0__1__gru_backward[0];
-                    d_b_out__gru_backward[j] += d_theta__gru_backward[i * 96 + j];
+                    d_logits_t__gru_backward[i * 96 + j] = (gc_real)1.0 * theta__dy__gru_backward[i * 96 + j];
+                    d_b_out__gru_backward[j] += d_logits_t__gru_backward[i * 96 + j];
                 }
             }
-            /* d_theta__1__0: identity (2), from theta = "h_t @ W_out.T + b_out" */
+            /* d_logits_t__1__0: identity (2), from logits_t = "h_t @ W_out.T + b_out" */
             gc_gemm(GC_NO_TRANS, GC_NO_TRANS, n, gru_H, 96,
-                    d_theta__gru_backward, 96, W_out, gru_H,
-                    GC_OVERWRITE, d_theta__1__0__gru_backward, gru_H, pack);
+                    d_logits_t__gru_backward, 96, W_out, gru_H,
+                    GC_OVERWRITE, d_logits_t__1__0__gru_backward, gru_H, pack);
             /* d_h_t = the sum over the uses of h_t */
             for (long i = 0; i < gru_H * n; ++i) {
-                d_h_t__gru_backward[i] = ((gc_real)1.0 * h__adj__gru_backward[i]) + d_theta__1__0__gru_backward[i];
+                d_h_t__gru_backward[i] = ((gc_real)1.0 * h__adj__gru_backward[i]) + d_logits_t__1__0__gru_backward[i];
             }
-            /* d_W_out: identity (5), from theta = "h_t @ W_out.T + b_out" */
+            /* d_W_out: identity (5), from logits_t = "h_t @ W_out.T + b_out" */
             gc_gemm(GC_TRANS, GC_NO_TRANS, 96, gru_H, n,
-                    d_theta__gru_backward, 96, h_t__gru_backward, gru_H,
+                    d_logits_t__gru_backward, 96, h_t__gru_backward, gru_H,
                     GC_OVERWRITE, d_W_out__gru_backward, gru_H, pack);
             /* d_n_t__3: identity (4), from n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])" */
             for (long i = 0; i < gru_H * n; ++i) {
@@ -574,8 +529,6 @@ static void gru_backward_pass(long n, const int32_t *x, const int32_t *y, const 
             }
             h__adj__gru_backward = h__adj__next__gru_backward;
             h__adj__next__gru_backward = h__adj__next__gru_backward == h__adj__a__gru_backward ? h__adj__b__gru_backward : h__adj__a__gru_backward;
-            loss__adj__gru_backward = loss__adj__next__gru_backward;
-            loss__adj__next__gru_backward = loss__adj__next__gru_backward == loss__adj__a__gru_backward ? loss__adj__b__gru_backward : loss__adj__a__gru_backward;
         }
     }
 }
@@ -593,144 +546,261 @@ int gru_forward(long n, const int32_t *x, const int32_t *y, const float *emb, co
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 64 + 1984 * n;   /* [N, H] */
-    gc_real *const logits = ws + 0;   /* [N, 16, 96] */
-    gc_real *const loss_sum = ws + 64 + 2016 * n;   /* [1] */
-    gc_real *const gru__ws__logits = ws + 1536 * n;   /* [1] */
+    gc_real *const t2 = ws + 1968 * n;   /* [N, H] */
+    gc_real *const theta = ws + 0;   /* [N, 16, 96] */
+    gc_real *const gru__ws__theta = ws + 1536 * n;   /* [1] */
     gru_forward_pass(n, t2);
-    /* scan gru: t = 0 to T-1 (T = 16), carrying h, loss */
+    /* scan gru: t = 0 to T-1 (T = 16), carrying h */
     {
-        gc_real *const e__gru = gru__ws__logits + 96 * n;
-        gc_real *const gi__gru = gru__ws__logits + 0;
-        gc_real *const gh__gru = gru__ws__logits + 96 * n;
-        gc_real *const r_t__0__gru = gru__ws__logits + 192 * n;
-        gc_real *const r_t__1__gru = gru__ws__logits + 224 * n;
-        gc_real *const z_t__0__gru = gru__ws__logits + 256 * n;
-        gc_real *const z_t__1__gru = gru__ws__logits + 288 * n;
-        gc_real *const z_t__gru = gru__ws__logits + 320 * n;
-        gc_real *const n_t__0__gru = gru__ws__logits + 256 * n;
-        gc_real *const n_t__1__gru = gru__ws__logits + 0;
-        gc_real *const theta__gru = gru__ws__logits + 0;
-        gc_real *const loss_t__0__gru = gru__ws__logits + 96 * n;
-        gc_real *const h__a__gru = gru__ws__logits + 16 + 352 * n;
-        gc_real *const h__b__gru = gru__ws__logits + 16 + 384 * n;
-        gc_real *const loss__a__gru = gru__ws__logits + 16 + 416 * n;
-        gc_real *const loss__b__gru = gru__ws__logits + 32 + 416 * n;
-        gc_real *const loss__init__gru = gru__ws__logits + 48 + 416 * n;
-        int32_t *const x_t__gru = (int32_t *)(gru__ws__logits + 64 + 416 * n);
-        int32_t *const y_t__gru = (int32_t *)(gru__ws__logits + 64 + 432 * n);
-        loss__init__gru[0] = (gc_real)0.0;
+        gc_real *const e__gru = gru__ws__theta + 96 * n;
+        gc_real *const gi__gru = gru__ws__theta + 0;
+        gc_real *const gh__gru = gru__ws__theta + 96 * n;
+        gc_real *const r_t__0__gru = gru__ws__theta + 192 * n;
+        gc_real *const r_t__1__gru = gru__ws__theta + 224 * n;
+        gc_real *const z_t__0__gru = gru__ws__theta + 256 * n;
+        gc_real *const z_t__1__gru = gru__ws__theta + 288 * n;
+        gc_real *const z_t__gru = gru__ws__theta + 320 * n;
+        gc_real *const n_t__0__gru = gru__ws__theta + 256 * n;
+        gc_real *const n_t__1__gru = gru__ws__theta + 0;
+        gc_real *const logits_t__gru = gru__ws__theta + 0;
+        gc_real *const h__a__gru = gru__ws__theta + 352 * n;
+        gc_real *const h__b__gru = gru__ws__theta + 384 * n;
+        int32_t *const x_t__gru = (int32_t *)(gru__ws__theta + 416 * n);
         const gc_real *h__gru = t2;   /* the carried state, read at each step */
         gc_real *h__next__gru = h__a__gru;   /* ... and the next one, written: h__a__gru and h__b__gru in turn */
-        const gc_real *loss__gru = loss__init__gru;   /* the carried state, read at each step */
-        gc_real *loss__next__gru = loss__a__gru;   /* ... and the next one, written: loss__a__gru and loss__b__gru in turn */
         for (long gc_t = 0; gc_t < 16; ++gc_t) {
             /* x_t = x at t (axis 1) */
             for (long i = 0; i < n; ++i) {
                 x_t__gru[i] = (x + gc_t)[i * 16];
             }
-            /* y_t = y at t (axis 1) */
-            for (long i = 0; i < n; ++i) {
-                y_t__gru[i] = (y + gc_t)[i * 16];
-            }
-            /* e = "embedding(emb, x_t)"    [gru.toml:36] */
+            /* e = "embedding(emb, x_t)"    [gru.toml:35] */
             for (long i = 0; i < n; ++i) {
                 memcpy(e__gru + i * 16, emb + (long)x_t__gru[i] * 16,
                        (size_t)(16) * sizeof(gc_real));
             }
-            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:37]
+            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:36]
                + bias, written to gi */
             gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, 16,
                              e__gru, 16, W_ih, 16,
                              GC_OVERWRITE, gi__gru, 96, pack, b_ih, GC_ACT_NONE);
-            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:38]
+            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:37]
                + bias, written to gh */
             gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
                              h__gru, gru_H, W_hh, gru_H,
                              GC_OVERWRITE, gh__gru, 96, pack, b_hh, GC_ACT_NONE);
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:38] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     r_t__0__gru[i * gru_H + j] = gi__gru[i * 96 + j];
                 }
             }
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:38] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     r_t__1__gru[i * gru_H + j] = gh__gru[i * 96 + j];
                 }
             }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     z_t__0__gru[i * gru_H + j] = gi__gru[32 + i * 96 + j];
                 }
             }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     z_t__1__gru[i * gru_H + j] = gh__gru[32 + i * 96 + j];
                 }
             }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
             for (long i = 0; i < gru_H * n; ++i) {
                 z_t__gru[i] = ((z_t__0__gru[i] + z_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(z_t__0__gru[i] + z_t__1__gru[i]))) : GC_EXP((z_t__0__gru[i] + z_t__1__gru[i])) / (1 + GC_EXP((z_t__0__gru[i] + z_t__1__gru[i]))));
             }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:40] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     n_t__0__gru[i * gru_H + j] = gi__gru[64 + i * 96 + j];
                 }
             }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:40] */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < gru_H; ++j) {
                     n_t__1__gru[i * gru_H + j] = gh__gru[64 + i * 96 + j];
                 }
             }
-            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:42] */
+            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:41] */
             for (long i = 0; i < gru_H * n; ++i) {
                 h__next__gru[i] = (((gc_real)1.0 - z_t__gru[i]) * (GC_TANH((n_t__0__gru[i] + ((((r_t__0__gru[i] + r_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(r_t__0__gru[i] + r_t__1__gru[i]))) : GC_EXP((r_t__0__gru[i] + r_t__1__gru[i])) / (1 + GC_EXP((r_t__0__gru[i] + r_t__1__gru[i]))))) * n_t__1__gru[i]))))) + (z_t__gru[i] * h__gru[i]);
             }
-            /* theta = "h_t @ W_out.T + b_out"    [gru.toml:43]
-               + bias, written to theta */
+            /* logits_t = "h_t @ W_out.T + b_out"    [gru.toml:42]
+               + bias, written to logits_t */
             gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
                              h__next__gru, gru_H, W_out, gru_H,
-                             GC_OVERWRITE, theta__gru, 96, pack, b_out, GC_ACT_NONE);
-            /* loss_t = "loss + cross_entropy(theta, y_t)"    [gru.toml:44] */
-            {
-                gc_real total = 0;
-                for (long i = 0; i < n; ++i) {
-                    const gc_real *row = theta__gru + i * 96;
-                    gc_real max = row[0], sum = 0;
-                    for (long j = 1; j < 96; ++j) {
-                        if (row[j] > max) max = row[j];
-                    }
-                    for (long j = 0; j < 96; ++j) {
-                        sum += GC_EXP(row[j] - max);
-                    }
-                    total += (max - row[y_t__gru[i]]) + GC_LOG(sum);
-                }
-                loss_t__0__gru[0] = total / (gc_real)(n);
-            }
-            /* loss_t = "loss + cross_entropy(theta, y_t)"    [gru.toml:44] */
-            loss__next__gru[0] = loss__gru[0] + loss_t__0__gru[0];
-            /* logits at t = theta */
+                             GC_OVERWRITE, logits_t__gru, 96, pack, b_out, GC_ACT_NONE);
+            /* theta at t = logits_t */
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < 96; ++j) {
-                    (logits + gc_t * (96))[i * 1536 + j] = theta__gru[i * 96 + j];
+                    (theta + gc_t * (96))[i * 1536 + j] = logits_t__gru[i * 96 + j];
                 }
             }
             h__gru = h__next__gru;
             h__next__gru = h__next__gru == h__a__gru ? h__b__gru : h__a__gru;
-            loss__gru = loss__next__gru;
-            loss__next__gru = loss__next__gru == loss__a__gru ? loss__b__gru : loss__a__gru;
         }
-        memcpy(loss_sum, loss__gru, (size_t)(1) * sizeof(gc_real));
     }
-    /* J = "loss_sum / 16"    [gru.toml:47] */
-    loss[0] = loss_sum[0] / (gc_real)16.0;
-    /* probs = "softmax(logits)"    [gru.toml:51] */
+    /* J = "cross_entropy(theta, y)"    [gru.toml:45]
+       and probs = "softmax(theta)"    [gru.toml:49] */
+    {
+        /* the rows in GC_ROW_CHUNKS fixed chunks over the threads; the loss of each chunk summed in
+           row order, then the chunks in order: the same bits for any thread count */
+        const long gc_chunk = (16 * n + GC_ROW_CHUNKS - 1) / GC_ROW_CHUNKS;
+        gc_real gc_partial[GC_ROW_CHUNKS];
+        GC_PARALLEL_LOOP(1536 * n)
+        for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
+            const long gc_end = (gc_c + 1) * gc_chunk < 16 * n ? (gc_c + 1) * gc_chunk : 16 * n;
+            gc_real total = 0;
+            for (long i = gc_c * gc_chunk; i < gc_end; ++i) {
+                const gc_real *row = theta + i * 96;
+                gc_real max = row[0], sum = 0;
+                for (long j = 1; j < 96; ++j) {
+                    if (row[j] > max) max = row[j];
+                }
+                gc_real *out = probs + i * 96;
+                for (long j = 0; j < 96; ++j) {
+                    out[j] = GC_EXP(row[j] - max);
+                    sum += out[j];
+                }
+                for (long j = 0; j < 96; ++j) {
+                    out[j] /= sum;
+                }
+                total += (max - row[y[i]]) + GC_LOG(sum);
+            }
+            gc_partial[gc_c] = total;
+        }
+        {
+            gc_real total = 0;
+            for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
+                total += gc_partial[gc_c];
+            }
+            loss[0] = total / (gc_real)(16 * n);
+        }
+    }
+    return GRAPHC_OK;
+}
+
+/* ---- predict: the outputs that need no y: probs ---- */
+int gru_predict(long n, const int32_t *x, const float *emb, const float *W_ih, const float *W_hh,
+                const float *b_ih, const float *b_hh, const float *W_out, const float *b_out,
+                float *probs, void *workspace)
+{
+    const void *const gc_args[] = { workspace, x, emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out, probs };
+    const int gc_status = gru_check(n, gc_args, 10, workspace, x, NULL);
+    if (gc_status != GRAPHC_OK) {
+        return gc_status;
+    }
+    gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const t2 = ws + 1968 * n;   /* [N, H] */
+    gc_real *const theta = ws + 0;   /* [N, 16, 96] */
+    gc_real *const gru__ws__theta = ws + 1536 * n;   /* [1] */
+    gru_forward_pass(n, t2);
+    /* scan gru: t = 0 to T-1 (T = 16), carrying h */
+    {
+        gc_real *const e__gru = gru__ws__theta + 96 * n;
+        gc_real *const gi__gru = gru__ws__theta + 0;
+        gc_real *const gh__gru = gru__ws__theta + 96 * n;
+        gc_real *const r_t__0__gru = gru__ws__theta + 192 * n;
+        gc_real *const r_t__1__gru = gru__ws__theta + 224 * n;
+        gc_real *const z_t__0__gru = gru__ws__theta + 256 * n;
+        gc_real *const z_t__1__gru = gru__ws__theta + 288 * n;
+        gc_real *const z_t__gru = gru__ws__theta + 320 * n;
+        gc_real *const n_t__0__gru = gru__ws__theta + 256 * n;
+        gc_real *const n_t__1__gru = gru__ws__theta + 0;
+        gc_real *const logits_t__gru = gru__ws__theta + 0;
+        gc_real *const h__a__gru = gru__ws__theta + 352 * n;
+        gc_real *const h__b__gru = gru__ws__theta + 384 * n;
+        int32_t *const x_t__gru = (int32_t *)(gru__ws__theta + 416 * n);
+        const gc_real *h__gru = t2;   /* the carried state, read at each step */
+        gc_real *h__next__gru = h__a__gru;   /* ... and the next one, written: h__a__gru and h__b__gru in turn */
+        for (long gc_t = 0; gc_t < 16; ++gc_t) {
+            /* x_t = x at t (axis 1) */
+            for (long i = 0; i < n; ++i) {
+                x_t__gru[i] = (x + gc_t)[i * 16];
+            }
+            /* e = "embedding(emb, x_t)"    [gru.toml:35] */
+            for (long i = 0; i < n; ++i) {
+                memcpy(e__gru + i * 16, emb + (long)x_t__gru[i] * 16,
+                       (size_t)(16) * sizeof(gc_real));
+            }
+            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:36]
+               + bias, written to gi */
+            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, 16,
+                             e__gru, 16, W_ih, 16,
+                             GC_OVERWRITE, gi__gru, 96, pack, b_ih, GC_ACT_NONE);
+            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:37]
+               + bias, written to gh */
+            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
+                             h__gru, gru_H, W_hh, gru_H,
+                             GC_OVERWRITE, gh__gru, 96, pack, b_hh, GC_ACT_NONE);
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:38] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    r_t__0__gru[i * gru_H + j] = gi__gru[i * 96 + j];
+                }
+            }
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:38] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    r_t__1__gru[i * gru_H + j] = gh__gru[i * 96 + j];
+                }
+            }
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    z_t__0__gru[i * gru_H + j] = gi__gru[32 + i * 96 + j];
+                }
+            }
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    z_t__1__gru[i * gru_H + j] = gh__gru[32 + i * 96 + j];
+                }
+            }
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:39] */
+            for (long i = 0; i < gru_H * n; ++i) {
+                z_t__gru[i] = ((z_t__0__gru[i] + z_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(z_t__0__gru[i] + z_t__1__gru[i]))) : GC_EXP((z_t__0__gru[i] + z_t__1__gru[i])) / (1 + GC_EXP((z_t__0__gru[i] + z_t__1__gru[i]))));
+            }
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:40] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    n_t__0__gru[i * gru_H + j] = gi__gru[64 + i * 96 + j];
+                }
+            }
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:40] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    n_t__1__gru[i * gru_H + j] = gh__gru[64 + i * 96 + j];
+                }
+            }
+            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:41] */
+            for (long i = 0; i < gru_H * n; ++i) {
+                h__next__gru[i] = (((gc_real)1.0 - z_t__gru[i]) * (GC_TANH((n_t__0__gru[i] + ((((r_t__0__gru[i] + r_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(r_t__0__gru[i] + r_t__1__gru[i]))) : GC_EXP((r_t__0__gru[i] + r_t__1__gru[i])) / (1 + GC_EXP((r_t__0__gru[i] + r_t__1__gru[i]))))) * n_t__1__gru[i]))))) + (z_t__gru[i] * h__gru[i]);
+            }
+            /* logits_t = "h_t @ W_out.T + b_out"    [gru.toml:42]
+               + bias, written to logits_t */
+            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
+                             h__next__gru, gru_H, W_out, gru_H,
+                             GC_OVERWRITE, logits_t__gru, 96, pack, b_out, GC_ACT_NONE);
+            /* theta at t = logits_t */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < 96; ++j) {
+                    (theta + gc_t * (96))[i * 1536 + j] = logits_t__gru[i * 96 + j];
+                }
+            }
+            h__gru = h__next__gru;
+            h__next__gru = h__next__gru == h__a__gru ? h__b__gru : h__a__gru;
+        }
+    }
+    /* probs = "softmax(theta)"    [gru.toml:49] */
     {
         /* the rows in GC_ROW_CHUNKS fixed chunks over the threads */
         const long gc_chunk = (16 * n + GC_ROW_CHUNKS - 1) / GC_ROW_CHUNKS;
@@ -738,7 +808,7 @@ int gru_forward(long n, const int32_t *x, const int32_t *y, const float *emb, co
         for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
             const long gc_end = (gc_c + 1) * gc_chunk < 16 * n ? (gc_c + 1) * gc_chunk : 16 * n;
             for (long i = gc_c * gc_chunk; i < gc_end; ++i) {
-                const gc_real *row = logits + i * 96;
+                const gc_real *row = theta + i * 96;
                 gc_real max = row[0], sum = 0;
                 for (long j = 1; j < 96; ++j) {
                     if (row[j] > max) max = row[j];
@@ -773,26 +843,24 @@ int gru_value_and_grad(long n, const int32_t *x, const int32_t *y, const float *
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 0;   /* [N, H] */
-    gc_real *const logits = ws + 5408 * n;   /* [N, 16, 96] */
-    gc_real *const loss_sum = ws + 6944 * n;   /* [1] */
-    gc_real *const d_loss_sum__2 = ws + 32 * n;   /* [16, N, 96] */
-    gc_real *const d_loss_sum__3 = ws + 2080 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__4 = ws + 2592 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__5 = ws + 3104 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__6 = ws + 3616 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__7 = ws + 4128 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__8 = ws + 4640 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__9 = ws + 5152 * n;   /* [16, N, 16] */
-    gc_real *const d_loss_sum__10 = ws + 1568 * n;   /* [16, N, H] */
-    gc_real *const gru__ws__logits = ws + 16 + 6944 * n;   /* [1] */
-    gc_real *const gru_backward__ws__d_emb = ws + 5408 * n;   /* [1], over logits, loss_sum, gru__ws__logits (each read for the last time before gru_backward__ws__d_emb is written) */
+    gc_real *const t2 = ws + 9504 + 7600 * n;   /* [N, H] */
+    gc_real *const theta = ws + 0;   /* [N, 16, 96] */
+    gc_real *const d_theta__2 = ws + 9504 + 3760 * n;   /* [16, N, H] */
+    gc_real *const d_theta__3 = ws + 9504 + 4272 * n;   /* [16, N, H] */
+    gc_real *const d_theta__4 = ws + 9504 + 4784 * n;   /* [16, N, H] */
+    gc_real *const d_theta__5 = ws + 9504 + 5296 * n;   /* [16, N, H] */
+    gc_real *const d_theta__6 = ws + 9504 + 5808 * n;   /* [16, N, H] */
+    gc_real *const d_theta__7 = ws + 9504 + 6320 * n;   /* [16, N, H] */
+    gc_real *const d_theta__8 = ws + 9504 + 7344 * n;   /* [16, N, 16] */
+    gc_real *const d_theta__9 = ws + 9504 + 6832 * n;   /* [16, N, H] */
+    gc_real *const d_theta = ws + 1536 * n;   /* [N, 16, 96], over gru__ws__theta (it is read for the last time before d_theta is written) */
+    gc_real *const gru__ws__theta = ws + 1536 * n;   /* [1] */
+    gc_real *const gru_backward__ws__d_emb = ws + 3072 * n;   /* [1] */
     gru_forward_pass(n, t2);
     gru_backward_pass(n, x, y, emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_emb, d_W_ih,
-                      d_W_hh, d_b_ih, d_b_hh, d_W_out, d_b_out, t2, logits, loss_sum, d_loss_sum__2,
-                      d_loss_sum__3, d_loss_sum__4, d_loss_sum__5, d_loss_sum__6, d_loss_sum__7,
-                      d_loss_sum__8, d_loss_sum__9, d_loss_sum__10, gru__ws__logits,
-                      gru_backward__ws__d_emb, pack);
+                      d_W_hh, d_b_ih, d_b_hh, d_W_out, d_b_out, t2, theta, d_theta__2, d_theta__3,
+                      d_theta__4, d_theta__5, d_theta__6, d_theta__7, d_theta__8, d_theta__9, d_theta,
+                      gru__ws__theta, gru_backward__ws__d_emb, pack);
     return GRAPHC_OK;
 }
 
@@ -816,34 +884,32 @@ int gru_train_step(long n, const int32_t *x, const int32_t *y, float *emb, float
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 6432;   /* [N, H] */
-    gc_real *const logits = ws + 6432 + 5408 * n;   /* [N, 16, 96] */
-    gc_real *const loss_sum = ws + 0;   /* [1] */
-    gc_real *const d_loss_sum__2 = ws + 6432 + 32 * n;   /* [16, N, 96] */
-    gc_real *const d_loss_sum__3 = ws + 6432 + 2080 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__4 = ws + 6432 + 2592 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__5 = ws + 6432 + 3104 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__6 = ws + 6432 + 3616 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__7 = ws + 6432 + 4128 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__8 = ws + 6432 + 4640 * n;   /* [16, N, H] */
-    gc_real *const d_loss_sum__9 = ws + 6432 + 5152 * n;   /* [16, N, 16] */
-    gc_real *const d_loss_sum__10 = ws + 6432 + 1568 * n;   /* [16, N, H] */
-    gc_real *const d_emb = ws + 7968 + 5408 * n;   /* [96, 16], over logits, gru__ws__logits (each read for the last time before d_emb is written) */
-    gc_real *const d_W_ih = ws + 6432 + 5408 * n;   /* [96, 16], over logits (it is read for the last time before d_W_ih is written) */
-    gc_real *const d_b_ih = ws + 3264;   /* [96] */
-    gc_real *const d_W_hh = ws + 3360;   /* [96, H] */
-    gc_real *const d_b_hh = ws + 3168;   /* [96] */
-    gc_real *const d_W_out = ws + 96;   /* [96, H] */
-    gc_real *const d_b_out = ws + 0;   /* [96], over loss_sum (it is read for the last time before d_b_out is written) */
-    gc_real *const gru__ws__logits = ws + 6432 + 6944 * n;   /* [1] */
-    gc_real *const gru_backward__ws__d_emb = ws + 9504 + 5408 * n;   /* [1], over logits, gru__ws__logits (each read for the last time before gru_backward__ws__d_emb is written) */
+    gc_real *const t2 = ws + 15648 + 7600 * n;   /* [N, H] */
+    gc_real *const theta = ws + 0;   /* [N, 16, 96] */
+    gc_real *const d_theta__2 = ws + 9504 + 3760 * n;   /* [16, N, H] */
+    gc_real *const d_theta__3 = ws + 9504 + 4272 * n;   /* [16, N, H] */
+    gc_real *const d_theta__4 = ws + 9504 + 4784 * n;   /* [16, N, H] */
+    gc_real *const d_theta__5 = ws + 9504 + 5296 * n;   /* [16, N, H] */
+    gc_real *const d_theta__6 = ws + 9504 + 5808 * n;   /* [16, N, H] */
+    gc_real *const d_theta__7 = ws + 9504 + 6320 * n;   /* [16, N, H] */
+    gc_real *const d_theta__8 = ws + 9504 + 7344 * n;   /* [16, N, 16] */
+    gc_real *const d_theta__9 = ws + 9504 + 6832 * n;   /* [16, N, H] */
+    gc_real *const d_theta = ws + 1536 * n;   /* [N, 16, 96], over gru__ws__theta (it is read for the last time before d_theta is written) */
+    gc_real *const d_emb = ws + 17184 + 7632 * n;   /* [96, 16] */
+    gc_real *const d_W_ih = ws + 15648 + 7632 * n;   /* [96, 16] */
+    gc_real *const d_b_ih = ws + 18816 + 7632 * n;   /* [96] */
+    gc_real *const d_W_hh = ws + 9504 + 7600 * n;   /* [96, H] */
+    gc_real *const d_b_hh = ws + 18720 + 7632 * n;   /* [96] */
+    gc_real *const d_W_out = ws + 12576 + 7600 * n;   /* [96, H] */
+    gc_real *const d_b_out = ws + 18912 + 7632 * n;   /* [96] */
+    gc_real *const gru__ws__theta = ws + 1536 * n;   /* [1] */
+    gc_real *const gru_backward__ws__d_emb = ws + 3072 * n;   /* [1] */
     const gru_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     gru_forward_pass(n, t2);
     gru_backward_pass(n, x, y, emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_emb, d_W_ih,
-                      d_W_hh, d_b_ih, d_b_hh, d_W_out, d_b_out, t2, logits, loss_sum, d_loss_sum__2,
-                      d_loss_sum__3, d_loss_sum__4, d_loss_sum__5, d_loss_sum__6, d_loss_sum__7,
-                      d_loss_sum__8, d_loss_sum__9, d_loss_sum__10, gru__ws__logits,
-                      gru_backward__ws__d_emb, pack);
+                      d_W_hh, d_b_ih, d_b_hh, d_W_out, d_b_out, t2, theta, d_theta__2, d_theta__3,
+                      d_theta__4, d_theta__5, d_theta__6, d_theta__7, d_theta__8, d_theta__9, d_theta,
+                      gru__ws__theta, gru_backward__ws__d_emb, pack);
     /* t += 1;  step_size = lr / (1 - beta1^t);  bc2_sqrt = sqrt(1 - beta2^t) (in double); the updates */
     adam_t[0] += 1;
     const gc_real gc_step_size = (gc_real)(gc_hp->lr / (1.0 - pow(gc_hp->beta1, (double)adam_t[0])));

@@ -68,7 +68,7 @@ enum { gru_H = 32 };
  *     static unsigned char raw[gru_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define gru_WORKSPACE_BYTES(max_n) \
-    ((((size_t)19056 + (size_t)7296 * (size_t)(max_n)) + gru_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)19008 + (size_t)7632 * (size_t)(max_n)) + gru_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
@@ -107,6 +107,21 @@ size_t gru_workspace_size(long n);
 int gru_forward(long n, const int32_t *x, const int32_t *y, const float *emb, const float *W_ih,
                 const float *W_hh, const float *b_ih, const float *b_hh, const float *W_out,
                 const float *b_out, float *loss, float *probs, void *workspace);
+
+/* the outputs that need no y: probs
+ *   x          input   [N, 16]  int32
+ *   emb        param   [96, 16]
+ *   W_ih       param   [96, 16]
+ *   W_hh       param   [96, H=32]
+ *   b_ih       param   [96]
+ *   b_hh       param   [96]
+ *   W_out      param   [96, H=32]
+ *   b_out      param   [96]
+ *   probs      output  [N, 16, 96]
+ */
+int gru_predict(long n, const int32_t *x, const float *emb, const float *W_ih, const float *W_hh,
+                const float *b_ih, const float *b_hh, const float *W_out, const float *b_out,
+                float *probs, void *workspace);
 
 /* the outputs and the gradients of the loss J with respect to emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out
  *   x          input   [N, 16]  int32
