@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.core.errors import GraphcError, ShapeError, SpecError
+from graphc.core.errors import DTypeError, GraphcError, ShapeError, SpecError
 
 EPS = 1e-6
 
@@ -297,11 +297,16 @@ def test_scan_carried_state_changing_shape_is_an_error_naming_both_shapes():
         graphc.scan(lambda h, x_t: (x_t @ W, x_t), h0, x)
 
 
-def test_scan_init_of_the_wrong_dtype_is_an_error():
+def test_scan_dtype_mismatches_are_errors():
     g = graphc.Graph("bad")
     x, ids = g.input("x", ("N", 5, 3)), g.input("ids", ("N", 3), dtype="int32")
-    with pytest.raises(GraphcError, match="int32"):
-        graphc.scan(lambda h, x_t: (h + x_t, h), ids, x)
+    with pytest.raises(DTypeError, match="carried state 'h' is int32: a carried state is real"):
+        graphc.scan(lambda h, x_t: (x_t, x_t), ids, x)
+    h0, seq = g.input("h0", ("N", 3)), g.input("seq", ("N", 5, 3), dtype="int32")
+    h_T, _ = graphc.scan(lambda h, x_t: (graphc.tanh(h + x_t), h), h0, x)
+    with pytest.raises(DTypeError, match=r"argument 2 \(x_t '\w+' of the body\) is \(N, 3\) int32, "
+                                         r"but the body reads it as \(N, 3\) float"):
+        g.apply("scan", h0, seq, body=h_T.node.attrs["body"], part=("final", 0))      # the body's x_t is real
 
 
 def test_scan_over_a_wrong_axis_is_an_error():

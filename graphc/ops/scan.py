@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.core.errors import GraphcError, ShapeError
+from graphc.core.errors import DTypeError, GraphcError, ShapeError
 from graphc.core.ir import FLOAT, Graph, Origin, TensorType, Value
 from graphc.core.opdef import OpDef, register
 from graphc.ops.scan_body import Body, stacked, unstacked
@@ -64,14 +64,19 @@ class Scan(OpDef):
             if name in body.xs:
                 axis = body.x_axes[body.xs.index(name)]
                 got = TensorType(unstacked(t.shape, axis), t.dtype)
-                what = f"the slice along axis {axis} of sequence {i + 1}"
+                what = f"the slice along axis {axis} of argument {i + 1} (x_t {name!r} of the body)"
             else:
-                got, what = t, ("the initial value of carried state" if name in body.carry else "the outer value")
+                got, what = t, (f"argument {i + 1}, the initial value of carried state {name!r}," if name in body.carry
+                                else f"argument {i + 1} ({name!r} in the body)")
             if got != want:
-                raise ShapeError(f"{what} {name!r} is {g.format_shape(got.shape)} {got.dtype}, but the body "
-                                 f"reads it as {g.format_shape(want.shape)} {want.dtype}")
+                error = DTypeError if got.shape == want.shape else ShapeError
+                raise error(f"{what} is {g.format_shape(got.shape)} {got.dtype}, but the body "
+                            f"reads it as {g.format_shape(want.shape)} {want.dtype}")
         for name, out in zip(body.carry, body.new_carry):
             t_in, t_out = g.inputs[name].type, body.value(out).type
+            if t_in.dtype != FLOAT:
+                raise DTypeError(f"carried state {name!r} is {t_in.dtype}: a carried state is real",
+                                 hint="ids are scanned over (xs), not carried")
             if t_in != t_out:
                 raise ShapeError(f"carried state {name!r} changes shape: it enters the body as "
                                  f"{g.format_shape(t_in.shape)} {t_in.dtype} and leaves it as "
@@ -250,4 +255,4 @@ def scan(f, init, xs, axis: int = 1, name: str = "scan"):
     return rebuild_carry(finals), (None if y is None else rebuild_y(stacks))
 
 
-__all__ = ["Body", "Scan", "scan", "run", "FLOAT", "TensorType"]
+__all__ = ["Body", "Scan", "finish", "new_body", "run", "scan", "structure", "unstacked"]
