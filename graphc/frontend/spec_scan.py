@@ -71,10 +71,10 @@ def scan_tables(p, g: Graph) -> dict[str, ScanTable]:
         for k in ("init", "xs"):
             for key, v in t[k].items():
                 if isinstance(v, str):
-                    reads |= _names(p._parse(section, key, v))
+                    reads |= _names(p.parse_expression(section, key, v))
         body_names = set(t["body"]) | set(t["init"]) | set(t["xs"])
         for key, v in t["body"].items():
-            reads |= _names(p._parse(f"{section}.body", key, v)) - body_names
+            reads |= _names(p.parse_expression(f"{section}.body", key, v)) - body_names
         st.reads = reads
         out[section] = st
     return out
@@ -95,10 +95,10 @@ def build_scan(p, g: Graph, st: ScanTable) -> None:
                             hint=f"its time axis is from {-v.rank} to {v.rank - 1}")
     body = new_body(g, st.label)
     for k, v in inits:
-        p._guard(lambda: body.input(k, v.shape, v.dtype), p.src.loc(section, "init"))
+        p.guard(lambda: body.input(k, v.shape, v.dtype), p.src.loc(section, "init"))
     for k, v in seqs:
-        p._guard(lambda: body.input(k, unstacked(v.shape, axis % v.rank), v.dtype), p.src.loc(section, "xs"))
-    p._graph_section(body, f"{section}.body", t["body"])
+        p.guard(lambda: body.input(k, unstacked(v.shape, axis % v.rank), v.dtype), p.src.loc(section, "xs"))
+    p.graph_section(body, f"{section}.body", t["body"])
 
     def body_value(key: str, field_: str):
         name = t[field_][key]
@@ -125,13 +125,14 @@ def build_scan(p, g: Graph, st: ScanTable) -> None:
                  [body_value(k, "ys") for k in ys], axis % seqs[0][1].rank, st.label, list(ys))
     inputs = [v for _, v in inits] + [v for _, v in seqs] + list(body.captures)
     loc = p.src.loc(section)
+    def result(part: tuple, name: str):
+        return p.guard(lambda: g.apply("scan", *inputs, body=rec, part=part, name=check_name(name, "value", loc)), loc)
+
     with g.origin(Origin(f"[{section}]", loc)):
         for j, name in enumerate(ys):
-            p._guard(lambda: g.apply("scan", *inputs, body=rec, part=("ys", j), name=check_name(name, "value", loc)), loc)
+            result(("ys", j), name)
         for name, state in final.items():
-            i = [k for k, _ in inits].index(state)
-            p._guard(lambda: g.apply("scan", *inputs, body=rec, part=("final", i), name=check_name(name, "value", loc)),
-                     loc)
+            result(("final", [k for k, _ in inits].index(state)), name)
 
 
 def _outer(p, g: Graph, section: str, key: str, v):
@@ -143,8 +144,8 @@ def _outer(p, g: Graph, section: str, key: str, v):
         if isinstance(v, dict):
             if set(v) != {"shape", "value"}:
                 raise SpecError(f"[{section}] {key} = {{ shape = [...], value = 0.0 }} takes shape and value", loc)
-            shape = p._guard(lambda: g.resolve_shape(v["shape"], key, loc), loc)
+            shape = p.guard(lambda: g.resolve_shape(v["shape"], key, loc), loc)
             return g.apply("broadcast_to", g.const(v["value"]), shape=shape)
         if not isinstance(v, str):
             raise SpecError(f"[{section}] {key} must be an expression, a number or {{ shape, value }}", loc)
-        return p._expr(g, section, key, p._parse(section, key, v), v.strip())
+        return p.expression(g, section, key, p.parse_expression(section, key, v), v.strip())
