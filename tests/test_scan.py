@@ -228,6 +228,27 @@ def test_scan_c_matches_reference_at_several_lengths_and_batches(T):
             np.testing.assert_allclose(state.params[w], v[w] - lr * want[f"d_{w}"], rtol=1e-10, atol=1e-12)
 
 
+def test_scan_c_takes_the_sequence_length_at_run_time_when_it_is_the_symbolic_dim():
+    """With a fixed batch, T is the one size the C functions take (their argument n): one build runs
+    every length, and the saved steps are sized by it like a batch-sized buffer."""
+    g = graphc.Graph("rnn_t")
+    x, h0 = g.input("x", (4, "T", 3)), g.input("h0", (4, 5))
+    W, U = g.param("W", (5, 3)), g.param("U", (5, 5))
+    h_T, hs = graphc.scan(lambda h, x_t: (graphc.tanh(x_t @ W.T + h @ U.T),) * 2, h0, x, axis=1)
+    g.output("L", graphc.mean(hs * hs) + graphc.sum(h_T))
+    m = graphc.compile(g, grad_of="L", wrt=["W", "U", "h0"], dtype="float64")
+    bwd = graphc.grad(g, of="L", wrt=["W", "U", "h0"])
+    rng = np.random.default_rng(0)
+    for T in (1, 2, 7, 33):
+        v = dict(x=rng.normal(size=(4, T, 3)), h0=rng.normal(size=(4, 5)), W=rng.normal(size=(5, 3)) * 0.5,
+                 U=rng.normal(size=(5, 5)) * 0.5)
+        want = graphc.evaluate(bwd, **v)
+        out, grads = m.value_and_grad(**v)
+        np.testing.assert_allclose(out["L"], want["L"], rtol=1e-12)
+        for w in ("W", "U", "h0"):
+            np.testing.assert_allclose(grads[w], want[f"d_{w}"], rtol=1e-10, atol=1e-13, err_msg=f"d_{w} at T={T}")
+
+
 def test_scan_c_time_major_lstm_matches_reference_in_float32():
     """An LSTM (two carried states) over time-major x [T, N, D] read in place (no copy of x_t), float32."""
     g = graphc.Graph("lstm_tm")
