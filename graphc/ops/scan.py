@@ -227,7 +227,7 @@ def scan(f, init, xs, axis: int = 1, name: str = "scan"):
 
     def declare(key, v, default, shape):
         base = key or default
-        nm = base if base not in taken and not outer.has_name(base) else f"{base}_{len(taken)}"
+        nm = base if base not in taken else f"{base}_{len(taken)}"
         taken.add(nm)
         return g.input(nm, shape, v.dtype)
 
