@@ -125,6 +125,27 @@ def gather_graph() -> graphc.Graph:
     return g
 
 
+def scan_graph() -> graphc.Graph:
+    """A recurrence (ops/scan.py): ids embedded at every step of a batch-first [N, T] sequence and a
+    real [N, T, 2] input, a tanh RNN over them carrying two states."""
+    g = graphc.Graph("ops_scan")
+    ids = g.input("ids", ("N", 5), dtype="int32")
+    u = g.input("u", ("N", 5, 2))
+    h0 = g.input("h0", ("N", 3))
+    E, W, U = g.param("E", (11, 3)), g.param("W", (3, 3)), g.param("U", (2, 3))
+
+    def cell(state, x):
+        h, c = state
+        ids_t, u_t = x
+        h_new = graphc.tanh(graphc.embedding(E, ids_t) + h @ W + u_t @ U)
+        return (h_new, c + h_new * 0.5), h_new
+
+    (h_T, c_T), hs = graphc.scan(cell, (h0, h0 * 0.0), (ids, u), axis=1)
+    g.output("hs", hs)
+    g.output("J", graphc.sum(hs * hs) + graphc.sum(h_T) + graphc.mean(c_T))
+    return g
+
+
 def column_graph() -> graphc.Graph:
     """No batch dim: one example as a column vector (the notes' form)."""
     g = graphc.Graph("ops_column")
@@ -208,7 +229,7 @@ def attention_graph() -> graphc.Graph:
 
 OP_GRAPHS = {f.__name__.removesuffix("_graph"): f for f in
              (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph,
-              tensor_graph, conv_graph, attention_graph)}
+              tensor_graph, conv_graph, attention_graph, scan_graph)}
 
 
 def real_names(g: graphc.Graph) -> list[str]:

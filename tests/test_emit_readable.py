@@ -46,8 +46,11 @@ def test_emit_model_file_with_train_step_and_fit_is_at_most_500_lines(spec, opt)
     # on its own; at most 700 lines per convolution more (digits_cnn 1,832 lines for 2, kws_dscnn
     # about 4,200 and resnet8 4,000 for 9), which catches a lowering that writes a call per group, as a
     # depthwise convolution by GEMMs once did: 11,120 lines for kws_dscnn)
+    # (a scan is its body's kernels three times: in the forward, in the forward that saves what the
+    # backward reads, and in the backward scan; examples/gru.toml is about 1,000 lines)
     convs = sum(n.op.name in ("conv2d", "conv1d") for n in g.nodes)
-    limit = 500 + 700 * convs
+    scans = len({id(n.attrs["body"]) for n in g.nodes if n.op.name == "scan"})
+    limit = 500 + 700 * convs + 700 * scans
     assert lines <= limit, f"{c.name}.c with {opt} has {lines} lines"
 
 

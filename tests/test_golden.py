@@ -32,6 +32,8 @@ GOLDEN_OPTIMIZERS = {
     "one_layer_column": graphc.Adam(lr=1e-3, weight_decay=1e-4),
     "window_classifier": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4),
     "digits_cnn": graphc.Adam(lr=2e-3),        # the demo's: batch norm's running statistics, dropout's step
+    "gru": graphc.Adam(lr=1e-2),               # scans: a loop over time, forward and backward
+    "lstm": graphc.SGD(lr=0.1),
 }
 
 

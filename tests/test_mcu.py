@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = SMALL_EXAMPLES      # (kws_dscnn: tests/test_kws.py, with its own builds)
 # The batch main.c runs on the board: 4 (its default), 1 for the convolutional examples, whose
 # training at batch 1 is what a device does (digits_cnn's train step at 4 would need 300 KB)
-MCU_BATCH = {"digits_cnn": 1, "kws_dscnn": 1}
+MCU_BATCH = {"digits_cnn": 1, "kws_dscnn": 1, "gru": 1}   # (gru: the steps saved for the backward scan, 190 KB at 4)
 RTOL = 1e-5
 RAM = 256 * 1024
 

@@ -29,6 +29,8 @@ def live_ranges(f) -> dict[str, tuple[int, int]]:
     for i, step in enumerate(f.steps):
         for v in list(step.defs) + list(step.uses):
             touched.setdefault(c_name(v.name), []).append(i)
+        for name, _size in getattr(step, "scratch", ()):      # a scan loop's own area (backend/scan_loop.py)
+            touched.setdefault(name, []).append(i)
     end = len(f.sched.steps) - 1
     ranges = {}
     for name, b in f.sched.buffers.items():

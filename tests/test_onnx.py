@@ -678,13 +678,25 @@ def test_cli_import_writes_a_spec_that_loads_back_to_the_same_graph(tmp_path, ca
             assert f'"{onnx_name}" -> {name}' in text          # the spec's header lists each renamed name
 
 
-@pytest.mark.parametrize("spec", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+# (a model with a [scan.NAME] table, examples/gru.toml and lstm.toml, is not written back yet: the writer
+# says so, test_spec_writer_says_a_scan_is_not_written_yet)
+SCANS = {"gru.toml", "lstm.toml"}
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in EXAMPLES.glob("*.toml") if p.name not in SCANS))
 def test_spec_writer_round_trips_every_example_spec(spec):
     """The writer is not ONNX's alone: each example spec, loaded and written, loads back node for node."""
     from graphc.frontend.spec_writer import to_spec
     g = graphc.load(EXAMPLES / spec)
     again = graphc.parse_spec(to_spec(g), default_name=g.name)
     assert _structure(again) == _structure(g) and again.grad_spec == g.grad_spec
+
+
+@pytest.mark.parametrize("spec", sorted(SCANS))
+def test_spec_writer_says_a_scan_is_not_written_yet(spec):
+    from graphc.frontend.spec_writer import to_spec
+    with pytest.raises(graphc.SpecError, match=r"a scan \(\[scan.NAME\] table\) is not written back"):
+        to_spec(graphc.load(EXAMPLES / spec))
 
 
 def test_spec_writer_names_shared_temporaries_and_keeps_values():

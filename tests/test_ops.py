@@ -333,6 +333,38 @@ def _attention_grad_cases(rng):
     return out
 
 
+def _rnn_body(n, d, h, axis=1):
+    """A scan body of ops/scan.py: h_t = tanh(x_t W + h_{t-1} U), y_t = h_t ∘ h_t, over x [n, T, d]
+    (axis 1) or [T, n, d] (axis 0), with W [d, h] and U [h, h] read at every step."""
+    from graphc.ops.scan import finish
+    outer = graphc.Graph("rnn")
+    W, U = outer.input("W", (d, h)), outer.input("U", (h, h))
+    body = graphc.Graph("rnn_cell")
+    body.enclosing = outer
+    carry, x = body.input("h", (n, h)), body.input("x_t", (n, d))
+    new = graphc.tanh(x @ W + carry @ U)
+    return finish(body, ["h"], ["x_t"], [new], [new * new], axis, "rnn")
+
+
+def _rnn_expect(h0, x, W, U, body, part):
+    hs, h = [], h0
+    for t in range(x.shape[body.x_axes[0]]):
+        h = np.tanh(np.take(x, t, axis=body.x_axes[0]) @ W + h @ U)
+        hs.append(h * h)
+    return h if part[0] == "final" else np.stack(hs, axis=body.y_axes[0])
+
+
+def _scan_cases(rng):
+    out = []
+    for n, T, d, h, axis, part in [(3, 4, 2, 5, 1, ("final", 0)), (2, 3, 4, 3, 1, ("ys", 0)),
+                                   (1, 1, 1, 1, 1, ("ys", 0)), (4, 5, 3, 2, 0, ("ys", 0))]:
+        x = real(rng, n, T, d) if axis == 1 else real(rng, T, n, d)
+        out.append(Case(f"rnn {n}x{T}x{d}->{h} axis {axis} {part[0]}",
+                        [real(rng, n, h), x, real(rng, d, h) * 0.5, real(rng, h, h) * 0.5], _rnn_expect,
+                        {"body": _rnn_body(n, d, h, axis), "part": part}))
+    return out
+
+
 CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
     "scaled_dot_product_attention": lambda rng: [
         Case("rank 4 Tq != Tk", [real(rng, 2, 2, 3, 4), real(rng, 2, 2, 5, 4), real(rng, 2, 2, 5, 3)], _naive_attention),
@@ -586,6 +618,7 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("broadcast", [np.array([[1.0, 2.0], [2.0, 3.0]]), np.array([2.0, 2.0])],
              lambda x, y: np.array([[0.0, 1.0], [1.0, 0.0]])),
     ],
+    "scan": _scan_cases,
     "where": lambda rng: [
         Case("broadcast mask", [(rng.standard_normal((3, 1, 4)) > 0) * 2.0, real(rng, 3, 2, 4), real(rng, 4)],
              lambda c, a, b: np.where(c != 0, a, b)),
@@ -1282,8 +1315,17 @@ def _attention_space(with_v=True):
     return space
 
 
+def _scan_space(draw, rng):
+    n, T, d, h, axis = draw(DIM), draw(DIM), draw(DIM), draw(DIM), draw(st.sampled_from([0, 1]))
+    x = real(rng, n, T, d) if axis == 1 else real(rng, T, n, d)
+    part = draw(st.sampled_from([("final", 0), ("ys", 0)]))
+    return [real(rng, n, h), x, real(rng, d, h) * 0.5, real(rng, h, h) * 0.5], \
+        {"body": _rnn_body(n, d, h, axis), "part": part}
+
+
 GRAD_SPACES.update({
     "scaled_dot_product_attention": _attention_space(), "attention_lse": _attention_space(with_v=False),
+    "scan": _scan_space,
     "batch_norm": _batch_norm_space, "dropout": _dropout_space, "where": _where_space,
     "conv2d": _conv2d_space, "conv1d": _conv1d_space, "im2col": _im2col_space, "col2im": _col2im_space,
     "patch_matmul": _patch_matmul_space, "depthwise_conv": _depthwise_space,

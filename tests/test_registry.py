@@ -70,6 +70,16 @@ rm = [2]
 rv = [2]
 """
 
+def _scan_body():
+    """s_t = s_{t-1} + Σ x_t, over seq [N, 2, 6] along axis 1 (a scan of ops/scan.py)."""
+    from graphc.ops.scan import finish
+    body = graphc.Graph("acc", DIMS)
+    s, x = body.input("s", ()), body.input("x_t", ("N", 6))
+    return finish(body, ["s"], ["x_t"], [s + graphc.sum(x)], [], 1, "acc")
+
+
+SCAN_BODY = _scan_body()
+
 # (op, inputs, attrs, spec form or None where the spec language cannot write it, text, LaTeX)
 EXAMPLES = [
     ("const", (), {"value": 2.5}, "2.5", "2.5", "2.5"),
@@ -171,6 +181,8 @@ EXAMPLES = [
      r"P^\top \mathrm{img}"),
     ("dropout", ("x",), {"p": 0.25}, "dropout(x, 0.25, seed=0)", "dropout(x)", r"\operatorname{dropout}(x)"),
     ("dropout_mask", ("s",), {"shape": (3, 4), "p": 0.5, "seed": 0}, None, "mask()", r"\operatorname{mask}()"),
+    ("scan", ("s", "seq"), {"body": SCAN_BODY, "part": ("final", 0)}, None, "scan[acc](s, seq)",
+     r"\operatorname{scan[acc]}(s, \mathrm{seq})"),
 ]
 IDS = [f"{e[0]}-{i}" for i, e in enumerate(EXAMPLES)]
 FIRST = {}                                   # one example per op, for the checks that need one node

@@ -112,6 +112,10 @@ class Builder:
         row = self.apply("reshape", b, shape=(1,) + b.shape)
         return self.matmul(col, row)
 
+    def grad(self, graph: Graph, of: Value, wrt: Sequence[str]) -> Graph:
+        """The backward graph of another graph: a scan's VJP differentiates its body (ops/scan_grad.py)."""
+        return grad(graph, of, wrt)
+
     def zeros(self, shape) -> Value:
         return self.apply("broadcast_to", self.const(0.0), shape=tuple(shape))
 

@@ -26,9 +26,9 @@ def replay(graph: Graph, rewrite: Callable[[object, Node], Value | None], name: 
     g = Graph(name or graph.name, graph.dims)
     g.grad_spec, g.param_init, g.source_file = graph.grad_spec, dict(graph.param_init), graph.source_file
     vmap: dict[Value, Value] = {}
-    for table, new in ((graph.inputs, g.input), (graph.params, g.param)):
-        for k, v in table.items():
-            vmap[v] = new(k, v.shape, v.dtype)
+    for table, new in ((graph.inputs, g.inputs), (graph.params, g.params)):
+        for k, v in table.items():     # as declared (a scan body's inputs have names graphc chose)
+            vmap[v] = new[k] = g.values[k] = Value(g, k, v.type, None, v.kind)
     g.states = {k: g.params[k] for k in graph.states}
     b = Builder(g)
     for n in graph.nodes:

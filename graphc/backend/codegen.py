@@ -20,7 +20,7 @@ from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
 from graphc.backend.cprint import c_name, c_named, c_pack_pieces, c_param, c_size_poly, c_wrap
-from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS
+from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, all_records
 from graphc.backend.packing import Product, pack_pieces
 from graphc.backend.sharing import share
 from graphc.backend.sizes import pmax
@@ -141,7 +141,7 @@ class Emitter:
         """Every matrix product of the model's functions (NAME_fit runs NAME_train_step's)."""
         seen = {}
         for f in self.functions:
-            for st in f.steps:
+            for st in all_records(f.steps):
                 if isinstance(st, PRODUCTS) and st.dims:
                     p = Product(st.ta, st.tb, *st.dims)
                     seen[p] = p

@@ -14,6 +14,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     Depthwise    a depthwise convolution's direct loop and its two adjoints (no patch matrix)
     Pointwise    a 1x1 convolution and its two adjoints: one GEMM per image, NCHW (no patch matrix)
     Attention    scaled dot-product attention's forward (O and the row log-sum-exp) or backward pass
+    ScanLoop     a scan's body inside a loop over time (backend/scan_loop.py)
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
     RecipeBegin, GradNorm, AccumulateGrad  its schedule, clipping and gradient accumulation
 """
@@ -405,6 +406,36 @@ class Attention(Kernel):
     kind_name: ClassVar[str] = "attention"
 
 
+# ------------------------------------------------------------------------------------- scans
+@dataclass(frozen=True)
+class ScanLoop(Kernel):
+    """for t in 0 .. T-1 (or T-1 .. 0: reverse): the body's records. `locals` (C type, name, value)
+    are declared before the loop (the body's buffers, carry buffers, scratch) and `fills` (name,
+    value) set there (a constant read as a buffer); `carries` are (read pointer, write pointer,
+    buffer a, buffer b, initial value); `slices` (C type, name, value) are declared at each step and
+    `copies` (records) copy the strided ones; `finals` (output, read pointer, element count) are
+    copied after the loop."""
+    label: str = ""
+    T: str = ""
+    reverse: bool = False
+    locals: tuple = ()
+    fills: tuple = ()
+    cleared: tuple = ()         # (buffer, element count): the running sums (Body.sums), zeroed before the loop
+    carries: tuple = ()
+    slices: tuple = ()
+    copies: tuple = ()
+    body: tuple = ()
+    finals: tuple = ()
+    scratch: tuple = ()         # (C name, elements as a polynomial in n): the workspace buffer of the loop
+    template: ClassVar[str] = "kernels/scan.c.j2"
+    kind_name: ClassVar[str] = "scan"
+
+    @property
+    def inner(self) -> tuple:
+        """The records run inside the loop (the GEMM packing share counts their products too)."""
+        return self.copies + self.body
+
+
 # ---------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
 class Update(Kernel):
@@ -534,6 +565,9 @@ def with_names(record: Kernel, names: dict[int, str]):
         return record
     if isinstance(record, Loop):
         return NamedLoop(record, tuple(sorted(names.items())))
+    if isinstance(record, ScanLoop):
+        return replace(record, T=c_named(record.T, names), copies=tuple(with_names(r, names) for r in record.copies),
+                       body=tuple(with_names(r, names) for r in record.body))
     change = {f.name: c_named(getattr(record, f.name), names) for f in fields(record)
               if f.name in _SIZE_FIELDS and isinstance(getattr(record, f.name), str)}
     if isinstance(record, Gemm) and (record.epilogue.ldm or record.epilogue.ldu):
@@ -542,8 +576,16 @@ def with_names(record: Kernel, names: dict[int, str]):
     return replace(record, **change)
 
 
-RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, Attention, SgdUpdate, AdamStepCount,
-           AdamUpdate, RecipeBegin, GradNorm, AccumulateGrad)
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, Attention, ScanLoop, SgdUpdate,
+           AdamStepCount, AdamUpdate, RecipeBegin, GradNorm, AccumulateGrad)
+
+
+def all_records(steps):
+    """The records and those run inside them (a scan's loop, backend/scan_loop.py), depth first."""
+    for st in steps:
+        yield st
+        yield from all_records(getattr(st, "inner", ()))
+
 
 # the records that call the GEMM library (and so need the workspace's packing share): each has
 # ta, tb and dims, the (M, N, K) of its calls

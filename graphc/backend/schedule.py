@@ -17,6 +17,7 @@ from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
 from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
                                     Pointwise, RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
+from graphc.backend.scan_loop import scan_loop
 from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
 from graphc.core.ir import FLOAT, Graph, Node, Value
 
@@ -48,8 +49,10 @@ class Scheduler(Fusion):
     into the workspace, the update nodes get no kernel of their own, and the records run last."""
 
     def __init__(self, g: Graph, outputs: dict[str, Value], updates: OptimizerUpdates | None = None,
-                 writes: dict[str, Value] | None = None):
+                 writes: dict[str, Value] | None = None, names: dict[Value, str] | None = None, suffix: str = ""):
         self.state_writes = dict(writes or {})     # C name of a state param -> its new value
+        # a scan body's (backend/scan_loop.py): the C of its inputs, and the suffix of its buffers' names
+        self.names, self.suffix = dict(names or {}), suffix
         super().__init__(g, outputs, keep=(tuple(pu.grad for pu in updates.params) if updates else ())
                          + tuple(v for v in self.state_writes.values() if v.node is not None))
         self.updates = updates
@@ -57,11 +60,13 @@ class Scheduler(Fusion):
     # ---------------------------------------------------------------- names
     def ref(self, v: Value) -> str:
         """The C pointer holding v."""
+        if v in self.names:
+            return self.names[v]
         if v.node is None:
             return c_name(v.name)
         if v in self.out_of:
             return self.out_of[v]
-        return c_name(v.name)
+        return c_name(v.name) + self.suffix
 
     def static_expr(self, v: Value) -> str:
         """The C expression of a value fusion made static (constants, sizes and their arithmetic)."""
@@ -458,6 +463,10 @@ class Scheduler(Fusion):
                           lse=self.ref(partner.output) if partner is not None else None, Dv=size(v.shape[-1]),
                           **common)]
 
+    def scan(self, n: Node) -> list[Kernel]:
+        """The results of one scan (ops/scan.py): one C loop over time (backend/scan_loop.py)."""
+        return scan_loop(self, n)
+
     # ---------------------------------------------------------------- per node
     def node_steps(self, n: Node) -> list[Kernel]:
         v = n.output
@@ -556,7 +565,10 @@ class Scheduler(Fusion):
         for v, f in first.items():
             if v.node is None or v in self.out_of:
                 continue
-            buffers[c_name(v.name)] = Buffer(c_name(v.name), numel(v.shape), f, last[v], shape=tuple(v.shape))
+            buffers[self.ref(v)] = Buffer(self.ref(v), numel(v.shape), f, last[v], shape=tuple(v.shape))
+        for i, st in enumerate(steps):      # a scan's loop: its body's buffers, carries and slices
+            for name, size in getattr(st, "scratch", ()):
+                buffers[name] = Buffer(name, size, i, i)
         arena = plan(list(buffers.values()))
         return buffers, arena
 

@@ -240,6 +240,10 @@ class Graph:
         # a train step's recipe values: "lr" -> the input holding a scheduled step's learning rate,
         # "grad_norm" -> the output holding the gradients' norm before clipping (train_graph's)
         self.recipe: dict[str, str] = {}
+        # a scan's body (ops/scan.py): the graph around it, and each value of that graph (or of one
+        # around it) the body reads, as the body input that stands for it (its captured consts)
+        self.enclosing: Graph | None = None
+        self.captures: dict[Value, Value] = {}
 
     # ---------------------------------------------------------------- dims and shapes
     @property
@@ -353,8 +357,27 @@ class Graph:
         self.outputs[name] = value
         return value
 
+    def inside(self, other: "Graph") -> bool:
+        """Whether this graph is a scan body within `other` (at any depth)."""
+        g = self.enclosing
+        while g is not None and g is not other:
+            g = g.enclosing
+        return g is other
+
+    def capture(self, v: Value) -> Value:
+        """The body input standing for `v`, a value of a graph this body is inside (made once)."""
+        if v not in self.captures:
+            outer = v if v.graph is self.enclosing else self.enclosing.capture(v)
+            name = fresh_name(self.has_name, (outer.name,), f"{outer.name}__")
+            inp = Value(self, name, outer.type, None, "input")
+            self.inputs[name] = self.values[name] = inp
+            self.captures[v] = inp
+        return self.captures[v]
+
     def lift(self, v: Any) -> Value:
         if isinstance(v, Value):
+            if v.graph is not self and self.enclosing is not None and self.inside(v.graph):
+                return self.capture(v)      # a scan body reads a param of the model around it
             if v.graph is not self:
                 raise GraphcError(f"value {v.name!r} belongs to graph {v.graph.name!r}, not {self.name!r}")
             return v
@@ -383,6 +406,9 @@ class Graph:
 
     def apply(self, opname: str, *inputs: Any, name: str | None = None, **attrs) -> Value:
         op = get_op(opname)
+        inner = next((x.graph for x in inputs if isinstance(x, Value) and x.graph.inside(self)), None)
+        if inner is not None:       # W @ h with h a value of a scan body: the node belongs to the body
+            return inner.apply(opname, *inputs, name=name, **attrs)
         vals = tuple(self.lift(x) for x in inputs)
         origin = self._origin_stack[-1] if self._origin_stack else Origin()
         try:

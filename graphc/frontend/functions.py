@@ -33,3 +33,8 @@ def op_function(opname: str) -> Callable[..., Value]:
 FUNCTIONS: dict[str, Callable[..., Value]] = {
     name: op_function(name) for name, op in REGISTRY.items() if op.public and name not in OPERATORS}
 globals().update(FUNCTIONS)
+
+# scan is no op function: jax.lax.scan's form, graphc.scan(f, init, xs, axis=1), builds its body
+# graph by calling f (graphc/ops/scan.py)
+from graphc.ops.scan import scan  # noqa: E402
+FUNCTIONS["scan"] = scan

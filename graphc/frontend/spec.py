@@ -19,7 +19,7 @@ from graphc.core.ir import Graph, Origin, Value, subscript
 from graphc.core.opdef import unknown_op_hint
 from graphc.ops import REGISTRY
 
-SECTIONS = ("name", "dims", "inputs", "params", "state", "graph", "outputs", "grad")
+SECTIONS = ("name", "dims", "inputs", "params", "state", "graph", "scan", "outputs", "grad")
 SYMBOLIC = ("batch", "symbolic")
 MAX_EXPRESSION = 20_000
 _BINOPS = {ast.MatMult: "matmul", ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
@@ -140,7 +140,7 @@ class _Builder:
         if not isinstance(name, str):
             raise SpecError("name must be a string", self.src.loc("", "name"))
         dims = self._dims()
-        g = self._guard(lambda: Graph(name, dims), self.src.loc("", "name"))
+        g = self.guard(lambda: Graph(name, dims), self.src.loc("", "name"))
         g.source_file = self.src.file
         g.param_init = {}
         for section, declare in (("inputs", g.input), ("params", g.param), ("state", g.state)):
@@ -148,16 +148,16 @@ class _Builder:
                 loc = self.src.loc(section, key)
                 shape, dtype, init = self._declaration(section, key, decl, loc)
                 with g.origin(Origin(f"{section}.{key}", loc)):
-                    self._guard(lambda: declare(key, shape, dtype), loc)
+                    self.guard(lambda: declare(key, shape, dtype), loc)
                 if init is not None:
                     g.param_init[key] = init
-        self._graph_section(g)
+        self.graph_section(g)
         self._outputs(g)
         self._grad(g)
         g.verify()
         return g
 
-    def _guard(self, fn, loc: Location):
+    def guard(self, fn, loc: Location):
         """Re-raise builder errors with this key's location."""
         try:
             return fn()
@@ -203,7 +203,7 @@ class _Builder:
         return decl, dtype, init
 
     # ------------------------------------------------------------------ expressions
-    def _parse(self, section: str, key: str, expr: Any) -> ast.expr:
+    def parse_expression(self, section: str, key: str, expr: Any) -> ast.expr:
         loc = self.src.loc(section, key)
         if not isinstance(expr, str):
             raise SpecError(f"{section}.{key} must be an expression string, got {type(expr).__name__}", loc,
@@ -220,22 +220,30 @@ class _Builder:
             raise SpecError(f"expression cannot be parsed ({type(e).__name__}: nested too deeply?)", loc) from None
         return tree
 
-    def _graph_section(self, g: Graph) -> None:
+    def graph_section(self, g: Graph, section: str = "graph", table: dict | None = None) -> None:
+        """[graph]'s lines (or a scan body's, `section` and `table`), in the order they read each
+        other; the [scan.NAME] tables of the model take their place in that order (spec_scan.py)."""
         from graphc.core.ir import check_name
-        for k in self.table("graph"):   # graph names become C names too: the same rules as inputs
-            check_name(k, "value", self.src.loc("graph", k))
-        exprs = {k: self._parse("graph", k, v) for k, v in self.table("graph").items()}
-        order = self._toposort(g, exprs)
+        from graphc.frontend.spec_scan import build_scan, scan_tables
+        table = self.table("graph") if table is None else table
+        for k in table:   # graph names become C names too: the same rules as inputs
+            check_name(k, "value", self.src.loc(section, k))
+        exprs = {k: self.parse_expression(section, k, v) for k, v in table.items()}
+        scans = scan_tables(self, g) if section == "graph" else {}
+        order = self._toposort(g, exprs, scans)
         for key in order:
-            expr_text = self.table("graph")[key].strip()
-            loc = self.src.loc("graph", key)
+            if key in scans:
+                build_scan(self, g, scans[key])
+                continue
+            expr_text = table[key].strip()
+            loc = self.src.loc(section, key)
             with g.origin(Origin(f'{key} = "{expr_text}"', loc)), g.naming(key):
-                v = self._expr(g, "graph", key, exprs[key], expr_text)
+                v = self.expression(g, section, key, exprs[key], expr_text)
             if v.node is None or not v.name.startswith(key + "__"):
                 # `h = "z"` only aliases; record the alias as a value name
                 self._alias(g, key, v, loc)
             else:
-                self._guard(lambda: g.rename(v, key), loc)
+                self.guard(lambda: g.rename(v, key), loc)
 
     def _alias(self, g, key, v, loc):
         from graphc.core.ir import check_name
@@ -244,19 +252,24 @@ class _Builder:
             raise SpecError(f"value name {key!r} is already used", loc)
         g.values[key] = v
 
-    def _toposort(self, g: Graph, exprs: dict[str, ast.expr]) -> list[str]:
+    def _toposort(self, g: Graph, exprs: dict[str, ast.expr], scans: dict | None = None) -> list[str]:
         def names(t):   # the names an expression reads; `relu` in `relu(z)` calls the op, it reads no value
             called = {id(n.func) for n in ast.walk(t) if isinstance(n, ast.Call)}
             return [n.id for n in ast.walk(t) if isinstance(n, ast.Name) and id(n) not in called]
 
-        deps = {k: [d for d in names(t) if d in exprs and d != k] for k, t in exprs.items()}
+        scans = scans or {}
+        provider = {name: key for key, st in scans.items() for name in st.provides}
+        provider.update({k: k for k in exprs})
+        deps = {k: [provider[d] for d in names(t) if d in provider and d != k] for k, t in exprs.items()}
+        deps.update({key: [provider[d] for d in st.reads if d in provider and provider[d] != key]
+                     for key, st in scans.items()})
         for k, t in exprs.items():   # a redeclared input is the real mistake in `x = "relu(x)"`: report it first
             if k in g.inputs or k in g.params:
                 raise SpecError(f"{k!r} is declared as an input/param and again in [graph]", self.src.loc("graph", k))
             if k in names(t):
                 raise SpecError(f"{k} refers to itself", self.src.loc("graph", k), hint="graphs have no cycles")
         order, state = [], {}
-        for root in exprs:   # depth first with an explicit stack: a long chain of lines must not hit the recursion limit
+        for root in list(exprs) + list(scans):   # depth first with an explicit stack: a long chain of lines must not hit the recursion limit
             if root in state:
                 continue
             state[root] = "active"
@@ -278,7 +291,7 @@ class _Builder:
                     pending.append(iter(deps[d]))
         return order
 
-    def _expr(self, g: Graph, section: str, key: str, node: ast.expr, text: str) -> Value:
+    def expression(self, g: Graph, section: str, key: str, node: ast.expr, text: str) -> Value:
         def fail(msg, at, hint=None, cls=SpecError):
             raise cls(msg, self.src.loc(section, key, text, getattr(at, "col_offset", None)), hint)
 
@@ -299,6 +312,11 @@ class _Builder:
             if isinstance(n, ast.Name):
                 if n.id in g.values:
                     return g.values[n.id]
+                outer = g.enclosing
+                while outer is not None and n.id not in outer.values:
+                    outer = outer.enclosing
+                if outer is not None:          # a scan body reads a param or line of the model
+                    return g.lift(outer.values[n.id])
                 if n.id in g.dims:
                     fail(f"{n.id} is a dim, not a value", n, hint="dims size tensors; they cannot be used in arithmetic")
                 if n.id in REGISTRY and REGISTRY[n.id].public:
@@ -403,13 +421,13 @@ class _Builder:
 
     def _outputs(self, g: Graph) -> None:
         for key, expr in self.table("outputs").items():
-            tree = self._parse("outputs", key, expr)
+            tree = self.parse_expression("outputs", key, expr)
             loc = self.src.loc("outputs", key)
             with g.origin(Origin(f'{key} = "{expr.strip()}"', loc)), g.naming(key):
-                v = self._expr(g, "outputs", key, tree, expr.strip())
+                v = self.expression(g, "outputs", key, tree, expr.strip())
             if v.node is not None and v.name.startswith(key + "__") and key not in g.values:
                 g.rename(v, key)
-            self._guard(lambda: g.output(key, v), loc)
+            self.guard(lambda: g.output(key, v), loc)
         if not g.outputs:
             raise SpecError("the spec has no [outputs]", self.src.loc("outputs"), hint='add e.g. loss = "J"')
 

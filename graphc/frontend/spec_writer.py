@@ -36,6 +36,10 @@ def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
     if len(graph.symbolic_dims) > 1:
         raise SpecError(f"a spec has one symbolic (batch) dim; graph {graph.name!r} has {graph.symbolic_dims}",
                         hint="fix the other dims to integers")
+    scan = next((n for n in graph.nodes if n.op.name == "scan"), None)
+    if scan is not None:
+        raise SpecError(f"{scan.output.name} = scan(...): a scan ([scan.NAME] table) is not written back as a "
+                        "spec yet", hint="keep the spec it was loaded from; graphc.scan graphs stay in Python")
     users: dict[Value, int] = {}
     for n in graph.nodes:
         for v in n.inputs:
