@@ -27,8 +27,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from graphc.core.arguments import bind, param_arrays
-from graphc.native.calls import (CallPlan, allocate_workspace, as_c_array, batch_rows, c_array_type, output_specs,
-                                 picker)
+from graphc.native.calls import (CallPlan, allocate_workspace, as_c_array, c_array_type, describe_dims,
+                                 dim_values, output_specs, picker, shape_at)
 from graphc.native.progress import Progress, wanted
 from graphc.core.errors import ArgumentError, DTypeError, ExecutionError, GraphcError, NonFiniteError, ShapeError
 from graphc.core.ir import Graph
@@ -47,7 +47,8 @@ class TrainerCache:
     - step_ptrs, fit_ptrs: cffi pointers to the state's params and optimizer state, in the
       order NAME_train_step and NAME_fit take them (after the minibatch arrays). They stay
       valid because TrainState's mappings are read-only: the arrays are never rebound.
-    - workspaces: batch size (negated for NAME_fit) -> (workspace array, its cffi pointer).
+    - workspaces: (the dims' values: batch size and the other run-time dims; "fit" first for
+      NAME_fit) -> (workspace array, its cffi pointer).
     - plan: the calls.CallPlan of the state's recent train_step minibatch, or None.
 
     Only the Trainer that made it reads or writes it; a TrainState starts with an empty one
@@ -57,7 +58,7 @@ class TrainerCache:
 
     def __init__(self, trainer: "Trainer | None" = None, step_ptrs: tuple = (), fit_ptrs: tuple = ()):
         self.trainer, self.step_ptrs, self.fit_ptrs = trainer, tuple(step_ptrs), tuple(fit_ptrs)
-        self.workspaces: dict[int, tuple[np.ndarray, Any]] = {}
+        self.workspaces: dict[tuple, tuple[np.ndarray, Any]] = {}
         self.plan: CallPlan | None = None
 
 
@@ -270,15 +271,17 @@ class Trainer:
         cache = getattr(state, "cache", None)
         return cache if isinstance(cache, TrainerCache) and cache.trainer is self else self._bind(state)
 
-    def _workspace(self, cache: TrainerCache, n: int, fit: bool = False):
-        key = -n if fit else n
+    def _workspace(self, cache: TrainerCache, n: tuple, fit: bool = False):
+        """The workspace pointer of NAME_train_step (or NAME_fit) at the dims' values n (the batch
+        size, then the other run-time dims), kept in the state's cache."""
+        key = ("fit", *n) if fit else n
         hit = cache.workspaces.get(key)
         if hit is None:
             size_fn = getattr(self.lib, f"{self.name}_{'fit_' if fit else ''}workspace_size")
-            size = size_fn(n)
+            size = size_fn(*n)
             if size == 0:
-                raise ShapeError(f"{self.name}: batch size {n} is invalid or its workspace would overflow size_t",
-                                 hint="use a batch size >= 1 that fits in memory")
+                raise ShapeError(f"{self.name}: {describe_dims(n, self.graph)} is invalid or its workspace would "
+                                 f"overflow size_t", hint="use sizes >= 1 that fit in memory")
             if len(cache.workspaces) > 8:
                 cache.workspaces.clear()
             ws = allocate_workspace(self.name, size, n)
@@ -307,7 +310,7 @@ class Trainer:
             cache.plan = again
         status, outs = again.run(self._cstep, head)
         if status != 0:
-            self._fail(status, "train_step", batch, again.n)
+            self._fail(status, "train_step", batch, again.dims)
         if self._counts_steps:
             state.count_sgd_steps()
         return self._result(outs)
@@ -315,10 +318,10 @@ class Trainer:
     def _train_step_checked(self, state: TrainState, batch: dict) -> dict[str, np.ndarray]:
         """Check and convert the minibatch; leave a CallPlan in the state's cache when nothing was converted."""
         cache = self._cache(state)
-        env, dims = bind(self.graph, batch, self.dtype, need_params=False)
-        n = batch_rows(self.graph, dims)
+        env, found = bind(self.graph, batch, self.dtype, need_params=False)
+        n = self._c_dims(dim_values(self.graph, found))
         arrays = [as_c_array(k, env[k]) for k in self._inputs]
-        specs = [(tuple(n if isinstance(d, str) else d for d in shape), dt) for _, (shape, dt) in self._outs]
+        specs = [(shape_at(shape, self.graph, n), dt) for _, (shape, dt) in self._outs]
         plan = CallPlan(self.ffi, n, self._inputs, [c_array_type(self._ctype, a.dtype) for a in arrays], arrays,
                         self._workspace(cache, n), output_specs(self._ctype, specs), cache.step_ptrs)
         status, outs = plan.run(self._cstep, plan.head)
@@ -330,14 +333,18 @@ class Trainer:
             cache.plan = plan          # every input went to C as it was passed
         return self._result(outs)
 
-    def _fail(self, status: int, fname: str, arrays, n: int):
+    def _c_dims(self, dims: tuple) -> tuple:
+        """The dims' values as the C functions take them: one per symbolic dim (n alone without any)."""
+        return dims[:max(1, len(self.graph.symbolic_dims))]
+
+    def _fail(self, status: int, fname: str, arrays, n):
         if status == self.lib.GRAPHC_ERR_LABEL:
             env, _ = bind(self.graph, arrays, self.dtype, need_params=False)
             for name, _cname, bound in self._label_bounds:
                 check_labels(env[name], bound, f"argument {name!r}")
             raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
         if status == self.lib.GRAPHC_ERR_BATCH:
-            raise ShapeError(f"{self.name}_{fname}: batch size {n} is invalid for this model")
+            raise ShapeError(f"{self.name}_{fname}: {describe_dims(n, self.graph)} is invalid for this model")
         if fname == "fit" and status == self.lib.GRAPHC_ERR_ORDER:
             raise ArgumentError(f"{self.name}_fit: the order array is not a permutation of the rows")
         raise ExecutionError(f"{self.name}_{fname} returned status {status}")
@@ -366,8 +373,8 @@ class Trainer:
                               hint="call m.train_step(state, ...) in a loop instead")
         check_fit_counts(batch_size=(batch_size, 1), epochs=(epochs, 0), initial_epoch=(initial_epoch, 0))
         cache = self._cache(state)
-        env, dims = bind(self.graph, data, self.dtype, need_params=False)
-        n_total = batch_rows(self.graph, dims)
+        env, found = bind(self.graph, data, self.dtype, need_params=False)
+        n_total, *others = dim_values(self.graph, found)    # the rows, and the other run-time dims
         arrays = [as_c_array(k, env[k]) for k in self._inputs]
         data_ptrs = [self._ptr(a) for a in arrays]
         batch = int(min(batch_size, n_total))
@@ -376,7 +383,7 @@ class Trainer:
         rows[-1] = n_total - batch * (nb - 1)
         losses = np.empty(nb, dtype=self.dtype)
         loss_ptr = self._ptr(losses)
-        ws = self._workspace(cache, batch, fit=True)
+        ws = self._workspace(cache, (batch, *others), fit=True)
         rng = np.random.default_rng(seed)
         for _ in range(min(int(initial_epoch), int(epochs))):
             rng.permutation(n_total)          # the orders of the epochs done before
@@ -387,9 +394,10 @@ class Trainer:
                 order = rng.permutation(n_total).astype(np.int64)
                 before = state.copy() if stop_on_nonfinite else None
                 t0 = time.perf_counter()
-                status = self._cfit(n_total, batch, *data_ptrs, self._ptr(order), *cache.fit_ptrs, loss_ptr, ws)
+                status = self._cfit(n_total, batch, *others, *data_ptrs, self._ptr(order), *cache.fit_ptrs,
+                                    loss_ptr, ws)
                 if status != 0:
-                    self._fail(status, "fit", data, batch)
+                    self._fail(status, "fit", data, (batch, *others))
                 if self._counts_steps:
                     state.count_sgd_steps(nb)
                 if before is not None and not (np.isfinite(losses).all() and _finite(state)):
