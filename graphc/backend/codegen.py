@@ -193,7 +193,7 @@ def c_dims(graph: Graph) -> dict[str, str]:
     GraphcError when a name would be that of a value or another dim's."""
     sym = graph.symbolic_dims
     out = {d: ("n" if i == 0 else c_name(d)) for i, d in enumerate(sym)}
-    taken = {c_name(k): f"the value {k}" for k in graph.values}
+    taken = {c_name(k): f"the value {k}" for k in [*graph.values, *graph.outputs]}
     for d, c in out.items():
         if c != "n" and c in taken:
             raise GraphcError(f"{graph.name}: the symbolic dim {d} is the C argument {c}, which {taken[c]} "
