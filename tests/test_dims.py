@@ -50,6 +50,7 @@ J     = "cross_entropy(theta, y) + 0.1 * mean(s)"
 loss  = "J"
 probs = "softmax(theta)"
 s     = "s"
+gram  = "s @ s.T"                             # a product over T: [N, N], K = T
 
 [grad]
 of  = "J"
@@ -95,7 +96,7 @@ def test_dims_spec_order_puts_the_batch_first_and_c_takes_each_dim(model):
     assert "T is the size of the run-time dim T" in header
 
 
-@pytest.mark.parametrize("N,T", SIZES)
+@pytest.mark.parametrize("N,T", SIZES + [(20, 33)])
 def test_dims_forward_matches_reference_at_each_size(model, N, T):
     p, d = params(model), data(N, T)
     out = model.forward(**d, **p)
@@ -175,6 +176,9 @@ def test_dims_workspace_grows_with_T_as_the_plan_says(model):
     assert sizes[129] > sizes[7]
     assert lib.seqdims_workspace_size(5, 0) == 0 and lib.seqdims_workspace_size(0, 5) == 0
     assert lib.seqdims_fit_workspace_size(3, 9) > lib.seqdims_workspace_size(3, 9)
+    # gram's product has K = T: its packing share is its largest, the same at every T (and packs at (20, 33))
+    packs = {T: csrc.workspace_parts((20, T), 1)[1] for T in (1, 33, 5000)}
+    assert packs[1] == packs[33] == packs[5000] > 0
 
 
 def test_dims_T_mismatch_between_inputs_names_both(model):
@@ -245,3 +249,25 @@ def test_dims_standalone_c_builds_strict_and_prints_the_reference(spec, cc, tmp_
     assert ("forward", "s") in printed and ("value_and_grad", "d_U") in printed
     bad = subprocess.run(["./prog", "--bad-label"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 0, bad.stderr
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+except ImportError:          # pragma: no cover
+    given = None
+
+if given is not None:
+    monomials = st.lists(st.sampled_from(["N", "T", "S"]), max_size=3).map(tuple)
+    polys = st.dictionaries(monomials, st.integers(0, 50), max_size=4).map(Poly)
+    values = st.fixed_dictionaries({d: st.integers(0, 300) for d in ("N", "T", "S")})
+
+    @settings(max_examples=200, deadline=None)
+    @given(polys, polys, values)
+    def test_dims_poly_arithmetic_and_order_agree_with_evaluation(a, b, at):
+        assert (a + b).at(at) == a.at(at) + b.at(at)
+        assert (a * b).at(at) == a.at(at) * b.at(at)
+        top = a.max(b)
+        assert top.at(at) >= max(a.at(at), b.at(at)) and top.ge(a) and top.ge(b)
+        if a.ge(b):
+            assert a.at(at) >= b.at(at)
+        assert (a == b) == (a.terms == b.terms) and (a != b or hash(a) == hash(b))

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 from graphc.autodiff.optimizers import SGD, Adam, check_optimizer, describe, run_time_hparams
 from graphc.backend.cprint import (c_any_null, c_long, c_name, c_param, c_count, c_named, c_poly, c_poly_table, c_signature,
                                    c_size_poly, c_wrap)
@@ -36,7 +34,7 @@ from graphc.autodiff.train import train_graph
 from graphc.backend.kernels import (AdamStepCount, AdamUpdate, OptimizerUpdates, ParamUpdate, SgdUpdate,
                                     worth_parallel)
 from graphc.backend.lower import lower
-from graphc.backend.sizes import dim_poly, numel
+from graphc.backend.sizes import numel
 from graphc.backend.templates import environment
 from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, INT, Graph, TensorType, Value
@@ -215,9 +213,12 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     for a in out_args:
         staging.append(dict(cname=a.cname, ctype=a.ctype, size=numel(a.value.shape), doc=f"output {a.cname}"))
     table_dims = list(graph.symbolic_dims)
+    rows = {s["cname"]: c_poly_table(s["size"], table_dims) for s in staging}
+    terms = max(len(r) for r in rows.values())     # tables padded with zero terms to one length
+    zero = "{ " + ", ".join(["0"] * (len(table_dims) + 1)) + " }"
     for s in staging:
         s["unit"] = f"sizeof({s['ctype']})"
-        s["rows"] = c_poly_table(s["size"], table_dims)
+        s["padded"] = "{ " + ", ".join(rows[s["cname"]] + [zero] * (terms - len(rows[s["cname"]]))) + " }"
     staged = {s["cname"] for s in staging}
     step_call = []
     for a in f.args:
@@ -262,12 +263,14 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     signature = c_signature(sig)
     null_checks = c_any_null(["workspace"] + [a.cname for a in inputs + pargs + state_args if a.role != "hparams"]
                              + [order, losses])
+    dims = [batch, *others]
     ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, wrap=c_wrap,
                wrapped=c_wrap(f"int {graph.name}_fit", sig),
                step_call=c_wrap(f"gc_status = {graph.name}_train_step", ["gc_rows", *others] + step_call + ["workspace"],
-                                ");"), dims=[batch, *others], dim_params=[c_long(d) for d in (batch, *others)],
-               max_args=[f"max_{d}" for d in (batch, *others)], others=list(others), wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx,
-               label_checks=label_checks, staging=staging, width=len(table_dims) + 1, step_args=step_call, loss=loss_c, order=order,
+                                ");"),
+               dims=dims, dim_params=[c_long(d) for d in dims], max_args=[f"max_{d}" for d in dims], others=list(others),
+               wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx, label_checks=label_checks,
+               staging=staging, terms=terms, width=len(table_dims) + 1, step_args=step_call, loss=loss_c, order=order,
                losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
     for s in staging:
         s["size_expr"] = c_size_poly(s["size"], {d: f"max_{c}" for d, c in in_fit.items()})

@@ -241,7 +241,7 @@ class CompiledModel:
             linear = len(a.dims) == 1 and all(len(m) <= 1 for m, _ in a.terms)
             per_row = a.coeff(a.dims) if linear and self.graph.symbolic_dims[:1] == list(a.dims) else None
             head = f"{f.name}: {per_row * self.dtype.itemsize} bytes per batch row" if per_row is not None else f.name
-            parts.append(head + "\n" + memory_table(f.sched, n, self.dtype.itemsize))
+            parts.append(head + "\n" + memory_table(f.sched, n, self.dtype.itemsize, self.graph))
         return "\n".join(parts)
 
     # ------------------------------------------------------------------ training (native/training.py)

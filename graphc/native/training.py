@@ -47,8 +47,8 @@ class TrainerCache:
     - step_ptrs, fit_ptrs: cffi pointers to the state's params and optimizer state, in the
       order NAME_train_step and NAME_fit take them (after the minibatch arrays). They stay
       valid because TrainState's mappings are read-only: the arrays are never rebound.
-    - workspaces: (the dims' values: batch size and the other run-time dims; "fit" first for
-      NAME_fit) -> (workspace array, its cffi pointer).
+    - workspaces: batch size (negated for NAME_fit) -> (workspace array, its cffi pointer); with
+      several run-time dims their values (batch first; "fit" before them for NAME_fit).
     - plan: the calls.CallPlan of the state's recent train_step minibatch, or None.
 
     Only the Trainer that made it reads or writes it; a TrainState starts with an empty one
@@ -58,7 +58,7 @@ class TrainerCache:
 
     def __init__(self, trainer: "Trainer | None" = None, step_ptrs: tuple = (), fit_ptrs: tuple = ()):
         self.trainer, self.step_ptrs, self.fit_ptrs = trainer, tuple(step_ptrs), tuple(fit_ptrs)
-        self.workspaces: dict[tuple, tuple[np.ndarray, Any]] = {}
+        self.workspaces: dict[int | tuple, tuple[np.ndarray, Any]] = {}
         self.plan: CallPlan | None = None
 
 
@@ -274,7 +274,8 @@ class Trainer:
     def _workspace(self, cache: TrainerCache, n: tuple, fit: bool = False):
         """The workspace pointer of NAME_train_step (or NAME_fit) at the dims' values n (the batch
         size, then the other run-time dims), kept in the state's cache."""
-        key = ("fit", *n) if fit else n
+        key = n if len(n) > 1 else n[0]            # (the batch size alone for a model with one run-time dim)
+        key = ("fit", *n) if fit and len(n) > 1 else -key if fit else key
         hit = cache.workspaces.get(key)
         if hit is None:
             size_fn = getattr(self.lib, f"{self.name}_{'fit_' if fit else ''}workspace_size")

@@ -62,43 +62,18 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
    mlp.h, from their shapes as gc_gemm_pack_elems_f computes it; 0 at n = 1). */
 #define GC_PACK_ELEMS(n) mlp_PACK_ELEMS((size_t)(n), (size_t)GC_MAX_THREADS)
 
-/* The size at the run-time dims x[0..dims-1]: the sum over the `count` rows of terms, each
-   { coefficient, power of x[0], power of x[1], ... }; returns 0 (and leaves *out) on overflow. */
-static int gc_poly(const size_t *terms, int count, const size_t *x, int dims, size_t *out)
-{
-    size_t acc = 0;
-    for (int t = 0; t < count; ++t) {
-        const size_t *row = terms + (size_t)t * (size_t)(dims + 1);
-        size_t term = row[0];
-        for (int d = 0; d < dims; ++d) {
-            for (size_t p = 0; p < row[d + 1]; ++p) {
-                if (x[d] != 0 && term > SIZE_MAX / x[d]) {
-                    return 0;
-                }
-                term *= x[d];
-            }
-        }
-        if (term > SIZE_MAX - acc) {
-            return 0;
-        }
-        acc += term;
-    }
-    *out = acc;
-    return 1;
-}
-
 /* mlp_WORKSPACE_BYTES(n) checked for overflow (0: invalid n, or overflow); static, as the
  * functions below call it where an argument may be named like NAME_workspace_size. */
 static size_t gc_workspace_bytes(long n)
 {
-    /* planned peak, elements: rows { coefficient, power of n } */
+    /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
     static const size_t arena[][2] = { { 11392, 0 }, { 288, 1 } };
     const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1) {
         return 0;
     }
-    if (!gc_poly(arena[0], (int)(sizeof arena / sizeof arena[0]), x, 1, &elems)
+    if (!gc_size_poly(arena[0], (int)(sizeof arena / sizeof arena[0]), x, 1, &elems)
         || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n) - 64) {
         return 0;
     }
@@ -405,13 +380,8 @@ int mlp_train_step(long n, const float *x, const int32_t *y, float *W1, float *b
 static size_t gc_fit_layout(long batch, size_t off[4])
 {
     static const size_t unit[4] = { sizeof(float), sizeof(int32_t), sizeof(float), sizeof(float) };
-    /* the elements of each block: rows { coefficient, power of batch } (gc_poly) */
-    static const size_t size_0[][2] = { { 64, 1 } };
-    static const size_t size_1[][2] = { { 1, 1 } };
-    static const size_t size_2[][2] = { { 1, 0 } };
-    static const size_t size_3[][2] = { { 10, 1 } };
-    static const size_t *const sizes[4] = { size_0[0], size_1[0], size_2[0], size_3[0] };
-    static const int counts[4] = { 1, 1, 1, 1 };
+    /* each block's elements: rows { coefficient, power of batch } (gc_size_poly) */
+    static const size_t sizes[4][1][2] = { { { 64, 1 } }, { { 1, 1 } }, { { 1, 0 } }, { { 10, 1 } } };
     const size_t x[1] = { (size_t)batch };
     size_t total = gc_workspace_bytes(batch), elems;
     if (total == 0 || total > SIZE_MAX - 64) {
@@ -419,7 +389,7 @@ static size_t gc_fit_layout(long batch, size_t off[4])
     }
     total = (total + 63) / 64 * 64;
     for (int b = 0; b < 4; ++b) {
-        if (!gc_poly(sizes[b], counts[b], x, 1, &elems) || elems > (SIZE_MAX - 64 - total) / unit[b]) {
+        if (!gc_size_poly(sizes[b][0], 1, x, 1, &elems) || elems > (SIZE_MAX - 64 - total) / unit[b]) {
             return 0;
         }
         off[b] = total;
