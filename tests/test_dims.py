@@ -205,6 +205,21 @@ def test_dims_two_batch_dims_are_a_spec_error(tmp_path):
         graphc.load(path)
 
 
+def test_dims_the_batch_leads_wherever_the_spec_declares_it(tmp_path):
+    path = tmp_path / "late.toml"
+    path.write_text(SPEC.replace('N = "batch"\nT = "symbolic"', 'T = "symbolic"\nN = "batch"'))
+    assert 'T = "symbolic"\nN = "batch"' in path.read_text()
+    assert graphc.load(path).symbolic_dims == ["N", "T"]
+
+
+def test_dims_spec_writer_keeps_the_batch_and_the_symbolic_dims(spec, tmp_path):
+    from graphc.frontend.spec_writer import to_spec
+    text = to_spec(graphc.load(spec))
+    assert 'N = "batch"' in text and 'T = "symbolic"' in text
+    (tmp_path / "again.toml").write_text(text)
+    assert graphc.load(tmp_path / "again.toml").symbolic_dims == ["N", "T"]
+
+
 def test_dims_a_dim_named_like_a_value_is_refused(tmp_path):
     g = graphc.Graph("clash")
     x = g.input("x", ("N", "h", 4))

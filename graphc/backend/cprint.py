@@ -156,7 +156,7 @@ def c_size_poly(p, args: str | Mapping[str, str]) -> str:
 
 def c_poly_table(p, dims: list[str]) -> list[str]:
     """The terms of a size as rows { coefficient, power of dims[0], power of dims[1], ... } of
-    the table gc_poly (model.c.j2) evaluates; one row { 0, ... } for 0."""
+    the table gc_size_poly (graphc_kernels.c) evaluates; one row { 0, ... } for 0."""
     p = Poly.of(p)
     rows = [[c] + [mono.count(d) for d in dims] for mono, c in p.terms] or [[0] * (1 + len(dims))]
     return ["{ " + ", ".join(str(x) for x in r) + " }" for r in rows]
