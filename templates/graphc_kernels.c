@@ -83,6 +83,7 @@
 /* ======================================================================
  * Part 1: configuration and the choice of instruction set
  * ====================================================================== */
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -415,6 +416,7 @@ GC_KERNELS_API int gc_size_poly(const size_t *terms, int count, const size_t *x,
 #define gc_gemm_T GC_TYPED(gemm)
 #define gc_gemm_bias_act_T GC_TYPED(gemm_bias_act)
 #define gc_gemm_pack_elems_T GC_TYPED(gemm_pack_elems)
+#define gc_sample_T GC_TYPED(sample)
 #ifdef GC_GEMM_KC
 #define GC_KC GC_GEMM_KC
 #elif GC_REAL_IS_DOUBLE
@@ -666,7 +668,31 @@ GC_KERNELS_API void gc_gemm_T(int ta, int tb, long M, long N, long K,
     gc_gemm_ex_T(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, threads, 0);
 }
 
+/* An index i of logits[0..V-1] drawn with probability softmax(logits / temperature)_i: with m the
+   largest logit and e_i = exp((l_i - m) / temperature), the first i whose running sum of e exceeds
+   u * (the sum of all e), u = gc_random_bits(seed, step, 0) / 2^32. temperature <= 0 (or V = 1):
+   the argmax, the first on a tie. graphc/core/random.py's sample_index is the same in NumPy. */
+GC_KERNELS_API long gc_sample_T(const gc_real *logits, long V, double temperature,
+                                unsigned long seed, unsigned long step)
+{
+    long i, best = 0;
+    double top, total = 0.0, acc = 0.0, u;
+    for (i = 1; i < V; ++i) {
+        if (logits[i] > logits[best]) best = i;
+    }
+    if (!(temperature > 0.0) || V <= 1) return best;
+    top = (double)logits[best];
+    for (i = 0; i < V; ++i) total += exp(((double)logits[i] - top) / temperature);
+    u = (double)gc_random_bits(seed, step, 0) / 4294967296.0 * total;
+    for (i = 0; i < V; ++i) {
+        acc += exp(((double)logits[i] - top) / temperature);
+        if (acc > u) return i;
+    }
+    return best;
+}
+
 #undef GC_KC
+#undef gc_sample_T
 #undef gc_gemm_pack_elems_T
 #undef gc_gemm_bias_act_T
 #undef gc_gemm_T

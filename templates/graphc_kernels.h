@@ -103,6 +103,10 @@ GC_KERNELS_API void gc_gemm_bias_act_f(int ta, int tb, long M, long N, long K, c
  * the CPU or on how the library was compiled; graphc's Python side computes the same value
  * (graphc/backend/packing.py) to size a model's workspace at compile time. */
 GC_KERNELS_API long gc_gemm_pack_elems_f(int ta, int tb, long M, long N, long K, int threads);
+/* A token drawn from softmax(logits[0..V-1] / temperature) by the counter generator above (its
+ * bits of (seed, step, index 0)); temperature <= 0: the argmax. A language model's generate
+ * function calls it once per new token, with step = the token's position. */
+GC_KERNELS_API long gc_sample_f(const float *logits, long V, double temperature, unsigned long seed, unsigned long step);
 #endif /* GC_KERNELS_FLOAT */
 
 #if GC_KERNELS_DOUBLE
@@ -127,6 +131,7 @@ GC_KERNELS_API void gc_gemm_bias_act_d(int ta, int tb, long M, long N, long K, c
                                        const double *B, long ldb, int beta, double *C, long ldc,
                                        double *pack, int threads, const double *bias, int act);
 GC_KERNELS_API long gc_gemm_pack_elems_d(int ta, int tb, long M, long N, long K, int threads);
+GC_KERNELS_API long gc_sample_d(const double *logits, long V, double temperature, unsigned long seed, unsigned long step);
 #endif /* GC_KERNELS_DOUBLE */
 
 #ifdef __cplusplus

@@ -193,9 +193,22 @@ def conv_graph() -> graphc.Graph:
     return g
 
 
+def attention_graph() -> graphc.Graph:
+    """scaled_dot_product_attention, causal (Tq = Tk) and not (Tq != Tk): its forward kernel (O and
+    the row log-sum-exp) and its fused backward kernel."""
+    g = graphc.Graph("ops_attention")
+    q, k, v = g.input("q", ("N", 2, 5, 3)), g.input("k", ("N", 2, 7, 3)), g.input("v", ("N", 2, 7, 4))
+    s = g.param("s", (1, 2, 1, 1))
+    qs = graphc.tanh(q * s)
+    g.output("causal", graphc.scaled_dot_product_attention(qs, qs, qs, is_causal=True))
+    g.output("cross", graphc.scaled_dot_product_attention(qs, k, v, scale=0.8))
+    g.output("J", graphc.sum(g.outputs["causal"] * qs) + graphc.mean(g.outputs["cross"] * g.outputs["cross"]))
+    return g
+
+
 OP_GRAPHS = {f.__name__.removesuffix("_graph"): f for f in
              (elementwise_graph, reduction_graph, softmax_graph, linear_graph, gather_graph, column_graph,
-              tensor_graph, conv_graph)}
+              tensor_graph, conv_graph, attention_graph)}
 
 
 def real_names(g: graphc.Graph) -> list[str]:

@@ -197,6 +197,7 @@ def test_cli_emit_writes_the_model_and_the_kernel_library_without_running_a_comp
     assert status == 0, err
     names = {"one_layer.c", "one_layer.h", "graphc_kernels.c", "graphc_kernels.h", "main.c", "Makefile",
              "one_layer_checkpoint.c", "one_layer_checkpoint.h",    # a train step: its checkpoint read/write
+             "one_layer_mpi_update.c", "one_layer_mpi_update.h",    # ... and its update for `make MPI=1`
              "mcu/startup.c", "mcu/mps2_an386.ld"}     # mcu/: `make mcu`'s start-up code and linker script
     assert {p.relative_to(tmp_path / "split").as_posix() for p in (tmp_path / "split").rglob("*") if p.is_file()} == names
     assert all(f"wrote {tmp_path / 'split' / n}" in out for n in names)
@@ -206,7 +207,8 @@ def test_cli_emit_writes_the_model_and_the_kernel_library_without_running_a_comp
     status, out, err = run(capsys, "emit", ONE_LAYER, "-o", str(tmp_path / "one"), "--amalgamate", "--dtype", "float64")
     assert status == 0, err
     assert {p.name for p in (tmp_path / "one").iterdir()} == {"one_layer.c", "one_layer.h", "main.c", "Makefile", "mcu",
-                                                              "one_layer_checkpoint.c", "one_layer_checkpoint.h"}
+                                                              "one_layer_checkpoint.c", "one_layer_checkpoint.h",
+                                                              "one_layer_mpi_update.c", "one_layer_mpi_update.h"}
     whole = (tmp_path / "one" / "one_layer.c").read_text()
     assert '#include "graphc_kernels' not in whole and "gc_gemm_ex_d(" in whole
     assert "SOURCES = main.c one_layer.c one_layer_checkpoint.c\n" in (tmp_path / "one" / "Makefile").read_text()

@@ -31,7 +31,8 @@ from graphc.ops import REGISTRY
 DIMS = {"N": None, "D": 4, "K": 3, "V": 7}
 BATCH = 3
 REAL = {"x": ("N", "D"), "u": ("N", "D"), "p": ("N", "K"), "b": ("D",), "s": (),
-        "img": ("N", 2, 5, 4), "seq": ("N", 2, 6), "pat": ("N", 5, 4, 18)}      # NCHW, NCL, patch rows
+        "img": ("N", 2, 5, 4), "seq": ("N", 2, 6), "pat": ("N", 5, 4, 18),      # NCHW, NCL, patch rows
+        "lse": ("N", 2, 5)}                                                     # attention's row log-sum-exp of img
 LABELS = {"y": ("N",), "ids": ("N",)}      # below K (classes) and V (table rows)
 PARAMS = {"W": ("D", "K"), "E": ("V", "D"), "ker": (3, 2, 3, 3), "kb": (3,), "k1": (3, 2, 3), "w2": (3, 18),
           "dk": (2, 1, 3, 3), "pk": (3, 2, 1, 1), "gam": (2,)}
@@ -161,6 +162,13 @@ EXAMPLES = [
      r"\operatorname{batch\_norm}(\mathrm{img}, \mathrm{rm}, \mathrm{rv}, \mathrm{gam}, \mathrm{gam})"),
     ("batch_norm", ("img", "rm", "rv"), {"momentum": 0.5}, "batch_norm(img, rm, rv, momentum=0.5)", "batch_norm(img, rm, rv)",
      r"\operatorname{batch\_norm}(\mathrm{img}, \mathrm{rm}, \mathrm{rv})"),
+    ("scaled_dot_product_attention", ("img", "img", "img"), {"is_causal": True},
+     "scaled_dot_product_attention(img, img, img, is_causal=True)", "attention(img, img, img)",
+     r"\operatorname{attention}(\mathrm{img}, \mathrm{img}, \mathrm{img})"),
+    ("attention_lse", ("img", "img"), {}, None, "logsumexp(s img imgᵀ)",
+     r"\operatorname{logsumexp}(s \mathrm{img} \mathrm{img}^\top)"),
+    ("attention_grad", ("img", "img", "img", "img", "lse", "img"), {"wrt": "v"}, None, "Pᵀ img",
+     r"P^\top \mathrm{img}"),
     ("dropout", ("x",), {"p": 0.25}, "dropout(x, 0.25, seed=0)", "dropout(x)", r"\operatorname{dropout}(x)"),
     ("dropout_mask", ("s",), {"shape": (3, 4), "p": 0.5, "seed": 0}, None, "mask()", r"\operatorname{mask}()"),
 ]
@@ -215,6 +223,10 @@ def test_op_has_a_shape_rule_and_a_reference(name):
     assert got.shape == want, f"{name}: the reference gives {got.shape}, the shape rule {v.shape}"
 
 
+# backward kernels whose own VJP (a second derivative) graphc does not build
+NO_SECOND_DERIVATIVE = {"attention_grad"}
+
+
 def _identities(doc: str) -> set[str]:
     return set(re.findall(r"\((\d)\)", doc))
 
@@ -228,6 +240,11 @@ def test_op_has_a_vjp_citing_its_identities_or_says_no_gradient(name):
     g, v = example(name, ins, attrs)
     d = g.input("delta", v.shape)
     before = len(g.nodes)
+    if name in NO_SECOND_DERIVATIVE:            # a backward kernel op: says so, in a GraphcError
+        assert "not supported" in doc
+        with pytest.raises(graphc.GraphcError, match="not supported"):
+            op.vjp(Builder(g), v.node, d)
+        return
     grads = op.vjp(Builder(g), v.node, d)       # the base class raises: every op says what flows back
     assert len(grads) == len(v.node.inputs), f"{name}: one gradient (or None) per input"
     for x, gx in zip(v.node.inputs, grads):
@@ -256,7 +273,7 @@ def test_op_notation_in_the_notes(name, ins, attrs, spec, text, latex):
 
 # Which ops set explain's flags; a record that lost one changes the derivations' text.
 LEAFY = {"const", "size", "onehot", "softmax", "log_softmax", "sign", "transpose", "reshape", "broadcast_to", "equal",
-         "dropout_mask"}
+         "dropout_mask", "attention_lse"}
 SEE_THROUGH = {"broadcast_to", "reshape"}
 NOT_SHOWN_BY_NAME = {"softmax", "const"}
 

@@ -24,6 +24,7 @@ EXAMPLES = list(SMALL_EXAMPLES)
 # and a wide softmax: the threaded kernel forms the examples are too small for
 EXAMPLES += [Path(__file__).resolve().parent / "specs" / "many_classes.toml"]
 EXAMPLES += [Path(__file__).resolve().parent / "specs" / "small_cnn.toml"]      # im2col, grouped GEMMs, col2im
+EXAMPLES += [Path(__file__).resolve().parent / "specs" / "small_attention.toml"]    # the attention kernels
 SANITIZE = "-std=c99 -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 CONFIGS = {"float64": "", "float32-native": "-march=native"}    # portable and vector GEMM paths
 ENV = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",

@@ -18,6 +18,8 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
     SCATTER_FROM_SLICE  embedding's adjoint reads its rows straight from the columns a slice takes
     SCATTER_SUM         the adjoints of several embeddings of one table, summed: each scatters into
                         the sum's buffer, zeroed once (a gradient fed by several uses)
+    ATTENTION_PARTS     scaled dot-product attention's forward kernel writes O and the row log-sum-exp L
+                        of the same q and k; its dQ, dK and dV (the same inputs) are one backward kernel
     and two rules over op traits: scalars of constants and sizes are static C expressions
     (OpDef.static), and a single-use elementwise value is computed inside its consumer's loop.
 
@@ -117,6 +119,9 @@ GATHER_INTO_CONCAT = ("embedding", "concat")           # the gather, its single 
 SCATTER_FROM_SLICE = op("embedding_grad", op("slice", var("whole"), bind="part"), var("ids"))
 SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each leaf a scatter
 
+# (forward, its row log-sum-exp, the gradients): one kernel writes O and L, one dQ, dK and dV
+ATTENTION_PARTS = ("scaled_dot_product_attention", "attention_lse", "attention_grad")
+
 TRANSPOSE_IN_PLACE = op("transpose", var("x"))
 READS_IN_PLACE = "matmul"      # the consumer that reads a transpose in place (op(A) = Aᵀ)
 INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside their loop
@@ -169,12 +174,15 @@ class Fusion:
         self.moved: set[Node] = set()               # relus computed by the kernel before them (CONV_RELU)
         self.conv_relu: set[Node] = set()           # conv GEMMs and depthwise loops that apply a relu
         self.writes: dict[Node, Value] = {}         # node -> the relu output it writes instead of its own
+        self.attention_lse: dict[Node, Node] = {}   # attention forward -> the log-sum-exp node it also writes
+        self.attention_grads: dict[Node, tuple[Node, ...]] = {}   # first of dQ, dK, dV -> all of them
         self._statics()
         self._shared_row_passes()
         self._identity_7()
         self._gemm_epilogues()
         self._conv_relus()
         self._gathers()
+        self._attention()
         self._in_place_and_inline()
 
     def _single_user(self, v: Value) -> Node | None:
@@ -332,6 +340,33 @@ class Fusion:
                 self.absorbed.add(lf.output)
             self.absorbed.update(inner)
             self.absorbed.add(n.output)     # computed by its scatters: the add itself has no kernel
+
+    def _attention(self) -> None:
+        """ATTENTION_PARTS: the log-sum-exp L of a forward attention's q and k (same flags), saved
+        for the backward pass, is written by the forward kernel as it finishes each row; the
+        attention_grad nodes of one attention (the same six inputs and flags) are one kernel,
+        emitted where the first stands (all read the same values), writing each gradient needed."""
+        forward, lse, grad = ATTENTION_PARTS
+        flags = lambda n: (n.attrs["is_causal"], n.attrs["scale"])  # noqa: E731
+        live = [n for n in self.g.nodes if n.output not in self.dropped]
+        forwards = {(n.inputs[0], n.inputs[1], flags(n)): n for n in live if n.op.name == forward}
+        for n in live:
+            f = forwards.get((n.inputs[0], n.inputs[1], flags(n))) if n.op.name == lse else None
+            if f is not None and f not in self.attention_lse and self.where[f] < self.where[n]:
+                self.attention_lse[f] = n
+                self.absorbed.add(n.output)
+        groups: dict = {}
+        for n in live:
+            if n.op.name != grad:
+                continue
+            nodes = groups.setdefault((n.inputs, flags(n)), [])
+            if any(m.attrs["wrt"] == n.attrs["wrt"] for m in nodes):
+                self.attention_grads[n] = (n,)          # a twin CSE left: a kernel of its own
+                continue
+            nodes.append(n)
+        for nodes in groups.values():
+            self.attention_grads[nodes[0]] = tuple(nodes)
+            self.absorbed.update(n.output for n in nodes[1:])
 
     def _fits(self, role: str, env: dict, final: Node, user: Node, shape) -> bool:
         """The conditions of an epilogue link: a bias is a row vector computed at run time; the

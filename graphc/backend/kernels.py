@@ -13,6 +13,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     Patches      a convolution's patch matrix (im2col) and its adjoint (col2im)
     Depthwise    a depthwise convolution's direct loop and its two adjoints (no patch matrix)
     Pointwise    a 1x1 convolution and its two adjoints: one GEMM per image, NCHW (no patch matrix)
+    Attention    scaled dot-product attention's forward (O and the row log-sum-exp) or backward pass
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
 """
 from __future__ import annotations
@@ -363,6 +364,39 @@ class Pointwise(Kernel):
     kind_name: ClassVar[str] = "pointwise"
 
 
+@dataclass(frozen=True)
+class Attention(Kernel):
+    """Scaled dot-product attention over `heads` independent (batch, head) pairs, each q [Tq, D],
+    k [Tk, D], v [Tk, Dv] contiguous, by blocks of br query rows and bc keys (causal: the blocks
+    above the diagonal skipped). kind forward: out [Tq, Dv] = softmax(scale q kᵀ) v by an online
+    softmax, accumulated in out itself, and lse [Tq] = the row log-sum-exp (each None when not
+    wanted). kind backward: d_q, d_k, d_v (None: not wanted) from q, k, v, o, lse and d_o, P
+    recomputed as exp(scale q kᵀ − lse). No Tq x Tk matrix and no workspace: the per-row state and
+    the transposed key (and value) block, D x bc, are on the stack. Sizes are C text."""
+    kind: str = "forward"
+    q: str = ""
+    k: str = ""
+    v: str = ""
+    out: str | None = None
+    lse: str | None = None
+    o: str | None = None
+    d_o: str | None = None
+    d_q: str | None = None
+    d_k: str | None = None
+    d_v: str | None = None
+    heads: str = ""
+    Tq: str = ""
+    Tk: str = ""
+    D: str = ""
+    Dv: str = ""
+    scale: str = ""
+    causal: bool = False
+    br: int = 32
+    bc: int = 64
+    template: ClassVar[str] = "kernels/attention.c.j2"
+    kind_name: ClassVar[str] = "attention"
+
+
 # ---------------------------------------------------------------------------------- optimizers
 @dataclass(frozen=True)
 class Update(Kernel):
@@ -439,7 +473,8 @@ class NamedLoop:
 
 
 # the fields of each record that hold a size printed by c_poly, named by `with_names`
-_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width", "out_stride", "src_stride")
+_SIZE_FIELDS = ("M", "N", "K", "lda", "ldb", "ldc", "rows", "cols", "count", "width", "out_stride", "src_stride",
+                "heads", "Tq", "Tk", "D", "Dv")
 
 
 def with_names(record: Kernel, names: dict[int, str]):
@@ -457,7 +492,8 @@ def with_names(record: Kernel, names: dict[int, str]):
     return replace(record, **change)
 
 
-RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, SgdUpdate, AdamStepCount, AdamUpdate)
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, Attention, SgdUpdate, AdamStepCount,
+           AdamUpdate)
 
 # the records that call the GEMM library (and so need the workspace's packing share): each has
 # ta, tb and dims, the (M, N, K) of its calls

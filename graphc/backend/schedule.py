@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from graphc.backend.cprint import c_apply, c_load, c_name, c_onehot, c_poly, c_real, c_scalar, c_size_real
 from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
-from graphc.backend.kernels import (Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
+from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
                                     Pointwise, RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
 from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
@@ -33,6 +33,10 @@ class Schedule:
 # products run over chunks of this many pixels (accumulated in order), so the packing share stays
 # that of a 64-deep panel: 5,120 floats for kws_dscnn's 64x64 layers, not 10,240 for their 125 pixels.
 POINTWISE_CHUNK = 64
+
+# The most elements of one transposed key (or value) block of scaled dot-product attention, which
+# its kernels keep on the stack (templates/kernels/attention.c.j2): 16 KB of float, 32 KB of double.
+ATTENTION_TILE = 2048
 
 
 class Scheduler(Fusion):
@@ -379,6 +383,40 @@ class Scheduler(Fusion):
                            labels=self.ref(y) if y.dtype != FLOAT else None,
                            targets=self.ref(y) if y.dtype == FLOAT else None,
                            probs=probs, grad=grad, scale=scale, **common)]
+
+    def attention(self, n: Node, kind: str, scale: float) -> list[Kernel]:
+        """Scaled dot-product attention (ops/attention.py): the forward kernel, writing O and the
+        row log-sum-exp L of the same q and k when the backward pass reads it (ATTENTION_PARTS), or
+        L alone (kind "lse"); or the backward kernel writing the dQ, dK and dV of one attention that
+        are needed (kind "backward"). scale: the scores' factor."""
+        size = lambda d: c_poly(dim_poly(d))  # noqa: E731
+        q, k = n.inputs[:2]
+        heads = c_poly(numel(q.shape[:-2]))
+        widest = max(q.shape[-1], n.inputs[2].shape[-1] if kind != "lse" else 1)
+        # keys per block: 64, fewer for wide heads, so that a transposed block (on the stack) stays
+        # within ATTENTION_TILE elements; a multiple of 8 (whole vectors)
+        bc = min(64, max(8, ATTENTION_TILE // widest // 8 * 8))
+        common = dict(q=self.ref(q), k=self.ref(k), heads=heads, Tq=size(q.shape[-2]), Tk=size(k.shape[-2]),
+                      D=size(q.shape[-1]), scale=c_real(scale), causal=bool(n.attrs["is_causal"]), bc=bc)
+        if kind == "backward":
+            parts = self.attention_grads.get(n, (n,))
+            v, o, lse, d = n.inputs[2:]
+            outs = {m.attrs["wrt"]: m.output for m in parts}
+            comment = "\n   ".join(self.comment(m) for m in parts)
+            return [Attention(comment, tuple(outs.values()), tuple(n.inputs), "backward", v=self.ref(v), o=self.ref(o),
+                              lse=self.ref(lse), d_o=self.ref(d), Dv=size(v.shape[-1]),
+                              **{f"d_{w}": self.ref(x) for w, x in outs.items()}, **common)]
+        if kind == "lse":                       # L alone (no forward attention of these q and k here)
+            return [Attention(self.comment(n), (n.output,), (q, k), "forward", v="NULL", lse=self.ref(n.output),
+                              Dv="1", **common)]
+        v = n.inputs[2]
+        partner = self.attention_lse.get(n)
+        defs = (n.output,) + ((partner.output,) if partner is not None else ())
+        comment = self.comment(n) + (f"\n   and {self.comment(partner)}, saved for the backward pass"
+                                     if partner is not None else "")
+        return [Attention(comment, defs, tuple(n.inputs), "forward", v=self.ref(v), out=self.ref(n.output),
+                          lse=self.ref(partner.output) if partner is not None else None, Dv=size(v.shape[-1]),
+                          **common)]
 
     # ---------------------------------------------------------------- per node
     def node_steps(self, n: Node) -> list[Kernel]:

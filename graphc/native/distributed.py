@@ -23,7 +23,7 @@ import numpy as np
 
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError
 from graphc.core.ir import Graph
-from graphc.frontend.functions import FUNCTIONS
+from graphc.native.data_parallel import batch_weighting, check_stateless, update_graph
 from graphc.native.training import TrainState, check_fit_counts
 
 _UPDATERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> (companion model, weights)
@@ -47,43 +47,22 @@ def _updater(model, compile_model):
     layout = model.functions["train_step"].train_layout
     if "value_and_grad" not in model.functions:
         raise GraphcError(f"{model.name}: comm= needs value_and_grad", hint="compile with grad_of= and wrt=")
-    if model.graph.states:
-        # the ranks' batch statistics and dropout steps would need a collective of their own
-        raise GraphcError(f"{model.name}: comm= does not train models with state yet "
-                          f"({', '.join(model.graph.states)}: batch_norm's running statistics, dropout's step)",
-                          hint="train it in one process (train_step/fit without comm=)")
-    g = Graph(f"{model.name}_mpi_update")
-    total = None
-    for name in layout.wrt:
-        p = g.param(name, tuple(model.graph.params[name].shape))
-        grad = g.input(f"grad_{name}", tuple(model.graph.params[name].shape))
-        term = FUNCTIONS["sum"](p * grad)
-        total = term if total is None else total + term
-    g.output("J", total)
-    companion = compile_model(g, grad_of="J", wrt=list(layout.wrt), dtype=model.dtype.name,
-                              optimizer=layout.optimizer, threads=model.threads)
-    hit = _UPDATERS[model] = (companion, _loss_is_a_mean(model, layout.loss))
+    check_stateless(model.graph, "comm=", "train it in one process (train_step/fit without comm=)")
+    companion = compile_model(update_graph(model.graph, layout.wrt), grad_of="J", wrt=list(layout.wrt),
+                              dtype=model.dtype.name, optimizer=layout.optimizer, threads=model.threads)
+    hit = _UPDATERS[model] = (companion, loss_is_a_mean(model.graph, layout.loss))
     return hit
 
 
-def _loss_is_a_mean(model, loss: str) -> bool:
-    """Whether the loss is a mean over the batch rows (the same for a batch and for that batch twice)
-    or a sum (twice as large), by the NumPy reference on main.c's deterministic data."""
-    from graphc.core.reference import evaluate
+def loss_is_a_mean(graph: Graph, loss: str) -> bool:
+    """Whether the loss is a mean over the batch rows (batch_weighting, on main.c's deterministic
+    data) or a sum; neither is an error."""
     from graphc.native.export import example_arrays
-    g = model.graph
-    sym = g.symbolic_dims[0] if g.symbolic_dims else None
-    once = example_arrays(g, "float64", 3)
-    twice = {k: (np.concatenate([v, v]) if k in g.inputs and sym is not None and g.inputs[k].shape[:1] == (sym,)
-                 else v) for k, v in once.items()}
-    a = float(np.asarray(evaluate(g, **once)[loss]))
-    b = float(np.asarray(evaluate(g, **twice)[loss]))
-    if np.isclose(a, b, rtol=1e-9, atol=1e-12):
-        return True
-    if np.isclose(2 * a, b, rtol=1e-9, atol=1e-12):
-        return False
-    raise GraphcError(f"{model.name}: comm= needs a loss that is a mean or a sum over the batch rows; "
-                      f"{loss!r} is neither", hint="write the loss as a mean over the batch (cross_entropy, mse, mean)")
+    how = batch_weighting(graph, [loss], example_arrays(graph, "float64", 3))[loss]
+    if how is None:
+        raise GraphcError(f"{graph.name}: comm= needs a loss that is a mean or a sum over the batch rows; "
+                          f"{loss!r} is neither", hint="write the loss as a mean over the batch (cross_entropy, mse, mean)")
+    return how == "mean"
 
 
 def _agree(comm, ok: bool, what: str, error: BaseException | None):

@@ -5,7 +5,8 @@ for `graphc emit` only the rendered C (emit(): no compiler runs).
 Out: NAME.c and NAME.h in a folder with the kernel library they call (graphc_kernels.c/.h; or,
 amalgamated, one NAME.c holding both), plus shared libraries (`graphc build`: libNAME.so for C
 programs, and the Python extension graphc loaded) or an example main.c and a Makefile (`graphc
-emit`), and optionally trained parameters as const C arrays (NAME_params.c/.h). It renders no
+emit`; with NAME_mpi_update.c/.h for main.c's MPI build, `make MPI=1`: native/mpi_emit.py), and
+optionally trained parameters as const C arrays (NAME_params.c/.h). It renders no
 model C of its own (codegen did, and that text is portable); the only thing it compiles is
 libNAME.so, from the NAME.c it wrote and the cached kernel library.
 """
@@ -181,7 +182,8 @@ def _example_context(model) -> dict:
         checks = {ids for ids, _count, _bound in f.label_checks}
         functions.append(dict(name=f.name, args=["NULL" if a.role == "hparams" else arrays[a.cname]["var"]
                                                   for a in f.args], printed=printed,
-                              checks_labels=sorted(checks)))
+                              checks_labels=sorted(checks),
+                              trained=[arrays[a.cname] for a in f.args if a.role == "param*"]))
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]
     others = [(d, macro[d], EXAMPLE_LENGTH) for d in graph.symbolic_dims[1:]]
@@ -251,7 +253,7 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
 
     standalone=False also writes libNAME.so and copies the Python extension; standalone=True adds
     main.c, an example that runs every function on deterministic data and prints the results, and
-    a Makefile. amalgamate=True writes one self-contained NAME.c (the library, then the model)
+    a Makefile (`make MPI=1`: main.c trained over MPI ranks, with NAME_mpi_update.c/.h). amalgamate=True writes one self-contained NAME.c (the library, then the model)
     instead of NAME.c and graphc_kernels.c/.h. params (name -> array, e.g. state.params) adds
     NAME_params.c/.h: the values as const arrays. isa: the Makefile's default for `make ISA=...`
     (auto, avx512, avx2 or portable: which GEMM kernels the program may run)."""
@@ -287,7 +289,12 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
         write(f"{name}_params.c", render_template("params.c.j2", **context))
     if standalone:
         from graphc.backend.templates import MCU_FILES, mcu_dir
-        write("main.c", render_template("main.c.j2", **_example_context(model)))
+        from graphc.native.mpi_emit import mpi_parts
+        example = _example_context(model)
+        mpi, mpi_files = mpi_parts(model, example, example_arrays, amalgamate)   # make MPI=1: main.c trained over MPI ranks
+        for filename, text in mpi_files.items():
+            write(filename, text)
+        write("main.c", render_template("main.c.j2", **example, mpi=mpi))
         (directory / "mcu").mkdir(exist_ok=True)
         for filename in MCU_FILES:     # `make mcu`: the firmware's start-up code and linker script
             write(f"mcu/{filename}", (mcu_dir() / filename).read_text())
@@ -295,7 +302,7 @@ def export(model, directory: Path, standalone: bool, params=None, amalgamate: bo
                                           ctype="double" if model.dtype == np.float64 else "float",
                                           kernels_source=kernels.source_name, kernels_header=kernels.header_name,
                                           kernel_defines=" ".join(kernels.defines), isa=isa,
-                                          checkpoint=has_checkpoint,
+                                          checkpoint=has_checkpoint, mpi_update=mpi["companion"] if mpi_files else None,
                                           isa_caps=sorted(CAP.items())))
     else:
         written.append(c_library(model, directory, amalgamate))

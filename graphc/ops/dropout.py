@@ -3,7 +3,7 @@
 In training each element of x is kept with probability 1 − p and scaled by 1/(1 − p), else
 zeroed; in inference (NAME_predict) dropout is the identity. The mask comes from a counter-based
 generator keyed by the node's seed, the model's step count and the element's index (the kernel
-library's gc_random_bits; `random_bits` below is the same function in NumPy), so a training run
+library's gc_random_bits; `random_bits` of graphc/core/random.py is the same function in NumPy), so a training run
 is reproducible bit for bit, in the reference and in C, on any thread count.
 
 The step count is model state: a scalar `dropout_step` that every dropout of the graph reads,
@@ -17,30 +17,10 @@ import numpy as np
 from graphc.core.errors import SpecError
 from graphc.core.ir import TensorType
 from graphc.core.opdef import OpDef, register, require_float
+from graphc.core.random import random_bits
 from graphc.core.text import ATOM
 
 STEP = "dropout_step"          # the name of the graph's step count
-_M32 = np.uint64(0xFFFFFFFF)
-
-
-def _mix32(h: np.ndarray) -> np.ndarray:
-    """The lowbias32 integer hash, mod 2^32, on uint64 arrays holding 32-bit values."""
-    h = h & _M32
-    h ^= h >> np.uint64(16)
-    h = (h * np.uint64(0x7FEB352D)) & _M32
-    h ^= h >> np.uint64(15)
-    h = (h * np.uint64(0x846CA68B)) & _M32
-    h ^= h >> np.uint64(16)
-    return h
-
-
-def random_bits(seed: int, step: int, index: np.ndarray) -> np.ndarray:
-    """gc_random_bits of the kernel library: 32 random bits per index, as uint64."""
-    s = np.asarray([seed & 0xFFFFFFFF], dtype=np.uint64)
-    key = _mix32((s * np.uint64(0x9E3779B9) + _mix32(np.asarray([step & 0xFFFFFFFF], dtype=np.uint64))) & _M32)
-    return _mix32(key ^ (np.asarray(index, dtype=np.uint64) & _M32))
-
-
 def threshold(p: float) -> int:
     """An element is kept when its bits are >= this: p · 2^32 (p < 1, so it fits 32 bits)."""
     return int(p * 4294967296.0)
