@@ -16,7 +16,8 @@ import graphc
 from graphc.backend.codegen import generate
 from graphc.backend.sizes import Poly, numel, peval
 from graphc.core.errors import GraphcError, ShapeError, SpecError
-from graphc.native.export import emit, example_arrays, example_summary, parse_example_output, summary_close
+from graphc.native.export import (TRAIN_STEPS, emit, example_arrays, example_summary, parse_example_output,
+                                  summary_close)
 
 SPEC = """
 name = "seqdims"
@@ -256,10 +257,14 @@ def test_dims_standalone_c_builds_strict_and_prints_the_reference(spec, cc, tmp_
     assert arrays["x"].shape == (4, T, 6)
     forward = graphc.evaluate(g, **arrays)
     backward = graphc.evaluate(graphc.grad(g, "J", ["w", "b", "U", "c"]), **arrays)
+    trained = dict(arrays)            # main.c's SGD steps on the same batch, by the reference
+    for _ in range(TRAIN_STEPS):
+        grads = graphc.evaluate(graphc.grad(g, "J", ["w", "b", "U", "c"]), **trained)
+        trained.update({w: trained[w] - 0.1 * grads[f"d_{w}"] for w in ("w", "b", "U", "c")})
     for (function, name), summary in printed.items():
         if function.startswith("train_step"):
             continue
-        values = backward if function == "value_and_grad" else forward
+        values = {"value_and_grad": backward, "trained": trained}.get(function, forward)
         assert summary_close(summary, example_summary(values[name]), 1e-7), (function, name)
     assert ("forward", "s") in printed and ("value_and_grad", "d_U") in printed
     bad = subprocess.run(["./prog", "--bad-label"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
