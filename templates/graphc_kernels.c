@@ -85,6 +85,7 @@
  * ====================================================================== */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "graphc_kernels.h"
 
@@ -349,6 +350,28 @@ GC_KERNELS_API unsigned long gc_random_bits(unsigned long seed, unsigned long st
 {
     unsigned long key = gc_mix32(((seed & 0xffffffffUL) * 0x9E3779B9UL + gc_mix32(step)) & 0xffffffffUL);
     return gc_mix32(key ^ (index & 0xffffffffUL));
+}
+
+GC_KERNELS_API int gc_size_poly(const size_t *terms, int count, const size_t *x, int dims, size_t *out)
+{
+    size_t acc = 0;
+    for (int t = 0; t < count; ++t, terms += dims + 1) {
+        size_t term = terms[0];
+        for (int d = 0; d < dims; ++d) {
+            for (size_t p = 0; p < terms[d + 1]; ++p) {
+                if (x[d] != 0 && term > SIZE_MAX / x[d]) {
+                    return 0;
+                }
+                term *= x[d];
+            }
+        }
+        if (term > SIZE_MAX - acc) {
+            return 0;
+        }
+        acc += term;
+    }
+    *out = acc;
+    return 1;
 }
 
 /* ---------------------------------------------------------------------- */

@@ -28,6 +28,8 @@
 #ifndef GRAPHC_KERNELS_H
 #define GRAPHC_KERNELS_H
 
+#include <stddef.h>     /* size_t */
+
 #ifndef GC_KERNELS_FLOAT
 #define GC_KERNELS_FLOAT 1
 #endif
@@ -59,6 +61,12 @@ GC_KERNELS_API int gc_kernels_isa(void);
  * bits = mix(mix(seed * 0x9E3779B9 + mix(step)) ^ index), mix the "lowbias32" integer hash
  * (h ^= h >> 16; h *= 0x7feb352d; h ^= h >> 15; h *= 0x846ca68b; h ^= h >> 16), all mod 2^32. */
 GC_KERNELS_API unsigned long gc_random_bits(unsigned long seed, unsigned long step, unsigned long index);
+
+/* A size at the run-time dims x[0 .. dims-1] (a workspace's elements, for a model's batch and
+ * sequence lengths): the sum over the `count` rows of `terms`, each dims + 1 numbers
+ * { coefficient, power of x[0], power of x[1], ... }. Returns 1 and sets *out, or 0 (leaving
+ * *out) when the value overflows size_t. */
+GC_KERNELS_API int gc_size_poly(const size_t *terms, int count, const size_t *x, int dims, size_t *out);
 
 /* The epilogue: applied to each final value of C as it is written, in this order:
  * + bias[j], relu (x <= 0 ? 0 : x, so NaN stays NaN), * sgn(mask[i*ldm + j]); then

@@ -279,7 +279,7 @@ def test_c_strict_build_library_links_into_a_c_program(tmp_path):
 LIBM = "exp|expm1|log|log1p|tanh|sqrt|fabs|fmax|fmin|pow|erf"
 ALLOWED_UNDEFINED = re.compile(rf"^((?:{LIBM})f?|memset|memcpy|memmove|omp_\w+|GOMP_\w+|__cpu_model|__cpu_indicator_init"
                                r"|__stack_chk_fail|_GLOBAL_OFFSET_TABLE_)$")   # libgcc's CPU dispatch, PIC
-KERNEL_ENTRY_POINTS = re.compile(r"^(gc_gemm(_ex|_bias_act|_pack_elems)?_[fd]|gc_sample_[fd]|gc_random_bits)$")   # graphc_kernels.h's
+KERNEL_ENTRY_POINTS = re.compile(r"^(gc_gemm(_ex|_bias_act|_pack_elems)?_[fd]|gc_sample_[fd]|gc_random_bits|gc_size_poly)$")   # graphc_kernels.h's
 
 
 def assert_no_state_allocator_or_io(directory: Path, obj: str, also_allowed=None) -> set[str]:
@@ -329,4 +329,5 @@ def test_c_strict_kernel_library_object_keeps_no_state_and_calls_no_allocator_or
     assert run.returncode == 0, run.stderr
     exported = assert_no_state_allocator_or_io(tmp_path, "k.o")
     assert {s for s in exported if KERNEL_ENTRY_POINTS.match(s)} == {
-        f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"} | {"gc_random_bits", "gc_sample_f", "gc_sample_d"}
+        f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"} | {
+        "gc_random_bits", "gc_sample_f", "gc_sample_d", "gc_size_poly"}

@@ -94,7 +94,7 @@ CASES = [
      r"param 'W' has shape \(N, Dx=4\) with the symbolic dim 'N': params must have fixed dims", 'W  = ["N"', None),
     ("param-symbolic-dim-in-table", HEADER.replace('b1 = ["Dh"]', 'b1 = { shape = ["N"], init = "zeros" }'),
      SpecError, "params.b1", r"params must have fixed dims", "b1 = {", None),
-    ("two-symbolic-dims", HEADER.replace("Dh = 3", 'Dh = "batch"'), SpecError, "dims", r"at most one symbolic",
+    ("two-batch-dims", HEADER.replace("Dh = 3", 'Dh = "batch"'), SpecError, "dims", r"at most one batch dim",
      "[dims]", None),
     ("dim-used-as-value", E("x * Dx"), SpecError, "graph.z", r"Dx is a dim, not a value", 'z = "', "Dx"),
     ("attribute-access", E("x.shape"), SpecError, "graph.z", r"attribute access '\.shape'", 'z = "', "x.shape"),

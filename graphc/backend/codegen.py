@@ -19,11 +19,12 @@ from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
-from graphc.backend.cprint import c_name, c_named, c_pack_pieces, c_param, c_size_poly, c_wrap
+from graphc.backend.cprint import (c_long, c_name, c_named, c_pack_pieces, c_param, c_poly_table,
+                                   c_size_poly, c_wrap, dims_in_c)
 from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, all_records
 from graphc.backend.packing import Product, pack_pieces
 from graphc.backend.sharing import share
-from graphc.backend.sizes import pmax
+from graphc.backend.sizes import ZERO, Poly, peval, pmax
 from graphc.backend.schedule import schedule
 from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401
 from graphc.backend.train_codegen import add_train_functions
@@ -71,39 +72,54 @@ class CSource:
     grad_names: dict[str, str]        # param name -> gradient output name (d_W)
     predict_graph: Graph | None = None   # the graph of NAME_predict (outputs that need no labels)
     kernels: KernelSources = field(default_factory=kernel_library)   # graphc_kernels.c/.h, which source calls
-    arena: tuple = (0,)               # the planned arena, elements in n (the most over the functions)
+    arena: Poly = ZERO                # the planned arena, elements (the most over the functions)
     pack: list = field(default_factory=list)   # GEMM packing need in n (backend/packing.py's pieces)
+    dim_args: tuple = ("n",)          # the C arguments of the symbolic dims, in the graph's order
 
-    def workspace_parts(self, n: int, threads: int = 1) -> tuple[int, int, int]:
-        """(arena bytes, packing bytes, total) at batch n: what NAME_workspace_size(n) returns with
-        the C compiled for `threads` threads (the header's NAME_WORKSPACE_BYTES), total =
-        arena + packing + 64."""
+    def dim_values(self, values) -> dict[str, int]:
+        """dim -> value from an int (the batch: every symbolic dim, for a model with one), a tuple
+        in the order of the C arguments, or a dict dim -> value."""
+        sym = self.forward_graph.symbolic_dims
+        if isinstance(values, dict):
+            return dict(values)
+        if isinstance(values, int):
+            return {d: values for d in sym}
+        return dict(zip(sym, values))
+
+    def workspace_parts(self, values, threads: int = 1) -> tuple[int, int, int]:
+        """(arena bytes, packing bytes, total) at the dims' values (dim_values: the batch n of a
+        model with one run-time dim): what NAME_workspace_size(n, ...) returns with the C compiled
+        for `threads` threads (the header's NAME_WORKSPACE_BYTES), total = arena + packing + 64."""
         from graphc.backend.packing import pieces_value
-        from graphc.backend.sizes import peval
         item = 8 if self.dtype == "float64" else 4
-        arena, pack = peval(self.arena, n) * item, pieces_value(self.pack, n, threads) * item
+        dims = self.dim_values(values)
+        sym = self.forward_graph.symbolic_dims
+        n = dims[sym[0]] if sym else 1
+        arena, pack = peval(self.arena, dims) * item, pieces_value(self.pack, n, threads) * item
         return arena, pack, arena + pack + 64
 
 
 class Emitter:
     """Collects the C functions of one model and renders them."""
 
-    def batch_max(self) -> dict | None:
-        """The largest n the model takes, when a node bounds its symbolic dim (x[:T] of a table
-        of 64 rows: T <= 64), with the spec line that does: {"n": 64, "why": "..."}; else None."""
-        sym = self.graph.symbolic_dims
-        bound = dim_bounds(self.graph).get(sym[0]) if sym else None
-        if bound is None:
-            return None
-        n, node = bound
-        return dict(n=n, why=(node.origin.text or node.output.name).replace("*/", "* /"))
+    def dim_max(self) -> list[dict]:
+        """The largest size of each run-time dim a node bounds (x[:T] of a table of 64 rows: T <= 64),
+        with the spec line that does: {"arg": "T", "dim": "T", "n": 64, "macro": "NAME_MAX_T", "why": "..."};
+        the C functions return GRAPHC_ERR_BATCH for a larger one."""
+        out = []
+        for d, (bound, node) in dim_bounds(self.graph).items():
+            if d in self.c_dims:
+                arg = self.c_dims[d]
+                out.append(dict(arg=arg, dim=d, n=bound, macro=f"{self.graph.name}_MAX_{arg.upper()}",
+                                why=(node.origin.text or node.output.name).replace("*/", "* /")))
+        return out
 
     def __init__(self, graph: Graph, dtype: str = "float32", threads: int = 1):
         if dtype not in CTYPES:
             raise GraphcError(f"dtype {dtype!r} is not supported", hint="use 'float32' or 'float64'")
-        if len(graph.symbolic_dims) > 1:
-            raise GraphcError(f"C code supports one symbolic (batch) dim; {graph.name} has {graph.symbolic_dims}")
         self.graph, self.dtype, self.threads = graph, dtype, max(1, int(threads))
+        self.c_dims = c_dims(graph)         # symbolic dim -> the C argument (n, T, ...)
+        self.dim_args = tuple(self.c_dims.values()) or ("n",)
         self.ctype, self.fsuffix = CTYPES[dtype]
         self.functions: list[Function] = []
         self.extras: list[dict[str, str]] = []   # hand-written C (training's fit): source, header, cdef texts
@@ -133,7 +149,7 @@ class Emitter:
         args += list(extra_args)
         sched = schedule(low, {c: v for c, (_, v) in remap.items()}, updates,
                          {c_name(k): low.outputs[out] for k, out in (writes or {}).items()})
-        f = Function(name, doc, f"{name}: {doc}", args, sched, dim_text=self.dim_text)
+        f = Function(name, doc, f"{name}: {doc}", args, sched, dim_text=self.dim_text, dim_args=self.dim_args)
         self.functions.append(f)
         return f
 
@@ -143,15 +159,15 @@ class Emitter:
         for f in self.functions:
             for st in all_records(f.steps):
                 if isinstance(st, PRODUCTS) and st.dims:
-                    p = Product(st.ta, st.tb, *st.dims)
+                    p = Product.of(st.ta, st.tb, st.dims, self.graph.symbolic_dims)
                     seen[p] = p
         return list(seen)
 
     def render(self) -> tuple[str, str, str]:
         env = environment()
         g = self.graph
-        legend = ", ".join(f"{k} = {'batch (argument n)' if v is None else v}" for k, v in g.dims.items()) or "(no named dims)"
-        arena = (0,)
+        legend = ", ".join(f"{k} = {self.legend(k) if v is None else v}" for k, v in g.dims.items()) or "(no named dims)"
+        arena = ZERO
         for f in self.functions:
             arena = pmax(arena, f.sched.arena)
         self.arena, self.pack = arena, pack_pieces(self.products(), self.dtype)
@@ -165,14 +181,38 @@ class Emitter:
                    hparams=self.hparams, name=g.name, source=os.path.basename(g.source_file) if g.source_file else "",
                    functions=self.functions, ctype=self.ctype, fsuffix=self.fsuffix, shape_legend=legend,
                    kernels_header=KernelSources.header_name, ksuffix=KERNEL_SUFFIX[self.dtype],
-                   batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), arena=list(arena),
-                   batch_max=self.batch_max(),
+                   batch_dim=(g.symbolic_dims[0] if g.symbolic_dims else None), dim_max=self.dim_max(),
+                   arena=c_poly_table(arena, list(self.c_dims) or [""]), dim_args=list(self.dim_args),
+                   dim_params=[c_long(d) for d in self.dim_args], max_args=[f"max_{d}" for d in self.dim_args],
+                   run_dims=[(d, c) for d, c in self.c_dims.items()][1:],
                    uses_matmul=any(f.uses_pack for f in self.functions),
                    pack_expr=c_pack_pieces(self.pack, "n", "t", "GRAPHC_MAX_"),
-                   arena_expr=c_size_poly(arena, "max_n"),
+                   arena_expr=c_size_poly(arena, {d: f"max_{c}" for d, c in self.c_dims.items()}),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
                 env.get_template("cdef.h.j2").render(ctx))
+
+
+    def legend(self, d: str) -> str:
+        """How the header's shape legend names a symbolic dim: the batch or another run-time size."""
+        c = self.c_dims[d]
+        return f"batch (argument {c})" if c == "n" else f"run-time size (argument {c})"
+
+
+def c_dims(graph: Graph) -> dict[str, str]:
+    """Each symbolic dim of the graph -> the C argument every entry point takes it as, in the
+    graph's order: the first (the batch) is `n`, as it always was; the others are named after
+    the dim (mangled as values are where C or graphc reserve the name: a dim `n` is `n_v`).
+    GraphcError when a name would be that of a value or another dim's."""
+    sym = graph.symbolic_dims
+    out = {d: ("n" if i == 0 else c_name(d)) for i, d in enumerate(sym)}
+    taken = {c_name(k): f"the value {k}" for k in [*graph.values, *graph.outputs]}
+    for d, c in out.items():
+        if c != "n" and c in taken:
+            raise GraphcError(f"{graph.name}: the symbolic dim {d} is the C argument {c}, which {taken[c]} "
+                              f"names too", hint=f"rename the dim {d} or the value")
+        taken[c] = f"the dim {d}"
+    return out
 
 
 def dim_names(graph: Graph) -> tuple[dict[int, str], dict[int, str]]:
@@ -222,6 +262,11 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
              dtype: str = "float32", threads: int = 1, optimizer: Any = None) -> CSource:
     """Render the model's C: forward (and predict, the outputs that need no labels or targets),
     and value_and_grad (and train_step) when wrt is given."""
+    with dims_in_c(c_dims(graph)):       # every size printed names the dims as the C arguments do
+        return _generate(graph, grad_of, wrt, dtype, threads, optimizer)
+
+
+def _generate(graph: Graph, grad_of, wrt, dtype: str, threads: int, optimizer) -> CSource:
     from graphc.autodiff.grad import grad
     from graphc.autodiff.modes import has_modes
     em = Emitter(graph, dtype, threads)
@@ -245,7 +290,7 @@ def generate(graph: Graph, grad_of: str | None = None, wrt: list[str] | None = N
             add_train_functions(em, graph, grad_of, list(wrt), optimizer)
     source, header, cdef = em.render()
     return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict,
-                   kernel_library(dtype), em.arena, em.pack)
+                   kernel_library(dtype), em.arena, em.pack, em.dim_args)
 
 
 def amalgamate(csrc: CSource) -> str:

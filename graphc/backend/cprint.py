@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Mapping
 
 from graphc.backend.sizes import Poly
 
@@ -45,13 +48,42 @@ def c_name(name: str) -> str:
     return name + "_v" if _mangled(name) else name
 
 
-def c_poly(p: Poly) -> str:
-    """C text of a size: 128, n, 128 * n, 4 + 2 * n * n."""
+# The C identifier of each symbolic dim in the C being generated: codegen's `generate` sets it for
+# the model it renders (the batch, the first symbolic dim, is `n`; the others are named after the
+# dim), so every size printed while it runs names the dims as the functions' arguments do.
+_C_DIMS: ContextVar[Mapping[str, str] | None] = ContextVar("graphc_c_dims", default=None)
+
+
+@contextmanager
+def dims_in_c(names: Mapping[str, str]):
+    """Within the block, c_poly writes dim d as names[d] (the argument of the C functions)."""
+    token = _C_DIMS.set(dict(names))
+    try:
+        yield
+    finally:
+        _C_DIMS.reset(token)
+
+
+def c_dim(d: str, dims: Mapping[str, str] | None = None) -> str:
+    """The C identifier of symbolic dim d: dims[d], else the one of the C being generated; with
+    neither (text for people: graphc show's memory plan), `n` for a model's only run-time dim."""
+    names = dims if dims is not None else _C_DIMS.get()
+    if names is None:
+        return "n"
+    if d not in names:
+        raise KeyError(f"the symbolic dim {d!r} has no C name here (known: {', '.join(names) or 'none'})")
+    return names[d]
+
+
+def c_poly(p, dims: Mapping[str, str] | None = None) -> str:
+    """C text of a size: 128, n, 128 * n, 4 + 2 * n * n, 16 * n * T (dims: C names of the dims,
+    default those of the C being generated)."""
+    p = Poly.of(p)
+    if dims is None and _C_DIMS.get() is None and len(p.dims) > 1:
+        dims = {d: d for d in p.dims}       # people's text: the dims by their own names
     terms = []
-    for power, c in enumerate(p):
-        if c == 0:
-            continue
-        factors = ([str(c)] if c != 1 or power == 0 else []) + ["n"] * power
+    for mono, c in p.terms:
+        factors = ([str(c)] if c != 1 or not mono else []) + [c_dim(d, dims) for d in mono]
         terms.append(" * ".join(factors))
     return " + ".join(terms) if terms else "0"
 
@@ -63,7 +95,7 @@ def c_real(value: float) -> str:
     return "(gc_real)NAN" if value != value else f"(gc_real)({'-' if value < 0 else ''}HUGE_VAL)"
 
 
-def c_size_real(p: Poly) -> str:
+def c_size_real(p) -> str:
     """A size as a gc_real (the count of a mean): (gc_real)(128 * n)."""
     return f"(gc_real)({c_poly(p)})"
 
@@ -101,26 +133,38 @@ def c_scalar(array: str) -> str:
     return f"{array}[0]"
 
 
-def c_index(offset: Poly, strides: list[tuple[str, Poly]], names: dict[int, str] | None = None) -> str:
+def c_index(offset, strides: list[tuple[str, Poly]], names: dict[int, str] | None = None) -> str:
     """offset + var * stride + ...: the element index of an operand in a loop nest (0 when empty);
     strides that are one dim's size are written with its enum name (`names`)."""
-    terms = [c_poly(offset)] if offset != (0,) else []
+    offset = Poly.of(offset)
+    terms = [c_poly(offset)] if offset != 0 else []
     for var, s in strides:
-        if s == (1,):
+        s = Poly.of(s)
+        if s == 1:
             terms.append(var)
-        elif s != (0,):
+        elif s != 0:
             text = c_named(c_poly(s), names or {})
-            terms.append(f"{var} * {text}" if len(s) == 1 else f"{var} * ({text})")
+            terms.append(f"{var} * {text}" if s.is_const else f"{var} * ({text})")
     return " + ".join(terms) if terms else "0"
 
 
-def c_size_poly(p: Poly, n: str) -> str:
-    """c0 + c1 n + ... as a size_t constant expression in the macro argument n."""
+def c_size_poly(p, args: str | Mapping[str, str]) -> str:
+    """A size as a size_t constant expression in macro arguments: `args` maps each dim to its
+    argument (a str: the one argument of every dim, a model's batch)."""
+    p = Poly.of(p)
     terms = []
-    for i, c in enumerate(p):
-        if c or not i:
-            terms.append(" * ".join([f"(size_t){c}"] + [f"(size_t)({n})"] * i))
-    return "(" + " + ".join(terms) + ")"
+    for mono, c in p.terms:
+        factors = [f"(size_t)({args if isinstance(args, str) else args[d]})" for d in mono]
+        terms.append(" * ".join([f"(size_t){c}"] + factors))
+    return "(" + " + ".join(terms or ["(size_t)0"]) + ")"
+
+
+def c_poly_table(p, dims: list[str]) -> list[str]:
+    """The terms of a size as rows { coefficient, power of dims[0], power of dims[1], ... } of
+    the table gc_size_poly (graphc_kernels.c) evaluates; one row { 0, ... } for 0."""
+    p = Poly.of(p)
+    rows = [[c] + [mono.count(d) for d in dims] for mono, c in p.terms] or [[0] * (1 + len(dims))]
+    return ["{ " + ", ".join(str(x) for x in r) + " }" for r in rows]
 
 
 def c_pack_pieces(pieces, n: str, t: str, maximum: str) -> str:

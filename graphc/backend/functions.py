@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphc.backend.cprint import c_any_null, c_name, c_param, c_poly, c_signature
+from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_poly, c_signature
 from graphc.backend.kernels import PRODUCTS, Kernel, all_records
 from graphc.backend.schedule import Schedule
 from graphc.backend.sizes import peval
@@ -57,10 +57,12 @@ class Function:
     train_layout: TrainLayout | None = None     # train_step only: how Python calls it (and NAME_fit)
     dim_text: dict = field(default_factory=dict)   # dim size -> its spec name, where one dim has it
     prologue: tuple = ()     # records run first, after the checks (a train step's RecipeBegin)
+    dim_args: tuple = ("n",)    # the C arguments of the symbolic dims (codegen.c_dims), first
 
     @property
     def params(self) -> list[str]:
-        return ["long n"] + [c_param(a.ctype, a.cname, a.const) for a in self.args] + ["void *workspace"]
+        return ([c_long(d) for d in self.dim_args] + [c_param(a.ctype, a.cname, a.const) for a in self.args]
+                + ["void *workspace"])
 
     @property
     def signature(self) -> str:

@@ -1,15 +1,15 @@
 """Memory planning: liveness analysis over the kernel order, then one arena.
 
-In: buffers with a size (a polynomial in the batch dim n, in elements) and a
+In: buffers with a size (a polynomial in the symbolic dims, in elements) and a
 lifetime [first step, last step]. Out: an offset per buffer such that no two
-buffers alive at the same step overlap for any n >= 1, and the arena's peak.
-Sizes are polynomials (backend/sizes.py).
+buffers alive at the same step overlap for any values of the dims >= 1, and the
+arena's peak. Sizes are polynomials (backend/sizes.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphc.backend.sizes import Poly, align, padd, peval, pge, pmax  # noqa: F401  (sizes used with plans)
+from graphc.backend.sizes import ZERO, Poly, align, padd, peval, pge, pmax  # noqa: F401  (sizes used with plans)
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Buffer:
     size: Poly          # elements
     first: int          # step that writes it
     last: int           # last step that reads it
-    offset: Poly = ()
+    offset: Poly = ZERO
     shape: tuple = ()   # the value's shape (dims), for the comment beside the buffer in the C
 
     @property
@@ -31,11 +31,11 @@ class Buffer:
 
 # The orders a plan tries, best kept: largest first; longest-lived first (the gradients of a train
 # step live from their kernel to the updates at the end: placed first, they stay out of the way of
-# the short-lived buffers in between); and the buffers that grow with the batch first, so that
+# the short-lived buffers in between); and the buffers that grow with the run-time dims first, so that
 # what fits beside them at one batch size does not cost a row of every other.
 ORDERS = (lambda b, n: (-peval(b.size, n), b.first, b.name),
           lambda b, n: (-(b.last - b.first), -peval(b.size, n), b.first, b.name),
-          lambda b, n: (len(b.size) < 2 or b.size[1:] == (0,) * (len(b.size) - 1), -peval(b.size, n), b.first, b.name))
+          lambda b, n: (Poly.of(b.size).is_const, -peval(b.size, n), b.first, b.name))
 
 
 def plan(buffers: list[Buffer], probe_n: int = 64) -> Poly:
@@ -56,18 +56,19 @@ def _first_fit(ordered: list[Buffer], probe_n: int) -> Poly:
     placed: list[Buffer] = []
     for buf in ordered:
         rivals = [p for p in placed if p.overlaps_in_time(buf)]
-        candidates = sorted({(0,)} | {p.end for p in rivals}, key=lambda c: peval(c, probe_n))
+        # (sorted by value, then by terms: a set's order of Polys of dim names changes between processes)
+        candidates = sorted({ZERO} | {Poly.of(p.end) for p in rivals}, key=lambda c: (peval(c, probe_n), c.terms))
         for off in candidates:
             end = padd(off, align(buf.size))
             if all(pge(off, r.end) or pge(r.offset, end) for r in rivals):
                 buf.offset = off
                 break
         else:  # unreachable: the max of all ends always fits
-            buf.offset = (0,)
+            buf.offset = ZERO
             for r in rivals:
                 buf.offset = pmax(buf.offset, r.end)
         placed.append(buf)
-    total: Poly = (0,)
+    total: Poly = ZERO
     for b in placed:
         total = pmax(total, b.end)
     return total

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from graphc.backend.sizes import Poly
+from graphc.backend.sizes import univariate
 
 # graphc_kernels.c's constants (part 1 and part 2)
 SMALL_WORK = 16 * 16 * 16          # GC_GEMM_SMALL_WORK
@@ -75,14 +75,29 @@ def pack_elems(ta: int, tb: int, M: int, N: int, K: int, threads: int, dtype: st
 
 
 # ------------------------------------------------------------------------ as a function of n
+# The size a run-time dim other than the batch is taken at: past it no product's packing need
+# grows (the panels are capped at GC_GEMM_MC_PANELS rows and GC_GEMM_NC columns, K at GC_GEMM_KC,
+# and every threshold has flipped), and the need never shrinks as a size grows (a bigger product
+# is no smaller, reads fewer operands in place, and is split over more threads). So the need at
+# this size bounds the need at every size of those dims: the workspace stays a function of n.
+SATURATED = 1 << 20
+
+
 @dataclass(frozen=True)
 class Product:
-    """One GEMM call: its transposes and its sizes (polynomials in n of degree <= 1)."""
+    """One GEMM call: its transposes and its sizes, coefficient tuples (c0, c1) of c0 + c1 n (the
+    batch; `of` sets the other run-time dims to SATURATED)."""
     ta: int
     tb: int
-    M: Poly
-    N: Poly
-    K: Poly
+    M: tuple
+    N: tuple
+    K: tuple
+
+    @staticmethod
+    def of(ta: int, tb: int, dims, symbolic: list[str]) -> "Product":
+        """The product of a kernel record's ta, tb and dims (M, N, K as backend/sizes.py Polys)."""
+        batch = symbolic[0] if symbolic else None
+        return Product(ta, tb, *(univariate(d, batch, SATURATED) for d in dims))
 
     def at(self, n: int) -> tuple[int, int, int]:
         return tuple(sum(c * n ** i for i, c in enumerate(p)) for p in (self.M, self.N, self.K))

@@ -38,18 +38,23 @@ def stages(graph: Graph) -> Iterator[tuple[str, object]]:
     folded = sorted(v.name for v in sched.folded)
     if folded:
         lines.append(f"  transposes read in place by GEMM: {', '.join(folded)}")
-    lines.append(memory_table(result))
+    lines.append(memory_table(result, graph=graph))
     yield "schedule (kernels, fusion, arena)", "\n".join(lines)
 
 
-def memory_table(result, n: int = 64, itemsize: int = 4) -> str:
+def memory_table(result, n: int = 64, itemsize: int = 4, graph: Graph | None = None) -> str:
+    """The arena plan of a schedule as text (sizes at n: every run-time dim at n); with several
+    run-time dims (`graph`'s) the sizes name them as the spec does."""
     from graphc.backend.sizes import peval
     from graphc.backend.cprint import c_poly
-    rows = ["  arena plan (elements; n = batch):"]
+    sym = graph.symbolic_dims if graph is not None else []
+    names = {d: d for d in sym} if len(sym) > 1 else None
+    rows = ["  arena plan (elements; n = batch):" if names is None else
+            f"  arena plan (elements; every run-time dim of {', '.join(sym)} at {n} below):"]
     for b in sorted(result.buffers.values(), key=lambda b: (b.first, b.name)):
-        rows.append(f"    {b.name:<14} offset {c_poly(b.offset):<12} size {c_poly(b.size):<12} live steps {b.first}..{b.last}")
+        rows.append(f"    {b.name:<14} offset {c_poly(b.offset, names):<12} size {c_poly(b.size, names):<12} live steps {b.first}..{b.last}")
     total = result.arena
-    rows.append(f"    arena peak of this function {c_poly(total)} elements = {peval(total, n) * itemsize} bytes "
+    rows.append(f"    arena peak of this function {c_poly(total, names)} elements = {peval(total, n) * itemsize} bytes "
                 f"at n={n} ({itemsize}-byte elements; the workspace holds the most of any function, "
                 "after the GEMM packing)")
     return "\n".join(rows)

@@ -28,11 +28,11 @@ class Helper:
     """A static function holding the first `count` steps (after `skip`) of each of `callers`."""
     name: str                   # C name (NAME_forward_pass)
     doc: str
-    params: list[tuple]         # (C type, C name, const, pointer) of its parameters after n
+    params: list[tuple]         # (C type, C name, const, pointer) of its parameters after the dims
     steps: list[Kernel]         # the reference caller's records (rendered as they are)
     callers: dict[str, tuple[int, int]] = field(default_factory=dict)   # function -> (skip, count)
 
-    uses_n: bool = True
+    unused_dims: tuple = ()     # the dim arguments (n, T, ...) its steps do not read
     optional: frozenset = frozenset()   # parameters a caller without such a value passes as NULL
     args_of: dict = field(default_factory=dict)    # function -> its call's arguments
 
@@ -104,13 +104,15 @@ def _helper(model: str, name: str, doc: str, funcs, skip: dict[str, int], count:
         params.append(("gc_real", "pack", False, True))
     passed = {x[1]: x[4] for x in extra}
     params += [x[:4] for x in extra]
-    h = Helper(f"{model}_{name}", doc, params, list(steps), uses_n="n" in used, optional=optional)
+    dims = tuple(ref.dim_args)
+    h = Helper(f"{model}_{name}", doc, params, list(steps), unused_dims=tuple(d for d in dims if d not in used),
+               optional=optional)
     for f in funcs:
         h.callers[f.name] = (skip[f.name], count)
         have = {a.cname for a in f.args} | set(f.sched.buffers) | {"pack"}
         missing = [p[1] for p in params if p[1] not in have and p[1] not in passed]
         assert set(missing) <= optional, (f.name, missing)
-        h.args_of[f.name] = ["n"] + [passed[p[1]][f.name] if p[1] in passed else p[1] if p[1] in have else "NULL"
+        h.args_of[f.name] = list(dims) + [passed[p[1]][f.name] if p[1] in passed else p[1] if p[1] in have else "NULL"
                                      for p in params]
     return h
 

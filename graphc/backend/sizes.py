@@ -1,64 +1,185 @@
-"""Sizes as polynomials in the batch dim n: element counts, strides and buffer offsets.
+"""Sizes as polynomials over the graph's symbolic (run-time) dims: element counts, strides and
+buffer offsets.
 
-A Poly is a coefficient tuple (c0, c1, ...) meaning c0 + c1 n + c2 n^2 + ...; a dim is an int
-or the name of the symbolic (batch) dim, which is n. The C text of a size is cprint.c_poly's.
+A Poly is a polynomial with integer coefficients over the symbolic dims' names: 128, 16 * N,
+16 * N * T + 4. A dim is an int or the name of a symbolic dim. The functions below take ints
+(and the 1-tuples of constants the first version of this module used, `(0,)`) where they take
+a Poly. Polys here only ever have non-negative coefficients (sizes), so a Poly that is at least
+another coefficient by coefficient is at least it for every value of the dims (`pge`). The C
+text of a size is cprint.c_poly's; which C identifier stands for which dim is codegen's.
 """
 from __future__ import annotations
 
-Poly = tuple[int, ...]
+from typing import Iterable, Mapping
+
 ALIGN = 16          # elements: 64 bytes of float, 128 of double
 
-
-def padd(a: Poly, b: Poly) -> Poly:
-    n = max(len(a), len(b))
-    return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n))
+Monomial = tuple    # sorted tuple of dim names, one entry per power: ("N", "N", "T") is N^2 T
 
 
-def pmax(a: Poly, b: Poly) -> Poly:
-    n = max(len(a), len(b))
-    return tuple(max(a[i] if i < len(a) else 0, b[i] if i < len(b) else 0) for i in range(n))
+class Poly:
+    """c + Σ coefficient · monomial over dim names, immutable and hashable. Compares equal to an
+    int (and to a 1-tuple `(c,)`) when it is that constant."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: Mapping[Monomial, int] | Iterable[tuple[Monomial, int]] = ()):
+        items = terms.items() if isinstance(terms, Mapping) else terms
+        acc: dict[Monomial, int] = {}
+        for mono, c in items:
+            mono = tuple(sorted(mono))
+            acc[mono] = acc.get(mono, 0) + int(c)
+        object.__setattr__(self, "terms", tuple(sorted(((m, c) for m, c in acc.items() if c),
+                                                       key=lambda t: (len(t[0]), t[0]))))
+
+    def __setattr__(self, *_):
+        raise AttributeError("Poly is immutable")
+
+    # ---------------------------------------------------------------- making and reading
+    @staticmethod
+    def of(x) -> "Poly":
+        """x as a Poly: a Poly, an int, a 1-tuple (c,) or a dim (name or size)."""
+        if isinstance(x, Poly):
+            return x
+        if isinstance(x, bool):
+            raise TypeError(f"a size is an int or a Poly, not {x!r}")
+        if isinstance(x, int):
+            return Poly({(): x})
+        if isinstance(x, str):
+            return Poly({(x,): 1})
+        if isinstance(x, tuple) and len(x) == 1 and isinstance(x[0], int):
+            return Poly({(): x[0]})
+        raise TypeError(f"a size is an int, a dim name or a Poly, not {x!r}")
+
+    @property
+    def const(self) -> int:
+        """The constant term."""
+        return dict(self.terms).get((), 0)
+
+    @property
+    def is_const(self) -> bool:
+        return all(not m for m, _ in self.terms)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """The dims it depends on, sorted by name."""
+        return tuple(sorted({d for m, _ in self.terms for d in m}))
+
+    def coeff(self, mono: Monomial = ()) -> int:
+        return dict(self.terms).get(tuple(sorted(mono)), 0)
+
+    def __int__(self) -> int:
+        if not self.is_const:
+            raise TypeError(f"size {self} depends on the run-time dims {', '.join(self.dims)}")
+        return self.const
+
+    def __getitem__(self, i: int) -> int:
+        """p[0]: the constant term (what the coefficient tuples of the first version gave)."""
+        if i != 0:
+            raise TypeError("a Poly has no coefficient index but 0 (its constant term): use coeff((dim,))")
+        return self.const
+
+    def __iter__(self):
+        raise TypeError("a Poly is not a coefficient tuple: use .terms, .const or coeff()")
+
+    # ---------------------------------------------------------------- arithmetic and order
+    def __add__(self, other) -> "Poly":
+        return Poly(self.terms + Poly.of(other).terms)
+
+    __radd__ = __add__
+
+    def __mul__(self, other) -> "Poly":
+        o = Poly.of(other)
+        return Poly([(a + b, x * y) for a, x in self.terms for b, y in o.terms])
+
+    __rmul__ = __mul__
+
+    def __eq__(self, other) -> bool:
+        try:
+            return self.terms == Poly.of(other).terms
+        except TypeError:
+            return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.const) if self.is_const else hash(self.terms)
+
+    def ge(self, other) -> bool:
+        """self >= other for every non-negative value of the dims (coefficient-wise: exact enough
+        for sizes, whose coefficients are non-negative)."""
+        o = dict(Poly.of(other).terms)
+        mine = dict(self.terms)
+        return all(mine.get(m, 0) >= c for m, c in o.items()) and all(c >= o.get(m, 0) for m, c in mine.items())
+
+    def max(self, other) -> "Poly":
+        """Coefficient by coefficient the larger: at least both, for every value of the dims."""
+        o, mine = dict(Poly.of(other).terms), dict(self.terms)
+        return Poly({m: max(mine.get(m, 0), o.get(m, 0)) for m in set(o) | set(mine)})
+
+    def at(self, values) -> int:
+        """The value at `values`: a dict dim -> int, or one int every dim takes."""
+        total = 0
+        for mono, c in self.terms:
+            for d in mono:
+                if isinstance(values, Mapping):
+                    if d not in values:
+                        raise KeyError(f"no value for the dim {d} of size {self}")
+                    c *= values[d]
+                else:
+                    c *= values
+            total += c
+        return total
+
+    def __repr__(self) -> str:
+        if not self.terms:
+            return "0"
+        return " + ".join(" * ".join(([str(c)] if c != 1 or not m else []) + list(m)) for m, c in self.terms)
 
 
-def pge(a: Poly, b: Poly) -> bool:
-    """a >= b for every n >= 0 (coefficient-wise, which suffices and is exact for our use)."""
-    n = max(len(a), len(b))
-    return all((a[i] if i < len(a) else 0) >= (b[i] if i < len(b) else 0) for i in range(n))
+ZERO, ONE = Poly.of(0), Poly.of(1)
 
 
-def peval(a: Poly, n: int) -> int:
-    return sum(c * n ** i for i, c in enumerate(a))
+def padd(a, b) -> Poly:
+    return Poly.of(a) + b
 
 
-def align(a: Poly) -> Poly:
-    return tuple(-(-c // ALIGN) * ALIGN for c in a)
+def pmax(a, b) -> Poly:
+    return Poly.of(a).max(b)
+
+
+def pge(a, b) -> bool:
+    """a >= b for every value of the dims >= 0 (coefficient-wise, which suffices and is exact for our use)."""
+    return Poly.of(a).ge(b)
+
+
+def peval(a, values) -> int:
+    """a at `values`: a dict dim -> int, or one int for every dim (the batch, in a model with one)."""
+    return Poly.of(a).at(values)
+
+
+def align(a) -> Poly:
+    return Poly({m: -(-c // ALIGN) * ALIGN for m, c in Poly.of(a).terms})
 
 
 def dim_poly(d) -> Poly:
-    return (0, 1) if isinstance(d, str) else (d,)
+    return Poly.of(d)
 
 
-def pmul(a: Poly, b: Poly) -> Poly:
-    out = [0] * (len(a) + len(b) - 1)
-    for i, x in enumerate(a):
-        for j, y in enumerate(b):
-            out[i + j] += x * y
-    while len(out) > 1 and out[-1] == 0:
-        out.pop()
-    return tuple(out)
+def pmul(a, b) -> Poly:
+    return Poly.of(a) * b
 
 
 def numel(shape) -> Poly:
-    p: Poly = (1,)
+    p = ONE
     for d in shape:
-        p = pmul(p, dim_poly(d))
+        p = p * dim_poly(d)
     return p
 
 
 def contiguous_strides(shape) -> list[Poly]:
-    strides, acc = [], (1,)
+    strides, acc = [], ONE
     for d in reversed(shape):
         strides.append(acc)
-        acc = pmul(acc, dim_poly(d))
+        acc = acc * dim_poly(d)
     return strides[::-1]
 
 
@@ -69,5 +190,18 @@ def broadcast_strides(shape, iter_shape) -> list[Poly]:
     out = []
     for axis, d in enumerate(iter_shape):
         k = axis - lead
-        out.append((0,) if k < 0 or (shape[k] == 1 and d != 1) else own[k])
+        out.append(ZERO if k < 0 or (shape[k] == 1 and d != 1) else own[k])
     return out
+
+
+def univariate(a, dim: str | None, others: int) -> tuple[int, ...]:
+    """a as the coefficient tuple (c0, c1, ...) of a polynomial in `dim` alone, every other dim
+    set to `others` (backend/packing.py's products, which depend on the batch: the other dims
+    at a value past which the packing need no longer grows)."""
+    p = Poly.of(a)
+    out: dict[int, int] = {}
+    for mono, c in p.terms:
+        power = sum(1 for d in mono if d == dim)
+        out[power] = out.get(power, 0) + c * others ** (len(mono) - power)
+    top = max(out, default=0)
+    return tuple(out.get(i, 0) for i in range(top + 1))

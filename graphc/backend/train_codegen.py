@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 
 from graphc.autodiff.optimizers import SGD, Adam, Constant, check_optimizer, describe, flat_hparams, run_time_hparams
-from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_count, c_named, c_poly, c_signature, c_size_poly, c_wrap
+from graphc.backend.cprint import (c_any_null, c_long, c_name, c_param, c_count, c_named, c_poly, c_poly_table, c_signature,
+                                   c_size_poly, c_wrap)
 from graphc.backend.functions import Arg, TrainLayout, output_args
 from graphc.autodiff.train import train_graph
 from graphc.backend.kernels import (AccumulateGrad, AdamStepCount, AdamUpdate, GradNorm, OptimizerUpdates, ParamUpdate,
@@ -114,7 +114,7 @@ def add_train_functions(em, graph: Graph, grad_of: str, wrt: list[str], optimize
     # state arguments: names no argument, buffer or value of the function has
     own = state_inputs | set(tg.recipe.values())       # no C value of their own: their names are free
     taken = {c_name(k) for k in list(low.values) + list(low.outputs) if k not in own}
-    taken |= {"n", "workspace", "ws", "pack"}
+    taken |= {"n", "workspace", "ws", "pack"} | set(em.dim_args)
     state_args: list[Arg] = []
     state_layout: dict[str, tuple[tuple, str]] = {}
     slot_c: dict[tuple[str, str], str] = {}
@@ -341,29 +341,37 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
 
     ctype = em.ctype
     names = {a.cname for a in f.args}
-    fit_taken = set(names)
+    fit_taken = set(names) | set(em.dim_args)
     n_total, batch, order, losses = (_fresh(x, fit_taken) for x in ("n_total", "batch", "order", "losses"))
     sym = graph.symbolic_dims[0]
+    others = em.dim_args[1:]                  # the other run-time dims: as train_step takes them
+    in_fit = dict(zip(graph.symbolic_dims, (batch, *others)))   # C names of the dims inside NAME_fit
     loss_c = c_name(loss_name)
 
-    def row(v: Value) -> int:
-        return int(np.prod([d for d in v.shape[1:]], dtype=np.int64)) if len(v.shape) > 1 else 1
+    def row(v: Value) -> str:
+        """The elements of one row (all but the batch axis), as C text in the fit function."""
+        size = numel(v.shape[1:])
+        return c_poly(size, in_fit) if size.is_const else f"({c_poly(size, in_fit)})"
 
-    in_ctx = [dict(cname=a.cname, ctype=a.ctype, batched=a.value.name in batched, row=row(a.value)) for a in inputs]
+    in_ctx = [dict(cname=a.cname, ctype=a.ctype, batched=a.value.name in batched, row=row(a.value),
+                   size=numel(a.value.shape)) for a in inputs]
     checks = {c: bound for c, _count, bound in f.label_checks}
     label_checks = [dict(cname=x["cname"], row=x["row"], bound=c_named(checks[x["cname"]], em.dim_names))
                     for x in in_ctx if x["batched"] and x["cname"] in checks]
     for c in label_checks:
-        c["test"] = f"!gc_ids_in_range({c['cname']}, {n_total}{' * %dL' % c['row'] if c['row'] != 1 else ''}, {c['bound']})"
-    staging = [dict(cname=x["cname"], ctype=x["ctype"], coeffs=[0, x["row"]],
+        times = "" if c["row"] == "1" else f" * {c['row']}" + ("L" if c["row"].isdigit() else "")
+        c["test"] = f"!gc_ids_in_range({c['cname']}, {n_total}{times}, {c['bound']})"
+    staging = [dict(cname=x["cname"], ctype=x["ctype"], size=x["size"],
                     doc=f"the rows of {x['cname']}") for x in in_ctx if x["batched"]]
     for a in out_args:
-        coeffs = list(numel(a.value.shape))
-        staging.append(dict(cname=a.cname, ctype=a.ctype, coeffs=coeffs, doc=f"output {a.cname}"))
-    terms = max(len(s["coeffs"]) for s in staging)
+        staging.append(dict(cname=a.cname, ctype=a.ctype, size=numel(a.value.shape), doc=f"output {a.cname}"))
+    table_dims = list(graph.symbolic_dims)
+    rows = {s["cname"]: c_poly_table(s["size"], table_dims) for s in staging}
+    terms = max(len(r) for r in rows.values())     # tables padded with zero terms to one length
+    zero = "{ " + ", ".join(["0"] * (len(table_dims) + 1)) + " }"
     for s in staging:
         s["unit"] = f"sizeof({s['ctype']})"
-        s["padded"] = "{ " + ", ".join(str(c) for c in list(s["coeffs"]) + [0] * (terms - len(s["coeffs"]))) + " }"
+        s["padded"] = "{ " + ", ".join(rows[s["cname"]] + [zero] * (terms - len(rows[s["cname"]]))) + " }"
     staged = {s["cname"] for s in staging}
     step_call = []
     for a in f.args:
@@ -376,9 +384,11 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
         upd = "  (updated in place)" if a.role in ("param*", "state") else ""
         return f"{a.role:<7} {a.shape_doc}{extra}{upd}"
 
-    sig = [c_long(n_total), c_long(batch)]
+    sig = [c_long(n_total), c_long(batch)] + [c_long(d) for d in others]
     args_doc = [dict(cname=n_total, doc="rows of the dataset, >= 1"),
                 dict(cname=batch, doc="rows per minibatch, >= 1 (the last minibatch takes the rest)")]
+    args_doc += [dict(cname=c, doc=f"the run-time dim {d}, >= 1, the same for every row")
+                 for d, c in zip(graph.symbolic_dims[1:], others)]
     fit_args: list[tuple[str, str, str]] = []
     for a, x in zip(inputs, in_ctx):
         sig.append(c_param(a.ctype, a.cname, True))
@@ -406,12 +416,13 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     signature = c_signature(sig)
     null_checks = c_any_null(["workspace"] + [a.cname for a in inputs + pargs + state_args if a.role != "hparams"]
                              + [order, losses])
+    dims = [batch, *others]
     acc_call = apply_call = None
     hp = next(a.cname for a in state_args if a.role == "hparams")
     if accumulates:
         fa = next(x for x in em.functions if x.name == "accumulate")
         acc_call = c_wrap(f"gc_status = {graph.name}_accumulate",
-                          ["gc_rows"] + [f"gc_s_{a.cname}" if a.cname in staged else a.cname for a in fa.args]
+                          ["gc_rows", *others] + [f"gc_s_{a.cname}" if a.cname in staged else a.cname for a in fa.args]
                           + ["workspace"], ");")
         apply_names = [a.cname for a in pargs if a.value.name in trained] + [a.cname for a in state_args]
         apply_names += [f"gc_s_{out_norm.cname}"] if out_norm is not None else []
@@ -419,11 +430,14 @@ def _add_fit(em, graph, f, inputs, pargs, state_args, state_layout, out_args, ou
     ctx = dict(name=graph.name, ctype=ctype, signature=signature, args=args_doc, wrap=c_wrap,
                accumulate_call=acc_call, apply_call=apply_call, hp=hp, hparams=em.hparams["ctype"],
                wrapped=c_wrap(f"int {graph.name}_fit", sig),
-               step_call=c_wrap(f"gc_status = {graph.name}_train_step", ["gc_rows"] + step_call + ["workspace"], ");"), wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx,
-               label_checks=label_checks, staging=staging, terms=terms, step_args=step_call, loss=loss_c, order=order,
+               step_call=c_wrap(f"gc_status = {graph.name}_train_step", ["gc_rows", *others] + step_call + ["workspace"],
+                                ");"),
+               dims=dims, dim_params=[c_long(d) for d in dims], max_args=[f"max_{d}" for d in dims], others=list(others),
+               wrapped_decl=c_wrap(f"int {graph.name}_fit", sig, ");"), inputs=in_ctx, label_checks=label_checks,
+               staging=staging, terms=terms, width=len(table_dims) + 1, step_args=step_call, loss=loss_c, order=order,
                losses=losses, n_total=n_total, batch=batch, batch_dim=sym, null_checks=null_checks)
     for s in staging:
-        s["size_expr"] = c_size_poly(tuple(s["coeffs"]), "max_batch")
+        s["size_expr"] = c_size_poly(s["size"], {d: f"max_{c}" for d, c in in_fit.items()})
     tpl = environment().get_template("fit.c.j2")
     em.extras.append(dict(source=tpl.render(ctx, part="source"), header=tpl.render(ctx, part="header"),
                           cdef=tpl.render(ctx, part="cdef")))

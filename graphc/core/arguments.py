@@ -95,8 +95,9 @@ def bind(graph: Graph, arrays: Mapping[str, Any], real: np.dtype, *, need_params
         for axis, (d, n) in enumerate(zip(v.shape, arr.shape)):
             if isinstance(d, str):
                 if d in dims and dims[d] != n:
+                    what = "the batch dim" if d == graph.symbolic_dims[0] else "the run-time dim"
                     raise ShapeError(f"argument {name!r} has {d}={n} on axis {axis}, but {where[d]} has {d}={dims[d]}",
-                                     hint=f"every argument must agree on the batch dim {d}")
+                                     hint=f"every argument must agree on {what} {d}")
                 dims.setdefault(d, n)
                 where.setdefault(d, repr(name))
             elif d != n:

@@ -132,7 +132,8 @@ def subscript(x: Value, items: tuple, fail: Callable = _fail) -> Value:
         elif not isinstance(e, int) or isinstance(e, bool):
             fail(i, f"an index is an int or a slice, got {e!r}")
         if isinstance(size, str):
-            fail(i, f"{source}: cannot slice the batch dim {size}", "slice the other axes: x[:, 1:5]")
+            kind = "batch" if x.graph.symbolic_dims[:1] == [size] else "run-time"
+            fail(i, f"{source}: cannot slice the {kind} dim {size}", "slice the other axes: x[:, 1:5]")
         if isinstance(e, slice):
             start, stop, step = e.indices(size)
             if start >= stop:

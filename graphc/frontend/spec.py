@@ -173,13 +173,16 @@ class _Builder:
             if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", k):
                 raise SpecError(f"dim name {k!r} is not an identifier", loc)
             if isinstance(v, bool) or not (isinstance(v, int) and v > 0 or v in SYMBOLIC):
-                raise SpecError(f"dim {k} = {v!r}: a dim is a positive integer or \"batch\"", loc,
-                                hint='write e.g. Dh = 128, or N = "batch" for a size chosen at call time')
+                raise SpecError(f"dim {k} = {v!r}: a dim is a positive integer, \"batch\" or \"symbolic\"", loc,
+                                hint='write e.g. Dh = 128, or N = "batch" for a size chosen at call time '
+                                     '(T = "symbolic" for another, such as a sequence length)')
             dims[k] = None if v in SYMBOLIC else v
-        if len([v for v in dims.values() if v is None]) > 1:
-            raise SpecError("at most one symbolic (batch) dim is supported", self.src.loc("dims"),
-                            hint="fix the other dims to integers")
-        return dims
+        batch = [k for k, v in self.table("dims").items() if v == "batch"]
+        if len(batch) > 1:
+            raise SpecError(f"at most one batch dim, got {', '.join(batch)}", self.src.loc("dims"),
+                            hint=f'mark the others "symbolic": {batch[1]} = "symbolic" (a size set at call time too)')
+        # the batch is the first symbolic dim (the C functions' n, what fit splits into minibatches)
+        return {**{k: v for k, v in dims.items() if v is not None or k in batch}, **dims}
 
     def _declaration(self, section, key, decl, loc):
         dtype, init = "float32", None

@@ -33,9 +33,6 @@ def _toml_shape(shape) -> str:
 
 def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
     """The spec text of `graph` (a forward graph of public ops), headed by `comments`."""
-    if len(graph.symbolic_dims) > 1:
-        raise SpecError(f"a spec has one symbolic (batch) dim; graph {graph.name!r} has {graph.symbolic_dims}",
-                        hint="fix the other dims to integers")
     scan = next((n for n in graph.nodes if n.op.name == "scan"), None)
     if scan is not None:
         raise SpecError(f"{scan.output.name} = scan(...): a scan ([scan.NAME] table) is not written back as a "
@@ -80,7 +77,9 @@ def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
 
     lines = [f"# {c}" if c else "#" for c in comments]
     lines += [f"name = {json.dumps(graph.name)}", "", "[dims]"]
-    lines += [f"{k} = {json.dumps('batch' if d is None else d)}" for k, d in graph.dims.items()]
+    first = graph.symbolic_dims[:1]          # the batch; the other run-time dims are "symbolic"
+    lines += [f"{k} = {json.dumps(('batch' if k in first else 'symbolic') if d is None else d)}"
+              for k, d in graph.dims.items()]
     lines += ["", "[inputs]"]
     for k, v in graph.inputs.items():
         lines.append(f"{k} = " + (_toml_shape(v.shape) if v.dtype == FLOAT else

@@ -25,12 +25,13 @@ def aligned_empty(nbytes: int) -> np.ndarray:
     return raw[start:start + nbytes]
 
 
-def allocate_workspace(model_name: str, size: int, n: int) -> np.ndarray:
-    """aligned_empty(size), or a ShapeError naming the bytes and the batch size when it cannot be had."""
+def allocate_workspace(model_name: str, size: int, n) -> np.ndarray:
+    """aligned_empty(size), or a ShapeError naming the bytes and the batch size (or the dims' sizes,
+    `n` a tuple) when it cannot be had."""
     try:
         return aligned_empty(size)
     except MemoryError:
-        raise ShapeError(f"{model_name}: the workspace for batch size {n} needs {size} bytes "
+        raise ShapeError(f"{model_name}: the workspace for {describe_dims(n)} needs {size} bytes "
                          f"({size / 2**30:,.1f} GiB), more memory than this process can allocate",
                          hint="use a smaller batch size (the workspace grows with it) or smaller dims") from None
 
@@ -62,6 +63,41 @@ def batch_rows(graph, dims: dict[str, int]) -> int:
     return n
 
 
+def dim_values(graph, dims: dict[str, int]) -> tuple[int, ...]:
+    """The values a C function of `graph` takes for its symbolic dims, in their order (n, then the
+    other run-time dims, codegen.c_dims): the batch by batch_rows, each other dim as `bind` found
+    it (1 when no argument or output of the graph has it). ShapeError when an argument's
+    dim is below 1 or the graph has the dim and no argument sets it."""
+    sym = graph.symbolic_dims
+    out = [batch_rows(graph, dims)]
+    for d in sym[1:]:
+        value = dims.get(d)
+        if value is None:
+            if any(d in v.shape for v in (*graph.inputs.values(), *graph.outputs.values())):
+                raise ShapeError(f"the run-time dim {d} is not set by any argument")
+            value = 1
+        if value < 1:
+            raise ShapeError(f"run-time dim {d}={value}: graphc functions need at least 1",
+                             hint=f"every argument with {d} in its shape needs {d} >= 1")
+        out.append(value)
+    return tuple(out)
+
+
+def describe_dims(values, graph=None) -> str:
+    """'batch size 4', or with several run-time dims 'N=4, T=7' (the graph's names) or '(4, 7)'."""
+    if isinstance(values, int) or len(values) == 1:
+        return f"batch size {values if isinstance(values, int) else values[0]}"
+    if graph is not None:
+        return ", ".join(f"{d}={v}" for d, v in zip(graph.symbolic_dims, values))
+    return f"run-time dims {tuple(values)}"
+
+
+def shape_at(shape, graph, values: tuple) -> tuple:
+    """A shape with each symbolic dim replaced by its value (dim_values' order)."""
+    at = dict(zip(graph.symbolic_dims, values))
+    return tuple(at.get(d, values[0]) if isinstance(d, str) else d for d in shape)
+
+
 def picker(pairs: list[tuple[str, int]]):
     """A function outs -> {name: outs[i] for name, i in pairs}; for one or two names a dict display,
     four times faster than the comprehension (this runs on every call)."""
@@ -91,11 +127,11 @@ def output_specs(real: str, specs) -> tuple[list, list, list]:
 class CallPlan:
     """A checked call of one C function, ready to repeat.
 
-    It holds the batch size n, the array arguments (the arrays of a recent call with their shape,
+    It holds the dims' values (`dims`: the batch size n, then the other run-time dims), the array arguments (the arrays of a recent call with their shape,
     strides and dtype, and their cffi pointers), pointers that never change (`fixed`: a
     TrainState's params and optimizer state), the workspace pointer and the outputs to allocate
     for each call (shape, dtype, cffi type). C takes n, the arrays, the fixed pointers, the
-    outputs and the workspace, in that order; `run` makes the outputs and calls it.
+    outputs and the workspace, in that order (the dims first); `run` makes the outputs and calls it.
 
     `reuse(arrays)` answers the next call with (the plan to keep, the leading C arguments), or
     None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
@@ -112,13 +148,13 @@ class CallPlan:
     the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
     compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
-    __slots__ = ("sig", "n", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "single", "pending")
+    __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "single", "pending")
 
-    def __init__(self, ffi, n: int, names, ctypes, objs, ws, outs, fixed=()):
+    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=()):
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
         # shared by the plans made from this one; ffi.from_buffer bound once (a lookup fewer per call)
         self.sig = (ffi.from_buffer, get, len(names), tuple(ctypes), tuple(fixed))
-        self.n, self.ws, self.outs = n, ws, outs           # outs: (shapes, dtypes, cffi types)
+        self.dims, self.ws, self.outs = tuple(dims), ws, outs      # outs: (shapes, dtypes, cffi types)
         self.single = tuple(x[0] for x in outs) if len(outs[0]) == 1 else None
         self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
         self._bind(objs)
@@ -128,7 +164,7 @@ class CallPlan:
         self.objs, self.meta, self.refs = tuple(objs), list(map(_META, objs)), list(map(weakref.ref, objs))
         self.ptrs = ptrs if ptrs is not None else [from_buffer(t, a, require_writable=False)
                                                    for t, a in zip(ctypes, objs)]
-        self.head, self.pending = (self.n, *self.ptrs, *fixed), None
+        self.head, self.pending = (*self.dims, *self.ptrs, *fixed), None
 
     def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
         from_buffer, get, count, ctypes, fixed = self.sig
@@ -150,12 +186,12 @@ class CallPlan:
         pending = self.pending
         if pending is not None and all(map(operator.is_, objs, pending)):
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
-            new.sig, new.n, new.ws, new.fit = self.sig, self.n, self.ws, self.fit
+            new.sig, new.dims, new.ws, new.fit = self.sig, self.dims, self.ws, self.fit
             new.outs, new.single = self.outs, self.single
             new._bind(objs, ptrs)
             return new, new.head
         self.pending = objs
-        return self, (self.n, *ptrs, *fixed)
+        return self, (*self.dims, *ptrs, *fixed)
 
     def run(self, cfunc, head: tuple) -> tuple[int, list[np.ndarray]]:
         """Call cfunc(*head, outputs..., workspace) with new output arrays: (status, outputs)."""

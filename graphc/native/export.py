@@ -26,6 +26,7 @@ from graphc.core.ir import INT, Graph, Value
 from graphc.backend.schedule import c_name
 
 EXAMPLE_BATCH = 4       # rows main.c passes when the model has a batch dim
+EXAMPLE_LENGTH = 5      # ... and the size of each other run-time dim (a sequence length): main.c's DIM_<name>
 EXAMPLE_FUNCTIONS = ("forward", "predict", "value_and_grad", "train_step")   # the calls main.c makes, in order
 TRAIN_STEPS = 3         # train_step calls main.c makes when the model was compiled with an optimizer
 INPUT_SCALE = 1.0       # the amplitude of main.c's deterministic inputs ...
@@ -68,6 +69,13 @@ def example_batch(graph: Graph) -> int:
     return EXAMPLE_BATCH if graph.symbolic_dims else 1
 
 
+def example_dims(graph: Graph, n: int | None = None) -> dict[str, int]:
+    """The size main.c gives each symbolic dim: the batch n (example_batch by default), the others
+    EXAMPLE_LENGTH (main.c's DIM_<C name>, cc -DDIM_T=9L ... for another)."""
+    sym = graph.symbolic_dims
+    return {d: (example_batch(graph) if n is None else n) if i == 0 else EXAMPLE_LENGTH for i, d in enumerate(sym)}
+
+
 def _filled(graph: Graph) -> list[tuple[str, Value, float, float]]:
     """The arrays main.c fills, in the order that numbers them (k): (name, value, offset, scale);
     a value some op needs positive (positive_values: a running variance) offset 1.5, scale 0.5."""
@@ -77,8 +85,10 @@ def _filled(graph: Graph) -> list[tuple[str, Value, float, float]]:
     return [(name, v, *((1.5, 0.5) if name in positive else (0.0, scale))) for name, v, scale in arrays]
 
 
-def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[str, np.ndarray]:
-    """The inputs and params main.c fills, reproduced in NumPy.
+def example_arrays(graph: Graph, dtype="float64", n: int | None = None,
+                   dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """The inputs and params main.c fills, reproduced in NumPy, at batch n and the other run-time
+    dims' sizes `dims` (example_dims' by default: main.c's).
 
     Array k (inputs then params, in graph order, k from 0), element i (row-major):
     real: offset + scale * sin(0.7 i + 1.3 k + 0.5), computed in double then cast, scale
@@ -88,13 +98,13 @@ def example_arrays(graph: Graph, dtype="float64", n: int | None = None) -> dict[
     probability rows (distribution_inputs: cross-entropy's real targets): 1.5 + sin(0.7 i +
     1.3 k + 0.5), each row of the last axis divided by its sum (in double), then cast.
     """
-    n = example_batch(graph) if n is None else n
+    at = {**example_dims(graph, n), **(dims or {})}
     bounds = label_bounds(graph)
     rows = distribution_inputs(graph)
     real = np.dtype(dtype)
     out = {}
     for k, (name, v, offset, scale) in enumerate(_filled(graph)):
-        shape = tuple(n if isinstance(d, str) else d for d in v.shape)
+        shape = tuple(at[d] if isinstance(d, str) else d for d in v.shape)
         i = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
         if v.dtype == INT:
             out[name] = ((3 * i + k) % bounds[name]).astype(np.int32).reshape(shape)
@@ -137,6 +147,8 @@ def _example_context(model) -> dict:
     """What main.c.j2 prints: one static array per distinct C argument, and the calls."""
     graph: Graph = model.graph
     n = example_batch(graph)
+    c_dims = dict(zip(graph.symbolic_dims, model.csrc.dim_args))      # dim -> its C argument
+    macro = {d: "BATCH" if i == 0 else f"DIM_{c}" for i, (d, c) in enumerate(c_dims.items())}
     bounds = label_bounds(graph)
     prob_rows = distribution_inputs(graph)
     ctype = "double" if model.dtype == np.float64 else "float"
@@ -156,8 +168,8 @@ def _example_context(model) -> dict:
             if a.role == "hparams":
                 continue        # main.c passes NULL: the hyperparameters compiled in
             fixed = int(np.prod([d for d in a.value.shape if not isinstance(d, str)], dtype=np.int64))
-            rows = sum(isinstance(d, str) for d in a.value.shape)
-            count = " * ".join(["BATCH"] * rows + [str(fixed)] * (fixed != 1 or not rows))
+            runtime = [macro[d] for d in a.value.shape if isinstance(d, str)]
+            count = " * ".join(runtime + [str(fixed)] * (fixed != 1 or not runtime))
             entry = arrays.setdefault(a.cname, dict(
                 cname=a.cname, var=f"arr_{a.cname}", ctype=a.ctype, count=count, shape_doc=a.shape_doc,
                 role=a.role, label=labels.get(a.cname, a.cname),
@@ -174,7 +186,10 @@ def _example_context(model) -> dict:
                               trained=[arrays[a.cname] for a in f.args if a.role == "param*"]))
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]
-    return dict(name=model.name, ctype=ctype, n=n, batch_dim=(graph.symbolic_dims or [None])[0],
+    others = [(d, macro[d], EXAMPLE_LENGTH) for d in graph.symbolic_dims[1:]]
+    return dict(name=model.name, ctype=ctype, n=n, batch_dim=(graph.symbolic_dims or [None])[0], others=others,
+                dim_call=", ".join(["n"] + [m for _, m, _ in others]),
+                dim_sizes=", ".join(["BATCH"] + [m for _, m, _ in others]),
                 arrays=list(arrays.values()), filled=filled, functions=functions, skipped=skipped,
                 has_ints=bool(ints), has_reals=any(a["ctype"] != "int32_t" and not a["fill"]["row"] for a in filled),
                 has_rows=bool(prob_rows), bad=ints[0] if ints else None,

@@ -25,7 +25,8 @@ import numpy as np
 
 from graphc.core.arguments import bind, check_dim_bounds
 from graphc.native.calls import (CallPlan, aligned_empty, allocate_workspace, as_c_array,  # noqa: F401
-                                  batch_rows, c_array_type, output_specs, picker)
+                                  batch_rows, c_array_type, describe_dims, dim_values, output_specs, picker,
+                                  shape_at)
 from graphc.native.training import TrainState, Trainer
 from graphc.backend.codegen import CSource, generate
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
@@ -84,31 +85,37 @@ class CompiledModel:
         return NAME[int(self.lib.gc_kernels_isa())]
 
     # ------------------------------------------------------------------ calling C
-    def workspace(self, n: int) -> np.ndarray:
-        """This thread's workspace for batch size n (allocated once per thread and n)."""
+    def workspace(self, dims) -> np.ndarray:
+        """This thread's workspace for the dims' values (the batch size n, or a tuple: n and the
+        other run-time dims, in the C functions' order), allocated once per thread and values."""
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
         cache = getattr(self._local, "ws", None)
         if cache is None:
             cache = self._local.ws = {}
-        ws = cache.get(n)
+        ws = cache.get(dims)
         if ws is None:
-            size = getattr(self.lib, f"{self.name}_workspace_size")(n)
+            size = getattr(self.lib, f"{self.name}_workspace_size")(*self._c_dims(dims))
             if size == 0:
-                raise ShapeError(f"{self.name}: batch size {n} is invalid or its workspace would overflow size_t",
-                                 hint="use a batch size >= 1 that fits in memory")
+                raise ShapeError(f"{self.name}: {describe_dims(dims, self.graph)} is invalid or its workspace "
+                                 f"would overflow size_t", hint="use sizes >= 1 that fit in memory")
             if len(cache) > 8:
                 cache.clear()
-            ws = cache[n] = allocate_workspace(self.name, size, n)
+            ws = cache[dims] = allocate_workspace(self.name, size, dims)
         return ws
+
+    def _c_dims(self, dims: tuple) -> tuple:
+        """The dims' values as the C functions take them: one per symbolic dim (n alone without any)."""
+        return dims[:max(1, len(self.graph.symbolic_dims))]
 
     def _pointer(self, arr: np.ndarray):
         return self.ffi.from_buffer(c_array_type(self._ctype, arr.dtype), arr, require_writable=False)
 
-    def _out_spec(self, arg, n: int) -> tuple[tuple, np.dtype]:
-        shape = tuple(n if isinstance(d, str) else d for d in arg.value.shape)
+    def _out_spec(self, arg, dims) -> tuple[tuple, np.dtype]:
+        shape = shape_at(arg.value.shape, self.graph, (dims,) if isinstance(dims, int) else dims)
         return shape, (self.dtype if arg.value.dtype == FLOAT else np.dtype(np.int32))
 
-    def _out_array(self, arg, n: int) -> np.ndarray:
-        return np.empty(*self._out_spec(arg, n))
+    def _out_array(self, arg, dims) -> np.ndarray:
+        return np.empty(*self._out_spec(arg, dims))
 
     def call(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
         """Run C function `fname` on named arrays; return its outputs (new arrays) in C order.
@@ -126,7 +133,7 @@ class CompiledModel:
             setattr(self._local, fname, again)
         status, outs = again.run(self._cfuncs[fname], head)
         if status != 0:
-            self._raise_status(status, fname, bind(self._graph_of(fname), arrays, self.dtype)[0], again.n)
+            self._raise_status(status, fname, bind(self._graph_of(fname), arrays, self.dtype)[0], again.dims)
         return outs
 
     def _graph_of(self, fname: str) -> Graph:
@@ -136,8 +143,8 @@ class CompiledModel:
     def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
         """Check and convert every argument; leave a CallPlan when none needed converting."""
         graph = self._graph_of(fname)
-        env, dims = bind(graph, arrays, self.dtype)
-        n = batch_rows(graph, dims)
+        env, found = bind(graph, arrays, self.dtype)
+        n = self._c_dims(dim_values(graph, found))     # the batch size n and the other run-time dims
         names, ins, specs = [], [], []
         for a in self.functions[fname].args:
             if a.role in ("input", "param", "param*", "state"):
@@ -154,15 +161,16 @@ class CompiledModel:
             setattr(self._local, fname, plan)     # every argument went to C as it was passed
         return outs
 
-    def _raise_status(self, status: int, fname: str, env: dict, n: int):
+    def _raise_status(self, status: int, fname: str, env: dict, n):
         if status == self.lib.GRAPHC_ERR_LABEL:
             for name, label, bound in self.csrc_label_bounds(fname):
                 check_labels(env[name], bound, f"argument {name!r}")
             raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
         if status == self.lib.GRAPHC_ERR_BATCH:
             if self.graph.symbolic_dims:        # past a bound of the model (a sequence longer than its table)
-                check_dim_bounds(self.graph, {self.graph.symbolic_dims[0]: n})
-            raise ShapeError(f"{self.name}_{fname}: batch size {n} is invalid for this model")
+                values = (n,) if isinstance(n, int) else tuple(n)
+                check_dim_bounds(self.graph, dict(zip(self.graph.symbolic_dims, values)))
+            raise ShapeError(f"{self.name}_{fname}: {describe_dims(n, self.graph)} is invalid for this model")
         raise ExecutionError(f"{self.name}_{fname} returned status {status}")
 
     def csrc_label_bounds(self, fname: str):
@@ -217,22 +225,26 @@ class CompiledModel:
         return picker(values), picker(grads)
 
     def memory_plan(self, n: int = 64) -> str:
-        """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n."""
-        from graphc.backend.memory import peval
+        """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n
+        (and every other run-time dim at n too)."""
         from graphc.backend.pipeline import memory_table
+        from graphc.backend.sizes import Poly
         n = n if self.graph.symbolic_dims else 1      # a model without a batch dim runs at n = 1 only
-        ws = getattr(self.lib, f"{self.name}_workspace_size")(n)
+        args = ", ".join([str(n)] * max(1, len(self.graph.symbolic_dims)))
+        ws = getattr(self.lib, f"{self.name}_workspace_size")(*[n] * max(1, len(self.graph.symbolic_dims)))
         arena, pack, total = self.csrc.workspace_parts(n, self.threads)
-        parts = [f"workspace of {self.name} at n={n}: {ws} bytes = arena {arena} + GEMM packing {pack} + 64 "
-                 f"(alignment slack): {self.name}_workspace_size({n}), the header's "
-                 f"{self.name}_WORKSPACE_BYTES({n}) with GC_MAX_THREADS={self.threads}"]
+        at = "n" if len(self.graph.symbolic_dims) < 2 else "every run-time dim"
+        parts = [f"workspace of {self.name} at {at}={n}: {ws} bytes = arena {arena} + GEMM packing {pack} + 64 "
+                 f"(alignment slack): {self.name}_workspace_size({args}), the header's "
+                 f"{self.name}_WORKSPACE_BYTES({args}) with GC_MAX_THREADS={self.threads}"]
         if ws != total:    # the C and codegen's sizes disagree: a bug, shown rather than hidden
             parts.append(f"  (codegen computed {total} bytes: they should agree)")
         for f in self.functions.values():
-            a = f.sched.arena
-            per_row = peval(a, 1) - peval(a, 0) if len(a) == 2 else None
+            a = Poly.of(f.sched.arena)
+            linear = len(a.dims) == 1 and all(len(m) <= 1 for m, _ in a.terms)
+            per_row = a.coeff(a.dims) if linear and self.graph.symbolic_dims[:1] == list(a.dims) else None
             head = f"{f.name}: {per_row * self.dtype.itemsize} bytes per batch row" if per_row is not None else f.name
-            parts.append(head + "\n" + memory_table(f.sched, n, self.dtype.itemsize))
+            parts.append(head + "\n" + memory_table(f.sched, n, self.dtype.itemsize, self.graph))
         return "\n".join(parts)
 
     # ------------------------------------------------------------------ training (native/training.py)

@@ -26,8 +26,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from graphc.core.arguments import bind, check_dim_bounds, param_arrays
-from graphc.native.calls import (CallPlan, allocate_workspace, as_c_array, batch_rows, c_array_type, output_specs,
-                                 picker)
+from graphc.native.calls import (CallPlan, allocate_workspace, as_c_array, c_array_type, describe_dims,
+                                 dim_values, output_specs, picker, shape_at)
 from graphc.native.progress import Progress, wanted
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError, NonFiniteError, ShapeError
 from graphc.core.ir import Graph
@@ -49,7 +49,8 @@ class TrainerCache:
       optimizer state, in the order NAME_train_step, NAME_fit, NAME_accumulate and NAME_apply
       take them (after the minibatch arrays). They stay valid because TrainState's mappings are
       read-only: the arrays are never rebound.
-    - workspaces: batch size (negated for NAME_fit) -> (workspace array, its cffi pointer).
+    - workspaces: batch size (negated for NAME_fit) -> (workspace array, its cffi pointer); with
+      several run-time dims their values (batch first; "fit" before them for NAME_fit).
     - plan: the calls.CallPlan of the state's recent train_step minibatch, or None.
 
     Only the Trainer that made it reads or writes it; a TrainState starts with an empty one
@@ -61,7 +62,7 @@ class TrainerCache:
                  accumulate_ptrs: tuple = (), apply_ptrs: tuple = ()):
         self.trainer, self.step_ptrs, self.fit_ptrs = trainer, tuple(step_ptrs), tuple(fit_ptrs)
         self.accumulate_ptrs, self.apply_ptrs = tuple(accumulate_ptrs), tuple(apply_ptrs)
-        self.workspaces: dict[int, tuple[np.ndarray, Any]] = {}
+        self.workspaces: dict[int | tuple, tuple[np.ndarray, Any]] = {}
         self.plan: CallPlan | None = None
 
 
@@ -293,15 +294,18 @@ class Trainer:
         cache = getattr(state, "cache", None)
         return cache if isinstance(cache, TrainerCache) and cache.trainer is self else self._bind(state)
 
-    def _workspace(self, cache: TrainerCache, n: int, fit: bool = False):
-        key = -n if fit else n
+    def _workspace(self, cache: TrainerCache, n: tuple, fit: bool = False):
+        """The workspace pointer of NAME_train_step (or NAME_fit) at the dims' values n (the batch
+        size, then the other run-time dims), kept in the state's cache."""
+        key = n if len(n) > 1 else n[0]            # (the batch size alone for a model with one run-time dim)
+        key = ("fit", *n) if fit and len(n) > 1 else -key if fit else key
         hit = cache.workspaces.get(key)
         if hit is None:
             size_fn = getattr(self.lib, f"{self.name}_{'fit_' if fit else ''}workspace_size")
-            size = size_fn(n)
+            size = size_fn(*n)
             if size == 0:
-                raise ShapeError(f"{self.name}: batch size {n} is invalid or its workspace would overflow size_t",
-                                 hint="use a batch size >= 1 that fits in memory")
+                raise ShapeError(f"{self.name}: {describe_dims(n, self.graph)} is invalid or its workspace would "
+                                 f"overflow size_t", hint="use sizes >= 1 that fit in memory")
             if len(cache.workspaces) > 8:
                 cache.workspaces.clear()
             ws = allocate_workspace(self.name, size, n)
@@ -330,7 +334,7 @@ class Trainer:
             cache.plan = again
         status, outs = again.run(self._cstep, head)
         if status != 0:
-            self._fail(status, "train_step", batch, again.n)
+            self._fail(status, "train_step", batch, again.dims)
         if self._counts_steps:
             state.count_sgd_steps()
         return self._result(outs)
@@ -338,10 +342,10 @@ class Trainer:
     def _train_step_checked(self, state: TrainState, batch: dict) -> dict[str, np.ndarray]:
         """Check and convert the minibatch; leave a CallPlan in the state's cache when nothing was converted."""
         cache = self._cache(state)
-        env, dims = bind(self.graph, batch, self.dtype, need_params=False)
-        n = batch_rows(self.graph, dims)
+        env, found = bind(self.graph, batch, self.dtype, need_params=False)
+        n = self._c_dims(dim_values(self.graph, found))
         arrays = [as_c_array(k, env[k]) for k in self._inputs]
-        specs = [(tuple(n if isinstance(d, str) else d for d in shape), dt) for _, (shape, dt) in self._outs]
+        specs = [(shape_at(shape, self.graph, n), dt) for _, (shape, dt) in self._outs]
         plan = CallPlan(self.ffi, n, self._inputs, [c_array_type(self._ctype, a.dtype) for a in arrays], arrays,
                         self._workspace(cache, n), output_specs(self._ctype, specs), cache.step_ptrs)
         status, outs = plan.run(self._cstep, plan.head)
@@ -364,10 +368,10 @@ class Trainer:
                               hint="compile with e.g. optimizer=graphc.AdamW(..., accumulate=4)")
         self._require_mean()
         cache = self._cache(state)
-        env, dims = bind(self.graph, batch, self.dtype, need_params=False)
-        n = batch_rows(self.graph, dims)
+        env, found = bind(self.graph, batch, self.dtype, need_params=False)
+        n = self._c_dims(dim_values(self.graph, found))
         arrays = [as_c_array(k, env[k]) for k in self._inputs]
-        specs = [(tuple(n if isinstance(d, str) else d for d in shape), dt) for _, (shape, dt) in self._acc_outs]
+        specs = [(shape_at(shape, self.graph, n), dt) for _, (shape, dt) in self._acc_outs]
         plan = CallPlan(self.ffi, n, self._inputs, [c_array_type(self._ctype, a.dtype) for a in arrays], arrays,
                         self._workspace(cache, n), output_specs(self._ctype, specs), cache.accumulate_ptrs)
         status, outs = plan.run(self._cacc, plan.head)
@@ -399,12 +403,16 @@ class Trainer:
             raise ArgumentError(f"{self.name}_apply: no gradient was accumulated since the last step",
                                 hint="call m.accumulate(state, ...) first")
         if status != 0:
-            self._fail(status, "apply", {}, 1)
+            self._fail(status, "apply", {}, (1,))
         if self._counts_steps:
             state.count_sgd_steps()
         return {self.layout.grad_norm: norm[0]} if norm else {}
 
-    def _fail(self, status: int, fname: str, arrays, n: int):
+    def _c_dims(self, dims: tuple) -> tuple:
+        """The dims' values as the C functions take them: one per symbolic dim (n alone without any)."""
+        return dims[:max(1, len(self.graph.symbolic_dims))]
+
+    def _fail(self, status: int, fname: str, arrays, n):
         if status == self.lib.GRAPHC_ERR_LABEL:
             env, _ = bind(self.graph, arrays, self.dtype, need_params=False)
             for name, _cname, bound in self._label_bounds:
@@ -412,8 +420,9 @@ class Trainer:
             raise ArgumentError(f"{self.name}_{fname}: an int32 label or id is out of range")
         if status == self.lib.GRAPHC_ERR_BATCH:
             if self.graph.symbolic_dims:        # past a bound of the model (a sequence longer than its table)
-                check_dim_bounds(self.graph, {self.graph.symbolic_dims[0]: n})
-            raise ShapeError(f"{self.name}_{fname}: batch size {n} is invalid for this model")
+                values = (n,) if isinstance(n, int) else tuple(n)
+                check_dim_bounds(self.graph, dict(zip(self.graph.symbolic_dims, values)))
+            raise ShapeError(f"{self.name}_{fname}: {describe_dims(n, self.graph)} is invalid for this model")
         if status == getattr(self.lib, "GRAPHC_ERR_HPARAMS", None):
             raise OptimizerError(f"{self.name}_{fname}: a run-time hyperparameter is out of range "
                                  f"({describe(self.optimizer)})")
@@ -450,8 +459,8 @@ class Trainer:
         if self._micro(state) > 1:
             self._require_mean()
         cache = self._cache(state)
-        env, dims = bind(self.graph, data, self.dtype, need_params=False)
-        n_total = batch_rows(self.graph, dims)
+        env, found = bind(self.graph, data, self.dtype, need_params=False)
+        n_total, *others = dim_values(self.graph, found)    # the rows, and the other run-time dims
         arrays = [as_c_array(k, env[k]) for k in self._inputs]
         data_ptrs = [self._ptr(a) for a in arrays]
         batch = int(min(batch_size, n_total))
@@ -460,7 +469,7 @@ class Trainer:
         rows[-1] = n_total - batch * (nb - 1)
         losses = np.empty(nb, dtype=self.dtype)
         loss_ptr = self._ptr(losses)
-        ws = self._workspace(cache, batch, fit=True)
+        ws = self._workspace(cache, (batch, *others), fit=True)
         rng = np.random.default_rng(seed)
         for _ in range(min(int(initial_epoch), int(epochs))):
             rng.permutation(n_total)          # the orders of the epochs done before
@@ -471,9 +480,10 @@ class Trainer:
                 order = rng.permutation(n_total).astype(np.int64)
                 before = state.copy() if stop_on_nonfinite else None
                 t0 = time.perf_counter()
-                status = self._cfit(n_total, batch, *data_ptrs, self._ptr(order), *cache.fit_ptrs, loss_ptr, ws)
+                status = self._cfit(n_total, batch, *others, *data_ptrs, self._ptr(order), *cache.fit_ptrs,
+                                    loss_ptr, ws)
                 if status != 0:
-                    self._fail(status, "fit", data, batch)
+                    self._fail(status, "fit", data, (batch, *others))
                 if self._counts_steps:      # a step per minibatch, or per `accumulate` of them
                     state.count_sgd_steps(-(-nb // self._micro(state)))
                 if before is not None and not (np.isfinite(losses).all() and _finite(state)):

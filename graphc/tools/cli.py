@@ -267,9 +267,11 @@ def cmd_build(args) -> int:
         print()
         print(m.memory_plan(batch))
     else:
-        size = getattr(m.lib, f"{m.name}_workspace_size")(batch)
-        print(f"workspace at batch {batch}: {size} bytes ({m.name}_workspace_size({batch}) = "
-              f"{m.name}_WORKSPACE_BYTES({batch}); --report for the plan)")
+        values = [batch] * len(m.csrc.dim_args)       # every run-time dim at the batch size
+        size = getattr(m.lib, f"{m.name}_workspace_size")(*values)
+        at = ", ".join(map(str, values))
+        print(f"workspace at {'batch' if len(values) == 1 else 'every run-time dim'} {batch}: {size} bytes "
+              f"({m.name}_workspace_size({at}) = {m.name}_WORKSPACE_BYTES({at}); --report for the plan)")
     return 0
 
 

@@ -231,10 +231,10 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
 size_t digits_cnn_fit_workspace_size(long batch);
 #define digits_cnn_FIT_WORKSPACE_BYTES(max_batch) \
     ((digits_cnn_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)64 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)64 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
      + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)10 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+     + (((size_t)10 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
 
 /* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
  * (the last one may be shorter), gather its rows into the workspace and make one

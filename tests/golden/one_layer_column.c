@@ -62,30 +62,18 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
    one_layer_column.h, from their shapes as gc_gemm_pack_elems_f computes it; 0 at n = 1). */
 #define GC_PACK_ELEMS(n) one_layer_column_PACK_ELEMS((size_t)(n), (size_t)GC_MAX_THREADS)
 
-/* Horner's rule for c[0] + c[1] n + ...; returns 0 (and leaves *out) if it overflows. */
-static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
-{
-    size_t acc = 0;
-    for (int i = terms - 1; i >= 0; --i) {
-        if (n != 0 && acc > (SIZE_MAX - c[i]) / n) {
-            return 0;
-        }
-        acc = acc * n + c[i];
-    }
-    *out = acc;
-    return 1;
-}
-
 /* one_layer_column_WORKSPACE_BYTES(n) checked for overflow (0: invalid n, or overflow); static, as the
  * functions below call it where an argument may be named like NAME_workspace_size. */
 static size_t gc_workspace_bytes(long n)
 {
-    static const size_t arena[] = { 304 };  /* planned peak, elements */
+    /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
+    static const size_t arena[][2] = { { 304, 0 } };
+    const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1 || n != 1) {
         return 0;
     }
-    if (!gc_poly(arena, 1, (size_t)n, &elems)
+    if (!gc_size_poly(arena[0], (int)(sizeof arena / sizeof arena[0]), x, 1, &elems)
         || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n) - 64) {
         return 0;
     }

@@ -188,12 +188,12 @@ int window_classifier_train_step(long n, const int32_t *w0, const int32_t *w1, c
 size_t window_classifier_fit_workspace_size(long batch);
 #define window_classifier_FIT_WORKSPACE_BYTES(max_batch) \
     ((window_classifier_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
      + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)5 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+     + (((size_t)5 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
 
 /* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
  * (the last one may be shorter), gather its rows into the workspace and make one
