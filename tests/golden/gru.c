@@ -62,30 +62,18 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
    gru.h, from their shapes as gc_gemm_pack_elems_f computes it; 0 at n = 1). */
 #define GC_PACK_ELEMS(n) gru_PACK_ELEMS((size_t)(n), (size_t)GC_MAX_THREADS)
 
-/* Horner's rule for c[0] + c[1] n + ...; returns 0 (and leaves *out) if it overflows. */
-static int gc_poly(const size_t *c, int terms, size_t n, size_t *out)
-{
-    size_t acc = 0;
-    for (int i = terms - 1; i >= 0; --i) {
-        if (n != 0 && acc > (SIZE_MAX - c[i]) / n) {
-            return 0;
-        }
-        acc = acc * n + c[i];
-    }
-    *out = acc;
-    return 1;
-}
-
 /* gru_WORKSPACE_BYTES(n) checked for overflow (0: invalid n, or overflow); static, as the
  * functions below call it where an argument may be named like NAME_workspace_size. */
 static size_t gc_workspace_bytes(long n)
 {
-    static const size_t arena[] = { 19008, 7632 };  /* planned peak, elements */
+    /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
+    static const size_t arena[][2] = { { 19008, 0 }, { 7632, 1 } };
+    const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1) {
         return 0;
     }
-    if (!gc_poly(arena, 2, (size_t)n, &elems)
+    if (!gc_size_poly(arena[0], (int)(sizeof arena / sizeof arena[0]), x, 1, &elems)
         || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n) - 64) {
         return 0;
     }
@@ -153,7 +141,7 @@ static void gc_adam_update(gc_real *p, const gc_real *g, gc_real *m, gc_real *v,
  * entry point continues with kernels of its own. */
 static void gru_forward_pass(long n, gc_real *t2)
 {
-    /* [scan.gru] h    [/work/wt-scan/examples/gru.toml] */
+    /* [scan.gru] h    [/work/main/examples/gru.toml] */
     for (long i = 0; i < gru_H * n; ++i) {
         t2[i] = (gc_real)0.0;
     }
@@ -931,14 +919,16 @@ int gru_train_step(long n, const int32_t *x, const int32_t *y, float *emb, float
 static size_t gc_fit_layout(long batch, size_t off[4])
 {
     static const size_t unit[4] = { sizeof(int32_t), sizeof(int32_t), sizeof(float), sizeof(float) };
-    static const size_t coeffs[4][2] = { { 0, 16 }, { 0, 16 }, { 1, 0 }, { 0, 1536 } };
+    /* each block's elements: rows { coefficient, power of batch } (gc_size_poly) */
+    static const size_t sizes[4][1][2] = { { { 16, 1 } }, { { 16, 1 } }, { { 1, 0 } }, { { 1536, 1 } } };
+    const size_t x[1] = { (size_t)batch };
     size_t total = gc_workspace_bytes(batch), elems;
     if (total == 0 || total > SIZE_MAX - 64) {
         return 0;
     }
     total = (total + 63) / 64 * 64;
-    for (int b = 0; b < 4; ++b) {   /* elements: coeffs[b][0] + coeffs[b][1] batch + ... */
-        if (!gc_poly(coeffs[b], 2, (size_t)batch, &elems) || elems > (SIZE_MAX - 64 - total) / unit[b]) {
+    for (int b = 0; b < 4; ++b) {
+        if (!gc_size_poly(sizes[b][0], 1, x, 1, &elems) || elems > (SIZE_MAX - 64 - total) / unit[b]) {
             return 0;
         }
         off[b] = total;

@@ -196,10 +196,10 @@ int gru_train_step(long n, const int32_t *x, const int32_t *y, float *emb, float
 size_t gru_fit_workspace_size(long batch);
 #define gru_FIT_WORKSPACE_BYTES(max_batch) \
     ((gru_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
      + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)1536 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+     + (((size_t)1536 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
 
 /* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
  * (the last one may be shorter), gather its rows into the workspace and make one

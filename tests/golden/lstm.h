@@ -169,10 +169,10 @@ int lstm_train_step(long n, const float *x, const int32_t *y, float *W_ih, float
 size_t lstm_fit_workspace_size(long batch);
 #define lstm_FIT_WORKSPACE_BYTES(max_batch) \
     ((lstm_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)60 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)60 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
      + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)0 + (size_t)4 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+     + (((size_t)4 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
 
 /* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
  * (the last one may be shorter), gather its rows into the workspace and make one
