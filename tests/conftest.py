@@ -12,7 +12,7 @@ EXAMPLE_SPECS = sorted(p.name for p in EXAMPLES_DIR.glob("*.toml"))   # parametr
 # running their C takes tens of seconds under the sanitizers and in the strict builds of every
 # compiler, so those per-example tests run SMALL_EXAMPLES; tests/test_kws.py and the benchmarks
 # run the big ones, and tests/specs/small_cnn.toml takes the same ops through every C check.
-BIG_EXAMPLES = {"kws_dscnn", "resnet8"}
+BIG_EXAMPLES = {"kws_dscnn", "resnet8", "char_gpt"}
 SMALL_EXAMPLES = sorted(p for p in EXAMPLES_DIR.glob("*.toml") if p.stem not in BIG_EXAMPLES)
 
 

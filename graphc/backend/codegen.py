@@ -27,6 +27,7 @@ from graphc.backend.sharing import share
 from graphc.backend.sizes import ZERO, Poly, peval, pmax
 from graphc.backend.schedule import schedule
 from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401
+from graphc.backend.sampling import add_generate
 from graphc.backend.train_codegen import add_train_functions
 
 CTYPES = {"float32": ("float", "f"), "float64": ("double", "")}
@@ -75,6 +76,7 @@ class CSource:
     arena: Poly = ZERO                # the planned arena, elements (the most over the functions)
     pack: list = field(default_factory=list)   # GEMM packing need in n (backend/packing.py's pieces)
     dim_args: tuple = ("n",)          # the C arguments of the symbolic dims, in the graph's order
+    generation: Any = None            # backend/sampling.py's GenerateLayout: NAME_generate exists
 
     def dim_values(self, values) -> dict[str, int]:
         """dim -> value from an int (the batch: every symbolic dim, for a model with one), a tuple
@@ -288,9 +290,10 @@ def _generate(graph: Graph, grad_of, wrt, dtype: str, threads: int, optimizer) -
                                            f"to {', '.join(wrt)}", bwd, outs)
         if optimizer is not None:
             add_train_functions(em, graph, grad_of, list(wrt), optimizer)
+    generation = add_generate(em, graph)
     source, header, cdef = em.render()
     return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict,
-                   kernel_library(dtype), em.arena, em.pack, em.dim_args)
+                   kernel_library(dtype), em.arena, em.pack, em.dim_args, generation)
 
 
 def amalgamate(csrc: CSource) -> str:

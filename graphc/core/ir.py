@@ -241,6 +241,8 @@ class Graph:
         # a train step's recipe values: "lr" -> the input holding a scheduled step's learning rate,
         # "grad_norm" -> the output holding the gradients' norm before clipping (train_graph's)
         self.recipe: dict[str, str] = {}
+        # a language model's token input and next-token logits output (`generation`): NAME_generate
+        self.generation: tuple[str, str] | None = None
         # a scan's body (ops/scan.py): the graph around it, and each value of that graph (or of one
         # around it) the body reads, as the body input that stands for it (its captured consts)
         self.enclosing: Graph | None = None
@@ -328,6 +330,26 @@ class Graph:
         if init is not None:
             self.param_init[name] = init
         return v
+
+    def generate_from(self, ids: str, logits: str, loc=None) -> None:
+        """Declare a language model (the spec's [generate]): `ids`, an int32 input [N, T] (or [T])
+        of token ids, and `logits`, an output [N, T, V] (or [T, V]) of next-token logits that
+        needs no other data. The C then has NAME_generate (and Python m.generate), which samples
+        tokens one at a time from softmax(logits at the last position / temperature)."""
+        where = "[generate]"
+        if ids not in self.inputs or self.inputs[ids].dtype != INT:
+            raise SpecError(f"{where} ids = {ids!r} must name an int32 input of token ids", loc,
+                            hint=f"the int32 inputs are {', '.join(k for k, v in self.inputs.items() if v.dtype == INT) or 'none'}")
+        if logits not in self.outputs:
+            raise SpecError(f"{where} logits = {logits!r} must name an output", loc,
+                            hint=f"the outputs are {', '.join(self.outputs)}")
+        x, z = self.inputs[ids], self.outputs[logits]
+        if x.rank not in (1, 2) or z.dtype != FLOAT or z.rank != x.rank + 1 or z.shape[:-1] != x.shape \
+                or not isinstance(z.shape[-1], int):
+            raise SpecError(f"{where} ids {ids} is {self.format_shape(x.shape)} and logits {logits} is "
+                            f"{self.format_shape(z.shape)}: the logits must be the ids' shape and a fixed "
+                            f"vocabulary axis", loc, hint="ids [N, T] and logits [N, T, V]")
+        self.generation = (ids, logits)
 
     def trainable(self) -> list[str]:
         """The params a gradient may train: every param but the state."""
@@ -473,6 +495,7 @@ class Graph:
         g.adjoints = {vmap[v]: vmap[d] for v, d in self.adjoints.items() if v in vmap and d in vmap}
         g.updates = dict(self.updates)
         g.recipe = dict(self.recipe)
+        g.generation = self.generation
         return g, vmap
 
     def add_node(self, op, inputs: tuple[Value, ...], attrs: dict, name: str, type: TensorType,

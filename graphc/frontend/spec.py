@@ -19,7 +19,7 @@ from graphc.core.ir import Graph, Origin, Value, subscript
 from graphc.core.opdef import unknown_op_hint
 from graphc.ops import REGISTRY
 
-SECTIONS = ("name", "dims", "inputs", "params", "state", "graph", "scan", "outputs", "grad")
+SECTIONS = ("name", "dims", "inputs", "params", "state", "graph", "scan", "outputs", "grad", "generate")
 SYMBOLIC = ("batch", "symbolic")
 MAX_EXPRESSION = 20_000
 _BINOPS = {ast.MatMult: "matmul", ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div"}
@@ -154,6 +154,7 @@ class _Builder:
         self.graph_section(g)
         self._outputs(g)
         self._grad(g)
+        self._generate(g)
         g.verify()
         return g
 
@@ -467,3 +468,14 @@ class _Builder:
             raise SpecError(f"[grad] of = {of!r} has shape {g.format_shape(g[of].shape)}; it must be a scalar loss",
                             self.src.loc("grad", "of"), hint="reduce it with mean(...) or sum(...)")
         g.grad_spec = (of, wrt)
+
+    def _generate(self, g: Graph) -> None:
+        """[generate]: a language model's token input and logits output (Graph.generate_from)."""
+        t = self.table("generate")
+        if not t:
+            return
+        loc = self.src.loc("generate")
+        if set(t) != {"ids", "logits"} or not all(isinstance(t[k], str) for k in t):
+            raise SpecError("[generate] takes ids (the int32 input of token ids) and logits (the output of "
+                            "next-token logits), both names", loc, hint='e.g. ids = "idx" and logits = "logits"')
+        g.generate_from(t["ids"], t["logits"], loc)

@@ -99,4 +99,7 @@ def to_spec(graph: Graph, comments: Iterable[str] = ()) -> str:
     if graph.grad_spec is not None:
         of, wrt = graph.grad_spec
         lines += ["", "[grad]", f"of = {json.dumps(of)}", f"wrt = {json.dumps(list(wrt))}"]
+    if graph.generation is not None:
+        ids, logits = graph.generation
+        lines += ["", "[generate]", f"ids = {json.dumps(ids)}", f"logits = {json.dumps(logits)}"]
     return "\n".join(lines) + "\n"

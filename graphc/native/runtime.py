@@ -205,6 +205,17 @@ class CompiledModel:
         arrays = {k: v for k, v in arrays.items() if k not in self.graph.inputs or k in self._predict_inputs}
         return self._results["predict"][0](self.call("predict", arrays))
 
+    def generate(self, params: dict, prompt, count: int, temperature: float = 1.0, seed: int = 0,
+                 context: int | None = None) -> np.ndarray:
+        """A language model's next `count` token ids after `prompt` (int ids), sampled one at a time
+        by the C's NAME_generate (the spec's [generate]): each from softmax(logits at the last
+        position / temperature) on the last `context` tokens (default: the model's sequence length or
+        its positional table), keyed by (seed, position): the same arguments give the same tokens,
+        here, in NAME_generate called from C, and in graphc.native.generate.generate_reference.
+        temperature <= 0 takes the most likely token."""
+        from graphc.native.generate import generate
+        return generate(self, params, prompt, count, temperature, seed, context)
+
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(outputs, gradients); gradients are keyed by the wrt names, each in its parameter's shape."""
         if "value_and_grad" not in self.functions:
