@@ -180,3 +180,27 @@ def test_generate_spec_section_is_checked(tmp_path):
     path.write_text(head + "[generate]" + tail.replace('ids = "idx"', 'ids = "tgtx"'))
     with pytest.raises(graphc.SpecError, match="must name an int32 input"):
         graphc.load(path)
+
+
+def test_generate_in_the_standalone_program_prints_the_tokens_python_draws(tmp_path):
+    """graphc emit's main.c samples GENERATE_TOKENS ids with NAME_generate (no heap: its workspace is
+    the header's constant NAME_GENERATE_WORKSPACE_BYTES); built strict with gcc and run without
+    training steps, it prints what m.generate draws from main.c's own params."""
+    import shutil
+    import subprocess
+    from graphc.native.export import GENERATE_PROMPT, GENERATE_TOKENS, example_arrays
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    g = graphc.load(EXAMPLE)
+    m = graphc.compile(g, dtype="float64", optimizer=graphc.AdamW(lr=1e-3))
+    m.export(tmp_path, standalone=True)
+    cfiles = [str(p) for p in tmp_path.glob("*.c")]
+    subprocess.run(["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-DTRAIN_STEPS=0",
+                    "-o", str(tmp_path / "prog"), *cfiles, "-lm"], check=True, capture_output=True, text=True)
+    run = subprocess.run([str(tmp_path / "prog")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    line = next(x for x in run.stdout.splitlines() if x.startswith("generate "))
+    printed = np.array(line.split(":")[1].split(), dtype=np.int32)
+    params = {k: v for k, v in example_arrays(g, "float64").items() if k in g.params}
+    want = m.generate(params, np.array(GENERATE_PROMPT, dtype=np.int32), GENERATE_TOKENS, temperature=1.0, seed=0)
+    np.testing.assert_array_equal(printed, want)

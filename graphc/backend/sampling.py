@@ -61,12 +61,16 @@ def add_generate(em, graph: Graph) -> GenerateLayout | None:
     outs = [a for a in f.args if a.role == "output"]
     params = [a for a in f.args if a.role == "param"]
     at = {a.cname: c_poly(numel(a.value.shape)) for a in outs}
+    at_context = {d: ("1" if d == batch else "(context)") for d in dims}     # the same counts in a macro
+    macro = {a.cname: c_poly(numel(a.value.shape), at_context) for a in outs}
     ctx = dict(
         name=graph.name, ctype=em.ctype, sample="gc_sample_" + ("d" if em.ctype == "double" else "f"),
         fname=f"{graph.name}_{f.name}",
         ids=c_name(ids), logits=c_name(logits), vocab=vocab, fixed=seq if fixed else None, bound=bound,
         dim_locals=[(c, values[d]) for d, c in dims.items()],
-        outputs=[dict(cname=a.cname, count=at[a.cname], logits=a.cname == c_name(logits)) for a in outs],
+        outputs=[dict(cname=a.cname, count=at[a.cname], macro=macro[a.cname], logits=a.cname == c_name(logits))
+                 for a in outs],
+        macro_dims=", ".join(at_context[d] for d in dims) if dims else "1",
         params=[dict(decl=c_param(a.ctype, a.cname, True), cname=a.cname) for a in params],
         call=c_wrap(f"gc_status = {graph.name}_{f.name}", call_dims + ["gc_window"] + [a.cname for a in params]
                     + [f"gc_o_{a.cname}" for a in outs] + ["gc_ws"], ");"),

@@ -29,6 +29,9 @@ EXAMPLE_BATCH = 4       # rows main.c passes when the model has a batch dim
 EXAMPLE_LENGTH = 5      # ... and the size of each other run-time dim (a sequence length): main.c's DIM_<name>
 EXAMPLE_FUNCTIONS = ("forward", "predict", "value_and_grad", "train_step")   # the calls main.c makes, in order
 TRAIN_STEPS = 3         # train_step calls main.c makes when the model was compiled with an optimizer
+GENERATE_PROMPT = (1, 2, 3)     # a language model's main.c then samples GENERATE_TOKENS after these ids
+GENERATE_TOKENS = 32            # (NAME_generate, temperature 1, seed 0) on windows of its context,
+EXAMPLE_CONTEXT = 16            # or of EXAMPLE_CONTEXT tokens when the model sets no bound
 INPUT_SCALE = 1.0       # the amplitude of main.c's deterministic inputs ...
 PARAM_SCALE = 0.1       # ... and params (see example_arrays)
 SUMMARY_VALUES = 4      # leading values main.c prints of each array, after its checksums
@@ -186,6 +189,10 @@ def _example_context(model) -> dict:
                               trained=[arrays[a.cname] for a in f.args if a.role == "param*"]))
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]
+    gen = model.csrc.generation      # a language model: main.c samples GENERATE_TOKENS after training
+    generate = None if gen is None else dict(
+        params=[arrays[c_name(p)]["var"] for p in gen.params], context=gen.context or EXAMPLE_CONTEXT,
+        prompt=[i % gen.vocabulary for i in GENERATE_PROMPT], tokens=GENERATE_TOKENS)
     others = [(d, macro[d], EXAMPLE_LENGTH) for d in graph.symbolic_dims[1:]]
     return dict(name=model.name, ctype=ctype, n=n, batch_dim=(graph.symbolic_dims or [None])[0], others=others,
                 dim_call=", ".join(["n"] + [m for _, m, _ in others]),
@@ -193,7 +200,7 @@ def _example_context(model) -> dict:
                 arrays=list(arrays.values()), filled=filled, functions=functions, skipped=skipped,
                 has_ints=bool(ints), has_reals=any(a["ctype"] != "int32_t" and not a["fill"]["row"] for a in filled),
                 has_rows=bool(prob_rows), bad=ints[0] if ints else None,
-                trains=any(f["name"] == "train_step" for f in functions), train_steps=TRAIN_STEPS,
+                trains=any(f["name"] == "train_step" for f in functions), train_steps=TRAIN_STEPS, generate=generate,
                 input_scale=INPUT_SCALE, param_scale=PARAM_SCALE,
                 summary_values=SUMMARY_VALUES, summary_weights=SUMMARY_WEIGHTS)
 

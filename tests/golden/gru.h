@@ -3,16 +3,18 @@
  * Conventions
  *   - Arrays are row-major and contiguous, of float unless marked int32_t.
  *   - n is the batch size N, n >= 1.
+ *   - T is the size of the run-time dim T, T >= 1: every function takes it after n,
+ *     as it takes n, and the arrays with T in their shape have that many entries along it.
  *   - Inputs are const and never written; outputs and gradients are written to
  *     caller buffers of the documented shape.
- *   - Scratch memory is a caller-provided workspace of gru_workspace_size(n)
- *     bytes, aligned to 64 bytes; gru_WORKSPACE_BYTES(max_n) is the same number as
- *     a constant expression, for a static array serving every n <= max_n. Nothing here
+ *   - Scratch memory is a caller-provided workspace of gru_workspace_size(n, T)
+ *     bytes, aligned to 64 bytes; gru_WORKSPACE_BYTES(max_n, max_T) is the same number as
+ *     a constant expression, for a static array serving every n <= max_n, T <= max_T. Nothing here
  *     allocates, prints or keeps state: every function is reentrant, and threads may
  *     call it at once with separate workspaces.
  *   - Every function returns GRAPHC_OK (0) or one of the error codes below.
  *
- * Shapes: N = batch (argument n), T = 16, V = 96, E = 16, H = 32, G = 96
+ * Shapes: N = batch (argument n), V = 96, E = 16, H = 32, G = 96, T = run-time size (argument T)
  */
 #ifndef GRAPHC_GRU_H
 #define GRAPHC_GRU_H
@@ -21,12 +23,12 @@
 #include <stdint.h>
 
 /* The sizes of the named dims, for the caller's arrays as for the model's loops. */
-enum { gru_H = 32 };
+enum { gru_E = 16, gru_H = 32 };
 
 #ifndef GRAPHC_OK
 #define GRAPHC_OK 0
 #define GRAPHC_ERR_NULL 1   /* a pointer argument (or the workspace) is NULL */
-#define GRAPHC_ERR_BATCH 2  /* n < 1, n != 1 for a model without a batch dim, or n so large the workspace size overflows */
+#define GRAPHC_ERR_BATCH 2  /* n < 1, n != 1 for a model without a batch dim, or n so large the workspace size overflows (or another run-time dim < 1, or as large) */
 #define GRAPHC_ERR_LABEL 3  /* an int32 label or id is outside its range [0, classes) */
 #define GRAPHC_ERR_ALIGN 4  /* the workspace is not aligned to 64 bytes */
 #endif
@@ -61,14 +63,15 @@ enum { gru_H = 32 };
      (size_t)(n) < 683 ? (size_t)(t) * (size_t)11264 : \
      (size_t)(t) * (size_t)33792)
 
-/* Bytes of workspace at batch size max_n, as a constant expression: a workspace of this size
- * serves every n <= max_n (it never shrinks as n grows), and equals gru_workspace_size(max_n)
+/* Bytes of workspace at batch size max_n, T = max_T, as a constant expression: a workspace
+ * of this size serves every n <= max_n, T <= max_T (it never shrinks as they grow), and equals
+ * gru_workspace_size(max_n, max_T)
  * for 1 <= max_n when that does not overflow. For firmware, with no heap:
- *     static unsigned char ws[gru_WORKSPACE_BYTES(4)] __attribute__((aligned(64)));   (GCC, Clang)
- *     static unsigned char raw[gru_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
+ *     static unsigned char ws[gru_WORKSPACE_BYTES(4, 8)] __attribute__((aligned(64)));   (GCC, Clang)
+ *     static unsigned char raw[gru_WORKSPACE_BYTES(4, 8) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
-#define gru_WORKSPACE_BYTES(max_n) \
-    ((((size_t)19008 + (size_t)7632 * (size_t)(max_n)) + gru_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+#define gru_WORKSPACE_BYTES(max_n, max_T) \
+    ((((size_t)19008 + (size_t)720 * (size_t)(max_n) + (size_t)336 * (size_t)(max_n) * (size_t)(max_T)) + gru_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
@@ -87,87 +90,91 @@ typedef struct {
 } gru_hparams;
 #define GRU_HPARAMS_DEFAULT { 0.01, 0.9, 0.999, 1e-08 }
 
-/* Bytes of workspace the functions below need at batch size n (gru_WORKSPACE_BYTES(n));
- * 0 when n is invalid or the size would overflow size_t. */
-size_t gru_workspace_size(long n);
+/* Bytes of workspace the functions below need at batch size n and run-time sizes T (gru_WORKSPACE_BYTES(n, T));
+ * 0 when n or T is invalid or the size would overflow size_t. */
+size_t gru_workspace_size(long n, long T);
 
 /* the forward outputs
- *   x          input   [N, 16]  int32
- *   y          input   [N, 16]  int32
- *   emb        param   [96, 16]
- *   W_ih       param   [96, 16]
+ *   x          input   [N, T]  int32
+ *   y          input   [N, T]  int32
+ *   emb        param   [96, E=16]
+ *   W_ih       param   [96, E=16]
  *   W_hh       param   [96, H=32]
  *   b_ih       param   [96]
  *   b_hh       param   [96]
  *   W_out      param   [96, H=32]
  *   b_out      param   [96]
  *   loss       output  [1] (a scalar)
- *   probs      output  [N, 16, 96]
+ *   logits     output  [N, T, 96]
+ *   probs      output  [N, T, 96]
  */
-int gru_forward(long n, const int32_t *x, const int32_t *y, const float *emb, const float *W_ih,
-                const float *W_hh, const float *b_ih, const float *b_hh, const float *W_out,
-                const float *b_out, float *loss, float *probs, void *workspace);
+int gru_forward(long n, long T, const int32_t *x, const int32_t *y, const float *emb,
+                const float *W_ih, const float *W_hh, const float *b_ih, const float *b_hh,
+                const float *W_out, const float *b_out, float *loss, float *logits, float *probs,
+                void *workspace);
 
-/* the outputs that need no y: probs
- *   x          input   [N, 16]  int32
- *   emb        param   [96, 16]
- *   W_ih       param   [96, 16]
+/* the outputs that need no y: logits, probs
+ *   x          input   [N, T]  int32
+ *   emb        param   [96, E=16]
+ *   W_ih       param   [96, E=16]
  *   W_hh       param   [96, H=32]
  *   b_ih       param   [96]
  *   b_hh       param   [96]
  *   W_out      param   [96, H=32]
  *   b_out      param   [96]
- *   probs      output  [N, 16, 96]
+ *   logits     output  [N, T, 96]
+ *   probs      output  [N, T, 96]
  */
-int gru_predict(long n, const int32_t *x, const float *emb, const float *W_ih, const float *W_hh,
-                const float *b_ih, const float *b_hh, const float *W_out, const float *b_out,
-                float *probs, void *workspace);
+int gru_predict(long n, long T, const int32_t *x, const float *emb, const float *W_ih,
+                const float *W_hh, const float *b_ih, const float *b_hh, const float *W_out,
+                const float *b_out, float *logits, float *probs, void *workspace);
 
 /* the outputs and the gradients of the loss J with respect to emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out
- *   x          input   [N, 16]  int32
- *   y          input   [N, 16]  int32
- *   emb        param   [96, 16]
- *   W_ih       param   [96, 16]
+ *   x          input   [N, T]  int32
+ *   y          input   [N, T]  int32
+ *   emb        param   [96, E=16]
+ *   W_ih       param   [96, E=16]
  *   W_hh       param   [96, H=32]
  *   b_ih       param   [96]
  *   b_hh       param   [96]
  *   W_out      param   [96, H=32]
  *   b_out      param   [96]
  *   loss       output  [1] (a scalar)
- *   probs      output  [N, 16, 96]
- *   d_emb      grad    [96, 16]
- *   d_W_ih     grad    [96, 16]
+ *   logits     output  [N, T, 96]
+ *   probs      output  [N, T, 96]
+ *   d_emb      grad    [96, E=16]
+ *   d_W_ih     grad    [96, E=16]
  *   d_W_hh     grad    [96, H=32]
  *   d_b_ih     grad    [96]
  *   d_b_hh     grad    [96]
  *   d_W_out    grad    [96, H=32]
  *   d_b_out    grad    [96]
  */
-int gru_value_and_grad(long n, const int32_t *x, const int32_t *y, const float *emb,
+int gru_value_and_grad(long n, long T, const int32_t *x, const int32_t *y, const float *emb,
                        const float *W_ih, const float *W_hh, const float *b_ih, const float *b_hh,
-                       const float *W_out, const float *b_out, float *loss, float *probs,
-                       float *d_emb, float *d_W_ih, float *d_W_hh, float *d_b_ih, float *d_b_hh,
-                       float *d_W_out, float *d_b_out, void *workspace);
+                       const float *W_out, const float *b_out, float *loss, float *logits,
+                       float *probs, float *d_emb, float *d_W_ih, float *d_W_hh, float *d_b_ih,
+                       float *d_b_hh, float *d_W_out, float *d_b_out, void *workspace);
 
 /* one training step of Adam(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0): the outputs, the gradients of the loss J with respect to emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out (in the workspace), then emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out updated in place
- *   x          input   [N, 16]  int32
- *   y          input   [N, 16]  int32
- *   emb        param*  [96, 16]  (updated in place)
- *   W_ih       param*  [96, 16]  (updated in place)
+ *   x          input   [N, T]  int32
+ *   y          input   [N, T]  int32
+ *   emb        param*  [96, E=16]  (updated in place)
+ *   W_ih       param*  [96, E=16]  (updated in place)
  *   W_hh       param*  [96, H=32]  (updated in place)
  *   b_ih       param*  [96]  (updated in place)
  *   b_hh       param*  [96]  (updated in place)
  *   W_out      param*  [96, H=32]  (updated in place)
  *   b_out      param*  [96]  (updated in place)
- *   emb_m      state   [96, 16]  Adam first moment m of emb, zeros at the start  (updated in place)
- *   W_ih_m     state   [96, 16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
+ *   emb_m      state   [96, E=16]  Adam first moment m of emb, zeros at the start  (updated in place)
+ *   W_ih_m     state   [96, E=16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
  *   W_hh_m     state   [96, H=32]  Adam first moment m of W_hh, zeros at the start  (updated in place)
  *   b_ih_m     state   [96]  Adam first moment m of b_ih, zeros at the start  (updated in place)
  *   b_hh_m     state   [96]  Adam first moment m of b_hh, zeros at the start  (updated in place)
  *   W_out_m    state   [96, H=32]  Adam first moment m of W_out, zeros at the start  (updated in place)
  *   b_out_m    state   [96]  Adam first moment m of b_out, zeros at the start  (updated in place)
- *   emb_v      state   [96, 16]  Adam second moment v of emb, zeros at the start  (updated in place)
- *   W_ih_v     state   [96, 16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
+ *   emb_v      state   [96, E=16]  Adam second moment v of emb, zeros at the start  (updated in place)
+ *   W_ih_v     state   [96, E=16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
  *   W_hh_v     state   [96, H=32]  Adam second moment v of W_hh, zeros at the start  (updated in place)
  *   b_ih_v     state   [96]  Adam second moment v of b_ih, zeros at the start  (updated in place)
  *   b_hh_v     state   [96]  Adam second moment v of b_hh, zeros at the start  (updated in place)
@@ -176,30 +183,33 @@ int gru_value_and_grad(long n, const int32_t *x, const int32_t *y, const float *
  *   adam_t     state   [1] int64  Adam step count t, 0 at the start  (updated in place)
  *   hparams    hparams NULL for the values compiled in (GRU_HPARAMS_DEFAULT), or your own
  *   loss       output  [1] (a scalar)
- *   probs      output  [N, 16, 96]
+ *   logits     output  [N, T, 96]
+ *   probs      output  [N, T, 96]
  */
-int gru_train_step(long n, const int32_t *x, const int32_t *y, float *emb, float *W_ih, float *W_hh,
-                   float *b_ih, float *b_hh, float *W_out, float *b_out, float *emb_m,
+int gru_train_step(long n, long T, const int32_t *x, const int32_t *y, float *emb, float *W_ih,
+                   float *W_hh, float *b_ih, float *b_hh, float *W_out, float *b_out, float *emb_m,
                    float *W_ih_m, float *W_hh_m, float *b_ih_m, float *b_hh_m, float *W_out_m,
                    float *b_out_m, float *emb_v, float *W_ih_v, float *W_hh_v, float *b_ih_v,
                    float *b_hh_v, float *W_out_v, float *b_out_v, int64_t *adam_t,
-                   const gru_hparams *hparams, float *loss, float *probs, void *workspace);
+                   const gru_hparams *hparams, float *loss, float *logits, float *probs,
+                   void *workspace);
 
 #ifndef GRAPHC_ERR_ORDER
 #define GRAPHC_ERR_ORDER 5  /* fit: an entry of order is outside [0, n_total) */
 #endif
 
-/* Bytes of workspace gru_fit needs at minibatch size `batch` (gru_train_step's
- * workspace at n = batch, plus staging for one minibatch); 0 when batch < 1 or on overflow.
- * gru_FIT_WORKSPACE_BYTES(max_batch) is the same as a constant expression (for a static
- * array; it serves every batch <= max_batch). */
-size_t gru_fit_workspace_size(long batch);
-#define gru_FIT_WORKSPACE_BYTES(max_batch) \
-    ((gru_WORKSPACE_BYTES(max_batch) + 63) / 64 * 64 \
-     + (((size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
-     + (((size_t)16 * (size_t)(max_batch)) * sizeof(int32_t) + 63) / 64 * 64 \
+/* Bytes of workspace gru_fit needs at minibatch size `batch` and run-time dims T (gru_train_step's
+ * workspace at n = batch, plus staging for one minibatch); 0 when batch or T < 1 or on overflow.
+ * gru_FIT_WORKSPACE_BYTES(max_batch, max_T) is the same as a constant expression (for a static
+ * array; it serves every batch <= max_batch, T <= max_T). */
+size_t gru_fit_workspace_size(long batch, long T);
+#define gru_FIT_WORKSPACE_BYTES(max_batch, max_T) \
+    ((gru_WORKSPACE_BYTES(max_batch, max_T) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch) * (size_t)(max_T)) * sizeof(int32_t) + 63) / 64 * 64 \
+     + (((size_t)1 * (size_t)(max_batch) * (size_t)(max_T)) * sizeof(int32_t) + 63) / 64 * 64 \
      + (((size_t)1) * sizeof(float) + 63) / 64 * 64 \
-     + (((size_t)1536 * (size_t)(max_batch)) * sizeof(float) + 63) / 64 * 64)
+     + (((size_t)96 * (size_t)(max_batch) * (size_t)(max_T)) * sizeof(float) + 63) / 64 * 64 \
+     + (((size_t)96 * (size_t)(max_batch) * (size_t)(max_T)) * sizeof(float) + 63) / 64 * 64)
 
 /* One epoch of minibatch training: for each minibatch of `batch` rows in the order given
  * (the last one may be shorter), gather its rows into the workspace and make one
@@ -207,25 +217,26 @@ size_t gru_fit_workspace_size(long batch);
  * after a GRAPHC_ERR_* from a train step the earlier minibatches stay applied.
  *   n_total    rows of the dataset, >= 1
  *   batch      rows per minibatch, >= 1 (the last minibatch takes the rest)
- *   x          dataset [n_total, 16]  int32, all rows
- *   y          dataset [n_total, 16]  int32, all rows
+ *   T          the run-time dim T, >= 1, the same for every row
+ *   x          dataset [n_total, T]  int32, all rows
+ *   y          dataset [n_total, T]  int32, all rows
  *   order      [n_total] int64  a permutation of 0 .. n_total-1: the rows in the order trained
- *   emb        param*  [96, 16]  (updated in place)
- *   W_ih       param*  [96, 16]  (updated in place)
+ *   emb        param*  [96, E=16]  (updated in place)
+ *   W_ih       param*  [96, E=16]  (updated in place)
  *   W_hh       param*  [96, H=32]  (updated in place)
  *   b_ih       param*  [96]  (updated in place)
  *   b_hh       param*  [96]  (updated in place)
  *   W_out      param*  [96, H=32]  (updated in place)
  *   b_out      param*  [96]  (updated in place)
- *   emb_m      state   [96, 16]  Adam first moment m of emb, zeros at the start  (updated in place)
- *   W_ih_m     state   [96, 16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
+ *   emb_m      state   [96, E=16]  Adam first moment m of emb, zeros at the start  (updated in place)
+ *   W_ih_m     state   [96, E=16]  Adam first moment m of W_ih, zeros at the start  (updated in place)
  *   W_hh_m     state   [96, H=32]  Adam first moment m of W_hh, zeros at the start  (updated in place)
  *   b_ih_m     state   [96]  Adam first moment m of b_ih, zeros at the start  (updated in place)
  *   b_hh_m     state   [96]  Adam first moment m of b_hh, zeros at the start  (updated in place)
  *   W_out_m    state   [96, H=32]  Adam first moment m of W_out, zeros at the start  (updated in place)
  *   b_out_m    state   [96]  Adam first moment m of b_out, zeros at the start  (updated in place)
- *   emb_v      state   [96, 16]  Adam second moment v of emb, zeros at the start  (updated in place)
- *   W_ih_v     state   [96, 16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
+ *   emb_v      state   [96, E=16]  Adam second moment v of emb, zeros at the start  (updated in place)
+ *   W_ih_v     state   [96, E=16]  Adam second moment v of W_ih, zeros at the start  (updated in place)
  *   W_hh_v     state   [96, H=32]  Adam second moment v of W_hh, zeros at the start  (updated in place)
  *   b_ih_v     state   [96]  Adam second moment v of b_ih, zeros at the start  (updated in place)
  *   b_hh_v     state   [96]  Adam second moment v of b_hh, zeros at the start  (updated in place)
@@ -236,12 +247,34 @@ size_t gru_fit_workspace_size(long batch);
  *   losses     [ceil(n_total / batch)]  out: the loss (output `loss`) of each minibatch
  *   workspace  gru_fit_workspace_size(batch) bytes, 64-byte aligned
  */
-int gru_fit(long n_total, long batch, const int32_t *x, const int32_t *y, const int64_t *order,
-            float *emb, float *W_ih, float *W_hh, float *b_ih, float *b_hh, float *W_out,
-            float *b_out, float *emb_m, float *W_ih_m, float *W_hh_m, float *b_ih_m, float *b_hh_m,
-            float *W_out_m, float *b_out_m, float *emb_v, float *W_ih_v, float *W_hh_v,
-            float *b_ih_v, float *b_hh_v, float *W_out_v, float *b_out_v, int64_t *adam_t,
-            const gru_hparams *hparams, float *losses, void *workspace);
+int gru_fit(long n_total, long batch, long T, const int32_t *x, const int32_t *y,
+            const int64_t *order, float *emb, float *W_ih, float *W_hh, float *b_ih, float *b_hh,
+            float *W_out, float *b_out, float *emb_m, float *W_ih_m, float *W_hh_m, float *b_ih_m,
+            float *b_hh_m, float *W_out_m, float *b_out_m, float *emb_v, float *W_ih_v,
+            float *W_hh_v, float *b_ih_v, float *b_hh_v, float *W_out_v, float *b_out_v,
+            int64_t *adam_t, const gru_hparams *hparams, float *losses, void *workspace);
+
+/* Bytes of workspace gru_generate needs for windows of `context` tokens (any length);
+ * 0 for another context or on overflow. */
+size_t gru_generate_workspace_size(long context);
+/* The same bytes as a constant expression (a static array of them needs no heap). */
+#define gru_GENERATE_WORKSPACE_BYTES(context) \
+    (((size_t)(context) * sizeof(int32_t) + 63) / 64 * 64 \
+     + ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64 \
+     + ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64 \
+     + gru_WORKSPACE_BYTES(1, (context)))
+
+/* Continue `prompt` (prompt_len >= 1 token ids) by `count` tokens written to out[0..count-1]:
+ * each is drawn from softmax(logits at the last position / temperature) of gru_predict run
+ * on the last `context` tokens so far,
+ * with the kernel library's counter generator keyed by (seed, the token's position), so the
+ * same arguments give the same tokens in every program; temperature <= 0 takes the most likely
+ * token. workspace: gru_generate_workspace_size(context) bytes, 64-byte aligned. Returns
+ * GRAPHC_OK or a GRAPHC_ERR_* (gru_predict's, or BATCH for a bad prompt_len, count or context). */
+int gru_generate(const int32_t *prompt, long prompt_len, long count, long context,
+                 double temperature, unsigned long seed, const float *emb, const float *W_ih,
+                 const float *W_hh, const float *b_ih, const float *b_hh, const float *W_out,
+                 const float *b_out, int32_t *out, void *workspace);
 
 #ifdef __cplusplus
 }
