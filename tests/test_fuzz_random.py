@@ -241,3 +241,18 @@ def test_fuzz_random_one_case_runs_every_check(tmp_path):
                 *(f"train_step {k}" for k in fuzz.OPTIMIZER_NAMES),
                 *(f"standalone {cc}" for cc in fuzz.COMPILERS if shutil.which(cc))}
     assert expected <= set(result.checks), sorted(result.checks)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adamw"])
+def test_fuzz_random_train_step_check_sees_hyperparameters_ignored_at_run_time(monkeypatch, tmp_path, optimizer):
+    """After 3 steps the check changes the run-time hyperparameters (set_hparams) and trains 2
+    more against the train graph of the retuned optimizer: a model that kept the old values
+    fails it (set_hparams made a no-op), and passes once set_hparams works again."""
+    from graphc.native.training import TrainState
+    case = fuzz.Case(SMALL_EVERY_CHECK, batch=4, seed=1, optimizers=(optimizer,), threads1=False)
+    real = TrainState.set_hparams
+    monkeypatch.setattr(TrainState, "set_hparams", lambda self, **values: None)
+    with pytest.raises(fuzz.Failure, match=r"step 4 \(hyperparameters changed at run time\)"):
+        fuzz.run_case(case, tmp_path)
+    monkeypatch.setattr(TrainState, "set_hparams", real)
+    assert fuzz.run_case(case, tmp_path).checks[f"train_step {optimizer}"] == 1
