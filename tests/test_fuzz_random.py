@@ -100,6 +100,44 @@ def test_fuzz_random_generated_specs_are_valid_and_reach_what_the_issue_asks():
     assert all(v >= 5 for v in counts.values()), counts
 
 
+def test_fuzz_random_sequence_dims_are_drawn_declared_and_sized(tmp_path):
+    """specs(sequence=True), for when graphc takes a second run-time dim: values [N, T, ...] are
+    drawn (T right after N, or leading a broadcasting partner [T, D]), T is declared
+    "symbolic" exactly when an input has it, and a case gives it its own size. Where the spec
+    loads, the reference runs at those sizes and gives finite numbers; where graphc does not take
+    a second symbolic dim yet, the spec is refused for that reason alone."""
+    from graphc.core.errors import SpecError
+    from graphc.tools.fuzz_specs import SEQ
+    found = []
+
+    @settings(max_examples=120, database=None, deadline=None, derandomize=True, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(specs(sequence=True))
+    def collect(spec):
+        found.append(spec)
+
+    collect()
+    with_t = [s for s in found if s.sizes]
+    assert len(with_t) >= 10
+    for spec in found:
+        declared = 'T = "symbolic"' in spec.text
+        assert declared == (SEQ in spec.sizes) == ('"N", "T"' in spec.text), spec.text
+        assert '"T", "N"' not in spec.text, spec.text      # T after N ([T, D] partners of [N, T, D] too)
+    for spec in with_t:
+        try:
+            g = graphc.parse_spec(spec.text, "fuzz.toml")
+        except SpecError as e:
+            assert "symbolic" in str(e), (str(e), spec.text)
+            continue
+        data = fuzz.arrays(g, 3, np.random.default_rng(0), {"T": 5})
+        assert all(a.shape[1] == 5 for k, a in data.items() if g.inputs.get(k) is not None
+                   and len(g.inputs[k].shape) > 1 and g.inputs[k].shape[1] == "T")
+        values = evaluate_values(graphc.grad(g, *g.grad_spec), data)
+        assert all(np.all(np.isfinite(v)) for v in values.values() if np.asarray(v).dtype.kind == "f"), spec.text
+    case = fuzz.Case(with_t[0].text, batch=4, sizes={"T": 7})
+    assert fuzz.Case.parse(case.text()).sizes == {"T": 7}
+
+
 def test_fuzz_random_case_files_round_trip():
     case = fuzz.Case('name = "m"\n', batch=17, seed=3, optimizers=("adam", "sgd"), threads1=False,
                      standalone=("gcc", "clang"))

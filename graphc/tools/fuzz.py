@@ -46,6 +46,7 @@ class Plan:
     min_nodes: int = 3
     max_nodes: int = 20
     entries: tuple[str, ...] | None = None     # the generator's entries (None: all)
+    sequence: bool = False          # values [N, T, ...], T a second run-time dim (when graphc takes one)
     shrink_seconds: float = 300.0
 
 
@@ -57,11 +58,11 @@ def sometimes(draw, k: int) -> bool:
 
 def cases(plan: Plan = Plan()):
     from hypothesis import strategies as st
-    from graphc.tools.fuzz_specs import specs
+    from graphc.tools.fuzz_specs import RUN_TIME, specs
 
     @st.composite
     def draw_case(draw):
-        spec = draw(specs(plan.min_nodes, plan.max_nodes, plan.entries))
+        spec = draw(specs(plan.min_nodes, plan.max_nodes, plan.entries, plan.sequence))
         batch = draw(st.one_of(st.integers(1, 9), st.integers(10, 300)))
         seed = draw(st.integers(0, 2 ** 16))
         if plan.optimizers == "all":
@@ -70,7 +71,8 @@ def cases(plan: Plan = Plan()):
             optimizers = (draw(st.sampled_from(OPTIMIZER_NAMES)),)
         threads1 = sometimes(draw, plan.threads1_every)
         standalone = COMPILERS if sometimes(draw, plan.standalone_every) else ()
-        return Case(spec.text, batch, seed, optimizers, threads1, standalone, tuple(spec.entries))
+        sizes = {d: draw(st.one_of(st.integers(1, 9), st.integers(10, RUN_TIME[d][1]))) for d in spec.sizes}
+        return Case(spec.text, batch, seed, optimizers, threads1, standalone, tuple(spec.entries), sizes)
     return draw_case()
 
 
@@ -372,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-nodes", type=int, default=20)
     p.add_argument("--entries", default=None, metavar="A,B,...",
                    help="draw only these entries of the op table (graphc/tools/fuzz_specs.py)")
+    p.add_argument("--sequence", action="store_true",
+                   help="draw values [N, T, ...] with a second run-time dim T (a sequence length, 1-64 per case)")
     p.add_argument("--chunk", type=int, default=100, help="cases per worker process")
     p.add_argument("--shrink-seconds", type=float, default=300.0)
     p.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON")
@@ -385,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         print("graphc fuzz needs hypothesis: pip install 'graphc[test]'", file=sys.stderr)
         return 2
     plan = Plan(optimizers=args.optimizers, threads1_every=args.threads1_every, standalone_every=args.standalone_every,
-                max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds,
+                max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds, sequence=args.sequence,
                 entries=tuple(args.entries.split(",")) if args.entries else None)
     summary = campaign(args.cases, args.seed, args.jobs, args.out, plan, args.chunk, progress=True)
     print(summary.report())

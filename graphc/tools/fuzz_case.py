@@ -12,7 +12,7 @@ import json
 import math
 import re
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -60,12 +60,13 @@ class Case:
     threads1: bool = True                   # the first model also compiled for 1 thread, and its bits compared
     standalone: tuple[str, ...] = ()        # compilers of the standalone check
     entries: tuple[str, ...] = ()           # what the generator drew (not part of the file)
+    sizes: dict = field(default_factory=dict)   # the run-time dims other than the batch dim: {"T": 7}
 
     HEADER = "# graphc fuzz case: "
 
     def options(self) -> dict:
         return dict(batch=self.batch, seed=self.seed, optimizers=list(self.optimizers), threads1=self.threads1,
-                    standalone=list(self.standalone))
+                    standalone=list(self.standalone), **({"sizes": dict(self.sizes)} if self.sizes else {}))
 
     def text(self, path: str | None = None, failure: "Failure | None" = None) -> str:
         """The case as a spec file: comments with the case and the command that reruns it."""
@@ -86,7 +87,7 @@ class Case:
         spec = "\n".join(line for line in text.splitlines() if not line.startswith("#")) + "\n"
         return cls(spec, int(options.get("batch", 5)), int(options.get("seed", 0)),
                    tuple(options.get("optimizers", ["sgd"])), bool(options.get("threads1", True)),
-                   tuple(options.get("standalone", [])))
+                   tuple(options.get("standalone", [])), sizes=dict(options.get("sizes", {})))
 
     def __repr__(self) -> str:          # what hypothesis prints for a falsifying example
         return f"Case(options={self.options()}, spec=\n{self.spec})"
@@ -145,17 +146,18 @@ def _graphc_frame(e: BaseException) -> str:
 
 
 # ====================================================================== data
-def arrays(graph, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def arrays(graph, n: int, rng: np.random.Generator, sizes: dict | None = None) -> dict[str, np.ndarray]:
     """float64 inputs and params by the generator's names: x real N(0, 1); p positive in
     [0.5, 1.5]; t target rows that sum to 1; int32 labels and ids within the bounds the ops set;
     params N(0, 1/last dim) for matrices, N(0, 1/4) else; model state (running statistics) in
-    [0.5, 1.5], dropout's step count an integer in [0, 1000). Other names: real N(0, 1)."""
+    [0.5, 1.5], dropout's step count an integer in [0, 1000). Other names: real N(0, 1).
+    Run-time dims: the batch dim n, the others as `sizes` gives them (else n too)."""
     from graphc.native.export import label_bounds
     from graphc.ops.dropout import STEP
     bounds = label_bounds(graph)
     out = {}
     for name, v in {**graph.inputs, **graph.params}.items():
-        shape = tuple(n if isinstance(d, str) else d for d in v.shape)
+        shape = tuple((sizes or {}).get(d, n) if isinstance(d, str) else d for d in v.shape)
         if v.dtype == "int32":
             out[name] = np.asarray(rng.integers(0, bounds[name], size=shape), dtype=np.int32)
         elif name == STEP:                           # dropout's step count: a count

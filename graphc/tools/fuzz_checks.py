@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -113,8 +113,7 @@ def run_case(case: Case, workdir: str | os.PathLike | None = None, only: str | N
     shrink of a failure in that stage reruns; `compilers`: of the standalone check, those of
     case.standalone to run); raises Failure, its `stage` set, at the first check that fails."""
     if compilers is not None:
-        case = Case(case.spec, case.batch, case.seed, case.optimizers, case.threads1,
-                    tuple(c for c in case.standalone if c in compilers), case.entries)
+        case = replace(case, standalone=tuple(c for c in case.standalone if c in compilers))
     result = CaseResult()
     stage = ["reference"]
     wanted = set(STAGES) if only is None else {only, *NEEDS[only]}
@@ -147,7 +146,7 @@ def _run_stages(case: Case, workdir, result: CaseResult, wanted: set, stage: lis
         if g.grad_spec is None:
             raise Failure("generator", "the spec has no [grad]")
         of, wrt = g.grad_spec
-        data = arrays(g, case.batch, np.random.default_rng(case.seed))
+        data = arrays(g, case.batch, np.random.default_rng(case.seed), case.sizes)
         with step("reference"):
             bwd = api.grad(g, of, wrt)
             values = evaluate_values(bwd, data)
@@ -238,7 +237,7 @@ def _batches(g, case: Case, salt: int, steps: int = TRAIN_STEPS) -> list[dict]:
     rng = np.random.default_rng([case.seed, salt])
     out = []
     for _ in range(steps):
-        a = arrays(g, case.batch, rng)
+        a = arrays(g, case.batch, rng, case.sizes)
         out.append({k: a[k] for k in g.inputs})
     return out
 
@@ -378,7 +377,7 @@ def finite_differences(g, of: str, wrt: list[str], case: Case, result: CaseResul
     from graphc.passes.simplify import dce
     n = min(case.batch, FD_BATCH)
     rng = np.random.default_rng([case.seed, 3])
-    data = arrays(g, n, rng)
+    data = arrays(g, n, rng, {k: min(v, FD_BATCH) for k, v in case.sizes.items()})
     loss_graph, vmap = g.copy()
     loss_graph.outputs = {"J": vmap[g[of]]}
     dce(loss_graph)
