@@ -222,6 +222,16 @@ def test_fuzz_random_wrong_c_is_caught_shrunk_and_replayable(monkeypatch, tmp_pa
     assert "ok:" in capsys.readouterr().out
 
 
+def test_fuzz_random_a_campaign_stops_at_its_time_budget(tmp_path):
+    """Plan.stop_at (--minutes): no case starts after it; a budget already spent runs none, and
+    the summary says so."""
+    import time
+    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, stop_at=time.time())
+    summary = fuzz.campaign(50, seed=1, jobs=0, out=tmp_path, plan=plan, chunk=50)
+    assert summary.cases == 0 and not summary.failures
+    assert "0 cases" in summary.report()
+
+
 def test_fuzz_random_fixed_seed_slice(tmp_path):
     """SLICE_CASES random cases, seed 0, in 2 processes: every check passes, and the summary
     shows every check made (a threads=1 build in about one case in 8, the standalone export with

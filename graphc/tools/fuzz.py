@@ -48,6 +48,7 @@ class Plan:
     entries: tuple[str, ...] | None = None     # the generator's entries (None: all)
     sequence: bool = False          # values [N, T, ...], T a second run-time dim (when graphc takes one)
     shrink_seconds: float = 300.0
+    stop_at: float | None = None    # time.time() after which no new case starts (a campaign's time budget)
 
 
 def sometimes(draw, k: int) -> bool:
@@ -176,6 +177,10 @@ def _slug(signature: str) -> str:
 NO_DEBUG_INFO = "-g0"
 
 
+def out_of_time(plan: Plan) -> bool:
+    return plan.stop_at is not None and time.time() > plan.stop_at
+
+
 def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, progress: bool = False) -> dict:
     """`count` cases from hypothesis runs seeded `seed`, `seed` + 1, ...; each new failure is
     shrunk and written to `out` (a failure whose signature has a file there already is counted
@@ -195,7 +200,7 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
     t0, c0 = time.perf_counter(), cpu_seconds()
     try:
         run = 0
-        while summary.cases < count:
+        while summary.cases < count and not out_of_time(plan):
             state = {"failed": None, "known": {}, "shrink_start": None}
             todo = count - summary.cases
 
@@ -205,6 +210,8 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
                       suppress_health_check=list(HealthCheck), print_blob=False)
             @given(cases(plan))
             def body(case):
+                if state["failed"] is None and out_of_time(plan):
+                    return                       # the budget is spent: the rest pass unrun, uncounted
                 known = state["known"].get(case.text())
                 if known is not None:            # hypothesis replays its best example: the same failure
                     state["last"] = known[0], known[1]
@@ -378,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="draw values [N, T, ...] with a second run-time dim T (a sequence length, 1-64 per case)")
     p.add_argument("--chunk", type=int, default=100, help="cases per worker process")
     p.add_argument("--shrink-seconds", type=float, default=300.0)
+    p.add_argument("--minutes", type=float, default=None, metavar="M",
+                   help="start no new case after M minutes (the summary counts the cases run; shrinks may run on)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the summary as JSON")
     p.add_argument("--replay", default=None, metavar="FILE", help="rerun one case file and exit")
     args = p.parse_args(argv)
@@ -390,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     plan = Plan(optimizers=args.optimizers, threads1_every=args.threads1_every, standalone_every=args.standalone_every,
                 max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds, sequence=args.sequence,
+                stop_at=time.time() + 60 * args.minutes if args.minutes else None,
                 entries=tuple(args.entries.split(",")) if args.entries else None)
     summary = campaign(args.cases, args.seed, args.jobs, args.out, plan, args.chunk, progress=True)
     print(summary.report())
