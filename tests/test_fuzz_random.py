@@ -13,7 +13,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import graphc
 from graphc.core.reference import evaluate_values
@@ -136,6 +136,30 @@ def test_fuzz_random_sequence_dims_are_drawn_declared_and_sized(tmp_path):
         assert all(np.all(np.isfinite(v)) for v in values.values() if np.asarray(v).dtype.kind == "f"), spec.text
     case = fuzz.Case(with_t[0].text, batch=4, sizes={"T": 7})
     assert fuzz.Case.parse(case.text()).sizes == {"T": 7}
+
+
+def test_fuzz_random_cases_pick_optimizers_and_sampled_checks_at_the_planned_rates():
+    """200 cases drawn as a campaign draws them (no compiling): each optimizer in about a fifth of
+    them, the threads=1 build in about one in 8, the standalone export in about one in 10 (the
+    draws of hypothesis itself lean toward their first value in big examples: 37 % sgd, 1 in 17)."""
+    plan = fuzz.Plan(optimizers="one", threads1_every=8, standalone_every=10)
+    drawn = []
+
+    @seed(0)
+    @settings(max_examples=200, database=None, deadline=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(fuzz.cases(plan), fuzz.cases(fuzz.Plan(optimizers="all", threads1_every=1, standalone_every=0, max_nodes=3)))
+    def collect(case, every):
+        drawn.append(case)
+        assert sorted(every.optimizers) == sorted(fuzz.OPTIMIZER_NAMES) and every.threads1 and not every.standalone
+
+    collect()
+    n = len(drawn)
+    per_optimizer = Counter(c.optimizers[0] for c in drawn)
+    assert set(per_optimizer) == set(fuzz.OPTIMIZER_NAMES)
+    assert all(0.1 * n <= k <= 0.3 * n for k in per_optimizer.values()), per_optimizer
+    assert n / 16 <= sum(c.threads1 for c in drawn) <= n / 4
+    assert n / 20 <= sum(bool(c.standalone) for c in drawn) <= n / 5
 
 
 def test_fuzz_random_case_files_round_trip():
