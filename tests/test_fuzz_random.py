@@ -22,12 +22,12 @@ from graphc.tools import fuzz
 from graphc.tools.fuzz_specs import DIMS, ENTRIES, covered_ops, specs
 
 # A case of the slice builds one model (for 2 threads, with one of the 5 optimizers), in one case
-# in 8 a second (for 1 thread), and in one in 40 the standalone export with gcc and clang. The
-# seed-0 slice of 300 cases cost 261 CPU-seconds (user + system, the compilers' included: 0.87 a
-# case; 0.63 a model build, 2.2 a standalone build, 0.12 of Python) on a 2-core Xeon (KVM, AVX-512).
-# 5 minutes on 2 idle cores are 600 CPU-seconds: about 680 cases at that rate; 500 (about 445
-# CPU-seconds, 3.7 minutes) leaves a quarter for a costlier draw of specs and for the two workers'
-# unequal halves (docs/fuzzing.md has the figures). GRAPHC_FUZZ_CASES=N runs another count.
+# in 8 a second (for 1 thread), and in one in 40 the standalone export with gcc and clang. On a
+# 2-core Xeon (KVM, AVX-512) the seed-0 slice of 500 cases cost 479 CPU-seconds (user + system,
+# the compilers' included: 0.96 a case; 0.64 a model build, 2.3 a standalone build, 0.15 of
+# Python), 300 of them 261 (0.87 a case). 5 minutes on 2 idle cores are 600 CPU-seconds: 500
+# cases take about 4 of them, leaving a fifth for the two workers' unequal halves
+# (docs/fuzzing.md has the figures). GRAPHC_FUZZ_CASES=N runs another count.
 SLICE_CASES = int(os.environ.get("GRAPHC_FUZZ_CASES", "500"))
 SLICE_PLAN = fuzz.Plan(optimizers="one", threads1_every=8, standalone_every=40, shrink_seconds=120)
 PUBLIC = sorted(k for k, op in REGISTRY.items() if op.public)

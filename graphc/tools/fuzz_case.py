@@ -198,7 +198,8 @@ def compare(kind: str, what: str, actual, expected, scale: float, rtol: float = 
         raise Failure(kind, f"{what}: NaN where the expected array has none (or the reverse); "
                       + worst_entry(actual, expected, "got"))
     finite = ~np.isnan(expected)
-    diff = np.abs(actual[finite] - expected[finite])
+    with np.errstate(invalid="ignore"):                     # inf - inf: judged below
+        diff = np.abs(actual[finite] - expected[finite])
     err = float(np.max(diff)) if diff.size else 0.0
     if diff.size and not np.all(np.isfinite(diff)):
         same = actual[finite] == expected[finite]            # the same infinities agree
