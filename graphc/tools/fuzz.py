@@ -61,7 +61,8 @@ def case_hash(spec: str, seed: int, salt: str) -> int:
     sampled checks. Hypothesis' own draws lean toward their simplest value in big examples (an
     integers(0, 7) drawn after a spec came out 7 in 1 case in 17, not 8; sampled_from picked its
     first option 37 % of the time, not 20 %), which would leave the sampled checks and the later
-    optimizers rarer than planned. A shrink keeps the failing case's choices (run_chunk)."""
+    optimizers rarer than planned. A shrink keeps the failing case's choices (run_chunk). cases() puts a
+    drawn number in `salt`, so that hypothesis can still vary the choices of one spec."""
     return int.from_bytes(hashlib.sha256(f"{salt}\n{seed}\n{spec}".encode()).digest()[:8], "little")
 
 
@@ -74,13 +75,14 @@ def cases(plan: Plan = Plan()):
         spec = draw(specs(plan.min_nodes, plan.max_nodes, plan.entries, plan.sequence))
         batch = draw(st.one_of(st.integers(1, 9), st.integers(10, 300)))
         seed = draw(st.integers(0, 2 ** 16))
-        k = case_hash(spec.text, seed, "optimizer") % len(OPTIMIZER_NAMES)
+        choice = draw(st.integers(0, 2 ** 16))   # a choice after the spec: without one, shrinks stalled (7-15 lines, not 4)
+        k = case_hash(spec.text, seed, f"optimizer {choice}") % len(OPTIMIZER_NAMES)
         if plan.optimizers == "all":           # every one, the first (which also checks threads) in turn
             optimizers = OPTIMIZER_NAMES[k:] + OPTIMIZER_NAMES[:k]
         else:
             optimizers = (OPTIMIZER_NAMES[k],)
-        threads1 = sometimes(case_hash(spec.text, seed, "threads=1"), plan.threads1_every)
-        standalone = COMPILERS if sometimes(case_hash(spec.text, seed, "standalone"), plan.standalone_every) else ()
+        threads1 = sometimes(case_hash(spec.text, seed, f"threads=1 {choice}"), plan.threads1_every)
+        standalone = COMPILERS if sometimes(case_hash(spec.text, seed, f"standalone {choice}"), plan.standalone_every) else ()
         sizes = {d: draw(st.one_of(st.integers(1, 9), st.integers(10, RUN_TIME[d][1]))) for d in spec.sizes}
         return Case(spec.text, batch, seed, optimizers, threads1, standalone, tuple(spec.entries), sizes)
     return draw_case()
