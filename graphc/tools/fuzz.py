@@ -355,7 +355,12 @@ def campaign(cases_total: int, seed: int = 0, jobs: int = 1, out: str | os.PathL
         try:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(jobs, maxtasksperchild=1) as pool:     # a fresh process per chunk: no pile of loaded models
-                results = pool.map(_chunk_job, tasks, chunksize=1)
+                results, late = [], 0
+                for r in pool.imap(_chunk_job, tasks, chunksize=1):
+                    results.append(r)
+                    late += out_of_time(plan)
+                    if late > jobs:     # the chunks under way at the deadline are in: start no more
+                        break
         finally:
             for k, v in saved.items():
                 if v is None:
