@@ -1,0 +1,419 @@
+"""The checks of one fuzz case (docs/fuzzing.md, "What a case checks"): `run_case` runs them in
+stages (the reference, finite differences, the models, the thread checks, the standalone
+export), each raising a `Failure` of its kind at the first wrong number.
+
+- the reference: the spec loads, graphc.grad and graphc.evaluate run and give finite numbers
+  (else the generator left the valid domain: kind "generator"), and the reference gradients
+  agree with central finite differences on a sample of entries (at a small batch);
+- per optimizer, a model compiled with it for 2 threads and called with OpenMP at 2 threads:
+  forward, predict (when the model has one: the outputs that need no labels or targets, or no
+  data at all) and value_and_grad against the reference; train_step over 3 steps against
+  graphc.train_graph evaluated by graphc.evaluate (outputs, params and optimizer state after
+  each step), then 2 more with the hyperparameters changed at run time;
+- threads: the first model's forward, predict, value_and_grad and 3 train steps in the same
+  bits with OpenMP at 1 thread as at 2, and (case.threads1, a sub-sample in the suite's slice)
+  in the same bits as the model compiled for 1 thread (graphc.compile(..., threads=1));
+- on a sub-sample, the standalone export (main.c and its Makefile) built with gcc and with
+  clang under -Werror: it prints what the extension computes on main.c's inputs (forward,
+  predict, value_and_grad and the losses of its 3 train steps), and `--bad-label` passes.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from graphc.core.errors import GraphcError
+from graphc.tools.fuzz_case import Case, Failure, _api, _max_abs, _optimizers, arrays, compare, same_bits, step
+
+PRINT_RTOL = 1e-7           # main.c prints 9 significant digits
+FD_SAMPLES = 6              # entries perturbed per differentiated array
+FD_BATCH = 3                # rows of the finite-difference check (it judges the reference's math)
+FD_EPS = (1e-6, 1e-7)       # a mismatch must hold at both steps (one may straddle a relu's kink)
+FD_TOLERANCE = 1e-6
+TRAIN_STEPS = 3
+RETUNED_STEPS = 2           # train steps after the hyperparameters change at run time
+STANDALONE_BATCH = 5
+TIMEOUT = 600               # seconds of a make or a run of the standalone example
+
+
+# ====================================================================== one case
+@dataclass
+class CaseResult:
+    ops: Counter = field(default_factory=Counter)        # the forward graph's nodes by op
+    checks: Counter = field(default_factory=Counter)     # checks made, by name
+    seconds: Counter = field(default_factory=Counter)    # wall time by phase
+    cpu: Counter = field(default_factory=Counter)        # CPU time by phase: this process and the compilers it ran
+    nodes: int = 0
+
+
+def _omp():
+    """libgomp's omp_set_num_threads / omp_get_max_threads, or None (then the thread count is
+    whatever OMP_NUM_THREADS says)."""
+    try:
+        lib = ctypes.CDLL("libgomp.so.1")
+        return lib.omp_set_num_threads, lib.omp_get_max_threads
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def omp_threads(n: int):
+    omp = _omp()
+    if omp is None:
+        yield int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+        return
+    set_threads, get_threads = omp
+    before = get_threads()
+    set_threads(n)
+    try:
+        yield get_threads()
+    finally:
+        set_threads(before)
+
+
+def cpu_seconds() -> float:
+    """User + system time of this process (all its threads) and of its finished children (the C
+    compilers): what a phase costs on a shared machine, where wall times swell with the load."""
+    import resource
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class _Timer:
+    def __init__(self, result: CaseResult):
+        self.result = result
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        try:
+            yield
+        finally:
+            self.result.seconds[phase] += time.perf_counter() - t0
+            self.result.cpu[phase] += cpu_seconds() - c0
+
+
+STAGES = ("reference", "finite differences", "models", "threads", "standalone")   # in the order run_case runs them
+NEEDS = {"reference": (), "finite differences": ("reference",), "models": ("reference",),
+         "threads": ("reference", "models"), "standalone": ("reference", "models")}
+
+
+def run_case(case: Case, workdir: str | os.PathLike | None = None, only: str | None = None,
+             compilers: tuple[str, ...] | None = None) -> CaseResult:
+    """Every check of one case, or only those of stage `only` and the stages it needs (what a
+    shrink of a failure in that stage reruns; `compilers`: of the standalone check, those of
+    case.standalone to run); raises Failure, its `stage` set, at the first check that fails."""
+    if compilers is not None:
+        case = replace(case, standalone=tuple(c for c in case.standalone if c in compilers))
+    result = CaseResult()
+    stage = ["reference"]
+    wanted = set(STAGES) if only is None else {only, *NEEDS[only]}
+    try:
+        _run_stages(case, workdir, result, wanted, stage)
+    except Failure as f:
+        f.stage = stage[0]
+        raise
+    return result
+
+
+def _run_stages(case: Case, workdir, result: CaseResult, wanted: set, stage: list) -> None:
+    api = _api()
+    from graphc.backend.codegen import prediction_graph
+    from graphc.core.reference import evaluate_values
+    timer = _Timer(result)
+
+    def enter(name: str) -> bool:
+        stage[0] = name
+        return name in wanted
+
+    with timer("reference"):
+        with step("load"):
+            try:
+                g = api.parse_spec(case.spec, "fuzz.toml")
+            except GraphcError as e:
+                raise Failure("spec-rejected", f"{type(e).__name__}: {e}") from e
+        result.ops.update(n.op.name for n in g.nodes)
+        result.nodes = len(g.nodes)
+        if g.grad_spec is None:
+            raise Failure("generator", "the spec has no [grad]")
+        of, wrt = g.grad_spec
+        data = arrays(g, case.batch, np.random.default_rng(case.seed), case.sizes)
+        with step("reference"):
+            bwd = api.grad(g, of, wrt)
+            values = evaluate_values(bwd, data)
+            ref = {k: values[v.name] for k, v in bwd.outputs.items()}
+            fwd_ref = {k: ref[k] for k in g.outputs}
+        bad = [k for k, v in values.items() if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v))]
+        if bad:
+            raise Failure("generator", f"the reference computes non-finite values: {', '.join(bad[:5])}")
+        scale = max(1.0, _max_abs(values.values()))
+    if enter("finite differences"):
+        with timer("finite differences"), step("finite differences"):
+            finite_differences(g, of, wrt, case, result)
+    if not enter("models"):
+        return
+    predict = prediction_graph(g)
+    models = {}
+    shrinking_later_stage = "finite differences" not in wanted and bool(wanted & {"threads", "standalone"})
+    names = case.optimizers[:1] if shrinking_later_stage else case.optimizers    # they need the first model only
+    for name in names:
+        optimizer = _optimizers()[name]
+        with timer("build"), step(f"compile with {name}"):
+            m = models[name] = api.compile(g, dtype="float64", optimizer=optimizer, threads=2)
+        with timer("calls"), omp_threads(2):
+            calls = check_calls(m, g, data, fwd_ref, ref, predict, scale, result)
+            if name == case.optimizers[0]:
+                first_calls = calls
+            else:           # the same C functions in another build: the same bits
+                same_bits("builds", f"forward with {name} vs {case.optimizers[0]}", calls[0], first_calls[0])
+                same_bits("builds", f"value_and_grad with {name} vs {case.optimizers[0]}", calls[2], first_calls[2])
+        with timer("train"), omp_threads(2):
+            check_train(m, g, name, optimizer, data, case, scale, result)
+    if case.optimizers and enter("threads"):
+        name = case.optimizers[0]
+        two = models[name]
+        with timer("threads"):
+            same_thread_bits(two, 1, two, 2, g, data, predict, case, result, "OpenMP 1 vs 2 threads")
+        if case.threads1:
+            with timer("build"), step(f"compile with {name} for 1 thread"):
+                one = api.compile(g, dtype="float64", optimizer=_optimizers()[name], threads=1)
+            with timer("threads"):
+                same_thread_bits(one, 1, two, 2, g, data, predict, case, result, "threads=1 vs threads=2 builds")
+    if case.standalone and enter("standalone"):
+        m = models[case.optimizers[0]]
+        for cc in case.standalone:
+            if shutil.which(cc) is None or shutil.which("make") is None:
+                result.checks[f"standalone {cc} (skipped: not installed)"] += 1
+                continue
+            with timer(f"standalone {cc}"):
+                check_standalone(m, g, predict, cc, workdir, case, result)
+
+
+def check_calls(m, g, data, fwd_ref, ref, predict, scale, result):
+    """forward, predict and value_and_grad against the reference; returns their results."""
+    with step("forward"):
+        fwd = m.forward(**data)
+    if set(fwd) != set(g.outputs):
+        raise Failure("forward", f"outputs {sorted(fwd)}, expected {sorted(g.outputs)}")
+    for k, v in fwd.items():
+        compare("forward", f"forward {k}", v, fwd_ref[k], scale)
+    result.checks["forward"] += 1
+    pred = {}
+    if predict is not None:
+        args = {k: data[k] for k in [*predict.inputs, *predict.params]}
+        with step("predict"):
+            pred = m.predict(**args)
+        if set(pred) != set(predict.outputs):
+            raise Failure("predict", f"predict({', '.join(args)}) gave {sorted(pred)}, expected {sorted(predict.outputs)}")
+        with step("predict's graph evaluated"):     # inference: batch_norm's running statistics, no dropout
+            pred_ref = _api().evaluate(predict, **args)
+        for k, v in pred.items():
+            compare("predict", f"predict {k}", v, pred_ref[k], scale)
+        result.checks["predict"] += 1
+        if not predict.inputs:
+            result.checks["predict from the params alone"] += 1
+    with step("value_and_grad"):
+        outs, grads = m.value_and_grad(**data)
+    for k, v in outs.items():
+        compare("value_and_grad", f"value_and_grad {k}", v, ref[k], scale)
+    for w, v in grads.items():
+        compare("value_and_grad", f"value_and_grad d_{w}", v, ref[f"d_{w}"], scale)
+    if set(grads) != set(g.grad_spec[1]):
+        raise Failure("value_and_grad", f"gradients {sorted(grads)}, expected {sorted(g.grad_spec[1])}")
+    result.checks["value_and_grad"] += 1
+    return fwd, pred, {**outs, **{f"d_{w}": v for w, v in grads.items()}}
+
+
+def _batches(g, case: Case, salt: int, steps: int = TRAIN_STEPS) -> list[dict]:
+    rng = np.random.default_rng([case.seed, salt])
+    out = []
+    for _ in range(steps):
+        a = arrays(g, case.batch, rng, case.sizes)
+        out.append({k: a[k] for k in g.inputs})
+    return out
+
+
+def retuned(optimizer):
+    """The optimizer with other values of its run-time hyperparameters (graphc.autodiff.optimizers.
+    run_time_hparams), none of them turned to or from 0: the same compiled C reads them at every call."""
+    from dataclasses import replace
+    from graphc.autodiff.optimizers import run_time_hparams
+    new = {"lr": optimizer.lr * 0.5, "momentum": 0.5, "weight_decay": getattr(optimizer, "weight_decay", 0.0) * 3,
+           "beta1": 0.8, "beta2": 0.99, "eps": getattr(optimizer, "eps", 0.0) * 2}
+    return replace(optimizer, **{k: new[k] for k in run_time_hparams(optimizer)})
+
+
+def check_train(m, g, name, optimizer, data, case: Case, scale: float, result: CaseResult) -> None:
+    """TRAIN_STEPS train steps against graphc.train_graph evaluated by graphc.evaluate: each
+    step's outputs, and every updated param and optimizer state after it; then, the
+    hyperparameters changed at run time (TrainState.set_hparams, no rebuild: `retuned`), RETUNED_STEPS
+    more against the train graph of the optimizer with those values, from the state reached."""
+    from graphc.autodiff.optimizers import run_time_hparams
+    api = _api()
+    of, wrt = g.grad_spec
+    after = retuned(optimizer)
+    with step(f"train_graph {name}"):
+        graphs = [api.train_graph(g, of, wrt, optimizer), api.train_graph(g, of, wrt, after)]
+    tg = graphs[0]
+    params = {k: data[k] for k in g.params}
+    with step(f"train_state {name}"):
+        state = m.train_state(params)
+    current = {inp: (params[key] if key in params else np.zeros(tg.inputs[inp].shape))
+               for key, (inp, _out) in tg.updates.items()}
+    frozen = {k: v for k, v in params.items() if k not in tg.updates}
+    kind = f"train_step {name}"
+    for i, batch in enumerate(_batches(g, case, 1, TRAIN_STEPS + RETUNED_STEPS), 1):
+        if i == TRAIN_STEPS + 1:
+            tg = graphs[1]
+            with step(f"set_hparams {name}"):
+                state.set_hparams(**{k: getattr(after, k) for k in run_time_hparams(after)})
+        with step(f"train_step {name} #{i}"):
+            outs = m.train_step(state, **batch)
+        with step(f"train_graph {name} evaluated, step {i}"):
+            expected = api.evaluate(tg, **batch, **frozen, **current)
+        label = f"step {i}" + (" (hyperparameters changed at run time)" if i > TRAIN_STEPS else "")
+        for k, v in outs.items():
+            compare(kind, f"{label}: output {k}", v, expected[k], scale)
+        for key, (inp, out) in tg.updates.items():
+            got = state.params[key] if key in state.params else state.buffers[key]
+            want = expected[out]
+            if np.size(got) == np.size(want):      # Adam's step count: C's int64[1], the IR's scalar
+                want = np.reshape(want, np.shape(got))
+            compare(kind, f"{label}: {key}", got, want, scale)
+            current[inp] = expected[out]
+    result.checks[f"train_step {name}"] += 1
+
+
+def same_thread_bits(a, threads_a: int, b, threads_b: int, g, data, predict, case: Case, result: CaseResult,
+                     label: str) -> None:
+    """Model a called with OpenMP at threads_a gives model b's bits at threads_b: forward,
+    predict, value_and_grad and the train steps (outputs, params, optimizer state after each)."""
+    def calls(m, threads):
+        out = {}
+        with omp_threads(threads) as got:
+            with step(f"{label}: forward"):
+                out["forward"] = m.forward(**data)
+            if predict is not None:
+                with step(f"{label}: predict"):
+                    out["predict"] = m.predict(**{k: data[k] for k in [*predict.inputs, *predict.params]})
+            with step(f"{label}: value_and_grad"):
+                o, d = m.value_and_grad(**data)
+            out["value_and_grad"] = {**o, **{f"d_{w}": v for w, v in d.items()}}
+            state = m.train_state({k: data[k] for k in g.params})
+            for i, batch in enumerate(_batches(g, case, 2), 1):
+                with step(f"{label}: train_step #{i}"):
+                    out[f"train_step #{i} outputs"] = m.train_step(state, **batch)
+                out[f"train_step #{i} params"] = {k: v.copy() for k, v in state.params.items()}
+                out[f"train_step #{i} optimizer state"] = {k: v.copy() for k, v in state.buffers.items()}
+        return out, got
+
+    (x, got_a), (y, got_b) = calls(a, threads_a), calls(b, threads_b)
+    for what in x:
+        same_bits("threads", f"{label}: {what}", x[what], y[what])
+    result.checks[label if max(got_a, got_b) >= 2 else f"{label} (OpenMP gave 1 thread)"] += 1
+
+
+STANDALONE_FLAGS = "-O2 -std=c99 -Wall -Wextra -Werror -pedantic -fno-math-errno"
+
+
+def one_element(shape) -> bool:
+    """Whether an output has one element whatever the batch: main.c prints those of train_step
+    (native/export.py), not an output [N] that has one element at batch 1."""
+    return all(not isinstance(d, str) for d in shape) and int(np.prod(shape, dtype=np.int64)) == 1
+
+
+def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseResult) -> None:
+    """m.export(dir, standalone=True), built by make with `cc`, prints what the extension
+    computes on main.c's inputs, and its --bad-label run passes."""
+    from graphc.native.export import example_arrays, example_summary, parse_example_output
+    kind = f"standalone {cc}"
+    n = min(case.batch, STANDALONE_BATCH) if g.symbolic_dims else 1
+    with tempfile.TemporaryDirectory(prefix=f"fuzz-{cc}-", dir=workdir) as tmp:
+        with step(f"export for {cc}"):
+            m.export(tmp, standalone=True)
+        make = ["make", "-s", f"CC={cc}", f"CFLAGS={STANDALONE_FLAGS} -DBATCH={n}L"]
+        run = subprocess.run(make, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT)
+        if run.returncode != 0 or run.stderr.strip():
+            first = next((line for line in run.stderr.splitlines() if "error" in line or "warning" in line), "")
+            raise Failure(kind, f"make CC={cc} (exit {run.returncode}): {first.strip()}\n{run.stderr[-3000:]}",
+                          f"{kind} build")
+        printed = parse_example_output(run.stdout)
+        bad = subprocess.run([f"./{m.name}_example", "--bad-label"], cwd=tmp, capture_output=True, text=True,
+                             timeout=TIMEOUT)
+        if bad.returncode != 0:
+            raise Failure(kind, f"./{m.name}_example --bad-label (exit {bad.returncode}):\n{bad.stderr[-2000:]}",
+                          f"{kind} bad-label")
+    a = example_arrays(g, "float64", n)
+    with step(f"extension on main.c's inputs ({cc})"):
+        expected = {("forward", k): v for k, v in m.forward(**a).items()}
+        if predict is not None:
+            expected.update({("predict", k): v for k, v in
+                             m.predict(**{k: a[k] for k in [*predict.inputs, *predict.params]}).items()})
+        outs, grads = m.value_and_grad(**a)
+        expected.update({("value_and_grad", k): v for k, v in outs.items()})
+        expected.update({("value_and_grad", f"d_{w}"): v for w, v in grads.items()})
+        state = m.train_state({k: a[k] for k in g.params})
+        batch = {k: a[k] for k in g.inputs}
+        for i in range(1, 4):
+            expected.update({(f"train_step:{i}", k): v for k, v in m.train_step(state, **batch).items()
+                             if one_element(g.outputs[k].shape)})
+    if set(printed) != set(expected):
+        raise Failure(kind, f"main.c printed {sorted(printed)}, expected {sorted(expected)}", f"{kind} printout")
+    scale = max(1.0, _max_abs(expected.values()))
+    for key, v in expected.items():
+        # main.c prints a summary of each array (sums, a weighted sum, the first values)
+        compare(kind, f"{key[0]} {key[1]}", printed[key], example_summary(np.asarray(v)), scale * 1e3, rtol=PRINT_RTOL)
+    result.checks[kind] += 1
+
+
+def finite_differences(g, of: str, wrt: list[str], case: Case, result: CaseResult) -> None:
+    """The reference's gradients against central differences of the reference loss, on
+    FD_SAMPLES entries of each array at FD_BATCH rows; a mismatch must hold at both FD_EPS."""
+    api = _api()
+    from graphc.core.reference import evaluate
+    from graphc.passes.simplify import dce
+    n = min(case.batch, FD_BATCH)
+    rng = np.random.default_rng([case.seed, 3])
+    data = arrays(g, n, rng, {k: min(v, FD_BATCH) for k, v in case.sizes.items()})
+    loss_graph, vmap = g.copy()
+    loss_graph.outputs = {"J": vmap[g[of]]}
+    dce(loss_graph)
+
+    def loss(a):
+        return float(evaluate(loss_graph, **a)["J"])
+
+    bwd = api.grad(g, of, wrt)
+    analytic = evaluate(bwd, **data)
+    j = loss(data)
+    floor = 1e-3 * max(1.0, abs(j))
+    for w in wrt:
+        base, grad = data[w], analytic[f"d_{w}"]
+        scale = max(_max_abs([grad]), floor)
+        for flat in rng.choice(base.size, size=min(FD_SAMPLES, base.size), replace=False):
+            idx = np.unravel_index(flat, base.shape)
+            errors = []
+            for eps in FD_EPS:
+                values = []
+                for sign in (1, -1):
+                    bumped = base.copy()
+                    bumped[idx] += sign * eps
+                    values.append(loss({**data, w: bumped}))
+                numeric = (values[0] - values[1]) / (2 * eps)
+                errors.append((abs(numeric - float(grad[idx])) / scale, numeric, eps))
+                if errors[-1][0] < FD_TOLERANCE:
+                    break
+            if all(e[0] >= FD_TOLERANCE or not np.isfinite(e[0]) for e in errors):
+                err, numeric, eps = errors[0]
+                raise Failure("finite-differences",
+                              f"d_{w} at {list(map(int, idx))}: reference {float(grad[idx]):.9g}, central difference "
+                              f"{numeric:.9g} (eps {eps:g}, batch {n}); error {err:.2e} of the gradient's scale")
+    result.checks["finite differences"] += 1
