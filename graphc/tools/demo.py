@@ -373,11 +373,16 @@ def run(epochs: int | None = None, out: str | Path = "graphc-demo", batch_size: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="graphc demo", description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="one_layer",
-                   help="one_layer: the notes' network (default); digits_cnn: a CNN with batch norm and dropout")
+    from graphc.tools.demo_text import TEXT_MODELS
+    p.add_argument("--model", choices=sorted(MODELS) + sorted(TEXT_MODELS), default="one_layer",
+                   help="one_layer: the notes' network (default); digits_cnn: a CNN with batch norm and dropout; "
+                        "char_gpt, gru: character language models trained on the standard library's source, "
+                        "then sampled by the emitted C")
     p.add_argument("--epochs", type=int, default=None, metavar="E", help="default: 10 (one_layer), 20 (digits_cnn)")
     p.add_argument("--out", default="graphc-demo", metavar="DIR", help="where to write the standalone C")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 32 (digits), 16 (text)")
+    p.add_argument("--steps", type=int, default=None, metavar="S",
+                   help="char_gpt and gru: training steps (default 600)")
     p.add_argument("--lr", type=float, default=None, help="Adam's learning rate; default 5e-3 (one_layer), 2e-3 (digits_cnn)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-numpy", "--no-compare", action="store_true",
@@ -388,18 +393,27 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
-    if (args.epochs is not None and args.epochs < 0) or args.batch_size < 1:
-        print("graphc demo: --epochs must be >= 0 and --batch-size >= 1", file=sys.stderr)
+    if (args.epochs is not None and args.epochs < 0) or (args.batch_size is not None and args.batch_size < 1) \
+            or (args.steps is not None and args.steps < 1):
+        print("graphc demo: --epochs must be >= 0, --batch-size and --steps >= 1", file=sys.stderr)
         return 2
+    from graphc.core.errors import GraphcError
+    if args.model in TEXT_MODELS:
+        from graphc.tools.demo_text import run as run_text
+        try:
+            run_text(args.model, args.steps, args.batch_size, args.out, args.seed)
+        except GraphcError as e:
+            print(f"graphc demo: {e}", file=sys.stderr)
+            return 2
+        return 0
     try:
         import sklearn  # noqa: F401
     except ImportError:
         print("graphc demo needs scikit-learn for the digits data set: pip install 'graphc[demo]'",
               file=sys.stderr)
         return 2
-    from graphc.core.errors import GraphcError
     try:
-        run(args.epochs, args.out, args.batch_size, args.lr, args.seed, compare=not args.no_numpy, plot=args.plot,
+        run(args.epochs, args.out, args.batch_size or 32, args.lr, args.seed, compare=not args.no_numpy, plot=args.plot,
             model_name=args.model)
     except GraphcError as e:
         print(f"graphc demo: {e}", file=sys.stderr)
