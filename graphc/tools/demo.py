@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from graphc.tools.examples import example_path
+
 SPEC_NAME = "one_layer.toml"
 # The spec the demo trains, for an installed graphc without the examples folder (the same
 # network is also built with the Python API in `build_graph`).
@@ -110,13 +112,8 @@ MODELS = {"one_layer": (SPEC_NAME, SPEC_TEXT, (64,), 5e-3, 10, "NumPy (closed fo
 
 
 def spec_path(name: str = SPEC_NAME) -> Path | None:
-    """examples/NAME beside the package (a checkout), else in the current folder (the README's
-    quickstart runs an installed wheel from the checkout), else None (the copies above)."""
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = root / "examples" / name
-        if path.is_file():
-            return path
-    return None
+    """examples/NAME (tools/examples.py), else None (the copies above)."""
+    return example_path(name)
 
 
 def build_graph():

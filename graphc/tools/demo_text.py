@@ -24,8 +24,8 @@ TEXT_MODELS = {"char_gpt": ("char_gpt.toml", 600, 16, 64, 3e-3, 60),
 
 def _graph(model_name: str):
     from graphc.frontend.spec import load
-    from graphc.tools.demo import spec_path
-    path = spec_path(TEXT_MODELS[model_name][0])
+    from graphc.tools.examples import example_path
+    path = example_path(TEXT_MODELS[model_name][0])
     if path is None:
         from graphc.core.errors import GraphcError
         raise GraphcError(f"examples/{TEXT_MODELS[model_name][0]} is not found beside graphc or in the current folder",
@@ -82,7 +82,7 @@ def run(model_name: str = "char_gpt", steps: int | None = None, batch_size: int 
 
     write(f"unigram baseline on the held-out text: {baseline:.3f} nats per character")
     write(f"{'step':>6} {'train loss':>11} {'val loss':>9} {'tokens/s':>10}")
-    history, seen, clock, c_seconds = [], [], time.perf_counter(), 0.0
+    history, seen, c_seconds = [], [], 0.0
     first = val_loss()
     write(f"{0:>6} {'':>11} {first:>9.3f}")
     history.append((0, None, first))
