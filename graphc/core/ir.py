@@ -37,7 +37,8 @@ class Origin:
         loc = self.location
         if loc is None or loc.file is None:
             return ""
-        return f"{loc.file.rsplit('/', 1)[-1]}:{loc.line}" if loc.line else loc.file
+        base = loc.file.rsplit("/", 1)[-1]      # the file's name: the C does not depend on where it sits
+        return f"{base}:{loc.line}" if loc.line else base
 
 
 class Value:

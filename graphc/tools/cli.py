@@ -89,11 +89,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="write one self-contained NAME.c (the kernel library, then the model: one translation "
                         "unit) instead of NAME.c and graphc_kernels.c/.h")
 
-    s = sub.add_parser("demo", help="train the digits demo end to end")
-    s.add_argument("--model", choices=["one_layer", "digits_cnn"], default=None,
-                   help="one_layer: the notes' network (default); digits_cnn: a CNN with batch norm and dropout")
+    s = sub.add_parser("demo", help="train a demo model end to end in C (the digits; or text: char_gpt, gru)")
+    s.add_argument("--model", choices=["one_layer", "digits_cnn", "char_gpt", "gru"], default=None,
+                   help="one_layer: the notes' network (default); digits_cnn: a CNN with batch norm and dropout; "
+                        "char_gpt, gru: character language models on the standard library's source, sampled by the C")
     s.add_argument("--epochs", type=int, default=None, metavar="E",
                    help="epochs to train (default 10; digits_cnn 20)")
+    s.add_argument("--steps", type=int, default=None, metavar="S", help="char_gpt and gru: training steps (default 600)")
     s.add_argument("--out", default=None, metavar="DIR", help="where to write the standalone C (default graphc-demo)")
     s.add_argument("--plot", default=None, metavar="FILE",
                    help="also draw the train and test loss per epoch to FILE, e.g. loss.png (needs matplotlib)")
@@ -340,6 +342,8 @@ def cmd_demo(args) -> int:
         argv += ["--model", args.model]
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]
+    if args.steps is not None:
+        argv += ["--steps", str(args.steps)]
     if args.out is not None:
         argv += ["--out", args.out]
     if args.plot is not None:
