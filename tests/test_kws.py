@@ -69,7 +69,7 @@ from test_mcu import MISSING, RTOL, make  # noqa: E402  (the board's tools and t
 # (emit's --wrt: None for the spec's, "none" for inference only; the RAM given to the firmware)
 BUILDS = {
     "predict": ("none", "256K"),                        # forward and predict
-    "fine-tune": ("pw4,gp4,bp4,U,c", "512K"),           # the last block's pointwise conv and the classifier
+    "fine-tune": ("pw4,gp4,bp4,U,c", "256K"),           # the last block's pointwise conv and the classifier
     "train-step": (None, "2M"),                         # every param: SGD at batch 1
 }
 
@@ -103,6 +103,7 @@ def test_kws_dscnn_runs_on_a_cortex_m4_as_on_the_host(mode, tmp_path):
           f"workspace {fig['workspace']:,} B")
     if mode == "predict":       # the README's figures: inference at batch 1 in a 256 KB part
         assert fig["workspace"] <= 96 * 1024
+    if mode != "train-step":    # ... and fine-tuning too (the frozen params are const, in flash)
         assert fig["ram"] + 16 * 1024 <= 256 * 1024
     if mode != "predict":       # and it trains there: three SGD steps lower the loss
         losses = [on_mcu[(f"train_step:{s}", "loss")][0] for s in (1, 2, 3)]

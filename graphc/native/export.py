@@ -36,6 +36,7 @@ INPUT_SCALE = 1.0       # the amplitude of main.c's deterministic inputs ...
 PARAM_SCALE = 0.1       # ... and params (see example_arrays)
 SUMMARY_VALUES = 4      # leading values main.c prints of each array, after its checksums
 SUMMARY_WEIGHTS = 7     # the weighted checksum weighs element i by 1 + i % SUMMARY_WEIGHTS
+CONST_VALUES = 1 << 18  # main.c's params that no call writes are const arrays (flash) up to this many values
 
 def label_bounds(graph: Graph) -> dict[str, int]:
     """Each int32 input's exclusive upper bound (classes, table rows or one-hot depth), the
@@ -189,6 +190,8 @@ def _example_context(model) -> dict:
                               trained=[arrays[a.cname] for a in f.args if a.role == "param*"]))
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]
+    _constant_params(model, arrays, functions)
+    filled = [a for a in filled if "values" not in a]
     gen = model.csrc.generation      # a language model: main.c samples GENERATE_TOKENS after training
     generate = None if gen is None else dict(
         params=[arrays[c_name(p)]["var"] for p in gen.params], context=gen.context or EXAMPLE_CONTEXT,
@@ -203,6 +206,26 @@ def _example_context(model) -> dict:
                 trains=any(f["name"] == "train_step" for f in functions), train_steps=TRAIN_STEPS, generate=generate,
                 input_scale=INPUT_SCALE, param_scale=PARAM_SCALE,
                 summary_values=SUMMARY_VALUES, summary_weights=SUMMARY_WEIGHTS)
+
+
+def _constant_params(model, arrays: dict[str, dict], functions: list[dict]) -> None:
+    """Give each param that no call of main.c writes (not trained by train_step: not in wrt, not
+    state) its values as C literals ("values": rows of text), so that main.c declares it `static
+    const` and a microcontroller keeps it in flash, not RAM: the numbers fill_all would compute
+    (example_arrays), so every build prints what it did. Only real params of fixed size and at
+    most CONST_VALUES values in all (the rest are filled at run time, as before)."""
+    written = {a.cname for f in model.csrc.functions if f.name in {g["name"] for g in functions}
+               for a in f.args if a.role not in ("input", "param", "hparams")}
+    frozen = [a for a in arrays.values() if a["role"] == "param" and a["cname"] not in written
+              and a["fill"] is not None and a["ctype"] != "int32_t" and not a["fill"]["row"] and a["count"].isdigit()]
+    if not frozen or sum(int(a["count"]) for a in frozen) > CONST_VALUES:
+        return
+    names = {c_name(name): name for name in model.graph.params}
+    values = example_arrays(model.graph, model.dtype)
+    ctype = "double" if model.dtype == np.float64 else "float"
+    for a in frozen:
+        literals = [_c_literal(x, ctype) for x in values[names[a["cname"]]].ravel()]
+        a["values"] = [", ".join(literals[i:i + VALUES_PER_LINE]) + "," for i in range(0, len(literals), VALUES_PER_LINE)]
 
 
 VALUES_PER_LINE = 6
