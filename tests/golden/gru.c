@@ -142,7 +142,7 @@ static void gc_adam_update(gc_real *p, const gc_real *g, gc_real *m, gc_real *v,
 static void gru_forward_pass(long n, long T, gc_real *t2)
 {
     (void)T;
-    /* [scan.gru] h    [/work/main/examples/gru.toml] */
+    /* [scan.gru] h    [gru.toml] */
     for (long i = 0; i < gru_H * n; ++i) {
         t2[i] = (gc_real)0.0;
     }

@@ -137,7 +137,7 @@ static void gc_sgd_update(gc_real *p, const gc_real *g, long count,
  * entry point continues with kernels of its own. */
 static void lstm_forward_pass(long n, gc_real *t2)
 {
-    /* [scan.lstm] h    [/work/main/examples/lstm.toml] */
+    /* [scan.lstm] h    [lstm.toml] */
     for (long i = 0; i < lstm_H * n; ++i) {
         t2[i] = (gc_real)0.0;
     }
