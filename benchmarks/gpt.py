@@ -123,7 +123,7 @@ def worker(args) -> dict:
         fns = {"graphc": lambda: m.train_step(state, idx=idx, tgt=tgt)}
         if torch is not None:
             fns["PyTorch eager"] = make_torch(params, idx, tgt, L, H, False)
-            theirs = float(fns["PyTorch eager"]())       # the same function: a check, not a timing
+            theirs = float(fns["PyTorch eager"]().detach())     # the same function: a check, not a timing
             if abs(theirs - first) > 1e-4 * abs(first):
                 raise SystemExit(f"{name}: graphc's first loss {first} is not PyTorch's {theirs}")
             if "compile" in args.peers.split(","):
