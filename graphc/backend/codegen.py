@@ -26,7 +26,7 @@ from graphc.backend.packing import Product, pack_pieces
 from graphc.backend.sharing import share
 from graphc.backend.sizes import ZERO, Poly, peval, pmax
 from graphc.backend.schedule import schedule
-from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401
+from graphc.backend.templates import environment, render_template, templates_dir  # noqa: F401  (re-exported)
 from graphc.backend.sampling import add_generate
 from graphc.backend.train_codegen import add_train_functions
 
@@ -191,7 +191,7 @@ class Emitter:
                    pack_expr=c_pack_pieces(self.pack, "n", "t", "GRAPHC_MAX_"),
                    arena_expr=c_size_poly(arena, {d: f"max_{c}" for d, c in self.c_dims.items()}),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
-        return (drop_unused_tanh(env.get_template("model.c.j2").render(ctx)), env.get_template("model.h.j2").render(ctx),
+        return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
                 env.get_template("cdef.h.j2").render(ctx))
 
 
@@ -351,14 +351,3 @@ _PART_NAMES = ("part 1", "part 2, the GEMM of one element type", "part 3, one in
                "part 4, one micro-kernel")
 
 
-TANH_START = "\n/* tanh of a float"    # model.c.j2's gc_tanhf: its comment, then the function up to "\n}\n"
-
-
-def drop_unused_tanh(text: str) -> str:
-    """The model's C without model.c.j2's static gc_tanhf when no kernel calls GC_TANH (an unused
-    static function is a warning under -Wall)."""
-    start = text.find(TANH_START)
-    if start < 0:
-        return text
-    end = text.index("\n}\n", start) + 3
-    return text if "GC_TANH(" in text[end:] else text[:start] + text[end:]

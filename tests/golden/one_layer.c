@@ -19,7 +19,7 @@ typedef float gc_real;
 #endif
 #define GC_EXP(x) expf(x)
 #define GC_LOG(x) logf(x)
-#define GC_TANH(x) gc_tanhf(x)
+#define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
 
 /* Loops of at least GC_LOOP_PARALLEL_WORK iterations and the optimizer's updates run on up to

@@ -19,32 +19,8 @@ typedef float gc_real;
 #endif
 #define GC_EXP(x) expf(x)
 #define GC_LOG(x) logf(x)
-#define GC_TANH(x) gc_tanhf(x)
+#define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
-
-/* tanh of a float with no libm call and no branch, so that the loops around it (tanh, GELU and their
-   gradients) are vectorized: for |x| < 0.625 Cephes' odd polynomial x + x^3 P(x^2), else
-   1 - 2 / (e^2|x| + 1) with the sign of x, e^y as 2^n p(r) (n = round(y / ln 2) read off the low bits
-   of y / ln 2 + 1.5 * 2^23, r = y - n ln 2 in two steps, p the degree-7 Taylor polynomial); |x| is
-   capped at 10, past which tanh is 1 in float. Within 1.4 ulp of tanh; NaN stays NaN, -0 stays -0. */
-static inline float gc_tanhf(float x)
-{
-    float a = fabsf(x), s = x * x, y, shift, nf, r, p, pow2, small, big;
-    uint32_t bits;
-    y = a > 10.0f ? 20.0f : 2.0f * a;
-    shift = y * 1.44269504088896341f + 12582912.0f;
-    memcpy(&bits, &shift, sizeof bits);
-    nf = shift - 12582912.0f;
-    r = (y - nf * 0.693359375f) + nf * 2.12194440e-4f;
-    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f
-        + r * (8.33333333e-3f + r * (1.38888889e-3f + r * 1.98412698e-4f))))));
-    bits = (bits - 0x4B400000u + 127u) << 23;
-    memcpy(&pow2, &bits, sizeof pow2);
-    big = 1.0f - 2.0f / (p * pow2 + 1.0f);
-    small = x + x * s * ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s
-                          + 1.33314422036e-1f) * s - 3.33332819422e-1f);
-    return copysignf(a < 0.625f ? small : big, x);
-}
 
 /* Loops of at least GC_LOOP_PARALLEL_WORK iterations and the optimizer's updates run on up to
    GC_MAX_THREADS OpenMP threads (none without -fopenmp), by outer iterations, or by blocks of
