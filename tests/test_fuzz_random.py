@@ -137,8 +137,8 @@ def test_fuzz_random_sequence_dims_are_drawn_declared_and_sized(tmp_path):
 
 
 def test_fuzz_random_sequence_ops_are_drawn_with_their_options():
-    """The sequence issue's ops, drawn by their entries (in 1 spec in 3 with T, as the slice and
-    campaigns draw): matmuls of rank 3-4 with broadcast batch axes and T x T products; attention
+    """The sequence issue's ops, drawn by their entries (half the specs with T, the others as the
+    slice and campaigns draw them, T in 1 in 3): matmuls of rank 3-4 with broadcast batch axes and T x T products; attention
     causal and not, of rank 3 and 4, Tq != Tk, T as Tq and as Tk, key counts past the kernel's
     64-key block; softmax and log_softmax over another axis than the last; cross-entropy over
     [N, T, V] with int labels and with probability targets; wpe[:T]; scans over T and over a fixed
@@ -149,13 +149,14 @@ def test_fuzz_random_sequence_ops_are_drawn_with_their_options():
                "cross_entropy", "add")
     found = []
 
-    @settings(max_examples=150, database=None, deadline=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
-    @given(specs(entries=entries))
-    def collect(spec):
-        found.append(spec)
+    for sequence in (True, None):
+        @settings(max_examples=80, database=None, deadline=None, derandomize=True, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(specs(entries=entries, sequence=sequence))
+        def collect(spec):
+            found.append(spec)
 
-    collect()
+        collect()
     for spec in found:
         g = graphc.parse_spec(spec.text, "fuzz.toml")
         seen["with T"] += "T" in g.symbolic_dims
@@ -193,7 +194,7 @@ def test_fuzz_random_sequence_ops_are_drawn_with_their_options():
             "attention Tq != Tk", "attention Tq = T", "attention Tk = T != Tq", "attention Tk > 64", "attention scale",
             "softmax other axis", "cross_entropy [N, T, V] int32", "cross_entropy [N, T, V] float", "slice [:T]",
             "scan", "scan over T"]
-    assert all(seen[k] >= 2 for k in want), {k: seen[k] for k in want if seen[k] < 2}
+    assert all(seen[k] >= 2 for k in want), ({k: seen[k] for k in want if seen[k] < 2}, seen)
 
 
 def test_fuzz_random_cases_pick_optimizers_and_sampled_checks_at_the_planned_rates():
