@@ -274,7 +274,8 @@ def test_fuzz_random_a_wrong_gradient_in_the_reference_is_caught_by_finite_diffe
     and the case shrinks to a spec that still holds a tanh and is written to a file."""
     from graphc.ops.elementwise import Tanh
     monkeypatch.setattr(Tanh, "derivative", lambda self, b, x, y: b.sub(1.0, y))
-    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, shrink_seconds=30)
+    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, shrink_seconds=30,
+                     sequence=False)
     summary = fuzz.campaign(10, seed=5, jobs=0, out=tmp_path, plan=plan, chunk=10)
     kinds = {f["kind"] for f in summary.failures}
     assert kinds == {"finite-differences"}, summary.report()
@@ -292,7 +293,7 @@ def test_fuzz_random_wrong_c_is_caught_shrunk_and_replayable(monkeypatch, tmp_pa
     from graphc.ops.elementwise import Tanh
     monkeypatch.setattr(Tanh, "c_expr", "(GC_TANH({0}) * (gc_real)1.000001)")
     plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, max_nodes=8,
-                     shrink_seconds=40)
+                     shrink_seconds=40, sequence=False)
     summary = fuzz.campaign(6, seed=2, jobs=0, out=tmp_path, plan=plan, chunk=6)
     assert len(summary.failures) == 1, summary.report()
     failure = summary.failures[0]
