@@ -446,5 +446,5 @@ def params_only_output(b: Builder) -> str:
     return name
 
 
-__all__ = ["BATCH", "SEQ", "RUN_TIME", "DIMS", "MAX_SEQ_ROW", "ENTRIES", "Builder", "Entry", "Spec", "Val", "covered_ops",
-           "entry", "fixed", "largest", "row_room", "run_time"]
+__all__ = ["BATCH", "SEQ", "RUN_TIME", "DIMS", "MAX_SEQ_ROW", "ENTRIES", "Builder", "Entry", "Spec", "Val",
+           "covered_ops", "entry", "fixed", "largest", "row_room", "run_time"]

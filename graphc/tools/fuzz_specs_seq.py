@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 
-from graphc.tools.fuzz_builder import BATCH, MAX_FIXED, MAX_ROW, SEQ, Builder, Val, entry, fixed, largest, row_room, run_time
+from graphc.tools.fuzz_builder import (BATCH, MAX_FIXED, MAX_ROW, SEQ, Builder, Val, entry, fixed, largest, row_room,
+                                       run_time)
 
 
 def _other(b: Builder, shape: tuple, domain: str = "x") -> Val:
