@@ -401,3 +401,46 @@ def test_fuzz_random_standalone_check_expects_the_train_outputs_main_c_prints(tm
     spec = SMALL.replace('[outputs]\nloss = "J"', '[outputs]\nloss = "J"\nrows = "sum(v1, axis=-1)"')
     case = fuzz.Case(spec, batch=1, seed=3, optimizers=("sgd",), threads1=False, standalone=("gcc",))
     assert fuzz.run_case(case, tmp_path).checks["standalone gcc"] == 1
+
+
+SEQUENCE_STANDALONE = """
+name = "fz"
+[dims]
+N = "batch"
+T = "symbolic"
+D3 = 3
+D4 = 4
+[inputs]
+x1 = ["N", "T", "D3"]
+[params]
+w1 = ["D4", "D3"]
+w2 = ["D4", "D4"]
+w3 = ["D3"]
+[scan.scan1]
+init  = { scan1_h = { shape = ["N", "D4"], value = 0.0 } }
+xs    = { scan1_x = "x1" }
+axis  = 1
+carry = { scan1_h = "scan1_n" }
+ys    = { v1 = "scan1_n" }
+[scan.scan1.body]
+scan1_n = "tanh(scan1_x @ w1.T + scan1_h @ w2.T)"
+[graph]
+J = "mean(v1)"
+[outputs]
+loss = "J"
+out1 = "softmax(w3)"
+[grad]
+of = "J"
+wrt = ["w1", "w2"]
+"""
+
+
+def test_fuzz_random_standalone_check_passes_t_and_expects_the_trained_params_main_c_prints(tmp_path):
+    """A spec with a sequence length T and a param outside [grad]'s wrt: main.c is built at the
+    case's T (-DDIM_T, capped at 17) and prints, after its train steps, the params they update
+    (w1, w2), not w3; the check expects exactly those, at that T."""
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.skip("gcc and make are needed")
+    case = fuzz.Case(SEQUENCE_STANDALONE, batch=2, seed=3, optimizers=("sgd",), threads1=False, standalone=("gcc",),
+                     sizes={"T": 40})
+    assert fuzz.run_case(case, tmp_path).checks["standalone gcc"] == 1
