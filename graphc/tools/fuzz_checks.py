@@ -371,8 +371,8 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
         for i in range(1, 4):
             expected.update({(f"train_step:{i}", k): v for k, v in m.train_step(state, **batch).items()
                              if one_element(g.outputs[k].shape)})
-        # main.c prints the params its train steps update last (those of [grad]'s wrt)
-        expected.update({("trained", k): v for k, v in state.params.items() if k in g.grad_spec[1]})
+        # main.c prints what its train steps update last: [grad]'s wrt and the model state
+        expected.update({("trained", k): v for k, v in state.params.items() if k in g.grad_spec[1] or k in g.states})
     if set(printed) != set(expected):
         raise Failure(kind, f"main.c printed {sorted(printed)}, expected {sorted(expected)}", f"{kind} printout")
     scale = max(1.0, _max_abs(expected.values()))
