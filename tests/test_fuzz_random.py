@@ -31,11 +31,13 @@ from graphc.tools.fuzz_specs import DIMS, ENTRIES, covered_ops, specs
 SLICE_CASES = int(os.environ.get("GRAPHC_FUZZ_CASES", "350"))
 SLICE_PLAN = fuzz.Plan(optimizers="one", threads1_every=8, standalone_every=40, shrink_seconds=120)
 PUBLIC = sorted(k for k, op in REGISTRY.items() if op.public)
+CONSTRUCTS = ["scan", "slice"]      # what specs write without an op's name: [scan.NAME] tables, v[a:b] and wpe[:T]
 
 
 def test_fuzz_random_every_public_op_has_an_entry_in_the_generator():
     """A new op (conv2d, an rnn cell, ...) fails this until fuzz_specs.py draws it."""
-    assert set(PUBLIC) <= covered_ops(), f"no generator entry draws {sorted(set(PUBLIC) - covered_ops())}"
+    want = set(PUBLIC) | set(CONSTRUCTS)
+    assert want <= covered_ops(), f"no generator entry draws {sorted(want - covered_ops())}"
     assert len({e.name for e in ENTRIES}) == len(ENTRIES)
 
 
@@ -102,12 +104,10 @@ def test_fuzz_random_generated_specs_are_valid_and_reach_what_the_issue_asks():
 
 
 def test_fuzz_random_sequence_dims_are_drawn_declared_and_sized(tmp_path):
-    """specs(sequence=True), for when graphc takes a second run-time dim: values [N, T, ...] are
-    drawn (T right after N, or leading a broadcasting partner [T, D]), T is declared
-    "symbolic" exactly when an input has it, and a case gives it its own size. Where the spec
-    loads, the reference runs at those sizes and gives finite numbers; where graphc does not take
-    a second symbolic dim yet, the spec is refused for that reason alone."""
-    from graphc.core.errors import SpecError
+    """specs(sequence=True): values [N, T, ...] are drawn (T right after N, or leading a
+    broadcasting partner [T, D]), T is declared "symbolic" exactly when an input has it, and a
+    case gives it its own size. Every such spec loads with run-time dims N and T, and the
+    reference runs at those sizes and gives finite numbers."""
     from graphc.tools.fuzz_specs import SEQ
     found = []
 
@@ -125,11 +125,8 @@ def test_fuzz_random_sequence_dims_are_drawn_declared_and_sized(tmp_path):
         assert declared == (SEQ in spec.sizes) == ('"N", "T"' in spec.text), spec.text
         assert '"T", "N"' not in spec.text, spec.text      # T after N ([T, D] partners of [N, T, D] too)
     for spec in with_t:
-        try:
-            g = graphc.parse_spec(spec.text, "fuzz.toml")
-        except SpecError as e:
-            assert "symbolic" in str(e), (str(e), spec.text)
-            continue
+        g = graphc.parse_spec(spec.text, "fuzz.toml")
+        assert g.symbolic_dims == ["N", "T"], spec.text
         data = fuzz.arrays(g, 3, np.random.default_rng(0), {"T": 5})
         assert all(a.shape[1] == 5 for k, a in data.items() if g.inputs.get(k) is not None
                    and len(g.inputs[k].shape) > 1 and g.inputs[k].shape[1] == "T")
@@ -137,6 +134,67 @@ def test_fuzz_random_sequence_dims_are_drawn_declared_and_sized(tmp_path):
         assert all(np.all(np.isfinite(v)) for v in values.values() if np.asarray(v).dtype.kind == "f"), spec.text
     case = fuzz.Case(with_t[0].text, batch=4, sizes={"T": 7})
     assert fuzz.Case.parse(case.text()).sizes == {"T": 7}
+
+
+def test_fuzz_random_sequence_ops_are_drawn_with_their_options():
+    """The sequence issue's ops, drawn by their entries (half the specs with T, the others as the
+    slice and campaigns draw them, T in 1 in 3): matmuls of rank 3-4 with broadcast batch axes and T x T products; attention
+    causal and not, of rank 3 and 4, Tq != Tk, T as Tq and as Tk, key counts past the kernel's
+    64-key block; softmax and log_softmax over another axis than the last; cross-entropy over
+    [N, T, V] with int labels and with probability targets; wpe[:T]; scans over T and over a fixed
+    length. Each spec loads, and its reference gradients are finite at T = 5."""
+    from graphc.core.reference import evaluate_values
+    seen = Counter()
+    entries = ("scaled_dot_product_attention", "matmul_batched", "slice", "scan", "softmax", "log_softmax",
+               "cross_entropy", "add")
+    found = []
+
+    for sequence in (True, None):
+        @settings(max_examples=80, database=None, deadline=None, derandomize=True, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(specs(entries=entries, sequence=sequence))
+        def collect(spec):
+            found.append(spec)
+
+        collect()
+    for spec in found:
+        g = graphc.parse_spec(spec.text, "fuzz.toml")
+        seen["with T"] += "T" in g.symbolic_dims
+        for n in g.nodes:
+            ins, name = n.inputs, n.op.name
+            if name == "matmul" and ins[0].rank >= 3:
+                seen[f"matmul rank {ins[0].rank}x{ins[1].rank}"] += 1
+                seen["matmul broadcast batch"] += ins[1].rank >= 3 and ins[0].shape[:-2] != ins[1].shape[:-2]
+                seen["matmul T x T"] += ins[0].shape[-2:] == ("T", "T") or n.output.shape[-2:] == ("T", "T")
+            if name == "scaled_dot_product_attention":
+                q, k = ins[0], ins[1]
+                seen[f"attention rank {q.rank}"] += 1
+                seen[f"attention causal {n.attrs.get('is_causal', False)}"] += 1
+                seen["attention Tq != Tk"] += q.shape[-2] != k.shape[-2]
+                seen["attention Tq = T"] += q.shape[-2] == "T"
+                seen["attention Tk = T != Tq"] += k.shape[-2] == "T" != q.shape[-2]
+                seen["attention Tk > 64"] += not isinstance(k.shape[-2], str) and k.shape[-2] > 64
+                seen["attention scale"] += n.attrs.get("scale") is not None
+            if name in ("softmax", "log_softmax") and n.attrs.get("axis", -1) not in (-1, ins[0].rank - 1):
+                seen["softmax other axis"] += 1
+            if name == "cross_entropy" and ins[0].shape[:2] == ("N", "T"):
+                seen[f"cross_entropy [N, T, V] {ins[1].dtype}"] += 1
+            if name == "slice" and "T" in n.output.shape:
+                seen["slice [:T]"] += 1
+            if name == "scan":
+                seen["scan"] += 1
+                seen["scan over T"] += any("T" in v.shape for v in ins)
+        if seen["value checks"] < 40:
+            seen["value checks"] += 1
+            data = fuzz.arrays(g, 3, np.random.default_rng(0), {"T": 5})
+            values = evaluate_values(graphc.grad(g, *g.grad_spec), data)
+            assert all(np.all(np.isfinite(v)) for v in values.values() if np.asarray(v).dtype.kind == "f"), spec.text
+    want = ["with T", "matmul rank 3x2", "matmul rank 3x3", "matmul rank 4x4", "matmul broadcast batch",
+            "matmul T x T", "attention rank 3", "attention rank 4", "attention causal True", "attention causal False",
+            "attention Tq != Tk", "attention Tq = T", "attention Tk = T != Tq", "attention Tk > 64", "attention scale",
+            "softmax other axis", "cross_entropy [N, T, V] int32", "cross_entropy [N, T, V] float", "slice [:T]",
+            "scan", "scan over T"]
+    assert all(seen[k] >= 2 for k in want), ({k: seen[k] for k in want if seen[k] < 2}, seen)
 
 
 def test_fuzz_random_cases_pick_optimizers_and_sampled_checks_at_the_planned_rates():
@@ -216,7 +274,8 @@ def test_fuzz_random_a_wrong_gradient_in_the_reference_is_caught_by_finite_diffe
     and the case shrinks to a spec that still holds a tanh and is written to a file."""
     from graphc.ops.elementwise import Tanh
     monkeypatch.setattr(Tanh, "derivative", lambda self, b, x, y: b.sub(1.0, y))
-    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, shrink_seconds=30)
+    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, shrink_seconds=30,
+                     sequence=False)
     summary = fuzz.campaign(10, seed=5, jobs=0, out=tmp_path, plan=plan, chunk=10)
     kinds = {f["kind"] for f in summary.failures}
     assert kinds == {"finite-differences"}, summary.report()
@@ -234,7 +293,7 @@ def test_fuzz_random_wrong_c_is_caught_shrunk_and_replayable(monkeypatch, tmp_pa
     from graphc.ops.elementwise import Tanh
     monkeypatch.setattr(Tanh, "c_expr", "(GC_TANH({0}) * (gc_real)1.000001)")
     plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, entries=CHEAP, max_nodes=8,
-                     shrink_seconds=40)
+                     shrink_seconds=40, sequence=False)
     summary = fuzz.campaign(6, seed=2, jobs=0, out=tmp_path, plan=plan, chunk=6)
     assert len(summary.failures) == 1, summary.report()
     failure = summary.failures[0]
@@ -341,4 +400,47 @@ def test_fuzz_random_standalone_check_expects_the_train_outputs_main_c_prints(tm
         pytest.skip("gcc and make are needed")
     spec = SMALL.replace('[outputs]\nloss = "J"', '[outputs]\nloss = "J"\nrows = "sum(v1, axis=-1)"')
     case = fuzz.Case(spec, batch=1, seed=3, optimizers=("sgd",), threads1=False, standalone=("gcc",))
+    assert fuzz.run_case(case, tmp_path).checks["standalone gcc"] == 1
+
+
+SEQUENCE_STANDALONE = """
+name = "fz"
+[dims]
+N = "batch"
+T = "symbolic"
+D3 = 3
+D4 = 4
+[inputs]
+x1 = ["N", "T", "D3"]
+[params]
+w1 = ["D4", "D3"]
+w2 = ["D4", "D4"]
+w3 = ["D3"]
+[scan.scan1]
+init  = { scan1_h = { shape = ["N", "D4"], value = 0.0 } }
+xs    = { scan1_x = "x1" }
+axis  = 1
+carry = { scan1_h = "scan1_n" }
+ys    = { v1 = "scan1_n" }
+[scan.scan1.body]
+scan1_n = "tanh(scan1_x @ w1.T + scan1_h @ w2.T)"
+[graph]
+J = "mean(v1)"
+[outputs]
+loss = "J"
+out1 = "softmax(w3)"
+[grad]
+of = "J"
+wrt = ["w1", "w2"]
+"""
+
+
+def test_fuzz_random_standalone_check_passes_t_and_expects_the_trained_params_main_c_prints(tmp_path):
+    """A spec with a sequence length T and a param outside [grad]'s wrt: main.c is built at the
+    case's T (-DDIM_T, capped at 17) and prints, after its train steps, the params they update
+    (w1, w2), not w3; the check expects exactly those, at that T."""
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.skip("gcc and make are needed")
+    case = fuzz.Case(SEQUENCE_STANDALONE, batch=2, seed=3, optimizers=("sgd",), threads1=False, standalone=("gcc",),
+                     sizes={"T": 40})
     assert fuzz.run_case(case, tmp_path).checks["standalone gcc"] == 1

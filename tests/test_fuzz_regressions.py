@@ -233,3 +233,48 @@ def test_the_dot_product_path_of_a_small_gemm_compiles_warning_free_under_gcc_O2
         assert run.returncode == 0 and not run.stderr, run.stderr[-2000:]
         assert ("forward", "z") in parse_example_output(run.stdout)
         subprocess.run(["make", "-s", "clean"], cwd=tmp_path, capture_output=True, timeout=60)
+
+
+SCAN_DX = """
+name = "sdx"
+[dims]
+N = "batch"
+T = "symbolic"
+D = 3
+O = 1
+[inputs]
+x = ["N", "T", "D"]
+[params]
+W = ["O", "D"]
+[scan.rnn]
+init  = { h = { shape = ["N", "O"], value = 0.0 } }
+xs    = { x_t = "x" }
+axis  = 1
+carry = { h = "h_new" }
+ys    = { hs = "h_new" }
+[scan.rnn.body]
+h_new = "x_t @ W.T + h"
+[graph]
+J = "mean(hs)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["W", "x"]
+"""
+
+
+@pytest.mark.parametrize("n, t", [(1, 1), (3, 4), (2, 33)])
+def test_a_scans_gradient_of_its_batch_first_sequence_is_not_overwritten_inside_the_backward_body(n, t):
+    """The backward scan writes d_x at step t into d_x [N, T, D] by a strided copy after the
+    body's kernels; the body's memory plan did not see that read, and gave d_x_t's buffer to d_W's
+    GEMM, which ran before the copy: d_x held d_W's step term (the fuzzer's sequence entries found
+    it, at any N and T). h_t = Σ_{s ≤ t} x_s Wᵀ, J = mean(h): dJ/dx_s = W (T − s) / (N T)."""
+    m = graphc.compile(graphc.parse_spec(SCAN_DX, "scan_dx.toml"), dtype="float64")
+    rng = np.random.default_rng(1)
+    a = dict(x=rng.standard_normal((n, t, 3)), W=rng.standard_normal((1, 3)))
+    _, grads = m.value_and_grad(**a)
+    steps_after = (t - np.arange(t)) / (n * t)
+    want = np.broadcast_to(steps_after[None, :, None] * a["W"][0][None, None, :], (n, t, 3))
+    np.testing.assert_allclose(grads["x"], want, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(grads["W"], (a["x"] * steps_after[None, :, None]).sum(axis=(0, 1))[None, :], rtol=1e-12)

@@ -124,19 +124,24 @@ def scan_loop(k, n: Node) -> list[Kernel]:
         elif kind == "saved":
             v = low.values[index]
             outputs[f"({out} + {stride_at(contiguous_strides(m.output.shape), 0)})"] = v
-    sched = type(k)(low, outputs, names=names, suffix=suffix).run()
+    body_k = type(k)(low, outputs, names=names, suffix=suffix)
+    sched = body_k.run()
     steps = list(sched.steps)
     for v, target, strides, m in strided:
         src = next((c for c, w in outputs.items() if w is v), None) or names.get(v) or local(v.name)
         st = Statement(target, strides, (0,), c_load(0), (Load(src, tuple(contiguous_strides(v.shape)), (0,), v),))
         text = f"{m.output.name} at t = {v.name}"
         steps.append(Loop(text, (), (v,), tuple(v.shape), (st,), (text,)))
+    # the body's arena planned again with these copies, which read their values after the body's
+    # steps: planned without them, a y_t was free for a later step to overwrite before its copy
+    # (a backward scan's d_x_t under d_W's GEMM)
+    buffers, arena = body_k._plan(steps) if strided else (sched.buffers, sched.arena)
     copied = [(k.ref(m.output), read_at[name], c_poly(numel(m.output.shape)))
               for name, m in finals.items() if name not in body.sums]
     # the loop's workspace: the body's planned arena, then the carry buffers, slices and constants
     area = f"{label}__ws__{c_name(n.output.name)}"      # one per loop: a function may run two of a body
-    lines, at = [], sched.arena
-    for buf in sched.buffers.values():
+    lines, at = [], arena
+    for buf in buffers.values():
         lines.append(("gc_real", buf.name, f"{area} + {c_poly(buf.offset)}"))
     for name, size, ty in scratch:
         lines.append((ty, name, f"{area} + {c_poly(at)}" if ty == "gc_real" else f"({ty} *)({area} + {c_poly(at)})"))

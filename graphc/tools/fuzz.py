@@ -46,7 +46,7 @@ class Plan:
     min_nodes: int = 3
     max_nodes: int = 20
     entries: tuple[str, ...] | None = None     # the generator's entries (None: all)
-    sequence: bool = False          # values [N, T, ...], T a second run-time dim (when graphc takes one)
+    sequence: bool | None = None    # values [N, T, ...], T a second run-time dim (None: in one spec in 3)
     shrink_seconds: float = 300.0
     stop_at: float | None = None    # time.time() after which no new case starts (a campaign's time budget)
 
@@ -386,6 +386,9 @@ def replay(path: str | os.PathLike) -> int:
     return 0
 
 
+SEQUENCE = {"some": None, "always": True, "never": False}     # --sequence: Plan.sequence
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m graphc.fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=int, default=100, metavar="N")
@@ -401,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-nodes", type=int, default=20)
     p.add_argument("--entries", default=None, metavar="A,B,...",
                    help="draw only these entries of the op table (graphc/tools/fuzz_specs.py)")
-    p.add_argument("--sequence", action="store_true",
-                   help="draw values [N, T, ...] with a second run-time dim T (a sequence length, 1-64 per case)")
+    p.add_argument("--sequence", choices=("some", "always", "never"), default="some",
+                   help="draw values [N, T, ...] with a second run-time dim T (a sequence length, 1-64 per case) "
+                        "in one spec in 3 (some), in every spec, or in none")
     p.add_argument("--chunk", type=int, default=100, help="cases per worker process")
     p.add_argument("--shrink-seconds", type=float, default=300.0)
     p.add_argument("--minutes", type=float, default=None, metavar="M",
@@ -418,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print("graphc fuzz needs hypothesis: pip install 'graphc[test]'", file=sys.stderr)
         return 2
     plan = Plan(optimizers=args.optimizers, threads1_every=args.threads1_every, standalone_every=args.standalone_every,
-                max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds, sequence=args.sequence,
+                max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds, sequence=SEQUENCE[args.sequence],
                 stop_at=time.time() + 60 * args.minutes if args.minutes else None,
                 entries=tuple(args.entries.split(",")) if args.entries else None)
     summary = campaign(args.cases, args.seed, args.jobs, args.out, plan, args.chunk, progress=True)

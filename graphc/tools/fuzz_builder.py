@@ -32,6 +32,7 @@ BATCH = "N"             # the batch dim, chosen at call time
 SEQ = "T"               # a second run-time dim (a sequence length): drawn only by specs(sequence=True)
 RUN_TIME = {BATCH: ("batch", 300), SEQ: ("symbolic", 64)}   # each run-time dim: its spec word, its largest size
 MAX_ROW = 4096          # elements of a value per row of the batch (the product of its fixed dims)
+MAX_SEQ_ROW = 256       # ... per row of a value [N, T, ...] (N up to 300 and T up to 64 rows)
 MAX_FIXED = 17_000      # elements of a value without the batch dim (a param [129, 129])
 MAX_NODES = 20
 MIN_NODES = 3
@@ -122,6 +123,12 @@ def largest(d) -> int:
     return RUN_TIME[d][1] if isinstance(d, str) else d
 
 
+def row_room(shape) -> int:
+    """How many elements a value of this shape may have per row of its run-time dims (per element
+    of N, or of N x T), or in all without one."""
+    return MAX_SEQ_ROW if SEQ in shape else MAX_ROW if run_time(shape) else MAX_FIXED
+
+
 def _broadcast(a: tuple, b: tuple) -> tuple:
     out = []
     for i in range(1, max(len(a), len(b)) + 1):
@@ -147,6 +154,7 @@ class Builder:
         self.inputs: dict[str, Val] = {}
         self.params: dict[str, Val] = {}
         self.states: dict[str, Val] = {}    # model state: batch_norm's running statistics
+        self.scans: dict[str, str] = {}     # [scan.NAME] tables (their TOML text), by NAME
         self.lines: dict[str, str] = {}
         self.vals: list[Val] = []                # every float value, in creation order
         self.ints: list[Val] = []
@@ -164,6 +172,9 @@ class Builder:
     def rarely(self, k: int) -> bool:
         """True with probability 1/k; shrinks to False."""
         return self.draw(st.integers(0, k - 1)) == k - 1
+
+    def draw_bool(self) -> bool:
+        return self.draw(st.booleans())
 
     def index(self, n: int) -> int:
         return self.draw(st.integers(0, n - 1))
@@ -197,7 +208,7 @@ class Builder:
             seq = self.sequence and not lead and batch and rank >= 3 and not self.rarely(2)
         if seq and len(shape) < rank:
             shape.append(SEQ)
-        room = MAX_ROW if run_time(shape) else MAX_FIXED
+        room = row_room(shape)
         size = math.prod(d for d in shape if fixed(d))
         while len(shape) < rank:
             if last is not None and len(shape) == rank - 1:
@@ -280,15 +291,17 @@ class Builder:
         return self.new_input(shape, "y")
 
     # ------------------------------------------------------------------ lines
-    def line(self, expr: str, shape: tuple, operands: list[Val], mag: float = 1.0, low: float = 0.0,
-             sparse: bool = False, ops: int = 1) -> Val:
-        """Add `vK = "expr"` to [graph]; a value grown past BIG is scaled back by a constant."""
-        if mag > BIG:
+    def line(self, expr: str | None, shape: tuple, operands: list[Val], mag: float = 1.0, low: float = 0.0,
+             sparse: bool = False, ops: int = 1, name: str | None = None) -> Val:
+        """Add `vK = "expr"` to [graph]; a value grown past BIG is scaled back by a constant.
+        expr None: a value some other table defines (a scan's result), named `name`."""
+        if mag > BIG and expr is not None:
             scale = 10.0 ** -round(math.log10(mag))
             expr, mag, low = f"({expr}) * {scale:g}", mag * scale, low * scale
             ops += 1
-        name = self.name("v")
-        self.lines[name] = expr
+        name = name or self.name("v")
+        if expr is not None:
+            self.lines[name] = expr
         for v in operands:
             v.uses += 1
         v = Val(name, tuple(shape), mag=mag, low=low if low >= POSITIVE else 0.0, sparse=sparse,
@@ -385,6 +398,8 @@ class Builder:
         states = [v for v in self.states.values() if v.uses]
         if states:
             lines += ["", "[state]", *(decl(v) for v in states)]
+        for text in self.scans.values():
+            lines += ["", text.rstrip("\n")]
         lines += ["", "[graph]", *(f'{k} = "{e}"' for k, e in self.lines.items())]
         lines += ["", "[outputs]", *(f'{k} = "{e}"' for k, e in self.outputs.items())]
         lines += ["", "[grad]", 'of = "J"', "wrt = [" + ", ".join(f'"{w}"' for w in self.wrt) + "]"]
@@ -431,5 +446,5 @@ def params_only_output(b: Builder) -> str:
     return name
 
 
-__all__ = ["BATCH", "SEQ", "RUN_TIME", "DIMS", "ENTRIES", "Builder", "Entry", "Spec", "Val", "covered_ops", "entry",
-           "fixed", "largest", "run_time"]
+__all__ = ["BATCH", "SEQ", "RUN_TIME", "DIMS", "MAX_SEQ_ROW", "ENTRIES", "Builder", "Entry", "Spec", "Val",
+           "covered_ops", "entry", "fixed", "largest", "row_room", "run_time"]

@@ -42,6 +42,7 @@ FD_TOLERANCE = 1e-6
 TRAIN_STEPS = 3
 RETUNED_STEPS = 2           # train steps after the hyperparameters change at run time
 STANDALONE_BATCH = 5
+STANDALONE_LENGTH = 17      # ... and the other run-time dims (T) at most this
 TIMEOUT = 600               # seconds of a make or a run of the standalone example
 
 
@@ -337,10 +338,14 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
     from graphc.native.export import example_arrays, example_summary, parse_example_output
     kind = f"standalone {cc}"
     n = min(case.batch, STANDALONE_BATCH) if g.symbolic_dims else 1
+    # the other run-time dims (T) at the case's size, capped like the batch: main.c's DIM_<C name>
+    dims = {d: min(case.sizes.get(d, n), STANDALONE_LENGTH) for d in g.symbolic_dims[1:]}
+    c_dims = dict(zip(g.symbolic_dims, m.csrc.dim_args))
+    defines = "".join(f" -DDIM_{c_dims[d]}={size}L" for d, size in dims.items())
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{cc}-", dir=workdir) as tmp:
         with step(f"export for {cc}"):
             m.export(tmp, standalone=True)
-        make = ["make", "-s", f"CC={cc}", f"CFLAGS={STANDALONE_FLAGS} -DBATCH={n}L"]
+        make = ["make", "-s", f"CC={cc}", f"CFLAGS={STANDALONE_FLAGS} -DBATCH={n}L{defines}"]
         run = subprocess.run(make, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT)
         if run.returncode != 0 or run.stderr.strip():
             first = next((line for line in run.stderr.splitlines() if "error" in line or "warning" in line), "")
@@ -352,7 +357,7 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
         if bad.returncode != 0:
             raise Failure(kind, f"./{m.name}_example --bad-label (exit {bad.returncode}):\n{bad.stderr[-2000:]}",
                           f"{kind} bad-label")
-    a = example_arrays(g, "float64", n)
+    a = example_arrays(g, "float64", n, dims)
     with step(f"extension on main.c's inputs ({cc})"):
         expected = {("forward", k): v for k, v in m.forward(**a).items()}
         if predict is not None:
@@ -366,6 +371,8 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
         for i in range(1, 4):
             expected.update({(f"train_step:{i}", k): v for k, v in m.train_step(state, **batch).items()
                              if one_element(g.outputs[k].shape)})
+        # main.c prints what its train steps update last: [grad]'s wrt and the model state
+        expected.update({("trained", k): v for k, v in state.params.items() if k in g.grad_spec[1] or k in g.states})
     if set(printed) != set(expected):
         raise Failure(kind, f"main.c printed {sorted(printed)}, expected {sorted(expected)}", f"{kind} printout")
     scale = max(1.0, _max_abs(expected.values()))

@@ -522,13 +522,18 @@ def norm2(b: Builder):
 
 def _softmax(op: str):
     def draw(b: Builder):
-        v = b.data(ranks=(2, 1, 3))
-        d = largest(v.shape[-1])
+        """Over the last axis, or now and then any axis (axis=, negative too: the batch, T)."""
+        v = b.data(ranks=(2, 1, 3, 4))
+        axis = -1
+        if v.rank >= 2 and b.rarely(3):
+            axis = b.index(v.rank) - (v.rank if b.draw_bool() else 0)
+        d = largest(v.shape[axis]) if v.rank else 1
+        text = f"{op}({v.name}" + (f", axis={axis})" if axis != -1 else ")")
         if op == "softmax":
             low = math.exp(-8 * v.mag) / d if v.mag < 50 else 0.0
-            b.line(f"softmax({v.name})", v.shape, [v], mag=1.0 / math.sqrt(d), low=low)
+            b.line(text, v.shape, [v], mag=1.0 / math.sqrt(d), low=low)
         else:
-            b.line(f"log_softmax({v.name})", v.shape, [v], mag=math.log(d) + 4 * v.mag)
+            b.line(text, v.shape, [v], mag=math.log(d) + 4 * v.mag)
     entry(op)(draw)
 
 
@@ -541,7 +546,7 @@ def cross_entropy(b: Builder):
     """With int32 labels (shape of the logits without their class axis, shared with other
     losses or ids) or real targets shaped like the logits (target rows, or any value: then the
     gradient flows into them too)."""
-    v = b.data(ranks=(2, 1, 3), last_fixed=True)
+    v = b.data(ranks=(2, 3, 1), last_fixed=True)
     if b.draw(st.booleans()):
         y = b.ids(v.shape[:-1])
         b.line(f"cross_entropy({v.name}, {y.name})", (), [v, y], mag=1 + v.mag)
@@ -585,19 +590,23 @@ def dense(b: Builder):
            mag=a.mag + 0.5 if act != "sigmoid" else 0.5, sparse=act == "relu", ops=3 + bool(act))
 
 
+import graphc.tools.fuzz_specs_seq  # noqa: E402,F401  (the sequence ops' entries register themselves)
+
 ENTRY_NAMES = [e.name for e in ENTRIES]
 FIRST = "add"           # the entry a failing spec shrinks toward
 
 
 @st.composite
 def specs(draw, min_nodes: int = MIN_NODES, max_nodes: int = MAX_NODES, entries: tuple[str, ...] | None = None,
-          sequence: bool = False) -> Spec:
+          sequence: bool | None = None) -> Spec:
     """A random valid spec: min_nodes to max_nodes ops drawn from ENTRIES (or those of them named
     in `entries`), then the loss and the outputs; the parsed graph, which counts its constants and
     the positivity wrappers too, has 3 to about 30 nodes (median 12-16). sequence: new values of
-    rank 3 and more are often [N, T, ...], T a second run-time dim (for when graphc takes one)."""
+    rank 3 and more are often [N, T, ...], T a second run-time dim (None: in one spec in 3)."""
     table = sorted((e for e in ENTRIES if entries is None or e.name in entries), key=lambda e: e.name != FIRST)
     table = [e for e in table for _ in range(e.weight)]      # hypothesis shrinks toward table[0]
+    if sequence is None:
+        sequence = draw(st.integers(0, 2)) == 2
     b = Builder(draw, sequence)
     target = draw(st.integers(min_nodes, max_nodes))
     for _ in range(4 * max_nodes):
