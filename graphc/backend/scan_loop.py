@@ -135,7 +135,7 @@ def scan_loop(k, n: Node) -> list[Kernel]:
     # the body's arena planned again with these copies, which read their values after the body's
     # steps: planned without them, a y_t was free for a later step to overwrite before its copy
     # (a backward scan's d_x_t under d_W's GEMM)
-    buffers, arena = body_k._plan(steps) if strided else (sched.buffers, sched.arena)
+    buffers, arena = body_k.plan_steps(steps) if strided else (sched.buffers, sched.arena)
     copied = [(k.ref(m.output), read_at[name], c_poly(numel(m.output.shape)))
               for name, m in finals.items() if name not in body.sums]
     # the loop's workspace: the body's planned arena, then the carry buffers, slices and constants

@@ -539,7 +539,7 @@ class Scheduler(Fusion):
             norm = [replace(norm, grads=tuple(self.ref(pu.grad) for pu in self.updates.params))] if norm else []
             steps += list(self.updates.first) + norm + [replace(pu.record, grad=self.ref(pu.grad))
                                                         for pu in self.updates.params if pu.param not in fused]
-        return Schedule(steps, *self._plan(steps), self._label_checks())
+        return Schedule(steps, *self.plan_steps(steps), self._label_checks())
 
     def unstored(self, st: Kernel) -> Kernel:
         """A GEMM whose epilogue only updates a param (SGD fused by sgd_in_gemm) and whose result is
@@ -552,7 +552,7 @@ class Scheduler(Fusion):
             return st
         return replace(st, out="NULL", defs=())
 
-    def _plan(self, steps: list[Kernel]):
+    def plan_steps(self, steps: list[Kernel]):
         first: dict[Value, int] = {}
         last: dict[Value, int] = {}
         for i, st in enumerate(steps):

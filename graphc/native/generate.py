@@ -67,9 +67,10 @@ def generate(model, params: dict, prompt, count: int, temperature: float = 1.0, 
     workspace = aligned_empty(size)
     out = np.zeros(count, dtype=np.int32)
     ffi = model.ffi
+    real = "double[]" if np.dtype(model.dtype) == np.float64 else "float[]"
     status = getattr(model.lib, f"{model.name}_generate")(
         ffi.from_buffer("int32_t[]", ids), len(ids), count, context, float(temperature), int(seed) & 0xFFFFFFFF,
-        *(model._pointer(a) for a in arrays), ffi.from_buffer("int32_t[]", out), ffi.from_buffer(workspace))
+        *(ffi.from_buffer(real, a, require_writable=False) for a in arrays), ffi.from_buffer("int32_t[]", out), ffi.from_buffer(workspace))
     if status != 0:
         raise GraphcError(f"{model.name}_generate returned {status}",
                           hint="a token id outside the model's tables, or a context it cannot take")
