@@ -53,7 +53,9 @@
  * of `pack`.  K is never split and the block sizes do not depend on the
  * thread count or the part, so every C element sees the same sequence of
  * operations for any number of threads: results are bit-identical for 1 and
- * 2 threads.
+ * 2 threads.  On a busy machine (another process holds a core) a thread can
+ * start or finish a scheduler slice late, and the product waits for it at its
+ * end: see "Threads on a busy machine" below for how one thread then runs.
  *
  * Tiny problems (M*N*K < GC_GEMM_SMALL_WORK, at most GC_GEMM_SMALL_ROWS rows
  * of C with op(B) = B, or a dimension of 1: a matrix-vector or outer product,
@@ -375,6 +377,83 @@ GC_KERNELS_API int gc_size_poly(const size_t *terms, int count, const size_t *x,
 }
 
 /* ---------------------------------------------------------------------- */
+/* Threads on a busy machine                                              */
+/* ---------------------------------------------------------------------- */
+/* A product split over threads ends when its last thread does. When another process holds
+   a core, one thread may start, or pause, for a scheduler slice (milliseconds) while the
+   other waits, and every split product and threaded loop of a call pays that: two threads
+   ran a train step 8x slower than one. So each split product notes how late its threads
+   started and how long the first thread waited at its end; a wait of more than GC_BUSY_LATE
+   seconds and more than GC_BUSY_SHARE of the product's time marks the machine busy (a large
+   product still gains from a second thread that starts a slice late), and
+   for the next GC_BUSY_HOLD seconds (gc_kernels_busy_hold changes it) products and a model's
+   loops run on one thread; then more are tried again. The thread count changes, never the bits. The mark is the
+   library's one piece of state, read and written atomically (it assumes omp_get_wtime()
+   is one clock for all threads, as in libgomp and LLVM's libomp). */
+#ifndef GC_BUSY_LATE
+#define GC_BUSY_LATE 5e-4
+#endif
+#ifndef GC_BUSY_HOLD
+#define GC_BUSY_HOLD 0.2
+#endif
+#ifndef GC_BUSY_SHARE
+#define GC_BUSY_SHARE 0.25
+#endif
+#ifdef _OPENMP
+static double gc_busy_until = 0.0;         /* omp_get_wtime() until which one thread runs */
+static double gc_busy_hold = GC_BUSY_HOLD;  /* gc_kernels_busy_hold */
+
+/* The machine is busy if a thread waited `late` seconds of a product that took `took`. */
+static void gc_note_wait(double late, double took)
+{
+    if (late > GC_BUSY_LATE && late > GC_BUSY_SHARE * took) {
+        double hold;
+#pragma omp atomic read
+        hold = gc_busy_hold;
+#pragma omp atomic write
+        gc_busy_until = omp_get_wtime() + hold;
+    }
+}
+#endif
+
+GC_KERNELS_API double gc_kernels_busy_hold(double seconds)
+{
+#ifdef _OPENMP
+    double previous;
+#pragma omp atomic read
+    previous = gc_busy_hold;
+    if (seconds >= 0) {
+#pragma omp atomic write
+        gc_busy_hold = seconds;
+#pragma omp atomic write
+        gc_busy_until = 0.0;
+    }
+    return previous;
+#else
+    (void)seconds;
+    return 0.0;
+#endif
+}
+
+GC_KERNELS_API int gc_kernels_threads(int threads)
+{
+#ifdef _OPENMP
+    int team = omp_get_max_threads();
+    if (team > threads) team = threads;
+    if (team > 1) {
+        double until;
+#pragma omp atomic read
+        until = gc_busy_until;
+        if (omp_get_wtime() < until) team = 1;
+    }
+    return team > 1 ? team : 1;
+#else
+    (void)threads;
+    return 1;
+#endif
+}
+
+/* ---------------------------------------------------------------------- */
 /* The GEMM of each element type (part 2, through part 3 and part 4)      */
 /* ---------------------------------------------------------------------- */
 #define GC_KERNELS_TYPE_PASS 1
@@ -621,21 +700,29 @@ GC_KERNELS_API void gc_gemm_ex_T(int ta, int tb, long M, long N, long K,
     direct = gc_direct_flags(ta, M, N, K);
 #ifdef _OPENMP
     if (gc_team_bound(threads, M, N, K) > 1) {
-        int team = omp_get_max_threads();
-        if (team > threads) team = threads;
+        const int team = gc_kernels_threads(threads);
         if (team > 1) {
             const int fine = gc_by_columns(M, N, ep) && (direct & GC_GEMM_DIRECT_A);
             const long parts = (long)team * (fine ? GC_GEMM_PARTS_PER_THREAD : 1);
             /* each thread's part of pack: what the whole product would need (a part needs no more) */
             const long share = gc_pack_thread_elems(ta, tb, M, N, K, direct);
-#pragma omp parallel num_threads(team)
+            const double forked = omp_get_wtime();
+            double first_done = forked, late = 0.0;
+#pragma omp parallel num_threads(team) reduction(max: late)
             {
-                gc_real *thread_pack = pack + (long)omp_get_thread_num() * share;
+                const int me = omp_get_thread_num();
+                gc_real *thread_pack = pack + (long)me * share;
                 long part;
+                if (me != 0) late = omp_get_wtime() - forked;   /* how late this thread started */
 #pragma omp for schedule(dynamic, 1) nowait
                 for (part = 0; part < parts; ++part)
                     gc_part_isa(isa, part, parts, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc,
                                 ep, thread_pack, direct);
+                if (me == 0) first_done = omp_get_wtime();
+            }
+            {
+                const double joined = omp_get_wtime(), end_wait = joined - first_done;
+                gc_note_wait(end_wait > late ? end_wait : late, joined - forked);
             }
             return;
         }

@@ -17,9 +17,11 @@
  *   neither read nor written (with K > the library's KC, each block of KC steps of K
  *   updates with its own partial product).
  *   threads: the most threads a call may use (the pack was sized for them); the calls use
- *   min(threads, omp_get_max_threads()) when compiled with OpenMP, else one. Every element
+ *   gc_kernels_threads(threads) when compiled with OpenMP, else one. Every element
  *   of C is computed by the same operations in the same order for any thread count.
- *   Nothing here allocates, prints or keeps state: every function is reentrant.
+ *   Nothing here allocates or prints, and every function is reentrant. The one state kept
+ *   is a hint, atomic, that the machine was found busy (see gc_kernels_threads): it
+ *   changes how many threads run, never a result.
  *
  * Build options (-D...=0 when compiling graphc_kernels.c and the files that include this)
  *   GC_KERNELS_FLOAT, GC_KERNELS_DOUBLE   1 (default): provide that element type.
@@ -89,6 +91,18 @@ extern "C" {
 /* The instruction set the products run on, on this CPU: 2 AVX-512, 1 AVX2 + FMA, 3 NEON (AArch64),
    0 portable C. */
 GC_KERNELS_API int gc_kernels_isa(void);
+
+/* The threads a product or a model's loop uses now, given that it may use `threads`:
+ * min(threads, omp_get_max_threads()), or 1 for a moment (0.2 s) after a split product found
+ * the machine busy (a thread that started or finished a scheduler slice late: another process
+ * holds a core, where two threads would wait for each other). 1 without OpenMP. */
+GC_KERNELS_API int gc_kernels_threads(int threads);
+
+/* How long (seconds) products stay on one thread after one found the machine busy: 0.2 unless
+ * compiled with -DGC_BUSY_HOLD=s. Sets it to `seconds` when seconds >= 0 (0: always the threads
+ * asked for, as a benchmark of fixed thread counts wants) and ends a current hold; returns the
+ * previous value. Without OpenMP it does nothing and returns 0. */
+GC_KERNELS_API double gc_kernels_busy_hold(double seconds);
 
 /* Dropout's random bits: a counter-based generator, 32 bits of element `index` of the mask of
  * the dropout keyed `seed` at training step `step`. No state: the same arguments give the same

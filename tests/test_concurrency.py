@@ -230,3 +230,26 @@ def test_concurrency_softmax_over_wide_rows_is_split_over_threads_with_the_same_
     # the pass is in the forward pass value_and_grad calls (with probs) or in the backward pass (without)
     step = two.source[two.source.index("static void wide_forward_pass("):]
     assert "identity (7): (probs - onehot) * scale" in step and "d_J" not in step
+
+
+def test_concurrency_graphc_busy_hold_sets_the_kernels_fallback_and_refuses_a_bad_value(monkeypatch):
+    """GRAPHC_BUSY_HOLD reaches the loaded kernel library (gc_kernels_busy_hold: how long products
+    run on one thread after finding the machine busy); a value that is not seconds >= 0 is an
+    ArgumentError naming the variable, before any call."""
+    g = graphc.parse_spec(WIDE, "wide.toml")
+    monkeypatch.setenv("GRAPHC_BUSY_HOLD", "0.75")
+    m = graphc.compile(g, dtype="float64", threads=2)
+    if '"-fopenmp"' not in (m.built.directory / "manifest.json").read_text():
+        pytest.skip("built without OpenMP: one thread always, and no hold to set")
+    assert m.lib.gc_kernels_busy_hold(-1.0) == 0.75     # -1: read without changing it
+    monkeypatch.setenv("GRAPHC_BUSY_HOLD", "0")
+    m = graphc.compile(g, dtype="float64", threads=2)
+    assert m.lib.gc_kernels_busy_hold(-1.0) == 0.0
+    if m.lib.gc_kernels_threads(2) == 2:                # built with OpenMP, two threads allowed
+        a = batch(3, n=256, dx=192, dh=512)
+        m.value_and_grad(**a)
+        assert m.lib.gc_kernels_threads(2) == 2         # hold 0: never one thread
+    for bad in ("-1", "soon", "nan"):
+        monkeypatch.setenv("GRAPHC_BUSY_HOLD", bad)
+        with pytest.raises(graphc.ArgumentError, match="GRAPHC_BUSY_HOLD"):
+            graphc.compile(g, dtype="float64", threads=2)

@@ -90,6 +90,7 @@ int isa_api(void) { return gc_kernels_isa(); }
 
 void set_threads_api(int threads)
 {
+    gc_kernels_busy_hold(0.0);   /* the threads asked for, even on a busy machine */
 #ifdef _OPENMP
     omp_set_num_threads(threads);
 #else
@@ -114,6 +115,8 @@ void gemm_ex_api(int ta, int tb, long M, long N, long K,
 long pack_elems_api(int ta, int tb, long M, long N, long K);
 int isa_api(void);
 void set_threads_api(int threads);
+int gc_kernels_threads(int threads);
+double gc_kernels_busy_hold(double seconds);
 """
 
 # name -> compiler flags; "native" is the build the model uses, "dispatch" the
@@ -127,7 +130,9 @@ VARIANTS = {
 }
 # Built on demand only: the packed path for every size, to compare bits with.
 EXTRA_VARIANTS = {"packed": ["-O3", "-march=native", "-fopenmp", "-DGC_GEMM_DIRECT_WORK=0",
-                             "-DGC_GEMM_A_ROWS_IN_PLACE=0"]}
+                             "-DGC_GEMM_A_ROWS_IN_PLACE=0"],
+                  # every split product finds the machine busy (any wait counts as late)
+                  "busy": ["-O3", "-march=native", "-fopenmp", "-DGC_BUSY_LATE=-1", "-DGC_BUSY_SHARE=0"]}
 HAS_AVX512 = "avx512f" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
     if pathlib.Path("/proc/cpuinfo").exists() else False
 HAS_AVX2 = "avx2" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
@@ -437,6 +442,38 @@ def test_gemm_bit_identical_for_one_and_two_threads(gemm_lib, variant, dtype):
                     gemm(ta, tb, M, N, K, A, B, C, 1, bias=bias, act=1)
                     results.append(C)
                 np.testing.assert_array_equal(results[0], results[1])
+    finally:
+        gemm.lib.set_threads_api(2)
+
+
+def test_gemm_runs_on_one_thread_for_a_while_after_a_product_finds_the_machine_busy(gemm_lib):
+    """A product split over two threads notes how late they started and waited; a wait past
+    GC_BUSY_LATE (here any wait: the "busy" build) makes gc_kernels_threads answer 1 for the hold's
+    time, so the next products and loops run on one thread, with the same bits. A hold of 0 ends it
+    and turns it off."""
+    gemm = gemm_lib("busy", "float32")
+    if gemm.lib.gc_kernels_threads(2) == 1 and gemm.lib.gc_kernels_busy_hold(-1) == 0:
+        pytest.skip("the library was built without OpenMP")
+    rng = np.random.default_rng(11)
+    M, N, K = 128, 512, 200                       # split: more than GC_GEMM_PARALLEL_WORK
+    A, B = operands(rng, 0, 1, M, N, K, "float32")
+    try:
+        gemm.lib.set_threads_api(2)               # (hold 0: two threads, never one)
+        C2 = np.zeros((M, N), np.float32)
+        gemm(0, 1, M, N, K, A, B, C2, 0)
+        assert gemm.lib.gc_kernels_threads(2) == 2
+        assert gemm.lib.gc_kernels_busy_hold(60.0) == 0.0
+        assert gemm.lib.gc_kernels_threads(2) == 2    # nothing found busy yet
+        assert gemm.lib.gc_kernels_threads(1) == 1
+        C1 = np.zeros((M, N), np.float32)
+        gemm(0, 1, M, N, K, A, B, C1, 0)          # two threads: one of them "late"
+        assert gemm.lib.gc_kernels_threads(2) == 1    # held on one thread
+        C0 = np.zeros((M, N), np.float32)
+        gemm(0, 1, M, N, K, A, B, C0, 0)          # on one thread
+        np.testing.assert_array_equal(C1, C2)
+        np.testing.assert_array_equal(C0, C2)
+        assert gemm.lib.gc_kernels_busy_hold(0.0) == 60.0
+        assert gemm.lib.gc_kernels_threads(2) == 2    # the hold ended
     finally:
         gemm.lib.set_threads_api(2)
 

@@ -47,6 +47,23 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def busy_hold(lib) -> None:
+    """Apply $GRAPHC_BUSY_HOLD (seconds; 0 = always the threads asked for) to a loaded library's
+    kernels: how long they run on one thread after finding the machine busy (templates/
+    graphc_kernels.h, gc_kernels_busy_hold; unset: the library's 0.2 s)."""
+    env = os.environ.get("GRAPHC_BUSY_HOLD")
+    if env is None or env == "":
+        return
+    try:
+        seconds = float(env)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:
+        raise ArgumentError(f"GRAPHC_BUSY_HOLD={env!r} is not a number of seconds >= 0 "
+                            "(0: never fall back to one thread on a busy machine)")
+    lib.gc_kernels_busy_hold(seconds)
+
+
 class CompiledModel:
     """A model compiled to C and loaded: forward, value_and_grad, export (and training).
 
@@ -59,6 +76,7 @@ class CompiledModel:
         self.name = csrc.name
         self.dtype = np.dtype(csrc.dtype)
         self.ffi, self.lib = built.ffi, built.lib
+        busy_hold(self.lib)
         self.functions = {f.name: f for f in csrc.functions}
         self.wrt = list(csrc.grad_names)
         self._local = threading.local()

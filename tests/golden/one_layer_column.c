@@ -36,9 +36,8 @@ typedef float gc_real;
 #define GC_ROW_CHUNKS 64   /* chunks of rows of a threaded softmax (and of its loss sum) */
 #endif
 #if defined(_OPENMP) && GC_MAX_THREADS > 1
-#include <omp.h>
-/* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS (a macro: unused without a warning) */
-#define gc_loop_threads() (omp_get_max_threads() < GC_MAX_THREADS ? omp_get_max_threads() : GC_MAX_THREADS)
+/* as the GEMMs: OMP_NUM_THREADS, at most GC_MAX_THREADS, one while the machine is busy */
+#define gc_loop_threads() gc_kernels_threads(GC_MAX_THREADS)
 #define GC_PRAGMA(text) _Pragma(#text)
 #define GC_PARALLEL_LOOP(work) \
     GC_PRAGMA(omp parallel for schedule(static) num_threads(gc_loop_threads()) if ((work) >= GC_LOOP_PARALLEL_WORK))
