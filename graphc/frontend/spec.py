@@ -305,7 +305,7 @@ class _Builder:
             raise SpecError("expression is nested too deeply", self.src.loc(section, key)) from None
 
     def _subscript(self, g: Graph, x: Value, index: ast.expr, fail) -> Value:
-        """x[:, 1:5], x[..., ::2], x[:, 0]: core/ir.py's subscript, each bad item pointed at."""
+        """x[:, 1:5], x[..., ::2], x[:, 0]: core/subscript.py's subscript, each bad item pointed at."""
         nodes = list(index.elts) if isinstance(index, ast.Tuple) else [index]
 
         def bound(e):

@@ -1,7 +1,7 @@
 """Pooling, NCHW, with torch.nn.functional's names and arguments: max_pool2d, avg_pool2d and
 adaptive_avg_pool2d (output size 1: the global average pool).
 
-Each is a composite over the patch matrix of graphc/ops/conv.py: the windows of x as rows
+Each is a composite over the patch matrix of graphc/ops/patches.py: the windows of x as rows
 (im2col), one max or mean per (pixel, channel), back to NCHW. Their VJPs route δ back through
 the same windows: col2im sums each window's share onto x, identity (3).
 """
