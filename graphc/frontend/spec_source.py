@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 from graphc.core.errors import Location, SpecError
 
+_KEY_LINE = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_\-]+))\s*=\s*(.*)$""")
+_SECTION_LINE = re.compile(r"^\s*\[([^\]]+)\]")
+
+
 def read_toml(text: str, file: str) -> tuple[dict, SpecSource]:
     """The spec's TOML document and where each of its keys sits; a SpecError at the line and column
     of invalid TOML (naming both definitions of a key defined twice)."""
@@ -30,10 +34,6 @@ def read_toml(text: str, file: str) -> tuple[dict, SpecSource]:
             loc = Location(file, None, len(last), len(last[-1]) + 1)
         raise SpecError(f"not valid TOML: {str(e).split(' (at ')[0]}", loc) from None
     return doc, src
-
-
-_KEY_LINE = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_\-]+))\s*=\s*(.*)$""")
-_SECTION_LINE = re.compile(r"^\s*\[([^\]]+)\]")
 
 
 @dataclass
