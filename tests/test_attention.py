@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import graphc
+from helpers import assert_grads_close, c_and_reference, check_finite_differences
 
 
 def composition(q, k, v, is_causal=False, scale=None):
@@ -75,28 +76,12 @@ def test_rank_3_inputs():
 
 
 # ------------------------------------------------------------------ gradients vs finite differences
-def finite_difference(g, arrays, name, eps=1e-6):
-    base, out = arrays[name], np.zeros_like(arrays[name])
-    for idx in np.ndindex(base.shape):
-        vals = []
-        for step in (eps, -eps):
-            x = base.copy()
-            x[idx] += step
-            vals.append(float(graphc.evaluate(g, **{**arrays, name: x})["J"]))
-        out[idx] = (vals[0] - vals[1]) / (2 * eps)
-    return out
-
-
 @pytest.mark.parametrize("is_causal, Tq, Tk, scale", [(False, 3, 5, None), (True, 4, 4, 0.7), (True, 5, 3, None)])
 def test_gradients_match_finite_differences(is_causal, Tq, Tk, scale):
     rng = np.random.default_rng(3 + Tq)
     shapes, a = draw(rng, 2, 2, Tq, Tk, 3, 2)
     g = attention_graph(shapes, is_causal, scale)
-    grads = graphc.evaluate(graphc.grad(g, "J", ["q", "k", "v"]), **a)
-    for w in "qkv":
-        numeric = finite_difference(g, a, w)
-        err = np.abs(grads[f"d_{w}"] - numeric).max() / max(np.abs(numeric).max(), 1e-3)
-        assert err < 1e-6, (w, err)
+    check_finite_differences(g, a, ["q", "k", "v"], of="J")
 
 
 def test_gradients_agree_with_torch_autograd():
@@ -139,15 +124,12 @@ def test_c_forward_and_value_and_grad_match_the_reference(T, D, is_causal):
     rng = np.random.default_rng(T * 100 + D)
     shapes, a = draw(rng, 2, 2, T, T, D, D)
     g, m = compiled(shapes, is_causal, "float64")
-    bwd = graphc.grad(g, "J", ["q", "k", "v"])
     for n in (1, 2):                                  # two batch sizes through one build
         part = {k: x[:n] for k, x in a.items()}
-        want = graphc.evaluate(bwd, **part)
+        outs, grads, want = c_and_reference(m, g, part, "J", ["q", "k", "v"])
         np.testing.assert_allclose(m.forward(**part)["o"], want["o"], rtol=1e-12, atol=1e-12)
-        outs, grads = m.value_and_grad(**part)
         np.testing.assert_allclose(outs["J"], want["J"], rtol=1e-11)
-        for w in "qkv":
-            np.testing.assert_allclose(grads[w], want[f"d_{w}"], rtol=1e-10, atol=1e-11, err_msg=w)
+        assert_grads_close(grads, want, "qkv", rtol=1e-10, atol=1e-11, where=f" at N={n}")
 
 
 @pytest.mark.parametrize("Tq, Tk", [(7, 70), (70, 7), (33, 129)])
@@ -156,11 +138,9 @@ def test_c_cross_attention_with_other_lengths_and_value_width(Tq, Tk):
     shapes, a = draw(rng, 2, 3, Tq, Tk, 8, 5)
     g, m = compiled(shapes, False, "float64", loss="mean")
     a.pop("r")
-    want = graphc.evaluate(graphc.grad(g, "J", ["q", "k", "v"]), **a)
-    outs, grads = m.value_and_grad(**a)
+    outs, grads, want = c_and_reference(m, g, a, "J", ["q", "k", "v"])
     np.testing.assert_allclose(outs["o"], want["o"], rtol=1e-12, atol=1e-12)
-    for w in "qkv":
-        np.testing.assert_allclose(grads[w], want[f"d_{w}"], rtol=1e-10, atol=1e-12, err_msg=w)
+    assert_grads_close(grads, want, "qkv", rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("T, D, is_causal", [(17, 16, True), (129, 33, False)])
@@ -168,8 +148,8 @@ def test_c_float32(T, D, is_causal):
     rng = np.random.default_rng(T + D)
     shapes, a = draw(rng, 2, 2, T, T, D, D)
     g, m = compiled(shapes, is_causal, "float32")
-    want = graphc.evaluate(graphc.grad(g, "J", ["q", "k", "v"]), **a)
-    outs, grads = m.value_and_grad(**{k: x.astype(np.float32) for k, x in a.items()})
+    outs, grads, want = c_and_reference(m, g, {k: x.astype(np.float32) for k, x in a.items()}, "J", ["q", "k", "v"],
+                                        reference_arrays=a)
     np.testing.assert_allclose(outs["o"], want["o"], rtol=1e-5, atol=1e-5)
     for w in "qkv":
         scale = np.abs(want[f"d_{w}"]).max()

@@ -20,6 +20,7 @@ import graphc
 import gpt_numpy
 from graphc.core.random import sample_index
 from graphc.native.generate import generate_reference
+from helpers import assert_grads_close, c_and_reference
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "char_gpt.toml"
 
@@ -106,12 +107,10 @@ def test_char_gpt_c_matches_the_reference_at_run_time_batch_and_length(gpt64, n,
     g, m, p = gpt64
     rng = np.random.default_rng(t)
     idx, tgt = (rng.integers(0, 96, (n, t)).astype(np.int32) for _ in range(2))
-    ref = graphc.evaluate(graphc.grad(g, *g.grad_spec), idx=idx, tgt=tgt, **p)
-    outs, grads = m.value_and_grad(idx=idx, tgt=tgt, **p)
+    outs, grads, ref = c_and_reference(m, g, dict(idx=idx, tgt=tgt, **p), *g.grad_spec)
     np.testing.assert_allclose(outs["loss"], ref["loss"], rtol=1e-12)
     np.testing.assert_allclose(outs["logits"], ref["logits"], rtol=1e-10, atol=1e-12)
-    for k in ("wte", "wpe", "l1_qkv_w", "l2_fc_b", "lnf_w"):
-        np.testing.assert_allclose(grads[k], ref[f"d_{k}"], rtol=1e-9, atol=1e-12, err_msg=k)
+    assert_grads_close(grads, ref, ("wte", "wpe", "l1_qkv_w", "l2_fc_b", "lnf_w"), rtol=1e-9, atol=1e-12)
     assert not grads["wpe"][t:].any(), "rows of the position table past T get no gradient"
 
 
@@ -162,8 +161,9 @@ def test_generate_bad_arguments_are_clear_errors(gpt64):
         m.generate(p, [], 3)
     with pytest.raises(graphc.GraphcError, match=r"token ids in \[0, 96\)"):
         m.generate(p, [3, 96], 3)
-    with pytest.raises(graphc.GraphcError, match="context=65 is outside"):
-        m.generate(p, [3], 3, context=65)
+    for generate in (m.generate, lambda *a, **k: generate_reference(g, *a, **k)):   # one rule for both
+        with pytest.raises(graphc.GraphcError, match=r"context=65 is outside \[1, 64\]"):
+            generate(p, [3], 3, context=65)
     with pytest.raises(graphc.GraphcError, match="count=-1"):
         m.generate(p, [3], -1)
     other = graphc.compile(graphc.load(Path(EXAMPLE).parent / "one_layer.toml"), dtype="float64")

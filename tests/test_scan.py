@@ -14,8 +14,7 @@ import pytest
 
 import graphc
 from graphc.core.errors import DTypeError, GraphcError, ShapeError, SpecError
-
-EPS = 1e-6
+from helpers import assert_grads_close, c_and_reference, check_finite_differences
 
 
 # ------------------------------------------------------------------ the cells, as a user writes them
@@ -80,40 +79,18 @@ def arrays(g, N, seed=0):
     return out
 
 
-def finite_difference(g, values, name):
-    base = values[name]
-    grad = np.zeros_like(base)
-    for idx in np.ndindex(base.shape):
-        f = []
-        for step in (EPS, -EPS):
-            x = base.copy()
-            x[idx] += step
-            f.append(float(graphc.evaluate(g, **{**values, name: x})["L"]))
-        grad[idx] = (f[0] - f[1]) / (2 * EPS)
-    return grad
-
-
-def check_gradients(g, values, wrt):
-    got = graphc.evaluate(graphc.grad(g, of="L", wrt=wrt), **values)
-    for w in wrt:
-        numeric = finite_difference(g, values, w)
-        scale = max(np.abs(numeric).max(), 1e-3)
-        err = np.abs(got[f"d_{w}"] - numeric).max() / scale
-        assert err < 1e-6, f"d_{w}: relative error {err:.1e}"
-
-
 # ------------------------------------------------------------------ gradients vs finite differences
 @pytest.mark.parametrize("axis", [1, 0])
 def test_scan_gru_cell_gradients_match_finite_differences(axis):
     g, h_T, hs = gru_graph(T=4, axis=axis)
     g = with_loss(g, [hs, h_T])
-    check_gradients(g, arrays(g, N=2), ["W_ih", "W_hh", "b_ih", "b_hh", "h0", "x"])
+    check_finite_differences(g, arrays(g, N=2), ["W_ih", "W_hh", "b_ih", "b_hh", "h0", "x"], of="L")
 
 
 def test_scan_lstm_cell_gradients_match_finite_differences():
     g, (h_T, c_T), hs = lstm_graph(T=4)
     g = with_loss(g, [hs, h_T, c_T])
-    check_gradients(g, arrays(g, N=2), ["W_ih", "W_hh", "b_ih", "b_hh", "h0", "c0", "x"])
+    check_finite_differences(g, arrays(g, N=2), ["W_ih", "W_hh", "b_ih", "b_hh", "h0", "c0", "x"], of="L")
 
 
 def test_scan_reference_runs_the_body_in_a_loop():
@@ -219,8 +196,7 @@ def test_scan_c_matches_reference_at_several_lengths_and_batches(T):
         np.testing.assert_allclose(out["hs"], want["hs"], rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(out["L"], want["L"], rtol=1e-12)
         out, grads = m.value_and_grad(**v)
-        for w in wrt:
-            np.testing.assert_allclose(grads[w], want[f"d_{w}"], rtol=1e-10, atol=1e-12, err_msg=f"d_{w} at N={N}")
+        assert_grads_close(grads, want, wrt, rtol=1e-10, atol=1e-12, where=f" at N={N}")
         state = m.train_state({k: v[k].copy() for k in g.params})
         step = m.train_step(state, x=v["x"], h0=v["h0"])
         np.testing.assert_allclose(step["L"], want["L"], rtol=1e-12)
@@ -237,16 +213,13 @@ def test_scan_c_takes_the_sequence_length_at_run_time_when_it_is_the_symbolic_di
     h_T, hs = graphc.scan(lambda h, x_t: (graphc.tanh(x_t @ W.T + h @ U.T),) * 2, h0, x, axis=1)
     g.output("L", graphc.mean(hs * hs) + graphc.sum(h_T))
     m = graphc.compile(g, grad_of="L", wrt=["W", "U", "h0"], dtype="float64")
-    bwd = graphc.grad(g, of="L", wrt=["W", "U", "h0"])
     rng = np.random.default_rng(0)
     for T in (1, 2, 7, 33):
         v = dict(x=rng.normal(size=(4, T, 3)), h0=rng.normal(size=(4, 5)), W=rng.normal(size=(5, 3)) * 0.5,
                  U=rng.normal(size=(5, 5)) * 0.5)
-        want = graphc.evaluate(bwd, **v)
-        out, grads = m.value_and_grad(**v)
+        out, grads, want = c_and_reference(m, g, v, "L", ["W", "U", "h0"])
         np.testing.assert_allclose(out["L"], want["L"], rtol=1e-12)
-        for w in ("W", "U", "h0"):
-            np.testing.assert_allclose(grads[w], want[f"d_{w}"], rtol=1e-10, atol=1e-13, err_msg=f"d_{w} at T={T}")
+        assert_grads_close(grads, want, ("W", "U", "h0"), rtol=1e-10, atol=1e-13, where=f" at T={T}")
 
 
 def test_scan_c_time_major_lstm_matches_reference_in_float32():
@@ -267,11 +240,9 @@ def test_scan_c_time_major_lstm_matches_reference_in_float32():
     m = graphc.compile(g, grad_of="L", wrt=["W", "U", "b", "h0"], dtype="float32")
     assert "x + gc_t * (" in m.source          # x_t read in place
     v = {k: a.astype(np.float32) for k, a in arrays(g, N=5).items()}
-    want = graphc.evaluate(graphc.grad(g, of="L", wrt=["W", "U", "b", "h0"]), **v)
-    out, grads = m.value_and_grad(**v)
+    out, grads, want = c_and_reference(m, g, v, "L", ["W", "U", "b", "h0"])
     np.testing.assert_allclose(out["L"], want["L"], rtol=1e-5)
-    for w in ("W", "U", "b", "h0"):
-        np.testing.assert_allclose(grads[w], want[f"d_{w}"], rtol=1e-4, atol=1e-6, err_msg=w)
+    assert_grads_close(grads, want, ("W", "U", "b", "h0"), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("spec", ["gru", "lstm"])
@@ -288,11 +259,9 @@ def test_scan_examples_train_in_c_as_the_reference_says(spec, examples_dir):
     else:
         data = dict(x=rng.standard_normal((6, 20, 3)), y=rng.integers(0, 4, 6).astype(np.int32))
     m = graphc.compile(path, dtype="float64", optimizer=graphc.Adam(lr=1e-2))
-    want = graphc.evaluate(graphc.grad(g, *g.grad_spec), **data, **params)
-    out, grads = m.value_and_grad(**data, **params)
+    out, grads, want = c_and_reference(m, g, {**data, **params}, *g.grad_spec)
     np.testing.assert_allclose(out["loss"], want["loss"], rtol=1e-12)
-    for w in g.grad_spec[1]:
-        np.testing.assert_allclose(grads[w], want[f"d_{w}"], rtol=1e-9, atol=1e-13, err_msg=w)
+    assert_grads_close(grads, want, g.grad_spec[1], rtol=1e-9, atol=1e-13)
     state = m.train_state(params)
     losses = [float(m.train_step(state, **data)["loss"]) for _ in range(20)]
     assert losses[-1] < 0.8 * losses[0]

@@ -21,36 +21,7 @@ from hypothesis import given, settings, strategies as st
 import graphc
 from graphc.backend.codegen import generate
 from graphc.core.errors import ArgumentError, ShapeError
-
-EPS = 1e-6
-
-
-def finite_difference(g, arrays: dict, name: str, of: str) -> np.ndarray:
-    """Central differences of the scalar output `of` with respect to arrays[name], float64."""
-    base = np.asarray(arrays[name], np.float64)
-    grad = np.zeros_like(base)
-    for idx in np.ndindex(base.shape):
-        vals = []
-        for step in (EPS, -EPS):
-            x = base.copy()
-            x[idx] += step
-            vals.append(float(graphc.evaluate(g, **{**arrays, name: x})[of]))
-        grad[idx] = (vals[0] - vals[1]) / (2 * EPS)
-    return grad
-
-
-def assert_close(got, want, what: str, rtol: float):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
-    scale = max(np.abs(want).max(initial=0.0), 1e-3)
-    err = np.abs(got - want).max(initial=0.0) / scale
-    assert err < rtol, f"{what}: relative error {err:.2e}"
-
-
-def check_finite_differences(g, arrays: dict, wrt: list[str], of: str = "loss", rtol: float = 1e-6):
-    got = graphc.evaluate(graphc.grad(g, of=of, wrt=wrt), **arrays)
-    for w in wrt:
-        assert_close(got[f"d_{w}"], finite_difference(g, arrays, w, of), f"d_{w}", rtol)
+from helpers import assert_close, check_finite_differences
 
 
 def check_c(m, g, arrays: dict, rtol: float):
@@ -145,7 +116,7 @@ def test_batched_matmul_gradients_match_finite_differences():
     g = graphc.parse_spec(MATMUL_SPEC, "batched.toml")
     rng = np.random.default_rng(1)
     arrays = random_inputs(g, {"N": 2}, rng)
-    check_finite_differences(g, arrays, g.grad_spec[1])
+    check_finite_differences(g, arrays, g.grad_spec[1], of="loss")
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-5)])
@@ -271,7 +242,7 @@ wrt = ["x"]
 def test_softmax_along_any_axis_matches_finite_differences():
     g = graphc.parse_spec(SOFTMAX_SPEC, "softmaxes.toml")
     arrays = random_inputs(g, {"N": 2}, np.random.default_rng(5))
-    check_finite_differences(g, arrays, ["x"])
+    check_finite_differences(g, arrays, ["x"], of="loss")
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-5)])
@@ -355,7 +326,7 @@ def test_tied_embedding_gets_the_sum_of_both_gradients_by_finite_differences():
     rng = np.random.default_rng(8)
     arrays = gpt_arrays(g, 4, rng)
     arrays["idx"][0, :2] = 3               # a repeated id: its rows accumulate
-    check_finite_differences(g, arrays, g.grad_spec[1])
+    check_finite_differences(g, arrays, g.grad_spec[1], of="loss")
     d = graphc.evaluate(graphc.grad(g, of="loss", wrt=["wpe"]), **arrays)["d_wpe"]
     assert np.all(d[4:] == 0) and np.any(d[:4] != 0), "only the first T rows of wpe are used"
     # both uses of wte are in its gradient: neither one alone is it
@@ -425,7 +396,7 @@ wrt = ["W", "x", "p"]
     rng = np.random.default_rng(16)
     for n in (1, 4, 9):
         check_c(m, g, random_inputs(g, {"N": n}, rng, high={"y": 5}), rtol)
-    check_finite_differences(g, random_inputs(g, {"N": 2}, rng, high={"y": 5}), ["W", "x", "p"])
+    check_finite_differences(g, random_inputs(g, {"N": 2}, rng, high={"y": 5}), ["W", "x", "p"], of="loss")
 
 
 def test_embedding_of_positions_agrees_with_torch():
@@ -512,7 +483,7 @@ def test_explain_and_the_python_builder_take_the_new_forms():
     arrays = {"idx": np.array([[1, 2, 3], [4, 5, 6]], np.int32)}
     rng = np.random.default_rng(14)
     arrays.update({k: rng.normal(size=v.shape) * 0.5 for k, v in g.params.items()})
-    check_finite_differences(g, arrays, ["wte", "wpe", "Wq"])
+    check_finite_differences(g, arrays, ["wte", "wpe", "Wq"], of="loss")
 
 
 # ------------------------------------------------------------------------ an MLP over [B, T, C]

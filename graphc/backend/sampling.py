@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from graphc.backend.cprint import c_name, c_param, c_poly, c_wrap
 from graphc.backend.sizes import numel
+from graphc.core.arguments import dim_bounds
 from graphc.core.errors import GraphcError
 from graphc.core.ir import Graph
 
@@ -53,28 +54,27 @@ def add_generate(em, graph: Graph) -> GenerateLayout | None:
         raise GraphcError(f"{graph.name}: [generate] runs the model on one sequence; it has "
                           f"{'run-time dims ' + ', '.join(runtime) if runtime else f'a batch of {batch}'} besides it",
                           hint="the token input [N, T] with N the batch (or 1) and T the sequence")
-    fixed = isinstance(seq, int)
-    bound = next((b["n"] for b in em.dim_max() if b["dim"] == seq), None)
-    values = {d: ("1" if d == batch else "context") for d in dims}     # the dims the workspace is sized at
-    size_dims = [values[d] for d in dims] if dims else ["1"]
-    call_dims = [v.replace("context", "gc_w") for v in size_dims]       # and those of each call
+    longest, fixed = context_bound(graph)
+
+    def at(window: str) -> list[str]:
+        """Each dim's C argument when the model runs on one sequence of `window` tokens."""
+        return [("1" if d == batch else window) for d in dims] or ["1"]
+
     outs = [a for a in f.args if a.role == "output"]
     params = [a for a in f.args if a.role == "param"]
-    at = {a.cname: c_poly(numel(a.value.shape)) for a in outs}
-    at_context = {d: ("1" if d == batch else "(context)") for d in dims}     # the same counts in a macro
-    macro = {a.cname: c_poly(numel(a.value.shape), at_context) for a in outs}
+    in_context = dict(zip(dims, at("(context)")))     # each count as an expression of `context`
     ctx = dict(
         name=graph.name, ctype=em.ctype, sample="gc_sample_" + ("d" if em.ctype == "double" else "f"),
         fname=f"{graph.name}_{f.name}",
-        ids=c_name(ids), logits=c_name(logits), vocab=vocab, fixed=seq if fixed else None, bound=bound,
-        dim_locals=[(c, values[d]) for d, c in dims.items()],
-        outputs=[dict(cname=a.cname, count=at[a.cname], macro=macro[a.cname], logits=a.cname == c_name(logits))
+        ids=c_name(ids), logits=c_name(logits), vocab=vocab,
+        fixed=longest if fixed else None, bound=None if fixed else longest,
+        outputs=[dict(cname=a.cname, count=c_poly(numel(a.value.shape), in_context), logits=a.cname == c_name(logits))
                  for a in outs],
-        macro_dims=", ".join(at_context[d] for d in dims) if dims else "1",
+        macro_dims=", ".join(at("(context)")),
         params=[dict(decl=c_param(a.ctype, a.cname, True), cname=a.cname) for a in params],
-        call=c_wrap(f"gc_status = {graph.name}_{f.name}", call_dims + ["gc_window"] + [a.cname for a in params]
+        call=c_wrap(f"gc_status = {graph.name}_{f.name}", at("gc_w") + ["gc_window"] + [a.cname for a in params]
                     + [f"gc_o_{a.cname}" for a in outs] + ["gc_ws"], ");"),
-        size_call=f"{graph.name}_workspace_size({', '.join(size_dims)})",
+        size_call=f"{graph.name}_workspace_size({', '.join(at('context'))})",
         wrapped=c_wrap(f"int {graph.name}_generate", _signature(em, params), ")"),
         wrapped_decl=c_wrap(f"int {graph.name}_generate", _signature(em, params), ");"),
         signature=", ".join(_signature(em, params)),
@@ -83,7 +83,17 @@ def add_generate(em, graph: Graph) -> GenerateLayout | None:
     tpl = environment().get_template("generate.c.j2")
     em.extras.append(dict(source=tpl.render(ctx, part="source"), header=tpl.render(ctx, part="header"),
                           cdef=tpl.render(ctx, part="cdef")))
-    return GenerateLayout(tuple(a.value.name for a in params), seq if fixed else bound, fixed, vocab)
+    return GenerateLayout(tuple(a.value.name for a in params), longest, fixed, vocab)
+
+
+def context_bound(graph: Graph) -> tuple[int | None, bool]:
+    """The longest window NAME_generate takes, and whether it is the only one: the token input's
+    fixed sequence length (True), else the largest run-time one a node bounds (x[:T] of a positional
+    table of 64 rows: 64), else None (any length)."""
+    seq = graph.inputs[graph.generation[0]].shape[-1]
+    if isinstance(seq, int):
+        return seq, True
+    return dim_bounds(graph).get(seq, (None,))[0], False
 
 
 def _signature(em, params) -> list[str]:

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import itertools
-import keyword
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from graphc.core.errors import DTypeError, GraphcError, Location, ShapeError, SpecError
+from graphc.core.names import C_KEYWORDS, IDENT, check_name, fresh_name, is_plain_name  # noqa: F401
 from graphc.core.opdef import get_op
-from graphc.core.text import describe, operand_text
+from graphc.core.printer import graph_text, node_text
+from graphc.core.subscript import subscript
+from graphc.core.text import describe
 from graphc.core.types import DTYPES, FLOAT, INT, Dim, Shape, TensorType, normalize_dtype  # noqa: F401
-
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
 
 @dataclass(frozen=True)
 class Origin:
@@ -88,73 +85,6 @@ class Value:
         raise GraphcError("a graphc Value has no truth value; compare arrays after evaluate()")
 
 
-def _fail(i: int, message: str, hint: str | None = None):
-    raise ShapeError(message, hint=hint)
-
-
-def subscript(x: Value, items: tuple, fail: Callable = _fail) -> Value:
-    """x[items] (each a slice, an int or Ellipsis) as one slice node per sliced axis, then a reshape
-    dropping the axes an int picked. `fail(i, message, hint)` reports a bad item i (the spec points
-    at it); it must raise."""
-    dots = [i for i, e in enumerate(items) if e is Ellipsis]
-    if len(dots) > 1:
-        fail(dots[1], "a subscript takes one '...'")
-    where = list(range(len(items)))
-    if dots:
-        fill = max(x.rank - (len(items) - 1), 0)
-        items = items[:dots[0]] + (slice(None),) * fill + items[dots[0] + 1:]
-        where = where[:dots[0]] + [dots[0]] * fill + where[dots[0] + 1:]
-    source = f"slice: {operand_text(x)} is {x.graph.format_shape(x.shape)}"     # the value as written
-    if len(items) > x.rank:
-        fail(0, f"{source}: {len(items)} indices for a value of rank {x.rank}",
-             f"at most {x.rank} indices, one per axis")
-    dropped = []
-    for axis, e in enumerate(items):
-        size, i = x.shape[axis], where[axis]
-        if isinstance(e, slice) and e == slice(None):
-            continue
-        if isinstance(e, slice) and isinstance(e.stop, str):    # x[:T], T a symbolic dim: its first T
-            if x.graph.dims.get(e.stop, 0) is not None:
-                fail(i, f"{source}: slice bound {e.stop!r} is not a symbolic dim of the graph",
-                     "a bound is an integer, or a symbolic dim (x[:T])")
-            if e.start not in (None, 0) or e.step not in (None, 1):
-                fail(i, f"{source}: a slice to the symbolic dim {e.stop} starts at 0 with step 1",
-                     f"write x[:{e.stop}]")
-            if isinstance(size, str):
-                fail(i, f"{source}: cannot slice the batch dim {size}", "slice the other axes: x[:, 1:5]")
-            x = x.graph.apply("slice", x, start=0, stop=e.stop, axis=axis - x.rank, step=1)
-            continue
-        if isinstance(e, slice):
-            if any(b is not None and (not isinstance(b, int) or isinstance(b, bool)) for b in (e.start, e.stop, e.step)):
-                fail(i, f"{source}: slice bounds are integers")
-            if e.step is not None and e.step < 1:
-                fail(i, f"{source}: slice step {e.step}: only positive steps are supported",
-                     "a reversed axis has no form yet; slice forward (x[:, ::2])")
-        elif not isinstance(e, int) or isinstance(e, bool):
-            fail(i, f"an index is an int or a slice, got {e!r}")
-        if isinstance(size, str):
-            kind = "batch" if x.graph.symbolic_dims[:1] == [size] else "run-time"
-            fail(i, f"{source}: cannot slice the {kind} dim {size}", "slice the other axes: x[:, 1:5]")
-        if isinstance(e, slice):
-            start, stop, step = e.indices(size)
-            if start >= stop:
-                written = ":".join("" if b is None else str(b) for b in (e.start, e.stop)) + \
-                    ("" if e.step is None else f":{e.step}")
-                fail(i, f"{source}: slice {written} of axis {axis} (size {size}) is empty",
-                     f"axis {axis} has indices 0 to {size - 1}")
-        else:
-            if not -size <= e < size:
-                fail(i, f"{source}: index {e} is out of range for axis {axis} (size {size})",
-                     f"an index of axis {axis} is from {-size} to {size - 1}")
-            start, stop, step = e % size, e % size + 1, 1
-            dropped.append(axis)
-        if (start, stop, step) != (0, size, 1):
-            x = x.graph.apply("slice", x, start=start, stop=stop, axis=axis - x.rank, step=step)
-    if dropped:
-        x = x.graph.apply("reshape", x, shape=tuple(d for a, d in enumerate(x.shape) if a not in dropped))
-    return x
-
-
 @dataclass(eq=False)
 class Node:
     op: Any                       # an OpDef from graphc.ops.REGISTRY
@@ -165,51 +95,6 @@ class Node:
 
     def __repr__(self) -> str:
         return f"<Node {self.output.name if self.output is not None else '?'} = {self.op.name}>"
-
-
-C_KEYWORDS = frozenset("""auto break case char const continue default do double else enum extern
-float for goto if inline int long register restrict return short signed sizeof static struct
-switch typedef union unsigned void volatile while _Bool _Complex _Imaginary bool true false
-main NULL errno""".split())
-
-
-def check_name(name: Any, what: str, location: Location | None = None) -> str:
-    """User-chosen names become C identifiers and IR names: keep them plain."""
-    err = None
-    if not isinstance(name, str) or not _IDENT.match(name):
-        err = (f"{what} name {name!r} is not a plain identifier",
-               "use ASCII letters, digits and '_', starting with a letter")
-    elif name.startswith("d_"):
-        err = (f"{what} name {name!r} starts with 'd_', which graphc reserves for gradients",
-               f"rename it, e.g. {name[2:] or 'x'}_")
-    elif "__" in name:
-        err = (f"{what} name {name!r} contains '__', which graphc reserves for temporaries",
-               f"rename it, e.g. {name.replace('__', '_')}")
-    elif name.startswith("gc_") or name in C_KEYWORDS or keyword.iskeyword(name):
-        err = (f"{what} name {name!r} is reserved (a C or Python keyword, or graphc's 'gc_' prefix)",
-               f"rename it, e.g. {name}_v")
-    if err:
-        raise SpecError(err[0], location, hint=err[1])
-    return name
-
-
-def is_plain_name(name: Any) -> bool:
-    """Whether `name` may name a value: what check_name accepts."""
-    try:
-        check_name(name, "value")
-    except SpecError:
-        return False
-    return True
-
-
-def fresh_name(taken: Callable[[str], bool], first: Iterable[str], base: str, start: int = 0) -> str:
-    """The first name not `taken`: one of `first`, else `base` with k appended for k = start,
-    start + 1, ... (`base` ends with its separator: "z__" gives z__0, z__1). The graph's
-    temporaries, the train step's state names and the C locals of train_codegen all come from here."""
-    for name in itertools.chain(first, (f"{base}{k}" for k in itertools.count(start))):
-        if not taken(name):
-            return name
-    raise AssertionError("unreachable: itertools.count never ends")
 
 
 class Graph:
@@ -267,7 +152,7 @@ class Graph:
                 out.append(d)
             elif isinstance(d, str):
                 if d not in self.dims:
-                    if _IDENT.match(d):   # a fresh name in a builder graph becomes a symbolic dim
+                    if IDENT.match(d):   # a fresh name in a builder graph becomes a symbolic dim
                         self.dims[d] = None
                     else:
                         raise ShapeError(f"{what}: {d!r} is not a dim name", location)
@@ -540,55 +425,13 @@ class Graph:
             if v not in seen:
                 raise GraphcError(f"output {k} is not computed by the graph")
 
-    # ---------------------------------------------------------------- printing
-    def _value_line(self, v: Value) -> str:
-        dt = "" if v.dtype == FLOAT else f" {v.dtype}"
-        return f"{self.format_shape(v.shape)}{dt}"
-
+    # ---------------------------------------------------------------- printing (core/printer.py)
     def __str__(self) -> str:
-        lines = [f"graph {self.name}"]
-        if self.dims:
-            lines.append("  dims    " + ", ".join(f"{k}={'batch' if v is None else v}" for k, v in self.dims.items()))
-        for kind, table in (("input", self.inputs), ("param", self.params)):
-            for v in table.values():
-                label = "state" if v.name in self.states else kind
-                lines.append(f"  {label:<7} {v.name:<10} {self._value_line(v)}")
-        width = max([len(n.output.name) for n in self.nodes] + [8])
-        calls = [self._node_call(n, width) for n in self.nodes]
-        shapes = [self._value_line(n.output) for n in self.nodes]
-        call_w, shape_w = max(map(len, calls), default=0), max(map(len, shapes), default=0)
-        for n, call, shape in zip(self.nodes, calls, shapes):
-            lines.append("  " + f"{call:<{call_w}}  {shape:<{shape_w}}{self._node_comment(n)}".rstrip())
-        for k, v in self.outputs.items():
-            lines.append(f"  output  {k} = {v.name}")
-        return "\n".join(lines)
+        return graph_text(self)
 
     def format_node(self, n: Node, width: int = 8) -> str:
         """One node as the printer shows it: `name = op(args, attrs)  shape    # origin`."""
-        return f"{self._node_call(n, width)}  {self._value_line(n.output)}{self._node_comment(n)}"
-
-    @staticmethod
-    def _operand(v: Value) -> str:
-        """An argument as printed: its name, or the number a constant is (CSE may have merged the 1 of
-        `1 - h**2` with the seed dJ/dJ = 1, whose name would read as a gradient)."""
-        n = v.node
-        if n is not None and n.op.static and not n.inputs:
-            return repr(float(n.attrs["value"]))
-        return v.name
-
-    def _node_call(self, n: Node, width: int) -> str:
-        args = ", ".join(self._operand(v) for v in n.inputs)
-        attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
-        return f"{n.output.name:<{width}} = {n.op.name}({', '.join(filter(None, (args, attrs)))})"
-
-    @staticmethod
-    def _node_comment(n: Node) -> str:
-        o = n.origin
-        if o.identity:
-            return f"    # identity ({o.identity})" + (f" of {o.text}" if o.text else "")
-        if o.text:
-            return f"    # {o.text}" + (f"  [{o.where}]" if o.where else "")
-        return ""
+        return node_text(self, n, width)
 
     def __repr__(self) -> str:
         return f"<Graph {self.name}: {len(self.inputs)} inputs, {len(self.params)} params, {len(self.nodes)} nodes>"

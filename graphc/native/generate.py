@@ -30,15 +30,17 @@ def _prompt(prompt, vocabulary: int) -> np.ndarray:
     return ids.astype(np.int32)
 
 
-def _context(layout, context, prompt_len: int, count: int) -> int:
+def _context(longest: int | None, fixed: bool, context, prompt_len: int, count: int) -> int:
+    """The window's length: `context` checked, or by default the longest the model takes (backend/
+    sampling.py's context_bound), or the whole sequence when none bounds it."""
     if context is None:
-        context = layout.context if layout.context is not None else prompt_len + count
+        context = longest if longest is not None else prompt_len + count
     context = int(context)
-    if layout.fixed and context != layout.context:
-        raise ArgumentError(f"generate: context={context}, but the model's sequence length is fixed at {layout.context}",
-                            hint=f"leave context out (it is then {layout.context})")
-    if context < 1 or (layout.context is not None and context > layout.context):
-        raise ArgumentError(f"generate: context={context} is outside [1, {layout.context or 'any'}]",
+    if fixed and context != longest:
+        raise ArgumentError(f"generate: context={context}, but the model's sequence length is fixed at {longest}",
+                            hint=f"leave context out (it is then {longest})")
+    if context < 1 or (longest is not None and context > longest):
+        raise ArgumentError(f"generate: context={context} is outside [1, {longest or 'any'}]",
                             hint="the model reads at most that many positions (its positional table)")
     return context
 
@@ -51,7 +53,7 @@ def generate(model, params: dict, prompt, count: int, temperature: float = 1.0, 
     count = int(count)
     if count < 0:
         raise ArgumentError(f"generate: count={count} must be >= 0")
-    context = _context(layout, context, len(ids), count)
+    context = _context(layout.context, layout.fixed, context, len(ids), count)
     arrays = []
     for name in layout.params:
         want = tuple(int(d) for d in model.graph.params[name].shape)
@@ -83,6 +85,7 @@ def generate_reference(graph, params: dict, prompt, count: int, temperature: flo
     prediction graph on the last `context` tokens (padded on the right with 0 to a fixed sequence
     length), then sample_index of the logits at the window's last position."""
     from graphc.backend.codegen import prediction_graph
+    from graphc.backend.sampling import context_bound
     from graphc.core.reference import evaluate
     if graph.generation is None:
         raise GraphcError(f"{graph.name} declares no language model ([generate])")
@@ -94,10 +97,7 @@ def generate_reference(graph, params: dict, prompt, count: int, temperature: flo
     vocab = int(graph.outputs[logits_name].shape[-1])
     tokens = list(_prompt(prompt, vocab))
     start = len(tokens)
-    if context is None:
-        from graphc.core.arguments import dim_bounds
-        bound = None if fixed else dim_bounds(graph).get(seq, (None,))[0]
-        context = seq if fixed else bound if bound is not None else len(tokens) + int(count)
+    context = _context(*context_bound(graph), context, len(tokens), int(count))
     for _ in range(int(count)):
         w = min(len(tokens), context)
         window = tokens[-w:] + ([0] * (seq - w) if fixed else [])

@@ -19,7 +19,7 @@ import numpy as np
 from graphc.core.errors import ShapeError
 from graphc.core.ir import TensorType
 from graphc.core.opdef import OpDef, register, require_float, three_mode_vjp
-from graphc.ops.conv import col2im_np, geometry, im2col_np
+from graphc.ops.windows import col2im_np, geometry, im2col_np
 
 MODES = ("forward", "input_grad", "weight_grad")
 

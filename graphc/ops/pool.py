@@ -1,7 +1,7 @@
 """Pooling, NCHW, with torch.nn.functional's names and arguments: max_pool2d, avg_pool2d and
 adaptive_avg_pool2d (output size 1: the global average pool).
 
-Each is a composite over the patch matrix of graphc/ops/conv.py: the windows of x as rows
+Each is a composite over the patch matrix of graphc/ops/patches.py: the windows of x as rows
 (im2col), one max or mean per (pixel, channel), back to NCHW. Their VJPs route δ back through
 the same windows: col2im sums each window's share onto x, identity (3).
 """
@@ -14,7 +14,7 @@ import numpy as np
 from graphc.core.errors import ShapeError, SpecError
 from graphc.core.ir import TensorType
 from graphc.core.opdef import OpDef, register, require_float
-from graphc.ops.conv import _window_attrs, geometry, im2col_np
+from graphc.ops.windows import geometry, im2col_np, window_attrs
 
 
 def _flag(value, name: str) -> bool:
@@ -73,7 +73,7 @@ class _Pool(OpDef):
     attrs = {"kernel_size": 1, "stride": None, "padding": 0, "ceil_mode": False}
 
     def check_attrs(self, inputs, attrs):
-        return _window_attrs(super().check_attrs(inputs, attrs))
+        return window_attrs(super().check_attrs(inputs, attrs))
 
     def _geometry(self, x, a):
         return _pool_geometry(self.name, x, a["kernel_size"], a["stride"], a["padding"], a.get("dilation", 1),
@@ -222,7 +222,7 @@ class AdaptiveAvgPool2d(OpDef):
         return TensorType(x.shape[:2] + (1, 1))
 
     def check_attrs(self, inputs, attrs):
-        return _window_attrs(super().check_attrs(inputs, attrs))
+        return window_attrs(super().check_attrs(inputs, attrs))
 
     def reference(self, x, output_size):
         return x.mean(axis=(2, 3), keepdims=True)

@@ -1006,20 +1006,16 @@ int gru_fit(long n_total, long batch, long T, const int32_t *x, const int32_t *y
  * their byte offsets; returns the total bytes (0: invalid context or overflow). */
 static size_t gc_generate_layout(long context, size_t off[4])
 {
-    const long n = 1;
-    const long T = context;
     size_t total, bytes;
-    (void)n;
-    (void)T;
     if (context < 1) {
         return 0;
     }
     off[0] = 0;
     total = ((size_t)context * sizeof(int32_t) + 63) / 64 * 64;
     off[1] = total;   /* logits: the logits sampled from */
-    total += ((size_t)(96 * n * T) * sizeof(float) + 63) / 64 * 64;
+    total += ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64;
     off[2] = total;   /* probs */
-    total += ((size_t)(96 * n * T) * sizeof(float) + 63) / 64 * 64;
+    total += ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64;
     bytes = gru_workspace_size(1, context);
     if (bytes == 0 || bytes > SIZE_MAX - total) {
         return 0;
