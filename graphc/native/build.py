@@ -116,13 +116,34 @@ def find_compiler() -> str:
 
 @functools.lru_cache(maxsize=None)
 def compiler_version(cc: str) -> str:
-    """The first lines of `cc --version` (part of the cache key)."""
+    """The first lines of `cc --version` (part of the cache key).
+
+    Memoised per process and under cache_root()/probes, keyed by the command and the identity of
+    the executable it runs (its resolved path, size, inode and modification time): running the
+    compiler costs 5-20 ms, which a cache hit in a fresh process must not pay. A replaced or
+    upgraded compiler is another file (or the same one with a new time), so it is asked again."""
+    memo = None
+    with contextlib.suppress(OSError, ValueError, IndexError, TypeError):
+        exe = os.path.realpath(shutil.which(shlex.split(cc)[0]) or "")
+        st = os.stat(exe)
+        tag = hashlib.sha256(f"{cc}\n{exe}\n{st.st_size}\n{st.st_ino}\n{st.st_mtime_ns}\n{st.st_ctime_ns}"
+                             .encode()).hexdigest()[:24]
+        memo = cache_root() / "probes" / f"cc-{tag}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return str(json.loads(memo.read_text())["version"])
     try:
         run = subprocess.run([*shlex.split(cc), "--version"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as error:
         raise CompileError(f"cannot run the C compiler {cc!r}: {error}") from None
     text = (run.stdout.strip() or run.stderr.strip() or f"unknown (exit status {run.returncode})")
-    return "\n".join(text.splitlines()[:2])
+    text = "\n".join(text.splitlines()[:2])
+    if memo is not None and run.returncode == 0:
+        with contextlib.suppress(OSError):   # an unwritable cache only costs the run next time
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            scratch = memo.with_name(f"{memo.name}.{os.getpid()}")
+            scratch.write_text(json.dumps({"compiler": cc, "version": text}))
+            os.replace(scratch, memo)
+    return text
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,13 +189,30 @@ def cache_key(name: str, source: str, header: str, cdef: str, flags: Sequence[st
     `kernels` is the key of the kernel library the module links (kernels_key), or None."""
     material = {
         "name": name, "source": source, "header": header, "cdef": cdef, "kernels": kernels,
-        "flags": list(flags), "link_args": list(link_args), "libraries": ["m"],
+        "flags": list(flags), "link_args": list(link_args), "libraries": ["m"], **toolchain(cc),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def toolchain(cc: str) -> dict:
+    """What cache_key hashes besides the build's own text and flags: the compiler, Python's build
+    configuration, $CFLAGS/$CPPFLAGS/$LDFLAGS and the cffi, graphc and builder versions (shared
+    with native/fastload.py's key, which must change whenever this does)."""
+    return {
         "compiler": cc, "compiler_version": compiler_version(cc),
         "python": [sysconfig.get_config_var(v) for v in ("EXT_SUFFIX", "CFLAGS", "LDSHARED")],
         "environment": [os.environ.get(v, "") for v in ("CFLAGS", "CPPFLAGS", "LDFLAGS")],
         "cffi": cffi.__version__, "graphc": version.__version__, "builder": _builder_hash(),
     }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def build_flags(native: bool, isa: str, cc: str, openmp: bool | None = None,
+                extra_compile_args: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) of a build: ours, the ISA's, OpenMP's when the compiler has it."""
+    if openmp is None:
+        openmp = openmp_supported(cc)
+    flags = compile_flags(native, openmp) + isa_flags(isa, native) + list(extra_compile_args)
+    return flags, (["-fopenmp"] if openmp else [])
 
 
 def kernels_key(source: str, header: str, flags: Sequence[str], cc: str) -> str:
@@ -204,10 +242,7 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
     if not name or name.startswith(".") or any(c in name for c in '/\\"\0'):
         raise ValueError(f"build name {name!r} must be a plain file name (it names NAME.c and NAME.h)")
     cc = find_compiler()
-    if openmp is None:
-        openmp = openmp_supported(cc)
-    flags = compile_flags(native, openmp) + isa_flags(isa, native) + list(extra_compile_args)
-    link_args = ["-fopenmp"] if openmp else []
+    flags, link_args = build_flags(native, isa, cc, openmp, extra_compile_args)
     library = _kernels_job(kernels, cc, flags) if kernels is not None else None
     flags = flags + list(defines)
     job = _Job(name, source, header, cdef, cc, flags, link_args,
@@ -238,6 +273,29 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
             built = _load_fresh(job, where)
         built.seconds = time.perf_counter() - start
         _LOADED[job.key] = built
+        return built
+
+
+def load_cached(name: str, key: str, module: str, cache_dir: str | os.PathLike | None = None) -> BuiltModule | None:
+    """The cache entry of a build whose key is already known (native/fastload.py's index), loaded
+    with the checks of a cache hit of build() (manifest, sha256 of the library); None when it is
+    missing or fails them (then build() as usual). Compiles nothing and runs no compiler."""
+    start = time.perf_counter()
+    job = _Job(name, "", "", "", "", [], [], key)     # _load_entry reads only the key and module name
+    if job.module != module:
+        return None
+    with _PROCESS_LOCK:
+        if key in _LOADED:
+            return replace(_LOADED[key], cached=True, seconds=time.perf_counter() - start)
+        root = Path(cache_dir) if cache_dir is not None else cache_root()
+        try:
+            built = _load_entry(job, root / key)
+        except _Corrupt:
+            return None
+        if built is None:
+            return None
+        built.seconds = time.perf_counter() - start
+        _LOADED[key] = built
         return built
 
 
