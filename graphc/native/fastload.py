@@ -109,10 +109,10 @@ class Recipe:
         from graphc.frontend.spec import parse_spec
         return parse_spec(self.text, str(self.path), default_name=Path(self.path).stem)
 
-    def load(self, optimizer):
-        """The CompiledModel from the index and the build cache, or None (a miss)."""
+    def load(self, render):
+        """(LazySource, BuiltModule) from the index and the build cache, or None (a miss).
+        render(graph) -> CSource: how compile renders the C, for what the index does not keep."""
         from graphc.native import build
-        from graphc.native.runtime import CompiledModel
         try:
             with open(self.entry, "rb") as file:
                 record = pickle.load(file)
@@ -121,9 +121,7 @@ class Recipe:
             built = build.load_cached(record["name"], record["key"], record["module"], self.root)
             if built is None:
                 return None
-            source = LazySource(self, record, optimizer)
-            return CompiledModel(source, built, self.options["threads"], optimizer,
-                                 functions=source.light_functions)
+            return LazySource(self, record, render), built
         except Exception:      # noqa: BLE001  (a missing, truncated or foreign entry: the ordinary path)
             return None
 
@@ -180,22 +178,18 @@ class LazySource:
     text and everything else of the CSource rendered on first use (the same text as at the build:
     checked by its hash)."""
 
-    def __init__(self, recipe: Recipe, record: dict, optimizer):
-        self._recipe, self._record, self._optimizer, self._full = recipe, record, optimizer, None
+    def __init__(self, recipe: Recipe, record: dict, render):
+        self._recipe, self._record, self._render, self._full = recipe, record, render, None
         self.name, self.dtype = record["name"], record["dtype"]
         self.forward_graph, self.predict_graph = record["forward_graph"], record["predict_graph"]
         self.grad_names, self.dim_args = record["grad_names"], record["dim_args"]
         self.light_functions = [LightFunction(self, f) for f in record["functions"]]
 
     def full(self):
-        """The CSource, rendered from the recipe as graphc.compile renders it."""
+        """The CSource, rendered from the recipe's spec text as graphc.compile renders it."""
         if self._full is None:
-            from graphc.backend.codegen import generate
             from graphc.core.errors import GraphcError
-            from graphc.native.runtime import gradient_request
-            o, graph = self._recipe.options, self._recipe.graph()
-            csrc = generate(graph, *gradient_request(graph, o["grad_of"], o["wrt"], self._optimizer),
-                            dtype=o["dtype"], threads=o["threads"], optimizer=self._optimizer)
+            csrc = self._render(self._recipe.graph())
             if hashlib.sha256(csrc.source.encode()).hexdigest() != self._record["source_sha256"]:
                 raise GraphcError(f"{self.name}: the C rendered again differs from the cached build's "
                                   f"({self._recipe.entry}); remove that file and compile again")

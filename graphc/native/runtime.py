@@ -378,6 +378,13 @@ def gradient_request(graph: Graph, grad_of: str | None, wrt, optimizer) -> tuple
     return grad_of, (list(wrt) if wrt else None)
 
 
+def render(graph: Graph, grad_of, wrt, dtype: str, threads: int, optimizer):
+    """The model's C (backend/codegen.py's CSource) for compile's arguments."""
+    from graphc.backend.codegen import generate
+    return generate(graph, *gradient_request(graph, grad_of, wrt, optimizer), dtype=dtype, threads=threads,
+                    optimizer=optimizer)
+
+
 def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None, wrt: list[str] | None = None,
             dtype: str = "float32", optimizer: Any = None, threads: int | None = None, native: bool = True,
             cache_dir: str | os.PathLike | None = None, isa: str | None = None) -> CompiledModel:
@@ -393,18 +400,17 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
     if not isinstance(graph_or_spec, Graph):    # a spec compiled before loads without rendering C
         from graphc.native.fastload import Recipe
         recipe = Recipe.of(graph_or_spec, grad_of, wrt, dtype, optimizer, threads, native, isa, cache_dir)
-        model = recipe.load(optimizer) if recipe is not None else None
-        if model is not None:
-            return model
-    from graphc.backend.codegen import generate
+        hit = recipe.load(lambda g: render(g, grad_of, wrt, dtype, threads, optimizer)) if recipe is not None else None
+        if hit is not None:
+            source, built = hit
+            return CompiledModel(source, built, threads, optimizer, functions=source.light_functions)
     from graphc.native.build import build
     from graphc.frontend.spec import load
     if isinstance(graph_or_spec, Graph):
         graph = graph_or_spec
     else:                     # the text the recipe's key was made of, when it read the file
         graph = recipe.graph() if recipe is not None else load(graph_or_spec)
-    csrc = generate(graph, *gradient_request(graph, grad_of, wrt, optimizer), dtype=dtype, threads=threads,
-                    optimizer=optimizer)
+    csrc = render(graph, grad_of, wrt, dtype, threads, optimizer)
     # the thread cap is the C's compile-time GC_MAX_THREADS (the header's default is 1)
     built = build(graph.name, csrc.source, csrc.header, csrc.cdef, kernels=csrc.kernels, native=native,
                   isa=isa, defines=[f"-DGC_MAX_THREADS={threads}"], cache_dir=cache_dir)
