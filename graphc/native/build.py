@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 import cffi
+from cffi.recompiler import make_c_source
 
 from graphc.core.errors import CompileError
 from graphc.core import version
@@ -519,14 +520,20 @@ def _compile_into(job: _Job, directory: Path, failed: Path, kernels: Path | None
     try:
         ffi.cdef(job.cdef)
         # Including NAME.c rather than pasting it keeps the compiler's line numbers those of NAME.c.
-        ffi.set_source(job.module, f'#include "{job.name}.c"\n', include_dirs=[str(directory)],
-                       extra_compile_args=job.flags, extra_link_args=job.link_args, libraries=["m"],
-                       extra_objects=[str(kernels)] if kernels is not None else [])
-        with _compiler_environment(job.cc), _output_into(log):
-            library = Path(ffi.compile(tmpdir=str(directory), verbose=True))
+        wrapper = directory / f"{job.module}.c"     # cffi's C of the extension; we compile and link it in one run
+        make_c_source(ffi, job.module, f'#include "{job.name}.c"\n', str(wrapper))
+        library = directory / f"{job.module}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+        command = extension_command(job, wrapper.name, library.name, directory, kernels)
+        with open(log, "a") as text:
+            text.write(f"command: {shlex.join(command)}\n")
+        run = subprocess.run(command, cwd=directory, capture_output=True, text=True, errors="replace", timeout=600)
+        with open(log, "a") as text:
+            text.write(run.stdout + run.stderr)
+        if run.returncode != 0:
+            raise CompileError(f"the compiler exited with status {run.returncode}")
         if not library.is_file():
             raise FileNotFoundError(f"the compiler reported success but wrote no {library.name}")
-    except Exception as error:   # cffi, distutils and setuptools raise many types; report them all alike
+    except Exception as error:   # cffi and the compiler fail in many ways; report them all alike
         if isinstance(error, OSError) and error.errno in _NO_SPACE:
             raise                    # cffi could not write its wrapper: a full folder, as below
         full = _out_of_space(log)
@@ -542,6 +549,18 @@ def _compile_into(job: _Job, directory: Path, failed: Path, kernels: Path | None
                 "kernels": job.kernels.key if job.kernels is not None else None,
                 "graphc": version.__version__, "pid": os.getpid()}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def extension_command(job: _Job, source: str, library: str, directory: Path, kernels: Path | None) -> list[str]:
+    """One compiler run that compiles cffi's C of the extension (`source`, which includes NAME.c)
+    and links it, the kernel library's object and libm into the extension module `library`:
+    what setuptools' build_ext would run in two steps, without importing setuptools (about half
+    of a first build's time). -DNDEBUG and -fPIC as Python builds extensions; our flags last."""
+    paths = sysconfig.get_paths()
+    includes = dict.fromkeys([str(directory), paths["include"], paths["platinclude"]])
+    shared = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
+    return [*shlex.split(job.cc), "-DNDEBUG", "-fPIC", *[f"-I{d}" for d in includes], *job.flags, source,
+            *([str(kernels)] if kernels is not None else []), *shared, *job.link_args, "-lm", "-o", library]
 
 
 def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -> CompileError:
@@ -587,44 +606,6 @@ def compile_failure(what: str, details: Sequence[str], output: Sequence[str], cu
     `cut` says which part of the output they are."""
     return CompileError(f"the C compiler failed to build {what}\n" + "".join(f"  {line}\n" for line in details)
                         + f"  compiler output{cut}:\n" + "".join(f"    {line}\n" for line in output), hint=hint)
-
-
-@contextlib.contextmanager
-def _compiler_environment(cc: str):
-    """Make distutils use our compiler to compile and to link (it reads $CC and $LDSHARED)."""
-    words = (sysconfig.get_config_var("LDSHARED") or "cc -shared").split()
-    ldshared = " ".join([cc, *words[1:]]) if len(words) > 1 else f"{cc} -shared"
-    saved = {name: os.environ.get(name) for name in ("CC", "LDSHARED")}
-    os.environ.update(CC=cc, LDSHARED=ldshared)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def _output_into(log: Path):
-    """Send fds 1 and 2 (the compiler subprocess) and sys.stdout/err (distutils' log) to `log`."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    saved = os.dup(1), os.dup(2)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        with open(log, "a", buffering=1, errors="replace") as text, \
-                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for descriptor in (fd, *saved):
-            os.close(descriptor)
 
 
 def _import(module_name: str, library: Path):
