@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Sequence
 
 import cffi
-from cffi.recompiler import make_c_source
 
 from graphc.core.errors import CompileError
 from graphc.core import version
@@ -520,6 +519,7 @@ def _compile_into(job: _Job, directory: Path, failed: Path, kernels: Path | None
     try:
         ffi.cdef(job.cdef)
         # Including NAME.c rather than pasting it keeps the compiler's line numbers those of NAME.c.
+        from cffi.recompiler import make_c_source   # (with pycparser: only a build needs it)
         wrapper = directory / f"{job.module}.c"     # cffi's C of the extension, which includes NAME.h
         preamble = (f'#include "{job.kernels.header_name}"\n' if job.kernels is not None else "") + \
             f'#include "{job.name}.h"\n'
