@@ -86,6 +86,22 @@ def test_a_new_process_loads_a_compiled_spec_without_rendering_and_computes_the_
     assert second["source"] is True                    # the C rendered on demand is the built C
 
 
+def test_processes_compiling_a_new_spec_at_once_all_work_and_leave_one_loadable_entry(cache, tmp_path):
+    spec = write_spec(tmp_path, "racing", dh=11)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRAPHC_CACHE_DIR": str(cache)}
+    runs = [subprocess.Popen([sys.executable, "-c", CHILD, str(spec), "sgd"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = []
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["probs"] == results[0]["probs"] and r["step"] == results[0]["step"] for r in results)
+    later = run_child(spec, cache, "sgd")
+    assert later["lazy"] == "LazySource" and later["step"] == results[0]["step"]
+    assert not [p for p in (cache / "models").iterdir() if p.name.startswith(".")]   # no scratch files left
+
+
 def test_the_recipe_key_follows_every_input(cache, tmp_path, monkeypatch):
     spec = write_spec(tmp_path)
     base = dict(grad_of=None, wrt=None, dtype="float32", optimizer=None, threads=1, native=True, isa="auto",

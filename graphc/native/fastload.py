@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import pickle
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -138,7 +139,7 @@ class Recipe:
                       "functions": [_light_record(f) for f in csrc.functions]}
             data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
             self.entry.parent.mkdir(parents=True, exist_ok=True)
-            scratch = self.entry.with_name(f".{self.entry.name}.{os.getpid()}")
+            scratch = self.entry.with_name(f".{self.entry.name}.{os.getpid()}.{threading.get_ident()}")
             scratch.write_bytes(data)
             os.replace(scratch, self.entry)
         except Exception:      # noqa: BLE001  (an unpicklable graph, a full or read-only cache)
