@@ -116,13 +116,34 @@ def find_compiler() -> str:
 
 @functools.lru_cache(maxsize=None)
 def compiler_version(cc: str) -> str:
-    """The first lines of `cc --version` (part of the cache key)."""
+    """The first lines of `cc --version` (part of the cache key).
+
+    Memoised per process and under cache_root()/probes, keyed by the command and the identity of
+    the executable it runs (its resolved path, size, inode and modification time): running the
+    compiler costs 5-20 ms, which a cache hit in a fresh process must not pay. A replaced or
+    upgraded compiler is another file (or the same one with a new time), so it is asked again."""
+    memo = None
+    with contextlib.suppress(OSError, ValueError, IndexError, TypeError):
+        exe = os.path.realpath(shutil.which(shlex.split(cc)[0]) or "")
+        st = os.stat(exe)
+        tag = hashlib.sha256(f"{cc}\n{exe}\n{st.st_size}\n{st.st_ino}\n{st.st_mtime_ns}\n{st.st_ctime_ns}"
+                             .encode()).hexdigest()[:24]
+        memo = cache_root() / "probes" / f"cc-{tag}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return str(json.loads(memo.read_text())["version"])
     try:
         run = subprocess.run([*shlex.split(cc), "--version"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError) as error:
         raise CompileError(f"cannot run the C compiler {cc!r}: {error}") from None
     text = (run.stdout.strip() or run.stderr.strip() or f"unknown (exit status {run.returncode})")
-    return "\n".join(text.splitlines()[:2])
+    text = "\n".join(text.splitlines()[:2])
+    if memo is not None and run.returncode == 0:
+        with contextlib.suppress(OSError):   # an unwritable cache only costs the run next time
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            scratch = memo.with_name(f"{memo.name}.{os.getpid()}")
+            scratch.write_text(json.dumps({"compiler": cc, "version": text}))
+            os.replace(scratch, memo)
+    return text
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,13 +189,30 @@ def cache_key(name: str, source: str, header: str, cdef: str, flags: Sequence[st
     `kernels` is the key of the kernel library the module links (kernels_key), or None."""
     material = {
         "name": name, "source": source, "header": header, "cdef": cdef, "kernels": kernels,
-        "flags": list(flags), "link_args": list(link_args), "libraries": ["m"],
+        "flags": list(flags), "link_args": list(link_args), "libraries": ["m"], **toolchain(cc),
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def toolchain(cc: str) -> dict:
+    """What cache_key hashes besides the build's own text and flags: the compiler, Python's build
+    configuration, $CFLAGS/$CPPFLAGS/$LDFLAGS and the cffi, graphc and builder versions (shared
+    with native/fastload.py's key, which must change whenever this does)."""
+    return {
         "compiler": cc, "compiler_version": compiler_version(cc),
         "python": [sysconfig.get_config_var(v) for v in ("EXT_SUFFIX", "CFLAGS", "LDSHARED")],
         "environment": [os.environ.get(v, "") for v in ("CFLAGS", "CPPFLAGS", "LDFLAGS")],
         "cffi": cffi.__version__, "graphc": version.__version__, "builder": _builder_hash(),
     }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def build_flags(native: bool, isa: str, cc: str, openmp: bool | None = None,
+                extra_compile_args: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) of a build: ours, the ISA's, OpenMP's when the compiler has it."""
+    if openmp is None:
+        openmp = openmp_supported(cc)
+    flags = compile_flags(native, openmp) + isa_flags(isa, native) + list(extra_compile_args)
+    return flags, (["-fopenmp"] if openmp else [])
 
 
 def kernels_key(source: str, header: str, flags: Sequence[str], cc: str) -> str:
@@ -204,10 +242,7 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
     if not name or name.startswith(".") or any(c in name for c in '/\\"\0'):
         raise ValueError(f"build name {name!r} must be a plain file name (it names NAME.c and NAME.h)")
     cc = find_compiler()
-    if openmp is None:
-        openmp = openmp_supported(cc)
-    flags = compile_flags(native, openmp) + isa_flags(isa, native) + list(extra_compile_args)
-    link_args = ["-fopenmp"] if openmp else []
+    flags, link_args = build_flags(native, isa, cc, openmp, extra_compile_args)
     library = _kernels_job(kernels, cc, flags) if kernels is not None else None
     flags = flags + list(defines)
     job = _Job(name, source, header, cdef, cc, flags, link_args,
@@ -238,6 +273,29 @@ def build(name: str, source: str, header: str, cdef: str, *, kernels=None, extra
             built = _load_fresh(job, where)
         built.seconds = time.perf_counter() - start
         _LOADED[job.key] = built
+        return built
+
+
+def load_cached(name: str, key: str, module: str, cache_dir: str | os.PathLike | None = None) -> BuiltModule | None:
+    """The cache entry of a build whose key is already known (native/fastload.py's index), loaded
+    with the checks of a cache hit of build() (manifest, sha256 of the library); None when it is
+    missing or fails them (then build() as usual). Compiles nothing and runs no compiler."""
+    start = time.perf_counter()
+    job = _Job(name, "", "", "", "", [], [], key)     # _load_entry reads only the key and module name
+    if job.module != module:
+        return None
+    with _PROCESS_LOCK:
+        if key in _LOADED:
+            return replace(_LOADED[key], cached=True, seconds=time.perf_counter() - start)
+        root = Path(cache_dir) if cache_dir is not None else cache_root()
+        try:
+            built = _load_entry(job, root / key)
+        except _Corrupt:
+            return None
+        if built is None:
+            return None
+        built.seconds = time.perf_counter() - start
+        _LOADED[key] = built
         return built
 
 
@@ -461,14 +519,16 @@ def _compile_into(job: _Job, directory: Path, failed: Path, kernels: Path | None
     try:
         ffi.cdef(job.cdef)
         # Including NAME.c rather than pasting it keeps the compiler's line numbers those of NAME.c.
-        ffi.set_source(job.module, f'#include "{job.name}.c"\n', include_dirs=[str(directory)],
-                       extra_compile_args=job.flags, extra_link_args=job.link_args, libraries=["m"],
-                       extra_objects=[str(kernels)] if kernels is not None else [])
-        with _compiler_environment(job.cc), _output_into(log):
-            library = Path(ffi.compile(tmpdir=str(directory), verbose=True))
+        from cffi.recompiler import make_c_source   # (with pycparser: only a build needs it)
+        wrapper = directory / f"{job.module}.c"     # cffi's C of the extension, which includes NAME.h
+        preamble = (f'#include "{job.kernels.header_name}"\n' if job.kernels is not None else "") + \
+            f'#include "{job.name}.h"\n'
+        make_c_source(ffi, job.module, preamble, str(wrapper))
+        library = directory / f"{job.module}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
+        _run_compilers(extension_commands(job, wrapper.name, library.name, directory, kernels), directory, log)
         if not library.is_file():
             raise FileNotFoundError(f"the compiler reported success but wrote no {library.name}")
-    except Exception as error:   # cffi, distutils and setuptools raise many types; report them all alike
+    except Exception as error:   # cffi and the compiler fail in many ways; report them all alike
         if isinstance(error, OSError) and error.errno in _NO_SPACE:
             raise                    # cffi could not write its wrapper: a full folder, as below
         full = _out_of_space(log)
@@ -486,6 +546,53 @@ def _compile_into(job: _Job, directory: Path, failed: Path, kernels: Path | None
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def extension_commands(job: _Job, wrapper: str, library: str, directory: Path,
+                       kernels: Path | None) -> list[list[str]]:
+    """The compiler runs that build the extension module `library`: NAME.c with our flags and cffi's
+    C of the extension (`wrapper`: argument conversion, no model code) at -O1, both at once, then
+    one link with the kernel library's object and libm. What setuptools' build_ext would run, without
+    importing setuptools, and with the wrapper (most of the text, Python.h included) at a cheaper
+    optimisation level: together about half of a first build's time. -DNDEBUG and -fPIC as Python
+    builds extensions."""
+    paths = sysconfig.get_paths()
+    cc = shlex.split(job.cc)
+    includes = [f"-I{d}" for d in dict.fromkeys([str(directory), paths["include"], paths["platinclude"]])]
+    model = f"{job.name}.o"
+    shared = ["-bundle", "-undefined", "dynamic_lookup"] if sys.platform == "darwin" else ["-shared"]
+    return [[*cc, "-DNDEBUG", "-fPIC", f"-I{directory}", *job.flags, "-c", f"{job.name}.c", "-o", model],
+            [*cc, "-DNDEBUG", "-fPIC", *includes, *job.flags, "-O1", "-c", wrapper, "-o", f"{Path(wrapper).stem}.o"],
+            [*cc, f"{Path(wrapper).stem}.o", model, *([str(kernels)] if kernels is not None else []), *shared,
+             *job.link_args, "-lm", "-o", library]]
+
+
+def _run_compilers(commands: list[list[str]], directory: Path, log: Path) -> None:
+    """Run the compile commands (all but the last) at once, then the link (the last), in `directory`,
+    each command and its output appended to `log`; CompileError at the first that fails."""
+    def finish(started):
+        for command, process in started:
+            out, _ = process.communicate(timeout=600)
+            with open(log, "a") as text:
+                text.write(f"command: {shlex.join(command)}\n{out}")
+            if process.returncode != 0:
+                for _, other in started:
+                    other.kill()
+                    other.wait()
+                raise CompileError(f"the compiler exited with status {process.returncode}")
+
+    for group in (commands[:-1], commands[-1:]):
+        started = []
+        try:
+            for command in group:
+                started.append((command, subprocess.Popen(command, cwd=directory, stdout=subprocess.PIPE,
+                                                          stderr=subprocess.STDOUT, text=True, errors="replace")))
+        except BaseException:
+            for _, process in started:
+                process.kill()
+                process.wait()
+            raise
+        finish(started)
+
+
 def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -> CompileError:
     """A CompileError naming the command, the compiler's output and a kept, line-numbered source."""
     output = (directory / "build.log").read_text(errors="replace")
@@ -493,7 +600,7 @@ def _compile_error(job: _Job, directory: Path, failed: Path, error: Exception) -
     tail = output[-_LOG_TAIL:]
     return compile_failure(f"{job.name} ({type(error).__name__}: {error})",
                            [f"compiler: {job.cc}   compile flags: {shlex.join(job.flags)}   "
-                            f"link flags: {shlex.join([*job.link_args, '-lm'])} (full commands in the output)", kept],
+                            f"link flags: {shlex.join([*job.link_args, '-lm'])} (the commands are in the output)", kept],
                            tail.splitlines(), f" (last {_LOG_TAIL} characters)" if tail != output else "",
                            hint=f"line numbers in the compiler output refer to {job.name}.c")
 
@@ -529,44 +636,6 @@ def compile_failure(what: str, details: Sequence[str], output: Sequence[str], cu
     `cut` says which part of the output they are."""
     return CompileError(f"the C compiler failed to build {what}\n" + "".join(f"  {line}\n" for line in details)
                         + f"  compiler output{cut}:\n" + "".join(f"    {line}\n" for line in output), hint=hint)
-
-
-@contextlib.contextmanager
-def _compiler_environment(cc: str):
-    """Make distutils use our compiler to compile and to link (it reads $CC and $LDSHARED)."""
-    words = (sysconfig.get_config_var("LDSHARED") or "cc -shared").split()
-    ldshared = " ".join([cc, *words[1:]]) if len(words) > 1 else f"{cc} -shared"
-    saved = {name: os.environ.get(name) for name in ("CC", "LDSHARED")}
-    os.environ.update(CC=cc, LDSHARED=ldshared)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-@contextlib.contextmanager
-def _output_into(log: Path):
-    """Send fds 1 and 2 (the compiler subprocess) and sys.stdout/err (distutils' log) to `log`."""
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    saved = os.dup(1), os.dup(2)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        with open(log, "a", buffering=1, errors="replace") as text, \
-                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for descriptor in (fd, *saved):
-            os.close(descriptor)
 
 
 def _import(module_name: str, library: Path):

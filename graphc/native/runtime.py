@@ -19,7 +19,7 @@ import operator
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,11 +28,13 @@ from graphc.native.calls import (CallPlan, aligned_empty, allocate_workspace, as
                                   batch_rows, c_array_type, describe_dims, dim_values, output_specs, picker,
                                   shape_at)
 from graphc.native.training import TrainState, Trainer
-from graphc.backend.codegen import CSource, generate
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
 from graphc.core.ir import FLOAT, Graph
 from graphc.autodiff.modes import has_modes
 from graphc.ops.loss import check_labels
+
+if TYPE_CHECKING:           # imported where used: a cached model loads without the backend (fastload.py)
+    from graphc.backend.codegen import CSource
 
 def default_threads() -> int:
     env = os.environ.get("GRAPHC_NUM_THREADS")
@@ -70,17 +72,19 @@ class CompiledModel:
     `trainer` is the model's Trainer (native/training.py) when it was compiled with an
     optimizer, else None; train_state, train_step, fit and load_state delegate to it."""
 
-    def __init__(self, csrc: CSource, built, threads: int, optimizer=None):
+    def __init__(self, csrc: CSource, built, threads: int, optimizer=None, functions=None):
+        """functions: the C functions' records when csrc renders them only on demand (a
+        native/fastload.py LazySource), else csrc.functions."""
         self.csrc, self.built, self.threads, self.optimizer = csrc, built, threads, optimizer
         self.graph: Graph = csrc.forward_graph
         self.name = csrc.name
         self.dtype = np.dtype(csrc.dtype)
         self.ffi, self.lib = built.ffi, built.lib
         busy_hold(self.lib)
-        self.functions = {f.name: f for f in csrc.functions}
+        self.functions = {f.name: f for f in (csrc.functions if functions is None else functions)}
         self.wrt = list(csrc.grad_names)
         self._local = threading.local()
-        self._cfuncs = {f.name: getattr(self.lib, f"{self.name}_{f.name}") for f in csrc.functions}
+        self._cfuncs = {f: getattr(self.lib, f"{self.name}_{f}") for f in self.functions}
         self._ctype = "float" if self.dtype == np.float32 else "double"
         self._results = {f: self._result_dicts(f) for f in ("forward", "predict", "value_and_grad")
                          if f in self.functions}
@@ -246,7 +250,7 @@ class CompiledModel:
     def _result_dicts(self, fname: str):
         """Two functions of the output list of `fname` (new arrays in C order): the graph's outputs
         by name, and the gradients by wrt name."""
-        from graphc.backend.schedule import c_name
+        from graphc.backend.cprint import c_name
         where = {a.cname: i for i, a in enumerate(a for a in self.functions[fname].args
                                                   if a.role not in ("input", "param", "param*", "state"))}
         values = [(k, where[c_name(k)]) for k in self.graph.outputs if c_name(k) in where]
@@ -375,17 +379,9 @@ class CompiledModel:
         return export(self, Path(directory), standalone, params, isa=isa)
 
 
-def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None, wrt: list[str] | None = None,
-            dtype: str = "float32", optimizer: Any = None, threads: int | None = None, native: bool = True,
-            cache_dir: str | os.PathLike | None = None, isa: str | None = None) -> CompiledModel:
-    """Compile a graph (or a spec path) to C, build it (cached) and load it. isa: the instruction
-    set of the GEMMs, "auto" (the best the CPU has), "avx512", "avx2" or "portable"; None reads
-    $GRAPHC_ISA (native/isa.py). m.isa says which one runs."""
-    from graphc.native.build import build
-    from graphc.native.isa import resolve as resolve_isa
-    isa = resolve_isa(isa)
-    from graphc.frontend.spec import load
-    graph = graph_or_spec if isinstance(graph_or_spec, Graph) else load(graph_or_spec)
+def gradient_request(graph: Graph, grad_of: str | None, wrt, optimizer) -> tuple[str | None, list[str] | None]:
+    """(grad_of, wrt) as codegen takes them from compile's arguments: the spec's [grad] when
+    neither is given, every trainable param when only grad_of is."""
     if wrt is None and grad_of is None and graph.grad_spec:
         grad_of, wrt = graph.grad_spec
     elif wrt is not None and grad_of is None:
@@ -397,11 +393,46 @@ def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None
         wrt = graph.trainable()
     if optimizer is not None and not wrt:
         raise GraphcError("compile: an optimizer needs gradients", hint="pass grad_of= and wrt=")
+    return grad_of, (list(wrt) if wrt else None)
+
+
+def render(graph: Graph, grad_of, wrt, dtype: str, threads: int, optimizer):
+    """The model's C (backend/codegen.py's CSource) for compile's arguments."""
+    from graphc.backend.codegen import generate
+    return generate(graph, *gradient_request(graph, grad_of, wrt, optimizer), dtype=dtype, threads=threads,
+                    optimizer=optimizer)
+
+
+def compile(graph_or_spec: Graph | str | os.PathLike, grad_of: str | None = None, wrt: list[str] | None = None,
+            dtype: str = "float32", optimizer: Any = None, threads: int | None = None, native: bool = True,
+            cache_dir: str | os.PathLike | None = None, isa: str | None = None) -> CompiledModel:
+    """Compile a graph (or a spec path) to C, build it (cached) and load it. isa: the instruction
+    set of the GEMMs, "auto" (the best the CPU has), "avx512", "avx2" or "portable"; None reads
+    $GRAPHC_ISA (native/isa.py). m.isa says which one runs."""
+    from graphc.native.isa import resolve as resolve_isa
+    isa = resolve_isa(isa)
     if isinstance(dtype, type) or isinstance(dtype, np.dtype):
         dtype = np.dtype(dtype).name
     threads = default_threads() if threads is None else int(threads)
-    csrc = generate(graph, grad_of, list(wrt) if wrt else None, dtype=dtype, threads=threads, optimizer=optimizer)
+    recipe = None
+    if not isinstance(graph_or_spec, Graph):    # a spec compiled before loads without rendering C
+        from graphc.native.fastload import Recipe
+        recipe = Recipe.of(graph_or_spec, grad_of, wrt, dtype, optimizer, threads, native, isa, cache_dir)
+        hit = recipe.load(lambda g: render(g, grad_of, wrt, dtype, threads, optimizer)) if recipe is not None else None
+        if hit is not None:
+            source, built = hit
+            return CompiledModel(source, built, threads, optimizer, functions=source.light_functions)
+    from graphc.native.build import build
+    from graphc.frontend.spec import load
+    if isinstance(graph_or_spec, Graph):
+        graph = graph_or_spec
+    else:                     # the text the recipe's key was made of, when it read the file
+        graph = recipe.graph() if recipe is not None else load(graph_or_spec)
+    csrc = render(graph, grad_of, wrt, dtype, threads, optimizer)
     # the thread cap is the C's compile-time GC_MAX_THREADS (the header's default is 1)
     built = build(graph.name, csrc.source, csrc.header, csrc.cdef, kernels=csrc.kernels, native=native,
                   isa=isa, defines=[f"-DGC_MAX_THREADS={threads}"], cache_dir=cache_dir)
-    return CompiledModel(csrc, built, threads, optimizer)
+    model = CompiledModel(csrc, built, threads, optimizer)
+    if recipe is not None:
+        recipe.save(model)
+    return model

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -34,8 +34,10 @@ from graphc.core.ir import Graph
 from graphc.ops.loss import check_labels
 from graphc.autodiff.optimizers import (OPTIMIZERS, Adam, AdamW, OptimizerError, SGD, describe,  # noqa: F401  (re-exported)
                                         flat_hparams, hparam_names, with_hparams)
-from graphc.backend.functions import TrainLayout
 from graphc.native.init import init_params  # noqa: F401  (re-exported: graphc.init_params)
+
+if TYPE_CHECKING:       # an annotation only: a cached model loads without the backend (native/fastload.py)
+    from graphc.backend.functions import TrainLayout
 
 STATE_FORMAT = 1        # version of the .npz layout written by TrainState.save
 
