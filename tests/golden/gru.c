@@ -58,9 +58,9 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
     gc_gemm_ex_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, ep)
 
 /* ---- Workspace: the GEMMs' packing buffers, then the planned arena ---- */
-/* Elements of packing at batch n: the most any product below packs (gru_PACK_ELEMS of
+/* Elements of packing at batch n, T: the most any product below packs (gru_PACK_ELEMS of
    gru.h, from their shapes as gc_gemm_pack_elems_f computes it; 0 at n = 1). */
-#define GC_PACK_ELEMS(n) gru_PACK_ELEMS((size_t)(n), (size_t)GC_MAX_THREADS)
+#define GC_PACK_ELEMS(n, T) gru_PACK_ELEMS((size_t)(n), (size_t)(T), (size_t)GC_MAX_THREADS)
 
 /* gru_WORKSPACE_BYTES(n, T) checked for overflow (0: invalid n or T, or overflow); static, as the
  * functions below call it where an argument may be named like NAME_workspace_size. */
@@ -74,10 +74,10 @@ static size_t gc_workspace_bytes(long n, long T)
         return 0;
     }
     if (!gc_size_poly(arena[0], (int)(sizeof arena / sizeof arena[0]), x, 2, &elems)
-        || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n) - 64) {
+        || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n, T) - 64) {
         return 0;
     }
-    return (elems + GC_PACK_ELEMS(n)) * sizeof(gc_real) + 64;
+    return (elems + GC_PACK_ELEMS(n, T)) * sizeof(gc_real) + 64;
 }
 
 size_t gru_workspace_size(long n, long T)
@@ -535,7 +535,7 @@ int gru_forward(long n, long T, const int32_t *x, const int32_t *y, const float 
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 432 * n;   /* [N, H] */
     gc_real *const gru__ws__theta = ws + 0;   /* [1] */
     gru_forward_pass(n, T, t2);
@@ -688,7 +688,7 @@ int gru_predict(long n, long T, const int32_t *x, const float *emb, const float 
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 432 * n;   /* [N, H] */
     gc_real *const gru__ws__theta = ws + 0;   /* [1] */
     gru_forward_pass(n, T, t2);
@@ -832,7 +832,7 @@ int gru_value_and_grad(long n, long T, const int32_t *x, const int32_t *y, const
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 9504 + 688 * n + 336 * n * T;   /* [N, H] */
     gc_real *const d_theta__2 = ws + 96 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__3 = ws + 128 * n * T;   /* [T, N, H] */
@@ -874,7 +874,7 @@ int gru_train_step(long n, long T, const int32_t *x, const int32_t *y, float *em
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 15648 + 688 * n + 336 * n * T;   /* [N, H] */
     gc_real *const d_theta__2 = ws + 96 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__3 = ws + 128 * n * T;   /* [T, N, H] */
