@@ -305,6 +305,79 @@ def test_workspace_macro_of_two_run_time_dims_is_the_function_and_the_products_n
         assert 4 * csrc.workspace_parts((1, 16), 1)[1] <= unbounded           # at 16 tokens: 80 KB
 
 
+GENERATE_DRIVER = r"""
+#define _POSIX_C_SOURCE 200112L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "{name}.h"
+
+{arrays}
+int main(void)
+{{
+    static const int32_t prompt[3] = {{ 1, 2, 3 }};
+    int32_t out[40];
+    const size_t bytes = {name}_generate_workspace_size(CONTEXT);
+    void *ws = NULL;
+    long i;
+    int status;
+{fills}
+    if (bytes == 0 || bytes != {name}_GENERATE_WORKSPACE_BYTES(CONTEXT) || posix_memalign(&ws, 64, bytes) != 0) {{
+        return 2;
+    }}
+    status = {name}_generate(prompt, 3, 40, CONTEXT, 1.0, 7UL, {params}, out, ws);
+    free(ws);
+    printf("%lu %lu %d", (unsigned long)bytes, (unsigned long){name}_WORKSPACE_BYTES(1, CONTEXT), status);
+    for (i = 0; i < 40; ++i) {{
+        printf(" %d", (int)out[i]);
+    }}
+    printf("\n");
+    return status;
+}}
+"""
+
+
+@pytest.mark.parametrize("which", ["gru", "char_gpt"])
+def test_workspace_of_generate_is_its_functions_own_and_enough(tmp_path, which):
+    """NAME_generate's workspace holds the function it calls (predict) at batch 1 and the window:
+    that function's own arena and the packing share, not the model's whole workspace (a train
+    step's buffers: gru's 100 KB at 16 tokens). Exactly that many bytes, malloc'ed, run 40
+    sampling steps clean under AddressSanitizer (an overrun past them is an error) and draw what
+    Python's m.generate draws."""
+    if GCC is None or subprocess.run([GCC, "-fsanitize=address,undefined", "-x", "c", "-", "-o", "/dev/null"],
+                                     input="int main(void) { return 0; }\n", text=True).returncode:
+        pytest.skip("needs gcc with AddressSanitizer")
+    g = graphc.load(ROOT / "examples" / f"{which}.toml")
+    csrc = generate(g, *g.grad_spec, dtype="float32", optimizer=graphc.SGD(lr=0.1))
+    out = tmp_path / which
+    emit(csrc, out)
+    names = list(csrc.generation.params)
+    sizes = {k: int(np.prod(g.params[k].shape)) for k in names}
+    (out / "driver.c").write_text(GENERATE_DRIVER.format(
+        name=g.name, params=", ".join(f"p{i}" for i in range(len(names))),
+        arrays="".join(f"static float p{i}[{sizes[k]}];\n" for i, k in enumerate(names)),
+        fills="".join(f"    for (i = 0; i < {sizes[k]}; ++i) {{ p{i}[i] = (float)(0.5 * sin(0.7 * i + {i})); }}\n"
+                      for i, k in enumerate(names))))
+    flags = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=all", "-DCONTEXT=16L"]
+    built = subprocess.run([GCC, *flags, *csrc.kernels.defines, "-I", str(out), str(out / "driver.c"),
+                            str(out / f"{g.name}.c"), str(out / "graphc_kernels.c"), "-o", str(out / "driver"), "-lm"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    run = subprocess.run([str(out / "driver")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Sanitizer" not in run.stderr, run.stderr[-3000:]
+    bytes_, whole, status, *tokens = map(int, run.stdout.split())
+    if which == "gru":
+        assert bytes_ < 16 * 1024 and whole > 96 * 1024     # predict's 464 floats a row, not the train step's
+    else:
+        assert bytes_ < whole
+    m = graphc.compile(g, dtype="float32", threads=1)
+    params = {k: (0.5 * np.sin(0.7 * np.arange(sizes[k]) + i)).astype(np.float32).reshape(g.params[k].shape)
+              for i, k in enumerate(names)}
+    want = m.generate(params, np.array([1, 2, 3], np.int32), 40, context=16, temperature=1.0, seed=7)
+    np.testing.assert_array_equal(tokens, want)
+
+
 @needs_gcc
 def test_workspace_targets_of_issue_15(tmp_path):
     one = graphc.load(ROOT / "examples" / "one_layer.toml")

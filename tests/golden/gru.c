@@ -1003,8 +1003,10 @@ int gru_fit(long n_total, long batch, long T, const int32_t *x, const int32_t *y
 
 /* ---- generate: sample a sequence one token at a time (templates/generate.c.j2) ---- */
 /* The generate workspace for windows of `context` tokens: the window (int32), each output of
- * gru_predict at one sequence of `context`, then gru_predict's own workspace. Fills off[] with
- * their byte offsets; returns the total bytes (0: invalid context or overflow). */
+ * gru_predict at one sequence of `context`, then gru_predict's own workspace (the GEMM packing
+ * share and its arena alone: less than gru_WORKSPACE_BYTES, which holds a train
+ * step's). Fills off[] with their byte offsets; returns the total bytes (0: invalid context
+ * or overflow). */
 static size_t gc_generate_layout(long context, size_t off[4])
 {
     const long n = 1;
@@ -1021,8 +1023,12 @@ static size_t gc_generate_layout(long context, size_t off[4])
     total += ((size_t)(96 * n * T) * sizeof(float) + 63) / 64 * 64;
     off[2] = total;   /* probs */
     total += ((size_t)(96 * n * T) * sizeof(float) + 63) / 64 * 64;
-    bytes = gru_workspace_size(1, context);
-    if (bytes == 0 || bytes > SIZE_MAX - total) {
+    if (gru_workspace_size(1, context) == 0) {   /* a context past the model's bound, or an overflow */
+        return 0;
+    }
+    /* gru_predict's own workspace: no more than the model's, it needs no train step's buffers */
+    bytes = ((((size_t)464 * (size_t)(n)) + gru_PACK_ELEMS(n, T, GC_MAX_THREADS)) * sizeof(float) + 64);
+    if (bytes > SIZE_MAX - total) {
         return 0;
     }
     off[3] = total;

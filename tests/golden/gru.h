@@ -263,7 +263,7 @@ size_t gru_generate_workspace_size(long context);
     (((size_t)(context) * sizeof(int32_t) + 63) / 64 * 64 \
      + ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64 \
      + ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64 \
-     + gru_WORKSPACE_BYTES(1, (context)))
+     + ((((size_t)464 * (size_t)(1)) + gru_PACK_ELEMS(1, (context), GC_MAX_THREADS)) * sizeof(float) + 64))
 
 /* Continue `prompt` (prompt_len >= 1 token ids) by `count` tokens written to out[0..count-1]:
  * each is drawn from softmax(logits at the last position / temperature) of gru_predict run
