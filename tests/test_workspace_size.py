@@ -3,6 +3,13 @@
 - graphc/backend/packing.py computes the GEMM packing need as the kernel library's
   gc_gemm_pack_elems_f/_d does (compared over many shapes, both types, 1-3 threads); the library's
   own use stays within that need (tests/test_gemm.py: guard values and AddressSanitizer).
+- Over two run-time dims (n and T): the packing share of products whose sizes grow with n, n·T or
+  T is the most the library's gc_gemm_pack_elems gives for them at every (n, T) of a grid, not
+  their need at an unbounded T; that of a product over both (M = N = n, K = T) is at least it,
+  never shrinks as n or T grows, and is exact where one of them makes it pack nothing. The header's
+  NAME_WORKSPACE_BYTES(max_n, max_T) equals NAME_workspace_size(n, T) and codegen's figure over
+  a grid of (n, T) (char_gpt, gru, a product over both dims), and char_gpt's packing share is the
+  most its own products pack there.
 - NAME_WORKSPACE_BYTES(max_n) (and NAME_FIT_WORKSPACE_BYTES) in the emitted header is a constant
   expression (a static array's size) equal to NAME_workspace_size(n) (and the fit one) for many
   n, both dtypes, 1 and 2 threads, and to what codegen reports; it never shrinks as n grows.
@@ -24,7 +31,8 @@ import pytest
 
 import graphc
 from graphc.backend.codegen import generate
-from graphc.backend.packing import pack_elems
+from graphc.backend.packing import pack_elems, pack_shares, shares_value
+from graphc.backend.sizes import Poly
 from graphc.native.export import emit
 from conftest import SMALL_EXAMPLES
 
@@ -94,6 +102,49 @@ def test_workspace_python_pack_need_is_the_libraries(kernels, dtype):
         assert pack_elems(ta, tb, M, N, K, threads, dtype) == want, (ta, tb, M, N, K, threads)
         checked += want > 0
     assert checked > 100     # the packed paths were compared, not only the zeros
+
+
+N_, T_ = Poly.of("N"), Poly.of("T")
+# products over [N, T] as a scan, a sequence model or a convolution makes them: sizes c0 + c1 m of
+# one monomial m (n, n·T, T), and constant ones
+ONE_MONOMIAL = [(0, 1, (N_ * T_, 96, 64)), (1, 0, (96, 64, N_ * T_)), (0, 0, (N_ * T_, 64, 192)),
+                (0, 1, (N_ * T_ * 25, 65, 33)), (0, 1, (N_, 96, 32)), (1, 0, (96, 32, N_)),
+                (0, 0, (N_, 16, 96)), (0, 1, (T_, 33, 65)), (1, 1, (40, T_ * 3, 200)), (0, 1, (130, 140, 300))]
+GRAM = (0, 1, (N_, N_, T_))        # s @ s.T of s [N, T]: its sizes grow with n and with T
+GRID = list(range(1, 21)) + [31, 32, 33, 63, 64, 65, 97, 128, 129, 257, 700, 1000]
+
+
+def library_need(fn, records, n: int, T: int, threads: int) -> int:
+    at = lambda p: Poly.of(p).at({"N": n, "T": T})   # noqa: E731
+    return max(fn(ta, tb, *(at(d) for d in dims), threads) for ta, tb, dims in records)
+
+
+@needs_gcc
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_workspace_pack_share_over_two_run_time_dims_is_the_librarys(kernels, dtype):
+    fn = getattr(kernels, "gc_gemm_pack_elems_" + ("f" if dtype == "float32" else "d"))
+    exact = pack_shares(ONE_MONOMIAL, dtype)
+    assert sorted(s.over for s in exact) == [(("N",),), (("N", "T"),), (("T",),)]
+    bound = pack_shares(ONE_MONOMIAL + [GRAM], dtype)
+    gram = pack_shares([GRAM], dtype)
+    below_saturation = 0
+    for threads in (1, 2, 3):
+        previous = {}
+        for n, T in itertools.product(GRID, GRID):
+            dims = {"N": n, "T": T}
+            want = library_need(fn, ONE_MONOMIAL, n, T, threads)
+            assert shares_value(exact, dims, threads) == want, (n, T, threads)
+            with_gram = library_need(fn, ONE_MONOMIAL + [GRAM], n, T, threads)
+            got = shares_value(bound, dims, threads)
+            assert got >= with_gram, (n, T, threads)
+            # never shrinks as n or T grows (a workspace for the largest serves the smaller)
+            for before in ((GRID[max(0, GRID.index(n) - 1)], T), (n, GRID[max(0, GRID.index(T) - 1)])):
+                assert got >= previous.get(before, got), (n, T, threads, before)
+            previous[(n, T)] = got
+            if library_need(fn, [GRAM], n, T, threads) == 0 and (n <= 4 or T == 1):
+                assert shares_value(gram, dims, threads) == 0, (n, T, threads)
+            below_saturation += want < library_need(fn, ONE_MONOMIAL, n, 1 << 20, threads)
+    assert below_saturation > 100       # at small n·T the share is below its need at an unbounded T
 
 
 # ------------------------------------------------------------------ the header's macro, in C
@@ -168,6 +219,163 @@ def test_workspace_macro_equals_the_function_and_never_shrinks(tmp_path, spec, d
         assert function == csrc.workspace_parts(n, threads)[2], n
         assert (function, fit_function) >= previous, n     # a workspace for max_n serves every n <= max_n
         previous = (function, fit_function)
+
+
+DRIVER_TWO_DIMS = r"""
+#include <stdio.h>
+#include "{name}.h"
+
+static unsigned char ws_static[{name}_WORKSPACE_BYTES(2, 16)];   /* a constant expression */
+
+int main(void)
+{{
+    static const long grid[] = {{ {grid} }};
+    unsigned long i, j;
+    ws_static[0] = 1;
+    for (i = 0; i < sizeof grid / sizeof grid[0]; ++i) {{
+        for (j = 0; j < sizeof grid / sizeof grid[0]; ++j) {{
+            const long n = grid[i], T = grid[j];
+            printf("%ld %ld %lu %lu\n", n, T, (unsigned long){name}_WORKSPACE_BYTES(n, T),
+                   (unsigned long){name}_workspace_size(n, T));
+        }}
+    }}
+    return ws_static[0] != 1;
+}}
+"""
+GRAM_SPEC = """
+name = "gram"
+[dims]
+N = "batch"
+T = "symbolic"
+D = 6
+[inputs]
+x = ["N", "T", "D"]
+[params]
+w = ["D"]
+[graph]
+s = "sum(tanh(x * w), axis=2)"
+J = "mean(s @ s.T)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["w"]
+"""
+TWO_DIM_CASES = ["char_gpt", "gru", "gram"]
+
+
+@needs_gcc
+@pytest.mark.parametrize("which", TWO_DIM_CASES)
+def test_workspace_macro_of_two_run_time_dims_is_the_function_and_the_products_need(tmp_path, kernels, which):
+    """NAME_WORKSPACE_BYTES(n, T) == NAME_workspace_size(n, T) == codegen's figure over a grid of (n, T)
+    (T up to char_gpt's bound of 64), never shrinking as n or T grows; its packing share is the
+    most the model's own products pack there (gc_gemm_pack_elems), or at least it for gram's
+    product over both dims; char_gpt's at batch 1 and 16 tokens is a fraction of its need at an
+    unbounded T (the 336 KB it was)."""
+    from graphc.backend.kernels import PRODUCTS, all_records
+    g = graphc.parse_spec(GRAM_SPEC, "gram.toml") if which == "gram" else graphc.load(ROOT / "examples" / f"{which}.toml")
+    csrc = generate(g, *g.grad_spec, dtype="float32", optimizer=graphc.SGD(lr=0.1))
+    out = tmp_path / which
+    emit(csrc, out)
+    grid = [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 33, 64]
+    (out / "driver.c").write_text(DRIVER_TWO_DIMS.format(name=g.name, grid=", ".join(f"{x}L" for x in grid)))
+    built = subprocess.run([GCC, "-std=c99", "-O0", "-Wall", "-Wextra", "-Werror", "-pedantic",
+                            *csrc.kernels.defines, "-I", str(out), str(out / "driver.c"), str(out / f"{g.name}.c"),
+                            str(out / "graphc_kernels.c"), "-o", str(out / "driver"), "-lm"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    run = subprocess.run([str(out / "driver")], capture_output=True, text=True, check=True)
+    rows = {}
+    for line in run.stdout.splitlines():
+        n, T, macro, function = map(int, line.split())
+        rows[n, T] = function
+        assert macro == function == csrc.workspace_parts((n, T), 1)[2] > 0, (n, T, macro, function)
+    records = {(st.ta, st.tb, tuple(Poly.of(d) for d in st.dims)) for f in csrc.functions
+               for st in all_records(f.steps) if isinstance(st, PRODUCTS) and st.dims}
+    assert records
+    fn = kernels.gc_gemm_pack_elems_f
+    for (n, T), size in rows.items():
+        for before in ((n, grid[max(0, grid.index(T) - 1)]), (grid[max(0, grid.index(n) - 1)], T)):
+            assert size >= rows[before], (n, T, before)
+        pack = csrc.workspace_parts((n, T), 1)[1]
+        need = library_need(fn, list(records), n, T, 1) * 4
+        assert pack == need if which != "gram" else pack >= need, (n, T, pack, need)
+    if which == "char_gpt":
+        unbounded = library_need(fn, list(records), 1, 1 << 20, 1) * 4       # bytes at T unbounded: 328 KB
+        assert 4 * csrc.workspace_parts((1, 16), 1)[1] <= unbounded           # at 16 tokens: 80 KB
+
+
+GENERATE_DRIVER = r"""
+#define _POSIX_C_SOURCE 200112L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "{name}.h"
+
+{arrays}
+int main(void)
+{{
+    static const int32_t prompt[3] = {{ 1, 2, 3 }};
+    int32_t out[40];
+    const size_t bytes = {name}_generate_workspace_size(CONTEXT);
+    void *ws = NULL;
+    long i;
+    int status;
+{fills}
+    if (bytes == 0 || bytes != {name}_GENERATE_WORKSPACE_BYTES(CONTEXT) || posix_memalign(&ws, 64, bytes) != 0) {{
+        return 2;
+    }}
+    status = {name}_generate(prompt, 3, 40, CONTEXT, 1.0, 7UL, {params}, out, ws);
+    free(ws);
+    printf("%lu %lu %d", (unsigned long)bytes, (unsigned long){name}_WORKSPACE_BYTES(1, CONTEXT), status);
+    for (i = 0; i < 40; ++i) {{
+        printf(" %d", (int)out[i]);
+    }}
+    printf("\n");
+    return status;
+}}
+"""
+
+
+@pytest.mark.parametrize("which", ["gru", "char_gpt"])
+def test_workspace_of_generate_is_its_functions_own_and_enough(tmp_path, which):
+    """NAME_generate's workspace holds the function it calls (predict) at batch 1 and the window:
+    that function's own arena and the packing share, not the model's whole workspace (a train
+    step's buffers: gru's 100 KB at 16 tokens). Exactly that many bytes, malloc'ed, run 40
+    sampling steps clean under AddressSanitizer (an overrun past them is an error) and draw what
+    Python's m.generate draws."""
+    if GCC is None or subprocess.run([GCC, "-fsanitize=address,undefined", "-x", "c", "-", "-o", "/dev/null"],
+                                     input="int main(void) { return 0; }\n", text=True).returncode:
+        pytest.skip("needs gcc with AddressSanitizer")
+    g = graphc.load(ROOT / "examples" / f"{which}.toml")
+    csrc = generate(g, *g.grad_spec, dtype="float32", optimizer=graphc.SGD(lr=0.1))
+    out = tmp_path / which
+    emit(csrc, out)
+    names = list(csrc.generation.params)
+    sizes = {k: int(np.prod(g.params[k].shape)) for k in names}
+    (out / "driver.c").write_text(GENERATE_DRIVER.format(
+        name=g.name, params=", ".join(f"p{i}" for i in range(len(names))),
+        arrays="".join(f"static float p{i}[{sizes[k]}];\n" for i, k in enumerate(names)),
+        fills="".join(f"    for (i = 0; i < {sizes[k]}; ++i) {{ p{i}[i] = (float)(0.5 * sin(0.7 * i + {i})); }}\n"
+                      for i, k in enumerate(names))))
+    flags = ["-std=c99", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=all", "-DCONTEXT=16L"]
+    built = subprocess.run([GCC, *flags, *csrc.kernels.defines, "-I", str(out), str(out / "driver.c"),
+                            str(out / f"{g.name}.c"), str(out / "graphc_kernels.c"), "-o", str(out / "driver"), "-lm"],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    run = subprocess.run([str(out / "driver")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Sanitizer" not in run.stderr, run.stderr[-3000:]
+    bytes_, whole, status, *tokens = map(int, run.stdout.split())
+    if which == "gru":
+        assert bytes_ < 16 * 1024 and whole > 96 * 1024     # predict's 464 floats a row, not the train step's
+    else:
+        assert bytes_ < whole
+    m = graphc.compile(g, dtype="float32", threads=1)
+    params = {k: (0.5 * np.sin(0.7 * np.arange(sizes[k]) + i)).astype(np.float32).reshape(g.params[k].shape)
+              for i, k in enumerate(names)}
+    want = m.generate(params, np.array([1, 2, 3], np.int32), 40, context=16, temperature=1.0, seed=7)
+    np.testing.assert_array_equal(tokens, want)
 
 
 @needs_gcc

@@ -19,10 +19,10 @@ from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
-from graphc.backend.cprint import (c_long, c_name, c_named, c_pack_pieces, c_param, c_poly_table,
+from graphc.backend.cprint import (c_long, c_name, c_named, c_pack_shares, c_param, c_poly_table,
                                    c_size_poly, c_wrap, dims_in_c)
 from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, all_records
-from graphc.backend.packing import Product, pack_pieces
+from graphc.backend.packing import pack_shares
 from graphc.backend.sharing import share
 from graphc.backend.sizes import ZERO, Poly, peval, pmax
 from graphc.backend.schedule import schedule
@@ -74,7 +74,7 @@ class CSource:
     predict_graph: Graph | None = None   # the graph of NAME_predict (outputs that need no labels)
     kernels: KernelSources = field(default_factory=kernel_library)   # graphc_kernels.c/.h, which source calls
     arena: Poly = ZERO                # the planned arena, elements (the most over the functions)
-    pack: list = field(default_factory=list)   # GEMM packing need in n (backend/packing.py's pieces)
+    pack: list = field(default_factory=list)   # GEMM packing need in the run-time dims (backend/packing.py's shares)
     dim_args: tuple = ("n",)          # the C arguments of the symbolic dims, in the graph's order
     generation: Any = None            # backend/sampling.py's GenerateLayout: NAME_generate exists
 
@@ -92,12 +92,10 @@ class CSource:
         """(arena bytes, packing bytes, total) at the dims' values (dim_values: the batch n of a
         model with one run-time dim): what NAME_workspace_size(n, ...) returns with the C compiled
         for `threads` threads (the header's NAME_WORKSPACE_BYTES), total = arena + packing + 64."""
-        from graphc.backend.packing import pieces_value
+        from graphc.backend.packing import shares_value
         item = 8 if self.dtype == "float64" else 4
         dims = self.dim_values(values)
-        sym = self.forward_graph.symbolic_dims
-        n = dims[sym[0]] if sym else 1
-        arena, pack = peval(self.arena, dims) * item, pieces_value(self.pack, n, threads) * item
+        arena, pack = peval(self.arena, dims) * item, shares_value(self.pack, dims, threads) * item
         return arena, pack, arena + pack + 64
 
 
@@ -155,13 +153,14 @@ class Emitter:
         self.functions.append(f)
         return f
 
-    def products(self) -> list[Product]:
-        """Every matrix product of the model's functions (NAME_fit runs NAME_train_step's)."""
+    def products(self) -> list[tuple]:
+        """Every matrix product of the model's functions (NAME_fit runs NAME_train_step's):
+        (ta, tb, (M, N, K)) with the sizes as Polys over the run-time dims."""
         seen = {}
         for f in self.functions:
             for st in all_records(f.steps):
                 if isinstance(st, PRODUCTS) and st.dims:
-                    p = Product.of(st.ta, st.tb, st.dims, self.graph.symbolic_dims)
+                    p = (st.ta, st.tb, tuple(Poly.of(d) for d in st.dims))
                     seen[p] = p
         return list(seen)
 
@@ -172,7 +171,7 @@ class Emitter:
         arena = ZERO
         for f in self.functions:
             arena = pmax(arena, f.sched.arena)
-        self.arena, self.pack = arena, pack_pieces(self.products(), self.dtype)
+        self.arena, self.pack = arena, pack_shares(self.products(), self.dtype)
         sharing = share(g.name, self.functions)
         ctx = dict(sharing=sharing, dim_names=self.dim_names, wrap=c_wrap, named=lambda t: c_named(str(t), self.dim_names),
                    call=lambda f, args: c_wrap(f, args, ");"),
@@ -188,7 +187,7 @@ class Emitter:
                    dim_params=[c_long(d) for d in self.dim_args], max_args=[f"max_{d}" for d in self.dim_args],
                    run_dims=[(d, c) for d, c in self.c_dims.items()][1:],
                    uses_matmul=any(f.uses_pack for f in self.functions),
-                   pack_expr=c_pack_pieces(self.pack, "n", "t", "GRAPHC_MAX_"),
+                   pack_macros=c_pack_shares(g.name, self.pack, self.c_dims or {"": "n"}),
                    arena_expr=c_size_poly(arena, {d: f"max_{c}" for d, c in self.c_dims.items()}),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),

@@ -192,6 +192,36 @@ def c_pack_pieces(pieces, n: str, t: str, maximum: str) -> str:
     return "\\\n    (" + " \\\n     ".join(lines) + ")"    # one piece a line, for a macro
 
 
+def c_pack_shares(name: str, shares, args: Mapping[str, str]) -> str:
+    """backend/packing.py's shares as the header's #define NAME_PACK_ELEMS(n, ..., t): a constant
+    expression of size_t in the run-time dims' C arguments (`args`: dim -> argument) and t. One
+    share is one expression; several are a macro each (NAME_PACK_ELEMS_1, ...) and their most.
+    GRAPHC_MAX_ and GRAPHC_MIN_ are the header's."""
+    params = ", ".join(list(dict.fromkeys(args.values())) or ["n"]) + ", t"
+
+    def of(mono) -> str:       # a monomial's value
+        return " * ".join(f"(size_t)({args[d]})" for d in mono) if len(mono) > 1 else args[mono[0]] if mono else "1"
+
+    def expr(share) -> str:
+        parts = [c_pack_pieces(p, of(m), "t", "GRAPHC_MAX_") for m, p in zip(share.over or [()], share.pieces)]
+        out = parts[-1]
+        for part in reversed(parts[:-1]):
+            out = f"GRAPHC_MIN_({part}, {out})"
+        return out
+
+    if len(shares) <= 1:
+        return f"#define {name}_PACK_ELEMS({params}) {expr(shares[0]) if shares else '((size_t)0)'}"
+    lines, total = [], None
+    for i, share in enumerate(shares, 1):
+        grows = " and with ".join(" * ".join(args[d] for d in m) for m in share.over) or "nothing"
+        why = "" if len(share.over) < 2 else (": the least, over those, of their need with the others unbounded")
+        lines.append(f"/* the products whose sizes grow with {grows}{why} */")
+        lines.append(f"#define {name}_PACK_ELEMS_{i}({params}) {expr(share)}")
+        total = f"{name}_PACK_ELEMS_{i}({params})" if total is None else f"GRAPHC_MAX_({total}, {name}_PACK_ELEMS_{i}({params}))"
+    lines.append(f"#define {name}_PACK_ELEMS({params}) \\\n    {total}")
+    return "\n".join(lines)
+
+
 def c_long(name: str) -> str:
     return f"long {name}"
 

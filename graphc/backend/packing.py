@@ -1,11 +1,19 @@
 """The GEMM packing scratch of a model, known at compile time.
 
-In: the products of a model's C functions (ta, tb and M, N, K as sizes: a constant or the batch
-dim n) and a dtype. Out: the elements of packing scratch a call at batch n needs, as
+In: the products of a model's C functions (ta, tb and M, N, K as backend/sizes.py Polys over the
+run-time dims) and a dtype. Out: the elements of packing scratch a call needs, as
 templates/graphc_kernels.c's gc_gemm_pack_elems computes it (`pack_elems`), and the most over the
-model's products as a piecewise-linear function of n with the thread count a symbol
-(`pack_pieces`), which codegen prints as the header's NAME_PACK_ELEMS(n, t) macro. It must not
-drift from the C: tests/test_workspace_size.py compares the two over many shapes.
+model's products as a function of every run-time dim with the thread count a symbol (`pack_shares`),
+which codegen prints as the header's NAME_PACK_ELEMS(n, ..., t) macro. It must not drift from the
+C: tests/test_workspace_size.py compares the two over many shapes and dims.
+
+A product whose growing sizes are all multiples of one monomial of the dims (n; n·T; a
+convolution's N·Ho·Wo is 25 n) has a need that is a function of that monomial's value alone:
+`pack_pieces`, piecewise-linear in it, exactly. The products are grouped by that monomial (a
+`Share` each) and the need is the most over the shares. A product whose sizes grow with different
+dims (s @ s.T over [N, T]: M = N = n, K = T) is bounded by the least, over its dims, of its need
+with that dim at its value and the others unbounded (SATURATED): exact where any of its sizes is
+too small to pack, an upper bound elsewhere.
 
 The library's default block sizes are assumed (a model built with -DGC_GEMM_KC=... or other
 block-size overrides needs its own sizes: the C function then differs and the test says so).
@@ -15,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from graphc.backend.sizes import univariate
+from graphc.backend.sizes import Poly, univariate
 
 # graphc_kernels.c's constants (part 1 and part 2)
 SMALL_WORK = 16 * 16 * 16          # GC_GEMM_SMALL_WORK
@@ -75,29 +83,23 @@ def pack_elems(ta: int, tb: int, M: int, N: int, K: int, threads: int, dtype: st
 
 
 # ------------------------------------------------------------------------ as a function of n
-# The size a run-time dim other than the batch is taken at: past it no product's packing need
-# grows (the panels are capped at GC_GEMM_MC_PANELS rows and GC_GEMM_NC columns, K at GC_GEMM_KC,
-# and every threshold has flipped), and the need never shrinks as a size grows (a bigger product
-# is no smaller, reads fewer operands in place, and is split over more threads). So the need at
-# this size bounds the need at every size of those dims: the workspace stays a function of n.
+# The size a run-time dim is taken at where a product's need is bounded over its other dims: past
+# it no product's packing need grows (the panels are capped at GC_GEMM_MC_PANELS rows and
+# GC_GEMM_NC columns, K at GC_GEMM_KC, and every threshold has flipped), and the need never
+# shrinks as a size grows (a bigger product is no smaller, reads fewer operands in place, and is
+# split over more threads). So the need at this size bounds the need at every size of that dim.
 SATURATED = 1 << 20
 
 
 @dataclass(frozen=True)
 class Product:
-    """One GEMM call: its transposes and its sizes, coefficient tuples (c0, c1) of c0 + c1 n (the
-    batch; `of` sets the other run-time dims to SATURATED)."""
+    """One GEMM call: its transposes and its sizes, coefficient tuples (c0, c1) of c0 + c1 x, x
+    the value of the monomial of dims its Share is over (the batch n, n·T, ...)."""
     ta: int
     tb: int
     M: tuple
     N: tuple
     K: tuple
-
-    @staticmethod
-    def of(ta: int, tb: int, dims, symbolic: list[str]) -> "Product":
-        """The product of a kernel record's ta, tb and dims (M, N, K as backend/sizes.py Polys)."""
-        batch = symbolic[0] if symbolic else None
-        return Product(ta, tb, *(univariate(d, batch, SATURATED) for d in dims))
 
     def at(self, n: int) -> tuple[int, int, int]:
         return tuple(sum(c * n ** i for i, c in enumerate(p)) for p in (self.M, self.N, self.K))
@@ -236,3 +238,82 @@ def pieces_value(pieces: list[Piece], n: int, threads: int) -> int:
         if piece.start <= n:
             value = piece.value(n, threads)
     return value
+
+
+# ------------------------------------------------------------------------ over every run-time dim
+@dataclass(frozen=True)
+class Share:
+    """The most some products pack, as a function of the run-time dims: the least, over the
+    monomials `over` (sorted tuples of dim names, as sizes.py's; () for none), of `pieces` in that
+    monomial's value. One monomial for products whose sizes grow with it alone (exact); one per
+    dim for products whose sizes grow with several (a bound)."""
+    over: tuple
+    pieces: tuple          # one tuple of Pieces per monomial of `over` (one for over = ())
+
+    def value(self, values, threads: int) -> int:
+        """The elements at `values` (dim -> int) with `threads` threads per product."""
+        if not self.over:
+            return pieces_value(self.pieces[0], 1, threads)
+        return min(pieces_value(p, monomial_value(m, values), threads) for m, p in zip(self.over, self.pieces))
+
+
+def monomial_value(mono: tuple, values) -> int:
+    return Poly({mono: 1}).at(values)
+
+
+def _linear(size: Poly, mono: tuple) -> tuple[int, int] | None:
+    """size as (c0, c1) of c0 + c1 · mono ((c0,): constant), or None when it has another term."""
+    if size.is_const:
+        return (size.const,)
+    c = {(): 0, mono: 0}
+    for m, k in size.terms:
+        if m not in c:
+            return None
+        c[m] += k
+    return (c[()], c[mono]) if c[mono] else (c[()],)
+
+
+def grows_with(dims) -> tuple:
+    """The monomials a product of sizes `dims` is a function of: (m,) when every size is
+    c0 + c1 · m; (); else each dim it has, alone (the product is then bounded over the others)."""
+    sizes = [Poly.of(d) for d in dims]
+    monos = sorted({m for p in sizes for m, _ in p.terms if m}, key=lambda m: (len(m), m))
+    if len(monos) <= 1:
+        return tuple(monos)
+    return tuple((d,) for d in sorted({d for m in monos for d in m}))
+
+
+def along(ta: int, tb: int, dims, mono: tuple) -> Product:
+    """The product of sizes `dims` (Polys) as a function of the value of `mono` (one of
+    grows_with(dims)): exactly, or with the other dims at SATURATED."""
+    sizes = [Poly.of(d) for d in dims]
+    exact = [_linear(p, mono) for p in sizes]
+    if all(e is not None for e in exact):
+        return Product(ta, tb, *exact)
+    return Product(ta, tb, *(univariate(p, mono[0], SATURATED) for p in sizes))
+
+
+def pack_shares(records, dtype: str) -> list[Share]:
+    """The packing need of the products `records` ((ta, tb, (M, N, K)) with Poly sizes) as Shares,
+    whose most at the dims' values is the most any of them packs there; [] when none ever packs.
+    A product of constant sizes joins every other share (max(c, min(f, g)) = min(max(c, f),
+    max(c, g))), or is a share of its own when there is none."""
+    groups: dict[tuple, list] = {}
+    for ta, tb, dims in records:
+        groups.setdefault(grows_with(dims), []).append((ta, tb, dims))
+    constant = groups.pop((), [])
+    if not groups and constant:
+        groups[()] = []
+    shares = []
+    for over in sorted(groups, key=lambda o: (len(o), [(len(m), m) for m in o])):
+        members = groups[over] + constant
+        pieces = tuple(tuple(pack_pieces(list(dict.fromkeys(along(ta, tb, dims, m) for ta, tb, dims in members)), dtype))
+                       for m in (over or [()]))
+        if all(pieces):        # (a monomial along which none packs: none packs at all)
+            shares.append(Share(over, pieces))
+    return shares
+
+
+def shares_value(shares: list[Share], values, threads: int) -> int:
+    """The elements of packing the shares give at `values` (dim -> int)."""
+    return max((s.value(values, threads) for s in shares), default=0)

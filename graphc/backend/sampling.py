@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphc.backend.cprint import c_name, c_param, c_poly, c_wrap
+from graphc.backend.cprint import c_name, c_param, c_poly, c_size_poly, c_wrap
 from graphc.backend.sizes import numel
 from graphc.core.arguments import dim_bounds
 from graphc.core.errors import GraphcError
@@ -63,6 +63,13 @@ def add_generate(em, graph: Graph) -> GenerateLayout | None:
     outs = [a for a in f.args if a.role == "output"]
     params = [a for a in f.args if a.role == "param"]
     in_context = dict(zip(dims, at("(context)")))     # each count as an expression of `context`
+
+    # the called function's own workspace: the packing share, then its arena alone (not a train
+    # step's, which the model's workspace size holds): no larger than the model's for any context
+    def own(args: dict) -> str:     # in the dims' values `args` (dim -> C text)
+        pack = ", ".join([args[d] for d in dims] or ["1"])
+        return (f"(({c_size_poly(f.sched.arena, args or '1')} + {graph.name}_PACK_ELEMS({pack}, GC_MAX_THREADS))"
+                f" * sizeof({em.ctype}) + 64)")
     ctx = dict(
         name=graph.name, ctype=em.ctype, sample="gc_sample_" + ("d" if em.ctype == "double" else "f"),
         fname=f"{graph.name}_{f.name}",
@@ -70,11 +77,10 @@ def add_generate(em, graph: Graph) -> GenerateLayout | None:
         fixed=longest if fixed else None, bound=None if fixed else longest,
         outputs=[dict(cname=a.cname, count=c_poly(numel(a.value.shape), in_context), logits=a.cname == c_name(logits))
                  for a in outs],
-        macro_dims=", ".join(at("(context)")),
         params=[dict(decl=c_param(a.ctype, a.cname, True), cname=a.cname) for a in params],
         call=c_wrap(f"gc_status = {graph.name}_{f.name}", at("gc_w") + ["gc_window"] + [a.cname for a in params]
                     + [f"gc_o_{a.cname}" for a in outs] + ["gc_ws"], ");"),
-        size_call=f"{graph.name}_workspace_size({', '.join(at('context'))})",
+        size_call=f"{graph.name}_workspace_size({', '.join(at('context'))})", own_bytes=own(in_context),
         wrapped=c_wrap(f"int {graph.name}_generate", _signature(em, params), ")"),
         wrapped_decl=c_wrap(f"int {graph.name}_generate", _signature(em, params), ");"),
         signature=", ".join(_signature(em, params)),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from graphc.backend.cprint import (c_apply, c_at, c_index, c_load, c_name, c_onehot, c_poly, c_real, c_scalar,
                                    c_size_real)
-from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
+from graphc.backend.fusion import Epilogue as Fused, Fusion, early_updates, sgd_in_gemm, updates_when_ready
 from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
                                     Pointwise, RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
@@ -537,8 +537,11 @@ class Scheduler(Fusion):
             # argument it was computed into when the gradient is an output too
             norm = self.updates.norm
             norm = [replace(norm, grads=tuple(self.ref(pu.grad) for pu in self.updates.params))] if norm else []
-            steps += list(self.updates.first) + norm + [replace(pu.record, grad=self.ref(pu.grad))
-                                                        for pu in self.updates.params if pu.param not in fused]
+            records = [replace(pu.record, grad=self.ref(pu.grad)) for pu in self.updates.params if pu.param not in fused]
+            if not norm and records and early_updates():
+                steps = updates_when_ready(steps, list(self.updates.first), records)
+            else:
+                steps += list(self.updates.first) + norm + records
         return Schedule(steps, *self.plan_steps(steps), self._label_checks())
 
     def unstored(self, st: Kernel) -> Kernel:

@@ -93,7 +93,9 @@ class Recipe:
                    "optimizer": described, "threads": threads, "native": native, "isa": isa}
         material = {"format": FORMAT, "spec": hashlib.sha256(text.encode()).hexdigest(), "file": str(path),
                     **options, "flags": flags, "link_args": link_args, **toolchain, "numpy": numpy.__version__,
-                    "sources": source_digest()}
+                    "sources": source_digest(),
+                    # the switches of the environment that change the C (backend/fusion.early_updates)
+                    "early_updates": os.environ.get("GRAPHC_EARLY_UPDATES", "")}
         try:
             key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
         except (TypeError, ValueError):     # an option that is not plain data

@@ -57,9 +57,9 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
     gc_gemm_ex_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, GC_MAX_THREADS, ep)
 
 /* ---- Workspace: the GEMMs' packing buffers, then the planned arena ---- */
-/* Elements of packing at batch n: the most any product below packs (gru_PACK_ELEMS of
+/* Elements of packing at batch n, T: the most any product below packs (gru_PACK_ELEMS of
    gru.h, from their shapes as gc_gemm_pack_elems_f computes it; 0 at n = 1). */
-#define GC_PACK_ELEMS(n) gru_PACK_ELEMS((size_t)(n), (size_t)GC_MAX_THREADS)
+#define GC_PACK_ELEMS(n, T) gru_PACK_ELEMS((size_t)(n), (size_t)(T), (size_t)GC_MAX_THREADS)
 
 /* gru_WORKSPACE_BYTES(n, T) checked for overflow (0: invalid n or T, or overflow); static, as the
  * functions below call it where an argument may be named like NAME_workspace_size. */
@@ -73,10 +73,10 @@ static size_t gc_workspace_bytes(long n, long T)
         return 0;
     }
     if (!gc_size_poly(arena[0], (int)(sizeof arena / sizeof arena[0]), x, 2, &elems)
-        || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n) - 64) {
+        || elems > SIZE_MAX / sizeof(gc_real) - GC_PACK_ELEMS(n, T) - 64) {
         return 0;
     }
-    return (elems + GC_PACK_ELEMS(n)) * sizeof(gc_real) + 64;
+    return (elems + GC_PACK_ELEMS(n, T)) * sizeof(gc_real) + 64;
 }
 
 size_t gru_workspace_size(long n, long T)
@@ -534,7 +534,7 @@ int gru_forward(long n, long T, const int32_t *x, const int32_t *y, const float 
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 432 * n;   /* [N, H] */
     gc_real *const gru__ws__theta = ws + 0;   /* [1] */
     gru_forward_pass(n, T, t2);
@@ -687,7 +687,7 @@ int gru_predict(long n, long T, const int32_t *x, const float *emb, const float 
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 432 * n;   /* [N, H] */
     gc_real *const gru__ws__theta = ws + 0;   /* [1] */
     gru_forward_pass(n, T, t2);
@@ -831,7 +831,7 @@ int gru_value_and_grad(long n, long T, const int32_t *x, const int32_t *y, const
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 9504 + 688 * n + 336 * n * T;   /* [N, H] */
     gc_real *const d_theta__2 = ws + 96 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__3 = ws + 128 * n * T;   /* [T, N, H] */
@@ -873,7 +873,7 @@ int gru_train_step(long n, long T, const int32_t *x, const int32_t *y, float *em
         return gc_status;
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
-    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
+    gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
     gc_real *const t2 = ws + 15648 + 688 * n + 336 * n * T;   /* [N, H] */
     gc_real *const d_theta__2 = ws + 96 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__3 = ws + 128 * n * T;   /* [T, N, H] */
@@ -1002,8 +1002,10 @@ int gru_fit(long n_total, long batch, long T, const int32_t *x, const int32_t *y
 
 /* ---- generate: sample a sequence one token at a time (templates/generate.c.j2) ---- */
 /* The generate workspace for windows of `context` tokens: the window (int32), each output of
- * gru_predict at one sequence of `context`, then gru_predict's own workspace. Fills off[] with
- * their byte offsets; returns the total bytes (0: invalid context or overflow). */
+ * gru_predict at one sequence of `context`, then gru_predict's own workspace (the GEMM packing
+ * share and its arena alone: less than gru_WORKSPACE_BYTES, which holds a train
+ * step's). Fills off[] with their byte offsets; returns the total bytes (0: invalid context
+ * or overflow). */
 static size_t gc_generate_layout(long context, size_t off[4])
 {
     size_t total, bytes;
@@ -1016,8 +1018,12 @@ static size_t gc_generate_layout(long context, size_t off[4])
     total += ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64;
     off[2] = total;   /* probs */
     total += ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64;
-    bytes = gru_workspace_size(1, context);
-    if (bytes == 0 || bytes > SIZE_MAX - total) {
+    if (gru_workspace_size(1, context) == 0) {   /* a context past the model's bound, or an overflow */
+        return 0;
+    }
+    /* gru_predict's own workspace: no more than the model's, it needs no train step's buffers */
+    bytes = ((((size_t)464 * (size_t)(1)) + gru_PACK_ELEMS(1, (context), GC_MAX_THREADS)) * sizeof(float) + 64);
+    if (bytes > SIZE_MAX - total) {
         return 0;
     }
     off[3] = total;

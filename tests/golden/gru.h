@@ -43,9 +43,10 @@ enum { gru_E = 16, gru_H = 32 };
 #define GRAPHC_MAX_(a, b) ((a) > (b) ? (a) : (b))
 #endif
 
-/* Elements of GEMM packing scratch at batch n with up to t threads per product: the most any
- * matrix product of the model packs (0 where none does: a batch of one packs nothing). */
-#define gru_PACK_ELEMS(n, t) \
+/* Elements of GEMM packing scratch at batch n and T with up to t threads per product:
+ * the most any matrix product of the model packs there (0 where none does: a batch of one
+ * packs nothing), a function of each run-time size (backend/packing.py). */
+#define gru_PACK_ELEMS(n, T, t) \
     ((size_t)(n) < 2 ? ((size_t)0) : \
      (size_t)(n) < 5 ? (size_t)704 : \
      (size_t)(n) < 97 ? (size_t)4224 : \
@@ -71,7 +72,7 @@ enum { gru_E = 16, gru_H = 32 };
  *     static unsigned char raw[gru_WORKSPACE_BYTES(4, 8) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define gru_WORKSPACE_BYTES(max_n, max_T) \
-    ((((size_t)19008 + (size_t)720 * (size_t)(max_n) + (size_t)336 * (size_t)(max_n) * (size_t)(max_T)) + gru_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)19008 + (size_t)720 * (size_t)(max_n) + (size_t)336 * (size_t)(max_n) * (size_t)(max_T)) + gru_PACK_ELEMS(max_n, max_T, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
@@ -262,7 +263,7 @@ size_t gru_generate_workspace_size(long context);
     (((size_t)(context) * sizeof(int32_t) + 63) / 64 * 64 \
      + ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64 \
      + ((size_t)(96 * 1 * (context)) * sizeof(float) + 63) / 64 * 64 \
-     + gru_WORKSPACE_BYTES(1, (context)))
+     + ((((size_t)464 * (size_t)(1)) + gru_PACK_ELEMS(1, (context), GC_MAX_THREADS)) * sizeof(float) + 64))
 
 /* Continue `prompt` (prompt_len >= 1 token ids) by `count` tokens written to out[0..count-1]:
  * each is drawn from softmax(logits at the last position / temperature) of gru_predict run
