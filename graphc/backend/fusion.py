@@ -21,6 +21,12 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
                         the sum's buffer, zeroed once (a gradient fed by several uses)
     ATTENTION_PARTS     scaled dot-product attention's forward kernel writes O and the row log-sum-exp L
                         of the same q and k; its dQ, dK and dV (the same inputs) are one backward kernel
+    RESHAPE_ALIAS       a reshape (or flatten) is its input's buffer under another shape: no copy, no buffer
+    SLICE_THROUGH       permute(reshape(x[..., a:b])) (a transformer's head split) reads x in place, with
+                        strides: one strided copy
+    PLACE_SUM           unslices of disjoint windows summed (the head split's gradient): each writes its
+                        window of the sum's buffer (zeroed once unless they cover it), and a permute
+                        before one (through a reshape) writes straight into it
     and two rules over op traits: scalars of constants and sizes are static C expressions
     (OpDef.static), and a single-use elementwise value is computed inside its consumer's loop.
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from graphc.backend.kernels import Gemm
+from graphc.backend.sizes import contiguous_strides, dim_poly, pmul
 from graphc.core.ir import FLOAT, Graph, Node, Value
 from graphc.ops.linear import swaps_last_two
 from graphc.ops.loss import last_axis
@@ -125,10 +132,41 @@ SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each 
 # (forward, its row log-sum-exp, the gradients): one kernel writes O and L, one dQ, dK and dV
 ATTENTION_PARTS = ("scaled_dot_product_attention", "attention_lse", "attention_grad")
 
+RESHAPES = ("reshape", "flatten")     # relabel a contiguous buffer: RESHAPE_ALIAS
+SLICE_THROUGH = (op("permute", op("reshape", op("slice", var("x"), bind="part"), bind="split"), bind="heads"),
+                 op("permute", op("slice", var("x"), bind="part"), bind="heads"))
+PLACE_SUM = ("add", "unslice")          # a tree of adds, each leaf an unslice
+PLACE_FROM = (op("unslice", op("reshape", op("permute", var("d"), bind="heads"), bind="split"), bind="leaf"),
+              op("unslice", op("permute", var("d"), bind="heads"), bind="leaf"))
+
 TRANSPOSE_IN_PLACE = op("transpose", var("x"))
 PERMUTE_IN_PLACE = "permute"   # a permute swapping the last two axes: a batch of transposes
 READS_IN_PLACE = "matmul"      # the consumer that reads a transpose in place (op(A) = Aᵀ)
 INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside their loop
+
+
+def reshaped_strides(shape, strides, new_shape) -> list | None:
+    """The strides of a strided view of `shape` read as `new_shape` (same elements, row-major) when
+    the reshape only keeps axes, splits one or drops or adds axes of 1; None otherwise (merging axes
+    of a view with gaps would need a copy)."""
+    old = [(d, s) for d, s in zip(shape, strides) if d != 1]
+    out, i = [], 0
+    for d in new_shape:
+        if d == 1:
+            out.append(dim_poly(0))
+            continue
+        if i >= len(old):
+            return None
+        size, stride = old[i]
+        if d == size:
+            out.append(stride)
+            i += 1
+        elif isinstance(d, int) and isinstance(size, int) and size % d == 0:
+            out.append(pmul(stride, size // d))       # the outer part of a split axis
+            old[i] = (size // d, stride)
+        else:
+            return None
+    return out if i == len(old) else None
 
 
 @dataclass
@@ -180,6 +218,9 @@ class Fusion:
         self.writes: dict[Node, Value] = {}         # node -> the relu output it writes instead of its own
         self.attention_lse: dict[Node, Node] = {}   # attention forward -> the log-sum-exp node it also writes
         self.attention_grads: dict[Node, tuple[Node, ...]] = {}   # first of dQ, dK, dV -> all of them
+        self.alias: dict[Value, Value] = {}         # a reshape's output -> the buffer it is (RESHAPE_ALIAS)
+        self.through: dict[Value, tuple] = {}       # a permute's input -> (buffer, strides, offset) it is read at
+        self.placed: dict[Node, tuple] = {}         # unslice or permute -> (the sum, strides, offset, zeroes it)
         self._statics()
         self._shared_row_passes()
         self._identity_7()
@@ -188,6 +229,7 @@ class Fusion:
         self._gathers()
         self._attention()
         self._in_place_and_inline()
+        self._layout_views()
 
     def _single_user(self, v: Value) -> Node | None:
         users = self.users.get(v, [])
@@ -319,6 +361,17 @@ class Fusion:
                 self.from_slice[n] = (env["whole"], env["part"].node.attrs["start"])
                 self.absorbed.add(env["part"])
         add, leaf = SCATTER_SUM
+        for n, inner, leaves in self._sum_trees(add, leaf):
+            first = min(leaves, key=lambda lf: self.where[lf])
+            for lf in leaves:
+                self.scatter_sum[lf] = (n.output, lf is first)
+                self.absorbed.add(lf.output)
+            self.absorbed.update(inner)
+            self.absorbed.add(n.output)     # computed by its scatters: the add itself has no kernel
+
+    def _sum_trees(self, add: str, leaf: str):
+        """(top, inner adds, leaves) of each tree of `add` nodes whose leaves are all `leaf` nodes
+        of the top's shape, at least two, each value used once."""
         for n in self.g.nodes:
             if n.op.name != add or self._single_user(n.output) is not None and \
                     self._single_user(n.output).op.name == add:
@@ -338,14 +391,9 @@ class Fusion:
                         todo = []
                         break
             if len(leaves) < 2 or any(lf.output.shape != n.output.shape for lf in leaves) \
-                    or len(leaves) != len(inner) + 2 or n.output in self.static:
+                    or len(leaves) != len(inner) + 2 or n.output in self.static or n.output in self.absorbed:
                 continue
-            first = min(leaves, key=lambda lf: self.where[lf])
-            for lf in leaves:
-                self.scatter_sum[lf] = (n.output, lf is first)
-                self.absorbed.add(lf.output)
-            self.absorbed.update(inner)
-            self.absorbed.add(n.output)     # computed by its scatters: the add itself has no kernel
+            yield n, inner, leaves
 
     def _attention(self) -> None:
         """ATTENTION_PARTS: the log-sum-exp L of a forward attention's q and k (same flags), saved
@@ -373,6 +421,68 @@ class Fusion:
         for nodes in groups.values():
             self.attention_grads[nodes[0]] = tuple(nodes)
             self.absorbed.update(n.output for n in nodes[1:])
+
+    def _has_buffer(self, x: Value) -> bool:
+        return x not in self.static and x not in self.inlined and x not in self.folded and x not in self.absorbed
+
+    def _layout_views(self) -> None:
+        """SLICE_THROUGH, PLACE_SUM and RESHAPE_ALIAS: layout ops that move no element get no
+        kernel. A slice read only by a permute (through a reshape) is read in place by the permute,
+        with strides; the unslices of one sum write their windows of its buffer, the permute before
+        one writing its window itself; what remains of a reshape is its input's buffer."""
+        for n in self.g.nodes:
+            env = next((e for e in (match(p, n.output) for p in SLICE_THROUGH) if e is not None), None)
+            if env is None or not self._has_buffer(env["x"]):
+                continue
+            part, split = env["part"], env.get("split")
+            chain = [part] + ([split] if split is not None else [])
+            if any(self._single_user(c) is None or c in self.static or c in self.absorbed for c in chain):
+                continue
+            x, a = env["x"], part.node.attrs
+            strides = contiguous_strides(x.shape)
+            ax = a["axis"] % x.rank
+            offset = pmul(strides[ax], a["start"])
+            strides[ax] = pmul(strides[ax], a["step"])
+            if split is not None:
+                strides = reshaped_strides(part.shape, strides, split.shape)
+            if strides is not None:
+                self.through[chain[-1]] = (x, tuple(strides), offset)
+                self.absorbed.update(chain)
+        for n, inner, leaves in self._sum_trees(*PLACE_SUM):
+            a = [lf.attrs for lf in leaves]
+            windows = sorted((b["start"], b["stop"]) for b in a)
+            if len({(b["size"], b["axis"] % n.output.rank) for b in a}) != 1 or any(b["step"] != 1 for b in a) \
+                    or any(isinstance(w, str) for win in windows for w in win) \
+                    or any(w[1] > nxt[0] for w, nxt in zip(windows, windows[1:])):
+                continue
+            covered = windows[0][0] == 0 and windows[-1][1] == a[0]["size"] and \
+                all(w[1] == nxt[0] for w, nxt in zip(windows, windows[1:]))
+            total = contiguous_strides(n.output.shape)
+            writers = []
+            for lf in leaves:
+                ax = lf.attrs["axis"] % n.output.rank
+                offset = pmul(total[ax], lf.attrs["start"])
+                env = next((e for e in (match(p, lf.output) for p in PLACE_FROM) if e is not None), None)
+                heads, split = (env["heads"], env.get("split")) if env is not None else (None, None)
+                chain = [heads] + ([split] if split is not None else []) if heads is not None else []
+                strides = reshaped_strides(split.shape, total, heads.shape) if split is not None else total
+                if heads is None or strides is None or heads.node in self.writes or any(
+                        self._single_user(c) is None or c in self.static or c in self.absorbed for c in chain):
+                    writers.append((lf, lf, tuple(total), offset))
+                    continue
+                writers.append((heads.node, lf, tuple(strides), offset))
+                self.absorbed.update(chain[1:])
+            first = min((w[0] for w in writers), key=lambda m: self.where[m])
+            for writer, lf, strides, offset in writers:
+                self.placed[writer] = (n.output, strides, offset, writer is first and not covered)
+                self.absorbed.add(lf.output)
+            self.absorbed.update(inner)
+            self.absorbed.add(n.output)     # written by its leaves: the add itself has no kernel
+        for n in self.g.nodes:
+            v, x = n.output, n.inputs[0] if n.inputs else None
+            if n.op.name in RESHAPES and v not in self.out_of and v not in self.keep and v not in self.static \
+                    and v not in self.absorbed and x.shape != () and self._has_buffer(x):
+                self.alias[v] = self.alias.get(x, x)
 
     def _fits(self, role: str, env: dict, final: Node, user: Node, shape) -> bool:
         """The conditions of an epilogue link: a bias is a row vector computed at run time; the
