@@ -21,6 +21,7 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
                         the sum's buffer, zeroed once (a gradient fed by several uses)
     ATTENTION_PARTS     scaled dot-product attention's forward kernel writes O and the row log-sum-exp L
                         of the same q and k; its dQ, dK and dV (the same inputs) are one backward kernel
+    NORM_GRADS          layer_norm's dJ/dx and dJ/dweight (the same inputs): one pass over the rows
     RESHAPE_ALIAS       a reshape (or flatten) is its input's buffer under another shape: no copy, no buffer
     SLICE_THROUGH       permute(reshape(x[..., a:b])) (a transformer's head split) reads x in place, with
                         strides: one strided copy
@@ -131,6 +132,7 @@ SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each 
 
 # (forward, its row log-sum-exp, the gradients): one kernel writes O and L, one dQ, dK and dV
 ATTENTION_PARTS = ("scaled_dot_product_attention", "attention_lse", "attention_grad")
+NORM_GRADS = "layer_norm_grad"
 
 RESHAPES = ("reshape", "flatten")     # relabel a contiguous buffer: RESHAPE_ALIAS
 SLICE_THROUGH = (op("permute", op("reshape", op("slice", var("x"), bind="part"), bind="split"), bind="heads"),
@@ -218,6 +220,7 @@ class Fusion:
         self.writes: dict[Node, Value] = {}         # node -> the relu output it writes instead of its own
         self.attention_lse: dict[Node, Node] = {}   # attention forward -> the log-sum-exp node it also writes
         self.attention_grads: dict[Node, tuple[Node, ...]] = {}   # first of dQ, dK, dV -> all of them
+        self.norm_grads: dict[Node, tuple[Node, ...]] = {}        # first of dJ/dx, dJ/dweight -> both
         self.alias: dict[Value, Value] = {}         # a reshape's output -> the buffer it is (RESHAPE_ALIAS)
         self.through: dict[Value, tuple] = {}       # a permute's input -> (buffer, strides, offset) it is read at
         self.placed: dict[Node, tuple] = {}         # unslice or permute -> (the sum, strides, offset, zeroes it)
@@ -409,18 +412,28 @@ class Fusion:
             if f is not None and f not in self.attention_lse and self.where[f] < self.where[n]:
                 self.attention_lse[f] = n
                 self.absorbed.add(n.output)
+        for first, nodes in self._grad_groups(live, grad, flags).items():
+            self.attention_grads[first] = nodes
+        for first, nodes in self._grad_groups(live, NORM_GRADS, lambda n: n.attrs["eps"]).items():
+            self.norm_grads[first] = nodes
+
+    def _grad_groups(self, live, name: str, flags) -> dict:
+        """The `name` nodes with the same inputs and flags, one of each wrt: one kernel each group,
+        emitted where the first stands and writing each gradient (the others' outputs absorbed)."""
+        out: dict = {}
         groups: dict = {}
         for n in live:
-            if n.op.name != grad:
+            if n.op.name != name:
                 continue
             nodes = groups.setdefault((n.inputs, flags(n)), [])
             if any(m.attrs["wrt"] == n.attrs["wrt"] for m in nodes):
-                self.attention_grads[n] = (n,)          # a twin CSE left: a kernel of its own
+                out[n] = (n,)          # a twin CSE left: a kernel of its own
                 continue
             nodes.append(n)
         for nodes in groups.values():
-            self.attention_grads[nodes[0]] = tuple(nodes)
+            out[nodes[0]] = tuple(nodes)
             self.absorbed.update(n.output for n in nodes[1:])
+        return out
 
     def _has_buffer(self, x: Value) -> bool:
         return x not in self.static and x not in self.inlined and x not in self.folded and x not in self.absorbed

@@ -15,7 +15,7 @@ from graphc.backend.cprint import (c_apply, c_at, c_index, c_load, c_name, c_one
                                    c_size_real)
 from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm
 from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
-                                    Pointwise, RowSoftmax, Statement, worth_parallel)
+                                    Pointwise, RowNorm, RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
 from graphc.backend.scan_loop import scan_loop
 from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
@@ -473,6 +473,24 @@ class Scheduler(Fusion):
         return [Attention(comment, defs, tuple(n.inputs), "forward", v=self.ref(v), out=self.ref(n.output),
                           lse=self.ref(partner.output) if partner is not None else None, Dv=size(v.shape[-1]),
                           **common)]
+
+    def layer_norm(self, n: Node) -> list[Kernel]:
+        """layer_norm (ops/norm.py) as one pass over the rows: the forward kernel, or the backward
+        one writing the gradients of one layer norm that are needed (NORM_GRADS)."""
+        x, k = n.inputs[0], len(n.attrs["normalized_shape"])
+        common = dict(x=self.ref(x), rows=c_poly(numel(x.shape[:-k])), cols=c_poly(numel(x.shape[-k:])),
+                      eps=c_real(float(n.attrs["eps"])),
+                      parallel=c_poly(numel(x.shape)) if worth_parallel(numel(x.shape)) else None)
+        if n.op.name == "layer_norm":
+            affine = dict(zip(("weight", "bias"), (self.ref(t) for t in n.inputs[1:])))
+            return [RowNorm(self.comment(n), (n.output,), tuple(n.inputs), "forward", out=self.ref(n.output),
+                            **affine, **common)]
+        parts = self.norm_grads.get(n, (n,))
+        outs = {m.attrs["wrt"]: m.output for m in parts}
+        return [RowNorm("\n   ".join(self.comment(m) for m in parts), tuple(outs.values()), tuple(n.inputs),
+                        "backward", d=self.ref(n.inputs[1]),
+                        weight=self.ref(n.inputs[2]) if len(n.inputs) > 2 else None,
+                        **{"d_x" if w == "input" else "d_weight": self.ref(v) for w, v in outs.items()}, **common)]
 
     def scan(self, n: Node) -> list[Kernel]:
         """The results of one scan (ops/scan.py): one C loop over time (backend/scan_loop.py)."""
