@@ -39,55 +39,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from graphc.backend.kernels import Gemm
-from graphc.backend.sizes import contiguous_strides, dim_poly, pmul
+from graphc.backend.matcher import Pat, match, op, var  # noqa: F401  (Pat: the patterns' type)
+from graphc.backend.views import layout_views
 from graphc.core.ir import FLOAT, Graph, Node, Value
 from graphc.ops.linear import swaps_last_two
 from graphc.ops.loss import last_axis
-
-
-# ---------------------------------------------------------------------------------- the matcher
-@dataclass(frozen=True)
-class Pat:
-    """A node of op `op` whose inputs match `args` (in either order when `commutative`), bound to
-    `bind`; with op None, any value, bound to `bind` (a name bound twice must be the same value)."""
-    op: str | None = None
-    args: tuple = ()
-    bind: str | None = None
-    commutative: bool = False
-
-
-def op(name: str, *args: Pat, bind: str | None = None, commutative: bool = False) -> Pat:
-    return Pat(name, args, bind, commutative)
-
-
-def var(bind: str) -> Pat:
-    return Pat(None, (), bind)
-
-
-def match(pat: Pat, v: Value, env: dict | None = None) -> dict | None:
-    """The bindings under which v matches pat (extending env), or None."""
-    env = dict(env or {})
-    if pat.bind is not None:
-        if pat.bind in env and env[pat.bind] is not v:
-            return None
-        env[pat.bind] = v
-    if pat.op is None:
-        return env
-    n = v.node
-    if n is None or n.op.name != pat.op or len(n.inputs) < len(pat.args):
-        return None
-    orders = [n.inputs]
-    if pat.commutative and len(n.inputs) == 2:
-        orders.append(n.inputs[::-1])
-    for inputs in orders:
-        out = env
-        for sub, x in zip(pat.args, inputs):
-            out = match(sub, x, out)
-            if out is None:
-                break
-        else:
-            return out
-    return None
 
 
 # --------------------------------------------------------------------------------- the patterns
@@ -134,41 +90,10 @@ SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each 
 ATTENTION_PARTS = ("scaled_dot_product_attention", "attention_lse", "attention_grad")
 NORM_GRADS = "layer_norm_grad"
 
-RESHAPES = ("reshape", "flatten")     # relabel a contiguous buffer: RESHAPE_ALIAS
-SLICE_THROUGH = (op("permute", op("reshape", op("slice", var("x"), bind="part"), bind="split"), bind="heads"),
-                 op("permute", op("slice", var("x"), bind="part"), bind="heads"))
-PLACE_SUM = ("add", "unslice")          # a tree of adds, each leaf an unslice
-PLACE_FROM = (op("unslice", op("reshape", op("permute", var("d"), bind="heads"), bind="split"), bind="leaf"),
-              op("unslice", op("permute", var("d"), bind="heads"), bind="leaf"))
-
 TRANSPOSE_IN_PLACE = op("transpose", var("x"))
 PERMUTE_IN_PLACE = "permute"   # a permute swapping the last two axes: a batch of transposes
 READS_IN_PLACE = "matmul"      # the consumer that reads a transpose in place (op(A) = Aᵀ)
 INLINE_CONSUMERS = ("sum", "sum_to")   # non-elementwise ops whose input is read inside their loop
-
-
-def reshaped_strides(shape, strides, new_shape) -> list | None:
-    """The strides of a strided view of `shape` read as `new_shape` (same elements, row-major) when
-    the reshape only keeps axes, splits one or drops or adds axes of 1; None otherwise (merging axes
-    of a view with gaps would need a copy)."""
-    old = [(d, s) for d, s in zip(shape, strides) if d != 1]
-    out, i = [], 0
-    for d in new_shape:
-        if d == 1:
-            out.append(dim_poly(0))
-            continue
-        if i >= len(old):
-            return None
-        size, stride = old[i]
-        if d == size:
-            out.append(stride)
-            i += 1
-        elif isinstance(d, int) and isinstance(size, int) and size % d == 0:
-            out.append(pmul(stride, size // d))       # the outer part of a split axis
-            old[i] = (size // d, stride)
-        else:
-            return None
-    return out if i == len(old) else None
 
 
 @dataclass
@@ -414,7 +339,8 @@ class Fusion:
                 self.absorbed.add(n.output)
         for first, nodes in self._grad_groups(live, grad, flags).items():
             self.attention_grads[first] = nodes
-        for first, nodes in self._grad_groups(live, NORM_GRADS, lambda n: n.attrs["eps"]).items():
+        norm = lambda n: (n.attrs["eps"], tuple(n.attrs["normalized_shape"]))  # noqa: E731
+        for first, nodes in self._grad_groups(live, NORM_GRADS, norm).items():
             self.norm_grads[first] = nodes
 
     def _grad_groups(self, live, name: str, flags) -> dict:
@@ -439,63 +365,7 @@ class Fusion:
         return x not in self.static and x not in self.inlined and x not in self.folded and x not in self.absorbed
 
     def _layout_views(self) -> None:
-        """SLICE_THROUGH, PLACE_SUM and RESHAPE_ALIAS: layout ops that move no element get no
-        kernel. A slice read only by a permute (through a reshape) is read in place by the permute,
-        with strides; the unslices of one sum write their windows of its buffer, the permute before
-        one writing its window itself; what remains of a reshape is its input's buffer."""
-        for n in self.g.nodes:
-            env = next((e for e in (match(p, n.output) for p in SLICE_THROUGH) if e is not None), None)
-            if env is None or not self._has_buffer(env["x"]):
-                continue
-            part, split = env["part"], env.get("split")
-            chain = [part] + ([split] if split is not None else [])
-            if any(self._single_user(c) is None or c in self.static or c in self.absorbed for c in chain):
-                continue
-            x, a = env["x"], part.node.attrs
-            strides = contiguous_strides(x.shape)
-            ax = a["axis"] % x.rank
-            offset = pmul(strides[ax], a["start"])
-            strides[ax] = pmul(strides[ax], a["step"])
-            if split is not None:
-                strides = reshaped_strides(part.shape, strides, split.shape)
-            if strides is not None:
-                self.through[chain[-1]] = (x, tuple(strides), offset)
-                self.absorbed.update(chain)
-        for n, inner, leaves in self._sum_trees(*PLACE_SUM):
-            a = [lf.attrs for lf in leaves]
-            windows = sorted((b["start"], b["stop"]) for b in a)
-            if len({(b["size"], b["axis"] % n.output.rank) for b in a}) != 1 or any(b["step"] != 1 for b in a) \
-                    or any(isinstance(w, str) for win in windows for w in win) \
-                    or any(w[1] > nxt[0] for w, nxt in zip(windows, windows[1:])):
-                continue
-            covered = windows[0][0] == 0 and windows[-1][1] == a[0]["size"] and \
-                all(w[1] == nxt[0] for w, nxt in zip(windows, windows[1:]))
-            total = contiguous_strides(n.output.shape)
-            writers = []
-            for lf in leaves:
-                ax = lf.attrs["axis"] % n.output.rank
-                offset = pmul(total[ax], lf.attrs["start"])
-                env = next((e for e in (match(p, lf.output) for p in PLACE_FROM) if e is not None), None)
-                heads, split = (env["heads"], env.get("split")) if env is not None else (None, None)
-                chain = [heads] + ([split] if split is not None else []) if heads is not None else []
-                strides = reshaped_strides(split.shape, total, heads.shape) if split is not None else total
-                if heads is None or strides is None or heads.node in self.writes or any(
-                        self._single_user(c) is None or c in self.static or c in self.absorbed for c in chain):
-                    writers.append((lf, lf, tuple(total), offset))
-                    continue
-                writers.append((heads.node, lf, tuple(strides), offset))
-                self.absorbed.update(chain[1:])
-            first = min((w[0] for w in writers), key=lambda m: self.where[m])
-            for writer, lf, strides, offset in writers:
-                self.placed[writer] = (n.output, strides, offset, writer is first and not covered)
-                self.absorbed.add(lf.output)
-            self.absorbed.update(inner)
-            self.absorbed.add(n.output)     # written by its leaves: the add itself has no kernel
-        for n in self.g.nodes:
-            v, x = n.output, n.inputs[0] if n.inputs else None
-            if n.op.name in RESHAPES and v not in self.out_of and v not in self.keep and v not in self.static \
-                    and v not in self.absorbed and x.shape != () and self._has_buffer(x):
-                self.alias[v] = self.alias.get(x, x)
+        layout_views(self)
 
     def _fits(self, role: str, env: dict, final: Node, user: Node, shape) -> bool:
         """The conditions of an epilogue link: a bias is a row vector computed at run time; the
