@@ -49,15 +49,57 @@
    at -O3 with AVX-512 miscompiles when c is broadcast over the loop (a masked load at c's stride). */
 #define GC_WHERE(c, a, b) (((const gc_real[2]){(b), (a)})[(c) != 0])
 
-#if GC_KERNELS_FLOAT
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__GNUC__)
-#define GC_UNUSED __attribute__((unused))   /* a model that calls no tanh: no warning */
+#define GC_UNUSED __attribute__((unused))   /* a model that calls no tanh or exp: no warning */
 #else
 #define GC_UNUSED
 #endif
+
+/* exp of a softmax's row (and attention's scores), with no libm call and no branch, so that the loop
+   around it is vectorized: 2^n p(r), n = round(x / ln 2) read off the low bits of x / ln 2 + 1.5 * 2^m,
+   r = x - n ln 2 in two steps (Cody-Waite), p the Taylor polynomial (|r| <= ln 2 / 2; degree 7 for
+   float, 13 for double), 2^n made from its exponent bits. Within 2 ulp of exp for x in [-87, 88]
+   (float) and [-708, 709] (double); below, 0 (exp is subnormal there: a masked score's -inf gives 0);
+   above, x is clamped (exp(+inf) is finite): for the arguments x - max of a row (at most 0) only.
+   NaN stays NaN. */
+#if GC_KERNELS_FLOAT
+static inline GC_UNUSED float gc_expf(float x)
+{
+    float y = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x, shift, nf, r, p, pow2;
+    uint32_t bits;
+    shift = y * 1.44269504088896341f + 12582912.0f;
+    memcpy(&bits, &shift, sizeof bits);
+    nf = shift - 12582912.0f;
+    r = (y - nf * 0.693359375f) + nf * 2.12194440e-4f;
+    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f
+        + r * (8.33333333e-3f + r * (1.38888889e-3f + r * 1.98412698e-4f))))));
+    bits = (bits - 0x4B400000u + 127u) << 23;
+    memcpy(&pow2, &bits, sizeof pow2);
+    return x < -87.0f ? 0.0f : p * pow2;
+}
+#endif
+#if GC_KERNELS_DOUBLE
+static inline GC_UNUSED double gc_exp(double x)
+{
+    double y = x < -708.0 ? -708.0 : x > 709.0 ? 709.0 : x, shift, nf, r, p, pow2;
+    uint64_t bits;
+    shift = y * 1.4426950408889634 + 6755399441055744.0;
+    memcpy(&bits, &shift, sizeof bits);
+    nf = shift - 6755399441055744.0;
+    r = (y - nf * 6.93145751953125e-1) - nf * 1.42860682030941723212e-6;
+    p = 1.0 + r * (1.0 + r * (1.0 / 2 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (1.0 / 720
+        + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800
+        + r * (1.0 / 479001600 + r * (1.0 / 6227020800.0)))))))))))));
+    bits = (bits - UINT64_C(0x4338000000000000) + 1023u) << 52;
+    memcpy(&pow2, &bits, sizeof pow2);
+    return x < -708.0 ? 0.0 : p * pow2;
+}
+#endif
+
+#if GC_KERNELS_FLOAT
 
 /* tanh of a float with no libm call and no branch, so that the loops around it (tanh, GELU and their
    gradients) are vectorized: for |x| < 0.625 Cephes' odd polynomial x + x^3 P(x^2), else

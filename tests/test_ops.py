@@ -290,7 +290,7 @@ def _naive_patch_matmul(a, b, bias=None, mode="nt", groups=1):
 
 
 # backward kernel ops whose own VJP (a second derivative) graphc does not build: it raises
-NO_SECOND_DERIVATIVE = {"attention_grad"}
+NO_SECOND_DERIVATIVE = {"attention_grad", "layer_norm_grad"}
 
 
 def _naive_attention_parts(q, k, is_causal=False, scale=None):
@@ -321,6 +321,31 @@ def _naive_attention_grad(q, k, v, o, lse, d, wrt="q", is_causal=False, scale=No
     s = 1 / np.sqrt(q.shape[-1]) if scale is None else scale
     dS = P * (d @ np.swapaxes(v, -1, -2) - np.sum(d * o, axis=-1, keepdims=True))
     return {"q": s * dS @ k, "k": s * np.swapaxes(dS, -1, -2) @ q, "v": np.swapaxes(P, -1, -2) @ d}[wrt]
+
+
+def _naive_layer_norm_grad(x, d, weight=None, wrt="input", normalized_shape=(), eps=1e-5):
+    """Row by row through the full Jacobian of one row r (not the closed form the op computes):
+    ∂y_j/∂r_k = w_j ((δ_jk − 1/n) s − (r_j − μ)(r_k − μ) s³ / n), s = 1/√(var + eps); then
+    dJ/dx = δ J, and dJ/dweight = Σ over the rows of δ ∘ (r − μ) s."""
+    n = int(np.prod(normalized_shape))
+    w = np.ones(n) if weight is None else weight.reshape(n)
+    rows, ds = x.reshape(-1, n), d.reshape(-1, n)
+    dx, dw = np.zeros_like(rows), np.zeros(n)
+    for i, (r, dr) in enumerate(zip(rows, ds)):
+        mu = r.mean()
+        s = 1 / np.sqrt(((r - mu) ** 2).mean() + eps)
+        jac = np.array([[w[j] * ((float(j == k) - 1 / n) * s - (r[j] - mu) * (r[k] - mu) * s ** 3 / n)
+                         for k in range(n)] for j in range(n)])
+        dx[i] = dr @ jac
+        dw += dr * (r - mu) * s
+    return dx.reshape(x.shape) if wrt == "input" else dw.reshape(normalized_shape)
+
+
+def _layer_norm_grad_cases(rng):
+    x, d, w = real(rng, 3, 2, 5), real(rng, 3, 2, 5), real(rng, 5)
+    return [Case(f"wrt {wrt}", [x, d, w], _naive_layer_norm_grad, {"wrt": wrt, "normalized_shape": (5,)})
+            for wrt in ("input", "weight")] + \
+        [Case("plain, two axes", [x, d], _naive_layer_norm_grad, {"normalized_shape": (2, 5), "eps": 0.1})]
 
 
 def _attention_grad_cases(rng):
@@ -378,6 +403,7 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("causal", [real(rng, 1, 3, 4, 2), real(rng, 1, 3, 4, 2)], _naive_attention_lse, {"is_causal": True}),
     ],
     "attention_grad": _attention_grad_cases,
+    "layer_norm_grad": _layer_norm_grad_cases,
     "const": lambda rng: [Case("scalar", [], lambda value: np.float64(value), {"value": 2.5})],
     "add": _binary(np.add),
     "sub": _binary(np.subtract),

@@ -21,6 +21,13 @@ prints C. The fusions are declared below as patterns over the graph, and one sma
                         the sum's buffer, zeroed once (a gradient fed by several uses)
     ATTENTION_PARTS     scaled dot-product attention's forward kernel writes O and the row log-sum-exp L
                         of the same q and k; its dQ, dK and dV (the same inputs) are one backward kernel
+    NORM_GRADS          layer_norm's dJ/dx and dJ/dweight (the same inputs): one pass over the rows
+    RESHAPE_ALIAS       a reshape (or flatten) is its input's buffer under another shape: no copy, no buffer
+    SLICE_THROUGH       permute(reshape(x[..., a:b])) (a transformer's head split) reads x in place, with
+                        strides: one strided copy
+    PLACE_SUM           unslices of disjoint windows summed (the head split's gradient): each writes its
+                        window of the sum's buffer (zeroed once unless they cover it), and a permute
+                        before one (through a reshape) writes straight into it
     and two rules over op traits: scalars of constants and sizes are static C expressions
     (OpDef.static), and a single-use elementwise value is computed inside its consumer's loop.
 
@@ -32,54 +39,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from graphc.backend.kernels import Gemm
+from graphc.backend.matcher import Pat, match, op, var  # noqa: F401  (Pat: the patterns' type)
+from graphc.backend.views import layout_views
 from graphc.core.ir import FLOAT, Graph, Node, Value
 from graphc.ops.linear import swaps_last_two
 from graphc.ops.loss import last_axis
-
-
-# ---------------------------------------------------------------------------------- the matcher
-@dataclass(frozen=True)
-class Pat:
-    """A node of op `op` whose inputs match `args` (in either order when `commutative`), bound to
-    `bind`; with op None, any value, bound to `bind` (a name bound twice must be the same value)."""
-    op: str | None = None
-    args: tuple = ()
-    bind: str | None = None
-    commutative: bool = False
-
-
-def op(name: str, *args: Pat, bind: str | None = None, commutative: bool = False) -> Pat:
-    return Pat(name, args, bind, commutative)
-
-
-def var(bind: str) -> Pat:
-    return Pat(None, (), bind)
-
-
-def match(pat: Pat, v: Value, env: dict | None = None) -> dict | None:
-    """The bindings under which v matches pat (extending env), or None."""
-    env = dict(env or {})
-    if pat.bind is not None:
-        if pat.bind in env and env[pat.bind] is not v:
-            return None
-        env[pat.bind] = v
-    if pat.op is None:
-        return env
-    n = v.node
-    if n is None or n.op.name != pat.op or len(n.inputs) < len(pat.args):
-        return None
-    orders = [n.inputs]
-    if pat.commutative and len(n.inputs) == 2:
-        orders.append(n.inputs[::-1])
-    for inputs in orders:
-        out = env
-        for sub, x in zip(pat.args, inputs):
-            out = match(sub, x, out)
-            if out is None:
-                break
-        else:
-            return out
-    return None
 
 
 # --------------------------------------------------------------------------------- the patterns
@@ -124,6 +88,7 @@ SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each 
 
 # (forward, its row log-sum-exp, the gradients): one kernel writes O and L, one dQ, dK and dV
 ATTENTION_PARTS = ("scaled_dot_product_attention", "attention_lse", "attention_grad")
+NORM_GRADS = "layer_norm_grad"
 
 TRANSPOSE_IN_PLACE = op("transpose", var("x"))
 PERMUTE_IN_PLACE = "permute"   # a permute swapping the last two axes: a batch of transposes
@@ -180,6 +145,10 @@ class Fusion:
         self.writes: dict[Node, Value] = {}         # node -> the relu output it writes instead of its own
         self.attention_lse: dict[Node, Node] = {}   # attention forward -> the log-sum-exp node it also writes
         self.attention_grads: dict[Node, tuple[Node, ...]] = {}   # first of dQ, dK, dV -> all of them
+        self.norm_grads: dict[Node, tuple[Node, ...]] = {}        # first of dJ/dx, dJ/dweight -> both
+        self.alias: dict[Value, Value] = {}         # a reshape's output -> the buffer it is (RESHAPE_ALIAS)
+        self.through: dict[Value, tuple] = {}       # a permute's input -> (buffer, strides, offset) it is read at
+        self.placed: dict[Node, tuple] = {}         # unslice or permute -> (the sum, strides, offset, zeroes it)
         self._statics()
         self._shared_row_passes()
         self._identity_7()
@@ -188,6 +157,7 @@ class Fusion:
         self._gathers()
         self._attention()
         self._in_place_and_inline()
+        self._layout_views()
 
     def _single_user(self, v: Value) -> Node | None:
         users = self.users.get(v, [])
@@ -319,6 +289,17 @@ class Fusion:
                 self.from_slice[n] = (env["whole"], env["part"].node.attrs["start"])
                 self.absorbed.add(env["part"])
         add, leaf = SCATTER_SUM
+        for n, inner, leaves in self._sum_trees(add, leaf):
+            first = min(leaves, key=lambda lf: self.where[lf])
+            for lf in leaves:
+                self.scatter_sum[lf] = (n.output, lf is first)
+                self.absorbed.add(lf.output)
+            self.absorbed.update(inner)
+            self.absorbed.add(n.output)     # computed by its scatters: the add itself has no kernel
+
+    def _sum_trees(self, add: str, leaf: str):
+        """(top, inner adds, leaves) of each tree of `add` nodes whose leaves are all `leaf` nodes
+        of the top's shape, at least two, each value used once."""
         for n in self.g.nodes:
             if n.op.name != add or self._single_user(n.output) is not None and \
                     self._single_user(n.output).op.name == add:
@@ -338,14 +319,9 @@ class Fusion:
                         todo = []
                         break
             if len(leaves) < 2 or any(lf.output.shape != n.output.shape for lf in leaves) \
-                    or len(leaves) != len(inner) + 2 or n.output in self.static:
+                    or len(leaves) != len(inner) + 2 or n.output in self.static or n.output in self.absorbed:
                 continue
-            first = min(leaves, key=lambda lf: self.where[lf])
-            for lf in leaves:
-                self.scatter_sum[lf] = (n.output, lf is first)
-                self.absorbed.add(lf.output)
-            self.absorbed.update(inner)
-            self.absorbed.add(n.output)     # computed by its scatters: the add itself has no kernel
+            yield n, inner, leaves
 
     def _attention(self) -> None:
         """ATTENTION_PARTS: the log-sum-exp L of a forward attention's q and k (same flags), saved
@@ -361,18 +337,35 @@ class Fusion:
             if f is not None and f not in self.attention_lse and self.where[f] < self.where[n]:
                 self.attention_lse[f] = n
                 self.absorbed.add(n.output)
+        for first, nodes in self._grad_groups(live, grad, flags).items():
+            self.attention_grads[first] = nodes
+        norm = lambda n: (n.attrs["eps"], tuple(n.attrs["normalized_shape"]))  # noqa: E731
+        for first, nodes in self._grad_groups(live, NORM_GRADS, norm).items():
+            self.norm_grads[first] = nodes
+
+    def _grad_groups(self, live, name: str, flags) -> dict:
+        """The `name` nodes with the same inputs and flags, one of each wrt: one kernel each group,
+        emitted where the first stands and writing each gradient (the others' outputs absorbed)."""
+        out: dict = {}
         groups: dict = {}
         for n in live:
-            if n.op.name != grad:
+            if n.op.name != name:
                 continue
             nodes = groups.setdefault((n.inputs, flags(n)), [])
             if any(m.attrs["wrt"] == n.attrs["wrt"] for m in nodes):
-                self.attention_grads[n] = (n,)          # a twin CSE left: a kernel of its own
+                out[n] = (n,)          # a twin CSE left: a kernel of its own
                 continue
             nodes.append(n)
         for nodes in groups.values():
-            self.attention_grads[nodes[0]] = tuple(nodes)
+            out[nodes[0]] = tuple(nodes)
             self.absorbed.update(n.output for n in nodes[1:])
+        return out
+
+    def _has_buffer(self, x: Value) -> bool:
+        return x not in self.static and x not in self.inlined and x not in self.folded and x not in self.absorbed
+
+    def _layout_views(self) -> None:
+        layout_views(self)
 
     def _fits(self, role: str, env: dict, final: Node, user: Node, shape) -> bool:
         """The conditions of an epilogue link: a bias is a row vector computed at run time; the

@@ -14,6 +14,7 @@ fusion that changes one makes a new one (dataclasses.replace).
     Depthwise    a depthwise convolution's direct loop and its two adjoints (no patch matrix)
     Pointwise    a 1x1 convolution and its two adjoints: one GEMM per image, NCHW (no patch matrix)
     Attention    scaled dot-product attention's forward (O and the row log-sum-exp) or backward pass
+    RowNorm      layer_norm over rows: forward, or its gradients in the closed form (one pass each)
     ScanLoop     a scan's body inside a loop over time (backend/scan_loop.py)
     SgdUpdate, AdamStepCount, AdamUpdate   the optimizer's updates of a train step
     RecipeBegin, GradNorm, AccumulateGrad  its schedule, clipping and gradient accumulation
@@ -406,6 +407,29 @@ class Attention(Kernel):
     kind_name: ClassVar[str] = "attention"
 
 
+@dataclass(frozen=True)
+class RowNorm(Kernel):
+    """layer_norm over `rows` rows of `cols` elements, one row at a time (its mean and 1/σ in
+    registers). kind forward: out = x̂ ∘ weight + bias (each None when left out). kind backward:
+    d_x = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / σ with g = d ∘ weight, and d_weight = Σ d ∘ x̂ over
+    the rows (each None when not wanted), μ and σ recomputed. The rows go over threads when
+    `parallel` (the element count) is set and no sum over rows is written. Sizes are C text."""
+    kind: str = "forward"
+    x: str = ""
+    rows: str = ""
+    cols: str = ""
+    eps: str = ""
+    weight: str | None = None
+    bias: str | None = None
+    out: str | None = None
+    d: str | None = None
+    d_x: str | None = None
+    d_weight: str | None = None
+    parallel: str | None = None
+    template: ClassVar[str] = "kernels/layer_norm.c.j2"
+    kind_name: ClassVar[str] = "norm"
+
+
 # ------------------------------------------------------------------------------------- scans
 @dataclass(frozen=True)
 class ScanLoop(Kernel):
@@ -576,7 +600,7 @@ def with_names(record: Kernel, names: dict[int, str]):
     return replace(record, **change)
 
 
-RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, Attention, ScanLoop, SgdUpdate,
+RECORDS = (Loop, Gemm, RowSoftmax, Gather, Patches, Depthwise, Pointwise, Attention, RowNorm, ScanLoop, SgdUpdate,
            AdamStepCount, AdamUpdate, RecipeBegin, GradNorm, AccumulateGrad)
 
 

@@ -15,7 +15,7 @@ from graphc.backend.cprint import (c_apply, c_at, c_index, c_load, c_name, c_one
                                    c_size_real)
 from graphc.backend.fusion import Epilogue as Fused, Fusion, early_updates, sgd_in_gemm, updates_when_ready
 from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
-                                    Pointwise, RowSoftmax, Statement, worth_parallel)
+                                    Pointwise, RowNorm, RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, plan
 from graphc.backend.scan_loop import scan_loop
 from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
@@ -64,6 +64,8 @@ class Scheduler(Fusion):
             return self.names[v]
         if v.node is None:
             return c_name(v.name)
+        if v in self.alias:
+            return self.ref(self.alias[v])
         if v in self.out_of:
             return self.out_of[v]
         return c_name(v.name) + self.suffix
@@ -188,10 +190,16 @@ class Scheduler(Fusion):
 
     def permuted_copy(self, n: Node, axes) -> list[Kernel]:
         """out[i0, i1, ...] = x[i_axes[0], ...]: x read with its strides permuted (written into the relu's
-        buffer when the relu was applied before it: CONV_RELU)."""
+        buffer when the relu was applied before it: CONV_RELU). x may be a window of a buffer read in
+        place (SLICE_THROUGH), and out a window of a sum's buffer (PLACE_SUM)."""
         x, v = n.inputs[0], self.writes.get(n, n.output)
-        s = contiguous_strides(x.shape)
-        loads = [Load(self.ref(x), tuple(s[a] for a in axes), (0,), x)]
+        src, s, offset = self.through.get(x, (x, contiguous_strides(x.shape), (0,)))
+        loads = [Load(self.ref(src), tuple(s[a] for a in axes), offset, src)]
+        if n in self.placed:
+            total, strides, at, zero = self.placed[n]
+            comment = self.comment(n) + f"\n   written into its window of {total.name}"
+            return [self.loop(v.shape, self.ref(total), strides, c_load(0), loads, comment, [total],
+                              target_offset=at, zero_size=numel(total.shape) if zero else None)]
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_load(0), loads, self.comment(n), [v])]
 
     def window_copy(self, n: Node, axis: int, start: int, step: int = 1) -> list[Kernel]:
@@ -203,13 +211,16 @@ class Scheduler(Fusion):
         return [self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), c_load(0), loads, self.comment(n), [v])]
 
     def window_place(self, n: Node, axis: int, start: int, step: int = 1) -> list[Kernel]:
-        """The adjoint of window_copy: zeros, then x written at start::step along `axis`."""
-        x, v = n.inputs[0], n.output
+        """The adjoint of window_copy: zeros, then x written at start::step along `axis` (or, a leaf
+        of PLACE_SUM, written into its window of the sum, zeroed by the first leaf unless they cover it)."""
+        x, v, zero = n.inputs[0], n.output, True
+        if n in self.placed:
+            v, _, _, zero = self.placed[n]
         s = contiguous_strides(v.shape)
         strides = tuple(pmul(st, (step,)) if a == axis else st for a, st in enumerate(s))
         loads = [Load(self.ref(x), tuple(contiguous_strides(x.shape)), (0,), x)]
         return [self.loop(x.shape, self.ref(v), strides, c_load(0), loads, self.comment(n), [v],
-                          target_offset=pmul(s[axis], (start,)), zero_size=numel(v.shape))]
+                          target_offset=pmul(s[axis], (start,)), zero_size=numel(v.shape) if zero else None)]
 
     def concat(self, n: Node, axis: int = -1) -> list[Kernel]:
         """Each operand into its range of `axis` of the output (but the gathers that write theirs
@@ -463,6 +474,24 @@ class Scheduler(Fusion):
                           lse=self.ref(partner.output) if partner is not None else None, Dv=size(v.shape[-1]),
                           **common)]
 
+    def layer_norm(self, n: Node) -> list[Kernel]:
+        """layer_norm (ops/norm.py) as one pass over the rows: the forward kernel, or the backward
+        one writing the gradients of one layer norm that are needed (NORM_GRADS)."""
+        x, k = n.inputs[0], len(n.attrs["normalized_shape"])
+        common = dict(x=self.ref(x), rows=c_poly(numel(x.shape[:-k])), cols=c_poly(numel(x.shape[-k:])),
+                      eps=c_real(float(n.attrs["eps"])),
+                      parallel=c_poly(numel(x.shape)) if worth_parallel(numel(x.shape)) else None)
+        if n.op.name == "layer_norm":
+            affine = dict(zip(("weight", "bias"), (self.ref(t) for t in n.inputs[1:])))
+            return [RowNorm(self.comment(n), (n.output,), tuple(n.inputs), "forward", out=self.ref(n.output),
+                            **affine, **common)]
+        parts = self.norm_grads.get(n, (n,))
+        outs = {m.attrs["wrt"]: m.output for m in parts}
+        return [RowNorm("\n   ".join(self.comment(m) for m in parts), tuple(outs.values()), tuple(n.inputs),
+                        "backward", d=self.ref(n.inputs[1]),
+                        weight=self.ref(n.inputs[2]) if len(n.inputs) > 2 else None,
+                        **{"d_x" if w == "input" else "d_weight": self.ref(v) for w, v in outs.items()}, **common)]
+
     def scan(self, n: Node) -> list[Kernel]:
         """The results of one scan (ops/scan.py): one C loop over time (backend/scan_loop.py)."""
         return scan_loop(self, n)
@@ -475,9 +504,9 @@ class Scheduler(Fusion):
         if n in self.emit_at:
             final = self.emit_at[n]
             return [self.epilogue_step(final, self.epilogue[final])]
-        if n in self.into_concat or n in self.from_slice or n in self.scatter_sum:
+        if n in self.into_concat or n in self.from_slice or n in self.scatter_sum or n in self.placed:
             return n.op.kernel(self, n)
-        if v in self.static or v in self.inlined or v in self.folded or v in self.absorbed or n in self.epilogue \
+        if v in self.static or v in self.alias or v in self.inlined or v in self.folded or v in self.absorbed or n in self.epilogue \
                 or n in self.moved:
             return []
         return n.op.kernel(self, n)
@@ -506,6 +535,8 @@ class Scheduler(Fusion):
         steps: list[Kernel] = []
         for n in self.g.nodes:
             steps.extend(self.node_steps(n))
+        if self.alias:      # a kernel reading a reshape reads its input's buffer (RESHAPE_ALIAS)
+            steps = [replace(st, uses=tuple(dict.fromkeys(self.alias.get(v, v) for v in st.uses))) for st in steps]
         # outputs that are not computed into their buffer: a second name, or an input/param
         for cname, v in self.outputs.items():
             if self.out_of.get(v) != cname or v.node is None or v in self.static:

@@ -21,24 +21,6 @@ def _check_eps(eps) -> None:
         raise SpecError(f"eps must be a positive number, got {eps!r}")
 
 
-def _closed_form_dx(b, d, x, axes, eps, weight):
-    """dJ/dx = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / σ with g = δ ∘ weight (identities (4) and (3):
-    every mean passes δ back to each element it reads); also returns x̂."""
-    xhat, rstd = _standardized(b, x, axes, eps)
-    g = b.mul(d, weight) if weight is not None else d
-    mean = lambda v: b.apply("mean", v, axis=axes, keepdims=True)  # noqa: E731
-    return b.mul(b.sub(b.sub(g, mean(g)), b.mul(xhat, mean(b.mul(g, xhat)))), rstd), xhat
-
-
-def _standardized(b, x, axes, eps):
-    """(x̂, 1/σ): x centred and scaled over `axes`, σ = √(var + eps), as graph values."""
-    mu = b.apply("mean", x, axis=axes, keepdims=True)
-    xc = b.sub(x, mu)
-    var = b.apply("mean", b.apply("square", xc), axis=axes, keepdims=True)
-    rstd = b.div(1.0, b.apply("sqrt", b.add(var, eps)))
-    return b.mul(xc, rstd), rstd
-
-
 @register
 class LayerNorm(OpDef):
     """layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) as torch.nn.functional:
@@ -92,24 +74,79 @@ class LayerNorm(OpDef):
         x = node.inputs[0]
         return tuple(range(x.rank - len(node.attrs["normalized_shape"]), x.rank))
 
-    def lower(self, b, node):
-        x, *affine = node.inputs
-        xhat, _ = _standardized(b, x, self._axes(node), float(node.attrs["eps"]))
-        y = b.mul(xhat, affine[0]) if affine else xhat
-        return b.add(y, affine[1]) if len(affine) > 1 else y
+    def kernel(self, k, node):
+        return k.layer_norm(node)
 
     def vjp(self, b, node, d):
         x, *affine = node.inputs
-        axes = self._axes(node)
+        extra = dict(normalized_shape=tuple(node.attrs["normalized_shape"]), eps=float(node.attrs["eps"]))
+        inputs = (x, d) + tuple(affine[:1])
         with b.because(node, "4"):
-            dx, xhat = _closed_form_dx(b, d, x, axes, float(node.attrs["eps"]), affine[0] if affine else None)
-        out = [dx]
+            out = [b.apply("layer_norm_grad", *inputs, wrt="input", **extra)]
         with b.because(node, "3"):
             if affine:
-                out.append(b.apply("sum_to", b.mul(d, xhat), shape=affine[0].shape))
+                out.append(b.apply("layer_norm_grad", *inputs, wrt="weight", **extra))
             if len(affine) > 1:
                 out.append(b.apply("sum_to", d, shape=affine[1].shape))
         return out
+
+
+def _layer_norm_grads(x, d, weight, normalized_shape, eps):
+    """(dJ/dx, dJ/dweight) of layer_norm in NumPy, the closed form of LayerNormGrad."""
+    axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+    mu = x.mean(axis=axes, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mu) ** 2).mean(axis=axes, keepdims=True) + eps)
+    xhat = (x - mu) * rstd
+    g = d * weight if weight is not None else d
+    dx = (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True)) * rstd
+    return dx, (d * xhat).reshape((-1,) + tuple(normalized_shape)).sum(axis=0)
+
+
+@register
+class LayerNormGrad(OpDef):
+    """One gradient of y = layer_norm(x, normalized_shape, weight, ...) from x, δ = dJ/dy and the
+    weight (attribute wrt): with x̂ = (x − μ)/σ per row and g = δ ∘ weight, wrt "input" is
+    dJ/dx = (g − mean(g) − x̂ ∘ mean(g ∘ x̂)) / σ (identities (4) and (3): each mean passes δ back to
+    every element it reads), wrt "weight" dJ/dweight = Σ δ ∘ x̂ over the rows (identity (3)). μ and
+    σ are recomputed from x, one row at a time; the nodes of one layer norm (same inputs) are one
+    pass over the rows (backend/fusion.py's NORM_GRADS).
+
+    Its own VJP (a second derivative through layer_norm) is not supported: it raises a GraphcError."""
+
+    name = "layer_norm_grad"
+    arity = 3
+    optional_inputs = 1
+    public = False
+    attrs = {"wrt": "input", "normalized_shape": (), "eps": 1e-5}
+    tuple_attrs = ("normalized_shape",)
+    identity = "3,4"
+
+    def check_attrs(self, inputs, attrs):
+        out = super().check_attrs(inputs, attrs)
+        if out["wrt"] not in ("input", "weight"):
+            raise SpecError(f"layer_norm_grad: wrt must be 'input' or 'weight', got {out['wrt']!r}")
+        return out
+
+    def shape(self, x, d, weight=None, wrt="input", normalized_shape=(), eps=1e-5):
+        LayerNorm().shape(x, weight, None, normalized_shape=normalized_shape, eps=eps)
+        require_float(d, "d")
+        if d.shape != x.shape:
+            raise ShapeError(f"layer_norm_grad: d must have the shape of x {x.shape}, got {d.shape}")
+        return TensorType(x.shape if wrt == "input" else tuple(normalized_shape))
+
+    def reference(self, x, d, weight=None, wrt="input", normalized_shape=(), eps=1e-5):
+        return _layer_norm_grads(x, d, weight, normalized_shape, eps)[wrt == "weight"]
+
+    def kernel(self, k, node):
+        return k.layer_norm(node)
+
+    def vjp(self, b, node, d):
+        from graphc.core.errors import GraphcError
+        raise GraphcError("layer_norm_grad has no VJP: second derivatives through layer_norm are not supported",
+                          hint="differentiate a graph once (grad of the forward graph)")
+
+    def notation(self, p, node, *args):
+        return p.call(self.name, list(args))
 
 
 @register

@@ -18,6 +18,7 @@ typedef float gc_real;
 #define GC_ACT_RELU 1     /* ... relu */
 #endif
 #define GC_EXP(x) expf(x)
+#define GC_EXP_ROW(x) gc_expf(x)   /* graphc_kernels.h's, for x - max of a row: vectorizable */
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
@@ -196,33 +197,24 @@ static void digits_cnn_backward_pass_1(long n, gc_real *h1__0__1, gc_real *h1__0
     }
 }
 
-/* The backward pass (part 2 of 3) value_and_grad and train_step share: it writes h1__1__12,
- * h1__1__13, h1__1__14, h1__1__16, h1__2, h1__3, h1__4, h1__5, h1, h2__0__0, h2__0__1, h2__0,
- * h2__1__1, h2__1__2 and h2__1__5. */
+/* The backward pass (part 2 of 3) value_and_grad and train_step share: it writes h1__1__14,
+ * h1__1__16, h1__2, h1__3, h1__5, h1, h2__0__0, h2__0__1, h2__0, h2__1__1, h2__1__2 and
+ * h2__1__5. */
 static void digits_cnn_backward_pass_2(long n, const float *g1, const float *b1, const float *w2,
                                        gc_real *h1__0, gc_real *h1__1__2, gc_real *h1__1__11,
-                                       gc_real *h1__1__12, gc_real *h1__1__13, gc_real *h1__1__14,
-                                       gc_real *h1__1__16, gc_real *h1__2, gc_real *h1__3,
-                                       gc_real *h1__4, gc_real *h1__5, gc_real *h1,
+                                       gc_real *h1__1__14, gc_real *h1__1__16, gc_real *h1__2,
+                                       gc_real *h1__3, gc_real *h1__5, gc_real *h1,
                                        gc_real *h2__0__0, gc_real *h2__0__1, gc_real *h2__0,
                                        gc_real *h2__1__1, gc_real *h2__1__2, gc_real *h2__1__5,
                                        gc_real *pack)
 {
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
-        h1__1__12[i] = g1[i];
+        h1__1__14[i] = h1__1__11[i] * g1[i];
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
-        h1__1__13[i] = b1[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__14[i] = h1__1__11[i] * h1__1__12[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__16[i] = h1__1__13[i] - (h1__1__2[i] * h1__1__14[i]);
+        h1__1__16[i] = b1[i] - (h1__1__2[i] * h1__1__14[i]);
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     GC_PARALLEL_LOOP(1024 * n)
@@ -252,18 +244,13 @@ static void digits_cnn_backward_pass_2(long n, const float *g1, const float *b1,
         }
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    GC_PARALLEL_LOOP(1024 * n)
-    for (long i = 0; i < 1024 * n; ++i) {
-        h1__4[i] = h1__3[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 256 * n; ++i) {
         h1__5[i] = (gc_real)(-HUGE_VAL);
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 256 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            h1__5[i] = (h1__5[i] >= h1__4[i * 4 + j] ? h1__5[i] : h1__4[i * 4 + j]);
+            h1__5[i] = (h1__5[i] >= h1__3[i * 4 + j] ? h1__5[i] : h1__3[i * 4 + j]);
         }
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
@@ -322,15 +309,13 @@ static void digits_cnn_backward_pass_2(long n, const float *g1, const float *b1,
     }
 }
 
-/* The backward pass (part 3 of 3) value_and_grad and train_step share: it writes h2__1__12,
- * h2__1__13, h2__1__14, h2__1__16, h2__2, h2__3, h2__4, h2__5, h2, theta__0, theta__1__0,
- * theta__1, theta, J, probs, d_theta, d_c, d_theta__1, d_U, d_theta__1__1, d_h2, d_h2__0,
- * d_h2__1, d_h2__2, d_h2__3, d_h2__5, d_h2__6, d_h2__7, d_h2__8, d_h2__9, d_h2__2__1,
+/* The backward pass (part 3 of 3) value_and_grad and train_step share: it writes h2__1__14,
+ * h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta, J, probs, d_theta, d_c,
+ * d_theta__1, d_U, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7, d_h2__9, d_h2__2__1,
  * d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__33, d_h2__1__34,
- * d_g2, d_b2, d_h2__0__1, d_h2__0__2, d_w2, d_h2__0__4, d_h1, d_h1__0, d_h1__1, d_h1__2,
- * d_h1__3, d_h1__5, d_h1__6, d_h1__7, d_h1__8, d_h1__9, d_h1__2__1, d_h1__1__14, d_h1__1__16,
- * d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__33, d_h1__1__34, d_g1, d_b1, d_h1__0__1,
- * d_h1__0__2 and d_w1. */
+ * d_g2, d_b2, d_h2__0__1, d_h2__0__2, d_w2, d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5,
+ * d_h1__7, d_h1__9, d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
+ * d_h1__1__29, d_h1__1__33, d_h1__1__34, d_g1, d_b1, d_h1__0__1, d_h1__0__2 and d_w1. */
 static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2, const float *g2,
                                        const float *b2, const float *U, const float *c,
                                        const float *dropout_step, float *loss, float *probs,
@@ -339,45 +324,33 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
                                        gc_real *h1__0__0, gc_real *h1__0, gc_real *h1__1__2,
                                        gc_real *h1__1__11, gc_real *h1__1__14, gc_real *h1__2,
                                        gc_real *h1, gc_real *h2__0__0, gc_real *h2__0,
-                                       gc_real *h2__1__2, gc_real *h2__1__11, gc_real *h2__1__12,
-                                       gc_real *h2__1__13, gc_real *h2__1__14, gc_real *h2__1__16,
-                                       gc_real *h2__2, gc_real *h2__3, gc_real *h2__4,
-                                       gc_real *h2__5, gc_real *h2, gc_real *theta__0,
-                                       gc_real *theta__1__0, gc_real *theta__1, gc_real *theta,
-                                       gc_real *d_theta, gc_real *d_theta__1,
-                                       gc_real *d_theta__1__1, gc_real *d_h2, gc_real *d_h2__0,
-                                       gc_real *d_h2__1, gc_real *d_h2__2, gc_real *d_h2__3,
-                                       gc_real *d_h2__5, gc_real *d_h2__6, gc_real *d_h2__7,
-                                       gc_real *d_h2__8, gc_real *d_h2__9, gc_real *d_h2__2__1,
+                                       gc_real *h2__1__2, gc_real *h2__1__11, gc_real *h2__1__14,
+                                       gc_real *h2__1__16, gc_real *h2__2, gc_real *h2__3,
+                                       gc_real *h2__5, gc_real *h2, gc_real *theta__1__0,
+                                       gc_real *theta__1, gc_real *theta, gc_real *d_theta,
+                                       gc_real *d_theta__1, gc_real *d_theta__1__1,
+                                       gc_real *d_h2__0, gc_real *d_h2__2, gc_real *d_h2__5,
+                                       gc_real *d_h2__7, gc_real *d_h2__9, gc_real *d_h2__2__1,
                                        gc_real *d_h2__1__14, gc_real *d_h2__1__16,
                                        gc_real *d_h2__1__18, gc_real *d_h2__1__24,
                                        gc_real *d_h2__1__29, gc_real *d_h2__1__33,
                                        gc_real *d_h2__1__34, gc_real *d_h2__0__1,
                                        gc_real *d_h2__0__2, gc_real *d_h2__0__4, gc_real *d_h1,
-                                       gc_real *d_h1__0, gc_real *d_h1__1, gc_real *d_h1__2,
-                                       gc_real *d_h1__3, gc_real *d_h1__5, gc_real *d_h1__6,
-                                       gc_real *d_h1__7, gc_real *d_h1__8, gc_real *d_h1__9,
-                                       gc_real *d_h1__2__1, gc_real *d_h1__1__14,
-                                       gc_real *d_h1__1__16, gc_real *d_h1__1__18,
-                                       gc_real *d_h1__1__24, gc_real *d_h1__1__29,
-                                       gc_real *d_h1__1__33, gc_real *d_h1__1__34,
-                                       gc_real *d_h1__0__1, gc_real *d_h1__0__2, gc_real *pack)
+                                       gc_real *d_h1__0, gc_real *d_h1__2, gc_real *d_h1__5,
+                                       gc_real *d_h1__7, gc_real *d_h1__9, gc_real *d_h1__2__1,
+                                       gc_real *d_h1__1__14, gc_real *d_h1__1__16,
+                                       gc_real *d_h1__1__18, gc_real *d_h1__1__24,
+                                       gc_real *d_h1__1__29, gc_real *d_h1__1__33,
+                                       gc_real *d_h1__1__34, gc_real *d_h1__0__1,
+                                       gc_real *d_h1__0__2, gc_real *pack)
 {
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
-        h2__1__12[i] = g2[i];
+        h2__1__14[i] = h2__1__11[i] * g2[i];
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
-        h2__1__13[i] = b2[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        h2__1__14[i] = h2__1__11[i] * h2__1__12[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        h2__1__16[i] = h2__1__13[i] - (h2__1__2[i] * h2__1__14[i]);
+        h2__1__16[i] = b2[i] - (h2__1__2[i] * h2__1__14[i]);
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     GC_PARALLEL_LOOP(512 * n)
@@ -407,18 +380,13 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    GC_PARALLEL_LOOP(512 * n)
-    for (long i = 0; i < 512 * n; ++i) {
-        h2__4[i] = h2__3[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 128 * n; ++i) {
         h2__5[i] = (gc_real)(-HUGE_VAL);
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 128 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            h2__5[i] = (h2__5[i] >= h2__4[i * 4 + j] ? h2__5[i] : h2__4[i * 4 + j]);
+            h2__5[i] = (h2__5[i] >= h2__3[i * 4 + j] ? h2__5[i] : h2__3[i * 4 + j]);
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
@@ -431,15 +399,11 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
     }
     /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
     for (long i = 0; i < 128 * n; ++i) {
-        theta__0[i] = h2[i];
-    }
-    /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
-    for (long i = 0; i < 128 * n; ++i) {
         theta__1__0[i] = (gc_random_bits(0UL, (dropout_step[0] >= 0 && dropout_step[0] < 4294967296.0 ? (unsigned long)dropout_step[0] : 0UL), (unsigned long)(i)) >= 1073741824UL ? (gc_real)1.3333333333333333 : (gc_real)0.0);
     }
     /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
     for (long i = 0; i < 128 * n; ++i) {
-        theta__1[i] = theta__0[i] * theta__1__0[i];
+        theta__1[i] = h2[i] * theta__1__0[i];
     }
     /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33]
        + bias, written to theta */
@@ -459,8 +423,11 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * digits_cnn_Nc;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < digits_cnn_Nc; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < digits_cnn_Nc; ++j) {
@@ -495,10 +462,6 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
     for (long i = 0; i < 128 * n; ++i) {
         d_theta__1__1[i] = d_theta__1[i] * theta__1__0[i];
     }
-    /* d_h2: identity (3), from theta = "dropout(flatten(h2), 0.25) @ U.T + c" */
-    for (long i = 0; i < 128 * n; ++i) {
-        d_h2[i] = d_theta__1__1[i];
-    }
     /* d_h2__0: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     for (long gc_n = 0; gc_n < n; ++gc_n) {
         for (long gc_oh = 0; gc_oh < 2; ++gc_oh) {
@@ -517,11 +480,6 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
             }
         }
     }
-    /* d_h2__1: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
-    GC_PARALLEL_LOOP(512 * n)
-    for (long i = 0; i < 512 * n; ++i) {
-        d_h2__1[i] = d_h2__0[i];
-    }
     /* d_h2__2: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 4; ++j) {
@@ -530,40 +488,27 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
             }
         }
     }
-    /* d_h2__3: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
-    for (long i = 0; i < 128 * n; ++i) {
-        d_h2__3[i] = d_h2__2[i];
-    }
     /* d_h2__5: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 4; ++j) {
             for (long k = 0; k < 32; ++k) {
-                d_h2__5[i * 128 + j * 32 + k] = d_h2[i * 128 + j + k * 4];
+                d_h2__5[i * 128 + j * 32 + k] = d_theta__1__1[i * 128 + j + k * 4];
             }
         }
-    }
-    /* d_h2__6: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
-    for (long i = 0; i < 128 * n; ++i) {
-        d_h2__6[i] = d_h2__5[i];
     }
     /* d_h2__7: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     GC_PARALLEL_LOOP(512 * n)
     for (long i = 0; i < 128 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            d_h2__7[i * 4 + j] = d_h2__6[i] * ((gc_real)(d_h2__1[i * 4 + j] == d_h2__3[i]));
+            d_h2__7[i * 4 + j] = d_h2__5[i] * ((gc_real)(d_h2__0[i * 4 + j] == d_h2__2[i]));
         }
-    }
-    /* d_h2__8: identity (3), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
-    GC_PARALLEL_LOOP(512 * n)
-    for (long i = 0; i < 512 * n; ++i) {
-        d_h2__8[i] = d_h2__7[i];
     }
     /* d_h2__9: identity (3), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     memset(d_h2__9, 0, (size_t)(n) * (size_t)(32 * 4 * 4) * sizeof(gc_real));
     for (long gc_n = 0; gc_n < n; ++gc_n) {
         for (long gc_oh = 0; gc_oh < 2; ++gc_oh) {
             for (long gc_ow = 0; gc_ow < 2; ++gc_ow) {
-                const gc_real *gc_col = d_h2__8 + ((gc_n * 2 + gc_oh) * 2 + gc_ow) * (32 * 2 * 2);
+                const gc_real *gc_col = d_h2__7 + ((gc_n * 2 + gc_oh) * 2 + gc_ow) * (32 * 2 * 2);
                 for (long gc_c = 0; gc_c < 32; ++gc_c) {
                     for (long gc_i = 0; gc_i < 2; ++gc_i) {
                         const long gc_ih = gc_oh * 2 - 0 + gc_i * 1;
@@ -692,11 +637,6 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
             }
         }
     }
-    /* d_h1__1: identity (4), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
-    GC_PARALLEL_LOOP(1024 * n)
-    for (long i = 0; i < 1024 * n; ++i) {
-        d_h1__1[i] = d_h1__0[i];
-    }
     /* d_h1__2: identity (4), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
@@ -704,10 +644,6 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
                 d_h1__2[i * 256 + j * 16 + k] = h1[i * 256 + j + k * 16];
             }
         }
-    }
-    /* d_h1__3: identity (4), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
-    for (long i = 0; i < 256 * n; ++i) {
-        d_h1__3[i] = d_h1__2[i];
     }
     /* d_h1__5: identity (4), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
     for (long i = 0; i < n; ++i) {
@@ -717,28 +653,19 @@ static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2
             }
         }
     }
-    /* d_h1__6: identity (4), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
-    for (long i = 0; i < 256 * n; ++i) {
-        d_h1__6[i] = d_h1__5[i];
-    }
     /* d_h1__7: identity (4), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
     GC_PARALLEL_LOOP(1024 * n)
     for (long i = 0; i < 256 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            d_h1__7[i * 4 + j] = d_h1__6[i] * ((gc_real)(d_h1__1[i * 4 + j] == d_h1__3[i]));
+            d_h1__7[i * 4 + j] = d_h1__5[i] * ((gc_real)(d_h1__0[i * 4 + j] == d_h1__2[i]));
         }
-    }
-    /* d_h1__8: identity (3), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
-    GC_PARALLEL_LOOP(1024 * n)
-    for (long i = 0; i < 1024 * n; ++i) {
-        d_h1__8[i] = d_h1__7[i];
     }
     /* d_h1__9: identity (3), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
     memset(d_h1__9, 0, (size_t)(n) * (size_t)(16 * 8 * 8) * sizeof(gc_real));
     for (long gc_n = 0; gc_n < n; ++gc_n) {
         for (long gc_oh = 0; gc_oh < 4; ++gc_oh) {
             for (long gc_ow = 0; gc_ow < 4; ++gc_ow) {
-                const gc_real *gc_col = d_h1__8 + ((gc_n * 4 + gc_oh) * 4 + gc_ow) * (16 * 2 * 2);
+                const gc_real *gc_col = d_h1__7 + ((gc_n * 4 + gc_oh) * 4 + gc_ow) * (16 * 2 * 2);
                 for (long gc_c = 0; gc_c < 16; ++gc_c) {
                     for (long gc_i = 0; gc_i < 2; ++gc_i) {
                         const long gc_ih = gc_oh * 2 - 0 + gc_i * 1;
@@ -851,34 +778,27 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
     gc_real *const h1__1__1 = ws + 2048 * n;   /* [1, 16, 1, 1] */
     gc_real *const h1__1__2 = ws + 16 + 2048 * n;   /* [1, 16, 1, 1] */
     gc_real *const h1__1__5 = ws + 2048 * n;   /* [1, 16, 1, 1], over h1__1__1 (it is read for the last time before h1__1__5 is written) */
-    gc_real *const h1__1__12 = ws + 32 + 2048 * n;   /* [16, 1, 1] */
-    gc_real *const h1__1__13 = ws + 48 + 2048 * n;   /* [16, 1, 1] */
-    gc_real *const h1__1__14 = ws + 64 + 2048 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__14 = ws + 32 + 2048 * n;   /* [1, 16, 1, 1] */
     gc_real *const h1__1__16 = ws + 2048 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5 (each read for the last time before h1__1__16 is written) */
     gc_real *const h1__2 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1 (it is read for the last time before h1__2 is written) */
     gc_real *const h1__3 = ws + 1024 * n;   /* [N, 4, 4, 64], over h1__0__0, h1__0 (each read for the last time before h1__3 is written) */
-    gc_real *const h1__4 = ws + 0;   /* [N, 4, 4, 16, 4], over h1__0__1, h1__2 (each read for the last time before h1__4 is written) */
-    gc_real *const h1__5 = ws + 1024 * n;   /* [N, 4, 4, 16], over h1__0__0, h1__0, h1__3 (each read for the last time before h1__5 is written) */
+    gc_real *const h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__2 (each read for the last time before h1__5 is written) */
     gc_real *const h1 = ws + 2304 * n;   /* [N, 16, 4, 4] */
-    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__0, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5, h1__1__12, h1__1__13, h1__1__14, h1__1__16, h1__2, h1__3, h1__4, h1__5 (each read for the last time before h2__0__0 is written) */
+    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__0, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5, h1__1__14, h1__1__16, h1__2, h1__3, h1__5 (each read for the last time before h2__0__0 is written) */
     gc_real *const h2__0__1 = ws + 2304 * n;   /* [N, 4, 4, 32], over h1 (it is read for the last time before h2__0__1 is written) */
-    gc_real *const h2__0 = ws + 0;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h1__4, h2__0__0 (each read for the last time before h2__0 is written) */
+    gc_real *const h2__0 = ws + 0;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h1__5, h2__0__0 (each read for the last time before h2__0 is written) */
     gc_real *const h2__1__1 = ws + 2816 * n;   /* [1, 32, 1, 1] */
     gc_real *const h2__1__2 = ws + 32 + 2816 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__5 = ws + 512 * n;   /* [1, 32, 1, 1], over h1__0__1, h1__2, h1__4, h2__0__0 (each read for the last time before h2__1__5 is written) */
-    gc_real *const h2__1__12 = ws + 64 + 2816 * n;   /* [32, 1, 1] */
-    gc_real *const h2__1__13 = ws + 96 + 2816 * n;   /* [32, 1, 1] */
-    gc_real *const h2__1__14 = ws + 128 + 2816 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__16 = ws + 1024 * n;   /* [1, 32, 1, 1], over h1__0__0, h1__0, h1__3, h1__5, h2__0__0 (each read for the last time before h2__1__16 is written) */
-    gc_real *const h2__2 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h1__4, h2__0__0, h2__1__5 (each read for the last time before h2__2 is written) */
-    gc_real *const h2__3 = ws + 0;   /* [N, 2, 2, 128], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0 (each read for the last time before h2__3 is written) */
-    gc_real *const h2__4 = ws + 512 * n;   /* [N, 2, 2, 32, 4], over h1__0__1, h1__2, h1__4, h2__0__0, h2__1__5, h2__2 (each read for the last time before h2__4 is written) */
-    gc_real *const h2__5 = ws + 0;   /* [N, 2, 2, 32], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3 (each read for the last time before h2__5 is written) */
-    gc_real *const h2 = ws + 128 * n;   /* [N, 32, 2, 2], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3 (each read for the last time before h2 is written) */
-    gc_real *const theta__0 = ws + 0;   /* [N, 128], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3, h2__5 (each read for the last time before theta__0 is written) */
-    gc_real *const theta__1__0 = ws + 128 * n;   /* [N, 128], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3, h2 (each read for the last time before theta__1__0 is written) */
-    gc_real *const theta__1 = ws + 256 * n;   /* [N, 128], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3 (each read for the last time before theta__1 is written) */
-    gc_real *const theta = ws + 0;   /* [N, Nc], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3, h2__5, theta__0 (each read for the last time before theta is written) */
+    gc_real *const h2__1__5 = ws + 512 * n;   /* [1, 32, 1, 1], over h1__0__1, h1__2, h2__0__0 (each read for the last time before h2__1__5 is written) */
+    gc_real *const h2__1__14 = ws + 64 + 2816 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__16 = ws + 1024 * n;   /* [1, 32, 1, 1], over h1__0__0, h1__0, h1__3, h2__0__0 (each read for the last time before h2__1__16 is written) */
+    gc_real *const h2__2 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h2__0__0, h2__1__5 (each read for the last time before h2__2 is written) */
+    gc_real *const h2__3 = ws + 0;   /* [N, 2, 2, 128], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0 (each read for the last time before h2__3 is written) */
+    gc_real *const h2__5 = ws + 512 * n;   /* [N, 2, 2, 32], over h1__0__1, h1__2, h2__0__0, h2__1__5, h2__2 (each read for the last time before h2__5 is written) */
+    gc_real *const h2 = ws + 0;   /* [N, 32, 2, 2], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__3 (each read for the last time before h2 is written) */
+    gc_real *const theta__1__0 = ws + 128 * n;   /* [N, 128], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__3 (each read for the last time before theta__1__0 is written) */
+    gc_real *const theta__1 = ws + 256 * n;   /* [N, 128], over h1__0__1, h1__2, h2__0__0, h2__0, h2__3 (each read for the last time before theta__1 is written) */
+    gc_real *const theta = ws + 0;   /* [N, Nc], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__3, h2 (each read for the last time before theta is written) */
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31]
        h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
@@ -906,19 +826,11 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
-        h1__1__12[i] = g1[i];
+        h1__1__14[i] = ((gc_real)1.0 / (GC_SQRT(((h1__1__5[i] / (gc_real)(64 * n)) + (gc_real)1e-05)))) * g1[i];
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
-        h1__1__13[i] = b1[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__14[i] = ((gc_real)1.0 / (GC_SQRT(((h1__1__5[i] / (gc_real)(64 * n)) + (gc_real)1e-05)))) * h1__1__12[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__16[i] = h1__1__13[i] - (h1__1__2[i] * h1__1__14[i]);
+        h1__1__16[i] = b1[i] - (h1__1__2[i] * h1__1__14[i]);
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     GC_PARALLEL_LOOP(1024 * n)
@@ -948,18 +860,13 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
         }
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    GC_PARALLEL_LOOP(1024 * n)
-    for (long i = 0; i < 1024 * n; ++i) {
-        h1__4[i] = h1__3[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 256 * n; ++i) {
         h1__5[i] = (gc_real)(-HUGE_VAL);
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 256 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            h1__5[i] = (h1__5[i] >= h1__4[i * 4 + j] ? h1__5[i] : h1__4[i * 4 + j]);
+            h1__5[i] = (h1__5[i] >= h1__3[i * 4 + j] ? h1__5[i] : h1__3[i * 4 + j]);
         }
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
@@ -1018,19 +925,11 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
-        h2__1__12[i] = g2[i];
+        h2__1__14[i] = ((gc_real)1.0 / (GC_SQRT(((h2__1__5[i] / (gc_real)(16 * n)) + (gc_real)1e-05)))) * g2[i];
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
-        h2__1__13[i] = b2[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        h2__1__14[i] = ((gc_real)1.0 / (GC_SQRT(((h2__1__5[i] / (gc_real)(16 * n)) + (gc_real)1e-05)))) * h2__1__12[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        h2__1__16[i] = h2__1__13[i] - (h2__1__2[i] * h2__1__14[i]);
+        h2__1__16[i] = b2[i] - (h2__1__2[i] * h2__1__14[i]);
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     GC_PARALLEL_LOOP(512 * n)
@@ -1060,18 +959,13 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    GC_PARALLEL_LOOP(512 * n)
-    for (long i = 0; i < 512 * n; ++i) {
-        h2__4[i] = h2__3[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 128 * n; ++i) {
         h2__5[i] = (gc_real)(-HUGE_VAL);
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 128 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            h2__5[i] = (h2__5[i] >= h2__4[i * 4 + j] ? h2__5[i] : h2__4[i * 4 + j]);
+            h2__5[i] = (h2__5[i] >= h2__3[i * 4 + j] ? h2__5[i] : h2__3[i * 4 + j]);
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
@@ -1084,15 +978,11 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
     }
     /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
     for (long i = 0; i < 128 * n; ++i) {
-        theta__0[i] = h2[i];
-    }
-    /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
-    for (long i = 0; i < 128 * n; ++i) {
         theta__1__0[i] = (gc_random_bits(0UL, (dropout_step[0] >= 0 && dropout_step[0] < 4294967296.0 ? (unsigned long)dropout_step[0] : 0UL), (unsigned long)(i)) >= 1073741824UL ? (gc_real)1.3333333333333333 : (gc_real)0.0);
     }
     /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
     for (long i = 0; i < 128 * n; ++i) {
-        theta__1[i] = theta__0[i] * theta__1__0[i];
+        theta__1[i] = h2[i] * theta__1__0[i];
     }
     /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33]
        + bias, written to theta */
@@ -1110,8 +1000,11 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * digits_cnn_Nc;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < digits_cnn_Nc; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < digits_cnn_Nc; ++j) {
@@ -1143,28 +1036,19 @@ int digits_cnn_predict(long n, const float *x, const float *w1, const float *g1,
     gc_real *const h1__0__1 = ws + 0;   /* [N, 8, 8, 16] */
     gc_real *const h1__0 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__0__0 (it is read for the last time before h1__0 is written) */
     gc_real *const h1__1__5 = ws + 2048 * n;   /* [16] */
-    gc_real *const h1__1__6 = ws + 16 + 2048 * n;   /* [16, 1, 1] */
-    gc_real *const h1__1__8 = ws + 32 + 2048 * n;   /* [16, 1, 1] */
-    gc_real *const h1__1__10 = ws + 2048 * n;   /* [16, 1, 1], over h1__1__5 (it is read for the last time before h1__1__10 is written) */
     gc_real *const h1__2 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1 (it is read for the last time before h1__2 is written) */
     gc_real *const h1__3 = ws + 1024 * n;   /* [N, 4, 4, 64], over h1__0__0, h1__0 (each read for the last time before h1__3 is written) */
-    gc_real *const h1__4 = ws + 0;   /* [N, 4, 4, 16, 4], over h1__0__1, h1__2 (each read for the last time before h1__4 is written) */
-    gc_real *const h1__5 = ws + 1024 * n;   /* [N, 4, 4, 16], over h1__0__0, h1__0, h1__3 (each read for the last time before h1__5 is written) */
+    gc_real *const h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__2 (each read for the last time before h1__5 is written) */
     gc_real *const h1 = ws + 2304 * n;   /* [N, 16, 4, 4] */
-    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__0, h1__0__1, h1__0, h1__1__5, h1__1__6, h1__1__8, h1__1__10, h1__2, h1__3, h1__4, h1__5 (each read for the last time before h2__0__0 is written) */
+    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__0, h1__0__1, h1__0, h1__1__5, h1__2, h1__3, h1__5 (each read for the last time before h2__0__0 is written) */
     gc_real *const h2__0__1 = ws + 2304 * n;   /* [N, 4, 4, 32], over h1 (it is read for the last time before h2__0__1 is written) */
-    gc_real *const h2__0 = ws + 0;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h1__4, h2__0__0 (each read for the last time before h2__0 is written) */
-    gc_real *const h2__1__5 = ws + 512 * n;   /* [32], over h1__0__1, h1__2, h1__4, h2__0__0 (each read for the last time before h2__1__5 is written) */
-    gc_real *const h2__1__6 = ws + 32 + 1024 * n;   /* [32, 1, 1], over h1__0__0, h1__0, h1__3, h1__5, h2__0__0 (each read for the last time before h2__1__6 is written) */
-    gc_real *const h2__1__8 = ws + 64 + 1024 * n;   /* [32, 1, 1], over h1__0__0, h1__0, h1__3, h1__5, h2__0__0 (each read for the last time before h2__1__8 is written) */
-    gc_real *const h2__1__10 = ws + 1024 * n;   /* [32, 1, 1], over h1__0__0, h1__0, h1__3, h1__5, h2__0__0 (each read for the last time before h2__1__10 is written) */
-    gc_real *const h2__2 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h1__4, h2__0__0, h2__1__5 (each read for the last time before h2__2 is written) */
-    gc_real *const h2__3 = ws + 0;   /* [N, 2, 2, 128], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0 (each read for the last time before h2__3 is written) */
-    gc_real *const h2__4 = ws + 512 * n;   /* [N, 2, 2, 32, 4], over h1__0__1, h1__2, h1__4, h2__0__0, h2__1__5, h2__2 (each read for the last time before h2__4 is written) */
-    gc_real *const h2__5 = ws + 0;   /* [N, 2, 2, 32], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3 (each read for the last time before h2__5 is written) */
-    gc_real *const h2 = ws + 128 * n;   /* [N, 32, 2, 2], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3 (each read for the last time before h2 is written) */
-    gc_real *const theta__0 = ws + 0;   /* [N, 128], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3, h2__5 (each read for the last time before theta__0 is written) */
-    gc_real *const theta = ws + 128 * n;   /* [N, Nc], over h1__0__1, h1__2, h1__4, h2__0__0, h2__0, h2__3, h2 (each read for the last time before theta is written) */
+    gc_real *const h2__0 = ws + 0;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h1__5, h2__0__0 (each read for the last time before h2__0 is written) */
+    gc_real *const h2__1__5 = ws + 1024 * n;   /* [32], over h1__0__0, h1__0, h1__3, h2__0__0 (each read for the last time before h2__1__5 is written) */
+    gc_real *const h2__2 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1, h1__2, h2__0__0 (each read for the last time before h2__2 is written) */
+    gc_real *const h2__3 = ws + 0;   /* [N, 2, 2, 128], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0 (each read for the last time before h2__3 is written) */
+    gc_real *const h2__5 = ws + 512 * n;   /* [N, 2, 2, 32], over h1__0__1, h1__2, h2__0__0, h2__2 (each read for the last time before h2__5 is written) */
+    gc_real *const h2 = ws + 0;   /* [N, 32, 2, 2], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__3 (each read for the last time before h2 is written) */
+    gc_real *const theta = ws + 128 * n;   /* [N, Nc], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__3 (each read for the last time before theta is written) */
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     GC_PARALLEL_LOOP(1024 * n)
@@ -1180,23 +1064,11 @@ int digits_cnn_predict(long n, const float *x, const float *w1, const float *g1,
         h1__1__5[i] = ((gc_real)1.0 / (GC_SQRT((var1[i] + (gc_real)1e-05)))) * g1[i];
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__6[i] = mean1[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__8[i] = h1__1__5[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__10[i] = b1[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     GC_PARALLEL_LOOP(1024 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
             for (long k = 0; k < 64; ++k) {
-                h1__2[i * 1024 + j * 64 + k] = ((((h1__0[i * 1024 + j * 64 + k] - h1__1__6[j]) * h1__1__8[j]) + h1__1__10[j]) <= 0 ? 0 : (((h1__0[i * 1024 + j * 64 + k] - h1__1__6[j]) * h1__1__8[j]) + h1__1__10[j]));
+                h1__2[i * 1024 + j * 64 + k] = ((((h1__0[i * 1024 + j * 64 + k] - mean1[j]) * h1__1__5[j]) + b1[j]) <= 0 ? 0 : (((h1__0[i * 1024 + j * 64 + k] - mean1[j]) * h1__1__5[j]) + b1[j]));
             }
         }
     }
@@ -1219,18 +1091,13 @@ int digits_cnn_predict(long n, const float *x, const float *w1, const float *g1,
         }
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    GC_PARALLEL_LOOP(1024 * n)
-    for (long i = 0; i < 1024 * n; ++i) {
-        h1__4[i] = h1__3[i];
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 256 * n; ++i) {
         h1__5[i] = (gc_real)(-HUGE_VAL);
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 256 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            h1__5[i] = (h1__5[i] >= h1__4[i * 4 + j] ? h1__5[i] : h1__4[i * 4 + j]);
+            h1__5[i] = (h1__5[i] >= h1__3[i * 4 + j] ? h1__5[i] : h1__3[i * 4 + j]);
         }
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
@@ -1277,23 +1144,11 @@ int digits_cnn_predict(long n, const float *x, const float *w1, const float *g1,
         h2__1__5[i] = ((gc_real)1.0 / (GC_SQRT((var2[i] + (gc_real)1e-05)))) * g2[i];
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        h2__1__6[i] = mean2[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        h2__1__8[i] = h2__1__5[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        h2__1__10[i] = b2[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     GC_PARALLEL_LOOP(512 * n)
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 32; ++j) {
             for (long k = 0; k < 16; ++k) {
-                h2__2[i * 512 + j * 16 + k] = ((((h2__0[i * 512 + j * 16 + k] - h2__1__6[j]) * h2__1__8[j]) + h2__1__10[j]) <= 0 ? 0 : (((h2__0[i * 512 + j * 16 + k] - h2__1__6[j]) * h2__1__8[j]) + h2__1__10[j]));
+                h2__2[i * 512 + j * 16 + k] = ((((h2__0[i * 512 + j * 16 + k] - mean2[j]) * h2__1__5[j]) + b2[j]) <= 0 ? 0 : (((h2__0[i * 512 + j * 16 + k] - mean2[j]) * h2__1__5[j]) + b2[j]));
             }
         }
     }
@@ -1316,18 +1171,13 @@ int digits_cnn_predict(long n, const float *x, const float *w1, const float *g1,
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
-    GC_PARALLEL_LOOP(512 * n)
-    for (long i = 0; i < 512 * n; ++i) {
-        h2__4[i] = h2__3[i];
-    }
-    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 128 * n; ++i) {
         h2__5[i] = (gc_real)(-HUGE_VAL);
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 128 * n; ++i) {
         for (long j = 0; j < 4; ++j) {
-            h2__5[i] = (h2__5[i] >= h2__4[i * 4 + j] ? h2__5[i] : h2__4[i * 4 + j]);
+            h2__5[i] = (h2__5[i] >= h2__3[i * 4 + j] ? h2__5[i] : h2__3[i * 4 + j]);
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
@@ -1338,14 +1188,10 @@ int digits_cnn_predict(long n, const float *x, const float *w1, const float *g1,
             }
         }
     }
-    /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
-    for (long i = 0; i < 128 * n; ++i) {
-        theta__0[i] = h2[i];
-    }
     /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33]
        + bias, written to theta */
     gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, digits_cnn_Nc, 128,
-                     theta__0, 128, U, 128,
+                     h2, 128, U, 128,
                      GC_OVERWRITE, theta, digits_cnn_Nc, pack, c, GC_ACT_NONE);
     /* probs = "softmax(theta)"    [digits_cnn.toml:38] */
     {
@@ -1356,8 +1202,11 @@ int digits_cnn_predict(long n, const float *x, const float *w1, const float *g1,
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * digits_cnn_Nc;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < digits_cnn_Nc; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < digits_cnn_Nc; ++j) {
@@ -1398,104 +1247,86 @@ int digits_cnn_value_and_grad(long n, const float *x, const int32_t *y, const fl
     gc_real *const h1__1__2 = ws + 4608 + 7488 * n;   /* [1, 16, 1, 1] */
     gc_real *const h1__1__5 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1 (it is read for the last time before h1__1__5 is written) */
     gc_real *const h1__1__11 = ws + 4624 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__12 = ws + 4928 * n;   /* [16, 1, 1], over h1__1__1, h1__1__5 (each read for the last time before h1__1__12 is written) */
-    gc_real *const h1__1__13 = ws + 16 + 4928 * n;   /* [16, 1, 1] */
     gc_real *const h1__1__14 = ws + 4640 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__16 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__12 (each read for the last time before h1__1__16 is written) */
+    gc_real *const h1__1__16 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5 (each read for the last time before h1__1__16 is written) */
     gc_real *const h1__2 = ws + 3328 * n;   /* [N, 16, 8, 8] */
     gc_real *const h1__3 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1 (it is read for the last time before h1__3 is written) */
-    gc_real *const h1__4 = ws + 1024 * n;   /* [N, 4, 4, 16, 4] */
-    gc_real *const h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__3 (each read for the last time before h1__5 is written) */
+    gc_real *const h1__5 = ws + 1024 * n;   /* [N, 4, 4, 16] */
     gc_real *const h1 = ws + 6976 * n;   /* [N, 16, 4, 4] */
-    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__4, h1__5 (each read for the last time before h2__0__0 is written) */
-    gc_real *const h2__0__1 = ws + 4928 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16 (each read for the last time before h2__0__1 is written) */
+    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5 (each read for the last time before h2__0__0 is written) */
+    gc_real *const h2__0__1 = ws + 4928 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h1__1__16 (each read for the last time before h2__0__1 is written) */
     gc_real *const h2__0 = ws + 5440 * n;   /* [N, 32, 4, 4] */
     gc_real *const h2__1__1 = ws + 7232 * n;   /* [1, 32, 1, 1] */
     gc_real *const h2__1__2 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1] */
     gc_real *const h2__1__5 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1 (it is read for the last time before h2__1__5 is written) */
     gc_real *const h2__1__11 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__12 = ws + 7232 * n;   /* [32, 1, 1], over h2__1__1, h2__1__5 (each read for the last time before h2__1__12 is written) */
-    gc_real *const h2__1__13 = ws + 96 + 7488 * n;   /* [32, 1, 1] */
-    gc_real *const h2__1__14 = ws + 128 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__16 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1, h2__1__5, h2__1__12 (each read for the last time before h2__1__16 is written) */
-    gc_real *const h2__2 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1 (each read for the last time before h2__2 is written) */
+    gc_real *const h2__1__14 = ws + 7488 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__16 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__2 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1 (each read for the last time before h2__2 is written) */
     gc_real *const h2__3 = ws + 5952 * n;   /* [N, 2, 2, 128] */
-    gc_real *const h2__4 = ws + 6464 * n;   /* [N, 2, 2, 32, 4] */
-    gc_real *const h2__5 = ws + 5952 * n;   /* [N, 2, 2, 32], over h2__3 (it is read for the last time before h2__5 is written) */
-    gc_real *const h2 = ws + 7232 * n;   /* [N, 32, 2, 2], over h2__1__1, h2__1__5, h2__1__12, h2__1__16 (each read for the last time before h2 is written) */
-    gc_real *const theta__0 = ws + 5952 * n;   /* [N, 128], over h2__3, h2__5 (each read for the last time before theta__0 is written) */
-    gc_real *const theta__1__0 = ws + 6080 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1__0 is written) */
-    gc_real *const theta__1 = ws + 6208 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1 is written) */
-    gc_real *const theta = ws + 5952 * n;   /* [N, Nc], over h2__3, h2__5, theta__0 (each read for the last time before theta is written) */
+    gc_real *const h2__5 = ws + 6464 * n;   /* [N, 2, 2, 32] */
+    gc_real *const h2 = ws + 6592 * n;   /* [N, 32, 2, 2] */
+    gc_real *const theta__1__0 = ws + 5952 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1__0 is written) */
+    gc_real *const theta__1 = ws + 6080 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1 is written) */
+    gc_real *const theta = ws + 6208 * n;   /* [N, Nc], over h2__3 (it is read for the last time before theta is written) */
     gc_real *const d_theta = ws + 6336 * n;   /* [N, Nc], over h2__3 (it is read for the last time before d_theta is written) */
-    gc_real *const d_theta__1 = ws + 5952 * n;   /* [N, 128], over h2__3, h2__5, theta__0, theta (each read for the last time before d_theta__1 is written) */
-    gc_real *const d_theta__1__1 = ws + 6208 * n;   /* [N, 128], over h2__3, theta__1 (each read for the last time before d_theta__1__1 is written) */
-    gc_real *const d_h2 = ws + 7360 * n;   /* [N, 32, 2, 2] */
-    gc_real *const d_h2__0 = ws + 5952 * n;   /* [N, 2, 2, 128], over h2__3, h2__5, theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1 (each read for the last time before d_h2__0 is written) */
-    gc_real *const d_h2__1 = ws + 6464 * n;   /* [N, 2, 2, 32, 4], over h2__4 (it is read for the last time before d_h2__1 is written) */
-    gc_real *const d_h2__2 = ws + 5952 * n;   /* [N, 2, 2, 32], over h2__3, h2__5, theta__0, theta, d_theta__1, d_h2__0 (each read for the last time before d_h2__2 is written) */
-    gc_real *const d_h2__3 = ws + 7232 * n;   /* [N, 2, 2, 32, 1], over h2__1__1, h2__1__5, h2__1__12, h2__1__16, h2 (each read for the last time before d_h2__3 is written) */
-    gc_real *const d_h2__5 = ws + 5952 * n;   /* [N, 2, 2, 32], over h2__3, h2__5, theta__0, theta, d_theta__1, d_h2__0, d_h2__2 (each read for the last time before d_h2__5 is written) */
-    gc_real *const d_h2__6 = ws + 7360 * n;   /* [N, 2, 2, 32, 1], over d_h2 (it is read for the last time before d_h2__6 is written) */
-    gc_real *const d_h2__7 = ws + 5952 * n;   /* [N, 2, 2, 32, 4], over h2__3, h2__5, theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5 (each read for the last time before d_h2__7 is written) */
-    gc_real *const d_h2__8 = ws + 6464 * n;   /* [N, 2, 2, 128], over h2__4, d_h2__1 (each read for the last time before d_h2__8 is written) */
-    gc_real *const d_h2__9 = ws + 5952 * n;   /* [N, 32, 4, 4], over h2__3, h2__5, theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7 (each read for the last time before d_h2__9 is written) */
-    gc_real *const d_h2__2__1 = ws + 6464 * n;   /* [N, 32, 4, 4], over h2__4, d_h2__1, d_h2__8 (each read for the last time before d_h2__2__1 is written) */
-    gc_real *const d_h2__1__14 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1, h2__1__5, h2__1__12, h2__1__16, h2, d_h2__3 (each read for the last time before d_h2__1__14 is written) */
-    gc_real *const d_h2__1__16 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__13 (it is read for the last time before d_h2__1__16 is written) */
+    gc_real *const d_theta__1 = ws + 6208 * n;   /* [N, 128], over h2__3, theta (each read for the last time before d_theta__1 is written) */
+    gc_real *const d_theta__1__1 = ws + 6464 * n;   /* [N, 128], over h2__5 (it is read for the last time before d_theta__1__1 is written) */
+    gc_real *const d_h2__0 = ws + 5952 * n;   /* [N, 2, 2, 128], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1 (each read for the last time before d_h2__0 is written) */
+    gc_real *const d_h2__2 = ws + 7232 * n;   /* [N, 2, 2, 32], over h2__1__1, h2__1__5 (each read for the last time before d_h2__2 is written) */
+    gc_real *const d_h2__5 = ws + 7360 * n;   /* [N, 2, 2, 32] */
+    gc_real *const d_h2__7 = ws + 6464 * n;   /* [N, 2, 2, 32, 4], over h2__5, h2, d_theta__1__1 (each read for the last time before d_h2__7 is written) */
+    gc_real *const d_h2__9 = ws + 5952 * n;   /* [N, 32, 4, 4], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_h2__0 (each read for the last time before d_h2__9 is written) */
+    gc_real *const d_h2__2__1 = ws + 6464 * n;   /* [N, 32, 4, 4], over h2__5, h2, d_theta__1__1, d_h2__7 (each read for the last time before d_h2__2__1 is written) */
+    gc_real *const d_h2__1__14 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__16 (it is read for the last time before d_h2__1__14 is written) */
+    gc_real *const d_h2__1__16 = ws + 128 + 7488 * n;   /* [1, 32, 1, 1] */
     gc_real *const d_h2__1__18 = ws + 160 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__24 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__13, d_h2__1__16 (each read for the last time before d_h2__1__24 is written) */
+    gc_real *const d_h2__1__24 = ws + 128 + 7488 * n;   /* [1, 32, 1, 1], over d_h2__1__16 (it is read for the last time before d_h2__1__24 is written) */
     gc_real *const d_h2__1__29 = ws + 192 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__33 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2 (each read for the last time before d_h2__1__33 is written) */
-    gc_real *const d_h2__1__34 = ws + 32 + 7232 * n;   /* [1, 32, 1, 1], over h2, d_h2__3 (each read for the last time before d_h2__1__34 is written) */
+    gc_real *const d_h2__1__33 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2 (each read for the last time before d_h2__1__33 is written) */
+    gc_real *const d_h2__1__34 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1, h2__1__5, d_h2__2 (each read for the last time before d_h2__1__34 is written) */
     gc_real *const d_h2__0__1 = ws + 5440 * n;   /* [N, 4, 4, 32], over h2__0 (it is read for the last time before d_h2__0__1 is written) */
-    gc_real *const d_h2__0__2 = ws + 7232 * n;   /* [32, 144], over h2__1__1, h2__1__2, h2__1__5, h2__1__11, h2__1__12, h2__1__13, h2__1__14, h2__1__16, h2, d_h2, d_h2__3, d_h2__6, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
-    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__4, h1__5, h2__0__0 (each read for the last time before d_h2__0__4 is written) */
-    gc_real *const d_h1 = ws + 4928 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1 is written) */
-    gc_real *const d_h1__0 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
-    gc_real *const d_h1__1 = ws + 1024 * n;   /* [N, 4, 4, 16, 4], over h1__4, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__1 is written) */
-    gc_real *const d_h1__2 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__2 is written) */
-    gc_real *const d_h1__3 = ws + 2048 * n;   /* [N, 4, 4, 16, 1], over h2__0__0, d_h2__0__4 (each read for the last time before d_h1__3 is written) */
-    gc_real *const d_h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2 (each read for the last time before d_h1__5 is written) */
-    gc_real *const d_h1__6 = ws + 4928 * n;   /* [N, 4, 4, 16, 1], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__6 is written) */
-    gc_real *const d_h1__7 = ws + 0;   /* [N, 4, 4, 16, 4], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5 (each read for the last time before d_h1__7 is written) */
-    gc_real *const d_h1__8 = ws + 1024 * n;   /* [N, 4, 4, 64], over h1__4, h2__0__0, d_h2__0__4, d_h1__1 (each read for the last time before d_h1__8 is written) */
-    gc_real *const d_h1__9 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7 (each read for the last time before d_h1__9 is written) */
-    gc_real *const d_h1__2__1 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__4, h2__0__0, d_h2__0__4, d_h1__1, d_h1__8 (each read for the last time before d_h1__2__1 is written) */
-    gc_real *const d_h1__1__14 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__12, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__14 is written) */
-    gc_real *const d_h1__1__16 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h1__1__13, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__16 is written) */
-    gc_real *const d_h1__1__18 = ws + 32 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__18 is written) */
-    gc_real *const d_h1__1__24 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h1__1__13, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
-    gc_real *const d_h1__1__29 = ws + 48 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__29 is written) */
-    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9 (each read for the last time before d_h1__1__33 is written) */
-    gc_real *const d_h1__1__34 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h1__1__13, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
-    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__4, h2__0__0, d_h2__0__4, d_h1__1, d_h1__8, d_h1__2__1 (each read for the last time before d_h1__0__1 is written) */
-    gc_real *const d_h1__0__2 = ws + 4928 * n;   /* [16, 9], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__34 (each read for the last time before d_h1__0__2 is written) */
+    gc_real *const d_h2__0__2 = ws + 7232 * n;   /* [32, 144], over h2__1__1, h2__1__2, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__2, d_h2__5, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
+    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5, h2__0__0 (each read for the last time before d_h2__0__4 is written) */
+    gc_real *const d_h1 = ws + 4928 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1 is written) */
+    gc_real *const d_h1__0 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1, h1__3, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
+    gc_real *const d_h1__2 = ws + 2048 * n;   /* [N, 4, 4, 16], over h2__0__0, d_h2__0__4 (each read for the last time before d_h1__2 is written) */
+    gc_real *const d_h1__5 = ws + 5184 * n;   /* [N, 4, 4, 16], over h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1__5 is written) */
+    gc_real *const d_h1__7 = ws + 1024 * n;   /* [N, 4, 4, 16, 4], over h1__5, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__7 is written) */
+    gc_real *const d_h1__9 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__9 is written) */
+    gc_real *const d_h1__2__1 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__5, h2__0__0, d_h2__0__4, d_h1__7 (each read for the last time before d_h1__2__1 is written) */
+    gc_real *const d_h1__1__14 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__14 is written) */
+    gc_real *const d_h1__1__16 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__16 is written) */
+    gc_real *const d_h1__1__18 = ws + 32 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__18 is written) */
+    gc_real *const d_h1__1__24 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
+    gc_real *const d_h1__1__29 = ws + 48 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__29 is written) */
+    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9 (each read for the last time before d_h1__1__33 is written) */
+    gc_real *const d_h1__1__34 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
+    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__5, h2__0__0, d_h2__0__4, d_h1__7, d_h1__2__1 (each read for the last time before d_h1__0__1 is written) */
+    gc_real *const d_h1__0__2 = ws + 4928 * n;   /* [16, 9], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__34 (each read for the last time before d_h1__0__2 is written) */
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
     digits_cnn_backward_pass_1(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
         h1__1__11[i] = (gc_real)1.0 / (GC_SQRT(((h1__1__5[i] / (gc_real)(64 * n)) + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_2(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__12, h1__1__13,
-                               h1__1__14, h1__1__16, h1__2, h1__3, h1__4, h1__5, h1, h2__0__0, h2__0__1,
-                               h2__0, h2__1__1, h2__1__2, h2__1__5, pack);
+    digits_cnn_backward_pass_2(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__14, h1__1__16, h1__2,
+                               h1__3, h1__5, h1, h2__0__0, h2__0__1, h2__0, h2__1__1, h2__1__2,
+                               h2__1__5, pack);
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
         h2__1__11[i] = (gc_real)1.0 / (GC_SQRT(((h2__1__5[i] / (gc_real)(16 * n)) + (gc_real)1e-05)));
     }
     digits_cnn_backward_pass_3(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
                                d_w2, d_g2, d_b2, d_U, d_c, h1__0__0, h1__0, h1__1__2, h1__1__11,
-                               h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__12,
-                               h2__1__13, h2__1__14, h2__1__16, h2__2, h2__3, h2__4, h2__5, h2,
-                               theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1,
-                               d_theta__1__1, d_h2, d_h2__0, d_h2__1, d_h2__2, d_h2__3, d_h2__5,
-                               d_h2__6, d_h2__7, d_h2__8, d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16,
-                               d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__33, d_h2__1__34,
-                               d_h2__0__1, d_h2__0__2, d_h2__0__4, d_h1, d_h1__0, d_h1__1, d_h1__2,
-                               d_h1__3, d_h1__5, d_h1__6, d_h1__7, d_h1__8, d_h1__9, d_h1__2__1,
-                               d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29,
-                               d_h1__1__33, d_h1__1__34, d_h1__0__1, d_h1__0__2, pack);
+                               h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__14,
+                               h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta,
+                               d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7,
+                               d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24,
+                               d_h2__1__29, d_h2__1__33, d_h2__1__34, d_h2__0__1, d_h2__0__2,
+                               d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9,
+                               d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
+                               d_h1__1__29, d_h1__1__33, d_h1__1__34, d_h1__0__1, d_h1__0__2, pack);
     return GRAPHC_OK;
 }
 
@@ -1529,99 +1360,79 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     gc_real *const h1__1__5 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1 (it is read for the last time before h1__1__5 is written) */
     gc_real *const h1__1__6 = ws + 10640 + 7488 * n;   /* [1, 16, 1, 1] */
     gc_real *const h1__1__11 = ws + 10656 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__12 = ws + 4928 * n;   /* [16, 1, 1], over h1__1__1, h1__1__5 (each read for the last time before h1__1__12 is written) */
-    gc_real *const h1__1__13 = ws + 16 + 4928 * n;   /* [16, 1, 1] */
     gc_real *const h1__1__14 = ws + 10672 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__16 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__12 (each read for the last time before h1__1__16 is written) */
+    gc_real *const h1__1__16 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5 (each read for the last time before h1__1__16 is written) */
     gc_real *const h1__2 = ws + 3328 * n;   /* [N, 16, 8, 8] */
     gc_real *const h1__3 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1 (it is read for the last time before h1__3 is written) */
-    gc_real *const h1__4 = ws + 1024 * n;   /* [N, 4, 4, 16, 4] */
-    gc_real *const h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__3 (each read for the last time before h1__5 is written) */
+    gc_real *const h1__5 = ws + 1024 * n;   /* [N, 4, 4, 16] */
     gc_real *const h1 = ws + 6976 * n;   /* [N, 16, 4, 4] */
-    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__4, h1__5 (each read for the last time before h2__0__0 is written) */
-    gc_real *const h2__0__1 = ws + 4928 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16 (each read for the last time before h2__0__1 is written) */
+    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5 (each read for the last time before h2__0__0 is written) */
+    gc_real *const h2__0__1 = ws + 4928 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h1__1__16 (each read for the last time before h2__0__1 is written) */
     gc_real *const h2__0 = ws + 5440 * n;   /* [N, 32, 4, 4] */
     gc_real *const h2__1__1 = ws + 7232 * n;   /* [1, 32, 1, 1] */
     gc_real *const h2__1__2 = ws + 10496 + 7488 * n;   /* [1, 32, 1, 1] */
     gc_real *const h2__1__5 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1 (it is read for the last time before h2__1__5 is written) */
     gc_real *const h2__1__6 = ws + 10528 + 7488 * n;   /* [1, 32, 1, 1] */
     gc_real *const h2__1__11 = ws + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__12 = ws + 32 + 7488 * n;   /* [32, 1, 1] */
-    gc_real *const h2__1__13 = ws + 64 + 7488 * n;   /* [32, 1, 1] */
-    gc_real *const h2__1__14 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__16 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__12 (it is read for the last time before h2__1__16 is written) */
-    gc_real *const h2__2 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1 (each read for the last time before h2__2 is written) */
+    gc_real *const h2__1__14 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__16 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__2 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1 (each read for the last time before h2__2 is written) */
     gc_real *const h2__3 = ws + 5952 * n;   /* [N, 2, 2, 128] */
-    gc_real *const h2__4 = ws + 6464 * n;   /* [N, 2, 2, 32, 4] */
-    gc_real *const h2__5 = ws + 5952 * n;   /* [N, 2, 2, 32], over h2__3 (it is read for the last time before h2__5 is written) */
-    gc_real *const h2 = ws + 7232 * n;   /* [N, 32, 2, 2], over h2__1__1, h2__1__5 (each read for the last time before h2 is written) */
-    gc_real *const theta__0 = ws + 5952 * n;   /* [N, 128], over h2__3, h2__5 (each read for the last time before theta__0 is written) */
-    gc_real *const theta__1__0 = ws + 6080 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1__0 is written) */
-    gc_real *const theta__1 = ws + 6208 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1 is written) */
-    gc_real *const theta = ws + 5952 * n;   /* [N, Nc], over h2__3, h2__5, theta__0 (each read for the last time before theta is written) */
+    gc_real *const h2__5 = ws + 6464 * n;   /* [N, 2, 2, 32] */
+    gc_real *const h2 = ws + 6592 * n;   /* [N, 32, 2, 2] */
+    gc_real *const theta__1__0 = ws + 5952 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1__0 is written) */
+    gc_real *const theta__1 = ws + 6080 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1 is written) */
+    gc_real *const theta = ws + 6208 * n;   /* [N, Nc], over h2__3 (it is read for the last time before theta is written) */
     gc_real *const d_theta = ws + 6336 * n;   /* [N, Nc], over h2__3 (it is read for the last time before d_theta is written) */
     gc_real *const d_c = ws + 10688 + 7488 * n;   /* [Nc] */
-    gc_real *const d_theta__1 = ws + 5952 * n;   /* [N, 128], over h2__3, h2__5, theta__0, theta (each read for the last time before d_theta__1 is written) */
+    gc_real *const d_theta__1 = ws + 6208 * n;   /* [N, 128], over h2__3, theta (each read for the last time before d_theta__1 is written) */
     gc_real *const d_U = ws + 9216 + 7488 * n;   /* [Nc, 128] */
-    gc_real *const d_theta__1__1 = ws + 6208 * n;   /* [N, 128], over h2__3, theta__1 (each read for the last time before d_theta__1__1 is written) */
-    gc_real *const d_h2 = ws + 7360 * n;   /* [N, 32, 2, 2] */
-    gc_real *const d_h2__0 = ws + 5952 * n;   /* [N, 2, 2, 128], over h2__3, h2__5, theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1 (each read for the last time before d_h2__0 is written) */
-    gc_real *const d_h2__1 = ws + 6464 * n;   /* [N, 2, 2, 32, 4], over h2__4 (it is read for the last time before d_h2__1 is written) */
-    gc_real *const d_h2__2 = ws + 5952 * n;   /* [N, 2, 2, 32], over h2__3, h2__5, theta__0, theta, d_theta__1, d_h2__0 (each read for the last time before d_h2__2 is written) */
-    gc_real *const d_h2__3 = ws + 7232 * n;   /* [N, 2, 2, 32, 1], over h2__1__1, h2__1__5, h2 (each read for the last time before d_h2__3 is written) */
-    gc_real *const d_h2__5 = ws + 5952 * n;   /* [N, 2, 2, 32], over h2__3, h2__5, theta__0, theta, d_theta__1, d_h2__0, d_h2__2 (each read for the last time before d_h2__5 is written) */
-    gc_real *const d_h2__6 = ws + 7360 * n;   /* [N, 2, 2, 32, 1], over d_h2 (it is read for the last time before d_h2__6 is written) */
-    gc_real *const d_h2__7 = ws + 5952 * n;   /* [N, 2, 2, 32, 4], over h2__3, h2__5, theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5 (each read for the last time before d_h2__7 is written) */
-    gc_real *const d_h2__8 = ws + 6464 * n;   /* [N, 2, 2, 128], over h2__4, d_h2__1 (each read for the last time before d_h2__8 is written) */
-    gc_real *const d_h2__9 = ws + 5952 * n;   /* [N, 32, 4, 4], over h2__3, h2__5, theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7 (each read for the last time before d_h2__9 is written) */
-    gc_real *const d_h2__2__1 = ws + 6464 * n;   /* [N, 32, 4, 4], over h2__4, d_h2__1, d_h2__8 (each read for the last time before d_h2__2__1 is written) */
-    gc_real *const d_h2__1__14 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__12, h2__1__16 (each read for the last time before d_h2__1__14 is written) */
-    gc_real *const d_h2__1__16 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__13 (it is read for the last time before d_h2__1__16 is written) */
+    gc_real *const d_theta__1__1 = ws + 6464 * n;   /* [N, 128], over h2__5 (it is read for the last time before d_theta__1__1 is written) */
+    gc_real *const d_h2__0 = ws + 5952 * n;   /* [N, 2, 2, 128], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1 (each read for the last time before d_h2__0 is written) */
+    gc_real *const d_h2__2 = ws + 7232 * n;   /* [N, 2, 2, 32], over h2__1__1, h2__1__5 (each read for the last time before d_h2__2 is written) */
+    gc_real *const d_h2__5 = ws + 7360 * n;   /* [N, 2, 2, 32] */
+    gc_real *const d_h2__7 = ws + 6464 * n;   /* [N, 2, 2, 32, 4], over h2__5, h2, d_theta__1__1 (each read for the last time before d_h2__7 is written) */
+    gc_real *const d_h2__9 = ws + 5952 * n;   /* [N, 32, 4, 4], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_h2__0 (each read for the last time before d_h2__9 is written) */
+    gc_real *const d_h2__2__1 = ws + 6464 * n;   /* [N, 32, 4, 4], over h2__5, h2, d_theta__1__1, d_h2__7 (each read for the last time before d_h2__2__1 is written) */
+    gc_real *const d_h2__1__14 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__16 (it is read for the last time before d_h2__1__14 is written) */
+    gc_real *const d_h2__1__16 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1] */
     gc_real *const d_h2__1__18 = ws + 128 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__24 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__13, d_h2__1__16 (each read for the last time before d_h2__1__24 is written) */
+    gc_real *const d_h2__1__24 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1], over d_h2__1__16 (it is read for the last time before d_h2__1__24 is written) */
     gc_real *const d_h2__1__29 = ws + 160 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__33 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2 (each read for the last time before d_h2__1__33 is written) */
-    gc_real *const d_h2__1__34 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__13, d_h2__1__16, d_h2__1__24 (each read for the last time before d_h2__1__34 is written) */
+    gc_real *const d_h2__1__33 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2 (each read for the last time before d_h2__1__33 is written) */
+    gc_real *const d_h2__1__34 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__14 (it is read for the last time before d_h2__1__34 is written) */
     gc_real *const d_g2 = ws + 10560 + 7488 * n;   /* [32] */
     gc_real *const d_b2 = ws + 10592 + 7488 * n;   /* [32] */
     gc_real *const d_h2__0__1 = ws + 5440 * n;   /* [N, 4, 4, 32], over h2__0 (it is read for the last time before d_h2__0__1 is written) */
-    gc_real *const d_h2__0__2 = ws + 7232 * n;   /* [32, 144], over h2__1__1, h2__1__5, h2__1__11, h2__1__12, h2__1__13, h2__1__14, h2__1__16, h2, d_h2, d_h2__3, d_h2__6, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
-    gc_real *const d_w2 = ws + 4608 + 7232 * n;   /* [32, 16, 3, 3], over h2, d_h2, d_h2__3, d_h2__6 (each read for the last time before d_w2 is written) */
-    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__4, h1__5, h2__0__0 (each read for the last time before d_h2__0__4 is written) */
-    gc_real *const d_h1 = ws + 4928 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1 is written) */
-    gc_real *const d_h1__0 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
-    gc_real *const d_h1__1 = ws + 1024 * n;   /* [N, 4, 4, 16, 4], over h1__4, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__1 is written) */
-    gc_real *const d_h1__2 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__2 is written) */
-    gc_real *const d_h1__3 = ws + 2048 * n;   /* [N, 4, 4, 16, 1], over h2__0__0, d_h2__0__4 (each read for the last time before d_h1__3 is written) */
-    gc_real *const d_h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2 (each read for the last time before d_h1__5 is written) */
-    gc_real *const d_h1__6 = ws + 4928 * n;   /* [N, 4, 4, 16, 1], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__6 is written) */
-    gc_real *const d_h1__7 = ws + 0;   /* [N, 4, 4, 16, 4], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5 (each read for the last time before d_h1__7 is written) */
-    gc_real *const d_h1__8 = ws + 1024 * n;   /* [N, 4, 4, 64], over h1__4, h2__0__0, d_h2__0__4, d_h1__1 (each read for the last time before d_h1__8 is written) */
-    gc_real *const d_h1__9 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7 (each read for the last time before d_h1__9 is written) */
-    gc_real *const d_h1__2__1 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__4, h2__0__0, d_h2__0__4, d_h1__1, d_h1__8 (each read for the last time before d_h1__2__1 is written) */
-    gc_real *const d_h1__1__14 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__12, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__14 is written) */
-    gc_real *const d_h1__1__16 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h1__1__13, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__16 is written) */
-    gc_real *const d_h1__1__18 = ws + 32 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__18 is written) */
-    gc_real *const d_h1__1__24 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h1__1__13, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
-    gc_real *const d_h1__1__29 = ws + 48 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_h1__1__29 is written) */
-    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9 (each read for the last time before d_h1__1__33 is written) */
-    gc_real *const d_h1__1__34 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h1__1__13, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
-    gc_real *const d_g1 = ws + 288 + 4928 * n;   /* [16], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_g1 is written) */
-    gc_real *const d_b1 = ws + 304 + 4928 * n;   /* [16], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_b1 is written) */
-    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__4, h2__0__0, d_h2__0__4, d_h1__1, d_h1__8, d_h1__2__1 (each read for the last time before d_h1__0__1 is written) */
-    gc_real *const d_h1__0__2 = ws + 4928 * n;   /* [16, 9], over h1__1__1, h1__1__5, h1__1__12, h1__1__13, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__34 (each read for the last time before d_h1__0__2 is written) */
-    gc_real *const d_w1 = ws + 144 + 4928 * n;   /* [16, 1, 3, 3], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__6 (each read for the last time before d_w1 is written) */
-    gc_real *const t18 = ws + 0;   /* [16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33 (each read for the last time before t18 is written) */
-    gc_real *const next_mean1 = ws + 96;   /* [16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33 (each read for the last time before next_mean1 is written) */
-    gc_real *const t25 = ws + 0;   /* [1, 16, 1, 1], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33, t18 (each read for the last time before t25 is written) */
-    gc_real *const t26 = ws + 16;   /* [16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33 (each read for the last time before t26 is written) */
-    gc_real *const next_var1 = ws + 112;   /* [16], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33 (each read for the last time before next_var1 is written) */
-    gc_real *const t49 = ws + 0;   /* [32], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33, t18, t25, t26 (each read for the last time before t49 is written) */
-    gc_real *const next_mean2 = ws + 32;   /* [32], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33 (each read for the last time before next_mean2 is written) */
-    gc_real *const t56 = ws + 0;   /* [1, 32, 1, 1], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33, t18, t25, t26, t49 (each read for the last time before t56 is written) */
-    gc_real *const t57 = ws + 64;   /* [32], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33 (each read for the last time before t57 is written) */
-    gc_real *const next_var2 = ws + 0;   /* [32], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33, t18, t25, t26, t49, t56 (each read for the last time before next_var2 is written) */
-    gc_real *const next_dropout_step = ws + 64;   /* [1], over h1__0__1, h1__3, h1__5, h2__0__0, d_h2__0__4, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__1__33, t57 (each read for the last time before next_dropout_step is written) */
+    gc_real *const d_h2__0__2 = ws + 7232 * n;   /* [32, 144], over h2__1__1, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__2, d_h2__5, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
+    gc_real *const d_w2 = ws + 4608 + 7232 * n;   /* [32, 16, 3, 3], over d_h2__2, d_h2__5 (each read for the last time before d_w2 is written) */
+    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5, h2__0__0 (each read for the last time before d_h2__0__4 is written) */
+    gc_real *const d_h1 = ws + 4928 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1 is written) */
+    gc_real *const d_h1__0 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1, h1__3, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
+    gc_real *const d_h1__2 = ws + 2048 * n;   /* [N, 4, 4, 16], over h2__0__0, d_h2__0__4 (each read for the last time before d_h1__2 is written) */
+    gc_real *const d_h1__5 = ws + 5184 * n;   /* [N, 4, 4, 16], over h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1__5 is written) */
+    gc_real *const d_h1__7 = ws + 1024 * n;   /* [N, 4, 4, 16, 4], over h1__5, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__7 is written) */
+    gc_real *const d_h1__9 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__9 is written) */
+    gc_real *const d_h1__2__1 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__5, h2__0__0, d_h2__0__4, d_h1__7 (each read for the last time before d_h1__2__1 is written) */
+    gc_real *const d_h1__1__14 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__14 is written) */
+    gc_real *const d_h1__1__16 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__16 is written) */
+    gc_real *const d_h1__1__18 = ws + 32 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__18 is written) */
+    gc_real *const d_h1__1__24 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
+    gc_real *const d_h1__1__29 = ws + 48 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__29 is written) */
+    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9 (each read for the last time before d_h1__1__33 is written) */
+    gc_real *const d_h1__1__34 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
+    gc_real *const d_g1 = ws + 288 + 4928 * n;   /* [16], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__5 (each read for the last time before d_g1 is written) */
+    gc_real *const d_b1 = ws + 304 + 4928 * n;   /* [16], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__5 (each read for the last time before d_b1 is written) */
+    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__5, h2__0__0, d_h2__0__4, d_h1__7, d_h1__2__1 (each read for the last time before d_h1__0__1 is written) */
+    gc_real *const d_h1__0__2 = ws + 4928 * n;   /* [16, 9], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__34 (each read for the last time before d_h1__0__2 is written) */
+    gc_real *const d_w1 = ws + 144 + 4928 * n;   /* [16, 1, 3, 3], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__5 (each read for the last time before d_w1 is written) */
+    gc_real *const next_mean1 = ws + 96;   /* [16], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before next_mean1 is written) */
+    gc_real *const t25 = ws + 0;   /* [1, 16, 1, 1], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before t25 is written) */
+    gc_real *const next_var1 = ws + 112;   /* [16], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before next_var1 is written) */
+    gc_real *const next_mean2 = ws + 0;   /* [32], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33, t25 (each read for the last time before next_mean2 is written) */
+    gc_real *const t56 = ws + 32;   /* [1, 32, 1, 1], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before t56 is written) */
+    gc_real *const next_var2 = ws + 64;   /* [32], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before next_var2 is written) */
+    gc_real *const next_dropout_step = ws + 32;   /* [1], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33, t56 (each read for the last time before next_dropout_step is written) */
     const digits_cnn_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
     digits_cnn_backward_pass_1(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
@@ -1633,9 +1444,9 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     for (long i = 0; i < 16; ++i) {
         h1__1__11[i] = (gc_real)1.0 / (GC_SQRT((h1__1__6[i] + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_2(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__12, h1__1__13,
-                               h1__1__14, h1__1__16, h1__2, h1__3, h1__4, h1__5, h1, h2__0__0, h2__0__1,
-                               h2__0, h2__1__1, h2__1__2, h2__1__5, pack);
+    digits_cnn_backward_pass_2(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__14, h1__1__16, h1__2,
+                               h1__3, h1__5, h1, h2__0__0, h2__0__1, h2__0, h2__1__1, h2__1__2,
+                               h2__1__5, pack);
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
         h2__1__6[i] = h2__1__5[i] / (gc_real)(16 * n);
@@ -1646,23 +1457,17 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     }
     digits_cnn_backward_pass_3(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
                                d_w2, d_g2, d_b2, d_U, d_c, h1__0__0, h1__0, h1__1__2, h1__1__11,
-                               h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__12,
-                               h2__1__13, h2__1__14, h2__1__16, h2__2, h2__3, h2__4, h2__5, h2,
-                               theta__0, theta__1__0, theta__1, theta, d_theta, d_theta__1,
-                               d_theta__1__1, d_h2, d_h2__0, d_h2__1, d_h2__2, d_h2__3, d_h2__5,
-                               d_h2__6, d_h2__7, d_h2__8, d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16,
-                               d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__33, d_h2__1__34,
-                               d_h2__0__1, d_h2__0__2, d_h2__0__4, d_h1, d_h1__0, d_h1__1, d_h1__2,
-                               d_h1__3, d_h1__5, d_h1__6, d_h1__7, d_h1__8, d_h1__9, d_h1__2__1,
-                               d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29,
-                               d_h1__1__33, d_h1__1__34, d_h1__0__1, d_h1__0__2, pack);
+                               h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__14,
+                               h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta,
+                               d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7,
+                               d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24,
+                               d_h2__1__29, d_h2__1__33, d_h2__1__34, d_h2__0__1, d_h2__0__2,
+                               d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9,
+                               d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
+                               d_h1__1__29, d_h1__1__33, d_h1__1__34, d_h1__0__1, d_h1__0__2, pack);
     /* state update of h1__1: batch_norm's running values    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
-        t18[i] = h1__1__2[i];
-    }
-    /* state update of h1__1: batch_norm's running values    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        next_mean1[i] = (mean1[i] * (gc_real)0.9) + (t18[i] * (gc_real)0.1);
+        next_mean1[i] = (mean1[i] * (gc_real)0.9) + (h1__1__2[i] * (gc_real)0.1);
     }
     /* state update of h1__1: batch_norm's running values    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
@@ -1670,19 +1475,11 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     }
     /* state update of h1__1: batch_norm's running values    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
-        t26[i] = t25[i];
-    }
-    /* state update of h1__1: batch_norm's running values    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        next_var1[i] = (var1[i] * (gc_real)0.9) + (t26[i] * (gc_real)0.1);
+        next_var1[i] = (var1[i] * (gc_real)0.9) + (t25[i] * (gc_real)0.1);
     }
     /* state update of h2__1: batch_norm's running values    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
-        t49[i] = h2__1__2[i];
-    }
-    /* state update of h2__1: batch_norm's running values    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        next_mean2[i] = (mean2[i] * (gc_real)0.9) + (t49[i] * (gc_real)0.1);
+        next_mean2[i] = (mean2[i] * (gc_real)0.9) + (h2__1__2[i] * (gc_real)0.1);
     }
     /* state update of h2__1: batch_norm's running values    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
@@ -1690,11 +1487,7 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     }
     /* state update of h2__1: batch_norm's running values    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
-        t57[i] = t56[i];
-    }
-    /* state update of h2__1: batch_norm's running values    [digits_cnn.toml:32] */
-    for (long i = 0; i < 32; ++i) {
-        next_var2[i] = (var2[i] * (gc_real)0.9) + (t57[i] * (gc_real)0.1);
+        next_var2[i] = (var2[i] * (gc_real)0.9) + (t56[i] * (gc_real)0.1);
     }
     /* state update of theta__1: dropout's running values    [digits_cnn.toml:33] */
     next_dropout_step[0] = dropout_step[0] + (gc_real)1.0;

@@ -18,6 +18,7 @@ typedef float gc_real;
 #define GC_ACT_RELU 1     /* ... relu */
 #endif
 #define GC_EXP(x) expf(x)
+#define GC_EXP_ROW(x) gc_expf(x)   /* graphc_kernels.h's, for x - max of a row: vectorizable */
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
@@ -295,8 +296,11 @@ static void gru_backward_pass(long n, long T, const int32_t *x, const int32_t *y
                     if (row[j] > max) max = row[j];
                 }
                 gc_real *out = probs + i * 96;
+                #if defined(_OPENMP)
+                #pragma omp simd reduction(+:sum)
+                #endif
                 for (long j = 0; j < 96; ++j) {
-                    out[j] = GC_EXP(row[j] - max);
+                    out[j] = GC_EXP_ROW(row[j] - max);
                     sum += out[j];
                 }
                 for (long j = 0; j < 96; ++j) {
@@ -653,8 +657,11 @@ int gru_forward(long n, long T, const int32_t *x, const int32_t *y, const float 
                     if (row[j] > max) max = row[j];
                 }
                 gc_real *out = probs + i * 96;
+                #if defined(_OPENMP)
+                #pragma omp simd reduction(+:sum)
+                #endif
                 for (long j = 0; j < 96; ++j) {
-                    out[j] = GC_EXP(row[j] - max);
+                    out[j] = GC_EXP_ROW(row[j] - max);
                     sum += out[j];
                 }
                 for (long j = 0; j < 96; ++j) {
@@ -802,8 +809,11 @@ int gru_predict(long n, long T, const int32_t *x, const float *emb, const float 
                     if (row[j] > max) max = row[j];
                 }
                 gc_real *out = probs + i * 96;
+                #if defined(_OPENMP)
+                #pragma omp simd reduction(+:sum)
+                #endif
                 for (long j = 0; j < 96; ++j) {
-                    out[j] = GC_EXP(row[j] - max);
+                    out[j] = GC_EXP_ROW(row[j] - max);
                     sum += out[j];
                 }
                 for (long j = 0; j < 96; ++j) {

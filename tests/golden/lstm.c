@@ -18,6 +18,7 @@ typedef float gc_real;
 #define GC_ACT_RELU 1     /* ... relu */
 #endif
 #define GC_EXP(x) expf(x)
+#define GC_EXP_ROW(x) gc_expf(x)   /* graphc_kernels.h's, for x - max of a row: vectorizable */
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
@@ -66,7 +67,7 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 static size_t gc_workspace_bytes(long n)
 {
     /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
-    static const size_t arena[][2] = { { 9360, 0 }, { 5328, 1 } };
+    static const size_t arena[][2] = { { 9360, 0 }, { 5072, 1 } };
     const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1) {
@@ -279,8 +280,11 @@ static void lstm_backward_pass_1(long n, const float *x, const int32_t *y, const
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * lstm_C;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < lstm_C; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < lstm_C; ++j) {
@@ -322,25 +326,21 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
     {
         gc_real *const d_t3__lstm_backward = lstm_backward__ws__d_W_ih + 0;
         gc_real *const d_h_t__lstm_backward = lstm_backward__ws__d_W_ih + 32 * n;
-        gc_real *const d_c_t__lstm_backward = lstm_backward__ws__d_W_ih + 384 * n;
-        gc_real *const d_o_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 128 * n;
-        gc_real *const d_o_t__0__0__lstm_backward = lstm_backward__ws__d_W_ih + 0;
-        gc_real *const d_g_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 256 * n;
-        gc_real *const d_g_t__0__0__lstm_backward = lstm_backward__ws__d_W_ih + 128 * n;
-        gc_real *const d_f_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 416 * n;
-        gc_real *const d_f_t__0__0__lstm_backward = lstm_backward__ws__d_W_ih + 256 * n;
-        gc_real *const d_i_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 512 * n;
-        gc_real *const d_i_t__0__0__lstm_backward = lstm_backward__ws__d_W_ih + 384 * n;
-        gc_real *const d_gates__lstm_backward = lstm_backward__ws__d_W_ih + 512 * n;
-        gc_real *const d_b_hh__lstm_backward = lstm_backward__ws__d_W_ih + 4480 + 640 * n;
-        gc_real *const d_W_hh__lstm_backward = lstm_backward__ws__d_W_ih + 640 * n;
-        gc_real *const d_x_t__lstm_backward = lstm_backward__ws__d_W_ih + 0;
-        gc_real *const d_W_ih__lstm_backward = lstm_backward__ws__d_W_ih + 4096 + 640 * n;
-        gc_real *const h__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 640 * n;
-        gc_real *const h__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 672 * n;
-        gc_real *const c__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 704 * n;
-        gc_real *const c__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 736 * n;
-        gc_real *const x_t__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 768 * n;
+        gc_real *const d_c_t__lstm_backward = lstm_backward__ws__d_W_ih + 128 * n;
+        gc_real *const d_o_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 160 * n;
+        gc_real *const d_gates__lstm_backward = lstm_backward__ws__d_W_ih + 0;
+        gc_real *const d_g_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 160 * n;
+        gc_real *const d_f_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 160 * n;
+        gc_real *const d_i_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 160 * n;
+        gc_real *const d_b_hh__lstm_backward = lstm_backward__ws__d_W_ih + 4480 + 144 * n;
+        gc_real *const d_W_hh__lstm_backward = lstm_backward__ws__d_W_ih + 128 * n;
+        gc_real *const d_x_t__lstm_backward = lstm_backward__ws__d_W_ih + 4096 + 128 * n;
+        gc_real *const d_W_ih__lstm_backward = lstm_backward__ws__d_W_ih + 4096 + 128 * n;
+        gc_real *const h__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 192 * n;
+        gc_real *const h__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 224 * n;
+        gc_real *const c__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 256 * n;
+        gc_real *const c__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 288 * n;
+        gc_real *const x_t__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 320 * n;
         memset(d_W_ih, 0, (size_t)(384) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_b_ih, 0, (size_t)(128) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_W_hh, 0, (size_t)(4096) * sizeof(gc_real));   /* a sum over the steps, from 0 */
@@ -384,10 +384,9 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
                 d_o_t__3__lstm_backward[i] = (d_h_t__lstm_backward[i] * h_t__0__lstm_backward[i]) * (o_t__lstm_backward[i] * ((gc_real)1.0 - o_t__lstm_backward[i]));
             }
             /* d_o_t__0__0: identity (3), from o_t = "sigmoid(gates[:, 96:128])" */
-            memset(d_o_t__0__0__lstm_backward, 0, (size_t)(lstm_G * n) * sizeof(gc_real));
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < lstm_H; ++j) {
-                    d_o_t__0__0__lstm_backward[96 + i * lstm_G + j] = d_o_t__3__lstm_backward[i * lstm_H + j];
+                    d_gates__lstm_backward[96 + i * lstm_G + j] = d_o_t__3__lstm_backward[i * lstm_H + j];
                 }
             }
             /* d_g_t__3: identity (4), from g_t = "tanh(gates[:, 64:96])" */
@@ -395,10 +394,9 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
                 d_g_t__3__lstm_backward[i] = (d_c_t__lstm_backward[i] * i_t__lstm_backward[i]) * ((gc_real)1.0 - (g_t__lstm_backward[i] * g_t__lstm_backward[i]));
             }
             /* d_g_t__0__0: identity (3), from g_t = "tanh(gates[:, 64:96])" */
-            memset(d_g_t__0__0__lstm_backward, 0, (size_t)(lstm_G * n) * sizeof(gc_real));
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < lstm_H; ++j) {
-                    d_g_t__0__0__lstm_backward[64 + i * lstm_G + j] = d_g_t__3__lstm_backward[i * lstm_H + j];
+                    d_gates__lstm_backward[64 + i * lstm_G + j] = d_g_t__3__lstm_backward[i * lstm_H + j];
                 }
             }
             /* d_f_t__3: identity (4), from f_t = "sigmoid(gates[:, 32:64])" */
@@ -406,10 +404,9 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
                 d_f_t__3__lstm_backward[i] = (d_c_t__lstm_backward[i] * c__lstm_backward[i]) * (f_t__lstm_backward[i] * ((gc_real)1.0 - f_t__lstm_backward[i]));
             }
             /* d_f_t__0__0: identity (3), from f_t = "sigmoid(gates[:, 32:64])" */
-            memset(d_f_t__0__0__lstm_backward, 0, (size_t)(lstm_G * n) * sizeof(gc_real));
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < lstm_H; ++j) {
-                    d_f_t__0__0__lstm_backward[32 + i * lstm_G + j] = d_f_t__3__lstm_backward[i * lstm_H + j];
+                    d_gates__lstm_backward[32 + i * lstm_G + j] = d_f_t__3__lstm_backward[i * lstm_H + j];
                 }
             }
             /* d_i_t__3: identity (4), from i_t = "sigmoid(gates[:, 0:32])" */
@@ -417,18 +414,15 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
                 d_i_t__3__lstm_backward[i] = (d_c_t__lstm_backward[i] * g_t__lstm_backward[i]) * (i_t__lstm_backward[i] * ((gc_real)1.0 - i_t__lstm_backward[i]));
             }
             /* d_i_t__0__0: identity (3), from i_t = "sigmoid(gates[:, 0:32])" */
-            memset(d_i_t__0__0__lstm_backward, 0, (size_t)(lstm_G * n) * sizeof(gc_real));
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < lstm_H; ++j) {
-                    d_i_t__0__0__lstm_backward[i * lstm_G + j] = d_i_t__3__lstm_backward[i * lstm_H + j];
+                    d_gates__lstm_backward[i * lstm_G + j] = d_i_t__3__lstm_backward[i * lstm_H + j];
                 }
             }
-            /* d_gates = the sum over the uses of gates
-               d_b_hh: identity (3), from gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh" */
+            /* d_b_hh: identity (3), from gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh" */
             memset(d_b_hh__lstm_backward, 0, (size_t)(lstm_G) * sizeof(gc_real));
             for (long i = 0; i < n; ++i) {
                 for (long j = 0; j < lstm_G; ++j) {
-                    d_gates__lstm_backward[i * lstm_G + j] = ((d_o_t__0__0__lstm_backward[i * lstm_G + j] + d_g_t__0__0__lstm_backward[i * lstm_G + j]) + d_f_t__0__0__lstm_backward[i * lstm_G + j]) + d_i_t__0__0__lstm_backward[i * lstm_G + j];
                     d_b_hh__lstm_backward[j] += d_gates__lstm_backward[i * lstm_G + j];
                 }
             }
@@ -585,8 +579,11 @@ int lstm_forward(long n, const float *x, const int32_t *y, const float *W_ih, co
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * lstm_C;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < lstm_C; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < lstm_C; ++j) {
@@ -709,8 +706,11 @@ int lstm_predict(long n, const float *x, const float *W_ih, const float *W_hh, c
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * lstm_C;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < lstm_C; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < lstm_C; ++j) {
@@ -737,20 +737,20 @@ int lstm_value_and_grad(long n, const float *x, const int32_t *y, const float *W
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 4608 + 5264 * n;   /* [N, H] */
-    gc_real *const h_T = ws + 528 * n;   /* [N, H] */
-    gc_real *const d_h_T__2 = ws + 4608 + 784 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__3 = ws + 4608 + 1424 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__4 = ws + 4608 + 2064 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__5 = ws + 4608 + 2704 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__6 = ws + 4608 + 3344 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__7 = ws + 4608 + 3984 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__8 = ws + 4608 + 4624 * n;   /* [T, N, H] */
-    gc_real *const theta = ws + 0;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
-    gc_real *const d_theta = ws + 16 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
-    gc_real *const d_h_T = ws + 4608 + 5296 * n;   /* [N, H] */
-    gc_real *const lstm__ws__h_T = ws + 0;   /* [1] */
-    gc_real *const lstm_backward__ws__d_W_ih = ws + 0;   /* [1], over h_T, theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
+    gc_real *const t2 = ws + 4608 + 5008 * n;   /* [N, H] */
+    gc_real *const h_T = ws + 4608 + 5040 * n;   /* [N, H] */
+    gc_real *const d_h_T__2 = ws + 0;   /* [T, N, H] */
+    gc_real *const d_h_T__3 = ws + 640 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__4 = ws + 1280 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__5 = ws + 1920 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__6 = ws + 2560 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__7 = ws + 3200 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__8 = ws + 3840 * n;   /* [T, N, H] */
+    gc_real *const theta = ws + 4480 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
+    gc_real *const d_theta = ws + 4496 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
+    gc_real *const d_h_T = ws + 4608 + 4816 * n;   /* [N, H], over lstm__ws__h_T (it is read for the last time before d_h_T is written) */
+    gc_real *const lstm__ws__h_T = ws + 4480 * n;   /* [1] */
+    gc_real *const lstm_backward__ws__d_W_ih = ws + 4480 * n;   /* [1], over theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
     lstm_forward_pass(n, t2);
     lstm_backward_pass_1(n, x, y, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_b_out, t2, h_T,
                          d_h_T__2, d_h_T__3, d_h_T__4, d_h_T__5, d_h_T__6, d_h_T__7, d_h_T__8, theta,
@@ -780,25 +780,25 @@ int lstm_train_step(long n, const float *x, const int32_t *y, float *W_ih, float
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 8704 + 5264 * n;   /* [N, H] */
-    gc_real *const h_T = ws + 528 * n;   /* [N, H] */
-    gc_real *const d_h_T__2 = ws + 4608 + 784 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__3 = ws + 4608 + 1424 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__4 = ws + 4608 + 2064 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__5 = ws + 4608 + 2704 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__6 = ws + 4608 + 3344 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__7 = ws + 4608 + 3984 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__8 = ws + 4608 + 4624 * n;   /* [T, N, H] */
-    gc_real *const theta = ws + 0;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
-    gc_real *const d_theta = ws + 16 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
-    gc_real *const d_b_out = ws + 9344 + 5328 * n;   /* [C] */
-    gc_real *const d_h_T = ws + 8704 + 5296 * n;   /* [N, H] */
-    gc_real *const d_W_ih = ws + 8704 + 5328 * n;   /* [G, F] */
-    gc_real *const d_b_ih = ws + 9216 + 5328 * n;   /* [G] */
-    gc_real *const d_W_hh = ws + 4608 + 5264 * n;   /* [G, H] */
-    gc_real *const d_b_hh = ws + 9088 + 5328 * n;   /* [G] */
-    gc_real *const lstm__ws__h_T = ws + 0;   /* [1] */
-    gc_real *const lstm_backward__ws__d_W_ih = ws + 0;   /* [1], over h_T, theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
+    gc_real *const t2 = ws + 8704 + 5008 * n;   /* [N, H] */
+    gc_real *const h_T = ws + 8704 + 5040 * n;   /* [N, H] */
+    gc_real *const d_h_T__2 = ws + 0;   /* [T, N, H] */
+    gc_real *const d_h_T__3 = ws + 640 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__4 = ws + 1280 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__5 = ws + 1920 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__6 = ws + 2560 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__7 = ws + 3200 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__8 = ws + 3840 * n;   /* [T, N, H] */
+    gc_real *const theta = ws + 4480 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
+    gc_real *const d_theta = ws + 4496 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
+    gc_real *const d_b_out = ws + 9344 + 5072 * n;   /* [C] */
+    gc_real *const d_h_T = ws + 8704 + 4816 * n;   /* [N, H], over lstm__ws__h_T (it is read for the last time before d_h_T is written) */
+    gc_real *const d_W_ih = ws + 8704 + 5040 * n;   /* [G, F], over h_T (it is read for the last time before d_W_ih is written) */
+    gc_real *const d_b_ih = ws + 9216 + 5040 * n;   /* [G], over h_T (it is read for the last time before d_b_ih is written) */
+    gc_real *const d_W_hh = ws + 4608 + 4816 * n;   /* [G, H], over lstm__ws__h_T (it is read for the last time before d_W_hh is written) */
+    gc_real *const d_b_hh = ws + 9088 + 5040 * n;   /* [G], over h_T (it is read for the last time before d_b_hh is written) */
+    gc_real *const lstm__ws__h_T = ws + 4480 * n;   /* [1] */
+    gc_real *const lstm_backward__ws__d_W_ih = ws + 4480 * n;   /* [1], over theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
     const lstm_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     lstm_forward_pass(n, t2);
     lstm_backward_pass_1(n, x, y, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_b_out, t2, h_T,

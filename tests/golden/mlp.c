@@ -18,6 +18,7 @@ typedef float gc_real;
 #define GC_ACT_RELU 1     /* ... relu */
 #endif
 #define GC_EXP(x) expf(x)
+#define GC_EXP_ROW(x) gc_expf(x)   /* graphc_kernels.h's, for x - max of a row: vectorizable */
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
@@ -179,8 +180,11 @@ static void mlp_forward_pass(long n, const float *x, const int32_t *y, const flo
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * mlp_Nc;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < mlp_Nc; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < mlp_Nc; ++j) {

@@ -18,6 +18,7 @@ typedef float gc_real;
 #define GC_ACT_RELU 1     /* ... relu */
 #endif
 #define GC_EXP(x) expf(x)
+#define GC_EXP_ROW(x) gc_expf(x)   /* graphc_kernels.h's, for x - max of a row: vectorizable */
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
@@ -163,8 +164,11 @@ static void one_layer_forward_pass(long n, const float *x, const int32_t *y, con
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * one_layer_Nc;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < one_layer_Nc; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < one_layer_Nc; ++j) {

@@ -18,6 +18,7 @@ typedef float gc_real;
 #define GC_ACT_RELU 1     /* ... relu */
 #endif
 #define GC_EXP(x) expf(x)
+#define GC_EXP_ROW(x) gc_expf(x)   /* graphc_kernels.h's, for x - max of a row: vectorizable */
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
@@ -66,7 +67,7 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 static size_t gc_workspace_bytes(long n)
 {
     /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
-    static const size_t arena[][2] = { { 304, 0 } };
+    static const size_t arena[][2] = { { 272, 0 } };
     const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1 || n != 1) {
@@ -159,8 +160,11 @@ static void one_layer_column_forward_pass(long n, const float *x, const float *y
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = yhat + i * one_layer_column_Nc;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < one_layer_column_Nc; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < one_layer_column_Nc; ++j) {
@@ -241,11 +245,7 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_real *const theta__0 = ws + 0;   /* [Nc], over z__0 (it is read for the last time before theta__0 is written) */
     gc_real *const theta = ws + 32;   /* [Nc] */
     gc_real *const d_J__1 = ws + 0;   /* [1], over z__0, theta__0 (each read for the last time before d_J__1 is written) */
-    gc_real *const d_theta__0__0 = ws + 32;   /* [Nc, 1], over theta (it is read for the last time before d_theta__0__0 is written) */
-    gc_real *const d_theta__0__1 = ws + 0;   /* [1, Dh], over z__0, theta__0, d_J__1 (each read for the last time before d_theta__0__1 is written) */
-    gc_real *const d_h = ws + 0;   /* [Dh], over z__0, theta__0, d_J__1, d_theta__0__1 (each read for the last time before d_h is written) */
-    gc_real *const d_z__0__0 = ws + 0;   /* [Dh, 1], over z__0, theta__0, d_J__1, d_theta__0__1, d_h (each read for the last time before d_z__0__0 is written) */
-    gc_real *const d_z__0__1 = ws + 16;   /* [1, Dx], over h (it is read for the last time before d_z__0__1 is written) */
+    gc_real *const d_h = ws + 0;   /* [Dh], over z__0, theta__0, d_J__1 (each read for the last time before d_h is written) */
     one_layer_column_forward_pass(n, x, y, W, b1, U, b2, loss, yhat, z__0, h, theta__0, theta, pack);
     /* d_J__1: identity (7), from J = "cross_entropy(theta, y)" */
     memset(d_J__1, 0, (size_t)(1) * sizeof(gc_real));
@@ -256,17 +256,9 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     for (long i = 0; i < one_layer_column_Nc; ++i) {
         d_b2[i] = (yhat[i] * d_J__1[0]) - y[i];
     }
-    /* d_theta__0__0: identity (5), from theta = "U @ h + b2" */
-    for (long i = 0; i < one_layer_column_Nc; ++i) {
-        d_theta__0__0[i] = d_b2[i];
-    }
-    /* d_theta__0__1: identity (5), from theta = "U @ h + b2" */
-    for (long i = 0; i < one_layer_column_Dh; ++i) {
-        d_theta__0__1[i] = h[i];
-    }
     /* d_U: identity (5), from theta = "U @ h + b2" */
     gc_gemm(GC_NO_TRANS, GC_NO_TRANS, one_layer_column_Nc, one_layer_column_Dh, 1,
-            d_theta__0__0, 1, d_theta__0__1, one_layer_column_Dh,
+            d_b2, 1, h, one_layer_column_Dh,
             GC_OVERWRITE, d_U, one_layer_column_Dh, pack);
     /* d_h: identity (1), from theta = "U @ h + b2" */
     gc_gemm(GC_TRANS, GC_NO_TRANS, one_layer_column_Dh, 1, one_layer_column_Nc,
@@ -276,17 +268,9 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     for (long i = 0; i < one_layer_column_Dh; ++i) {
         d_b1[i] = d_h[i] * ((gc_real)((h[i] > 0) - (h[i] < 0)));
     }
-    /* d_z__0__0: identity (5), from z = "W @ x + b1" */
-    for (long i = 0; i < one_layer_column_Dh; ++i) {
-        d_z__0__0[i] = d_b1[i];
-    }
-    /* d_z__0__1: identity (5), from z = "W @ x + b1" */
-    for (long i = 0; i < one_layer_column_Dx; ++i) {
-        d_z__0__1[i] = x[i];
-    }
     /* d_W: identity (5), from z = "W @ x + b1" */
     gc_gemm(GC_NO_TRANS, GC_NO_TRANS, one_layer_column_Dh, one_layer_column_Dx, 1,
-            d_z__0__0, 1, d_z__0__1, one_layer_column_Dx,
+            d_b1, 1, x, one_layer_column_Dx,
             GC_OVERWRITE, d_W, one_layer_column_Dx, pack);
     /* d_x: identity (1), from z = "W @ x + b1" */
     gc_gemm(GC_TRANS, GC_NO_TRANS, one_layer_column_Dx, 1, one_layer_column_Dh,
@@ -317,15 +301,11 @@ int one_layer_column_train_step(long n, const float *x, const float *y, float *W
     gc_real *const theta__0 = ws + 0;   /* [Nc], over z__0 (it is read for the last time before theta__0 is written) */
     gc_real *const theta = ws + 32;   /* [Nc] */
     gc_real *const d_J__1 = ws + 0;   /* [1], over z__0, theta__0 (each read for the last time before d_J__1 is written) */
-    gc_real *const d_theta = ws + 288;   /* [Nc] */
-    gc_real *const d_theta__0__0 = ws + 32;   /* [Nc, 1], over theta (it is read for the last time before d_theta__0__0 is written) */
-    gc_real *const d_theta__0__1 = ws + 0;   /* [1, Dh], over z__0, theta__0, d_J__1 (each read for the last time before d_theta__0__1 is written) */
+    gc_real *const d_theta = ws + 256;   /* [Nc] */
     gc_real *const d_U = ws + 160;   /* [Nc, Dh] */
-    gc_real *const d_h = ws + 0;   /* [Dh], over z__0, theta__0, d_J__1, d_theta__0__1 (each read for the last time before d_h is written) */
+    gc_real *const d_h = ws + 0;   /* [Dh], over z__0, theta__0, d_J__1 (each read for the last time before d_h is written) */
     gc_real *const d_z = ws + 240;   /* [Dh] */
-    gc_real *const d_z__0__0 = ws + 256;   /* [Dh, 1] */
-    gc_real *const d_z__0__1 = ws + 272;   /* [1, Dx] */
-    gc_real *const d_W = ws + 0;   /* [Dh, Dx], over z__0, h, theta__0, theta, d_J__1, d_theta__0__0, d_theta__0__1, d_h (each read for the last time before d_W is written) */
+    gc_real *const d_W = ws + 0;   /* [Dh, Dx], over z__0, h, theta__0, theta, d_J__1, d_h (each read for the last time before d_W is written) */
     const one_layer_column_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     one_layer_column_forward_pass(n, x, y, W, b1, U, b2, loss, yhat, z__0, h, theta__0, theta, pack);
     /* d_J__1: identity (7), from J = "cross_entropy(theta, y)" */
@@ -337,17 +317,9 @@ int one_layer_column_train_step(long n, const float *x, const float *y, float *W
     for (long i = 0; i < one_layer_column_Nc; ++i) {
         d_theta[i] = (yhat[i] * d_J__1[0]) - y[i];
     }
-    /* d_theta__0__0: identity (5), from theta = "U @ h + b2" */
-    for (long i = 0; i < one_layer_column_Nc; ++i) {
-        d_theta__0__0[i] = d_theta[i];
-    }
-    /* d_theta__0__1: identity (5), from theta = "U @ h + b2" */
-    for (long i = 0; i < one_layer_column_Dh; ++i) {
-        d_theta__0__1[i] = h[i];
-    }
     /* d_U: identity (5), from theta = "U @ h + b2" */
     gc_gemm(GC_NO_TRANS, GC_NO_TRANS, one_layer_column_Nc, one_layer_column_Dh, 1,
-            d_theta__0__0, 1, d_theta__0__1, one_layer_column_Dh,
+            d_theta, 1, h, one_layer_column_Dh,
             GC_OVERWRITE, d_U, one_layer_column_Dh, pack);
     /* d_h: identity (1), from theta = "U @ h + b2" */
     gc_gemm(GC_TRANS, GC_NO_TRANS, one_layer_column_Dh, 1, one_layer_column_Nc,
@@ -357,17 +329,9 @@ int one_layer_column_train_step(long n, const float *x, const float *y, float *W
     for (long i = 0; i < one_layer_column_Dh; ++i) {
         d_z[i] = d_h[i] * ((gc_real)((h[i] > 0) - (h[i] < 0)));
     }
-    /* d_z__0__0: identity (5), from z = "W @ x + b1" */
-    for (long i = 0; i < one_layer_column_Dh; ++i) {
-        d_z__0__0[i] = d_z[i];
-    }
-    /* d_z__0__1: identity (5), from z = "W @ x + b1" */
-    for (long i = 0; i < one_layer_column_Dx; ++i) {
-        d_z__0__1[i] = x[i];
-    }
     /* d_W: identity (5), from z = "W @ x + b1" */
     gc_gemm(GC_NO_TRANS, GC_NO_TRANS, one_layer_column_Dh, one_layer_column_Dx, 1,
-            d_z__0__0, 1, d_z__0__1, one_layer_column_Dx,
+            d_z, 1, x, one_layer_column_Dx,
             GC_OVERWRITE, d_W, one_layer_column_Dx, pack);
     /* t += 1;  step_size = lr / (1 - beta1^t);  bc2_sqrt = sqrt(1 - beta2^t) (in double); the updates */
     adam_t[0] += 1;

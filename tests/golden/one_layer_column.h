@@ -52,7 +52,7 @@ enum { one_layer_column_Dx = 10, one_layer_column_Dh = 16, one_layer_column_Nc =
  *     static unsigned char raw[one_layer_column_WORKSPACE_BYTES(1) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define one_layer_column_WORKSPACE_BYTES(max_n) \
-    ((((size_t)304) + one_layer_column_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)272) + one_layer_column_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {

@@ -18,6 +18,7 @@ typedef float gc_real;
 #define GC_ACT_RELU 1     /* ... relu */
 #endif
 #define GC_EXP(x) expf(x)
+#define GC_EXP_ROW(x) gc_expf(x)   /* graphc_kernels.h's, for x - max of a row: vectorizable */
 #define GC_LOG(x) logf(x)
 #define GC_TANH(x) gc_tanhf(x)      /* graphc_kernels.h's: vectorizable, no libm call */
 #define GC_SQRT(x) sqrtf(x)
@@ -183,8 +184,11 @@ static void window_classifier_forward_pass(long n, const int32_t *w0, const int3
                 if (row[j] > max) max = row[j];
             }
             gc_real *out = probs + i * window_classifier_Nc;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
             for (long j = 0; j < window_classifier_Nc; ++j) {
-                out[j] = GC_EXP(row[j] - max);
+                out[j] = GC_EXP_ROW(row[j] - max);
                 sum += out[j];
             }
             for (long j = 0; j < window_classifier_Nc; ++j) {
