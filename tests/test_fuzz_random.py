@@ -479,7 +479,7 @@ def test_fuzz_random_float32_check_compares_no_gradient_across_a_kink_rounding_m
     """A relu whose operand is within float32 rounding of 0 (x1 - x1 * 0.9999999 is 1e-7 of x1,
     its rounding as large): the gradient's path may differ in float32, so only the forward
     outputs are compared, and the summary says why."""
-    from graphc.tools.fuzz_float32 import kink_margins, tolerance
+    from graphc.tools.fuzz_float32 import tolerance
     spec = SMALL.replace('v1 = "tanh(x1 * w1)"', 'v1 = "relu(x1 * w1 - x1 * w1 * 0.9999999) * 1e6"')
     case = fuzz.Case(spec, batch=6, seed=2, optimizers=("sgd",), threads1=False, float32=True)
     result = fuzz.run_case(case, tmp_path, only="float32")

@@ -8,8 +8,10 @@ the campaigns.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
+import os
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -146,6 +148,32 @@ def _graphc_frame(e: BaseException) -> str:
         return "outside graphc"
     f = frames[-1]
     return f"{f.filename[f.filename.rindex('/graphc/') + 1:]}:{f.lineno} ({f.name})"
+
+
+# ====================================================================== threads
+def _omp():
+    """libgomp's omp_set_num_threads / omp_get_max_threads, or None (then the thread count is
+    whatever OMP_NUM_THREADS says)."""
+    try:
+        lib = ctypes.CDLL("libgomp.so.1")
+        return lib.omp_set_num_threads, lib.omp_get_max_threads
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def omp_threads(n: int):
+    omp = _omp()
+    if omp is None:
+        yield int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+        return
+    set_threads, get_threads = omp
+    before = get_threads()
+    set_threads(n)
+    try:
+        yield get_threads()
+    finally:
+        set_threads(before)
 
 
 # ====================================================================== data

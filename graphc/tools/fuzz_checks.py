@@ -20,7 +20,6 @@ export), each raising a `Failure` of its kind at the first wrong number.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import subprocess
@@ -32,7 +31,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from graphc.core.errors import GraphcError
-from graphc.tools.fuzz_case import Case, Failure, _api, _max_abs, _optimizers, arrays, compare, same_bits, step
+from graphc.tools.fuzz_case import (Case, Failure, _api, _max_abs, _optimizers, arrays, compare, omp_threads,
+                                    same_bits, step)
 
 PRINT_RTOL = 1e-7           # main.c prints 9 significant digits
 FD_SAMPLES = 6              # entries perturbed per differentiated array
@@ -55,31 +55,6 @@ class CaseResult:
     cpu: Counter = field(default_factory=Counter)        # CPU time by phase: this process and the compilers it ran
     nodes: int = 0
     float32_worst: float = 0.0                           # the float32 check's largest error, a share of its tolerance
-
-
-def _omp():
-    """libgomp's omp_set_num_threads / omp_get_max_threads, or None (then the thread count is
-    whatever OMP_NUM_THREADS says)."""
-    try:
-        lib = ctypes.CDLL("libgomp.so.1")
-        return lib.omp_set_num_threads, lib.omp_get_max_threads
-    except (OSError, AttributeError):
-        return None
-
-
-@contextlib.contextmanager
-def omp_threads(n: int):
-    omp = _omp()
-    if omp is None:
-        yield int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
-        return
-    set_threads, get_threads = omp
-    before = get_threads()
-    set_threads(n)
-    try:
-        yield get_threads()
-    finally:
-        set_threads(before)
 
 
 def cpu_seconds() -> float:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.tools.fuzz_case import Failure, _api, _max_abs, step
+from graphc.tools.fuzz_case import Failure, _api, _max_abs, omp_threads, step
 
 U32 = 2.0 ** -24            # float32's unit roundoff
 REF32_FACTOR = 8.0
@@ -109,7 +109,6 @@ def check_float32(g, data: dict, predict, result) -> None:
     """The case's graph compiled for float32 (2 threads, OpenMP at 2): forward, predict and
     value_and_grad within `tolerance` of the float64 reference of the float32-rounded data."""
     from graphc.core.reference import evaluate_values
-    from graphc.tools.fuzz_checks import omp_threads
     api = _api()
     of, wrt = g.grad_spec
     data32 = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in data.items()}
