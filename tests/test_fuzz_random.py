@@ -23,9 +23,9 @@ from graphc.tools.fuzz_specs import DIMS, ENTRIES, covered_ops, specs
 
 # A case of the slice builds one model (for 2 threads, with one of the 5 optimizers), in one case
 # in 8 a second (for 1 thread), in one in 4 a float32 model, and in one in 40 the standalone export
-# with gcc and clang. The seed-0 slice of 200 cases cost 305 CPU-seconds (user + system, the
-# compilers' included; 2026-12-07, a 2-core Xeon, KVM, AVX-512): about 2.5 minutes on 2 idle cores,
-# inside the issue's 5 (docs/fuzzing.md). 200 is the issue's minimum. GRAPHC_FUZZ_CASES=N runs another count.
+# with gcc and clang. The seed-0 slice of 200 cases ran in 3 min 38 s of wall time, 212 CPU-seconds
+# (user + system, the compilers' included; 2026-12-07, a 2-core Xeon, KVM, AVX-512, other work at
+# load 3.5-4): inside the issue's 5 minutes (docs/fuzzing.md). 200 is the issue's minimum. GRAPHC_FUZZ_CASES=N runs another count.
 SLICE_CASES = int(os.environ.get("GRAPHC_FUZZ_CASES", "200"))
 SLICE_PLAN = fuzz.Plan(optimizers="one", threads1_every=8, standalone_every=40, float32_every=4, shrink_seconds=120)
 PUBLIC = sorted(k for k, op in REGISTRY.items() if op.public)
