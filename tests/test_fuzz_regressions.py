@@ -278,3 +278,45 @@ def test_a_scans_gradient_of_its_batch_first_sequence_is_not_overwritten_inside_
     want = np.broadcast_to(steps_after[None, :, None] * a["W"][0][None, None, :], (n, t, 3))
     np.testing.assert_allclose(grads["x"], want, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(grads["W"], (a["x"] * steps_after[None, :, None]).sum(axis=(0, 1))[None, :], rtol=1e-12)
+
+
+SCAN_FLOAT32 = """
+name = "sf"
+[dims]
+N = "batch"
+[inputs]
+x = ["N", 3, 2]
+[params]
+wx = [2, 2]
+wh = [2, 2]
+[scan.rnn]
+init  = { h = { shape = ["N", 2], value = 0.0 } }
+xs    = { x_t = "x" }
+axis  = 1
+carry = { h = "h_new" }
+final = { h_last = "h" }
+[scan.rnn.body]
+h_new = "tanh(x_t @ wx.T + h @ wh.T)"
+[graph]
+J = "mean(h_last)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["wx", "wh"]
+"""
+
+
+def test_the_reference_evaluates_a_scans_backward_in_float32():
+    """The float32 check found it: graphc.evaluate(..., _dtype=float32) of a scan's backward
+    started its params' gradient sums (wx__grad) at float64 zeros, which the float32 body then
+    refused (DTypeError). They start in the evaluation's dtype, and agree with float64."""
+    g = graphc.parse_spec(SCAN_FLOAT32, "scan_float32.toml")
+    bwd = graphc.grad(g, "J", ["wx", "wh"])
+    rng = np.random.default_rng(0)
+    a = dict(x=rng.standard_normal((4, 3, 2)), wx=rng.standard_normal((2, 2)), wh=rng.standard_normal((2, 2)))
+    r64 = graphc.evaluate(bwd, **a)
+    r32 = graphc.evaluate(bwd, _dtype=np.float32, **{k: v.astype(np.float32) for k, v in a.items()})
+    for k in ("loss", "d_wx", "d_wh"):
+        assert r32[k].dtype == np.float32
+        np.testing.assert_allclose(r32[k], r64[k], rtol=1e-5, atol=1e-6)

@@ -155,12 +155,12 @@ def run(body: Body, arrays) -> dict:
     from graphc.core.reference import evaluate_values
     g, k, m = body.graph, len(body.inits), len(body.xs)
     given, xs, consts = dict(zip(body.inits, arrays[:k])), arrays[k:k + m], arrays[k + m:]
-    carry = [given[c] if c in given else np.zeros(g.inputs[c].shape) for c in body.carry]   # sums start at 0
+    real = next((a.dtype for a in arrays if a.dtype.kind == "f"), np.dtype(np.float64))
+    carry = [given[c] if c in given else np.zeros(g.inputs[c].shape, real) for c in body.carry]   # sums start at 0
     T = xs[0].shape[body.x_axes[0]]
     if T == 0:
         raise ShapeError(f"scan {body.label}: the sequences are empty (T = 0 along axis {body.x_axes[0]})",
                          hint="a scan runs its body at least once: give sequences of length T >= 1")
-    real = next((a.dtype for a in arrays if a.dtype.kind == "f"), np.dtype(np.float64))
     saved_names = [n for n in g.values]
     ys = [[None] * T for _ in body.ys]
     saved: dict[str, list] = {n: [None] * T for n in saved_names}

@@ -43,6 +43,7 @@ class Plan:
     optimizers: str = "one"         # "one": drawn per case; "all": every optimizer
     threads1_every: int = 1         # compile for 1 thread too, and compare bits, in about one case in this many (0: never)
     standalone_every: int = 10      # about one case in this many builds its standalone export (0: never)
+    float32_every: int = 2          # about one case in this many is also compiled for float32 and compared (0: never)
     min_nodes: int = 3
     max_nodes: int = 20
     entries: tuple[str, ...] | None = None     # the generator's entries (None: all)
@@ -83,8 +84,9 @@ def cases(plan: Plan = Plan()):
             optimizers = (OPTIMIZER_NAMES[k],)
         threads1 = sometimes(case_hash(spec.text, seed, f"threads=1 {choice}"), plan.threads1_every)
         standalone = COMPILERS if sometimes(case_hash(spec.text, seed, f"standalone {choice}"), plan.standalone_every) else ()
+        float32 = sometimes(case_hash(spec.text, seed, f"float32 {choice}"), plan.float32_every)
         sizes = {d: draw(st.one_of(st.integers(1, 9), st.integers(10, RUN_TIME[d][1]))) for d in spec.sizes}
-        return Case(spec.text, batch, seed, optimizers, threads1, standalone, tuple(spec.entries), sizes)
+        return Case(spec.text, batch, seed, optimizers, threads1, standalone, tuple(spec.entries), sizes, float32)
     return draw_case()
 
 
@@ -104,6 +106,7 @@ class Summary:
     nodes: list = field(default_factory=list)
     failures: list = field(default_factory=list)           # dicts: kind, signature, file, message, repeats
     repeats: Counter = field(default_factory=Counter)      # further cases failing with a known signature
+    float32_worst: float = 0.0                             # the float32 check's largest error, a share of its tolerance
 
     def add_case(self, case: Case, r: CaseResult) -> None:
         self.cases += 1
@@ -114,6 +117,7 @@ class Summary:
         self.phase_seconds.update(r.seconds)
         self.phase_cpu.update(r.cpu)
         self.nodes.append(r.nodes)
+        self.float32_worst = max(self.float32_worst, r.float32_worst)
 
     def merge(self, other: "Summary") -> None:
         self.cases += other.cases
@@ -122,6 +126,7 @@ class Summary:
         for name in ("ops", "cases_with", "entries", "checks", "phase_seconds", "phase_cpu", "repeats"):
             getattr(self, name).update(getattr(other, name))
         self.nodes += other.nodes
+        self.float32_worst = max(self.float32_worst, other.float32_worst)
         self.failures += other.failures
 
     def to_dict(self) -> dict:
@@ -155,6 +160,8 @@ class Summary:
             lines.append("  (and, written by the spec's syntax: " + ", ".join(f"{k} {self.ops[k]}" for k in internal) + ")")
         lines.append("checks made:")
         lines += [f"  {k}: {v}" for k, v in sorted(self.checks.items())]
+        if self.float32_worst:
+            lines.append(f"float32: the largest error was {self.float32_worst:.3f} of its tolerance")
         if self.phase_seconds:
             lines.append("time by phase (s, summed over processes): "
                          + ", ".join(f"{k} {v:.0f}" for k, v in sorted(self.phase_seconds.items(), key=lambda kv: -kv[1])))
@@ -226,7 +233,7 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
                 if state["failed"] is not None:  # a shrink keeps the failing case's optimizers and checks
                     first = state["first"]
                     case = replace(case, optimizers=first.optimizers, threads1=first.threads1,
-                                   standalone=first.standalone)
+                                   standalone=first.standalone, float32=first.float32)
                 known = state["known"].get(case.text())
                 if known is not None:            # hypothesis replays its best example: the same failure
                     state["last"] = known[0], known[1]
@@ -401,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="build the standalone export with gcc and clang in about one case in K (0: never)")
     p.add_argument("--threads1-every", type=int, default=1, metavar="K",
                    help="also compile for 1 thread and compare bits in about one case in K (0: never)")
+    p.add_argument("--float32-every", type=int, default=2, metavar="K",
+                   help="also compile for float32 and compare with the reference in about one case in K (0: never)")
     p.add_argument("--max-nodes", type=int, default=20)
     p.add_argument("--entries", default=None, metavar="A,B,...",
                    help="draw only these entries of the op table (graphc/tools/fuzz_specs.py)")
@@ -422,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         print("graphc fuzz needs hypothesis: pip install 'graphc[test]'", file=sys.stderr)
         return 2
     plan = Plan(optimizers=args.optimizers, threads1_every=args.threads1_every, standalone_every=args.standalone_every,
+                float32_every=args.float32_every,
                 max_nodes=args.max_nodes, shrink_seconds=args.shrink_seconds, sequence=SEQUENCE[args.sequence],
                 stop_at=time.time() + 60 * args.minutes if args.minutes else None,
                 entries=tuple(args.entries.split(",")) if args.entries else None)

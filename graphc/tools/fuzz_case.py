@@ -8,8 +8,10 @@ the campaigns.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
+import os
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -61,12 +63,14 @@ class Case:
     standalone: tuple[str, ...] = ()        # compilers of the standalone check
     entries: tuple[str, ...] = ()           # what the generator drew (not part of the file)
     sizes: dict = field(default_factory=dict)   # the run-time dims other than the batch dim: {"T": 7}
+    float32: bool = False                   # also compiled for float32 and compared (graphc/tools/fuzz_float32.py)
 
     HEADER = "# graphc fuzz case: "
 
     def options(self) -> dict:
         return dict(batch=self.batch, seed=self.seed, optimizers=list(self.optimizers), threads1=self.threads1,
-                    standalone=list(self.standalone), **({"sizes": dict(self.sizes)} if self.sizes else {}))
+                    standalone=list(self.standalone), **({"sizes": dict(self.sizes)} if self.sizes else {}),
+                    **({"float32": True} if self.float32 else {}))
 
     def text(self, path: str | None = None, failure: "Failure | None" = None) -> str:
         """The case as a spec file: comments with the case and the command that reruns it."""
@@ -87,7 +91,8 @@ class Case:
         spec = "\n".join(line for line in text.splitlines() if not line.startswith("#")) + "\n"
         return cls(spec, int(options.get("batch", 5)), int(options.get("seed", 0)),
                    tuple(options.get("optimizers", ["sgd"])), bool(options.get("threads1", True)),
-                   tuple(options.get("standalone", [])), sizes=dict(options.get("sizes", {})))
+                   tuple(options.get("standalone", [])), sizes=dict(options.get("sizes", {})),
+                   float32=bool(options.get("float32", False)))
 
     def __repr__(self) -> str:          # what hypothesis prints for a falsifying example
         return f"Case(options={self.options()}, spec=\n{self.spec})"
@@ -145,6 +150,32 @@ def _graphc_frame(e: BaseException) -> str:
     return f"{f.filename[f.filename.rindex('/graphc/') + 1:]}:{f.lineno} ({f.name})"
 
 
+# ====================================================================== threads
+def _omp():
+    """libgomp's omp_set_num_threads / omp_get_max_threads, or None (then the thread count is
+    whatever OMP_NUM_THREADS says)."""
+    try:
+        lib = ctypes.CDLL("libgomp.so.1")
+        return lib.omp_set_num_threads, lib.omp_get_max_threads
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def omp_threads(n: int):
+    omp = _omp()
+    if omp is None:
+        yield int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+        return
+    set_threads, get_threads = omp
+    before = get_threads()
+    set_threads(n)
+    try:
+        yield get_threads()
+    finally:
+        set_threads(before)
+
+
 # ====================================================================== data
 def arrays(graph, n: int, rng: np.random.Generator, sizes: dict | None = None) -> dict[str, np.ndarray]:
     """float64 inputs and params by the generator's names: x real N(0, 1); p positive in
@@ -186,8 +217,8 @@ def _max_abs(values) -> float:
     return m
 
 
-def compare(kind: str, what: str, actual, expected, scale: float, rtol: float = RTOL) -> None:
-    """actual within rtol * max|expected| + ATOL * scale of expected, NaN where it is NaN."""
+def compare(kind: str, what: str, actual, expected, scale: float, rtol: float = RTOL, extra: float = 0.0) -> None:
+    """actual within rtol * max|expected| + ATOL * scale (+ extra) of expected, NaN where it is NaN."""
     from graphc.tools.check import worst_entry
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     if actual.shape != expected.shape:
@@ -204,7 +235,7 @@ def compare(kind: str, what: str, actual, expected, scale: float, rtol: float = 
     if diff.size and not np.all(np.isfinite(diff)):
         same = actual[finite] == expected[finite]            # the same infinities agree
         err = float(np.max(np.where(same, 0.0, np.where(np.isfinite(diff), diff, np.inf))))
-    tol = rtol * _max_abs([expected[finite & np.isfinite(expected)]]) + ATOL * scale
+    tol = rtol * _max_abs([expected[finite & np.isfinite(expected)]]) + ATOL * scale + extra
     if not err <= tol:
         raise Failure(kind, f"{what}: max abs error {err:.3e} > tolerance {tol:.3e}; "
                       + worst_entry(actual, expected, "got"))

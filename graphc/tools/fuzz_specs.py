@@ -144,7 +144,7 @@ def _binary(op: str, symbol: str):
         if op in ("add", "sub"):
             mag = max(left.mag, right.mag)
             low = left.low + right.low if op == "add" and left.low and right.low else 0.0
-            sparse = left.sparse and right.sparse
+            sparse = (left.sparse and right.sparse) or (op == "sub" and left is right)   # v - v: all zeros (no norm2 of it)
         elif op == "mul":
             mag, low, sparse = left.mag * right.mag, left.low * right.low, left.sparse or right.sparse
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from graphc.tools.fuzz_builder import (BATCH, MAX_FIXED, MAX_ROW, SEQ, Builder, Val, entry, fixed, largest, row_room,
+from graphc.tools.fuzz_builder import (BATCH, MAX_FIXED, MAX_ROW, MAX_SEQ_ROW, SEQ, Builder, Val, entry, fixed, largest, row_room,
                                        run_time)
 
 
@@ -70,7 +70,7 @@ def attention(b: Builder):
     lead, tq, d = q.shape[:-2], q.shape[-2], q.shape[-1]
     others = [t for t in (1, 7, 31, 33, 64, 65, 127, 129) if t != tq]
     if b.sequence and BATCH in lead and tq != SEQ:
-        others.append(SEQ)
+        others += [SEQ] * 4             # keys of the run-time length for fixed queries: as likely as a fixed count
     tk = tq if not b.rarely(3) else b.pick(others)
     per = math.prod(d for d in lead if fixed(d))
     room = 4 * MAX_ROW if run_time(lead) else MAX_FIXED
@@ -89,6 +89,44 @@ def attention(b: Builder):
         keys.append(f"scale={scale}")
     b.line(f"scaled_dot_product_attention({', '.join([qtext, ktext, v.name] + keys)})", lead + (tq, dv), [q, k, v],
            mag=v.mag, sparse=v.sparse)
+
+@entry("attention_heads", ops=("scaled_dot_product_attention", "reshape", "permute", "slice", "matmul", "transpose",
+                               "add"), weight=2)
+def attention_heads(b: Builder):
+    """Multi-head self-attention as examples/char_gpt.toml writes it: one projection
+    a = x Wᵀ + b of x [B, L, E] (or [L, E]) to 3·H·D columns; q, k and v sliced from it and split
+    into heads by reshape and permute ([B, H, L, D], or [H, L, D]); attention causal or not; the
+    heads merged back by permute and reshape ([B, L, H·D]). B and L are N, T or fixed (a
+    time-major [T, N, E] too: then the attention runs over the batch's rows)."""
+    x = b.data(lambda u: u.rank in (2, 3) and fixed(u.shape[-1]), ranks=(3, 2))
+    if x.rank not in (2, 3) or not fixed(x.shape[-1]):
+        return
+    lead, e = x.shape[:-1], x.shape[-1]
+    per = math.prod(d for d in lead if fixed(d))
+    room = row_room(x.shape) // per
+    sizes = [(h, d) for h in (1, 2, 3, 4, 8) for d in (1, 2, 3, 7, 8, 16, 17, 33) if 3 * h * d <= room]
+    if not sizes:
+        return
+    h, d = sizes[b.index(len(sizes))]
+    hd = 3 * h * d // 3
+    w, bias = b.param((3 * hd, e)), b.param((3 * hd,))
+    a = b.line(f"{x.name} @ {w.name}.T + {bias.name}", lead + (3 * hd,), [x, w, bias], mag=x.mag * w.mag * math.sqrt(e) + 0.5,
+               ops=3)
+    scale = "" if a.mag <= 2 else f" * {10.0 ** -math.ceil(math.log10(a.mag / 2)):g}"    # q, k: a softmax not saturated
+    order = (0, 2, 1, 3) if x.rank == 3 else (1, 0, 2)
+    dims = ", ".join(str(n) for n in lead)
+    heads = tuple(lead[i] if i < len(lead) else (h, d)[i - len(lead)] for i in range(len(lead) + 2))
+    heads = tuple(heads[i] for i in order)                    # [B, H, L, D] or [H, L, D]
+    qkv = []
+    for i in range(3):
+        cols = ", ".join([":"] * len(lead) + [f"{i * hd}:{(i + 1) * hd}"])
+        s = scale if i < 2 else ""
+        qkv.append(b.line(f"permute(reshape({a.name}[{cols}]{s}, ({dims}, {h}, {d})), {order})", heads, [a],
+                          mag=min(a.mag, 2.0) if i < 2 else a.mag, ops=3 + bool(s)))
+    keys = ["is_causal=True"] * b.draw_bool() + [f"scale={b.pick([0.5, 0.125])}"] * b.rarely(3)
+    att = b.line(f"scaled_dot_product_attention({', '.join([q.name for q in qkv] + keys)})", heads, qkv, mag=a.mag)
+    b.line(f"reshape(permute({att.name}, {order}), ({dims}, {hd}))", lead + (hd,), [att], mag=a.mag, ops=2)
+
 
 
 @entry("slice", ops=("slice",))
@@ -114,14 +152,19 @@ def slice_(b: Builder):
 
 @entry("scan", ops=("scan",), weight=2)
 def scan(b: Builder):
-    """A recurrence over axis 1 of a value [N, L, d] (L T or fixed): an Elman cell
+    """A recurrence over a value's time axis: axis 1 of [N, L, d] (batch-first) or, one scan in 3,
+    axis 0 of [L, N, d] (time-major: a permute of a batch-first value, a time-major value the spec
+    has, or a new input [L, N, d]); L is T or fixed. The cell: an Elman one
     h' = tanh(x_t Wxᵀ + h Whᵀ + b), or a GRU-like one (gates sliced from stacked weights, as
-    examples/gru.toml), h_0 = 0 or a value [N, H]; ys the states at every step [N, L, H] and/or
-    the last state [N, H]."""
-    x = b.data(lambda u: u.rank == 3 and fixed(u.shape[-1]) and u.shape[0] == BATCH, ranks=(3,))
-    if not b.batched or x.rank != 3 or x.shape[0] != BATCH or not fixed(x.shape[-1]):
+    examples/gru.toml), h_0 = 0 or a value [N, H]; ys the states at every step ([N, L, H], or
+    [L, N, H] time-major) and/or the last state [N, H]."""
+    if not b.batched:
         return
-    n, length, d = x.shape
+    axis = 0 if b.rarely(3) else 1
+    x = _scan_sequence(b, axis)
+    if x is None:
+        return
+    n, length, d = x.shape[1 - axis], x.shape[axis], x.shape[-1]
     if largest(length) > 129:
         return
     h = b.pick([1, 2, 3, 7, 8, 16, 17, 33])
@@ -145,10 +188,31 @@ def scan(b: Builder):
     results = ([f"ys    = {{ {ys} = \"{hn}\" }}"] if which != "final" else []) \
         + ([f"final = {{ {final} = \"{hc}\" }}"] if which != "ys" else [])
     b.scans[s] = "\n".join([f"[scan.{s}]", f"init  = {{ {hc} = {init} }}", f'xs    = {{ {xt} = "{x.name}" }}',
-                            "axis  = 1", f'carry = {{ {hc} = "{hn}" }}', *results, "", f"[scan.{s}.body]", *body])
+                            f"axis  = {axis}", f'carry = {{ {hc} = "{hn}" }}', *results, "", f"[scan.{s}.body]", *body])
     operands = [x, wx, wh, bias] + ([init_from] if init_from is not None else [])
     mag = max(1.0, init_from.mag) if gru and init_from is not None else 1.0
     if which != "final":
-        b.line(None, (n, length, h), operands, mag=mag, name=ys, ops=len(body) * 2)
+        b.line(None, (length, n, h) if axis == 0 else (n, length, h), operands, mag=mag, name=ys, ops=len(body) * 2)
     if which != "ys":
         b.line(None, (n, h), operands, mag=mag, name=final, ops=len(body) * 2)
+
+
+def _scan_sequence(b: Builder, axis: int) -> Val | None:
+    """What a scan over `axis` reads: [N, L, d] (axis 1) or [L, N, d] (axis 0), d fixed."""
+    def ok(u: Val, ax: int) -> bool:
+        return u.rank == 3 and fixed(u.shape[-1]) and u.shape[1 - ax] == BATCH and u.shape[ax] != BATCH
+    if axis == 1:
+        x = b.data(lambda u: ok(u, 1), ranks=(3,))
+        return x if ok(x, 1) else None
+    have = [u for u in b.vals if ok(u, 0)]
+    if have and not b.rarely(3):
+        return have[b.index(len(have))]
+    if b.rarely(3):                                   # a new time-major input [L, N, d]
+        length = SEQ if b.sequence and b.draw_bool() else b.dim(64)
+        d = b.dim(MAX_SEQ_ROW if not fixed(length) else max(1, MAX_ROW // length))
+        return b.new_input((length, BATCH, d))
+    x = b.data(lambda u: ok(u, 1), ranks=(3,))        # a batch-first value made time-major
+    if not ok(x, 1):
+        return None
+    return b.line(f"permute({x.name}, (1, 0, 2))", (x.shape[1], x.shape[0], x.shape[2]), [x], mag=x.mag,
+                  low=x.low, sparse=x.sparse)

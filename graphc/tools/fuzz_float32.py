@@ -1,0 +1,169 @@
+"""The differential fuzzer's float32 check (docs/fuzzing.md, "float32"): the case's graph compiled
+with dtype="float32", its forward, predict and value_and_grad against the float64 reference.
+
+What is compared: the C in float32 is given the case's data rounded to float32, and the reference
+is the float64 evaluation of that same rounded data, so the difference is the C's arithmetic
+rounding alone, not the rounding of its inputs. How far that may go depends on the dtype and on
+how much this graph, on this data, amplifies rounding. Each array's tolerance (`tolerance`) is
+
+    8 · max|ref32 − ref64|  +  4 √K · u · max|ref64|  +  4 · u · scale,        u = 2⁻²⁴ (float32)
+
+- ref32 is the same graph evaluated by NumPy in float32 (graphc.evaluate's dtype) on the same
+  data: another float32 evaluation, whose deviation from float64 measures this case's
+  conditioning (a cancellation, an exp, a long chain of products show up in it as they do in the
+  C's). The C sums in other orders (blocked GEMMs, sequential loops; NumPy: pairwise sums and BLAS),
+  whose error constants differ by small factors: 8.
+- 4 √K u of the array's largest magnitude: where NumPy's float32 rounding happens to cancel (its
+  pairwise sums are far more accurate than a sequential loop), the C's own bound still holds: a
+  sum or dot product of K terms in float32 is typically within √K u of its terms' magnitude (a
+  random walk of K roundings; 4 √K: four times that). K is bounded by the case's largest value's
+  element count (no sum has more terms than its operand has elements), and at least 256. (It was
+  64 u, on K ≤ 4096 elements per row, until the slice showed a sum over 298 rows at 0.87 of it:
+  the rows count too.)
+- 4 u of the case's scale (its largest intermediate value, as the float64 check's ATOL): a value
+  computed by cancelling the case's largest values carries their rounding.
+
+Kinks: relu, leaky_relu and max route a gradient by a comparison, and sign jumps; an operand
+within its own tolerance of the kink (|z| for relu, the gap between the two largest for max) may
+fall on the other side in float32 than in float64, which changes the gradient (or sign's value)
+by a finite amount that no rounding bound covers. Such a case compares only what the kink cannot
+change (the forward outputs, when the kink is not a sign), and the summary counts it ("float32
+... (an operand within rounding of a kink)"). max_pool2d's windows are not measured: with one, the
+gradients are not compared.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphc.tools.fuzz_case import Failure, _api, _max_abs, omp_threads, step
+
+U32 = 2.0 ** -24            # float32's unit roundoff
+REF32_FACTOR = 8.0
+OWN_BOUND = 4.0             # times √K
+MIN_TERMS = 256
+SCALE_BOUND = 4.0
+KINKS = ("relu", "leaky_relu", "sign", "max")     # a comparison of the operand decides the result's path
+UNMEASURED = ("max_pool2d",)
+
+
+def tolerance(expected: np.ndarray, ref32: np.ndarray, scale: float, terms: int = MIN_TERMS) -> float:
+    """The float32 tolerance of one array (the module's docstring derives it); `terms`: K, the
+    case's largest value's element count."""
+    e = np.asarray(expected, np.float64)
+    r = np.asarray(ref32, np.float64)
+    dev = float(np.max(np.abs(r - e))) if e.size else 0.0
+    own = OWN_BOUND * np.sqrt(max(terms, MIN_TERMS))
+    return REF32_FACTOR * dev + own * U32 * _max_abs([e]) + SCALE_BOUND * U32 * scale
+
+
+def judge(kind: str, what: str, actual, expected, ref32, scale: float, terms: int = MIN_TERMS) -> float:
+    """actual within `tolerance` of expected; returns the error's share of the tolerance."""
+    from graphc.tools.check import worst_entry
+    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if a.shape != e.shape:
+        raise Failure(kind, f"{what}: shape {a.shape}, expected {e.shape}")
+    if not a.size:
+        return 0.0
+    tol = tolerance(e, ref32, scale, terms)
+    err = float(np.max(np.abs(a - e))) if np.all(np.isfinite(a)) else np.inf
+    if not err <= tol:
+        dev = float(np.max(np.abs(np.asarray(ref32, np.float64) - e)))
+        raise Failure(kind, f"{what}: max abs error {err:.3e} > float32 tolerance {tol:.3e} (NumPy float32 "
+                      f"deviates {dev:.3e}, max magnitude {_max_abs([e]):.3e}, case scale {scale:.3e}); "
+                      + worst_entry(a, e, "got"))
+    return err / tol if tol > 0 else 0.0
+
+
+def kink_margins(graph, values: dict, values32: dict, scale: float, terms: int = MIN_TERMS) -> list[str]:
+    """The kinked ops of `graph` whose operand is within its own float32 tolerance of the kink
+    (their names and ops), by the float64 and float32 evaluations of every value. An element that
+    is exactly 0 in both is 0 by structure (relu(relu(x))'s inner zeros), not by rounding."""
+    close = []
+    for n in graph.nodes:
+        name = n.op.name
+        if name in UNMEASURED:
+            close.append(f"{n.output.name} = {name}(...) (windows not measured)")
+            continue
+        if name not in KINKS:
+            continue
+        x = n.inputs[0]
+        z, z32 = np.asarray(values[x.name], np.float64), np.asarray(values32[x.name], np.float64)
+        if not z.size or x.name not in values32:
+            continue
+        if name == "max":
+            margin = _top_gap(z, n.attrs.get("axis"))
+        else:       # exact zeros in both evaluations are zeros by structure (a relu's), not by rounding
+            moved = np.abs(z)[(z != 0) | (z32 != 0)]
+            margin = float(np.min(moved)) if moved.size else np.inf
+        delta = tolerance(z, z32, scale, terms) if x.name not in graph.inputs else 0.0
+        if margin <= delta:
+            close.append(f"{n.output.name} = {name}({x.name}): margin {margin:.2e} <= {delta:.2e}")
+    return close
+
+
+def _top_gap(z: np.ndarray, axis) -> float:
+    """The smallest gap between the two largest elements of each group max reduces."""
+    listed = axis if isinstance(axis, (list, tuple)) else (axis,)
+    axes = tuple(range(z.ndim)) if axis is None else tuple(a % z.ndim for a in listed)
+    rest = [a for a in range(z.ndim) if a not in axes]
+    groups = np.transpose(z, rest + list(axes)).reshape(int(np.prod([z.shape[a] for a in rest], dtype=np.int64)), -1)
+    if groups.shape[1] < 2:
+        return np.inf
+    top = np.sort(groups, axis=1)[:, -2:]
+    return float(np.min(top[:, 1] - top[:, 0]))
+
+
+def check_float32(g, data: dict, predict, result) -> None:
+    """The case's graph compiled for float32 (2 threads, OpenMP at 2): forward, predict and
+    value_and_grad within `tolerance` of the float64 reference of the float32-rounded data."""
+    from graphc.core.reference import evaluate_values
+    api = _api()
+    of, wrt = g.grad_spec
+    data32 = {k: (v.astype(np.float32) if v.dtype == np.float64 else v) for k, v in data.items()}
+    rounded = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in data32.items()}
+    with step("float32 reference"):
+        bwd = api.grad(g, of, wrt)
+        values = evaluate_values(bwd, rounded)
+        values32 = evaluate_values(bwd, data32, np.float32)
+    if any(np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)) for v in values32.values()):
+        result.checks["float32 (skipped: NumPy's float32 evaluation overflows)"] += 1
+        return
+    scale = max(1.0, _max_abs(values.values()))
+    terms = max(int(np.size(v)) for v in values.values())
+    # the forward graph's ops (the backward's sign(relu(z)) reads zeros by structure)
+    kinks = kink_margins(g, values, values32, scale, terms)
+    forward_only = bool(kinks)
+    if any(" = sign(" in k for k in kinks):
+        result.checks["float32 (skipped: a sign's operand within rounding of 0)"] += 1
+        return
+    ref = {k: values[v.name] for k, v in bwd.outputs.items()}
+    ref32 = {k: values32[v.name] for k, v in bwd.outputs.items()}
+    with step("compile for float32"):
+        m = api.compile(g, dtype="float32", threads=2)
+    worst = 0.0
+    with omp_threads(2):
+        with step("float32 forward"):
+            fwd = m.forward(**data32)
+        for k, v in fwd.items():
+            worst = max(worst, judge("float32", f"float32 forward {k}", v, ref[k], ref32[k], scale, terms))
+        if predict is not None:
+            args = [*predict.inputs, *predict.params]
+            with step("float32 predict"):
+                pred = m.predict(**{k: data32[k] for k in args})
+                p64 = evaluate_values(predict, {k: rounded[k] for k in args})
+                p32 = evaluate_values(predict, {k: data32[k] for k in args}, np.float32)
+            for k, v in pred.items():
+                name = predict.outputs[k].name
+                worst = max(worst, judge("float32", f"float32 predict {k}", v, p64[name], p32[name], scale, terms))
+        if forward_only:
+            result.checks["float32 forward (gradients not compared: an operand within rounding of a kink)"] += 1
+        else:
+            with step("float32 value_and_grad"):
+                outs, grads = m.value_and_grad(**data32)
+            for k, v in outs.items():
+                worst = max(worst, judge("float32", f"float32 value_and_grad {k}", v, ref[k], ref32[k], scale, terms))
+            for w, v in grads.items():
+                worst = max(worst, judge("float32", f"float32 value_and_grad d_{w}", v, ref[f"d_{w}"],
+                                         ref32[f"d_{w}"], scale, terms))
+            result.checks["float32"] += 1
+    result.float32_worst = max(result.float32_worst, worst)
