@@ -202,6 +202,13 @@ def test_a_fast_loaded_model_has_the_full_source_memory_plan_and_export(cache, t
     recipe = fastload.Recipe.of(spec, None, None, "float32", None, 1, True, graphc.native.isa.resolve(None), None)
     fast = loaded(recipe)
     assert type(fast.csrc).__name__ == "LazySource"
+    # every attribute of the functions and their arguments, recorded or rendered on demand
+    for name, f in slow.functions.items():
+        light = fast.functions[name]
+        assert light.label_checks == f.label_checks and light.doc == f.doc
+        assert [(a.cname, a.role, a.ctype, a.const) for a in light.args] == [(a.cname, a.role, a.ctype, a.const) for a in f.args]
+        assert [None if a.value is None else (a.value.name, tuple(a.value.shape), a.value.dtype) for a in light.args] == \
+            [None if a.value is None else (a.value.name, tuple(a.value.shape), a.value.dtype) for a in f.args]
     assert fast.source == slow.source and fast.header == slow.header
     assert fast.memory_plan(4) == slow.memory_plan(4)
     written = fast.export(tmp_path / "out", standalone=False)

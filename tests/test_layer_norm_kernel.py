@@ -15,7 +15,8 @@ import pytest
 import graphc
 from graphc.backend.codegen import generate
 
-from test_seq_ops import check_c, check_finite_differences, random_inputs
+from helpers import check_finite_differences
+from test_seq_ops import check_c, random_inputs
 
 LN_SPEC = """
 name = "ln_rows"
@@ -53,7 +54,7 @@ def test_layer_norm_gradients_of_the_reference_match_finite_differences(ln_graph
     """dJ/dx through four layer norms (affine, over two axes with a weight only, plain twice)
     and dJ/dweight, dJ/dbias: the closed form of layer_norm_grad against central differences."""
     arrays = random_inputs(ln_graph, {"N": 2}, np.random.default_rng(3))
-    check_finite_differences(ln_graph, arrays, ["x", "g", "bb", "g2", "W"])
+    check_finite_differences(ln_graph, arrays, ["x", "g", "bb", "g2", "W"], of="loss")
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-4)])
@@ -129,7 +130,7 @@ def test_head_split_views_c_matches_reference_and_finite_differences(dtype, rtol
     g = graphc.parse_spec(HEADS_SPEC, "heads.toml")
     arrays = random_inputs(g, {"N": 2, "T": 5}, np.random.default_rng(5))
     if dtype == "float64":
-        check_finite_differences(g, arrays, ["x", "Wqkv"])
+        check_finite_differences(g, arrays, ["x", "Wqkv"], of="loss")
     check_c(graphc.compile(g, dtype=dtype), g, arrays, rtol)
 
 

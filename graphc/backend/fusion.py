@@ -159,7 +159,7 @@ class Fusion:
         self._in_place_and_inline()
         self._layout_views()
 
-    def _single_user(self, v: Value) -> Node | None:
+    def single_user(self, v: Value) -> Node | None:
         users = self.users.get(v, [])
         return users[0] if len({id(u) for u in users}) == 1 and v not in self.out_of and v not in self.keep else None
 
@@ -195,7 +195,7 @@ class Fusion:
             if ce is None or ce.inputs[1] is not env["labels"] or env["labels"].dtype == FLOAT or ce in self.xent_grad:
                 continue      # real targets: ŷ Σy − y needs the row sums of y; it stays a loop
             subs = [u for u in self.users.get(sm.output, []) if u.op.name == "sub" and u.inputs[0] is sm.output]
-            if len(subs) != 1 or self._single_user(hot) is not diff.node or self._single_user(diff) is not mul \
+            if len(subs) != 1 or self.single_user(hot) is not diff.node or self.single_user(diff) is not mul \
                     or mul.output.shape != ce.inputs[0].shape:
                 continue
             first = min(self.where[ce], self.where[sm])
@@ -218,7 +218,7 @@ class Fusion:
                 continue
             ep, final, shape = Epilogue(m), m, m.output.shape
             for link in GEMM_EPILOGUE:
-                user = self._single_user(final.output)
+                user = self.single_user(final.output)
                 env = match(link.pat, user.output, {"prev": final.output}) if user is not None else None
                 if env is None or user.output.shape != shape or not self._fits(link.role, env, final, user, shape):
                     continue
@@ -248,7 +248,7 @@ class Fusion:
             v = m.output
             while v is not final.output:
                 self.absorbed.add(v)
-                v = self._single_user(v).output
+                v = self.single_user(v).output
 
     def _conv_relus(self) -> None:
         """CONV_RELU: the product (a grouped GEMM per group, or the direct depthwise loop) applies the
@@ -261,8 +261,8 @@ class Fusion:
                     continue
                 rows, nchw = env["rows"], env.get("nchw")
                 if rows.node.attrs["mode"] not in ("nt", "forward") or \
-                        self._single_user(rows) is not (nchw.node if nchw is not None else n) or \
-                        nchw is not None and (nchw.node.attrs["axes"] != NCHW or self._single_user(nchw) is not n):
+                        self.single_user(rows) is not (nchw.node if nchw is not None else n) or \
+                        nchw is not None and (nchw.node.attrs["axes"] != NCHW or self.single_user(nchw) is not n):
                     continue
                 self.conv_relu.add(rows.node)
                 self.writes[(nchw if nchw is not None else rows).node] = n.output
@@ -275,7 +275,7 @@ class Fusion:
         the sum over the three uses of E, scatters each column range of d_e into d_E."""
         gather, joined = GATHER_INTO_CONCAT
         for n in self.g.nodes:
-            user = self._single_user(n.output)
+            user = self.single_user(n.output)
             if n.op.name == gather and user is not None and user.op.name == joined \
                     and list(user.inputs).count(n.output) == 1 and user.output.rank == 2 \
                     and user.attrs.get("axis", -1) % 2 == 1:          # rows into columns of a matrix
@@ -284,12 +284,12 @@ class Fusion:
                 self.absorbed.add(n.output)
             env = match(SCATTER_FROM_SLICE, n.output)
             sliced = env["part"].node.attrs if env is not None else {}
-            if env is not None and self._single_user(env["part"]) is n and env["whole"].rank == 2 \
+            if env is not None and self.single_user(env["part"]) is n and env["whole"].rank == 2 \
                     and sliced.get("axis", -1) % 2 == 1 and sliced.get("step", 1) == 1:   # a column range
                 self.from_slice[n] = (env["whole"], env["part"].node.attrs["start"])
                 self.absorbed.add(env["part"])
         add, leaf = SCATTER_SUM
-        for n, inner, leaves in self._sum_trees(add, leaf):
+        for n, inner, leaves in self.sum_trees(add, leaf):
             first = min(leaves, key=lambda lf: self.where[lf])
             for lf in leaves:
                 self.scatter_sum[lf] = (n.output, lf is first)
@@ -297,22 +297,22 @@ class Fusion:
             self.absorbed.update(inner)
             self.absorbed.add(n.output)     # computed by its scatters: the add itself has no kernel
 
-    def _sum_trees(self, add: str, leaf: str):
+    def sum_trees(self, add: str, leaf: str):
         """(top, inner adds, leaves) of each tree of `add` nodes whose leaves are all `leaf` nodes
         of the top's shape, at least two, each value used once."""
         for n in self.g.nodes:
-            if n.op.name != add or self._single_user(n.output) is not None and \
-                    self._single_user(n.output).op.name == add:
+            if n.op.name != add or self.single_user(n.output) is not None and \
+                    self.single_user(n.output).op.name == add:
                 continue        # the top of a tree only
             inner, leaves, todo = [], [], [n]
             while todo:
                 m = todo.pop()
                 for x in m.inputs:
                     xn = x.node
-                    if xn is not None and xn.op.name == add and self._single_user(x) is m:
+                    if xn is not None and xn.op.name == add and self.single_user(x) is m:
                         inner.append(x)
                         todo.append(xn)
-                    elif xn is not None and xn.op.name == leaf and self._single_user(x) is m:
+                    elif xn is not None and xn.op.name == leaf and self.single_user(x) is m:
                         leaves.append(xn)
                     else:
                         leaves = []
@@ -361,7 +361,7 @@ class Fusion:
             self.absorbed.update(n.output for n in nodes[1:])
         return out
 
-    def _has_buffer(self, x: Value) -> bool:
+    def has_buffer(self, x: Value) -> bool:
         return x not in self.static and x not in self.inlined and x not in self.folded and x not in self.absorbed
 
     def _layout_views(self) -> None:
@@ -375,7 +375,7 @@ class Fusion:
             return b is not final.output and b.shape == (shape[-1],) and b not in self.static
         if role == "mask":
             sign, r = env["sign"], env["mask"]
-            return sign is not final.output and self._single_user(sign) is user and r.shape == shape \
+            return sign is not final.output and self.single_user(sign) is user and r.shape == shape \
                 and r not in self.static
         return True
 

@@ -52,11 +52,11 @@ def layout_views(f) -> None:
     one writing its window itself; what remains of a reshape is its input's buffer."""
     for n in f.g.nodes:
         env = next((e for e in (match(p, n.output) for p in SLICE_THROUGH) if e is not None), None)
-        if env is None or not f._has_buffer(env["x"]):
+        if env is None or not f.has_buffer(env["x"]):
             continue
         part, split = env["part"], env.get("split")
         chain = [part] + ([split] if split is not None else [])
-        if any(f._single_user(c) is None or c in f.static or c in f.absorbed for c in chain):
+        if any(f.single_user(c) is None or c in f.static or c in f.absorbed for c in chain):
             continue
         x, a = env["x"], part.node.attrs
         strides = contiguous_strides(x.shape)
@@ -68,7 +68,7 @@ def layout_views(f) -> None:
         if strides is not None:
             f.through[chain[-1]] = (x, tuple(strides), offset)
             f.absorbed.update(chain)
-    for n, inner, leaves in f._sum_trees(*PLACE_SUM):
+    for n, inner, leaves in f.sum_trees(*PLACE_SUM):
         a = [lf.attrs for lf in leaves]
         windows = sorted((b["start"], b["stop"]) for b in a)
         if len({(b["size"], b["axis"] % n.output.rank) for b in a}) != 1 or any(b["step"] != 1 for b in a) \
@@ -87,7 +87,7 @@ def layout_views(f) -> None:
             chain = [heads] + ([split] if split is not None else []) if heads is not None else []
             strides = reshaped_strides(split.shape, total, heads.shape) if split is not None else total
             if heads is None or strides is None or heads.node in f.writes or any(
-                    f._single_user(c) is None or c in f.static or c in f.absorbed for c in chain):
+                    f.single_user(c) is None or c in f.static or c in f.absorbed for c in chain):
                 writers.append((lf, lf, tuple(total), offset))
                 continue
             writers.append((heads.node, lf, tuple(strides), offset))
@@ -101,5 +101,5 @@ def layout_views(f) -> None:
     for n in f.g.nodes:
         v, x = n.output, n.inputs[0] if n.inputs else None
         if n.op.name in RESHAPES and v not in f.out_of and v not in f.keep and v not in f.static \
-                and v not in f.absorbed and x.shape != () and f._has_buffer(x):
+                and v not in f.absorbed and x.shape != () and f.has_buffer(x):
             f.alias[v] = f.alias.get(x, x)

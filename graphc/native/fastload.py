@@ -158,22 +158,45 @@ def _light_record(f) -> dict:
             "train_layout": None if layout is None else dict(vars(layout))}
 
 
+class _Recorded:
+    """The attributes the index recorded, at once; any other is `rendered()`'s (the object of the
+    rendered CSource it stands for), looked up on first use."""
+
+    def __init__(self, rendered, **recorded):
+        self.__dict__.update(recorded)
+        self._rendered = rendered
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__") or attr == "_rendered":
+            raise AttributeError(attr)
+        return getattr(self._rendered(), attr)
+
+
 class LightFunction:
     """A C function as the Python calls need it (name, args, label_checks, train_layout); any other
-    attribute (sched, doc, ...) is the rendered Function's, from LazySource.full()."""
+    attribute (sched, doc, ...), of it or of its args (ctype, const, ...), is the rendered
+    Function's, from LazySource.full()."""
 
     def __init__(self, owner: "LazySource", record: dict):
         self._owner, self.name = owner, record["name"]
         self.label_checks = record["label_checks"]
-        self.args = [SimpleNamespace(cname=c, role=r, value=None if v is None else
-                                     SimpleNamespace(name=v[0], shape=v[1], dtype=v[2])) for c, r, v in record["args"]]
+        self.args = [self._arg(i, c, r, v) for i, (c, r, v) in enumerate(record["args"])]
         lay = record["train_layout"]
         self.train_layout = None if lay is None else SimpleNamespace(**lay)
+
+    def _arg(self, i: int, cname: str, role: str, v):
+        def arg():
+            return self._rendered().args[i]
+        value = None if v is None else _Recorded(lambda: arg().value, name=v[0], shape=v[1], dtype=v[2])
+        return _Recorded(arg, cname=cname, role=role, value=value)
+
+    def _rendered(self):
+        return next(f for f in self._owner.full().functions if f.name == self.name)
 
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
             raise AttributeError(attr)
-        return getattr(next(f for f in self._owner.full().functions if f.name == self.name), attr)
+        return getattr(self._rendered(), attr)
 
 
 class LazySource:
