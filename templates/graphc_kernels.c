@@ -384,14 +384,16 @@ GC_KERNELS_API int gc_size_poly(const size_t *terms, int count, const size_t *x,
    other waits, and every split product and threaded loop of a call pays that: two threads
    ran a train step 8x slower than one. So each split product notes how late its threads
    started and how long the first thread waited at its end; a wait of more than GC_BUSY_LATE
-   seconds and more than GC_BUSY_SHARE of the product's time marks the machine busy (a large
-   product still gains from a second thread that starts a slice late), and
+   seconds and more than GC_BUSY_SHARE of the product's time (a large product still gains
+   from a second thread that starts a slice late), in GC_BUSY_STRIKES products in a row (a
+   quiet virtual machine wakes a sleeping thread late now and then), marks the machine busy, and
    for the next GC_BUSY_HOLD seconds (gc_kernels_busy_hold changes it) products and a model's
-   loops run on one thread; then more are tried again. The thread count changes, never the bits. The mark is the
+   loops run on one thread; then more are tried again (and if the machine is still busy, the
+   next hold is twice as long, up to 16 times). The thread count changes, never the bits. The mark is the
    library's one piece of state, read and written atomically (it assumes omp_get_wtime()
    is one clock for all threads, as in libgomp and LLVM's libomp). */
 #ifndef GC_BUSY_LATE
-#define GC_BUSY_LATE 5e-4
+#define GC_BUSY_LATE 1e-3
 #endif
 #ifndef GC_BUSY_HOLD
 #define GC_BUSY_HOLD 0.2
@@ -399,19 +401,45 @@ GC_KERNELS_API int gc_size_poly(const size_t *terms, int count, const size_t *x,
 #ifndef GC_BUSY_SHARE
 #define GC_BUSY_SHARE 0.25
 #endif
+#ifndef GC_BUSY_STRIKES
+#define GC_BUSY_STRIKES 2   /* late products in a row: one alone is often a quiet VM's slow wake-up */
+#endif
 #ifdef _OPENMP
 static double gc_busy_until = 0.0;         /* omp_get_wtime() until which one thread runs */
 static double gc_busy_hold = GC_BUSY_HOLD;  /* gc_kernels_busy_hold */
+static int gc_busy_strikes = 0;             /* split products in a row that found a late thread */
+static double gc_busy_times = 1.0;          /* the hold's multiple: 1, 2, 4 ... 16 while still busy */
 
-/* The machine is busy if a thread waited `late` seconds of a product that took `took`. */
+/* A thread waited `late` seconds of a product that took `took`: the machine is busy when that
+   happens in GC_BUSY_STRIKES split products in a row. */
 static void gc_note_wait(double late, double took)
 {
     if (late > GC_BUSY_LATE && late > GC_BUSY_SHARE * took) {
-        double hold;
+        int strikes;
+#pragma omp atomic capture
+        strikes = ++gc_busy_strikes;
+        if (strikes >= GC_BUSY_STRIKES) {
+            /* busy again within a hold of the last one's end: hold twice as long (to 16 holds),
+               so that a machine that stays busy is probed less and less often */
+            const double now = omp_get_wtime();
+            double hold, until, times;
 #pragma omp atomic read
-        hold = gc_busy_hold;
+            hold = gc_busy_hold;
+#pragma omp atomic read
+            until = gc_busy_until;
+#pragma omp atomic read
+            times = gc_busy_times;
+            times = now < until + hold ? (times < 16.0 ? 2.0 * times : 16.0) : 1.0;
 #pragma omp atomic write
-        gc_busy_until = omp_get_wtime() + hold;
+            gc_busy_times = times;
+#pragma omp atomic write
+            gc_busy_until = now + times * hold;
+#pragma omp atomic write
+            gc_busy_strikes = 0;
+        }
+    } else {
+#pragma omp atomic write
+        gc_busy_strikes = 0;
     }
 }
 #endif
@@ -427,6 +455,8 @@ GC_KERNELS_API double gc_kernels_busy_hold(double seconds)
         gc_busy_hold = seconds;
 #pragma omp atomic write
         gc_busy_until = 0.0;
+#pragma omp atomic write
+        gc_busy_times = 1.0;
     }
     return previous;
 #else

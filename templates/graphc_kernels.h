@@ -135,9 +135,10 @@ extern "C" {
 GC_KERNELS_API int gc_kernels_isa(void);
 
 /* The threads a product or a model's loop uses now, given that it may use `threads`:
- * min(threads, omp_get_max_threads()), or 1 for a moment (0.2 s) after a split product found
- * the machine busy (a thread that started or finished a scheduler slice late: another process
- * holds a core, where two threads would wait for each other). 1 without OpenMP. */
+ * min(threads, omp_get_max_threads()), or 1 for a moment (0.2 s, longer while it lasts) after
+ * two split products in a row found the machine busy (a thread that started or finished a
+ * scheduler slice late: another process holds a core, where two threads would wait for each
+ * other). 1 without OpenMP. */
 GC_KERNELS_API int gc_kernels_threads(int threads);
 
 /* How long (seconds) products stay on one thread after one found the machine busy: 0.2 unless

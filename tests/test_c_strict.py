@@ -285,7 +285,7 @@ KERNEL_ENTRY_POINTS = re.compile(r"^(gc_gemm(_ex|_bias_act|_pack_elems)?_[fd]|gc
 
 # The kernel library's one state, with OpenMP: the atomic hint that the machine is busy (graphc_kernels.h,
 # gc_kernels_threads and gc_kernels_busy_hold). It changes how many threads run, never a result.
-BUSY_MARK = {"gc_busy_until", "gc_busy_hold"}
+BUSY_MARK = {"gc_busy_until", "gc_busy_hold", "gc_busy_strikes", "gc_busy_times"}
 
 
 def assert_no_state_allocator_or_io(directory: Path, obj: str, also_allowed=None, state_allowed=frozenset()) -> set[str]:

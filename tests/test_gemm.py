@@ -132,7 +132,8 @@ VARIANTS = {
 EXTRA_VARIANTS = {"packed": ["-O3", "-march=native", "-fopenmp", "-DGC_GEMM_DIRECT_WORK=0",
                              "-DGC_GEMM_A_ROWS_IN_PLACE=0"],
                   # every split product finds the machine busy (any wait counts as late)
-                  "busy": ["-O3", "-march=native", "-fopenmp", "-DGC_BUSY_LATE=-1", "-DGC_BUSY_SHARE=0"]}
+                  "busy": ["-O3", "-march=native", "-fopenmp", "-DGC_BUSY_LATE=-1", "-DGC_BUSY_SHARE=0",
+                           "-DGC_BUSY_STRIKES=1"]}
 HAS_AVX512 = "avx512f" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
     if pathlib.Path("/proc/cpuinfo").exists() else False
 HAS_AVX2 = "avx2" in pathlib.Path("/proc/cpuinfo").read_text(errors="ignore") \
