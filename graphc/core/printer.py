@@ -43,7 +43,7 @@ def _value_line(graph, v) -> str:
     return f"{graph.format_shape(v.shape)}{dt}"
 
 
-def _operand(v) -> str:
+def operand(v) -> str:
     """An argument as printed: its name, or the number a constant is (CSE may have merged the 1 of
     `1 - h**2` with the seed dJ/dJ = 1, whose name would read as a gradient)."""
     n = v.node
@@ -53,7 +53,7 @@ def _operand(v) -> str:
 
 
 def _node_call(n, width: int) -> str:
-    args = ", ".join(_operand(v) for v in n.inputs)
+    args = ", ".join(operand(v) for v in n.inputs)
     attrs = ", ".join(f"{k}={v!r}" for k, v in n.attrs.items())
     return f"{n.output.name:<{width}} = {n.op.name}({', '.join(filter(None, (args, attrs)))})"
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Node, Value
+from graphc.core.printer import operand
 
 FORMATS = ("dot", "svg", "png")
 
@@ -72,16 +73,8 @@ def _shape(v: Value) -> str:
     return v.graph.format_shape(v.shape) + ("" if v.dtype == FLOAT else f" {v.dtype}")
 
 
-def _operand(v: Value) -> str:
-    """An argument as the IR printer writes it: a constant as its number, else the value's name."""
-    n = v.node
-    if n is not None and n.op.static and not n.inputs:
-        return repr(float(n.attrs["value"]))
-    return v.name
-
-
 def _call(n: Node) -> str:
-    args = [_operand(v) for v in n.inputs] + [f"{k}={v!r}" for k, v in n.attrs.items()]
+    args = [operand(v) for v in n.inputs] + [f"{k}={v!r}" for k, v in n.attrs.items()]
     return f"{n.output.name} = {n.op.name}({', '.join(args)})"
 
 
@@ -128,7 +121,7 @@ def to_dot(graph: Graph, backward: bool = False) -> str:
     def op_node(g, n: Node) -> None:
         v, o = n.output, n.origin
         if n.op.static and not n.inputs:    # a constant: its number, as the IR printer writes it
-            node(g, v.name, _lines(_operand(v)), "const", f"the constant {_operand(v)}")
+            node(g, v.name, _lines(operand(v)), "const", f"the constant {operand(v)}")
             return
         lines = [_call(n), _shape(v)]
         if o.identity is not None or o.forward is not None:
