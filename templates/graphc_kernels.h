@@ -66,9 +66,10 @@
    above, x is clamped (exp(+inf) is finite): for the arguments x - max of a row (at most 0) only.
    NaN stays NaN. */
 #if GC_KERNELS_FLOAT
-static inline GC_UNUSED float gc_expf(float x)
+/* e^y for y in [-87, 88] (the part of gc_expf and gc_tanhf they share): 2^n p(r) as above. */
+static inline GC_UNUSED float gc_expf_in_range(float y)
 {
-    float y = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x, shift, nf, r, p, pow2;
+    float shift, nf, r, p, pow2;
     uint32_t bits;
     shift = y * 1.44269504088896341f + 12582912.0f;
     memcpy(&bits, &shift, sizeof bits);
@@ -78,7 +79,13 @@ static inline GC_UNUSED float gc_expf(float x)
         + r * (8.33333333e-3f + r * (1.38888889e-3f + r * 1.98412698e-4f))))));
     bits = (bits - 0x4B400000u + 127u) << 23;
     memcpy(&pow2, &bits, sizeof pow2);
-    return x < -87.0f ? 0.0f : p * pow2;
+    return p * pow2;
+}
+
+static inline GC_UNUSED float gc_expf(float x)
+{
+    float y = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    return x < -87.0f ? 0.0f : gc_expf_in_range(y);
 }
 #endif
 #if GC_KERNELS_DOUBLE
@@ -103,23 +110,12 @@ static inline GC_UNUSED double gc_exp(double x)
 
 /* tanh of a float with no libm call and no branch, so that the loops around it (tanh, GELU and their
    gradients) are vectorized: for |x| < 0.625 Cephes' odd polynomial x + x^3 P(x^2), else
-   1 - 2 / (e^2|x| + 1) with the sign of x, e^y as 2^n p(r) (n = round(y / ln 2) read off the low bits
-   of y / ln 2 + 1.5 * 2^23, r = y - n ln 2 in two steps, p the degree-7 Taylor polynomial); |x| is
+   1 - 2 / (e^2|x| + 1) with the sign of x, e^y by gc_expf_in_range (2^n p(r), as gc_expf); |x| is
    capped at 10, past which tanh is 1 in float. Within 1.4 ulp of tanh; NaN stays NaN, -0 stays -0. */
 static inline GC_UNUSED float gc_tanhf(float x)
 {
-    float a = fabsf(x), s = x * x, y, shift, nf, r, p, pow2, small, big;
-    uint32_t bits;
-    y = a > 10.0f ? 20.0f : 2.0f * a;
-    shift = y * 1.44269504088896341f + 12582912.0f;
-    memcpy(&bits, &shift, sizeof bits);
-    nf = shift - 12582912.0f;
-    r = (y - nf * 0.693359375f) + nf * 2.12194440e-4f;
-    p = 1.0f + r * (1.0f + r * (0.5f + r * (1.66666667e-1f + r * (4.16666667e-2f
-        + r * (8.33333333e-3f + r * (1.38888889e-3f + r * 1.98412698e-4f))))));
-    bits = (bits - 0x4B400000u + 127u) << 23;
-    memcpy(&pow2, &bits, sizeof pow2);
-    big = 1.0f - 2.0f / (p * pow2 + 1.0f);
+    float a = fabsf(x), s = x * x, big, small;
+    big = 1.0f - 2.0f / (gc_expf_in_range(a > 10.0f ? 20.0f : 2.0f * a) + 1.0f);
     small = x + x * s * ((((-5.70498872745e-3f * s + 2.06390887954e-2f) * s - 5.37397155531e-2f) * s
                           + 1.33314422036e-1f) * s - 3.33332819422e-1f);
     return copysignf(a < 0.625f ? small : big, x);
