@@ -106,6 +106,28 @@ def test_emit_entry_points_share_one_check_and_one_forward_pass(spec):
     assert kernels and len(kernels) == len(set(kernels)), sorted(k for k in kernels if kernels.count(k) > 1)
 
 
+@pytest.mark.parametrize("spec", [EXAMPLES_DIR / "gru.toml", EXAMPLES_DIR / "lstm.toml", EXAMPLES_DIR / "digits_cnn.toml"],
+                         ids=lambda p: p.stem)
+def test_emit_the_rest_of_the_forward_pass_forward_shares_is_written_once(spec):
+    """Past the steps all four entry points share, forward runs the rest alike with predict (a scan:
+    the training functions run their own, which keeps its states) or with value_and_grad and
+    train_step (batch norm: predict runs it on the running statistics): one NAME_forward_rest."""
+    g, c = emitted(spec)
+    rest = f"{g.name}_forward_rest("
+    assert c.source.count(f"static void {rest}") == 1
+    callers = [f for f in ENTRY if rest in body(c.source, f"{g.name}_{f}")]
+    scans = [n for n in g.nodes if n.op.name == "scan"]
+    if scans:
+        assert callers == ["forward", "predict"]
+        # each forward scan once in forward_rest and once in the training functions' shared pass
+        forward_scans = re.findall(r"/\* scan (\w+): t = 0 to", c.source)
+        assert len(forward_scans) == 2 * len(scans), forward_scans
+        for f in ("forward", "predict"):    # the check and three calls: no kernel of its own
+            assert len(body(c.source, f"{g.name}_{f}").splitlines()) < 30, f
+    else:
+        assert callers == ["forward", "value_and_grad", "train_step"]
+
+
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
 def test_emit_each_buffer_over_another_says_whose_memory_it_reuses(spec, opt):

@@ -2,8 +2,11 @@
 
 In: the model's Functions (backend/functions.py), each with its schedule. Out: `Sharing`: the
 arguments of the one check function every entry point calls, and the static helper functions
-(the forward pass that forward, predict, value_and_grad and train_step have in common, then the
-backward pass value_and_grad and train_step have in common), each with the steps it runs and
+(the forward pass that forward, predict, value_and_grad and train_step have in common; then the
+rest of it that forward shares with predict, or with value_and_grad and train_step, whichever
+is longer: a scan that predict runs as forward does while the training functions keep its
+states, a batch norm predict runs on its running statistics; then the backward pass
+value_and_grad and train_step have in common), each with the steps it runs and
 the call each entry point makes instead of those steps. Kernels are compared by their rendered C
 text, so a helper holds exactly what each caller would have run; each caller passes its own
 buffers (its own memory plan). It prints no C but through the templates and cprint.py.
@@ -145,6 +148,38 @@ def _one_loss_pass(records: list[Kernel]) -> tuple[RowSoftmax, frozenset] | None
     return merged, frozenset(optional)
 
 
+GROUPS = (("forward", "predict"), ("forward", "value_and_grad", "train_step"))    # they may share more
+
+
+def _prefix_helper(model: str, name: str, funcs, texts, start: int, min_lines: int, lead: str) -> Helper | None:
+    """The helper of the kernels funcs run alike from step `start` (each has run the same steps before
+    it), the pass over the logits they end with merged into one (`_one_loss_pass`); None when it
+    would hold fewer than `min_lines` lines of C."""
+    k = start + _common_prefix([texts[f.name][start:] for f in funcs])
+    loss = _one_loss_pass([f.steps[k] for f in funcs]) if all(k < len(f.steps) for f in funcs) else None
+    skip = {f.name: start for f in funcs}
+    if loss is not None:
+        merged, optional = loss
+        steps = funcs[0].steps[start:k] + [merged]
+        with_loss = (f" and, when {merged.labels or merged.targets} is given, the loss" if merged.optional_labels
+                     else ", the loss")
+        grad = (f" and, when {merged.grad} is given, its gradient by identity (7)" if merged.optional_grad
+                else " and its gradient by identity (7)" if merged.grad else "")
+        doc = (f"{lead}: it writes {_and(_written(steps[:-1]) + [merged.probs])}"
+               f"{with_loss}{grad}, all in one pass over the rows of {merged.x}.")
+        h = _helper(model, name, doc, funcs, skip, k - start + 1, steps, optional)
+    elif k > start:
+        doc = f"{lead}: it writes {_and(_written(funcs[0].steps[start:k]))}. Each caller continues with kernels of its own."
+        h = _helper(model, name, doc, funcs, skip, k - start)
+    else:
+        return None
+    return h if _lines(h) >= min_lines else None
+
+
+def _lines(h: Helper) -> int:
+    return sum(render_kernel(st).count("\n") + 1 for st in h.steps)
+
+
 def _written(steps: list[Kernel]) -> list[str]:
     names: list[str] = []
     for st in steps:
@@ -164,29 +199,28 @@ def share(model: str, functions: list) -> Sharing:
     helpers: list[Helper] = []
     texts = {f.name: [render_kernel(st) for st in f.steps] for f in functions}
     if len(functions) >= 2:
-        k = _common_prefix([texts[f.name] for f in functions])
         names = [f.name for f in functions]
-        loss = _one_loss_pass([f.steps[k] for f in functions]) if all(k < len(f.steps) for f in functions) else None
-        if loss is not None:
-            merged, optional = loss
-            steps = functions[0].steps[:k] + [merged]
-            with_loss = (f" and, when {merged.labels or merged.targets} is given, the loss" if merged.optional_labels
-                         else ", the loss")
-            grad = (f" and, when {merged.grad} is given, its gradient by identity (7)" if merged.optional_grad
-                    else " and its gradient by identity (7)" if merged.grad else "")
-            doc = (f"The forward pass of {_and(names)}: it writes {_and(_written(steps[:-1]) + [merged.probs])}"
-                   f"{with_loss}{grad}, all in one pass over the rows of {merged.x}.")
-            helpers.append(_helper(model, "forward_pass", doc, functions, {f.name: 0 for f in functions}, k + 1,
-                                   steps, optional))
-            k += 1
-        elif k:
-            doc = (f"The forward pass {_and(names)} share: it writes {_and(_written(functions[0].steps[:k]))}."
-                   " Each entry point continues with kernels of its own.")
-            helpers.append(_helper(model, "forward_pass", doc, functions, {f.name: 0 for f in functions}, k))
+        first = _prefix_helper(model, "forward_pass", functions, texts, 0, 1,
+                               f"The forward pass of {_and(names)}")
+        k = first.callers[names[0]][1] if first else 0
+        helpers += [first] if first else []
+        done = {f.name: k for f in functions}
+        best = None                 # then the group whose functions share the most lines more
+        for group in GROUPS:
+            funcs = [f for f in functions if f.name in group]
+            if len(funcs) == len(group):
+                h = _prefix_helper(model, "forward_rest", funcs, texts, k, MIN_LINES,
+                                   f"The rest of the forward pass of {_and(group)}"
+                                   f"{' (the other functions run their own)' if len(funcs) < len(functions) else ''}")
+                if h and (best is None or _lines(h) > _lines(best)):
+                    best = h
+        if best:
+            helpers.append(best)
+            done.update({f: k + count for f, (_skip, count) in best.callers.items()})
         both = [f for f in functions if f.name in ("value_and_grad", "train_step")]
-        if len(both) == 2:
-            if not _one_backward_pass(model, both, k, helpers):
-                _backward_runs(model, both, k, texts, helpers)
+        if len(both) == 2 and done[both[0].name] == done[both[1].name]:
+            if not _one_backward_pass(model, both, done[both[0].name], helpers):
+                _backward_runs(model, both, done[both[0].name], texts, helpers)
     return Sharing(f"{model}_check", labels, helpers)
 
 

@@ -137,8 +137,8 @@ static void gc_adam_update(gc_real *p, const gc_real *g, gc_real *m, gc_real *v,
     }
 }
 
-/* The forward pass forward, predict, value_and_grad and train_step share: it writes h1__0__0
- * and h1__0__1. Each entry point continues with kernels of its own. */
+/* The forward pass of forward, predict, value_and_grad and train_step: it writes h1__0__0 and
+ * h1__0__1. Each caller continues with kernels of its own. */
 static void digits_cnn_forward_pass(long n, const float *x, const float *w1, gc_real *h1__0__0,
                                     gc_real *h1__0__1, gc_real *pack)
 {
@@ -166,10 +166,11 @@ static void digits_cnn_forward_pass(long n, const float *x, const float *w1, gc_
             GC_OVERWRITE, h1__0__1, 16, pack);
 }
 
-/* The backward pass (part 1 of 3) value_and_grad and train_step share: it writes h1__0,
- * h1__1__1, h1__1__2 and h1__1__5. */
-static void digits_cnn_backward_pass_1(long n, gc_real *h1__0__1, gc_real *h1__0, gc_real *h1__1__1,
-                                       gc_real *h1__1__2, gc_real *h1__1__5)
+/* The rest of the forward pass of forward, value_and_grad and train_step (the other functions
+ * run their own): it writes h1__0, h1__1__1, h1__1__2 and h1__1__5. Each caller continues with
+ * kernels of its own. */
+static void digits_cnn_forward_rest(long n, gc_real *h1__0__1, gc_real *h1__0, gc_real *h1__1__1,
+                                    gc_real *h1__1__2, gc_real *h1__1__5)
 {
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31]
        h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
@@ -197,10 +198,10 @@ static void digits_cnn_backward_pass_1(long n, gc_real *h1__0__1, gc_real *h1__0
     }
 }
 
-/* The backward pass (part 2 of 3) value_and_grad and train_step share: it writes h1__1__14,
+/* The backward pass (part 1 of 2) value_and_grad and train_step share: it writes h1__1__14,
  * h1__1__16, h1__2, h1__3, h1__5, h1, h2__0__0, h2__0__1, h2__0, h2__1__1, h2__1__2 and
  * h2__1__5. */
-static void digits_cnn_backward_pass_2(long n, const float *g1, const float *b1, const float *w2,
+static void digits_cnn_backward_pass_1(long n, const float *g1, const float *b1, const float *w2,
                                        gc_real *h1__0, gc_real *h1__1__2, gc_real *h1__1__11,
                                        gc_real *h1__1__14, gc_real *h1__1__16, gc_real *h1__2,
                                        gc_real *h1__3, gc_real *h1__5, gc_real *h1,
@@ -309,14 +310,14 @@ static void digits_cnn_backward_pass_2(long n, const float *g1, const float *b1,
     }
 }
 
-/* The backward pass (part 3 of 3) value_and_grad and train_step share: it writes h2__1__14,
+/* The backward pass (part 2 of 2) value_and_grad and train_step share: it writes h2__1__14,
  * h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta, J, probs, d_theta, d_c,
  * d_theta__1, d_U, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7, d_h2__9, d_h2__2__1,
  * d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__33, d_h2__1__34,
  * d_g2, d_b2, d_h2__0__1, d_h2__0__2, d_w2, d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5,
  * d_h1__7, d_h1__9, d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
  * d_h1__1__29, d_h1__1__33, d_h1__1__34, d_g1, d_b1, d_h1__0__1, d_h1__0__2 and d_w1. */
-static void digits_cnn_backward_pass_3(long n, const int32_t *y, const float *w2, const float *g2,
+static void digits_cnn_backward_pass_2(long n, const int32_t *y, const float *w2, const float *g2,
                                        const float *b2, const float *U, const float *c,
                                        const float *dropout_step, float *loss, float *probs,
                                        float *d_w1, float *d_g1, float *d_b1, float *d_w2,
@@ -800,30 +801,7 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
     gc_real *const theta__1 = ws + 256 * n;   /* [N, 128], over h1__0__1, h1__2, h2__0__0, h2__0, h2__3 (each read for the last time before theta__1 is written) */
     gc_real *const theta = ws + 0;   /* [N, Nc], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__3, h2 (each read for the last time before theta is written) */
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31]
-       h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    memset(h1__1__1, 0, (size_t)(16) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 16; ++j) {
-            for (long k = 0; k < 64; ++k) {
-                h1__0[i * 1024 + j * 64 + k] = h1__0__1[i * 1024 + j + k * 16];
-                h1__1__1[j] += h1__0[i * 1024 + j * 64 + k];
-            }
-        }
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    for (long i = 0; i < 16; ++i) {
-        h1__1__2[i] = h1__1__1[i] / (gc_real)(64 * n);
-    }
-    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
-    memset(h1__1__5, 0, (size_t)(16) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < 16; ++j) {
-            for (long k = 0; k < 64; ++k) {
-                h1__1__5[j] += ((h1__0[i * 1024 + j * 64 + k] - h1__1__2[j]) * (h1__0[i * 1024 + j * 64 + k] - h1__1__2[j]));
-            }
-        }
-    }
+    digits_cnn_forward_rest(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
         h1__1__14[i] = ((gc_real)1.0 / (GC_SQRT(((h1__1__5[i] / (gc_real)(64 * n)) + (gc_real)1e-05)))) * g1[i];
@@ -1305,19 +1283,19 @@ int digits_cnn_value_and_grad(long n, const float *x, const int32_t *y, const fl
     gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__5, h2__0__0, d_h2__0__4, d_h1__7, d_h1__2__1 (each read for the last time before d_h1__0__1 is written) */
     gc_real *const d_h1__0__2 = ws + 4928 * n;   /* [16, 9], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__34 (each read for the last time before d_h1__0__2 is written) */
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
-    digits_cnn_backward_pass_1(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
+    digits_cnn_forward_rest(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
         h1__1__11[i] = (gc_real)1.0 / (GC_SQRT(((h1__1__5[i] / (gc_real)(64 * n)) + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_2(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__14, h1__1__16, h1__2,
+    digits_cnn_backward_pass_1(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__14, h1__1__16, h1__2,
                                h1__3, h1__5, h1, h2__0__0, h2__0__1, h2__0, h2__1__1, h2__1__2,
                                h2__1__5, pack);
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
         h2__1__11[i] = (gc_real)1.0 / (GC_SQRT(((h2__1__5[i] / (gc_real)(16 * n)) + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_3(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
+    digits_cnn_backward_pass_2(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
                                d_w2, d_g2, d_b2, d_U, d_c, h1__0__0, h1__0, h1__1__2, h1__1__11,
                                h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__14,
                                h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta,
@@ -1435,7 +1413,7 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     gc_real *const next_dropout_step = ws + 32;   /* [1], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33, t56 (each read for the last time before next_dropout_step is written) */
     const digits_cnn_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
-    digits_cnn_backward_pass_1(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
+    digits_cnn_forward_rest(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {
         h1__1__6[i] = h1__1__5[i] / (gc_real)(64 * n);
@@ -1444,7 +1422,7 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     for (long i = 0; i < 16; ++i) {
         h1__1__11[i] = (gc_real)1.0 / (GC_SQRT((h1__1__6[i] + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_2(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__14, h1__1__16, h1__2,
+    digits_cnn_backward_pass_1(n, g1, b1, w2, h1__0, h1__1__2, h1__1__11, h1__1__14, h1__1__16, h1__2,
                                h1__3, h1__5, h1, h2__0__0, h2__0__1, h2__0, h2__1__1, h2__1__2,
                                h2__1__5, pack);
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
@@ -1455,7 +1433,7 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     for (long i = 0; i < 32; ++i) {
         h2__1__11[i] = (gc_real)1.0 / (GC_SQRT((h2__1__6[i] + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_3(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
+    digits_cnn_backward_pass_2(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
                                d_w2, d_g2, d_b2, d_U, d_c, h1__0__0, h1__0, h1__1__2, h1__1__11,
                                h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__14,
                                h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta,

@@ -137,14 +137,164 @@ static void gc_adam_update(gc_real *p, const gc_real *g, gc_real *m, gc_real *v,
     }
 }
 
-/* The forward pass forward, predict, value_and_grad and train_step share: it writes t2. Each
- * entry point continues with kernels of its own. */
+/* The forward pass of forward, predict, value_and_grad and train_step: it writes t2. Each
+ * caller continues with kernels of its own. */
 static void gru_forward_pass(long n, long T, gc_real *t2)
 {
     (void)T;
     /* [scan.gru] h    [gru.toml] */
     for (long i = 0; i < gru_H * n; ++i) {
         t2[i] = (gc_real)0.0;
+    }
+}
+
+/* The rest of the forward pass of forward and predict (the other functions run their own): it
+ * writes theta and probs and, when y is given, the loss, all in one pass over the rows of
+ * logits. */
+static void gru_forward_rest(long n, long T, const int32_t *x, const int32_t *y, const float *emb,
+                             const float *W_ih, const float *W_hh, const float *b_ih,
+                             const float *b_hh, const float *W_out, const float *b_out, float *loss,
+                             float *logits, float *probs, gc_real *t2, gc_real *gru__ws__theta,
+                             gc_real *pack)
+{
+    /* scan gru: t = 0 to T-1 (T = T), carrying h */
+    {
+        gc_real *const e__gru = gru__ws__theta + 96 * n;
+        gc_real *const gi__gru = gru__ws__theta + 0;
+        gc_real *const gh__gru = gru__ws__theta + 96 * n;
+        gc_real *const r_t__0__gru = gru__ws__theta + 192 * n;
+        gc_real *const r_t__1__gru = gru__ws__theta + 224 * n;
+        gc_real *const z_t__0__gru = gru__ws__theta + 256 * n;
+        gc_real *const z_t__1__gru = gru__ws__theta + 288 * n;
+        gc_real *const z_t__gru = gru__ws__theta + 320 * n;
+        gc_real *const n_t__0__gru = gru__ws__theta + 256 * n;
+        gc_real *const n_t__1__gru = gru__ws__theta + 0;
+        gc_real *const logits_t__gru = gru__ws__theta + 0;
+        gc_real *const h__a__gru = gru__ws__theta + 352 * n;
+        gc_real *const h__b__gru = gru__ws__theta + 384 * n;
+        int32_t *const x_t__gru = (int32_t *)(gru__ws__theta + 416 * n);
+        const gc_real *h__gru = t2;   /* the carried state, read at each step */
+        gc_real *h__next__gru = h__a__gru;   /* ... and the next one, written: h__a__gru and h__b__gru in turn */
+        for (long gc_t = 0; gc_t < T; ++gc_t) {
+            /* x_t = x at t (axis 1) */
+            for (long i = 0; i < n; ++i) {
+                x_t__gru[i] = (x + gc_t)[i * (T)];
+            }
+            /* e = "embedding(emb, x_t)"    [gru.toml:36] */
+            for (long i = 0; i < n; ++i) {
+                memcpy(e__gru + i * gru_E, emb + (long)x_t__gru[i] * gru_E,
+                       (size_t)(gru_E) * sizeof(gc_real));
+            }
+            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:37]
+               + bias, written to gi */
+            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_E,
+                             e__gru, gru_E, W_ih, gru_E,
+                             GC_OVERWRITE, gi__gru, 96, pack, b_ih, GC_ACT_NONE);
+            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:38]
+               + bias, written to gh */
+            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
+                             h__gru, gru_H, W_hh, gru_H,
+                             GC_OVERWRITE, gh__gru, 96, pack, b_hh, GC_ACT_NONE);
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    r_t__0__gru[i * gru_H + j] = gi__gru[i * 96 + j];
+                }
+            }
+            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    r_t__1__gru[i * gru_H + j] = gh__gru[i * 96 + j];
+                }
+            }
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    z_t__0__gru[i * gru_H + j] = gi__gru[32 + i * 96 + j];
+                }
+            }
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    z_t__1__gru[i * gru_H + j] = gh__gru[32 + i * 96 + j];
+                }
+            }
+            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
+            for (long i = 0; i < gru_H * n; ++i) {
+                z_t__gru[i] = ((z_t__0__gru[i] + z_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(z_t__0__gru[i] + z_t__1__gru[i]))) : GC_EXP((z_t__0__gru[i] + z_t__1__gru[i])) / (1 + GC_EXP((z_t__0__gru[i] + z_t__1__gru[i]))));
+            }
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    n_t__0__gru[i * gru_H + j] = gi__gru[64 + i * 96 + j];
+                }
+            }
+            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < gru_H; ++j) {
+                    n_t__1__gru[i * gru_H + j] = gh__gru[64 + i * 96 + j];
+                }
+            }
+            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:42] */
+            for (long i = 0; i < gru_H * n; ++i) {
+                h__next__gru[i] = (((gc_real)1.0 - z_t__gru[i]) * (GC_TANH((n_t__0__gru[i] + ((((r_t__0__gru[i] + r_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(r_t__0__gru[i] + r_t__1__gru[i]))) : GC_EXP((r_t__0__gru[i] + r_t__1__gru[i])) / (1 + GC_EXP((r_t__0__gru[i] + r_t__1__gru[i]))))) * n_t__1__gru[i]))))) + (z_t__gru[i] * h__gru[i]);
+            }
+            /* logits_t = "h_t @ W_out.T + b_out"    [gru.toml:43]
+               + bias, written to logits_t */
+            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
+                             h__next__gru, gru_H, W_out, gru_H,
+                             GC_OVERWRITE, logits_t__gru, 96, pack, b_out, GC_ACT_NONE);
+            /* theta at t = logits_t */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < 96; ++j) {
+                    (logits + gc_t * (96))[i * (96 * T) + j] = logits_t__gru[i * 96 + j];
+                }
+            }
+            h__gru = h__next__gru;
+            h__next__gru = h__next__gru == h__a__gru ? h__b__gru : h__a__gru;
+        }
+    }
+    /* J = "cross_entropy(theta, y)"    [gru.toml:46]
+       and probs = "softmax(theta)"    [gru.toml:51] */
+    {
+        /* the rows in GC_ROW_CHUNKS fixed chunks over the threads; the loss of each chunk summed in
+           row order, then the chunks in order: the same bits for any thread count */
+        const long gc_chunk = (n * T + GC_ROW_CHUNKS - 1) / GC_ROW_CHUNKS;
+        gc_real gc_partial[GC_ROW_CHUNKS];
+        GC_PARALLEL_LOOP(96 * n * T)
+        for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
+            const long gc_end = (gc_c + 1) * gc_chunk < n * T ? (gc_c + 1) * gc_chunk : n * T;
+            gc_real total = 0;
+            for (long i = gc_c * gc_chunk; i < gc_end; ++i) {
+                const gc_real *row = logits + i * 96;
+                gc_real max = row[0], sum = 0;
+                for (long j = 1; j < 96; ++j) {
+                    if (row[j] > max) max = row[j];
+                }
+                gc_real *out = probs + i * 96;
+                #if defined(_OPENMP)
+                #pragma omp simd reduction(+:sum)
+                #endif
+                for (long j = 0; j < 96; ++j) {
+                    out[j] = GC_EXP_ROW(row[j] - max);
+                    sum += out[j];
+                }
+                for (long j = 0; j < 96; ++j) {
+                    out[j] /= sum;
+                }
+                if (y) {
+                    total += (max - row[y[i]]) + GC_LOG(sum);
+                }
+            }
+            gc_partial[gc_c] = total;
+        }
+        {
+            gc_real total = 0;
+            for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
+                total += gc_partial[gc_c];
+            }
+            if (y) loss[0] = total / (gc_real)(n * T);
+        }
     }
 }
 
@@ -542,143 +692,8 @@ int gru_forward(long n, long T, const int32_t *x, const int32_t *y, const float 
     gc_real *const t2 = ws + 432 * n;   /* [N, H] */
     gc_real *const gru__ws__theta = ws + 0;   /* [1] */
     gru_forward_pass(n, T, t2);
-    /* scan gru: t = 0 to T-1 (T = T), carrying h */
-    {
-        gc_real *const e__gru = gru__ws__theta + 96 * n;
-        gc_real *const gi__gru = gru__ws__theta + 0;
-        gc_real *const gh__gru = gru__ws__theta + 96 * n;
-        gc_real *const r_t__0__gru = gru__ws__theta + 192 * n;
-        gc_real *const r_t__1__gru = gru__ws__theta + 224 * n;
-        gc_real *const z_t__0__gru = gru__ws__theta + 256 * n;
-        gc_real *const z_t__1__gru = gru__ws__theta + 288 * n;
-        gc_real *const z_t__gru = gru__ws__theta + 320 * n;
-        gc_real *const n_t__0__gru = gru__ws__theta + 256 * n;
-        gc_real *const n_t__1__gru = gru__ws__theta + 0;
-        gc_real *const logits_t__gru = gru__ws__theta + 0;
-        gc_real *const h__a__gru = gru__ws__theta + 352 * n;
-        gc_real *const h__b__gru = gru__ws__theta + 384 * n;
-        int32_t *const x_t__gru = (int32_t *)(gru__ws__theta + 416 * n);
-        const gc_real *h__gru = t2;   /* the carried state, read at each step */
-        gc_real *h__next__gru = h__a__gru;   /* ... and the next one, written: h__a__gru and h__b__gru in turn */
-        for (long gc_t = 0; gc_t < T; ++gc_t) {
-            /* x_t = x at t (axis 1) */
-            for (long i = 0; i < n; ++i) {
-                x_t__gru[i] = (x + gc_t)[i * (T)];
-            }
-            /* e = "embedding(emb, x_t)"    [gru.toml:36] */
-            for (long i = 0; i < n; ++i) {
-                memcpy(e__gru + i * gru_E, emb + (long)x_t__gru[i] * gru_E,
-                       (size_t)(gru_E) * sizeof(gc_real));
-            }
-            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:37]
-               + bias, written to gi */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_E,
-                             e__gru, gru_E, W_ih, gru_E,
-                             GC_OVERWRITE, gi__gru, 96, pack, b_ih, GC_ACT_NONE);
-            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:38]
-               + bias, written to gh */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
-                             h__gru, gru_H, W_hh, gru_H,
-                             GC_OVERWRITE, gh__gru, 96, pack, b_hh, GC_ACT_NONE);
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    r_t__0__gru[i * gru_H + j] = gi__gru[i * 96 + j];
-                }
-            }
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    r_t__1__gru[i * gru_H + j] = gh__gru[i * 96 + j];
-                }
-            }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    z_t__0__gru[i * gru_H + j] = gi__gru[32 + i * 96 + j];
-                }
-            }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    z_t__1__gru[i * gru_H + j] = gh__gru[32 + i * 96 + j];
-                }
-            }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
-            for (long i = 0; i < gru_H * n; ++i) {
-                z_t__gru[i] = ((z_t__0__gru[i] + z_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(z_t__0__gru[i] + z_t__1__gru[i]))) : GC_EXP((z_t__0__gru[i] + z_t__1__gru[i])) / (1 + GC_EXP((z_t__0__gru[i] + z_t__1__gru[i]))));
-            }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    n_t__0__gru[i * gru_H + j] = gi__gru[64 + i * 96 + j];
-                }
-            }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    n_t__1__gru[i * gru_H + j] = gh__gru[64 + i * 96 + j];
-                }
-            }
-            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:42] */
-            for (long i = 0; i < gru_H * n; ++i) {
-                h__next__gru[i] = (((gc_real)1.0 - z_t__gru[i]) * (GC_TANH((n_t__0__gru[i] + ((((r_t__0__gru[i] + r_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(r_t__0__gru[i] + r_t__1__gru[i]))) : GC_EXP((r_t__0__gru[i] + r_t__1__gru[i])) / (1 + GC_EXP((r_t__0__gru[i] + r_t__1__gru[i]))))) * n_t__1__gru[i]))))) + (z_t__gru[i] * h__gru[i]);
-            }
-            /* logits_t = "h_t @ W_out.T + b_out"    [gru.toml:43]
-               + bias, written to logits_t */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
-                             h__next__gru, gru_H, W_out, gru_H,
-                             GC_OVERWRITE, logits_t__gru, 96, pack, b_out, GC_ACT_NONE);
-            /* theta at t = logits_t */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < 96; ++j) {
-                    (logits + gc_t * (96))[i * (96 * T) + j] = logits_t__gru[i * 96 + j];
-                }
-            }
-            h__gru = h__next__gru;
-            h__next__gru = h__next__gru == h__a__gru ? h__b__gru : h__a__gru;
-        }
-    }
-    /* J = "cross_entropy(theta, y)"    [gru.toml:46]
-       and probs = "softmax(theta)"    [gru.toml:51] */
-    {
-        /* the rows in GC_ROW_CHUNKS fixed chunks over the threads; the loss of each chunk summed in
-           row order, then the chunks in order: the same bits for any thread count */
-        const long gc_chunk = (n * T + GC_ROW_CHUNKS - 1) / GC_ROW_CHUNKS;
-        gc_real gc_partial[GC_ROW_CHUNKS];
-        GC_PARALLEL_LOOP(96 * n * T)
-        for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
-            const long gc_end = (gc_c + 1) * gc_chunk < n * T ? (gc_c + 1) * gc_chunk : n * T;
-            gc_real total = 0;
-            for (long i = gc_c * gc_chunk; i < gc_end; ++i) {
-                const gc_real *row = logits + i * 96;
-                gc_real max = row[0], sum = 0;
-                for (long j = 1; j < 96; ++j) {
-                    if (row[j] > max) max = row[j];
-                }
-                gc_real *out = probs + i * 96;
-                #if defined(_OPENMP)
-                #pragma omp simd reduction(+:sum)
-                #endif
-                for (long j = 0; j < 96; ++j) {
-                    out[j] = GC_EXP_ROW(row[j] - max);
-                    sum += out[j];
-                }
-                for (long j = 0; j < 96; ++j) {
-                    out[j] /= sum;
-                }
-                total += (max - row[y[i]]) + GC_LOG(sum);
-            }
-            gc_partial[gc_c] = total;
-        }
-        {
-            gc_real total = 0;
-            for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
-                total += gc_partial[gc_c];
-            }
-            loss[0] = total / (gc_real)(n * T);
-        }
-    }
+    gru_forward_rest(n, T, x, y, emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, logits, probs, t2,
+                     gru__ws__theta, pack);
     return GRAPHC_OK;
 }
 
@@ -698,130 +713,8 @@ int gru_predict(long n, long T, const int32_t *x, const float *emb, const float 
     gc_real *const t2 = ws + 432 * n;   /* [N, H] */
     gc_real *const gru__ws__theta = ws + 0;   /* [1] */
     gru_forward_pass(n, T, t2);
-    /* scan gru: t = 0 to T-1 (T = T), carrying h */
-    {
-        gc_real *const e__gru = gru__ws__theta + 96 * n;
-        gc_real *const gi__gru = gru__ws__theta + 0;
-        gc_real *const gh__gru = gru__ws__theta + 96 * n;
-        gc_real *const r_t__0__gru = gru__ws__theta + 192 * n;
-        gc_real *const r_t__1__gru = gru__ws__theta + 224 * n;
-        gc_real *const z_t__0__gru = gru__ws__theta + 256 * n;
-        gc_real *const z_t__1__gru = gru__ws__theta + 288 * n;
-        gc_real *const z_t__gru = gru__ws__theta + 320 * n;
-        gc_real *const n_t__0__gru = gru__ws__theta + 256 * n;
-        gc_real *const n_t__1__gru = gru__ws__theta + 0;
-        gc_real *const logits_t__gru = gru__ws__theta + 0;
-        gc_real *const h__a__gru = gru__ws__theta + 352 * n;
-        gc_real *const h__b__gru = gru__ws__theta + 384 * n;
-        int32_t *const x_t__gru = (int32_t *)(gru__ws__theta + 416 * n);
-        const gc_real *h__gru = t2;   /* the carried state, read at each step */
-        gc_real *h__next__gru = h__a__gru;   /* ... and the next one, written: h__a__gru and h__b__gru in turn */
-        for (long gc_t = 0; gc_t < T; ++gc_t) {
-            /* x_t = x at t (axis 1) */
-            for (long i = 0; i < n; ++i) {
-                x_t__gru[i] = (x + gc_t)[i * (T)];
-            }
-            /* e = "embedding(emb, x_t)"    [gru.toml:36] */
-            for (long i = 0; i < n; ++i) {
-                memcpy(e__gru + i * gru_E, emb + (long)x_t__gru[i] * gru_E,
-                       (size_t)(gru_E) * sizeof(gc_real));
-            }
-            /* gi = "e @ W_ih.T + b_ih"    [gru.toml:37]
-               + bias, written to gi */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_E,
-                             e__gru, gru_E, W_ih, gru_E,
-                             GC_OVERWRITE, gi__gru, 96, pack, b_ih, GC_ACT_NONE);
-            /* gh = "h @ W_hh.T + b_hh"    [gru.toml:38]
-               + bias, written to gh */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
-                             h__gru, gru_H, W_hh, gru_H,
-                             GC_OVERWRITE, gh__gru, 96, pack, b_hh, GC_ACT_NONE);
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    r_t__0__gru[i * gru_H + j] = gi__gru[i * 96 + j];
-                }
-            }
-            /* r_t = "sigmoid(gi[:, 0:32] + gh[:, 0:32])"    [gru.toml:39] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    r_t__1__gru[i * gru_H + j] = gh__gru[i * 96 + j];
-                }
-            }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    z_t__0__gru[i * gru_H + j] = gi__gru[32 + i * 96 + j];
-                }
-            }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    z_t__1__gru[i * gru_H + j] = gh__gru[32 + i * 96 + j];
-                }
-            }
-            /* z_t = "sigmoid(gi[:, 32:64] + gh[:, 32:64])"    [gru.toml:40] */
-            for (long i = 0; i < gru_H * n; ++i) {
-                z_t__gru[i] = ((z_t__0__gru[i] + z_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(z_t__0__gru[i] + z_t__1__gru[i]))) : GC_EXP((z_t__0__gru[i] + z_t__1__gru[i])) / (1 + GC_EXP((z_t__0__gru[i] + z_t__1__gru[i]))));
-            }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    n_t__0__gru[i * gru_H + j] = gi__gru[64 + i * 96 + j];
-                }
-            }
-            /* n_t = "tanh(gi[:, 64:96] + r_t * gh[:, 64:96])"    [gru.toml:41] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < gru_H; ++j) {
-                    n_t__1__gru[i * gru_H + j] = gh__gru[64 + i * 96 + j];
-                }
-            }
-            /* h_t = "(1 - z_t) * n_t + z_t * h"    [gru.toml:42] */
-            for (long i = 0; i < gru_H * n; ++i) {
-                h__next__gru[i] = (((gc_real)1.0 - z_t__gru[i]) * (GC_TANH((n_t__0__gru[i] + ((((r_t__0__gru[i] + r_t__1__gru[i]) >= 0 ? 1 / (1 + GC_EXP(-(r_t__0__gru[i] + r_t__1__gru[i]))) : GC_EXP((r_t__0__gru[i] + r_t__1__gru[i])) / (1 + GC_EXP((r_t__0__gru[i] + r_t__1__gru[i]))))) * n_t__1__gru[i]))))) + (z_t__gru[i] * h__gru[i]);
-            }
-            /* logits_t = "h_t @ W_out.T + b_out"    [gru.toml:43]
-               + bias, written to logits_t */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, 96, gru_H,
-                             h__next__gru, gru_H, W_out, gru_H,
-                             GC_OVERWRITE, logits_t__gru, 96, pack, b_out, GC_ACT_NONE);
-            /* theta at t = logits_t */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < 96; ++j) {
-                    (logits + gc_t * (96))[i * (96 * T) + j] = logits_t__gru[i * 96 + j];
-                }
-            }
-            h__gru = h__next__gru;
-            h__next__gru = h__next__gru == h__a__gru ? h__b__gru : h__a__gru;
-        }
-    }
-    /* probs = "softmax(theta)"    [gru.toml:51] */
-    {
-        /* the rows in GC_ROW_CHUNKS fixed chunks over the threads */
-        const long gc_chunk = (n * T + GC_ROW_CHUNKS - 1) / GC_ROW_CHUNKS;
-        GC_PARALLEL_LOOP(96 * n * T)
-        for (long gc_c = 0; gc_c < GC_ROW_CHUNKS; ++gc_c) {
-            const long gc_end = (gc_c + 1) * gc_chunk < n * T ? (gc_c + 1) * gc_chunk : n * T;
-            for (long i = gc_c * gc_chunk; i < gc_end; ++i) {
-                const gc_real *row = logits + i * 96;
-                gc_real max = row[0], sum = 0;
-                for (long j = 1; j < 96; ++j) {
-                    if (row[j] > max) max = row[j];
-                }
-                gc_real *out = probs + i * 96;
-                #if defined(_OPENMP)
-                #pragma omp simd reduction(+:sum)
-                #endif
-                for (long j = 0; j < 96; ++j) {
-                    out[j] = GC_EXP_ROW(row[j] - max);
-                    sum += out[j];
-                }
-                for (long j = 0; j < 96; ++j) {
-                    out[j] /= sum;
-                }
-            }
-        }
-    }
+    gru_forward_rest(n, T, x, NULL, emb, W_ih, W_hh, b_ih, b_hh, W_out, b_out, NULL, logits, probs, t2,
+                     gru__ws__theta, pack);
     return GRAPHC_OK;
 }
 

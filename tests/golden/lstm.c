@@ -133,13 +133,137 @@ static void gc_sgd_update(gc_real *p, const gc_real *g, long count,
     }
 }
 
-/* The forward pass forward, predict, value_and_grad and train_step share: it writes t2. Each
- * entry point continues with kernels of its own. */
+/* The forward pass of forward, predict, value_and_grad and train_step: it writes t2. Each
+ * caller continues with kernels of its own. */
 static void lstm_forward_pass(long n, gc_real *t2)
 {
     /* [scan.lstm] h    [lstm.toml] */
     for (long i = 0; i < lstm_H * n; ++i) {
         t2[i] = (gc_real)0.0;
+    }
+}
+
+/* The rest of the forward pass of forward and predict (the other functions run their own): it
+ * writes h_T, theta and probs and, when y is given, the loss, all in one pass over the rows of
+ * theta. */
+static void lstm_forward_rest(long n, const float *x, const int32_t *y, const float *W_ih,
+                              const float *W_hh, const float *b_ih, const float *b_hh,
+                              const float *W_out, const float *b_out, float *loss, float *probs,
+                              gc_real *t2, gc_real *h_T, gc_real *theta, gc_real *lstm__ws__h_T,
+                              gc_real *pack)
+{
+    /* scan lstm: t = 0 to T-1 (T = 20), carrying h, c */
+    {
+        gc_real *const gates__2__lstm = lstm__ws__h_T + 0;
+        gc_real *const gates__4__lstm = lstm__ws__h_T + 128 * n;
+        gc_real *const gates__lstm = lstm__ws__h_T + 256 * n;
+        gc_real *const i_t__0__lstm = lstm__ws__h_T + 0;
+        gc_real *const f_t__0__lstm = lstm__ws__h_T + 32 * n;
+        gc_real *const g_t__0__lstm = lstm__ws__h_T + 64 * n;
+        gc_real *const o_t__0__lstm = lstm__ws__h_T + 96 * n;
+        gc_real *const h__a__lstm = lstm__ws__h_T + 384 * n;
+        gc_real *const h__b__lstm = lstm__ws__h_T + 416 * n;
+        gc_real *const c__a__lstm = lstm__ws__h_T + 448 * n;
+        gc_real *const c__b__lstm = lstm__ws__h_T + 480 * n;
+        gc_real *const x_t__lstm = lstm__ws__h_T + 512 * n;
+        const gc_real *h__lstm = t2;   /* the carried state, read at each step */
+        gc_real *h__next__lstm = h__a__lstm;   /* ... and the next one, written: h__a__lstm and h__b__lstm in turn */
+        const gc_real *c__lstm = t2;   /* the carried state, read at each step */
+        gc_real *c__next__lstm = c__a__lstm;   /* ... and the next one, written: c__a__lstm and c__b__lstm in turn */
+        for (long gc_t = 0; gc_t < lstm_T; ++gc_t) {
+            /* x_t = x at t (axis 1) */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < lstm_F; ++j) {
+                    x_t__lstm[i * lstm_F + j] = (x + gc_t * (3))[i * 60 + j];
+                }
+            }
+            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34]
+               + bias, written to gates__2 */
+            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, lstm_G, lstm_F,
+                             x_t__lstm, lstm_F, W_ih, lstm_F,
+                             GC_OVERWRITE, gates__2__lstm, lstm_G, pack, b_ih, GC_ACT_NONE);
+            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34] */
+            gc_gemm(GC_NO_TRANS, GC_TRANS, n, lstm_G, lstm_H,
+                    h__lstm, lstm_H, W_hh, lstm_H,
+                    GC_OVERWRITE, gates__4__lstm, lstm_G, pack);
+            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < lstm_G; ++j) {
+                    gates__lstm[i * lstm_G + j] = (gates__2__lstm[i * lstm_G + j] + gates__4__lstm[i * lstm_G + j]) + b_hh[j];
+                }
+            }
+            /* i_t = "sigmoid(gates[:, 0:32])"    [lstm.toml:35] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < lstm_H; ++j) {
+                    i_t__0__lstm[i * lstm_H + j] = gates__lstm[i * lstm_G + j];
+                }
+            }
+            /* f_t = "sigmoid(gates[:, 32:64])"    [lstm.toml:36] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < lstm_H; ++j) {
+                    f_t__0__lstm[i * lstm_H + j] = gates__lstm[32 + i * lstm_G + j];
+                }
+            }
+            /* g_t = "tanh(gates[:, 64:96])"    [lstm.toml:37] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < lstm_H; ++j) {
+                    g_t__0__lstm[i * lstm_H + j] = gates__lstm[64 + i * lstm_G + j];
+                }
+            }
+            /* o_t = "sigmoid(gates[:, 96:128])"    [lstm.toml:38] */
+            for (long i = 0; i < n; ++i) {
+                for (long j = 0; j < lstm_H; ++j) {
+                    o_t__0__lstm[i * lstm_H + j] = gates__lstm[96 + i * lstm_G + j];
+                }
+            }
+            /* c_t = "f_t * c + i_t * g_t"    [lstm.toml:39] */
+            for (long i = 0; i < lstm_H * n; ++i) {
+                c__next__lstm[i] = (((f_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-f_t__0__lstm[i])) : GC_EXP(f_t__0__lstm[i]) / (1 + GC_EXP(f_t__0__lstm[i])))) * c__lstm[i]) + (((i_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-i_t__0__lstm[i])) : GC_EXP(i_t__0__lstm[i]) / (1 + GC_EXP(i_t__0__lstm[i])))) * (GC_TANH(g_t__0__lstm[i])));
+            }
+            /* h_t = "o_t * tanh(c_t)"    [lstm.toml:40] */
+            for (long i = 0; i < lstm_H * n; ++i) {
+                h__next__lstm[i] = ((o_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-o_t__0__lstm[i])) : GC_EXP(o_t__0__lstm[i]) / (1 + GC_EXP(o_t__0__lstm[i])))) * (GC_TANH(c__next__lstm[i]));
+            }
+            h__lstm = h__next__lstm;
+            h__next__lstm = h__next__lstm == h__a__lstm ? h__b__lstm : h__a__lstm;
+            c__lstm = c__next__lstm;
+            c__next__lstm = c__next__lstm == c__a__lstm ? c__b__lstm : c__a__lstm;
+        }
+        memcpy(h_T, h__lstm, (size_t)(32 * n) * sizeof(gc_real));
+    }
+    /* theta = "h_T @ W_out.T + b_out"    [lstm.toml:43]
+       + bias, written to theta */
+    gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, lstm_C, lstm_H,
+                     h_T, lstm_H, W_out, lstm_H,
+                     GC_OVERWRITE, theta, lstm_C, pack, b_out, GC_ACT_NONE);
+    /* J = "cross_entropy(theta, y)"    [lstm.toml:44]
+       and probs = "softmax(theta)"    [lstm.toml:48] */
+    {
+        gc_real total = 0;
+        for (long i = 0; i < n; ++i) {
+            const gc_real *row = theta + i * lstm_C;
+            gc_real max = row[0], sum = 0;
+            for (long j = 1; j < lstm_C; ++j) {
+                if (row[j] > max) max = row[j];
+            }
+            gc_real *out = probs + i * lstm_C;
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:sum)
+            #endif
+            for (long j = 0; j < lstm_C; ++j) {
+                out[j] = GC_EXP_ROW(row[j] - max);
+                sum += out[j];
+            }
+            for (long j = 0; j < lstm_C; ++j) {
+                out[j] /= sum;
+            }
+            if (y) {
+                total += (max - row[y[i]]) + GC_LOG(sum);
+            }
+        }
+        if (y) {
+            loss[0] = total / (gc_real)(n);
+        }
     }
 }
 
@@ -484,115 +608,8 @@ int lstm_forward(long n, const float *x, const int32_t *y, const float *W_ih, co
     gc_real *const theta = ws + 0;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
     gc_real *const lstm__ws__h_T = ws + 0;   /* [1] */
     lstm_forward_pass(n, t2);
-    /* scan lstm: t = 0 to T-1 (T = 20), carrying h, c */
-    {
-        gc_real *const gates__2__lstm = lstm__ws__h_T + 0;
-        gc_real *const gates__4__lstm = lstm__ws__h_T + 128 * n;
-        gc_real *const gates__lstm = lstm__ws__h_T + 256 * n;
-        gc_real *const i_t__0__lstm = lstm__ws__h_T + 0;
-        gc_real *const f_t__0__lstm = lstm__ws__h_T + 32 * n;
-        gc_real *const g_t__0__lstm = lstm__ws__h_T + 64 * n;
-        gc_real *const o_t__0__lstm = lstm__ws__h_T + 96 * n;
-        gc_real *const h__a__lstm = lstm__ws__h_T + 384 * n;
-        gc_real *const h__b__lstm = lstm__ws__h_T + 416 * n;
-        gc_real *const c__a__lstm = lstm__ws__h_T + 448 * n;
-        gc_real *const c__b__lstm = lstm__ws__h_T + 480 * n;
-        gc_real *const x_t__lstm = lstm__ws__h_T + 512 * n;
-        const gc_real *h__lstm = t2;   /* the carried state, read at each step */
-        gc_real *h__next__lstm = h__a__lstm;   /* ... and the next one, written: h__a__lstm and h__b__lstm in turn */
-        const gc_real *c__lstm = t2;   /* the carried state, read at each step */
-        gc_real *c__next__lstm = c__a__lstm;   /* ... and the next one, written: c__a__lstm and c__b__lstm in turn */
-        for (long gc_t = 0; gc_t < lstm_T; ++gc_t) {
-            /* x_t = x at t (axis 1) */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_F; ++j) {
-                    x_t__lstm[i * lstm_F + j] = (x + gc_t * (3))[i * 60 + j];
-                }
-            }
-            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34]
-               + bias, written to gates__2 */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, lstm_G, lstm_F,
-                             x_t__lstm, lstm_F, W_ih, lstm_F,
-                             GC_OVERWRITE, gates__2__lstm, lstm_G, pack, b_ih, GC_ACT_NONE);
-            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34] */
-            gc_gemm(GC_NO_TRANS, GC_TRANS, n, lstm_G, lstm_H,
-                    h__lstm, lstm_H, W_hh, lstm_H,
-                    GC_OVERWRITE, gates__4__lstm, lstm_G, pack);
-            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_G; ++j) {
-                    gates__lstm[i * lstm_G + j] = (gates__2__lstm[i * lstm_G + j] + gates__4__lstm[i * lstm_G + j]) + b_hh[j];
-                }
-            }
-            /* i_t = "sigmoid(gates[:, 0:32])"    [lstm.toml:35] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    i_t__0__lstm[i * lstm_H + j] = gates__lstm[i * lstm_G + j];
-                }
-            }
-            /* f_t = "sigmoid(gates[:, 32:64])"    [lstm.toml:36] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    f_t__0__lstm[i * lstm_H + j] = gates__lstm[32 + i * lstm_G + j];
-                }
-            }
-            /* g_t = "tanh(gates[:, 64:96])"    [lstm.toml:37] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    g_t__0__lstm[i * lstm_H + j] = gates__lstm[64 + i * lstm_G + j];
-                }
-            }
-            /* o_t = "sigmoid(gates[:, 96:128])"    [lstm.toml:38] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    o_t__0__lstm[i * lstm_H + j] = gates__lstm[96 + i * lstm_G + j];
-                }
-            }
-            /* c_t = "f_t * c + i_t * g_t"    [lstm.toml:39] */
-            for (long i = 0; i < lstm_H * n; ++i) {
-                c__next__lstm[i] = (((f_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-f_t__0__lstm[i])) : GC_EXP(f_t__0__lstm[i]) / (1 + GC_EXP(f_t__0__lstm[i])))) * c__lstm[i]) + (((i_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-i_t__0__lstm[i])) : GC_EXP(i_t__0__lstm[i]) / (1 + GC_EXP(i_t__0__lstm[i])))) * (GC_TANH(g_t__0__lstm[i])));
-            }
-            /* h_t = "o_t * tanh(c_t)"    [lstm.toml:40] */
-            for (long i = 0; i < lstm_H * n; ++i) {
-                h__next__lstm[i] = ((o_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-o_t__0__lstm[i])) : GC_EXP(o_t__0__lstm[i]) / (1 + GC_EXP(o_t__0__lstm[i])))) * (GC_TANH(c__next__lstm[i]));
-            }
-            h__lstm = h__next__lstm;
-            h__next__lstm = h__next__lstm == h__a__lstm ? h__b__lstm : h__a__lstm;
-            c__lstm = c__next__lstm;
-            c__next__lstm = c__next__lstm == c__a__lstm ? c__b__lstm : c__a__lstm;
-        }
-        memcpy(h_T, h__lstm, (size_t)(32 * n) * sizeof(gc_real));
-    }
-    /* theta = "h_T @ W_out.T + b_out"    [lstm.toml:43]
-       + bias, written to theta */
-    gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, lstm_C, lstm_H,
-                     h_T, lstm_H, W_out, lstm_H,
-                     GC_OVERWRITE, theta, lstm_C, pack, b_out, GC_ACT_NONE);
-    /* J = "cross_entropy(theta, y)"    [lstm.toml:44]
-       and probs = "softmax(theta)"    [lstm.toml:48] */
-    {
-        gc_real total = 0;
-        for (long i = 0; i < n; ++i) {
-            const gc_real *row = theta + i * lstm_C;
-            gc_real max = row[0], sum = 0;
-            for (long j = 1; j < lstm_C; ++j) {
-                if (row[j] > max) max = row[j];
-            }
-            gc_real *out = probs + i * lstm_C;
-            #if defined(_OPENMP)
-            #pragma omp simd reduction(+:sum)
-            #endif
-            for (long j = 0; j < lstm_C; ++j) {
-                out[j] = GC_EXP_ROW(row[j] - max);
-                sum += out[j];
-            }
-            for (long j = 0; j < lstm_C; ++j) {
-                out[j] /= sum;
-            }
-            total += (max - row[y[i]]) + GC_LOG(sum);
-        }
-        loss[0] = total / (gc_real)(n);
-    }
+    lstm_forward_rest(n, x, y, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, t2, h_T, theta,
+                      lstm__ws__h_T, pack);
     return GRAPHC_OK;
 }
 
@@ -613,111 +630,8 @@ int lstm_predict(long n, const float *x, const float *W_ih, const float *W_hh, c
     gc_real *const theta = ws + 0;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
     gc_real *const lstm__ws__h_T = ws + 0;   /* [1] */
     lstm_forward_pass(n, t2);
-    /* scan lstm: t = 0 to T-1 (T = 20), carrying h, c */
-    {
-        gc_real *const gates__2__lstm = lstm__ws__h_T + 0;
-        gc_real *const gates__4__lstm = lstm__ws__h_T + 128 * n;
-        gc_real *const gates__lstm = lstm__ws__h_T + 256 * n;
-        gc_real *const i_t__0__lstm = lstm__ws__h_T + 0;
-        gc_real *const f_t__0__lstm = lstm__ws__h_T + 32 * n;
-        gc_real *const g_t__0__lstm = lstm__ws__h_T + 64 * n;
-        gc_real *const o_t__0__lstm = lstm__ws__h_T + 96 * n;
-        gc_real *const h__a__lstm = lstm__ws__h_T + 384 * n;
-        gc_real *const h__b__lstm = lstm__ws__h_T + 416 * n;
-        gc_real *const c__a__lstm = lstm__ws__h_T + 448 * n;
-        gc_real *const c__b__lstm = lstm__ws__h_T + 480 * n;
-        gc_real *const x_t__lstm = lstm__ws__h_T + 512 * n;
-        const gc_real *h__lstm = t2;   /* the carried state, read at each step */
-        gc_real *h__next__lstm = h__a__lstm;   /* ... and the next one, written: h__a__lstm and h__b__lstm in turn */
-        const gc_real *c__lstm = t2;   /* the carried state, read at each step */
-        gc_real *c__next__lstm = c__a__lstm;   /* ... and the next one, written: c__a__lstm and c__b__lstm in turn */
-        for (long gc_t = 0; gc_t < lstm_T; ++gc_t) {
-            /* x_t = x at t (axis 1) */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_F; ++j) {
-                    x_t__lstm[i * lstm_F + j] = (x + gc_t * (3))[i * 60 + j];
-                }
-            }
-            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34]
-               + bias, written to gates__2 */
-            gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, lstm_G, lstm_F,
-                             x_t__lstm, lstm_F, W_ih, lstm_F,
-                             GC_OVERWRITE, gates__2__lstm, lstm_G, pack, b_ih, GC_ACT_NONE);
-            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34] */
-            gc_gemm(GC_NO_TRANS, GC_TRANS, n, lstm_G, lstm_H,
-                    h__lstm, lstm_H, W_hh, lstm_H,
-                    GC_OVERWRITE, gates__4__lstm, lstm_G, pack);
-            /* gates = "x_t @ W_ih.T + b_ih + h @ W_hh.T + b_hh"    [lstm.toml:34] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_G; ++j) {
-                    gates__lstm[i * lstm_G + j] = (gates__2__lstm[i * lstm_G + j] + gates__4__lstm[i * lstm_G + j]) + b_hh[j];
-                }
-            }
-            /* i_t = "sigmoid(gates[:, 0:32])"    [lstm.toml:35] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    i_t__0__lstm[i * lstm_H + j] = gates__lstm[i * lstm_G + j];
-                }
-            }
-            /* f_t = "sigmoid(gates[:, 32:64])"    [lstm.toml:36] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    f_t__0__lstm[i * lstm_H + j] = gates__lstm[32 + i * lstm_G + j];
-                }
-            }
-            /* g_t = "tanh(gates[:, 64:96])"    [lstm.toml:37] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    g_t__0__lstm[i * lstm_H + j] = gates__lstm[64 + i * lstm_G + j];
-                }
-            }
-            /* o_t = "sigmoid(gates[:, 96:128])"    [lstm.toml:38] */
-            for (long i = 0; i < n; ++i) {
-                for (long j = 0; j < lstm_H; ++j) {
-                    o_t__0__lstm[i * lstm_H + j] = gates__lstm[96 + i * lstm_G + j];
-                }
-            }
-            /* c_t = "f_t * c + i_t * g_t"    [lstm.toml:39] */
-            for (long i = 0; i < lstm_H * n; ++i) {
-                c__next__lstm[i] = (((f_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-f_t__0__lstm[i])) : GC_EXP(f_t__0__lstm[i]) / (1 + GC_EXP(f_t__0__lstm[i])))) * c__lstm[i]) + (((i_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-i_t__0__lstm[i])) : GC_EXP(i_t__0__lstm[i]) / (1 + GC_EXP(i_t__0__lstm[i])))) * (GC_TANH(g_t__0__lstm[i])));
-            }
-            /* h_t = "o_t * tanh(c_t)"    [lstm.toml:40] */
-            for (long i = 0; i < lstm_H * n; ++i) {
-                h__next__lstm[i] = ((o_t__0__lstm[i] >= 0 ? 1 / (1 + GC_EXP(-o_t__0__lstm[i])) : GC_EXP(o_t__0__lstm[i]) / (1 + GC_EXP(o_t__0__lstm[i])))) * (GC_TANH(c__next__lstm[i]));
-            }
-            h__lstm = h__next__lstm;
-            h__next__lstm = h__next__lstm == h__a__lstm ? h__b__lstm : h__a__lstm;
-            c__lstm = c__next__lstm;
-            c__next__lstm = c__next__lstm == c__a__lstm ? c__b__lstm : c__a__lstm;
-        }
-        memcpy(h_T, h__lstm, (size_t)(32 * n) * sizeof(gc_real));
-    }
-    /* theta = "h_T @ W_out.T + b_out"    [lstm.toml:43]
-       + bias, written to theta */
-    gc_gemm_bias_act(GC_NO_TRANS, GC_TRANS, n, lstm_C, lstm_H,
-                     h_T, lstm_H, W_out, lstm_H,
-                     GC_OVERWRITE, theta, lstm_C, pack, b_out, GC_ACT_NONE);
-    /* probs = "softmax(theta)"    [lstm.toml:48] */
-    {
-        for (long i = 0; i < n; ++i) {
-            const gc_real *row = theta + i * lstm_C;
-            gc_real max = row[0], sum = 0;
-            for (long j = 1; j < lstm_C; ++j) {
-                if (row[j] > max) max = row[j];
-            }
-            gc_real *out = probs + i * lstm_C;
-            #if defined(_OPENMP)
-            #pragma omp simd reduction(+:sum)
-            #endif
-            for (long j = 0; j < lstm_C; ++j) {
-                out[j] = GC_EXP_ROW(row[j] - max);
-                sum += out[j];
-            }
-            for (long j = 0; j < lstm_C; ++j) {
-                out[j] /= sum;
-            }
-        }
-    }
+    lstm_forward_rest(n, x, NULL, W_ih, W_hh, b_ih, b_hh, W_out, b_out, NULL, probs, t2, h_T, theta,
+                      lstm__ws__h_T, pack);
     return GRAPHC_OK;
 }
 
