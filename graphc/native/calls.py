@@ -2,7 +2,7 @@
 
 In: arrays that core/arguments.bind has checked. Out: cffi pointers and new output arrays.
 A `CallPlan` is what a full check leaves for the C calls: the next call with the same arrays,
-or new ones of the same shapes and dtypes, is checked by identity, shape, strides and dtype
+or new ones of the same shapes and dtypes, is checked by identity, shape (strides) and dtype
 alone; anything else goes back to `bind`.
 """
 from __future__ import annotations
@@ -124,6 +124,51 @@ def output_specs(real: str, specs) -> tuple[list, list, list]:
     return [s for s, _ in specs], [d for _, d in specs], [c_array_type(real, d) for _, d in specs]
 
 
+# The same-arrays check and the C call of a plan, as one function per number of arrays and outputs
+# (its source made and compiled once): identity, shape, strides and dtype of each array in
+# straight-line code (about 0.1 µs an array), then the new outputs and the C call.
+_FAST_SOURCE = """
+def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types, from_buffer, empty):
+    {unpack}
+    def fast(d):
+        if len(d) == {count}:
+            try:
+                {fetch}
+            except KeyError:
+                return None
+            if {same}:
+                {outs}
+                return cf(*head, {ptrs}ws), ({tuple})
+        return None
+    return fast
+"""
+_FAST: dict[tuple[int, int], Any] = {}
+
+
+def fast_caller(count: int, outputs: int):
+    """make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types,
+    from_buffer, empty) -> fast(arrays): the C call's (status, new outputs) when `arrays` (a dict)
+    holds exactly the `keys`, each the same object as in `objs` with its shape, strides and
+    dtype, else None."""
+    make = _FAST.get((count, outputs))
+    if make is None:
+        r, q = range(count), range(outputs)
+        unpack = [f"k{i}, o{i}, s{i}, r{i}, t{i} = keys[{i}], objs[{i}], shapes[{i}], strides[{i}], dtypes[{i}]"
+                  for i in r] + [f"S{j}, D{j}, C{j} = out_shapes[{j}], out_dtypes[{j}], out_types[{j}]" for j in q]
+        same = [f"a{i} is o{i}" for i in r] + [f"a{i}.shape == s{i} and a{i}.strides == r{i} and a{i}.dtype is t{i}"
+                                               for i in r]
+        text = _FAST_SOURCE.format(unpack="\n    ".join(unpack) or "pass", count=count,
+                                   fetch="; ".join(f"a{i} = d[k{i}]" for i in r) or "pass",
+                                   same=" and ".join(same) or "True",
+                                   outs="; ".join(f"y{j} = empty(S{j}, D{j})" for j in q) or "pass",
+                                   ptrs="".join(f"from_buffer(C{j}, y{j}), " for j in q),
+                                   tuple="".join(f"y{j}, " for j in q))
+        namespace: dict = {}
+        exec(text, namespace)
+        make = _FAST[count, outputs] = namespace["make"]
+    return make
+
+
 class CallPlan:
     """A checked call of one C function, ready to repeat.
 
@@ -133,12 +178,14 @@ class CallPlan:
     for each call (shape, dtype, cffi type). C takes n, the arrays, the fixed pointers, the
     outputs and the workspace, in that order (the dims first); `run` makes the outputs and calls it.
 
-    `reuse(arrays)` answers the next call with (the plan to keep, the leading C arguments), or
+    `fast(arrays)` is the call itself when `arrays` are the plan's own: the same names, the same
+    objects with the same shape, strides and dtype (values changed in place are fine: the
+    pointer still points at the data). It returns (status, new outputs), or None when anything
+    differs; then `reuse(arrays)` answers with (the plan to keep, the leading C arguments), or
     None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
     array to copy: not C-contiguous or misaligned, or not an ndarray):
 
-    - the same array objects with the same shape, strides and dtype: the plan's own pointers
-      (values changed in place are fine: the pointer still points at the data);
+    - the same array objects with the same shape, strides and dtype: the plan's own pointers;
     - other arrays of the same shapes and dtypes, C-contiguous and aligned: fresh pointers for
       this call. Arrays that come back a second call in a row become a new plan (so a loop over
       new minibatches pays for no plan it would not reuse).
@@ -148,14 +195,19 @@ class CallPlan:
     the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
     compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
-    __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "single", "pending")
+    __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "pending",
+                 "cfunc", "names", "fast")
 
-    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=()):
+    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=(), cfunc=None):
+        """outs: the outputs' (shapes, dtypes, cffi types); cfunc: the C function (`fast` calls
+        it; without it `fast` always answers None)."""
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
-        # shared by the plans made from this one; ffi.from_buffer bound once (a lookup fewer per call)
-        self.sig = (ffi.from_buffer, get, len(names), tuple(ctypes), tuple(fixed))
-        self.dims, self.ws, self.outs = tuple(dims), ws, outs      # outs: (shapes, dtypes, cffi types)
-        self.single = tuple(x[0] for x in outs) if len(outs[0]) == 1 else None
+        # shared by the plans made from this one; ffi.from_buffer bound once, the cffi types
+        # resolved once (a type given as a string is parsed, or looked up, on every call)
+        self.sig = (ffi.from_buffer, get, len(names), tuple(map(ffi.typeof, ctypes)), tuple(fixed))
+        self.dims, self.ws, self.names, self.cfunc = tuple(dims), ws, tuple(names), cfunc
+        shapes, dtypes, out_types = outs
+        self.outs = (tuple(map(tuple, shapes)), tuple(map(np.dtype, dtypes)), tuple(map(ffi.typeof, out_types)))
         self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
         self._bind(objs)
 
@@ -165,6 +217,13 @@ class CallPlan:
         self.ptrs = ptrs if ptrs is not None else [from_buffer(t, a, require_writable=False)
                                                    for t, a in zip(ctypes, objs)]
         self.head, self.pending = (*self.dims, *self.ptrs, *fixed), None
+        if self.cfunc is None:
+            self.fast = _never
+        else:
+            meta = self.meta
+            self.fast = fast_caller(len(objs), len(self.outs[0]))(
+                self.cfunc, self.head, self.ws, self.names, self.objs, [m[0] for m in meta], [m[1] for m in meta],
+                [m[2] for m in meta], *self.outs, from_buffer, np.empty)
 
     def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
         from_buffer, get, count, ctypes, fixed = self.sig
@@ -187,19 +246,20 @@ class CallPlan:
         if pending is not None and all(map(operator.is_, objs, pending)):
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
             new.sig, new.dims, new.ws, new.fit = self.sig, self.dims, self.ws, self.fit
-            new.outs, new.single = self.outs, self.single
+            new.outs, new.names, new.cfunc = self.outs, self.names, self.cfunc
             new._bind(objs, ptrs)
             return new, new.head
         self.pending = objs
         return self, (*self.dims, *ptrs, *fixed)
 
-    def run(self, cfunc, head: tuple) -> tuple[int, list[np.ndarray]]:
+    def run(self, cfunc, head: tuple) -> tuple[int, tuple[np.ndarray, ...]]:
         """Call cfunc(*head, outputs..., workspace) with new output arrays: (status, outputs)."""
         from_buffer = self.sig[0]
-        if self.single is not None:          # the common case, a third faster than the general one
-            shape, dtype, ctype = self.single
-            out = np.empty(shape, dtype)
-            return cfunc(*head, from_buffer(ctype, out), self.ws), [out]
         shapes, dtypes, ctypes = self.outs
-        outs = list(map(np.empty, shapes, dtypes))
+        outs = tuple(map(np.empty, shapes, dtypes))
         return cfunc(*head, *map(from_buffer, ctypes, outs), self.ws), outs
+
+
+def _never(arrays) -> None:
+    """The `fast` of a plan without its C function: never the same call."""
+    return None
