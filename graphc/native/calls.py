@@ -8,6 +8,7 @@ alone; anything else goes back to `bind`.
 from __future__ import annotations
 
 import operator
+import sys
 import weakref
 from typing import Any
 
@@ -126,10 +127,30 @@ def output_specs(real: str, specs) -> tuple[list, list, list]:
 
 # The same-arrays check and the C call of a plan, as one function per number of arrays and outputs
 # (its source made and compiled once): identity, shape, strides and dtype of each array in
-# straight-line code (about 0.1 µs an array), then the new outputs and the C call.
+# straight-line code (about 0.1 µs an array), then the outputs and the C call.
+#
+# The outputs: new arrays (np.empty, and a cffi pointer to each) on every call, except that a
+# plan whose outputs are small (RECYCLE_BYTES in all) keeps those of its last two calls and
+# hands a call's set out again when nothing but the plan holds any of its arrays: no reference
+# (a dict, a list, a view, a memoryview all hold one) and no weak reference. An array the caller
+# can still reach is never written again; one it has let go of is, as np.empty would give its
+# memory to the next array. This saves np.empty and ffi.from_buffer per output (0.3 µs each).
 _FAST_SOURCE = """
-def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types, from_buffer, empty):
+def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types, from_buffer, empty,
+         recycle, rc, wc):
     {unpack}
+    ring = [None, None]             # the outputs of the last two calls (older, newer), with their pointers
+
+    def fresh():
+        {outs}
+        return ({tuple}), ({ptrs})
+
+    # what rc says of an output that only the ring holds (its tuple, its cffi pointer): measured
+    # by the same unpacking as below, not assumed (it depends on cffi and the interpreter)
+    counts = set(probe(rc, fresh())) if recycle else ()
+    free = counts.pop() if len(counts) == 1 else -1
+    recycle = recycle and free > 0
+
     def fast(d):
         if len(d) == {count}:
             try:
@@ -137,19 +158,41 @@ def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtyp
             except KeyError:
                 return None
             if {same}:
-                {outs}
-                return cf(*head, {ptrs}ws), ({tuple})
+                if recycle:
+                    old, new = ring
+                    if old is not None:
+                        ({tuple}), p = old
+                        if {free}:
+                            ring[0], ring[1] = new, old
+                            return cf(*head, *p, ws), ({tuple})
+                    if new is not None:
+                        ({tuple}), p = new
+                        if {free}:
+                            return cf(*head, *p, ws), ({tuple})
+                    ring[0] = new
+                    got = ring[1] = fresh()
+                else:
+                    got = fresh()
+                ({tuple}), p = got
+                return cf(*head, *p, ws), ({tuple})
         return None
     return fast
+
+
+def probe(rc, slot):
+    ({tuple}), p = slot
+    return {counts}
 """
 _FAST: dict[tuple[int, int], Any] = {}
+RECYCLE_BYTES = 65536
 
 
 def fast_caller(count: int, outputs: int):
     """make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types,
-    from_buffer, empty) -> fast(arrays): the C call's (status, new outputs) when `arrays` (a dict)
-    holds exactly the `keys`, each the same object as in `objs` with its shape, strides and
-    dtype, else None."""
+    from_buffer, empty, recycle, sys.getrefcount, weakref.getweakrefcount) -> fast(arrays): the C
+    call's (status, outputs) when `arrays` (a dict) holds exactly the `keys`, each the same object
+    as in `objs` with its shape, strides and dtype, else None. recycle: whether the outputs of
+    the last two calls may be handed out again (when nothing else holds them)."""
     make = _FAST.get((count, outputs))
     if make is None:
         r, q = range(count), range(outputs)
@@ -162,7 +205,10 @@ def fast_caller(count: int, outputs: int):
                                    same=" and ".join(same) or "True",
                                    outs="; ".join(f"y{j} = empty(S{j}, D{j})" for j in q) or "pass",
                                    ptrs="".join(f"from_buffer(C{j}, y{j}), " for j in q),
-                                   tuple="".join(f"y{j}, " for j in q))
+                                   tuple="".join(f"y{j}, " for j in q),
+                                   free=" and ".join([f"rc(y{j}) == free" for j in q] +
+                                                     [f"not wc(y{j})" for j in q]) or "True",
+                                   counts="".join(f"rc(y{j}), " for j in q))
         namespace: dict = {}
         exec(text, namespace)
         make = _FAST[count, outputs] = namespace["make"]
@@ -180,8 +226,9 @@ class CallPlan:
 
     `fast(arrays)` is the call itself when `arrays` are the plan's own: the same names, the same
     objects with the same shape, strides and dtype (values changed in place are fine: the
-    pointer still points at the data). It returns (status, new outputs), or None when anything
-    differs; then `reuse(arrays)` answers with (the plan to keep, the leading C arguments), or
+    pointer still points at the data). It returns (status, outputs), or None when anything
+    differs (the outputs: new arrays, or small ones of the plan's last two calls that nothing
+    else holds any more: see _FAST_SOURCE); then `reuse(arrays)` answers with (the plan to keep, the leading C arguments), or
     None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
     array to copy: not C-contiguous or misaligned, or not an ndarray):
 
@@ -220,10 +267,12 @@ class CallPlan:
         if self.cfunc is None:
             self.fast = _never
         else:
-            meta = self.meta
-            self.fast = fast_caller(len(objs), len(self.outs[0]))(
+            meta, (shapes, dtypes, _) = self.meta, self.outs
+            small = 0 < sum(int(np.prod(s)) * d.itemsize for s, d in zip(shapes, dtypes)) <= RECYCLE_BYTES
+            self.fast = fast_caller(len(objs), len(shapes))(
                 self.cfunc, self.head, self.ws, self.names, self.objs, [m[0] for m in meta], [m[1] for m in meta],
-                [m[2] for m in meta], *self.outs, from_buffer, np.empty)
+                [m[2] for m in meta], *self.outs, from_buffer, np.empty, small, sys.getrefcount,
+                weakref.getweakrefcount)
 
     def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
         from_buffer, get, count, ctypes, fixed = self.sig

@@ -11,7 +11,8 @@ A call is checked in full once (core/arguments.bind); the check leaves a CallPla
 (native/calls.py) per thread and function, and the next calls with the same
 arrays, or new arrays of the same shapes and dtypes, skip straight to C. The
 GIL is released during the C call (cffi API mode). Outputs are new arrays on
-every call.
+every call, or (small ones, on the fast path) arrays of an earlier call that nothing
+but the plan holds any more: an array the caller can reach is never written again.
 """
 from __future__ import annotations
 
