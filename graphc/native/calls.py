@@ -137,7 +137,7 @@ def output_specs(real: str, specs) -> tuple[list, list, list]:
 # memory to the next array. This saves np.empty and ffi.from_buffer per output (0.3 µs each).
 _FAST_SOURCE = """
 def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types, from_buffer, empty,
-         recycle, rc, wc):
+         recycle, rc, wc, out_names):
     {unpack}
     ring = [None, None]             # the outputs of the last two calls (older, newer), with their pointers
 
@@ -164,17 +164,17 @@ def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtyp
                         ({tuple}), p = old
                         if {free}:
                             ring[0], ring[1] = new, old
-                            return cf(*head, *p, ws), ({tuple})
+                            return cf(*head, *p, ws), {result}
                     if new is not None:
                         ({tuple}), p = new
                         if {free}:
-                            return cf(*head, *p, ws), ({tuple})
+                            return cf(*head, *p, ws), {result}
                     ring[0] = new
                     got = ring[1] = fresh()
                 else:
                     got = fresh()
                 ({tuple}), p = got
-                return cf(*head, *p, ws), ({tuple})
+                return cf(*head, *p, ws), {result}
         return None
     return fast
 
@@ -183,21 +183,23 @@ def probe(rc, slot):
     ({tuple}), p = slot
     return {counts}
 """
-_FAST: dict[tuple[int, int], Any] = {}
+_FAST: dict[tuple[int, int, bool], Any] = {}
 RECYCLE_BYTES = 65536
 
 
-def fast_caller(count: int, outputs: int):
+def fast_caller(count: int, outputs: int, named: bool = False):
     """make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types,
-    from_buffer, empty, recycle, sys.getrefcount, weakref.getweakrefcount) -> fast(arrays): the C
-    call's (status, outputs) when `arrays` (a dict) holds exactly the `keys`, each the same object
-    as in `objs` with its shape, strides and dtype, else None. recycle: whether the outputs of
-    the last two calls may be handed out again (when nothing else holds them)."""
-    make = _FAST.get((count, outputs))
+    from_buffer, empty, recycle, sys.getrefcount, weakref.getweakrefcount, out_names) ->
+    fast(arrays): the C call's (status, outputs) when `arrays` (a dict) holds exactly the `keys`,
+    each the same object as in `objs` with its shape, strides and dtype, else None. recycle:
+    whether the outputs of the last two calls may be handed out again (when nothing else holds
+    them). The outputs: a tuple, or when `named` a dict by out_names."""
+    make = _FAST.get((count, outputs, named))
     if make is None:
         r, q = range(count), range(outputs)
         unpack = [f"k{i}, o{i}, s{i}, r{i}, t{i} = keys[{i}], objs[{i}], shapes[{i}], strides[{i}], dtypes[{i}]"
                   for i in r] + [f"S{j}, D{j}, C{j} = out_shapes[{j}], out_dtypes[{j}], out_types[{j}]" for j in q]
+        unpack += [f"N{j} = out_names[{j}]" for j in q] if named else []
         same = [f"a{i} is o{i}" for i in r] + [f"a{i}.shape == s{i} and a{i}.strides == r{i} and a{i}.dtype is t{i}"
                                                for i in r]
         text = _FAST_SOURCE.format(unpack="\n    ".join(unpack) or "pass", count=count,
@@ -208,10 +210,12 @@ def fast_caller(count: int, outputs: int):
                                    tuple="".join(f"y{j}, " for j in q),
                                    free=" and ".join([f"rc(y{j}) == free" for j in q] +
                                                      [f"not wc(y{j})" for j in q]) or "True",
-                                   counts="".join(f"rc(y{j}), " for j in q))
+                                   counts="".join(f"rc(y{j}), " for j in q),
+                                   result="{" + ", ".join(f"N{j}: y{j}" for j in q) + "}" if named else
+                                   "(" + "".join(f"y{j}, " for j in q) + ")")
         namespace: dict = {}
         exec(text, namespace)
-        make = _FAST[count, outputs] = namespace["make"]
+        make = _FAST[count, outputs, named] = namespace["make"]
     return make
 
 
@@ -243,16 +247,18 @@ class CallPlan:
     compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
     __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "pending",
-                 "cfunc", "names", "fast")
+                 "cfunc", "names", "fast", "out_names")
 
-    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=(), cfunc=None):
+    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=(), cfunc=None, out_names=None):
         """outs: the outputs' (shapes, dtypes, cffi types); cfunc: the C function (`fast` calls
-        it; without it `fast` always answers None)."""
+        it; without it `fast` always answers None); out_names: the outputs' names, for a `fast`
+        that returns them as a dict by name (else a tuple, as `run` does)."""
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
         # shared by the plans made from this one; ffi.from_buffer bound once, the cffi types
         # resolved once (a type given as a string is parsed, or looked up, on every call)
         self.sig = (ffi.from_buffer, get, len(names), tuple(map(ffi.typeof, ctypes)), tuple(fixed))
         self.dims, self.ws, self.names, self.cfunc = tuple(dims), ws, tuple(names), cfunc
+        self.out_names = None if out_names is None else tuple(out_names)
         shapes, dtypes, out_types = outs
         self.outs = (tuple(map(tuple, shapes)), tuple(map(np.dtype, dtypes)), tuple(map(ffi.typeof, out_types)))
         self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
@@ -269,10 +275,10 @@ class CallPlan:
         else:
             meta, (shapes, dtypes, _) = self.meta, self.outs
             small = 0 < sum(int(np.prod(s)) * d.itemsize for s, d in zip(shapes, dtypes)) <= RECYCLE_BYTES
-            self.fast = fast_caller(len(objs), len(shapes))(
+            self.fast = fast_caller(len(objs), len(shapes), self.out_names is not None)(
                 self.cfunc, self.head, self.ws, self.names, self.objs, [m[0] for m in meta], [m[1] for m in meta],
                 [m[2] for m in meta], *self.outs, from_buffer, np.empty, small, sys.getrefcount,
-                weakref.getweakrefcount)
+                weakref.getweakrefcount, self.out_names)
 
     def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
         from_buffer, get, count, ctypes, fixed = self.sig
@@ -295,7 +301,7 @@ class CallPlan:
         if pending is not None and all(map(operator.is_, objs, pending)):
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
             new.sig, new.dims, new.ws, new.fit = self.sig, self.dims, self.ws, self.fit
-            new.outs, new.names, new.cfunc = self.outs, self.names, self.cfunc
+            new.outs, new.names, new.cfunc, new.out_names = self.outs, self.names, self.cfunc, self.out_names
             new._bind(objs, ptrs)
             return new, new.head
         self.pending = objs
