@@ -174,7 +174,7 @@ class CompiledModel:
         """The graph whose inputs and params C function `fname` takes."""
         return self.csrc.predict_graph if fname == "predict" else self.graph
 
-    def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
+    def _call_checked(self, fname: str, arrays: dict[str, Any]) -> tuple[np.ndarray, ...]:
         """Check and convert every argument; leave a CallPlan when none needed converting."""
         graph = self._graph_of(fname)
         env, found = bind(graph, arrays, self.dtype)
