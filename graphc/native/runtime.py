@@ -141,7 +141,8 @@ class CompiledModel:
         return np.empty(*self._out_spec(arg, dims))
 
     def call(self, fname: str, arrays: dict[str, Any]) -> tuple[np.ndarray, ...]:
-        """Run C function `fname` on named arrays; return its outputs (new arrays) in C order.
+        """Run C function `fname` on named arrays; return its outputs in C order (new arrays, or
+        arrays of this thread's earlier calls that nothing else holds: calls.CallPlan).
 
         This thread's calls of `fname` keep a CallPlan (holding recent arrays): when it can be
         reused, no argument is checked beyond its identity, shape, strides and dtype. (C takes
