@@ -55,4 +55,4 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY) | set(_functions()))
+    return sorted(set(globals()) | set(_LAZY) | set(_functions()) | set(_PACKAGES))
