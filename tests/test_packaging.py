@@ -100,3 +100,19 @@ def test_compiled_templates_are_kept_in_the_cache_and_a_broken_one_is_skipped(tm
     blocked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env=dict(env, GRAPHC_CACHE_DIR=str(tmp_path / "ro")))
     assert blocked.returncode == 0 and blocked.stdout == first.stdout, blocked.stderr
+
+
+def test_import_graphc_imports_no_numpy_and_every_public_name_resolves_on_first_use():
+    """`import graphc` loads the errors and the version only (PEP 562 for the rest): no NumPy.
+    Every name dir(graphc) lists resolves, `from graphc import *` gets the public API, and the
+    layers' packages are reachable as attributes as when `import graphc` imported them."""
+    code = ("import sys, graphc; print('numpy' in sys.modules, 'graphc.core.ir' in sys.modules); "
+            "names = [n for n in dir(graphc) if not n.startswith('_')]; "
+            "print([n for n in names if getattr(graphc, n, None) is None]); "
+            "from graphc import Graph, load, relu, SGD, compile, GraphcError; ns = {}; exec('from graphc import *', ns); "
+            "print(graphc.core.ir.Graph is Graph, callable(graphc.native.runtime.compile), "
+            "all(n in ns for n in ('relu', 'compile', 'Adam', 'ShapeError', 'evaluate')), 'numpy' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["False False", "[]", "True True True True"]

@@ -2,12 +2,13 @@
 
 In: arrays that core/arguments.bind has checked. Out: cffi pointers and new output arrays.
 A `CallPlan` is what a full check leaves for the C calls: the next call with the same arrays,
-or new ones of the same shapes and dtypes, is checked by identity, shape, strides and dtype
+or new ones of the same shapes and dtypes, is checked by identity, shape (strides) and dtype
 alone; anything else goes back to `bind`.
 """
 from __future__ import annotations
 
 import operator
+import sys
 import weakref
 from typing import Any
 
@@ -124,6 +125,100 @@ def output_specs(real: str, specs) -> tuple[list, list, list]:
     return [s for s, _ in specs], [d for _, d in specs], [c_array_type(real, d) for _, d in specs]
 
 
+# The same-arrays check and the C call of a plan, as one function per number of arrays and outputs
+# (its source made and compiled once): identity, shape, strides and dtype of each array in
+# straight-line code (about 0.1 µs an array), then the outputs and the C call.
+#
+# The outputs: new arrays (np.empty, and a cffi pointer to each) on every call, except that a
+# plan whose outputs are small (RECYCLE_BYTES in all) keeps those of its last two calls and
+# hands a call's set out again when nothing but the plan holds any of its arrays: no reference
+# (a dict, a list, a view, a memoryview all hold one) and no weak reference. An array the caller
+# can still reach is never written again; one it has let go of is, as np.empty would give its
+# memory to the next array. This saves np.empty and ffi.from_buffer per output (0.3 µs each).
+_FAST_SOURCE = """
+def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types, from_buffer, empty,
+         recycle, rc, wc, out_names):
+    {unpack}
+    ring = [None, None]             # the outputs of the last two calls (older, newer), with their pointers
+
+    def fresh():
+        {outs}
+        return ({tuple}), ({ptrs})
+
+    # what rc says of an output that only the ring holds (its tuple, its cffi pointer): measured
+    # by the same unpacking as below, not assumed (it depends on cffi and the interpreter)
+    counts = set(probe(rc, fresh())) if recycle else ()
+    free = counts.pop() if len(counts) == 1 else -1
+    recycle = recycle and free > 0
+
+    def fast(d):
+        if len(d) == {count}:
+            try:
+                {fetch}
+            except KeyError:
+                return None
+            if {same}:
+                if recycle:
+                    old, new = ring
+                    if old is not None:
+                        ({tuple}), p = old
+                        if {free}:
+                            ring[0], ring[1] = new, old
+                            return cf(*head, *p, ws), {result}
+                    if new is not None:
+                        ({tuple}), p = new
+                        if {free}:
+                            return cf(*head, *p, ws), {result}
+                    ring[0] = new
+                    got = ring[1] = fresh()
+                else:
+                    got = fresh()
+                ({tuple}), p = got
+                return cf(*head, *p, ws), {result}
+        return None
+    return fast
+
+
+def probe(rc, slot):
+    ({tuple}), p = slot
+    return {counts}
+"""
+_FAST: dict[tuple[int, int, bool], Any] = {}
+RECYCLE_BYTES = 65536
+
+
+def fast_caller(count: int, outputs: int, named: bool = False):
+    """make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types,
+    from_buffer, empty, recycle, sys.getrefcount, weakref.getweakrefcount, out_names) ->
+    fast(arrays): the C call's (status, outputs) when `arrays` (a dict) holds exactly the `keys`,
+    each the same object as in `objs` with its shape, strides and dtype, else None. recycle:
+    whether the outputs of the last two calls may be handed out again (when nothing else holds
+    them). The outputs: a tuple, or when `named` a dict by out_names."""
+    make = _FAST.get((count, outputs, named))
+    if make is None:
+        r, q = range(count), range(outputs)
+        unpack = [f"k{i}, o{i}, s{i}, r{i}, t{i} = keys[{i}], objs[{i}], shapes[{i}], strides[{i}], dtypes[{i}]"
+                  for i in r] + [f"S{j}, D{j}, C{j} = out_shapes[{j}], out_dtypes[{j}], out_types[{j}]" for j in q]
+        unpack += [f"N{j} = out_names[{j}]" for j in q] if named else []
+        same = [f"a{i} is o{i}" for i in r] + [f"a{i}.shape == s{i} and a{i}.strides == r{i} and a{i}.dtype is t{i}"
+                                               for i in r]
+        text = _FAST_SOURCE.format(unpack="\n    ".join(unpack) or "pass", count=count,
+                                   fetch="; ".join(f"a{i} = d[k{i}]" for i in r) or "pass",
+                                   same=" and ".join(same) or "True",
+                                   outs="; ".join(f"y{j} = empty(S{j}, D{j})" for j in q) or "pass",
+                                   ptrs="".join(f"from_buffer(C{j}, y{j}), " for j in q),
+                                   tuple="".join(f"y{j}, " for j in q),
+                                   free=" and ".join([f"rc(y{j}) == free" for j in q] +
+                                                     [f"not wc(y{j})" for j in q]) or "True",
+                                   counts="".join(f"rc(y{j}), " for j in q),
+                                   result="{" + ", ".join(f"N{j}: y{j}" for j in q) + "}" if named else
+                                   "(" + "".join(f"y{j}, " for j in q) + ")")
+        namespace: dict = {}
+        exec(text, namespace)
+        make = _FAST[count, outputs, named] = namespace["make"]
+    return make
+
+
 class CallPlan:
     """A checked call of one C function, ready to repeat.
 
@@ -133,12 +228,15 @@ class CallPlan:
     for each call (shape, dtype, cffi type). C takes n, the arrays, the fixed pointers, the
     outputs and the workspace, in that order (the dims first); `run` makes the outputs and calls it.
 
-    `reuse(arrays)` answers the next call with (the plan to keep, the leading C arguments), or
+    `fast(arrays)` is the call itself when `arrays` are the plan's own: the same names, the same
+    objects with the same shape, strides and dtype (values changed in place are fine: the
+    pointer still points at the data). It returns (status, outputs), or None when anything
+    differs (the outputs: new arrays, or small ones of the plan's last two calls that nothing
+    else holds any more: see _FAST_SOURCE); then `reuse(arrays)` answers with (the plan to keep, the leading C arguments), or
     None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
     array to copy: not C-contiguous or misaligned, or not an ndarray):
 
-    - the same array objects with the same shape, strides and dtype: the plan's own pointers
-      (values changed in place are fine: the pointer still points at the data);
+    - the same array objects with the same shape, strides and dtype: the plan's own pointers;
     - other arrays of the same shapes and dtypes, C-contiguous and aligned: fresh pointers for
       this call. Arrays that come back a second call in a row become a new plan (so a loop over
       new minibatches pays for no plan it would not reuse).
@@ -148,14 +246,21 @@ class CallPlan:
     the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
     compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
-    __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "single", "pending")
+    __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "pending",
+                 "cfunc", "names", "fast", "out_names")
 
-    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=()):
+    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=(), cfunc=None, out_names=None):
+        """outs: the outputs' (shapes, dtypes, cffi types); cfunc: the C function (`fast` calls
+        it; without it `fast` always answers None); out_names: the outputs' names, for a `fast`
+        that returns them as a dict by name (else a tuple, as `run` does)."""
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
-        # shared by the plans made from this one; ffi.from_buffer bound once (a lookup fewer per call)
-        self.sig = (ffi.from_buffer, get, len(names), tuple(ctypes), tuple(fixed))
-        self.dims, self.ws, self.outs = tuple(dims), ws, outs      # outs: (shapes, dtypes, cffi types)
-        self.single = tuple(x[0] for x in outs) if len(outs[0]) == 1 else None
+        # shared by the plans made from this one; ffi.from_buffer bound once, the cffi types
+        # resolved once (a type given as a string is parsed, or looked up, on every call)
+        self.sig = (ffi.from_buffer, get, len(names), tuple(map(ffi.typeof, ctypes)), tuple(fixed))
+        self.dims, self.ws, self.names, self.cfunc = tuple(dims), ws, tuple(names), cfunc
+        self.out_names = None if out_names is None else tuple(out_names)
+        shapes, dtypes, out_types = outs
+        self.outs = (tuple(map(tuple, shapes)), tuple(map(np.dtype, dtypes)), tuple(map(ffi.typeof, out_types)))
         self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
         self._bind(objs)
 
@@ -165,6 +270,15 @@ class CallPlan:
         self.ptrs = ptrs if ptrs is not None else [from_buffer(t, a, require_writable=False)
                                                    for t, a in zip(ctypes, objs)]
         self.head, self.pending = (*self.dims, *self.ptrs, *fixed), None
+        if self.cfunc is None:
+            self.fast = _never
+        else:
+            meta, (shapes, dtypes, _) = self.meta, self.outs
+            small = 0 < sum(int(np.prod(s)) * d.itemsize for s, d in zip(shapes, dtypes)) <= RECYCLE_BYTES
+            self.fast = fast_caller(len(objs), len(shapes), self.out_names is not None)(
+                self.cfunc, self.head, self.ws, self.names, self.objs, [m[0] for m in meta], [m[1] for m in meta],
+                [m[2] for m in meta], *self.outs, from_buffer, np.empty, small, sys.getrefcount,
+                weakref.getweakrefcount, self.out_names)
 
     def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
         from_buffer, get, count, ctypes, fixed = self.sig
@@ -187,19 +301,20 @@ class CallPlan:
         if pending is not None and all(map(operator.is_, objs, pending)):
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
             new.sig, new.dims, new.ws, new.fit = self.sig, self.dims, self.ws, self.fit
-            new.outs, new.single = self.outs, self.single
+            new.outs, new.names, new.cfunc, new.out_names = self.outs, self.names, self.cfunc, self.out_names
             new._bind(objs, ptrs)
             return new, new.head
         self.pending = objs
         return self, (*self.dims, *ptrs, *fixed)
 
-    def run(self, cfunc, head: tuple) -> tuple[int, list[np.ndarray]]:
+    def run(self, cfunc, head: tuple) -> tuple[int, tuple[np.ndarray, ...]]:
         """Call cfunc(*head, outputs..., workspace) with new output arrays: (status, outputs)."""
         from_buffer = self.sig[0]
-        if self.single is not None:          # the common case, a third faster than the general one
-            shape, dtype, ctype = self.single
-            out = np.empty(shape, dtype)
-            return cfunc(*head, from_buffer(ctype, out), self.ws), [out]
         shapes, dtypes, ctypes = self.outs
-        outs = list(map(np.empty, shapes, dtypes))
+        outs = tuple(map(np.empty, shapes, dtypes))
         return cfunc(*head, *map(from_buffer, ctypes, outs), self.ws), outs
+
+
+def _never(arrays) -> None:
+    """The `fast` of a plan without its C function: never the same call."""
+    return None

@@ -11,7 +11,8 @@ A call is checked in full once (core/arguments.bind); the check leaves a CallPla
 (native/calls.py) per thread and function, and the next calls with the same
 arrays, or new arrays of the same shapes and dtypes, skip straight to C. The
 GIL is released during the C call (cffi API mode). Outputs are new arrays on
-every call.
+every call, or (small ones, on the fast path) arrays of an earlier call that nothing
+but the plan holds any more: an array the caller can reach is never written again.
 """
 from __future__ import annotations
 
@@ -139,30 +140,42 @@ class CompiledModel:
     def _out_array(self, arg, dims) -> np.ndarray:
         return np.empty(*self._out_spec(arg, dims))
 
-    def call(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
-        """Run C function `fname` on named arrays; return its outputs (new arrays) in C order.
+    def call(self, fname: str, arrays: dict[str, Any]) -> tuple[np.ndarray, ...]:
+        """Run C function `fname` on named arrays; return its outputs in C order (new arrays, or
+        arrays of this thread's earlier calls that nothing else holds: calls.CallPlan).
 
         This thread's calls of `fname` keep a CallPlan (holding recent arrays): when it can be
         reused, no argument is checked beyond its identity, shape, strides and dtype. (C takes
         every input and param of the graph; were one left out, the plan would never match and
         every call would take the checked path.)"""
         plan = getattr(self._local, fname, None)
-        hit = plan.reuse(arrays) if plan is not None else None
-        if hit is None:
+        if plan is None:
             return self._call_checked(fname, arrays)
-        again, head = hit
-        if again is not plan:
-            setattr(self._local, fname, again)
-        status, outs = again.run(self._cfuncs[fname], head)
+        done = plan.fast(arrays)            # the same arrays as the plan's: straight to C
+        if done is None:
+            hit = plan.reuse(arrays)
+            if hit is None:
+                return self._call_checked(fname, arrays)
+            again, head = hit
+            if again is not plan:
+                setattr(self._local, fname, again)
+            plan = again
+            done = again.run(self._cfuncs[fname], head)
+        return self._outputs(fname, arrays, plan, done)
+
+    def _outputs(self, fname: str, arrays: dict, plan: CallPlan, done: tuple) -> tuple[np.ndarray, ...]:
+        """The outputs of a call through `plan` that returned done = (status, outputs), or the
+        error its status means."""
+        status, outs = done
         if status != 0:
-            self._raise_status(status, fname, bind(self._graph_of(fname), arrays, self.dtype)[0], again.dims)
+            self._raise_status(status, fname, bind(self._graph_of(fname), arrays, self.dtype)[0], plan.dims)
         return outs
 
     def _graph_of(self, fname: str) -> Graph:
         """The graph whose inputs and params C function `fname` takes."""
         return self.csrc.predict_graph if fname == "predict" else self.graph
 
-    def _call_checked(self, fname: str, arrays: dict[str, Any]) -> list[np.ndarray]:
+    def _call_checked(self, fname: str, arrays: dict[str, Any]) -> tuple[np.ndarray, ...]:
         """Check and convert every argument; leave a CallPlan when none needed converting."""
         graph = self._graph_of(fname)
         env, found = bind(graph, arrays, self.dtype)
@@ -175,7 +188,8 @@ class CompiledModel:
             else:
                 specs.append(self._out_spec(a, n))
         plan = CallPlan(self.ffi, n, names, [c_array_type(self._ctype, a.dtype) for a in ins], ins,
-                        self.ffi.from_buffer(self.workspace(n)), output_specs(self._ctype, specs))
+                        self.ffi.from_buffer(self.workspace(n)), output_specs(self._ctype, specs),
+                        cfunc=self._cfuncs[fname])
         status, outs = plan.run(self._cfuncs[fname], plan.head)
         if status != 0:
             self._raise_status(status, fname, env, n)
@@ -206,6 +220,14 @@ class CompiledModel:
         then the outputs that need none of them are returned (`probs`, not the loss), computed by
         the C function NAME_predict. (Each thread keeps references to its recent arguments, to
         pass them on without checks when they come back.)"""
+        plan = getattr(self._local, "forward", None)
+        if plan is not None:        # the fast path, inline: this thread's last forward arrays again
+            done = plan.fast(arrays)
+            if done is not None:
+                status, outs = done
+                if status != 0:
+                    self._outputs("forward", arrays, plan, done)      # raises the error of the status
+                return self._results["forward"][0](outs)
         if self._predict_inputs is not None and len(arrays) < self._n_arguments:
             missing = [k for k in self.graph.inputs if k not in arrays]
             if missing and all(k not in self._predict_inputs for k in missing):
@@ -243,7 +265,14 @@ class CompiledModel:
         if "value_and_grad" not in self.functions:
             raise GraphcError(f"{self.name} was compiled without gradients",
                               hint="pass grad_of= and wrt= to graphc.compile")
-        outs = self.call("value_and_grad", arrays)
+        plan = getattr(self._local, "value_and_grad", None)
+        done = plan.fast(arrays) if plan is not None else None   # the fast path, inline
+        if done is None:
+            outs = self.call("value_and_grad", arrays)
+        else:
+            status, outs = done
+            if status != 0:
+                self._outputs("value_and_grad", arrays, plan, done)     # raises the error of the status
         values, grads = self._results["value_and_grad"]
         return values(outs), grads(outs)
 
