@@ -1,4 +1,5 @@
-"""graphc/native/build.py: compile once per content hash, load from cache, fail loudly and usefully."""
+"""graphc/native/build.py (with toolchain.py, kernel_library.py and cache_entry.py): compile once per
+content hash, load from cache, fail loudly and usefully."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from graphc.native import build as builder
+from graphc.native import kernel_library, toolchain
 from graphc.core.errors import CompileError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +93,7 @@ def test_build_second_process_loads_from_cache_without_compiling(cache):
 
 def test_build_key_changes_with_source_flags_compiler_and_versions(monkeypatch):
     from graphc.core import version
-    cc = builder.find_compiler()
+    cc = toolchain.find_compiler()
     name, source, header, cdef = adder("key")
     base = builder.cache_key(name, source, header, cdef, ["-O3"], [], cc)
     assert base == builder.cache_key(name, source, header, cdef, ["-O3"], [], cc)
@@ -105,15 +107,15 @@ def test_build_key_changes_with_source_flags_compiler_and_versions(monkeypatch):
     monkeypatch.setattr(version, "__version__", "999.0")
     changed.append(builder.cache_key(name, source, header, cdef, ["-O3"], [], cc))
     monkeypatch.undo()
-    monkeypatch.setattr(builder, "_builder_hash", lambda: "an edited build.py")
+    monkeypatch.setattr(toolchain, "builder_hash", lambda: "an edited builder")
     changed.append(builder.cache_key(name, source, header, cdef, ["-O3"], [], cc))
     assert len({base, *changed}) == 1 + len(changed)
 
 
 def test_build_compile_flags_are_exact_and_never_fast_math():
-    assert builder.compile_flags(False, False) == ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno"]
-    assert builder.compile_flags(True, True)[4:] == ["-march=native", "-fopenmp"]
-    assert not any("fast-math" in flag for flag in builder.compile_flags(True, True))
+    assert toolchain.compile_flags(False, False) == ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno"]
+    assert toolchain.compile_flags(True, True)[4:] == ["-march=native", "-fopenmp"]
+    assert not any("fast-math" in flag for flag in toolchain.compile_flags(True, True))
 
 
 def test_build_edited_source_and_extra_flags_make_new_entries(cache):
@@ -186,7 +188,7 @@ def test_build_syntax_error_reports_compiler_output_and_keeps_numbered_source(ca
         builder.build(name, source, header, cdef)
     message = str(caught.value)
     assert "adder.c:6" in message and "error" in message           # the compiler's own words
-    assert "-O3" in message and builder.find_compiler() in message
+    assert "-O3" in message and toolchain.find_compiler() in message
     numbered = Path(re.search(r"source kept at (\S+\.numbered\.c)", message).group(1))
     assert numbered.is_file() and "    6      return a + b" in numbered.read_text()
     assert (numbered.parent / "adder.c").read_text() == source
@@ -247,12 +249,13 @@ def user(tag: str) -> tuple[str, str, str, str]:
 KERNELS_CHILD = """
 import json, sys
 from graphc.native import build as builder
+from graphc.native import kernel_library
 compiled = []
-real = builder._compile_kernels_into
+real = kernel_library._compile_kernels_into
 def counting(*args, **kwargs):
     compiled.append(1)
     return real(*args, **kwargs)
-builder._compile_kernels_into = counting
+kernel_library._compile_kernels_into = counting
 sys.path.insert(0, sys.argv[3])
 from test_build_cache import Kernels, user
 module = builder.build(*user(sys.argv[1]), kernels=Kernels(sys.argv[2]))
@@ -275,8 +278,8 @@ def test_build_kernel_library_compiles_once_and_every_module_links_it(cache):
     one = builder.build(*user("one"), kernels=kernels)
     two = builder.build(*user("two"), kernels=kernels)
     assert (one.lib.quad(5), two.lib.quad(3)) == (20, 12)
-    assert kernel_entries(cache) == [builder.kernels_key(kernels.source, kernels.header, builder.compile_flags(
-        True, builder.openmp_supported(builder.find_compiler())), builder.find_compiler())]
+    assert kernel_entries(cache) == [kernel_library.kernels_key(kernels.source, kernels.header, toolchain.compile_flags(
+        True, toolchain.openmp_supported(toolchain.find_compiler())), toolchain.find_compiler())]
     entry = cache / "kernels" / kernel_entries(cache)[0]
     assert {p.name for p in entry.iterdir()} == {"graphc_kernels.c", "graphc_kernels.h", "graphc_kernels.o",
                                                  "build.log", "manifest.json"}
@@ -303,13 +306,13 @@ def test_build_concurrent_processes_compile_the_kernel_library_once(cache):
 
 
 def test_build_key_of_a_module_follows_its_kernel_library(cache):
-    cc = builder.find_compiler()
+    cc = toolchain.find_compiler()
     k1, k2 = Kernels("key"), Kernels("key", body="return a + a;")
-    base = builder.kernels_key(k1.source, k1.header, ["-O3"], cc)
-    assert base == builder.kernels_key(k1.source, k1.header, ["-O3"], cc)
-    assert len({base, builder.kernels_key(k2.source, k1.header, ["-O3"], cc),
-                builder.kernels_key(k1.source, k1.header + "\n", ["-O3"], cc),
-                builder.kernels_key(k1.source, k1.header, ["-O2"], cc)}) == 4
+    base = kernel_library.kernels_key(k1.source, k1.header, ["-O3"], cc)
+    assert base == kernel_library.kernels_key(k1.source, k1.header, ["-O3"], cc)
+    assert len({base, kernel_library.kernels_key(k2.source, k1.header, ["-O3"], cc),
+                kernel_library.kernels_key(k1.source, k1.header + "\n", ["-O3"], cc),
+                kernel_library.kernels_key(k1.source, k1.header, ["-O2"], cc)}) == 4
     name, source, header, cdef = user("key")
     assert builder.cache_key(name, source, header, cdef, ["-O3"], [], cc, base) != \
         builder.cache_key(name, source, header, cdef, ["-O3"], [], cc, "another library")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.native import build as builder
+from graphc.native import toolchain
 from graphc.native import fastload
 
 from conftest import one_layer_spec
@@ -127,7 +127,7 @@ def test_the_recipe_key_follows_every_input(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("CFLAGS", "-O1")
     changed.append(key())
     monkeypatch.delenv("CFLAGS")
-    monkeypatch.setenv("CC", f"{builder.find_compiler()} -m64")
+    monkeypatch.setenv("CC", f"{toolchain.find_compiler()} -m64")
     changed.append(key())
     monkeypatch.delenv("CC")
     monkeypatch.setenv("GRAPHC_EARLY_UPDATES", "1")     # a switch that changes the C
@@ -139,7 +139,7 @@ def test_the_recipe_key_follows_every_input(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(fastload, "source_digest", lambda: "an edited graphc")
     changed.append(key())
     monkeypatch.undo()
-    monkeypatch.setattr(builder, "compiler_version", lambda cc: "another compiler 1.0")
+    monkeypatch.setattr(toolchain, "compiler_version", lambda cc: "another compiler 1.0")
     changed.append(key())
     assert len({first, *changed}) == 1 + len(changed)
 
@@ -233,14 +233,14 @@ def test_compiler_version_is_asked_again_when_the_compiler_file_changes(tmp_path
     fake = tmp_path / "fakecc"
     fake.write_text("#!/bin/sh\necho 'fakecc 1.0'\n")
     fake.chmod(0o755)
-    builder.compiler_version.cache_clear()
+    toolchain.compiler_version.cache_clear()
     try:
-        assert builder.compiler_version(str(fake)) == "fakecc 1.0"
+        assert toolchain.compiler_version(str(fake)) == "fakecc 1.0"
         assert list((tmp_path / "cache" / "probes").glob("cc-*.json"))   # remembered for new processes
-        builder.compiler_version.cache_clear()
-        assert builder.compiler_version(str(fake)) == "fakecc 1.0"
+        toolchain.compiler_version.cache_clear()
+        assert toolchain.compiler_version(str(fake)) == "fakecc 1.0"
         fake.write_text("#!/bin/sh\necho 'fakecc 2.0 (upgraded)'\n")     # a new size and time
-        builder.compiler_version.cache_clear()
-        assert builder.compiler_version(str(fake)) == "fakecc 2.0 (upgraded)"
+        toolchain.compiler_version.cache_clear()
+        assert toolchain.compiler_version(str(fake)) == "fakecc 2.0 (upgraded)"
     finally:
-        builder.compiler_version.cache_clear()
+        toolchain.compiler_version.cache_clear()

@@ -348,7 +348,9 @@ def c_library(model, directory: Path, amalgamated: bool = False) -> Path:
     program links with (cc main.c -L. -lNAME -lm), built with the flags of graphc's own build and
     linked with the kernel library graphc compiled with them (whose symbols it does not export);
     an amalgamated NAME.c holds the library already."""
-    from graphc.native.build import build_kernels, compile_failure, compile_flags, find_compiler, openmp_supported
+    from graphc.native.cache_entry import compile_failure
+    from graphc.native.kernel_library import build_kernels
+    from graphc.native.toolchain import compile_flags, find_compiler, openmp_supported
     cc = find_compiler()
     try:     # the flags of the build graphc loaded, as its cache entry records them
         manifest = json.loads((Path(model.built.directory) / "manifest.json").read_text())
