@@ -25,7 +25,7 @@ _LAZY = {"Graph": "graphc.core.ir", "Value": "graphc.core.ir",
          "evaluate": "graphc.core.reference", "from_onnx": "graphc.frontend.onnx", "grad": "graphc.autodiff.grad",
          "explain": "graphc.autodiff.explain", "train_graph": "graphc.autodiff.train",
          "compile": "graphc.native.runtime", "CompiledModel": "graphc.native.runtime",
-         "TrainState": "graphc.native.training", "init_params": "graphc.native.training",
+         "TrainState": "graphc.native.train_state", "init_params": "graphc.native.training",
          "check": "graphc.tools.check"}
 # the layers' packages, which `import graphc` used to import as a side effect (graphc.core.ir ...)
 _PACKAGES = ("core", "ops", "frontend", "passes", "autodiff", "backend", "native", "tools")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.native.training import FitInterrupted
+from graphc.native.epochs import FitInterrupted
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_LAYER = ROOT / "examples" / "one_layer.toml"
@@ -135,7 +135,7 @@ def test_fit_ctrl_c_from_outside_leaves_a_state_that_resumes(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(f"""
         import sys, numpy as np, graphc
-        from graphc.native.training import FitInterrupted
+        from graphc.native.epochs import FitInterrupted
         m = graphc.compile({str(ONE_LAYER)!r}, dtype="float32", optimizer=graphc.SGD(lr=0.05), threads=1)
         rng = np.random.default_rng(0)
         x = rng.normal(size=(4000, 64)).astype(np.float32); y = rng.integers(0, 10, 4000).astype(np.int32)

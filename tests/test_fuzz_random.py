@@ -393,7 +393,7 @@ def test_fuzz_random_train_step_check_sees_hyperparameters_ignored_at_run_time(m
     """After 3 steps the check changes the run-time hyperparameters (set_hparams) and trains 2
     more against the train graph of the retuned optimizer: a model that kept the old values
     fails it (set_hparams made a no-op), and passes once set_hparams works again."""
-    from graphc.native.training import TrainState
+    from graphc.native.train_state import TrainState
     case = fuzz.Case(SMALL_EVERY_CHECK, batch=4, seed=1, optimizers=(optimizer,), threads1=False)
     real = TrainState.set_hparams
     monkeypatch.setattr(TrainState, "set_hparams", lambda self, **values: None)

@@ -655,7 +655,7 @@ def test_imported_mlp_fine_tunes_with_a_loss_added_by_the_builder(tmp_path):
 # ------------------------------------------------------------------ graphc import
 @pytest.mark.parametrize("build", ["mlp", "names", "flatten"])
 def test_cli_import_writes_a_spec_that_loads_back_to_the_same_graph(tmp_path, capsys, build):
-    from graphc.native.training import TrainState
+    from graphc.native.train_state import TrainState
     from graphc.tools.cli import main
     model = {"mlp": lambda: mlp_model(0.5, -2.0),
              "names": lambda: _names_model(),

@@ -1,5 +1,5 @@
-"""Training in C (graphc/native/training.py): train_step and fit against NumPy, state save/load,
-init_params, optimizer validation and the errors of the training API."""
+"""Training in C (graphc/native/training.py, train_state.py, epochs.py): train_step and fit against
+NumPy, state save/load, init_params, optimizer validation and the errors of the training API."""
 from __future__ import annotations
 
 import shutil
@@ -350,7 +350,7 @@ def test_trainer_is_a_member_not_methods_patched_onto_the_model():
 def test_train_state_interface_the_trainer_uses(graph, tmp_path):
     """TrainState's public interface: read-only params/buffers, count_sgd_steps (step, save and
     copy carry the count), and a TrainerCache that only the trainer that made it reuses."""
-    from graphc.native.training import TrainerCache
+    from graphc.native.train_state import TrainerCache
     m = compiled(OPTIMIZERS["sgd_momentum"])
     s = m.train_state(graphc.init_params(graph, seed=0))
     assert isinstance(s.cache, TrainerCache) and s.cache.trainer is None and s.cache.plan is None

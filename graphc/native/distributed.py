@@ -23,7 +23,8 @@ import numpy as np
 
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError
 from graphc.native.data_parallel import check_stateless, update_graph
-from graphc.native.training import TrainState, check_fit_counts, loss_is_a_mean
+from graphc.native.epochs import check_fit_counts, loss_is_a_mean
+from graphc.native.train_state import TrainState
 
 _UPDATERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # model -> (companion model, weights)
 

@@ -28,7 +28,8 @@ from graphc.core.arguments import bind, check_dim_bounds
 from graphc.native.calls import (CallPlan, aligned_empty, allocate_workspace, as_c_array,  # noqa: F401
                                   batch_rows, c_array_type, describe_dims, dim_values, output_specs, picker,
                                   shape_at)
-from graphc.native.training import TrainState, Trainer
+from graphc.native.train_state import TrainState
+from graphc.native.training import Trainer
 from graphc.core.errors import ArgumentError, ExecutionError, GraphcError, ShapeError
 from graphc.core.ir import FLOAT, Graph
 from graphc.autodiff.modes import has_modes

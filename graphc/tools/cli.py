@@ -327,7 +327,7 @@ def _optimizer(args):
 def _load_params(path: str) -> dict:
     """The params in an .npz: a TrainState file (keys param.NAME) or plain NAME keys."""
     from graphc.core.errors import ArgumentError
-    from graphc.native.training import TrainState
+    from graphc.native.train_state import TrainState
     try:
         return TrainState.read(path)[1]
     except (OSError, ValueError) as e:
