@@ -356,7 +356,7 @@ def one_element(shape) -> bool:
 _KERNEL_OBJECTS: dict = {}
 
 
-def kernel_objects(workdir) -> "KernelObjects":
+def kernel_objects(workdir):
     """The kernel libraries compiled by this process's standalone checks (kept in `workdir`, or a
     temporary folder): each compiled once per compiler and flags, not once per case."""
     from graphc.native.example_make import KernelObjects
