@@ -153,12 +153,17 @@ def test_compile_never_uses_an_entry_from_another_graphc_version(cache):
     assert again["cached"] and again["directory"] == ours["directory"]
 
 
-def test_compile_after_a_builder_killed_mid_compile_leaves_nothing_half_written(cache, tmp_path, monkeypatch):
+@pytest.mark.parametrize("killed", ["model", "kernel library"])
+def test_compile_after_a_builder_killed_mid_compile_leaves_nothing_half_written(killed, cache, tmp_path, monkeypatch):
+    """The builder and its compiler killed while compiling the model's module, or the kernel library
+    (graphc_kernels.c, compiled first into cache/kernels): no entry a later run could load, and the
+    next build removes the scratch folder and publishes whole entries."""
     # one compiler command for both runs (it is part of the cache key): it hangs while `hang` exists,
     # so the first builder is caught mid-compile, then it is the real compiler
     real = os.environ.get("CC") or "cc"
     wrapper = tmp_path / "maybe-slow-cc"
-    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do case "$a" in *_graphc_*.c)\n'
+    pattern = "*_graphc_*.c" if killed == "model" else "*graphc_kernels*.c"
+    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do case "$a" in {pattern})\n'
                        f'  if [ -e {tmp_path}/hang ]; then touch {tmp_path}/started; sleep 60; fi;; esac; done\n'
                        f'exec {real} "$@"\n')
     wrapper.chmod(0o755)
@@ -171,11 +176,14 @@ def test_compile_after_a_builder_killed_mid_compile_leaves_nothing_half_written(
     assert (tmp_path / "started").exists(), "the build never reached the compiler"
     os.killpg(victim.pid, signal.SIGKILL)             # the builder and the compiler it runs
     victim.communicate()
-    assert leftovers(cache)                           # the killed build left its scratch folder ...
+    where = cache if killed == "model" else cache / "kernels"
+    assert leftovers(where)                           # the killed build left its scratch folder ...
     assert not [p for p in cache.iterdir() if len(p.name) == 64]   # ... and no entry a later run could load
+    if killed == "kernel library":                    # no kernel entry either: only the scratch folder, the lock
+        assert not [p for p in where.iterdir() if not p.name.startswith(".") and p.suffix != ".lock"]
     (tmp_path / "hang").unlink()
     done = result(child(spec("killed"), cache))       # the next build removes it and publishes a whole entry
-    assert not done["cached"] and leftovers(cache) == []
+    assert not done["cached"] and leftovers(where) == [] and leftovers(cache) == []
     assert result(child(spec("killed"), cache))["cached"]
 
 

@@ -16,6 +16,7 @@ import pytest
 
 import graphc
 from graphc.backend.codegen import amalgamate, generate, kernel_library, prediction_graph
+from graphc.native.example_make import KernelObjects, make_example
 from graphc.native.export import (emit, example_arrays, example_batch, example_summary, parse_example_output,
                                   summary_close)
 from conftest import SMALL_EXAMPLES
@@ -68,32 +69,14 @@ def gcc(args, cwd) -> subprocess.CompletedProcess:
     return run_cc("gcc", args, cwd)
 
 
-_KERNEL_OBJECTS: dict = {}
+KERNEL_OBJECTS = KernelObjects()
 
 
 def make(directory: Path, cc: str, cflags: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """`make -s CC=cc CFLAGS=cflags` in an emitted folder. A split folder's graphc_kernels.c (the
     same text for every model) is compiled once per compiler, flags and element types, by the
-    Makefile's own rule for it, and the object is reused: SOURCES names it instead of the .c."""
-    text = (directory / "Makefile").read_text()
-    sources = re.search(r"^SOURCES = (.*)$", text, re.M).group(1).split()
-    if "graphc_kernels.c" not in sources:                       # amalgamated: one translation unit
-        return subprocess.run(["make", "-s", f"CC={cc}", f"CFLAGS={cflags}"], cwd=directory,
-                              capture_output=True, text=True, timeout=timeout)
-    types = re.search(r"^KERNEL_TYPES = (.*)$", text, re.M).group(1).split()
-    source = (directory / "graphc_kernels.c").read_text()
-    key = (cc, cflags, tuple(types), hash(source))
-    obj = _KERNEL_OBJECTS.get(key)
-    if obj is None or not obj.exists():
-        obj = directory / f"graphc_kernels_{len(_KERNEL_OBJECTS)}.o"
-        run = subprocess.run([compiler(cc), *cflags.split(), *types, "-c", "graphc_kernels.c", "-o", str(obj)],
-                             cwd=directory, capture_output=True, text=True, timeout=timeout)
-        if run.returncode or run.stderr:
-            return run
-        _KERNEL_OBJECTS[key] = obj
-    listed = " ".join(str(obj) if s == "graphc_kernels.c" else s for s in sources)
-    return subprocess.run(["make", "-s", f"CC={cc}", f"CFLAGS={cflags}", f"SOURCES={listed}"], cwd=directory,
-                          capture_output=True, text=True, timeout=timeout)
+    Makefile's own rule for it, and the object is reused (graphc/native/example_make.py)."""
+    return make_example(directory, compiler(cc), cflags, objects=KERNEL_OBJECTS, timeout=timeout)
 
 
 def write_sources(g, csrc, directory: Path, amalgamated: bool) -> None:

@@ -164,3 +164,33 @@ def test_fit_ctrl_c_from_outside_leaves_a_state_that_resumes(tmp_path):
     assert proc.returncode == 0, err
     words = out.split()
     assert words[0] == "resumed" and 1 <= int(words[1]) < 40 and words[2] == "True", out
+
+
+def test_fit_with_gradient_accumulation_stops_at_the_optimizer_step_whose_micro_batch_is_nan():
+    """accumulate=2: an optimizer step is 2 minibatches; the NaN row's minibatch makes its step's
+    loss non-finite: NonFiniteError names that optimizer step and the loss, and the state (params,
+    Adam's moments and step count, the accumulators) is that of the steps before, made by
+    accumulate and apply one at a time."""
+    m = graphc.compile(ONE_LAYER, dtype="float32", optimizer=graphc.Adam(lr=0.01, accumulate=2), threads=1)
+    x, y = data(40)
+    batch, seed, bad_row = 4, 2, 17
+    x[bad_row, 5] = np.inf
+    order = np.random.default_rng(seed).permutation(40)
+    position = int(np.flatnonzero(order == bad_row)[0])
+    steps_before = position // (2 * batch)
+    state = fresh(m)
+    with pytest.raises(graphc.NonFiniteError) as err:
+        m.fit(state, x=x, y=y, batch_size=batch, epochs=2, seed=seed, progress=False, stop_on_nonfinite=True)
+    assert (err.value.epoch, err.value.step, err.value.tensor) == (1, steps_before + 1, "loss")
+    ref = fresh(m)
+    for start in range(0, steps_before * 2 * batch, batch):
+        idx = order[start:start + batch]
+        m.accumulate(ref, x=x[idx], y=y[idx])
+        if (start // batch) % 2 == 1:
+            m.apply(ref)
+    assert state.step == ref.step == steps_before
+    for k in WRT:
+        assert np.isfinite(state.params[k]).all()
+        assert np.array_equal(state.params[k], ref.params[k]), k
+    for key in state.buffers:
+        assert np.array_equal(state.buffers[key], ref.buffers[key]), key

@@ -11,6 +11,54 @@ from conftest import private_cache_dir
 
 _cache_dir = pytest.fixture(scope="module", autouse=True)(private_cache_dir)
 
+
+def build(spec: str, name: str, optimizer=None):
+    """The spec's graph and its model compiled for float64 (with `optimizer`)."""
+    g = graphc.parse_spec(spec, f"{name}.toml")
+    return g, graphc.compile(g, dtype="float64", optimizer=optimizer)
+
+
+def against_reference(g, m, data: dict, rtol: float = 1e-14, grad_rtol: float = 1e-13) -> dict:
+    """m's forward outputs and value_and_grad's outputs and gradients against graphc.evaluate of g's
+    [grad] backward graph, entry by entry (rtol for the outputs, grad_rtol for the gradients: tighter
+    than the fuzzer's `compare`, whose tolerance is a share of each array's largest magnitude).
+    Returns the reference."""
+    of, wrt = g.grad_spec
+    reference = graphc.evaluate(graphc.grad(g, of, wrt), **data)
+    forward = m.forward(**data)
+    assert set(forward) == set(g.outputs)
+    outs, grads = m.value_and_grad(**data)
+    for k, v in [*forward.items(), *outs.items()]:
+        np.testing.assert_allclose(v, reference[k], rtol=rtol, err_msg=k)
+    assert set(grads) == set(wrt)
+    for w, v in grads.items():
+        np.testing.assert_allclose(v, reference[f"d_{w}"], rtol=grad_rtol, err_msg=f"d_{w}")
+    return reference
+
+
+def train_against_reference(m, g, optimizer, params: dict, batch: dict, steps: int, rtol: float) -> list[dict]:
+    """`steps` train steps from `params` (optimizer state at zero) against graphc.train_graph
+    evaluated along its own trajectory: each step's outputs and updated params and state. Returns
+    the C's outputs of each step."""
+    of, wrt = g.grad_spec
+    tg = graphc.train_graph(g, of, wrt, optimizer)
+    state = m.train_state(params)
+    current = {inp: (np.asarray(params[key]) if key in params else np.zeros(tg.inputs[inp].shape))
+               for key, (inp, _out) in tg.updates.items()}
+    frozen = {k: v for k, v in params.items() if k not in tg.updates}
+    seen = []
+    for _ in range(steps):
+        outs = m.train_step(state, **batch)
+        ref = graphc.evaluate(tg, **batch, **frozen, **current)
+        for k, v in outs.items():
+            np.testing.assert_allclose(v, ref[k], rtol=rtol, err_msg=k)
+        for key, (_inp, out) in tg.updates.items():
+            got = state.params[key] if key in state.params else state.buffers[key]
+            np.testing.assert_allclose(got, np.reshape(ref[out], np.shape(got)), rtol=rtol, err_msg=key)
+        current = {inp: ref[out] for _key, (inp, out) in tg.updates.items()}
+        seen.append(outs)
+    return seen
+
 PARAMS_ONLY = """
 name = "pn"
 [dims]
@@ -38,19 +86,13 @@ def test_forward_of_an_output_of_the_params_alone_needs_no_data():
     """Issue 20's known case: forward(W=...) asks only for norm2(W), which reads no row. It runs
     NAME_predict with n = 1 (nothing it computes has the batch dim), on the checked call and on
     the fast path of the next, and the full forward still takes the data."""
-    g = graphc.parse_spec(PARAMS_ONLY, "params_only.toml")
-    m = graphc.compile(g, dtype="float64")
+    g, m = build(PARAMS_ONLY, "params_only")
     W = np.random.default_rng(0).standard_normal((2, 3))
     for _ in range(2):                                 # the second call reuses the CallPlan
         out = m.forward(W=W)
         assert set(out) == {"wn"}
         np.testing.assert_allclose(out["wn"], np.linalg.norm(W, axis=-1), rtol=1e-14)
-    data = dict(x=np.ones((5, 3)), t=np.zeros((5, 2)), W=W)
-    full = m.forward(**data)
-    reference = graphc.evaluate(g, **data)
-    assert set(full) == {"loss", "wn"}
-    for k in full:
-        np.testing.assert_allclose(full[k], reference[k], rtol=1e-13)
+    against_reference(g, m, dict(x=np.ones((5, 3)), t=np.zeros((5, 2)), W=W), rtol=1e-13)
 
 
 
@@ -77,14 +119,9 @@ wrt = ["W"]
 def test_a_declared_batch_dim_no_argument_uses_is_called_with_one_row():
     """The same root: a batch dim declared but carried by no input (a column-vector model)
     left forward, value_and_grad and train_step unable to say n."""
-    g = graphc.parse_spec(UNUSED_BATCH, "unused_batch.toml")
-    m = graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.1))
     a = dict(x=np.array([0.5, -1.0, 2.0]), W=np.random.default_rng(1).standard_normal((2, 3)))
-    reference = graphc.evaluate(graphc.grad(g, "J", ["W"]), **a)
-    np.testing.assert_allclose(m.forward(**a)["loss"], reference["loss"], rtol=1e-14)
-    outs, grads = m.value_and_grad(**a)
-    np.testing.assert_allclose(outs["loss"], reference["loss"], rtol=1e-14)
-    np.testing.assert_allclose(grads["W"], reference["d_W"], rtol=1e-13)
+    g, m = build(UNUSED_BATCH, "unused_batch", graphc.SGD(lr=0.1))
+    reference = against_reference(g, m, a)
     state = m.train_state({"W": a["W"]})
     m.train_step(state, x=a["x"])
     np.testing.assert_allclose(state.params["W"], a["W"] - 0.1 * reference["d_W"], rtol=1e-13)
@@ -113,18 +150,11 @@ wrt = ["w"]
 def test_a_loss_that_aliases_another_line_differentiates_and_trains():
     """`J = "v1"` only names v1 again; the spec loaded, but grad resolved `of` in a copy of the
     graph, which has no aliases: grad, compile, check and train_graph all raised GradientError."""
-    g = graphc.parse_spec(ALIASED_LOSS, "aliased_loss.toml")
     a = dict(x=np.random.default_rng(2).standard_normal((4, 3)), w=np.array([0.3, -0.2, 0.9]))
-    reference = graphc.evaluate(graphc.grad(g, "J", ["w"]), **a)
+    g, m = build(ALIASED_LOSS, "aliased_loss", graphc.SGD(lr=0.1))
+    reference = against_reference(g, m, a)
     np.testing.assert_allclose(reference["d_w"], a["x"].sum(0) * (1 - np.tanh(a["w"]) ** 2), rtol=1e-13)
-    m = graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.1))
-    outs, grads = m.value_and_grad(**a)
-    np.testing.assert_allclose(outs["loss"], reference["loss"], rtol=1e-14)
-    np.testing.assert_allclose(grads["w"], reference["d_w"], rtol=1e-13)
-    tg = graphc.train_graph(g, "J", ["w"], graphc.SGD(lr=0.1))
-    state = m.train_state({"w": a["w"]})
-    m.train_step(state, x=a["x"])
-    np.testing.assert_allclose(state.params["w"], graphc.evaluate(tg, **a)["next_w"], rtol=1e-14)
+    train_against_reference(m, g, graphc.SGD(lr=0.1), {"w": a["w"]}, {"x": a["x"]}, steps=1, rtol=1e-14)
     assert graphc.check(g).ok
 GRADIENT_IS_AN_OUTPUT = {
     "the same value": """
@@ -177,20 +207,10 @@ def test_a_gradient_that_is_also_an_output_is_read_from_the_output_by_the_update
     """J = s * w with w a scalar: dJ/dw is s itself, which an output holds (the same value, or a
     line CSE merged with it). train_step computes s into the output argument; the update read
     it under the value's own name, undeclared in the C (`'s_v' undeclared`): the build failed."""
-    g = graphc.parse_spec(GRADIENT_IS_AN_OUTPUT[spec], "gradient_output.toml")
-    m = graphc.compile(g, dtype="float64", optimizer=optimizer)
+    g, m = build(GRADIENT_IS_AN_OUTPUT[spec], "gradient_output", optimizer)
     x = np.random.default_rng(3).standard_normal((4, 3))
-    tg = graphc.train_graph(g, "J", ["w"], optimizer)
-    state = m.train_state({"w": np.array(0.7)})
-    current = {inp: (np.array(0.7) if key == "w" else np.zeros(tg.inputs[inp].shape))
-               for key, (inp, _out) in tg.updates.items()}
-    for _ in range(3):
-        outs = m.train_step(state, x=x)
-        ref = graphc.evaluate(tg, x=x, **current)
+    for outs in train_against_reference(m, g, optimizer, {"w": np.array(0.7)}, {"x": x}, steps=3, rtol=1e-13):
         np.testing.assert_allclose(outs["s_out"], np.tanh(x.mean()), rtol=1e-14)
-        np.testing.assert_allclose(outs["loss"], ref["loss"], rtol=1e-13)
-        np.testing.assert_allclose(state.params["w"], ref[tg.updates["w"][1]], rtol=1e-13)
-        current = {inp: ref[out] for _key, (inp, out) in tg.updates.items()}
 
 
 DOT_PATH = """
@@ -219,8 +239,7 @@ def test_the_dot_product_path_of_a_small_gemm_compiles_warning_free_under_gcc_O2
     import shutil
     import subprocess
     from graphc.native.export import export, parse_example_output
-    g = graphc.parse_spec(DOT_PATH.format(rows=rows, depth=depth), "dot_path.toml")
-    m = graphc.compile(g, dtype="float64")
+    g, m = build(DOT_PATH.format(rows=rows, depth=depth), "dot_path")
     rng = np.random.default_rng(4)
     a = dict(x=rng.standard_normal((rows, depth)), W=rng.standard_normal((3, depth)))
     np.testing.assert_allclose(m.forward(**a)["z"], a["x"] @ a["W"].T, rtol=1e-13)
@@ -270,9 +289,10 @@ def test_a_scans_gradient_of_its_batch_first_sequence_is_not_overwritten_inside_
     body's kernels; the body's memory plan did not see that read, and gave d_x_t's buffer to d_W's
     GEMM, which ran before the copy: d_x held d_W's step term (the fuzzer's sequence entries found
     it, at any N and T). h_t = Σ_{s ≤ t} x_s Wᵀ, J = mean(h): dJ/dx_s = W (T − s) / (N T)."""
-    m = graphc.compile(graphc.parse_spec(SCAN_DX, "scan_dx.toml"), dtype="float64")
+    g, m = build(SCAN_DX, "scan_dx")
     rng = np.random.default_rng(1)
     a = dict(x=rng.standard_normal((n, t, 3)), W=rng.standard_normal((1, 3)))
+    against_reference(g, m, a, rtol=1e-12, grad_rtol=1e-12)
     _, grads = m.value_and_grad(**a)
     steps_after = (t - np.arange(t)) / (n * t)
     want = np.broadcast_to(steps_after[None, :, None] * a["W"][0][None, None, :], (n, t, 3))

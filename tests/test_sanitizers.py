@@ -8,6 +8,7 @@ import functools
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,67 @@ def test_sanitizers_catch_an_out_of_bounds_write_in_a_generated_spec(tmp_path):
     assert run.returncode == 0, run.stderr
     with pytest.raises(AssertionError, match="AddressSanitizer"):
         run_clean(tmp_path / f"{m.name}_example")
+
+
+SPECS = Path(__file__).resolve().parent / "specs"
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+# train_step of a CNN (im2col, grouped GEMMs, col2im, pooling, batch_norm's running statistics) and
+# of sequence models (attention with a causal mask and wpe[:T]; a GRU's scan, forward and backward)
+TRAINED = [SPECS / "small_cnn.toml", SPECS / "seq_gpt.toml", EXAMPLES_DIR / "gru.toml"]
+MPIEXEC_DIR = Path(sys.executable).parent       # mpich's wheels put mpicc and mpiexec beside python
+
+
+def trained_model(spec: Path, threads: int = 2) -> graphc.CompiledModel:
+    return graphc.compile(str(spec), dtype="float64", optimizer=graphc.Adam(lr=1e-3, weight_decay=1e-2),
+                          threads=threads)
+
+
+def train_losses(printed: dict) -> list:
+    steps = sorted(k for k in printed if k[0].startswith("train_step:"))
+    return [printed[k] for k in steps]
+
+
+@pytest.mark.parametrize("spec", TRAINED, ids=lambda p: p.stem)
+def test_sanitizers_train_step_of_a_cnn_and_sequence_models_runs_clean(spec, tmp_path):
+    """main.c's 3 Adam train steps (moments, step count, weight decay) of a CNN, an attention model
+    and a GRU, under ASan and UBSan at batch 3: no report, and finite losses."""
+    m, program = make_example(trained_model(spec), "float64", tmp_path, batch=3)
+    losses = train_losses(parse_example_output(run_clean(program)))
+    assert len(losses) >= 3 and all(np.isfinite(v).all() for v in losses), losses
+
+
+def _mpi_tools():
+    path = f"{MPIEXEC_DIR}{os.pathsep}{os.environ.get('PATH', '')}"
+    return shutil.which("mpicc", path=path), shutil.which("mpiexec", path=path), path
+
+
+# MPI trains no model with state yet (batch_norm's statistics, dropout's step) nor a time-major one
+# (a GRU's, seq_gpt's rows): attention batch-first, and small_cnn's convolutions, pooling and grouped GEMMs without its batch_norm and dropout
+STATELESS_CNN = (SPECS / "small_cnn.toml").read_text().replace(
+    "relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, gamma, beta))",
+    "relu(conv2d(x, w1, gamma, padding=1))").replace("dropout(f, 0.2)", "f").replace(
+    "[state]\nmean1 = [8]\nvar1 = [8]\n", "").replace("beta = [8]\n", "").replace(", \"beta\"]", "]")
+
+
+@pytest.mark.parametrize("spec", ["cnn", SPECS / "small_attention.toml"], ids=lambda p: getattr(p, "stem", p))
+def test_sanitizers_mpi_program_runs_clean_on_two_ranks(spec, tmp_path):
+    """`make MPI=1`: main.c trained over 2 MPI ranks (the gradients summed by MPI_Allreduce, the update
+    by NAME_mpi_update), each rank under ASan and UBSan: no report from any rank. Leaks are not
+    checked here: MPICH keeps its own allocations to the end (the model allocates nothing)."""
+    mpicc, mpiexec, path = _mpi_tools()
+    if mpicc is None or mpiexec is None:
+        pytest.skip("needs mpicc and mpiexec (pip install 'graphc[mpi]')")
+    if spec == "cnn":
+        spec = tmp_path / "small_cnn_stateless.toml"
+        spec.write_text(STATELESS_CNN)
+    m = trained_model(spec, threads=1)
+    m.export(tmp_path, standalone=True)
+    env = {**ENV, "PATH": path, "MPICH_CC": "gcc", "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0"}
+    build = subprocess.run(["make", "-s", "MPI=1", f"MPICC={mpicc}", f"CFLAGS={SANITIZE}", "CPPFLAGS=-DBATCH=6L",
+                            f"{m.name}_mpi"], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert build.returncode == 0, build.stderr[-3000:]
+    run = subprocess.run([mpiexec, "-n", "2", f"./{m.name}_mpi"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    reports = [word for word in REPORTS if word in run.stderr]
+    assert run.returncode == 0 and not reports, f"exit {run.returncode}, {reports}:\n{run.stderr[-4000:]}"
+    assert run.stdout.count("mpi rank") == 2, run.stdout[-2000:]

@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads1-every", type=int, default=1, metavar="K",
                    help="also compile for 1 thread and compare bits in about one case in K (0: never)")
     p.add_argument("--float32-every", type=int, default=2, metavar="K",
-                   help="also compile for float32 and compare with the reference in about one case in K (0: never)")
+                   help="also compile for float32 (with the case's optimizer) and compare its calls and 3 train "
+                   "steps with the reference in about one case in K (0: never)")
     p.add_argument("--max-nodes", type=int, default=20)
     p.add_argument("--entries", default=None, metavar="A,B,...",
                    help="draw only these entries of the op table (graphc/tools/fuzz_specs.py)")

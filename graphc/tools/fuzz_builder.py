@@ -52,6 +52,8 @@ class Val:
     mag: float = 1.0                # rough magnitude (rms) of its elements
     low: float = 0.0                # a lower bound of every element when positive, else 0
     sparse: bool = False            # may hold exact zeros (or an all-zero row): a relu's, a sign's
+    ties: bool = False              # may hold equal entries by construction (an embedding's rows of a repeated id,
+                                    # a value concatenated with itself) and so may anything computed from it
     params: frozenset = frozenset()     # the params it depends on
     inputs: frozenset = frozenset()     # the inputs it depends on
     uses: int = 0
@@ -292,7 +294,7 @@ class Builder:
 
     # ------------------------------------------------------------------ lines
     def line(self, expr: str | None, shape: tuple, operands: list[Val], mag: float = 1.0, low: float = 0.0,
-             sparse: bool = False, ops: int = 1, name: str | None = None) -> Val:
+             sparse: bool = False, ops: int = 1, name: str | None = None, ties: bool = False) -> Val:
         """Add `vK = "expr"` to [graph]; a value grown past BIG is scaled back by a constant.
         expr None: a value some other table defines (a scan's result), named `name`."""
         if mag > BIG and expr is not None:
@@ -305,7 +307,7 @@ class Builder:
         for v in operands:
             v.uses += 1
         v = Val(name, tuple(shape), mag=mag, low=low if low >= POSITIVE else 0.0, sparse=sparse,
-                params=frozenset().union(*(o.params for o in operands)),
+                ties=ties or any(o.ties for o in operands), params=frozenset().union(*(o.params for o in operands)),
                 inputs=frozenset().union(*(o.inputs for o in operands)))
         self.vals.append(v)
         self.count += ops

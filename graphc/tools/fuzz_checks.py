@@ -15,7 +15,8 @@ export), each raising a `Failure` of its kind at the first wrong number.
   in the same bits as the model compiled for 1 thread (graphc.compile(..., threads=1));
 - on a sub-sample, the standalone export (main.c and its Makefile) built with gcc and with
   clang under -Werror: it prints what the extension computes on main.c's inputs (forward,
-  predict, value_and_grad and the losses of its 3 train steps), and `--bad-label` passes.
+  predict, value_and_grad and the losses of its 3 train steps), and `--bad-label` passes; the
+  kernel library is compiled once per compiler and flags in a process (`kernel_objects`).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -140,7 +142,7 @@ def _run_stages(case: Case, workdir, result: CaseResult, wanted: set, stage: lis
     if case.float32 and enter("float32"):
         from graphc.tools.fuzz_float32 import check_float32
         with timer("float32"):
-            check_float32(g, data, predict, result)
+            check_float32(g, data, predict, result, case.optimizers[0] if case.optimizers else None)
     if not enter("models"):
         return
     models = {}
@@ -372,9 +374,23 @@ def one_element(shape) -> bool:
     return all(not isinstance(d, str) for d in shape) and int(np.prod(shape, dtype=np.int64)) == 1
 
 
+_KERNEL_OBJECTS: dict = {}
+
+
+def kernel_objects(workdir):
+    """The kernel libraries compiled by this process's standalone checks (kept in `workdir`, or a
+    temporary folder): each compiled once per compiler and flags, not once per case."""
+    from graphc.native.example_make import KernelObjects
+    key = None if workdir is None else str(workdir)
+    if key not in _KERNEL_OBJECTS:
+        _KERNEL_OBJECTS[key] = KernelObjects(None if workdir is None else Path(workdir) / "kernel-objects")
+    return _KERNEL_OBJECTS[key]
+
+
 def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseResult) -> None:
     """m.export(dir, standalone=True), built by make with `cc`, prints what the extension
     computes on main.c's inputs, and its --bad-label run passes."""
+    from graphc.native.example_make import make_example
     from graphc.native.export import example_arrays, example_summary, parse_example_output
     kind = f"standalone {cc}"
     n = min(case.batch, STANDALONE_BATCH) if g.symbolic_dims else 1
@@ -385,8 +401,9 @@ def check_standalone(m, g, predict, cc: str, workdir, case: Case, result: CaseRe
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{cc}-", dir=workdir) as tmp:
         with step(f"export for {cc}"):
             m.export(tmp, standalone=True)
-        make = ["make", "-s", f"CC={cc}", f"CFLAGS={STANDALONE_FLAGS} -DBATCH={n}L{defines}"]
-        run = subprocess.run(make, cwd=tmp, capture_output=True, text=True, timeout=TIMEOUT)
+        # only the model's files are compiled when this folder's kernel library is one built before
+        run = make_example(tmp, cc, STANDALONE_FLAGS, f"-DBATCH={n}L{defines}", kernel_objects(workdir),
+                           timeout=TIMEOUT)
         if run.returncode != 0 or run.stderr.strip():
             first = next((line for line in run.stderr.splitlines() if "error" in line or "warning" in line), "")
             raise Failure(kind, f"make CC={cc} (exit {run.returncode}): {first.strip()}\n{run.stderr[-3000:]}",

@@ -1,5 +1,6 @@
 """The differential fuzzer's float32 check (docs/fuzzing.md, "float32"): the case's graph compiled
-with dtype="float32", its forward, predict and value_and_grad against the float64 reference.
+with dtype="float32" (and the case's optimizer), its forward, predict, value_and_grad and 3 train
+steps (`check_train32`) against the float64 reference.
 
 What is compared: the C in float32 is given the case's data rounded to float32, and the reference
 is the float64 evaluation of that same rounded data, so the difference is the C's arithmetic
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.tools.fuzz_case import Failure, _api, _max_abs, omp_threads, step
+from graphc.tools.fuzz_case import Failure, _api, _max_abs, _optimizers, omp_threads, step
 
 U32 = 2.0 ** -24            # float32's unit roundoff
 REF32_FACTOR = 8.0
@@ -44,6 +45,7 @@ MIN_TERMS = 256
 SCALE_BOUND = 4.0
 KINKS = ("relu", "leaky_relu", "sign", "max")     # a comparison of the operand decides the result's path
 UNMEASURED = ("max_pool2d",)
+TRAIN_STEPS = 3
 
 
 def tolerance(expected: np.ndarray, ref32: np.ndarray, scale: float, terms: int = MIN_TERMS) -> float:
@@ -113,9 +115,11 @@ def _top_gap(z: np.ndarray, axis) -> float:
     return float(np.min(top[:, 1] - top[:, 0]))
 
 
-def check_float32(g, data: dict, predict, result) -> None:
+def check_float32(g, data: dict, predict, result, optimizer: str | None = None) -> None:
     """The case's graph compiled for float32 (2 threads, OpenMP at 2): forward, predict and
-    value_and_grad within `tolerance` of the float64 reference of the float32-rounded data."""
+    value_and_grad within `tolerance` of the float64 reference of the float32-rounded data; with
+    `optimizer` (the case's first), compiled with it, and TRAIN_STEPS train steps checked too
+    (`check_train32`)."""
     from graphc.core.reference import evaluate_values
     api = _api()
     of, wrt = g.grad_spec
@@ -139,7 +143,8 @@ def check_float32(g, data: dict, predict, result) -> None:
     ref = {k: values[v.name] for k, v in bwd.outputs.items()}
     ref32 = {k: values32[v.name] for k, v in bwd.outputs.items()}
     with step("compile for float32"):
-        m = api.compile(g, dtype="float32", threads=2)
+        m = api.compile(g, dtype="float32", threads=2,
+                        optimizer=None if optimizer is None else _optimizers()[optimizer])
     worst = 0.0
     with omp_threads(2):
         with step("float32 forward"):
@@ -166,4 +171,79 @@ def check_float32(g, data: dict, predict, result) -> None:
                 worst = max(worst, judge("float32", f"float32 value_and_grad d_{w}", v, ref[f"d_{w}"],
                                          ref32[f"d_{w}"], scale, terms))
             result.checks["float32"] += 1
+            if optimizer is not None:
+                worst = max(worst, check_train32(m, g, optimizer, data32, rounded, scale, terms, result))
     result.float32_worst = max(result.float32_worst, worst)
+
+
+def _as(dtype, arrays: dict) -> dict:
+    """The real arrays of `arrays` in `dtype` (ints as they are)."""
+    return {k: (np.asarray(v, dtype) if np.asarray(v).dtype.kind == "f" else np.asarray(v)) for k, v in arrays.items()}
+
+
+def check_train32(m, g, name: str, data32: dict, rounded: dict, scale: float, terms: int, result) -> float:
+    """TRAIN_STEPS train steps of the float32 model `m` (compiled with optimizer `name`) on the case's
+    data rounded to float32, each from the state the C reached, against graphc.train_graph evaluated
+    in float64 from that state (and in float32 for its ref32): the step's outputs, params and optimizer
+    state, each within `tolerance`. Returns the largest error's share of its tolerance.
+
+    A step whose operands come within rounding of a kink (kink_margins, at that step's state) ends the
+    check there. Adam's update m̂ / (√v̂ + eps) of a gradient that is rounding noise (|g| within the
+    gradient's own float32 tolerance of 0, and not 0 by structure in both evaluations) is a step of
+    about lr in a direction the noise picks, in any precision: those entries of the param are not
+    compared (their moments are: those are smooth in g), and the summary counts them."""
+    from graphc.autodiff.optimizers import Adam, AdamW
+    from graphc.core.reference import evaluate_values
+    api = _api()
+    optimizer = _optimizers()[name]
+    of, wrt = g.grad_spec
+    with step(f"float32 train_graph {name}"):
+        tg = api.train_graph(g, of, wrt, optimizer)
+        bwd = api.grad(g, of, wrt)
+    kind, worst, noise, adam_entries = f"float32 train_step {name}", 0.0, 0, 0
+    with step(f"float32 train_state {name}"):
+        state = m.train_state({k: data32[k] for k in g.params})
+    fixed = {k: rounded[k] for k in g.inputs} | {k: rounded[k] for k in g.params if k not in tg.updates}
+    for i in range(1, TRAIN_STEPS + 1):
+        current = {inp: np.reshape(np.array(state.params[key] if key in state.params else state.buffers[key]),
+                                   tg.values[inp].shape) for key, (inp, _out) in tg.updates.items()}
+        args64, args32 = _as(np.float64, fixed | current), _as(np.float32, fixed | current)
+        with step(f"float32 train_graph {name} evaluated, step {i}"):
+            v64, v32 = evaluate_values(tg, args64), evaluate_values(tg, args32, np.float32)
+            own = [*bwd.inputs, *bwd.params]
+            d64 = evaluate_values(bwd, {k: args64[k] for k in own})
+            d32 = evaluate_values(bwd, {k: args32[k] for k in own}, np.float32)
+        if any(np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v)) for v in v32.values()):
+            result.checks[f"{kind} (stopped: NumPy's float32 evaluation overflows)"] += 1
+            return worst
+        step_scale = max(scale, _max_abs(v64.values()))
+        if kink_margins(g, v64, v32, step_scale, terms):
+            result.checks[f"{kind} (stopped at a step with an operand within rounding of a kink)"] += 1
+            return worst
+        with step(f"float32 train_step {name} #{i}"), omp_threads(2):
+            outs = m.train_step(state, **{k: data32[k] for k in g.inputs})
+        for k, v in outs.items():
+            out = tg.outputs[k].name
+            worst = max(worst, judge(kind, f"step {i}: output {k}", v, v64[out], v32[out], step_scale, terms))
+        for key, (inp, out) in tg.updates.items():
+            got = np.asarray(state.params[key] if key in state.params else state.buffers[key], np.float64)
+            want, want32 = (np.reshape(np.asarray(x[tg.outputs[out].name], np.float64), got.shape) for x in (v64, v32))
+            keep = np.ones(got.shape, bool)
+            if isinstance(optimizer, Adam) and key in wrt:       # AdamW is an Adam; not a model state (batch_norm's)
+                dw = f"d_{key}"
+                gw64, gw32 = (np.asarray(d[bwd.outputs[dw].name], np.float64) for d in (d64, d32))
+                if optimizer.weight_decay and not isinstance(optimizer, AdamW):
+                    gw64 = gw64 + optimizer.weight_decay * args64[inp]
+                    gw32 = gw32 + optimizer.weight_decay * np.asarray(args32[inp], np.float64)
+                tol = tolerance(gw64, gw32, step_scale, terms)
+                keep = np.reshape(~((np.abs(gw64) <= tol) & ((gw64 != 0) | (gw32 != 0))), got.shape)
+                noise += int(np.size(keep) - np.count_nonzero(keep))
+                adam_entries += int(np.size(keep))
+            worst = max(worst, judge(kind, f"step {i}: {key}", got[keep], want[keep], want32[keep], step_scale, terms))
+    result.checks[kind] += 1
+    if noise:
+        result.checks[f"{kind} (Adam updates of a gradient within rounding of 0 not compared)"] += 1
+    if adam_entries:        # how much the rule leaves out, over a campaign: entries of params, summed over steps
+        result.checks["float32 train_step: Adam param entries compared"] += adam_entries - noise
+        result.checks["float32 train_step: Adam param entries left out (a gradient within rounding of 0)"] += noise
+    return worst

@@ -254,8 +254,10 @@ _reduce("mean")
 
 @entry("max")
 def max_(b: Builder):
-    """Over all elements, one axis or a pair of axes, of a value without exact zeros (ties)."""
-    v = b.data(lambda u: not u.sparse, ranks=(2, 3, 4, 1))
+    """Over all elements, one axis or a pair of axes, of a value without ties: no exact zeros, no
+    entries equal by construction (max's vjp gives each tied entry the whole gradient: an embedding's
+    two rows of one id made d_w twice the derivative)."""
+    v = b.data(lambda u: not u.sparse and not u.ties, ranks=(2, 3, 4, 1))
     axis = b.pick([None, *range(v.rank)] + ([(1, v.rank - 1)] if v.rank >= 3 else []))
     keep = b.rarely(3)
     axes = range(v.rank) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
@@ -419,7 +421,8 @@ def concat(b: Builder):
     if width > room:
         return
     b.line(f"concat({', '.join(p.name for p in parts)})", lead + (width,), parts,
-           mag=max(p.mag for p in parts), low=min(p.low for p in parts), sparse=any(p.sparse for p in parts))
+           mag=max(p.mag for p in parts), low=min(p.low for p in parts), sparse=any(p.sparse for p in parts),
+           ties=len({p.name for p in parts}) < len(parts))
 
 
 @entry("permute")
@@ -574,7 +577,7 @@ def embedding(b: Builder):
     if math.prod(d for d in shape if fixed(d)) * table.shape[1] > (MAX_ROW if run_time(shape) else MAX_FIXED):
         shape = shape[:1]
     y = b.ids(shape)
-    b.line(f"embedding({table.name}, {y.name})", shape + (table.shape[1],), [table, y], mag=table.mag)
+    b.line(f"embedding({table.name}, {y.name})", shape + (table.shape[1],), [table, y], mag=table.mag, ties=True)
 
 
 @entry("dense", ops=("matmul", "transpose", "add", "relu", "tanh", "sigmoid"), weight=2)
