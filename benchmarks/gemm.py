@@ -32,9 +32,17 @@ import time
 # loads, so remove them and re-execute this script before NumPy is imported, as run.py does for
 # its workers; the NumPy column then shows what a plain environment gets.
 _SLOW_BLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if __name__ == "__main__" and any(k in os.environ for k in _SLOW_BLAS_ENV):
-    os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:],
-              {k: v for k, v in os.environ.items() if k not in _SLOW_BLAS_ENV})
+# With --isa avx2 the script measures graphc's AVX2 kernels against OpenBLAS's own (Haswell), as
+# run.py --isa avx2 does: OPENBLAS_CORETYPE=Haswell is then set for this process only.
+_AVX2_BLAS_ENV = {"OPENBLAS_CORETYPE": "Haswell"}
+_WANT_AVX2 = any(a == "--isa=avx2" or (a == "avx2" and prev == "--isa")
+                 for prev, a in zip([""] + sys.argv[1:], sys.argv[1:]))
+if __name__ == "__main__":
+    _want_env = {k: v for k, v in os.environ.items() if k not in _SLOW_BLAS_ENV}
+    if _WANT_AVX2:
+        _want_env.update(_AVX2_BLAS_ENV)
+    if any(os.environ.get(k) != _want_env.get(k) for k in set(_SLOW_BLAS_ENV) | set(_AVX2_BLAS_ENV)):
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + sys.argv[1:], _want_env)
 
 import cffi  # noqa: E402
 import jinja2  # noqa: E402
@@ -113,7 +121,16 @@ LIBRARY_PRELUDE = """
 typedef float gc_real;
 #define gc_gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack) \\
     gc_gemm_f(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc, pack, 2)
-#define gc_gemm_pack_elems() gc_gemm_pack_elems_f(2)
+/* the most any product packs into on 2 threads (a product's need is bounded by its blocks) */
+static long gc_gemm_pack_elems(void)
+{
+    long most = 0, need;
+    int ta, tb;
+    for (ta = 0; ta < 2; ++ta)
+        for (tb = 0; tb < 2; ++tb)
+            if ((need = gc_gemm_pack_elems_f(ta, tb, 8192, 8192, 8192, 2)) > most) most = need;
+    return most;
+}
 """
 
 
@@ -189,6 +206,9 @@ def main() -> None:
                         help=f"comma-separated groups of {sorted(SHAPES)}")
     parser.add_argument("--baseline", metavar="REV", help="also time the templates of this git revision")
     parser.add_argument("--portable", action="store_true", help="build without -march=native")
+    parser.add_argument("--isa", choices=("auto", "avx2"), default="auto",
+                        help="avx2: build graphc's AVX2 kernels only (-mno-avx512f -DGC_GEMM_ISA_CAP=1, every "
+                             "tree) and time OpenBLAS on its Haswell kernels (OPENBLAS_CORETYPE=Haswell)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--no-numpy", action="store_true")
     parser.add_argument("--cflags", default="", help="extra flags for the working tree's build (e.g. -DNAME=VALUE)")
@@ -202,6 +222,8 @@ def main() -> None:
         global CLOCK
         CLOCK = time.process_time
     flags = [f for f in NATIVE if not (args.portable and f == "-march=native")]
+    if args.isa == "avx2":
+        flags += ["-mno-avx512f", "-DGC_GEMM_ISA_CAP=1"]
     thread_counts = [int(t) for t in args.threads.split(",")]
 
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -217,7 +239,8 @@ def main() -> None:
 
         print(f"gc_gemm float32, {' '.join(flags)}; zmm FMA instructions: "
               + ", ".join(f"{c.label} {c.zmm}" for c in contenders))
-        print(f"numpy {np.__version__}" + ("" if set_blas_threads else "; cannot set OpenBLAS threads"))
+        print(f"numpy {np.__version__}" + ("" if set_blas_threads else "; cannot set OpenBLAS threads")
+              + f"; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
         print()
         names = [c.label for c in contenders] + ([] if args.no_numpy else ["numpy"])
         head = ["shape"] + [f"{n} {t}T" for t in thread_counts for n in names]

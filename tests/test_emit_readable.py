@@ -19,6 +19,7 @@ EXAMPLES = sorted(EXAMPLES_DIR.glob("*.toml"))
 OPTIMIZERS = {"sgd": graphc.SGD(lr=0.1), "momentum": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4),
               "adam": graphc.Adam(weight_decay=1e-2), "adamw": graphc.AdamW()}
 ENTRY = ("forward", "predict", "value_and_grad", "train_step")
+LIMIT_ATTENTION = 1450
 
 
 def emitted(spec, opt="adamw", dtype="float32"):
@@ -52,12 +53,14 @@ def test_emit_model_file_with_train_step_and_fit_is_at_most_500_lines(spec, opt)
     # predict ran its own scan)
     # (a transformer block is two layer norms (a row pass each, and one for both gradients of each),
     # a strided copy per head group, attention and an MLP, in the forward and backward
-    # passes: char_gpt is about 2,900 lines for 2 (3,300 before forward and predict shared theirs,
-    # 4,480 before the layer norm was one row kernel and the head split one strided copy)
+    # passes: char_gpt is about 3,310 lines for 2 (4,480 before the layer norm was one row kernel and
+    # the head split one strided copy; 3,300 then, and 2,900 once forward and predict shared their
+    # forward pass, before attention's products went by register tiles of four rows by 16 keys,
+    # written out in each pass: about 275 lines per attention)
     convs = sum(n.op.name in ("conv2d", "conv1d") for n in g.nodes)
     scans = len({id(n.attrs["body"]) for n in g.nodes if n.op.name == "scan"})
     attentions = sum(n.op.name == "scaled_dot_product_attention" for n in g.nodes)
-    limit = 500 + 700 * convs + 500 * scans + 1200 * attentions
+    limit = 500 + 700 * convs + 500 * scans + LIMIT_ATTENTION * attentions
     assert lines <= limit, f"{c.name}.c with {opt} has {lines} lines"
 
 

@@ -131,6 +131,11 @@ VARIANTS = {
 # Built on demand only: the packed path for every size, to compare bits with.
 EXTRA_VARIANTS = {"packed": ["-O3", "-march=native", "-fopenmp", "-DGC_GEMM_DIRECT_WORK=0",
                              "-DGC_GEMM_A_ROWS_IN_PLACE=0"],
+                  # AVX2 with the plain k loop and with every product packed: the bits to compare with
+                  "avx2_rolled": ["-O3", "-march=haswell", "-fopenmp", "-DGC_GEMM_DISPATCH=0",
+                                  "-DGC_GEMM_AVX2_UNROLL=0"],
+                  "avx2_packed": ["-O3", "-march=haswell", "-fopenmp", "-DGC_GEMM_DISPATCH=0",
+                                  "-DGC_GEMM_DIRECT_WORK=0", "-DGC_GEMM_A_ROWS_IN_PLACE=0"],
                   # every split product finds the machine busy (any wait counts as late)
                   "busy": ["-O3", "-march=native", "-fopenmp", "-DGC_BUSY_LATE=-1", "-DGC_BUSY_SHARE=0",
                            "-DGC_BUSY_STRIKES=1"]}
@@ -617,6 +622,34 @@ def test_gemm_ex_whole_epilogue_order(gemm_lib, dtype):
         gemm.ex(ta, tb, M, N, K, A, B, C, 0, bias=bias, relu=1, mask=mask, colsum=colsum)
         assert_close(C, want, dtype)
         assert_close(colsum, want.sum(axis=0), dtype)
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="the CPU has no AVX2")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_gemm_avx2_unrolled_loop_gives_the_plain_loops_bits(gemm_lib, dtype):
+    """AVX2's micro-kernels take 4 steps of k per iteration when the strides are those of
+    op(A) read in place (ta = 0) or packed and op(B) packed, then the plain loop for the
+    rest: each accumulator sees the same operations in the same order, so the bits equal
+    the plain loop's (-DGC_GEMM_AVX2_UNROLL=0) and those of the build that packs every
+    product, for every K mod 4, form, edge tile, beta, bias and relu."""
+    unrolled, rolled, packed = (gemm_lib(v, dtype) for v in ("avx2", "avx2_rolled", "avx2_packed"))
+    rng = np.random.default_rng(6)
+    odd_depths = [(200, 150, k) for k in (257, 258, 259, 260)] + [(131, 37, 6), (37, 131, 5)]
+    for (M, N, K), (ta, tb), beta in itertools.product(DIRECT_SHAPES + PACKED_SHAPES + odd_depths, FORMS, (0, 1)):
+        if M <= 4:
+            continue  # the tiny path
+        A, B = operands(rng, ta, tb, M, N, K, dtype, pad=1)
+        bias = rng.standard_normal(N).astype(dtype)
+        C0 = rng.standard_normal((M, N)).astype(dtype)
+        out = []
+        for gemm in (unrolled, rolled, packed):
+            C = C0.copy()
+            gemm(ta, tb, M, N, K, A, B, C, beta, bias=bias, act=1)
+            out.append(C)
+        np.testing.assert_array_equal(out[0], out[1], err_msg=f"rolled {(M, N, K)} ta={ta} tb={tb}")
+        np.testing.assert_array_equal(out[0], out[2], err_msg=f"packed {(M, N, K)} ta={ta} tb={tb}")
+        a64, b64 = (A.T if ta else A).astype(np.float64), (B.T if tb else B).astype(np.float64)
+        assert_close(out[0], np.maximum(a64 @ b64 + beta * C0 + bias, 0.0), dtype)
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
