@@ -50,12 +50,14 @@ def test_emit_model_file_with_train_step_and_fit_is_at_most_500_lines(spec, opt)
     # backward reads, and in the backward scan; examples/gru.toml is about 1,000 lines)
     # (a transformer block is two layer norms (a row pass each, and one for both gradients of each),
     # a strided copy per head group, attention and an MLP, in the forward, predict and backward
-    # passes: char_gpt is about 3,300 lines for 2 (4,480 before the layer norm was one row kernel and
-    # the head split one strided copy)
+    # passes: char_gpt is about 3,470 lines for 2 (4,480 before the layer norm was one row kernel and
+    # the head split one strided copy; 3,300 before its train step applied each update as soon as
+    # its gradient is complete, which cuts its Adam workspace at n = 1 from 490 KB to 99 KB but
+    # shares fewer backward kernels with value_and_grad)
     convs = sum(n.op.name in ("conv2d", "conv1d") for n in g.nodes)
     scans = len({id(n.attrs["body"]) for n in g.nodes if n.op.name == "scan"})
     attentions = sum(n.op.name == "scaled_dot_product_attention" for n in g.nodes)
-    limit = 500 + 700 * convs + 700 * scans + 1400 * attentions
+    limit = 500 + 700 * convs + 700 * scans + 1500 * attentions
     assert lines <= limit, f"{c.name}.c with {opt} has {lines} lines"
 
 
