@@ -125,6 +125,12 @@ def test_emit_each_buffer_over_another_says_whose_memory_it_reuses(spec, opt):
             claimed = re.search(r", over ([\w, ]+) \(", docs[b.name])
             assert (claimed.group(1).split(", ") if claimed else []) == over, (f.name, b.name, docs[b.name])
             seen += bool(over)
+            # ... and those in whose gap it lives (memory.recompute_late_reads: computed again later)
+            inside = [o.name for o in bufs if o is not b and any(g0 <= b.first and b.last <= g1 for g0, g1 in o.gaps)
+                      and any(peval(o.offset, n) < peval(b.offset, n) + peval(b.size, n)
+                              and peval(b.offset, n) < peval(o.offset, n) + peval(o.size, n) for n in (1, 2, 3, 64))]
+            claimed = re.search(r", in the gap of ([\w, ]+) \(", docs[b.name])
+            assert (claimed.group(1).split(", ") if claimed else []) == inside, (f.name, b.name, docs[b.name])
             line = f"gc_real *const {b.name} = ws + "
             assert line in c.source and docs[b.name] in c.source
     assert seen, "no buffer reuses another's memory: the test checks nothing"

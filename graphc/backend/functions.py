@@ -93,8 +93,8 @@ class Function:
             between = [o.name for o in bufs if o is not b and _overlap(o, b)
                        and any(g0 <= b.first and b.last <= g1 for g0, g1 in o.gaps)]
             if between:
-                doc += (f", over {', '.join(between)} while {'they hold' if len(between) > 1 else 'it holds'} "
-                        f"nothing (computed again later rather than kept)")
+                doc += (f", in the gap of {', '.join(between)} ({'each is' if len(between) > 1 else 'it is'} "
+                        f"computed again later rather than kept: nothing in it meanwhile)")
             out.append(dict(name=b.name, offset=c_poly(b.offset), size=c_poly(b.size), doc=doc))
         return out
 
