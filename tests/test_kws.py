@@ -1,8 +1,9 @@
 """examples/kws_dscnn.toml, MLPerf Tiny's keyword-spotting DS-CNN (issue 16, item 5): it learns
 in C on generated data, and its emitted C fits a Cortex-M4 as the README's table says:
-predict at batch 1 in 256 KB of RAM, a whole SGD train step at batch 1 in 512 KB, and the
-fine-tuning of the last block and the classifier (emit --wrt) in 256 KB, each printing under
-QEMU what the host build of the same program prints.
+predict at batch 1 in 256 KB of RAM, the fine-tuning of the last block and the classifier
+(emit --wrt) in 256 KB, and a whole SGD train step at batch 1 in 2 MB (596 KB of static RAM:
+the 512 KB target is not met yet, README), each printing under QEMU what the host build of the
+same program prints.
 
 The data: 12 classes of 49 x 10 "MFCC" frames, class k a ridge along feature 1 + k % 8 that
 rises (k < 8) or falls (k >= 8, on another feature band) over the frames, plus Gaussian noise:
@@ -105,6 +106,8 @@ def test_kws_dscnn_runs_on_a_cortex_m4_as_on_the_host(mode, tmp_path):
         assert fig["workspace"] <= 96 * 1024
     if mode != "train-step":    # ... and fine-tuning too (the frozen params are const, in flash)
         assert fig["ram"] + 16 * 1024 <= 256 * 1024
+    else:   # one buffer kept per batch norm and relu (memory.recompute_late_reads), updates when ready: 950 KB before
+        assert fig["ram"] <= 600 * 1024
     if mode != "predict":       # and it trains there: three SGD steps lower the loss
         losses = [on_mcu[(f"train_step:{s}", "loss")][0] for s in (1, 2, 3)]
         assert losses[-1] < losses[0], losses

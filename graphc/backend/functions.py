@@ -90,6 +90,11 @@ class Function:
             if before:
                 doc += (f", over {', '.join(before)} ({'each' if len(before) > 1 else 'it is'} read for the "
                         f"last time before {b.name} is written)")
+            between = [o.name for o in bufs if o is not b and _overlap(o, b)
+                       and any(g0 <= b.first and b.last <= g1 for g0, g1 in o.gaps)]
+            if between:
+                doc += (f", in the gap of {', '.join(between)} ({'each is' if len(between) > 1 else 'it is'} "
+                        f"computed again later rather than kept: nothing in it meanwhile)")
             out.append(dict(name=b.name, offset=c_poly(b.offset), size=c_poly(b.size), doc=doc))
         return out
 

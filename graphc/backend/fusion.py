@@ -444,17 +444,6 @@ def sgd_in_gemm(steps: list, updates) -> tuple[list, set]:
     return steps, fused
 
 
-def early_updates() -> bool:
-    """GRAPHC_EARLY_UPDATES=1: a train step applies each update when its gradient is ready
-    (updates_when_ready). Off by default: the train step's backward kernels then interleave with
-    updates, so it shares none of them with value_and_grad's (sharing.py compares runs of kernels)
-    and the model file grows past its line budget for some models (char_gpt, window_classifier
-    with Adam); on, the arena shrinks wherever gradients outlive the backward pass (kws_dscnn's
-    train step: 733 KB -> 654 KB; char_gpt's with Adam at n = 1: 503 KB -> 103 KB)."""
-    import os
-    return os.environ.get("GRAPHC_EARLY_UPDATES", "") == "1"
-
-
 def updates_when_ready(steps: list, first: list, updates: list) -> list:
     """Each param's update record (`updates`, with their ParamUpdate's param and grad as its uses)
     right after the last kernel that reads its param or writes or reads its gradient, instead of

@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 
 from graphc.backend.cprint import (c_apply, c_at, c_index, c_load, c_name, c_onehot, c_poly, c_real, c_scalar,
                                    c_size_real)
-from graphc.backend.fusion import Epilogue as Fused, Fusion, early_updates, sgd_in_gemm, updates_when_ready
+from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm, updates_when_ready
 from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
                                     Pointwise, RowNorm, RowSoftmax, Statement, worth_parallel)
-from graphc.backend.memory import Buffer, plan
+from graphc.backend.memory import Buffer, live_peak, plan, recompute_late_reads
 from graphc.backend.scan_loop import scan_loop
-from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, pmul
+from graphc.backend.sizes import Poly, broadcast_strides, contiguous_strides, dim_poly, numel, peval, pmul
 from graphc.core.ir import FLOAT, Graph, Node, Value
 
 
@@ -35,6 +35,21 @@ class Schedule:
 # products run over chunks of this many pixels (accumulated in order), so the packing share stays
 # that of a 64-deep panel: 5,120 floats for kws_dscnn's 64x64 layers, not 10,240 for their 125 pixels.
 POINTWISE_CHUNK = 64
+
+# A train step applies each update right after the last kernel that reads its param or gradient
+# (fusion.updates_when_ready) when that makes its arena at least EARLY_SAVING elements smaller at
+# n = 1 and larger at no n: each gradient then lives from its kernel to its update, not to the end
+# of the step (kws_dscnn's nine weight gradients: 80 KB; Adam's on char_gpt: 400 KB). Otherwise
+# every update runs last, and train_step shares more of its backward kernels with value_and_grad
+# (sharing.py compares runs of kernels): a few KB are not worth the longer model file.
+# UPDATES_WHEN_READY = False: always last (to compare the two; no model needs it).
+UPDATES_WHEN_READY = True
+EARLY_SAVING = 4096
+
+
+def smaller(a: Poly, b: Poly, by: int = 1) -> bool:
+    """Whether arena a is at least `by` elements smaller than b at n = 1 and larger at no n (1, 64)."""
+    return peval(a, 1) + by <= peval(b, 1) and peval(a, 64) <= peval(b, 64)
 
 # The most elements of one transposed key (or value) block of scaled dot-product attention, which
 # its kernels keep on the stack (templates/kernels/attention.c.j2): 16 KB of float, 32 KB of double.
@@ -554,6 +569,16 @@ class Scheduler(Fusion):
                 steps.append(self.loop(v.shape, self.ref(v), contiguous_strides(v.shape), self.static_expr(v), [],
                                        f"{v.name} = {self.static_expr(v)}", [v]))
         steps = self.join_gathers(self.merge_reductions(steps))
+        copies: dict = {}
+        if not self.suffix and not self.names:      # (a scan body's buffers are planned by its loop)
+            again, copies = recompute_late_reads(steps, lambda v: numel(v.shape),
+                                                 lambda v: v.node is not None and v not in self.out_of)
+            # kept only where the peak of live buffers gets lower (a copy is one more pass over memory)
+            if copies and all(live_peak(self.buffers_of(again, copies), n) < live_peak(self.buffers_of(steps), n)
+                              for n in (1, 64)):
+                steps = again
+            else:
+                copies = {}
         # the model state's new values (a train step's running statistics), copied over the old
         # ones last, when no kernel reads them any more
         for cname, v in self.state_writes.items():
@@ -569,11 +594,15 @@ class Scheduler(Fusion):
             norm = self.updates.norm
             norm = [replace(norm, grads=tuple(self.ref(pu.grad) for pu in self.updates.params))] if norm else []
             records = [replace(pu.record, grad=self.ref(pu.grad)) for pu in self.updates.params if pu.param not in fused]
-            if not norm and records and early_updates():
-                steps = updates_when_ready(steps, list(self.updates.first), records)
-            else:
-                steps += list(self.updates.first) + norm + records
-        return Schedule(steps, *self.plan_steps(steps), self._label_checks())
+            late = steps + list(self.updates.first) + norm + records
+            planned = self.plan_steps(late, copies)
+            if not norm and records and UPDATES_WHEN_READY:
+                early = updates_when_ready(steps, list(self.updates.first), records)
+                other = self.plan_steps(early, copies)
+                if smaller(other[1], planned[1], EARLY_SAVING):
+                    return Schedule(early, *other, self._label_checks())
+            return Schedule(late, *planned, self._label_checks())
+        return Schedule(steps, *self.plan_steps(steps, copies), self._label_checks())
 
     def unstored(self, st: Kernel) -> Kernel:
         """A GEMM whose epilogue only updates a param (SGD fused by sgd_in_gemm) and whose result is
@@ -586,10 +615,25 @@ class Scheduler(Fusion):
             return st
         return replace(st, out="NULL", defs=())
 
-    def plan_steps(self, steps: list[Kernel]):
+    def plan_steps(self, steps: list[Kernel], copies: dict | None = None):
+        """The workspace buffers by C name, planned, and the arena."""
+        buffers = {b.name: b for b in self.buffers_of(steps, copies)}
+        arena = plan(list(buffers.values()))
+        return buffers, arena
+
+    def buffers_of(self, steps: list[Kernel], copies: dict | None = None) -> list[Buffer]:
+        """The workspace buffers of steps, with their lifetimes (a value recomputed by
+        memory.recompute_late_reads holds nothing between its last read before the copy and the
+        copy: a gap other buffers may use)."""
         first: dict[Value, int] = {}
         last: dict[Value, int] = {}
+        gaps: dict[Value, list] = {}
         for i, st in enumerate(steps):
+            v = (copies or {}).get(id(st))
+            if v is not None:
+                before = max(j for j in range(i) if v in steps[j].uses or v in steps[j].defs)
+                if before + 1 <= i - 1:
+                    gaps.setdefault(v, []).append((before + 1, i - 1))
             for v in st.defs:
                 first.setdefault(v, i)
                 last[v] = max(last.get(v, i), i)
@@ -599,12 +643,12 @@ class Scheduler(Fusion):
         for v, f in first.items():
             if v.node is None or v in self.out_of:
                 continue
-            buffers[self.ref(v)] = Buffer(self.ref(v), numel(v.shape), f, last[v], shape=tuple(v.shape))
+            buffers[self.ref(v)] = Buffer(self.ref(v), numel(v.shape), f, last[v], shape=tuple(v.shape),
+                                          gaps=tuple(gaps.get(v, ())))
         for i, st in enumerate(steps):      # a scan's loop: its body's buffers, carries and slices
             for name, size in getattr(st, "scratch", ()):
                 buffers[name] = Buffer(name, size, i, i)
-        arena = plan(list(buffers.values()))
-        return buffers, arena
+        return list(buffers.values())
 
     def _label_checks(self):
         """Every int input with its smallest bound over the ops that index with it (`index_bounds`)."""

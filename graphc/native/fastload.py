@@ -93,9 +93,7 @@ class Recipe:
                    "optimizer": described, "threads": threads, "native": native, "isa": isa}
         material = {"format": FORMAT, "spec": hashlib.sha256(text.encode()).hexdigest(), "file": str(path),
                     **options, "flags": flags, "link_args": link_args, **toolchain, "numpy": numpy.__version__,
-                    "sources": source_digest(),
-                    # the switches of the environment that change the C (backend/fusion.early_updates)
-                    "early_updates": os.environ.get("GRAPHC_EARLY_UPDATES", "")}
+                    "sources": source_digest()}
         try:
             key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
         except (TypeError, ValueError):     # an option that is not plain data

@@ -67,7 +67,7 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 static size_t gc_workspace_bytes(long n)
 {
     /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
-    static const size_t arena[][2] = { { 10704, 0 }, { 7488, 1 } };
+    static const size_t arena[][2] = { { 10720, 0 }, { 4608, 1 } };
     const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1) {
@@ -314,36 +314,37 @@ static void digits_cnn_backward_pass_1(long n, const float *g1, const float *b1,
  * h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta, J, probs, d_theta, d_c,
  * d_theta__1, d_U, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7, d_h2__9, d_h2__2__1,
  * d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__33, d_h2__1__34,
- * d_g2, d_b2, d_h2__0__1, d_h2__0__2, d_w2, d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5,
- * d_h1__7, d_h1__9, d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
- * d_h1__1__29, d_h1__1__33, d_h1__1__34, d_g1, d_b1, d_h1__0__1, d_h1__0__2 and d_w1. */
-static void digits_cnn_backward_pass_2(long n, const int32_t *y, const float *w2, const float *g2,
-                                       const float *b2, const float *U, const float *c,
-                                       const float *dropout_step, float *loss, float *probs,
-                                       float *d_w1, float *d_g1, float *d_b1, float *d_w2,
-                                       float *d_g2, float *d_b2, float *d_U, float *d_c,
-                                       gc_real *h1__0__0, gc_real *h1__0, gc_real *h1__1__2,
-                                       gc_real *h1__1__11, gc_real *h1__1__14, gc_real *h1__2,
-                                       gc_real *h1, gc_real *h2__0__0, gc_real *h2__0,
-                                       gc_real *h2__1__2, gc_real *h2__1__11, gc_real *h2__1__14,
-                                       gc_real *h2__1__16, gc_real *h2__2, gc_real *h2__3,
-                                       gc_real *h2__5, gc_real *h2, gc_real *theta__1__0,
-                                       gc_real *theta__1, gc_real *theta, gc_real *d_theta,
-                                       gc_real *d_theta__1, gc_real *d_theta__1__1,
-                                       gc_real *d_h2__0, gc_real *d_h2__2, gc_real *d_h2__5,
-                                       gc_real *d_h2__7, gc_real *d_h2__9, gc_real *d_h2__2__1,
-                                       gc_real *d_h2__1__14, gc_real *d_h2__1__16,
-                                       gc_real *d_h2__1__18, gc_real *d_h2__1__24,
-                                       gc_real *d_h2__1__29, gc_real *d_h2__1__33,
-                                       gc_real *d_h2__1__34, gc_real *d_h2__0__1,
-                                       gc_real *d_h2__0__2, gc_real *d_h2__0__4, gc_real *d_h1,
-                                       gc_real *d_h1__0, gc_real *d_h1__2, gc_real *d_h1__5,
-                                       gc_real *d_h1__7, gc_real *d_h1__9, gc_real *d_h1__2__1,
-                                       gc_real *d_h1__1__14, gc_real *d_h1__1__16,
-                                       gc_real *d_h1__1__18, gc_real *d_h1__1__24,
-                                       gc_real *d_h1__1__29, gc_real *d_h1__1__33,
-                                       gc_real *d_h1__1__34, gc_real *d_h1__0__1,
-                                       gc_real *d_h1__0__2, gc_real *pack)
+ * d_g2, d_b2, d_h2__0__1, h2__0__0, d_h2__0__2, d_w2, d_h2__0__4, d_h1, h1__2, d_h1__0,
+ * d_h1__2, d_h1__5, d_h1__7, d_h1__9, d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18,
+ * d_h1__1__24, d_h1__1__29, d_h1__1__33, d_h1__1__34, d_g1, d_b1, d_h1__0__1, h1__0__0,
+ * d_h1__0__2 and d_w1. */
+static void digits_cnn_backward_pass_2(long n, const float *x, const int32_t *y, const float *w2,
+                                       const float *g2, const float *b2, const float *U,
+                                       const float *c, const float *dropout_step, float *loss,
+                                       float *probs, float *d_w1, float *d_g1, float *d_b1,
+                                       float *d_w2, float *d_g2, float *d_b2, float *d_U,
+                                       float *d_c, gc_real *h1__0__0, gc_real *h1__0,
+                                       gc_real *h1__1__2, gc_real *h1__1__11, gc_real *h1__1__14,
+                                       gc_real *h1__1__16, gc_real *h1__2, gc_real *h1,
+                                       gc_real *h2__0__0, gc_real *h2__0, gc_real *h2__1__2,
+                                       gc_real *h2__1__11, gc_real *h2__1__14, gc_real *h2__1__16,
+                                       gc_real *h2__2, gc_real *h2__3, gc_real *h2__5, gc_real *h2,
+                                       gc_real *theta__1__0, gc_real *theta__1, gc_real *theta,
+                                       gc_real *d_theta, gc_real *d_theta__1,
+                                       gc_real *d_theta__1__1, gc_real *d_h2__0, gc_real *d_h2__2,
+                                       gc_real *d_h2__5, gc_real *d_h2__7, gc_real *d_h2__9,
+                                       gc_real *d_h2__2__1, gc_real *d_h2__1__14,
+                                       gc_real *d_h2__1__16, gc_real *d_h2__1__18,
+                                       gc_real *d_h2__1__24, gc_real *d_h2__1__29,
+                                       gc_real *d_h2__1__33, gc_real *d_h2__1__34,
+                                       gc_real *d_h2__0__1, gc_real *d_h2__0__2,
+                                       gc_real *d_h2__0__4, gc_real *d_h1, gc_real *d_h1__0,
+                                       gc_real *d_h1__2, gc_real *d_h1__5, gc_real *d_h1__7,
+                                       gc_real *d_h1__9, gc_real *d_h1__2__1, gc_real *d_h1__1__14,
+                                       gc_real *d_h1__1__16, gc_real *d_h1__1__18,
+                                       gc_real *d_h1__1__24, gc_real *d_h1__1__29,
+                                       gc_real *d_h1__1__33, gc_real *d_h1__1__34,
+                                       gc_real *d_h1__0__1, gc_real *d_h1__0__2, gc_real *pack)
 {
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
     for (long i = 0; i < 32; ++i) {
@@ -459,9 +460,22 @@ static void digits_cnn_backward_pass_2(long n, const int32_t *y, const float *w2
     gc_gemm(GC_TRANS, GC_NO_TRANS, digits_cnn_Nc, 128, n,
             d_theta, digits_cnn_Nc, theta__1, 128,
             GC_OVERWRITE, d_U, 128, pack);
+    /* theta = "dropout(flatten(h2), 0.25) @ U.T + c"    [digits_cnn.toml:33] */
+    for (long i = 0; i < 128 * n; ++i) {
+        theta__1__0[i] = (gc_random_bits(0UL, (dropout_step[0] >= 0 && dropout_step[0] < 4294967296.0 ? (unsigned long)dropout_step[0] : 0UL), (unsigned long)(i)) >= 1073741824UL ? (gc_real)1.3333333333333333 : (gc_real)0.0);
+    }
     /* d_theta__1__1: identity (4), from theta = "dropout(flatten(h2), 0.25) @ U.T + c" */
     for (long i = 0; i < 128 * n; ++i) {
         d_theta__1__1[i] = d_theta__1[i] * theta__1__0[i];
+    }
+    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
+    GC_PARALLEL_LOOP(512 * n)
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 32; ++j) {
+            for (long k = 0; k < 16; ++k) {
+                h2__2[i * 512 + j * 16 + k] = (((h2__0[i * 512 + j * 16 + k] * h2__1__14[j]) + h2__1__16[j]) <= 0 ? 0 : ((h2__0[i * 512 + j * 16 + k] * h2__1__14[j]) + h2__1__16[j]));
+            }
+        }
     }
     /* d_h2__0: identity (4), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     for (long gc_n = 0; gc_n < n; ++gc_n) {
@@ -587,6 +601,25 @@ static void digits_cnn_backward_pass_2(long n, const int32_t *y, const float *w2
             }
         }
     }
+    /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32]
+       computed again here, where h2__0__0 is read again, rather than kept since its earlier reads (RECOMPUTE) */
+    for (long gc_n = 0; gc_n < n; ++gc_n) {
+        for (long gc_oh = 0; gc_oh < 4; ++gc_oh) {
+            for (long gc_ow = 0; gc_ow < 4; ++gc_ow) {
+                gc_real *gc_col = h2__0__0 + ((gc_n * 4 + gc_oh) * 4 + gc_ow) * (16 * 3 * 3);
+                for (long gc_c = 0; gc_c < 16; ++gc_c) {
+                    for (long gc_i = 0; gc_i < 3; ++gc_i) {
+                        const long gc_ih = gc_oh * 1 - 1 + gc_i * 1;
+                        for (long gc_j = 0; gc_j < 3; ++gc_j, ++gc_col) {
+                            const long gc_iw = gc_ow * 1 - 1 + gc_j * 1;
+                            const int gc_in = gc_ih >= 0 && gc_ih < 4 && gc_iw >= 0 && gc_iw < 4;
+                            *gc_col = gc_in ? h1[((gc_n * 16 + gc_c) * 4 + gc_ih) * 4 + gc_iw] : (gc_real)0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
     /* d_h2__0__2: identity (5), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     gc_gemm(GC_TRANS, GC_NO_TRANS, 32, 144, 16 * n,
             d_h2__0__1, 32, h2__0__0, 144,
@@ -617,6 +650,15 @@ static void digits_cnn_backward_pass_2(long n, const int32_t *y, const float *w2
                         }
                     }
                 }
+            }
+        }
+    }
+    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
+    GC_PARALLEL_LOOP(1024 * n)
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < 16; ++j) {
+            for (long k = 0; k < 64; ++k) {
+                h1__2[i * 1024 + j * 64 + k] = (((h1__0[i * 1024 + j * 64 + k] * h1__1__14[j]) + h1__1__16[j]) <= 0 ? 0 : ((h1__0[i * 1024 + j * 64 + k] * h1__1__14[j]) + h1__1__16[j]));
             }
         }
     }
@@ -741,6 +783,25 @@ static void digits_cnn_backward_pass_2(long n, const int32_t *y, const float *w2
         for (long j = 0; j < 64; ++j) {
             for (long k = 0; k < 16; ++k) {
                 d_h1__0__1[i * 1024 + j * 16 + k] = d_h1__1__33[i * 1024 + j + k * 64];
+            }
+        }
+    }
+    /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31]
+       computed again here, where h1__0__0 is read again, rather than kept since its earlier reads (RECOMPUTE) */
+    for (long gc_n = 0; gc_n < n; ++gc_n) {
+        for (long gc_oh = 0; gc_oh < 8; ++gc_oh) {
+            for (long gc_ow = 0; gc_ow < 8; ++gc_ow) {
+                gc_real *gc_col = h1__0__0 + ((gc_n * 8 + gc_oh) * 8 + gc_ow) * (1 * 3 * 3);
+                for (long gc_c = 0; gc_c < 1; ++gc_c) {
+                    for (long gc_i = 0; gc_i < 3; ++gc_i) {
+                        const long gc_ih = gc_oh * 1 - 1 + gc_i * 1;
+                        for (long gc_j = 0; gc_j < 3; ++gc_j, ++gc_col) {
+                            const long gc_iw = gc_ow * 1 - 1 + gc_j * 1;
+                            const int gc_in = gc_ih >= 0 && gc_ih < 8 && gc_iw >= 0 && gc_iw < 8;
+                            *gc_col = gc_in ? x[((gc_n * 1 + gc_c) * 8 + gc_ih) * 8 + gc_iw] : (gc_real)0.0;
+                        }
+                    }
+                }
             }
         }
     }
@@ -1218,70 +1279,70 @@ int digits_cnn_value_and_grad(long n, const float *x, const int32_t *y, const fl
     (void)var2;
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const h1__0__0 = ws + 4352 * n;   /* [N, 8, 8, 9] */
+    gc_real *const h1__0__0 = ws + 2048 * n;   /* [N, 8, 8, 9] */
     gc_real *const h1__0__1 = ws + 0;   /* [N, 8, 8, 16] */
-    gc_real *const h1__0 = ws + 2304 * n;   /* [N, 16, 8, 8] */
-    gc_real *const h1__1__1 = ws + 4928 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__2 = ws + 4608 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__5 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1 (it is read for the last time before h1__1__5 is written) */
-    gc_real *const h1__1__11 = ws + 4624 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__14 = ws + 4640 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__16 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5 (each read for the last time before h1__1__16 is written) */
-    gc_real *const h1__2 = ws + 3328 * n;   /* [N, 16, 8, 8] */
-    gc_real *const h1__3 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1 (it is read for the last time before h1__3 is written) */
-    gc_real *const h1__5 = ws + 1024 * n;   /* [N, 4, 4, 16] */
-    gc_real *const h1 = ws + 6976 * n;   /* [N, 16, 4, 4] */
-    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5 (each read for the last time before h2__0__0 is written) */
-    gc_real *const h2__0__1 = ws + 4928 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h1__1__16 (each read for the last time before h2__0__1 is written) */
-    gc_real *const h2__0 = ws + 5440 * n;   /* [N, 32, 4, 4] */
-    gc_real *const h2__1__1 = ws + 7232 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__2 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__5 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1 (it is read for the last time before h2__1__5 is written) */
-    gc_real *const h2__1__11 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__14 = ws + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__16 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__2 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1 (each read for the last time before h2__2 is written) */
-    gc_real *const h2__3 = ws + 5952 * n;   /* [N, 2, 2, 128] */
-    gc_real *const h2__5 = ws + 6464 * n;   /* [N, 2, 2, 32] */
-    gc_real *const h2 = ws + 6592 * n;   /* [N, 32, 2, 2] */
-    gc_real *const theta__1__0 = ws + 5952 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1__0 is written) */
-    gc_real *const theta__1 = ws + 6080 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1 is written) */
-    gc_real *const theta = ws + 6208 * n;   /* [N, Nc], over h2__3 (it is read for the last time before theta is written) */
-    gc_real *const d_theta = ws + 6336 * n;   /* [N, Nc], over h2__3 (it is read for the last time before d_theta is written) */
-    gc_real *const d_theta__1 = ws + 6208 * n;   /* [N, 128], over h2__3, theta (each read for the last time before d_theta__1 is written) */
-    gc_real *const d_theta__1__1 = ws + 6464 * n;   /* [N, 128], over h2__5 (it is read for the last time before d_theta__1__1 is written) */
-    gc_real *const d_h2__0 = ws + 5952 * n;   /* [N, 2, 2, 128], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1 (each read for the last time before d_h2__0 is written) */
-    gc_real *const d_h2__2 = ws + 7232 * n;   /* [N, 2, 2, 32], over h2__1__1, h2__1__5 (each read for the last time before d_h2__2 is written) */
-    gc_real *const d_h2__5 = ws + 7360 * n;   /* [N, 2, 2, 32] */
-    gc_real *const d_h2__7 = ws + 6464 * n;   /* [N, 2, 2, 32, 4], over h2__5, h2, d_theta__1__1 (each read for the last time before d_h2__7 is written) */
-    gc_real *const d_h2__9 = ws + 5952 * n;   /* [N, 32, 4, 4], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_h2__0 (each read for the last time before d_h2__9 is written) */
-    gc_real *const d_h2__2__1 = ws + 6464 * n;   /* [N, 32, 4, 4], over h2__5, h2, d_theta__1__1, d_h2__7 (each read for the last time before d_h2__2__1 is written) */
-    gc_real *const d_h2__1__14 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__16 (it is read for the last time before d_h2__1__14 is written) */
-    gc_real *const d_h2__1__16 = ws + 128 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__18 = ws + 160 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__24 = ws + 128 + 7488 * n;   /* [1, 32, 1, 1], over d_h2__1__16 (it is read for the last time before d_h2__1__24 is written) */
-    gc_real *const d_h2__1__29 = ws + 192 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__33 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2 (each read for the last time before d_h2__1__33 is written) */
-    gc_real *const d_h2__1__34 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1, h2__1__5, d_h2__2 (each read for the last time before d_h2__1__34 is written) */
-    gc_real *const d_h2__0__1 = ws + 5440 * n;   /* [N, 4, 4, 32], over h2__0 (it is read for the last time before d_h2__0__1 is written) */
-    gc_real *const d_h2__0__2 = ws + 7232 * n;   /* [32, 144], over h2__1__1, h2__1__2, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__2, d_h2__5, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
-    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5, h2__0__0 (each read for the last time before d_h2__0__4 is written) */
-    gc_real *const d_h1 = ws + 4928 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1 is written) */
-    gc_real *const d_h1__0 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1, h1__3, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
-    gc_real *const d_h1__2 = ws + 2048 * n;   /* [N, 4, 4, 16], over h2__0__0, d_h2__0__4 (each read for the last time before d_h1__2 is written) */
-    gc_real *const d_h1__5 = ws + 5184 * n;   /* [N, 4, 4, 16], over h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1__5 is written) */
-    gc_real *const d_h1__7 = ws + 1024 * n;   /* [N, 4, 4, 16, 4], over h1__5, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__7 is written) */
-    gc_real *const d_h1__9 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__9 is written) */
-    gc_real *const d_h1__2__1 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__5, h2__0__0, d_h2__0__4, d_h1__7 (each read for the last time before d_h1__2__1 is written) */
-    gc_real *const d_h1__1__14 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__14 is written) */
-    gc_real *const d_h1__1__16 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__16 is written) */
-    gc_real *const d_h1__1__18 = ws + 32 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__18 is written) */
-    gc_real *const d_h1__1__24 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
-    gc_real *const d_h1__1__29 = ws + 48 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__29 is written) */
-    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9 (each read for the last time before d_h1__1__33 is written) */
-    gc_real *const d_h1__1__34 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
-    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__5, h2__0__0, d_h2__0__4, d_h1__7, d_h1__2__1 (each read for the last time before d_h1__0__1 is written) */
-    gc_real *const d_h1__0__2 = ws + 4928 * n;   /* [16, 9], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__34 (each read for the last time before d_h1__0__2 is written) */
+    gc_real *const h1__0 = ws + 2304 * n;   /* [N, 16, 8, 8], in the gap of h1__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h1__1__1 = ws + 3328 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__2 = ws + 4608 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__5 = ws + 3328 * n;   /* [1, 16, 1, 1], over h1__1__1 (it is read for the last time before h1__1__5 is written) */
+    gc_real *const h1__1__11 = ws + 4624 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__14 = ws + 4640 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__16 = ws + 4656 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__2 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1 (it is read for the last time before h1__2 is written) */
+    gc_real *const h1__3 = ws + 1024 * n;   /* [N, 4, 4, 64] */
+    gc_real *const h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1 (it is read for the last time before h1__5 is written), in the gap of h1__2 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h1 = ws + 3840 * n;   /* [N, 16, 4, 4] */
+    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5 (each read for the last time before h2__0__0 is written), in the gap of h1__0__0, h1__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__0__1 = ws + 3328 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5 (each read for the last time before h2__0__1 is written) */
+    gc_real *const h2__0 = ws + 0;   /* [N, 32, 4, 4], over h1__0__1, h1__5 (each read for the last time before h2__0 is written), in the gap of h1__2, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__1__1 = ws + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__2 = ws + 32 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__5 = ws + 4096 * n;   /* [1, 32, 1, 1], over h2__1__1 (it is read for the last time before h2__1__5 is written) */
+    gc_real *const h2__1__11 = ws + 64 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__14 = ws + 4096 * n;   /* [1, 32, 1, 1], over h2__1__1, h2__1__5 (each read for the last time before h2__1__14 is written) */
+    gc_real *const h2__1__16 = ws + 96 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__2 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1 (it is read for the last time before h2__2 is written), in the gap of h1__2, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__3 = ws + 1024 * n;   /* [N, 2, 2, 128], over h1__3 (it is read for the last time before h2__3 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__5 = ws + 512 * n;   /* [N, 2, 2, 32], over h1__0__1 (it is read for the last time before h2__5 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2 = ws + 1536 * n;   /* [N, 32, 2, 2], over h1__3 (it is read for the last time before h2 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const theta__1__0 = ws + 512 * n;   /* [N, 128], over h1__0__1, h2__5 (each read for the last time before theta__1__0 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const theta__1 = ws + 640 * n;   /* [N, 128], over h1__0__1 (it is read for the last time before theta__1 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const theta = ws + 512 * n;   /* [N, Nc], over h1__0__1, h2__5 (each read for the last time before theta is written), in the gap of h1__2, h2__0__0, h2__2, theta__1__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_theta = ws + 528 * n;   /* [N, Nc], over h1__0__1, h2__5 (each read for the last time before d_theta is written), in the gap of h1__2, h2__0__0, h2__2, theta__1__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_theta__1 = ws + 768 * n;   /* [N, 128], over h1__0__1 (it is read for the last time before d_theta__1 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_theta__1__1 = ws + 1664 * n;   /* [N, 128], over h1__3 (it is read for the last time before d_theta__1__1 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__0 = ws + 1024 * n;   /* [N, 2, 2, 128], over h1__3, h2__3 (each read for the last time before d_h2__0 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__2 = ws + 2048 * n;   /* [N, 2, 2, 32], in the gap of h1__0__0, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__5 = ws + 2176 * n;   /* [N, 2, 2, 32], in the gap of h1__0__0, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__7 = ws + 1536 * n;   /* [N, 2, 2, 32, 4], over h1__3, h2, d_theta__1__1 (each read for the last time before d_h2__7 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__9 = ws + 1024 * n;   /* [N, 32, 4, 4], over h1__3, h2__3, d_h2__0 (each read for the last time before d_h2__9 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__2__1 = ws + 1536 * n;   /* [N, 32, 4, 4], over h1__3, h2, d_theta__1__1, d_h2__7 (each read for the last time before d_h2__2__1 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__1__14 = ws + 96 + 4096 * n;   /* [1, 32, 1, 1], over h2__1__16 (it is read for the last time before d_h2__1__14 is written) */
+    gc_real *const d_h2__1__16 = ws + 128 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const d_h2__1__18 = ws + 160 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const d_h2__1__24 = ws + 128 + 4096 * n;   /* [1, 32, 1, 1], over d_h2__1__16 (it is read for the last time before d_h2__1__24 is written) */
+    gc_real *const d_h2__1__29 = ws + 192 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const d_h2__1__33 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1, h2__2, h2__5, theta__1__0, theta__1, theta, d_theta, d_theta__1 (each read for the last time before d_h2__1__33 is written), in the gap of h1__2, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__1__34 = ws + 4096 * n;   /* [1, 32, 1, 1], over h2__1__1, h2__1__5, h2__1__14 (each read for the last time before d_h2__1__34 is written) */
+    gc_real *const d_h2__0__1 = ws + 3328 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h2__0__1 (each read for the last time before d_h2__0__1 is written) */
+    gc_real *const d_h2__0__2 = ws + 4096 * n;   /* [32, 144], over h2__1__1, h2__1__2, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
+    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5, h2__0__0, h2__0, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7, d_h2__9, d_h2__2__1, d_h2__1__33 (each read for the last time before d_h2__0__4 is written), in the gap of h1__0__0, h1__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h1 = ws + 3328 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h2__0__1, d_h2__0__1 (each read for the last time before d_h1 is written) */
+    gc_real *const d_h1__0 = ws + 1024 * n;   /* [N, 4, 4, 64], over h1__3, h2__0__0, h2__3, h2, d_theta__1__1, d_h2__0, d_h2__7, d_h2__9, d_h2__2__1, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
+    gc_real *const d_h1__2 = ws + 2048 * n;   /* [N, 4, 4, 16], over h2__0__0, d_h2__2, d_h2__5, d_h2__0__4 (each read for the last time before d_h1__2 is written), in the gap of h1__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h1__5 = ws + 4352 * n;   /* [N, 4, 4, 16], over d_h2__0__2 (it is read for the last time before d_h1__5 is written) */
+    gc_real *const d_h1__7 = ws + 3328 * n;   /* [N, 4, 4, 16, 4], over h1__1__1, h1__1__5, h1, h2__0__1, h2__1__1, h2__1__2, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34, d_h2__0__1, d_h2__0__2, d_h1 (each read for the last time before d_h1__7 is written) */
+    gc_real *const d_h1__9 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__3, h2__0__0, h2__3, h2, d_theta__1__1, d_h2__0, d_h2__7, d_h2__9, d_h2__2__1, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__9 is written) */
+    gc_real *const d_h1__2__1 = ws + 3328 * n;   /* [N, 16, 8, 8], over h1__1__1, h1__1__5, h1, h2__0__1, h2__1__1, h2__1__2, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34, d_h2__0__1, d_h2__0__2, d_h1, d_h1__7 (each read for the last time before d_h1__2__1 is written) */
+    gc_real *const d_h1__1__14 = ws + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__14 is written) */
+    gc_real *const d_h1__1__16 = ws + 16 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__16 is written) */
+    gc_real *const d_h1__1__18 = ws + 32 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__18 is written) */
+    gc_real *const d_h1__1__24 = ws + 16 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
+    gc_real *const d_h1__1__29 = ws + 48 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__29 is written) */
+    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__2, h2__5, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_h2__1__33, d_h2__0__4 (each read for the last time before d_h1__1__33 is written) */
+    gc_real *const d_h1__1__34 = ws + 16 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
+    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__3, h2__0__0, h2__3, h2, d_theta__1__1, d_h2__0, d_h2__7, d_h2__9, d_h2__2__1, d_h2__0__4, d_h1__0, d_h1__9 (each read for the last time before d_h1__0__1 is written) */
+    gc_real *const d_h1__0__2 = ws + 2624 * n;   /* [16, 9], over h1__0 (it is read for the last time before d_h1__0__2 is written) */
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
     digits_cnn_forward_rest(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
@@ -1295,15 +1356,15 @@ int digits_cnn_value_and_grad(long n, const float *x, const int32_t *y, const fl
     for (long i = 0; i < 32; ++i) {
         h2__1__11[i] = (gc_real)1.0 / (GC_SQRT(((h2__1__5[i] / (gc_real)(16 * n)) + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_2(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
+    digits_cnn_backward_pass_2(n, x, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
                                d_w2, d_g2, d_b2, d_U, d_c, h1__0__0, h1__0, h1__1__2, h1__1__11,
-                               h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__14,
-                               h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta,
-                               d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7,
-                               d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24,
-                               d_h2__1__29, d_h2__1__33, d_h2__1__34, d_h2__0__1, d_h2__0__2,
-                               d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9,
-                               d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
+                               h1__1__14, h1__1__16, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11,
+                               h2__1__14, h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1,
+                               theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5,
+                               d_h2__7, d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16, d_h2__1__18,
+                               d_h2__1__24, d_h2__1__29, d_h2__1__33, d_h2__1__34, d_h2__0__1,
+                               d_h2__0__2, d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5, d_h1__7,
+                               d_h1__9, d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
                                d_h1__1__29, d_h1__1__33, d_h1__1__34, d_h1__0__1, d_h1__0__2, pack);
     return GRAPHC_OK;
 }
@@ -1330,87 +1391,87 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const h1__0__0 = ws + 4352 * n;   /* [N, 8, 8, 9] */
+    gc_real *const h1__0__0 = ws + 2048 * n;   /* [N, 8, 8, 9] */
     gc_real *const h1__0__1 = ws + 0;   /* [N, 8, 8, 16] */
-    gc_real *const h1__0 = ws + 2304 * n;   /* [N, 16, 8, 8] */
-    gc_real *const h1__1__1 = ws + 4928 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__2 = ws + 10624 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__5 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1 (it is read for the last time before h1__1__5 is written) */
-    gc_real *const h1__1__6 = ws + 10640 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__11 = ws + 10656 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__14 = ws + 10672 + 7488 * n;   /* [1, 16, 1, 1] */
-    gc_real *const h1__1__16 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5 (each read for the last time before h1__1__16 is written) */
-    gc_real *const h1__2 = ws + 3328 * n;   /* [N, 16, 8, 8] */
-    gc_real *const h1__3 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1 (it is read for the last time before h1__3 is written) */
-    gc_real *const h1__5 = ws + 1024 * n;   /* [N, 4, 4, 16] */
-    gc_real *const h1 = ws + 6976 * n;   /* [N, 16, 4, 4] */
-    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5 (each read for the last time before h2__0__0 is written) */
-    gc_real *const h2__0__1 = ws + 4928 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h1__1__16 (each read for the last time before h2__0__1 is written) */
-    gc_real *const h2__0 = ws + 5440 * n;   /* [N, 32, 4, 4] */
-    gc_real *const h2__1__1 = ws + 7232 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__2 = ws + 10496 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__5 = ws + 7232 * n;   /* [1, 32, 1, 1], over h2__1__1 (it is read for the last time before h2__1__5 is written) */
-    gc_real *const h2__1__6 = ws + 10528 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__11 = ws + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__14 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__1__16 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const h2__2 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1 (each read for the last time before h2__2 is written) */
-    gc_real *const h2__3 = ws + 5952 * n;   /* [N, 2, 2, 128] */
-    gc_real *const h2__5 = ws + 6464 * n;   /* [N, 2, 2, 32] */
-    gc_real *const h2 = ws + 6592 * n;   /* [N, 32, 2, 2] */
-    gc_real *const theta__1__0 = ws + 5952 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1__0 is written) */
-    gc_real *const theta__1 = ws + 6080 * n;   /* [N, 128], over h2__3 (it is read for the last time before theta__1 is written) */
-    gc_real *const theta = ws + 6208 * n;   /* [N, Nc], over h2__3 (it is read for the last time before theta is written) */
-    gc_real *const d_theta = ws + 6336 * n;   /* [N, Nc], over h2__3 (it is read for the last time before d_theta is written) */
-    gc_real *const d_c = ws + 10688 + 7488 * n;   /* [Nc] */
-    gc_real *const d_theta__1 = ws + 6208 * n;   /* [N, 128], over h2__3, theta (each read for the last time before d_theta__1 is written) */
-    gc_real *const d_U = ws + 9216 + 7488 * n;   /* [Nc, 128] */
-    gc_real *const d_theta__1__1 = ws + 6464 * n;   /* [N, 128], over h2__5 (it is read for the last time before d_theta__1__1 is written) */
-    gc_real *const d_h2__0 = ws + 5952 * n;   /* [N, 2, 2, 128], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1 (each read for the last time before d_h2__0 is written) */
-    gc_real *const d_h2__2 = ws + 7232 * n;   /* [N, 2, 2, 32], over h2__1__1, h2__1__5 (each read for the last time before d_h2__2 is written) */
-    gc_real *const d_h2__5 = ws + 7360 * n;   /* [N, 2, 2, 32] */
-    gc_real *const d_h2__7 = ws + 6464 * n;   /* [N, 2, 2, 32, 4], over h2__5, h2, d_theta__1__1 (each read for the last time before d_h2__7 is written) */
-    gc_real *const d_h2__9 = ws + 5952 * n;   /* [N, 32, 4, 4], over h2__3, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_h2__0 (each read for the last time before d_h2__9 is written) */
-    gc_real *const d_h2__2__1 = ws + 6464 * n;   /* [N, 32, 4, 4], over h2__5, h2, d_theta__1__1, d_h2__7 (each read for the last time before d_h2__2__1 is written) */
-    gc_real *const d_h2__1__14 = ws + 64 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__16 (it is read for the last time before d_h2__1__14 is written) */
-    gc_real *const d_h2__1__16 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__18 = ws + 128 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__24 = ws + 96 + 7488 * n;   /* [1, 32, 1, 1], over d_h2__1__16 (it is read for the last time before d_h2__1__24 is written) */
-    gc_real *const d_h2__1__29 = ws + 160 + 7488 * n;   /* [1, 32, 1, 1] */
-    gc_real *const d_h2__1__33 = ws + 4928 * n;   /* [N, 32, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2 (each read for the last time before d_h2__1__33 is written) */
-    gc_real *const d_h2__1__34 = ws + 32 + 7488 * n;   /* [1, 32, 1, 1], over h2__1__14 (it is read for the last time before d_h2__1__34 is written) */
-    gc_real *const d_g2 = ws + 10560 + 7488 * n;   /* [32] */
-    gc_real *const d_b2 = ws + 10592 + 7488 * n;   /* [32] */
-    gc_real *const d_h2__0__1 = ws + 5440 * n;   /* [N, 4, 4, 32], over h2__0 (it is read for the last time before d_h2__0__1 is written) */
-    gc_real *const d_h2__0__2 = ws + 7232 * n;   /* [32, 144], over h2__1__1, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__2, d_h2__5, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
-    gc_real *const d_w2 = ws + 4608 + 7232 * n;   /* [32, 16, 3, 3], over d_h2__2, d_h2__5 (each read for the last time before d_w2 is written) */
-    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5, h2__0__0 (each read for the last time before d_h2__0__4 is written) */
-    gc_real *const d_h1 = ws + 4928 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1 is written) */
-    gc_real *const d_h1__0 = ws + 0;   /* [N, 4, 4, 64], over h1__0__1, h1__3, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
-    gc_real *const d_h1__2 = ws + 2048 * n;   /* [N, 4, 4, 16], over h2__0__0, d_h2__0__4 (each read for the last time before d_h1__2 is written) */
-    gc_real *const d_h1__5 = ws + 5184 * n;   /* [N, 4, 4, 16], over h2__0__1, h2__2, d_h2__1__33 (each read for the last time before d_h1__5 is written) */
-    gc_real *const d_h1__7 = ws + 1024 * n;   /* [N, 4, 4, 16, 4], over h1__5, h2__0__0, d_h2__0__4 (each read for the last time before d_h1__7 is written) */
-    gc_real *const d_h1__9 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__9 is written) */
-    gc_real *const d_h1__2__1 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__5, h2__0__0, d_h2__0__4, d_h1__7 (each read for the last time before d_h1__2__1 is written) */
-    gc_real *const d_h1__1__14 = ws + 4928 * n;   /* [1, 16, 1, 1], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__14 is written) */
-    gc_real *const d_h1__1__16 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__16 is written) */
-    gc_real *const d_h1__1__18 = ws + 32 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__18 is written) */
-    gc_real *const d_h1__1__24 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
-    gc_real *const d_h1__1__29 = ws + 48 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1 (each read for the last time before d_h1__1__29 is written) */
-    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9 (each read for the last time before d_h1__1__33 is written) */
-    gc_real *const d_h1__1__34 = ws + 16 + 4928 * n;   /* [1, 16, 1, 1], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
-    gc_real *const d_g1 = ws + 288 + 4928 * n;   /* [16], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__5 (each read for the last time before d_g1 is written) */
-    gc_real *const d_b1 = ws + 304 + 4928 * n;   /* [16], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__5 (each read for the last time before d_b1 is written) */
-    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__5, h2__0__0, d_h2__0__4, d_h1__7, d_h1__2__1 (each read for the last time before d_h1__0__1 is written) */
-    gc_real *const d_h1__0__2 = ws + 4928 * n;   /* [16, 9], over h1__1__1, h1__1__5, h1__1__16, h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24, d_h1__1__29, d_h1__1__34 (each read for the last time before d_h1__0__2 is written) */
-    gc_real *const d_w1 = ws + 144 + 4928 * n;   /* [16, 1, 3, 3], over h2__0__1, h2__2, d_h2__1__33, d_h1, d_h1__5 (each read for the last time before d_w1 is written) */
-    gc_real *const next_mean1 = ws + 96;   /* [16], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before next_mean1 is written) */
-    gc_real *const t25 = ws + 0;   /* [1, 16, 1, 1], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before t25 is written) */
-    gc_real *const next_var1 = ws + 112;   /* [16], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before next_var1 is written) */
-    gc_real *const next_mean2 = ws + 0;   /* [32], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33, t25 (each read for the last time before next_mean2 is written) */
-    gc_real *const t56 = ws + 32;   /* [1, 32, 1, 1], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before t56 is written) */
-    gc_real *const next_var2 = ws + 64;   /* [32], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33 (each read for the last time before next_var2 is written) */
-    gc_real *const next_dropout_step = ws + 32;   /* [1], over h1__0__1, h1__3, h2__0__0, d_h2__0__4, d_h1__0, d_h1__9, d_h1__1__33, t56 (each read for the last time before next_dropout_step is written) */
+    gc_real *const h1__0 = ws + 2304 * n;   /* [N, 16, 8, 8], in the gap of h1__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h1__1__1 = ws + 3328 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__2 = ws + 10624 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__5 = ws + 3328 * n;   /* [1, 16, 1, 1], over h1__1__1 (it is read for the last time before h1__1__5 is written) */
+    gc_real *const h1__1__6 = ws + 10640 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__11 = ws + 10656 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__14 = ws + 10672 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__1__16 = ws + 10688 + 4608 * n;   /* [1, 16, 1, 1] */
+    gc_real *const h1__2 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1 (it is read for the last time before h1__2 is written) */
+    gc_real *const h1__3 = ws + 1024 * n;   /* [N, 4, 4, 64] */
+    gc_real *const h1__5 = ws + 0;   /* [N, 4, 4, 16], over h1__0__1 (it is read for the last time before h1__5 is written), in the gap of h1__2 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h1 = ws + 3840 * n;   /* [N, 16, 4, 4] */
+    gc_real *const h2__0__0 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5 (each read for the last time before h2__0__0 is written), in the gap of h1__0__0, h1__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__0__1 = ws + 3328 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5 (each read for the last time before h2__0__1 is written) */
+    gc_real *const h2__0 = ws + 0;   /* [N, 32, 4, 4], over h1__0__1, h1__5 (each read for the last time before h2__0 is written), in the gap of h1__2, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__1__1 = ws + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__2 = ws + 10496 + 4608 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__5 = ws + 4096 * n;   /* [1, 32, 1, 1], over h2__1__1 (it is read for the last time before h2__1__5 is written) */
+    gc_real *const h2__1__6 = ws + 10528 + 4608 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__11 = ws + 4096 * n;   /* [1, 32, 1, 1], over h2__1__1, h2__1__5 (each read for the last time before h2__1__11 is written) */
+    gc_real *const h2__1__14 = ws + 32 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__1__16 = ws + 64 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const h2__2 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1 (it is read for the last time before h2__2 is written), in the gap of h1__2, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__3 = ws + 1024 * n;   /* [N, 2, 2, 128], over h1__3 (it is read for the last time before h2__3 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2__5 = ws + 512 * n;   /* [N, 2, 2, 32], over h1__0__1 (it is read for the last time before h2__5 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const h2 = ws + 1536 * n;   /* [N, 32, 2, 2], over h1__3 (it is read for the last time before h2 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const theta__1__0 = ws + 512 * n;   /* [N, 128], over h1__0__1, h2__5 (each read for the last time before theta__1__0 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const theta__1 = ws + 640 * n;   /* [N, 128], over h1__0__1 (it is read for the last time before theta__1 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const theta = ws + 512 * n;   /* [N, Nc], over h1__0__1, h2__5 (each read for the last time before theta is written), in the gap of h1__2, h2__0__0, h2__2, theta__1__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_theta = ws + 528 * n;   /* [N, Nc], over h1__0__1, h2__5 (each read for the last time before d_theta is written), in the gap of h1__2, h2__0__0, h2__2, theta__1__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_c = ws + 10704 + 4608 * n;   /* [Nc] */
+    gc_real *const d_theta__1 = ws + 768 * n;   /* [N, 128], over h1__0__1 (it is read for the last time before d_theta__1 is written), in the gap of h1__2, h2__0__0, h2__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_U = ws + 9216 + 4608 * n;   /* [Nc, 128] */
+    gc_real *const d_theta__1__1 = ws + 1664 * n;   /* [N, 128], over h1__3 (it is read for the last time before d_theta__1__1 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__0 = ws + 1024 * n;   /* [N, 2, 2, 128], over h1__3, h2__3 (each read for the last time before d_h2__0 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__2 = ws + 2048 * n;   /* [N, 2, 2, 32], in the gap of h1__0__0, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__5 = ws + 2176 * n;   /* [N, 2, 2, 32], in the gap of h1__0__0, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__7 = ws + 1536 * n;   /* [N, 2, 2, 32, 4], over h1__3, h2, d_theta__1__1 (each read for the last time before d_h2__7 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__9 = ws + 1024 * n;   /* [N, 32, 4, 4], over h1__3, h2__3, d_h2__0 (each read for the last time before d_h2__9 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__2__1 = ws + 1536 * n;   /* [N, 32, 4, 4], over h1__3, h2, d_theta__1__1, d_h2__7 (each read for the last time before d_h2__2__1 is written), in the gap of h2__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__1__14 = ws + 64 + 4096 * n;   /* [1, 32, 1, 1], over h2__1__16 (it is read for the last time before d_h2__1__14 is written) */
+    gc_real *const d_h2__1__16 = ws + 96 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const d_h2__1__18 = ws + 128 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const d_h2__1__24 = ws + 96 + 4096 * n;   /* [1, 32, 1, 1], over d_h2__1__16 (it is read for the last time before d_h2__1__24 is written) */
+    gc_real *const d_h2__1__29 = ws + 160 + 4096 * n;   /* [1, 32, 1, 1] */
+    gc_real *const d_h2__1__33 = ws + 512 * n;   /* [N, 32, 4, 4], over h1__0__1, h2__2, h2__5, theta__1__0, theta__1, theta, d_theta, d_theta__1 (each read for the last time before d_h2__1__33 is written), in the gap of h1__2, h2__0__0 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h2__1__34 = ws + 32 + 4096 * n;   /* [1, 32, 1, 1], over h2__1__14 (it is read for the last time before d_h2__1__34 is written) */
+    gc_real *const d_g2 = ws + 10560 + 4608 * n;   /* [32] */
+    gc_real *const d_b2 = ws + 10592 + 4608 * n;   /* [32] */
+    gc_real *const d_h2__0__1 = ws + 3328 * n;   /* [N, 4, 4, 32], over h1__1__1, h1__1__5, h2__0__1 (each read for the last time before d_h2__0__1 is written) */
+    gc_real *const d_h2__0__2 = ws + 4096 * n;   /* [32, 144], over h2__1__1, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34 (each read for the last time before d_h2__0__2 is written) */
+    gc_real *const d_w2 = ws + 4608 + 4608 * n;   /* [32, 16, 3, 3] */
+    gc_real *const d_h2__0__4 = ws + 0;   /* [N, 4, 4, 144], over h1__0__1, h1__3, h1__5, h2__0__0, h2__0, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7, d_h2__9, d_h2__2__1, d_h2__1__33 (each read for the last time before d_h2__0__4 is written), in the gap of h1__0__0, h1__2 (each is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h1 = ws + 3328 * n;   /* [N, 16, 4, 4], over h1__1__1, h1__1__5, h2__0__1, d_h2__0__1 (each read for the last time before d_h1 is written) */
+    gc_real *const d_h1__0 = ws + 1024 * n;   /* [N, 4, 4, 64], over h1__3, h2__0__0, h2__3, h2, d_theta__1__1, d_h2__0, d_h2__7, d_h2__9, d_h2__2__1, d_h2__0__4 (each read for the last time before d_h1__0 is written) */
+    gc_real *const d_h1__2 = ws + 2048 * n;   /* [N, 4, 4, 16], over h2__0__0, d_h2__2, d_h2__5, d_h2__0__4 (each read for the last time before d_h1__2 is written), in the gap of h1__0__0 (it is computed again later rather than kept: nothing in it meanwhile) */
+    gc_real *const d_h1__5 = ws + 4352 * n;   /* [N, 4, 4, 16], over d_h2__0__2 (it is read for the last time before d_h1__5 is written) */
+    gc_real *const d_h1__7 = ws + 3328 * n;   /* [N, 4, 4, 16, 4], over h1__1__1, h1__1__5, h1, h2__0__1, h2__1__1, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34, d_h2__0__1, d_h2__0__2, d_h1 (each read for the last time before d_h1__7 is written) */
+    gc_real *const d_h1__9 = ws + 1024 * n;   /* [N, 16, 8, 8], over h1__3, h2__0__0, h2__3, h2, d_theta__1__1, d_h2__0, d_h2__7, d_h2__9, d_h2__2__1, d_h2__0__4, d_h1__0 (each read for the last time before d_h1__9 is written) */
+    gc_real *const d_h1__2__1 = ws + 3328 * n;   /* [N, 16, 8, 8], over h1__1__1, h1__1__5, h1, h2__0__1, h2__1__1, h2__1__5, h2__1__11, h2__1__14, h2__1__16, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24, d_h2__1__29, d_h2__1__34, d_h2__0__1, d_h2__0__2, d_h1, d_h1__7 (each read for the last time before d_h1__2__1 is written) */
+    gc_real *const d_h1__1__14 = ws + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__14 is written) */
+    gc_real *const d_h1__1__16 = ws + 16 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__16 is written) */
+    gc_real *const d_h1__1__18 = ws + 32 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__18 is written) */
+    gc_real *const d_h1__1__24 = ws + 16 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5, d_h1__1__16 (each read for the last time before d_h1__1__24 is written) */
+    gc_real *const d_h1__1__29 = ws + 48 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5 (each read for the last time before d_h1__1__29 is written) */
+    gc_real *const d_h1__1__33 = ws + 0;   /* [N, 16, 8, 8], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, h2__2, h2__5, theta__1__0, theta__1, theta, d_theta, d_theta__1, d_h2__1__33, d_h2__0__4 (each read for the last time before d_h1__1__33 is written) */
+    gc_real *const d_h1__1__34 = ws + 16 + 4352 * n;   /* [1, 16, 1, 1], over d_h2__0__2, d_h1__5, d_h1__1__16, d_h1__1__24 (each read for the last time before d_h1__1__34 is written) */
+    gc_real *const d_g1 = ws + 10656 + 4608 * n;   /* [16], over h1__1__11 (it is read for the last time before d_g1 is written) */
+    gc_real *const d_b1 = ws + 10672 + 4608 * n;   /* [16], over h1__1__14 (it is read for the last time before d_b1 is written) */
+    gc_real *const d_h1__0__1 = ws + 1024 * n;   /* [N, 8, 8, 16], over h1__3, h2__0__0, h2__3, h2, d_theta__1__1, d_h2__0, d_h2__7, d_h2__9, d_h2__2__1, d_h2__0__4, d_h1__0, d_h1__9 (each read for the last time before d_h1__0__1 is written) */
+    gc_real *const d_h1__0__2 = ws + 2624 * n;   /* [16, 9], over h1__0 (it is read for the last time before d_h1__0__2 is written) */
+    gc_real *const d_w1 = ws + 144 + 2624 * n;   /* [16, 1, 3, 3], over h1__0 (it is read for the last time before d_w1 is written) */
+    gc_real *const next_mean1 = ws + 96;   /* [16], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, d_h2__0__4, d_h1__1__33 (each read for the last time before next_mean1 is written) */
+    gc_real *const t25 = ws + 0;   /* [1, 16, 1, 1], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, d_h2__0__4, d_h1__1__33 (each read for the last time before t25 is written) */
+    gc_real *const next_var1 = ws + 112;   /* [16], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, d_h2__0__4, d_h1__1__33 (each read for the last time before next_var1 is written) */
+    gc_real *const next_mean2 = ws + 0;   /* [32], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, d_h2__0__4, d_h1__1__33, t25 (each read for the last time before next_mean2 is written) */
+    gc_real *const t56 = ws + 32;   /* [1, 32, 1, 1], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, d_h2__0__4, d_h1__1__33 (each read for the last time before t56 is written) */
+    gc_real *const next_var2 = ws + 64;   /* [32], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, d_h2__0__4, d_h1__1__33 (each read for the last time before next_var2 is written) */
+    gc_real *const next_dropout_step = ws + 32;   /* [1], over h1__0__1, h1__2, h1__5, h2__0__0, h2__0, d_h2__0__4, d_h1__1__33, t56 (each read for the last time before next_dropout_step is written) */
     const digits_cnn_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     digits_cnn_forward_pass(n, x, w1, h1__0__0, h1__0__1, pack);
     digits_cnn_forward_rest(n, h1__0__1, h1__0, h1__1__1, h1__1__2, h1__1__5);
@@ -1433,15 +1494,15 @@ int digits_cnn_train_step(long n, const float *x, const int32_t *y, float *w1, f
     for (long i = 0; i < 32; ++i) {
         h2__1__11[i] = (gc_real)1.0 / (GC_SQRT((h2__1__6[i] + (gc_real)1e-05)));
     }
-    digits_cnn_backward_pass_2(n, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
+    digits_cnn_backward_pass_2(n, x, y, w2, g2, b2, U, c, dropout_step, loss, probs, d_w1, d_g1, d_b1,
                                d_w2, d_g2, d_b2, d_U, d_c, h1__0__0, h1__0, h1__1__2, h1__1__11,
-                               h1__1__14, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11, h2__1__14,
-                               h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1, theta,
-                               d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5, d_h2__7,
-                               d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16, d_h2__1__18, d_h2__1__24,
-                               d_h2__1__29, d_h2__1__33, d_h2__1__34, d_h2__0__1, d_h2__0__2,
-                               d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5, d_h1__7, d_h1__9,
-                               d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
+                               h1__1__14, h1__1__16, h1__2, h1, h2__0__0, h2__0, h2__1__2, h2__1__11,
+                               h2__1__14, h2__1__16, h2__2, h2__3, h2__5, h2, theta__1__0, theta__1,
+                               theta, d_theta, d_theta__1, d_theta__1__1, d_h2__0, d_h2__2, d_h2__5,
+                               d_h2__7, d_h2__9, d_h2__2__1, d_h2__1__14, d_h2__1__16, d_h2__1__18,
+                               d_h2__1__24, d_h2__1__29, d_h2__1__33, d_h2__1__34, d_h2__0__1,
+                               d_h2__0__2, d_h2__0__4, d_h1, d_h1__0, d_h1__2, d_h1__5, d_h1__7,
+                               d_h1__9, d_h1__2__1, d_h1__1__14, d_h1__1__16, d_h1__1__18, d_h1__1__24,
                                d_h1__1__29, d_h1__1__33, d_h1__1__34, d_h1__0__1, d_h1__0__2, pack);
     /* state update of h1__1: batch_norm's running values    [digits_cnn.toml:31] */
     for (long i = 0; i < 16; ++i) {

@@ -67,7 +67,7 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 static size_t gc_workspace_bytes(long n)
 {
     /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
-    static const size_t arena[][2] = { { 11392, 0 }, { 288, 1 } };
+    static const size_t arena[][2] = { { 6144, 0 }, { 288, 1 } };
     const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1) {
@@ -206,20 +206,10 @@ static void mlp_forward_pass(long n, const float *x, const int32_t *y, const flo
     }
 }
 
-/* The backward pass value_and_grad and train_step share: it writes d_b3, d_h2__1, d_b2, d_W3,
- * d_h1, d_W2, d_h1__3, d_b1 and d_W1. */
-static void mlp_backward_pass(long n, const float *x, const float *W2, const float *W3, float *d_W1,
-                              float *d_b1, float *d_W2, float *d_b2, float *d_W3, float *d_b3,
-                              gc_real *h1, gc_real *h2, gc_real *d_theta, gc_real *d_h2__1,
-                              gc_real *d_h1, gc_real *d_h1__3, gc_real *pack)
+/* The backward pass value_and_grad and train_step share: it writes d_h2__1 and d_b2. */
+static void mlp_backward_pass(long n, const float *W3, float *d_b2, gc_real *h2, gc_real *d_theta,
+                              gc_real *d_h2__1, gc_real *pack)
 {
-    /* d_b3: identity (3), from theta = "h2 @ W3.T + b3" */
-    memset(d_b3, 0, (size_t)(mlp_Nc) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < mlp_Nc; ++j) {
-            d_b3[j] += d_theta[i * mlp_Nc + j];
-        }
-    }
     /* d_h2: identity (2), from theta = "h2 @ W3.T + b3"
        d_h2__1: identity (4), from h2 = "relu(h1 @ W2.T + b2)":
            ∘ sgn(h2) as the product is written
@@ -232,31 +222,6 @@ static void mlp_backward_pass(long n, const float *x, const float *W2, const flo
                    d_theta, mlp_Nc, W3, mlp_H2,
                    GC_OVERWRITE, d_h2__1, mlp_H2, pack, &gc_ep);
     }
-    /* d_W3: identity (5), from theta = "h2 @ W3.T + b3" */
-    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_Nc, mlp_H2, n,
-            d_theta, mlp_Nc, h2, mlp_H2,
-            GC_OVERWRITE, d_W3, mlp_H2, pack);
-    /* d_h1: identity (2), from h2 = "relu(h1 @ W2.T + b2)" */
-    gc_gemm(GC_NO_TRANS, GC_NO_TRANS, n, mlp_H1, mlp_H2,
-            d_h2__1, mlp_H2, W2, mlp_H1,
-            GC_OVERWRITE, d_h1, mlp_H1, pack);
-    /* d_W2: identity (5), from h2 = "relu(h1 @ W2.T + b2)" */
-    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_H2, mlp_H1, n,
-            d_h2__1, mlp_H2, h1, mlp_H1,
-            GC_OVERWRITE, d_W2, mlp_H1, pack);
-    /* d_h1__3: identity (4), from h1 = "tanh(x @ W1.T + b1)"
-       d_b1: identity (3), from h1 = "tanh(x @ W1.T + b1)" */
-    memset(d_b1, 0, (size_t)(mlp_H1) * sizeof(gc_real));
-    for (long i = 0; i < n; ++i) {
-        for (long j = 0; j < mlp_H1; ++j) {
-            d_h1__3[i * mlp_H1 + j] = d_h1[i * mlp_H1 + j] * ((gc_real)1.0 - (h1[i * mlp_H1 + j] * h1[i * mlp_H1 + j]));
-            d_b1[j] += d_h1__3[i * mlp_H1 + j];
-        }
-    }
-    /* d_W1: identity (5), from h1 = "tanh(x @ W1.T + b1)" */
-    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_H1, mlp_Dx, n,
-            d_h1__3, mlp_H1, x, mlp_Dx,
-            GC_OVERWRITE, d_W1, mlp_Dx, pack);
 }
 
 /* ---- forward: the forward outputs ---- */
@@ -322,8 +287,39 @@ int mlp_value_and_grad(long n, const float *x, const int32_t *y, const float *W1
     gc_real *const d_h1 = ws + 0;   /* [N, H1], over h1__2, h2, theta, d_theta (each read for the last time before d_h1 is written) */
     gc_real *const d_h1__3 = ws + 192 * n;   /* [N, H1], over d_h2__1 (it is read for the last time before d_h1__3 is written) */
     mlp_forward_pass(n, x, y, W1, b1, W2, b2, W3, b3, loss, probs, h1__2, h1, h2, theta, d_theta, pack);
-    mlp_backward_pass(n, x, W2, W3, d_W1, d_b1, d_W2, d_b2, d_W3, d_b3, h1, h2, d_theta, d_h2__1, d_h1,
-                      d_h1__3, pack);
+    /* d_b3: identity (3), from theta = "h2 @ W3.T + b3" */
+    memset(d_b3, 0, (size_t)(mlp_Nc) * sizeof(gc_real));
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < mlp_Nc; ++j) {
+            d_b3[j] += d_theta[i * mlp_Nc + j];
+        }
+    }
+    mlp_backward_pass(n, W3, d_b2, h2, d_theta, d_h2__1, pack);
+    /* d_W3: identity (5), from theta = "h2 @ W3.T + b3" */
+    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_Nc, mlp_H2, n,
+            d_theta, mlp_Nc, h2, mlp_H2,
+            GC_OVERWRITE, d_W3, mlp_H2, pack);
+    /* d_h1: identity (2), from h2 = "relu(h1 @ W2.T + b2)" */
+    gc_gemm(GC_NO_TRANS, GC_NO_TRANS, n, mlp_H1, mlp_H2,
+            d_h2__1, mlp_H2, W2, mlp_H1,
+            GC_OVERWRITE, d_h1, mlp_H1, pack);
+    /* d_W2: identity (5), from h2 = "relu(h1 @ W2.T + b2)" */
+    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_H2, mlp_H1, n,
+            d_h2__1, mlp_H2, h1, mlp_H1,
+            GC_OVERWRITE, d_W2, mlp_H1, pack);
+    /* d_h1__3: identity (4), from h1 = "tanh(x @ W1.T + b1)"
+       d_b1: identity (3), from h1 = "tanh(x @ W1.T + b1)" */
+    memset(d_b1, 0, (size_t)(mlp_H1) * sizeof(gc_real));
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < mlp_H1; ++j) {
+            d_h1__3[i * mlp_H1 + j] = d_h1[i * mlp_H1 + j] * ((gc_real)1.0 - (h1[i * mlp_H1 + j] * h1[i * mlp_H1 + j]));
+            d_b1[j] += d_h1__3[i * mlp_H1 + j];
+        }
+    }
+    /* d_W1: identity (5), from h1 = "tanh(x @ W1.T + b1)" */
+    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_H1, mlp_Dx, n,
+            d_h1__3, mlp_H1, x, mlp_Dx,
+            GC_OVERWRITE, d_W1, mlp_Dx, pack);
     return GRAPHC_OK;
 }
 
@@ -350,29 +346,60 @@ int mlp_train_step(long n, const float *x, const int32_t *y, float *W1, float *b
     gc_real *const h2 = ws + 0;   /* [N, H2], over h1__2 (it is read for the last time before h2 is written) */
     gc_real *const theta = ws + 48 * n;   /* [N, Nc], over h1__2 (it is read for the last time before theta is written) */
     gc_real *const d_theta = ws + 64 * n;   /* [N, Nc], over h1__2 (it is read for the last time before d_theta is written) */
-    gc_real *const d_b3 = ws + 11376 + 288 * n;   /* [Nc] */
-    gc_real *const d_h2__1 = ws + 192 * n;   /* [N, H2] */
-    gc_real *const d_b2 = ws + 11328 + 288 * n;   /* [H2] */
-    gc_real *const d_W3 = ws + 10752 + 288 * n;   /* [Nc, H2] */
+    gc_real *const d_b3 = ws + 192 * n;   /* [Nc] */
+    gc_real *const d_h2__1 = ws + 4608 + 192 * n;   /* [N, H2] */
+    gc_real *const d_b2 = ws + 192 * n;   /* [H2], over d_b3 (it is read for the last time before d_b2 is written) */
+    gc_real *const d_W3 = ws + 192 * n;   /* [Nc, H2], over d_b3, d_b2 (each read for the last time before d_W3 is written) */
     gc_real *const d_h1 = ws + 0;   /* [N, H1], over h1__2, h2, theta, d_theta (each read for the last time before d_h1 is written) */
-    gc_real *const d_W2 = ws + 6144 + 288 * n;   /* [H2, H1] */
-    gc_real *const d_h1__3 = ws + 192 * n;   /* [N, H1], over d_h2__1 (it is read for the last time before d_h1__3 is written) */
-    gc_real *const d_b1 = ws + 11232 + 288 * n;   /* [H1] */
-    gc_real *const d_W1 = ws + 288 * n;   /* [H1, Dx] */
+    gc_real *const d_W2 = ws + 192 * n;   /* [H2, H1], over d_b3, d_b2, d_W3 (each read for the last time before d_W2 is written) */
+    gc_real *const d_h1__3 = ws + 192 * n;   /* [N, H1], over d_b3, d_h2__1, d_b2, d_W3, d_W2 (each read for the last time before d_h1__3 is written) */
+    gc_real *const d_b1 = ws + 288 * n;   /* [H1], over d_h2__1, d_W3, d_W2 (each read for the last time before d_b1 is written) */
+    gc_real *const d_W1 = ws + 288 * n;   /* [H1, Dx], over d_h2__1, d_W3, d_W2, d_b1 (each read for the last time before d_W1 is written) */
     const mlp_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     mlp_forward_pass(n, x, y, W1, b1, W2, b2, W3, b3, loss, probs, h1__2, h1, h2, theta, d_theta, pack);
-    mlp_backward_pass(n, x, W2, W3, d_W1, d_b1, d_W2, d_b2, d_W3, d_b3, h1, h2, d_theta, d_h2__1, d_h1,
-                      d_h1__3, pack);
+    /* d_b3: identity (3), from theta = "h2 @ W3.T + b3" */
+    memset(d_b3, 0, (size_t)(mlp_Nc) * sizeof(gc_real));
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < mlp_Nc; ++j) {
+            d_b3[j] += d_theta[i * mlp_Nc + j];
+        }
+    }
     /* t += 1;  step_size = lr / (1 - beta1^t);  bc2_sqrt = sqrt(1 - beta2^t) (in double); the updates */
     adam_t[0] += 1;
     const gc_real gc_step_size = (gc_real)(gc_hp->lr / (1.0 - pow(gc_hp->beta1, (double)adam_t[0])));
     const gc_real gc_bc2_sqrt = (gc_real)sqrt(1.0 - pow(gc_hp->beta2, (double)adam_t[0]));
-    gc_adam_update(W1, d_W1, W1_m, W1_v, mlp_H1 * mlp_Dx, gc_step_size, gc_bc2_sqrt, gc_hp);
-    gc_adam_update(b1, d_b1, b1_m, b1_v, mlp_H1, gc_step_size, gc_bc2_sqrt, gc_hp);
-    gc_adam_update(W2, d_W2, W2_m, W2_v, mlp_H2 * mlp_H1, gc_step_size, gc_bc2_sqrt, gc_hp);
-    gc_adam_update(b2, d_b2, b2_m, b2_v, mlp_H2, gc_step_size, gc_bc2_sqrt, gc_hp);
-    gc_adam_update(W3, d_W3, W3_m, W3_v, mlp_Nc * mlp_H2, gc_step_size, gc_bc2_sqrt, gc_hp);
     gc_adam_update(b3, d_b3, b3_m, b3_v, mlp_Nc, gc_step_size, gc_bc2_sqrt, gc_hp);
+    mlp_backward_pass(n, W3, d_b2, h2, d_theta, d_h2__1, pack);
+    gc_adam_update(b2, d_b2, b2_m, b2_v, mlp_H2, gc_step_size, gc_bc2_sqrt, gc_hp);
+    /* d_W3: identity (5), from theta = "h2 @ W3.T + b3" */
+    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_Nc, mlp_H2, n,
+            d_theta, mlp_Nc, h2, mlp_H2,
+            GC_OVERWRITE, d_W3, mlp_H2, pack);
+    gc_adam_update(W3, d_W3, W3_m, W3_v, mlp_Nc * mlp_H2, gc_step_size, gc_bc2_sqrt, gc_hp);
+    /* d_h1: identity (2), from h2 = "relu(h1 @ W2.T + b2)" */
+    gc_gemm(GC_NO_TRANS, GC_NO_TRANS, n, mlp_H1, mlp_H2,
+            d_h2__1, mlp_H2, W2, mlp_H1,
+            GC_OVERWRITE, d_h1, mlp_H1, pack);
+    /* d_W2: identity (5), from h2 = "relu(h1 @ W2.T + b2)" */
+    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_H2, mlp_H1, n,
+            d_h2__1, mlp_H2, h1, mlp_H1,
+            GC_OVERWRITE, d_W2, mlp_H1, pack);
+    gc_adam_update(W2, d_W2, W2_m, W2_v, mlp_H2 * mlp_H1, gc_step_size, gc_bc2_sqrt, gc_hp);
+    /* d_h1__3: identity (4), from h1 = "tanh(x @ W1.T + b1)"
+       d_b1: identity (3), from h1 = "tanh(x @ W1.T + b1)" */
+    memset(d_b1, 0, (size_t)(mlp_H1) * sizeof(gc_real));
+    for (long i = 0; i < n; ++i) {
+        for (long j = 0; j < mlp_H1; ++j) {
+            d_h1__3[i * mlp_H1 + j] = d_h1[i * mlp_H1 + j] * ((gc_real)1.0 - (h1[i * mlp_H1 + j] * h1[i * mlp_H1 + j]));
+            d_b1[j] += d_h1__3[i * mlp_H1 + j];
+        }
+    }
+    gc_adam_update(b1, d_b1, b1_m, b1_v, mlp_H1, gc_step_size, gc_bc2_sqrt, gc_hp);
+    /* d_W1: identity (5), from h1 = "tanh(x @ W1.T + b1)" */
+    gc_gemm(GC_TRANS, GC_NO_TRANS, mlp_H1, mlp_Dx, n,
+            d_h1__3, mlp_H1, x, mlp_Dx,
+            GC_OVERWRITE, d_W1, mlp_Dx, pack);
+    gc_adam_update(W1, d_W1, W1_m, W1_v, mlp_H1 * mlp_Dx, gc_step_size, gc_bc2_sqrt, gc_hp);
     return GRAPHC_OK;
 }
 

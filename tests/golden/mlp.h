@@ -64,7 +64,7 @@ enum { mlp_Dx = 64, mlp_H1 = 96, mlp_H2 = 48, mlp_Nc = 10 };
  *     static unsigned char raw[mlp_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define mlp_WORKSPACE_BYTES(max_n) \
-    ((((size_t)11392 + (size_t)288 * (size_t)(max_n)) + mlp_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)6144 + (size_t)288 * (size_t)(max_n)) + mlp_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
