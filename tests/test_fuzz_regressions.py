@@ -340,3 +340,23 @@ def test_the_reference_evaluates_a_scans_backward_in_float32():
     for k in ("loss", "d_wx", "d_wh"):
         assert r32[k].dtype == np.float32
         np.testing.assert_allclose(r32[k], r64[k], rtol=1e-5, atol=1e-6)
+
+
+def test_an_mpi_refusal_of_two_lines_leaves_main_c_compiling(tmp_path):
+    """A campaign found it (seed 7): a model whose MPI build is refused with a ShapeError and its
+    hint (two lines) put both lines in main.c's `#error "..."`; the string left open broke even
+    the build without MPI (an unterminated string is an error in a skipped #if branch too). The
+    reason is one line now, and the standalone example builds with gcc under -Werror and prints
+    what the extension computes."""
+    from pathlib import Path
+
+    from graphc.tools.fuzz_case import Case
+    from graphc.tools.fuzz_checks import run_case
+    path = Path(__file__).parent / "specs" / "fuzz" / "mpi_refusal_of_two_lines.toml"
+    result = run_case(Case.parse(path.read_text()), workdir=tmp_path, only="standalone", compilers=("gcc",))
+    assert result.checks["standalone gcc"] == 1, result.checks
+    g = graphc.parse_spec(Case.parse(path.read_text()).spec, "fz.toml")
+    graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.05)).export(tmp_path / "c", standalone=True)
+    main_c = (tmp_path / "c" / "main.c").read_text()
+    error = next(line for line in main_c.splitlines() if line.startswith("#error"))
+    assert "does not train over MPI" in error and error.endswith('"') and "hint:" in error, error

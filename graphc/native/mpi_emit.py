@@ -68,7 +68,9 @@ def mpi_parts(model, example: dict, example_arrays, amalgamate: bool = False) ->
     try:
         ctx.update(_context(model, example, layout, update, example_arrays(model.graph, "float64", 3)))
     except GraphcError as e:
-        ctx["reason"] = str(e)
+        # one line: main_mpi.c.j2 puts it in an #error's string, which a newline would end (and a
+        # string left open is an error even in the #if branch a build without MPI skips)
+        ctx["reason"] = " ".join(str(e).split())
         return ctx, {}
     return ctx, {f"{update.name}.c": amalgamated(update) if amalgamate else update.source,
                  f"{update.name}.h": update.header}
