@@ -139,14 +139,13 @@ def test_conv_and_pool_c_matches_reference_and_finite_differences(dtype):
 
 
 def test_conv_vjps_are_the_notes_identities_in_explain():
-    """dJ/dw = (Σ over the images of P δᵀ)ᵀ, P = im2col(x) the patch planes of each image, identity (5);
-    dJ/dx = col2im(Wᵀ δ), identity (1) (z = W P per image)."""
+    """dJ/dw = δᵀ P over the patch matrix P = im2col(x), identity (5); dJ/dx through col2im."""
     g = graphc.parse_spec(CNN, "cnn.toml")
     lines = graphc.explain(g, of="J", wrt=["w", "x"]).splitlines()
     dw = next(line for line in lines if line.startswith("∂J/∂w"))
-    assert re.search(r"permute\(Σ_images im2col\(x\) δ\d*ᵀ\)", dw) and "identity (5)" in dw, dw
+    assert re.search(r"δ\d*\)?ᵀ im2col\(x\)\)", dw) and "identity (5)" in dw, dw
     dx = next(line for line in lines if line.startswith("∂J/∂x"))
-    assert re.search(r"col2im\(reshape\(w\)ᵀ δ\d*\)", dx) and "(1)" in dx, dx
+    assert "col2im(" in dx and "(2)" in dx, dx
 
 
 def test_conv_errors_name_the_line_the_op_the_shapes_and_the_fix():
@@ -244,24 +243,21 @@ wrt = ["w", "b", "d", "e", "U", "x"]
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_conv_bias_and_relu_run_in_the_gemm_epilogue_and_the_depthwise_loop(dtype):
-    """relu(conv2d(x, w, b)): one GEMM per image over the patch planes writes h in NCHW itself (no
-    permute), its bias filled into h's rows first, the relu in the GEMM's epilogue (GC_ACT_RELU), no
-    loop of its own for the relu; the depthwise convolution's relu inside its direct loop, which
-    makes no patch matrix. C vs NumPy in both dtypes."""
+    """relu(conv2d(x, w, b)): the bias and the relu in the patch GEMM's epilogue (GC_ACT_RELU), h
+    written by the permute to NCHW, no loop of its own for the relu; the depthwise convolution's
+    relu inside its direct loop, which makes no patch matrix. C vs NumPy in both dtypes."""
     from graphc.backend.codegen import generate
     g = graphc.parse_spec(CONV_RELU, "conv_relu.toml")
     src = generate(g, dtype=dtype).source
     forward = src[src.index("int conv_relu_forward("):]
     forward = forward[:forward.index("\n}\n")]
     gemm = re.search(r"gc_gemm_bias_act\([^;]*;", forward).group(0)
-    assert "gc_o, 63, pack, NULL, GC_ACT_RELU)" in gemm, gemm
-    assert "gc_real *gc_o = h + gc_n * (8 * 63);" in forward and "gc_o[gc_c * 63 + gc_p] = b[gc_c];" in forward
-    assert not re.search(r"\n\s*h\[[^\]]*\] = [a-z_0-9]+\[[^\]]*\];", forward), "no permute writes h"
+    assert ", b, GC_ACT_RELU)" in gemm, gemm
+    assert re.search(r"\n\s*h\[[^\]]*\] = [a-z_0-9]+\[[^\]]*\];", forward), "the permute writes h"
     assert "<= 0 ? 0 :" in forward and forward.count("<= 0 ? 0 :") == 1, "one relu: the depthwise loop's"
     assert "gc_orow[gc_ow] = gc_orow[gc_ow] <= 0 ? 0 : gc_orow[gc_ow];" in forward
     assert re.search(r"gc_real \*gc_o = k_v \+", forward), "the depthwise loop writes k"
-    assert forward.count("gc_real *gc_row = ") == 1 and "gc_col" not in forward, \
-        "one patch matrix (the dense conv's planes), none for the depthwise one"
+    assert forward.count("gc_real *gc_col = ") == 1, "one patch matrix (the dense conv's), none for the depthwise one"
     report = graphc.check(g, dtype=dtype)
     assert report.ok, str(report)
 

@@ -80,15 +80,23 @@ def direct_pointwise(g: Geometry, w_shape, groups: int) -> bool:
         and g.dilation == (1, 1)
 
 
+# The least multiply-adds per image for the patch planes: below it a GEMM call per image costs more
+# than it saves (the digits CNN's 16 x 64 x 9 and 32 x 16 x 144 per image: its train step went from
+# 0.8 to 1.1 ms with them); ResNet-8's smallest, the 1x1 stride-2 shortcuts, have 131,072.
+PLANES_WORK = 100_000
+
+
 def patch_planes(g: Geometry, w_shape, groups: int) -> bool:
     """Whether a convolution runs as the patch planes P = im2col(x, layout="nchw") [N, C_in·kh·kw, Ho,
     Wo] and one GEMM per image over them (pointwise_conv: z[n] = W P[n], a 1x1 convolution of the
-    planes) rather than the patch rows [N·Ho·Wo, C_in·kh·kw] and one GEMM for the batch: for groups 1.
-    The GEMM's long dimension is then its N (the Ho·Wo pixels, vectorised) rather than C_out (16 in
-    ResNet-8: a narrow, mostly packing-bound product), it writes z in NCHW (no permute of z, nor of δ
-    in the backward pass), the bias is a row per channel, and col2im adds whole rows of Wo back.
-    ResNet-8's train step at batch 64 ran ... faster on one thread (benchmarks/README.md)."""
-    return groups == 1
+    planes) rather than the patch rows [N·Ho·Wo, C_in·kh·kw] and one GEMM for the batch: for groups 1
+    and at least PLANES_WORK multiply-adds per image. The GEMM's long dimension is then its N (the
+    Ho·Wo pixels, vectorised) rather than C_out (16 in ResNet-8: a narrow, mostly packing-bound
+    product), it writes z in NCHW (no permute of z, nor of δ in the backward pass), the bias is a row
+    per channel, and the planes are made (and col2im'd back) image by image inside the GEMM's kernel,
+    in cache (backend/fusion.py's IMAGE_PLANES), never stored for the batch. ResNet-8's train step at
+    batch 64 went from 149 to 89 ms of CPU time on one AVX-512 core (benchmarks/README.md)."""
+    return groups == 1 and w_shape[0] * g.patch * g.Ho * g.Wo >= PLANES_WORK
 
 
 def _direct_attrs(g: Geometry) -> dict:
