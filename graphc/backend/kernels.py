@@ -143,8 +143,14 @@ def collapse(loop: Loop, names: dict[int, str] | None = None) -> Nest:
         target, value = c_element(st.target, index(k)), st.value.format(**loads)
         if st.combine:
             body.append(dict(target=target, op="=", value=st.combine.replace("{T}", target).replace("{V}", value)))
+        elif st.accumulate and merged and merged[-1][1][k] == (0,):
+            # a sum along the innermost loop (a convolution's bias gradient over each channel's pixels):
+            # into a local that the compiler may keep in vector lanes (omp simd), added to the target after
+            # the loop; a fixed order per build, whatever the threads (a += chain was one add per 4 cycles)
+            body.append(dict(target=target, op="+=", value=value, sum=f"gc_sum{len(body)}"))
         else:
             body.append(dict(target=target, op="+=" if st.accumulate else "=", value=value))
+        body[-1].setdefault("sum", None)
         k += 1 + len(st.loads)
     # The outer loop may be split across threads when every iteration of it writes elements of its
     # own: plain assignments (no += reduction) whose targets all move along it. Then each element
