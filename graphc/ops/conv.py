@@ -95,7 +95,7 @@ def patch_planes(g: Geometry, w_shape, groups: int) -> bool:
     product), it writes z in NCHW (no permute of z, nor of δ in the backward pass), the bias is a row
     per channel, and the planes are made (and col2im'd back) image by image inside the GEMM's kernel,
     in cache (backend/fusion.py's IMAGE_PLANES), never stored for the batch. ResNet-8's train step at
-    batch 64 went from 149 to 89 ms of CPU time on one AVX-512 core (benchmarks/README.md)."""
+    batch 64 went from 147 to 71 ms of CPU time on one AVX-512 core (README, Convolutional models)."""
     return groups == 1 and w_shape[0] * g.patch * g.Ho * g.Wo >= PLANES_WORK
 
 
