@@ -176,14 +176,15 @@ def conv_gemms(spec_graph, B):
     (TN); else the batch-wide patch rows: z = P Wᵀ (NT), dW = δᵀ P (TN) and dP = δ W (NN)."""
     from graphc.backend.packing import DIRECT_WORK
     from graphc.backend.schedule import POINTWISE_CHUNK, POINTWISE_COLUMNS
-    from graphc.ops.conv import patch_planes, _conv_geometry
+    from graphc.ops.conv import patch_planes
+    from graphc.ops.windows import geometry
     out = []
     for n in spec_graph.nodes:
         if n.op.name != "conv2d":
             continue
         x, w = n.inputs[:2]
         a = n.attrs
-        g = _conv_geometry("conv2d", x.type, w.type, None, a["stride"], a["padding"], a["dilation"], a["groups"])
+        g = geometry("conv2d", x.type, w.shape[2:], a["stride"], a["padding"], a["dilation"])
         co, k, hw = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3], g.Ho * g.Wo
         name = n.output.name
         if patch_planes(g, w.shape, a["groups"]):
