@@ -170,17 +170,37 @@ def make_jax(name, params, x, y, xf, yf, B):
 
 # ====================================================================== the convolution GEMMs
 def conv_gemms(spec_graph, B):
-    """(label, M, N, K, transposes) of every GEMM of the convolutions of a spec at batch B: the
-    forward z = P Wᵀ (NT), the weight gradient δᵀ P (TN) and the patch gradient δ W (NN)."""
+    """(label, M, N, K, form) of every GEMM call of the convolutions of a spec at batch B, as graphc
+    runs them: over the patch planes (ops/conv.py's patch_planes), one call per image (and per block
+    of columns, or chunk of pixels) of z[n] = W P[n] (NN), dWᵀ += P[n] δ[n]ᵀ (NT) and dP[n] = Wᵀ δ[n]
+    (TN); else the batch-wide patch rows: z = P Wᵀ (NT), dW = δᵀ P (TN) and dP = δ W (NN)."""
+    from graphc.backend.packing import DIRECT_WORK
+    from graphc.backend.schedule import POINTWISE_CHUNK, POINTWISE_COLUMNS
+    from graphc.ops.conv import patch_planes
+    from graphc.ops.windows import geometry
     out = []
     for n in spec_graph.nodes:
         if n.op.name != "conv2d":
             continue
         x, w = n.inputs[:2]
-        rows = B * n.output.shape[2] * n.output.shape[3]
-        co, k = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]
-        out += [(f"{n.output.name}: z = P Wᵀ", rows, co, k, "nt"), (f"{n.output.name}: dW = δᵀ P", co, k, rows, "tn"),
-                (f"{n.output.name}: dP = δ W", rows, k, co, "nn")]
+        a = n.attrs
+        g = geometry("conv2d", x.type, w.shape[2:], a["stride"], a["padding"], a["dilation"])
+        co, k, hw = w.shape[0], w.shape[1] * w.shape[2] * w.shape[3], g.Ho * g.Wo
+        name = n.output.name
+        if patch_planes(g, w.shape, a["groups"]):
+            def block(M, K):
+                cols = DIRECT_WORK // (M * K) // POINTWISE_COLUMNS * POINTWISE_COLUMNS
+                if not cols or cols >= hw:
+                    return hw
+                blocks = -(-hw // cols)
+                return -(-hw // blocks) // -POINTWISE_COLUMNS * -POINTWISE_COLUMNS
+            out += [(f"{name}: z[n] = W P[n]", co, block(co, k), k, "nn"),
+                    (f"{name}: dWᵀ += P[n] δ[n]ᵀ", k, co, min(hw, POINTWISE_CHUNK), "nt"),
+                    (f"{name}: dP[n] = Wᵀ δ[n]", k, block(k, co), co, "tn")]
+            continue
+        rows = B * hw
+        out += [(f"{name}: z = P Wᵀ", rows, co, k, "nt"), (f"{name}: dW = δᵀ P", co, k, rows, "tn"),
+                (f"{name}: dP = δ W", rows, k, co, "nn")]
     return out
 
 

@@ -153,7 +153,7 @@ EXAMPLES = [
     ("patch_matmul", ("pat", "pat"), {"mode": "tn"}, None, "patᵀ pat", r"\mathrm{pat}^\top \mathrm{pat}"),
     ("depthwise_conv", ("img", "dk"), {"kernel": (3, 3), "padding": (1, 1, 1, 1)}, None, "dwconv(img, dk)",
      r"\operatorname{dwconv}(\mathrm{img}, \mathrm{dk})"),
-    ("pointwise_conv", ("img", "pk"), {}, None, "pwconv(img, pk)", r"\operatorname{pwconv}(\mathrm{img}, \mathrm{pk})"),
+    ("pointwise_conv", ("img", "pk"), {}, None, "pk img", r"\mathrm{pk} \mathrm{img}"),
     ("max", ("x",), {"axis": 1}, "max(x, axis=1)", "max(x)", r"\max(x)"),
     ("layer_norm", ("x", "b", "b"), {"normalized_shape": (4,)}, "layer_norm(x, (4,), b, b)", "layer_norm(x, b, b)",
      r"\operatorname{layer\_norm}(x, b, b)"),

@@ -82,6 +82,14 @@ CONV_RELU = (op("relu", op("permute", op("patch_matmul", var("P"), var("W"), bin
              op("relu", op("pointwise_conv", var("x"), var("w"), bind="rows"), bind="h"))
 NCHW = (0, 3, 1, 2)
 
+# a convolution's patch planes made per image (ops/conv.py's patch_planes): P = im2col(x, layout nchw) read
+# only by pointwise_conv GEMMs (one per image) is not stored for the batch (9x x for a 3x3 kernel: 38 MB per
+# 16-channel layer of ResNet-8 at batch 64, written and read back from memory); each GEMM's kernel makes
+# image n's planes into a scratch buffer (in cache) just before its product. Likewise col2im(dP) of a
+# pointwise_conv input gradient dP: each image's dP goes to scratch and is added back into dJ/dx at once.
+IMAGE_PLANES = op("im2col", var("x"), bind="P")
+IMAGE_COL2IM = op("col2im", op("pointwise_conv", var("d"), var("w"), bind="dP"), bind="dx")
+
 GATHER_INTO_CONCAT = ("embedding", "concat")           # the gather, its single consumer
 SCATTER_FROM_SLICE = op("embedding_grad", op("slice", var("whole"), bind="part"), var("ids"))
 SCATTER_SUM = ("add", "embedding_grad")                  # a tree of adds, each leaf a scatter
@@ -140,12 +148,14 @@ class Fusion:
         self.into_concat: dict[Node, tuple[Value, int]] = {}   # embedding -> (concat output, first column)
         self.from_slice: dict[Node, tuple[Value, int]] = {}    # embedding_grad -> (sliced value, first column)
         self.scatter_sum: dict[Node, tuple[Value, bool]] = {}  # embedding_grad -> (the sum, zeroes it first)
-        self.moved: set[Node] = set()               # relus computed by the kernel before them (CONV_RELU)
+        self.moved: set[Node] = set()               # relus (CONV_RELU), col2ims (IMAGE_COL2IM) done by the kernel before
         self.conv_relu: set[Node] = set()           # conv GEMMs and depthwise loops that apply a relu
         self.writes: dict[Node, Value] = {}         # node -> the relu output it writes instead of its own
         self.attention_lse: dict[Node, Node] = {}   # attention forward -> the log-sum-exp node it also writes
         self.attention_grads: dict[Node, tuple[Node, ...]] = {}   # first of dQ, dK, dV -> all of them
         self.norm_grads: dict[Node, tuple[Node, ...]] = {}        # first of dJ/dx, dJ/dweight -> both
+        self.image_planes: dict[Value, Node] = {}   # patch planes made per image by their GEMMs -> im2col
+        self.image_col2im: dict[Node, Node] = {}    # pointwise_conv input_grad -> the col2im it runs per image
         self.alias: dict[Value, Value] = {}         # a reshape's output -> the buffer it is (RESHAPE_ALIAS)
         self.through: dict[Value, tuple] = {}       # a permute's input -> (buffer, strides, offset) it is read at
         self.placed: dict[Node, tuple] = {}         # unslice or permute -> (the sum, strides, offset, zeroes it)
@@ -154,6 +164,7 @@ class Fusion:
         self._identity_7()
         self._gemm_epilogues()
         self._conv_relus()
+        self._per_image_patches()
         self._gathers()
         self._attention()
         self._in_place_and_inline()
@@ -268,6 +279,22 @@ class Fusion:
                 self.writes[(nchw if nchw is not None else rows).node] = n.output
                 self.moved.add(n)
                 break
+
+    def _per_image_patches(self) -> None:
+        """IMAGE_PLANES and IMAGE_COL2IM: the patch planes (layout nchw) made, and summed back, one
+        image at a time inside the GEMM kernels of pointwise_conv; im2col and col2im get no kernel."""
+        for n in self.g.nodes:
+            if n.op.name == "im2col" and n.attrs["layout"] == "nchw" and n.output not in self.out_of \
+                    and n.output not in self.keep and n.output not in self.static:
+                users = self.users.get(n.output, [])
+                if users and all(u.op.name == "pointwise_conv" and u.attrs["mode"] != "input_grad" for u in users):
+                    self.image_planes[n.output] = n
+            env = match(IMAGE_COL2IM, n.output)
+            if env is not None and env["dx"].node.attrs["layout"] == "nchw" and \
+                    env["dP"].node.attrs["mode"] == "input_grad" and self.single_user(env["dP"]) is n:
+                self.image_col2im[env["dP"].node] = n
+                self.writes[env["dP"].node] = n.output
+                self.moved.add(n)
 
     def _gathers(self) -> None:
         """GATHER_INTO_CONCAT, SCATTER_FROM_SLICE and SCATTER_SUM: the word-window classifier's

@@ -143,8 +143,14 @@ def collapse(loop: Loop, names: dict[int, str] | None = None) -> Nest:
         target, value = c_element(st.target, index(k)), st.value.format(**loads)
         if st.combine:
             body.append(dict(target=target, op="=", value=st.combine.replace("{T}", target).replace("{V}", value)))
+        elif st.accumulate and merged and merged[-1][1][k] == (0,):
+            # a sum along the innermost loop (a convolution's bias gradient over each channel's pixels):
+            # into a local that the compiler may keep in vector lanes (omp simd), added to the target after
+            # the loop; a fixed order per build, whatever the threads (a += chain was one add per 4 cycles)
+            body.append(dict(target=target, op="+=", value=value, sum=f"gc_sum{len(body)}"))
         else:
             body.append(dict(target=target, op="+=" if st.accumulate else "=", value=value))
+        body[-1].setdefault("sum", None)
         k += 1 + len(st.loads)
     # The outer loop may be split across threads when every iteration of it writes elements of its
     # own: plain assignments (no += reduction) whose targets all move along it. Then each element
@@ -325,8 +331,10 @@ class Window(Kernel):
 class Patches(Window):
     """kind im2col: out [n*Ho*Wo rows, C*kh*kw] = the windows of x [n, C, H, W] (pad_value outside);
     kind col2im: out [n, C, H, W] = zeros, then each patch element of x added back where it came
-    from."""
+    from. layout "nchw": the patches as planes [n, C*kh*kw, Ho*Wo], copied (and added back) a row
+    of Wo at a time."""
     pad_value: str = "0"
+    layout: str = "nhwc"
     template: ClassVar[str] = "kernels/patches.c.j2"
     kind_name: ClassVar[str] = "patches"
 
@@ -351,7 +359,8 @@ class Pointwise(Kernel):
     kind forward: out[n] = w x[n] (+ bias per row, filled in first and accumulated onto; then relu
     when set, in the GEMM's epilogue); input_grad: out[n] = wᵀ δ[n] (δ is x here); weight_grad:
     out = Σ_n δ[n] x[n]ᵀ (δ is w here), the images, and chunks of K pixels of each, accumulated in
-    order (beta 1 after the first product). ta, tb, M, N, K: each call's product (K the most; what
+    order (beta 1 after the first product). forward and input_grad run over blocks of N of the HW
+    columns when `columns` is set. ta, tb, M, N, K: each call's product (K the most; what
     the workspace's packing share is sized by: dims, as Gemm's). Sizes are C text."""
     kind: str = "forward"
     out: str = ""
@@ -369,6 +378,13 @@ class Pointwise(Kernel):
     N: str = ""
     K: str = ""
     chunk: str | None = None    # weight_grad: the pixels per product when fewer than HW (then K is that many)
+    columns: str | None = None  # forward, input_grad: the pixels (columns) per product when fewer than HW (N)
+    x_at: str = ""              # image gc_n of x (δ for input_grad): C text
+    w_at: str | None = None     # weight_grad: image gc_n of w (δ)
+    out_at: str | None = None   # forward, input_grad: image gc_n of out
+    before: tuple = ()          # Patches records (one image) run before image gc_n's product: its planes made
+    after: Any = None           # a Patches record run after it: its planes (out_at) summed back into the image
+    scratch: tuple = ()         # (C name, elements): one image's planes, in the workspace
     dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
     template: ClassVar[str] = "kernels/pointwise.c.j2"
     kind_name: ClassVar[str] = "pointwise"

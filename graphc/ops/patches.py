@@ -1,6 +1,11 @@
 """The kernel ops a convolution lowers to (ops/conv.py's conv2d and conv1d): im2col (the patch
 matrix), col2im (its adjoint) and patch_matmul (the GEMM over the patch matrix, by groups).
 They are not spec ops (public = False): conv2d's VJP builds them.
+
+The patch matrix has two layouts: "nhwc", one row per output pixel [N, Ho, Wo, C*kh*kw] (what
+patch_matmul multiplies, by groups), and "nchw", the same numbers as planes [N, C*kh*kw, Ho, Wo]:
+an image of C*kh*kw channels, which a convolution of groups 1 multiplies by one GEMM per image
+(pointwise_conv: W [C_out, C*kh*kw] times the planes [C*kh*kw, Ho*Wo], written in NCHW).
 """
 from __future__ import annotations
 
@@ -15,23 +20,26 @@ from graphc.ops.windows import col2im_np, geometry, im2col_np
 @register
 class Im2col(OpDef):
     """The patch matrix of x [N, C, H, W]: one row per output pixel [N, Ho, Wo], one column per
-    (channel, kernel row, kernel column); outside x it reads pad_value.
+    (channel, kernel row, kernel column); outside x it reads pad_value. layout "nchw": the same
+    patches as planes [N, C*kh*kw, Ho, Wo], one plane per column.
 
     Backward, identity (3): every patch element is a copy of one element of x (or of the padding),
     so dJ/dx = col2im(δ), each copy's δ summed back where it came from."""
 
     name = "im2col"
-    attrs = {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "pad_value": 0.0}
+    attrs = {"kernel": (1, 1), "stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "pad_value": 0.0,
+             "layout": "nhwc"}
     tuple_attrs = ("kernel", "stride", "padding", "dilation")
     public = False
     identity = "3"
 
-    def shape(self, x, kernel, stride, padding, dilation, pad_value):
+    def shape(self, x, kernel, stride, padding, dilation, pad_value, layout="nhwc"):
         require_float(x)
         if len(padding) != 4:
             raise ShapeError(f"im2col takes padding (top, bottom, left, right), got {padding}")
+        _check_layout(layout)
         g = geometry(self.name, x, kernel, stride, padding, dilation)
-        return TensorType((g.N, g.Ho, g.Wo, g.patch))
+        return TensorType((g.N, g.Ho, g.Wo, g.patch) if layout == "nhwc" else (g.N, g.patch, g.Ho, g.Wo))
 
     def reference(self, x, **a):
         return im2col_np(x, **a)
@@ -51,25 +59,31 @@ class Im2col(OpDef):
 
 @register
 class Col2im(OpDef):
-    """The adjoint of im2col: patches [N, Ho, Wo, C*kh*kw] summed back into an image [N, C, H, W]
-    of `size` (H, W); what fell on the padding is dropped.
+    """The adjoint of im2col: patches [N, Ho, Wo, C*kh*kw] (layout "nchw": planes [N, C*kh*kw, Ho,
+    Wo]) summed back into an image [N, C, H, W] of `size` (H, W); what fell on the padding is dropped.
 
     Backward, identity (3): each image element is a sum of copies, so dJ/dpatches = im2col(δ)."""
 
     name = "col2im"
-    attrs = {"size": (1, 1), "kernel": (1, 1), "stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1)}
+    attrs = {"size": (1, 1), "kernel": (1, 1), "stride": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1),
+             "layout": "nhwc"}
     tuple_attrs = ("size", "kernel", "stride", "padding", "dilation")
     public = False
     identity = "3"
 
-    def shape(self, p, size, kernel, stride, padding, dilation):
+    def shape(self, p, size, kernel, stride, padding, dilation, layout="nhwc"):
         require_float(p)
+        _check_layout(layout)
         K = kernel[0] * kernel[1]
-        if p.rank != 4 or isinstance(p.shape[3], str) or p.shape[3] % K:
-            raise ShapeError(f"takes patches [N, Ho, Wo, C*{K}], got {p.shape}")
-        out = TensorType((p.shape[0], p.shape[3] // K) + tuple(size))
+        what = f"patches [N, Ho, Wo, C*{K}]" if layout == "nhwc" else f"patch planes [N, C*{K}, Ho, Wo]"
+        if p.rank != 4:
+            raise ShapeError(f"takes {what}, got {p.shape}")
+        cols, pixels = (p.shape[3], p.shape[1:3]) if layout == "nhwc" else (p.shape[1], p.shape[2:4])
+        if isinstance(cols, str) or cols % K:
+            raise ShapeError(f"takes {what}, got {p.shape}")
+        out = TensorType((p.shape[0], cols // K) + tuple(size))
         g = geometry("im2col", out, kernel, stride, padding, dilation)
-        if p.shape[1:3] != (g.Ho, g.Wo):
+        if pixels != (g.Ho, g.Wo):
             raise ShapeError(f"col2im: patches {p.shape} are not the windows of an image {out.shape}")
         return out
 
@@ -86,6 +100,11 @@ class Col2im(OpDef):
 
     def notation(self, p, node, x):
         return p.call("col2im", [x])
+
+
+def _check_layout(layout):
+    if layout not in ("nhwc", "nchw"):
+        raise ShapeError(f"the patch matrix's layout is 'nhwc' (rows of pixels) or 'nchw' (planes), got {layout!r}")
 
 
 def matrix(shape) -> tuple[int, int]:

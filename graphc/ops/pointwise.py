@@ -80,6 +80,11 @@ class PointwiseConv(OpDef):
     def vjp(self, b, node, d):
         return three_mode_vjp(b, node, d, lambda m, x, y: b.apply("pointwise_conv", x, y, mode=m), "1")
 
-    def notation(self, p, node, *args):
-        return p.call({"forward": "pwconv", "input_grad": "pwconv_dx", "weight_grad": "pwconv_dw"}[node.attrs["mode"]],
-                      list(args))
+    def notation(self, p, node, a, b, *bias):
+        """The notes' products per image: W x, Wᵀ δ, Σ over the images of δ xᵀ (a bias: a call)."""
+        mode = node.attrs["mode"]
+        if mode == "forward":
+            return p.call("pwconv", [a, b, *bias]) if bias else p.product(b, a)
+        if mode == "input_grad":
+            return p.product(p.transposed(b), a)
+        return p.summed("images", p.product(b, p.transposed(a)))

@@ -87,8 +87,11 @@ def window_attrs(attrs: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()}
 
 
-def im2col_np(x: np.ndarray, kernel, stride, padding, dilation, pad_value=0.0) -> np.ndarray:
-    """x [N, C, H, W] -> patches [N, Ho, Wo, C*kh*kw], columns ordered (channel, row, column)."""
+def im2col_np(x: np.ndarray, kernel, stride, padding, dilation, pad_value=0.0, layout="nhwc") -> np.ndarray:
+    """x [N, C, H, W] -> patches [N, Ho, Wo, C*kh*kw], columns ordered (channel, row, column); with
+    layout "nchw" the same patches as planes [N, C*kh*kw, Ho, Wo]."""
+    if layout == "nchw":
+        return im2col_np(x, kernel, stride, padding, dilation, pad_value).transpose(0, 3, 1, 2).copy()
     (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
     N, C, Hp, Wp = xp.shape
@@ -101,8 +104,10 @@ def im2col_np(x: np.ndarray, kernel, stride, padding, dilation, pad_value=0.0) -
     return out.reshape(N, Ho, Wo, C * kh * kw)
 
 
-def col2im_np(p: np.ndarray, size, kernel, stride, padding, dilation) -> np.ndarray:
+def col2im_np(p: np.ndarray, size, kernel, stride, padding, dilation, layout="nhwc") -> np.ndarray:
     """The adjoint of im2col_np: each patch element added back where it was copied from."""
+    if layout == "nchw":
+        p = p.transpose(0, 2, 3, 1)
     (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
     N, Ho, Wo, K = p.shape
     C = K // (kh * kw)

@@ -177,10 +177,15 @@ static void digits_cnn_forward_rest(long n, gc_real *h1__0__1, gc_real *h1__0, g
     memset(h1__1__1, 0, (size_t)(16) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
+            gc_real gc_sum1 = 0;   /* h1__1__1[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum1)
+            #endif
             for (long k = 0; k < 64; ++k) {
                 h1__0[i * 1024 + j * 64 + k] = h1__0__1[i * 1024 + j + k * 16];
-                h1__1__1[j] += h1__0[i * 1024 + j * 64 + k];
+                gc_sum1 += h1__0[i * 1024 + j * 64 + k];
             }
+            h1__1__1[j] += gc_sum1;
         }
     }
     /* h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)"    [digits_cnn.toml:31] */
@@ -191,9 +196,14 @@ static void digits_cnn_forward_rest(long n, gc_real *h1__0__1, gc_real *h1__0, g
     memset(h1__1__5, 0, (size_t)(16) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
+            gc_real gc_sum0 = 0;   /* h1__1__5[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum0)
+            #endif
             for (long k = 0; k < 64; ++k) {
-                h1__1__5[j] += ((h1__0[i * 1024 + j * 64 + k] - h1__1__2[j]) * (h1__0[i * 1024 + j * 64 + k] - h1__1__2[j]));
+                gc_sum0 += ((h1__0[i * 1024 + j * 64 + k] - h1__1__2[j]) * (h1__0[i * 1024 + j * 64 + k] - h1__1__2[j]));
             }
+            h1__1__5[j] += gc_sum0;
         }
     }
 }
@@ -289,10 +299,15 @@ static void digits_cnn_backward_pass_1(long n, const float *g1, const float *b1,
     memset(h2__1__1, 0, (size_t)(32) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 32; ++j) {
+            gc_real gc_sum1 = 0;   /* h2__1__1[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum1)
+            #endif
             for (long k = 0; k < 16; ++k) {
                 h2__0[i * 512 + j * 16 + k] = h2__0__1[i * 512 + j + k * 32];
-                h2__1__1[j] += h2__0[i * 512 + j * 16 + k];
+                gc_sum1 += h2__0[i * 512 + j * 16 + k];
             }
+            h2__1__1[j] += gc_sum1;
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
@@ -303,9 +318,14 @@ static void digits_cnn_backward_pass_1(long n, const float *g1, const float *b1,
     memset(h2__1__5, 0, (size_t)(32) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 32; ++j) {
+            gc_real gc_sum0 = 0;   /* h2__1__5[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum0)
+            #endif
             for (long k = 0; k < 16; ++k) {
-                h2__1__5[j] += ((h2__0[i * 512 + j * 16 + k] - h2__1__2[j]) * (h2__0[i * 512 + j * 16 + k] - h2__1__2[j]));
+                gc_sum0 += ((h2__0[i * 512 + j * 16 + k] - h2__1__2[j]) * (h2__0[i * 512 + j * 16 + k] - h2__1__2[j]));
             }
+            h2__1__5[j] += gc_sum0;
         }
     }
 }
@@ -544,19 +564,29 @@ static void digits_cnn_backward_pass_2(long n, const float *x, const int32_t *y,
     memset(d_h2__1__14, 0, (size_t)(32) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 32; ++j) {
+            gc_real gc_sum1 = 0;   /* d_h2__1__14[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum1)
+            #endif
             for (long k = 0; k < 16; ++k) {
                 d_h2__2__1[i * 512 + j * 16 + k] = d_h2__9[i * 512 + j * 16 + k] * ((gc_real)((h2__2[i * 512 + j * 16 + k] > 0) - (h2__2[i * 512 + j * 16 + k] < 0)));
-                d_h2__1__14[j] += d_h2__2__1[i * 512 + j * 16 + k];
+                gc_sum1 += d_h2__2__1[i * 512 + j * 16 + k];
             }
+            d_h2__1__14[j] += gc_sum1;
         }
     }
     /* d_h2__1__16: identity (3), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
     memset(d_h2__1__16, 0, (size_t)(32) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 32; ++j) {
+            gc_real gc_sum0 = 0;   /* d_h2__1__16[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum0)
+            #endif
             for (long k = 0; k < 16; ++k) {
-                d_h2__1__16[j] += (d_h2__2__1[i * 512 + j * 16 + k] * h2__0[i * 512 + j * 16 + k]);
+                gc_sum0 += (d_h2__2__1[i * 512 + j * 16 + k] * h2__0[i * 512 + j * 16 + k]);
             }
+            d_h2__1__16[j] += gc_sum0;
         }
     }
     /* d_h2__1__18: identity (3), from h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)" */
@@ -729,19 +759,29 @@ static void digits_cnn_backward_pass_2(long n, const float *x, const int32_t *y,
     memset(d_h1__1__14, 0, (size_t)(16) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
+            gc_real gc_sum1 = 0;   /* d_h1__1__14[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum1)
+            #endif
             for (long k = 0; k < 64; ++k) {
                 d_h1__2__1[i * 1024 + j * 64 + k] = d_h1__9[i * 1024 + j * 64 + k] * ((gc_real)((h1__2[i * 1024 + j * 64 + k] > 0) - (h1__2[i * 1024 + j * 64 + k] < 0)));
-                d_h1__1__14[j] += d_h1__2__1[i * 1024 + j * 64 + k];
+                gc_sum1 += d_h1__2__1[i * 1024 + j * 64 + k];
             }
+            d_h1__1__14[j] += gc_sum1;
         }
     }
     /* d_h1__1__16: identity (3), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
     memset(d_h1__1__16, 0, (size_t)(16) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 16; ++j) {
+            gc_real gc_sum0 = 0;   /* d_h1__1__16[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum0)
+            #endif
             for (long k = 0; k < 64; ++k) {
-                d_h1__1__16[j] += (d_h1__2__1[i * 1024 + j * 64 + k] * h1__0[i * 1024 + j * 64 + k]);
+                gc_sum0 += (d_h1__2__1[i * 1024 + j * 64 + k] * h1__0[i * 1024 + j * 64 + k]);
             }
+            d_h1__1__16[j] += gc_sum0;
         }
     }
     /* d_h1__1__18: identity (3), from h1 = "max_pool2d(relu(batch_norm(conv2d(x, w1, padding=1), mean1, var1, g1, b1)), 2)" */
@@ -943,10 +983,15 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
     memset(h2__1__1, 0, (size_t)(32) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 32; ++j) {
+            gc_real gc_sum1 = 0;   /* h2__1__1[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum1)
+            #endif
             for (long k = 0; k < 16; ++k) {
                 h2__0[i * 512 + j * 16 + k] = h2__0__1[i * 512 + j + k * 32];
-                h2__1__1[j] += h2__0[i * 512 + j * 16 + k];
+                gc_sum1 += h2__0[i * 512 + j * 16 + k];
             }
+            h2__1__1[j] += gc_sum1;
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */
@@ -957,9 +1002,14 @@ int digits_cnn_forward(long n, const float *x, const int32_t *y, const float *w1
     memset(h2__1__5, 0, (size_t)(32) * sizeof(gc_real));
     for (long i = 0; i < n; ++i) {
         for (long j = 0; j < 32; ++j) {
+            gc_real gc_sum0 = 0;   /* h2__1__5[j]'s sum along k */
+            #if defined(_OPENMP)
+            #pragma omp simd reduction(+:gc_sum0)
+            #endif
             for (long k = 0; k < 16; ++k) {
-                h2__1__5[j] += ((h2__0[i * 512 + j * 16 + k] - h2__1__2[j]) * (h2__0[i * 512 + j * 16 + k] - h2__1__2[j]));
+                gc_sum0 += ((h2__0[i * 512 + j * 16 + k] - h2__1__2[j]) * (h2__0[i * 512 + j * 16 + k] - h2__1__2[j]));
             }
+            h2__1__5[j] += gc_sum0;
         }
     }
     /* h2 = "max_pool2d(relu(batch_norm(conv2d(h1, w2, padding=1), mean2, var2, g2, b2)), 2)"    [digits_cnn.toml:32] */

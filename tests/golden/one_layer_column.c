@@ -186,6 +186,24 @@ static void one_layer_column_forward_pass(long n, const float *x, const float *y
     }
 }
 
+/* The backward pass value_and_grad and train_step share: it writes d_J__1. */
+static void one_layer_column_backward_pass(long n, const float *y, gc_real *d_J__1)
+{
+    (void)n;
+    /* d_J__1: identity (7), from J = "cross_entropy(theta, y)" */
+    memset(d_J__1, 0, (size_t)(1) * sizeof(gc_real));
+    {   /* the sums' locals in a block of their own */
+    gc_real gc_sum0 = 0;   /* d_J__1[0]'s sum along i */
+    #if defined(_OPENMP)
+    #pragma omp simd reduction(+:gc_sum0)
+    #endif
+    for (long i = 0; i < one_layer_column_Nc; ++i) {
+        gc_sum0 += y[i];
+    }
+    d_J__1[0] += gc_sum0;
+    }
+}
+
 /* ---- forward: the forward outputs ---- */
 int one_layer_column_forward(long n, const float *x, const float *y, const float *W,
                              const float *b1, const float *U, const float *b2, float *loss,
@@ -247,11 +265,7 @@ int one_layer_column_value_and_grad(long n, const float *x, const float *y, cons
     gc_real *const d_J__1 = ws + 0;   /* [1], over z__0, theta__0 (each read for the last time before d_J__1 is written) */
     gc_real *const d_h = ws + 0;   /* [Dh], over z__0, theta__0, d_J__1 (each read for the last time before d_h is written) */
     one_layer_column_forward_pass(n, x, y, W, b1, U, b2, loss, yhat, z__0, h, theta__0, theta, pack);
-    /* d_J__1: identity (7), from J = "cross_entropy(theta, y)" */
-    memset(d_J__1, 0, (size_t)(1) * sizeof(gc_real));
-    for (long i = 0; i < one_layer_column_Nc; ++i) {
-        d_J__1[0] += y[i];
-    }
+    one_layer_column_backward_pass(n, y, d_J__1);
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)" */
     for (long i = 0; i < one_layer_column_Nc; ++i) {
         d_b2[i] = (yhat[i] * d_J__1[0]) - y[i];
@@ -308,11 +322,7 @@ int one_layer_column_train_step(long n, const float *x, const float *y, float *W
     gc_real *const d_W = ws + 0;   /* [Dh, Dx], over z__0, h, theta__0, theta, d_J__1, d_h (each read for the last time before d_W is written) */
     const one_layer_column_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     one_layer_column_forward_pass(n, x, y, W, b1, U, b2, loss, yhat, z__0, h, theta__0, theta, pack);
-    /* d_J__1: identity (7), from J = "cross_entropy(theta, y)" */
-    memset(d_J__1, 0, (size_t)(1) * sizeof(gc_real));
-    for (long i = 0; i < one_layer_column_Nc; ++i) {
-        d_J__1[0] += y[i];
-    }
+    one_layer_column_backward_pass(n, y, d_J__1);
     /* d_theta: identity (7), from J = "cross_entropy(theta, y)" */
     for (long i = 0; i < one_layer_column_Nc; ++i) {
         d_theta[i] = (yhat[i] * d_J__1[0]) - y[i];
