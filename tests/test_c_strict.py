@@ -242,6 +242,32 @@ def test_c_strict_standalone_export_of_a_training_model_runs_train_steps(tmp_pat
     assert losses[2] < losses[0]
 
 
+@pytest.mark.parametrize("cc", ["gcc", "clang"])
+def test_c_strict_train_only_program_calls_train_step_alone_as_the_full_one_does(cc, tmp_path):
+    """-DGRAPHC_TRAIN_ONLY (a training firmware): main.c declares only train_step's arrays and calls it
+    alone, warning-free under -Werror, and prints the train steps and trained params the full
+    program prints; --bad-label checks train_step alone."""
+    training = pytest.importorskip("graphc.native.training")
+    spec = EXAMPLES[0].parent / "mlp.toml"
+    m = graphc.compile(str(spec), dtype="float32", optimizer=training.Adam(lr=1e-3))
+    full, only = tmp_path / "full", tmp_path / "train_only"
+    for d in (full, only):
+        m.export(d, standalone=True)
+    flags = " ".join(["-O2", *STRICT])
+    run_full = make(full, cc, flags)
+    run_only = make_example(only, compiler(cc), flags, "-DGRAPHC_TRAIN_ONLY", objects=KERNEL_OBJECTS)
+    assert run_full.returncode == 0 and run_only.returncode == 0, run_only.stderr
+    everything, trained = parse_example_output(run_full.stdout), parse_example_output(run_only.stdout)
+    assert {f for f, _ in everything} >= {"forward", "predict", "value_and_grad"}
+    want = {k: v for k, v in everything.items() if k[0].startswith(("train_step", "trained"))}
+    assert want and set(trained) == set(want)
+    for k, v in want.items():
+        assert list(trained[k]) == list(v), k       # the same printed digits
+    assert "d_W1" not in (only / "main.c").read_text().split("#ifndef GRAPHC_TRAIN_ONLY", 1)[0]
+    bad = subprocess.run(["./mlp_example", "--bad-label"], cwd=only, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 0 and "mlp_train_step with" in bad.stdout and "mlp_forward" not in bad.stdout, bad.stdout
+
+
 def test_c_strict_build_library_links_into_a_c_program(tmp_path):
     """`graphc build` writes libNAME.so, a plain C library: the emitted main.c links with it
     (no Python symbols needed) and prints the reference's numbers."""

@@ -188,6 +188,10 @@ def _example_context(model) -> dict:
                                                   for a in f.args], printed=printed,
                               checks_labels=sorted(checks),
                               trained=[arrays[a.cname] for a in f.args if a.role == "param*"]))
+    # -DGRAPHC_TRAIN_ONLY (a training firmware): main.c calls train_step alone, and declares only its arrays
+    trained = {v for f in functions if f["name"] == "train_step" for v in f["args"]}
+    for a in arrays.values():
+        a["train_only_skip"] = bool(trained) and a["var"] not in trained
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]
     _constant_params(model, arrays, functions)
