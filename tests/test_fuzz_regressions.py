@@ -358,5 +358,5 @@ def test_an_mpi_refusal_of_two_lines_leaves_main_c_compiling(tmp_path):
     g = graphc.parse_spec(Case.parse(path.read_text()).spec, "fz.toml")
     graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.05)).export(tmp_path / "c", standalone=True)
     main_c = (tmp_path / "c" / "main.c").read_text()
-    error = next(line for line in main_c.splitlines() if line.startswith("#error"))
-    assert "does not train over MPI" in error and error.endswith('"') and "hint:" in error, error
+    error = next(line for line in main_c.splitlines() if line.startswith("#error") and "does not train over MPI" in line)
+    assert error.endswith('"') and "hint:" in error, error

@@ -202,7 +202,8 @@ def _naive_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fa
     return out
 
 
-def _naive_im2col(x, kernel, stride, padding, dilation, pad_value):
+def _naive_im2col(x, kernel, stride, padding, dilation, pad_value, layout="nhwc"):
+    """Patch rows [N, Ho, Wo, C*kh*kw], or (layout "nchw") the same as planes [N, C*kh*kw, Ho, Wo]."""
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (pt, pb, pl, pr), (dh, dw) = kernel, stride, padding, dilation
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
@@ -216,11 +217,12 @@ def _naive_im2col(x, kernel, stride, padding, dilation, pad_value):
                     for j in range(kw):
                         out[:, oh, ow, k] = xp[:, c, oh * sh + i * dh, ow * sw + j * dw]
                         k += 1
-    return out
+    return out if layout == "nhwc" else np.moveaxis(out, 3, 1)
 
 
-def _naive_col2im(p, size, kernel, stride, padding, dilation):
+def _naive_col2im(p, size, kernel, stride, padding, dilation, layout="nhwc"):
     """The adjoint of _naive_im2col, by its definition ⟨im2col(x), p⟩ = ⟨x, col2im(p)⟩, column by column."""
+    p = p if layout == "nhwc" else np.moveaxis(p, 1, 3)
     N, C = p.shape[0], p.shape[3] // (kernel[0] * kernel[1])
     out = np.zeros((N, C) + tuple(size))
     for idx in np.ndindex(out.shape[1:]):
@@ -599,12 +601,16 @@ CASES: dict[str, Callable[[np.random.Generator], list[Case]]] = {
         Case("3x3", [real(rng, 2, 2, 4, 5)], _naive_im2col, {"kernel": (3, 3), "padding": (1, 1, 1, 1)}),
         Case("strided, pad value", [real(rng, 1, 3, 5, 5)], _naive_im2col,
              {"kernel": (2, 3), "stride": (2, 1), "padding": (0, 1, 1, 0), "dilation": (1, 2), "pad_value": -3.0}),
+        Case("planes", [real(rng, 2, 2, 4, 5)], _naive_im2col,
+             {"kernel": (3, 2), "stride": (1, 2), "padding": (1, 0, 1, 1), "layout": "nchw"}),
     ],
     "col2im": lambda rng: [
         Case("3x3", [real(rng, 2, 4, 5, 18)], _naive_col2im,
              {"size": (4, 5), "kernel": (3, 3), "padding": (1, 1, 1, 1)}),
         Case("strided", [real(rng, 1, 3, 2, 12)], _naive_col2im,
              {"size": (5, 5), "kernel": (2, 3), "stride": (2, 1), "padding": (0, 1, 1, 0), "dilation": (1, 2)}),
+        Case("planes", [real(rng, 2, 12, 3, 3)], _naive_col2im,
+             {"size": (4, 5), "kernel": (3, 2), "stride": (1, 2), "padding": (1, 0, 1, 1), "layout": "nchw"}),
     ],
     "patch_matmul": lambda rng: [
         Case("nt", [real(rng, 2, 3, 4, 6), real(rng, 5, 6)], _naive_patch_matmul),
