@@ -171,10 +171,13 @@ def test_mpi_emit_a_rank_that_fails_stops_every_rank(tmp_path):
     timeout would fail the test)."""
     d = emitted(tmp_path, ROOT / "examples" / "one_layer.toml", graphc.Adam(lr=1e-2))
     built(d, "one_layer", 4)
-    run = run_ranks(d, "one_layer", 2, "--bad-label", timeout=120)
-    assert run.returncode != 0, run.stdout
-    assert re.search(r"rank 1 of 2 \(rows \[2, 4\)\): one_layer_forward returned status 3 \(GRAPHC_ERR_LABEL\)",
-                     run.stderr), run.stderr
+    message = r"rank 1 of 2 \(rows \[2, 4\)\): one_layer_forward returned status 3 \(GRAPHC_ERR_LABEL\)"
+    for _attempt in range(3):   # MPICH's process manager may drop the rank's last line as MPI_Abort
+        run = run_ranks(d, "one_layer", 2, "--bad-label", timeout=120)     # tears the job down (seen once
+        assert run.returncode != 0, run.stdout                              # in a full suite, at load 6)
+        if re.search(message, run.stderr):
+            break
+    assert re.search(message, run.stderr), run.stderr
     assert "train_step:" not in run.stdout
 
 
