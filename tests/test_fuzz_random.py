@@ -576,3 +576,22 @@ def test_fuzz_random_max_never_reads_entries_equal_by_construction():
             assert not tied, spec.text
     check()
     assert seen["max"] >= 10, seen
+
+
+def test_fuzz_random_an_exception_no_check_catches_leaves_a_replayable_case(monkeypatch, tmp_path):
+    """An exception that is not a Failure (a KeyError from deep inside a check, as a campaign met twice
+    and could not replay) stops that hypothesis run; the case it came from is written as a spec file
+    that reruns it, and the summary says where the exception was raised."""
+    def broken(case, *args, **kwargs):      # the same error for the same case (hypothesis shrinks it), no build
+        if case.batch > 1:
+            raise KeyError("v4")
+        return fuzz.CaseResult()
+
+    monkeypatch.setattr(fuzz, "run_case", broken)
+    plan = fuzz.Plan(optimizers="one", threads1_every=0, standalone_every=0, float32_every=0, entries=("tanh",),
+                     shrink_seconds=20, sequence=False)
+    summary = fuzz.campaign(3, seed=1, jobs=0, out=tmp_path, plan=plan, chunk=3)
+    failure = next(f for f in summary.failures if f["kind"] == "hypothesis")
+    assert "KeyError: 'v4'" in failure["message"] and "test_fuzz_random.py" in failure["message"], failure
+    text = open(failure["file"]).read()
+    assert "[graph]" in text and "--replay" in text and "KeyError" in text

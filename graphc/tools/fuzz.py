@@ -25,6 +25,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -228,6 +229,7 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
                       suppress_health_check=list(HealthCheck), print_blob=False)
             @given(cases(plan))
             def body(case):
+                state["current"] = case          # what an error of hypothesis' own run was running
                 if state["failed"] is None and out_of_time(plan):
                     return                       # the budget is spent: the rest pass unrun, uncounted
                 if state["failed"] is not None:  # a shrink keeps the failing case's optimizers and checks
@@ -286,9 +288,13 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
                 if progress:
                     print(f"[worker {worker}] failure {f.kind}: {path}", file=sys.stderr, flush=True)
             except Exception as e:      # noqa: BLE001: hypothesis' own errors (Flaky, ...): said, and on to the next run
-                last = state.get("last")
+                # (or an exception no check turned into a Failure: the case it came from is written, with
+                # where it was raised, so that it can be replayed)
+                last = state.get("last") or ((state["current"],) if state.get("current") is not None else None)
                 path = out_dir / f"hypothesis-{worker}-{run}.toml"
-                message = f"{type(e).__name__}: {e}"
+                frames = traceback.extract_tb(e.__traceback__)
+                message = f"{type(e).__name__}: {e}" + (f" (raised at {frames[-1].filename}:{frames[-1].lineno}, "
+                                                        f"in {frames[-1].name})" if frames else "")
                 if last is not None:
                     path.write_text(last[0].text(str(path), Failure("hypothesis", message)))
                 summary.failures.append(dict(kind="hypothesis", signature=f"hypothesis {type(e).__name__}",
