@@ -348,3 +348,33 @@ def test_c_strict_kernel_library_object_keeps_no_state_and_calls_no_allocator_or
     assert {s for s in exported if KERNEL_ENTRY_POINTS.match(s)} == {
         f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"} | {
         "gc_random_bits", "gc_sample_f", "gc_sample_d", "gc_size_poly", "gc_kernels_threads", "gc_kernels_busy_hold"}
+
+
+def test_c_strict_c_string_reads_back_as_the_text_it_was_given(tmp_path):
+    """cprint.c_string (the templates' filter c_string) makes a C string literal of any text: a C99
+    program printing the literals of texts with quotes, backslashes, line breaks, trigraph-like
+    "??" runs, control characters, non-ASCII and octal-looking digits after an escape compiles
+    warning-free (trigraphs on under -std=c99) and writes back each text's UTF-8 bytes exactly."""
+    import random
+
+    from graphc.backend.cprint import c_string
+    texts = ['', 'plain', 'a "quoted" \\back\\slash', 'two\nlines\r\n\ttab', '??/ ??= ??( ??) ??! ??< ??> ??- ???/',
+             'é1 — 7ü \x01\x7f9 \x00end', "it's /* not a comment */"]
+    alphabet = '?\\"\n\'/=0123456789aé—\x00\x1b\t'
+    draw = random.Random(11)
+    texts += ["".join(draw.choice(alphabet) for _ in range(draw.randrange(1, 24))) for _ in range(200)]
+    rows = ",\n".join(f"    {{ {c_string(t)}, {len(t.encode())} }}" for t in texts)
+    source = tmp_path / "strings.c"
+    source.write_text("#include <stdio.h>\n\nstatic const struct { const char *s; unsigned long n; } texts[] = {\n"
+                      f"{rows}\n}};\n\nint main(void)\n{{\n    unsigned long i;\n"
+                      "    for (i = 0; i < sizeof texts / sizeof texts[0]; ++i) {\n"
+                      "        fwrite(texts[i].s, 1, texts[i].n, stdout);\n        putchar(0xff);\n    }\n"
+                      "    return 0;\n}\n")
+    for cc in ("gcc", "clang"):
+        if shutil.which(cc) is None:
+            continue
+        program = tmp_path / f"strings_{cc}"
+        built = subprocess.run([cc, *STRICT, str(source), "-o", str(program)], capture_output=True, text=True)
+        assert built.returncode == 0 and not built.stderr, built.stderr
+        out = subprocess.run([str(program)], capture_output=True, check=True).stdout
+        assert out.split(b"\xff")[:-1] == [t.encode() for t in texts], cc
