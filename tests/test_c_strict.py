@@ -246,7 +246,8 @@ def test_c_strict_standalone_export_of_a_training_model_runs_train_steps(tmp_pat
 def test_c_strict_train_only_program_calls_train_step_alone_as_the_full_one_does(cc, tmp_path):
     """-DGRAPHC_TRAIN_ONLY (a training firmware): main.c declares only train_step's arrays and calls it
     alone, warning-free under -Werror, and prints the train steps and trained params the full
-    program prints; --bad-label checks train_step alone."""
+    program prints; --bad-label checks train_step alone. Each run of what it leaves out sits in one
+    #ifndef GRAPHC_TRAIN_ONLY."""
     training = pytest.importorskip("graphc.native.training")
     spec = EXAMPLES[0].parent / "mlp.toml"
     m = graphc.compile(str(spec), dtype="float32", optimizer=training.Adam(lr=1e-3))
@@ -263,7 +264,11 @@ def test_c_strict_train_only_program_calls_train_step_alone_as_the_full_one_does
     assert want and set(trained) == set(want)
     for k, v in want.items():
         assert list(trained[k]) == list(v), k       # the same printed digits
-    assert "d_W1" not in (only / "main.c").read_text().split("#ifndef GRAPHC_TRAIN_ONLY", 1)[0]
+    main_c = (only / "main.c").read_text()
+    assert "d_W1" not in main_c.split("#ifndef GRAPHC_TRAIN_ONLY", 1)[0]
+    # one #ifndef a run of what the train-only build leaves out: the gradients' arrays, the calls
+    # run makes and those bad_label makes before train_step
+    assert main_c.count("#ifndef GRAPHC_TRAIN_ONLY") == 3 and "#endif\n#ifndef GRAPHC_TRAIN_ONLY" not in main_c
     bad = subprocess.run(["./mlp_example", "--bad-label"], cwd=only, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 0 and "mlp_train_step with" in bad.stdout and "mlp_forward" not in bad.stdout, bad.stdout
 
