@@ -17,24 +17,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")      # before NumPy, torch and the
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import graphc  # noqa: E402
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model  # noqa: E402
 
 
 CLOCK = time.perf_counter
@@ -65,7 +58,7 @@ def main() -> None:
     except ImportError:
         torch = None
     B, H = 8, 4
-    print(f"CPU: {cpu_name()}; 1 thread; float32; B={B}, H={H}; forward + backward (value_and_grad), "
+    print(f"CPU: {cpu_model()}; 1 thread; float32; B={B}, H={H}; forward + backward (value_and_grad), "
           f"median of {args.reps}" + ("; CPU time" if args.cpu_time else ""))
     print(f"{'T':>4} {'D':>3} {'causal':>6} {'graphc ms':>10} {'torch ms':>9} {'speed-up':>8}")
     for T in (64, 256):

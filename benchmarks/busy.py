@@ -14,7 +14,7 @@ what graphc did before), each in its own alternation with 1 thread (the two 2-th
 one model: one kernel library, one busy mark). The table shows medians
 in ms and each 2-thread figure over the 1-thread one (the issue asks 2 threads to be at most
 1.10 of 1 thread with the hog, and 2 threads to speed up a quiet machine). Other processes' load
-(run.py's measure: the share of all cores they used) is printed with each row.
+(common.py's foreign_load: the share of all cores they used) is printed with each row.
 """
 from __future__ import annotations
 
@@ -27,12 +27,13 @@ from statistics import median
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import run as R  # noqa: E402  (the specs, data, parameters, load measurement and machine line of run.py)
+import common  # noqa: E402  (load measurement)
+import run as R  # noqa: E402  (the specs, data, parameters and machine line of run.py)
 
 
 def steppers(size: str):
     """(one train step on 1 thread, one on 2 threads, the 2-thread model's lib)."""
-    sys.path.insert(0, str(R.SRC))
+    sys.path.insert(0, str(common.SRC))
     import numpy as np
     import graphc
     layers, batch, _ = R.SIZES[size]
@@ -51,7 +52,7 @@ def measure(fns: dict, reps: int) -> tuple[dict, float]:
     """Median ms per step of each function (alternating, ~0.3 s each per repetition) and the
     other processes' load over the measurement."""
     times = {k: [] for k in fns}
-    a = R.cpu_busy()
+    a = common.cpu_busy()
     for rep in range(reps):
         for name in list(fns)[rep % len(fns):] + list(fns)[:rep % len(fns)]:
             fn = fns[name]
@@ -61,7 +62,7 @@ def measure(fns: dict, reps: int) -> tuple[dict, float]:
                 fn()
                 k += 1
             times[name].append((time.perf_counter() - t0) / k * 1e3)
-    return {k: median(v) for k, v in times.items()}, R.foreign_load(a, R.cpu_busy())
+    return {k: median(v) for k, v in times.items()}, common.foreign_load(a, common.cpu_busy())
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ The models: benchmarks/specs/digits_cnn.toml (1x8x8, conv 3x3 16 + relu + max po
 + relu + max pool 2, dense 10) and benchmarks/specs/resnet8.toml (3x32x32, 16/32/64 filters, residual adds),
 both without batch norm for now (a bias per convolution instead). The peers compute the same
 functions from the same initial parameters (torch.nn.functional; jax.lax.conv_general_dilated),
-float32, plain SGD lr=0.01, cross-entropy. Measuring as benchmarks/run.py does (its helpers): one
+float32, plain SGD lr=0.01, cross-entropy. Measuring as benchmarks/run.py does (benchmarks/common.py): one
 worker process per thread count (the 1-thread one under taskset -c 0, the only way to hold JAX to
 one core), the contenders alternating within each repetition, medians reported.
 """
@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import run as R  # noqa: E402  (the suite's measuring helpers: bench, wait_quiet, raw callers)
+import common  # noqa: E402  (the suite's measuring helpers: bench, wait_quiet, raw callers, workers)
+import peers as P  # noqa: E402
 
 MODELS = {   # name: (spec, input shape, batch, minibatches per fit epoch)
     "digits_cnn": (HERE / "specs" / "digits_cnn.toml", (1, 8, 8), 64, 20),
@@ -221,7 +218,7 @@ def gemm_rates(graphc, np, gemms, T, reps, sample):
         m = graphc.compile(g, threads=T)
         A, Bm = rng.standard_normal(ash, dtype=np.float32), rng.standard_normal(bsh, dtype=np.float32)
         npf = {"nt": lambda: A @ Bm.T, "tn": lambda: A.T @ Bm, "nn": lambda: A @ Bm}[form]
-        t = R.bench({"graphc": R.raw_caller(m, "forward", {"a": A, "b": Bm}), "numpy": npf}, reps, sample)
+        t = common.bench({"graphc": common.raw_caller(m, "forward", {"a": A, "b": Bm}), "numpy": npf}, reps, sample)
         seen[key] = res[label] = {"M": M, "N": N, "K": K, "form": form,
                                   **{k: 2 * M * N * K / v / 1e9 for k, v in t.items()}}
     return res
@@ -230,17 +227,17 @@ def gemm_rates(graphc, np, gemms, T, reps, sample):
 # ====================================================================== the worker (one thread count)
 def worker(args) -> dict:
     import numpy as np
-    sys.path.insert(0, str(R.SRC))
+    sys.path.insert(0, str(common.SRC))
     import graphc
     T = args.worker_threads
     out = {"threads": T, "models": {}, "versions": {"numpy": np.__version__}, "notes": []}
     peers = {}
     for name in [p for p in args.peers.split(",") if p]:
-        try:
-            mod = __import__(name)
-            out["versions"][name] = mod.__version__
+        version = P.available(name)
+        if version:
+            out["versions"][name] = version
             peers[name] = True
-        except ImportError:
+        else:
             out["notes"].append(f"{name} not installed: skipped")
     ga = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
     ga @ ga
@@ -259,7 +256,7 @@ def worker(args) -> dict:
         params = {k: np.array(v) for k, v in graphc.init_params(m, seed=0).items()}
         state = m.train_state({k: v.copy() for k, v in params.items()})
         fns = {"train": {"graphc": lambda: m.train_step(state, x=x, y=y)},
-               "forward": {"graphc": R.raw_caller(m, "predict", {**params, "x": x})},
+               "forward": {"graphc": common.raw_caller(m, "predict", {**params, "x": x})},
                "fit": {"graphc": lambda: m.fit(state, x=xf, y=yf, batch_size=B, epochs=1, seed=0, progress=False)}}
         if "torch" in peers:
             for kind, f in zip(fns, make_torch(name, params, x, y, xf, yf, B, T)):
@@ -269,37 +266,16 @@ def worker(args) -> dict:
                 fns[kind]["JAX jit"] = f
         res = out["models"][name] = {"batch": B, "fit_steps": F, "workspace_bytes": int(m.workspace(B).nbytes)}
         for kind, f in fns.items():
-            R.wait_quiet(5.0)
-            a = R.cpu_busy()
-            res[kind] = R.bench(f, args.reps, args.sample, {k: F for k in f} if kind == "fit" else None)
-            res.setdefault("load", {})[kind] = R.foreign_load(a, R.cpu_busy())
+            per_call = {k: F for k in f} if kind == "fit" else None
+            res[kind], res.setdefault("load", {})[kind] = common.measured(f, args.reps, args.sample, per_call)
         if name == "resnet8" and not args.no_gemm:
             res["gemms"] = gemm_rates(graphc, np, conv_gemms(graphc.load(str(spec)), B), T, args.reps, args.sample)
     return out
 
 
 # ====================================================================== the tables
-def cpu_name() -> str:
-    model, flags = "?", ""
-    fam = mod = None
-    for line in open("/proc/cpuinfo"):
-        k, _, v = line.partition(":")
-        k, v = k.strip(), v.strip()
-        if k == "model name" and model == "?":
-            model = v
-        elif k == "cpu family" and fam is None:
-            fam = v
-        elif k == "model" and mod is None:
-            mod = v
-        elif k == "flags" and not flags:
-            flags = v
-    zen = {("25", "17"): " (Zen 4, Genoa)", ("25", "1"): " (Zen 3, Milan)"}.get((fam, mod), "")
-    isa = "AVX-512" if "avx512f" in flags.split() else "AVX2" if "avx2" in flags.split() else "no AVX2"
-    return f"{model}{zen}, family {fam} model {mod}, {isa}, {os.cpu_count()} cores"
-
-
 def render(results, cmd) -> str:
-    lines = [f"CPU: {cpu_name()}. Command: `{cmd}`.",
+    lines = [f"CPU: {common.cpu_name()}. Command: `{cmd}`.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results[0][1]["versions"].items()) + ".", ""]
     for name in results[0][1]["models"]:
         first = results[0][1]["models"][name]
@@ -318,7 +294,7 @@ def render(results, cmd) -> str:
         loads = ", ".join(f"{T} thread{'s' * (T > 1)}: {max(r['models'][name]['load'].values()):.0%}" for T, r in results)
         lines += ["", f"Other processes' share of the cores while this was measured (most of the three): {loads}"
                   + ("; above 15% the figures are those of a loaded machine (2 threads then share cores with them)."
-                     if any(max(r["models"][name]["load"].values()) > R.QUIET_LOAD for _, r in results) else "."), ""]
+                     if any(max(r["models"][name]["load"].values()) > common.QUIET_LOAD for _, r in results) else "."), ""]
     gem = [(T, r) for T, r in results if "gemms" in r["models"].get("resnet8", {})]
     if gem:
         lines += ["**ResNet-8's convolution GEMMs** (batch 64): GFLOP/s of graphc's GEMM alone on each shape, "
@@ -343,54 +319,29 @@ def render(results, cmd) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {','.join(MODELS)}")
-    ap.add_argument("--threads", default="1,2", help="thread counts, one worker process each (default 1,2)")
-    ap.add_argument("--reps", type=int, default=5, help="repetitions per contender (median reported)")
-    ap.add_argument("--sample", type=float, default=0.3, help="seconds per repetition of one contender")
-    ap.add_argument("--peers", default="torch,jax", help="optional peers to try")
+    common.worker_options(ap, 5, 0.3, "torch,jax")
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM table")
-    ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
     ap.add_argument("--from-json", help="print (and --write-readme) the tables of an earlier --json run, measuring nothing")
-    ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     bad = [m for m in args.models.split(",") if m not in MODELS]
     if bad:
         ap.error(f"unknown model(s) {bad}; known: {', '.join(MODELS)}")
-    if args.worker_threads:
-        Path(args.worker_out).write_text(json.dumps(worker(args)))
+    if common.worker_main(args, worker):
         return 0
-    cmd = "python benchmarks/cnn.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = json.loads(Path(args.from_json).read_text()) if args.from_json else []
-    for T in [int(t) for t in args.threads.split(",")] if not args.from_json else []:
-        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-        env.update(OMP_NUM_THREADS=str(T), OPENBLAS_NUM_THREADS=str(T), MKL_NUM_THREADS=str(T),
-                   GRAPHC_NUM_THREADS=str(T), GRAPHC_CACHE_DIR=R.CACHE)
-        outf = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        wargs = [sys.executable, str(Path(__file__).resolve()), "--worker-threads", str(T), "--worker-out", outf,
-                 "--models", args.models, "--reps", str(args.reps), "--sample", str(args.sample),
-                 "--peers", args.peers] + ["--no-gemm"] * args.no_gemm
-        cpus = sorted(os.sched_getaffinity(0))
-        if T < len(cpus) and shutil.which("taskset"):
-            wargs = ["taskset", "-c", ",".join(str(c) for c in cpus[:T])] + wargs
-        print(f"[cnn.py] {T} thread(s)", file=sys.stderr)
-        if subprocess.run(wargs, env=env).returncode:
-            print(f"[cnn.py] the {T}-thread worker failed", file=sys.stderr)
+    cmd = common.command(__file__, argv)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+    else:
+        results = common.run_workers(__file__, args, ["--models", args.models] + ["--no-gemm"] * args.no_gemm)
+        if results is None:
             return 1
-        results.append((T, json.loads(Path(outf).read_text())))
-        os.unlink(outf)
-    text = render(results, cmd.strip())
+    text = render(results, cmd)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        start, end = "<!-- CNN-RESULTS -->", "<!-- /CNN-RESULTS -->"
-        block = f"{start}\n{text}\n{end}"
-        body = body[:body.index(start)] + block + body[body.index(end) + len(end):] if start in body and end in body \
-            else body + "\n" + block + "\n"
-        readme.write_text(body)
+        common.write_readme_block("<!-- CNN-RESULTS -->", "<!-- /CNN-RESULTS -->", text)
     return 0
 
 

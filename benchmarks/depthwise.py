@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import run as R  # noqa: E402
+import common  # noqa: E402  (raw callers, bench)
 
 SHAPES = {   # name: (C, H, W, stride, batch)
     "DS-CNN block (64ch 25x5)": (64, 25, 5, 1, 64),
@@ -52,8 +52,8 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--sample", type=float, default=0.1)
     args = ap.parse_args(argv)
-    os.environ.setdefault("GRAPHC_CACHE_DIR", R.CACHE)
-    sys.path.insert(0, str(R.SRC))
+    os.environ.setdefault("GRAPHC_CACHE_DIR", common.CACHE)
+    sys.path.insert(0, str(common.SRC))
     import numpy as np
     import graphc
     import graphc.ops.conv as conv
@@ -73,9 +73,10 @@ def main(argv=None):
             finally:
                 conv.direct_depthwise = chooser
             p = {k: np.array(v) for k, v in graphc.init_params(mt, seed=0).items()}
-            rows[path] = (R.raw_caller(mi, "forward", {**p, "x": x}), R.raw_caller(mt, "value_and_grad", {**p, "x": x}),
+            rows[path] = (common.raw_caller(mi, "forward", {**p, "x": x}),
+                          common.raw_caller(mt, "value_and_grad", {**p, "x": x}),
                           mt.workspace(B).nbytes, mi.workspace(1).nbytes)
-        t = R.bench({f"{k} {i}": v[i] for k, v in rows.items() for i in (0, 1)}, args.reps, args.sample)
+        t = common.bench({f"{k} {i}": v[i] for k, v in rows.items() for i in (0, 1)}, args.reps, args.sample)
         for path, v in rows.items():
             print(f"| {name} | {B} | {path} | {t[f'{path} 0'] * 1e3:.3f} | {t[f'{path} 1'] * 1e3:.3f} | "
                   f"{v[2]:,} | {v[3]:,} |")

@@ -12,7 +12,7 @@ demo is the example as written (L 2, H 4, C 64, T 64, V 96, B 16); wide is the s
 C 256, T 256, B 8 (the example's widths substituted: head size C/4, MLP 4C, a 256-row position table).
 Every contender starts from the same parameters (graphc.init_params) and runs the same step on the same
 minibatch: float32, AdamW(lr 3e-3, weight decay 0.1), gradients clipped to global norm 1.0. Measuring as
-benchmarks/run.py does (its helpers): one worker process per thread count (the 1-thread one under
+benchmarks/run.py does (benchmarks/common.py): one worker process per thread count (the 1-thread one under
 taskset -c 0), the contenders alternating within each repetition, medians reported. graphc's training
 workspace is allocated once, on the first step, and reused; its size is printed.
 """
@@ -20,18 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import run as R  # noqa: E402  (the suite's measuring helpers: bench, wait_quiet, cpu_busy)
-from cnn import cpu_name  # noqa: E402
+import common  # noqa: E402  (the suite's measuring helpers: bench, wait_quiet, cpu_busy, workers)
 
 EXAMPLE = HERE.parent / "examples" / "char_gpt.toml"
 CONFIGS = {  # name: (L, H, C, T, V, B); only C and T change the spec text (L, H, V are the example's)
@@ -96,7 +91,7 @@ def make_torch(params, idx, tgt, L, H, compiled):
 # ====================================================================== the worker (one thread count)
 def worker(args) -> dict:
     import numpy as np
-    sys.path.insert(0, str(R.SRC))
+    sys.path.insert(0, str(common.SRC))
     import graphc
     nt = args.worker_threads
     out = {"threads": nt, "configs": {}, "versions": {"numpy": np.__version__}, "notes": []}
@@ -133,19 +128,17 @@ def worker(args) -> dict:
                     fns["torch.compile"] = f
                 except Exception as e:  # noqa: BLE001  (a peer that does not work here is skipped, said why)
                     out["notes"].append(f"torch.compile failed ({type(e).__name__}): skipped")
-        R.wait_quiet(5.0)
-        a = R.cpu_busy()
-        t = R.bench(fns, args.reps, args.sample)
+        t, load = common.measured(fns, args.reps, args.sample)
         out["configs"][name] = {"LHCTVB": [L, H, C, T, V, B], "params": int(sum(v.size for v in params.values())),
                                 "workspace_bytes": int(sum(w.nbytes for w in ws)), "workspaces": len(ws),
                                 "tok_s": {k: B * T / v for k, v in t.items()},
-                                "load": R.foreign_load(a, R.cpu_busy())}
+                                "load": load}
     return out
 
 
 # ====================================================================== the table
 def render(results, cmd) -> str:
-    lines = [f"CPU: {cpu_name()}. Command: `{cmd}`.",
+    lines = [f"CPU: {common.cpu_name()}. Command: `{cmd}`.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in results[0][1]["versions"].items()) + ".", "",
              "Train step (forward, backward, clipping, AdamW) of examples/char_gpt.toml, float32, "
              "in tokens per second (batch × context per step; higher is better).", "",
@@ -172,39 +165,18 @@ def render(results, cmd) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {','.join(CONFIGS)}")
-    ap.add_argument("--threads", default="1,2", help="thread counts, one worker process each (default 1,2)")
-    ap.add_argument("--reps", type=int, default=5, help="repetitions per contender (median reported)")
-    ap.add_argument("--sample", type=float, default=0.5, help="seconds per repetition of one contender")
-    ap.add_argument("--peers", default="torch,compile", help="peers to try: torch (eager), compile (torch.compile)")
-    ap.add_argument("--json", help="also write the raw results to this file")
-    ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
+    common.worker_options(ap, 5, 0.5, "torch,compile",
+                          peers_help="peers to try: torch (eager), compile (torch.compile)")
     args = ap.parse_args(argv)
     bad = [c for c in args.configs.split(",") if c not in CONFIGS]
     if bad:
         ap.error(f"unknown config(s) {bad}; known: {', '.join(CONFIGS)}")
-    if args.worker_threads:
-        Path(args.worker_out).write_text(json.dumps(worker(args)))
+    if common.worker_main(args, worker):
         return 0
-    cmd = "python benchmarks/gpt.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = []
-    for nt in [int(t) for t in args.threads.split(",")]:
-        env = dict(os.environ, OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt), MKL_NUM_THREADS=str(nt),
-                   GRAPHC_NUM_THREADS=str(nt), GRAPHC_CACHE_DIR=R.CACHE)
-        outf = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        wargs = [sys.executable, str(Path(__file__).resolve()), "--worker-threads", str(nt), "--worker-out", outf,
-                 "--configs", args.configs, "--reps", str(args.reps), "--sample", str(args.sample),
-                 "--peers", args.peers]
-        cpus = sorted(os.sched_getaffinity(0))
-        if nt < len(cpus) and shutil.which("taskset"):
-            wargs = ["taskset", "-c", ",".join(str(c) for c in cpus[:nt])] + wargs
-        print(f"[gpt.py] {nt} thread(s)", file=sys.stderr)
-        if subprocess.run(wargs, env=env).returncode:
-            print(f"[gpt.py] the {nt}-thread worker failed", file=sys.stderr)
-            return 1
-        results.append((nt, json.loads(Path(outf).read_text())))
-        os.unlink(outf)
-    print(render(results, cmd.strip()))
+    results = common.run_workers(__file__, args, ["--configs", args.configs])
+    if results is None:
+        return 1
+    print(render(results, common.command(__file__, argv)))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -16,7 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, cpu_model  # noqa: E402
 
 JOB = """
 import sys, time, numpy as np, graphc
@@ -74,8 +75,7 @@ def main(argv=None) -> int:
                 return 1
             n, ms = run.stdout.split()
             rows[int(n)] = float(ms)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?") \
-        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = cpu_model()
     print(f"wide train step (SGD), global batch {args.batch}, median of {args.steps}, one thread per rank")
     print("| ranks | ms per step | speed-up |")
     print("|---|---|---|")

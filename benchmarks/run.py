@@ -34,13 +34,12 @@ import time
 from pathlib import Path
 from statistics import median
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-# graphc is imported from this tree; GRAPHC_BENCH_SRC can point at a copy (e.g. a snapshot of a tree
-# that others are editing) holding graphc/ and templates/.
-SRC = Path(os.environ.get("GRAPHC_BENCH_SRC", str(ROOT))).resolve()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (timing, raw callers, the worker processes)
+from common import (CACHE, HERE, QUIET_LOAD, ROOT, SRC, bench, cpu_busy, foreign_load,  # noqa: E402
+                    raw_caller, raw_step_caller, wait_quiet)
+
 SPECS = HERE / "specs"
-CACHE = os.environ.get("GRAPHC_CACHE_DIR", "/tmp/gcache_bench")
 
 # name: (layer sizes [Dx, hidden..., Nc], batch, mini-batches per fit epoch)
 SIZES = {
@@ -126,80 +125,6 @@ def flops_infer(layers, batch):
     return sum(2 * batch * a * b for a, b in zip(layers[:-1], layers[1:]))
 
 
-# ====================================================================== timing
-PAUSE_S = 0.1
-
-
-def cpu_busy():
-    """(jiffies all CPUs spent busy, this process's CPU seconds, wall time): for the foreign-load figure."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        busy = sum(v) - v[3] - (v[4] if len(v) > 4 else 0)          # all but idle and iowait
-    except OSError:
-        busy = 0
-    t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.perf_counter()
-
-
-def foreign_load(a, b):
-    """Share of the machine's cores used by other processes between two cpu_busy() snapshots."""
-    wall = b[2] - a[2]
-    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / (wall * os.cpu_count())) if wall > 0 else 0.0
-
-
-QUIET_LOAD = 0.15          # foreign load above this marks a measurement as taken on a loaded machine
-
-
-def wait_quiet(max_wait_s: float, window_s: float = 0.3) -> float:
-    """Wait (up to max_wait_s) for a window in which other processes use < QUIET_LOAD of the
-    cores; return the last window's foreign load."""
-    t_end = time.perf_counter() + max_wait_s
-    if max_wait_s <= 0:
-        return 0.0
-    while True:
-        a = cpu_busy()
-        time.sleep(window_s)
-        load = foreign_load(a, cpu_busy())
-        if load < QUIET_LOAD or time.perf_counter() > t_end:
-            return load
-
-
-def bench(fns: dict, reps: int, sample_s: float, per_call_divisor: dict | None = None) -> dict:
-    """Median seconds per call of each callable; the callables alternate within each repetition.
-
-    Before each sample: a pause of PAUSE_S, so that the worker threads of the contender that ran
-    last (OpenBLAS, OpenMP, XLA spin after a call) have gone to sleep and do not steal a core,
-    then one untimed call."""
-    names = list(fns)
-    loops = {}
-    for k in names:                                        # warm up (JAX compiles here) and calibrate
-        f = fns[k]
-        f()
-        f()
-        c, t0 = 0, time.perf_counter()
-        while True:
-            f()
-            c += 1
-            dt = time.perf_counter() - t0
-            if dt > min(sample_s, 0.05) or c >= 100000:
-                break
-        loops[k] = max(1, int(sample_s / (dt / c)))
-    samples = {k: [] for k in names}
-    for r in range(reps):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for k in order:
-            f, c = fns[k], loops[k]
-            time.sleep(PAUSE_S)
-            f()
-            t0 = time.perf_counter()
-            for _ in range(c):
-                f()
-            samples[k].append((time.perf_counter() - t0) / c)
-    div = per_call_divisor or {}
-    return {k: median(v) / div.get(k, 1) for k, v in samples.items()}
-
-
 # ====================================================================== the worker (one thread count)
 def init_params(layers, seed=0):
     import numpy as np
@@ -227,62 +152,6 @@ def graphc_param_dict(layers, params):
     for (wn, bn), (W, b) in zip(param_names(layers), params):
         d[wn], d[bn] = np.array(W), np.array(b)
     return d
-
-
-def raw_caller(m, fname, arrays):
-    """The C function of `fname` called through cffi with pointers made once: the floor a Python
-    caller can reach. Returns a zero-argument callable."""
-    import numpy as np
-    f = m.functions[fname]
-    n = arrays["x"].shape[0] if "x" in arrays else 1
-    keep, ptrs = [], []
-    for a in f.args:
-        if a.role in ("input", "param", "param*", "state"):
-            arr = arrays[a.value.name]
-        else:
-            arr = m._out_array(a, n)
-        keep.append(arr)
-        ptrs.append(m._pointer(arr))
-    ws = m.ffi.from_buffer(m.workspace(n))
-    cf = m._cfuncs[fname]
-    keep.append(ws)
-
-    def call():
-        return cf(n, *ptrs, ws)
-    call.keep = keep
-    return call
-
-
-def raw_step_caller(m, state, arrays):
-    """NAME_train_step called through cffi with pointers made once (inputs, the state's params and
-    optimizer state, outputs): the floor of m.train_step. Returns a zero-argument callable."""
-    import numpy as np
-    lay = m.functions["train_step"].train_layout
-    n = arrays["x"].shape[0] if "x" in arrays else 1
-    keep, ptrs = [], []
-    for role, name, _ in lay.step_args:
-        if role == "hparams":             # NULL: the hyperparameters compiled in
-            ptrs.append(m.ffi.NULL)
-            continue
-        if role == "input":
-            arr = arrays[name]
-        elif role == "param":
-            arr = state.params[name]
-        elif role == "state":
-            arr = state.buffers[name]
-        else:
-            shape, is_int = lay.out_types[name]
-            arr = np.empty(tuple(n if isinstance(d, str) else d for d in shape), np.int32 if is_int else m.dtype)
-        keep.append(arr)
-        ptrs.append(m._pointer(arr))
-    ws = m.ffi.from_buffer(m.workspace(n))
-    cf = getattr(m.lib, f"{m.name}_train_step")
-    keep.append(ws)
-
-    def call():
-        return cf(n, *ptrs, ws)
-    call.keep = keep
-    return call
 
 
 def worker(args) -> dict:
@@ -317,9 +186,7 @@ def worker(args) -> dict:
     def measure(out, kind, fns, r, div=None):
         """bench() after waiting for a quiet machine; records the foreign load seen while measuring."""
         wait()
-        a = cpu_busy()
-        out[kind] = bench(fns, r, sample, div)
-        out.setdefault("load", {})[kind] = foreign_load(a, cpu_busy())
+        out[kind], out.setdefault("load", {})[kind] = common.measured(fns, r, sample, div, wait_s=0)
     # ---- the machine's sgemm figure, NumPy float32 2048^3: measured at the start and again before
     # every size; the table uses the best (other processes only ever slow it down)
     ga = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
@@ -713,14 +580,7 @@ def table_compile(rows):
 
 
 def machine_line(results, cmd):
-    model = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = common.cpu_model()
     v = results[0][1]["versions"] if results else {}
     blas = results[0][1].get("blas") if results else None
     kern = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in blas) if blas else "not recorded"
@@ -778,11 +638,11 @@ def render(results, compile_rows, cmd, elapsed):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", help=f"comma-separated, of {','.join(SIZES)} (default: all; --quick: {','.join(QUICK_SIZES)})")
-    ap.add_argument("--threads", default="1,2", help="thread counts, one worker process each (default 1,2)")
-    ap.add_argument("--reps", type=int, help="repetitions per contender (median reported; default 7, --quick 3)")
-    ap.add_argument("--sample", type=float, help="seconds per repetition of one contender (default 0.05, --quick 0.02)")
+    common.worker_options(ap, None, None, "torch,jax",
+                          reps_help="repetitions per contender (median reported; default 7, --quick 3)",
+                          sample_help="seconds per repetition of one contender (default 0.05, --quick 0.02)",
+                          peers_help="optional peers to try (NumPy always runs)")
     ap.add_argument("--quick", action="store_true", help="fewer sizes and repetitions: under 2 minutes")
-    ap.add_argument("--peers", default="torch,jax", help="optional peers to try (NumPy always runs)")
     ap.add_argument("--no-compile-times", action="store_true", help="skip the first-build / cached-load table")
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM breakdown")
     ap.add_argument("--no-cnn", action="store_true", help="skip the CNN benchmark (benchmarks/cnn.py)")
@@ -791,10 +651,7 @@ def main(argv=None):
     ap.add_argument("--isa", choices=("auto", "avx512", "avx2", "neon", "portable"), default="auto",
                     help="graphc's GEMM kernels (GRAPHC_ISA); avx2 also forces OpenBLAS to its AVX2 kernels "
                          "(OPENBLAS_CORETYPE=Haswell), so both run AVX2 on an AVX-512 machine")
-    ap.add_argument("--json", help="also write the raw results to this file")
     ap.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
-    ap.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.reps is None:
         args.reps = 3 if args.quick else 7
@@ -806,37 +663,20 @@ def main(argv=None):
     if bad:
         ap.error(f"unknown size(s) {bad}; known: {', '.join(SIZES)}")
 
-    if args.worker_threads:
-        res = worker(args)
-        Path(args.worker_out).write_text(json.dumps(res))
+    if common.worker_main(args, worker):
         return 0
 
     t_start = time.perf_counter()
     write_specs()
-    cmd = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = []
-    for T in [int(t) for t in args.threads.split(",")]:
-        env = dict(os.environ)
-        for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-            env.pop(k, None)
-        env.update(OMP_NUM_THREADS=str(T), OPENBLAS_NUM_THREADS=str(T), MKL_NUM_THREADS=str(T),
-                   GRAPHC_NUM_THREADS=str(T), GRAPHC_CACHE_DIR=CACHE, GRAPHC_ISA=args.isa)
-        if args.isa == "avx2":
-            env["OPENBLAS_CORETYPE"] = "Haswell"
-        outf = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        wargs = [sys.executable, str(Path(__file__).resolve()), "--worker-threads", str(T), "--worker-out", outf,
-                 "--sizes", args.sizes, "--reps", str(args.reps), "--sample", str(args.sample), "--peers", args.peers]
-        wargs += ["--quick"] * args.quick + ["--no-gemm"] * args.no_gemm
-        ncpu = len(os.sched_getaffinity(0))
-        if T < ncpu and shutil.which("taskset"):
-            wargs = ["taskset", "-c", ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:T])] + wargs
-        print(f"[run.py] {T} thread(s): {' '.join(wargs[:4])} ... ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
-        r = subprocess.run(wargs, env=env)
-        if r.returncode:
-            print(f"[run.py] the {T}-thread worker failed (exit {r.returncode})", file=sys.stderr)
-            return 1
-        results.append((T, json.loads(Path(outf).read_text())))
-        os.unlink(outf)
+    cmd = common.command(__file__, argv)
+    isa = dict(GRAPHC_ISA=args.isa, **({"OPENBLAS_CORETYPE": "Haswell"} if args.isa == "avx2" else {}))
+    results = common.run_workers(__file__, args, ["--sizes", args.sizes] + ["--quick"] * args.quick
+                                 + ["--no-gemm"] * args.no_gemm,
+                                 env_of=lambda T: common.thread_env(T, **isa),
+                                 say=lambda T, wargs: f"[run.py] {T} thread(s): {' '.join(wargs[:4])} ... "
+                                                      f"({time.perf_counter() - t_start:.0f} s)")
+    if results is None:
+        return 1
     compile_rows = None
     if not args.no_compile_times:
         print(f"[run.py] compile times ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
@@ -846,20 +686,12 @@ def main(argv=None):
             specs = [s for s in specs if s.name == "one_layer.toml"] or specs[:1]
         specs += [SPECS / "mnist_train.toml"]
         compile_rows = compile_times(specs, env)
-    text = render(results, compile_rows, cmd.strip(), time.perf_counter() - t_start)
+    text = render(results, compile_rows, cmd, time.perf_counter() - t_start)
     print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "compile": compile_rows}, indent=1))
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text() if readme.exists() else ""
-        start, end = "<!-- BENCH-RESULTS -->", "<!-- /BENCH-RESULTS -->"
-        block = f"{start}\n{text}\n{end}"
-        if start in body and end in body:
-            body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
-        else:
-            body = body + "\n" + block + "\n"
-        readme.write_text(body)
+        common.write_readme_block("<!-- BENCH-RESULTS -->", "<!-- /BENCH-RESULTS -->", text)
     if not args.no_cnn:              # the CNN models, its own tables and README block (<!-- CNN-RESULTS -->)
         print(f"[run.py] CNN models, benchmarks/cnn.py ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
         subprocess.run([sys.executable, str(HERE / "cnn.py"), "--threads", args.threads]

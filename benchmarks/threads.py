@@ -28,7 +28,8 @@ from statistics import median
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import run as R  # noqa: E402  (the specs, data, parameters and load measurement of run.py)
+import common  # noqa: E402  (load measurement, the README block)
+import run as R  # noqa: E402  (the specs, data and parameters of run.py)
 
 START, END = "<!-- GIL-RESULTS -->", "<!-- /GIL-RESULTS -->"
 
@@ -67,7 +68,7 @@ class Workers:
 
 
 def measure(calls: int, reps: int, wait_s: float) -> dict:
-    sys.path.insert(0, str(R.SRC))
+    sys.path.insert(0, str(common.SRC))
     import graphc
     R.write_specs()
     layers, batch, _ = R.SIZES["mnist"]
@@ -95,14 +96,14 @@ def measure(calls: int, reps: int, wait_s: float) -> dict:
         pool.run(graphc_call, pool.k)
     out = {}
     for name, job, n in (("graphc", graphc_call, calls), ("python", python_loop, calls)):
-        R.wait_quiet(wait_s)
-        a = R.cpu_busy()
+        common.wait_quiet(wait_s)
+        a = common.cpu_busy()
         times = {1: [], 2: []}
         for r in range(reps):
             for k in ((1, 2) if r % 2 == 0 else (2, 1)):
-                time.sleep(R.PAUSE_S)
+                time.sleep(common.PAUSE_S)
                 times[k].append(pools[k].run(job, n))
-        out[name] = dict(calls=n, one=median(times[1]), two=median(times[2]), load=R.foreign_load(a, R.cpu_busy()))
+        out[name] = dict(calls=n, one=median(times[1]), two=median(times[2]), load=common.foreign_load(a, common.cpu_busy()))
     for pool in pools.values():
         pool.close()
     for k, v in m.value_and_grad(**args)[1].items():       # threads changed nothing
@@ -114,7 +115,7 @@ def measure(calls: int, reps: int, wait_s: float) -> dict:
 
 def table(res: dict, cmd: str) -> str:
     def mark(load):
-        return f" †{load:.0%}" if load > R.QUIET_LOAD else ""
+        return f" †{load:.0%}" if load > common.QUIET_LOAD else ""
     rows = [("mnist `value_and_grad` (784-512-10, batch 128, float32, graphc threads=1)", res["graphc"]),
             ("control: pure-Python loop of similar length (holds the GIL)", res["python"])]
     lines = ["### Two Python threads calling one model: is the GIL released during the C call?", "",
@@ -137,21 +138,13 @@ def main(argv=None) -> int:
     ap.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a quiet machine (default 5)")
     ap.add_argument("--write-readme", action="store_true", help="put the table into benchmarks/README.md")
     args = ap.parse_args(argv)
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "GRAPHC_NUM_THREADS"):
+    for k in common.THREAD_VARIABLES:
         os.environ[k] = "1"
-    os.environ.setdefault("GRAPHC_CACHE_DIR", R.CACHE)
-    cmd = "python benchmarks/threads.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = table(measure(args.calls, args.reps, args.wait), cmd.strip())
+    os.environ.setdefault("GRAPHC_CACHE_DIR", common.CACHE)
+    text = table(measure(args.calls, args.reps, args.wait), common.command(__file__, argv))
     print(text)
     if args.write_readme:
-        readme = HERE / "README.md"
-        body = readme.read_text()
-        block = f"{START}\n{text}\n{END}"
-        if START in body and END in body:
-            body = body[:body.index(START)] + block + body[body.index(END) + len(END):]
-        else:
-            body = body.rstrip("\n") + "\n\n" + block + "\n"
-        readme.write_text(body)
+        common.write_readme_block(START, END, text)
     return 0
 
 

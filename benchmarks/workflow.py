@@ -37,9 +37,8 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SRC = Path(os.environ.get("GRAPHC_BENCH_SRC", str(ROOT))).resolve()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import HERE, ROOT, SRC, cpu_model  # noqa: E402
 # the first call of a model just loaded: zeros of each input and param at batch 4
 FIRST_CALL = """
 import numpy as np
@@ -66,7 +65,7 @@ CALLS = r"""
 import json, sys, time, timeit
 sys.path.insert(0, sys.argv[1])
 import numpy as np, graphc
-import run as R
+import common, run as R
 layers, batch, _ = R.SIZES["tiny"]
 params = R.init_params(layers)
 x, y, _, _ = R.make_data(layers, batch, 1)
@@ -74,9 +73,9 @@ mt = graphc.compile(str(R.SPECS / "tiny_train.toml"), optimizer=graphc.SGD(lr=0.
 mi = graphc.compile(str(R.SPECS / "tiny_infer.toml"), threads=1)
 gpi, vg = R.graphc_param_dict(layers, params), dict(x=x, y=y, **R.graphc_param_dict(layers, params))
 st = mt.train_state(R.graphc_param_dict(layers, params))
-pairs = {"forward": (lambda: mi.forward(x=x, **gpi), R.raw_caller(mi, "forward", dict(x=x, **gpi))),
-         "value_and_grad": (lambda: mt.value_and_grad(**vg), R.raw_caller(mt, "value_and_grad", vg)),
-         "train_step": (lambda: mt.train_step(st, x=x, y=y), R.raw_step_caller(mt, st, dict(x=x, y=y)))}
+pairs = {"forward": (lambda: mi.forward(x=x, **gpi), common.raw_caller(mi, "forward", dict(x=x, **gpi))),
+         "value_and_grad": (lambda: mt.value_and_grad(**vg), common.raw_caller(mt, "value_and_grad", vg)),
+         "train_step": (lambda: mt.train_step(st, x=x, y=y), common.raw_step_caller(mt, st, dict(x=x, y=y)))}
 out = {k: {"api": [], "c": []} for k in pairs}
 for rep in range(int(sys.argv[2])):
     for k, (api, raw) in pairs.items():
@@ -87,16 +86,6 @@ for rep in range(int(sys.argv[2])):
                 out[k].setdefault(name + unit, []).append(t)
 print(json.dumps({k: {n: sorted(v)[len(v) // 2] for n, v in d.items() if v} for k, d in out.items()}))
 """
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def isa() -> str:
@@ -147,7 +136,7 @@ def measure(args) -> dict:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     spec = Path(args.spec).resolve()
     try:
-        res = {"cpu": cpu_name(), "cores": os.cpu_count(), "isa": isa(), "spec": str(spec.relative_to(ROOT))
+        res = {"cpu": cpu_model(), "cores": os.cpu_count(), "isa": isa(), "spec": str(spec.relative_to(ROOT))
                if spec.is_relative_to(ROOT) else str(spec), "python": platform.python_version()}
         load0 = os.getloadavg()[0]
         # a build into a cache of its own writes the .pyc files (as a user's install has them), so

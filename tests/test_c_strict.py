@@ -246,7 +246,8 @@ def test_c_strict_standalone_export_of_a_training_model_runs_train_steps(tmp_pat
 def test_c_strict_train_only_program_calls_train_step_alone_as_the_full_one_does(cc, tmp_path):
     """-DGRAPHC_TRAIN_ONLY (a training firmware): main.c declares only train_step's arrays and calls it
     alone, warning-free under -Werror, and prints the train steps and trained params the full
-    program prints; --bad-label checks train_step alone."""
+    program prints; --bad-label checks train_step alone. Each run of what it leaves out sits in one
+    #ifndef GRAPHC_TRAIN_ONLY."""
     training = pytest.importorskip("graphc.native.training")
     spec = EXAMPLES[0].parent / "mlp.toml"
     m = graphc.compile(str(spec), dtype="float32", optimizer=training.Adam(lr=1e-3))
@@ -263,7 +264,11 @@ def test_c_strict_train_only_program_calls_train_step_alone_as_the_full_one_does
     assert want and set(trained) == set(want)
     for k, v in want.items():
         assert list(trained[k]) == list(v), k       # the same printed digits
-    assert "d_W1" not in (only / "main.c").read_text().split("#ifndef GRAPHC_TRAIN_ONLY", 1)[0]
+    main_c = (only / "main.c").read_text()
+    assert "d_W1" not in main_c.split("#ifndef GRAPHC_TRAIN_ONLY", 1)[0]
+    # one #ifndef a run of what the train-only build leaves out: the gradients' arrays, the calls
+    # run makes and those bad_label makes before train_step
+    assert main_c.count("#ifndef GRAPHC_TRAIN_ONLY") == 3 and "#endif\n#ifndef GRAPHC_TRAIN_ONLY" not in main_c
     bad = subprocess.run(["./mlp_example", "--bad-label"], cwd=only, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 0 and "mlp_train_step with" in bad.stdout and "mlp_forward" not in bad.stdout, bad.stdout
 
@@ -348,3 +353,33 @@ def test_c_strict_kernel_library_object_keeps_no_state_and_calls_no_allocator_or
     assert {s for s in exported if KERNEL_ENTRY_POINTS.match(s)} == {
         f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"} | {
         "gc_random_bits", "gc_sample_f", "gc_sample_d", "gc_size_poly", "gc_kernels_threads", "gc_kernels_busy_hold"}
+
+
+def test_c_strict_c_string_reads_back_as_the_text_it_was_given(tmp_path):
+    """cprint.c_string (the templates' filter c_string) makes a C string literal of any text: a C99
+    program printing the literals of texts with quotes, backslashes, line breaks, trigraph-like
+    "??" runs, control characters, non-ASCII and octal-looking digits after an escape compiles
+    warning-free (trigraphs on under -std=c99) and writes back each text's UTF-8 bytes exactly."""
+    import random
+
+    from graphc.backend.cprint import c_string
+    texts = ['', 'plain', 'a "quoted" \\back\\slash', 'two\nlines\r\n\ttab', '??/ ??= ??( ??) ??! ??< ??> ??- ???/',
+             'é1 — 7ü \x01\x7f9 \x00end', "it's /* not a comment */"]
+    alphabet = '?\\"\n\'/=0123456789aé—\x00\x1b\t'
+    draw = random.Random(11)
+    texts += ["".join(draw.choice(alphabet) for _ in range(draw.randrange(1, 24))) for _ in range(200)]
+    rows = ",\n".join(f"    {{ {c_string(t)}, {len(t.encode())} }}" for t in texts)
+    source = tmp_path / "strings.c"
+    source.write_text("#include <stdio.h>\n\nstatic const struct { const char *s; unsigned long n; } texts[] = {\n"
+                      f"{rows}\n}};\n\nint main(void)\n{{\n    unsigned long i;\n"
+                      "    for (i = 0; i < sizeof texts / sizeof texts[0]; ++i) {\n"
+                      "        fwrite(texts[i].s, 1, texts[i].n, stdout);\n        putchar(0xff);\n    }\n"
+                      "    return 0;\n}\n")
+    for cc in ("gcc", "clang"):
+        if shutil.which(cc) is None:
+            continue
+        program = tmp_path / f"strings_{cc}"
+        built = subprocess.run([cc, *STRICT, str(source), "-o", str(program)], capture_output=True, text=True)
+        assert built.returncode == 0 and not built.stderr, built.stderr
+        out = subprocess.run([str(program)], capture_output=True, check=True).stdout
+        assert out.split(b"\xff")[:-1] == [t.encode() for t in texts], cc

@@ -138,6 +138,22 @@ def test_emit_the_rest_of_the_forward_pass_forward_shares_is_written_once(spec):
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("spec", [EXAMPLES_DIR / "gru.toml", EXAMPLES_DIR / "lstm.toml"], ids=lambda p: p.stem)
+def test_emit_accumulate_calls_the_backward_pass_value_and_grad_and_train_step_share(spec, opt):
+    """With gradient accumulation, NAME_accumulate runs the same training forward scan and backward
+    scan as value_and_grad: it calls their shared backward pass rather than holding a copy, so the
+    model file has each scan as often as without accumulation (its values: test_recipe)."""
+    g = graphc.load(spec)
+    optimizer = (graphc.SGD(lr=0.1, accumulate=2) if opt == "sgd" else graphc.Adam(accumulate=2))
+    c = generate(g, *g.grad_spec, dtype="float32", optimizer=optimizer)
+    shared = set(re.findall(rf"\b({g.name}_backward_pass\w*)\(", body(c.source, f"{g.name}_value_and_grad")))
+    assert shared and shared == set(re.findall(rf"\b({g.name}_backward_pass\w*)\(", body(c.source, f"{g.name}_accumulate")))
+    scans = [n for n in g.nodes if n.op.name == "scan"]
+    assert len(re.findall(r"/\* scan \w+: t = 0 to", c.source)) == 2 * len(scans)
+    assert len(re.findall(r"/\* scan \w+: t = T-1 down to 0", c.source)) == len(scans)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda p: p.stem)
 def test_emit_each_buffer_over_another_says_whose_memory_it_reuses(spec, opt):
     """The planner puts a buffer over others whose lives ended: its comment names each of them,

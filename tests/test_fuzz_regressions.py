@@ -345,9 +345,10 @@ def test_the_reference_evaluates_a_scans_backward_in_float32():
 def test_an_mpi_refusal_of_two_lines_leaves_main_c_compiling(tmp_path):
     """A campaign found it (seed 7): a model whose MPI build is refused with a ShapeError and its
     hint (two lines) put both lines in main.c's `#error "..."`; the string left open broke even
-    the build without MPI (an unterminated string is an error in a skipped #if branch too). The
-    reason is one line now, and the standalone example builds with gcc under -Werror and prints
-    what the extension computes."""
+    the build without MPI (an unterminated string is an error in a skipped #if branch too). Each
+    line of the reason is an #error of its own now, a C string literal (the templates' filter
+    c_string), the hint kept; the standalone example builds with gcc under -Werror and prints what
+    the extension computes."""
     from pathlib import Path
 
     from graphc.tools.fuzz_case import Case
@@ -358,5 +359,38 @@ def test_an_mpi_refusal_of_two_lines_leaves_main_c_compiling(tmp_path):
     g = graphc.parse_spec(Case.parse(path.read_text()).spec, "fz.toml")
     graphc.compile(g, dtype="float64", optimizer=graphc.SGD(lr=0.05)).export(tmp_path / "c", standalone=True)
     main_c = (tmp_path / "c" / "main.c").read_text()
-    error = next(line for line in main_c.splitlines() if line.startswith("#error") and "does not train over MPI" in line)
-    assert error.endswith('"') and "hint:" in error, error
+    lines = main_c.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("#error") and "does not train over MPI" in line)
+    assert "ShapeError" in lines[first] and lines[first].endswith('"'), lines[first]
+    assert lines[first + 1].startswith('#error "  hint: ') and lines[first + 1].endswith('"'), lines[first + 1]
+
+
+NASTY_REASON = 'ShapeError: argument "x" at C:\\specs\\a.toml ??/ wants [N, 3] (é)\n  hint: write "x.T" \\ or ??= both'
+
+
+def test_an_mpi_refusal_with_quotes_backslashes_and_two_lines_leaves_main_c_compiling(tmp_path):
+    """Any text of a refusal (quotes, backslashes, a trigraph's ??/ and ??=, non-ASCII, two lines):
+    main_mpi.c.j2 writes each line as an #error with a C string literal, so the build without MPI
+    skips it cleanly under gcc -std=c99 -Werror -pedantic (trigraphs on) and the MPI build stops
+    at it, printing both lines."""
+    import shutil
+    import subprocess
+
+    from graphc.backend.templates import render_template
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    part = render_template("main_mpi.c.j2", name="m", mpi={"reason": NASTY_REASON})
+    assert part.count("#error") == 2, part
+    source = tmp_path / "main.c"
+    source.write_text(f"#ifdef GRAPHC_MPI\n{part}#endif\nint main(void)\n{{\n    return 0;\n}}\n")
+    command = ["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-c", str(source), "-o",
+               str(tmp_path / "main.o")]
+    plain = subprocess.run(command, capture_output=True, text=True)
+    assert plain.returncode == 0 and not plain.stderr, plain.stderr
+    mpi = subprocess.run(command + ["-DGRAPHC_MPI"], capture_output=True, text=True)
+    assert mpi.returncode != 0, mpi.stderr
+    errors = [line for line in mpi.stderr.splitlines() if "#error" in line and "error:" in line]
+    assert len(errors) == 2, mpi.stderr
+    assert 'm does not train over MPI: ShapeError: argument \\"x\\" at C:\\\\specs' in errors[0], errors[0]
+    assert "hint: write" in errors[1], errors[1]
+    assert "trigraph" not in mpi.stderr, mpi.stderr

@@ -95,6 +95,29 @@ def c_real(value: float) -> str:
     return "(gc_real)NAN" if value != value else f"(gc_real)({'-' if value < 0 else ''}HUGE_VAL)"
 
 
+_C_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def c_string(text: str) -> str:
+    """Any text as one C string literal that C99 reads back as its UTF-8 bytes: backslash, quote and
+    control characters escaped, non-ASCII bytes in octal (which, unlike hex, stops after three
+    digits), and a '?' after a '?' as \\? so that no trigraph (??/ is a backslash in -std=c99) forms.
+    The templates' filter `c_string`: main.c's MPI refusal prints an error's text with it."""
+    out, previous = [], ""
+    for byte in str(text).encode("utf-8"):
+        char = chr(byte)
+        if char in _C_ESCAPES:
+            out.append(_C_ESCAPES[char])
+        elif char == "?" and previous == "?":
+            out.append("\\?")
+        elif 32 <= byte < 127:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+        previous = char
+    return '"' + "".join(out) + '"'
+
+
 def c_size_real(p) -> str:
     """A size as a gc_real (the count of a mean): (gc_real)(128 * n)."""
     return f"(gc_real)({c_poly(p)})"

@@ -6,7 +6,8 @@ arguments of the one check function every entry point calls, and the static help
 rest of it that forward shares with predict, or with value_and_grad and train_step, whichever
 is longer: a scan that predict runs as forward does while the training functions keep its
 states, a batch norm predict runs on its running statistics; then the backward pass
-value_and_grad and train_step have in common), each with the steps it runs and
+value_and_grad and train_step have in common, which accumulate, with gradient accumulation, calls
+too where it runs the same kernels), each with the steps it runs and
 the call each entry point makes instead of those steps. Kernels are compared by their rendered C
 text, so a helper holds exactly what each caller would have run; each caller passes its own
 buffers (its own memory plan). It prints no C but through the templates and cprint.py.
@@ -219,19 +220,24 @@ def share(model: str, functions: list) -> Sharing:
             done.update({f: k + count for f, (_skip, count) in best.callers.items()})
         both = [f for f in functions if f.name in ("value_and_grad", "train_step")]
         if len(both) == 2 and done[both[0].name] == done[both[1].name]:
-            if not _one_backward_pass(model, both, done[both[0].name], helpers):
-                _backward_runs(model, both, done[both[0].name], texts, helpers)
+            k = done[both[0].name]
+            also = [f for f in functions if f.name == "accumulate" and done[f.name] == k]
+            if not _one_backward_pass(model, both, k, texts, helpers, also):
+                _backward_runs(model, both, k, texts, helpers, also)
     return Sharing(f"{model}_check", labels, helpers)
 
 
-def _one_backward_pass(model: str, both, k: int, helpers: list) -> bool:
+def _one_backward_pass(model: str, both, k: int, texts, helpers: list, also=()) -> bool:
     """value_and_grad's kernels after the forward pass, as one helper train_step calls too: the
     same kernels but for plain SGD's GEMMs that update a weight as they write its gradient, which
-    take the weight to update as a parameter (NULL from value_and_grad) and the learning rate."""
+    take the weight to update as a parameter (NULL from value_and_grad) and the learning rate.
+    Each function of `also` (accumulate) that runs value_and_grad's kernels calls it as
+    value_and_grad does."""
     vg, ts = both
     a, b = vg.steps[k:], ts.steps[k:]
     if not a or len(b) < len(a):
         return False
+    also = [f for f in also if texts[f.name][k:k + len(a)] == texts[vg.name][k:]]
     steps, extra = [], []
     for x, y in zip(a, b):
         if render_kernel(x) == render_kernel(y):
@@ -247,30 +253,42 @@ def _one_backward_pass(model: str, both, k: int, helpers: list) -> bool:
         steps.append(replace(y, comment=x.comment + f"\n   and, from train_step, {ep.update} -= lr d_{ep.update} as it is"
                                                     f" written ({target}: NULL from value_and_grad)",
                              epilogue=replace(ep, update=target, rate="gc_lr")))
-        extra.append(("gc_real", target, False, True, {vg.name: "NULL", ts.name: ep.update}))
+        extra.append(("gc_real", target, False, True, {vg.name: "NULL", ts.name: ep.update,
+                                                        **{f.name: "NULL" for f in also}}))
     if extra:
         rate = next(st.epilogue.rate for st in b if isinstance(st, Gemm) and st.epilogue.update)
-        extra.append(("gc_real", "gc_lr", False, False, {vg.name: "0", ts.name: rate}))
-    doc = (f"The backward pass value_and_grad and train_step share: it writes {_and(_written(steps))}"
+        extra.append(("gc_real", "gc_lr", False, False, {vg.name: "0", ts.name: rate, **{f.name: "0" for f in also}}))
+    callers = [*both, *also]
+    doc = (f"The backward pass {_and([f.name for f in callers])} share: it writes {_and(_written(steps))}"
            + (" (a gradient that train_step's SGD applies as it is written is not stored there)" if extra else "")
            + ".")
-    helpers.append(_helper(model, "backward_pass", doc, both, {vg.name: k, ts.name: k}, len(a), steps,
+    helpers.append(_helper(model, "backward_pass", doc, callers, {f.name: k for f in callers}, len(a), steps,
                            frozenset(), extra))
     return True
 
 
-def _backward_runs(model: str, both, k: int, texts, helpers: list) -> None:
-    """The runs of kernels value_and_grad and train_step share after the forward pass, as helpers."""
+def _backward_runs(model: str, both, k: int, texts, helpers: list, also=()) -> None:
+    """The runs of kernels value_and_grad and train_step share after the forward pass, as helpers;
+    a function of `also` (accumulate) calls each run it makes too, in the same order."""
     a, b = (texts[f.name][k:] for f in both)
     runs = [r for r in SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()
             if r.size and sum(t.count("\n") for t in a[r.a:r.a + r.size]) >= MIN_LINES]
+    after = {f.name: k for f in also}       # where each function of `also` may run the next run
     for i, r in enumerate(runs):
         part = f" (part {i + 1} of {len(runs)})" if len(runs) > 1 else ""
-        doc = (f"The backward pass{part} value_and_grad and train_step share: it writes "
+        block = a[r.a:r.a + r.size]
+        skip = {both[0].name: k + r.a, both[1].name: k + r.b}
+        for f in also:
+            mine = texts[f.name]
+            at = next((j for j in range(after[f.name], len(mine) - r.size + 1) if mine[j:j + r.size] == block), None)
+            if at is not None:
+                skip[f.name] = at
+                after[f.name] = at + r.size
+        callers = [*both, *(f for f in also if f.name in skip)]
+        doc = (f"The backward pass{part} {_and([f.name for f in callers])} share: it writes "
                f"{_and(_written(both[0].steps[k + r.a:k + r.a + r.size]))}.")
         suffix = f"_{i + 1}" if len(runs) > 1 else ""
-        helpers.append(_helper(model, f"backward_pass{suffix}", doc, both,
-                               {both[0].name: k + r.a, both[1].name: k + r.b}, r.size))
+        helpers.append(_helper(model, f"backward_pass{suffix}", doc, callers, skip, r.size))
 
 
 def _and(items: list[str]) -> str:

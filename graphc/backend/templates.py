@@ -9,6 +9,7 @@ from typing import Any
 
 import jinja2
 
+from graphc.backend.cprint import c_string
 from graphc.core.errors import GraphcError
 from graphc.core.paths import cache_root
 
@@ -75,6 +76,7 @@ def environment() -> jinja2.Environment:
                                   undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                                   keep_trailing_newline=True, autoescape=False, bytecode_cache=_template_cache())
         _ENV.globals["render_kernel"] = render_kernel
+        _ENV.filters["c_string"] = c_string     # any text as a C string literal (main.c's #error)
     return _ENV
 
 

@@ -192,6 +192,8 @@ def _example_context(model) -> dict:
     trained = {v for f in functions if f["name"] == "train_step" for v in f["args"]}
     for a in arrays.values():
         a["train_only_skip"] = bool(trained) and a["var"] not in trained
+    for f in functions:
+        f["train_only_skip"] = bool(trained) and f["name"] != "train_step"
     filled = [a for a in arrays.values() if a["fill"] is not None]
     ints = [a for a in filled if a["ctype"] == "int32_t"]
     _constant_params(model, arrays, functions)
@@ -204,7 +206,7 @@ def _example_context(model) -> dict:
     return dict(name=model.name, ctype=ctype, n=n, batch_dim=(graph.symbolic_dims or [None])[0], others=others,
                 dim_call=", ".join(["n"] + [m for _, m, _ in others]),
                 dim_sizes=", ".join(["BATCH"] + [m for _, m, _ in others]),
-                arrays=list(arrays.values()), filled=filled, functions=functions, skipped=skipped,
+                arrays=list(arrays.values()), declared=[a for a in arrays.values() if "values" not in a], filled=filled, functions=functions, skipped=skipped,
                 has_ints=bool(ints), has_reals=any(a["ctype"] != "int32_t" and not a["fill"]["row"] for a in filled),
                 has_rows=bool(prob_rows), bad=ints[0] if ints else None,
                 trains=any(f["name"] == "train_step" for f in functions), train_steps=TRAIN_STEPS, generate=generate,

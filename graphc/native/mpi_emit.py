@@ -26,7 +26,8 @@ def update_name(name: str) -> str:
 
 
 def _refusal(model, example: dict) -> str | None:
-    """Why the model's example program cannot train over MPI, or None."""
+    """Why the model's example program cannot train over MPI (an error's text, its hint on a line of its
+    own), or None."""
     train = next((f for f in model.csrc.functions if f.name == "train_step"), None)
     if train is None or not example["trains"]:
         return "the model has no train step: emit it with an optimizer (graphc emit --optimizer adam)"
@@ -35,9 +36,9 @@ def _refusal(model, example: dict) -> str | None:
     if not any(f["name"] == "value_and_grad" for f in example["functions"]):
         return "main.c does not call value_and_grad, which each rank runs on its rows"
     try:
-        check_stateless(model.graph, "MPI", "")
+        check_stateless(model.graph, "MPI", "the build without MPI (make) trains it in one process")
     except GraphcError as e:
-        return str(e).splitlines()[0]
+        return str(e)
     return None
 
 
@@ -68,9 +69,7 @@ def mpi_parts(model, example: dict, example_arrays, amalgamate: bool = False) ->
     try:
         ctx.update(_context(model, example, layout, update, example_arrays(model.graph, "float64", 3)))
     except GraphcError as e:
-        # one line: main_mpi.c.j2 puts it in an #error's string, which a newline would end (and a
-        # string left open is an error even in the #if branch a build without MPI skips)
-        ctx["reason"] = " ".join(str(e).split())
+        ctx["reason"] = str(e)      # main_mpi.c.j2 writes each line as a C string (filter c_string)
         return ctx, {}
     return ctx, {f"{update.name}.c": amalgamated(update) if amalgamate else update.source,
                  f"{update.name}.h": update.header}
