@@ -78,8 +78,10 @@ def judge(kind: str, what: str, actual, expected, ref32, scale: float, terms: in
 
 def kink_margins(graph, values: dict, values32: dict, scale: float, terms: int = MIN_TERMS) -> list[str]:
     """The kinked ops of `graph` whose operand is within its own float32 tolerance of the kink
-    (their names and ops), by the float64 and float32 evaluations of every value. An element that
-    is exactly 0 in both is 0 by structure (relu(relu(x))'s inner zeros), not by rounding."""
+    (their names and ops), by the float64 and float32 evaluations of every value of `graph` itself
+    (`forward_values`: graph.grad's and train_graph's graphs have merged or renamed some of them, a
+    second relu(x1) being the first). An element that is exactly 0 in both is 0 by structure
+    (relu(relu(x))'s inner zeros), not by rounding."""
     close = []
     for n in graph.nodes:
         name = n.op.name
@@ -101,6 +103,13 @@ def kink_margins(graph, values: dict, values32: dict, scale: float, terms: int =
         if margin <= delta:
             close.append(f"{n.output.name} = {name}({x.name}): margin {margin:.2e} <= {delta:.2e}")
     return close
+
+
+def forward_values(graph, arrays: dict, dtype=np.float64) -> dict:
+    """Every value of the forward graph `graph` (graphc.core.reference.evaluate_values) from the
+    arrays of its inputs and params (others in `arrays` are left out): what kink_margins reads."""
+    from graphc.core.reference import evaluate_values
+    return evaluate_values(graph, {k: arrays[k] for k in [*graph.inputs, *graph.params]}, dtype)
 
 
 def _top_gap(z: np.ndarray, axis) -> float:
@@ -135,7 +144,8 @@ def check_float32(g, data: dict, predict, result, optimizer: str | None = None) 
     scale = max(1.0, _max_abs(values.values()))
     terms = max(int(np.size(v)) for v in values.values())
     # the forward graph's ops (the backward's sign(relu(z)) reads zeros by structure)
-    kinks = kink_margins(g, values, values32, scale, terms)
+    with step("float32 forward graph evaluated"):
+        kinks = kink_margins(g, forward_values(g, rounded), forward_values(g, data32, np.float32), scale, terms)
     forward_only = bool(kinks)
     if any(" = sign(" in k for k in kinks):
         result.checks["float32 (skipped: a sign's operand within rounding of 0)"] += 1
@@ -217,7 +227,14 @@ def check_train32(m, g, name: str, data32: dict, rounded: dict, scale: float, te
             result.checks[f"{kind} (stopped: NumPy's float32 evaluation overflows)"] += 1
             return worst
         step_scale = max(scale, _max_abs(v64.values()))
-        if kink_margins(g, v64, v32, step_scale, terms):
+        with step(f"float32 forward graph evaluated, step {i}"):
+            params = {k: args64[tg.updates[k][0]] if k in tg.updates else args64[k] for k in g.params}
+            params32 = {k: args32[tg.updates[k][0]] if k in tg.updates else args32[k] for k in g.params}
+            inputs = {k: args64[k] for k in g.inputs}
+            inputs32 = {k: args32[k] for k in g.inputs}
+            kinks = kink_margins(g, forward_values(g, inputs | params), forward_values(g, inputs32 | params32, np.float32),
+                                 step_scale, terms)
+        if kinks:
             result.checks[f"{kind} (stopped at a step with an operand within rounding of a kink)"] += 1
             return worst
         with step(f"float32 train_step {name} #{i}"), omp_threads(2):
