@@ -114,7 +114,7 @@ def compiled(shapes, is_causal, dtype, loss="dot"):
     return g, graphc.compile(g, grad_of="J", wrt=["q", "k", "v"], dtype=dtype)
 
 
-# T crosses the blocks (32 query rows, 64 keys): 1, 7, 16, 17, 65, 129; D 1, 8, 16, 33
+# T crosses the blocks (64 query rows, 64 keys: packing.ATTENTION_ROWS, _KEYS): 1, 7, 16, 17, 65, 129; D 1, 8, 16, 33
 C_SIZES = [(1, 1, True), (7, 8, True), (16, 16, False), (17, 33, True), (65, 8, False), (65, 1, True),
            (129, 16, True), (129, 33, False)]
 
@@ -157,16 +157,17 @@ def test_c_float32(T, D, is_causal):
 
 
 @pytest.mark.parametrize("T, D, Dv, is_causal", [(70, 24, 20, True), (70, 16, 40, False), (129, 33, 16, True)])
-def test_c_register_tiles_keep_the_bits_of_any_thread_count(T, D, Dv, is_causal):
-    """The score and value products go by tiles of four query rows and 16 keys (or value columns)
-    held in registers, then each row's remaining keys and columns (Dv = 20, 40: not whole
-    tiles; causal blocks: rows with fewer keys than others). Float32 results agree with the
-    reference, and the bits with one thread and with two are the same."""
+def test_c_blocks_keep_the_bits_of_any_thread_count(T, D, Dv, is_causal):
+    """Each head runs on one thread, its block products by the library's GEMM in that thread's
+    share of the packing area (scores, dS, packing), and the workspace of a 2-thread build holds
+    a share for each thread: a shared or short share would race or run out of bounds. Float32
+    results agree with the reference, and the bits with one thread and with two are the same
+    (T = 70, 129: blocks of 64 and the rest; causal blocks: rows with fewer keys than others)."""
     rng = np.random.default_rng(T + D + Dv)
     shapes, a = draw(rng, 3, 2, T, T, D, Dv)
     g = attention_graph(shapes, is_causal)
     a32 = {k: x.astype(np.float32) for k, x in a.items()}
-    results = []
+    results, sizes = [], []
     for threads in (1, 2):
         m = graphc.compile(g, grad_of="J", wrt=["q", "k", "v"], dtype="float32", threads=threads)
         outs, grads, want = c_and_reference(m, g, a32, "J", ["q", "k", "v"], reference_arrays=a)
@@ -174,8 +175,10 @@ def test_c_register_tiles_keep_the_bits_of_any_thread_count(T, D, Dv, is_causal)
         for w in "qkv":
             assert np.abs(grads[w] - want[f"d_{w}"]).max() < 1e-5 * max(np.abs(want[f"d_{w}"]).max(), 1.0), w
         results.append([outs["o"]] + [grads[w] for w in "qkv"])
+        sizes.append(m.workspace(3).nbytes)
     for one, two in zip(*results):
         np.testing.assert_array_equal(one, two)
+    assert sizes[1] > sizes[0], sizes
 
 
 def test_c_stores_no_score_matrix():

@@ -82,9 +82,10 @@ def test_emit_dims_and_flags_have_names(spec):
         dims = [a.strip() for a in call.split(",")[2:5]]
         for d in dims:      # M, N, K: the batch n (or rows of it: n * 64 output pixels), a dim's
             # name, a size no single dim has, or the pixels of a chunk (a 1x1 weight gradient's gc_k,
-            # a block of columns of a convolution's product per image: gc_cols)
+            # a block of columns of a convolution's product per image: gc_cols; attention's blocks
+            # of query rows and keys: gc_ni, gc_nj)
             assert re.fullmatch(r"(\d+ \* )?n( \* (\d+|[A-Za-z_]\w*))*", d) or d.startswith(f"{g.name}_") \
-                or d in ("gc_k", "gc_cols") \
+                or d in ("gc_k", "gc_cols", "gc_ni", "gc_nj") \
                 or int(d) not in unique.values(), call
     assert not re.search(r"gc_gemm_bias_act\([^;]*, [01]\);", c.source)     # the activation is named too
 

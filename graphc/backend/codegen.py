@@ -21,8 +21,8 @@ from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
 from graphc.backend.cprint import (c_long, c_name, c_named, c_pack_shares, c_param, c_poly_table,
                                    c_size_poly, c_wrap, dims_in_c)
-from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, all_records
-from graphc.backend.packing import pack_shares
+from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, Attention, all_records
+from graphc.backend.packing import pack_shares, scratch_share
 from graphc.backend.sharing import share
 from graphc.backend.sizes import ZERO, Poly, peval, pmax
 from graphc.backend.schedule import schedule
@@ -171,7 +171,9 @@ class Emitter:
         arena = ZERO
         for f in self.functions:
             arena = pmax(arena, f.sched.arena)
-        self.arena, self.pack = arena, pack_shares(self.products(), self.dtype)
+        scratch = max((st.share for f in self.functions for st in all_records(f.steps) if isinstance(st, Attention)),
+                      default=0)
+        self.arena, self.pack = arena, pack_shares(self.products(), self.dtype) + [scratch_share(scratch)] * (scratch > 0)
         sharing = share(g.name, self.functions)
         ctx = dict(sharing=sharing, dim_names=self.dim_names, wrap=c_wrap, named=lambda t: c_named(str(t), self.dim_names),
                    call=lambda f, args: c_wrap(f, args, ");"),
@@ -186,7 +188,7 @@ class Emitter:
                    arena=c_poly_table(arena, list(self.c_dims) or [""]), dim_args=list(self.dim_args),
                    dim_params=[c_long(d) for d in self.dim_args], max_args=[f"max_{d}" for d in self.dim_args],
                    run_dims=[(d, c) for d, c in self.c_dims.items()][1:],
-                   uses_matmul=any(f.uses_pack for f in self.functions),
+                   uses_matmul=any(f.uses_pack for f in self.functions), thread_scratch=scratch > 0,
                    pack_macros=c_pack_shares(g.name, self.pack, self.c_dims or {"": "n"}),
                    arena_expr=c_size_poly(arena, {d: f"max_{c}" for d, c in self.c_dims.items()}),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)

@@ -238,7 +238,7 @@ def c_pack_shares(name: str, shares, args: Mapping[str, str]) -> str:
     for i, share in enumerate(shares, 1):
         grows = " and with ".join(" * ".join(args[d] for d in m) for m in share.over) or "nothing"
         why = "" if len(share.over) < 2 else (": the least, over those, of their need with the others unbounded")
-        lines.append(f"/* the products whose sizes grow with {grows}{why} */")
+        lines.append(f"/* {share.what} */" if share.what else f"/* the products whose sizes grow with {grows}{why} */")
         lines.append(f"#define {name}_PACK_ELEMS_{i}({params}) {expr(share)}")
         total = f"{name}_PACK_ELEMS_{i}({params})" if total is None else f"GRAPHC_MAX_({total}, {name}_PACK_ELEMS_{i}({params}))"
     lines.append(f"#define {name}_PACK_ELEMS({params}) \\\n    {total}")

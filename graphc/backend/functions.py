@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.backend.cprint import c_any_null, c_long, c_name, c_param, c_poly, c_signature
-from graphc.backend.kernels import PRODUCTS, Kernel, all_records
+from graphc.backend.kernels import PACK_USERS, Kernel, all_records
 from graphc.backend.schedule import Schedule
 from graphc.backend.sizes import peval
 from graphc.core.ir import Graph, Value
@@ -74,7 +74,7 @@ class Function:
 
     @property
     def uses_pack(self) -> bool:
-        return any(isinstance(s, PRODUCTS) for s in all_records(self.steps))
+        return any(isinstance(s, PACK_USERS) for s in all_records(self.steps))
 
     @property
     def buffers(self):

@@ -397,8 +397,10 @@ class Attention(Kernel):
     above the diagonal skipped). kind forward: out [Tq, Dv] = softmax(scale q kᵀ) v by an online
     softmax, accumulated in out itself, and lse [Tq] = the row log-sum-exp (each None when not
     wanted). kind backward: d_q, d_k, d_v (None: not wanted) from q, k, v, o, lse and d_o, P
-    recomputed as exp(scale q kᵀ − lse). No Tq x Tk matrix and no workspace: the per-row state and
-    the transposed key (and value) block, D x bc, are on the stack. Sizes are C text."""
+    recomputed as exp(scale q kᵀ − lse). Each head runs on one thread; its block products are the
+    library's GEMM on that thread. No Tq x Tk matrix: the thread's share of the packing area
+    (`share` elements, packing.attention_scratch) holds the products' packing (`pack`), a block
+    of scores and (backward, `blocks` 2) one of dS. Sizes are C text."""
     kind: str = "forward"
     q: str = ""
     k: str = ""
@@ -417,8 +419,11 @@ class Attention(Kernel):
     Dv: str = ""
     scale: str = ""
     causal: bool = False
-    br: int = 32
+    br: int = 64
     bc: int = 64
+    pack: int = 0
+    blocks: int = 1
+    share: int = 0
     template: ClassVar[str] = "kernels/attention.c.j2"
     kind_name: ClassVar[str] = "attention"
 
@@ -630,3 +635,4 @@ def all_records(steps):
 # the records that call the GEMM library (and so need the workspace's packing share): each has
 # ta, tb and dims, the (M, N, K) of its calls
 PRODUCTS = (Gemm, Pointwise)
+PACK_USERS = PRODUCTS + (Attention,)      # the records that use the workspace's packing area

@@ -249,6 +249,7 @@ class Share:
     dim for products whose sizes grow with several (a bound)."""
     over: tuple
     pieces: tuple          # one tuple of Pieces per monomial of `over` (one for over = ())
+    what: str = ""         # what needs it, when not products (the header's comment)
 
     def value(self, values, threads: int) -> int:
         """The elements at `values` (dim -> int) with `threads` threads per product."""
@@ -312,6 +313,50 @@ def pack_shares(records, dtype: str) -> list[Share]:
         if all(pieces):        # (a monomial along which none packs: none packs at all)
             shares.append(Share(over, pieces))
     return shares
+
+
+# ------------------------------------------------------------------------ attention's blocks
+# Scaled dot-product attention (templates/kernels/attention.c.j2) goes by blocks of ATTENTION_ROWS
+# query rows and ATTENTION_KEYS keys (fewer for shorter sequences), each head on one thread, its
+# block products by the library's GEMM on that thread: the scores (or weights) of a block, its dS
+# and the products' packing are that thread's share of the workspace's packing area.
+ATTENTION_ROWS = 64
+ATTENTION_KEYS = 64
+ALIGN = 16        # elements: a share (and each part of it) starts 64-byte aligned in float
+
+
+def _up(x: int, to: int) -> int:
+    return -(-x // to) * to
+
+
+def attention_blocks(Tq, Tk) -> tuple[int, int]:
+    """(query rows, keys) per block: ATTENTION_ROWS and ATTENTION_KEYS, or a sequence length of a
+    fixed size rounded up to whole vectors (8) when it is shorter."""
+    br, bc = ATTENTION_ROWS, ATTENTION_KEYS
+    if isinstance(Tq, int):
+        br = min(br, _up(Tq, 8))
+    if isinstance(Tk, int):
+        bc = min(bc, _up(Tk, 8))
+    return br, bc
+
+
+def attention_scratch(br: int, bc: int, D: int, Dv: int, dscores: bool) -> dict:
+    """One thread's share of attention's scratch, in elements (the same count serves float and
+    double): `pack` for its block products (the most gc_gemm_pack_elems gives any of them on one
+    thread: S = Q Kᵀ, O += P V, and the backward pass's dP = dO Vᵀ, dV += Pᵀ dO, dQ += dS K,
+    dK += dSᵀ Q), then a block of scores, then (dscores) a block of dS. As the Attention record's
+    fields: pack, blocks (1 or 2) and share (the whole of it)."""
+    dims = [(0, 1, br, bc, D), (0, 0, br, Dv, bc), (0, 1, br, bc, Dv), (1, 0, bc, Dv, br),
+            (0, 0, br, D, bc), (1, 0, bc, D, br)]
+    pack = _up(max(pack_elems(ta, tb, M, N, K, 1, dt) for dt in ITEMSIZE for ta, tb, M, N, K in dims
+                   if min(M, N, K) > 0), ALIGN)
+    blocks = 2 if dscores else 1
+    return dict(pack=pack, blocks=blocks, share=pack + blocks * _up(br * bc, ALIGN))
+
+
+def scratch_share(elems: int) -> Share:
+    """A need of `elems` per thread whatever the dims (attention's): a Share of its own."""
+    return Share((), ((Piece(1, (elems, 0), None),),), "the blocks of attention, one share per thread")
 
 
 def shares_value(shares: list[Share], values, threads: int) -> int:

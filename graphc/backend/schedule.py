@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from graphc.backend.cprint import (c_apply, c_at, c_index, c_load, c_name, c_onehot, c_poly, c_real, c_scalar,
                                    c_size_real)
 from graphc.backend.fusion import Epilogue as Fused, Fusion, sgd_in_gemm, updates_when_ready
+from graphc.backend.packing import attention_blocks, attention_scratch
 from graphc.backend.kernels import (Attention, Depthwise, Epilogue, Gather, Gemm, Kernel, Load, Loop, OptimizerUpdates, Patches,
                                     Pointwise, RowNorm, RowSoftmax, Statement, worth_parallel)
 from graphc.backend.memory import Buffer, live_peak, plan, recompute_late_reads
@@ -57,10 +58,6 @@ EARLY_SAVING = 4096
 def smaller(a: Poly, b: Poly, by: int = 1) -> bool:
     """Whether arena a is at least `by` elements smaller than b at n = 1 and larger at no n (1, 64)."""
     return peval(a, 1) + by <= peval(b, 1) and peval(a, 64) <= peval(b, 64)
-
-# The most elements of one transposed key (or value) block of scaled dot-product attention, which
-# its kernels keep on the stack (templates/kernels/attention.c.j2): 16 KB of float, 32 KB of double.
-ATTENTION_TILE = 2048
 
 
 class Scheduler(Fusion):
@@ -508,12 +505,10 @@ class Scheduler(Fusion):
         size = lambda d: c_poly(dim_poly(d))  # noqa: E731
         q, k = n.inputs[:2]
         heads = c_poly(numel(q.shape[:-2]))
-        widest = max(q.shape[-1], n.inputs[2].shape[-1] if kind != "lse" else 1)
-        # keys per block: 64, fewer for wide heads, so that a transposed block (on the stack) stays
-        # within ATTENTION_TILE elements; a multiple of 8 (whole vectors)
-        bc = min(64, max(8, ATTENTION_TILE // widest // 8 * 8))
+        D, Dv = int(q.shape[-1]), int(n.inputs[2].shape[-1]) if kind != "lse" else 1
+        br, bc = attention_blocks(q.shape[-2], k.shape[-2])
         common = dict(q=self.ref(q), k=self.ref(k), heads=heads, Tq=size(q.shape[-2]), Tk=size(k.shape[-2]),
-                      D=size(q.shape[-1]), scale=c_real(scale), causal=bool(n.attrs["is_causal"]), bc=bc)
+                      D=size(q.shape[-1]), scale=c_real(scale), causal=bool(n.attrs["is_causal"]), br=br, bc=bc)
         if kind == "backward":
             parts = self.attention_grads.get(n, (n,))
             v, o, lse, d = n.inputs[2:]
@@ -521,10 +516,11 @@ class Scheduler(Fusion):
             comment = "\n   ".join(self.comment(m) for m in parts)
             return [Attention(comment, tuple(outs.values()), tuple(n.inputs), "backward", v=self.ref(v), o=self.ref(o),
                               lse=self.ref(lse), d_o=self.ref(d), Dv=size(v.shape[-1]),
+                              **attention_scratch(br, bc, D, Dv, "q" in outs or "k" in outs),
                               **{f"d_{w}": self.ref(x) for w, x in outs.items()}, **common)]
         if kind == "lse":                       # L alone (no forward attention of these q and k here)
             return [Attention(self.comment(n), (n.output,), (q, k), "forward", v="NULL", lse=self.ref(n.output),
-                              Dv="1", **common)]
+                              Dv="1", **attention_scratch(br, bc, D, 0, False), **common)]
         v = n.inputs[2]
         partner = self.attention_lse.get(n)
         defs = (n.output,) + ((partner.output,) if partner is not None else ())
@@ -532,7 +528,7 @@ class Scheduler(Fusion):
                                      if partner is not None else "")
         return [Attention(comment, defs, tuple(n.inputs), "forward", v=self.ref(v), out=self.ref(n.output),
                           lse=self.ref(partner.output) if partner is not None else None, Dv=size(v.shape[-1]),
-                          **common)]
+                          **attention_scratch(br, bc, D, Dv, False), **common)]
 
     def layer_norm(self, n: Node) -> list[Kernel]:
         """layer_norm (ops/norm.py) as one pass over the rows: the forward kernel, or the backward
