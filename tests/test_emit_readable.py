@@ -19,7 +19,7 @@ EXAMPLES = sorted(EXAMPLES_DIR.glob("*.toml"))
 OPTIMIZERS = {"sgd": graphc.SGD(lr=0.1), "momentum": graphc.SGD(lr=0.05, momentum=0.9, weight_decay=1e-4),
               "adam": graphc.Adam(weight_decay=1e-2), "adamw": graphc.AdamW()}
 ENTRY = ("forward", "predict", "value_and_grad", "train_step")
-LIMIT_ATTENTION = 1500
+LIMIT_ATTENTION = 1150     # char_gpt (2 attentions): 2,715 lines with adamw since attention's block products are GEMM calls
 
 
 def emitted(spec, opt="adamw", dtype="float32"):
@@ -58,7 +58,8 @@ def test_emit_model_file_with_train_step_and_fit_is_at_most_500_lines(spec, opt)
     # forward pass, before attention's products went by register tiles of four rows by 16 keys,
     # written out in each pass, about 275 lines per attention, and its train step applied each
     # update as soon as its gradient is complete, which cuts its Adam workspace at n = 1 from 490 KB
-    # to 99 KB but shares fewer backward kernels with value_and_grad)
+    # to 99 KB but shares fewer backward kernels with value_and_grad; 2,715 once attention's block
+    # products were calls of the library's GEMM)
     convs = sum(n.op.name in ("conv2d", "conv1d") for n in g.nodes)
     scans = len({id(n.attrs["body"]) for n in g.nodes if n.op.name == "scan"})
     attentions = sum(n.op.name == "scaled_dot_product_attention" for n in g.nodes)
