@@ -394,3 +394,43 @@ def test_an_mpi_refusal_with_quotes_backslashes_and_two_lines_leaves_main_c_comp
     assert 'm does not train over MPI: ShapeError: argument \\"x\\" at C:\\\\specs' in errors[0], errors[0]
     assert "hint: write" in errors[1], errors[1]
     assert "trigraph" not in mpi.stderr, mpi.stderr
+
+
+EMBEDDING_TWICE = """
+name = "et"
+[dims]
+N = "batch"
+V = 5
+D = 3
+[inputs]
+x = ["N", "D"]
+ids = { shape = ["N"], dtype = "int32" }
+[params]
+E = ["V", "D"]
+[graph]
+a = "embedding(E, ids)"
+b = "embedding(E, ids)"
+J = "mean(a * x) + mean(b * x)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["E"]
+"""
+
+
+@pytest.mark.parametrize("optimizer", [None, graphc.SGD(lr=0.1)], ids=["value_and_grad", "train_step"])
+def test_two_identical_embeddings_of_one_table_give_both_their_gradients(optimizer):
+    """a and b are the same lookup with the same adjoint, so the backward graph's two scatters are
+    merged into one value s (passes/simplify.py's cse) and dJ/dE = s + s: the fused scatter-sum
+    (fusion.py's SCATTER_SUM) took s + s for a tree of two scatters and ran the scatter once, half
+    the gradient, in float32 and float64 (found by the fuzzer, float32, seed 5)."""
+    rng = np.random.default_rng(5)
+    data = dict(x=rng.standard_normal((6, 3)), ids=np.array([0, 4, 4, 1, 0, 4], np.int32),
+                E=rng.standard_normal((5, 3)))
+    g, m = build(EMBEDDING_TWICE, "embedding_twice", optimizer)
+    reference = against_reference(g, m, data)
+    assert np.abs(reference["d_E"]).max() > 0.1
+    if optimizer is not None:
+        train_against_reference(m, g, optimizer, {"E": data["E"]}, {k: data[k] for k in ("x", "ids")}, steps=2,
+                                rtol=1e-13)

@@ -326,7 +326,8 @@ class Fusion:
 
     def sum_trees(self, add: str, leaf: str):
         """(top, inner adds, leaves) of each tree of `add` nodes whose leaves are all `leaf` nodes
-        of the top's shape, at least two, each value used once."""
+        of the top's shape, at least two, each value used once (s + s, where two identical
+        embeddings of one table were merged, is not a tree: its scatter would run once)."""
         for n in self.g.nodes:
             if n.op.name != add or self.single_user(n.output) is not None and \
                     self.single_user(n.output).op.name == add:
@@ -336,10 +337,11 @@ class Fusion:
                 m = todo.pop()
                 for x in m.inputs:
                     xn = x.node
-                    if xn is not None and xn.op.name == add and self.single_user(x) is m:
+                    once = self.single_user(x) is m and m.inputs.count(x) == 1    # (not x + x: twice)
+                    if xn is not None and xn.op.name == add and once:
                         inner.append(x)
                         todo.append(xn)
-                    elif xn is not None and xn.op.name == leaf and self.single_user(x) is m:
+                    elif xn is not None and xn.op.name == leaf and once:
                         leaves.append(xn)
                     else:
                         leaves = []
