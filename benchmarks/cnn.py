@@ -10,9 +10,13 @@ threads; and the convolution GEMMs' GFLOP/s against the machine's sgemm figure.
 
 The models: benchmarks/specs/digits_cnn.toml (1x8x8, conv 3x3 16 + relu + max pool 2, conv 3x3 32
 + relu + max pool 2, dense 10) and benchmarks/specs/resnet8.toml (3x32x32, 16/32/64 filters, residual adds),
-both without batch norm for now (a bias per convolution instead). The peers compute the same
-functions from the same initial parameters (torch.nn.functional; jax.lax.conv_general_dilated),
-float32, plain SGD lr=0.01, cross-entropy. Measuring as benchmarks/run.py does (benchmarks/common.py): one
+with a bias per convolution instead of batch norm (as the earlier runs measured them), and the
+examples themselves: digits_cnn_bn (examples/digits_cnn.toml: batch norm after each convolution,
+dropout 0.25 before the dense head) and resnet8_bn (examples/resnet8.toml: MLPerf Tiny's ResNet-8,
+batch norm after each 3x3 convolution). The peers compute the same functions from the same initial
+parameters (torch.nn.functional; jax.lax.conv_general_dilated; batch norm on the batch's statistics
+in the train step, the running ones updated with momentum 0.1, and the running ones in the forward
+pass), float32, plain SGD lr=0.01, cross-entropy. Measuring as benchmarks/run.py does (benchmarks/common.py): one
 worker process per thread count (the 1-thread one under taskset -c 0, the only way to hold JAX to
 one core), the contenders alternating within each repetition, medians reported.
 """
@@ -29,10 +33,14 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402  (the suite's measuring helpers: bench, wait_quiet, raw callers, workers)
 import peers as P  # noqa: E402
 
+EXAMPLES = HERE.parent / "examples"
 MODELS = {   # name: (spec, input shape, batch, minibatches per fit epoch)
     "digits_cnn": (HERE / "specs" / "digits_cnn.toml", (1, 8, 8), 64, 20),
     "resnet8": (HERE / "specs" / "resnet8.toml", (3, 32, 32), 64, 3),
+    "digits_cnn_bn": (EXAMPLES / "digits_cnn.toml", (1, 8, 8), 64, 20),
+    "resnet8_bn": (EXAMPLES / "resnet8.toml", (3, 32, 32), 64, 3),
 }
+DEFAULT_MODELS = "digits_cnn,resnet8,digits_cnn_bn,resnet8_bn"
 LR = 0.01
 CLASSES = 10
 
@@ -55,7 +63,26 @@ def resnet8(O, p, x):
     return O.gap(h3) @ p["U"].T + p["c"]
 
 
-FORWARD = {"digits_cnn": digits_cnn, "resnet8": resnet8}
+def digits_cnn_bn(O, p, x):       # examples/digits_cnn.toml: batch norm and dropout
+    h = O.maxpool2(O.relu(O.bn(O.conv(x, p["w1"], None, 1, 1), p, "mean1", "var1", "g1", "b1")))
+    h = O.maxpool2(O.relu(O.bn(O.conv(h, p["w2"], None, 1, 1), p, "mean2", "var2", "g2", "b2")))
+    return O.dropout(O.flat(h), 0.25) @ p["U"].T + p["c"]
+
+
+def resnet8_bn(O, p, x):          # examples/resnet8.toml: MLPerf Tiny's, batch norm after each 3x3
+    bn = lambda z, i: O.bn(z, p, f"m{i}", f"v{i}", f"g{i}", f"b{i}")   # noqa: E731
+    h0 = O.relu(bn(O.conv(x, p["w0"], None, 1, 1), "0"))
+    a1 = O.relu(bn(O.conv(h0, p["w1a"], None, 1, 1), "1a"))
+    h1 = O.relu(bn(O.conv(a1, p["w1b"], None, 1, 1), "1b") + h0)
+    a2 = O.relu(bn(O.conv(h1, p["w2a"], None, 2, 1), "2a"))
+    h2 = O.relu(bn(O.conv(a2, p["w2b"], None, 1, 1), "2b") + O.conv(h1, p["w2s"], p["b2s"], 2, 0))
+    a3 = O.relu(bn(O.conv(h2, p["w3a"], None, 2, 1), "3a"))
+    h3 = O.relu(bn(O.conv(a3, p["w3b"], None, 1, 1), "3b") + O.conv(h2, p["w3s"], p["b3s"], 2, 0))
+    return O.gap(h3) @ p["U"].T + p["c"]
+
+
+FORWARD = {"digits_cnn": digits_cnn, "resnet8": resnet8, "digits_cnn_bn": digits_cnn_bn, "resnet8_bn": resnet8_bn}
+MOMENTUM, EPS = 0.1, 1e-5      # batch_norm's defaults, as torch's
 
 
 class TorchOps:
@@ -79,6 +106,15 @@ class TorchOps:
     def gap(self, x):
         return x.mean(dim=(2, 3))
 
+    training = True
+
+    def bn(self, x, p, mean, var, g, b):
+        """torch's batch norm: batch statistics and the running ones updated in place when training."""
+        return self.F.batch_norm(x, p[mean], p[var], p[g], p[b], self.training, MOMENTUM, EPS)
+
+    def dropout(self, x, rate):
+        return self.F.dropout(x, rate, self.training)
+
 
 class JaxOps:
     def __init__(self):
@@ -89,7 +125,7 @@ class JaxOps:
     def conv(self, x, w, b, stride, padding):
         y = self.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
                                           dimension_numbers=("NCHW", "OIHW", "NCHW"))
-        return y + b[None, :, None, None]
+        return y if b is None else y + b[None, :, None, None]
 
     def relu(self, x):
         return self.jnp.maximum(x, 0)
@@ -103,13 +139,36 @@ class JaxOps:
     def gap(self, x):
         return x.mean(axis=(2, 3))
 
+    training, key = True, None
 
-def make_torch(name, params, x, y, xf, yf, B, T):
+    def bn(self, x, p, mean, var, g, b):
+        """Batch norm: batch statistics (the new running ones noted in self.updates) when
+        training, else the running ones; the running variance unbiased, as torch's."""
+        jnp = self.jnp
+        if not self.training:
+            mu, v = p[mean], p[var]
+        else:
+            mu, v = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+            count = x.size // x.shape[1]
+            self.updates[mean] = (1 - MOMENTUM) * p[mean] + MOMENTUM * mu
+            self.updates[var] = (1 - MOMENTUM) * p[var] + MOMENTUM * v * count / (count - 1)
+        scale = p[g] / jnp.sqrt(v + EPS)
+        return (x - mu[None, :, None, None]) * scale[None, :, None, None] + p[b][None, :, None, None]
+
+    def dropout(self, x, rate):
+        if not self.training:
+            return x
+        import jax
+        keep = jax.random.bernoulli(self.key, 1 - rate, x.shape)
+        return self.jnp.where(keep, x / (1 - rate), 0)
+
+
+def make_torch(name, params, state, x, y, xf, yf, B, T):
     import torch
     torch.set_num_threads(T)
     O, fwd = TorchOps(), FORWARD[name]
-    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    opt = torch.optim.SGD(list(p.values()), lr=LR)
+    p = {k: torch.tensor(v, requires_grad=k not in state) for k, v in params.items()}
+    opt = torch.optim.SGD([v for k, v in p.items() if k not in state], lr=LR)
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype("int64"))
     batches = [(torch.from_numpy(xf[i:i + B]), torch.from_numpy(yf[i:i + B].astype("int64")))
                for i in range(0, len(xf), B)]
@@ -122,8 +181,11 @@ def make_torch(name, params, x, y, xf, yf, B, T):
         return loss
 
     def infer():
+        O.training = False
         with torch.inference_mode():
-            return torch.softmax(fwd(O, p, tx), dim=1)
+            out = torch.softmax(fwd(O, p, tx), dim=1)
+        O.training = True
+        return out
 
     def epoch():
         for bx, by in batches:
@@ -131,27 +193,35 @@ def make_torch(name, params, x, y, xf, yf, B, T):
     return step, infer, epoch
 
 
-def make_jax(name, params, x, y, xf, yf, B):
+def make_jax(name, params, state, x, y, xf, yf, B):
     import jax
     import jax.numpy as jnp
     O, fwd = JaxOps(), FORWARD[name]
 
-    def loss_fn(p, bx, by):
-        logp = jax.nn.log_softmax(fwd(O, p, bx))
-        return -jnp.mean(jnp.take_along_axis(logp, by[:, None], axis=1))
+    def loss_fn(p, s, bx, by, key):
+        O.training, O.key, O.updates = True, key, {}
+        logp = jax.nn.log_softmax(fwd(O, {**p, **s}, bx))
+        return -jnp.mean(jnp.take_along_axis(logp, by[:, None], axis=1)), dict(O.updates)
 
     @jax.jit
-    def sgd(p, bx, by):
-        loss, g = jax.value_and_grad(loss_fn)(p, bx, by)
-        return jax.tree_util.tree_map(lambda a, b: a - LR * b, p, g), loss
+    def sgd(ps, bx, by, key):
+        p, s = ps
+        (loss, new_s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s, bx, by, key)
+        return (jax.tree_util.tree_map(lambda a, b: a - LR * b, p, g), {**s, **new_s}), loss
 
-    predict = jax.jit(lambda p, bx: jax.nn.softmax(fwd(O, p, bx)))
-    state = [{k: jnp.asarray(v) for k, v in params.items()}]
+    def predict_fn(ps, bx):
+        O.training = False
+        return jax.nn.softmax(fwd(O, {**ps[0], **ps[1]}, bx))
+
+    predict = jax.jit(predict_fn)
+    key = jax.random.PRNGKey(0)
+    state = [({k: jnp.asarray(v) for k, v in params.items() if k not in state},
+              {k: jnp.asarray(v) for k, v in params.items() if k in state})]
     jx, jy = jnp.asarray(x), jnp.asarray(y)
     batches = [(jnp.asarray(xf[i:i + B]), jnp.asarray(yf[i:i + B])) for i in range(0, len(xf), B)]
 
     def step():
-        state[0], loss = sgd(state[0], jx, jy)
+        state[0], loss = sgd(state[0], jx, jy, key)
         loss.block_until_ready()
 
     def infer():
@@ -160,7 +230,7 @@ def make_jax(name, params, x, y, xf, yf, B):
     def epoch():
         loss = None
         for bx, by in batches:
-            state[0], loss = sgd(state[0], bx, by)
+            state[0], loss = sgd(state[0], bx, by, key)
         loss.block_until_ready()
     return step, infer, epoch
 
@@ -253,16 +323,17 @@ def worker(args) -> dict:
         xf = rng.standard_normal((B * F,) + shape, dtype=np.float32)
         yf = rng.integers(0, CLASSES, B * F).astype(np.int32)
         m = graphc.compile(str(spec), threads=T, optimizer=graphc.SGD(lr=LR))
-        params = {k: np.array(v) for k, v in graphc.init_params(m, seed=0).items()}
+        params = {k: np.array(v) for k, v in graphc.init_params(m, seed=0).items()}    # and the state
+        running = set(m.graph.states)
         state = m.train_state({k: v.copy() for k, v in params.items()})
         fns = {"train": {"graphc": lambda: m.train_step(state, x=x, y=y)},
                "forward": {"graphc": common.raw_caller(m, "predict", {**params, "x": x})},
                "fit": {"graphc": lambda: m.fit(state, x=xf, y=yf, batch_size=B, epochs=1, seed=0, progress=False)}}
         if "torch" in peers:
-            for kind, f in zip(fns, make_torch(name, params, x, y, xf, yf, B, T)):
+            for kind, f in zip(fns, make_torch(name, params, running, x, y, xf, yf, B, T)):
                 fns[kind]["PyTorch eager"] = f
         if "jax" in peers:
-            for kind, f in zip(fns, make_jax(name, params, x, y, xf, yf, B)):
+            for kind, f in zip(fns, make_jax(name, params, running, x, y, xf, yf, B)):
                 fns[kind]["JAX jit"] = f
         res = out["models"][name] = {"batch": B, "fit_steps": F, "workspace_bytes": int(m.workspace(B).nbytes)}
         for kind, f in fns.items():
@@ -318,7 +389,7 @@ def render(results, cmd) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {','.join(MODELS)}")
+    ap.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated, of {','.join(MODELS)}")
     common.worker_options(ap, 5, 0.3, "torch,jax")
     ap.add_argument("--no-gemm", action="store_true", help="skip the per-GEMM table")
     ap.add_argument("--write-readme", action="store_true", help="put the tables into benchmarks/README.md")
