@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import sys
-import sysconfig
 import tempfile
 import time
 import traceback
@@ -189,13 +188,6 @@ def _slug(signature: str) -> str:
     return f"{words}-{hashlib.sha256(signature.encode()).hexdigest()[:8]}"
 
 
-# No debug information in the model builds: cffi compiles with Python's CFLAGS, which hold -g (a
-# quarter of a small model's compile time). $CFLAGS replaces them in distutils, so the fuzzer sets
-# it to them followed by -g0, which changes no instruction of the code (GCC and clang emit the same
-# code with and without -g).
-NO_DEBUG_INFO = "-g0"
-
-
 def out_of_time(plan: Plan) -> bool:
     return plan.stop_at is not None and time.time() > plan.stop_at
 
@@ -213,9 +205,8 @@ def run_chunk(count: int, seed: int, plan: Plan, out: str, worker: int = 0, prog
     engine.MAX_SHRINKING_SECONDS = plan.shrink_seconds     # hypothesis' own cap (internal; 300 s by default)
     scratch = Path(tempfile.mkdtemp(prefix=f"graphc-fuzz-{worker}-"))
     cache = scratch / "cache"
-    saved_env = {k: os.environ.get(k) for k in ("GRAPHC_CACHE_DIR", "CFLAGS")}
-    os.environ["GRAPHC_CACHE_DIR"] = str(cache)
-    os.environ["CFLAGS"] = f"{saved_env['CFLAGS'] or sysconfig.get_config_var('CFLAGS') or ''} {NO_DEBUG_INFO}"
+    saved_env = {"GRAPHC_CACHE_DIR": os.environ.get("GRAPHC_CACHE_DIR")}
+    os.environ["GRAPHC_CACHE_DIR"] = str(cache)     # (graphc's builder compiles without Python's -g)
     t0, c0 = time.perf_counter(), cpu_seconds()
     try:
         run = 0
