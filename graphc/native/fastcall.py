@@ -136,8 +136,8 @@ def plan_caller(count: int, outputs: int, named: bool = False, layout: tuple | N
 # A model's forward and value_and_grad with its argument names as keyword-only parameters: a
 # call passes them on to this thread's plan positionally (CallPlan.fastpos), with no dict made or
 # looked up (CompiledModel's own methods take **arrays, a dict copied on every call: 0.2 µs). Any
-# other call (an argument missing or extra, a new array, an error status) goes to the class's
-# method with the same keyword arguments, which checks them and raises its errors.
+# other call (an argument missing or extra, a new array) goes on as the class's method goes
+# (CompiledModel._forward, _value_and_grad: checks, and GraphcErrors, on the same arguments).
 _METHOD_SOURCE = """
 def make(base, M):
     def {fname}(self, *, {params}, **_gc_rest):
@@ -149,7 +149,12 @@ def make(base, M):
             _gc_out = _gc_plan.fastpos({args})
             if _gc_out is not None:
                 return _gc_out
-        return base(self, **{{_gc_k: _gc_v for _gc_k, _gc_v in (({pairs})) if _gc_v is not M}}, **_gc_rest)
+        _gc_d = {{{given}}}
+        if {missing}:
+            _gc_d = {{_gc_k: _gc_v for _gc_k, _gc_v in _gc_d.items() if _gc_v is not M}}
+        if _gc_rest:
+            _gc_d.update(_gc_rest)
+        return self._{fname}(_gc_d, _gc_plan is None)
     {fname}.__doc__, {fname}.__qualname__ = base.__doc__, base.__qualname__
     return {fname}
 """
@@ -175,7 +180,8 @@ def model_class(base: type, signatures: dict[str, tuple[str, ...]]) -> type:
         for fname, names in signatures.items():
             text = _METHOD_SOURCE.format(fname=fname, params=", ".join(f"{n}=M" for n in names),
                                          args=", ".join(names),
-                                         pairs="".join(f"({n!r}, {n}), " for n in names))
+                                         given=", ".join(f"{n!r}: {n}" for n in names),
+                                         missing=" or ".join(f"{n} is M" for n in names))
             namespace: dict = {}
             exec(text, namespace)
             methods[fname] = namespace["make"](getattr(base, fname), _MISSING)

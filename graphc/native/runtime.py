@@ -9,10 +9,13 @@ the IR the C was made from.
 
 A call is checked in full once (core/arguments.bind); the check leaves a CallPlan
 (native/calls.py) per thread and function, and the next calls with the same
-arrays, or new arrays of the same shapes and dtypes, skip straight to C. The
-GIL is released during the C call (cffi API mode). Outputs are new arrays on
-every call, or (small ones, on the fast path) arrays of an earlier call that nothing
-but the plan holds any more: an array the caller can reach is never written again.
+arrays, or new arrays of the same shapes and dtypes, skip straight to C. A model
+whose argument names can be Python parameters takes on a subclass whose forward and
+value_and_grad name them (fastcall.model_class): their arguments reach the plan
+positionally, with no dict copied or looked up. The GIL is released during the C
+call (cffi API mode). Outputs are new arrays on every call, or (small ones, on the
+fast path) arrays of an earlier call that nothing but the plan holds any more: an
+array the caller can reach is never written again.
 """
 from __future__ import annotations
 
@@ -227,7 +230,11 @@ class CompiledModel:
         then the outputs that need none of them are returned (`probs`, not the loss), computed by
         the C function NAME_predict. (Each thread keeps references to its recent arguments, to
         pass them on without checks when they come back.)"""
-        plan = getattr(self._local, "forward", None)
+        return self._forward(arrays)
+
+    def _forward(self, arrays: dict, fast: bool = True) -> dict[str, np.ndarray]:
+        """forward's work; fast=False: this thread's plan already said these are not its arrays."""
+        plan = getattr(self._local, "forward", None) if fast else None
         if plan is not None:        # the fast path, inline: this thread's last forward arrays again
             done = plan.fast(arrays)
             if done is not None:
@@ -269,10 +276,14 @@ class CompiledModel:
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(outputs, gradients); gradients are keyed by the wrt names, each in its parameter's shape."""
+        return self._value_and_grad(arrays)
+
+    def _value_and_grad(self, arrays: dict, fast: bool = True):
+        """value_and_grad's work; fast=False: this thread's plan already said these are not its arrays."""
         if "value_and_grad" not in self.functions:
             raise GraphcError(f"{self.name} was compiled without gradients",
                               hint="pass grad_of= and wrt= to graphc.compile")
-        plan = getattr(self._local, "value_and_grad", None)
+        plan = getattr(self._local, "value_and_grad", None) if fast else None
         done = plan.fast(arrays) if plan is not None else None   # the fast path, inline
         if done is None:
             outs = self.call("value_and_grad", arrays)
