@@ -168,6 +168,39 @@ def test_the_plan_s_own_arrays_with_strides_set_in_place_are_read_as_strided(m64
     bits(m64.forward(**a), checked(m64, "forward", dict(a, x=np.array(a["x"]))))
 
 
+def test_the_plan_s_own_arrays_of_one_dim_changed_in_place_are_seen(m64):
+    """An array of one dim is checked by its strides and dtype (fastcall.plan_caller): each change still shows."""
+    a = args(seed=13)
+    warm(m64, "value_and_grad", a)
+    b1 = a["b1"]
+    for refcheck in (True, False):                             # its size cannot change while the plan holds it
+        with pytest.raises(ValueError, match="resize"):
+            b1.resize((256,), refcheck=refcheck)
+    b1.shape = (2, 64)                                         # the same memory, two dims
+    with pytest.raises(ShapeError, match=r"'b1' has shape \(2, 64\)"):
+        m64.value_and_grad(**a)
+    b1.shape = (128,)
+    warm(m64, "value_and_grad", a)
+    b1.dtype = np.int64                                        # the same size and strides, another dtype
+    got = m64.value_and_grad(**a)
+    want = checked(m64, "value_and_grad", dict(a, b1=b1.astype(np.float64)))
+    bits(got[0], want[0])
+    bits(got[1], want[1])
+    b1.dtype = np.float64
+    warm(m64, "value_and_grad", a)
+    y = a["y"]
+    with warnings.catch_warnings():                            # setting strides is deprecated in NumPy 2.4
+        warnings.simplefilter("ignore", DeprecationWarning)
+        y.strides = (0,)                                       # every label now reads label 0
+    want = checked(m64, "value_and_grad", dict(a, y=np.array(y)))
+    got = m64.value_and_grad(**a)
+    bits(got[0], want[0])
+    bits(got[1], want[1])
+    y.shape = (1, 6)                                           # the same size, two dims
+    with pytest.raises(ShapeError, match=r"'y'"):
+        m64.value_and_grad(**a)
+
+
 def test_a_status_error_of_the_fast_call_is_the_checked_error_and_the_plan_still_works(m64):
     a = args(seed=6)
     warm(m64, "value_and_grad", a)

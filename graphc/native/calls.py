@@ -193,11 +193,12 @@ class CallPlan:
             meta, (shapes, dtypes, _), groups = self.meta, self.outs, self.groups
             small = 0 < sum(int(np.prod(s)) * d.itemsize for s, d in zip(shapes, dtypes)) <= RECYCLE_BYTES
             layout = None if groups is None else tuple(tuple(i for _, i in g) for g in groups)
-            self.fast, self.fastpos = plan_caller(len(objs), len(shapes), self.out_names is not None, layout)(
+            names = None if groups is None else tuple(tuple(k for k, _ in g) for g in groups)
+            self.fast, self.fastpos = plan_caller(len(objs), len(shapes), self.out_names is not None, layout, names,
+                                                  tuple(m[0] for m in meta))(
                 self.cfunc, self.head, self.ws, self.names, self.objs, [m[0] for m in meta], [m[1] for m in meta],
                 [m[2] for m in meta], *self.outs, from_buffer, np.empty, small, sys.getrefcount,
-                weakref.getweakrefcount, self.out_names, None if groups is None else [[k for k, _ in g] for g in groups],
-                self.fail)
+                weakref.getweakrefcount, self.out_names, self.fail)
             if self.fail is None:
                 self.fastpos = _never
 

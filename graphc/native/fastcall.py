@@ -15,7 +15,8 @@ from typing import Any
 # body: `fast(d)` takes the arrays in a dict by name, `fastpos(a0, ...)` positionally in the
 # plan's order (a model's keyword method passes its parameters on, with no dict: model_class).
 # The check is identity, shape, strides and dtype of each array in straight-line code (about
-# 0.1 µs an array; all three can change in place: `a.shape = `, `a.strides = `, `a.dtype = `).
+# 0.1 µs an array, less for one of 1 dim; all three can change in place: `a.shape = `,
+# `a.strides = `, `a.dtype = `).
 #
 # The outputs: new arrays (np.empty, and a cffi pointer to each) on every call, except that a
 # plan whose outputs are small (calls.RECYCLE_BYTES in all) keeps those of its last two calls and
@@ -24,16 +25,16 @@ from typing import Any
 # can still reach is never written again; one it has let go of is, as np.empty would give its
 # memory to the next array. This saves np.empty and ffi.from_buffer per output (0.3 µs each).
 # Each set keeps the C call's whole argument tuple (the dims, the arrays' and fixed pointers,
-# the outputs', the workspace), so a call builds no tuple.
+# the outputs', the workspace) beside the outputs, so a call builds no tuple.
 _PLAN_SOURCE = """
 def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types, from_buffer, empty,
-         recycle, rc, wc, out_names, group_names, fail):
+         recycle, rc, wc, out_names, fail):
     {unpack}
     ring = [None, None]             # the outputs of the last two calls (older, newer), with the C arguments
 
     def fresh():
         {outs}
-        return ({tuple}), (*head, {ptrs}ws)
+        return (*head, {ptrs}ws), {tuple}
 
     # what rc says of an output that only the ring holds (its tuple, its cffi pointer): measured
     # by the same unpacking as below, not assumed (it depends on cffi and the interpreter)
@@ -57,7 +58,7 @@ def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtyp
 
 
 def probe(rc, slot):
-    ({tuple}), p = slot
+    p, {tuple}= slot
     return {counts}
 """
 
@@ -66,19 +67,19 @@ if {same}:
     if recycle:
         old, new = ring
         if old is not None:
-            ({tuple}), p = old
+            p, {tuple}= old
             if {free}:
                 ring[0], ring[1] = new, old
                 {call}
         if new is not None:
-            ({tuple}), p = new
+            p, {tuple}= new
             if {free}:
                 {call}
         ring[0] = new
         got = ring[1] = fresh()
     else:
         got = fresh()
-    ({tuple}), p = got
+    p, {tuple}= got
     {call}
 """
 _CALL = "return cf(*p), {result}"                                           # fast: (status, outputs)
@@ -86,10 +87,11 @@ _CALL_POS = "st = cf(*p); return fail(st, ({args})) if st else {result}"   # fas
 _PLANS: dict[tuple, Any] = {}
 
 
-def plan_caller(count: int, outputs: int, named: bool = False, layout: tuple | None = None):
+def plan_caller(count: int, outputs: int, named: bool = False, layout: tuple | None = None,
+                group_names: tuple | None = None, shapes: tuple | None = None):
     """make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types,
-    from_buffer, empty, recycle, sys.getrefcount, weakref.getweakrefcount, out_names, group_names,
-    fail) -> (fast, fastpos).
+    from_buffer, empty, recycle, sys.getrefcount, weakref.getweakrefcount, out_names, fail)
+    -> (fast, fastpos).
 
     fast(arrays): the C call's (status, outputs) when `arrays` (a dict) holds exactly the `keys`,
     each the same object as in `objs` with its shape, strides and dtype, else None.
@@ -98,23 +100,30 @@ def plan_caller(count: int, outputs: int, named: bool = False, layout: tuple | N
     recycle: whether the outputs of the last two calls may be handed out again (when nothing
     else holds them). fast's outputs: a tuple, or when `named` a dict by out_names. fastpos's:
     with a `layout` (per group, the output indices of its entries), a dict per group by
-    group_names (the dict alone for one group), else as fast's."""
-    key = (count, outputs, named, layout)
+    group_names (the dict alone for one group; the names are written into the source: a dict
+    display of constant keys is the quickest to build), else as fast's. shapes: the arrays'
+    shapes (None: each checked as if of 2 dims or more)."""
+    # An array of 0 or 1 dims needs no shape check: the same strides are as many dims, and its size
+    # cannot change in place (`a.shape = ` keeps it, a new dtype of another itemsize changes the
+    # strides, and NumPy refuses to resize an array with a weak reference, refcheck or not), so
+    # the same shape. Not so with 2 dims or more: (64, 128) with strides set to (512, 8) has the
+    # strides and size of (128, 64).
+    ndims = tuple(len(s) for s in shapes) if shapes is not None else (2,) * count
+    key = (count, outputs, named, layout, group_names, ndims)
     make = _PLANS.get(key)
     if make is None:
         r, q = range(count), range(outputs)
         unpack = [f"k{i}, o{i}, s{i}, r{i}, t{i} = keys[{i}], objs[{i}], shapes[{i}], strides[{i}], dtypes[{i}]"
                   for i in r] + [f"S{j}, D{j}, C{j} = out_shapes[{j}], out_dtypes[{j}], out_types[{j}]" for j in q]
         unpack += [f"N{j} = out_names[{j}]" for j in q] if named else []
-        unpack += [f"G{g}_{e} = group_names[{g}][{e}]" for g, group in enumerate(layout or ()) for e in range(len(group))]
-        same = [f"a{i} is o{i}" for i in r] + [f"a{i}.shape == s{i} and a{i}.strides == r{i} and a{i}.dtype is t{i}"
-                                               for i in r]
+        same = [f"a{i} is o{i}" for i in r] + [(f"a{i}.shape == s{i} and " if ndims[i] > 1 else "") +
+                                               f"a{i}.strides == r{i} and a{i}.dtype is t{i}" for i in r]
         plain = "{" + ", ".join(f"N{j}: y{j}" for j in q) + "}" if named else "(" + "".join(f"y{j}, " for j in q) + ")"
         if layout is None:
             grouped = plain
         else:
-            dicts = ["{" + ", ".join(f"G{g}_{e}: y{j}" for e, j in enumerate(group)) + "}"
-                     for g, group in enumerate(layout)]
+            dicts = ["{" + ", ".join(f"{str(k)!r}: y{j}" for k, j in zip(names, group)) + "}"
+                     for names, group in zip(group_names, layout)]
             grouped = dicts[0] if len(dicts) == 1 else "(" + "".join(f"{d}, " for d in dicts) + ")"
         parts = dict(same=" and ".join(same) or "True", tuple="".join(f"y{j}, " for j in q),
                      free=" and ".join([f"rc(y{j}) == free" for j in q] + [f"not wc(y{j})" for j in q]) or "True")
