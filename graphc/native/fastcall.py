@@ -150,17 +150,13 @@ def plan_caller(count: int, outputs: int, named: bool = False, layout: tuple | N
 _METHOD_SOURCE = """
 def make(base, M):
     def {fname}(self, *, {params}, **_gc_rest):
-        try:
-            _gc_plan = self._local.{fname}
-        except AttributeError:
-            _gc_plan = None
+        _gc_plan = self._local.{fname}
         if _gc_plan is not None and not _gc_rest:
             _gc_out = _gc_plan.fastpos({args})
             if _gc_out is not None:
                 return _gc_out
         _gc_d = {{{given}}}
-        if {missing}:
-            _gc_d = {{_gc_k: _gc_v for _gc_k, _gc_v in _gc_d.items() if _gc_v is not M}}
+        {missing}
         if _gc_rest:
             _gc_d.update(_gc_rest)
         return self._{fname}(_gc_d, _gc_plan is None)
@@ -181,7 +177,8 @@ def model_class(base: type, signatures: dict[str, tuple[str, ...]]) -> type:
     """A subclass of `base` (CompiledModel) whose methods named in `signatures` (fname -> the C
     function's array arguments in its order) take those names as keyword-only parameters; one
     class per set of signatures (this thread's plan of the function answers, through its
-    fastpos, or the class's method does). The names must pass keyword_names."""
+    fastpos, or the class's method does). The names must pass keyword_names; the model's
+    `_local` must answer None for a function without a plan in this thread (runtime._ThreadPlans)."""
     key = (base, tuple(sorted(signatures.items())))
     cls = _CLASSES.get(key)
     if cls is None:
@@ -190,7 +187,7 @@ def model_class(base: type, signatures: dict[str, tuple[str, ...]]) -> type:
             text = _METHOD_SOURCE.format(fname=fname, params=", ".join(f"{n}=M" for n in names),
                                          args=", ".join(names),
                                          given=", ".join(f"{n!r}: {n}" for n in names),
-                                         missing=" or ".join(f"{n} is M" for n in names))
+                                         missing="\n        ".join(f"if {n} is M: del _gc_d[{n!r}]" for n in names))
             namespace: dict = {}
             exec(text, namespace)
             methods[fname] = namespace["make"](getattr(base, fname), _MISSING)

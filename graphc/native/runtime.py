@@ -72,6 +72,13 @@ def busy_hold(lib) -> None:
     lib.gc_kernels_busy_hold(seconds)
 
 
+class _ThreadPlans(threading.local):
+    """A model's per-thread state: the CallPlan of each C function (None until a call leaves
+    one: read without a lookup that fails, as the keyword methods of fastcall.model_class do)
+    and the workspaces (`ws`)."""
+    forward = predict = value_and_grad = None
+
+
 class CompiledModel:
     """A model compiled to C and loaded: forward, value_and_grad, export (and training).
 
@@ -89,7 +96,7 @@ class CompiledModel:
         busy_hold(self.lib)
         self.functions = {f.name: f for f in (csrc.functions if functions is None else functions)}
         self.wrt = list(csrc.grad_names)
-        self._local = threading.local()
+        self._local = _ThreadPlans()
         self._cfuncs = {f: getattr(self.lib, f"{self.name}_{f}") for f in self.functions}
         self._ctype = "float" if self.dtype == np.float32 else "double"
         self._layouts = {f: self._result_layout(f) for f in ("forward", "predict", "value_and_grad")
