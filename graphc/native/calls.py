@@ -143,9 +143,10 @@ class CallPlan:
     pointer still points at the data). It returns (status, outputs), or None when anything
     differs (the outputs: new arrays, or small ones of the plan's last two calls that nothing
     else holds any more: see fastcall.py); `fastpos(*arrays)` is the same for the arrays in the
-    order of `names`, its outputs as `groups` say. When `fast` answers None, `reuse(arrays)` answers with (the plan to keep, the leading C arguments), or
-    None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
-    array to copy: not C-contiguous or misaligned, or not an ndarray):
+    order of `names`, its outputs as `groups` say. When `fast` answers None, `reuse(arrays)`
+    answers with (the plan to keep, the leading C arguments), or None when the call needs the
+    checked path (a missing or extra name, a new shape or dtype, an array to copy: not
+    C-contiguous or misaligned, or not an ndarray):
 
     - the same array objects with the same shape, strides and dtype: the plan's own pointers;
     - other arrays of the same shapes and dtypes, C-contiguous and aligned: fresh pointers for

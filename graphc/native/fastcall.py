@@ -160,7 +160,7 @@ def make(base, M):
         if _gc_rest:
             _gc_d.update(_gc_rest)
         return self._{fname}(_gc_d, _gc_plan is None)
-    {fname}.__doc__, {fname}.__qualname__ = base.__doc__, base.__qualname__
+    {fname}.__doc__, {fname}.__qualname__, {fname}.__module__ = base.__doc__, base.__qualname__, base.__module__
     return {fname}
 """
 _MISSING = type("Missing", (), {"__repr__": lambda self: "<not given>", "__slots__": ()})()

@@ -203,7 +203,6 @@ class CompiledModel:
                 ins.append(as_c_array(a.cname, env[a.value.name]))
             else:
                 specs.append(self._out_spec(a, n))
-        layout = self._layouts.get(fname)
         plan = CallPlan(self.ffi, n, names, [c_array_type(self._ctype, a.dtype) for a in ins], ins,
                         self.ffi.from_buffer(self.workspace(n)), output_specs(self._ctype, specs),
                         cfunc=self._cfuncs[fname], **self._fast_results(fname, names, n))
@@ -317,9 +316,10 @@ class CompiledModel:
         return model_class(CompiledModel, signatures)
 
     def _fast_results(self, fname: str, names: list[str], dims) -> dict:
-        """A plan's `groups` and `fail` for `fastpos` (CallPlan): forward's outputs by name, value_and_grad's
-        (outputs, gradients); its error for a nonzero status (a weak reference to the model: the plan is
-        this model's, in its thread-local). Other functions: none (fastpos unused)."""
+        """A plan's `groups` and `fail` for `fastpos` (CallPlan): forward's outputs by name,
+        value_and_grad's (outputs, gradients); the error of a nonzero status (through a weak
+        reference to the model: the plan is in the model's thread-local). Other functions:
+        none (their fastpos is never called)."""
         layout = self._layouts.get(fname)
         if fname not in ("forward", "value_and_grad") or layout is None:
             return {}
