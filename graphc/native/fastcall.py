@@ -8,7 +8,6 @@ would pass: anything that differs goes back to the checked path, which raises it
 from __future__ import annotations
 
 import keyword
-import textwrap
 from typing import Any
 
 # The same-arrays check and the C call of a plan (calls.CallPlan), as two functions over one
@@ -133,13 +132,18 @@ def plan_caller(count: int, outputs: int, named: bool = False, layout: tuple | N
             outs="; ".join(f"y{j} = empty(S{j}, D{j})" for j in q) or "pass",
             ptrs="".join(f"from_buffer(C{j}, y{j}), " for j in q), tuple=parts["tuple"],
             counts="".join(f"rc(y{j}), " for j in q), params=", ".join(f"a{i}" for i in r),
-            body_fast=textwrap.indent(_BODY.format(call=_CALL.format(result=plain), **parts), " " * 12),
-            body_pos=textwrap.indent(_BODY.format(call=_CALL_POS.format(result=grouped, args="".join(
-                f"a{i}, " for i in r)), **parts), " " * 8))
+            body_fast=_indent(_BODY.format(call=_CALL.format(result=plain), **parts), 12),
+            body_pos=_indent(_BODY.format(call=_CALL_POS.format(result=grouped, args="".join(
+                f"a{i}, " for i in r)), **parts), 8))
         namespace: dict = {}
         exec(text, namespace)
         make = _PLANS[key] = namespace["make"]
     return make
+
+
+def _indent(text: str, spaces: int) -> str:
+    """text with each non-empty line indented (textwrap.indent, whose import a cached load would pay for)."""
+    return "\n".join(" " * spaces + line if line else line for line in text.split("\n"))
 
 
 # A model's forward and value_and_grad with its argument names as keyword-only parameters: a
