@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from graphc.core.errors import ShapeError
+from graphc.native.fastcall import plan_caller
 
 ALIGN = 64
 
@@ -125,98 +126,7 @@ def output_specs(real: str, specs) -> tuple[list, list, list]:
     return [s for s, _ in specs], [d for _, d in specs], [c_array_type(real, d) for _, d in specs]
 
 
-# The same-arrays check and the C call of a plan, as one function per number of arrays and outputs
-# (its source made and compiled once): identity, shape, strides and dtype of each array in
-# straight-line code (about 0.1 µs an array), then the outputs and the C call.
-#
-# The outputs: new arrays (np.empty, and a cffi pointer to each) on every call, except that a
-# plan whose outputs are small (RECYCLE_BYTES in all) keeps those of its last two calls and
-# hands a call's set out again when nothing but the plan holds any of its arrays: no reference
-# (a dict, a list, a view, a memoryview all hold one) and no weak reference. An array the caller
-# can still reach is never written again; one it has let go of is, as np.empty would give its
-# memory to the next array. This saves np.empty and ffi.from_buffer per output (0.3 µs each).
-_FAST_SOURCE = """
-def make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types, from_buffer, empty,
-         recycle, rc, wc, out_names):
-    {unpack}
-    ring = [None, None]             # the outputs of the last two calls (older, newer), with their pointers
-
-    def fresh():
-        {outs}
-        return ({tuple}), ({ptrs})
-
-    # what rc says of an output that only the ring holds (its tuple, its cffi pointer): measured
-    # by the same unpacking as below, not assumed (it depends on cffi and the interpreter)
-    counts = set(probe(rc, fresh())) if recycle else ()
-    free = counts.pop() if len(counts) == 1 else -1
-    recycle = recycle and free > 0
-
-    def fast(d):
-        if len(d) == {count}:
-            try:
-                {fetch}
-            except KeyError:
-                return None
-            if {same}:
-                if recycle:
-                    old, new = ring
-                    if old is not None:
-                        ({tuple}), p = old
-                        if {free}:
-                            ring[0], ring[1] = new, old
-                            return cf(*head, *p, ws), {result}
-                    if new is not None:
-                        ({tuple}), p = new
-                        if {free}:
-                            return cf(*head, *p, ws), {result}
-                    ring[0] = new
-                    got = ring[1] = fresh()
-                else:
-                    got = fresh()
-                ({tuple}), p = got
-                return cf(*head, *p, ws), {result}
-        return None
-    return fast
-
-
-def probe(rc, slot):
-    ({tuple}), p = slot
-    return {counts}
-"""
-_FAST: dict[tuple[int, int, bool], Any] = {}
-RECYCLE_BYTES = 65536
-
-
-def fast_caller(count: int, outputs: int, named: bool = False):
-    """make(cf, head, ws, keys, objs, shapes, strides, dtypes, out_shapes, out_dtypes, out_types,
-    from_buffer, empty, recycle, sys.getrefcount, weakref.getweakrefcount, out_names) ->
-    fast(arrays): the C call's (status, outputs) when `arrays` (a dict) holds exactly the `keys`,
-    each the same object as in `objs` with its shape, strides and dtype, else None. recycle:
-    whether the outputs of the last two calls may be handed out again (when nothing else holds
-    them). The outputs: a tuple, or when `named` a dict by out_names."""
-    make = _FAST.get((count, outputs, named))
-    if make is None:
-        r, q = range(count), range(outputs)
-        unpack = [f"k{i}, o{i}, s{i}, r{i}, t{i} = keys[{i}], objs[{i}], shapes[{i}], strides[{i}], dtypes[{i}]"
-                  for i in r] + [f"S{j}, D{j}, C{j} = out_shapes[{j}], out_dtypes[{j}], out_types[{j}]" for j in q]
-        unpack += [f"N{j} = out_names[{j}]" for j in q] if named else []
-        same = [f"a{i} is o{i}" for i in r] + [f"a{i}.shape == s{i} and a{i}.strides == r{i} and a{i}.dtype is t{i}"
-                                               for i in r]
-        text = _FAST_SOURCE.format(unpack="\n    ".join(unpack) or "pass", count=count,
-                                   fetch="; ".join(f"a{i} = d[k{i}]" for i in r) or "pass",
-                                   same=" and ".join(same) or "True",
-                                   outs="; ".join(f"y{j} = empty(S{j}, D{j})" for j in q) or "pass",
-                                   ptrs="".join(f"from_buffer(C{j}, y{j}), " for j in q),
-                                   tuple="".join(f"y{j}, " for j in q),
-                                   free=" and ".join([f"rc(y{j}) == free" for j in q] +
-                                                     [f"not wc(y{j})" for j in q]) or "True",
-                                   counts="".join(f"rc(y{j}), " for j in q),
-                                   result="{" + ", ".join(f"N{j}: y{j}" for j in q) + "}" if named else
-                                   "(" + "".join(f"y{j}, " for j in q) + ")")
-        namespace: dict = {}
-        exec(text, namespace)
-        make = _FAST[count, outputs, named] = namespace["make"]
-    return make
+RECYCLE_BYTES = 65536     # outputs of a plan up to this size in all may be handed out again (fastcall.py)
 
 
 class CallPlan:
@@ -232,9 +142,11 @@ class CallPlan:
     objects with the same shape, strides and dtype (values changed in place are fine: the
     pointer still points at the data). It returns (status, outputs), or None when anything
     differs (the outputs: new arrays, or small ones of the plan's last two calls that nothing
-    else holds any more: see _FAST_SOURCE); then `reuse(arrays)` answers with (the plan to keep, the leading C arguments), or
-    None when the call needs the checked path (a missing or extra name, a new shape or dtype, an
-    array to copy: not C-contiguous or misaligned, or not an ndarray):
+    else holds any more: see fastcall.py); `fastpos(*arrays)` is the same for the arrays in the
+    order of `names`, its outputs as `groups` say. When `fast` answers None, `reuse(arrays)`
+    answers with (the plan to keep, the leading C arguments), or None when the call needs the
+    checked path (a missing or extra name, a new shape or dtype, an array to copy: not
+    C-contiguous or misaligned, or not an ndarray):
 
     - the same array objects with the same shape, strides and dtype: the plan's own pointers;
     - other arrays of the same shapes and dtypes, C-contiguous and aligned: fresh pointers for
@@ -247,18 +159,24 @@ class CallPlan:
     compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
 
     __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "pending",
-                 "cfunc", "names", "fast", "out_names")
+                 "cfunc", "names", "fast", "fastpos", "out_names", "groups", "fail")
 
-    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=(), cfunc=None, out_names=None):
+    def __init__(self, ffi, dims: tuple, names, ctypes, objs, ws, outs, fixed=(), cfunc=None, out_names=None,
+                 groups=None, fail=None):
         """outs: the outputs' (shapes, dtypes, cffi types); cfunc: the C function (`fast` calls
         it; without it `fast` always answers None); out_names: the outputs' names, for a `fast`
-        that returns them as a dict by name (else a tuple, as `run` does)."""
+        that returns them as a dict by name (else a tuple, as `run` does); groups: the result of
+        `fastpos`, as dicts of (name, output index) pairs (one group: that dict alone; None: as `fast`'s);
+        fail(status, arrays): raises the error of a nonzero status for `fastpos` (without it
+        `fastpos` always answers None)."""
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda d, k=names[0]: (d[k],))
         # shared by the plans made from this one; ffi.from_buffer bound once, the cffi types
         # resolved once (a type given as a string is parsed, or looked up, on every call)
         self.sig = (ffi.from_buffer, get, len(names), tuple(map(ffi.typeof, ctypes)), tuple(fixed))
         self.dims, self.ws, self.names, self.cfunc = tuple(dims), ws, tuple(names), cfunc
         self.out_names = None if out_names is None else tuple(out_names)
+        self.groups = None if groups is None else tuple(tuple(map(tuple, g)) for g in groups)
+        self.fail = fail
         shapes, dtypes, out_types = outs
         self.outs = (tuple(map(tuple, shapes)), tuple(map(np.dtype, dtypes)), tuple(map(ffi.typeof, out_types)))
         self.fit = [(np.ndarray, a.shape, a.dtype, True, True) for a in objs]    # what other arrays must be
@@ -271,14 +189,19 @@ class CallPlan:
                                                    for t, a in zip(ctypes, objs)]
         self.head, self.pending = (*self.dims, *self.ptrs, *fixed), None
         if self.cfunc is None:
-            self.fast = _never
+            self.fast = self.fastpos = _never
         else:
-            meta, (shapes, dtypes, _) = self.meta, self.outs
+            meta, (shapes, dtypes, _), groups = self.meta, self.outs, self.groups
             small = 0 < sum(int(np.prod(s)) * d.itemsize for s, d in zip(shapes, dtypes)) <= RECYCLE_BYTES
-            self.fast = fast_caller(len(objs), len(shapes), self.out_names is not None)(
+            layout = None if groups is None else tuple(tuple(i for _, i in g) for g in groups)
+            names = None if groups is None else tuple(tuple(k for k, _ in g) for g in groups)
+            self.fast, self.fastpos = plan_caller(len(objs), len(shapes), self.out_names is not None, layout, names,
+                                                  tuple(m[0] for m in meta))(
                 self.cfunc, self.head, self.ws, self.names, self.objs, [m[0] for m in meta], [m[1] for m in meta],
                 [m[2] for m in meta], *self.outs, from_buffer, np.empty, small, sys.getrefcount,
-                weakref.getweakrefcount, self.out_names)
+                weakref.getweakrefcount, self.out_names, self.fail)
+            if self.fail is None:
+                self.fastpos = _never
 
     def reuse(self, arrays: dict[str, Any]) -> "tuple[CallPlan, tuple] | None":
         from_buffer, get, count, ctypes, fixed = self.sig
@@ -302,6 +225,7 @@ class CallPlan:
             new = object.__new__(CallPlan)      # the second call in a row with these arrays: keep them
             new.sig, new.dims, new.ws, new.fit = self.sig, self.dims, self.ws, self.fit
             new.outs, new.names, new.cfunc, new.out_names = self.outs, self.names, self.cfunc, self.out_names
+            new.groups, new.fail = self.groups, self.fail
             new._bind(objs, ptrs)
             return new, new.head
         self.pending = objs
@@ -315,6 +239,6 @@ class CallPlan:
         return cfunc(*head, *map(from_buffer, ctypes, outs), self.ws), outs
 
 
-def _never(arrays) -> None:
-    """The `fast` of a plan without its C function: never the same call."""
+def _never(*arrays) -> None:
+    """The `fast` and `fastpos` of a plan without its C function: never the same call."""
     return None

@@ -9,16 +9,20 @@ the IR the C was made from.
 
 A call is checked in full once (core/arguments.bind); the check leaves a CallPlan
 (native/calls.py) per thread and function, and the next calls with the same
-arrays, or new arrays of the same shapes and dtypes, skip straight to C. The
-GIL is released during the C call (cffi API mode). Outputs are new arrays on
-every call, or (small ones, on the fast path) arrays of an earlier call that nothing
-but the plan holds any more: an array the caller can reach is never written again.
+arrays, or new arrays of the same shapes and dtypes, skip straight to C. A model
+whose argument names can be Python parameters takes on a subclass whose forward and
+value_and_grad name them (fastcall.model_class): their arguments reach the plan
+positionally, with no dict copied or looked up. The GIL is released during the C
+call (cffi API mode). Outputs are new arrays on every call, or (small ones, on the
+fast path) arrays of an earlier call that nothing but the plan holds any more: an
+array the caller can reach is never written again.
 """
 from __future__ import annotations
 
 import operator
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +72,13 @@ def busy_hold(lib) -> None:
     lib.gc_kernels_busy_hold(seconds)
 
 
+class _ThreadPlans(threading.local):
+    """A model's per-thread state: the CallPlan of each C function (None until a call leaves
+    one: read without a lookup that fails, as the keyword methods of fastcall.model_class do)
+    and the workspaces (`ws`)."""
+    forward = predict = value_and_grad = None
+
+
 class CompiledModel:
     """A model compiled to C and loaded: forward, value_and_grad, export (and training).
 
@@ -85,17 +96,21 @@ class CompiledModel:
         busy_hold(self.lib)
         self.functions = {f.name: f for f in (csrc.functions if functions is None else functions)}
         self.wrt = list(csrc.grad_names)
-        self._local = threading.local()
+        self._local = _ThreadPlans()
         self._cfuncs = {f: getattr(self.lib, f"{self.name}_{f}") for f in self.functions}
         self._ctype = "float" if self.dtype == np.float32 else "double"
-        self._results = {f: self._result_dicts(f) for f in ("forward", "predict", "value_and_grad")
+        self._layouts = {f: self._result_layout(f) for f in ("forward", "predict", "value_and_grad")
                          if f in self.functions}
+        self._results = {f: tuple(map(picker, layout)) for f, layout in self._layouts.items()}
         predict = csrc.predict_graph
         self._predict_inputs = frozenset(predict.inputs) if predict is not None else None
         self._n_arguments = len(self.graph.inputs) + len(self.graph.params)
         self._modes = predict is not None and has_modes(self.graph)
         # last: a Trainer reads the attributes above (and keeps no reference to the model)
         self.trainer: Trainer | None = Trainer(self) if "train_step" in self.functions else None
+        fast = self._keyword_class()
+        if fast is not None:
+            self.__class__ = fast
 
     def __repr__(self) -> str:
         return (f"<CompiledModel {self.name} {self.dtype} ({', '.join(self.functions)}); "
@@ -190,7 +205,7 @@ class CompiledModel:
                 specs.append(self._out_spec(a, n))
         plan = CallPlan(self.ffi, n, names, [c_array_type(self._ctype, a.dtype) for a in ins], ins,
                         self.ffi.from_buffer(self.workspace(n)), output_specs(self._ctype, specs),
-                        cfunc=self._cfuncs[fname])
+                        cfunc=self._cfuncs[fname], **self._fast_results(fname, names, n))
         status, outs = plan.run(self._cfuncs[fname], plan.head)
         if status != 0:
             self._raise_status(status, fname, env, n)
@@ -221,7 +236,11 @@ class CompiledModel:
         then the outputs that need none of them are returned (`probs`, not the loss), computed by
         the C function NAME_predict. (Each thread keeps references to its recent arguments, to
         pass them on without checks when they come back.)"""
-        plan = getattr(self._local, "forward", None)
+        return self._forward(arrays)
+
+    def _forward(self, arrays: dict, fast: bool = True) -> dict[str, np.ndarray]:
+        """forward's work; fast=False: this thread's plan already said these are not its arrays."""
+        plan = getattr(self._local, "forward", None) if fast else None
         if plan is not None:        # the fast path, inline: this thread's last forward arrays again
             done = plan.fast(arrays)
             if done is not None:
@@ -263,10 +282,14 @@ class CompiledModel:
 
     def value_and_grad(self, **arrays) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """(outputs, gradients); gradients are keyed by the wrt names, each in its parameter's shape."""
+        return self._value_and_grad(arrays)
+
+    def _value_and_grad(self, arrays: dict, fast: bool = True):
+        """value_and_grad's work; fast=False: this thread's plan already said these are not its arrays."""
         if "value_and_grad" not in self.functions:
             raise GraphcError(f"{self.name} was compiled without gradients",
                               hint="pass grad_of= and wrt= to graphc.compile")
-        plan = getattr(self._local, "value_and_grad", None)
+        plan = getattr(self._local, "value_and_grad", None) if fast else None
         done = plan.fast(arrays) if plan is not None else None   # the fast path, inline
         if done is None:
             outs = self.call("value_and_grad", arrays)
@@ -277,15 +300,45 @@ class CompiledModel:
         values, grads = self._results["value_and_grad"]
         return values(outs), grads(outs)
 
-    def _result_dicts(self, fname: str):
-        """Two functions of the output list of `fname` (new arrays in C order): the graph's outputs
-        by name, and the gradients by wrt name."""
+    def _keyword_class(self) -> type | None:
+        """The class this model takes on (fastcall.model_class): CompiledModel with forward and
+        value_and_grad taking the model's argument names as keyword parameters; None when they
+        cannot be Python parameter names, or this is not a plain CompiledModel with its own
+        forward and value_and_grad (a subclass or a patched method keeps what it defines)."""
+        from graphc.native.fastcall import keyword_names, model_class
+        if type(self) is not CompiledModel or (CompiledModel.forward, CompiledModel.value_and_grad) != _METHODS:
+            return None
+        signatures = {f: tuple(a.value.name for a in self.functions[f].args
+                               if a.role in ("input", "param", "param*", "state"))
+                      for f in ("forward", "value_and_grad") if f in self.functions}
+        if not all(map(keyword_names, signatures.values())):
+            return None
+        return model_class(CompiledModel, signatures)
+
+    def _fast_results(self, fname: str, names: list[str], dims) -> dict:
+        """A plan's `groups` and `fail` for `fastpos` (CallPlan): forward's outputs by name,
+        value_and_grad's (outputs, gradients); the error of a nonzero status (through a weak
+        reference to the model: the plan is in the model's thread-local). Other functions:
+        none (their fastpos is never called)."""
+        layout = self._layouts.get(fname)
+        if fname not in ("forward", "value_and_grad") or layout is None:
+            return {}
+        model, names = weakref.ref(self), tuple(names)
+
+        def fail(status, arrays):
+            m = model()
+            m._raise_status(status, fname, bind(m._graph_of(fname), dict(zip(names, arrays)), m.dtype)[0], dims)
+        return {"groups": layout[:1] if fname == "forward" else layout, "fail": fail}
+
+    def _result_layout(self, fname: str):
+        """Two lists of (name, index) pairs of the output list of `fname` (new arrays in C order):
+        the graph's outputs by name, and the gradients by wrt name."""
         from graphc.backend.cprint import c_name
         where = {a.cname: i for i, a in enumerate(a for a in self.functions[fname].args
                                                   if a.role not in ("input", "param", "param*", "state"))}
         values = [(k, where[c_name(k)]) for k in self.graph.outputs if c_name(k) in where]
         grads = [(w, where[c_name(f"d_{w}")]) for w in self.wrt if c_name(f"d_{w}") in where]
-        return picker(values), picker(grads)
+        return values, grads
 
     def memory_plan(self, n: int = 64) -> str:
         """The planned workspace of each C function: buffers, offsets, lifetimes, peak bytes at batch n
@@ -407,6 +460,9 @@ class CompiledModel:
         isa: the Makefile's default ISA (make ISA=avx2 ...; native/isa.py)."""
         from graphc.native.export import export
         return export(self, Path(directory), standalone, params, isa=isa)
+
+
+_METHODS = (CompiledModel.forward, CompiledModel.value_and_grad)   # as defined here (see _keyword_class)
 
 
 def gradient_request(graph: Graph, grad_of: str | None, wrt, optimizer) -> tuple[str | None, list[str] | None]:
