@@ -1,9 +1,9 @@
 """examples/kws_dscnn.toml, MLPerf Tiny's keyword-spotting DS-CNN (issue 16, item 5): it learns
 in C on generated data, and its emitted C fits a Cortex-M4 as the README's table says:
 predict at batch 1 in 256 KB of RAM, the fine-tuning of the last block and the classifier
-(emit --wrt) in 256 KB, and a whole SGD train step at batch 1 in 2 MB (596 KB of static RAM:
-the 512 KB target is not met yet, README), each printing under QEMU what the host build of the
-same program prints.
+(emit --wrt) in 256 KB, and a whole SGD train step at batch 1 in 512 KB (a training firmware,
+-DGRAPHC_TRAIN_ONLY), each keeping the link's default 16 KB free for the stack and the heap and
+printing under QEMU what the host build of the same program prints.
 
 The data: 12 classes of 49 x 10 "MFCC" frames, class k a ridge along feature 1 + k % 8 that
 rises (k < 8) or falls (k >= 8, on another feature band) over the frames, plus Gaussian noise:
@@ -73,8 +73,8 @@ BUILDS = {
     "predict": ("none", "256K", "16K", "-DBATCH=1L"),                 # forward and predict
     "fine-tune": ("pw4,gp4,bp4,U,c", "256K", "16K", "-DBATCH=1L"),    # the last block's pointwise conv and the classifier
     # every param, SGD at batch 1, in a training firmware (main.c calls train_step alone: no arrays for
-    # value_and_grad's gradients) in 512 KB, 14 KB of them left for the stack and the heap
-    "train-step": (None, "512K", "14K", "-DBATCH=1L -DGRAPHC_TRAIN_ONLY"),
+    # value_and_grad's gradients) in 512 KB, 16 KB of them left for the stack and the heap as in every build
+    "train-step": (None, "512K", "16K", "-DBATCH=1L -DGRAPHC_TRAIN_ONLY"),
 }
 
 
@@ -109,9 +109,10 @@ def test_kws_dscnn_runs_on_a_cortex_m4_as_on_the_host(mode, tmp_path):
         assert fig["workspace"] <= 96 * 1024
     if mode != "train-step":    # ... and fine-tuning too (the frozen params are const, in flash)
         assert fig["ram"] + 16 * 1024 <= 256 * 1024
-    else:   # one buffer kept per batch norm and relu (memory.recompute_late_reads), updates when ready, and
-        # no gradient arrays in main.c: 950 KB before (the link checks it too: MCU_RAM less MCU_FREE)
-        assert fig["ram"] + 14 * 1024 <= 512 * 1024
+    else:   # one buffer kept per batch norm and relu (memory.recompute_late_reads), updates when ready, no
+        # gradient arrays in main.c (950 KB before), and the arena's size exact at n = 1 (sizes.pmax: the
+        # stem's constant patch-plane scratch beside per-row buffers): 16 KB free, as the link checks too
+        assert fig["ram"] + 16 * 1024 <= 512 * 1024
         assert not any(k[0] in ("forward", "predict", "value_and_grad") for k in on_mcu), sorted(on_mcu)
     if mode != "predict":       # and it trains there: three SGD steps lower the loss
         losses = [on_mcu[(f"train_step:{s}", "loss")][0] for s in (1, 2, 3)]

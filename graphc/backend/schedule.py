@@ -47,7 +47,7 @@ POINTWISE_COLUMNS = 64
 # A train step applies each update right after the last kernel that reads its param or gradient
 # (fusion.updates_when_ready) when that makes its arena at least EARLY_SAVING elements smaller at
 # n = 1 and larger at no n: each gradient then lives from its kernel to its update, not to the end
-# of the step (kws_dscnn's nine weight gradients: 80 KB; Adam's on char_gpt: 400 KB). Otherwise
+# of the step (Adam's on char_gpt: 400 KB; mlp's two with Adam: 21 KB). Otherwise
 # every update runs last, and train_step shares more of its backward kernels with value_and_grad
 # (sharing.py compares runs of kernels): a few KB are not worth the longer model file.
 # UPDATES_WHEN_READY = False: always last (to compare the two; no model needs it).

@@ -4,8 +4,10 @@ buffer offsets.
 A Poly is a polynomial with integer coefficients over the symbolic dims' names: 128, 16 * N,
 16 * N * T + 4. A dim is an int or the name of a symbolic dim. The functions below take ints
 (and the 1-tuples of constants the first version of this module used, `(0,)`) where they take
-a Poly. Polys here only ever have non-negative coefficients (sizes), so a Poly that is at least
-another coefficient by coefficient is at least it for every value of the dims (`pge`). The C
+a Poly. Polys here only ever have non-negative coefficients (sizes), and a run-time dim is at
+least 1 (the C rejects less): `pge` and `pmax` compare for every value of the dims >= 1, with each
+dim written 1 + m, so a constant beside a size that grows with n is compared at n = 1 where it
+matters (a model run at batch 1 on a microcontroller), not at n = 0. The C
 text of a size is cprint.c_poly's; which C identifier stands for which dim is codegen's.
 """
 from __future__ import annotations
@@ -104,14 +106,21 @@ class Poly:
         return hash(self.const) if self.is_const else hash(self.terms)
 
     def ge(self, other) -> bool:
-        """self >= other for every non-negative value of the dims (coefficient-wise: exact enough
-        for sizes, whose coefficients are non-negative)."""
-        o = dict(Poly.of(other).terms)
-        mine = dict(self.terms)
-        return all(mine.get(m, 0) >= c for m, c in o.items()) and all(c >= o.get(m, 0) for m, c in mine.items())
+        """self >= other for every value of the dims >= 1 (what a run-time dim takes: the C rejects
+        n < 1). Sufficient, and exact for what the plans compare (sums of monomials of one dim): with
+        every dim written 1 + m, the difference has no negative coefficient in the m's."""
+        return all(c >= 0 for c in _difference(_from_one(self), _from_one(Poly.of(other))).values())
 
     def max(self, other) -> "Poly":
-        """Coefficient by coefficient the larger: at least both, for every value of the dims."""
+        """At least both for every value of the dims >= 1, and exactly their larger one at dims 1:
+        the coefficient-wise larger in the m's of dim = 1 + m (max(8000 n + 5008, 16064 n + 64) is
+        16064 n + 64, not 16064 n + 5008: a constant scratch beside a per-row buffer costs nothing
+        when the per-row side is the larger at n = 1). Where that has a negative coefficient back in
+        the dims (not a size), the coefficient-wise larger in the dims themselves."""
+        o, mine = _from_one(Poly.of(other)), _from_one(self)
+        back = _to_dims({m: max(mine.get(m, 0), o.get(m, 0)) for m in set(o) | set(mine)})
+        if all(c >= 0 for c in back.values()):
+            return Poly(back)
         o, mine = dict(Poly.of(other).terms), dict(self.terms)
         return Poly({m: max(mine.get(m, 0), o.get(m, 0)) for m in set(o) | set(mine)})
 
@@ -135,6 +144,36 @@ class Poly:
         return " + ".join(" * ".join(([str(c)] if c != 1 or not m else []) + list(m)) for m, c in self.terms)
 
 
+def _shift(p: dict, sign: int) -> dict:
+    """p's coefficients after each dim d is written d + sign (sign 1: in the m's of d = 1 + m, as the
+    monomial's dim names; sign -1: back)."""
+    out: dict = {}
+    for mono, c in p.items():
+        acc = {(): c}
+        for d in mono:      # times (d + sign)
+            nxt: dict = {}
+            for m, k in acc.items():
+                up = tuple(sorted(m + (d,)))
+                nxt[up] = nxt.get(up, 0) + k
+                nxt[m] = nxt.get(m, 0) + sign * k
+            acc = nxt
+        for m, k in acc.items():
+            out[m] = out.get(m, 0) + k
+    return {m: c for m, c in out.items() if c}
+
+
+def _from_one(p: "Poly") -> dict:
+    return _shift(dict(p.terms), 1)
+
+
+def _to_dims(p: dict) -> dict:
+    return _shift(p, -1)
+
+
+def _difference(a: dict, b: dict) -> dict:
+    return {m: a.get(m, 0) - b.get(m, 0) for m in set(a) | set(b)}
+
+
 ZERO, ONE = Poly.of(0), Poly.of(1)
 
 
@@ -147,7 +186,7 @@ def pmax(a, b) -> Poly:
 
 
 def pge(a, b) -> bool:
-    """a >= b for every value of the dims >= 0 (coefficient-wise, which suffices and is exact for our use)."""
+    """a >= b for every value of the dims >= 1 (Poly.ge)."""
     return Poly.of(a).ge(b)
 
 

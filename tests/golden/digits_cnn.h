@@ -69,7 +69,7 @@ enum { digits_cnn_Nc = 10 };
  *     static unsigned char raw[digits_cnn_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define digits_cnn_WORKSPACE_BYTES(max_n) \
-    ((((size_t)10720 + (size_t)4608 * (size_t)(max_n)) + digits_cnn_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)10208 + (size_t)4608 * (size_t)(max_n)) + digits_cnn_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {

@@ -67,7 +67,7 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 static size_t gc_workspace_bytes(long n, long T)
 {
     /* the planned peak in elements: rows { coefficient, power of n, power of T } (gc_size_poly) */
-    static const size_t arena[][3] = { { 19008, 0, 0 }, { 720, 1, 0 }, { 336, 1, 1 } };
+    static const size_t arena[][3] = { { 18976, 0, 0 }, { 720, 1, 0 }, { 336, 1, 1 } };
     const size_t x[2] = { (size_t)n, (size_t)T };
     size_t elems;
     if (n < 1 || T < 1) {
@@ -477,7 +477,7 @@ static void gru_backward_pass(long n, long T, const int32_t *x, const int32_t *y
     /* scan gru_backward: t = T-1 down to 0 (T = T), carrying h__adj, emb__grad, W_ih__grad, b_ih__grad, W_hh__grad, b_hh__grad, W_out__grad, b_out__grad */
     {
         gc_real *const d_logits_t__gru_backward = gru_backward__ws__d_emb + 0;
-        gc_real *const d_b_out__gru_backward = gru_backward__ws__d_emb + 9216 + 512 * n;
+        gc_real *const d_b_out__gru_backward = gru_backward__ws__d_emb + 9184 + 512 * n;
         gc_real *const d_logits_t__1__0__gru_backward = gru_backward__ws__d_emb + 96 * n;
         gc_real *const d_h_t__gru_backward = gru_backward__ws__d_emb + 3072 + 480 * n;
         gc_real *const d_W_out__gru_backward = gru_backward__ws__d_emb + 480 * n;
@@ -490,18 +490,18 @@ static void gru_backward_pass(long n, long T, const int32_t *x, const int32_t *y
         gc_real *const d_r_t__3__gru_backward = gru_backward__ws__d_emb + 384 * n;
         gc_real *const d_r_t__1__0__gru_backward = gru_backward__ws__d_emb + 288 * n;
         gc_real *const d_gh__gru_backward = gru_backward__ws__d_emb + 384 * n;
-        gc_real *const d_b_hh__gru_backward = gru_backward__ws__d_emb + 9312 + 512 * n;
+        gc_real *const d_b_hh__gru_backward = gru_backward__ws__d_emb + 9280 + 512 * n;
         gc_real *const d_gi__gru_backward = gru_backward__ws__d_emb + 0;
-        gc_real *const d_b_ih__gru_backward = gru_backward__ws__d_emb + 9408 + 512 * n;
+        gc_real *const d_b_ih__gru_backward = gru_backward__ws__d_emb + 9376 + 512 * n;
         gc_real *const d_gh__1__0__gru_backward = gru_backward__ws__d_emb + 96 * n;
         gc_real *const d_W_hh__gru_backward = gru_backward__ws__d_emb + 3072 + 480 * n;
         gc_real *const d_e__gru_backward = gru_backward__ws__d_emb + 96 * n;
         gc_real *const d_W_ih__gru_backward = gru_backward__ws__d_emb + 6144 + 480 * n;
         gc_real *const d_emb__gru_backward = gru_backward__ws__d_emb + 7680 + 480 * n;
-        gc_real *const h__adj__a__gru_backward = gru_backward__ws__d_emb + 9504 + 512 * n;
-        gc_real *const h__adj__b__gru_backward = gru_backward__ws__d_emb + 9504 + 544 * n;
-        int32_t *const x_t__gru_backward = (int32_t *)(gru_backward__ws__d_emb + 9504 + 576 * n);
-        gc_real *const theta__dy__gru_backward = gru_backward__ws__d_emb + 9504 + 592 * n;
+        gc_real *const h__adj__a__gru_backward = gru_backward__ws__d_emb + 9472 + 512 * n;
+        gc_real *const h__adj__b__gru_backward = gru_backward__ws__d_emb + 9472 + 544 * n;
+        int32_t *const x_t__gru_backward = (int32_t *)(gru_backward__ws__d_emb + 9472 + 576 * n);
+        gc_real *const theta__dy__gru_backward = gru_backward__ws__d_emb + 9472 + 592 * n;
         memset(d_emb, 0, (size_t)(1536) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_W_ih, 0, (size_t)(1536) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_b_ih, 0, (size_t)(96) * sizeof(gc_real));   /* a sum over the steps, from 0 */
@@ -735,7 +735,7 @@ int gru_value_and_grad(long n, long T, const int32_t *x, const int32_t *y, const
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
-    gc_real *const t2 = ws + 9504 + 688 * n + 336 * n * T;   /* [N, H] */
+    gc_real *const t2 = ws + 9472 + 688 * n + 336 * n * T;   /* [N, H] */
     gc_real *const d_theta__2 = ws + 96 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__3 = ws + 128 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__4 = ws + 160 * n * T;   /* [T, N, H] */
@@ -777,7 +777,7 @@ int gru_train_step(long n, long T, const int32_t *x, const int32_t *y, float *em
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n, T);
-    gc_real *const t2 = ws + 15648 + 688 * n + 336 * n * T;   /* [N, H] */
+    gc_real *const t2 = ws + 15616 + 688 * n + 336 * n * T;   /* [N, H] */
     gc_real *const d_theta__2 = ws + 96 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__3 = ws + 128 * n * T;   /* [T, N, H] */
     gc_real *const d_theta__4 = ws + 160 * n * T;   /* [T, N, H] */
@@ -787,13 +787,13 @@ int gru_train_step(long n, long T, const int32_t *x, const int32_t *y, float *em
     gc_real *const d_theta__8 = ws + 320 * n * T;   /* [T, N, E] */
     gc_real *const d_theta__9 = ws + 288 * n * T;   /* [T, N, H] */
     gc_real *const d_theta = ws + 0;   /* [N, T, 96] */
-    gc_real *const d_emb = ws + 17184 + 720 * n + 336 * n * T;   /* [96, E] */
-    gc_real *const d_W_ih = ws + 15648 + 720 * n + 336 * n * T;   /* [96, E] */
-    gc_real *const d_b_ih = ws + 18816 + 720 * n + 336 * n * T;   /* [96] */
-    gc_real *const d_W_hh = ws + 9504 + 688 * n + 336 * n * T;   /* [96, H] */
-    gc_real *const d_b_hh = ws + 18720 + 720 * n + 336 * n * T;   /* [96] */
-    gc_real *const d_W_out = ws + 12576 + 688 * n + 336 * n * T;   /* [96, H] */
-    gc_real *const d_b_out = ws + 18912 + 720 * n + 336 * n * T;   /* [96] */
+    gc_real *const d_emb = ws + 17152 + 720 * n + 336 * n * T;   /* [96, E] */
+    gc_real *const d_W_ih = ws + 15616 + 720 * n + 336 * n * T;   /* [96, E] */
+    gc_real *const d_b_ih = ws + 18784 + 720 * n + 336 * n * T;   /* [96] */
+    gc_real *const d_W_hh = ws + 9472 + 688 * n + 336 * n * T;   /* [96, H] */
+    gc_real *const d_b_hh = ws + 18688 + 720 * n + 336 * n * T;   /* [96] */
+    gc_real *const d_W_out = ws + 12544 + 688 * n + 336 * n * T;   /* [96, H] */
+    gc_real *const d_b_out = ws + 18880 + 720 * n + 336 * n * T;   /* [96] */
     gc_real *const gru__ws__theta = ws + 336 * n * T;   /* [1] */
     gc_real *const gru_backward__ws__d_emb = ws + 336 * n * T;   /* [1], over gru__ws__theta (it is read for the last time before gru_backward__ws__d_emb is written) */
     const gru_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;

@@ -72,7 +72,7 @@ enum { gru_E = 16, gru_H = 32 };
  *     static unsigned char raw[gru_WORKSPACE_BYTES(4, 8) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define gru_WORKSPACE_BYTES(max_n, max_T) \
-    ((((size_t)19008 + (size_t)720 * (size_t)(max_n) + (size_t)336 * (size_t)(max_n) * (size_t)(max_T)) + gru_PACK_ELEMS(max_n, max_T, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)18976 + (size_t)720 * (size_t)(max_n) + (size_t)336 * (size_t)(max_n) * (size_t)(max_T)) + gru_PACK_ELEMS(max_n, max_T, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {

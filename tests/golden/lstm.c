@@ -67,7 +67,7 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 static size_t gc_workspace_bytes(long n)
 {
     /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
-    static const size_t arena[][2] = { { 9360, 0 }, { 5072, 1 } };
+    static const size_t arena[][2] = { { 9104, 0 }, { 5072, 1 } };
     const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1) {
@@ -456,15 +456,15 @@ static void lstm_backward_pass_2(long n, const float *x, const float *W_ih, cons
         gc_real *const d_g_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 160 * n;
         gc_real *const d_f_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 160 * n;
         gc_real *const d_i_t__3__lstm_backward = lstm_backward__ws__d_W_ih + 160 * n;
-        gc_real *const d_b_hh__lstm_backward = lstm_backward__ws__d_W_ih + 4480 + 144 * n;
+        gc_real *const d_b_hh__lstm_backward = lstm_backward__ws__d_W_ih + 4464 + 144 * n;
         gc_real *const d_W_hh__lstm_backward = lstm_backward__ws__d_W_ih + 128 * n;
         gc_real *const d_x_t__lstm_backward = lstm_backward__ws__d_W_ih + 4096 + 128 * n;
         gc_real *const d_W_ih__lstm_backward = lstm_backward__ws__d_W_ih + 4096 + 128 * n;
-        gc_real *const h__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 192 * n;
-        gc_real *const h__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 224 * n;
-        gc_real *const c__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 256 * n;
-        gc_real *const c__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 288 * n;
-        gc_real *const x_t__lstm_backward = lstm_backward__ws__d_W_ih + 4608 + 320 * n;
+        gc_real *const h__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4544 + 192 * n;
+        gc_real *const h__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4544 + 224 * n;
+        gc_real *const c__adj__a__lstm_backward = lstm_backward__ws__d_W_ih + 4544 + 256 * n;
+        gc_real *const c__adj__b__lstm_backward = lstm_backward__ws__d_W_ih + 4544 + 288 * n;
+        gc_real *const x_t__lstm_backward = lstm_backward__ws__d_W_ih + 4544 + 320 * n;
         memset(d_W_ih, 0, (size_t)(384) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_b_ih, 0, (size_t)(128) * sizeof(gc_real));   /* a sum over the steps, from 0 */
         memset(d_W_hh, 0, (size_t)(4096) * sizeof(gc_real));   /* a sum over the steps, from 0 */
@@ -651,20 +651,20 @@ int lstm_value_and_grad(long n, const float *x, const int32_t *y, const float *W
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 4608 + 5008 * n;   /* [N, H] */
-    gc_real *const h_T = ws + 4608 + 5040 * n;   /* [N, H] */
-    gc_real *const d_h_T__2 = ws + 0;   /* [T, N, H] */
-    gc_real *const d_h_T__3 = ws + 640 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__4 = ws + 1280 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__5 = ws + 1920 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__6 = ws + 2560 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__7 = ws + 3200 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__8 = ws + 3840 * n;   /* [T, N, H] */
-    gc_real *const theta = ws + 4480 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
-    gc_real *const d_theta = ws + 4496 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
-    gc_real *const d_h_T = ws + 4608 + 4816 * n;   /* [N, H], over lstm__ws__h_T (it is read for the last time before d_h_T is written) */
-    gc_real *const lstm__ws__h_T = ws + 4480 * n;   /* [1] */
-    gc_real *const lstm_backward__ws__d_W_ih = ws + 4480 * n;   /* [1], over theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
+    gc_real *const t2 = ws + 0;   /* [N, H] */
+    gc_real *const h_T = ws + 4512 * n;   /* [N, H] */
+    gc_real *const d_h_T__2 = ws + 32 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__3 = ws + 672 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__4 = ws + 1312 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__5 = ws + 1952 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__6 = ws + 2592 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__7 = ws + 3232 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__8 = ws + 3872 * n;   /* [T, N, H] */
+    gc_real *const theta = ws + 4560 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
+    gc_real *const d_theta = ws + 4544 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
+    gc_real *const d_h_T = ws + 4560 * n;   /* [N, H], over theta, lstm__ws__h_T (each read for the last time before d_h_T is written) */
+    gc_real *const lstm__ws__h_T = ws + 4544 * n;   /* [1] */
+    gc_real *const lstm_backward__ws__d_W_ih = ws + 4592 * n;   /* [1], over lstm__ws__h_T (it is read for the last time before lstm_backward__ws__d_W_ih is written) */
     lstm_forward_pass(n, t2);
     lstm_backward_pass_1(n, x, y, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_b_out, t2, h_T,
                          d_h_T__2, d_h_T__3, d_h_T__4, d_h_T__5, d_h_T__6, d_h_T__7, d_h_T__8, theta,
@@ -694,25 +694,25 @@ int lstm_train_step(long n, const float *x, const int32_t *y, float *W_ih, float
     }
     gc_real *const pack = (gc_real *)workspace;   /* the GEMMs' packing buffers, then the buffers below */
     gc_real *const ws = (gc_real *)workspace + GC_PACK_ELEMS(n);
-    gc_real *const t2 = ws + 8704 + 5008 * n;   /* [N, H] */
-    gc_real *const h_T = ws + 8704 + 5040 * n;   /* [N, H] */
-    gc_real *const d_h_T__2 = ws + 0;   /* [T, N, H] */
-    gc_real *const d_h_T__3 = ws + 640 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__4 = ws + 1280 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__5 = ws + 1920 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__6 = ws + 2560 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__7 = ws + 3200 * n;   /* [T, N, H] */
-    gc_real *const d_h_T__8 = ws + 3840 * n;   /* [T, N, H] */
-    gc_real *const theta = ws + 4480 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
-    gc_real *const d_theta = ws + 4496 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
-    gc_real *const d_b_out = ws + 9344 + 5072 * n;   /* [C] */
-    gc_real *const d_h_T = ws + 8704 + 4816 * n;   /* [N, H], over lstm__ws__h_T (it is read for the last time before d_h_T is written) */
-    gc_real *const d_W_ih = ws + 8704 + 5040 * n;   /* [G, F], over h_T (it is read for the last time before d_W_ih is written) */
-    gc_real *const d_b_ih = ws + 9216 + 5040 * n;   /* [G], over h_T (it is read for the last time before d_b_ih is written) */
-    gc_real *const d_W_hh = ws + 4608 + 4816 * n;   /* [G, H], over lstm__ws__h_T (it is read for the last time before d_W_hh is written) */
-    gc_real *const d_b_hh = ws + 9088 + 5040 * n;   /* [G], over h_T (it is read for the last time before d_b_hh is written) */
-    gc_real *const lstm__ws__h_T = ws + 4480 * n;   /* [1] */
-    gc_real *const lstm_backward__ws__d_W_ih = ws + 4480 * n;   /* [1], over theta, d_theta, lstm__ws__h_T (each read for the last time before lstm_backward__ws__d_W_ih is written) */
+    gc_real *const t2 = ws + 16;   /* [N, H] */
+    gc_real *const h_T = ws + 16 + 4512 * n;   /* [N, H] */
+    gc_real *const d_h_T__2 = ws + 16 + 32 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__3 = ws + 16 + 672 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__4 = ws + 16 + 1312 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__5 = ws + 16 + 1952 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__6 = ws + 16 + 2592 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__7 = ws + 16 + 3232 * n;   /* [T, N, H] */
+    gc_real *const d_h_T__8 = ws + 16 + 3872 * n;   /* [T, N, H] */
+    gc_real *const theta = ws + 16 + 4560 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before theta is written) */
+    gc_real *const d_theta = ws + 16 + 4544 * n;   /* [N, C], over lstm__ws__h_T (it is read for the last time before d_theta is written) */
+    gc_real *const d_b_out = ws + 0;   /* [C] */
+    gc_real *const d_h_T = ws + 4320 + 4560 * n;   /* [N, H], over lstm__ws__h_T (it is read for the last time before d_h_T is written) */
+    gc_real *const d_W_ih = ws + 4320 + 4592 * n;   /* [G, F], over lstm__ws__h_T (it is read for the last time before d_W_ih is written) */
+    gc_real *const d_b_ih = ws + 144 + 4512 * n;   /* [G], over h_T, theta, lstm__ws__h_T (each read for the last time before d_b_ih is written) */
+    gc_real *const d_W_hh = ws + 272 + 4512 * n;   /* [G, H], over h_T, theta, d_theta, lstm__ws__h_T (each read for the last time before d_W_hh is written) */
+    gc_real *const d_b_hh = ws + 16 + 4512 * n;   /* [G], over h_T, theta, d_theta, lstm__ws__h_T (each read for the last time before d_b_hh is written) */
+    gc_real *const lstm__ws__h_T = ws + 16 + 4544 * n;   /* [1] */
+    gc_real *const lstm_backward__ws__d_W_ih = ws + 4704 + 4592 * n;   /* [1], over lstm__ws__h_T (it is read for the last time before lstm_backward__ws__d_W_ih is written) */
     const lstm_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     lstm_forward_pass(n, t2);
     lstm_backward_pass_1(n, x, y, W_ih, W_hh, b_ih, b_hh, W_out, b_out, loss, probs, d_b_out, t2, h_T,

@@ -67,7 +67,7 @@ enum { lstm_T = 20, lstm_F = 3, lstm_H = 32, lstm_G = 128, lstm_C = 4 };
  *     static unsigned char raw[lstm_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define lstm_WORKSPACE_BYTES(max_n) \
-    ((((size_t)9360 + (size_t)5072 * (size_t)(max_n)) + lstm_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)9104 + (size_t)5072 * (size_t)(max_n)) + lstm_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {

@@ -67,7 +67,7 @@ typedef gc_gemm_epilogue_f gc_gemm_epilogue;
 static size_t gc_workspace_bytes(long n)
 {
     /* the planned peak in elements: rows { coefficient, power of n } (gc_size_poly) */
-    static const size_t arena[][2] = { { 4944, 0 }, { 144, 1 } };
+    static const size_t arena[][2] = { { 4880, 0 }, { 144, 1 } };
     const size_t x[1] = { (size_t)n };
     size_t elems;
     if (n < 1) {
@@ -361,13 +361,13 @@ int window_classifier_train_step(long n, const int32_t *w0, const int32_t *w1, c
     gc_real *const h = ws + 80 * n;   /* [N, Dh] */
     gc_real *const theta = ws + 48 * n;   /* [N, Nc], over h__2 (it is read for the last time before theta is written) */
     gc_real *const d_theta = ws + 112 * n;   /* [N, Nc] */
-    gc_real *const d_b2 = ws + 4928 + 144 * n;   /* [Nc] */
+    gc_real *const d_b2 = ws + 4864 + 144 * n;   /* [Nc] */
     gc_real *const d_h = ws + 48 * n;   /* [N, Dh], over h__2, theta (each read for the last time before d_h is written) */
-    gc_real *const d_U = ws + 4736 + 144 * n;   /* [Nc, Dh] */
-    gc_real *const d_h__3 = ws + 3200 + 112 * n;   /* [N, Dh] */
-    gc_real *const d_b1 = ws + 4896 + 144 * n;   /* [Dh] */
-    gc_real *const d_e = ws + 3200 + 48 * n;   /* [N, Dw], over h, d_theta (each read for the last time before d_e is written) */
-    gc_real *const d_W = ws + 3200 + 144 * n;   /* [Dh, Dw] */
+    gc_real *const d_U = ws + 4672 + 144 * n;   /* [Nc, Dh] */
+    gc_real *const d_h__3 = ws + 3136 + 112 * n;   /* [N, Dh] */
+    gc_real *const d_b1 = ws + 4832 + 144 * n;   /* [Dh] */
+    gc_real *const d_e = ws + 3152 + 48 * n;   /* [N, Dw], over h, d_theta (each read for the last time before d_e is written) */
+    gc_real *const d_W = ws + 3136 + 144 * n;   /* [Dh, Dw] */
     gc_real *const d_E = ws + 0;   /* [V, De], over e, h__2, h, theta, d_theta, d_h (each read for the last time before d_E is written) */
     const window_classifier_hparams *const gc_hp = hparams ? hparams : &gc_hparams_default;
     window_classifier_forward_pass(n, w0, w1, w2, y, E, W, b1, U, b2, loss, probs, e, h__2, h, theta,

@@ -71,7 +71,7 @@ enum { window_classifier_V = 200, window_classifier_De = 16, window_classifier_D
  *     static unsigned char raw[window_classifier_WORKSPACE_BYTES(4) + 63];   (C99: align it by hand,
  *     void *ws = raw + (64 - (uintptr_t)raw % 64) % 64;               as the example main.c does) */
 #define window_classifier_WORKSPACE_BYTES(max_n) \
-    ((((size_t)4944 + (size_t)144 * (size_t)(max_n)) + window_classifier_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
+    ((((size_t)4880 + (size_t)144 * (size_t)(max_n)) + window_classifier_PACK_ELEMS(max_n, GC_MAX_THREADS)) * sizeof(float) + 64)
 
 #ifdef __cplusplus
 extern "C" {
