@@ -156,7 +156,7 @@ class CallPlan:
     A plan holds its arrays, so no other object can take their ids, and a weak reference to each,
     which makes NumPy refuse to resize them in place (a resize would move the data from under
     the pointer) while the plan lives. Its `pending` arrays (the last call's, if new) are only
-    compared by identity. Keep a plan to one thread (runtime: per thread; training: per state)."""
+    compared by identity. Keep a plan to one thread (loaded.py: per thread; training: per state)."""
 
     __slots__ = ("sig", "dims", "fit", "objs", "meta", "refs", "ptrs", "head", "ws", "outs", "pending",
                  "cfunc", "names", "fast", "fastpos", "out_names", "groups", "fail")

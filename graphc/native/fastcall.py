@@ -182,7 +182,7 @@ def model_class(base: type, signatures: dict[str, tuple[str, ...]]) -> type:
     function's array arguments in its order) take those names as keyword-only parameters; one
     class per set of signatures (this thread's plan of the function answers, through its
     fastpos, or the class's method does). The names must pass keyword_names; the model's
-    `_local` must answer None for a function without a plan in this thread (runtime._ThreadPlans)."""
+    `_local` must answer None for a function without a plan in this thread (loaded._ThreadPlans)."""
     key = (base, tuple(sorted(signatures.items())))
     cls = _CLASSES.get(key)
     if cls is None:
