@@ -384,8 +384,15 @@ class Pointwise(Kernel):
     out_at: str | None = None   # forward, input_grad: image gc_n of out
     before: tuple = ()          # Patches records (one image) run before image gc_n's product: its planes made
     after: Any = None           # a Patches record run after it: its planes (out_at) summed back into the image
-    scratch: tuple = ()         # (C name, elements): one image's planes, in the workspace
+    scratch: tuple = ()         # (C name, elements): one image's planes (a chunk's partial sum), in the workspace
     dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
+    # images run in parallel: thread t > 0 has an area of its own (pack - t * GC_THREAD_ELEMS): its copy
+    # of each scratch buffer (local C name, thread 0's buffer, offset in the area), then its packing share
+    locals: tuple = ()
+    thread_scratch: int = 0     # elements of the area before the packing share
+    images: int = 8             # weight_grad: the images of a chunk (schedule.IMAGE_CHUNK)
+    elems: str = ""             # weight_grad: the elements of out
+    batch_dim: Any = None       # the batch as a Poly (weight_grad: thread 0's partial sum is needed past IMAGE_CHUNK)
     template: ClassVar[str] = "kernels/pointwise.c.j2"
     kind_name: ClassVar[str] = "pointwise"
 
