@@ -205,6 +205,9 @@ def c_sizes(tmp_path: Path, graph, dtype: str, threads: int, optimizer=graphc.SG
 CASES = [(spec, dtype, 1) for spec in EXAMPLES for dtype in ("float32", "float64")
          if len(graphc.load(spec).symbolic_dims) <= 1]
 CASES += [(ROOT / "examples" / "one_layer.toml", dtype, 2) for dtype in ("float32", "float64")]
+# convolutions whose images the threads share out: each thread's own area, and the first thread's
+# partial sum of a weight gradient past one chunk of images (n > 8)
+CASES += [(ROOT / "examples" / f"{name}.toml", "float32", 2) for name in ("kws_dscnn", "resnet8")]
 
 
 @needs_gcc
