@@ -9,6 +9,7 @@ test covers the default threshold (its 17 -> 33 channel 9x9 layer is above it).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,5 +124,35 @@ def test_patch_planes_give_the_same_bits_on_1_and_2_threads(batch):
     for k in g1:
         assert g1[k].tobytes() == g2[k].tobytes(), k
     want = graphc.evaluate(graphc.grad(g, "J", ["w", "b", "v", "x"]), **arrays)
+    for k in g1:
+        np.testing.assert_allclose(g1[k], want[f"d_{k}"], rtol=2e-3, atol=2e-4 * np.abs(want[f"d_{k}"]).max())
+
+
+def test_residual_sum_and_relu_run_in_the_later_convolutions_kernel():
+    """relu(conv2d(h, w2) + x) and relu(conv2d(a, w3, b3) + conv2d(a, w4)) (tests/specs/planes_residual.toml):
+    the kernel of the (later) convolution fills each image's output with r (+ its bias), adds its
+    product and applies the relu: no loop of their own for the sums or the relus, and the sums are
+    never stored; value_and_grad as the reference's, and the same bits on 1 and 2 threads at batch 12."""
+    g = graphc.load(Path(__file__).resolve().parent / "specs" / "planes_residual.toml")
+    src = generate(g, *g.grad_spec, dtype="float32").source
+    forward = src[src.index("planes_residual_forward_pass("):]
+    forward = forward[:forward.index("\n}\n")]
+    assert forward.count("(and the bias) filled in first") == 2, forward
+    # a: r = x; z: the 1x1 convolution (the later) adds the 3x3's output, which has its bias already
+    assert forward.count("gc_o[gc_c * 256 + gc_p] = gc_r[gc_c * 256 + gc_p];") == 2, forward
+    assert "<= 0 ? 0 :" not in forward, "no relu loop: all three in the GEMMs' epilogues"
+    rng = np.random.default_rng(7)
+    shapes = {"x": (12, 8, 16, 16), "w1": (8, 8, 3, 3), "b1": (8,), "w2": (8, 8, 3, 3), "w3": (16, 8, 3, 3),
+              "b3": (16,), "w4": (16, 8, 1, 1)}
+    arrays = {k: 0.3 * rng.standard_normal(shape) for k, shape in shapes.items()}
+    got = []
+    for threads in (1, 2):
+        m = graphc.compile(g, dtype="float32", threads=threads)
+        m.lib.gc_kernels_busy_hold(0.0)
+        got.append(m.value_and_grad(**{k: a.astype(np.float32) for k, a in arrays.items()}))
+    (o1, g1), (o2, g2) = got
+    assert o1["loss"].tobytes() == o2["loss"].tobytes()
+    assert all(g1[k].tobytes() == g2[k].tobytes() for k in g1)
+    want = graphc.evaluate(graphc.grad(g, *g.grad_spec), **arrays)
     for k in g1:
         np.testing.assert_allclose(g1[k], want[f"d_{k}"], rtol=2e-3, atol=2e-4 * np.abs(want[f"d_{k}"]).max())

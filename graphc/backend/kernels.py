@@ -392,6 +392,7 @@ class Pointwise(Kernel):
     thread_scratch: int = 0     # elements of the area before the packing share
     images: int = 8             # weight_grad: the images of a chunk (schedule.IMAGE_CHUNK)
     elems: str = ""             # weight_grad: the elements of out
+    residual: str | None = None  # forward: image gc_n of r, added (with the bias) before the product (CONV_ADD_RELU)
     batch_dim: Any = None       # the batch as a Poly (weight_grad: thread 0's partial sum is needed past IMAGE_CHUNK)
     template: ClassVar[str] = "kernels/pointwise.c.j2"
     kind_name: ClassVar[str] = "pointwise"

@@ -388,13 +388,19 @@ class Scheduler(Fusion):
             blocks = -(-HW // columns)
             N = -(-HW // blocks) // -POINTWISE_COLUMNS * -POINTWISE_COLUMNS
         size = lambda d: c_poly(dim_poly(d))  # noqa: E731
-        comment = self.comment(n) + ("\n   then relu as each image's product is written (the relu of the spec line)"
+        r = self.conv_residual.get(n)
+        comment = self.comment(n) + (f"\n   {r.name} (and the bias) filled in first, then relu as each image's product "
+                                     f"is written (the sum and the relu of the spec line)" if r is not None else
+                                     "\n   then relu as each image's product is written (the relu of the spec line)"
                                      if n in self.conv_relu else "")
         image = lambda ptr, C: f"{ptr} + gc_n * ({size(C)} * {size(HW)})"  # noqa: E731
         # image n of each of the GEMM's operands: its x (δ for input_grad), its w (δ for weight_grad), its out
         at = {"x": image(self.ref(a), a.shape[1]), "w": image(self.ref(b), b.shape[1]) if mode == "weight_grad" else None,
               "out": image(self.ref(v), n.output.shape[1]) if mode != "weight_grad" else None}
         uses, before, after, scratch = list(n.inputs), [], None, []
+        residual = self.conv_residual.get(n)             # CONV_ADD_RELU: out[n] starts as r[n] (+ b)
+        if residual is not None:
+            uses.append(residual)
         for role, operand in (("x", a), ("w", b)):
             if operand in self.image_planes:        # IMAGE_PLANES: made here, image by image
                 made = self.image_planes[operand]
@@ -428,6 +434,7 @@ class Scheduler(Fusion):
                           dims=tuple(dim_poly(s) for s in (M, N, K)),
                           locals=tuple((f"gc_s{i}", area, off) for i, ((area, _), off) in enumerate(zip(own, offsets))),
                           thread_scratch=at_off, images=IMAGE_CHUNK, batch_dim=dim_poly(x.shape[0]),
+                          residual=image(self.ref(residual), C_out) if residual is not None else None,
                           elems=str(Poly.of(numel(n.output.shape)).const) if mode == "weight_grad" else "")]
 
     def image_patches(self, n: Node, kind: str, planes: Value, area: str, comment: str) -> Patches:
