@@ -129,7 +129,7 @@ def test_patch_planes_give_the_same_bits_on_1_and_2_threads(batch):
 
 
 def test_residual_sum_and_relu_run_in_the_later_convolutions_kernel():
-    """relu(conv2d(h, w2) + x) and relu(conv2d(a, w3, b3) + conv2d(a, w4)) (tests/specs/planes_residual.toml):
+    """relu(conv2d(h, w2) + s) and relu(conv2d(a, w3, b3) + conv2d(a, w4)) (tests/specs/planes_residual.toml):
     the kernel of the (later) convolution fills each image's output with r (+ its bias), adds its
     product and applies the relu: no loop of their own for the sums or the relus, and the sums are
     never stored; value_and_grad as the reference's, and the same bits on 1 and 2 threads at batch 12."""
@@ -138,9 +138,11 @@ def test_residual_sum_and_relu_run_in_the_later_convolutions_kernel():
     forward = src[src.index("planes_residual_forward_pass("):]
     forward = forward[:forward.index("\n}\n")]
     assert forward.count("(and the bias) filled in first") == 2, forward
-    # a: r = x; z: the 1x1 convolution (the later) adds the 3x3's output, which has its bias already
+    # a: r = s = x * x (computed by a loop of its own, not inlined into the sum, which has no loop);
+    # z: the 1x1 convolution (the later) adds the 3x3's output, which has its bias already
     assert forward.count("gc_o[gc_c * 256 + gc_p] = gc_r[gc_c * 256 + gc_p];") == 2, forward
     assert "<= 0 ? 0 :" not in forward, "no relu loop: all three in the GEMMs' epilogues"
+    assert re.search(r"\bs\w*\[i\] = x\[i\] \* x\[i\];", forward), "s is stored for the kernel"
     rng = np.random.default_rng(7)
     shapes = {"x": (12, 8, 16, 16), "w1": (8, 8, 3, 3), "b1": (8,), "w2": (8, 8, 3, 3), "w3": (16, 8, 3, 3),
               "b3": (16,), "w4": (16, 8, 1, 1)}

@@ -472,9 +472,10 @@ class Fusion:
             if self._read_transposed(v, users):
                 self.folded.add(v)
             elif (n.op.c_expr is not None or n.op.name == "onehot") and len({id(u) for u in users}) == 1:
-                u = users[0]
-                if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
-                        (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
+                u = users[0]     # (not into a node another kernel does: CONV_ADD_RELU's add reads r's buffer)
+                if u not in self.moved and ((u.op.c_expr is not None and u.op.name != "broadcast_to"
+                                             and u.output.shape == v.shape)
+                                            or (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v)):
                     self.inlined.add(v)
 
 
