@@ -289,7 +289,7 @@ LIBM = "exp|expm1|log|log1p|tanh|sqrt|fabs|fmax|fmin|pow|erf"
 ALLOWED_UNDEFINED = re.compile(rf"^((?:{LIBM})f?|memset|memcpy|memmove|omp_\w+|GOMP_\w+|__cpu_model|__cpu_indicator_init"
                                r"|__stack_chk_fail|_GLOBAL_OFFSET_TABLE_)$")   # libgcc's CPU dispatch, PIC
 KERNEL_ENTRY_POINTS = re.compile(r"^(gc_gemm(_ex|_bias_act|_pack_elems)?_[fd]|gc_sample_[fd]|gc_random_bits|gc_size_poly"
-                                 r"|gc_kernels_threads|gc_kernels_busy_hold|gc_kernels_note_wait)$")   # graphc_kernels.h's
+                                 r"|gc_kernels_threads|gc_kernels_busy_hold|gc_kernels_note_wait)$")   # the .h's
 
 
 # The kernel library's one state, with OpenMP: the atomic hint that the machine is busy (graphc_kernels.h,
