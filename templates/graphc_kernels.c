@@ -479,6 +479,16 @@ GC_KERNELS_API double gc_kernels_busy_hold(double seconds)
 #endif
 }
 
+GC_KERNELS_API void gc_kernels_note_wait(double late, double took)
+{
+#ifdef _OPENMP
+    gc_note_wait(late, took);
+#else
+    (void)late;
+    (void)took;
+#endif
+}
+
 GC_KERNELS_API int gc_kernels_threads(int threads)
 {
 #ifdef _OPENMP

@@ -143,6 +143,11 @@ GC_KERNELS_API int gc_kernels_threads(int threads);
  * previous value. Without OpenMP it does nothing and returns 0. */
 GC_KERNELS_API double gc_kernels_busy_hold(double seconds);
 
+/* A model's parallel region (a convolution's images shared out by its threads) tells the busy
+ * mark what the split products tell it: a thread waited `late` seconds (started late, or the
+ * first to finish waited for the last) of a region that took `took`. Nothing without OpenMP. */
+GC_KERNELS_API void gc_kernels_note_wait(double late, double took);
+
 /* Dropout's random bits: a counter-based generator, 32 bits of element `index` of the mask of
  * the dropout keyed `seed` at training step `step`. No state: the same arguments give the same
  * bits in every program, thread and call (graphc's NumPy reference computes the same ones).

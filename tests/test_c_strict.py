@@ -294,7 +294,7 @@ LIBM = "exp|expm1|log|log1p|tanh|sqrt|fabs|fmax|fmin|pow|erf"
 ALLOWED_UNDEFINED = re.compile(rf"^((?:{LIBM})f?|memset|memcpy|memmove|omp_\w+|GOMP_\w+|__cpu_model|__cpu_indicator_init"
                                r"|__stack_chk_fail|_GLOBAL_OFFSET_TABLE_)$")   # libgcc's CPU dispatch, PIC
 KERNEL_ENTRY_POINTS = re.compile(r"^(gc_gemm(_ex|_bias_act|_pack_elems)?_[fd]|gc_sample_[fd]|gc_random_bits|gc_size_poly"
-                                 r"|gc_kernels_threads|gc_kernels_busy_hold)$")   # graphc_kernels.h's
+                                 r"|gc_kernels_threads|gc_kernels_busy_hold|gc_kernels_note_wait)$")   # the .h's
 
 
 # The kernel library's one state, with OpenMP: the atomic hint that the machine is busy (graphc_kernels.h,
@@ -352,7 +352,8 @@ def test_c_strict_kernel_library_object_keeps_no_state_and_calls_no_allocator_or
     exported = assert_no_state_allocator_or_io(tmp_path, "k.o", state_allowed=BUSY_MARK if "-fopenmp" in flags else ())
     assert {s for s in exported if KERNEL_ENTRY_POINTS.match(s)} == {
         f"gc_gemm{kind}_{t}" for kind in ("", "_ex", "_bias_act", "_pack_elems") for t in "fd"} | {
-        "gc_random_bits", "gc_sample_f", "gc_sample_d", "gc_size_poly", "gc_kernels_threads", "gc_kernels_busy_hold"}
+        "gc_random_bits", "gc_sample_f", "gc_sample_d", "gc_size_poly", "gc_kernels_threads", "gc_kernels_busy_hold",
+        "gc_kernels_note_wait"}
 
 
 def test_c_strict_c_string_reads_back_as_the_text_it_was_given(tmp_path):

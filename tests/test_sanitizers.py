@@ -230,3 +230,28 @@ def test_sanitizers_mpi_program_runs_clean_on_two_ranks(spec, tmp_path):
     reports = [word for word in REPORTS if word in run.stderr]
     assert run.returncode == 0 and not reports, f"exit {run.returncode}, {reports}:\n{run.stderr[-4000:]}"
     assert run.stdout.count("mpi rank") == 2, run.stdout[-2000:]
+
+
+def test_sanitizers_convolution_images_shared_by_two_threads_run_clean(tmp_path):
+    """A patch-planes convolution layer (tests/test_conv_planes.py's) built with OpenMP for 2
+    threads, at batch 20: the images shared out, each thread's scratch in its own area of the
+    workspace, the weight gradients over three chunks of images (the first thread's partial sum
+    before those areas): no report, and main.c's outputs as the reference's."""
+    from test_conv_planes import LAYER
+    m = graphc.compile(graphc.parse_spec(LAYER, "planes_layer.toml"), dtype="float32", threads=2)
+    m.export(tmp_path, standalone=True)
+    flags = f"{SANITIZE} -march=native -fopenmp -DGC_MAX_THREADS=2 -DBATCH=20L"
+    run = subprocess.run(["make", "-s", "CC=gcc", f"CFLAGS={flags}", f"{m.name}_example"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    env = {**ENV, "OMP_NUM_THREADS": "2"}
+    run = subprocess.run([str(tmp_path / f"{m.name}_example")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and not [w for w in REPORTS if w in run.stderr], run.stderr[-4000:]
+    printed = parse_example_output(run.stdout)
+    g = m.graph
+    want = graphc.evaluate(graphc.grad(g, *g.grad_spec), **example_arrays(g, "float32", 20))
+    grads = [k for k in printed if k[0] == "value_and_grad" and k[1].startswith("d_")]
+    assert len(grads) == 4, sorted(printed)
+    for key in grads:
+        assert summary_close(printed[key], example_summary(np.asarray(want[key[1]], dtype=np.float64)), 1e-3), key

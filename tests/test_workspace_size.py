@@ -205,6 +205,9 @@ def c_sizes(tmp_path: Path, graph, dtype: str, threads: int, optimizer=graphc.SG
 CASES = [(spec, dtype, 1) for spec in EXAMPLES for dtype in ("float32", "float64")
          if len(graphc.load(spec).symbolic_dims) <= 1]
 CASES += [(ROOT / "examples" / "one_layer.toml", dtype, 2) for dtype in ("float32", "float64")]
+# convolutions whose images the threads share out: each thread's own area, and the first thread's
+# partial sum of a weight gradient past one chunk of images (n > 8)
+CASES += [(ROOT / "examples" / f"{name}.toml", "float32", 2) for name in ("kws_dscnn", "resnet8")]
 
 
 @needs_gcc
@@ -426,9 +429,10 @@ def test_workspace_every_product_of_every_function_is_counted(spec):
     """The packing share is the most over the model's products: each product the schedule makes
     (a dense layer's, a convolution's per group, a train step's) carries its sizes, so none is
     left out of it (a convolution's once was: its GEMMs packed past the workspace)."""
-    from graphc.backend.kernels import Gemm, all_records
+    from graphc.backend.kernels import PRODUCTS, all_records
     g = graphc.load(spec)
     csrc = generate(g, *g.grad_spec, optimizer=graphc.Adam(lr=1e-3))
-    gemms = [st for f in csrc.functions for st in all_records(f.steps) if isinstance(st, Gemm)]   # a scan's too
+    # a scan's too; a convolution per image (planes_residual's): Pointwise records
+    gemms = [st for f in csrc.functions for st in all_records(f.steps) if isinstance(st, PRODUCTS)]
     products = any(n.op.name in ("matmul", "conv2d", "conv1d") for n in g.nodes)    # small_attention has none
     assert (gemms or not products) and all(st.dims for st in gemms), [st.comment for st in gemms if not st.dims][:3]

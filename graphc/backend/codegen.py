@@ -19,10 +19,10 @@ from graphc.core.errors import GraphcError
 from graphc.core.ir import FLOAT, Graph, Value
 from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
-from graphc.backend.cprint import (c_long, c_name, c_named, c_pack_shares, c_param, c_poly_table,
+from graphc.backend.cprint import (c_long, c_name, c_named, c_pack_shares, c_param, c_poly, c_poly_table,
                                    c_size_poly, c_wrap, dims_in_c)
-from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, Attention, all_records
-from graphc.backend.packing import pack_shares, scratch_share
+from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, Attention, Pointwise, all_records
+from graphc.backend.packing import pack_elems, pack_shares, scratch_share
 from graphc.backend.sharing import share
 from graphc.backend.sizes import ZERO, Poly, peval, pmax
 from graphc.backend.schedule import schedule
@@ -75,6 +75,8 @@ class CSource:
     kernels: KernelSources = field(default_factory=kernel_library)   # graphc_kernels.c/.h, which source calls
     arena: Poly = ZERO                # the planned arena, elements (the most over the functions)
     pack: list = field(default_factory=list)   # GEMM packing need in the run-time dims (backend/packing.py's shares)
+    thread_elems: int = 0             # the area of each thread but the first (Emitter.thread_elems), after the shares
+    chunk0: Any = None                # (elements, [(batch, images)]): the first thread's partial sum (Emitter.chunk0)
     dim_args: tuple = ("n",)          # the C arguments of the symbolic dims, in the graph's order
     generation: Any = None            # backend/sampling.py's GenerateLayout: NAME_generate exists
 
@@ -95,7 +97,11 @@ class CSource:
         from graphc.backend.packing import shares_value
         item = 8 if self.dtype == "float64" else 4
         dims = self.dim_values(values)
-        arena, pack = peval(self.arena, dims) * item, shares_value(self.pack, dims, threads) * item
+        pack = shares_value(self.pack, dims, threads) + (threads - 1) * self.thread_elems
+        if self.chunk0 and any(peval(b, dims) > images for b, images in self.chunk0[1]):
+            pack += self.chunk0[0]
+        pack *= item
+        arena = peval(self.arena, dims) * item
         return arena, pack, arena + pack + 64
 
 
@@ -164,6 +170,36 @@ class Emitter:
                     seen[p] = p
         return list(seen)
 
+    def thread_elems(self) -> int:
+        """The elements of each thread's own area but the first's (the header's NAME_PACK_ELEMS has
+        t - 1 of them): the most, over the convolutions whose images are shared out among the
+        threads (Pointwise records), of the scratch of one image and the packing share of one
+        product on one thread, and over the attentions (whose heads are) of a thread's share of
+        their blocks (packing.attention_scratch), in whole 64-byte lines."""
+        most = 0
+        for f in self.functions:
+            for st in all_records(f.steps):
+                if isinstance(st, Attention):
+                    most = max(most, st.share)
+                elif isinstance(st, Pointwise):
+                    M, N, K = (Poly.of(d).const for d in st.dims)
+                    share = pack_elems(st.ta, st.tb, M, N, K, 1, self.dtype)
+                    most = max(most, st.thread_scratch + -(-share // 16) * 16)
+        return most
+
+    def chunk0(self):
+        """(elements, [(batch, images per chunk)]) of the first thread's partial sum of a weight
+        gradient summed over chunks of images (Pointwise records of kind weight_grad), needed only
+        where a batch has more than one chunk (so not at batch 1: kws_dscnn's firmware); None
+        when no kernel sums so."""
+        most, batches = 0, {}
+        for f in self.functions:
+            for st in all_records(f.steps):
+                if isinstance(st, Pointwise) and st.kind == "weight_grad":
+                    most = max(most, -(-int(st.elems) // 16) * 16)
+                    batches[(st.batch_dim, st.images)] = None
+        return (most, list(batches)) if most else None
+
     def render(self) -> tuple[str, str, str]:
         env = environment()
         g = self.graph
@@ -172,8 +208,9 @@ class Emitter:
         for f in self.functions:
             arena = pmax(arena, f.sched.arena)
         scratch = max((st.share for f in self.functions for st in all_records(f.steps) if isinstance(st, Attention)),
-                      default=0)
+                      default=0)       # the first thread's share of attention's blocks is in the packing area
         self.arena, self.pack = arena, pack_shares(self.products(), self.dtype) + [scratch_share(scratch)] * (scratch > 0)
+        self.threads_area, self.chunk0_area = self.thread_elems(), self.chunk0()
         sharing = share(g.name, self.functions)
         ctx = dict(sharing=sharing, dim_names=self.dim_names, wrap=c_wrap, named=lambda t: c_named(str(t), self.dim_names),
                    call=lambda f, args: c_wrap(f, args, ");"),
@@ -188,8 +225,12 @@ class Emitter:
                    arena=c_poly_table(arena, list(self.c_dims) or [""]), dim_args=list(self.dim_args),
                    dim_params=[c_long(d) for d in self.dim_args], max_args=[f"max_{d}" for d in self.dim_args],
                    run_dims=[(d, c) for d, c in self.c_dims.items()][1:],
-                   uses_matmul=any(f.uses_pack for f in self.functions), thread_scratch=scratch > 0,
-                   pack_macros=c_pack_shares(g.name, self.pack, self.c_dims or {"": "n"}),
+                   uses_matmul=any(f.uses_pack for f in self.functions),
+                   pack_macros=c_pack_shares(g.name, self.pack, self.c_dims or {"": "n"}, self.threads_area,
+                                             self.chunk0_area),
+                   thread_elems=self.threads_area, chunk0=self.chunk0_area and dict(
+                       elems=self.chunk0_area[0], more=" || ".join(f"{c_poly(b, self.c_dims)} > {i}"
+                                                                   for b, i in self.chunk0_area[1])),
                    arena_expr=c_size_poly(arena, {d: f"max_{c}" for d, c in self.c_dims.items()}),
                    guard=f"GRAPHC_{g.name.upper()}_H", extras=self.extras, loop_parallel_work=PARALLEL_WORK)
         return (env.get_template("model.c.j2").render(ctx), env.get_template("model.h.j2").render(ctx),
@@ -294,7 +335,7 @@ def _generate(graph: Graph, grad_of, wrt, dtype: str, threads: int, optimizer) -
     generation = add_generate(em, graph)
     source, header, cdef = em.render()
     return CSource(graph.name, dtype, source, header, cdef, em.functions, graph, bwd, grad_names, predict,
-                   kernel_library(dtype), em.arena, em.pack, em.dim_args, generation)
+                   kernel_library(dtype), em.arena, em.pack, em.thread_elems(), em.chunk0(), em.dim_args, generation)
 
 
 def amalgamate(csrc: CSource) -> str:

@@ -215,11 +215,14 @@ def c_pack_pieces(pieces, n: str, t: str, maximum: str) -> str:
     return "\\\n    (" + " \\\n     ".join(lines) + ")"    # one piece a line, for a macro
 
 
-def c_pack_shares(name: str, shares, args: Mapping[str, str]) -> str:
+def c_pack_shares(name: str, shares, args: Mapping[str, str], thread_elems: int = 0, chunk0=None) -> str:
     """backend/packing.py's shares as the header's #define NAME_PACK_ELEMS(n, ..., t): a constant
     expression of size_t in the run-time dims' C arguments (`args`: dim -> argument) and t. One
     share is one expression; several are a macro each (NAME_PACK_ELEMS_1, ...) and their most.
-    GRAPHC_MAX_ and GRAPHC_MIN_ are the header's."""
+    GRAPHC_MAX_ and GRAPHC_MIN_ are the header's. thread_elems: an area each thread but the first
+    has besides (a convolution's images shared out, ops/pointwise.py), (t - 1) of them first;
+    chunk0 (elements, [(batch Poly, images)]): before those, the first thread's partial sum of a
+    weight gradient over chunks of images, when a batch has more than one chunk."""
     params = ", ".join(list(dict.fromkeys(args.values())) or ["n"]) + ", t"
 
     def of(mono) -> str:       # a monomial's value
@@ -232,8 +235,14 @@ def c_pack_shares(name: str, shares, args: Mapping[str, str]) -> str:
             out = f"GRAPHC_MIN_({part}, {out})"
         return out
 
+    areas = f"((size_t)(t) - 1) * (size_t){thread_elems} + " if thread_elems else ""
+    if chunk0:
+        elems, batches = chunk0
+        more = " || ".join(f"{c_size_poly(b, args)} > {images}" for b, images in batches)
+        areas += f"({more} ? (size_t){elems} : (size_t)0) + "
     if len(shares) <= 1:
-        return f"#define {name}_PACK_ELEMS({params}) {expr(shares[0]) if shares else '((size_t)0)'}"
+        one = expr(shares[0]) if shares else '((size_t)0)'
+        return f"#define {name}_PACK_ELEMS({params}) " + (f"({areas}{one})" if areas else one)
     lines, total = [], None
     for i, share in enumerate(shares, 1):
         grows = " and with ".join(" * ".join(args[d] for d in m) for m in share.over) or "nothing"
@@ -241,7 +250,7 @@ def c_pack_shares(name: str, shares, args: Mapping[str, str]) -> str:
         lines.append(f"/* {share.what} */" if share.what else f"/* the products whose sizes grow with {grows}{why} */")
         lines.append(f"#define {name}_PACK_ELEMS_{i}({params}) {expr(share)}")
         total = f"{name}_PACK_ELEMS_{i}({params})" if total is None else f"GRAPHC_MAX_({total}, {name}_PACK_ELEMS_{i}({params}))"
-    lines.append(f"#define {name}_PACK_ELEMS({params}) \\\n    {total}")
+    lines.append(f"#define {name}_PACK_ELEMS({params}) \\\n    " + (f"({areas}{total})" if areas else total))
     return "\n".join(lines)
 
 

@@ -88,6 +88,11 @@ NCHW = (0, 3, 1, 2)
 # image n's planes into a scratch buffer (in cache) just before its product. Likewise col2im(dP) of a
 # pointwise_conv input gradient dP: each image's dP goes to scratch and is added back into dJ/dx at once.
 IMAGE_PLANES = op("im2col", var("x"), bind="P")
+# a residual block's sum and relu in the convolution's kernel: h = relu(pointwise_conv(x, w, b) + r) (ResNet-8's
+# h1 = relu(conv2d(a1, w1b, b1b) + h0)): each image's output is filled with r[n] + b, the product added onto
+# it and the relu applied as it is written; the sum is never stored nor read back. Of two convolutions
+# summed, the later one does it (the other's output is then r).
+CONV_ADD_RELU = ("relu", "add", "pointwise_conv")
 IMAGE_COL2IM = op("col2im", op("pointwise_conv", var("d"), var("w"), bind="dP"), bind="dx")
 
 GATHER_INTO_CONCAT = ("embedding", "concat")           # the gather, its single consumer
@@ -151,6 +156,7 @@ class Fusion:
         self.moved: set[Node] = set()               # relus (CONV_RELU), col2ims (IMAGE_COL2IM) done by the kernel before
         self.conv_relu: set[Node] = set()           # conv GEMMs and depthwise loops that apply a relu
         self.writes: dict[Node, Value] = {}         # node -> the relu output it writes instead of its own
+        self.conv_residual: dict[Node, Value] = {}  # pointwise_conv forward -> the r it adds (CONV_ADD_RELU)
         self.attention_lse: dict[Node, Node] = {}   # attention forward -> the log-sum-exp node it also writes
         self.attention_grads: dict[Node, tuple[Node, ...]] = {}   # first of dQ, dK, dV -> all of them
         self.norm_grads: dict[Node, tuple[Node, ...]] = {}        # first of dJ/dx, dJ/dweight -> both
@@ -164,6 +170,7 @@ class Fusion:
         self._identity_7()
         self._gemm_epilogues()
         self._conv_relus()
+        self._conv_add_relus()
         self._per_image_patches()
         self._gathers()
         self._attention()
@@ -279,6 +286,31 @@ class Fusion:
                 self.writes[(nchw if nchw is not None else rows).node] = n.output
                 self.moved.add(n)
                 break
+
+    def _conv_add_relus(self) -> None:
+        """CONV_ADD_RELU: relu(add(z, r)), z a pointwise_conv forward read only by the add (the later
+        of two such), r computed before z's kernel and of z's shape: z's kernel adds r and applies the
+        relu; the add and the relu have no kernel of their own."""
+        relu, add, conv = CONV_ADD_RELU
+        for n in self.g.nodes:
+            if n.op.name != relu or n.output in self.static or n.inputs[0].node is None:
+                continue
+            a = n.inputs[0].node
+            if a.op.name != add or len(a.inputs) != 2 or self.single_user(a.output) is not n \
+                    or a.inputs[0] is a.inputs[1] or any(x.shape != n.output.shape for x in a.inputs):
+                continue
+            convs = [x for x in a.inputs if x.node is not None and x.node.op.name == conv and x.node not in self.writes
+                     and x.node.attrs["mode"] == "forward" and self.single_user(x) is a]
+            if not convs:
+                continue
+            z = max(convs, key=lambda x: self.where[x.node])
+            r = a.inputs[1] if a.inputs[0] is z else a.inputs[0]
+            if r.node is not None and (self.where[r.node] > self.where[z.node] or r in self.static):
+                continue
+            self.conv_relu.add(z.node)
+            self.conv_residual[z.node] = r
+            self.writes[z.node] = n.output
+            self.moved.update((a, n))
 
     def _per_image_patches(self) -> None:
         """IMAGE_PLANES and IMAGE_COL2IM: the patch planes (layout nchw) made, and summed back, one
@@ -442,9 +474,10 @@ class Fusion:
             if self._read_transposed(v, users):
                 self.folded.add(v)
             elif (n.op.c_expr is not None or n.op.name == "onehot") and len({id(u) for u in users}) == 1:
-                u = users[0]
-                if (u.op.c_expr is not None and u.op.name != "broadcast_to" and u.output.shape == v.shape) or \
-                        (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v):
+                u = users[0]     # (not into a node another kernel does: CONV_ADD_RELU's add reads r's buffer)
+                if u not in self.moved and ((u.op.c_expr is not None and u.op.name != "broadcast_to"
+                                             and u.output.shape == v.shape)
+                                            or (u.op.name in INLINE_CONSUMERS and u.inputs[0] is v)):
                     self.inlined.add(v)
 
 

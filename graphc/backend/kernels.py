@@ -384,8 +384,16 @@ class Pointwise(Kernel):
     out_at: str | None = None   # forward, input_grad: image gc_n of out
     before: tuple = ()          # Patches records (one image) run before image gc_n's product: its planes made
     after: Any = None           # a Patches record run after it: its planes (out_at) summed back into the image
-    scratch: tuple = ()         # (C name, elements): one image's planes, in the workspace
+    scratch: tuple = ()         # (C name, elements): one image's planes (a chunk's partial sum), in the workspace
     dims: tuple = ()            # (M, N, K) as polynomials in n: what backend/packing.py sizes the pack by
+    # images run in parallel: thread t > 0 has an area of its own (pack - t * GC_THREAD_ELEMS): its copy
+    # of each scratch buffer (local C name, thread 0's buffer, offset in the area), then its packing share
+    locals: tuple = ()
+    thread_scratch: int = 0     # elements of the area before the packing share
+    images: int = 8             # weight_grad: the images of a chunk (schedule.IMAGE_CHUNK)
+    elems: str = ""             # weight_grad: the elements of out
+    residual: str | None = None  # forward: image gc_n of r, added (with the bias) before the product (CONV_ADD_RELU)
+    batch_dim: Any = None       # the batch as a Poly (weight_grad: thread 0's partial sum is needed past IMAGE_CHUNK)
     template: ClassVar[str] = "kernels/pointwise.c.j2"
     kind_name: ClassVar[str] = "pointwise"
 
@@ -398,9 +406,10 @@ class Attention(Kernel):
     softmax, accumulated in out itself, and lse [Tq] = the row log-sum-exp (each None when not
     wanted). kind backward: d_q, d_k, d_v (None: not wanted) from q, k, v, o, lse and d_o, P
     recomputed as exp(scale q kᵀ − lse). Each head runs on one thread; its block products are the
-    library's GEMM on that thread. No Tq x Tk matrix: the thread's share of the packing area
-    (`share` elements, packing.attention_scratch) holds the products' packing (`pack`), a block
-    of scores and (backward, `blocks` 2) one of dS. Sizes are C text."""
+    library's GEMM on that thread. No Tq x Tk matrix: the thread's share (`share` elements,
+    packing.attention_scratch; the packing area for the first thread, an area of its own for each
+    other, as a convolution's images have) holds the products' packing (`pack`), a block of scores
+    and (backward, `blocks` 2) one of dS. Sizes are C text."""
     kind: str = "forward"
     q: str = ""
     k: str = ""

@@ -355,8 +355,9 @@ def attention_scratch(br: int, bc: int, D: int, Dv: int, dscores: bool) -> dict:
 
 
 def scratch_share(elems: int) -> Share:
-    """A need of `elems` per thread whatever the dims (attention's): a Share of its own."""
-    return Share((), ((Piece(1, (elems, 0), None),),), "the blocks of attention, one share per thread")
+    """A need of `elems` whatever the dims and threads: the first thread's share of attention's
+    blocks (the others' are areas of their own: codegen's thread_elems), a Share of its own."""
+    return Share((), ((Piece(1, None, (elems, 0)),),), "the first thread's share of the blocks of attention")
 
 
 def shares_value(shares: list[Share], values, threads: int) -> int:

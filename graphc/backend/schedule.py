@@ -43,6 +43,11 @@ POINTWISE_CHUNK = 64
 # keeps a block's product within the library's DIRECT_WORK (which then reads both operands in place):
 # 16 x 1024 x 144 (ResNet-8's 16-channel layers, forward) went from 89 to 143 GFLOP/s on one AVX-512 core.
 POINTWISE_COLUMNS = 64
+# The images of a 1x1 convolution's (or a patch-planes convolution's) weight gradient, Σ_n δ[n] x[n]ᵀ,
+# are summed by chunks of this many: each chunk's partial sum (images in order) is made by one
+# thread, and the partials are added in chunk order, so the bits depend on the batch, never on the
+# threads (forward and input gradient: each image by one thread, whichever, the same bits).
+IMAGE_CHUNK = 8
 
 # A train step applies each update right after the last kernel that reads its param or gradient
 # (fusion.updates_when_ready) when that makes its arena at least EARLY_SAVING elements smaller at
@@ -380,33 +385,54 @@ class Scheduler(Fusion):
             blocks = -(-HW // columns)
             N = -(-HW // blocks) // -POINTWISE_COLUMNS * -POINTWISE_COLUMNS
         size = lambda d: c_poly(dim_poly(d))  # noqa: E731
-        comment = self.comment(n) + ("\n   then relu as each image's product is written (the relu of the spec line)"
+        r = self.conv_residual.get(n)
+        comment = self.comment(n) + (f"\n   {r.name} (and the bias) filled in first, then relu as each image's product "
+                                     f"is written (the sum and the relu of the spec line)" if r is not None else
+                                     "\n   then relu as each image's product is written (the relu of the spec line)"
                                      if n in self.conv_relu else "")
         image = lambda ptr, C: f"{ptr} + gc_n * ({size(C)} * {size(HW)})"  # noqa: E731
         # image n of each of the GEMM's operands: its x (δ for input_grad), its w (δ for weight_grad), its out
         at = {"x": image(self.ref(a), a.shape[1]), "w": image(self.ref(b), b.shape[1]) if mode == "weight_grad" else None,
               "out": image(self.ref(v), n.output.shape[1]) if mode != "weight_grad" else None}
         uses, before, after, scratch = list(n.inputs), [], None, []
+        residual = self.conv_residual.get(n)             # CONV_ADD_RELU: out[n] starts as r[n] (+ b)
+        if residual is not None:
+            uses.append(residual)
         for role, operand in (("x", a), ("w", b)):
             if operand in self.image_planes:        # IMAGE_PLANES: made here, image by image
                 made = self.image_planes[operand]
                 area = f"{self.ref(operand)}__{n.output.name}"
+                local = f"gc_s{len(scratch)}"      # this thread's planes (thread 0's: the area)
                 scratch.append((area, numel(operand.shape[1:])))
-                before.append(self.image_patches(made, "im2col", operand, area, comment))
-                at[role] = area
+                before.append(self.image_patches(made, "im2col", operand, local, comment))
+                at[role] = local
                 uses[uses.index(operand)] = made.inputs[0]
         if n in self.image_col2im:                  # IMAGE_COL2IM: image n's dP summed back into dJ/dx at once
             area = f"{self.ref(n.output)}__image"
+            local = f"gc_s{len(scratch)}"
             scratch.append((area, numel(n.output.shape[1:])))
-            after = self.image_patches(self.image_col2im[n], "col2im", n.output, area, comment)
-            at["out"] = area
+            after = self.image_patches(self.image_col2im[n], "col2im", n.output, local, comment)
+            at["out"] = local
+        # each thread's own copies of the scratch, at these offsets of its area; weight_grad: then its
+        # chunk's partial sum (IMAGE_CHUNK images), thread 0's outside the arena (GC_CHUNK0, model.c)
+        own = scratch + ([("GC_CHUNK0", numel(n.output.shape))] if mode == "weight_grad" else [])
+        if not all(Poly.of(s).is_const for _, s in own):
+            raise AssertionError(f"pointwise_conv {n.output.name}: per-image sizes must be constant")
+        offsets, at_off = [], 0
+        for _, s in own:
+            offsets.append(at_off)
+            at_off += -(-Poly.of(s).const // 16) * 16
         return [Pointwise(comment, (v,), tuple(dict.fromkeys(uses)), mode, self.ref(v), self.ref(a), self.ref(b),
                           self.ref(bias) if bias is not None else None, n in self.conv_relu, size(x.shape[0]),
                           size(C_in), size(C_out), size(HW), ta, tb, size(M), size(N), size(K),
                           str(K) if mode == "weight_grad" and K < HW else None,
                           str(N) if mode != "weight_grad" and N < HW else None,
                           at["x"], at["w"], at["out"], tuple(before), after, tuple(scratch),
-                          dims=tuple(dim_poly(s) for s in (M, N, K)))]
+                          dims=tuple(dim_poly(s) for s in (M, N, K)),
+                          locals=tuple((f"gc_s{i}", area, off) for i, ((area, _), off) in enumerate(zip(own, offsets))),
+                          thread_scratch=at_off, images=IMAGE_CHUNK, batch_dim=dim_poly(x.shape[0]),
+                          residual=image(self.ref(residual), C_out) if residual is not None else None,
+                          elems=str(Poly.of(numel(n.output.shape)).const) if mode == "weight_grad" else "")]
 
     def image_patches(self, n: Node, kind: str, planes: Value, area: str, comment: str) -> Patches:
         """The Patches record (layout nchw) of image gc_n of an im2col or col2im node fused into a
