@@ -228,6 +228,7 @@ class Emitter:
                    uses_matmul=any(f.uses_pack for f in self.functions),
                    pack_macros=c_pack_shares(g.name, self.pack, self.c_dims or {"": "n"}, self.threads_area,
                                              self.chunk0_area),
+                   images=any(isinstance(st, Pointwise) for f in self.functions for st in all_records(f.steps)),
                    thread_elems=self.threads_area, chunk0=self.chunk0_area and dict(
                        elems=self.chunk0_area[0], more=" || ".join(f"{c_poly(b, self.c_dims)} > {i}"
                                                                    for b, i in self.chunk0_area[1])),
