@@ -384,3 +384,40 @@ def test_c_strict_c_string_reads_back_as_the_text_it_was_given(tmp_path):
         assert built.returncode == 0 and not built.stderr, built.stderr
         out = subprocess.run([str(program)], capture_output=True, check=True).stdout
         assert out.split(b"\xff")[:-1] == [t.encode() for t in texts], cc
+
+
+ALL_UPDATES_IN_GEMMS = """
+name = "sgd_in_gemms"
+[dims]
+N = "batch"
+D = 3
+[inputs]
+x = ["N", "D"]
+[params]
+W = ["D", "D"]
+[graph]
+J = "mean(x @ W.T)"
+[outputs]
+loss = "J"
+[grad]
+of = "J"
+wrt = ["W"]
+"""
+
+
+@pytest.mark.parametrize("cc", COMPILERS)
+def test_c_strict_plain_sgd_that_updates_every_param_in_its_gemm_defines_no_unused_update(cc, tmp_path):
+    """Plain SGD updates a weight in the GEMM that computes its gradient; a model whose params are
+    all such weights calls no gc_sgd_update, so the train step's C must not define it (it did:
+    -Wunused-function broke the standalone build under -Werror; found by the fuzzer, seed 12).
+    With a bias (updated by gc_sgd_update) it is defined and called."""
+    compiler(cc)
+    with_bias = ALL_UPDATES_IN_GEMMS.replace('W = ["D", "D"]', 'W = ["D", "D"]\nb = ["D"]').replace(
+        '"mean(x @ W.T)"', '"mean(x @ W.T + b)"').replace('wrt = ["W"]', 'wrt = ["W", "b"]')
+    for spec, called in ((ALL_UPDATES_IN_GEMMS, False), (with_bias, True)):
+        g = graphc.parse_spec(spec, "sgd_in_gemms.toml")
+        csrc = generate(g, *g.grad_spec, dtype="float32", optimizer=graphc.SGD(lr=0.1))
+        assert ("gc_sgd_update(" in csrc.source) == called
+        write_sources(g, csrc, tmp_path, amalgamated=False)
+        run = run_cc(cc, [*STRICT, "-O2", "-c", f"{g.name}.c", "-o", f"{g.name}.o"], tmp_path)
+        assert run.returncode == 0 and not run.stderr, run.stderr

@@ -21,7 +21,7 @@ from graphc.backend.lower import lower
 from graphc.backend.functions import Arg, Function, output_args
 from graphc.backend.cprint import (c_long, c_name, c_named, c_pack_shares, c_param, c_poly, c_poly_table,
                                    c_size_poly, c_wrap, dims_in_c)
-from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, Attention, Pointwise, all_records
+from graphc.backend.kernels import PARALLEL_WORK, PRODUCTS, Attention, Pointwise, SgdUpdate, all_records
 from graphc.backend.packing import pack_elems, pack_shares, scratch_share
 from graphc.backend.sharing import share
 from graphc.backend.sizes import ZERO, Poly, peval, pmax
@@ -211,6 +211,9 @@ class Emitter:
                       default=0)       # the first thread's share of attention's blocks is in the packing area
         self.arena, self.pack = arena, pack_shares(self.products(), self.dtype) + [scratch_share(scratch)] * (scratch > 0)
         self.threads_area, self.chunk0_area = self.thread_elems(), self.chunk0()
+        if self.hparams:      # plain SGD may update every param in its gradient's GEMM: then no function calls this
+            self.hparams["define"]["sgd_called"] = any(isinstance(st, SgdUpdate) for f in self.functions
+                                                       for st in all_records(f.steps))
         sharing = share(g.name, self.functions)
         ctx = dict(sharing=sharing, dim_names=self.dim_names, wrap=c_wrap, named=lambda t: c_named(str(t), self.dim_names),
                    call=lambda f, args: c_wrap(f, args, ");"),
