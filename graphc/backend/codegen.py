@@ -211,9 +211,10 @@ class Emitter:
                       default=0)       # the first thread's share of attention's blocks is in the packing area
         self.arena, self.pack = arena, pack_shares(self.products(), self.dtype) + [scratch_share(scratch)] * (scratch > 0)
         self.threads_area, self.chunk0_area = self.thread_elems(), self.chunk0()
-        if self.hparams:      # plain SGD may update every param in its gradient's GEMM: then no function calls this
+        if self.hparams:      # plain SGD may update every param in its gradient's GEMM: then nothing calls this
             self.hparams["define"]["sgd_called"] = any(isinstance(st, SgdUpdate) for f in self.functions
-                                                       for st in all_records(f.steps))
+                                                       for st in all_records(f.steps)) \
+                or any("gc_sgd_update(" in extra["source"] for extra in self.extras)   # NAME_apply's
         sharing = share(g.name, self.functions)
         ctx = dict(sharing=sharing, dim_names=self.dim_names, wrap=c_wrap, named=lambda t: c_named(str(t), self.dim_names),
                    call=lambda f, args: c_wrap(f, args, ");"),
